@@ -1,0 +1,188 @@
+import { Command, CommanderError, Option } from 'commander'
+import { generateClusterKey } from '../identity/cluster-key.ts'
+import type { Agent } from './agent.ts'
+import { ApiClient } from './client.ts'
+import {
+  type AgentConfigInput,
+  DEFAULT_HTTP,
+  LOG_LEVELS,
+  readConfigFile,
+  resolveAgentConfig,
+  validateAgentConfig,
+} from './config.ts'
+import { ConfigError, isUserFacing } from './errors.ts'
+import { createLogger } from './logger.ts'
+import { VERSION } from './version.ts'
+
+/** How long a graceful stop may take before the process exits anyway. */
+const STOP_DEADLINE_MS = 1_800
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
+
+export interface AgentInfo {
+  name: string
+  peerId: string
+  addresses: string[]
+  version: string
+  peers: string[]
+}
+
+function httpOption(): Option {
+  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
+    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
+  )
+}
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
+}
+
+export function buildCli(): Command {
+  const program = new Command('peermesh')
+    .description('A service mesh with no central server')
+    .version(VERSION, '-v, --version')
+    .showSuggestionAfterError()
+    .configureOutput({
+      outputError: (str, write) => write(str.split('\n')[0]!.replace(/^error: /, 'peermesh: ') + '\n'),
+    })
+
+  program
+    .command('agent')
+    .description('run the peermesh agent on this machine')
+    .option('--config <file.json>', 'JSON config file; accepts every flag as a camelCase field')
+    .option('--name <name>', 'node name (default: host name)')
+    .option('--data-dir <dir>', 'data directory (default: ./.peermesh/<name>)')
+    .option(
+      '--listen <multiaddr>',
+      'libp2p listen address, repeatable (default /ip4/127.0.0.1/tcp/7946)',
+      collect,
+    )
+    .option('--http <host:port>', `local HTTP API address (default ${DEFAULT_HTTP})`)
+    .option('--seed <multiaddr>', 'seed peer to join through, repeatable', collect)
+    .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
+    .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .action(async (opts: Record<string, unknown>) => {
+      const flags = validateAgentConfig(
+        {
+          name: opts['name'],
+          dataDir: opts['dataDir'],
+          listen: opts['listen'],
+          http: opts['http'],
+          seed: opts['seed'],
+          bootstrap: opts['bootstrap'],
+          clusterKey: opts['clusterKey'],
+          logLevel: opts['logLevel'],
+        },
+        'flags',
+      )
+      const file: AgentConfigInput = typeof opts['config'] === 'string' ? readConfigFile(opts['config']) : {}
+      const config = resolveAgentConfig(file, flags)
+      const log = createLogger(config.logLevel, { node: config.name })
+      // Loaded here so that the light commands don't pay for importing libp2p.
+      const { Agent } = await import('./agent.ts')
+      const agent = new Agent({ config, log })
+      await agent.start()
+      await waitForSignal(agent)
+    })
+
+  program
+    .command('keygen')
+    .description('print a new cluster key (peermesh keygen > cluster.key)')
+    .action(() => {
+      process.stdout.write(generateClusterKey())
+    })
+
+  program
+    .command('info')
+    .description("show this agent's name, peer id, addresses and connected peers")
+    .addOption(httpOption())
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      const api = new ApiClient(opts.http)
+      const [self, peers] = await Promise.all([
+        api.get<Omit<AgentInfo, 'peers'>>('/v1/agent/self'),
+        api.get<string[]>('/v1/status/peers'),
+      ])
+      const info: AgentInfo = { ...self, peers }
+      print(opts.json === true, info, () =>
+        [
+          `name:      ${info.name}`,
+          `peer id:   ${info.peerId}`,
+          `version:   ${info.version}`,
+          `addresses: ${info.addresses.join('\n           ')}`,
+          `peers:     ${info.peers.length === 0 ? '(none)' : info.peers.join('\n           ')}`,
+        ].join('\n'),
+      )
+    })
+
+  program
+    .command('demo')
+    .description('start a local demo cluster of agents on 127.0.0.1 and show what the mesh does')
+    .option('--agents <n>', 'number of agents', '3')
+    .option('--keep', 'keep the cluster running after the tour, until Ctrl-C')
+    .option('--dir <dir>', 'keep agent data dirs here (default: a temp dir, removed at the end)')
+    .action(async (opts: { agents: string; keep?: boolean; dir?: string }) => {
+      const n = Number(opts.agents)
+      if (!Number.isInteger(n) || n < 2 || n > 50)
+        throw new ConfigError('--agents: expected a whole number from 2 to 50', 'agents')
+      const { runDemo } = await import('./demo.ts')
+      await runDemo({
+        agents: n,
+        keep: opts.keep === true,
+        ...(opts.dir !== undefined ? { dir: opts.dir } : {}),
+      })
+    })
+
+  return program
+}
+
+async function waitForSignal(agent: Agent): Promise<void> {
+  await new Promise<void>((resolve) => {
+    let stopping = false
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) process.exit(1)
+      stopping = true
+      agent.log.info({ signal }, 'stopping')
+      const deadline = setTimeout(() => {
+        agent.log.warn('graceful stop took too long; exiting')
+        process.exit(0)
+      }, STOP_DEADLINE_MS)
+      deadline.unref()
+      agent
+        .stop()
+        .catch((err: unknown) => agent.log.error({ err }, 'error while stopping'))
+        .finally(() => {
+          clearTimeout(deadline)
+          resolve()
+        })
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+  })
+}
+
+/** Runs the CLI; user errors become one line on stderr and exit code 1, never a stack trace. */
+export async function main(argv: string[]): Promise<void> {
+  const program = buildCli()
+  program.exitOverride()
+  try {
+    await program.parseAsync(argv)
+    // The agent command resolves after a graceful stop; other commands after printing.
+    process.exit(0)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander already printed its one-line message (or help/version, with exit code 0).
+      process.exit(err.exitCode)
+    }
+    if (isUserFacing(err)) {
+      process.stderr.write(`peermesh: ${err.message}\n`)
+    } else {
+      process.stderr.write(
+        `peermesh: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`,
+      )
+      if (process.env['PEERMESH_DEBUG']) console.error(err)
+    }
+    process.exit(1)
+  }
+}

@@ -1,0 +1,149 @@
+import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { multiaddr } from '@multiformats/multiaddr'
+import { z } from 'zod'
+import { ConfigError } from './errors.ts'
+
+/** Default local HTTP API address. Loopback only: the API has no authentication. */
+export const DEFAULT_HTTP = '127.0.0.1:7880'
+/** Default libp2p listen address. Loopback, so a first try never exposes the agent. */
+export const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/7946'
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
+
+const nodeName = z
+  .string()
+  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,62})$/, 'must be 1-63 letters, digits, ".", "_" or "-"')
+
+const multiaddrString = z.string().superRefine((s, ctx) => {
+  try {
+    const ma = multiaddr(s)
+    if (!ma.toString().includes('/tcp/'))
+      ctx.addIssue({ code: 'custom', message: `${s}: need a /tcp/ address` })
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `${s} is not a valid multiaddr` })
+  }
+})
+
+const hostPort = z.string().superRefine((s, ctx) => {
+  if (parseHostPort(s) === undefined) ctx.addIssue({ code: 'custom', message: `${s} is not HOST:PORT` })
+})
+
+/**
+ * Everything an agent can be told, by flag or by `--config file.json` (same field names, camelCase).
+ * Flags given on the command line win over the file.
+ */
+export const agentConfigSchema = z
+  .object({
+    /** Node name shown in members, logs and Raft; default: the host name. */
+    name: nodeName.optional(),
+    /** Where the node key, cluster key copy and state live. Default: ./.peermesh/<name>. */
+    dataDir: z.string().min(1).optional(),
+    /** libp2p listen multiaddrs. */
+    listen: z.array(multiaddrString).min(1).optional(),
+    /** Local HTTP API, HOST:PORT. */
+    http: hostPort.optional(),
+    /** Seeds to join through: multiaddrs ending in /p2p/<peerId>, or plain /ip4/../tcp/.. */
+    seed: z.array(multiaddrString).optional(),
+    /** Bootstrap a new Raft cluster on this agent. */
+    bootstrap: z.boolean().optional(),
+    /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
+    clusterKey: z.string().min(1).optional(),
+    logLevel: z.enum(LOG_LEVELS).optional(),
+  })
+  .strict()
+
+export type AgentConfigInput = z.infer<typeof agentConfigSchema>
+
+export interface AgentConfig {
+  name: string
+  dataDir: string
+  listen: string[]
+  http: { host: string; port: number }
+  seed: string[]
+  bootstrap: boolean
+  clusterKey?: string
+  logLevel: (typeof LOG_LEVELS)[number]
+}
+
+export function parseHostPort(s: string): { host: string; port: number } | undefined {
+  const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):(\d{1,5})$/.exec(s)
+  if (m === null) return undefined
+  const port = Number(m[2])
+  if (port > 65535) return undefined
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port }
+}
+
+/** Formats the first zod issue as "field: problem" so the user knows what to fix. */
+function describeIssue(err: z.ZodError, source: string): ConfigError {
+  const issue = err.issues[0]!
+  const field = issue.path.map(String).join('.')
+  let msg = issue.message
+  if (issue.code === 'unrecognized_keys') {
+    const keys = (issue as { keys: string[] }).keys
+    return new ConfigError(`${source}: unknown field "${keys.join('", "')}"`, keys[0])
+  }
+  if (issue.code === 'invalid_type') msg = `expected ${(issue as { expected: string }).expected}`
+  if (source === 'flags') {
+    const flag = String(issue.path[0] ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+    return new ConfigError(`--${flag}: ${msg}`, field)
+  }
+  return new ConfigError(`${source}: field "${field}": ${msg}`, field)
+}
+
+export function validateAgentConfig(input: unknown, source: string): AgentConfigInput {
+  const res = agentConfigSchema.safeParse(input)
+  if (!res.success) throw describeIssue(res.error, source)
+  return res.data
+}
+
+export function readConfigFile(path: string): AgentConfigInput {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(
+      `cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code}`,
+      undefined,
+      {
+        cause: err,
+      },
+    )
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not valid JSON: ${(err as Error).message}`, undefined, {
+      cause: err,
+    })
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new ConfigError(`config file ${path} must hold a JSON object`)
+  }
+  return validateAgentConfig(json, `config file ${path}`)
+}
+
+/** Merges file and flag input (flags win) and fills in defaults. */
+export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInput): AgentConfig {
+  const merged: AgentConfigInput = { ...file }
+  for (const [k, v] of Object.entries(flags)) {
+    if (v !== undefined) (merged as Record<string, unknown>)[k] = v
+  }
+  const name = merged.name ?? sanitizeHostname(hostname())
+  return {
+    name,
+    dataDir: merged.dataDir ?? join('.peermesh', name),
+    listen: merged.listen ?? [DEFAULT_LISTEN],
+    http: parseHostPort(merged.http ?? DEFAULT_HTTP)!,
+    seed: merged.seed ?? [],
+    bootstrap: merged.bootstrap ?? false,
+    ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
+    logLevel: merged.logLevel ?? 'info',
+  }
+}
+
+function sanitizeHostname(h: string): string {
+  const s = h.replace(/[^a-zA-Z0-9._-]/g, '-').slice(0, 63)
+  return /^[a-zA-Z0-9]/.test(s) ? s : `node-${s}`.slice(0, 63)
+}

@@ -1,0 +1,167 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
+
+/** A free TCP port on 127.0.0.1 (the OS picks it; we release it right away). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address()
+      srv.close(() => resolve(typeof addr === 'object' && addr !== null ? addr.port : 0))
+    })
+  })
+}
+
+/** Runs the CLI to completion; returns exit code and output. */
+export function runCli(
+  args: string[],
+  options: { timeoutMs?: number } = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 30_000)
+    child.once('error', reject)
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      resolve({ code: code ?? -1, stdout, stderr })
+    })
+  })
+}
+
+/** Polls `fn` until it returns a value other than undefined, or throws after the deadline. */
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined>,
+  timeoutMs = 20_000,
+  everyMs = 100,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  let lastErr: unknown
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn()
+      if (v !== undefined) return v
+    } catch (err) {
+      lastErr = err
+    }
+    await new Promise((r) => setTimeout(r, everyMs))
+  }
+  throw new Error(`timed out waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`)
+}
+
+export interface AgentOptions {
+  name: string
+  clusterKeyFile: string
+  seeds?: string[]
+  dataDir?: string
+  extraArgs?: string[]
+}
+
+/** One agent process, spoken to only through its HTTP API and the CLI, as a user would. */
+export class AgentProcess {
+  child?: ChildProcess
+  log = ''
+  readonly name: string
+  readonly dataDir: string
+  httpPort = 0
+  p2pPort = 0
+
+  constructor(
+    readonly cluster: TestCluster,
+    readonly options: AgentOptions,
+  ) {
+    this.name = options.name
+    this.dataDir = options.dataDir ?? join(cluster.dir, options.name)
+  }
+
+  get http(): string {
+    return `127.0.0.1:${this.httpPort}`
+  }
+
+  async start(): Promise<void> {
+    if (this.httpPort === 0) this.httpPort = await freePort()
+    if (this.p2pPort === 0) this.p2pPort = await freePort()
+    const args = [
+      BIN,
+      'agent',
+      '--name',
+      this.name,
+      '--data-dir',
+      this.dataDir,
+      '--listen',
+      `/ip4/127.0.0.1/tcp/${this.p2pPort}`,
+      '--http',
+      this.http,
+      '--cluster-key',
+      this.options.clusterKeyFile,
+      '--log-level',
+      'info',
+      ...(this.options.seeds ?? []).flatMap((s) => ['--seed', s]),
+      ...(this.options.extraArgs ?? []),
+    ]
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    this.child = child
+    child.stdout?.on('data', (d: Buffer) => (this.log += d.toString()))
+    child.stderr?.on('data', (d: Buffer) => (this.log += d.toString()))
+    await waitFor(`${this.name} HTTP API`, async () => {
+      if (child.exitCode !== null) throw new Error(`${this.name} exited with ${child.exitCode}:\n${this.log}`)
+      return (await this.api('/v1/agent/self')) ? true : undefined
+    })
+  }
+
+  async api<T = unknown>(path: string, init?: RequestInit): Promise<T | undefined> {
+    try {
+      const res = await fetch(`http://${this.http}${path}`, { ...init, signal: AbortSignal.timeout(5_000) })
+      if (!res.ok) return undefined
+      return (await res.json()) as T
+    } catch {
+      return undefined
+    }
+  }
+
+  /** Sends a signal and waits for the process to exit. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    const child = this.child
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null)
+      return child?.exitCode ?? null
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+    child.kill(signal)
+    return exited
+  }
+}
+
+/** A temp dir with a cluster key and a set of agent processes, cleaned up by `close()`. */
+export class TestCluster {
+  readonly dir = mkdtempSync(join(tmpdir(), 'peermesh-e2e-'))
+  readonly agents: AgentProcess[] = []
+
+  async writeClusterKey(name = 'cluster.key'): Promise<string> {
+    const { stdout, code } = await runCli(['keygen'])
+    if (code !== 0) throw new Error('keygen failed')
+    const path = join(this.dir, name)
+    writeFileSync(path, stdout, { mode: 0o600 })
+    return path
+  }
+
+  agent(options: AgentOptions): AgentProcess {
+    const a = new AgentProcess(this, options)
+    this.agents.push(a)
+    return a
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.agents.map((a) => a.stop('SIGKILL')))
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+}
