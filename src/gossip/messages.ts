@@ -1,0 +1,127 @@
+/** Wire types of the SWIM protocol (`/peermesh/swim/1`). Field names are short: they are on every datagram. */
+
+export type MemberStatus = 'alive' | 'suspect' | 'dead' | 'left'
+
+/**
+ * What a node says about itself, signed by its own key and gossiped verbatim (bytes) so every
+ * member can check it. `meta` is opaque to the core (services, health, ...), size-bounded by
+ * `maxRecordBytes` for the whole encoded record.
+ */
+export interface NodeRecord {
+  /** Member id: in production the libp2p peer id string. */
+  id: string
+  /** Human-readable, unique name (conflicts resolved by a rule, see `Swim`). */
+  name: string
+  /** Where to reach it (multiaddrs in production). */
+  addresses: string[]
+  tags: Record<string, string>
+  meta: Record<string, unknown>
+  /** Bumped by the owner on every change of the record. */
+  version: number
+}
+
+/** Direct probe (SWIM §3.1). `target` guards against a reused address answering for someone else. */
+export interface PingMessage {
+  t: 'ping'
+  seq: number
+  target: string
+}
+
+/** Indirect probe request (SWIM §3.1); with `nack`, the helper reports a missed ack (Lifeguard §IV-C). */
+export interface PingReqMessage {
+  t: 'ping-req'
+  seq: number
+  target: string
+  nack: boolean
+}
+
+export interface AckMessage {
+  t: 'ack'
+  seq: number
+}
+
+/** Lifeguard §IV-C: "I forwarded your probe but got no ack" — proof that the prober itself is fine. */
+export interface NackMessage {
+  t: 'nack'
+  seq: number
+}
+
+/**
+ * A member is alive at incarnation `inc` with record `rec` (encoded `NodeRecord` bytes). `sig` is
+ * the owner's signature over `aliveSigningBytes(inc, rec)`; relays forward the bytes unchanged.
+ */
+export interface AliveMessage {
+  t: 'alive'
+  inc: number
+  rec: Uint8Array
+  sig: Uint8Array
+}
+
+/** `from` suspects member `id` at incarnation `inc` (SWIM §4.2). */
+export interface SuspectMessage {
+  t: 'suspect'
+  id: string
+  inc: number
+  from: string
+}
+
+/** `from` declares member `id` dead at incarnation `inc`. */
+export interface DeadMessage {
+  t: 'dead'
+  id: string
+  inc: number
+  from: string
+}
+
+/** Member `id` leaves gracefully; signed by its owner over `leaveSigningBytes(id, inc)`. */
+export interface LeaveMessage {
+  t: 'leave'
+  id: string
+  inc: number
+  sig: Uint8Array
+}
+
+/** Several encoded messages in one datagram (a probe plus piggybacked updates). Not nested. */
+export interface CompoundMessage {
+  t: 'compound'
+  parts: Uint8Array[]
+}
+
+export type SimpleMessage =
+  | PingMessage
+  | PingReqMessage
+  | AckMessage
+  | NackMessage
+  | AliveMessage
+  | SuspectMessage
+  | DeadMessage
+  | LeaveMessage
+export type Message = SimpleMessage | CompoundMessage
+export type MessageType = Message['t']
+
+/** An alive message after decoding, with its record parsed and validated. */
+export type DecodedAlive = AliveMessage & { record: NodeRecord }
+export type DecodedSimpleMessage = Exclude<SimpleMessage, AliveMessage> | DecodedAlive
+export type DecodedMessage = DecodedSimpleMessage | { t: 'compound'; parts: DecodedSimpleMessage[] }
+
+/** One member in a push/pull state exchange. `ri`/`rec`/`sig` are the latest signed alive. */
+export interface StateEntry {
+  /** Member id (must equal the id inside `rec`). */
+  id: string
+  st: MemberStatus
+  /** Incarnation of the member's current state (≥ `ri`). */
+  inc: number
+  /** Incarnation signed together with the record. */
+  ri: number
+  rec: Uint8Array
+  sig: Uint8Array
+  /** Owner's leave signature, present when `st` is `left`. */
+  lsig?: Uint8Array
+}
+
+/** Full state of a node, exchanged over the reliable push/pull path (memberlist `pushPull`). */
+export interface PushPullState {
+  t: 'state'
+  join: boolean
+  members: StateEntry[]
+}

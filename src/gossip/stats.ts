@@ -1,0 +1,63 @@
+import type { DecodeFailure } from './codec.ts'
+
+/** Why an inbound message (or part of one) was dropped. */
+export type DropReason = DecodeFailure | 'forged'
+
+/** Counters of one `Swim` instance (monotonic, except `localHealth`). */
+export interface SwimStats {
+  messagesSent: number
+  bytesSent: number
+  messagesReceived: number
+  bytesReceived: number
+  pushPullSent: number
+  pushPullBytesSent: number
+  pushPullReceived: number
+  pushPullBytesReceived: number
+  dropped: Record<DropReason, number>
+  /** Probes started by this node. */
+  probes: number
+  /** Probes that got no ack, direct or indirect, within the probe interval. */
+  probeFailures: number
+  /** Probes that needed ping-req through other members. */
+  indirectProbes: number
+  /** Ping-req received and forwarded for other members. */
+  pingReqsServed: number
+  acksReceived: number
+  nacksReceived: number
+  nacksSent: number
+  /** Members this node moved to suspect / dead. */
+  suspicions: number
+  deaths: number
+  /** Times this node refuted a suspicion, death or stale record about itself. */
+  refutations: number
+  /** Updates piggybacked or gossiped (one per copy sent). */
+  updatesSent: number
+  /** Current Local Health Multiplier score (Lifeguard §IV-A). */
+  localHealth: number
+}
+
+export function emptyStats(): SwimStats {
+  return {
+    messagesSent: 0,
+    bytesSent: 0,
+    messagesReceived: 0,
+    bytesReceived: 0,
+    pushPullSent: 0,
+    pushPullBytesSent: 0,
+    pushPullReceived: 0,
+    pushPullBytesReceived: 0,
+    dropped: { oversize: 0, decode: 0, type: 0, shape: 0, forged: 0 },
+    probes: 0,
+    probeFailures: 0,
+    indirectProbes: 0,
+    pingReqsServed: 0,
+    acksReceived: 0,
+    nacksReceived: 0,
+    nacksSent: 0,
+    suspicions: 0,
+    deaths: 0,
+    refutations: 0,
+    updatesSent: 0,
+    localHealth: 0,
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * Lifeguard §IV-B dynamic suspicion timeout ("Lifeguard: Local Health Awareness for More Accurate
+ * Failure Detection", Dadgar, Phillips, Currey 2018, arXiv 1707.00788), after memberlist
+ * `suspicion.go`.
+ */
+
+/**
+ * Time left before a suspicion expires, given `confirmations` independent confirmations out of
+ * `k` expected, `elapsedMs` since the suspicion started and the `[minMs, maxMs]` bounds.
+ * The timeout falls logarithmically from max (no confirmation) to min (k confirmations):
+ *   timeout = max − (log(c + 1) / log(k + 1)) · (max − min), never below min.
+ * With `k < 1` no confirmation is expected and the timeout is min. May be negative (expired).
+ */
+export function remainingSuspicionTime(
+  confirmations: number,
+  k: number,
+  elapsedMs: number,
+  minMs: number,
+  maxMs: number,
+): number {
+  if (k < 1) return minMs - elapsedMs
+  const frac = Math.log(confirmations + 1) / Math.log(k + 1)
+  const raw = maxMs - frac * (maxMs - minMs)
+  const timeout = Math.max(minMs, Math.floor(raw))
+  return timeout - elapsedMs
+}
+
+/**
+ * Minimum suspicion timeout: `suspicionMult · max(1, log10(n)) · probeIntervalMs` (memberlist
+ * `suspicionTimeout`; Lifeguard's alpha). Grows with log n because dissemination takes O(log n).
+ */
+export function suspicionMinTimeout(suspicionMult: number, n: number, probeIntervalMs: number): number {
+  const nodeScale = Math.max(1, Math.log10(Math.max(1, n)))
+  return Math.floor(suspicionMult * nodeScale * probeIntervalMs)
+}
+
+/** One member under suspicion: who accused it, when, and how long until it is declared dead. */
+export class Suspicion {
+  readonly startMs: number
+  readonly incarnation: number
+  readonly k: number
+  readonly minMs: number
+  readonly maxMs: number
+  private readonly confirmers = new Set<string>()
+
+  constructor(opts: { from: string; startMs: number; incarnation: number; k: number; minMs: number; maxMs: number }) {
+    this.startMs = opts.startMs
+    this.incarnation = opts.incarnation
+    this.k = opts.k
+    this.minMs = opts.minMs
+    this.maxMs = opts.maxMs
+    // The original accuser is not a confirmation, but it must not count twice either.
+    this.confirmers.add(opts.from)
+  }
+
+  /** Independent confirmations so far (the original accuser excluded). */
+  get confirmations(): number {
+    return this.confirmers.size - 1
+  }
+
+  /** Records a confirmation from `from`; returns true if it was new (and the timeout shrank). */
+  confirm(from: string): boolean {
+    if (this.confirmations >= this.k) return false
+    if (this.confirmers.has(from)) return false
+    this.confirmers.add(from)
+    return true
+  }
+
+  /** Absolute time at which the member is declared dead, given the confirmations so far. */
+  deadlineMs(): number {
+    return this.startMs + remainingSuspicionTime(this.confirmations, this.k, 0, this.minMs, this.maxMs)
+  }
+}

@@ -1,0 +1,1032 @@
+/**
+ * SWIM membership (Das, Gupta, Motivala: "SWIM: Scalable Weakly-consistent Infection-style Process
+ * Group Membership Protocol", DSN 2002) with the Lifeguard extensions (Dadgar et al., arXiv
+ * 1707.00788), modelled on hashicorp/memberlist (`state.go`, `suspicion.go`, `awareness.go`).
+ *
+ * A pure, synchronous state machine: no I/O, no timers, no clock, no `Math.random()`. The driver
+ * - calls `start(now)` or `join(seeds, now)` once,
+ * - feeds every inbound datagram to `handleMessage(from, bytes, now)`,
+ * - calls `tick(now)` whenever `now >= nextDeadline()`,
+ * - performs every returned `send` (best-effort datagram: may be lost, duplicated or reordered)
+ *   and `pushPull` (reliable request/response: the reply bytes go to `handlePushPullReply`; the
+ *   responder side calls `handlePushPull` and sends back its `reply`),
+ * - reacts to `events`.
+ *
+ * Name conflicts: when two live members (alive or suspect) claim the same name, the one with the
+ * lexicographically lowest id owns it. The rule depends on nothing that changes over time
+ * (incarnations do), so every node picks the same owner and ownership never flips back and forth.
+ * Each node reports the loser once, when it detects the conflict, in a `member:conflict` event
+ * (`member` = loser, `winner` = owner); `members()` flags losers with `nameConflict: true`.
+ */
+import { LocalHealth } from './awareness.ts'
+import { BroadcastQueue, retransmitLimit } from './broadcast-queue.ts'
+import {
+  aliveSigningBytes,
+  COMPOUND_OVERHEAD,
+  compoundPartOverhead,
+  decodeMessage,
+  decodePushPull,
+  decodeRecord,
+  encodeMessage,
+  encodePushPull,
+  encodeRecord,
+  leaveSigningBytes,
+  packParts,
+  recordProblem,
+} from './codec.ts'
+import { lanConfig, type SwimConfig, validateConfig } from './config.ts'
+import { InvalidRecordError, RecordTooLargeError } from './errors.ts'
+import { type MemberSnapshot, type MemberState, MemberTable } from './member-table.ts'
+import type {
+  DeadMessage,
+  DecodedSimpleMessage,
+  LeaveMessage,
+  MemberStatus,
+  Message,
+  NodeRecord,
+  StateEntry,
+  SuspectMessage,
+} from './messages.ts'
+import { ProbeOrder } from './probe-order.ts'
+import { acceptAllVerifier, nullSigner, type Signer, type Verifier } from './signing.ts'
+import { emptyStats, type SwimStats } from './stats.ts'
+import { Suspicion, suspicionMinTimeout } from './suspicion.ts'
+
+export interface SelfInfo {
+  id: string
+  name: string
+  addresses: string[]
+  tags?: Record<string, string>
+  meta?: Record<string, unknown>
+}
+
+export interface SwimOptions {
+  self: SelfInfo
+  /** Defaults to the `lan` profile. Validated (throws `InvalidConfigError`). */
+  config?: SwimConfig
+  /** Uniform in [0, 1). The only source of randomness. */
+  rng: () => number
+  /** Signs this node's alive/leave messages. Defaults to `nullSigner` (simulations only). */
+  signer?: Signer
+  /** Checks other members' signatures. Defaults to `acceptAllVerifier` (simulations only). */
+  verifier?: Verifier
+  /** After a restart: the highest incarnation used before; the node starts above it. */
+  lastIncarnation?: number
+  /** After a restart: the last record version; the node starts above it. */
+  lastVersion?: number
+  /**
+   * Simulations only: start already converged on this shared member list (no join traffic).
+   * The snapshot is never mutated; changes go to a per-node overlay.
+   */
+  initialMembers?: MemberSnapshot
+}
+
+export interface MemberView {
+  id: string
+  name: string
+  /** First address (empty if none). */
+  address: string
+  addresses: string[]
+  status: MemberStatus
+  incarnation: number
+  tags: Record<string, string>
+  meta: Record<string, unknown>
+  version: number
+  /** Another live member with the same name and a lower id owns the name. */
+  nameConflict: boolean
+}
+
+export type SwimEventType =
+  | 'member:join'
+  | 'member:update'
+  | 'member:suspect'
+  | 'member:fail'
+  | 'member:leave'
+  | 'member:alive'
+  | 'member:conflict'
+  | 'member:reap'
+
+export interface SwimEvent {
+  type: SwimEventType
+  member: MemberView
+  /** For `member:conflict`: the member that owns the name. */
+  winner?: MemberView
+}
+
+export interface Output {
+  /** Best-effort datagrams (encoded; at most `maxMessageBytes` each). */
+  send: { to: string; msg: Uint8Array }[]
+  /** Reliable push/pull requests; deliver the peer's reply to `handlePushPullReply`. */
+  pushPull: { to: string; state: Uint8Array }[]
+  events: SwimEvent[]
+}
+
+export interface PushPullResponse extends Output {
+  /** This node's state, to send back to the requester (undefined if the request was dropped). */
+  reply: Uint8Array | undefined
+}
+
+interface Timer {
+  at: number
+  run: (now: number) => void
+}
+
+interface Probe {
+  seq: number
+  target: string
+  acked: boolean
+  expectedNacks: number
+  nacks: number
+}
+
+interface Relay {
+  origin: string
+  originSeq: number
+  nack: boolean
+}
+
+const PUSH_PULL_SCALE_THRESHOLD = 32
+
+/** memberlist `pushPullScale`: above 32 members, stretch the interval by ceil(log2 n − log2 32) + 1. */
+export function pushPullInterval(intervalMs: number, n: number): number {
+  if (n <= PUSH_PULL_SCALE_THRESHOLD) return intervalMs
+  const multiplier = Math.ceil(Math.log2(n) - Math.log2(PUSH_PULL_SCALE_THRESHOLD)) + 1
+  return intervalMs * multiplier
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+function emptyOutput(): Output {
+  return { send: [], pushPull: [], events: [] }
+}
+
+export class Swim {
+  readonly id: string
+  private readonly cfg: SwimConfig
+  private readonly rng: () => number
+  private readonly signer: Signer
+  private readonly verifier: Verifier
+  private readonly table: MemberTable
+  private readonly order: ProbeOrder
+  private readonly queue: BroadcastQueue
+  private readonly health: LocalHealth
+  private readonly suspicions = new Map<string, Suspicion>()
+  private readonly deadIds = new Set<string>()
+  private readonly relays = new Map<number, Relay>()
+  private readonly timers = new Map<string, Timer>()
+  private readonly counters: SwimStats = emptyStats()
+
+  private record: NodeRecord
+  private recordBytes: Uint8Array
+  private incarnation: number
+  private sig: Uint8Array
+  private leaveSig: Uint8Array | undefined
+  private leaving = false
+  private started = false
+  private seq: number
+  private probe: Probe | undefined
+  private out: Output = emptyOutput()
+  private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
+  private stateVersion = 0
+
+  constructor(opts: SwimOptions) {
+    this.cfg = opts.config ?? { ...lanConfig }
+    validateConfig(this.cfg)
+    this.rng = opts.rng
+    this.signer = opts.signer ?? nullSigner
+    this.verifier = opts.verifier ?? acceptAllVerifier
+    this.id = opts.self.id
+    this.record = {
+      id: opts.self.id,
+      name: opts.self.name,
+      addresses: [...opts.self.addresses],
+      tags: { ...(opts.self.tags ?? {}) },
+      meta: { ...(opts.self.meta ?? {}) },
+      version: (opts.lastVersion ?? 0) + 1,
+    }
+    this.recordBytes = this.checkedRecordBytes(this.record)
+    this.incarnation = (opts.lastIncarnation ?? 0) + 1
+    this.sig = this.signer(aliveSigningBytes(this.incarnation, this.recordBytes))
+    this.table = new MemberTable(opts.initialMembers?.members, this.id)
+    this.order = new ProbeOrder(
+      this.rng,
+      opts.initialMembers ? { order: opts.initialMembers.order, exclude: this.id } : undefined,
+    )
+    this.queue = new BroadcastQueue(this.cfg.maxBroadcastQueue)
+    this.health = new LocalHealth(this.cfg.awarenessMaxMultiplier)
+    this.seq = Math.floor(this.rng() * 0x7fffffff)
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  /** Arms the protocol timers (staggered randomly) and queues our own alive message. */
+  start(nowMs: number): Output {
+    this.begin()
+    this.arm(nowMs)
+    return this.take()
+  }
+
+  /** Starts (if needed) and asks each seed for a full state exchange (SWIM join via push/pull). */
+  join(seedIds: string[], nowMs: number): Output {
+    this.begin()
+    this.arm(nowMs)
+    const state = this.encodeState(true)
+    for (const seed of seedIds) {
+      if (seed === this.id) continue
+      this.emitPushPull(seed, state)
+    }
+    return this.take()
+  }
+
+  private arm(nowMs: number): void {
+    if (this.started) return
+    this.started = true
+    this.setTimer('probe', nowMs + this.rng() * this.cfg.probeIntervalMs, (now) => this.probeTick(now))
+    this.setTimer('gossip', nowMs + this.rng() * this.cfg.gossipIntervalMs, (now) => this.gossipTick(now))
+    const pp = pushPullInterval(this.cfg.pushPullIntervalMs, this.estimatedSize())
+    this.setTimer('push-pull', nowMs + this.rng() * pp, (now) => this.pushPullTick(now))
+    this.broadcastSelf()
+  }
+
+  /**
+   * Leaves gracefully: stops probing and push/pull, disseminates a signed leave. Keep calling
+   * `tick` for a few gossip intervals (until `pendingBroadcasts()` is 0) before shutting down.
+   */
+  leave(_nowMs: number): Output {
+    this.begin()
+    if (!this.leaving) {
+      this.leaving = true
+      this.touch()
+      this.leaveSig = this.signer(leaveSigningBytes(this.id, this.incarnation))
+      const msg: LeaveMessage = { t: 'leave', id: this.id, inc: this.incarnation, sig: this.leaveSig }
+      const bytes = encodeMessage(msg)
+      this.queue.push(this.id, bytes)
+      const targets = this.randomMembers(this.cfg.gossipNodes, (m) => m.status === 'alive' || m.status === 'suspect')
+      for (const to of targets) this.emitSend(to, bytes)
+    }
+    return this.take()
+  }
+
+  /** Runs every timer due at `nowMs`. */
+  tick(nowMs: number): Output {
+    this.begin()
+    for (;;) {
+      let key: string | undefined
+      let best: Timer | undefined
+      for (const [k, t] of this.timers) {
+        if (t.at <= nowMs && (best === undefined || t.at < best.at)) {
+          key = k
+          best = t
+        }
+      }
+      if (key === undefined || best === undefined) break
+      this.timers.delete(key)
+      best.run(nowMs)
+    }
+    return this.take()
+  }
+
+  /** Earliest time at which `tick` has work to do (Infinity if none). */
+  nextDeadline(): number {
+    let min = Number.POSITIVE_INFINITY
+    for (const t of this.timers.values()) if (t.at < min) min = t.at
+    return min
+  }
+
+  /** Handles one inbound datagram from `fromId` (the transport-authenticated sender). */
+  handleMessage(fromId: string, bytes: Uint8Array, nowMs: number): Output {
+    this.begin()
+    this.counters.messagesReceived++
+    this.counters.bytesReceived += bytes?.length ?? 0
+    const r = decodeMessage(bytes, this.cfg.maxMessageBytes)
+    if (!r.ok) {
+      this.counters.dropped[r.reason]++
+      return this.take()
+    }
+    if (r.msg.t === 'compound') {
+      for (const part of r.msg.parts) this.handleSimple(fromId, part, nowMs)
+    } else {
+      this.handleSimple(fromId, r.msg, nowMs)
+    }
+    return this.take()
+  }
+
+  /** Responder side of push/pull: merges the remote state, returns ours (as it was before merging). */
+  handlePushPull(_fromId: string, remoteState: Uint8Array, nowMs: number): PushPullResponse {
+    this.begin()
+    const merged = this.receiveState(remoteState, nowMs, true)
+    const out = this.take()
+    return { ...out, reply: merged ?? undefined }
+  }
+
+  /** Requester side of push/pull: merges the peer's reply. */
+  handlePushPullReply(_fromId: string, remoteState: Uint8Array, nowMs: number): Output {
+    this.begin()
+    this.receiveState(remoteState, nowMs, false)
+    return this.take()
+  }
+
+  /**
+   * Changes this node's record (bumps version and incarnation, re-signs, disseminates).
+   * Throws `InvalidRecordError` or `RecordTooLargeError` and changes nothing on bad input.
+   */
+  updateLocalRecord(update: {
+    tags?: Record<string, string>
+    meta?: Record<string, unknown>
+    addresses?: string[]
+    name?: string
+  }): Output {
+    this.begin()
+    const next: NodeRecord = {
+      id: this.id,
+      name: update.name ?? this.record.name,
+      addresses: update.addresses ? [...update.addresses] : this.record.addresses,
+      tags: update.tags ? { ...update.tags } : this.record.tags,
+      meta: update.meta ? { ...update.meta } : this.record.meta,
+      version: this.record.version + 1,
+    }
+    const bytes = this.checkedRecordBytes(next)
+    this.record = next
+    this.recordBytes = bytes
+    this.incarnation++
+    this.resign()
+    return this.take()
+  }
+
+  /** All known members, self included (self first). */
+  members(): MemberView[] {
+    const owners = new Map<string, string>()
+    const live: { id: string; name: string }[] = [{ id: this.id, name: this.record.name }]
+    for (const m of this.table.values()) {
+      if (m.status === 'alive' || m.status === 'suspect') live.push({ id: m.id, name: m.record.name })
+    }
+    for (const l of live) {
+      const o = owners.get(l.name)
+      if (o === undefined || l.id < o) owners.set(l.name, l.id)
+    }
+    const flag = (v: MemberView): MemberView => {
+      const o = owners.get(v.name)
+      v.nameConflict = (v.status === 'alive' || v.status === 'suspect') && o !== undefined && o !== v.id
+      return v
+    }
+    const out = [flag(this.selfView())]
+    for (const m of this.table.values()) out.push(flag(view(m)))
+    return out
+  }
+
+  /** One member's view (self included), or undefined if unknown. */
+  member(id: string): MemberView | undefined {
+    if (id === this.id) return this.selfView()
+    const m = this.table.get(id)
+    return m ? view(m) : undefined
+  }
+
+  /** Id of the live member owning `name` (lowest id among live claimants), if any. */
+  nameOwner(name: string): string | undefined {
+    let owner: string | undefined = !this.leaving && this.record.name === name ? this.id : undefined
+    for (const m of this.table.values()) {
+      if ((m.status === 'alive' || m.status === 'suspect') && m.record.name === name) {
+        if (owner === undefined || m.id < owner) owner = m.id
+      }
+    }
+    return owner
+  }
+
+  /** Members known (self included), including dead/left ones not reaped yet. */
+  estimatedSize(): number {
+    return this.table.size + 1
+  }
+
+  /** Current own incarnation: persist it to restart above it (`lastIncarnation`). */
+  get localIncarnation(): number {
+    return this.incarnation
+  }
+
+  get localRecord(): Readonly<NodeRecord> {
+    return this.record
+  }
+
+  /** Updates still queued for dissemination. */
+  pendingBroadcasts(): number {
+    return this.queue.size
+  }
+
+  stats(): SwimStats {
+    return {
+      ...this.counters,
+      dropped: { ...this.counters.dropped },
+      localHealth: this.health.health,
+    }
+  }
+
+  // ---------------------------------------------------------------- output plumbing
+
+  private begin(): void {
+    this.out = emptyOutput()
+  }
+
+  private take(): Output {
+    const o = this.out
+    this.out = emptyOutput()
+    return o
+  }
+
+  private emitSend(to: string, msg: Uint8Array): void {
+    this.counters.messagesSent++
+    this.counters.bytesSent += msg.length
+    this.out.send.push({ to, msg })
+  }
+
+  private emitPushPull(to: string, state: Uint8Array): void {
+    this.counters.pushPullSent++
+    this.counters.pushPullBytesSent += state.length
+    this.out.pushPull.push({ to, state })
+  }
+
+  private emit(type: SwimEventType, m: MemberState, winner?: MemberView): void {
+    const e: SwimEvent = { type, member: view(m) }
+    if (winner) e.winner = winner
+    this.out.events.push(e)
+  }
+
+  private setTimer(key: string, at: number, run: (now: number) => void): void {
+    this.timers.set(key, { at, run })
+  }
+
+  private touch(): void {
+    this.stateVersion++
+  }
+
+  /** Sends `primary` to `to` with as many queued updates as fit (and `first` ahead of them). */
+  private sendWithPiggyback(to: string, primary: Message, first: Uint8Array[] = []): void {
+    const p = encodeMessage(primary)
+    const parts = [p, ...first]
+    let budget = this.cfg.maxMessageBytes - COMPOUND_OVERHEAD
+    for (const x of parts) budget -= x.length + compoundPartOverhead(x.length)
+    const extra = this.queue.take(budget, compoundPartOverhead, this.retransmitLimit())
+    this.counters.updatesSent += extra.length + first.length
+    this.emitSend(to, packParts(parts.concat(extra)))
+  }
+
+  private retransmitLimit(): number {
+    return retransmitLimit(this.cfg.retransmitMult, this.estimatedSize())
+  }
+
+  // ---------------------------------------------------------------- probing (SWIM §3.1, §4.3)
+
+  private probeTick(now: number): void {
+    if (this.probe) this.probeEnd(now)
+    this.setTimer('probe', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeTick(t))
+    if (this.leaving) return
+    let target: MemberState | undefined
+    for (let i = 0, n = this.order.length; i < n; i++) {
+      const id = this.order.next((x) => this.table.get(x) !== undefined)
+      if (id === undefined) break
+      const m = this.table.get(id)
+      if (m && (m.status === 'alive' || m.status === 'suspect')) {
+        target = m
+        break
+      }
+    }
+    if (!target) return
+    const seq = this.nextSeq()
+    this.probe = { seq, target: target.id, acked: false, expectedNacks: 0, nacks: 0 }
+    this.counters.probes++
+    // Lifeguard §IV-C buddy system: a suspect learns first thing that it is suspected.
+    const first: Uint8Array[] = []
+    if (target.status === 'suspect') {
+      first.push(encodeMessage({ t: 'suspect', id: target.id, inc: target.incarnation, from: this.id }))
+    }
+    this.sendWithPiggyback(target.id, { t: 'ping', seq, target: target.id }, first)
+    this.setTimer('probe-timeout', now + this.health.scale(this.cfg.probeTimeoutMs), (t) => this.probeTimeout(t))
+    this.setTimer('probe-end', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeEnd(t))
+  }
+
+  private probeTimeout(_now: number): void {
+    const p = this.probe
+    if (!p || p.acked) return
+    const helpers = this.randomMembers(this.cfg.indirectChecks, (m) => m.status === 'alive', p.target)
+    if (helpers.length > 0) this.counters.indirectProbes++
+    const bytes = encodeMessage({ t: 'ping-req', seq: p.seq, target: p.target, nack: true })
+    for (const h of helpers) this.emitSend(h, bytes)
+    p.expectedNacks = helpers.length
+  }
+
+  private probeEnd(now: number): void {
+    const p = this.probe
+    this.probe = undefined
+    this.timers.delete('probe-timeout')
+    this.timers.delete('probe-end')
+    if (!p || p.acked) return
+    this.counters.probeFailures++
+    // Lifeguard §IV-A: missed nacks mean *we* are the problem; with no helpers, any failure counts.
+    this.health.apply(p.expectedNacks > 0 ? p.expectedNacks - p.nacks : 1)
+    const m = this.table.get(p.target)
+    if (m && (m.status === 'alive' || m.status === 'suspect')) {
+      this.onSuspect({ t: 'suspect', id: m.id, inc: m.incarnation, from: this.id }, now)
+    }
+  }
+
+  private onAck(seq: number): void {
+    this.counters.acksReceived++
+    const p = this.probe
+    if (p && p.seq === seq && !p.acked) {
+      p.acked = true
+      this.health.apply(-1)
+      this.probe = undefined
+      this.timers.delete('probe-timeout')
+      this.timers.delete('probe-end')
+      return
+    }
+    const r = this.relays.get(seq)
+    if (r) {
+      this.relays.delete(seq)
+      this.timers.delete(`relay:${seq}`)
+      this.emitSend(r.origin, encodeMessage({ t: 'ack', seq: r.originSeq }))
+    }
+  }
+
+  private onPingReq(from: string, seq: number, target: string, nack: boolean, now: number): void {
+    if (target === this.id) {
+      this.sendWithPiggyback(from, { t: 'ack', seq })
+      return
+    }
+    this.counters.pingReqsServed++
+    const local = this.nextSeq()
+    this.relays.set(local, { origin: from, originSeq: seq, nack })
+    this.sendWithPiggyback(target, { t: 'ping', seq: local, target })
+    // Lifeguard §IV-C: tell the requester we tried but got nothing, before its probe period ends
+    // (it sent the ping-req one probe timeout into a period of about two probe timeouts).
+    this.setTimer(`relay:${local}`, now + Math.floor(this.cfg.probeTimeoutMs * 0.8), () => {
+      const r = this.relays.get(local)
+      if (!r) return
+      if (r.nack) {
+        this.counters.nacksSent++
+        this.emitSend(r.origin, encodeMessage({ t: 'nack', seq: r.originSeq }))
+      }
+      // Keep forwarding a late ack until the end of a probe interval, then forget.
+      this.setTimer(`relay:${local}`, now + this.cfg.probeIntervalMs, () => this.relays.delete(local))
+    })
+  }
+
+  private nextSeq(): number {
+    this.seq = (this.seq + 1) >>> 0
+    return this.seq
+  }
+
+  /** Up to `k` distinct random members (not self, not `exclude`) accepted by `filter`. */
+  private randomMembers(k: number, filter: (m: MemberState) => boolean, exclude?: string): string[] {
+    const n = this.order.length
+    const out: string[] = []
+    if (n === 0 || k <= 0) return out
+    for (let i = 0; i < 3 * n && out.length < k; i++) {
+      const id = this.order.at(Math.floor(this.rng() * n))
+      if (id === this.id || id === exclude || out.includes(id)) continue
+      const m = this.table.get(id)
+      if (m && filter(m)) out.push(id)
+    }
+    return out
+  }
+
+  // ---------------------------------------------------------------- gossip, push/pull, reaping
+
+  private gossipTick(now: number): void {
+    this.setTimer('gossip', now + this.cfg.gossipIntervalMs, (t) => this.gossipTick(t))
+    this.reap(now)
+    if (this.queue.size === 0) return
+    const targets = this.randomMembers(this.cfg.gossipNodes, (m) => {
+      if (m.status === 'alive' || m.status === 'suspect') return true
+      return m.status === 'dead' && now - m.stateChangeMs < this.cfg.gossipToTheDeadMs
+    })
+    const limit = this.retransmitLimit()
+    for (const to of targets) {
+      const parts = this.queue.take(this.cfg.maxMessageBytes - COMPOUND_OVERHEAD, compoundPartOverhead, limit)
+      if (parts.length === 0) break
+      this.counters.updatesSent += parts.length
+      this.emitSend(to, packParts(parts))
+    }
+  }
+
+  private reap(now: number): void {
+    for (const id of this.deadIds) {
+      const m = this.table.get(id)
+      if (!m || (m.status !== 'dead' && m.status !== 'left')) {
+        this.deadIds.delete(id)
+      } else if (now - m.stateChangeMs >= this.cfg.reapTimeoutMs) {
+        this.deadIds.delete(id)
+        this.table.delete(id)
+        this.queue.remove(id)
+        this.touch()
+        this.emit('member:reap', m)
+      }
+    }
+  }
+
+  private pushPullTick(now: number): void {
+    const interval = pushPullInterval(this.cfg.pushPullIntervalMs, this.estimatedSize())
+    this.setTimer('push-pull', now + interval, (t) => this.pushPullTick(t))
+    if (this.leaving) return
+    const [to] = this.randomMembers(1, (m) => m.status === 'alive')
+    if (to !== undefined) this.emitPushPull(to, this.encodeState(false))
+  }
+
+  private encodeState(join: boolean): Uint8Array {
+    const c = this.stateCache
+    if (c && c.version === this.stateVersion && c.join === join) return c.bytes
+    const members: StateEntry[] = [
+      {
+        id: this.id,
+        st: this.leaving ? 'left' : 'alive',
+        inc: this.incarnation,
+        ri: this.incarnation,
+        rec: this.recordBytes,
+        sig: this.sig,
+        ...(this.leaveSig ? { lsig: this.leaveSig } : {}),
+      },
+    ]
+    for (const m of this.table.values()) {
+      const e: StateEntry = {
+        id: m.id,
+        st: m.status,
+        inc: m.incarnation,
+        ri: m.recordIncarnation,
+        rec: m.recordBytes,
+        sig: m.sig,
+      }
+      if (m.leaveSig) e.lsig = m.leaveSig
+      members.push(e)
+    }
+    const bytes = encodePushPull({ t: 'state', join, members })
+    this.stateCache = { version: this.stateVersion, join, bytes }
+    return bytes
+  }
+
+  /** Decodes and merges a remote state; returns our pre-merge state for a reply, or null if dropped. */
+  private receiveState(bytes: Uint8Array, now: number, reply: boolean): Uint8Array | null {
+    this.counters.pushPullReceived++
+    this.counters.pushPullBytesReceived += bytes?.length ?? 0
+    const r = decodePushPull(bytes, this.cfg.maxPushPullBytes)
+    if (!r.ok) {
+      this.counters.dropped[r.reason]++
+      return null
+    }
+    let ours: Uint8Array | null = null
+    if (reply) {
+      ours = this.encodeState(false)
+      this.counters.pushPullSent++
+      this.counters.pushPullBytesSent += ours.length
+    }
+    this.mergeState(r.msg.members, now)
+    return ours
+  }
+
+  /** memberlist `mergeState`: alive → alive rules; suspect/dead → suspect (we verify ourselves); left → leave. */
+  private mergeState(entries: StateEntry[], now: number): void {
+    for (const e of entries) {
+      if (e.id === this.id) {
+        this.mergeSelfEntry(e)
+        continue
+      }
+      const m = this.table.get(e.id)
+      const sameRecord =
+        m !== undefined && m.recordIncarnation === e.ri && bytesEqual(m.sig, e.sig) && bytesEqual(m.recordBytes, e.rec)
+      if (e.st === 'alive' && !sameRecord && (m === undefined || e.ri > m.incarnation)) {
+        this.onAlive(e.id, e.ri, e.rec, e.sig, undefined, now)
+      }
+      switch (e.st) {
+        case 'alive':
+          break
+        case 'suspect':
+        case 'dead':
+          this.onSuspect({ t: 'suspect', id: e.id, inc: e.inc, from: this.id }, now)
+          break
+        case 'left':
+          if (e.lsig) this.onLeave({ t: 'leave', id: e.id, inc: e.inc, sig: e.lsig }, now)
+          break
+      }
+    }
+  }
+
+  private mergeSelfEntry(e: StateEntry): void {
+    if (this.leaving) return
+    if (e.st === 'alive') {
+      if (e.ri > this.incarnation || (e.ri === this.incarnation && !bytesEqual(e.rec, this.recordBytes))) {
+        this.refute(e.ri, false)
+      }
+    } else if (e.inc >= this.incarnation) {
+      this.refute(e.inc, e.st === 'suspect')
+    }
+  }
+
+  // ---------------------------------------------------------------- state rules (memberlist state.go)
+
+  private handleSimple(from: string, msg: DecodedSimpleMessage, now: number): void {
+    switch (msg.t) {
+      case 'ping':
+        if (msg.target !== this.id) return
+        this.sendWithPiggyback(from, { t: 'ack', seq: msg.seq })
+        return
+      case 'ping-req':
+        this.onPingReq(from, msg.seq, msg.target, msg.nack, now)
+        return
+      case 'ack':
+        this.onAck(msg.seq)
+        return
+      case 'nack':
+        this.counters.nacksReceived++
+        if (this.probe && this.probe.seq === msg.seq) this.probe.nacks++
+        return
+      case 'alive':
+        if (msg.record.id === this.id) {
+          this.aliveAboutSelf(msg.inc, msg.rec, msg.sig)
+          return
+        }
+        this.onAlive(msg.record.id, msg.inc, msg.rec, msg.sig, msg.record, now)
+        return
+      case 'suspect':
+        this.onSuspect(msg, now)
+        return
+      case 'dead':
+        this.onDead(msg, now)
+        return
+      case 'leave':
+        this.onLeave(msg, now)
+        return
+    }
+  }
+
+  /** An alive about us that is not ours: a record from a previous run. Jump above it. */
+  private aliveAboutSelf(inc: number, rec: Uint8Array, sig: Uint8Array): void {
+    if (this.leaving) return
+    if (inc < this.incarnation) return
+    if (inc === this.incarnation && bytesEqual(rec, this.recordBytes) && bytesEqual(sig, this.sig)) return
+    if (!this.verifier(this.id, aliveSigningBytes(inc, rec), sig)) {
+      this.counters.dropped.forged++
+      return
+    }
+    this.refute(inc, false)
+  }
+
+  /** memberlist `aliveNode`. `record` may be undefined (push/pull): it is decoded only if needed. */
+  private onAlive(
+    id: string,
+    inc: number,
+    rec: Uint8Array,
+    sig: Uint8Array,
+    decoded: NodeRecord | undefined,
+    now: number,
+  ): void {
+    const m = this.table.get(id)
+    // Same or older incarnation: nothing new (a suspect must refute with a higher one).
+    if (m && inc <= m.incarnation) return
+    if (!this.verifier(id, aliveSigningBytes(inc, rec), sig)) {
+      this.counters.dropped.forged++
+      return
+    }
+    let record = decoded
+    if (!record) {
+      const r = decodeRecord(rec, this.cfg.maxRecordBytes)
+      if (!r.ok) {
+        this.counters.dropped[r.reason]++
+        return
+      }
+      record = r.msg
+    }
+    if (record.id !== id) {
+      this.counters.dropped.forged++
+      return
+    }
+    const next: MemberState = {
+      id,
+      record,
+      recordBytes: rec,
+      sig,
+      recordIncarnation: inc,
+      incarnation: inc,
+      status: 'alive',
+      stateChangeMs: m && m.status === 'alive' ? m.stateChangeMs : now,
+    }
+    this.table.set(next)
+    this.touch()
+    this.suspicions.delete(id)
+    this.timers.delete(`suspect:${id}`)
+    this.queue.push(id, encodeMessage({ t: 'alive', inc, rec, sig }))
+    if (!m) {
+      this.order.add(id)
+      this.emit('member:join', next)
+      this.checkNameConflict(next)
+      return
+    }
+    if (m.status === 'dead' || m.status === 'left') {
+      this.emit('member:join', next)
+      this.checkNameConflict(next)
+      return
+    }
+    if (m.status === 'suspect') this.emit('member:alive', next)
+    if (m.record.version !== record.version) this.emit('member:update', next)
+    if (m.record.name !== record.name) this.checkNameConflict(next)
+  }
+
+  /** memberlist `suspectNode`. */
+  private onSuspect(msg: SuspectMessage, now: number): void {
+    if (msg.id === this.id) {
+      if (!this.leaving && msg.inc >= this.incarnation) this.refute(msg.inc, true)
+      return
+    }
+    const m = this.table.get(msg.id)
+    if (!m || msg.inc < m.incarnation) return
+    const existing = this.suspicions.get(msg.id)
+    if (existing) {
+      // Lifeguard §IV-B: an independent accuser shortens the timeout; pass the news on.
+      if (existing.confirm(msg.from)) {
+        this.queue.push(msg.id, encodeMessage(msg))
+        const s = existing
+        this.setTimer(`suspect:${msg.id}`, s.deadlineMs(), (t) => this.suspicionExpired(msg.id, s, t))
+      }
+      return
+    }
+    if (m.status !== 'alive') return
+    const next: MemberState = { ...m, incarnation: msg.inc, status: 'suspect', stateChangeMs: now }
+    this.table.set(next)
+    this.touch()
+    this.counters.suspicions++
+    this.queue.push(msg.id, encodeMessage({ t: 'suspect', id: msg.id, inc: msg.inc, from: msg.from }))
+    this.emit('member:suspect', next)
+    const n = this.estimatedSize()
+    // With fewer than k other members to confirm, expect no confirmation (memberlist).
+    const k = n - 2 < this.cfg.suspicionConfirmations ? 0 : this.cfg.suspicionConfirmations
+    const minMs = suspicionMinTimeout(this.cfg.suspicionMult, n, this.cfg.probeIntervalMs)
+    const s = new Suspicion({
+      from: msg.from,
+      startMs: now,
+      incarnation: msg.inc,
+      k,
+      minMs,
+      maxMs: this.cfg.suspicionMaxTimeoutMult * minMs,
+    })
+    this.suspicions.set(msg.id, s)
+    this.setTimer(`suspect:${msg.id}`, s.deadlineMs(), (t) => this.suspicionExpired(msg.id, s, t))
+  }
+
+  private suspicionExpired(id: string, s: Suspicion, now: number): void {
+    if (this.suspicions.get(id) !== s) return
+    this.suspicions.delete(id)
+    const m = this.table.get(id)
+    if (!m || m.status !== 'suspect' || m.incarnation !== s.incarnation) return
+    this.onDead({ t: 'dead', id, inc: m.incarnation, from: this.id }, now)
+  }
+
+  /** memberlist `deadNode` (for dead; leave is `onLeave`). */
+  private onDead(msg: DeadMessage, now: number): void {
+    if (msg.id === this.id) {
+      if (!this.leaving && msg.inc >= this.incarnation) this.refute(msg.inc, false)
+      return
+    }
+    const m = this.table.get(msg.id)
+    if (!m || msg.inc < m.incarnation) return
+    if (m.status === 'dead' || m.status === 'left') return
+    this.suspicions.delete(msg.id)
+    this.timers.delete(`suspect:${msg.id}`)
+    const next: MemberState = { ...m, incarnation: msg.inc, status: 'dead', stateChangeMs: now }
+    this.table.set(next)
+    this.touch()
+    this.deadIds.add(msg.id)
+    this.counters.deaths++
+    this.queue.push(msg.id, encodeMessage({ t: 'dead', id: msg.id, inc: msg.inc, from: msg.from }))
+    this.emit('member:fail', next)
+  }
+
+  private onLeave(msg: LeaveMessage, now: number): void {
+    if (msg.id === this.id) {
+      if (this.leaving || msg.inc < this.incarnation) return
+      if (!this.verifier(this.id, leaveSigningBytes(msg.id, msg.inc), msg.sig)) {
+        this.counters.dropped.forged++
+        return
+      }
+      this.refute(msg.inc, false)
+      return
+    }
+    const m = this.table.get(msg.id)
+    if (!m || msg.inc < m.incarnation) return
+    if (m.status === 'dead' || m.status === 'left') return
+    if (!this.verifier(msg.id, leaveSigningBytes(msg.id, msg.inc), msg.sig)) {
+      this.counters.dropped.forged++
+      return
+    }
+    this.suspicions.delete(msg.id)
+    this.timers.delete(`suspect:${msg.id}`)
+    const next: MemberState = { ...m, incarnation: msg.inc, status: 'left', stateChangeMs: now, leaveSig: msg.sig }
+    this.table.set(next)
+    this.touch()
+    this.deadIds.add(msg.id)
+    this.queue.push(msg.id, encodeMessage(msg))
+    this.emit('member:leave', next)
+  }
+
+  /** SWIM §4.2: we are accused at `accusedInc`; come back with a higher incarnation. */
+  private refute(accusedInc: number, suspected: boolean): void {
+    this.incarnation = Math.max(this.incarnation + 1, accusedInc + 1)
+    this.counters.refutations++
+    // Lifeguard §IV-A: being accused is a sign that we were slow.
+    if (suspected) this.health.apply(1)
+    this.resign()
+  }
+
+  private resign(): void {
+    this.sig = this.signer(aliveSigningBytes(this.incarnation, this.recordBytes))
+    this.touch()
+    this.broadcastSelf()
+  }
+
+  private broadcastSelf(): void {
+    this.queue.push(this.id, encodeMessage({ t: 'alive', inc: this.incarnation, rec: this.recordBytes, sig: this.sig }))
+  }
+
+  private checkNameConflict(m: MemberState): void {
+    const name = m.record.name
+    const claimants: { id: string; view: () => MemberView }[] = []
+    if (!this.leaving && this.record.name === name) claimants.push({ id: this.id, view: () => this.selfView() })
+    for (const o of this.table.values()) {
+      if ((o.status === 'alive' || o.status === 'suspect') && o.record.name === name) {
+        claimants.push({ id: o.id, view: () => view(o) })
+      }
+    }
+    if (claimants.length < 2) return
+    let winner = claimants[0]!
+    for (const c of claimants) if (c.id < winner.id) winner = c
+    const w = winner.view()
+    // Report the conflict that `m` brought: `m` lost, or `m` won against the others.
+    const losers = m.id === winner.id ? claimants.filter((c) => c.id !== winner.id) : claimants.filter((c) => c.id === m.id)
+    for (const l of losers) {
+      const lv = l.view()
+      lv.nameConflict = true
+      this.out.events.push({ type: 'member:conflict', member: lv, winner: w })
+    }
+  }
+
+  private selfView(): MemberView {
+    return {
+      id: this.id,
+      name: this.record.name,
+      address: this.record.addresses[0] ?? '',
+      addresses: this.record.addresses,
+      status: this.leaving ? 'left' : 'alive',
+      incarnation: this.incarnation,
+      tags: this.record.tags,
+      meta: this.record.meta,
+      version: this.record.version,
+      nameConflict: false,
+    }
+  }
+
+  private checkedRecordBytes(rec: NodeRecord): Uint8Array {
+    const problem = recordProblem(rec)
+    if (problem !== undefined) throw new InvalidRecordError(`invalid node record: ${problem}`)
+    const bytes = encodeRecord(rec)
+    if (bytes.length > this.cfg.maxRecordBytes) {
+      throw new RecordTooLargeError(
+        `node record is ${bytes.length} bytes encoded, more than maxRecordBytes (${this.cfg.maxRecordBytes})`,
+      )
+    }
+    return bytes
+  }
+}
+
+function view(m: MemberState): MemberView {
+  return {
+    id: m.id,
+    name: m.record.name,
+    address: m.record.addresses[0] ?? '',
+    addresses: m.record.addresses,
+    status: m.status,
+    incarnation: m.incarnation,
+    tags: m.record.tags,
+    meta: m.record.meta,
+    version: m.record.version,
+    nameConflict: false,
+  }
+}
+
+/** Builds the state a member would be in after a verified alive (pre-converged simulations). */
+export function aliveMemberState(
+  record: NodeRecord,
+  incarnation: number,
+  signer: Signer,
+  nowMs: number,
+): MemberState {
+  const recordBytes = encodeRecord(record)
+  return {
+    id: record.id,
+    record,
+    recordBytes,
+    sig: signer(aliveSigningBytes(incarnation, recordBytes)),
+    recordIncarnation: incarnation,
+    incarnation,
+    status: 'alive',
+    stateChangeMs: nowMs,
+  }
+}
