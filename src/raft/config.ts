@@ -1,0 +1,64 @@
+import { InvalidRaftConfigError } from './errors.ts'
+import type { NodeId } from './types.ts'
+
+/** Settings of the pure Raft core. Times are in ticks; the driver decides how long a tick is. */
+export interface RaftConfig {
+  /** This node's id. */
+  id: NodeId
+  /**
+   * Followers start an election after a randomized timeout in [electionTick, 2·electionTick) ticks
+   * without hearing from a leader (Raft §5.2). Must be well above heartbeatTick so one lost
+   * heartbeat does not cause an election.
+   */
+  electionTick: number
+  /** The leader sends heartbeats every heartbeatTick ticks. */
+  heartbeatTick: number
+  /** Uniform random number in [0, 1); injected so simulations are deterministic by seed. */
+  rng: () => number
+  /**
+   * Pre-vote (thesis §9.6): a node first asks whether it could win before bumping its term, so a
+   * partitioned node that rejoins cannot disrupt a healthy leader.
+   */
+  preVote: boolean
+  /**
+   * Check-quorum (thesis §6.2): the leader steps down if it has not heard from a quorum within an
+   * election timeout, and followers that heard from a leader recently ignore vote requests.
+   */
+  checkQuorum: boolean
+  /** Maximum number of entries in one append message (batching). */
+  maxEntriesPerMsg: number
+  /** Maximum total entry payload bytes in one append message (at least one entry is always sent). */
+  maxBytesPerMsg: number
+  /** Maximum in-flight append messages per follower while pipelining (replicate state). */
+  maxInflightMsgs: number
+}
+
+/** Defaults for a LAN cluster with a 100 ms tick: heartbeats every 100 ms, elections after 1-2 s. */
+export const DEFAULT_RAFT_CONFIG: Omit<RaftConfig, 'id' | 'rng'> = {
+  electionTick: 10, // 10 × 100 ms: tolerates several lost heartbeats before an election
+  heartbeatTick: 1, // heartbeat every tick keeps followers' election timers well clear of expiry
+  preVote: true, // a rejoining partitioned node must not depose a healthy leader
+  checkQuorum: true, // a leader cut off from the majority must stop serving reads and writes
+  maxEntriesPerMsg: 256, // policy writes are small; 256 keeps a catching-up follower moving fast
+  maxBytesPerMsg: 1024 * 1024, // 1 MiB keeps one message under libp2p stream frame limits
+  maxInflightMsgs: 256, // enough pipelining for a WAN round trip without unbounded memory
+}
+
+/** Rejects combinations that cannot work, with the reason. */
+export function validateRaftConfig(c: RaftConfig): void {
+  const intOver = (name: string, v: number, min: number) => {
+    if (!Number.isInteger(v) || v < min)
+      throw new InvalidRaftConfigError(`${name} must be an integer >= ${min}`)
+  }
+  if (typeof c.id !== 'string' || c.id.length === 0)
+    throw new InvalidRaftConfigError('id must be a non-empty string')
+  intOver('heartbeatTick', c.heartbeatTick, 1)
+  intOver('electionTick', c.electionTick, 1)
+  if (c.electionTick <= c.heartbeatTick) {
+    throw new InvalidRaftConfigError('electionTick must be greater than heartbeatTick')
+  }
+  intOver('maxEntriesPerMsg', c.maxEntriesPerMsg, 1)
+  intOver('maxBytesPerMsg', c.maxBytesPerMsg, 1)
+  intOver('maxInflightMsgs', c.maxInflightMsgs, 1)
+  if (typeof c.rng !== 'function') throw new InvalidRaftConfigError('rng must be a function returning [0, 1)')
+}

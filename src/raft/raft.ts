@@ -1,0 +1,945 @@
+import { applyConfChange, decodeConfChange, encodeConfChange, isMember, isVoter } from './conf-change.ts'
+import { type RaftConfig, validateRaftConfig } from './config.ts'
+import { ConfChangeError, LeadershipTransferInProgressError, NotLeaderError } from './errors.ts'
+import { Progress } from './progress.ts'
+import { committedIndex, quorum, voteResult } from './quorum.ts'
+import { RaftLog } from './raft-log.ts'
+import type {
+  ConfChange,
+  ConfState,
+  Entry,
+  HardState,
+  Message,
+  MessageType,
+  NodeId,
+  ReadState,
+  Ready,
+  RequestId,
+  Role,
+  Snapshot,
+  SoftState,
+} from './types.ts'
+
+/** Vote context marking an election forced by leadership transfer (skips pre-vote and leases). */
+export const CAMPAIGN_TRANSFER = 'transfer'
+
+/** What a node restarts from: everything its storage holds. */
+export interface RaftInitialState {
+  hardState?: HardState
+  snapshot?: Snapshot
+  entries?: Entry[]
+}
+
+export interface RaftStatus {
+  id: NodeId
+  term: number
+  vote: NodeId
+  leader: NodeId | undefined
+  role: Role
+  commit: number
+  applied: number
+  firstIndex: number
+  lastIndex: number
+  conf: ConfState
+  leadTransferee: NodeId | undefined
+  /** The leader's view of each member's replication; empty on other nodes. */
+  progress: Record<NodeId, { match: number; next: number; state: string; learner: boolean }>
+}
+
+interface ReadRequest {
+  context: string
+  from: NodeId
+  index: number
+  acks: Set<NodeId>
+}
+
+type CampaignKind = 'preElection' | 'election' | 'transfer'
+
+const EMPTY = new Uint8Array(0)
+
+/**
+ * The Raft consensus core, in the style of etcd-io/raft: a synchronous state machine that does no
+ * I/O and reads no clock. The application calls `tick()` on a timer, `step(msg)` for every received
+ * message, `propose()`/`readIndex()`/`proposeConfChange()` for local requests, then drains
+ * `ready()`: persist `hardState`/`entries`/`snapshot`, send `messages`, apply `committedEntries`,
+ * and calls `advance(ready)`.
+ */
+export class Raft {
+  readonly id: NodeId
+  term = 0
+  vote: NodeId = ''
+  lead: NodeId | undefined
+  role: Role = 'follower'
+  readonly log = new RaftLog()
+  leadTransferee: NodeId | undefined
+  /** Index of the latest conf entry appended by this leader; a new change waits until it commits. */
+  pendingConfIndex = 0
+
+  private readonly cfg: RaftConfig
+  private prs = new Map<NodeId, Progress>()
+  private votes = new Map<NodeId, boolean>()
+  private msgs: Message[] = []
+  private readStates: ReadState[] = []
+  private readOnly: ReadRequest[] = []
+  private pendingReads: { context: string; from: NodeId }[] = []
+  private electionElapsed = 0
+  private heartbeatElapsed = 0
+  private randomizedElectionTimeout = 0
+  /** Configuration from the snapshot (or empty), and after each conf entry in the log. */
+  private baseConf: ConfState = { voters: [], learners: [] }
+  private confLog: { index: number; conf: ConfState }[] = []
+  /** Latest snapshot: what the leader sends to a follower whose next entry is compacted. */
+  private latestSnapshot: Snapshot | undefined
+  private prevHardState: HardState
+  private prevSoftState: SoftState
+
+  constructor(cfg: RaftConfig, initial: RaftInitialState = {}) {
+    validateRaftConfig(cfg)
+    this.cfg = cfg
+    this.id = cfg.id
+    const snap = initial.snapshot
+    if (snap !== undefined) {
+      const m = snap.metadata
+      this.log.offsetIndex = m.index
+      this.log.offsetTerm = m.term
+      this.log.committed = m.index
+      this.log.applied = m.index
+      this.log.stabled = m.index
+      this.baseConf = cloneConf(m.conf)
+      this.latestSnapshot = snap
+    }
+    const ents = (initial.entries ?? []).filter((e) => e.index > this.log.offsetIndex)
+    if (ents.length > 0) {
+      if (ents[0]!.index !== this.log.offsetIndex + 1) {
+        throw new RangeError(`log starts at ${ents[0]!.index}, expected ${this.log.offsetIndex + 1}`)
+      }
+      this.appendToLog(ents)
+    }
+    this.log.stabled = this.log.lastIndex()
+    const hs = initial.hardState ?? { term: 0, vote: '', commit: 0 }
+    this.term = hs.term
+    this.vote = hs.vote
+    this.log.commitTo(hs.commit)
+    this.prevHardState = { term: hs.term, vote: hs.vote, commit: this.log.committed }
+    this.becomeFollower(this.term, undefined)
+    this.prevSoftState = this.softState()
+  }
+
+  /**
+   * Starts a brand-new cluster: appends one committed `addVoter` entry per initial voter at term 1,
+   * as etcd's bootstrap does. Every founding node must bootstrap with the same list; nodes that join
+   * later start empty and learn the configuration from the leader.
+   */
+  bootstrap(voters: readonly NodeId[]): void {
+    if (this.log.lastIndex() !== 0 || this.term !== 0 || this.log.offsetIndex !== 0) {
+      throw new ConfChangeError('cannot bootstrap a node that already has state')
+    }
+    const ids = [...new Set(voters)].sort()
+    if (ids.length === 0) throw new ConfChangeError('bootstrap needs at least one voter')
+    const ents: Entry[] = ids.map((node, i) => ({
+      term: 1,
+      index: i + 1,
+      type: 'conf',
+      data: encodeConfChange({ type: 'addVoter', node }),
+    }))
+    this.appendToLog(ents)
+    this.becomeFollower(1, undefined)
+    this.log.commitTo(ents.length)
+  }
+
+  // ---- configuration ----------------------------------------------------------------------------
+
+  conf(): ConfState {
+    return cloneConf(this.confLog.at(-1)?.conf ?? this.baseConf)
+  }
+
+  private confAt(index: number): ConfState {
+    let c = this.baseConf
+    for (const e of this.confLog) {
+      if (e.index > index) break
+      c = e.conf
+    }
+    return cloneConf(c)
+  }
+
+  private currentConf(): ConfState {
+    return this.confLog.at(-1)?.conf ?? this.baseConf
+  }
+
+  private lastConfIndex(): number {
+    return this.confLog.at(-1)?.index ?? this.log.offsetIndex
+  }
+
+  private promotable(): boolean {
+    return isVoter(this.currentConf(), this.id)
+  }
+
+  /** Appends to the in-memory log; conf entries take effect here, when appended (thesis §4.1). */
+  private appendToLog(ents: readonly Entry[]): void {
+    if (ents.length === 0) return
+    const first = ents[0]!.index
+    const before = this.currentConf()
+    if (first <= this.log.lastIndex()) this.confLog = this.confLog.filter((c) => c.index < first)
+    this.log.truncateAndAppend(ents)
+    for (const e of ents) {
+      if (e.type !== 'conf') continue
+      const cc = decodeConfChange(e.data)
+      if (cc === undefined) continue
+      try {
+        this.confLog.push({ index: e.index, conf: applyConfChange(this.currentConf(), cc) })
+      } catch {
+        // A change that does not apply (e.g. duplicated) changes nothing, identically everywhere.
+      }
+    }
+    if (this.currentConf() !== before) this.syncProgress()
+  }
+
+  /** Brings the progress map in line with the current configuration. */
+  private syncProgress(): void {
+    const conf = this.currentConf()
+    const members = new Set([...conf.voters, ...conf.learners])
+    for (const id of [...this.prs.keys()]) if (!members.has(id)) this.prs.delete(id)
+    for (const id of members) {
+      const learner = conf.learners.includes(id)
+      const pr = this.prs.get(id)
+      if (pr === undefined) {
+        const np = new Progress(this.log.lastIndex() + 1, this.cfg.maxInflightMsgs, learner)
+        np.recentActive = true
+        if (id === this.id) np.match = this.log.lastIndex()
+        this.prs.set(id, np)
+      } else {
+        pr.isLearner = learner
+      }
+    }
+    if (this.leadTransferee !== undefined && !conf.voters.includes(this.leadTransferee)) {
+      this.leadTransferee = undefined
+    }
+  }
+
+  // ---- state transitions ------------------------------------------------------------------------
+
+  private resetRandomizedElectionTimeout(): void {
+    const e = this.cfg.electionTick
+    this.randomizedElectionTimeout = e + Math.min(e - 1, Math.floor(this.cfg.rng() * e))
+  }
+
+  private reset(term: number): void {
+    if (this.term !== term) {
+      this.term = term
+      this.vote = ''
+    }
+    this.lead = undefined
+    this.electionElapsed = 0
+    this.heartbeatElapsed = 0
+    this.resetRandomizedElectionTimeout()
+    this.leadTransferee = undefined
+    this.votes.clear()
+    this.prs.clear()
+    this.syncProgress()
+    this.pendingConfIndex = 0
+    this.readOnly = []
+    this.pendingReads = []
+  }
+
+  private becomeFollower(term: number, lead: NodeId | undefined): void {
+    this.reset(term)
+    this.lead = lead
+    this.role = 'follower'
+  }
+
+  private becomePreCandidate(): void {
+    // Pre-vote (thesis §9.6) changes neither term nor vote.
+    this.votes.clear()
+    this.lead = undefined
+    this.role = 'preCandidate'
+  }
+
+  private becomeCandidate(): void {
+    this.reset(this.term + 1)
+    this.vote = this.id
+    this.role = 'candidate'
+  }
+
+  private becomeLeader(): void {
+    this.reset(this.term)
+    this.lead = this.id
+    this.role = 'leader'
+    for (const pr of this.prs.values()) pr.recentActive = true
+    this.prs.get(this.id)?.becomeReplicate()
+    // Conservatively treat any conf entry in the uncommitted tail as pending: no new change until
+    // an entry of this term commits (the fix for single-server changes across leader changes).
+    this.pendingConfIndex = this.log.lastIndex()
+    // Raft §8: a new leader appends an empty entry so that it can commit entries of earlier terms.
+    this.appendAsLeader([{ term: this.term, index: this.log.lastIndex() + 1, type: 'normal', data: EMPTY }])
+  }
+
+  // ---- inputs -----------------------------------------------------------------------------------
+
+  /** Advances logical time by one tick. */
+  tick(): void {
+    if (this.role === 'leader') this.tickHeartbeat()
+    else this.tickElection()
+  }
+
+  private tickElection(): void {
+    this.electionElapsed++
+    if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
+      this.electionElapsed = 0
+      this.campaign()
+    }
+  }
+
+  private tickHeartbeat(): void {
+    this.heartbeatElapsed++
+    this.electionElapsed++
+    for (const pr of this.prs.values()) if (pr.state === 'snapshot') pr.snapshotTicks++
+    if (this.electionElapsed >= this.cfg.electionTick) {
+      this.electionElapsed = 0
+      if (this.cfg.checkQuorum && !this.quorumActive()) {
+        // Thesis §6.2: a leader that cannot hear a quorum within an election timeout steps down.
+        this.becomeFollower(this.term, undefined)
+        return
+      }
+      // A transfer that did not finish within an election timeout is abandoned (thesis §3.10).
+      this.leadTransferee = undefined
+    }
+    if (this.heartbeatElapsed >= this.cfg.heartbeatTick) {
+      this.heartbeatElapsed = 0
+      this.bcastHeartbeat(this.readOnly.at(-1)?.context ?? '')
+    }
+  }
+
+  private quorumActive(): boolean {
+    const voters = this.currentConf().voters
+    let active = 0
+    for (const v of voters) {
+      if (v === this.id || this.prs.get(v)?.recentActive) active++
+    }
+    for (const [id, pr] of this.prs) if (id !== this.id) pr.recentActive = false
+    return active >= quorum(voters.length)
+  }
+
+  /** Starts an election now (with pre-vote if configured). Ignored on leaders and non-voters. */
+  campaign(): void {
+    if (this.role === 'leader') return
+    this.startCampaign(this.cfg.preVote ? 'preElection' : 'election')
+  }
+
+  private startCampaign(kind: CampaignKind): void {
+    if (!this.promotable()) return
+    let voteType: MessageType
+    let term: number
+    if (kind === 'preElection') {
+      this.becomePreCandidate()
+      voteType = 'preVote'
+      term = this.term + 1 // the term we would campaign for; ours is unchanged
+    } else {
+      this.becomeCandidate()
+      voteType = 'vote'
+      term = this.term
+    }
+    this.votes.set(this.id, true)
+    if (voteResult(this.currentConf().voters, this.votes) === 'won') {
+      if (kind === 'preElection') this.startCampaign('election')
+      else this.becomeLeader()
+      return
+    }
+    for (const v of this.currentConf().voters) {
+      if (v === this.id) continue
+      this.send({
+        type: voteType,
+        to: v,
+        term,
+        index: this.log.lastIndex(),
+        logTerm: this.log.lastTerm(),
+        context: kind === 'transfer' ? CAMPAIGN_TRANSFER : '',
+      })
+    }
+  }
+
+  /** Handles one message from a peer. Never throws on a well-typed message. */
+  step(m: Message): void {
+    if (m.to !== this.id || m.from === this.id) return
+    if (m.term > this.term) {
+      if (m.type === 'vote' || m.type === 'preVote') {
+        const force = m.context === CAMPAIGN_TRANSFER
+        // Check-quorum lease (thesis §6.2/§4.2.3): having heard from a leader within the minimum
+        // election timeout, ignore requests to replace it.
+        const inLease =
+          this.cfg.checkQuorum && this.lead !== undefined && this.electionElapsed < this.cfg.electionTick
+        if (!force && inLease) return
+      }
+      if (m.type === 'preVote') {
+        // Never change our term because of a pre-vote request.
+      } else if (m.type === 'preVoteResp' && !m.reject) {
+        // The term is bumped only when the pre-vote wins.
+      } else if (m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap') {
+        this.becomeFollower(m.term, m.from)
+      } else {
+        this.becomeFollower(m.term, undefined)
+      }
+    } else if (m.term < this.term) {
+      if ((this.cfg.checkQuorum || this.cfg.preVote) && (m.type === 'heartbeat' || m.type === 'app')) {
+        // Tell a stale leader about our term: without this a node whose term ran ahead while it
+        // was partitioned could never rejoin, since its pre-votes are refused.
+        this.send({ type: 'appResp', to: m.from })
+      } else if (m.type === 'preVote') {
+        this.send({ type: 'preVoteResp', to: m.from, term: this.term, reject: true })
+      }
+      return
+    }
+
+    if (m.type === 'vote' || m.type === 'preVote') {
+      this.handleVote(m)
+      return
+    }
+    switch (this.role) {
+      case 'leader':
+        this.stepLeader(m)
+        break
+      case 'candidate':
+      case 'preCandidate':
+        this.stepCandidate(m)
+        break
+      case 'follower':
+        this.stepFollower(m)
+        break
+    }
+  }
+
+  private handleVote(m: Message): void {
+    const respType = m.type === 'vote' ? 'voteResp' : 'preVoteResp'
+    const canVote =
+      this.vote === m.from ||
+      (this.vote === '' && this.lead === undefined) ||
+      (m.type === 'preVote' && m.term > this.term)
+    // Raft §5.4.1: grant only to a candidate whose log is at least as up-to-date as ours.
+    if (canVote && this.log.isUpToDate(m.index, m.logTerm)) {
+      this.send({ type: respType, to: m.from, term: m.term })
+      if (m.type === 'vote') {
+        this.electionElapsed = 0
+        this.vote = m.from
+      }
+    } else {
+      this.send({ type: respType, to: m.from, term: this.term, reject: true })
+    }
+  }
+
+  private stepLeader(m: Message): void {
+    switch (m.type) {
+      case 'appResp':
+        this.handleAppendResponse(m)
+        return
+      case 'heartbeatResp':
+        this.handleHeartbeatResponse(m)
+        return
+      case 'readIndex':
+        this.handleReadIndex(m.from, m.context)
+        return
+      default:
+        return
+    }
+  }
+
+  private stepCandidate(m: Message): void {
+    const myResp = this.role === 'preCandidate' ? 'preVoteResp' : 'voteResp'
+    switch (m.type) {
+      case 'app':
+        this.becomeFollower(m.term, m.from)
+        this.handleAppend(m)
+        return
+      case 'heartbeat':
+        this.becomeFollower(m.term, m.from)
+        this.handleHeartbeat(m)
+        return
+      case 'snap':
+        this.becomeFollower(m.term, m.from)
+        this.handleSnapshot(m)
+        return
+      default:
+        if (m.type !== myResp) return
+        this.votes.set(m.from, !m.reject)
+        switch (voteResult(this.currentConf().voters, this.votes)) {
+          case 'won':
+            if (this.role === 'preCandidate') this.startCampaign('election')
+            else this.becomeLeader()
+            return
+          case 'lost':
+            this.becomeFollower(this.term, undefined)
+            return
+          case 'pending':
+            return
+        }
+    }
+  }
+
+  private stepFollower(m: Message): void {
+    switch (m.type) {
+      case 'app':
+        this.electionElapsed = 0
+        this.lead = m.from
+        this.handleAppend(m)
+        return
+      case 'heartbeat':
+        this.electionElapsed = 0
+        this.lead = m.from
+        this.handleHeartbeat(m)
+        return
+      case 'snap':
+        this.electionElapsed = 0
+        this.lead = m.from
+        this.handleSnapshot(m)
+        return
+      case 'timeoutNow':
+        // Thesis §3.10: the leader asks us to start an election at once, skipping pre-vote.
+        this.startCampaign('transfer')
+        return
+      case 'readIndexResp':
+        this.readStates.push({ index: m.index, context: m.context })
+        return
+      default:
+        return
+    }
+  }
+
+  // ---- follower side of replication -------------------------------------------------------------
+
+  private handleAppend(m: Message): void {
+    if (m.index < this.log.committed) {
+      this.send({ type: 'appResp', to: m.from, index: this.log.committed })
+      return
+    }
+    const last = this.maybeAppend(m.index, m.logTerm, m.commit, m.entries)
+    if (last !== undefined) {
+      this.send({ type: 'appResp', to: m.from, index: last })
+      return
+    }
+    // Fast backtracking (thesis §5.3 note, etcd): hint the last index whose term is <= the
+    // leader's prevLogTerm, so the leader skips whole conflicting terms in one round trip.
+    const hint = this.log.findConflictByTerm(Math.min(m.index, this.log.lastIndex()), m.logTerm)
+    this.send({
+      type: 'appResp',
+      to: m.from,
+      index: m.index,
+      reject: true,
+      rejectHint: hint.index,
+      logTerm: hint.term,
+    })
+  }
+
+  /** Raft §5.3 AppendEntries receiver rules; returns the last new index on success. */
+  private maybeAppend(
+    prevIndex: number,
+    prevTerm: number,
+    commit: number,
+    ents: Entry[],
+  ): number | undefined {
+    if (!this.log.matchTerm(prevIndex, prevTerm)) return undefined
+    for (let i = 0; i < ents.length; i++) if (ents[i]!.index !== prevIndex + 1 + i) return undefined
+    const lastNew = prevIndex + ents.length
+    const ci = this.log.findConflict(ents)
+    if (ci !== 0) {
+      // Committed entries never conflict with a legitimate leader (Leader Completeness, §5.4).
+      if (ci <= this.log.committed) return undefined
+      this.appendToLog(ents.slice(ci - prevIndex - 1))
+    }
+    this.log.commitTo(Math.min(commit, lastNew))
+    return lastNew
+  }
+
+  private handleHeartbeat(m: Message): void {
+    this.log.commitTo(m.commit)
+    this.send({ type: 'heartbeatResp', to: m.from, context: m.context })
+  }
+
+  private handleSnapshot(m: Message): void {
+    const s = m.snapshot
+    if (s === undefined) return
+    if (this.restore(s)) {
+      this.send({ type: 'appResp', to: m.from, index: this.log.lastIndex() })
+    } else {
+      this.send({ type: 'appResp', to: m.from, index: this.log.committed })
+    }
+  }
+
+  private restore(s: Snapshot): boolean {
+    if (s.metadata.index <= this.log.committed) return false
+    if (this.log.matchTerm(s.metadata.index, s.metadata.term)) {
+      // We already hold the snapshot's last entry: just fast-forward commit.
+      this.log.commitTo(s.metadata.index)
+      return false
+    }
+    this.log.restore(s)
+    this.baseConf = cloneConf(s.metadata.conf)
+    this.confLog = []
+    this.latestSnapshot = s
+    this.syncProgress()
+    return true
+  }
+
+  // ---- leader side of replication ---------------------------------------------------------------
+
+  private appendAsLeader(ents: Entry[]): void {
+    this.appendToLog(ents)
+    this.prs.get(this.id)?.maybeUpdate(this.log.lastIndex())
+    this.maybeCommit()
+    this.bcastAppend()
+  }
+
+  /**
+   * Raft §5.4.2: the leader commits by counting replicas only for entries of its own term; earlier
+   * entries commit indirectly, by the Log Matching Property.
+   */
+  private maybeCommit(): boolean {
+    const voters = this.currentConf().voters
+    const mci = committedIndex(voters.map((v) => this.prs.get(v)?.match ?? 0))
+    if (mci <= this.log.committed || this.log.term(mci) !== this.term) return false
+    this.log.commitTo(mci)
+    this.afterLeaderCommit()
+    return true
+  }
+
+  private afterLeaderCommit(): void {
+    if (this.pendingReads.length > 0 && this.log.term(this.log.committed) === this.term) {
+      const reads = this.pendingReads
+      this.pendingReads = []
+      for (const r of reads) this.handleReadIndex(r.from, r.context)
+    }
+    // Thesis §4.2.2: a leader removed from the configuration steps down once the change commits.
+    if (!this.promotable() && this.log.committed >= this.lastConfIndex()) {
+      this.bcastAppend()
+      this.becomeFollower(this.term, undefined)
+    }
+  }
+
+  private bcastAppend(): void {
+    if (this.role !== 'leader') return
+    for (const id of this.prs.keys()) if (id !== this.id) this.sendAppend(id)
+  }
+
+  private sendAppend(to: NodeId, sendIfEmpty = true): boolean {
+    const pr = this.prs.get(to)
+    if (pr === undefined || pr.isPaused()) return false
+    pr.next = Math.min(pr.next, this.log.lastIndex() + 1)
+    const prevIndex = pr.next - 1
+    const prevTerm = this.log.term(prevIndex)
+    const ents =
+      prevTerm === undefined
+        ? undefined
+        : this.log.sliceForSend(pr.next, this.cfg.maxEntriesPerMsg, this.cfg.maxBytesPerMsg)
+    if (prevTerm === undefined || ents === undefined) {
+      // The entries it needs are compacted: send the snapshot instead (Raft §7).
+      const snap = this.latestSnapshot
+      if (snap === undefined) return false
+      pr.becomeSnapshot(snap.metadata.index)
+      this.send({ type: 'snap', to, snapshot: snap })
+      return true
+    }
+    if (ents.length === 0 && !sendIfEmpty) return false
+    this.send({
+      type: 'app',
+      to,
+      index: prevIndex,
+      logTerm: prevTerm,
+      entries: ents,
+      commit: this.log.committed,
+    })
+    if (ents.length > 0) pr.sentEntries(ents.at(-1)!.index)
+    else if (pr.state === 'probe') pr.probeSent = true
+    return true
+  }
+
+  private bcastHeartbeat(context: string): void {
+    for (const [id, pr] of this.prs) {
+      if (id === this.id) continue
+      this.send({ type: 'heartbeat', to: id, commit: Math.min(pr.match, this.log.committed), context })
+    }
+  }
+
+  private handleAppendResponse(m: Message): void {
+    const pr = this.prs.get(m.from)
+    if (pr === undefined) return
+    pr.recentActive = true
+    if (m.reject) {
+      let nextProbe = m.rejectHint
+      if (m.logTerm > 0) nextProbe = this.log.findConflictByTerm(m.rejectHint, m.logTerm).index
+      if (pr.maybeDecrTo(m.index, nextProbe)) {
+        if (pr.state === 'replicate') pr.becomeProbe()
+        this.sendAppend(m.from)
+      }
+      return
+    }
+    const oldPaused = pr.isPaused()
+    if (!pr.maybeUpdate(Math.min(m.index, this.log.lastIndex()))) return
+    if (pr.state === 'probe') pr.becomeReplicate()
+    else if (pr.state === 'snapshot' && pr.match >= pr.pendingSnapshot) pr.becomeProbe()
+    else if (pr.state === 'replicate') pr.inflights.freeLE(m.index)
+
+    if (this.maybeCommit()) {
+      this.bcastAppend()
+    } else if (oldPaused) {
+      this.sendAppend(m.from)
+    }
+    if (this.role !== 'leader') return
+    // Pipelining: keep sending while the window has room and there is something to send.
+    while (this.sendAppend(m.from, false)) {
+      if (pr.state !== 'replicate') break
+    }
+    if (m.from === this.leadTransferee && pr.match === this.log.lastIndex()) {
+      this.send({ type: 'timeoutNow', to: m.from })
+    }
+  }
+
+  private handleHeartbeatResponse(m: Message): void {
+    const pr = this.prs.get(m.from)
+    if (pr === undefined) return
+    pr.recentActive = true
+    pr.probeSent = false
+    if (pr.state === 'replicate' && pr.inflights.full()) pr.inflights.freeFirst()
+    // A snapshot that got no answer within an election timeout is presumed lost: send it again.
+    if (pr.state === 'snapshot' && pr.snapshotTicks >= this.cfg.electionTick) pr.becomeProbe()
+    if (pr.match < this.log.lastIndex()) this.sendAppend(m.from)
+    if (m.context !== '') this.ackRead(m.from, m.context)
+  }
+
+  // ---- linearizable reads (thesis §6.4) ---------------------------------------------------------
+
+  /**
+   * Requests a linearizable read point. When confirmed, a ReadState `{index, context}` appears in a
+   * Ready (on this node, even a follower: it asks the leader). Serve the read once applied >= index.
+   */
+  readIndex(context: string): void {
+    if (this.role === 'leader') {
+      this.handleReadIndex(this.id, context)
+      return
+    }
+    if (this.lead === undefined) throw new NotLeaderError(undefined)
+    this.send({ type: 'readIndex', to: this.lead, context })
+  }
+
+  private handleReadIndex(from: NodeId, context: string): void {
+    const voters = this.currentConf().voters
+    if (voters.length === 1 && voters[0] === this.id) {
+      this.respondRead(from, this.log.committed, context)
+      return
+    }
+    // §6.4 step 1: until an entry of its term commits, the leader may not know the commit index.
+    if (this.log.term(this.log.committed) !== this.term) {
+      this.pendingReads.push({ context, from })
+      return
+    }
+    // §6.4 step 2-3: record the commit index, then confirm leadership with a heartbeat round.
+    this.readOnly.push({ context, from, index: this.log.committed, acks: new Set([this.id]) })
+    this.bcastHeartbeat(context)
+  }
+
+  private ackRead(from: NodeId, context: string): void {
+    const at = this.readOnly.findIndex((r) => r.context === context)
+    if (at < 0) return
+    const req = this.readOnly[at]!
+    req.acks.add(from)
+    const voters = this.currentConf().voters
+    const acked = voters.filter((v) => req.acks.has(v)).length
+    if (acked < quorum(voters.length)) return
+    // A quorum confirmed leadership after every earlier request was registered: release them too.
+    for (const r of this.readOnly.splice(0, at + 1)) this.respondRead(r.from, r.index, r.context)
+  }
+
+  private respondRead(from: NodeId, index: number, context: string): void {
+    if (from === this.id) this.readStates.push({ index, context })
+    else this.send({ type: 'readIndexResp', to: from, index, context })
+  }
+
+  // ---- local requests ---------------------------------------------------------------------------
+
+  /** Appends a client entry. Returns its position; it is committed when applied with that term. */
+  propose(data: Uint8Array, requestId?: RequestId): { index: number; term: number } {
+    this.assertLeader()
+    const e: Entry = { term: this.term, index: this.log.lastIndex() + 1, type: 'normal', data }
+    if (requestId !== undefined) e.requestId = { clientId: requestId.clientId, seq: requestId.seq }
+    this.appendAsLeader([e])
+    return { index: e.index, term: e.term }
+  }
+
+  /**
+   * Proposes one membership change (thesis §4.1); it takes effect on each node when appended.
+   * Throws ConfChangeError if another change is not yet committed or the change makes no sense.
+   */
+  proposeConfChange(cc: ConfChange): { index: number; term: number } {
+    this.assertLeader()
+    if (this.pendingConfIndex > this.log.committed) {
+      throw new ConfChangeError('another membership change is not committed yet')
+    }
+    applyConfChange(this.currentConf(), cc) // validates; throws ConfChangeError
+    const e: Entry = {
+      term: this.term,
+      index: this.log.lastIndex() + 1,
+      type: 'conf',
+      data: encodeConfChange(cc),
+    }
+    this.pendingConfIndex = e.index
+    this.appendAsLeader([e])
+    return { index: e.index, term: e.term }
+  }
+
+  /**
+   * Hands leadership to `to` (thesis §3.10): bring it up to date, then send TimeoutNow. Proposals are
+   * refused meanwhile; abandoned after an election timeout.
+   */
+  transferLeadership(to: NodeId): void {
+    this.assertLeader(false)
+    if (to === this.id) {
+      this.leadTransferee = undefined
+      return
+    }
+    if (!isVoter(this.currentConf(), to)) throw new ConfChangeError(`${to} is not a voter`)
+    if (this.leadTransferee === to) return
+    this.leadTransferee = to
+    this.electionElapsed = 0
+    const pr = this.prs.get(to)!
+    if (pr.match === this.log.lastIndex()) this.send({ type: 'timeoutNow', to })
+    else this.sendAppend(to)
+  }
+
+  private assertLeader(checkTransfer = true): void {
+    if (this.role !== 'leader') throw new NotLeaderError(this.lead)
+    if (checkTransfer && this.leadTransferee !== undefined) {
+      throw new LeadershipTransferInProgressError(`leadership is being transferred to ${this.leadTransferee}`)
+    }
+  }
+
+  // ---- snapshots --------------------------------------------------------------------------------
+
+  /** Records a state-machine snapshot taken at `index` (<= applied). Persist the returned snapshot. */
+  createSnapshot(index: number, data: Uint8Array): Snapshot {
+    if (index > this.log.applied)
+      throw new RangeError(`snapshot index ${index} > applied ${this.log.applied}`)
+    const term = this.log.term(index)
+    if (term === undefined) throw new RangeError(`snapshot index ${index} is compacted`)
+    const snap: Snapshot = { metadata: { index, term, conf: this.confAt(index) }, data }
+    if (this.latestSnapshot === undefined || index > this.latestSnapshot.metadata.index)
+      this.latestSnapshot = snap
+    return snap
+  }
+
+  /** Drops in-memory entries <= index (which must be covered by a snapshot). */
+  compact(index: number): void {
+    const snapIndex = this.latestSnapshot?.metadata.index ?? 0
+    const i = Math.min(index, snapIndex)
+    if (i <= this.log.offsetIndex) return
+    this.baseConf = this.confAt(i)
+    this.confLog = this.confLog.filter((c) => c.index > i)
+    this.log.compact(i)
+  }
+
+  snapshot(): Snapshot | undefined {
+    return this.latestSnapshot
+  }
+
+  // ---- output -----------------------------------------------------------------------------------
+
+  private send(m: Partial<Message> & { type: MessageType; to: NodeId }): void {
+    this.msgs.push({
+      type: m.type,
+      from: this.id,
+      to: m.to,
+      term: m.term ?? this.term,
+      logTerm: m.logTerm ?? 0,
+      index: m.index ?? 0,
+      commit: m.commit ?? 0,
+      entries: m.entries ?? [],
+      reject: m.reject ?? false,
+      rejectHint: m.rejectHint ?? 0,
+      context: m.context ?? '',
+      ...(m.snapshot === undefined ? {} : { snapshot: m.snapshot }),
+    })
+  }
+
+  softState(): SoftState {
+    return { leader: this.lead, role: this.role }
+  }
+
+  hardState(): HardState {
+    return { term: this.term, vote: this.vote, commit: this.log.committed }
+  }
+
+  /** Everything the application must do now, or undefined if there is nothing. */
+  ready(): Ready | undefined {
+    const hs = this.hardState()
+    const ss = this.softState()
+    const rd: Ready = {
+      entries: this.log.unstableEntries(),
+      messages: this.msgs.slice(),
+      committedEntries: this.log.entriesToApply(),
+      readStates: this.readStates.slice(),
+    }
+    if (!sameHardState(hs, this.prevHardState)) rd.hardState = hs
+    if (ss.leader !== this.prevSoftState.leader || ss.role !== this.prevSoftState.role) rd.softState = ss
+    if (this.log.pendingSnapshot !== undefined) rd.snapshot = this.log.pendingSnapshot
+    const empty =
+      rd.entries.length === 0 &&
+      rd.messages.length === 0 &&
+      rd.committedEntries.length === 0 &&
+      rd.readStates.length === 0 &&
+      rd.hardState === undefined &&
+      rd.softState === undefined &&
+      rd.snapshot === undefined
+    return empty ? undefined : rd
+  }
+
+  /** Acknowledges that `rd` was persisted, sent and applied. Call before the next `ready()`. */
+  advance(rd: Ready): void {
+    if (rd.hardState !== undefined) this.prevHardState = rd.hardState
+    if (rd.softState !== undefined) this.prevSoftState = rd.softState
+    if (rd.snapshot !== undefined) {
+      const i = rd.snapshot.metadata.index
+      if (this.log.pendingSnapshot === rd.snapshot) this.log.pendingSnapshot = undefined
+      this.log.stabled = Math.max(this.log.stabled, i)
+      this.log.applied = Math.max(this.log.applied, i)
+    }
+    const lastEnt = rd.entries.at(-1)
+    if (lastEnt !== undefined && this.log.matchTerm(lastEnt.index, lastEnt.term)) {
+      this.log.stabled = Math.max(this.log.stabled, lastEnt.index)
+    }
+    const lastApplied = rd.committedEntries.at(-1)
+    if (lastApplied !== undefined) this.log.applied = Math.max(this.log.applied, lastApplied.index)
+    this.msgs.splice(0, rd.messages.length)
+    this.readStates.splice(0, rd.readStates.length)
+  }
+
+  status(): RaftStatus {
+    const progress: RaftStatus['progress'] = {}
+    if (this.role === 'leader') {
+      for (const [id, pr] of this.prs) {
+        progress[id] = { match: pr.match, next: pr.next, state: pr.state, learner: pr.isLearner }
+      }
+    }
+    return {
+      id: this.id,
+      term: this.term,
+      vote: this.vote,
+      leader: this.lead,
+      role: this.role,
+      commit: this.log.committed,
+      applied: this.log.applied,
+      firstIndex: this.log.firstIndex(),
+      lastIndex: this.log.lastIndex(),
+      conf: this.conf(),
+      leadTransferee: this.leadTransferee,
+      progress,
+    }
+  }
+
+  /** Whether `id` is a voter or learner in the current (latest appended) configuration. */
+  isMember(id: NodeId): boolean {
+    return isMember(this.currentConf(), id)
+  }
+}
+
+function cloneConf(c: ConfState): ConfState {
+  return { voters: [...c.voters], learners: [...c.learners] }
+}
+
+function sameHardState(a: HardState, b: HardState): boolean {
+  return a.term === b.term && a.vote === b.vote && a.commit === b.commit
+}

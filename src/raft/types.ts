@@ -1,0 +1,131 @@
+/** Data types shared by the Raft core, storage, codec and driver. */
+
+/** A node's identity: the libp2p peer id string in production, any unique string in tests. */
+export type NodeId = string
+
+/** Identifies one client write so that a retry is applied at most once (see the state machine). */
+export interface RequestId {
+  clientId: string
+  seq: number
+}
+
+export type EntryType = 'normal' | 'conf'
+
+export interface Entry {
+  term: number
+  index: number
+  /** `conf` entries carry an encoded {@link ConfChange}; `normal` entries carry application data. */
+  type: EntryType
+  data: Uint8Array
+  requestId?: RequestId
+}
+
+/** Single-server membership change (Raft thesis §4.1). */
+export type ConfChangeType = 'addVoter' | 'removeVoter' | 'addLearner' | 'promoteLearner'
+
+export interface ConfChange {
+  type: ConfChangeType
+  node: NodeId
+}
+
+export interface ConfState {
+  voters: NodeId[]
+  learners: NodeId[]
+}
+
+export interface SnapshotMetadata {
+  index: number
+  term: number
+  conf: ConfState
+}
+
+export interface Snapshot {
+  metadata: SnapshotMetadata
+  data: Uint8Array
+}
+
+export interface HardState {
+  term: number
+  vote: NodeId
+  commit: number
+}
+
+export type Role = 'follower' | 'preCandidate' | 'candidate' | 'leader'
+
+export interface SoftState {
+  leader: NodeId | undefined
+  role: Role
+}
+
+export interface ReadState {
+  /** The commit index at the time the read was confirmed; serve the read once applied ≥ index. */
+  index: number
+  context: string
+}
+
+export type MessageType =
+  | 'app'
+  | 'appResp'
+  | 'vote'
+  | 'voteResp'
+  | 'preVote'
+  | 'preVoteResp'
+  | 'heartbeat'
+  | 'heartbeatResp'
+  | 'snap'
+  | 'timeoutNow'
+  | 'readIndex'
+  | 'readIndexResp'
+
+export const MESSAGE_TYPES: readonly MessageType[] = [
+  'app',
+  'appResp',
+  'vote',
+  'voteResp',
+  'preVote',
+  'preVoteResp',
+  'heartbeat',
+  'heartbeatResp',
+  'snap',
+  'timeoutNow',
+  'readIndex',
+  'readIndexResp',
+]
+
+/**
+ * One Raft message. A flat shape like etcd's `raftpb.Message`; fields a type does not use are
+ * zero/empty. `index`/`logTerm` are the previous log position for `app`, the last log position for
+ * votes, the match (or rejected) index for `appResp`.
+ */
+export interface Message {
+  type: MessageType
+  from: NodeId
+  to: NodeId
+  term: number
+  logTerm: number
+  index: number
+  commit: number
+  entries: Entry[]
+  reject: boolean
+  /** On a rejected `appResp`: the follower's hint index (its `logTerm` is the hint term). */
+  rejectHint: number
+  /** Read-index context, or `transfer` on a vote forced by leadership transfer. */
+  context: string
+  snapshot?: Snapshot
+}
+
+export interface Ready {
+  /** Present when term, vote or commit changed: persist (and fsync) before sending messages. */
+  hardState?: HardState
+  /** Entries to append to stable storage (may overwrite a conflicting suffix). */
+  entries: Entry[]
+  /** A snapshot received from the leader: persist it, then restore the state machine from it. */
+  snapshot?: Snapshot
+  /** Messages to send after the above is durable. */
+  messages: Message[]
+  /** Entries committed and safe to apply, in order. */
+  committedEntries: Entry[]
+  readStates: ReadState[]
+  /** Present when leader or role changed. Volatile; not persisted. */
+  softState?: SoftState
+}

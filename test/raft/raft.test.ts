@@ -1,0 +1,495 @@
+import { describe, expect, it } from 'vitest'
+import type { Message } from '../../src/raft/types.ts'
+import { SimCluster } from './sim-cluster.ts'
+
+const noPV = { preVote: false, checkQuorum: false }
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn()
+  } catch (err) {
+    return (err as { code?: string }).code
+  }
+  return undefined
+}
+
+describe('leader election (Raft §5.2)', () => {
+  it('elects exactly one leader in a 3-node and a 5-node cluster', () => {
+    for (const ids of [
+      ['a', 'b', 'c'],
+      ['a', 'b', 'c', 'd', 'e'],
+    ]) {
+      const c = new SimCluster(ids, { seed: 7 })
+      const l = c.electLeader()
+      c.tick(50)
+      const leaders = [...c.nodes.values()].filter((n) => n.raft.role === 'leader')
+      expect(leaders.map((n) => n.id)).toEqual([l.id])
+      for (const n of c.nodes.values()) expect(n.raft.lead).toBe(l.id)
+    }
+  })
+
+  it('a single-node cluster elects itself and commits at once', () => {
+    const c = new SimCluster(['a'])
+    const l = c.electLeader()
+    const { index } = c.propose('a', 'x')
+    expect(l.raft.log.committed).toBe(index)
+    expect(c.data('a')).toEqual(['x'])
+  })
+
+  it('a candidate needs a majority: a minority partition elects no one', () => {
+    const c = new SimCluster(['a', 'b', 'c', 'd', 'e'], { seed: 3 })
+    c.electLeader()
+    c.partition([
+      ['a', 'b'],
+      ['c', 'd', 'e'],
+    ])
+    c.tick(200)
+    const leaders = [...c.nodes.values()].filter((n) => n.raft.role === 'leader').map((n) => n.id)
+    expect(leaders.length).toBe(1)
+    expect(['c', 'd', 'e']).toContain(leaders[0])
+  })
+
+  it('votes are granted only to candidates with an up-to-date log (Raft §5.4.1)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.cut('a', 'c')
+    c.propose('a', 'x') // reaches b only; c's log is behind
+    c.stabilize()
+    c.recover()
+    c.isolate('a')
+    c.campaign('c') // b refuses: c's log is older
+    expect(c.node('c').raft.role).not.toBe('leader')
+    c.campaign('b')
+    expect(c.node('b').raft.role).toBe('leader')
+  })
+})
+
+describe('log replication (Raft §5.3)', () => {
+  it('replicates and applies proposals in order on every node', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 11 })
+    const l = c.electLeader()
+    for (let i = 0; i < 20; i++) c.propose(l.id, `v${i}`)
+    c.tick(5)
+    const want = Array.from({ length: 20 }, (_, i) => `v${i}`)
+    for (const id of ['a', 'b', 'c']) expect(c.data(id)).toEqual(want)
+  })
+
+  it('overwrites a deposed leader’s uncommitted entries (Log Matching, §5.3)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.propose('a', 'committed')
+    c.stabilize()
+    c.isolate('a')
+    for (let i = 0; i < 3; i++) c.propose('a', `lost${i}`)
+    c.stabilize()
+    c.campaign('b')
+    for (let i = 0; i < 2; i++) c.propose('b', `kept${i}`)
+    c.stabilize()
+    c.recover()
+    c.tick(3)
+    const a = c.node('a').raft
+    const b = c.node('b').raft
+    expect(a.role).toBe('follower')
+    expect(a.log.lastIndex()).toBe(b.log.lastIndex())
+    for (let i = 1; i <= b.log.lastIndex(); i++) expect(a.log.term(i)).toBe(b.log.term(i))
+    expect(c.data('a')).toEqual(['committed', 'kept0', 'kept1'])
+  })
+
+  it('backtracks a whole conflicting term per round trip using the reject hint', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: { ...noPV, maxEntriesPerMsg: 1000 } })
+    c.campaign('a')
+    c.isolate('a')
+    for (let i = 0; i < 50; i++) c.propose('a', `stale${i}`) // 50 uncommitted entries, one term
+    c.stabilize()
+    c.campaign('b')
+    c.propose('b', 'fresh')
+    c.stabilize()
+    c.recover()
+    let appends = 0
+    c.filter = (m: Message) => {
+      if (m.from === 'b' && m.to === 'a' && m.type === 'app') appends++
+      return true
+    }
+    c.tick(2)
+    expect(c.data('a')).toEqual(['fresh'])
+    expect(appends).toBeLessThan(8) // one-by-one backtracking would take 50+
+  })
+
+  it('pipelines appends and respects the batch limit', () => {
+    const c = new SimCluster(['a', 'b', 'c'], {
+      config: { ...noPV, maxEntriesPerMsg: 4, maxInflightMsgs: 3 },
+    })
+    c.campaign('a')
+    c.cut('a', 'c')
+    for (let i = 0; i < 40; i++) c.propose('a', `e${i}`)
+    c.stabilize()
+    c.recover()
+    const sizes: number[] = []
+    c.filter = (m: Message) => {
+      if (m.type === 'app' && m.to === 'c' && m.entries.length > 0) sizes.push(m.entries.length)
+      return true
+    }
+    c.tick(10)
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(4)
+    expect(c.data('c').length).toBe(40)
+  })
+})
+
+describe('commitment rules (Raft §5.4.2, figure 8)', () => {
+  it('never commits an entry of an earlier term by counting replicas', () => {
+    const ids = ['a', 'b', 'c', 'd', 'e']
+    const c = new SimCluster(ids, { config: { ...noPV, maxEntriesPerMsg: 1 } })
+    c.campaign('a') // term 2
+    expect(c.node('a').raft.role).toBe('leader')
+    // (a) a replicates an entry of term 2 to b only.
+    c.partition([
+      ['a', 'b'],
+      ['c', 'd', 'e'],
+    ])
+    const x = c.propose('a', 'x-term2')
+    c.stabilize()
+    expect(c.node('b').raft.log.term(x.index)).toBe(2)
+    // (b) a crashes; e is elected in term 3 by c, d, e and appends at the same index locally only.
+    c.crash('a')
+    c.filter = (m) => !(m.from === 'e' && m.type === 'app')
+    c.campaign('e')
+    expect(c.node('e').raft.role).toBe('leader')
+    expect(c.node('e').raft.term).toBe(3)
+    expect(c.node('e').raft.log.term(x.index)).toBe(3)
+    // (c) e crashes, a restarts and wins term 4; it copies the term-2 entry to c but its own
+    // term-4 entry reaches nobody.
+    c.crash('e')
+    c.recover()
+    c.restart('a')
+    // (an oracle filter: drop exactly the appends that would deliver the term-4 entry)
+    c.filter = (m) =>
+      !(
+        m.from === 'a' &&
+        m.type === 'app' &&
+        m.entries.some((en) => en.term === 4) &&
+        c.node(m.to).raft.log.matchTerm(m.index, m.logTerm)
+      )
+    for (let i = 0; i < 3 && c.node('a').raft.role !== 'leader'; i++) c.campaign('a')
+    const a = c.node('a').raft
+    expect(a.role).toBe('leader')
+    expect(a.term).toBe(4)
+    c.tick(3)
+    expect(c.node('c').raft.log.term(x.index)).toBe(2) // on a, b, c: a majority
+    // §5.4.2: the majority does not make it committed, because it is not of the leader's term.
+    expect(a.log.committed).toBeLessThan(x.index)
+    // (d) a crashes, e restarts and is elected with b, c, d; it overwrites x everywhere.
+    c.crash('a')
+    c.filter = undefined
+    c.restart('e')
+    for (let i = 0; i < 5 && c.node('e').raft.role !== 'leader'; i++) c.campaign('e')
+    expect(c.node('e').raft.role).toBe('leader')
+    c.tick(3)
+    for (const id of ['b', 'c', 'd', 'e']) expect(c.node(id).raft.log.term(x.index)).toBe(3)
+    for (const id of ids) expect(c.data(id)).not.toContain('x-term2')
+  })
+
+  it('commits earlier-term entries once an entry of the current term is replicated (§5.4.2)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.cut('a', 'c')
+    c.filter = (m) => !(m.type === 'appResp' && m.from === 'b')
+    const x = c.propose('a', 'x')
+    c.stabilize()
+    expect(c.node('a').raft.log.committed).toBeLessThan(x.index)
+    c.filter = undefined
+    c.crash('a')
+    c.restart('a')
+    c.recover()
+    c.campaign('a')
+    c.tick(2)
+    for (const id of ['a', 'b', 'c']) expect(c.data(id)).toEqual(['x'])
+  })
+})
+
+describe('pre-vote and check-quorum (thesis §9.6, §6.2)', () => {
+  it('a partitioned node rejoining does not depose a healthy leader (pre-vote)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 5 })
+    const l = c.electLeader()
+    const other = ['a', 'b', 'c'].find((id) => id !== l.id)!
+    const term = l.raft.term
+    c.isolate(other)
+    c.tick(200)
+    expect(c.node(other).raft.term).toBe(term) // pre-votes never bump the term
+    c.recover()
+    c.tick(50)
+    expect(c.leader()!.id).toBe(l.id)
+    expect(l.raft.term).toBe(term)
+  })
+
+  it('without pre-vote the same rejoin forces a new election (the problem pre-vote solves)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 5, config: noPV })
+    const l = c.electLeader()
+    const other = ['a', 'b', 'c'].find((id) => id !== l.id)!
+    const term = l.raft.term
+    c.isolate(other)
+    c.tick(200)
+    c.recover()
+    c.tick(50)
+    expect(c.leader()!.raft.term).toBeGreaterThan(term)
+  })
+
+  it('a leader that cannot hear a quorum steps down after one silent election timeout', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 9 })
+    const l = c.electLeader()
+    c.isolate(l.id)
+    // The check runs every election timeout; the round in progress may still count old answers.
+    c.tick(2 * 10)
+    expect(l.raft.role).toBe('follower')
+    const next = c.electLeader()
+    expect(next.id).not.toBe(l.id)
+  })
+
+  it('followers in a leader lease ignore vote requests (thesis §4.2.3)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 2, config: { preVote: false, checkQuorum: true } })
+    const l = c.electLeader()
+    const term = l.raft.term
+    const other = ['a', 'b', 'c'].find((id) => id !== l.id)!
+    c.node(other).raft.campaign()
+    c.process(c.node(other))
+    c.stabilize()
+    expect(c.node(other).raft.role).not.toBe('leader')
+    expect(l.raft.term).toBe(term)
+  })
+})
+
+describe('leadership transfer (thesis §3.10)', () => {
+  it('transfers to an up-to-date follower', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 4 })
+    const l = c.electLeader()
+    const target = ['a', 'b', 'c'].find((id) => id !== l.id)!
+    l.raft.transferLeadership(target)
+    c.process(l)
+    c.stabilize()
+    expect(c.node(target).raft.role).toBe('leader')
+    expect(l.raft.role).toBe('follower')
+  })
+
+  it('catches a lagging target up first and refuses proposals meanwhile', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.cut('a', 'c')
+    for (let i = 0; i < 5; i++) c.propose('a', `e${i}`)
+    c.stabilize()
+    c.recover()
+    c.filter = (m) => m.to !== 'c' // hold c's catch-up back for a moment
+    const a = c.node('a').raft
+    a.transferLeadership('c')
+    expect(codeOf(() => a.propose(new Uint8Array([1])))).toBe('PEERMESH_ERR_LEADERSHIP_TRANSFER')
+    c.process(c.node('a'))
+    c.stabilize()
+    c.filter = undefined
+    c.tick(2)
+    expect(c.node('c').raft.role).toBe('leader')
+    expect(c.data('c')).toEqual(['e0', 'e1', 'e2', 'e3', 'e4'])
+  })
+
+  it('abandons a transfer to an unreachable node after an election timeout', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: { preVote: true, checkQuorum: false } })
+    c.campaign('a')
+    c.isolate('c')
+    const a = c.node('a').raft
+    a.transferLeadership('c')
+    c.tick(11)
+    expect(a.role).toBe('leader')
+    expect(a.leadTransferee).toBeUndefined()
+    c.propose('a', 'ok')
+  })
+})
+
+describe('linearizable reads with ReadIndex (thesis §6.4)', () => {
+  it('the leader confirms leadership with a heartbeat round before answering', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    const x = c.propose('a', 'x')
+    c.stabilize()
+    const a = c.node('a')
+    a.raft.readIndex('r1')
+    c.process(a)
+    expect(a.readStates).toEqual([]) // not before the quorum answered
+    c.stabilize()
+    expect(a.readStates).toEqual([{ index: x.index, context: 'r1' }])
+  })
+
+  it('a follower reads through the leader', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    const x = c.propose('a', 'x')
+    c.stabilize()
+    const b = c.node('b')
+    b.raft.readIndex('rb')
+    c.process(b)
+    c.stabilize()
+    expect(b.readStates).toEqual([{ index: x.index, context: 'rb' }])
+  })
+
+  it('a leader cut off from the majority never answers (no stale read)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.isolate('a')
+    const a = c.node('a')
+    a.raft.readIndex('stale?')
+    c.process(a)
+    c.stabilize()
+    c.campaign('b')
+    c.propose('b', 'newer')
+    c.stabilize()
+    expect(a.readStates).toEqual([])
+  })
+
+  it('a new leader answers reads only after committing an entry of its term', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.filter = (m) => m.type !== 'appResp'
+    c.campaign('a')
+    const a = c.node('a')
+    a.raft.readIndex('early')
+    c.process(a)
+    c.stabilize()
+    expect(a.readStates).toEqual([])
+    c.filter = undefined
+    c.tick(2)
+    expect(a.readStates.map((r) => r.context)).toEqual(['early'])
+    expect(a.readStates[0]!.index).toBe(a.raft.log.committed)
+  })
+})
+
+describe('membership changes, one server at a time (thesis §4.1)', () => {
+  it('adds a learner, lets it catch up without voting, then promotes it', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    for (let i = 0; i < 10; i++) c.propose('a', `e${i}`)
+    c.stabilize()
+    const d = c.addNode('d')
+    const a = c.node('a')
+    a.raft.proposeConfChange({ type: 'addLearner', node: 'd' })
+    // Only one change may be pending (not yet committed) at a time.
+    expect(codeOf(() => a.raft.proposeConfChange({ type: 'promoteLearner', node: 'd' }))).toBe(
+      'PEERMESH_ERR_CONF_CHANGE',
+    )
+    c.process(a)
+    c.stabilize()
+    c.tick(3)
+    expect(c.data('d')).toEqual(c.data('a'))
+    expect(d.raft.conf().learners).toEqual(['d'])
+    expect(a.raft.status().progress['d']!.learner).toBe(true)
+    // A learner does not count towards the quorum: with b and c down nothing commits.
+    c.crash('b')
+    c.crash('c')
+    const y = c.propose('a', 'needs-quorum')
+    c.stabilize()
+    expect(a.raft.log.committed).toBeLessThan(y.index)
+    c.restart('b')
+    c.tick(3)
+    expect(a.raft.log.committed).toBeGreaterThanOrEqual(y.index)
+    a.raft.proposeConfChange({ type: 'promoteLearner', node: 'd' })
+    c.process(a)
+    c.stabilize()
+    expect(a.raft.conf().voters).toEqual(['a', 'b', 'c', 'd'])
+    expect(d.raft.conf().voters).toEqual(['a', 'b', 'c', 'd'])
+    // d now votes: with c down, a+b+d is a quorum of 4... and a+b alone is not.
+    c.crash('d')
+    const z = c.propose('a', 'needs-three')
+    c.stabilize()
+    expect(a.raft.log.committed).toBeLessThan(z.index)
+    c.restart('d')
+    c.tick(3)
+    expect(a.raft.log.committed).toBeGreaterThanOrEqual(z.index)
+  })
+
+  it('rejects changes that make no sense', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    const a = c.node('a').raft
+    expect(codeOf(() => a.proposeConfChange({ type: 'addVoter', node: 'b' }))).toBe(
+      'PEERMESH_ERR_CONF_CHANGE',
+    )
+    expect(codeOf(() => a.proposeConfChange({ type: 'promoteLearner', node: 'x' }))).toBe(
+      'PEERMESH_ERR_CONF_CHANGE',
+    )
+    expect(codeOf(() => a.proposeConfChange({ type: 'removeVoter', node: 'x' }))).toBe(
+      'PEERMESH_ERR_CONF_CHANGE',
+    )
+    expect(codeOf(() => c.node('b').raft.proposeConfChange({ type: 'addVoter', node: 'x' }))).toBe(
+      'PEERMESH_ERR_NOT_LEADER',
+    )
+  })
+
+  it('a removed leader steps down once the change commits; the rest elect a new one (§4.2.2)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 8 })
+    const l = c.electLeader()
+    l.raft.proposeConfChange({ type: 'removeVoter', node: l.id })
+    c.process(l)
+    c.stabilize()
+    expect(l.raft.role).toBe('follower')
+    const rest = ['a', 'b', 'c'].filter((id) => id !== l.id)
+    c.tick(100)
+    const next = c.leader()!
+    expect(rest).toContain(next.id)
+    expect(next.raft.conf().voters).toEqual(rest)
+    c.propose(next.id, 'after')
+    c.tick(3)
+    for (const id of rest) expect(c.data(id)).toContain('after')
+  })
+})
+
+describe('snapshots (Raft §7)', () => {
+  it('sends InstallSnapshot to a follower whose next entry was compacted', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV, snapshotEvery: 5 })
+    c.campaign('a')
+    c.isolate('c')
+    for (let i = 0; i < 30; i++) c.propose('a', `e${i}`)
+    c.stabilize()
+    const a = c.node('a').raft
+    expect(a.log.firstIndex()).toBeGreaterThan(c.node('c').raft.log.lastIndex() + 1)
+    let snaps = 0
+    c.filter = (m) => {
+      if (m.type === 'snap') snaps++
+      return true
+    }
+    c.recover()
+    c.tick(5)
+    expect(snaps).toBeGreaterThan(0)
+    expect(c.data('c')).toEqual(c.data('a'))
+    expect(c.node('c').storage.initialState().snapshot).toBeDefined()
+    // The follower restarts from its installed snapshot.
+    c.crash('c')
+    c.restart('c')
+    c.tick(3)
+    expect(c.data('c')).toEqual(c.data('a'))
+  })
+
+  it('resends a lost snapshot', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV, snapshotEvery: 5 })
+    c.campaign('a')
+    c.isolate('c')
+    for (let i = 0; i < 12; i++) c.propose('a', `e${i}`)
+    c.stabilize()
+    c.recover()
+    let lost = 0
+    c.filter = (m) => !(m.type === 'snap' && lost++ < 1)
+    c.tick(30)
+    expect(lost).toBeGreaterThan(1)
+    expect(c.data('c')).toEqual(c.data('a'))
+  })
+
+  it('keeps trailing entries so a slightly lagging follower needs no snapshot', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV, snapshotEvery: 5, trailing: 100 })
+    c.campaign('a')
+    c.isolate('c')
+    for (let i = 0; i < 20; i++) c.propose('a', `e${i}`)
+    c.stabilize()
+    let snaps = 0
+    c.filter = (m) => {
+      if (m.type === 'snap') snaps++
+      return true
+    }
+    c.recover()
+    c.tick(5)
+    expect(snaps).toBe(0)
+    expect(c.data('c')).toEqual(c.data('a'))
+  })
+})
