@@ -1,0 +1,68 @@
+export { LocalHealth } from './awareness.ts'
+export { BroadcastQueue, retransmitLimit } from './broadcast-queue.ts'
+export {
+  aliveSigningBytes,
+  type DecodeFailure,
+  type DecodeResult,
+  decodeMessage,
+  decodePushPull,
+  decodeRecord,
+  encodeMessage,
+  encodePushPull,
+  encodeRecord,
+  leaveSigningBytes,
+  RECORD_LIMITS,
+} from './codec.ts'
+export {
+  lanConfig,
+  localConfig,
+  type SwimConfig,
+  type SwimProfile,
+  swimConfig,
+  swimProfiles,
+  testConfig,
+  validateConfig,
+} from './config.ts'
+export { InvalidConfigError, InvalidRecordError, RecordTooLargeError } from './errors.ts'
+export { createMemberSnapshot, type MemberSnapshot, type MemberState } from './member-table.ts'
+export type {
+  AckMessage,
+  AliveMessage,
+  CompoundMessage,
+  DeadMessage,
+  DecodedMessage,
+  LeaveMessage,
+  MemberStatus,
+  Message,
+  NackMessage,
+  NodeRecord,
+  PingMessage,
+  PingReqMessage,
+  PushPullState,
+  StateEntry,
+  SuspectMessage,
+} from './messages.ts'
+export { seededRng } from './seeded-rng.ts'
+export { SimNetwork, type SimNetworkOptions, type SimNetworkStats, type SimNodeSpec } from './sim-network.ts'
+export {
+  acceptAllVerifier,
+  ed25519Signer,
+  ed25519Verifier,
+  nullSigner,
+  type Signer,
+  type Verifier,
+} from './signing.ts'
+export type { DropReason, SwimStats } from './stats.ts'
+export { remainingSuspicionTime, Suspicion, suspicionMinTimeout } from './suspicion.ts'
+export {
+  aliveMemberState,
+  type MemberView,
+  type Output,
+  type PushPullResponse,
+  pushPullInterval,
+  type SelfInfo,
+  Swim,
+  type SwimEvent,
+  type SwimEventType,
+  type SwimOptions,
+} from './swim.ts'
