@@ -1,0 +1,285 @@
+/**
+ * Intentions: which service may open connections to which, as Consul's service-intentions.
+ *
+ * An intention is `source -> destination : allow | deny`, where source and destination are a
+ * service name (a DNS label) or `*`. For a connection from `src` to `dst`, the most specific
+ * matching intention decides (Consul's precedence, without namespaces):
+ *
+ *   precedence | destination | source
+ *   -----------+-------------+--------
+ *        4     |    exact    |  exact
+ *        3     |    exact    |   *
+ *        2     |      *      |  exact
+ *        1     |      *      |   *
+ *
+ * When none matches, the default action applies: deny (zero trust) unless configured otherwise.
+ * There is at most one intention per (source, destination) pair, so the decision is unambiguous.
+ *
+ * `IntentionIndex` answers in O(1) (four hash lookups at most); it runs on every inbound
+ * connection, with the committed policy held locally.
+ */
+import { isDnsLabel } from '../identity/spiffe.ts'
+
+export type IntentionAction = 'allow' | 'deny'
+export const WILDCARD = '*'
+
+export interface Intention {
+  /** Service name or `*`. */
+  source: string
+  /** Service name or `*`. */
+  destination: string
+  action: IntentionAction
+  /** Free text for humans; not used in decisions. */
+  description?: string
+}
+
+export interface IntentionDecision {
+  action: IntentionAction
+  /** The intention that decided; absent when the default action applied. */
+  matched?: Intention
+}
+
+/** Longest description kept with an intention. */
+export const MAX_INTENTION_DESCRIPTION_LENGTH = 512
+
+export type IntentionField =
+  | 'source'
+  | 'destination'
+  | 'action'
+  | 'description'
+  | 'intention'
+  | 'defaultAction'
+
+/** A source or destination is neither a service name (DNS label) nor `*`. */
+export class InvalidIntentionNameError extends Error {
+  static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_NAME'
+  override readonly name = 'InvalidIntentionNameError'
+  readonly code = InvalidIntentionNameError.code
+  constructor(
+    readonly field: IntentionField,
+    message: string,
+  ) {
+    super(`${field}: ${message}`)
+  }
+}
+
+/** The action is not `allow` or `deny`. */
+export class InvalidIntentionActionError extends Error {
+  static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_ACTION'
+  override readonly name = 'InvalidIntentionActionError'
+  readonly code = InvalidIntentionActionError.code
+  constructor(
+    readonly field: IntentionField,
+    message: string,
+  ) {
+    super(`${field}: ${message}`)
+  }
+}
+
+/** The input is not an object, or a field other than names and action is malformed. */
+export class MalformedIntentionError extends Error {
+  static readonly code = 'PEERMESH_ERR_MALFORMED_INTENTION'
+  override readonly name = 'MalformedIntentionError'
+  readonly code = MalformedIntentionError.code
+  constructor(
+    readonly field: IntentionField,
+    message: string,
+  ) {
+    super(`${field}: ${message}`)
+  }
+}
+
+/** Two intentions in one set have the same source and destination. */
+export class DuplicateIntentionError extends Error {
+  static readonly code = 'PEERMESH_ERR_DUPLICATE_INTENTION'
+  override readonly name = 'DuplicateIntentionError'
+  readonly code = DuplicateIntentionError.code
+  constructor(
+    readonly source: string,
+    readonly destination: string,
+    /** Positions of the two entries in the list. */
+    readonly indexes: [number, number],
+  ) {
+    super(`intentions #${indexes[0]} and #${indexes[1]} both cover ${source} -> ${destination}`)
+  }
+}
+
+/** A name passed to `decide` is not a service name (`*` included: connections come from a service). */
+export class InvalidIntentionQueryError extends Error {
+  static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_QUERY'
+  override readonly name = 'InvalidIntentionQueryError'
+  readonly code = InvalidIntentionQueryError.code
+}
+
+/** True for a service name or `*`. */
+export function isIntentionName(value: unknown): value is string {
+  return value === WILDCARD || isDnsLabel(value)
+}
+
+/**
+ * Validates untrusted input (API body, Raft entry) as one intention. Returns a new object with
+ * only the known fields; unknown fields are dropped. Throws a coded error naming the bad field.
+ */
+export function validateIntention(input: unknown): Intention {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new MalformedIntentionError('intention', 'must be an object')
+  }
+  const obj = input as Record<string, unknown>
+  for (const field of ['source', 'destination'] as const) {
+    if (!isIntentionName(obj[field])) {
+      throw new InvalidIntentionNameError(
+        field,
+        `must be a service name (lowercase a-z, 0-9, '-', 1-63 chars, no '-' at either end) or '*', got ${show(obj[field])}`,
+      )
+    }
+  }
+  if (obj.action !== 'allow' && obj.action !== 'deny') {
+    throw new InvalidIntentionActionError('action', `must be 'allow' or 'deny', got ${show(obj.action)}`)
+  }
+  const intention: Intention = {
+    source: obj.source as string,
+    destination: obj.destination as string,
+    action: obj.action,
+  }
+  if (obj.description !== undefined) {
+    if (typeof obj.description !== 'string' || obj.description.length > MAX_INTENTION_DESCRIPTION_LENGTH) {
+      throw new MalformedIntentionError(
+        'description',
+        `must be a string of at most ${MAX_INTENTION_DESCRIPTION_LENGTH} characters`,
+      )
+    }
+    intention.description = obj.description
+  }
+  return intention
+}
+
+/** Validates a whole set: every intention, and no two for the same (source, destination). */
+export function validateIntentionSet(input: unknown): Intention[] {
+  if (!Array.isArray(input)) throw new MalformedIntentionError('intention', 'intention set must be an array')
+  const seen = new Map<string, number>()
+  return input.map((item, i) => {
+    const intention = validateIntention(item)
+    const key = pairKey(intention.source, intention.destination)
+    const first = seen.get(key)
+    if (first !== undefined)
+      throw new DuplicateIntentionError(intention.source, intention.destination, [first, i])
+    seen.set(key, i)
+    return intention
+  })
+}
+
+/** Validates a default action. */
+export function validateDefaultAction(value: unknown): IntentionAction {
+  if (value !== 'allow' && value !== 'deny') {
+    throw new InvalidIntentionActionError('defaultAction', `must be 'allow' or 'deny', got ${show(value)}`)
+  }
+  return value
+}
+
+/** Precedence from the table at the top: 4 (exact to exact) down to 1 (any to any). */
+export function intentionPrecedence(intention: Pick<Intention, 'source' | 'destination'>): 1 | 2 | 3 | 4 {
+  const dstExact = intention.destination !== WILDCARD
+  const srcExact = intention.source !== WILDCARD
+  if (dstExact) return srcExact ? 4 : 3
+  return srcExact ? 2 : 1
+}
+
+/**
+ * Decides one connection by scanning the list: fine for a one-off; use `IntentionIndex` on the
+ * data path. `intentions` must be a validated set (see `validateIntentionSet`).
+ */
+export function decide(
+  intentions: readonly Intention[],
+  source: string,
+  destination: string,
+  defaultAction: IntentionAction = 'deny',
+): IntentionDecision {
+  checkQuery(source, destination)
+  let best: Intention | undefined
+  let bestPrecedence = 0
+  for (const intention of intentions) {
+    if (intention.source !== WILDCARD && intention.source !== source) continue
+    if (intention.destination !== WILDCARD && intention.destination !== destination) continue
+    const p = intentionPrecedence(intention)
+    if (p > bestPrecedence) {
+      best = intention
+      bestPrecedence = p
+    }
+  }
+  return best ? { action: best.action, matched: best } : { action: defaultAction }
+}
+
+/**
+ * An immutable lookup structure over a validated intention set. Build once per committed policy
+ * change; `decide` does at most four map lookups and allocates nothing but the result.
+ */
+export class IntentionIndex {
+  readonly defaultAction: IntentionAction
+  readonly size: number
+  /** destination -> source -> intention, exact on both sides. */
+  private readonly exact = new Map<string, Map<string, Intention>>()
+  /** destination -> intention with source `*`. */
+  private readonly anySource = new Map<string, Intention>()
+  /** source -> intention with destination `*`. */
+  private readonly anyDestination = new Map<string, Intention>()
+  private readonly anyToAny: Intention | undefined
+  private readonly defaultDecision: IntentionDecision
+  private readonly decisions = new WeakMap<Intention, IntentionDecision>()
+
+  constructor(intentions: readonly unknown[], defaultAction: IntentionAction = 'deny') {
+    this.defaultAction = validateDefaultAction(defaultAction)
+    this.defaultDecision = Object.freeze({ action: this.defaultAction })
+    const list = validateIntentionSet(intentions)
+    let anyToAny: Intention | undefined
+    for (const intention of list) {
+      Object.freeze(intention)
+      this.decisions.set(intention, Object.freeze({ action: intention.action, matched: intention }))
+      const { source, destination } = intention
+      if (destination !== WILDCARD && source !== WILDCARD) {
+        let bySource = this.exact.get(destination)
+        if (!bySource) {
+          bySource = new Map()
+          this.exact.set(destination, bySource)
+        }
+        bySource.set(source, intention)
+      } else if (destination !== WILDCARD) {
+        this.anySource.set(destination, intention)
+      } else if (source !== WILDCARD) {
+        this.anyDestination.set(source, intention)
+      } else {
+        anyToAny = intention
+      }
+    }
+    this.anyToAny = anyToAny
+    this.size = list.length
+  }
+
+  /** The decision for a connection from service `source` to service `destination`. */
+  decide(source: string, destination: string): IntentionDecision {
+    checkQuery(source, destination)
+    const matched =
+      this.exact.get(destination)?.get(source) ??
+      this.anySource.get(destination) ??
+      this.anyDestination.get(source) ??
+      this.anyToAny
+    return matched ? this.decisions.get(matched)! : this.defaultDecision
+  }
+}
+
+function checkQuery(source: string, destination: string): void {
+  if (!isDnsLabel(source))
+    throw new InvalidIntentionQueryError(`source is not a service name: ${show(source)}`)
+  if (!isDnsLabel(destination)) {
+    throw new InvalidIntentionQueryError(`destination is not a service name: ${show(destination)}`)
+  }
+}
+
+function pairKey(source: string, destination: string): string {
+  // Names cannot contain ' ', so this key is unambiguous.
+  return `${source} ${destination}`
+}
+
+function show(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}…` : value)
+  return value === null ? 'null' : typeof value
+}
