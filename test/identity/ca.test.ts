@@ -8,7 +8,7 @@ import {
   signLeaf,
 } from '../../src/identity/ca.ts'
 import { createLeafKeyAndCsr, verifyLeaf } from '../../src/identity/leaf.ts'
-import { generateKeyPair, signingAlgorithm } from '../../src/identity/keys.ts'
+import { type CryptoKeyPair, generateKeyPair, signingAlgorithm } from '../../src/identity/keys.ts'
 import { x509 } from '../../src/identity/x509-setup.ts'
 import { codeOf, DAY, HOUR, T0, TD } from './helpers.ts'
 

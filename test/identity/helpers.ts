@@ -14,3 +14,20 @@ export async function codeOf(fn: () => unknown): Promise<string | undefined> {
   }
   return undefined
 }
+
+export interface Deferred<T> {
+  promise: Promise<T>
+  resolve: (value: T) => void
+  reject: (reason?: unknown) => void
+}
+
+/** A promise with its resolvers (Promise.withResolvers is ES2024; our lib is ES2023). */
+export function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void
+  let reject!: (reason?: unknown) => void
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res
+    reject = rej
+  })
+  return { promise, resolve, reject }
+}

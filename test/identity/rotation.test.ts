@@ -10,7 +10,7 @@ import {
   retryDelayMs,
 } from '../../src/identity/rotation.ts'
 import { SeededRng } from '../sim/rng.ts'
-import { codeOf, HOUR, T0, TD } from './helpers.ts'
+import { codeOf, deferred, HOUR, T0, TD } from './helpers.ts'
 import { VirtualClock } from './virtual-clock.ts'
 
 const MINUTE = 60_000
@@ -200,7 +200,7 @@ describe('LeafCertificateRotator on a virtual clock', () => {
   })
 
   it('times out a hung request on the virtual clock and retries', async () => {
-    const requested = Promise.withResolvers<AbortSignal>()
+    const requested = deferred<AbortSignal>()
     const { clock, rotator, events } = setup({
       requestLeaf: (_csr, { signal }) => {
         requested.resolve(signal)
@@ -248,8 +248,8 @@ describe('LeafCertificateRotator on a virtual clock', () => {
   })
 
   it('stop() aborts the request in flight and ignores its late answer', async () => {
-    const requested = Promise.withResolvers<AbortSignal>()
-    const answer = Promise.withResolvers<string>()
+    const requested = deferred<AbortSignal>()
+    const answer = deferred<string>()
     const { clock, rotator, events } = setup({
       requestLeaf: (_csr, { signal }) => {
         requested.resolve(signal)
