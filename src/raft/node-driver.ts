@@ -1,0 +1,467 @@
+import type { RaftClock } from './clock.ts'
+import { systemClock } from './clock.ts'
+import { decodeMessage } from './codec.ts'
+import { DEFAULT_RAFT_CONFIG, type RaftConfig } from './config.ts'
+import {
+  NotLeaderError,
+  ProposalDroppedError,
+  ProposalOutcomeUnknownError,
+  RaftAbortedError,
+  RaftStoppedError,
+} from './errors.ts'
+import { Raft, type RaftStatus } from './raft.ts'
+import type { StateMachine } from './state-machine.ts'
+import type { RaftStorage } from './storage.ts'
+import type { ConfChange, ConfState, Entry, Message, NodeId, Ready, RequestId, Role } from './types.ts'
+import { decodeConfChange } from './conf-change.ts'
+
+/**
+ * How the driver sends messages. Best-effort: a message may be lost, delayed, duplicated or
+ * reordered, and Raft copes (it retries on heartbeats). `send` must not block and should not throw;
+ * a throw is caught and counted as a lost message. Encode with `encodeMessage` from ./codec.ts.
+ */
+export interface RaftTransport {
+  send(to: NodeId, msg: Message): void
+}
+
+export interface RaftNodeEvents {
+  /** The known leader or the term changed. */
+  'leader:change': { leader: NodeId | undefined; term: number }
+  /** This node's role changed. */
+  'role:change': { role: Role; term: number }
+  /** A membership change committed; `conf` is the configuration after it. */
+  'conf:change': { index: number; change: ConfChange; conf: ConfState }
+  /** The state machine was replaced by a snapshot from the leader. */
+  'snapshot:restore': { index: number }
+}
+
+export interface RaftNodeOptions<R> {
+  id: NodeId
+  storage: RaftStorage
+  stateMachine: StateMachine<R>
+  transport: RaftTransport
+  /** Real timers by default; tests pass a virtual clock. */
+  clock?: RaftClock
+  /** Uniform [0, 1) source for election timeouts; Math.random by default (the core never calls it). */
+  rng?: () => number
+  /** Core settings (ticks); see RaftConfig. */
+  config?: Partial<Omit<RaftConfig, 'id' | 'rng'>>
+  /** Milliseconds per tick: 100 ms with electionTick 10 gives 1-2 s elections. */
+  tickMs?: number
+  /** Founding voters of a new cluster; ignored when storage already holds state. */
+  bootstrap?: NodeId[]
+  /** Snapshot the state machine after this many applied entries (bounds log size and replay). */
+  snapshotThreshold?: number
+  /** Entries kept behind a compaction so slightly lagging followers need no snapshot. */
+  snapshotTrailing?: number
+  /** Default time limit for propose/read/changeMembership when no signal is given. */
+  requestTimeoutMs?: number
+}
+
+export interface RequestOptions {
+  signal?: AbortSignal
+}
+
+export interface DriverStatus extends RaftStatus {
+  /** Peer messages dropped because they did not decode or were misaddressed. */
+  malformedMessages: number
+  /** Messages the transport threw on. */
+  sendFailures: number
+}
+
+interface PendingProposal {
+  term: number
+  resolve: (v: { index: number; result: unknown }) => void
+  reject: (err: Error) => void
+}
+
+interface PendingRead {
+  index: number | undefined
+  resolve: (v: { index: number }) => void
+  reject: (err: Error) => void
+}
+
+const DEFAULTS = {
+  tickMs: 100, // with electionTick 10: heartbeats every 100 ms, elections after 1-2 s
+  snapshotThreshold: 1024, // policy entries are small: a snapshot every ~1k writes keeps replay short
+  snapshotTrailing: 128, // a follower lagging < 128 entries catches up from the log
+  requestTimeoutMs: 10_000, // longer than several elections; a caller wanting less passes a signal
+}
+
+/**
+ * Runs one Raft member: owns the core, the storage, the state machine and a transport, and turns
+ * every input (timer tick, received message, local request) into Ready processing in the order
+ * persist → send → apply (storage calls are synchronous and fsync before returning).
+ *
+ * Start/stop lifecycle: `start()` begins ticking; `stop()` halts and rejects everything pending.
+ */
+export class RaftNode<R = unknown> {
+  readonly id: NodeId
+  private readonly raft: Raft
+  private readonly storage: RaftStorage
+  private readonly sm: StateMachine<R>
+  private readonly transport: RaftTransport
+  private readonly clock: RaftClock
+  private readonly opts: Required<
+    Pick<RaftNodeOptions<R>, 'tickMs' | 'snapshotThreshold' | 'snapshotTrailing' | 'requestTimeoutMs'>
+  >
+  private cancelTick: (() => void) | undefined
+  private running = false
+  private stopped = false
+  private appliedIndex = 0
+  private readonly proposals = new Map<number, PendingProposal>()
+  private readonly reads = new Map<string, PendingRead>()
+  private readSeq = 0
+  private malformed = 0
+  private sendFailures = 0
+  private lastLeader: NodeId | undefined
+  private lastTerm = 0
+  private lastRole: Role = 'follower'
+  private readonly listeners = new Map<keyof RaftNodeEvents, Set<(d: never) => void>>()
+  private draining = false
+
+  constructor(o: RaftNodeOptions<R>) {
+    this.id = o.id
+    this.storage = o.storage
+    this.sm = o.stateMachine
+    this.transport = o.transport
+    this.clock = o.clock ?? systemClock
+    this.opts = {
+      tickMs: o.tickMs ?? DEFAULTS.tickMs,
+      snapshotThreshold: o.snapshotThreshold ?? DEFAULTS.snapshotThreshold,
+      snapshotTrailing: o.snapshotTrailing ?? DEFAULTS.snapshotTrailing,
+      requestTimeoutMs: o.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs,
+    }
+    const st = this.storage.initialState()
+    this.raft = new Raft({ ...DEFAULT_RAFT_CONFIG, ...o.config, id: o.id, rng: o.rng ?? Math.random }, st)
+    if (st.snapshot !== undefined) {
+      this.sm.restore(st.snapshot.data)
+      this.appliedIndex = st.snapshot.metadata.index
+    }
+    if (
+      o.bootstrap !== undefined &&
+      st.snapshot === undefined &&
+      st.entries.length === 0 &&
+      st.hardState.term === 0
+    ) {
+      this.raft.bootstrap(o.bootstrap)
+    }
+    this.lastTerm = this.raft.term
+  }
+
+  // ---- lifecycle --------------------------------------------------------------------------------
+
+  start(): void {
+    if (this.running || this.stopped) return
+    this.running = true
+    this.cancelTick = this.clock.setInterval(() => this.tick(), this.opts.tickMs)
+    this.drain()
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    this.running = false
+    this.cancelTick?.()
+    const err = new RaftStoppedError('raft node stopped')
+    for (const p of this.proposals.values()) p.reject(err)
+    for (const r of this.reads.values()) r.reject(err)
+    this.proposals.clear()
+    this.reads.clear()
+    this.storage.close()
+  }
+
+  // ---- inputs -----------------------------------------------------------------------------------
+
+  /** Advances logical time by one tick (called by the clock; tests may call it directly). */
+  tick(): void {
+    if (this.stopped) return
+    this.raft.tick()
+    this.drain()
+  }
+
+  /** Handles a decoded message from a peer. */
+  step(msg: Message): void {
+    if (this.stopped) return
+    if (msg.to !== this.id) {
+      this.malformed++
+      return
+    }
+    this.raft.step(msg)
+    this.drain()
+  }
+
+  /**
+   * Handles raw bytes from a peer. `from`, if given, is the authenticated sender (libp2p peer id);
+   * a message claiming another sender is dropped. Returns false if the message was dropped.
+   */
+  receive(bytes: Uint8Array, from?: NodeId): boolean {
+    const r = decodeMessage(bytes)
+    if (!r.ok || r.message.to !== this.id || (from !== undefined && r.message.from !== from)) {
+      this.malformed++
+      return false
+    }
+    this.step(r.message)
+    return true
+  }
+
+  /**
+   * Replicates `data` and resolves with the state machine's result once applied here. Rejects with
+   * NotLeaderError (carrying the known leader) on a non-leader, ProposalDroppedError if another
+   * entry won its index, RaftAbortedError on signal/timeout.
+   */
+  propose(
+    data: Uint8Array,
+    options: RequestOptions & { requestId?: RequestId } = {},
+  ): Promise<{ index: number; result: R }> {
+    return this.track((raft) => raft.propose(data, options.requestId), options) as Promise<{
+      index: number
+      result: R
+    }>
+  }
+
+  /** Proposes one membership change (thesis §4.1); resolves when it is committed and applied here. */
+  changeMembership(change: ConfChange, options: RequestOptions = {}): Promise<{ index: number }> {
+    return this.track((raft) => raft.proposeConfChange(change), options).then(({ index }) => ({ index }))
+  }
+
+  private track(
+    start: (raft: Raft) => { index: number; term: number },
+    options: RequestOptions,
+  ): Promise<{ index: number; result: unknown }> {
+    if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    let pos: { index: number; term: number }
+    try {
+      pos = start(this.raft)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    const p = new Promise<{ index: number; result: unknown }>((resolve, reject) => {
+      const done = this.withDeadline(options, reject, () => this.proposals.delete(pos.index))
+      this.proposals.set(pos.index, {
+        term: pos.term,
+        resolve: (v) => {
+          done()
+          resolve(v)
+        },
+        reject: (e) => {
+          done()
+          reject(e)
+        },
+      })
+    })
+    this.drain()
+    return p
+  }
+
+  /**
+   * A linearizable read point (ReadIndex, thesis §6.4): resolves once this node has applied every
+   * entry committed before the call, so reading the state machine afterwards is linearizable.
+   * Works on followers (they ask the leader). Rejects with NotLeaderError if no leader is known or
+   * leadership changes before confirmation.
+   */
+  read(options: RequestOptions = {}): Promise<{ index: number }> {
+    if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    const ctx = `${this.id}/${++this.readSeq}`
+    try {
+      this.raft.readIndex(ctx)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    const p = new Promise<{ index: number }>((resolve, reject) => {
+      const done = this.withDeadline(options, reject, () => this.reads.delete(ctx))
+      this.reads.set(ctx, {
+        index: undefined,
+        resolve: (v) => {
+          done()
+          resolve(v)
+        },
+        reject: (e) => {
+          done()
+          reject(e)
+        },
+      })
+    })
+    this.drain()
+    return p
+  }
+
+  /** Asks the leader (this node) to hand leadership to `to` (thesis §3.10). */
+  transferLeadership(to: NodeId): void {
+    this.raft.transferLeadership(to)
+    this.drain()
+  }
+
+  /** Starts an election now (e.g. an operator command); normally elections are timer driven. */
+  campaign(): void {
+    this.raft.campaign()
+    this.drain()
+  }
+
+  private withDeadline(options: RequestOptions, reject: (e: Error) => void, remove: () => void): () => void {
+    const signal = options.signal
+    const abort = () => {
+      remove()
+      reject(new RaftAbortedError('request aborted', { cause: signal?.reason }))
+    }
+    if (signal?.aborted) {
+      queueMicrotask(abort)
+      return () => {}
+    }
+    signal?.addEventListener('abort', abort, { once: true })
+    const cancelTimer =
+      signal === undefined
+        ? this.clock.setTimeout(() => {
+            remove()
+            reject(new RaftAbortedError(`request timed out after ${this.opts.requestTimeoutMs} ms`))
+          }, this.opts.requestTimeoutMs)
+        : () => {}
+    return () => {
+      signal?.removeEventListener('abort', abort)
+      cancelTimer()
+    }
+  }
+
+  // ---- Ready processing -------------------------------------------------------------------------
+
+  private drain(): void {
+    if (this.draining) return // re-entrancy from a listener: the outer loop picks it up
+    this.draining = true
+    try {
+      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) this.handleReady(rd)
+    } finally {
+      this.draining = false
+    }
+  }
+
+  private handleReady(rd: Ready): void {
+    // 1. persist (each call fsyncs before returning)
+    if (rd.snapshot !== undefined) this.storage.installSnapshot(rd.snapshot)
+    if (rd.entries.length > 0) this.storage.append(rd.entries)
+    if (rd.hardState !== undefined) this.storage.setHardState(rd.hardState)
+    // 2. send
+    for (const m of rd.messages) {
+      try {
+        this.transport.send(m.to, m)
+      } catch {
+        this.sendFailures++
+      }
+    }
+    // 3. apply
+    if (rd.snapshot !== undefined) {
+      const index = rd.snapshot.metadata.index
+      this.sm.restore(rd.snapshot.data)
+      this.appliedIndex = index
+      for (const [i, p] of this.proposals) {
+        if (i > index) continue
+        this.proposals.delete(i)
+        p.reject(new ProposalOutcomeUnknownError(`entry ${i} was replaced by a snapshot at ${index}`))
+      }
+      this.emit('snapshot:restore', { index })
+    }
+    for (const e of rd.committedEntries) this.apply(e)
+    for (const rs of rd.readStates) {
+      const r = this.reads.get(rs.context)
+      if (r !== undefined) r.index = rs.index
+    }
+    this.raft.advance(rd)
+    if (rd.softState !== undefined) this.onSoftState()
+    this.resolveReads()
+    this.maybeSnapshot()
+  }
+
+  private apply(e: Entry): void {
+    this.appliedIndex = e.index
+    let result: unknown
+    if (e.type === 'normal' && e.data.length > 0) result = this.sm.apply(e)
+    if (e.type === 'conf') {
+      const change = decodeConfChange(e.data)
+      if (change !== undefined) this.emit('conf:change', { index: e.index, change, conf: this.raft.conf() })
+    }
+    const p = this.proposals.get(e.index)
+    if (p === undefined) return
+    this.proposals.delete(e.index)
+    if (p.term === e.term) p.resolve({ index: e.index, result })
+    else p.reject(new ProposalDroppedError(`entry ${e.index} was overwritten by a new leader`))
+  }
+
+  private resolveReads(): void {
+    for (const [ctx, r] of this.reads) {
+      if (r.index !== undefined && r.index <= this.appliedIndex) {
+        this.reads.delete(ctx)
+        r.resolve({ index: r.index })
+      }
+    }
+  }
+
+  private onSoftState(): void {
+    const { leader, role } = this.raft.softState()
+    if (leader !== this.lastLeader || this.raft.term !== this.lastTerm) {
+      // Reads not yet confirmed were tied to the old leadership and may never be answered.
+      for (const [ctx, r] of this.reads) {
+        if (r.index !== undefined) continue
+        this.reads.delete(ctx)
+        r.reject(new NotLeaderError(leader))
+      }
+      this.lastLeader = leader
+      this.lastTerm = this.raft.term
+      this.emit('leader:change', { leader, term: this.raft.term })
+    }
+    if (role !== this.lastRole) {
+      this.lastRole = role
+      this.emit('role:change', { role, term: this.raft.term })
+    }
+  }
+
+  private maybeSnapshot(): void {
+    const last = this.raft.snapshot()?.metadata.index ?? 0
+    if (this.appliedIndex - last < this.opts.snapshotThreshold) return
+    const snap = this.raft.createSnapshot(this.appliedIndex, this.sm.snapshot())
+    this.storage.saveSnapshot(snap)
+    const to = this.appliedIndex - this.opts.snapshotTrailing
+    if (to > 0) {
+      this.raft.compact(to)
+      this.storage.compact(to)
+    }
+  }
+
+  // ---- queries and events -----------------------------------------------------------------------
+
+  isLeader(): boolean {
+    return this.raft.role === 'leader'
+  }
+
+  leader(): NodeId | undefined {
+    return this.raft.lead
+  }
+
+  /** Highest log index applied to the state machine on this node. */
+  applied(): number {
+    return this.appliedIndex
+  }
+
+  status(): DriverStatus {
+    return { ...this.raft.status(), malformedMessages: this.malformed, sendFailures: this.sendFailures }
+  }
+
+  /** Subscribes to an event; returns the unsubscribe function. */
+  on<K extends keyof RaftNodeEvents>(type: K, listener: (detail: RaftNodeEvents[K]) => void): () => void {
+    let set = this.listeners.get(type)
+    if (set === undefined) {
+      set = new Set()
+      this.listeners.set(type, set)
+    }
+    set.add(listener as (d: never) => void)
+    return () => set.delete(listener as (d: never) => void)
+  }
+
+  private emit<K extends keyof RaftNodeEvents>(type: K, detail: RaftNodeEvents[K]): void {
+    for (const l of this.listeners.get(type) ?? []) {
+      try {
+        ;(l as (d: RaftNodeEvents[K]) => void)(detail)
+      } catch {
+        // A listener's failure must not break Ready processing.
+      }
+    }
+  }
+}
