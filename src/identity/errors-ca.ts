@@ -45,8 +45,9 @@ export class InvalidCaOptionError extends IdentityError {
   constructor(
     readonly field: string,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(`${field}: ${message}`)
+    super(`${field}: ${message}`, options)
   }
 }
 
@@ -122,4 +123,11 @@ export class LeafResponseInvalidError extends IdentityError {
   static readonly code = 'PEERMESH_ERR_LEAF_RESPONSE_INVALID'
   override readonly name = 'LeafResponseInvalidError'
   readonly code = LeafResponseInvalidError.code
+}
+
+/** A TLS peer's certificate does not carry the SPIFFE id we expected of it. */
+export class PeerIdentityMismatchError extends IdentityError {
+  static readonly code = 'PEERMESH_ERR_PEER_IDENTITY_MISMATCH'
+  override readonly name = 'PeerIdentityMismatchError'
+  readonly code = PeerIdentityMismatchError.code
 }

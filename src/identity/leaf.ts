@@ -17,10 +17,16 @@ import {
   subjectAltNames,
   subjectKeyId,
 } from './cert-info.ts'
-import { CaMalformedError, InvalidCaOptionError } from './errors-ca.ts'
+import { CaMalformedError, InvalidCaOptionError, PeerIdentityMismatchError } from './errors-ca.ts'
 import { exportPrivateKeyPem, generateKeyPair, isKeyType, type KeyType, signingAlgorithm } from './keys.ts'
 import { splitPemBundle } from './pem.ts'
-import { parseServiceSpiffeId, serviceSpiffeId, validateServiceName, validateTrustDomain } from './spiffe.ts'
+import {
+  parseServiceSpiffeId,
+  type ServiceSpiffeId,
+  serviceSpiffeId,
+  validateServiceName,
+  validateTrustDomain,
+} from './spiffe.ts'
 import { x509 } from './x509-setup.ts'
 
 /** Most intermediates considered per verification (a rotation needs one; a hostile peer may send many). */
@@ -110,55 +116,101 @@ export type VerifyLeafResult =
 /**
  * Verifies a leaf certificate. Cheap checks (form, usage, SPIFFE id, validity) come first so a
  * hostile peer cannot make us do signature work for a certificate that fails anyway.
+ * For many verifications against the same roots, build one `LeafVerifier` instead.
  */
 export async function verifyLeaf(leafPem: string, options: VerifyLeafOptions): Promise<VerifyLeafResult> {
-  const trustDomain = validateTrustDomain(options.trustDomain)
-  const expectedService =
-    options.expectedService === undefined ? undefined : validateServiceName(options.expectedService)
-  if (!Number.isFinite(options.nowMs)) throw new InvalidCaOptionError('nowMs', 'must be a finite time in ms')
-  const roots = options.roots.map((pem, i) => {
-    const cert = parseCertificatePem(pem)
-    if (!cert || !caConstraints(cert).canSignCertificates) {
-      throw new CaMalformedError(`trusted root #${i} is not a well-formed CA certificate`)
+  return new LeafVerifier(options).verify(leafPem, options)
+}
+
+export interface LeafVerifierOptions {
+  /** Trusted root certificates (PEM). Malformed roots are a configuration error and throw. */
+  roots: readonly string[]
+  trustDomain: string
+}
+
+export interface LeafVerifyCallOptions {
+  intermediates?: readonly string[]
+  expectedService?: string
+  nowMs: number
+}
+
+/**
+ * `verifyLeaf` with the roots parsed once: build one per trust bundle (it changes only on root
+ * rotation) and call `verify` per connection.
+ */
+export class LeafVerifier {
+  readonly trustDomain: string
+  private readonly roots: x509.X509Certificate[]
+
+  constructor(options: LeafVerifierOptions) {
+    this.trustDomain = validateTrustDomain(options.trustDomain)
+    this.roots = options.roots.map((pem, i) => {
+      const cert = parseCertificatePem(pem)
+      if (!cert || !caConstraints(cert).canSignCertificates) {
+        throw new CaMalformedError(`trusted root #${i} is not a well-formed CA certificate`)
+      }
+      return cert
+    })
+  }
+
+  async verify(leafPem: string, options: LeafVerifyCallOptions): Promise<VerifyLeafResult> {
+    const trustDomain = this.trustDomain
+    const expectedService =
+      options.expectedService === undefined ? undefined : validateServiceName(options.expectedService)
+    if (!Number.isFinite(options.nowMs))
+      throw new InvalidCaOptionError('nowMs', 'must be a finite time in ms')
+
+    const leaf = parseCertificatePem(leafPem)
+    if (!leaf) return fail('MALFORMED', 'not a single well-formed PEM certificate')
+    if (caConstraints(leaf).isCa) return fail('IS_CA', 'certificate is a CA, not a leaf')
+    const usageProblem = leafUsageProblem(leaf)
+    if (usageProblem) return fail('BAD_KEY_USAGE', usageProblem)
+
+    let uris: string[]
+    try {
+      uris = subjectAltNames(leaf)
+        .filter((n) => n.type === 'url')
+        .map((n) => n.value)
+    } catch {
+      return fail('MALFORMED', 'subjectAltName does not decode')
     }
-    return cert
-  })
+    // The X.509-SVID spec: exactly one URI SAN, and it is the SPIFFE id.
+    if (uris.length !== 1) return fail('NO_SPIFFE_ID', `expected exactly one URI SAN, found ${uris.length}`)
+    const spiffeId = uris[0]!
+    let id: { trustDomain: string; service: string }
+    try {
+      id = parseServiceSpiffeId(spiffeId)
+    } catch {
+      return fail('NO_SPIFFE_ID', 'URI SAN is not spiffe://<trust-domain>/svc/<service>')
+    }
+    if (id.trustDomain !== trustDomain) {
+      return fail('WRONG_TRUST_DOMAIN', `leaf is for trust domain ${id.trustDomain}, expected ${trustDomain}`)
+    }
+    if (expectedService !== undefined && id.service !== expectedService) {
+      return fail('WRONG_SERVICE', `leaf is for service ${id.service}, expected ${expectedService}`)
+    }
+    if (options.nowMs < leaf.notBefore.getTime()) return fail('NOT_YET_VALID', 'leaf is not valid yet')
+    if (options.nowMs >= leaf.notAfter.getTime()) return fail('EXPIRED', 'leaf has expired')
 
-  const leaf = parseCertificatePem(leafPem)
-  if (!leaf) return fail('MALFORMED', 'not a single well-formed PEM certificate')
-  if (caConstraints(leaf).isCa) return fail('IS_CA', 'certificate is a CA, not a leaf')
-  const usageProblem = leafUsageProblem(leaf)
-  if (usageProblem) return fail('BAD_KEY_USAGE', usageProblem)
+    const path = await buildPath(leaf, this.roots, parseIntermediates(options.intermediates), options.nowMs)
+    if (!path.ok) {
+      return path.timeProblem ? fail('CHAIN_NOT_VALID_NOW', path.reason) : fail('UNTRUSTED', path.reason)
+    }
+    return {
+      ok: true,
+      spiffeId,
+      service: id.service,
+      trustDomain: id.trustDomain,
+      notAfter: leaf.notAfter.getTime(),
+      chainIds: path.chainIds,
+    }
+  }
+}
 
-  let uris: string[]
-  try {
-    uris = subjectAltNames(leaf)
-      .filter((n) => n.type === 'url')
-      .map((n) => n.value)
-  } catch {
-    return fail('MALFORMED', 'subjectAltName does not decode')
-  }
-  // The X.509-SVID spec: exactly one URI SAN, and it is the SPIFFE id.
-  if (uris.length !== 1) return fail('NO_SPIFFE_ID', `expected exactly one URI SAN, found ${uris.length}`)
-  const spiffeId = uris[0]!
-  let id: { trustDomain: string; service: string }
-  try {
-    id = parseServiceSpiffeId(spiffeId)
-  } catch {
-    return fail('NO_SPIFFE_ID', 'URI SAN is not spiffe://<trust-domain>/svc/<service>')
-  }
-  if (id.trustDomain !== trustDomain) {
-    return fail('WRONG_TRUST_DOMAIN', `leaf is for trust domain ${id.trustDomain}, expected ${trustDomain}`)
-  }
-  if (expectedService !== undefined && id.service !== expectedService) {
-    return fail('WRONG_SERVICE', `leaf is for service ${id.service}, expected ${expectedService}`)
-  }
-  if (options.nowMs < leaf.notBefore.getTime()) return fail('NOT_YET_VALID', 'leaf is not valid yet')
-  if (options.nowMs >= leaf.notAfter.getTime()) return fail('EXPIRED', 'leaf has expired')
-
+/** Intermediates come from the peer: skip what does not parse, and bound how many we consider. */
+function parseIntermediates(pems: readonly string[] | undefined): x509.X509Certificate[] {
   const intermediates: x509.X509Certificate[] = []
-  // Intermediates come from the peer: skip what does not parse, and bound how many we consider.
-  for (const pem of options.intermediates ?? []) {
+  for (const pem of pems ?? []) {
     if (typeof pem !== 'string' || pem.length > MAX_PEM_LENGTH * MAX_CHAIN_DEPTH) continue
     let blocks: string[]
     try {
@@ -171,17 +223,7 @@ export async function verifyLeaf(leafPem: string, options: VerifyLeafOptions): P
       if (cert && intermediates.length < MAX_INTERMEDIATES) intermediates.push(cert)
     }
   }
-  const path = await buildPath(leaf, roots, intermediates, options.nowMs)
-  if (!path.ok)
-    return path.timeProblem ? fail('CHAIN_NOT_VALID_NOW', path.reason) : fail('UNTRUSTED', path.reason)
-  return {
-    ok: true,
-    spiffeId,
-    service: id.service,
-    trustDomain: id.trustDomain,
-    notAfter: leaf.notAfter.getTime(),
-    chainIds: path.chainIds,
-  }
+  return intermediates
 }
 
 type PathResult = { ok: true; chainIds: string[] } | { ok: false; timeProblem: boolean; reason: string }
@@ -267,4 +309,37 @@ function leafUsageProblem(leaf: x509.X509Certificate): string | undefined {
 
 function fail(key: keyof typeof LeafVerificationCode, reason: string): VerifyLeafResult {
   return { ok: false, code: LeafVerificationCode[key], reason }
+}
+
+/**
+ * The service SPIFFE id in a DER certificate (e.g. `tlsSocket.getPeerCertificate().raw`), if it
+ * carries exactly one URI SAN and that is a valid service SPIFFE id. Parsing only: the chain is
+ * checked by the TLS stack (`ca` + `rejectUnauthorized`) or by `verifyLeaf`.
+ */
+export function peerServiceId(der: Uint8Array): ServiceSpiffeId | undefined {
+  let uris: string[]
+  try {
+    uris = subjectAltNames(new x509.X509Certificate(der))
+      .filter((n) => n.type === 'url')
+      .map((n) => n.value)
+    return uris.length === 1 ? parseServiceSpiffeId(uris[0]) : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A `checkServerIdentity` for `tls.connect` in the mesh: instead of a hostname, the server must
+ * present the SPIFFE id of `expectedService` in `trustDomain`. Returns a coded error otherwise.
+ */
+export function spiffeServerIdentityCheck(
+  trustDomain: string,
+  expectedService: string,
+): (hostname: string, cert: { raw: Uint8Array }) => Error | undefined {
+  const expected = serviceSpiffeId(trustDomain, expectedService)
+  return (_hostname, cert) => {
+    const id = peerServiceId(cert.raw)
+    if (id && id.trustDomain === trustDomain && id.service === expectedService) return undefined
+    return new PeerIdentityMismatchError(`server does not present ${expected}`)
+  }
 }

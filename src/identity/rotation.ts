@@ -9,7 +9,7 @@
  */
 import { parseCertificatePem, subjectAltNames } from './cert-info.ts'
 import { InvalidCaOptionError, LeafRequestTimeoutError, LeafResponseInvalidError } from './errors-ca.ts'
-import type { KeyType } from './keys.ts'
+import { type KeyType, publicKeySpkiOfPrivatePem } from './keys.ts'
 import { type CreateLeafKeyAndCsrOptions, createLeafKeyAndCsr, type LeafKeyAndCsr } from './leaf.ts'
 import { serviceSpiffeId } from './spiffe.ts'
 
@@ -157,9 +157,21 @@ export class LeafCertificateRotator {
     }
     this.requestTimeoutMs = init.requestTimeoutMs ?? DEFAULT_LEAF_REQUEST_TIMEOUT_MS
     if (!(this.requestTimeoutMs > 0)) throw new InvalidCaOptionError('requestTimeoutMs', 'must be positive')
-    if (init.initial) {
-      const keyPem = init.initial.keyPem
-      this.credentials = this.toCredentials(keyPem, init.initial.certPem, init.initial.intermediatesPem ?? [])
+    if (init.initial) this.credentials = this.initialCredentials(init.initial)
+  }
+
+  private initialCredentials(initial: NonNullable<LeafCertificateRotatorInit['initial']>): LeafCredentials {
+    try {
+      const spki = publicKeySpkiOfPrivatePem(initial.keyPem).toString('base64')
+      return this.toCredentials(initial.keyPem, initial.certPem, initial.intermediatesPem ?? [], spki)
+    } catch (cause) {
+      throw new InvalidCaOptionError(
+        'initial',
+        'is not a readable key and a certificate for it and our SPIFFE id',
+        {
+          cause,
+        },
+      )
     }
   }
 

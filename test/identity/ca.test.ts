@@ -7,7 +7,7 @@ import {
   type SignedLeaf,
   signLeaf,
 } from '../../src/identity/ca.ts'
-import { createLeafKeyAndCsr, verifyLeaf } from '../../src/identity/leaf.ts'
+import { createLeafKeyAndCsr, LeafVerifier, verifyLeaf } from '../../src/identity/leaf.ts'
 import { type CryptoKeyPair, generateKeyPair, signingAlgorithm } from '../../src/identity/keys.ts'
 import { x509 } from '../../src/identity/x509-setup.ts'
 import { codeOf, DAY, HOUR, T0, TD } from './helpers.ts'
@@ -77,6 +77,17 @@ describe.each(['ed25519', 'ecdsa-p256'] as const)('mesh CA with %s keys', (keyTy
       x509.ExtendedKeyUsage.clientAuth,
     ])
     expect(cert.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId?.toLowerCase()).toBe(root.id)
+  })
+
+  it('a LeafVerifier built once gives the same answers as verifyLeaf', async () => {
+    const verifier = new LeafVerifier({ roots: [root.certPem], trustDomain: TD })
+    expect(await verifier.verify(web.certPem, { expectedService: 'web', nowMs: T0 })).toMatchObject({
+      ok: true,
+    })
+    expect(await verifier.verify(web.certPem, { expectedService: 'db', nowMs: T0 })).toMatchObject({
+      ok: false,
+      code: 'PEERMESH_ERR_LEAF_WRONG_SERVICE',
+    })
   })
 
   it('gives every leaf a fresh random serial', async () => {

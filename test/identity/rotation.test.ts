@@ -288,4 +288,17 @@ describe('LeafCertificateRotator on a virtual clock', () => {
     expect(rotator.current()?.serialNumber).not.toBe(initial.serialNumber)
     rotator.stop()
   })
+
+  it('refuses an initial certificate that does not belong to the given key', async () => {
+    const a = await createLeafKeyAndCsr({ service: 'web', trustDomain: TD })
+    const b = await createLeafKeyAndCsr({ service: 'web', trustDomain: TD })
+    const cert = await signLeaf(root, a.csrPem, {
+      service: 'web',
+      trustDomain: TD,
+      ttlMs: LEAF_TTL,
+      nowMs: T0,
+    })
+    const code = await codeOf(() => setup({ initial: { keyPem: b.keyPem, certPem: cert.certPem } }))
+    expect(code).toBe('PEERMESH_ERR_INVALID_CA_OPTION')
+  })
 })

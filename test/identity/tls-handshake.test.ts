@@ -7,7 +7,12 @@ import tls from 'node:tls'
 import { describe, expect, it } from 'vitest'
 import { createRootCa, type RootCa, signLeaf } from '../../src/identity/ca.ts'
 import type { KeyType } from '../../src/identity/keys.ts'
-import { createLeafKeyAndCsr, verifyLeaf } from '../../src/identity/leaf.ts'
+import {
+  createLeafKeyAndCsr,
+  peerServiceId,
+  spiffeServerIdentityCheck,
+  verifyLeaf,
+} from '../../src/identity/leaf.ts'
 import { x509 } from '../../src/identity/x509-setup.ts'
 import { deferred, HOUR, TD } from './helpers.ts'
 
@@ -17,17 +22,12 @@ async function leafFor(root: RootCa, service: string, keyType: KeyType, nowMs: n
   return { key: keyPem, cert: leaf.certPem }
 }
 
-/** Client-side server identity check for the mesh: the peer's SPIFFE id, not a hostname. */
-function expectSpiffe(service: string) {
-  return (_host: string, cert: tls.PeerCertificate): Error | undefined =>
-    cert.subjectaltname === `URI:spiffe://${TD}/svc/${service}` ? undefined : new Error(`not ${service}`)
-}
-
 async function handshake(opts: {
   root: RootCa
   server: { key: string; cert: string }
   client: { key: string; cert: string }
   onServerError?: (error: Error & { code?: string }) => void
+  expectServer?: string
 }): Promise<{ protocol: string | null; serverSawSan: string; clientSawSan: string; clientPeerPem: string }> {
   const serverSaw = deferred<string>()
   const server = tls.createServer(
@@ -57,7 +57,7 @@ async function handshake(opts: {
       ...opts.client,
       ca: [opts.root.certPem],
       minVersion: 'TLSv1.3',
-      checkServerIdentity: expectSpiffe('api'),
+      checkServerIdentity: spiffeServerIdentityCheck(TD, opts.expectServer ?? 'api'),
     })
     const connected = await new Promise<tls.TLSSocket>((resolve, reject) => {
       socket.once('secureConnect', () => resolve(socket))
@@ -103,6 +103,8 @@ describe('mutual TLS 1.3 between two mesh leaves', () => {
         nowMs: Date.now(),
       })
       expect(verified).toMatchObject({ ok: true, service: 'api' })
+      const der = new Uint8Array(x509.PemConverter.decodeFirst(result.clientPeerPem))
+      expect(peerServiceId(der)).toEqual({ trustDomain: TD, service: 'api' })
     },
   )
 
@@ -117,5 +119,17 @@ describe('mutual TLS 1.3 between two mesh leaves', () => {
     await expect(handshake({ root, server, client: intruder, onServerError })).rejects.toThrow()
     // The server aborted the handshake: it never handed the connection to its handler.
     expect(serverErrors.length).toBeGreaterThan(0)
+  })
+
+  it('the client refuses a server presenting another service’s SPIFFE id', async () => {
+    const nowMs = Date.now()
+    const root = await createRootCa({ trustDomain: TD, validityDays: 1, nowMs })
+    const server = await leafFor(root, 'api', 'ed25519', nowMs)
+    const client = await leafFor(root, 'web', 'ed25519', nowMs)
+    const error = await handshake({ root, server, client, expectServer: 'db' }).then(
+      () => undefined,
+      (e: unknown) => e as { code?: string },
+    )
+    expect(error?.code).toBe('PEERMESH_ERR_PEER_IDENTITY_MISMATCH')
   })
 })
