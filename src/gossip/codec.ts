@@ -98,16 +98,39 @@ export function leaveSigningBytes(id: string, inc: number): Uint8Array {
   return packr.pack(['peermesh/swim/leave/1', id, inc])
 }
 
+/** Push/pull entries go on the wire as arrays `[id, st, inc, ri, rec, sig, lsig?]`: compact and fast. */
+export function encodeStateEntry(m: StateEntry): Uint8Array {
+  return packr.pack(
+    m.lsig ? [m.id, m.st, m.inc, m.ri, m.rec, m.sig, m.lsig] : [m.id, m.st, m.inc, m.ri, m.rec, m.sig],
+  )
+}
+
+const STATE_HEADER = packr.pack({ t: 'state', join: false, members: [] })
+
+/**
+ * Frames already-encoded entries (`encodeStateEntry`) as a push/pull state without re-encoding
+ * them: `{ t: 'state', join, members: [...] }` with a 32-bit array header.
+ */
+export function framePushPull(join: boolean, entries: Uint8Array[]): Uint8Array {
+  // STATE_HEADER ends with the bool for `join`, the 'members' key and an empty fixarray (0x90).
+  const head = STATE_HEADER.length - 1
+  let len = head + 5
+  for (const e of entries) len += e.length
+  const out = new Uint8Array(len)
+  out.set(STATE_HEADER.subarray(0, head), 0)
+  out[head - 9] = join ? 0xc3 : 0xc2
+  out[head] = 0xdd
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(head + 1, entries.length)
+  let pos = head + 5
+  for (const e of entries) {
+    out.set(e, pos)
+    pos += e.length
+  }
+  return out
+}
+
 export function encodePushPull(state: PushPullState): Uint8Array {
-  return packr.pack({
-    t: 'state',
-    join: state.join,
-    members: state.members.map((m) =>
-      m.lsig
-        ? { id: m.id, st: m.st, inc: m.inc, ri: m.ri, rec: m.rec, sig: m.sig, lsig: m.lsig }
-        : { id: m.id, st: m.st, inc: m.inc, ri: m.ri, rec: m.rec, sig: m.sig },
-    ),
-  })
+  return framePushPull(state.join, state.members.map(encodeStateEntry))
 }
 
 function unpack(bytes: Uint8Array): { ok: true; value: unknown } | { ok: false } {
@@ -236,8 +259,8 @@ export function decodePushPull(bytes: Uint8Array, maxBytes: number): DecodeResul
   if (typeof v['join'] !== 'boolean' || !Array.isArray(members)) return { ok: false, reason: 'shape' }
   const out: StateEntry[] = []
   for (const m of members) {
-    if (!isPlainObject(m)) return { ok: false, reason: 'shape' }
-    const { id, st, inc, ri, rec, sig, lsig } = m
+    if (!Array.isArray(m) || m.length < 6 || m.length > 7) return { ok: false, reason: 'shape' }
+    const [id, st, inc, ri, rec, sig, lsig] = m as unknown[]
     if (!isId(id) || !isStatus(st) || !isIncarnation(inc) || !isIncarnation(ri) || !(rec instanceof Uint8Array) || !isSig(sig)) {
       return { ok: false, reason: 'shape' }
     }

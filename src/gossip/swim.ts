@@ -28,7 +28,8 @@ import {
   decodePushPull,
   decodeRecord,
   encodeMessage,
-  encodePushPull,
+  encodeStateEntry,
+  framePushPull,
   encodeRecord,
   leaveSigningBytes,
   packParts,
@@ -315,7 +316,7 @@ export class Swim {
     return this.take()
   }
 
-  /** Responder side of push/pull: merges the remote state, returns ours (as it was before merging). */
+  /** Responder side of push/pull: merges the remote state and returns ours (merged) as the reply. */
   handlePushPull(_fromId: string, remoteState: Uint8Array, nowMs: number): PushPullResponse {
     this.begin()
     const merged = this.receiveState(remoteState, nowMs, true)
@@ -632,40 +633,37 @@ export class Swim {
     if (this.leaving) return
     const [to] = this.randomMembers(1, (m) => m.status === 'alive')
     if (to !== undefined) this.emitPushPull(to, this.encodeState(false))
+    // Serf-style reconnect: with probability dead/known, also exchange state with one member we
+    // hold as dead, so the two sides of a healed partition find each other again even after
+    // gossip-to-the-dead has stopped (SWIM alone never contacts dead members).
+    if (this.deadIds.size === 0) return
+    const dead: string[] = []
+    for (const id of this.deadIds) if (this.table.get(id)?.status === 'dead') dead.push(id)
+    if (dead.length > 0 && this.rng() < dead.length / this.estimatedSize()) {
+      this.emitPushPull(dead[Math.floor(this.rng() * dead.length)]!, this.encodeState(false))
+    }
   }
 
   private encodeState(join: boolean): Uint8Array {
     const c = this.stateCache
     if (c && c.version === this.stateVersion && c.join === join) return c.bytes
-    const members: StateEntry[] = [
-      {
-        id: this.id,
-        st: this.leaving ? 'left' : 'alive',
-        inc: this.incarnation,
-        ri: this.incarnation,
-        rec: this.recordBytes,
-        sig: this.sig,
-        ...(this.leaveSig ? { lsig: this.leaveSig } : {}),
-      },
-    ]
-    for (const m of this.table.values()) {
-      const e: StateEntry = {
-        id: m.id,
-        st: m.status,
-        inc: m.incarnation,
-        ri: m.recordIncarnation,
-        rec: m.recordBytes,
-        sig: m.sig,
-      }
-      if (m.leaveSig) e.lsig = m.leaveSig
-      members.push(e)
+    const self: StateEntry = {
+      id: this.id,
+      st: this.leaving ? 'left' : 'alive',
+      inc: this.incarnation,
+      ri: this.incarnation,
+      rec: this.recordBytes,
+      sig: this.sig,
     }
-    const bytes = encodePushPull({ t: 'state', join, members })
+    if (this.leaveSig) self.lsig = this.leaveSig
+    const entries = [encodeStateEntry(self)]
+    for (const m of this.table.values()) entries.push(entryBytes(m))
+    const bytes = framePushPull(join, entries)
     this.stateCache = { version: this.stateVersion, join, bytes }
     return bytes
   }
 
-  /** Decodes and merges a remote state; returns our pre-merge state for a reply, or null if dropped. */
+  /** Decodes and merges a remote state; returns our state for a reply (if `reply`), or null. */
   private receiveState(bytes: Uint8Array, now: number, reply: boolean): Uint8Array | null {
     this.counters.pushPullReceived++
     this.counters.pushPullBytesReceived += bytes?.length ?? 0
@@ -674,13 +672,13 @@ export class Swim {
       this.counters.dropped[r.reason]++
       return null
     }
-    let ours: Uint8Array | null = null
-    if (reply) {
-      ours = this.encodeState(false)
-      this.counters.pushPullSent++
-      this.counters.pushPullBytesSent += ours.length
-    }
+    // Unlike memberlist we merge before answering: a refutation triggered by the request (we were
+    // dead on the other side of a healed partition) then travels back in the reply at once.
     this.mergeState(r.msg.members, now)
+    if (!reply) return null
+    const ours = this.encodeState(false)
+    this.counters.pushPullSent++
+    this.counters.pushPullBytesSent += ours.length
     return ours
   }
 
@@ -692,9 +690,7 @@ export class Swim {
         continue
       }
       const m = this.table.get(e.id)
-      const sameRecord =
-        m !== undefined && m.recordIncarnation === e.ri && bytesEqual(m.sig, e.sig) && bytesEqual(m.recordBytes, e.rec)
-      if (e.st === 'alive' && !sameRecord && (m === undefined || e.ri > m.incarnation)) {
+      if (e.st === 'alive' && (m === undefined || e.ri > m.incarnation)) {
         this.onAlive(e.id, e.ri, e.rec, e.sig, undefined, now)
       }
       switch (e.st) {
@@ -994,6 +990,29 @@ export class Swim {
     }
     return bytes
   }
+}
+
+/**
+ * Encoded push/pull entry of a member state, memoized: states are immutable, and pre-converged
+ * simulations share them between nodes, so each is encoded once.
+ */
+const entryCache = new WeakMap<MemberState, Uint8Array>()
+function entryBytes(m: MemberState): Uint8Array {
+  let b = entryCache.get(m)
+  if (b === undefined) {
+    const e: StateEntry = {
+      id: m.id,
+      st: m.status,
+      inc: m.incarnation,
+      ri: m.recordIncarnation,
+      rec: m.recordBytes,
+      sig: m.sig,
+    }
+    if (m.leaveSig) e.lsig = m.leaveSig
+    b = encodeStateEntry(e)
+    entryCache.set(m, b)
+  }
+  return b
 }
 
 function view(m: MemberState): MemberView {
