@@ -1,0 +1,160 @@
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { FileStorage } from '../../src/raft/file-storage.ts'
+import { MemoryStorage } from '../../src/raft/memory-storage.ts'
+import type { RaftStorage } from '../../src/raft/storage.ts'
+import type { Entry, Snapshot } from '../../src/raft/types.ts'
+
+const enc = new TextEncoder()
+const ent = (index: number, term: number, s = `e${index}`): Entry => ({ index, term, type: 'normal', data: enc.encode(s) })
+const range = (from: number, to: number, term: number) => Array.from({ length: to - from + 1 }, (_, i) => ent(from + i, term))
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn()
+  } catch (err) {
+    return (err as { code?: string }).code
+  }
+  return undefined
+}
+
+let dir: string
+beforeEach(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peermesh-raft-'))
+})
+afterEach(() => {
+  fs.rmSync(dir, { recursive: true, force: true })
+})
+
+const segFiles = () =>
+  fs
+    .readdirSync(path.join(dir, 'log'))
+    .filter((n) => n.endsWith('.seg'))
+    .sort()
+    .map((n) => path.join(dir, 'log', n))
+
+describe.each([
+  ['MemoryStorage', () => new MemoryStorage() as RaftStorage],
+  ['FileStorage', () => FileStorage.open(dir).storage as RaftStorage],
+])('%s semantics', (_name, make) => {
+  it('appends, truncates a conflicting suffix and compacts after a snapshot', () => {
+    const s = make()
+    s.append(range(1, 10, 1))
+    s.append([ent(6, 2), ent(7, 2)]) // replaces 6..10
+    let st = s.initialState()
+    expect(st.entries.map((e) => `${e.index}/${e.term}`)).toEqual(['1/1', '2/1', '3/1', '4/1', '5/1', '6/2', '7/2'])
+    const snap: Snapshot = { metadata: { index: 5, term: 1, conf: { voters: ['a'], learners: [] } }, data: enc.encode('s') }
+    s.saveSnapshot(snap)
+    s.compact(5)
+    st = s.initialState()
+    expect(st.snapshot?.metadata.index).toBe(5)
+    expect(st.entries.filter((e) => e.index > 5).map((e) => e.index)).toEqual([6, 7])
+    s.installSnapshot({ ...snap, metadata: { ...snap.metadata, index: 20, term: 3 } })
+    st = s.initialState()
+    expect(st.entries).toEqual([])
+    s.append([ent(21, 3)])
+    expect(s.initialState().entries.map((e) => e.index)).toEqual([21])
+    s.close()
+  })
+})
+
+describe('FileStorage durability', () => {
+  it('keeps term, vote, commit, entries and snapshot across reopen', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.append(range(1, 5, 1))
+    storage.setHardState({ term: 3, vote: 'b', commit: 4 })
+    storage.append([{ ...ent(6, 3), requestId: { clientId: 'c1', seq: 9 } }])
+    storage.close()
+    const { storage: again, warnings } = FileStorage.open(dir)
+    expect(warnings).toEqual([])
+    const st = again.initialState()
+    expect(st.hardState).toEqual({ term: 3, vote: 'b', commit: 4 })
+    expect(st.entries.length).toBe(6)
+    expect(st.entries[5]).toEqual({ ...ent(6, 3), requestId: { clientId: 'c1', seq: 9 } })
+    again.close()
+  })
+
+  it('truncates a torn final record on open and reports it', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.append(range(1, 5, 1))
+    storage.close()
+    const [file] = segFiles()
+    const size = fs.statSync(file!).size
+    fs.truncateSync(file!, size - 3) // a crash in the middle of writing record 5
+    const { storage: again, warnings } = FileStorage.open(dir)
+    expect(warnings.length).toBe(1)
+    expect(again.initialState().entries.map((e) => e.index)).toEqual([1, 2, 3, 4])
+    again.append([ent(5, 2)]) // and the log continues cleanly
+    again.close()
+    const { storage: third, warnings: w3 } = FileStorage.open(dir)
+    expect(w3).toEqual([])
+    expect(third.initialState().entries.map((e) => `${e.index}/${e.term}`).at(-1)).toBe('5/2')
+    third.close()
+  })
+
+  it('raises LogCorruptedError naming the offset for a flipped byte in a middle record', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.append(range(1, 5, 1))
+    storage.close()
+    const [file] = segFiles()
+    const buf = fs.readFileSync(file!)
+    const recordBytes = buf.length / 5 // equal-size records in this test
+    const at = recordBytes * 2 + 14 // inside record 3's payload
+    buf[at] = buf[at]! ^ 0xff
+    fs.writeFileSync(file!, buf)
+    let caught: { code?: string; offset?: number } | undefined
+    try {
+      FileStorage.open(dir)
+    } catch (err) {
+      caught = err as { code?: string; offset?: number }
+    }
+    expect(caught?.code).toBe('PEERMESH_ERR_LOG_CORRUPTED')
+    expect(caught?.offset).toBe(recordBytes * 2)
+  })
+
+  it('treats a damaged record header in the middle as corruption, not a torn tail', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.append(range(1, 5, 1))
+    storage.close()
+    const [file] = segFiles()
+    const buf = fs.readFileSync(file!)
+    buf[(buf.length / 5) * 1 + 1] ^= 0x40 // record 2's length field
+    fs.writeFileSync(file!, buf)
+    expect(codeOf(() => FileStorage.open(dir))).toBe('PEERMESH_ERR_LOG_CORRUPTED')
+  })
+
+  it('rolls segments, deletes whole segments on compaction and truncates across segments', () => {
+    const { storage } = FileStorage.open(dir, { segmentBytes: 200 })
+    storage.append(range(1, 40, 1))
+    const before = segFiles().length
+    expect(before).toBeGreaterThan(3)
+    storage.append([ent(15, 2)]) // truncate back into an early segment
+    expect(storage.initialState().entries.length).toBe(15)
+    expect(segFiles().length).toBeLessThan(before)
+    storage.append(range(16, 40, 2))
+    storage.saveSnapshot({ metadata: { index: 30, term: 2, conf: { voters: ['a'], learners: [] } }, data: new Uint8Array() })
+    storage.compact(30)
+    storage.close()
+    const { storage: again } = FileStorage.open(dir, { segmentBytes: 200 })
+    const st = again.initialState()
+    expect(st.snapshot?.metadata.index).toBe(30)
+    expect(st.entries.map((e) => e.index)).toEqual(range(31, 40, 2).map((e) => e.index))
+    expect(st.entries.every((e) => e.term === 2)).toBe(true)
+    again.close()
+  })
+
+  it('detects a corrupted hard state file', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.setHardState({ term: 1, vote: 'a', commit: 0 })
+    storage.close()
+    const f = path.join(dir, 'hardstate')
+    const buf = fs.readFileSync(f)
+    buf[buf.length - 1] ^= 1
+    fs.writeFileSync(f, buf)
+    const { storage: again } = FileStorage.open(dir)
+    expect(codeOf(() => again.initialState())).toBe('PEERMESH_ERR_STORAGE_CORRUPTED')
+    again.close()
+  })
+})
