@@ -208,6 +208,9 @@ export class LeafCertificateRotator {
     this.running = false
     this.epoch++
     this.stopController.abort()
+    // The aborted attempt finishes on its own and, being of an old epoch, changes nothing; a
+    // later start() must not wait for it.
+    this.inFlight = undefined
     this.clearTimer('renewTimer')
     this.clearTimer('expiryTimer')
   }
@@ -253,8 +256,8 @@ export class LeafCertificateRotator {
   private renew(): void {
     if (!this.running || this.inFlight) return
     const epoch = this.epoch
-    const attempt = this.attempt(epoch).finally(() => {
-      this.inFlight = undefined
+    const attempt: Promise<void> = this.attempt(epoch).finally(() => {
+      if (this.inFlight === attempt) this.inFlight = undefined
     })
     this.inFlight = attempt
   }

@@ -268,6 +268,37 @@ describe('LeafCertificateRotator on a virtual clock', () => {
     expect(clock.pending).toBe(0)
   })
 
+  it('a restart while a request hangs does not stall rotation', async () => {
+    let hang = true
+    const firstCall = deferred<void>()
+    const { clock, rotator, calls } = setup({
+      requestLeaf: async (csrPem) => {
+        calls.push(clock.now())
+        firstCall.resolve()
+        if (hang) return new Promise<string>(() => {})
+        return (
+          await signLeaf(root, csrPem, {
+            service: 'web',
+            trustDomain: TD,
+            ttlMs: LEAF_TTL,
+            nowMs: clock.now(),
+          })
+        ).certPem
+      },
+    })
+    rotator.start()
+    clock.fireNext(clock.now())
+    await firstCall.promise
+    rotator.stop()
+    hang = false
+    rotator.start()
+    clock.fireNext(clock.now()) // at once, before the aborted attempt has unwound
+    await runFor(clock, rotator, 0)
+    expect(calls).toHaveLength(2)
+    expect(rotator.current()).toBeDefined()
+    rotator.stop()
+  })
+
   it('serves an initial certificate at once and renews it on schedule; renewNow() forces a renewal', async () => {
     const clock0 = new VirtualClock(T0)
     const { keyPem, csrPem } = await createLeafKeyAndCsr({ service: 'web', trustDomain: TD })
