@@ -210,8 +210,10 @@ export function decide(
 }
 
 /**
- * An immutable lookup structure over a validated intention set. Build once per committed policy
- * change; `decide` does at most four map lookups and allocates nothing but the result.
+ * An immutable lookup structure over an intention set, validated on construction (throws the
+ * same coded errors as `validateIntentionSet`). Build once per committed policy change; `decide`
+ * does at most four map lookups and allocates nothing. `matched` is the index's own frozen,
+ * normalised copy of the intention (unknown fields dropped), not the caller's object.
  */
 export class IntentionIndex {
   readonly defaultAction: IntentionAction
