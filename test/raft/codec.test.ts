@@ -13,7 +13,13 @@ const base: Message = {
   index: 10,
   commit: 9,
   entries: [
-    { term: 3, index: 11, type: 'normal', data: new Uint8Array([1, 2, 3]), requestId: { clientId: 'c', seq: 1 } },
+    {
+      term: 3,
+      index: 11,
+      type: 'normal',
+      data: new Uint8Array([1, 2, 3]),
+      requestId: { clientId: 'c', seq: 1 },
+    },
     { term: 3, index: 12, type: 'conf', data: new Uint8Array([4]) },
   ],
   reject: false,
@@ -28,7 +34,10 @@ describe('raft message codec', () => {
       ...base,
       type: 'snap',
       entries: [],
-      snapshot: { metadata: { index: 5, term: 2, conf: { voters: ['a', 'b'], learners: ['c'] } }, data: new Uint8Array([9]) },
+      snapshot: {
+        metadata: { index: 5, term: 2, conf: { voters: ['a', 'b'], learners: ['c'] } },
+        data: new Uint8Array([9]),
+      },
     }
     expect(decodeMessage(encodeMessage(snap))).toEqual({ ok: true, message: snap })
   })

@@ -39,7 +39,12 @@ describe('PolicyStore', () => {
         op: 'config.set',
         kind: 'service-splitter',
         name: 'api',
-        value: { splits: [{ weight: 90, serviceSubset: 'v1' }, { weight: 10, serviceSubset: 'v2' }] },
+        value: {
+          splits: [
+            { weight: 90, serviceSubset: 'v1' },
+            { weight: 10, serviceSubset: 'v2' },
+          ],
+        },
       }),
     )
     expect(ok.ok).toBe(true)
@@ -57,11 +62,23 @@ describe('PolicyStore', () => {
     expect(unknown.ok ? undefined : unknown.code).toBe('PEERMESH_ERR_INVALID_COMMAND')
     const cur = s.getConfigEntry('service-splitter', 'api')!.modifyIndex
     const stale = s.apply(
-      entry({ op: 'config.set', kind: 'service-splitter', name: 'api', value: { splits: [{ weight: 100 }] }, casIndex: cur - 1 }),
+      entry({
+        op: 'config.set',
+        kind: 'service-splitter',
+        name: 'api',
+        value: { splits: [{ weight: 100 }] },
+        casIndex: cur - 1,
+      }),
     )
     expect(stale.ok ? undefined : stale.code).toBe('PEERMESH_ERR_CAS_FAILED')
     const fresh = s.apply(
-      entry({ op: 'config.set', kind: 'service-splitter', name: 'api', value: { splits: [{ weight: 100 }] }, casIndex: cur }),
+      entry({
+        op: 'config.set',
+        kind: 'service-splitter',
+        name: 'api',
+        value: { splits: [{ weight: 100 }] },
+        casIndex: cur,
+      }),
     )
     expect(fresh.ok).toBe(true)
   })
@@ -98,9 +115,20 @@ describe('PolicyStore', () => {
 
   it('round-trips through a snapshot, dedupe table included', () => {
     const s = new PolicyStore()
-    s.apply(entry({ op: 'intention.upsert', source: 'a', destination: 'b', action: 'allow', meta: { team: 'x' } }))
-    s.apply(entry({ op: 'config.set', kind: 'service-resolver', name: 'api', value: { failover: { '*': ['dc2'] } } }))
-    s.apply(entry({ op: 'ca.setRoots', roots: [{ id: 'r1', der: new Uint8Array([1, 2, 3]) }], activeRootId: 'r1' }))
+    s.apply(
+      entry({ op: 'intention.upsert', source: 'a', destination: 'b', action: 'allow', meta: { team: 'x' } }),
+    )
+    s.apply(
+      entry({
+        op: 'config.set',
+        kind: 'service-resolver',
+        name: 'api',
+        value: { failover: { '*': ['dc2'] } },
+      }),
+    )
+    s.apply(
+      entry({ op: 'ca.setRoots', roots: [{ id: 'r1', der: new Uint8Array([1, 2, 3]) }], activeRootId: 'r1' }),
+    )
     const dup = entry({ op: 'intention.delete', source: 'a', destination: 'b' }, { clientId: 'c', seq: 7 })
     const first = s.apply(dup)
     const t = new PolicyStore()

@@ -8,8 +8,14 @@ import type { RaftStorage } from '../../src/raft/storage.ts'
 import type { Entry, Snapshot } from '../../src/raft/types.ts'
 
 const enc = new TextEncoder()
-const ent = (index: number, term: number, s = `e${index}`): Entry => ({ index, term, type: 'normal', data: enc.encode(s) })
-const range = (from: number, to: number, term: number) => Array.from({ length: to - from + 1 }, (_, i) => ent(from + i, term))
+const ent = (index: number, term: number, s = `e${index}`): Entry => ({
+  index,
+  term,
+  type: 'normal',
+  data: enc.encode(s),
+})
+const range = (from: number, to: number, term: number) =>
+  Array.from({ length: to - from + 1 }, (_, i) => ent(from + i, term))
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -44,8 +50,19 @@ describe.each([
     s.append(range(1, 10, 1))
     s.append([ent(6, 2), ent(7, 2)]) // replaces 6..10
     let st = s.initialState()
-    expect(st.entries.map((e) => `${e.index}/${e.term}`)).toEqual(['1/1', '2/1', '3/1', '4/1', '5/1', '6/2', '7/2'])
-    const snap: Snapshot = { metadata: { index: 5, term: 1, conf: { voters: ['a'], learners: [] } }, data: enc.encode('s') }
+    expect(st.entries.map((e) => `${e.index}/${e.term}`)).toEqual([
+      '1/1',
+      '2/1',
+      '3/1',
+      '4/1',
+      '5/1',
+      '6/2',
+      '7/2',
+    ])
+    const snap: Snapshot = {
+      metadata: { index: 5, term: 1, conf: { voters: ['a'], learners: [] } },
+      data: enc.encode('s'),
+    }
     s.saveSnapshot(snap)
     s.compact(5)
     st = s.initialState()
@@ -90,7 +107,12 @@ describe('FileStorage durability', () => {
     again.close()
     const { storage: third, warnings: w3 } = FileStorage.open(dir)
     expect(w3).toEqual([])
-    expect(third.initialState().entries.map((e) => `${e.index}/${e.term}`).at(-1)).toBe('5/2')
+    expect(
+      third
+        .initialState()
+        .entries.map((e) => `${e.index}/${e.term}`)
+        .at(-1),
+    ).toBe('5/2')
     third.close()
   })
 
@@ -134,7 +156,10 @@ describe('FileStorage durability', () => {
     expect(storage.initialState().entries.length).toBe(15)
     expect(segFiles().length).toBeLessThan(before)
     storage.append(range(16, 40, 2))
-    storage.saveSnapshot({ metadata: { index: 30, term: 2, conf: { voters: ['a'], learners: [] } }, data: new Uint8Array() })
+    storage.saveSnapshot({
+      metadata: { index: 30, term: 2, conf: { voters: ['a'], learners: [] } },
+      data: new Uint8Array(),
+    })
     storage.compact(30)
     storage.close()
     const { storage: again } = FileStorage.open(dir, { segmentBytes: 200 })
