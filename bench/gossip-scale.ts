@@ -32,7 +32,10 @@ function log(msg: string): void {
   process.stderr.write(`${msg}\n`)
 }
 
-function totals(sim: SimNetwork, ids: string[]): { msgs: number; bytes: number; dgBytes: number; deaths: number } {
+function totals(
+  sim: SimNetwork,
+  ids: string[],
+): { msgs: number; bytes: number; dgBytes: number; deaths: number } {
   let msgs = 0
   let bytes = 0
   let dgBytes = 0
@@ -49,7 +52,12 @@ function totals(sim: SimNetwork, ids: string[]): { msgs: number; bytes: number; 
 
 function runSize(n: number): SizeResult {
   const started = performance.now()
-  const sim = new SimNetwork({ seed: 42 + n, config: lanConfig, latencyMs: { min: 0.2, max: 2 }, loss: 0.005 })
+  const sim = new SimNetwork({
+    seed: 42 + n,
+    config: lanConfig,
+    latencyMs: { min: 0.2, max: 2 },
+    loss: 0.005,
+  })
   const ids = Array.from({ length: n }, (_, i) => `node-${i}`)
   sim.bootstrapConverged(ids)
   log(`[${n}] bootstrapped in ${((performance.now() - started) / 1000).toFixed(1)} s`)
@@ -93,7 +101,15 @@ function runSize(n: number): SizeResult {
 const results: SizeResult[] = []
 for (const n of sizes) results.push(runSize(n))
 
-const header = ['members', 'reach_ms', 'msgs/member/s', 'bytes/member/s', 'datagram bytes/member/s', 'false deaths', 'real s']
+const header = [
+  'members',
+  'reach_ms',
+  'msgs/member/s',
+  'bytes/member/s',
+  'datagram bytes/member/s',
+  'false deaths',
+  'real s',
+]
 const rows = results.map((r) => [
   String(r.n),
   r.reachMs.toFixed(1),

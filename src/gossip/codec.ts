@@ -154,7 +154,8 @@ export function decodeMessage(bytes: Uint8Array, maxBytes: number): DecodeResult
   if (!isPlainObject(v)) return { ok: false, reason: 'type' }
   if (v['t'] === 'compound') {
     const parts = v['parts']
-    if (!Array.isArray(parts) || parts.length === 0 || parts.length > MAX_PARTS) return { ok: false, reason: 'shape' }
+    if (!Array.isArray(parts) || parts.length === 0 || parts.length > MAX_PARTS)
+      return { ok: false, reason: 'shape' }
     const out: DecodedSimpleMessage[] = []
     for (const p of parts) {
       if (!(p instanceof Uint8Array)) return { ok: false, reason: 'shape' }
@@ -223,7 +224,8 @@ export function recordProblem(v: unknown): string | undefined {
     return `name must be a non-empty string of at most ${L.nameLength} characters`
   }
   const addrs = v['addresses']
-  if (!Array.isArray(addrs) || addrs.length > L.addresses) return `addresses must be an array of at most ${L.addresses}`
+  if (!Array.isArray(addrs) || addrs.length > L.addresses)
+    return `addresses must be an array of at most ${L.addresses}`
   for (const a of addrs) {
     if (typeof a !== 'string' || a.length > L.addressLength) return 'addresses must be strings'
   }
@@ -261,7 +263,14 @@ export function decodePushPull(bytes: Uint8Array, maxBytes: number): DecodeResul
   for (const m of members) {
     if (!Array.isArray(m) || m.length < 6 || m.length > 7) return { ok: false, reason: 'shape' }
     const [id, st, inc, ri, rec, sig, lsig] = m as unknown[]
-    if (!isId(id) || !isStatus(st) || !isIncarnation(inc) || !isIncarnation(ri) || !(rec instanceof Uint8Array) || !isSig(sig)) {
+    if (
+      !isId(id) ||
+      !isStatus(st) ||
+      !isIncarnation(inc) ||
+      !isIncarnation(ri) ||
+      !(rec instanceof Uint8Array) ||
+      !isSig(sig)
+    ) {
       return { ok: false, reason: 'shape' }
     }
     if (lsig !== undefined && !isSig(lsig)) return { ok: false, reason: 'shape' }
@@ -306,4 +315,3 @@ function isSig(v: unknown): v is Uint8Array {
 function isStatus(v: unknown): v is MemberStatus {
   return v === 'alive' || v === 'suspect' || v === 'dead' || v === 'left'
 }
-

@@ -28,7 +28,10 @@ export interface MemberSnapshot {
   readonly order: readonly string[]
 }
 
-export function createMemberSnapshot(members: Iterable<MemberState>, shuffle: (ids: string[]) => void): MemberSnapshot {
+export function createMemberSnapshot(
+  members: Iterable<MemberState>,
+  shuffle: (ids: string[]) => void,
+): MemberSnapshot {
   const map = new Map<string, MemberState>()
   for (const m of members) map.set(m.id, m)
   const order = [...map.keys()]

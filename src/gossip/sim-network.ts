@@ -132,7 +132,13 @@ export class SimNetwork {
   private createSwim(id: string, spec: SimNodeSpec, initialMembers?: MemberSnapshot): Swim {
     const { signer, verifier } = this.crypto(id)
     return new Swim({
-      self: { id, name: spec.name ?? id, addresses: [`sim://${id}`], tags: spec.tags ?? {}, meta: spec.meta ?? {} },
+      self: {
+        id,
+        name: spec.name ?? id,
+        addresses: [`sim://${id}`],
+        tags: spec.tags ?? {},
+        meta: spec.meta ?? {},
+      },
       config: spec.config ?? this.cfg,
       rng: seededRng(Math.floor(this.rng() * 0x100000000)),
       signer,
@@ -208,14 +214,21 @@ export class SimNetwork {
   /** Restarts a crashed node with fresh state (optionally its last incarnation) and joins via `seeds`. */
   restart(id: string, opts: { seeds?: string[]; lastIncarnation?: number } = {}): Swim {
     const n = this.mustGet(id)
-    const spec = { ...n.spec, ...(opts.lastIncarnation !== undefined ? { lastIncarnation: opts.lastIncarnation } : {}) }
+    const spec = {
+      ...n.spec,
+      ...(opts.lastIncarnation !== undefined ? { lastIncarnation: opts.lastIncarnation } : {}),
+    }
     n.swim = this.createSwim(id, spec)
     n.crashed = false
     n.pausedUntil = 0
     n.pending = []
     n.scheduledTick = Number.POSITIVE_INFINITY
     n.gen++
-    const seeds = opts.seeds ?? this.liveIds().filter((x) => x !== id).slice(0, 1)
+    const seeds =
+      opts.seeds ??
+      this.liveIds()
+        .filter((x) => x !== id)
+        .slice(0, 1)
     this.apply(n, n.swim.join(seeds, this.clock))
     return n.swim
   }
@@ -275,7 +288,14 @@ export class SimNetwork {
     return n
   }
 
-  private push(time: number, kind: number, to: string, from: string, bytes: Uint8Array | undefined, gen: number): void {
+  private push(
+    time: number,
+    kind: number,
+    to: string,
+    from: string,
+    bytes: Uint8Array | undefined,
+    gen: number,
+  ): void {
     this.queue.push({ time, seq: 0, kind, to, from, bytes, gen, fn: undefined })
   }
 

@@ -43,7 +43,14 @@ export class Suspicion {
   readonly maxMs: number
   private readonly confirmers = new Set<string>()
 
-  constructor(opts: { from: string; startMs: number; incarnation: number; k: number; minMs: number; maxMs: number }) {
+  constructor(opts: {
+    from: string
+    startMs: number
+    incarnation: number
+    k: number
+    minMs: number
+    maxMs: number
+  }) {
     this.startMs = opts.startMs
     this.incarnation = opts.incarnation
     this.k = opts.k

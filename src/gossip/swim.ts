@@ -266,7 +266,10 @@ export class Swim {
       const msg: LeaveMessage = { t: 'leave', id: this.id, inc: this.incarnation, sig: this.leaveSig }
       const bytes = encodeMessage(msg)
       this.queue.push(this.id, bytes)
-      const targets = this.randomMembers(this.cfg.gossipNodes, (m) => m.status === 'alive' || m.status === 'suspect')
+      const targets = this.randomMembers(
+        this.cfg.gossipNodes,
+        (m) => m.status === 'alive' || m.status === 'suspect',
+      )
       for (const to of targets) this.emitSend(to, bytes)
     }
     return this.take()
@@ -503,7 +506,9 @@ export class Swim {
       first.push(encodeMessage({ t: 'suspect', id: target.id, inc: target.incarnation, from: this.id }))
     }
     this.sendWithPiggyback(target.id, { t: 'ping', seq, target: target.id }, first)
-    this.setTimer('probe-timeout', now + this.health.scale(this.cfg.probeTimeoutMs), (t) => this.probeTimeout(t))
+    this.setTimer('probe-timeout', now + this.health.scale(this.cfg.probeTimeoutMs), (t) =>
+      this.probeTimeout(t),
+    )
     this.setTimer('probe-end', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeEnd(t))
   }
 
@@ -744,15 +749,37 @@ export class Swim {
         this.onAlive(msg.record.id, msg.inc, msg.rec, msg.sig, msg.record, now)
         return
       case 'suspect':
-        this.onSuspect(msg, now)
-        return
       case 'dead':
-        this.onDead(msg, now)
+        if (this.answerStaleAccusation(from, msg.id, msg.inc)) return
+        if (msg.t === 'suspect') this.onSuspect(msg, now)
+        else this.onDead(msg, now)
         return
       case 'leave':
         this.onLeave(msg, now)
         return
     }
+  }
+
+  /**
+   * `from` passed on an accusation against an incarnation of `id` older than the alive one we
+   * hold: it missed the refutation, which nobody re-gossips once disseminated, and would declare
+   * a live member dead when its suspicion times out. Send it the signed alive we hold, directly.
+   * (Self-limiting: only nodes holding stale suspicions send such messages.) Returns true if stale.
+   */
+  private answerStaleAccusation(from: string, id: string, inc: number): boolean {
+    if (id === this.id) {
+      if (inc >= this.incarnation) return false
+      if (!this.leaving && from !== this.id) {
+        this.emitSend(from, encodeMessage({ t: 'alive', inc: this.incarnation, rec: this.recordBytes, sig: this.sig }))
+      }
+      return true
+    }
+    const m = this.table.get(id)
+    if (!m || m.status !== 'alive' || inc >= m.incarnation) return false
+    if (from !== id && from !== this.id) {
+      this.emitSend(from, encodeMessage({ t: 'alive', inc: m.recordIncarnation, rec: m.recordBytes, sig: m.sig }))
+    }
+    return true
   }
 
   /** An alive about us that is not ours: a record from a previous run. Jump above it. */
@@ -872,7 +899,7 @@ export class Swim {
     if (this.suspicions.get(id) !== s) return
     this.suspicions.delete(id)
     const m = this.table.get(id)
-    if (!m || m.status !== 'suspect' || m.incarnation !== s.incarnation) return
+    if (m?.status !== 'suspect' || m.incarnation !== s.incarnation) return
     this.onDead({ t: 'dead', id, inc: m.incarnation, from: this.id }, now)
   }
 
@@ -915,7 +942,13 @@ export class Swim {
     }
     this.suspicions.delete(msg.id)
     this.timers.delete(`suspect:${msg.id}`)
-    const next: MemberState = { ...m, incarnation: msg.inc, status: 'left', stateChangeMs: now, leaveSig: msg.sig }
+    const next: MemberState = {
+      ...m,
+      incarnation: msg.inc,
+      status: 'left',
+      stateChangeMs: now,
+      leaveSig: msg.sig,
+    }
     this.table.set(next)
     this.touch()
     this.deadIds.add(msg.id)
@@ -939,13 +972,17 @@ export class Swim {
   }
 
   private broadcastSelf(): void {
-    this.queue.push(this.id, encodeMessage({ t: 'alive', inc: this.incarnation, rec: this.recordBytes, sig: this.sig }))
+    this.queue.push(
+      this.id,
+      encodeMessage({ t: 'alive', inc: this.incarnation, rec: this.recordBytes, sig: this.sig }),
+    )
   }
 
   private checkNameConflict(m: MemberState): void {
     const name = m.record.name
     const claimants: { id: string; view: () => MemberView }[] = []
-    if (!this.leaving && this.record.name === name) claimants.push({ id: this.id, view: () => this.selfView() })
+    if (!this.leaving && this.record.name === name)
+      claimants.push({ id: this.id, view: () => this.selfView() })
     for (const o of this.table.values()) {
       if ((o.status === 'alive' || o.status === 'suspect') && o.record.name === name) {
         claimants.push({ id: o.id, view: () => view(o) })
@@ -956,7 +993,10 @@ export class Swim {
     for (const c of claimants) if (c.id < winner.id) winner = c
     const w = winner.view()
     // Report the conflict that `m` brought: `m` lost, or `m` won against the others.
-    const losers = m.id === winner.id ? claimants.filter((c) => c.id !== winner.id) : claimants.filter((c) => c.id === m.id)
+    const losers =
+      m.id === winner.id
+        ? claimants.filter((c) => c.id !== winner.id)
+        : claimants.filter((c) => c.id === m.id)
     for (const l of losers) {
       const lv = l.view()
       lv.nameConflict = true

@@ -52,7 +52,15 @@ describe('codec', () => {
   it('round-trips a push/pull state', () => {
     const members = [
       { id: 'peer-1', st: 'alive' as const, inc: 2, ri: 2, rec, sig: new Uint8Array(64) },
-      { id: 'peer-2', st: 'left' as const, inc: 4, ri: 3, rec, sig: new Uint8Array(64), lsig: new Uint8Array(64) },
+      {
+        id: 'peer-2',
+        st: 'left' as const,
+        inc: 4,
+        ri: 3,
+        rec,
+        sig: new Uint8Array(64),
+        lsig: new Uint8Array(64),
+      },
     ]
     const r = decodePushPull(encodePushPull({ t: 'state', join: true, members }), 1 << 20)
     expect(r.ok && r.msg.join).toBe(true)
@@ -73,7 +81,11 @@ describe('codec', () => {
     ['fractional incarnation', pack({ t: 'suspect', id: 'x', inc: 1.5, from: 'y' }), 'shape'],
     ['nack flag missing', pack({ t: 'ping-req', seq: 1, target: 'b' }), 'shape'],
     ['empty id', pack({ t: 'dead', id: '', inc: 1, from: 'y' }), 'shape'],
-    ['alive with record garbage', pack({ t: 'alive', inc: 1, rec: new Uint8Array([0xc1]), sig: new Uint8Array() }), 'shape'],
+    [
+      'alive with record garbage',
+      pack({ t: 'alive', inc: 1, rec: new Uint8Array([0xc1]), sig: new Uint8Array() }),
+      'shape',
+    ],
     ['nested compound', pack({ t: 'compound', parts: [pack({ t: 'compound', parts: [] })] }), 'type'],
     ['compound with non-bytes part', pack({ t: 'compound', parts: ['x'] }), 'shape'],
     ['oversize', new Uint8Array(1401), 'oversize'],
@@ -86,7 +98,10 @@ describe('codec', () => {
     ['non-string tag', { ...record, tags: { a: 1 } }],
     ['addresses not an array', { ...record, addresses: 'x' }],
     ['missing version', { ...record, version: undefined }],
-    ['too many tags', { ...record, tags: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, 'v'])) }],
+    [
+      'too many tags',
+      { ...record, tags: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`k${i}`, 'v'])) },
+    ],
   ])('rejects a record with %s', (_why, bad) => {
     expect(decodeRecord(pack(bad), 1024).ok).toBe(false)
   })
@@ -103,7 +118,18 @@ describe('codec', () => {
   })
 
   it('never throws on structurally wrong objects (fast-check)', () => {
-    const type = fc.constantFrom('ping', 'ping-req', 'ack', 'nack', 'alive', 'suspect', 'dead', 'leave', 'compound', 'state')
+    const type = fc.constantFrom(
+      'ping',
+      'ping-req',
+      'ack',
+      'nack',
+      'alive',
+      'suspect',
+      'dead',
+      'leave',
+      'compound',
+      'state',
+    )
     const wrong = fc.record({
       t: type,
       seq: fc.anything(),

@@ -50,7 +50,9 @@ describe('hostile input is dropped and counted, never crashes', () => {
     const bob = makeNode('bob')
     keyOf('alice')
     expect(bob.handleMessage('mallory', signedAlive('mallory', aliceRecord, 1), 0).events).toEqual([])
-    const tampered = signedAlive('alice', aliceRecord, 1, () => encodeRecord({ ...aliceRecord, name: 'evil' }))
+    const tampered = signedAlive('alice', aliceRecord, 1, () =>
+      encodeRecord({ ...aliceRecord, name: 'evil' }),
+    )
     expect(bob.handleMessage('mallory', tampered, 0).events).toEqual([])
     expect(bob.member('alice')).toBeUndefined()
     expect(bob.stats().dropped.forged).toBe(2)
@@ -107,7 +109,14 @@ describe('hostile input is dropped and counted, never crashes', () => {
         }
       }),
       fc
-        .record({ t: fc.constantFrom('alive', 'suspect', 'dead', 'leave', 'ping', 'ping-req', 'ack', 'state'), inc: fc.anything(), id: fc.string(), members: fc.anything(), rec: fc.uint8Array(), sig: fc.uint8Array() })
+        .record({
+          t: fc.constantFrom('alive', 'suspect', 'dead', 'leave', 'ping', 'ping-req', 'ack', 'state'),
+          inc: fc.anything(),
+          id: fc.string(),
+          members: fc.anything(),
+          rec: fc.uint8Array(),
+          sig: fc.uint8Array(),
+        })
         .map((o) => pack(o) as Uint8Array),
     )
     let now = 0
@@ -134,8 +143,12 @@ describe('hostile input is dropped and counted, never crashes', () => {
         return (e as { code?: string }).code
       }
     }
-    expect(codeOf(() => bob.updateLocalRecord({ meta: { blob: 'x'.repeat(2000) } }))).toBe('PEERMESH_ERR_RECORD_TOO_LARGE')
-    expect(codeOf(() => bob.updateLocalRecord({ meta: { bad: new Uint8Array(1) } }))).toBe('PEERMESH_ERR_INVALID_RECORD')
+    expect(codeOf(() => bob.updateLocalRecord({ meta: { blob: 'x'.repeat(2000) } }))).toBe(
+      'PEERMESH_ERR_RECORD_TOO_LARGE',
+    )
+    expect(codeOf(() => bob.updateLocalRecord({ meta: { bad: new Uint8Array(1) } }))).toBe(
+      'PEERMESH_ERR_INVALID_RECORD',
+    )
     expect(bob.localRecord.version).toBe(1)
   })
 })
