@@ -17,8 +17,10 @@ import { decodeConfChange } from './conf-change.ts'
 
 /**
  * How the driver sends messages. Best-effort: a message may be lost, delayed, duplicated or
- * reordered, and Raft copes (it retries on heartbeats). `send` must not block and should not throw;
- * a throw is caught and counted as a lost message. Encode with `encodeMessage` from ./codec.ts.
+ * reordered, and Raft copes (it retries on heartbeats). `send` must not block, should not throw (a
+ * throw is caught and counted as a lost message) and must not deliver synchronously into another
+ * node's `receive` within the call: queue the bytes and write them from the event loop. Encode with
+ * `encodeMessage` from ./codec.ts; the receiver calls `receive(bytes, authenticatedPeerId)`.
  */
 export interface RaftTransport {
   send(to: NodeId, msg: Message): void

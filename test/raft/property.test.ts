@@ -57,7 +57,9 @@ const scenario = fc.record({
 })
 
 const stats = { runs: 0, applied: 0, terms: 0 }
-function run(s: fc.infer<typeof scenario>): void {
+type Scenario = typeof scenario extends fc.Arbitrary<infer T> ? T : never
+
+function run(s: Scenario): void {
   const ids = ['n0', 'n1', 'n2', 'n3', 'n4'].slice(0, s.size)
   const c = new SimCluster(ids, {
     seed: s.seed,

@@ -142,7 +142,8 @@ describe('FileStorage durability', () => {
     storage.close()
     const [file] = segFiles()
     const buf = fs.readFileSync(file!)
-    buf[(buf.length / 5) * 1 + 1] ^= 0x40 // record 2's length field
+    const at = buf.length / 5 + 1 // record 2's length field
+    buf[at] = buf[at]! ^ 0x40
     fs.writeFileSync(file!, buf)
     expect(codeOf(() => FileStorage.open(dir))).toBe('PEERMESH_ERR_LOG_CORRUPTED')
   })
@@ -176,7 +177,7 @@ describe('FileStorage durability', () => {
     storage.close()
     const f = path.join(dir, 'hardstate')
     const buf = fs.readFileSync(f)
-    buf[buf.length - 1] ^= 1
+    buf[buf.length - 1] = buf[buf.length - 1]! ^ 1
     fs.writeFileSync(f, buf)
     const { storage: again } = FileStorage.open(dir)
     expect(codeOf(() => again.initialState())).toBe('PEERMESH_ERR_STORAGE_CORRUPTED')

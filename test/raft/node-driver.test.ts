@@ -1,0 +1,239 @@
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { encodeMessage } from '../../src/raft/codec.ts'
+import { FileStorage } from '../../src/raft/file-storage.ts'
+import { MemoryStorage } from '../../src/raft/memory-storage.ts'
+import { RaftNode, type RaftTransport } from '../../src/raft/node-driver.ts'
+import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../src/raft/policy-store.ts'
+import type { RaftStorage } from '../../src/raft/storage.ts'
+import { SeededRng } from '../sim/rng.ts'
+import { VirtualClock } from './virtual-clock.ts'
+
+const TICK = 100
+const ids = ['a', 'b', 'c']
+
+/** In-memory network: queues encoded bytes; the test delivers them between clock steps. */
+class MemNet {
+  readonly nodes = new Map<string, RaftNode<PolicyResult>>()
+  readonly down = new Set<string>()
+  private queue: { from: string; to: string; bytes: Uint8Array }[] = []
+
+  transport(from: string): RaftTransport {
+    return { send: (to, m) => this.queue.push({ from, to, bytes: encodeMessage(m) }) }
+  }
+
+  deliverAll(): void {
+    for (let i = 0; i < 10_000 && this.queue.length > 0; i++) {
+      const { from, to, bytes } = this.queue.shift()!
+      if (this.down.has(to) || this.down.has(from)) continue
+      this.nodes.get(to)?.receive(bytes, from)
+    }
+  }
+}
+
+interface Cluster {
+  clock: VirtualClock
+  net: MemNet
+  stores: Map<string, PolicyStore>
+  storages: Map<string, RaftStorage>
+  start(id: string, storage?: RaftStorage): RaftNode<PolicyResult>
+  run(ms: number): Promise<void>
+  leader(): RaftNode<PolicyResult>
+}
+
+function cluster(opts: { snapshotThreshold?: number; storages?: Map<string, RaftStorage> } = {}): Cluster {
+  const clock = new VirtualClock()
+  const net = new MemNet()
+  const rng = new SeededRng(42)
+  const stores = new Map<string, PolicyStore>()
+  const storages = opts.storages ?? new Map<string, RaftStorage>()
+  const c: Cluster = {
+    clock,
+    net,
+    stores,
+    storages,
+    start(id, storage) {
+      const st = storage ?? storages.get(id) ?? new MemoryStorage()
+      storages.set(id, st)
+      const sm = new PolicyStore()
+      stores.set(id, sm)
+      const node = new RaftNode<PolicyResult>({
+        id,
+        storage: st,
+        stateMachine: sm,
+        transport: net.transport(id),
+        clock,
+        rng: rng.next,
+        bootstrap: ids,
+        tickMs: TICK,
+        snapshotThreshold: opts.snapshotThreshold ?? 1000,
+        snapshotTrailing: 2,
+        requestTimeoutMs: 5_000,
+      })
+      net.nodes.set(id, node)
+      net.down.delete(id)
+      node.start()
+      return node
+    },
+    async run(ms) {
+      for (let t = 0; t < ms; t += TICK) {
+        clock.advance(TICK)
+        net.deliverAll()
+        await Promise.resolve()
+      }
+    },
+    leader() {
+      const l = [...net.nodes.values()].find((n) => n.isLeader() && !net.down.has(n.id))
+      if (l === undefined) throw new Error('no leader')
+      return l
+    },
+  }
+  return c
+}
+
+/** Runs virtual time until the promise settles (no wall-clock waiting). */
+async function settle<T>(c: Cluster, p: Promise<T>, maxMs = 10_000): Promise<T> {
+  let done = false
+  const guarded = p.finally(() => {
+    done = true
+  })
+  guarded.catch(() => {})
+  for (let t = 0; t < maxMs && !done; t += TICK) await c.run(TICK)
+  return guarded
+}
+
+const upsert = (source: string, destination: string) =>
+  encodePolicyCommand({ op: 'intention.upsert', source, destination, action: 'allow' })
+
+let tmp: string | undefined
+afterEach(() => {
+  if (tmp !== undefined) fs.rmSync(tmp, { recursive: true, force: true })
+  tmp = undefined
+})
+
+describe('RaftNode driver', () => {
+  it('elects a leader on the clock, proposes, and applies on every node', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    const changes: (string | undefined)[] = []
+    c.net.nodes.get('a')!.on('leader:change', (e) => changes.push(e.leader))
+    await c.run(3_000)
+    const l = c.leader()
+    expect(changes.at(-1)).toBe(l.id)
+    const { index, result } = await settle(c, l.propose(upsert('web', 'db')))
+    expect(result).toEqual({ ok: true, index })
+    await c.run(500)
+    for (const id of ids) expect(c.stores.get(id)!.getIntention('web', 'db')?.modifyIndex).toBe(index)
+  })
+
+  it('rejects a proposal on a follower with NotLeaderError naming the leader', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    const f = [...c.net.nodes.values()].find((n) => n.id !== l.id)!
+    const err = (await f.propose(upsert('x', 'y')).catch((e: unknown) => e)) as {
+      code: string
+      leader: string
+    }
+    expect(err.code).toBe('PEERMESH_ERR_NOT_LEADER')
+    expect(err.leader).toBe(l.id)
+  })
+
+  it('serves a linearizable read on a follower via ReadIndex', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    const { index } = await settle(c, l.propose(upsert('web', 'api')))
+    const f = [...c.net.nodes.values()].find((n) => n.id !== l.id)!
+    const r = await settle(c, f.read())
+    expect(r.index).toBeGreaterThanOrEqual(index)
+    expect(f.applied()).toBeGreaterThanOrEqual(index)
+    expect(c.stores.get(f.id)!.getIntention('web', 'api')).toBeDefined()
+  })
+
+  it('applies a retried request once (request id dedupe)', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    const requestId = { clientId: 'agent-7', seq: 1 }
+    const first = await settle(c, l.propose(upsert('s', 'd'), { requestId }))
+    const retry = await settle(c, l.propose(upsert('s', 'd'), { requestId }))
+    expect(retry.index).toBeGreaterThan(first.index) // a second log entry...
+    expect(retry.result).toEqual(first.result) // ...that returned the first result
+    expect(c.stores.get(l.id)!.getIntention('s', 'd')!.modifyIndex).toBe(first.index) // and changed nothing
+  })
+
+  it('drops and counts malformed or spoofed messages', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    const a = c.net.nodes.get('a')!
+    expect(a.receive(new Uint8Array([1, 2, 3]), 'b')).toBe(false)
+    const forged = encodeMessage({
+      type: 'heartbeat',
+      from: 'c',
+      to: 'a',
+      term: 99,
+      logTerm: 0,
+      index: 0,
+      commit: 0,
+      entries: [],
+      reject: false,
+      rejectHint: 0,
+      context: '',
+    })
+    expect(a.receive(forged, 'b')).toBe(false) // claims to be c but arrived from b
+    expect(a.status().malformedMessages).toBe(2)
+    expect(a.status().term).toBe(1)
+  })
+
+  it('changes membership through the driver and emits conf:change', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    const seen: string[] = []
+    l.on('conf:change', (e) => seen.push(`${e.change.type}:${e.change.node}`))
+    await settle(c, l.changeMembership({ type: 'addLearner', node: 'd' }))
+    expect(seen).toEqual(['addLearner:d'])
+    expect(l.status().conf.learners).toEqual(['d'])
+    const again = await l.changeMembership({ type: 'addLearner', node: 'd' }).catch((e: unknown) => e)
+    expect((again as { code: string }).code).toBe('PEERMESH_ERR_CONF_CHANGE')
+  })
+
+  it('restarts from FileStorage after a crash, with snapshots and compaction', async () => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'peermesh-driver-'))
+    const open = (id: string) => FileStorage.open(path.join(tmp!, id)).storage
+    const c = cluster({ snapshotThreshold: 5 })
+    for (const id of ids) c.start(id, open(id))
+    await c.run(3_000)
+    let l = c.leader()
+    for (let i = 0; i < 12; i++) await settle(c, l.propose(upsert(`s${i}`, 'd')))
+    // crash a follower (stop = process gone; its storage directory stays)
+    const victim = [...c.net.nodes.values()].find((n) => n.id !== l.id)!
+    c.net.down.add(victim.id)
+    await victim.stop()
+    l = c.leader()
+    for (let i = 12; i < 20; i++) await settle(c, l.propose(upsert(`s${i}`, 'd')))
+    const restarted = c.start(victim.id, open(victim.id))
+    await c.run(2_000)
+    expect(restarted.applied()).toBe(c.leader().applied())
+    expect(c.stores.get(victim.id)!.listIntentions().length).toBe(20)
+    expect(c.leader().status().firstIndex).toBeGreaterThan(1) // the log was compacted
+  })
+
+  it('rejects pending work with RaftStoppedError on stop', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    for (const n of c.net.nodes.values()) if (n !== l) c.net.down.add(n.id)
+    const p = l.propose(upsert('never', 'committed'))
+    await l.stop()
+    expect(((await p.catch((e: unknown) => e)) as { code: string }).code).toBe('PEERMESH_ERR_RAFT_STOPPED')
+  })
+})
