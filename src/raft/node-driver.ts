@@ -95,7 +95,8 @@ const DEFAULTS = {
  * every input (timer tick, received message, local request) into Ready processing in the order
  * persist → send → apply (storage calls are synchronous and fsync before returning).
  *
- * Start/stop lifecycle: `start()` begins ticking; `stop()` halts and rejects everything pending.
+ * Start/stop lifecycle: `start()` begins ticking; `stop()` halts, rejects everything pending with
+ * RaftStoppedError and closes the storage (the driver owns it once constructed).
  */
 export class RaftNode<R = unknown> {
   readonly id: NodeId

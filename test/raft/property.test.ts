@@ -139,7 +139,7 @@ function run(s: Scenario): void {
 
 describe('random schedules keep Raft safe (Raft §5.2, §5.3, §5.4)', () => {
   it('3- and 5-node clusters under loss, delay, duplication, partitions and crash-restart', () => {
-    fc.assert(fc.property(scenario, run), { numRuns: 300 })
+    fc.assert(fc.property(scenario, run), { numRuns: 500 })
     // Guard against vacuous runs: the schedules must actually commit entries and change leaders.
     expect(stats.applied / stats.runs).toBeGreaterThan(5)
     expect(stats.terms / stats.runs).toBeGreaterThan(2)
