@@ -770,14 +770,20 @@ export class Swim {
     if (id === this.id) {
       if (inc >= this.incarnation) return false
       if (!this.leaving && from !== this.id) {
-        this.emitSend(from, encodeMessage({ t: 'alive', inc: this.incarnation, rec: this.recordBytes, sig: this.sig }))
+        this.emitSend(
+          from,
+          encodeMessage({ t: 'alive', inc: this.incarnation, rec: this.recordBytes, sig: this.sig }),
+        )
       }
       return true
     }
     const m = this.table.get(id)
-    if (!m || m.status !== 'alive' || inc >= m.incarnation) return false
+    if (m?.status !== 'alive' || inc >= m.incarnation) return false
     if (from !== id && from !== this.id) {
-      this.emitSend(from, encodeMessage({ t: 'alive', inc: m.recordIncarnation, rec: m.recordBytes, sig: m.sig }))
+      this.emitSend(
+        from,
+        encodeMessage({ t: 'alive', inc: m.recordIncarnation, rec: m.recordBytes, sig: m.sig }),
+      )
     }
     return true
   }
