@@ -119,6 +119,7 @@ export class Agent {
       host: this.host,
       seeds: config.seed,
       log: log.child({ component: 'seeds' }),
+      onJoined: (peerId) => this.events.emit('seed:joined', peerId),
     })
     this.seeds.start()
     log.info(

@@ -11,6 +11,7 @@ import {
   validateAgentConfig,
 } from './config.ts'
 import { ConfigError, isUserFacing } from './errors.ts'
+import type { MemberJson } from './gossip-module.ts'
 import { createLogger } from './logger.ts'
 import { VERSION } from './version.ts'
 
@@ -31,6 +32,19 @@ function httpOption(): Option {
   return new Option('--http <host:port>', 'address of the agent HTTP API').default(
     process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
   )
+}
+
+/** Aligned text columns, for human-readable command output. */
+export function renderTable(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  return [headers, ...rows]
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')
 }
 
 function print(json: boolean, value: unknown, text: () => string): void {
@@ -80,8 +94,8 @@ export function buildCli(): Command {
       const config = resolveAgentConfig(file, flags)
       const log = createLogger(config.logLevel, { node: config.name })
       // Loaded here so that the light commands don't pay for importing libp2p.
-      const { Agent } = await import('./agent.ts')
-      const agent = new Agent({ config, log })
+      const { createAgent } = await import('./create-agent.ts')
+      const { agent } = createAgent(config, log)
       await agent.start()
       await waitForSignal(agent)
     })
@@ -113,6 +127,31 @@ export function buildCli(): Command {
           `addresses: ${info.addresses.join('\n           ')}`,
           `peers:     ${info.peers.length === 0 ? '(none)' : info.peers.join('\n           ')}`,
         ].join('\n'),
+      )
+    })
+
+  program
+    .command('members')
+    .description('list the members of the cluster as gossip sees them')
+    .addOption(httpOption())
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      const members = await new ApiClient(opts.http).get<MemberJson[]>('/v1/agent/members')
+      members.sort((a, b) => a.name.localeCompare(b.name))
+      print(opts.json === true, members, () =>
+        renderTable(
+          ['NAME', 'PEER ID', 'ADDRESS', 'STATUS', 'INCARNATION', 'TAGS'],
+          members.map((m) => [
+            m.name,
+            m.peerId,
+            m.address,
+            m.status,
+            String(m.incarnation),
+            Object.entries(m.tags)
+              .map(([k, v]) => `${k}=${v}`)
+              .join(','),
+          ]),
+        ),
       )
     })
 

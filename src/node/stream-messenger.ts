@@ -19,6 +19,8 @@ export interface StreamMessengerInit {
   maxQueuedPerPeer?: number
   /** After a failed dial, don't dial that peer again for this long (messages are dropped). */
   dialBackoffMs?: number
+  /** Told when a dial to a peer fails (e.g. to look its addresses up in the DHT). */
+  onDialFailure?: (peer: string) => void
 }
 
 type MessageHandler = (from: string, bytes: Uint8Array) => void
@@ -184,6 +186,7 @@ export class StreamMessenger {
       this.stats.dropped += out.queue.length
       out.queue = []
       out.failedUntil = Date.now() + (this.init.dialBackoffMs ?? 0)
+      this.init.onDialFailure?.(to)
       this.init.log.trace({ peer: to, err: (err as Error).message }, 'cannot open message stream')
     } finally {
       out.opening = undefined

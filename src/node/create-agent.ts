@@ -1,0 +1,12 @@
+import type { Logger } from 'pino'
+import { Agent } from './agent.ts'
+import type { AgentConfig } from './config.ts'
+import { GossipModule } from './gossip-module.ts'
+
+/** An agent with every layer plugged in, as `peermesh agent` runs it. */
+export function createAgent(config: AgentConfig, log: Logger): { agent: Agent; gossip: GossipModule } {
+  const agent = new Agent({ config, log })
+  const gossip = new GossipModule()
+  agent.use(gossip)
+  return { agent, gossip }
+}
