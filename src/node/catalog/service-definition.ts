@@ -211,7 +211,7 @@ const serviceSchema = z.strictObject({
   tags: z.array(plainText(L.tagLength)).max(L.tags, `at most ${L.tags} tags`).optional(),
   meta: z
     .record(
-      z.string().regex(META_KEY, `keys must be 1-${L.metaKeyLength} letters, digits, "_" or "-"`),
+      z.string().regex(META_KEY, `must be 1-${L.metaKeyLength} letters, digits, "_" or "-"`),
       z.string().max(L.metaValueLength, `values must be at most ${L.metaValueLength} characters`),
     )
     .refine((m) => Object.keys(m).length <= L.metaPairs, `at most ${L.metaPairs} pairs`)
@@ -246,6 +246,8 @@ export function parseServiceDefinition(json: unknown, source: string): ServiceDe
     if (issue.code === 'unrecognized_keys') {
       path = [...path, issue.keys[0] ?? '']
       message = 'unknown field'
+    } else if (issue.code === 'invalid_key') {
+      message = `key ${issue.issues[0]?.message ?? 'is not valid'}`
     } else if (issue.code === 'invalid_type' && valueAt(input, issue.path) === undefined) {
       message = 'is required'
     }
