@@ -18,6 +18,9 @@ import { VERSION } from './version.ts'
 /** How long a graceful stop may take before the process exits anyway. */
 const STOP_DEADLINE_MS = 1_800
 
+/** Parses an integer flag; anything else is left as is for the schema to reject, naming the flag. */
+const parseIntArg = (value: string): number | string => (/^-?\d+$/.test(value) ? Number(value) : value)
+
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
 
 export interface AgentInfo {
@@ -74,6 +77,8 @@ export function buildCli(): Command {
     .option('--http <host:port>', `local HTTP API address (default ${DEFAULT_HTTP})`)
     .option('--seed <multiaddr>', 'seed peer to join through, repeatable', collect)
     .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
+    .option('--bootstrap-expect <n>', 'bootstrap once N agents are alive (same N on each)', parseIntArg)
+    .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
     .action(async (opts: Record<string, unknown>) => {
@@ -85,6 +90,8 @@ export function buildCli(): Command {
           http: opts['http'],
           seed: opts['seed'],
           bootstrap: opts['bootstrap'],
+          bootstrapExpect: opts['bootstrapExpect'],
+          raftVoters: opts['raftVoters'],
           clusterKey: opts['clusterKey'],
           logLevel: opts['logLevel'],
         },

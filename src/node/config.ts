@@ -45,8 +45,18 @@ export const agentConfigSchema = z
     http: hostPort.optional(),
     /** Seeds to join through: multiaddrs ending in /p2p/<peerId>, or plain /ip4/../tcp/.. */
     seed: z.array(multiaddrString).optional(),
-    /** Bootstrap a new Raft cluster on this agent. */
+    /** Bootstrap a new Raft cluster on this agent (exactly one agent of a new cluster). */
     bootstrap: z.boolean().optional(),
+    /**
+     * Bootstrap once this many agents are alive in gossip (give the same N to several agents);
+     * the alternative to `bootstrap` on one agent.
+     */
+    bootstrapExpect: z.number().int().min(1).max(7).optional(),
+    /** Target number of Raft voters; the rest of the agents follow as learners. */
+    raftVoters: z
+      .number()
+      .refine((v) => v === 1 || v === 3 || v === 5, 'must be 1, 3 or 5')
+      .optional(),
     /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
     clusterKey: z.string().min(1).optional(),
     logLevel: z.enum(LOG_LEVELS).optional(),
@@ -62,6 +72,8 @@ export interface AgentConfig {
   http: { host: string; port: number }
   seed: string[]
   bootstrap: boolean
+  bootstrapExpect?: number
+  raftVoters: 1 | 3 | 5
   clusterKey?: string
   logLevel: (typeof LOG_LEVELS)[number]
 }
@@ -138,6 +150,8 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     http: parseHostPort(merged.http ?? DEFAULT_HTTP)!,
     seed: merged.seed ?? [],
     bootstrap: merged.bootstrap ?? false,
+    ...(merged.bootstrapExpect !== undefined ? { bootstrapExpect: merged.bootstrapExpect } : {}),
+    raftVoters: (merged.raftVoters ?? 3) as 1 | 3 | 5,
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
   }
