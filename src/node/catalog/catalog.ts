@@ -1,0 +1,295 @@
+import { EventEmitter } from 'node:events'
+import { isIP } from 'node:net'
+import { ChangeIndex } from './change-index.ts'
+import { type AnnouncedService, decodeNodePayload } from './node-payload.ts'
+import type { CheckStatus } from './service-definition.ts'
+import type { Timers } from './timers.ts'
+
+export type MemberStatus = 'alive' | 'suspect' | 'dead' | 'left'
+
+/** What the gossip layer reports about a member (the local node included). */
+export interface MemberUpdate {
+  /** Member id (peer id). */
+  id: string
+  name: string
+  /** The member's address: a multiaddr (`/ip4/10.0.0.5/tcp/4001/p2p/...`) or a bare IP / host. */
+  address: string
+  status: MemberStatus
+  /** Record version; the owner bumps it on every change of its record. */
+  version: number
+  /** The record's `meta[CATALOG_META_KEY]`, unvalidated (undefined: no services). */
+  payload: unknown
+}
+
+export interface ApplyResult {
+  /** The catalog's view changed (and `index` was bumped). */
+  changed: boolean
+  /** The update was older than what the catalog holds and was ignored. */
+  stale?: true
+  /** The payload was invalid and treated as "no services"; why. */
+  rejected?: string
+}
+
+export interface NodeRef {
+  name: string
+  peerId: string
+  /** IP or host name derived from the member address. */
+  address: string
+}
+
+export interface HealthCheckView {
+  node: string
+  checkId: string
+  name: string
+  status: CheckStatus
+  /** Empty for remote checks: only statuses travel in gossip. */
+  output: string
+  serviceId: string
+  serviceName: string
+}
+
+export interface InstanceService {
+  id: string
+  name: string
+  /** The service's own address, or the node's. */
+  address: string
+  port: number
+  tags: string[]
+  meta: Record<string, string>
+  weights: { passing: number; warning: number }
+  sidecar?: { port: number; protocol: 'tcp' | 'http' }
+}
+
+/** One service instance with its health, shaped like a Consul `/v1/health/service` entry. */
+export interface HealthEntry {
+  node: NodeRef
+  service: InstanceService
+  /** The node's gossip health check first, then the service's checks. */
+  checks: HealthCheckView[]
+  /** The worst of `checks`. */
+  status: CheckStatus
+}
+
+/** Id of the synthetic per-node check that reflects gossip health (Consul's `serfHealth`). */
+export const NODE_CHECK_ID = 'peermesh:node'
+
+export interface CatalogInit {
+  /** For blocking-query timeouts. */
+  timers?: Timers
+}
+
+interface NodeEntry {
+  id: string
+  name: string
+  address: string
+  host: string
+  status: MemberStatus
+  version: number
+  services: AnnouncedService[]
+  /** JSON of everything a query can see of this node: compared to detect real changes. */
+  view: string
+}
+
+/**
+ * The cluster-wide service catalog, built from gossip member updates. Each node owns its
+ * entries; the catalog only believes the newest version of a node's record, makes every
+ * instance of a `dead` node critical at once (a `suspect` node is still trusted), and drops the
+ * instances of a node that `left` or was reaped. `index` rises only on a change a query can see;
+ * `waitForChange` serves blocking queries. Emits `catalog:change` with the new index and
+ * `payload:reject` when a member's payload is invalid.
+ */
+export class Catalog extends EventEmitter<{
+  'catalog:change': [{ index: number }]
+  'payload:reject': [{ id: string; reason: string }]
+}> {
+  private readonly nodes = new Map<string, NodeEntry>()
+  private readonly changes: ChangeIndex
+
+  constructor(init: CatalogInit = {}) {
+    super()
+    this.changes = new ChangeIndex(init.timers)
+  }
+
+  get index(): number {
+    return this.changes.current
+  }
+
+  /**
+   * Applies a member's state. An update with an older version than the one held is ignored;
+   * one with the same version may change the status (alive -> dead) but not the services.
+   */
+  applyMember(u: MemberUpdate): ApplyResult {
+    const old = this.nodes.get(u.id)
+    if (old !== undefined && u.version < old.version) return { changed: false, stale: true }
+    const result: ApplyResult = { changed: false }
+    let services = old?.services ?? []
+    if (old === undefined || u.version > old.version) {
+      const decoded = decodeNodePayload(u.payload)
+      if (decoded.ok) services = decoded.services
+      else {
+        services = []
+        result.rejected = decoded.reason
+        this.emit('payload:reject', { id: u.id, reason: decoded.reason })
+      }
+    }
+    const entry: NodeEntry = {
+      id: u.id,
+      name: u.name,
+      address: u.address,
+      host: hostOf(u.address),
+      status: u.status,
+      version: u.version,
+      services: u.status === 'left' ? [] : services,
+      view: '',
+    }
+    entry.view = viewOf(entry)
+    this.nodes.set(u.id, entry)
+    if (old?.view !== entry.view) {
+      result.changed = true
+      this.bump()
+    }
+    return result
+  }
+
+  /** Forgets a member entirely (gossip reaped it). Returns whether anything changed. */
+  removeMember(id: string): boolean {
+    const old = this.nodes.get(id)
+    if (old === undefined) return false
+    this.nodes.delete(id)
+    if (old.status !== 'left') this.bump()
+    return old.status !== 'left'
+  }
+
+  /**
+   * Resolves with the index once it is above `afterIndex`, or after `waitMs`, or when `signal`
+   * aborts (never rejects). See `ChangeIndex.wait`.
+   */
+  waitForChange(afterIndex: number, waitMs: number, signal?: AbortSignal): Promise<number> {
+    return this.changes.wait(afterIndex, waitMs, signal)
+  }
+
+  /** Every service name with the union of its instances' tags (`GET /v1/catalog/services`). */
+  services(): Record<string, string[]> {
+    const tags = new Map<string, Set<string>>()
+    for (const n of this.visibleNodes()) {
+      for (const s of n.services) {
+        let set = tags.get(s.name)
+        if (set === undefined) {
+          set = new Set()
+          tags.set(s.name, set)
+        }
+        for (const t of s.tags) set.add(t)
+      }
+    }
+    const out: Record<string, string[]> = {}
+    for (const name of [...tags.keys()].sort()) out[name] = [...tags.get(name)!].sort()
+    return out
+  }
+
+  /** Whether any node (dead ones included) registers a service with this name. */
+  hasService(name: string): boolean {
+    for (const n of this.visibleNodes()) if (n.services.some((s) => s.name === name)) return true
+    return false
+  }
+
+  /**
+   * Instances of `name` with their health, sorted by node name then service id. `tag` keeps
+   * those with the tag; `minStatus` those at least that healthy ('passing': passing only,
+   * 'warning': passing or warning).
+   */
+  health(name: string, filter: { tag?: string; minStatus?: CheckStatus } = {}): HealthEntry[] {
+    const rank = filter.minStatus === undefined ? 2 : STATUS_RANK[filter.minStatus]
+    const out: HealthEntry[] = []
+    for (const n of this.visibleNodes()) {
+      for (const s of n.services) {
+        if (s.name !== name || (filter.tag !== undefined && !s.tags.includes(filter.tag))) continue
+        const e = entryOf(n, s)
+        if (STATUS_RANK[e.status] <= rank) out.push(e)
+      }
+    }
+    return out
+  }
+
+  /** Members the catalog knows (left ones excluded), sorted by name. */
+  members(): (NodeRef & { status: MemberStatus; version: number; services: number })[] {
+    return this.visibleNodes().map((n) => ({
+      name: n.name,
+      peerId: n.id,
+      address: n.host,
+      status: n.status,
+      version: n.version,
+      services: n.services.length,
+    }))
+  }
+
+  private visibleNodes(): NodeEntry[] {
+    return [...this.nodes.values()]
+      .filter((n) => n.status !== 'left')
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : 1))
+  }
+
+  private bump(): void {
+    const index = this.changes.bump()
+    this.emit('catalog:change', { index })
+  }
+}
+
+const STATUS_RANK: Record<CheckStatus, number> = { passing: 0, warning: 1, critical: 2 }
+
+function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
+  const dead = n.status === 'dead'
+  const nodeCheck: HealthCheckView = {
+    node: n.name,
+    checkId: NODE_CHECK_ID,
+    name: 'Gossip health',
+    status: dead ? 'critical' : 'passing',
+    output: dead ? 'node failed in gossip (unreachable)' : 'node is alive in gossip',
+    serviceId: '',
+    serviceName: '',
+  }
+  const checks = [
+    nodeCheck,
+    ...s.checks.map(
+      (c): HealthCheckView => ({
+        node: n.name,
+        checkId: c.id,
+        name: c.name,
+        status: c.status,
+        output: '',
+        serviceId: s.id,
+        serviceName: s.name,
+      }),
+    ),
+  ]
+  let worst: CheckStatus = 'passing'
+  for (const c of checks) if (STATUS_RANK[c.status] > STATUS_RANK[worst]) worst = c.status
+  const service: InstanceService = {
+    id: s.id,
+    name: s.name,
+    address: s.address ?? n.host,
+    port: s.port,
+    tags: [...s.tags],
+    meta: { ...s.meta },
+    weights: { ...s.weights },
+  }
+  if (s.sidecar !== undefined) service.sidecar = { ...s.sidecar }
+  return { node: { name: n.name, peerId: n.id, address: n.host }, service, checks, status: worst }
+}
+
+function viewOf(n: NodeEntry): string {
+  if (n.status === 'left') return 'left'
+  // suspect looks like alive: only `dead` changes what queries return.
+  return JSON.stringify([n.name, n.host, n.status === 'dead', n.services])
+}
+
+/**
+ * The IP or host name in a member address: `/ip4/10.0.0.5/tcp/4001/p2p/...` -> `10.0.0.5`,
+ * `/dns4/db.local/...` -> `db.local`; a bare IP or host is returned as is.
+ */
+export function hostOf(address: string): string {
+  const m = /^\/(?:ip4|ip6|dns|dns4|dns6)\/([^/]+)/.exec(address)
+  if (m !== null) return m[1]!
+  if (isIP(address) !== 0) return address
+  const hp = /^\[?([^\]]+?)\]?:\d+$/.exec(address)
+  return hp !== null ? hp[1]! : address
+}

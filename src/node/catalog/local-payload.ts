@@ -1,0 +1,79 @@
+import { EventEmitter } from 'node:events'
+import type { CheckRunner } from './checks.ts'
+import type { LocalServiceRegistry } from './local-services.ts'
+import { encodeNodePayload, type NodePayload } from './node-payload.ts'
+
+export interface LocalPayloadPublisherInit {
+  registry: LocalServiceRegistry
+  checks: CheckRunner
+}
+
+/**
+ * Keeps this node's catalog payload (what it gossips about itself) in step with its registry
+ * and checks. `start()` loads the registry's services into the check runner and starts it;
+ * from then on a registration, a deregistration or a check status transition recomputes the
+ * payload and emits `payload:change` if it differs. The agent puts `payload()` in its gossip
+ * record's meta (`CATALOG_META_KEY`) on start and on every `payload:change`.
+ */
+export class LocalPayloadPublisher extends EventEmitter<{ 'payload:change': [NodePayload] }> {
+  private readonly registry: LocalServiceRegistry
+  private readonly checks: CheckRunner
+  private current: NodePayload
+  private json: string
+  private started = false
+
+  constructor(init: LocalPayloadPublisherInit) {
+    super()
+    this.registry = init.registry
+    this.checks = init.checks
+    this.current = this.compute()
+    this.json = JSON.stringify(this.current)
+  }
+
+  /** The payload to gossip now. */
+  payload(): NodePayload {
+    return structuredClone(this.current)
+  }
+
+  start(): void {
+    if (this.started) return
+    this.started = true
+    this.registry.on('service:change', this.onServiceChange)
+    this.checks.on('check:update', this.refresh)
+    this.checks.sync(this.registry.list())
+    this.checks.start()
+    this.refresh()
+  }
+
+  stop(): void {
+    if (!this.started) return
+    this.started = false
+    this.registry.off('service:change', this.onServiceChange)
+    this.checks.off('check:update', this.refresh)
+    this.checks.stop()
+  }
+
+  private readonly onServiceChange = (): void => {
+    this.checks.sync(this.registry.list())
+    this.refresh()
+  }
+
+  private readonly refresh = (): void => {
+    const next = this.compute()
+    const json = JSON.stringify(next)
+    if (json === this.json) return
+    this.current = next
+    this.json = json
+    this.emit('payload:change', structuredClone(next))
+  }
+
+  private compute(): NodePayload {
+    // Cannot exceed the limit: the registry refuses registrations that would, and a status
+    // takes the same single byte whatever its value.
+    return encodeNodePayload(
+      this.registry.list(),
+      (id) => this.checks.status(id),
+      this.registry.maxPayloadBytes,
+    )
+  }
+}
