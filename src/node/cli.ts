@@ -11,6 +11,7 @@ import {
   validateAgentConfig,
 } from './config.ts'
 import { ConfigError, isUserFacing } from './errors.ts'
+import { renderTable } from './format.ts'
 import type { MemberJson } from './gossip-module.ts'
 import { createLogger } from './logger.ts'
 import { VERSION } from './version.ts'
@@ -35,19 +36,6 @@ function httpOption(): Option {
   return new Option('--http <host:port>', 'address of the agent HTTP API').default(
     process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
   )
-}
-
-/** Aligned text columns, for human-readable command output. */
-export function renderTable(headers: string[], rows: string[][]): string {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
-  return [headers, ...rows]
-    .map((r) =>
-      r
-        .map((c, i) => c.padEnd(widths[i]!))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n')
 }
 
 function print(json: boolean, value: unknown, text: () => string): void {
