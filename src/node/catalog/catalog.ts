@@ -168,6 +168,11 @@ export class Catalog extends EventEmitter<{
     return this.changes.wait(afterIndex, waitMs, signal)
   }
 
+  /** Blocking queries currently waiting (for metrics). */
+  get blockedQueries(): number {
+    return this.changes.waiting
+  }
+
   /** Every service name with the union of its instances' tags (`GET /v1/catalog/services`). */
   services(): Record<string, string[]> {
     const tags = new Map<string, Set<string>>()
