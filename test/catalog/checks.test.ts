@@ -1,7 +1,13 @@
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { describe, expect, it } from 'vitest'
-import { type CheckUpdate, CheckRunner, type ProbeResult, type Probes, systemProbes } from '../../src/node/catalog/checks.ts'
+import {
+  type CheckUpdate,
+  CheckRunner,
+  type ProbeResult,
+  type Probes,
+  systemProbes,
+} from '../../src/node/catalog/checks.ts'
 import { parseServiceDefinition } from '../../src/node/catalog/service-definition.ts'
 import { eventually, VirtualTimers } from './helpers.ts'
 
@@ -22,7 +28,10 @@ function scriptedProbes() {
       state.calls++
       if (state.http === 'hang') return hang(signal)
       const code = state.http
-      return { status: code < 300 ? 'passing' : code === 429 ? 'warning' : 'critical', output: `HTTP ${code}` }
+      return {
+        status: code < 300 ? 'passing' : code === 429 ? 'warning' : 'critical',
+        output: `HTTP ${code}`,
+      }
     },
   }
   return { state, probes }
@@ -41,7 +50,9 @@ function setup(checks: object[]) {
 
 describe('CheckRunner on a virtual clock', () => {
   it('TCP: probes every interval and emits only transitions', async () => {
-    const { timers, state, runner, updates } = setup([{ tcp: '127.0.0.1:8080', interval: '10s', timeout: '1s' }])
+    const { timers, state, runner, updates } = setup([
+      { tcp: '127.0.0.1:8080', interval: '10s', timeout: '1s' },
+    ])
     expect(runner.status('service:web')).toBe('critical')
     await timers.advance(0)
     expect(runner.status('service:web')).toBe('passing')
@@ -60,7 +71,9 @@ describe('CheckRunner on a virtual clock', () => {
   })
 
   it('HTTP: 2xx passing, 429 warning, 500 critical, timeout critical', async () => {
-    const { timers, state, runner, updates } = setup([{ http: 'http://127.0.0.1:8080/h', interval: '5s', timeout: '2s' }])
+    const { timers, state, runner, updates } = setup([
+      { http: 'http://127.0.0.1:8080/h', interval: '5s', timeout: '2s' },
+    ])
     await timers.advance(0)
     expect(runner.status('service:web')).toBe('passing')
     state.http = 429
@@ -113,7 +126,12 @@ describe('CheckRunner on a virtual clock', () => {
     const { timers, runner } = setup([{ tcp: '127.0.0.1:8080', interval: '10s' }])
     await timers.advance(0)
     expect(runner.status('service:web')).toBe('passing')
-    runner.sync([parseServiceDefinition({ name: 'web', port: 8080, checks: [{ tcp: '127.0.0.1:8080', interval: '10s' }] }, 't')])
+    runner.sync([
+      parseServiceDefinition(
+        { name: 'web', port: 8080, checks: [{ tcp: '127.0.0.1:8080', interval: '10s' }] },
+        't',
+      ),
+    ])
     expect(runner.status('service:web')).toBe('passing')
     runner.sync([])
     expect(runner.list()).toEqual([])
@@ -138,7 +156,11 @@ describe('CheckRunner with the real HTTP probe', () => {
     runner.on('check:update', (u) => updates.push(u))
     runner.sync([
       parseServiceDefinition(
-        { name: 'web', port, checks: [{ http: `http://127.0.0.1:${port}/health`, interval: '1s', timeout: '1s' }] },
+        {
+          name: 'web',
+          port,
+          checks: [{ http: `http://127.0.0.1:${port}/health`, interval: '1s', timeout: '1s' }],
+        },
         't',
       ),
     ])
@@ -167,8 +189,12 @@ describe('CheckRunner with the real HTTP probe', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
     const port = (server.address() as AddressInfo).port
     const signal = new AbortController().signal
-    expect((await systemProbes.tcp({ host: '127.0.0.1', port }, { signal, timeoutMs: 1000 })).status).toBe('passing')
+    expect((await systemProbes.tcp({ host: '127.0.0.1', port }, { signal, timeoutMs: 1000 })).status).toBe(
+      'passing',
+    )
     await new Promise((r) => server.close(r))
-    expect((await systemProbes.tcp({ host: '127.0.0.1', port }, { signal, timeoutMs: 1000 })).status).toBe('critical')
+    expect((await systemProbes.tcp({ host: '127.0.0.1', port }, { signal, timeoutMs: 1000 })).status).toBe(
+      'critical',
+    )
   })
 })

@@ -2,7 +2,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { LocalServiceRegistry, SERVICES_FILE, type ServiceChange } from '../../src/node/catalog/local-services.ts'
+import {
+  LocalServiceRegistry,
+  SERVICES_FILE,
+  type ServiceChange,
+} from '../../src/node/catalog/local-services.ts'
 import { parseServiceDefinition } from '../../src/node/catalog/service-definition.ts'
 
 const dirs: string[] = []
@@ -16,7 +20,12 @@ afterEach(() => {
 })
 
 const def = (json: object) => parseServiceDefinition(json, 'test')
-const web = def({ name: 'web', port: 8080, checks: [{ ttl: '30s' }], connect: { sidecarService: { port: 21000 } } })
+const web = def({
+  name: 'web',
+  port: 8080,
+  checks: [{ ttl: '30s' }],
+  connect: { sidecarService: { port: 21000 } },
+})
 const db = def({ name: 'db', port: 5432, tags: ['primary'] })
 
 describe('LocalServiceRegistry', () => {
@@ -52,12 +61,16 @@ describe('LocalServiceRegistry', () => {
     const reg = LocalServiceRegistry.open({ dataDir: dir, maxPayloadBytes: 100 })
     reg.register(web)
     const before = readFileSync(join(dir, SERVICES_FILE), 'utf8')
-    expect(() => reg.deregister('nope')).toThrow(expect.objectContaining({ code: 'PEERMESH_ERR_SERVICE_NOT_FOUND' }))
-    expect(() => reg.register(def({ name: 'x', port: 1, checks: [{ ttl: '5s', id: 'service:web' }] }))).toThrow(
-      expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_SERVICE', field: 'checks.0.id' }),
+    expect(() => reg.deregister('nope')).toThrow(
+      expect.objectContaining({ code: 'PEERMESH_ERR_SERVICE_NOT_FOUND' }),
     )
+    expect(() =>
+      reg.register(def({ name: 'x', port: 1, checks: [{ ttl: '5s', id: 'service:web' }] })),
+    ).toThrow(expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_SERVICE', field: 'checks.0.id' }))
     const big = def({ name: 'big', port: 1, tags: Array.from({ length: 20 }, (_, i) => `tag-number-${i}`) })
-    expect(() => reg.register(big)).toThrow(expect.objectContaining({ code: 'PEERMESH_ERR_CATALOG_PAYLOAD_TOO_LARGE' }))
+    expect(() => reg.register(big)).toThrow(
+      expect.objectContaining({ code: 'PEERMESH_ERR_CATALOG_PAYLOAD_TOO_LARGE' }),
+    )
     expect(reg.list()).toEqual([web])
     expect(readFileSync(join(dir, SERVICES_FILE), 'utf8')).toBe(before)
   })

@@ -19,11 +19,20 @@ const web = parseServiceDefinition(
       { http: 'http://127.0.0.1:8080/health', interval: '10s' },
       { ttl: '30s', id: 'web-heartbeat', name: 'heartbeat' },
     ],
-    connect: { sidecarService: { port: 21000, protocol: 'http', upstreams: [{ destinationName: 'db', localBindPort: 9191 }] } },
+    connect: {
+      sidecarService: {
+        port: 21000,
+        protocol: 'http',
+        upstreams: [{ destinationName: 'db', localBindPort: 9191 }],
+      },
+    },
   },
   'x',
 )
-const db = parseServiceDefinition({ name: 'db', id: 'db-1', port: 5432, address: '10.0.0.9', meta: { zone: 'a' } }, 'x')
+const db = parseServiceDefinition(
+  { name: 'db', id: 'db-1', port: 5432, address: '10.0.0.9', meta: { zone: 'a' } },
+  'x',
+)
 
 describe('node payload', () => {
   it('round-trips what other nodes need, compactly', () => {
@@ -64,7 +73,10 @@ describe('node payload', () => {
 
   it('refuses a node that registers too much, with a coded error', () => {
     const many = Array.from({ length: 40 }, (_, i) =>
-      parseServiceDefinition({ name: `service-${i}`, port: 1000 + i, tags: ['some-tag', 'another-tag'] }, 'x'),
+      parseServiceDefinition(
+        { name: `service-${i}`, port: 1000 + i, tags: ['some-tag', 'another-tag'] },
+        'x',
+      ),
     )
     try {
       encodeNodePayload(many, () => undefined)
@@ -103,7 +115,21 @@ describe('node payload', () => {
     ['bad check status', { v: 1, s: [{ ...good, c: [[0, 3]] }] }],
     ['bad check id', { v: 1, s: [{ ...good, c: [[-1, 0]] }] }],
     ['check not a tuple', { v: 1, s: [{ ...good, c: [{ id: 0 }] }] }],
-    ['duplicate check ids', { v: 1, s: [{ ...good, c: [[0, 0], [0, 1]] }] }],
+    [
+      'duplicate check ids',
+      {
+        v: 1,
+        s: [
+          {
+            ...good,
+            c: [
+              [0, 0],
+              [0, 1],
+            ],
+          },
+        ],
+      },
+    ],
     ['too many services', { v: 1, s: Array.from({ length: 300 }, (_, i) => ({ n: `s${i}`, p: 1 })) }],
     ['binary', { v: 1, s: [{ ...good, t: [new Uint8Array(4)] }] }],
     ['a class instance', new Date()],
@@ -121,7 +147,7 @@ describe('node payload', () => {
     expect(r.ok).toBe(true)
     if (r.ok) {
       expect(Object.getPrototypeOf(r.services[0]!.meta)).toBe(Object.prototype)
-      expect(r.services[0]!.meta['__proto__']).toBe('x')
+      expect(Object.getOwnPropertyDescriptor(r.services[0]!.meta, '__proto__')?.value).toBe('x')
     }
   })
 })

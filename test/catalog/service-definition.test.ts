@@ -1,9 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { ServiceDefinitionError } from '../../src/node/catalog/errors.ts'
-import {
-  parseServiceDefinition,
-  serviceDefinitionToJson,
-} from '../../src/node/catalog/service-definition.ts'
+import { parseServiceDefinition, serviceDefinitionToJson } from '../../src/node/catalog/service-definition.ts'
 
 const web = {
   name: 'web',
@@ -56,7 +53,12 @@ describe('parseServiceDefinition', () => {
 
   it('numbers check ids from 1 when there are several, caps the timeout at the interval', () => {
     const d = parseServiceDefinition(
-      { name: 'db', id: 'db-1', port: 5432, checks: [{ tcp: 'localhost:5432', interval: '2s' }, { ttl: '30s' }] },
+      {
+        name: 'db',
+        id: 'db-1',
+        port: 5432,
+        checks: [{ tcp: 'localhost:5432', interval: '2s' }, { ttl: '30s' }],
+      },
       'x',
     )
     expect(d.checks.map((c) => c.id)).toEqual(['service:db-1:1', 'service:db-1:2'])
@@ -69,7 +71,10 @@ describe('parseServiceDefinition', () => {
   })
 
   it('round-trips through its JSON form', () => {
-    const d = parseServiceDefinition({ ...web, weights: { passing: 10, warning: 0 }, address: '10.0.0.7' }, 'x')
+    const d = parseServiceDefinition(
+      { ...web, weights: { passing: 10, warning: 0 }, address: '10.0.0.7' },
+      'x',
+    )
     expect(parseServiceDefinition(JSON.parse(JSON.stringify(serviceDefinitionToJson(d))), 'x')).toEqual(d)
   })
 
@@ -97,19 +102,46 @@ describe('parseServiceDefinition', () => {
     ['checks not an array', { name: 'web', port: 80, checks: {} }, 'checks'],
     ['check with no kind', { name: 'web', port: 80, checks: [{ interval: '10s' }] }, 'checks.0'],
     ['check with two kinds', { name: 'web', port: 80, checks: [{ ttl: '10s', tcp: 'a:1' }] }, 'checks.0'],
-    ['bad interval', { name: 'web', port: 80, checks: [{ tcp: 'a:1', interval: '10' }] }, 'checks.0.interval'],
-    ['interval too short', { name: 'web', port: 80, checks: [{ tcp: 'a:1', interval: '1ms' }] }, 'checks.0.interval'],
+    [
+      'bad interval',
+      { name: 'web', port: 80, checks: [{ tcp: 'a:1', interval: '10' }] },
+      'checks.0.interval',
+    ],
+    [
+      'interval too short',
+      { name: 'web', port: 80, checks: [{ tcp: 'a:1', interval: '1ms' }] },
+      'checks.0.interval',
+    ],
     ['missing interval', { name: 'web', port: 80, checks: [{ tcp: 'a:1' }] }, 'checks.0.interval'],
     ['bad tcp target', { name: 'web', port: 80, checks: [{ tcp: 'a', interval: '1s' }] }, 'checks.0.tcp'],
-    ['bad http url', { name: 'web', port: 80, checks: [{ http: 'ftp://x/', interval: '1s' }] }, 'checks.0.http'],
-    ['interval on a ttl check', { name: 'web', port: 80, checks: [{ ttl: '10s', interval: '1s' }] }, 'checks.0.interval'],
+    [
+      'bad http url',
+      { name: 'web', port: 80, checks: [{ http: 'ftp://x/', interval: '1s' }] },
+      'checks.0.http',
+    ],
+    [
+      'interval on a ttl check',
+      { name: 'web', port: 80, checks: [{ ttl: '10s', interval: '1s' }] },
+      'checks.0.interval',
+    ],
     ['bad status', { name: 'web', port: 80, checks: [{ ttl: '10s', status: 'ok' }] }, 'checks.0.status'],
     [
       'duplicate check ids',
-      { name: 'web', port: 80, checks: [{ ttl: '10s', id: 'a' }, { ttl: '10s', id: 'a' }] },
+      {
+        name: 'web',
+        port: 80,
+        checks: [
+          { ttl: '10s', id: 'a' },
+          { ttl: '10s', id: 'a' },
+        ],
+      },
       'checks.1.id',
     ],
-    ['sidecar port missing', { name: 'web', port: 80, connect: { sidecarService: {} } }, 'connect.sidecarService.port'],
+    [
+      'sidecar port missing',
+      { name: 'web', port: 80, connect: { sidecarService: {} } },
+      'connect.sidecarService.port',
+    ],
     [
       'bad protocol',
       { name: 'web', port: 80, connect: { sidecarService: { port: 2, protocol: 'udp' } } },
@@ -117,7 +149,11 @@ describe('parseServiceDefinition', () => {
     ],
     [
       'bad upstream name',
-      { name: 'web', port: 80, connect: { sidecarService: { port: 2, upstreams: [{ destinationName: 'DB', localBindPort: 1 }] } } },
+      {
+        name: 'web',
+        port: 80,
+        connect: { sidecarService: { port: 2, upstreams: [{ destinationName: 'DB', localBindPort: 1 }] } },
+      },
       'connect.sidecarService.upstreams.0.destinationName',
     ],
     [
@@ -137,7 +173,11 @@ describe('parseServiceDefinition', () => {
       },
       'connect.sidecarService.upstreams.1.localBindPort',
     ],
-    ['unknown sidecar field', { name: 'web', port: 80, connect: { sidecarService: { port: 2, x: 1 } } }, 'connect.sidecarService.x'],
+    [
+      'unknown sidecar field',
+      { name: 'web', port: 80, connect: { sidecarService: { port: 2, x: 1 } } },
+      'connect.sidecarService.x',
+    ],
   ]
 
   it.each(bad)('rejects %s, naming the field', (_why, json, field) => {

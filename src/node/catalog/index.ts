@@ -1,0 +1,69 @@
+/** Service catalog and health checks: public surface for the agent. */
+export {
+  type ApplyResult,
+  Catalog,
+  type CatalogInit,
+  type HealthCheckView,
+  type HealthEntry,
+  hostOf,
+  type InstanceService,
+  type MemberStatus,
+  type MemberUpdate,
+  NODE_CHECK_ID,
+  type NodeRef,
+} from './catalog.ts'
+export { ChangeIndex, DEFAULT_BLOCKING_WAIT_MS, MAX_BLOCKING_WAIT_MS } from './change-index.ts'
+export {
+  type CheckRunnerInit,
+  CheckRunner,
+  type CheckState,
+  type CheckUpdate,
+  type ProbeOptions,
+  type ProbeResult,
+  type Probes,
+  systemProbes,
+} from './checks.ts'
+export { DEFAULT_DNS_ADDRESS, DnsServer, type DnsServerInit, type DnsStats } from './dns.ts'
+export { formatDuration, parseDuration } from './duration.ts'
+export {
+  CheckNotFoundError,
+  CheckNotTtlError,
+  PayloadTooLargeError,
+  ServiceDefinitionError,
+  ServiceNotFoundError,
+  ServicesFileError,
+} from './errors.ts'
+export { type CatalogRouteDeps, INDEX_HEADER, registerCatalogRoutes } from './http-routes.ts'
+export { LocalPayloadPublisher, type LocalPayloadPublisherInit } from './local-payload.ts'
+export {
+  LocalServiceRegistry,
+  type LocalServiceRegistryInit,
+  SERVICES_FILE,
+  type ServiceChange,
+} from './local-services.ts'
+export {
+  type AnnouncedCheck,
+  type AnnouncedService,
+  CATALOG_META_KEY,
+  DEFAULT_MAX_PAYLOAD_BYTES,
+  decodeNodePayload,
+  encodeNodePayload,
+  type NodePayload,
+  type PayloadDecodeResult,
+  payloadBytes,
+} from './node-payload.ts'
+export {
+  type CheckDefinition,
+  type CheckStatus,
+  type HttpCheckDefinition,
+  parseServiceDefinition,
+  SERVICE_LIMITS,
+  type ServiceDefinition,
+  type ServiceDefinitionJson,
+  type SidecarDefinition,
+  serviceDefinitionToJson,
+  type TcpCheckDefinition,
+  type TtlCheckDefinition,
+  type UpstreamDefinition,
+} from './service-definition.ts'
+export { systemTimers, type Timers } from './timers.ts'
