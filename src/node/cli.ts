@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from 'commander'
 import { generateClusterKey } from '../identity/cluster-key.ts'
 import type { Agent } from './agent.ts'
+import { registerCatalogCommands } from './catalog-cli.ts'
 import { ApiClient } from './client.ts'
 import {
   type AgentConfigInput,
@@ -67,6 +68,7 @@ export function buildCli(): Command {
     .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
     .option('--bootstrap-expect <n>', 'bootstrap once N agents are alive (same N on each)', parseIntArg)
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
+    .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
     .action(async (opts: Record<string, unknown>) => {
@@ -81,6 +83,7 @@ export function buildCli(): Command {
           bootstrapExpect: opts['bootstrapExpect'],
           raftVoters: opts['raftVoters'],
           clusterKey: opts['clusterKey'],
+          dns: opts['dns'],
           logLevel: opts['logLevel'],
         },
         'flags',
@@ -168,6 +171,7 @@ export function buildCli(): Command {
       })
     })
 
+  registerCatalogCommands(program)
   return program
 }
 

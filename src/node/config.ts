@@ -7,6 +7,8 @@ import { ConfigError } from './errors.ts'
 
 /** Default local HTTP API address. Loopback only: the API has no authentication. */
 export const DEFAULT_HTTP = '127.0.0.1:7880'
+/** Default DNS interface address (Consul's port). */
+export const DEFAULT_DNS = '127.0.0.1:8600'
 /** Default libp2p listen address. Loopback, so a first try never exposes the agent. */
 export const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/7946'
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
@@ -57,6 +59,10 @@ export const agentConfigSchema = z
       .number()
       .refine((v) => v === 1 || v === 3 || v === 5, 'must be 1, 3 or 5')
       .optional(),
+    /** DNS interface, HOST:PORT (port 0: any free port), or "off". */
+    dns: z.union([z.literal('off'), hostPort]).optional(),
+    /** Services to register at start (service definitions, as for `peermesh register`). */
+    services: z.array(z.record(z.string(), z.unknown())).optional(),
     /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
     clusterKey: z.string().min(1).optional(),
     logLevel: z.enum(LOG_LEVELS).optional(),
@@ -75,6 +81,9 @@ export interface AgentConfig {
   bootstrapExpect?: number
   raftVoters: 1 | 3 | 5
   clusterKey?: string
+  /** Undefined when DNS is off. */
+  dns?: { host: string; port: number }
+  services?: Record<string, unknown>[]
   logLevel: (typeof LOG_LEVELS)[number]
 }
 
@@ -154,6 +163,8 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     raftVoters: (merged.raftVoters ?? 3) as 1 | 3 | 5,
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
+    ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
+    ...(merged.services !== undefined ? { services: merged.services } : {}),
   }
 }
 

@@ -129,7 +129,16 @@ async function startAgent(
   const p2pPort = p2pPortIn ?? (await freePort())
   const http = `127.0.0.1:${httpPort}`
   const args = [BIN, 'agent', '--name', name, '--data-dir', join(dir, name), '--cluster-key', keyFile]
-  args.push('--listen', `/ip4/127.0.0.1/tcp/${p2pPort}`, '--http', http, '--log-level', 'error')
+  args.push(
+    '--listen',
+    `/ip4/127.0.0.1/tcp/${p2pPort}`,
+    '--http',
+    http,
+    '--log-level',
+    'error',
+    '--dns',
+    'off',
+  )
   if (seed !== undefined) args.push('--seed', seed)
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] })
   const api = new ApiClient(http)

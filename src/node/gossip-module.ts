@@ -87,6 +87,12 @@ export class GossipModule implements AgentModule {
     return this.swim?.members() ?? []
   }
 
+  /** This node as the other members see it (its record, version and meta). */
+  self(): MemberView | undefined {
+    const id = this.ctx?.identity.id
+    return this.members().find((m) => m.id === id)
+  }
+
   /** Replaces this node's gossiped metadata (e.g. its services); disseminated right away. */
   updateLocalMeta(meta: Record<string, unknown>): void {
     if (this.swim === undefined) throw new Error('gossip not started')

@@ -65,6 +65,8 @@ export interface AgentOptions {
   clusterKeyFile: string
   seeds?: string[]
   dataDir?: string
+  /** DNS interface HOST:PORT (default: any free port, so agents on one machine don't collide). */
+  dns?: string
   extraArgs?: string[]
 }
 
@@ -107,6 +109,8 @@ export class AgentProcess {
       this.options.clusterKeyFile,
       '--log-level',
       'info',
+      '--dns',
+      this.options.dns ?? '127.0.0.1:0',
       ...(this.options.seeds ?? []).flatMap((s) => ['--seed', s]),
       ...(this.options.extraArgs ?? []),
     ]

@@ -1,0 +1,137 @@
+/**
+ * bench:gossip-idle — what an idle agent costs: gossip traffic per node (messages and bytes per
+ * second, from each agent's /metrics counters over a quiet window) and the number of open libp2p
+ * connections per agent, at N = 5, 20 and 200 agents (several agents per process so that 200 fit
+ * on a small machine; gossip traffic is the same whether the peers share a process or not).
+ *
+ * Flags: --sizes 5,20,200, --window SECONDS (default 10), --json.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { generateClusterKey } from '../src/identity/cluster-key.ts'
+import { argValue, emitJson, median, progress, quantile, table } from './lib.ts'
+
+const sizes = (argValue('sizes', '5,20,200') ?? '').split(',').map(Number)
+const windowS = Number(argValue('window', '10'))
+const WORKER = fileURLToPath(new URL('./multi-agent-worker.ts', import.meta.url))
+const PER_PROCESS = 50
+
+interface Handle {
+  name: string
+  http: string
+  address: string
+}
+
+async function metricsOf(http: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://${http}/metrics`)).text()
+  const out: Record<string, number> = {}
+  for (const line of text.split('\n')) {
+    const m =
+      /^(peermesh_(?:gossip_(?:messages|bytes)_(?:sent|received)_total|libp2p_connections)(?:\{[^}]*\})?) (\S+)$/.exec(
+        line,
+      )
+    if (m) out[m[1]!] = Number(m[2])
+  }
+  return out
+}
+
+const sum = (r: Record<string, number>, prefix: string): number =>
+  Object.entries(r)
+    .filter(([k]) => k.startsWith(prefix))
+    .reduce((a, [, v]) => a + v, 0)
+
+async function startWorker(
+  dir: string,
+  key: string,
+  count: number,
+  prefix: string,
+  seed?: string,
+): Promise<{ child: ChildProcess; handles: Handle[] }> {
+  const args = ['--import', 'tsx', WORKER, dir, key, String(count), prefix, ...(seed ? [seed] : [])]
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+  const handles: Handle[] = []
+  const rl = createInterface({ input: child.stdout! })
+  for await (const line of rl) {
+    handles.push(JSON.parse(line) as Handle)
+    if (handles.length === count) break
+  }
+  return { child, handles }
+}
+
+async function measure(n: number): Promise<Record<string, number>> {
+  const dir = mkdtempSync(join(tmpdir(), 'peermesh-idle-'))
+  const key = join(dir, 'cluster.key')
+  writeFileSync(key, generateClusterKey())
+  const workers: ChildProcess[] = []
+  try {
+    const first = await startWorker(dir, key, 1, 'seed')
+    workers.push(first.child)
+    const all = [...first.handles]
+    const seed = first.handles[0]!.address
+    for (let left = n - 1, p = 0; left > 0; p++) {
+      const k = Math.min(PER_PROCESS, left)
+      const w = await startWorker(dir, key, k, `p${p}-`, seed)
+      workers.push(w.child)
+      all.push(...w.handles)
+      left -= k
+      progress(`[N=${n}] ${all.length} agents up`)
+    }
+    const t0 = Date.now()
+    for (;;) {
+      const views = await Promise.all(
+        all.map(
+          async (h) =>
+            (await (await fetch(`http://${h.http}/v1/agent/members`)).json()) as { status: string }[],
+        ),
+      )
+      if (views.every((v) => v.filter((m) => m.status === 'alive').length === n)) break
+      if (Date.now() - t0 > 120_000) throw new Error(`N=${n}: no convergence in 120 s`)
+      await new Promise((r) => setTimeout(r, 500))
+    }
+    progress(`[N=${n}] converged in ${Date.now() - t0} ms; settling 5 s, then measuring ${windowS} s idle`)
+    await new Promise((r) => setTimeout(r, 5_000))
+    const before = await Promise.all(all.map((h) => metricsOf(h.http)))
+    await new Promise((r) => setTimeout(r, windowS * 1000))
+    const after = await Promise.all(all.map((h) => metricsOf(h.http)))
+    const msgs = after.map(
+      (a, i) =>
+        (sum(a, 'peermesh_gossip_messages_sent_total') -
+          sum(before[i]!, 'peermesh_gossip_messages_sent_total')) /
+        windowS,
+    )
+    const bytes = after.map(
+      (a, i) =>
+        (sum(a, 'peermesh_gossip_bytes_sent_total') - sum(before[i]!, 'peermesh_gossip_bytes_sent_total')) /
+        windowS,
+    )
+    const conns = after.map((a) => sum(a, 'peermesh_libp2p_connections'))
+    return {
+      n,
+      msgs_per_node_s: median(msgs),
+      bytes_per_node_s: median(bytes),
+      conns_median: median(conns),
+      conns_max: Math.max(...conns),
+      conns_p90: quantile(conns, 0.9),
+    }
+  } finally {
+    for (const w of workers) w.kill('SIGKILL')
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+const rows: (string | number)[][] = []
+const figures: Record<string, number> = {}
+for (const n of sizes) {
+  const f = await measure(n)
+  rows.push([n, f.msgs_per_node_s!, f.bytes_per_node_s!, f.conns_median!, f.conns_max!])
+  for (const [k, v] of Object.entries(f)) if (k !== 'n') figures[`${k}_n${n}`] = +v.toFixed(1)
+}
+table(
+  ['N', 'gossip msgs/s per node', 'gossip bytes/s per node', 'connections (median)', 'connections (max)'],
+  rows,
+)
+emitJson(figures)

@@ -1,0 +1,134 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:http'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { freePort, runCli, TestCluster, waitFor } from './harness.ts'
+
+interface HealthEntry {
+  node: { name: string }
+  service: { id: string; name: string; address: string; port: number }
+  status: 'passing' | 'warning' | 'critical'
+}
+
+async function health(http: string, name: string): Promise<HealthEntry[]> {
+  const res = await runCli(['health', name, '--http', http, '--json'])
+  if (res.code !== 0) throw new Error(res.stderr)
+  return JSON.parse(res.stdout) as HealthEntry[]
+}
+
+function startApp(port: number): Promise<Server> {
+  const server = createServer((_req, res) => res.end('ok'))
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)))
+}
+
+function stopApp(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve())
+    server.closeAllConnections()
+  })
+}
+
+const hasDig = spawnSync('dig', ['-v'], { stdio: 'ignore' }).status === 0
+
+describe('service catalog and health (end to end, 3 agent processes)', () => {
+  const cluster = new TestCluster()
+  let app: Server | undefined
+  afterAll(async () => {
+    if (app?.listening) await stopApp(app)
+    await cluster.close()
+  })
+
+  it('an HTTP check on agent A is seen passing/critical/passing on agent C, by CLI, blocking query and DNS', async () => {
+    const key = await cluster.writeClusterKey()
+    const dnsPort = await freePort()
+    const a = cluster.agent({ name: 'ca', clusterKeyFile: key })
+    await a.start()
+    const seed = (await a.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const b = cluster.agent({ name: 'cb', clusterKeyFile: key, seeds: [seed] })
+    const c = cluster.agent({ name: 'cc', clusterKeyFile: key, seeds: [seed], dns: `127.0.0.1:${dnsPort}` })
+    await Promise.all([b.start(), c.start()])
+
+    const appPort = await freePort()
+    app = await startApp(appPort)
+    const def = join(cluster.dir, 'web.json')
+    writeFileSync(
+      def,
+      JSON.stringify({
+        name: 'web',
+        id: 'web-1',
+        address: '127.0.0.1',
+        port: appPort,
+        tags: ['v1'],
+        checks: [{ http: `http://127.0.0.1:${appPort}/health`, interval: '200ms', timeout: '150ms' }],
+      }),
+    )
+    const reg = await runCli(['register', def, '--http', a.http])
+    expect(reg.code, reg.stderr).toBe(0)
+
+    const statusOnC = async (want: string) =>
+      (await health(c.http, 'web')).find((e) => e.service.id === 'web-1')?.status === want ? true : undefined
+    await waitFor('web-1 passing on C', () => statusOnC('passing'), 20_000, 100)
+    const entries = await health(c.http, 'web')
+    expect(entries).toHaveLength(1)
+    expect(entries[0]!.node.name).toBe('ca')
+    expect(entries[0]!.service.port).toBe(appPort)
+
+    if (hasDig) {
+      const out = execFileSync(
+        'dig',
+        ['@127.0.0.1', '-p', String(dnsPort), '+short', 'web.service.peermesh', 'SRV'],
+        {
+          encoding: 'utf8',
+        },
+      )
+      expect(out).toContain(String(appPort))
+      const tagged = execFileSync(
+        'dig',
+        ['@127.0.0.1', '-p', String(dnsPort), '+short', 'v1.web.service.peermesh', 'A'],
+        {
+          encoding: 'utf8',
+        },
+      )
+      expect(tagged.trim()).toBe('127.0.0.1')
+    }
+
+    // A blocking query on C, parked at the current index, returns once A's check turns critical.
+    const first = await fetch(`http://${c.http}/v1/health/service/web`)
+    const index = Number(first.headers.get('x-peermesh-index'))
+    expect(index).toBeGreaterThan(0)
+    const blocked = fetch(`http://${c.http}/v1/health/service/web?index=${index}&wait=30s`)
+    await stopApp(app)
+    const t0 = Date.now()
+    const res = await blocked
+    const waited = Date.now() - t0
+    expect(Number(res.headers.get('x-peermesh-index'))).toBeGreaterThan(index)
+    expect(((await res.json()) as HealthEntry[])[0]!.status).toBe('critical')
+    expect(waited).toBeLessThan(10_000)
+    await waitFor('web-1 critical on C (CLI)', () => statusOnC('critical'), 20_000, 100)
+
+    if (hasDig) {
+      const none = execFileSync(
+        'dig',
+        ['@127.0.0.1', '-p', String(dnsPort), '+short', 'web.service.peermesh', 'SRV'],
+        {
+          encoding: 'utf8',
+        },
+      )
+      expect(none.trim()).toBe('')
+    }
+
+    app = await startApp(appPort)
+    await waitFor('web-1 passing again on C', () => statusOnC('passing'), 20_000, 100)
+
+    // Deregistration removes it everywhere.
+    const dereg = await runCli(['deregister', 'web-1', '--http', a.http])
+    expect(dereg.code, dereg.stderr).toBe(0)
+    await waitFor(
+      'web gone on C',
+      async () => ((await health(c.http, 'web')).length === 0 ? true : undefined),
+      20_000,
+      100,
+    )
+  })
+})
