@@ -15,6 +15,7 @@ import { ConfigError, isUserFacing } from './errors.ts'
 import { renderTable } from './format.ts'
 import type { MemberJson } from './gossip-module.ts'
 import { createLogger } from './logger.ts'
+import { registerRaftCommands } from './raft-cli.ts'
 import { VERSION } from './version.ts'
 
 /** How long a graceful stop may take before the process exits anyway. */
@@ -172,6 +173,7 @@ export function buildCli(): Command {
     })
 
   registerCatalogCommands(program)
+  registerRaftCommands(program)
   return program
 }
 

@@ -58,6 +58,12 @@ export interface RaftNodeOptions<R> {
   snapshotTrailing?: number
   /** Default time limit for propose/read/changeMembership when no signal is given. */
   requestTimeoutMs?: number
+  /**
+   * Process Ready on the next `setImmediate` instead of synchronously after each step/propose, so
+   * that every message and request handled in one event-loop turn shares one Ready, hence one
+   * fsync (group commit). Off by default: virtual-clock tests expect synchronous processing.
+   */
+  coalesceReady?: boolean
 }
 
 export interface RequestOptions {
@@ -122,6 +128,8 @@ export class RaftNode<R = unknown> {
   private lastRole: Role = 'follower'
   private readonly listeners = new Map<keyof RaftNodeEvents, Set<(d: never) => void>>()
   private draining = false
+  private readonly coalesce: boolean
+  private drainScheduled = false
 
   constructor(o: RaftNodeOptions<R>) {
     this.id = o.id
@@ -135,6 +143,7 @@ export class RaftNode<R = unknown> {
       snapshotTrailing: o.snapshotTrailing ?? DEFAULTS.snapshotTrailing,
       requestTimeoutMs: o.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs,
     }
+    this.coalesce = o.coalesceReady ?? false
     const st = this.storage.initialState()
     this.raft = new Raft({ ...DEFAULT_RAFT_CONFIG, ...o.config, id: o.id, rng: o.rng ?? Math.random }, st)
     if (st.snapshot !== undefined) {
@@ -191,7 +200,7 @@ export class RaftNode<R = unknown> {
       return
     }
     this.raft.step(msg)
-    this.drain()
+    this.scheduleDrain()
   }
 
   /**
@@ -253,7 +262,7 @@ export class RaftNode<R = unknown> {
         },
       })
     })
-    this.drain()
+    this.scheduleDrain()
     return p
   }
 
@@ -285,8 +294,18 @@ export class RaftNode<R = unknown> {
         },
       })
     })
-    this.drain()
+    this.scheduleDrain()
     return p
+  }
+
+  /**
+   * Founds a new cluster with these voters (see Raft.bootstrap), like the `bootstrap` option but
+   * later, e.g. once enough members are known. Throws ConfChangeError if this node has any state.
+   */
+  bootstrap(voters: readonly NodeId[]): void {
+    if (this.stopped) throw new RaftStoppedError('raft node stopped')
+    this.raft.bootstrap(voters)
+    this.drain()
   }
 
   /** Asks the leader (this node) to hand leadership to `to` (thesis §3.10). */
@@ -326,6 +345,19 @@ export class RaftNode<R = unknown> {
   }
 
   // ---- Ready processing -------------------------------------------------------------------------
+
+  private scheduleDrain(): void {
+    if (!this.coalesce) {
+      this.drain()
+      return
+    }
+    if (this.drainScheduled) return
+    this.drainScheduled = true
+    setImmediate(() => {
+      this.drainScheduled = false
+      if (!this.stopped) this.drain()
+    })
+  }
 
   private drain(): void {
     if (this.draining) return // re-entrancy from a listener: the outer loop picks it up

@@ -77,6 +77,8 @@ export const CONFIG_ENTRY_SCHEMAS: Record<string, z.ZodType> = {
   'service-router': z.object({}).passthrough(),
   'service-defaults': z.object({}).passthrough(),
   'proxy-defaults': z.object({}).passthrough(),
+  /** A generic string value, for tools, tests and benchmarks that need a plain register. */
+  kv: z.object({ value: z.string().max(65_536) }).strict(),
 }
 
 export const policyCommandSchema = z.discriminatedUnion('op', [

@@ -1,0 +1,104 @@
+import type { AgentProcess, TestCluster } from './harness.ts'
+import { waitFor } from './harness.ts'
+
+/** `GET /v1/operator/raft/configuration`. */
+export interface RaftConfiguration {
+  servers: { id: string; node: string; address: string; leader: boolean; voter: boolean }[]
+  index: number
+}
+
+export interface RaftStatus {
+  id: string
+  term: number
+  role: string
+  leader: string
+  commitIndex: number
+  appliedIndex: number
+  voters: string[]
+  learners: string[]
+}
+
+/** Starts `n` agents that bootstrap together with `--bootstrap-expect n`, then `extra` joiners. */
+export async function startRaftCluster(
+  cluster: TestCluster,
+  n: number,
+  opts: { extra?: number; prefix?: string; extraArgs?: string[] } = {},
+): Promise<AgentProcess[]> {
+  const key = await cluster.writeClusterKey()
+  const prefix = opts.prefix ?? 'r'
+  const first = cluster.agent({
+    name: `${prefix}1`,
+    clusterKeyFile: key,
+    extraArgs: ['--bootstrap-expect', String(n), ...(opts.extraArgs ?? [])],
+  })
+  await first.start()
+  const self = await first.api<{ addresses: string[] }>('/v1/agent/self')
+  const seed = self!.addresses[0]!
+  const rest: AgentProcess[] = []
+  for (let i = 2; i <= n + (opts.extra ?? 0); i++) {
+    const founder = i <= n
+    rest.push(
+      cluster.agent({
+        name: `${prefix}${i}`,
+        clusterKeyFile: key,
+        seeds: [seed],
+        extraArgs: [...(founder ? ['--bootstrap-expect', String(n)] : []), ...(opts.extraArgs ?? [])],
+      }),
+    )
+  }
+  await Promise.all(rest.map((a) => a.start()))
+  return [first, ...rest]
+}
+
+export async function status(a: AgentProcess): Promise<RaftStatus | undefined> {
+  return a.api<RaftStatus>('/v1/operator/raft/status')
+}
+
+/** Waits until every given agent names the same leader, which is one of them; returns it. */
+export async function waitForLeader(agents: AgentProcess[], timeoutMs = 20_000): Promise<AgentProcess> {
+  return waitFor(
+    'one leader agreed by all',
+    async () => {
+      const sts = await Promise.all(agents.map(status))
+      const leader = sts[0]?.leader
+      if (leader === undefined || leader === '' || !sts.every((s) => s?.leader === leader)) return undefined
+      return agents[sts.findIndex((s) => s?.id === leader)]
+    },
+    timeoutMs,
+    50,
+  )
+}
+
+/** `PUT /v1/config` of a kv entry; returns the index, or throws with the status and error. */
+export async function putKv(
+  a: AgentProcess,
+  name: string,
+  value: string,
+  opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<number> {
+  const res = await fetch(`http://${a.http}/v1/config`, {
+    method: 'PUT',
+    body: JSON.stringify({ kind: 'kv', name, value }),
+    headers: { 'content-type': 'application/json' },
+    signal: opts.signal ?? AbortSignal.timeout(opts.timeoutMs ?? 10_000),
+  })
+  const body = (await res.json()) as { index?: number; error?: string }
+  if (!res.ok) throw new Error(`PUT ${name} on ${a.name}: ${res.status} ${body.error}`)
+  return body.index!
+}
+
+/** `GET /v1/config/kv/:name`; null when missing (404). */
+export async function getKv(
+  a: AgentProcess,
+  name: string,
+  opts: { consistent?: boolean; timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<string | null> {
+  const q = opts.consistent ? '?consistent' : ''
+  const res = await fetch(`http://${a.http}/v1/config/kv/${encodeURIComponent(name)}${q}`, {
+    signal: opts.signal ?? AbortSignal.timeout(opts.timeoutMs ?? 10_000),
+  })
+  if (res.status === 404) return null
+  const body = (await res.json()) as { value?: string; error?: string }
+  if (!res.ok) throw new Error(`GET ${name} on ${a.name}: ${res.status} ${body.error}`)
+  return body.value!
+}

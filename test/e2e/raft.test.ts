@@ -1,0 +1,70 @@
+import { afterAll, describe, expect, it } from 'vitest'
+import { runCli, TestCluster, waitFor } from './harness.ts'
+import { getKv, putKv, type RaftConfiguration, startRaftCluster, waitForLeader } from './raft-helpers.ts'
+
+describe('raft in the agent (end to end, 3 agent processes)', () => {
+  const cluster = new TestCluster()
+  afterAll(() => cluster.close())
+
+  it('bootstraps with --bootstrap-expect 3, elects one leader, forwards writes, shows peers', async () => {
+    const agents = await startRaftCluster(cluster, 3)
+    const leader = await waitForLeader(agents)
+    const follower = agents.find((a) => a !== leader)!
+
+    // A write through a non-leader is forwarded, committed, and visible on all three.
+    const index = await putKv(follower, 'greeting', 'hello')
+    expect(index).toBeGreaterThan(0)
+    for (const a of agents) {
+      await waitFor(`write visible on ${a.name}`, async () =>
+        (await getKv(a, 'greeting')) === 'hello' ? true : undefined,
+      )
+      expect(await getKv(a, 'greeting', { consistent: true })).toBe('hello')
+    }
+    const entry = await follower.api<{ kind: string; name: string; value: string; modifyIndex: number }>(
+      '/v1/config/kv/greeting',
+    )
+    expect(entry).toMatchObject({ kind: 'kv', name: 'greeting', value: 'hello', modifyIndex: index })
+
+    // peermesh raft peers --json: the configuration API's JSON.
+    const peers = await runCli(['raft', 'peers', '--http', follower.http, '--json'])
+    expect(peers.code).toBe(0)
+    const conf = JSON.parse(peers.stdout) as RaftConfiguration
+    expect(conf.index).toBeGreaterThan(0)
+    expect(conf.servers).toHaveLength(3)
+    expect(conf.servers.filter((s) => s.voter)).toHaveLength(3)
+    expect(conf.servers.filter((s) => s.leader)).toHaveLength(1)
+    expect(new Set(conf.servers.map((s) => s.node))).toEqual(new Set(agents.map((a) => a.name)))
+    for (const s of conf.servers) {
+      expect(s.id).toMatch(/^12D3KooW/)
+      expect(s.address.endsWith(`/p2p/${s.id}`)).toBe(true)
+    }
+    const leaderServer = conf.servers.find((s) => s.leader)!
+    expect(leaderServer.node).toBe(leader.name)
+
+    // peermesh leader: the leader's address; the same JSON string as the API.
+    const out = await runCli(['leader', '--http', follower.http])
+    expect(out.code).toBe(0)
+    expect(out.stdout.trim()).toBe(leaderServer.address)
+    expect(await follower.api<string>('/v1/status/leader')).toBe(leaderServer.address)
+    const table = await runCli(['raft', 'peers', '--http', leader.http])
+    expect(table.stdout).toMatch(/NODE\s+ID\s+ADDRESS\s+STATE\s+VOTER/)
+
+    // Bad input: 400 naming the field; the CLI: one line, exit 1.
+    const bad = await fetch(`http://${follower.http}/v1/config`, {
+      method: 'PUT',
+      body: JSON.stringify({ kind: 'kv', name: 'x', value: 42 }),
+    })
+    expect(bad.status).toBe(400)
+    expect(((await bad.json()) as { error: string }).error).toMatch(/^value:/)
+    const noKind = await fetch(`http://${follower.http}/v1/config`, {
+      method: 'PUT',
+      body: JSON.stringify({ name: 'x' }),
+    })
+    expect(noKind.status).toBe(400)
+    expect(((await noKind.json()) as { error: string }).error).toMatch(/^kind:/)
+    expect((await fetch(`http://${follower.http}/v1/config/kv/missing`)).status).toBe(404)
+    const badHttp = await runCli(['raft', 'peers', '--http', 'nonsense'])
+    expect(badHttp.code).toBe(1)
+    expect(badHttp.stderr.trim().split('\n')).toHaveLength(1)
+  })
+})
