@@ -1,9 +1,9 @@
 import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
-import type { MemberView, SwimEvent } from '../gossip/index.ts'
+import type { MemberView } from '../gossip/index.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
+import { applyGossipEvent, catalogMeta, memberUpdateOf } from './catalog/gossip-glue.ts'
 import {
-  CATALOG_META_KEY,
   Catalog,
   CheckRunner,
   DnsServer,
@@ -47,7 +47,7 @@ export class CatalogModule implements AgentModule {
       log.warn({ peerId: id, reason }, 'ignored a malformed service payload'),
     )
     for (const m of this.gossip.members()) this.applyMember(m)
-    this.gossip.onEvent((e) => this.onGossipEvent(e))
+    this.gossip.onEvent((e) => applyGossipEvent(this.catalog, e))
     publisher.on('payload:change', (p: NodePayload) => this.publish(p))
     publisher.start()
     this.publish(publisher.payload())
@@ -77,24 +77,12 @@ export class CatalogModule implements AgentModule {
   }
 
   private publish(payload: NodePayload): void {
-    this.gossip.updateLocalMeta({ [CATALOG_META_KEY]: payload })
+    this.gossip.updateLocalMeta(catalogMeta(payload))
     const self = this.gossip.self()
     if (self !== undefined) this.applyMember(self)
   }
 
-  private onGossipEvent(e: SwimEvent): void {
-    if (e.type === 'member:reap') this.catalog.removeMember(e.member.id)
-    else if (e.type !== 'member:conflict') this.applyMember(e.member)
-  }
-
   private applyMember(m: MemberView): void {
-    this.catalog.applyMember({
-      id: m.id,
-      name: m.name,
-      address: m.address,
-      status: m.status,
-      version: m.version,
-      payload: m.meta[CATALOG_META_KEY],
-    })
+    this.catalog.applyMember(memberUpdateOf(m))
   }
 }
