@@ -34,20 +34,27 @@ export async function startRaftCluster(
   await first.start()
   const self = await first.api<{ addresses: string[] }>('/v1/agent/self')
   const seed = self!.addresses[0]!
-  const rest: AgentProcess[] = []
-  for (let i = 2; i <= n + (opts.extra ?? 0); i++) {
-    const founder = i <= n
-    rest.push(
-      cluster.agent({
-        name: `${prefix}${i}`,
-        clusterKeyFile: key,
-        seeds: [seed],
-        extraArgs: [...(founder ? ['--bootstrap-expect', String(n)] : []), ...(opts.extraArgs ?? [])],
-      }),
-    )
+  const start = async (from: number, to: number, founder: boolean): Promise<AgentProcess[]> => {
+    const started: AgentProcess[] = []
+    for (let i = from; i <= to; i++) {
+      started.push(
+        cluster.agent({
+          name: `${prefix}${i}`,
+          clusterKeyFile: key,
+          seeds: [seed],
+          extraArgs: [...(founder ? ['--bootstrap-expect', String(n)] : []), ...(opts.extraArgs ?? [])],
+        }),
+      )
+    }
+    await Promise.all(started.map((a) => a.start()))
+    return started
   }
-  await Promise.all(rest.map((a) => a.start()))
-  return [first, ...rest]
+  const founders = [first, ...(await start(2, n, true))]
+  if ((opts.extra ?? 0) === 0) return founders
+  // Joiners start once the founders have a leader: `--bootstrap-expect N` counts alive members,
+  // so agents without the flag alive at that moment could be picked as founders.
+  await waitForLeader(founders)
+  return [...founders, ...(await start(n + 1, n + (opts.extra ?? 0), false))]
 }
 
 export async function status(a: AgentProcess): Promise<RaftStatus | undefined> {

@@ -1,0 +1,319 @@
+/**
+ * `npm run bench:raft-failover [-- --rounds N --seconds S --json]`
+ *
+ * peermesh's Raft (3 voters, agents as separate processes on 127.0.0.1) against a 3-member etcd
+ * (Debian `etcd-server`) in the same run, measured the same way (ANCHORS.md, etcd section):
+ * - failover: `kill -9` the leader, then a write through a survivor every 20 ms, 200 ms timeout
+ *   each, over keep-alive HTTP; the figure is the time to the first success. Our killed agent is
+ *   restarted with its data dir between rounds and the cluster is healthy again (3 voters, one
+ *   leader) before the next; etcd gets a fresh cluster per round (its harness cannot restart a
+ *   member), healthy before the kill all the same. etcd at its defaults (100/1000 ms) and tuned
+ *   (50/250 ms).
+ * - writes to the leader, 16-byte values, fsync on in both: sequential latency p50/p99, then 16
+ *   concurrent writers for `--seconds` (default 10): throughput and latency. Ours through
+ *   `PUT /v1/config` (kv entries), etcd through its v3 JSON gateway (`POST /v3/kv/put`).
+ *
+ * Progress on stderr, a table on stdout, and with `--json` the figures as the last stdout line.
+ */
+import { Agent, request } from 'node:http'
+import { TestCluster, waitFor } from '../test/e2e/harness.ts'
+import { type RaftStatus, startRaftCluster, status, waitForLeader } from '../test/e2e/raft-helpers.ts'
+import { argValue, emitJson, fmt, median, progress, quantile, table } from './lib.ts'
+import {
+  DEFAULT_TIMING,
+  type EtcdCluster,
+  type EtcdTiming,
+  ensureEtcdInstalled,
+  measureFailover,
+  startEtcdCluster,
+  TUNED_TIMING,
+} from './peers/etcd.ts'
+
+const ROUNDS = Number(argValue('rounds', '10'))
+const SECONDS = Number(argValue('seconds', '10'))
+const SEQUENTIAL_OPS = Number(argValue('sequential-ops', '500'))
+const WRITERS = 16
+const VALUE = '0123456789abcdef' // 16 bytes
+
+// ---- our HTTP API over a keep-alive agent ------------------------------------------------------
+
+const keepAlive = new Agent({ keepAlive: true, maxSockets: 64 })
+
+function putKv(
+  http: string,
+  name: string,
+  value: string,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<void> {
+  const [host, port] = http.split(':') as [string, string]
+  const body = Buffer.from(JSON.stringify({ kind: 'kv', name, value }))
+  const signals = [AbortSignal.timeout(timeoutMs), ...(signal ? [signal] : [])]
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host,
+        port: Number(port),
+        method: 'PUT',
+        path: '/v1/config',
+        agent: keepAlive,
+        headers: { 'content-type': 'application/json', 'content-length': body.length },
+        signal: AbortSignal.any(signals),
+      },
+      (res) => {
+        res.resume()
+        res.on('error', reject)
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode ?? 0}`)),
+        )
+      },
+    )
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+// ---- measurements shared by both systems -------------------------------------------------------
+
+type Put = (i: number, opts: { timeoutMs: number; signal?: AbortSignal }) => Promise<void>
+
+/** Writes every `intervalMs` (not waiting for the previous one) until one succeeds; seconds from t0. */
+async function firstSuccess(put: Put, t0: number, intervalMs = 20, timeoutMs = 200, deadlineMs = 30_000) {
+  const inFlight = new AbortController()
+  return new Promise<number>((resolve, reject) => {
+    let done = false
+    let i = 0
+    const finish = (): void => {
+      done = true
+      clearInterval(timer)
+      inFlight.abort()
+    }
+    const launch = (): void => {
+      if (done) return
+      if (performance.now() - t0 > deadlineMs) {
+        finish()
+        reject(new Error(`no write succeeded within ${deadlineMs} ms of the kill`))
+        return
+      }
+      put(i++, { timeoutMs, signal: inFlight.signal }).then(
+        () => {
+          if (done) return
+          const s = (performance.now() - t0) / 1000
+          finish()
+          resolve(s)
+        },
+        () => {},
+      )
+    }
+    const timer = setInterval(launch, intervalMs)
+    launch()
+  })
+}
+
+interface WriteFigures {
+  seqP50: number
+  seqP99: number
+  seqOps: number
+  concOps: number
+  concP50: number
+  concP99: number
+}
+
+async function measureWrites(label: string, put: Put): Promise<WriteFigures> {
+  for (let i = 0; i < 50; i++) await put(i, { timeoutMs: 2_000 }) // warm-up
+  const seq: number[] = []
+  const s0 = performance.now()
+  for (let i = 0; i < SEQUENTIAL_OPS; i++) {
+    const t = performance.now()
+    await put(i, { timeoutMs: 2_000 })
+    seq.push(performance.now() - t)
+  }
+  const seqOps = SEQUENTIAL_OPS / ((performance.now() - s0) / 1000)
+  progress(
+    `${label}: sequential p50 ${fmt(quantile(seq, 0.5))} ms, p99 ${fmt(quantile(seq, 0.99))} ms, ${fmt(seqOps)} ops/s`,
+  )
+  const lat: number[] = []
+  let errors = 0
+  const end = performance.now() + SECONDS * 1000
+  const c0 = performance.now()
+  await Promise.all(
+    Array.from({ length: WRITERS }, async (_, w) => {
+      for (let i = 0; performance.now() < end; i++) {
+        const t = performance.now()
+        try {
+          await put(w * 1_000_000 + i, { timeoutMs: 2_000 })
+          lat.push(performance.now() - t)
+        } catch {
+          errors++
+        }
+      }
+    }),
+  )
+  const concOps = lat.length / ((performance.now() - c0) / 1000)
+  progress(
+    `${label}: ${WRITERS} writers: ${fmt(concOps)} ops/s, p50 ${fmt(quantile(lat, 0.5))} ms, p99 ${fmt(quantile(lat, 0.99))} ms, ${errors} errors`,
+  )
+  return {
+    seqP50: quantile(seq, 0.5),
+    seqP99: quantile(seq, 0.99),
+    seqOps,
+    concOps,
+    concP50: quantile(lat, 0.5),
+    concP99: quantile(lat, 0.99),
+  }
+}
+
+// ---- peermesh ------------------------------------------------------------------------------------
+
+async function benchOurs(): Promise<{ failover: number[]; writes: WriteFigures }> {
+  const cluster = new TestCluster()
+  try {
+    const agents = await startRaftCluster(cluster, 3, { prefix: 'bench' })
+    const healthy = async (): Promise<RaftStatus[] | undefined> => {
+      const sts = await Promise.all(agents.map(status))
+      if (sts.some((s) => s === undefined)) return undefined
+      const all = sts as RaftStatus[]
+      const leader = all[0]!.leader
+      const ok =
+        leader !== '' &&
+        all.every(
+          (s) => s.leader === leader && s.voters.length === 3 && s.appliedIndex >= all[0]!.commitIndex - 1,
+        )
+      return ok ? all : undefined
+    }
+    await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+    const failover: number[] = []
+    for (let r = 0; r < ROUNDS; r++) {
+      await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+      const leader = await waitForLeader(agents)
+      const survivor = agents.find((a) => a !== leader)!
+      await putKv(survivor.http, 'failover/warm', 'x', 5_000)
+      const t0 = performance.now()
+      const killed = leader.stop('SIGKILL') // sends SIGKILL now; resolves on exit
+      const s = await firstSuccess(
+        (i, o) => putKv(survivor.http, 'failover/probe', String(i), o.timeoutMs, o.signal),
+        t0,
+      )
+      await killed
+      failover.push(s)
+      progress(`peermesh: round ${r + 1}: write OK ${fmt(s)} s after kill -9 of ${leader.name}`)
+      await leader.start()
+    }
+    await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+    const leader = await waitForLeader(agents)
+    const writes = await measureWrites('peermesh', (i, o) =>
+      putKv(leader.http, `bench/${i % 1024}`, VALUE, o.timeoutMs, o.signal),
+    )
+    return { failover, writes }
+  } finally {
+    await cluster.close()
+  }
+}
+
+// ---- etcd ----------------------------------------------------------------------------------------
+
+async function etcdFailover(label: string, timing: EtcdTiming): Promise<number[]> {
+  const out: number[] = []
+  for (let r = 0; r < ROUNDS; r++) {
+    const cluster = await startEtcdCluster(timing)
+    try {
+      const s = await measureFailover(cluster)
+      out.push(s)
+      progress(`etcd ${label}: round ${r + 1}: write OK ${fmt(s)} s after kill -9`)
+    } finally {
+      await cluster.close()
+    }
+  }
+  return out
+}
+
+async function etcdWrites(): Promise<WriteFigures> {
+  const cluster: EtcdCluster = await startEtcdCluster(DEFAULT_TIMING)
+  try {
+    const leader = await cluster.leader()
+    return await measureWrites('etcd', (i, o) =>
+      cluster.put(leader, `bench/${i % 1024}`, VALUE, {
+        timeoutMs: o.timeoutMs,
+        ...(o.signal ? { signal: o.signal } : {}),
+      }),
+    )
+  } finally {
+    await cluster.close()
+  }
+}
+
+async function main(): Promise<void> {
+  ensureEtcdInstalled()
+  progress(`raft failover bench: ${ROUNDS} rounds each, ${WRITERS} writers for ${SECONDS} s`)
+  const ours = await benchOurs()
+  const etcdDefault = await etcdFailover('defaults 100/1000', DEFAULT_TIMING)
+  const etcdTuned = await etcdFailover('tuned 50/250', TUNED_TIMING)
+  const etcdW = await etcdWrites()
+  keepAlive.destroy()
+
+  const fo = median(ours.failover) * 1000
+  const fd = median(etcdDefault) * 1000
+  const ft = median(etcdTuned) * 1000
+  const w = ours.writes
+  const range = (xs: number[]): string => `[${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))}] s`
+  table(
+    ['figure', 'peermesh', 'etcd', 'ratio ours/etcd', 'target'],
+    [
+      [
+        'failover, etcd defaults 100/1000 (median s)',
+        `${fmt(fo / 1000)} ${range(ours.failover)}`,
+        `${fmt(fd / 1000)} ${range(etcdDefault)}`,
+        fo / fd,
+        '<= 0.35',
+      ],
+      [
+        'failover, etcd tuned 50/250 (median s)',
+        `${fmt(fo / 1000)}`,
+        `${fmt(ft / 1000)} ${range(etcdTuned)}`,
+        fo / ft,
+        '<= 1.0',
+      ],
+      ['sequential write p50 (ms)', w.seqP50, etcdW.seqP50, w.seqP50 / etcdW.seqP50, ''],
+      ['sequential write p99 (ms)', w.seqP99, etcdW.seqP99, w.seqP99 / etcdW.seqP99, ''],
+      ['sequential writes (ops/s)', w.seqOps, etcdW.seqOps, w.seqOps / etcdW.seqOps, ''],
+      [`${WRITERS} writers (ops/s)`, w.concOps, etcdW.concOps, w.concOps / etcdW.concOps, '>= 0.5'],
+      [`${WRITERS} writers p50 (ms)`, w.concP50, etcdW.concP50, w.concP50 / etcdW.concP50, ''],
+      [`${WRITERS} writers p99 (ms)`, w.concP99, etcdW.concP99, w.concP99 / etcdW.concP99, ''],
+    ],
+  )
+  emitJson({
+    rounds: ROUNDS,
+    failover_ms_ours: Math.round(fo),
+    failover_ms_etcd: Math.round(fd),
+    failover_ms_etcd_tuned: Math.round(ft),
+    failover_ratio: fo / fd,
+    failover_ratio_tuned: fo / ft,
+    failover_rounds_ours_ms: ours.failover.map((s) => Math.round(s * 1000)),
+    failover_rounds_etcd_ms: etcdDefault.map((s) => Math.round(s * 1000)),
+    failover_rounds_etcd_tuned_ms: etcdTuned.map((s) => Math.round(s * 1000)),
+    write_seq_p50_ms_ours: w.seqP50,
+    write_seq_p99_ms_ours: w.seqP99,
+    write_seq_p50_ms_etcd: etcdW.seqP50,
+    write_seq_p99_ms_etcd: etcdW.seqP99,
+    write_seq_ops_ours: w.seqOps,
+    write_seq_ops_etcd: etcdW.seqOps,
+    write_throughput_ours: w.concOps,
+    write_throughput_etcd: etcdW.concOps,
+    write_throughput_ratio: w.concOps / etcdW.concOps,
+    write_conc_p50_ms_ours: w.concP50,
+    write_conc_p99_ms_ours: w.concP99,
+    write_conc_p50_ms_etcd: etcdW.concP50,
+    write_conc_p99_ms_etcd: etcdW.concP99,
+  })
+}
+
+const stop = (): void => process.exit(130)
+process.once('SIGINT', stop)
+process.once('SIGTERM', stop)
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err)
+    process.exit(1)
+  },
+)
