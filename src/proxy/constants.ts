@@ -1,0 +1,67 @@
+/**
+ * Defaults of the data plane, each with the reason for its value.
+ */
+
+/** Attempts per connection or request, the first included: one dead instance costs one retry. */
+export const DEFAULT_MAX_ATTEMPTS = 3
+
+/** Per attempt, TCP connect plus the mutual TLS handshake. Loopback and LAN handshakes take ~1–5 ms;
+ * 1 s only fires for a host that drops packets, and leaves room for two more attempts. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 1_000
+
+/** Client bytes held for replay before the first response byte (a request head and a small body).
+ * Past it the connection is no longer retried: replaying a partial stream is not possible. */
+export const DEFAULT_REPLAY_BUFFER_BYTES = 64 * 1024
+
+/** Retries may add this share of the recent requests (Linkerd's retry budget: 20%). */
+export const DEFAULT_RETRY_BUDGET_RATIO = 0.2
+/** ...plus this many per second, so a quiet upstream can still retry (Linkerd: 10/s). */
+export const DEFAULT_RETRY_BUDGET_MIN_PER_SECOND = 10
+/** Window over which the budget counts requests and retries (Linkerd's TTL: 10 s). */
+export const DEFAULT_RETRY_BUDGET_WINDOW_MS = 10_000
+
+/** Consecutive failures before an endpoint is ejected (Envoy's consecutive_gateway_failure is 5;
+ * 3 reacts faster, and retries hide the failures from clients anyway). */
+export const DEFAULT_OUTLIER_CONSECUTIVE_FAILURES = 3
+/** Ejection time = base × number of times ejected (Envoy's base_ejection_time, shorter for a mesh
+ * that also learns of dead instances from gossip within seconds). */
+export const DEFAULT_OUTLIER_BASE_EJECTION_MS = 1_000
+/** Longest ejection: an endpoint that recovered is tried again within this time. */
+export const DEFAULT_OUTLIER_MAX_EJECTION_MS = 30_000
+/** Never eject more than this share of the endpoints: a broken client must not empty the set. */
+export const DEFAULT_OUTLIER_MAX_EJECTION_PERCENT = 50
+
+/** HTTP mode: whole request, first attempt to last response byte (Consul's default: 15 s). */
+export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000
+
+/** HTTP mode: idle keep-alive connections kept per endpoint. */
+export const DEFAULT_MAX_FREE_SOCKETS = 64
+
+/** HTTP mode: request bodies up to this size are buffered so idempotent requests can be retried. */
+export const DEFAULT_RETRY_BODY_BYTES = 64 * 1024
+
+/** Peer certificates whose SPIFFE id is remembered (by fingerprint) to skip re-parsing. */
+export const PEER_ID_CACHE_SIZE = 4096
+
+/** Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1). */
+export const HOP_BY_HOP_HEADERS: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+])
+
+/** HTTP methods retried after a failure before the response (RFC 9110 §9.2.2 idempotent methods). */
+export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
+  'GET',
+  'HEAD',
+  'OPTIONS',
+  'PUT',
+  'DELETE',
+  'TRACE',
+])

@@ -1,0 +1,201 @@
+/**
+ * The endpoints of one upstream as seen by one outbound listener: the healthy set from the
+ * `EndpointSource`, with per-endpoint load (outstanding connections or requests) and outlier state,
+ * and the choice of an endpoint for the next connection or request (split, then P2C over the
+ * endpoints that are not ejected).
+ *
+ * An endpoint that leaves the healthy set is dropped from the choice at once; its record lives
+ * on, marked `removed`, until its last outstanding connection or request ends.
+ */
+import type http from 'node:http'
+import { type Loaded, p2cPick } from './balancer.ts'
+import {
+  isEjected,
+  newOutlierState,
+  type OutlierConfig,
+  type OutlierState,
+  recordFailure,
+  recordSuccess,
+} from './outlier.ts'
+import { pickSplit, type SplitConfig } from './split.ts'
+import type { Endpoint, EndpointSource, ProxyClock, Unsubscribe } from './types.ts'
+
+export interface EndpointRecord extends Loaded {
+  readonly endpoint: Endpoint
+  /** `id@address:port`: an instance that moves is a new endpoint. */
+  readonly key: string
+  readonly weight: number
+  outstanding: number
+  readonly outlier: OutlierState
+  /** Left the healthy set: no new work; dropped when `outstanding` reaches 0. */
+  removed: boolean
+  /** HTTP mode: this endpoint's keep-alive connection pool. */
+  agent: http.Agent | undefined
+}
+
+export interface EndpointPoolEvents {
+  ejected: { record: EndpointRecord; untilMs: number }
+}
+
+export interface EndpointPoolInit {
+  source: EndpointSource
+  outlier: OutlierConfig
+  clock: ProxyClock
+  /** Uniform [0, 1). */
+  rng: () => number
+  /** Called for every new endpoint record (HTTP mode attaches its agent here). */
+  onAdded?: (record: EndpointRecord) => void
+  /** Called once a removed record has no outstanding work (HTTP mode destroys its agent). */
+  onRetired?: (record: EndpointRecord) => void
+  onEjected?: (record: EndpointRecord, untilMs: number) => void
+}
+
+export class EndpointPool {
+  private records: EndpointRecord[] = []
+  private byKey = new Map<string, EndpointRecord>()
+  private split: SplitConfig | undefined
+  /** Per split entry, the records in its subset. */
+  private subsets: EndpointRecord[][] = []
+  private unsubscribe: Unsubscribe | undefined
+  // Scratch state of the current pick, read by `eligible` (one closure for the pool's lifetime).
+  private pickNow = 0
+  private pickTried: readonly EndpointRecord[] | undefined
+  private readonly eligible = (r: EndpointRecord): boolean =>
+    !isEjected(r.outlier, this.pickNow) && (this.pickTried === undefined || !this.pickTried.includes(r))
+
+  constructor(private readonly init: EndpointPoolInit) {}
+
+  start(): void {
+    if (this.unsubscribe) return
+    this.unsubscribe = this.init.source.on('endpoints:change', (list) => this.update(list))
+    this.update(this.init.source.current())
+  }
+
+  stop(): void {
+    this.unsubscribe?.()
+    this.unsubscribe = undefined
+    for (const r of this.byKey.values()) {
+      r.removed = true
+      this.init.onRetired?.(r)
+    }
+    this.byKey.clear()
+    this.records = []
+    this.subsets = []
+  }
+
+  /** Endpoints that may receive new work (ejected ones included). */
+  get current(): readonly EndpointRecord[] {
+    return this.records
+  }
+
+  setSplit(split: SplitConfig | undefined): void {
+    this.split = split && split.length > 0 ? split : undefined
+    this.rebuildSubsets()
+  }
+
+  /**
+   * The endpoint for the next connection or request: a split subset chosen by weight (falling
+   * back to all endpoints when it has none usable), then P2C among the endpoints that are not
+   * ejected and not in `tried` — or, when every usable endpoint was tried, among all of them.
+   */
+  pick(tried?: readonly EndpointRecord[]): EndpointRecord | undefined {
+    this.pickNow = this.init.clock.now()
+    const rng = this.init.rng
+    let list: readonly EndpointRecord[] = this.records
+    if (this.split !== undefined) {
+      const subset = this.subsets[pickSplit(this.split, rng())]
+      if (subset !== undefined && subset.length > 0) list = subset
+    }
+    let chosen = this.choose(list, tried, rng)
+    if (chosen === undefined && list !== this.records) chosen = this.choose(this.records, tried, rng)
+    return chosen
+  }
+
+  private choose(
+    list: readonly EndpointRecord[],
+    tried: readonly EndpointRecord[] | undefined,
+    rng: () => number,
+  ): EndpointRecord | undefined {
+    this.pickTried = tried !== undefined && tried.length > 0 ? tried : undefined
+    let chosen = p2cPick(list, rng(), rng(), this.eligible)
+    if (chosen === undefined && this.pickTried !== undefined) {
+      this.pickTried = undefined
+      chosen = p2cPick(list, rng(), rng(), this.eligible)
+    }
+    this.pickTried = undefined
+    return chosen
+  }
+
+  acquire(record: EndpointRecord): void {
+    record.outstanding++
+  }
+
+  release(record: EndpointRecord): void {
+    record.outstanding--
+    if (record.removed && record.outstanding <= 0) this.init.onRetired?.(record)
+  }
+
+  reportSuccess(record: EndpointRecord): void {
+    recordSuccess(record.outlier, this.init.clock.now(), this.init.outlier)
+  }
+
+  /** Records a failure; returns true when it ejected the endpoint. */
+  reportFailure(record: EndpointRecord): boolean {
+    if (record.removed) return false
+    const now = this.init.clock.now()
+    let ejected = 0
+    for (const r of this.records) if (isEjected(r.outlier, now)) ejected++
+    const didEject = recordFailure(record.outlier, now, this.init.outlier, ejected, this.records.length)
+    if (didEject) this.init.onEjected?.(record, record.outlier.ejectedUntil)
+    return didEject
+  }
+
+  /** True while the endpoint is ejected. */
+  isEjected(record: EndpointRecord): boolean {
+    return isEjected(record.outlier, this.init.clock.now())
+  }
+
+  private update(list: readonly Endpoint[]): void {
+    const next = new Map<string, EndpointRecord>()
+    for (const endpoint of list) {
+      if (!(endpoint.weight > 0)) continue
+      const key = `${endpoint.id}@${endpoint.address}:${endpoint.port}`
+      if (next.has(key)) continue
+      const old = this.byKey.get(key)
+      if (old !== undefined && old.weight === endpoint.weight && sameTags(old.endpoint.tags, endpoint.tags)) {
+        next.set(key, old)
+        continue
+      }
+      const record: EndpointRecord = {
+        endpoint: { ...endpoint, tags: [...endpoint.tags] },
+        key,
+        weight: endpoint.weight,
+        outstanding: 0,
+        // A changed weight or tag set keeps the endpoint's outlier history.
+        outlier: old?.outlier ?? newOutlierState(),
+        removed: false,
+        agent: undefined,
+      }
+      this.init.onAdded?.(record)
+      next.set(key, record)
+    }
+    for (const [key, old] of this.byKey) {
+      if (next.get(key) === old) continue
+      old.removed = true
+      if (old.outstanding <= 0) this.init.onRetired?.(old)
+    }
+    this.byKey = next
+    this.records = [...next.values()]
+    this.rebuildSubsets()
+  }
+
+  private rebuildSubsets(): void {
+    this.subsets = (this.split ?? []).map((e) =>
+      this.records.filter((r) => r.endpoint.tags.includes(e.subset)),
+    )
+  }
+}
+
+function sameTags(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((t, i) => t === b[i])
+}

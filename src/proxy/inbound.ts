@@ -1,0 +1,237 @@
+/**
+ * The inbound listener: TLS 1.3 with the instance's leaf, a client certificate required and
+ * verified against the trusted roots by OpenSSL, then the caller's SPIFFE service checked against
+ * the local authorizer (intentions held in memory, no network). Allowed connections are piped to
+ * the local app on 127.0.0.1; denied ones are destroyed, counted and logged on one line.
+ *
+ * Certificate rotation swaps the server's secure context for new handshakes; open connections
+ * keep theirs. A policy change re-checks every open connection and closes the ones now denied.
+ * In HTTP mode the inbound side stays L4: TLS is terminated and the stream piped.
+ */
+import net from 'node:net'
+import tls from 'node:tls'
+import type { Registry } from 'prom-client'
+import { Registry as PromRegistry } from 'prom-client'
+import { validateServiceName, validateTrustDomain } from '../identity/spiffe.ts'
+import { ListenerStateError, NoCertificateError } from './errors.ts'
+import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
+import { checkPort, closeServer, listen } from './outbound-common.ts'
+import { peerServiceOf, serverContextOptions } from './tls-material.ts'
+import {
+  type Authorizer,
+  type CertificateSource,
+  type ProxyClock,
+  type ProxyLogger,
+  silentLogger,
+  systemClock,
+  type Unsubscribe,
+} from './types.ts'
+
+export interface InboundListenerInit {
+  /** This instance's service: the SPIFFE id presented, and the destination of every decision. */
+  service: string
+  trustDomain: string
+  /** The sidecar's public (mTLS) port; 0 picks a free port (tests). */
+  port: number
+  /** Default 0.0.0.0: other nodes dial it. */
+  bindAddress?: string
+  /** The local app: 127.0.0.1:`localServicePort`. */
+  localServicePort: number
+  /** Default 127.0.0.1. */
+  localServiceAddress?: string
+  certificates: CertificateSource
+  authorizer: Authorizer
+  registry?: Registry
+  logger?: ProxyLogger
+  /** One log line per connection. Default false. */
+  accessLog?: boolean
+  clock?: ProxyClock
+  /** A TLS handshake must finish within this time. Default 10 s. */
+  handshakeTimeoutMs?: number
+}
+
+interface InboundConnection {
+  socket: tls.TLSSocket
+  source: string
+  local: net.Socket
+}
+
+export class InboundListener {
+  readonly service: string
+  readonly trustDomain: string
+  private readonly init: InboundListenerInit
+  private readonly metrics: ListenerMetrics
+  private readonly logger: ProxyLogger
+  private readonly clock: ProxyClock
+  private server: tls.Server | undefined
+  private readonly open = new Set<InboundConnection>()
+  private readonly unsubscribes: Unsubscribe[] = []
+  private state: 'new' | 'running' | 'stopped' = 'new'
+  private boundPort = 0
+
+  constructor(init: InboundListenerInit) {
+    this.service = validateServiceName(init.service)
+    this.trustDomain = validateTrustDomain(init.trustDomain)
+    checkPort('port', init.port, true)
+    checkPort('localServicePort', init.localServicePort, false)
+    this.init = init
+    this.metrics = ProxyMetrics.for(init.registry ?? new PromRegistry()).listener(
+      this.service,
+      'inbound',
+      this.service,
+    )
+    this.logger = init.logger ?? silentLogger
+    this.clock = init.clock ?? systemClock
+  }
+
+  get port(): number {
+    return this.boundPort
+  }
+
+  /** Connections relayed to the local app now. */
+  get openConnections(): number {
+    return this.open.size
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.state !== 'new') throw new ListenerStateError(`inbound listener is ${this.state}`)
+    const cert = this.init.certificates.current()
+    if (!cert) throw new NoCertificateError(`no leaf certificate for ${this.service} yet`)
+    const server = tls.createServer({
+      ...serverContextOptions(cert),
+      requestCert: true,
+      rejectUnauthorized: true,
+      allowHalfOpen: true,
+      noDelay: true,
+      handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
+    })
+    server.on('secureConnection', (socket) => this.accept(socket))
+    server.on('tlsClientError', (error, socket) => {
+      this.metrics.error('tls')
+      this.logger.debug(
+        { error: error.message, code: (error as { code?: string }).code, remote: socket.remoteAddress },
+        'inbound handshake failed',
+      )
+    })
+    this.server = server
+    this.unsubscribes.push(
+      this.init.certificates.on('cert:rotated', (next) =>
+        server.setSecureContext(serverContextOptions(next)),
+      ),
+      this.init.authorizer.on('authz:change', () => this.recheck()),
+    )
+    try {
+      this.boundPort = await listen(server, this.init.port, this.init.bindAddress ?? '0.0.0.0', options)
+    } catch (error) {
+      for (const u of this.unsubscribes.splice(0)) u()
+      throw error
+    }
+    this.state = 'running'
+  }
+
+  async stop(): Promise<void> {
+    const wasRunning = this.state === 'running'
+    this.state = 'stopped'
+    for (const u of this.unsubscribes.splice(0)) u()
+    if (!wasRunning || !this.server) return
+    const closed = closeServer(this.server)
+    for (const c of this.open) c.socket.destroy()
+    await closed
+  }
+
+  private decide(source: string): boolean {
+    try {
+      return this.init.authorizer.decide(source, this.service) === 'allow'
+    } catch {
+      return false // an authorizer that cannot answer denies
+    }
+  }
+
+  private accept(socket: tls.TLSSocket): void {
+    const m = this.metrics
+    m.connections.inc()
+    const source = peerServiceOf(socket, this.trustDomain)
+    if (source === undefined || !this.decide(source)) {
+      const src = source ?? 'unknown'
+      m.denied(src)
+      m.error('denied')
+      this.logger.info({ src, dst: this.service }, `inbound denied src=${src} dst=${this.service}`)
+      socket.destroy()
+      return
+    }
+    m.requests.inc()
+    m.active.inc()
+    const startedAt = this.clock.now()
+    const local = net.connect({
+      host: this.init.localServiceAddress ?? '127.0.0.1',
+      port: this.init.localServicePort,
+      allowHalfOpen: true,
+      noDelay: true,
+    })
+    const conn: InboundConnection = { socket, source, local }
+    this.open.add(conn)
+    let socketEnded = false
+    let localEnded = false
+    let result = 'ok'
+    local.once('connect', () => m.latency.observe((this.clock.now() - startedAt) / 1000))
+    socket.on('end', () => {
+      socketEnded = true
+    })
+    local.on('end', () => {
+      localEnded = true
+    })
+    socket.on('error', () => {})
+    local.on('error', (error: Error & { code?: string }) => {
+      if (local.connecting || local.bytesRead === 0) {
+        result = 'local_connect'
+        m.error('local_connect')
+        this.logger.debug(
+          { src: source, dst: this.service, error: error.message, code: error.code },
+          'inbound local app unreachable',
+        )
+      }
+    })
+    socket.pipe(local)
+    local.pipe(socket)
+    socket.on('close', () => {
+      if (!socketEnded || !localEnded) local.destroy()
+      this.open.delete(conn)
+      m.active.dec()
+      const rx = socket.bytesRead
+      const tx = socket.bytesWritten
+      m.addBytes(rx, tx)
+      if (this.init.accessLog) {
+        this.logger.info(
+          {
+            direction: 'inbound',
+            src: source,
+            dst: this.service,
+            remote: socket.remoteAddress,
+            result,
+            bytesIn: rx,
+            bytesOut: tx,
+            durationMs: Math.round((this.clock.now() - startedAt) * 1000) / 1000,
+          },
+          'access',
+        )
+      }
+    })
+    local.on('close', () => {
+      if (!localEnded || !socketEnded) socket.destroy()
+    })
+  }
+
+  /** Policy changed: close the open connections it now denies. */
+  private recheck(): void {
+    for (const c of this.open) {
+      if (this.decide(c.source)) continue
+      this.metrics.denied(c.source)
+      this.logger.info(
+        { src: c.source, dst: this.service, open: true },
+        `inbound denied src=${c.source} dst=${this.service}`,
+      )
+      c.socket.destroy()
+      c.local.destroy()
+    }
+  }
+}

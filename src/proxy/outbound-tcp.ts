@@ -1,0 +1,291 @@
+/**
+ * The outbound listener in L4 mode: a plain TCP listener on 127.0.0.1 for one upstream. Each
+ * client connection goes to one endpoint over mutual TLS, chosen per connection (split, then P2C).
+ *
+ * Until the endpoint's first response byte the proxy holds the client's bytes (up to
+ * `replayBufferBytes`), so that a connect error, a failed handshake, or a close/reset by the
+ * endpoint can be retried on another endpoint with the same bytes — a dead instance costs
+ * latency, not a failed connection. After the first response byte both directions are
+ * `pipe`d: no JavaScript runs per chunk beyond the stream machinery.
+ */
+import net from 'node:net'
+import tls from 'node:tls'
+import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
+import type { EndpointRecord } from './endpoint-pool.ts'
+import { InvalidProxyConfigError, ListenerStateError, UpstreamConnectError } from './errors.ts'
+import { closeServer, listen, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
+import type { SplitConfig } from './split.ts'
+import { validateSplitConfig } from './split.ts'
+
+export interface OutboundListenerInit extends UpstreamListenerInit {
+  /** Client bytes held for replay before the first response byte. Default 64 KiB. */
+  replayBufferBytes?: number
+}
+
+type FailureReason = 'connect' | 'reset' | 'no_endpoint' | 'denied'
+
+export class OutboundListener {
+  readonly core: UpstreamCore
+  private readonly replayBufferBytes: number
+  private readonly server: net.Server
+  private readonly open = new Set<net.Socket>()
+  private state: 'new' | 'running' | 'stopped' = 'new'
+  private boundPort = 0
+
+  constructor(init: OutboundListenerInit) {
+    this.core = new UpstreamCore(init)
+    this.replayBufferBytes = init.replayBufferBytes ?? DEFAULT_REPLAY_BUFFER_BYTES
+    if (!Number.isInteger(this.replayBufferBytes) || this.replayBufferBytes < 0) {
+      throw new InvalidProxyConfigError('replayBufferBytes', 'must be an integer ≥ 0')
+    }
+    this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => this.accept(client))
+  }
+
+  /** The bound port (useful with `bindPort: 0`). */
+  get port(): number {
+    return this.boundPort
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.state !== 'new') throw new ListenerStateError(`outbound listener is ${this.state}`)
+    this.core.tls.start()
+    this.core.pool.start()
+    try {
+      this.boundPort = await listen(this.server, this.core.bindPort, this.core.bindAddress, options)
+    } catch (error) {
+      this.core.pool.stop()
+      this.core.tls.stop()
+      throw error
+    }
+    this.state = 'running'
+  }
+
+  /** Stops listening and closes every open connection. */
+  async stop(): Promise<void> {
+    if (this.state !== 'running') {
+      this.state = 'stopped'
+      return
+    }
+    this.state = 'stopped'
+    const closed = closeServer(this.server)
+    for (const socket of this.open) socket.destroy()
+    await closed
+    this.core.pool.stop()
+    this.core.tls.stop()
+  }
+
+  setSplit(split: SplitConfig | undefined): void {
+    this.core.pool.setSplit(split === undefined ? undefined : validateSplitConfig(split))
+  }
+
+  private accept(client: net.Socket): void {
+    const m = this.core.metrics
+    m.connections.inc()
+    m.active.inc()
+    m.requests.inc()
+    this.core.budget.recordRequest(this.core.clock.now())
+    this.open.add(client)
+    new L4Connection(this.core, client, this.replayBufferBytes, () => {
+      this.open.delete(client)
+      m.active.dec()
+    })
+  }
+}
+
+/** One client connection: attempts until the first response byte, then a plain pipe. */
+class L4Connection {
+  private readonly startedAt: number
+  /** Client bytes not yet answered, for replay on another endpoint. */
+  private chunks: Buffer[] = []
+  private bufferedBytes = 0
+  /** False once bytes were dropped from `chunks`: no more retries. */
+  private replayable = true
+  private clientEnded = false
+  private clientClosed = false
+  /** The current upstream completed its handshake (bytes written to it go straight through). */
+  private secure = false
+  /** The first response byte arrived: both directions are piped. */
+  private established = false
+  private upstream: tls.TLSSocket | undefined
+  private record: EndpointRecord | undefined
+  private readonly tried: EndpointRecord[] = []
+  private finished = false
+  private result = 'ok'
+
+  constructor(
+    private readonly core: UpstreamCore,
+    private readonly client: net.Socket,
+    private readonly replayLimit: number,
+    private readonly onDone: () => void,
+  ) {
+    this.startedAt = core.clock.now()
+    client.on('data', this.onClientData)
+    client.on('end', this.onClientEnd)
+    client.on('error', () => {}) // 'close' follows and tears the upstream down
+    client.on('close', this.onClientClose)
+    this.attempt()
+  }
+
+  private readonly onClientData = (chunk: Buffer): void => {
+    if (this.secure) this.upstream!.write(chunk)
+    this.chunks.push(chunk)
+    this.bufferedBytes += chunk.length
+    if (this.bufferedBytes > this.replayLimit) {
+      if (this.secure) this.commitToStreaming()
+      else this.client.pause() // back-pressure until an endpoint takes the bytes
+    }
+  }
+
+  private readonly onClientEnd = (): void => {
+    this.clientEnded = true
+    if (this.secure) this.upstream!.end()
+  }
+
+  private readonly onClientClose = (): void => {
+    this.clientClosed = true
+    // An abrupt close (no end from the client) or one before an endpoint answered: drop the upstream.
+    if (!this.established || !this.clientEnded) this.upstream?.destroy()
+    this.finish()
+  }
+
+  private attempt(): void {
+    if (this.clientClosed) return
+    const core = this.core
+    const record = core.pool.pick(this.tried)
+    if (record === undefined) {
+      this.fail('no_endpoint')
+      return
+    }
+    this.tried.push(record)
+    this.record = record
+    this.secure = false
+    core.pool.acquire(record)
+    const up = tls.connect({
+      host: record.endpoint.address,
+      port: record.endpoint.port,
+      secureContext: core.tls.secureContext,
+      checkServerIdentity: core.checkServerIdentity,
+      // Half-close is relayed both ways (node:tls accepts it; the typings omit it).
+      allowHalfOpen: true,
+    } as tls.ConnectionOptions)
+    up.setNoDelay(true)
+    this.upstream = up
+    const timer = setTimeout(
+      () => up.destroy(new UpstreamConnectError('connect timeout')),
+      core.connectTimeoutMs,
+    )
+    let upEnded = false
+
+    up.once('secureConnect', () => {
+      clearTimeout(timer)
+      this.secure = true
+      for (const chunk of this.chunks) up.write(chunk)
+      if (this.bufferedBytes > this.replayLimit) {
+        this.commitToStreaming()
+        this.client.resume()
+      } else if (this.clientEnded) {
+        up.end()
+      }
+    })
+    const onFirstData = (chunk: Buffer) => {
+      up.off('data', onFirstData)
+      this.establish(up, record, chunk)
+    }
+    up.on('data', onFirstData)
+    up.on('end', () => {
+      upEnded = true
+    })
+    up.on('error', () => {}) // handled on 'close'
+    up.on('close', () => {
+      clearTimeout(timer)
+      core.pool.release(record)
+      if (this.established) {
+        // A clean end was relayed by pipe; anything else tears the client down.
+        if (!upEnded) this.client.destroy()
+        return
+      }
+      if (this.clientClosed) return
+      if (this.secure && upEnded && this.clientEnded) {
+        // The client finished and the endpoint closed without a word: a complete, empty exchange.
+        core.pool.reportSuccess(record)
+        this.established = true
+        this.client.end()
+        return
+      }
+      // Closed before the first response byte.
+      const reason: FailureReason = this.secure ? 'reset' : 'connect'
+      if (this.secure && core.locallyDenied()) {
+        this.fail('denied')
+        return
+      }
+      core.pool.reportFailure(record)
+      if (
+        this.replayable &&
+        this.tried.length < core.maxAttempts &&
+        core.budget.tryAcquire(core.clock.now())
+      ) {
+        core.metrics.retries.inc()
+        core.logger.debug(
+          { upstream: core.destination, endpoint: record.endpoint.id, reason },
+          `retrying upstream=${core.destination} after ${reason}`,
+        )
+        this.attempt()
+        return
+      }
+      this.fail(reason)
+    })
+  }
+
+  /** First response byte: commit to this endpoint and relay both ways. */
+  private establish(up: tls.TLSSocket, record: EndpointRecord, first: Buffer): void {
+    this.established = true
+    this.core.metrics.latency.observe((this.core.clock.now() - this.startedAt) / 1000)
+    this.core.pool.reportSuccess(record)
+    this.client.write(first)
+    up.pipe(this.client)
+    if (this.replayable) this.commitToStreaming()
+  }
+
+  /** Stop holding bytes for replay: from here on the client's bytes are piped. */
+  private commitToStreaming(): void {
+    this.replayable = false
+    this.chunks = []
+    this.bufferedBytes = 0
+    this.client.off('data', this.onClientData)
+    this.client.off('end', this.onClientEnd)
+    if (!this.clientEnded) this.client.pipe(this.upstream!)
+  }
+
+  private fail(reason: FailureReason): void {
+    this.result = reason
+    this.core.metrics.error(reason)
+    this.client.destroy()
+  }
+
+  private finish(): void {
+    if (this.finished) return
+    this.finished = true
+    const core = this.core
+    const rx = this.client.bytesRead
+    const tx = this.client.bytesWritten
+    core.metrics.addBytes(rx, tx)
+    this.onDone()
+    if (core.accessLog) {
+      const e = this.record?.endpoint
+      core.logger.info(
+        {
+          direction: 'outbound',
+          upstream: core.destination,
+          endpoint: e?.id,
+          address: e ? `${e.address}:${e.port}` : undefined,
+          attempts: this.tried.length,
+          result: this.result,
+          bytesIn: rx,
+          bytesOut: tx,
+          durationMs: Math.round((core.clock.now() - this.startedAt) * 1000) / 1000,
+        },
+        'access',
+      )
+    }
+  }
+}
