@@ -130,6 +130,8 @@ export class RaftNode<R = unknown> {
   private draining = false
   private readonly coalesce: boolean
   private drainScheduled = false
+  /** Term of the last hard state written to storage. */
+  private durableTerm = 0
 
   constructor(o: RaftNodeOptions<R>) {
     this.id = o.id
@@ -159,6 +161,7 @@ export class RaftNode<R = unknown> {
       this.raft.bootstrap(o.bootstrap)
     }
     this.lastTerm = this.raft.term
+    this.durableTerm = st.hardState.term
   }
 
   // ---- lifecycle --------------------------------------------------------------------------------
@@ -370,18 +373,28 @@ export class RaftNode<R = unknown> {
   }
 
   private handleReady(rd: Ready): void {
+    // A leader whose term is already durable sends its appends before writing them itself (thesis
+    // §10.2.1: the leader's disk write runs in parallel with replication). Safe: it counts its own
+    // copy only when an append response arrives, in a later turn, after this fsync returned.
+    const early =
+      this.raft.role === 'leader' && (rd.hardState === undefined || rd.hardState.term === this.durableTerm)
+    const sent = new Set<Message>()
+    if (early) {
+      for (const m of rd.messages) {
+        if (m.type !== 'app' && m.type !== 'heartbeat') continue
+        sent.add(m)
+        this.sendOne(m)
+      }
+    }
     // 1. persist (each call fsyncs before returning)
     if (rd.snapshot !== undefined) this.storage.installSnapshot(rd.snapshot)
     if (rd.entries.length > 0) this.storage.append(rd.entries)
-    if (rd.hardState !== undefined) this.storage.setHardState(rd.hardState)
-    // 2. send
-    for (const m of rd.messages) {
-      try {
-        this.transport.send(m.to, m)
-      } catch {
-        this.sendFailures++
-      }
+    if (rd.hardState !== undefined) {
+      this.storage.setHardState(rd.hardState)
+      this.durableTerm = rd.hardState.term
     }
+    // 2. send
+    for (const m of rd.messages) if (!sent.has(m)) this.sendOne(m)
     // 3. apply
     if (rd.snapshot !== undefined) {
       const index = rd.snapshot.metadata.index
@@ -403,6 +416,14 @@ export class RaftNode<R = unknown> {
     if (rd.softState !== undefined) this.onSoftState()
     this.resolveReads()
     this.maybeSnapshot()
+  }
+
+  private sendOne(m: Message): void {
+    try {
+      this.transport.send(m.to, m)
+    } catch {
+      this.sendFailures++
+    }
   }
 
   private apply(e: Entry): void {

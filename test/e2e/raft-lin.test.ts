@@ -1,0 +1,84 @@
+import { afterAll, describe, expect, it } from 'vitest'
+import { checkLinearizable, type KvInput, type KvOutput, kvModel, type Operation } from '../lin/checker.ts'
+import type { AgentProcess } from './harness.ts'
+import { TestCluster, waitFor } from './harness.ts'
+import { getKv, putKv, startRaftCluster, waitForLeader } from './raft-helpers.ts'
+
+const CLIENTS = 4
+const KEYS = ['x', 'y']
+const OP_TIMEOUT_MS = 2_000
+
+describe('raft linearizability (end to end, 3 agents, leader killed twice)', () => {
+  const cluster = new TestCluster()
+  afterAll(() => cluster.close())
+
+  it('puts and ?consistent gets against different agents form a linearizable history', async () => {
+    const agents = await startRaftCluster(cluster, 3, { prefix: 'lin' })
+    await waitForLeader(agents)
+    const history: Operation<KvInput, KvOutput>[] = []
+    const down = new Set<AgentProcess>()
+    const t = (): number => performance.now()
+    let running = true
+    let seq = 0
+
+    const client = async (c: number): Promise<void> => {
+      let rr = c
+      while (running) {
+        const live = agents.filter((a) => !down.has(a))
+        const a = live[rr++ % live.length]!
+        const key = KEYS[(rr * 7 + c) % KEYS.length]!
+        if ((rr + c) % 2 === 0) {
+          const value = `c${c}-${++seq}`
+          const call = t()
+          try {
+            await putKv(a, key, value, { timeoutMs: OP_TIMEOUT_MS })
+            history.push({ clientId: c, input: { op: 'put', key, value }, output: 'ok', call, return: t() })
+          } catch {
+            // Unknown outcome: it may take effect at any point after the call, or never.
+            history.push({
+              clientId: c,
+              input: { op: 'put', key, value },
+              call,
+              return: Number.POSITIVE_INFINITY,
+            })
+          }
+        } else {
+          const call = t()
+          try {
+            const v = await getKv(a, key, { consistent: true, timeoutMs: OP_TIMEOUT_MS })
+            history.push({ clientId: c, input: { op: 'get', key }, output: v, call, return: t() })
+          } catch {
+            // A failed read has no effect: leave it out of the history.
+          }
+        }
+      }
+    }
+
+    const loops = Array.from({ length: CLIENTS }, (_, c) => client(c))
+    const okCount = (): number => history.filter((o) => o.return !== Number.POSITIVE_INFINITY).length
+    for (let round = 0; round < 2; round++) {
+      const before = okCount()
+      await waitFor('operations before the kill', async () => (okCount() > before + 40 ? true : undefined))
+      const leader = await waitForLeader(agents.filter((a) => !down.has(a)))
+      down.add(leader)
+      await leader.stop('SIGKILL')
+      const after = okCount()
+      await waitFor('operations after the kill', async () => (okCount() > after + 40 ? true : undefined))
+      await leader.start()
+      down.delete(leader)
+    }
+    await waitFor('operations with everyone back', async () =>
+      okCount() > history.length / 2 + 40 ? true : undefined,
+    )
+    running = false
+    await Promise.all(loops)
+
+    const puts = history.filter((o) => o.input.op === 'put' && o.return !== Number.POSITIVE_INFINITY).length
+    const gets = history.filter((o) => o.input.op === 'get').length
+    console.log(`linearizability: ${history.length} operations (${puts} acknowledged puts, ${gets} gets)`)
+    expect(puts).toBeGreaterThan(20)
+    expect(gets).toBeGreaterThan(20)
+    const res = checkLinearizable(kvModel, history, { timeoutMs: 20_000 })
+    expect(res.ok).toBe(true)
+  })
+})
