@@ -1,0 +1,303 @@
+/**
+ * bench:catalog-propagation — time from a health change on one agent to every agent seeing it.
+ *
+ * For each N (5, 20): N real agents on 127.0.0.1 joined through one seed (one process each, or
+ * several agents per process through `multi-agent-worker.ts`: by default 4 when N > 5), DNS off. A service with
+ * a TTL check is registered on the first agent. Then, `--changes` times: every agent is watched
+ * with a blocking query (`GET /v1/health/service/NAME?index=I&wait=W`, re-issued with the index
+ * of each reply until the reply shows the new status), the check is flipped
+ * (`PUT /v1/agent/check/pass|fail/:id`), and the change's propagation time is from just before
+ * the flip is sent to the moment the last agent's reply shows the new status. No polling.
+ *
+ * Flags: --sizes 5,20  --changes 50  --warmup 5 (uncounted first changes)  --per-process K  --json.
+ * JSON: health_propagation_ms_p50/_p99/_max (N = 20) and the same with `_n5`; `changes`, `missed`.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { type AgentProcess, TestCluster, waitFor } from '../test/e2e/harness.ts'
+import { argValue, emitJson, progress, quantile, table } from './lib.ts'
+
+const sizes = (argValue('sizes', '5,20') ?? '5,20').split(',').map(Number)
+const changes = Number(argValue('changes', '50'))
+/** Changes made first and not counted: they pay for JIT warm-up and connection set-up. */
+const warmup = Number(argValue('warmup', '5'))
+/** Agents per process: `--per-process K`, or by default 1 up to 5 agents and 4 above (small machines). */
+const perProcessFlag = argValue('per-process')
+const agentsPerProcess = (n: number): number =>
+  perProcessFlag !== undefined ? Number(perProcessFlag) : n <= 5 ? 1 : 4
+const SERVICE = 'bench-web'
+const SERVICE_ID = 'bench-web-1'
+const CHECK_ID = 'bench-ttl'
+/** A change not seen everywhere by then counts as missed (recorded at this value). */
+const CHANGE_TIMEOUT_MS = 15_000
+/** Changes slower than this are reported on stderr with their slowest agents. */
+const SLOW_MS = 500
+const WORKER = fileURLToPath(new URL('./multi-agent-worker.ts', import.meta.url))
+
+interface HealthEntry {
+  service: { id: string }
+  status: string
+}
+
+/** N agents, however they are hosted; every one reached only through its HTTP API. */
+interface Cluster {
+  /** HTTP `host:port` of each agent, the first one being the owner of the service. */
+  https: string[]
+  close(): Promise<void>
+}
+
+async function api(http: string, path: string, init?: RequestInit): Promise<Response> {
+  return fetch(`http://${http}${path}`, { ...init, signal: AbortSignal.timeout(CHANGE_TIMEOUT_MS + 5_000) })
+}
+
+/** One process per agent (`peermesh agent`), through the e2e harness. */
+async function processCluster(n: number): Promise<Cluster> {
+  const tc = new TestCluster()
+  try {
+    const key = await tc.writeClusterKey()
+    const first = tc.agent({ name: 'cp0', clusterKeyFile: key, dns: 'off' })
+    await first.start()
+    const seed = (await first.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const rest: AgentProcess[] = []
+    for (let i = 1; i < n; i++) {
+      rest.push(tc.agent({ name: `cp${i}`, clusterKeyFile: key, dns: 'off', seeds: [seed] }))
+    }
+    // Two at a time: many cold tsx starts at once starve a small machine. On a failure, let the
+    // starts under way finish spawning before `close()` kills them, so none is left behind.
+    for (let i = 0; i < rest.length; i += 2) {
+      const starts = rest.slice(i, i + 2).map((a) => a.start())
+      const failed = (await Promise.allSettled(starts)).find((r) => r.status === 'rejected')
+      if (failed !== undefined) throw failed.reason
+    }
+    return { https: tc.agents.map((a) => a.http), close: () => tc.close() }
+  } catch (err) {
+    await tc.close()
+    throw err
+  }
+}
+
+/** `perProcess` agents per worker process (`multi-agent-worker.ts`). */
+async function workerCluster(n: number, perProcess: number): Promise<Cluster> {
+  const tc = new TestCluster() // for its temp dir and cluster key; its agent list stays empty
+  const children: ChildProcess[] = []
+  let key = ''
+  const close = async (): Promise<void> => {
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve()
+            c.once('exit', () => resolve())
+            c.kill('SIGKILL')
+          }),
+      ),
+    )
+    await tc.close()
+  }
+  const startWorker = (
+    count: number,
+    prefix: string,
+    seed?: string,
+  ): Promise<{ http: string; address: string }[]> => {
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', WORKER, tc.dir, key, String(count), prefix, ...(seed ? [seed] : [])],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    children.push(child)
+    const out: { http: string; address: string }[] = []
+    return new Promise((resolve, reject) => {
+      const lines = createInterface({ input: child.stdout! })
+      lines.on('line', (line) => {
+        out.push(JSON.parse(line) as { http: string; address: string })
+        if (out.length === count) resolve(out)
+      })
+      child.once('exit', (code) => reject(new Error(`agent worker ${prefix} exited with ${code}`)))
+    })
+  }
+  try {
+    key = await tc.writeClusterKey()
+    const [first] = await startWorker(1, 'cw0-')
+    const https = [first!.http]
+    let left = n - 1
+    for (let w = 1; left > 0; w++) {
+      const count = Math.min(perProcess, left)
+      for (const a of await startWorker(count, `cw${w}-`, first!.address)) https.push(a.http)
+      left -= count
+    }
+    return { https, close }
+  } catch (err) {
+    await close()
+    throw err
+  }
+}
+
+function statusIn(entries: HealthEntry[]): string | undefined {
+  return entries.find((e) => e.service.id === SERVICE_ID)?.status
+}
+
+/** The agent's current health answer and its index (no blocking). */
+async function current(http: string): Promise<{ index: string; status: string | undefined }> {
+  const res = await api(http, `/v1/health/service/${SERVICE}`)
+  if (!res.ok) throw new Error(`${http}: health query answered ${res.status}`)
+  return {
+    index: res.headers.get('x-peermesh-index') ?? '0',
+    status: statusIn((await res.json()) as HealthEntry[]),
+  }
+}
+
+/**
+ * Watches one agent with blocking queries from `index` until a reply shows `want`; resolves with
+ * the performance.now() of that reply and the index it carried, or undefined after the deadline.
+ */
+async function watch(
+  http: string,
+  index: string,
+  want: string,
+  deadline: number,
+): Promise<{ at: number; index: string } | undefined> {
+  let idx = index
+  while (performance.now() < deadline) {
+    const waitS = Math.max(1, Math.ceil((deadline - performance.now()) / 1000))
+    const res = await api(http, `/v1/health/service/${SERVICE}?index=${idx}&wait=${waitS}s`)
+    if (!res.ok) throw new Error(`${http}: blocking query answered ${res.status}`)
+    const body = (await res.json()) as HealthEntry[]
+    const at = performance.now()
+    idx = res.headers.get('x-peermesh-index') ?? idx
+    if (statusIn(body) === want) return { at, index: idx }
+  }
+  return undefined
+}
+
+interface Result {
+  n: number
+  perProcess: number
+  times: number[]
+  missed: number
+}
+
+/** The cluster being measured, killed on Ctrl-C too. */
+let active: Cluster | undefined
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    progress(`${sig}: stopping agents`)
+    void (active?.close() ?? Promise.resolve()).finally(() => process.exit(130))
+  })
+}
+
+async function measure(n: number): Promise<Result> {
+  const perProcess = agentsPerProcess(n)
+  progress(`N=${n}: starting ${n} agents, ${perProcess} per process`)
+  const cluster = perProcess > 1 ? await workerCluster(n, perProcess) : await processCluster(n)
+  active = cluster
+  try {
+    const { https } = cluster
+    const owner = https[0]!
+    await waitFor(
+      `${n} agents to converge`,
+      async () => {
+        const views = await Promise.all(
+          https.map(async (h) => (await (await api(h, '/v1/agent/members')).json()) as { status: string }[]),
+        )
+        return views.every((v) => v.filter((m) => m.status === 'alive').length === n) ? true : undefined
+      },
+      120_000,
+      200,
+    )
+    progress(`N=${n}: converged; registering ${SERVICE_ID} on the first agent`)
+    const reg = await api(owner, '/v1/agent/service/register', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        name: SERVICE,
+        id: SERVICE_ID,
+        port: 8080,
+        checks: [{ id: CHECK_ID, ttl: '10m', status: 'passing' }],
+      }),
+    })
+    if (!reg.ok) throw new Error(`register answered ${reg.status}: ${await reg.text()}`)
+    const indexes = await waitFor(
+      `${SERVICE_ID} passing on all ${n} agents`,
+      async () => {
+        const now = await Promise.all(https.map(current))
+        return now.every((c) => c.status === 'passing') ? now.map((c) => c.index) : undefined
+      },
+      30_000,
+      100,
+    )
+
+    const times: number[] = []
+    let missed = 0
+    let status = 'passing'
+    for (let i = -warmup; i < changes; i++) {
+      const want = status === 'passing' ? 'critical' : 'passing'
+      const t0 = performance.now()
+      const deadline = t0 + CHANGE_TIMEOUT_MS
+      const watchers = https.map((h, k) => watch(h, indexes[k]!, want, deadline))
+      const flip = await api(owner, `/v1/agent/check/${want === 'passing' ? 'pass' : 'fail'}/${CHECK_ID}`, {
+        method: 'PUT',
+      })
+      if (!flip.ok) throw new Error(`check flip answered ${flip.status}`)
+      const seen = await Promise.all(watchers)
+      status = want
+      const counted = i >= 0 // the warm-up changes are not
+      if (!counted || seen.some((s) => s === undefined)) {
+        if (counted) {
+          missed++
+          times.push(CHANGE_TIMEOUT_MS)
+        }
+        // Re-sync every watcher's index before the next change.
+        const now = await Promise.all(https.map(current))
+        for (const [k, c] of now.entries()) indexes[k] = c.index
+        continue
+      }
+      const each = seen.map((s) => s!.at - t0)
+      times.push(Math.max(...each))
+      for (const [k, s] of seen.entries()) indexes[k] = s!.index
+      if (Math.max(...each) > SLOW_MS) {
+        const order = each.map((ms, k) => ({ k, ms })).sort((a, b) => b.ms - a.ms)
+        const slowest = order.slice(0, 3).map((o) => `agent ${o.k} ${o.ms.toFixed(0)} ms`)
+        progress(
+          `N=${n}: change ${i + 1} slow: ${slowest.join(', ')}; median agent ${order[order.length >> 1]!.ms.toFixed(0)} ms`,
+        )
+      }
+      if ((i + 1) % 10 === 0 || i + 1 === changes) {
+        progress(
+          `N=${n}: ${i + 1}/${changes} changes, p50 ${quantile(times, 0.5).toFixed(1)} ms, max ${Math.max(...times).toFixed(1)} ms`,
+        )
+      }
+    }
+    return { n, perProcess, times, missed }
+  } finally {
+    active = undefined
+    await cluster.close()
+  }
+}
+
+const results: Result[] = []
+for (const n of sizes) results.push(await measure(n))
+
+const round = (x: number): number => Math.round(x * 10) / 10
+table(
+  ['agents', 'per process', 'changes', 'p50 ms', 'p99 ms', 'max ms', 'missed'],
+  results.map((r) => [
+    r.n,
+    r.perProcess,
+    r.times.length,
+    round(quantile(r.times, 0.5)),
+    round(quantile(r.times, 0.99)),
+    round(Math.max(...r.times)),
+    r.missed,
+  ]),
+)
+const figures: Record<string, unknown> = { changes }
+for (const r of results) {
+  const suffix = r.n === 20 ? '' : `_n${r.n}`
+  figures[`health_propagation_ms_p50${suffix}`] = round(quantile(r.times, 0.5))
+  figures[`health_propagation_ms_p99${suffix}`] = round(quantile(r.times, 0.99))
+  figures[`health_propagation_ms_max${suffix}`] = round(Math.max(...r.times))
+  figures[`missed${suffix}`] = r.missed
+  figures[`agents_per_process${suffix}`] = r.perProcess
+}
+emitJson(figures)
