@@ -190,10 +190,16 @@ async function benchOurs(): Promise<{ failover: number[]; writes: WriteFigures }
       await putKv(survivor.http, 'failover/warm', 'x', 5_000)
       const t0 = performance.now()
       const killed = leader.stop('SIGKILL') // sends SIGKILL now; resolves on exit
-      const s = await firstSuccess(
-        (i, o) => putKv(survivor.http, 'failover/probe', String(i), o.timeoutMs, o.signal),
-        t0,
-      )
+      let s: number
+      try {
+        s = await firstSuccess(
+          (i, o) => putKv(survivor.http, 'failover/probe', String(i), o.timeoutMs, o.signal),
+          t0,
+        )
+      } catch (err) {
+        for (const a of agents) progress(`--- ${a.name} (survivor: ${a === survivor})\n${a.log.slice(-6000)}`)
+        throw err
+      }
       await killed
       failover.push(s)
       progress(`peermesh: round ${r + 1}: write OK ${fmt(s)} s after kill -9 of ${leader.name}`)
@@ -246,6 +252,10 @@ async function main(): Promise<void> {
   ensureEtcdInstalled()
   progress(`raft failover bench: ${ROUNDS} rounds each, ${WRITERS} writers for ${SECONDS} s`)
   const ours = await benchOurs()
+  if (process.argv.includes("--ours-only")) {
+    progress(JSON.stringify(ours))
+    return
+  }
   const etcdDefault = await etcdFailover('defaults 100/1000', DEFAULT_TIMING)
   const etcdTuned = await etcdFailover('tuned 50/250', TUNED_TIMING)
   const etcdW = await etcdWrites()

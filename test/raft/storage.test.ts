@@ -78,6 +78,22 @@ describe.each([
 })
 
 describe('FileStorage durability', () => {
+  it('fsyncs term and vote at once, writes a commit-only change lazily (on close or the next vote)', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.initialState()
+    storage.append(range(1, 3, 1))
+    storage.setHardState({ term: 1, vote: 'a', commit: 0 })
+    storage.setHardState({ term: 1, vote: 'a', commit: 3 })
+    // A crash now (no close): term and vote are durable; the commit index is a lower bound.
+    const crashed = FileStorage.open(dir).storage
+    expect(crashed.initialState().hardState).toEqual({ term: 1, vote: 'a', commit: 0 })
+    crashed.close()
+    storage.close()
+    const { storage: again } = FileStorage.open(dir)
+    expect(again.initialState().hardState).toEqual({ term: 1, vote: 'a', commit: 3 })
+    again.close()
+  })
+
   it('keeps term, vote, commit, entries and snapshot across reopen', () => {
     const { storage } = FileStorage.open(dir)
     storage.append(range(1, 5, 1))
