@@ -89,7 +89,7 @@ export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   probeIntervalMs: 150, // ~6.7 probes/s per node: fast detection for ~13 small messages/s per node
   probeTimeoutMs: 75, // LAN RTT < 1 ms; 75 ms absorbs GC hiccups and leaves 75 ms for the indirect probe
   indirectChecks: 3, // use 3 members for the indirect ping (SWIM §3.1, memberlist)
-  suspicionMult: 2, // min suspicion = 2·log10(n)·150 ms: 510 ms at n = 50, 900 ms at n = 1000
+  suspicionMult: 4, // min suspicion = 4·max(1, log10 n)·150 ms: 600 ms up to n = 10, 1 s at n = 50; a node frozen 300 ms has ~2× that to refute (soak-tested)
   suspicionMaxTimeoutMult: 4, // a lone, unconfirmed accuser waits 4× longer (Lifeguard β ≈ 4–6)
   suspicionConfirmations: 2, // two more accusers and we trust the verdict (memberlist lan: 4-2)
   awarenessMaxMultiplier: 8, // memberlist default: slow down at most 8× when we ourselves are sick
