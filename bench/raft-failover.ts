@@ -252,7 +252,7 @@ async function main(): Promise<void> {
   ensureEtcdInstalled()
   progress(`raft failover bench: ${ROUNDS} rounds each, ${WRITERS} writers for ${SECONDS} s`)
   const ours = await benchOurs()
-  if (process.argv.includes("--ours-only")) {
+  if (process.argv.includes('--ours-only')) {
     progress(JSON.stringify(ours))
     return
   }
