@@ -96,7 +96,7 @@ export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   gossipIntervalMs: 50, // 4 rounds per probe interval: updates spread in a few hundred ms
   gossipNodes: 3, // fan-out 3: each round quadruples the informed set
   gossipToTheDeadMs: 10_000, // a falsely-dead node learns within seconds and refutes
-  retransmitMult: 4, // memberlist default; 8 transmissions at n = 50, 20 at n = 10,000
+  retransmitMult: 6, // 12 transmissions at n = 50: the chance one member misses an update is ~e^-12, not ~e^-8 (memberlist's 4)
   pushPullIntervalMs: 10_000, // anti-entropy every 10 s (scaled up above 32 members)
   reapTimeoutMs: 300_000, // remember dead/left members 5 min so stale alives cannot resurrect them
   maxMessageBytes: 1400, // fits one Ethernet MTU datagram with headroom for transport framing
