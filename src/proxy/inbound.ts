@@ -65,6 +65,8 @@ export class InboundListener {
   private readonly clock: ProxyClock
   private server: tls.Server | undefined
   private readonly open = new Set<InboundConnection>()
+  /** Every accepted TCP connection, handshaking or relaying: stop() destroys them all. */
+  private readonly sockets = new Set<net.Socket>()
   private readonly unsubscribes: Unsubscribe[] = []
   private state: 'new' | 'running' | 'stopped' = 'new'
   private boundPort = 0
@@ -105,6 +107,10 @@ export class InboundListener {
       noDelay: true,
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
     })
+    server.on('connection', (socket: net.Socket) => {
+      this.sockets.add(socket)
+      socket.once('close', () => this.sockets.delete(socket))
+    })
     server.on('secureConnection', (socket) => this.accept(socket))
     server.on('tlsClientError', (error, socket) => {
       this.metrics.error('tls')
@@ -136,6 +142,7 @@ export class InboundListener {
     if (!wasRunning || !this.server) return
     const closed = closeServer(this.server)
     for (const c of this.open) c.socket.destroy()
+    for (const s of this.sockets) s.destroy()
     await closed
   }
 

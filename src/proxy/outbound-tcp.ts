@@ -194,6 +194,9 @@ class L4Connection {
     up.on('data', onFirstData)
     up.on('end', () => {
       upEnded = true
+      // Half-open is allowed, so an end does not close by itself: before the first response byte
+      // it settles the attempt (see 'close').
+      if (!this.established) up.destroy()
     })
     up.on('error', () => {}) // handled on 'close'
     up.on('close', () => {

@@ -1,0 +1,168 @@
+/** Shared fixtures for proxy tests: a test CA, service leaves, local apps, polling and metrics. */
+import http from 'node:http'
+import net, { type AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
+import { createRootCa, type RootCa, signLeaf } from '../../src/identity/ca.ts'
+import { createLeafKeyAndCsr } from '../../src/identity/leaf.ts'
+import type { Endpoint, ProxyLogger, ServiceCertificate } from '../../src/proxy/types.ts'
+
+export const TD = 'example.mesh'
+const HOUR = 3_600_000
+
+/** node:tls checks validity against the machine clock, so certificates are issued "now". */
+export async function makeRoot(): Promise<RootCa> {
+  return createRootCa({ trustDomain: TD, validityDays: 1, nowMs: Date.now() })
+}
+
+export async function leafFor(root: RootCa, service: string, extraRoots: string[] = []): Promise<ServiceCertificate> {
+  const nowMs = Date.now()
+  const { keyPem, csrPem } = await createLeafKeyAndCsr({ service, trustDomain: TD })
+  const leaf = await signLeaf(root, csrPem, { service, trustDomain: TD, ttlMs: HOUR, nowMs })
+  return { certPem: leaf.certPem, keyPem, rootsPem: [root.certPem, ...extraRoots] }
+}
+
+export interface TestApp {
+  name: string
+  port: number
+  /** Connections (TCP apps) or requests (HTTP apps) received. */
+  hits: number
+  /** HTTP apps: the headers of the last request. */
+  lastHeaders: http.IncomingHttpHeaders | undefined
+  close(): Promise<void>
+}
+
+/**
+ * A TCP app. `reply`: answers the first chunk with `<name>:<chunk>` and closes. `echo`: answers
+ * every chunk with `<name>:<chunk>` and stays open.
+ */
+export async function startTcpApp(name: string, mode: 'reply' | 'echo' = 'reply'): Promise<TestApp> {
+  const sockets = new Set<net.Socket>()
+  const app: TestApp = { name, port: 0, hits: 0, lastHeaders: undefined, close: async () => {} }
+  const server = net.createServer((socket) => {
+    app.hits++
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+    socket.on('error', () => {})
+    socket.on('data', (chunk) => {
+      if (mode === 'reply') socket.end(`${name}:${chunk}`)
+      else socket.write(`${name}:${chunk}`)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  app.port = (server.address() as AddressInfo).port
+  app.close = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy()
+      server.close(() => resolve())
+    })
+  return app
+}
+
+/** An HTTP app answering `<name>` with keep-alive; records hits and the last request's headers. */
+export async function startHttpApp(name: string): Promise<TestApp> {
+  const app: TestApp = { name, port: 0, hits: 0, lastHeaders: undefined, close: async () => {} }
+  const server = http.createServer((req, res) => {
+    app.hits++
+    app.lastHeaders = req.headers
+    req.resume()
+    req.on('end', () => res.end(name))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  app.port = (server.address() as AddressInfo).port
+  app.close = () =>
+    new Promise<void>((resolve) => {
+      server.closeAllConnections()
+      server.close(() => resolve())
+    })
+  return app
+}
+
+/** A port with nothing listening on it (bound, then released). */
+export async function deadPort(): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
+
+export function endpoint(id: string, port: number, service = 'api', extra: Partial<Endpoint> = {}): Endpoint {
+  return { id, address: '127.0.0.1', port, weight: 1, tags: [], service, ...extra }
+}
+
+/** Sends `payload` on a fresh connection and returns everything received until the peer closes. */
+export function tcpRequest(port: number, payload: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ port, host: '127.0.0.1' })
+    let data = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (d: string) => {
+      data += d
+    })
+    socket.on('error', reject)
+    socket.on('close', () => (data === '' ? reject(new Error('closed without data')) : resolve(data)))
+    socket.write(payload)
+  })
+}
+
+/** Polls `check` until it returns true, or throws after `timeoutMs`. */
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
+
+/** Sum of a metric's samples whose labels include `labels`. */
+export async function metricValue(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const metric = registry.getSingleMetric(name)
+  if (!metric) return 0
+  const { values } = await metric.get()
+  let sum = 0
+  for (const v of values) {
+    if (v.metricName !== undefined && v.metricName !== name) continue
+    if (Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)) sum += v.value
+  }
+  return sum
+}
+
+/** A logger that keeps lines in memory. */
+export function memoryLogger(): ProxyLogger & { lines: { level: string; message: string; fields: Record<string, unknown> }[] } {
+  const lines: { level: string; message: string; fields: Record<string, unknown> }[] = []
+  const log = (level: string) => (fields: Record<string, unknown>, message: string) => {
+    lines.push({ level, message, fields })
+  }
+  return { lines, info: log('info'), warn: log('warn'), debug: log('debug') }
+}
+
+export interface HttpResult {
+  status: number
+  body: string
+  headers: http.IncomingHttpHeaders
+}
+
+export function httpGet(
+  port: number,
+  path = '/',
+  headers: Record<string, string> = {},
+  agent?: http.Agent,
+): Promise<HttpResult> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path, headers, agent }, (res) => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (d: string) => {
+        body += d
+      })
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }))
+      res.on('error', reject)
+    })
+    req.on('error', reject)
+    req.end()
+  })
+}
