@@ -4,7 +4,9 @@ import net, { type AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import { createRootCa, type RootCa, signLeaf } from '../../src/identity/ca.ts'
 import { createLeafKeyAndCsr } from '../../src/identity/leaf.ts'
-import type { Endpoint, ProxyLogger, ServiceCertificate } from '../../src/proxy/types.ts'
+import { InboundListener } from '../../src/proxy/inbound.ts'
+import { StaticCertificateSource } from '../../src/proxy/sources.ts'
+import type { Authorizer, Endpoint, ProxyLogger, ServiceCertificate } from '../../src/proxy/types.ts'
 
 export const TD = 'example.mesh'
 const HOUR = 3_600_000
@@ -14,7 +16,11 @@ export async function makeRoot(): Promise<RootCa> {
   return createRootCa({ trustDomain: TD, validityDays: 1, nowMs: Date.now() })
 }
 
-export async function leafFor(root: RootCa, service: string, extraRoots: string[] = []): Promise<ServiceCertificate> {
+export async function leafFor(
+  root: RootCa,
+  service: string,
+  extraRoots: string[] = [],
+): Promise<ServiceCertificate> {
   const nowMs = Date.now()
   const { keyPem, csrPem } = await createLeafKeyAndCsr({ service, trustDomain: TD })
   const leaf = await signLeaf(root, csrPem, { service, trustDomain: TD, ttlMs: HOUR, nowMs })
@@ -65,6 +71,7 @@ export async function startHttpApp(name: string): Promise<TestApp> {
     app.hits++
     app.lastHeaders = req.headers
     req.resume()
+    if (req.url === '/hang') return // never answers: for timeouts
     req.on('end', () => res.end(name))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -106,7 +113,11 @@ export function tcpRequest(port: number, payload: string): Promise<string> {
 }
 
 /** Polls `check` until it returns true, or throws after `timeoutMs`. */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5_000, what = 'condition'): Promise<void> {
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 5_000,
+  what = 'condition',
+): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
@@ -125,14 +136,18 @@ export async function metricValue(
   const { values } = await metric.get()
   let sum = 0
   for (const v of values) {
-    if (v.metricName !== undefined && v.metricName !== name) continue
+    // Histograms list _bucket/_sum/_count samples under their own names: count only `name`.
+    const sample = (v as { metricName?: string }).metricName
+    if (sample !== undefined && sample !== name) continue
     if (Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want)) sum += v.value
   }
   return sum
 }
 
 /** A logger that keeps lines in memory. */
-export function memoryLogger(): ProxyLogger & { lines: { level: string; message: string; fields: Record<string, unknown> }[] } {
+export function memoryLogger(): ProxyLogger & {
+  lines: { level: string; message: string; fields: Record<string, unknown> }[]
+} {
   const lines: { level: string; message: string; fields: Record<string, unknown> }[] = []
   const log = (level: string) => (fields: Record<string, unknown>, message: string) => {
     lines.push({ level, message, fields })
@@ -165,4 +180,62 @@ export function httpGet(
     req.on('error', reject)
     req.end()
   })
+}
+
+/** An app plus its inbound listener: one instance of a service, as `endpoint()` sees it. */
+export interface TestInstance {
+  app: TestApp
+  inbound: InboundListener
+  endpoint: Endpoint
+  stop(): Promise<void>
+}
+
+export async function startInstance(opts: {
+  id: string
+  service: string
+  cert: ServiceCertificate
+  authorizer: Authorizer
+  kind: 'tcp' | 'http'
+  tags?: string[]
+  registry?: Registry
+}): Promise<TestInstance> {
+  const app = opts.kind === 'http' ? await startHttpApp(opts.id) : await startTcpApp(opts.id)
+  const inbound = new InboundListener({
+    service: opts.service,
+    trustDomain: TD,
+    port: 0,
+    bindAddress: '127.0.0.1',
+    localServicePort: app.port,
+    certificates: new StaticCertificateSource(opts.cert),
+    authorizer: opts.authorizer,
+    ...(opts.registry ? { registry: opts.registry } : {}),
+  })
+  await inbound.start()
+  return {
+    app,
+    inbound,
+    endpoint: endpoint(opts.id, inbound.port, opts.service, { tags: opts.tags ?? [] }),
+    stop: async () => {
+      await inbound.stop()
+      await app.close()
+    },
+  }
+}
+
+/** Runs `total` calls of `fn` with at most `concurrency` in flight; returns their results in order. */
+export async function runConcurrently<T>(
+  total: number,
+  concurrency: number,
+  fn: (i: number) => Promise<T>,
+): Promise<T[]> {
+  const results: T[] = new Array(total)
+  let next = 0
+  const worker = async () => {
+    while (next < total) {
+      const i = next++
+      results[i] = await fn(i)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, total) }, worker))
+  return results
 }

@@ -12,7 +12,11 @@ import type { RootCa } from '../../src/identity/ca.ts'
 import { InboundListener } from '../../src/proxy/inbound.ts'
 import { IntentionIndex } from '../../src/proxy/intentions.ts'
 import { OutboundListener } from '../../src/proxy/outbound-tcp.ts'
-import { IntentionAuthorizer, StaticCertificateSource, StaticEndpointSource } from '../../src/proxy/sources.ts'
+import {
+  IntentionAuthorizer,
+  StaticCertificateSource,
+  StaticEndpointSource,
+} from '../../src/proxy/sources.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
 import {
   endpoint,
@@ -34,7 +38,11 @@ let dbCert: ServiceCertificate
 
 beforeAll(async () => {
   root = await makeRoot()
-  ;[apiCert, webCert, dbCert] = await Promise.all([leafFor(root, 'api'), leafFor(root, 'web'), leafFor(root, 'db')])
+  ;[apiCert, webCert, dbCert] = await Promise.all([
+    leafFor(root, 'api'),
+    leafFor(root, 'web'),
+    leafFor(root, 'db'),
+  ])
 })
 
 const cleanups: (() => Promise<void>)[] = []
@@ -79,7 +87,10 @@ async function webOutbound(inboundPort: number, authorizer?: IntentionAuthorizer
 }
 
 /** Connects straight to the inbound with `cert` (or none); resolves with the app's first answer. */
-function direct(port: number, cert: ServiceCertificate | undefined): Promise<{ data: string; error?: string }> {
+function direct(
+  port: number,
+  cert: ServiceCertificate | undefined,
+): Promise<{ data: string; error?: string }> {
   return new Promise((resolve) => {
     const socket = tls.connect({
       host: '127.0.0.1',
