@@ -33,10 +33,6 @@ export interface EndpointRecord extends Loaded {
   agent: http.Agent | undefined
 }
 
-export interface EndpointPoolEvents {
-  ejected: { record: EndpointRecord; untilMs: number }
-}
-
 export interface EndpointPoolInit {
   source: EndpointSource
   outlier: OutlierConfig

@@ -1,5 +1,6 @@
 // Public surface of the data plane: sidecar listeners and the interfaces the agent implements.
 export * from './balancer.ts'
+export { EndpointPool, type EndpointPoolInit, type EndpointRecord } from './endpoint-pool.ts'
 export * from './errors.ts'
 export * from './inbound.ts'
 export * from './intentions.ts'
