@@ -105,6 +105,8 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
     op: z.literal('ca.setRoots'),
     roots: z.array(z.unknown()).max(64),
     activeRootId: z.string().min(1).max(512).optional(),
+    /** Compare-and-set on the CA state's modifyIndex (0 = no roots set yet). */
+    casIndex: z.number().int().nonnegative().optional(),
   }),
 ])
 
@@ -159,6 +161,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       this.dedupe.set(rid.clientId, { seq: rid.seq, result })
       while (this.dedupe.size > this.maxDedupeClients) this.dedupe.delete(this.dedupe.keys().next().value!)
     }
+    this.notifyChange()
     return result
   }
 
@@ -234,6 +237,12 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         return this.changed(at)
       }
       case 'ca.setRoots': {
+        if (cmd.casIndex !== undefined && this.ca.modifyIndex !== cmd.casIndex) {
+          return fail(
+            'PEERMESH_ERR_CAS_FAILED',
+            `CA modifyIndex is ${this.ca.modifyIndex}, not ${cmd.casIndex}`,
+          )
+        }
         this.ca = { roots: cmd.roots, activeRootId: cmd.activeRootId, modifyIndex: at }
         return this.changed(at)
       }
@@ -242,7 +251,34 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 
   private changed(at: number): PolicyResult {
     this.index = at
+    this.changedPending = true
     return { ok: true, index: at }
+  }
+
+  // ---- change notification (additive, for the connect module) ----------------------------------
+
+  private readonly changeListeners = new Set<(index: number) => void>()
+  private changedPending = false
+
+  /**
+   * Calls `listener(index)` after each applied entry that changed the state, and after a snapshot
+   * restore. Runs on the apply path: keep it cheap. A throwing listener is ignored.
+   */
+  onChange(listener: (index: number) => void): () => void {
+    this.changeListeners.add(listener)
+    return () => this.changeListeners.delete(listener)
+  }
+
+  private notifyChange(): void {
+    if (!this.changedPending) return
+    this.changedPending = false
+    for (const l of this.changeListeners) {
+      try {
+        l(this.index)
+      } catch {
+        // A listener must not break the apply loop.
+      }
+    }
   }
 
   // ---- queries (local, on committed state) ------------------------------------------------------
@@ -311,6 +347,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       modifyIndex: s.ca.modifyIndex,
     }
     this.dedupe = new Map(s.dedupe.map((d) => [d.clientId, { seq: d.seq, result: d.result }]))
+    this.changedPending = true
+    this.notifyChange()
   }
 }
 
