@@ -11,6 +11,7 @@ import {
   resolveAgentConfig,
   validateAgentConfig,
 } from './config.ts'
+import { registerConnectCommands } from './connect-cli.ts'
 import { ConfigError, isUserFacing } from './errors.ts'
 import { renderTable } from './format.ts'
 import type { MemberJson } from './gossip-module.ts'
@@ -174,6 +175,7 @@ export function buildCli(): Command {
 
   registerCatalogCommands(program)
   registerRaftCommands(program)
+  registerConnectCommands(program)
   return program
 }
 

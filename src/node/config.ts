@@ -3,6 +3,7 @@ import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
+import { parseDuration } from './catalog/duration.ts'
 import { ConfigError } from './errors.ts'
 
 /** Default local HTTP API address. Loopback only: the API has no authentication. */
@@ -66,6 +67,29 @@ export const agentConfigSchema = z
     /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
     clusterKey: z.string().min(1).optional(),
     logLevel: z.enum(LOG_LEVELS).optional(),
+    /**
+     * Trust domain of the mesh CA (`spiffe://<trustDomain>/...`). Read only by the agent that
+     * creates the CA when the cluster bootstraps; later the CA's own domain wins. Default: a
+     * random `<8 hex>.peermesh`, so two clusters never accept each other's certificates.
+     */
+    trustDomain: z
+      .string()
+      .regex(
+        /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
+        'must be lowercase DNS labels joined by "."',
+      )
+      .max(253)
+      .optional(),
+    /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
+    caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
+    /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
+    leafTtl: z
+      .string()
+      .refine((s) => {
+        const ms = parseDuration(s)
+        return ms !== undefined && ms >= 60_000 && ms <= 365 * 24 * 3_600_000
+      }, 'must be a duration from "1m" to "8760h"')
+      .optional(),
   })
   .strict()
 
@@ -85,6 +109,10 @@ export interface AgentConfig {
   dns?: { host: string; port: number }
   services?: Record<string, unknown>[]
   logLevel: (typeof LOG_LEVELS)[number]
+  trustDomain?: string
+  caKeyType?: 'ed25519' | 'ecdsa-p256'
+  /** Leaf certificate lifetime in ms (undefined: 72 h). */
+  leafTtlMs?: number
 }
 
 export function parseHostPort(s: string): { host: string; port: number } | undefined {
@@ -165,6 +193,9 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     logLevel: merged.logLevel ?? 'info',
     ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
     ...(merged.services !== undefined ? { services: merged.services } : {}),
+    ...(merged.trustDomain !== undefined ? { trustDomain: merged.trustDomain } : {}),
+    ...(merged.caKeyType !== undefined ? { caKeyType: merged.caKeyType } : {}),
+    ...(merged.leafTtl !== undefined ? { leafTtlMs: Math.round(parseDuration(merged.leafTtl)!) } : {}),
   }
 }
 

@@ -2,6 +2,7 @@ import type { Logger } from 'pino'
 import { Agent } from './agent.ts'
 import type { AgentConfig } from './config.ts'
 import { CatalogModule } from './catalog-module.ts'
+import { ConnectModule } from './connect-module.ts'
 import { GossipModule } from './gossip-module.ts'
 import { RaftModule } from './raft-module.ts'
 
@@ -9,7 +10,7 @@ import { RaftModule } from './raft-module.ts'
 export function createAgent(
   config: AgentConfig,
   log: Logger,
-): { agent: Agent; gossip: GossipModule; catalog: CatalogModule; raft: RaftModule } {
+): { agent: Agent; gossip: GossipModule; catalog: CatalogModule; raft: RaftModule; connect: ConnectModule } {
   const agent = new Agent({ config, log })
   const gossip = new GossipModule()
   const catalog = new CatalogModule(gossip)
@@ -17,5 +18,7 @@ export function createAgent(
   const raft = new RaftModule(gossip)
   agent.use(catalog)
   agent.use(raft)
-  return { agent, gossip, catalog, raft }
+  const connect = new ConnectModule(raft, catalog)
+  agent.use(connect)
+  return { agent, gossip, catalog, raft, connect }
 }

@@ -1,0 +1,143 @@
+/**
+ * The mesh CA as it is held in the Raft policy store (`ca.setRoots`): plain records, the root
+ * private key included (DESIGN.md: "the CA root (key + certificate) lives in the Raft state
+ * machine"), so that whichever agent leads can sign. Pure helpers: parsing the replicated records
+ * defensively, the public view served by `GET /v1/connect/ca/roots`, and the decision of when a
+ * root rotation is complete.
+ */
+import type { KeyType, RootCa } from '../identity/index.ts'
+import type { CaRoots } from '../raft/policy-store.ts'
+
+/** One root as replicated. `crossSignedPem` is set on a new root during a rotation. */
+export interface CaRootRecord {
+  id: string
+  name: string
+  trustDomain: string
+  keyType: KeyType
+  certPem: string
+  keyPem: string
+  serialNumber: string
+  notBefore: number
+  notAfter: number
+  /** The new root's certificate signed by the previous root (rotation only). */
+  crossSignedPem?: string
+  /** Wall-clock ms when this root became active (leaves older than this are from the old root). */
+  activatedAt: number
+}
+
+export interface CaState {
+  roots: CaRootRecord[]
+  active: CaRootRecord | undefined
+  /** Raft index of the CA state (the CAS base for the next change). */
+  modifyIndex: number
+}
+
+/** One root of `GET /v1/connect/ca/roots` (Consul's CARoot, camelCase; never the key). */
+export interface CaRootJson {
+  id: string
+  name: string
+  rootCert: string
+  /** Cross-signed certificate of this root by its predecessor, while a rotation is in progress. */
+  intermediateCerts: string[]
+  active: boolean
+  keyType: KeyType
+  serialNumber: string
+  notBefore: string
+  notAfter: string
+}
+
+export interface CaRootsJson {
+  activeRootId: string
+  trustDomain: string
+  roots: CaRootJson[]
+  /** Raft index of the CA state. */
+  index: number
+}
+
+export function rootRecordOf(root: RootCa, activatedAt: number, crossSignedPem?: string): CaRootRecord {
+  return {
+    id: root.id,
+    name: `peermesh CA ${root.id.slice(0, 16)}`,
+    trustDomain: root.trustDomain,
+    keyType: root.keyType,
+    certPem: root.certPem,
+    keyPem: root.keyPem,
+    serialNumber: root.serialNumber,
+    notBefore: root.notBefore,
+    notAfter: root.notAfter,
+    activatedAt,
+    ...(crossSignedPem !== undefined ? { crossSignedPem } : {}),
+  }
+}
+
+const str = (v: unknown, max = 65_536): v is string =>
+  typeof v === 'string' && v.length > 0 && v.length <= max
+const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v)
+
+/** One replicated record, or undefined when it is not one of ours (it is then ignored). */
+export function parseRootRecord(v: unknown): CaRootRecord | undefined {
+  if (v === null || typeof v !== 'object') return undefined
+  const o = v as Record<string, unknown>
+  if (!str(o['id'], 256) || !str(o['name'], 256) || !str(o['trustDomain'], 253)) return undefined
+  if (o['keyType'] !== 'ed25519' && o['keyType'] !== 'ecdsa-p256') return undefined
+  if (!str(o['certPem']) || !str(o['keyPem']) || !str(o['serialNumber'], 256)) return undefined
+  if (!num(o['notBefore']) || !num(o['notAfter']) || !num(o['activatedAt'])) return undefined
+  if (o['crossSignedPem'] !== undefined && !str(o['crossSignedPem'])) return undefined
+  return {
+    id: o['id'],
+    name: o['name'],
+    trustDomain: o['trustDomain'],
+    keyType: o['keyType'],
+    certPem: o['certPem'],
+    keyPem: o['keyPem'],
+    serialNumber: o['serialNumber'],
+    notBefore: o['notBefore'],
+    notAfter: o['notAfter'],
+    activatedAt: o['activatedAt'],
+    ...(typeof o['crossSignedPem'] === 'string' ? { crossSignedPem: o['crossSignedPem'] } : {}),
+  }
+}
+
+export function caStateOf(raw: CaRoots): CaState {
+  const roots = raw.roots.map(parseRootRecord).filter((r): r is CaRootRecord => r !== undefined)
+  return { roots, active: roots.find((r) => r.id === raw.activeRootId), modifyIndex: raw.modifyIndex }
+}
+
+export function caRootsJson(state: CaState): CaRootsJson {
+  return {
+    activeRootId: state.active?.id ?? '',
+    trustDomain: state.active?.trustDomain ?? '',
+    roots: state.roots.map((r) => ({
+      id: r.id,
+      name: r.name,
+      rootCert: r.certPem,
+      intermediateCerts: r.crossSignedPem !== undefined ? [r.crossSignedPem] : [],
+      active: r.id === state.active?.id,
+      keyType: r.keyType,
+      serialNumber: r.serialNumber,
+      notBefore: new Date(r.notBefore).toISOString(),
+      notAfter: new Date(r.notAfter).toISOString(),
+    })),
+    index: state.modifyIndex,
+  }
+}
+
+/**
+ * Whether the old roots of a rotation can be dropped: every service instance the catalog knows
+ * (`required`: `<peerId>/<service>` keys) holds a leaf signed by the active root since it was
+ * activated (`issuedUnder`: key -> root id, as this leader signed), or the longest leaf lifetime
+ * has passed since the activation (every older leaf has expired by then, whoever signed it: this
+ * covers a leader change, which loses `issuedUnder`).
+ */
+export function rotationComplete(options: {
+  active: CaRootRecord
+  required: Iterable<string>
+  issuedUnder: ReadonlyMap<string, string>
+  leafTtlMs: number
+  nowMs: number
+}): boolean {
+  const { active, required, issuedUnder, leafTtlMs, nowMs } = options
+  if (nowMs >= active.activatedAt + leafTtlMs) return true
+  for (const key of required) if (issuedUnder.get(key) !== active.id) return false
+  return true
+}
