@@ -80,6 +80,10 @@ export interface ConnectModuleOptions {
   leafTtlMs?: number
   /** Wall clock (ms); tests inject one. */
   now?: () => number
+  /** Leaf signings per second on the leader (default 50, Consul's csr_max_per_second). */
+  signingRatePerSecond?: number
+  /** This agent's peer id when used without `start()` (tests). */
+  selfId?: string
 }
 
 export interface IntentionChange {
@@ -104,7 +108,7 @@ export class ConnectModule implements AgentModule {
   private ctx?: AgentContext
   private log?: Logger
   private messenger?: StreamMessenger
-  private limiter?: LeafSigningRateLimiter
+  private readonly limiter: LeafSigningRateLimiter
   private readonly rotators = new Map<string, LeafCertificateRotator>()
   private readonly issuedUnder = new Map<string, string>()
   private index = new IntentionIndex([], 'deny')
@@ -127,6 +131,11 @@ export class ConnectModule implements AgentModule {
     private readonly options: ConnectModuleOptions = {},
   ) {
     this.now = options.now ?? Date.now
+    this.limiter = new LeafSigningRateLimiter({
+      nowMs: this.now(),
+      ...(options.signingRatePerSecond !== undefined ? { ratePerSecond: options.signingRatePerSecond } : {}),
+    })
+    this.selfIdOverride = options.selfId
   }
 
   // ---- lifecycle ----------------------------------------------------------------------------------
@@ -134,7 +143,6 @@ export class ConnectModule implements AgentModule {
   async start(ctx: AgentContext): Promise<void> {
     this.ctx = ctx
     this.log = ctx.log.child({ component: 'connect' })
-    this.limiter = new LeafSigningRateLimiter({ nowMs: this.now() })
     const messenger = new StreamMessenger({
       host: ctx.host,
       protocol: CONNECT_PROTOCOL,
@@ -147,8 +155,8 @@ export class ConnectModule implements AgentModule {
     messenger.onRequest((from, bytes) => this.serveSign(from, bytes))
     await messenger.start()
 
-    this.offStore = this.raft.store.onChange(() => this.refresh())
-    this.refresh()
+    this.offStore = this.raft.store.onChange(() => this.refreshState())
+    this.refreshState()
     this.offLeader = this.raft.raft?.on('leader:change', () => this.leaderCheck())
     this.leaderTimer = setInterval(() => this.leaderCheck(), DEFAULTS.leaderCheckMs)
     this.catalog.catalog.on('catalog:change', this.syncRotators)
@@ -175,15 +183,18 @@ export class ConnectModule implements AgentModule {
     return this.raft
   }
 
+  private readonly selfIdOverride: string | undefined
+
   get selfId(): string {
-    if (this.ctx === undefined) throw new Error('connect module not started')
-    return this.ctx.identity.id
+    const id = this.ctx?.identity.id ?? this.selfIdOverride
+    if (id === undefined) throw new Error('connect module not started')
+    return id
   }
 
   // ---- committed state ----------------------------------------------------------------------------
 
-  /** Rebuilds the views of the policy store after a change was applied here. */
-  private refresh(): void {
+  /** Rebuilds the views of the policy store; runs after each change applied here. */
+  refreshState(): void {
     const store = this.raft.store
     const ca = store.caRoots()
     if (ca.modifyIndex !== this.ca.modifyIndex) {
@@ -299,7 +310,7 @@ export class ConnectModule implements AgentModule {
   }
 
   private caStateNow(): CaState {
-    this.refresh()
+    this.refreshState()
     return this.ca
   }
 
@@ -426,7 +437,7 @@ export class ConnectModule implements AgentModule {
         `service ${service} is not registered on agent ${requester}`,
       )
     }
-    const decision = this.limiter!.tryAcquire(this.now())
+    const decision = this.limiter.tryAcquire(this.now())
     if (!decision.ok)
       return refuse(
         'PEERMESH_ERR_LEAF_SIGNING_RATE_LIMITED',
