@@ -2,6 +2,7 @@ import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
 import type { MemberView } from '../gossip/index.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
+import { ListenError } from './errors.ts'
 import { applyGossipEvent, catalogMeta, memberUpdateOf } from './catalog/gossip-glue.ts'
 import {
   Catalog,
@@ -57,7 +58,19 @@ export class CatalogModule implements AgentModule {
     if (ctx.config.dns !== undefined) {
       const dns = new DnsServer({ catalog: this.catalog })
       this.dns = dns
-      this.dnsAddress = await dns.start(ctx.config.dns)
+      try {
+        this.dnsAddress = await dns.start(ctx.config.dns)
+      } catch (err) {
+        const { host, port } = ctx.config.dns
+        const why =
+          (err as NodeJS.ErrnoException).code === 'EADDRINUSE' ? 'address already in use' : String(err)
+        throw new ListenError(
+          `cannot listen for DNS on ${host}:${port}: ${why} (use --dns HOST:PORT or --dns off)`,
+          {
+            cause: err,
+          },
+        )
+      }
       log.info({ dns: this.dnsAddress }, 'DNS interface listening')
     }
     const catalog = this.catalog
