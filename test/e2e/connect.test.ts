@@ -1,0 +1,138 @@
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { type AgentProcess, runCli, TestCluster, waitFor } from './harness.ts'
+import { type RaftStatus, startRaftCluster, status, waitForLeader } from './raft-helpers.ts'
+
+interface IntentionJson {
+  source: string
+  destination: string
+  action: string
+}
+
+const has = (list: IntentionJson[] | undefined, src: string, dst: string): boolean =>
+  list?.some((i) => i.source === src && i.destination === dst) ?? false
+
+/** Waits until every agent's local committed state agrees that `src -> dst` is (or is not) there. */
+async function waitOnAll(agents: AgentProcess[], src: string, dst: string, present: boolean): Promise<void> {
+  await Promise.all(
+    agents.map((a) =>
+      waitFor(
+        `${src} -> ${dst} ${present ? 'present' : 'gone'} on ${a.name}`,
+        async () =>
+          has(await a.api<IntentionJson[]>('/v1/connect/intentions'), src, dst) === present
+            ? true
+            : undefined,
+        20_000,
+        25,
+      ),
+    ),
+  )
+}
+
+/** `peermesh intention list --json` on every agent, as a user would check. */
+async function listOnAll(agents: AgentProcess[]): Promise<IntentionJson[][]> {
+  return Promise.all(
+    agents.map(async (a) => {
+      const r = await runCli(['intention', 'list', '--json', '--http', a.http])
+      expect(r.code, r.stderr).toBe(0)
+      return JSON.parse(r.stdout) as IntentionJson[]
+    }),
+  )
+}
+
+describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
+  const cluster = new TestCluster()
+  afterAll(() => cluster.close())
+
+  it('intentions through any agent reach all 5 and survive a full restart; exported leaves verify with openssl', async () => {
+    const agents = await startRaftCluster(cluster, 3, { extra: 2, prefix: 'c' })
+    await waitForLeader(agents.slice(0, 3))
+    // Autopilot adds the two joiners as learners.
+    const sts = await waitFor(
+      'two learners in the raft configuration',
+      async () => {
+        const all = await Promise.all(agents.map(status))
+        return all.every((s) => s?.learners.length === 2 && s.voters.length === 3)
+          ? (all as RaftStatus[])
+          : undefined
+      },
+      20_000,
+      50,
+    )
+    const learner = agents[sts.findIndex((s) => s.learners.includes(s.id))]!
+    const voter = agents[sts.findIndex((s) => s.voters.includes(s.id) && s.leader !== s.id)]!
+
+    // Created through a non-voter: visible on all 5.
+    // (CLI processes cost ~1 s each on a loaded machine: independent ones run in parallel.)
+    const [created, kept] = await Promise.all([
+      runCli(['intention', 'create', 'web', 'db', 'allow', '--http', learner.http]),
+      runCli(['intention', 'create', '*', 'db', 'deny', '--http', learner.http]),
+    ])
+    expect(created.code, created.stderr).toBe(0)
+    expect(kept.code, kept.stderr).toBe(0)
+    await waitOnAll(agents, 'web', 'db', true)
+    for (const list of await listOnAll(agents)) {
+      expect(list).toContainEqual(
+        expect.objectContaining({ source: 'web', destination: 'db', action: 'allow' }),
+      )
+    }
+    const [check, denied, dup] = await Promise.all([
+      runCli(['intention', 'check', 'web', 'db', '--http', voter.http]),
+      runCli(['intention', 'check', 'api', 'db', '--http', learner.http]),
+      runCli(['intention', 'create', 'web', 'db', 'deny', '--http', voter.http]),
+    ])
+    expect([check.code, check.stdout.trim()]).toEqual([0, 'allowed'])
+    expect([denied.code, denied.stdout.trim()]).toEqual([1, 'denied'])
+    expect(dup.code).toBe(1)
+    expect(dup.stderr).toMatch(/already exists/)
+
+    // Deleted through another agent (a voter that is not the leader): gone on all 5.
+    const del = await runCli(['intention', 'delete', 'web', 'db', '--http', voter.http])
+    expect(del.code, del.stderr).toBe(0)
+    // Checked through the API, which `intention list --json` prints as is.
+    await waitOnAll(agents, 'web', 'db', false)
+    for (const a of agents) expect(has(await a.api('/v1/connect/intentions'), '*', 'db')).toBe(true)
+
+    // A leaf for a service on the learner, signed by the leader, verifies with openssl.
+    const reg = await fetch(`http://${learner.http}/v1/agent/service/register`, {
+      method: 'PUT',
+      body: JSON.stringify({ name: 'web', port: 18080 }),
+    })
+    expect(reg.status).toBe(200)
+    const out = join(cluster.dir, 'certs')
+    const [exp, none] = await Promise.all([
+      runCli(['cert', 'export', 'web', '--out', out, '--http', learner.http]),
+      // A service the agent does not host gets no leaf.
+      runCli(['cert', 'export', 'db', '--out', join(cluster.dir, 'none'), '--http', learner.http]),
+    ])
+    expect(exp.code, exp.stderr).toBe(0)
+    expect(none.code).toBe(1)
+    const verify = execFileSync(
+      'openssl',
+      ['verify', '-CAfile', join(out, 'root.pem'), join(out, 'leaf.pem')],
+      {
+        encoding: 'utf8',
+      },
+    )
+    expect(verify).toMatch(/leaf\.pem: OK/)
+    const text = execFileSync('openssl', ['x509', '-in', join(out, 'leaf.pem'), '-noout', '-text'], {
+      encoding: 'utf8',
+    })
+    const roots = await learner.api<{ trustDomain: string; activeRootId: string }>('/v1/connect/ca/roots')
+    expect(text).toContain(`URI:spiffe://${roots!.trustDomain}/svc/web`)
+
+    // Restart all 5: the policy state and the CA come back from each agent's Raft state on disk.
+    await Promise.all(agents.map((a) => a.stop('SIGTERM')))
+    await Promise.all(agents.map((a) => a.start()))
+    await waitOnAll(agents, '*', 'db', true)
+    for (const a of agents) {
+      const list = await a.api<IntentionJson[]>('/v1/connect/intentions')
+      expect(list?.map((i) => `${i.source}->${i.destination}:${i.action}`)).toEqual(['*->db:deny'])
+    }
+    for (const a of agents) {
+      const r = await a.api<{ activeRootId: string }>('/v1/connect/ca/roots')
+      expect(r?.activeRootId).toBe(roots!.activeRootId)
+    }
+  })
+})
