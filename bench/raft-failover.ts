@@ -15,7 +15,9 @@
  *
  * Progress on stderr, a table on stdout, and with `--json` the figures as the last stdout line.
  */
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
+import { join } from 'node:path'
 import { TestCluster, waitFor } from '../test/e2e/harness.ts'
 import { type RaftStatus, startRaftCluster, status, waitForLeader } from '../test/e2e/raft-helpers.ts'
 import { argValue, emitJson, fmt, median, progress, quantile, table } from './lib.ts'
@@ -181,10 +183,20 @@ async function benchOurs(): Promise<{ failover: number[]; writes: WriteFigures }
         )
       return ok ? all : undefined
     }
-    await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+    const waitHealthy = async (): Promise<void> => {
+      try {
+        await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+      } catch (err) {
+        for (const a of agents) {
+          progress(`--- ${a.name}: ${JSON.stringify(await status(a))}\n${a.log.slice(-6000)}`)
+        }
+        throw err
+      }
+    }
+    await waitHealthy()
     const failover: number[] = []
     for (let r = 0; r < ROUNDS; r++) {
-      await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+      await waitHealthy()
       const leader = await waitForLeader(agents)
       const survivor = agents.find((a) => a !== leader)!
       await putKv(survivor.http, 'failover/warm', 'x', 5_000)
@@ -205,13 +217,19 @@ async function benchOurs(): Promise<{ failover: number[]; writes: WriteFigures }
       progress(`peermesh: round ${r + 1}: write OK ${fmt(s)} s after kill -9 of ${leader.name}`)
       await leader.start()
     }
-    await waitFor('a healthy 3-voter cluster', healthy, 30_000, 50)
+    await waitHealthy()
     const leader = await waitForLeader(agents)
     const writes = await measureWrites('peermesh', (i, o) =>
       putKv(leader.http, `bench/${i % 1024}`, VALUE, o.timeoutMs, o.signal),
     )
     return { failover, writes }
   } finally {
+    const dir = argValue('logs')
+    if (dir !== undefined) {
+      // `--logs DIR`: every agent's log (all its runs), to see why a round was slow.
+      mkdirSync(dir, { recursive: true })
+      for (const a of cluster.agents) writeFileSync(join(dir, `${a.name}.log`), a.log)
+    }
     await cluster.close()
   }
 }

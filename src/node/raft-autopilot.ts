@@ -34,8 +34,11 @@ export interface AutopilotInput {
   conf: ConfState
   /** Gossip's view, self included. */
   members: readonly { id: NodeId; status: GossipStatus }[]
-  /** The leader's replication progress per member. */
-  progress: Readonly<Record<NodeId, { match: number; state: string }>>
+  /**
+   * The leader's replication progress per member. `active`: the leader heard from it within the
+   * last election timeout or two; Raft's own evidence that it is up, which overrides gossip.
+   */
+  progress: Readonly<Record<NodeId, { match: number; state: string; active?: boolean }>>
   /** The leader's last log index. */
   lastIndex: number
   /** Since when each configuration member has been seen not alive (see `trackDown`). */
@@ -89,7 +92,10 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   status.set(self, 'alive')
   const healthy = (id: NodeId): boolean => status.get(id) === 'alive'
   const downLong = (id: NodeId): boolean => {
-    if (id === self) return false
+    // A member that answers the leader is not removed whatever gossip says: gossip's view of a
+    // member that just restarted can lag, and removing a live voter while another one is dead
+    // (the leader was just replaced) would leave a configuration that cannot reach a quorum.
+    if (id === self || progress[id]?.active === true) return false
     const since = downSince.get(id)
     return since !== undefined && now - since >= settings.deadThresholdMs
   }

@@ -49,6 +49,12 @@ export interface RaftModuleOptions {
   autopilot?: Partial<Omit<AutopilotSettings, 'targetVoters'>>
   /** Snapshot after this many applied entries. */
   snapshotThreshold?: number
+  /**
+   * When the leader's connection closes, the surviving voters forget it and campaign in the order
+   * of their peer ids, this many ms apart: the first at once, the next only if no election reached
+   * it meanwhile (so they do not split the vote). 0 turns the fast failover off.
+   */
+  failoverStaggerMs?: number
 }
 
 const DEFAULTS = {
@@ -57,6 +63,10 @@ const DEFAULTS = {
   heartbeatTick: 1,
   autopilotIntervalMs: 200, // membership reacts within a fraction of the dead threshold
   snapshotThreshold: 8192, // a snapshot holds the dedupe table (up to 10k clients): not too often
+  // 4 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
+  // the connection close ignores it), so it wins within a tick or two of everyone noticing; the
+  // next one starts only if the first cannot win (its log is behind), without racing it.
+  failoverStaggerMs: 100,
   /** One forwarding attempt: a dead leader's connection resets at once on a LAN; a hung one is cut. */
   attemptTimeoutMs: 1_000,
   /** Pause before retrying when no leader is known (or it just refused), unless one is elected. */
@@ -137,6 +147,8 @@ export class RaftModule implements AgentModule {
   private clientPrefix = ''
   private writeSeq = 0
   private stopped = false
+  private failoverTimer?: NodeJS.Timeout
+  private unsubscribeHost?: () => void
   private readonly opts: typeof DEFAULTS & { autopilot: AutopilotSettings }
   readonly stats = { proposals: 0, forwardedWrites: 0, leaderChanges: 0, confChanges: 0 }
 
@@ -177,7 +189,10 @@ export class RaftModule implements AgentModule {
       maxMessageBytes: MAX_MESSAGE_BYTES,
       maxRequestBytes: MAX_COMMAND_BYTES + 4096,
       maxQueuedPerPeer: 1024,
-      dialBackoffMs: 200,
+      // Messages to a peer whose dial failed are dropped for this long. Short, two ticks: a member
+      // that just restarted cannot reach peers whose addresses it has not learnt yet, and a longer
+      // silence costs a failover round (its pre-vote answers would be lost).
+      dialBackoffMs: 50,
     })
     this.messenger = messenger
     let node: RaftNode<PolicyResult>
@@ -223,6 +238,7 @@ export class RaftModule implements AgentModule {
       if (!this.stopped) node.receive(bytes, from)
     })
     messenger.onRequest((from, bytes, signal) => this.serveForward(from, bytes, signal))
+    this.watchLeaderLiveness(ctx)
     await messenger.start()
     node.start()
     log.info(
@@ -242,6 +258,8 @@ export class RaftModule implements AgentModule {
     this.stopped = true
     clearInterval(this.autopilotTimer)
     clearInterval(this.bootstrapTimer)
+    clearTimeout(this.failoverTimer)
+    this.unsubscribeHost?.()
     await this.node?.stop()
     await this.messenger?.stop()
   }
@@ -283,6 +301,68 @@ export class RaftModule implements AgentModule {
     }
     this.bootstrapTimer = setInterval(check, 100)
     check()
+  }
+
+  // ---- fast failover ------------------------------------------------------------------------------
+
+  /**
+   * Leader failure detection outside Raft, so that a dead leader is replaced in about two round
+   * trips instead of one or two randomized election timeouts (with check-quorum, the first
+   * candidate often finds the other followers still inside their leader lease, thesis §6.2, and
+   * has to wait for a second round):
+   * - the libp2p connection to the leader closed (`peer:disconnect`: its last connection is gone;
+   *   a `kill -9` or a crash closes its sockets at once): forget the leader and campaign in turn;
+   * - gossip declared it dead or it left: the same;
+   * - gossip suspects it: only forget it. Every member hears the suspicion, so campaigning on it
+   *   would let one member's failed probe depose a healthy leader; forgetting only lets a pre-vote
+   *   succeed if some voter already stopped hearing from the leader, and the leader's next
+   *   heartbeat restores the lease.
+   * Forgetting the leader (etcd's ForgetLeader) never makes a healthy leader lose: a candidate
+   * still needs a quorum of pre-votes, and followers still connected to the leader are in lease.
+   */
+  private watchLeaderLiveness(ctx: AgentContext): void {
+    const onDisconnect = (evt: CustomEvent<{ toString(): string }>): void => {
+      this.leaderLost(evt.detail.toString(), 'disconnected', true)
+    }
+    ctx.host.addEventListener('peer:disconnect', onDisconnect)
+    this.unsubscribeHost = () => ctx.host.removeEventListener('peer:disconnect', onDisconnect)
+    this.gossip.onEvent((e) => {
+      if (e.type === 'member:fail' || e.type === 'member:leave') this.leaderLost(e.member.id, e.type, true)
+      else if (e.type === 'member:suspect') this.leaderLost(e.member.id, e.type, false)
+    })
+  }
+
+  private leaderLost(peer: string, reason: string, campaign: boolean): void {
+    const node = this.node
+    if (node === undefined || this.stopped || node.isLeader() || node.leader() !== peer) return
+    const term = node.term()
+    node.forgetLeader()
+    const voters = node.voters()
+    const stagger = this.opts.failoverStaggerMs
+    const rank = voters
+      .filter((v) => v !== peer)
+      .sort()
+      .indexOf(node.id)
+    this.log?.info({ leader: peer, term, reason, rank }, 'leader lost: forgot it')
+    if (!campaign || stagger <= 0 || rank < 0) return
+    // Voters ranked by peer id start one after another, each only if no election reached it: a
+    // vote request moves its term, a new leader's append sets the leader. Pre-vote keeps a
+    // campaign that cannot win from disturbing anyone. A pre-vote that got no quorum because the
+    // others were still in their lease is repeated every tick, for one election timeout at most
+    // (pre-votes change no state, so repeating them is harmless); one that was refused (our log
+    // is behind) is not: the next survivor's turn comes.
+    clearTimeout(this.failoverTimer)
+    let attempts = 0
+    const attempt = (): void => {
+      this.failoverTimer = undefined
+      if (this.stopped || node.term() !== term || node.leader() !== undefined || node.isLeader()) return
+      const role = node.role()
+      if (attempts > 0 && role !== 'preCandidate') return
+      if (attempts === 0) this.log?.info({ term, rank }, 'leader lost: campaigning')
+      node.campaign()
+      if (++attempts < this.opts.electionTick) this.failoverTimer = setTimeout(attempt, this.opts.tickMs)
+    }
+    this.failoverTimer = setTimeout(attempt, rank * stagger)
   }
 
   // ---- autopilot ----------------------------------------------------------------------------------

@@ -319,8 +319,36 @@ export class RaftNode<R = unknown> {
 
   /** Starts an election now (e.g. an operator command); normally elections are timer driven. */
   campaign(): void {
+    if (this.stopped) return
     this.raft.campaign()
     this.drain()
+  }
+
+  /**
+   * Forgets the current leader if this node is a follower (see Raft.forgetLeader): call it when
+   * something outside Raft says the leader is gone (its connection closed, gossip declared it
+   * dead), so this node grants pre-votes at once instead of after its leader lease. Affects only
+   * liveness; emits `leader:change` with no leader. A no-op on leaders and candidates.
+   */
+  forgetLeader(): void {
+    if (this.stopped) return
+    this.raft.forgetLeader()
+    this.drain()
+  }
+
+  /** Current term (changes only through Raft; a pre-vote does not change it). */
+  term(): number {
+    return this.raft.term
+  }
+
+  /** This node's role in its current term. */
+  role(): Role {
+    return this.raft.role
+  }
+
+  /** Voters of the current (latest appended) configuration. */
+  voters(): NodeId[] {
+    return this.raft.conf().voters
   }
 
   private withDeadline(options: RequestOptions, reject: (e: Error) => void, remove: () => void): () => void {

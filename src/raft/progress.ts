@@ -52,6 +52,8 @@ export class Progress {
   snapshotTicks = 0
   /** Heard from since the last check-quorum round (thesis §6.2). */
   recentActive = false
+  /** `recentActive` as it stood at the end of the previous round. */
+  activeLastRound = false
   readonly inflights: Inflights
 
   constructor(

@@ -42,8 +42,12 @@ export interface RaftStatus {
   lastIndex: number
   conf: ConfState
   leadTransferee: NodeId | undefined
-  /** The leader's view of each member's replication; empty on other nodes. */
-  progress: Record<NodeId, { match: number; next: number; state: string; learner: boolean }>
+  /**
+   * The leader's view of each member's replication; empty on other nodes. `active`: the leader
+   * heard from it within the last one to two election timeouts (always true for itself, and for
+   * everyone during its first election timeout as leader).
+   */
+  progress: Record<NodeId, { match: number; next: number; state: string; learner: boolean; active: boolean }>
 }
 
 interface ReadRequest {
@@ -295,7 +299,8 @@ export class Raft {
     for (const pr of this.prs.values()) if (pr.state === 'snapshot') pr.snapshotTicks++
     if (this.electionElapsed >= this.cfg.electionTick) {
       this.electionElapsed = 0
-      if (this.cfg.checkQuorum && !this.quorumActive()) {
+      const quorumActive = this.quorumActive() // also starts a new activity round
+      if (this.cfg.checkQuorum && !quorumActive) {
         // Thesis §6.2: a leader that cannot hear a quorum within an election timeout steps down.
         this.becomeFollower(this.term, undefined)
         return
@@ -315,8 +320,33 @@ export class Raft {
     for (const v of voters) {
       if (v === this.id || this.prs.get(v)?.recentActive) active++
     }
-    for (const [id, pr] of this.prs) if (id !== this.id) pr.recentActive = false
+    for (const [id, pr] of this.prs) {
+      if (id === this.id) continue
+      pr.activeLastRound = pr.recentActive
+      pr.recentActive = false
+    }
     return active >= quorum(voters.length)
+  }
+
+  /**
+   * Forgets the current leader (etcd's `MsgForgetLeader` / `RawNode.ForgetLeader`): a follower sets
+   * its leader to none and stays a follower in the same term, its election timer running on.
+   *
+   * With check-quorum, a follower that heard from a leader within the last election timeout ignores
+   * (pre-)vote requests: the leader lease of thesis §6.2/§4.2.3, which together with pre-vote
+   * (thesis §9.6) stops one partitioned node from deposing a healthy leader. The price is liveness
+   * when the leader really died: the first candidate's pre-vote is ignored by followers still inside
+   * their lease, and it waits another randomized timeout. A follower with a good reason to think the
+   * leader is gone (its connection to the leader closed) forgets it, so it grants pre-votes at once.
+   *
+   * Only liveness is affected: votes still require an up-to-date log (Raft §5.4.1) and one vote per
+   * term, and a candidate still needs a quorum, so a single follower wrongly forgetting a healthy
+   * leader cannot depose it while the others keep their lease. The follower takes the leader back
+   * with its next heartbeat. A no-op on leaders, candidates and pre-candidates.
+   */
+  forgetLeader(): void {
+    if (this.role !== 'follower') return
+    this.lead = undefined
   }
 
   /** Starts an election now (with pre-vote if configured). Ignored on leaders and non-voters. */
@@ -911,7 +941,13 @@ export class Raft {
     const progress: RaftStatus['progress'] = {}
     if (this.role === 'leader') {
       for (const [id, pr] of this.prs) {
-        progress[id] = { match: pr.match, next: pr.next, state: pr.state, learner: pr.isLearner }
+        progress[id] = {
+          match: pr.match,
+          next: pr.next,
+          state: pr.state,
+          learner: pr.isLearner,
+          active: id === this.id || pr.recentActive || pr.activeLastRound,
+        }
       }
     }
     return {

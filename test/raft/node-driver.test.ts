@@ -3,6 +3,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { encodeMessage } from '../../src/raft/codec.ts'
+import { DEFAULT_AUTOPILOT, planAutopilot } from '../../src/node/raft-autopilot.ts'
 import { FileStorage } from '../../src/raft/file-storage.ts'
 import { MemoryStorage } from '../../src/raft/memory-storage.ts'
 import { RaftNode, type RaftTransport } from '../../src/raft/node-driver.ts'
@@ -224,6 +225,86 @@ describe('RaftNode driver', () => {
     expect(restarted.applied()).toBe(c.leader().applied())
     expect(c.stores.get(victim.id)!.listIntentions().length).toBe(20)
     expect(c.leader().status().firstIndex).toBeGreaterThan(1) // the log was compacted
+  })
+
+  it('forgetLeader: survivors of a dead leader elect a new one within a tick (thesis §6.2, §9.6)', async () => {
+    // The leader dies right after a heartbeat: both followers are inside their check-quorum lease
+    // and would ignore a pre-vote. Told by a failure detector that the leader is gone, they forget
+    // it (etcd ForgetLeader) and one campaigns: elected without waiting any election timeout.
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const old = c.leader()
+    const term = old.term()
+    c.net.down.add(old.id)
+    const [x, y] = [...c.net.nodes.values()].filter((n) => n !== old)
+    const changes: (string | undefined)[] = []
+    y!.on('leader:change', (e) => changes.push(e.leader))
+    x!.forgetLeader()
+    y!.forgetLeader()
+    expect(changes).toEqual([undefined]) // forgetting is a leader change (to none)
+    x!.campaign()
+    c.net.deliverAll() // pre-vote and its answers
+    c.net.deliverAll() // vote and its answers
+    expect(x!.isLeader()).toBe(true)
+    expect(x!.term()).toBe(term + 1)
+    c.net.deliverAll() // the new leader's first append
+    expect(y!.leader()).toBe(x!.id)
+    expect(changes.at(-1)).toBe(x!.id)
+  })
+
+  it('forgetLeader is a no-op on the leader; a follower takes its healthy leader back', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    l.forgetLeader()
+    expect(l.isLeader()).toBe(true)
+    const f = [...c.net.nodes.values()].find((n) => n !== l)!
+    f.forgetLeader()
+    expect(f.leader()).toBeUndefined()
+    f.campaign() // the others are in lease: the pre-vote cannot win
+    await c.run(TICK * 3)
+    expect(f.leader()).toBe(l.id)
+    expect(l.isLeader()).toBe(true)
+    expect(f.term()).toBe(l.term())
+  })
+
+  it('reports which members answered the leader recently, which autopilot trusts over gossip', async () => {
+    const c = cluster()
+    for (const id of ids) c.start(id)
+    await c.run(3_000)
+    const l = c.leader()
+    const [x, y] = [...c.net.nodes.values()].filter((n) => n !== l) as [
+      RaftNode<PolicyResult>,
+      RaftNode<PolicyResult>,
+    ]
+    const plan = () => {
+      const st = l.status()
+      // Gossip (wrongly, for y) says both have been dead for a minute.
+      return planAutopilot(
+        {
+          self: l.id,
+          conf: st.conf,
+          members: [{ id: l.id, status: 'alive' }],
+          progress: st.progress,
+          lastIndex: st.lastIndex,
+          downSince: new Map([
+            [x.id, 0],
+            [y.id, 0],
+          ]),
+          now: 60_000,
+        },
+        DEFAULT_AUTOPILOT,
+      )
+    }
+    expect(l.status().progress[x.id]!.active).toBe(true)
+    expect(plan()).toBeUndefined()
+    c.net.down.add(x.id)
+    await c.run(TICK * 10 * 2) // electionTick 10: one to two rounds without an answer
+    expect(l.status().progress[x.id]!.active).toBe(false)
+    expect(l.status().progress[y.id]!.active).toBe(true)
+    expect(plan()).toEqual({ type: 'removeVoter', node: x.id })
   })
 
   it('rejects pending work with RaftStoppedError on stop', async () => {

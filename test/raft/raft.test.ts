@@ -257,6 +257,122 @@ describe('pre-vote and check-quorum (thesis §9.6, §6.2)', () => {
   })
 })
 
+describe('forgetting the leader (etcd ForgetLeader; thesis §6.2 lease, §9.6 pre-vote)', () => {
+  const others = (c: SimCluster, ...not: string[]) =>
+    [...c.nodes.keys()].filter((id) => !not.includes(id)).sort()
+
+  it('a follower forgets its leader and takes it back with the next heartbeat', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 4 })
+    const l = c.electLeader()
+    const f = c.node(others(c, l.id)[0]!)
+    f.raft.forgetLeader()
+    expect(f.raft.lead).toBeUndefined()
+    expect(f.raft.role).toBe('follower')
+    const term = f.raft.term
+    c.tick(1)
+    expect(f.raft.lead).toBe(l.id)
+    expect(f.raft.term).toBe(term)
+  })
+
+  it('is a no-op on a leader and on a (pre-)candidate', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 4 })
+    const l = c.electLeader()
+    l.raft.forgetLeader()
+    expect(l.raft.lead).toBe(l.id)
+    expect(l.raft.role).toBe('leader')
+    const f = c.node(others(c, l.id)[0]!)
+    c.isolate(f.id)
+    f.raft.campaign()
+    expect(f.raft.role).toBe('preCandidate')
+    f.raft.forgetLeader()
+    expect(f.raft.role).toBe('preCandidate')
+  })
+
+  it('without it, a follower inside its lease ignores the first pre-vote after the leader died', () => {
+    // Thesis §6.2/§4.2.3: the check-quorum lease makes followers that heard from the leader within
+    // an election timeout ignore vote requests. When the leader really died, the first candidate
+    // loses a round to it: the failover takes a second randomized timeout.
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 4 })
+    const l = c.electLeader()
+    c.tick(3)
+    c.crash(l.id)
+    const x = others(c, l.id)[0]!
+    c.campaign(x)
+    expect(c.node(x).raft.role).toBe('preCandidate')
+    expect(c.leader()).toBeUndefined()
+  })
+
+  it('with it, the first pre-vote after the leader died wins at once (etcd ForgetLeader)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { seed: 4 })
+    const l = c.electLeader()
+    const term = l.raft.term
+    c.tick(3)
+    c.crash(l.id)
+    const [x, y] = others(c, l.id) as [string, string]
+    // Both survivors see the leader's connection close; one of them campaigns.
+    c.node(x).raft.forgetLeader()
+    c.node(y).raft.forgetLeader()
+    c.campaign(x) // no ticks: pre-vote, vote and the new leader's first append in one stabilize
+    expect(c.leader()?.id).toBe(x)
+    expect(c.node(x).raft.term).toBe(term + 1)
+    expect(c.node(y).raft.lead).toBe(x)
+  })
+
+  it('a follower that forgets a healthy leader and campaigns cannot depose it (3 and 5 nodes)', () => {
+    // Safety of liveness tricks: pre-vote (§9.6) needs a quorum, and the other followers are
+    // still in their lease (§6.2), so one follower's wrong belief changes no one's term.
+    for (const ids of [
+      ['a', 'b', 'c'],
+      ['a', 'b', 'c', 'd', 'e'],
+    ]) {
+      for (const seed of [1, 2, 3, 4, 5]) {
+        const c = new SimCluster(ids, { seed })
+        const l = c.electLeader()
+        c.tick(2)
+        const term = l.raft.term
+        const f = others(c, l.id)[seed % (ids.length - 1)]!
+        for (let round = 0; round < 20; round++) {
+          c.node(f).raft.forgetLeader()
+          c.campaign(f)
+          c.tick(1 + (round % 3))
+        }
+        c.tick(30)
+        expect(c.leader()?.id).toBe(l.id)
+        for (const n of c.nodes.values()) {
+          expect(n.raft.term).toBe(term)
+          expect(n.raft.lead).toBe(l.id)
+        }
+      }
+    }
+  })
+
+  it('a flapping connection between a healthy leader and one follower does not depose the leader', () => {
+    // The connection closes (the follower forgets the leader and campaigns), messages between the
+    // two are lost meanwhile, then it reconnects; repeatedly. The others keep hearing the leader.
+    for (const seed of [1, 2, 3, 4, 5, 6]) {
+      const c = new SimCluster(['a', 'b', 'c', 'd', 'e'], { seed })
+      const l = c.electLeader()
+      c.tick(2)
+      const term = l.raft.term
+      const f = others(c, l.id)[seed % 4]!
+      for (let round = 0; round < 10; round++) {
+        c.cut(l.id, f)
+        c.node(f).raft.forgetLeader()
+        c.campaign(f)
+        c.tick(1 + (round % 4))
+        c.recover()
+        c.tick(1 + ((round + seed) % 3))
+      }
+      c.tick(30)
+      expect(c.leader()?.id).toBe(l.id)
+      for (const n of c.nodes.values()) {
+        expect(n.raft.term).toBe(term)
+        expect(n.raft.lead).toBe(l.id)
+      }
+    }
+  })
+})
+
 describe('leadership transfer (thesis §3.10)', () => {
   it('transfers to an up-to-date follower', () => {
     const c = new SimCluster(['a', 'b', 'c'], { seed: 4 })
