@@ -25,6 +25,8 @@ import type { GossipModule } from './gossip-module.ts'
 export class CatalogModule implements AgentModule {
   readonly name = 'catalog'
   readonly catalog = new Catalog()
+  /** This agent's own registrations (set once started). */
+  local?: LocalServiceRegistry
   private publisher?: LocalPayloadPublisher
   private dns?: DnsServer
   private log?: Logger
@@ -37,6 +39,7 @@ export class CatalogModule implements AgentModule {
     const log = ctx.log.child({ component: 'catalog' })
     this.log = log
     const local = LocalServiceRegistry.open({ dataDir: ctx.config.dataDir })
+    this.local = local
     // Services from the agent config file replace earlier registrations with the same id.
     for (const [i, json] of (ctx.config.services ?? []).entries()) {
       local.register(parseServiceDefinition(json, `config field "services.${i}"`))
