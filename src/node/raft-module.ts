@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { Counter, Gauge } from 'prom-client'
@@ -365,6 +366,32 @@ export class RaftModule implements AgentModule {
     this.failoverTimer = setTimeout(attempt, rank * stagger)
   }
 
+  /**
+   * Keeps a libp2p connection open to every other voter that gossip does not report dead, so that
+   * a failover's vote messages ride an existing connection instead of paying a dial (TCP, private
+   * network, noise, yamux) in the middle of the election; a member that just restarted would
+   * otherwise answer its first pre-votes late.
+   */
+  private keepVotersConnected(
+    voters: readonly string[],
+    members: readonly { id: string; status: string }[],
+  ): void {
+    const host = this.ctx?.host
+    if (host === undefined) return
+    const self = this.ctx?.identity.id
+    const dead = new Set(members.filter((m) => m.status === 'dead' || m.status === 'left').map((m) => m.id))
+    for (const v of voters) {
+      if (v === self || dead.has(v)) continue
+      try {
+        const peer = peerIdFromString(v)
+        if (host.getConnections(peer).length > 0) continue
+        host.dial(peer, { signal: AbortSignal.timeout(2_000) }).catch(() => {})
+      } catch {
+        // not a peer id: nothing to keep open
+      }
+    }
+  }
+
   // ---- autopilot ----------------------------------------------------------------------------------
 
   private runAutopilot(): void {
@@ -374,6 +401,7 @@ export class RaftModule implements AgentModule {
     const members = this.gossip.members().map((m) => ({ id: m.id, status: m.status }))
     const now = performance.now()
     trackDown(this.downSince, st.conf, members, now)
+    this.keepVotersConnected(st.conf.voters, members)
     if (!node.isLeader() || this.autopilotBusy) return
     const change = planAutopilot(
       {
