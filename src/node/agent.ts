@@ -31,6 +31,11 @@ export interface AgentContext {
   readonly metrics: Registry
   readonly events: EventEmitter
   readonly log: Logger
+  /**
+   * Adds addresses to dial at start, after the configured seeds (e.g. peers remembered from a
+   * previous run). Only effective while modules start.
+   */
+  addSeeds(addresses: string[]): void
   /** Registers a libp2p protocol handler; the agent unregisters it on stop. */
   handle(protocol: string, handler: StreamHandler, options?: StreamHandlerOptions): Promise<void>
 }
@@ -57,6 +62,7 @@ export class Agent {
   private readonly modules: AgentModule[] = []
   private readonly started: AgentModule[] = []
   private readonly protocols: string[] = []
+  private readonly extraSeeds: string[] = []
   private host?: Host
   private identity?: NodeIdentity
   private http: HttpApi
@@ -117,7 +123,7 @@ export class Agent {
     }
     this.seeds = new SeedDialer({
       host: this.host,
-      seeds: config.seed,
+      seeds: [...new Set([...config.seed, ...this.extraSeeds])],
       log: log.child({ component: 'seeds' }),
       onJoined: (peerId) => this.events.emit('seed:joined', peerId),
     })
@@ -191,6 +197,9 @@ export class Agent {
       metrics: this.metrics,
       events: this.events,
       log: this.log,
+      addSeeds: (addresses) => {
+        this.extraSeeds.push(...addresses)
+      },
       handle: async (protocol, handler, options) => {
         await host.handle(protocol, handler, options)
         this.protocols.push(protocol)

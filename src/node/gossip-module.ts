@@ -24,6 +24,15 @@ export const SWIM_PROTOCOL = '/peermesh/swim/1'
 export const SWIM_PUSHPULL_PROTOCOL = '/peermesh/swim/pushpull/1'
 /** Persisted incarnation and record version, so a restarted node starts above both. */
 export const GOSSIP_STATE_FILE = 'gossip.json'
+/**
+ * Members remembered across restarts (like Serf's snapshot): an agent restarted without seeds,
+ * or whose seeds are gone, rejoins through any member it knew.
+ */
+export const KNOWN_PEERS_FILE = 'peers.json'
+/** Most members remembered; a few live ones are enough to rejoin. */
+const KNOWN_PEERS_MAX = 32
+/** Rewrite the known-peers file at most this often. */
+const KNOWN_PEERS_WRITE_MS = 5_000
 /** How long a graceful leave may spend disseminating before the agent stops anyway. */
 const LEAVE_BUDGET_MS = 600
 /** At most one DHT address lookup per member in this period. */
@@ -74,6 +83,8 @@ export class GossipModule implements AgentModule {
   private persisted = { incarnation: -1, version: -1 }
   private readonly dhtLookups = new Map<string, number>()
   private stopped = false
+  private peersWrittenAt = Number.NEGATIVE_INFINITY
+  private peersTimer?: NodeJS.Timeout
   private readonly listeners: ((e: SwimEvent) => void)[] = []
 
   constructor(private readonly init: GossipModuleInit = {}) {}
@@ -142,6 +153,7 @@ export class GossipModule implements AgentModule {
       return res.reply
     })
     await messenger.start()
+    ctx.addSeeds(loadKnownPeers(ctx.config.dataDir, ctx.identity.id))
     this.registerMetrics(ctx)
     ctx.http.route('GET', '/v1/agent/members', () => this.members().map(memberJson))
     ctx.events.on('seed:joined', (peerId: string) => {
@@ -161,6 +173,7 @@ export class GossipModule implements AgentModule {
     }
     this.stopped = true
     clearTimeout(this.timer)
+    clearTimeout(this.peersTimer)
     await this.messenger?.stop()
   }
 
@@ -218,6 +231,8 @@ export class GossipModule implements AgentModule {
     }
     if (e.type === 'member:fail' || e.type === 'member:leave' || e.type === 'member:reap')
       this.messenger?.forget(m.id)
+    if (e.type === 'member:join' || e.type === 'member:leave' || e.type === 'member:reap')
+      this.scheduleKnownPeers()
     this.ctx?.events.emit(e.type, m)
     for (const l of this.listeners) l(e)
   }
@@ -246,6 +261,27 @@ export class GossipModule implements AgentModule {
       .findPeer(peerIdFromString(peer), { signal: AbortSignal.timeout(3_000) })
       .then((info) => host.peerStore.merge(info.id, { multiaddrs: info.multiaddrs }))
       .catch(() => {})
+  }
+
+  /** Saves a few live members' addresses (throttled), for rejoining after a restart. */
+  private scheduleKnownPeers(): void {
+    if (this.peersTimer !== undefined || this.stopped) return
+    const delay = Math.max(0, this.peersWrittenAt + KNOWN_PEERS_WRITE_MS - now())
+    this.peersTimer = setTimeout(() => {
+      this.peersTimer = undefined
+      this.peersWrittenAt = now()
+      const self = this.ctx?.identity.id
+      const addresses = this.members()
+        .filter((m) => m.id !== self && m.status === 'alive' && m.address !== '')
+        .slice(0, KNOWN_PEERS_MAX)
+        .map((m) => (m.address.includes('/p2p/') ? m.address : `${m.address}/p2p/${m.id}`))
+      try {
+        writeFileAtomicSync(join(this.ctx!.config.dataDir, KNOWN_PEERS_FILE), JSON.stringify(addresses))
+      } catch (err) {
+        this.log?.warn({ err }, 'cannot save known peers')
+      }
+    }, delay)
+    this.peersTimer.unref()
   }
 
   private loadState(dataDir: string): { incarnation: number; version: number } | undefined {
@@ -329,5 +365,28 @@ export class GossipModule implements AgentModule {
         for (const [reason, n] of Object.entries(dropped)) this.inc({ reason }, n)
       },
     })
+  }
+}
+
+/** Addresses of members known before a restart (never our own); an unreadable file is ignored. */
+export function loadKnownPeers(dataDir: string, selfId: string): string[] {
+  const path = join(dataDir, KNOWN_PEERS_FILE)
+  if (!existsSync(path)) return []
+  try {
+    const list = JSON.parse(readFileSync(path, 'utf8')) as unknown
+    if (!Array.isArray(list)) return []
+    return list
+      .filter((a): a is string => typeof a === 'string' && a.length < 512 && !a.endsWith(`/p2p/${selfId}`))
+      .filter((a) => {
+        try {
+          multiaddr(a)
+          return true
+        } catch {
+          return false
+        }
+      })
+      .slice(0, KNOWN_PEERS_MAX)
+  } catch {
+    return []
   }
 }

@@ -20,7 +20,7 @@ describe('gossip membership (end to end, 5 agent processes)', () => {
   const cluster = new TestCluster()
   afterAll(() => cluster.close())
 
-  it('joins through seeds, marks a kill -9 member dead everywhere, and takes it back after restart', async () => {
+  it('joins through seeds, marks a kill -9 member dead everywhere, takes it back after restart, and a seedless agent rejoins from remembered peers', async () => {
     const key = await cluster.writeClusterKey()
     const first = cluster.agent({ name: 'g1', clusterKeyFile: key })
     await first.start()
@@ -75,5 +75,20 @@ describe('gossip membership (end to end, 5 agent processes)', () => {
     const seen = again[0]!.find((m) => m.name === victim.name)!
     expect(seen.peerId).toBe(before.peerId)
     expect(seen.incarnation).toBeGreaterThan(before.incarnation)
+
+    // The first agent was started without seeds: after a kill -9 it rejoins through the members
+    // it remembered in its data dir (peers.json), like Serf's snapshot.
+    await first.stop('SIGKILL')
+    expect(first.log).not.toMatch(/joined through seed/)
+    await first.start()
+    await waitFor('restarted first agent to dial a remembered peer', async () =>
+      /joined through seed/.test(first.log) ? true : undefined,
+    )
+    await waitFor(
+      'seedless first agent alive everywhere again',
+      aliveEverywhere(all.map((a) => a.name)),
+      30_000,
+      200,
+    )
   })
 })
