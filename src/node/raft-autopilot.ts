@@ -44,6 +44,12 @@ export interface AutopilotInput {
   /** Since when each configuration member has been seen not alive (see `trackDown`). */
   downSince: ReadonlyMap<NodeId, number>
   now: number
+  /**
+   * Peers the leader received Raft messages from within the dead threshold, members or not. A
+   * member that restarted runs Raft (pre-votes, answers) before gossip, under load, reports it
+   * alive again; like `active`, this evidence overrides gossip.
+   */
+  heard?: ReadonlySet<NodeId>
 }
 
 /**
@@ -90,7 +96,11 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   const { self, conf, progress, lastIndex, downSince, now } = input
   const status = new Map(input.members.map((m) => [m.id, m.status]))
   status.set(self, 'alive')
-  const healthy = (id: NodeId): boolean => status.get(id) === 'alive'
+  // Raft's own evidence (the leader hears from it) counts as much as gossip's `alive`: gossip's
+  // view of a member that restarted can lag or flap to `suspect` for seconds under load, and
+  // waiting for it left a re-added learner unpromoted.
+  const raftAlive = (id: NodeId): boolean => progress[id]?.active === true || input.heard?.has(id) === true
+  const healthy = (id: NodeId): boolean => status.get(id) === 'alive' || raftAlive(id)
   const downLong = (id: NodeId): boolean => {
     // A member that answers the leader is not removed whatever gossip says: gossip's view of a
     // member that just restarted can lag, and removing a live voter while another one is dead
@@ -99,9 +109,17 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
     const since = downSince.get(id)
     return since !== undefined && now - since >= settings.deadThresholdMs
   }
+  // Judged on the acknowledged match only: a learner whose progress went back to `probe` (a lost
+  // or reordered append, a rejection after its restart) but whose match is recent is caught up;
+  // requiring `replicate` kept one from ever being promoted while no write came to move it back.
   const caughtUp = (id: NodeId): boolean => {
     const pr = progress[id]
-    return pr !== undefined && pr.state === 'replicate' && pr.match >= lastIndex - settings.maxLagEntries
+    return (
+      pr !== undefined &&
+      pr.state !== 'snapshot' &&
+      pr.match > 0 &&
+      pr.match >= lastIndex - settings.maxLagEntries
+    )
   }
   const voters = [...conf.voters].sort()
   const learners = [...conf.learners].sort()
@@ -118,9 +136,8 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   if (deadLearner !== undefined) return { type: 'removeVoter', node: deadLearner }
 
   const inConf = new Set([...voters, ...learners])
-  const newcomer = [...status.entries()]
-    .filter(([id, s]) => s === 'alive' && !inConf.has(id))
-    .map(([id]) => id)
+  const newcomer = [...new Set([...status.keys(), ...(input.heard ?? [])])]
+    .filter((id) => healthy(id) && !inConf.has(id))
     .sort()[0]
   if (newcomer !== undefined) return { type: 'addLearner', node: newcomer }
 

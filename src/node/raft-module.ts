@@ -144,6 +144,8 @@ export class RaftModule implements AgentModule {
   private bootstrapTimer?: NodeJS.Timeout
   private autopilotBusy = false
   private readonly downSince = new Map<NodeId, number>()
+  /** When this agent last received a Raft message from each peer (performance.now()). */
+  private readonly lastHeard = new Map<NodeId, number>()
   private confIndex = 0
   private clientPrefix = ''
   private writeSeq = 0
@@ -236,7 +238,8 @@ export class RaftModule implements AgentModule {
       log.info({ index }, 'snapshot:restore')
     })
     messenger.onMessage((from, bytes) => {
-      if (!this.stopped) node.receive(bytes, from)
+      if (this.stopped) return
+      if (node.receive(bytes, from)) this.lastHeard.set(from, performance.now())
     })
     messenger.onRequest((from, bytes, signal) => this.serveForward(from, bytes, signal))
     this.watchLeaderLiveness(ctx)
@@ -403,6 +406,11 @@ export class RaftModule implements AgentModule {
     trackDown(this.downSince, st.conf, members, now)
     this.keepVotersConnected(st.conf.voters, members)
     if (!node.isLeader() || this.autopilotBusy) return
+    const heard = new Set<NodeId>()
+    for (const [id, t] of this.lastHeard) {
+      if (now - t < this.opts.autopilot.deadThresholdMs) heard.add(id)
+      else this.lastHeard.delete(id)
+    }
     const change = planAutopilot(
       {
         self: node.id,
@@ -412,6 +420,7 @@ export class RaftModule implements AgentModule {
         lastIndex: st.lastIndex,
         downSince: this.downSince,
         now,
+        heard,
       },
       this.opts.autopilot,
     )

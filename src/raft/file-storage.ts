@@ -93,6 +93,15 @@ export class FileStorage implements RaftStorage {
     this.log.append(entries)
   }
 
+  appendDeferred(entries: readonly Entry[]): void {
+    this.log.append(entries, false)
+  }
+
+  /** fsyncs the active log segment off the event loop (see SegmentedLog.sync). */
+  sync(): Promise<void> {
+    return this.log.sync()
+  }
+
   installSnapshot(snap: Snapshot): void {
     this.writeSnapshot(snap)
     this.log.dropAll()

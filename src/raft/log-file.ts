@@ -209,8 +209,12 @@ export class SegmentedLog {
     return last === undefined ? undefined : last.first + last.offsets.length - 1
   }
 
-  /** Appends entries durably (one fsync per call), replacing any suffix from entries[0].index. */
-  append(entries: readonly Entry[]): void {
+  /**
+   * Appends entries, replacing any suffix from entries[0].index. With `sync` (the default) they are
+   * durable on return (one fsync per call); without, they are written but durable only once the
+   * promise of a later `sync()` resolves (a segment roll or a truncation still fsyncs at once).
+   */
+  append(entries: readonly Entry[], sync = true): void {
     if (entries.length === 0) return
     const first = entries[0]!.index
     const last = this.lastIndex()
@@ -245,7 +249,18 @@ export class SegmentedLog {
       pending.push(rec)
     }
     flush()
-    fs.fsyncSync(this.fd!)
+    if (sync) fs.fsyncSync(this.fd!)
+  }
+
+  /**
+   * Makes every write so far durable, fsyncing on the libuv thread pool so the event loop keeps
+   * sending and receiving meanwhile. The caller must not append, truncate, compact or close until
+   * it settles (the fd must stay the same file).
+   */
+  sync(): Promise<void> {
+    const fd = this.fd
+    if (fd === undefined) return Promise.resolve()
+    return new Promise((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())))
   }
 
   private newSegment(first: number): void {

@@ -61,7 +61,10 @@ export interface RaftNodeOptions<R> {
   /**
    * Process Ready on the next `setImmediate` instead of synchronously after each step/propose, so
    * that every message and request handled in one event-loop turn shares one Ready, hence one
-   * fsync (group commit). Off by default: virtual-clock tests expect synchronous processing.
+   * fsync (group commit). With a storage offering `appendDeferred`/`sync`, entries are also fsynced
+   * off the event loop: the leader's appends leave while its disk writes, and input keeps arriving
+   * meanwhile (the next Ready takes all of it). Off by default: virtual-clock tests expect
+   * synchronous processing.
    */
   coalesceReady?: boolean
 }
@@ -132,6 +135,10 @@ export class RaftNode<R = unknown> {
   private drainScheduled = false
   /** Term of the last hard state written to storage. */
   private durableTerm = 0
+  /** Entries are fsynced off the event loop (coalesceReady and a storage with `sync`). */
+  private readonly syncOffLoop: boolean
+  /** The pending fsync of a Ready's entries; no Ready is processed until it settles. */
+  private persisting: Promise<void> | undefined
 
   constructor(o: RaftNodeOptions<R>) {
     this.id = o.id
@@ -146,6 +153,8 @@ export class RaftNode<R = unknown> {
       requestTimeoutMs: o.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs,
     }
     this.coalesce = o.coalesceReady ?? false
+    this.syncOffLoop =
+      this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
     const st = this.storage.initialState()
     this.raft = new Raft({ ...DEFAULT_RAFT_CONFIG, ...o.config, id: o.id, rng: o.rng ?? Math.random }, st)
     if (st.snapshot !== undefined) {
@@ -183,6 +192,8 @@ export class RaftNode<R = unknown> {
     for (const r of this.reads.values()) r.reject(err)
     this.proposals.clear()
     this.reads.clear()
+    // The storage's fd must outlive a pending fsync.
+    await this.persisting?.catch(() => {})
     this.storage.close()
   }
 
@@ -391,19 +402,24 @@ export class RaftNode<R = unknown> {
   }
 
   private drain(): void {
-    if (this.draining) return // re-entrancy from a listener: the outer loop picks it up
+    // Re-entrancy from a listener: the outer loop picks it up. While a Ready's entries are being
+    // fsynced, the core keeps taking input; the next Ready collects all of it (group commit).
+    if (this.draining || this.persisting !== undefined) return
     this.draining = true
     try {
-      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) this.handleReady(rd)
+      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) {
+        if (this.handleReady(rd)) break
+      }
     } finally {
       this.draining = false
     }
   }
 
-  private handleReady(rd: Ready): void {
+  /** Returns true if the Ready waits for an asynchronous fsync (it finishes when that settles). */
+  private handleReady(rd: Ready): boolean {
     // A leader whose term is already durable sends its appends before writing them itself (thesis
-    // §10.2.1: the leader's disk write runs in parallel with replication). Safe: it counts its own
-    // copy only when an append response arrives, in a later turn, after this fsync returned.
+    // §10.2.1: the leader's disk write runs in parallel with replication). Safe: the core counts
+    // its own copy only in `advance`, after the write is durable.
     const early =
       this.raft.role === 'leader' && (rd.hardState === undefined || rd.hardState.term === this.durableTerm)
     const sent = new Set<Message>()
@@ -414,16 +430,45 @@ export class RaftNode<R = unknown> {
         this.sendOne(m)
       }
     }
-    // 1. persist (each call fsyncs before returning)
+    // 1. persist. Term and vote are fsynced before returning; entries too, unless the storage can
+    // sync them off the event loop, in which case everything after waits for that fsync.
     if (rd.snapshot !== undefined) this.storage.installSnapshot(rd.snapshot)
-    if (rd.entries.length > 0) this.storage.append(rd.entries)
+    const deferred = this.syncOffLoop && rd.entries.length > 0
+    if (rd.entries.length > 0) {
+      if (deferred) this.storage.appendDeferred!(rd.entries)
+      else this.storage.append(rd.entries)
+    }
     if (rd.hardState !== undefined) {
       this.storage.setHardState(rd.hardState)
       this.durableTerm = rd.hardState.term
     }
-    // 2. send
+    if (!deferred) {
+      this.finishReady(rd, sent)
+      return false
+    }
+    this.persisting = this.storage.sync!().then(
+      () => {
+        this.persisting = undefined
+        if (this.stopped) return
+        this.finishReady(rd, sent)
+        this.drain()
+      },
+      (err: unknown) => {
+        this.persisting = undefined
+        // Like etcd's panic on a failed fsync: what is on disk is unknown, so nothing may be
+        // acknowledged any more. Stop, and let the error surface as an uncaught exception.
+        void this.stop()
+        setImmediate(() => {
+          throw err
+        })
+      },
+    )
+    return true
+  }
+
+  /** Steps 2 and 3 of a Ready whose state is durable: send, then apply. */
+  private finishReady(rd: Ready, sent: ReadonlySet<Message>): void {
     for (const m of rd.messages) if (!sent.has(m)) this.sendOne(m)
-    // 3. apply
     if (rd.snapshot !== undefined) {
       const index = rd.snapshot.metadata.index
       this.sm.restore(rd.snapshot.data)

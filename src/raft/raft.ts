@@ -209,7 +209,8 @@ export class Raft {
       if (pr === undefined) {
         const np = new Progress(this.log.lastIndex() + 1, this.cfg.maxInflightMsgs, learner)
         np.recentActive = true
-        if (id === this.id) np.match = this.log.lastIndex()
+        // Only durable entries count for this node's own copy (see advance).
+        if (id === this.id) np.match = Math.min(this.log.lastIndex(), this.log.stabled)
         this.prs.set(id, np)
       } else {
         pr.isLearner = learner
@@ -609,10 +610,14 @@ export class Raft {
 
   // ---- leader side of replication ---------------------------------------------------------------
 
+  /**
+   * The leader's own copy counts towards commit only once `advance` reports it durable (thesis
+   * §10.2.1: the leader writes in parallel with replication, but an entry is committed only when a
+   * majority holds it in stable storage; counting a leader's unwritten copy could lose an
+   * acknowledged write if the leader crashed before its fsync).
+   */
   private appendAsLeader(ents: Entry[]): void {
     this.appendToLog(ents)
-    this.prs.get(this.id)?.maybeUpdate(this.log.lastIndex())
-    this.maybeCommit()
     this.bcastAppend()
   }
 
@@ -700,7 +705,11 @@ export class Raft {
       return
     }
     const oldPaused = pr.isPaused()
-    if (!pr.maybeUpdate(Math.min(m.index, this.log.lastIndex()))) return
+    const acked = Math.min(m.index, this.log.lastIndex())
+    // As etcd: an acknowledgement of exactly the current match also ends a probe. A follower that
+    // went back to probe with nothing new to send (a rejected stale append) otherwise stays in
+    // probe until the next write, and autopilot never sees a re-added learner as caught up.
+    if (!pr.maybeUpdate(acked) && !(pr.state === 'probe' && pr.match === acked)) return
     if (pr.state === 'probe') pr.becomeReplicate()
     else if (pr.state === 'snapshot' && pr.match >= pr.pendingSnapshot) pr.becomeProbe()
     else if (pr.state === 'replicate') pr.inflights.freeLE(m.index)
@@ -930,6 +939,14 @@ export class Raft {
     const lastEnt = rd.entries.at(-1)
     if (lastEnt !== undefined && this.log.matchTerm(lastEnt.index, lastEnt.term)) {
       this.log.stabled = Math.max(this.log.stabled, lastEnt.index)
+      // The leader's own acknowledgement: its entries are now durable (see appendAsLeader).
+      if (
+        this.role === 'leader' &&
+        this.prs.get(this.id)?.maybeUpdate(this.log.stabled) &&
+        this.maybeCommit()
+      ) {
+        this.bcastAppend()
+      }
     }
     const lastApplied = rd.committedEntries.at(-1)
     if (lastApplied !== undefined) this.log.applied = Math.max(this.log.applied, lastApplied.index)

@@ -24,6 +24,13 @@ export interface RaftStorage {
   /** Drops entries <= index; index must not exceed the saved snapshot's index. */
   compact(index: number): void
   close(): void
+  /**
+   * Optional pair for asynchronous durability: `appendDeferred` writes like `append` but returns
+   * before the fsync; the entries are durable once the promise of the next `sync()` resolves. The
+   * driver calls nothing else on the storage while a `sync()` is pending.
+   */
+  appendDeferred?(entries: readonly Entry[]): void
+  sync?(): Promise<void>
 }
 
 export const EMPTY_HARD_STATE: HardState = { term: 0, vote: '', commit: 0 }

@@ -120,4 +120,36 @@ describe('autopilot plan (one change at a time, thesis §4.1)', () => {
     expect(down.get('b')).toBeUndefined()
     expect(down.get('c')).toBe(5)
   })
+
+  it('re-promotes a slowly restarted voter that came back as a learner (heavy-load case)', () => {
+    // 3 agents, target 3: c was removed after a slow restart and re-added as a learner.
+    const base = input(['a', 'b'], ['c'], { a: 'alive', b: 'alive', c: 'alive' })
+    // Its progress went back to probe after a stale rejection, match current, no write since:
+    // caught up all the same (it used to need `replicate`, so it stayed a learner indefinitely).
+    const probe = { ...base, progress: { ...base.progress, c: { match: 100, state: 'probe', active: true } } }
+    expect(planAutopilot(probe, S)).toEqual({ type: 'promoteLearner', node: 'c' })
+    // Gossip flaps it to suspect under load, but the leader hears from it: still promoted.
+    const suspect = {
+      ...probe,
+      members: [...probe.members.filter((m) => m.id !== 'c'), { id: 'c', status: 'suspect' as const }],
+    }
+    expect(planAutopilot(suspect, S)).toEqual({ type: 'promoteLearner', node: 'c' })
+    // Without Raft evidence, a suspect learner is not promoted (the odd-size cap: 2 healthy -> 1).
+    const quiet = { ...suspect, progress: { ...suspect.progress, c: { match: 100, state: 'probe' } } }
+    expect(planAutopilot(quiet, S)).toBeUndefined()
+    // Never a learner still receiving a snapshot, nor one that never acknowledged anything.
+    const snap = { ...base, progress: { ...base.progress, c: { match: 100, state: 'snapshot' } } }
+    expect(planAutopilot(snap, S)).toBeUndefined()
+    const fresh = { ...base, progress: { ...base.progress, c: { match: 0, state: 'probe' } } }
+    expect(planAutopilot({ ...fresh, lastIndex: 10 }, S)).toBeUndefined()
+  })
+
+  it('adds back a removed member that gossip still reports dead if the leader hears Raft from it', () => {
+    const st = { a: 'alive', b: 'alive', c: 'dead' } as const
+    expect(planAutopilot(input(['a', 'b'], [], st), S)).toBeUndefined()
+    expect(planAutopilot({ ...input(['a', 'b'], [], st), heard: new Set(['c']) }, S)).toEqual({
+      type: 'addLearner',
+      node: 'c',
+    })
+  })
 })
