@@ -115,6 +115,26 @@ describe('log replication (Raft §5.3)', () => {
     expect(appends).toBeLessThan(8) // one-by-one backtracking would take 50+
   })
 
+  it('a probe answered at the current match returns to replicate without a new write (etcd)', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.propose('a', 'x')
+    c.stabilize()
+    const a = c.node('a')
+    const match = a.raft.status().progress['b']!.match
+    expect(a.raft.status().progress['b']!.state).toBe('replicate')
+    // A stale rejection (e.g. of an append reordered around a restart) sends b back to probe.
+    const base = { from: 'b', to: 'a', term: a.raft.term, logTerm: 0, commit: 0, entries: [], context: '' }
+    a.raft.step({ ...base, type: 'appResp', index: match + 1, reject: true, rejectHint: match })
+    expect(a.raft.status().progress['b']!.state).toBe('probe')
+    // b answers the probe at its (unchanged) match: that ends the probe; autopilot's caught-up
+    // check and pipelining both depend on it, and no write may come to move it otherwise.
+    c.process(a)
+    c.stabilize()
+    expect(a.raft.status().progress['b']!.state).toBe('replicate')
+    expect(a.raft.status().progress['b']!.match).toBe(match)
+  })
+
   it('pipelines appends and respects the batch limit', () => {
     const c = new SimCluster(['a', 'b', 'c'], {
       config: { ...noPV, maxEntriesPerMsg: 4, maxInflightMsgs: 3 },
