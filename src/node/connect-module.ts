@@ -102,6 +102,15 @@ export interface IntentionChange {
  *   the lifetime and at once when the active root changes; the key never leaves the agent;
  * - intentions are written through Raft (from any agent) and answered from the local committed
  *   state by an `IntentionIndex` rebuilt on change; `intention:change` goes on the event bus.
+ *
+ * Integrity of the policy state: agents receive it only as Raft entries/snapshots over libp2p
+ * connections that need the cluster key (pnet) and are noise-authenticated to the sender's peer
+ * id; the Raft driver drops a message whose claimed sender is not the authenticated one, and Raft
+ * accepts entries only from the current term's leader at a matching (index, term), so a replay is
+ * a no-op. The index travels with every read (`X-Peermesh-Index`). We do not also sign entries
+ * with the CA root: the root key is itself part of the replicated state (held by every member),
+ * so such a signature could be made by exactly the parties that can already inject entries and
+ * would stop no one else. Making it meaningful needs the key kept off learners (see the report).
  */
 export class ConnectModule implements AgentModule {
   readonly name = 'connect'
