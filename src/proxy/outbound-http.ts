@@ -199,11 +199,16 @@ class HttpExchange {
     const raw = req.rawHeaders
     const headers: string[] = []
     let requestId: string | undefined
+    // Framing is read here rather than from `req.headers`, which Node builds lazily on first access.
+    let length: string | undefined
+    let chunked = false
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!
       const lower = name.toLowerCase()
+      if (lower === 'transfer-encoding') chunked = true
       if (HOP_BY_HOP_HEADERS.has(lower)) continue
       if (lower === REQUEST_ID_HEADER && requestId === undefined) requestId = raw[i + 1]!
+      else if (lower === 'content-length' && length === undefined) length = raw[i + 1]!
       headers.push(name, raw[i + 1]!)
     }
     if (requestId === undefined) {
@@ -216,8 +221,6 @@ class HttpExchange {
     this.timer = setTimeout(this.onTimeout, listener.requestTimeoutMs)
     res.on('close', this.onClose)
 
-    const length = req.headers['content-length']
-    const chunked = req.headers['transfer-encoding'] !== undefined
     const contentLength = length === undefined ? 0 : Number(length)
     if (!chunked && contentLength === 0) {
       req.resume()
@@ -323,6 +326,7 @@ class HttpExchange {
       this.fail(reason, 502, connectFailure ? UpstreamConnectError.code : UpstreamResetError.code)
     })
     if (this.streaming) this.req.pipe(upReq)
+    else if (this.body.length === 0) upReq.end()
     else upReq.end(this.body)
   }
 

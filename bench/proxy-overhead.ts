@@ -1,0 +1,480 @@
+/**
+ * bench:proxy-overhead — what the sidecar pair adds to a request, next to a pair of HAProxy
+ * instances doing the same job, in the same run on 127.0.0.1 (ANCHORS.md, HAProxy section).
+ *
+ * A Node HTTP server answers every request with a 1 KiB body (keep-alive). `wrk -t1 --latency`
+ * drives, at 1 and 32 connections, these paths:
+ * - direct: wrk -> app;
+ * - ours (L4): wrk -> our outbound listener (process A, service `web`, L4 mode) -> mutual TLS 1.3
+ *   -> our inbound listener (process B, service `api`, intention web -> api allowed) -> app;
+ * - HAProxy: wrk -> HAProxy A (plain, TCP mode, nbthread 1) -> mutual TLS 1.3, `verify required`
+ *   both ways -> HAProxy B -> app;
+ * - ours (HTTP): as ours (L4) with the outbound in `protocol: http` mode (an extra row, not in the ratios).
+ * Both pairs present the same certificates: ECDSA P-256 leaves for `web` and `api` from one P-256
+ * root of our CA (`src/identity`). P-256 because that is the curve of the ANCHORS.md HAProxy
+ * figures and what every TLS stack speaks; the leaf type is a flag (`--key ed25519` works too).
+ *
+ * Each run lasts `--duration` seconds (default 10) after a warm-up of every path; paths are
+ * interleaved (the order rotates every repetition), repeated `--reps` times (default 3), and the
+ * median taken. Added latency is computed per repetition against the direct run of the same
+ * repetition, then the median. RSS of every proxy process is sampled from /proc/PID/status
+ * during its runs.
+ *
+ * Flags: --duration S, --reps N, --warmup S (default 3), --conns 1,32, --key ecdsa-p256|ed25519,
+ * --no-http (skip the HTTP-mode row), --json.
+ *
+ * `latency_ratio` = added p50 ours / added p50 HAProxy at 1 connection (target ≤ 1.5);
+ * `throughput_ratio` = ours req/s / HAProxy req/s at 32 connections (target ≥ 0.7).
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import http from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { createRootCa, signLeaf } from '../src/identity/ca.ts'
+import type { KeyType } from '../src/identity/keys.ts'
+import { createLeafKeyAndCsr } from '../src/identity/leaf.ts'
+import type { ServiceCertificate } from '../src/proxy/types.ts'
+import { argValue, emitJson, fmt, median, progress, table } from './lib.ts'
+import { ensureInstalled, haproxyVersion, startHaproxyPair, WRK } from './peers/haproxy.ts'
+import type { RunnerConfig } from './proxy-sidecar-runner.ts'
+
+const durationS = Number(argValue('duration', '10'))
+const reps = Number(argValue('reps', '3'))
+const warmupS = Number(argValue('warmup', '3'))
+const connsList = (argValue('conns', '1,32') ?? '').split(',').map(Number)
+const keyType = (argValue('key', 'ecdsa-p256') ?? 'ecdsa-p256') as KeyType
+const withHttp = !process.argv.includes('--no-http')
+const BODY_BYTES = 1024
+const TD = 'bench.mesh'
+const RUNNER = fileURLToPath(new URL('./proxy-sidecar-runner.ts', import.meta.url))
+
+type PathName = 'direct' | 'ours' | 'haproxy' | 'ours_http'
+const LABEL: Record<PathName, string> = {
+  direct: 'direct',
+  ours: 'peermesh sidecar pair (L4)',
+  haproxy: 'HAProxy mTLS pair',
+  ours_http: 'peermesh sidecar pair (HTTP mode)',
+}
+
+interface WrkResult {
+  rps: number
+  p50Us: number
+  p99Us: number
+  requests: number
+  errors: number
+  /** CPU time (user + system) each proxy process of the path spent per request in this run, µs. */
+  cpuUsPerReq: Record<string, number>
+}
+
+interface Proc {
+  name: string
+  pid: number
+}
+
+/** RSS samples (kB) per process name, from /proc/PID/status. */
+const rssSamples = new Map<string, { vmRss: number[]; rssAnon: number[] }>()
+
+function readStatus(pid: number): { vmRss: number; rssAnon: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/status`, 'utf8')
+    const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN)
+    return { vmRss: kb('VmRSS'), rssAnon: kb('RssAnon') }
+  } catch {
+    return undefined
+  }
+}
+
+function sampleRss(procs: readonly Proc[]): void {
+  for (const p of procs) {
+    const s = readStatus(p.pid)
+    if (!s) continue
+    let entry = rssSamples.get(p.name)
+    if (!entry) {
+      entry = { vmRss: [], rssAnon: [] }
+      rssSamples.set(p.name, entry)
+    }
+    entry.vmRss.push(s.vmRss)
+    entry.rssAnon.push(s.rssAnon)
+  }
+}
+
+/** Parses a wrk duration such as `75.00us`, `1.04ms`, `2.00s` into microseconds. */
+export function parseWrkDuration(text: string): number {
+  const m = /^([\d.]+)(us|ms|s|m)$/.exec(text.trim())
+  if (!m) return Number.NaN
+  const v = Number(m[1])
+  return m[2] === 'us' ? v : m[2] === 'ms' ? v * 1e3 : m[2] === 's' ? v * 1e6 : v * 60e6
+}
+
+export function parseWrk(out: string): WrkResult {
+  const pct = (p: string) => parseWrkDuration(new RegExp(`^\\s*${p}%\\s+(\\S+)`, 'm').exec(out)?.[1] ?? '')
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN)
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0)
+  const errors = (sock ? sock.slice(1, 5).reduce((a, x) => a + Number(x), 0) : 0) + non2xx
+  return { rps, p50Us: pct('50'), p99Us: pct('99'), requests, errors, cpuUsPerReq: {} }
+}
+
+const live = new Set<ChildProcess>()
+
+function runWrk(port: number, conns: number, seconds: number, procs: readonly Proc[]): Promise<WrkResult> {
+  return new Promise((resolve, reject) => {
+    const args = ['-t1', `-c${conns}`, `-d${seconds}s`, '--latency', `http://127.0.0.1:${port}/`]
+    const cpuBefore = procs.map((p) => cpuUs(p.pid))
+    const child = spawn(WRK, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    live.add(child)
+    let out = ''
+    let err = ''
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString()
+    })
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString()
+    })
+    // RSS sampled while the load runs (not in the first second, while connections open).
+    const sampler = setInterval(() => sampleRss(procs), 500)
+    child.on('error', (e) => {
+      clearInterval(sampler)
+      live.delete(child)
+      reject(e)
+    })
+    child.on('exit', (code) => {
+      clearInterval(sampler)
+      live.delete(child)
+      const r = parseWrk(out)
+      procs.forEach((p, i) => {
+        r.cpuUsPerReq[p.name] = (cpuUs(p.pid) - cpuBefore[i]!) / r.requests
+      })
+      if (code !== 0 || !Number.isFinite(r.rps) || !Number.isFinite(r.p50Us)) {
+        reject(new Error(`wrk exited ${code}: ${err.trim() || out.trim()}`))
+      } else resolve(r)
+    })
+  })
+}
+
+/** Starts one runner process and waits for its `{port, pid}` line. */
+async function startRunner(
+  dir: string,
+  name: string,
+  config: RunnerConfig,
+): Promise<Proc & { port: number }> {
+  const path = join(dir, `${name}.json`)
+  writeFileSync(path, JSON.stringify(config), { mode: 0o600 })
+  // PEERMESH_BENCH_NODE_ARGS: extra node flags for the runners, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`.
+  const extra = (process.env.PEERMESH_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
+  const child = spawn(process.execPath, [...extra, '--import', 'tsx', RUNNER, path], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  })
+  live.add(child)
+  child.on('exit', () => live.delete(child))
+  const rl = createInterface({ input: child.stdout! })
+  const line = await new Promise<string>((resolve, reject) => {
+    rl.once('line', resolve)
+    child.once('exit', (code) => reject(new Error(`${name} runner exited ${code} before it was ready`)))
+  })
+  rl.close()
+  const { port } = JSON.parse(line) as { port: number }
+  return { name, pid: child.pid!, port }
+}
+
+function killAllChildren(): void {
+  for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
+}
+
+/** Asks the runners to stop (stdin closed: they close their listeners and exit), then kills what is left. */
+async function stopChildren(graceMs = 3_000): Promise<void> {
+  const running = [...live].filter((c) => c.exitCode === null && c.signalCode === null)
+  const exits = running.map((c) => new Promise<void>((resolve) => c.once('exit', () => resolve())))
+  for (const c of running) {
+    if (c.stdin) c.stdin.end()
+    else c.kill('SIGTERM')
+  }
+  await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, graceMs))])
+  killAllChildren()
+}
+
+/** CPU time (user + system) of a process so far, in µs, from /proc/PID/stat. */
+function cpuUs(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    return ((Number(fields[11]) + Number(fields[12])) / CLK_TCK) * 1e6
+  } catch {
+    return Number.NaN
+  }
+}
+const CLK_TCK = 100
+const round1 = (x: number): number => Math.round(x * 10) / 10
+
+/** One GET through `port`: must be a 200 with the 1 KiB body. */
+function probe(port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/', agent: false }, (res) => {
+      let n = 0
+      res.on('data', (d: Buffer) => {
+        n += d.length
+      })
+      res.on('end', () =>
+        res.statusCode === 200 && n === BODY_BYTES
+          ? resolve()
+          : reject(new Error(`probe of :${port}: status ${res.statusCode}, ${n} bytes`)),
+      )
+    })
+    req.setTimeout(5_000, () => req.destroy(new Error(`probe of :${port} timed out`)))
+    req.on('error', reject)
+  })
+}
+
+async function leaf(
+  root: Awaited<ReturnType<typeof createRootCa>>,
+  service: string,
+): Promise<ServiceCertificate> {
+  const nowMs = Date.now()
+  const { keyPem, csrPem } = await createLeafKeyAndCsr({ service, trustDomain: TD, keyType })
+  const signed = await signLeaf(root, csrPem, { service, trustDomain: TD, ttlMs: 3_600_000, nowMs })
+  return { certPem: signed.certPem, keyPem, rootsPem: [root.certPem] }
+}
+
+async function main(): Promise<void> {
+  if (!(durationS > 0) || !(reps >= 1) || !(warmupS >= 0) || connsList.some((c) => !(c >= 1))) {
+    throw new Error('bad flags: --duration S (> 0), --reps N (≥ 1), --warmup S (≥ 0), --conns 1,32')
+  }
+  ensureInstalled()
+  const dir = mkdtempSync(join(tmpdir(), 'peermesh-proxy-overhead-'))
+  const cleanups: (() => Promise<void>)[] = [async () => rmSync(dir, { recursive: true, force: true })]
+  const onSignal = (): void => {
+    killAllChildren()
+    rmSync(dir, { recursive: true, force: true })
+    process.exit(130)
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  process.on('exit', killAllChildren)
+  try {
+    progress(`certificates: ${keyType} root and leaves for web and api (trust domain ${TD})`)
+    const root = await createRootCa({ trustDomain: TD, keyType, validityDays: 1, nowMs: Date.now() })
+    const [web, api] = await Promise.all([leaf(root, 'web'), leaf(root, 'api')])
+
+    progress('starting the app, our sidecar processes and HAProxy', haproxyVersion())
+    const app = await startRunner(dir, 'app', { role: 'app', bodyBytes: BODY_BYTES })
+    const inbound = await startRunner(dir, 'ours-inbound', {
+      role: 'inbound',
+      trustDomain: TD,
+      cert: api,
+      appPort: app.port,
+    })
+    const outbound = await startRunner(dir, 'ours-outbound', {
+      role: 'outbound',
+      trustDomain: TD,
+      cert: web,
+      protocol: 'tcp',
+      inboundPort: inbound.port,
+    })
+    const outboundHttp = withHttp
+      ? await startRunner(dir, 'ours-outbound-http', {
+          role: 'outbound',
+          trustDomain: TD,
+          cert: web,
+          protocol: 'http',
+          inboundPort: inbound.port,
+        })
+      : undefined
+    const haproxy = await startHaproxyPair({
+      dir,
+      caPem: root.certPem,
+      clientCertPem: web.certPem,
+      clientKeyPem: web.keyPem,
+      serverCertPem: api.certPem,
+      serverKeyPem: api.keyPem,
+      appPort: app.port,
+    })
+    cleanups.push(() => haproxy.close())
+
+    const haproxyProcs: Proc[] = [
+      { name: 'haproxy-a', pid: haproxy.pidA },
+      { name: 'haproxy-b', pid: haproxy.pidB },
+    ]
+    const paths: { name: PathName; port: number; procs: Proc[] }[] = [
+      { name: 'direct', port: app.port, procs: [] },
+      { name: 'ours', port: outbound.port, procs: [outbound, inbound] },
+      { name: 'haproxy', port: haproxy.port, procs: haproxyProcs },
+      ...(outboundHttp
+        ? [{ name: 'ours_http' as const, port: outboundHttp.port, procs: [outboundHttp, inbound] }]
+        : []),
+    ]
+    const idleRss: Record<string, number> = {}
+    for (const p of [inbound, outbound, ...(outboundHttp ? [outboundHttp] : []), ...haproxyProcs]) {
+      idleRss[p.name] = readStatus(p.pid)?.vmRss ?? Number.NaN
+    }
+
+    for (const p of paths) await probe(p.port)
+    progress('every path answers 200 with a 1 KiB body')
+
+    if (warmupS > 0) {
+      for (const p of paths) {
+        progress(`warm-up ${p.name}: ${warmupS} s at ${Math.max(...connsList)} connections`)
+        await runWrk(p.port, Math.max(...connsList), warmupS, [])
+      }
+    }
+
+    // results[path][conns] = one result per repetition, in order.
+    const results = new Map<PathName, Map<number, WrkResult[]>>()
+    for (const p of paths) results.set(p.name, new Map(connsList.map((c) => [c, []])))
+    for (let rep = 0; rep < reps; rep++) {
+      for (const conns of connsList) {
+        // Interleaved: the order of the paths rotates every repetition.
+        const order = paths.map((_, i) => paths[(i + rep) % paths.length]!)
+        for (const p of order) {
+          const r = await runWrk(p.port, conns, durationS, p.procs)
+          results.get(p.name)!.get(conns)!.push(r)
+          progress(
+            `rep ${rep + 1}/${reps} c=${conns} ${p.name.padEnd(9)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50Us.toFixed(0)} µs  p99 ${r.p99Us.toFixed(0)} µs${r.errors ? `  errors ${r.errors}` : ''}`,
+          )
+        }
+      }
+    }
+
+    // Summaries: medians over repetitions; added latency per repetition against direct.
+    const summary: Record<string, Record<string, unknown>> = {}
+    const rows: (string | number)[][] = []
+    const added = (name: PathName, conns: number): number => {
+      const mine = results.get(name)!.get(conns)!
+      const direct = results.get('direct')!.get(conns)!
+      return median(mine.map((r, i) => r.p50Us - direct[i]!.p50Us))
+    }
+    for (const conns of connsList) {
+      for (const p of paths) {
+        const rs = results.get(p.name)!.get(conns)!
+        const s = {
+          rps: Math.round(median(rs.map((r) => r.rps))),
+          p50_us: median(rs.map((r) => r.p50Us)),
+          p99_us: median(rs.map((r) => r.p99Us)),
+          added_p50_us: p.name === 'direct' ? 0 : added(p.name, conns),
+          errors: rs.reduce((a, r) => a + r.errors, 0),
+          cpu_us_per_req: Object.fromEntries(
+            p.procs.map((proc) => [proc.name, round1(median(rs.map((r) => r.cpuUsPerReq[proc.name]!)))]),
+          ),
+          runs: rs.map((r) => ({
+            rps: r.rps,
+            p50_us: r.p50Us,
+            p99_us: r.p99Us,
+            errors: r.errors,
+            cpu_us_per_req: r.cpuUsPerReq,
+          })),
+        }
+        summary[`${p.name}_c${conns}`] = s
+        rows.push([
+          LABEL[p.name],
+          conns,
+          s.rps,
+          `${s.p50_us.toFixed(0)} µs${p.name === 'direct' ? '' : ` (+${s.added_p50_us.toFixed(0)})`}`,
+          `${s.p99_us.toFixed(0)} µs`,
+          p.procs.length === 0
+            ? '-'
+            : p.procs
+                .map(
+                  (proc) =>
+                    `${proc.name.replace(/^ours-|^haproxy-/, '')} ${fmt(s.cpu_us_per_req[proc.name]!)}`,
+                )
+                .join(', '),
+          s.errors,
+        ])
+      }
+    }
+    const rss: Record<
+      string,
+      { idle_kb: number; peak_kb: number; median_kb: number; anon_median_kb: number }
+    > = {}
+    for (const [name, idle] of Object.entries(idleRss)) {
+      const s = rssSamples.get(name)
+      rss[name] = {
+        idle_kb: idle,
+        peak_kb: s ? Math.max(...s.vmRss) : Number.NaN,
+        median_kb: s ? median(s.vmRss) : Number.NaN,
+        anon_median_kb: s ? median(s.rssAnon) : Number.NaN,
+      }
+    }
+
+    const c1 = Math.min(...connsList)
+    const cN = Math.max(...connsList)
+    const addedOurs = added('ours', c1)
+    const addedHaproxy = added('haproxy', c1)
+    const latencyRatio = addedOurs / addedHaproxy
+    const rpsOurs = median(
+      results
+        .get('ours')!
+        .get(cN)!
+        .map((r) => r.rps),
+    )
+    const rpsHaproxy = median(
+      results
+        .get('haproxy')!
+        .get(cN)!
+        .map((r) => r.rps),
+    )
+    const throughputRatio = rpsOurs / rpsHaproxy
+
+    table(['path', 'conns', 'req/s', 'p50 (added)', 'p99', 'proxy CPU µs/req', 'errors'], rows)
+    process.stdout.write('\n')
+    table(
+      ['process', 'VmRSS idle', 'VmRSS under load (median)', 'peak', 'RssAnon (median)'],
+      Object.entries(rss).map(([name, r]) => [
+        name,
+        `${(r.idle_kb / 1024).toFixed(1)} MiB`,
+        `${(r.median_kb / 1024).toFixed(1)} MiB`,
+        `${(r.peak_kb / 1024).toFixed(1)} MiB`,
+        `${(r.anon_median_kb / 1024).toFixed(1)} MiB`,
+      ]),
+    )
+    process.stdout.write(
+      `\nadded p50 at ${c1} conn: ours +${addedOurs.toFixed(0)} µs, HAProxy +${addedHaproxy.toFixed(0)} µs` +
+        ` -> latency_ratio ${latencyRatio.toFixed(2)} (target ≤ 1.5)\n` +
+        `req/s at ${cN} conns: ours ${rpsOurs.toFixed(0)}, HAProxy ${rpsHaproxy.toFixed(0)}` +
+        ` -> throughput_ratio ${throughputRatio.toFixed(2)} (target ≥ 0.7)\n` +
+        `${durationS} s per run, ${reps} repetitions (median), ${keyType} leaves for both systems, wrk -t1, HAProxy ${haproxyVersion()} nbthread 1\n`,
+    )
+    emitJson({
+      added_p50_us_ours: addedOurs,
+      added_p50_us_haproxy: addedHaproxy,
+      latency_ratio: latencyRatio,
+      throughput_ratio: throughputRatio,
+      rps_ours_c32: rpsOurs,
+      rps_haproxy_c32: rpsHaproxy,
+      added_p50_us_ours_http: withHttp ? added('ours_http', c1) : null,
+      targets: { latency_ratio_max: 1.5, throughput_ratio_min: 0.7 },
+      config: {
+        duration_s: durationS,
+        reps,
+        warmup_s: warmupS,
+        conns: connsList,
+        body_bytes: BODY_BYTES,
+        key_type: keyType,
+        haproxy: haproxyVersion(),
+        node: process.version,
+      },
+      paths: summary,
+      rss_kb: rss,
+    })
+  } finally {
+    await stopChildren()
+    for (const c of cleanups.reverse()) await c().catch(() => {})
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    killAllChildren()
+    process.stderr.write(
+      `bench:proxy-overhead failed: ${error instanceof Error ? error.message : String(error)}\n`,
+    )
+    process.exit(1)
+  },
+)
