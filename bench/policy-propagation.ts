@@ -223,6 +223,7 @@ async function measure(
   active = cluster
   try {
     const { https } = cluster
+    let lastReport = performance.now()
     const sts = await waitFor(
       `all ${n} agents in the raft configuration with one leader`,
       async () => {
@@ -230,13 +231,21 @@ async function measure(
           https.map(async (h) => (await (await api(h, '/v1/operator/raft/status')).json()) as RaftStatus),
         )
         const leader = all[0]?.leader
+        if (performance.now() - lastReport > 10_000) {
+          lastReport = performance.now()
+          const sizes = all.map((s) => `${s.leader.slice(-4)}:${s.voters.length}+${s.learners.length}`)
+          progress(
+            `N=${n}: waiting for raft membership (leader:voters+learners per agent) ${sizes.join(' ')}`,
+          )
+        }
         const ok =
           leader !== undefined &&
           leader !== '' &&
           all.every((s) => s.leader === leader && s.voters.length + s.learners.length === n)
         return ok ? all : undefined
       },
-      120_000,
+      // Generous: on a loaded 2-core machine 20 agents' learners join over a minute or more.
+      180_000,
       200,
     )
     // Write through the last agent that is not the leader (a learner when there are any).
