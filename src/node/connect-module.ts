@@ -566,6 +566,16 @@ export class ConnectModule implements AgentModule {
     }
   }
 
+  /** The current leaf of a local service, if one has been issued (no waiting). */
+  currentLeaf(service: string): LeafCredentials | undefined {
+    return this.rotators.get(service)?.current()
+  }
+
+  /** Trust domain of the active CA root, once the CA exists. */
+  activeTrustDomain(): string | undefined {
+    return this.ca.active?.trustDomain
+  }
+
   /** Whether this agent hosts `service` (and so keeps a leaf for it). */
   hostsService(service: string): boolean {
     return this.rotators.has(service) || (this.ctx !== undefined && this.isRegisteredOn(this.selfId, service))

@@ -4,13 +4,22 @@ import type { AgentConfig } from './config.ts'
 import { CatalogModule } from './catalog-module.ts'
 import { ConnectModule } from './connect-module.ts'
 import { GossipModule } from './gossip-module.ts'
+import { ConnectMeshSecurity } from './mesh-security.ts'
 import { RaftModule } from './raft-module.ts'
+import { SidecarModule } from './sidecar-module.ts'
 
 /** An agent with every layer plugged in, as `peermesh agent` runs it. */
 export function createAgent(
   config: AgentConfig,
   log: Logger,
-): { agent: Agent; gossip: GossipModule; catalog: CatalogModule; raft: RaftModule; connect: ConnectModule } {
+): {
+  agent: Agent
+  gossip: GossipModule
+  catalog: CatalogModule
+  raft: RaftModule
+  connect: ConnectModule
+  sidecars: SidecarModule
+} {
   const agent = new Agent({ config, log })
   const gossip = new GossipModule()
   const catalog = new CatalogModule(gossip)
@@ -20,5 +29,7 @@ export function createAgent(
   agent.use(raft)
   const connect = new ConnectModule(raft, catalog)
   agent.use(connect)
-  return { agent, gossip, catalog, raft, connect }
+  const sidecars = new SidecarModule(catalog, new ConnectMeshSecurity(connect, raft, agent.events))
+  agent.use(sidecars)
+  return { agent, gossip, catalog, raft, connect, sidecars }
 }

@@ -19,6 +19,8 @@ import type { CatalogModule } from './catalog-module.ts'
  */
 export interface MeshSecurity {
   trustDomain(): string
+  /** Resolves true once the service's first leaf exists (false if the signal fired first). */
+  ready?(service: string, signal: AbortSignal): Promise<boolean>
   /** A certificate source for a service hosted here; its leaf is issued and rotated by the mesh CA. */
   certificates(service: string): CertificateSource
   /** Intentions held locally (no network on the data path). */
@@ -114,6 +116,7 @@ export class SidecarModule implements AgentModule {
   private ctx?: AgentContext
   private queue: Promise<void> = Promise.resolve()
   private stopped = false
+  private readonly abort = new AbortController()
 
   constructor(
     private readonly catalog: CatalogModule,
@@ -132,12 +135,14 @@ export class SidecarModule implements AgentModule {
     if (local === undefined) throw new Error('catalog module must start before sidecars')
     local.on('service:change', () => this.reconcile())
     this.security.onSplitChange?.(() => this.reconcile())
+    // Not awaited: a sidecar waits for its first leaf, which needs a Raft leader, which may need
+    // this agent to join first.
     this.reconcile()
-    await this.queue
   }
 
   async stop(): Promise<void> {
     this.stopped = true
+    this.abort.abort()
     await this.queue
     await Promise.all([...this.running.keys()].map((id) => this.stopOne(id)))
   }
@@ -184,6 +189,17 @@ export class SidecarModule implements AgentModule {
   private async startOne(def: ServiceDefinition): Promise<void> {
     const ctx = this.ctx!
     const sc = def.connect!.sidecarService
+    if (this.security.ready !== undefined) {
+      const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(60_000)])
+      if (!(await this.security.ready(def.name, signal))) {
+        if (!this.stopped) {
+          this.log?.warn({ service: def.name }, 'no leaf certificate yet; will retry on the next change')
+          setTimeout(() => this.reconcile(), 1_000).unref()
+        }
+        return
+      }
+      if (this.stopped) return
+    }
     const sources = sc.upstreams.map(
       (u) => new CatalogEndpointSource(this.catalog.catalog, u.destinationName),
     )
