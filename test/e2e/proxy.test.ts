@@ -114,6 +114,13 @@ describe('sidecar proxies (end to end, 3 agent processes)', () => {
       /inbound denied/.test(b.log) ? true : undefined,
     )
 
+    // The data plane shows on /metrics: web's upstream requests, api's inbound denials.
+    const metricsA = await (await fetch(`http://${a.http}/metrics`)).text()
+    expect(metricsA).toMatch(/peermesh_proxy_requests_total\{[^}]*\} [1-9]/)
+    expect(metricsA).toMatch(/peermesh_proxy_latency_seconds_bucket\{/)
+    const metricsB = await (await fetch(`http://${b.http}/metrics`)).text()
+    expect(metricsB).toMatch(/peermesh_proxy_inbound_denied_total\{[^}]*\} [1-9]/)
+
     if (hasOpenssl) {
       const dir = join(cluster.dir, 'certs')
       const exp = await runCli(['cert', 'export', 'web', '--out', dir, '--http', a.http])
