@@ -35,7 +35,7 @@ export function renderTimelineSvg(plot: TimelinePlot): string {
   const n = plot.rps.length
   const totalS = (n * plot.bucketMs) / 1000
   const plotW = W - LEFT - RIGHT
-  const x = (ms: number): number => LEFT + (ms / (n * plot.bucketMs)) * plotW
+  const x = (ms: number): number => Math.round((LEFT + (ms / (n * plot.bucketMs)) * plotW) * 10) / 10
   const out: string[] = []
   out.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
@@ -49,7 +49,7 @@ export function renderTimelineSvg(plot: TimelinePlot): string {
     yLabel: string,
   ): void => {
     const max = niceMax(Math.max(1, ...series.flatMap((s) => s.values)))
-    const y = (v: number): number => top + height - (v / max) * height
+    const y = (v: number): number => Math.round((top + height - (v / max) * height) * 10) / 10
     // Grid and y ticks.
     for (let i = 0; i <= 4; i++) {
       const v = (max * i) / 4

@@ -11,9 +11,10 @@
  * Load: 32 closed loops over `http.Agent({ keepAlive: true, maxSockets: 32 })` to web's upstream
  * listener, each request recorded (start, latency, ok/failed, which instance answered) and tagged
  * with an `x-request-id` that web's access log echoes with its `attempts` count.
- * After `--warmup` seconds (default 10), events `--gap` seconds apart (default 8): (1) kill -9 the api app on P; (1b) restart it (a
- * supervisor would), so two instances remain for (3); (2) kill -9 agent Q (its sidecar and its api
- * app are gone); (3) kill -9 the Raft leader L (which also hosts an api instance).
+ * After `--warmup` seconds (default 10), events `--gap` seconds apart (default 8): (1) kill -9
+ * the api app on P; (1b) restart it (a supervisor would), so two instances remain for (3);
+ * (2) kill -9 agent Q (its sidecar and its api app are gone); (3) kill -9 the Raft leader L (which
+ * also hosts an api instance).
  * Figures per event: failed requests (from the kill to the next event), p99 latency of requests
  * started in the window after the kill (`--window-ms`, default 2000), `reroute_ms` = time from the
  * kill to the start of the last request that still went to the dead instance (seen as a failure or
@@ -32,7 +33,7 @@ import { renderTimelineSvg, type SvgEvent } from './failover-svg.ts'
 
 const CONNECTIONS = 32
 const GAP_MS = Number(argValue('gap', '8')) * 1000
-const WARMUP_MS = Number(argValue('warmup', '5')) * 1000
+const WARMUP_MS = Number(argValue('warmup', '10')) * 1000
 const TAIL_MS = Number(argValue('tail', '8')) * 1000
 const WINDOW_MS = Number(argValue('window-ms', '2000'))
 /** Total request rate cap (0 = closed loops as fast as they go). */
@@ -403,6 +404,7 @@ function report(
     const deadUntil = e.backAt ?? until
     const span = samples.filter((s) => s.start + s.latency >= e.at && s.start + s.latency < until)
     const window = samples.filter((s) => s.start >= e.at && s.start < e.at + WINDOW_MS)
+    const before = samples.filter((s) => s.start >= e.at - WINDOW_MS && s.start < e.at)
     const hit = span.filter((s) => !s.ok || (s.attempts ?? 1) > 1)
     const isDead = (m: LogMark): boolean => m.endpoint.endsWith(`/${e.id}`) && m.t >= e.at - 20
     const toDead = retries.filter((m) => isDead(m) && m.t < deadUntil)
@@ -419,6 +421,13 @@ function report(
       retried_requests: hit.filter((s) => s.ok).length,
       retries_to_dead: toDead.length,
       requests_in_window: window.length,
+      p99_ms_before:
+        Math.round(
+          quantile(
+            before.map((s) => s.latency),
+            0.99,
+          ) * 10,
+        ) / 10,
       p99_ms_window:
         Math.round(
           quantile(
@@ -440,12 +449,13 @@ function report(
   )
 
   // Timeline, by request start time, 100 ms buckets.
-  const n = Math.ceil(endMs / BUCKET_MS)
+  const n = Math.floor(endMs / BUCKET_MS) // whole buckets only: the last partial one would read low
   const rps = new Array<number>(n).fill(0)
   const errs = new Array<number>(n).fill(0)
   const retr = new Array<number>(n).fill(0)
   for (const s of samples) {
-    const b = Math.min(n - 1, Math.floor(s.start / BUCKET_MS))
+    const b = Math.floor(s.start / BUCKET_MS)
+    if (b >= n) continue
     rps[b]! += 1000 / BUCKET_MS
     if (!s.ok) errs[b]! += 1
     else if ((s.attempts ?? 1) > 1) retr[b]! += 1
@@ -475,7 +485,8 @@ function report(
       'failed',
       'retried',
       'retries to dead',
-      `p99 ms (${WINDOW_MS} ms after)`,
+      `p99 ms ${WINDOW_MS} ms before`,
+      `p99 ms ${WINDOW_MS} ms after`,
       'max ms',
       'reroute ms',
       'ejected after ms',
@@ -488,6 +499,7 @@ function report(
       e.failed_requests,
       e.retried_requests,
       e.retries_to_dead,
+      e.p99_ms_before,
       e.p99_ms_window,
       e.max_ms_window,
       e.reroute_ms,
