@@ -14,6 +14,7 @@ import type { StateMachine } from './state-machine.ts'
 import type { RaftStorage } from './storage.ts'
 import type { ConfChange, ConfState, Entry, Message, NodeId, Ready, RequestId, Role } from './types.ts'
 import { decodeConfChange } from './conf-change.ts'
+import { type CoalesceLimits, coalesceMessages } from './coalesce.ts'
 
 /**
  * How the driver sends messages. Best-effort: a message may be lost, delayed, duplicated or
@@ -139,6 +140,11 @@ export class RaftNode<R = unknown> {
   private readonly syncOffLoop: boolean
   /** The pending fsync of a Ready's entries; no Ready is processed until it settles. */
   private persisting: Promise<void> | undefined
+  /** The Ready whose fsync is pending (its messages are still at the head of the core's queue). */
+  private pendingReady: Ready | undefined
+  /** Some of its committed entries are applied only after its fsync: nothing may overtake them. */
+  private pendingReadyApplyLate = false
+  private readonly limits: CoalesceLimits
 
   constructor(o: RaftNodeOptions<R>) {
     this.id = o.id
@@ -156,7 +162,9 @@ export class RaftNode<R = unknown> {
     this.syncOffLoop =
       this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
     const st = this.storage.initialState()
-    this.raft = new Raft({ ...DEFAULT_RAFT_CONFIG, ...o.config, id: o.id, rng: o.rng ?? Math.random }, st)
+    const cfg = { ...DEFAULT_RAFT_CONFIG, ...o.config }
+    this.limits = { maxEntries: cfg.maxEntriesPerMsg, maxBytes: cfg.maxBytesPerMsg }
+    this.raft = new Raft({ ...cfg, id: o.id, rng: o.rng ?? Math.random }, st)
     if (st.snapshot !== undefined) {
       this.sm.restore(st.snapshot.data)
       this.appliedIndex = st.snapshot.metadata.index
@@ -404,12 +412,43 @@ export class RaftNode<R = unknown> {
   private drain(): void {
     // Re-entrancy from a listener: the outer loop picks it up. While a Ready's entries are being
     // fsynced, the core keeps taking input; the next Ready collects all of it (group commit).
-    if (this.draining || this.persisting !== undefined) return
+    if (this.draining) return
+    if (this.persisting !== undefined) {
+      this.drainWhilePersisting()
+      return
+    }
     this.draining = true
     try {
       for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) {
         if (this.handleReady(rd)) break
       }
+    } finally {
+      this.draining = false
+    }
+  }
+
+  /**
+   * While a Ready's entries are being fsynced, do what does not depend on that write, so that a
+   * commit learnt meanwhile costs no extra fsync of latency:
+   * - apply entries that are committed and already durable here (written by an earlier Ready), and
+   *   answer their proposals — they are on a durable majority, and this node's copy is on disk;
+   * - on a leader whose term and vote are durable, send what the core queued since (appends carrying
+   *   the new commit index, so followers and learners apply at once, heartbeats, read answers).
+   * Nothing that acknowledges the entries being written (a follower's appResp) leaves early: other
+   * roles' messages wait for their Ready, after the fsync.
+   */
+  private drainWhilePersisting(): void {
+    if (this.stopped || this.pendingReady === undefined || this.pendingReadyApplyLate) return
+    this.draining = true
+    try {
+      if (this.raft.term === this.durableTerm) {
+        this.sendAll(this.raft.takeLeaderMessages(this.pendingReady.messages.length))
+      }
+      const ents = this.raft.stableCommittedAfter(this.appliedIndex)
+      if (ents.length === 0) return
+      for (const e of ents) this.apply(e)
+      this.raft.appliedTo(ents.at(-1)!.index)
+      this.resolveReads()
     } finally {
       this.draining = false
     }
@@ -424,11 +463,8 @@ export class RaftNode<R = unknown> {
       this.raft.role === 'leader' && (rd.hardState === undefined || rd.hardState.term === this.durableTerm)
     const sent = new Set<Message>()
     if (early) {
-      for (const m of rd.messages) {
-        if (m.type !== 'app' && m.type !== 'heartbeat') continue
-        sent.add(m)
-        this.sendOne(m)
-      }
+      for (const m of rd.messages) if (m.type === 'app' || m.type === 'heartbeat') sent.add(m)
+      this.sendAll([...sent])
     }
     // 1. persist. Term and vote are fsynced before returning; entries too, unless the storage can
     // sync them off the event loop, in which case everything after waits for that fsync.
@@ -446,15 +482,34 @@ export class RaftNode<R = unknown> {
       this.finishReady(rd, sent)
       return false
     }
+    // Committed entries that were already durable here before this Ready need not wait for its
+    // write: apply them now (see drainWhilePersisting); the rest (and a snapshot) after the fsync.
+    let late = rd.committedEntries
+    if (rd.snapshot === undefined) {
+      const firstNew = rd.entries[0]!.index
+      const n = rd.committedEntries.findIndex((e) => e.index >= firstNew)
+      const early = n < 0 ? rd.committedEntries : rd.committedEntries.slice(0, n)
+      late = n < 0 ? [] : rd.committedEntries.slice(n)
+      for (const e of early) this.apply(e)
+      if (early.length > 0) {
+        this.raft.appliedTo(early.at(-1)!.index)
+        this.resolveReads()
+      }
+    }
+    this.pendingReady = rd
+    this.pendingReadyApplyLate = late.length > 0 || rd.snapshot !== undefined
+    const rest: Ready = late === rd.committedEntries ? rd : { ...rd, committedEntries: late }
     this.persisting = this.storage.sync!().then(
       () => {
         this.persisting = undefined
+        this.pendingReady = undefined
         if (this.stopped) return
-        this.finishReady(rd, sent)
+        this.finishReady(rest, sent)
         this.drain()
       },
       (err: unknown) => {
         this.persisting = undefined
+        this.pendingReady = undefined
         // Like etcd's panic on a failed fsync: what is on disk is unknown, so nothing may be
         // acknowledged any more. Stop, and let the error surface as an uncaught exception.
         void this.stop()
@@ -468,7 +523,7 @@ export class RaftNode<R = unknown> {
 
   /** Steps 2 and 3 of a Ready whose state is durable: send, then apply. */
   private finishReady(rd: Ready, sent: ReadonlySet<Message>): void {
-    for (const m of rd.messages) if (!sent.has(m)) this.sendOne(m)
+    this.sendAll(sent.size === 0 ? rd.messages : rd.messages.filter((m) => !sent.has(m)))
     if (rd.snapshot !== undefined) {
       const index = rd.snapshot.metadata.index
       this.sm.restore(rd.snapshot.data)
@@ -489,6 +544,11 @@ export class RaftNode<R = unknown> {
     if (rd.softState !== undefined) this.onSoftState()
     this.resolveReads()
     this.maybeSnapshot()
+  }
+
+  /** Sends a batch, merging what goes to the same peer (see coalesceMessages). */
+  private sendAll(msgs: readonly Message[]): void {
+    for (const m of coalesceMessages(msgs, this.limits)) this.sendOne(m)
   }
 
   private sendOne(m: Message): void {

@@ -954,6 +954,35 @@ export class Raft {
     this.readStates.splice(0, rd.readStates.length)
   }
 
+  /**
+   * Committed entries after index `after` that are also durable here (`<= stabled`), without a
+   * pending snapshot: what a driver may apply while a Ready's new entries are still being written,
+   * instead of waiting for that write (these entries' own write is already done). Read-only; report
+   * what was applied with `appliedTo`, so that later Readys do not repeat it.
+   */
+  stableCommittedAfter(after: number): Entry[] {
+    if (this.log.pendingSnapshot !== undefined) return []
+    const hi = Math.min(this.log.committed, this.log.stabled)
+    if (hi <= after) return []
+    return this.log.slice(Math.max(after, this.log.offsetIndex) + 1, hi + 1)
+  }
+
+  /** Marks entries up to `index` as applied (see stableCommittedAfter). */
+  appliedTo(index: number): void {
+    this.log.applied = Math.max(this.log.applied, Math.min(index, this.log.committed))
+  }
+
+  /**
+   * Removes and returns the messages queued after the first `keep` (those belong to a Ready not yet
+   * advanced). Only for a leader whose term and vote are durable: everything it queues (appends
+   * carrying the new commit index, heartbeats, read answers) may leave before its own log write,
+   * which the core counts only in `advance` (thesis §10.2.1). Other roles must wait for their Ready.
+   */
+  takeLeaderMessages(keep: number): Message[] {
+    if (this.role !== 'leader' || this.msgs.length <= keep) return []
+    return this.msgs.splice(keep)
+  }
+
   status(): RaftStatus {
     const progress: RaftStatus['progress'] = {}
     if (this.role === 'leader') {

@@ -1,0 +1,192 @@
+/**
+ * `tsx bench/raft-trace.ts [--ops N] [--writers W] [--seconds S] [--cpuprof DIR --profhook M]`:
+ * a quick probe of Raft writes on 3 local agents: sequential latency at the leader and through a
+ * follower, then W concurrent writers: ops/s and CPU ms per write (utime+stime from /proc, summed
+ * over the agents; steadier than ops/s on a shared machine). The stage table needs an agent build
+ * that prints `RTRACE <node> <stage> <index> <epoch ms>` lines (a temporary patch); without them it
+ * is empty. `--cpuprof`: agents get NODE_OPTIONS=--import M (an inspector hook toggled by SIGUSR2).
+ */
+import { readFileSync } from 'node:fs'
+import { Agent, request } from 'node:http'
+import { TestCluster } from '../test/e2e/harness.ts'
+import { startRaftCluster, status, waitForLeader } from '../test/e2e/raft-helpers.ts'
+import { argValue, fmt, quantile } from './lib.ts'
+
+const OPS = Number(argValue('ops', '200'))
+const WRITERS = Number(argValue('writers', '16'))
+const SECONDS = Number(argValue('seconds', '5'))
+const keepAlive = new Agent({ keepAlive: true, maxSockets: 64 })
+
+function putKv(http: string, name: string, value: string): Promise<void> {
+  const [host, port] = http.split(':') as [string, string]
+  const body = Buffer.from(JSON.stringify({ kind: 'kv', name, value }))
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host,
+        port: Number(port),
+        method: 'PUT',
+        path: '/v1/config',
+        agent: keepAlive,
+        headers: { 'content-type': 'application/json', 'content-length': body.length },
+        signal: AbortSignal.timeout(2_000),
+      },
+      (res) => {
+        res.resume()
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`)),
+        )
+      },
+    )
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+async function seq(http: string, label: string): Promise<number[]> {
+  const lat: number[] = []
+  for (let i = 0; i < OPS; i++) {
+    const t = performance.now()
+    await putKv(http, `trace/${i % 64}`, '0123456789abcdef')
+    lat.push(performance.now() - t)
+  }
+  process.stderr.write(`${label}: p50 ${fmt(quantile(lat, 0.5))} ms p99 ${fmt(quantile(lat, 0.99))} ms\n`)
+  return lat
+}
+
+async function conc(http: string): Promise<number> {
+  let n = 0
+  const end = performance.now() + SECONDS * 1000
+  const t0 = performance.now()
+  await Promise.all(
+    Array.from({ length: WRITERS }, async (_, w) => {
+      for (let i = 0; performance.now() < end; i++) {
+        await putKv(http, `conc/${(w * 1000 + i) % 1024}`, '0123456789abcdef').then(
+          () => n++,
+          () => {},
+        )
+      }
+    }),
+  )
+  const ops = n / ((performance.now() - t0) / 1000)
+  process.stderr.write(`${WRITERS} writers: ${fmt(ops)} ops/s\n`)
+  return ops
+}
+
+type Ev = { node: string; stage: string; idx: string; t: number }
+function parse(log: string): Ev[] {
+  const out: Ev[] = []
+  for (const line of log.split('\n')) {
+    const m = /^RTRACE (\S+) (\S+) (\S+) (\S+)$/.exec(line)
+    if (m) out.push({ node: m[1]!, stage: m[2]!, idx: m[3]!, t: Number(m[4]) })
+  }
+  return out
+}
+
+/** For each write (by index) the first time each (role, stage) is seen, relative to propose. */
+function stages(evs: Ev[], leaderId: string, from: number, to: number): void {
+  const byIdx = new Map<number, Map<string, number>>()
+  const firstT = (k: string, idx: number, t: number): void => {
+    let m = byIdx.get(idx)
+    if (m === undefined) {
+      m = new Map()
+      byIdx.set(idx, m)
+    }
+    if (!m.has(k) || m.get(k)! > t) m.set(k, t)
+  }
+  const sorted = [...evs].sort((a, b) => a.t - b.t)
+  for (const e of sorted) {
+    const role = e.node === leaderId ? 'L' : `F${e.node}`
+    const idx = Number(e.idx)
+    if (!Number.isFinite(idx) || idx < from || idx > to) continue
+    const stage = e.stage.replace(/-.*/, '')
+    firstT(`${role}.${stage}`, idx, e.t)
+  }
+  // Messages carrying a range (app up to idx, commit idx) also cover lower indexes: ignore, since
+  // sequential writes carry one entry each.
+  const keys = new Map<string, number[]>()
+  for (const m of byIdx.values()) {
+    const t0 = m.get('L.propose')
+    if (t0 === undefined) continue
+    for (const [k, t] of m) {
+      const a = keys.get(k) ?? []
+      a.push(t - t0)
+      keys.set(k, a)
+    }
+  }
+  const rows = [...keys].map(([k, a]) => [k, quantile(a, 0.5), quantile(a, 0.9), a.length] as const)
+  rows.sort((a, b) => a[1] - b[1])
+  for (const [k, p50, p90, n] of rows)
+    process.stderr.write(
+      `  ${k.padEnd(28)} p50 ${fmt(p50).padStart(8)} ms  p90 ${fmt(p90).padStart(8)} ms  n=${n}\n`,
+    )
+}
+
+async function main(): Promise<void> {
+  process.env['PEERMESH_RAFT_TRACE'] = argValue('trace', '1')
+  const prof = argValue('cpuprof')
+  if (prof !== undefined) {
+    process.env['NODE_OPTIONS'] = `--import ${argValue('profhook', '/tmp/pmb/prof.mjs')}`
+    process.env['PROF_DIR'] = prof
+  }
+  const cluster = new TestCluster()
+  try {
+    const agents = await startRaftCluster(cluster, 3, { prefix: 'trace' })
+    const leader = await waitForLeader(agents)
+    const follower = agents.find((a) => a !== leader)!
+    for (let i = 0; i < 30; i++) await putKv(leader.http, 'warm', String(i))
+    const lid = (await status(leader))!.id.slice(-6)
+    const mark = (): number =>
+      Math.max(0, ...parse(leader.log).map((e) => (e.stage === 'propose' ? Number(e.idx) : 0)))
+    const a = mark()
+    const leaderLat = await seq(leader.http, 'sequential at leader')
+    const b = mark()
+    const fwdLat = await seq(follower.http, 'sequential via follower')
+    const c = mark()
+    const sig = (): void => {
+      if (prof !== undefined) for (const x of agents) x.child?.kill('SIGUSR2')
+    }
+    sig()
+    const cpu = (): number[] =>
+      agents.map((x) => {
+        const f = readFileSync(`/proc/${x.child!.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+        return (Number(f[11]) + Number(f[12])) * 10 // utime + stime, ms at 100 Hz
+      })
+    const c0 = cpu()
+    const n0 = performance.now()
+    const ops = await conc(leader.http)
+    const c1 = cpu()
+    const total = (ops * (performance.now() - n0)) / 1000
+    const cpuPerOp = c1.map((v, i) => (v - c0[i]!) / total)
+    const leaderCpu = cpuPerOp[agents.indexOf(leader)]!
+    sig()
+    await new Promise((r) => setTimeout(r, 1000))
+    const evs = agents.flatMap((x) => parse(x.log))
+    process.stderr.write('stages, writes at the leader (ms after propose):\n')
+    stages(evs, lid, a + 1, b)
+    process.stderr.write('stages, writes via a follower (ms after propose on the leader):\n')
+    stages(evs, lid, b + 1, c)
+    console.log(
+      JSON.stringify({
+        seq_leader_p50: quantile(leaderLat, 0.5),
+        seq_leader_p99: quantile(leaderLat, 0.99),
+        seq_fwd_p50: quantile(fwdLat, 0.5),
+        seq_fwd_p99: quantile(fwdLat, 0.99),
+        conc_ops: ops,
+        conc_cpu_ms_per_op_leader: leaderCpu,
+        conc_cpu_ms_per_op_all: cpuPerOp.reduce((a, b) => a + b, 0),
+      }),
+    )
+  } finally {
+    keepAlive.destroy()
+    await cluster.close()
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err)
+    process.exit(1)
+  },
+)
