@@ -126,6 +126,31 @@ export class UpstreamCore {
     if (init.split !== undefined) this.pool.setSplit(validateSplitConfig(init.split))
   }
 
+  /**
+   * Starts the shared parts (certificates, endpoint pool) and binds `server`; on a bind failure
+   * undoes the start. Returns the bound port.
+   */
+  async open(server: Server, options: { signal?: AbortSignal } = {}): Promise<number> {
+    this.tls.start()
+    this.pool.start()
+    try {
+      return await listen(server, this.bindPort, this.bindAddress, options)
+    } catch (error) {
+      this.pool.stop()
+      this.tls.stop()
+      throw error
+    }
+  }
+
+  /** Stops listening, destroys the listener's client sockets, then the pool and certificates. */
+  async close(server: Server, clients: Iterable<{ destroy(): void }>): Promise<void> {
+    const closed = closeServer(server)
+    for (const socket of clients) socket.destroy()
+    await closed
+    this.pool.stop() // destroys every endpoint's connections
+    this.tls.stop()
+  }
+
   /** True when the local view of intentions denies source -> destination. */
   locallyDenied(): boolean {
     if (!this.authorizer) return false

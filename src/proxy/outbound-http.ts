@@ -31,7 +31,7 @@ import {
   UpstreamResetError,
   UpstreamTimeoutError,
 } from './errors.ts'
-import { closeServer, listen, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
+import { UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import { type SplitConfig, validateSplitConfig } from './split.ts'
 
 export interface HttpOutboundListenerInit extends UpstreamListenerInit {
@@ -105,15 +105,7 @@ export class HttpOutboundListener {
 
   async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.state !== 'new') throw new ListenerStateError(`outbound listener is ${this.state}`)
-    this.core.tls.start()
-    this.core.pool.start()
-    try {
-      this.boundPort = await listen(this.server, this.core.bindPort, this.core.bindAddress, options)
-    } catch (error) {
-      this.core.pool.stop()
-      this.core.tls.stop()
-      throw error
-    }
+    this.boundPort = await this.core.open(this.server, options)
     this.state = 'running'
   }
 
@@ -123,11 +115,7 @@ export class HttpOutboundListener {
       return
     }
     this.state = 'stopped'
-    const closed = closeServer(this.server)
-    for (const socket of this.clientSockets) socket.destroy()
-    await closed
-    this.core.pool.stop() // destroys every endpoint's agent
-    this.core.tls.stop()
+    await this.core.close(this.server, this.clientSockets)
   }
 
   setSplit(split: SplitConfig | undefined): void {

@@ -13,7 +13,7 @@ import tls from 'node:tls'
 import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, ListenerStateError, UpstreamConnectError } from './errors.ts'
-import { closeServer, listen, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
+import { UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import type { SplitConfig } from './split.ts'
 import { validateSplitConfig } from './split.ts'
 
@@ -48,15 +48,7 @@ export class OutboundListener {
 
   async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.state !== 'new') throw new ListenerStateError(`outbound listener is ${this.state}`)
-    this.core.tls.start()
-    this.core.pool.start()
-    try {
-      this.boundPort = await listen(this.server, this.core.bindPort, this.core.bindAddress, options)
-    } catch (error) {
-      this.core.pool.stop()
-      this.core.tls.stop()
-      throw error
-    }
+    this.boundPort = await this.core.open(this.server, options)
     this.state = 'running'
   }
 
@@ -67,11 +59,7 @@ export class OutboundListener {
       return
     }
     this.state = 'stopped'
-    const closed = closeServer(this.server)
-    for (const socket of this.open) socket.destroy()
-    await closed
-    this.core.pool.stop()
-    this.core.tls.stop()
+    await this.core.close(this.server, this.open)
   }
 
   setSplit(split: SplitConfig | undefined): void {
