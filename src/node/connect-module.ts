@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
-import { Counter, Gauge } from 'prom-client'
+import { Gauge } from 'prom-client'
 import {
   crossSign,
   createRootCa,
@@ -18,6 +18,7 @@ import { type IntentionAction, IntentionIndex } from '../proxy/intentions.ts'
 import { pack, unpack } from '../raft/msgpack.ts'
 import type { Intention } from '../raft/policy-store.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
+import { counterFrom } from './metrics.ts'
 import type { CatalogModule } from './catalog-module.ts'
 import { type CaRootRecord, type CaState, caStateOf, rootRecordOf, rotationComplete } from './connect-ca.ts'
 import { registerConnectRoutes } from './connect-routes.ts'
@@ -607,17 +608,8 @@ export class ConnectModule implements AgentModule {
   // ---- metrics ------------------------------------------------------------------------------------
 
   private registerMetrics(ctx: AgentContext): void {
-    const counter = (name: string, help: string, pick: () => number): void => {
-      new Counter({
-        name,
-        help,
-        registers: [ctx.metrics],
-        collect() {
-          this.reset()
-          this.inc(pick())
-        },
-      })
-    }
+    const counter = (name: string, help: string, pick: () => number): void =>
+      counterFrom(ctx.metrics, name, help, pick)
     counter(
       'peermesh_connect_leaves_signed_total',
       'Leaf certificates signed here as leader',

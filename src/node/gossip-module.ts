@@ -18,6 +18,7 @@ import {
 import { writeFileAtomicSync } from '../identity/fs-atomic.ts'
 import { publicKeyOfPeerId } from '../identity/node-key.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
+import { counterFrom } from './metrics.ts'
 import { StreamMessenger } from './stream-messenger.ts'
 
 export const SWIM_PROTOCOL = '/peermesh/swim/1'
@@ -327,17 +328,8 @@ export class GossipModule implements AgentModule {
         for (const [status, n] of Object.entries(counts)) this.set({ status }, n)
       },
     })
-    const stat = (name: string, help: string, pick: () => number): void => {
-      new Counter({
-        name,
-        help,
-        registers: [ctx.metrics],
-        collect() {
-          this.reset()
-          this.inc(pick())
-        },
-      })
-    }
+    const stat = (name: string, help: string, pick: () => number): void =>
+      counterFrom(ctx.metrics, name, help, pick)
     stat('peermesh_gossip_messages_sent_total', 'SWIM datagrams sent', () => self.messenger?.stats.sent ?? 0)
     stat(
       'peermesh_gossip_bytes_sent_total',

@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Gauge, Registry } from 'prom-client'
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client'
 import type { Host } from './host.ts'
 
 /**
@@ -36,4 +36,29 @@ export function createMetrics(getHost: () => Host | undefined): Registry {
     },
   })
   return registry
+}
+
+/** A counter whose value is read from a running total at scrape time (e.g. a module's stats). */
+export function counterFrom(registry: Registry, name: string, help: string, pick: () => number): void {
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.reset()
+      this.inc(pick())
+    },
+  })
+}
+
+/** A gauge whose value is read at scrape time. */
+export function gaugeFrom(registry: Registry, name: string, help: string, pick: () => number): void {
+  new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(pick())
+    },
+  })
 }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { Counter, Gauge } from 'prom-client'
+import { Gauge } from 'prom-client'
 import {
   encodeMessage,
   encodePolicyCommand,
@@ -17,6 +17,7 @@ import {
 } from '../raft/index.ts'
 import { pack, unpack } from '../raft/msgpack.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
+import { counterFrom, gaugeFrom } from './metrics.ts'
 import type { GossipModule } from './gossip-module.ts'
 import { type AutopilotSettings, DEFAULT_AUTOPILOT, planAutopilot, trackDown } from './raft-autopilot.ts'
 import { registerRaftRoutes } from './raft-routes.ts'
@@ -613,27 +614,10 @@ export class RaftModule implements AgentModule {
   // ---- metrics ------------------------------------------------------------------------------------
 
   private registerMetrics(ctx: AgentContext): void {
-    const gauge = (name: string, help: string, pick: () => number): void => {
-      new Gauge({
-        name,
-        help,
-        registers: [ctx.metrics],
-        collect() {
-          this.set(pick())
-        },
-      })
-    }
-    const counter = (name: string, help: string, pick: () => number): void => {
-      new Counter({
-        name,
-        help,
-        registers: [ctx.metrics],
-        collect() {
-          this.reset()
-          this.inc(pick())
-        },
-      })
-    }
+    const gauge = (name: string, help: string, pick: () => number): void =>
+      gaugeFrom(ctx.metrics, name, help, pick)
+    const counter = (name: string, help: string, pick: () => number): void =>
+      counterFrom(ctx.metrics, name, help, pick)
     const status = () => this.node?.status()
     gauge('peermesh_raft_term', 'Current Raft term', () => status()?.term ?? 0)
     gauge('peermesh_raft_commit_index', 'Highest log index known committed', () => status()?.commit ?? 0)
