@@ -3,6 +3,7 @@ import { writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import { progress } from '../lib.ts'
+import { freePort } from '../../src/node/free-port.ts'
 
 /**
  * HAProxy 2.6 (Debian package `haproxy`, binary /usr/sbin/haproxy) as the peer of the sidecar
@@ -62,15 +63,6 @@ export function ensureInstalled(): void {
 export function haproxyVersion(): string {
   const out = spawnSync(HAPROXY, ['-v'], { encoding: 'utf8' }).stdout ?? ''
   return /version (\S+)/.exec(out)?.[1] ?? 'unknown'
-}
-
-/** A free TCP port on 127.0.0.1 (bound, then released). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
 }
 
 /** Resolves once something accepts TCP connections on 127.0.0.1:port; rejects after `timeoutMs`. */
@@ -200,3 +192,5 @@ backend api
     throw error
   }
 }
+
+export { freePort }

@@ -1,23 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { freePort } from '../../src/node/free-port.ts'
 
 export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
-
-/** A free TCP port on 127.0.0.1 (the OS picks it; we release it right away). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      srv.close(() => resolve(typeof addr === 'object' && addr !== null ? addr.port : 0))
-    })
-  })
-}
 
 /** Runs the CLI to completion; returns exit code and output. */
 export function runCli(
@@ -169,3 +157,5 @@ export class TestCluster {
     rmSync(this.dir, { recursive: true, force: true })
   }
 }
+
+export { freePort }
