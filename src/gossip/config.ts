@@ -99,7 +99,7 @@ export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   retransmitMult: 6, // 12 transmissions at n = 50: the chance one member misses an update is ~e^-12, not ~e^-8 (memberlist's 4)
   pushPullIntervalMs: 10_000, // anti-entropy every 10 s (scaled up above 32 members)
   reapTimeoutMs: 300_000, // remember dead/left members 5 min so stale alives cannot resurrect them
-  maxMessageBytes: 1400, // fits one Ethernet MTU datagram with headroom for transport framing
+  maxMessageBytes: 1380, // + the 82-byte sealed UDP envelope = 1462: one Ethernet datagram (1500 - 28 bytes of IP/UDP headers)
   maxRecordBytes: 1024, // leaves room for a ping/ack and a few other updates in one message
   maxPushPullBytes: 32 * 1024 * 1024, // ~200 k members at ~150 bytes each
   maxBroadcastQueue: 4096, // bounded memory under churn; the most gossiped updates go first

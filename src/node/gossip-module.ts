@@ -1,5 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import type { PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
@@ -15,14 +16,25 @@ import {
   swimConfig,
   type SwimProfile,
 } from '../gossip/index.ts'
+import { readClusterKeyFile } from '../identity/cluster-key.ts'
 import { writeFileAtomicSync } from '../identity/fs-atomic.ts'
 import { publicKeyOfPeerId } from '../identity/node-key.ts'
-import type { AgentContext, AgentModule } from './agent.ts'
+import { type AgentContext, type AgentModule, CLUSTER_KEY_FILE } from './agent.ts'
+import { deriveDatagramKey, GossipUdpTransport, UDP_PORT_TAG, udpEndpointOf } from './gossip-udp.ts'
 import { counterFrom } from './metrics.ts'
 import { StreamMessenger } from './stream-messenger.ts'
 
+/**
+ * Best-effort channel of the push/pull messenger; unused (StreamMessenger needs one): SWIM
+ * datagrams travel over UDP (`gossip-udp.ts`) since issue #3.
+ */
 export const SWIM_PROTOCOL = '/peermesh/swim/1'
+/** Reliable path: push/pull anti-entropy and joins, one libp2p stream per exchange. */
 export const SWIM_PUSHPULL_PROTOCOL = '/peermesh/swim/pushpull/1'
+/** Protocols that may still run on a connection opened only for push/pull (see `closeIfIdle`). */
+const HOUSEKEEPING_PROTOCOLS = new Set([SWIM_PUSHPULL_PROTOCOL, '/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0'])
+/** After an exchange on a connection it opened, the initiator closes it this much later if idle. */
+const PUSHPULL_CLOSE_DELAY_MS = 1_000
 /** Persisted incarnation and record version, so a restarted node starts above both. */
 export const GOSSIP_STATE_FILE = 'gossip.json'
 /**
@@ -69,14 +81,20 @@ export interface GossipModuleInit {
 const now = (): number => performance.now()
 
 /**
- * Wires the pure SWIM core to the agent: libp2p streams carry its datagrams and push/pull
- * exchanges, one timer drives `tick`, seeds the agent joined through start the join, events
- * go to the log and the agent's event bus, and the local incarnation is persisted.
+ * Wires the pure SWIM core to the agent: sealed UDP datagrams carry probes, acks and gossip
+ * (best-effort, `GossipUdpTransport`), libp2p streams carry push/pull exchanges (reliable), one
+ * timer drives `tick`, seeds the agent joined through start the join, events go to the log and
+ * the agent's event bus, and the local incarnation is persisted.
+ *
+ * Connections stay bounded: probing and gossip open none, and a connection that push/pull opened
+ * is closed after the exchange unless another protocol (Raft, RPC, DHT) uses it by then.
  */
 export class GossipModule implements AgentModule {
   readonly name = 'gossip'
   private swim?: Swim
   private messenger?: StreamMessenger
+  private udp?: GossipUdpTransport
+  private readonly pushPullStats = { exchanges: 0, failures: 0, bytesSent: 0, connectionsClosed: 0 }
   private ctx?: AgentContext
   private log?: Logger
   private timer?: NodeJS.Timeout
@@ -121,12 +139,14 @@ export class GossipModule implements AgentModule {
     this.log = log
     const cfg = swimConfig(this.init.profile ?? 'lan', this.init.overrides ?? {})
     const saved = this.loadState(ctx.config.dataDir)
+    const addresses = ctx.host.getMultiaddrs().map((m) => m.toString())
+    const udp = await this.startUdp(ctx, addresses, cfg.maxMessageBytes)
+    // Peers derive our UDP endpoint from our first TCP address; the tag only when that is wrong.
+    const derived = udpEndpointOf(addresses, {})
+    const tags: Record<string, string> =
+      derived?.port === udp.port ? {} : { [UDP_PORT_TAG]: String(udp.port) }
     this.swim = new Swim({
-      self: {
-        id: ctx.identity.id,
-        name: ctx.config.name,
-        addresses: ctx.host.getMultiaddrs().map((m) => m.toString()),
-      },
+      self: { id: ctx.identity.id, name: ctx.config.name, addresses, tags },
       config: cfg,
       // The driver may use ambient randomness; the core only sees this function.
       rng: Math.random,
@@ -141,16 +161,16 @@ export class GossipModule implements AgentModule {
       log,
       maxMessageBytes: cfg.maxMessageBytes,
       maxRequestBytes: cfg.maxPushPullBytes,
-      onDialFailure: (peer) => this.lookupInDht(peer),
     })
     this.messenger = messenger
-    messenger.onMessage((from, bytes) => {
-      if (this.swim !== undefined) this.process(this.swim.handleMessage(from, bytes, now()))
+    udp.onMessage((from, bytes) => {
+      if (this.swim !== undefined && !this.stopped) this.process(this.swim.handleMessage(from, bytes, now()))
     })
     messenger.onRequest(async (from, bytes) => {
       const res = this.swim!.handlePushPull(from, bytes, now())
       this.process(res)
       if (res.reply === undefined) throw new Error('push/pull request dropped')
+      this.pushPullStats.bytesSent += res.reply.length
       return res.reply
     })
     await messenger.start()
@@ -176,26 +196,88 @@ export class GossipModule implements AgentModule {
     clearTimeout(this.timer)
     clearTimeout(this.peersTimer)
     await this.messenger?.stop()
+    await this.udp?.stop()
+  }
+
+  /**
+   * Binds the gossip UDP socket on the host and port number of the first TCP address (one port
+   * for TCP and UDP, as memberlist does), or on any port if that one is busy for UDP.
+   */
+  private async startUdp(
+    ctx: AgentContext,
+    addresses: string[],
+    maxMessageBytes: number,
+  ): Promise<GossipUdpTransport> {
+    // The agent read (or created) the cluster key from one of these two places before starting us.
+    const keyFile = ctx.config.clusterKey ?? join(ctx.config.dataDir, CLUSTER_KEY_FILE)
+    const self = udpEndpointOf(addresses, {})
+    if (self === undefined)
+      this.log?.warn({ addresses }, 'no TCP address to share a port with; gossip UDP on any port')
+    const wildcard = ctx.config.listen.map((l) => /^\/ip[46]\/(0\.0\.0\.0|::)\//.exec(l)?.[1]).find((h) => h)
+    const udp = new GossipUdpTransport({
+      selfId: ctx.identity.id,
+      key: deriveDatagramKey(readClusterKeyFile(keyFile)),
+      bindHost: wildcard ?? self?.host ?? '0.0.0.0',
+      port: self?.port ?? 0,
+      maxMessageBytes,
+      log: this.log!,
+      resolve: (peer) => {
+        const m = this.swim?.member(peer)
+        return m === undefined ? undefined : udpEndpointOf(m.addresses, m.tags)
+      },
+    })
+    await udp.start()
+    this.udp = udp
+    return udp
   }
 
   private process(out: Output): void {
     if (this.stopped) return
-    const messenger = this.messenger!
-    for (const { to, msg } of out.send) messenger.send(to, msg)
-    for (const { to, state } of out.pushPull) {
-      messenger
-        .request(to, state, { signal: AbortSignal.timeout(5_000) })
-        .then((reply) => {
-          if (this.swim !== undefined && !this.stopped)
-            this.process(this.swim.handlePushPullReply(to, reply, now()))
-        })
-        .catch((err: unknown) =>
-          this.log?.debug({ peer: to, err: (err as Error).message }, 'push/pull failed'),
-        )
-    }
+    const udp = this.udp!
+    for (const { to, msg } of out.send) udp.send(to, msg)
+    for (const { to, state } of out.pushPull) void this.pushPull(to, state)
     for (const e of out.events) this.onSwimEvent(e)
     this.persistIfChanged()
     this.schedule()
+  }
+
+  /** One push/pull exchange; a connection opened just for it is closed afterwards if idle. */
+  private async pushPull(to: string, state: Uint8Array): Promise<void> {
+    const host = this.ctx!.host
+    let peer: PeerId
+    try {
+      peer = peerIdFromString(to)
+    } catch {
+      return
+    }
+    const hadConnection = host.getConnections(peer).length > 0
+    this.pushPullStats.exchanges++
+    this.pushPullStats.bytesSent += state.length
+    try {
+      const reply = await this.messenger!.request(to, state, { signal: AbortSignal.timeout(5_000) })
+      if (this.swim !== undefined && !this.stopped)
+        this.process(this.swim.handlePushPullReply(to, reply, now()))
+    } catch (err) {
+      this.pushPullStats.failures++
+      this.log?.debug({ peer: to, err: (err as Error).message }, 'push/pull failed')
+      this.lookupInDht(to)
+    }
+    if (!hadConnection) setTimeout(() => this.closeIfIdle(peer), PUSHPULL_CLOSE_DELAY_MS).unref()
+  }
+
+  /**
+   * Closes connections to `peer` that carry no stream other than push/pull and identify. Random
+   * push/pull partners would otherwise leave a connection to every member behind (N per agent);
+   * a connection that Raft, RPC or the DHT opened a stream on in the meantime stays open.
+   */
+  private closeIfIdle(peer: PeerId): void {
+    if (this.stopped) return
+    for (const conn of this.ctx!.host.getConnections(peer)) {
+      if (conn.status !== 'open') continue
+      if (conn.streams.some((s) => !HOUSEKEEPING_PROTOCOLS.has(s.protocol ?? ''))) continue
+      this.pushPullStats.connectionsClosed++
+      void conn.close().catch(() => conn.abort(new Error('close failed')))
+    }
   }
 
   private schedule(): void {
@@ -230,8 +312,10 @@ export class GossipModule implements AgentModule {
     ) {
       this.rememberAddresses(m)
     }
-    if (e.type === 'member:fail' || e.type === 'member:leave' || e.type === 'member:reap')
+    if (e.type === 'member:fail' || e.type === 'member:leave' || e.type === 'member:reap') {
       this.messenger?.forget(m.id)
+      this.udp?.forget(m.id)
+    }
     if (e.type === 'member:join' || e.type === 'member:leave' || e.type === 'member:reap')
       this.scheduleKnownPeers()
     this.ctx?.events.emit(e.type, m)
@@ -330,22 +414,57 @@ export class GossipModule implements AgentModule {
     })
     const stat = (name: string, help: string, pick: () => number): void =>
       counterFrom(ctx.metrics, name, help, pick)
-    stat('peermesh_gossip_messages_sent_total', 'SWIM datagrams sent', () => self.messenger?.stats.sent ?? 0)
+    stat('peermesh_gossip_messages_sent_total', 'SWIM UDP datagrams sent', () => self.udp?.stats.sent ?? 0)
     stat(
       'peermesh_gossip_bytes_sent_total',
-      'SWIM datagram bytes sent',
-      () => self.messenger?.stats.sentBytes ?? 0,
+      'SWIM UDP datagram bytes sent (sealed envelope included)',
+      () => self.udp?.stats.sentBytes ?? 0,
     )
     stat(
       'peermesh_gossip_messages_received_total',
-      'SWIM datagrams received',
-      () => self.messenger?.stats.received ?? 0,
+      'SWIM UDP datagrams received and authenticated',
+      () => self.udp?.stats.received ?? 0,
     )
     stat(
       'peermesh_gossip_bytes_received_total',
-      'SWIM datagram bytes received',
-      () => self.messenger?.stats.receivedBytes ?? 0,
+      'SWIM UDP datagram bytes received and authenticated (envelope included)',
+      () => self.udp?.stats.receivedBytes ?? 0,
     )
+    stat(
+      'peermesh_gossip_send_dropped_total',
+      'SWIM datagrams not sent (member endpoint unknown, oversize, socket error)',
+      () => self.udp?.stats.sendDropped ?? 0,
+    )
+    stat(
+      'peermesh_gossip_pushpull_total',
+      'Push/pull exchanges this agent started',
+      () => self.pushPullStats.exchanges,
+    )
+    stat(
+      'peermesh_gossip_pushpull_failures_total',
+      'Push/pull exchanges this agent started that failed',
+      () => self.pushPullStats.failures,
+    )
+    stat(
+      'peermesh_gossip_pushpull_bytes_sent_total',
+      'Push/pull state bytes sent (requests and replies)',
+      () => self.pushPullStats.bytesSent,
+    )
+    stat(
+      'peermesh_gossip_pushpull_connections_closed_total',
+      'Idle connections closed after a push/pull exchange that opened them',
+      () => self.pushPullStats.connectionsClosed,
+    )
+    new Counter({
+      name: 'peermesh_gossip_datagrams_rejected_total',
+      help: 'Inbound UDP datagrams dropped before the SWIM core, by reason (truncated, oversize, version, auth, sender)',
+      labelNames: ['reason'],
+      registers: [ctx.metrics],
+      collect() {
+        this.reset()
+        for (const [reason, n] of Object.entries(self.udp?.stats.rejected ?? {})) this.inc({ reason }, n)
+      },
+    })
     new Counter({
       name: 'peermesh_gossip_dropped_total',
       help: 'Messages dropped by the gossip core, by reason (decode, type, oversize, forged, ...)',
