@@ -5,10 +5,10 @@ import type { Identify } from '@libp2p/identify'
 import type { Libp2p } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
-import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
 import type { NodeIdentity } from '../identity/node-key.ts'
+import { clusterKeyProtector } from './pnet-protector.ts'
 
 /** Our own DHT protocol id, so a peermesh cluster never mixes with a public IPFS DHT. */
 export const DHT_PROTOCOL = '/peermesh/kad/1.0.0'
@@ -34,7 +34,8 @@ export interface HostInit {
 }
 
 /**
- * Creates (but does not start) the agent's one libp2p host: TCP, the cluster's private network,
+ * Creates (but does not start) the agent's one libp2p host: TCP, the cluster's private network
+ * (`pnet-protector.ts`),
  * noise, yamux, identify, ping and a LAN kad-dht in server mode (peer routing: the addresses of a
  * peer id that gossip names).
  */
@@ -44,7 +45,8 @@ export async function createHost(init: HostInit): Promise<Host> {
     privateKey: init.identity.privateKey,
     addresses: { listen: init.listen },
     transports: [tcp()],
-    connectionProtector: preSharedKey({ psk: init.clusterKey }),
+    // Wire-compatible with @libp2p/pnet's preSharedKey, without its per-connection wasm leak.
+    connectionProtector: clusterKeyProtector(init.clusterKey),
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionManager: {
