@@ -1,8 +1,10 @@
 /**
- * bench:gossip-idle — what an idle agent costs: gossip traffic per node (messages and bytes per
- * second, from each agent's /metrics counters over a quiet window) and the number of open libp2p
- * connections per agent, at N = 5, 20 and 200 agents (several agents per process so that 200 fit
- * on a small machine; gossip traffic is the same whether the peers share a process or not).
+ * bench:gossip-idle — what an idle agent costs: gossip traffic per node (SWIM UDP datagrams and
+ * their bytes, sealed envelope included, per second, from each agent's /metrics counters over a
+ * quiet window; push/pull state bytes over libp2p separately) and the number of open libp2p
+ * connections per agent (sampled every second of the window), at N = 5, 20 and 200 agents
+ * (several agents per process so that 200 fit on a small machine; gossip traffic is the same
+ * whether the peers share a process or not).
  *
  * Flags: --sizes 5,20,200, --window SECONDS (default 10), --json.
  */
@@ -18,7 +20,8 @@ import { argValue, emitJson, median, progress, quantile, table } from './lib.ts'
 const sizes = (argValue('sizes', '5,20,200') ?? '').split(',').map(Number)
 const windowS = Number(argValue('window', '10'))
 const WORKER = fileURLToPath(new URL('./multi-agent-worker.ts', import.meta.url))
-// 20 agents per process: at 50, the WebAssembly memory of the noise crypto (shared per process) runs out.
+// 20 agents per process: each agent runs its own libp2p host, DHT and timers; more per process
+// and one event loop falls behind the 150 ms probe period on a 2-core machine.
 const PER_PROCESS = 20
 
 interface Handle {
@@ -32,7 +35,7 @@ async function metricsOf(http: string): Promise<Record<string, number>> {
   const out: Record<string, number> = {}
   for (const line of text.split('\n')) {
     const m =
-      /^(peermesh_(?:gossip_(?:messages|bytes)_(?:sent|received)_total|libp2p_connections)(?:\{[^}]*\})?) (\S+)$/.exec(
+      /^(peermesh_(?:gossip_(?:messages|bytes)_(?:sent|received)_total|gossip_pushpull_(?:bytes_sent_)?total|gossip_datagrams_rejected_total|libp2p_connections)(?:\{[^}]*\})?) (\S+)$/.exec(
         line,
       )
     if (m) out[m[1]!] = Number(m[2])
@@ -96,7 +99,15 @@ async function measure(n: number): Promise<Record<string, number>> {
     progress(`[N=${n}] converged in ${Date.now() - t0} ms; settling 5 s, then measuring ${windowS} s idle`)
     await new Promise((r) => setTimeout(r, 5_000))
     const before = await Promise.all(all.map((h) => metricsOf(h.http)))
-    await new Promise((r) => setTimeout(r, windowS * 1000))
+    // Connections per agent, sampled once a second through the window (max over the samples).
+    const connSamples: number[][] = all.map(() => [])
+    const windowEnd = Date.now() + windowS * 1000
+    while (Date.now() < windowEnd - 1000) {
+      await new Promise((r) => setTimeout(r, 1000))
+      const snap = await Promise.all(all.map((h) => metricsOf(h.http)))
+      for (const [i, m] of snap.entries()) connSamples[i]!.push(sum(m, 'peermesh_libp2p_connections'))
+    }
+    await new Promise((r) => setTimeout(r, Math.max(0, windowEnd - Date.now())))
     const after = await Promise.all(all.map((h) => metricsOf(h.http)))
     const msgs = after.map(
       (a, i) =>
@@ -109,12 +120,19 @@ async function measure(n: number): Promise<Record<string, number>> {
         (sum(a, 'peermesh_gossip_bytes_sent_total') - sum(before[i]!, 'peermesh_gossip_bytes_sent_total')) /
         windowS,
     )
-    const conns = after.map((a) => sum(a, 'peermesh_libp2p_connections'))
+    const rate = (name: string): number[] =>
+      after.map((a, i) => (sum(a, name) - sum(before[i]!, name)) / windowS)
+    const pushPullBytes = rate('peermesh_gossip_pushpull_bytes_sent_total')
+    const rejected = rate('peermesh_gossip_datagrams_rejected_total')
+    const conns = after.map((a, i) => Math.max(sum(a, 'peermesh_libp2p_connections'), ...connSamples[i]!))
+    const connsNow = after.map((a) => sum(a, 'peermesh_libp2p_connections'))
     return {
       n,
       msgs_per_node_s: median(msgs),
       bytes_per_node_s: median(bytes),
-      conns_median: median(conns),
+      pushpull_bytes_per_node_s: median(pushPullBytes),
+      rejected_datagrams_total: rejected.reduce((x, y) => x + y, 0) * windowS,
+      conns_median: median(connsNow),
       conns_max: Math.max(...conns),
       conns_p90: quantile(conns, 0.9),
     }
@@ -128,11 +146,25 @@ const rows: (string | number)[][] = []
 const figures: Record<string, number> = {}
 for (const n of sizes) {
   const f = await measure(n)
-  rows.push([n, f.msgs_per_node_s!, f.bytes_per_node_s!, f.conns_median!, f.conns_max!])
+  rows.push([
+    n,
+    f.msgs_per_node_s!,
+    f.bytes_per_node_s!,
+    f.pushpull_bytes_per_node_s!,
+    f.conns_median!,
+    f.conns_max!,
+  ])
   for (const [k, v] of Object.entries(f)) if (k !== 'n') figures[`${k}_n${n}`] = +v.toFixed(1)
 }
 table(
-  ['N', 'gossip msgs/s per node', 'gossip bytes/s per node', 'connections (median)', 'connections (max)'],
+  [
+    'N',
+    'UDP msgs/s per node',
+    'UDP bytes/s per node',
+    'push/pull bytes/s per node',
+    'connections (median)',
+    'connections (max in window)',
+  ],
   rows,
 )
 emitJson(figures)
