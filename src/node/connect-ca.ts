@@ -1,11 +1,14 @@
 /**
- * The mesh CA as it is held in the Raft policy store (`ca.setRoots`): plain records, the root
- * private key included (DESIGN.md: "the CA root (key + certificate) lives in the Raft state
- * machine"), so that whichever agent leads can sign. Pure helpers: parsing the replicated records
- * defensively, the public view served by `GET /v1/connect/ca/roots`, and the decision of when a
- * root rotation is complete.
+ * The mesh CA as it is held in the Raft policy store (`ca.setRoots`): plain records, so that the
+ * root certificates reach every agent. The root private key is not replicated in clear: each
+ * record carries it sealed (key-seal.ts) to each Raft voter, the agents that can lead and so sign
+ * leaves and policy entries. Learners hold the certificates only: they can verify, not sign.
+ * Pure helpers: parsing the replicated records defensively, sealing and opening the key, the public
+ * view served by `GET /v1/connect/ca/roots`, and the decision of when a root rotation is complete.
  */
+import type { KeyObject } from 'node:crypto'
 import type { KeyType, RootCa } from '../identity/index.ts'
+import { openSealed, sealToPeer } from '../identity/key-seal.ts'
 import type { CaRoots } from '../raft/policy-store.ts'
 
 /** One root as replicated. `crossSignedPem` is set on a new root during a rotation. */
@@ -15,7 +18,8 @@ export interface CaRootRecord {
   trustDomain: string
   keyType: KeyType
   certPem: string
-  keyPem: string
+  /** The root private key (PEM) sealed to each voter: peer id -> sealed box (key-seal.ts). */
+  sealedKeys: Record<string, Uint8Array>
   serialNumber: string
   notBefore: number
   notAfter: number
@@ -54,19 +58,57 @@ export interface CaRootsJson {
   index: number
 }
 
-export function rootRecordOf(root: RootCa, activatedAt: number, crossSignedPem?: string): CaRootRecord {
-  return {
+/** Most voters a key is sealed to (Raft groups are small; this bounds a hostile record). */
+export const MAX_SEALED_KEYS = 64
+
+/** The replicated record of `root`, its key sealed to each of `voters`. */
+export function rootRecordOf(
+  root: RootCa,
+  activatedAt: number,
+  voters: Iterable<string>,
+  crossSignedPem?: string,
+): CaRootRecord {
+  const record: CaRootRecord = {
     id: root.id,
     name: `peermesh CA ${root.id.slice(0, 16)}`,
     trustDomain: root.trustDomain,
     keyType: root.keyType,
     certPem: root.certPem,
-    keyPem: root.keyPem,
+    sealedKeys: {},
     serialNumber: root.serialNumber,
     notBefore: root.notBefore,
     notAfter: root.notAfter,
     activatedAt,
     ...(crossSignedPem !== undefined ? { crossSignedPem } : {}),
+  }
+  return withSealedKey(record, root.keyPem, voters)
+}
+
+/** `record` with its key (`keyPem`) also sealed to each of `voters` that lacks a copy. */
+export function withSealedKey(record: CaRootRecord, keyPem: string, voters: Iterable<string>): CaRootRecord {
+  const sealedKeys = { ...record.sealedKeys }
+  for (const v of voters) {
+    if (sealedKeys[v] === undefined) sealedKeys[v] = sealToPeer(v, Buffer.from(keyPem), record.id)
+  }
+  return { ...record, sealedKeys }
+}
+
+/** The voters of `voters` that hold no sealed copy of `record`'s key. */
+export function votersWithoutKey(record: CaRootRecord, voters: Iterable<string>): string[] {
+  return [...voters].filter((v) => record.sealedKeys[v] === undefined)
+}
+
+/**
+ * The root key (PEM) of `record` as sealed to this agent (`selfId`, node key `nodeKey`), or
+ * undefined when it holds no copy (a learner) or the copy does not open.
+ */
+export function openRootKey(record: CaRootRecord, selfId: string, nodeKey: KeyObject): string | undefined {
+  const box = record.sealedKeys[selfId]
+  if (box === undefined) return undefined
+  try {
+    return openSealed(nodeKey, selfId, box, record.id).toString()
+  } catch {
+    return undefined
   }
 }
 
@@ -80,7 +122,17 @@ export function parseRootRecord(v: unknown): CaRootRecord | undefined {
   const o = v as Record<string, unknown>
   if (!str(o['id'], 256) || !str(o['name'], 256) || !str(o['trustDomain'], 253)) return undefined
   if (o['keyType'] !== 'ed25519' && o['keyType'] !== 'ecdsa-p256') return undefined
-  if (!str(o['certPem']) || !str(o['keyPem']) || !str(o['serialNumber'], 256)) return undefined
+  if (!str(o['certPem']) || !str(o['serialNumber'], 256)) return undefined
+  const sealed = o['sealedKeys']
+  if (sealed === null || typeof sealed !== 'object' || Array.isArray(sealed)) return undefined
+  const sealedKeys: Record<string, Uint8Array> = {}
+  const owners = Object.keys(sealed)
+  if (owners.length > MAX_SEALED_KEYS) return undefined
+  for (const owner of owners) {
+    const box = (sealed as Record<string, unknown>)[owner]
+    if (!(box instanceof Uint8Array) || box.length > 16_384 || owner.length > 128) return undefined
+    sealedKeys[owner] = box
+  }
   if (!num(o['notBefore']) || !num(o['notAfter']) || !num(o['activatedAt'])) return undefined
   if (o['crossSignedPem'] !== undefined && !str(o['crossSignedPem'])) return undefined
   return {
@@ -89,7 +141,7 @@ export function parseRootRecord(v: unknown): CaRootRecord | undefined {
     trustDomain: o['trustDomain'],
     keyType: o['keyType'],
     certPem: o['certPem'],
-    keyPem: o['keyPem'],
+    sealedKeys,
     serialNumber: o['serialNumber'],
     notBefore: o['notBefore'],
     notAfter: o['notAfter'],

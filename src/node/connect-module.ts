@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { type KeyObject, randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
 import {
@@ -16,11 +16,22 @@ import {
 import { DEFAULT_LEAF_TTL_MS } from '../identity/ca-constants.ts'
 import { type IntentionAction, IntentionIndex } from '../proxy/intentions.ts'
 import { pack, unpack } from '../raft/msgpack.ts'
+import { signPolicyEntry } from '../raft/policy-signing.ts'
 import type { Intention } from '../raft/policy-store.ts'
+import type { RequestId } from '../raft/types.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
 import { counterFrom } from './metrics.ts'
 import type { CatalogModule } from './catalog-module.ts'
-import { type CaRootRecord, type CaState, caStateOf, rootRecordOf, rotationComplete } from './connect-ca.ts'
+import {
+  type CaRootRecord,
+  type CaState,
+  caStateOf,
+  openRootKey,
+  rootRecordOf,
+  rotationComplete,
+  votersWithoutKey,
+  withSealedKey,
+} from './connect-ca.ts'
 import { registerConnectRoutes } from './connect-routes.ts'
 import type { RaftModule } from './raft-module.ts'
 import { StreamMessenger } from './stream-messenger.ts'
@@ -85,6 +96,8 @@ export interface ConnectModuleOptions {
   signingRatePerSecond?: number
   /** This agent's peer id when used without `start()` (tests). */
   selfId?: string
+  /** This agent's node key, which opens its sealed copy of the root key (default: the agent's). */
+  nodeKey?: KeyObject
 }
 
 export interface IntentionChange {
@@ -104,14 +117,18 @@ export interface IntentionChange {
  * - intentions are written through Raft (from any agent) and answered from the local committed
  *   state by an `IntentionIndex` rebuilt on change; `intention:change` goes on the event bus.
  *
- * Integrity of the policy state: agents receive it only as Raft entries/snapshots over libp2p
- * connections that need the cluster key (pnet) and are noise-authenticated to the sender's peer
- * id; the Raft driver drops a message whose claimed sender is not the authenticated one, and Raft
- * accepts entries only from the current term's leader at a matching (index, term), so a replay is
- * a no-op. The index travels with every read (`X-Peermesh-Index`). We do not also sign entries
- * with the CA root: the root key is itself part of the replicated state (held by every member),
- * so such a signature could be made by exactly the parties that can already inject entries and
- * would stop no one else. Making it meaningful needs the key kept off learners (see the report).
+ * Custody of the root key and integrity of the policy state (DESIGN.md, "CA root in Raft"):
+ * - the root certificate is replicated to every agent, its private key only sealed to each Raft
+ *   voter (connect-ca.ts); a learner can verify but never sign. The leader seals the key to a
+ *   learner before autopilot promotes it, and to any voter still without a copy;
+ * - once the CA exists, the leader signs every policy entry it appends with the active root, over
+ *   the entry's Raft index, request id and command (policy-signing.ts), and every agent applies
+ *   only entries that verify against the roots trusted at that point of the log: an entry forged
+ *   by a learner, or a genuine one replayed at another index, is refused and counted
+ *   (`peermesh_connect_policy_rejected_total`). Snapshots the leader sends are signed the same way.
+ *   Only the entry that creates the first root is trusted on first use;
+ * - on top of that, Raft traffic needs the cluster key (pnet) and is noise-authenticated to the
+ *   sender's peer id. The index travels with every read (`X-Peermesh-Index`).
  */
 export class ConnectModule implements AgentModule {
   readonly name = 'connect'
@@ -126,6 +143,8 @@ export class ConnectModule implements AgentModule {
   private intentionKey = ''
   private ca: CaState = { roots: [], active: undefined, modifyIndex: 0 }
   private appliedIndex = 0
+  /** Root keys opened from this agent's sealed copies: root id -> PKCS#8 PEM. */
+  private readonly rootKeys = new Map<string, string>()
   private readonly waiters = new Set<{ after: number; resolve: (index: number) => void }>()
   private leaderTimer?: NodeJS.Timeout
   private leaderBusy = false
@@ -133,7 +152,13 @@ export class ConnectModule implements AgentModule {
   private offLeader?: () => void
   private stopped = false
   private readonly now: () => number
-  readonly stats = { leavesSigned: 0, signRefused: 0, leavesRenewed: 0, intentionChanges: 0 }
+  readonly stats = {
+    leavesSigned: 0,
+    signRefused: 0,
+    leavesRenewed: 0,
+    intentionChanges: 0,
+    keysGranted: 0,
+  }
 
   constructor(
     private readonly raft: RaftModule,
@@ -167,6 +192,7 @@ export class ConnectModule implements AgentModule {
 
     this.offStore = this.raft.store.onChange(() => this.refreshState())
     this.refreshState()
+    this.attachToRaft()
     this.offLeader = this.raft.raft?.on('leader:change', () => this.leaderCheck())
     this.leaderTimer = setInterval(() => this.leaderCheck(), DEFAULTS.leaderCheckMs)
     this.catalog.catalog.on('catalog:change', this.syncRotators)
@@ -181,6 +207,10 @@ export class ConnectModule implements AgentModule {
     clearInterval(this.leaderTimer)
     this.offStore?.()
     this.offLeader?.()
+    const node = this.raft.raft
+    if (node !== undefined && node.sealEntry === this.sealEntry) node.sealEntry = undefined
+    this.raft.setVoterGate(undefined)
+    this.raft.setSnapshotSigner(undefined)
     this.catalog.catalog.off('catalog:change', this.syncRotators)
     for (const r of this.rotators.values()) r.stop()
     this.rotators.clear()
@@ -293,6 +323,84 @@ export class ConnectModule implements AgentModule {
     return this.ca.roots.map((r) => r.certPem)
   }
 
+  // ---- custody of the root key --------------------------------------------------------------------
+
+  /**
+   * Hooks this module into the Raft module (done by `start`): it signs the policy entries and
+   * snapshots this agent sends as leader, and seals the root key to members before they vote.
+   */
+  attachToRaft(): void {
+    const node = this.raft.raft
+    if (node !== undefined) node.sealEntry = this.sealEntry
+    this.raft.setVoterGate((peerId, signal) => this.grantKeyTo(peerId, signal))
+    this.raft.setSnapshotSigner(() => this.snapshotSigner())
+  }
+
+  /** `record` with its private key, when this agent holds a sealed copy (a voter); else undefined. */
+  private signingCa(record: CaRootRecord | undefined): (CaRootRecord & { keyPem: string }) | undefined {
+    const nodeKey = this.options.nodeKey ?? this.ctx?.identity.signingKey
+    if (record === undefined || nodeKey === undefined) return undefined
+    let keyPem = this.rootKeys.get(record.id)
+    if (keyPem === undefined) {
+      keyPem = openRootKey(record, this.selfId, nodeKey)
+      if (keyPem === undefined) return undefined
+      this.rootKeys.set(record.id, keyPem)
+    }
+    return { ...record, keyPem }
+  }
+
+  /** Whether this agent can sign with the active root (it holds a sealed copy of its key). */
+  holdsActiveKey(): boolean {
+    return this.signingCa(this.ca.active) !== undefined
+  }
+
+  /**
+   * Set as the Raft node's `sealEntry`: signs each policy entry this agent appends as leader with
+   * the active root, for the entry's index. Without a root (before the CA exists) or without a copy
+   * of its key, the entry goes unsigned, and every agent refuses it once the CA exists.
+   */
+  private readonly sealEntry = (
+    index: number,
+    requestId: RequestId | undefined,
+    data: Uint8Array,
+  ): Uint8Array => {
+    const ca = this.signingCa(this.ca.active)
+    if (ca === undefined) return data
+    return signPolicyEntry(ca, index, requestId, data)
+  }
+
+  /** The snapshot signer and the roots to verify against, for the Raft transport. */
+  snapshotSigner(): (CaRootRecord & { keyPem: string }) | undefined {
+    return this.signingCa(this.ca.active)
+  }
+
+  /**
+   * Seals every trusted root's key to `peerId` (called by autopilot before it promotes a learner,
+   * and by the leader for any voter without a copy). Resolves once committed, or at once when
+   * `peerId` already has a copy or there is no CA yet.
+   */
+  private async grantKeyTo(peerId: string, signal: AbortSignal): Promise<void> {
+    const state = this.caStateNow()
+    if (state.active === undefined) return
+    if (state.roots.every((r) => r.sealedKeys[peerId] !== undefined)) return
+    await this.grantKeys([peerId], state, signal)
+  }
+
+  private async grantKeys(peers: string[], state: CaState, signal: AbortSignal): Promise<void> {
+    const roots = state.roots.map((r) => {
+      const ca = this.signingCa(r)
+      if (ca === undefined) throw new CaNotReadyError(`this agent holds no copy of root ${r.id}'s key`)
+      return withSealedKey(r, ca.keyPem, peers)
+    })
+    const { result } = await this.raft.write(
+      { op: 'ca.setRoots', roots, activeRootId: state.active!.id, casIndex: state.modifyIndex },
+      { signal },
+    )
+    if (!result.ok) throw new Error(`granting the CA key failed: ${result.code} ${result.message}`)
+    this.stats.keysGranted += peers.length
+    this.log?.info({ peers, roots: roots.length }, 'CA key sealed to voters')
+  }
+
   // ---- CA on the leader ---------------------------------------------------------------------------
 
   private leaderCheck(): void {
@@ -316,6 +424,20 @@ export class ConnectModule implements AgentModule {
       await this.createCa()
       return
     }
+    const voters = this.raft.raft?.status().conf.voters ?? []
+    if (!this.holdsActiveKey()) {
+      // Elected without a copy of the key (promoted before it was sealed to us): hand leadership
+      // to a voter that can sign; the grant loop below then reaches us from there. First make
+      // sure this is not just a new leader that has not applied the grant yet.
+      await this.raft.linearizableRead({ signal: AbortSignal.timeout(5_000) })
+      if (this.caStateNow().active === undefined || this.holdsActiveKey()) return
+      const heir = voters.find((v) => v !== this.selfId && this.ca.active!.sealedKeys[v] !== undefined)
+      this.log?.warn({ heir }, 'leading without a copy of the CA key; transferring leadership')
+      if (heir !== undefined) this.raft.raft?.transferLeadership(heir)
+      return
+    }
+    const missing = voters.filter((v) => this.ca.roots.some((r) => votersWithoutKey(r, [v]).length > 0))
+    if (missing.length > 0) await this.grantKeys(missing, this.ca, AbortSignal.timeout(5_000))
     if (this.ca.roots.length > 1) await this.maybeFinishRotation()
   }
 
@@ -341,8 +463,9 @@ export class ConnectModule implements AgentModule {
   private async createCa(): Promise<void> {
     const now = this.now()
     const root = await createRootCa({ trustDomain: this.trustDomain(), keyType: this.keyType(), nowMs: now })
+    const voters = this.raft.raft?.status().conf.voters ?? [this.selfId]
     const { result } = await this.raft.write(
-      { op: 'ca.setRoots', roots: [rootRecordOf(root, now)], activeRootId: root.id, casIndex: 0 },
+      { op: 'ca.setRoots', roots: [rootRecordOf(root, now, voters)], activeRootId: root.id, casIndex: 0 },
       { signal: AbortSignal.timeout(5_000) },
     )
     if (result.ok)
@@ -355,10 +478,46 @@ export class ConnectModule implements AgentModule {
    * active; both stay trusted until every leaf is re-issued (see `rotationComplete`).
    */
   async rotate(options: { signal: AbortSignal }): Promise<{ activeRootId: string; previousRootId: string }> {
+    for (;;) {
+      options.signal.throwIfAborted()
+      const node = this.raft.raft
+      if (node?.isLeader()) return await this.rotateHere(options)
+      // Only a voter holds the old root's key, which cross-signs the new root: ask the leader.
+      const leader = this.raft.leaderId()
+      if (leader === undefined || leader === this.selfId) {
+        await pause(DEFAULTS.retryPauseMs, options.signal)
+        continue
+      }
+      let reply: RotateReply | undefined
+      try {
+        const attempt = AbortSignal.any([options.signal, AbortSignal.timeout(10_000)])
+        reply = decodeRotateReply(
+          await this.messenger!.request(leader, pack({ op: 'rotate' }), { signal: attempt }),
+        )
+      } catch (err) {
+        options.signal.throwIfAborted()
+        this.log?.debug({ err: (err as Error).message }, 'rotation request to the leader failed; retrying')
+      }
+      if (reply?.ok) return { activeRootId: reply.activeRootId, previousRootId: reply.previousRootId }
+      if (reply !== undefined && reply.code !== 'PEERMESH_ERR_NOT_LEADER') {
+        if (reply.code === CA_NOT_READY) throw new CaNotReadyError(reply.message)
+        if (reply.code === 'PEERMESH_ERR_CA_ROTATION_CONFLICT')
+          throw new CaRotationConflictError(reply.message)
+        throw new LeafSigningRefusedError(reply.code, reply.message)
+      }
+      await pause(DEFAULTS.retryPauseMs, options.signal)
+    }
+  }
+
+  /** Rotation on the leader: it holds the old root's key. */
+  private async rotateHere(options: {
+    signal: AbortSignal
+  }): Promise<{ activeRootId: string; previousRootId: string }> {
     await this.raft.linearizableRead(options)
     const state = this.caStateNow()
-    const old = state.active
-    if (old === undefined) throw new CaNotReadyError('the CA has not been created yet')
+    const old = this.signingCa(state.active)
+    if (state.active === undefined) throw new CaNotReadyError('the CA has not been created yet')
+    if (old === undefined) throw new CaNotReadyError('this leader holds no copy of the CA key yet')
     if (state.roots.length > 1) {
       throw new CaRotationConflictError(
         'a root rotation is still in progress (two roots trusted); retry once it completes',
@@ -367,10 +526,11 @@ export class ConnectModule implements AgentModule {
     const now = this.now()
     const next = await createRootCa({ trustDomain: old.trustDomain, keyType: this.keyType(), nowMs: now })
     const cross = await crossSign(old, next)
+    const voters = this.raft.raft?.status().conf.voters ?? [this.selfId]
     const { result } = await this.raft.write(
       {
         op: 'ca.setRoots',
-        roots: [old, rootRecordOf(next, now, cross.certPem)],
+        roots: [state.active, rootRecordOf(next, now, voters, cross.certPem)],
         activeRootId: next.id,
         casIndex: state.modifyIndex,
       },
@@ -439,8 +599,9 @@ export class ConnectModule implements AgentModule {
     const node = this.raft.raft
     if (node === undefined || !node.isLeader())
       return refuse('PEERMESH_ERR_NOT_LEADER', 'not the raft leader')
-    const ca = this.ca.active
-    if (ca === undefined) return refuse(CA_NOT_READY, 'the CA is not created yet')
+    if (this.ca.active === undefined) return refuse(CA_NOT_READY, 'the CA is not created yet')
+    const ca = this.signingCa(this.ca.active)
+    if (ca === undefined) return refuse(CA_NOT_READY, 'this leader holds no copy of the CA key yet')
     if (!this.isRegisteredOn(requester, service)) {
       return refuse(
         'PEERMESH_ERR_SERVICE_NOT_REGISTERED',
@@ -484,7 +645,23 @@ export class ConnectModule implements AgentModule {
       return pack({ ok: false, code: 'PEERMESH_ERR_BAD_REQUEST', message: 'malformed sign request' })
     }
     const o = req as Record<string, unknown>
+    if (o['op'] === 'rotate') return pack(await this.serveRotate())
     return pack(await this.signFor(from, o['service'], o['csr']))
+  }
+
+  private async serveRotate(): Promise<RotateReply> {
+    if (this.raft.raft?.isLeader() !== true)
+      return { ok: false, code: 'PEERMESH_ERR_NOT_LEADER', message: 'not the raft leader' }
+    try {
+      return { ok: true, ...(await this.rotateHere({ signal: AbortSignal.timeout(8_000) })) }
+    } catch (err) {
+      const code = (err as { code?: unknown }).code
+      return {
+        ok: false,
+        code: typeof code === 'string' ? code : 'PEERMESH_ERR_INTERNAL',
+        message: (err as Error).message,
+      }
+    }
   }
 
   // ---- leaves (agent side) ------------------------------------------------------------------------
@@ -621,6 +798,11 @@ export class ConnectModule implements AgentModule {
       () => this.stats.signRefused,
     )
     counter(
+      'peermesh_connect_policy_rejected_total',
+      'Policy entries refused here because their CA signature did not verify (forged or replayed)',
+      () => this.raft.store.stats.signatureRejected,
+    )
+    counter(
       'peermesh_connect_leaves_renewed_total',
       'Leaf certificates obtained for local services',
       () => this.stats.leavesRenewed,
@@ -632,6 +814,14 @@ export class ConnectModule implements AgentModule {
       registers: [ctx.metrics],
       collect() {
         this.set(self.intentionList.length)
+      },
+    })
+    new Gauge({
+      name: 'peermesh_connect_ca_key_held',
+      help: 'Whether this agent holds a copy of the active CA root key (1 on Raft voters, 0 on learners)',
+      registers: [ctx.metrics],
+      collect() {
+        this.set(self.holdsActiveKey() ? 1 : 0)
       },
     })
     new Gauge({
@@ -647,6 +837,26 @@ export class ConnectModule implements AgentModule {
 
 function isIntentionName(v: string): boolean {
   return v === '*' || isDnsLabel(v)
+}
+
+type RotateReply =
+  | { ok: true; activeRootId: string; previousRootId: string }
+  | { ok: false; code: string; message: string }
+
+function decodeRotateReply(bytes: Uint8Array): RotateReply | undefined {
+  let v: unknown
+  try {
+    v = unpack(bytes)
+  } catch {
+    return undefined
+  }
+  if (v === null || typeof v !== 'object') return undefined
+  const o = v as Record<string, unknown>
+  if (o['ok'] === true && typeof o['activeRootId'] === 'string' && typeof o['previousRootId'] === 'string')
+    return { ok: true, activeRootId: o['activeRootId'], previousRootId: o['previousRootId'] }
+  if (o['ok'] === false && typeof o['code'] === 'string')
+    return { ok: false, code: o['code'], message: typeof o['message'] === 'string' ? o['message'] : '' }
+  return undefined
 }
 
 function decodeSignReply(bytes: Uint8Array): SignReply | undefined {

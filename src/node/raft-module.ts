@@ -5,14 +5,19 @@ import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
 import {
   encodeMessage,
+  type Message,
   encodePolicyCommand,
   FileStorage,
   type NodeId,
   NotLeaderError,
   type PolicyCommand,
   type PolicyResult,
+  type PolicySigningRoot,
   PolicyStore,
   RaftNode,
+  signSnapshot,
+  trustedRootsOf,
+  verifySnapshot,
   type RequestId,
 } from '../raft/index.ts'
 import { pack, unpack } from '../raft/msgpack.ts'
@@ -136,7 +141,12 @@ const isAbort = (err: unknown): boolean =>
  */
 export class RaftModule implements AgentModule {
   readonly name = 'raft'
-  readonly store = new PolicyStore()
+  /** Verifies the CA signature of every policy entry once the CA exists (policy-signing.ts). */
+  readonly store = new PolicyStore(undefined, { verifySignatures: true })
+  /** The root that signs snapshots sent from here (set by the connect module; a voter's key). */
+  private snapshotSigner?: () => PolicySigningRoot | undefined
+  /** Awaited before autopilot makes `peerId` a voter (the connect module seals the CA key to it). */
+  private voterGate?: (peerId: string, signal: AbortSignal) => Promise<void>
   private node?: RaftNode<PolicyResult>
   private messenger?: StreamMessenger
   private ctx?: AgentContext
@@ -154,7 +164,13 @@ export class RaftModule implements AgentModule {
   private failoverTimer?: NodeJS.Timeout
   private unsubscribeHost?: () => void
   private readonly opts: typeof DEFAULTS & { autopilot: AutopilotSettings }
-  readonly stats = { proposals: 0, forwardedWrites: 0, leaderChanges: 0, confChanges: 0 }
+  readonly stats = {
+    proposals: 0,
+    forwardedWrites: 0,
+    leaderChanges: 0,
+    confChanges: 0,
+    snapshotsRejected: 0,
+  }
 
   constructor(
     private readonly gossip: GossipModule,
@@ -207,7 +223,7 @@ export class RaftModule implements AgentModule {
         stateMachine: this.store,
         transport: {
           send: (to, msg) => {
-            messenger.send(to, encodeMessage(msg))
+            messenger.send(to, encodeMessage(msg.type === 'snap' ? this.signedSnapshot(msg) : msg))
           },
         },
         config: { electionTick: this.opts.electionTick, heartbeatTick: this.opts.heartbeatTick },
@@ -221,6 +237,7 @@ export class RaftModule implements AgentModule {
       throw err
     }
     this.node = node
+    node.acceptSnapshot = (msg) => this.verifySnapshotMessage(msg)
     const st = node.status()
     this.confIndex = Math.max(0, st.firstIndex - 1) // the snapshot's index, a lower bound
     node.on('leader:change', ({ leader, term }) => {
@@ -267,6 +284,50 @@ export class RaftModule implements AgentModule {
     this.unsubscribeHost?.()
     await this.node?.stop()
     await this.messenger?.stop()
+  }
+
+  // ---- signed policy state -------------------------------------------------------------------------
+
+  /** Sets the source of the key that signs snapshots sent from here (undefined: unsigned). */
+  setSnapshotSigner(signer: (() => PolicySigningRoot | undefined) | undefined): void {
+    this.snapshotSigner = signer
+  }
+
+  /** Sets the step autopilot awaits before making a member a voter. */
+  setVoterGate(gate: ((peerId: string, signal: AbortSignal) => Promise<void>) | undefined): void {
+    this.voterGate = gate
+  }
+
+  /** A snapshot message with the CA signature of (index, term, data) in its `context`. */
+  private signedSnapshot(msg: Message): Message {
+    const snap = msg.snapshot
+    const root = this.snapshotSigner?.()
+    if (snap === undefined || root === undefined) return msg
+    const sig = signSnapshot(root, snap.metadata.index, snap.metadata.term, snap.data)
+    return { ...msg, context: Buffer.from(sig).toString('base64') }
+  }
+
+  /**
+   * A snapshot replaces the whole policy state, so once this agent trusts a CA root it installs
+   * only a snapshot signed by one of its trusted roots. An agent without any root (new, empty)
+   * takes the first one on trust, as it would take the CA's creation entry.
+   */
+  private verifySnapshotMessage(msg: Message): boolean {
+    const snap = msg.snapshot
+    if (snap === undefined) return false
+    const trusted = trustedRootsOf(this.store.caRoots().roots)
+    if (trusted.length === 0) return true
+    const sig = msg.context.length > 0 ? Buffer.from(msg.context, 'base64') : undefined
+    const ok = verifySnapshot(trusted, snap.metadata.index, snap.metadata.term, snap.data, sig)
+    if (!ok) {
+      this.stats.snapshotsRejected++
+      this.log?.warn(
+        { from: msg.from, index: snap.metadata.index },
+        'snapshot refused: not signed by a CA root trusted here (if this agent missed a whole root ' +
+          'rotation while the log was compacted, stop it, empty its raft directory and restart it)',
+      )
+    }
+    return ok
   }
 
   // ---- bootstrap ----------------------------------------------------------------------------------
@@ -428,8 +489,12 @@ export class RaftModule implements AgentModule {
     if (change === undefined) return
     this.autopilotBusy = true
     this.log?.info({ change }, 'autopilot: proposing membership change')
-    node
-      .changeMembership(change, { signal: AbortSignal.timeout(5_000) })
+    const signal = AbortSignal.timeout(5_000)
+    const becomesVoter = change.type === 'addVoter' || change.type === 'promoteLearner'
+    const gate =
+      becomesVoter && this.voterGate !== undefined ? this.voterGate(change.node, signal) : Promise.resolve()
+    gate
+      .then(() => node.changeMembership(change, { signal }))
       .then(
         ({ index }) => this.log?.info({ change, index }, 'autopilot: membership change committed'),
         (err: unknown) =>

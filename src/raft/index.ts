@@ -56,3 +56,5 @@ export type {
   Snapshot,
   SoftState,
 } from './types.ts'
+export * from './policy-signing.ts'
+export type { EntrySealer } from './raft.ts'

@@ -9,7 +9,7 @@ import {
   RaftAbortedError,
   RaftStoppedError,
 } from './errors.ts'
-import { Raft, type RaftStatus } from './raft.ts'
+import { type EntrySealer, Raft, type RaftStatus } from './raft.ts'
 import type { StateMachine } from './state-machine.ts'
 import type { RaftStorage } from './storage.ts'
 import type { ConfChange, ConfState, Entry, Message, NodeId, Ready, RequestId, Role } from './types.ts'
@@ -110,6 +110,16 @@ const DEFAULTS = {
  */
 export class RaftNode<R = unknown> {
   readonly id: NodeId
+  /**
+   * Applied to each proposal made here while leading, once its index is known (the agent sets it
+   * to sign policy entries; see policy-signing.ts). Unset: entries are stored as proposed.
+   */
+  sealEntry?: EntrySealer
+  /**
+   * Checks a snapshot message before it is stepped (the agent verifies the leader's CA signature
+   * carried in its `context`); false drops it as malformed. Unset: every snapshot is accepted.
+   */
+  acceptSnapshot?: (msg: Message) => boolean
   private readonly raft: Raft
   private readonly storage: RaftStorage
   private readonly sm: StateMachine<R>
@@ -235,6 +245,10 @@ export class RaftNode<R = unknown> {
       this.malformed++
       return false
     }
+    if (r.message.type === 'snap' && this.acceptSnapshot !== undefined && !this.acceptSnapshot(r.message)) {
+      this.malformed++
+      return false
+    }
     this.step(r.message)
     return true
   }
@@ -248,7 +262,7 @@ export class RaftNode<R = unknown> {
     data: Uint8Array,
     options: RequestOptions & { requestId?: RequestId } = {},
   ): Promise<{ index: number; result: R }> {
-    return this.track((raft) => raft.propose(data, options.requestId), options) as Promise<{
+    return this.track((raft) => raft.propose(data, options.requestId, this.sealEntry), options) as Promise<{
       index: number
       result: R
     }>

@@ -1,5 +1,6 @@
 import { z } from 'zod'
 import { pack, unpack } from './msgpack.ts'
+import { openPolicyEntry, trustedRootsOf } from './policy-signing.ts'
 import type { StateMachine } from './state-machine.ts'
 import type { Entry } from './types.ts'
 
@@ -46,6 +47,7 @@ export type PolicyErrorCode =
   | 'PEERMESH_ERR_NOT_FOUND'
   | 'PEERMESH_ERR_CAS_FAILED'
   | 'PEERMESH_ERR_STALE_REQUEST'
+  | 'PEERMESH_ERR_POLICY_SIGNATURE'
 
 export type PolicyResult = { ok: true; index: number } | { ok: false; code: PolicyErrorCode; message: string }
 
@@ -134,10 +136,35 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   private dedupe = new Map<string, DedupeRecord>()
   /** Raft index of the latest change. */
   index = 0
+  /** Entries refused because their CA signature did not verify (see policy-signing.ts). */
+  readonly stats = { signatureRejected: 0, lastSignatureError: '' }
 
-  constructor(private readonly maxDedupeClients = DEFAULT_MAX_DEDUPE_CLIENTS) {}
+  /**
+   * `verifySignatures`: once a CA root exists, apply only entries signed by a trusted root for
+   * their own index (the agent turns this on; unit tests of the store alone may leave it off).
+   */
+  constructor(
+    private readonly maxDedupeClients = DEFAULT_MAX_DEDUPE_CLIENTS,
+    private readonly options: { verifySignatures?: boolean } = {},
+  ) {}
 
-  apply(entry: Entry): PolicyResult {
+  /** Whether entries must be signed by a trusted CA root (true once the CA exists, if enabled). */
+  get requiresSignatures(): boolean {
+    return this.options.verifySignatures === true && this.ca.roots.length > 0
+  }
+
+  apply(rawEntry: Entry): PolicyResult {
+    let entry = rawEntry
+    if (this.options.verifySignatures === true) {
+      // Before the dedupe table: a forged entry must not poison a real client's request id.
+      const opened = openPolicyEntry(trustedRootsOf(this.ca.roots), entry.index, entry.requestId, entry.data)
+      if (!opened.ok) {
+        this.stats.signatureRejected++
+        this.stats.lastSignatureError = opened.reason
+        return fail('PEERMESH_ERR_POLICY_SIGNATURE', opened.reason)
+      }
+      if (opened.cmd !== entry.data) entry = { ...entry, data: opened.cmd }
+    }
     const rid = entry.requestId
     if (rid !== undefined) {
       const prev = this.dedupe.get(rid.clientId)

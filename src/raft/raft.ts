@@ -21,6 +21,10 @@ import type {
 } from './types.ts'
 
 /** Vote context marking an election forced by leadership transfer (skips pre-vote and leases). */
+
+/** Rewrites a proposal's data once its Raft index is known (see `Raft.propose`). */
+export type EntrySealer = (index: number, requestId: RequestId | undefined, data: Uint8Array) => Uint8Array
+
 export const CAMPAIGN_TRANSFER = 'transfer'
 
 /** What a node restarts from: everything its storage holds. */
@@ -791,10 +795,20 @@ export class Raft {
 
   // ---- local requests ---------------------------------------------------------------------------
 
-  /** Appends a client entry. Returns its position; it is committed when applied with that term. */
-  propose(data: Uint8Array, requestId?: RequestId): { index: number; term: number } {
+  /**
+   * Appends a client entry. Returns its position; it is committed when applied with that term.
+   * `seal`, if given, turns the data into what is stored once the index is known (the agent signs
+   * policy entries for their index this way: policy-signing.ts).
+   */
+  propose(data: Uint8Array, requestId?: RequestId, seal?: EntrySealer): { index: number; term: number } {
     this.assertLeader()
-    const e: Entry = { term: this.term, index: this.log.lastIndex() + 1, type: 'normal', data }
+    const index = this.log.lastIndex() + 1
+    const e: Entry = {
+      term: this.term,
+      index,
+      type: 'normal',
+      data: seal === undefined ? data : seal(index, requestId, data),
+    }
     if (requestId !== undefined) e.requestId = { clientId: requestId.clientId, seq: requestId.seq }
     this.appendAsLeader([e])
     return { index: e.index, term: e.term }

@@ -122,6 +122,12 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     const roots = await learner.api<{ trustDomain: string; activeRootId: string }>('/v1/connect/ca/roots')
     expect(text).toContain(`URI:spiffe://${roots!.trustDomain}/svc/web`)
 
+    // Custody: only the 3 voters hold a copy of the root key; every policy entry verified.
+    const held = await Promise.all(agents.map((a) => a.metric('peermesh_connect_ca_key_held')))
+    expect(held.filter((h) => h === 1)).toHaveLength(3)
+    expect(held[agents.indexOf(learner)]).toBe(0)
+    for (const a of agents) expect(await a.metric('peermesh_connect_policy_rejected_total')).toBe(0)
+
     // Restart all 5: the policy state and the CA come back from each agent's Raft state on disk.
     await Promise.all(agents.map((a) => a.stop('SIGTERM')))
     await Promise.all(agents.map((a) => a.start()))

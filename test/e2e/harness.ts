@@ -122,6 +122,17 @@ export class AgentProcess {
     }
   }
 
+  /** The value of an unlabelled metric on `/metrics`, undefined if absent or unreachable. */
+  async metric(name: string): Promise<number | undefined> {
+    try {
+      const res = await fetch(`http://${this.http}/metrics`, { signal: AbortSignal.timeout(5_000) })
+      const line = (await res.text()).split('\n').find((l) => l.startsWith(`${name} `))
+      return line === undefined ? undefined : Number(line.slice(name.length + 1))
+    } catch {
+      return undefined
+    }
+  }
+
   /** Sends a signal and waits for the process to exit. */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
     const child = this.child

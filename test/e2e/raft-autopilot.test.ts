@@ -51,8 +51,9 @@ describe('raft autopilot (end to end, 5 agent processes, 3 voters)', () => {
     expect(promoted).toHaveLength(1)
     expect(healed.servers.some((s) => s.node === victim.name)).toBe(false)
 
-    // Writes work, through the promoted agent too.
+    // Writes work, through the promoted agent too; it was given a copy of the CA key first.
     const promotedAgent = agents.find((a) => a.name === promoted[0]!.node)!
+    expect(await promotedAgent.metric('peermesh_connect_ca_key_held')).toBe(1)
     expect(await putKv(promotedAgent, 'after-heal', 'v2')).toBeGreaterThan(index)
     expect(await getKv(leader, 'after-heal', { consistent: true })).toBe('v2')
 

@@ -13,7 +13,7 @@ const root = (id: string, activatedAt = 1_000): CaRootRecord => ({
   trustDomain: 'test.peermesh',
   keyType: 'ed25519',
   certPem: `CERT ${id}`,
-  keyPem: `KEY ${id}`,
+  sealedKeys: {},
   serialNumber: '01',
   notBefore: 0,
   notAfter: 10_000_000,

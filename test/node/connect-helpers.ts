@@ -1,28 +1,62 @@
+import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { publicKeyFromRaw } from '@libp2p/crypto/keys'
+import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import pino from 'pino'
 import type { CatalogModule } from '../../src/node/catalog-module.ts'
 import { ConnectModule } from '../../src/node/connect-module.ts'
 import type { RaftModule } from '../../src/node/raft-module.ts'
 import { encodePolicyCommand, type PolicyCommand, PolicyStore } from '../../src/raft/policy-store.ts'
+import type { EntrySealer } from '../../src/raft/raft.ts'
 
 export const silentLog = pino({ level: 'silent' })
 
+/** A real Ed25519 node identity (peer id and node key), made synchronously. */
+export function testIdentity(): { id: string; signingKey: KeyObject } {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519')
+  const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(12)
+  return { id: peerIdFromPublicKey(publicKeyFromRaw(raw)).toString(), signingKey: privateKey }
+}
+
 /**
- * A stand-in for RaftModule: one in-memory PolicyStore that applies writes at once, as a
- * one-member cluster whose leader is `self` (or nobody when `leader` is set to undefined).
+ * A stand-in for RaftModule: one in-memory PolicyStore (verifying signatures, as the agent's
+ * does) that applies writes at once, as a one-voter cluster whose leader is `self` (or nobody
+ * when `leader` is set to undefined). Entries go through the sealer the connect module attaches.
  */
 export class FakeRaft {
-  readonly store = new PolicyStore()
+  readonly store = new PolicyStore(undefined, { verifySignatures: true })
   readonly writes: PolicyCommand[] = []
   private nextIndex = 1
   leader: string | undefined
+  private readonly node: {
+    isLeader(): boolean
+    on(): () => void
+    status(): { conf: { voters: string[]; learners: string[] } }
+    transferLeadership(to: string): void
+    sealEntry?: EntrySealer
+  }
 
   constructor(readonly self: string) {
     this.leader = self
+    this.node = {
+      isLeader: () => this.leader === this.self,
+      on: () => () => {},
+      status: () => ({ conf: { voters: [this.self], learners: [] } }),
+      transferLeadership: () => {},
+    }
   }
 
-  get raft(): { isLeader(): boolean; on(): () => void } {
-    return { isLeader: () => this.leader === this.self, on: () => () => {} }
+  get raft(): FakeRaft['node'] {
+    return this.node
   }
+
+  /** What the connect module awaits before a member becomes a voter (see RaftModule). */
+  voterGate?: (peerId: string, signal: AbortSignal) => Promise<void>
+
+  setVoterGate(gate: FakeRaft['voterGate']): void {
+    this.voterGate = gate
+  }
+
+  setSnapshotSigner(): void {}
 
   leaderId(): string | undefined {
     return this.leader
@@ -31,7 +65,9 @@ export class FakeRaft {
   async write(cmd: PolicyCommand): Promise<{ index: number; result: ReturnType<PolicyStore['apply']> }> {
     this.writes.push(cmd)
     const index = this.nextIndex++
-    const result = this.store.apply({ term: 1, index, type: 'normal', data: encodePolicyCommand(cmd) })
+    const cmdBytes = encodePolicyCommand(cmd)
+    const data = this.node.sealEntry?.(index, undefined, cmdBytes) ?? cmdBytes
+    const result = this.store.apply({ term: 1, index, type: 'normal', data })
     return { index, result }
   }
 
@@ -60,17 +96,19 @@ export class FakeCatalog {
   }
 }
 
+/** A connect module on fakes, leading a one-voter cluster as a fresh identity (`self`). */
 export function connectWithFakes(
-  self: string,
   services: Record<string, string[]>,
   options: { signingRatePerSecond?: number; leafTtlMs?: number } = {},
-): { connect: ConnectModule; raft: FakeRaft } {
-  const raft = new FakeRaft(self)
+): { connect: ConnectModule; raft: FakeRaft; self: { id: string; signingKey: KeyObject } } {
+  const self = testIdentity()
+  const raft = new FakeRaft(self.id)
   const connect = new ConnectModule(
     raft as unknown as RaftModule,
     new FakeCatalog(services) as unknown as CatalogModule,
-    { selfId: self, trustDomain: 'test.peermesh', ...options },
+    { selfId: self.id, nodeKey: self.signingKey, trustDomain: 'test.peermesh', ...options },
   )
   raft.store.onChange(() => connect.refreshState())
-  return { connect, raft }
+  connect.attachToRaft()
+  return { connect, raft, self }
 }

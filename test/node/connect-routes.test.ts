@@ -8,7 +8,7 @@ let base: string
 let raft: FakeRaft
 
 beforeEach(async () => {
-  const made = connectWithFakes('peer-self', {})
+  const made = connectWithFakes({})
   raft = made.raft
   http = new HttpApi(silentLog)
   registerConnectRoutes(http, made.connect)

@@ -1,22 +1,21 @@
 import { describe, expect, it } from 'vitest'
 import { createLeafKeyAndCsr, createRootCa, verifyLeaf } from '../../src/identity/index.ts'
-import { rootRecordOf } from '../../src/node/connect-ca.ts'
-import { connectWithFakes } from './connect-helpers.ts'
+import { openRootKey, rootRecordOf } from '../../src/node/connect-ca.ts'
+import { connectWithFakes, testIdentity } from './connect-helpers.ts'
 
-const LEADER = 'peer-leader'
 const AGENT = 'peer-agent'
 
 async function withCa(services: Record<string, string[]>, options: { signingRatePerSecond?: number } = {}) {
-  const { connect, raft } = connectWithFakes(LEADER, services, { leafTtlMs: 10 * 60_000, ...options })
+  const { connect, raft, self } = connectWithFakes(services, { leafTtlMs: 10 * 60_000, ...options })
   const now = Date.now()
   const root = await createRootCa({ trustDomain: 'test.peermesh', nowMs: now })
   await raft.write({
     op: 'ca.setRoots',
-    roots: [rootRecordOf(root, now)],
+    roots: [rootRecordOf(root, now, [self.id])],
     activeRootId: root.id,
     casIndex: 0,
   })
-  return { connect, raft, root }
+  return { connect, raft, root, self }
 }
 
 describe('ConnectModule leaf signing (leader side)', () => {
@@ -51,7 +50,7 @@ describe('ConnectModule leaf signing (leader side)', () => {
   })
 
   it('refuses when not the leader, and before the CA exists', async () => {
-    const { connect, raft } = connectWithFakes(LEADER, { [AGENT]: ['web'] })
+    const { connect, raft } = connectWithFakes({ [AGENT]: ['web'] })
     const csr = await createLeafKeyAndCsr({ service: 'web', trustDomain: 'test.peermesh' })
     const noCa = await connect.signFor(AGENT, 'web', csr.csrPem)
     expect(noCa.ok ? 'signed' : noCa.code).toBe('PEERMESH_ERR_CA_NOT_READY')
@@ -117,5 +116,43 @@ describe('ConnectModule CA', () => {
       value: { value: 'allow' },
     })
     expect(connect.intentionIndex().decide('api', 'cache').action).toBe('allow')
+  })
+})
+
+describe('custody of the root key', () => {
+  it('seals the key to voters only; autopilot seals it to a learner before promoting it', async () => {
+    const { connect, raft, self, root } = await withCa({ [AGENT]: ['web'] })
+    const learner = testIdentity()
+    const record = () => connect.caState().active!
+    expect(openRootKey(record(), self.id, self.signingKey)).toBe(root.keyPem)
+    expect(openRootKey(record(), learner.id, learner.signingKey)).toBeUndefined()
+    // The key is in no replicated record in clear.
+    expect(JSON.stringify(raft.store.snapshot())).not.toContain('PRIVATE KEY')
+    expect(Buffer.from(raft.store.snapshot()).toString('latin1')).not.toContain('PRIVATE KEY')
+
+    await raft.voterGate!(learner.id, AbortSignal.timeout(5_000))
+    expect(openRootKey(record(), learner.id, learner.signingKey)).toBe(root.keyPem)
+    expect(connect.stats.keysGranted).toBe(1)
+    // Already granted: nothing written.
+    const writes = raft.writes.length
+    await raft.voterGate!(learner.id, AbortSignal.timeout(5_000))
+    expect(raft.writes.length).toBe(writes)
+  })
+
+  it('signs every policy entry as leader; entries a keyless leader appends are refused everywhere', async () => {
+    const { connect, raft } = await withCa({})
+    await raft.write({ op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow' })
+    expect(connect.intentionIndex().decide('web', 'db').action).toBe('allow')
+    expect(raft.store.stats.signatureRejected).toBe(0)
+    // Without the sealer (as on an agent holding no copy of the key), the write is refused.
+    raft.raft.sealEntry = undefined
+    const { result } = await raft.write({
+      op: 'intention.upsert',
+      source: 'web',
+      destination: 'db',
+      action: 'deny',
+    })
+    expect(result).toMatchObject({ ok: false, code: 'PEERMESH_ERR_POLICY_SIGNATURE' })
+    expect(connect.intentionIndex().decide('web', 'db').action).toBe('allow')
   })
 })
