@@ -15,9 +15,9 @@ import {
   type PolicySigningRoot,
   PolicyStore,
   RaftNode,
-  signSnapshot,
+  snapshotMessageTrusted,
   trustedRootsOf,
-  verifySnapshot,
+  withSnapshotSignature,
   type RequestId,
 } from '../raft/index.ts'
 import { pack, unpack } from '../raft/msgpack.ts'
@@ -223,7 +223,8 @@ export class RaftModule implements AgentModule {
         stateMachine: this.store,
         transport: {
           send: (to, msg) => {
-            messenger.send(to, encodeMessage(msg.type === 'snap' ? this.signedSnapshot(msg) : msg))
+            const signed = msg.type === 'snap' ? withSnapshotSignature(msg, this.snapshotSigner?.()) : msg
+            messenger.send(to, encodeMessage(signed))
           },
         },
         config: { electionTick: this.opts.electionTick, heartbeatTick: this.opts.heartbeatTick },
@@ -298,31 +299,16 @@ export class RaftModule implements AgentModule {
     this.voterGate = gate
   }
 
-  /** A snapshot message with the CA signature of (index, term, data) in its `context`. */
-  private signedSnapshot(msg: Message): Message {
-    const snap = msg.snapshot
-    const root = this.snapshotSigner?.()
-    if (snap === undefined || root === undefined) return msg
-    const sig = signSnapshot(root, snap.metadata.index, snap.metadata.term, snap.data)
-    return { ...msg, context: Buffer.from(sig).toString('base64') }
-  }
-
   /**
    * A snapshot replaces the whole policy state, so once this agent trusts a CA root it installs
-   * only a snapshot signed by one of its trusted roots. An agent without any root (new, empty)
-   * takes the first one on trust, as it would take the CA's creation entry.
+   * only a snapshot signed by one of its trusted roots (policy-signing.ts).
    */
   private verifySnapshotMessage(msg: Message): boolean {
-    const snap = msg.snapshot
-    if (snap === undefined) return false
-    const trusted = trustedRootsOf(this.store.caRoots().roots)
-    if (trusted.length === 0) return true
-    const sig = msg.context.length > 0 ? Buffer.from(msg.context, 'base64') : undefined
-    const ok = verifySnapshot(trusted, snap.metadata.index, snap.metadata.term, snap.data, sig)
+    const ok = snapshotMessageTrusted(msg, trustedRootsOf(this.store.caRoots().roots))
     if (!ok) {
       this.stats.snapshotsRejected++
       this.log?.warn(
-        { from: msg.from, index: snap.metadata.index },
+        { from: msg.from, index: msg.snapshot?.metadata.index },
         'snapshot refused: not signed by a CA root trusted here (if this agent missed a whole root ' +
           'rotation while the log was compacted, stop it, empty its raft directory and restart it)',
       )

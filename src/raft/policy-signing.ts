@@ -1,6 +1,6 @@
 import { createPrivateKey, type KeyObject, sign, verify, X509Certificate } from 'node:crypto'
 import { pack, unpack } from './msgpack.ts'
-import type { RequestId } from './types.ts'
+import type { Message, RequestId } from './types.ts'
 
 /**
  * Signed policy entries: once the mesh CA exists, every policy command in the Raft log travels in
@@ -194,6 +194,29 @@ export function verifySnapshot(
   } catch {
     return false
   }
+}
+
+/**
+ * `msg` (a `snap` message) with `root`'s signature of its snapshot in `context`, which snapshot
+ * messages do not otherwise use. Without a root (no CA yet, or no key here) it goes unsigned.
+ */
+export function withSnapshotSignature(msg: Message, root: PolicySigningRoot | undefined): Message {
+  const snap = msg.snapshot
+  if (snap === undefined || root === undefined) return msg
+  const sig = signSnapshot(root, snap.metadata.index, snap.metadata.term, snap.data)
+  return { ...msg, context: Buffer.from(sig).toString('base64') }
+}
+
+/**
+ * Whether a received `snap` message may be installed: once a root is trusted here, only with a
+ * trusted root's signature (withSnapshotSignature); with no root yet, taken on first use.
+ */
+export function snapshotMessageTrusted(msg: Message, trusted: readonly TrustedRoot[]): boolean {
+  const snap = msg.snapshot
+  if (snap === undefined) return false
+  if (trusted.length === 0) return true
+  const sig = msg.context.length > 0 ? Buffer.from(msg.context, 'base64') : undefined
+  return verifySnapshot(trusted, snap.metadata.index, snap.metadata.term, snap.data, sig)
 }
 
 /** The roots of a replicated CA state that can be verified against (id + certificate). */

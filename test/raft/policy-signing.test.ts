@@ -4,12 +4,14 @@ import {
   openPolicyEntry,
   signPolicyEntry,
   signSnapshot,
+  snapshotMessageTrusted,
   trustedRootsOf,
   verifySnapshot,
+  withSnapshotSignature,
 } from '../../src/raft/policy-signing.ts'
 import { pack, unpack } from '../../src/raft/msgpack.ts'
 import { encodePolicyCommand, type PolicyCommand, PolicyStore } from '../../src/raft/policy-store.ts'
-import type { Entry, RequestId } from '../../src/raft/types.ts'
+import type { Entry, Message, RequestId } from '../../src/raft/types.ts'
 
 let root: RootCa
 let rotated: RootCa
@@ -131,6 +133,41 @@ describe('signed snapshots', () => {
     expect(verifySnapshot(trusted, 10, 2, data, signSnapshot(foreign, 10, 2, data))).toBe(false)
     expect(verifySnapshot(trusted, 10, 2, data, undefined)).toBe(false)
     expect(verifySnapshot(trusted, 10, 2, data, new Uint8Array([0xc1]))).toBe(false)
+  })
+})
+
+describe('snapshot messages', () => {
+  const msg = (data: number[]): Message => ({
+    type: 'snap',
+    from: 'leader',
+    to: 'learner',
+    term: 2,
+    logTerm: 0,
+    index: 0,
+    commit: 0,
+    entries: [],
+    reject: false,
+    rejectHint: 0,
+    context: '',
+    snapshot: {
+      metadata: { index: 10, term: 2, conf: { voters: ['leader'], learners: [] } },
+      data: new Uint8Array(data),
+    },
+  })
+
+  it('a learner that trusts a root installs only a snapshot that root signed', () => {
+    const trusted = [caRecord(root)]
+    const good = withSnapshotSignature(msg([1, 2]), root)
+    expect(snapshotMessageTrusted(good, trusted)).toBe(true)
+    // Another state under the same signature, an unsigned one, a foreign CA's: refused.
+    expect(snapshotMessageTrusted({ ...good, snapshot: msg([1, 3]).snapshot! }, trusted)).toBe(false)
+    expect(snapshotMessageTrusted(msg([1, 2]), trusted)).toBe(false)
+    expect(snapshotMessageTrusted(withSnapshotSignature(msg([1, 2]), foreign), trusted)).toBe(false)
+    expect(snapshotMessageTrusted({ ...good, context: 'not base64 !!' }, trusted)).toBe(false)
+    // No root yet (a new, empty agent): taken on first use, as the CA's creation entry is.
+    expect(snapshotMessageTrusted(msg([1, 2]), [])).toBe(true)
+    // Without a key the sender leaves the message as it was.
+    expect(withSnapshotSignature(msg([1, 2]), undefined).context).toBe('')
   })
 })
 
