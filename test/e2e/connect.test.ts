@@ -140,5 +140,5 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
       const r = await a.api<{ activeRootId: string }>('/v1/connect/ca/roots')
       expect(r?.activeRootId).toBe(roots!.activeRootId)
     }
-  })
+  }, 120_000)
 })
