@@ -20,7 +20,15 @@ import type { Intention } from '../raft/policy-store.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
 import { counterFrom } from './metrics.ts'
 import type { CatalogModule } from './catalog-module.ts'
-import { type CaRootRecord, type CaState, caStateOf, rootRecordOf, rotationComplete } from './connect-ca.ts'
+import {
+  type CaRootRecord,
+  type CaState,
+  caStateOf,
+  type IssuedLeaf,
+  recordIssued,
+  rootRecordOf,
+  rotationComplete,
+} from './connect-ca.ts'
 import { registerConnectRoutes } from './connect-routes.ts'
 import type { RaftModule } from './raft-module.ts'
 import { StreamMessenger } from './stream-messenger.ts'
@@ -120,7 +128,7 @@ export class ConnectModule implements AgentModule {
   private messenger?: StreamMessenger
   private readonly limiter: LeafSigningRateLimiter
   private readonly rotators = new Map<string, LeafCertificateRotator>()
-  private readonly issuedUnder = new Map<string, string>()
+  private readonly issuedUnder = new Map<string, IssuedLeaf>()
   private index = new IntentionIndex([], 'deny')
   private intentionList: Intention[] = []
   private intentionKey = ''
@@ -461,7 +469,7 @@ export class ConnectModule implements AgentModule {
         nowMs: this.now(),
       })
       this.stats.leavesSigned++
-      this.issuedUnder.set(`${requester}/${service}`, leaf.issuerId)
+      recordIssued(this.issuedUnder, `${requester}/${service}`, leaf.issuerId, this.now())
       return {
         ok: true,
         certPem: leaf.certPem,
