@@ -175,7 +175,7 @@ export class ConnectModule implements AgentModule {
 
     this.offStore = this.raft.store.onChange(() => this.refreshState())
     this.refreshState()
-    this.offLeader = this.raft.raft?.on('leader:change', () => this.leaderCheck())
+    this.offLeader = this.raft.raft?.on('leader:change', () => this.onLeaderChange())
     this.leaderTimer = setInterval(() => this.leaderCheck(), DEFAULTS.leaderCheckMs)
     this.catalog.catalog.on('catalog:change', this.syncRotators)
     this.syncRotators()
@@ -302,6 +302,16 @@ export class ConnectModule implements AgentModule {
   }
 
   // ---- CA on the leader ---------------------------------------------------------------------------
+
+  /**
+   * A new leader does not know which leaves its predecessor re-issued under the new root (that is
+   * not in Raft), so during a rotation every agent asks again; else the old root would stay trusted
+   * until a whole leaf lifetime had passed.
+   */
+  private onLeaderChange(): void {
+    this.leaderCheck()
+    if (this.ca.roots.length > 1) for (const r of this.rotators.values()) r.renewNow()
+  }
 
   private leaderCheck(): void {
     const node = this.raft.raft
