@@ -43,6 +43,8 @@ class Traffic {
   failures: string[] = []
   readonly servedBy = new Map<string, number>()
   private readonly keepAliveSockets: Set<Socket>[] = []
+  /** Requests answered on each keep-alive client. */
+  readonly keepAliveOk: number[] = []
   private running = true
   private readonly loops: Promise<void>[] = []
 
@@ -54,7 +56,8 @@ class Traffic {
       const agent = new http.Agent({ keepAlive: true, maxSockets: 1 })
       const sockets = new Set<Socket>()
       this.keepAliveSockets.push(sockets)
-      this.loops.push(this.loop(() => this.request({ agent }, sockets)).finally(() => agent.destroy()))
+      this.keepAliveOk.push(0)
+      this.loops.push(this.loop(() => this.request({ agent }, sockets, i)).finally(() => agent.destroy()))
     }
     for (let i = 0; i < opts.fresh; i++) {
       this.loops.push(this.loop(() => this.request({ agent: false, headers: { connection: 'close' } })))
@@ -79,7 +82,7 @@ class Traffic {
     }
   }
 
-  private request(options: http.RequestOptions, sockets?: Set<Socket>): Promise<void> {
+  private request(options: http.RequestOptions, sockets?: Set<Socket>, client?: number): Promise<void> {
     return new Promise((resolve) => {
       const fail = (why: string): void => {
         this.failures.push(`${new Date().toISOString()} ${why}`)
@@ -98,6 +101,7 @@ class Traffic {
               return
             }
             this.ok++
+            if (client !== undefined) this.keepAliveOk[client]!++
             this.servedBy.set(body, (this.servedBy.get(body) ?? 0) + 1)
             resolve()
           })
@@ -284,8 +288,9 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
       expect(l.serialNumber).not.toBe(oldSerials[i])
       expect(signedBy(l.certPem, oldRoot.rootCert)).toBe(false)
     }
-    // ...and it is what their sidecars present: api's inbound listeners answer a client that
-    // trusts only the new root (web's new leaf) with a leaf of the new root.
+    // ...and it is what their sidecars present: api's inbound listeners answer web's new leaf
+    // with a leaf of the new root. A peer that still trusts only the old root accepts it too,
+    // through the new root cross-signed by the old that the sidecar sends along.
     const webLeaf = reissued[0]!
     for (const [port, app] of [
       [inB, 'api-b'],
@@ -297,6 +302,9 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
       })
       expect(r.presented.subjectAltName).toContain('/svc/api')
       expect(r.body).toBe(app)
+      const viaOld = await throughInbound(port, webLeaf, oldRoot.rootCert)
+      expect(viaOld.presented.fingerprint256).toBe(r.presented.fingerprint256)
+      expect(viaOld.body).toBe(app)
     }
 
     // ...then the old root is dropped everywhere.
@@ -314,8 +322,11 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
 
     // Traffic keeps flowing after the drop, over new connections and the old keep-alive ones.
     const okAtDrop = t.ok
-    await waitFor('traffic after the old root was dropped', async () =>
-      t.ok >= okAtDrop + 300 ? true : undefined,
+    const keepAliveOkAtDrop = [...t.keepAliveOk]
+    await waitFor('traffic after the old root was dropped, on every keep-alive connection too', async () =>
+      t.ok >= okAtDrop + 300 && t.keepAliveOk.every((n, i) => n >= keepAliveOkAtDrop[i]! + 10)
+        ? true
+        : undefined,
     )
     await watcher.stop()
     await t.stop()
