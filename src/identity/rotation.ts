@@ -144,6 +144,8 @@ export class LeafCertificateRotator {
   private renewTimer: unknown
   private expiryTimer: unknown
   private inFlight: Promise<void> | undefined
+  /** renewNow() came while a renewal was in flight: its answer may predate the reason. */
+  private renewAgain = false
   private stopController = new AbortController()
 
   constructor(init: LeafCertificateRotatorInit) {
@@ -211,13 +213,21 @@ export class LeafCertificateRotator {
     // The aborted attempt finishes on its own and, being of an old epoch, changes nothing; a
     // later start() must not wait for it.
     this.inFlight = undefined
+    this.renewAgain = false
     this.clearTimer('renewTimer')
     this.clearTimer('expiryTimer')
   }
 
-  /** Renew now (e.g. after a root rotation, when every leaf must be re-issued). */
+  /**
+   * Renew now (e.g. after a root rotation, when every leaf must be re-issued). With a renewal in
+   * flight, renews again once it lands: that answer may have been signed before the rotation.
+   */
   renewNow(): void {
     if (!this.running) return
+    if (this.inFlight) {
+      this.renewAgain = true
+      return
+    }
     this.clearTimer('renewTimer')
     this.renew()
   }
@@ -257,7 +267,12 @@ export class LeafCertificateRotator {
     if (!this.running || this.inFlight) return
     const epoch = this.epoch
     const attempt: Promise<void> = this.attempt(epoch).finally(() => {
-      if (this.inFlight === attempt) this.inFlight = undefined
+      if (this.inFlight !== attempt) return
+      this.inFlight = undefined
+      if (this.renewAgain) {
+        this.renewAgain = false
+        this.renewNow()
+      }
     })
     this.inFlight = attempt
   }

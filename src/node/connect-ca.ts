@@ -175,21 +175,52 @@ export function caRootsJson(state: CaState): CaRootsJson {
 }
 
 /**
+ * How long a leaf signed under the new root is given to reach its agent and be installed in its
+ * sidecar before the old root may be dropped. The leader only knows when it signed: were the old
+ * root dropped at that moment, a peer applying the drop before the answer lands would refuse the
+ * instance's still-current old leaf (and the instance would refuse the peer). An RPC answer on a
+ * LAN takes milliseconds; 2 s also covers an agent that is briefly too busy to read it.
+ */
+export const ROTATION_SETTLE_MS = 2_000
+
+/** When this leader first signed a leaf for an instance under its current root. */
+export interface IssuedLeaf {
+  rootId: string
+  sinceMs: number
+}
+
+/** Notes a leaf signed for `key` under `rootId`; keeps the time of the first one under that root. */
+export function recordIssued(
+  issuedUnder: Map<string, IssuedLeaf>,
+  key: string,
+  rootId: string,
+  nowMs: number,
+): void {
+  if (issuedUnder.get(key)?.rootId !== rootId) issuedUnder.set(key, { rootId, sinceMs: nowMs })
+}
+
+/**
  * Whether the old roots of a rotation can be dropped: every service instance the catalog knows
- * (`required`: `<peerId>/<service>` keys) holds a leaf signed by the active root since it was
- * activated (`issuedUnder`: key -> root id, as this leader signed), or the longest leaf lifetime
- * has passed since the activation (every older leaf has expired by then, whoever signed it: this
- * covers a leader change, which loses `issuedUnder`).
+ * (`required`: `<peerId>/<service>` keys) holds a leaf signed by the active root, signed at least
+ * `settleMs` ago so that it has been installed (`issuedUnder`: key -> root id and time, as this
+ * leader signed), or the longest leaf lifetime has passed since the activation (every older leaf
+ * has expired by then, whoever signed it: this covers a leader change, which loses `issuedUnder`).
  */
 export function rotationComplete(options: {
   active: CaRootRecord
   required: Iterable<string>
-  issuedUnder: ReadonlyMap<string, string>
+  issuedUnder: ReadonlyMap<string, IssuedLeaf>
   leafTtlMs: number
   nowMs: number
+  /** Default `ROTATION_SETTLE_MS`. */
+  settleMs?: number
 }): boolean {
   const { active, required, issuedUnder, leafTtlMs, nowMs } = options
+  const settleMs = options.settleMs ?? ROTATION_SETTLE_MS
   if (nowMs >= active.activatedAt + leafTtlMs) return true
-  for (const key of required) if (issuedUnder.get(key) !== active.id) return false
+  for (const key of required) {
+    const issued = issuedUnder.get(key)
+    if (issued?.rootId !== active.id || nowMs < issued.sinceMs + settleMs) return false
+  }
   return true
 }

@@ -26,7 +26,9 @@ import {
   type CaRootRecord,
   type CaState,
   caStateOf,
+  type IssuedLeaf,
   openRootKey,
+  recordIssued,
   rootRecordOf,
   rotationComplete,
   votersWithoutKey,
@@ -137,7 +139,7 @@ export class ConnectModule implements AgentModule {
   private messenger?: StreamMessenger
   private readonly limiter: LeafSigningRateLimiter
   private readonly rotators = new Map<string, LeafCertificateRotator>()
-  private readonly issuedUnder = new Map<string, string>()
+  private readonly issuedUnder = new Map<string, IssuedLeaf>()
   private index = new IntentionIndex([], 'deny')
   private intentionList: Intention[] = []
   private intentionKey = ''
@@ -193,7 +195,7 @@ export class ConnectModule implements AgentModule {
     this.offStore = this.raft.store.onChange(() => this.refreshState())
     this.refreshState()
     this.attachToRaft()
-    this.offLeader = this.raft.raft?.on('leader:change', () => this.leaderCheck())
+    this.offLeader = this.raft.raft?.on('leader:change', () => this.onLeaderChange())
     this.leaderTimer = setInterval(() => this.leaderCheck(), DEFAULTS.leaderCheckMs)
     this.catalog.catalog.on('catalog:change', this.syncRotators)
     this.syncRotators()
@@ -402,6 +404,16 @@ export class ConnectModule implements AgentModule {
   }
 
   // ---- CA on the leader ---------------------------------------------------------------------------
+
+  /**
+   * A new leader does not know which leaves its predecessor re-issued under the new root (that is
+   * not in Raft), so during a rotation every agent asks again; else the old root would stay trusted
+   * until a whole leaf lifetime had passed.
+   */
+  private onLeaderChange(): void {
+    this.leaderCheck()
+    if (this.ca.roots.length > 1) for (const r of this.rotators.values()) r.renewNow()
+  }
 
   private leaderCheck(): void {
     const node = this.raft.raft
@@ -622,7 +634,7 @@ export class ConnectModule implements AgentModule {
         nowMs: this.now(),
       })
       this.stats.leavesSigned++
-      this.issuedUnder.set(`${requester}/${service}`, leaf.issuerId)
+      recordIssued(this.issuedUnder, `${requester}/${service}`, leaf.issuerId, this.now())
       return {
         ok: true,
         certPem: leaf.certPem,

@@ -1,9 +1,10 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
+import type { Server } from 'node:http'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { freePort, runCli, TestCluster, waitFor } from './harness.ts'
+import { startApp, stopApp } from './mesh-helpers.ts'
 
 interface HealthEntry {
   node: { name: string }
@@ -15,18 +16,6 @@ async function health(http: string, name: string): Promise<HealthEntry[]> {
   const res = await runCli(['health', name, '--http', http, '--json'])
   if (res.code !== 0) throw new Error(res.stderr)
   return JSON.parse(res.stdout) as HealthEntry[]
-}
-
-function startApp(port: number): Promise<Server> {
-  const server = createServer((_req, res) => res.end('ok'))
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)))
-}
-
-function stopApp(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve())
-    server.closeAllConnections()
-  })
 }
 
 const hasDig = spawnSync('dig', ['-v'], { stdio: 'ignore' }).status === 0

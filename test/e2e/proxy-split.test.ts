@@ -1,11 +1,7 @@
-import { createServer, type Server } from 'node:http'
+import type { Server } from 'node:http'
 import { afterAll, describe, expect, it } from 'vitest'
 import { freePort, TestCluster, waitFor } from './harness.ts'
-
-function startApp(port: number, body: string): Promise<Server> {
-  const server = createServer((_req, res) => res.end(body))
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)))
-}
+import { startApp } from './mesh-helpers.ts'
 
 describe('traffic split through the sidecars (end to end, 3 agent processes)', () => {
   const cluster = new TestCluster()

@@ -1,19 +1,15 @@
 import { execFile, spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
+import type { Server } from 'node:http'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createRootCa } from '../../src/identity/ca.ts'
 import { freePort, runCli, TestCluster, waitFor } from './harness.ts'
+import { registerService, startApp } from './mesh-helpers.ts'
 
 const exec = promisify(execFile)
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0
-
-function startApp(port: number, body: string): Promise<Server> {
-  const server = createServer((_req, res) => res.end(body))
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)))
-}
 
 async function get(port: number): Promise<{ status: number; body: string } | { error: string }> {
   try {
@@ -59,19 +55,13 @@ describe('sidecar proxies (end to end, 3 agent processes)', () => {
       freePort(),
     ])
     apps.push(await startApp(apiPort, 'api-ok'), await startApp(webPort, 'web-ok'))
-    const register = async (agentHttp: string, file: string, def: object) => {
-      const path = join(cluster.dir, file)
-      writeFileSync(path, JSON.stringify(def))
-      const r = await runCli(['register', path, '--http', agentHttp])
-      expect(r.code, r.stderr).toBe(0)
-    }
-    await register(b.http, 'api.json', {
+    await registerService(b, {
       name: 'api',
       port: apiPort,
       address: '127.0.0.1',
       connect: { sidecarService: { port: apiInbound, protocol: 'http' } },
     })
-    await register(a.http, 'web.json', {
+    await registerService(a, {
       name: 'web',
       port: webPort,
       address: '127.0.0.1',

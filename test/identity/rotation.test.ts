@@ -320,6 +320,46 @@ describe('LeafCertificateRotator on a virtual clock', () => {
     rotator.stop()
   })
 
+  it('renewNow() during a renewal in flight renews again once it lands (its answer may predate the reason)', async () => {
+    // The CA rotates its root while our request is being answered: the leaf that comes back was
+    // signed by the old root, so the renewNow() that announced the rotation must not be lost.
+    const next = await createRootCa({ trustDomain: TD, keyType: 'ed25519', nowMs: T0 - HOUR })
+    let signer = root
+    const gate = deferred<void>()
+    const firstCall = deferred<void>()
+    const { clock, rotator, calls } = setup({
+      requestLeaf: async (csrPem) => {
+        calls.push(clock.now())
+        const leaf = await signLeaf(signer, csrPem, {
+          service: 'web',
+          trustDomain: TD,
+          ttlMs: LEAF_TTL,
+          nowMs: clock.now(),
+        })
+        if (calls.length === 1) {
+          firstCall.resolve()
+          await gate.promise
+        }
+        return leaf.certPem
+      },
+    })
+    rotator.start()
+    clock.fireNext(clock.now())
+    await firstCall.promise
+    signer = next
+    rotator.renewNow()
+    gate.resolve()
+    await rotator.whenIdle()
+    expect(calls).toHaveLength(2)
+    const v = await verifyLeaf(rotator.current()!.certPem, {
+      roots: [next.certPem],
+      trustDomain: TD,
+      nowMs: clock.now(),
+    })
+    expect(v.ok).toBe(true)
+    rotator.stop()
+  })
+
   it('refuses an initial certificate that does not belong to the given key', async () => {
     const a = await createLeafKeyAndCsr({ service: 'web', trustDomain: TD })
     const b = await createLeafKeyAndCsr({ service: 'web', trustDomain: TD })

@@ -3,7 +3,10 @@ import {
   type CaRootRecord,
   caRootsJson,
   caStateOf,
+  type IssuedLeaf,
   parseRootRecord,
+  ROTATION_SETTLE_MS,
+  recordIssued,
   rotationComplete,
 } from '../../src/node/connect-ca.ts'
 
@@ -23,6 +26,8 @@ const root = (id: string, activatedAt = 1_000): CaRootRecord => ({
 describe('rotationComplete', () => {
   const active = root('new', 1_000)
   const ttl = 60_000
+  const settle = 2_000
+  // Leaves signed at 1_500; checked from 3_500 on, once they have had `settle` to be installed.
   it.each([
     ['no instances registered', [], [], 2_000, true],
     [
@@ -32,8 +37,18 @@ describe('rotationComplete', () => {
         ['a/web', 'new'],
         ['b/db', 'new'],
       ],
-      2_000,
+      3_500,
       true,
+    ],
+    [
+      '...but the last one only just now: its answer may not have landed yet',
+      ['a/web', 'b/db'],
+      [
+        ['a/web', 'new'],
+        ['b/db', 'new'],
+      ],
+      3_499,
+      false,
     ],
     [
       'one instance still on the old root',
@@ -42,10 +57,10 @@ describe('rotationComplete', () => {
         ['a/web', 'new'],
         ['b/db', 'old'],
       ],
-      2_000,
+      3_500,
       false,
     ],
-    ['one instance never seen by this leader', ['a/web', 'b/db'], [['a/web', 'new']], 2_000, false],
+    ['one instance never seen by this leader', ['a/web', 'b/db'], [['a/web', 'new']], 3_500, false],
     [
       '...but a full leaf lifetime has passed since activation',
       ['a/web', 'b/db'],
@@ -58,11 +73,24 @@ describe('rotationComplete', () => {
       rotationComplete({
         active,
         required,
-        issuedUnder: new Map(issued.map(([k, v]) => [k, v])),
+        issuedUnder: new Map(issued.map(([k, rootId]) => [k, { rootId, sinceMs: 1_500 }])),
         leafTtlMs: ttl,
         nowMs,
+        settleMs: settle,
       }),
     ).toBe(want)
+  })
+
+  it('counts the settle time from the first leaf signed under a root, not from later renewals', () => {
+    const issued = new Map<string, IssuedLeaf>()
+    recordIssued(issued, 'a/web', 'old', 100)
+    recordIssued(issued, 'a/web', 'new', 1_500)
+    recordIssued(issued, 'a/web', 'new', 3_000)
+    expect(issued.get('a/web')).toEqual({ rootId: 'new', sinceMs: 1_500 })
+    const done = (nowMs: number) =>
+      rotationComplete({ active, required: ['a/web'], issuedUnder: issued, leafTtlMs: ttl, nowMs })
+    expect(done(1_500 + ROTATION_SETTLE_MS - 1)).toBe(false)
+    expect(done(1_500 + ROTATION_SETTLE_MS)).toBe(true)
   })
 })
 

@@ -1,0 +1,40 @@
+import { writeFileSync } from 'node:fs'
+import { createServer, type Server } from 'node:http'
+import { join } from 'node:path'
+import { type AgentProcess, runCli } from './harness.ts'
+
+/** A local app on 127.0.0.1:`port` answering every request with `body`. */
+export function startApp(port: number, body = 'ok'): Promise<Server> {
+  const server = createServer((_req, res) => res.end(body))
+  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)))
+}
+
+/** Closes an app, its open (keep-alive) connections included. */
+export function stopApp(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve())
+    server.closeAllConnections()
+  })
+}
+
+/** `peermesh register FILE.json` against `agent`, as a user would; throws unless it exits 0. */
+export async function registerService(
+  agent: AgentProcess,
+  definition: { name: string; [field: string]: unknown },
+): Promise<void> {
+  const path = join(agent.cluster.dir, `${agent.name}-${definition.name}.json`)
+  writeFileSync(path, JSON.stringify(definition))
+  const r = await runCli(['register', path, '--http', agent.http])
+  if (r.code !== 0) throw new Error(`register ${definition.name} on ${agent.name}: ${r.stderr.trim()}`)
+}
+
+/** The sum of every sample of a counter in an agent's `GET /metrics` (0 when absent). */
+export async function metricSum(agent: AgentProcess, name: string): Promise<number> {
+  const text = await (await fetch(`http://${agent.http}/metrics`)).text()
+  let sum = 0
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)(?:\{[^}]*\})? (\S+)$/.exec(line)
+    if (m?.[1] === name) sum += Number(m[2])
+  }
+  return sum
+}
