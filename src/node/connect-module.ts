@@ -145,6 +145,8 @@ export class ConnectModule implements AgentModule {
   private intentionKey = ''
   private ca: CaState = { roots: [], active: undefined, modifyIndex: 0 }
   private appliedIndex = 0
+  /** The Raft term in which this leader caught up with the committed state (see signFor). */
+  private signingReadyTerm = -1
   /** Root keys opened from this agent's sealed copies: root id -> PKCS#8 PEM. */
   private readonly rootKeys = new Map<string, string>()
   private readonly waiters = new Set<{ after: number; resolve: (index: number) => void }>()
@@ -611,6 +613,18 @@ export class ConnectModule implements AgentModule {
     const node = this.raft.raft
     if (node === undefined || !node.isLeader())
       return refuse('PEERMESH_ERR_NOT_LEADER', 'not the raft leader')
+    // A new leader first applies everything committed before its term (a ReadIndex waits for
+    // that), so it never signs under a root that a rotation it has not applied yet replaced.
+    const term = node.status().term
+    if (this.signingReadyTerm !== term) {
+      try {
+        await this.raft.linearizableRead({ signal: AbortSignal.timeout(DEFAULTS.attemptTimeoutMs) })
+      } catch {
+        return refuse(CA_NOT_READY, 'the new leader has not caught up with the committed state yet')
+      }
+      this.refreshState()
+      this.signingReadyTerm = term
+    }
     if (this.ca.active === undefined) return refuse(CA_NOT_READY, 'the CA is not created yet')
     const ca = this.signingCa(this.ca.active)
     if (ca === undefined) return refuse(CA_NOT_READY, 'this leader holds no copy of the CA key yet')

@@ -30,7 +30,7 @@ export class FakeRaft {
   private readonly node: {
     isLeader(): boolean
     on(): () => void
-    status(): { conf: { voters: string[]; learners: string[] } }
+    status(): { term: number; conf: { voters: string[]; learners: string[] } }
     transferLeadership(to: string): void
     sealEntry?: EntrySealer
   }
@@ -40,7 +40,7 @@ export class FakeRaft {
     this.node = {
       isLeader: () => this.leader === this.self,
       on: () => () => {},
-      status: () => ({ conf: { voters: [this.self], learners: [] } }),
+      status: () => ({ term: 1, conf: { voters: [this.self], learners: [] } }),
       transferLeadership: () => {},
     }
   }

@@ -59,6 +59,26 @@ describe('ConnectModule leaf signing (leader side)', () => {
     expect(follower.ok ? 'signed' : follower.code).toBe('PEERMESH_ERR_NOT_LEADER')
   })
 
+  it('a new leader signs only once it has caught up with the committed state (ReadIndex)', async () => {
+    const { connect, raft } = await withCa({ [AGENT]: ['web'] })
+    const csr = await createLeafKeyAndCsr({ service: 'web', trustDomain: 'test.peermesh' })
+    let reads = 0
+    raft.linearizableRead = async () => {
+      reads++
+      throw new Error('no quorum yet')
+    }
+    const early = await connect.signFor(AGENT, 'web', csr.csrPem)
+    expect(early.ok ? 'signed' : early.code).toBe('PEERMESH_ERR_CA_NOT_READY')
+    raft.linearizableRead = async () => {
+      reads++
+      return { index: raft.store.index }
+    }
+    expect((await connect.signFor(AGENT, 'web', csr.csrPem)).ok).toBe(true)
+    // Once per term: the next signing does not wait for another ReadIndex.
+    expect((await connect.signFor(AGENT, 'web', csr.csrPem)).ok).toBe(true)
+    expect(reads).toBe(2)
+  })
+
   it('rejects malformed input without throwing', async () => {
     const { connect } = await withCa({ [AGENT]: ['web'] })
     const bad = await connect.signFor(AGENT, 'Web!', 'x')
