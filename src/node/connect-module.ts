@@ -15,7 +15,7 @@ import {
 } from '../identity/index.ts'
 import { DEFAULT_LEAF_TTL_MS } from '../identity/ca-constants.ts'
 import { type IntentionAction, IntentionIndex } from '../proxy/intentions.ts'
-import { pack, unpack } from '../raft/msgpack.ts'
+import { pack, unpack, unpackRecord } from '../raft/msgpack.ts'
 import { signPolicyEntry } from '../raft/policy-signing.ts'
 import type { Intention } from '../raft/policy-store.ts'
 import type { RequestId } from '../raft/types.ts'
@@ -870,14 +870,8 @@ type RotateReply =
   | { ok: false; code: string; message: string }
 
 function decodeRotateReply(bytes: Uint8Array): RotateReply | undefined {
-  let v: unknown
-  try {
-    v = unpack(bytes)
-  } catch {
-    return undefined
-  }
-  if (v === null || typeof v !== 'object') return undefined
-  const o = v as Record<string, unknown>
+  const o = unpackRecord(bytes)
+  if (o === undefined) return undefined
   if (o['ok'] === true && typeof o['activeRootId'] === 'string' && typeof o['previousRootId'] === 'string')
     return { ok: true, activeRootId: o['activeRootId'], previousRootId: o['previousRootId'] }
   if (o['ok'] === false && typeof o['code'] === 'string')
@@ -886,14 +880,8 @@ function decodeRotateReply(bytes: Uint8Array): RotateReply | undefined {
 }
 
 function decodeSignReply(bytes: Uint8Array): SignReply | undefined {
-  let v: unknown
-  try {
-    v = unpack(bytes)
-  } catch {
-    return undefined
-  }
-  if (v === null || typeof v !== 'object') return undefined
-  const o = v as Record<string, unknown>
+  const o = unpackRecord(bytes)
+  if (o === undefined) return undefined
   if (o['ok'] === true && typeof o['certPem'] === 'string') {
     const inter = Array.isArray(o['intermediatesPem'])
       ? o['intermediatesPem'].filter((x): x is string => typeof x === 'string')

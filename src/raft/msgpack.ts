@@ -13,3 +13,17 @@ export function pack(value: unknown): Uint8Array {
 export function unpack(bytes: Uint8Array): unknown {
   return packr.unpack(bytes)
 }
+
+/**
+ * Decodes bytes from a peer that should hold a msgpack map: its fields, or undefined when the
+ * bytes are not msgpack or not a map (the caller then treats the message as malformed).
+ */
+export function unpackRecord(bytes: Uint8Array): Record<string, unknown> | undefined {
+  let v: unknown
+  try {
+    v = packr.unpack(bytes)
+  } catch {
+    return undefined
+  }
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined
+}

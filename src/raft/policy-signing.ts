@@ -1,5 +1,5 @@
 import { createPrivateKey, type KeyObject, sign, verify, X509Certificate } from 'node:crypto'
-import { pack, unpack } from './msgpack.ts'
+import { pack, unpackRecord } from './msgpack.ts'
 import type { Message, RequestId } from './types.ts'
 
 /**
@@ -98,14 +98,8 @@ export function signPolicyEntry(
 }
 
 function decodeEnvelope(data: Uint8Array): Envelope | undefined {
-  let v: unknown
-  try {
-    v = unpack(data)
-  } catch {
-    return undefined
-  }
-  if (v === null || typeof v !== 'object' || (v as { pm?: unknown }).pm === undefined) return undefined
-  const o = v as Record<string, unknown>
+  const o = unpackRecord(data)
+  if (o === undefined || o['pm'] === undefined) return undefined
   if (
     o['pm'] !== ENVELOPE_VERSION ||
     typeof o['root'] !== 'string' ||
@@ -176,14 +170,8 @@ export function verifySnapshot(
   signature: Uint8Array | undefined,
 ): boolean {
   if (signature === undefined) return false
-  let v: unknown
-  try {
-    v = unpack(signature)
-  } catch {
-    return false
-  }
-  if (v === null || typeof v !== 'object') return false
-  const o = v as Record<string, unknown>
+  const o = unpackRecord(signature)
+  if (o === undefined) return false
   const root = trusted.find((r) => r.id === o['root'])
   const sig = o['sig']
   if (root === undefined || !(sig instanceof Uint8Array)) return false
