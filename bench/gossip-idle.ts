@@ -6,7 +6,12 @@
  * (several agents per process so that 200 fit on a small machine; gossip traffic is the same
  * whether the peers share a process or not).
  *
- * Flags: --sizes 5,20,200, --window SECONDS (default 10), --json.
+ * A size that does not converge (every agent sees N alive) within --converge SECONDS is measured
+ * anyway and reported with `converged_nN: 0` and the median fraction of members each agent sees
+ * alive (`alive_fraction_nN`): on an overloaded machine, 200 agents in a handful of processes
+ * may never all agree at once, and connections and traffic are still worth knowing.
+ *
+ * Flags: --sizes 5,20,200, --window SECONDS (default 10), --converge SECONDS (default 300), --json.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
@@ -19,6 +24,7 @@ import { argValue, emitJson, median, progress, quantile, table } from './lib.ts'
 
 const sizes = (argValue('sizes', '5,20,200') ?? '').split(',').map(Number)
 const windowS = Number(argValue('window', '10'))
+const convergeS = Number(argValue('converge', '300'))
 const WORKER = fileURLToPath(new URL('./multi-agent-worker.ts', import.meta.url))
 // 20 agents per process: each agent runs its own libp2p host, DHT and timers; more per process
 // and one event loop falls behind the 150 ms probe period on a 2-core machine.
@@ -85,18 +91,27 @@ async function measure(n: number): Promise<Record<string, number>> {
       progress(`[N=${n}] ${all.length} agents up`)
     }
     const t0 = Date.now()
-    for (;;) {
-      const views = await Promise.all(
-        all.map(
-          async (h) =>
-            (await (await fetch(`http://${h.http}/v1/agent/members`)).json()) as { status: string }[],
-        ),
+    const aliveFractions = async (): Promise<number[]> =>
+      Promise.all(
+        all.map(async (h) => {
+          const v = (await (await fetch(`http://${h.http}/v1/agent/members`)).json()) as { status: string }[]
+          return v.filter((m) => m.status === 'alive').length / n
+        }),
       )
-      if (views.every((v) => v.filter((m) => m.status === 'alive').length === n)) break
-      if (Date.now() - t0 > 600_000) throw new Error(`N=${n}: no convergence in 600 s`)
-      await new Promise((r) => setTimeout(r, 500))
+    let converged = 1
+    for (;;) {
+      const fractions = await aliveFractions()
+      if (fractions.every((f) => f === 1)) break
+      if (Date.now() - t0 > convergeS * 1000) {
+        converged = 0
+        progress(`[N=${n}] no convergence in ${convergeS} s (median alive fraction ${median(fractions)})`)
+        break
+      }
+      // Polling every agent's member list is itself load at N=200: not more than every 2 s.
+      await new Promise((r) => setTimeout(r, n > 50 ? 2_000 : 500))
     }
-    progress(`[N=${n}] converged in ${Date.now() - t0} ms; settling 5 s, then measuring ${windowS} s idle`)
+    const convergeMs = Date.now() - t0
+    progress(`[N=${n}] after ${convergeMs} ms: settling 5 s, then measuring ${windowS} s idle`)
     await new Promise((r) => setTimeout(r, 5_000))
     const before = await Promise.all(all.map((h) => metricsOf(h.http)))
     // Connections per agent, sampled once a second through the window (max over the samples).
@@ -126,8 +141,12 @@ async function measure(n: number): Promise<Record<string, number>> {
     const rejected = rate('peermesh_gossip_datagrams_rejected_total')
     const conns = after.map((a, i) => Math.max(sum(a, 'peermesh_libp2p_connections'), ...connSamples[i]!))
     const connsNow = after.map((a) => sum(a, 'peermesh_libp2p_connections'))
+    const aliveAfter = await aliveFractions()
     return {
       n,
+      converged,
+      converge_ms: converged ? convergeMs : Number.NaN,
+      alive_fraction: median(aliveAfter),
       msgs_per_node_s: median(msgs),
       bytes_per_node_s: median(bytes),
       pushpull_bytes_per_node_s: median(pushPullBytes),
@@ -145,7 +164,14 @@ async function measure(n: number): Promise<Record<string, number>> {
 const rows: (string | number)[][] = []
 const figures: Record<string, number> = {}
 for (const n of sizes) {
-  const f = await measure(n)
+  let f: Record<string, number>
+  try {
+    f = await measure(n)
+  } catch (err) {
+    progress(`[N=${n}] failed: ${(err as Error).message}`)
+    figures[`failed_n${n}`] = 1
+    continue
+  }
   rows.push([
     n,
     f.msgs_per_node_s!,
@@ -153,6 +179,7 @@ for (const n of sizes) {
     f.pushpull_bytes_per_node_s!,
     f.conns_median!,
     f.conns_max!,
+    f.converged ? 'yes' : `no (${(100 * f.alive_fraction!).toFixed(0)}% alive)`,
   ])
   for (const [k, v] of Object.entries(f)) if (k !== 'n') figures[`${k}_n${n}`] = +v.toFixed(1)
 }
@@ -164,6 +191,7 @@ table(
     'push/pull bytes/s per node',
     'connections (median)',
     'connections (max in window)',
+    'converged',
   ],
   rows,
 )
