@@ -26,6 +26,8 @@ export const CLUSTER_KEY_FILE = 'cluster.key'
 export interface AgentContext {
   readonly config: AgentConfig
   readonly identity: NodeIdentity
+  /** The cluster key (pnet pre-shared key, 32 bytes); gossip derives its datagram key from it. */
+  readonly clusterKey: Uint8Array
   readonly host: Host
   readonly http: HttpApi
   readonly metrics: Registry
@@ -58,6 +60,7 @@ export interface AgentInit {
 export class Agent {
   readonly config: AgentConfig
   readonly log: Logger
+  private clusterKey?: Uint8Array
   readonly events = new EventEmitter()
   private readonly modules: AgentModule[] = []
   private readonly started: AgentModule[] = []
@@ -99,6 +102,7 @@ export class Agent {
     const { config, log } = this
     // The cluster key first: a bad key must not leave a new data dir behind.
     const clusterKey = this.loadClusterKey()
+    this.clusterKey = clusterKey
     this.identity = await loadOrCreateNodeIdentity(config.dataDir)
     this.host = await createHost({ identity: this.identity, clusterKey, listen: config.listen })
     try {
@@ -192,6 +196,7 @@ export class Agent {
     return {
       config: this.config,
       identity: this.identity!,
+      clusterKey: this.clusterKey!,
       host,
       http: this.http,
       metrics: this.metrics,

@@ -16,10 +16,9 @@ import {
   swimConfig,
   type SwimProfile,
 } from '../gossip/index.ts'
-import { readClusterKeyFile } from '../identity/cluster-key.ts'
 import { writeFileAtomicSync } from '../identity/fs-atomic.ts'
 import { publicKeyOfPeerId } from '../identity/node-key.ts'
-import { type AgentContext, type AgentModule, CLUSTER_KEY_FILE } from './agent.ts'
+import type { AgentContext, AgentModule } from './agent.ts'
 import { deriveDatagramKey, GossipUdpTransport, UDP_PORT_TAG, udpEndpointOf } from './gossip-udp.ts'
 import { counterFrom } from './metrics.ts'
 import { StreamMessenger } from './stream-messenger.ts'
@@ -208,15 +207,13 @@ export class GossipModule implements AgentModule {
     addresses: string[],
     maxMessageBytes: number,
   ): Promise<GossipUdpTransport> {
-    // The agent read (or created) the cluster key from one of these two places before starting us.
-    const keyFile = ctx.config.clusterKey ?? join(ctx.config.dataDir, CLUSTER_KEY_FILE)
     const self = udpEndpointOf(addresses, {})
     if (self === undefined)
       this.log?.warn({ addresses }, 'no TCP address to share a port with; gossip UDP on any port')
     const wildcard = ctx.config.listen.map((l) => /^\/ip[46]\/(0\.0\.0\.0|::)\//.exec(l)?.[1]).find((h) => h)
     const udp = new GossipUdpTransport({
       selfId: ctx.identity.id,
-      key: deriveDatagramKey(readClusterKeyFile(keyFile)),
+      key: deriveDatagramKey(ctx.clusterKey),
       bindHost: wildcard ?? self?.host ?? '0.0.0.0',
       port: self?.port ?? 0,
       maxMessageBytes,
