@@ -102,6 +102,8 @@ export class GossipModule implements AgentModule {
   private readonly dhtLookups = new Map<string, number>()
   private stopped = false
   private peersWrittenAt = Number.NEGATIVE_INFINITY
+  /** The known-peers list as last written, so an unchanged list is not written again. */
+  private peersWritten = ''
   private peersTimer?: NodeJS.Timeout
   private readonly listeners: ((e: SwimEvent) => void)[] = []
 
@@ -357,8 +359,13 @@ export class GossipModule implements AgentModule {
         .filter((m) => m.id !== self && m.status === 'alive' && m.address !== '')
         .slice(0, KNOWN_PEERS_MAX)
         .map((m) => (m.address.includes('/p2p/') ? m.address : `${m.address}/p2p/${m.id}`))
+      const text = JSON.stringify(addresses)
+      // Membership churn that ends where it began (a member flapping) rewrites nothing: each
+      // write is an fsync on the event loop.
+      if (text === this.peersWritten) return
       try {
-        writeFileAtomicSync(join(this.ctx!.config.dataDir, KNOWN_PEERS_FILE), JSON.stringify(addresses))
+        writeFileAtomicSync(join(this.ctx!.config.dataDir, KNOWN_PEERS_FILE), text)
+        this.peersWritten = text
       } catch (err) {
         this.log?.warn({ err }, 'cannot save known peers')
       }
