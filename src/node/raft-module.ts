@@ -25,8 +25,11 @@ import { StreamMessenger } from './stream-messenger.ts'
 
 /** Best-effort Raft messages between members (appends, votes, heartbeats, snapshots). */
 export const RAFT_PROTOCOL = '/peermesh/raft/1'
-/** Reliable request/response: writes forwarded to the leader. */
-export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/1'
+/**
+ * Reliable request/response: writes forwarded to the leader, many at once on one long-lived
+ * stream per peer (`/1` opened a stream per write: a round trip more each, see StreamMessenger).
+ */
+export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/2'
 /** Sub-directory of the data dir holding the Raft log, hard state and snapshot. */
 export const RAFT_DIR = 'raft'
 
@@ -189,6 +192,7 @@ export class RaftModule implements AgentModule {
       host: ctx.host,
       protocol: RAFT_PROTOCOL,
       requestProtocol: RAFT_RPC_PROTOCOL,
+      requestMode: 'multiplexed',
       log,
       maxMessageBytes: MAX_MESSAGE_BYTES,
       maxRequestBytes: MAX_COMMAND_BYTES + 4096,
