@@ -49,6 +49,8 @@ export interface RaftModuleOptions {
   electionTick?: number
   /** Ticks between leader heartbeats. */
   heartbeatTick?: number
+  /** Ticks between heartbeats to learners (see RaftConfig.learnerHeartbeatTick). */
+  learnerHeartbeatTick?: number
   /** How often the leader's autopilot looks at gossip and the configuration. */
   autopilotIntervalMs?: number
   autopilot?: Partial<Omit<AutopilotSettings, 'targetVoters'>>
@@ -66,6 +68,11 @@ const DEFAULTS = {
   tickMs: 25,
   electionTick: 6,
   heartbeatTick: 1,
+  // 100 ms: with 3 voters and 17 learners, heartbeats to learners every 25 ms tick and their
+  // answers were 1,360 of the leader's 1,520 messages a second at rest. Learners need none to stay
+  // in sync (appends and commit notices go out at once), only to resend a lost append and to look
+  // active to autopilot.
+  learnerHeartbeatTick: 4,
   autopilotIntervalMs: 200, // membership reacts within a fraction of the dead threshold
   snapshotThreshold: 8192, // a snapshot holds the dedupe table (up to 10k clients): not too often
   // 4 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
@@ -214,7 +221,11 @@ export class RaftModule implements AgentModule {
             messenger.send(to, encodeMessage(msg))
           },
         },
-        config: { electionTick: this.opts.electionTick, heartbeatTick: this.opts.heartbeatTick },
+        config: {
+          electionTick: this.opts.electionTick,
+          heartbeatTick: this.opts.heartbeatTick,
+          learnerHeartbeatTick: this.opts.learnerHeartbeatTick,
+        },
         tickMs: this.opts.tickMs,
         snapshotThreshold: this.opts.snapshotThreshold,
         coalesceReady: true,

@@ -88,6 +88,7 @@ export class Raft {
   private pendingReads: { context: string; from: NodeId }[] = []
   private electionElapsed = 0
   private heartbeatElapsed = 0
+  private learnerHeartbeatElapsed = 0
   private randomizedElectionTimeout = 0
   /** Configuration from the snapshot (or empty), and after each conf entry in the log. */
   private baseConf: ConfState = { voters: [], learners: [] }
@@ -236,6 +237,7 @@ export class Raft {
     this.lead = undefined
     this.electionElapsed = 0
     this.heartbeatElapsed = 0
+    this.learnerHeartbeatElapsed = 0
     this.resetRandomizedElectionTimeout()
     this.leadTransferee = undefined
     this.votes.clear()
@@ -296,6 +298,7 @@ export class Raft {
 
   private tickHeartbeat(): void {
     this.heartbeatElapsed++
+    this.learnerHeartbeatElapsed++
     this.electionElapsed++
     for (const pr of this.prs.values()) if (pr.state === 'snapshot') pr.snapshotTicks++
     if (this.electionElapsed >= this.cfg.electionTick) {
@@ -311,7 +314,9 @@ export class Raft {
     }
     if (this.heartbeatElapsed >= this.cfg.heartbeatTick) {
       this.heartbeatElapsed = 0
-      this.bcastHeartbeat(this.readOnly.at(-1)?.context ?? '')
+      const learners = this.learnerHeartbeatElapsed >= this.cfg.learnerHeartbeatTick
+      if (learners) this.learnerHeartbeatElapsed = 0
+      this.bcastHeartbeat(this.readOnly.at(-1)?.context ?? '', learners)
     }
   }
 
@@ -684,9 +689,9 @@ export class Raft {
     return true
   }
 
-  private bcastHeartbeat(context: string): void {
+  private bcastHeartbeat(context: string, learners = true): void {
     for (const [id, pr] of this.prs) {
-      if (id === this.id) continue
+      if (id === this.id || (!learners && pr.isLearner)) continue
       this.send({ type: 'heartbeat', to: id, commit: Math.min(pr.match, this.log.committed), context })
     }
   }
