@@ -960,19 +960,26 @@ export class Raft {
   }
 
   /**
-   * Committed entries after index `after` that are also durable here (`<= stabled`), without a
-   * pending snapshot: what a driver may apply while a Ready's new entries are still being written,
-   * instead of waiting for that write (these entries' own write is already done). Read-only; report
-   * what was applied with `appliedTo`, so that later Readys do not repeat it.
+   * Committed entries after index `after`, without a pending snapshot: what a driver may apply
+   * while a Ready's entries are still being written, instead of waiting for that write. Committed
+   * means durable on a quorum of voters (a leader counts its own copy only once durable, see
+   * `advance`), and a committed entry is never overwritten (§5.4), so this node's own copy need not
+   * be on disk yet: applying changes nothing this node acknowledged. Read-only; report what was
+   * applied with `appliedTo`, so that later Readys do not repeat it.
    */
-  stableCommittedAfter(after: number): Entry[] {
+  committedAfter(after: number): Entry[] {
     if (this.log.pendingSnapshot !== undefined) return []
-    const hi = Math.min(this.log.committed, this.log.stabled)
+    const hi = this.log.committed
     if (hi <= after) return []
     return this.log.slice(Math.max(after, this.log.offsetIndex) + 1, hi + 1)
   }
 
-  /** Marks entries up to `index` as applied (see stableCommittedAfter). */
+  /** Highest index durable in this node's log storage (as reported through `advance`). */
+  stabledIndex(): number {
+    return this.log.stabled
+  }
+
+  /** Marks entries up to `index` as applied (see committedAfter). */
   appliedTo(index: number): void {
     this.log.applied = Math.max(this.log.applied, Math.min(index, this.log.committed))
   }
