@@ -654,7 +654,11 @@ export class Raft {
 
   private bcastAppend(): void {
     if (this.role !== 'leader') return
-    for (const id of this.prs.keys()) if (id !== this.id) this.sendAppend(id)
+    // Voters first: the commit waits for them, learners only follow. (Progress is kept in the
+    // order members joined, so a promoted learner would otherwise wait behind the others.)
+    const conf = this.currentConf()
+    for (const id of conf.voters) if (id !== this.id) this.sendAppend(id)
+    for (const id of conf.learners) if (id !== this.id) this.sendAppend(id)
   }
 
   private sendAppend(to: NodeId, sendIfEmpty = true): boolean {

@@ -571,6 +571,31 @@ describe('membership changes, one server at a time (thesis §4.1)', () => {
     c.filter = undefined
   })
 
+  it('sends appends to voters before learners, whatever order they joined in', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.stabilize()
+    const a = c.node('a')
+    for (const change of [
+      { type: 'addLearner', node: 'd' },
+      { type: 'addLearner', node: 'e' },
+      { type: 'promoteLearner', node: 'e' },
+    ] as const) {
+      if (!c.nodes.has(change.node)) c.addNode(change.node)
+      a.raft.proposeConfChange(change)
+      c.process(a)
+      c.stabilize()
+    }
+    const order: string[] = []
+    c.filter = (m) => {
+      if (m.type === 'app' && m.from === 'a' && m.entries.length > 0) order.push(m.to)
+      return true
+    }
+    c.propose('a', 'x')
+    c.filter = undefined
+    expect(order).toEqual(['b', 'c', 'e', 'd'])
+  })
+
   it('rejects changes that make no sense', () => {
     const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
     c.campaign('a')
