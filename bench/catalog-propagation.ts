@@ -2,21 +2,30 @@
  * bench:catalog-propagation — time from a health change on one agent to every agent seeing it.
  *
  * For each N (5, 20): N real agents on 127.0.0.1 joined through one seed (one process each, or
- * several agents per process through `multi-agent-worker.ts`: by default 4 when N > 5), DNS off. A service with
- * a TTL check is registered on the first agent. Then, `--changes` times: every agent is watched
- * with a blocking query (`GET /v1/health/service/NAME?index=I&wait=W`, re-issued with the index
- * of each reply until the reply shows the new status), the check is flipped
- * (`PUT /v1/agent/check/pass|fail/:id`), and the change's propagation time is from just before
- * the flip is sent to the moment the last agent's reply shows the new status. No polling.
+ * several agents per process, by default 4 when N > 5: bench/lib.ts `startWorkerCluster`), DNS off.
+ * A service with a TTL check is registered on the first agent. Then, `--changes` times: every agent
+ * is watched with blocking queries (bench/lib.ts `watchBlocking`:
+ * `GET /v1/health/service/NAME?index=I&wait=W`, re-issued with the index of each reply until the
+ * reply shows the new status), the check is flipped (`PUT /v1/agent/check/pass|fail/:id`), and the
+ * change's propagation time is from just before the flip is sent to the moment the last agent's
+ * reply shows the new status. No polling.
  *
  * Flags: --sizes 5,20  --changes 50  --warmup 5 (uncounted first changes)  --per-process K  --json.
  * JSON: health_propagation_ms_p50/_p99/_max (N = 20) and the same with `_n5`; `changes`, `missed`.
  */
-import { type ChildProcess, spawn } from 'node:child_process'
-import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
 import { type AgentProcess, TestCluster, waitFor } from '../test/e2e/harness.ts'
-import { argValue, emitJson, progress, quantile, table } from './lib.ts'
+import {
+  apiFetch,
+  argValue,
+  type BenchCluster,
+  currentView,
+  emitJson,
+  progress,
+  quantile,
+  startWorkerCluster,
+  table,
+  watchBlocking,
+} from './lib.ts'
 
 const sizes = (argValue('sizes', '5,20') ?? '5,20').split(',').map(Number)
 const changes = Number(argValue('changes', '50'))
@@ -33,26 +42,19 @@ const CHECK_ID = 'bench-ttl'
 const CHANGE_TIMEOUT_MS = 15_000
 /** Changes slower than this are reported on stderr with their slowest agents. */
 const SLOW_MS = 500
-const WORKER = fileURLToPath(new URL('./multi-agent-worker.ts', import.meta.url))
+const HEALTH = `/v1/health/service/${SERVICE}`
 
 interface HealthEntry {
   service: { id: string }
   status: string
 }
 
-/** N agents, however they are hosted; every one reached only through its HTTP API. */
-interface Cluster {
-  /** HTTP `host:port` of each agent, the first one being the owner of the service. */
-  https: string[]
-  close(): Promise<void>
-}
-
-async function api(http: string, path: string, init?: RequestInit): Promise<Response> {
-  return fetch(`http://${http}${path}`, { ...init, signal: AbortSignal.timeout(CHANGE_TIMEOUT_MS + 5_000) })
+function api(http: string, path: string, init?: RequestInit): Promise<Response> {
+  return apiFetch(http, path, CHANGE_TIMEOUT_MS + 5_000, init)
 }
 
 /** One process per agent (`peermesh agent`), through the e2e harness. */
-async function processCluster(n: number): Promise<Cluster> {
+async function processCluster(n: number): Promise<BenchCluster> {
   const tc = new TestCluster()
   try {
     const key = await tc.writeClusterKey()
@@ -77,97 +79,14 @@ async function processCluster(n: number): Promise<Cluster> {
   }
 }
 
-/** `perProcess` agents per worker process (`multi-agent-worker.ts`). */
-async function workerCluster(n: number, perProcess: number): Promise<Cluster> {
-  const tc = new TestCluster() // for its temp dir and cluster key; its agent list stays empty
-  const children: ChildProcess[] = []
-  let key = ''
-  const close = async (): Promise<void> => {
-    await Promise.all(
-      children.map(
-        (c) =>
-          new Promise<void>((resolve) => {
-            if (c.exitCode !== null || c.signalCode !== null) return resolve()
-            c.once('exit', () => resolve())
-            c.kill('SIGKILL')
-          }),
-      ),
-    )
-    await tc.close()
-  }
-  const startWorker = (
-    count: number,
-    prefix: string,
-    seed?: string,
-  ): Promise<{ http: string; address: string }[]> => {
-    const child = spawn(
-      process.execPath,
-      ['--import', 'tsx', WORKER, tc.dir, key, String(count), prefix, ...(seed ? [seed] : [])],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    )
-    children.push(child)
-    const out: { http: string; address: string }[] = []
-    return new Promise((resolve, reject) => {
-      const lines = createInterface({ input: child.stdout! })
-      lines.on('line', (line) => {
-        out.push(JSON.parse(line) as { http: string; address: string })
-        if (out.length === count) resolve(out)
-      })
-      child.once('exit', (code) => reject(new Error(`agent worker ${prefix} exited with ${code}`)))
-    })
-  }
-  try {
-    key = await tc.writeClusterKey()
-    const [first] = await startWorker(1, 'cw0-')
-    const https = [first!.http]
-    let left = n - 1
-    for (let w = 1; left > 0; w++) {
-      const count = Math.min(perProcess, left)
-      for (const a of await startWorker(count, `cw${w}-`, first!.address)) https.push(a.http)
-      left -= count
-    }
-    return { https, close }
-  } catch (err) {
-    await close()
-    throw err
-  }
-}
-
 function statusIn(entries: HealthEntry[]): string | undefined {
   return entries.find((e) => e.service.id === SERVICE_ID)?.status
 }
 
 /** The agent's current health answer and its index (no blocking). */
 async function current(http: string): Promise<{ index: string; status: string | undefined }> {
-  const res = await api(http, `/v1/health/service/${SERVICE}`)
-  if (!res.ok) throw new Error(`${http}: health query answered ${res.status}`)
-  return {
-    index: res.headers.get('x-peermesh-index') ?? '0',
-    status: statusIn((await res.json()) as HealthEntry[]),
-  }
-}
-
-/**
- * Watches one agent with blocking queries from `index` until a reply shows `want`; resolves with
- * the performance.now() of that reply and the index it carried, or undefined after the deadline.
- */
-async function watch(
-  http: string,
-  index: string,
-  want: string,
-  deadline: number,
-): Promise<{ at: number; index: string } | undefined> {
-  let idx = index
-  while (performance.now() < deadline) {
-    const waitS = Math.max(1, Math.ceil((deadline - performance.now()) / 1000))
-    const res = await api(http, `/v1/health/service/${SERVICE}?index=${idx}&wait=${waitS}s`)
-    if (!res.ok) throw new Error(`${http}: blocking query answered ${res.status}`)
-    const body = (await res.json()) as HealthEntry[]
-    const at = performance.now()
-    idx = res.headers.get('x-peermesh-index') ?? idx
-    if (statusIn(body) === want) return { at, index: idx }
-  }
-  return undefined
+  const { index, body } = await currentView<HealthEntry[]>(http, HEALTH)
+  return { index, status: statusIn(body) }
 }
 
 interface Result {
@@ -178,7 +97,7 @@ interface Result {
 }
 
 /** The cluster being measured, killed on Ctrl-C too. */
-let active: Cluster | undefined
+let active: BenchCluster | undefined
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
     progress(`${sig}: stopping agents`)
@@ -189,7 +108,8 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 async function measure(n: number): Promise<Result> {
   const perProcess = agentsPerProcess(n)
   progress(`N=${n}: starting ${n} agents, ${perProcess} per process`)
-  const cluster = perProcess > 1 ? await workerCluster(n, perProcess) : await processCluster(n)
+  const cluster =
+    perProcess > 1 ? await startWorkerCluster({ n, perProcess, prefix: 'cw' }) : await processCluster(n)
   active = cluster
   try {
     const { https } = cluster
@@ -234,7 +154,9 @@ async function measure(n: number): Promise<Result> {
       const want = status === 'passing' ? 'critical' : 'passing'
       const t0 = performance.now()
       const deadline = t0 + CHANGE_TIMEOUT_MS
-      const watchers = https.map((h, k) => watch(h, indexes[k]!, want, deadline))
+      const watchers = https.map((h, k) =>
+        watchBlocking<HealthEntry[]>(h, HEALTH, indexes[k]!, (b) => statusIn(b) === want, deadline),
+      )
       const flip = await api(owner, `/v1/agent/check/${want === 'passing' ? 'pass' : 'fail'}/${CHECK_ID}`, {
         method: 'PUT',
       })

@@ -2,9 +2,11 @@
  * Runs several agents in one process (for measuring large clusters on a small machine).
  * Started by bench scripts: `tsx bench/multi-agent-worker.ts <dir> <clusterKey> <count> <prefix> [seed]`.
  * Prints one JSON line per agent `{ name, http, address }` on stdout once it is up, then runs
- * until SIGTERM.
+ * until SIGTERM, or until its stdin closes when that is a pipe (the bench exited, even killed).
+ * `PEERMESH_BENCH_BOOTSTRAP=1`: the first agent bootstraps Raft (a one-voter cluster to join).
  */
 import '../src/node/polyfill.ts'
+import { fstatSync } from 'node:fs'
 import { join } from 'node:path'
 import pino from 'pino'
 import { resolveAgentConfig } from '../src/node/config.ts'
@@ -12,6 +14,7 @@ import { createAgent } from '../src/node/create-agent.ts'
 
 const [dir, keyFile, countStr, prefix, seed] = process.argv.slice(2)
 const log = pino({ level: 'silent' })
+const bootstrap = process.env['PEERMESH_BENCH_BOOTSTRAP'] === '1'
 const agents: { stop(): Promise<void> }[] = []
 for (let i = 0; i < Number(countStr); i++) {
   const name = `${prefix}${i}`
@@ -25,6 +28,7 @@ for (let i = 0; i < Number(countStr); i++) {
       clusterKey: keyFile!,
       dns: 'off',
       ...(seed ? { seed: [seed] } : {}),
+      ...(bootstrap && i === 0 ? { bootstrap: true } : {}),
     },
   )
   const { agent } = createAgent(config, log)
@@ -35,6 +39,12 @@ for (let i = 0; i < Number(countStr); i++) {
     `${JSON.stringify({ name, http: `${addr.host}:${addr.port}`, address: agent.addresses()[0] })}\n`,
   )
 }
-process.on('SIGTERM', () => {
+const stopAll = (): void => {
   void Promise.all(agents.map((a) => a.stop().catch(() => {}))).finally(() => process.exit(0))
-})
+}
+process.on('SIGTERM', stopAll)
+const stdin = fstatSync(0)
+if (stdin.isFIFO() || stdin.isSocket()) {
+  process.stdin.on('close', stopAll)
+  process.stdin.resume()
+}

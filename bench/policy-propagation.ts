@@ -8,153 +8,45 @@
  * (`PUT /v1/connect/intentions/exact?source=bench-a&destination=bench-b`) through an agent that is
  * not the leader, so each one is forwarded to the leader, committed, and replicated to all.
  * Every agent is watched with a blocking query (`GET /v1/connect/intentions?index=I&wait=W`,
- * re-issued with each reply's index until the reply shows the new action); a write's propagation
- * time is from just before it is sent to the last agent's reply showing it. No polling.
+ * re-issued with each reply's index until the reply shows the new action), started 20 ms before
+ * the write; a write's propagation time is from just before it is sent to the last agent's reply
+ * showing it. No polling.
  *
  * Flags: --sizes 5,20  --writes 200  --warmup 10 (uncounted)  --per-process K  --json.
  * JSON (last line): propagation_ms_p50/_p99/_max (N = 20), the same with `_n5`, `writes`, `missed`.
  *
- * Runs itself as the agent worker: `tsx bench/policy-propagation.ts --worker DIR KEY COUNT PREFIX
- * BOOTSTRAP(0|1) [SEED]` starts COUNT agents in one process (the first bootstrapping Raft when
- * BOOTSTRAP is 1) and prints one JSON line `{ name, http, address }` per agent.
+ * Agents run in `multi-agent-worker.ts` processes (bench/lib.ts `startWorkerCluster`), watched with
+ * lib.ts `watchBlocking`, as in bench:catalog-propagation.
  */
-import '../src/node/polyfill.ts'
-import { type ChildProcess, spawn } from 'node:child_process'
-import { join } from 'node:path'
-import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
-import { TestCluster, waitFor } from '../test/e2e/harness.ts'
-import { argValue, emitJson, progress, quantile, table } from './lib.ts'
+import { waitFor } from '../test/e2e/harness.ts'
+import {
+  apiFetch,
+  argValue,
+  type BenchCluster,
+  currentView,
+  emitJson,
+  progress,
+  quantile,
+  startWorkerCluster,
+  table,
+  watchBlocking,
+} from './lib.ts'
 
-const SELF = fileURLToPath(import.meta.url)
 const SOURCE = 'bench-a'
 const DESTINATION = 'bench-b'
+const INTENTIONS = '/v1/connect/intentions'
 /** A write not seen everywhere by then counts as missed (recorded at this value). */
 const WRITE_TIMEOUT_MS = 15_000
 /** Writes slower than this are reported on stderr with their slowest agents. */
 const SLOW_MS = 100
+/** Pause between starting the watchers of a write and sending it (see the write loop). */
+const WATCH_SETTLE_MS = 20
 
 /** The cluster being measured, killed on Ctrl-C too. */
-let active: Cluster | undefined
+let active: BenchCluster | undefined
 
-if (process.argv[2] === '--worker') await runWorker(process.argv.slice(3))
-else await runBench()
-
-async function runWorker(args: string[]): Promise<void> {
-  const [dir, keyFile, countStr, prefix, bootstrap, seed] = args
-  const pino = (await import('pino')).default
-  const { resolveAgentConfig } = await import('../src/node/config.ts')
-  const { createAgent } = await import('../src/node/create-agent.ts')
-  const log = pino({ level: 'silent' })
-  const agents: { stop(): Promise<void> }[] = []
-  for (let i = 0; i < Number(countStr); i++) {
-    const name = `${prefix}${i}`
-    const config = resolveAgentConfig(
-      {},
-      {
-        name,
-        dataDir: join(dir!, name),
-        listen: ['/ip4/127.0.0.1/tcp/0'],
-        http: '127.0.0.1:0',
-        clusterKey: keyFile!,
-        dns: 'off',
-        ...(bootstrap === '1' && i === 0 ? { bootstrap: true } : {}),
-        ...(seed ? { seed: [seed] } : {}),
-      },
-    )
-    const { agent } = createAgent(config, log)
-    await agent.start()
-    agents.push(agent)
-    const addr = agent.httpAddress!
-    process.stdout.write(
-      `${JSON.stringify({ name, http: `${addr.host}:${addr.port}`, address: agent.addresses()[0] })}\n`,
-    )
-  }
-  const stop = (): void => {
-    void Promise.all(agents.map((a) => a.stop().catch(() => {}))).finally(() => process.exit(0))
-  }
-  process.on('SIGTERM', stop)
-  // The bench holds our stdin open: when it exits (even killed), so do we.
-  process.stdin.on('close', stop)
-  process.stdin.resume()
-}
-
-interface Cluster {
-  https: string[]
-  close(): Promise<void>
-}
-
-async function api(http: string, path: string, init?: RequestInit): Promise<Response> {
-  return fetch(`http://${http}${path}`, { ...init, signal: AbortSignal.timeout(WRITE_TIMEOUT_MS + 5_000) })
-}
-
-async function startCluster(n: number, perProcess: number): Promise<Cluster> {
-  const tc = new TestCluster() // for its temp dir and cluster key
-  const children: ChildProcess[] = []
-  const close = async (): Promise<void> => {
-    await Promise.all(
-      children.map(
-        (c) =>
-          new Promise<void>((resolve) => {
-            if (c.exitCode !== null || c.signalCode !== null) return resolve()
-            c.once('exit', () => resolve())
-            c.kill('SIGKILL')
-          }),
-      ),
-    )
-    await tc.close()
-  }
-  const key = await tc.writeClusterKey()
-  const startWorker = (count: number, prefix: string, bootstrap: boolean, seed?: string) => {
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        SELF,
-        '--worker',
-        tc.dir,
-        key,
-        String(count),
-        prefix,
-        bootstrap ? '1' : '0',
-        ...(seed ? [seed] : []),
-      ],
-      { stdio: ['pipe', 'pipe', 'inherit'] },
-    )
-    children.push(child)
-    const out: { http: string; address: string }[] = []
-    return new Promise<{ http: string; address: string }[]>((resolve, reject) => {
-      const lines = createInterface({ input: child.stdout! })
-      lines.on('line', (line) => {
-        out.push(JSON.parse(line) as { http: string; address: string })
-        if (out.length === count) resolve(out)
-      })
-      child.once('exit', (code) => reject(new Error(`agent worker ${prefix} exited with ${code}`)))
-    })
-  }
-  try {
-    const [first] = await startWorker(1, 'pp0-', true)
-    const https = [first!.http]
-    let left = n - 1
-    // Two workers at a time: many cold tsx starts at once starve a small machine.
-    const batches: { count: number; prefix: string }[] = []
-    for (let w = 1; left > 0; w++) {
-      const count = Math.min(perProcess, left)
-      batches.push({ count, prefix: `pp${w}-` })
-      left -= count
-    }
-    for (let i = 0; i < batches.length; i += 2) {
-      const started = await Promise.all(
-        batches.slice(i, i + 2).map((b) => startWorker(b.count, b.prefix, false, first!.address)),
-      )
-      for (const group of started) for (const a of group) https.push(a.http)
-    }
-    return { https, close }
-  } catch (err) {
-    await close()
-    throw err
-  }
+function api(http: string, path: string, init?: RequestInit): Promise<Response> {
+  return apiFetch(http, path, WRITE_TIMEOUT_MS + 5_000, init)
 }
 
 interface IntentionJson {
@@ -168,32 +60,8 @@ function actionIn(list: IntentionJson[]): string | undefined {
 }
 
 async function current(http: string): Promise<{ index: string; action: string | undefined }> {
-  const res = await api(http, '/v1/connect/intentions')
-  if (!res.ok) throw new Error(`${http}: intentions answered ${res.status}`)
-  return {
-    index: res.headers.get('x-peermesh-index') ?? '0',
-    action: actionIn((await res.json()) as IntentionJson[]),
-  }
-}
-
-/** Blocking queries from `index` until a reply shows `want`; the reply's time and index. */
-async function watch(
-  http: string,
-  index: string,
-  want: string,
-  deadline: number,
-): Promise<{ at: number; index: string } | undefined> {
-  let idx = index
-  while (performance.now() < deadline) {
-    const waitS = Math.max(1, Math.ceil((deadline - performance.now()) / 1000))
-    const res = await api(http, `/v1/connect/intentions?index=${idx}&wait=${waitS}s`)
-    if (!res.ok) throw new Error(`${http}: blocking query answered ${res.status}`)
-    const body = (await res.json()) as IntentionJson[]
-    const at = performance.now()
-    idx = res.headers.get('x-peermesh-index') ?? idx
-    if (actionIn(body) === want) return { at, index: idx }
-  }
-  return undefined
+  const { index, body } = await currentView<IntentionJson[]>(http, INTENTIONS)
+  return { index, action: actionIn(body) }
 }
 
 interface RaftStatus {
@@ -219,7 +87,7 @@ async function measure(
 ): Promise<Result> {
   const perProcess = perProcessFlag !== undefined ? Number(perProcessFlag) : n <= 5 ? 1 : 4
   progress(`N=${n}: starting ${n} agents, ${perProcess} per process`)
-  const cluster = await startCluster(n, perProcess)
+  const cluster = await startWorkerCluster({ n, perProcess, prefix: 'pp', bootstrap: true })
   active = cluster
   try {
     const { https } = cluster
@@ -279,9 +147,16 @@ async function measure(
     let action = 'deny'
     for (let i = -warmup; i < writes; i++) {
       const want = action === 'allow' ? 'deny' : 'allow'
+      const deadline = performance.now() + WATCH_SETTLE_MS + WRITE_TIMEOUT_MS
+      const watchers = https.map((h, k) =>
+        watchBlocking<IntentionJson[]>(h, INTENTIONS, indexes[k]!, (b) => actionIn(b) === want, deadline),
+      )
+      // Let the blocking queries reach their agents before the clock starts, as a proxy's watch is
+      // already waiting when a write happens: issuing 20 of them is the bench's own work, not the
+      // write's (counted, it was ~6 ms of a write's p50 at N=20). A query that arrives late
+      // still sees the write (its index has passed), so nothing is missed either way.
+      await new Promise((r) => setTimeout(r, WATCH_SETTLE_MS))
       const t0 = performance.now()
-      const deadline = t0 + WRITE_TIMEOUT_MS
-      const watchers = https.map((h, k) => watch(h, indexes[k]!, want, deadline))
       const res = await put(want)
       const acked = performance.now() - t0
       if (!res.ok) throw new Error(`write answered ${res.status}: ${await res.text()}`)
@@ -365,3 +240,5 @@ async function runBench(): Promise<void> {
   emitJson(figures)
   process.exit(0)
 }
+
+await runBench()

@@ -30,8 +30,11 @@ import { StreamMessenger } from './stream-messenger.ts'
 
 /** Best-effort Raft messages between members (appends, votes, heartbeats, snapshots). */
 export const RAFT_PROTOCOL = '/peermesh/raft/1'
-/** Reliable request/response: writes forwarded to the leader. */
-export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/1'
+/**
+ * Reliable request/response: writes forwarded to the leader, many at once on one long-lived
+ * stream per peer (`/1` opened a stream per write: a round trip more each, see StreamMessenger).
+ */
+export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/2'
 /** Sub-directory of the data dir holding the Raft log, hard state and snapshot. */
 export const RAFT_DIR = 'raft'
 
@@ -51,6 +54,8 @@ export interface RaftModuleOptions {
   electionTick?: number
   /** Ticks between leader heartbeats. */
   heartbeatTick?: number
+  /** Ticks between heartbeats to learners (see RaftConfig.learnerHeartbeatTick). */
+  learnerHeartbeatTick?: number
   /** How often the leader's autopilot looks at gossip and the configuration. */
   autopilotIntervalMs?: number
   autopilot?: Partial<Omit<AutopilotSettings, 'targetVoters'>>
@@ -68,6 +73,11 @@ const DEFAULTS = {
   tickMs: 25,
   electionTick: 6,
   heartbeatTick: 1,
+  // 100 ms: with 3 voters and 17 learners, heartbeats to learners every 25 ms tick and their
+  // answers were 1,360 of the leader's 1,520 messages a second at rest. Learners need none to stay
+  // in sync (appends and commit notices go out at once), only to resend a lost append and to look
+  // active to autopilot.
+  learnerHeartbeatTick: 4,
   autopilotIntervalMs: 200, // membership reacts within a fraction of the dead threshold
   snapshotThreshold: 8192, // a snapshot holds the dedupe table (up to 10k clients): not too often
   // 4 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
@@ -205,6 +215,7 @@ export class RaftModule implements AgentModule {
       host: ctx.host,
       protocol: RAFT_PROTOCOL,
       requestProtocol: RAFT_RPC_PROTOCOL,
+      requestMode: 'multiplexed',
       log,
       maxMessageBytes: MAX_MESSAGE_BYTES,
       maxRequestBytes: MAX_COMMAND_BYTES + 4096,
@@ -227,7 +238,11 @@ export class RaftModule implements AgentModule {
             messenger.send(to, encodeMessage(signed))
           },
         },
-        config: { electionTick: this.opts.electionTick, heartbeatTick: this.opts.heartbeatTick },
+        config: {
+          electionTick: this.opts.electionTick,
+          heartbeatTick: this.opts.heartbeatTick,
+          learnerHeartbeatTick: this.opts.learnerHeartbeatTick,
+        },
         tickMs: this.opts.tickMs,
         snapshotThreshold: this.opts.snapshotThreshold,
         coalesceReady: true,

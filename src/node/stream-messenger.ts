@@ -10,6 +10,18 @@ export interface StreamMessengerInit {
   protocol: string
   /** Protocol of request/response exchanges, e.g. `/peermesh/swim/pushpull/1`. */
   requestProtocol?: string
+  /**
+   * How requests travel on `requestProtocol`:
+   * - `'stream'` (default): a new stream per exchange. Right for rare, large exchanges (push/pull);
+   * - `'multiplexed'`: one long-lived stream per peer, each request and its response tagged with
+   *   an id, many in flight at once. Right for frequent small ones (forwarded Raft writes): no
+   *   stream open, protocol negotiation and close per request, each of which costs a round trip
+   *   through both event loops.
+   * Both ends must agree: the mode is part of the protocol (give the two modes different ids).
+   */
+  requestMode?: 'stream' | 'multiplexed'
+  /** Multiplexed mode: requests served at once per inbound stream; more are refused (busy). */
+  maxConcurrentRequests?: number
   log: Logger
   /** Largest message accepted on the message channel. */
   maxMessageBytes: number
@@ -33,19 +45,53 @@ interface Outbound {
   failedUntil: number
 }
 
+/** Kinds of multiplexed request frames: `u32 id | u8 kind | payload`. */
+const MUX_REQUEST = 0
+const MUX_REPLY = 1
+/** The request failed on the serving side; the payload is a UTF-8 message. */
+const MUX_ERROR = 2
+const MUX_HEADER_BYTES = 5
+
+interface PendingRequest {
+  resolve: (reply: Uint8Array) => void
+  reject: (err: Error) => void
+}
+
+/** The long-lived multiplexed request stream to one peer. */
+interface RequestChannel {
+  stream?: Stream
+  opening?: Promise<Stream>
+  nextId: number
+  pending: Map<number, PendingRequest>
+}
+
+/** A multiplexed request failed on the serving side (handler threw, or too many in flight). */
+export class RemoteRequestError extends Error {
+  override readonly name = 'RemoteRequestError'
+  readonly code = 'PEERMESH_ERR_REMOTE_REQUEST'
+}
+
+/** The multiplexed request stream closed before the reply came. */
+export class RequestStreamClosedError extends Error {
+  override readonly name = 'RequestStreamClosedError'
+  readonly code = 'PEERMESH_ERR_REQUEST_STREAM_CLOSED'
+}
+
 /**
  * Message transport over libp2p streams, shared by the protocol layers.
  *
  * - `send()` is **best-effort** (like UDP in memberlist's `Transport`): one long-lived outbound
  *   stream per peer carries length-prefixed frames; a message to a peer that cannot be reached
  *   is dropped, never retried here. Protocols above decide what a lost message means.
- * - `request()` is **reliable** (like memberlist's TCP stream): a new stream per exchange, one
- *   request frame, one response frame, or an error.
+ * - `request()` is **reliable** (like memberlist's TCP stream): one request frame, one response
+ *   frame, or an error; on a new stream per exchange, or (`requestMode: 'multiplexed'`) on one
+ *   long-lived stream per peer carrying many exchanges at once, matched by id.
  *
  * A frame over the size limit resets the stream. Nothing that a peer sends can throw out of here.
  */
 export class StreamMessenger {
   private readonly outbound = new Map<string, Outbound>()
+  private readonly channels = new Map<string, RequestChannel>()
   private messageHandler: MessageHandler = () => {}
   private requestHandler?: RequestHandler
   private readonly inbound = new Set<Stream>()
@@ -77,7 +123,12 @@ export class StreamMessenger {
       maxInboundStreams: 1024,
       runOnLimitedConnection: false,
     })
-    if (requestProtocol !== undefined) {
+    if (requestProtocol !== undefined && this.init.requestMode === 'multiplexed') {
+      // One stream per peer in normal use; a few more while one is being replaced.
+      await host.handle(requestProtocol, (stream, connection) => this.serveMultiplexed(stream, connection), {
+        maxInboundStreams: 8,
+      })
+    } else if (requestProtocol !== undefined) {
       await host.handle(requestProtocol, (stream, connection) => this.serveRequest(stream, connection), {
         maxInboundStreams: 256,
       })
@@ -90,8 +141,13 @@ export class StreamMessenger {
     await host.unhandle(protocol).catch(() => {})
     if (requestProtocol !== undefined) await host.unhandle(requestProtocol).catch(() => {})
     for (const out of this.outbound.values()) out.stream?.abort(new Error('stopping'))
+    for (const ch of this.channels.values()) {
+      ch.stream?.abort(new Error('stopping'))
+      this.failPending(ch, new RequestStreamClosedError('stopping'))
+    }
     for (const s of this.inbound) s.abort(new Error('stopping'))
     this.outbound.clear()
+    this.channels.clear()
   }
 
   /** Best-effort send. Returns false if the message was dropped right away. */
@@ -130,11 +186,16 @@ export class StreamMessenger {
     return true
   }
 
-  /** Reliable request/response on a fresh stream. */
+  /**
+   * Reliable request/response: on a fresh stream, or in multiplexed mode on the peer's long-lived
+   * request stream. Rejects on timeout (the signal's reason), when the stream closes before the
+   * reply (RequestStreamClosedError) or when the peer reports a failure (RemoteRequestError).
+   */
   async request(to: string, bytes: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
     const { requestProtocol } = this.init
     if (requestProtocol === undefined) throw new Error('no request protocol configured')
     const signal = options.signal ?? AbortSignal.timeout(10_000)
+    if (this.init.requestMode === 'multiplexed') return this.requestMultiplexed(to, bytes, signal)
     const stream = await this.init.host.dialProtocol(peerIdFromString(to), requestProtocol, { signal })
     try {
       stream.send(encodeFrame(bytes))
@@ -144,6 +205,166 @@ export class StreamMessenger {
     } finally {
       await stream.close({ signal }).catch(() => stream.abort(new Error('close failed')))
     }
+  }
+
+  // ---- multiplexed requests -----------------------------------------------------------------------
+
+  private async requestMultiplexed(to: string, bytes: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
+    if (this.stopped) throw new RequestStreamClosedError('stopping')
+    signal.throwIfAborted()
+    let ch = this.channels.get(to)
+    if (ch === undefined) {
+      ch = { nextId: 0, pending: new Map() }
+      this.channels.set(to, ch)
+    }
+    const stream = await this.requestStream(to, ch, signal)
+    ch.nextId = (ch.nextId + 1) >>> 0
+    const id = ch.nextId
+    const channel = ch
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const onAbort = (): void => {
+        channel.pending.delete(id)
+        reject(signal.reason)
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      channel.pending.set(id, {
+        resolve: (reply) => {
+          signal.removeEventListener('abort', onAbort)
+          resolve(reply)
+        },
+        reject: (err) => {
+          signal.removeEventListener('abort', onAbort)
+          reject(err)
+        },
+      })
+      try {
+        stream.send(encodeFrame(muxFrame(id, MUX_REQUEST, bytes)))
+      } catch (err) {
+        channel.pending.get(id)?.reject(err as Error)
+        channel.pending.delete(id)
+      }
+    })
+  }
+
+  /** The open request stream to a peer, opening it (once, for all callers) if needed. */
+  private async requestStream(to: string, ch: RequestChannel, signal: AbortSignal): Promise<Stream> {
+    const open = ch.stream
+    if (open !== undefined && open.status === 'open' && open.writeStatus === 'writable') return open
+    ch.stream = undefined
+    if (ch.opening === undefined) {
+      ch.opening = this.openRequestStream(to, ch).finally(() => {
+        ch.opening = undefined
+      })
+      ch.opening.catch(() => {}) // a caller that gave up must not leave it unhandled
+    }
+    // Every caller waits with its own deadline; the open itself has its own (it serves them all).
+    const aborted = new Promise<never>((_, reject) => {
+      const onAbort = (): void => reject(signal.reason)
+      if (signal.aborted) onAbort()
+      else signal.addEventListener('abort', onAbort, { once: true })
+      ch.opening?.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {})
+    })
+    return Promise.race([ch.opening, aborted])
+  }
+
+  private async openRequestStream(to: string, ch: RequestChannel): Promise<Stream> {
+    const stream = await this.init.host.dialProtocol(peerIdFromString(to), this.init.requestProtocol!, {
+      signal: AbortSignal.timeout(3_000),
+    })
+    if (this.stopped) {
+      stream.abort(new Error('stopping'))
+      throw new RequestStreamClosedError('stopping')
+    }
+    const decoder = new FrameDecoder(this.init.maxRequestBytes ?? 8 << 20)
+    stream.addEventListener('message', (evt) => {
+      let frames: Uint8Array[]
+      try {
+        frames = decoder.push(evt.data.subarray())
+      } catch (err) {
+        this.stats.badFrames++
+        stream.abort(err as Error)
+        return
+      }
+      for (const f of frames) {
+        const head = parseMuxHeader(f)
+        if (head === undefined || head.kind === MUX_REQUEST) {
+          this.stats.badFrames++
+          continue
+        }
+        const p = ch.pending.get(head.id)
+        if (p === undefined) continue // its caller gave up
+        ch.pending.delete(head.id)
+        const payload = f.subarray(MUX_HEADER_BYTES)
+        if (head.kind === MUX_REPLY) p.resolve(payload)
+        else p.reject(new RemoteRequestError(new TextDecoder().decode(payload)))
+      }
+    })
+    stream.addEventListener('close', () => {
+      if (ch.stream === stream) ch.stream = undefined
+      this.failPending(ch, new RequestStreamClosedError('request stream closed before the reply'))
+    })
+    ch.stream = stream
+    return stream
+  }
+
+  private failPending(ch: RequestChannel, err: Error): void {
+    const pending = [...ch.pending.values()]
+    ch.pending.clear()
+    for (const p of pending) p.reject(err)
+  }
+
+  /** Serves a peer's long-lived request stream: each request frame answered by id, concurrently. */
+  private serveMultiplexed(stream: Stream, connection: Connection): void {
+    const from = connection.remotePeer.toString()
+    const decoder = new FrameDecoder(this.init.maxRequestBytes ?? 8 << 20)
+    const max = this.init.maxConcurrentRequests ?? 256
+    const closed = new AbortController()
+    let inFlight = 0
+    this.inbound.add(stream)
+    stream.addEventListener('close', () => {
+      this.inbound.delete(stream)
+      closed.abort(new Error('request stream closed'))
+    })
+    const reply = (id: number, kind: number, payload: Uint8Array): void => {
+      if (stream.status === 'open' && stream.writeStatus === 'writable') {
+        stream.send(encodeFrame(muxFrame(id, kind, payload)))
+      }
+    }
+    const serve = async (id: number, req: Uint8Array): Promise<void> => {
+      inFlight++
+      try {
+        const signal = AbortSignal.any([closed.signal, AbortSignal.timeout(10_000)])
+        reply(id, MUX_REPLY, await this.requestHandler!(from, req, signal))
+      } catch (err) {
+        this.init.log.debug({ peer: from, err: (err as Error).message }, 'request failed')
+        reply(id, MUX_ERROR, new TextEncoder().encode((err as Error).message ?? String(err)))
+      } finally {
+        inFlight--
+      }
+    }
+    stream.addEventListener('message', (evt) => {
+      let frames: Uint8Array[]
+      try {
+        frames = decoder.push(evt.data.subarray())
+      } catch (err) {
+        this.stats.badFrames++
+        this.init.log.debug({ peer: from, err: (err as Error).message }, 'bad request frame; resetting')
+        stream.abort(err as Error)
+        return
+      }
+      for (const f of frames) {
+        const head = parseMuxHeader(f)
+        if (head === undefined || head.kind !== MUX_REQUEST) {
+          this.stats.badFrames++
+          continue
+        }
+        if (this.requestHandler === undefined || inFlight >= max) {
+          reply(head.id, MUX_ERROR, new TextEncoder().encode('busy'))
+          continue
+        }
+        void serve(head.id, f.subarray(MUX_HEADER_BYTES))
+      }
+    })
   }
 
   /** Drops the cached outbound stream to a peer (e.g. after the peer was declared dead). */
@@ -238,6 +459,23 @@ export class StreamMessenger {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
+}
+
+function muxFrame(id: number, kind: number, payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(MUX_HEADER_BYTES + payload.length)
+  const view = new DataView(out.buffer)
+  view.setUint32(0, id)
+  view.setUint8(4, kind)
+  out.set(payload, MUX_HEADER_BYTES)
+  return out
+}
+
+function parseMuxHeader(frame: Uint8Array): { id: number; kind: number } | undefined {
+  if (frame.length < MUX_HEADER_BYTES) return undefined
+  const view = new DataView(frame.buffer, frame.byteOffset, MUX_HEADER_BYTES)
+  const kind = view.getUint8(4)
+  if (kind > MUX_ERROR) return undefined
+  return { id: view.getUint32(0), kind }
 }
 
 /** Reads up to `count` frames from a stream, or fewer if it ends first. */

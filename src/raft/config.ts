@@ -13,6 +13,14 @@ export interface RaftConfig {
   electionTick: number
   /** The leader sends heartbeats every heartbeatTick ticks. */
   heartbeatTick: number
+  /**
+   * Learners get a heartbeat only every learnerHeartbeatTick ticks (a multiple of heartbeatTick in
+   * effect). They never vote or campaign, so no election timer or lease depends on it: their
+   * heartbeat only lets a lost append be resent and keeps them `active` for autopilot, hence it
+   * must stay below electionTick. Appends and commit notices still reach them at once. In a big
+   * cluster with a short tick, learners' heartbeats and answers are most of the leader's messages.
+   */
+  learnerHeartbeatTick: number
   /** Uniform random number in [0, 1); injected so simulations are deterministic by seed. */
   rng: () => number
   /**
@@ -37,6 +45,7 @@ export interface RaftConfig {
 export const DEFAULT_RAFT_CONFIG: Omit<RaftConfig, 'id' | 'rng'> = {
   electionTick: 10, // 10 × 100 ms: tolerates several lost heartbeats before an election
   heartbeatTick: 1, // heartbeat every tick keeps followers' election timers well clear of expiry
+  learnerHeartbeatTick: 1, // as voters: at 100 ms ticks, learners' heartbeats cost little
   preVote: true, // a rejoining partitioned node must not depose a healthy leader
   checkQuorum: true, // a leader cut off from the majority must stop serving reads and writes
   maxEntriesPerMsg: 256, // policy writes are small; 256 keeps a catching-up follower moving fast
@@ -56,6 +65,12 @@ export function validateRaftConfig(c: RaftConfig): void {
   intOver('electionTick', c.electionTick, 1)
   if (c.electionTick <= c.heartbeatTick) {
     throw new InvalidRaftConfigError('electionTick must be greater than heartbeatTick')
+  }
+  intOver('learnerHeartbeatTick', c.learnerHeartbeatTick, 1)
+  if (c.learnerHeartbeatTick >= c.electionTick) {
+    throw new InvalidRaftConfigError(
+      'learnerHeartbeatTick must be less than electionTick (a learner would look inactive to autopilot)',
+    )
   }
   intOver('maxEntriesPerMsg', c.maxEntriesPerMsg, 1)
   intOver('maxBytesPerMsg', c.maxBytesPerMsg, 1)

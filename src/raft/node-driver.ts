@@ -103,7 +103,9 @@ const DEFAULTS = {
 /**
  * Runs one Raft member: owns the core, the storage, the state machine and a transport, and turns
  * every input (timer tick, received message, local request) into Ready processing in the order
- * persist → send → apply (storage calls are synchronous and fsync before returning).
+ * persist → send → apply (storage calls are synchronous and fsync before returning). With an
+ * off-loop fsync, committed entries are applied without waiting for this node's own write of them
+ * (see drainWhilePersisting); everything this node acknowledges still waits for its fsync.
  *
  * Start/stop lifecycle: `start()` begins ticking; `stop()` halts, rejects everything pending with
  * RaftStoppedError and closes the storage (the driver owns it once constructed).
@@ -152,7 +154,7 @@ export class RaftNode<R = unknown> {
   private persisting: Promise<void> | undefined
   /** The Ready whose fsync is pending (its messages are still at the head of the core's queue). */
   private pendingReady: Ready | undefined
-  /** Some of its committed entries are applied only after its fsync: nothing may overtake them. */
+  /** It installs a snapshot: nothing may be applied before its fsync. */
   private pendingReadyApplyLate = false
   private readonly limits: CoalesceLimits
 
@@ -444,8 +446,12 @@ export class RaftNode<R = unknown> {
   /**
    * While a Ready's entries are being fsynced, do what does not depend on that write, so that a
    * commit learnt meanwhile costs no extra fsync of latency:
-   * - apply entries that are committed and already durable here (written by an earlier Ready), and
-   *   answer their proposals — they are on a durable majority, and this node's copy is on disk;
+   * - apply committed entries, and answer their proposals, even those whose write here is still
+   *   under way: they are on a durable majority and never change (see Raft.committedAfter). A
+   *   learner or follower whose disk is slow then shows a write as soon as it learns the commit,
+   *   instead of after its own fsync (seen: 170 ms fsyncs with 20 agents on one disk). After a
+   *   crash this node restarts from what it has on disk, as with any committed entry not yet
+   *   written here, and the leader sends it the rest;
    * - on a leader whose term and vote are durable, send what the core queued since (appends carrying
    *   the new commit index, so followers and learners apply at once, heartbeats, read answers).
    * Nothing that acknowledges the entries being written (a follower's appResp) leaves early: other
@@ -458,7 +464,7 @@ export class RaftNode<R = unknown> {
       if (this.raft.term === this.durableTerm) {
         this.sendAll(this.raft.takeLeaderMessages(this.pendingReady.messages.length))
       }
-      const ents = this.raft.stableCommittedAfter(this.appliedIndex)
+      const ents = this.raft.committedAfter(this.appliedIndex)
       if (ents.length === 0) return
       for (const e of ents) this.apply(e)
       this.raft.appliedTo(ents.at(-1)!.index)
@@ -496,22 +502,19 @@ export class RaftNode<R = unknown> {
       this.finishReady(rd, sent)
       return false
     }
-    // Committed entries that were already durable here before this Ready need not wait for its
-    // write: apply them now (see drainWhilePersisting); the rest (and a snapshot) after the fsync.
+    // Committed entries need not wait for this write: apply them now (see drainWhilePersisting);
+    // a snapshot, and what follows it, after the fsync.
     let late = rd.committedEntries
     if (rd.snapshot === undefined) {
-      const firstNew = rd.entries[0]!.index
-      const n = rd.committedEntries.findIndex((e) => e.index >= firstNew)
-      const early = n < 0 ? rd.committedEntries : rd.committedEntries.slice(0, n)
-      late = n < 0 ? [] : rd.committedEntries.slice(n)
-      for (const e of early) this.apply(e)
-      if (early.length > 0) {
-        this.raft.appliedTo(early.at(-1)!.index)
+      late = []
+      for (const e of rd.committedEntries) this.apply(e)
+      if (rd.committedEntries.length > 0) {
+        this.raft.appliedTo(rd.committedEntries.at(-1)!.index)
         this.resolveReads()
       }
     }
     this.pendingReady = rd
-    this.pendingReadyApplyLate = late.length > 0 || rd.snapshot !== undefined
+    this.pendingReadyApplyLate = rd.snapshot !== undefined
     const rest: Ready = late === rd.committedEntries ? rd : { ...rd, committedEntries: late }
     this.persisting = this.storage.sync!().then(
       () => {
@@ -621,7 +624,9 @@ export class RaftNode<R = unknown> {
     if (this.appliedIndex - last < this.opts.snapshotThreshold) return
     const snap = this.raft.createSnapshot(this.appliedIndex, this.sm.snapshot())
     this.storage.saveSnapshot(snap)
-    const to = this.appliedIndex - this.opts.snapshotTrailing
+    // Applied entries may not be durable here yet (see drainWhilePersisting): compact only those
+    // that are. The snapshot may cover the others: they are committed, and it is durable itself.
+    const to = Math.min(this.appliedIndex - this.opts.snapshotTrailing, this.raft.stabledIndex())
     if (to > 0) {
       this.raft.compact(to)
       this.storage.compact(to)

@@ -92,6 +92,7 @@ export class Raft {
   private pendingReads: { context: string; from: NodeId }[] = []
   private electionElapsed = 0
   private heartbeatElapsed = 0
+  private learnerHeartbeatElapsed = 0
   private randomizedElectionTimeout = 0
   /** Configuration from the snapshot (or empty), and after each conf entry in the log. */
   private baseConf: ConfState = { voters: [], learners: [] }
@@ -240,6 +241,7 @@ export class Raft {
     this.lead = undefined
     this.electionElapsed = 0
     this.heartbeatElapsed = 0
+    this.learnerHeartbeatElapsed = 0
     this.resetRandomizedElectionTimeout()
     this.leadTransferee = undefined
     this.votes.clear()
@@ -300,6 +302,7 @@ export class Raft {
 
   private tickHeartbeat(): void {
     this.heartbeatElapsed++
+    this.learnerHeartbeatElapsed++
     this.electionElapsed++
     for (const pr of this.prs.values()) if (pr.state === 'snapshot') pr.snapshotTicks++
     if (this.electionElapsed >= this.cfg.electionTick) {
@@ -315,7 +318,9 @@ export class Raft {
     }
     if (this.heartbeatElapsed >= this.cfg.heartbeatTick) {
       this.heartbeatElapsed = 0
-      this.bcastHeartbeat(this.readOnly.at(-1)?.context ?? '')
+      const learners = this.learnerHeartbeatElapsed >= this.cfg.learnerHeartbeatTick
+      if (learners) this.learnerHeartbeatElapsed = 0
+      this.bcastHeartbeat(this.readOnly.at(-1)?.context ?? '', learners)
     }
   }
 
@@ -653,7 +658,11 @@ export class Raft {
 
   private bcastAppend(): void {
     if (this.role !== 'leader') return
-    for (const id of this.prs.keys()) if (id !== this.id) this.sendAppend(id)
+    // Voters first: the commit waits for them, learners only follow. (Progress is kept in the
+    // order members joined, so a promoted learner would otherwise wait behind the others.)
+    const conf = this.currentConf()
+    for (const id of conf.voters) if (id !== this.id) this.sendAppend(id)
+    for (const id of conf.learners) if (id !== this.id) this.sendAppend(id)
   }
 
   private sendAppend(to: NodeId, sendIfEmpty = true): boolean {
@@ -688,9 +697,9 @@ export class Raft {
     return true
   }
 
-  private bcastHeartbeat(context: string): void {
+  private bcastHeartbeat(context: string, learners = true): void {
     for (const [id, pr] of this.prs) {
-      if (id === this.id) continue
+      if (id === this.id || (!learners && pr.isLearner)) continue
       this.send({ type: 'heartbeat', to: id, commit: Math.min(pr.match, this.log.committed), context })
     }
   }
@@ -969,19 +978,26 @@ export class Raft {
   }
 
   /**
-   * Committed entries after index `after` that are also durable here (`<= stabled`), without a
-   * pending snapshot: what a driver may apply while a Ready's new entries are still being written,
-   * instead of waiting for that write (these entries' own write is already done). Read-only; report
-   * what was applied with `appliedTo`, so that later Readys do not repeat it.
+   * Committed entries after index `after`, without a pending snapshot: what a driver may apply
+   * while a Ready's entries are still being written, instead of waiting for that write. Committed
+   * means durable on a quorum of voters (a leader counts its own copy only once durable, see
+   * `advance`), and a committed entry is never overwritten (§5.4), so this node's own copy need not
+   * be on disk yet: applying changes nothing this node acknowledged. Read-only; report what was
+   * applied with `appliedTo`, so that later Readys do not repeat it.
    */
-  stableCommittedAfter(after: number): Entry[] {
+  committedAfter(after: number): Entry[] {
     if (this.log.pendingSnapshot !== undefined) return []
-    const hi = Math.min(this.log.committed, this.log.stabled)
+    const hi = this.log.committed
     if (hi <= after) return []
     return this.log.slice(Math.max(after, this.log.offsetIndex) + 1, hi + 1)
   }
 
-  /** Marks entries up to `index` as applied (see stableCommittedAfter). */
+  /** Highest index durable in this node's log storage (as reported through `advance`). */
+  stabledIndex(): number {
+    return this.log.stabled
+  }
+
+  /** Marks entries up to `index` as applied (see committedAfter). */
   appliedTo(index: number): void {
     this.log.applied = Math.max(this.log.applied, Math.min(index, this.log.committed))
   }

@@ -79,3 +79,107 @@ describe('StreamMessenger over real libp2p hosts', () => {
     expect(ma.send(b.peerId.toString(), new Uint8Array(2048))).toBe(false)
   })
 })
+
+describe('StreamMessenger multiplexed requests over real libp2p hosts', () => {
+  const log = pino({ level: 'silent' })
+  const key = parseClusterKey(generateClusterKey())
+  let a: Host
+  let b: Host
+  let ma: StreamMessenger
+  let mb: StreamMessenger
+  /** Replies of the serving side wait for these, by request text. */
+  const gates = new Map<string, () => void>()
+
+  beforeAll(async () => {
+    const mk = async (): Promise<Host> => {
+      const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-sm-')))
+      const h = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
+      await h.start()
+      return h
+    }
+    a = await mk()
+    b = await mk()
+    const init = {
+      protocol: '/test/msg/1',
+      requestProtocol: '/test/mux/1',
+      requestMode: 'multiplexed' as const,
+      maxConcurrentRequests: 4,
+      log,
+      maxMessageBytes: 1024,
+    }
+    ma = new StreamMessenger({ host: a, ...init })
+    mb = new StreamMessenger({ host: b, ...init })
+    mb.onRequest(async (_from, bytes) => {
+      const text = Buffer.from(bytes).toString()
+      if (text === 'fail') throw new Error('handler failed')
+      if (text.startsWith('wait')) await new Promise<void>((resolve) => gates.set(text, resolve))
+      return Buffer.from(`echo:${text}`)
+    })
+    await ma.start()
+    await mb.start()
+    await a.peerStore.merge(b.peerId, { multiaddrs: b.getMultiaddrs() })
+  })
+  afterAll(async () => {
+    await ma.stop()
+    await mb.stop()
+    await a.stop()
+    await b.stop()
+  })
+
+  const req = async (text: string, signal?: AbortSignal): Promise<string> =>
+    Buffer.from(
+      await ma.request(b.peerId.toString(), Buffer.from(text), signal === undefined ? {} : { signal }),
+    ).toString()
+  const streamsTo = (): number =>
+    a
+      .getConnections(b.peerId)
+      .flatMap((c) => c.streams)
+      .filter((s) => s.protocol === '/test/mux/1').length
+
+  it('answers concurrent requests on one stream, each by its id, in any order', async () => {
+    const slow = req('wait-1')
+    const fast = await Promise.all(Array.from({ length: 3 }, (_, i) => req(`r${i}`)))
+    expect(fast).toEqual(['echo:r0', 'echo:r1', 'echo:r2'])
+    await waitFor(
+      'the slow request to be served',
+      async () => (gates.has('wait-1') ? true : undefined),
+      5_000,
+      5,
+    )
+    gates.get('wait-1')!()
+    expect(await slow).toBe('echo:wait-1')
+    expect(streamsTo()).toBe(1)
+  })
+
+  it('reports a handler failure and refuses requests over the concurrency limit', async () => {
+    await expect(req('fail')).rejects.toMatchObject({ code: 'PEERMESH_ERR_REMOTE_REQUEST' })
+    const held = ['wait-a', 'wait-b', 'wait-c', 'wait-d'].map((t) => req(t))
+    await waitFor('4 requests held', async () => (gates.size >= 5 ? true : undefined), 5_000, 5)
+    await expect(req('one-too-many')).rejects.toMatchObject({ code: 'PEERMESH_ERR_REMOTE_REQUEST' })
+    for (const t of ['wait-a', 'wait-b', 'wait-c', 'wait-d']) gates.get(t)!()
+    expect(await Promise.all(held)).toEqual(['echo:wait-a', 'echo:wait-b', 'echo:wait-c', 'echo:wait-d'])
+  })
+
+  it('gives up on a request at its deadline without disturbing the others', async () => {
+    const late = req('wait-late', AbortSignal.timeout(100))
+    await expect(late).rejects.toMatchObject({ name: 'TimeoutError' })
+    expect(await req('after')).toBe('echo:after')
+    gates.get('wait-late')!() // its reply arrives after the caller gave up: ignored
+    expect(await req('after-late')).toBe('echo:after-late')
+  })
+
+  it('fails the requests in flight when the stream is reset, then opens a new one', async () => {
+    const cut = req('wait-cut')
+    await waitFor(
+      'the request to be served',
+      async () => (gates.has('wait-cut') ? true : undefined),
+      5_000,
+      5,
+    )
+    for (const c of a.getConnections(b.peerId))
+      for (const s of c.streams) if (s.protocol === '/test/mux/1') s.abort(new Error('test reset'))
+    await expect(cut).rejects.toMatchObject({ code: 'PEERMESH_ERR_REQUEST_STREAM_CLOSED' })
+    expect(await req('again')).toBe('echo:again')
+    expect(streamsTo()).toBe(1)
+  })
+})

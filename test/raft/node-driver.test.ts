@@ -371,6 +371,63 @@ describe('RaftNode driver', () => {
     }
   })
 
+  it('applies a committed entry while its own fsync is still under way, acknowledging it only after', async () => {
+    // Real event loop, asynchronous fsync path. c's disk is stuck: a and b commit without it, and
+    // c shows the write as soon as it learns the commit; its appResp still waits for its fsync.
+    class SlowDiskStorage extends MemoryStorage {
+      hold = false
+      readonly held: (() => void)[] = []
+      appendDeferred(entries: Parameters<MemoryStorage['append']>[0]): void {
+        this.append(entries)
+      }
+      sync(): Promise<void> {
+        return this.hold ? new Promise((resolve) => this.held.push(resolve)) : Promise.resolve()
+      }
+    }
+    const nodes = new Map<string, RaftNode<PolicyResult>>()
+    const slow = new SlowDiskStorage()
+    for (const id of ids) {
+      const node = new RaftNode<PolicyResult>({
+        id,
+        storage: id === 'c' ? slow : new MemoryStorage(),
+        stateMachine: new PolicyStore(),
+        transport: {
+          send: (to, m) => {
+            const bytes = encodeMessage(m)
+            setImmediate(() => nodes.get(to)?.receive(bytes, id))
+          },
+        },
+        bootstrap: ids,
+        tickMs: 10,
+        coalesceReady: true,
+      })
+      nodes.set(id, node)
+    }
+    for (const n of nodes.values()) n.start()
+    const a = nodes.get('a')!
+    const c = nodes.get('c')!
+    a.campaign()
+    const until = async (what: string, ok: () => boolean): Promise<void> => {
+      const deadline = Date.now() + 5_000
+      while (!ok()) {
+        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+        await new Promise((r) => setTimeout(r, 2))
+      }
+    }
+    await until('a leader', () => a.isLeader())
+    await a.propose(upsert('warm', 'up'))
+    await until('c to catch up', () => c.applied() >= a.applied())
+    slow.hold = true
+    const { index } = await a.propose(upsert('web', 'db'))
+    await until('c to apply it', () => c.applied() >= index)
+    expect(slow.held.length).toBeGreaterThan(0) // its write of the entry is not durable yet...
+    expect(a.status().progress['c']!.match).toBeLessThan(index) // ...so it has not acknowledged it
+    slow.hold = false
+    for (const release of slow.held.splice(0)) release()
+    await until('c to acknowledge it', () => a.status().progress['c']!.match >= index)
+    for (const n of nodes.values()) await n.stop()
+  })
+
   it('autopilot re-promotes a voter that restarted slowly, was removed and came back as a learner', async () => {
     // The bench's heavy-load case: the leader is killed with an uncommitted tail, restarts after
     // the dead threshold, is removed, rejoins gossip and is added back as a learner. With fewer

@@ -536,6 +536,66 @@ describe('membership changes, one server at a time (thesis §4.1)', () => {
     expect(a.raft.log.committed).toBeGreaterThanOrEqual(z.index)
   })
 
+  it('heartbeats learners only every learnerHeartbeatTick; appends and commits reach them at once', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: { ...noPV, learnerHeartbeatTick: 4 } })
+    c.campaign('a')
+    c.stabilize()
+    c.addNode('d')
+    const a = c.node('a')
+    a.raft.proposeConfChange({ type: 'addLearner', node: 'd' })
+    c.process(a)
+    c.stabilize()
+    c.tick(4)
+    const beats = new Map<string, number>()
+    c.filter = (m) => {
+      if (m.type === 'heartbeat') beats.set(m.to, (beats.get(m.to) ?? 0) + 1)
+      return true
+    }
+    c.tick(8)
+    expect(beats.get('b')).toBe(8)
+    expect(beats.get('d')).toBe(2)
+    // A write reaches the learner, committed, with no tick at all.
+    c.propose('a', 'x')
+    c.stabilize()
+    expect(c.data('d')).toEqual(c.data('a'))
+    // A lost append is resent after the learner's next heartbeat answer.
+    c.drop('a', 'd', 1)
+    c.propose('a', 'y')
+    c.stabilize()
+    c.drop('a', 'd', 0)
+    expect(c.data('d')).not.toEqual(c.data('a'))
+    c.tick(4)
+    c.stabilize()
+    expect(c.data('d')).toEqual(c.data('a'))
+    expect(a.raft.status().progress['d']!.active).toBe(true)
+    c.filter = undefined
+  })
+
+  it('sends appends to voters before learners, whatever order they joined in', () => {
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
+    c.campaign('a')
+    c.stabilize()
+    const a = c.node('a')
+    for (const change of [
+      { type: 'addLearner', node: 'd' },
+      { type: 'addLearner', node: 'e' },
+      { type: 'promoteLearner', node: 'e' },
+    ] as const) {
+      if (!c.nodes.has(change.node)) c.addNode(change.node)
+      a.raft.proposeConfChange(change)
+      c.process(a)
+      c.stabilize()
+    }
+    const order: string[] = []
+    c.filter = (m) => {
+      if (m.type === 'app' && m.from === 'a' && m.entries.length > 0) order.push(m.to)
+      return true
+    }
+    c.propose('a', 'x')
+    c.filter = undefined
+    expect(order).toEqual(['b', 'c', 'e', 'd'])
+  })
+
   it('rejects changes that make no sense', () => {
     const c = new SimCluster(['a', 'b', 'c'], { config: noPV })
     c.campaign('a')
