@@ -1,4 +1,5 @@
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs'
+import { open, rename } from 'node:fs/promises'
 import { dirname } from 'node:path'
 
 /**
@@ -26,5 +27,65 @@ export function fsyncDirSync(dir: string): void {
     fsyncSync(fd)
   } finally {
     closeSync(fd)
+  }
+}
+
+/**
+ * writeFileAtomicSync off the event loop (the fsyncs run on the thread pool): for state written
+ * often by a busy agent. Concurrent calls for one path must be serialized by the caller (they
+ * share the temporary file name).
+ */
+export async function writeFileAtomic(path: string, data: Uint8Array | string, mode = 0o600): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`
+  const file = await open(tmp, 'w', mode)
+  try {
+    await file.writeFile(typeof data === 'string' ? Buffer.from(data) : data)
+    await file.sync()
+  } finally {
+    await file.close()
+  }
+  await rename(tmp, path)
+  const dir = await open(dirname(path), 'r')
+  try {
+    await dir.sync()
+  } finally {
+    await dir.close()
+  }
+}
+
+/**
+ * Keeps one file up to date with the latest contents given, atomically and off the event loop:
+ * at most one write in flight; contents given meanwhile replace each other and are written next.
+ */
+export class LatestFileWriter {
+  private pending: string | undefined
+  private running: Promise<void> | undefined
+
+  constructor(
+    readonly path: string,
+    private readonly onError: (err: unknown) => void,
+  ) {}
+
+  write(text: string): void {
+    this.pending = text
+    this.running ??= this.drain()
+  }
+
+  /** Resolves once everything given so far is on disk (or failed and was reported). */
+  async flush(): Promise<void> {
+    while (this.running !== undefined) await this.running
+  }
+
+  private async drain(): Promise<void> {
+    while (this.pending !== undefined) {
+      const text = this.pending
+      this.pending = undefined
+      try {
+        await writeFileAtomic(this.path, text)
+      } catch (err) {
+        this.onError(err)
+      }
+    }
+    this.running = undefined
   }
 }

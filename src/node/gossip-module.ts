@@ -16,7 +16,7 @@ import {
   swimConfig,
   type SwimProfile,
 } from '../gossip/index.ts'
-import { writeFileAtomicSync } from '../identity/fs-atomic.ts'
+import { LatestFileWriter } from '../identity/fs-atomic.ts'
 import { publicKeyOfPeerId } from '../identity/node-key.ts'
 import type { AgentContext, AgentModule } from './agent.ts'
 import { deriveDatagramKey, GossipUdpTransport, UDP_PORT_TAG, udpEndpointOf } from './gossip-udp.ts'
@@ -104,6 +104,8 @@ export class GossipModule implements AgentModule {
   private peersWrittenAt = Number.NEGATIVE_INFINITY
   /** The known-peers list as last written, so an unchanged list is not written again. */
   private peersWritten = ''
+  private peersWriter?: LatestFileWriter
+  private stateWriter?: LatestFileWriter
   private peersTimer?: NodeJS.Timeout
   private readonly listeners: ((e: SwimEvent) => void)[] = []
 
@@ -198,6 +200,8 @@ export class GossipModule implements AgentModule {
     clearTimeout(this.peersTimer)
     await this.messenger?.stop()
     await this.udp?.stop()
+    await this.stateWriter?.flush()
+    await this.peersWriter?.flush()
   }
 
   /**
@@ -363,12 +367,11 @@ export class GossipModule implements AgentModule {
       // Membership churn that ends where it began (a member flapping) rewrites nothing: each
       // write is an fsync on the event loop.
       if (text === this.peersWritten) return
-      try {
-        writeFileAtomicSync(join(this.ctx!.config.dataDir, KNOWN_PEERS_FILE), text)
-        this.peersWritten = text
-      } catch (err) {
-        this.log?.warn({ err }, 'cannot save known peers')
-      }
+      this.peersWritten = text
+      this.peersWriter ??= new LatestFileWriter(join(this.ctx!.config.dataDir, KNOWN_PEERS_FILE), (err) =>
+        this.log?.warn({ err }, 'cannot save known peers'),
+      )
+      this.peersWriter.write(text)
     }, delay)
     this.peersTimer.unref()
   }
@@ -395,11 +398,13 @@ export class GossipModule implements AgentModule {
     const version = swim.localRecord.version
     if (incarnation === this.persisted.incarnation && version === this.persisted.version) return
     this.persisted = { incarnation, version }
-    try {
-      writeFileAtomicSync(join(ctx.config.dataDir, GOSSIP_STATE_FILE), JSON.stringify(this.persisted))
-    } catch (err) {
-      this.log?.error({ err }, 'cannot persist gossip state')
-    }
+    // Off the event loop: under churn (refutations) a blocking fsync per change stalled every
+    // agent of a process. The messages that use the new incarnation are already sent by now
+    // either way; a restart reads whatever reached the disk and starts above it.
+    this.stateWriter ??= new LatestFileWriter(join(ctx.config.dataDir, GOSSIP_STATE_FILE), (err) =>
+      this.log?.error({ err }, 'cannot persist gossip state'),
+    )
+    this.stateWriter.write(JSON.stringify(this.persisted))
   }
 
   private registerMetrics(ctx: AgentContext): void {
