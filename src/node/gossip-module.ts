@@ -47,6 +47,9 @@ const KNOWN_PEERS_MAX = 32
 const KNOWN_PEERS_WRITE_MS = 5_000
 /** How long a graceful leave may spend disseminating before the agent stops anyway. */
 const LEAVE_BUDGET_MS = 600
+/** First and longest pause between join attempts while no live member is known. */
+const JOIN_RETRY_MIN_MS = 2_000
+const JOIN_RETRY_MAX_MS = 30_000
 /** At most one DHT address lookup per member in this period. */
 const DHT_LOOKUP_INTERVAL_MS = 10_000
 
@@ -104,6 +107,11 @@ export class GossipModule implements AgentModule {
   private peersWrittenAt = Number.NEGATIVE_INFINITY
   /** The known-peers list as last written, so an unchanged list is not written again. */
   private peersWritten = ''
+  /** Seeds this agent reached (peer ids); asked again while the agent knows no live member. */
+  private readonly seedPeers = new Set<string>()
+  private joinTimer?: NodeJS.Timeout
+  /** Seeds whose connection was opened just to join (closed after the join's push/pull). */
+  private readonly joinConnections = new Set<string>()
   private peersWriter?: LatestFileWriter
   private stateWriter?: LatestFileWriter
   private peersTimer?: NodeJS.Timeout
@@ -181,7 +189,13 @@ export class GossipModule implements AgentModule {
     this.registerMetrics(ctx)
     ctx.http.route('GET', '/v1/agent/members', () => this.members().map(memberJson))
     ctx.events.on('seed:joined', (peerId: string) => {
-      if (this.swim !== undefined && !this.stopped) this.process(this.swim.join([peerId], now()))
+      if (this.swim === undefined || this.stopped) return
+      this.seedPeers.add(peerId)
+      // The seed dialer opened this connection only to join: close it after the exchange, like a
+      // push/pull connection, or a seed that a whole cluster joined through holds them all.
+      this.joinConnections.add(peerId)
+      this.process(this.swim.join([peerId], now()))
+      this.scheduleJoinCheck(JOIN_RETRY_MIN_MS)
     })
     this.process(this.swim.start(now()))
   }
@@ -198,6 +212,7 @@ export class GossipModule implements AgentModule {
     this.stopped = true
     clearTimeout(this.timer)
     clearTimeout(this.peersTimer)
+    clearTimeout(this.joinTimer)
     await this.messenger?.stop()
     await this.udp?.stop()
     await this.stateWriter?.flush()
@@ -253,7 +268,7 @@ export class GossipModule implements AgentModule {
     } catch {
       return
     }
-    const hadConnection = host.getConnections(peer).length > 0
+    const hadConnection = !this.joinConnections.delete(to) && host.getConnections(peer).length > 0
     this.pushPullStats.exchanges++
     this.pushPullStats.bytesSent += state.length
     try {
@@ -349,6 +364,34 @@ export class GossipModule implements AgentModule {
       .findPeer(peerIdFromString(peer), { signal: AbortSignal.timeout(3_000) })
       .then((info) => host.peerStore.merge(info.id, { multiaddrs: info.multiaddrs }))
       .catch(() => {})
+  }
+
+  /**
+   * Reaching a seed is not joining: its push/pull can still fail (a seed flooded by a whole cluster
+   * starting at once prunes connections). While this agent knows no other live member it asks its
+   * seeds again, backing off up to JOIN_RETRY_MAX_MS (Consul's retry_join, but until it has a
+   * member rather than until a dial succeeds); it keeps checking at that pace afterwards, so an
+   * agent left alone (every member gone) goes back to its seeds too.
+   */
+  private scheduleJoinCheck(delayMs: number): void {
+    if (this.stopped) return
+    clearTimeout(this.joinTimer)
+    this.joinTimer = setTimeout(
+      () => {
+        const swim = this.swim
+        if (swim === undefined || this.stopped) return
+        const self = this.ctx?.identity.id
+        const alone = !this.members().some(
+          (m) => m.id !== self && (m.status === 'alive' || m.status === 'suspect'),
+        )
+        if (!alone) return this.scheduleJoinCheck(JOIN_RETRY_MAX_MS)
+        this.log?.info({ seeds: this.seedPeers.size }, 'no live member yet; asking the seeds again')
+        this.process(swim.join([...this.seedPeers], now()))
+        this.scheduleJoinCheck(Math.min(delayMs * 2, JOIN_RETRY_MAX_MS))
+      },
+      delayMs * (0.8 + 0.4 * Math.random()),
+    )
+    this.joinTimer.unref()
   }
 
   /** Saves a few live members' addresses (throttled), for rejoining after a restart. */
