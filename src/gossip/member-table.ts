@@ -39,9 +39,28 @@ export function createMemberSnapshot(
   return { members: map, order }
 }
 
+/** Names of a shared base snapshot → ids, built once per snapshot (many tables share one). */
+const baseNameIndex = new WeakMap<ReadonlyMap<string, MemberState>, Map<string, string[]>>()
+
+function nameIndexOf(base: ReadonlyMap<string, MemberState>): Map<string, string[]> {
+  let index = baseNameIndex.get(base)
+  if (index === undefined) {
+    index = new Map()
+    for (const m of base.values()) {
+      const ids = index.get(m.record.name)
+      if (ids === undefined) index.set(m.record.name, [m.id])
+      else ids.push(m.id)
+    }
+    baseNameIndex.set(base, index)
+  }
+  return index
+}
+
 /** Member id → state, as an overlay over an optional shared base snapshot. */
 export class MemberTable {
   private readonly overlay = new Map<string, MemberState | null>()
+  /** Record name → ids of overlay members with that name (name conflicts are checked often). */
+  private readonly overlayNames = new Map<string, Set<string>>()
   private count = 0
 
   constructor(
@@ -69,15 +88,42 @@ export class MemberTable {
   }
 
   set(m: MemberState): void {
-    if (this.get(m.id) === undefined) this.count++
+    const prev = this.get(m.id)
+    if (prev === undefined) this.count++
+    const before = this.overlay.get(m.id)
+    if (before) this.unindex(before)
     this.overlay.set(m.id, m)
+    const ids = this.overlayNames.get(m.record.name)
+    if (ids === undefined) this.overlayNames.set(m.record.name, new Set([m.id]))
+    else ids.add(m.id)
   }
 
   delete(id: string): void {
     if (this.get(id) === undefined) return
     this.count--
+    const before = this.overlay.get(id)
+    if (before) this.unindex(before)
     if (this.base?.has(id)) this.overlay.set(id, null)
     else this.overlay.delete(id)
+  }
+
+  /** Members whose record carries `name` (any status), without scanning the table. */
+  *named(name: string): IterableIterator<MemberState> {
+    for (const id of this.overlayNames.get(name) ?? []) {
+      const m = this.overlay.get(id)
+      if (m && m.record.name === name) yield m
+    }
+    if (this.base) {
+      for (const id of nameIndexOf(this.base).get(name) ?? [])
+        if (!this.overlay.has(id)) yield this.base.get(id)!
+    }
+  }
+
+  private unindex(m: MemberState): void {
+    const ids = this.overlayNames.get(m.record.name)
+    if (ids === undefined) return
+    ids.delete(m.id)
+    if (ids.size === 0) this.overlayNames.delete(m.record.name)
   }
 
   *values(): IterableIterator<MemberState> {

@@ -989,8 +989,8 @@ export class Swim {
     const claimants: { id: string; view: () => MemberView }[] = []
     if (!this.leaving && this.record.name === name)
       claimants.push({ id: this.id, view: () => this.selfView() })
-    for (const o of this.table.values()) {
-      if ((o.status === 'alive' || o.status === 'suspect') && o.record.name === name) {
+    for (const o of this.table.named(name)) {
+      if (o.status === 'alive' || o.status === 'suspect') {
         claimants.push({ id: o.id, view: () => view(o) })
       }
     }

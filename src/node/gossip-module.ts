@@ -110,6 +110,8 @@ export class GossipModule implements AgentModule {
   /** Seeds this agent reached (peer ids); asked again while the agent knows no live member. */
   private readonly seedPeers = new Set<string>()
   private joinTimer?: NodeJS.Timeout
+  /** Addresses last merged into the libp2p peer store, per member. */
+  private readonly rememberedAddresses = new Map<string, string>()
   /** Seeds whose connection was opened just to join (closed after the join's push/pull). */
   private readonly joinConnections = new Set<string>()
   private peersWriter?: LatestFileWriter
@@ -330,6 +332,7 @@ export class GossipModule implements AgentModule {
     ) {
       this.rememberAddresses(m)
     }
+    if (e.type === 'member:reap') this.rememberedAddresses.delete(m.id)
     if (e.type === 'member:fail' || e.type === 'member:leave' || e.type === 'member:reap') {
       this.messenger?.forget(m.id)
       this.udp?.forget(m.id)
@@ -343,6 +346,10 @@ export class GossipModule implements AgentModule {
   private rememberAddresses(m: MemberView): void {
     const host = this.ctx?.host
     if (host === undefined || m.id === this.ctx?.identity.id) return
+    // The peer store re-encodes the whole peer on each merge: only when the addresses changed.
+    const key = m.addresses.join(' ')
+    if (this.rememberedAddresses.get(m.id) === key) return
+    this.rememberedAddresses.set(m.id, key)
     try {
       const peer = peerIdFromString(m.id)
       const addrs = m.addresses.map((a) => multiaddr(a.replace(/\/p2p\/[^/]+$/, '')))

@@ -464,6 +464,9 @@ export class RaftModule implements AgentModule {
     const node = this.node
     if (node === undefined || this.stopped) return
     const st = node.status()
+    // Only voters lead, vote or keep connections to the other voters: a learner (most agents of
+    // a large cluster) skips the scan of every member five times a second.
+    if (!st.conf.voters.includes(node.id)) return
     const members = this.gossip.members().map((m) => ({ id: m.id, status: m.status }))
     const now = performance.now()
     trackDown(this.downSince, st.conf, members, now)
