@@ -64,6 +64,9 @@ export class FileStorage implements RaftStorage {
       // interrupted between writing the snapshot and dropping the old log.
       const continues = atSnap !== undefined ? atSnap.term === s.term : first === s.index + 1
       entries = continues ? entries.filter((e) => e.index > s.index) : []
+      // Finish that install: the next append must start a fresh log after the snapshot, not be
+      // appended to (or truncate into) the stale one, which the next open would drop again.
+      if (!continues && first !== undefined) this.log.dropAll()
     }
     return { hardState, snapshot, entries }
   }
@@ -90,11 +93,26 @@ export class FileStorage implements RaftStorage {
   }
 
   append(entries: readonly Entry[]): void {
+    this.checkContinues(entries)
     this.log.append(entries)
   }
 
   appendDeferred(entries: readonly Entry[]): void {
+    this.checkContinues(entries)
     this.log.append(entries, false)
+  }
+
+  /**
+   * The log checks appends against its own last entry; an empty log (after a snapshot install) must
+   * continue the snapshot. A gap there would be dropped on the next open (see initialState), losing
+   * entries this node acknowledged: refuse it loudly instead.
+   */
+  private checkContinues(entries: readonly Entry[]): void {
+    const first = entries[0]?.index
+    if (first === undefined || this.log.lastIndex() !== undefined) return
+    if (first > this.snapshotIndex + 1) {
+      throw new RangeError(`append at ${first} leaves a gap after the snapshot at ${this.snapshotIndex}`)
+    }
   }
 
   /** fsyncs the active log segment off the event loop (see SegmentedLog.sync). */

@@ -22,10 +22,8 @@ export class MemoryStorage implements RaftStorage {
   append(entries: readonly Entry[]): void {
     if (entries.length === 0) return
     const first = entries[0]!.index
-    const last = this.entries.at(-1)
-    if (last !== undefined && first > last.index + 1) {
-      throw new RangeError(`append at ${first} leaves a gap after ${last.index}`)
-    }
+    const last = this.lastIndex()
+    if (first > last + 1) throw new RangeError(`append at ${first} leaves a gap after ${last}`)
     this.entries = this.entries.filter((e) => e.index < first).concat(entries)
   }
 

@@ -125,12 +125,18 @@ export class RaftLog {
     return false
   }
 
-  /** Replaces the whole log with a snapshot from the leader (Raft §7). */
+  /**
+   * Replaces the whole log with a snapshot from the leader (Raft §7). Storage drops its log when it
+   * installs the snapshot, so nothing after the snapshot index is durable any more: entries the
+   * leader sends next, from index + 1 on, must all be reported as unstable, even where this node had
+   * stabled (conflicting) entries before.
+   */
   restore(s: Snapshot): void {
     this.offsetIndex = s.metadata.index
     this.offsetTerm = s.metadata.term
     this.entries = []
     this.committed = s.metadata.index
+    this.stabled = Math.min(this.stabled, s.metadata.index)
     this.pendingSnapshot = s
   }
 

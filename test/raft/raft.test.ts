@@ -688,4 +688,43 @@ describe('snapshots (Raft §7)', () => {
     expect(snaps).toBe(0)
     expect(c.data('c')).toEqual(c.data('a'))
   })
+
+  it('a follower whose stale tail a snapshot replaces persists every entry after it (regression)', () => {
+    // Found by the property test (seed 1381723097): a deposed leader holds uncommitted entries of
+    // its term past the new leader's snapshot index. Installing the snapshot drops its whole stored
+    // log, so the entries that follow must all be written again; the core once reported only those
+    // past its old durable index (stabled), leaving a gap after the snapshot that a restart refused
+    // ("log starts at 14, expected 13") and FileStorage silently dropped.
+    const c = new SimCluster(['a', 'b', 'c'], { config: noPV, snapshotEvery: 4, trailing: 2 })
+    c.campaign('a')
+    for (let i = 0; i < 2; i++) c.propose('a', `x${i}`)
+    c.stabilize()
+    c.isolate('a')
+    for (let i = 0; i < 20; i++) c.propose('a', `stale${i}`) // never committed
+    const staleEnd = c.node('a').raft.log.lastIndex()
+    c.campaign('b')
+    for (let i = 0; i < 10; i++) c.propose('b', `y${i}`)
+    c.stabilize()
+    const snapIndex = c.node('b').raft.snapshot()!.metadata.index
+    expect(snapIndex).toBeLessThan(staleEnd) // the snapshot lands inside a's stale tail
+    let snaps = 0
+    c.filter = (m) => {
+      if (m.type === 'snap' && m.to === 'a') snaps++
+      return true
+    }
+    c.recover()
+    c.tick(3)
+    expect(snaps).toBeGreaterThan(0)
+    for (let i = 0; i < 20; i++) c.propose('b', `z${i}`) // past a's stale tail
+    c.stabilize()
+    const a = c.node('a')
+    expect(a.raft.log.lastIndex()).toBeGreaterThan(staleEnd)
+    // a's storage holds its whole log (SimCluster checks it after every Ready), so it restarts.
+    expect(a.storage.lastIndex()).toBe(a.raft.log.lastIndex())
+    c.crash('a')
+    c.restart('a')
+    c.tick(3)
+    expect(c.data('a')).toEqual(c.data('b'))
+    expect(c.data('a').some((d) => d.startsWith('stale'))).toBe(false)
+  })
 })

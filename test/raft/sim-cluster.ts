@@ -202,9 +202,32 @@ export class SimCluster {
       for (const e of rd.committedEntries) this.apply(n, e)
       n.readStates.push(...rd.readStates)
       n.raft.advance(rd)
+      this.checkStorage(n)
       this.maybeSnapshot(n)
     }
     throw new Error('ready loop did not settle')
+  }
+
+  /**
+   * Every Ready is persisted before `advance`, so the storage must hold the core's whole log,
+   * without a gap after the snapshot: otherwise a restart loses entries this node acknowledged.
+   */
+  private checkStorage(n: SimNode): void {
+    const st = n.storage.initialState()
+    const snapIndex = st.snapshot?.metadata.index ?? 0
+    let expected = st.entries[0]?.index ?? snapIndex + 1
+    if (expected > snapIndex + 1) {
+      throw new Error(`${n.id} stores entries from ${expected} after a snapshot at ${snapIndex}`)
+    }
+    for (const e of st.entries) {
+      if (e.index !== expected) throw new Error(`${n.id} stores ${e.index} after ${expected - 1}`)
+      expected++
+    }
+    if (n.storage.lastIndex() !== n.raft.log.lastIndex()) {
+      throw new Error(
+        `${n.id} stores up to ${n.storage.lastIndex()}, its log ends at ${n.raft.log.lastIndex()}`,
+      )
+    }
   }
 
   private apply(n: SimNode, e: Entry): void {

@@ -2,10 +2,12 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { DEFAULT_RAFT_CONFIG } from '../../src/raft/config.ts'
 import { FileStorage } from '../../src/raft/file-storage.ts'
 import { MemoryStorage } from '../../src/raft/memory-storage.ts'
+import { Raft } from '../../src/raft/raft.ts'
 import type { RaftStorage } from '../../src/raft/storage.ts'
-import type { Entry, Snapshot } from '../../src/raft/types.ts'
+import type { Entry, Message, Snapshot } from '../../src/raft/types.ts'
 
 const enc = new TextEncoder()
 const ent = (index: number, term: number, s = `e${index}`): Entry => ({
@@ -24,6 +26,33 @@ function codeOf(fn: () => unknown): string | undefined {
     return (err as { code?: string }).code
   }
   return undefined
+}
+
+const snapAt = (index: number, term: number): Snapshot => ({
+  metadata: { index, term, conf: { voters: ['a', 'b', 'c'], learners: [] } },
+  data: enc.encode(`s${index}`),
+})
+
+const msg = (m: Pick<Message, 'type' | 'from' | 'term'> & Partial<Message>): Message => ({
+  to: 'a',
+  logTerm: 0,
+  index: 0,
+  commit: 0,
+  entries: [],
+  reject: false,
+  rejectHint: 0,
+  context: '',
+  ...m,
+})
+
+/** What the driver does with each Ready, minus sending and applying: persist, then advance. */
+function persist(raft: Raft, storage: RaftStorage): void {
+  for (let rd = raft.ready(); rd !== undefined; rd = raft.ready()) {
+    if (rd.snapshot !== undefined) storage.installSnapshot(rd.snapshot)
+    storage.append(rd.entries)
+    if (rd.hardState !== undefined) storage.setHardState(rd.hardState)
+    raft.advance(rd)
+  }
 }
 
 let dir: string
@@ -73,6 +102,16 @@ describe.each([
     expect(st.entries).toEqual([])
     s.append([ent(21, 3)])
     expect(s.initialState().entries.map((e) => e.index)).toEqual([21])
+    s.close()
+  })
+
+  it('refuses an append that leaves a gap after an installed snapshot', () => {
+    const s = make()
+    s.append(range(1, 5, 1))
+    s.installSnapshot(snapAt(12, 2))
+    expect(() => s.append([ent(14, 2)])).toThrow(RangeError)
+    s.append([ent(13, 2), ent(14, 2)])
+    expect(s.initialState().entries.map((e) => e.index)).toEqual([13, 14])
     s.close()
   })
 })
@@ -184,6 +223,67 @@ describe('FileStorage durability', () => {
     expect(st.snapshot?.metadata.index).toBe(30)
     expect(st.entries.map((e) => e.index)).toEqual(range(31, 40, 2).map((e) => e.index))
     expect(st.entries.every((e) => e.term === 2)).toBe(true)
+    again.close()
+  })
+
+  it('finishes an interrupted snapshot install on open: the stale log goes, appends continue the snapshot', () => {
+    const { storage } = FileStorage.open(dir)
+    storage.append(range(1, 20, 1))
+    storage.saveSnapshot(snapAt(12, 2)) // written; the crash came before the old log was dropped
+    storage.close()
+    const { storage: again } = FileStorage.open(dir)
+    expect(again.initialState().entries).toEqual([])
+    again.append([ent(13, 2)])
+    again.close()
+    const { storage: third } = FileStorage.open(dir)
+    expect(third.initialState().entries.map((e) => `${e.index}/${e.term}`)).toEqual(['13/2'])
+    third.close()
+  })
+
+  it('restarts after a snapshot got ahead of the durable log, and appends after the snapshot', () => {
+    // The driver may snapshot entries it applied before its own fsync (RaftNode.maybeSnapshot).
+    const { storage } = FileStorage.open(dir)
+    storage.append(range(1, 18, 1))
+    storage.saveSnapshot(snapAt(20, 1))
+    storage.close()
+    const { storage: again } = FileStorage.open(dir)
+    expect(again.initialState().entries).toEqual([])
+    again.append([ent(21, 1)])
+    again.close()
+    const { storage: third } = FileStorage.open(dir)
+    expect(third.initialState().entries.map((e) => e.index)).toEqual([21])
+    third.close()
+  })
+
+  it('keeps every entry a follower acknowledged after a snapshot replaced its stale tail (Raft §7)', () => {
+    // Regression (property test seed 1381723097): the core reported only entries past its old
+    // durable index after installing a snapshot inside its stale tail; FileStorage wrote them after
+    // a gap and dropped them all on the next open.
+    const cfg = { ...DEFAULT_RAFT_CONFIG, id: 'a', rng: () => 0.5 }
+    const { storage } = FileStorage.open(dir)
+    const raft = new Raft(cfg, storage.initialState())
+    raft.bootstrap(['a', 'b', 'c'])
+    persist(raft, storage)
+    // b, leader of term 2, sends 4..10; they never commit.
+    raft.step(
+      msg({ type: 'app', from: 'b', term: 2, index: 3, logTerm: 1, entries: range(4, 10, 2), commit: 3 }),
+    )
+    persist(raft, storage)
+    // c, leader of term 3, replaces them: a snapshot at 6 (inside the stale tail), then 7..12.
+    raft.step(msg({ type: 'snap', from: 'c', term: 3, snapshot: snapAt(6, 3) }))
+    persist(raft, storage)
+    raft.step(
+      msg({ type: 'app', from: 'c', term: 3, index: 6, logTerm: 3, entries: range(7, 12, 3), commit: 6 }),
+    )
+    persist(raft, storage)
+    expect(raft.log.lastIndex()).toBe(12)
+    storage.close()
+    const { storage: again } = FileStorage.open(dir)
+    const st = again.initialState()
+    expect(st.snapshot?.metadata.index).toBe(6)
+    expect(st.entries.map((e) => `${e.index}/${e.term}`)).toEqual(range(7, 12, 3).map((e) => `${e.index}/3`))
+    const restarted = new Raft(cfg, st)
+    expect(restarted.log.lastIndex()).toBe(12)
     again.close()
   })
 
