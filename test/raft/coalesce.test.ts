@@ -1,3 +1,4 @@
+import { raftMessage } from './message.ts'
 import { describe, expect, it } from 'vitest'
 import { coalesceMessages } from '../../src/raft/coalesce.ts'
 import type { Entry, Message } from '../../src/raft/types.ts'
@@ -5,18 +6,7 @@ import type { Entry, Message } from '../../src/raft/types.ts'
 const limits = { maxEntries: 256, maxBytes: 1 << 20 }
 const ent = (index: number, term = 2): Entry =>
   ({ index, term, type: 'normal', data: new Uint8Array([index]) }) as Entry
-const msg = (p: Partial<Message> & Pick<Message, 'type' | 'to'>): Message => ({
-  from: 'a',
-  term: 2,
-  logTerm: 0,
-  index: 0,
-  commit: 0,
-  entries: [],
-  reject: false,
-  rejectHint: 0,
-  context: '',
-  ...p,
-})
+const msg = (p: Partial<Message> & Pick<Message, 'type' | 'to'>): Message => raftMessage({ term: 2, ...p })
 const app = (to: string, prev: number, ents: number[], commit: number): Message =>
   msg({ type: 'app', to, index: prev, logTerm: 2, entries: ents.map((i) => ent(i)), commit })
 

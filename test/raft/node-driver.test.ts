@@ -1,3 +1,4 @@
+import { raftMessage } from './message.ts'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -174,19 +175,7 @@ describe('RaftNode driver', () => {
     for (const id of ids) c.start(id)
     const a = c.net.nodes.get('a')!
     expect(a.receive(new Uint8Array([1, 2, 3]), 'b')).toBe(false)
-    const forged = encodeMessage({
-      type: 'heartbeat',
-      from: 'c',
-      to: 'a',
-      term: 99,
-      logTerm: 0,
-      index: 0,
-      commit: 0,
-      entries: [],
-      reject: false,
-      rejectHint: 0,
-      context: '',
-    })
+    const forged = encodeMessage(raftMessage({ type: 'heartbeat', from: 'c', to: 'a', term: 99 }))
     expect(a.receive(forged, 'b')).toBe(false) // claims to be c but arrived from b
     expect(a.status().malformedMessages).toBe(2)
     expect(a.status().term).toBe(1)

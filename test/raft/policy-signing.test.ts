@@ -1,3 +1,4 @@
+import { raftMessage } from './message.ts'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { createRootCa, type RootCa } from '../../src/identity/index.ts'
 import {
@@ -137,23 +138,17 @@ describe('signed snapshots', () => {
 })
 
 describe('snapshot messages', () => {
-  const msg = (data: number[]): Message => ({
-    type: 'snap',
-    from: 'leader',
-    to: 'learner',
-    term: 2,
-    logTerm: 0,
-    index: 0,
-    commit: 0,
-    entries: [],
-    reject: false,
-    rejectHint: 0,
-    context: '',
-    snapshot: {
-      metadata: { index: 10, term: 2, conf: { voters: ['leader'], learners: [] } },
-      data: new Uint8Array(data),
-    },
-  })
+  const msg = (data: number[]): Message =>
+    raftMessage({
+      type: 'snap',
+      from: 'leader',
+      to: 'learner',
+      term: 2,
+      snapshot: {
+        metadata: { index: 10, term: 2, conf: { voters: ['leader'], learners: [] } },
+        data: new Uint8Array(data),
+      },
+    })
 
   it('a learner that trusts a root installs only a snapshot that root signed', () => {
     const trusted = [caRecord(root)]

@@ -1,3 +1,4 @@
+import { raftMessage } from './message.ts'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -33,17 +34,8 @@ const snapAt = (index: number, term: number): Snapshot => ({
   data: enc.encode(`s${index}`),
 })
 
-const msg = (m: Pick<Message, 'type' | 'from' | 'term'> & Partial<Message>): Message => ({
-  to: 'a',
-  logTerm: 0,
-  index: 0,
-  commit: 0,
-  entries: [],
-  reject: false,
-  rejectHint: 0,
-  context: '',
-  ...m,
-})
+const msg = (m: Pick<Message, 'type' | 'from' | 'term'> & Partial<Message>): Message =>
+  raftMessage({ to: 'a', ...m })
 
 /** What the driver does with each Ready, minus sending and applying: persist, then advance. */
 function persist(raft: Raft, storage: RaftStorage): void {
