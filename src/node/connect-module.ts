@@ -240,10 +240,10 @@ export class ConnectModule implements AgentModule {
   /** Rebuilds the views of the policy store; runs after each change applied here. */
   refreshState(): void {
     const store = this.raft.store
-    const ca = store.caRoots()
-    if (ca.modifyIndex !== this.ca.modifyIndex) {
+    // Runs on every applied entry: copy the CA state only when it changed.
+    if (store.caModifyIndex !== this.ca.modifyIndex) {
       const prevActive = this.ca.active?.id
-      this.ca = caStateOf(ca)
+      this.ca = caStateOf(store.caRoots())
       this.ctx?.events.emit('ca:change', { activeRootId: this.ca.active?.id, roots: this.ca.roots.length })
       if (prevActive !== undefined && this.ca.active?.id !== prevActive) {
         this.log?.info({ from: prevActive, to: this.ca.active?.id }, 'CA root rotated; renewing leaves')

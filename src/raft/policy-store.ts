@@ -1,6 +1,6 @@
 import { z } from 'zod'
 import { pack, unpack } from './msgpack.ts'
-import { openPolicyEntry, trustedRootsOf } from './policy-signing.ts'
+import { openPolicyEntry, type TrustedRoot, trustedRootsOf } from './policy-signing.ts'
 import type { StateMachine } from './state-machine.ts'
 import type { Entry } from './types.ts'
 
@@ -148,6 +148,16 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     private readonly options: { verifySignatures?: boolean } = {},
   ) {}
 
+  private trustedCache: { at: number; roots: TrustedRoot[] } | undefined
+
+  /** The roots entries are verified against, rebuilt only when the CA state changes. */
+  private trustedRoots(): TrustedRoot[] {
+    if (this.trustedCache?.at !== this.ca.modifyIndex || this.ca.modifyIndex === 0) {
+      this.trustedCache = { at: this.ca.modifyIndex, roots: trustedRootsOf(this.ca.roots) }
+    }
+    return this.trustedCache.roots
+  }
+
   /** Whether entries must be signed by a trusted CA root (true once the CA exists, if enabled). */
   get requiresSignatures(): boolean {
     return this.options.verifySignatures === true && this.ca.roots.length > 0
@@ -157,7 +167,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     let entry = rawEntry
     if (this.options.verifySignatures === true) {
       // Before the dedupe table: a forged entry must not poison a real client's request id.
-      const opened = openPolicyEntry(trustedRootsOf(this.ca.roots), entry.index, entry.requestId, entry.data)
+      const opened = openPolicyEntry(this.trustedRoots(), entry.index, entry.requestId, entry.data)
       if (!opened.ok) {
         this.stats.signatureRejected++
         this.stats.lastSignatureError = opened.reason
@@ -332,6 +342,11 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 
   caRoots(): CaRoots {
     return structuredClone(this.ca)
+  }
+
+  /** Raft index of the CA state's last change (cheap: no copy). */
+  get caModifyIndex(): number {
+    return this.ca.modifyIndex
   }
 
   // ---- snapshots --------------------------------------------------------------------------------
