@@ -40,6 +40,8 @@ export const RAFT_DIR = 'raft'
 
 /** Largest Raft message: a snapshot of the policy store travels in one message. */
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+/** Times a write refused for its CA signature is sent again (see `write`). */
+const WRITE_SIGNATURE_RETRIES = 5
 /** Largest forwarded command (the HTTP API takes bodies up to 1 MiB). */
 const MAX_COMMAND_BYTES = 1024 * 1024
 
@@ -180,6 +182,7 @@ export class RaftModule implements AgentModule {
     leaderChanges: 0,
     confChanges: 0,
     snapshotsRejected: 0,
+    signatureRetries: 0,
   }
 
   constructor(
@@ -521,11 +524,32 @@ export class RaftModule implements AgentModule {
     cmd: PolicyCommand,
     options: { signal: AbortSignal },
   ): Promise<{ index: number; result: PolicyResult }> {
-    const node = this.running()
     const data = encodePolicyCommand(cmd)
     const rid: RequestId = { clientId: `${this.clientPrefix}${++this.writeSeq}`, seq: 1 }
-    const { signal } = options
     this.stats.proposals++
+    for (let attempt = 1; ; attempt++) {
+      const out = await this.writeOnce(data, rid, options.signal)
+      // A leader signs with the CA state it has applied; an entry it appended right behind a CA
+      // change still in flight (the CA's creation at bootstrap, or a new leader that has not
+      // applied its predecessor's last entries) is refused everywhere, changing nothing, not even
+      // the dedupe table: the same request is safe to send again once the leader has caught up.
+      const r = out.result
+      if (r.ok || r.code !== 'PEERMESH_ERR_POLICY_SIGNATURE' || attempt >= WRITE_SIGNATURE_RETRIES) return out
+      this.stats.signatureRetries++
+      this.log?.debug(
+        { index: out.index, reason: r.message },
+        'write refused for its signature; sending it again',
+      )
+      await this.pause(options.signal)
+    }
+  }
+
+  private async writeOnce(
+    data: Uint8Array,
+    rid: RequestId,
+    signal: AbortSignal,
+  ): Promise<{ index: number; result: PolicyResult }> {
+    const node = this.running()
     let sent = false
     let lastLeader: string | undefined
     for (;;) {
