@@ -276,15 +276,7 @@ export class StreamMessenger {
       throw new RequestStreamClosedError('stopping')
     }
     const decoder = new FrameDecoder(this.init.maxRequestBytes ?? 8 << 20)
-    stream.addEventListener('message', (evt) => {
-      let frames: Uint8Array[]
-      try {
-        frames = decoder.push(evt.data.subarray())
-      } catch (err) {
-        this.stats.badFrames++
-        stream.abort(err as Error)
-        return
-      }
+    this.onFrames(stream, decoder, to, (frames) => {
       for (const f of frames) {
         const head = parseMuxHeader(f)
         if (head === undefined || head.kind === MUX_REQUEST) {
@@ -342,16 +334,7 @@ export class StreamMessenger {
         inFlight--
       }
     }
-    stream.addEventListener('message', (evt) => {
-      let frames: Uint8Array[]
-      try {
-        frames = decoder.push(evt.data.subarray())
-      } catch (err) {
-        this.stats.badFrames++
-        this.init.log.debug({ peer: from, err: (err as Error).message }, 'bad request frame; resetting')
-        stream.abort(err as Error)
-        return
-      }
+    this.onFrames(stream, decoder, from, (frames) => {
       for (const f of frames) {
         const head = parseMuxHeader(f)
         if (head === undefined || head.kind !== MUX_REQUEST) {
@@ -414,21 +397,36 @@ export class StreamMessenger {
     }
   }
 
-  private readMessages(stream: Stream, connection: Connection): void {
-    const from = connection.remotePeer.toString()
-    const decoder = new FrameDecoder(this.init.maxMessageBytes)
-    this.inbound.add(stream)
-    stream.addEventListener('close', () => this.inbound.delete(stream))
+  /**
+   * Hands each batch of length-prefixed frames arriving on `stream` to `onBatch`; a malformed
+   * frame (bad length, too large) is counted and resets the stream.
+   */
+  private onFrames(
+    stream: Stream,
+    decoder: FrameDecoder,
+    peer: string,
+    onBatch: (frames: Uint8Array[]) => void,
+  ): void {
     stream.addEventListener('message', (evt) => {
       let frames: Uint8Array[]
       try {
         frames = decoder.push(evt.data.subarray())
       } catch (err) {
         this.stats.badFrames++
-        this.init.log.debug({ peer: from, err: (err as Error).message }, 'bad frame; resetting stream')
+        this.init.log.debug({ peer, err: (err as Error).message }, 'bad frame; resetting stream')
         stream.abort(err as Error)
         return
       }
+      onBatch(frames)
+    })
+  }
+
+  private readMessages(stream: Stream, connection: Connection): void {
+    const from = connection.remotePeer.toString()
+    const decoder = new FrameDecoder(this.init.maxMessageBytes)
+    this.inbound.add(stream)
+    stream.addEventListener('close', () => this.inbound.delete(stream))
+    this.onFrames(stream, decoder, from, (frames) => {
       for (const f of frames) {
         this.stats.received++
         this.stats.receivedBytes += f.length
