@@ -16,7 +16,6 @@ import {
   PolicyStore,
   RaftNode,
   snapshotMessageTrusted,
-  trustedRootsOf,
   withSnapshotSignature,
   type RequestId,
 } from '../raft/index.ts'
@@ -322,7 +321,7 @@ export class RaftModule implements AgentModule {
    * only a snapshot signed by one of its trusted roots (policy-signing.ts).
    */
   private verifySnapshotMessage(msg: Message): boolean {
-    const ok = snapshotMessageTrusted(msg, trustedRootsOf(this.store.caRoots().roots))
+    const ok = snapshotMessageTrusted(msg, this.store.trustedRoots())
     if (!ok) {
       this.stats.snapshotsRejected++
       this.log?.warn(

@@ -150,8 +150,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 
   private trustedCache: { at: number; roots: TrustedRoot[] } | undefined
 
-  /** The roots entries are verified against, rebuilt only when the CA state changes. */
-  private trustedRoots(): TrustedRoot[] {
+  /** The roots entries (and snapshots) are verified against, rebuilt only when the CA changes. */
+  trustedRoots(): TrustedRoot[] {
     if (this.trustedCache?.at !== this.ca.modifyIndex || this.ca.modifyIndex === 0) {
       this.trustedCache = { at: this.ca.modifyIndex, roots: trustedRootsOf(this.ca.roots) }
     }
