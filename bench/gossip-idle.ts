@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { generateClusterKey } from '../src/identity/cluster-key.ts'
+import { generateClusterKey } from '../src/identity/keys/cluster-key.ts'
 import { argValue, emitJson, median, progress, quantile, table } from './lib.ts'
 
 const sizes = (argValue('sizes', '5,20,200') ?? '').split(',').map(Number)

@@ -5,12 +5,12 @@
  * until SIGTERM, or until its stdin closes when that is a pipe (the bench exited, even killed).
  * `PEERMESH_BENCH_BOOTSTRAP=1`: the first agent bootstraps Raft (a one-voter cluster to join).
  */
-import '../src/node/polyfill.ts'
+import '../src/node/agent/polyfill.ts'
 import { fstatSync } from 'node:fs'
 import { join } from 'node:path'
 import pino from 'pino'
-import { resolveAgentConfig } from '../src/node/config.ts'
-import { createAgent } from '../src/node/create-agent.ts'
+import { resolveAgentConfig } from '../src/node/agent/config.ts'
+import { createAgent } from '../src/node/agent/create-agent.ts'
 
 const [dir, keyFile, countStr, prefix, seed] = process.argv.slice(2)
 const log = pino({ level: 'silent' })

@@ -4,6 +4,6 @@
 import { register } from 'tsx/esm/api'
 
 register()
-await import('../src/node/polyfill.ts')
-const { main } = await import('../src/node/cli.ts')
+await import('../src/node/agent/polyfill.ts')
+const { main } = await import('../src/node/cli/cli.ts')
 await main(process.argv)

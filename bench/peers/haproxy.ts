@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs'
 import net from 'node:net'
 import { join } from 'node:path'
 import { progress } from '../lib.ts'
-import { freePort } from '../../src/node/free-port.ts'
+import { freePort } from '../../src/node/transport/free-port.ts'
 
 /**
  * HAProxy 2.6 (Debian package `haproxy`, binary /usr/sbin/haproxy) as the peer of the sidecar

@@ -18,7 +18,7 @@
  * `IntentionIndex` answers in O(1) (four hash lookups at most); it runs on every inbound
  * connection, with the committed policy held locally.
  */
-import { isDnsLabel } from '../identity/spiffe.ts'
+import { isDnsLabel } from '../identity/ca/spiffe.ts'
 
 export type IntentionAction = 'allow' | 'deny'
 export const WILDCARD = '*'

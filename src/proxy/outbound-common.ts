@@ -5,7 +5,7 @@
 import type { Server } from 'node:net'
 import type { Registry } from 'prom-client'
 import { Registry as PromRegistry } from 'prom-client'
-import { validateServiceName, validateTrustDomain } from '../identity/spiffe.ts'
+import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_ATTEMPTS } from './constants.ts'
 import { EndpointPool } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, ListenerStateError } from './errors.ts'

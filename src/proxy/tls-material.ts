@@ -4,10 +4,10 @@
  * fingerprint so that a busy listener parses each peer certificate once.
  */
 import tls from 'node:tls'
-import { peerServiceId } from '../identity/leaf.ts'
-import { serviceSpiffeId } from '../identity/spiffe.ts'
+import { peerServiceId } from '../identity/ca/leaf.ts'
+import { serviceSpiffeId } from '../identity/ca/spiffe.ts'
 import { PEER_ID_CACHE_SIZE } from './constants.ts'
-import { PeerIdentityMismatchError } from '../identity/errors-ca.ts'
+import { PeerIdentityMismatchError } from '../identity/ca/errors.ts'
 import { NoCertificateError } from './errors.ts'
 import type { CertificateSource, ServiceCertificate, Unsubscribe } from './types.ts'
 

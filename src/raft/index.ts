@@ -16,9 +16,9 @@ export {
   RaftStoppedError,
   StorageCorruptedError,
 } from './errors.ts'
-export type { FileStorageOptions } from './file-storage.ts'
-export { FileStorage } from './file-storage.ts'
-export { MemoryStorage } from './memory-storage.ts'
+export type { FileStorageOptions } from './storage/file-storage.ts'
+export { FileStorage } from './storage/file-storage.ts'
+export { MemoryStorage } from './storage/memory-storage.ts'
 export type {
   DriverStatus,
   RaftNodeEvents,
@@ -35,13 +35,13 @@ export type {
   PolicyCommand,
   PolicyErrorCode,
   PolicyResult,
-} from './policy-store.ts'
-export { encodePolicyCommand, PolicyStore } from './policy-store.ts'
+} from './policy/policy-store.ts'
+export { encodePolicyCommand, PolicyStore } from './policy/policy-store.ts'
 export { committedIndex, quorum } from './quorum.ts'
 export type { RaftInitialState, RaftStatus } from './raft.ts'
 export { Raft } from './raft.ts'
 export type { StateMachine } from './state-machine.ts'
-export type { RaftStorage, StoredState } from './storage.ts'
+export type { RaftStorage, StoredState } from './storage/storage.ts'
 export type {
   ConfChange,
   ConfState,
@@ -56,5 +56,5 @@ export type {
   Snapshot,
   SoftState,
 } from './types.ts'
-export * from './policy-signing.ts'
+export * from './policy/policy-signing.ts'
 export type { EntrySealer } from './raft.ts'

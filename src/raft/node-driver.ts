@@ -11,7 +11,7 @@ import {
 } from './errors.ts'
 import { type EntrySealer, Raft, type RaftStatus } from './raft.ts'
 import type { StateMachine } from './state-machine.ts'
-import type { RaftStorage } from './storage.ts'
+import type { RaftStorage } from './storage/storage.ts'
 import type { ConfChange, ConfState, Entry, Message, NodeId, Ready, RequestId, Role } from './types.ts'
 import { decodeConfChange } from './conf-change.ts'
 import { type CoalesceLimits, coalesceMessages } from './coalesce.ts'

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { freePort } from '../../src/node/free-port.ts'
+import { freePort } from '../../src/node/transport/free-port.ts'
 
 export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
 

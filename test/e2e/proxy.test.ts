@@ -4,7 +4,7 @@ import type { Server } from 'node:http'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
-import { createRootCa } from '../../src/identity/ca.ts'
+import { createRootCa } from '../../src/identity/ca/ca.ts'
 import { freePort, runCli, TestCluster, waitFor } from './harness.ts'
 import { registerService, startApp } from './mesh-helpers.ts'
 

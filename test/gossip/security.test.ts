@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest'
 import { aliveSigningBytes, encodeMessage, encodeRecord, leaveSigningBytes } from '../../src/gossip/codec.ts'
 import { lanConfig } from '../../src/gossip/config.ts'
 import type { NodeRecord } from '../../src/gossip/messages.ts'
-import { seededRng } from '../../src/gossip/seeded-rng.ts'
+import { seededRng } from '../../src/common/rng.ts'
 import { ed25519Signer, ed25519Verifier } from '../../src/gossip/signing.ts'
 import { Swim } from '../../src/gossip/swim.ts'
 

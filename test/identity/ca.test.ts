@@ -6,10 +6,10 @@ import {
   type RootCa,
   type SignedLeaf,
   signLeaf,
-} from '../../src/identity/ca.ts'
-import { createLeafKeyAndCsr, LeafVerifier, verifyLeaf } from '../../src/identity/leaf.ts'
-import { type CryptoKeyPair, generateKeyPair, signingAlgorithm } from '../../src/identity/keys.ts'
-import { x509 } from '../../src/identity/x509-setup.ts'
+} from '../../src/identity/ca/ca.ts'
+import { createLeafKeyAndCsr, LeafVerifier, verifyLeaf } from '../../src/identity/ca/leaf.ts'
+import { type CryptoKeyPair, generateKeyPair, signingAlgorithm } from '../../src/identity/keys/keys.ts'
+import { x509 } from '../../src/identity/ca/x509-setup.ts'
 import { codeOf, DAY, HOUR, T0, TD } from './helpers.ts'
 
 async function issue(

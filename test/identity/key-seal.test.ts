@@ -9,8 +9,8 @@ import {
   sealToPeer,
   x25519PrivateFromEd25519,
   x25519PublicOfPeerId,
-} from '../../src/identity/key-seal.ts'
-import { loadOrCreateNodeIdentity } from '../../src/identity/node-key.ts'
+} from '../../src/identity/keys/key-seal.ts'
+import { loadOrCreateNodeIdentity } from '../../src/identity/keys/node-key.ts'
 
 const identity = () => loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-seal-')))
 

@@ -2,8 +2,8 @@ import { mkdtempSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { generateClusterKey, parseClusterKey } from '../../src/identity/cluster-key.ts'
-import { loadOrCreateNodeIdentity, NODE_KEY_FILE, verifyByPeerId } from '../../src/identity/node-key.ts'
+import { generateClusterKey, parseClusterKey } from '../../src/identity/keys/cluster-key.ts'
+import { loadOrCreateNodeIdentity, NODE_KEY_FILE, verifyByPeerId } from '../../src/identity/keys/node-key.ts'
 
 describe('node key', () => {
   it('is created on first start with mode 0600 and reused on restart (same peer id)', async () => {

@@ -7,8 +7,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { createRootCa, crossSign, signLeaf } from '../../src/identity/ca.ts'
-import { createLeafKeyAndCsr } from '../../src/identity/leaf.ts'
+import { createRootCa, crossSign, signLeaf } from '../../src/identity/ca/ca.ts'
+import { createLeafKeyAndCsr } from '../../src/identity/ca/leaf.ts'
 import { HOUR, TD } from './helpers.ts'
 
 const opensslAvailable = spawnSync('openssl', ['version'], { encoding: 'utf8' }).status === 0

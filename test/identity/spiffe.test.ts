@@ -7,7 +7,7 @@ import {
   serviceSpiffeId,
   validateServiceName,
   validateTrustDomain,
-} from '../../src/identity/spiffe.ts'
+} from '../../src/identity/ca/spiffe.ts'
 
 function codeOf(fn: () => unknown): string | undefined {
   try {

@@ -5,15 +5,15 @@
 import type { AddressInfo } from 'node:net'
 import tls from 'node:tls'
 import { describe, expect, it } from 'vitest'
-import { createRootCa, type RootCa, signLeaf } from '../../src/identity/ca.ts'
-import type { KeyType } from '../../src/identity/keys.ts'
+import { createRootCa, type RootCa, signLeaf } from '../../src/identity/ca/ca.ts'
+import type { KeyType } from '../../src/identity/keys/keys.ts'
 import {
   createLeafKeyAndCsr,
   peerServiceId,
   spiffeServerIdentityCheck,
   verifyLeaf,
-} from '../../src/identity/leaf.ts'
-import { x509 } from '../../src/identity/x509-setup.ts'
+} from '../../src/identity/ca/leaf.ts'
+import { x509 } from '../../src/identity/ca/x509-setup.ts'
 import { deferred, HOUR, TD } from './helpers.ts'
 
 async function leafFor(root: RootCa, service: string, keyType: KeyType, nowMs: number) {

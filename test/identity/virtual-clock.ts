@@ -1,4 +1,4 @@
-import type { RotatorTimers } from '../../src/identity/rotation.ts'
+import type { RotatorTimers } from '../../src/identity/connect/leaf-rotator.ts'
 
 interface PendingTimer {
   id: number

@@ -5,7 +5,7 @@
 import http from 'node:http'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
-import type { RootCa } from '../../src/identity/ca.ts'
+import type { RootCa } from '../../src/identity/ca/ca.ts'
 import {
   InvalidSplitConfigError,
   NoHealthyEndpointError,

@@ -5,7 +5,7 @@
  */
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
-import type { RootCa } from '../../src/identity/ca.ts'
+import type { RootCa } from '../../src/identity/ca/ca.ts'
 import { InvalidProxyConfigError, NoCertificateError } from '../../src/proxy/errors.ts'
 import { OutboundListener } from '../../src/proxy/outbound-tcp.ts'
 import {

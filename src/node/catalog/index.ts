@@ -33,7 +33,7 @@ export {
   ServiceNotFoundError,
   ServicesFileError,
 } from './errors.ts'
-export { type CatalogRouteDeps, INDEX_HEADER, registerCatalogRoutes } from './http-routes.ts'
+export { type CatalogRouteDeps, INDEX_HEADER, registerCatalogRoutes } from '../api/catalog-routes.ts'
 export { LocalPayloadPublisher, type LocalPayloadPublisherInit } from './local-payload.ts'
 export {
   LocalServiceRegistry,

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { writeFileAtomicSync } from '../../identity/fs-atomic.ts'
+import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
 import { ChangeIndex } from './change-index.ts'
 import { ServiceDefinitionError, ServiceNotFoundError, ServicesFileError } from './errors.ts'
 import { DEFAULT_MAX_PAYLOAD_BYTES, encodeNodePayload } from './node-payload.ts'

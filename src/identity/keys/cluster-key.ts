@@ -1,0 +1,47 @@
+import { readFileSync } from 'node:fs'
+import { generateKey } from '@libp2p/pnet'
+import { ClusterKeyError } from '../errors.ts'
+
+/**
+ * The cluster key is a libp2p private-network pre-shared key in the go-ipfs "swarm.key" text
+ * format (95 bytes):
+ *
+ *   /key/swarm/psk/1.0.0/
+ *   /base16/
+ *   <64 hex digits>
+ *
+ * Every connection is wrapped in an XSalsa20 stream keyed by it before noise even starts, so a
+ * process without the key cannot complete a connection to any agent.
+ */
+const SWARM_KEY_RE = /^\/key\/swarm\/psk\/1\.0\.0\/\r?\n\/base16\/\r?\n([0-9a-fA-F]{64})\s*$/
+
+/** A new random cluster key, as text. */
+export function generateClusterKey(): string {
+  const buf = new Uint8Array(95)
+  generateKey(buf)
+  return `${Buffer.from(buf).toString('utf8')}\n`
+}
+
+/** Parses and checks cluster-key text; returns the canonical bytes libp2p pnet expects. */
+export function parseClusterKey(text: string, source = 'cluster key'): Uint8Array {
+  const m = SWARM_KEY_RE.exec(text)
+  if (m === null) {
+    throw new ClusterKeyError(
+      `${source} is not a peermesh cluster key (expected the 3-line format printed by 'peermesh keygen')`,
+    )
+  }
+  return Buffer.from(`/key/swarm/psk/1.0.0/\n/base16/\n${m[1]!.toLowerCase()}`)
+}
+
+/** Reads a cluster key file, with a one-line error for a missing, unreadable or malformed file. */
+export function readClusterKeyFile(path: string): Uint8Array {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code
+    throw new ClusterKeyError(`cannot read cluster key file ${path}: ${why}`, { cause: err })
+  }
+  return parseClusterKey(text, `cluster key file ${path}`)
+}

@@ -1,0 +1,229 @@
+import { EventEmitter } from 'node:events'
+import { existsSync, mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import type { StreamHandler, StreamHandlerOptions } from '@libp2p/interface'
+import type { Logger } from 'pino'
+import type { Registry } from 'prom-client'
+import { generateClusterKey, parseClusterKey, readClusterKeyFile } from '../../identity/keys/cluster-key.ts'
+import { ClusterKeyError } from '../../identity/errors.ts'
+import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
+import { loadOrCreateNodeIdentity, type NodeIdentity } from '../../identity/keys/node-key.ts'
+import type { AgentConfig } from './config.ts'
+import { ListenError } from './errors.ts'
+import { createHost, type Host } from '../transport/host.ts'
+import { ApiReply, HttpApi } from '../api/server.ts'
+import { createMetrics } from './metrics.ts'
+import { SeedDialer } from '../transport/seeds.ts'
+import { VERSION } from './version.ts'
+
+/** Copy of the cluster key inside the data dir, used when `--cluster-key` is not given. */
+export const CLUSTER_KEY_FILE = 'cluster.key'
+
+/**
+ * What a layer (gossip, raft, catalog, proxy...) gets from the agent. Everything is shared:
+ * one libp2p host, one HTTP API, one metrics registry, one event bus.
+ */
+export interface AgentContext {
+  readonly config: AgentConfig
+  readonly identity: NodeIdentity
+  /** The cluster key (pnet pre-shared key, 32 bytes); gossip derives its datagram key from it. */
+  readonly clusterKey: Uint8Array
+  readonly host: Host
+  readonly http: HttpApi
+  readonly metrics: Registry
+  readonly events: EventEmitter
+  readonly log: Logger
+  /**
+   * Adds addresses to dial at start, after the configured seeds (e.g. peers remembered from a
+   * previous run). Only effective while modules start.
+   */
+  addSeeds(addresses: string[]): void
+  /** Registers a libp2p protocol handler; the agent unregisters it on stop. */
+  handle(protocol: string, handler: StreamHandler, options?: StreamHandlerOptions): Promise<void>
+}
+
+/**
+ * A layer plugged into the agent. Modules start in the order they were added, after the host
+ * and HTTP API are up, and stop in reverse order before them.
+ */
+export interface AgentModule {
+  readonly name: string
+  start(ctx: AgentContext): Promise<void> | void
+  stop(): Promise<void> | void
+}
+
+export interface AgentInit {
+  config: AgentConfig
+  log: Logger
+}
+
+export class Agent {
+  readonly config: AgentConfig
+  readonly log: Logger
+  private clusterKey?: Uint8Array
+  readonly events = new EventEmitter()
+  private readonly modules: AgentModule[] = []
+  private readonly started: AgentModule[] = []
+  private readonly protocols: string[] = []
+  private readonly extraSeeds: string[] = []
+  private host?: Host
+  private identity?: NodeIdentity
+  private http: HttpApi
+  private seeds?: SeedDialer
+  readonly metrics: Registry
+  /** Address the HTTP API actually listens on (port 0 resolved). */
+  httpAddress?: { host: string; port: number }
+
+  constructor(init: AgentInit) {
+    this.config = init.config
+    this.log = init.log
+    this.http = new HttpApi(init.log.child({ component: 'http' }))
+    this.metrics = createMetrics(() => this.host)
+    this.addCoreRoutes()
+  }
+
+  /** Adds a layer; call before `start()`. */
+  use(module: AgentModule): this {
+    this.modules.push(module)
+    return this
+  }
+
+  get peerId(): string {
+    if (this.identity === undefined) throw new Error('agent not started')
+    return this.identity.id
+  }
+
+  get libp2p(): Host {
+    if (this.host === undefined) throw new Error('agent not started')
+    return this.host
+  }
+
+  async start(): Promise<void> {
+    const { config, log } = this
+    // The cluster key first: a bad key must not leave a new data dir behind.
+    const clusterKey = this.loadClusterKey()
+    this.clusterKey = clusterKey
+    this.identity = await loadOrCreateNodeIdentity(config.dataDir)
+    this.host = await createHost({ identity: this.identity, clusterKey, listen: config.listen })
+    try {
+      await this.host.start()
+    } catch (err) {
+      await Promise.resolve(this.host.stop()).catch(() => {})
+      const code = (err as NodeJS.ErrnoException).code
+      const why =
+        code === 'EADDRINUSE' || /EADDRINUSE/.test(String(err)) ? 'address already in use' : String(err)
+      throw new ListenError(`cannot listen on ${config.listen.join(', ')}: ${why}`, { cause: err })
+    }
+    try {
+      this.httpAddress = await this.http.listen(config.http.host, config.http.port)
+    } catch (err) {
+      await Promise.resolve(this.host.stop()).catch(() => {})
+      throw err
+    }
+    const ctx = this.context()
+    for (const m of this.modules) {
+      await m.start(ctx)
+      this.started.push(m)
+    }
+    this.seeds = new SeedDialer({
+      host: this.host,
+      seeds: [...new Set([...config.seed, ...this.extraSeeds])],
+      log: log.child({ component: 'seeds' }),
+      onJoined: (peerId) => this.events.emit('seed:joined', peerId),
+    })
+    this.seeds.start()
+    log.info(
+      {
+        name: config.name,
+        peerId: this.identity.id,
+        addresses: this.addresses(),
+        http: `${this.httpAddress.host}:${this.httpAddress.port}`,
+      },
+      'agent started',
+    )
+  }
+
+  async stop(): Promise<void> {
+    await this.seeds?.stop()
+    while (this.started.length > 0) {
+      const m = this.started.pop()!
+      try {
+        await m.stop()
+      } catch (err) {
+        this.log.warn({ err, module: m.name }, 'module failed to stop cleanly')
+      }
+    }
+    if (this.host !== undefined) {
+      for (const p of this.protocols) await this.host.unhandle(p).catch(() => {})
+      await this.host.stop()
+    }
+    await this.http.close()
+    this.log.info('agent stopped')
+  }
+
+  /** Full multiaddrs of this agent, each ending in /p2p/<peerId>. */
+  addresses(): string[] {
+    return this.host?.getMultiaddrs().map((ma) => ma.toString()) ?? []
+  }
+
+  /** Peer ids with an open connection. */
+  connectedPeers(): string[] {
+    return [...new Set(this.host?.getPeers().map((p) => p.toString()) ?? [])].sort()
+  }
+
+  private loadClusterKey(): Uint8Array {
+    const { config, log } = this
+    if (config.clusterKey !== undefined) return readClusterKeyFile(config.clusterKey)
+    const local = join(config.dataDir, CLUSTER_KEY_FILE)
+    if (existsSync(local)) return readClusterKeyFile(local)
+    if (config.seed.length > 0) {
+      throw new ClusterKeyError(
+        `joining through a seed needs the cluster's key: pass --cluster-key FILE (the first agent wrote it to <its data dir>/${CLUSTER_KEY_FILE})`,
+      )
+    }
+    const text = generateClusterKey()
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 })
+    writeFileAtomicSync(local, text, 0o600)
+    log.warn(
+      { path: local },
+      'no cluster key given: created a new cluster; give this key to agents that join it',
+    )
+    return parseClusterKey(text)
+  }
+
+  private context(): AgentContext {
+    const host = this.host!
+    return {
+      config: this.config,
+      identity: this.identity!,
+      clusterKey: this.clusterKey!,
+      host,
+      http: this.http,
+      metrics: this.metrics,
+      events: this.events,
+      log: this.log,
+      addSeeds: (addresses) => {
+        this.extraSeeds.push(...addresses)
+      },
+      handle: async (protocol, handler, options) => {
+        await host.handle(protocol, handler, options)
+        this.protocols.push(protocol)
+      },
+    }
+  }
+
+  private addCoreRoutes(): void {
+    this.http.route('GET', '/v1/agent/self', () => ({
+      name: this.config.name,
+      peerId: this.identity?.id,
+      addresses: this.addresses(),
+      version: VERSION,
+    }))
+    this.http.route('GET', '/v1/status/peers', () => this.connectedPeers())
+    this.http.route(
+      'GET',
+      '/metrics',
+      async () => new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType),
+    )
+  }
+}

@@ -1,0 +1,205 @@
+import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { multiaddr } from '@multiformats/multiaddr'
+import { z } from 'zod'
+import { parseDuration } from '../catalog/duration.ts'
+import { ConfigError } from './errors.ts'
+
+/** Default local HTTP API address. Loopback only: the API has no authentication. */
+export const DEFAULT_HTTP = '127.0.0.1:7880'
+/** Default DNS interface address (Consul's port). */
+export const DEFAULT_DNS = '127.0.0.1:8600'
+/** Default libp2p listen address. Loopback, so a first try never exposes the agent. */
+export const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/7946'
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
+
+const nodeName = z
+  .string()
+  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,62})$/, 'must be 1-63 letters, digits, ".", "_" or "-"')
+
+const multiaddrString = z.string().superRefine((s, ctx) => {
+  try {
+    const ma = multiaddr(s)
+    if (!ma.toString().includes('/tcp/'))
+      ctx.addIssue({ code: 'custom', message: `${s}: need a /tcp/ address` })
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `${s} is not a valid multiaddr` })
+  }
+})
+
+const hostPort = z.string().superRefine((s, ctx) => {
+  if (parseHostPort(s) === undefined) ctx.addIssue({ code: 'custom', message: `${s} is not HOST:PORT` })
+})
+
+/**
+ * Everything an agent can be told, by flag or by `--config file.json` (same field names, camelCase).
+ * Flags given on the command line win over the file.
+ */
+export const agentConfigSchema = z
+  .object({
+    /** Node name shown in members, logs and Raft; default: the host name. */
+    name: nodeName.optional(),
+    /** Where the node key, cluster key copy and state live. Default: ./.peermesh/<name>. */
+    dataDir: z.string().min(1).optional(),
+    /** libp2p listen multiaddrs. */
+    listen: z.array(multiaddrString).min(1).optional(),
+    /** Local HTTP API, HOST:PORT. */
+    http: hostPort.optional(),
+    /** Seeds to join through: multiaddrs ending in /p2p/<peerId>, or plain /ip4/../tcp/.. */
+    seed: z.array(multiaddrString).optional(),
+    /** Bootstrap a new Raft cluster on this agent (exactly one agent of a new cluster). */
+    bootstrap: z.boolean().optional(),
+    /**
+     * Bootstrap once this many agents are alive in gossip (give the same N to several agents);
+     * the alternative to `bootstrap` on one agent.
+     */
+    bootstrapExpect: z.number().int().min(1).max(7).optional(),
+    /** Target number of Raft voters; the rest of the agents follow as learners. */
+    raftVoters: z
+      .number()
+      .refine((v) => v === 1 || v === 3 || v === 5, 'must be 1, 3 or 5')
+      .optional(),
+    /** DNS interface, HOST:PORT (port 0: any free port), or "off". */
+    dns: z.union([z.literal('off'), hostPort]).optional(),
+    /** Services to register at start (service definitions, as for `peermesh register`). */
+    services: z.array(z.record(z.string(), z.unknown())).optional(),
+    /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
+    clusterKey: z.string().min(1).optional(),
+    logLevel: z.enum(LOG_LEVELS).optional(),
+    /**
+     * Trust domain of the mesh CA (`spiffe://<trustDomain>/...`). Read only by the agent that
+     * creates the CA when the cluster bootstraps; later the CA's own domain wins. Default: a
+     * random `<8 hex>.peermesh`, so two clusters never accept each other's certificates.
+     */
+    trustDomain: z
+      .string()
+      .regex(
+        /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
+        'must be lowercase DNS labels joined by "."',
+      )
+      .max(253)
+      .optional(),
+    /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
+    caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
+    /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
+    leafTtl: z
+      .string()
+      .refine((s) => {
+        const ms = parseDuration(s)
+        return ms !== undefined && ms >= 60_000 && ms <= 365 * 24 * 3_600_000
+      }, 'must be a duration from "1m" to "8760h"')
+      .optional(),
+  })
+  .strict()
+
+export type AgentConfigInput = z.infer<typeof agentConfigSchema>
+
+export interface AgentConfig {
+  name: string
+  dataDir: string
+  listen: string[]
+  http: { host: string; port: number }
+  seed: string[]
+  bootstrap: boolean
+  bootstrapExpect?: number
+  raftVoters: 1 | 3 | 5
+  clusterKey?: string
+  /** Undefined when DNS is off. */
+  dns?: { host: string; port: number }
+  services?: Record<string, unknown>[]
+  logLevel: (typeof LOG_LEVELS)[number]
+  trustDomain?: string
+  caKeyType?: 'ed25519' | 'ecdsa-p256'
+  /** Leaf certificate lifetime in ms (undefined: 72 h). */
+  leafTtlMs?: number
+}
+
+export function parseHostPort(s: string): { host: string; port: number } | undefined {
+  const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):(\d{1,5})$/.exec(s)
+  if (m === null) return undefined
+  const port = Number(m[2])
+  if (port > 65535) return undefined
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port }
+}
+
+/** Formats the first zod issue as "field: problem" so the user knows what to fix. */
+function describeIssue(err: z.ZodError, source: string): ConfigError {
+  const issue = err.issues[0]!
+  const field = issue.path.map(String).join('.')
+  let msg = issue.message
+  if (issue.code === 'unrecognized_keys') {
+    const keys = (issue as { keys: string[] }).keys
+    return new ConfigError(`${source}: unknown field "${keys.join('", "')}"`, keys[0])
+  }
+  if (issue.code === 'invalid_type') msg = `expected ${(issue as { expected: string }).expected}`
+  if (source === 'flags') {
+    const flag = String(issue.path[0] ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+    return new ConfigError(`--${flag}: ${msg}`, field)
+  }
+  return new ConfigError(`${source}: field "${field}": ${msg}`, field)
+}
+
+export function validateAgentConfig(input: unknown, source: string): AgentConfigInput {
+  const res = agentConfigSchema.safeParse(input)
+  if (!res.success) throw describeIssue(res.error, source)
+  return res.data
+}
+
+export function readConfigFile(path: string): AgentConfigInput {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    throw new ConfigError(
+      `cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code}`,
+      undefined,
+      {
+        cause: err,
+      },
+    )
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError(`config file ${path} is not valid JSON: ${(err as Error).message}`, undefined, {
+      cause: err,
+    })
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) {
+    throw new ConfigError(`config file ${path} must hold a JSON object`)
+  }
+  return validateAgentConfig(json, `config file ${path}`)
+}
+
+/** Merges file and flag input (flags win) and fills in defaults. */
+export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInput): AgentConfig {
+  const merged: AgentConfigInput = { ...file }
+  for (const [k, v] of Object.entries(flags)) {
+    if (v !== undefined) (merged as Record<string, unknown>)[k] = v
+  }
+  const name = merged.name ?? sanitizeHostname(hostname())
+  return {
+    name,
+    dataDir: merged.dataDir ?? join('.peermesh', name),
+    listen: merged.listen ?? [DEFAULT_LISTEN],
+    http: parseHostPort(merged.http ?? DEFAULT_HTTP)!,
+    seed: merged.seed ?? [],
+    bootstrap: merged.bootstrap ?? false,
+    ...(merged.bootstrapExpect !== undefined ? { bootstrapExpect: merged.bootstrapExpect } : {}),
+    raftVoters: (merged.raftVoters ?? 3) as 1 | 3 | 5,
+    ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
+    logLevel: merged.logLevel ?? 'info',
+    ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
+    ...(merged.services !== undefined ? { services: merged.services } : {}),
+    ...(merged.trustDomain !== undefined ? { trustDomain: merged.trustDomain } : {}),
+    ...(merged.caKeyType !== undefined ? { caKeyType: merged.caKeyType } : {}),
+    ...(merged.leafTtl !== undefined ? { leafTtlMs: Math.round(parseDuration(merged.leafTtl)!) } : {}),
+  }
+}
+
+function sanitizeHostname(h: string): string {
+  const s = h.replace(/[^a-zA-Z0-9._-]/g, '-').slice(0, 63)
+  return /^[a-zA-Z0-9]/.test(s) ? s : `node-${s}`.slice(0, 63)
+}

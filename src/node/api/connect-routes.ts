@@ -1,0 +1,270 @@
+import {
+  type Intention as IntentionInput,
+  InvalidIntentionQueryError,
+  intentionPrecedence,
+  validateIntention,
+} from '../../proxy/intentions.ts'
+import type { Intention, PolicyCommand, PolicyResult } from '../../raft/policy/policy-store.ts'
+import {
+  DEFAULT_BLOCKING_WAIT_MS,
+  INDEX_HEADER,
+  MAX_BLOCKING_WAIT_MS,
+  parseDuration,
+} from '../catalog/index.ts'
+import { caRootsJson } from '../../identity/connect/ca-state.ts'
+import type { ConnectModule } from '../connect/connect-module.ts'
+import { DEFAULT_ACTION_ENTRY } from '../connect/connect-module.ts'
+import { ApiError } from '../agent/errors.ts'
+import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
+
+/** Time a write may take by default before the API answers 503 (as raft-routes). */
+const DEFAULT_WRITE_TIMEOUT_MS = 5_000
+/** Time `GET /v1/agent/connect/ca/leaf/:service` waits for a first leaf. */
+const LEAF_WAIT_MS = 10_000
+
+/** An intention as the API shows it (Consul's shape, camelCase, without namespaces). */
+export interface IntentionJson {
+  source: string
+  destination: string
+  action: 'allow' | 'deny'
+  description?: string
+  precedence: number
+  createIndex: number
+  modifyIndex: number
+}
+
+export function intentionJson(i: Intention): IntentionJson {
+  return {
+    source: i.source,
+    destination: i.destination,
+    action: i.action,
+    ...(i.description !== undefined ? { description: i.description } : {}),
+    precedence: intentionPrecedence(i),
+    createIndex: i.createdIndex,
+    modifyIndex: i.modifyIndex,
+  }
+}
+
+/** Highest precedence first (the order they are evaluated in), then by name. */
+export function sortIntentions(list: IntentionJson[]): IntentionJson[] {
+  return list.sort(
+    (a, b) =>
+      b.precedence - a.precedence ||
+      (a.destination < b.destination ? -1 : a.destination > b.destination ? 1 : 0) ||
+      (a.source < b.source ? -1 : a.source > b.source ? 1 : 0),
+  )
+}
+
+const BODY_FIELDS = new Set(['source', 'destination', 'action', 'description'])
+
+/**
+ * Validates an intention body; throws a 400 naming the field. A `*` must be the whole name: a
+ * partial wildcard (`web-*`) is a self-contradiction (Consul: "wildcard character '*' cannot be
+ * used with partial values").
+ */
+export function parseIntentionBody(body: unknown): IntentionInput {
+  if (body === null || typeof body !== 'object' || Array.isArray(body))
+    throw new ApiError('body: expected a JSON object { source, destination, action, description? }', 400)
+  for (const k of Object.keys(body)) {
+    if (!BODY_FIELDS.has(k)) throw new ApiError(`${k}: unknown field`, 400)
+  }
+  const o = body as Record<string, unknown>
+  for (const field of ['source', 'destination'] as const) {
+    const v = o[field]
+    if (typeof v === 'string' && v.includes('*') && v !== '*')
+      throw new ApiError(
+        `${field}: wildcard '*' must be the whole name, not part of it (${JSON.stringify(v)})`,
+        400,
+      )
+  }
+  try {
+    return validateIntention(body)
+  } catch (err) {
+    throw new ApiError((err as Error).message, 400, { cause: err })
+  }
+}
+
+/** `?source=&destination=` as an exact pair (names or `*`). */
+export function parsePairQuery(query: URLSearchParams): { source: string; destination: string } {
+  const pair = { source: query.get('source'), destination: query.get('destination'), action: 'deny' }
+  for (const f of ['source', 'destination'] as const)
+    if (pair[f] === null) throw new ApiError(`${f}: missing query parameter`, 400)
+  const v = parseIntentionBody(pair)
+  return { source: v.source, destination: v.destination }
+}
+
+function deadline(req: ApiRequest): AbortSignal {
+  const t = req.query.get('timeout')
+  let ms = DEFAULT_WRITE_TIMEOUT_MS
+  if (t !== null) {
+    if (!/^\d{1,5}$/.test(t) || Number(t) < 1)
+      throw new ApiError('timeout: expected milliseconds from 1 to 99999', 400)
+    ms = Number(t)
+  }
+  return AbortSignal.any([req.signal, AbortSignal.timeout(ms)])
+}
+
+async function write(connect: ConnectModule, cmd: PolicyCommand, req: ApiRequest): Promise<PolicyResult> {
+  try {
+    return (await connect.raftModule.write(cmd, { signal: deadline(req) })).result
+  } catch (err) {
+    throw unavailable(err)
+  }
+}
+
+function unavailable(err: unknown): unknown {
+  if (err instanceof ApiError) return err
+  const code = (err as { code?: unknown }).code
+  if (typeof code === 'string' && code.startsWith('PEERMESH_ERR_'))
+    return new ApiError((err as Error).message, code === 'PEERMESH_ERR_CA_ROTATION_CONFLICT' ? 409 : 503, {
+      cause: err,
+    })
+  if (err instanceof Error && (err.name === 'AbortError' || err.name === 'TimeoutError'))
+    return new ApiError('timed out waiting for the raft leader', 503, { cause: err })
+  return err
+}
+
+function json(value: unknown, index: number): ApiReply {
+  return new ApiReply(200, JSON.stringify(value), 'application/json', { [INDEX_HEADER]: String(index) })
+}
+
+/** `?index=N&wait=D`: wait until the policy state passes index N (Consul blocking query). */
+async function maybeBlock(connect: ConnectModule, req: ApiRequest): Promise<void> {
+  const after = req.query.get('index')
+  if (after === null) return
+  if (!/^\d{1,15}$/.test(after)) throw new ApiError('index: expected a non-negative integer', 400)
+  let waitMs = DEFAULT_BLOCKING_WAIT_MS
+  const w = req.query.get('wait')
+  if (w !== null) {
+    const ms = parseDuration(w)
+    if (ms === undefined) throw new ApiError('wait: expected a duration such as "10s"', 400)
+    waitMs = Math.min(ms, MAX_BLOCKING_WAIT_MS)
+  }
+  await connect.waitForChange(Number(after), waitMs, req.signal)
+}
+
+/**
+ * Connect routes of the local HTTP API (Consul's paths where one exists):
+ * - `GET /v1/connect/ca/roots` → `{ activeRootId, trustDomain, roots: [{ id, name, rootCert,
+ *   intermediateCerts, active, ... }], index }`; `POST /v1/connect/ca/rotate` → `{ activeRootId, previousRootId }`;
+ * - `GET /v1/agent/connect/ca/leaf/:service` → the local service's leaf `{ service, serviceURI,
+ *   certPem, privateKeyPem, intermediatesPem, rootsPem, serialNumber, validAfter, validBefore }`;
+ * - `GET /v1/connect/intentions[?index=&wait=]` → array, highest precedence first;
+ *   `POST /v1/connect/intentions` `{ source, destination, action, description? }` → `{ index }`
+ *   (400 if that pair exists); `PUT /v1/connect/intentions/exact?source=&destination=`
+ *   `{ action, description? }` upserts; `GET|DELETE /v1/connect/intentions/exact?source=&destination=`
+ *   and `DELETE /v1/connect/intentions?source=&destination=`;
+ * - `GET /v1/connect/intentions/check?source=&destination=` → `{ allowed, action, matched?, defaultAction }`;
+ * - `GET|PUT /v1/connect/intentions/default` → `{ action }` (cluster-wide, in Raft).
+ * Reads and checks answer from this agent's committed state, with `X-Peermesh-Index`.
+ */
+export function registerConnectRoutes(http: HttpApi, connect: ConnectModule): void {
+  http.route('GET', '/v1/connect/ca/roots', () => caRootsJson(connect.caState()))
+  http.route('POST', '/v1/connect/ca/rotate', async (req) => {
+    try {
+      return await connect.rotate({ signal: deadline(req) })
+    } catch (err) {
+      throw unavailable(err)
+    }
+  })
+
+  http.route('GET', '/v1/agent/connect/ca/leaf/:service', async (req) => {
+    const service = req.params['service']!
+    if (!connect.hostsService(service))
+      throw new ApiError(`service: ${service} is not registered on this agent`, 404)
+    const leaf = await connect.leaf(service, {
+      signal: AbortSignal.any([req.signal, AbortSignal.timeout(LEAF_WAIT_MS)]),
+    })
+    if (leaf === undefined)
+      throw new ApiError(`no leaf certificate for ${service} yet (is there a raft leader?)`, 503)
+    return {
+      service,
+      serviceURI: leaf.spiffeId,
+      certPem: leaf.certPem,
+      privateKeyPem: leaf.keyPem,
+      intermediatesPem: leaf.intermediatesPem,
+      rootsPem: connect.trustedRootsPem(),
+      serialNumber: leaf.serialNumber,
+      validAfter: new Date(leaf.notBefore).toISOString(),
+      validBefore: new Date(leaf.notAfter).toISOString(),
+    }
+  })
+
+  http.route('GET', '/v1/connect/intentions', async (req) => {
+    await maybeBlock(connect, req)
+    return json(sortIntentions(connect.intentions().map(intentionJson)), connect.stateIndex)
+  })
+  http.route('POST', '/v1/connect/intentions', async (req) => {
+    const it = parseIntentionBody(req.body)
+    const res = await write(connect, { op: 'intention.upsert', ...it, casIndex: 0 }, req)
+    if (res.ok) return { index: res.index }
+    if (res.code === 'PEERMESH_ERR_CAS_FAILED')
+      throw new ApiError(
+        `source/destination: an intention ${it.source} -> ${it.destination} already exists (change it with PUT /v1/connect/intentions/exact)`,
+        400,
+      )
+    throw new ApiError(res.message, 400)
+  })
+  http.route('PUT', '/v1/connect/intentions/exact', async (req) => {
+    const pair = parsePairQuery(req.query)
+    const body = req.body === null || typeof req.body !== 'object' ? req.body : { ...pair, ...req.body }
+    const it = parseIntentionBody(body)
+    if (it.source !== pair.source || it.destination !== pair.destination)
+      throw new ApiError('source/destination: body and query name different intentions', 400)
+    const res = await write(connect, { op: 'intention.upsert', ...it }, req)
+    if (!res.ok) throw new ApiError(res.message, 400)
+    return { index: res.index }
+  })
+  http.route('GET', '/v1/connect/intentions/exact', (req) => {
+    const { source, destination } = parsePairQuery(req.query)
+    const it = connect.raftModule.store.getIntention(source, destination)
+    if (it === undefined) throw new ApiError(`no intention ${source} -> ${destination}`, 404)
+    return json(intentionJson(it), connect.stateIndex)
+  })
+  const del = async (req: ApiRequest): Promise<unknown> => {
+    const { source, destination } = parsePairQuery(req.query)
+    const res = await write(connect, { op: 'intention.delete', source, destination }, req)
+    if (res.ok) return { index: res.index }
+    if (res.code === 'PEERMESH_ERR_NOT_FOUND') throw new ApiError(res.message, 404)
+    throw new ApiError(res.message, 400)
+  }
+  http.route('DELETE', '/v1/connect/intentions', del)
+  http.route('DELETE', '/v1/connect/intentions/exact', del)
+
+  http.route('GET', '/v1/connect/intentions/check', (req) => {
+    const source = req.query.get('source')
+    const destination = req.query.get('destination')
+    const index = connect.intentionIndex()
+    try {
+      const d = index.decide(source ?? '', destination ?? '')
+      return json(
+        {
+          allowed: d.action === 'allow',
+          action: d.action,
+          ...(d.matched ? { matched: { source: d.matched.source, destination: d.matched.destination } } : {}),
+          defaultAction: index.defaultAction,
+        },
+        connect.stateIndex,
+      )
+    } catch (err) {
+      if (err instanceof InvalidIntentionQueryError) throw new ApiError(err.message, 400)
+      throw err
+    }
+  })
+
+  http.route('GET', '/v1/connect/intentions/default', () =>
+    json({ action: connect.intentionIndex().defaultAction }, connect.stateIndex),
+  )
+  http.route('PUT', '/v1/connect/intentions/default', async (req) => {
+    const b = req.body as { action?: unknown } | undefined
+    if (b === null || typeof b !== 'object' || (b.action !== 'allow' && b.action !== 'deny'))
+      throw new ApiError("action: must be 'allow' or 'deny'", 400)
+    const res = await write(
+      connect,
+      { op: 'config.set', ...DEFAULT_ACTION_ENTRY, value: { value: b.action } },
+      req,
+    )
+    if (!res.ok) throw new ApiError(res.message, 400)
+    return { index: res.index }
+  })
+}

@@ -1,0 +1,160 @@
+import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
+import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
+import { ApiError } from '../agent/errors.ts'
+import type { ApiRequest, HttpApi } from './server.ts'
+import type { RaftModule } from '../raft/raft-module.ts'
+
+/** Time a write or consistent read may take by default before the API answers 503. */
+export const DEFAULT_RAFT_TIMEOUT_MS = 5_000
+const MAX_TIMEOUT_MS = 60_000
+
+/** A config entry as the API shows it: Consul's flat shape, camelCase. */
+export type ConfigEntryJson = {
+  kind: string
+  name: string
+  createIndex: number
+  modifyIndex: number
+} & Record<string, unknown>
+
+export function configEntryJson(e: ConfigEntry): ConfigEntryJson {
+  return { ...e.value, kind: e.kind, name: e.name, createIndex: e.createdIndex, modifyIndex: e.modifyIndex }
+}
+
+/**
+ * Raft routes of the local HTTP API:
+ * - `GET /v1/status/leader` → the leader's libp2p address as a JSON string ("" when none), as Consul;
+ * - `GET /v1/operator/raft/configuration` → `{ servers: [{ id, node, address, leader, voter }], index }`;
+ * - `GET /v1/operator/raft/status` → this agent's term, role, commit and applied index;
+ * - config entries of the policy store: `PUT /v1/config` (body `{ kind, name, ... }`, `?cas=INDEX`)
+ *   → `{ index }`; `GET /v1/config/:kind/:name[?consistent]` (404 when missing);
+ *   `DELETE /v1/config/:kind/:name` → `{ index }`; `GET /v1/config/:kind[?consistent]`.
+ * Writes and `?consistent` reads take `?timeout=MS` (default 5 s) and answer 503 past it.
+ */
+export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
+  http.route('GET', '/v1/status/leader', () => raft.leaderAddress())
+  http.route('GET', '/v1/operator/raft/configuration', () => raft.configuration())
+  http.route('GET', '/v1/operator/raft/status', () => {
+    const node = raft.raft
+    if (node === undefined) throw new ApiError('raft is not running', 503)
+    const st = node.status()
+    return {
+      id: st.id,
+      term: st.term,
+      role: st.conf.learners.includes(st.id) ? 'learner' : st.role,
+      leader: st.leader ?? '',
+      commitIndex: st.commit,
+      appliedIndex: node.applied(),
+      lastIndex: st.lastIndex,
+      voters: st.conf.voters,
+      learners: st.conf.learners,
+    }
+  })
+
+  http.route('PUT', '/v1/config', async (req) => {
+    const cmd = parseConfigEntryBody(req.body, req.query)
+    return { index: await write(raft, cmd, req) }
+  })
+  http.route('GET', '/v1/config/:kind/:name', async (req) => {
+    await maybeConsistent(raft, req)
+    const e = raft.store.getConfigEntry(req.params['kind']!, req.params['name']!)
+    if (e === undefined)
+      throw new ApiError(`no config entry ${req.params['kind']}/${req.params['name']}`, 404)
+    return configEntryJson(e)
+  })
+  http.route('DELETE', '/v1/config/:kind/:name', async (req) => {
+    const { kind, name } = req.params as { kind: string; name: string }
+    checkName('kind', kind)
+    checkName('name', name)
+    return { index: await write(raft, { op: 'config.delete', kind, name }, req) }
+  })
+  http.route('GET', '/v1/config/:kind', async (req) => {
+    await maybeConsistent(raft, req)
+    return raft.store.listConfigEntries(req.params['kind']!).map(configEntryJson)
+  })
+}
+
+function checkName(field: string, v: unknown): string {
+  if (typeof v !== 'string' || v.length === 0 || v.length > 512)
+    throw new ApiError(`${field}: expected a string of 1-512 characters`, 400)
+  return v
+}
+
+/** Validates a `PUT /v1/config` body into a command; 400 naming the field on bad input. */
+export function parseConfigEntryBody(body: unknown, query: URLSearchParams): PolicyCommand {
+  if (body === null || typeof body !== 'object' || Array.isArray(body))
+    throw new ApiError('body: expected a JSON object { kind, name, ... }', 400)
+  const { kind, name, ...value } = body as Record<string, unknown>
+  checkName('kind', kind)
+  checkName('name', name)
+  const schema = CONFIG_ENTRY_SCHEMAS[kind as string]
+  if (schema === undefined) {
+    const known = Object.keys(CONFIG_ENTRY_SCHEMAS).join(', ')
+    throw new ApiError(`kind: unknown config entry kind "${kind}" (known: ${known})`, 400)
+  }
+  const v = schema.safeParse(value)
+  if (!v.success) {
+    const issue = v.error.issues[0]
+    const field =
+      issue?.path.map(String).join('.') || (issue?.code === 'unrecognized_keys' ? 'body' : 'value')
+    throw new ApiError(`${field}: ${issue?.message ?? 'invalid value'}`, 400)
+  }
+  const cmd: PolicyCommand = { op: 'config.set', kind: kind as string, name: name as string, value }
+  const cas = query.get('cas')
+  if (cas !== null) {
+    if (!/^\d{1,15}$/.test(cas)) throw new ApiError('cas: expected a non-negative integer index', 400)
+    cmd.casIndex = Number(cas)
+  }
+  return cmd
+}
+
+function deadline(req: ApiRequest): AbortSignal {
+  const t = req.query.get('timeout')
+  let ms = DEFAULT_RAFT_TIMEOUT_MS
+  if (t !== null) {
+    if (!/^\d{1,6}$/.test(t) || Number(t) < 1 || Number(t) > MAX_TIMEOUT_MS)
+      throw new ApiError(`timeout: expected milliseconds from 1 to ${MAX_TIMEOUT_MS}`, 400)
+    ms = Number(t)
+  }
+  return AbortSignal.any([req.signal, AbortSignal.timeout(ms)])
+}
+
+async function write(raft: RaftModule, cmd: PolicyCommand, req: ApiRequest): Promise<number> {
+  let r: { index: number; result: PolicyResult }
+  try {
+    r = await raft.write(cmd, { signal: deadline(req) })
+  } catch (err) {
+    throw unavailable(err)
+  }
+  const res = r.result
+  if (res.ok) return res.index
+  switch (res.code) {
+    case 'PEERMESH_ERR_NOT_FOUND':
+      throw new ApiError(res.message, 404)
+    case 'PEERMESH_ERR_CAS_FAILED':
+      throw new ApiError(`cas: ${res.message}`, 409)
+    default:
+      throw new ApiError(res.message, 400)
+  }
+}
+
+async function maybeConsistent(raft: RaftModule, req: ApiRequest): Promise<void> {
+  if (!req.query.has('consistent')) return
+  try {
+    await raft.linearizableRead({ signal: deadline(req) })
+  } catch (err) {
+    throw unavailable(err)
+  }
+}
+
+function unavailable(err: unknown): unknown {
+  if (err instanceof ApiError) return err
+  const code = (err as { code?: unknown }).code
+  if (
+    code === 'PEERMESH_ERR_NO_LEADER' ||
+    code === 'PEERMESH_ERR_WRITE_TIMEOUT' ||
+    code === 'PEERMESH_ERR_RAFT_NOT_RUNNING'
+  ) {
+    return new ApiError((err as Error).message, 503, { cause: err })
+  }
+  return err
+}

@@ -1,0 +1,230 @@
+import { Command, CommanderError, Option } from 'commander'
+import { generateClusterKey } from '../../identity/keys/cluster-key.ts'
+import type { Agent } from '../agent/agent.ts'
+import { registerCatalogCommands } from './catalog.ts'
+import { ApiClient } from './client.ts'
+import {
+  type AgentConfigInput,
+  DEFAULT_HTTP,
+  LOG_LEVELS,
+  readConfigFile,
+  resolveAgentConfig,
+  validateAgentConfig,
+} from '../agent/config.ts'
+import { registerConnectCommands } from './connect.ts'
+import { ConfigError, isUserFacing } from '../agent/errors.ts'
+import { renderTable } from './format.ts'
+import type { MemberJson } from '../gossip/gossip-module.ts'
+import { createLogger } from '../agent/logger.ts'
+import { registerRaftCommands } from './raft.ts'
+import { VERSION } from '../agent/version.ts'
+
+/** How long a graceful stop may take before the process exits anyway. */
+const STOP_DEADLINE_MS = 1_800
+
+/** Parses an integer flag; anything else is left as is for the schema to reject, naming the flag. */
+const parseIntArg = (value: string): number | string => (/^-?\d+$/.test(value) ? Number(value) : value)
+
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value]
+
+export interface AgentInfo {
+  name: string
+  peerId: string
+  addresses: string[]
+  version: string
+  peers: string[]
+}
+
+function httpOption(): Option {
+  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
+    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
+  )
+}
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
+}
+
+export function buildCli(): Command {
+  const program = new Command('peermesh')
+    .description('A service mesh with no central server')
+    .version(VERSION, '-v, --version')
+    .showSuggestionAfterError()
+    .configureOutput({
+      outputError: (str, write) => write(str.split('\n')[0]!.replace(/^error: /, 'peermesh: ') + '\n'),
+    })
+
+  program
+    .command('agent')
+    .description('run the peermesh agent on this machine')
+    .option('--config <file.json>', 'JSON config file; accepts every flag as a camelCase field')
+    .option('--name <name>', 'node name (default: host name)')
+    .option('--data-dir <dir>', 'data directory (default: ./.peermesh/<name>)')
+    .option(
+      '--listen <multiaddr>',
+      'libp2p listen address, repeatable (default /ip4/127.0.0.1/tcp/7946)',
+      collect,
+    )
+    .option('--http <host:port>', `local HTTP API address (default ${DEFAULT_HTTP})`)
+    .option('--seed <multiaddr>', 'seed peer to join through, repeatable', collect)
+    .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
+    .option('--bootstrap-expect <n>', 'bootstrap once N agents are alive (same N on each)', parseIntArg)
+    .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
+    .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
+    .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .action(async (opts: Record<string, unknown>) => {
+      const flags = validateAgentConfig(
+        {
+          name: opts['name'],
+          dataDir: opts['dataDir'],
+          listen: opts['listen'],
+          http: opts['http'],
+          seed: opts['seed'],
+          bootstrap: opts['bootstrap'],
+          bootstrapExpect: opts['bootstrapExpect'],
+          raftVoters: opts['raftVoters'],
+          clusterKey: opts['clusterKey'],
+          dns: opts['dns'],
+          logLevel: opts['logLevel'],
+        },
+        'flags',
+      )
+      const file: AgentConfigInput = typeof opts['config'] === 'string' ? readConfigFile(opts['config']) : {}
+      const config = resolveAgentConfig(file, flags)
+      const log = createLogger(config.logLevel, { node: config.name })
+      // Loaded here so that the light commands don't pay for importing libp2p.
+      const { createAgent } = await import('../agent/create-agent.ts')
+      const { agent } = createAgent(config, log)
+      await agent.start()
+      await waitForSignal(agent)
+    })
+
+  program
+    .command('keygen')
+    .description('print a new cluster key (peermesh keygen > cluster.key)')
+    .action(() => {
+      process.stdout.write(generateClusterKey())
+    })
+
+  program
+    .command('info')
+    .description("show this agent's name, peer id, addresses and connected peers")
+    .addOption(httpOption())
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      const api = new ApiClient(opts.http)
+      const [self, peers] = await Promise.all([
+        api.get<Omit<AgentInfo, 'peers'>>('/v1/agent/self'),
+        api.get<string[]>('/v1/status/peers'),
+      ])
+      const info: AgentInfo = { ...self, peers }
+      print(opts.json === true, info, () =>
+        [
+          `name:      ${info.name}`,
+          `peer id:   ${info.peerId}`,
+          `version:   ${info.version}`,
+          `addresses: ${info.addresses.join('\n           ')}`,
+          `peers:     ${info.peers.length === 0 ? '(none)' : info.peers.join('\n           ')}`,
+        ].join('\n'),
+      )
+    })
+
+  program
+    .command('members')
+    .description('list the members of the cluster as gossip sees them')
+    .addOption(httpOption())
+    .option('--json', 'machine-readable output')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      const members = await new ApiClient(opts.http).get<MemberJson[]>('/v1/agent/members')
+      members.sort((a, b) => a.name.localeCompare(b.name))
+      print(opts.json === true, members, () =>
+        renderTable(
+          ['NAME', 'PEER ID', 'ADDRESS', 'STATUS', 'INCARNATION', 'TAGS'],
+          members.map((m) => [
+            m.name,
+            m.peerId,
+            m.address,
+            m.status,
+            String(m.incarnation),
+            Object.entries(m.tags)
+              .map(([k, v]) => `${k}=${v}`)
+              .join(','),
+          ]),
+        ),
+      )
+    })
+
+  program
+    .command('demo')
+    .description('start a local demo cluster of agents on 127.0.0.1 and show what the mesh does')
+    .option('--agents <n>', 'number of agents', '3')
+    .option('--keep', 'keep the cluster running after the tour, until Ctrl-C')
+    .option('--dir <dir>', 'keep agent data dirs here (default: a temp dir, removed at the end)')
+    .action(async (opts: { agents: string; keep?: boolean; dir?: string }) => {
+      const n = Number(opts.agents)
+      if (!Number.isInteger(n) || n < 2 || n > 50)
+        throw new ConfigError('--agents: expected a whole number from 2 to 50', 'agents')
+      const { runDemo } = await import('../demo/demo.ts')
+      await runDemo({
+        agents: n,
+        keep: opts.keep === true,
+        ...(opts.dir !== undefined ? { dir: opts.dir } : {}),
+      })
+    })
+
+  registerCatalogCommands(program)
+  registerRaftCommands(program)
+  registerConnectCommands(program)
+  return program
+}
+
+async function waitForSignal(agent: Agent): Promise<void> {
+  await new Promise<void>((resolve) => {
+    let stopping = false
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (stopping) process.exit(1)
+      stopping = true
+      agent.log.info({ signal }, 'stopping')
+      const deadline = setTimeout(() => {
+        agent.log.warn('graceful stop took too long; exiting')
+        process.exit(0)
+      }, STOP_DEADLINE_MS)
+      deadline.unref()
+      agent
+        .stop()
+        .catch((err: unknown) => agent.log.error({ err }, 'error while stopping'))
+        .finally(() => {
+          clearTimeout(deadline)
+          resolve()
+        })
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+  })
+}
+
+/** Runs the CLI; user errors become one line on stderr and exit code 1, never a stack trace. */
+export async function main(argv: string[]): Promise<void> {
+  const program = buildCli()
+  program.exitOverride()
+  try {
+    await program.parseAsync(argv)
+    // The agent command resolves after a graceful stop; other commands after printing.
+    process.exit(0)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // commander already printed its one-line message (or help/version, with exit code 0).
+      process.exit(err.exitCode)
+    }
+    if (isUserFacing(err)) {
+      process.stderr.write(`peermesh: ${err.message}\n`)
+    } else {
+      process.stderr.write(
+        `peermesh: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`,
+      )
+      if (process.env['PEERMESH_DEBUG']) console.error(err)
+    }
+    process.exit(1)
+  }
+}

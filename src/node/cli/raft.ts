@@ -1,0 +1,64 @@
+import { type Command, Option } from 'commander'
+import { renderTable } from './format.ts'
+import { ApiClient } from './client.ts'
+import { DEFAULT_HTTP } from '../agent/config.ts'
+import type { RaftConfigurationJson } from '../raft/raft-module.ts'
+
+/** Raised when the cluster has no Raft leader (`peermesh leader` exits 1 with one line). */
+export class NoLeaderKnownError extends Error {
+  override readonly name = 'NoLeaderKnownError'
+  readonly code = 'PEERMESH_ERR_NO_LEADER'
+}
+
+function httpOption(): Option {
+  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
+    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
+  )
+}
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
+}
+
+/**
+ * `peermesh leader [--http] [--json]`: the Raft leader's libp2p address (as `GET /v1/status/leader`);
+ * exits 1 with one line when there is none.
+ * `peermesh raft peers [--http] [--json]`: the Raft configuration; `--json` prints exactly
+ * `GET /v1/operator/raft/configuration`.
+ */
+export function registerRaftCommands(program: Command): void {
+  program
+    .command('leader')
+    .description('show the address of the Raft leader')
+    .addOption(httpOption())
+    .option('--json', 'machine-readable output (a JSON string)')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      const leader = await new ApiClient(opts.http).get<string>('/v1/status/leader')
+      if (typeof leader !== 'string' || leader === '') throw new NoLeaderKnownError('no raft leader known')
+      print(opts.json === true, leader, () => leader)
+    })
+
+  const raft = program.command('raft').description('inspect the Raft group')
+  raft
+    .command('peers')
+    .description('list the Raft voters and learners')
+    .addOption(httpOption())
+    .option('--json', 'machine-readable output (as GET /v1/operator/raft/configuration)')
+    .action(async (opts: { http: string; json?: boolean }) => {
+      const conf = await new ApiClient(opts.http).get<RaftConfigurationJson>(
+        '/v1/operator/raft/configuration',
+      )
+      print(opts.json === true, conf, () =>
+        renderTable(
+          ['NODE', 'ID', 'ADDRESS', 'STATE', 'VOTER'],
+          conf.servers.map((s) => [
+            s.node,
+            s.id,
+            s.address,
+            s.leader ? 'leader' : s.voter ? 'follower' : 'learner',
+            String(s.voter),
+          ]),
+        ),
+      )
+    })
+}

@@ -1,0 +1,153 @@
+import type { ConfChange, ConfState, NodeId } from '../../raft/index.ts'
+
+/**
+ * Autopilot: which single membership change the Raft leader should make next, decided from the
+ * gossip view of the cluster. Pure functions, so every rule has a table test; the RaftModule calls
+ * `planAutopilot` every few hundred milliseconds on the leader and proposes at most one change at
+ * a time (thesis §4.1: one server per change, each committed before the next).
+ */
+
+export type GossipStatus = 'alive' | 'suspect' | 'dead' | 'left'
+
+export interface AutopilotSettings {
+  /** Desired number of voters (1, 3 or 5). */
+  targetVoters: number
+  /**
+   * A member dead (or left, or unknown) in gossip for this long is removed from the Raft
+   * configuration. 2.5 s: SWIM already waited out its suspicion timeout before saying `dead`, so
+   * this only rides out a restart (a `kill -9` and restart with the same data dir takes < 2 s).
+   */
+  deadThresholdMs: number
+  /** A learner within this many entries of the leader's last index counts as caught up. */
+  maxLagEntries: number
+}
+
+export const DEFAULT_AUTOPILOT: AutopilotSettings = {
+  targetVoters: 3,
+  deadThresholdMs: 2_500,
+  maxLagEntries: 64,
+}
+
+export interface AutopilotInput {
+  /** The leader's own id (never removed). */
+  self: NodeId
+  conf: ConfState
+  /** Gossip's view, self included. */
+  members: readonly { id: NodeId; status: GossipStatus }[]
+  /**
+   * The leader's replication progress per member. `active`: the leader heard from it within the
+   * last election timeout or two; Raft's own evidence that it is up, which overrides gossip.
+   */
+  progress: Readonly<Record<NodeId, { match: number; state: string; active?: boolean }>>
+  /** The leader's last log index. */
+  lastIndex: number
+  /** Since when each configuration member has been seen not alive (see `trackDown`). */
+  downSince: ReadonlyMap<NodeId, number>
+  now: number
+  /**
+   * Peers the leader received Raft messages from within the dead threshold, members or not. A
+   * member that restarted runs Raft (pre-votes, answers) before gossip, under load, reports it
+   * alive again; like `active`, this evidence overrides gossip.
+   */
+  heard?: ReadonlySet<NodeId>
+}
+
+/**
+ * Updates `downSince` for the members of `conf`: a member that gossip reports `dead`, `left` or
+ * not at all is recorded the first time it is seen so; one seen `alive` or `suspect` is cleared
+ * (suspect is not yet a verdict). Entries for nodes no longer in the configuration are dropped.
+ */
+export function trackDown(
+  downSince: Map<NodeId, number>,
+  conf: ConfState,
+  members: readonly { id: NodeId; status: GossipStatus }[],
+  now: number,
+): void {
+  const status = new Map(members.map((m) => [m.id, m.status]))
+  const inConf = new Set([...conf.voters, ...conf.learners])
+  for (const id of downSince.keys()) if (!inConf.has(id)) downSince.delete(id)
+  for (const id of inConf) {
+    const s = status.get(id)
+    if (s === 'alive' || s === 'suspect') downSince.delete(id)
+    else if (!downSince.has(id)) downSince.set(id, now)
+  }
+}
+
+/** Largest odd number <= n (0 for n <= 0): an even voter count tolerates no more failures. */
+export function largestOdd(n: number): number {
+  if (n <= 0) return 0
+  return n % 2 === 1 ? n : n - 1
+}
+
+/**
+ * The next change, in priority order:
+ * 1. a voter down past the threshold: promote a caught-up healthy learner first if that keeps the
+ *    voter count at or under the target, otherwise remove the dead voter;
+ * 2. a learner down past the threshold: remove it;
+ * 3. an alive gossip member outside the configuration: add it as a learner (every agent follows
+ *    the committed state locally);
+ * 4. fewer voters than the target (capped at the largest odd number of healthy members): promote
+ *    the caught-up healthy learner with the lowest id;
+ * 5. more voters than the target, all healthy: remove the highest-id voter other than the leader
+ *    (it comes back as a learner through rule 3).
+ * Ties are broken by id so that the choice is deterministic.
+ */
+export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings): ConfChange | undefined {
+  const { self, conf, progress, lastIndex, downSince, now } = input
+  const status = new Map(input.members.map((m) => [m.id, m.status]))
+  status.set(self, 'alive')
+  // Raft's own evidence (the leader hears from it) counts as much as gossip's `alive`: gossip's
+  // view of a member that restarted can lag or flap to `suspect` for seconds under load, and
+  // waiting for it left a re-added learner unpromoted.
+  const raftAlive = (id: NodeId): boolean => progress[id]?.active === true || input.heard?.has(id) === true
+  const healthy = (id: NodeId): boolean => status.get(id) === 'alive' || raftAlive(id)
+  const downLong = (id: NodeId): boolean => {
+    // A member that answers the leader is not removed whatever gossip says: gossip's view of a
+    // member that just restarted can lag, and removing a live voter while another one is dead
+    // (the leader was just replaced) would leave a configuration that cannot reach a quorum.
+    if (id === self || progress[id]?.active === true) return false
+    const since = downSince.get(id)
+    return since !== undefined && now - since >= settings.deadThresholdMs
+  }
+  // Judged on the acknowledged match only: a learner whose progress went back to `probe` (a lost
+  // or reordered append, a rejection after its restart) but whose match is recent is caught up;
+  // requiring `replicate` kept one from ever being promoted while no write came to move it back.
+  const caughtUp = (id: NodeId): boolean => {
+    const pr = progress[id]
+    return (
+      pr !== undefined &&
+      pr.state !== 'snapshot' &&
+      pr.match > 0 &&
+      pr.match >= lastIndex - settings.maxLagEntries
+    )
+  }
+  const voters = [...conf.voters].sort()
+  const learners = [...conf.learners].sort()
+  const spare = learners.find((id) => healthy(id) && caughtUp(id))
+
+  const deadVoter = voters.find(downLong)
+  if (deadVoter !== undefined) {
+    if (spare !== undefined && voters.length <= settings.targetVoters) {
+      return { type: 'promoteLearner', node: spare }
+    }
+    if (voters.length > 1) return { type: 'removeVoter', node: deadVoter }
+  }
+  const deadLearner = learners.find(downLong)
+  if (deadLearner !== undefined) return { type: 'removeVoter', node: deadLearner }
+
+  const inConf = new Set([...voters, ...learners])
+  const newcomer = [...new Set([...status.keys(), ...(input.heard ?? [])])]
+    .filter((id) => healthy(id) && !inConf.has(id))
+    .sort()[0]
+  if (newcomer !== undefined) return { type: 'addLearner', node: newcomer }
+
+  const healthyMembers = [...inConf].filter(healthy).length
+  const want = Math.min(settings.targetVoters, largestOdd(healthyMembers))
+  if (voters.length < want && spare !== undefined) return { type: 'promoteLearner', node: spare }
+
+  if (voters.length > settings.targetVoters && voters.every(healthy)) {
+    const surplus = voters.filter((id) => id !== self).at(-1)
+    if (surplus !== undefined) return { type: 'removeVoter', node: surplus }
+  }
+  return undefined
+}

@@ -1,0 +1,414 @@
+import { z } from 'zod'
+import { pack, unpack } from '../msgpack.ts'
+import { openPolicyEntry, type TrustedRoot, trustedRootsOf } from './policy-signing.ts'
+import type { StateMachine } from '../state-machine.ts'
+import type { Entry } from '../types.ts'
+
+/**
+ * The first replicated state machine: a versioned policy store holding intentions (who may talk to
+ * whom), traffic config entries (e.g. service-splitter) and the CA roots. Like Consul's state store,
+ * every change records the Raft index that made it (`createdIndex`/`modifyIndex`) and bumps the
+ * store's `index`.
+ *
+ * Client writes carry a request id (clientId + seq). A client issues seqs in increasing order and
+ * retries a write with the same seq; the store remembers, per client, the last seq and its result,
+ * so a retry applied twice (e.g. after a leader change) takes effect once and returns the first
+ * result. The table is part of the snapshot.
+ */
+
+export type IntentionAction = 'allow' | 'deny'
+
+export interface Intention {
+  source: string
+  destination: string
+  action: IntentionAction
+  description?: string
+  meta?: Record<string, string>
+  createdIndex: number
+  modifyIndex: number
+}
+
+export interface ConfigEntry {
+  kind: string
+  name: string
+  value: Record<string, unknown>
+  createdIndex: number
+  modifyIndex: number
+}
+
+export interface CaRoots {
+  roots: unknown[]
+  activeRootId: string | undefined
+  modifyIndex: number
+}
+
+export type PolicyErrorCode =
+  | 'PEERMESH_ERR_INVALID_COMMAND'
+  | 'PEERMESH_ERR_NOT_FOUND'
+  | 'PEERMESH_ERR_CAS_FAILED'
+  | 'PEERMESH_ERR_STALE_REQUEST'
+  | 'PEERMESH_ERR_POLICY_SIGNATURE'
+
+export type PolicyResult = { ok: true; index: number } | { ok: false; code: PolicyErrorCode; message: string }
+
+const name = z.string().min(1).max(512)
+const meta = z.record(z.string().max(128), z.string().max(1024))
+
+/** Service-splitter (Consul `service-splitter`): weights must add up to 100. */
+const serviceSplitter = z
+  .object({
+    splits: z
+      .array(
+        z.object({
+          weight: z.number().min(0).max(100),
+          service: name.optional(),
+          serviceSubset: name.optional(),
+        }),
+      )
+      .min(1),
+  })
+  .refine(
+    (v) => Math.abs(v.splits.reduce((s, x) => s + x.weight, 0) - 100) < 1e-9,
+    'split weights must sum to 100',
+  )
+
+/** Config entry kinds accepted, each with the schema its value must satisfy; others are rejected. */
+export const CONFIG_ENTRY_SCHEMAS: Record<string, z.ZodType> = {
+  'service-splitter': serviceSplitter,
+  'service-resolver': z.object({}).passthrough(),
+  'service-router': z.object({}).passthrough(),
+  'service-defaults': z.object({}).passthrough(),
+  'proxy-defaults': z.object({}).passthrough(),
+  /** A generic string value, for tools, tests and benchmarks that need a plain register. */
+  kv: z.object({ value: z.string().max(65_536) }).strict(),
+}
+
+export const policyCommandSchema = z.discriminatedUnion('op', [
+  z.object({
+    op: z.literal('intention.upsert'),
+    source: name,
+    destination: name,
+    action: z.enum(['allow', 'deny']),
+    description: z.string().max(4096).optional(),
+    meta: meta.optional(),
+    /** Compare-and-set: apply only if the current modifyIndex equals this (0 = must not exist). */
+    casIndex: z.number().int().nonnegative().optional(),
+  }),
+  z.object({ op: z.literal('intention.delete'), source: name, destination: name }),
+  z.object({
+    op: z.literal('config.set'),
+    kind: name,
+    name,
+    value: z.record(z.string(), z.unknown()),
+    casIndex: z.number().int().nonnegative().optional(),
+  }),
+  z.object({ op: z.literal('config.delete'), kind: name, name }),
+  z.object({
+    op: z.literal('ca.setRoots'),
+    roots: z.array(z.unknown()).max(64),
+    activeRootId: z.string().min(1).max(512).optional(),
+    /** Compare-and-set on the CA state's modifyIndex (0 = no roots set yet). */
+    casIndex: z.number().int().nonnegative().optional(),
+  }),
+])
+
+export type PolicyCommand = z.infer<typeof policyCommandSchema>
+
+export function encodePolicyCommand(cmd: PolicyCommand): Uint8Array {
+  return pack(stripUndefined(cmd))
+}
+
+/** Bound on remembered clients; the least recently written client is forgotten first. */
+export const DEFAULT_MAX_DEDUPE_CLIENTS = 10_000
+
+interface DedupeRecord {
+  seq: number
+  result: PolicyResult
+}
+
+const SNAPSHOT_VERSION = 1
+const SEP = '\u0000'
+
+export class PolicyStore implements StateMachine<PolicyResult> {
+  private intentions = new Map<string, Intention>()
+  private configEntries = new Map<string, ConfigEntry>()
+  private ca: CaRoots = { roots: [], activeRootId: undefined, modifyIndex: 0 }
+  private dedupe = new Map<string, DedupeRecord>()
+  /** Raft index of the latest change. */
+  index = 0
+  /** Entries refused because their CA signature did not verify (see policy-signing.ts). */
+  readonly stats = { signatureRejected: 0, lastSignatureError: '' }
+
+  /**
+   * `verifySignatures`: once a CA root exists, apply only entries signed by a trusted root for
+   * their own index (the agent turns this on; unit tests of the store alone may leave it off).
+   */
+  constructor(
+    private readonly maxDedupeClients = DEFAULT_MAX_DEDUPE_CLIENTS,
+    private readonly options: { verifySignatures?: boolean } = {},
+  ) {}
+
+  private trustedCache: { at: number; roots: TrustedRoot[] } | undefined
+
+  /** The roots entries (and snapshots) are verified against, rebuilt only when the CA changes. */
+  trustedRoots(): TrustedRoot[] {
+    if (this.trustedCache?.at !== this.ca.modifyIndex || this.ca.modifyIndex === 0) {
+      this.trustedCache = { at: this.ca.modifyIndex, roots: trustedRootsOf(this.ca.roots) }
+    }
+    return this.trustedCache.roots
+  }
+
+  /** Whether entries must be signed by a trusted CA root (true once the CA exists, if enabled). */
+  get requiresSignatures(): boolean {
+    return this.options.verifySignatures === true && this.ca.roots.length > 0
+  }
+
+  apply(rawEntry: Entry): PolicyResult {
+    let entry = rawEntry
+    if (this.options.verifySignatures === true) {
+      // Before the dedupe table: a forged entry must not poison a real client's request id.
+      const opened = openPolicyEntry(this.trustedRoots(), entry.index, entry.requestId, entry.data)
+      if (!opened.ok) {
+        this.stats.signatureRejected++
+        this.stats.lastSignatureError = opened.reason
+        return fail('PEERMESH_ERR_POLICY_SIGNATURE', opened.reason)
+      }
+      if (opened.cmd !== entry.data) entry = { ...entry, data: opened.cmd }
+    }
+    const rid = entry.requestId
+    if (rid !== undefined) {
+      const prev = this.dedupe.get(rid.clientId)
+      if (prev !== undefined && rid.seq <= prev.seq) {
+        if (rid.seq === prev.seq) return prev.result
+        return fail(
+          'PEERMESH_ERR_STALE_REQUEST',
+          `seq ${rid.seq} of ${rid.clientId} is older than ${prev.seq}`,
+        )
+      }
+    }
+    let result: PolicyResult
+    try {
+      result = this.execute(entry)
+    } catch (err) {
+      // Defensive: nothing above should throw, but apply must never break the apply loop.
+      result = fail('PEERMESH_ERR_INVALID_COMMAND', `command failed: ${(err as Error).message}`)
+    }
+    if (rid !== undefined) {
+      this.dedupe.delete(rid.clientId)
+      this.dedupe.set(rid.clientId, { seq: rid.seq, result })
+      while (this.dedupe.size > this.maxDedupeClients) this.dedupe.delete(this.dedupe.keys().next().value!)
+    }
+    this.notifyChange()
+    return result
+  }
+
+  private execute(entry: Entry): PolicyResult {
+    let raw: unknown
+    try {
+      raw = unpack(entry.data)
+    } catch {
+      return fail('PEERMESH_ERR_INVALID_COMMAND', 'command is not msgpack')
+    }
+    const parsed = policyCommandSchema.safeParse(raw)
+    if (!parsed.success) {
+      return fail('PEERMESH_ERR_INVALID_COMMAND', parsed.error.issues[0]?.message ?? 'invalid command')
+    }
+    const cmd = parsed.data
+    const at = entry.index
+    switch (cmd.op) {
+      case 'intention.upsert': {
+        const key = cmd.source + SEP + cmd.destination
+        const cur = this.intentions.get(key)
+        if (cmd.casIndex !== undefined && (cur?.modifyIndex ?? 0) !== cmd.casIndex) {
+          return fail(
+            'PEERMESH_ERR_CAS_FAILED',
+            `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
+          )
+        }
+        const it: Intention = {
+          source: cmd.source,
+          destination: cmd.destination,
+          action: cmd.action,
+          createdIndex: cur?.createdIndex ?? at,
+          modifyIndex: at,
+        }
+        if (cmd.description !== undefined) it.description = cmd.description
+        if (cmd.meta !== undefined) it.meta = { ...cmd.meta }
+        this.intentions.set(key, it)
+        return this.changed(at)
+      }
+      case 'intention.delete': {
+        if (!this.intentions.delete(cmd.source + SEP + cmd.destination)) {
+          return fail('PEERMESH_ERR_NOT_FOUND', `no intention ${cmd.source} -> ${cmd.destination}`)
+        }
+        return this.changed(at)
+      }
+      case 'config.set': {
+        const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
+        if (schema === undefined)
+          return fail('PEERMESH_ERR_INVALID_COMMAND', `unknown config entry kind ${cmd.kind}`)
+        const v = schema.safeParse(cmd.value)
+        if (!v.success)
+          return fail('PEERMESH_ERR_INVALID_COMMAND', v.error.issues[0]?.message ?? 'invalid value')
+        const key = cmd.kind + SEP + cmd.name
+        const cur = this.configEntries.get(key)
+        if (cmd.casIndex !== undefined && (cur?.modifyIndex ?? 0) !== cmd.casIndex) {
+          return fail(
+            'PEERMESH_ERR_CAS_FAILED',
+            `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
+          )
+        }
+        this.configEntries.set(key, {
+          kind: cmd.kind,
+          name: cmd.name,
+          value: cmd.value,
+          createdIndex: cur?.createdIndex ?? at,
+          modifyIndex: at,
+        })
+        return this.changed(at)
+      }
+      case 'config.delete': {
+        if (!this.configEntries.delete(cmd.kind + SEP + cmd.name)) {
+          return fail('PEERMESH_ERR_NOT_FOUND', `no config entry ${cmd.kind}/${cmd.name}`)
+        }
+        return this.changed(at)
+      }
+      case 'ca.setRoots': {
+        if (cmd.casIndex !== undefined && this.ca.modifyIndex !== cmd.casIndex) {
+          return fail(
+            'PEERMESH_ERR_CAS_FAILED',
+            `CA modifyIndex is ${this.ca.modifyIndex}, not ${cmd.casIndex}`,
+          )
+        }
+        this.ca = { roots: cmd.roots, activeRootId: cmd.activeRootId, modifyIndex: at }
+        return this.changed(at)
+      }
+    }
+  }
+
+  private changed(at: number): PolicyResult {
+    this.index = at
+    this.changedPending = true
+    return { ok: true, index: at }
+  }
+
+  // ---- change notification (additive, for the connect module) ----------------------------------
+
+  private readonly changeListeners = new Set<(index: number) => void>()
+  private changedPending = false
+
+  /**
+   * Calls `listener(index)` after each applied entry that changed the state, and after a snapshot
+   * restore. Runs on the apply path: keep it cheap. A throwing listener is ignored.
+   */
+  onChange(listener: (index: number) => void): () => void {
+    this.changeListeners.add(listener)
+    return () => this.changeListeners.delete(listener)
+  }
+
+  private notifyChange(): void {
+    if (!this.changedPending) return
+    this.changedPending = false
+    for (const l of this.changeListeners) {
+      try {
+        l(this.index)
+      } catch {
+        // A listener must not break the apply loop.
+      }
+    }
+  }
+
+  // ---- queries (local, on committed state) ------------------------------------------------------
+
+  listIntentions(): Intention[] {
+    return [...this.intentions.values()].map((i) => structuredClone(i))
+  }
+
+  getIntention(source: string, destination: string): Intention | undefined {
+    const i = this.intentions.get(source + SEP + destination)
+    return i === undefined ? undefined : structuredClone(i)
+  }
+
+  listConfigEntries(kind?: string): ConfigEntry[] {
+    return [...this.configEntries.values()]
+      .filter((e) => kind === undefined || e.kind === kind)
+      .map(structuredCloneOf)
+  }
+
+  getConfigEntry(kind: string, name: string): ConfigEntry | undefined {
+    const e = this.configEntries.get(kind + SEP + name)
+    return e === undefined ? undefined : structuredClone(e)
+  }
+
+  caRoots(): CaRoots {
+    return structuredClone(this.ca)
+  }
+
+  /** Raft index of the CA state's last change (cheap: no copy). */
+  get caModifyIndex(): number {
+    return this.ca.modifyIndex
+  }
+
+  // ---- snapshots --------------------------------------------------------------------------------
+
+  snapshot(): Uint8Array {
+    return pack(
+      stripUndefined({
+        version: SNAPSHOT_VERSION,
+        index: this.index,
+        intentions: [...this.intentions.values()],
+        configEntries: [...this.configEntries.values()],
+        ca: this.ca,
+        dedupe: [...this.dedupe.entries()].map(([clientId, r]) => ({
+          clientId,
+          seq: r.seq,
+          result: r.result,
+        })),
+      }),
+    )
+  }
+
+  restore(bytes: Uint8Array): void {
+    const s = unpack(bytes) as {
+      version: number
+      index: number
+      intentions: Intention[]
+      configEntries: ConfigEntry[]
+      ca: CaRoots
+      dedupe: { clientId: string; seq: number; result: PolicyResult }[]
+    }
+    if (s === null || typeof s !== 'object' || s.version !== SNAPSHOT_VERSION) {
+      throw new RangeError('unsupported policy store snapshot')
+    }
+    this.index = s.index
+    this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
+    this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))
+    this.ca = {
+      roots: s.ca.roots ?? [],
+      activeRootId: s.ca.activeRootId ?? undefined,
+      modifyIndex: s.ca.modifyIndex,
+    }
+    this.dedupe = new Map(s.dedupe.map((d) => [d.clientId, { seq: d.seq, result: d.result }]))
+    this.changedPending = true
+    this.notifyChange()
+  }
+}
+
+function fail(code: PolicyErrorCode, message: string): PolicyResult {
+  return { ok: false, code, message }
+}
+
+function structuredCloneOf<T>(v: T): T {
+  return structuredClone(v)
+}
+
+/** Drops `undefined` properties of plain objects (msgpack would keep them as an extension type). */
+function stripUndefined<T>(v: T): T {
+  if (Array.isArray(v)) return v.map(stripUndefined) as T
+  if (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    const out: Record<string, unknown> = {}
+    for (const [k, x] of Object.entries(v)) if (x !== undefined) out[k] = stripUndefined(x)
+    return out as T
+  }
+  return v
+}

@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest'
+import {
+  DEFAULT_HTTP,
+  parseHostPort,
+  resolveAgentConfig,
+  validateAgentConfig,
+} from '../../../src/node/agent/config.ts'
+
+describe('agent config', () => {
+  it('fills defaults and lets flags win over the file', () => {
+    const cfg = resolveAgentConfig(
+      validateAgentConfig({ name: 'file', http: '127.0.0.1:9000', seed: ['/ip4/127.0.0.1/tcp/1'] }, 'file'),
+      validateAgentConfig({ name: 'flag' }, 'flags'),
+    )
+    expect(cfg.name).toBe('flag')
+    expect(cfg.http).toEqual({ host: '127.0.0.1', port: 9000 })
+    expect(cfg.seed).toEqual(['/ip4/127.0.0.1/tcp/1'])
+    expect(cfg.dataDir).toBe('.peermesh/flag')
+    expect(resolveAgentConfig({}, {}).http).toEqual(parseHostPort(DEFAULT_HTTP))
+  })
+
+  it.each([
+    [{ bogus: 1 }, 'bogus'],
+    [{ name: '' }, 'name'],
+    [{ name: 'bad name' }, 'name'],
+    [{ http: 'localhost' }, 'http'],
+    [{ http: '127.0.0.1:99999' }, 'http'],
+    [{ listen: ['/ip4/127.0.0.1/udp/1'] }, 'listen.0'],
+    [{ seed: 'not-an-array' }, 'seed'],
+    [{ bootstrap: 'yes' }, 'bootstrap'],
+    [{ logLevel: 'loud' }, 'logLevel'],
+  ])('rejects %j naming the field', (input, field) => {
+    expect(() => validateAgentConfig(input, 'file x')).toThrow(
+      expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field }),
+    )
+  })
+
+  it('parses HOST:PORT including IPv6', () => {
+    expect(parseHostPort('[::1]:80')).toEqual({ host: '::1', port: 80 })
+    expect(parseHostPort('a:b')).toBeUndefined()
+  })
+})

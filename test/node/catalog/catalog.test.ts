@@ -1,0 +1,169 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { Catalog, type MemberUpdate } from '../../../src/node/catalog/catalog.ts'
+import { CheckRunner } from '../../../src/node/catalog/checks.ts'
+import { LocalPayloadPublisher } from '../../../src/node/catalog/local-payload.ts'
+import { LocalServiceRegistry } from '../../../src/node/catalog/local-services.ts'
+import { encodeNodePayload, type NodePayload } from '../../../src/node/catalog/node-payload.ts'
+import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
+import { VirtualTimers } from './helpers.ts'
+
+const def = (json: object) => parseServiceDefinition(json, 'test')
+const web = def({ name: 'web', port: 8080, tags: ['v1'], checks: [{ ttl: '10s' }] })
+const webV2 = def({ name: 'web', id: 'web-2', port: 8081, tags: ['v2'] })
+const db = def({ name: 'db', port: 5432 })
+
+function payload(services = [web], status: CheckStatus = 'passing'): NodePayload {
+  return encodeNodePayload(services, () => status)
+}
+
+function member(id: string, over: Partial<MemberUpdate> = {}): MemberUpdate {
+  return {
+    id,
+    name: `node-${id}`,
+    address: `/ip4/10.0.0.${id}/tcp/4001/p2p/peer${id}`,
+    status: 'alive',
+    version: 1,
+    payload: payload(),
+    ...over,
+  }
+}
+
+describe('Catalog', () => {
+  it('builds instances from member payloads, with the node address and aggregated status', () => {
+    const c = new Catalog()
+    c.applyMember(member('1'))
+    c.applyMember(member('2', { payload: payload([web, webV2, db], 'warning') }))
+    expect(c.services()).toEqual({ db: [], web: ['v1', 'v2'] })
+    const entries = c.health('web')
+    expect(entries.map((e) => [e.node.name, e.service.id, e.service.address, e.status])).toEqual([
+      ['node-1', 'web', '10.0.0.1', 'passing'],
+      ['node-2', 'web', '10.0.0.2', 'warning'],
+      ['node-2', 'web-2', '10.0.0.2', 'passing'],
+    ])
+    expect(entries[0]!.checks.map((ch) => [ch.checkId, ch.status])).toEqual([
+      ['peermesh:node', 'passing'],
+      ['service:web', 'passing'],
+    ])
+    expect(c.health('web', { minStatus: 'passing' })).toHaveLength(2)
+    expect(c.health('web', { tag: 'v2' }).map((e) => e.service.id)).toEqual(['web-2'])
+  })
+
+  it('makes every instance of a dead node critical at once; suspect changes nothing', () => {
+    const c = new Catalog()
+    c.applyMember(member('1', { payload: payload([web, webV2]) }))
+    const i = c.index
+    expect(c.applyMember(member('1', { status: 'suspect' })).changed).toBe(false)
+    expect(c.index).toBe(i)
+    expect(c.applyMember(member('1', { status: 'dead' })).changed).toBe(true)
+    expect(c.index).toBe(i + 1)
+    expect(c.health('web').map((e) => e.status)).toEqual(['critical', 'critical'])
+    expect(c.health('web')[0]!.checks[0]).toMatchObject({ checkId: 'peermesh:node', status: 'critical' })
+    expect(c.health('web', { minStatus: 'warning' })).toEqual([])
+    // Still registered: the catalog lists it, health says critical.
+    expect(c.services()).toEqual({ web: ['v1', 'v2'] })
+    // Refuted / back: healthy again.
+    c.applyMember(member('1', { status: 'alive', version: 2, payload: payload([web, webV2]) }))
+    expect(c.health('web').map((e) => e.status)).toEqual(['passing', 'passing'])
+  })
+
+  it('removes the instances of a node that left or was reaped', () => {
+    const c = new Catalog()
+    c.applyMember(member('1'))
+    c.applyMember(member('2'))
+    c.applyMember(member('1', { status: 'left' }))
+    expect(c.health('web').map((e) => e.node.name)).toEqual(['node-2'])
+    expect(c.removeMember('2')).toBe(true)
+    expect(c.services()).toEqual({})
+    expect(c.hasService('web')).toBe(false)
+  })
+
+  it('ignores a payload replayed with an older version', () => {
+    const c = new Catalog()
+    c.applyMember(member('1', { version: 5, payload: payload([web, db]) }))
+    const i = c.index
+    const r = c.applyMember(member('1', { version: 4, payload: payload([web]) }))
+    expect(r).toEqual({ changed: false, stale: true })
+    expect(c.applyMember(member('1', { version: 3, status: 'left' })).stale).toBe(true)
+    expect(c.services()).toEqual({ db: [], web: ['v1'] })
+    expect(c.index).toBe(i)
+    // A left node cannot be resurrected by an old alive either.
+    c.applyMember(member('1', { version: 6, status: 'left' }))
+    c.applyMember(member('1', { version: 5, payload: payload([web, db]) }))
+    expect(c.services()).toEqual({})
+  })
+
+  it('bumps the index only when a query could see the difference', () => {
+    const c = new Catalog()
+    const i0 = c.index
+    c.applyMember(member('1'))
+    expect(c.index).toBe(i0 + 1)
+    // New version, same payload (e.g. gossip tags changed): no bump.
+    expect(c.applyMember(member('1', { version: 2 })).changed).toBe(false)
+    expect(c.index).toBe(i0 + 1)
+    // A check transition: bump.
+    c.applyMember(member('1', { version: 3, payload: payload([web], 'critical') }))
+    expect(c.index).toBe(i0 + 2)
+    expect(c.removeMember('nobody')).toBe(false)
+    expect(c.index).toBe(i0 + 2)
+  })
+
+  it('treats a hostile payload as no services and reports it', () => {
+    const c = new Catalog()
+    const rejects: string[] = []
+    c.on('payload:reject', (r) => rejects.push(r.id))
+    c.applyMember(member('1'))
+    const r = c.applyMember(member('1', { version: 2, payload: { v: 1, s: [{ n: 'x', p: -1 }] } }))
+    expect(r.rejected).toBeTypeOf('string')
+    expect(rejects).toEqual(['1'])
+    expect(c.services()).toEqual({})
+  })
+
+  it('waitForChange resolves on a change, on timeout, and on abort', async () => {
+    const timers = new VirtualTimers()
+    const c = new Catalog({ timers })
+    const i = c.index
+    expect(await c.waitForChange(i - 1, 1000)).toBe(i) // already past
+    const waiting = c.waitForChange(i, 60_000)
+    c.applyMember(member('1'))
+    expect(await waiting).toBe(i + 1)
+    const timedOut = c.waitForChange(i + 1, 5000)
+    await timers.advance(5000)
+    expect(await timedOut).toBe(i + 1)
+    const ac = new AbortController()
+    const aborted = c.waitForChange(i + 1, 60_000, ac.signal)
+    ac.abort()
+    expect(await aborted).toBe(i + 1)
+    expect(timers.size).toBe(0)
+  })
+})
+
+describe('LocalPayloadPublisher', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'peermesh-publisher-'))
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('publishes a new payload on registration and on check transitions only', async () => {
+    const timers = new VirtualTimers()
+    const registry = LocalServiceRegistry.open({ dataDir: dir })
+    const checks = new CheckRunner({ timers })
+    const pub = new LocalPayloadPublisher({ registry, checks })
+    const seen: NodePayload[] = []
+    pub.on('payload:change', (p) => seen.push(p))
+    pub.start()
+    expect(pub.payload()).toEqual({ v: 1, s: [] })
+    registry.register(web)
+    expect(seen).toHaveLength(1)
+    checks.updateTtl('service:web', 'passing', 'one')
+    checks.updateTtl('service:web', 'passing', 'two') // output only: no new payload
+    expect(seen).toHaveLength(2)
+    await timers.advance(10_000) // TTL expires
+    expect(seen).toHaveLength(3)
+    const c = new Catalog()
+    c.applyMember(member('1', { payload: pub.payload() }))
+    expect(c.health('web')[0]!.status).toBe('critical')
+    pub.stop()
+    expect(timers.size).toBe(0)
+  })
+})

@@ -1,0 +1,156 @@
+import { describe, expect, it } from 'vitest'
+import { pack } from '../../../src/raft/msgpack.ts'
+import {
+  encodePolicyCommand,
+  type PolicyCommand,
+  PolicyStore,
+} from '../../../src/raft/policy/policy-store.ts'
+import type { Entry, RequestId } from '../../../src/raft/types.ts'
+
+let nextIndex = 1
+function entry(cmd: PolicyCommand | Uint8Array, requestId?: RequestId): Entry {
+  const data = cmd instanceof Uint8Array ? cmd : encodePolicyCommand(cmd)
+  const e: Entry = { term: 1, index: nextIndex++, type: 'normal', data }
+  if (requestId !== undefined) e.requestId = requestId
+  return e
+}
+
+describe('PolicyStore', () => {
+  it('stores intentions with created/modify indexes bumped by each change', () => {
+    const s = new PolicyStore()
+    const r1 = s.apply(entry({ op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow' }))
+    expect(r1.ok).toBe(true)
+    const created = s.getIntention('web', 'db')!
+    expect(created.action).toBe('allow')
+    expect(created.createdIndex).toBe(created.modifyIndex)
+    const r2 = s.apply(entry({ op: 'intention.upsert', source: 'web', destination: 'db', action: 'deny' }))
+    const updated = s.getIntention('web', 'db')!
+    expect(updated.action).toBe('deny')
+    expect(updated.createdIndex).toBe(created.createdIndex)
+    expect(updated.modifyIndex).toBeGreaterThan(created.modifyIndex)
+    expect(s.index).toBe(r2.ok ? r2.index : -1)
+    s.apply(entry({ op: 'intention.upsert', source: '*', destination: 'db', action: 'deny' }))
+    expect(s.listIntentions().length).toBe(2)
+    expect(s.apply(entry({ op: 'intention.delete', source: 'web', destination: 'db' })).ok).toBe(true)
+    const missing = s.apply(entry({ op: 'intention.delete', source: 'web', destination: 'db' }))
+    expect(missing.ok ? undefined : missing.code).toBe('PEERMESH_ERR_NOT_FOUND')
+  })
+
+  it('validates config entries by kind and supports compare-and-set', () => {
+    const s = new PolicyStore()
+    const ok = s.apply(
+      entry({
+        op: 'config.set',
+        kind: 'service-splitter',
+        name: 'api',
+        value: {
+          splits: [
+            { weight: 90, serviceSubset: 'v1' },
+            { weight: 10, serviceSubset: 'v2' },
+          ],
+        },
+      }),
+    )
+    expect(ok.ok).toBe(true)
+    const bad = s.apply(
+      entry({ op: 'config.set', kind: 'service-splitter', name: 'api', value: { splits: [{ weight: 50 }] } }),
+    )
+    expect(bad.ok ? undefined : bad.code).toBe('PEERMESH_ERR_INVALID_COMMAND')
+    expect(s.getConfigEntry('service-splitter', 'api')!.value).toEqual({
+      splits: [
+        { weight: 90, serviceSubset: 'v1' },
+        { weight: 10, serviceSubset: 'v2' },
+      ],
+    })
+    const unknown = s.apply(entry({ op: 'config.set', kind: 'teleporter', name: 'x', value: {} }))
+    expect(unknown.ok ? undefined : unknown.code).toBe('PEERMESH_ERR_INVALID_COMMAND')
+    const cur = s.getConfigEntry('service-splitter', 'api')!.modifyIndex
+    const stale = s.apply(
+      entry({
+        op: 'config.set',
+        kind: 'service-splitter',
+        name: 'api',
+        value: { splits: [{ weight: 100 }] },
+        casIndex: cur - 1,
+      }),
+    )
+    expect(stale.ok ? undefined : stale.code).toBe('PEERMESH_ERR_CAS_FAILED')
+    const fresh = s.apply(
+      entry({
+        op: 'config.set',
+        kind: 'service-splitter',
+        name: 'api',
+        value: { splits: [{ weight: 100 }] },
+        casIndex: cur,
+      }),
+    )
+    expect(fresh.ok).toBe(true)
+  })
+
+  it('rejects garbage commands with an error result and leaves the state unchanged', () => {
+    const s = new PolicyStore()
+    s.apply(entry({ op: 'ca.setRoots', roots: [{ id: 'r1', pem: '...' }], activeRootId: 'r1' }))
+    const before = s.snapshot()
+    for (const data of [
+      new Uint8Array([0xc1]), // not msgpack
+      pack({ op: 'intention.upsert', source: 'a' }), // missing fields
+      pack({ op: 'intention.upsert', source: 'a', destination: 'b', action: 'maybe' }),
+      pack({ op: 'rm -rf' }),
+      pack(42),
+    ]) {
+      const r = s.apply(entry(data))
+      expect(r.ok ? undefined : r.code).toBe('PEERMESH_ERR_INVALID_COMMAND')
+    }
+    expect(s.snapshot()).toEqual(before)
+  })
+
+  it('applies a retried request once and returns the first result (client request ids)', () => {
+    const s = new PolicyStore()
+    const cmd: PolicyCommand = { op: 'intention.upsert', source: 'a', destination: 'b', action: 'allow' }
+    const first = s.apply(entry(cmd, { clientId: 'agent-1', seq: 1 }))
+    const retry = s.apply(entry(cmd, { clientId: 'agent-1', seq: 1 }))
+    expect(retry).toEqual(first)
+    expect(s.getIntention('a', 'b')!.modifyIndex).toBe(first.ok ? first.index : -1)
+    const older = s.apply(entry(cmd, { clientId: 'agent-1', seq: 0 }))
+    expect(older.ok ? undefined : older.code).toBe('PEERMESH_ERR_STALE_REQUEST')
+    // another client's same seq is independent
+    expect(s.apply(entry(cmd, { clientId: 'agent-2', seq: 1 })).ok).toBe(true)
+  })
+
+  it('round-trips through a snapshot, dedupe table included', () => {
+    const s = new PolicyStore()
+    s.apply(
+      entry({ op: 'intention.upsert', source: 'a', destination: 'b', action: 'allow', meta: { team: 'x' } }),
+    )
+    s.apply(
+      entry({
+        op: 'config.set',
+        kind: 'service-resolver',
+        name: 'api',
+        value: { failover: { '*': ['dc2'] } },
+      }),
+    )
+    s.apply(
+      entry({ op: 'ca.setRoots', roots: [{ id: 'r1', der: new Uint8Array([1, 2, 3]) }], activeRootId: 'r1' }),
+    )
+    const dup = entry({ op: 'intention.delete', source: 'a', destination: 'b' }, { clientId: 'c', seq: 7 })
+    const first = s.apply(dup)
+    const t = new PolicyStore()
+    t.restore(s.snapshot())
+    expect(t.snapshot()).toEqual(s.snapshot())
+    expect(t.caRoots().activeRootId).toBe('r1')
+    expect(t.apply({ ...dup, index: nextIndex++ })).toEqual(first) // still deduplicated
+    expect(t.index).toBe(s.index)
+  })
+
+  it('bounds the dedupe table, forgetting the least recent client', () => {
+    const s = new PolicyStore(2)
+    const cmd: PolicyCommand = { op: 'intention.upsert', source: 'a', destination: 'b', action: 'allow' }
+    s.apply(entry(cmd, { clientId: 'c1', seq: 1 }))
+    s.apply(entry(cmd, { clientId: 'c2', seq: 1 }))
+    s.apply(entry(cmd, { clientId: 'c3', seq: 1 }))
+    const idx = s.getIntention('a', 'b')!.modifyIndex
+    s.apply(entry(cmd, { clientId: 'c1', seq: 1 })) // c1 forgotten: applies again
+    expect(s.getIntention('a', 'b')!.modifyIndex).toBeGreaterThan(idx)
+  })
+})
