@@ -1,0 +1,66 @@
+/**
+ * Time and timers, injected wherever code waits or measures, so that tests drive a virtual clock
+ * (`test/sim/virtual-clock.ts`) instead of sleeping. The protocol cores take no clock at all: their
+ * drivers turn a Clock into ticks.
+ */
+
+/** Cancels a pending timer; calling it twice, or after the timer fired, does nothing. */
+export type Cancel = () => void
+
+export interface Clock {
+  /**
+   * Milliseconds since the epoch, monotonic within a process and with sub-millisecond precision
+   * in production: use it for timestamps (certificate validity) and for durations alike.
+   */
+  now(): number
+  /** Calls `fn` once after `ms` milliseconds unless cancelled first. */
+  setTimeout(fn: () => void, ms: number): Cancel
+  /** Calls `fn` every `ms` milliseconds until cancelled. */
+  setInterval(fn: () => void, ms: number): Cancel
+  /**
+   * Calls `fn` once the I/O already queued in this event-loop turn has been handled
+   * (`setImmediate`): how a driver batches every input of one turn into one unit of work.
+   */
+  defer(fn: () => void): Cancel
+}
+
+const origin = performance.timeOrigin
+
+/**
+ * Node's timers. They are unref'd: an agent is kept alive by its sockets and servers, never by a
+ * pending timer, so a stopped component that forgot one cannot hold the process open.
+ */
+export const systemClock: Clock = {
+  now: () => origin + performance.now(),
+  setTimeout(fn, ms) {
+    const h = setTimeout(fn, ms)
+    h.unref()
+    return () => clearTimeout(h)
+  },
+  setInterval(fn, ms) {
+    const h = setInterval(fn, ms)
+    h.unref()
+    return () => clearInterval(h)
+  },
+  defer(fn) {
+    const h = setImmediate(fn)
+    return () => clearImmediate(h)
+  },
+}
+
+/**
+ * Resolves after `ms` on `clock`, or at once when `signal` aborts (it never rejects): for retry
+ * loops that re-check their own condition after each pause.
+ */
+export function pause(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.resolve()
+  return new Promise((resolve) => {
+    const done = (): void => {
+      cancel()
+      signal?.removeEventListener('abort', done)
+      resolve()
+    }
+    const cancel = clock.setTimeout(done, ms)
+    signal?.addEventListener('abort', done, { once: true })
+  })
+}
