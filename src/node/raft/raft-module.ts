@@ -150,6 +150,7 @@ export class RaftModule implements AgentModule {
       maxRequestBytes: s.maxCommandBytes + 4096,
       maxQueuedPerPeer: s.maxQueuedPerPeer,
       dialBackoffMs: s.dialBackoffMs,
+      clock,
     })
     let node: RaftNode<PolicyResult>
     try {
