@@ -359,11 +359,7 @@ export class ConnectModule implements AgentModule {
    * the active root, for the entry's index. Without a root (before the CA exists) or without a copy
    * of its key, the entry goes unsigned, and every agent refuses it once the CA exists.
    */
-  readonly sealEntry = (
-    index: number,
-    requestId: RequestId | undefined,
-    data: Uint8Array,
-  ): Uint8Array => {
+  readonly sealEntry = (index: number, requestId: RequestId | undefined, data: Uint8Array): Uint8Array => {
     const ca = this.signingCa(this.ca.active)
     if (ca === undefined) return data
     return signPolicyEntry(ca, index, requestId, data)
