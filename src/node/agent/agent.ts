@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events'
 import { existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { StreamHandler, StreamHandlerOptions } from '@libp2p/interface'
@@ -6,11 +5,15 @@ import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
 import { generateClusterKey, parseClusterKey, readClusterKeyFile } from '../../identity/keys/cluster-key.ts'
 import { ClusterKeyError } from '../../identity/errors.ts'
+import { type Clock, systemClock } from '../../common/clock.ts'
+import { TypedEmitter } from '../../common/events.ts'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
 import { loadOrCreateNodeIdentity, type NodeIdentity } from '../../identity/keys/node-key.ts'
 import type { AgentConfig } from './config.ts'
-import { ListenError } from './errors.ts'
+import { AgentNotStartedError, ListenError } from './errors.ts'
+import type { AgentEventBus, AgentEvents } from './events.ts'
 import { createHost, type Host } from '../transport/host.ts'
+import { addressInUse } from '../transport/free-port.ts'
 import { ApiReply, HttpApi } from '../api/server.ts'
 import { createMetrics } from './metrics.ts'
 import { SeedDialer } from '../transport/seeds.ts'
@@ -21,7 +24,7 @@ export const CLUSTER_KEY_FILE = 'cluster.key'
 
 /**
  * What a layer (gossip, raft, catalog, proxy...) gets from the agent. Everything is shared:
- * one libp2p host, one HTTP API, one metrics registry, one event bus.
+ * one libp2p host, one HTTP API, one metrics registry, one typed event bus, one clock.
  */
 export interface AgentContext {
   readonly config: AgentConfig
@@ -31,7 +34,9 @@ export interface AgentContext {
   readonly host: Host
   readonly http: HttpApi
   readonly metrics: Registry
-  readonly events: EventEmitter
+  /** Agent-level events (AgentEvents); a module releases its subscriptions in `stop()`. */
+  readonly events: AgentEventBus
+  readonly clock: Clock
   readonly log: Logger
   /**
    * Adds addresses to dial at start, after the configured seeds (e.g. peers remembered from a
@@ -55,13 +60,16 @@ export interface AgentModule {
 export interface AgentInit {
   config: AgentConfig
   log: Logger
+  /** Timers and time for the agent and its modules (default: the system's). */
+  clock?: Clock
 }
 
 export class Agent {
   readonly config: AgentConfig
   readonly log: Logger
   private clusterKey?: Uint8Array
-  readonly events = new EventEmitter()
+  readonly events = new TypedEmitter<AgentEvents>()
+  readonly clock: Clock
   private readonly modules: AgentModule[] = []
   private readonly started: AgentModule[] = []
   private readonly protocols: string[] = []
@@ -77,6 +85,7 @@ export class Agent {
   constructor(init: AgentInit) {
     this.config = init.config
     this.log = init.log
+    this.clock = init.clock ?? systemClock
     this.http = new HttpApi(init.log.child({ component: 'http' }))
     this.metrics = createMetrics(() => this.host)
     this.addCoreRoutes()
@@ -89,12 +98,12 @@ export class Agent {
   }
 
   get peerId(): string {
-    if (this.identity === undefined) throw new Error('agent not started')
+    if (this.identity === undefined) throw new AgentNotStartedError('agent not started')
     return this.identity.id
   }
 
   get libp2p(): Host {
-    if (this.host === undefined) throw new Error('agent not started')
+    if (this.host === undefined) throw new AgentNotStartedError('agent not started')
     return this.host
   }
 
@@ -109,9 +118,10 @@ export class Agent {
       await this.host.start()
     } catch (err) {
       await Promise.resolve(this.host.stop()).catch(() => {})
-      const code = (err as NodeJS.ErrnoException).code
-      const why =
-        code === 'EADDRINUSE' || /EADDRINUSE/.test(String(err)) ? 'address already in use' : String(err)
+      // libp2p reports a busy port only in its message text: ask the OS instead.
+      const inUse =
+        (err as NodeJS.ErrnoException).code === 'EADDRINUSE' || (await addressInUse(config.listen))
+      const why = inUse ? 'address already in use' : String(err)
       throw new ListenError(`cannot listen on ${config.listen.join(', ')}: ${why}`, { cause: err })
     }
     try {
@@ -129,6 +139,7 @@ export class Agent {
       host: this.host,
       seeds: [...new Set([...config.seed, ...this.extraSeeds])],
       log: log.child({ component: 'seeds' }),
+      clock: this.clock,
       onJoined: (peerId) => this.events.emit('seed:joined', peerId),
     })
     this.seeds.start()
@@ -201,6 +212,7 @@ export class Agent {
       http: this.http,
       metrics: this.metrics,
       events: this.events,
+      clock: this.clock,
       log: this.log,
       addSeeds: (addresses) => {
         this.extraSeeds.push(...addresses)

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 import { parseDuration } from '../catalog/duration.ts'
+import { DEFAULT_RAFT_VOTERS } from './defaults.ts'
 import { ConfigError } from './errors.ts'
 
 /** Default local HTTP API address. Loopback only: the API has no authentication. */
@@ -188,7 +189,7 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     seed: merged.seed ?? [],
     bootstrap: merged.bootstrap ?? false,
     ...(merged.bootstrapExpect !== undefined ? { bootstrapExpect: merged.bootstrapExpect } : {}),
-    raftVoters: (merged.raftVoters ?? 3) as 1 | 3 | 5,
+    raftVoters: (merged.raftVoters ?? DEFAULT_RAFT_VOTERS) as 1 | 3 | 5,
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
     ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),

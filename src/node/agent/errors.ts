@@ -1,10 +1,11 @@
+import { PeermeshError } from '../../common/errors.ts'
+
 /**
  * Errors of the agent. Each has a stable `name` and `code`; tests check `code`.
  * `UserError`s are printed by the CLI as one line, without a stack trace.
  */
-export class ConfigError extends Error {
-  override name = 'ConfigError'
-  readonly code = 'PEERMESH_ERR_INVALID_CONFIG'
+export class ConfigError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_INVALID_CONFIG'
   constructor(
     message: string,
     readonly field?: string,
@@ -14,25 +15,21 @@ export class ConfigError extends Error {
   }
 }
 
-export class ListenError extends Error {
-  override name = 'ListenError'
-  readonly code = 'PEERMESH_ERR_LISTEN'
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options)
-  }
+export class ListenError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_LISTEN'
 }
 
-export class AgentUnreachableError extends Error {
-  override name = 'AgentUnreachableError'
-  readonly code = 'PEERMESH_ERR_AGENT_UNREACHABLE'
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options)
-  }
+/** The agent was asked for something that exists only once it has started. */
+export class AgentNotStartedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_AGENT_NOT_STARTED'
 }
 
-export class ApiError extends Error {
-  override name = 'ApiError'
-  readonly code = 'PEERMESH_ERR_API'
+export class AgentUnreachableError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_AGENT_UNREACHABLE'
+}
+
+export class ApiError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_API'
   constructor(
     message: string,
     readonly status: number,

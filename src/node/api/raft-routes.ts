@@ -1,12 +1,15 @@
+import { errorCode } from '../../common/errors.ts'
 import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
 import { ApiError } from '../agent/errors.ts'
 import type { ApiRequest, HttpApi } from './server.ts'
+import { API_MAX_TIMEOUT_MS, API_RAFT_TIMEOUT_MS } from '../agent/defaults.ts'
+import { NoLeaderError, RaftNotRunningError, WriteTimeoutError } from '../raft/errors.ts'
 import type { RaftModule } from '../raft/raft-module.ts'
 
 /** Time a write or consistent read may take by default before the API answers 503. */
-export const DEFAULT_RAFT_TIMEOUT_MS = 5_000
-const MAX_TIMEOUT_MS = 60_000
+export const DEFAULT_RAFT_TIMEOUT_MS = API_RAFT_TIMEOUT_MS
+const MAX_TIMEOUT_MS = API_MAX_TIMEOUT_MS
 
 /** A config entry as the API shows it: Consul's flat shape, camelCase. */
 export type ConfigEntryJson = {
@@ -146,15 +149,13 @@ async function maybeConsistent(raft: RaftModule, req: ApiRequest): Promise<void>
   }
 }
 
+/** Errors that mean "try again later": the cluster has no leader now, or this agent is stopping. */
+const UNAVAILABLE = new Set([NoLeaderError.code, WriteTimeoutError.code, RaftNotRunningError.code])
+
 function unavailable(err: unknown): unknown {
   if (err instanceof ApiError) return err
-  const code = (err as { code?: unknown }).code
-  if (
-    code === 'PEERMESH_ERR_NO_LEADER' ||
-    code === 'PEERMESH_ERR_WRITE_TIMEOUT' ||
-    code === 'PEERMESH_ERR_RAFT_NOT_RUNNING'
-  ) {
+  const code = errorCode(err)
+  if (code !== undefined && UNAVAILABLE.has(code))
     return new ApiError((err as Error).message, 503, { cause: err })
-  }
   return err
 }

@@ -2,13 +2,11 @@ import { type Command, Option } from 'commander'
 import { renderTable } from './format.ts'
 import { ApiClient } from './client.ts'
 import { DEFAULT_HTTP } from '../agent/config.ts'
+import { NoLeaderError } from '../raft/errors.ts'
 import type { RaftConfigurationJson } from '../raft/raft-module.ts'
 
 /** Raised when the cluster has no Raft leader (`peermesh leader` exits 1 with one line). */
-export class NoLeaderKnownError extends Error {
-  override readonly name = 'NoLeaderKnownError'
-  readonly code = 'PEERMESH_ERR_NO_LEADER'
-}
+export class NoLeaderKnownError extends NoLeaderError {}
 
 function httpOption(): Option {
   return new Option('--http <host:port>', 'address of the agent HTTP API').default(

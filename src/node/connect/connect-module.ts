@@ -213,8 +213,6 @@ export class ConnectModule implements AgentModule {
     this.offLeader?.()
     const node = this.raft.raft
     if (node !== undefined && node.sealEntry === this.sealEntry) node.sealEntry = undefined
-    this.raft.setVoterGate(undefined)
-    this.raft.setSnapshotSigner(undefined)
     this.catalog.catalog.off('catalog:change', this.syncRotators)
     for (const r of this.rotators.values()) r.stop()
     this.rotators.clear()
@@ -330,14 +328,12 @@ export class ConnectModule implements AgentModule {
   // ---- custody of the root key --------------------------------------------------------------------
 
   /**
-   * Hooks this module into the Raft module (done by `start`): it signs the policy entries and
-   * snapshots this agent sends as leader, and seals the root key to members before they vote.
+   * Hooks this module into the Raft node (done by `start`): it signs the policy entries this agent
+   * appends as leader. Snapshots and voter key grants reach it through create-agent's wiring.
    */
   attachToRaft(): void {
     const node = this.raft.raft
     if (node !== undefined) node.sealEntry = this.sealEntry
-    this.raft.setVoterGate((peerId, signal) => this.grantKeyTo(peerId, signal))
-    this.raft.setSnapshotSigner(() => this.snapshotSigner())
   }
 
   /** `record` with its private key, when this agent holds a sealed copy (a voter); else undefined. */
@@ -363,11 +359,7 @@ export class ConnectModule implements AgentModule {
    * the active root, for the entry's index. Without a root (before the CA exists) or without a copy
    * of its key, the entry goes unsigned, and every agent refuses it once the CA exists.
    */
-  private readonly sealEntry = (
-    index: number,
-    requestId: RequestId | undefined,
-    data: Uint8Array,
-  ): Uint8Array => {
+  readonly sealEntry = (index: number, requestId: RequestId | undefined, data: Uint8Array): Uint8Array => {
     const ca = this.signingCa(this.ca.active)
     if (ca === undefined) return data
     return signPolicyEntry(ca, index, requestId, data)
@@ -383,7 +375,7 @@ export class ConnectModule implements AgentModule {
    * and by the leader for any voter without a copy). Resolves once committed, or at once when
    * `peerId` already has a copy or there is no CA yet.
    */
-  private async grantKeyTo(peerId: string, signal: AbortSignal): Promise<void> {
+  async grantKeyTo(peerId: string, signal: AbortSignal): Promise<void> {
     const state = this.caStateNow()
     if (state.active === undefined) return
     if (state.roots.every((r) => r.sealedKeys[peerId] !== undefined)) return

@@ -1,4 +1,6 @@
-import { type EventEmitter as Bus, EventEmitter } from 'node:events'
+import { EventEmitter } from 'node:events'
+import type { Events } from '../../common/events.ts'
+import type { AgentEvents } from '../agent/events.ts'
 import {
   type CertificateSource,
   IntentionAuthorizer,
@@ -9,6 +11,8 @@ import {
 import type { ConnectModule } from './connect-module.ts'
 import type { RaftModule } from '../raft/raft-module.ts'
 import type { MeshSecurity } from '../sidecars/sidecar-module.ts'
+
+type Bus = Events<AgentEvents>
 
 /** A local service's leaf, kept fresh by the connect module's rotator, with every trusted root. */
 class ConnectCertificateSource implements CertificateSource {

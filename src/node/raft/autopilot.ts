@@ -1,10 +1,10 @@
 import type { ConfChange, ConfState, NodeId } from '../../raft/index.ts'
+import { DEFAULT_RAFT_VOTERS, RAFT_DEFAULTS } from '../agent/defaults.ts'
 
 /**
  * Autopilot: which single membership change the Raft leader should make next, decided from the
- * gossip view of the cluster. Pure functions, so every rule has a table test; the RaftModule calls
- * `planAutopilot` every few hundred milliseconds on the leader and proposes at most one change at
- * a time (thesis §4.1: one server per change, each committed before the next).
+ * gossip view of the cluster. Pure functions, so every rule has a table test; AutopilotRunner
+ * (./autopilot-runner.ts) calls `planAutopilot` on the leader and makes the changes.
  */
 
 export type GossipStatus = 'alive' | 'suspect' | 'dead' | 'left'
@@ -12,20 +12,17 @@ export type GossipStatus = 'alive' | 'suspect' | 'dead' | 'left'
 export interface AutopilotSettings {
   /** Desired number of voters (1, 3 or 5). */
   targetVoters: number
-  /**
-   * A member dead (or left, or unknown) in gossip for this long is removed from the Raft
-   * configuration. 2.5 s: SWIM already waited out its suspicion timeout before saying `dead`, so
-   * this only rides out a restart (a `kill -9` and restart with the same data dir takes < 2 s).
-   */
+  /** A member dead (or left, or unknown) in gossip for this long leaves the Raft configuration. */
   deadThresholdMs: number
   /** A learner within this many entries of the leader's last index counts as caught up. */
   maxLagEntries: number
 }
 
+/** The agent's settings (src/node/agent/defaults.ts). */
 export const DEFAULT_AUTOPILOT: AutopilotSettings = {
-  targetVoters: 3,
-  deadThresholdMs: 2_500,
-  maxLagEntries: 64,
+  targetVoters: DEFAULT_RAFT_VOTERS,
+  deadThresholdMs: RAFT_DEFAULTS.deadThresholdMs,
+  maxLagEntries: RAFT_DEFAULTS.maxLagEntries,
 }
 
 export interface AutopilotInput {

@@ -1,11 +1,12 @@
+import { PeermeshError } from '../../common/errors.ts'
+
 /**
  * Length-prefixed framing for libp2p streams: a 4-byte big-endian length, then the payload.
  * The decoder never trusts the length field: a frame over `maxFrameBytes` is an error and the
  * caller resets the stream.
  */
-export class FrameTooLargeError extends Error {
-  override name = 'FrameTooLargeError'
-  readonly code = 'PEERMESH_ERR_FRAME_TOO_LARGE'
+export class FrameTooLargeError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_FRAME_TOO_LARGE'
 }
 
 export function encodeFrame(payload: Uint8Array): Uint8Array {

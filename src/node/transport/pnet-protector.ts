@@ -3,11 +3,9 @@
  * go-libp2p's pnet): each side sends a random 24-byte nonce, then every byte in each direction
  * is XORed with an XSalsa20 keystream keyed by the cluster PSK and the sender's nonce.
  *
- * Why our own: `@libp2p/pnet` uses the `xsalsa20` package, whose WebAssembly instance is shared
- * by the whole process and never gets `finalize()` called, so every connection leaks 128 bytes
- * of a memory capped at 64 MiB; a process hosting many agents that open many connections dies
- * with `WebAssembly.Memory.grow` throwing. This one uses `@noble/ciphers` (pure JS, no wasm):
- * a connection's cipher state is two small objects, collected with the connection.
+ * Why our own: `@libp2p/pnet`'s WebAssembly XSalsa20 state is shared by the process and never
+ * finalized, so each connection leaks a little of a capped memory (see the README). This one uses
+ * `@noble/ciphers` (pure JS): a connection's cipher state is collected with the connection.
  *
  * Limit: noble exposes a 32-bit block counter, so one direction of one connection can carry
  * 2^32 × 64 bytes = 256 GiB; beyond that the connection is reset (and libp2p redials).

@@ -1,14 +1,16 @@
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
+import { type Clock, pause, systemClock } from '../../common/clock.ts'
+import { SEED_DIAL_DEFAULTS, type SeedDialConfig } from '../agent/defaults.ts'
 import type { Host } from './host.ts'
 
-export interface SeedDialerInit {
-  host: Host
+export interface SeedDialerInit extends Partial<SeedDialConfig> {
+  host: Pick<Host, 'dial'>
   seeds: string[]
   log: Logger
-  /** First retry delay; doubles up to `maxBackoffMs`, with ±20% jitter so agents don't retry in step. */
-  initialBackoffMs?: number
-  maxBackoffMs?: number
+  clock?: Clock
+  /** Uniform in [0, 1): the backoff's jitter, so agents don't retry in step. */
+  rng?: () => number
   /** Called once, with the peer id of the first seed that answered. */
   onJoined?: (peerId: string) => void
 }
@@ -35,15 +37,18 @@ export class SeedDialer {
 
   private async run(): Promise<void> {
     const { host, seeds, log } = this.init
+    const clock = this.init.clock ?? systemClock
+    const rng = this.init.rng ?? Math.random
     const signal = this.controller.signal
-    let backoff = this.init.initialBackoffMs ?? 250
-    const maxBackoff = this.init.maxBackoffMs ?? 10_000
+    let backoff = this.init.initialBackoffMs ?? SEED_DIAL_DEFAULTS.initialBackoffMs
+    const maxBackoff = this.init.maxBackoffMs ?? SEED_DIAL_DEFAULTS.maxBackoffMs
+    const dialTimeout = this.init.dialTimeoutMs ?? SEED_DIAL_DEFAULTS.dialTimeoutMs
     while (!signal.aborted) {
       for (const seed of seeds) {
         if (signal.aborted) return
         try {
           const conn = await host.dial(multiaddr(seed), {
-            signal: AbortSignal.any([signal, AbortSignal.timeout(5_000)]),
+            signal: AbortSignal.any([signal, AbortSignal.timeout(dialTimeout)]),
           })
           const peerId = conn.remotePeer.toString()
           log.info({ seed, peerId }, 'joined through seed')
@@ -54,23 +59,10 @@ export class SeedDialer {
           log.debug({ seed, err: (err as Error).message }, 'seed did not answer')
         }
       }
-      const delay = backoff * (0.8 + 0.4 * Math.random())
+      const delay = backoff * (0.8 + 0.4 * rng())
       log.warn({ seeds, retryInMs: Math.round(delay) }, 'no seed answered; retrying')
-      await abortableDelay(delay, signal)
+      await pause(clock, delay, signal)
       backoff = Math.min(backoff * 2, maxBackoff)
     }
   }
-}
-
-function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve()
-    const timer = setTimeout(done, ms)
-    signal.addEventListener('abort', done, { once: true })
-    function done(): void {
-      clearTimeout(timer)
-      signal.removeEventListener('abort', done)
-      resolve()
-    }
-  })
 }

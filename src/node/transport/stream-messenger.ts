@@ -1,6 +1,8 @@
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from 'pino'
+import { type Clock, systemClock } from '../../common/clock.ts'
+import { PeermeshError } from '../../common/errors.ts'
 import { encodeFrame, FrameDecoder } from './frames.ts'
 import type { Host } from './host.ts'
 
@@ -13,10 +15,9 @@ export interface StreamMessengerInit {
   /**
    * How requests travel on `requestProtocol`:
    * - `'stream'` (default): a new stream per exchange. Right for rare, large exchanges (push/pull);
-   * - `'multiplexed'`: one long-lived stream per peer, each request and its response tagged with
-   *   an id, many in flight at once. Right for frequent small ones (forwarded Raft writes): no
-   *   stream open, protocol negotiation and close per request, each of which costs a round trip
-   *   through both event loops.
+   * - `'multiplexed'`: one long-lived stream per peer, requests and replies tagged with an id, many
+   *   in flight. Right for frequent small ones (forwarded Raft writes): no stream open, protocol
+   *   negotiation and close per request, a round trip through both event loops each.
    * Both ends must agree: the mode is part of the protocol (give the two modes different ids).
    */
   requestMode?: 'stream' | 'multiplexed'
@@ -33,6 +34,8 @@ export interface StreamMessengerInit {
   dialBackoffMs?: number
   /** Told when a dial to a peer fails (e.g. to look its addresses up in the DHT). */
   onDialFailure?: (peer: string) => void
+  /** Times the dial backoff (default: the system clock). */
+  clock?: Clock
 }
 
 type MessageHandler = (from: string, bytes: Uint8Array) => void
@@ -66,15 +69,13 @@ interface RequestChannel {
 }
 
 /** A multiplexed request failed on the serving side (handler threw, or too many in flight). */
-export class RemoteRequestError extends Error {
-  override readonly name = 'RemoteRequestError'
-  readonly code = 'PEERMESH_ERR_REMOTE_REQUEST'
+export class RemoteRequestError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_REMOTE_REQUEST'
 }
 
 /** The multiplexed request stream closed before the reply came. */
-export class RequestStreamClosedError extends Error {
-  override readonly name = 'RequestStreamClosedError'
-  readonly code = 'PEERMESH_ERR_REQUEST_STREAM_CLOSED'
+export class RequestStreamClosedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_REQUEST_STREAM_CLOSED'
 }
 
 /**
@@ -108,6 +109,7 @@ export class StreamMessenger {
   }
 
   constructor(private readonly init: StreamMessengerInit) {}
+  private readonly now = (): number => (this.init.clock ?? systemClock).now()
 
   onMessage(handler: MessageHandler): void {
     this.messageHandler = handler
@@ -165,14 +167,14 @@ export class StreamMessenger {
     const frame = encodeFrame(bytes)
     const stream = out.stream
     if (stream !== undefined && stream.status === 'open' && stream.writeStatus === 'writable') {
-      // `send` returning false only means "buffer is above its high-water mark": the frame is
-      // still queued. A peer that never drains is cut off by the buffer limit (stream error).
+      // false only means "above the high-water mark": the frame is still queued. A peer that never
+      // drains is cut off by the buffer limit (stream error).
       stream.send(frame)
       this.stats.sent++
       this.stats.sentBytes += bytes.length
       return true
     }
-    if (Date.now() < out.failedUntil) {
+    if (this.now() < out.failedUntil) {
       this.stats.dropped++
       return false
     }
@@ -206,8 +208,6 @@ export class StreamMessenger {
       await stream.close({ signal }).catch(() => stream.abort(new Error('close failed')))
     }
   }
-
-  // ---- multiplexed requests -----------------------------------------------------------------------
 
   private async requestMultiplexed(to: string, bytes: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
     if (this.stopped) throw new RequestStreamClosedError('stopping')
@@ -389,7 +389,7 @@ export class StreamMessenger {
       this.stats.dialFailures++
       this.stats.dropped += out.queue.length
       out.queue = []
-      out.failedUntil = Date.now() + (this.init.dialBackoffMs ?? 0)
+      out.failedUntil = this.now() + (this.init.dialBackoffMs ?? 0)
       this.init.onDialFailure?.(to)
       this.init.log.trace({ peer: to, err: (err as Error).message }, 'cannot open message stream')
     } finally {

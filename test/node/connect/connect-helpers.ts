@@ -114,5 +114,6 @@ export function connectWithFakes(
   )
   raft.store.onChange(() => connect.refreshState())
   connect.attachToRaft()
+  raft.setVoterGate((peerId, signal) => connect.grantKeyTo(peerId, signal)) // as create-agent wires it
   return { connect, raft, self }
 }

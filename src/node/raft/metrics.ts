@@ -1,0 +1,68 @@
+import { Gauge, type Registry } from 'prom-client'
+import type { NodeId, Role } from '../../raft/index.ts'
+import { counterFrom, gaugeFrom } from '../agent/metrics.ts'
+
+/** What the Raft metrics read, each time they are scraped. */
+export interface RaftMetricsSource {
+  /** The running node's status; undefined before start. */
+  status():
+    | {
+        id: NodeId
+        term: number
+        commit: number
+        lastIndex: number
+        role: Role
+        conf: { voters: readonly NodeId[]; learners: readonly NodeId[] }
+      }
+    | undefined
+  applied(): number
+  counters(): { leaderChanges: number; proposals: number; forwardedWrites: number; confChanges: number }
+}
+
+/** Registers the `peermesh_raft_*` metrics. */
+export function registerRaftMetrics(registry: Registry, source: RaftMetricsSource): void {
+  const gauge = (name: string, help: string, pick: () => number): void =>
+    gaugeFrom(registry, name, help, pick)
+  const counter = (name: string, help: string, pick: () => number): void =>
+    counterFrom(registry, name, help, pick)
+  const status = () => source.status()
+  gauge('peermesh_raft_term', 'Current Raft term', () => status()?.term ?? 0)
+  gauge('peermesh_raft_commit_index', 'Highest log index known committed', () => status()?.commit ?? 0)
+  gauge('peermesh_raft_applied_index', 'Highest log index applied here', () => source.applied())
+  gauge('peermesh_raft_last_index', 'Last log index here', () => status()?.lastIndex ?? 0)
+  new Gauge({
+    name: 'peermesh_raft_role',
+    help: 'Raft role of this agent (1 for the current role; learner = follower outside the voters)',
+    labelNames: ['role'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      const st = status()
+      if (st === undefined) return
+      const learner = st.conf.learners.includes(st.id)
+      this.set({ role: learner ? 'learner' : st.role }, 1)
+    },
+  })
+  gauge('peermesh_raft_voters', 'Voters in the Raft configuration', () => status()?.conf.voters.length ?? 0)
+  gauge(
+    'peermesh_raft_learners',
+    'Learners in the Raft configuration',
+    () => status()?.conf.learners.length ?? 0,
+  )
+  counter(
+    'peermesh_raft_leader_changes_total',
+    'Leader or term changes seen',
+    () => source.counters().leaderChanges,
+  )
+  counter('peermesh_raft_proposals_total', 'Writes started on this agent', () => source.counters().proposals)
+  counter(
+    'peermesh_raft_forwarded_writes_total',
+    'Write attempts forwarded to the leader',
+    () => source.counters().forwardedWrites,
+  )
+  counter(
+    'peermesh_raft_conf_changes_total',
+    'Membership changes applied',
+    () => source.counters().confChanges,
+  )
+}
