@@ -4,7 +4,8 @@ import {
   intentionPrecedence,
   validateIntention,
 } from '../../proxy/intentions.ts'
-import type { Intention, PolicyCommand, PolicyResult } from '../../raft/policy/policy-store.ts'
+import type { StoredIntention } from '../../raft/policy/intention.ts'
+import type { PolicyCommand, PolicyResult } from '../../raft/policy/policy-commands.ts'
 import {
   DEFAULT_BLOCKING_WAIT_MS,
   INDEX_HEADER,
@@ -33,7 +34,7 @@ export interface IntentionJson {
   modifyIndex: number
 }
 
-export function intentionJson(i: Intention): IntentionJson {
+export function intentionJson(i: StoredIntention): IntentionJson {
   return {
     source: i.source,
     destination: i.destination,
