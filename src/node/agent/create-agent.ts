@@ -4,7 +4,6 @@ import type { AgentConfig } from './config.ts'
 import { CatalogModule } from '../catalog/catalog-module.ts'
 import { ConnectModule } from '../connect/connect-module.ts'
 import { GossipModule } from '../gossip/gossip-module.ts'
-import { ConnectMeshSecurity } from '../connect/mesh-security.ts'
 import { RaftModule } from '../raft/raft-module.ts'
 import { SidecarModule } from '../sidecars/sidecar-module.ts'
 
@@ -29,7 +28,7 @@ export function createAgent(
   agent.use(raft)
   const connect = new ConnectModule(raft, catalog)
   agent.use(connect)
-  const sidecars = new SidecarModule(catalog, new ConnectMeshSecurity(connect, raft, agent.events))
+  const sidecars = new SidecarModule(catalog, connect.meshSecurity)
   agent.use(sidecars)
   return { agent, gossip, catalog, raft, connect, sidecars }
 }
