@@ -7,7 +7,8 @@
  * view served by `GET /v1/connect/ca/roots`, and the decision of when a root rotation is complete.
  */
 import type { KeyObject } from 'node:crypto'
-import type { KeyType, RootCa } from '../index.ts'
+import type { RootCa } from '../ca/ca.ts'
+import type { KeyType } from '../keys/keys.ts'
 import { openSealed, sealToPeer } from '../keys/key-seal.ts'
 
 /** One root as replicated. `crossSignedPem` is set on a new root during a rotation. */

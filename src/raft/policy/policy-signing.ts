@@ -121,8 +121,8 @@ export function signPolicyEntry(
 
 /**
  * Envelopes this process signed, by identity (the very bytes object the leader appended), so the
- * leader does not verify its own signature again when it applies the entry (an Ed25519 verify
- * costs ~0.1 ms here, on every write). Bytes that came over the network or from disk are other
+ * leader does not verify its own signature again when it applies the entry (a verify on every
+ * write is the costliest step of the apply path). Bytes that came over the network or from disk are other
  * objects and are verified.
  */
 const sealedHere = new WeakMap<Uint8Array, { index: number; root: string; rid: string }>()
