@@ -66,7 +66,8 @@ export interface ConnectModuleOptions {
  * - `LeafManager` keeps a leaf per local service;
  * - `IntentionView` and `PolicyIndexWaiters` serve intentions and blocking queries from the
  *   committed state here.
- * Why entries are signed and how custody works: README, "Mesh CA and policy integrity".
+ * Why policy entries are signed and who holds the root key: README, "Mesh identity and intentions",
+ * key-custody.ts and src/raft/policy/policy-signing.ts.
  */
 export class ConnectModule implements AgentModule, ConnectApi {
   readonly name = 'connect'
