@@ -54,7 +54,10 @@ const DEFAULT_RETRY_PAUSE_MS = 50
 
 export class LeafManager {
   readonly stats = { leavesRenewed: 0 }
-  private readonly emitter = new TypedEmitter<LeafManagerEvents>()
+  /** A failing listener is logged: it must not stop rotation. */
+  private readonly emitter = new TypedEmitter<LeafManagerEvents>((err) =>
+    this.c.log.warn({ err: (err as Error).message }, 'leaf listener failed'),
+  )
   private readonly rotators = new Map<string, LeafCertificateRotator>()
   private started = false
   private stopped = false

@@ -80,7 +80,10 @@ export class ConnectModule implements AgentModule, ConnectApi {
   private readonly rpc: ConnectRpc
   private readonly view: IntentionView
   private readonly waiters: PolicyIndexWaiters
-  private readonly emitter = new TypedEmitter<ConnectEvents>()
+  /** A failing listener is logged, never thrown into the apply path (as before the typed events). */
+  private readonly emitter = new TypedEmitter<ConnectEvents>((err) =>
+    this.log?.warn({ err: (err as Error).message }, 'connect event listener failed'),
+  )
   private readonly clock: Clock
   private ctx?: AgentContext
   private log?: Logger
