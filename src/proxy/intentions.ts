@@ -19,19 +19,9 @@
  * connection, with the committed policy held locally.
  */
 import { isDnsLabel } from '../identity/ca/spiffe.ts'
+import { type Intention, type IntentionAction, isIntentionName, WILDCARD } from '../raft/policy/intention.ts'
 
-export type IntentionAction = 'allow' | 'deny'
-export const WILDCARD = '*'
-
-export interface Intention {
-  /** Service name or `*`. */
-  source: string
-  /** Service name or `*`. */
-  destination: string
-  action: IntentionAction
-  /** Free text for humans; not used in decisions. */
-  description?: string
-}
+export { type Intention, type IntentionAction, isIntentionName, WILDCARD }
 
 export interface IntentionDecision {
   action: IntentionAction
@@ -109,11 +99,6 @@ export class InvalidIntentionQueryError extends Error {
   static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_QUERY'
   override readonly name = 'InvalidIntentionQueryError'
   readonly code = InvalidIntentionQueryError.code
-}
-
-/** True for a service name or `*`. */
-export function isIntentionName(value: unknown): value is string {
-  return value === WILDCARD || isDnsLabel(value)
 }
 
 /**

@@ -1,13 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest'
-import {
-  createRootCa,
-  crossSign,
-  LeafSigningRateLimiter,
-  type RootCa,
-  type SignedLeaf,
-  signLeaf,
-} from '../../src/identity/ca/ca.ts'
+import { createRootCa, crossSign, type RootCa, type SignedLeaf, signLeaf } from '../../src/identity/ca/ca.ts'
 import { createLeafKeyAndCsr, LeafVerifier, verifyLeaf } from '../../src/identity/ca/leaf.ts'
+import { LeafSigningRateLimiter } from '../../src/identity/connect/leaf-signing-rate-limiter.ts'
 import { type CryptoKeyPair, generateKeyPair, signingAlgorithm } from '../../src/identity/keys/keys.ts'
 import { x509 } from '../../src/identity/ca/x509-setup.ts'
 import { codeOf, DAY, HOUR, T0, TD } from './helpers.ts'

@@ -58,10 +58,6 @@ import {
 import { x509 } from './x509-setup.ts'
 
 export type { KeyType } from '../keys/keys.ts'
-export {
-  LeafSigningRateLimiter,
-  type LeafSigningRateLimiterOptions,
-} from '../connect/leaf-signing-rate-limiter.ts'
 
 /** A CA able to sign: its certificate and its PKCS#8 private key, both PEM. */
 export interface SigningCa {

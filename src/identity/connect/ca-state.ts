@@ -7,9 +7,9 @@
  * view served by `GET /v1/connect/ca/roots`, and the decision of when a root rotation is complete.
  */
 import type { KeyObject } from 'node:crypto'
-import type { KeyType, RootCa } from '../index.ts'
+import type { RootCa } from '../ca/ca.ts'
+import type { KeyType } from '../keys/keys.ts'
 import { openSealed, sealToPeer } from '../keys/key-seal.ts'
-import type { CaRoots } from '../../raft/policy/policy-store.ts'
 
 /** One root as replicated. `crossSignedPem` is set on a new root during a rotation. */
 export interface CaRootRecord {
@@ -27,6 +27,14 @@ export interface CaRootRecord {
   crossSignedPem?: string
   /** Wall-clock ms when this root became active (leaves older than this are from the old root). */
   activatedAt: number
+}
+
+/** The CA part of the policy store's state (`ca.setRoots`), records parsed. */
+export interface CaRoots {
+  roots: CaRootRecord[]
+  activeRootId: string | undefined
+  /** Raft index of the CA state's last change. */
+  modifyIndex: number
 }
 
 export interface CaState {
@@ -150,9 +158,14 @@ export function parseRootRecord(v: unknown): CaRootRecord | undefined {
   }
 }
 
-export function caStateOf(raw: CaRoots): CaState {
-  const roots = raw.roots.map(parseRootRecord).filter((r): r is CaRootRecord => r !== undefined)
-  return { roots, active: roots.find((r) => r.id === raw.activeRootId), modifyIndex: raw.modifyIndex }
+/** The records of `raw` that are ours; the others are dropped. */
+export function parseRootRecords(raw: readonly unknown[]): CaRootRecord[] {
+  return raw.map(parseRootRecord).filter((r): r is CaRootRecord => r !== undefined)
+}
+
+export function caStateOf(ca: CaRoots): CaState {
+  const roots = ca.roots
+  return { roots, active: roots.find((r) => r.id === ca.activeRootId), modifyIndex: ca.modifyIndex }
 }
 
 export function caRootsJson(state: CaState): CaRootsJson {

@@ -7,6 +7,8 @@
  * holder) are injected, so tests drive it with a virtual clock. A fresh key is made for every
  * renewal, locally; only the CSR leaves the process.
  */
+import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
+import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import { parseCertificatePem, subjectAltNames } from '../ca/cert-info.ts'
 import { InvalidCaOptionError, LeafRequestTimeoutError, LeafResponseInvalidError } from '../ca/errors.ts'
 import { type KeyType, publicKeySpkiOfPrivatePem } from '../keys/keys.ts'
@@ -53,20 +55,6 @@ export function retryDelayMs(attempt: number, backoff: RetryBackoff, rng: () => 
   return Math.floor(capped / 2 + (capped / 2) * clamp01(rng()))
 }
 
-/** The clock and timers the rotator uses; tests inject a virtual clock. */
-export interface RotatorTimers {
-  now(): number
-  setTimeout(callback: () => void, ms: number): unknown
-  clearTimeout(handle: unknown): void
-}
-
-/** Node's wall clock and timers. */
-export const systemTimers: RotatorTimers = {
-  now: () => Date.now(),
-  setTimeout: (callback, ms) => setTimeout(callback, ms),
-  clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
-}
-
 /** Node timers cannot wait longer than 2^31-1 ms; longer waits are done in steps. */
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1
 
@@ -109,8 +97,8 @@ export interface LeafCertificateRotatorInit {
   keyType?: KeyType
   /** Asks the CA for a certificate for this CSR; should honour `signal`. */
   requestLeaf: RequestLeaf
-  /** Default: wall clock and Node timers. */
-  timers?: RotatorTimers
+  /** Time and timers. Default `systemClock`. */
+  clock?: Clock
   /** Uniform [0, 1). Default Math.random (jitter needs no cryptographic randomness). */
   rng?: () => number
   retry?: Partial<RetryBackoff>
@@ -122,8 +110,6 @@ export interface LeafCertificateRotatorInit {
   createKeyAndCsr?: (options: CreateLeafKeyAndCsrOptions) => Promise<LeafKeyAndCsr>
 }
 
-type Listener<T> = (detail: T) => void
-
 /**
  * Keeps one service's leaf certificate fresh. `start()` schedules the first renewal (at once if
  * there is no usable certificate); `stop()` cancels timers and aborts any request in flight.
@@ -131,18 +117,19 @@ type Listener<T> = (detail: T) => void
 export class LeafCertificateRotator {
   readonly spiffeId: string
   private readonly init: LeafCertificateRotatorInit
-  private readonly timers: RotatorTimers
+  private readonly clock: Clock
   private readonly rng: () => number
   private readonly backoff: RetryBackoff
   private readonly requestTimeoutMs: number
-  private readonly listeners = new Map<keyof LeafCertificateRotatorEvents, Set<Listener<never>>>()
+  // A faulty listener must not stop rotation: listener errors are dropped.
+  private readonly events = new TypedEmitter<LeafCertificateRotatorEvents>(() => {})
   private credentials: LeafCredentials | undefined
   private running = false
   /** Bumped by stop(): work begun in an earlier epoch must not touch state. */
   private epoch = 0
   private failures = 0
-  private renewTimer: unknown
-  private expiryTimer: unknown
+  private renewTimer: Cancel | undefined
+  private expiryTimer: Cancel | undefined
   private inFlight: Promise<void> | undefined
   /** renewNow() came while a renewal was in flight: its answer may predate the reason. */
   private renewAgain = false
@@ -151,7 +138,7 @@ export class LeafCertificateRotator {
   constructor(init: LeafCertificateRotatorInit) {
     this.spiffeId = serviceSpiffeId(init.trustDomain, init.service)
     this.init = init
-    this.timers = init.timers ?? systemTimers
+    this.clock = init.clock ?? systemClock
     this.rng = init.rng ?? Math.random
     this.backoff = { ...DEFAULT_RETRY_BACKOFF, ...init.retry }
     if (!(this.backoff.initialMs > 0) || !(this.backoff.maxMs >= this.backoff.initialMs)) {
@@ -180,7 +167,7 @@ export class LeafCertificateRotator {
   /** The certificate to serve now, or `undefined` if there is none or it has expired. */
   current(): LeafCredentials | undefined {
     const c = this.credentials
-    return c && this.timers.now() < c.notAfter ? c : undefined
+    return c && this.clock.now() < c.notAfter ? c : undefined
   }
 
   get isRunning(): boolean {
@@ -201,7 +188,7 @@ export class LeafCertificateRotator {
       this.scheduleExpiry(c)
       this.scheduleRenewalAt(renewAt(c.notBefore, c.notAfter, this.rng))
     } else {
-      this.scheduleRenewalAt(this.timers.now())
+      this.scheduleRenewalAt(this.clock.now())
     }
   }
 
@@ -239,28 +226,9 @@ export class LeafCertificateRotator {
 
   on<K extends keyof LeafCertificateRotatorEvents>(
     type: K,
-    listener: Listener<LeafCertificateRotatorEvents[K]>,
-  ): () => void {
-    let set = this.listeners.get(type)
-    if (!set) {
-      set = new Set()
-      this.listeners.set(type, set)
-    }
-    set.add(listener as Listener<never>)
-    return () => set.delete(listener as Listener<never>)
-  }
-
-  private emit<K extends keyof LeafCertificateRotatorEvents>(
-    type: K,
-    detail: LeafCertificateRotatorEvents[K],
-  ): void {
-    for (const listener of this.listeners.get(type) ?? []) {
-      try {
-        ;(listener as Listener<LeafCertificateRotatorEvents[K]>)(detail)
-      } catch {
-        // A faulty listener must not stop rotation; listeners are documented as non-throwing.
-      }
-    }
+    listener: (detail: LeafCertificateRotatorEvents[K]) => void,
+  ): Unsubscribe {
+    return this.events.on(type, listener)
   }
 
   private renew(): void {
@@ -279,7 +247,7 @@ export class LeafCertificateRotator {
 
   private async attempt(epoch: number): Promise<void> {
     const attemptController = new AbortController()
-    const timeout = this.timers.setTimeout(
+    const cancelTimeout = this.clock.setTimeout(
       () =>
         attemptController.abort(
           new LeafRequestTimeoutError(`leaf request took over ${this.requestTimeoutMs} ms`),
@@ -300,22 +268,27 @@ export class LeafCertificateRotator {
       const certPem = typeof response === 'string' ? response : response.certPem
       const intermediatesPem = typeof response === 'string' ? [] : (response.intermediatesPem ?? [])
       const next = this.toCredentials(fresh.keyPem, certPem, intermediatesPem, fresh.publicKeySpki)
-      if (next.notAfter <= this.timers.now())
+      if (next.notAfter <= this.clock.now())
         throw new LeafResponseInvalidError('issued certificate is already expired')
       const previous = this.current()
       this.credentials = next
       this.failures = 0
       this.scheduleExpiry(next)
       this.scheduleRenewalAt(renewAt(next.notBefore, next.notAfter, this.rng))
-      this.emit('cert:rotated', { current: next, previous })
+      this.events.emit('cert:rotated', { current: next, previous })
     } catch (error) {
       if (epoch !== this.epoch) return
       this.failures++
       const retryInMs = retryDelayMs(this.failures, this.backoff, this.rng)
-      this.scheduleRenewalAt(this.timers.now() + retryInMs)
-      this.emit('cert:renew-failed', { error, attempt: this.failures, retryInMs, current: this.current() })
+      this.scheduleRenewalAt(this.clock.now() + retryInMs)
+      this.events.emit('cert:renew-failed', {
+        error,
+        attempt: this.failures,
+        retryInMs,
+        current: this.current(),
+      })
     } finally {
-      this.timers.clearTimeout(timeout)
+      cancelTimeout()
     }
   }
 
@@ -366,7 +339,7 @@ export class LeafCertificateRotator {
 
   private scheduleExpiry(credentials: LeafCredentials): void {
     this.setTimerAt('expiryTimer', credentials.notAfter, () => {
-      if (this.credentials === credentials) this.emit('cert:expired', { expired: credentials })
+      if (this.credentials === credentials) this.events.emit('cert:expired', { expired: credentials })
     })
   }
 
@@ -374,12 +347,12 @@ export class LeafCertificateRotator {
   private setTimerAt(slot: 'renewTimer' | 'expiryTimer', dueMs: number, fire: () => void): void {
     this.clearTimer(slot)
     if (!this.running) return
-    const delay = Math.max(0, dueMs - this.timers.now())
-    this[slot] = this.timers.setTimeout(
+    const delay = Math.max(0, dueMs - this.clock.now())
+    this[slot] = this.clock.setTimeout(
       () => {
         this[slot] = undefined
         if (!this.running) return
-        if (this.timers.now() < dueMs) this.setTimerAt(slot, dueMs, fire)
+        if (this.clock.now() < dueMs) this.setTimerAt(slot, dueMs, fire)
         else fire()
       },
       Math.min(delay, MAX_TIMER_DELAY_MS),
@@ -387,7 +360,7 @@ export class LeafCertificateRotator {
   }
 
   private clearTimer(slot: 'renewTimer' | 'expiryTimer'): void {
-    if (this[slot] !== undefined) this.timers.clearTimeout(this[slot])
+    this[slot]?.()
     this[slot] = undefined
   }
 }

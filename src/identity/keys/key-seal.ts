@@ -11,6 +11,7 @@ import {
   randomBytes,
 } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { PeermeshError } from '../../common/errors.ts'
 
 /**
  * Sealing a secret (the mesh CA root key) to one agent, so that it can travel in the replicated
@@ -34,9 +35,8 @@ const PUB_BYTES = 32
 /** version, ephemeral public key, nonce, then ciphertext and tag. */
 const HEADER_BYTES = 1 + PUB_BYTES + NONCE_BYTES
 
-export class KeySealError extends Error {
-  override readonly name = 'KeySealError'
-  readonly code = 'PEERMESH_ERR_KEY_SEAL'
+export class KeySealError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_KEY_SEAL'
 }
 
 function modPow(base: bigint, exp: bigint, mod: bigint): bigint {

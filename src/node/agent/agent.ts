@@ -102,6 +102,11 @@ export class Agent {
     return this.identity.id
   }
 
+  /** This agent's node identity, once `start()` has loaded it. */
+  nodeIdentity(): NodeIdentity | undefined {
+    return this.identity
+  }
+
   get libp2p(): Host {
     if (this.host === undefined) throw new AgentNotStartedError('agent not started')
     return this.host

@@ -4,18 +4,39 @@ import {
   intentionPrecedence,
   validateIntention,
 } from '../../proxy/intentions.ts'
-import type { Intention, PolicyCommand, PolicyResult } from '../../raft/policy/policy-store.ts'
+import type { StoredIntention } from '../../raft/policy/intention.ts'
+import type { PolicyCommand, PolicyResult } from '../../raft/policy/policy-commands.ts'
 import {
   DEFAULT_BLOCKING_WAIT_MS,
   INDEX_HEADER,
   MAX_BLOCKING_WAIT_MS,
   parseDuration,
 } from '../catalog/index.ts'
-import { caRootsJson } from '../../identity/connect/ca-state.ts'
-import type { ConnectModule } from '../connect/connect-module.ts'
-import { DEFAULT_ACTION_ENTRY } from '../connect/connect-module.ts'
+import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
+import { type CaState, caRootsJson } from '../../identity/connect/ca-state.ts'
+import { CaRotationConflictError } from '../../identity/connect/errors.ts'
+import type { LeafCredentials } from '../../identity/connect/leaf-rotator.ts'
+import type { IntentionIndex } from '../../proxy/intentions.ts'
+import { DEFAULT_ACTION_ENTRY } from '../connect/intention-view.ts'
 import { ApiError } from '../agent/errors.ts'
 import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
+
+/** What the connect routes use of the connect module. */
+export interface ConnectApi {
+  caState(): CaState
+  rotate(options: { signal: AbortSignal }): Promise<RotationStarted>
+  hostsService(service: string): boolean
+  leaf(service: string, options: { signal: AbortSignal }): Promise<LeafCredentials | undefined>
+  trustedRootsPem(): string[]
+  intentions(): StoredIntention[]
+  getIntention(source: string, destination: string): StoredIntention | undefined
+  intentionIndex(): IntentionIndex
+  /** Raft index of the policy state applied here. */
+  readonly stateIndex: number
+  waitForChange(after: number, waitMs: number, signal?: AbortSignal): Promise<number>
+  /** A policy write through Raft (from any agent). */
+  write(cmd: PolicyCommand, options: { signal: AbortSignal }): Promise<PolicyResult>
+}
 
 /** Time a write may take by default before the API answers 503 (as raft-routes). */
 const DEFAULT_WRITE_TIMEOUT_MS = 5_000
@@ -33,7 +54,7 @@ export interface IntentionJson {
   modifyIndex: number
 }
 
-export function intentionJson(i: Intention): IntentionJson {
+export function intentionJson(i: StoredIntention): IntentionJson {
   return {
     source: i.source,
     destination: i.destination,
@@ -104,9 +125,9 @@ function deadline(req: ApiRequest): AbortSignal {
   return AbortSignal.any([req.signal, AbortSignal.timeout(ms)])
 }
 
-async function write(connect: ConnectModule, cmd: PolicyCommand, req: ApiRequest): Promise<PolicyResult> {
+async function write(connect: ConnectApi, cmd: PolicyCommand, req: ApiRequest): Promise<PolicyResult> {
   try {
-    return (await connect.raftModule.write(cmd, { signal: deadline(req) })).result
+    return await connect.write(cmd, { signal: deadline(req) })
   } catch (err) {
     throw unavailable(err)
   }
@@ -116,7 +137,7 @@ function unavailable(err: unknown): unknown {
   if (err instanceof ApiError) return err
   const code = (err as { code?: unknown }).code
   if (typeof code === 'string' && code.startsWith('PEERMESH_ERR_'))
-    return new ApiError((err as Error).message, code === 'PEERMESH_ERR_CA_ROTATION_CONFLICT' ? 409 : 503, {
+    return new ApiError((err as Error).message, code === CaRotationConflictError.code ? 409 : 503, {
       cause: err,
     })
   if (err instanceof Error && (err.name === 'AbortError' || err.name === 'TimeoutError'))
@@ -129,7 +150,7 @@ function json(value: unknown, index: number): ApiReply {
 }
 
 /** `?index=N&wait=D`: wait until the policy state passes index N (Consul blocking query). */
-async function maybeBlock(connect: ConnectModule, req: ApiRequest): Promise<void> {
+async function maybeBlock(connect: ConnectApi, req: ApiRequest): Promise<void> {
   const after = req.query.get('index')
   if (after === null) return
   if (!/^\d{1,15}$/.test(after)) throw new ApiError('index: expected a non-negative integer', 400)
@@ -158,7 +179,7 @@ async function maybeBlock(connect: ConnectModule, req: ApiRequest): Promise<void
  * - `GET|PUT /v1/connect/intentions/default` → `{ action }` (cluster-wide, in Raft).
  * Reads and checks answer from this agent's committed state, with `X-Peermesh-Index`.
  */
-export function registerConnectRoutes(http: HttpApi, connect: ConnectModule): void {
+export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void {
   http.route('GET', '/v1/connect/ca/roots', () => caRootsJson(connect.caState()))
   http.route('POST', '/v1/connect/ca/rotate', async (req) => {
     try {
@@ -217,7 +238,7 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectModule): vo
   })
   http.route('GET', '/v1/connect/intentions/exact', (req) => {
     const { source, destination } = parsePairQuery(req.query)
-    const it = connect.raftModule.store.getIntention(source, destination)
+    const it = connect.getIntention(source, destination)
     if (it === undefined) throw new ApiError(`no intention ${source} -> ${destination}`, 404)
     return json(intentionJson(it), connect.stateIndex)
   })

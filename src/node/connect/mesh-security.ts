@@ -1,38 +1,40 @@
-import { EventEmitter } from 'node:events'
-import type { Events } from '../../common/events.ts'
-import type { AgentEvents } from '../agent/events.ts'
+import type { Events, Unsubscribe } from '../../common/events.ts'
+import type { LeafCredentials } from '../../identity/connect/leaf-rotator.ts'
 import {
   type CertificateSource,
   IntentionAuthorizer,
+  type IntentionIndex,
   type ServiceCertificate,
   type SplitConfig,
-  type Unsubscribe,
 } from '../../proxy/index.ts'
-import type { ConnectModule } from './connect-module.ts'
-import type { RaftModule } from '../raft/raft-module.ts'
+import type { ConfigEntry } from '../../raft/policy/policy-store.ts'
 import type { MeshSecurity } from '../sidecars/sidecar-module.ts'
+import type { ConnectEvents } from './events.ts'
 
-type Bus = Events<AgentEvents>
+/** What the sidecars' view reads of the connect module. */
+export interface MeshConnectView {
+  readonly events: Events<ConnectEvents>
+  currentLeaf(service: string): LeafCredentials | undefined
+  trustedRootsPem(): string[]
+  activeTrustDomain(): string | undefined
+  leaf(service: string, options: { signal: AbortSignal }): Promise<LeafCredentials | undefined>
+  intentionIndex(): IntentionIndex
+}
+
+/** The policy store's config entries, for service-splitter. */
+export interface SplitEntrySource {
+  getConfigEntry(kind: string, name: string): ConfigEntry | undefined
+  listConfigEntries(kind?: string): ConfigEntry[]
+  onChange(listener: (index: number) => void): () => void
+}
 
 /** A local service's leaf, kept fresh by the connect module's rotator, with every trusted root. */
 class ConnectCertificateSource implements CertificateSource {
-  private readonly events = new EventEmitter()
-
   constructor(
-    private readonly connect: ConnectModule,
+    private readonly connect: MeshConnectView,
     private readonly service: string,
-    bus: Bus,
-  ) {
-    const fire = (): void => {
-      const c = this.current()
-      if (c !== undefined) this.events.emit('cert:rotated', c)
-    }
-    bus.on('cert:rotated', (e: { service: string }) => {
-      if (e.service === service) fire()
-    })
-    // New or dropped roots change what the listeners must trust, even with the same leaf.
-    bus.on('ca:change', fire)
-  }
+    private readonly track: (off: Unsubscribe) => Unsubscribe,
+  ) {}
 
   current(): ServiceCertificate | undefined {
     const leaf = this.connect.currentLeaf(this.service)
@@ -45,30 +47,56 @@ class ConnectCertificateSource implements CertificateSource {
     }
   }
 
-  on(type: 'cert:rotated', listener: (cert: ServiceCertificate) => void): Unsubscribe {
-    this.events.on(type, listener)
-    return () => this.events.off(type, listener)
+  on(_type: 'cert:rotated', listener: (cert: ServiceCertificate) => void): Unsubscribe {
+    const fire = (): void => {
+      const c = this.current()
+      if (c !== undefined) listener(c)
+    }
+    const offs = [
+      this.connect.events.on('cert:rotated', (e) => {
+        if (e.service === this.service) fire()
+      }),
+      // New or dropped roots change what the listeners must trust, even with the same leaf.
+      this.connect.events.on('ca:change', fire),
+    ]
+    return this.track(() => {
+      for (const off of offs) off()
+    })
   }
 }
 
 /**
  * The sidecars' view of the mesh's security state, from the connect module (CA, leaves,
- * intentions) and the Raft policy store (service-splitter config entries).
+ * intentions) and the Raft policy store (service-splitter config entries). `stop()` releases every
+ * subscription it and its certificate sources hold.
  */
 export class ConnectMeshSecurity implements MeshSecurity {
   private readonly authz: IntentionAuthorizer
   private readonly sources = new Map<string, ConnectCertificateSource>()
   private readonly splitListeners = new Set<(destination: string) => void>()
   private splitKeys = new Map<string, string>()
+  private readonly subscriptions = new Set<Unsubscribe>()
 
   constructor(
-    private readonly connect: ConnectModule,
-    private readonly raft: RaftModule,
-    private readonly bus: Bus,
+    private readonly connect: MeshConnectView,
+    private readonly splits: SplitEntrySource,
   ) {
     this.authz = new IntentionAuthorizer(connect.intentionIndex())
-    bus.on('intention:change', () => this.authz.update(connect.intentionIndex()))
-    raft.store.onChange(() => this.checkSplits())
+    this.track(connect.events.on('intention:change', () => this.authz.update(connect.intentionIndex())))
+    this.track(splits.onChange(() => this.checkSplits()))
+  }
+
+  stop(): void {
+    for (const off of [...this.subscriptions]) off()
+  }
+
+  /** Keeps `off` until it is called or `stop()` calls it; returns it, made idempotent. */
+  private readonly track = (off: Unsubscribe): Unsubscribe => {
+    const once = (): void => {
+      if (this.subscriptions.delete(once)) off()
+    }
+    this.subscriptions.add(once)
+    return once
   }
 
   trustDomain(): string {
@@ -85,7 +113,7 @@ export class ConnectMeshSecurity implements MeshSecurity {
   certificates(service: string): CertificateSource {
     let s = this.sources.get(service)
     if (s === undefined) {
-      s = new ConnectCertificateSource(this.connect, service, this.bus)
+      s = new ConnectCertificateSource(this.connect, service, this.track)
       this.sources.set(service, s)
     }
     return s
@@ -100,7 +128,7 @@ export class ConnectMeshSecurity implements MeshSecurity {
    * serviceSubset }] }`) as the proxy's split: each subset is the instances with that tag.
    */
   split(destination: string): SplitConfig | undefined {
-    const entry = this.raft.store.getConfigEntry('service-splitter', destination)
+    const entry = this.splits.getConfigEntry('service-splitter', destination)
     const splits = (
       entry?.value as { splits?: { weight: number; service?: string; serviceSubset?: string }[] }
     )?.splits
@@ -113,13 +141,14 @@ export class ConnectMeshSecurity implements MeshSecurity {
 
   onSplitChange(listener: (destination: string) => void): Unsubscribe {
     this.splitListeners.add(listener)
-    return () => this.splitListeners.delete(listener)
+    return () => {
+      this.splitListeners.delete(listener)
+    }
   }
 
   private checkSplits(): void {
     const next = new Map<string, string>()
-    for (const e of this.raft.store.listConfigEntries('service-splitter'))
-      next.set(e.name, String(e.modifyIndex))
+    for (const e of this.splits.listConfigEntries('service-splitter')) next.set(e.name, String(e.modifyIndex))
     const changed = new Set<string>()
     for (const [name, key] of next) if (this.splitKeys.get(name) !== key) changed.add(name)
     for (const name of this.splitKeys.keys()) if (!next.has(name)) changed.add(name)

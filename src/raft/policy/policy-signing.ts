@@ -1,4 +1,5 @@
 import { createPrivateKey, type KeyObject, sign, verify, X509Certificate } from 'node:crypto'
+import type { CaRootRecord } from '../../identity/connect/ca-state.ts'
 import { pack, unpackRecord } from '../msgpack.ts'
 import type { Message, RequestId } from '../types.ts'
 
@@ -7,7 +8,7 @@ import type { Message, RequestId } from '../types.ts'
  * an envelope signed by a trusted CA root over (Raft index, request id, command). The leader signs
  * as it appends (it alone knows the index then); every agent verifies before applying. So:
  * - an entry forged by an agent without the CA key (a learner: the root key is sealed to voters
- *   only, see connect-ca.ts) fails verification;
+ *   only, see identity/connect/ca-state.ts) fails verification;
  * - a genuine entry replayed at another index (or with another request id) fails verification;
  * - an entry signed by a root that is no longer trusted (dropped after a rotation) fails.
  * A rejected entry leaves the state unchanged (it is applied as an error result, the same on every
@@ -120,8 +121,8 @@ export function signPolicyEntry(
 
 /**
  * Envelopes this process signed, by identity (the very bytes object the leader appended), so the
- * leader does not verify its own signature again when it applies the entry (an Ed25519 verify
- * costs ~0.1 ms here, on every write). Bytes that came over the network or from disk are other
+ * leader does not verify its own signature again when it applies the entry (a verify on every
+ * write is the costliest step of the apply path). Bytes that came over the network or from disk are other
  * objects and are verified.
  */
 const sealedHere = new WeakMap<Uint8Array, { index: number; root: string; rid: string }>()
@@ -244,13 +245,6 @@ export function snapshotMessageTrusted(msg: Message, trusted: readonly TrustedRo
 }
 
 /** The roots of a replicated CA state that can be verified against (id + certificate). */
-export function trustedRootsOf(roots: readonly unknown[]): TrustedRoot[] {
-  const out: TrustedRoot[] = []
-  for (const r of roots) {
-    if (r === null || typeof r !== 'object') continue
-    const o = r as Record<string, unknown>
-    if (typeof o['id'] === 'string' && typeof o['certPem'] === 'string')
-      out.push({ id: o['id'], certPem: o['certPem'] })
-  }
-  return out
+export function trustedRootsOf(roots: readonly CaRootRecord[]): TrustedRoot[] {
+  return roots.map((r) => ({ id: r.id, certPem: r.certPem }))
 }

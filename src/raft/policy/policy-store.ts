@@ -1,8 +1,27 @@
-import { z } from 'zod'
+import { type CaRoots, type CaState, caStateOf, parseRootRecords } from '../../identity/connect/ca-state.ts'
 import { pack, unpack } from '../msgpack.ts'
-import { openPolicyEntry, type TrustedRoot, trustedRootsOf } from './policy-signing.ts'
 import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
+import type { StoredIntention } from './intention.ts'
+import {
+  CONFIG_ENTRY_SCHEMAS,
+  type PolicyErrorCode,
+  type PolicyResult,
+  policyCommandSchema,
+  stripUndefined,
+} from './policy-commands.ts'
+import { openPolicyEntry, type TrustedRoot, trustedRootsOf } from './policy-signing.ts'
+
+export type { CaRoots } from '../../identity/connect/ca-state.ts'
+export type { Intention, IntentionAction, StoredIntention } from './intention.ts'
+export {
+  CONFIG_ENTRY_SCHEMAS,
+  encodePolicyCommand,
+  type PolicyCommand,
+  type PolicyErrorCode,
+  type PolicyResult,
+  policyCommandSchema,
+} from './policy-commands.ts'
 
 /**
  * The first replicated state machine: a versioned policy store holding intentions (who may talk to
@@ -16,106 +35,12 @@ import type { Entry } from '../types.ts'
  * result. The table is part of the snapshot.
  */
 
-export type IntentionAction = 'allow' | 'deny'
-
-export interface Intention {
-  source: string
-  destination: string
-  action: IntentionAction
-  description?: string
-  meta?: Record<string, string>
-  createdIndex: number
-  modifyIndex: number
-}
-
 export interface ConfigEntry {
   kind: string
   name: string
   value: Record<string, unknown>
   createdIndex: number
   modifyIndex: number
-}
-
-export interface CaRoots {
-  roots: unknown[]
-  activeRootId: string | undefined
-  modifyIndex: number
-}
-
-export type PolicyErrorCode =
-  | 'PEERMESH_ERR_INVALID_COMMAND'
-  | 'PEERMESH_ERR_NOT_FOUND'
-  | 'PEERMESH_ERR_CAS_FAILED'
-  | 'PEERMESH_ERR_STALE_REQUEST'
-  | 'PEERMESH_ERR_POLICY_SIGNATURE'
-
-export type PolicyResult = { ok: true; index: number } | { ok: false; code: PolicyErrorCode; message: string }
-
-const name = z.string().min(1).max(512)
-const meta = z.record(z.string().max(128), z.string().max(1024))
-
-/** Service-splitter (Consul `service-splitter`): weights must add up to 100. */
-const serviceSplitter = z
-  .object({
-    splits: z
-      .array(
-        z.object({
-          weight: z.number().min(0).max(100),
-          service: name.optional(),
-          serviceSubset: name.optional(),
-        }),
-      )
-      .min(1),
-  })
-  .refine(
-    (v) => Math.abs(v.splits.reduce((s, x) => s + x.weight, 0) - 100) < 1e-9,
-    'split weights must sum to 100',
-  )
-
-/** Config entry kinds accepted, each with the schema its value must satisfy; others are rejected. */
-export const CONFIG_ENTRY_SCHEMAS: Record<string, z.ZodType> = {
-  'service-splitter': serviceSplitter,
-  'service-resolver': z.object({}).passthrough(),
-  'service-router': z.object({}).passthrough(),
-  'service-defaults': z.object({}).passthrough(),
-  'proxy-defaults': z.object({}).passthrough(),
-  /** A generic string value, for tools, tests and benchmarks that need a plain register. */
-  kv: z.object({ value: z.string().max(65_536) }).strict(),
-}
-
-export const policyCommandSchema = z.discriminatedUnion('op', [
-  z.object({
-    op: z.literal('intention.upsert'),
-    source: name,
-    destination: name,
-    action: z.enum(['allow', 'deny']),
-    description: z.string().max(4096).optional(),
-    meta: meta.optional(),
-    /** Compare-and-set: apply only if the current modifyIndex equals this (0 = must not exist). */
-    casIndex: z.number().int().nonnegative().optional(),
-  }),
-  z.object({ op: z.literal('intention.delete'), source: name, destination: name }),
-  z.object({
-    op: z.literal('config.set'),
-    kind: name,
-    name,
-    value: z.record(z.string(), z.unknown()),
-    casIndex: z.number().int().nonnegative().optional(),
-  }),
-  z.object({ op: z.literal('config.delete'), kind: name, name }),
-  z.object({
-    op: z.literal('ca.setRoots'),
-    roots: z.array(z.unknown()).max(64),
-    activeRootId: z.string().min(1).max(512).optional(),
-    /** Compare-and-set on the CA state's modifyIndex (0 = no roots set yet). */
-    casIndex: z.number().int().nonnegative().optional(),
-  }),
-])
-
-export type PolicyCommand = z.infer<typeof policyCommandSchema>
-
-export function encodePolicyCommand(cmd: PolicyCommand): Uint8Array {
-  return pack(stripUndefined(cmd))
 }
 
 /** Bound on remembered clients; the least recently written client is forgotten first. */
@@ -130,7 +55,7 @@ const SNAPSHOT_VERSION = 1
 const SEP = '\u0000'
 
 export class PolicyStore implements StateMachine<PolicyResult> {
-  private intentions = new Map<string, Intention>()
+  private intentions = new Map<string, StoredIntention>()
   private configEntries = new Map<string, ConfigEntry>()
   private ca: CaRoots = { roots: [], activeRootId: undefined, modifyIndex: 0 }
   private dedupe = new Map<string, DedupeRecord>()
@@ -148,14 +73,30 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     private readonly options: { verifySignatures?: boolean } = {},
   ) {}
 
-  private trustedCache: { at: number; roots: TrustedRoot[] } | undefined
+  /** Views of `ca`, built once per CA change (dropped whenever `ca` is replaced). */
+  private caViews: { state: CaState; trusted: TrustedRoot[] } | undefined
+
+  private setCa(ca: CaRoots): void {
+    this.ca = ca
+    this.caViews = undefined
+  }
+
+  private views(): { state: CaState; trusted: TrustedRoot[] } {
+    this.caViews ??= { state: caStateOf(this.ca), trusted: trustedRootsOf(this.ca.roots) }
+    return this.caViews
+  }
 
   /** The roots entries (and snapshots) are verified against, rebuilt only when the CA changes. */
   trustedRoots(): TrustedRoot[] {
-    if (this.trustedCache?.at !== this.ca.modifyIndex || this.ca.modifyIndex === 0) {
-      this.trustedCache = { at: this.ca.modifyIndex, roots: trustedRootsOf(this.ca.roots) }
-    }
-    return this.trustedCache.roots
+    return this.views().trusted
+  }
+
+  /**
+   * The CA as committed here, without a copy: it runs for every entry a leader signs. The records
+   * are never changed in place (a change replaces them), so callers must not change them either.
+   */
+  caState(): CaState {
+    return this.views().state
   }
 
   /** Whether entries must be signed by a trusted CA root (true once the CA exists, if enabled). */
@@ -225,7 +166,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
             `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
           )
         }
-        const it: Intention = {
+        const it: StoredIntention = {
           source: cmd.source,
           destination: cmd.destination,
           action: cmd.action,
@@ -280,7 +221,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
             `CA modifyIndex is ${this.ca.modifyIndex}, not ${cmd.casIndex}`,
           )
         }
-        this.ca = { roots: cmd.roots, activeRootId: cmd.activeRootId, modifyIndex: at }
+        // Records that are not ours (malformed, or from a newer agent) are dropped here, once.
+        this.setCa({ roots: parseRootRecords(cmd.roots), activeRootId: cmd.activeRootId, modifyIndex: at })
         return this.changed(at)
       }
     }
@@ -320,11 +262,11 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 
   // ---- queries (local, on committed state) ------------------------------------------------------
 
-  listIntentions(): Intention[] {
+  listIntentions(): StoredIntention[] {
     return [...this.intentions.values()].map((i) => structuredClone(i))
   }
 
-  getIntention(source: string, destination: string): Intention | undefined {
+  getIntention(source: string, destination: string): StoredIntention | undefined {
     const i = this.intentions.get(source + SEP + destination)
     return i === undefined ? undefined : structuredClone(i)
   }
@@ -372,9 +314,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     const s = unpack(bytes) as {
       version: number
       index: number
-      intentions: Intention[]
+      intentions: StoredIntention[]
       configEntries: ConfigEntry[]
-      ca: CaRoots
+      ca: { roots?: unknown[]; activeRootId?: string; modifyIndex: number }
       dedupe: { clientId: string; seq: number; result: PolicyResult }[]
     }
     if (s === null || typeof s !== 'object' || s.version !== SNAPSHOT_VERSION) {
@@ -383,11 +325,11 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     this.index = s.index
     this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
     this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))
-    this.ca = {
-      roots: s.ca.roots ?? [],
+    this.setCa({
+      roots: parseRootRecords(s.ca.roots ?? []),
       activeRootId: s.ca.activeRootId ?? undefined,
       modifyIndex: s.ca.modifyIndex,
-    }
+    })
     this.dedupe = new Map(s.dedupe.map((d) => [d.clientId, { seq: d.seq, result: d.result }]))
     this.changedPending = true
     this.notifyChange()
@@ -400,15 +342,4 @@ function fail(code: PolicyErrorCode, message: string): PolicyResult {
 
 function structuredCloneOf<T>(v: T): T {
   return structuredClone(v)
-}
-
-/** Drops `undefined` properties of plain objects (msgpack would keep them as an extension type). */
-function stripUndefined<T>(v: T): T {
-  if (Array.isArray(v)) return v.map(stripUndefined) as T
-  if (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
-    const out: Record<string, unknown> = {}
-    for (const [k, x] of Object.entries(v)) if (x !== undefined) out[k] = stripUndefined(x)
-    return out as T
-  }
-  return v
 }

@@ -11,7 +11,7 @@ import {
 } from '../../../src/identity/connect/leaf-rotator.ts'
 import { SeededRng } from '../../sim/rng.ts'
 import { codeOf, deferred, HOUR, T0, TD } from '../helpers.ts'
-import { VirtualClock } from '../virtual-clock.ts'
+import { VirtualClock } from '../../sim/virtual-clock.ts'
 
 const MINUTE = 60_000
 const LEAF_TTL = HOUR
@@ -102,7 +102,7 @@ describe('LeafCertificateRotator on a virtual clock', () => {
     const rotator = new LeafCertificateRotator({
       service: 'web',
       trustDomain: TD,
-      timers: clock,
+      clock,
       rng: new SeededRng(42).next,
       retry: { initialMs: 1000, maxMs: 5 * MINUTE },
       requestTimeoutMs: 10_000,

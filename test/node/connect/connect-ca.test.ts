@@ -5,6 +5,7 @@ import {
   caStateOf,
   type IssuedLeaf,
   parseRootRecord,
+  parseRootRecords,
   ROTATION_SETTLE_MS,
   recordIssued,
   rotationComplete,
@@ -97,7 +98,7 @@ describe('rotationComplete', () => {
 describe('CA records from the replicated state', () => {
   it('ignores malformed records and never shows a private key in the API view', () => {
     const state = caStateOf({
-      roots: [root('a'), { id: 'x' }, null, 'junk'],
+      roots: parseRootRecords([root('a'), { id: 'x' }, null, 'junk']),
       activeRootId: 'a',
       modifyIndex: 7,
     })

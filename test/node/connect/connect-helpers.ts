@@ -2,15 +2,15 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import pino from 'pino'
-import type { CatalogModule } from '../../../src/node/catalog/catalog-module.ts'
+import type { ConnectCatalog, ConnectRaft, ConnectRaftNode } from '../../../src/node/connect/adapters.ts'
+import type { PolicySigner, VoterKeyGrant } from '../../../src/node/raft/components.ts'
 import { ConnectModule } from '../../../src/node/connect/connect-module.ts'
-import type { RaftModule } from '../../../src/node/raft/raft-module.ts'
 import {
   encodePolicyCommand,
   type PolicyCommand,
+  type PolicyResult,
   PolicyStore,
 } from '../../../src/raft/policy/policy-store.ts'
-import type { EntrySealer } from '../../../src/raft/raft.ts'
 
 export const silentLog = pino({ level: 'silent' })
 
@@ -26,51 +26,37 @@ export function testIdentity(): { id: string; signingKey: KeyObject } {
  * does) that applies writes at once, as a one-voter cluster whose leader is `self` (or nobody
  * when `leader` is set to undefined). Entries go through the sealer the connect module attaches.
  */
-export class FakeRaft {
+export class FakeRaft implements ConnectRaft {
   readonly store = new PolicyStore(undefined, { verifySignatures: true })
   readonly writes: PolicyCommand[] = []
   private nextIndex = 1
   leader: string | undefined
-  private readonly node: {
-    isLeader(): boolean
-    on(): () => void
-    status(): { term: number; conf: { voters: string[]; learners: string[] } }
-    transferLeadership(to: string): void
-    sealEntry?: EntrySealer
-  }
+  readonly raft: ConnectRaftNode
 
   constructor(readonly self: string) {
     this.leader = self
-    this.node = {
+    this.raft = {
       isLeader: () => this.leader === this.self,
       on: () => () => {},
-      status: () => ({ term: 1, conf: { voters: [this.self], learners: [] } }),
+      status: () => ({ term: 1, conf: { voters: [this.self] } }),
       transferLeadership: () => {},
     }
   }
 
-  get raft(): FakeRaft['node'] {
-    return this.node
-  }
-
-  /** What the connect module awaits before a member becomes a voter (see RaftModule). */
-  voterGate?: (peerId: string, signal: AbortSignal) => Promise<void>
-
-  setVoterGate(gate: FakeRaft['voterGate']): void {
-    this.voterGate = gate
-  }
-
-  setSnapshotSigner(): void {}
+  /** Signs what this fake appends, as the Raft module's PolicySigner does (connect's custody). */
+  signer: PolicySigner | undefined
+  /** What autopilot awaits before a member becomes a voter (connect's CA manager). */
+  keyGrant: VoterKeyGrant | undefined
 
   leaderId(): string | undefined {
     return this.leader
   }
 
-  async write(cmd: PolicyCommand): Promise<{ index: number; result: ReturnType<PolicyStore['apply']> }> {
+  async write(cmd: PolicyCommand): Promise<{ index: number; result: PolicyResult }> {
     this.writes.push(cmd)
     const index = this.nextIndex++
     const cmdBytes = encodePolicyCommand(cmd)
-    const data = this.node.sealEntry?.(index, undefined, cmdBytes) ?? cmdBytes
+    const data = this.signer?.sealEntry(index, undefined, cmdBytes) ?? cmdBytes
     const result = this.store.apply({ term: 1, index, type: 'normal', data })
     return { index, result }
   }
@@ -81,23 +67,25 @@ export class FakeRaft {
 }
 
 /** A stand-in for the catalog: `services[peerId]` lists the service names that node registers. */
-export class FakeCatalog {
-  constructor(readonly services: Record<string, string[]>) {}
+export class FakeCatalog implements ConnectCatalog {
+  constructor(readonly services_: Record<string, string[]>) {}
 
-  get catalog(): unknown {
-    const services = this.services
-    return {
-      services: () =>
-        Object.fromEntries(Object.values(services).flatMap((names) => names.map((n) => [n, []]))),
-      health: (name: string) =>
-        Object.entries(services)
-          .filter(([, names]) => names.includes(name))
-          .map(([peerId]) => ({ node: { peerId, name: peerId, address: '127.0.0.1' } })),
-      members: () => Object.keys(services).map((peerId) => ({ peerId, status: 'alive' })),
-      on: () => {},
-      off: () => {},
-    }
+  services(): Record<string, unknown> {
+    return Object.fromEntries(Object.values(this.services_).flatMap((names) => names.map((n) => [n, []])))
   }
+
+  health(name: string): { node: { peerId: string } }[] {
+    return Object.entries(this.services_)
+      .filter(([, names]) => names.includes(name))
+      .map(([peerId]) => ({ node: { peerId } }))
+  }
+
+  members(): { peerId: string; status: string }[] {
+    return Object.keys(this.services_).map((peerId) => ({ peerId, status: 'alive' }))
+  }
+
+  on(): void {}
+  off(): void {}
 }
 
 /** A connect module on fakes, leading a one-voter cluster as a fresh identity (`self`). */
@@ -108,12 +96,13 @@ export function connectWithFakes(
   const self = testIdentity()
   const raft = new FakeRaft(self.id)
   const connect = new ConnectModule(
-    raft as unknown as RaftModule,
-    new FakeCatalog(services) as unknown as CatalogModule,
+    raft,
+    { catalog: new FakeCatalog(services) },
     { selfId: self.id, nodeKey: self.signingKey, trustDomain: 'test.peermesh', ...options },
   )
   raft.store.onChange(() => connect.refreshState())
-  connect.attachToRaft()
-  raft.setVoterGate((peerId, signal) => connect.grantKeyTo(peerId, signal)) // as create-agent wires it
+  // As create-agent wires them: custody signs for Raft, the CA manager grants keys to new voters.
+  raft.signer = connect.custody
+  raft.keyGrant = connect.caManager
   return { connect, raft, self }
 }

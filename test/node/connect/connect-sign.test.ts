@@ -39,7 +39,7 @@ describe('ConnectModule leaf signing (leader side)', () => {
     const csr = await createLeafKeyAndCsr({ service: 'db', trustDomain: 'test.peermesh' })
     const reply = await connect.signFor(AGENT, 'db', csr.csrPem)
     expect(reply.ok ? 'signed' : reply.code).toBe('PEERMESH_ERR_SERVICE_NOT_REGISTERED')
-    expect(connect.stats.leavesSigned).toBe(0)
+    expect(connect.signer.stats.leavesSigned).toBe(0)
   })
 
   it('refuses a CSR that asks for another identity than the service it names', async () => {
@@ -150,12 +150,12 @@ describe('custody of the root key', () => {
     expect(JSON.stringify(raft.store.snapshot())).not.toContain('PRIVATE KEY')
     expect(Buffer.from(raft.store.snapshot()).toString('latin1')).not.toContain('PRIVATE KEY')
 
-    await raft.voterGate!(learner.id, AbortSignal.timeout(5_000))
+    await raft.keyGrant!.grantKeyTo(learner.id, AbortSignal.timeout(5_000))
     expect(openRootKey(record(), learner.id, learner.signingKey)).toBe(root.keyPem)
-    expect(connect.stats.keysGranted).toBe(1)
+    expect(connect.caManager.stats.keysGranted).toBe(1)
     // Already granted: nothing written.
     const writes = raft.writes.length
-    await raft.voterGate!(learner.id, AbortSignal.timeout(5_000))
+    await raft.keyGrant!.grantKeyTo(learner.id, AbortSignal.timeout(5_000))
     expect(raft.writes.length).toBe(writes)
   })
 
@@ -165,7 +165,7 @@ describe('custody of the root key', () => {
     expect(connect.intentionIndex().decide('web', 'db').action).toBe('allow')
     expect(raft.store.stats.signatureRejected).toBe(0)
     // Without the sealer (as on an agent holding no copy of the key), the write is refused.
-    raft.raft.sealEntry = undefined
+    raft.signer = undefined
     const { result } = await raft.write({
       op: 'intention.upsert',
       source: 'web',

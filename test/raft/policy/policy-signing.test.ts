@@ -1,6 +1,7 @@
 import { raftMessage } from '../message.ts'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { createRootCa, type RootCa } from '../../../src/identity/index.ts'
+import { parseRootRecords, rootRecordOf } from '../../../src/identity/connect/ca-state.ts'
 import {
   openPolicyEntry,
   signPolicyEntry,
@@ -33,7 +34,7 @@ beforeAll(async () => {
 
 const allow: PolicyCommand = { op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow' }
 const deny: PolicyCommand = { op: 'intention.upsert', source: 'web', destination: 'db', action: 'deny' }
-const caRecord = (r: RootCa) => ({ id: r.id, certPem: r.certPem })
+const caRecord = (r: RootCa) => rootRecordOf(r, 0, [])
 const setRoots = (...roots: RootCa[]): PolicyCommand => ({
   op: 'ca.setRoots',
   roots: roots.map(caRecord),
@@ -114,7 +115,7 @@ describe('signed policy entries', () => {
   })
 
   it('openPolicyEntry names why an entry is refused', () => {
-    const trusted = trustedRootsOf([caRecord(root), 'junk', { id: 3 }])
+    const trusted = trustedRootsOf(parseRootRecords([caRecord(root), 'junk', { id: 3 }]))
     expect(trusted.map((r) => r.id)).toEqual([root.id])
     const r = openPolicyEntry(
       trusted,

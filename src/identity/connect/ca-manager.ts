@@ -1,0 +1,209 @@
+/**
+ * The leader's side of the mesh CA (Consul's leader CA manager): creates the root once, rotates
+ * it, finishes a rotation once every instance holds a leaf of the new root, and seals the root key
+ * to each voter (before autopilot promotes a learner, and to any voter still without a copy).
+ * Every change is a compare-and-set `ca.setRoots` through Raft, so racing leaders cannot both win.
+ */
+import { randomBytes } from 'node:crypto'
+import type { Cancel, Clock } from '../../common/clock.ts'
+import { createRootCa, crossSign } from '../ca/ca.ts'
+import type { KeyType } from '../keys/keys.ts'
+import {
+  type CaState,
+  type IssuedLeaf,
+  rootRecordOf,
+  rotationComplete,
+  votersWithoutKey,
+  withSealedKey,
+} from './ca-state.ts'
+import type { CaStateSource, CaStateWriter, ConnectLog, LeaderView, ServiceDirectory } from './components.ts'
+import { CaNotReadyError, CaRotationConflictError } from './errors.ts'
+import type { RootKeys } from './leaf-signer.ts'
+
+/** The roots before and after a rotation this leader started. */
+export interface RotationStarted {
+  activeRootId: string
+  previousRootId: string
+}
+
+/** The CA settings, read when used (they come from the agent's config). */
+export interface CaSettings {
+  /** Trust domain of a CA created here (undefined: a random `<hex>.peermesh`). */
+  trustDomain(): string | undefined
+  keyType(): KeyType
+  leafTtlMs(): number
+}
+
+export interface CaManagerComponents {
+  ca: CaStateSource
+  writer: CaStateWriter
+  leader: LeaderView
+  keys: RootKeys & { holdsActiveKey(): boolean }
+  directory: ServiceDirectory
+  /** What this leader signed under which root (LeafSigner). */
+  issued: { readonly issuedUnder: ReadonlyMap<string, IssuedLeaf> }
+  settings: CaSettings
+  clock: Clock
+  log: ConnectLog
+  /** How often the leader checks that the CA exists and whether a rotation can finish. */
+  checkEveryMs?: number
+}
+
+/** Bounds each CA write and catch-up done by the periodic check. */
+const CHECK_STEP_TIMEOUT_MS = 5_000
+
+export class CaManager {
+  readonly stats = { keysGranted: 0 }
+  private cancelTimer: Cancel | undefined
+  private busy = false
+  private stopped = false
+
+  constructor(private readonly c: CaManagerComponents) {}
+
+  start(): void {
+    this.cancelTimer = this.c.clock.setInterval(() => this.check(), this.c.checkEveryMs ?? 500)
+  }
+
+  stop(): void {
+    this.stopped = true
+    this.cancelTimer?.()
+  }
+
+  /** Runs the leader's CA duties once, unless a run is in progress or this agent does not lead. */
+  check(): void {
+    if (this.stopped || !this.c.leader.isLeader() || this.busy) return
+    this.busy = true
+    this.leaderWork()
+      .catch((err: unknown) =>
+        this.c.log.debug({ err: (err as Error).message }, 'CA check not done; will retry'),
+      )
+      .finally(() => {
+        this.busy = false
+      })
+  }
+
+  private async leaderWork(): Promise<void> {
+    const { leader, keys, log } = this.c
+    if (this.c.ca.caState().active === undefined) {
+      // A new leader may not have applied every committed entry yet: ReadIndex first.
+      await leader.catchUp(AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS))
+      if (this.c.ca.caState().active !== undefined) return
+      await this.createCa()
+      return
+    }
+    const voters = leader.voters()
+    if (!keys.holdsActiveKey()) {
+      // Elected without a copy of the key (promoted before it was sealed to us): hand leadership
+      // to a voter that can sign; the grant loop then reaches us from there. First make sure this
+      // is not just a new leader that has not applied the grant yet.
+      await leader.catchUp(AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS))
+      const active = this.c.ca.caState().active
+      if (active === undefined || keys.holdsActiveKey()) return
+      const heir = voters.find((v) => v !== leader.selfId() && active.sealedKeys[v] !== undefined)
+      log.warn({ heir }, 'leading without a copy of the CA key; transferring leadership')
+      if (heir !== undefined) leader.transferLeadership(heir)
+      return
+    }
+    const state = this.c.ca.caState()
+    const missing = voters.filter((v) => state.roots.some((r) => votersWithoutKey(r, [v]).length > 0))
+    if (missing.length > 0) await this.grantKeys(missing, state, AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS))
+    if (this.c.ca.caState().roots.length > 1) await this.maybeFinishRotation()
+  }
+
+  private async createCa(): Promise<void> {
+    const now = this.c.clock.now()
+    const trustDomain = this.c.settings.trustDomain() ?? `${randomBytes(4).toString('hex')}.peermesh`
+    const root = await createRootCa({ trustDomain, keyType: this.c.settings.keyType(), nowMs: now })
+    const result = await this.c.writer.setRoots(
+      { roots: [rootRecordOf(root, now, this.c.leader.voters())], activeRootId: root.id, casIndex: 0 },
+      { signal: AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS) },
+    )
+    if (result.ok)
+      this.c.log.info({ rootId: root.id, trustDomain: root.trustDomain }, 'created the mesh CA root')
+    else this.c.log.info({ code: result.code }, 'CA root already created by another leader')
+  }
+
+  /**
+   * Seals every trusted root's key to `peerId` (awaited by autopilot before it makes `peerId` a
+   * voter). Resolves once committed, or at once when `peerId` already has a copy or there is no CA.
+   */
+  async grantKeyTo(peerId: string, signal: AbortSignal): Promise<void> {
+    const state = this.c.ca.caState()
+    if (state.active === undefined) return
+    if (state.roots.every((r) => r.sealedKeys[peerId] !== undefined)) return
+    await this.grantKeys([peerId], state, signal)
+  }
+
+  private async grantKeys(peers: string[], state: CaState, signal: AbortSignal): Promise<void> {
+    const roots = state.roots.map((r) => {
+      const ca = this.c.keys.signingRoot(r)
+      if (ca === undefined) throw new CaNotReadyError(`this agent holds no copy of root ${r.id}'s key`)
+      return withSealedKey(r, ca.keyPem, peers)
+    })
+    const result = await this.c.writer.setRoots(
+      { roots, activeRootId: state.active!.id, casIndex: state.modifyIndex },
+      { signal },
+    )
+    if (!result.ok) throw new Error(`granting the CA key failed: ${result.code} ${result.message}`)
+    this.stats.keysGranted += peers.length
+    this.c.log.info({ peers, roots: roots.length }, 'CA key sealed to voters')
+  }
+
+  /**
+   * Starts a root rotation on this leader, which holds the old root's key: a new root, cross-signed
+   * by the active one, becomes active; both stay trusted until every leaf is re-issued.
+   */
+  async rotate(options: { signal: AbortSignal }): Promise<RotationStarted> {
+    await this.c.leader.catchUp(options.signal)
+    const state = this.c.ca.caState()
+    const old = this.c.keys.signingRoot(state.active)
+    if (state.active === undefined) throw new CaNotReadyError('the CA has not been created yet')
+    if (old === undefined) throw new CaNotReadyError('this leader holds no copy of the CA key yet')
+    if (state.roots.length > 1) {
+      throw new CaRotationConflictError(
+        'a root rotation is still in progress (two roots trusted); retry once it completes',
+      )
+    }
+    const now = this.c.clock.now()
+    const next = await createRootCa({
+      trustDomain: old.trustDomain,
+      keyType: this.c.settings.keyType(),
+      nowMs: now,
+    })
+    const cross = await crossSign(old, next)
+    const result = await this.c.writer.setRoots(
+      {
+        roots: [state.active, rootRecordOf(next, now, this.c.leader.voters(), cross.certPem)],
+        activeRootId: next.id,
+        casIndex: state.modifyIndex,
+      },
+      options,
+    )
+    if (!result.ok) throw new CaRotationConflictError(`the CA changed meanwhile: ${result.message}`)
+    this.c.log.info({ from: old.id, to: next.id }, 'CA root rotation started')
+    return { activeRootId: next.id, previousRootId: old.id }
+  }
+
+  private async maybeFinishRotation(): Promise<void> {
+    const state = this.c.ca.caState()
+    const active = state.active
+    if (active === undefined) return
+    const required: string[] = []
+    for (const peerId of this.c.directory.aliveMembers())
+      for (const svc of this.c.directory.servicesOf(peerId)) required.push(`${peerId}/${svc}`)
+    const done = rotationComplete({
+      active,
+      required,
+      issuedUnder: this.c.issued.issuedUnder,
+      leafTtlMs: this.c.settings.leafTtlMs(),
+      nowMs: this.c.clock.now(),
+    })
+    if (!done) return
+    const { crossSignedPem: _dropped, ...kept } = active
+    const result = await this.c.writer.setRoots(
+      { roots: [kept], activeRootId: active.id, casIndex: state.modifyIndex },
+      { signal: AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS) },
+    )
+    if (result.ok) this.c.log.info({ active: active.id }, 'CA root rotation complete; old root dropped')
+  }
+}

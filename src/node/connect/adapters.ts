@@ -1,0 +1,77 @@
+/**
+ * The Raft module and the catalog, as the narrow views the identity layer's CA and leaf pieces
+ * take (src/identity/connect/components.ts).
+ */
+import type { CaStateWriter, LeaderView, ServiceDirectory } from '../../identity/connect/components.ts'
+import { isDnsLabel } from '../../identity/ca/spiffe.ts'
+import type { PolicyCommand, PolicyResult } from '../../raft/policy/policy-commands.ts'
+import type { PolicyStore } from '../../raft/policy/policy-store.ts'
+
+/** The Raft node calls connect uses. */
+export interface ConnectRaftNode {
+  isLeader(): boolean
+  status(): { term: number; conf: { voters: string[] } }
+  transferLeadership(to: string): void
+  on(type: 'leader:change', listener: () => void): () => void
+}
+
+/** What connect uses of the Raft module (RaftModule fits). */
+export interface ConnectRaft {
+  readonly store: PolicyStore
+  readonly raft: ConnectRaftNode | undefined
+  leaderId(): string | undefined
+  write(
+    cmd: PolicyCommand,
+    options: { signal: AbortSignal },
+  ): Promise<{ index: number; result: PolicyResult }>
+  linearizableRead(options: { signal: AbortSignal }): Promise<{ index: number }>
+}
+
+/** What connect uses of the catalog (the gossip-fed service catalog). */
+export interface ConnectCatalog {
+  services(): Record<string, unknown>
+  health(service: string): readonly { node: { peerId: string } }[]
+  members(): readonly { peerId: string; status: string }[]
+  on(type: 'catalog:change', listener: () => void): unknown
+  off(type: 'catalog:change', listener: () => void): unknown
+}
+
+export function raftLeaderView(raft: ConnectRaft, selfId: () => string): LeaderView {
+  return {
+    selfId,
+    isLeader: () => raft.raft?.isLeader() === true,
+    leaderId: () => raft.leaderId(),
+    term: () => raft.raft?.status().term ?? 0,
+    voters: () => raft.raft?.status().conf.voters ?? [selfId()],
+    catchUp: async (signal) => {
+      await raft.linearizableRead({ signal })
+    },
+    transferLeadership: (to) => raft.raft?.transferLeadership(to),
+  }
+}
+
+export function raftCaWriter(raft: ConnectRaft): CaStateWriter {
+  return {
+    async setRoots(change, options) {
+      const { result } = await raft.write({ op: 'ca.setRoots', ...change }, options)
+      return result.ok ? { ok: true } : result
+    },
+  }
+}
+
+export function catalogDirectory(catalog: () => ConnectCatalog): ServiceDirectory {
+  const isRegisteredOn = (peerId: string, service: string): boolean =>
+    catalog()
+      .health(service)
+      .some((e) => e.node.peerId === peerId)
+  return {
+    isRegisteredOn,
+    servicesOf: (peerId) =>
+      Object.keys(catalog().services()).filter((name) => isDnsLabel(name) && isRegisteredOn(peerId, name)),
+    aliveMembers: () =>
+      catalog()
+        .members()
+        .filter((m) => m.status === 'alive')
+        .map((m) => m.peerId),
+  }
+}
