@@ -22,10 +22,13 @@ import {
 } from './leaf-rotator.ts'
 import type { SignReply } from './leaf-signer.ts'
 
-/** One attempt at getting a CSR signed by the current leader (or here, when this agent leads). */
+/**
+ * Gets a CSR signed by the current leader (or here, when this agent leads), asking again across
+ * leader changes and while the CA does not exist yet: resolves with the leaf or a final refusal,
+ * throws only when the signal fires or the agent stops.
+ */
 export interface LeafSigningChannel {
-  /** Undefined when there was no answer: no leader known, or the request failed in transit. */
-  sign(service: string, csrPem: string, signal: AbortSignal): Promise<SignReply | undefined>
+  sign(service: string, csrPem: string, options: { signal: AbortSignal }): Promise<SignReply>
 }
 
 export interface LeafManagerEvents {
@@ -41,16 +44,15 @@ export interface LeafManagerComponents {
   selfId: () => string
   clock: Clock
   log: ConnectLog
-  /** Pause before asking again when no leader is known or the CA is not created yet. */
-  retryPauseMs?: number
   /** Renewal retries after a refusal (e.g. the leader has not yet seen the service in gossip). */
   retryBackoff?: RetryBackoff
 }
 
 /** First renewal retry 250 ms: a refusal is usually gossip catching up, which takes well under 1 s. */
 const DEFAULT_LEAF_RETRY: RetryBackoff = { initialMs: 250, maxMs: DEFAULT_RETRY_BACKOFF.maxMs }
-/** Short: a leader election or the CA's creation is over in a few hundred ms on a LAN. */
-const DEFAULT_RETRY_PAUSE_MS = 50
+
+/** How often `leaf()` looks again for a service whose rotator has not started (no CA yet). */
+const WAIT_FOR_ROTATOR_MS = 50
 
 export class LeafManager {
   readonly stats = { leavesRenewed: 0 }
@@ -68,10 +70,6 @@ export class LeafManager {
     return this.emitter
   }
 
-  private get retryPauseMs(): number {
-    return this.c.retryPauseMs ?? DEFAULT_RETRY_PAUSE_MS
-  }
-
   start(): void {
     this.started = true
     this.sync()
@@ -83,26 +81,16 @@ export class LeafManager {
     this.rotators.clear()
   }
 
-  /** Sends a CSR to the leader, asking again while there is no leader or no CA yet. */
+  /** Sends a CSR to the leader (see LeafSigningChannel); a refusal ends in LeafSigningRefusedError. */
   async requestLeaf(
     service: string,
     csrPem: string,
     options: { signal: AbortSignal },
   ): Promise<LeafResponse> {
-    const { signal } = options
-    for (;;) {
-      signal.throwIfAborted()
-      if (this.stopped) throw new AgentStoppingError('agent stopping')
-      const reply = await this.c.channel.sign(service, csrPem, signal)
-      if (reply?.ok) return { certPem: reply.certPem, intermediatesPem: reply.intermediatesPem }
-      if (
-        reply !== undefined &&
-        reply.code !== NotSigningLeaderError.code &&
-        reply.code !== CaNotReadyError.code
-      )
-        throw new LeafSigningRefusedError(reply.code, reply.message)
-      await pause(this.c.clock, this.retryPauseMs, signal)
-    }
+    if (this.stopped) throw new AgentStoppingError('agent stopping')
+    const reply = await this.c.channel.sign(service, csrPem, options)
+    if (reply.ok) return { certPem: reply.certPem, intermediatesPem: reply.intermediatesPem }
+    throw new LeafSigningRefusedError(reply.code, reply.message)
   }
 
   /** Starts a rotator for each local service, stops those of services gone. */
@@ -176,7 +164,7 @@ export class LeafManager {
       const c = r?.current()
       if (c !== undefined) return c
       if (options.signal.aborted || this.stopped) return undefined
-      if (r === undefined) await pause(this.c.clock, this.retryPauseMs, options.signal)
+      if (r === undefined) await pause(this.c.clock, WAIT_FOR_ROTATOR_MS, options.signal)
       else await nextRotation(r, options.signal)
     }
   }

@@ -36,9 +36,6 @@ export { CONNECT_PROTOCOL, CONNECT_SIGN_PROTOCOL } from './connect-rpc.ts'
 export type { IntentionChange } from './events.ts'
 export { DEFAULT_ACTION_ENTRY } from './intention-view.ts'
 
-/** Pause before asking the leader again to rotate when no leader is known. */
-const ROTATE_RETRY_PAUSE_MS = 50
-
 export interface ConnectModuleOptions {
   /** Trust domain for a CA created here (default: config, else random `<hex>.peermesh`). */
   trustDomain?: string
@@ -147,7 +144,8 @@ export class ConnectModule implements AgentModule, ConnectApi {
       log,
     })
     this.rpc = new ConnectRpc({
-      leader,
+      leader: { ...leader, onLeaderChange: (l) => raft.raft?.on('leader:change', l) ?? (() => {}) },
+      clock,
       handlers: {
         signFor: (requester, service, csr) => this.signer.signFor(requester, service, csr),
         rotate: (o) => this.caManager.rotate(o),
@@ -300,15 +298,9 @@ export class ConnectModule implements AgentModule, ConnectApi {
    * cross-signs the new root: a follower asks the leader, again across leader changes.
    */
   async rotate(options: { signal: AbortSignal }): Promise<RotationStarted> {
-    for (;;) {
-      options.signal.throwIfAborted()
-      if (this.raft.raft?.isLeader()) return await this.caManager.rotate(options)
-      const reply = await this.rpc.askRotate(options.signal)
-      if (reply?.ok) return { activeRootId: reply.activeRootId, previousRootId: reply.previousRootId }
-      if (reply !== undefined && reply.code !== NotSigningLeaderError.code)
-        throw refusalError(reply.code, reply.message)
-      await pause(this.clock, ROTATE_RETRY_PAUSE_MS, options.signal)
-    }
+    const reply = await this.rpc.rotate(options)
+    if (!reply.ok) throw refusalError(reply.code, reply.message)
+    return { activeRootId: reply.activeRootId, previousRootId: reply.previousRootId }
   }
 
   /** Signs a CSR as leader (see LeafSigner.signFor). */

@@ -4,15 +4,29 @@
  * The requester's peer id is the one the transport authenticated (noise), never a claim in the body.
  */
 import type { Logger } from 'pino'
-import { z } from 'zod'
-import { errorCode, PeermeshError } from '../../common/errors.ts'
+import type { Clock } from '../../common/clock.ts'
+import type { Unsubscribe } from '../../common/events.ts'
 import type { LeaderView } from '../../identity/connect/components.ts'
 import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
-import { BadSignRequestError, NotSigningLeaderError } from '../../identity/connect/errors.ts'
+import {
+  AgentStoppingError,
+  BadSignRequestError,
+  CaNotReadyError,
+  NotSigningLeaderError,
+} from '../../identity/connect/errors.ts'
 import type { LeafSigningChannel } from '../../identity/connect/leaf-manager.ts'
 import type { SignReply } from '../../identity/connect/leaf-signer.ts'
-import { pack, unpack, unpackRecord } from '../../raft/msgpack.ts'
+import { pack, unpack } from '../../raft/msgpack.ts'
 import type { Host } from '../transport/host.ts'
+import {
+  decodeLeaderReply,
+  encodeLeaderReply,
+  type LeaderReply,
+  LeaderRpc,
+  type RequestChannel,
+  refusal,
+  refusalOf,
+} from '../transport/leader-rpc.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
 
 /** Reliable request/response: a CSR sent to the Raft leader, a signed leaf or a coded refusal back. */
@@ -25,36 +39,32 @@ const MAX_SIGN_REQUEST_BYTES = 32 * 1024
 const SIGN_ATTEMPT_TIMEOUT_MS = 2_000
 /** A rotation makes a root key and writes through Raft: give it longer than a signing. */
 const ROTATE_ATTEMPT_TIMEOUT_MS = 10_000
+/** Pause before asking again: an election or the CA's creation is over in a few hundred ms. */
+const RETRY_PAUSE_MS = 50
 /** The leader's own bound on a rotation it serves. */
 const SERVE_ROTATE_TIMEOUT_MS = 8_000
 
-export type RotateReply = ({ ok: true } & RotationStarted) | { ok: false; code: string; message: string }
+export type RotateReply = LeaderReply<RotationStarted>
 
-const refusal = z.object({ ok: z.literal(false), code: z.string(), message: z.string().catch('') })
-
-/** One decoder for every reply of this protocol: `{ ok: true, ...fields }` or a coded refusal. */
-function replyDecoder<S extends z.ZodRawShape>(fields: S) {
-  const schema = z.union([z.object({ ok: z.literal(true), ...fields }), refusal])
-  return (bytes: Uint8Array) => {
-    const o = unpackRecord(bytes)
-    if (o === undefined) return undefined
-    const r = schema.safeParse(o)
-    return r.success ? r.data : undefined
-  }
+/** The fields of a signed leaf; only string intermediates are kept. */
+function signedLeaf(o: Record<string, unknown>): { certPem: string; intermediatesPem: string[] } | undefined {
+  if (typeof o['certPem'] !== 'string') return undefined
+  const raw = Array.isArray(o['intermediatesPem']) ? (o['intermediatesPem'] as unknown[]) : []
+  return { certPem: o['certPem'], intermediatesPem: raw.filter((x): x is string => typeof x === 'string') }
 }
 
-const strings = z
-  .array(z.unknown())
-  .catch([])
-  .transform((a) => a.filter((x): x is string => typeof x === 'string'))
-export const decodeSignReply: (bytes: Uint8Array) => SignReply | undefined = replyDecoder({
-  certPem: z.string(),
-  intermediatesPem: strings,
-})
-export const decodeRotateReply: (bytes: Uint8Array) => RotateReply | undefined = replyDecoder({
-  activeRootId: z.string(),
-  previousRootId: z.string(),
-})
+function rotationStarted(o: Record<string, unknown>): RotationStarted | undefined {
+  const { activeRootId, previousRootId } = o
+  if (typeof activeRootId !== 'string' || typeof previousRootId !== 'string') return undefined
+  return { activeRootId, previousRootId }
+}
+
+/** A leader's reply to a CSR (the shared leader-reply decoder); undefined when malformed. */
+export const decodeSignReply = (bytes: Uint8Array): SignReply | undefined =>
+  decodeLeaderReply(bytes, signedLeaf)
+/** A leader's reply to a rotation request; undefined when malformed. */
+export const decodeRotateReply = (bytes: Uint8Array): RotateReply | undefined =>
+  decodeLeaderReply(bytes, rotationStarted)
 
 /** What the leader's side of the RPC serves. */
 export interface ConnectRpcHandlers {
@@ -63,16 +73,49 @@ export interface ConnectRpcHandlers {
 }
 
 export interface ConnectRpcComponents {
-  leader: Pick<LeaderView, 'isLeader' | 'leaderId' | 'selfId'>
+  leader: Pick<LeaderView, 'isLeader' | 'leaderId' | 'selfId'> & {
+    /** A retry goes out at once when a new leader is known. */
+    onLeaderChange?(listener: () => void): Unsubscribe
+  }
   handlers: ConnectRpcHandlers
+  clock: Clock
+  /** The request channel to the leader (tests); by default the messenger `start` opens. */
+  channel?: RequestChannel
 }
 
-/** Both ends of the signing RPC; as a client, one attempt per call (callers retry). */
+/**
+ * Both ends of the signing RPC. As a client it asks the leader through the one leader-RPC helper
+ * (src/node/transport/leader-rpc.ts): answered here when this agent leads, asked again across
+ * leader changes and, for leaves, until the CA exists.
+ */
 export class ConnectRpc implements LeafSigningChannel {
   private messenger?: StreamMessenger
   private log?: Logger
+  private stopped = false
+  private readonly rpc: LeaderRpc
 
-  constructor(private readonly c: ConnectRpcComponents) {}
+  constructor(private readonly c: ConnectRpcComponents) {
+    const { leader } = c
+    this.rpc = new LeaderRpc(
+      {
+        leader: {
+          isLeader: () => leader.isLeader(),
+          leader: () => leader.leaderId(),
+          ...(leader.onLeaderChange !== undefined ? { onLeaderChange: leader.onLeaderChange } : {}),
+        },
+        channel: c.channel ?? {
+          request: (to, bytes, o) => {
+            if (this.messenger === undefined) throw new AgentStoppingError('the signing RPC is not started')
+            return this.messenger.request(to, bytes, o)
+          },
+        },
+        clock: c.clock,
+        log: { debug: (o, m) => this.log?.debug(o, m) },
+        stopped: () => this.stopped,
+      },
+      { attemptTimeoutMs: SIGN_ATTEMPT_TIMEOUT_MS, retryPauseMs: RETRY_PAUSE_MS },
+    )
+  }
 
   async start(host: Host, log: Logger): Promise<void> {
     this.log = log
@@ -90,54 +133,42 @@ export class ConnectRpc implements LeafSigningChannel {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true
     await this.messenger?.stop()
   }
 
-  /** Asks the leader to sign once (signs here when this agent leads); undefined: no answer. */
-  async sign(service: string, csrPem: string, signal: AbortSignal): Promise<SignReply | undefined> {
-    const leader = this.c.leader.leaderId()
-    if (leader === undefined) return undefined
-    if (leader === this.c.leader.selfId()) return await this.c.handlers.signFor(leader, service, csrPem)
-    return await this.ask(
-      'leaf',
-      leader,
-      pack({ service, csr: csrPem }),
-      SIGN_ATTEMPT_TIMEOUT_MS,
-      signal,
-      decodeSignReply,
+  /**
+   * Gets a CSR signed by the leader (here, when this agent leads), asking again while no leader
+   * is known, a follower answered or the CA does not exist yet. Resolves with the leaf or a final
+   * refusal; throws only when the signal fires or this side stops.
+   */
+  sign(service: string, csrPem: string, options: { signal: AbortSignal }): Promise<SignReply> {
+    return this.rpc.call(
+      {
+        what: 'leaf request',
+        request: pack({ service, csr: csrPem }),
+        decode: signedLeaf,
+        local: () => this.c.handlers.signFor(this.c.leader.selfId(), service, csrPem),
+        retryOn: (code) => code === CaNotReadyError.code,
+        giveUp: ({ stopped, signal }) =>
+          stopped ? new AgentStoppingError('agent stopping') : toError(signal.reason),
+      },
+      options,
     )
   }
 
-  /** Asks the leader, another agent, to start a rotation once; undefined: no answer. */
-  async askRotate(signal: AbortSignal): Promise<RotateReply | undefined> {
-    const leader = this.c.leader.leaderId()
-    if (leader === undefined || leader === this.c.leader.selfId()) return undefined
-    return await this.ask(
-      'rotation',
-      leader,
-      pack({ op: 'rotate' }),
-      ROTATE_ATTEMPT_TIMEOUT_MS,
-      signal,
-      decodeRotateReply,
+  /** Starts a CA rotation on the leader (which holds the old root's key to cross-sign). */
+  rotate(options: { signal: AbortSignal }): Promise<RotateReply> {
+    return this.rpc.call(
+      {
+        what: 'CA rotation request',
+        request: pack({ op: 'rotate' }),
+        decode: rotationStarted,
+        local: async (signal) => ({ ok: true, ...(await this.c.handlers.rotate({ signal })) }),
+        attemptTimeoutMs: ROTATE_ATTEMPT_TIMEOUT_MS,
+      },
+      options,
     )
-  }
-
-  private async ask<T>(
-    what: 'leaf' | 'rotation',
-    leader: string,
-    request: Uint8Array,
-    timeoutMs: number,
-    signal: AbortSignal,
-    decode: (bytes: Uint8Array) => T | undefined,
-  ): Promise<T | undefined> {
-    const attempt = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])
-    try {
-      return decode(await this.messenger!.request(leader, request, { signal: attempt }))
-    } catch (err) {
-      signal.throwIfAborted()
-      this.log?.debug({ err: (err as Error).message }, `${what} request to the leader failed; retrying`)
-      return undefined
-    }
   }
 
   private async serve(from: string, bytes: Uint8Array): Promise<Uint8Array> {
@@ -148,22 +179,25 @@ export class ConnectRpc implements LeafSigningChannel {
       req = undefined
     }
     if (req === null || typeof req !== 'object')
-      return pack({ ok: false, code: BadSignRequestError.code, message: 'malformed sign request' })
+      return encodeLeaderReply(refusal(BadSignRequestError.code, 'malformed sign request'))
     const o = req as Record<string, unknown>
-    if (o['op'] === 'rotate') return pack(await this.serveRotate())
-    return pack(await this.c.handlers.signFor(from, o['service'], o['csr']))
+    if (o['op'] === 'rotate') return encodeLeaderReply(await this.serveRotate())
+    return encodeLeaderReply(await this.c.handlers.signFor(from, o['service'], o['csr']))
   }
 
   private async serveRotate(): Promise<RotateReply> {
-    if (!this.c.leader.isLeader())
-      return { ok: false, code: NotSigningLeaderError.code, message: 'not the raft leader' }
+    if (!this.c.leader.isLeader()) return refusal(NotSigningLeaderError.code, 'not the raft leader')
     try {
       return {
         ok: true,
         ...(await this.c.handlers.rotate({ signal: AbortSignal.timeout(SERVE_ROTATE_TIMEOUT_MS) })),
       }
     } catch (err) {
-      return { ok: false, code: errorCode(err) ?? PeermeshError.code, message: (err as Error).message }
+      return refusalOf(err)
     }
   }
+}
+
+function toError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason))
 }

@@ -1,4 +1,3 @@
-import type { Logger } from 'pino'
 import type { Clock } from '../../common/clock.ts'
 import { errorCode, PeermeshError } from '../../common/errors.ts'
 import type { Unsubscribe } from '../../common/events.ts'
@@ -87,7 +86,8 @@ export interface LeaderRpcComponents {
   leader: LeaderView
   channel: RequestChannel
   clock: Clock
-  log?: Logger
+  /** Where failed attempts are noted (at debug level). */
+  log?: { debug(obj: object, msg: string): void }
   /** True once the owner stops: the loop ends (see `giveUp`). */
   stopped?: () => boolean
 }
