@@ -22,14 +22,17 @@ export function createAgent(
 } {
   const agent = new Agent({ config, log })
   const gossip = new GossipModule()
-  const catalog = new CatalogModule(gossip)
+  const catalog = new CatalogModule({ gossip })
   agent.use(gossip)
   const raft = new RaftModule(gossip)
   agent.use(catalog)
   agent.use(raft)
   const connect = new ConnectModule(raft, catalog)
   agent.use(connect)
-  const sidecars = new SidecarModule(catalog, new ConnectMeshSecurity(connect, raft, agent.events))
+  const sidecars = new SidecarModule({
+    catalog,
+    security: new ConnectMeshSecurity(connect, raft, agent.events),
+  })
   agent.use(sidecars)
   return { agent, gossip, catalog, raft, connect, sidecars }
 }

@@ -66,4 +66,3 @@ export {
   type TtlCheckDefinition,
   type UpstreamDefinition,
 } from './service-definition.ts'
-export { systemTimers, type Timers } from './timers.ts'

@@ -154,6 +154,7 @@ export class ConnectModule implements AgentModule {
   private leaderBusy = false
   private offStore?: () => void
   private offLeader?: () => void
+  private offCatalog?: () => void
   private stopped = false
   private readonly now: () => number
   readonly stats = {
@@ -199,7 +200,7 @@ export class ConnectModule implements AgentModule {
     this.attachToRaft()
     this.offLeader = this.raft.raft?.on('leader:change', () => this.onLeaderChange())
     this.leaderTimer = setInterval(() => this.leaderCheck(), DEFAULTS.leaderCheckMs)
-    this.catalog.catalog.on('catalog:change', this.syncRotators)
+    this.offCatalog = this.catalog.catalog.on('catalog:change', this.syncRotators)
     this.syncRotators()
     registerConnectRoutes(ctx.http, this)
     this.registerMetrics(ctx)
@@ -215,7 +216,7 @@ export class ConnectModule implements AgentModule {
     if (node !== undefined && node.sealEntry === this.sealEntry) node.sealEntry = undefined
     this.raft.setVoterGate(undefined)
     this.raft.setSnapshotSigner(undefined)
-    this.catalog.catalog.off('catalog:change', this.syncRotators)
+    this.offCatalog?.()
     for (const r of this.rotators.values()) r.stop()
     this.rotators.clear()
     for (const w of this.waiters) w.resolve(this.appliedIndex)
