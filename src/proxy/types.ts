@@ -6,6 +6,8 @@
  * Events are delivered synchronously through `on(type, listener)`, which returns a function that
  * removes the listener.
  */
+import type { Registry } from 'prom-client'
+import type { Clock } from '../common/clock.ts'
 
 /** Removes a listener added with `on`. */
 export type Unsubscribe = () => void
@@ -94,10 +96,13 @@ export const silentLogger: ProxyLogger = {
   debug: () => {},
 }
 
-/** The clock the proxy reads for ejection times and retry budgets; tests may inject one. */
-export interface ProxyClock {
-  /** Milliseconds, monotonic enough for durations. */
-  now(): number
+/** What every listener of a sidecar (inbound and outbound) is built with besides its own settings. */
+export interface ListenerEnvironment {
+  /** Metrics land here. Default: a private registry. */
+  registry?: Registry
+  logger?: ProxyLogger
+  /** One log line per connection (L4) or request (HTTP). Default false. */
+  accessLog?: boolean
+  /** Durations, ejection times, retry budgets and timeouts. Default `systemClock`. */
+  clock?: Clock
 }
-
-export const systemClock: ProxyClock = { now: () => performance.now() }

@@ -14,8 +14,8 @@ import {
   LocalServiceRegistry,
   type NodePayload,
   parseServiceDefinition,
-  registerCatalogRoutes,
 } from './index.ts'
+import { registerCatalogRoutes } from '../api/catalog-routes.ts'
 
 /** What the catalog needs from gossip (the gossip module implements it). */
 export interface CatalogGossip {
