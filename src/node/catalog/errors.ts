@@ -41,9 +41,8 @@ export class ServiceNotFoundError extends PeermeshError {
   }
 }
 
-/** No local check with this id. */
-export class CheckNotFoundError extends PeermeshError {
-  static override readonly code = 'PEERMESH_ERR_CHECK_NOT_FOUND'
+/** A refused operation on one local check; `checkId` names it. */
+export abstract class CheckError extends PeermeshError {
   constructor(
     message: string,
     readonly checkId: string,
@@ -52,15 +51,14 @@ export class CheckNotFoundError extends PeermeshError {
   }
 }
 
+/** No local check with this id. */
+export class CheckNotFoundError extends CheckError {
+  static override readonly code = 'PEERMESH_ERR_CHECK_NOT_FOUND'
+}
+
 /** A TTL update (`pass`/`warn`/`fail`) was sent to a check that is not a TTL check. */
-export class CheckNotTtlError extends PeermeshError {
+export class CheckNotTtlError extends CheckError {
   static override readonly code = 'PEERMESH_ERR_CHECK_NOT_TTL'
-  constructor(
-    message: string,
-    readonly checkId: string,
-  ) {
-    super(message)
-  }
 }
 
 /** `<dataDir>/services.json` exists but cannot be read back (corrupt, or edited by hand badly). */
