@@ -8,9 +8,10 @@
  */
 import type { Registry } from 'prom-client'
 import type { Clock } from '../common/clock.ts'
+import type { Unsubscribe } from '../common/events.ts'
 
 /** Removes a listener added with `on`. */
-export type Unsubscribe = () => void
+export type { Unsubscribe } from '../common/events.ts'
 
 /** The TLS identity of one service on this node: its leaf, and the roots it trusts. */
 export interface ServiceCertificate {
