@@ -140,7 +140,7 @@ export class CheckRunner {
         serviceName: svc.name,
         status: old?.status ?? def.status,
         output: old?.output ?? '',
-        changedAt: old?.changedAt ?? this.clock.now(),
+        changedAt: old?.changedAt ?? this.stamp(),
       }
       this.checks.set(id, e)
       if (this.running) this.arm(e, 0)
@@ -234,12 +234,17 @@ export class CheckRunner {
     }
   }
 
+  /** Whole epoch milliseconds, as `GET /v1/agent/checks` has always shown `changedAt`. */
+  private stamp(): number {
+    return Math.floor(this.clock.now())
+  }
+
   private set(e: Entry, r: ProbeResult): void {
     e.output = r.output
     if (r.status === e.status) return
     const previous = e.status
     e.status = r.status
-    e.changedAt = this.clock.now()
+    e.changedAt = this.stamp()
     this.events.emit('check:update', {
       checkId: e.def.id,
       serviceId: e.serviceId,
