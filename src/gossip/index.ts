@@ -42,7 +42,6 @@ export type {
   StateEntry,
   SuspectMessage,
 } from './messages.ts'
-export { seededRng } from '../common/rng.ts'
 export { SimNetwork, type SimNetworkOptions, type SimNetworkStats, type SimNodeSpec } from './sim-network.ts'
 export {
   acceptAllVerifier,

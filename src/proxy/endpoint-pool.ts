@@ -1,3 +1,4 @@
+import type { Clock } from '../common/clock.ts'
 /**
  * The endpoints of one upstream as seen by one outbound listener: the healthy set from the
  * `EndpointSource`, with per-endpoint load (outstanding connections or requests) and outlier state,
@@ -18,7 +19,7 @@ import {
   recordSuccess,
 } from './outlier.ts'
 import { pickSplit, type SplitConfig } from './split.ts'
-import type { Endpoint, EndpointSource, ProxyClock, Unsubscribe } from './types.ts'
+import type { Endpoint, EndpointSource, Unsubscribe } from './types.ts'
 
 export interface EndpointRecord extends Loaded {
   readonly endpoint: Endpoint
@@ -36,7 +37,7 @@ export interface EndpointRecord extends Loaded {
 export interface EndpointPoolInit {
   source: EndpointSource
   outlier: OutlierConfig
-  clock: ProxyClock
+  clock: Clock
   /** Uniform [0, 1). */
   rng: () => number
   /** Called for every new endpoint record (HTTP mode attaches its agent here). */

@@ -1,22 +1,17 @@
 /**
- * Errors of the data plane. One class per failure, each with a stable `name` and `code`
+ * Errors of the data plane. One class per failure, each with a stable `name` and static `code`
  * (`PEERMESH_ERR_...`) and the cause attached when there is one. Tests branch on `code`.
  * Data-path failures are also reported to clients: the HTTP mode answers with the code in an
  * `x-peermesh-error` header.
  */
+import { PeermeshError } from '../common/errors.ts'
 
-export abstract class ProxyError extends Error {
-  abstract readonly code: string
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options)
-  }
-}
+/** The base of the data plane's errors. */
+export abstract class ProxyError extends PeermeshError {}
 
 /** A proxy option is out of range or inconsistent; `field` names it. */
 export class InvalidProxyConfigError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_INVALID_PROXY_CONFIG'
-  override readonly name = 'InvalidProxyConfigError'
-  readonly code = InvalidProxyConfigError.code
+  static override readonly code = 'PEERMESH_ERR_INVALID_PROXY_CONFIG'
   constructor(
     readonly field: string,
     message: string,
@@ -27,56 +22,40 @@ export class InvalidProxyConfigError extends ProxyError {
 
 /** A traffic split is malformed (weights, subset names). */
 export class InvalidSplitConfigError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_INVALID_SPLIT_CONFIG'
-  override readonly name = 'InvalidSplitConfigError'
-  readonly code = InvalidSplitConfigError.code
+  static override readonly code = 'PEERMESH_ERR_INVALID_SPLIT_CONFIG'
 }
 
 /** The certificate source has no certificate yet: a listener cannot start. */
 export class NoCertificateError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_PROXY_NO_CERTIFICATE'
-  override readonly name = 'NoCertificateError'
-  readonly code = NoCertificateError.code
+  static override readonly code = 'PEERMESH_ERR_PROXY_NO_CERTIFICATE'
 }
 
 /** No healthy, non-ejected endpoint for the upstream. */
 export class NoHealthyEndpointError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_NO_HEALTHY_ENDPOINT'
-  override readonly name = 'NoHealthyEndpointError'
-  readonly code = NoHealthyEndpointError.code
+  static override readonly code = 'PEERMESH_ERR_NO_HEALTHY_ENDPOINT'
 }
 
 /** Connecting (TCP + mutual TLS handshake) to an endpoint failed or timed out. */
 export class UpstreamConnectError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_UPSTREAM_CONNECT'
-  override readonly name = 'UpstreamConnectError'
-  readonly code = UpstreamConnectError.code
+  static override readonly code = 'PEERMESH_ERR_UPSTREAM_CONNECT'
 }
 
 /** The endpoint closed or reset the connection before sending a first response byte. */
 export class UpstreamResetError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_UPSTREAM_RESET'
-  override readonly name = 'UpstreamResetError'
-  readonly code = UpstreamResetError.code
+  static override readonly code = 'PEERMESH_ERR_UPSTREAM_RESET'
 }
 
 /** A request took longer than the request timeout. */
 export class UpstreamTimeoutError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_UPSTREAM_TIMEOUT'
-  override readonly name = 'UpstreamTimeoutError'
-  readonly code = UpstreamTimeoutError.code
+  static override readonly code = 'PEERMESH_ERR_UPSTREAM_TIMEOUT'
 }
 
 /** The local authorizer denies this source -> destination; the remote inbound refused us. */
 export class UpstreamDeniedError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_UPSTREAM_DENIED'
-  override readonly name = 'UpstreamDeniedError'
-  readonly code = UpstreamDeniedError.code
+  static override readonly code = 'PEERMESH_ERR_UPSTREAM_DENIED'
 }
 
 /** A listener was started twice, or used after stop. */
 export class ListenerStateError extends ProxyError {
-  static readonly code = 'PEERMESH_ERR_PROXY_LISTENER_STATE'
-  override readonly name = 'ListenerStateError'
-  readonly code = ListenerStateError.code
+  static override readonly code = 'PEERMESH_ERR_PROXY_LISTENER_STATE'
 }

@@ -8,9 +8,9 @@
  * keep theirs. A policy change re-checks every open connection and closes the ones now denied.
  * In HTTP mode the inbound side stays L4: TLS is terminated and the stream piped.
  */
+import { type Clock, systemClock } from '../common/clock.ts'
 import net from 'node:net'
 import tls from 'node:tls'
-import type { Registry } from 'prom-client'
 import { Registry as PromRegistry } from 'prom-client'
 import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
 import { ListenerStateError, NoCertificateError } from './errors.ts'
@@ -20,14 +20,13 @@ import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
   type Authorizer,
   type CertificateSource,
-  type ProxyClock,
   type ProxyLogger,
   silentLogger,
-  systemClock,
+  type ListenerEnvironment,
   type Unsubscribe,
 } from './types.ts'
 
-export interface InboundListenerInit {
+export interface InboundListenerInit extends ListenerEnvironment {
   /** This instance's service: the SPIFFE id presented, and the destination of every decision. */
   service: string
   trustDomain: string
@@ -41,11 +40,6 @@ export interface InboundListenerInit {
   localServiceAddress?: string
   certificates: CertificateSource
   authorizer: Authorizer
-  registry?: Registry
-  logger?: ProxyLogger
-  /** One log line per connection. Default false. */
-  accessLog?: boolean
-  clock?: ProxyClock
   /** A TLS handshake must finish within this time. Default 10 s. */
   handshakeTimeoutMs?: number
 }
@@ -62,7 +56,7 @@ export class InboundListener {
   private readonly init: InboundListenerInit
   private readonly metrics: ListenerMetrics
   private readonly logger: ProxyLogger
-  private readonly clock: ProxyClock
+  private readonly clock: Clock
   private server: tls.Server | undefined
   private readonly open = new Set<InboundConnection>()
   /** Every accepted TCP connection, handshaking or relaying: stop() destroys them all. */

@@ -1,16 +1,48 @@
-// Public surface of the data plane: sidecar listeners and the interfaces the agent implements.
-export * from './balancer.ts'
-export { EndpointPool, type EndpointPoolInit, type EndpointRecord } from './endpoint-pool.ts'
-export * from './errors.ts'
-export * from './inbound.ts'
-export * from './intentions.ts'
+// Public surface of the data plane: the sidecar and its listeners, the narrow interfaces the agent
+// implements for it (certificates, endpoints, authorization), static sources, and its errors.
+export {
+  InvalidProxyConfigError,
+  InvalidSplitConfigError,
+  ListenerStateError,
+  NoCertificateError,
+  NoHealthyEndpointError,
+  ProxyError,
+  UpstreamConnectError,
+  UpstreamDeniedError,
+  UpstreamResetError,
+  UpstreamTimeoutError,
+} from './errors.ts'
+export { InboundListener, type InboundListenerInit } from './inbound.ts'
+export { type Intention, IntentionIndex, isIntentionName } from './intentions.ts'
+export { ProxyMetrics } from './metrics.ts'
+export {
+  HttpOutboundListener,
+  type HttpOutboundListenerInit,
+  PROXY_ERROR_HEADER,
+  REQUEST_ID_HEADER,
+} from './outbound-http.ts'
+export { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 export type { UpstreamListenerInit } from './outbound-common.ts'
-export * from './metrics.ts'
-export * from './outbound-http.ts'
-export * from './outbound-tcp.ts'
-export * from './outlier.ts'
-export * from './retry-budget.ts'
-export * from './sidecar.ts'
-export * from './sources.ts'
-export * from './split.ts'
-export * from './types.ts'
+export type { OutlierConfig } from './outlier.ts'
+export type { RetryBudgetConfig } from './retry-budget.ts'
+export {
+  type AnyOutboundListener,
+  Sidecar,
+  type SidecarInit,
+  type SidecarUpstream,
+  type UpstreamTuning,
+} from './sidecar.ts'
+export { IntentionAuthorizer, StaticCertificateSource, StaticEndpointSource } from './sources.ts'
+export { type SplitConfig, type SplitEntry, validateSplitConfig } from './split.ts'
+export {
+  type AuthorizationDecision,
+  type Authorizer,
+  type CertificateSource,
+  type Endpoint,
+  type EndpointSource,
+  type ListenerEnvironment,
+  type ProxyLogger,
+  type ServiceCertificate,
+  silentLogger,
+  type Unsubscribe,
+} from './types.ts'

@@ -2,8 +2,8 @@
  * What both outbound modes (L4 and HTTP) share: configuration, the endpoint pool with outlier
  * detection, the retry budget, the client TLS context, metrics and logging.
  */
-import type { Server } from 'node:net'
-import type { Registry } from 'prom-client'
+import { type Clock, systemClock } from '../common/clock.ts'
+import type { Server, Socket } from 'node:net'
 import { Registry as PromRegistry } from 'prom-client'
 import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_MAX_ATTEMPTS } from './constants.ts'
@@ -18,13 +18,12 @@ import {
   type Authorizer,
   type CertificateSource,
   type EndpointSource,
-  type ProxyClock,
   type ProxyLogger,
+  type ListenerEnvironment,
   silentLogger,
-  systemClock,
 } from './types.ts'
 
-export interface UpstreamListenerInit {
+export interface UpstreamListenerInit extends ListenerEnvironment {
   /** The sidecar's service: the identity presented to endpoints. */
   sourceService: string
   /** The upstream service: endpoints must present its SPIFFE id. */
@@ -44,12 +43,6 @@ export interface UpstreamListenerInit {
    * held against the endpoint. The decision itself is always the destination's.
    */
   authorizer?: Authorizer
-  /** Metrics land here. Default: a private registry. */
-  registry?: Registry
-  logger?: ProxyLogger
-  /** One log line per connection (L4) or request (HTTP). Default false. */
-  accessLog?: boolean
-  clock?: ProxyClock
   /** Uniform [0, 1). Default Math.random. */
   rng?: () => number
   /** Attempts per connection or request, the first included. Default 3. */
@@ -72,7 +65,7 @@ export class UpstreamCore {
   readonly connectTimeoutMs: number
   readonly logger: ProxyLogger
   readonly accessLog: boolean
-  readonly clock: ProxyClock
+  readonly clock: Clock
   readonly pool: EndpointPool
   readonly budget: RetryBudget
   readonly tls: ClientTlsMaterial
@@ -159,6 +152,44 @@ export class UpstreamCore {
     } catch {
       return false
     }
+  }
+}
+
+/**
+ * The lifecycle both outbound listeners share: listen once on start, close the server and every
+ * client socket on stop, swap the traffic split at any time.
+ */
+export abstract class OutboundListenerBase {
+  abstract readonly core: UpstreamCore
+  protected abstract readonly server: Server
+  /** Client sockets open on the listener, destroyed by `stop()`. */
+  protected abstract readonly clientSockets: Set<Socket>
+  private state: 'new' | 'running' | 'stopped' = 'new'
+  private boundPort = 0
+
+  /** The bound port (useful with `bindPort: 0`). */
+  get port(): number {
+    return this.boundPort
+  }
+
+  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.state !== 'new') throw new ListenerStateError(`outbound listener is ${this.state}`)
+    this.boundPort = await this.core.open(this.server, options)
+    this.state = 'running'
+  }
+
+  /** Stops listening and closes every open connection. */
+  async stop(): Promise<void> {
+    if (this.state !== 'running') {
+      this.state = 'stopped'
+      return
+    }
+    this.state = 'stopped'
+    await this.core.close(this.server, this.clientSockets)
+  }
+
+  setSplit(split: SplitConfig | undefined): void {
+    this.core.pool.setSplit(split === undefined ? undefined : validateSplitConfig(split))
   }
 }
 

@@ -1,3 +1,4 @@
+import type { Cancel } from '../common/clock.ts'
 /**
  * The outbound listener in HTTP/1.1 mode, for upstreams declared `protocol: http`: each request
  * is balanced on its own (split, then P2C on outstanding requests) over keep-alive mutual TLS
@@ -24,15 +25,13 @@ import {
 import type { EndpointRecord } from './endpoint-pool.ts'
 import {
   InvalidProxyConfigError,
-  ListenerStateError,
   NoHealthyEndpointError,
   UpstreamConnectError,
   UpstreamDeniedError,
   UpstreamResetError,
   UpstreamTimeoutError,
 } from './errors.ts'
-import { UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
-import { type SplitConfig, validateSplitConfig } from './split.ts'
+import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 
 export interface HttpOutboundListenerInit extends UpstreamListenerInit {
   /** Whole request, first attempt to last response byte. Default 15 s. */
@@ -51,20 +50,19 @@ export const REQUEST_ID_HEADER = 'x-request-id'
 
 const EMPTY = Buffer.alloc(0)
 
-export class HttpOutboundListener {
+export class HttpOutboundListener extends OutboundListenerBase {
   readonly core: UpstreamCore
   readonly requestTimeoutMs: number
   readonly retryBodyBytes: number
   readonly retryOnStatus: ReadonlySet<number>
   private readonly maxFreeSockets: number
-  private readonly server: http.Server
+  protected readonly server: http.Server
   /** Upstream sockets that completed the mutual TLS handshake. */
   readonly established = new WeakSet<net.Socket>()
-  private readonly clientSockets = new Set<net.Socket>()
-  private state: 'new' | 'running' | 'stopped' = 'new'
-  private boundPort = 0
+  protected readonly clientSockets = new Set<net.Socket>()
 
   constructor(init: HttpOutboundListenerInit) {
+    super()
     this.core = new UpstreamCore(init, {
       onAdded: (record) => {
         record.agent = this.makeAgent(record)
@@ -99,29 +97,6 @@ export class HttpOutboundListener {
     })
   }
 
-  get port(): number {
-    return this.boundPort
-  }
-
-  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
-    if (this.state !== 'new') throw new ListenerStateError(`outbound listener is ${this.state}`)
-    this.boundPort = await this.core.open(this.server, options)
-    this.state = 'running'
-  }
-
-  async stop(): Promise<void> {
-    if (this.state !== 'running') {
-      this.state = 'stopped'
-      return
-    }
-    this.state = 'stopped'
-    await this.core.close(this.server, this.clientSockets)
-  }
-
-  setSplit(split: SplitConfig | undefined): void {
-    this.core.pool.setSplit(split === undefined ? undefined : validateSplitConfig(split))
-  }
-
   private makeAgent(record: EndpointRecord): http.Agent {
     const core = this.core
     const established = this.established
@@ -134,15 +109,15 @@ export class HttpOutboundListener {
         checkServerIdentity: core.checkServerIdentity,
       })
       socket.setNoDelay(true)
-      const timer = setTimeout(
+      const cancelTimer = core.clock.setTimeout(
         () => socket.destroy(new UpstreamConnectError('connect timeout')),
         core.connectTimeoutMs,
       )
       socket.once('secureConnect', () => {
-        clearTimeout(timer)
+        cancelTimer()
         established.add(socket)
       })
-      socket.once('close', () => clearTimeout(timer))
+      socket.once('close', cancelTimer)
       return socket
     }
     return agent
@@ -165,7 +140,7 @@ class HttpExchange {
   private readonly tried: EndpointRecord[] = []
   private upReq: http.ClientRequest | undefined
   private record: EndpointRecord | undefined
-  private timer: NodeJS.Timeout
+  private cancelTimer: Cancel
   private timedOut = false
   private status = 0
   private result = 'ok'
@@ -206,7 +181,7 @@ class HttpExchange {
     this.headers = headers
     this.requestId = requestId
 
-    this.timer = setTimeout(this.onTimeout, listener.requestTimeoutMs)
+    this.cancelTimer = core.clock.setTimeout(this.onTimeout, listener.requestTimeoutMs)
     res.on('close', this.onClose)
 
     const contentLength = length === undefined ? 0 : Number(length)
@@ -359,7 +334,7 @@ class HttpExchange {
   private readonly onClose = (): void => {
     if (this.done) return
     this.done = true
-    clearTimeout(this.timer)
+    this.cancelTimer()
     const core = this.core
     if (!this.res.writableFinished) {
       // The client went away, or the response was cut: stop the upstream side too.

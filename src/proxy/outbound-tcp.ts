@@ -12,10 +12,8 @@ import net from 'node:net'
 import tls from 'node:tls'
 import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
-import { InvalidProxyConfigError, ListenerStateError, UpstreamConnectError } from './errors.ts'
-import { UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
-import type { SplitConfig } from './split.ts'
-import { validateSplitConfig } from './split.ts'
+import { InvalidProxyConfigError, UpstreamConnectError } from './errors.ts'
+import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 
 export interface OutboundListenerInit extends UpstreamListenerInit {
   /** Client bytes held for replay before the first response byte. Default 64 KiB. */
@@ -24,15 +22,14 @@ export interface OutboundListenerInit extends UpstreamListenerInit {
 
 type FailureReason = 'connect' | 'reset' | 'no_endpoint' | 'denied'
 
-export class OutboundListener {
+export class OutboundListener extends OutboundListenerBase {
   readonly core: UpstreamCore
   private readonly replayBufferBytes: number
-  private readonly server: net.Server
-  private readonly open = new Set<net.Socket>()
-  private state: 'new' | 'running' | 'stopped' = 'new'
-  private boundPort = 0
+  protected readonly server: net.Server
+  protected readonly clientSockets = new Set<net.Socket>()
 
   constructor(init: OutboundListenerInit) {
+    super()
     this.core = new UpstreamCore(init)
     this.replayBufferBytes = init.replayBufferBytes ?? DEFAULT_REPLAY_BUFFER_BYTES
     if (!Number.isInteger(this.replayBufferBytes) || this.replayBufferBytes < 0) {
@@ -41,40 +38,15 @@ export class OutboundListener {
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => this.accept(client))
   }
 
-  /** The bound port (useful with `bindPort: 0`). */
-  get port(): number {
-    return this.boundPort
-  }
-
-  async start(options: { signal?: AbortSignal } = {}): Promise<void> {
-    if (this.state !== 'new') throw new ListenerStateError(`outbound listener is ${this.state}`)
-    this.boundPort = await this.core.open(this.server, options)
-    this.state = 'running'
-  }
-
-  /** Stops listening and closes every open connection. */
-  async stop(): Promise<void> {
-    if (this.state !== 'running') {
-      this.state = 'stopped'
-      return
-    }
-    this.state = 'stopped'
-    await this.core.close(this.server, this.open)
-  }
-
-  setSplit(split: SplitConfig | undefined): void {
-    this.core.pool.setSplit(split === undefined ? undefined : validateSplitConfig(split))
-  }
-
   private accept(client: net.Socket): void {
     const m = this.core.metrics
     m.connections.inc()
     m.active.inc()
     m.requests.inc()
     this.core.budget.recordRequest(this.core.clock.now())
-    this.open.add(client)
+    this.clientSockets.add(client)
     new L4Connection(this.core, client, this.replayBufferBytes, () => {
-      this.open.delete(client)
+      this.clientSockets.delete(client)
       m.active.dec()
     })
   }
@@ -158,14 +130,14 @@ class L4Connection {
     } as tls.ConnectionOptions)
     up.setNoDelay(true)
     this.upstream = up
-    const timer = setTimeout(
+    const cancelTimer = core.clock.setTimeout(
       () => up.destroy(new UpstreamConnectError('connect timeout')),
       core.connectTimeoutMs,
     )
     let upEnded = false
 
     up.once('secureConnect', () => {
-      clearTimeout(timer)
+      cancelTimer()
       this.secure = true
       for (const chunk of this.chunks) up.write(chunk)
       if (this.bufferedBytes > this.replayLimit) {
@@ -188,7 +160,7 @@ class L4Connection {
     })
     up.on('error', () => {}) // handled on 'close'
     up.on('close', () => {
-      clearTimeout(timer)
+      cancelTimer()
       core.pool.release(record)
       if (this.established) {
         // A clean end was relayed by pipe; anything else tears the client down.

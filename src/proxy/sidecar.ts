@@ -1,9 +1,3 @@
-/**
- * A sidecar: the inbound listener and the outbound listeners (one per upstream) of one service
- * instance, started and stopped together. The agent builds one per registered service with a
- * `connect.sidecarService` block, from its definition and the agent's sources.
- */
-import type { Registry } from 'prom-client'
 import { Registry as PromRegistry } from 'prom-client'
 import { InvalidProxyConfigError } from './errors.ts'
 import { InboundListener, type InboundListenerInit } from './inbound.ts'
@@ -11,7 +5,7 @@ import type { UpstreamListenerInit } from './outbound-common.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from './outbound-http.ts'
 import { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 import type { SplitConfig } from './split.ts'
-import type { Authorizer, CertificateSource, EndpointSource, ProxyClock, ProxyLogger } from './types.ts'
+import type { Authorizer, CertificateSource, EndpointSource, ListenerEnvironment } from './types.ts'
 
 /** Per-upstream tuning; every field optional, defaults in `constants.ts`. */
 export type UpstreamTuning = Partial<
@@ -40,7 +34,7 @@ export interface SidecarUpstream extends UpstreamTuning {
   split?: SplitConfig
 }
 
-export interface SidecarInit {
+export interface SidecarInit extends ListenerEnvironment {
   service: string
   trustDomain: string
   /** Public mTLS port (0 = any, for tests) and where the local app listens. */
@@ -49,10 +43,6 @@ export interface SidecarInit {
   upstreams: readonly SidecarUpstream[]
   certificates: CertificateSource
   authorizer: Authorizer
-  registry?: Registry
-  logger?: ProxyLogger
-  accessLog?: boolean
-  clock?: ProxyClock
   rng?: () => number
   /** Applied to every upstream under its own settings. */
   upstreamDefaults?: UpstreamTuning

@@ -3,34 +3,24 @@
  * catalog, the leaf rotator and the Raft-held intentions (`set(...)` on every change); tests use
  * them directly.
  */
+import { TypedEmitter } from '../common/events.ts'
 import { type IntentionAction, IntentionIndex } from './intentions.ts'
 import type {
   AuthorizationDecision,
   Authorizer,
   CertificateSource,
+  CertificateSourceEvents,
   Endpoint,
   EndpointSource,
-  ServiceCertificate,
+  EndpointSourceEvents,
   Unsubscribe,
+  ServiceCertificate,
 } from './types.ts'
-
-class Listeners<T> {
-  private readonly set = new Set<(value: T) => void>()
-  add(listener: (value: T) => void): Unsubscribe {
-    this.set.add(listener)
-    return () => {
-      this.set.delete(listener)
-    }
-  }
-  emit(value: T): void {
-    for (const l of [...this.set]) l(value)
-  }
-}
 
 /** A certificate held in memory; `set` replaces it and emits `cert:rotated`. */
 export class StaticCertificateSource implements CertificateSource {
   private cert: ServiceCertificate | undefined
-  private readonly listeners = new Listeners<ServiceCertificate>()
+  private readonly events = new TypedEmitter<CertificateSourceEvents>()
 
   constructor(initial?: ServiceCertificate) {
     this.cert = initial
@@ -42,18 +32,18 @@ export class StaticCertificateSource implements CertificateSource {
 
   set(cert: ServiceCertificate): void {
     this.cert = cert
-    this.listeners.emit(cert)
+    this.events.emit('cert:rotated', cert)
   }
 
-  on(_type: 'cert:rotated', listener: (cert: ServiceCertificate) => void): Unsubscribe {
-    return this.listeners.add(listener)
+  on(type: 'cert:rotated', listener: (cert: ServiceCertificate) => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 }
 
 /** A healthy set held in memory; `set` replaces it and emits `endpoints:change`. */
 export class StaticEndpointSource implements EndpointSource {
   private endpoints: readonly Endpoint[]
-  private readonly listeners = new Listeners<readonly Endpoint[]>()
+  private readonly events = new TypedEmitter<EndpointSourceEvents>()
 
   constructor(initial: readonly Endpoint[] = []) {
     this.endpoints = initial
@@ -65,11 +55,11 @@ export class StaticEndpointSource implements EndpointSource {
 
   set(endpoints: readonly Endpoint[]): void {
     this.endpoints = [...endpoints]
-    this.listeners.emit(this.endpoints)
+    this.events.emit('endpoints:change', this.endpoints)
   }
 
-  on(_type: 'endpoints:change', listener: (endpoints: readonly Endpoint[]) => void): Unsubscribe {
-    return this.listeners.add(listener)
+  on(type: 'endpoints:change', listener: (endpoints: readonly Endpoint[]) => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 }
 
@@ -79,7 +69,7 @@ export class StaticEndpointSource implements EndpointSource {
  */
 export class IntentionAuthorizer implements Authorizer {
   private index: IntentionIndex
-  private readonly listeners = new Listeners<void>()
+  private readonly events = new TypedEmitter<{ 'authz:change': undefined }>()
 
   constructor(index: IntentionIndex = new IntentionIndex([])) {
     this.index = index
@@ -96,10 +86,10 @@ export class IntentionAuthorizer implements Authorizer {
 
   update(index: IntentionIndex): void {
     this.index = index
-    this.listeners.emit()
+    this.events.emit('authz:change', undefined)
   }
 
-  on(_type: 'authz:change', listener: () => void): Unsubscribe {
-    return this.listeners.add(listener)
+  on(type: 'authz:change', listener: () => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 }

@@ -6,9 +6,12 @@
  * Events are delivered synchronously through `on(type, listener)`, which returns a function that
  * removes the listener.
  */
+import type { Registry } from 'prom-client'
+import type { Clock } from '../common/clock.ts'
+import type { Unsubscribe } from '../common/events.ts'
 
 /** Removes a listener added with `on`. */
-export type Unsubscribe = () => void
+export type { Unsubscribe } from '../common/events.ts'
 
 /** The TLS identity of one service on this node: its leaf, and the roots it trusts. */
 export interface ServiceCertificate {
@@ -94,10 +97,13 @@ export const silentLogger: ProxyLogger = {
   debug: () => {},
 }
 
-/** The clock the proxy reads for ejection times and retry budgets; tests may inject one. */
-export interface ProxyClock {
-  /** Milliseconds, monotonic enough for durations. */
-  now(): number
+/** What every listener of a sidecar (inbound and outbound) is built with besides its own settings. */
+export interface ListenerEnvironment {
+  /** Metrics land here. Default: a private registry. */
+  registry?: Registry
+  logger?: ProxyLogger
+  /** One log line per connection (L4) or request (HTTP). Default false. */
+  accessLog?: boolean
+  /** Durations, ejection times, retry budgets and timeouts. Default `systemClock`. */
+  clock?: Clock
 }
-
-export const systemClock: ProxyClock = { now: () => performance.now() }

@@ -7,12 +7,7 @@
 import { type Clock, pause } from '../../common/clock.ts'
 import { type Events, TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import type { CaStateSource, ConnectLog, ServiceDirectory } from './components.ts'
-import {
-  AgentStoppingError,
-  CaNotReadyError,
-  LeafSigningRefusedError,
-  NotSigningLeaderError,
-} from './errors.ts'
+import { AgentStoppingError, LeafSigningRefusedError } from './errors.ts'
 import {
   DEFAULT_RETRY_BACKOFF,
   LeafCertificateRotator,

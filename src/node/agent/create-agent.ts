@@ -27,8 +27,8 @@ export function createAgent(
   sidecars: SidecarModule
 } {
   const agent = new Agent({ config, log })
-  const gossip = new GossipModule()
-  const catalog = new CatalogModule(gossip)
+  const gossip = new GossipModule({ clock: agent.clock })
+  const catalog = new CatalogModule({ gossip })
   const members: RaftMembers = {
     members: () => gossip.members(),
     on: (type, listener) => agent.events.on(type, listener),
@@ -49,7 +49,7 @@ export function createAgent(
   }
   const raft = new RaftModule({ members, store, signer: custody, keyGrant, clock: agent.clock })
   connect = new ConnectModule(raft, catalog, { custody })
-  const sidecars = new SidecarModule(catalog, connect.meshSecurity)
+  const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
   agent.use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
   return { agent, gossip, catalog, raft, connect, sidecars }
 }

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
-import type { MemberView } from '../../gossip/index.ts'
+import type { MemberView, SwimEvent } from '../../gossip/index.ts'
+import type { Unsubscribe } from '../../common/events.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
 import { ListenError } from '../agent/errors.ts'
 import { applyGossipEvent, catalogMeta, memberUpdateOf } from './gossip-glue.ts'
@@ -13,9 +14,22 @@ import {
   LocalServiceRegistry,
   type NodePayload,
   parseServiceDefinition,
-  registerCatalogRoutes,
 } from './index.ts'
-import type { GossipModule } from '../gossip/gossip-module.ts'
+import { registerCatalogRoutes } from '../api/catalog-routes.ts'
+
+/** What the catalog needs from gossip (the gossip module implements it). */
+export interface CatalogGossip {
+  members(): MemberView[]
+  /** This node's own member view. */
+  self(): MemberView | undefined
+  /** Replaces this node's gossiped metadata. */
+  updateLocalMeta(meta: Record<string, unknown>): void
+  onEvent(listener: (e: SwimEvent) => void): Unsubscribe
+}
+
+export interface CatalogModuleComponents {
+  gossip: CatalogGossip
+}
 
 /**
  * The service catalog: local registrations and their health checks ride in this node's signed
@@ -33,7 +47,12 @@ export class CatalogModule implements AgentModule {
   /** Where DNS actually listens (port 0 resolved), when enabled. */
   dnsAddress?: { host: string; udpPort: number; tcpPort: number }
 
-  constructor(private readonly gossip: GossipModule) {}
+  private readonly gossip: CatalogGossip
+  private subscriptions: Unsubscribe[] = []
+
+  constructor(components: CatalogModuleComponents) {
+    this.gossip = components.gossip
+  }
 
   async start(ctx: AgentContext): Promise<void> {
     const log = ctx.log.child({ component: 'catalog' })
@@ -47,12 +66,16 @@ export class CatalogModule implements AgentModule {
     const checks = new CheckRunner()
     const publisher = new LocalPayloadPublisher({ registry: local, checks })
     this.publisher = publisher
-    this.catalog.on('payload:reject', ({ id, reason }: { id: string; reason: string }) =>
-      log.warn({ peerId: id, reason }, 'ignored a malformed service payload'),
+    this.subscriptions.push(
+      this.catalog.on('payload:reject', ({ id, reason }) =>
+        log.warn({ peerId: id, reason }, 'ignored a malformed service payload'),
+      ),
     )
     for (const m of this.gossip.members()) this.applyMember(m)
-    this.gossip.onEvent((e) => applyGossipEvent(this.catalog, e))
-    publisher.on('payload:change', (p: NodePayload) => this.publish(p))
+    this.subscriptions.push(
+      this.gossip.onEvent((e) => applyGossipEvent(this.catalog, e)),
+      publisher.on('payload:change', (p) => this.publish(p)),
+    )
     publisher.start()
     this.publish(publisher.payload())
 
@@ -88,6 +111,8 @@ export class CatalogModule implements AgentModule {
   }
 
   async stop(): Promise<void> {
+    for (const off of this.subscriptions) off()
+    this.subscriptions = []
     this.publisher?.stop()
     await this.dns?.stop()
   }

@@ -1,9 +1,9 @@
-import { EventEmitter } from 'node:events'
 import { isIP } from 'node:net'
 import { ChangeIndex } from './change-index.ts'
 import { type AnnouncedService, decodeNodePayload } from './node-payload.ts'
 import type { CheckStatus } from './service-definition.ts'
-import type { Timers } from './timers.ts'
+import type { Clock } from '../../common/clock.ts'
+import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 
 export type MemberStatus = 'alive' | 'suspect' | 'dead' | 'left'
 
@@ -73,9 +73,16 @@ export interface HealthEntry {
 /** Id of the synthetic per-node check that reflects gossip health (Consul's `serfHealth`). */
 export const NODE_CHECK_ID = 'peermesh:node'
 
+export interface CatalogEvents {
+  /** A change a query can see; the new index. */
+  'catalog:change': { index: number }
+  /** A member's payload was invalid and ignored. */
+  'payload:reject': { id: string; reason: string }
+}
+
 export interface CatalogInit {
   /** For blocking-query timeouts. */
-  timers?: Timers
+  clock?: Clock
 }
 
 interface NodeEntry {
@@ -98,16 +105,17 @@ interface NodeEntry {
  * `waitForChange` serves blocking queries. Emits `catalog:change` with the new index and
  * `payload:reject` when a member's payload is invalid.
  */
-export class Catalog extends EventEmitter<{
-  'catalog:change': [{ index: number }]
-  'payload:reject': [{ id: string; reason: string }]
-}> {
+export class Catalog {
+  private readonly events = new TypedEmitter<CatalogEvents>()
   private readonly nodes = new Map<string, NodeEntry>()
   private readonly changes: ChangeIndex
 
   constructor(init: CatalogInit = {}) {
-    super()
-    this.changes = new ChangeIndex(init.timers)
+    this.changes = new ChangeIndex(init.clock)
+  }
+
+  on<K extends keyof CatalogEvents>(type: K, listener: (detail: CatalogEvents[K]) => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 
   get index(): number {
@@ -129,7 +137,7 @@ export class Catalog extends EventEmitter<{
       else {
         services = []
         result.rejected = decoded.reason
-        this.emit('payload:reject', { id: u.id, reason: decoded.reason })
+        this.events.emit('payload:reject', { id: u.id, reason: decoded.reason })
       }
     }
     const entry: NodeEntry = {
@@ -235,7 +243,7 @@ export class Catalog extends EventEmitter<{
 
   private bump(): void {
     const index = this.changes.bump()
-    this.emit('catalog:change', { index })
+    this.events.emit('catalog:change', { index })
   }
 }
 

@@ -1,4 +1,4 @@
-import { systemTimers, type Timers } from './timers.ts'
+import { type Clock, systemClock } from '../../common/clock.ts'
 
 /** Longest a blocking query may wait (Consul's limit). */
 export const MAX_BLOCKING_WAIT_MS = 10 * 60_000
@@ -14,7 +14,7 @@ export class ChangeIndex {
   private value = 1
   private readonly waiters = new Set<() => void>()
 
-  constructor(private readonly timers: Timers = systemTimers) {}
+  constructor(private readonly clock: Clock = systemClock) {}
 
   get current(): number {
     return this.value
@@ -42,11 +42,11 @@ export class ChangeIndex {
     return new Promise<number>((resolve) => {
       const done = () => {
         this.waiters.delete(done)
-        this.timers.clearTimeout(timer)
+        cancel()
         signal?.removeEventListener('abort', done)
         resolve(this.value)
       }
-      const timer = this.timers.setTimeout(done, Math.min(waitMs, MAX_BLOCKING_WAIT_MS))
+      const cancel = this.clock.setTimeout(done, Math.min(waitMs, MAX_BLOCKING_WAIT_MS))
       signal?.addEventListener('abort', done, { once: true })
       this.waiters.add(done)
     })

@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events'
 import { request as httpRequest } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { connect } from 'node:net'
@@ -10,7 +9,8 @@ import {
   parseHostPort,
   type ServiceDefinition,
 } from './service-definition.ts'
-import { systemTimers, type Timers } from './timers.ts'
+import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
+import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 
 /** Result of one probe. */
 export interface ProbeResult {
@@ -47,7 +47,7 @@ export interface CheckState {
   /** Last probe output or TTL note. */
   output: string
   notes?: string
-  /** When `status` last changed (timers' clock, ms). */
+  /** When `status` last changed (the runner's clock, ms). */
   changedAt: number
 }
 
@@ -61,7 +61,7 @@ export interface CheckUpdate {
 }
 
 export interface CheckRunnerInit {
-  timers?: Timers
+  clock?: Clock
   probes?: Probes
 }
 
@@ -74,7 +74,7 @@ interface Entry {
   status: CheckStatus
   output: string
   changedAt: number
-  timer?: unknown
+  cancelTimer?: Cancel
   inflight?: AbortController
 }
 
@@ -84,16 +84,21 @@ interface Entry {
  * TTL checks that go critical unless updated within `ttl`. Emits `check:update` on status
  * transitions only, which is what changes the node's gossip payload.
  */
-export class CheckRunner extends EventEmitter<{ 'check:update': [CheckUpdate] }> {
-  private readonly timers: Timers
+export class CheckRunner {
+  private readonly events = new TypedEmitter<{ 'check:update': CheckUpdate }>()
+  private readonly clock: Clock
   private readonly probes: Probes
   private readonly checks = new Map<string, Entry>()
   private running = false
 
   constructor(init: CheckRunnerInit = {}) {
-    super()
-    this.timers = init.timers ?? systemTimers
+    this.clock = init.clock ?? systemClock
     this.probes = init.probes ?? systemProbes
+  }
+
+  /** Status transitions of any check. */
+  on(type: 'check:update', listener: (update: CheckUpdate) => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 
   /** Starts probing (the first probe of each check runs at once) and TTL expiry timers. */
@@ -135,7 +140,7 @@ export class CheckRunner extends EventEmitter<{ 'check:update': [CheckUpdate] }>
         serviceName: svc.name,
         status: old?.status ?? def.status,
         output: old?.output ?? '',
-        changedAt: old?.changedAt ?? this.timers.now(),
+        changedAt: old?.changedAt ?? this.stamp(),
       }
       this.checks.set(id, e)
       if (this.running) this.arm(e, 0)
@@ -174,24 +179,24 @@ export class CheckRunner extends EventEmitter<{ 'check:update': [CheckUpdate] }>
     this.disarm(e)
     if (e.def.kind === 'ttl') {
       const ttl = e.def.ttlMs
-      e.timer = this.timers.setTimeout(
+      e.cancelTimer = this.clock.setTimeout(
         () => {
-          e.timer = undefined
+          e.cancelTimer = undefined
           this.set(e, { status: 'critical', output: `TTL expired: no update in the last ${ttl} ms` })
         },
         ttl, // a TTL check expires `ttl` after it was armed or last updated, whatever `delayMs` says
       )
       return
     }
-    e.timer = this.timers.setTimeout(() => {
-      e.timer = undefined
+    e.cancelTimer = this.clock.setTimeout(() => {
+      e.cancelTimer = undefined
       void this.probe(e)
     }, delayMs)
   }
 
   private disarm(e: Entry): void {
-    if (e.timer !== undefined) this.timers.clearTimeout(e.timer)
-    e.timer = undefined
+    e.cancelTimer?.()
+    e.cancelTimer = undefined
     e.inflight?.abort()
     e.inflight = undefined
   }
@@ -200,15 +205,15 @@ export class CheckRunner extends EventEmitter<{ 'check:update': [CheckUpdate] }>
     const def = e.def as Exclude<CheckDefinition, { kind: 'ttl' }>
     const ac = new AbortController()
     e.inflight = ac
-    let timeout: unknown
+    let cancelTimeout: Cancel = () => {}
     const timedOut = new Promise<ProbeResult>((resolve) => {
-      timeout = this.timers.setTimeout(() => {
+      cancelTimeout = this.clock.setTimeout(() => {
         ac.abort(new Error('check timed out'))
         resolve({ status: 'critical', output: `timed out after ${def.timeoutMs} ms` })
       }, def.timeoutMs)
     })
     const result = await Promise.race([this.runProbe(def, ac.signal), timedOut])
-    this.timers.clearTimeout(timeout)
+    cancelTimeout()
     if (e.inflight !== ac) return // removed, redefined or stopped meanwhile
     e.inflight = undefined
     ac.abort()
@@ -229,13 +234,18 @@ export class CheckRunner extends EventEmitter<{ 'check:update': [CheckUpdate] }>
     }
   }
 
+  /** Whole epoch milliseconds, as `GET /v1/agent/checks` has always shown `changedAt`. */
+  private stamp(): number {
+    return Math.floor(this.clock.now())
+  }
+
   private set(e: Entry, r: ProbeResult): void {
     e.output = r.output
     if (r.status === e.status) return
     const previous = e.status
     e.status = r.status
-    e.changedAt = this.timers.now()
-    this.emit('check:update', {
+    e.changedAt = this.stamp()
+    this.events.emit('check:update', {
       checkId: e.def.id,
       serviceId: e.serviceId,
       status: r.status,

@@ -2,6 +2,7 @@
 export {
   type ApplyResult,
   Catalog,
+  type CatalogEvents,
   type CatalogInit,
   type HealthCheckView,
   type HealthEntry,
@@ -33,7 +34,8 @@ export {
   ServiceNotFoundError,
   ServicesFileError,
 } from './errors.ts'
-export { type CatalogRouteDeps, INDEX_HEADER, registerCatalogRoutes } from '../api/catalog-routes.ts'
+// The blocking-query header is the catalog's index, served by the API's catalog routes.
+export { INDEX_HEADER } from '../api/catalog-routes.ts'
 export { LocalPayloadPublisher, type LocalPayloadPublisherInit } from './local-payload.ts'
 export {
   LocalServiceRegistry,
@@ -66,4 +68,3 @@ export {
   type TtlCheckDefinition,
   type UpstreamDefinition,
 } from './service-definition.ts'
-export { systemTimers, type Timers } from './timers.ts'

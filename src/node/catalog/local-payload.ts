@@ -1,11 +1,11 @@
-import { EventEmitter } from 'node:events'
+import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import type { CheckRunner } from './checks.ts'
 import type { LocalServiceRegistry } from './local-services.ts'
 import { encodeNodePayload, type NodePayload } from './node-payload.ts'
 
 export interface LocalPayloadPublisherInit {
-  registry: LocalServiceRegistry
-  checks: CheckRunner
+  registry: Pick<LocalServiceRegistry, 'on' | 'list' | 'maxPayloadBytes'>
+  checks: Pick<CheckRunner, 'on' | 'sync' | 'start' | 'stop' | 'status'>
 }
 
 /**
@@ -15,19 +15,24 @@ export interface LocalPayloadPublisherInit {
  * payload and emits `payload:change` if it differs. The agent puts `payload()` in its gossip
  * record's meta (`CATALOG_META_KEY`) on start and on every `payload:change`.
  */
-export class LocalPayloadPublisher extends EventEmitter<{ 'payload:change': [NodePayload] }> {
-  private readonly registry: LocalServiceRegistry
-  private readonly checks: CheckRunner
+export class LocalPayloadPublisher {
+  private readonly events = new TypedEmitter<{ 'payload:change': NodePayload }>()
+  private readonly registry: LocalPayloadPublisherInit['registry']
+  private readonly checks: LocalPayloadPublisherInit['checks']
+  private subscriptions: Unsubscribe[] = []
   private current: NodePayload
   private json: string
   private started = false
 
   constructor(init: LocalPayloadPublisherInit) {
-    super()
     this.registry = init.registry
     this.checks = init.checks
     this.current = this.compute()
     this.json = JSON.stringify(this.current)
+  }
+
+  on(type: 'payload:change', listener: (payload: NodePayload) => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 
   /** The payload to gossip now. */
@@ -38,8 +43,10 @@ export class LocalPayloadPublisher extends EventEmitter<{ 'payload:change': [Nod
   start(): void {
     if (this.started) return
     this.started = true
-    this.registry.on('service:change', this.onServiceChange)
-    this.checks.on('check:update', this.refresh)
+    this.subscriptions = [
+      this.registry.on('service:change', this.onServiceChange),
+      this.checks.on('check:update', this.refresh),
+    ]
     this.checks.sync(this.registry.list())
     this.checks.start()
     this.refresh()
@@ -48,8 +55,8 @@ export class LocalPayloadPublisher extends EventEmitter<{ 'payload:change': [Nod
   stop(): void {
     if (!this.started) return
     this.started = false
-    this.registry.off('service:change', this.onServiceChange)
-    this.checks.off('check:update', this.refresh)
+    for (const off of this.subscriptions) off()
+    this.subscriptions = []
     this.checks.stop()
   }
 
@@ -64,7 +71,7 @@ export class LocalPayloadPublisher extends EventEmitter<{ 'payload:change': [Nod
     if (json === this.json) return
     this.current = next
     this.json = json
-    this.emit('payload:change', structuredClone(next))
+    this.events.emit('payload:change', structuredClone(next))
   }
 
   private compute(): NodePayload {

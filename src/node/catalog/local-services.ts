@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events'
 import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
@@ -11,7 +10,8 @@ import {
   type ServiceDefinitionJson,
   serviceDefinitionToJson,
 } from './service-definition.ts'
-import type { Timers } from './timers.ts'
+import type { Clock } from '../../common/clock.ts'
+import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 
 /** File in the data dir that holds this agent's registrations. */
 export const SERVICES_FILE = 'services.json'
@@ -25,7 +25,7 @@ export interface LocalServiceRegistryInit {
    */
   maxPayloadBytes?: number
   /** For the blocking-query index of `GET /v1/agent/services`. */
-  timers?: Timers
+  clock?: Clock
 }
 
 export interface ServiceChange {
@@ -46,7 +46,8 @@ interface ServicesFile {
  * leaves the old or the new set, never a mix) and reloaded by `open()`. Emits `service:change`.
  * A refused change (invalid, conflicting, too large, or the write failed) throws and changes nothing.
  */
-export class LocalServiceRegistry extends EventEmitter<{ 'service:change': [ServiceChange] }> {
+export class LocalServiceRegistry {
+  private readonly events = new TypedEmitter<{ 'service:change': ServiceChange }>()
   readonly path: string
   readonly maxPayloadBytes: number
   /** Bumped on every change: the index of `GET /v1/agent/services` blocking queries. */
@@ -54,10 +55,13 @@ export class LocalServiceRegistry extends EventEmitter<{ 'service:change': [Serv
   private services = new Map<string, ServiceDefinition>()
 
   private constructor(init: LocalServiceRegistryInit) {
-    super()
     this.path = join(init.dataDir, SERVICES_FILE)
     this.maxPayloadBytes = init.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES
-    this.index = new ChangeIndex(init.timers)
+    this.index = new ChangeIndex(init.clock)
+  }
+
+  on(type: 'service:change', listener: (change: ServiceChange) => void): Unsubscribe {
+    return this.events.on(type, listener)
   }
 
   /**
@@ -102,7 +106,7 @@ export class LocalServiceRegistry extends EventEmitter<{ 'service:change': [Serv
     next.set(def.id, structuredClone(def))
     encodeNodePayload([...next.values()], () => undefined, this.maxPayloadBytes)
     this.commit(next)
-    this.emit('service:change', { op: 'register', id: def.id, service: structuredClone(def) })
+    this.events.emit('service:change', { op: 'register', id: def.id, service: structuredClone(def) })
   }
 
   /** Removes a service; throws `ServiceNotFoundError` if there is none with this id. */
@@ -112,7 +116,7 @@ export class LocalServiceRegistry extends EventEmitter<{ 'service:change': [Serv
     const next = new Map(this.services)
     next.delete(id)
     this.commit(next)
-    this.emit('service:change', { op: 'deregister', id, service: old })
+    this.events.emit('service:change', { op: 'deregister', id, service: old })
   }
 
   private commit(next: Map<string, ServiceDefinition>): void {

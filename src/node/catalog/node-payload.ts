@@ -1,15 +1,16 @@
 import { Packr } from 'msgpackr'
+import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 import { PayloadTooLargeError } from './errors.ts'
 import {
   CHECK_STATUSES,
   type CheckStatus,
-  isDnsLabel,
   isMetaKey,
   isPlainText,
   isServiceAddress,
   isServiceId,
   SERVICE_LIMITS,
   type ServiceDefinition,
+  type ServiceInstanceFields,
 } from './service-definition.ts'
 
 /**
@@ -59,15 +60,7 @@ export const DEFAULT_MAX_PAYLOAD_BYTES = 512
 export const MAX_PAYLOAD_SERVICES = 256
 
 /** A service instance as another node announced it (checks carry only their status). */
-export interface AnnouncedService {
-  id: string
-  name: string
-  /** Undefined: the node's own address. */
-  address?: string
-  port: number
-  tags: string[]
-  meta: Record<string, string>
-  weights: { passing: number; warning: number }
+export interface AnnouncedService extends ServiceInstanceFields {
   /** The sidecar's inbound port, when the service has one. */
   sidecar?: { port: number; protocol: 'tcp' | 'http' }
   checks: AnnouncedCheck[]

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net'
 import { z } from 'zod'
+import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 import { formatDuration, parseDuration } from './duration.ts'
 import { ServiceDefinitionError } from './errors.ts'
 
@@ -76,8 +77,8 @@ export interface SidecarDefinition {
   upstreams: UpstreamDefinition[]
 }
 
-/** A service registration after validation, with every default filled in. */
-export interface ServiceDefinition {
+/** What a registration and its announcement in gossip have in common. */
+export interface ServiceInstanceFields {
   id: string
   /** DNS label (lowercase letters, digits, '-'): `<name>.service.peermesh`. */
   name: string
@@ -87,12 +88,15 @@ export interface ServiceDefinition {
   tags: string[]
   meta: Record<string, string>
   weights: { passing: number; warning: number }
+}
+
+/** A service registration after validation, with every default filled in. */
+export interface ServiceDefinition extends ServiceInstanceFields {
   checks: CheckDefinition[]
   connect?: { sidecarService: SidecarDefinition }
 }
 
 const L = SERVICE_LIMITS
-const DNS_LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 const HOST_NAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/
 const SERVICE_ID = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,${L.idLength - 1}}$`)
@@ -103,8 +107,8 @@ const HTTP_METHOD = /^[A-Z]{1,16}$/
 
 const dnsLabel = z
   .string()
-  .regex(
-    DNS_LABEL,
+  .refine(
+    isDnsLabel,
     'must be a DNS label: 1-63 lowercase letters, digits or "-", not starting or ending with "-"',
   )
 const port = z.int('must be an integer port').min(1, 'must be 1-65535').max(65535, 'must be 1-65535')
@@ -395,7 +399,6 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** Predicates shared with the decoder of payloads received from the network. */
-export const isDnsLabel = (s: unknown): s is string => typeof s === 'string' && DNS_LABEL.test(s)
 export const isServiceId = (s: unknown): s is string => typeof s === 'string' && SERVICE_ID.test(s)
 export const isMetaKey = (s: unknown): s is string => typeof s === 'string' && META_KEY.test(s)
 export const isServiceAddress = (s: unknown): s is string =>

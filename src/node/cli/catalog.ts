@@ -1,20 +1,10 @@
 import { readFileSync } from 'node:fs'
-import { type Command, Option } from 'commander'
+import type { Command } from 'commander'
 import type { HealthEntry } from '../catalog/index.ts'
 import { ApiClient } from './client.ts'
-import { DEFAULT_HTTP } from '../agent/config.ts'
 import { ConfigError } from '../agent/errors.ts'
-import { renderTable } from './format.ts'
-
-function httpOption(): Option {
-  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
-    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
-  )
-}
-
-function print(json: boolean, value: unknown, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
-}
+import { print, renderTable } from './format.ts'
+import { httpOption } from './options.ts'
 
 function readJsonFile(path: string): unknown {
   let text: string

@@ -1,8 +1,6 @@
 import { Command, CommanderError, Option } from 'commander'
 import { generateClusterKey } from '../../identity/keys/cluster-key.ts'
 import type { Agent } from '../agent/agent.ts'
-import { registerCatalogCommands } from './catalog.ts'
-import { ApiClient } from './client.ts'
 import {
   type AgentConfigInput,
   DEFAULT_HTTP,
@@ -11,13 +9,16 @@ import {
   resolveAgentConfig,
   validateAgentConfig,
 } from '../agent/config.ts'
-import { registerConnectCommands } from './connect.ts'
 import { ConfigError, isUserFacing } from '../agent/errors.ts'
-import { renderTable } from './format.ts'
-import type { MemberJson } from '../gossip/gossip-module.ts'
 import { createLogger } from '../agent/logger.ts'
-import { registerRaftCommands } from './raft.ts'
 import { VERSION } from '../agent/version.ts'
+import type { MemberJson } from '../gossip/index.ts'
+import { registerCatalogCommands } from './catalog.ts'
+import { ApiClient } from './client.ts'
+import { registerConnectCommands } from './connect.ts'
+import { print, renderTable } from './format.ts'
+import { httpOption } from './options.ts'
+import { registerRaftCommands } from './raft.ts'
 
 /** How long a graceful stop may take before the process exits anyway. */
 const STOP_DEADLINE_MS = 1_800
@@ -33,16 +34,6 @@ export interface AgentInfo {
   addresses: string[]
   version: string
   peers: string[]
-}
-
-function httpOption(): Option {
-  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
-    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
-  )
-}
-
-function print(json: boolean, value: unknown, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
 }
 
 export function buildCli(): Command {

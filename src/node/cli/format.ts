@@ -10,3 +10,8 @@ export function renderTable(headers: string[], rows: string[][]): string {
     )
     .join('\n')
 }
+
+/** Prints `value` as JSON (`--json`) or as the text `text()` renders. */
+export function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
+}

@@ -32,8 +32,8 @@ export interface ConnectCatalog {
   services(): Record<string, unknown>
   health(service: string): readonly { node: { peerId: string } }[]
   members(): readonly { peerId: string; status: string }[]
-  on(type: 'catalog:change', listener: () => void): unknown
-  off(type: 'catalog:change', listener: () => void): unknown
+  /** Returns the unsubscribe. */
+  on(type: 'catalog:change', listener: () => void): () => void
 }
 
 export function raftLeaderView(raft: ConnectRaft, selfId: () => string): LeaderView {

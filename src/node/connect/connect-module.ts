@@ -1,12 +1,12 @@
 import type { KeyObject } from 'node:crypto'
 import type { Logger } from 'pino'
-import { type Clock, pause, systemClock } from '../../common/clock.ts'
+import { type Clock, systemClock } from '../../common/clock.ts'
 import { type Events, TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import { DEFAULT_LEAF_TTL_MS } from '../../identity/ca/constants.ts'
 import { CaManager, type RotationStarted } from '../../identity/connect/ca-manager.ts'
 import type { CaState } from '../../identity/connect/ca-state.ts'
 import type { ConnectLog } from '../../identity/connect/components.ts'
-import { NotSigningLeaderError, refusalError } from '../../identity/connect/errors.ts'
+import { refusalError } from '../../identity/connect/errors.ts'
 import { KeyCustody } from '../../identity/connect/key-custody.ts'
 import { LeafManager } from '../../identity/connect/leaf-manager.ts'
 import type { LeafCredentials, LeafResponse } from '../../identity/connect/leaf-rotator.ts'
@@ -211,10 +211,7 @@ export class ConnectModule implements AgentModule, ConnectApi {
   private onCatalogChange(): Unsubscribe {
     const catalog = this.catalog.catalog
     const sync = (): void => this.leaves.sync()
-    catalog.on('catalog:change', sync)
-    return () => {
-      catalog.off('catalog:change', sync)
-    }
+    return catalog.on('catalog:change', sync)
   }
 
   /**

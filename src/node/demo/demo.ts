@@ -8,7 +8,7 @@ import { generateClusterKey } from '../../identity/keys/cluster-key.ts'
 import { renderTable } from '../cli/format.ts'
 import { freePort } from '../transport/free-port.ts'
 import { ApiClient } from '../cli/client.ts'
-import type { MemberJson } from '../gossip/gossip-module.ts'
+import type { MemberJson } from '../gossip/index.ts'
 
 const BIN = fileURLToPath(new URL('../../../bin/peermesh.js', import.meta.url))
 

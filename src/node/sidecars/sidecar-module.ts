@@ -1,4 +1,3 @@
-import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import type {
   Authorizer,
@@ -9,9 +8,38 @@ import type {
   Unsubscribe,
 } from '../../proxy/index.ts'
 import { Sidecar } from '../../proxy/index.ts'
+import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
+import { TypedEmitter } from '../../common/events.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
-import { type Catalog, type HealthEntry, hostOf, type ServiceDefinition } from '../catalog/index.ts'
-import type { CatalogModule } from '../catalog/catalog-module.ts'
+import {
+  type Catalog,
+  type HealthEntry,
+  hostOf,
+  type LocalServiceRegistry,
+  type ServiceDefinition,
+} from '../catalog/index.ts'
+
+/** How long to wait before trying again a sidecar whose service has no leaf certificate yet. */
+const NO_LEAF_RETRY_MS = 1_000
+/** Longest a sidecar start waits for its service's first leaf. */
+const LEAF_WAIT_MS = 60_000
+
+/** The catalog as the sidecars read it: healthy instances of a destination, and its changes. */
+export type EndpointCatalog = Pick<Catalog, 'health' | 'on'>
+
+/** What the sidecars need from the catalog module. */
+export interface SidecarCatalog {
+  readonly catalog: EndpointCatalog
+  /** This agent's registrations; set once the catalog module has started. */
+  readonly local?: Pick<LocalServiceRegistry, 'list' | 'on'> | undefined
+}
+
+export interface SidecarModuleComponents {
+  catalog: SidecarCatalog
+  security: MeshSecurity
+  /** Default `systemClock`. */
+  clock?: Clock
+}
 
 /**
  * What the sidecars need from the mesh's security layer (the connect module): a leaf certificate
@@ -52,20 +80,18 @@ export function endpointsOf(entries: readonly HealthEntry[]): Endpoint[] {
 
 /** The healthy instances of one destination, recomputed when the catalog changes. */
 export class CatalogEndpointSource implements EndpointSource {
-  private readonly events = new EventEmitter()
+  private events = new TypedEmitter<{ 'endpoints:change': readonly Endpoint[] }>()
   private endpoints: Endpoint[]
   private key: string
-  private readonly off: () => void
+  private readonly off: Unsubscribe
 
   constructor(
-    private readonly catalog: Catalog,
+    private readonly catalog: EndpointCatalog,
     readonly destination: string,
   ) {
     this.endpoints = endpointsOf(catalog.health(destination))
     this.key = JSON.stringify(this.endpoints)
-    const onChange = (): void => this.refresh()
-    catalog.on('catalog:change', onChange)
-    this.off = () => catalog.off('catalog:change', onChange)
+    this.off = catalog.on('catalog:change', () => this.refresh())
   }
 
   current(): readonly Endpoint[] {
@@ -79,13 +105,13 @@ export class CatalogEndpointSource implements EndpointSource {
   }
 
   on(type: 'endpoints:change', listener: (endpoints: readonly Endpoint[]) => void): Unsubscribe {
-    this.events.on(type, listener)
-    return () => this.events.off(type, listener)
+    return this.events.on(type, listener)
   }
 
+  /** Stops following the catalog and drops every listener. */
   close(): void {
     this.off()
-    this.events.removeAllListeners()
+    this.events = new TypedEmitter()
   }
 
   private refresh(): void {
@@ -117,11 +143,17 @@ export class SidecarModule implements AgentModule {
   private queue: Promise<void> = Promise.resolve()
   private stopped = false
   private readonly abort = new AbortController()
+  private readonly catalog: SidecarCatalog
+  private readonly security: MeshSecurity
+  private readonly clock: Clock
+  private subscriptions: Unsubscribe[] = []
+  private cancelRetry?: Cancel
 
-  constructor(
-    private readonly catalog: CatalogModule,
-    private readonly security: MeshSecurity,
-  ) {}
+  constructor(components: SidecarModuleComponents) {
+    this.catalog = components.catalog
+    this.security = components.security
+    this.clock = components.clock ?? systemClock
+  }
 
   /** The sidecar of a local service, if running (tests, metrics). */
   sidecar(serviceId: string): Sidecar | undefined {
@@ -133,8 +165,9 @@ export class SidecarModule implements AgentModule {
     this.log = ctx.log.child({ component: 'sidecar' })
     const local = this.catalog.local
     if (local === undefined) throw new Error('catalog module must start before sidecars')
-    local.on('service:change', () => this.reconcile())
-    this.security.onSplitChange?.(() => this.reconcile())
+    this.subscriptions.push(local.on('service:change', () => this.reconcile()))
+    const offSplit = this.security.onSplitChange?.(() => this.reconcile())
+    if (offSplit !== undefined) this.subscriptions.push(offSplit)
     // Not awaited: a sidecar waits for its first leaf, which needs a Raft leader, which may need
     // this agent to join first.
     this.reconcile()
@@ -143,6 +176,9 @@ export class SidecarModule implements AgentModule {
   async stop(): Promise<void> {
     this.stopped = true
     this.abort.abort()
+    for (const off of this.subscriptions) off()
+    this.subscriptions = []
+    this.cancelRetry?.()
     await this.queue
     await Promise.all([...this.running.keys()].map((id) => this.stopOne(id)))
   }
@@ -190,11 +226,12 @@ export class SidecarModule implements AgentModule {
     const ctx = this.ctx!
     const sc = def.connect!.sidecarService
     if (this.security.ready !== undefined) {
-      const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(60_000)])
+      const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(LEAF_WAIT_MS)])
       if (!(await this.security.ready(def.name, signal))) {
         if (!this.stopped) {
           this.log?.warn({ service: def.name }, 'no leaf certificate yet; will retry on the next change')
-          setTimeout(() => this.reconcile(), 1_000).unref()
+          this.cancelRetry?.()
+          this.cancelRetry = this.clock.setTimeout(() => this.reconcile(), NO_LEAF_RETRY_MS)
         }
         return
       }

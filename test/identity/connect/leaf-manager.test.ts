@@ -1,9 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import {
-  CaNotReadyError,
-  LeafSigningRefusedError,
-  NotSigningLeaderError,
-} from '../../../src/identity/connect/errors.ts'
+import { LeafSigningRefusedError } from '../../../src/identity/connect/errors.ts'
 import { LeafManager } from '../../../src/identity/connect/leaf-manager.ts'
 import type { SignReply } from '../../../src/identity/connect/leaf-signer.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'

@@ -1,3 +1,4 @@
+import { VirtualClock } from '../../sim/virtual-clock.ts'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -8,7 +9,7 @@ import { LocalPayloadPublisher } from '../../../src/node/catalog/local-payload.t
 import { LocalServiceRegistry } from '../../../src/node/catalog/local-services.ts'
 import { encodeNodePayload, type NodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
-import { VirtualTimers } from './helpers.ts'
+import { advance } from './helpers.ts'
 
 const def = (json: object) => parseServiceDefinition(json, 'test')
 const web = def({ name: 'web', port: 8080, tags: ['v1'], checks: [{ ttl: '10s' }] })
@@ -122,21 +123,21 @@ describe('Catalog', () => {
   })
 
   it('waitForChange resolves on a change, on timeout, and on abort', async () => {
-    const timers = new VirtualTimers()
-    const c = new Catalog({ timers })
+    const clock = new VirtualClock()
+    const c = new Catalog({ clock })
     const i = c.index
     expect(await c.waitForChange(i - 1, 1000)).toBe(i) // already past
     const waiting = c.waitForChange(i, 60_000)
     c.applyMember(member('1'))
     expect(await waiting).toBe(i + 1)
     const timedOut = c.waitForChange(i + 1, 5000)
-    await timers.advance(5000)
+    await advance(clock, 5000)
     expect(await timedOut).toBe(i + 1)
     const ac = new AbortController()
     const aborted = c.waitForChange(i + 1, 60_000, ac.signal)
     ac.abort()
     expect(await aborted).toBe(i + 1)
-    expect(timers.size).toBe(0)
+    expect(clock.pending).toBe(0)
   })
 })
 
@@ -145,9 +146,9 @@ describe('LocalPayloadPublisher', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }))
 
   it('publishes a new payload on registration and on check transitions only', async () => {
-    const timers = new VirtualTimers()
+    const clock = new VirtualClock()
     const registry = LocalServiceRegistry.open({ dataDir: dir })
-    const checks = new CheckRunner({ timers })
+    const checks = new CheckRunner({ clock })
     const pub = new LocalPayloadPublisher({ registry, checks })
     const seen: NodePayload[] = []
     pub.on('payload:change', (p) => seen.push(p))
@@ -158,12 +159,12 @@ describe('LocalPayloadPublisher', () => {
     checks.updateTtl('service:web', 'passing', 'one')
     checks.updateTtl('service:web', 'passing', 'two') // output only: no new payload
     expect(seen).toHaveLength(2)
-    await timers.advance(10_000) // TTL expires
+    await advance(clock, 10_000) // TTL expires
     expect(seen).toHaveLength(3)
     const c = new Catalog()
     c.applyMember(member('1', { payload: pub.payload() }))
     expect(c.health('web')[0]!.status).toBe('critical')
     pub.stop()
-    expect(timers.size).toBe(0)
+    expect(clock.pending).toBe(0)
   })
 })

@@ -1,3 +1,4 @@
+import { VirtualClock } from '../../sim/virtual-clock.ts'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { describe, expect, it } from 'vitest'
@@ -9,7 +10,7 @@ import {
   systemProbes,
 } from '../../../src/node/catalog/checks.ts'
 import { parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
-import { eventually, VirtualTimers } from './helpers.ts'
+import { eventually, advance } from './helpers.ts'
 
 /** Probes whose answers the test scripts; a probe with `hang` never settles by itself. */
 function scriptedProbes() {
@@ -38,30 +39,30 @@ function scriptedProbes() {
 }
 
 function setup(checks: object[]) {
-  const timers = new VirtualTimers()
+  const clock = new VirtualClock()
   const { state, probes } = scriptedProbes()
-  const runner = new CheckRunner({ timers, probes })
+  const runner = new CheckRunner({ clock, probes })
   const updates: CheckUpdate[] = []
   runner.on('check:update', (u) => updates.push(u))
   runner.sync([parseServiceDefinition({ name: 'web', port: 8080, checks }, 'test')])
   runner.start()
-  return { timers, state, runner, updates }
+  return { clock, state, runner, updates }
 }
 
 describe('CheckRunner on a virtual clock', () => {
   it('TCP: probes every interval and emits only transitions', async () => {
-    const { timers, state, runner, updates } = setup([
+    const { clock, state, runner, updates } = setup([
       { tcp: '127.0.0.1:8080', interval: '10s', timeout: '1s' },
     ])
     expect(runner.status('service:web')).toBe('critical')
-    await timers.advance(0)
+    await advance(clock, 0)
     expect(runner.status('service:web')).toBe('passing')
-    await timers.advance(30_000) // three more probes, all passing
+    await advance(clock, 30_000) // three more probes, all passing
     expect(state.calls).toBe(4)
     state.tcp = 'critical'
-    await timers.advance(10_000)
+    await advance(clock, 10_000)
     state.tcp = 'passing'
-    await timers.advance(10_000)
+    await advance(clock, 10_000)
     expect(updates.map((u) => [u.previous, u.status])).toEqual([
       ['critical', 'passing'],
       ['passing', 'critical'],
@@ -71,42 +72,42 @@ describe('CheckRunner on a virtual clock', () => {
   })
 
   it('HTTP: 2xx passing, 429 warning, 500 critical, timeout critical', async () => {
-    const { timers, state, runner, updates } = setup([
+    const { clock, state, runner, updates } = setup([
       { http: 'http://127.0.0.1:8080/h', interval: '5s', timeout: '2s' },
     ])
-    await timers.advance(0)
+    await advance(clock, 0)
     expect(runner.status('service:web')).toBe('passing')
     state.http = 429
-    await timers.advance(5000)
+    await advance(clock, 5000)
     expect(runner.status('service:web')).toBe('warning')
     state.http = 500
-    await timers.advance(5000)
+    await advance(clock, 5000)
     expect(runner.status('service:web')).toBe('critical')
     state.http = 200
-    await timers.advance(5000)
+    await advance(clock, 5000)
     state.http = 'hang'
-    await timers.advance(5000) // probe starts, hangs
+    await advance(clock, 5000) // probe starts, hangs
     expect(runner.status('service:web')).toBe('passing')
-    await timers.advance(2000) // timeout elapses
+    await advance(clock, 2000) // timeout elapses
     expect(runner.status('service:web')).toBe('critical')
     expect(runner.get('service:web')?.output).toMatch(/timed out after 2000 ms/)
     expect(updates.map((u) => u.status)).toEqual(['passing', 'warning', 'critical', 'passing', 'critical'])
   })
 
   it('TTL: pass/warn/fail set the status, silence past the TTL makes it critical', async () => {
-    const { timers, runner, updates } = setup([{ ttl: '30s' }])
+    const { clock, runner, updates } = setup([{ ttl: '30s' }])
     expect(runner.status('service:web')).toBe('critical')
     runner.updateTtl('service:web', 'passing', 'all good')
     expect(runner.get('service:web')).toMatchObject({ status: 'passing', output: 'all good' })
-    await timers.advance(20_000)
+    await advance(clock, 20_000)
     runner.updateTtl('service:web', 'warning', 'slow')
-    await timers.advance(20_000) // 40 s after start, 20 s after the last update: still warning
+    await advance(clock, 20_000) // 40 s after start, 20 s after the last update: still warning
     expect(runner.status('service:web')).toBe('warning')
     runner.updateTtl('service:web', 'critical', 'broken')
     runner.updateTtl('service:web', 'passing')
-    await timers.advance(29_999)
+    await advance(clock, 29_999)
     expect(runner.status('service:web')).toBe('passing')
-    await timers.advance(1)
+    await advance(clock, 1)
     expect(runner.status('service:web')).toBe('critical')
     expect(runner.get('service:web')?.output).toMatch(/TTL expired/)
     expect(updates.map((u) => u.status)).toEqual(['passing', 'warning', 'critical', 'passing', 'critical'])
@@ -123,8 +124,8 @@ describe('CheckRunner on a virtual clock', () => {
   })
 
   it('sync keeps unchanged checks and their status, drops removed ones; stop clears every timer', async () => {
-    const { timers, runner } = setup([{ tcp: '127.0.0.1:8080', interval: '10s' }])
-    await timers.advance(0)
+    const { clock, runner } = setup([{ tcp: '127.0.0.1:8080', interval: '10s' }])
+    await advance(clock, 0)
     expect(runner.status('service:web')).toBe('passing')
     runner.sync([
       parseServiceDefinition(
@@ -135,10 +136,10 @@ describe('CheckRunner on a virtual clock', () => {
     expect(runner.status('service:web')).toBe('passing')
     runner.sync([])
     expect(runner.list()).toEqual([])
-    expect(timers.size).toBe(0)
+    expect(clock.pending).toBe(0)
     runner.sync([parseServiceDefinition({ name: 'api', port: 1, checks: [{ ttl: '5s' }] }, 't')])
     runner.stop()
-    expect(timers.size).toBe(0)
+    expect(clock.pending).toBe(0)
   })
 })
 
@@ -150,8 +151,8 @@ describe('CheckRunner with the real HTTP probe', () => {
     })
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
     const port = (server.address() as AddressInfo).port
-    const timers = new VirtualTimers()
-    const runner = new CheckRunner({ timers, probes: systemProbes })
+    const clock = new VirtualClock()
+    const runner = new CheckRunner({ clock, probes: systemProbes })
     const updates: CheckUpdate[] = []
     runner.on('check:update', (u) => updates.push(u))
     runner.sync([
@@ -172,8 +173,8 @@ describe('CheckRunner with the real HTTP probe', () => {
         [500, 'critical'],
       ] as const) {
         code = next
-        await eventually(() => timers.size === 1) // the next probe is scheduled
-        await timers.advance(1000) // fires it; the real request completes on its own
+        await eventually(() => clock.pending === 1) // the next probe is scheduled
+        await advance(clock, 1000) // fires it; the real request completes on its own
         await eventually(() => runner.status('service:web') === want)
       }
       expect(updates.map((u) => u.status)).toEqual(['passing', 'warning', 'critical'])

@@ -1,48 +1,14 @@
-import type { Timers } from '../../../src/node/catalog/timers.ts'
+import type { VirtualClock } from '../../sim/virtual-clock.ts'
 
-/** A virtual clock: timers run only when the test advances time. */
-export class VirtualTimers implements Timers {
-  private t = 0
-  private seq = 0
-  private readonly pending = new Map<number, { at: number; seq: number; fn: () => void }>()
-
-  now(): number {
-    return this.t
-  }
-
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = ++this.seq
-    this.pending.set(id, { at: this.t + Math.max(0, ms), seq: id, fn })
-    return id
-  }
-
-  clearTimeout(handle: unknown): void {
-    this.pending.delete(handle as number)
-  }
-
-  get size(): number {
-    return this.pending.size
-  }
-
-  /** Runs every timer due within `ms`, in order, letting promises settle after each one. */
-  async advance(ms: number): Promise<void> {
-    const end = this.t + ms
-    await settle()
-    for (;;) {
-      let next: { id: number; at: number; seq: number; fn: () => void } | undefined
-      for (const [id, p] of this.pending) {
-        if (p.at <= end && (next === undefined || p.at < next.at || (p.at === next.at && p.seq < next.seq))) {
-          next = { id, ...p }
-        }
-      }
-      if (next === undefined) break
-      this.pending.delete(next.id)
-      this.t = next.at
-      next.fn()
-      await settle()
-    }
-    this.t = end
-  }
+/**
+ * Advances `clock` by `ms`, firing timers in order and letting promises settle after each one
+ * (a probe's result arrives in a continuation).
+ */
+export async function advance(clock: VirtualClock, ms: number): Promise<void> {
+  const end = clock.now() + ms
+  await settle()
+  while (clock.fireNext(end)) await settle()
+  clock.setNow(end)
 }
 
 /** Lets resolved promises and their continuations run (no wall-clock wait). */

@@ -21,24 +21,33 @@ import {
   LocalPayloadPublisher,
   LocalServiceRegistry,
   type NodePayload,
-  type Timers,
 } from '../../../src/node/catalog/index.ts'
+import type { Cancel, Clock } from '../../../src/common/clock.ts'
 import { applyGossipEvent, catalogMeta, memberUpdateOf } from '../../../src/node/catalog/gossip-glue.ts'
 
-/** `Timers` on the simulation's virtual clock (a cancelled timer's event still fires, as a no-op). */
-export function simTimers(sim: SimNetwork): Timers {
-  return {
-    setTimeout(fn, ms) {
-      const handle = { cancelled: false }
-      sim.schedule(sim.now + Math.max(0, ms), () => {
-        if (!handle.cancelled) fn()
+/**
+ * A `Clock` on the simulation's virtual time (the network's own event queue, so timers interleave
+ * with message delivery). A cancelled timer's event still fires, as a no-op.
+ */
+export function simClock(sim: SimNetwork): Clock {
+  const at = (ms: number, fn: () => void, every: number | undefined): Cancel => {
+    const handle = { cancelled: false }
+    const arm = (delay: number): void =>
+      sim.schedule(sim.now + Math.max(0, delay), () => {
+        if (handle.cancelled) return
+        if (every !== undefined) arm(every)
+        fn()
       })
-      return handle
-    },
-    clearTimeout(handle) {
-      ;(handle as { cancelled: boolean }).cancelled = true
-    },
+    arm(ms)
+    return () => {
+      handle.cancelled = true
+    }
+  }
+  return {
     now: () => sim.now,
+    setTimeout: (fn, ms) => at(ms, fn, undefined),
+    setInterval: (fn, ms) => at(ms, fn, Math.max(1, ms)),
+    defer: (fn) => at(0, fn, undefined),
   }
 }
 
@@ -130,8 +139,7 @@ export class SimCatalogCluster {
         if (!times.has(id) && seen(catalog, id)) times.set(id, this.sim.now - t0)
       }
       check()
-      catalog.on('catalog:change', check)
-      offs.push(() => catalog.off('catalog:change', check))
+      offs.push(catalog.on('catalog:change', check))
     }
     const done = this.sim.runUntilCondition(() => times.size === observers.length, opts.maxMs ?? 30_000, 5)
     for (const off of offs) off()
@@ -154,10 +162,10 @@ export class SimCatalogCluster {
 
   /** Mirrors `CatalogModule.start`, with the simulation's clock and network in place of the agent's. */
   private startCatalog(id: string): void {
-    const timers = simTimers(this.sim)
-    const catalog = new Catalog({ timers })
-    const registry = LocalServiceRegistry.open({ dataDir: join(this.dir, id), timers })
-    const checks = new CheckRunner({ timers })
+    const clock = simClock(this.sim)
+    const catalog = new Catalog({ clock })
+    const registry = LocalServiceRegistry.open({ dataDir: join(this.dir, id), clock })
+    const checks = new CheckRunner({ clock })
     const publisher = new LocalPayloadPublisher({ registry, checks })
     this.nodes.set(id, { id, catalog, registry, checks, publisher, events: [] })
     const publish = (payload: NodePayload): void => {

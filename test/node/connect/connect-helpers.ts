@@ -84,8 +84,9 @@ export class FakeCatalog implements ConnectCatalog {
     return Object.keys(this.services_).map((peerId) => ({ peerId, status: 'alive' }))
   }
 
-  on(): void {}
-  off(): void {}
+  on(): () => void {
+    return () => {}
+  }
 }
 
 /** A connect module on fakes, leading a one-voter cluster as a fresh identity (`self`). */

@@ -1,8 +1,12 @@
 import { describe, expect, it } from 'vitest'
-import { Catalog, type MemberUpdate } from '../../../src/node/catalog/catalog.ts'
+import { Catalog, type CatalogEvents, type MemberUpdate } from '../../../src/node/catalog/catalog.ts'
 import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
-import { CatalogEndpointSource, endpointsOf } from '../../../src/node/sidecars/sidecar-module.ts'
+import {
+  CatalogEndpointSource,
+  type EndpointCatalog,
+  endpointsOf,
+} from '../../../src/node/sidecars/sidecar-module.ts'
 
 const api = (id: string, tags: string[], sidecar = true) =>
   parseServiceDefinition(
@@ -63,5 +67,26 @@ describe('sidecar endpoints from the catalog', () => {
     expect(seen).toEqual([['peer1/api-1']])
     expect(src.current().map((e) => e.id)).toEqual(['peer1/api-1'])
     src.close()
+  })
+
+  it('releases its catalog subscription and its own listeners on close', () => {
+    const listeners = new Set<() => void>()
+    const catalog: EndpointCatalog = {
+      health: () => [],
+      on<K extends keyof CatalogEvents>(_type: K, listener: (detail: CatalogEvents[K]) => void) {
+        const l = () => listener({ index: 1 } as CatalogEvents[K])
+        listeners.add(l)
+        return () => {
+          listeners.delete(l)
+        }
+      },
+    }
+    const src = new CatalogEndpointSource(catalog, 'api')
+    expect(listeners.size).toBe(1)
+    let calls = 0
+    src.on('endpoints:change', () => calls++)
+    src.close()
+    expect(listeners.size).toBe(0)
+    expect(calls).toBe(0)
   })
 })

@@ -1,0 +1,97 @@
+import { Counter, Gauge, type Registry } from 'prom-client'
+import type { MemberView } from '../../gossip/index.ts'
+import { counterFrom } from '../agent/metrics.ts'
+import type { GossipUdpTransport } from '../transport/gossip-udp.ts'
+import type { PushPullStats } from './libp2p-glue.ts'
+
+/** What the gossip metrics read at scrape time. */
+export interface GossipMetricsSource {
+  members(): MemberView[]
+  udpStats(): GossipUdpTransport['stats'] | undefined
+  pushPullStats(): PushPullStats | undefined
+  /** Messages the core dropped, by reason. */
+  dropped(): Record<string, number>
+}
+
+export function registerGossipMetrics(registry: Registry, src: GossipMetricsSource): void {
+  new Gauge({
+    name: 'peermesh_gossip_members',
+    help: 'Members known to gossip, by status',
+    labelNames: ['status'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      const counts: Record<string, number> = { alive: 0, suspect: 0, dead: 0, left: 0 }
+      for (const m of src.members()) counts[m.status] = (counts[m.status] ?? 0) + 1
+      for (const [status, n] of Object.entries(counts)) this.set({ status }, n)
+    },
+  })
+  const udp = (pick: (s: GossipUdpTransport['stats']) => number) => () => {
+    const s = src.udpStats()
+    return s === undefined ? 0 : pick(s)
+  }
+  const pp = (pick: (s: PushPullStats) => number) => () => {
+    const s = src.pushPullStats()
+    return s === undefined ? 0 : pick(s)
+  }
+  const counters: [string, string, () => number][] = [
+    ['peermesh_gossip_messages_sent_total', 'SWIM UDP datagrams sent', udp((s) => s.sent)],
+    [
+      'peermesh_gossip_bytes_sent_total',
+      'SWIM UDP datagram bytes sent (sealed envelope included)',
+      udp((s) => s.sentBytes),
+    ],
+    [
+      'peermesh_gossip_messages_received_total',
+      'SWIM UDP datagrams received and authenticated',
+      udp((s) => s.received),
+    ],
+    [
+      'peermesh_gossip_bytes_received_total',
+      'SWIM UDP datagram bytes received and authenticated (envelope included)',
+      udp((s) => s.receivedBytes),
+    ],
+    [
+      'peermesh_gossip_send_dropped_total',
+      'SWIM datagrams not sent (member endpoint unknown, oversize, socket error)',
+      udp((s) => s.sendDropped),
+    ],
+    ['peermesh_gossip_pushpull_total', 'Push/pull exchanges this agent started', pp((s) => s.exchanges)],
+    [
+      'peermesh_gossip_pushpull_failures_total',
+      'Push/pull exchanges this agent started that failed',
+      pp((s) => s.failures),
+    ],
+    [
+      'peermesh_gossip_pushpull_bytes_sent_total',
+      'Push/pull state bytes sent (requests and replies)',
+      pp((s) => s.bytesSent),
+    ],
+    [
+      'peermesh_gossip_pushpull_connections_closed_total',
+      'Idle connections closed after a push/pull exchange that opened them',
+      pp((s) => s.connectionsClosed),
+    ],
+  ]
+  for (const [name, help, pick] of counters) counterFrom(registry, name, help, pick)
+  new Counter({
+    name: 'peermesh_gossip_datagrams_rejected_total',
+    help: 'Inbound UDP datagrams dropped before the SWIM core, by reason (truncated, oversize, version, auth, sender)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [reason, n] of Object.entries(src.udpStats()?.rejected ?? {})) this.inc({ reason }, n)
+    },
+  })
+  new Counter({
+    name: 'peermesh_gossip_dropped_total',
+    help: 'Messages dropped by the gossip core, by reason (decode, type, oversize, forged, ...)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [reason, n] of Object.entries(src.dropped())) this.inc({ reason }, n)
+    },
+  })
+}
