@@ -17,7 +17,7 @@ import {
   withSealedKey,
 } from './ca-state.ts'
 import type { CaStateSource, CaStateWriter, ConnectLog, LeaderView, ServiceDirectory } from './components.ts'
-import { CaNotReadyError, CaRotationConflictError } from './errors.ts'
+import { CaNotReadyError, CaRotationConflictError, KeyGrantFailedError } from './errors.ts'
 import type { RootKeys } from './leaf-signer.ts'
 
 /** The roots before and after a rotation this leader started. */
@@ -144,7 +144,7 @@ export class CaManager {
       { roots, activeRootId: state.active!.id, casIndex: state.modifyIndex },
       { signal },
     )
-    if (!result.ok) throw new Error(`granting the CA key failed: ${result.code} ${result.message}`)
+    if (!result.ok) throw new KeyGrantFailedError(`granting the CA key failed: ${result.code} ${result.message}`)
     this.stats.keysGranted += peers.length
     this.c.log.info({ peers, roots: roots.length }, 'CA key sealed to voters')
   }

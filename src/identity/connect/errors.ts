@@ -34,6 +34,11 @@ export class AgentStoppingError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_STOPPING'
 }
 
+/** Sealing the root key to a new voter did not commit (the CA changed meanwhile, or the write failed). */
+export class KeyGrantFailedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_CA_KEY_GRANT'
+}
+
 /** A coded refusal of a leaf signing (or rotation) request, as the leader answered it. */
 export class LeafSigningRefusedError extends PeermeshError {
   /** The leader's code, not a static one: any refusal the leader may send. */

@@ -5,7 +5,7 @@ import {
   validateIntention,
 } from '../../proxy/intentions.ts'
 import type { StoredIntention } from '../../raft/policy/intention.ts'
-import type { PolicyCommand, PolicyResult } from '../../raft/policy/policy-commands.ts'
+import { type PolicyCommand, PolicyErrorCodes, type PolicyResult } from '../../raft/policy/policy-commands.ts'
 import {
   DEFAULT_BLOCKING_WAIT_MS,
   INDEX_HEADER,
@@ -219,7 +219,7 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
     const it = parseIntentionBody(req.body)
     const res = await write(connect, { op: 'intention.upsert', ...it, casIndex: 0 }, req)
     if (res.ok) return { index: res.index }
-    if (res.code === 'PEERMESH_ERR_CAS_FAILED')
+    if (res.code === PolicyErrorCodes.casFailed)
       throw new ApiError(
         `source/destination: an intention ${it.source} -> ${it.destination} already exists (change it with PUT /v1/connect/intentions/exact)`,
         400,
@@ -246,7 +246,7 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
     const { source, destination } = parsePairQuery(req.query)
     const res = await write(connect, { op: 'intention.delete', source, destination }, req)
     if (res.ok) return { index: res.index }
-    if (res.code === 'PEERMESH_ERR_NOT_FOUND') throw new ApiError(res.message, 404)
+    if (res.code === PolicyErrorCodes.notFound) throw new ApiError(res.message, 404)
     throw new ApiError(res.message, 400)
   }
   http.route('DELETE', '/v1/connect/intentions', del)

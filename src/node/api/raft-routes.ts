@@ -1,6 +1,7 @@
 import { errorCode } from '../../common/errors.ts'
 import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
+import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
 import type { ApiRequest, HttpApi } from './server.ts'
 import { API_MAX_TIMEOUT_MS, API_RAFT_TIMEOUT_MS } from '../agent/defaults.ts'
@@ -131,9 +132,9 @@ async function write(raft: RaftModule, cmd: PolicyCommand, req: ApiRequest): Pro
   const res = r.result
   if (res.ok) return res.index
   switch (res.code) {
-    case 'PEERMESH_ERR_NOT_FOUND':
+    case PolicyErrorCodes.notFound:
       throw new ApiError(res.message, 404)
-    case 'PEERMESH_ERR_CAS_FAILED':
+    case PolicyErrorCodes.casFailed:
       throw new ApiError(`cas: ${res.message}`, 409)
     default:
       throw new ApiError(res.message, 400)

@@ -8,6 +8,7 @@ import {
   type RequestId,
 } from '../../raft/index.ts'
 import { pack, unpackRecord } from '../../raft/msgpack.ts'
+import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import {
   attemptSignal,
   encodeLeaderReply,
@@ -42,7 +43,7 @@ export interface ProposingNode {
   ): Promise<{ index: number; result: PolicyResult }>
 }
 
-const SIGNATURE_REFUSED: PolicyErrorCode = 'PEERMESH_ERR_POLICY_SIGNATURE'
+const SIGNATURE_REFUSED: PolicyErrorCode = PolicyErrorCodes.signature
 
 export interface WriteForwarderComponents {
   /** Asks the leader (proposes here when this agent leads). */

@@ -23,6 +23,7 @@
  * with, or has a malformed sender id is dropped and counted by reason; nothing a peer sends can
  * throw out of here.
  */
+import { ClusterKeyError } from '../../identity/errors.ts'
 import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
 import { isIPv6 } from 'node:net'
@@ -58,7 +59,8 @@ export type OpenResult =
  */
 export function pskOfClusterKey(clusterKey: Uint8Array): Uint8Array {
   const hex = Buffer.from(clusterKey).toString('utf8').split(/\r?\n/)[2]?.trim() ?? ''
-  if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new Error('cluster key: expected 64 hex digits on line 3')
+  if (!/^[0-9a-fA-F]{64}$/.test(hex))
+    throw new ClusterKeyError('cluster key: expected 64 hex digits on line 3')
   return Buffer.from(hex, 'hex')
 }
 
@@ -73,7 +75,8 @@ const AAD = Buffer.from([DATAGRAM_VERSION])
 /** Seals one SWIM message from `senderId` (see the envelope layout above). */
 export function sealDatagram(key: Uint8Array, senderId: string, payload: Uint8Array): Buffer {
   const id = Buffer.from(senderId, 'utf8')
-  if (id.length === 0 || id.length > MAX_SENDER_ID_BYTES) throw new Error('sender id length out of range')
+  if (id.length === 0 || id.length > MAX_SENDER_ID_BYTES)
+    throw new RangeError('sender id length out of range')
   const nonce = randomBytes(NONCE_BYTES)
   const cipher = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG_BYTES })
   const plaintextLength = 1 + id.length + payload.length

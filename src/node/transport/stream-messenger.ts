@@ -73,7 +73,7 @@ export class RemoteRequestError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_REMOTE_REQUEST'
 }
 
-/** The multiplexed request stream closed before the reply came. */
+/** The request stream closed before the reply came. */
 export class RequestStreamClosedError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_REQUEST_STREAM_CLOSED'
 }
@@ -202,7 +202,7 @@ export class StreamMessenger {
     try {
       stream.send(encodeFrame(bytes))
       const [reply] = await readFrames(stream, this.init.maxRequestBytes ?? 8 << 20, 1, signal)
-      if (reply === undefined) throw new Error('peer closed the stream without a reply')
+      if (reply === undefined) throw new RequestStreamClosedError('peer closed the stream without a reply')
       return reply
     } finally {
       await stream.close({ signal }).catch(() => stream.abort(new Error('close failed')))
@@ -495,6 +495,6 @@ async function readFrames(
   } finally {
     signal.removeEventListener('abort', onAbort)
   }
-  if (signal.aborted) throw new Error('timed out')
+  signal.throwIfAborted()
   return frames.slice(0, count)
 }

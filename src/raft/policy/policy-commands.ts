@@ -6,12 +6,20 @@ import { pack } from '../msgpack.ts'
  * encoding, and the results the store answers with.
  */
 
-export type PolicyErrorCode =
-  | 'PEERMESH_ERR_INVALID_COMMAND'
-  | 'PEERMESH_ERR_NOT_FOUND'
-  | 'PEERMESH_ERR_CAS_FAILED'
-  | 'PEERMESH_ERR_STALE_REQUEST'
-  | 'PEERMESH_ERR_POLICY_SIGNATURE'
+/**
+ * The codes a command fails with. They are results, not thrown errors: every agent applies the
+ * same entry to the same outcome. Compare against these, never against a string.
+ */
+export const PolicyErrorCodes = {
+  invalidCommand: 'PEERMESH_ERR_INVALID_COMMAND',
+  notFound: 'PEERMESH_ERR_NOT_FOUND',
+  casFailed: 'PEERMESH_ERR_CAS_FAILED',
+  staleRequest: 'PEERMESH_ERR_STALE_REQUEST',
+  /** Unsigned, or not signed by a root trusted at this point of the log (policy-signing.ts). */
+  signature: 'PEERMESH_ERR_POLICY_SIGNATURE',
+} as const
+
+export type PolicyErrorCode = (typeof PolicyErrorCodes)[keyof typeof PolicyErrorCodes]
 
 export type PolicyResult = { ok: true; index: number } | { ok: false; code: PolicyErrorCode; message: string }
 

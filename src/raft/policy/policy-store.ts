@@ -6,6 +6,7 @@ import type { StoredIntention } from './intention.ts'
 import {
   CONFIG_ENTRY_SCHEMAS,
   type PolicyErrorCode,
+  PolicyErrorCodes,
   type PolicyResult,
   policyCommandSchema,
   stripUndefined,
@@ -19,6 +20,7 @@ export {
   encodePolicyCommand,
   type PolicyCommand,
   type PolicyErrorCode,
+  PolicyErrorCodes,
   type PolicyResult,
   policyCommandSchema,
 } from './policy-commands.ts'
@@ -112,7 +114,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       if (!opened.ok) {
         this.stats.signatureRejected++
         this.stats.lastSignatureError = opened.reason
-        return fail('PEERMESH_ERR_POLICY_SIGNATURE', opened.reason)
+        return fail(PolicyErrorCodes.signature, opened.reason)
       }
       if (opened.cmd !== entry.data) entry = { ...entry, data: opened.cmd }
     }
@@ -122,7 +124,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       if (prev !== undefined && rid.seq <= prev.seq) {
         if (rid.seq === prev.seq) return prev.result
         return fail(
-          'PEERMESH_ERR_STALE_REQUEST',
+          PolicyErrorCodes.staleRequest,
           `seq ${rid.seq} of ${rid.clientId} is older than ${prev.seq}`,
         )
       }
@@ -132,7 +134,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       result = this.execute(entry)
     } catch (err) {
       // Defensive: nothing above should throw, but apply must never break the apply loop.
-      result = fail('PEERMESH_ERR_INVALID_COMMAND', `command failed: ${(err as Error).message}`)
+      result = fail(PolicyErrorCodes.invalidCommand, `command failed: ${(err as Error).message}`)
     }
     if (rid !== undefined) {
       this.dedupe.delete(rid.clientId)
@@ -148,11 +150,11 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     try {
       raw = unpack(entry.data)
     } catch {
-      return fail('PEERMESH_ERR_INVALID_COMMAND', 'command is not msgpack')
+      return fail(PolicyErrorCodes.invalidCommand, 'command is not msgpack')
     }
     const parsed = policyCommandSchema.safeParse(raw)
     if (!parsed.success) {
-      return fail('PEERMESH_ERR_INVALID_COMMAND', parsed.error.issues[0]?.message ?? 'invalid command')
+      return fail(PolicyErrorCodes.invalidCommand, parsed.error.issues[0]?.message ?? 'invalid command')
     }
     const cmd = parsed.data
     const at = entry.index
@@ -162,7 +164,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         const cur = this.intentions.get(key)
         if (cmd.casIndex !== undefined && (cur?.modifyIndex ?? 0) !== cmd.casIndex) {
           return fail(
-            'PEERMESH_ERR_CAS_FAILED',
+            PolicyErrorCodes.casFailed,
             `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
           )
         }
@@ -180,22 +182,22 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       }
       case 'intention.delete': {
         if (!this.intentions.delete(cmd.source + SEP + cmd.destination)) {
-          return fail('PEERMESH_ERR_NOT_FOUND', `no intention ${cmd.source} -> ${cmd.destination}`)
+          return fail(PolicyErrorCodes.notFound, `no intention ${cmd.source} -> ${cmd.destination}`)
         }
         return this.changed(at)
       }
       case 'config.set': {
         const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
         if (schema === undefined)
-          return fail('PEERMESH_ERR_INVALID_COMMAND', `unknown config entry kind ${cmd.kind}`)
+          return fail(PolicyErrorCodes.invalidCommand, `unknown config entry kind ${cmd.kind}`)
         const v = schema.safeParse(cmd.value)
         if (!v.success)
-          return fail('PEERMESH_ERR_INVALID_COMMAND', v.error.issues[0]?.message ?? 'invalid value')
+          return fail(PolicyErrorCodes.invalidCommand, v.error.issues[0]?.message ?? 'invalid value')
         const key = cmd.kind + SEP + cmd.name
         const cur = this.configEntries.get(key)
         if (cmd.casIndex !== undefined && (cur?.modifyIndex ?? 0) !== cmd.casIndex) {
           return fail(
-            'PEERMESH_ERR_CAS_FAILED',
+            PolicyErrorCodes.casFailed,
             `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
           )
         }
@@ -210,14 +212,14 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       }
       case 'config.delete': {
         if (!this.configEntries.delete(cmd.kind + SEP + cmd.name)) {
-          return fail('PEERMESH_ERR_NOT_FOUND', `no config entry ${cmd.kind}/${cmd.name}`)
+          return fail(PolicyErrorCodes.notFound, `no config entry ${cmd.kind}/${cmd.name}`)
         }
         return this.changed(at)
       }
       case 'ca.setRoots': {
         if (cmd.casIndex !== undefined && this.ca.modifyIndex !== cmd.casIndex) {
           return fail(
-            'PEERMESH_ERR_CAS_FAILED',
+            PolicyErrorCodes.casFailed,
             `CA modifyIndex is ${this.ca.modifyIndex}, not ${cmd.casIndex}`,
           )
         }
