@@ -1,23 +1,13 @@
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { type Command, Option } from 'commander'
+import type { Command } from 'commander'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
 import { ApiClient } from './client.ts'
-import { DEFAULT_HTTP } from '../agent/config.ts'
 import type { CaRootsJson } from '../../identity/connect/ca-state.ts'
 import type { IntentionJson } from '../api/connect-routes.ts'
 import { ConfigError } from '../agent/errors.ts'
-import { renderTable } from './format.ts'
-
-function httpOption(): Option {
-  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
-    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
-  )
-}
-
-function print(json: boolean, value: unknown, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
-}
+import { print, renderTable } from './format.ts'
+import { httpOption } from './options.ts'
 
 const pairQuery = (src: string, dst: string): string =>
   `source=${encodeURIComponent(src)}&destination=${encodeURIComponent(dst)}`

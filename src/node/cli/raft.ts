@@ -1,22 +1,12 @@
-import { type Command, Option } from 'commander'
-import { renderTable } from './format.ts'
+import type { Command } from 'commander'
+import { print, renderTable } from './format.ts'
+import { httpOption } from './options.ts'
 import { ApiClient } from './client.ts'
-import { DEFAULT_HTTP } from '../agent/config.ts'
 import { NoLeaderError } from '../raft/errors.ts'
 import type { RaftConfigurationJson } from '../raft/raft-module.ts'
 
 /** Raised when the cluster has no Raft leader (`peermesh leader` exits 1 with one line). */
 export class NoLeaderKnownError extends NoLeaderError {}
-
-function httpOption(): Option {
-  return new Option('--http <host:port>', 'address of the agent HTTP API').default(
-    process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
-  )
-}
-
-function print(json: boolean, value: unknown, text: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${text()}\n`)
-}
 
 /**
  * `peermesh leader [--http] [--json]`: the Raft leader's libp2p address (as `GET /v1/status/leader`);
