@@ -18,6 +18,7 @@
  * `IntentionIndex` answers in O(1) (four hash lookups at most); it runs on every inbound
  * connection, with the committed policy held locally.
  */
+import { PeermeshError } from '../common/errors.ts'
 import { isDnsLabel } from '../identity/ca/spiffe.ts'
 import { type Intention, type IntentionAction, isIntentionName, WILDCARD } from '../raft/policy/intention.ts'
 
@@ -40,50 +41,34 @@ export type IntentionField =
   | 'intention'
   | 'defaultAction'
 
-/** A source or destination is neither a service name (DNS label) nor `*`. */
-export class InvalidIntentionNameError extends Error {
-  static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_NAME'
-  override readonly name = 'InvalidIntentionNameError'
-  readonly code = InvalidIntentionNameError.code
+/** An intention field is invalid; `field` names it. */
+export class IntentionFieldError extends PeermeshError {
   constructor(
     readonly field: IntentionField,
     message: string,
   ) {
     super(`${field}: ${message}`)
   }
+}
+
+/** A source or destination is neither a service name (DNS label) nor `*`. */
+export class InvalidIntentionNameError extends IntentionFieldError {
+  static override readonly code = 'PEERMESH_ERR_INVALID_INTENTION_NAME'
 }
 
 /** The action is not `allow` or `deny`. */
-export class InvalidIntentionActionError extends Error {
-  static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_ACTION'
-  override readonly name = 'InvalidIntentionActionError'
-  readonly code = InvalidIntentionActionError.code
-  constructor(
-    readonly field: IntentionField,
-    message: string,
-  ) {
-    super(`${field}: ${message}`)
-  }
+export class InvalidIntentionActionError extends IntentionFieldError {
+  static override readonly code = 'PEERMESH_ERR_INVALID_INTENTION_ACTION'
 }
 
 /** The input is not an object, or a field other than names and action is malformed. */
-export class MalformedIntentionError extends Error {
-  static readonly code = 'PEERMESH_ERR_MALFORMED_INTENTION'
-  override readonly name = 'MalformedIntentionError'
-  readonly code = MalformedIntentionError.code
-  constructor(
-    readonly field: IntentionField,
-    message: string,
-  ) {
-    super(`${field}: ${message}`)
-  }
+export class MalformedIntentionError extends IntentionFieldError {
+  static override readonly code = 'PEERMESH_ERR_MALFORMED_INTENTION'
 }
 
 /** Two intentions in one set have the same source and destination. */
-export class DuplicateIntentionError extends Error {
-  static readonly code = 'PEERMESH_ERR_DUPLICATE_INTENTION'
-  override readonly name = 'DuplicateIntentionError'
-  readonly code = DuplicateIntentionError.code
+export class DuplicateIntentionError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_DUPLICATE_INTENTION'
   constructor(
     readonly source: string,
     readonly destination: string,
@@ -95,10 +80,8 @@ export class DuplicateIntentionError extends Error {
 }
 
 /** A name passed to `decide` is not a service name (`*` included: connections come from a service). */
-export class InvalidIntentionQueryError extends Error {
-  static readonly code = 'PEERMESH_ERR_INVALID_INTENTION_QUERY'
-  override readonly name = 'InvalidIntentionQueryError'
-  readonly code = InvalidIntentionQueryError.code
+export class InvalidIntentionQueryError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_INVALID_INTENTION_QUERY'
 }
 
 /**

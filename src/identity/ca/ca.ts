@@ -24,6 +24,7 @@ import {
   parseCertificatePem,
   parseCsrPem,
   subjectAltNames,
+  uriSans,
   subjectKeyId,
 } from './cert-info.ts'
 import {
@@ -325,9 +326,7 @@ async function loadSigningCa(ca: SigningCa): Promise<LoadedCa> {
 function caTrustDomain(cert: x509.X509Certificate): string {
   let uris: string[]
   try {
-    uris = subjectAltNames(cert)
-      .filter((n) => n.type === 'url')
-      .map((n) => n.value)
+    uris = uriSans(cert)
   } catch (cause) {
     throw new CaMalformedError('CA certificate subjectAltName does not decode', { cause })
   }

@@ -43,6 +43,13 @@ export function subjectAltNames(item: x509.X509Certificate | x509.Pkcs10Certific
   return san.names.items.map((n) => ({ type: n.type, value: n.value }))
 }
 
+/** The URI SANs of a certificate or CSR (SPIFFE ids live there). Throws like `subjectAltNames`. */
+export function uriSans(item: x509.X509Certificate | x509.Pkcs10CertificateRequest): string[] {
+  return subjectAltNames(item)
+    .filter((n) => n.type === 'url')
+    .map((n) => n.value)
+}
+
 /** Subject key identifier as lowercase hex, if present. */
 export function subjectKeyId(cert: x509.X509Certificate): string | undefined {
   return cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId?.toLowerCase()

@@ -14,7 +14,7 @@ import {
   parseCertificatePem,
   sameCertificate,
   sameName,
-  subjectAltNames,
+  uriSans,
   subjectKeyId,
 } from './cert-info.ts'
 import { CaMalformedError, InvalidCaOptionError, PeerIdentityMismatchError } from './errors.ts'
@@ -174,9 +174,7 @@ export class LeafVerifier {
 
     let uris: string[]
     try {
-      uris = subjectAltNames(leaf)
-        .filter((n) => n.type === 'url')
-        .map((n) => n.value)
+      uris = uriSans(leaf)
     } catch {
       return fail('MALFORMED', 'subjectAltName does not decode')
     }
@@ -325,9 +323,7 @@ function fail(key: keyof typeof LeafVerificationCode, reason: string): VerifyLea
 export function peerServiceId(der: Uint8Array): ServiceSpiffeId | undefined {
   let uris: string[]
   try {
-    uris = subjectAltNames(new x509.X509Certificate(der))
-      .filter((n) => n.type === 'url')
-      .map((n) => n.value)
+    uris = uriSans(new x509.X509Certificate(der))
     return uris.length === 1 ? parseServiceSpiffeId(uris[0]) : undefined
   } catch {
     return undefined

@@ -144,7 +144,8 @@ export class CaManager {
       { roots, activeRootId: state.active!.id, casIndex: state.modifyIndex },
       { signal },
     )
-    if (!result.ok) throw new KeyGrantFailedError(`granting the CA key failed: ${result.code} ${result.message}`)
+    if (!result.ok)
+      throw new KeyGrantFailedError(`granting the CA key failed: ${result.code} ${result.message}`)
     this.stats.keysGranted += peers.length
     this.c.log.info({ peers, roots: roots.length }, 'CA key sealed to voters')
   }

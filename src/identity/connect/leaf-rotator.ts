@@ -9,7 +9,7 @@
  */
 import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
 import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
-import { parseCertificatePem, subjectAltNames } from '../ca/cert-info.ts'
+import { parseCertificatePem, uriSans } from '../ca/cert-info.ts'
 import { InvalidCaOptionError, LeafRequestTimeoutError, LeafResponseInvalidError } from '../ca/errors.ts'
 import { type KeyType, publicKeySpkiOfPrivatePem } from '../keys/keys.ts'
 import { type CreateLeafKeyAndCsrOptions, createLeafKeyAndCsr, type LeafKeyAndCsr } from '../ca/leaf.ts'
@@ -307,9 +307,7 @@ export class LeafCertificateRotator {
       throw new LeafResponseInvalidError('issued certificate is not a single well-formed PEM certificate')
     let uris: string[]
     try {
-      uris = subjectAltNames(cert)
-        .filter((n) => n.type === 'url')
-        .map((n) => n.value)
+      uris = uriSans(cert)
     } catch (cause) {
       throw new LeafResponseInvalidError('issued certificate subjectAltName does not decode', { cause })
     }
