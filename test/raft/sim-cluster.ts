@@ -198,7 +198,7 @@ export class SimCluster {
         }
         this.leaderOfTerm.set(term, n.id)
       }
-      this.send(rd.messages)
+      this.send([...rd.messages, ...rd.messagesAfterAppend])
       for (const e of rd.committedEntries) this.apply(n, e)
       n.readStates.push(...rd.readStates)
       n.raft.advance(rd)

@@ -211,8 +211,7 @@ export class ConnectModule implements AgentModule {
     clearInterval(this.leaderTimer)
     this.offStore?.()
     this.offLeader?.()
-    const node = this.raft.raft
-    if (node !== undefined && node.sealEntry === this.sealEntry) node.sealEntry = undefined
+    this.raft.setEntrySealer(undefined)
     this.raft.setVoterGate(undefined)
     this.raft.setSnapshotSigner(undefined)
     this.catalog.catalog.off('catalog:change', this.syncRotators)
@@ -334,8 +333,7 @@ export class ConnectModule implements AgentModule {
    * snapshots this agent sends as leader, and seals the root key to members before they vote.
    */
   attachToRaft(): void {
-    const node = this.raft.raft
-    if (node !== undefined) node.sealEntry = this.sealEntry
+    this.raft.setEntrySealer(this.sealEntry)
     this.raft.setVoterGate((peerId, signal) => this.grantKeyTo(peerId, signal))
     this.raft.setSnapshotSigner(() => this.snapshotSigner())
   }
@@ -359,7 +357,7 @@ export class ConnectModule implements AgentModule {
   }
 
   /**
-   * Set as the Raft node's `sealEntry`: signs each policy entry this agent appends as leader with
+   * Set as the Raft module's entry sealer: signs each policy entry this agent appends as leader with
    * the active root, for the entry's index. Without a root (before the CA exists) or without a copy
    * of its key, the entry goes unsigned, and every agent refuses it once the CA exists.
    */

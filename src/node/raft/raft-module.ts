@@ -5,6 +5,7 @@ import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
 import {
   encodeMessage,
+  type EntrySealer,
   type Message,
   encodePolicyCommand,
   FileStorage,
@@ -156,6 +157,8 @@ export class RaftModule implements AgentModule {
   readonly store = new PolicyStore(undefined, { verifySignatures: true })
   /** The root that signs snapshots sent from here (set by the connect module; a voter's key). */
   private snapshotSigner?: () => PolicySigningRoot | undefined
+  /** Signs the policy entries this agent appends as leader (set by the connect module). */
+  private entrySealer?: EntrySealer
   /** Awaited before autopilot makes `peerId` a voter (the connect module seals the CA key to it). */
   private voterGate?: (peerId: string, signal: AbortSignal) => Promise<void>
   private node?: RaftNode<PolicyResult>
@@ -248,6 +251,8 @@ export class RaftModule implements AgentModule {
         tickMs: this.opts.tickMs,
         snapshotThreshold: this.opts.snapshotThreshold,
         coalesceReady: true,
+        sealer: (index, requestId, data) => this.entrySealer?.(index, requestId, data) ?? data,
+        verifySnapshot: (msg) => this.verifySnapshotMessage(msg),
         ...(ctx.config.bootstrap ? { bootstrap: [self] } : {}),
       })
     } catch (err) {
@@ -255,7 +260,6 @@ export class RaftModule implements AgentModule {
       throw err
     }
     this.node = node
-    node.acceptSnapshot = (msg) => this.verifySnapshotMessage(msg)
     const st = node.status()
     this.confIndex = Math.max(0, st.firstIndex - 1) // the snapshot's index, a lower bound
     node.on('leader:change', ({ leader, term }) => {
@@ -309,6 +313,11 @@ export class RaftModule implements AgentModule {
   /** Sets the source of the key that signs snapshots sent from here (undefined: unsigned). */
   setSnapshotSigner(signer: (() => PolicySigningRoot | undefined) | undefined): void {
     this.snapshotSigner = signer
+  }
+
+  /** Sets the signer of the policy entries this agent appends as leader (undefined: unsigned). */
+  setEntrySealer(sealer: EntrySealer | undefined): void {
+    this.entrySealer = sealer
   }
 
   /** Sets the step autopilot awaits before making a member a voter. */

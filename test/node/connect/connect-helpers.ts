@@ -10,7 +10,7 @@ import {
   type PolicyCommand,
   PolicyStore,
 } from '../../../src/raft/policy/policy-store.ts'
-import type { EntrySealer } from '../../../src/raft/raft.ts'
+import type { EntrySealer } from '../../../src/raft/types.ts'
 
 export const silentLog = pino({ level: 'silent' })
 
@@ -61,6 +61,10 @@ export class FakeRaft {
   }
 
   setSnapshotSigner(): void {}
+
+  setEntrySealer(sealer: EntrySealer | undefined): void {
+    this.node.sealEntry = sealer
+  }
 
   leaderId(): string | undefined {
     return this.leader
