@@ -41,7 +41,10 @@ export interface RaftConfig {
   maxInflightMsgs: number
 }
 
-/** Defaults for a LAN cluster with a 100 ms tick: heartbeats every 100 ms, elections after 1-2 s. */
+/**
+ * Core defaults for a LAN cluster with the driver's 100 ms tick (DEFAULT_DRIVER_CONFIG below):
+ * heartbeats every 100 ms, elections after 1-2 s.
+ */
 export const DEFAULT_RAFT_CONFIG: Omit<RaftConfig, 'id' | 'rng'> = {
   electionTick: 10, // 10 × 100 ms: tolerates several lost heartbeats before an election
   heartbeatTick: 1, // heartbeat every tick keeps followers' election timers well clear of expiry
@@ -51,6 +54,25 @@ export const DEFAULT_RAFT_CONFIG: Omit<RaftConfig, 'id' | 'rng'> = {
   maxEntriesPerMsg: 256, // policy writes are small; 256 keeps a catching-up follower moving fast
   maxBytesPerMsg: 1024 * 1024, // 1 MiB keeps one message under libp2p stream frame limits
   maxInflightMsgs: 256, // enough pipelining for a WAN round trip without unbounded memory
+}
+
+/** Settings of the driver (`RaftNode`): real time, and what it does around the core. */
+export interface DriverConfig {
+  /** Milliseconds per tick: the core's timeouts are counted in ticks. */
+  tickMs: number
+  /** Snapshot the state machine after this many applied entries (bounds log size and replay). */
+  snapshotThreshold: number
+  /** Entries kept behind a compaction so that slightly lagging followers need no snapshot. */
+  snapshotTrailing: number
+  /** Default time limit for propose/read/changeMembership when the caller gives no signal. */
+  requestTimeoutMs: number
+}
+
+export const DEFAULT_DRIVER_CONFIG: DriverConfig = {
+  tickMs: 100, // with electionTick 10: heartbeats every 100 ms, elections after 1-2 s
+  snapshotThreshold: 1024, // policy entries are small: a snapshot every ~1k writes keeps replay short
+  snapshotTrailing: 128, // a follower lagging < 128 entries catches up from the log
+  requestTimeoutMs: 10_000, // longer than several elections; a caller wanting less passes a signal
 }
 
 /** Rejects combinations that cannot work, with the reason. */

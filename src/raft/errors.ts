@@ -1,12 +1,12 @@
 /**
- * Errors raised by the Raft layer. One class per failure, each with a stable `name` and `code`;
- * callers and tests branch on `code`, never on message text.
+ * Errors raised by the Raft layer. One class per failure, each with a stable static `code`;
+ * callers and tests compare `err.code === NotLeaderError.code`, never message text.
  */
+import { PeermeshError } from '../common/errors.ts'
 
 /** A write or read was sent to a node that is not the leader. `leader` is the known leader, if any. */
-export class NotLeaderError extends Error {
-  override readonly name = 'NotLeaderError'
-  readonly code = 'PEERMESH_ERR_NOT_LEADER'
+export class NotLeaderError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_NOT_LEADER'
   readonly leader: string | undefined
 
   constructor(leader: string | undefined, options?: ErrorOptions) {
@@ -19,39 +19,33 @@ export class NotLeaderError extends Error {
 }
 
 /** A proposal was appended but a different entry was committed at its index (leadership changed). */
-export class ProposalDroppedError extends Error {
-  override readonly name = 'ProposalDroppedError'
-  readonly code = 'PEERMESH_ERR_PROPOSAL_DROPPED'
+export class ProposalDroppedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_PROPOSAL_DROPPED'
 }
 
 /** The node restored a snapshot covering a pending proposal; whether it applied is unknown. */
-export class ProposalOutcomeUnknownError extends Error {
-  override readonly name = 'ProposalOutcomeUnknownError'
-  readonly code = 'PEERMESH_ERR_PROPOSAL_OUTCOME_UNKNOWN'
+export class ProposalOutcomeUnknownError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_PROPOSAL_OUTCOME_UNKNOWN'
 }
 
 /** The leader is handing leadership to another node and refuses new proposals meanwhile. */
-export class LeadershipTransferInProgressError extends Error {
-  override readonly name = 'LeadershipTransferInProgressError'
-  readonly code = 'PEERMESH_ERR_LEADERSHIP_TRANSFER'
+export class LeadershipTransferInProgressError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_LEADERSHIP_TRANSFER'
 }
 
 /** A membership change was refused (another change pending, or it makes no sense for the config). */
-export class ConfChangeError extends Error {
-  override readonly name = 'ConfChangeError'
-  readonly code = 'PEERMESH_ERR_CONF_CHANGE'
+export class ConfChangeError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_CONF_CHANGE'
 }
 
 /** A configuration object cannot work; the message says why. */
-export class InvalidRaftConfigError extends Error {
-  override readonly name = 'InvalidRaftConfigError'
-  readonly code = 'PEERMESH_ERR_INVALID_RAFT_CONFIG'
+export class InvalidRaftConfigError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_INVALID_RAFT_CONFIG'
 }
 
 /** A record in the middle of the on-disk log failed its checksum: the log is not trustworthy. */
-export class LogCorruptedError extends Error {
-  override readonly name = 'LogCorruptedError'
-  readonly code = 'PEERMESH_ERR_LOG_CORRUPTED'
+export class LogCorruptedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_LOG_CORRUPTED'
   readonly file: string
   readonly offset: number
 
@@ -63,9 +57,8 @@ export class LogCorruptedError extends Error {
 }
 
 /** A stored file (hard state, snapshot) failed its checksum or could not be decoded. */
-export class StorageCorruptedError extends Error {
-  override readonly name = 'StorageCorruptedError'
-  readonly code = 'PEERMESH_ERR_STORAGE_CORRUPTED'
+export class StorageCorruptedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_STORAGE_CORRUPTED'
   readonly file: string
 
   constructor(file: string, reason: string, options?: ErrorOptions) {
@@ -75,13 +68,16 @@ export class StorageCorruptedError extends Error {
 }
 
 /** The driver was stopped while the operation was pending. */
-export class RaftStoppedError extends Error {
-  override readonly name = 'RaftStoppedError'
-  readonly code = 'PEERMESH_ERR_RAFT_STOPPED'
+export class RaftStoppedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_RAFT_STOPPED'
 }
 
 /** A read or proposal was aborted by its signal (timeout or caller). The signal's reason is the cause. */
-export class RaftAbortedError extends Error {
-  override readonly name = 'RaftAbortedError'
-  readonly code = 'PEERMESH_ERR_RAFT_ABORTED'
+export class RaftAbortedError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_RAFT_ABORTED'
+}
+
+/** The driver found the core in a state it cannot be in: a bug, never a runtime condition. */
+export class RaftInvariantError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_RAFT_INVARIANT'
 }

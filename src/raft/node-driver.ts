@@ -1,161 +1,65 @@
-import type { RaftClock } from './clock.ts'
-import { systemClock } from './clock.ts'
+import type { Clock } from '../common/clock.ts'
+import { systemClock } from '../common/clock.ts'
+import { TypedEmitter } from '../common/events.ts'
+import { type CoalesceLimits, coalesceMessages } from './coalesce.ts'
 import { decodeMessage } from './codec.ts'
-import { DEFAULT_RAFT_CONFIG, type RaftConfig } from './config.ts'
-import {
-  NotLeaderError,
-  ProposalDroppedError,
-  ProposalOutcomeUnknownError,
-  RaftAbortedError,
-  RaftStoppedError,
-} from './errors.ts'
-import { type EntrySealer, Raft, type RaftStatus } from './raft.ts'
+import { decodeConfChange } from './conf-change.ts'
+import { DEFAULT_DRIVER_CONFIG, DEFAULT_RAFT_CONFIG, type DriverConfig } from './config.ts'
+import { RaftInvariantError, RaftStoppedError } from './errors.ts'
+import { PendingRequests, type RequestOptions } from './pending.ts'
+import { Raft } from './raft.ts'
 import type { StateMachine } from './state-machine.ts'
 import type { RaftStorage } from './storage/storage.ts'
-import type { ConfChange, ConfState, Entry, Message, NodeId, Ready, RequestId, Role } from './types.ts'
-import { decodeConfChange } from './conf-change.ts'
-import { type CoalesceLimits, coalesceMessages } from './coalesce.ts'
+import type { DriverStatus, RaftNodeEvents, RaftNodeOptions, RaftTransport } from './node-options.ts'
+import type { ConfChange, Entry, EntrySealer, Message, NodeId, Ready, RequestId, Role } from './types.ts'
 
-/**
- * How the driver sends messages. Best-effort: a message may be lost, delayed, duplicated or
- * reordered, and Raft copes (it retries on heartbeats). `send` must not block, should not throw (a
- * throw is caught and counted as a lost message) and must not deliver synchronously into another
- * node's `receive` within the call: queue the bytes and write them from the event loop. Encode with
- * `encodeMessage` from ./codec.ts; the receiver calls `receive(bytes, authenticatedPeerId)`.
- */
-export interface RaftTransport {
-  send(to: NodeId, msg: Message): void
-}
-
-export interface RaftNodeEvents {
-  /** The known leader or the term changed. */
-  'leader:change': { leader: NodeId | undefined; term: number }
-  /** This node's role changed. */
-  'role:change': { role: Role; term: number }
-  /** A membership change committed; `conf` is the configuration after it. */
-  'conf:change': { index: number; change: ConfChange; conf: ConfState }
-  /** The state machine was replaced by a snapshot from the leader. */
-  'snapshot:restore': { index: number }
-}
-
-export interface RaftNodeOptions<R> {
-  id: NodeId
-  storage: RaftStorage
-  stateMachine: StateMachine<R>
-  transport: RaftTransport
-  /** Real timers by default; tests pass a virtual clock. */
-  clock?: RaftClock
-  /** Uniform [0, 1) source for election timeouts; Math.random by default (the core never calls it). */
-  rng?: () => number
-  /** Core settings (ticks); see RaftConfig. */
-  config?: Partial<Omit<RaftConfig, 'id' | 'rng'>>
-  /** Milliseconds per tick: 100 ms with electionTick 10 gives 1-2 s elections. */
-  tickMs?: number
-  /** Founding voters of a new cluster; ignored when storage already holds state. */
-  bootstrap?: NodeId[]
-  /** Snapshot the state machine after this many applied entries (bounds log size and replay). */
-  snapshotThreshold?: number
-  /** Entries kept behind a compaction so slightly lagging followers need no snapshot. */
-  snapshotTrailing?: number
-  /** Default time limit for propose/read/changeMembership when no signal is given. */
-  requestTimeoutMs?: number
-  /**
-   * Process Ready on the next `setImmediate` instead of synchronously after each step/propose, so
-   * that every message and request handled in one event-loop turn shares one Ready, hence one
-   * fsync (group commit). With a storage offering `appendDeferred`/`sync`, entries are also fsynced
-   * off the event loop: the leader's appends leave while its disk writes, and input keeps arriving
-   * meanwhile (the next Ready takes all of it). Off by default: virtual-clock tests expect
-   * synchronous processing.
-   */
-  coalesceReady?: boolean
-}
-
-export interface RequestOptions {
-  signal?: AbortSignal
-}
-
-export interface DriverStatus extends RaftStatus {
-  /** Peer messages dropped because they did not decode or were misaddressed. */
-  malformedMessages: number
-  /** Messages the transport threw on. */
-  sendFailures: number
-}
-
-interface PendingProposal {
-  term: number
-  resolve: (v: { index: number; result: unknown }) => void
-  reject: (err: Error) => void
-}
-
-interface PendingRead {
-  index: number | undefined
-  resolve: (v: { index: number }) => void
-  reject: (err: Error) => void
-}
-
-const DEFAULTS = {
-  tickMs: 100, // with electionTick 10: heartbeats every 100 ms, elections after 1-2 s
-  snapshotThreshold: 1024, // policy entries are small: a snapshot every ~1k writes keeps replay short
-  snapshotTrailing: 128, // a follower lagging < 128 entries catches up from the log
-  requestTimeoutMs: 10_000, // longer than several elections; a caller wanting less passes a signal
+/** A Ready whose entries are being fsynced off the event loop: what is left to do once durable. */
+interface Persisting {
+  rd: Ready
+  done: Promise<void>
 }
 
 /**
  * Runs one Raft member: owns the core, the storage, the state machine and a transport, and turns
  * every input (timer tick, received message, local request) into Ready processing in the order
- * persist → send → apply (storage calls are synchronous and fsync before returning). With an
- * off-loop fsync, committed entries are applied without waiting for this node's own write of them
- * (see drainWhilePersisting); everything this node acknowledges still waits for its fsync.
+ * persist → send → apply. With a storage that fsyncs off the event loop (`appendDeferred`/`sync`)
+ * and `coalesceReady`, a Ready's entries are written while the next inputs are handled: the core
+ * then hands out what does not wait for the write (a leader's appends, committed entries), and
+ * everything this node acknowledges waits for the fsync (see Raft `accept`/`appendDone`).
  *
  * Start/stop lifecycle: `start()` begins ticking; `stop()` halts, rejects everything pending with
  * RaftStoppedError and closes the storage (the driver owns it once constructed).
  */
 export class RaftNode<R = unknown> {
   readonly id: NodeId
-  /**
-   * Applied to each proposal made here while leading, once its index is known (the agent sets it
-   * to sign policy entries; see policy-signing.ts). Unset: entries are stored as proposed.
-   */
-  sealEntry?: EntrySealer
-  /**
-   * Checks a snapshot message before it is stepped (the agent verifies the leader's CA signature
-   * carried in its `context`); false drops it as malformed. Unset: every snapshot is accepted.
-   */
-  acceptSnapshot?: (msg: Message) => boolean
   private readonly raft: Raft
   private readonly storage: RaftStorage
   private readonly sm: StateMachine<R>
   private readonly transport: RaftTransport
-  private readonly clock: RaftClock
-  private readonly opts: Required<
-    Pick<RaftNodeOptions<R>, 'tickMs' | 'snapshotThreshold' | 'snapshotTrailing' | 'requestTimeoutMs'>
-  >
+  private readonly clock: Clock
+  private readonly sealer: EntrySealer | undefined
+  private readonly verifySnapshot: ((msg: Message) => boolean) | undefined
+  private readonly opts: DriverConfig
+  private readonly pending: PendingRequests
   private cancelTick: (() => void) | undefined
   private running = false
   private stopped = false
   private appliedIndex = 0
-  private readonly proposals = new Map<number, PendingProposal>()
-  private readonly reads = new Map<string, PendingRead>()
   private readSeq = 0
   private malformed = 0
   private sendFailures = 0
   private lastLeader: NodeId | undefined
   private lastTerm = 0
   private lastRole: Role = 'follower'
-  private readonly listeners = new Map<keyof RaftNodeEvents, Set<(d: never) => void>>()
+  // A listener's failure must not break Ready processing.
+  private readonly events = new TypedEmitter<RaftNodeEvents>(() => {})
   private draining = false
   private readonly coalesce: boolean
   private drainScheduled = false
-  /** Term of the last hard state written to storage. */
-  private durableTerm = 0
   /** Entries are fsynced off the event loop (coalesceReady and a storage with `sync`). */
   private readonly syncOffLoop: boolean
-  /** The pending fsync of a Ready's entries; no Ready is processed until it settles. */
-  private persisting: Promise<void> | undefined
-  /** The Ready whose fsync is pending (its messages are still at the head of the core's queue). */
-  private pendingReady: Ready | undefined
-  /** It installs a snapshot: nothing may be applied before its fsync. */
-  private pendingReadyApplyLate = false
+  /** The Ready whose fsync is pending; the storage is not touched until it settles. */
+  private persisting: Persisting | undefined
   private readonly limits: CoalesceLimits
 
   constructor(o: RaftNodeOptions<R>) {
@@ -164,12 +68,15 @@ export class RaftNode<R = unknown> {
     this.sm = o.stateMachine
     this.transport = o.transport
     this.clock = o.clock ?? systemClock
+    this.sealer = o.sealer
+    this.verifySnapshot = o.verifySnapshot
     this.opts = {
-      tickMs: o.tickMs ?? DEFAULTS.tickMs,
-      snapshotThreshold: o.snapshotThreshold ?? DEFAULTS.snapshotThreshold,
-      snapshotTrailing: o.snapshotTrailing ?? DEFAULTS.snapshotTrailing,
-      requestTimeoutMs: o.requestTimeoutMs ?? DEFAULTS.requestTimeoutMs,
+      tickMs: o.tickMs ?? DEFAULT_DRIVER_CONFIG.tickMs,
+      snapshotThreshold: o.snapshotThreshold ?? DEFAULT_DRIVER_CONFIG.snapshotThreshold,
+      snapshotTrailing: o.snapshotTrailing ?? DEFAULT_DRIVER_CONFIG.snapshotTrailing,
+      requestTimeoutMs: o.requestTimeoutMs ?? DEFAULT_DRIVER_CONFIG.requestTimeoutMs,
     }
+    this.pending = new PendingRequests({ clock: this.clock, timeoutMs: this.opts.requestTimeoutMs })
     this.coalesce = o.coalesceReady ?? false
     this.syncOffLoop =
       this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
@@ -190,7 +97,6 @@ export class RaftNode<R = unknown> {
       this.raft.bootstrap(o.bootstrap)
     }
     this.lastTerm = this.raft.term
-    this.durableTerm = st.hardState.term
   }
 
   // ---- lifecycle --------------------------------------------------------------------------------
@@ -207,13 +113,9 @@ export class RaftNode<R = unknown> {
     this.stopped = true
     this.running = false
     this.cancelTick?.()
-    const err = new RaftStoppedError('raft node stopped')
-    for (const p of this.proposals.values()) p.reject(err)
-    for (const r of this.reads.values()) r.reject(err)
-    this.proposals.clear()
-    this.reads.clear()
+    this.pending.rejectAll(new RaftStoppedError('raft node stopped'))
     // The storage's fd must outlive a pending fsync.
-    await this.persisting?.catch(() => {})
+    await this.persisting?.done.catch(() => {})
     this.storage.close()
   }
 
@@ -247,7 +149,7 @@ export class RaftNode<R = unknown> {
       this.malformed++
       return false
     }
-    if (r.message.type === 'snap' && this.acceptSnapshot !== undefined && !this.acceptSnapshot(r.message)) {
+    if (r.message.type === 'snap' && this.verifySnapshot !== undefined && !this.verifySnapshot(r.message)) {
       this.malformed++
       return false
     }
@@ -264,10 +166,15 @@ export class RaftNode<R = unknown> {
     data: Uint8Array,
     options: RequestOptions & { requestId?: RequestId } = {},
   ): Promise<{ index: number; result: R }> {
-    return this.track((raft) => raft.propose(data, options.requestId, this.sealEntry), options) as Promise<{
-      index: number
-      result: R
-    }>
+    const requestId = options.requestId
+    return this.track((raft) => {
+      if (this.sealer === undefined) return raft.propose(data, requestId)
+      // Synchronous from here to `propose`: the entry gets exactly the index it was sealed for.
+      const index = raft.proposalIndex()
+      const pos = raft.propose(this.sealer(index, requestId, data), requestId)
+      if (pos.index !== index) throw new RaftInvariantError(`sealed for ${index}, appended at ${pos.index}`)
+      return pos
+    }, options) as Promise<{ index: number; result: R }>
   }
 
   /** Proposes one membership change (thesis §4.1); resolves when it is committed and applied here. */
@@ -286,20 +193,7 @@ export class RaftNode<R = unknown> {
     } catch (err) {
       return Promise.reject(err)
     }
-    const p = new Promise<{ index: number; result: unknown }>((resolve, reject) => {
-      const done = this.withDeadline(options, reject, () => this.proposals.delete(pos.index))
-      this.proposals.set(pos.index, {
-        term: pos.term,
-        resolve: (v) => {
-          done()
-          resolve(v)
-        },
-        reject: (e) => {
-          done()
-          reject(e)
-        },
-      })
-    })
+    const p = this.pending.addProposal(pos, options)
     this.scheduleDrain()
     return p
   }
@@ -318,20 +212,7 @@ export class RaftNode<R = unknown> {
     } catch (err) {
       return Promise.reject(err)
     }
-    const p = new Promise<{ index: number }>((resolve, reject) => {
-      const done = this.withDeadline(options, reject, () => this.reads.delete(ctx))
-      this.reads.set(ctx, {
-        index: undefined,
-        resolve: (v) => {
-          done()
-          resolve(v)
-        },
-        reject: (e) => {
-          done()
-          reject(e)
-        },
-      })
-    })
+    const p = this.pending.addRead(ctx, options)
     this.scheduleDrain()
     return p
   }
@@ -386,30 +267,6 @@ export class RaftNode<R = unknown> {
     return this.raft.conf().voters
   }
 
-  private withDeadline(options: RequestOptions, reject: (e: Error) => void, remove: () => void): () => void {
-    const signal = options.signal
-    const abort = () => {
-      remove()
-      reject(new RaftAbortedError('request aborted', { cause: signal?.reason }))
-    }
-    if (signal?.aborted) {
-      queueMicrotask(abort)
-      return () => {}
-    }
-    signal?.addEventListener('abort', abort, { once: true })
-    const cancelTimer =
-      signal === undefined
-        ? this.clock.setTimeout(() => {
-            remove()
-            reject(new RaftAbortedError(`request timed out after ${this.opts.requestTimeoutMs} ms`))
-          }, this.opts.requestTimeoutMs)
-        : () => {}
-    return () => {
-      signal?.removeEventListener('abort', abort)
-      cancelTimer()
-    }
-  }
-
   // ---- Ready processing -------------------------------------------------------------------------
 
   private scheduleDrain(): void {
@@ -419,148 +276,97 @@ export class RaftNode<R = unknown> {
     }
     if (this.drainScheduled) return
     this.drainScheduled = true
-    setImmediate(() => {
+    this.clock.defer(() => {
       this.drainScheduled = false
       if (!this.stopped) this.drain()
     })
   }
 
   private drain(): void {
-    // Re-entrancy from a listener: the outer loop picks it up. While a Ready's entries are being
-    // fsynced, the core keeps taking input; the next Ready collects all of it (group commit).
-    if (this.draining) return
-    if (this.persisting !== undefined) {
-      this.drainWhilePersisting()
-      return
-    }
+    // Re-entrancy from a listener: the outer loop picks it up.
+    if (this.draining || this.stopped) return
     this.draining = true
     try {
-      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) {
-        if (this.handleReady(rd)) break
-      }
+      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) this.handleReady(rd)
     } finally {
       this.draining = false
     }
   }
 
-  /**
-   * While a Ready's entries are being fsynced, do what does not depend on that write, so that a
-   * commit learnt meanwhile costs no extra fsync of latency:
-   * - apply committed entries, and answer their proposals, even those whose write here is still
-   *   under way: they are on a durable majority and never change (see Raft.committedAfter). A
-   *   learner or follower whose disk is slow then shows a write as soon as it learns the commit,
-   *   instead of after its own fsync (seen: 170 ms fsyncs with 20 agents on one disk). After a
-   *   crash this node restarts from what it has on disk, as with any committed entry not yet
-   *   written here, and the leader sends it the rest;
-   * - on a leader whose term and vote are durable, send what the core queued since (appends carrying
-   *   the new commit index, so followers and learners apply at once, heartbeats, read answers).
-   * Nothing that acknowledges the entries being written (a follower's appResp) leaves early: other
-   * roles' messages wait for their Ready, after the fsync.
-   */
-  private drainWhilePersisting(): void {
-    if (this.stopped || this.pendingReady === undefined || this.pendingReadyApplyLate) return
-    this.draining = true
-    try {
-      if (this.raft.term === this.durableTerm) {
-        this.sendAll(this.raft.takeLeaderMessages(this.pendingReady.messages.length))
-      }
-      const ents = this.raft.committedAfter(this.appliedIndex)
-      if (ents.length === 0) return
-      for (const e of ents) this.apply(e)
-      this.raft.appliedTo(ents.at(-1)!.index)
-      this.resolveReads()
-    } finally {
-      this.draining = false
-    }
-  }
-
-  /** Returns true if the Ready waits for an asynchronous fsync (it finishes when that settles). */
-  private handleReady(rd: Ready): boolean {
-    // A leader whose term is already durable sends its appends before writing them itself (thesis
-    // §10.2.1: the leader's disk write runs in parallel with replication). Safe: the core counts
-    // its own copy only in `advance`, after the write is durable.
-    const early =
-      this.raft.role === 'leader' && (rd.hardState === undefined || rd.hardState.term === this.durableTerm)
-    const sent = new Set<Message>()
-    if (early) {
-      for (const m of rd.messages) if (m.type === 'app' || m.type === 'heartbeat') sent.add(m)
-      this.sendAll([...sent])
-    }
+  private handleReady(rd: Ready): void {
+    // What need not wait for this Ready's state: a leader's appends and heartbeats leave while it
+    // writes its own copy (thesis §10.2.1).
+    this.sendAll(rd.messages)
     // 1. persist. Term and vote are fsynced before returning; entries too, unless the storage can
-    // sync them off the event loop, in which case everything after waits for that fsync.
+    // sync them off the event loop. While a fsync is pending the core hands out nothing to persist.
     if (rd.snapshot !== undefined) this.storage.installSnapshot(rd.snapshot)
     const deferred = this.syncOffLoop && rd.entries.length > 0
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
       else this.storage.append(rd.entries)
     }
-    if (rd.hardState !== undefined) {
-      this.storage.setHardState(rd.hardState)
-      this.durableTerm = rd.hardState.term
-    }
+    if (rd.hardState !== undefined) this.storage.setHardState(rd.hardState)
     if (!deferred) {
-      this.finishReady(rd, sent)
-      return false
+      // 2. send, 3. apply.
+      this.sendAll(rd.messagesAfterAppend)
+      this.applyReady(rd)
+      this.raft.advance(rd)
+      this.afterReady(rd)
+      return
     }
-    // Committed entries need not wait for this write: apply them now (see drainWhilePersisting);
-    // a snapshot, and what follows it, after the fsync.
-    let late = rd.committedEntries
-    if (rd.snapshot === undefined) {
-      late = []
-      for (const e of rd.committedEntries) this.apply(e)
-      if (rd.committedEntries.length > 0) {
-        this.raft.appliedTo(rd.committedEntries.at(-1)!.index)
-        this.resolveReads()
-      }
-    }
-    this.pendingReady = rd
-    this.pendingReadyApplyLate = rd.snapshot !== undefined
-    const rest: Ready = late === rd.committedEntries ? rd : { ...rd, committedEntries: late }
-    this.persisting = this.storage.sync!().then(
+    this.raft.accept(rd)
+    // Committed entries need not wait for this write (see Raft `accept`); a snapshot, and what
+    // follows it, wait: the core hands out nothing to apply until the write is done.
+    if (rd.snapshot === undefined) this.applyEntries(rd.committedEntries)
+    const last = rd.entries.at(-1)!
+    const done = this.storage.sync!().then(
       () => {
         this.persisting = undefined
-        this.pendingReady = undefined
         if (this.stopped) return
-        this.finishReady(rest, sent)
+        this.sendAll(rd.messagesAfterAppend)
+        if (rd.snapshot !== undefined) this.applyReady(rd)
+        else this.pending.confirmed(rd.readStates)
+        this.raft.appendDone(last.index, last.term)
+        this.afterReady(rd)
         this.drain()
       },
       (err: unknown) => {
         this.persisting = undefined
-        this.pendingReady = undefined
         // Like etcd's panic on a failed fsync: what is on disk is unknown, so nothing may be
         // acknowledged any more. Stop, and let the error surface as an uncaught exception.
         void this.stop()
-        setImmediate(() => {
+        this.clock.defer(() => {
           throw err
         })
       },
     )
-    return true
+    this.persisting = { rd, done }
   }
 
-  /** Steps 2 and 3 of a Ready whose state is durable: send, then apply. */
-  private finishReady(rd: Ready, sent: ReadonlySet<Message>): void {
-    this.sendAll(sent.size === 0 ? rd.messages : rd.messages.filter((m) => !sent.has(m)))
+  /** Restores a snapshot, applies committed entries and records read points, in that order. */
+  private applyReady(rd: Ready): void {
     if (rd.snapshot !== undefined) {
       const index = rd.snapshot.metadata.index
       this.sm.restore(rd.snapshot.data)
       this.appliedIndex = index
-      for (const [i, p] of this.proposals) {
-        if (i > index) continue
-        this.proposals.delete(i)
-        p.reject(new ProposalOutcomeUnknownError(`entry ${i} was replaced by a snapshot at ${index}`))
-      }
+      this.pending.restored(index)
       this.emit('snapshot:restore', { index })
     }
-    for (const e of rd.committedEntries) this.apply(e)
-    for (const rs of rd.readStates) {
-      const r = this.reads.get(rs.context)
-      if (r !== undefined) r.index = rs.index
-    }
-    this.raft.advance(rd)
+    this.applyEntries(rd.committedEntries)
+    this.pending.confirmed(rd.readStates)
+  }
+
+  private applyEntries(ents: readonly Entry[]): void {
+    for (const e of ents) this.apply(e)
+    if (ents.length > 0) this.pending.resolveReads(this.appliedIndex)
+  }
+
+  /** What follows a Ready whose state is durable: events, reads, and a snapshot when due. */
+  private afterReady(rd: Ready): void {
     if (rd.softState !== undefined) this.onSoftState()
-    this.resolveReads()
-    this.maybeSnapshot()
+    this.pending.resolveReads(this.appliedIndex)
+    // The storage is not touched while a fsync is pending.
+    if (this.persisting === undefined) this.maybeSnapshot()
   }
 
   /** Sends a batch, merging what goes to the same peer (see coalesceMessages). */
@@ -584,31 +390,13 @@ export class RaftNode<R = unknown> {
       const change = decodeConfChange(e.data)
       if (change !== undefined) this.emit('conf:change', { index: e.index, change, conf: this.raft.conf() })
     }
-    const p = this.proposals.get(e.index)
-    if (p === undefined) return
-    this.proposals.delete(e.index)
-    if (p.term === e.term) p.resolve({ index: e.index, result })
-    else p.reject(new ProposalDroppedError(`entry ${e.index} was overwritten by a new leader`))
-  }
-
-  private resolveReads(): void {
-    for (const [ctx, r] of this.reads) {
-      if (r.index !== undefined && r.index <= this.appliedIndex) {
-        this.reads.delete(ctx)
-        r.resolve({ index: r.index })
-      }
-    }
+    this.pending.applied(e, result)
   }
 
   private onSoftState(): void {
     const { leader, role } = this.raft.softState()
     if (leader !== this.lastLeader || this.raft.term !== this.lastTerm) {
-      // Reads not yet confirmed were tied to the old leadership and may never be answered.
-      for (const [ctx, r] of this.reads) {
-        if (r.index !== undefined) continue
-        this.reads.delete(ctx)
-        r.reject(new NotLeaderError(leader))
-      }
+      this.pending.leaderChanged(leader)
       this.lastLeader = leader
       this.lastTerm = this.raft.term
       this.emit('leader:change', { leader, term: this.raft.term })
@@ -624,8 +412,7 @@ export class RaftNode<R = unknown> {
     if (this.appliedIndex - last < this.opts.snapshotThreshold) return
     const snap = this.raft.createSnapshot(this.appliedIndex, this.sm.snapshot())
     this.storage.saveSnapshot(snap)
-    // Applied entries may not be durable here yet (see drainWhilePersisting): compact only those
-    // that are. The snapshot may cover the others: they are committed, and it is durable itself.
+    // Applied entries may not be durable here yet (see Raft `accept`): compact only those that are. The snapshot may cover the others: they are committed, and it is durable itself.
     const to = Math.min(this.appliedIndex - this.opts.snapshotTrailing, this.raft.stabledIndex())
     if (to > 0) {
       this.raft.compact(to)
@@ -654,22 +441,10 @@ export class RaftNode<R = unknown> {
 
   /** Subscribes to an event; returns the unsubscribe function. */
   on<K extends keyof RaftNodeEvents>(type: K, listener: (detail: RaftNodeEvents[K]) => void): () => void {
-    let set = this.listeners.get(type)
-    if (set === undefined) {
-      set = new Set()
-      this.listeners.set(type, set)
-    }
-    set.add(listener as (d: never) => void)
-    return () => set.delete(listener as (d: never) => void)
+    return this.events.on(type, listener)
   }
 
   private emit<K extends keyof RaftNodeEvents>(type: K, detail: RaftNodeEvents[K]): void {
-    for (const l of this.listeners.get(type) ?? []) {
-      try {
-        ;(l as (d: RaftNodeEvents[K]) => void)(detail)
-      } catch {
-        // A listener's failure must not break Ready processing.
-      }
-    }
+    this.events.emit(type, detail)
   }
 }

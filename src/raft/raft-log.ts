@@ -16,6 +16,11 @@ export class RaftLog {
   applied = 0
   /** Highest index known to be durable in storage. */
   stabled = 0
+  /**
+   * Highest index handed to storage, durable or not (etcd `offsetInProgress`): entries up to it
+   * are not handed out again while their write is under way. Never below `stabled`.
+   */
+  inProgress = 0
   /** A snapshot received from the leader that the application has not persisted yet. */
   pendingSnapshot: Snapshot | undefined
 
@@ -83,6 +88,7 @@ export class RaftLog {
     if (first <= this.lastIndex()) {
       this.entries.length = Math.max(0, first - this.offsetIndex - 1)
       this.stabled = Math.min(this.stabled, first - 1)
+      this.inProgress = Math.min(this.inProgress, first - 1)
     }
     for (const e of ents) this.entries.push(e)
   }
@@ -106,8 +112,9 @@ export class RaftLog {
     return this.entries.slice(from - this.offsetIndex - 1, Math.max(0, hi - this.offsetIndex - 1))
   }
 
+  /** Entries not yet handed to storage. */
   unstableEntries(): Entry[] {
-    return this.slice(this.stabled + 1, this.lastIndex() + 1)
+    return this.slice(this.inProgress + 1, this.lastIndex() + 1)
   }
 
   /** Committed entries not yet handed to the application. */
@@ -137,6 +144,7 @@ export class RaftLog {
     this.entries = []
     this.committed = s.metadata.index
     this.stabled = Math.min(this.stabled, s.metadata.index)
+    this.inProgress = Math.min(this.inProgress, s.metadata.index)
     this.pendingSnapshot = s
   }
 

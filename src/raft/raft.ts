@@ -21,10 +21,6 @@ import type {
 } from './types.ts'
 
 /** Vote context marking an election forced by leadership transfer (skips pre-vote and leases). */
-
-/** Rewrites a proposal's data once its Raft index is known (see `Raft.propose`). */
-export type EntrySealer = (index: number, requestId: RequestId | undefined, data: Uint8Array) => Uint8Array
-
 export const CAMPAIGN_TRANSFER = 'transfer'
 
 /** What a node restarts from: everything its storage holds. */
@@ -69,8 +65,16 @@ const EMPTY = new Uint8Array(0)
  * The Raft consensus core, in the style of etcd-io/raft: a synchronous state machine that does no
  * I/O and reads no clock. The application calls `tick()` on a timer, `step(msg)` for every received
  * message, `propose()`/`readIndex()`/`proposeConfChange()` for local requests, then drains
- * `ready()`: persist `hardState`/`entries`/`snapshot`, send `messages`, apply `committedEntries`,
- * and calls `advance(ready)`.
+ * `ready()`: persist `hardState`/`entries`/`snapshot`, send `messages` and `messagesAfterAppend`,
+ * apply `committedEntries`, and calls `advance(ready)`.
+ *
+ * Asynchronous storage writes (etcd's AsyncStorageWrites, adapted to one write at a time): the
+ * application may instead persist `hardState` and `snapshot`, start writing `entries`, send
+ * `messages`, apply `committedEntries` and call `accept(ready)`; once the entries are durable it
+ * sends `messagesAfterAppend` and reports the write with `appendDone(index, term)`. Until then
+ * `ready()` hands out only what does not depend on storage: `messages` and committed entries (they
+ * are durable on a quorum, so this node's own write of them need not be finished). Everything else
+ * waits for the write, and the next Ready takes all of it (group commit).
  */
 export class Raft {
   readonly id: NodeId
@@ -86,7 +90,15 @@ export class Raft {
   private readonly cfg: RaftConfig
   private prs = new Map<NodeId, Progress>()
   private votes = new Map<NodeId, boolean>()
+  /** Messages that need not wait for this node's pending state to be durable (see `send`). */
   private msgs: Message[] = []
+  /** Messages that may leave only once the state they acknowledge is durable (see `send`). */
+  private msgsAfterAppend: Message[] = []
+  /**
+   * Set from `accept` to `appendDone`: an accepted Ready's entries are being written (one write at a
+   * time). `snapshot`: that Ready installed one, so nothing is applied until the write is done.
+   */
+  private writing: { snapshot: boolean } | undefined
   private readStates: ReadState[] = []
   private readOnly: ReadRequest[] = []
   private pendingReads: { context: string; from: NodeId }[] = []
@@ -114,6 +126,7 @@ export class Raft {
       this.log.committed = m.index
       this.log.applied = m.index
       this.log.stabled = m.index
+      this.log.inProgress = m.index
       this.baseConf = cloneConf(m.conf)
       this.latestSnapshot = snap
     }
@@ -125,6 +138,7 @@ export class Raft {
       this.appendToLog(ents)
     }
     this.log.stabled = this.log.lastIndex()
+    this.log.inProgress = this.log.stabled
     const hs = initial.hardState ?? { term: 0, vote: '', commit: 0 }
     this.term = hs.term
     this.vote = hs.vote
@@ -214,7 +228,7 @@ export class Raft {
       if (pr === undefined) {
         const np = new Progress(this.log.lastIndex() + 1, this.cfg.maxInflightMsgs, learner)
         np.recentActive = true
-        // Only durable entries count for this node's own copy (see advance).
+        // Only durable entries count for this node's own copy (see appendDone).
         if (id === this.id) np.match = Math.min(this.log.lastIndex(), this.log.stabled)
         this.prs.set(id, np)
       } else {
@@ -620,7 +634,7 @@ export class Raft {
   // ---- leader side of replication ---------------------------------------------------------------
 
   /**
-   * The leader's own copy counts towards commit only once `advance` reports it durable (thesis
+   * The leader's own copy counts towards commit only once `appendDone` reports it durable (thesis
    * §10.2.1: the leader writes in parallel with replication, but an entry is committed only when a
    * majority holds it in stable storage; counting a leader's unwritten copy could lose an
    * acknowledged write if the leader crashed before its fsync).
@@ -805,19 +819,18 @@ export class Raft {
   // ---- local requests ---------------------------------------------------------------------------
 
   /**
-   * Appends a client entry. Returns its position; it is committed when applied with that term.
-   * `seal`, if given, turns the data into what is stored once the index is known (the agent signs
-   * policy entries for their index this way: policy-signing.ts).
+   * The index the next `propose` will give its entry, so that the application can prepare the data
+   * for it (the agent signs policy entries for their index). Throws as `propose` would.
    */
-  propose(data: Uint8Array, requestId?: RequestId, seal?: EntrySealer): { index: number; term: number } {
+  proposalIndex(): number {
     this.assertLeader()
-    const index = this.log.lastIndex() + 1
-    const e: Entry = {
-      term: this.term,
-      index,
-      type: 'normal',
-      data: seal === undefined ? data : seal(index, requestId, data),
-    }
+    return this.log.lastIndex() + 1
+  }
+
+  /** Appends a client entry. Returns its position; it is committed when applied with that term. */
+  propose(data: Uint8Array, requestId?: RequestId): { index: number; term: number } {
+    this.assertLeader()
+    const e: Entry = { term: this.term, index: this.log.lastIndex() + 1, type: 'normal', data }
     if (requestId !== undefined) e.requestId = { clientId: requestId.clientId, seq: requestId.seq }
     this.appendAsLeader([e])
     return { index: e.index, term: e.term }
@@ -900,8 +913,18 @@ export class Raft {
 
   // ---- output -----------------------------------------------------------------------------------
 
+  /**
+   * Queues a message. A leader whose term is durable (handed out in an accepted Ready) sends what it
+   * queues at once: appends, heartbeats and read answers acknowledge nothing of its own unwritten
+   * state, and its own copy of the entries counts towards commit only after `appendDone` (thesis
+   * §10.2.1: the leader writes its log in parallel with replicating it). Everything else waits for
+   * the write: an append response or a vote must not promise what a crash could forget (thesis
+   * §3.8: term, vote and log are persisted before answering). Other roles' requests wait too,
+   * which is conservative.
+   */
   private send(m: Partial<Message> & { type: MessageType; to: NodeId }): void {
-    this.msgs.push({
+    const early = this.role === 'leader' && this.term === this.prevHardState.term
+    ;(early ? this.msgs : this.msgsAfterAppend).push({
       type: m.type,
       from: this.id,
       to: m.to,
@@ -925,13 +948,18 @@ export class Raft {
     return { term: this.term, vote: this.vote, commit: this.log.committed }
   }
 
-  /** Everything the application must do now, or undefined if there is nothing. */
+  /**
+   * Everything the application must do now, or undefined if there is nothing. While entries of an
+   * accepted Ready are being written (until `appendDone`), only `messages` and committed entries.
+   */
   ready(): Ready | undefined {
+    if (this.writing !== undefined) return this.readyWhileWriting(this.writing)
     const hs = this.hardState()
     const ss = this.softState()
     const rd: Ready = {
       entries: this.log.unstableEntries(),
       messages: this.msgs.slice(),
+      messagesAfterAppend: this.msgsAfterAppend.slice(),
       committedEntries: this.log.entriesToApply(),
       readStates: this.readStates.slice(),
     }
@@ -941,6 +969,7 @@ export class Raft {
     const empty =
       rd.entries.length === 0 &&
       rd.messages.length === 0 &&
+      rd.messagesAfterAppend.length === 0 &&
       rd.committedEntries.length === 0 &&
       rd.readStates.length === 0 &&
       rd.hardState === undefined &&
@@ -949,68 +978,89 @@ export class Raft {
     return empty ? undefined : rd
   }
 
-  /** Acknowledges that `rd` was persisted, sent and applied. Call before the next `ready()`. */
+  /**
+   * Committed entries may be applied before this node's own write of them is durable: committed
+   * means durable on a quorum (a leader counts its own copy only after `appendDone`), and a
+   * committed entry is never overwritten (§5.4), so applying them acknowledges nothing. After a
+   * crash this node restarts from what its disk holds and the leader sends it the rest. Not while
+   * a snapshot is pending or being written: it must be restored first.
+   */
+  private readyWhileWriting(writing: { snapshot: boolean }): Ready | undefined {
+    const applyNow = !writing.snapshot && this.log.pendingSnapshot === undefined
+    const rd: Ready = {
+      entries: [],
+      messages: this.msgs.slice(),
+      messagesAfterAppend: [],
+      committedEntries: applyNow ? this.log.entriesToApply() : [],
+      readStates: [],
+    }
+    return rd.messages.length === 0 && rd.committedEntries.length === 0 ? undefined : rd
+  }
+
+  /**
+   * Acknowledges that `rd` was handled in full: its state is durable, its messages were sent and
+   * its committed entries applied. Call before the next `ready()`.
+   */
   advance(rd: Ready): void {
+    this.accept(rd)
+    const last = rd.entries.at(-1)
+    if (last !== undefined) this.appendDone(last.index, last.term)
+  }
+
+  /**
+   * Acknowledges that `rd` is being handled with an asynchronous entry write: its `hardState` and
+   * `snapshot` are durable, its `entries` are being written (report it with `appendDone`), its
+   * `messages` were sent and its committed entries are applied (or will be, in order, before any
+   * later ones). Call before the next `ready()`.
+   */
+  accept(rd: Ready): void {
     if (rd.hardState !== undefined) this.prevHardState = rd.hardState
     if (rd.softState !== undefined) this.prevSoftState = rd.softState
     if (rd.snapshot !== undefined) {
       const i = rd.snapshot.metadata.index
       if (this.log.pendingSnapshot === rd.snapshot) this.log.pendingSnapshot = undefined
       this.log.stabled = Math.max(this.log.stabled, i)
+      this.log.inProgress = Math.max(this.log.inProgress, i)
       this.log.applied = Math.max(this.log.applied, i)
     }
     const lastEnt = rd.entries.at(-1)
-    if (lastEnt !== undefined && this.log.matchTerm(lastEnt.index, lastEnt.term)) {
-      this.log.stabled = Math.max(this.log.stabled, lastEnt.index)
-      // The leader's own acknowledgement: its entries are now durable (see appendAsLeader).
-      if (
-        this.role === 'leader' &&
-        this.prs.get(this.id)?.maybeUpdate(this.log.stabled) &&
-        this.maybeCommit()
-      ) {
-        this.bcastAppend()
+    if (lastEnt !== undefined) {
+      if (this.log.matchTerm(lastEnt.index, lastEnt.term)) {
+        this.log.inProgress = Math.max(this.log.inProgress, lastEnt.index)
       }
+      this.writing = { snapshot: rd.snapshot !== undefined }
     }
     const lastApplied = rd.committedEntries.at(-1)
     if (lastApplied !== undefined) this.log.applied = Math.max(this.log.applied, lastApplied.index)
     this.msgs.splice(0, rd.messages.length)
+    this.msgsAfterAppend.splice(0, rd.messagesAfterAppend.length)
     this.readStates.splice(0, rd.readStates.length)
   }
 
   /**
-   * Committed entries after index `after`, without a pending snapshot: what a driver may apply
-   * while a Ready's entries are still being written, instead of waiting for that write. Committed
-   * means durable on a quorum of voters (a leader counts its own copy only once durable, see
-   * `advance`), and a committed entry is never overwritten (§5.4), so this node's own copy need not
-   * be on disk yet: applying changes nothing this node acknowledged. Read-only; report what was
-   * applied with `appliedTo`, so that later Readys do not repeat it.
+   * The local storage-append-done input (etcd's MsgStorageAppendResp): the entries of the accepted
+   * Ready, up to `index` with `term`, are durable. Entries replaced meanwhile (a new leader
+   * overwrote them, a snapshot replaced the log) count only up to where the log still holds what
+   * was written.
    */
-  committedAfter(after: number): Entry[] {
-    if (this.log.pendingSnapshot !== undefined) return []
-    const hi = this.log.committed
-    if (hi <= after) return []
-    return this.log.slice(Math.max(after, this.log.offsetIndex) + 1, hi + 1)
+  appendDone(index: number, term: number): void {
+    this.writing = undefined
+    // A truncation or a snapshot lowered `inProgress` to where the log still matches the write.
+    const upTo = this.log.matchTerm(index, term) ? index : this.log.inProgress
+    this.log.stabled = Math.max(this.log.stabled, Math.min(upTo, this.log.inProgress))
+    // The leader's own acknowledgement: its entries are now durable (see appendAsLeader).
+    if (
+      this.role === 'leader' &&
+      this.prs.get(this.id)?.maybeUpdate(this.log.stabled) &&
+      this.maybeCommit()
+    ) {
+      this.bcastAppend()
+    }
   }
 
-  /** Highest index durable in this node's log storage (as reported through `advance`). */
+  /** Highest index durable in this node's log storage (as reported through `appendDone`). */
   stabledIndex(): number {
     return this.log.stabled
-  }
-
-  /** Marks entries up to `index` as applied (see committedAfter). */
-  appliedTo(index: number): void {
-    this.log.applied = Math.max(this.log.applied, Math.min(index, this.log.committed))
-  }
-
-  /**
-   * Removes and returns the messages queued after the first `keep` (those belong to a Ready not yet
-   * advanced). Only for a leader whose term and vote are durable: everything it queues (appends
-   * carrying the new commit index, heartbeats, read answers) may leave before its own log write,
-   * which the core counts only in `advance` (thesis §10.2.1). Other roles must wait for their Ready.
-   */
-  takeLeaderMessages(keep: number): Message[] {
-    if (this.role !== 'leader' || this.msgs.length <= keep) return []
-    return this.msgs.splice(keep)
   }
 
   status(): RaftStatus {

@@ -114,6 +114,10 @@ export interface Message {
   snapshot?: Snapshot
 }
 
+/** Rewrites a proposal's data for the index it will get (the agent signs policy entries so). */
+export type EntrySealer = (index: number, requestId: RequestId | undefined, data: Uint8Array) => Uint8Array
+
+/** What the core asks of the application; see `Raft` for the order in which to do it. */
 export interface Ready {
   /** Present when term, vote or commit changed: persist (and fsync) before sending messages. */
   hardState?: HardState
@@ -121,8 +125,13 @@ export interface Ready {
   entries: Entry[]
   /** A snapshot received from the leader: persist it, then restore the state machine from it. */
   snapshot?: Snapshot
-  /** Messages to send after the above is durable. */
+  /**
+   * Messages that need not wait for the state above: a leader's appends, heartbeats and read
+   * answers, once its term is durable (thesis §10.2.1). May be sent before persisting.
+   */
   messages: Message[]
+  /** Messages to send only once the state above is durable (acknowledgements, votes; thesis §3.8). */
+  messagesAfterAppend: Message[]
   /** Entries committed and safe to apply, in order. */
   committedEntries: Entry[]
   readStates: ReadState[]

@@ -7,11 +7,12 @@ import { encodeMessage } from '../../src/raft/codec.ts'
 import { DEFAULT_AUTOPILOT, planAutopilot } from '../../src/node/raft/autopilot.ts'
 import { FileStorage } from '../../src/raft/storage/file-storage.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
-import { RaftNode, type RaftTransport } from '../../src/raft/node-driver.ts'
+import { RaftNode } from '../../src/raft/node-driver.ts'
+import type { RaftTransport } from '../../src/raft/node-options.ts'
 import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../src/raft/policy/policy-store.ts'
 import type { RaftStorage } from '../../src/raft/storage/storage.ts'
 import { SeededRng } from '../sim/rng.ts'
-import { VirtualClock } from './virtual-clock.ts'
+import { VirtualClock } from '../sim/virtual-clock.ts'
 
 const TICK = 100
 const ids = ['a', 'b', 'c']

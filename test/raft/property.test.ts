@@ -1,7 +1,7 @@
 /**
  * Random-schedule safety checks (after hashicorp/raft `fuzzy/` and etcd's network tests): hundreds
  * of runs of 3- and 5-node clusters under message loss, delay/reordering, duplication, partitions
- * and crash-restarts, with proposals. The SimCluster throws as soon as a safety property breaks:
+ * and crash-restarts, with proposals, with entry writes synchronous or off the event loop. The SimCluster throws as soon as a safety property breaks:
  * - Election Safety (Raft §5.2): at most one leader per term;
  * - State Machine Safety / Log Matching (§5.3, §5.4.3): the entry applied at an index is the same
  *   on every node, and each node applies indexes in order (committed prefixes never diverge);
@@ -53,6 +53,7 @@ const scenario = fc.record({
   preVote: fc.boolean(),
   checkQuorum: fc.boolean(),
   snapshotEvery: fc.constantFrom(undefined, 4, 16),
+  asyncWrites: fc.boolean(),
   actions: fc.array(action, { minLength: 40, maxLength: 200 }),
 })
 
@@ -64,6 +65,7 @@ function run(s: Scenario): void {
   const c = new SimCluster(ids, {
     seed: s.seed,
     config: { preVote: s.preVote, checkQuorum: s.checkQuorum, maxEntriesPerMsg: 8, maxInflightMsgs: 4 },
+    asyncWrites: s.asyncWrites,
     ...(s.snapshotEvery === undefined ? {} : { snapshotEvery: s.snapshotEvery, trailing: 2 }),
   })
   c.lossRate = s.lossRate

@@ -19,6 +19,12 @@ export interface SimOptions {
   snapshotEvery?: number
   /** Entries kept behind a compaction point. */
   trailing?: number
+  /**
+   * Write entries as the production driver does, off the event loop (Raft `accept`/`appendDone`):
+   * each write completes 0-2 ticks later, meanwhile the node applies what commits and sends what
+   * need not wait; a crash loses a write not yet done.
+   */
+  asyncWrites?: boolean
   /** Voters to bootstrap with; defaults to all ids. Other ids start empty (to be added). */
   voters?: NodeId[]
 }
@@ -32,6 +38,8 @@ export interface SimNode {
   applied: string[]
   appliedIndex: number
   readStates: ReadState[]
+  /** An entry write under way (asyncWrites): stored, and its messages sent, at `doneAt`. */
+  write?: { entries: Entry[]; after: Message[]; doneAt: number }
 }
 
 interface InFlight {
@@ -144,6 +152,7 @@ export class SimCluster {
   crash(id: NodeId): void {
     const n = this.node(id)
     n.up = false
+    n.write = undefined // not durable yet: lost
     this.queue = this.queue.filter((m) => m.to !== id)
   }
 
@@ -178,7 +187,10 @@ export class SimCluster {
     }
   }
 
-  /** Handles every Ready of a node: persist -> send -> apply -> advance. */
+  /**
+   * Handles every Ready of a node: persist -> send -> apply -> advance; with asyncWrites, a Ready
+   * with entries starts their write and is accepted, and the write completes on a later tick.
+   */
   process(n: SimNode): void {
     for (let guard = 0; guard < 1000; guard++) {
       const rd = n.raft.ready()
@@ -188,7 +200,8 @@ export class SimCluster {
         n.applied = unpack(rd.snapshot.data) as string[]
         n.appliedIndex = rd.snapshot.metadata.index
       }
-      if (rd.entries.length > 0) n.storage.append(rd.entries)
+      const deferred = this.opts.asyncWrites === true && rd.entries.length > 0
+      if (rd.entries.length > 0 && !deferred) n.storage.append(rd.entries)
       if (rd.hardState !== undefined) n.storage.setHardState(rd.hardState)
       if (rd.softState?.role === 'leader') {
         const term = n.raft.term
@@ -198,14 +211,35 @@ export class SimCluster {
         }
         this.leaderOfTerm.set(term, n.id)
       }
-      this.send(rd.messages)
+      if (deferred) {
+        if (n.write !== undefined) throw new Error(`${n.id}: a second write while one is under way`)
+        this.send(rd.messages)
+        n.raft.accept(rd)
+        n.write = { entries: rd.entries, after: rd.messagesAfterAppend, doneAt: this.now + this.rng.int(3) }
+      } else {
+        this.send([...rd.messages, ...rd.messagesAfterAppend])
+      }
       for (const e of rd.committedEntries) this.apply(n, e)
       n.readStates.push(...rd.readStates)
+      if (deferred) continue
       n.raft.advance(rd)
+      if (n.write !== undefined) continue // the storage lags the log until the write completes
       this.checkStorage(n)
       this.maybeSnapshot(n)
     }
     throw new Error('ready loop did not settle')
+  }
+
+  /** Completes a node's entry write: stored, its acknowledgements sent, reported to the core. */
+  private completeWrite(n: SimNode): void {
+    const w = n.write
+    if (w === undefined || w.doneAt > this.now) return
+    n.write = undefined
+    n.storage.append(w.entries)
+    this.send(w.after)
+    const last = w.entries.at(-1)!
+    n.raft.appendDone(last.index, last.term)
+    this.process(n)
   }
 
   /**
@@ -253,7 +287,8 @@ export class SimCluster {
     if (n.appliedIndex - last < every) return
     const snap = n.raft.createSnapshot(n.appliedIndex, pack(n.applied))
     n.storage.saveSnapshot(snap)
-    const to = Math.max(0, n.appliedIndex - (this.opts.trailing ?? 0))
+    // Applied entries may not be stored yet (asyncWrites): compact only stored ones.
+    const to = Math.max(0, Math.min(n.appliedIndex - (this.opts.trailing ?? 0), n.raft.stabledIndex()))
     n.raft.compact(to)
     n.storage.compact(to)
   }
@@ -284,6 +319,7 @@ export class SimCluster {
       this.now++
       for (const node of this.nodes.values()) {
         if (!node.up) continue
+        this.completeWrite(node)
         node.raft.tick()
         this.process(node)
       }

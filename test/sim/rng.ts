@@ -1,21 +1,15 @@
+import { seededRng } from '../../src/common/rng.ts'
+
 /**
- * A small seeded pseudo-random generator (mulberry32) for deterministic simulations.
- * Protocol cores take `() => number` (uniform in [0, 1)); pass `rng.next` bound.
+ * A seeded pseudo-random source for deterministic simulations, on the project's one generator
+ * (`seededRng`, mulberry32). Protocol cores take `() => number` (uniform in [0, 1)): pass `rng.next`.
  */
 export class SeededRng {
-  private state: number
+  /** Uniform float in [0, 1). */
+  readonly next: () => number
 
   constructor(seed: number) {
-    this.state = seed >>> 0
-  }
-
-  /** Uniform float in [0, 1). */
-  next = (): number => {
-    this.state = (this.state + 0x6d2b79f5) >>> 0
-    let t = this.state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+    this.next = seededRng(seed)
   }
 
   /** Uniform integer in [0, n). */

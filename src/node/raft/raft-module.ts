@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { type Clock, systemClock } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import {
+  type EntrySealer,
   encodeMessage,
   FileStorage,
   type Message,
@@ -15,7 +16,6 @@ import {
   snapshotMessageTrusted,
   withSnapshotSignature,
 } from '../../raft/index.ts'
-import type { EntrySealer } from '../../raft/raft.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
 import { RAFT_DEFAULTS, type RaftAgentConfig, validateRaftAgentConfig } from '../agent/defaults.ts'
 import { registerRaftRoutes } from '../api/raft-routes.ts'
@@ -278,10 +278,7 @@ export class RaftModule implements AgentModule {
     const sealer: EntrySealer | undefined =
       signer === undefined ? undefined : (index, requestId, data) => signer.sealEntry(index, requestId, data)
     const verifySnapshot = (msg: Message): boolean => this.verifySnapshot(msg, log)
-    const options: RaftNodeOptions<PolicyResult> & {
-      sealer?: EntrySealer
-      verifySnapshot?: (msg: Message) => boolean
-    } = {
+    const options: RaftNodeOptions<PolicyResult> = {
       id: self,
       storage,
       stateMachine: this.store,
@@ -306,12 +303,7 @@ export class RaftModule implements AgentModule {
       ...(sealer !== undefined ? { sealer } : {}),
       verifySnapshot,
     }
-    const node = new RaftNode<PolicyResult>(options)
-    // Until RaftNode reads `sealer` and `verifySnapshot` from its options (h-raft's branch): set
-    // once here, before the node starts, never changed afterwards.
-    node.sealEntry = sealer
-    node.acceptSnapshot = verifySnapshot
-    return node
+    return new RaftNode<PolicyResult>(options)
   }
 
   private watchNode(run: Running): void {

@@ -3,12 +3,11 @@ import type { Clock } from '../../common/clock.ts'
 import {
   encodePolicyCommand,
   type PolicyCommand,
-  type PolicyErrorCode,
   type PolicyResult,
   type RequestId,
 } from '../../raft/index.ts'
 import { pack, unpackRecord } from '../../raft/msgpack.ts'
-import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
+import { type PolicyErrorCode, PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import {
   attemptSignal,
   encodeLeaderReply,

@@ -12,7 +12,7 @@ import { pack, unpackRecord } from '../../raft/msgpack.ts'
  */
 
 /** The code a "not the leader" refusal carries: the code of the Raft layer's NotLeaderError. */
-export const NOT_LEADER_CODE: string = new NotLeaderError(undefined).code
+export const NOT_LEADER_CODE: string = NotLeaderError.code
 /** A refusal whose cause had no code of its own. */
 export const INTERNAL_CODE: string = PeermeshError.code
 

@@ -1,0 +1,68 @@
+import type { Clock } from '../common/clock.ts'
+import type { DriverConfig, RaftConfig } from './config.ts'
+import type { RaftStatus } from './raft.ts'
+import type { StateMachine } from './state-machine.ts'
+import type { RaftStorage } from './storage/storage.ts'
+import type { ConfChange, ConfState, EntrySealer, Message, NodeId, Role } from './types.ts'
+
+/**
+ * How the driver sends messages. Best-effort: a message may be lost, delayed, duplicated or
+ * reordered, and Raft copes (it retries on heartbeats). `send` must not block, should not throw (a
+ * throw is caught and counted as a lost message) and must not deliver synchronously into another
+ * node's `receive` within the call: queue the bytes and write them from the event loop. Encode with
+ * `encodeMessage` from ./codec.ts; the receiver calls `receive(bytes, authenticatedPeerId)`.
+ */
+export interface RaftTransport {
+  send(to: NodeId, msg: Message): void
+}
+
+export interface RaftNodeEvents {
+  /** The known leader or the term changed. */
+  'leader:change': { leader: NodeId | undefined; term: number }
+  /** This node's role changed. */
+  'role:change': { role: Role; term: number }
+  /** A membership change committed; `conf` is the configuration after it. */
+  'conf:change': { index: number; change: ConfChange; conf: ConfState }
+  /** The state machine was replaced by a snapshot from the leader. */
+  'snapshot:restore': { index: number }
+}
+
+export interface RaftNodeOptions<R> extends Partial<DriverConfig> {
+  id: NodeId
+  storage: RaftStorage
+  stateMachine: StateMachine<R>
+  transport: RaftTransport
+  /** Real timers by default; tests pass a virtual clock. */
+  clock?: Clock
+  /** Uniform [0, 1) source for election timeouts; Math.random by default (the core never calls it). */
+  rng?: () => number
+  /** Core settings (ticks); see RaftConfig. */
+  config?: Partial<Omit<RaftConfig, 'id' | 'rng'>>
+  /** Founding voters of a new cluster; ignored when storage already holds state. */
+  bootstrap?: NodeId[]
+  /**
+   * Rewrites each proposal this node appends as leader, for the index it gets (the agent signs
+   * policy entries; see policy-signing.ts). Unset: entries are stored as proposed.
+   */
+  sealer?: EntrySealer
+  /**
+   * Checks a snapshot message before it is stepped (the agent verifies the leader's CA signature
+   * carried in its `context`); false drops it as malformed. Unset: every snapshot is accepted.
+   */
+  verifySnapshot?: (msg: Message) => boolean
+  /**
+   * Process Ready on `clock.defer` instead of synchronously after each step/propose, so that every
+   * message and request handled in one event-loop turn shares one Ready, hence one fsync (group
+   * commit). With a storage offering `appendDeferred`/`sync`, entries are also fsynced off the
+   * event loop while input keeps arriving (see Raft `accept`). Off by default: most virtual-clock
+   * tests expect synchronous processing.
+   */
+  coalesceReady?: boolean
+}
+
+export interface DriverStatus extends RaftStatus {
+  /** Peer messages dropped because they did not decode or were misaddressed. */
+  malformedMessages: number
+  /** Messages the transport threw on. */
+  sendFailures: number
+}

@@ -1,0 +1,224 @@
+/**
+ * The driver in the mode production runs (coalesceReady, a storage that fsyncs off the event loop)
+ * on the virtual clock: deliveries and Ready processing are deferred callbacks, fsyncs are promises
+ * the test settles. No sleeps, no real timers.
+ */
+import { describe, expect, it } from 'vitest'
+import { encodeMessage } from '../../src/raft/codec.ts'
+import { RaftStoppedError } from '../../src/raft/errors.ts'
+import { RaftNode } from '../../src/raft/node-driver.ts'
+import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../src/raft/policy/policy-store.ts'
+import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
+import type { Entry, Message } from '../../src/raft/types.ts'
+import { SeededRng } from '../sim/rng.ts'
+import { VirtualClock } from '../sim/virtual-clock.ts'
+
+const ids = ['a', 'b', 'c']
+
+/** A disk whose fsyncs complete when the test says so (at once unless `hold` is set). */
+class ControlledDisk extends MemoryStorage {
+  hold = false
+  syncs = 0
+  private readonly held: { resolve: () => void; reject: (err: Error) => void }[] = []
+
+  appendDeferred(entries: readonly Entry[]): void {
+    this.append(entries)
+  }
+
+  sync(): Promise<void> {
+    this.syncs++
+    if (!this.hold) return Promise.resolve()
+    return new Promise((resolve, reject) => this.held.push({ resolve, reject }))
+  }
+
+  get pendingSyncs(): number {
+    return this.held.length
+  }
+
+  release(): void {
+    this.hold = false
+    for (const h of this.held.splice(0)) h.resolve()
+  }
+
+  fail(err: Error): void {
+    for (const h of this.held.splice(0)) h.reject(err)
+  }
+}
+
+interface Sent {
+  from: string
+  to: string
+  type: Message['type']
+  index: number
+  last: number | undefined
+}
+
+function cluster() {
+  const clock = new VirtualClock()
+  const rng = new SeededRng(7)
+  const disks = new Map(ids.map((id) => [id, new ControlledDisk()]))
+  const nodes = new Map<string, RaftNode<PolicyResult>>()
+  const sent: Sent[] = []
+  /** Links that drop everything, as "from>to". */
+  const cut = new Set<string>()
+  for (const id of ids) {
+    const node = new RaftNode<PolicyResult>({
+      id,
+      storage: disks.get(id)!,
+      stateMachine: new PolicyStore(),
+      transport: {
+        send: (to, m) => {
+          sent.push({ from: id, to, type: m.type, index: m.index, last: m.entries.at(-1)?.index })
+          const bytes = encodeMessage(m)
+          // Delivered from the event loop, never within the call (see RaftTransport).
+          clock.defer(() => {
+            if (!cut.has(`${id}>${to}`)) nodes.get(to)?.receive(bytes, id)
+          })
+        },
+      },
+      clock,
+      rng: rng.next,
+      bootstrap: ids,
+      tickMs: 100,
+      coalesceReady: true,
+    })
+    nodes.set(id, node)
+  }
+  /** Runs deferred work and settled fsyncs until nothing is left at the current time. */
+  const settle = async (): Promise<void> => {
+    for (let i = 0; i < 50; i++) {
+      clock.flush()
+      await Promise.resolve()
+    }
+  }
+  /** Settles until `p` does (it must: nothing else moves time). */
+  const until = async <T>(p: Promise<T>): Promise<T> => {
+    let done = false
+    const watched = p.finally(() => {
+      done = true
+    })
+    watched.catch(() => {})
+    for (let i = 0; i < 20 && !done; i++) await settle()
+    if (!done) throw new Error('did not settle')
+    return watched
+  }
+  const node = (id: string) => nodes.get(id)!
+  const disk = (id: string) => disks.get(id)!
+  const start = async () => {
+    for (const n of nodes.values()) n.start()
+    node('a').campaign()
+    await settle()
+    expect(node('a').isLeader()).toBe(true)
+    const { index } = await until(node('a').propose(upsert('warm', 'up')))
+    await settle()
+    for (const n of nodes.values()) expect(n.applied()).toBe(index)
+  }
+  return { clock, nodes, node, disk, sent, cut, settle, until, start }
+}
+
+const upsert = (source: string, destination: string) =>
+  encodePolicyCommand({ op: 'intention.upsert', source, destination, action: 'allow' })
+
+describe('RaftNode in production mode (coalescing, fsync off the event loop), on a virtual clock', () => {
+  it("sends the leader's appends before its own fsync; the entry commits on the followers' copies", async () => {
+    const c = cluster()
+    await c.start()
+    c.disk('a').hold = true
+    c.sent.length = 0
+    let result: { index: number } | undefined
+    void c
+      .node('a')
+      .propose(upsert('web', 'db'))
+      .then((r) => {
+        result = r
+      })
+    await c.settle()
+    expect(c.disk('a').pendingSyncs).toBe(1) // the leader's write is under way...
+    const appends = c.sent.filter((m) => m.from === 'a' && m.type === 'app' && m.last !== undefined)
+    expect(appends.map((m) => m.to).sort()).toEqual(['b', 'c']) // ...its appends already left
+    // b and c made it durable: a quorum, so it commits and applies on the leader too, whose own
+    // copy does not count until its fsync (thesis §10.2.1).
+    expect(result).toBeDefined()
+    const index = result!.index
+    expect(c.node('a').applied()).toBe(index)
+    expect(c.node('a').status().progress['a']!.match).toBeLessThan(index)
+    c.disk('a').release()
+    await c.settle()
+    expect(c.node('a').status().progress['a']!.match).toBe(index)
+  })
+
+  it('a follower applies a committed entry during its own fsync and acknowledges it only after', async () => {
+    const c = cluster()
+    await c.start()
+    c.disk('c').hold = true
+    c.sent.length = 0
+    const { index } = await c.until(c.node('a').propose(upsert('web', 'db')))
+    await c.settle()
+    expect(c.disk('c').pendingSyncs).toBe(1)
+    expect(c.node('c').applied()).toBe(index) // committed on a and b: c applies it at once...
+    const acks = () => c.sent.filter((m) => m.from === 'c' && m.type === 'appResp' && m.index >= index)
+    expect(acks()).toEqual([]) // ...but does not acknowledge what is not on its disk (thesis §3.8)
+    expect(c.node('a').status().progress['c']!.match).toBeLessThan(index)
+    c.disk('c').release()
+    await c.settle()
+    expect(acks().length).toBeGreaterThan(0)
+    expect(c.node('a').status().progress['c']!.match).toBe(index)
+  })
+
+  it('group commit: proposals of one event-loop turn, or made during a fsync, share one fsync', async () => {
+    const c = cluster()
+    await c.start()
+    const a = c.node('a')
+    let before = c.disk('a').syncs
+    const first = await c.until(Promise.all([1, 2, 3, 4, 5].map((i) => a.propose(upsert(`s${i}`, 'd')))))
+    expect(first.map((r) => r.index)).toEqual([1, 2, 3, 4, 5].map((i) => first[0]!.index + i - 1))
+    expect(c.disk('a').syncs - before).toBe(1)
+
+    before = c.disk('a').syncs
+    c.disk('a').hold = true
+    const p = [a.propose(upsert('t0', 'd'))]
+    await c.settle()
+    expect(c.disk('a').pendingSyncs).toBe(1)
+    for (let i = 1; i <= 3; i++) {
+      p.push(a.propose(upsert(`t${i}`, 'd')))
+      await c.settle() // separate turns: each waits for the pending fsync
+    }
+    expect(c.disk('a').syncs - before).toBe(1)
+    c.disk('a').release()
+    await c.settle()
+    expect((await c.until(Promise.all(p))).length).toBe(4)
+    expect(c.disk('a').syncs - before).toBe(2) // t1..t3 took the second fsync together
+    await c.settle()
+    for (const n of c.nodes.values()) expect(n.applied()).toBe(a.applied())
+  })
+
+  it('a failed fsync stops the node and surfaces the error', async () => {
+    const c = cluster()
+    await c.start()
+    c.cut.add('a>b').add('a>c') // nothing commits without the leader's own write
+    c.disk('a').hold = true
+    const p = c.node('a').propose(upsert('web', 'db'))
+    const outcome = p.catch((e: unknown) => e)
+    await c.settle()
+    expect(c.disk('a').pendingSyncs).toBe(1)
+    c.disk('a').fail(new Error('EIO'))
+    for (let i = 0; i < 10; i++) await Promise.resolve()
+    expect((await outcome) as { code: string }).toMatchObject({ code: RaftStoppedError.code })
+    expect(() => c.clock.flush()).toThrow('EIO') // rethrown from the event loop, as etcd panics
+    await expect(c.node('a').propose(upsert('x', 'y'))).rejects.toMatchObject({ code: RaftStoppedError.code })
+  })
+
+  it('runs its ticks and timeouts on the injected clock', async () => {
+    const c = cluster()
+    await c.start()
+    // A follower cut off from the leader campaigns on its own clock ticks (2-4 election timeouts).
+    c.cut.add('a>b').add('a>c')
+    const term = c.node('a').term()
+    for (let t = 0; t < 40 && c.node('a').isLeader(); t++) {
+      c.clock.advance(100)
+      await c.settle()
+    }
+    expect(c.node('a').isLeader()).toBe(false)
+    expect(Math.max(c.node('b').term(), c.node('c').term())).toBeGreaterThan(term)
+  })
+})
