@@ -58,6 +58,12 @@ export class RaftNode<R = unknown> {
   private drainScheduled = false
   /** Entries are fsynced off the event loop (coalesceReady and a storage with `sync`). */
   private readonly syncOffLoop: boolean
+  /**
+   * The founding entries of a bootstrap are still to be written: they go to disk in one
+   * synchronous step with their term. Written off the loop, a crash could keep the durable term and
+   * lose the configuration, leaving a node that has state (so never bootstraps again) but no voters.
+   */
+  private founding = false
   /** The Ready whose fsync is pending; the storage is not touched until it settles. */
   private persisting: Persisting | undefined
   private readonly limits: CoalesceLimits
@@ -95,6 +101,7 @@ export class RaftNode<R = unknown> {
       st.hardState.term === 0
     ) {
       this.raft.bootstrap(o.bootstrap)
+      this.founding = true
     }
     this.lastTerm = this.raft.term
   }
@@ -224,6 +231,7 @@ export class RaftNode<R = unknown> {
   bootstrap(voters: readonly NodeId[]): void {
     if (this.stopped) throw new RaftStoppedError('raft node stopped')
     this.raft.bootstrap(voters)
+    this.founding = true
     this.drain()
   }
 
@@ -300,7 +308,8 @@ export class RaftNode<R = unknown> {
     // 1. persist. Term and vote are fsynced before returning; entries too, unless the storage can
     // sync them off the event loop. While a fsync is pending the core hands out nothing to persist.
     if (rd.snapshot !== undefined) this.storage.installSnapshot(rd.snapshot)
-    const deferred = this.syncOffLoop && rd.entries.length > 0
+    const deferred = this.syncOffLoop && rd.entries.length > 0 && !this.founding
+    if (rd.entries.length > 0) this.founding = false
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
       else this.storage.append(rd.entries)

@@ -221,4 +221,34 @@ describe('RaftNode in production mode (coalescing, fsync off the event loop), on
     expect(c.node('a').isLeader()).toBe(false)
     expect(Math.max(c.node('b').term(), c.node('c').term())).toBeGreaterThan(term)
   })
+
+  it('writes the founding entries of a bootstrap synchronously, with their term', () => {
+    // A disk that loses whatever was appended off the loop and not yet synced (a crash now).
+    class CrashingDisk extends ControlledDisk {
+      readonly unsynced: Entry[] = []
+      override appendDeferred(entries: readonly Entry[]): void {
+        this.unsynced.push(...entries)
+      }
+    }
+    const disk = new CrashingDisk()
+    disk.hold = true
+    const clock = new VirtualClock()
+    const node = new RaftNode<PolicyResult>({
+      id: 'a',
+      storage: disk,
+      stateMachine: new PolicyStore(),
+      transport: { send: () => {} },
+      clock,
+      coalesceReady: true,
+      bootstrap: ['a', 'b', 'c'],
+    })
+    node.start()
+    clock.flush()
+    // Crash here: what survives must hold the configuration, not only the term.
+    const st = disk.initialState()
+    expect(disk.unsynced).toEqual([])
+    expect(st.hardState.term).toBeGreaterThan(0)
+    expect(st.entries.filter((e) => e.type === 'conf')).toHaveLength(3)
+    void node.stop()
+  })
 })

@@ -81,7 +81,8 @@ export class SimCluster {
       const voters = opts.voters ?? ids
       if (voters.includes(id)) raft.bootstrap(voters)
       this.nodes.set(id, { id, raft, storage, up: true, applied: [], appliedIndex: 0, readStates: [] })
-      this.process(this.nodes.get(id)!)
+      // The founding entries are written synchronously, as RaftNode does (see its `founding`).
+      this.process(this.nodes.get(id)!, { sync: true })
     }
   }
 
@@ -191,7 +192,7 @@ export class SimCluster {
    * Handles every Ready of a node: persist -> send -> apply -> advance; with asyncWrites, a Ready
    * with entries starts their write and is accepted, and the write completes on a later tick.
    */
-  process(n: SimNode): void {
+  process(n: SimNode, opts: { sync?: boolean } = {}): void {
     for (let guard = 0; guard < 1000; guard++) {
       const rd = n.raft.ready()
       if (rd === undefined) return
@@ -200,7 +201,7 @@ export class SimCluster {
         n.applied = unpack(rd.snapshot.data) as string[]
         n.appliedIndex = rd.snapshot.metadata.index
       }
-      const deferred = this.opts.asyncWrites === true && rd.entries.length > 0
+      const deferred = this.opts.asyncWrites === true && opts.sync !== true && rd.entries.length > 0
       if (rd.entries.length > 0 && !deferred) n.storage.append(rd.entries)
       if (rd.hardState !== undefined) n.storage.setHardState(rd.hardState)
       if (rd.softState?.role === 'leader') {
