@@ -9,10 +9,16 @@ export type Cancel = () => void
 
 export interface Clock {
   /**
-   * Milliseconds since the epoch, monotonic within a process and with sub-millisecond precision
-   * in production: use it for timestamps (certificate validity) and for durations alike.
+   * Milliseconds since the epoch, monotonic within a process and with sub-millisecond precision:
+   * for durations and timers.
    */
   now(): number
+  /**
+   * The wall clock, milliseconds since the epoch (`Date.now()`): for timestamps compared with
+   * other machines' (certificate validity, issue times, check transitions), which must follow the
+   * system time even when it is stepped; `now()` is for durations.
+   */
+  wallNow(): number
   /** Calls `fn` once after `ms` milliseconds unless cancelled first. */
   setTimeout(fn: () => void, ms: number): Cancel
   /** Calls `fn` every `ms` milliseconds until cancelled. */
@@ -28,10 +34,12 @@ const origin = performance.timeOrigin
 
 /**
  * Node's timers. They are unref'd: an agent is kept alive by its sockets and servers, never by a
- * pending timer, so a stopped component that forgot one cannot hold the process open.
+ * pending timer, so a stopped component that forgot one cannot hold the process open. (A process
+ * that hosts only in-memory components must keep itself alive.)
  */
 export const systemClock: Clock = {
   now: () => origin + performance.now(),
+  wallNow: () => Date.now(),
   setTimeout(fn, ms) {
     const h = setTimeout(fn, ms)
     h.unref()

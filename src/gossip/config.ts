@@ -9,8 +9,8 @@ import { InvalidConfigError } from './errors.ts'
  *   + suspicion timeout (between `suspicionMult·max(1, log10 n)·probeInterval` once
  *     `suspicionConfirmations` members independently confirmed, and `suspicionMaxTimeoutMult` times that)
  *   + dissemination of the `dead` message (a few gossip intervals).
- * With the `lan` profile and n = 50 that is ≈ 0.15–0.75 + 0.15 + 0.51 + 0.05: median 0.94 s, worst
- * of 30 simulated seeds 1.16 s (test/gossip/cluster.test.ts asserts ≤ 1.75 s).
+ * With the `lan` profile and n = 50 that is ≈ 0.15–0.75 + 0.15 + 0.51 + 0.05 s
+ * (test/gossip/cluster.test.ts asserts ≤ 1.75 s in simulation).
  */
 export interface SwimConfig {
   /**

@@ -24,6 +24,9 @@ export class VirtualClock implements Clock {
 
   now = (): number => this.t
 
+  /** The same virtual time: tests see one clock. */
+  wallNow = (): number => this.t
+
   setTimeout = (fn: () => void, ms: number): Cancel => this.add(fn, Math.max(0, ms), undefined)
 
   setInterval = (fn: () => void, ms: number): Cancel => this.add(fn, Math.max(1, ms), Math.max(1, ms))

@@ -111,7 +111,7 @@ export class CaManager {
   }
 
   private async createCa(): Promise<void> {
-    const now = this.c.clock.now()
+    const now = this.c.clock.wallNow()
     const trustDomain = this.c.settings.trustDomain() ?? `${randomBytes(4).toString('hex')}.peermesh`
     const root = await createRootCa({ trustDomain, keyType: this.c.settings.keyType(), nowMs: now })
     const result = await this.c.writer.setRoots(
@@ -165,7 +165,7 @@ export class CaManager {
         'a root rotation is still in progress (two roots trusted); retry once it completes',
       )
     }
-    const now = this.c.clock.now()
+    const now = this.c.clock.wallNow()
     const next = await createRootCa({
       trustDomain: old.trustDomain,
       keyType: this.c.settings.keyType(),
@@ -197,7 +197,7 @@ export class CaManager {
       required,
       issuedUnder: this.c.issued.issuedUnder,
       leafTtlMs: this.c.settings.leafTtlMs(),
-      nowMs: this.c.clock.now(),
+      nowMs: this.c.clock.wallNow(),
     })
     if (!done) return
     const { crossSignedPem: _dropped, ...kept } = active

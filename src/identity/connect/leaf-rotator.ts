@@ -167,7 +167,7 @@ export class LeafCertificateRotator {
   /** The certificate to serve now, or `undefined` if there is none or it has expired. */
   current(): LeafCredentials | undefined {
     const c = this.credentials
-    return c && this.clock.now() < c.notAfter ? c : undefined
+    return c && this.clock.wallNow() < c.notAfter ? c : undefined
   }
 
   get isRunning(): boolean {
@@ -188,7 +188,7 @@ export class LeafCertificateRotator {
       this.scheduleExpiry(c)
       this.scheduleRenewalAt(renewAt(c.notBefore, c.notAfter, this.rng))
     } else {
-      this.scheduleRenewalAt(this.clock.now())
+      this.scheduleRenewalAt(this.clock.wallNow())
     }
   }
 
@@ -268,7 +268,7 @@ export class LeafCertificateRotator {
       const certPem = typeof response === 'string' ? response : response.certPem
       const intermediatesPem = typeof response === 'string' ? [] : (response.intermediatesPem ?? [])
       const next = this.toCredentials(fresh.keyPem, certPem, intermediatesPem, fresh.publicKeySpki)
-      if (next.notAfter <= this.clock.now())
+      if (next.notAfter <= this.clock.wallNow())
         throw new LeafResponseInvalidError('issued certificate is already expired')
       const previous = this.current()
       this.credentials = next
@@ -280,7 +280,7 @@ export class LeafCertificateRotator {
       if (epoch !== this.epoch) return
       this.failures++
       const retryInMs = retryDelayMs(this.failures, this.backoff, this.rng)
-      this.scheduleRenewalAt(this.clock.now() + retryInMs)
+      this.scheduleRenewalAt(this.clock.wallNow() + retryInMs)
       this.events.emit('cert:renew-failed', {
         error,
         attempt: this.failures,
@@ -345,12 +345,12 @@ export class LeafCertificateRotator {
   private setTimerAt(slot: 'renewTimer' | 'expiryTimer', dueMs: number, fire: () => void): void {
     this.clearTimer(slot)
     if (!this.running) return
-    const delay = Math.max(0, dueMs - this.clock.now())
+    const delay = Math.max(0, dueMs - this.clock.wallNow())
     this[slot] = this.clock.setTimeout(
       () => {
         this[slot] = undefined
         if (!this.running) return
-        if (this.clock.now() < dueMs) this.setTimerAt(slot, dueMs, fire)
+        if (this.clock.wallNow() < dueMs) this.setTimerAt(slot, dueMs, fire)
         else fire()
       },
       Math.min(delay, MAX_TIMER_DELAY_MS),

@@ -49,7 +49,7 @@ export class LeafSigner {
 
   constructor(private readonly c: LeafSignerComponents) {
     this.limiter = new LeafSigningRateLimiter({
-      nowMs: c.clock.now(),
+      nowMs: c.clock.wallNow(),
       ...(c.signingRatePerSecond !== undefined ? { ratePerSecond: c.signingRatePerSecond } : {}),
     })
   }
@@ -94,7 +94,7 @@ export class LeafSigner {
         `service ${service} is not registered on agent ${requester}`,
       )
     }
-    const decision = this.limiter.tryAcquire(this.c.clock.now())
+    const decision = this.limiter.tryAcquire(this.c.clock.wallNow())
     if (!decision.ok)
       return refuse(LeafSigningRateLimitedError.code, `rate limited; retry in ${decision.retryAfterMs} ms`)
     try {
@@ -102,10 +102,10 @@ export class LeafSigner {
         service,
         trustDomain: ca.trustDomain,
         ttlMs: this.c.leafTtlMs(),
-        nowMs: this.c.clock.now(),
+        nowMs: this.c.clock.wallNow(),
       })
       this.stats.leavesSigned++
-      recordIssued(this.issued, `${requester}/${service}`, leaf.issuerId, this.c.clock.now())
+      recordIssued(this.issued, `${requester}/${service}`, leaf.issuerId, this.c.clock.wallNow())
       return {
         ok: true,
         certPem: leaf.certPem,

@@ -68,7 +68,8 @@ export class Agent {
   readonly config: AgentConfig
   readonly log: Logger
   private clusterKey?: Uint8Array
-  readonly events = new TypedEmitter<AgentEvents>()
+  /** A listener that throws is logged; it does not stop the emitter or the other listeners. */
+  readonly events: TypedEmitter<AgentEvents>
   readonly clock: Clock
   private readonly modules: AgentModule[] = []
   private readonly started: AgentModule[] = []
@@ -85,6 +86,9 @@ export class Agent {
   constructor(init: AgentInit) {
     this.config = init.config
     this.log = init.log
+    this.events = new TypedEmitter<AgentEvents>((err) =>
+      this.log.warn({ err: (err as Error).message }, 'agent event listener failed'),
+    )
     this.clock = init.clock ?? systemClock
     this.http = new HttpApi(init.log.child({ component: 'http' }))
     this.metrics = createMetrics(() => this.host)

@@ -48,7 +48,7 @@ export function createAgent(
     grantKeyTo: async (peerId, signal) => connect?.caManager.grantKeyTo(peerId, signal),
   }
   const raft = new RaftModule({ members, store, signer: custody, keyGrant, clock: agent.clock })
-  connect = new ConnectModule(raft, catalog, { custody })
+  connect = new ConnectModule(raft, catalog, { custody, clock: agent.clock })
   const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
   agent.use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
   return { agent, gossip, catalog, raft, connect, sidecars }

@@ -120,12 +120,11 @@ export const SEED_DIAL_DEFAULTS: Readonly<SeedDialConfig> = {
   dialTimeoutMs: 5_000, // a TCP + pnet + noise + yamux dial takes milliseconds on a LAN
 }
 
-/** Rejects combinations that cannot work, with the reason (hashicorp/raft `ValidateConfig`). */
+/**
+ * Rejects agent-level settings that cannot work, with the reason (hashicorp/raft `ValidateConfig`);
+ * the tick combinations are the Raft core's to check (`validateRaftConfig`, at start).
+ */
 export function validateRaftAgentConfig(c: RaftAgentConfig): void {
-  if (c.learnerHeartbeatTick >= c.electionTick)
-    throw new ConfigError('learnerHeartbeatTick must be below electionTick: learners would look inactive')
-  if (c.heartbeatTick >= c.electionTick)
-    throw new ConfigError('heartbeatTick must be below electionTick: one lost heartbeat would elect')
   if (c.retryPauseMs <= 0 || c.attemptTimeoutMs <= 0)
     throw new ConfigError('retryPauseMs and attemptTimeoutMs must be positive')
 }

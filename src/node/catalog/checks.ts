@@ -236,7 +236,7 @@ export class CheckRunner {
 
   /** Whole epoch milliseconds, as `GET /v1/agent/checks` has always shown `changedAt`. */
   private stamp(): number {
-    return Math.floor(this.clock.now())
+    return Math.floor(this.clock.wallNow())
   }
 
   private set(e: Entry, r: ProbeResult): void {

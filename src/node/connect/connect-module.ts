@@ -176,6 +176,10 @@ export class ConnectModule implements AgentModule, ConnectApi {
     this.subscriptions.push(
       this.leaves.events.on('cert:rotated', (e) => this.emitter.emit('cert:rotated', e)),
       this.onCatalogChange(),
+      // Also announced on the agent's bus, where they were before connect had its own events.
+      this.emitter.on('ca:change', (e) => ctx.events.emit('ca:change', e)),
+      this.emitter.on('cert:rotated', (e) => ctx.events.emit('cert:rotated', e)),
+      this.emitter.on('intention:change', (e) => ctx.events.emit('intention:change', e)),
     )
     this.caManager.start()
     this.leaves.start()

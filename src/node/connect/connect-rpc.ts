@@ -165,6 +165,7 @@ export class ConnectRpc implements LeafSigningChannel {
         request: pack({ op: 'rotate' }),
         decode: rotationStarted,
         local: async (signal) => ({ ok: true, ...(await this.c.handlers.rotate({ signal })) }),
+        localErrorsThrow: true,
         attemptTimeoutMs: ROTATE_ATTEMPT_TIMEOUT_MS,
       },
       options,

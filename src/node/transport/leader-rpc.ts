@@ -120,6 +120,11 @@ export interface LeaderCall<T extends object> {
   local(signal: AbortSignal): Promise<LeaderReply<T>>
   /** Refusal codes, besides NOT_LEADER, after which to ask again instead of returning. */
   retryOn?(code: string): boolean
+  /**
+   * When this node leads: run `local` under the caller's signal alone and let its errors propagate
+   * (default: bounded by the attempt timeout, a throw reported as its refusal).
+   */
+  localErrorsThrow?: boolean
   /** Time limit of one attempt of this call (default: the settings'). */
   attemptTimeoutMs?: number
   /** The error thrown when the signal fires or the owner stops (default: the signal's reason). */
@@ -160,7 +165,11 @@ export class LeaderRpc {
       if (attempt > 0) this.stats.retries++
       let reply: LeaderReply<T> | undefined
       const leader = view.isLeader() ? undefined : view.leader()
-      if (view.isLeader() || leader !== undefined) {
+      if (leader === undefined && view.isLeader() && call.localErrorsThrow === true) {
+        // Answered here within the caller's own deadline; its errors are the caller's to see.
+        sent = true
+        reply = await call.local(signal)
+      } else if (view.isLeader() || leader !== undefined) {
         const limit = this.attemptSignal(signal, call.attemptTimeoutMs ?? this.settings.attemptTimeoutMs)
         try {
           if (leader === undefined) {

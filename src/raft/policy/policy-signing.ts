@@ -1,5 +1,4 @@
 import { createPrivateKey, type KeyObject, sign, verify, X509Certificate } from 'node:crypto'
-import type { CaRootRecord } from '../../identity/connect/ca-state.ts'
 import { pack, unpackRecord } from '../msgpack.ts'
 import type { Message, RequestId } from '../types.ts'
 
@@ -245,6 +244,13 @@ export function snapshotMessageTrusted(msg: Message, trusted: readonly TrustedRo
 }
 
 /** The roots of a replicated CA state that can be verified against (id + certificate). */
-export function trustedRootsOf(roots: readonly CaRootRecord[]): TrustedRoot[] {
-  return roots.map((r) => ({ id: r.id, certPem: r.certPem }))
+export function trustedRootsOf(roots: readonly unknown[]): TrustedRoot[] {
+  const out: TrustedRoot[] = []
+  for (const r of roots) {
+    if (r === null || typeof r !== 'object') continue
+    const o = r as Record<string, unknown>
+    if (typeof o['id'] === 'string' && typeof o['certPem'] === 'string')
+      out.push({ id: o['id'], certPem: o['certPem'] })
+  }
+  return out
 }

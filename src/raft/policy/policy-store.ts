@@ -53,13 +53,25 @@ interface DedupeRecord {
   result: PolicyResult
 }
 
+/** The replicated CA state: raw root records (see `PolicyStore.ca`). */
+interface RawCaRoots {
+  roots: unknown[]
+  activeRootId: string | undefined
+  modifyIndex: number
+}
+
 const SNAPSHOT_VERSION = 1
 const SEP = '\u0000'
 
 export class PolicyStore implements StateMachine<PolicyResult> {
   private intentions = new Map<string, StoredIntention>()
   private configEntries = new Map<string, ConfigEntry>()
-  private ca: CaRoots = { roots: [], activeRootId: undefined, modifyIndex: 0 }
+  /**
+   * The CA state exactly as committed: root records stay raw (`unknown[]`), so that what every
+   * agent trusts, snapshots and verifies against does not depend on how strictly this version
+   * parses a record; typed views are built from it (`caState`, `caRoots`).
+   */
+  private ca: RawCaRoots = { roots: [], activeRootId: undefined, modifyIndex: 0 }
   private dedupe = new Map<string, DedupeRecord>()
   /** Raft index of the latest change. */
   index = 0
@@ -78,13 +90,16 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   /** Views of `ca`, built once per CA change (dropped whenever `ca` is replaced). */
   private caViews: { state: CaState; trusted: TrustedRoot[] } | undefined
 
-  private setCa(ca: CaRoots): void {
+  private setCa(ca: RawCaRoots): void {
     this.ca = ca
     this.caViews = undefined
   }
 
   private views(): { state: CaState; trusted: TrustedRoot[] } {
-    this.caViews ??= { state: caStateOf(this.ca), trusted: trustedRootsOf(this.ca.roots) }
+    this.caViews ??= {
+      state: caStateOf({ ...this.ca, roots: parseRootRecords(this.ca.roots) }),
+      trusted: trustedRootsOf(this.ca.roots),
+    }
     return this.caViews
   }
 
@@ -224,7 +239,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
           )
         }
         // Records that are not ours (malformed, or from a newer agent) are dropped here, once.
-        this.setCa({ roots: parseRootRecords(cmd.roots), activeRootId: cmd.activeRootId, modifyIndex: at })
+        this.setCa({ roots: cmd.roots, activeRootId: cmd.activeRootId, modifyIndex: at })
         return this.changed(at)
       }
     }
@@ -285,7 +300,12 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   }
 
   caRoots(): CaRoots {
-    return structuredClone(this.ca)
+    const { state } = this.views()
+    return structuredClone({
+      roots: state.roots,
+      activeRootId: this.ca.activeRootId,
+      modifyIndex: this.ca.modifyIndex,
+    })
   }
 
   /** Raft index of the CA state's last change (cheap: no copy). */
@@ -328,7 +348,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
     this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))
     this.setCa({
-      roots: parseRootRecords(s.ca.roots ?? []),
+      roots: s.ca.roots ?? [],
       activeRootId: s.ca.activeRootId ?? undefined,
       modifyIndex: s.ca.modifyIndex,
     })

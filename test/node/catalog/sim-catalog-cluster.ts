@@ -45,6 +45,7 @@ export function simClock(sim: SimNetwork): Clock {
   }
   return {
     now: () => sim.now,
+    wallNow: () => sim.now,
     setTimeout: (fn, ms) => at(ms, fn, undefined),
     setInterval: (fn, ms) => at(ms, fn, Math.max(1, ms)),
     defer: (fn) => at(0, fn, undefined),

@@ -153,4 +153,17 @@ describe('PolicyStore', () => {
     s.apply(entry(cmd, { clientId: 'c1', seq: 1 })) // c1 forgotten: applies again
     expect(s.getIntention('a', 'b')!.modifyIndex).toBeGreaterThan(idx)
   })
+
+  it('keeps CA root records as committed: trust and snapshots do not depend on how this version parses them', () => {
+    const s = new PolicyStore()
+    // Not a record this version can fully parse (no key type, sealed keys...), but it has an id
+    // and a certificate: every agent trusts it the same, whatever its version.
+    const raw = { id: 'r1', certPem: 'CERT', fieldOfANewerAgent: 7 }
+    expect(s.apply(entry({ op: 'ca.setRoots', roots: [raw], activeRootId: 'r1', casIndex: 0 })).ok).toBe(true)
+    expect(s.trustedRoots()).toEqual([{ id: 'r1', certPem: 'CERT' }])
+    const copy = new PolicyStore()
+    copy.restore(s.snapshot())
+    expect(copy.trustedRoots()).toEqual([{ id: 'r1', certPem: 'CERT' }])
+    expect(copy.snapshot()).toEqual(s.snapshot())
+  })
 })
