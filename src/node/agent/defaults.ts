@@ -1,10 +1,11 @@
 import { ConfigError } from './errors.ts'
 
 /**
- * The production defaults of the agent's Raft wiring, seed dialing and HTTP API, each with why it
- * has that value (memberlist `config.go` style). The Raft library's own defaults
- * (`src/raft/config.ts`, `node-driver.ts`) suit a plain 100 ms-tick cluster; the agent runs these.
- * Gossip's profile is in `src/gossip/config.ts`.
+ * The production defaults of the agent (Raft wiring, seed dialing, HTTP API, gossip wiring, the
+ * CA's RPC, sidecars), each with why it has that value (memberlist `config.go` style). The
+ * libraries' own defaults suit them as libraries: the Raft core and driver's in `src/raft/config.ts`
+ * (the agent runs `RAFT_DEFAULTS` instead), the SWIM profiles in `src/gossip/config.ts` (the agent
+ * runs `lan`), the CA's leaf lifetime and rotation timing in `src/identity/`.
  */
 
 /** Raft voters autopilot keeps (`--raft-voters`): one may fail; more would slow every commit. */
@@ -128,3 +129,51 @@ export function validateRaftAgentConfig(c: RaftAgentConfig): void {
   if (c.retryPauseMs <= 0 || c.attemptTimeoutMs <= 0)
     throw new ConfigError('retryPauseMs and attemptTimeoutMs must be positive')
 }
+
+/** The agent's gossip wiring (the SWIM protocol's own timing is the profile, src/gossip/config.ts). */
+export const GOSSIP_WIRING_DEFAULTS = {
+  /** First pause between join attempts while no live member is known: a seed that just started answers within it. */
+  joinRetryMinMs: 2_000,
+  /** Longest such pause: an agent alone still finds a returning seed within half a minute. */
+  joinRetryMaxMs: 30_000,
+  /** A graceful leave disseminates this long at most (several gossip rounds), then the agent stops anyway. */
+  leaveBudgetMs: 600,
+  /** How often a leave checks whether its broadcasts are out (a fraction of a gossip interval). */
+  leavePollMs: 20,
+  /** A connection opened only for a push/pull is closed this long after the exchange if idle: another protocol may adopt it meanwhile. */
+  pushPullCloseDelayMs: 1_000,
+  /** Longest a push/pull exchange may take: a whole member list crosses a LAN in milliseconds. */
+  pushPullTimeoutMs: 5_000,
+  /** At most one DHT address lookup per member in this period: lookups are costly and addresses change rarely. */
+  dhtLookupIntervalMs: 10_000,
+  /** Time limit of one DHT lookup. */
+  dhtLookupTimeoutMs: 3_000,
+  /** Most members remembered in peers.json: a few live ones are enough to rejoin. */
+  knownPeersMax: 32,
+  /** peers.json is rewritten at most this often: membership churn must not become disk churn. */
+  knownPeersWriteMs: 5_000,
+} as const
+
+/** The agent's side of the mesh CA: the signing RPC and the leaf routes. */
+export const CONNECT_WIRING_DEFAULTS = {
+  /** Largest signing request (a CSR is under 2 KiB). */
+  maxSignRequestBytes: 32 * 1024,
+  /** One signing attempt: a dead leader's connection resets at once on a LAN; a hung one is cut. */
+  signAttemptTimeoutMs: 2_000,
+  /** A rotation makes a root key and writes through Raft: give it longer than a signing. */
+  rotateAttemptTimeoutMs: 10_000,
+  /** Pause before asking the leader again: an election or the CA's creation is over in a few hundred ms. */
+  retryPauseMs: 50,
+  /** The leader's own bound on a rotation it serves (below the requester's attempt timeout). */
+  serveRotateTimeoutMs: 8_000,
+  /** Time `GET /v1/agent/connect/ca/leaf/:service` waits for a first leaf. */
+  apiLeafWaitMs: 10_000,
+} as const
+
+/** Sidecars of local services. */
+export const SIDECAR_DEFAULTS = {
+  /** A sidecar whose service has no leaf yet is tried again this soon (leaves arrive within a second of the CA). */
+  noLeafRetryMs: 1_000,
+  /** Longest a sidecar start waits for its service's first leaf. */
+  leafWaitMs: 60_000,
+} as const

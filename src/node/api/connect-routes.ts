@@ -20,6 +20,7 @@ import type { IntentionIndex } from '../../proxy/intentions.ts'
 import { DEFAULT_ACTION_ENTRY } from '../connect/intention-view.ts'
 import { ApiError } from '../agent/errors.ts'
 import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
+import { API_RAFT_TIMEOUT_MS, CONNECT_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /** What the connect routes use of the connect module. */
 export interface ConnectApi {
@@ -38,10 +39,8 @@ export interface ConnectApi {
   write(cmd: PolicyCommand, options: { signal: AbortSignal }): Promise<PolicyResult>
 }
 
-/** Time a write may take by default before the API answers 503 (as raft-routes). */
-const DEFAULT_WRITE_TIMEOUT_MS = 5_000
-/** Time `GET /v1/agent/connect/ca/leaf/:service` waits for a first leaf. */
-const LEAF_WAIT_MS = 10_000
+const DEFAULT_WRITE_TIMEOUT_MS = API_RAFT_TIMEOUT_MS
+const LEAF_WAIT_MS = CONNECT_WIRING_DEFAULTS.apiLeafWaitMs
 
 /** An intention as the API shows it (Consul's shape, camelCase, without namespaces). */
 export interface IntentionJson {

@@ -28,21 +28,20 @@ import {
   refusalOf,
 } from '../transport/leader-rpc.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
+import { CONNECT_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /** Reliable request/response: a CSR sent to the Raft leader, a signed leaf or a coded refusal back. */
 export const CONNECT_SIGN_PROTOCOL = '/peermesh/connect/sign/1'
 /** Best-effort channel of the same messenger; unused for now (StreamMessenger needs one). */
 export const CONNECT_PROTOCOL = '/peermesh/connect/1'
 
-const MAX_SIGN_REQUEST_BYTES = 32 * 1024
-/** One signing attempt: a dead leader's connection resets at once on a LAN; a hung one is cut. */
-const SIGN_ATTEMPT_TIMEOUT_MS = 2_000
-/** A rotation makes a root key and writes through Raft: give it longer than a signing. */
-const ROTATE_ATTEMPT_TIMEOUT_MS = 10_000
-/** Pause before asking again: an election or the CA's creation is over in a few hundred ms. */
-const RETRY_PAUSE_MS = 50
-/** The leader's own bound on a rotation it serves. */
-const SERVE_ROTATE_TIMEOUT_MS = 8_000
+const {
+  maxSignRequestBytes: MAX_SIGN_REQUEST_BYTES,
+  signAttemptTimeoutMs: SIGN_ATTEMPT_TIMEOUT_MS,
+  rotateAttemptTimeoutMs: ROTATE_ATTEMPT_TIMEOUT_MS,
+  retryPauseMs: RETRY_PAUSE_MS,
+  serveRotateTimeoutMs: SERVE_ROTATE_TIMEOUT_MS,
+} = CONNECT_WIRING_DEFAULTS
 
 export type RotateReply = LeaderReply<RotationStarted>
 

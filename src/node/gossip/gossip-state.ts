@@ -4,6 +4,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import type { MemberView } from '../../gossip/index.ts'
 import type { Cancel, Clock } from '../../common/clock.ts'
 import { LatestFileWriter } from '../../common/fs-atomic.ts'
+import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /** Persisted incarnation and record version, so a restarted node starts above both. */
 export const GOSSIP_STATE_FILE = 'gossip.json'
@@ -12,10 +13,7 @@ export const GOSSIP_STATE_FILE = 'gossip.json'
  * or whose seeds are gone, rejoins through any member it knew.
  */
 export const KNOWN_PEERS_FILE = 'peers.json'
-/** Most members remembered; a few live ones are enough to rejoin. */
-const KNOWN_PEERS_MAX = 32
-/** Rewrite the known-peers file at most this often. */
-const KNOWN_PEERS_WRITE_MS = 5_000
+const { knownPeersMax: KNOWN_PEERS_MAX, knownPeersWriteMs: KNOWN_PEERS_WRITE_MS } = GOSSIP_WIRING_DEFAULTS
 
 /** What a node persists of its own record (`gossip.json`). */
 export interface LocalGossipState {

@@ -7,6 +7,7 @@ import type { GossipUdpTransport } from '../transport/gossip-udp.ts'
 import type { Host } from '../transport/host.ts'
 import type { StreamMessenger } from '../transport/stream-messenger.ts'
 import type { GossipTransport } from './swim-driver.ts'
+import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /**
  * Best-effort channel of the push/pull messenger; unused (StreamMessenger needs one): SWIM
@@ -17,13 +18,12 @@ export const SWIM_PROTOCOL = '/peermesh/swim/1'
 export const SWIM_PUSHPULL_PROTOCOL = '/peermesh/swim/pushpull/1'
 /** Protocols that may still run on a connection opened only for push/pull (see `closeIfIdle`). */
 const HOUSEKEEPING_PROTOCOLS = new Set([SWIM_PUSHPULL_PROTOCOL, '/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0'])
-/** After an exchange on a connection it opened, the initiator closes it this much later if idle. */
-const PUSHPULL_CLOSE_DELAY_MS = 1_000
-/** Longest a push/pull exchange may take. */
-const PUSHPULL_TIMEOUT_MS = 5_000
-/** At most one DHT address lookup per member in this period. */
-const DHT_LOOKUP_INTERVAL_MS = 10_000
-const DHT_LOOKUP_TIMEOUT_MS = 3_000
+const {
+  pushPullCloseDelayMs: PUSHPULL_CLOSE_DELAY_MS,
+  pushPullTimeoutMs: PUSHPULL_TIMEOUT_MS,
+  dhtLookupIntervalMs: DHT_LOOKUP_INTERVAL_MS,
+  dhtLookupTimeoutMs: DHT_LOOKUP_TIMEOUT_MS,
+} = GOSSIP_WIRING_DEFAULTS
 
 /** Push/pull counters (metrics). */
 export interface PushPullStats {

@@ -1,13 +1,13 @@
 import type { MemberView, Output, Swim, SwimEvent } from '../../gossip/index.ts'
 import { type Cancel, type Clock, pause } from '../../common/clock.ts'
+import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
-/** First and longest pause between join attempts while no live member is known. */
-export const JOIN_RETRY_MIN_MS = 2_000
-export const JOIN_RETRY_MAX_MS = 30_000
-/** How long a graceful leave may spend disseminating before the agent stops anyway. */
-export const LEAVE_BUDGET_MS = 600
-/** How often a leave checks whether its broadcasts are out. */
-const LEAVE_POLL_MS = 20
+export const {
+  joinRetryMinMs: JOIN_RETRY_MIN_MS,
+  joinRetryMaxMs: JOIN_RETRY_MAX_MS,
+  leaveBudgetMs: LEAVE_BUDGET_MS,
+} = GOSSIP_WIRING_DEFAULTS
+const LEAVE_POLL_MS = GOSSIP_WIRING_DEFAULTS.leavePollMs
 
 /**
  * How SWIM messages leave this node. `send` is best-effort (a datagram: lost, duplicated or

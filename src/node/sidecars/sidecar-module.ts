@@ -18,11 +18,9 @@ import {
   type LocalServiceRegistry,
   type ServiceDefinition,
 } from '../catalog/index.ts'
+import { SIDECAR_DEFAULTS } from '../agent/defaults.ts'
 
-/** How long to wait before trying again a sidecar whose service has no leaf certificate yet. */
-const NO_LEAF_RETRY_MS = 1_000
-/** Longest a sidecar start waits for its service's first leaf. */
-const LEAF_WAIT_MS = 60_000
+const { noLeafRetryMs: NO_LEAF_RETRY_MS, leafWaitMs: LEAF_WAIT_MS } = SIDECAR_DEFAULTS
 
 /** The catalog as the sidecars read it: healthy instances of a destination, and its changes. */
 export type EndpointCatalog = Pick<Catalog, 'health' | 'on'>
