@@ -72,3 +72,24 @@ export function pause(clock: Clock, ms: number, signal?: AbortSignal): Promise<v
     signal?.addEventListener('abort', done, { once: true })
   })
 }
+
+/**
+ * Runs `fn` with a signal that aborts after `ms` on `clock` (`AbortSignal.timeout` on an injected
+ * clock), and drops the timer once `fn` settles.
+ */
+export async function withTimeout<T>(
+  clock: Clock,
+  ms: number,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const controller = new AbortController()
+  const cancel = clock.setTimeout(
+    () => controller.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')),
+    ms,
+  )
+  try {
+    return await fn(controller.signal)
+  } finally {
+    cancel()
+  }
+}

@@ -5,7 +5,7 @@
  * Every change is a compare-and-set `ca.setRoots` through Raft, so racing leaders cannot both win.
  */
 import { randomBytes } from 'node:crypto'
-import type { Cancel, Clock } from '../../common/clock.ts'
+import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
 import { createRootCa, crossSign } from '../ca/ca.ts'
 import type { KeyType } from '../keys/keys.ts'
 import {
@@ -86,7 +86,7 @@ export class CaManager {
     const { leader, keys, log } = this.c
     if (this.c.ca.caState().active === undefined) {
       // A new leader may not have applied every committed entry yet: ReadIndex first.
-      await leader.catchUp(AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS))
+      await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) => leader.catchUp(signal))
       if (this.c.ca.caState().active !== undefined) return
       await this.createCa()
       return
@@ -96,7 +96,7 @@ export class CaManager {
       // Elected without a copy of the key (promoted before it was sealed to us): hand leadership
       // to a voter that can sign; the grant loop then reaches us from there. First make sure this
       // is not just a new leader that has not applied the grant yet.
-      await leader.catchUp(AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS))
+      await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) => leader.catchUp(signal))
       const active = this.c.ca.caState().active
       if (active === undefined || keys.holdsActiveKey()) return
       const heir = voters.find((v) => v !== leader.selfId() && active.sealedKeys[v] !== undefined)
@@ -106,7 +106,10 @@ export class CaManager {
     }
     const state = this.c.ca.caState()
     const missing = voters.filter((v) => state.roots.some((r) => votersWithoutKey(r, [v]).length > 0))
-    if (missing.length > 0) await this.grantKeys(missing, state, AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS))
+    if (missing.length > 0)
+      await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) =>
+        this.grantKeys(missing, state, signal),
+      )
     if (this.c.ca.caState().roots.length > 1) await this.maybeFinishRotation()
   }
 
@@ -114,9 +117,11 @@ export class CaManager {
     const now = this.c.clock.wallNow()
     const trustDomain = this.c.settings.trustDomain() ?? `${randomBytes(4).toString('hex')}.peermesh`
     const root = await createRootCa({ trustDomain, keyType: this.c.settings.keyType(), nowMs: now })
-    const result = await this.c.writer.setRoots(
-      { roots: [rootRecordOf(root, now, this.c.leader.voters())], activeRootId: root.id, casIndex: 0 },
-      { signal: AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS) },
+    const result = await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) =>
+      this.c.writer.setRoots(
+        { roots: [rootRecordOf(root, now, this.c.leader.voters())], activeRootId: root.id, casIndex: 0 },
+        { signal },
+      ),
     )
     if (result.ok)
       this.c.log.info({ rootId: root.id, trustDomain: root.trustDomain }, 'created the mesh CA root')
@@ -201,9 +206,11 @@ export class CaManager {
     })
     if (!done) return
     const { crossSignedPem: _dropped, ...kept } = active
-    const result = await this.c.writer.setRoots(
-      { roots: [kept], activeRootId: active.id, casIndex: state.modifyIndex },
-      { signal: AbortSignal.timeout(CHECK_STEP_TIMEOUT_MS) },
+    const result = await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) =>
+      this.c.writer.setRoots(
+        { roots: [kept], activeRootId: active.id, casIndex: state.modifyIndex },
+        { signal },
+      ),
     )
     if (result.ok) this.c.log.info({ active: active.id }, 'CA root rotation complete; old root dropped')
   }

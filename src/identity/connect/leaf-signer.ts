@@ -4,7 +4,7 @@
  * term, the CA exists and this agent holds its key, the requester registers the service, and the
  * rate limit allows; `signLeaf` checks the CSR itself.
  */
-import type { Clock } from '../../common/clock.ts'
+import { type Clock, withTimeout } from '../../common/clock.ts'
 import { errorCode, PeermeshError } from '../../common/errors.ts'
 import { signLeaf } from '../ca/ca.ts'
 import { CsrMalformedError, InvalidServiceNameError, LeafSigningRateLimitedError } from '../ca/errors.ts'
@@ -78,7 +78,7 @@ export class LeafSigner {
     const term = leader.term()
     if (this.readyTerm !== term) {
       try {
-        await leader.catchUp(AbortSignal.timeout(this.c.catchUpTimeoutMs ?? 2_000))
+        await withTimeout(this.c.clock, this.c.catchUpTimeoutMs ?? 2_000, (signal) => leader.catchUp(signal))
       } catch {
         return refuse(CaNotReadyError.code, 'the new leader has not caught up with the committed state yet')
       }

@@ -4,7 +4,7 @@
  * The requester's peer id is the one the transport authenticated (noise), never a claim in the body.
  */
 import type { Logger } from 'pino'
-import type { Clock } from '../../common/clock.ts'
+import { type Clock, withTimeout } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import type { LeaderView } from '../../identity/connect/components.ts'
 import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
@@ -190,7 +190,9 @@ export class ConnectRpc implements LeafSigningChannel {
     try {
       return {
         ok: true,
-        ...(await this.c.handlers.rotate({ signal: AbortSignal.timeout(SERVE_ROTATE_TIMEOUT_MS) })),
+        ...(await withTimeout(this.c.clock, SERVE_ROTATE_TIMEOUT_MS, (signal) =>
+          this.c.handlers.rotate({ signal }),
+        )),
       }
     } catch (err) {
       return refusalOf(err)

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino'
-import type { Cancel, Clock } from '../../common/clock.ts'
+import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
 import type { ConfChange, ConfState, NodeId } from '../../raft/index.ts'
 import { type AutopilotSettings, planAutopilot, trackDown } from './autopilot.ts'
 import type { RaftMembers, VoterKeyGrant } from './components.ts'
@@ -93,12 +93,11 @@ export class AutopilotRunner {
     if (change === undefined) return
     this.busy = true
     log.info({ change }, 'autopilot: proposing membership change')
-    const signal = AbortSignal.timeout(this.settings.changeTimeoutMs)
     const becomesVoter = change.type === 'addVoter' || change.type === 'promoteLearner'
-    const grant =
-      becomesVoter && keyGrant !== undefined ? keyGrant.grantKeyTo(change.node, signal) : Promise.resolve()
-    grant
-      .then(() => node.changeMembership(change, { signal }))
+    withTimeout(this.components.clock, this.settings.changeTimeoutMs, async (signal) => {
+      if (becomesVoter && keyGrant !== undefined) await keyGrant.grantKeyTo(change.node, signal)
+      return await node.changeMembership(change, { signal })
+    })
       .then(
         ({ index }) => log.info({ change, index }, 'autopilot: membership change committed'),
         (err: unknown) => log.debug({ change, err: (err as Error).message }, 'autopilot: change not made'),
