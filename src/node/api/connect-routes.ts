@@ -19,7 +19,7 @@ import type { LeafCredentials } from '../../identity/connect/leaf-rotator.ts'
 import type { IntentionIndex } from '../../proxy/intentions.ts'
 import { DEFAULT_ACTION_ENTRY } from '../connect/intention-view.ts'
 import { ApiError } from '../agent/errors.ts'
-import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
+import { ApiReply, type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
 import { API_RAFT_TIMEOUT_MS, CONNECT_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /** What the connect routes use of the connect module. */
@@ -114,14 +114,7 @@ export function parsePairQuery(query: URLSearchParams): { source: string; destin
 }
 
 function deadline(req: ApiRequest): AbortSignal {
-  const t = req.query.get('timeout')
-  let ms = DEFAULT_WRITE_TIMEOUT_MS
-  if (t !== null) {
-    if (!/^\d{1,5}$/.test(t) || Number(t) < 1)
-      throw new ApiError('timeout: expected milliseconds from 1 to 99999', 400)
-    ms = Number(t)
-  }
-  return AbortSignal.any([req.signal, AbortSignal.timeout(ms)])
+  return requestDeadline(req, { defaultMs: DEFAULT_WRITE_TIMEOUT_MS, maxMs: 99_999, maxDigits: 5 })
 }
 
 async function write(connect: ConnectApi, cmd: PolicyCommand, req: ApiRequest): Promise<PolicyResult> {

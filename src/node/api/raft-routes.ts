@@ -3,7 +3,7 @@ import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
-import type { ApiRequest, HttpApi } from './server.ts'
+import { type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
 import { API_MAX_TIMEOUT_MS, API_RAFT_TIMEOUT_MS } from '../agent/defaults.ts'
 import { NoLeaderError, RaftNotRunningError, WriteTimeoutError } from '../raft/errors.ts'
 import type { RaftModule } from '../raft/raft-module.ts'
@@ -112,14 +112,7 @@ export function parseConfigEntryBody(body: unknown, query: URLSearchParams): Pol
 }
 
 function deadline(req: ApiRequest): AbortSignal {
-  const t = req.query.get('timeout')
-  let ms = DEFAULT_RAFT_TIMEOUT_MS
-  if (t !== null) {
-    if (!/^\d{1,6}$/.test(t) || Number(t) < 1 || Number(t) > MAX_TIMEOUT_MS)
-      throw new ApiError(`timeout: expected milliseconds from 1 to ${MAX_TIMEOUT_MS}`, 400)
-    ms = Number(t)
-  }
-  return AbortSignal.any([req.signal, AbortSignal.timeout(ms)])
+  return requestDeadline(req, { defaultMs: DEFAULT_RAFT_TIMEOUT_MS, maxMs: MAX_TIMEOUT_MS, maxDigits: 6 })
 }
 
 async function write(raft: RaftModule, cmd: PolicyCommand, req: ApiRequest): Promise<number> {

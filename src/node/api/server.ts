@@ -17,6 +17,25 @@ export interface ApiRequest {
 /** A handler returns a JSON-able value, or an `ApiReply` for a status/content type of its own. */
 export type ApiHandler = (req: ApiRequest) => unknown | Promise<unknown>
 
+/**
+ * The request's deadline: its `?timeout=` in milliseconds (1 to `maxMs`, at most `maxDigits`
+ * digits; anything else is a 400), else `defaultMs`; also aborted when the client goes away.
+ */
+export function requestDeadline(
+  req: ApiRequest,
+  limits: { defaultMs: number; maxMs: number; maxDigits: number },
+): AbortSignal {
+  const t = req.query.get('timeout')
+  let ms = limits.defaultMs
+  if (t !== null) {
+    const n = Number(t)
+    if (!new RegExp(`^\\d{1,${limits.maxDigits}}$`).test(t) || n < 1 || n > limits.maxMs)
+      throw new ApiError(`timeout: expected milliseconds from 1 to ${limits.maxMs}`, 400)
+    ms = n
+  }
+  return AbortSignal.any([req.signal, AbortSignal.timeout(ms)])
+}
+
 export class ApiReply {
   constructor(
     readonly status: number,

@@ -1,7 +1,7 @@
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ApiError } from '../../../src/node/agent/errors.ts'
-import { HttpApi } from '../../../src/node/api/server.ts'
+import { type ApiRequest, HttpApi, requestDeadline } from '../../../src/node/api/server.ts'
 
 describe('local HTTP API router', () => {
   const api = new HttpApi(pino({ level: 'silent' }))
@@ -43,5 +43,37 @@ describe('local HTTP API router', () => {
       expect(typeof body.error).toBe('string')
       expect(body.error).not.toContain('secret internals')
     }
+  })
+})
+
+describe('requestDeadline (?timeout=)', () => {
+  const req = (timeout?: string): ApiRequest => ({
+    method: 'PUT',
+    path: '/',
+    params: {},
+    query: new URLSearchParams(timeout === undefined ? '' : { timeout }),
+    body: undefined,
+    headers: {},
+    signal: new AbortController().signal,
+  })
+  const limits = { defaultMs: 5_000, maxMs: 60_000, maxDigits: 6 }
+
+  it('takes milliseconds from 1 to the maximum, or the default', () => {
+    expect(requestDeadline(req(), limits).aborted).toBe(false)
+    expect(requestDeadline(req('1'), limits).aborted).toBe(false)
+    expect(requestDeadline(req('60000'), limits).aborted).toBe(false)
+  })
+
+  it('refuses anything else with a 400 naming the range', () => {
+    for (const t of ['0', '60001', '-5', '1.5', 'abc', '', '0000001']) {
+      expect(() => requestDeadline(req(t), limits)).toThrow(ApiError)
+      expect(() => requestDeadline(req(t), limits)).toThrow('timeout: expected milliseconds from 1 to 60000')
+    }
+    expect(() =>
+      requestDeadline(req('99999'), { defaultMs: 5_000, maxMs: 99_999, maxDigits: 5 }),
+    ).not.toThrow()
+    expect(() => requestDeadline(req('100000'), { defaultMs: 5_000, maxMs: 99_999, maxDigits: 5 })).toThrow(
+      'from 1 to 99999',
+    )
   })
 })
