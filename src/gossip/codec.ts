@@ -3,7 +3,7 @@
  * types and oversize inputs come back as `{ ok: false, reason }`. Validation is hand-written
  * (not zod) because it runs on every datagram of 10,000-node simulations.
  */
-import { Packr } from 'msgpackr'
+import { pack, unpack as unpackPlain } from '../common/msgpack.ts'
 import type {
   DecodedAlive,
   DecodedMessage,
@@ -14,8 +14,6 @@ import type {
   PushPullState,
   StateEntry,
 } from './messages.ts'
-
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' })
 
 /** Why an input was rejected. */
 export type DecodeFailure =
@@ -41,7 +39,7 @@ export const RECORD_LIMITS = Object.freeze({
 const MAX_PARTS = 256
 
 export function encodeMessage(msg: Message): Uint8Array {
-  return packr.pack(canonical(msg))
+  return pack(canonical(msg))
 }
 
 function canonical(msg: Message): object {
@@ -74,11 +72,11 @@ export function compoundPartOverhead(len: number): number {
 /** Builds one datagram from already-encoded messages (a single one is sent as is). */
 export function packParts(parts: Uint8Array[]): Uint8Array {
   if (parts.length === 1) return parts[0]!
-  return packr.pack({ t: 'compound', parts })
+  return pack({ t: 'compound', parts })
 }
 
 export function encodeRecord(rec: NodeRecord): Uint8Array {
-  return packr.pack({
+  return pack({
     id: rec.id,
     name: rec.name,
     addresses: rec.addresses,
@@ -90,22 +88,22 @@ export function encodeRecord(rec: NodeRecord): Uint8Array {
 
 /** The bytes an owner signs for an alive message: domain tag, incarnation and record bytes. */
 export function aliveSigningBytes(inc: number, rec: Uint8Array): Uint8Array {
-  return packr.pack(['peermesh/swim/alive/1', inc, rec])
+  return pack(['peermesh/swim/alive/1', inc, rec])
 }
 
 /** The bytes an owner signs to leave. */
 export function leaveSigningBytes(id: string, inc: number): Uint8Array {
-  return packr.pack(['peermesh/swim/leave/1', id, inc])
+  return pack(['peermesh/swim/leave/1', id, inc])
 }
 
 /** Push/pull entries go on the wire as arrays `[id, st, inc, ri, rec, sig, lsig?]`: compact and fast. */
 export function encodeStateEntry(m: StateEntry): Uint8Array {
-  return packr.pack(
+  return pack(
     m.lsig ? [m.id, m.st, m.inc, m.ri, m.rec, m.sig, m.lsig] : [m.id, m.st, m.inc, m.ri, m.rec, m.sig],
   )
 }
 
-const STATE_HEADER = packr.pack({ t: 'state', join: false, members: [] })
+const STATE_HEADER = pack({ t: 'state', join: false, members: [] })
 
 /**
  * Frames already-encoded entries (`encodeStateEntry`) as a push/pull state without re-encoding
@@ -135,7 +133,7 @@ export function encodePushPull(state: PushPullState): Uint8Array {
 
 function unpack(bytes: Uint8Array): { ok: true; value: unknown } | { ok: false } {
   try {
-    return { ok: true, value: packr.unpack(bytes) }
+    return { ok: true, value: unpackPlain(bytes) }
   } catch {
     return { ok: false }
   }

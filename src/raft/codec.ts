@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { pack, unpack } from './msgpack.ts'
+import { pack, unpack } from '../common/msgpack.ts'
 import type { Entry, Message, Snapshot } from './types.ts'
 import { MESSAGE_TYPES } from './types.ts'
 

@@ -1,7 +1,7 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { decodeMessage, encodeMessage } from '../../src/raft/codec.ts'
-import { pack } from '../../src/raft/msgpack.ts'
+import { pack } from '../../src/common/msgpack.ts'
 import type { Message } from '../../src/raft/types.ts'
 
 const base: Message = {

@@ -7,7 +7,7 @@
 import { decodeMessage, encodeMessage } from '../../src/raft/codec.ts'
 import { DEFAULT_RAFT_CONFIG, type RaftConfig } from '../../src/raft/config.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
-import { pack, unpack } from '../../src/raft/msgpack.ts'
+import { pack, unpack } from '../../src/common/msgpack.ts'
 import { Raft } from '../../src/raft/raft.ts'
 import type { Entry, Message, NodeId, ReadState } from '../../src/raft/types.ts'
 import { SeededRng } from '../sim/rng.ts'

@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Logger } from 'pino'
+import { JSON_VALUE_LIMITS, plainValueProblem } from '../../common/plain-value.ts'
 import { ApiError, ListenError } from '../agent/errors.ts'
 
 /** What a route handler gets: the parsed request and a signal aborted when the client goes away. */
@@ -206,9 +207,14 @@ async function readJsonBody(req: IncomingMessage): Promise<unknown> {
   }
   if (size === 0) return undefined
   const text = Buffer.concat(chunks).toString('utf8')
+  let body: unknown
   try {
-    return JSON.parse(text)
+    body = JSON.parse(text)
   } catch {
     throw new ApiError('request body is not valid JSON', 400)
   }
+  // Nothing deeper or larger than plain data gets to a handler (or to Raft).
+  const problem = plainValueProblem(body, JSON_VALUE_LIMITS)
+  if (problem !== undefined) throw new ApiError(`request body refused: ${problem}`, 400)
+  return body
 }

@@ -1,4 +1,4 @@
-import { Packr } from 'msgpackr'
+import { pack } from '../../common/msgpack.ts'
 import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 import { PayloadTooLargeError } from './errors.ts'
 import {
@@ -74,9 +74,6 @@ export interface AnnouncedCheck {
 
 export type PayloadDecodeResult = { ok: true; services: AnnouncedService[] } | { ok: false; reason: string }
 
-// Same options as the gossip codec, so measured sizes are what the record will carry.
-const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: 'number' })
-
 /**
  * Builds the payload for this node's `services`, with each check's current status from
  * `statusOf` (a check without a status yet counts as its definition's initial status).
@@ -102,7 +99,7 @@ export function encodeNodePayload(
 
 /** Encoded size of a payload in bytes (msgpack, as the gossip record carries it). */
 export function payloadBytes(payload: NodePayload): number {
-  return packr.pack(payload).length
+  return pack(payload).length
 }
 
 function encodeService(

@@ -16,7 +16,7 @@ import {
 } from '../../identity/connect/errors.ts'
 import type { LeafSigningChannel } from '../../identity/connect/leaf-manager.ts'
 import type { SignReply } from '../../identity/connect/leaf-signer.ts'
-import { pack, unpack } from '../../raft/msgpack.ts'
+import { pack, unpack } from '../../common/msgpack.ts'
 import type { Host } from '../transport/host.ts'
 import {
   decodeLeaderReply,

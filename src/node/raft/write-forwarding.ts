@@ -6,7 +6,7 @@ import {
   type PolicyResult,
   type RequestId,
 } from '../../raft/index.ts'
-import { pack, unpackRecord } from '../../raft/msgpack.ts'
+import { pack, unpackRecord } from '../../common/msgpack.ts'
 import { type PolicyErrorCode, PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import {
   attemptSignal,

@@ -2,7 +2,7 @@ import type { Clock } from '../../common/clock.ts'
 import { errorCode, PeermeshError } from '../../common/errors.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import { NotLeaderError } from '../../raft/index.ts'
-import { pack, unpackRecord } from '../../raft/msgpack.ts'
+import { pack, unpackRecord } from '../../common/msgpack.ts'
 
 /**
  * The one way to ask the Raft leader something and retry across leader changes (forwarded

@@ -1,5 +1,5 @@
 import { z } from 'zod'
-import { pack } from '../msgpack.ts'
+import { pack } from '../../common/msgpack.ts'
 
 /**
  * The commands of the policy store (what a client proposes through Raft), their schema and

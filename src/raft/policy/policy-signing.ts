@@ -1,5 +1,5 @@
 import { createPrivateKey, type KeyObject, sign, verify, X509Certificate } from 'node:crypto'
-import { pack, unpackRecord } from '../msgpack.ts'
+import { pack, unpackRecord } from '../../common/msgpack.ts'
 import type { Message, RequestId } from '../types.ts'
 
 /**

@@ -1,5 +1,5 @@
 import { type CaRoots, type CaState, caStateOf, parseRootRecords } from '../../identity/connect/ca-state.ts'
-import { pack, unpack } from '../msgpack.ts'
+import { pack, unpack } from '../../common/msgpack.ts'
 import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import type { StoredIntention } from './intention.ts'

@@ -2,7 +2,7 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { crc32 } from './crc32.ts'
 import { LogCorruptedError } from '../errors.ts'
-import { pack, unpack } from '../msgpack.ts'
+import { pack, unpack } from '../../common/msgpack.ts'
 import type { Entry } from '../types.ts'
 
 /**

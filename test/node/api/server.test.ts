@@ -33,6 +33,8 @@ describe('local HTTP API router', () => {
       ['/v1/things/a', { method: 'DELETE' }, 405],
       ['/v1/things/a', { method: 'PUT', body: '{bad' }, 400],
       ['/v1/things/a', { method: 'PUT', body: '"str"' }, 400],
+      // 1,343 levels deep (what once reached Raft and overflowed a stack): refused up front.
+      ['/v1/things/a', { method: 'PUT', body: `{"v":${'['.repeat(1343)}${']'.repeat(1343)}}` }, 400],
       ['/v1/things/a', { method: 'PUT', body: 'x'.repeat(2 << 20) }, 413],
       ['/v1/boom', {}, 500],
     ]

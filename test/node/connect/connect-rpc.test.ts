@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { CaNotReadyError, NotSigningLeaderError } from '../../../src/identity/connect/errors.ts'
 import { ConnectRpc, decodeRotateReply, decodeSignReply } from '../../../src/node/connect/connect-rpc.ts'
-import { pack } from '../../../src/raft/msgpack.ts'
+import { pack } from '../../../src/common/msgpack.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
 
 describe('signing RPC replies (one decoder)', () => {

@@ -1,7 +1,7 @@
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { TypedEmitter } from '../../../src/common/events.ts'
-import { pack } from '../../../src/raft/msgpack.ts'
+import { pack } from '../../../src/common/msgpack.ts'
 import {
   decodeLeaderReply,
   encodeLeaderReply,

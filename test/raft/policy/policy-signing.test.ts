@@ -11,7 +11,7 @@ import {
   verifySnapshot,
   withSnapshotSignature,
 } from '../../../src/raft/policy/policy-signing.ts'
-import { pack, unpack } from '../../../src/raft/msgpack.ts'
+import { pack, unpack } from '../../../src/common/msgpack.ts'
 import {
   encodePolicyCommand,
   type PolicyCommand,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { pack } from '../../../src/raft/msgpack.ts'
+import { pack } from '../../../src/common/msgpack.ts'
 import {
   encodePolicyCommand,
   type PolicyCommand,
