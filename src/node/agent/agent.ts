@@ -122,7 +122,12 @@ export class Agent {
     const clusterKey = this.loadClusterKey()
     this.clusterKey = clusterKey
     this.identity = await loadOrCreateNodeIdentity(config.dataDir)
-    this.host = await createHost({ identity: this.identity, clusterKey, listen: config.listen })
+    this.host = await createHost({
+      identity: this.identity,
+      clusterKey,
+      listen: config.listen,
+      ...(config.advertise !== undefined ? { advertise: config.advertise } : {}),
+    })
     try {
       await this.host.start()
     } catch (err) {

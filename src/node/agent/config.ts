@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -45,6 +46,15 @@ export const agentConfigSchema = z
     dataDir: z.string().min(1).optional(),
     /** libp2p listen multiaddrs. */
     listen: z.array(multiaddrString).min(1).optional(),
+    /**
+     * The IP other agents reach this one at (Consul's `-advertise`): replaces the host of every
+     * announced listen address. Default: the listen addresses, routable ones first and loopback
+     * left out whenever a routable one exists (so `--listen /ip4/0.0.0.0/...` works across hosts).
+     */
+    advertise: z
+      .string()
+      .refine((s) => isIP(s) !== 0 && !/^(0\.0\.0\.0|::)$/.test(s), 'must be a unicast IP address')
+      .optional(),
     /** Local HTTP API, HOST:PORT. */
     http: hostPort.optional(),
     /** Seeds to join through: multiaddrs ending in /p2p/<peerId>, or plain /ip4/../tcp/.. */
@@ -100,6 +110,8 @@ export interface AgentConfig {
   name: string
   dataDir: string
   listen: string[]
+  /** IP announced to peers in place of the listen hosts (see the schema). */
+  advertise?: string
   http: { host: string; port: number }
   seed: string[]
   bootstrap: boolean
@@ -185,6 +197,7 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     name,
     dataDir: merged.dataDir ?? join('.peermesh', name),
     listen: merged.listen ?? [DEFAULT_LISTEN],
+    ...(merged.advertise !== undefined ? { advertise: merged.advertise } : {}),
     http: parseHostPort(merged.http ?? DEFAULT_HTTP)!,
     seed: merged.seed ?? [],
     bootstrap: merged.bootstrap ?? false,

@@ -279,7 +279,8 @@ function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
   const service: InstanceService = {
     id: s.id,
     name: s.name,
-    address: s.address ?? n.host,
+    // An app address only its own node can reach (loopback, unspecified) means "at my node".
+    address: s.address === undefined || nodeLocalAddress(s.address) ? n.host : s.address,
     port: s.port,
     tags: [...s.tags],
     meta: { ...s.meta },
@@ -287,6 +288,19 @@ function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
   }
   if (s.sidecar !== undefined) service.sidecar = { ...s.sidecar }
   return { node: { name: n.name, peerId: n.id, address: n.host }, service, checks, status: worst }
+}
+
+/** Whether an address means nothing off its own node: loopback, unspecified or `localhost`. */
+export function nodeLocalAddress(address: string): boolean {
+  const a = address.toLowerCase()
+  return (
+    a.startsWith('127.') ||
+    a === '::1' ||
+    a === '0.0.0.0' ||
+    a === '::' ||
+    a === 'localhost' ||
+    a.endsWith('.localhost')
+  )
 }
 
 function viewOf(n: NodeEntry): string {

@@ -56,6 +56,7 @@ export function buildCli(): Command {
       'libp2p listen address, repeatable (default /ip4/127.0.0.1/tcp/7946)',
       collect,
     )
+    .option('--advertise <ip>', 'IP other agents reach this one at (default: the listen addresses)')
     .option('--http <host:port>', `local HTTP API address (default ${DEFAULT_HTTP})`)
     .option('--seed <multiaddr>', 'seed peer to join through, repeatable', collect)
     .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
@@ -70,6 +71,7 @@ export function buildCli(): Command {
           name: opts['name'],
           dataDir: opts['dataDir'],
           listen: opts['listen'],
+          advertise: opts['advertise'],
           http: opts['http'],
           seed: opts['seed'],
           bootstrap: opts['bootstrap'],

@@ -66,7 +66,8 @@ export function endpointsOf(entries: readonly HealthEntry[]): Endpoint[] {
     if (weight <= 0) continue
     out.push({
       id: `${e.node.peerId}/${e.service.id}`,
-      address: e.service.address,
+      // The sidecar's inbound listens on its node's address, whatever address the app has.
+      address: e.node.address,
       port: sidecar.port,
       weight,
       tags: e.service.tags,
@@ -208,10 +209,14 @@ export class SidecarModule implements AgentModule {
     }
   }
 
+  /**
+   * Where inbound listeners bind: the host of the agent's first libp2p listen address (so a node
+   * listening on 0.0.0.0 takes mesh traffic on every interface, and one on loopback stays local).
+   * Not the announced address, which `--advertise` may set to an address of a NAT in front.
+   */
   private bindAddress(): string {
-    const first = this.ctx?.host.getMultiaddrs()[0]?.toString() ?? '/ip4/127.0.0.1'
-    const host = hostOf(first)
-    return host === '0.0.0.0' || host === '' ? '0.0.0.0' : host
+    const host = hostOf(this.ctx?.config.listen[0] ?? '/ip4/127.0.0.1')
+    return host === '' || host === '::' ? '0.0.0.0' : host
   }
 
   private keyOf(def: ServiceDefinition): string {

@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
@@ -6,6 +7,7 @@ import type { Libp2p } from '@libp2p/interface'
 import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { NodeIdentity } from '../../identity/keys/node-key.ts'
 import { clusterKeyProtector } from './pnet-protector.ts'
@@ -26,6 +28,8 @@ export interface HostInit {
   /** Cluster key bytes (swarm.key text); every connection is wrapped in the private network. */
   clusterKey: Uint8Array
   listen: string[]
+  /** IP announced in place of the listen hosts (`--advertise`); see `announcedAddresses`. */
+  advertise?: string
   /**
    * Upper bound on open connections. SWIM talks to a few random members per period, so an
    * agent needs far fewer connections than members; libp2p prunes the least useful above this.
@@ -43,7 +47,10 @@ export async function createHost(init: HostInit): Promise<Host> {
   return createLibp2p<HostServices>({
     start: false,
     privateKey: init.identity.privateKey,
-    addresses: { listen: init.listen },
+    addresses: {
+      listen: init.listen,
+      announceFilter: (addrs) => announcedAddresses(addrs, init.advertise),
+    },
     transports: [tcp()],
     // Wire-compatible with @libp2p/pnet's preSharedKey, without its per-connection wasm leak.
     connectionProtector: clusterKeyProtector(init.clusterKey),
@@ -66,4 +73,40 @@ export async function createHost(init: HostInit): Promise<Host> {
       }),
     },
   })
+}
+
+/**
+ * The addresses this agent announces (what gossip, Raft, the catalog and the DHT hand to other
+ * agents; the first is "the" address). With `advertise`, every address carries that IP instead of
+ * its own. Otherwise routable addresses come first, and loopback, unspecified and link-local ones
+ * are left out whenever a routable one exists: a remote peer must never be told 127.0.0.1 (a
+ * listener on 0.0.0.0 reports every interface, loopback first).
+ */
+export function announcedAddresses(addrs: Multiaddr[], advertise?: string): Multiaddr[] {
+  if (advertise !== undefined) {
+    const family = isIP(advertise) === 6 ? 'ip6' : 'ip4'
+    const seen = new Set<string>()
+    const out: Multiaddr[] = []
+    for (const ma of addrs) {
+      const m = /^\/(?:ip4|ip6)\/[^/]+(\/.*)?$/.exec(ma.toString())
+      if (m === null) continue
+      const s = `/${family}/${advertise}${m[1] ?? ''}`
+      if (seen.has(s)) continue
+      seen.add(s)
+      out.push(multiaddr(s))
+    }
+    return out
+  }
+  const routable = addrs.filter((ma) => addressScope(ma) === 'routable')
+  return routable.length > 0 ? routable : addrs.filter((ma) => addressScope(ma) !== 'unspecified')
+}
+
+function addressScope(ma: Multiaddr): 'routable' | 'loopback' | 'unspecified' | 'other' {
+  const m = /^\/(ip4|ip6)\/([^/]+)/.exec(ma.toString())
+  if (m === null) return 'other'
+  const ip = m[2]!.toLowerCase()
+  if (ip === '0.0.0.0' || ip === '::') return 'unspecified'
+  if (ip.startsWith('127.') || ip === '::1') return 'loopback'
+  if (ip.startsWith('169.254.') || ip.startsWith('fe80:')) return 'other'
+  return 'routable'
 }

@@ -17,6 +17,9 @@ describe('agent config', () => {
     expect(cfg.seed).toEqual(['/ip4/127.0.0.1/tcp/1'])
     expect(cfg.dataDir).toBe('.peermesh/flag')
     expect(resolveAgentConfig({}, {}).http).toEqual(parseHostPort(DEFAULT_HTTP))
+    expect(resolveAgentConfig({}, validateAgentConfig({ advertise: '10.0.0.7' }, 'flags')).advertise).toBe(
+      '10.0.0.7',
+    )
   })
 
   it.each([
@@ -28,6 +31,8 @@ describe('agent config', () => {
     [{ listen: ['/ip4/127.0.0.1/udp/1'] }, 'listen.0'],
     [{ seed: 'not-an-array' }, 'seed'],
     [{ bootstrap: 'yes' }, 'bootstrap'],
+    [{ advertise: 'example.com' }, 'advertise'],
+    [{ advertise: '0.0.0.0' }, 'advertise'],
     [{ logLevel: 'loud' }, 'logLevel'],
   ])('rejects %j naming the field', (input, field) => {
     expect(() => validateAgentConfig(input, 'file x')).toThrow(

@@ -52,6 +52,19 @@ describe('Catalog', () => {
     expect(c.health('web', { tag: 'v2' }).map((e) => e.service.id)).toEqual(['web-2'])
   })
 
+  it('a loopback or unspecified app address means the node: other agents get the node address', () => {
+    const c = new Catalog()
+    const local = def({ name: 'api', id: 'api-lo', port: 9000, address: '127.0.0.1' })
+    const any = def({ name: 'api', id: 'api-any', port: 9001, address: '0.0.0.0' })
+    const own = def({ name: 'api', id: 'api-own', port: 9002, address: '10.9.9.9' })
+    c.applyMember(member('3', { payload: payload([local, any, own]) }))
+    expect(c.health('api').map((e) => [e.service.id, e.service.address])).toEqual([
+      ['api-lo', '10.0.0.3'],
+      ['api-any', '10.0.0.3'],
+      ['api-own', '10.9.9.9'],
+    ])
+  })
+
   it('makes every instance of a dead node critical at once; suspect changes nothing', () => {
     const c = new Catalog()
     c.applyMember(member('1', { payload: payload([web, webV2]) }))

@@ -53,6 +53,35 @@ describe('sidecar endpoints from the catalog', () => {
     ])
   })
 
+  it("dials a sidecar at its node's address, not at the app's (loopback) address", () => {
+    const c = new Catalog()
+    const lo = parseServiceDefinition(
+      {
+        name: 'api',
+        id: 'api-lo',
+        port: 9000,
+        address: '127.0.0.1',
+        connect: { sidecarService: { port: 21000 } },
+      },
+      'test',
+    )
+    const remote = parseServiceDefinition(
+      {
+        name: 'api',
+        id: 'api-x',
+        port: 9000,
+        address: '10.1.1.1',
+        connect: { sidecarService: { port: 21000 } },
+      },
+      'test',
+    )
+    c.applyMember(member(7, [lo, remote], 'passing'))
+    expect(endpointsOf(c.health('api')).map((e) => [e.id, e.address])).toEqual([
+      ['peer7/api-lo', '127.0.0.7'],
+      ['peer7/api-x', '127.0.0.7'],
+    ])
+  })
+
   it('announces changes only when the healthy set changes, and drops a failed node at once', () => {
     const c = new Catalog()
     c.applyMember(member(1, [api('api-1', ['v1'])], 'passing'))
