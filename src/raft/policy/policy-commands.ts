@@ -136,6 +136,9 @@ export function policyRefusal(code: PolicyErrorCode, message: string): PolicyRef
 /** A command that passed `checkPolicyCommand`, with its size as `entryBytes` measures it (0: none). */
 export type CheckedCommand = { ok: true; cmd: PolicyCommand; bytes: number } | PolicyRefusal
 
+/** What a stored record adds to its fields in a snapshot (field names, Raft indexes), rounded up. */
+const RECORD_OVERHEAD = 64
+
 /**
  * The size an intention, config entry or CA state counts for in the caps: its defining fields
  * encoded. A pure function of the fields, so a store rebuilt from a snapshot measures exactly
@@ -143,10 +146,13 @@ export type CheckedCommand = { ok: true; cmd: PolicyCommand; bytes: number } | P
  */
 export const entryBytes = {
   intention(i: { source: string; destination: string; action: string; description?: string; meta?: object }) {
-    return pack([i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]).length
+    return (
+      RECORD_OVERHEAD +
+      pack([i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]).length
+    )
   },
   config(e: { kind: string; name: string; value: object }) {
-    return pack([e.kind, e.name, e.value]).length
+    return RECORD_OVERHEAD + pack([e.kind, e.name, e.value]).length
   },
   ca(c: { roots: readonly unknown[]; activeRootId?: string | undefined }) {
     return pack([c.roots, c.activeRootId ?? null]).length
