@@ -1,8 +1,12 @@
 import { Packr } from 'msgpackr'
 import { describe, expect, it } from 'vitest'
 import { pack } from '../../../src/common/msgpack.ts'
+import { RAFT_DEFAULTS } from '../../../src/node/agent/defaults.ts'
+import { encodeMessage } from '../../../src/raft/codec.ts'
 import {
   checkPolicyCommand,
+  DEFAULT_MAX_DEDUPE_CLIENTS,
+  POLICY_LIMITS,
   encodePolicyCommand,
   type PolicyCommand,
   PolicyErrorCodes,
@@ -12,6 +16,7 @@ import {
 } from '../../../src/raft/policy/policy-store.ts'
 import { stripUndefined } from '../../../src/raft/policy/policy-commands.ts'
 import type { Entry } from '../../../src/raft/types.ts'
+import { raftMessage } from '../message.ts'
 
 /** Hostile command bytes, as a malicious leader (or a forged forward) would put them in the log. */
 function cyclicConfigSet(): Uint8Array {
@@ -211,5 +216,51 @@ describe('values are data', () => {
     ]
     for (const b of bads) expect(() => s.restore(b)).toThrow()
     expect(Buffer.from(s.snapshot()).toString('hex')).toBe(before)
+  })
+})
+
+describe('any legal state replicates', () => {
+  it('a snapshot of the largest legal state fits one Raft message (RAFT_DEFAULTS.maxMessageBytes)', () => {
+    // Worst case for the encoding's overhead: the smallest entries, up to the cap; the CA at its
+    // cap; the dedupe table full of the longest client ids, each remembering a refusal.
+    const s = new PolicyStore()
+    let i = 0
+    for (;;) {
+      const data = encodePolicyCommand({
+        op: 'intention.upsert',
+        source: `s${i}`,
+        destination: 'd',
+        action: 'allow',
+      })
+      if (!s.apply({ term: 1, index: ++i, type: 'normal', data }).ok) break
+    }
+    expect(s.sizeBytes).toBeGreaterThan(POLICY_LIMITS.maxStateBytes - 1_000)
+    const roots = [{ id: 'r', certPem: 'x'.repeat(POLICY_LIMITS.maxCaBytes - 100) }]
+    expect(
+      s.apply({
+        term: 1,
+        index: ++i,
+        type: 'normal',
+        data: encodePolicyCommand({ op: 'ca.setRoots', roots }),
+      }).ok,
+    ).toBe(true)
+    const refused = pack({ op: 'x'.repeat(300) })
+    for (let c = 0; c < DEFAULT_MAX_DEDUPE_CLIENTS; c++)
+      s.apply({
+        term: 1,
+        index: ++i,
+        type: 'normal',
+        data: refused,
+        requestId: { clientId: `${c}`.padEnd(256, 'c'), seq: 1 },
+      })
+    const data = s.snapshot()
+    const msg = encodeMessage(
+      raftMessage({
+        type: 'snap',
+        snapshot: { metadata: { index: i, term: 1, conf: { voters: ['a', 'b', 'c'], learners: [] } }, data },
+        context: 'x'.repeat(200), // the leader's signature
+      }),
+    )
+    expect(msg.length).toBeLessThan(RAFT_DEFAULTS.maxMessageBytes)
   })
 })
