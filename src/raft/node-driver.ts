@@ -6,12 +6,19 @@ import { decodeMessage } from './codec.ts'
 import { decodeConfChange } from './conf-change.ts'
 import { DEFAULT_DRIVER_CONFIG, DEFAULT_RAFT_CONFIG, type DriverConfig } from './config.ts'
 import { RaftInvariantError, RaftStoppedError } from './errors.ts'
+import { type DriverLog, SnapshotBackoff } from './snapshot-backoff.ts'
 import { PendingRequests, type RequestOptions } from './pending.ts'
 import { Raft } from './raft.ts'
 import type { StateMachine } from './state-machine.ts'
 import type { RaftStorage } from './storage/storage.ts'
 import type { DriverStatus, RaftNodeEvents, RaftNodeOptions, RaftTransport } from './node-options.ts'
 import type { ConfChange, Entry, EntrySealer, Message, NodeId, Ready, RequestId, Role } from './types.ts'
+
+/** RaftNodeOptions, plus what only this driver reads. */
+export interface RaftNodeDriverOptions<R> extends RaftNodeOptions<R> {
+  /** Where a failed snapshot is reported, once per run of failures. Unset: only counted. */
+  log?: DriverLog
+}
 
 /** A Ready whose entries are being fsynced off the event loop: what is left to do once durable. */
 interface Persisting {
@@ -67,8 +74,11 @@ export class RaftNode<R = unknown> {
   /** The Ready whose fsync is pending; the storage is not touched until it settles. */
   private persisting: Persisting | undefined
   private readonly limits: CoalesceLimits
+  /** Index of the last snapshot saved to storage (the core's may be ahead if a save failed). */
+  private savedSnapshotIndex = 0
+  private readonly snapshotBackoff: SnapshotBackoff
 
-  constructor(o: RaftNodeOptions<R>) {
+  constructor(o: RaftNodeDriverOptions<R>) {
     this.id = o.id
     this.storage = o.storage
     this.sm = o.stateMachine
@@ -76,6 +86,7 @@ export class RaftNode<R = unknown> {
     this.clock = o.clock ?? systemClock
     this.sealer = o.sealer
     this.verifySnapshot = o.verifySnapshot
+    this.snapshotBackoff = new SnapshotBackoff(this.clock, o.log)
     this.opts = {
       tickMs: o.tickMs ?? DEFAULT_DRIVER_CONFIG.tickMs,
       snapshotThreshold: o.snapshotThreshold ?? DEFAULT_DRIVER_CONFIG.snapshotThreshold,
@@ -93,6 +104,7 @@ export class RaftNode<R = unknown> {
     if (st.snapshot !== undefined) {
       this.sm.restore(st.snapshot.data)
       this.appliedIndex = st.snapshot.metadata.index
+      this.savedSnapshotIndex = st.snapshot.metadata.index
     }
     if (
       o.bootstrap !== undefined &&
@@ -307,7 +319,10 @@ export class RaftNode<R = unknown> {
     this.sendAll(rd.messages)
     // 1. persist. Term and vote are fsynced before returning; entries too, unless the storage can
     // sync them off the event loop. While a fsync is pending the core hands out nothing to persist.
-    if (rd.snapshot !== undefined) this.storage.installSnapshot(rd.snapshot)
+    if (rd.snapshot !== undefined) {
+      this.storage.installSnapshot(rd.snapshot)
+      this.savedSnapshotIndex = Math.max(this.savedSnapshotIndex, rd.snapshot.metadata.index)
+    }
     const deferred = this.syncOffLoop && rd.entries.length > 0 && !this.founding
     if (rd.entries.length > 0) this.founding = false
     if (rd.entries.length > 0) {
@@ -416,13 +431,25 @@ export class RaftNode<R = unknown> {
     }
   }
 
+  /**
+   * Takes a snapshot once `snapshotThreshold` entries were applied since the last saved one. A
+   * failure (the state machine or the storage threw) is never fatal: counted, logged once per run
+   * of failures, tried again after a backoff; the log is compacted only behind a saved snapshot.
+   */
   private maybeSnapshot(): void {
-    const last = this.raft.snapshot()?.metadata.index ?? 0
-    if (this.appliedIndex - last < this.opts.snapshotThreshold) return
-    const snap = this.raft.createSnapshot(this.appliedIndex, this.sm.snapshot())
-    this.storage.saveSnapshot(snap)
+    if (this.appliedIndex - this.savedSnapshotIndex < this.opts.snapshotThreshold) return
+    if (!this.snapshotBackoff.mayTry()) return
+    const index = this.appliedIndex
+    try {
+      this.storage.saveSnapshot(this.raft.createSnapshot(index, this.sm.snapshot()))
+    } catch (err) {
+      this.snapshotBackoff.failed(index, err)
+      return
+    }
+    this.snapshotBackoff.succeeded(index)
+    this.savedSnapshotIndex = index
     // Applied entries may not be durable here yet (see Raft `accept`): compact only those that are. The snapshot may cover the others: they are committed, and it is durable itself.
-    const to = Math.min(this.appliedIndex - this.opts.snapshotTrailing, this.raft.stabledIndex())
+    const to = Math.min(index - this.opts.snapshotTrailing, this.raft.stabledIndex())
     if (to > 0) {
       this.raft.compact(to)
       this.storage.compact(to)
@@ -444,8 +471,14 @@ export class RaftNode<R = unknown> {
     return this.appliedIndex
   }
 
-  status(): DriverStatus {
-    return { ...this.raft.status(), malformedMessages: this.malformed, sendFailures: this.sendFailures }
+  /** The core's status, with the driver's counters (`snapshotFailures`: attempts that threw). */
+  status(): DriverStatus & { snapshotFailures: number } {
+    return {
+      ...this.raft.status(),
+      malformedMessages: this.malformed,
+      sendFailures: this.sendFailures,
+      snapshotFailures: this.snapshotBackoff.failures,
+    }
   }
 
   /** Subscribes to an event; returns the unsubscribe function. */

@@ -8,6 +8,7 @@ import { DEFAULT_AUTOPILOT, planAutopilot } from '../../src/node/raft/autopilot.
 import { FileStorage } from '../../src/raft/storage/file-storage.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
 import { RaftNode } from '../../src/raft/node-driver.ts'
+import { SNAPSHOT_RETRY } from '../../src/raft/snapshot-backoff.ts'
 import type { RaftTransport } from '../../src/raft/node-options.ts'
 import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../src/raft/policy/policy-store.ts'
 import type { RaftStorage } from '../../src/raft/storage/storage.ts'
@@ -465,5 +466,68 @@ describe('RaftNode driver', () => {
     expect(await step(true)).toEqual({ type: 'promoteLearner', node: old.id })
     await c.run(1_000)
     expect(l.voters().sort()).toEqual([...ids].sort())
+  })
+})
+
+describe('RaftNode snapshots survive failures', () => {
+  /** A policy store whose first `failures` snapshots throw (a bug, or a disk error in a storage). */
+  class FlakyStore extends PolicyStore {
+    failures = 1
+    override snapshot(): Uint8Array {
+      if (this.failures > 0) {
+        this.failures--
+        throw new RangeError('Maximum call stack size exceeded')
+      }
+      return super.snapshot()
+    }
+  }
+
+  it('a failing snapshot is logged once, counted, retried after a backoff, and never fatal', async () => {
+    const clock = new VirtualClock()
+    const storage = new MemoryStorage()
+    const sm = new FlakyStore()
+    sm.failures = 2
+    const warned: object[] = []
+    const infos: object[] = []
+    const node = new RaftNode<PolicyResult>({
+      id: 'a',
+      storage,
+      stateMachine: sm,
+      transport: { send: () => {} },
+      clock,
+      bootstrap: ['a'],
+      tickMs: TICK,
+      snapshotThreshold: 5,
+      snapshotTrailing: 1,
+      log: { warn: (o) => warned.push(o), info: (o) => infos.push(o) },
+    })
+    node.start()
+    node.campaign()
+    expect(node.isLeader()).toBe(true)
+    for (let i = 0; i < 8; i++) await node.propose(upsert(`s${i}`, 'd'))
+    // The first attempt failed: nothing saved, nothing compacted, the node goes on.
+    expect(node.status().snapshotFailures).toBe(1)
+    expect(storage.initialState().snapshot).toBeUndefined()
+    expect(warned).toHaveLength(1)
+    // Within the backoff, no new attempt even as entries keep applying.
+    for (let i = 8; i < 12; i++) await node.propose(upsert(`s${i}`, 'd'))
+    expect(node.status().snapshotFailures).toBe(1)
+    // After it, the retry fails again (still logged once), then one more backoff later succeeds.
+    clock.advance(SNAPSHOT_RETRY.initialMs)
+    await node.propose(upsert('x', 'd'))
+    expect(node.status().snapshotFailures).toBe(2)
+    expect(warned).toHaveLength(1)
+    const before = node.applied()
+    clock.advance(2 * SNAPSHOT_RETRY.initialMs)
+    await node.propose(upsert('y', 'd')) // the next Ready takes it
+    expect(storage.initialState().snapshot?.metadata.index).toBeGreaterThanOrEqual(before)
+    expect(node.status().snapshotFailures).toBe(2)
+    expect(infos).toHaveLength(1)
+    // The saved snapshot restores the whole state, and the log was compacted behind it.
+    const copy = new PolicyStore()
+    copy.restore(storage.initialState().snapshot!.data)
+    expect(copy.listIntentions().length).toBeGreaterThanOrEqual(13)
+    expect(storage.initialState().entries[0]!.index).toBeGreaterThan(1)
+    await node.stop()
   })
 })

@@ -1,3 +1,4 @@
+import { POLICY_LIMITS } from '../../raft/policy/policy-commands.ts'
 import { ConfigError } from './errors.ts'
 
 /**
@@ -56,6 +57,12 @@ export interface RaftAgentConfig {
   maxMessageBytes: number
   /** Largest forwarded command. */
   maxCommandBytes: number
+  /** Largest frame on a Raft stream; a larger message (a snapshot) travels as chunks of it. */
+  maxFrameBytes: number
+  /** Per peer: bytes held for its partly received Raft messages, over all its streams. */
+  maxPartialBytesPerPeer: number
+  /** Per peer: Raft messages partly received at once (one per stream). */
+  maxPartialMessagesPerPeer: number
   /** Raft messages queued per peer while its stream opens; older ones are dropped beyond it. */
   maxQueuedPerPeer: number
   /** Messages to a peer whose dial failed are dropped for this long. */
@@ -96,11 +103,28 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   signatureRetries: 5,
   maxMessageBytes: 16 * 1024 * 1024, // a snapshot of the policy store travels in one message
   maxCommandBytes: 1024 * 1024, // the HTTP API takes bodies up to 1 MiB
+  // A snapshot goes out in 1 MiB chunks: no single frame (hence no partial frame a peer can make
+  // this side buffer) is larger, and appends and heartbeats interleave between snapshots' frames.
+  maxFrameBytes: 1024 * 1024,
+  // One largest message in progress plus two frames: a leader sends one snapshot at a time; what a
+  // peer can make this side hold is bounded by this, not by streams × message size.
+  maxPartialBytesPerPeer: 16 * 1024 * 1024 + 2 * (1024 * 1024 + 4),
+  // One stream per peer in normal use, and the one replacing it while the old one ends.
+  maxPartialMessagesPerPeer: 2,
   maxQueuedPerPeer: 1024, // a burst of appends while a stream opens, not an unbounded backlog
   // Two ticks: a member that just restarted cannot reach peers whose addresses it has not learnt
   // yet, and a longer silence costs a failover round (its pre-vote answers would be lost).
   dialBackoffMs: 50,
 }
+
+/**
+ * The policy store's cap on intentions and config entries together (PEERMESH_ERR_TOO_LARGE past
+ * it): with the CA (1 MiB cap) and the dedupe table (10k clients), a snapshot stays well under
+ * `maxMessageBytes` (16 MiB), so any legal state replicates to a new member. A rule of the
+ * replicated state machine, not a setting: every agent must apply the same, so it is defined in
+ * src/raft/policy/policy-commands.ts (POLICY_LIMITS, with the per-entry caps) and shown here.
+ */
+export const POLICY_STATE_MAX_BYTES = POLICY_LIMITS.maxStateBytes
 
 /** Time a write or `?consistent` read may take through the HTTP API before it answers 503. */
 export const API_RAFT_TIMEOUT_MS = 5_000 // several failovers long; a client may pass ?timeout=
@@ -128,6 +152,12 @@ export const SEED_DIAL_DEFAULTS: Readonly<SeedDialConfig> = {
 export function validateRaftAgentConfig(c: RaftAgentConfig): void {
   if (c.retryPauseMs <= 0 || c.attemptTimeoutMs <= 0)
     throw new ConfigError('retryPauseMs and attemptTimeoutMs must be positive')
+  if (c.maxFrameBytes < 64 || c.maxFrameBytes > c.maxMessageBytes)
+    throw new ConfigError('maxFrameBytes must be at least 64 and at most maxMessageBytes')
+  if (c.maxPartialBytesPerPeer < c.maxMessageBytes + c.maxFrameBytes + 4)
+    throw new ConfigError('maxPartialBytesPerPeer must hold one largest message and a frame')
+  if (c.maxMessageBytes < POLICY_LIMITS.maxStateBytes + POLICY_LIMITS.maxCaBytes)
+    throw new ConfigError('maxMessageBytes must hold a snapshot of the largest policy state')
 }
 
 /** The agent's gossip wiring (the SWIM protocol's own timing is the profile, src/gossip/config.ts). */

@@ -1,13 +1,14 @@
 import type { Logger } from 'pino'
 import type { Clock } from '../../common/clock.ts'
-import {
-  encodePolicyCommand,
-  type PolicyCommand,
-  type PolicyResult,
-  type RequestId,
-} from '../../raft/index.ts'
+import type { PolicyCommand, PolicyResult, RequestId } from '../../raft/index.ts'
 import { pack, unpackRecord } from '../../common/msgpack.ts'
-import { type PolicyErrorCode, PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
+import {
+  type PolicyErrorCode,
+  PolicyErrorCodes,
+  type PolicyRefusal,
+  policyRefusal,
+  preparePolicyCommand,
+} from '../../raft/policy/policy-commands.ts'
 import {
   attemptSignal,
   encodeLeaderReply,
@@ -19,13 +20,34 @@ import {
 } from '../transport/leader-rpc.ts'
 import { BadForwardRequestError, NoLeaderError, RaftNotRunningError, WriteTimeoutError } from './errors.ts'
 
-/** A write forwarded to the leader: the encoded command and its request id (for dedupe). */
+/**
+ * A write forwarded to the leader: a request, not a log entry. The leader checks the command
+ * with the store's own rules (`preparePolicyCommand`), refuses what a forward may not ask for,
+ * encodes it canonically and only then proposes (and signs) it. Wire shape of RPC protocol
+ * `/peermesh/raft/rpc/3` (`/2` carried the encoded entry as `{ t: 'propose', data }`).
+ */
 interface ForwardRequest {
-  t: 'propose'
-  data: Uint8Array
+  t: 'write'
+  /** The command as a map (decoded with the strict decoder, checked as data by the leader). */
+  cmd: unknown
+  /** Request id (for dedupe): the forwarding agent's client id and sequence. */
   clientId: string
   seq: number
+  /**
+   * #12 ACL: the caller's token, carried to the leader, which will authorize the command with it
+   * (see `ForwardedWriteServer.answer`). Not checked yet.
+   */
+  token?: string
 }
+
+/** Longest client id and token a forward may carry. */
+const MAX_CLIENT_ID = 256
+const MAX_TOKEN = 512
+/** Room for the request's fields around the command (`maxCommandBytes` bounds the command). */
+const REQUEST_OVERHEAD_BYTES = 4096
+
+/** Operations only the leader's own modules propose (the CA manager), never through a forward. */
+const isLeaderOnly = (op: unknown): boolean => typeof op === 'string' && op.startsWith('ca.')
 
 export interface WriteResult {
   index: number
@@ -66,7 +88,8 @@ export interface WriteForwarderSettings {
  */
 export class WriteForwarder {
   private seq = 0
-  readonly stats = { proposals: 0, signatureRetries: 0 }
+  /** `refused`: writes refused here before anything was sent (invalid, too large, not forwardable). */
+  readonly stats = { proposals: 0, signatureRetries: 0, refused: 0 }
 
   constructor(
     private readonly components: WriteForwarderComponents,
@@ -77,12 +100,23 @@ export class WriteForwarder {
    * Resolves with the state machine's result once committed and applied on the leader. Rejects
    * with NoLeaderError (nothing sent) or WriteTimeoutError (maybe applied) when the signal fires.
    */
-  async write(cmd: PolicyCommand, options: { signal: AbortSignal }): Promise<WriteResult> {
-    const data = encodePolicyCommand(cmd)
+  async write(cmd: PolicyCommand, options: { signal: AbortSignal; token?: string }): Promise<WriteResult> {
+    // Checked here with the store's rules, so a write the store would refuse for its content is
+    // refused at once (index 0: nothing proposed) and never costs a log entry.
+    const prepared = preparePolicyCommand(cmd)
+    if (!prepared.ok) return this.refuse(prepared)
+    // A CA change comes only from the leader's CA manager, proposed where it leads: one that finds
+    // this agent no longer leading fails, and the CA manager's next check starts over.
+    if (isLeaderOnly(prepared.cmd.op) && !this.components.node.isLeader())
+      return this.refuse(
+        policyRefusal(PolicyErrorCodes.notForwardable, `${prepared.cmd.op} is not forwarded`),
+      )
     const rid: RequestId = { clientId: `${this.settings.clientPrefix}${++this.seq}`, seq: 1 }
+    const request: ForwardRequest = { t: 'write', cmd: prepared.cmd, clientId: rid.clientId, seq: rid.seq }
+    if (options.token !== undefined) request.token = options.token
     this.stats.proposals++
     for (let attempt = 1; ; attempt++) {
-      const out = await this.writeOnce(data, rid, options.signal)
+      const out = await this.writeOnce(prepared.data, request, options.signal)
       // A leader signs with the CA state it has applied; an entry it appended right behind a CA
       // change still in flight is refused everywhere, changing nothing, not even the dedupe table:
       // the same request is safe to send again once the leader has caught up.
@@ -97,9 +131,18 @@ export class WriteForwarder {
     }
   }
 
-  private async writeOnce(data: Uint8Array, rid: RequestId, signal: AbortSignal): Promise<WriteResult> {
+  private refuse(result: PolicyRefusal): WriteResult {
+    this.stats.refused++
+    return { index: 0, result }
+  }
+
+  private async writeOnce(
+    data: Uint8Array,
+    request: ForwardRequest,
+    signal: AbortSignal,
+  ): Promise<WriteResult> {
     const { node, rpc } = this.components
-    const request: ForwardRequest = { t: 'propose', data, clientId: rid.clientId, seq: rid.seq }
+    const rid: RequestId = { clientId: request.clientId, seq: request.seq }
     const reply = await rpc.call<WriteResult>(
       {
         what: 'write',
@@ -132,8 +175,15 @@ export interface ForwardedWriteServerComponents {
   clock: Clock
 }
 
-/** The leader's side of forwarded writes. Bad input gets a refusal, never a throw. */
+/**
+ * The leader's side of forwarded writes. Bad input gets a refusal, never a throw, and is counted:
+ * `malformed` (the request does not decode or has the wrong shape: a coded refusal), and, as a
+ * result with index 0 (nothing proposed, the client gets the store's code): `invalid` and
+ * `tooLarge` (the command breaks the store's rules), `notForwardable` (a `ca.*` operation).
+ */
 export class ForwardedWriteServer {
+  readonly stats = { proposed: 0, malformed: 0, invalid: 0, tooLarge: 0, notForwardable: 0 }
+
   constructor(
     private readonly components: ForwardedWriteServerComponents,
     private readonly settings: { attemptTimeoutMs: number; maxCommandBytes: number },
@@ -144,14 +194,41 @@ export class ForwardedWriteServer {
   }
 
   private async answer(bytes: Uint8Array, signal: AbortSignal): Promise<LeaderReply<WriteResult>> {
-    const req = parseForward(unpackRecord(bytes), this.settings.maxCommandBytes)
-    if (req === undefined) return refusal(BadForwardRequestError.code, 'malformed forwarded write')
+    const req =
+      bytes.length > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES
+        ? undefined
+        : parseForward(unpackRecord(bytes))
+    if (req === undefined) {
+      this.stats.malformed++
+      return refusal(BadForwardRequestError.code, 'malformed forwarded write')
+    }
     const node = this.components.node()
     if (node === undefined) return refusal(RaftNotRunningError.code, 'stopping')
     if (!node.isLeader()) return refusal(NOT_LEADER_CODE, 'not the leader', node.leader())
+    const op = (req.cmd as Record<string, unknown> | null)?.['op']
+    if (isLeaderOnly(op)) {
+      this.stats.notForwardable++
+      return this.refused(
+        policyRefusal(PolicyErrorCodes.notForwardable, `${String(op)} is not accepted from a forward`),
+      )
+    }
+    // #12 ACL: authorize `req.cmd` with `req.token` here, before anything is proposed.
+    const prepared = preparePolicyCommand(req.cmd)
+    if (!prepared.ok) {
+      if (prepared.code === PolicyErrorCodes.tooLarge) this.stats.tooLarge++
+      else this.stats.invalid++
+      return this.refused(prepared)
+    }
+    if (prepared.data.length > this.settings.maxCommandBytes) {
+      this.stats.tooLarge++
+      return this.refused(
+        policyRefusal(PolicyErrorCodes.tooLarge, `command over ${this.settings.maxCommandBytes} bytes`),
+      )
+    }
     const attempt = attemptSignal(this.components.clock, signal, this.settings.attemptTimeoutMs)
     try {
-      const r = await node.propose(req.data, {
+      this.stats.proposed++
+      const r = await node.propose(prepared.data, {
         requestId: { clientId: req.clientId, seq: req.seq },
         signal: attempt.signal,
       })
@@ -162,21 +239,29 @@ export class ForwardedWriteServer {
       attempt.done()
     }
   }
+
+  /** A command refused before anything was proposed: answered as its result, at index 0. */
+  private refused(result: PolicyRefusal): LeaderReply<WriteResult> {
+    return { ok: true, index: 0, result }
+  }
 }
 
 function encodeForward(req: ForwardRequest): Uint8Array {
   return pack(req)
 }
 
-function parseForward(o: Record<string, unknown> | undefined, maxBytes: number): ForwardRequest | undefined {
-  if (o === undefined || o['t'] !== 'propose') return undefined
-  const data = o['data']
-  const clientId = o['clientId']
-  const seq = o['seq']
-  if (!(data instanceof Uint8Array) || data.length === 0 || data.length > maxBytes) return undefined
-  if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > 256) return undefined
+function parseForward(o: Record<string, unknown> | undefined): ForwardRequest | undefined {
+  if (o === undefined || o['t'] !== 'write') return undefined
+  const { cmd, clientId, seq, token } = o
+  if (cmd === null || typeof cmd !== 'object' || Array.isArray(cmd) || cmd instanceof Uint8Array)
+    return undefined
+  if (typeof clientId !== 'string' || clientId.length === 0 || clientId.length > MAX_CLIENT_ID)
+    return undefined
   if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) return undefined
-  return { t: 'propose', data, clientId, seq }
+  if (token !== undefined && (typeof token !== 'string' || token.length > MAX_TOKEN)) return undefined
+  const req: ForwardRequest = { t: 'write', cmd, clientId, seq }
+  if (token !== undefined) req.token = token
+  return req
 }
 
 function decodeWriteResult(o: Record<string, unknown>): WriteResult | undefined {

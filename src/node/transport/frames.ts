@@ -1,3 +1,4 @@
+import type { Stream } from '@libp2p/interface'
 import { PeermeshError } from '../../common/errors.ts'
 
 /**
@@ -21,6 +22,11 @@ export class FrameDecoder {
   private buffered = 0
 
   constructor(private readonly maxFrameBytes: number) {}
+
+  /** Bytes received but not yet returned as a frame. */
+  get bufferedBytes(): number {
+    return this.buffered
+  }
 
   /** Adds bytes; returns every complete frame. Throws `FrameTooLargeError` on an oversize frame. */
   push(data: Uint8Array): Uint8Array[] {
@@ -65,4 +71,51 @@ export class FrameDecoder {
     }
     this.chunks = [all]
   }
+}
+
+/** Kinds of multiplexed request frames: `u32 id | u8 kind | payload`. */
+export const MUX_REQUEST = 0
+export const MUX_REPLY = 1
+/** The request failed on the serving side; the payload is a UTF-8 message. */
+export const MUX_ERROR = 2
+export const MUX_HEADER_BYTES = 5
+
+export function muxFrame(id: number, kind: number, payload: Uint8Array): Uint8Array {
+  const out = new Uint8Array(MUX_HEADER_BYTES + payload.length)
+  const view = new DataView(out.buffer)
+  view.setUint32(0, id)
+  view.setUint8(4, kind)
+  out.set(payload, MUX_HEADER_BYTES)
+  return out
+}
+
+export function parseMuxHeader(frame: Uint8Array): { id: number; kind: number } | undefined {
+  if (frame.length < MUX_HEADER_BYTES) return undefined
+  const view = new DataView(frame.buffer, frame.byteOffset, MUX_HEADER_BYTES)
+  const kind = view.getUint8(4)
+  if (kind > MUX_ERROR) return undefined
+  return { id: view.getUint32(0), kind }
+}
+
+/** Reads up to `count` frames from a stream, or fewer if it ends first. */
+export async function readFrames(
+  stream: Stream,
+  maxBytes: number,
+  count: number,
+  signal: AbortSignal,
+): Promise<Uint8Array[]> {
+  const decoder = new FrameDecoder(maxBytes)
+  const frames: Uint8Array[] = []
+  const onAbort = (): void => stream.abort(new Error('timed out'))
+  signal.addEventListener('abort', onAbort, { once: true })
+  try {
+    for await (const chunk of stream) {
+      frames.push(...decoder.push(chunk.subarray()))
+      if (frames.length >= count) break
+    }
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
+  signal.throwIfAborted()
+  return frames.slice(0, count)
 }

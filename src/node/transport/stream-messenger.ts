@@ -1,42 +1,27 @@
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { Logger } from 'pino'
-import { type Clock, systemClock } from '../../common/clock.ts'
+import { systemClock } from '../../common/clock.ts'
 import { PeermeshError } from '../../common/errors.ts'
-import { encodeFrame, FrameDecoder } from './frames.ts'
-import type { Host } from './host.ts'
+import {
+  encodeFrame,
+  FrameDecoder,
+  MUX_ERROR,
+  MUX_HEADER_BYTES,
+  MUX_REPLY,
+  MUX_REQUEST,
+  muxFrame,
+  parseMuxHeader,
+  readFrames,
+} from './frames.ts'
+import type { StreamMessengerInit } from './stream-messenger-init.ts'
+import {
+  encodeMessageFrames,
+  MessageStreamReader,
+  PartialBudget,
+  PartialBudgetExceededError,
+} from './message-chunks.ts'
 
-export interface StreamMessengerInit {
-  host: Host
-  /** Protocol of the best-effort message channel, e.g. `/peermesh/swim/1`. */
-  protocol: string
-  /** Protocol of request/response exchanges, e.g. `/peermesh/swim/pushpull/1`. */
-  requestProtocol?: string
-  /**
-   * How requests travel on `requestProtocol`:
-   * - `'stream'` (default): a new stream per exchange. Right for rare, large exchanges (push/pull);
-   * - `'multiplexed'`: one long-lived stream per peer, requests and replies tagged with an id, many
-   *   in flight. Right for frequent small ones (forwarded Raft writes): no stream open, protocol
-   *   negotiation and close per request, a round trip through both event loops each.
-   * Both ends must agree: the mode is part of the protocol (give the two modes different ids).
-   */
-  requestMode?: 'stream' | 'multiplexed'
-  /** Multiplexed mode: requests served at once per inbound stream; more are refused (busy). */
-  maxConcurrentRequests?: number
-  log: Logger
-  /** Largest message accepted on the message channel. */
-  maxMessageBytes: number
-  /** Largest request or response. */
-  maxRequestBytes?: number
-  /** Frames queued per peer while its stream is being opened; older ones are dropped beyond it. */
-  maxQueuedPerPeer?: number
-  /** After a failed dial, don't dial that peer again for this long (messages are dropped). */
-  dialBackoffMs?: number
-  /** Told when a dial to a peer fails (e.g. to look its addresses up in the DHT). */
-  onDialFailure?: (peer: string) => void
-  /** Times the dial backoff (default: the system clock). */
-  clock?: Clock
-}
+export type { StreamMessengerInit } from './stream-messenger-init.ts'
 
 type MessageHandler = (from: string, bytes: Uint8Array) => void
 type RequestHandler = (from: string, bytes: Uint8Array, signal: AbortSignal) => Promise<Uint8Array>
@@ -44,16 +29,10 @@ type RequestHandler = (from: string, bytes: Uint8Array, signal: AbortSignal) => 
 interface Outbound {
   stream?: Stream
   opening?: Promise<void>
-  queue: Uint8Array[]
+  /** Messages waiting for the stream, each as its frames (a message is dropped whole, never in part). */
+  queue: Uint8Array[][]
   failedUntil: number
 }
-
-/** Kinds of multiplexed request frames: `u32 id | u8 kind | payload`. */
-const MUX_REQUEST = 0
-const MUX_REPLY = 1
-/** The request failed on the serving side; the payload is a UTF-8 message. */
-const MUX_ERROR = 2
-const MUX_HEADER_BYTES = 5
 
 interface PendingRequest {
   resolve: (reply: Uint8Array) => void
@@ -106,9 +85,18 @@ export class StreamMessenger {
     dropped: 0,
     dialFailures: 0,
     badFrames: 0,
+    /** Inbound streams reset because their peer went over its partial-message budget. */
+    overBudget: 0,
   }
+  private readonly budget: PartialBudget
 
-  constructor(private readonly init: StreamMessengerInit) {}
+  constructor(private readonly init: StreamMessengerInit) {
+    const frame = init.chunking?.maxFrameBytes ?? init.maxMessageBytes
+    this.budget = new PartialBudget({
+      maxBytes: init.maxPartialBytesPerPeer ?? init.maxMessageBytes + 2 * (frame + 4),
+      maxMessages: init.maxPartialMessagesPerPeer ?? 2,
+    })
+  }
   private readonly now = (): number => (this.init.clock ?? systemClock).now()
 
   onMessage(handler: MessageHandler): void {
@@ -122,7 +110,7 @@ export class StreamMessenger {
   async start(): Promise<void> {
     const { host, protocol, requestProtocol } = this.init
     await host.handle(protocol, (stream, connection) => this.readMessages(stream, connection), {
-      maxInboundStreams: 1024,
+      maxInboundStreams: this.init.maxInboundStreams ?? 1024,
       runOnLimitedConnection: false,
     })
     if (requestProtocol !== undefined && this.init.requestMode === 'multiplexed') {
@@ -164,12 +152,14 @@ export class StreamMessenger {
       out = { queue: [], failedUntil: 0 }
       this.outbound.set(to, out)
     }
-    const frame = encodeFrame(bytes)
+    const chunking = this.init.chunking
+    const frames =
+      chunking === undefined ? [encodeFrame(bytes)] : encodeMessageFrames(bytes, chunking.maxFrameBytes)
     const stream = out.stream
     if (stream !== undefined && stream.status === 'open' && stream.writeStatus === 'writable') {
-      // false only means "above the high-water mark": the frame is still queued. A peer that never
-      // drains is cut off by the buffer limit (stream error).
-      stream.send(frame)
+      // false only means "above the high-water mark": the frames are still queued. A peer that
+      // never drains is cut off by the buffer limit (stream error).
+      for (const frame of frames) stream.send(frame)
       this.stats.sent++
       this.stats.sentBytes += bytes.length
       return true
@@ -178,7 +168,7 @@ export class StreamMessenger {
       this.stats.dropped++
       return false
     }
-    out.queue.push(frame)
+    out.queue.push(frames)
     const max = this.init.maxQueuedPerPeer ?? 64
     while (out.queue.length > max) {
       out.queue.shift()
@@ -379,10 +369,12 @@ export class StreamMessenger {
       })
       // Outbound streams are write-only; discard anything the peer sends back.
       stream.addEventListener('message', () => {})
-      for (const frame of out.queue) {
-        stream.send(frame)
+      for (const frames of out.queue) {
+        for (const frame of frames) {
+          stream.send(frame)
+          this.stats.sentBytes += frame.length - 4
+        }
         this.stats.sent++
-        this.stats.sentBytes += frame.length - 4
       }
       out.queue = []
     } catch (err) {
@@ -421,17 +413,38 @@ export class StreamMessenger {
     })
   }
 
+  /**
+   * Reads a peer's message stream (see MessageStreamReader). A bad frame or chunk, or a peer over
+   * its budget for partly received messages, resets the stream (counted).
+   */
   private readMessages(stream: Stream, connection: Connection): void {
     const from = connection.remotePeer.toString()
-    const decoder = new FrameDecoder(this.init.maxMessageBytes)
+    const { chunking, maxMessageBytes } = this.init
+    const reader = new MessageStreamReader(from, this.budget, {
+      maxMessageBytes,
+      ...(chunking !== undefined ? { maxFrameBytes: chunking.maxFrameBytes } : {}),
+    })
     this.inbound.add(stream)
-    stream.addEventListener('close', () => this.inbound.delete(stream))
-    this.onFrames(stream, decoder, from, (frames) => {
-      for (const f of frames) {
+    stream.addEventListener('close', () => {
+      this.inbound.delete(stream)
+      reader.release()
+    })
+    stream.addEventListener('message', (evt) => {
+      let messages: Uint8Array[]
+      try {
+        messages = reader.push(evt.data.subarray())
+      } catch (err) {
+        this.stats[err instanceof PartialBudgetExceededError ? 'overBudget' : 'badFrames']++
+        this.init.log.debug({ peer: from, err: (err as Error).message }, 'bad message stream; resetting it')
+        reader.release()
+        stream.abort(err as Error)
+        return
+      }
+      for (const m of messages) {
         this.stats.received++
-        this.stats.receivedBytes += f.length
+        this.stats.receivedBytes += m.length
         try {
-          this.messageHandler(from, f)
+          this.messageHandler(from, m)
         } catch (err) {
           this.init.log.error({ err, peer: from }, 'message handler threw')
         }
@@ -457,44 +470,4 @@ export class StreamMessenger {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
-}
-
-function muxFrame(id: number, kind: number, payload: Uint8Array): Uint8Array {
-  const out = new Uint8Array(MUX_HEADER_BYTES + payload.length)
-  const view = new DataView(out.buffer)
-  view.setUint32(0, id)
-  view.setUint8(4, kind)
-  out.set(payload, MUX_HEADER_BYTES)
-  return out
-}
-
-function parseMuxHeader(frame: Uint8Array): { id: number; kind: number } | undefined {
-  if (frame.length < MUX_HEADER_BYTES) return undefined
-  const view = new DataView(frame.buffer, frame.byteOffset, MUX_HEADER_BYTES)
-  const kind = view.getUint8(4)
-  if (kind > MUX_ERROR) return undefined
-  return { id: view.getUint32(0), kind }
-}
-
-/** Reads up to `count` frames from a stream, or fewer if it ends first. */
-async function readFrames(
-  stream: Stream,
-  maxBytes: number,
-  count: number,
-  signal: AbortSignal,
-): Promise<Uint8Array[]> {
-  const decoder = new FrameDecoder(maxBytes)
-  const frames: Uint8Array[] = []
-  const onAbort = (): void => stream.abort(new Error('timed out'))
-  signal.addEventListener('abort', onAbort, { once: true })
-  try {
-    for await (const chunk of stream) {
-      frames.push(...decoder.push(chunk.subarray()))
-      if (frames.length >= count) break
-    }
-  } finally {
-    signal.removeEventListener('abort', onAbort)
-  }
-  signal.throwIfAborted()
-  return frames.slice(0, count)
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod'
-import { pack } from '../../common/msgpack.ts'
+import { pack, unpack } from '../../common/msgpack.ts'
+import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
 
 /**
  * The commands of the policy store (what a client proposes through Raft), their schema and
@@ -17,6 +18,13 @@ export const PolicyErrorCodes = {
   staleRequest: 'PEERMESH_ERR_STALE_REQUEST',
   /** Unsigned, or not signed by a root trusted at this point of the log (policy-signing.ts). */
   signature: 'PEERMESH_ERR_POLICY_SIGNATURE',
+  /** Over an entry's size cap or the policy state's total cap (POLICY_LIMITS); HTTP 413. */
+  tooLarge: 'PEERMESH_ERR_TOO_LARGE',
+  /**
+   * A forwarded write of an operation only the leader itself may propose (`ca.*`: the CA changes
+   * only through the leader's own CA manager). Nothing was proposed.
+   */
+  notForwardable: 'PEERMESH_ERR_NOT_FORWARDABLE',
 } as const
 
 export type PolicyErrorCode = (typeof PolicyErrorCodes)[keyof typeof PolicyErrorCodes]
@@ -86,17 +94,196 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
 
 export type PolicyCommand = z.infer<typeof policyCommandSchema>
 
+/**
+ * Bounds of the replicated policy state. They are rules of the state machine, not settings: every
+ * agent must apply the same ones to the same entry (changing them is a protocol change), so they
+ * live here and not in an agent's configuration.
+ */
+export interface PolicyLimits {
+  /** Largest intention or config entry, measured by `entryBytes`. */
+  maxEntryBytes: number
+  /** Largest CA state (`ca.setRoots`): it has its own cap and does not count in `maxStateBytes`. */
+  maxCaBytes: number
+  /** Intentions and config entries together, each measured by `entryBytes`. */
+  maxStateBytes: number
+}
+
+export const POLICY_LIMITS: Readonly<PolicyLimits> = Object.freeze({
+  // Hand-written routing config is a few KiB; an entry that needs more is a sign of misuse (a
+  // policy store is not a blob store) and would make every snapshot carry it.
+  maxEntryBytes: 64 * 1024,
+  // Roots (at most 64) carry a certificate, maybe a cross-signature, and a key sealed to every
+  // voter: a few KiB per voter and root. 1 MiB is the largest command (RAFT_DEFAULTS.maxCommandBytes).
+  maxCaBytes: 1024 * 1024,
+  // With the CA (1 MiB) and the dedupe table (10k clients, results of a few hundred bytes), a
+  // snapshot stays well under the 16 MiB Raft message limit, and loads in well under a second.
+  maxStateBytes: 8 * 1024 * 1024,
+})
+
+/** Values inside CA commands: JSON-like, plus the sealed keys (bytes). */
+const CA_VALUE_LIMITS: PlainValueLimits = Object.freeze({ ...JSON_VALUE_LIMITS, allowBytes: true })
+
+/** Longest message kept in a result (results are replicated and remembered in the dedupe table). */
+export const MAX_RESULT_MESSAGE = 256
+
+export type PolicyRefusal = { ok: false; code: PolicyErrorCode; message: string }
+
+export function policyRefusal(code: PolicyErrorCode, message: string): PolicyRefusal {
+  const m = message.length > MAX_RESULT_MESSAGE ? `${message.slice(0, MAX_RESULT_MESSAGE - 1)}…` : message
+  return { ok: false, code, message: m }
+}
+
+/** A command that passed `checkPolicyCommand`, with its size as `entryBytes` measures it (0: none). */
+export type CheckedCommand = { ok: true; cmd: PolicyCommand; bytes: number } | PolicyRefusal
+
+/** What a stored record adds to its fields in a snapshot (field names, Raft indexes), rounded up. */
+const RECORD_OVERHEAD = 64
+
+/**
+ * The size an intention, config entry or CA state counts for in the caps: its defining fields
+ * encoded. A pure function of the fields, so a store rebuilt from a snapshot measures exactly
+ * what one that applied the log measured.
+ */
+export const entryBytes = {
+  intention(i: { source: string; destination: string; action: string; description?: string; meta?: object }) {
+    return (
+      RECORD_OVERHEAD +
+      pack([i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]).length
+    )
+  },
+  config(e: { kind: string; name: string; value: object }) {
+    return RECORD_OVERHEAD + pack([e.kind, e.name, e.value]).length
+  },
+  ca(c: { roots: readonly unknown[]; activeRootId?: string | undefined }) {
+    return pack([c.roots, c.activeRootId ?? null]).length
+  },
+}
+
+/**
+ * Whether `raw` (decoded from a log entry, a forwarded request or built by a caller) is a command
+ * the store accepts: data within the value limits (checked first, iteratively, so nothing after
+ * it recurses over a hostile shape), the schema, the config kind's schema and the entry's cap.
+ * Never throws. The state-dependent cap (`maxStateBytes`) is the store's to check.
+ */
+export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_LIMITS): CheckedCommand {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw))
+    return policyRefusal(PolicyErrorCodes.invalidCommand, 'command is not a map')
+  const op = (raw as Record<string, unknown>)['op']
+  const isCa = typeof op === 'string' && op.startsWith('ca.')
+  const problem = plainValueProblem(raw, isCa ? CA_VALUE_LIMITS : JSON_VALUE_LIMITS)
+  if (problem !== undefined)
+    return policyRefusal(PolicyErrorCodes.invalidCommand, `command is not data: ${problem}`)
+  const parsed = policyCommandSchema.safeParse(raw)
+  if (!parsed.success)
+    return policyRefusal(
+      PolicyErrorCodes.invalidCommand,
+      parsed.error.issues[0]?.message ?? 'invalid command',
+    )
+  const cmd = parsed.data
+  let bytes = 0
+  switch (cmd.op) {
+    case 'intention.upsert':
+      bytes = entryBytes.intention(cmd)
+      break
+    case 'config.set': {
+      const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
+      if (schema === undefined)
+        return policyRefusal(PolicyErrorCodes.invalidCommand, `unknown config entry kind ${cmd.kind}`)
+      const v = schema.safeParse(cmd.value)
+      if (!v.success)
+        return policyRefusal(PolicyErrorCodes.invalidCommand, v.error.issues[0]?.message ?? 'invalid value')
+      bytes = entryBytes.config(cmd)
+      break
+    }
+    case 'ca.setRoots':
+      bytes = entryBytes.ca(cmd)
+      if (bytes > limits.maxCaBytes)
+        return policyRefusal(
+          PolicyErrorCodes.tooLarge,
+          `CA state of ${bytes} bytes over ${limits.maxCaBytes}`,
+        )
+      return { ok: true, cmd, bytes }
+    default:
+      return { ok: true, cmd, bytes }
+  }
+  if (bytes > limits.maxEntryBytes)
+    return policyRefusal(
+      PolicyErrorCodes.tooLarge,
+      `${cmd.op} of ${bytes} bytes over ${limits.maxEntryBytes}`,
+    )
+  return { ok: true, cmd, bytes }
+}
+
+/** `checkPolicyCommand` of encoded bytes (strict msgpack: no extension types, bounded nesting). */
+export function decodePolicyCommand(data: Uint8Array, limits: PolicyLimits = POLICY_LIMITS): CheckedCommand {
+  let raw: unknown
+  try {
+    raw = unpack(data)
+  } catch (err) {
+    return policyRefusal(
+      PolicyErrorCodes.invalidCommand,
+      `command is not plain msgpack: ${(err as Error).message}`,
+    )
+  }
+  return checkPolicyCommand(raw, limits)
+}
+
+/**
+ * A caller's command checked and encoded canonically (the schema's fields only, no undefined):
+ * what a client proposes and what a leader proposes for a forwarded write. Never throws.
+ */
+export function preparePolicyCommand(
+  cmd: unknown,
+  limits: PolicyLimits = POLICY_LIMITS,
+): { ok: true; cmd: PolicyCommand; data: Uint8Array } | PolicyRefusal {
+  let plain: unknown
+  try {
+    plain = stripUndefined(cmd)
+  } catch (err) {
+    return policyRefusal(PolicyErrorCodes.invalidCommand, `command is not data: ${(err as Error).message}`)
+  }
+  const checked = checkPolicyCommand(plain, limits)
+  if (!checked.ok) return checked
+  return { ok: true, cmd: checked.cmd, data: pack(stripUndefined(checked.cmd)) }
+}
+
 export function encodePolicyCommand(cmd: PolicyCommand): Uint8Array {
   return pack(stripUndefined(cmd))
 }
 
-/** Drops `undefined` properties of plain objects (msgpack would keep them as an extension type). */
+/** Deepest nesting and most values `stripUndefined` walks before giving up (a cycle hits these). */
+const STRIP_LIMITS = { maxDepth: 64, maxNodes: 1_000_000 }
+
+/**
+ * A copy of `v` without the `undefined` properties of its plain objects (msgpack would keep them
+ * as an extension type, which decoders refuse). Iterative; throws a RangeError past 64 levels or
+ * a million values (a cycle is one), instead of overflowing the stack.
+ */
 export function stripUndefined<T>(v: T): T {
-  if (Array.isArray(v)) return v.map(stripUndefined) as T
-  if (v !== null && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
-    const out: Record<string, unknown> = {}
-    for (const [k, x] of Object.entries(v)) if (x !== undefined) out[k] = stripUndefined(x)
-    return out as T
+  const copy = (x: unknown): unknown => {
+    if (Array.isArray(x)) return new Array(x.length)
+    if (x !== null && typeof x === 'object' && Object.getPrototypeOf(x) === Object.prototype) return {}
+    return x
   }
-  return v
+  const root = copy(v)
+  const stack: { from: unknown; to: unknown; depth: number }[] = [{ from: v, to: root, depth: 0 }]
+  let nodes = 0
+  while (stack.length > 0) {
+    const { from, to, depth } = stack.pop()!
+    if (to === from) continue
+    if (depth >= STRIP_LIMITS.maxDepth)
+      throw new RangeError(`nested deeper than ${STRIP_LIMITS.maxDepth} levels`)
+    const entries: [string | number, unknown][] = Array.isArray(from)
+      ? from.map((x, i) => [i, x])
+      : Object.entries(from as object)
+    nodes += entries.length
+    if (nodes > STRIP_LIMITS.maxNodes) throw new RangeError(`more than ${STRIP_LIMITS.maxNodes} values`)
+    for (const [k, x] of entries) {
+      if (x === undefined && !Array.isArray(from)) continue
+      const c = copy(x)
+      ;(to as Record<string | number, unknown>)[k] = c
+      if (c !== x) stack.push({ from: x, to: c, depth: depth + 1 })
+    }
+  }
+  return root as T
 }

@@ -1,23 +1,31 @@
 import { type CaRoots, type CaState, caStateOf, parseRootRecords } from '../../identity/connect/ca-state.ts'
-import { pack, unpack } from '../../common/msgpack.ts'
+import { pack } from '../../common/msgpack.ts'
 import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import type { StoredIntention } from './intention.ts'
 import {
-  CONFIG_ENTRY_SCHEMAS,
+  decodePolicyCommand,
+  entryBytes,
+  POLICY_LIMITS,
   type PolicyErrorCode,
   PolicyErrorCodes,
+  type PolicyLimits,
   type PolicyResult,
-  policyCommandSchema,
-  stripUndefined,
+  policyRefusal,
 } from './policy-commands.ts'
+import { restoreSnapshotState } from './policy-snapshot.ts'
 import { openPolicyEntry, type TrustedRoot, trustedRootsOf } from './policy-signing.ts'
 
 export type { CaRoots } from '../../identity/connect/ca-state.ts'
 export type { Intention, IntentionAction, StoredIntention } from './intention.ts'
 export {
   CONFIG_ENTRY_SCHEMAS,
+  checkPolicyCommand,
+  decodePolicyCommand,
   encodePolicyCommand,
+  POLICY_LIMITS,
+  type PolicyLimits,
+  preparePolicyCommand,
   type PolicyCommand,
   type PolicyErrorCode,
   PolicyErrorCodes,
@@ -35,6 +43,10 @@ export {
  * retries a write with the same seq; the store remembers, per client, the last seq and its result,
  * so a retry applied twice (e.g. after a leader change) takes effect once and returns the first
  * result. The table is part of the snapshot.
+ *
+ * Every entry is checked as data before anything else looks at it (`decodePolicyCommand`): an
+ * entry that is not a valid command, or is over its size cap or the state's (POLICY_LIMITS), is
+ * applied as a refusal (an error result, the same on every agent), never a throw.
  */
 
 export interface ConfigEntry {
@@ -54,7 +66,7 @@ interface DedupeRecord {
 }
 
 /** The replicated CA state: raw root records (see `PolicyStore.ca`). */
-interface RawCaRoots {
+export interface RawCaRoots {
   roots: unknown[]
   activeRootId: string | undefined
   modifyIndex: number
@@ -62,6 +74,13 @@ interface RawCaRoots {
 
 const SNAPSHOT_VERSION = 1
 const SEP = '\u0000'
+
+export interface PolicyStoreOptions {
+  /** Once a CA root exists, apply only entries signed by a trusted root for their own index. */
+  verifySignatures?: boolean
+  /** The state's bounds; every agent must use the same (tests use small ones). */
+  limits?: PolicyLimits
+}
 
 export class PolicyStore implements StateMachine<PolicyResult> {
   private intentions = new Map<string, StoredIntention>()
@@ -75,8 +94,20 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   private dedupe = new Map<string, DedupeRecord>()
   /** Raft index of the latest change. */
   index = 0
-  /** Entries refused because their CA signature did not verify (see policy-signing.ts). */
-  readonly stats = { signatureRejected: 0, lastSignatureError: '' }
+  /** Intentions and config entries, as `entryBytes` measures them (capped by maxStateBytes). */
+  private stateBytes = 0
+  private readonly limits: PolicyLimits
+  /**
+   * Entries refused because their CA signature did not verify (see policy-signing.ts), because
+   * they were not a valid command (`invalidRejected`) or were over a size cap (`tooLargeRejected`).
+   */
+  readonly stats = {
+    signatureRejected: 0,
+    lastSignatureError: '',
+    invalidRejected: 0,
+    tooLargeRejected: 0,
+    lastRefusal: '',
+  }
 
   /**
    * `verifySignatures`: once a CA root exists, apply only entries signed by a trusted root for
@@ -84,8 +115,15 @@ export class PolicyStore implements StateMachine<PolicyResult> {
    */
   constructor(
     private readonly maxDedupeClients = DEFAULT_MAX_DEDUPE_CLIENTS,
-    private readonly options: { verifySignatures?: boolean } = {},
-  ) {}
+    private readonly options: PolicyStoreOptions = {},
+  ) {
+    this.limits = options.limits ?? POLICY_LIMITS
+  }
+
+  /** Bytes the intentions and config entries count for against `limits.maxStateBytes`. */
+  get sizeBytes(): number {
+    return this.stateBytes
+  }
 
   /** Views of `ca`, built once per CA change (dropped whenever `ca` is replaced). */
   private caViews: { state: CaState; trusted: TrustedRoot[] } | undefined
@@ -161,17 +199,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   }
 
   private execute(entry: Entry): PolicyResult {
-    let raw: unknown
-    try {
-      raw = unpack(entry.data)
-    } catch {
-      return fail(PolicyErrorCodes.invalidCommand, 'command is not msgpack')
-    }
-    const parsed = policyCommandSchema.safeParse(raw)
-    if (!parsed.success) {
-      return fail(PolicyErrorCodes.invalidCommand, parsed.error.issues[0]?.message ?? 'invalid command')
-    }
-    const cmd = parsed.data
+    const checked = decodePolicyCommand(entry.data, this.limits)
+    if (!checked.ok) return this.refused(checked.code, checked.message)
+    const { cmd, bytes } = checked
     const at = entry.index
     switch (cmd.op) {
       case 'intention.upsert': {
@@ -183,6 +213,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
             `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
           )
         }
+        const over = this.overStateCap(cur === undefined ? 0 : entryBytes.intention(cur), bytes)
+        if (over !== undefined) return over
         const it: StoredIntention = {
           source: cmd.source,
           destination: cmd.destination,
@@ -196,18 +228,17 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         return this.changed(at)
       }
       case 'intention.delete': {
-        if (!this.intentions.delete(cmd.source + SEP + cmd.destination)) {
+        const key = cmd.source + SEP + cmd.destination
+        const cur = this.intentions.get(key)
+        if (cur === undefined) {
           return fail(PolicyErrorCodes.notFound, `no intention ${cmd.source} -> ${cmd.destination}`)
         }
+        this.intentions.delete(key)
+        this.stateBytes -= entryBytes.intention(cur)
         return this.changed(at)
       }
       case 'config.set': {
-        const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
-        if (schema === undefined)
-          return fail(PolicyErrorCodes.invalidCommand, `unknown config entry kind ${cmd.kind}`)
-        const v = schema.safeParse(cmd.value)
-        if (!v.success)
-          return fail(PolicyErrorCodes.invalidCommand, v.error.issues[0]?.message ?? 'invalid value')
+        // The kind's schema was checked with the command (checkPolicyCommand).
         const key = cmd.kind + SEP + cmd.name
         const cur = this.configEntries.get(key)
         if (cmd.casIndex !== undefined && (cur?.modifyIndex ?? 0) !== cmd.casIndex) {
@@ -216,6 +247,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
             `modifyIndex is ${cur?.modifyIndex ?? 0}, not ${cmd.casIndex}`,
           )
         }
+        const over = this.overStateCap(cur === undefined ? 0 : entryBytes.config(cur), bytes)
+        if (over !== undefined) return over
         this.configEntries.set(key, {
           kind: cmd.kind,
           name: cmd.name,
@@ -226,9 +259,13 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         return this.changed(at)
       }
       case 'config.delete': {
-        if (!this.configEntries.delete(cmd.kind + SEP + cmd.name)) {
+        const key = cmd.kind + SEP + cmd.name
+        const cur = this.configEntries.get(key)
+        if (cur === undefined) {
           return fail(PolicyErrorCodes.notFound, `no config entry ${cmd.kind}/${cmd.name}`)
         }
+        this.configEntries.delete(key)
+        this.stateBytes -= entryBytes.config(cur)
         return this.changed(at)
       }
       case 'ca.setRoots': {
@@ -243,6 +280,28 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         return this.changed(at)
       }
     }
+  }
+
+  /** The refusal of a write taking the state from `before` to `after` bytes past the cap. */
+  private overStateCap(before: number, after: number): PolicyResult | undefined {
+    const total = this.stateBytes - before + after
+    // A write that does not grow the state is always allowed (e.g. trimming an entry).
+    if (total <= this.limits.maxStateBytes || after <= before) {
+      this.stateBytes = total
+      return undefined
+    }
+    return this.refused(
+      PolicyErrorCodes.tooLarge,
+      `policy state would hold ${total} bytes, over its ${this.limits.maxStateBytes} byte cap`,
+    )
+  }
+
+  /** A refusal of an entry's content: counted, and the same on every agent. */
+  private refused(code: PolicyErrorCode, message: string): PolicyResult {
+    if (code === PolicyErrorCodes.tooLarge) this.stats.tooLargeRejected++
+    else this.stats.invalidRejected++
+    this.stats.lastRefusal = message
+    return fail(code, message)
   }
 
   private changed(at: number): PolicyResult {
@@ -315,43 +374,39 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 
   // ---- snapshots --------------------------------------------------------------------------------
 
+  /**
+   * The whole state, encoded. Every value in it passed `checkPolicyCommand` (or a snapshot's
+   * checks), so encoding it is bounded; records hold no undefined (msgpack would keep it as an
+   * extension type, which decoders refuse).
+   */
   snapshot(): Uint8Array {
-    return pack(
-      stripUndefined({
-        version: SNAPSHOT_VERSION,
-        index: this.index,
-        intentions: [...this.intentions.values()],
-        configEntries: [...this.configEntries.values()],
-        ca: this.ca,
-        dedupe: [...this.dedupe.entries()].map(([clientId, r]) => ({
-          clientId,
-          seq: r.seq,
-          result: r.result,
-        })),
-      }),
-    )
+    const ca: Record<string, unknown> = { roots: this.ca.roots, modifyIndex: this.ca.modifyIndex }
+    if (this.ca.activeRootId !== undefined) ca['activeRootId'] = this.ca.activeRootId
+    return pack({
+      version: SNAPSHOT_VERSION,
+      index: this.index,
+      intentions: [...this.intentions.values()],
+      configEntries: [...this.configEntries.values()],
+      ca,
+      dedupe: [...this.dedupe.entries()].map(([clientId, r]) => ({
+        clientId,
+        seq: r.seq,
+        result: r.result,
+      })),
+    })
   }
 
+  /**
+   * Replaces the state with a snapshot's. Checked whole before anything changes: a malformed one
+   * throws a RangeError and leaves the state as it was.
+   */
   restore(bytes: Uint8Array): void {
-    const s = unpack(bytes) as {
-      version: number
-      index: number
-      intentions: StoredIntention[]
-      configEntries: ConfigEntry[]
-      ca: { roots?: unknown[]; activeRootId?: string; modifyIndex: number }
-      dedupe: { clientId: string; seq: number; result: PolicyResult }[]
-    }
-    if (s === null || typeof s !== 'object' || s.version !== SNAPSHOT_VERSION) {
-      throw new RangeError('unsupported policy store snapshot')
-    }
+    const s = restoreSnapshotState(bytes, SNAPSHOT_VERSION)
     this.index = s.index
     this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
     this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))
-    this.setCa({
-      roots: s.ca.roots ?? [],
-      activeRootId: s.ca.activeRootId ?? undefined,
-      modifyIndex: s.ca.modifyIndex,
-    })
+    this.stateBytes = s.stateBytes
+    this.setCa(s.ca)
     this.dedupe = new Map(s.dedupe.map((d) => [d.clientId, { seq: d.seq, result: d.result }]))
     this.changedPending = true
     this.notifyChange()
@@ -359,7 +414,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 }
 
 function fail(code: PolicyErrorCode, message: string): PolicyResult {
-  return { ok: false, code, message }
+  return policyRefusal(code, message)
 }
 
 function structuredCloneOf<T>(v: T): T {

@@ -1,0 +1,274 @@
+import { Packr } from 'msgpackr'
+import pino from 'pino'
+import { describe, expect, it } from 'vitest'
+import { pack, unpackRecord } from '../../../src/common/msgpack.ts'
+import { BadForwardRequestError } from '../../../src/node/raft/errors.ts'
+import {
+  ForwardedWriteServer,
+  type ProposingNode,
+  WriteForwarder,
+} from '../../../src/node/raft/write-forwarding.ts'
+import { LeaderRpc } from '../../../src/node/transport/leader-rpc.ts'
+import {
+  encodePolicyCommand,
+  PolicyErrorCodes,
+  type PolicyResult,
+  PolicyStore,
+} from '../../../src/raft/policy/policy-store.ts'
+import type { RequestId } from '../../../src/raft/types.ts'
+import { VirtualClock } from '../../sim/virtual-clock.ts'
+
+const log = pino({ level: 'silent' })
+
+/** A leader over a real policy store: every proposal is applied at the next index. */
+function leader(): ProposingNode & { store: PolicyStore; proposed: Uint8Array[] } {
+  const store = new PolicyStore()
+  let index = 0
+  const proposed: Uint8Array[] = []
+  return {
+    store,
+    proposed,
+    isLeader: () => true,
+    leader: () => 'self',
+    propose: async (data: Uint8Array, o: { requestId?: RequestId }) => {
+      proposed.push(data)
+      const e = {
+        term: 1,
+        index: ++index,
+        type: 'normal' as const,
+        data,
+        ...(o.requestId ? { requestId: o.requestId } : {}),
+      }
+      return { index: e.index, result: store.apply(e) }
+    },
+  }
+}
+
+function server(node: ProposingNode, maxCommandBytes = 1 << 20) {
+  return new ForwardedWriteServer(
+    { node: () => node, clock: new VirtualClock() },
+    { attemptTimeoutMs: 1_000, maxCommandBytes },
+  )
+}
+
+const request = (cmd: unknown, extra: Record<string, unknown> = {}) => ({
+  t: 'write',
+  cmd,
+  clientId: 'agent-b.1',
+  seq: 1,
+  ...extra,
+})
+
+/** A forwarded request whose value is a cycle (msgpackr's structured-clone extension). */
+function cyclicRequest(): Uint8Array {
+  const cycle: unknown[] = []
+  cycle.push(cycle)
+  return new Packr({ structuredClone: true, useRecords: false }).pack(
+    request({ op: 'config.set', kind: 'service-defaults', name: 'web', value: { cycle } }),
+  )
+}
+
+/** A forwarded request whose value is `depth` arrays deep, built byte by byte. */
+function deepRequest(depth: number): Uint8Array {
+  const marker = 'DEEP_VALUE_MARKER'
+  const bytes = Buffer.from(
+    pack(request({ op: 'config.set', kind: 'service-defaults', name: 'web', value: { a: marker } })),
+  )
+  const at = bytes.indexOf(Buffer.from(pack(marker)))
+  return Buffer.concat([
+    bytes.subarray(0, at),
+    Buffer.alloc(depth, 0x91),
+    Buffer.from([0xc0]),
+    bytes.subarray(at + pack(marker).length),
+  ])
+}
+
+const attacks: [string, () => Uint8Array, string, keyof ForwardedWriteServer['stats']][] = [
+  [
+    'a forwarded ca.setRoots',
+    () => pack(request({ op: 'ca.setRoots', roots: [{ id: 'evil', certPem: 'x' }], casIndex: 0 })),
+    PolicyErrorCodes.notForwardable,
+    'notForwardable',
+  ],
+  [
+    'a raw ca.setRoots log entry in the old shape',
+    () =>
+      pack({
+        t: 'propose',
+        data: encodePolicyCommand({ op: 'ca.setRoots', roots: [] }),
+        clientId: 'x.1',
+        seq: 1,
+      }),
+    BadForwardRequestError.code,
+    'malformed',
+  ],
+  ['an unknown op', () => pack(request({ op: 'store.wipe' })), PolicyErrorCodes.invalidCommand, 'invalid'],
+  [
+    'a malformed command',
+    () => pack(request({ op: 'intention.upsert', source: 'web' })),
+    PolicyErrorCodes.invalidCommand,
+    'invalid',
+  ],
+  [
+    'a command that is bytes, not a map',
+    () => pack(request(new Uint8Array([1, 2, 3]))),
+    BadForwardRequestError.code,
+    'malformed',
+  ],
+  ['a cyclic value (structured-clone extension)', cyclicRequest, BadForwardRequestError.code, 'malformed'],
+  ['a value 1,343 levels deep', () => deepRequest(1343), BadForwardRequestError.code, 'malformed'],
+  [
+    'a value 40 levels deep (within msgpack, past JSON)',
+    () => deepRequest(40),
+    PolicyErrorCodes.invalidCommand,
+    'invalid',
+  ],
+  [
+    'a config value over the entry cap',
+    () => pack(request({ op: 'config.set', kind: 'kv', name: 'k', value: { value: 'x'.repeat(65_536) } })),
+    PolicyErrorCodes.tooLarge,
+    'tooLarge',
+  ],
+  [
+    'a token that is not a string',
+    () => pack(request({ op: 'config.delete', kind: 'kv', name: 'k' }, { token: 7 })),
+    BadForwardRequestError.code,
+    'malformed',
+  ],
+  [
+    'a request over the size limit',
+    () => pack(request({ op: 'config.set', kind: 'kv', name: 'k', value: { value: 'x'.repeat(2 << 20) } })),
+    BadForwardRequestError.code,
+    'malformed',
+  ],
+]
+
+describe('ForwardedWriteServer: forwarded writes are requests, checked before anything is proposed', () => {
+  it.each(attacks)(
+    'refuses %s: nothing proposed, state unchanged, counted',
+    async (_what, bytes, code, counter) => {
+      const node = leader()
+      await node.propose(
+        encodePolicyCommand({ op: 'config.set', kind: 'kv', name: 'keep', value: { value: 'me' } }),
+        {},
+      )
+      node.proposed.length = 0
+      const before = Buffer.from(node.store.snapshot()).toString('hex')
+      const s = server(node)
+      const reply = unpackRecord(await s.serve(bytes(), new AbortController().signal))!
+      const got = reply['ok'] === true ? (reply['result'] as PolicyResult) : reply
+      expect(got).toMatchObject({ ok: false, code })
+      if (reply['ok'] === true) expect(reply['index']).toBe(0)
+      expect(node.proposed).toEqual([])
+      expect(Buffer.from(node.store.snapshot()).toString('hex')).toBe(before)
+      expect(s.stats[counter]).toBe(1)
+      expect(s.stats.proposed).toBe(0)
+    },
+  )
+
+  it('proposes a valid command re-encoded canonically: only the schema fields, whatever was sent', async () => {
+    const node = leader()
+    const s = server(node)
+    const cmd = {
+      op: 'config.set',
+      kind: 'kv',
+      name: 'k',
+      value: { value: 'v' },
+      smuggled: { op: 'ca.setRoots' },
+    }
+    const reply = unpackRecord(
+      await s.serve(pack(request(cmd, { token: 'secret' })), new AbortController().signal),
+    )!
+    expect(reply).toMatchObject({ ok: true, index: 1, result: { ok: true, index: 1 } })
+    expect(node.proposed.map((b) => Buffer.from(b).toString('hex'))).toEqual([
+      Buffer.from(
+        encodePolicyCommand({ op: 'config.set', kind: 'kv', name: 'k', value: { value: 'v' } }),
+      ).toString('hex'),
+    ])
+    expect(node.store.getConfigEntry('kv', 'k')?.value).toEqual({ value: 'v' })
+    expect(s.stats.proposed).toBe(1)
+  })
+})
+
+describe('WriteForwarder checks a write before sending it', () => {
+  function forwarder(node: ProposingNode, onRequest: (bytes: Uint8Array) => Promise<Uint8Array>) {
+    const clock = new VirtualClock()
+    const rpc = new LeaderRpc(
+      { leader: node, channel: { request: (_to, b) => onRequest(b) }, clock, log },
+      { attemptTimeoutMs: 1_000, retryPauseMs: 20 },
+    )
+    return new WriteForwarder(
+      { rpc, node, clock, log },
+      { clientPrefix: 'p.', signatureRetries: 3, retryPauseMs: 20 },
+    )
+  }
+  const follower = (): ProposingNode & { proposals: number } => {
+    const n = {
+      proposals: 0,
+      isLeader: () => false,
+      leader: () => 'L',
+      propose: async () => ({ index: 1, result: { ok: true, index: 1 } as PolicyResult }),
+    }
+    return n
+  }
+
+  it('refuses a too-large or invalid write at once (index 0), without asking the leader', async () => {
+    const sent: Uint8Array[] = []
+    const f = forwarder(follower(), async (b) => {
+      sent.push(b)
+      return new Uint8Array()
+    })
+    const signal = new AbortController().signal
+    const big = await f.write(
+      { op: 'config.set', kind: 'kv', name: 'k', value: { value: 'x'.repeat(65_536) } },
+      { signal },
+    )
+    expect(big).toMatchObject({ index: 0, result: { ok: false, code: PolicyErrorCodes.tooLarge } })
+    const cycle: Record<string, unknown> = {}
+    cycle['self'] = cycle
+    const bad = await f.write(
+      { op: 'config.set', kind: 'service-defaults', name: 'k', value: cycle },
+      { signal },
+    )
+    expect(bad).toMatchObject({ index: 0, result: { ok: false, code: PolicyErrorCodes.invalidCommand } })
+    expect(sent).toEqual([])
+    expect(f.stats.refused).toBe(2)
+  })
+
+  it('never forwards a CA change: a CA manager that lost leadership fails and retries on its next check', async () => {
+    const sent: Uint8Array[] = []
+    const f = forwarder(follower(), async (b) => {
+      sent.push(b)
+      return new Uint8Array()
+    })
+    const r = await f.write(
+      { op: 'ca.setRoots', roots: [], casIndex: 0 },
+      { signal: new AbortController().signal },
+    )
+    expect(r).toMatchObject({ index: 0, result: { ok: false, code: PolicyErrorCodes.notForwardable } })
+    expect(sent).toEqual([])
+  })
+
+  it('sends the new request shape, with the caller token when given, to the leader server', async () => {
+    const node = leader()
+    const s = server(node)
+    const sent: Record<string, unknown>[] = []
+    const f = forwarder(follower(), async (b) => {
+      sent.push(unpackRecord(b)!)
+      return s.serve(b, new AbortController().signal)
+    })
+    const r = await f.write(
+      { op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow', description: undefined },
+      { signal: new AbortController().signal, token: 't0k' },
+    )
+    expect(r.result).toEqual({ ok: true, index: 1 })
+    expect(sent[0]).toEqual({
+      t: 'write',
+      cmd: { op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow' },
+      clientId: 'p.1',
+      seq: 1,
+      token: 't0k',
+    })
+    expect(node.store.getIntention('web', 'db')?.action).toBe('allow')
+  })
+})
