@@ -63,6 +63,14 @@ describe('raft in the agent (end to end, 3 agent processes)', () => {
     expect(noKind.status).toBe(400)
     expect(((await noKind.json()) as { error: string }).error).toMatch(/^kind:/)
     expect((await fetch(`http://${follower.http}/v1/config/kv/missing`)).status).toBe(404)
+    // One entry over the per-entry cap (64 KiB): 413, refused before it took a log entry.
+    const huge = await fetch(`http://${follower.http}/v1/config`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ kind: 'service-defaults', name: 'big', value: { note: 'x'.repeat(70_000) } }),
+    })
+    expect(huge.status).toBe(413)
+    expect((await fetch(`http://${follower.http}/v1/config/service-defaults/big`)).status).toBe(404)
     const badHttp = await runCli(['raft', 'peers', '--http', 'nonsense'])
     expect(badHttp.code).toBe(1)
     expect(badHttp.stderr.trim().split('\n')).toHaveLength(1)

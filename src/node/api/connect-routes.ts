@@ -118,11 +118,14 @@ function deadline(req: ApiRequest): AbortSignal {
 }
 
 async function write(connect: ConnectApi, cmd: PolicyCommand, req: ApiRequest): Promise<PolicyResult> {
+  let res: PolicyResult
   try {
-    return await connect.write(cmd, { signal: deadline(req) })
+    res = await connect.write(cmd, { signal: deadline(req) })
   } catch (err) {
     throw unavailable(err)
   }
+  if (!res.ok && res.code === PolicyErrorCodes.tooLarge) throw new ApiError(res.message, 413)
+  return res
 }
 
 function unavailable(err: unknown): unknown {

@@ -129,6 +129,8 @@ async function write(raft: RaftModule, cmd: PolicyCommand, req: ApiRequest): Pro
       throw new ApiError(res.message, 404)
     case PolicyErrorCodes.casFailed:
       throw new ApiError(`cas: ${res.message}`, 409)
+    case PolicyErrorCodes.tooLarge:
+      throw new ApiError(res.message, 413)
     default:
       throw new ApiError(res.message, 400)
   }
