@@ -745,6 +745,8 @@ export class Raft {
       this.send({ type: 'heartbeatResp', to: m.from })
       return
     }
+    // A plain heartbeat: the leader finished or abandoned the transfer (read confirmations keep it).
+    if (m.context === '') this.transferAnnounce = undefined
     this.send({ type: 'heartbeatResp', to: m.from, context: m.context })
   }
 
