@@ -226,7 +226,7 @@ export class RaftModule implements AgentModule {
     this.watchNode(run)
     messenger.onMessage((from, bytes) => {
       if (this.stopped) return
-      if (node.receive(bytes, from)) run.autopilot.heard(from)
+      node.receive(bytes, from)
     })
     messenger.onRequest((_from, bytes, signal) => server.serve(bytes, signal))
     run.liveness.start()
