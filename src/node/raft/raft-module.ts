@@ -181,7 +181,7 @@ export class RaftModule implements AgentModule {
     })
     let node: RaftNode<PolicyResult>
     try {
-      node = this.createNode(ctx, storage, messenger, log)
+      node = this.createNode(ctx, storage, messenger)
     } catch (err) {
       storage.close()
       throw err
@@ -302,7 +302,6 @@ export class RaftModule implements AgentModule {
     ctx: AgentContext,
     storage: FileStorage,
     messenger: StreamMessenger,
-    log: Logger,
   ): RaftNode<PolicyResult> {
     const s = this.settings
     const self = ctx.identity.id
