@@ -115,6 +115,33 @@ describe('peers outside the configuration are not listened to', () => {
     expect(c.leader()?.id).toBe(leader.id)
   })
 
+  it('members that do not lead cannot append: a learner at a higher term, a voter in the leader’s term (Raft §5.2)', () => {
+    const { c, leader } = clusterWithLearner(11)
+    const term = leader.raft.term
+    const before = confs(c)
+    const follower = VOTERS.find((id) => id !== leader.id)!
+    const conf = (node: string) => ({
+      term: term + 1,
+      index: c.node(follower).raft.log.lastIndex() + 1,
+      type: 'conf' as const,
+      data: encodeConfChange({ type: 'promoteLearner', node }),
+    })
+    for (const n of c.nodes.values()) {
+      if (n.id === 'l') continue
+      const pos = { index: n.raft.log.lastIndex(), logTerm: n.raft.log.lastTerm() }
+      inject(c, { type: 'app', from: 'l', to: n.id, term: term + 1, ...pos, entries: [conf('l')] })
+      expect(refused(n, 'higher_term_not_voter')).toBe(1)
+      if (n.id === follower) continue
+      inject(c, { type: 'app', from: follower, to: n.id, term, ...pos, entries: [{ ...conf('l'), term }] })
+      inject(c, { type: 'readIndexResp', from: follower, to: n.id, term, index: 10_000, context: 'r' })
+      expect(refused(n, 'not_leader')).toBe(2)
+    }
+    c.tick(20)
+    expect(confs(c)).toEqual(before)
+    expect(c.leader()?.id).toBe(leader.id)
+    expect(c.node('l').raft.term).toBe(term)
+  })
+
   it('a sender claiming to be the leader in a message to a non-member node is refused, but a fresh node joins', () => {
     // A node with an empty configuration follows whoever adds it (how learners join) ...
     const { c, leader } = clusterWithLearner(4)
