@@ -42,6 +42,9 @@ export const RAFT_DIR = 'raft'
  * sender), so that a peer flooding hostile messages cannot flood the log.
  */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000
+const UNTRUSTED_SNAPSHOT_HINT =
+  'a snapshot not signed by a CA root trusted here: if this agent missed a whole root rotation while ' +
+  'the log was compacted, stop it, empty its raft directory and restart it'
 /** Refusals that also happen in a healthy cluster (a failover's first pre-votes): logged at debug. */
 const ROUTINE_REFUSALS: ReadonlySet<RefusalReason> = new Set(['vote_in_lease'])
 
@@ -256,7 +259,7 @@ export class RaftModule implements AgentModule {
     this.confIndex = Math.max(0, st.firstIndex - 1) // the snapshot's index, a lower bound
     this.watchNode(run)
     messenger.onMessage((from, bytes) => {
-      if (!this.stopped) this.receive(node, from, bytes, log)
+      if (!this.stopped) this.receive(node, from, bytes)
     })
     messenger.onRequest((_from, bytes, signal) => server.serve(bytes, signal))
     run.subscriptions.push(clock.setInterval(() => this.logRefusals(log), REFUSAL_LOG_INTERVAL_MS))
@@ -363,7 +366,7 @@ export class RaftModule implements AgentModule {
    * recipient, and, for a snapshot, carries a trusted CA signature; then the core decides (it
    * listens only to its configuration).
    */
-  private receive(node: RaftNode<PolicyResult>, from: string, bytes: Uint8Array, log: Logger): void {
+  private receive(node: RaftNode<PolicyResult>, from: string, bytes: Uint8Array): void {
     const r = decodeMessage(bytes)
     if (!r.ok) {
       this.refuse('malformed', from, '', 0)
@@ -372,7 +375,7 @@ export class RaftModule implements AgentModule {
     const m = r.message
     if (m.from !== from) this.refuse('sender_mismatch', from, m.type, m.term)
     else if (m.to !== node.id) this.refuse('malformed', from, m.type, m.term)
-    else if (m.type === 'snap' && !this.verifySnapshot(m, log))
+    else if (m.type === 'snap' && !this.verifySnapshot(m))
       this.refuse('untrusted_snapshot', from, m.type, m.term)
     else node.step(m)
   }
@@ -398,6 +401,8 @@ export class RaftModule implements AgentModule {
         term: r.term,
       }
       if (ROUTINE_REFUSALS.has(reason)) log.debug(fields, 'raft: peer messages refused')
+      else if (reason === 'untrusted_snapshot')
+        log.warn({ ...fields, hint: UNTRUSTED_SNAPSHOT_HINT }, 'raft: peer messages refused')
       else log.warn(fields, 'raft: peer messages refused')
     }
   }
@@ -406,16 +411,9 @@ export class RaftModule implements AgentModule {
    * A snapshot replaces the whole policy state, so once this agent trusts a CA root it installs
    * only a snapshot signed by one of its trusted roots (policy-signing.ts).
    */
-  private verifySnapshot(msg: Message, log: Logger): boolean {
+  private verifySnapshot(msg: Message): boolean {
     const ok = snapshotMessageTrusted(msg, this.store.trustedRoots())
-    if (!ok) {
-      this.counters.snapshotsRejected++
-      log.warn(
-        { from: msg.from, index: msg.snapshot?.metadata.index },
-        'snapshot refused: not signed by a CA root trusted here (if this agent missed a whole root ' +
-          'rotation while the log was compacted, stop it, empty its raft directory and restart it)',
-      )
-    }
+    if (!ok) this.counters.snapshotsRejected++
     return ok
   }
 
