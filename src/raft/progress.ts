@@ -50,6 +50,12 @@ export class Progress {
   pendingSnapshot = 0
   /** Leader ticks since the snapshot was sent; after an election timeout it is sent again. */
   snapshotTicks = 0
+  /**
+   * Highest index this leader sent to the peer in this term (the last entry of an append, its
+   * previous index when empty, a snapshot's index). A follower cannot acknowledge more than it was
+   * sent: an acknowledgement beyond it is forged and dropped.
+   */
+  sentIndex = 0
   /** Heard from since the last check-quorum round (thesis §6.2). */
   recentActive = false
   /** `recentActive` as it stood at the end of the previous round. */
@@ -104,6 +110,11 @@ export class Progress {
     }
     this.next = Math.max(this.next, n + 1)
     return updated
+  }
+
+  /** Records that entries (or a snapshot) up to `index` went to the peer (see `sentIndex`). */
+  sentUpTo(index: number): void {
+    if (index > this.sentIndex) this.sentIndex = index
   }
 
   /** Optimistically advances `next` after sending entries up to `lastIndex` (pipelining). */

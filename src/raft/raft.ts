@@ -14,14 +14,28 @@ import type {
   NodeId,
   ReadState,
   Ready,
+  RefusalReason,
+  RefusalRecord,
   RequestId,
   Role,
   Snapshot,
   SoftState,
 } from './types.ts'
 
-/** Vote context marking an election forced by leadership transfer (skips pre-vote and leases). */
+/**
+ * Vote context marking an election forced by leadership transfer (skips pre-vote and leases).
+ * Honoured only when the leader asked for it: by the leader itself from its transferee, and by a
+ * follower from the transferee the leader announced (`TRANSFER_ANNOUNCE_PREFIX`) within an
+ * election timeout. Otherwise the vote is handled as a normal one, inside the leader lease.
+ */
 export const CAMPAIGN_TRANSFER = 'transfer'
+
+/**
+ * Context of a leader's heartbeat announcing a leadership transfer: the prefix, then the
+ * transferee's id. Sent to every member when the transfer starts and with each heartbeat while it
+ * lasts (unless that heartbeat confirms a read). Old followers just echo it back, as any context.
+ */
+export const TRANSFER_ANNOUNCE_PREFIX = 'transfer-to:'
 
 /** What a node restarts from: everything its storage holds. */
 export interface RaftInitialState {
@@ -42,6 +56,8 @@ export interface RaftStatus {
   lastIndex: number
   conf: ConfState
   leadTransferee: NodeId | undefined
+  /** Messages dropped (or, for `forced_vote_unannounced`, downgraded) per reason; see RefusalReason. */
+  refused: Partial<Record<RefusalReason, RefusalRecord>>
   /**
    * The leader's view of each member's replication; empty on other nodes. `active`: the leader
    * heard from it within the last one to two election timeouts (always true for itself, and for
@@ -113,6 +129,12 @@ export class Raft {
   private latestSnapshot: Snapshot | undefined
   private prevHardState: HardState
   private prevSoftState: SoftState
+  /**
+   * On a follower: the transfer its leader announced (transferee, the leader's term, ticks since).
+   * Cleared on any term or leader change (`reset`).
+   */
+  private transferAnnounce: { to: NodeId; term: number; elapsed: number } | undefined
+  private readonly refusals = new Map<RefusalReason, RefusalRecord>()
 
   constructor(cfg: RaftConfig, initial: RaftInitialState = {}) {
     validateRaftConfig(cfg)
@@ -258,6 +280,7 @@ export class Raft {
     this.learnerHeartbeatElapsed = 0
     this.resetRandomizedElectionTimeout()
     this.leadTransferee = undefined
+    this.transferAnnounce = undefined
     this.votes.clear()
     this.prs.clear()
     this.syncProgress()
@@ -308,6 +331,7 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++
+    if (this.transferAnnounce !== undefined) this.transferAnnounce.elapsed++
     if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
       this.electionElapsed = 0
       this.campaign()
@@ -334,7 +358,8 @@ export class Raft {
       this.heartbeatElapsed = 0
       const learners = this.learnerHeartbeatElapsed >= this.cfg.learnerHeartbeatTick
       if (learners) this.learnerHeartbeatElapsed = 0
-      this.bcastHeartbeat(this.readOnly.at(-1)?.context ?? '', learners)
+      const context = this.readOnly.at(-1)?.context ?? this.transferContext()
+      this.bcastHeartbeat(context, learners)
     }
   }
 
@@ -411,17 +436,29 @@ export class Raft {
     }
   }
 
-  /** Handles one message from a peer. Never throws on a well-typed message. */
+  /**
+   * Handles one message from a peer. Never throws on a well-typed message. `m.from` must be the
+   * authenticated sender (the driver's transport checks it); the core listens only to its
+   * configuration (see `admit`).
+   */
   step(m: Message): void {
     if (m.to !== this.id || m.from === this.id) return
+    if (!this.admit(m)) return
     if (m.term > this.term) {
       if (m.type === 'vote' || m.type === 'preVote') {
-        const force = m.context === CAMPAIGN_TRANSFER
+        let force = false
+        if (m.context === CAMPAIGN_TRANSFER) {
+          force = m.type === 'vote' && this.transferRequested(m)
+          if (!force) this.refuse('forced_vote_unannounced', m) // counted, then handled as a normal vote
+        }
         // Check-quorum lease (thesis §6.2/§4.2.3): having heard from a leader within the minimum
         // election timeout, ignore requests to replace it.
         const inLease =
           this.cfg.checkQuorum && this.lead !== undefined && this.electionElapsed < this.cfg.electionTick
-        if (!force && inLease) return
+        if (!force && inLease) {
+          this.refuse('vote_in_lease', m)
+          return
+        }
       }
       if (m.type === 'preVote') {
         // Never change our term because of a pre-vote request.
@@ -459,6 +496,101 @@ export class Raft {
         this.stepFollower(m)
         break
     }
+  }
+
+  /**
+   * Whether a message may be acted on: Raft listens only to its configuration. A peer holding the
+   * cluster key but outside it, or a learner, must not be able to change the term, the leader or
+   * the configuration. Raft's own rules decide among members; this only drops what no correct
+   * member sends:
+   * - nothing from outside the configuration, except appends, heartbeats and snapshots to a node
+   *   whose configuration is still empty (how a new learner receives its first entries), and
+   *   anything from the leader this node follows (a leader removing itself keeps replicating the
+   *   removal until it commits, thesis §4.2.2);
+   * - appends, heartbeats, snapshots and read answers only from the leader this node follows, or
+   *   from a voter when this node knows no leader of that term: a higher term, or its own with no
+   *   leader yet (only voters are elected, Raft §5.2; one leader per term);
+   * - TimeoutNow only from the current leader, in its term (thesis §3.10);
+   * - (pre-)votes only from voters (a learner never campaigns, thesis §4.2.1);
+   * - no higher term from a learner: it would depose the leader for nothing (thesis §4.2.3);
+   * - no read request whose context imitates a transfer announcement.
+   * Every refusal is counted per reason (`refusedMessages`).
+   */
+  private admit(m: Message): boolean {
+    const conf = this.currentConf()
+    const voter = conf.voters.includes(m.from)
+    const member = voter || conf.learners.includes(m.from)
+    const fromLeader = this.lead !== undefined && m.from === this.lead
+    switch (m.type) {
+      case 'app':
+      case 'heartbeat':
+      case 'snap':
+        if (fromLeader) return true
+        if (!member) {
+          // A fresh node, not yet added, learns its first configuration from the leader.
+          if (conf.voters.length === 0 && conf.learners.length === 0) return true
+          return this.refuse('not_member', m)
+        }
+        if (m.term < this.term) return true // a stale leader: told our term below
+        if (!voter) return this.refuse(m.term > this.term ? 'higher_term_not_voter' : 'not_leader', m)
+        if (m.term === this.term && this.lead !== undefined) return this.refuse('not_leader', m)
+        return true
+      case 'timeoutNow':
+        if (fromLeader && m.term === this.term) return true
+        return this.refuse(member ? 'timeout_now_not_leader' : 'not_member', m)
+      case 'readIndexResp':
+        if (fromLeader) return true
+        return this.refuse(member ? 'not_leader' : 'not_member', m)
+      case 'vote':
+      case 'preVote':
+        if (!member) return this.refuse('not_member', m)
+        if (!voter) return this.refuse('vote_not_voter', m)
+        return true
+      default:
+        if (!member) return this.refuse('not_member', m)
+        if (!voter && m.term > this.term) return this.refuse('higher_term_not_voter', m)
+        if (m.type === 'readIndex' && m.context.startsWith(TRANSFER_ANNOUNCE_PREFIX)) {
+          return this.refuse('reserved_read_context', m)
+        }
+        return true
+    }
+  }
+
+  /**
+   * Whether a vote with the transfer context was asked for by the leader (thesis §3.10): on the
+   * leader, it comes from its transferee; on a follower, from the transferee its leader announced
+   * within the last election timeout, campaigning in the term after the leader's.
+   */
+  private transferRequested(m: Message): boolean {
+    if (this.role === 'leader') return m.from === this.leadTransferee
+    const a = this.transferAnnounce
+    return (
+      a !== undefined &&
+      a.to === m.from &&
+      a.term === this.term &&
+      m.term === this.term + 1 &&
+      a.elapsed < this.cfg.electionTick
+    )
+  }
+
+  /** Counts a refused message under `reason`; returns false (the message is not admitted). */
+  private refuse(reason: RefusalReason, m: Message): false {
+    const r = this.refusals.get(reason)
+    if (r === undefined) this.refusals.set(reason, { count: 1, from: m.from, type: m.type, term: m.term })
+    else {
+      r.count++
+      r.from = m.from
+      r.type = m.type
+      r.term = m.term
+    }
+    return false
+  }
+
+  /** Messages refused so far, per reason, with the last one of each (a copy). */
+  refusedMessages(): Partial<Record<RefusalReason, RefusalRecord>> {
+    const out: Partial<Record<RefusalReason, RefusalRecord>> = {}
+    for (const [reason, r] of this.refusals) out[reason] = { ...r }
+    return out
   }
 
   private handleVote(m: Message): void {
@@ -603,6 +735,18 @@ export class Raft {
 
   private handleHeartbeat(m: Message): void {
     this.log.commitTo(m.commit)
+    if (m.context.startsWith(TRANSFER_ANNOUNCE_PREFIX)) {
+      // Our leader hands over to this voter: honour its forced vote for an election timeout.
+      this.transferAnnounce = {
+        to: m.context.slice(TRANSFER_ANNOUNCE_PREFIX.length),
+        term: m.term,
+        elapsed: 0,
+      }
+      this.send({ type: 'heartbeatResp', to: m.from })
+      return
+    }
+    // A plain heartbeat: the leader finished or abandoned the transfer (read confirmations keep it).
+    if (m.context === '') this.transferAnnounce = undefined
     this.send({ type: 'heartbeatResp', to: m.from, context: m.context })
   }
 
@@ -694,10 +838,12 @@ export class Raft {
       const snap = this.latestSnapshot
       if (snap === undefined) return false
       pr.becomeSnapshot(snap.metadata.index)
+      pr.sentUpTo(snap.metadata.index)
       this.send({ type: 'snap', to, snapshot: snap })
       return true
     }
     if (ents.length === 0 && !sendIfEmpty) return false
+    pr.sentUpTo(prevIndex + ents.length)
     this.send({
       type: 'app',
       to,
@@ -729,6 +875,12 @@ export class Raft {
         if (pr.state === 'replicate') pr.becomeProbe()
         this.sendAppend(m.from)
       }
+      return
+    }
+    // A follower acknowledges what it was sent: more is forged (etcd's progress tracking assumes
+    // it; here a member's message is not trusted that far).
+    if (m.index > pr.sentIndex) {
+      this.refuse('ack_beyond_sent', m)
       return
     }
     const oldPaused = pr.isPaused()
@@ -871,9 +1023,17 @@ export class Raft {
     if (this.leadTransferee === to) return
     this.leadTransferee = to
     this.electionElapsed = 0
+    // Announce the transferee first, so that followers honour its forced vote (see
+    // CAMPAIGN_TRANSFER); each later heartbeat repeats it while the transfer lasts.
+    this.bcastHeartbeat(this.transferContext())
     const pr = this.prs.get(to)!
     if (pr.match === this.log.lastIndex()) this.send({ type: 'timeoutNow', to })
     else this.sendAppend(to)
+  }
+
+  /** The heartbeat context announcing the current transfer, '' when none. */
+  private transferContext(): string {
+    return this.leadTransferee === undefined ? '' : `${TRANSFER_ANNOUNCE_PREFIX}${this.leadTransferee}`
   }
 
   private assertLeader(checkTransfer = true): void {
@@ -1088,6 +1248,7 @@ export class Raft {
       lastIndex: this.log.lastIndex(),
       conf: this.conf(),
       leadTransferee: this.leadTransferee,
+      refused: this.refusedMessages(),
       progress,
     }
   }

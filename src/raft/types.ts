@@ -114,6 +114,48 @@ export interface Message {
   snapshot?: Snapshot
 }
 
+/**
+ * Why the Raft core (or the agent in front of it) dropped a peer's message instead of acting on it.
+ * Stable strings: they are metric labels (`peermesh_raft_messages_refused_total{reason}`).
+ * - `not_member`: the sender is outside this node's configuration (voters and learners);
+ * - `not_leader`: an append, heartbeat, snapshot or read answer from a member that is not the
+ *   leader this node follows, nor a voter that may have become leader in a later term;
+ * - `timeout_now_not_leader`: TimeoutNow from anyone but the current leader (thesis §3.10);
+ * - `vote_not_voter`: a (pre-)vote request from a learner;
+ * - `higher_term_not_voter`: a learner's message carrying a higher term (only voters lead);
+ * - `forced_vote_unannounced`: a vote with the transfer context that the leader did not announce;
+ *   not dropped: handled as a normal vote, subject to the leader lease;
+ * - `vote_in_lease`: a (pre-)vote ignored because this node heard from a leader within the
+ *   election timeout (check-quorum lease, thesis §6.2/§4.2.3);
+ * - `ack_beyond_sent`: an append acknowledgement beyond anything the leader sent to that peer;
+ * - `reserved_read_context`: a read request whose context imitates a transfer announcement;
+ * and, in the agent: `malformed` (undecodable or misaddressed), `sender_mismatch` (`from` is not
+ * the authenticated peer), `untrusted_snapshot` (not signed by a trusted CA root).
+ */
+export type RefusalReason =
+  | 'not_member'
+  | 'not_leader'
+  | 'timeout_now_not_leader'
+  | 'vote_not_voter'
+  | 'higher_term_not_voter'
+  | 'forced_vote_unannounced'
+  | 'vote_in_lease'
+  | 'ack_beyond_sent'
+  | 'reserved_read_context'
+  | 'malformed'
+  | 'sender_mismatch'
+  | 'untrusted_snapshot'
+
+/** How many messages were refused for one reason, and the last of them. */
+export interface RefusalRecord {
+  count: number
+  /** Sender, type and term of the latest refused message. */
+  from: NodeId
+  /** A MessageType, or '' when the message did not decode. */
+  type: MessageType | ''
+  term: number
+}
+
 /** Rewrites a proposal's data for the index it will get (the agent signs policy entries so). */
 export type EntrySealer = (index: number, requestId: RequestId | undefined, data: Uint8Array) => Uint8Array
 

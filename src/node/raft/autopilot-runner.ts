@@ -23,6 +23,13 @@ export interface AutopilotRunnerComponents {
   log: Logger
   /** Seals the CA key to a member before it becomes a voter; absent: nothing to await. */
   keyGrant?: VoterKeyGrant
+  /**
+   * Who may be added as a learner; absent: an alive (or suspect) gossip member
+   * (`defaultEligibility`). The hook for node enrollment.
+   */
+  eligibleLearner?: (id: NodeId) => boolean
+  /** Who may be promoted to voter; absent: as `eligibleLearner`'s default. */
+  eligibleVoter?: (id: NodeId) => boolean
 }
 
 export interface AutopilotRunnerSettings extends AutopilotSettings {
@@ -38,8 +45,6 @@ export interface AutopilotRunnerSettings extends AutopilotSettings {
  */
 export class AutopilotRunner {
   private readonly downSince = new Map<NodeId, number>()
-  /** When this agent last received a Raft message from each peer (clock time). */
-  private readonly lastHeard = new Map<NodeId, number>()
   private busy = false
   private cancel?: Cancel
 
@@ -57,14 +62,9 @@ export class AutopilotRunner {
     this.cancel = undefined
   }
 
-  /** Records a Raft message from `peer`: evidence that it is up, whatever gossip says. */
-  heard(peer: NodeId): void {
-    this.lastHeard.set(peer, this.components.clock.now())
-  }
-
   /** One round (the timer calls it; tests too). */
   run(): void {
-    const { node, members, clock, log, keyGrant } = this.components
+    const { node, members, clock, log, keyGrant, eligibleLearner, eligibleVoter } = this.components
     const st = node.status()
     // Only voters lead: a learner (most agents of a large cluster) skips the scan of every member.
     if (!st.conf.voters.includes(node.id)) return
@@ -72,11 +72,6 @@ export class AutopilotRunner {
     const now = clock.now()
     trackDown(this.downSince, st.conf, view, now)
     if (!node.isLeader() || this.busy) return
-    const heard = new Set<NodeId>()
-    for (const [id, t] of this.lastHeard) {
-      if (now - t < this.settings.deadThresholdMs) heard.add(id)
-      else this.lastHeard.delete(id)
-    }
     const change = planAutopilot(
       {
         self: node.id,
@@ -86,7 +81,8 @@ export class AutopilotRunner {
         lastIndex: st.lastIndex,
         downSince: this.downSince,
         now,
-        heard,
+        ...(eligibleLearner !== undefined ? { eligibleLearner } : {}),
+        ...(eligibleVoter !== undefined ? { eligibleVoter } : {}),
       },
       this.settings,
     )

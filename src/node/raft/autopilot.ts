@@ -42,11 +42,26 @@ export interface AutopilotInput {
   downSince: ReadonlyMap<NodeId, number>
   now: number
   /**
-   * Peers the leader received Raft messages from within the dead threshold, members or not. A
-   * member that restarted runs Raft (pre-votes, answers) before gossip, under load, reports it
-   * alive again; like `active`, this evidence overrides gossip.
+   * Who may join the configuration as a learner (an identity decision, not a health one); see
+   * `defaultEligibility`. Receiving Raft messages from a peer never makes it eligible.
    */
-  heard?: ReadonlySet<NodeId>
+  eligibleLearner?: (id: NodeId) => boolean
+  /** Who may be promoted to voter (besides being healthy and caught up); see `defaultEligibility`. */
+  eligibleVoter?: (id: NodeId) => boolean
+}
+
+/**
+ * The default eligibility, for learners and voters alike: a member that gossip knows and has not
+ * declared dead or gone (`alive` or `suspect`; suspect is not yet a verdict). Health is judged
+ * apart (`planAutopilot`). Node enrollment, when it exists, plugs its own predicate in here.
+ */
+export function defaultEligibility(
+  members: readonly { id: NodeId; status: GossipStatus }[],
+): (id: NodeId) => boolean {
+  const known = new Set(
+    members.filter((m) => m.status === 'alive' || m.status === 'suspect').map((m) => m.id),
+  )
+  return (id) => known.has(id)
 }
 
 /**
@@ -81,10 +96,10 @@ export function largestOdd(n: number): number {
  * 1. a voter down past the threshold: promote a caught-up healthy learner first if that keeps the
  *    voter count at or under the target, otherwise remove the dead voter;
  * 2. a learner down past the threshold: remove it;
- * 3. an alive gossip member outside the configuration: add it as a learner (every agent follows
- *    the committed state locally);
+ * 3. an alive gossip member outside the configuration that is `eligibleLearner`: add it as a
+ *    learner (every agent follows the committed state locally);
  * 4. fewer voters than the target (capped at the largest odd number of healthy members): promote
- *    the caught-up healthy learner with the lowest id;
+ *    the caught-up healthy `eligibleVoter` learner with the lowest id;
  * 5. more voters than the target, all healthy: remove the highest-id voter other than the leader
  *    (it comes back as a learner through rule 3).
  * Ties are broken by id so that the choice is deterministic.
@@ -96,8 +111,11 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   // Raft's own evidence (the leader hears from it) counts as much as gossip's `alive`: gossip's
   // view of a member that restarted can lag or flap to `suspect` for seconds under load, and
   // waiting for it left a re-added learner unpromoted.
-  const raftAlive = (id: NodeId): boolean => progress[id]?.active === true || input.heard?.has(id) === true
+  const raftAlive = (id: NodeId): boolean => progress[id]?.active === true
   const healthy = (id: NodeId): boolean => status.get(id) === 'alive' || raftAlive(id)
+  const gossipEligible = defaultEligibility(input.members)
+  const eligibleLearner = input.eligibleLearner ?? gossipEligible
+  const eligibleVoter = input.eligibleVoter ?? ((id: NodeId) => id === self || gossipEligible(id))
   const downLong = (id: NodeId): boolean => {
     // A member that answers the leader is not removed whatever gossip says: gossip's view of a
     // member that just restarted can lag, and removing a live voter while another one is dead
@@ -120,7 +138,7 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   }
   const voters = [...conf.voters].sort()
   const learners = [...conf.learners].sort()
-  const spare = learners.find((id) => healthy(id) && caughtUp(id))
+  const spare = learners.find((id) => healthy(id) && caughtUp(id) && eligibleVoter(id))
 
   const deadVoter = voters.find(downLong)
   if (deadVoter !== undefined) {
@@ -133,8 +151,9 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   if (deadLearner !== undefined) return { type: 'removeVoter', node: deadLearner }
 
   const inConf = new Set([...voters, ...learners])
-  const newcomer = [...new Set([...status.keys(), ...(input.heard ?? [])])]
-    .filter((id) => healthy(id) && !inConf.has(id))
+  // Only gossip members: a peer is never added because it sent Raft messages.
+  const newcomer = [...status.keys()]
+    .filter((id) => status.get(id) === 'alive' && !inConf.has(id) && eligibleLearner(id))
     .sort()[0]
   if (newcomer !== undefined) return { type: 'addLearner', node: newcomer }
 

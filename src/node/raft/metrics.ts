@@ -1,5 +1,6 @@
-import { Gauge, type Registry } from 'prom-client'
+import { Counter, Gauge, type Registry } from 'prom-client'
 import type { NodeId, Role } from '../../raft/index.ts'
+import type { RefusalReason, RefusalRecord } from '../../raft/types.ts'
 import { counterFrom, gaugeFrom } from '../agent/metrics.ts'
 
 /** What the Raft metrics read, each time they are scraped. */
@@ -17,6 +18,8 @@ export interface RaftMetricsSource {
     | undefined
   applied(): number
   counters(): { leaderChanges: number; proposals: number; forwardedWrites: number; confChanges: number }
+  /** Peer messages refused so far, per reason (the core's and the agent's own checks). */
+  refused(): Partial<Record<RefusalReason, RefusalRecord>>
 }
 
 /** Registers the `peermesh_raft_*` metrics. */
@@ -65,4 +68,15 @@ export function registerRaftMetrics(registry: Registry, source: RaftMetricsSourc
     'Membership changes applied',
     () => source.counters().confChanges,
   )
+  new Counter({
+    name: 'peermesh_raft_messages_refused_total',
+    help: 'Raft messages from peers dropped instead of acted on, by reason (see RefusalReason)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [reason, r] of Object.entries(source.refused()))
+        if (r !== undefined) this.inc({ reason }, r.count)
+    },
+  })
 }

@@ -4,6 +4,7 @@ import type { Logger } from 'pino'
 import { type Clock, systemClock } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import {
+  decodeMessage,
   type EntrySealer,
   encodeMessage,
   FileStorage,
@@ -16,6 +17,7 @@ import {
   snapshotMessageTrusted,
   withSnapshotSignature,
 } from '../../raft/index.ts'
+import type { RefusalReason, RefusalRecord } from '../../raft/types.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
 import { RAFT_DEFAULTS, type RaftAgentConfig, validateRaftAgentConfig } from '../agent/defaults.ts'
 import { registerRaftRoutes } from '../api/raft-routes.ts'
@@ -35,6 +37,16 @@ export const RAFT_PROTOCOL = '/peermesh/raft/1'
 export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/2'
 /** Sub-directory of the data dir holding the Raft log, hard state and snapshot. */
 export const RAFT_DIR = 'raft'
+/**
+ * Refused peer messages are logged at most once per reason per this interval (count and last
+ * sender), so that a peer flooding hostile messages cannot flood the log.
+ */
+export const REFUSAL_LOG_INTERVAL_MS = 10_000
+const UNTRUSTED_SNAPSHOT_HINT =
+  'a snapshot not signed by a CA root trusted here: if this agent missed a whole root rotation while ' +
+  'the log was compacted, stop it, empty its raft directory and restart it'
+/** Refusals that also happen in a healthy cluster (a failover's first pre-votes): logged at debug. */
+const ROUTINE_REFUSALS: ReadonlySet<RefusalReason> = new Set(['vote_in_lease'])
 
 /** One server of `GET /v1/operator/raft/configuration` (Consul's shape). */
 export interface RaftServerJson {
@@ -63,6 +75,10 @@ export interface RaftModuleComponents {
   signer?: PolicySigner
   /** Awaited by autopilot before a member becomes a voter. */
   keyGrant?: VoterKeyGrant
+  /** Who autopilot may add as a learner; absent: an alive gossip member (autopilot.ts). */
+  eligibleLearner?: (id: string) => boolean
+  /** Who autopilot may promote to voter; absent: an alive gossip member (autopilot.ts). */
+  eligibleVoter?: (id: string) => boolean
   clock?: Clock
 }
 
@@ -100,6 +116,10 @@ export class RaftModule implements AgentModule {
   private stopped = false
   private confIndex = 0
   private readonly counters = { leaderChanges: 0, confChanges: 0, snapshotsRejected: 0 }
+  /** Messages refused here, before the core (which counts its own refusals). */
+  private readonly refusals = new Map<RefusalReason, RefusalRecord>()
+  /** Per reason, the total already logged (see REFUSAL_LOG_INTERVAL_MS). */
+  private readonly refusalsLogged = new Map<RefusalReason, number>()
 
   constructor(
     private readonly components: RaftModuleComponents,
@@ -114,6 +134,16 @@ export class RaftModule implements AgentModule {
   /** The running Raft node (for tests and other modules). */
   get raft(): RaftNode<PolicyResult> | undefined {
     return this.run?.node
+  }
+
+  /**
+   * Peer messages refused so far, per reason, with the last of each: the agent's own checks
+   * (undecodable, wrong sender, untrusted snapshot) and the core's (see RefusalReason).
+   */
+  refusedMessages(): Partial<Record<RefusalReason, RefusalRecord>> {
+    const out: Partial<Record<RefusalReason, RefusalRecord>> = { ...this.run?.node.status().refused }
+    for (const [reason, r] of this.refusals) out[reason] = { ...r }
+    return out
   }
 
   /** Counters for metrics and tests. */
@@ -154,7 +184,7 @@ export class RaftModule implements AgentModule {
     })
     let node: RaftNode<PolicyResult>
     try {
-      node = this.createNode(ctx, storage, messenger, log)
+      node = this.createNode(ctx, storage, messenger)
     } catch (err) {
       storage.close()
       throw err
@@ -205,6 +235,10 @@ export class RaftModule implements AgentModule {
           clock,
           log,
           ...(components.keyGrant !== undefined ? { keyGrant: components.keyGrant } : {}),
+          ...(components.eligibleLearner !== undefined
+            ? { eligibleLearner: components.eligibleLearner }
+            : {}),
+          ...(components.eligibleVoter !== undefined ? { eligibleVoter: components.eligibleVoter } : {}),
         },
         {
           targetVoters: ctx.config.raftVoters,
@@ -225,10 +259,10 @@ export class RaftModule implements AgentModule {
     this.confIndex = Math.max(0, st.firstIndex - 1) // the snapshot's index, a lower bound
     this.watchNode(run)
     messenger.onMessage((from, bytes) => {
-      if (this.stopped) return
-      if (node.receive(bytes, from)) run.autopilot.heard(from)
+      if (!this.stopped) this.receive(node, from, bytes)
     })
     messenger.onRequest((_from, bytes, signal) => server.serve(bytes, signal))
+    run.subscriptions.push(clock.setInterval(() => this.logRefusals(log), REFUSAL_LOG_INTERVAL_MS))
     run.liveness.start()
     await messenger.start()
     node.start()
@@ -249,6 +283,7 @@ export class RaftModule implements AgentModule {
       status: () => this.run?.node.status(),
       applied: () => this.run?.node.applied() ?? 0,
       counters: () => this.stats,
+      refused: () => this.refusedMessages(),
     })
     registerRaftRoutes(ctx.http, this)
   }
@@ -270,14 +305,12 @@ export class RaftModule implements AgentModule {
     ctx: AgentContext,
     storage: FileStorage,
     messenger: StreamMessenger,
-    log: Logger,
   ): RaftNode<PolicyResult> {
     const s = this.settings
     const self = ctx.identity.id
     const signer = this.components.signer
     const sealer: EntrySealer | undefined =
       signer === undefined ? undefined : (index, requestId, data) => signer.sealEntry(index, requestId, data)
-    const verifySnapshot = (msg: Message): boolean => this.verifySnapshot(msg, log)
     const options: RaftNodeOptions<PolicyResult> = {
       id: self,
       storage,
@@ -301,7 +334,6 @@ export class RaftModule implements AgentModule {
       coalesceReady: s.coalesceReady,
       ...(ctx.config.bootstrap ? { bootstrap: [self] } : {}),
       ...(sealer !== undefined ? { sealer } : {}),
-      verifySnapshot,
     }
     return new RaftNode<PolicyResult>(options)
   }
@@ -329,19 +361,59 @@ export class RaftModule implements AgentModule {
   }
 
   /**
+   * One message from the peer the transport authenticated (`from`, its libp2p peer id): decoded
+   * once, dropped and counted unless it names that peer as its sender and this node as its
+   * recipient, and, for a snapshot, carries a trusted CA signature; then the core decides (it
+   * listens only to its configuration).
+   */
+  private receive(node: RaftNode<PolicyResult>, from: string, bytes: Uint8Array): void {
+    const r = decodeMessage(bytes)
+    if (!r.ok) {
+      this.refuse('malformed', from, '', 0)
+      return
+    }
+    const m = r.message
+    if (m.from !== from) this.refuse('sender_mismatch', from, m.type, m.term)
+    else if (m.to !== node.id) this.refuse('malformed', from, m.type, m.term)
+    else if (m.type === 'snap' && !this.verifySnapshot(m))
+      this.refuse('untrusted_snapshot', from, m.type, m.term)
+    else node.step(m)
+  }
+
+  private refuse(reason: RefusalReason, from: string, type: RefusalRecord['type'], term: number): void {
+    const r = this.refusals.get(reason)
+    if (r === undefined) this.refusals.set(reason, { count: 1, from, type, term })
+    else Object.assign(r, { count: r.count + 1, from, type, term })
+  }
+
+  /** One line per reason with new refusals since the last call (called every interval). */
+  private logRefusals(log: Logger): void {
+    for (const [reason, r] of Object.entries(this.refusedMessages()) as [RefusalReason, RefusalRecord][]) {
+      const seen = this.refusalsLogged.get(reason) ?? 0
+      if (r.count <= seen) continue
+      this.refusalsLogged.set(reason, r.count)
+      const fields = {
+        reason,
+        count: r.count - seen,
+        total: r.count,
+        from: r.from,
+        type: r.type,
+        term: r.term,
+      }
+      if (ROUTINE_REFUSALS.has(reason)) log.debug(fields, 'raft: peer messages refused')
+      else if (reason === 'untrusted_snapshot')
+        log.warn({ ...fields, hint: UNTRUSTED_SNAPSHOT_HINT }, 'raft: peer messages refused')
+      else log.warn(fields, 'raft: peer messages refused')
+    }
+  }
+
+  /**
    * A snapshot replaces the whole policy state, so once this agent trusts a CA root it installs
    * only a snapshot signed by one of its trusted roots (policy-signing.ts).
    */
-  private verifySnapshot(msg: Message, log: Logger): boolean {
+  private verifySnapshot(msg: Message): boolean {
     const ok = snapshotMessageTrusted(msg, this.store.trustedRoots())
-    if (!ok) {
-      this.counters.snapshotsRejected++
-      log.warn(
-        { from: msg.from, index: msg.snapshot?.metadata.index },
-        'snapshot refused: not signed by a CA root trusted here (if this agent missed a whole root ' +
-          'rotation while the log was compacted, stop it, empty its raft directory and restart it)',
-      )
-    }
+    if (!ok) this.counters.snapshotsRejected++
     return ok
   }
 

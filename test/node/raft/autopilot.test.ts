@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest'
 import {
   type AutopilotInput,
   DEFAULT_AUTOPILOT,
+  defaultEligibility,
   type GossipStatus,
   largestOdd,
   planAutopilot,
@@ -144,12 +145,49 @@ describe('autopilot plan (one change at a time, thesis §4.1)', () => {
     expect(planAutopilot({ ...fresh, lastIndex: 10 }, S)).toBeUndefined()
   })
 
-  it('adds back a removed member that gossip still reports dead if the leader hears Raft from it', () => {
+  it('never adds a peer because it sent Raft messages: only alive gossip members join', () => {
+    // A peer holding the cluster key but unknown to gossip (or reported dead) stays out, however
+    // much Raft traffic it sends; the heard-based path is gone.
     const st = { a: 'alive', b: 'alive', c: 'dead' } as const
     expect(planAutopilot(input(['a', 'b'], [], st), S)).toBeUndefined()
-    expect(planAutopilot({ ...input(['a', 'b'], [], st), heard: new Set(['c']) }, S)).toEqual({
+    expect(
+      planAutopilot(
+        { ...input(['a', 'b'], [], st), progress: { x: { match: 9, state: 'replicate', active: true } } },
+        S,
+      ),
+    ).toBeUndefined()
+  })
+
+  it('asks eligibleLearner before adding and eligibleVoter before promoting (the enrollment hook)', () => {
+    const st = { a: 'alive', b: 'alive', c: 'alive' } as const
+    const onlyB = (id: string) => id === 'b'
+    expect(planAutopilot({ ...input(['a'], [], st), eligibleLearner: onlyB }, S)).toEqual({
       type: 'addLearner',
+      node: 'b',
+    })
+    expect(planAutopilot({ ...input(['a', 'b'], [], st), eligibleLearner: onlyB }, S)).toBeUndefined()
+    const learners = input(['a'], ['b', 'c'], st)
+    const caught = {
+      ...learners,
+      progress: {
+        ...learners.progress,
+        b: { match: 100, state: 'replicate' },
+        c: { match: 100, state: 'replicate' },
+      },
+    }
+    expect(planAutopilot(caught, S)).toEqual({ type: 'promoteLearner', node: 'b' })
+    expect(planAutopilot({ ...caught, eligibleVoter: (id) => id === 'c' }, S)).toEqual({
+      type: 'promoteLearner',
       node: 'c',
     })
+    expect(planAutopilot({ ...caught, eligibleVoter: () => false }, S)).toBeUndefined()
+    // The default: gossip members alive or suspect; dead, left or unknown ones are not eligible.
+    const elig = defaultEligibility([
+      { id: 'a', status: 'alive' },
+      { id: 'b', status: 'suspect' },
+      { id: 'c', status: 'dead' },
+      { id: 'd', status: 'left' },
+    ])
+    expect(['a', 'b', 'c', 'd', 'x'].map(elig)).toEqual([true, true, false, false, false])
   })
 })
