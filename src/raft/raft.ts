@@ -529,10 +529,14 @@ export class Raft {
         if (!member) {
           // A fresh node, not yet added, learns its first configuration from the leader.
           if (conf.voters.length === 0 && conf.learners.length === 0) return true
+          if (this.cutOffLearner() && m.term >= this.term) return true
           return this.refuse('not_member', m)
         }
         if (m.term < this.term) return true // a stale leader: told our term below
-        if (!voter) return this.refuse(m.term > this.term ? 'higher_term_not_voter' : 'not_leader', m)
+        if (!voter) {
+          if (this.cutOffLearner()) return true
+          return this.refuse(m.term > this.term ? 'higher_term_not_voter' : 'not_leader', m)
+        }
         if (m.term === this.term && this.lead !== undefined) return this.refuse('not_leader', m)
         return true
       case 'timeoutNow':
@@ -554,6 +558,21 @@ export class Raft {
         }
         return true
     }
+  }
+
+  /**
+   * A learner that has accepted nothing from a leader for two election timeouts. Its configuration
+   * may be stale: it missed the entries that made the current leader a member or a voter (it was
+   * down, or restarted half-way through catching up), so by its own log the real leader is
+   * nobody, and it would refuse that leader for good. Such a learner takes a leader's messages
+   * from any sender. What that risks is bounded: a learner has no vote and no say in commit, the
+   * policy entries and snapshots it applies must carry a CA signature its trusted roots verify,
+   * and only a learner already cut off from the real leader can be misled (one that hears its
+   * leader never gets here). A voter never relaxes: a stale voter is caught up by a snapshot or
+   * replaced by autopilot.
+   */
+  private cutOffLearner(): boolean {
+    return !this.promotable() && this.electionElapsed >= 2 * this.cfg.electionTick
   }
 
   /**
