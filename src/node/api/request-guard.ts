@@ -98,12 +98,13 @@ export function guardRefusal(req: GuardedRequest, api: ApiAddresses): GuardRefus
     if (!isJsonContentType(contentType))
       return {
         status: 415,
-        message: `refused: Content-Type "${contentType}"; a write must send Content-Type: application/json`,
+        message: `refused: Content-Type "${contentType}"; a write must send Content-Type: application/json (curl: --json, or -H 'Content-Type: application/json' with -d)`,
       }
     return undefined
   }
-  // No Content-Type. Non-browser clients (python-consul, curl -d with -H forgotten, scripts) send
-  // JSON without one, and are accepted. A browser always labels a body it sends (fetch with a Blob
+  // No Content-Type. Non-browser clients (python-consul's requests calls, scripts) send JSON
+  // without one, and are accepted. (curl -d is not one of them: it says form-urlencoded, refused
+  // above, since that is also what a cross-site HTML form sends.) A browser always labels a body it sends (fetch with a Blob
   // of no type is the exception), and always sends Origin or Sec-Fetch-* on a write: refuse those.
   if (hasBody(h) && looksLikeBrowser(h))
     return {
