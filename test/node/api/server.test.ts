@@ -327,6 +327,25 @@ describe('HTTP API server limits', () => {
     }
   })
 
+  it('does not bound the response: a handler slower than the request timeout still answers', async () => {
+    const api = new HttpApi(pino({ level: 'silent' }), {
+      headersTimeoutMs: 200,
+      requestTimeoutMs: 300,
+      checkIntervalMs: 50,
+    })
+    api.route('GET', '/v1/slow', async () => {
+      await new Promise((r) => setTimeout(r, 800)) // a blocking query waiting for a change
+      return 'late'
+    })
+    const { port } = await api.listen('127.0.0.1', 0)
+    try {
+      const res = await raw(port, 'GET', '/v1/slow', {})
+      expect(res).toMatchObject({ status: 200, json: 'late' })
+    } finally {
+      await api.close()
+    }
+  })
+
   it('warns when bound to a non-loopback address, and answers to its own addresses there', async () => {
     const warnings: string[] = []
     const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) })
