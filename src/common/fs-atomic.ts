@@ -1,15 +1,59 @@
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs'
-import { open, rename } from 'node:fs/promises'
+import { closeSync, fchmodSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
+import { type FileHandle, open, rename, unlink } from 'node:fs/promises'
 import { dirname } from 'node:path'
+
+/**
+ * Creates a temporary file for writing with O_CREAT|O_EXCL (`wx`) and `mode` (0600 by default):
+ * never opened through a link or a file someone else placed there. A leftover of a crashed write
+ * (the same name) is removed first (unlink removes a link, not its target), then created anew.
+ * The mode is set again on the open file, so the umask cannot loosen or tighten it.
+ */
+export function openExclusiveSync(path: string, mode = 0o600): number {
+  let fd: number
+  try {
+    fd = openSync(path, 'wx', mode)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    unlinkSync(path)
+    fd = openSync(path, 'wx', mode)
+  }
+  try {
+    fchmodSync(fd, mode)
+  } catch (err) {
+    closeSync(fd)
+    throw err
+  }
+  return fd
+}
+
+/** openExclusiveSync off the event loop. */
+export async function openExclusive(path: string, mode = 0o600): Promise<FileHandle> {
+  let file: FileHandle
+  try {
+    file = await open(path, 'wx', mode)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+    await unlink(path)
+    file = await open(path, 'wx', mode)
+  }
+  try {
+    await file.chmod(mode)
+  } catch (err) {
+    await file.close()
+    throw err
+  }
+  return file
+}
 
 /**
  * Writes `data` to `path` so that a crash (even `kill -9` or power loss) leaves either the old
  * file or the new one, never a torn mix: write a temporary file, fsync it, rename it over the
- * target, fsync the directory so the rename itself is durable.
+ * target, fsync the directory so the rename itself is durable. The file gets `mode` (0600 by
+ * default: what the agent writes is its own), its temporary file is created exclusively.
  */
 export function writeFileAtomicSync(path: string, data: Uint8Array | string, mode = 0o600): void {
   const tmp = `${path}.tmp-${process.pid}`
-  const fd = openSync(tmp, 'w', mode)
+  const fd = openExclusiveSync(tmp, mode)
   try {
     writeSync(fd, typeof data === 'string' ? Buffer.from(data) : data)
     fsyncSync(fd)
@@ -37,7 +81,7 @@ export function fsyncDirSync(dir: string): void {
  */
 export async function writeFileAtomic(path: string, data: Uint8Array | string, mode = 0o600): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`
-  const file = await open(tmp, 'w', mode)
+  const file = await openExclusive(tmp, mode)
   try {
     await file.writeFile(typeof data === 'string' ? Buffer.from(data) : data)
     await file.sync()

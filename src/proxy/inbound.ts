@@ -7,13 +7,18 @@
  * Certificate rotation swaps the server's secure context for new handshakes; open connections
  * keep theirs. A policy change re-checks every open connection and closes the ones now denied.
  * In HTTP mode the inbound side stays L4: TLS is terminated and the stream piped.
+ *
+ * Resource caps (#13): at most `maxConnections` connections at once (handshaking or relaying) and
+ * at most `maxPendingHandshakes` of them still handshaking. A connection past either cap is closed
+ * as soon as it is accepted, before any TLS work, and counted in
+ * `peermesh_proxy_errors_total{reason="conn_limit"|"handshake_limit"}`.
  */
 import { type Clock, systemClock } from '../common/clock.ts'
 import net from 'node:net'
 import tls from 'node:tls'
 import { Registry as PromRegistry } from 'prom-client'
 import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
-import { ListenerStateError, NoCertificateError } from './errors.ts'
+import { InvalidProxyConfigError, ListenerStateError, NoCertificateError } from './errors.ts'
 import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
@@ -42,7 +47,26 @@ export interface InboundListenerInit extends ListenerEnvironment {
   authorizer: Authorizer
   /** A TLS handshake must finish within this time. Default 10 s. */
   handshakeTimeoutMs?: number
+  /** Connections open at once, handshaking or relaying; more are closed at once. Default below. */
+  maxConnections?: number
+  /** Connections still in their TLS handshake at once; more are closed at once. Default below. */
+  maxPendingHandshakes?: number
 }
+
+export const INBOUND_LIMIT_DEFAULTS = {
+  /**
+   * A sidecar fronts one service instance; each relayed connection holds two sockets and their
+   * buffers. 1024 is far above what one instance serves from a pooled mesh, and keeps a flood of
+   * connections from exhausting the node's file descriptors (ulimit -n is often 1024 to 65536).
+   */
+  maxConnections: 1024,
+  /**
+   * A handshake costs a key exchange and a certificate chain verification; one that never finishes
+   * holds a socket for up to the handshake timeout. 128 at once is more than a healthy caller pool
+   * opens in a burst, and bounds what an attacker opening half-done handshakes can hold.
+   */
+  maxPendingHandshakes: 128,
+} as const
 
 interface InboundConnection {
   socket: tls.TLSSocket
@@ -61,6 +85,14 @@ export class InboundListener {
   private readonly open = new Set<InboundConnection>()
   /** Every accepted TCP connection, handshaking or relaying: stop() destroys them all. */
   private readonly sockets = new Set<net.Socket>()
+  /** Accepted TCP connections whose TLS handshake has not finished. */
+  private readonly handshaking = new Set<net.Socket>()
+  /** Connections closed at accept by the pending-handshake cap: their TLS error is not an error. */
+  private readonly refusedAtAccept = new WeakSet<net.Socket>()
+  private readonly maxConnections: number
+  private readonly maxPendingHandshakes: number
+  /** Connections refused by the caps since start. */
+  readonly refused = { connections: 0, handshakes: 0 }
   private readonly unsubscribes: Unsubscribe[] = []
   private state: 'new' | 'running' | 'stopped' = 'new'
   private boundPort = 0
@@ -70,6 +102,14 @@ export class InboundListener {
     this.trustDomain = validateTrustDomain(init.trustDomain)
     checkPort('port', init.port, true)
     checkPort('localServicePort', init.localServicePort, false)
+    this.maxConnections = checkCap(
+      'maxConnections',
+      init.maxConnections ?? INBOUND_LIMIT_DEFAULTS.maxConnections,
+    )
+    this.maxPendingHandshakes = checkCap(
+      'maxPendingHandshakes',
+      init.maxPendingHandshakes ?? INBOUND_LIMIT_DEFAULTS.maxPendingHandshakes,
+    )
     this.init = init
     this.metrics = ProxyMetrics.for(init.registry ?? new PromRegistry()).listener(
       this.service,
@@ -89,6 +129,11 @@ export class InboundListener {
     return this.open.size
   }
 
+  /** Connections accepted whose TLS handshake has not finished. */
+  get pendingHandshakes(): number {
+    return this.handshaking.size
+  }
+
   async start(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.state !== 'new') throw new ListenerStateError(`inbound listener is ${this.state}`)
     const cert = this.init.certificates.current()
@@ -101,12 +146,48 @@ export class InboundListener {
       noDelay: true,
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
     })
-    server.on('connection', (socket: net.Socket) => {
-      this.sockets.add(socket)
-      socket.once('close', () => this.sockets.delete(socket))
+    // The connection cap is node's own: past it the socket is closed before 'connection', and
+    // 'drop' tells.
+    server.maxConnections = this.maxConnections
+    server.on('drop', (d?: { remoteAddress?: string }) => {
+      this.refused.connections++
+      this.metrics.error('conn_limit')
+      this.logger.debug(
+        { remote: d?.remoteAddress, max: this.maxConnections },
+        'inbound connection cap reached',
+      )
     })
-    server.on('secureConnection', (socket) => this.accept(socket))
+    // Before node:tls wraps the socket: a refused one costs no TLS work.
+    server.prependListener('connection', (socket: net.Socket) => {
+      if (this.handshaking.size >= this.maxPendingHandshakes) {
+        this.refused.handshakes++
+        this.refusedAtAccept.add(socket)
+        this.metrics.error('handshake_limit')
+        this.logger.debug(
+          { remote: socket.remoteAddress, max: this.maxPendingHandshakes },
+          'inbound pending handshake cap reached',
+        )
+        socket.destroy()
+        return
+      }
+      this.sockets.add(socket)
+      this.handshaking.add(socket)
+      socket.once('close', () => {
+        this.sockets.delete(socket)
+        this.handshaking.delete(socket)
+      })
+    })
+    server.on('secureConnection', (socket) => {
+      const raw = rawSocketOf(socket)
+      if (raw !== undefined) this.handshaking.delete(raw)
+      this.accept(socket)
+    })
     server.on('tlsClientError', (error, socket) => {
+      const raw = rawSocketOf(socket)
+      if (raw !== undefined) {
+        this.handshaking.delete(raw)
+        if (this.refusedAtAccept.has(raw)) return
+      }
       this.metrics.error('tls')
       this.logger.debug(
         { error: error.message, code: (error as { code?: string }).code, remote: socket.remoteAddress },
@@ -235,4 +316,20 @@ export class InboundListener {
       c.local.destroy()
     }
   }
+}
+
+function checkCap(field: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1)
+    throw new InvalidProxyConfigError(field, 'must be a positive integer')
+  return value
+}
+
+/**
+ * The TCP socket under a server-side TLS socket (node:tls keeps it as `_parent`), to match a
+ * finished or failed handshake with the accepted connection; undefined if node stops keeping it
+ * (then the entry leaves the pending set when its socket closes).
+ */
+function rawSocketOf(socket: tls.TLSSocket): net.Socket | undefined {
+  const parent = (socket as tls.TLSSocket & { _parent?: unknown })._parent
+  return parent instanceof net.Socket ? parent : undefined
 }

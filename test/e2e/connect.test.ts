@@ -97,6 +97,7 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     // A leaf for a service on the learner, signed by the leader, verifies with openssl.
     const reg = await fetch(`http://${learner.http}/v1/agent/service/register`, {
       method: 'PUT',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ name: 'web', port: 18080 }),
     })
     expect(reg.status).toBe(200)

@@ -31,7 +31,11 @@ describe('traffic split through the sidecars (end to end, 3 agent processes)', (
     )
     apps.push(await startApp(v1App!, 'v1'), await startApp(v2App!, 'v2'))
     const put = async (agentApi: typeof a, path: string, body: object, method = 'PUT') => {
-      const res = await fetch(`http://${agentApi.http}${path}`, { method, body: JSON.stringify(body) })
+      const res = await fetch(`http://${agentApi.http}${path}`, {
+        method,
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      })
       expect(res.status, await res.text()).toBe(200)
     }
     const api = (id: string, port: number, inbound: number, tag: string) => ({

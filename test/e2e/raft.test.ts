@@ -52,12 +52,14 @@ describe('raft in the agent (end to end, 3 agent processes)', () => {
     // Bad input: 400 naming the field; the CLI: one line, exit 1.
     const bad = await fetch(`http://${follower.http}/v1/config`, {
       method: 'PUT',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ kind: 'kv', name: 'x', value: 42 }),
     })
     expect(bad.status).toBe(400)
     expect(((await bad.json()) as { error: string }).error).toMatch(/^value:/)
     const noKind = await fetch(`http://${follower.http}/v1/config`, {
       method: 'PUT',
+      headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ name: 'x' }),
     })
     expect(noKind.status).toBe(400)

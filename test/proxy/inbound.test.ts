@@ -9,7 +9,7 @@ import tls from 'node:tls'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
-import { InboundListener } from '../../src/proxy/inbound.ts'
+import { InboundListener, type InboundListenerInit } from '../../src/proxy/inbound.ts'
 import { IntentionIndex } from '../../src/proxy/intentions.ts'
 import { OutboundListener } from '../../src/proxy/outbound-tcp.ts'
 import {
@@ -50,7 +50,12 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
 })
 
-async function apiInbound(app: TestApp, authorizer: IntentionAuthorizer, registry = new Registry()) {
+async function apiInbound(
+  app: TestApp,
+  authorizer: IntentionAuthorizer,
+  registry = new Registry(),
+  limits: Pick<InboundListenerInit, 'maxConnections' | 'maxPendingHandshakes'> = {},
+) {
   const logger = memoryLogger()
   const certificates = new StaticCertificateSource(apiCert)
   const inbound = new InboundListener({
@@ -63,6 +68,7 @@ async function apiInbound(app: TestApp, authorizer: IntentionAuthorizer, registr
     authorizer,
     registry,
     logger,
+    ...limits,
   })
   await inbound.start()
   cleanups.push(() => inbound.stop())
@@ -248,5 +254,85 @@ describe('InboundListener', () => {
     await expect(tcpRequest(outbound.port, 'again')).rejects.toThrow()
     // db is still allowed.
     expect(await direct(inbound.port, dbCert)).toEqual({ data: 'api-app:ping' })
+  })
+})
+
+describe('InboundListener resource caps (#13)', () => {
+  /** A TCP connection that never starts TLS: it holds a pending handshake. */
+  async function idle(port: number): Promise<{ socket: net.Socket; closed: Promise<void> }> {
+    const socket = net.connect({ host: '127.0.0.1', port })
+    socket.on('error', () => {})
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()))
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
+    cleanups.push(async () => {
+      socket.destroy()
+    })
+    return { socket, closed }
+  }
+
+  const errors = (registry: Registry, reason: string) =>
+    metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'inbound', reason })
+
+  it('closes a connection past the pending-handshake cap at once, counts it, and serves again below it', async () => {
+    const app = await startTcpApp('api-app')
+    cleanups.push(() => app.close())
+    const authorizer = IntentionAuthorizer.from([{ source: 'web', destination: 'api', action: 'allow' }])
+    const { inbound, registry } = await apiInbound(app, authorizer, new Registry(), {
+      maxPendingHandshakes: 2,
+    })
+    const held = [await idle(inbound.port), await idle(inbound.port)]
+    await waitFor(() => inbound.pendingHandshakes === 2)
+    const excess = await idle(inbound.port)
+    await excess.closed // closed by the listener, without waiting for the handshake timeout
+    expect(inbound.refused.handshakes).toBe(1)
+    expect(await errors(registry, 'handshake_limit')).toBe(1)
+    expect(await errors(registry, 'tls')).toBe(0)
+    // A real caller is refused too while the slots are held...
+    const refused = await direct(inbound.port, webCert)
+    expect(refused.data).toBe('')
+    expect(await errors(registry, 'handshake_limit')).toBe(2)
+    // ...and served once one is free.
+    held[0]!.socket.resetAndDestroy()
+    await waitFor(() => inbound.pendingHandshakes === 1)
+    expect(await direct(inbound.port, webCert)).toEqual({ data: 'api-app:ping' })
+    expect(inbound.pendingHandshakes).toBe(1)
+    expect(app.hits).toBe(1)
+  })
+
+  it('closes a connection past the connection cap at once and counts it', async () => {
+    const app = await startTcpApp('api-app', 'echo')
+    cleanups.push(() => app.close())
+    const authorizer = IntentionAuthorizer.from([{ source: 'web', destination: 'api', action: 'allow' }])
+    const { inbound, registry } = await apiInbound(app, authorizer, new Registry(), { maxConnections: 2 })
+    // One relaying, one handshaking: the cap counts both.
+    const { outbound } = await webOutbound(inbound.port)
+    const relayed = await persistent(outbound.port)
+    expect(await relayed.send('a')).toBe('api-app:a')
+    await idle(inbound.port)
+    await waitFor(() => inbound.pendingHandshakes === 1 && inbound.openConnections === 1)
+    const excess = await idle(inbound.port)
+    await excess.closed // closed by the listener, without waiting for anything
+    expect(inbound.refused.connections).toBe(1)
+    expect(await errors(registry, 'conn_limit')).toBe(1)
+    // The open connection is untouched.
+    expect(await relayed.send('b')).toBe('api-app:b')
+    expect(inbound.openConnections).toBe(1)
+  })
+
+  it('refuses caps that are not positive integers', () => {
+    for (const maxConnections of [0, -1, 1.5]) {
+      expect(
+        () =>
+          new InboundListener({
+            service: 'api',
+            trustDomain: TD,
+            port: 0,
+            localServicePort: 1,
+            certificates: new StaticCertificateSource(apiCert),
+            authorizer: IntentionAuthorizer.from([]),
+            maxConnections,
+          }),
+      ).toThrow(/maxConnections: must be a positive integer/)
+    }
   })
 })

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { generateKey } from '@libp2p/pnet'
 import { ClusterKeyError } from '../errors.ts'
 
@@ -44,4 +44,29 @@ export function readClusterKeyFile(path: string): Uint8Array {
     throw new ClusterKeyError(`cannot read cluster key file ${path}: ${why}`, { cause: err })
   }
   return parseClusterKey(text, `cluster key file ${path}`)
+}
+
+/** Mode of a cluster key file: it admits a process to the cluster, so its owner alone reads it. */
+export const CLUSTER_KEY_FILE_MODE = 0o600
+
+/**
+ * Writes a cluster key to a new file, mode 0600, created exclusively (`wx`): an existing file is
+ * an error, never replaced (replacing a cluster's key would split the cluster), and a link placed
+ * at `path` is not followed. For `peermesh keygen --out FILE`.
+ */
+export function writeClusterKeyFile(path: string, text: string): void {
+  let fd: number
+  try {
+    fd = openSync(path, 'wx', CLUSTER_KEY_FILE_MODE)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    const why = code === 'EEXIST' ? 'the file exists (remove it first to replace the key)' : code
+    throw new ClusterKeyError(`cannot write cluster key file ${path}: ${why}`, { cause: err })
+  }
+  try {
+    writeSync(fd, Buffer.from(text))
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
 }

@@ -16,6 +16,7 @@ import { createHost, type Host } from '../transport/host.ts'
 import { addressInUse } from '../transport/free-port.ts'
 import { ApiReply, HttpApi } from '../api/server.ts'
 import { createMetrics } from './metrics.ts'
+import { checkSecretsAtRest } from './secrets-at-rest.ts'
 import { SeedDialer } from '../transport/seeds.ts'
 import { VERSION } from './version.ts'
 
@@ -118,6 +119,8 @@ export class Agent {
 
   async start(): Promise<void> {
     const { config, log } = this
+    // Secrets at rest (#12): a data dir left readable by others is tightened before use.
+    checkSecretsAtRest({ dataDir: config.dataDir, clusterKeyFile: config.clusterKey }, log)
     // The cluster key first: a bad key must not leave a new data dir behind.
     const clusterKey = this.loadClusterKey()
     this.clusterKey = clusterKey

@@ -1,7 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { networkInterfaces } from 'node:os'
 import type { Logger } from 'pino'
 import { JSON_VALUE_LIMITS, plainValueProblem } from '../../common/plain-value.ts'
 import { ApiError, ListenError } from '../agent/errors.ts'
+import { type ApiAddresses, guardRefusal, hostOfHostHeader, isLoopbackHost } from './request-guard.ts'
 
 /** What a route handler gets: the parsed request and a signal aborted when the client goes away. */
 export interface ApiRequest {
@@ -55,16 +57,46 @@ interface Route {
 /** Largest request body accepted; the API takes small JSON documents only. */
 const MAX_BODY_BYTES = 1 << 20
 
+/** Limits of the HTTP server against slow clients (slowloris). */
+export interface HttpApiLimits {
+  /** A request's headers must arrive within this time. Default 10 s: a client sends them at once. */
+  headersTimeoutMs: number
+  /**
+   * The whole request (headers and body) must arrive within this time. Default 30 s: bodies are
+   * at most 1 MiB from a local client. It does not bound the response: blocking queries wait longer.
+   */
+  requestTimeoutMs: number
+  /** How often node checks those two deadlines. Default 1 s (node's 30 s would double them). */
+  checkIntervalMs: number
+}
+
+export const DEFAULT_HTTP_API_LIMITS: HttpApiLimits = {
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  checkIntervalMs: 1_000,
+}
+
 /**
  * The agent's local HTTP API: a tiny router over node:http. Layers add routes with `route()`.
  * Unknown paths get 404, known paths with another method 405, bad JSON 400, handler errors
  * their `ApiError` status or 500 — always as `{ "error": "..." }` JSON.
+ *
+ * Before routing, `guardRefusal` (request-guard.ts) refuses what a browser could be made to send:
+ * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write not declared JSON 415; nothing
+ * is read or run for them.
  */
 export class HttpApi {
   private readonly routes: Route[] = []
   private server?: Server
+  private addresses: ApiAddresses = { port: 0, hosts: new Set() }
+  private readonly limits: HttpApiLimits
 
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    limits: Partial<HttpApiLimits> = {},
+  ) {
+    this.limits = { ...DEFAULT_HTTP_API_LIMITS, ...limits }
+  }
 
   /** Adds a route; `pattern` segments starting with ':' are parameters (`/v1/health/service/:name`). */
   route(method: string, pattern: string, handler: ApiHandler): void {
@@ -72,9 +104,16 @@ export class HttpApi {
   }
 
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    const server = createServer((req, res) => {
-      void this.dispatch(req, res)
-    })
+    const server = createServer(
+      {
+        headersTimeout: this.limits.headersTimeoutMs,
+        requestTimeout: this.limits.requestTimeoutMs,
+        connectionsCheckingInterval: this.limits.checkIntervalMs,
+      },
+      (req, res) => {
+        void this.dispatch(req, res)
+      },
+    )
     server.keepAliveTimeout = 30_000
     this.server = server
     await new Promise<void>((resolve, reject) => {
@@ -85,9 +124,17 @@ export class HttpApi {
       server.listen(port, host, () => resolve())
     })
     const addr = server.address()
-    return typeof addr === 'object' && addr !== null
-      ? { host: addr.address, port: addr.port }
-      : { host, port }
+    const bound =
+      typeof addr === 'object' && addr !== null ? { host: addr.address, port: addr.port } : { host, port }
+    this.addresses = { port: bound.port, hosts: apiHosts(host, bound.host) }
+    if (!isLoopbackHost(host)) {
+      // TODO(#12 ACLs): once ACL tokens exist, refuse a non-loopback bind unless ACLs are on.
+      this.log.warn(
+        { http: `${bound.host}:${bound.port}` },
+        'the HTTP API listens on a non-loopback address and ACLs are not on: anyone who can reach it can change policy',
+      )
+    }
+    return bound
   }
 
   async close(): Promise<void> {
@@ -135,9 +182,23 @@ export class HttpApi {
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const controller = new AbortController()
     res.on('close', () => controller.abort())
+    let closeAfter = false
     try {
       const url = new URL(req.url ?? '/', 'http://localhost')
       const method = (req.method ?? 'GET').toUpperCase()
+      // Refused before routing and before the body is read; the unread body means the connection
+      // cannot be reused.
+      const refusal = guardRefusal({ method, headers: req.headers }, this.addresses)
+      if (refusal !== undefined) {
+        closeAfter = true
+        this.log.debug({ method, path: url.pathname, why: refusal.message }, 'http api request refused')
+        throw new ApiError(refusal.message, refusal.status)
+      }
+      const declared = Number(req.headers['content-length'] ?? 0)
+      if (declared > MAX_BODY_BYTES) {
+        closeAfter = true
+        throw new ApiError(`request body larger than ${MAX_BODY_BYTES} bytes`, 413)
+      }
       const { route, params, known } = this.match(method === 'HEAD' ? 'GET' : method, url.pathname)
       if (route === undefined) {
         await drain(req)
@@ -162,13 +223,39 @@ export class HttpApi {
       }
     } catch (err) {
       if (err instanceof ApiError) {
-        send(res, err.status, JSON.stringify({ error: err.message }))
+        // A 413 stops reading mid-body: the connection must close, or the client's next request
+        // on it would wait behind the unread rest.
+        const close = closeAfter || err.status === 413
+        send(
+          res,
+          err.status,
+          JSON.stringify({ error: err.message }),
+          'application/json',
+          close ? { connection: 'close' } : {},
+        )
       } else {
         this.log.error({ err }, 'http api handler failed')
         send(res, 500, JSON.stringify({ error: 'internal error' }))
       }
     }
   }
+}
+
+/**
+ * The host names besides the loopback ones that a `Host` or `Origin` may use: the configured and
+ * bound addresses, and every local interface address when bound to the wildcard address.
+ */
+function apiHosts(configured: string, bound: string): Set<string> {
+  const hosts = new Set<string>()
+  for (const h of [configured, bound]) {
+    const name = hostOfHostHeader(h.includes(':') && !h.startsWith('[') ? `[${h}]` : h)
+    if (name !== undefined) hosts.add(name)
+  }
+  if (hosts.has('0.0.0.0') || hosts.has('::')) {
+    for (const list of Object.values(networkInterfaces()))
+      for (const a of list ?? []) hosts.add(a.address.toLowerCase())
+  }
+  return hosts
 }
 
 function splitPath(p: string): string[] {

@@ -1,5 +1,5 @@
 import { Command, CommanderError, Option } from 'commander'
-import { generateClusterKey } from '../../identity/keys/cluster-key.ts'
+import { generateClusterKey, writeClusterKeyFile } from '../../identity/keys/cluster-key.ts'
 import type { Agent } from '../agent/agent.ts'
 import {
   type AgentConfigInput,
@@ -96,8 +96,10 @@ export function buildCli(): Command {
   program
     .command('keygen')
     .description('print a new cluster key (peermesh keygen > cluster.key)')
-    .action(() => {
-      process.stdout.write(generateClusterKey())
+    .option('--out <file>', 'write it to a new file, mode 0600, instead of printing it')
+    .action((opts: { out?: string }) => {
+      if (opts.out === undefined) process.stdout.write(generateClusterKey())
+      else writeClusterKeyFile(opts.out, generateClusterKey())
     })
 
   program

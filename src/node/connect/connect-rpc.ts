@@ -2,9 +2,11 @@
  * The signing RPC: agents send leaf CSRs (and CA rotation requests) to the Raft leader over a
  * reliable request/response channel; the leader answers with a signed leaf or a coded refusal.
  * The requester's peer id is the one the transport authenticated (noise), never a claim in the body.
+ * The leader limits how often each requester may ask (sign-rate-limit.ts); a refused agent asks
+ * again after a pause.
  */
 import type { Logger } from 'pino'
-import { type Clock, withTimeout } from '../../common/clock.ts'
+import { type Clock, pause, withTimeout } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import type { LeaderView } from '../../identity/connect/components.ts'
 import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
@@ -29,6 +31,12 @@ import {
 } from '../transport/leader-rpc.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
 import { CONNECT_WIRING_DEFAULTS } from '../agent/defaults.ts'
+import {
+  SIGN_RATE_LIMIT_DEFAULTS,
+  SignRateLimitedError,
+  type SignRateLimitSettings,
+  SignRateLimiter,
+} from './sign-rate-limit.ts'
 
 /** Reliable request/response: a CSR sent to the Raft leader, a signed leaf or a coded refusal back. */
 export const CONNECT_SIGN_PROTOCOL = '/peermesh/connect/sign/1'
@@ -44,6 +52,12 @@ const {
 } = CONNECT_WIRING_DEFAULTS
 
 export type RotateReply = LeaderReply<RotationStarted>
+
+/**
+ * Pause before asking again after the leader's rate limit refused a CSR: two tokens' worth at the
+ * default rate, so a refused agent's retries cost the leader little.
+ */
+export const SIGN_RATE_LIMITED_PAUSE_MS = 1_000
 
 /** The fields of a signed leaf; only string intermediates are kept. */
 function signedLeaf(o: Record<string, unknown>): { certPem: string; intermediatesPem: string[] } | undefined {
@@ -80,6 +94,8 @@ export interface ConnectRpcComponents {
   clock: Clock
   /** The request channel to the leader (tests); by default the messenger `start` opens. */
   channel?: RequestChannel
+  /** The leader's per-requester limit on CSRs (default SIGN_RATE_LIMIT_DEFAULTS). */
+  signRateLimit?: SignRateLimitSettings
 }
 
 /**
@@ -92,9 +108,11 @@ export class ConnectRpc implements LeafSigningChannel {
   private log?: Logger
   private stopped = false
   private readonly rpc: LeaderRpc
+  private readonly limiter: SignRateLimiter
 
   constructor(private readonly c: ConnectRpcComponents) {
     const { leader } = c
+    this.limiter = new SignRateLimiter(c.signRateLimit ?? SIGN_RATE_LIMIT_DEFAULTS)
     this.rpc = new LeaderRpc(
       {
         leader: {
@@ -127,7 +145,7 @@ export class ConnectRpc implements LeafSigningChannel {
       maxRequestBytes: MAX_SIGN_REQUEST_BYTES,
     })
     this.messenger = messenger
-    messenger.onRequest((from, bytes) => this.serve(from, bytes))
+    messenger.onRequest((from, bytes) => this.serveRequest(from, bytes))
     await messenger.start()
   }
 
@@ -136,24 +154,38 @@ export class ConnectRpc implements LeafSigningChannel {
     await this.messenger?.stop()
   }
 
+  /** CSRs this agent refused as leader because their requester asked too often. */
+  get stats(): { signRateLimited: number } {
+    return { signRateLimited: this.limiter.stats.limited }
+  }
+
   /**
    * Gets a CSR signed by the leader (here, when this agent leads), asking again while no leader
    * is known, a follower answered or the CA does not exist yet. Resolves with the leaf or a final
-   * refusal; throws only when the signal fires or this side stops.
+   * refusal; throws only when the signal fires or this side stops. A rate-limit refusal is asked
+   * again after SIGN_RATE_LIMITED_PAUSE_MS.
    */
-  sign(service: string, csrPem: string, options: { signal: AbortSignal }): Promise<SignReply> {
-    return this.rpc.call(
-      {
-        what: 'leaf request',
-        request: pack({ service, csr: csrPem }),
-        decode: signedLeaf,
-        local: () => this.c.handlers.signFor(this.c.leader.selfId(), service, csrPem),
-        retryOn: (code) => code === CaNotReadyError.code,
-        giveUp: ({ stopped, signal }) =>
-          stopped ? new AgentStoppingError('agent stopping') : toError(signal.reason),
-      },
-      options,
-    )
+  async sign(service: string, csrPem: string, options: { signal: AbortSignal }): Promise<SignReply> {
+    for (;;) {
+      const reply = await this.rpc.call(
+        {
+          what: 'leaf request',
+          request: pack({ service, csr: csrPem }),
+          decode: signedLeaf,
+          local: () => this.c.handlers.signFor(this.c.leader.selfId(), service, csrPem),
+          retryOn: (code) => code === CaNotReadyError.code,
+          giveUp: ({ stopped, signal }) =>
+            stopped ? new AgentStoppingError('agent stopping') : toError(signal.reason),
+        },
+        options,
+      )
+      if (reply.ok || reply.code !== SignRateLimitedError.code) return reply
+      this.log?.debug(
+        { service, why: reply.message },
+        'leaf request rate limited by the leader; asking again later',
+      )
+      await pause(this.c.clock, SIGN_RATE_LIMITED_PAUSE_MS, options.signal)
+    }
   }
 
   /** Starts a CA rotation on the leader (which holds the old root's key to cross-sign). */
@@ -171,7 +203,11 @@ export class ConnectRpc implements LeafSigningChannel {
     )
   }
 
-  private async serve(from: string, bytes: Uint8Array): Promise<Uint8Array> {
+  /**
+   * The leader's side: answers one request from `from` (the peer id the transport authenticated).
+   * The messenger calls it for every request that arrives.
+   */
+  async serveRequest(from: string, bytes: Uint8Array): Promise<Uint8Array> {
     let req: unknown
     try {
       req = unpack(bytes)
@@ -182,6 +218,18 @@ export class ConnectRpc implements LeafSigningChannel {
       return encodeLeaderReply(refusal(BadSignRequestError.code, 'malformed sign request'))
     const o = req as Record<string, unknown>
     if (o['op'] === 'rotate') return encodeLeaderReply(await this.serveRotate())
+    if (this.c.leader.isLeader()) {
+      const waitMs = this.limiter.take(from, this.c.clock.now())
+      if (waitMs !== undefined) {
+        this.log?.debug({ requester: from, waitMs }, 'leaf request refused: requester over its rate limit')
+        return encodeLeaderReply(
+          refusal(
+            SignRateLimitedError.code,
+            `too many leaf requests from ${from}; ask again in ${waitMs} ms`,
+          ),
+        )
+      }
+    }
     return encodeLeaderReply(await this.c.handlers.signFor(from, o['service'], o['csr']))
   }
 

@@ -2,7 +2,8 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { crc32 } from './crc32.ts'
 import { StorageCorruptedError } from '../errors.ts'
-import { fsyncDir, SegmentedLog } from './log-file.ts'
+import { DIR_MODE, FILE_MODE, fsyncDir, SegmentedLog } from './log-file.ts'
+import { openExclusiveSync } from '../../common/fs-atomic.ts'
 import { pack, unpack } from '../../common/msgpack.ts'
 import type { RaftStorage, StoredState } from './storage.ts'
 import { EMPTY_HARD_STATE } from './storage.ts'
@@ -40,7 +41,7 @@ export class FileStorage implements RaftStorage {
 
   /** Opens or creates storage in `dir`. A torn final log record is truncated and listed in `warnings`. */
   static open(dir: string, options: FileStorageOptions = {}): { storage: FileStorage; warnings: string[] } {
-    fs.mkdirSync(dir, { recursive: true })
+    fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE })
     const { log, warnings } = SegmentedLog.open(
       path.join(dir, 'log'),
       options.segmentBytes ?? DEFAULT_SEGMENT_BYTES,
@@ -164,7 +165,7 @@ export class FileStorage implements RaftStorage {
     buf.set(payload, 4)
     const file = path.join(this.dir, name)
     const tmp = `${file}.tmp`
-    const fd = fs.openSync(tmp, 'w')
+    const fd = openExclusiveSync(tmp, FILE_MODE)
     try {
       fs.writeSync(fd, buf)
       fs.fsyncSync(fd)

@@ -77,6 +77,10 @@ interface Segment {
 
 const SEGMENT_RE = /^(\d{20})\.seg$/
 
+/** Modes of what Raft stores: the policy log is readable by this agent's user only. */
+export const FILE_MODE = 0o600
+export const DIR_MODE = 0o700
+
 function segmentName(first: number): string {
   return `${String(first).padStart(20, '0')}.seg`
 }
@@ -136,7 +140,7 @@ export class SegmentedLog {
 
   /** Opens (creating if needed) the log in `dir`, repairing a torn tail; see the file comment. */
   static open(dir: string, segmentBytes: number): LogOpenResult {
-    fs.mkdirSync(dir, { recursive: true })
+    fs.mkdirSync(dir, { recursive: true, mode: DIR_MODE })
     const log = new SegmentedLog(dir, segmentBytes)
     const { entries, warnings } = log.load(true)
     return { log, entries, warnings }
@@ -265,7 +269,7 @@ export class SegmentedLog {
 
   private newSegment(first: number): void {
     const file = path.join(this.dir, segmentName(first))
-    fs.writeFileSync(file, new Uint8Array(0))
+    fs.writeFileSync(file, new Uint8Array(0), { mode: FILE_MODE })
     this.segments.push({ first, file, offsets: [], size: 0 })
     this.openActive()
     fsyncDir(this.dir)

@@ -49,7 +49,12 @@ describe('catalog HTTP routes', () => {
   })
 
   const put = (path: string, body?: unknown) =>
-    fetch(`${base}${path}`, { method: 'PUT', ...(body !== undefined ? { body: JSON.stringify(body) } : {}) })
+    fetch(`${base}${path}`, {
+      method: 'PUT',
+      ...(body !== undefined
+        ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }
+        : {}),
+    })
 
   it('registers, lists and deregisters local services', async () => {
     const res = await put('/v1/agent/service/register', { name: 'web', port: 8080, checks: [{ ttl: '30s' }] })

@@ -1,6 +1,16 @@
 import { describe, expect, it } from 'vitest'
 import { CaNotReadyError, NotSigningLeaderError } from '../../../src/identity/connect/errors.ts'
-import { ConnectRpc, decodeRotateReply, decodeSignReply } from '../../../src/node/connect/connect-rpc.ts'
+import {
+  ConnectRpc,
+  decodeRotateReply,
+  decodeSignReply,
+  SIGN_RATE_LIMITED_PAUSE_MS,
+} from '../../../src/node/connect/connect-rpc.ts'
+import {
+  SignRateLimitedError,
+  SignRateLimiter,
+  takeToken,
+} from '../../../src/node/connect/sign-rate-limit.ts'
 import { pack } from '../../../src/common/msgpack.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
 
@@ -141,5 +151,112 @@ describe('ConnectRpc as a client (through the leader-RPC helper)', () => {
     const { rpc, clock } = client([pack({ ok: true, activeRootId: 'b', previousRootId: 'a' })])
     const reply = await drive(clock, rpc.rotate({ signal: AbortSignal.timeout(5_000) }))
     expect(reply).toEqual({ ok: true, activeRootId: 'b', previousRootId: 'a' })
+  })
+})
+
+describe('per-requester CSR rate limit on the leader (#13)', () => {
+  const s = { burst: 3, perSecond: 2 }
+
+  it('takeToken: a full bucket gives `burst` at once, then `perSecond`; says when to retry', () => {
+    let b = takeToken(undefined, 0, s)
+    expect(b).toMatchObject({ ok: true, bucket: { tokens: 2, at: 0 } })
+    b = takeToken(b.bucket, 0, s)
+    b = takeToken(b.bucket, 0, s)
+    expect(b.ok).toBe(true)
+    const refused = takeToken(b.bucket, 0, s)
+    expect(refused).toMatchObject({ ok: false, retryInMs: 500 })
+    expect(takeToken(refused.bucket, 250, s)).toMatchObject({ ok: false, retryInMs: 250 })
+    expect(takeToken(refused.bucket, 500, s).ok).toBe(true)
+    // Refills to `burst`, no further.
+    expect(takeToken({ tokens: 0, at: 0 }, 60_000, s).bucket.tokens).toBe(2)
+    // A clock step back neither adds nor removes tokens.
+    expect(takeToken({ tokens: 1.5, at: 1_000 }, 0, s)).toMatchObject({ ok: true, bucket: { tokens: 0.5 } })
+  })
+
+  it('SignRateLimiter: one bucket per requester, refusals counted, memory bounded', () => {
+    const l = new SignRateLimiter({ ...s, maxRequesters: 2 })
+    expect([0, 0, 0, 0].map((t) => l.take('A', t))).toEqual([undefined, undefined, undefined, 500])
+    expect(l.take('B', 0)).toBeUndefined() // A's flood does not touch B
+    expect(l.stats.limited).toBe(1)
+    // A third requester: B's bucket is not full yet, A's neither; the oldest (A) is forgotten.
+    expect(l.take('C', 0)).toBeUndefined()
+    expect(l.size).toBe(2)
+    expect(() => new SignRateLimiter({ burst: 0, perSecond: 1, maxRequesters: 1 })).toThrow(RangeError)
+  })
+
+  function leader(opts: { leading: boolean }) {
+    const clock = new VirtualClock(0)
+    const signed: string[] = []
+    const rpc = new ConnectRpc({
+      leader: { isLeader: () => opts.leading, leaderId: () => 'self', selfId: () => 'self' },
+      clock,
+      channel: { request: async () => new Uint8Array() },
+      signRateLimit: { burst: 2, perSecond: 1, maxRequesters: 100 },
+      handlers: {
+        signFor: async (requester, service) => {
+          signed.push(`${requester}:${String(service)}`)
+          return { ok: true, certPem: 'C', intermediatesPem: [] }
+        },
+        rotate: async () => ({ activeRootId: 'n', previousRootId: 'o' }),
+      },
+    })
+    const ask = async (from: string) =>
+      decodeSignReply(await rpc.serveRequest(from, pack({ service: 'web', csr: 'CSR' })))
+    return { rpc, clock, signed, ask }
+  }
+
+  it('the leader refuses a requester past its limit with a coded refusal, counts it, and serves the others', async () => {
+    const { rpc, clock, signed, ask } = leader({ leading: true })
+    expect((await ask('A'))?.ok).toBe(true)
+    expect((await ask('A'))?.ok).toBe(true)
+    const refused = await ask('A')
+    expect(refused).toMatchObject({ ok: false, code: SignRateLimitedError.code })
+    expect(refused?.ok === false && refused.message).toMatch(
+      /too many leaf requests from A; ask again in 1000 ms/,
+    )
+    expect((await ask('B'))?.ok).toBe(true)
+    expect(signed).toEqual(['A:web', 'A:web', 'B:web']) // the refused one never reached the signer
+    expect(rpc.stats.signRateLimited).toBe(1)
+    clock.advance(1_000)
+    expect((await ask('A'))?.ok).toBe(true)
+  })
+
+  it('a follower does not spend tokens (its answer is "not the leader" from the handler)', async () => {
+    const { rpc, ask } = leader({ leading: false })
+    for (let i = 0; i < 5; i++) await ask('A')
+    expect(rpc.stats.signRateLimited).toBe(0)
+  })
+
+  it('an agent refused for its rate asks again after the pause, and gets its leaf', async () => {
+    const clock = new VirtualClock(0)
+    const asked: number[] = []
+    const replies = [
+      pack({ ok: false, code: SignRateLimitedError.code, message: 'too many' }),
+      pack({ ok: true, certPem: 'CERT', intermediatesPem: [] }),
+    ]
+    const rpc = new ConnectRpc({
+      leader: { isLeader: () => false, leaderId: () => 'L', selfId: () => 'self' },
+      clock,
+      channel: {
+        request: async () => {
+          asked.push(clock.now())
+          return replies.shift()!
+        },
+      },
+      handlers: {
+        signFor: async () => ({ ok: true, certPem: 'LOCAL', intermediatesPem: [] }),
+        rotate: async () => ({ activeRootId: 'n', previousRootId: 'o' }),
+      },
+    })
+    const p = rpc.sign('web', 'CSR', { signal: AbortSignal.timeout(5_000) })
+    let settled = false
+    void p.finally(() => (settled = true))
+    for (let i = 0; i < 100 && !settled; i++) {
+      await new Promise((r) => setImmediate(r))
+      clock.advance(100)
+    }
+    expect(await p).toEqual({ ok: true, certPem: 'CERT', intermediatesPem: [] })
+    expect(asked).toHaveLength(2)
+    expect(asked[1]! - asked[0]!).toBeGreaterThanOrEqual(SIGN_RATE_LIMITED_PAUSE_MS)
   })
 })
