@@ -15,10 +15,11 @@ import { type AccessLevel, emptyRuleSet, type RuleSet, type ServiceRule } from '
  * ignored, so a policy written for Consul loads. Anything else is an error naming the rule.
  */
 export function parseRules(text: string): RuleSet {
-  if (text.length > MAX_RULES_CHARS) throw new AclRulesError(`rules: longer than ${MAX_RULES_CHARS} characters`)
+  if (text.length > MAX_RULES_CHARS)
+    throw new AclRulesError(`rules: longer than ${MAX_RULES_CHARS} characters`)
   if (text.trim() === '') return emptyRuleSet()
   let doc: unknown
-  if (text.trimStart().startsWith('{')) {
+  if (/^\s*[{[]/.test(text)) {
     try {
       doc = JSON.parse(text)
     } catch (err) {
@@ -79,9 +80,7 @@ export function ruleSetFromDocument(doc: unknown): RuleSet {
           const cur = out[field].get(name)
           const merged: ServiceRule = { policy: strongerLevel(cur?.policy, rule.policy) }
           const intentions =
-            rule.intentions === undefined
-              ? cur?.intentions
-              : strongerLevel(cur?.intentions, rule.intentions)
+            rule.intentions === undefined ? cur?.intentions : strongerLevel(cur?.intentions, rule.intentions)
           if (intentions !== undefined) merged.intentions = intentions
           out[field].set(name, merged)
         } else {
@@ -218,7 +217,9 @@ function parseHclSubset(text: string): Record<string, unknown> {
       p++
       const v = expect('string', 'a quoted level')
       if (Object.hasOwn(doc, key.text))
-        throw new AclRulesError(`rules: line ${key.line}: ${key.text} given twice`)
+        throw new AclRulesError(
+          `rules: line ${key.line}: ${key.text} ${Array.isArray(doc[key.text]) ? 'used two ways' : 'given twice'}`,
+        )
       doc[key.text] = v.text
       continue
     }
@@ -234,7 +235,8 @@ function parseHclSubset(text: string): Record<string, unknown> {
       if (toks[p]?.kind === ',') p++
     }
     p++
-    const list = (doc[key.text] ??= []) as unknown[]
+    if (!Object.hasOwn(doc, key.text)) doc[key.text] = []
+    const list = doc[key.text]
     if (!Array.isArray(list)) throw new AclRulesError(`rules: line ${key.line}: ${key.text} used two ways`)
     list.push({ [label.text]: body })
   }

@@ -52,9 +52,7 @@ export type AclResult = { ok: true; index: number } | { ok: false; code: AclErro
 
 const uuid = z.string().regex(UUID_PATTERN, 'must be a UUID')
 const description = z.string().max(4096)
-const policyName = z
-  .string()
-  .regex(POLICY_NAME_PATTERN, 'must be 1-128 letters, digits, "-" or "_"')
+const policyName = z.string().regex(POLICY_NAME_PATTERN, 'must be 1-128 letters, digits, "-" or "_"')
 const datacenter = z.string().min(1).max(256)
 const createTime = z.string().min(1).max(64)
 
@@ -109,7 +107,9 @@ export const aclTokenUpsertCommand = z
   })
   .strict()
 
-export const aclTokenDeleteCommand = z.object({ op: z.literal('acl.token.delete'), accessorId: uuid }).strict()
+export const aclTokenDeleteCommand = z
+  .object({ op: z.literal('acl.token.delete'), accessorId: uuid })
+  .strict()
 
 export const aclPolicyUpsertCommand = z
   .object({
@@ -369,7 +369,8 @@ export class AclState implements AclStateView {
         const cur = this.policiesById.get(cmd.id)
         const holder = this.policyNames.get(cmd.name)
         if (cmd.mode === 'create') {
-          if (cur !== undefined) return fail(AclErrorCodes.conflict, `a policy with ID ${cmd.id} already exists`)
+          if (cur !== undefined)
+            return fail(AclErrorCodes.conflict, `a policy with ID ${cmd.id} already exists`)
         } else {
           if (cur === undefined) return fail(AclErrorCodes.notFound, `ACL policy ${cmd.id} not found`)
           if (cmd.id === GLOBAL_MANAGEMENT_POLICY_ID && (cmd.name !== cur.name || cmd.rules !== cur.rules))
@@ -379,7 +380,10 @@ export class AclState implements AclStateView {
             )
         }
         if (holder !== undefined && holder !== cmd.id)
-          return fail(AclErrorCodes.conflict, `Invalid Policy: A Policy with Name "${cmd.name}" already exists`)
+          return fail(
+            AclErrorCodes.conflict,
+            `Invalid Policy: A Policy with Name "${cmd.name}" already exists`,
+          )
         if (cur !== undefined) this.policyNames.delete(cur.name)
         this.putPolicy({
           id: cmd.id,
@@ -412,12 +416,15 @@ export class AclState implements AclStateView {
       return fail(AclErrorCodes.conflict, `a token with AccessorID ${accessorId} already exists`)
     if (this.secretIndex.has(secretKey(secretId)) || this.tokensById.has(secretId))
       return fail(AclErrorCodes.conflict, 'that SecretID is already in use')
-    if (accessorId === secretId) return fail(AclErrorCodes.invalidCommand, 'AccessorID and SecretID must differ')
+    if (accessorId === secretId)
+      return fail(AclErrorCodes.invalidCommand, 'AccessorID and SecretID must differ')
     return undefined
   }
 
   /** Policy links to IDs, in order, without repeats; a refusal naming the first unknown link. */
-  private resolveLinks(links: { id?: string | undefined; name?: string | undefined }[]): string[] | AclResult {
+  private resolveLinks(
+    links: { id?: string | undefined; name?: string | undefined }[],
+  ): string[] | AclResult {
     const out: string[] = []
     for (const l of links) {
       const id = l.id ?? this.policyNames.get(l.name!)
@@ -532,7 +539,10 @@ function dedupeBy<T>(list: T[], key: (v: T) => string): T[] {
   })
 }
 
-function copyServiceIdentity(s: { serviceName: string; datacenters?: string[] | undefined }): AclServiceIdentity {
+function copyServiceIdentity(s: {
+  serviceName: string
+  datacenters?: string[] | undefined
+}): AclServiceIdentity {
   return s.datacenters === undefined || s.datacenters.length === 0
     ? { serviceName: s.serviceName }
     : { serviceName: s.serviceName, datacenters: [...s.datacenters] }
