@@ -1,4 +1,3 @@
-import pino from 'pino'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { ANONYMOUS_TOKEN_ID, GLOBAL_MANAGEMENT_POLICY_ID, need } from '../../../src/acl/index.ts'
 import { ApiError } from '../../../src/node/agent/errors.ts'
@@ -9,46 +8,22 @@ import {
   requestSecret,
   requirePermission,
 } from '../../../src/node/api/acl-auth.ts'
-import {
-  type AclBackend,
-  initialManagementCommand,
-  registerAclRoutes,
-} from '../../../src/node/api/acl-routes.ts'
-import { HttpApi } from '../../../src/node/api/server.ts'
+import { initialManagementCommand } from '../../../src/node/api/acl-routes.ts'
+import type { HttpApi } from '../../../src/node/api/server.ts'
 import { NoLeaderError } from '../../../src/node/raft/errors.ts'
-import { type AclCommandInput, AclState } from '../../../src/raft/policy/acl-state.ts'
-
-/** The Raft side, faked: every write is applied at the next index at once. */
-class FakeBackend implements AclBackend {
-  readonly state = new AclState()
-  index = 0
-  writes: AclCommandInput[] = []
-  failWith: Error | undefined
-  async write(cmd: AclCommandInput) {
-    if (this.failWith) throw this.failWith
-    this.writes.push(cmd)
-    return this.state.apply(cmd, ++this.index)
-  }
-}
+import { AclState } from '../../../src/raft/policy/acl-state.ts'
+import { ACL_ON, type FakeAclBackend, startAclApi } from '../../acl/fake-acl-backend.ts'
 
 let http: HttpApi
 let base: string
-let backend: FakeBackend
-let ids: number
-const config: AclResolverConfig = { enabled: true, defaultPolicy: 'deny', anonymousRead: true }
+let backend: FakeAclBackend
+const config: AclResolverConfig = ACL_ON
 
 async function start(cfg: AclResolverConfig = config): Promise<void> {
-  backend = new FakeBackend()
-  ids = 0
-  http = new HttpApi(pino({ level: 'silent' }))
-  registerAclRoutes(http, {
-    backend,
-    resolver: new AclResolver(backend.state, cfg),
-    newId: () => `00000000-0000-4000-8000-${(++ids).toString(16).padStart(12, '0')}`,
-    now: () => new Date('2026-12-04T14:00:00Z'),
-  })
-  const addr = await http.listen('127.0.0.1', 0)
-  base = `http://127.0.0.1:${addr.port}`
+  const made = await startAclApi(cfg)
+  http = made.http
+  backend = made.backend
+  base = `http://${made.address}`
 }
 
 beforeEach(() => start())
