@@ -23,6 +23,11 @@ export interface AclResolverConfig {
   defaultPolicy: DefaultPolicy
   /** The anonymous token reads services, nodes and agents (members, catalog, health, DNS, agent self). */
   anonymousRead: boolean
+  /**
+   * The secret a request without one runs as (Consul's `acl.tokens.default`, read from the
+   * agent's `tokenFile`); unset: the anonymous token.
+   */
+  defaultSecret?: string
 }
 
 /** Who a request is: its token (undefined when ACLs are off) and what it may do. */
@@ -34,6 +39,8 @@ export interface ResolvedToken {
 
 /** Consul's answer to a secret it does not know. */
 export const ACL_NOT_FOUND = 'ACL not found'
+/** The answer to an unknown secret while this agent's ACL state is still catching up. */
+export const ACL_NOT_REPLICATED = 'ACL state not yet replicated to this agent; retry'
 
 /**
  * The secret a request presents: `X-Consul-Token`, else `Authorization: Bearer <secret>`, else
@@ -68,17 +75,31 @@ export class AclResolver {
   private cacheIndex = -1
   private readonly cache = new Map<string, Authorizer>()
 
+  /**
+   * `options.replicated`: whether this agent's ACL state has caught up with the cluster (e.g. it
+   * has applied the leader's commit index once). While it has not, an unknown secret is a 503
+   * "retry" rather than a 403, since the token may exist and not have reached this agent yet.
+   */
   constructor(
     private readonly state: AclStateView,
     readonly config: AclResolverConfig,
-    private readonly onInvalidPolicy?: (policyId: string, err: Error) => void,
+    private readonly options: {
+      replicated?: () => boolean
+      onInvalidPolicy?: (policyId: string, err: Error) => void
+    } = {},
   ) {}
 
-  /** The token of `secret` (anonymous when undefined); 403 "ACL not found" when unknown. */
+  /**
+   * The token of `secret` (the default token, else anonymous, when undefined); 403 "ACL not
+   * found" when unknown.
+   */
   resolve(secret: string | undefined): ResolvedToken {
     if (!this.config.enabled) return { accessorId: '', token: undefined, authorizer: MANAGE_ALL }
-    const token = this.state.tokenBySecret(secret ?? ANONYMOUS_TOKEN_SECRET)
-    if (token === undefined) throw new ApiError(ACL_NOT_FOUND, 403)
+    const token = this.state.tokenBySecret(secret ?? this.config.defaultSecret ?? ANONYMOUS_TOKEN_SECRET)
+    if (token === undefined) {
+      if (this.options.replicated?.() === false) throw new ApiError(ACL_NOT_REPLICATED, 503)
+      throw new ApiError(ACL_NOT_FOUND, 403)
+    }
     return { accessorId: token.accessorId, token, authorizer: this.authorizerOf(token) }
   }
 
@@ -101,7 +122,7 @@ export class AclResolver {
         {
           defaultPolicy: this.config.defaultPolicy,
           anonymousRead: this.config.anonymousRead,
-          onInvalidPolicy: (p, err) => this.onInvalidPolicy?.(p.id, err),
+          onInvalidPolicy: (p, err) => this.options.onInvalidPolicy?.(p.id, err),
         },
         this.rules,
       )

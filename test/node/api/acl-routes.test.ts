@@ -3,6 +3,7 @@ import { ANONYMOUS_TOKEN_ID, GLOBAL_MANAGEMENT_POLICY_ID, need } from '../../../
 import { ApiError } from '../../../src/node/agent/errors.ts'
 import {
   ACL_NOT_FOUND,
+  ACL_NOT_REPLICATED,
   AclResolver,
   type AclResolverConfig,
   requestSecret,
@@ -179,6 +180,27 @@ describe('token resolution', () => {
         ...need.serviceWrite('web'),
       ),
     ).toBe('99999999-2222-3333-4444-555555555555')
+  })
+
+  it('a request without a token runs as the default token when one is configured', () => {
+    const state = new AclState()
+    const secret = '11111111-2222-3333-4444-555555555555'
+    state.apply(initialManagementCommand(secret), 1)
+    const resolver = new AclResolver(state, { ...config, defaultSecret: secret })
+    expect(resolver.resolve(undefined).authorizer.isManagement).toBe(true)
+    expect(resolver.resolve('anonymous').authorizer.isManagement).toBe(false)
+  })
+
+  it('an unknown secret is a 503 while the ACL state has not caught up, 403 after', () => {
+    let replicated = false
+    const resolver = new AclResolver(new AclState(), config, { replicated: () => replicated })
+    expect(() => resolver.resolve('12345678-1234-1234-1234-123456789012')).toThrow(
+      expect.objectContaining({ status: 503, message: ACL_NOT_REPLICATED }),
+    )
+    replicated = true
+    expect(() => resolver.resolve('12345678-1234-1234-1234-123456789012')).toThrow(
+      expect.objectContaining({ status: 403, message: ACL_NOT_FOUND }),
+    )
   })
 
   it('with ACLs off every request may do everything, and /v1/acl/* answers 401', async () => {
