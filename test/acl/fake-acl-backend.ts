@@ -2,16 +2,16 @@ import pino from 'pino'
 import { AclResolver, type AclResolverConfig } from '../../src/node/api/acl-auth.ts'
 import { type AclBackend, registerAclRoutes } from '../../src/node/api/acl-routes.ts'
 import { HttpApi } from '../../src/node/api/server.ts'
-import { type AclCommandInput, type AclResult, AclState } from '../../src/raft/policy/acl-state.ts'
+import { type AclCommand, type AclResult, AclState } from '../../src/raft/policy/acl-state.ts'
 
 /** The Raft side of the ACL routes, faked: every write is applied at the next index at once. */
 export class FakeAclBackend implements AclBackend {
   readonly state = new AclState()
   index = 0
-  readonly writes: AclCommandInput[] = []
+  readonly writes: AclCommand[] = []
   failWith: Error | undefined
 
-  async write(cmd: AclCommandInput): Promise<AclResult> {
+  async write(cmd: AclCommand): Promise<AclResult> {
     if (this.failWith) throw this.failWith
     this.writes.push(cmd)
     return this.state.apply(cmd, ++this.index)

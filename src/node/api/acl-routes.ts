@@ -11,7 +11,7 @@ import {
 import { UUID_PATTERN } from '../../acl/constants.ts'
 import { errorCode } from '../../common/errors.ts'
 import {
-  type AclCommandInput,
+  type AclCommand,
   AclErrorCodes,
   type AclResult,
   type AclStateView,
@@ -36,7 +36,7 @@ export interface AclBackend {
    * with the state machine's result once the entry is applied on this agent, so that `state`
    * shows it. Throws NoLeaderError / WriteTimeoutError / RaftNotRunningError when it cannot.
    */
-  write(cmd: AclCommandInput, options: { signal: AbortSignal }): Promise<AclResult>
+  write(cmd: AclCommand, options: { signal: AbortSignal }): Promise<AclResult>
 }
 
 export interface AclRouteDeps {
@@ -260,7 +260,7 @@ export function registerAclRoutes(http: HttpApi, deps: AclRouteDeps): void {
 export function initialManagementCommand(
   secretId: string,
   options: { newId?: () => string; now?: () => Date } = {},
-): AclCommandInput {
+): AclCommand {
   return {
     op: 'acl.bootstrap',
     accessorId: (options.newId ?? randomUUID)(),
@@ -359,8 +359,8 @@ function tokenCommand(
   secretId: string | undefined,
   f: TokenFields,
   createTime: string,
-): AclCommandInput {
-  const cmd: AclCommandInput = {
+): AclCommand {
+  return checkCommand(aclTokenUpsertCommand, {
     op: 'acl.token.upsert',
     mode,
     accessorId,
@@ -372,9 +372,7 @@ function tokenCommand(
     local: f.local ?? false,
     voter: f.voter ?? false,
     createTime,
-  }
-  checkCommand(aclTokenUpsertCommand, cmd)
-  return cmd
+  })
 }
 
 interface PolicyFields {
@@ -418,8 +416,8 @@ function parsePolicyBody(body: unknown): PolicyFields {
   return out
 }
 
-function policyCommand(mode: 'create' | 'update', id: string, f: PolicyFields): AclCommandInput {
-  const cmd: AclCommandInput = {
+function policyCommand(mode: 'create' | 'update', id: string, f: PolicyFields): AclCommand {
+  return checkCommand(aclPolicyUpsertCommand, {
     op: 'acl.policy.upsert',
     mode,
     id,
@@ -427,9 +425,7 @@ function policyCommand(mode: 'create' | 'update', id: string, f: PolicyFields): 
     description: f.description ?? '',
     rules: f.rules ?? '',
     datacenters: f.datacenters ?? [],
-  }
-  checkCommand(aclPolicyUpsertCommand, cmd)
-  return cmd
+  })
 }
 
 function objectBody(body: unknown, allowed: string[]): Record<string, unknown> {
@@ -450,9 +446,11 @@ function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   )
 }
 
-function checkCommand(schema: z.ZodType, cmd: unknown): void {
+/** The command as parsed by its schema (defaults filled in); 400 naming the field when invalid. */
+function checkCommand<T>(schema: z.ZodType<T>, cmd: unknown): T {
   const r = schema.safeParse(cmd)
   if (!r.success) throw new ApiError(issueText(r.error, pascalPath), 400)
+  return r.data
 }
 
 /** "Field: problem" from the first issue, the field in the API's own spelling. */
@@ -483,7 +481,7 @@ function deadline(req: ApiRequest): AbortSignal {
 /** Errors that mean "try again later": no leader now, or this agent is stopping. */
 const UNAVAILABLE = new Set([NoLeaderError.code, WriteTimeoutError.code, RaftNotRunningError.code])
 
-async function write(backend: AclBackend, cmd: AclCommandInput, req: ApiRequest): Promise<number> {
+async function write(backend: AclBackend, cmd: AclCommand, req: ApiRequest): Promise<number> {
   let res: AclResult
   try {
     res = await backend.write(cmd, { signal: deadline(req) })
