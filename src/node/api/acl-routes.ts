@@ -270,6 +270,33 @@ export function initialManagementCommand(
   }
 }
 
+/**
+ * Resolves once `store` has applied Raft index `index` here (its change index reached it), or
+ * rejects when `signal` aborts. For the lead's `AclBackend.write`: after a successful
+ * `raft.write`, `await untilApplied(store, index, signal)` so the route reads what it wrote.
+ */
+export function untilApplied(
+  store: { readonly index: number; onChange(listener: (index: number) => void): () => void },
+  index: number,
+  signal: AbortSignal,
+): Promise<void> {
+  if (store.index >= index) return Promise.resolve()
+  return new Promise((resolve, reject) => {
+    const done = (err?: unknown): void => {
+      off()
+      signal.removeEventListener('abort', onAbort)
+      if (err === undefined) resolve()
+      else reject(err)
+    }
+    const onAbort = (): void => done(signal.reason ?? new Error('aborted'))
+    const off = store.onChange((i) => {
+      if (i >= index) done()
+    })
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
 // ---- bodies -----------------------------------------------------------------------------------
 
 /** Fields of a token body, camelCase, not yet checked beyond their JSON types. */

@@ -9,7 +9,7 @@ import {
   requestSecret,
   requirePermission,
 } from '../../../src/node/api/acl-auth.ts'
-import { initialManagementCommand } from '../../../src/node/api/acl-routes.ts'
+import { initialManagementCommand, untilApplied } from '../../../src/node/api/acl-routes.ts'
 import type { HttpApi } from '../../../src/node/api/server.ts'
 import { NoLeaderError } from '../../../src/node/raft/errors.ts'
 import { AclState } from '../../../src/raft/policy/acl-state.ts'
@@ -421,5 +421,49 @@ describe('tokens', () => {
     const root = await bootstrapped()
     backend.failWith = new NoLeaderError('no raft leader')
     expect((await call('PUT', '/v1/acl/token', { token: root, body: {} })).status).toBe(503)
+  })
+})
+
+describe('untilApplied', () => {
+  function fakeStore() {
+    const listeners = new Set<(i: number) => void>()
+    return {
+      index: 3,
+      onChange(l: (i: number) => void) {
+        listeners.add(l)
+        return () => listeners.delete(l)
+      },
+      advance(i: number) {
+        this.index = i
+        for (const l of listeners) l(i)
+      },
+      get listeners() {
+        return listeners.size
+      },
+    }
+  }
+
+  it('resolves at once when applied, else on the change that reaches the index', async () => {
+    const store = fakeStore()
+    await untilApplied(store, 3, new AbortController().signal)
+    let done = false
+    const p = untilApplied(store, 5, new AbortController().signal).then(() => {
+      done = true
+    })
+    store.advance(4)
+    await Promise.resolve()
+    expect(done).toBe(false)
+    store.advance(5)
+    await p
+    expect(store.listeners).toBe(0)
+  })
+
+  it('rejects when the signal aborts, and unsubscribes', async () => {
+    const store = fakeStore()
+    const ac = new AbortController()
+    const p = untilApplied(store, 9, ac.signal)
+    ac.abort(new NoLeaderError('deadline'))
+    await expect(p).rejects.toBeInstanceOf(NoLeaderError)
+    expect(store.listeners).toBe(0)
   })
 })
