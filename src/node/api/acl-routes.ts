@@ -188,11 +188,14 @@ export function registerAclRoutes(http: HttpApi, deps: AclRouteDeps): void {
       throw new ApiError('AccessorID: does not match the token in the path', 400)
     const cur = state.token(accessorId)
     if (cur === undefined) throw new ApiError(`ACL token ${accessorId} not found`, 404)
-    // A Consul client sends the whole token back; `Local` left out keeps the token's.
+    // A Consul client sends the whole token back: its own SecretID (or `<hidden>`) means "keep",
+    // and `Local` left out keeps the token's.
+    const secret =
+      fields.secretId === cur.secretId || fields.secretId === REDACTED_SECRET ? undefined : fields.secretId
     const cmd = tokenCommand(
       'update',
       accessorId,
-      fields.secretId,
+      secret,
       { ...fields, local: fields.local ?? cur.local },
       cur.createTime,
     )

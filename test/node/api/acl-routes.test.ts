@@ -366,6 +366,17 @@ describe('tokens', () => {
       CreateIndex: 2,
       ModifyIndex: 3,
     })
+    // What a client read, sent back as it is (its secret shown or hidden), updates.
+    expect(
+      (await call('PUT', path, { token: root, body: { ...u.json, Description: 'c' } })).json.Description,
+    ).toBe('c')
+    expect(
+      (await call('PUT', path, { token: root, body: { SecretID: '<hidden>', Description: 'd' } })).status,
+    ).toBe(200)
+    const anon = await call('GET', `/v1/acl/token/${ANONYMOUS_TOKEN_ID}`, { token: root })
+    expect(
+      (await call('PUT', `/v1/acl/token/${ANONYMOUS_TOKEN_ID}`, { token: root, body: anon.json })).status,
+    ).toBe(200)
     expect((await call('PUT', path, { token: root, body: { AccessorID: ANONYMOUS_TOKEN_ID } })).status).toBe(
       400,
     )
