@@ -1,0 +1,95 @@
+/**
+ * The ACL system's data: rules (what a policy grants), policies and tokens as the replicated
+ * state holds them. Field names are camelCase here; the HTTP API shows Consul's PascalCase.
+ */
+
+/** A rule's level. `write` includes `read`; `deny` refuses both, whatever else matches less specifically. */
+export type AccessLevel = 'read' | 'write' | 'deny'
+
+/** A `service` or `service_prefix` rule: its level, and optionally a separate one for intentions. */
+export interface ServiceRule {
+  policy: AccessLevel
+  /** Level on intentions whose destination this rule matches; unset: read if `policy` grants read. */
+  intentions?: AccessLevel
+}
+
+/**
+ * A parsed policy (Consul's rule language). Exact rules and prefix rules of each resource are kept
+ * apart: an exact rule beats any prefix, a longer prefix beats a shorter one (see authorizer.ts).
+ * Maps, so that a rule named `__proto__` is just a name.
+ */
+export interface RuleSet {
+  service: Map<string, ServiceRule>
+  servicePrefix: Map<string, ServiceRule>
+  node: Map<string, AccessLevel>
+  nodePrefix: Map<string, AccessLevel>
+  key: Map<string, AccessLevel>
+  keyPrefix: Map<string, AccessLevel>
+  agent: Map<string, AccessLevel>
+  agentPrefix: Map<string, AccessLevel>
+  operator?: AccessLevel
+  acl?: AccessLevel
+  /** Unset: `mesh` follows `operator`, as in Consul. */
+  mesh?: AccessLevel
+}
+
+export function emptyRuleSet(): RuleSet {
+  return {
+    service: new Map(),
+    servicePrefix: new Map(),
+    node: new Map(),
+    nodePrefix: new Map(),
+    key: new Map(),
+    keyPrefix: new Map(),
+    agent: new Map(),
+    agentPrefix: new Map(),
+  }
+}
+
+/** A policy as replicated (Consul's ACLPolicy without namespaces and partitions). */
+export interface AclPolicy {
+  id: string
+  name: string
+  description: string
+  /** The rule text as given (JSON or HCL); parsed when a token using it is resolved. */
+  rules: string
+  /** Datacenters the policy applies in; empty: all. Kept for Consul clients; peermesh has one. */
+  datacenters: string[]
+  createIndex: number
+  modifyIndex: number
+}
+
+/** Consul's ServiceIdentity: write on the service and its sidecar, read on every service and node. */
+export interface AclServiceIdentity {
+  serviceName: string
+  datacenters?: string[]
+}
+
+/** Consul's NodeIdentity: write on the node, read on every service. */
+export interface AclNodeIdentity {
+  nodeName: string
+  datacenter: string
+}
+
+/** A token as replicated (Consul's ACLToken without roles, auth methods or expiry). */
+export interface AclToken {
+  accessorId: string
+  /**
+   * The bearer secret, kept in clear as Consul keeps it: `GET /v1/acl/token/:id` shows it to a
+   * caller with `acl:write`. Lookups go through a SHA-256 of it (acl-state.ts).
+   */
+  secretId: string
+  description: string
+  /** IDs of linked policies; a link to a policy deleted since is ignored (and not shown). */
+  policies: string[]
+  serviceIdentities: AclServiceIdentity[]
+  nodeIdentities: AclNodeIdentity[]
+  /** Consul's datacenter-local flag; stored and shown, no effect with one datacenter. */
+  local: boolean
+  /** peermesh extension: the holder may enroll a node as a Raft voter. */
+  voter: boolean
+  /** RFC 3339 time the proposer gave when the token was created. */
+  createTime: string
+  createIndex: number
+  modifyIndex: number
+}

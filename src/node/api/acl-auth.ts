@@ -1,0 +1,154 @@
+import {
+  ANONYMOUS_TOKEN_ID,
+  ANONYMOUS_TOKEN_SECRET,
+  type Authorizer,
+  authorizerForToken,
+  type AclToken,
+  type DefaultPolicy,
+  MANAGE_ALL,
+  type PermissionCheck,
+  type PermissionNeed,
+  permissionDeniedMessage,
+  RuleSetCache,
+} from '../../acl/index.ts'
+import type { AclStateView } from '../../raft/policy/acl-state.ts'
+import { ApiError } from '../agent/errors.ts'
+import type { ApiRequest } from './server.ts'
+
+/** The ACL settings the resolver needs (the `acl` block of the agent config). */
+export interface AclResolverConfig {
+  /** Off: every request may do everything (and `/v1/acl/*` answers 401, as Consul). */
+  enabled: boolean
+  /** What applies when no rule matches; Consul's `acl.default_policy`. */
+  defaultPolicy: DefaultPolicy
+  /** The anonymous token reads services, nodes and agents (members, catalog, health, DNS, agent self). */
+  anonymousRead: boolean
+  /**
+   * The secret a request without one runs as (Consul's `acl.tokens.default`, read from the
+   * agent's `tokenFile`); unset: the anonymous token.
+   */
+  defaultSecret?: string
+}
+
+/** Who a request is: its token (undefined when ACLs are off) and what it may do. */
+export interface ResolvedToken {
+  accessorId: string
+  token: AclToken | undefined
+  authorizer: Authorizer
+}
+
+/** Consul's answer to a secret it does not know. */
+export const ACL_NOT_FOUND = 'ACL not found'
+/** The answer to an unknown secret while this agent's ACL state is still catching up. */
+export const ACL_NOT_REPLICATED = 'ACL state not yet replicated to this agent; retry'
+
+/**
+ * The secret a request presents: `X-Consul-Token`, else `Authorization: Bearer <secret>`, else
+ * `?token=`; undefined when none (the request is then anonymous). Empty values count as absent.
+ *
+ * Order: headers before the query, as the issue asks. Consul itself reads `?token=` first
+ * (agent/http.go parseTokenInternal); the two differ only for a request that carries both.
+ */
+export function requestSecret(req: Pick<ApiRequest, 'headers' | 'query'>): string | undefined {
+  const header = firstHeader(req.headers['x-consul-token'])?.trim()
+  if (header) return header
+  const auth = firstHeader(req.headers.authorization)?.trim()
+  if (auth) {
+    const m = /^bearer\s+(.+)$/i.exec(auth)
+    if (m?.[1] !== undefined && m[1].trim() !== '') return m[1].trim()
+  }
+  const q = req.query.get('token')
+  return q === null || q === '' ? undefined : q
+}
+
+function firstHeader(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v
+}
+
+/**
+ * Resolves secrets to tokens and their authorizers on this agent's committed ACL state. An
+ * authorizer is built once per token and state version (ACL index), and a policy's rules are
+ * parsed once per policy version.
+ */
+export class AclResolver {
+  private readonly rules = new RuleSetCache()
+  private cacheIndex = -1
+  private readonly cache = new Map<string, Authorizer>()
+
+  /**
+   * `options.replicated`: whether this agent's ACL state has caught up with the cluster (e.g. it
+   * has applied the leader's commit index once). While it has not, an unknown secret is a 503
+   * "retry" rather than a 403, since the token may exist and not have reached this agent yet.
+   */
+  constructor(
+    private readonly state: AclStateView,
+    readonly config: AclResolverConfig,
+    private readonly options: {
+      replicated?: () => boolean
+      onInvalidPolicy?: (policyId: string, err: Error) => void
+    } = {},
+  ) {}
+
+  /**
+   * The token of `secret` (the default token, else anonymous, when undefined); 403 "ACL not
+   * found" when unknown.
+   */
+  resolve(secret: string | undefined): ResolvedToken {
+    if (!this.config.enabled) return { accessorId: '', token: undefined, authorizer: MANAGE_ALL }
+    const token = this.state.tokenBySecret(secret ?? this.config.defaultSecret ?? ANONYMOUS_TOKEN_SECRET)
+    if (token === undefined) {
+      if (this.options.replicated?.() === false) throw new ApiError(ACL_NOT_REPLICATED, 503)
+      throw new ApiError(ACL_NOT_FOUND, 403)
+    }
+    return { accessorId: token.accessorId, token, authorizer: this.authorizerOf(token) }
+  }
+
+  /** The token a request presents (see `requestSecret`). */
+  resolveRequest(req: Pick<ApiRequest, 'headers' | 'query'>): ResolvedToken {
+    return this.resolve(requestSecret(req))
+  }
+
+  private authorizerOf(token: AclToken): Authorizer {
+    if (this.cacheIndex !== this.state.index) {
+      this.cache.clear()
+      this.cacheIndex = this.state.index
+      this.rules.retain(new Set(this.state.policies().map((p) => p.id)))
+    }
+    let a = this.cache.get(token.accessorId)
+    if (a === undefined) {
+      a = authorizerForToken(
+        token,
+        (id) => this.state.policy(id),
+        {
+          defaultPolicy: this.config.defaultPolicy,
+          anonymousRead: this.config.anonymousRead,
+          onInvalidPolicy: (p, err) => this.options.onInvalidPolicy?.(p.id, err),
+        },
+        this.rules,
+      )
+      this.cache.set(token.accessorId, a)
+    }
+    return a
+  }
+}
+
+/**
+ * Refuses the request with 403 (Consul's "Permission denied: token with AccessorID '…' lacks
+ * permission 'service:write' on \"web\"") unless its token passes `check`; returns the token's
+ * AccessorID for the log. Use with `need`: `requirePermission(req, acl, ...need.serviceWrite(name))`.
+ */
+export function requirePermission(
+  req: Pick<ApiRequest, 'headers' | 'query'>,
+  resolver: AclResolver,
+  check: PermissionCheck,
+  what: PermissionNeed,
+): string {
+  const who = resolver.resolveRequest(req)
+  if (!check(who.authorizer)) throw new ApiError(permissionDeniedMessage(who.accessorId, what), 403)
+  return who.accessorId
+}
+
+/** Whether `accessorId` is the anonymous token (for logs that should say "anonymous"). */
+export function isAnonymous(accessorId: string): boolean {
+  return accessorId === ANONYMOUS_TOKEN_ID
+}
