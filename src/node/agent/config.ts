@@ -1,4 +1,5 @@
 import { isIP } from 'node:net'
+import { UUID_PATTERN } from '../../acl/constants.ts'
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -93,6 +94,25 @@ export const agentConfigSchema = z
       .optional(),
     /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
     caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
+    /**
+     * Access control (docs/SECURITY.md). Off by default for now: with it off, every local request
+     * may do everything, as before ACLs existed.
+     */
+    acl: z
+      .object({
+        /** Check tokens on the HTTP API and on forwarded writes. */
+        enabled: z.boolean().optional(),
+        /** When no rule matches: deny (Consul's advice); allow only to migrate a running cluster. */
+        defaultPolicy: z.enum(['allow', 'deny']).optional(),
+        /** Anonymous requests may read members, catalog, health, DNS and agent self. */
+        anonymousRead: z.boolean().optional(),
+        /** A UUID the founders share; the first leader applies it as the management token (Consul's initial_management). */
+        initialManagementToken: z.string().regex(UUID_PATTERN, 'must be a UUID').optional(),
+      })
+      .strict()
+      .optional(),
+    /** File (0600) holding this agent's default token, for requests without one (Consul's acl.tokens.default). */
+    tokenFile: z.string().min(1).optional(),
     /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
     leafTtl: z
       .string()
@@ -126,6 +146,14 @@ export interface AgentConfig {
   caKeyType?: 'ed25519' | 'ecdsa-p256'
   /** Leaf certificate lifetime in ms (undefined: 72 h). */
   leafTtlMs?: number
+  acl: {
+    enabled: boolean
+    defaultPolicy: 'allow' | 'deny'
+    anonymousRead: boolean
+    initialManagementToken?: string
+  }
+  /** The default token read from `tokenFile` at start (trimmed). */
+  defaultToken?: string
 }
 
 export function parseHostPort(s: string): { host: string; port: number } | undefined {
@@ -210,7 +238,34 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     ...(merged.trustDomain !== undefined ? { trustDomain: merged.trustDomain } : {}),
     ...(merged.caKeyType !== undefined ? { caKeyType: merged.caKeyType } : {}),
     ...(merged.leafTtl !== undefined ? { leafTtlMs: Math.round(parseDuration(merged.leafTtl)!) } : {}),
+    acl: {
+      enabled: merged.acl?.enabled ?? false,
+      defaultPolicy: merged.acl?.defaultPolicy ?? 'deny',
+      anonymousRead: merged.acl?.anonymousRead ?? true,
+      ...(merged.acl?.initialManagementToken !== undefined
+        ? { initialManagementToken: merged.acl.initialManagementToken }
+        : {}),
+    },
+    ...(merged.tokenFile !== undefined ? { defaultToken: readTokenFile(merged.tokenFile) } : {}),
   }
+}
+
+/** The token in `path`, trimmed; a ConfigError naming the file when unreadable or empty. */
+function readTokenFile(path: string): string {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8').trim()
+  } catch (err) {
+    throw new ConfigError(
+      `tokenFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`,
+      'tokenFile',
+      {
+        cause: err,
+      },
+    )
+  }
+  if (text === '') throw new ConfigError(`tokenFile: ${path} is empty`, 'tokenFile')
+  return text
 }
 
 function sanitizeHostname(h: string): string {

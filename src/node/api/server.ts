@@ -2,7 +2,9 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { networkInterfaces } from 'node:os'
 import type { Logger } from 'pino'
 import { JSON_VALUE_LIMITS, plainValueProblem } from '../../common/plain-value.ts'
+import { type Authorizer, MANAGE_ALL, type PermissionCheck, type PermissionNeed } from '../../acl/index.ts'
 import { ApiError, ListenError } from '../agent/errors.ts'
+import { type AclResolver, requestSecret, requirePermission } from './acl-auth.ts'
 import { type ApiAddresses, guardRefusal, hostOfHostHeader, isLoopbackHost } from './request-guard.ts'
 
 /** What a route handler gets: the parsed request and a signal aborted when the client goes away. */
@@ -15,6 +17,23 @@ export interface ApiRequest {
   body: unknown
   headers: IncomingMessage['headers']
   signal: AbortSignal
+  /** Who sent it and what they may do (ACLs): see `RequestAuth`. */
+  auth: RequestAuth
+}
+
+/**
+ * A request's ACL identity. With ACLs off (or no resolver, as in unit tests) everything passes.
+ */
+export interface RequestAuth {
+  /**
+   * Throws a 403 naming the missing permission (Consul's message) unless the request's token
+   * passes `check`; returns the token's AccessorID (logged with every authorized write).
+   */
+  require(check: PermissionCheck, what: PermissionNeed): string
+  /** The request's authorizer, to filter lists (everything when ACLs are off). */
+  authorizer(): Authorizer
+  /** The secret the request presented, carried to the leader with a forwarded write. */
+  secret(): string | undefined
 }
 
 /** A handler returns a JSON-able value, or an `ApiReply` for a status/content type of its own. */
@@ -88,6 +107,7 @@ export const DEFAULT_HTTP_API_LIMITS: HttpApiLimits = {
 export class HttpApi {
   private readonly routes: Route[] = []
   private server?: Server
+  private acl?: AclResolver
   private addresses: ApiAddresses = { port: 0, hosts: new Set() }
   private readonly limits: HttpApiLimits
 
@@ -145,6 +165,29 @@ export class HttpApi {
       server.close(() => resolve())
       server.closeAllConnections()
     })
+  }
+
+  /** Checks tokens from now on (ACLs); without it every request may do everything. */
+  useAcl(resolver: AclResolver): void {
+    this.acl = resolver
+  }
+
+  private authOf(
+    headers: IncomingMessage['headers'],
+    query: URLSearchParams,
+    accessor: { id?: string },
+  ): RequestAuth {
+    const acl = this.acl
+    const req = { headers, query }
+    return {
+      require: (check, what) => {
+        if (acl === undefined || !acl.config.enabled) return ''
+        accessor.id = requirePermission(req, acl, check, what)
+        return accessor.id
+      },
+      authorizer: () => (acl === undefined ? MANAGE_ALL : acl.resolveRequest(req).authorizer),
+      secret: () => requestSecret(req),
+    }
   }
 
   private match(
@@ -207,6 +250,7 @@ export class HttpApi {
           : new ApiError(`no such API path: ${url.pathname}`, 404)
       }
       const body = await readJsonBody(req)
+      const accessor: { id?: string } = {}
       const result = await route.handler({
         method,
         path: url.pathname,
@@ -215,7 +259,10 @@ export class HttpApi {
         body,
         headers: req.headers,
         signal: controller.signal,
+        auth: this.authOf(req.headers, url.searchParams, accessor),
       })
+      if (accessor.id !== undefined && method !== 'GET' && method !== 'HEAD')
+        this.log.info({ method, path: url.pathname, accessorId: accessor.id }, 'authorized write')
       if (result instanceof ApiReply) {
         send(res, result.status, result.body, result.contentType, result.headers)
       } else {

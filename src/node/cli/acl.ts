@@ -1,22 +1,16 @@
 import { readFileSync } from 'node:fs'
-import { type Command, Option } from 'commander'
-import { DEFAULT_HTTP, parseHostPort } from '../agent/config.ts'
-import { AgentUnreachableError, ApiError, ConfigError } from '../agent/errors.ts'
+import type { Command, Option } from 'commander'
+import { ConfigError } from '../agent/errors.ts'
 import type { AclPolicyJson, AclTokenJson } from '../api/acl-routes.ts'
 import { print, renderTable } from './format.ts'
-import { httpOption } from './options.ts'
+import { ApiClient } from './client.ts'
+import { httpOption, tokenFileOption, tokenOption } from './options.ts'
 
 // ---- tokens for every client command ----------------------------------------------------------
 
 /** `--token` and `--token-file`, for any command that talks to the agent API. */
 export function tokenOptions(): Option[] {
-  return [
-    new Option(
-      '--token <secret>',
-      'ACL token (SecretID) to send; default: $PEERMESH_HTTP_TOKEN, $CONSUL_HTTP_TOKEN',
-    ),
-    new Option('--token-file <file>', 'file holding the ACL token to send'),
-  ]
+  return [tokenOption(), tokenFileOption()]
 }
 
 /**
@@ -51,74 +45,9 @@ export function resolveCliToken(
   return undefined
 }
 
-/**
- * A client of the local HTTP API that sends an ACL token as `X-Consul-Token`. Errors as
- * `ApiClient`'s (one line, with the API's message). The lead may fold the header into
- * `ApiClient` and drop this class (see INTEGRATION.md).
- */
-export class TokenApiClient {
-  readonly host: string
-  readonly port: number
-
-  constructor(
-    address = process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
-    readonly token?: string,
-  ) {
-    const hp = parseHostPort(address)
-    if (hp === undefined) throw new ConfigError(`--http: ${address} is not HOST:PORT`, 'http')
-    this.host = hp.host
-    this.port = hp.port
-  }
-
-  get<T = unknown>(path: string, options: { signal?: AbortSignal } = {}): Promise<T> {
-    return this.call<T>('GET', path, undefined, options)
-  }
-
-  async call<T = unknown>(
-    method: string,
-    path: string,
-    body?: unknown,
-    options: { signal?: AbortSignal } = {},
-  ): Promise<T> {
-    const headers: Record<string, string> = {}
-    if (this.token !== undefined) headers['x-consul-token'] = this.token
-    if (body !== undefined) headers['content-type'] = 'application/json'
-    const host = this.host.includes(':') ? `[${this.host}]` : this.host
-    let res: Response
-    try {
-      res = await fetch(`http://${host}:${this.port}${path}`, {
-        method,
-        headers,
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: options.signal ?? AbortSignal.timeout(10_000),
-      })
-    } catch (err) {
-      const code = (err as { cause?: { code?: string } }).cause?.code
-      const why =
-        code === 'ECONNREFUSED'
-          ? 'connection refused (is the agent running?)'
-          : (code ?? (err as Error).message)
-      throw new AgentUnreachableError(`cannot reach the agent at ${this.host}:${this.port}: ${why}`, {
-        cause: err,
-      })
-    }
-    const text = await res.text()
-    let json: unknown
-    try {
-      json = text.length > 0 ? JSON.parse(text) : undefined
-    } catch {
-      json = text
-    }
-    if (res.ok) return json as T
-    const msg =
-      json !== null && typeof json === 'object' && 'error' in json ? String(json.error) : `HTTP ${res.status}`
-    throw new ApiError(msg, res.status)
-  }
-}
-
 /** The client for a command's `--http` and token options. */
-export function clientFor(opts: { http: string; token?: string; tokenFile?: string }): TokenApiClient {
-  return new TokenApiClient(opts.http, resolveCliToken(opts))
+export function clientFor(opts: { http: string; token?: string; tokenFile?: string }): ApiClient {
+  return new ApiClient(opts.http, resolveCliToken(opts))
 }
 
 // ---- output -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import type { HealthEntry } from '../catalog/index.ts'
 import { ApiClient } from './client.ts'
 import { ConfigError } from '../agent/errors.ts'
 import { print, renderTable } from './format.ts'
-import { httpOption } from './options.ts'
+import { httpOption, tokenFileOption, tokenOption } from './options.ts'
 
 function readJsonFile(path: string): unknown {
   let text: string
@@ -29,6 +29,8 @@ export function registerCatalogCommands(program: Command): void {
     .description('register a service (and its checks and sidecar) with the local agent')
     .argument('<file.json>', 'service definition')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .action(async (file: string, opts: { http: string }) => {
       const def = readJsonFile(file)
       await new ApiClient(opts.http).call('PUT', '/v1/agent/service/register', def)
@@ -41,6 +43,8 @@ export function registerCatalogCommands(program: Command): void {
     .description('remove a service registered with the local agent')
     .argument('<id>', 'service id')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .action(async (id: string, opts: { http: string }) => {
       await new ApiClient(opts.http).call('PUT', `/v1/agent/service/deregister/${encodeURIComponent(id)}`)
       process.stdout.write(`deregistered service ${id}\n`)
@@ -50,6 +54,8 @@ export function registerCatalogCommands(program: Command): void {
     .command('services')
     .description('list the services known to the cluster, with their tags')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
       const services = await new ApiClient(opts.http).get<Record<string, string[]>>('/v1/catalog/services')
@@ -68,6 +74,8 @@ export function registerCatalogCommands(program: Command): void {
     .description('the instances of a service and their health')
     .argument('<service>', 'service name')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--passing', 'only instances whose checks pass')
     .option('--json', 'machine-readable output')
     .action(async (service: string, opts: { http: string; json?: boolean; passing?: boolean }) => {

@@ -13,11 +13,12 @@ import { ConfigError, isUserFacing } from '../agent/errors.ts'
 import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
 import type { MemberJson } from '../gossip/index.ts'
+import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
-import { ApiClient } from './client.ts'
+import { ApiClient, setCliToken } from './client.ts'
 import { registerConnectCommands } from './connect.ts'
 import { print, renderTable } from './format.ts'
-import { httpOption } from './options.ts'
+import { httpOption, tokenFileOption, tokenOption } from './options.ts'
 import { registerRaftCommands } from './raft.ts'
 
 /** How long a graceful stop may take before the process exits anyway. */
@@ -44,6 +45,8 @@ export function buildCli(): Command {
     .configureOutput({
       outputError: (str, write) => write(str.split('\n')[0]!.replace(/^error: /, 'peermesh: ') + '\n'),
     })
+    // Every client command sends the token its --token / --token-file gave (else the env's).
+    .hook('preAction', (_program, action) => setCliToken(resolveCliToken(action.opts())))
 
   program
     .command('agent')
@@ -64,6 +67,7 @@ export function buildCli(): Command {
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
     .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
+    .option('--token-file <file>', "this agent's default ACL token, for requests that carry none")
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
     .action(async (opts: Record<string, unknown>) => {
       const flags = validateAgentConfig(
@@ -78,6 +82,7 @@ export function buildCli(): Command {
           bootstrapExpect: opts['bootstrapExpect'],
           raftVoters: opts['raftVoters'],
           clusterKey: opts['clusterKey'],
+          tokenFile: opts['tokenFile'],
           dns: opts['dns'],
           logLevel: opts['logLevel'],
         },
@@ -106,6 +111,8 @@ export function buildCli(): Command {
     .command('info')
     .description("show this agent's name, peer id, addresses and connected peers")
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
       const api = new ApiClient(opts.http)
@@ -129,6 +136,8 @@ export function buildCli(): Command {
     .command('members')
     .description('list the members of the cluster as gossip sees them')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
       const members = await new ApiClient(opts.http).get<MemberJson[]>('/v1/agent/members')
@@ -171,6 +180,7 @@ export function buildCli(): Command {
   registerCatalogCommands(program)
   registerRaftCommands(program)
   registerConnectCommands(program)
+  registerAclCommands(program)
   return program
 }
 

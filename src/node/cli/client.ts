@@ -2,6 +2,21 @@ import { request } from 'node:http'
 import { DEFAULT_HTTP, parseHostPort } from '../agent/config.ts'
 import { AgentUnreachableError, ApiError, ConfigError } from '../agent/errors.ts'
 
+let cliToken: string | undefined
+
+/** The token every client of this process sends unless given another (`--token`, `--token-file`). */
+export function setCliToken(token: string | undefined): void {
+  cliToken = token
+}
+
+function envToken(): string | undefined {
+  for (const name of ['PEERMESH_HTTP_TOKEN', 'CONSUL_HTTP_TOKEN']) {
+    const v = process.env[name]?.trim()
+    if (v) return v
+  }
+  return undefined
+}
+
 /**
  * A small client for the local HTTP API, used by the CLI commands. Errors are one-line
  * `PEERMESH_ERR_*` errors the CLI prints as they are.
@@ -10,7 +25,14 @@ export class ApiClient {
   readonly host: string
   readonly port: number
 
-  constructor(address = process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP) {
+  /**
+   * `token`: the ACL token sent as `X-Consul-Token` (default: what the command line gave, see
+   * `setCliToken`, else `$PEERMESH_HTTP_TOKEN`, else `$CONSUL_HTTP_TOKEN`; none: anonymous).
+   */
+  constructor(
+    address = process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
+    readonly token: string | undefined = cliToken ?? envToken(),
+  ) {
     const hp = parseHostPort(address)
     if (hp === undefined) throw new ConfigError(`--http: ${address} is not HOST:PORT`, 'http')
     this.host = hp.host
@@ -35,7 +57,10 @@ export class ApiClient {
           port: this.port,
           method,
           path,
-          headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+          headers: {
+            ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+            ...(this.token !== undefined ? { 'x-consul-token': this.token } : {}),
+          },
           signal: options.signal ?? AbortSignal.timeout(10_000),
         },
         (res) => {

@@ -7,7 +7,7 @@ import type { CaRootsJson } from '../../identity/connect/ca-state.ts'
 import type { IntentionJson } from '../api/connect-routes.ts'
 import { ConfigError } from '../agent/errors.ts'
 import { print, renderTable } from './format.ts'
-import { httpOption } from './options.ts'
+import { httpOption, tokenFileOption, tokenOption } from './options.ts'
 
 const pairQuery = (src: string, dst: string): string =>
   `source=${encodeURIComponent(src)}&destination=${encodeURIComponent(dst)}`
@@ -31,6 +31,8 @@ export function registerConnectCommands(program: Command): void {
   ca.command('roots')
     .description('list the trusted CA roots, the active one marked')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (as GET /v1/connect/ca/roots)')
     .action(async (opts: { http: string; json?: boolean }) => {
       const roots = await new ApiClient(opts.http).get<CaRootsJson>('/v1/connect/ca/roots')
@@ -44,6 +46,8 @@ export function registerConnectCommands(program: Command): void {
   ca.command('rotate')
     .description('start a root rotation: a new root, cross-signed by the current one')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
       const r = await new ApiClient(opts.http).call<{ activeRootId: string; previousRootId: string }>(
@@ -64,6 +68,8 @@ export function registerConnectCommands(program: Command): void {
     .argument('<service>', 'service registered on this agent')
     .requiredOption('--out <dir>', 'directory to write leaf.pem, key.pem and root.pem into')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .action(async (service: string, opts: { http: string; out: string }) => {
       const leaf = await new ApiClient(opts.http).get<LeafJson>(
         `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`,
@@ -93,6 +99,8 @@ export function registerConnectCommands(program: Command): void {
     .option('--description <text>', 'free text')
     .option('--replace', 'replace an existing intention for the same pair')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .action(
       async (
         source: string,
@@ -125,6 +133,8 @@ export function registerConnectCommands(program: Command): void {
     .argument('<source>')
     .argument('<destination>')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .action(async (source: string, destination: string, opts: { http: string }) => {
       await new ApiClient(opts.http).call(
         'DELETE',
@@ -136,6 +146,8 @@ export function registerConnectCommands(program: Command): void {
     .command('list')
     .description('list intentions, highest precedence first')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (a JSON array)')
     .action(async (opts: { http: string; json?: boolean }) => {
       const list = await new ApiClient(opts.http).get<IntentionJson[]>('/v1/connect/intentions')
@@ -152,6 +164,8 @@ export function registerConnectCommands(program: Command): void {
     .argument('<source>')
     .argument('<destination>')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (source: string, destination: string, opts: { http: string; json?: boolean }) => {
       const r = await new ApiClient(opts.http).get<{ allowed: boolean }>(
@@ -165,6 +179,8 @@ export function registerConnectCommands(program: Command): void {
     .description('show or set the cluster-wide default action (when no intention matches)')
     .argument('[action]', 'allow or deny')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .action(async (action: string | undefined, opts: { http: string }) => {
       const api = new ApiClient(opts.http)
       if (action === undefined) {

@@ -1,6 +1,6 @@
 import type { Command } from 'commander'
 import { print, renderTable } from './format.ts'
-import { httpOption } from './options.ts'
+import { httpOption, tokenFileOption, tokenOption } from './options.ts'
 import { ApiClient } from './client.ts'
 import { NoLeaderError } from '../raft/errors.ts'
 import type { RaftConfigurationJson } from '../raft/raft-module.ts'
@@ -19,6 +19,8 @@ export function registerRaftCommands(program: Command): void {
     .command('leader')
     .description('show the address of the Raft leader')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (a JSON string)')
     .action(async (opts: { http: string; json?: boolean }) => {
       const leader = await new ApiClient(opts.http).get<string>('/v1/status/leader')
@@ -31,6 +33,8 @@ export function registerRaftCommands(program: Command): void {
     .command('peers')
     .description('list the Raft voters and learners')
     .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (as GET /v1/operator/raft/configuration)')
     .action(async (opts: { http: string; json?: boolean }) => {
       const conf = await new ApiClient(opts.http).get<RaftConfigurationJson>(

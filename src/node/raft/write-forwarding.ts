@@ -173,6 +173,11 @@ export interface ForwardedWriteServerComponents {
   /** The running node, or undefined while stopping. */
   node(): ProposingNode | undefined
   clock: Clock
+  /**
+   * Whether the caller's token may write `cmd`, on this leader's committed ACL state: a refusal
+   * (nothing is proposed) or undefined. Absent: every forward is accepted (ACLs off).
+   */
+  authorize?: (cmd: PolicyCommand, token: string | undefined) => PolicyRefusal | undefined
 }
 
 /**
@@ -182,7 +187,7 @@ export interface ForwardedWriteServerComponents {
  * `tooLarge` (the command breaks the store's rules), `notForwardable` (a `ca.*` operation).
  */
 export class ForwardedWriteServer {
-  readonly stats = { proposed: 0, malformed: 0, invalid: 0, tooLarge: 0, notForwardable: 0 }
+  readonly stats = { proposed: 0, malformed: 0, invalid: 0, tooLarge: 0, notForwardable: 0, denied: 0 }
 
   constructor(
     private readonly components: ForwardedWriteServerComponents,
@@ -212,12 +217,17 @@ export class ForwardedWriteServer {
         policyRefusal(PolicyErrorCodes.notForwardable, `${String(op)} is not accepted from a forward`),
       )
     }
-    // #12 ACL: authorize `req.cmd` with `req.token` here, before anything is proposed.
     const prepared = preparePolicyCommand(req.cmd)
     if (!prepared.ok) {
       if (prepared.code === PolicyErrorCodes.tooLarge) this.stats.tooLarge++
       else this.stats.invalid++
       return this.refused(prepared)
+    }
+    // The caller's token, checked on the command as the leader will propose it.
+    const denied = this.components.authorize?.(prepared.cmd, req.token)
+    if (denied !== undefined) {
+      this.stats.denied++
+      return this.refused(denied)
     }
     if (prepared.data.length > this.settings.maxCommandBytes) {
       this.stats.tooLarge++

@@ -1,6 +1,7 @@
 import { z } from 'zod'
 import { pack, unpack } from '../../common/msgpack.ts'
 import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
+import { AclErrorCodes, aclCommandSchemas } from './acl-state.ts'
 
 /**
  * The commands of the policy store (what a client proposes through Raft), their schema and
@@ -12,6 +13,7 @@ import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../
  * same entry to the same outcome. Compare against these, never against a string.
  */
 export const PolicyErrorCodes = {
+  ...AclErrorCodes,
   invalidCommand: 'PEERMESH_ERR_INVALID_COMMAND',
   notFound: 'PEERMESH_ERR_NOT_FOUND',
   casFailed: 'PEERMESH_ERR_CAS_FAILED',
@@ -20,6 +22,8 @@ export const PolicyErrorCodes = {
   signature: 'PEERMESH_ERR_POLICY_SIGNATURE',
   /** Over an entry's size cap or the policy state's total cap (POLICY_LIMITS); HTTP 413. */
   tooLarge: 'PEERMESH_ERR_TOO_LARGE',
+  /** A forwarded write whose token does not grant it (ACLs on): nothing was proposed. */
+  permissionDenied: 'PEERMESH_ERR_PERMISSION_DENIED',
   /**
    * A forwarded write of an operation only the leader itself may propose (`ca.*`: the CA changes
    * only through the leader's own CA manager). Nothing was proposed.
@@ -90,6 +94,7 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
     /** Compare-and-set on the CA state's modifyIndex (0 = no roots set yet). */
     casIndex: z.number().int().nonnegative().optional(),
   }),
+  ...aclCommandSchemas,
 ])
 
 export type PolicyCommand = z.infer<typeof policyCommandSchema>

@@ -25,6 +25,8 @@ export interface SnapshotState {
   dedupe: { clientId: string; seq: number; result: PolicyResult }[]
   /** Intentions and config entries, as `entryBytes` measures them. */
   stateBytes: number
+  /** The ACL state (checked by `AclState.restore`); undefined in a snapshot from before ACLs. */
+  acl: unknown
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> =>
@@ -84,5 +86,6 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     ca: { roots, activeRootId: isString(active) ? active : undefined, modifyIndex: ca['modifyIndex'] },
     dedupe,
     stateBytes,
+    acl: s['acl'],
   }
 }

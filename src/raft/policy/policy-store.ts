@@ -2,6 +2,7 @@ import { type CaRoots, type CaState, caStateOf, parseRootRecords } from '../../i
 import { pack } from '../../common/msgpack.ts'
 import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
+import { AclState } from './acl-state.ts'
 import type { StoredIntention } from './intention.ts'
 import {
   decodePolicyCommand,
@@ -83,6 +84,8 @@ export interface PolicyStoreOptions {
 }
 
 export class PolicyStore implements StateMachine<PolicyResult> {
+  /** ACL tokens and policies (acl-state.ts); the `acl.*` commands go to it. */
+  readonly acl = new AclState()
   private intentions = new Map<string, StoredIntention>()
   private configEntries = new Map<string, ConfigEntry>()
   /**
@@ -279,6 +282,14 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         this.setCa({ roots: cmd.roots, activeRootId: cmd.activeRootId, modifyIndex: at })
         return this.changed(at)
       }
+      case 'acl.bootstrap':
+      case 'acl.token.upsert':
+      case 'acl.token.delete':
+      case 'acl.policy.upsert':
+      case 'acl.policy.delete': {
+        const r = this.acl.apply(cmd, at)
+        return r.ok ? this.changed(at) : r
+      }
     }
   }
 
@@ -388,6 +399,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       intentions: [...this.intentions.values()],
       configEntries: [...this.configEntries.values()],
       ca,
+      acl: this.acl.snapshot(),
       dedupe: [...this.dedupe.entries()].map(([clientId, r]) => ({
         clientId,
         seq: r.seq,
@@ -402,6 +414,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
    */
   restore(bytes: Uint8Array): void {
     const s = restoreSnapshotState(bytes, SNAPSHOT_VERSION)
+    // Checks before it changes anything, like the line above (a snapshot from before ACLs has none).
+    this.acl.restore(s.acl)
     this.index = s.index
     this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
     this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))

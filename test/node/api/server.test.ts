@@ -1,3 +1,4 @@
+import { MANAGE_ALL } from '../../../src/acl/index.ts'
 import { request } from 'node:http'
 import { connect } from 'node:net'
 import pino from 'pino'
@@ -434,6 +435,7 @@ describe('requestDeadline (?timeout=)', () => {
     body: undefined,
     headers: {},
     signal: new AbortController().signal,
+    auth: { require: () => '', authorizer: () => MANAGE_ALL, secret: () => undefined },
   })
   const limits = { defaultMs: 5_000, maxMs: 60_000, maxDigits: 6 }
 

@@ -241,7 +241,12 @@ describe('write forwarding', () => {
 
   it('the leader proposes a forwarded write; others refuse with the leader they know', async () => {
     const clock = new VirtualClock()
-    const request = pack({ t: 'write', cmd: { op: 'config.delete', kind: 'kv', name: 'k' }, clientId: 'x.1', seq: 1 })
+    const request = pack({
+      t: 'write',
+      cmd: { op: 'config.delete', kind: 'kv', name: 'k' },
+      clientId: 'x.1',
+      seq: 1,
+    })
     const serve = (n: ProposingNode | undefined) =>
       new ForwardedWriteServer(
         { node: () => n, clock },
