@@ -54,11 +54,6 @@ function record(id: string, version = 1): NodeRecord {
   return { id, name: id, addresses: [`/dns/${id}`], tags: {}, meta: {}, version }
 }
 
-function signedAlive(id: string, inc: number, rec = record(id)): Uint8Array {
-  const bytes = encodeRecord(rec)
-  return encodeMessage({ t: 'alive', inc, rec: bytes, sig: signerOf(id)(aliveSigningBytes(inc, bytes)) })
-}
-
 function entry(id: string, st: StateEntry['st'], inc: number, ri: number, sign = signerOf(id)): StateEntry {
   const rec = encodeRecord(record(id))
   return { id, st, inc, ri, rec, sig: sign(aliveSigningBytes(ri, rec)) }
