@@ -26,6 +26,12 @@ export interface SwimConfig {
    * Also scaled by the Local Health Multiplier.
    */
   probeTimeoutMs: number
+  /**
+   * Upper bound of the probe timeout when measured round trips call for more than
+   * `probeTimeoutMs` (`probeTiming`: smoothed RTT + 4 deviations). The protocol period then grows
+   * to leave room for the indirect probe. Equal to `probeTimeoutMs`: fixed timings.
+   */
+  probeTimeoutMaxMs: number
   /** Number of members asked to probe a target that missed its direct ack (SWIM §3.1, k). */
   indirectChecks: number
   /**
@@ -110,6 +116,7 @@ export interface SwimConfig {
 export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   probeIntervalMs: 150, // ~6.7 probes/s per node: fast detection for ~13 small messages/s per node
   probeTimeoutMs: 75, // LAN RTT < 1 ms; 75 ms absorbs GC hiccups and leaves 75 ms for the indirect probe
+  probeTimeoutMaxMs: 500, // a 100 ms path gets ~120 ms and a ~360 ms period instead of flapping; 500 ms covers a continent
   indirectChecks: 3, // use 3 members for the indirect ping (SWIM §3.1, memberlist)
   suspicionMult: 4, // min suspicion = 4·max(1, log10 n)·150 ms: 600 ms up to n = 10, 1 s at n = 50; a node frozen 300 ms has ~2× that to refute (soak-tested)
   suspicionMaxTimeoutMult: 4, // a lone, unconfirmed accuser waits 4× longer (Lifeguard β ≈ 4–6)
@@ -193,6 +200,7 @@ export function validateConfig(cfg: SwimConfig): void {
   }
   if (cfg.probeIntervalMs <= 0) fail('probeIntervalMs must be > 0')
   if (cfg.probeTimeoutMs <= 0) fail('probeTimeoutMs must be > 0')
+  if (cfg.probeTimeoutMaxMs < cfg.probeTimeoutMs) fail('probeTimeoutMaxMs must be >= probeTimeoutMs')
   if (cfg.probeTimeoutMs >= cfg.probeIntervalMs) {
     fail(
       'probeTimeoutMs must be shorter than probeIntervalMs (the indirect probe needs the rest of the period)',

@@ -50,6 +50,7 @@ export type {
   StateEntry,
   SuspectMessage,
 } from './messages.ts'
+export { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 export { SimNetwork, type SimNetworkOptions, type SimNetworkStats, type SimNodeSpec } from './sim-network.ts'
 export {
   acceptAllVerifier,

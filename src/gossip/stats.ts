@@ -45,6 +45,9 @@ export interface SwimStats {
   signatureCacheHits: number
   /** Protocol timers that fired late enough to suspect this node itself (Lifeguard §IV-A). */
   lateTimers: number
+  /** Current probe timeout and protocol period, from measured round trips (before health scaling). */
+  probeTimeoutMs: number
+  probeIntervalMs: number
   /** Current Local Health Multiplier score (Lifeguard §IV-A). */
   localHealth: number
 }
@@ -85,6 +88,8 @@ export function emptyStats(): SwimStats {
     signatureChecks: 0,
     signatureCacheHits: 0,
     lateTimers: 0,
+    probeTimeoutMs: 0,
+    probeIntervalMs: 0,
     localHealth: 0,
   }
 }

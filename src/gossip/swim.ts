@@ -50,6 +50,7 @@ import type {
   SuspectMessage,
 } from './messages.ts'
 import { ProbeOrder } from './probe-order.ts'
+import { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 import { acceptAllVerifier, nullSigner, type Signer, type Verifier } from './signing.ts'
 import { emptyStats, type SwimStats } from './stats.ts'
 import { Suspicion, suspicionMinTimeout } from './suspicion.ts'
@@ -140,6 +141,8 @@ interface Timer {
 interface Probe {
   seq: number
   target: string
+  /** When the direct ping left (a direct ack gives a round-trip sample). */
+  sentMs: number
   acked: boolean
   /** Members asked to probe `target` for us (ping-req): the only others whose ack or nack counts. */
   helpers: string[]
@@ -196,6 +199,10 @@ export class Swim {
   private readonly verifyCache: VerifyCache
   /** True while `tick` runs timers that fired more than `lateTimerMs` late. */
   private lateTick = false
+  /** Round trips of direct probes (`rtt.ts`); undefined until the first ack. */
+  private rtt: RttEstimate | undefined
+  /** The last probe that ended without its direct ack: a late ack still gives an RTT sample. */
+  private unanswered: { seq: number; target: string; sentMs: number } | undefined
 
   private record: NodeRecord
   private recordBytes: Uint8Array
@@ -450,9 +457,12 @@ export class Swim {
   }
 
   stats(): SwimStats {
+    const timing = this.probeTiming()
     return {
       ...this.counters,
       dropped: { ...this.counters.dropped },
+      probeTimeoutMs: timing.timeoutMs,
+      probeIntervalMs: timing.intervalMs,
       signatureChecks: this.verifyCache.checks,
       signatureCacheHits: this.verifyCache.hits,
       localHealth: this.health.health,
@@ -516,7 +526,8 @@ export class Swim {
 
   private probeTick(now: number): void {
     if (this.probe) this.probeEnd(now)
-    this.setTimer('probe', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeTick(t))
+    const timing = this.probeTiming()
+    this.setTimer('probe', now + this.health.scale(timing.intervalMs), (t) => this.probeTick(t))
     if (this.leaving) return
     let target: MemberState | undefined
     for (let i = 0, n = this.order.length; i < n; i++) {
@@ -530,7 +541,15 @@ export class Swim {
     }
     if (!target) return
     const seq = this.nextSeq()
-    this.probe = { seq, target: target.id, acked: false, helpers: [], expectedNacks: 0, nackers: new Set() }
+    this.probe = {
+      seq,
+      target: target.id,
+      sentMs: now,
+      acked: false,
+      helpers: [],
+      expectedNacks: 0,
+      nackers: new Set(),
+    }
     this.counters.probes++
     // Lifeguard §IV-C buddy system: a suspect learns first thing that it is suspected.
     const first: Uint8Array[] = []
@@ -538,10 +557,8 @@ export class Swim {
       first.push(encodeMessage({ t: 'suspect', id: target.id, inc: target.incarnation, from: this.id }))
     }
     this.sendWithPiggyback(target.id, { t: 'ping', seq, target: target.id }, first)
-    this.setTimer('probe-timeout', now + this.health.scale(this.cfg.probeTimeoutMs), (t) =>
-      this.probeTimeout(t),
-    )
-    this.setTimer('probe-end', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeEnd(t))
+    this.setTimer('probe-timeout', now + this.health.scale(timing.timeoutMs), (t) => this.probeTimeout(t))
+    this.setTimer('probe-end', now + this.health.scale(timing.intervalMs), (t) => this.probeEnd(t))
   }
 
   private probeTimeout(_now: number): void {
@@ -561,6 +578,7 @@ export class Swim {
     this.timers.delete('probe-timeout')
     this.timers.delete('probe-end')
     if (!p || p.acked) return
+    this.unanswered = { seq: p.seq, target: p.target, sentMs: p.sentMs }
     this.counters.probeFailures++
     // Lifeguard §IV-A: we were not running when this probe ended (`tick` already counted it
     // against our health); its ack may sit unread in our socket, so accuse nobody.
@@ -578,7 +596,7 @@ export class Swim {
    * to relay (ping-req); a relayed ack is passed on only if it comes from the member pinged. The
    * sequence number alone proves nothing: anyone who saw a ping knows it.
    */
-  private onAck(from: string, seq: number): void {
+  private onAck(from: string, seq: number, now: number): void {
     this.counters.acksReceived++
     const p = this.probe
     if (p && p.seq === seq && !p.acked) {
@@ -586,11 +604,19 @@ export class Swim {
         this.counters.dropped.sender++
         return
       }
+      if (from === p.target) this.rtt = updateRtt(this.rtt, now - p.sentMs)
       p.acked = true
       this.health.apply(-1)
       this.probe = undefined
       this.timers.delete('probe-timeout')
       this.timers.delete('probe-end')
+      return
+    }
+    const u = this.unanswered
+    if (u && u.seq === seq && from === u.target) {
+      // Too late for its probe, but the network is telling us how slow it is.
+      this.rtt = updateRtt(this.rtt, now - u.sentMs)
+      this.unanswered = undefined
       return
     }
     const r = this.relays.get(seq)
@@ -616,7 +642,8 @@ export class Swim {
     this.sendWithPiggyback(target, { t: 'ping', seq: local, target })
     // Lifeguard §IV-C: tell the requester we tried but got nothing, before its probe period ends
     // (it sent the ping-req one probe timeout into a period of about two probe timeouts).
-    this.setTimer(`relay:${local}`, now + Math.floor(this.cfg.probeTimeoutMs * 0.8), () => {
+    const timing = this.probeTiming()
+    this.setTimer(`relay:${local}`, now + Math.floor(timing.timeoutMs * 0.8), () => {
       const r = this.relays.get(local)
       if (!r) return
       if (r.nack) {
@@ -624,7 +651,16 @@ export class Swim {
         this.emitSend(r.origin, encodeMessage({ t: 'nack', seq: r.originSeq }))
       }
       // Keep forwarding a late ack until the end of a probe interval, then forget.
-      this.setTimer(`relay:${local}`, now + this.cfg.probeIntervalMs, () => this.relays.delete(local))
+      this.setTimer(`relay:${local}`, now + timing.intervalMs, () => this.relays.delete(local))
+    })
+  }
+
+  /** Probe timeout and period from the measured round trips, within the profile (`probeTiming`). */
+  private probeTiming(): { timeoutMs: number; intervalMs: number } {
+    return probeTiming(this.rtt, {
+      minTimeoutMs: this.cfg.probeTimeoutMs,
+      maxTimeoutMs: this.cfg.probeTimeoutMaxMs,
+      minIntervalMs: this.cfg.probeIntervalMs,
     })
   }
 
@@ -834,7 +870,7 @@ export class Swim {
         this.onPingReq(from, msg.seq, msg.target, msg.nack, now)
         return
       case 'ack':
-        this.onAck(from, msg.seq)
+        this.onAck(from, msg.seq, now)
         return
       case 'nack':
         this.counters.nacksReceived++

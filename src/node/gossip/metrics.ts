@@ -100,6 +100,14 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
   )
   for (const [name, help, pick] of counters) counterFrom(registry, name, help, pick)
   new Gauge({
+    name: 'peermesh_gossip_probe_timeout_ms',
+    help: 'Current SWIM probe timeout, from measured round trips within the profile (before health scaling)',
+    registers: [registry],
+    collect() {
+      this.set(src.coreStats()?.probeTimeoutMs ?? 0)
+    },
+  })
+  new Gauge({
     name: 'peermesh_gossip_local_health',
     help: 'Lifeguard Local Health Multiplier score of this agent (0 = healthy)',
     registers: [registry],
