@@ -97,8 +97,8 @@ export interface SwimConfig {
   /**
    * A protocol timer that fires this much later than it was due means this node itself was not
    * running (CPU starvation, GC, a stopped VM): Lifeguard §IV-A evidence against ourselves. The
-   * Local Health Multiplier rises, and a probe whose end fired that late accuses nobody: its ack
-   * may be waiting unread in our own socket.
+   * Local Health Multiplier rises (once per probe period at most), and a probe whose end fired
+   * that late is judged 1 ms later, after the driver has read what waits in our socket.
    */
   lateTimerMs: number
   /** Most updates kept queued for dissemination; the most transmitted are dropped first. */

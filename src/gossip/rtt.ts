@@ -35,7 +35,8 @@ export function probeTiming(
   bounds: { minTimeoutMs: number; maxTimeoutMs: number; minIntervalMs: number },
 ): { timeoutMs: number; intervalMs: number } {
   const { minTimeoutMs, maxTimeoutMs, minIntervalMs } = bounds
-  if (rtt === undefined || maxTimeoutMs <= minTimeoutMs) return { timeoutMs: minTimeoutMs, intervalMs: minIntervalMs }
+  if (rtt === undefined || maxTimeoutMs <= minTimeoutMs)
+    return { timeoutMs: minTimeoutMs, intervalMs: minIntervalMs }
   const bound = rtt.srttMs + 4 * rtt.rttvarMs
   const timeoutMs = Math.ceil(Math.min(maxTimeoutMs, Math.max(minTimeoutMs, bound)))
   const intervalMs = Math.ceil(Math.max(minIntervalMs, timeoutMs + 2 * Math.min(bound, maxTimeoutMs)))

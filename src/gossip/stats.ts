@@ -45,7 +45,7 @@ export interface SwimStats {
   signatureCacheHits: number
   /** Protocol timers that fired late enough to suspect this node itself (Lifeguard §IV-A). */
   lateTimers: number
-  /** Current probe timeout and protocol period, from measured round trips (before health scaling). */
+  /** Current probe timeout and protocol period (measured round trips and local health). */
   probeTimeoutMs: number
   probeIntervalMs: number
   /** Current Local Health Multiplier score (Lifeguard §IV-A). */

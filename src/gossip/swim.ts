@@ -144,6 +144,8 @@ interface Probe {
   /** When the direct ping left (a direct ack gives a round-trip sample). */
   sentMs: number
   acked: boolean
+  /** Judged late once already (`deferLateProbe`). */
+  deferred: boolean
   /** Members asked to probe `target` for us (ping-req): the only others whose ack or nack counts. */
   helpers: string[]
   expectedNacks: number
@@ -199,6 +201,8 @@ export class Swim {
   private readonly verifyCache: VerifyCache
   /** True while `tick` runs timers that fired more than `lateTimerMs` late. */
   private lateTick = false
+  /** When a late timer last raised the Local Health Multiplier. */
+  private latePenaltyMs = Number.NEGATIVE_INFINITY
   /** Round trips of direct probes (`rtt.ts`); undefined until the first ack. */
   private rtt: RttEstimate | undefined
   /** The last probe that ended without its direct ack: a late ack still gives an RTT sample. */
@@ -299,18 +303,23 @@ export class Swim {
 
   /**
    * Runs every timer due at `nowMs`. A timer due more than `lateTimerMs` earlier means this node
-   * was not running (Lifeguard §IV-A): its Local Health Multiplier rises before it probes again,
-   * and a probe ending now accuses nobody.
+   * was not running (Lifeguard §IV-A): its Local Health Multiplier rises (at most once per probe
+   * period) before it probes again, and a probe ending now is judged 1 ms later.
    */
   tick(nowMs: number): Output {
     this.begin()
     let late = false
     for (const t of this.timers.values()) if (nowMs - t.at > this.cfg.lateTimerMs) late = true
+    this.lateTick = late
+    // At most one point of health per protocol period: a node that stays slow does not peg the
+    // multiplier within a second, and each acked probe takes a point back.
     if (late) {
       this.counters.lateTimers++
-      this.health.apply(1)
+      if (nowMs - this.latePenaltyMs >= this.cfg.probeIntervalMs) {
+        this.latePenaltyMs = nowMs
+        this.health.apply(1)
+      }
     }
-    this.lateTick = late
     for (;;) {
       let key: string | undefined
       let best: Timer | undefined
@@ -525,9 +534,14 @@ export class Swim {
   // ---------------------------------------------------------------- probing (SWIM §3.1, §4.3)
 
   private probeTick(now: number): void {
-    if (this.probe) this.probeEnd(now)
+    const pending = this.probe
+    if (pending && this.deferLateProbe(pending, now)) {
+      this.setTimer('probe', now + 1, (t) => this.probeTick(t))
+      return
+    }
+    if (pending) this.probeEnd(now)
     const timing = this.probeTiming()
-    this.setTimer('probe', now + this.health.scale(timing.intervalMs), (t) => this.probeTick(t))
+    this.setTimer('probe', now + timing.intervalMs, (t) => this.probeTick(t))
     if (this.leaving) return
     let target: MemberState | undefined
     for (let i = 0, n = this.order.length; i < n; i++) {
@@ -546,6 +560,7 @@ export class Swim {
       target: target.id,
       sentMs: now,
       acked: false,
+      deferred: false,
       helpers: [],
       expectedNacks: 0,
       nackers: new Set(),
@@ -557,8 +572,8 @@ export class Swim {
       first.push(encodeMessage({ t: 'suspect', id: target.id, inc: target.incarnation, from: this.id }))
     }
     this.sendWithPiggyback(target.id, { t: 'ping', seq, target: target.id }, first)
-    this.setTimer('probe-timeout', now + this.health.scale(timing.timeoutMs), (t) => this.probeTimeout(t))
-    this.setTimer('probe-end', now + this.health.scale(timing.intervalMs), (t) => this.probeEnd(t))
+    this.setTimer('probe-timeout', now + timing.timeoutMs, (t) => this.probeTimeout(t))
+    this.setTimer('probe-end', now + timing.intervalMs, (t) => this.probeEnd(t))
   }
 
   private probeTimeout(_now: number): void {
@@ -572,17 +587,27 @@ export class Swim {
     p.expectedNacks = helpers.length
   }
 
+  /**
+   * A probe that ends while this node was not running (a late tick) is judged 1 ms later, once:
+   * its ack may sit unread in our socket, and the driver reads it in between. Returns true if
+   * deferred.
+   */
+  private deferLateProbe(p: Probe, now: number): boolean {
+    if (!this.lateTick || p.acked || p.deferred) return false
+    p.deferred = true
+    this.setTimer('probe-end', now + 1, (t) => this.probeEnd(t))
+    return true
+  }
+
   private probeEnd(now: number): void {
     const p = this.probe
+    if (p && this.deferLateProbe(p, now)) return
     this.probe = undefined
     this.timers.delete('probe-timeout')
     this.timers.delete('probe-end')
     if (!p || p.acked) return
     this.unanswered = { seq: p.seq, target: p.target, sentMs: p.sentMs }
     this.counters.probeFailures++
-    // Lifeguard §IV-A: we were not running when this probe ended (`tick` already counted it
-    // against our health); its ack may sit unread in our socket, so accuse nobody.
-    if (this.lateTick) return
     // Lifeguard §IV-A: missed nacks mean *we* are the problem; with no helpers, any failure counts.
     this.health.apply(p.expectedNacks > 0 ? p.expectedNacks - p.nackers.size : 1)
     const m = this.table.get(p.target)
@@ -642,7 +667,7 @@ export class Swim {
     this.sendWithPiggyback(target, { t: 'ping', seq: local, target })
     // Lifeguard §IV-C: tell the requester we tried but got nothing, before its probe period ends
     // (it sent the ping-req one probe timeout into a period of about two probe timeouts).
-    const timing = this.probeTiming()
+    const timing = this.measuredTiming()
     this.setTimer(`relay:${local}`, now + Math.floor(timing.timeoutMs * 0.8), () => {
       const r = this.relays.get(local)
       if (!r) return
@@ -655,8 +680,21 @@ export class Swim {
     })
   }
 
-  /** Probe timeout and period from the measured round trips, within the profile (`probeTiming`). */
+  /**
+   * Probe timeout and period: the larger of the profile's scaled by the Local Health Multiplier
+   * (Lifeguard §IV-A) and those the measured round trips call for (`probeTiming`). Not their
+   * product: a round trip measured by a slow node already includes its own slowness.
+   */
   private probeTiming(): { timeoutMs: number; intervalMs: number } {
+    const measured = this.measuredTiming()
+    return {
+      timeoutMs: Math.max(measured.timeoutMs, this.health.scale(this.cfg.probeTimeoutMs)),
+      intervalMs: Math.max(measured.intervalMs, this.health.scale(this.cfg.probeIntervalMs)),
+    }
+  }
+
+  /** What the measured round trips alone call for (a relay's nack deadline: the requester's view). */
+  private measuredTiming(): { timeoutMs: number; intervalMs: number } {
     return probeTiming(this.rtt, {
       minTimeoutMs: this.cfg.probeTimeoutMs,
       maxTimeoutMs: this.cfg.probeTimeoutMaxMs,
