@@ -166,6 +166,12 @@ const VERIFY_CACHE_ENTRIES = 65_536
 
 const PUSH_PULL_SCALE_THRESHOLD = 32
 
+/**
+ * Pause before asking a peer whose reply was cut at the per-exchange caps for the rest: a joiner
+ * to a 10,000-member cluster learns it in ~10 s at ≤ `maxPushPullNewMembers` verifies a second.
+ */
+const PUSH_PULL_CATCH_UP_MS = 1_000
+
 /** memberlist `pushPullScale`: above 32 members, stretch the interval by ceil(log2 n − log2 32) + 1. */
 export function pushPullInterval(intervalMs: number, n: number): number {
   if (n <= PUSH_PULL_SCALE_THRESHOLD) return intervalMs
@@ -376,7 +382,19 @@ export class Swim {
   /** Requester side of push/pull: merges the peer's reply. */
   handlePushPullReply(fromId: string, remoteState: Uint8Array, nowMs: number): Output {
     this.begin()
+    const truncatedBefore = this.counters.dropped.newMembers + this.counters.dropped.verifyBudget
     this.receiveState(fromId, remoteState, nowMs, false)
+    // The peer knows more than one exchange may add (a join to a big cluster): ask it again soon
+    // rather than at the next, scaled, push/pull period. One catch-up is pending at a time.
+    if (
+      this.counters.dropped.newMembers + this.counters.dropped.verifyBudget > truncatedBefore &&
+      !this.timers.has('push-pull-catch-up') &&
+      !this.leaving
+    ) {
+      this.setTimer('push-pull-catch-up', nowMs + PUSH_PULL_CATCH_UP_MS, () => {
+        if (!this.leaving) this.emitPushPull(fromId, this.encodeState(false))
+      })
+    }
     return this.take()
   }
 

@@ -361,3 +361,31 @@ describe('Lifeguard §IV-A: a starved node suspects itself before it accuses oth
     expect(maxHealth).toBeLessThan(lanConfig.awarenessMaxMultiplier - 1)
   })
 })
+
+describe('SWIM §4.4 join: a reply cut at the per-exchange caps is caught up soon', () => {
+  it('a joiner learns a 3,000-member state in a few exchanges, not at the next push/pull period', () => {
+    const a = new Swim({ self: { id: 'a', name: 'a', addresses: [] }, config: lanConfig, rng: seededRng(8) })
+    const members: StateEntry[] = []
+    const rec = (id: string) => encodeRecord(record(id))
+    for (let i = 0; i < 3_000; i++)
+      members.push({ id: `w${i}`, st: 'alive', inc: 1, ri: 1, rec: rec(`w${i}`), sig: new Uint8Array() })
+    const state = encodePushPull({ t: 'state', join: false, members })
+    let now = 0
+    a.join(['seed'], now)
+    let asks = 0
+    let out = a.handlePushPullReply('seed', state, now)
+    while (a.estimatedSize() < 1 + 3_000 && now < 10_000) {
+      for (const p of out.pushPull) {
+        if (p.to !== 'seed') continue
+        asks++
+        out = a.handlePushPullReply('seed', state, now)
+        break
+      }
+      now = a.nextDeadline()
+      out = a.tick(now)
+    }
+    expect(a.estimatedSize()).toBe(1 + 3_000)
+    expect(asks).toBe(2) // 1,024 + 1,024 + 952
+    expect(now).toBeLessThan(5_000)
+  })
+})
