@@ -21,6 +21,7 @@ export type DecodeFailure =
   | 'decode' // not valid msgpack
   | 'type' // not a message, or an unknown message type
   | 'shape' // a known type with missing or wrongly typed fields, or an invalid record
+  | 'members' // a push/pull state listing more members than allowed, refused before decoding them
 
 export type DecodeResult<T> = { ok: true; msg: T } | { ok: false; reason: DecodeFailure }
 
@@ -245,18 +246,46 @@ export function recordProblem(v: unknown): string | undefined {
 }
 
 /**
- * Decodes and validates a push/pull state. Records stay encoded (`rec` bytes): the receiver
- * decodes only those it does not already hold, with `decodeRecord`.
+ * Number of members a push/pull state framed by `framePushPull` announces in its header, read
+ * without decoding anything; undefined if `bytes` does not start like one (it is then decoded in
+ * full and its members counted afterwards).
  */
-export function decodePushPull(bytes: Uint8Array, maxBytes: number): DecodeResult<PushPullState> {
+export function pushPullMemberCount(bytes: Uint8Array): number | undefined {
+  const head = STATE_HEADER.length - 1
+  if (bytes.length < head + 1) return undefined
+  for (let i = 0; i < head; i++) {
+    if (i === head - 9) {
+      if (bytes[i] !== 0xc2 && bytes[i] !== 0xc3) return undefined
+    } else if (bytes[i] !== STATE_HEADER[i]) return undefined
+  }
+  const tag = bytes[head]!
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (tag >= 0x90 && tag <= 0x9f) return tag - 0x90
+  if (tag === 0xdc && bytes.length >= head + 3) return view.getUint16(head + 1)
+  if (tag === 0xdd && bytes.length >= head + 5) return view.getUint32(head + 1)
+  return undefined
+}
+
+/**
+ * Decodes and validates a push/pull state. Records stay encoded (`rec` bytes): the receiver
+ * decodes only those it does not already hold, with `decodeRecord`. A state listing more than
+ * `maxMembers` members is refused (`members`), before decoding when its header says so.
+ */
+export function decodePushPull(
+  bytes: Uint8Array,
+  maxBytes: number,
+  maxMembers = Number.POSITIVE_INFINITY,
+): DecodeResult<PushPullState> {
   if (!(bytes instanceof Uint8Array)) return { ok: false, reason: 'type' }
   if (bytes.length > maxBytes) return { ok: false, reason: 'oversize' }
+  if ((pushPullMemberCount(bytes) ?? 0) > maxMembers) return { ok: false, reason: 'members' }
   const raw = unpack(bytes)
   if (!raw.ok) return { ok: false, reason: 'decode' }
   const v = raw.value
   if (!isPlainObject(v) || v['t'] !== 'state') return { ok: false, reason: 'type' }
   const members = v['members']
   if (typeof v['join'] !== 'boolean' || !Array.isArray(members)) return { ok: false, reason: 'shape' }
+  if (members.length > maxMembers) return { ok: false, reason: 'members' }
   const out: StateEntry[] = []
   for (const m of members) {
     if (!Array.isArray(m) || m.length < 6 || m.length > 7) return { ok: false, reason: 'shape' }

@@ -26,6 +26,12 @@ export interface SwimConfig {
    * Also scaled by the Local Health Multiplier.
    */
   probeTimeoutMs: number
+  /**
+   * Upper bound of the probe timeout when measured round trips call for more than
+   * `probeTimeoutMs` (`probeTiming`: smoothed RTT + 4 deviations). The protocol period then grows
+   * to leave room for the indirect probe. Equal to `probeTimeoutMs`: fixed timings.
+   */
+  probeTimeoutMaxMs: number
   /** Number of members asked to probe a target that missed its direct ack (SWIM §3.1, k). */
   indirectChecks: number
   /**
@@ -73,6 +79,28 @@ export interface SwimConfig {
   maxRecordBytes: number
   /** Largest push/pull state accepted or produced (bytes). */
   maxPushPullBytes: number
+  /**
+   * Most members one push/pull state may list; a bigger one is refused whole (counted), before
+   * its entries are decoded. The cluster-size ceiling of a node's own full state too.
+   */
+  maxPushPullMembers: number
+  /**
+   * Most members one push/pull exchange may add to the table; the rest are dropped (counted) and
+   * learnt from later exchanges or from gossip. Each one costs a signature check.
+   */
+  maxPushPullNewMembers: number
+  /**
+   * Most signature checks one push/pull exchange may cost (new members and newer records of known
+   * ones); entries past it are skipped (counted) until a later exchange.
+   */
+  maxPushPullVerifications: number
+  /**
+   * A protocol timer that fires this much later than it was due means this node itself was not
+   * running (CPU starvation, GC, a stopped VM): Lifeguard §IV-A evidence against ourselves. The
+   * Local Health Multiplier rises (once per probe period at most), and a probe whose end fired
+   * that late is judged 1 ms later, after the driver has read what waits in our socket.
+   */
+  lateTimerMs: number
   /** Most updates kept queued for dissemination; the most transmitted are dropped first. */
   maxBroadcastQueue: number
 }
@@ -88,6 +116,7 @@ export interface SwimConfig {
 export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   probeIntervalMs: 150, // ~6.7 probes/s per node: fast detection for ~13 small messages/s per node
   probeTimeoutMs: 75, // LAN RTT < 1 ms; 75 ms absorbs GC hiccups and leaves 75 ms for the indirect probe
+  probeTimeoutMaxMs: 500, // a 100 ms path gets ~120 ms and a ~360 ms period instead of flapping; 500 ms covers a continent
   indirectChecks: 3, // use 3 members for the indirect ping (SWIM §3.1, memberlist)
   suspicionMult: 4, // min suspicion = 4·max(1, log10 n)·150 ms: 600 ms up to n = 10, 1 s at n = 50; a node frozen 300 ms has ~2× that to refute (soak-tested)
   suspicionMaxTimeoutMult: 4, // a lone, unconfirmed accuser waits 4× longer (Lifeguard β ≈ 4–6)
@@ -101,7 +130,11 @@ export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   reapTimeoutMs: 300_000, // remember dead/left members 5 min so stale alives cannot resurrect them
   maxMessageBytes: 1380, // + the 82-byte sealed UDP envelope = 1462: one Ethernet datagram (1500 - 28 bytes of IP/UDP headers)
   maxRecordBytes: 1024, // leaves room for a ping/ack and a few other updates in one message
-  maxPushPullBytes: 32 * 1024 * 1024, // ~200 k members at ~150 bytes each
+  maxPushPullBytes: 32 * 1024 * 1024, // 16 k members of the largest records (~1.2 kB each) and room to spare
+  maxPushPullMembers: 16_384, // well above the clusters we run (the simulator's 10,000); refuses a 100 k-entry flood before decoding it
+  maxPushPullNewMembers: 1_024, // ~1,000 Ed25519 verifies (tens of ms) per exchange at most; a joiner to a bigger cluster learns the rest from the next exchanges and gossip
+  maxPushPullVerifications: 2_048, // new members plus newer records of known ones: bounds the CPU one peer's state can cost
+  lateTimerMs: 50, // 2/3 of the probe timeout: a hiccup that long could have hidden an ack in our own socket
   maxBroadcastQueue: 4096, // bounded memory under churn; the most gossiped updates go first
 })
 
@@ -116,6 +149,7 @@ export const localConfig: Readonly<SwimConfig> = Object.freeze({
   suspicionMult: 3,
   gossipIntervalMs: 100,
   pushPullIntervalMs: 15_000,
+  lateTimerMs: 150, // 3/4 of the probe timeout: agents sharing CPUs hiccup more often
 })
 
 /**
@@ -149,6 +183,9 @@ const INTEGER_FIELDS: readonly (keyof SwimConfig)[] = [
   'maxRecordBytes',
   'maxPushPullBytes',
   'maxBroadcastQueue',
+  'maxPushPullMembers',
+  'maxPushPullNewMembers',
+  'maxPushPullVerifications',
 ]
 
 /** Throws `InvalidConfigError` (code `PEERMESH_ERR_INVALID_CONFIG`) if `cfg` cannot work. */
@@ -163,6 +200,7 @@ export function validateConfig(cfg: SwimConfig): void {
   }
   if (cfg.probeIntervalMs <= 0) fail('probeIntervalMs must be > 0')
   if (cfg.probeTimeoutMs <= 0) fail('probeTimeoutMs must be > 0')
+  if (cfg.probeTimeoutMaxMs < cfg.probeTimeoutMs) fail('probeTimeoutMaxMs must be >= probeTimeoutMs')
   if (cfg.probeTimeoutMs >= cfg.probeIntervalMs) {
     fail(
       'probeTimeoutMs must be shorter than probeIntervalMs (the indirect probe needs the rest of the period)',
@@ -182,5 +220,11 @@ export function validateConfig(cfg: SwimConfig): void {
   }
   if (cfg.maxPushPullBytes < cfg.maxMessageBytes) fail('maxPushPullBytes must be >= maxMessageBytes')
   if (cfg.maxBroadcastQueue < 1) fail('maxBroadcastQueue must be >= 1')
+  if (cfg.maxPushPullMembers < 1) fail('maxPushPullMembers must be >= 1')
+  if (cfg.maxPushPullNewMembers < 1) fail('maxPushPullNewMembers must be >= 1')
+  if (cfg.maxPushPullVerifications < cfg.maxPushPullNewMembers) {
+    fail('maxPushPullVerifications must be >= maxPushPullNewMembers (each new member costs a check)')
+  }
+  if (cfg.lateTimerMs <= 0) fail('lateTimerMs must be > 0')
   if (cfg.reapTimeoutMs < cfg.gossipToTheDeadMs) fail('reapTimeoutMs must be >= gossipToTheDeadMs')
 }

@@ -8,6 +8,7 @@ export {
   decodePushPull,
   decodeRecord,
   encodeMessage,
+  pushPullMemberCount,
   encodePushPull,
   encodeRecord,
   leaveSigningBytes,
@@ -24,6 +25,13 @@ export {
   validateConfig,
 } from './config.ts'
 export { InvalidConfigError, InvalidRecordError, RecordTooLargeError } from './errors.ts'
+export {
+  accusationWithinSigned,
+  MAX_INCARNATION,
+  MAX_PLAUSIBLE_INCARNATION,
+  refutationIncarnation,
+  repairedIncarnation,
+} from './incarnation.ts'
 export { createMemberSnapshot, type MemberSnapshot, type MemberState } from './member-table.ts'
 export type {
   AckMessage,
@@ -42,6 +50,7 @@ export type {
   StateEntry,
   SuspectMessage,
 } from './messages.ts'
+export { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 export { SimNetwork, type SimNetworkOptions, type SimNetworkStats, type SimNodeSpec } from './sim-network.ts'
 export {
   acceptAllVerifier,

@@ -35,6 +35,8 @@ export interface SimNetworkOptions {
   crypto?: (id: string) => { signer: Signer; verifier: Verifier }
   /** Called for every event any node emits. */
   onEvent?: (nodeId: string, event: SwimEvent, nowMs: number) => void
+  /** Sees every datagram a node sends (an on-path observer holding the cluster key; attack tests). */
+  tap?: (from: string, to: string, bytes: Uint8Array, nowMs: number) => void
 }
 
 export interface SimNodeSpec {
@@ -97,6 +99,7 @@ export class SimNetwork {
   private clock = 0
   readonly totals: SimNetworkStats = { delivered: 0, lost: 0, partitioned: 0, toCrashed: 0, pushPulls: 0 }
   onEvent: ((nodeId: string, event: SwimEvent, nowMs: number) => void) | undefined
+  private readonly tap: SimNetworkOptions['tap']
 
   constructor(opts: SimNetworkOptions) {
     this.rng = seededRng(opts.seed)
@@ -107,6 +110,7 @@ export class SimNetwork {
     this.reorder = opts.reorder ?? 0
     this.crypto = opts.crypto ?? (() => ({ signer: nullSigner, verifier: acceptAllVerifier }))
     this.onEvent = opts.onEvent
+    this.tap = opts.tap
   }
 
   get now(): number {
@@ -233,6 +237,15 @@ export class SimNetwork {
     return n.swim
   }
 
+  /**
+   * Delivers `bytes` to `to` as a datagram from `from` at `atMs` (default: now): an attacker's
+   * datagram, with `from` being whatever the transport would authenticate (any id, even one that
+   * is not a node). No loss, no partition.
+   */
+  inject(from: string, to: string, bytes: Uint8Array, atMs = this.clock): void {
+    this.push(Math.max(atMs, this.clock), MSG, to, from, bytes, 0)
+  }
+
   /** Freezes a node's processing for `ms`: inbound messages and timers wait until then. */
   pause(id: string, ms: number): void {
     const n = this.mustGet(id)
@@ -322,6 +335,7 @@ export class SimNetwork {
   }
 
   private sendDatagram(from: string, to: string, bytes: Uint8Array): void {
+    this.tap?.(from, to, bytes, this.clock)
     if (this.blocked(from, to)) {
       this.totals.partitioned++
       return

@@ -1,7 +1,14 @@
 import type { DecodeFailure } from './codec.ts'
 
 /** Why an inbound message (or part of one) was dropped. */
-export type DropReason = DecodeFailure | 'forged'
+export type DropReason =
+  | DecodeFailure
+  | 'forged' // a signature that does not verify, or a record for another id
+  | 'incarnation' // an accusation above what the accused has signed + 1
+  | 'sender' // an ack or nack from a member other than the one probed or asked to relay
+  | 'members' // a push/pull with more entries than `maxPushPullMembers` (refused whole)
+  | 'newMembers' // push/pull entries past `maxPushPullNewMembers` new members (dropped)
+  | 'verifyBudget' // push/pull entries past `maxPushPullVerifications` signature checks (skipped)
 
 /** Counters of one `Swim` instance (monotonic, except `localHealth`). */
 export interface SwimStats {
@@ -32,6 +39,15 @@ export interface SwimStats {
   refutations: number
   /** Updates piggybacked or gossiped (one per copy sent). */
   updatesSent: number
+  /** Signature verifications run (Ed25519 in production). */
+  signatureChecks: number
+  /** Signature verifications answered from the cache (same member, incarnation and record). */
+  signatureCacheHits: number
+  /** Protocol timers that fired late enough to suspect this node itself (Lifeguard §IV-A). */
+  lateTimers: number
+  /** Current probe timeout and protocol period (measured round trips and local health). */
+  probeTimeoutMs: number
+  probeIntervalMs: number
   /** Current Local Health Multiplier score (Lifeguard §IV-A). */
   localHealth: number
 }
@@ -46,7 +62,18 @@ export function emptyStats(): SwimStats {
     pushPullBytesSent: 0,
     pushPullReceived: 0,
     pushPullBytesReceived: 0,
-    dropped: { oversize: 0, decode: 0, type: 0, shape: 0, forged: 0 },
+    dropped: {
+      oversize: 0,
+      decode: 0,
+      type: 0,
+      shape: 0,
+      forged: 0,
+      incarnation: 0,
+      sender: 0,
+      members: 0,
+      newMembers: 0,
+      verifyBudget: 0,
+    },
     probes: 0,
     probeFailures: 0,
     indirectProbes: 0,
@@ -58,6 +85,11 @@ export function emptyStats(): SwimStats {
     deaths: 0,
     refutations: 0,
     updatesSent: 0,
+    signatureChecks: 0,
+    signatureCacheHits: 0,
+    lateTimers: 0,
+    probeTimeoutMs: 0,
+    probeIntervalMs: 0,
     localHealth: 0,
   }
 }

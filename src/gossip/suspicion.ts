@@ -34,17 +34,28 @@ export function suspicionMinTimeout(suspicionMult: number, n: number, probeInter
   return Math.floor(suspicionMult * nodeScale * probeIntervalMs)
 }
 
-/** One member under suspicion: who accused it, when, and how long until it is declared dead. */
+/**
+ * One member under suspicion: who accused it, when, and how long until it is declared dead.
+ *
+ * Lifeguard §IV-B counts independent confirmations by accuser. The accuser named inside a
+ * suspect message is not authenticated (anyone holding the cluster key can write any name), so
+ * a confirmation counts only if both its claimed accuser and its authenticated sender (the
+ * transport's peer: the datagram's or the push/pull stream's) are new to this suspicion: one
+ * sender forging many accusers counts once, and a relay of an accusation counts only once too.
+ */
 export class Suspicion {
   readonly startMs: number
   readonly incarnation: number
   readonly k: number
   readonly minMs: number
   readonly maxMs: number
-  private readonly confirmers = new Set<string>()
+  private readonly accusers = new Set<string>()
+  private readonly senders = new Set<string>()
 
   constructor(opts: {
     from: string
+    /** Authenticated sender of the first accusation (defaults to `from`). */
+    via?: string
     startMs: number
     incarnation: number
     k: number
@@ -57,19 +68,24 @@ export class Suspicion {
     this.minMs = opts.minMs
     this.maxMs = opts.maxMs
     // The original accuser is not a confirmation, but it must not count twice either.
-    this.confirmers.add(opts.from)
+    this.accusers.add(opts.from)
+    this.senders.add(opts.via ?? opts.from)
   }
 
   /** Independent confirmations so far (the original accuser excluded). */
   get confirmations(): number {
-    return this.confirmers.size - 1
+    return this.accusers.size - 1
   }
 
-  /** Records a confirmation from `from`; returns true if it was new (and the timeout shrank). */
-  confirm(from: string): boolean {
+  /**
+   * Records a confirmation by `from`, received from the authenticated sender `via` (defaults to
+   * `from`); returns true if it counted (and the timeout shrank).
+   */
+  confirm(from: string, via: string = from): boolean {
     if (this.confirmations >= this.k) return false
-    if (this.confirmers.has(from)) return false
-    this.confirmers.add(from)
+    if (this.accusers.has(from) || this.senders.has(via)) return false
+    this.accusers.add(from)
+    this.senders.add(via)
     return true
   }
 

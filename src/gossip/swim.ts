@@ -37,6 +37,7 @@ import {
 } from './codec.ts'
 import { lanConfig, type SwimConfig, validateConfig } from './config.ts'
 import { InvalidRecordError, RecordTooLargeError } from './errors.ts'
+import { accusationWithinSigned, refutationIncarnation, repairedIncarnation } from './incarnation.ts'
 import { type MemberSnapshot, type MemberState, MemberTable } from './member-table.ts'
 import type {
   DeadMessage,
@@ -49,9 +50,11 @@ import type {
   SuspectMessage,
 } from './messages.ts'
 import { ProbeOrder } from './probe-order.ts'
+import { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 import { acceptAllVerifier, nullSigner, type Signer, type Verifier } from './signing.ts'
 import { emptyStats, type SwimStats } from './stats.ts'
 import { Suspicion, suspicionMinTimeout } from './suspicion.ts'
+import { VerifyCache } from './verify-cache.ts'
 
 export interface SelfInfo {
   id: string
@@ -71,9 +74,12 @@ export interface SwimOptions {
   signer?: Signer
   /** Checks other members' signatures. Defaults to `acceptAllVerifier` (simulations only). */
   verifier?: Verifier
-  /** After a restart: the highest incarnation used before; the node starts above it. */
+  /**
+   * After a restart: the highest incarnation used before; the node starts above it. A value that
+   * is not a non-negative safe integer up to `MAX_PLAUSIBLE_INCARNATION` is ignored (treated as 0).
+   */
   lastIncarnation?: number
-  /** After a restart: the last record version; the node starts above it. */
+  /** After a restart: the last record version; the node starts above it (same sanity rule). */
   lastVersion?: number
   /**
    * Simulations only: start already converged on this shared member list (no join traffic).
@@ -135,18 +141,36 @@ interface Timer {
 interface Probe {
   seq: number
   target: string
+  /** When the direct ping left (a direct ack gives a round-trip sample). */
+  sentMs: number
   acked: boolean
+  /** Judged late once already (`deferLateProbe`). */
+  deferred: boolean
+  /** Members asked to probe `target` for us (ping-req): the only others whose ack or nack counts. */
+  helpers: string[]
   expectedNacks: number
-  nacks: number
+  /** Helpers that sent a nack (a duplicated datagram counts once). */
+  nackers: Set<string>
 }
 
 interface Relay {
   origin: string
   originSeq: number
+  /** The member we pinged for `origin`: the only one whose ack we pass on. */
+  target: string
   nack: boolean
 }
 
+/** Signature checks remembered (see `VerifyCache`): a few times a large cluster's members. */
+const VERIFY_CACHE_ENTRIES = 65_536
+
 const PUSH_PULL_SCALE_THRESHOLD = 32
+
+/**
+ * Pause before asking a peer whose reply was cut at the per-exchange caps for the rest: a joiner
+ * to a 10,000-member cluster learns it in ~10 s at ≤ `maxPushPullNewMembers` verifies a second.
+ */
+const PUSH_PULL_CATCH_UP_MS = 1_000
 
 /** memberlist `pushPullScale`: above 32 members, stretch the interval by ceil(log2 n − log2 32) + 1. */
 export function pushPullInterval(intervalMs: number, n: number): number {
@@ -180,6 +204,15 @@ export class Swim {
   private readonly relays = new Map<number, Relay>()
   private readonly timers = new Map<string, Timer>()
   private readonly counters: SwimStats = emptyStats()
+  private readonly verifyCache: VerifyCache
+  /** True while `tick` runs timers that fired more than `lateTimerMs` late. */
+  private lateTick = false
+  /** When a late timer last raised the Local Health Multiplier. */
+  private latePenaltyMs = Number.NEGATIVE_INFINITY
+  /** Round trips of direct probes (`rtt.ts`); undefined until the first ack. */
+  private rtt: RttEstimate | undefined
+  /** The last probe that ended without its direct ack: a late ack still gives an RTT sample. */
+  private unanswered: { seq: number; target: string; sentMs: number } | undefined
 
   private record: NodeRecord
   private recordBytes: Uint8Array
@@ -188,7 +221,6 @@ export class Swim {
   private leaveSig: Uint8Array | undefined
   private leaving = false
   private started = false
-  private seq: number
   private probe: Probe | undefined
   private out: Output = emptyOutput()
   private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
@@ -200,6 +232,7 @@ export class Swim {
     this.rng = opts.rng
     this.signer = opts.signer ?? nullSigner
     this.verifier = opts.verifier ?? acceptAllVerifier
+    this.verifyCache = new VerifyCache(this.verifier, VERIFY_CACHE_ENTRIES)
     this.id = opts.self.id
     this.record = {
       id: opts.self.id,
@@ -207,10 +240,10 @@ export class Swim {
       addresses: [...opts.self.addresses],
       tags: { ...(opts.self.tags ?? {}) },
       meta: { ...(opts.self.meta ?? {}) },
-      version: (opts.lastVersion ?? 0) + 1,
+      version: repairedIncarnation(opts.lastVersion ?? 0).incarnation + 1,
     }
     this.recordBytes = this.checkedRecordBytes(this.record)
-    this.incarnation = (opts.lastIncarnation ?? 0) + 1
+    this.incarnation = repairedIncarnation(opts.lastIncarnation ?? 0).incarnation + 1
     this.sig = this.signer(aliveSigningBytes(this.incarnation, this.recordBytes))
     this.table = new MemberTable(opts.initialMembers?.members, this.id)
     this.order = new ProbeOrder(
@@ -219,7 +252,6 @@ export class Swim {
     )
     this.queue = new BroadcastQueue(this.cfg.maxBroadcastQueue)
     this.health = new LocalHealth(this.cfg.awarenessMaxMultiplier)
-    this.seq = Math.floor(this.rng() * 0x7fffffff)
   }
 
   // ---------------------------------------------------------------- public API
@@ -275,9 +307,25 @@ export class Swim {
     return this.take()
   }
 
-  /** Runs every timer due at `nowMs`. */
+  /**
+   * Runs every timer due at `nowMs`. A timer due more than `lateTimerMs` earlier means this node
+   * was not running (Lifeguard §IV-A): its Local Health Multiplier rises (at most once per probe
+   * period) before it probes again, and a probe ending now is judged 1 ms later.
+   */
   tick(nowMs: number): Output {
     this.begin()
+    let late = false
+    for (const t of this.timers.values()) if (nowMs - t.at > this.cfg.lateTimerMs) late = true
+    this.lateTick = late
+    // At most one point of health per protocol period: a node that stays slow does not peg the
+    // multiplier within a second, and each acked probe takes a point back.
+    if (late) {
+      this.counters.lateTimers++
+      if (nowMs - this.latePenaltyMs >= this.cfg.probeIntervalMs) {
+        this.latePenaltyMs = nowMs
+        this.health.apply(1)
+      }
+    }
     for (;;) {
       let key: string | undefined
       let best: Timer | undefined
@@ -291,6 +339,7 @@ export class Swim {
       this.timers.delete(key)
       best.run(nowMs)
     }
+    this.lateTick = false
     return this.take()
   }
 
@@ -319,18 +368,33 @@ export class Swim {
     return this.take()
   }
 
-  /** Responder side of push/pull: merges the remote state and returns ours (merged) as the reply. */
-  handlePushPull(_fromId: string, remoteState: Uint8Array, nowMs: number): PushPullResponse {
+  /**
+   * Responder side of push/pull: merges the remote state and returns ours (merged) as the reply.
+   * `fromId` is the stream's authenticated peer.
+   */
+  handlePushPull(fromId: string, remoteState: Uint8Array, nowMs: number): PushPullResponse {
     this.begin()
-    const merged = this.receiveState(remoteState, nowMs, true)
+    const merged = this.receiveState(fromId, remoteState, nowMs, true)
     const out = this.take()
     return { ...out, reply: merged ?? undefined }
   }
 
   /** Requester side of push/pull: merges the peer's reply. */
-  handlePushPullReply(_fromId: string, remoteState: Uint8Array, nowMs: number): Output {
+  handlePushPullReply(fromId: string, remoteState: Uint8Array, nowMs: number): Output {
     this.begin()
-    this.receiveState(remoteState, nowMs, false)
+    const truncatedBefore = this.counters.dropped.newMembers + this.counters.dropped.verifyBudget
+    this.receiveState(fromId, remoteState, nowMs, false)
+    // The peer knows more than one exchange may add (a join to a big cluster): ask it again soon
+    // rather than at the next, scaled, push/pull period. One catch-up is pending at a time.
+    if (
+      this.counters.dropped.newMembers + this.counters.dropped.verifyBudget > truncatedBefore &&
+      !this.timers.has('push-pull-catch-up') &&
+      !this.leaving
+    ) {
+      this.setTimer('push-pull-catch-up', nowMs + PUSH_PULL_CATCH_UP_MS, () => {
+        if (!this.leaving) this.emitPushPull(fromId, this.encodeState(false))
+      })
+    }
     return this.take()
   }
 
@@ -420,9 +484,14 @@ export class Swim {
   }
 
   stats(): SwimStats {
+    const timing = this.probeTiming()
     return {
       ...this.counters,
       dropped: { ...this.counters.dropped },
+      probeTimeoutMs: timing.timeoutMs,
+      probeIntervalMs: timing.intervalMs,
+      signatureChecks: this.verifyCache.checks,
+      signatureCacheHits: this.verifyCache.hits,
       localHealth: this.health.health,
     }
   }
@@ -483,8 +552,14 @@ export class Swim {
   // ---------------------------------------------------------------- probing (SWIM §3.1, §4.3)
 
   private probeTick(now: number): void {
-    if (this.probe) this.probeEnd(now)
-    this.setTimer('probe', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeTick(t))
+    const pending = this.probe
+    if (pending && this.deferLateProbe(pending, now)) {
+      this.setTimer('probe', now + 1, (t) => this.probeTick(t))
+      return
+    }
+    if (pending) this.probeEnd(now)
+    const timing = this.probeTiming()
+    this.setTimer('probe', now + timing.intervalMs, (t) => this.probeTick(t))
     if (this.leaving) return
     let target: MemberState | undefined
     for (let i = 0, n = this.order.length; i < n; i++) {
@@ -498,7 +573,16 @@ export class Swim {
     }
     if (!target) return
     const seq = this.nextSeq()
-    this.probe = { seq, target: target.id, acked: false, expectedNacks: 0, nacks: 0 }
+    this.probe = {
+      seq,
+      target: target.id,
+      sentMs: now,
+      acked: false,
+      deferred: false,
+      helpers: [],
+      expectedNacks: 0,
+      nackers: new Set(),
+    }
     this.counters.probes++
     // Lifeguard §IV-C buddy system: a suspect learns first thing that it is suspected.
     const first: Uint8Array[] = []
@@ -506,10 +590,8 @@ export class Swim {
       first.push(encodeMessage({ t: 'suspect', id: target.id, inc: target.incarnation, from: this.id }))
     }
     this.sendWithPiggyback(target.id, { t: 'ping', seq, target: target.id }, first)
-    this.setTimer('probe-timeout', now + this.health.scale(this.cfg.probeTimeoutMs), (t) =>
-      this.probeTimeout(t),
-    )
-    this.setTimer('probe-end', now + this.health.scale(this.cfg.probeIntervalMs), (t) => this.probeEnd(t))
+    this.setTimer('probe-timeout', now + timing.timeoutMs, (t) => this.probeTimeout(t))
+    this.setTimer('probe-end', now + timing.intervalMs, (t) => this.probeEnd(t))
   }
 
   private probeTimeout(_now: number): void {
@@ -519,28 +601,53 @@ export class Swim {
     if (helpers.length > 0) this.counters.indirectProbes++
     const bytes = encodeMessage({ t: 'ping-req', seq: p.seq, target: p.target, nack: true })
     for (const h of helpers) this.emitSend(h, bytes)
+    p.helpers = helpers
     p.expectedNacks = helpers.length
+  }
+
+  /**
+   * A probe that ends while this node was not running (a late tick) is judged 1 ms later, once:
+   * its ack may sit unread in our socket, and the driver reads it in between. Returns true if
+   * deferred.
+   */
+  private deferLateProbe(p: Probe, now: number): boolean {
+    if (!this.lateTick || p.acked || p.deferred) return false
+    p.deferred = true
+    this.setTimer('probe-end', now + 1, (t) => this.probeEnd(t))
+    return true
   }
 
   private probeEnd(now: number): void {
     const p = this.probe
+    if (p && this.deferLateProbe(p, now)) return
     this.probe = undefined
     this.timers.delete('probe-timeout')
     this.timers.delete('probe-end')
     if (!p || p.acked) return
+    this.unanswered = { seq: p.seq, target: p.target, sentMs: p.sentMs }
     this.counters.probeFailures++
     // Lifeguard §IV-A: missed nacks mean *we* are the problem; with no helpers, any failure counts.
-    this.health.apply(p.expectedNacks > 0 ? p.expectedNacks - p.nacks : 1)
+    this.health.apply(p.expectedNacks > 0 ? p.expectedNacks - p.nackers.size : 1)
     const m = this.table.get(p.target)
     if (m && (m.status === 'alive' || m.status === 'suspect')) {
       this.onSuspect({ t: 'suspect', id: m.id, inc: m.incarnation, from: this.id }, now)
     }
   }
 
-  private onAck(seq: number): void {
+  /**
+   * An ack counts only from whom it can come (SWIM §3.1): the probed member, or a member we asked
+   * to relay (ping-req); a relayed ack is passed on only if it comes from the member pinged. The
+   * sequence number alone proves nothing: anyone who saw a ping knows it.
+   */
+  private onAck(from: string, seq: number, now: number): void {
     this.counters.acksReceived++
     const p = this.probe
     if (p && p.seq === seq && !p.acked) {
+      if (from !== p.target && !p.helpers.includes(from)) {
+        this.counters.dropped.sender++
+        return
+      }
+      if (from === p.target) this.rtt = updateRtt(this.rtt, now - p.sentMs)
       p.acked = true
       this.health.apply(-1)
       this.probe = undefined
@@ -548,8 +655,19 @@ export class Swim {
       this.timers.delete('probe-end')
       return
     }
+    const u = this.unanswered
+    if (u && u.seq === seq && from === u.target) {
+      // Too late for its probe, but the network is telling us how slow it is.
+      this.rtt = updateRtt(this.rtt, now - u.sentMs)
+      this.unanswered = undefined
+      return
+    }
     const r = this.relays.get(seq)
     if (r) {
+      if (from !== r.target) {
+        this.counters.dropped.sender++
+        return
+      }
       this.relays.delete(seq)
       this.timers.delete(`relay:${seq}`)
       this.emitSend(r.origin, encodeMessage({ t: 'ack', seq: r.originSeq }))
@@ -563,11 +681,12 @@ export class Swim {
     }
     this.counters.pingReqsServed++
     const local = this.nextSeq()
-    this.relays.set(local, { origin: from, originSeq: seq, nack })
+    this.relays.set(local, { origin: from, originSeq: seq, target, nack })
     this.sendWithPiggyback(target, { t: 'ping', seq: local, target })
     // Lifeguard §IV-C: tell the requester we tried but got nothing, before its probe period ends
     // (it sent the ping-req one probe timeout into a period of about two probe timeouts).
-    this.setTimer(`relay:${local}`, now + Math.floor(this.cfg.probeTimeoutMs * 0.8), () => {
+    const timing = this.measuredTiming()
+    this.setTimer(`relay:${local}`, now + Math.floor(timing.timeoutMs * 0.8), () => {
       const r = this.relays.get(local)
       if (!r) return
       if (r.nack) {
@@ -575,13 +694,41 @@ export class Swim {
         this.emitSend(r.origin, encodeMessage({ t: 'nack', seq: r.originSeq }))
       }
       // Keep forwarding a late ack until the end of a probe interval, then forget.
-      this.setTimer(`relay:${local}`, now + this.cfg.probeIntervalMs, () => this.relays.delete(local))
+      this.setTimer(`relay:${local}`, now + timing.intervalMs, () => this.relays.delete(local))
     })
   }
 
+  /**
+   * Probe timeout and period: the larger of the profile's scaled by the Local Health Multiplier
+   * (Lifeguard §IV-A) and those the measured round trips call for (`probeTiming`). Not their
+   * product: a round trip measured by a slow node already includes its own slowness.
+   */
+  private probeTiming(): { timeoutMs: number; intervalMs: number } {
+    const measured = this.measuredTiming()
+    return {
+      timeoutMs: Math.max(measured.timeoutMs, this.health.scale(this.cfg.probeTimeoutMs)),
+      intervalMs: Math.max(measured.intervalMs, this.health.scale(this.cfg.probeIntervalMs)),
+    }
+  }
+
+  /** What the measured round trips alone call for (a relay's nack deadline: the requester's view). */
+  private measuredTiming(): { timeoutMs: number; intervalMs: number } {
+    return probeTiming(this.rtt, {
+      minTimeoutMs: this.cfg.probeTimeoutMs,
+      maxTimeoutMs: this.cfg.probeTimeoutMaxMs,
+      minIntervalMs: this.cfg.probeIntervalMs,
+    })
+  }
+
+  /**
+   * A random 32-bit sequence number (not a counter: a member that saw one of our pings could
+   * otherwise predict the next and answer it first), unused by our probe and relays.
+   */
   private nextSeq(): number {
-    this.seq = (this.seq + 1) >>> 0
-    return this.seq
+    for (;;) {
+      const seq = Math.floor(this.rng() * 0x1_0000_0000) >>> 0
+      if (seq !== this.probe?.seq && !this.relays.has(seq)) return seq
+    }
   }
 
   /** Up to `k` distinct random members (not self, not `exclude`) accepted by `filter`. */
@@ -669,17 +816,17 @@ export class Swim {
   }
 
   /** Decodes and merges a remote state; returns our state for a reply (if `reply`), or null. */
-  private receiveState(bytes: Uint8Array, now: number, reply: boolean): Uint8Array | null {
+  private receiveState(via: string, bytes: Uint8Array, now: number, reply: boolean): Uint8Array | null {
     this.counters.pushPullReceived++
     this.counters.pushPullBytesReceived += bytes?.length ?? 0
-    const r = decodePushPull(bytes, this.cfg.maxPushPullBytes)
+    const r = decodePushPull(bytes, this.cfg.maxPushPullBytes, this.cfg.maxPushPullMembers)
     if (!r.ok) {
       this.counters.dropped[r.reason]++
       return null
     }
     // Unlike memberlist we merge before answering: a refutation triggered by the request (we were
     // dead on the other side of a healed partition) then travels back in the reply at once.
-    this.mergeState(r.msg.members, now)
+    this.mergeState(r.msg.members, now, via)
     if (!reply) return null
     const ours = this.encodeState(false)
     this.counters.pushPullSent++
@@ -687,40 +834,84 @@ export class Swim {
     return ours
   }
 
-  /** memberlist `mergeState`: alive → alive rules; suspect/dead → suspect (we verify ourselves); left → leave. */
-  private mergeState(entries: StateEntry[], now: number): void {
+  /**
+   * memberlist `mergeState`: alive → alive rules; suspect/dead → suspect (we verify ourselves);
+   * left → leave. `via` is the exchange's authenticated peer. One exchange adds at most
+   * `maxPushPullNewMembers` members and runs at most `maxPushPullVerifications` signature checks
+   * (cached ones are free); entries past either are dropped, counted, and come again next time.
+   */
+  private mergeState(entries: StateEntry[], now: number, via: string): void {
+    const checksBefore = this.verifyCache.checks
+    let added = 0
     for (const e of entries) {
       if (e.id === this.id) {
         this.mergeSelfEntry(e)
         continue
       }
       const m = this.table.get(e.id)
-      if (e.st === 'alive' && (m === undefined || e.ri > m.incarnation)) {
-        this.onAlive(e.id, e.ri, e.rec, e.sig, undefined, now)
+      const newer = e.st === 'alive' && (m === undefined || e.ri > m.incarnation)
+      const leaving =
+        e.st === 'left' &&
+        e.lsig !== undefined &&
+        m !== undefined &&
+        m.status !== 'dead' &&
+        m.status !== 'left' &&
+        e.inc >= m.incarnation
+      if ((newer || leaving) && this.verifyCache.checks - checksBefore >= this.cfg.maxPushPullVerifications) {
+        this.counters.dropped.verifyBudget++
+        continue
       }
+      if (newer && m === undefined) {
+        if (added >= this.cfg.maxPushPullNewMembers) {
+          this.counters.dropped.newMembers++
+          continue
+        }
+        added++
+      }
+      if (newer) this.onAlive(e.id, e.ri, e.rec, e.sig, undefined, now)
       switch (e.st) {
         case 'alive':
           break
         case 'suspect':
         case 'dead':
-          this.onSuspect({ t: 'suspect', id: e.id, inc: e.inc, from: this.id }, now)
+          if (!this.accusationPlausible(e.id, e.inc)) {
+            this.counters.dropped.incarnation++
+            break
+          }
+          this.onSuspect({ t: 'suspect', id: e.id, inc: e.inc, from: this.id }, now, via)
           break
         case 'left':
-          if (e.lsig) this.onLeave({ t: 'leave', id: e.id, inc: e.inc, sig: e.lsig }, now)
+          if (leaving) this.onLeave({ t: 'leave', id: e.id, inc: e.inc, sig: e.lsig! }, now)
           break
       }
     }
   }
 
+  /**
+   * What a peer holds about us. A record of ours newer than (or different from) the one we run is
+   * believed only with our own signature on it (a restart that lost `gossip.json`): we jump above
+   * it. An accusation is believed only within what we signed, plus one.
+   */
   private mergeSelfEntry(e: StateEntry): void {
     if (this.leaving) return
-    if (e.st === 'alive') {
-      if (e.ri > this.incarnation || (e.ri === this.incarnation && !bytesEqual(e.rec, this.recordBytes))) {
-        this.refute(e.ri, false)
+    let signed = this.incarnation
+    if (e.ri > this.incarnation || (e.ri === this.incarnation && !bytesEqual(e.rec, this.recordBytes))) {
+      if (!this.verifyAlive(this.id, e.ri, e.rec, e.sig)) {
+        this.counters.dropped.forged++
+        return
       }
-    } else if (e.inc >= this.incarnation) {
-      this.refute(e.inc, e.st === 'suspect')
+      if (e.st === 'alive') {
+        this.refute(e.ri, false)
+        return
+      }
+      signed = e.ri
     }
+    if (e.st === 'alive') return
+    if (!accusationWithinSigned(e.inc, signed)) {
+      this.counters.dropped.incarnation++
+      return
+    }
+    if (e.inc >= this.incarnation) this.refute(e.inc, e.st === 'suspect')
   }
 
   // ---------------------------------------------------------------- state rules (memberlist state.go)
@@ -735,11 +926,14 @@ export class Swim {
         this.onPingReq(from, msg.seq, msg.target, msg.nack, now)
         return
       case 'ack':
-        this.onAck(msg.seq)
+        this.onAck(from, msg.seq, now)
         return
       case 'nack':
         this.counters.nacksReceived++
-        if (this.probe && this.probe.seq === msg.seq) this.probe.nacks++
+        if (this.probe && this.probe.seq === msg.seq) {
+          if (this.probe.helpers.includes(from)) this.probe.nackers.add(from)
+          else this.counters.dropped.sender++
+        }
         return
       case 'alive':
         if (msg.record.id === this.id) {
@@ -750,14 +944,38 @@ export class Swim {
         return
       case 'suspect':
       case 'dead':
+        if (!this.accusationPlausible(msg.id, msg.inc)) {
+          this.counters.dropped.incarnation++
+          return
+        }
         if (this.answerStaleAccusation(from, msg.id, msg.inc)) return
-        if (msg.t === 'suspect') this.onSuspect(msg, now)
+        if (msg.t === 'suspect') this.onSuspect(msg, now, from)
         else this.onDead(msg, now)
         return
       case 'leave':
         this.onLeave(msg, now)
         return
     }
+  }
+
+  /**
+   * An accusation against `id` at `inc` is believed only within what `id` itself has signed, plus
+   * one (`accusationWithinSigned`): for ourselves our own incarnation, for another member the
+   * incarnation of the signed alive record we hold. An unknown member is ignored later anyway.
+   */
+  private accusationPlausible(id: string, inc: number): boolean {
+    if (id === this.id) return accusationWithinSigned(inc, this.incarnation)
+    const m = this.table.get(id)
+    return m === undefined || accusationWithinSigned(inc, m.recordIncarnation)
+  }
+
+  /** `id`'s signature over an alive at `inc` with record `rec`, checked once per distinct input. */
+  private verifyAlive(id: string, inc: number, rec: Uint8Array, sig: Uint8Array): boolean {
+    return this.verifyCache.verify('alive', id, inc, aliveSigningBytes(inc, rec), sig)
+  }
+
+  private verifyLeave(id: string, inc: number, sig: Uint8Array): boolean {
+    return this.verifyCache.verify('leave', id, inc, leaveSigningBytes(id, inc), sig)
   }
 
   /**
@@ -793,7 +1011,7 @@ export class Swim {
     if (this.leaving) return
     if (inc < this.incarnation) return
     if (inc === this.incarnation && bytesEqual(rec, this.recordBytes) && bytesEqual(sig, this.sig)) return
-    if (!this.verifier(this.id, aliveSigningBytes(inc, rec), sig)) {
+    if (!this.verifyAlive(this.id, inc, rec, sig)) {
       this.counters.dropped.forged++
       return
     }
@@ -812,7 +1030,7 @@ export class Swim {
     const m = this.table.get(id)
     // Same or older incarnation: nothing new (a suspect must refute with a higher one).
     if (m && inc <= m.incarnation) return
-    if (!this.verifier(id, aliveSigningBytes(inc, rec), sig)) {
+    if (!this.verifyAlive(id, inc, rec, sig)) {
       this.counters.dropped.forged++
       return
     }
@@ -860,8 +1078,11 @@ export class Swim {
     if (m.record.name !== record.name) this.checkNameConflict(next)
   }
 
-  /** memberlist `suspectNode`. */
-  private onSuspect(msg: SuspectMessage, now: number): void {
+  /**
+   * memberlist `suspectNode`. `via` is the authenticated sender (the datagram's or push/pull's
+   * peer; ourselves for our own probes): Lifeguard §IV-B confirmations count per distinct sender.
+   */
+  private onSuspect(msg: SuspectMessage, now: number, via: string = msg.from): void {
     if (msg.id === this.id) {
       if (!this.leaving && msg.inc >= this.incarnation) this.refute(msg.inc, true)
       return
@@ -871,7 +1092,7 @@ export class Swim {
     const existing = this.suspicions.get(msg.id)
     if (existing) {
       // Lifeguard §IV-B: an independent accuser shortens the timeout; pass the news on.
-      if (existing.confirm(msg.from)) {
+      if (existing.confirm(msg.from, via)) {
         this.queue.push(msg.id, encodeMessage(msg))
         const s = existing
         this.setTimer(`suspect:${msg.id}`, s.deadlineMs(), (t) => this.suspicionExpired(msg.id, s, t))
@@ -891,6 +1112,7 @@ export class Swim {
     const minMs = suspicionMinTimeout(this.cfg.suspicionMult, n, this.cfg.probeIntervalMs)
     const s = new Suspicion({
       from: msg.from,
+      via,
       startMs: now,
       incarnation: msg.inc,
       k,
@@ -932,7 +1154,7 @@ export class Swim {
   private onLeave(msg: LeaveMessage, now: number): void {
     if (msg.id === this.id) {
       if (this.leaving || msg.inc < this.incarnation) return
-      if (!this.verifier(this.id, leaveSigningBytes(msg.id, msg.inc), msg.sig)) {
+      if (!this.verifyLeave(this.id, msg.inc, msg.sig)) {
         this.counters.dropped.forged++
         return
       }
@@ -942,7 +1164,7 @@ export class Swim {
     const m = this.table.get(msg.id)
     if (!m || msg.inc < m.incarnation) return
     if (m.status === 'dead' || m.status === 'left') return
-    if (!this.verifier(msg.id, leaveSigningBytes(msg.id, msg.inc), msg.sig)) {
+    if (!this.verifyLeave(msg.id, msg.inc, msg.sig)) {
       this.counters.dropped.forged++
       return
     }
@@ -962,9 +1184,14 @@ export class Swim {
     this.emit('member:leave', next)
   }
 
-  /** SWIM §4.2: we are accused at `accusedInc`; come back with a higher incarnation. */
+  /**
+   * SWIM §4.2: we are accused at `accusedInc` (checked against what we signed); come back with a
+   * higher incarnation, never past the safe-integer range (`refutationIncarnation`).
+   */
   private refute(accusedInc: number, suspected: boolean): void {
-    this.incarnation = Math.max(this.incarnation + 1, accusedInc + 1)
+    const next = refutationIncarnation(this.incarnation, accusedInc)
+    if (next <= this.incarnation) return // at the ceiling: nothing higher can be signed
+    this.incarnation = next
     this.counters.refutations++
     // Lifeguard §IV-A: being accused is a sign that we were slow.
     if (suspected) this.health.apply(1)

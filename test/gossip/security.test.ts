@@ -93,7 +93,18 @@ describe('hostile input is dropped and counted, never crashes', () => {
     const r = bob.handlePushPull('m', new Uint8Array([1, 2, 3]), 0)
     expect(r.reply).toBeUndefined()
     const d = bob.stats().dropped
-    expect(d).toEqual({ oversize: 1, decode: 2, type: 1, shape: 1, forged: 0 }) // one decode is the push/pull
+    expect(d).toEqual({
+      oversize: 1,
+      decode: 2, // one is the push/pull
+      type: 1,
+      shape: 1,
+      forged: 0,
+      incarnation: 0,
+      sender: 0,
+      members: 0,
+      newMembers: 0,
+      verifyBudget: 0,
+    })
     expect(bob.stats().messagesReceived).toBe(4)
   })
 

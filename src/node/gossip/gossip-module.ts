@@ -20,10 +20,11 @@ import {
   UDP_PORT_TAG,
   udpEndpointOf,
 } from '../transport/gossip-udp.ts'
-import { StreamMessenger } from '../transport/stream-messenger.ts'
 import { GossipStateWriter, KnownPeersWriter, loadGossipState, loadKnownPeers } from './gossip-state.ts'
-import { Libp2pGossipTransport, SWIM_PROTOCOL, SWIM_PUSHPULL_PROTOCOL } from './libp2p-glue.ts'
+import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
+import { Libp2pGossipTransport, SWIM_PUSHPULL_PROTOCOL } from './libp2p-glue.ts'
 import { registerGossipMetrics } from './metrics.ts'
+import { PushPullStreams, pushPullStreamLimits } from './push-pull-streams.ts'
 import { SwimDriver } from './swim-driver.ts'
 
 /**
@@ -71,7 +72,7 @@ export class GossipModule implements AgentModule {
   private readonly clock: Clock
   private driver?: SwimDriver
   private transport?: Libp2pGossipTransport
-  private messenger?: StreamMessenger
+  private pushPulls?: PushPullStreams
   private udp?: GossipUdpTransport
   private ctx?: AgentContext
   private log?: Logger
@@ -117,7 +118,7 @@ export class GossipModule implements AgentModule {
     const { dataDir } = ctx.config
     const selfId = ctx.identity.id
     const cfg = swimConfig(this.init.profile ?? 'lan', this.init.overrides ?? {})
-    const saved = loadGossipState(dataDir, log)
+    const saved = loadGossipState(dataDir, log) // repaired (and logged) if out of range
     const addresses = ctx.host.getMultiaddrs().map((m) => m.toString())
     const udp = await this.startUdp(ctx, addresses, cfg.maxMessageBytes)
     // Peers derive our UDP endpoint from our first TCP address; the tag only when that is wrong.
@@ -133,20 +134,18 @@ export class GossipModule implements AgentModule {
       verifier: ed25519Verifier(publicKeyOfPeerId),
       ...(saved !== undefined ? { lastIncarnation: saved.incarnation, lastVersion: saved.version } : {}),
     })
-    const messenger = new StreamMessenger({
+    const pushPulls = new PushPullStreams({
       host: ctx.host,
-      protocol: SWIM_PROTOCOL,
-      requestProtocol: SWIM_PUSHPULL_PROTOCOL,
+      protocol: SWIM_PUSHPULL_PROTOCOL,
+      limits: pushPullStreamLimits(cfg.maxPushPullBytes, GOSSIP_WIRING_DEFAULTS.pushPullTimeoutMs),
       log,
-      maxMessageBytes: cfg.maxMessageBytes,
-      maxRequestBytes: cfg.maxPushPullBytes,
     })
-    this.messenger = messenger
+    this.pushPulls = pushPulls
     const transport = new Libp2pGossipTransport({
       selfId,
       host: ctx.host,
       udp,
-      messenger,
+      exchange: pushPulls,
       clock,
       statusOf: (peer) => swim.member(peer)?.status,
       log,
@@ -167,18 +166,20 @@ export class GossipModule implements AgentModule {
     udp.onMessage((from, bytes) => {
       if (!this.stopped) driver.receive(from, bytes)
     })
-    messenger.onRequest(async (from, bytes) => {
+    pushPulls.onRequest((from, bytes) => {
+      if (this.stopped) return undefined
       const reply = driver.answerPushPull(from, bytes)
-      if (reply === undefined) throw new Error('push/pull request dropped')
-      transport.countReply(reply)
+      if (reply !== undefined) transport.countReply(reply)
       return reply
     })
-    await messenger.start()
+    await pushPulls.start()
     ctx.addSeeds(loadKnownPeers(dataDir, selfId))
     registerGossipMetrics(ctx.metrics, {
       members: () => this.members(),
       udpStats: () => this.udp?.stats,
       pushPullStats: () => this.transport?.pushPullStats,
+      pushPullRefused: () => this.pushPulls?.stats.refused ?? {},
+      coreStats: () => this.driver?.stats(),
       dropped: () => this.driver?.dropped() ?? {},
     })
     ctx.http.route('GET', '/v1/agent/members', () => this.members().map(memberJson))
@@ -197,7 +198,7 @@ export class GossipModule implements AgentModule {
     this.stopped = true
     this.offSeedJoined?.()
     this.transport?.stop()
-    await this.messenger?.stop()
+    await this.pushPulls?.stop()
     await this.udp?.stop()
     await this.stateWriter?.flush()
     await this.peersWriter?.stop()

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
-import type { MemberView } from '../../gossip/index.ts'
+import { type MemberView, repairedIncarnation } from '../../gossip/index.ts'
 import type { Cancel, Clock } from '../../common/clock.ts'
 import { LatestFileWriter } from '../../common/fs-atomic.ts'
 import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
@@ -27,14 +27,27 @@ export interface StateLog {
   error(fields: object, message: string): void
 }
 
-/** Reads `gossip.json`; undefined when absent or unreadable. */
+/**
+ * Reads `gossip.json`; undefined when absent or unreadable. An incarnation or version that is not
+ * a non-negative safe integer up to `MAX_PLAUSIBLE_INCARNATION` (written by an older agent that a
+ * forged accusation pushed to 2^53, or damaged) is repaired to 0, with a warning: the node then
+ * starts at 1 and jumps above any record of itself, signed by its key, that the cluster still holds.
+ */
 export function loadGossipState(dataDir: string, log: StateLog): LocalGossipState | undefined {
   const path = join(dataDir, GOSSIP_STATE_FILE)
   if (!existsSync(path)) return undefined
   try {
     const s = JSON.parse(readFileSync(path, 'utf8')) as { incarnation?: unknown; version?: unknown }
-    if (typeof s.incarnation === 'number' && typeof s.version === 'number')
-      return { incarnation: s.incarnation, version: s.version }
+    if (typeof s.incarnation === 'number' && typeof s.version === 'number') {
+      const inc = repairedIncarnation(s.incarnation)
+      const version = repairedIncarnation(s.version)
+      if (inc.repaired || version.repaired)
+        log.warn(
+          { path, incarnation: s.incarnation, version: s.version },
+          'gossip state out of range; repaired (starting from 0, the cluster lifts it to our last signed record)',
+        )
+      return { incarnation: inc.incarnation, version: version.incarnation }
+    }
   } catch {
     // A damaged file only costs us a jump in incarnation: refutation fixes it on the wire.
   }
@@ -54,6 +67,11 @@ export class GossipStateWriter {
 
   save(incarnation: number, version: number): void {
     if (incarnation === this.persisted.incarnation && version === this.persisted.version) return
+    if (repairedIncarnation(incarnation).repaired || repairedIncarnation(version).repaired) {
+      // The core never produces one; never write what the next start would have to repair.
+      this.log.error({ incarnation, version }, 'not persisting an out-of-range gossip state')
+      return
+    }
     this.persisted = { incarnation, version }
     // Off the event loop: a blocking fsync per change stalls the agent under churn. The messages
     // carrying the new incarnation are sent either way; a restart starts above what reached disk.

@@ -5,13 +5,12 @@ import type { MemberView } from '../../gossip/index.ts'
 import type { Clock } from '../../common/clock.ts'
 import type { GossipUdpTransport } from '../transport/gossip-udp.ts'
 import type { Host } from '../transport/host.ts'
-import type { StreamMessenger } from '../transport/stream-messenger.ts'
 import type { GossipTransport } from './swim-driver.ts'
 import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /**
- * Best-effort channel of the push/pull messenger; unused (StreamMessenger needs one): SWIM
- * datagrams travel over UDP (`gossip-udp.ts`).
+ * Reserved: the best-effort stream channel of earlier versions, never used (SWIM datagrams travel
+ * over UDP, `gossip-udp.ts`) and no longer handled.
  */
 export const SWIM_PROTOCOL = '/peermesh/swim/1'
 /** Reliable path: push/pull anti-entropy and joins, one libp2p stream per exchange. */
@@ -37,7 +36,8 @@ export interface Libp2pGossipTransportInit {
   selfId: string
   host: Host
   udp: GossipUdpTransport
-  messenger: StreamMessenger
+  /** One push/pull exchange over a libp2p stream (`PushPullStreams.request`). */
+  exchange: { request(to: string, state: Uint8Array, options: { signal: AbortSignal }): Promise<Uint8Array> }
   clock: Clock
   /** Status of a member as gossip knows it (no DHT lookup for dead or departed members). */
   statusOf(peer: string): MemberView['status'] | undefined
@@ -73,7 +73,7 @@ export class Libp2pGossipTransport implements GossipTransport {
     this.pushPullStats.exchanges++
     this.pushPullStats.bytesSent += state.length
     try {
-      return await this.init.messenger.request(to, state, {
+      return await this.init.exchange.request(to, state, {
         signal: AbortSignal.timeout(PUSHPULL_TIMEOUT_MS),
       })
     } catch (err) {
@@ -107,10 +107,8 @@ export class Libp2pGossipTransport implements GossipTransport {
     )
       this.rememberAddresses(m)
     if (type === 'member:reap') this.rememberedAddresses.delete(m.id)
-    if (type === 'member:fail' || type === 'member:leave' || type === 'member:reap') {
-      this.init.messenger.forget(m.id)
+    if (type === 'member:fail' || type === 'member:leave' || type === 'member:reap')
       this.init.udp.forget(m.id)
-    }
   }
 
   stop(): void {

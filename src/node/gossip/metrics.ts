@@ -1,5 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client'
-import type { MemberView } from '../../gossip/index.ts'
+import type { MemberView, SwimStats } from '../../gossip/index.ts'
 import { counterFrom } from '../agent/metrics.ts'
 import type { GossipUdpTransport } from '../transport/gossip-udp.ts'
 import type { PushPullStats } from './libp2p-glue.ts'
@@ -9,6 +9,10 @@ export interface GossipMetricsSource {
   members(): MemberView[]
   udpStats(): GossipUdpTransport['stats'] | undefined
   pushPullStats(): PushPullStats | undefined
+  /** Inbound push/pull exchanges refused by the stream limits, by reason. */
+  pushPullRefused(): Record<string, number>
+  /** The SWIM core's counters. */
+  coreStats(): SwimStats | undefined
   /** Messages the core dropped, by reason. */
   dropped(): Record<string, number>
 }
@@ -73,7 +77,54 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
       pp((s) => s.connectionsClosed),
     ],
   ]
+  const core = (pick: (s: SwimStats) => number) => () => {
+    const s = src.coreStats()
+    return s === undefined ? 0 : pick(s)
+  }
+  counters.push(
+    [
+      'peermesh_gossip_signature_checks_total',
+      'Member signatures verified (Ed25519) by the gossip core',
+      core((s) => s.signatureChecks),
+    ],
+    [
+      'peermesh_gossip_signature_cache_hits_total',
+      'Member signature checks answered from the cache (same member, incarnation and record)',
+      core((s) => s.signatureCacheHits),
+    ],
+    [
+      'peermesh_gossip_late_timers_total',
+      'Gossip timer runs that fired late enough to count against this agent’s own health (Lifeguard)',
+      core((s) => s.lateTimers),
+    ],
+  )
   for (const [name, help, pick] of counters) counterFrom(registry, name, help, pick)
+  new Gauge({
+    name: 'peermesh_gossip_probe_timeout_ms',
+    help: 'Current SWIM probe timeout, from measured round trips within the profile (before health scaling)',
+    registers: [registry],
+    collect() {
+      this.set(src.coreStats()?.probeTimeoutMs ?? 0)
+    },
+  })
+  new Gauge({
+    name: 'peermesh_gossip_local_health',
+    help: 'Lifeguard Local Health Multiplier score of this agent (0 = healthy)',
+    registers: [registry],
+    collect() {
+      this.set(src.coreStats()?.localHealth ?? 0)
+    },
+  })
+  new Counter({
+    name: 'peermesh_gossip_pushpull_refused_total',
+    help: 'Inbound push/pull exchanges refused, by reason (streams, bytes, frame, timeout, dropped)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [reason, n] of Object.entries(src.pushPullRefused())) this.inc({ reason }, n)
+    },
+  })
   new Counter({
     name: 'peermesh_gossip_datagrams_rejected_total',
     help: 'Inbound UDP datagrams dropped before the SWIM core, by reason (truncated, oversize, version, auth, sender)',
@@ -86,7 +137,7 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
   })
   new Counter({
     name: 'peermesh_gossip_dropped_total',
-    help: 'Messages dropped by the gossip core, by reason (decode, type, oversize, forged, ...)',
+    help: 'Messages dropped by the gossip core, by reason (decode, type, oversize, forged, incarnation, sender, members, newMembers, verifyBudget)',
     labelNames: ['reason'],
     registers: [registry],
     collect() {

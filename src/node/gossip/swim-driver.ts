@@ -1,4 +1,4 @@
-import type { MemberView, Output, Swim, SwimEvent } from '../../gossip/index.ts'
+import type { MemberView, Output, Swim, SwimEvent, SwimStats } from '../../gossip/index.ts'
 import { type Cancel, type Clock, pause } from '../../common/clock.ts'
 import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
@@ -67,6 +67,11 @@ export class SwimDriver {
   /** Drop reasons counted by the core (metrics). */
   dropped(): Record<string, number> {
     return this.swim.stats().dropped as Record<string, number>
+  }
+
+  /** The core's counters (metrics). */
+  stats(): SwimStats {
+    return this.swim.stats()
   }
 
   start(): void {

@@ -19,6 +19,14 @@
  * window either (memberlist has none): a replayed alive/suspect/dead is idempotent in SWIM, and
  * a replayed ack only matches a probe still waiting for that sequence number.
  *
+ * The sender id is therefore the strongest per-datagram identity available, and the SWIM core
+ * uses it as such: an ack counts only from the member probed or a helper asked to relay (and
+ * sequence numbers are random, so only a member that saw the ping can answer it), a Lifeguard
+ * confirmation counts once per sender, and accusations cannot carry an incarnation beyond what
+ * the accused signed + 1. What remains open to a cluster-key holder on the path is claiming the
+ * probed member's own id in an ack; binding the sender id to the node key (a signature per
+ * datagram, 64 bytes of the 1,472-byte budget) would close it.
+ *
  * A datagram that is truncated, oversize, of another version, sealed with another key, tampered
  * with, or has a malformed sender id is dropped and counted by reason; nothing a peer sends can
  * throw out of here.
