@@ -27,9 +27,16 @@ export function commandPermission(cmd: PolicyCommand): [PermissionCheck, Permiss
   }
 }
 
+/**
+ * The mesh-wide default intention action is a kv entry under this name (connect/intention-view.ts):
+ * writing it is a mesh setting, not a key.
+ */
+const MESH_KEYS = new Set(['connect.default-intention-action'])
+
 /** `service:write` on service kinds, `key:write` on kv, `mesh:write` otherwise (proxy-defaults). */
 export function configWrite(kind: string, name: string): [PermissionCheck, PermissionNeed] {
   if (SERVICE_KINDS.has(kind)) return need.serviceWrite(name)
+  if (kind === 'kv' && MESH_KEYS.has(name)) return need.meshWrite()
   if (kind === 'kv') return need.keyWrite(name)
   return need.meshWrite()
 }
@@ -37,6 +44,7 @@ export function configWrite(kind: string, name: string): [PermissionCheck, Permi
 /** `service:read` on service kinds, `key:read` on kv, `mesh:read` otherwise. */
 export function configRead(kind: string, name: string): [PermissionCheck, PermissionNeed] {
   if (SERVICE_KINDS.has(kind)) return need.serviceRead(name)
+  if (kind === 'kv' && MESH_KEYS.has(name)) return need.meshRead()
   if (kind === 'kv') return need.keyRead(name)
   return need.meshRead()
 }

@@ -1,3 +1,4 @@
+import { need } from '../../acl/index.ts'
 import { existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { StreamHandler, StreamHandlerOptions } from '@libp2p/interface'
@@ -242,17 +243,19 @@ export class Agent {
   }
 
   private addCoreRoutes(): void {
-    this.http.route('GET', '/v1/agent/self', () => ({
-      name: this.config.name,
-      peerId: this.identity?.id,
-      addresses: this.addresses(),
-      version: VERSION,
-    }))
+    this.http.route('GET', '/v1/agent/self', (req) => {
+      req.auth.require(...need.agentRead(this.config.name))
+      return {
+        name: this.config.name,
+        peerId: this.identity?.id,
+        addresses: this.addresses(),
+        version: VERSION,
+      }
+    })
     this.http.route('GET', '/v1/status/peers', () => this.connectedPeers())
-    this.http.route(
-      'GET',
-      '/metrics',
-      async () => new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType),
-    )
+    this.http.route('GET', '/metrics', async (req) => {
+      req.auth.require(...need.agentRead(this.config.name))
+      return new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType)
+    })
   }
 }

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net'
 import { UUID_PATTERN } from '../../acl/constants.ts'
+import { isLoopbackHost } from '../api/request-guard.ts'
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
@@ -221,12 +222,24 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     if (v !== undefined) (merged as Record<string, unknown>)[k] = v
   }
   const name = merged.name ?? sanitizeHostname(hostname())
+  const http = parseHostPort(merged.http ?? DEFAULT_HTTP)!
+  // Anyone who can reach a non-loopback API could change policy: only with tokens checked.
+  if (!isLoopbackHost(http.host) && merged.acl?.enabled !== true)
+    throw new ConfigError(
+      `http: ${http.host} is not a loopback address; an API other machines can reach needs ACLs on (acl.enabled)`,
+      'http',
+    )
+  if (
+    merged.acl?.enabled !== true &&
+    (merged.acl?.initialManagementToken !== undefined || merged.tokenFile !== undefined)
+  )
+    throw new ConfigError('acl: initialManagementToken and tokenFile need acl.enabled', 'acl')
   return {
     name,
     dataDir: merged.dataDir ?? join('.peermesh', name),
     listen: merged.listen ?? [DEFAULT_LISTEN],
     ...(merged.advertise !== undefined ? { advertise: merged.advertise } : {}),
-    http: parseHostPort(merged.http ?? DEFAULT_HTTP)!,
+    http,
     seed: merged.seed ?? [],
     bootstrap: merged.bootstrap ?? false,
     ...(merged.bootstrapExpect !== undefined ? { bootstrapExpect: merged.bootstrapExpect } : {}),

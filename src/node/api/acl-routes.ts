@@ -36,7 +36,7 @@ export interface AclBackend {
    * with the state machine's result once the entry is applied on this agent, so that `state`
    * shows it. Throws NoLeaderError / WriteTimeoutError / RaftNotRunningError when it cannot.
    */
-  write(cmd: AclCommand, options: { signal: AbortSignal }): Promise<AclResult>
+  write(cmd: AclCommand, options: { signal: AbortSignal; token?: string }): Promise<AclResult>
 }
 
 export interface AclRouteDeps {
@@ -514,7 +514,8 @@ const UNAVAILABLE = new Set([NoLeaderError.code, WriteTimeoutError.code, RaftNot
 async function write(backend: AclBackend, cmd: AclCommand, req: ApiRequest): Promise<number> {
   let res: AclResult
   try {
-    res = await backend.write(cmd, { signal: deadline(req) })
+    const token = req.auth.secret()
+    res = await backend.write(cmd, { signal: deadline(req), ...(token !== undefined ? { token } : {}) })
   } catch (err) {
     if (err instanceof ApiError) throw err
     const code = errorCode(err)

@@ -1,3 +1,4 @@
+import { need, SIDECAR_SUFFIX } from '../../acl/index.ts'
 import { ApiError } from '../agent/errors.ts'
 import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
 import type { Catalog, HealthEntry } from '../catalog/catalog.ts'
@@ -15,6 +16,7 @@ import type { LocalServiceRegistry } from '../catalog/local-services.ts'
 import {
   type CheckStatus,
   parseServiceDefinition,
+  type ServiceDefinition,
   serviceDefinitionToJson,
 } from '../catalog/service-definition.ts'
 
@@ -54,12 +56,16 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
       [],
       (after, wait) => catalog.waitForChange(after, wait, req.signal),
       () => catalog.index,
-      () => catalog.services(),
+      () => {
+        const authz = req.auth.authorizer()
+        return Object.fromEntries(Object.entries(catalog.services()).filter(([n]) => authz.serviceRead(n)))
+      },
     ),
   )
 
   http.route('GET', '/v1/catalog/service/:name', (req) => {
     const name = req.params['name']!
+    req.auth.require(...need.serviceRead(name))
     return blocking(
       req,
       ['tag'],
@@ -71,6 +77,7 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
 
   http.route('GET', '/v1/health/service/:name', (req) => {
     const name = req.params['name']!
+    req.auth.require(...need.serviceRead(name))
     const passing = flag(req, 'passing')
     return blocking(
       req,
@@ -90,7 +97,9 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
       () => local.index.current,
       () => {
         const out: Record<string, unknown> = {}
+        const authz = req.auth.authorizer()
         for (const def of local.list()) {
+          if (!authz.serviceRead(def.name)) continue
           out[def.id] = { ...serviceDefinitionToJson(def), address: def.address ?? deps.nodeAddress() }
         }
         return out
@@ -101,15 +110,26 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
   http.route('GET', '/v1/agent/checks', (req) => {
     onlyParams(req, [])
     const out: Record<string, unknown> = {}
-    for (const c of checks.list()) out[c.checkId] = c
+    const authz = req.auth.authorizer()
+    for (const c of checks.list()) if (authz.serviceRead(c.serviceName)) out[c.checkId] = c
     return out
   })
 
   http.route('PUT', '/v1/agent/service/register', (req) => {
     onlyParams(req, [])
     if (req.body === undefined) throw new ApiError('missing body: a JSON service definition', 400)
+    let def: ServiceDefinition
     try {
-      local.register(parseServiceDefinition(req.body, 'request body'))
+      def = parseServiceDefinition(req.body, 'request body')
+    } catch (err) {
+      throw asApiError(err)
+    }
+    // The instance, and its sidecar's identity (Consul: service:write on both).
+    req.auth.require(...need.serviceWrite(def.name))
+    if (def.connect?.sidecarService !== undefined)
+      req.auth.require(...need.serviceWrite(`${def.name}${SIDECAR_SUFFIX}`))
+    try {
+      local.register(def)
     } catch (err) {
       throw asApiError(err)
     }
@@ -118,6 +138,8 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
 
   http.route('PUT', '/v1/agent/service/deregister/:id', (req) => {
     onlyParams(req, [])
+    const def = local.get(req.params['id']!)
+    if (def !== undefined) req.auth.require(...need.serviceWrite(def.name))
     try {
       local.deregister(req.params['id']!)
     } catch (err) {
@@ -135,6 +157,8 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
       onlyParams(req, ['note'])
       const note = req.query.get('note') ?? ''
       if (note.length > 4096) throw new ApiError('note: at most 4096 characters', 400)
+      const check = checks.list().find((c) => c.checkId === req.params['id'])
+      if (check !== undefined) req.auth.require(...need.serviceWrite(check.serviceName))
       try {
         checks.updateTtl(req.params['id']!, status satisfies CheckStatus, note)
       } catch (err) {
@@ -180,7 +204,7 @@ async function blocking(
 
 function onlyParams(req: ApiRequest, allowed: string[]): void {
   for (const key of new Set(req.query.keys())) {
-    if (!allowed.includes(key)) {
+    if (!allowed.includes(key) && key !== 'token') {
       throw new ApiError(
         `unknown query parameter "${key}"${allowed.length > 0 ? ` (allowed: ${allowed.join(', ')})` : ''}`,
         400,

@@ -1,3 +1,5 @@
+import { commandPermission } from '../../acl/command-permission.ts'
+import { need } from '../../acl/index.ts'
 import {
   type Intention as IntentionInput,
   InvalidIntentionQueryError,
@@ -36,7 +38,7 @@ export interface ConnectApi {
   readonly stateIndex: number
   waitForChange(after: number, waitMs: number, signal?: AbortSignal): Promise<number>
   /** A policy write through Raft (from any agent). */
-  write(cmd: PolicyCommand, options: { signal: AbortSignal }): Promise<PolicyResult>
+  write(cmd: PolicyCommand, options: { signal: AbortSignal; token?: string }): Promise<PolicyResult>
 }
 
 const DEFAULT_WRITE_TIMEOUT_MS = API_RAFT_TIMEOUT_MS
@@ -119,12 +121,17 @@ function deadline(req: ApiRequest): AbortSignal {
 
 async function write(connect: ConnectApi, cmd: PolicyCommand, req: ApiRequest): Promise<PolicyResult> {
   let res: PolicyResult
+  // Checked here, and again by the leader with the token carried along (a forward is a request).
+  const needed = commandPermission(cmd)
+  if (needed !== undefined) req.auth.require(...needed)
+  const token = req.auth.secret()
   try {
-    res = await connect.write(cmd, { signal: deadline(req) })
+    res = await connect.write(cmd, { signal: deadline(req), ...(token !== undefined ? { token } : {}) })
   } catch (err) {
     throw unavailable(err)
   }
   if (!res.ok && res.code === PolicyErrorCodes.tooLarge) throw new ApiError(res.message, 413)
+  if (!res.ok && res.code === PolicyErrorCodes.permissionDenied) throw new ApiError(res.message, 403)
   return res
 }
 
@@ -138,6 +145,12 @@ function unavailable(err: unknown): unknown {
   if (err instanceof Error && (err.name === 'AbortError' || err.name === 'TimeoutError'))
     return new ApiError('timed out waiting for the raft leader', 503, { cause: err })
   return err
+}
+
+/** `connect`, once the request may read mesh-wide settings (403 otherwise). */
+function meshReadable(req: ApiRequest, connect: ConnectApi): ConnectApi {
+  req.auth.require(...need.meshRead())
+  return connect
 }
 
 function json(value: unknown, index: number): ApiReply {
@@ -177,6 +190,7 @@ async function maybeBlock(connect: ConnectApi, req: ApiRequest): Promise<void> {
 export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void {
   http.route('GET', '/v1/connect/ca/roots', () => caRootsJson(connect.caState()))
   http.route('POST', '/v1/connect/ca/rotate', async (req) => {
+    req.auth.require(...need.operatorWrite())
     try {
       return await connect.rotate({ signal: deadline(req) })
     } catch (err) {
@@ -186,6 +200,8 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
 
   http.route('GET', '/v1/agent/connect/ca/leaf/:service', async (req) => {
     const service = req.params['service']!
+    // A private key: only for a token that may act as the service (Consul: service:write).
+    req.auth.require(...need.serviceWrite(service))
     if (!connect.hostsService(service))
       throw new ApiError(`service: ${service} is not registered on this agent`, 404)
     const leaf = await connect.leaf(service, {
@@ -208,7 +224,9 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
 
   http.route('GET', '/v1/connect/intentions', async (req) => {
     await maybeBlock(connect, req)
-    return json(sortIntentions(connect.intentions().map(intentionJson)), connect.stateIndex)
+    const authz = req.auth.authorizer()
+    const visible = connect.intentions().filter((i) => authz.intentionRead(i.destination))
+    return json(sortIntentions(visible.map(intentionJson)), connect.stateIndex)
   })
   http.route('POST', '/v1/connect/intentions', async (req) => {
     const it = parseIntentionBody(req.body)
@@ -233,6 +251,7 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
   })
   http.route('GET', '/v1/connect/intentions/exact', (req) => {
     const { source, destination } = parsePairQuery(req.query)
+    req.auth.require(...need.intentionRead(destination))
     const it = connect.getIntention(source, destination)
     if (it === undefined) throw new ApiError(`no intention ${source} -> ${destination}`, 404)
     return json(intentionJson(it), connect.stateIndex)
@@ -250,6 +269,7 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
   http.route('GET', '/v1/connect/intentions/check', (req) => {
     const source = req.query.get('source')
     const destination = req.query.get('destination')
+    req.auth.require(...need.intentionRead(destination ?? ''))
     const index = connect.intentionIndex()
     try {
       const d = index.decide(source ?? '', destination ?? '')
@@ -268,8 +288,8 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
     }
   })
 
-  http.route('GET', '/v1/connect/intentions/default', () =>
-    json({ action: connect.intentionIndex().defaultAction }, connect.stateIndex),
+  http.route('GET', '/v1/connect/intentions/default', (req) =>
+    json({ action: meshReadable(req, connect).intentionIndex().defaultAction }, connect.stateIndex),
   )
   http.route('PUT', '/v1/connect/intentions/default', async (req) => {
     const b = req.body as { action?: unknown } | undefined

@@ -1,3 +1,5 @@
+import { commandPermission, configRead } from '../../acl/command-permission.ts'
+import { need } from '../../acl/index.ts'
 import { errorCode } from '../../common/errors.ts'
 import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
@@ -36,8 +38,12 @@ export function configEntryJson(e: ConfigEntry): ConfigEntryJson {
  */
 export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
   http.route('GET', '/v1/status/leader', () => raft.leaderAddress())
-  http.route('GET', '/v1/operator/raft/configuration', () => raft.configuration())
-  http.route('GET', '/v1/operator/raft/status', () => {
+  http.route('GET', '/v1/operator/raft/configuration', (req) => {
+    req.auth.require(...need.operatorRead())
+    return raft.configuration()
+  })
+  http.route('GET', '/v1/operator/raft/status', (req) => {
+    req.auth.require(...need.operatorRead())
     const node = raft.raft
     if (node === undefined) throw new ApiError('raft is not running', 503)
     const st = node.status()
@@ -59,6 +65,7 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
     return { index: await write(raft, cmd, req) }
   })
   http.route('GET', '/v1/config/:kind/:name', async (req) => {
+    req.auth.require(...configRead(req.params['kind']!, req.params['name']!))
     await maybeConsistent(raft, req)
     const e = raft.store.getConfigEntry(req.params['kind']!, req.params['name']!)
     if (e === undefined)
@@ -73,7 +80,11 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
   })
   http.route('GET', '/v1/config/:kind', async (req) => {
     await maybeConsistent(raft, req)
-    return raft.store.listConfigEntries(req.params['kind']!).map(configEntryJson)
+    const authz = req.auth.authorizer()
+    return raft.store
+      .listConfigEntries(req.params['kind']!)
+      .filter((e) => configRead(e.kind, e.name)[0](authz))
+      .map(configEntryJson)
   })
 }
 
@@ -117,8 +128,12 @@ function deadline(req: ApiRequest): AbortSignal {
 
 async function write(raft: RaftModule, cmd: PolicyCommand, req: ApiRequest): Promise<number> {
   let r: { index: number; result: PolicyResult }
+  // Checked here, and again by the leader with the token carried along (a forward is a request).
+  const needed = commandPermission(cmd)
+  if (needed !== undefined) req.auth.require(...needed)
+  const token = req.auth.secret()
   try {
-    r = await raft.write(cmd, { signal: deadline(req) })
+    r = await raft.write(cmd, { signal: deadline(req), ...(token !== undefined ? { token } : {}) })
   } catch (err) {
     throw unavailable(err)
   }
@@ -131,6 +146,8 @@ async function write(raft: RaftModule, cmd: PolicyCommand, req: ApiRequest): Pro
       throw new ApiError(`cas: ${res.message}`, 409)
     case PolicyErrorCodes.tooLarge:
       throw new ApiError(res.message, 413)
+    case PolicyErrorCodes.permissionDenied:
+      throw new ApiError(res.message, 403)
     default:
       throw new ApiError(res.message, 400)
   }

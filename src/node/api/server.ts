@@ -148,10 +148,10 @@ export class HttpApi {
       typeof addr === 'object' && addr !== null ? { host: addr.address, port: addr.port } : { host, port }
     this.addresses = { port: bound.port, hosts: apiHosts(host, bound.host) }
     if (!isLoopbackHost(host)) {
-      // TODO(#12 ACLs): once ACL tokens exist, refuse a non-loopback bind unless ACLs are on.
+      // The agent's config refuses this unless ACLs are on (config.ts); still worth a line.
       this.log.warn(
         { http: `${bound.host}:${bound.port}` },
-        'the HTTP API listens on a non-loopback address and ACLs are not on: anyone who can reach it can change policy',
+        'the HTTP API listens on a non-loopback address: every request there needs a token',
       )
     }
     return bound

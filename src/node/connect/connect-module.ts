@@ -270,7 +270,7 @@ export class ConnectModule implements AgentModule, ConnectApi {
     return this.raft.store.getIntention(source, destination)
   }
 
-  async write(cmd: PolicyCommand, options: { signal: AbortSignal }): Promise<PolicyResult> {
+  async write(cmd: PolicyCommand, options: { signal: AbortSignal; token?: string }): Promise<PolicyResult> {
     return (await this.raft.write(cmd, options)).result
   }
 

@@ -182,7 +182,12 @@ export class GossipModule implements AgentModule {
       coreStats: () => this.driver?.stats(),
       dropped: () => this.driver?.dropped() ?? {},
     })
-    ctx.http.route('GET', '/v1/agent/members', () => this.members().map(memberJson))
+    ctx.http.route('GET', '/v1/agent/members', (req) => {
+      const authz = req.auth.authorizer()
+      return this.members()
+        .filter((m) => authz.nodeRead(m.name))
+        .map(memberJson)
+    })
     this.offSeedJoined = ctx.events.on('seed:joined', (peerId) => {
       if (this.stopped) return
       transport.markJoinConnection(peerId)

@@ -18,8 +18,19 @@ import {
   withSnapshotSignature,
 } from '../../raft/index.ts'
 import type { RefusalReason, RefusalRecord } from '../../raft/types.ts'
+import { commandPermission } from '../../acl/command-permission.ts'
+import { permissionDeniedMessage } from '../../acl/index.ts'
+import type { AclResult } from '../../raft/policy/acl-state.ts'
+import { PolicyErrorCodes, type PolicyRefusal, policyRefusal } from '../../raft/policy/policy-commands.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
-import { RAFT_DEFAULTS, type RaftAgentConfig, validateRaftAgentConfig } from '../agent/defaults.ts'
+import { AclResolver, type ResolvedToken } from '../api/acl-auth.ts'
+import { initialManagementCommand, registerAclRoutes, untilApplied } from '../api/acl-routes.ts'
+import {
+  API_RAFT_TIMEOUT_MS,
+  RAFT_DEFAULTS,
+  type RaftAgentConfig,
+  validateRaftAgentConfig,
+} from '../agent/defaults.ts'
 import { registerRaftRoutes } from '../api/raft-routes.ts'
 import { attemptSignal, LeaderRpc } from '../transport/leader-rpc.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
@@ -251,8 +262,13 @@ export class RaftModule implements AgentModule {
       subscriptions: [],
     }
     this.run = run
+    const acl = this.createAclResolver(ctx, node, log)
     const server = new ForwardedWriteServer(
-      { node: () => (this.stopped ? undefined : node), clock },
+      {
+        node: () => (this.stopped ? undefined : node),
+        clock,
+        ...(acl.config.enabled ? { authorize: (cmd, token) => authorizeForward(acl, cmd, token) } : {}),
+      },
       { attemptTimeoutMs: s.attemptTimeoutMs, maxCommandBytes: s.maxCommandBytes },
     )
     const st = node.status()
@@ -286,6 +302,72 @@ export class RaftModule implements AgentModule {
       refused: () => this.refusedMessages(),
     })
     registerRaftRoutes(ctx.http, this)
+    ctx.http.useAcl(acl)
+    registerAclRoutes(ctx.http, {
+      resolver: acl,
+      backend: {
+        state: this.store.acl,
+        write: async (cmd, options) => {
+          const { index, result } = await this.write(cmd, options)
+          // So the route reads what it wrote.
+          if (result.ok) await untilApplied(this.store, index, options.signal)
+          return result as AclResult
+        },
+      },
+    })
+    const initial = ctx.config.acl.initialManagementToken
+    if (ctx.config.acl.enabled && initial !== undefined) {
+      run.subscriptions.push(
+        node.on('leader:change', ({ leader }) => {
+          if (leader === ctx.identity.id) this.applyInitialManagementToken(initial, log)
+        }),
+      )
+    }
+  }
+
+  /** The resolver of this agent's tokens, on its committed ACL state (docs/SECURITY.md). */
+  private createAclResolver(ctx: AgentContext, node: RaftNode<PolicyResult>, log: Logger): AclResolver {
+    const cfg = ctx.config.acl
+    return new AclResolver(
+      this.store.acl,
+      {
+        enabled: cfg.enabled,
+        defaultPolicy: cfg.defaultPolicy,
+        anonymousRead: cfg.anonymousRead,
+        ...(ctx.config.defaultToken !== undefined ? { defaultSecret: ctx.config.defaultToken } : {}),
+      },
+      {
+        // Caught up once a leader is known and everything it committed is applied here.
+        replicated: () => {
+          const st = node.status()
+          return st.leader !== undefined && st.commit > 0 && node.applied() >= st.commit
+        },
+        onInvalidPolicy: (id, err) =>
+          log.warn({ policy: id, err: err.message }, 'ACL policy rules do not parse here; it grants nothing'),
+      },
+    )
+  }
+
+  /**
+   * The founders' shared initial management token (Consul's `initial_management`): the first
+   * leader applies it as `acl.bootstrap`; a later one finds it done (refused, no effect).
+   */
+  private applyInitialManagementToken(secret: string, log: Logger): void {
+    if (this.store.acl.bootstrapIndex !== 0) {
+      if (this.store.acl.tokenBySecret(secret) === undefined)
+        log.warn('acl.initialManagementToken is not the token this cluster was bootstrapped with')
+      return
+    }
+    void this.write(initialManagementCommand(secret), { signal: AbortSignal.timeout(API_RAFT_TIMEOUT_MS) })
+      .then(({ result }) => {
+        if (result.ok) log.info('ACLs bootstrapped with the initial management token')
+      })
+      .catch((err: unknown) =>
+        log.warn(
+          { err: (err as Error).message },
+          'initial management token not applied yet; will retry on the next leadership',
+        ),
+      )
   }
 
   async stop(): Promise<void> {
@@ -423,7 +505,7 @@ export class RaftModule implements AgentModule {
    * Replicates a policy command through the leader, wherever it is, and resolves with the state
    * machine's result once committed and applied there (see WriteForwarder).
    */
-  async write(cmd: PolicyCommand, options: { signal: AbortSignal }): Promise<WriteResult> {
+  async write(cmd: PolicyCommand, options: { signal: AbortSignal; token?: string }): Promise<WriteResult> {
     return this.running().forwarder.write(cmd, options)
   }
 
@@ -500,6 +582,29 @@ export class RaftModule implements AgentModule {
     if (addr === undefined || addr === '') return ''
     return addr.endsWith(`/p2p/${id}`) ? addr : `${addr}/p2p/${id}`
   }
+}
+
+/**
+ * Whether a forwarded write's token grants its command, on the leader's committed ACL state: the
+ * same rule as the HTTP route that took it (acl/command-permission.ts).
+ */
+function authorizeForward(
+  acl: AclResolver,
+  cmd: PolicyCommand,
+  token: string | undefined,
+): PolicyRefusal | undefined {
+  const needed = commandPermission(cmd)
+  if (needed === undefined) return undefined
+  let who: ResolvedToken
+  try {
+    who = acl.resolve(token)
+  } catch (err) {
+    return policyRefusal(PolicyErrorCodes.permissionDenied, (err as Error).message)
+  }
+  const [check, what] = needed
+  return check(who.authorizer)
+    ? undefined
+    : policyRefusal(PolicyErrorCodes.permissionDenied, permissionDeniedMessage(who.accessorId, what))
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
