@@ -52,6 +52,15 @@ import type { NodeId } from '../../raft/index.ts'
  * half-committed sets block founding for good, which is logged (`founding:stuck`) and needs an
  * operator.
  *
+ * Out of the model: an agent whose data dir is wiped but keeps its node key (its commitment is
+ * gone, so it could commit again). The commitment lives next to the Raft log, so this is the same
+ * operator act as wiping the log of a voter.
+ *
+ * After founding, each founder asks every member once for its founding set (bootstrap-expect.ts):
+ * a member that founded another set has a log that differs from index 1 (log matching cannot
+ * see it: same index, same term); the side whose own founders disagree with it, or else whose set
+ * sorts after the other, refuses to serve Raft and logs `founding:conflict`.
+ *
  * Every request and reply is a msgpack map checked by `decodeFoundingRequest`/`decodeFoundingReply`
  * (size, shape, id lengths, at most `MAX_FOUNDING_IDS` ids, S ⊆ W); anything else is refused.
  */

@@ -455,4 +455,20 @@ describe('founding protocol, simulated (virtual clock, loss, reordering, late jo
     expect(y.b!.refusing).toBe(false)
     await sim.stopAll()
   })
+
+  it('two clusters founded apart that meet: the one whose founder set sorts after refuses to serve', async () => {
+    const sim = new SimCluster(new SeededRng(8), { loss: 0, duplicate: 0, maxDelayMs: 10, healAt: 0 })
+    const agents = ['p', 'q', 'r', 's'].map((id) => sim.add(id, 2))
+    for (const a of agents) {
+      const set = a.id < 'r' ? ['p', 'q'] : ['r', 's']
+      a.record.save({ set, witnesses: set })
+      a.state = true
+      await sim.start(a)
+      sim.meet(a, 1)
+    }
+    await sim.run(5_000)
+    expect(agents.map((a) => a.b!.refusing)).toEqual([false, false, true, true])
+    expect(agents.every((a) => a.b!.stats.conflicts > 0)).toBe(true)
+    await sim.stopAll()
+  })
 })
