@@ -135,6 +135,8 @@ export class BootstrapExpect {
   async start(): Promise<void> {
     await this.components.channel?.start((from, req) => this.serve(from, req))
     if (this.stopped) return
+    // The first audit waits one period: not in the middle of the first election.
+    this.lastAudit = this.components.clock.now()
     this.phase = 'candidate'
     this.cancel = this.components.clock.setInterval(() => this.check(), this.settings.checkMs)
     this.check()
