@@ -60,6 +60,7 @@ export interface BootstrapExpectSettings {
 export const FOUNDING_DEFAULTS = {
   promiseMs: 3_000, // a round is two round trips on a LAN (milliseconds); a stale promise delays a changed view this long
   requestTimeoutMs: 1_000, // a member that does not answer in 1 s is treated as not promising (a round must fit in promiseMs / 2)
+  waitLogMs: 10_000, // how often a commit round still missing answers says so
   auditMs: 2_000, // after founding, members not yet asked for their founding set are asked this often
 }
 
@@ -86,6 +87,7 @@ export class BootstrapExpect {
   private stopped = false
   private lastNotFounder = ''
   private stuckLogged = false
+  private lastWaitLog = Number.NEGATIVE_INFINITY
   private readonly audited = new Set<NodeId>()
   private lastAudit = Number.NEGATIVE_INFINITY
   private readonly promiseMs: number
@@ -137,6 +139,7 @@ export class BootstrapExpect {
     if (this.stopped) return
     // The first audit waits one period: not in the middle of the first election.
     this.lastAudit = this.components.clock.now()
+    this.lastWaitLog = this.lastAudit
     this.phase = 'candidate'
     this.cancel = this.components.clock.setInterval(() => this.check(), this.settings.checkMs)
     this.check()
@@ -269,6 +272,17 @@ export class BootstrapExpect {
       this.phase = 'founded'
       this.stats.stuck = 0
       return
+    }
+    const now = this.components.clock.now()
+    if (now - this.lastWaitLog >= FOUNDING_DEFAULTS.waitLogMs) {
+      this.lastWaitLog = now
+      const missing = [...replies].filter(([, r]) => r === undefined).map(([id]) => id)
+      if (missing.length > 0)
+        log.warn(
+          { founders: rec.set, missing },
+          'founding: waiting for witnesses to answer the commit (a witness gone for good blocks founding: ' +
+            'see raft-founding.json in founding.ts)',
+        )
     }
     const blocking = [...replies].filter(
       ([, r]) =>

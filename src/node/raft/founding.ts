@@ -52,6 +52,12 @@ import type { NodeId } from '../../raft/index.ts'
  * half-committed sets block founding for good, which is logged (`founding:stuck`) and needs an
  * operator.
  *
+ * A witness that promised and then vanishes for good before it committed blocks founding (the
+ * rule needs every member of W committed; waiting is logged every 10 s). Restarting it (same data
+ * dir) unblocks it; otherwise an operator stops the agents that have no Raft state and removes their
+ * `raft-founding.json`. Dropping W's dead members automatically would need the two views to share
+ * a member alive to both, a weaker premise; not done.
+ *
  * Out of the model: an agent whose data dir is wiped but keeps its node key (its commitment is
  * gone, so it could commit again). The commitment lives next to the Raft log, so this is the same
  * operator act as wiping the log of a voter.
