@@ -1,69 +1,404 @@
 import type { Logger } from 'pino'
-import type { Cancel, Clock } from '../../common/clock.ts'
+import type { Registry } from 'prom-client'
+import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
 import type { NodeId } from '../../raft/index.ts'
+import { counterFrom, gaugeFrom } from '../agent/metrics.ts'
 import type { RaftMembers } from './components.ts'
+import {
+  chooseFounders,
+  FoundingAcceptor,
+  type FoundingCommitment,
+  FoundingConflictError,
+  type FoundingRecordStore,
+  type FoundingReply,
+  type FoundingRequest,
+  MemoryFoundingRecord,
+  sameSet,
+} from './founding.ts'
+import type { FoundingChannel } from './founding-rpc.ts'
 
 /** What founding needs of the Raft node. */
 export interface FoundingNode {
   readonly id: NodeId
-  status(): { term: number; lastIndex: number }
+  status(): { term: number; lastIndex: number; leader?: NodeId | undefined }
   bootstrap(voters: readonly NodeId[]): void
+  /** Stops serving Raft: called when this agent's founding entries conflict with the cluster's. */
+  stop?(): Promise<void> | void
 }
 
 export interface BootstrapExpectComponents {
   node: FoundingNode
   members: Pick<RaftMembers, 'members'>
+  /**
+   * Whether a member may be a voter, hence a founder (#12: enrollment with a `--voter` role plugs
+   * in here). Default: every alive member.
+   */
+  eligible?: (id: NodeId) => boolean
+  /** Requests to other agents. Absent: nobody else can be asked (tests of a lone agent). */
+  channel?: FoundingChannel
+  /** Where this agent's founding commitment is kept durably. Absent: in memory (tests only). */
+  record?: FoundingRecordStore
   clock: Clock
   log: Logger
 }
 
+export interface BootstrapExpectSettings {
+  /** `--bootstrap-expect N`; undefined: this agent never founds but still answers the others. */
+  expect: number | undefined
+  /** How often a candidate looks at gossip and runs a round (one round at a time). */
+  checkMs: number
+  /**
+   * How long a promise holds without a commit. Long against a round (a few round trips) so that
+   * a commit finds its promise; short enough that a candidate that vanished frees its set soon.
+   */
+  promiseMs?: number
+  /** Per-request deadline of a founding request. */
+  requestTimeoutMs?: number
+}
+
+/** Founding defaults with their reasons. */
+export const FOUNDING_DEFAULTS = {
+  promiseMs: 3_000, // a round is two round trips on a LAN (milliseconds); a stale promise delays a changed view this long
+  requestTimeoutMs: 1_000, // a member that does not answer in 1 s is treated as not promising (a round must fit in promiseMs / 2)
+  waitLogMs: 10_000, // how often a commit round still missing answers says so
+  auditMs: 2_000, // after founding, members not yet asked for their founding set are asked this often
+}
+
+type Phase = 'idle' | 'candidate' | 'founded' | 'done' | 'refusing'
+
 /**
- * `--bootstrap-expect N`: once N members are alive in gossip, the N lowest peer ids found the
- * cluster with that same voter list (every founder computes the same list; no coordination).
- * A node with any Raft state (from disk, or from a leader that reached it first) never does.
+ * `--bootstrap-expect N` without forking the log (issue #13): founders agree on one founder set,
+ * by promise then durable commitment, before any of them writes entry 1, and nobody founds while
+ * a member it sees has Raft state or a leader. The protocol and its safety argument are in
+ * ./founding.ts; this is its driver (timers, requests, the Raft node, logs and counters).
+ *
+ * Every agent runs one (with `expect` undefined it only answers). After founding it asks each
+ * alive member once for its founding set: a different one means two logs that differ at index 1;
+ * the agent whose founders disagree with it, or else whose set sorts after the other, refuses to
+ * serve (stops its Raft node, logs `founding:conflict` at error level, counts it).
  */
 export class BootstrapExpect {
   private cancel?: Cancel
+  private readonly acceptor: FoundingAcceptor
+  private readonly record: FoundingRecordStore
+  private readonly abort = new AbortController()
+  private phase: Phase = 'idle'
+  private busy = false
+  private stopped = false
+  private lastNotFounder = ''
+  private stuckLogged = false
+  private lastWaitLog = Number.NEGATIVE_INFINITY
+  private readonly audited = new Set<NodeId>()
+  private lastAudit = Number.NEGATIVE_INFINITY
+  private readonly promiseMs: number
+  private readonly requestTimeoutMs: number
+  /** Counters for metrics and tests. */
+  readonly stats = {
+    rounds: 0,
+    /** Requests from peers refused as malformed (by the channel) or answered "no" here. */
+    refused: 0,
+    /** Founding sets seen that differ from this agent's. */
+    conflicts: 0,
+    /** 1 while founding cannot complete (half-committed sets). */
+    stuck: 0,
+    /** 1 once this agent refuses to serve a conflicting log. */
+    refusing: 0,
+  }
 
   constructor(
     private readonly components: BootstrapExpectComponents,
-    private readonly settings: { expect: number; checkMs: number },
-  ) {}
+    private readonly settings: BootstrapExpectSettings,
+  ) {
+    this.record = components.record ?? new MemoryFoundingRecord()
+    this.promiseMs = settings.promiseMs ?? FOUNDING_DEFAULTS.promiseMs
+    this.requestTimeoutMs = settings.requestTimeoutMs ?? FOUNDING_DEFAULTS.requestTimeoutMs
+    this.acceptor = new FoundingAcceptor(
+      components.node.id,
+      { raft: () => this.localRaft(), record: this.record },
+      this.promiseMs,
+    )
+  }
 
-  start(): void {
+  /** The founder set this agent committed to (and founded, or will), if any. */
+  commitment(): FoundingCommitment | undefined {
+    return this.record.load()
+  }
+
+  /** Founding requests refused: malformed ones (counted by the channel) and those not granted. */
+  refusedRequests(): number {
+    return this.stats.refused + (this.components.channel?.stats?.refused ?? 0)
+  }
+
+  /** Whether this agent refuses to serve because its log conflicts with the cluster's. */
+  get refusing(): boolean {
+    return this.phase === 'refusing'
+  }
+
+  async start(): Promise<void> {
+    await this.components.channel?.start((from, req) => this.serve(from, req))
+    if (this.stopped) return
+    // The first audit waits one period: not in the middle of the first election.
+    this.lastAudit = this.components.clock.now()
+    this.lastWaitLog = this.lastAudit
+    this.phase = 'candidate'
     this.cancel = this.components.clock.setInterval(() => this.check(), this.settings.checkMs)
     this.check()
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
+    this.stopped = true
+    this.abort.abort(new Error('stopping'))
+    this.stopTimer()
+    await this.components.channel?.stop()
+  }
+
+  /** Answers a peer's request (the channel already checked its shape). */
+  serve(_from: NodeId, req: FoundingRequest): FoundingReply {
+    const reply = this.acceptor.handle(req, this.components.clock.now())
+    const granted =
+      req.op === 'status' ||
+      (req.op === 'prepare' && sameSet(reply.promised, req.set)) ||
+      (req.op === 'commit' && sameSet(reply.committed?.set, req.set))
+    if (!granted) this.stats.refused++
+    return reply
+  }
+
+  private stopTimer(): void {
     this.cancel?.()
     this.cancel = undefined
   }
 
+  private localRaft(): { state: boolean; leader?: NodeId } {
+    const st = this.components.node.status()
+    return {
+      state: st.term > 0 || st.lastIndex > 0,
+      ...(st.leader !== undefined && st.leader !== '' ? { leader: st.leader } : {}),
+    }
+  }
+
   private check(): void {
-    const { node, members, log } = this.components
-    const st = node.status()
-    if (st.term > 0 || st.lastIndex > 0) {
-      this.stop()
+    if (this.busy || this.stopped) return
+    this.busy = true
+    this.step()
+      .catch((err: unknown) =>
+        this.components.log.warn({ err: (err as Error).message }, 'founding round failed'),
+      )
+      .finally(() => {
+        this.busy = false
+      })
+  }
+
+  private async step(): Promise<void> {
+    if (this.phase === 'candidate') await this.candidateStep()
+    else if (this.phase === 'founded') await this.audit()
+    else this.stopTimer()
+  }
+
+  private async candidateStep(): Promise<void> {
+    const { node, log } = this.components
+    const self = node.id
+    const raft = this.localRaft()
+    const rec = this.record.load()
+    if (rec !== undefined) {
+      if (raft.state) {
+        this.phase = rec.set.includes(self) ? 'founded' : 'done'
+        return
+      }
+      if (rec.set.includes(self)) await this.commitRound(rec)
+      else this.phase = 'done' // a witness only: the founders' leader adds it later
       return
     }
-    const alive = members
+    if (raft.state || raft.leader !== undefined) {
+      this.phase = 'done'
+      return
+    }
+    const expect = this.settings.expect
+    if (expect === undefined) {
+      this.phase = 'done'
+      return
+    }
+    const alive = this.aliveIds()
+    const founders = chooseFounders(alive, this.components.eligible ?? (() => true), expect)
+    if (founders === undefined) return
+    if (!founders.includes(self)) {
+      const key = founders.join(',')
+      if (key !== this.lastNotFounder) log.info({ founders }, 'bootstrap-expect met; not a founder, waiting')
+      this.lastNotFounder = key
+      return
+    }
+    this.stats.rounds++
+    const started = this.components.clock.now()
+    const replies = await this.askAll(alive, { op: 'prepare', set: founders })
+    if (this.stopped || this.phase !== 'candidate') return
+    // Committed meanwhile (another founder's commit arrived): the next step drives that commitment.
+    if (this.record.load() !== undefined) return
+    for (const [peer, r] of replies) {
+      if (r !== undefined && (r.state || r.leader !== undefined)) {
+        log.info(
+          { peer, leader: r.leader },
+          'not founding: a member already has raft state; waiting to be added',
+        )
+        this.phase = 'done'
+        return
+      }
+    }
+    const allPromised = [...replies.values()].every(
+      (r) => r !== undefined && r.committed === undefined && sameSet(r.promised, founders),
+    )
+    if (!allPromised || this.components.clock.now() - started >= this.promiseMs / 2) {
+      log.debug({ founders }, 'founding: not every member promised this set yet')
+      return
+    }
+    const own = this.acceptor.handle(
+      { op: 'commit', set: founders, witnesses: alive },
+      this.components.clock.now(),
+    )
+    if (!sameSet(own.committed?.set, founders)) return
+    log.info({ founders, witnesses: alive.length }, 'founding: committed to founder set')
+    await this.commitRound({ set: founders, witnesses: alive })
+  }
+
+  /** Commits every witness to `rec`; writes the founding entries once all are committed. */
+  private async commitRound(rec: FoundingCommitment): Promise<void> {
+    const { node, log } = this.components
+    const replies = await this.askAll(rec.witnesses, { op: 'commit', set: rec.set, witnesses: rec.witnesses })
+    if (this.stopped || this.phase !== 'candidate') return
+    const values = [...replies.values()]
+    if (values.every((r) => r !== undefined && sameSet(r.committed?.set, rec.set))) {
+      if (!this.localRaft().state) {
+        node.bootstrap(rec.set)
+        log.info({ founders: rec.set }, 'bootstrapped raft cluster')
+      }
+      this.phase = 'founded'
+      this.stats.stuck = 0
+      return
+    }
+    const now = this.components.clock.now()
+    if (now - this.lastWaitLog >= FOUNDING_DEFAULTS.waitLogMs) {
+      this.lastWaitLog = now
+      const missing = [...replies].filter(([, r]) => r === undefined).map(([id]) => id)
+      if (missing.length > 0)
+        log.warn(
+          { founders: rec.set, missing },
+          'founding: waiting for witnesses to answer the commit (a witness gone for good blocks founding: ' +
+            'see raft-founding.json in founding.ts)',
+        )
+    }
+    const blocking = [...replies].filter(
+      ([, r]) =>
+        r !== undefined && !sameSet(r.committed?.set, rec.set) && (r.committed !== undefined || r.state),
+    )
+    if (blocking.length > 0 && !this.stuckLogged) {
+      this.stuckLogged = true
+      this.stats.stuck = 1
+      log.error(
+        {
+          founders: rec.set,
+          blocking: blocking.map(([id, r]) => ({ id, committed: r?.committed?.set, state: r?.state })),
+        },
+        'founding:stuck: committed to a founder set that some witnesses will never commit to; ' +
+          'no cluster is founded from here (stop these agents and remove raft-founding.json from the ' +
+          'data dirs of agents without raft state)',
+      )
+    }
+  }
+
+  /** After founding: asks each alive member once for its founding set. */
+  private async audit(): Promise<void> {
+    const { node, log } = this.components
+    const mine = this.record.load()
+    const now = this.components.clock.now()
+    if (mine === undefined || now - this.lastAudit < FOUNDING_DEFAULTS.auditMs) return
+    this.lastAudit = now
+    const peers = this.aliveIds().filter((id) => id !== node.id && !this.audited.has(id))
+    if (peers.length === 0) return
+    const replies = await this.askAll(peers, { op: 'status' })
+    if (this.stopped || this.phase !== 'founded') return
+    for (const [peer, r] of replies) {
+      if (r === undefined) continue
+      this.audited.add(peer)
+      const theirs = r.committed
+      if (theirs === undefined || sameSet(theirs.set, mine.set)) continue
+      this.stats.conflicts++
+      const refuse = mine.set.includes(peer) || theirs.set.join(',') < mine.set.join(',')
+      const err = new FoundingConflictError(
+        `founding:conflict: this agent founded ${mine.set.join(',')} but ${peer} founded ` +
+          `${theirs.set.join(',')}; their logs differ from index 1`,
+      )
+      log.error(
+        { code: err.code, peer, mine: mine.set, theirs: theirs.set, refusing: refuse },
+        refuse
+          ? `${err.message}: refusing to serve raft here (stop this agent and empty its data dir to join the other cluster)`
+          : `${err.message}: the other side refuses to serve`,
+      )
+      if (refuse) {
+        this.phase = 'refusing'
+        this.stats.refusing = 1
+        this.stopTimer()
+        await node.stop?.()
+        return
+      }
+    }
+  }
+
+  private aliveIds(): NodeId[] {
+    const self = this.components.node.id
+    const ids = this.components.members
       .members()
       .filter((m) => m.status === 'alive')
       .map((m) => m.id)
-      .sort()
-    if (alive.length < this.settings.expect) return
-    this.stop()
-    const founders = alive.slice(0, this.settings.expect)
-    if (!founders.includes(node.id)) {
-      log.info({ founders }, 'bootstrap-expect met; not a founder, waiting to be added')
-      return
-    }
-    try {
-      node.bootstrap(founders)
-      log.info({ founders }, 'bootstrapped raft cluster')
-    } catch (err) {
-      log.info({ err: (err as Error).message }, 'not bootstrapping: raft state already present')
-    }
+    return [...new Set([self, ...ids])].sort()
   }
+
+  /** Sends `req` to every id (itself answered locally); undefined where no valid answer came. */
+  private async askAll(
+    ids: readonly NodeId[],
+    req: FoundingRequest,
+  ): Promise<Map<NodeId, FoundingReply | undefined>> {
+    const { channel, clock, node } = this.components
+    const ask = async (id: NodeId): Promise<FoundingReply | undefined> => {
+      if (id === node.id) return this.acceptor.handle(req, clock.now())
+      if (channel === undefined) return undefined
+      try {
+        return await withTimeout(clock, this.requestTimeoutMs, (timeout) =>
+          channel.request(id, req, { signal: AbortSignal.any([timeout, this.abort.signal]) }),
+        )
+      } catch {
+        return undefined
+      }
+    }
+    const out = await Promise.all(ids.map(async (id) => [id, await ask(id)] as const))
+    return new Map(out)
+  }
+}
+
+/** Registers the `peermesh_raft_founding_*` metrics. */
+export function registerFoundingMetrics(
+  registry: Registry,
+  source: Pick<BootstrapExpect, 'stats' | 'refusedRequests'>,
+): void {
+  counterFrom(
+    registry,
+    'peermesh_raft_founding_refused_total',
+    'Founding requests from peers refused (malformed, or not granted)',
+    () => source.refusedRequests(),
+  )
+  counterFrom(
+    registry,
+    'peermesh_raft_founding_conflicts_total',
+    'Founding sets seen that differ from this agent (logs that differ from index 1)',
+    () => source.stats.conflicts,
+  )
+  gaugeFrom(
+    registry,
+    'peermesh_raft_founding_refusing',
+    '1 while this agent refuses to serve raft because its founding entries conflict',
+    () => source.stats.refusing,
+  )
+  gaugeFrom(
+    registry,
+    'peermesh_raft_founding_stuck',
+    '1 while founding cannot complete (witnesses committed to different founder sets)',
+    () => source.stats.stuck,
+  )
 }

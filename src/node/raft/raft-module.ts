@@ -35,9 +35,11 @@ import { registerRaftRoutes } from '../api/raft-routes.ts'
 import { attemptSignal, LeaderRpc } from '../transport/leader-rpc.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
 import { AutopilotRunner } from './autopilot-runner.ts'
-import { BootstrapExpect } from './bootstrap-expect.ts'
+import { BootstrapExpect, registerFoundingMetrics } from './bootstrap-expect.ts'
 import type { PolicySigner, RaftMembers, VoterKeyGrant } from './components.ts'
 import { NoLeaderError, RaftNotRunningError } from './errors.ts'
+import { FoundingRecordFile } from './founding-record-file.ts'
+import { FoundingRpc } from './founding-rpc.ts'
 import { hostConnections, LeaderLiveness } from './leader-liveness.ts'
 import { registerRaftMetrics } from './metrics.ts'
 import { ForwardedWriteServer, WriteForwarder, type WriteResult } from './write-forwarding.ts'
@@ -286,14 +288,20 @@ export class RaftModule implements AgentModule {
       { term: st.term, commit: st.commit, lastIndex: st.lastIndex, voters: st.conf.voters.length },
       st.lastIndex > 0 || st.term > 0 ? 'raft state loaded' : 'raft starting empty',
     )
-    const expect = ctx.config.bootstrapExpect
-    if (expect !== undefined && !ctx.config.bootstrap) {
-      run.bootstrap = new BootstrapExpect(
-        { node, members: components.members, clock, log },
-        { expect, checkMs: s.bootstrapCheckMs },
-      )
-      run.bootstrap.start()
-    }
+    // Every agent answers founding requests; only `--bootstrap-expect N` founds (./founding.ts).
+    run.bootstrap = new BootstrapExpect(
+      {
+        node,
+        members: components.members,
+        channel: new FoundingRpc(ctx.host, log),
+        record: new FoundingRecordFile(ctx.config.dataDir),
+        clock,
+        log,
+      },
+      { expect: ctx.config.bootstrap ? undefined : ctx.config.bootstrapExpect, checkMs: s.bootstrapCheckMs },
+    )
+    await run.bootstrap.start()
+    registerFoundingMetrics(ctx.metrics, run.bootstrap)
     run.autopilot.start()
     registerRaftMetrics(ctx.metrics, {
       status: () => this.run?.node.status(),
@@ -376,7 +384,7 @@ export class RaftModule implements AgentModule {
     const run = this.run
     if (run === undefined) return
     run.autopilot.stop()
-    run.bootstrap?.stop()
+    await run.bootstrap?.stop()
     run.liveness.stop()
     for (const off of run.subscriptions.splice(0)) off()
     await run.node.stop()

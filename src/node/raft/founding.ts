@@ -1,0 +1,292 @@
+import { PeermeshError } from '../../common/errors.ts'
+import { pack, unpackRecord } from '../../common/msgpack.ts'
+import type { NodeId } from '../../raft/index.ts'
+
+/**
+ * Founding a Raft cluster with `--bootstrap-expect N` without ever forking the log (issue #13).
+ *
+ * Every agent serves two requests about itself, whatever its flags (`FoundingAcceptor`):
+ * - `prepare(S)`: "promise founder set S". An agent with Raft state, a known leader or a durable
+ *   commitment refuses and says so; one holding an unexpired promise of another set refuses;
+ *   otherwise it promises S until `now + promiseMs` (a repeated prepare(S) renews it). Promises
+ *   live in memory only.
+ * - `commit(S, W)`: "commit durably to founding S, witnessed by W". Refused with Raft state, a
+ *   known leader, a commitment to anything else, or an unexpired promise of another set;
+ *   otherwise the commitment `(S, W)` is fsynced to the data dir before the reply, and it is
+ *   permanent: the agent never promises nor commits to anything else afterwards. A repeated
+ *   commit(S, W) is answered "committed" again.
+ *
+ * A candidate is an eligible agent without Raft state, in S = the N lowest ids of the voter-
+ * eligible alive members it sees (`chooseFounders`). It takes W = every alive member it sees
+ * (S ⊆ W, itself included), sends prepare(S) to all of W and, once every one of them promised S,
+ * commits itself and sends commit(S, W) to all of W. It writes the founding entries of S
+ * (`RaftNode.bootstrap(S)`) only once **every member of W answered "committed to S"**. Any answer
+ * showing Raft state or a leader ends its candidacy for good: a cluster exists, it waits to be
+ * added. Every founder in S holding the commitment drives the same commit round, so all of S write
+ * the same entries (one that misses it still gets them from the leader: it is a voter in S).
+ *
+ * Why two different founder sets can never both be written. Writing S requires that every member
+ * of W had durably committed to S; writing S' ≠ S requires the same of every member of W'. A
+ * member commits to at most one set, ever (the commitment is on disk before it answers, survives
+ * restarts, and is checked before any other promise or commit). So if W and W' share one agent,
+ * that agent would be committed to both: impossible. This holds whatever the order, loss,
+ * duplication or delay of messages, and whatever the clocks do: promises and their expiry only
+ * steer which set gets committed (liveness), never whether two can be (safety). That is also why
+ * promises are not persisted: an agent that restarts and forgets one may promise another set, but
+ * it still cannot commit to two.
+ *
+ * When do W and W' share an agent? W ⊇ S and W' ⊇ S', so whenever S and S' overlap, and whenever
+ * the two candidates' gossip views overlap at all. A new low-id agent X that appears mid-way and
+ * computes S' = {X, ...} sees the agents of S too (they are alive): they hold the promise of S or
+ * the commitment to S and refuse it, X waits, and once S is written X sees Raft state and stops.
+ * An agent started after the cluster exists sees members with state (or commitments) and never
+ * founds. The one case left is the one no bootstrap-expect can close without a configured member
+ * list (Consul's has the same): two groups that never see a single common agent, each with N
+ * eligible agents (a full partition at first start, possible only with at least 2N agents).
+ *
+ * Liveness: with the same view everywhere, every candidate computes the same S, so promises never
+ * conflict and one prepare round plus one commit round found the cluster. Views that differ for a
+ * while cost retries until gossip converges and conflicting promises expire. A candidate starts the
+ * commit round only when all promises came back within half the promise time, so a commit is
+ * refused by a member whose promise of S expired only when messages took longer than that; two
+ * half-committed sets block founding for good, which is logged (`founding:stuck`) and needs an
+ * operator.
+ *
+ * A witness that promised and then vanishes for good before it committed blocks founding (the
+ * rule needs every member of W committed; waiting is logged every 10 s). Restarting it (same data
+ * dir) unblocks it; otherwise an operator stops the agents that have no Raft state and removes their
+ * `raft-founding.json`. Dropping W's dead members automatically would need the two views to share
+ * a member alive to both, a weaker premise; not done.
+ *
+ * Out of the model: an agent whose data dir is wiped but keeps its node key (its commitment is
+ * gone, so it could commit again). The commitment lives next to the Raft log, so this is the same
+ * operator act as wiping the log of a voter.
+ *
+ * After founding, each founder asks every member once for its founding set (bootstrap-expect.ts):
+ * a member that founded another set has a log that differs from index 1 (log matching cannot
+ * see it: same index, same term); the side whose own founders disagree with it, or else whose set
+ * sorts after the other, refuses to serve Raft and logs `founding:conflict`.
+ *
+ * Every request and reply is a msgpack map checked by `decodeFoundingRequest`/`decodeFoundingReply`
+ * (size, shape, id lengths, at most `MAX_FOUNDING_IDS` ids, S ⊆ W); anything else is refused.
+ */
+
+/** libp2p protocol of the founding requests (one request, one reply per stream). */
+export const FOUNDING_PROTOCOL = '/peermesh/raft/founding/1'
+/** Members named in one request (S or W): far above any cluster that bootstraps by expectation. */
+export const MAX_FOUNDING_IDS = 512
+/** Longest node id accepted (libp2p Ed25519 peer ids are 52 characters). */
+export const MAX_NODE_ID_LENGTH = 128
+/** Largest encoded request or reply: two lists of `MAX_FOUNDING_IDS` ids fit. */
+export const MAX_FOUNDING_BYTES = 2 * MAX_FOUNDING_IDS * (MAX_NODE_ID_LENGTH + 2) + 1024
+
+/** A durable commitment to found `set`, witnessed by `witnesses` (the candidate's alive view). */
+export interface FoundingCommitment {
+  set: NodeId[]
+  witnesses: NodeId[]
+}
+
+export type FoundingRequest =
+  | { op: 'prepare'; set: NodeId[] }
+  | { op: 'commit'; set: NodeId[]; witnesses: NodeId[] }
+  | { op: 'status' }
+
+/** What an agent says of itself in answer to any founding request. */
+export interface FoundingReply {
+  /** It has Raft state (a term, entries or a snapshot): a cluster exists. */
+  state: boolean
+  /** The leader it knows, if any. */
+  leader?: NodeId
+  /** Its durable commitment, if any (kept after founding: it names the founders of its log). */
+  committed?: FoundingCommitment
+  /** The set it holds an unexpired promise of, after handling the request. */
+  promised?: NodeId[]
+}
+
+/** A founding request or reply from a peer that is not well-formed. */
+export class BadFoundingMessageError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_BAD_FOUNDING_MESSAGE'
+}
+
+/** This agent's founding entries differ from those of a founder it names: it refuses to serve. */
+export class FoundingConflictError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_FOUNDING_CONFLICT'
+}
+
+/**
+ * The founder set: the `expect` lowest ids among the alive members that `eligible` accepts, or
+ * undefined while fewer are alive. Sorted, duplicates removed.
+ */
+export function chooseFounders(
+  alive: readonly NodeId[],
+  eligible: (id: NodeId) => boolean,
+  expect: number,
+): NodeId[] | undefined {
+  const ids = [...new Set(alive.filter(eligible))].sort()
+  return ids.length < expect ? undefined : ids.slice(0, expect)
+}
+
+/** Same ids in the same order (sets here are always sorted). */
+export function sameSet(a: readonly NodeId[] | undefined, b: readonly NodeId[] | undefined): boolean {
+  return a !== undefined && b !== undefined && a.length === b.length && a.every((x, i) => x === b[i])
+}
+
+/** What the acceptor reads of its own agent. */
+export interface FoundingLocalState {
+  /** Raft state of this agent: present (term > 0 or entries) and the known leader. */
+  raft(): { state: boolean; leader?: NodeId }
+  /** The durable commitment store. */
+  record: FoundingRecordStore
+}
+
+/** Where the commitment lives: written durably (fsync) before `save` returns. */
+export interface FoundingRecordStore {
+  load(): FoundingCommitment | undefined
+  save(c: FoundingCommitment): void
+}
+
+/** An in-memory store, for tests. */
+export class MemoryFoundingRecord implements FoundingRecordStore {
+  constructor(private c?: FoundingCommitment) {}
+  load(): FoundingCommitment | undefined {
+    return this.c
+  }
+  save(c: FoundingCommitment): void {
+    this.c = { set: [...c.set], witnesses: [...c.witnesses] }
+  }
+}
+
+/**
+ * The answering side of founding, one per agent: a synchronous state machine with time as input
+ * (no clock, no I/O beyond the injected record store). See the file comment for the rules.
+ */
+export class FoundingAcceptor {
+  private promise?: { set: NodeId[]; until: number }
+
+  constructor(
+    private readonly self: NodeId,
+    private readonly local: FoundingLocalState,
+    private readonly promiseMs: number,
+  ) {}
+
+  /** Handles one request (from a peer or from this agent's own candidate) at time `now`. */
+  handle(req: FoundingRequest, now: number): FoundingReply {
+    if (this.promise !== undefined && this.promise.until <= now) this.promise = undefined
+    const raft = this.local.raft()
+    const committed = this.local.record.load()
+    const busy = raft.state || raft.leader !== undefined || committed !== undefined
+    if (req.op === 'prepare' && !busy) {
+      if (this.promise === undefined || sameSet(this.promise.set, req.set))
+        this.promise = { set: [...req.set], until: now + this.promiseMs }
+    } else if (req.op === 'commit' && !busy && req.witnesses.includes(this.self)) {
+      if (this.promise === undefined || sameSet(this.promise.set, req.set)) {
+        // Durable before anyone hears of it; a failing disk leaves it uncommitted (and throws).
+        this.local.record.save({ set: [...req.set], witnesses: [...req.witnesses] })
+        this.promise = undefined
+      }
+    }
+    return this.reply()
+  }
+
+  /** This agent's current answer, without changing anything. */
+  reply(): FoundingReply {
+    const raft = this.local.raft()
+    const committed = this.local.record.load()
+    return {
+      state: raft.state,
+      ...(raft.leader !== undefined ? { leader: raft.leader } : {}),
+      ...(committed !== undefined ? { committed } : {}),
+      ...(this.promise !== undefined ? { promised: [...this.promise.set] } : {}),
+    }
+  }
+}
+
+// ---- wire format ---------------------------------------------------------------------------------
+
+export function encodeFoundingRequest(req: FoundingRequest): Uint8Array {
+  return pack({ v: 1, ...req })
+}
+
+export function encodeFoundingReply(reply: FoundingReply): Uint8Array {
+  return pack({ v: 1, ...reply })
+}
+
+/** Decodes and checks a request from a peer; throws BadFoundingMessageError. */
+export function decodeFoundingRequest(bytes: Uint8Array): FoundingRequest {
+  const r = record(bytes)
+  const op = r.op
+  if (op === 'status') return { op }
+  if (op === 'prepare') return { op, set: founderSet(r.set, 'set') }
+  if (op === 'commit') {
+    const set = founderSet(r.set, 'set')
+    const witnesses = idList(r.witnesses, 'witnesses')
+    if (!set.every((id) => witnesses.includes(id)))
+      throw new BadFoundingMessageError('set: not within witnesses')
+    return { op, set, witnesses }
+  }
+  throw new BadFoundingMessageError('op: unknown')
+}
+
+/** Decodes and checks a reply from a peer; throws BadFoundingMessageError. */
+export function decodeFoundingReply(bytes: Uint8Array): FoundingReply {
+  const r = record(bytes)
+  if (typeof r.state !== 'boolean') throw new BadFoundingMessageError('state: not a boolean')
+  const reply: FoundingReply = { state: r.state }
+  if (r.leader !== undefined) reply.leader = nodeId(r.leader, 'leader')
+  if (r.promised !== undefined) reply.promised = founderSet(r.promised, 'promised')
+  if (r.committed !== undefined) {
+    const c = r.committed
+    if (c === null || typeof c !== 'object' || Array.isArray(c) || c instanceof Uint8Array)
+      throw new BadFoundingMessageError('committed: not a map')
+    const m = c as Record<string, unknown>
+    const set = founderSet(m.set, 'committed.set')
+    const witnesses = idList(m.witnesses, 'committed.witnesses')
+    if (!set.every((id) => witnesses.includes(id)))
+      throw new BadFoundingMessageError('committed.set: not within witnesses')
+    reply.committed = { set, witnesses }
+  }
+  return reply
+}
+
+/** Checks a commitment read back from disk (same rules as on the wire). */
+export function checkCommitment(value: unknown): FoundingCommitment {
+  if (value === null || typeof value !== 'object' || Array.isArray(value))
+    throw new BadFoundingMessageError('not a map')
+  const m = value as Record<string, unknown>
+  const set = founderSet(m.set, 'set')
+  const witnesses = idList(m.witnesses, 'witnesses')
+  if (!set.every((id) => witnesses.includes(id)))
+    throw new BadFoundingMessageError('set: not within witnesses')
+  return { set, witnesses }
+}
+
+function record(bytes: Uint8Array): Record<string, unknown> {
+  if (bytes.length > MAX_FOUNDING_BYTES) throw new BadFoundingMessageError('too large')
+  const r = unpackRecord(bytes)
+  if (r === undefined) throw new BadFoundingMessageError('not a msgpack map')
+  if (r.v !== 1) throw new BadFoundingMessageError('v: unsupported version')
+  return r
+}
+
+function nodeId(v: unknown, field: string): NodeId {
+  if (typeof v !== 'string' || v.length === 0 || v.length > MAX_NODE_ID_LENGTH)
+    throw new BadFoundingMessageError(`${field}: not a node id`)
+  return v
+}
+
+function idList(v: unknown, field: string): NodeId[] {
+  if (!Array.isArray(v) || v.length === 0 || v.length > MAX_FOUNDING_IDS)
+    throw new BadFoundingMessageError(`${field}: not a list of 1 to ${MAX_FOUNDING_IDS} ids`)
+  const ids = v.map((x) => nodeId(x, field))
+  if (new Set(ids).size !== ids.length) throw new BadFoundingMessageError(`${field}: duplicate ids`)
+  return ids
+}
+
+/** A founder set: distinct ids, sorted (so equal sets compare equal element by element). */
+function founderSet(v: unknown, field: string): NodeId[] {
+  const ids = idList(v, field)
+  for (let i = 1; i < ids.length; i++)
+    if ((ids[i - 1] as string) >= (ids[i] as string))
+      throw new BadFoundingMessageError(`${field}: not sorted`)
+  return ids
+}
