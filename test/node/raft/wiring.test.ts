@@ -4,7 +4,6 @@ import { TypedEmitter } from '../../../src/common/events.ts'
 import type { ConfChange, ConfState, PolicyResult, Role } from '../../../src/raft/index.ts'
 import { pack, unpackRecord } from '../../../src/common/msgpack.ts'
 import { AutopilotRunner } from '../../../src/node/raft/autopilot-runner.ts'
-import { BootstrapExpect } from '../../../src/node/raft/bootstrap-expect.ts'
 import type { MemberFailureEvent, RaftMember, RaftMembers } from '../../../src/node/raft/components.ts'
 import { BadForwardRequestError, NoLeaderError, WriteTimeoutError } from '../../../src/node/raft/errors.ts'
 import { LeaderLiveness, type PeerConnections } from '../../../src/node/raft/leader-liveness.ts'
@@ -32,45 +31,6 @@ class FakeMembers implements RaftMembers {
 async function settle(): Promise<void> {
   for (let i = 0; i < 20; i++) await Promise.resolve()
 }
-
-describe('BootstrapExpect', () => {
-  function setup(self: string, term = 0) {
-    const clock = new VirtualClock()
-    const members = new FakeMembers()
-    const founded: string[][] = []
-    const node = {
-      id: self,
-      status: () => ({ term, lastIndex: 0 }),
-      bootstrap: (voters: readonly string[]) => founded.push([...voters]),
-    }
-    const b = new BootstrapExpect({ node, members, clock, log }, { expect: 3, checkMs: 100 })
-    return { clock, members, founded, b }
-  }
-
-  it('founds with the N lowest alive peer ids once N are alive, and only once', () => {
-    const t = setup('b')
-    t.members.set({ b: 'alive', d: 'alive', a: 'suspect' })
-    t.b.start()
-    t.clock.advance(500)
-    expect(t.founded).toEqual([])
-    t.members.set({ b: 'alive', d: 'alive', a: 'alive', c: 'alive' })
-    t.clock.advance(100)
-    expect(t.founded).toEqual([['a', 'b', 'c']])
-    expect(t.clock.pending).toBe(0)
-  })
-
-  it('does not found when it is not among the founders, nor with Raft state already present', () => {
-    const outsider = setup('z')
-    outsider.members.set({ a: 'alive', b: 'alive', c: 'alive', z: 'alive' })
-    outsider.b.start()
-    expect(outsider.founded).toEqual([])
-    const stateful = setup('a', 3)
-    stateful.members.set({ a: 'alive', b: 'alive', c: 'alive' })
-    stateful.b.start()
-    expect(stateful.founded).toEqual([])
-    expect(stateful.clock.pending).toBe(0)
-  })
-})
 
 describe('LeaderLiveness (fast failover)', () => {
   function setup(self: string, leader: string | undefined, voters: string[]) {
