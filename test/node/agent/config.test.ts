@@ -40,6 +40,20 @@ describe('agent config', () => {
     )
   })
 
+  it('an API other machines can reach needs ACLs on; ACL secrets need ACLs on', () => {
+    const flags = (o: object) => validateAgentConfig(o, 'flags')
+    expect(() => resolveAgentConfig({}, flags({ http: '0.0.0.0:8500' }))).toThrow(/needs ACLs on/)
+    expect(() => resolveAgentConfig({}, flags({ http: '10.0.0.5:8500' }))).toThrow(/needs ACLs on/)
+    const on = resolveAgentConfig({}, flags({ http: '0.0.0.0:8500', acl: { enabled: true } }))
+    expect(on.acl).toEqual({ enabled: true, defaultPolicy: 'deny', anonymousRead: true })
+    expect(resolveAgentConfig({}, {}).acl.enabled).toBe(false)
+    const token = '11111111-2222-3333-4444-555555555555'
+    expect(() => resolveAgentConfig({}, flags({ acl: { initialManagementToken: token } }))).toThrow(
+      /need acl.enabled/,
+    )
+    expect(() => validateAgentConfig({ acl: { initialManagementToken: 'nope' } }, 'flags')).toThrow(/UUID/)
+  })
+
   it('parses HOST:PORT including IPv6', () => {
     expect(parseHostPort('[::1]:80')).toEqual({ host: '::1', port: 80 })
     expect(parseHostPort('a:b')).toBeUndefined()

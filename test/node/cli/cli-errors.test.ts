@@ -8,7 +8,8 @@ import { freePort, runCli } from '../../e2e/harness.ts'
 const dir = mkdtempSync(join(tmpdir(), 'peermesh-cli-'))
 const file = (name: string, text: string): string => {
   const p = join(dir, name)
-  writeFileSync(p, text)
+  // 0600, as a key file should be: the agent would otherwise (rightly) warn first.
+  writeFileSync(p, text, { mode: 0o600 })
   return p
 }
 
