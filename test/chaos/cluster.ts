@@ -60,6 +60,8 @@ export class Cluster {
     const key = execFileSync(process.execPath, [BIN, 'keygen'], { encoding: 'utf8' })
     writeFileSync(this.clusterKey, key, { mode: 0o600 })
     await Promise.all(this.hosts.map((h) => h.startForwarder()))
+    // Watch leaders and terms from the first moment (a host not up yet just does not answer).
+    this.startObserver()
     const seeds = [this.host(o.founders[0]!).seedAddr]
     const founders = o.founders.map((i) => this.host(i))
     const others = this.hosts.filter((h) => !founders.includes(h))
@@ -80,7 +82,6 @@ export class Cluster {
     }
     for (const h of others) h.spawnAgent({ clusterKey: this.clusterKey, seeds })
     await Promise.all(others.map((h) => h.ready()))
-    this.startObserver()
   }
 
   /** Restarts a stopped host's agent with the seeds of the cluster (no bootstrap flag). */

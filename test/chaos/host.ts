@@ -13,6 +13,7 @@ import { hostAddr, nsName, RUN_DIR, track } from './net.ts'
 
 export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
 const FORWARD = fileURLToPath(new URL('./uds-forward.mjs', import.meta.url))
+const APP = fileURLToPath(new URL('./app.mjs', import.meta.url))
 export const P2P_PORT = 7946
 const HTTP_PORT = 7880
 
@@ -56,7 +57,7 @@ export class Host {
   readonly socket: string
   readonly dataDir: string
   agent?: ChildProcess
-  private forwarder?: ChildProcess
+  private readonly helpers: ChildProcess[] = []
   private readonly agentHttp = new http.Agent({ keepAlive: true, maxSockets: 16 })
   private logStream?: WriteStream
   /** Raft id (peer id) once known. */
@@ -83,23 +84,41 @@ export class Host {
   }
 
   async startForwarder(): Promise<void> {
+    await this.helper(FORWARD, [this.socket, String(HTTP_PORT)], 'forwarder')
+  }
+
+  /** A Unix socket in RUN_DIR forwarded to `port` on the namespace's loopback; returns its path. */
+  async forwardPort(port: number): Promise<string> {
+    const path = join(RUN_DIR, `${this.name}-${port}.sock`)
+    await this.helper(FORWARD, [path, String(port)], `forwarder of port ${port}`)
+    return path
+  }
+
+  /** An HTTP server answering `name` on 127.0.0.1:port inside the namespace. */
+  async startApp(port: number, name: string): Promise<void> {
+    await this.helper(APP, [String(port), name], 'app')
+  }
+
+  /** Starts a small node script inside the namespace and waits for its first line ("ready"). */
+  private async helper(script: string, args: string[], what: string): Promise<ChildProcess> {
     const child = track(
-      spawn('ip', ['netns', 'exec', this.ns, process.execPath, FORWARD, this.socket, String(HTTP_PORT)], {
+      spawn('ip', ['netns', 'exec', this.ns, process.execPath, script, ...args], {
         stdio: ['pipe', 'pipe', 'inherit'],
       }),
     )
-    this.forwarder = child
+    this.helpers.push(child)
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${this.name}: forwarder not ready`)), 20_000)
+      const timer = setTimeout(() => reject(new Error(`${this.name}: ${what} not ready`)), 20_000)
       child.stdout?.once('data', () => {
         clearTimeout(timer)
         resolve()
       })
       child.once('exit', (code) => {
         clearTimeout(timer)
-        reject(new Error(`${this.name}: forwarder exited with ${code}`))
+        reject(new Error(`${this.name}: ${what} exited with ${code}`))
       })
     })
+    return child
   }
 
   /** Spawns the agent; `ready()` waits for its API. */
@@ -169,46 +188,7 @@ export class Host {
   }
 
   request<T>(method: string, path: string, body?: unknown, timeoutMs = 5_000): Promise<HttpResult<T>> {
-    return new Promise((resolve, reject) => {
-      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
-      const req = http.request(
-        {
-          socketPath: this.socket,
-          path,
-          method,
-          agent: this.agentHttp,
-          headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
-        },
-        (res) => {
-          const chunks: Buffer[] = []
-          res.on('data', (c: Buffer) => chunks.push(c))
-          res.on('end', () => {
-            clearTimeout(timer)
-            const text = Buffer.concat(chunks).toString()
-            let parsed: unknown = text
-            try {
-              parsed = JSON.parse(text)
-            } catch {
-              // not JSON
-            }
-            resolve({ status: res.statusCode ?? 0, body: parsed as T })
-          })
-          res.on('error', (e) => {
-            clearTimeout(timer)
-            reject(e)
-          })
-        },
-      )
-      const timer = setTimeout(
-        () => req.destroy(new HttpError(`${this.name} ${method} ${path}: timeout`, undefined)),
-        timeoutMs,
-      )
-      req.on('error', (e) => {
-        clearTimeout(timer)
-        reject(e)
-      })
-      req.end(payload)
-    })
+    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name)
   }
 
   /** GET that throws unless 200. */
@@ -229,7 +209,7 @@ export class Host {
 
   close(): void {
     this.agentHttp.destroy()
-    this.forwarder?.stdin?.end()
+    for (const c of this.helpers) c.stdin?.end()
     this.logStream?.end()
   }
 }
@@ -257,4 +237,56 @@ export async function waitFor<T>(
   throw new Error(
     `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`,
   )
+}
+
+/** One HTTP request over a Unix socket; `agent: false` for a fresh connection each time. */
+export function requestVia<T>(
+  socketPath: string,
+  method: string,
+  path: string,
+  body: unknown,
+  timeoutMs: number,
+  agent: http.Agent | false,
+  label = socketPath,
+): Promise<HttpResult<T>> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
+    const req = http.request(
+      {
+        socketPath,
+        path,
+        method,
+        agent,
+        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c: Buffer) => chunks.push(c))
+        res.on('end', () => {
+          clearTimeout(timer)
+          const text = Buffer.concat(chunks).toString()
+          let parsed: unknown = text
+          try {
+            parsed = JSON.parse(text)
+          } catch {
+            // not JSON
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed as T })
+        })
+        res.on('error', (e) => {
+          clearTimeout(timer)
+          reject(e)
+        })
+      },
+    )
+    const timer = setTimeout(
+      () => req.destroy(new HttpError(`${label} ${method} ${path}: timeout`, undefined)),
+      timeoutMs,
+    )
+    req.on('error', (e) => {
+      clearTimeout(timer)
+      reject(e)
+    })
+    req.end(payload)
+  })
 }

@@ -108,9 +108,7 @@ export class Workload {
    * Reads every agent's kv entries (local reads, after convergence), adds them to the history,
    * counts acknowledged unique-key writes missing anywhere, and runs the checker.
    */
-  async finalCheck(
-    hosts: Host[],
-  ): Promise<{
+  async finalCheck(hosts: Host[]): Promise<{
     ackedLost: number
     lostExamples: string[]
     linearizable: boolean | 'unknown'
