@@ -25,6 +25,13 @@ export interface StartOptions {
   waitLeaderBeforeOthers?: boolean
 }
 
+/** Clusters not stopped yet, so that an interrupted run (Ctrl-C) also removes their data dirs. */
+const live = new Set<Cluster>()
+
+export function stopAllSync(): void {
+  for (const c of live) c.stopSync(false)
+}
+
 export class Cluster {
   readonly net: ChaosNet
   readonly hosts: Host[]
@@ -45,6 +52,7 @@ export class Cluster {
     this.net = new ChaosNet(n)
     this.hosts = Array.from({ length: n }, (_, k) => new Host(k + 1, this.dir))
     this.clusterKey = join(this.dir, 'cluster.key')
+    live.add(this)
   }
 
   host(i: number): Host {
@@ -180,6 +188,7 @@ export class Cluster {
   }
 
   stopSync(keepDir: boolean): void {
+    live.delete(this)
     this.observing = false
     killAll()
     this.net.down()

@@ -9,7 +9,7 @@
  */
 import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
-import { log } from './cluster.ts'
+import { log, stopAllSync } from './cluster.ts'
 import { cleanupStale, killAll, whyNoNetns } from './net.ts'
 import { median, SCENARIOS, type ScenarioResult, SHORT_SET } from './scenarios.ts'
 
@@ -103,7 +103,9 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2))
   const why = whyNoNetns()
   if (why !== undefined) {
-    process.stdout.write(`chaos: skipped: ${why}\n`)
+    process.stdout.write(
+      `chaos: skipped: ${why}\nchaos: 0 passed, 0 failed, ${args.scenarios.length} skipped\n`,
+    )
     if (args.json) process.stdout.write(`${JSON.stringify({ skipped: why })}\n`)
     return
   }
@@ -112,6 +114,7 @@ async function main(): Promise<void> {
   const cleanup = (): void => {
     if (cleaned) return
     cleaned = true
+    stopAllSync()
     killAll()
     cleanupStale()
     releaseLock()
@@ -178,6 +181,9 @@ async function main(): Promise<void> {
       `terms_with_two_leaders=${summary.terms_with_two_leaders} false_deaths=${summary.false_deaths} new_leader_ms=${summary.new_leader_ms} ` +
       `converge_ms=${summary.converge_ms} failed_requests=${summary.failed_requests} (${summary.seconds} s, load ${summary.load_average_after.join(' ')})\n`,
   )
+  // The plain closing line CI reads ("N passed, N failed"), then the JSON as the very last line.
+  const passed = results.filter((r) => r.ok).length
+  process.stdout.write(`chaos: ${passed} passed, ${results.length - passed} failed\n`)
   if (args.json) process.stdout.write(`${JSON.stringify(summary)}\n`)
   process.exitCode = summary.ok ? 0 : 1
 }

@@ -29,21 +29,26 @@ type Figures = Record<string, unknown>
 /** Cluster of 5: h1-h3 bootstrapped as voters with --bootstrap-expect 3, h4-h5 join as non-voters. */
 async function standardCluster(): Promise<Cluster> {
   const c = new Cluster(5)
-  await c.start({ hosts: 5, founders: [1, 2, 3], bootstrapExpect: 3 })
-  // Every agent agrees on the leader, and h4/h5 are learners in the configuration.
-  const leader = await c.waitLeader(c.hosts, 60_000, { among: c.hosts.slice(0, 3) })
-  await waitFor(
-    'h4 and h5 added as learners',
-    async () => {
-      const st = await leader.raftStatus()
-      return c.hosts.slice(3).every((h) => st.learners.includes(h.id)) && st.voters.length === 3
-        ? true
-        : undefined
-    },
-    60_000,
-  )
-  log(`cluster ready: leader ${leader.name}`)
-  return c
+  try {
+    await c.start({ hosts: 5, founders: [1, 2, 3], bootstrapExpect: 3 })
+    // Every agent agrees on the leader, and h4/h5 are learners in the configuration.
+    const leader = await c.waitLeader(c.hosts, 60_000, { among: c.hosts.slice(0, 3) })
+    await waitFor(
+      'h4 and h5 added as learners',
+      async () => {
+        const st = await leader.raftStatus()
+        return c.hosts.slice(3).every((h) => st.learners.includes(h.id)) && st.voters.length === 3
+          ? true
+          : undefined
+      },
+      60_000,
+    )
+    log(`cluster ready: leader ${leader.name}`)
+    return c
+  } catch (err) {
+    await c.stop(true)
+    throw new Error(`cluster set-up failed (logs: ${c.dir}): ${(err as Error).message}`)
+  }
 }
 
 /** A digest of what an agent holds: applied index, raft configuration and every kv entry. */
@@ -227,6 +232,9 @@ async function isolateLeader(name: string, mode: 'both' | 'in', o: ScenarioOptio
       figures: f,
       ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
     }
+  } catch (err) {
+    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
+    return { name: name, ok: false, failures, figures: f, logs: c.dir }
   } finally {
     await c.stop(o.keepLogs || failures.length > 0)
   }
@@ -335,6 +343,9 @@ async function killLeader(o: ScenarioOptions): Promise<ScenarioResult> {
       figures: f,
       ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
     }
+  } catch (err) {
+    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
+    return { name: 'kill-leader', ok: false, failures, figures: f, logs: c.dir }
   } finally {
     await c.stop(o.keepLogs || failures.length > 0)
   }
@@ -534,6 +545,9 @@ async function delayLoss(o: ScenarioOptions): Promise<ScenarioResult> {
       figures: f,
       ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
     }
+  } catch (err) {
+    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
+    return { name: 'delay-loss', ok: false, failures, figures: f, logs: c.dir }
   } finally {
     await c.stop(o.keepLogs || failures.length > 0)
   }
@@ -561,10 +575,12 @@ async function sidecarPartition(o: ScenarioOptions): Promise<ScenarioResult> {
       const r = await h.request('PUT', '/v1/agent/service/register', {
         name: 'api',
         id: `api-${h.name}`,
-        address: '127.0.0.1',
+        // No `address`: the catalog then uses the node's (10.77.0.i), which is where other hosts'
+        // sidecars dial this instance's sidecar. With address 127.0.0.1 (the app's) they would
+        // dial their own loopback: endpointsOf() takes the sidecar's host from the service address.
         port: APP_PORT,
         checks: [{ tcp: `127.0.0.1:${APP_PORT}`, interval: '500ms', timeout: '300ms' }],
-        connect: { sidecarService: { port: INBOUND, protocol: 'http' } },
+        connect: { sidecarService: { port: INBOUND, localServicePort: APP_PORT, protocol: 'http' } },
       })
       if (r.status !== 200)
         throw new Error(`register api on ${h.name}: ${r.status} ${JSON.stringify(r.body)}`)
@@ -650,6 +666,9 @@ async function sidecarPartition(o: ScenarioOptions): Promise<ScenarioResult> {
       figures: f,
       ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
     }
+  } catch (err) {
+    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
+    return { name: 'sidecar-partition', ok: false, failures, figures: f, logs: c.dir }
   } finally {
     await c.stop(o.keepLogs || failures.length > 0)
   }
