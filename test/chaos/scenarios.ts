@@ -169,7 +169,8 @@ async function isolateLeader(name: string, mode: 'both' | 'in', o: ScenarioOptio
       log(`${name} round ${round}: cutting off leader ${old.name} (term ${oldTerm}, mode ${mode})`)
       const tCut = now()
       await c.net.partition(old.index, mode)
-      const minority = loop(100, () => w.putUnique(old, 2_000))
+      // Three clients keep writing to the cut-off leader: none of these may be acknowledged.
+      const minority = [0, 1, 2].map(() => loop(100, () => w.putUnique(old, 2_000)))
       const ackedBefore = w.acked().length
       try {
         const nl = await c.waitLeader(majority, 30_000, { not: old })
@@ -194,7 +195,7 @@ async function isolateLeader(name: string, mode: 'both' | 'in', o: ScenarioOptio
         failures.push(`round ${round}: the majority acknowledged no write while the leader was cut off`)
       }
       await sleep(holdMs)
-      await minority.stop()
+      await Promise.all(minority.map((m) => m.stop()))
       const tHealAt = now()
       minorityAcks += acksAfter(w, old.name, tCut, tHealAt)
       minorityTried += w.writes.filter((x) => x.host === old.name && x.call >= tCut).length
