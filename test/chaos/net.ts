@@ -14,7 +14,7 @@
  * Everything the suite creates is named `pmc-…`; `cleanupStale()` removes what a killed run left.
  */
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process'
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 
@@ -133,9 +133,7 @@ export function cleanupStale(): void {
     const m = /^\d+:\s+([^@:\s]+)/.exec(line)
     if (m && m[1]!.startsWith(PREFIX)) runSync('ip', ['link', 'del', m[1]!], true)
   }
-  if (existsSync(RUN_DIR)) {
-    for (const f of readdirSync(RUN_DIR)) rmSync(`${RUN_DIR}/${f}`, { force: true })
-  }
+  rmSync(RUN_DIR, { recursive: true, force: true })
 }
 
 /** The bridge network of `n` hosts. */

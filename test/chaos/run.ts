@@ -19,6 +19,8 @@ scenarios: ${Object.keys(SCENARIOS).join(', ')}
   --rounds N   rounds per scenario (default: 3, with --short: 3 for kill-leader, 1 otherwise)
   --json       the last stdout line is one JSON object of the figures
   --keep-logs  keep the agents' data dirs and logs (always kept for a failed scenario)
+  --cleanup    only remove what a killed run left (pmc-* namespaces and their processes), then exit
+               (every run also does this first)
 needs root, iproute2 (ip netns) and iptables (nf_tables or legacy); delay-loss also python3`
 
 interface Args {
@@ -27,10 +29,11 @@ interface Args {
   short: boolean
   json: boolean
   keepLogs: boolean
+  cleanupOnly: boolean
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { scenarios: [], short: false, json: false, keepLogs: false }
+  const a: Args = { scenarios: [], short: false, json: false, keepLogs: false, cleanupOnly: false }
   for (let i = 0; i < argv.length; i++) {
     const x = argv[i]!
     if (x === '--scenario') {
@@ -45,6 +48,7 @@ function parseArgs(argv: string[]): Args {
     } else if (x === '--short') a.short = true
     else if (x === '--json') a.json = true
     else if (x === '--keep-logs') a.keepLogs = true
+    else if (x === '--cleanup') a.cleanupOnly = true
     else if (x === '--help' || x === '-h') {
       process.stdout.write(`${USAGE}\n`)
       process.exit(0)
@@ -101,6 +105,13 @@ function med(rs: ScenarioResult[], key: string): number | null {
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2))
+  if (args.cleanupOnly) {
+    takeLock()
+    cleanupStale()
+    releaseLock()
+    process.stdout.write('chaos: removed leftover pmc-* namespaces and their processes\n')
+    return
+  }
   const why = whyNoNetns()
   if (why !== undefined) {
     process.stdout.write(
