@@ -7,8 +7,9 @@
  * object. Exit code 0 when every check of every scenario run held, 1 when one failed, 0 with a
  * "skipped" line when network namespaces cannot be used here.
  */
-import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { cpus, loadavg } from 'node:os'
+import { closeSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { cpus, loadavg, tmpdir } from 'node:os'
 import { log, stopAllSync } from './cluster.ts'
 import { cleanupStale, killAll, whyNoNetns } from './net.ts'
 import { median, SCENARIOS, type ScenarioResult, SHORT_SET } from './scenarios.ts'
@@ -19,8 +20,8 @@ scenarios: ${Object.keys(SCENARIOS).join(', ')}
   --rounds N   rounds per scenario (default: 3, with --short: 3 for kill-leader, 1 otherwise)
   --json       the last stdout line is one JSON object of the figures
   --keep-logs  keep the agents' data dirs and logs (always kept for a failed scenario)
-  --cleanup    only remove what a killed run left (pmc-* namespaces and their processes), then exit
-               (every run also does this first)
+  --cleanup    only remove what a killed run left (pmc-* namespaces and their processes, and
+               every kept data dir /tmp/pmc-chaos-*), then exit (every run does the first part itself)
 needs root, iproute2 (ip netns) and iptables (nf_tables or legacy); delay-loss also python3`
 
 interface Args {
@@ -108,8 +109,12 @@ async function main(): Promise<void> {
   if (args.cleanupOnly) {
     takeLock()
     cleanupStale()
+    const dirs = readdirSync(tmpdir()).filter((d) => d.startsWith('pmc-chaos-'))
+    for (const d of dirs) rmSync(join(tmpdir(), d), { recursive: true, force: true })
     releaseLock()
-    process.stdout.write('chaos: removed leftover pmc-* namespaces and their processes\n')
+    process.stdout.write(
+      `chaos: removed leftover pmc-* namespaces, their processes and ${dirs.length} data dirs\n`,
+    )
     return
   }
   const why = whyNoNetns()
@@ -117,7 +122,14 @@ async function main(): Promise<void> {
     process.stdout.write(
       `chaos: skipped: ${why}\nchaos: 0 passed, 0 failed, ${args.scenarios.length} skipped\n`,
     )
-    if (args.json) process.stdout.write(`${JSON.stringify({ skipped: why })}\n`)
+    const none = {
+      acked_writes_lost: null,
+      minority_acks: null,
+      terms_with_two_leaders: null,
+      false_deaths: null,
+    }
+    const none2 = { new_leader_ms: null, converge_ms: null, failed_requests: null, scenarios: {} }
+    if (args.json) process.stdout.write(`${JSON.stringify({ ok: true, skipped: why, ...none, ...none2 })}\n`)
     return
   }
   takeLock()

@@ -519,7 +519,7 @@ async function delayLoss(o: ScenarioOptions): Promise<ScenarioResult> {
     await sleep(durationMs)
     await poller.stop()
     await writer.stop()
-    f.leader_elections_during = (await termOf()) - termBefore
+    f.term_increase_during = (await termOf()) - termBefore
     for (const h of c.hosts) await c.net.clearNet(h.index)
     const tClear = now()
     f.duration_s = durationMs / 1000
