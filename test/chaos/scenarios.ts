@@ -368,6 +368,7 @@ async function killLeader(o: ScenarioOptions): Promise<ScenarioResult> {
  * fresh cluster per round: afterwards every agent must hold one and the same configuration (one
  * Raft cluster, not two) and there must be one leader per term.
  */
+const SETTLE_MS = 20_000
 async function bootstrapAll(o: ScenarioOptions): Promise<ScenarioResult> {
   const failures: string[] = []
   const f: Figures = {}
@@ -397,21 +398,30 @@ async function bootstrapAll(o: ScenarioOptions): Promise<ScenarioResult> {
       } catch {
         rf.one_leader_ms = null
       }
-      // Let autopilot finish, then compare configurations.
-      await sleep(3_000)
-      const confs = await Promise.all(
-        c.hosts.map((h) =>
-          h
-            .get<{ servers: { id: string; voter: boolean }[] }>('/v1/operator/raft/configuration', 2_000)
-            .then((x) =>
-              x.servers
-                .map((s) => `${c.byId(s.id)?.name ?? s.id}${s.voter ? '*' : ''}`)
-                .sort()
-                .join(','),
-            )
-            .catch(() => 'unreachable'),
-        ),
-      )
+      // Configurations may differ for a moment while autopilot promotes voters and learners catch
+      // up: poll until every agent shows the same one (SETTLE_MS at most), and report what is left.
+      const confsNow = (): Promise<string[]> =>
+        Promise.all(
+          c.hosts.map((h) =>
+            h
+              .get<{ servers: { id: string; voter: boolean }[] }>('/v1/operator/raft/configuration', 2_000)
+              .then((x) =>
+                x.servers
+                  .map((s) => `${c.byId(s.id)?.name ?? s.id}${s.voter ? '*' : ''}`)
+                  .sort()
+                  .join(','),
+              )
+              .catch(() => 'unreachable'),
+          ),
+        )
+      const tSettle = now()
+      let confs = await confsNow()
+      while (new Set(confs).size > 1 && now() - tSettle < SETTLE_MS) {
+        await sleep(250)
+        confs = await confsNow()
+      }
+      rf.one_configuration_ms = new Set(confs).size === 1 ? Math.round(now() - t0) : null
+      rf.configurations_per_agent = Object.fromEntries(c.hosts.map((h, k) => [h.name, confs[k]]))
       const sts = await Promise.all(c.hosts.map((h) => h.raftStatus().catch(() => undefined)))
       rf.configurations = [...new Set(confs)]
       rf.leaders = [
@@ -424,7 +434,7 @@ async function bootstrapAll(o: ScenarioOptions): Promise<ScenarioResult> {
       if ((rf.configurations as string[]).length !== 1) {
         roundFailed = true
         failures.push(
-          `round ${round}: ${(rf.configurations as string[]).length} configurations: ${(rf.configurations as string[]).join(' | ')}`,
+          `round ${round}: ${(rf.configurations as string[]).length} configurations ${SETTLE_MS / 1000} s after one leader: ${(rf.configurations as string[]).join(' | ')}`,
         )
       }
       if ((rf.leaders as string[]).length !== 1) {

@@ -141,7 +141,6 @@ export class Workload {
         }
       }
     }
-    // The final reads are sequential per host: give each host its own client id by time.
     const res = checkLinearizable(kvModel, this.history, { timeoutMs: 30_000 })
     return {
       ackedLost: lost.size,
