@@ -56,7 +56,9 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
     const st = await waitFor(
       'the management token accepted on every agent, and a leader',
       async () => {
-        const all = await Promise.all(agents.map((a) => call(a, 'GET', '/v1/operator/raft/status', { token: mgmt })))
+        const all = await Promise.all(
+          agents.map((a) => call(a, 'GET', '/v1/operator/raft/status', { token: mgmt })),
+        )
         if (!all.every((r) => r.status === 200)) return undefined
         const leader = (all[0]!.json as { leader: string }).leader
         return leader !== '' && all.every((r) => (r.json as { leader: string }).leader === leader)
@@ -76,7 +78,7 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
     const denied: [string, string, unknown, RegExp][] = [
       ['PUT', '/v1/connect/intentions/exact?source=*&destination=*', { action: 'allow' }, /intention:write/],
       ['PUT', '/v1/connect/intentions/default', { action: 'allow' }, /mesh:write/],
-      ['PUT', '/v1/config', { kind: 'kv', name: 'k', value: { value: 'v' } }, /key:write/],
+      ['PUT', '/v1/config', { kind: 'kv', name: 'k', value: 'v' }, /key:write/],
       ['POST', '/v1/connect/ca/rotate', {}, /operator:write/],
       ['GET', '/v1/operator/raft/configuration', undefined, /operator:read/],
       ['PUT', '/v1/agent/service/register', { name: 'db', port: 5432 }, /service:write/],
@@ -97,7 +99,10 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
     // non-leader (the leader checks the forwarded token again).
     const policy = await call(follower, 'PUT', '/v1/acl/policy', {
       token: mgmt,
-      body: { Name: 'web-owner', Rules: JSON.stringify({ service: { web: { policy: 'write', intentions: 'write' } } }) },
+      body: {
+        Name: 'web-owner',
+        Rules: JSON.stringify({ service: { web: { policy: 'write', intentions: 'write' } } }),
+      },
     })
     expect(policy.status, errorOf(policy)).toBe(200)
     const created = await call(follower, 'PUT', '/v1/acl/token', {
@@ -118,7 +123,17 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
     expect(no.status).toBe(403)
     expect(errorOf(no)).toMatch(/lacks permission 'intention:write' on "api"/)
     // The CLI sends --token.
-    const cli = await runCli(['intention', 'create', 'billing', 'web', 'deny', '--http', follower.http, '--token', web])
+    const cli = await runCli([
+      'intention',
+      'create',
+      'billing',
+      'web',
+      'deny',
+      '--http',
+      follower.http,
+      '--token',
+      web,
+    ])
     expect(cli.code, cli.stderr).toBe(0)
     const self = await call(follower, 'GET', '/v1/acl/token/self', { token: web })
     expect((self.json as { Description: string }).Description).toBe('web')
@@ -147,7 +162,14 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
       const attacks = [
         { op: 'intention.upsert', source: '*', destination: '*', action: 'allow' },
         { op: 'config.set', kind: 'kv', name: 'connect.default-intention-action', value: { value: 'allow' } },
-        { op: 'acl.token.upsert', accessorId: randomUUID(), secretId: randomUUID(), policies: [{ id: '00000000-0000-0000-0000-000000000001' }], createTime: 't' },
+        {
+          op: 'acl.token.upsert',
+          mode: 'create',
+          accessorId: randomUUID(),
+          secretId: randomUUID(),
+          policies: [{ name: 'global-management' }],
+          createTime: 't',
+        },
       ]
       for (const [i, cmd] of attacks.entries()) {
         const reply = unpackRecord(
@@ -163,7 +185,9 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
       await host.stop()
     }
     for (const a of agents) {
-      const list = (await call(a, 'GET', '/v1/connect/intentions', { token: mgmt })).json as { source: string }[]
+      const list = (await call(a, 'GET', '/v1/connect/intentions', { token: mgmt })).json as {
+        source: string
+      }[]
       expect(list.map((i) => i.source).sort()).toEqual(['api', 'billing'])
       const def = await call(a, 'GET', '/v1/connect/intentions/default', { token: mgmt })
       expect((def.json as { action: string }).action).toBe('deny')
