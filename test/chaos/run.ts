@@ -17,7 +17,7 @@ import { median, SCENARIOS, type ScenarioResult, SHORT_SET } from './scenarios.t
 const USAGE = `usage: npm run chaos -- [--scenario NAME]... [--rounds N] [--short] [--json] [--keep-logs]
 scenarios: ${Object.keys(SCENARIOS).join(', ')}
   --short      the CI form: ${SHORT_SET.join(', ')}, fewer rounds and shorter fault windows
-  --rounds N   rounds per scenario (default: 3, with --short: 3 for kill-leader, 1 otherwise)
+  --rounds N   rounds per scenario (default: 3, with --short: 3 for kill-leader and bootstrap-all, 1 otherwise)
   --json       the last stdout line is one JSON object of the figures
   --keep-logs  keep the agents' data dirs and logs (always kept for a failed scenario)
   --cleanup    only remove what a killed run left (pmc-* namespaces and their processes, and
@@ -154,7 +154,7 @@ async function main(): Promise<void> {
   const load0 = loadavg()
   const results: ScenarioResult[] = []
   for (const name of args.scenarios) {
-    const rounds = args.rounds ?? (args.short ? (name === 'kill-leader' ? 3 : 1) : 3)
+    const rounds = args.rounds ?? (args.short ? (name === 'kill-leader' || name === 'bootstrap-all' ? 3 : 1) : 3)
     log(`=== ${name} (rounds ${rounds}${args.short ? ', short' : ''})`)
     const ts = Date.now()
     let r: ScenarioResult
