@@ -154,7 +154,8 @@ async function main(): Promise<void> {
   const load0 = loadavg()
   const results: ScenarioResult[] = []
   for (const name of args.scenarios) {
-    const rounds = args.rounds ?? (args.short ? (name === 'kill-leader' || name === 'bootstrap-all' ? 3 : 1) : 3)
+    const rounds =
+      args.rounds ?? (args.short ? (name === 'kill-leader' || name === 'bootstrap-all' ? 3 : 1) : 3)
     log(`=== ${name} (rounds ${rounds}${args.short ? ', short' : ''})`)
     const ts = Date.now()
     let r: ScenarioResult

@@ -79,7 +79,27 @@ export class AgentProcess {
     return `127.0.0.1:${this.httpPort}`
   }
 
+  /**
+   * Starts the agent and waits for its HTTP API. A port that `freePort` found free can be taken by
+   * another test file's process before the agent binds it: on "address already in use" for a port
+   * this harness picked, it picks new ones and starts again (at most 3 times).
+   */
   async start(): Promise<void> {
+    const picked = { http: this.httpPort === 0, p2p: this.p2pPort === 0 }
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startOnce()
+      } catch (err) {
+        const clash = /address already in use/.test(String(err)) && (picked.http || picked.p2p)
+        if (!clash || attempt >= 3) throw err
+        if (picked.http) this.httpPort = 0
+        if (picked.p2p) this.p2pPort = 0
+        this.log = ''
+      }
+    }
+  }
+
+  private async startOnce(): Promise<void> {
     if (this.httpPort === 0) this.httpPort = await freePort()
     if (this.p2pPort === 0) this.p2pPort = await freePort()
     const args = [
@@ -106,10 +126,21 @@ export class AgentProcess {
     this.child = child
     child.stdout?.on('data', (d: Buffer) => (this.log += d.toString()))
     child.stderr?.on('data', (d: Buffer) => (this.log += d.toString()))
-    await waitFor(`${this.name} HTTP API`, async () => {
-      if (child.exitCode !== null) throw new Error(`${this.name} exited with ${child.exitCode}:\n${this.log}`)
-      return (await this.api('/v1/agent/self')) ? true : undefined
+    // An agent that exits while starting fails the start at once (not at the deadline).
+    let onExit: (() => void) | undefined
+    const exited = new Promise<never>((_, reject) => {
+      // 'close': the process exited and its output was read to the end.
+      onExit = () => reject(new Error(`${this.name} exited with ${child.exitCode}:\n${this.log}`))
+      child.once('close', onExit)
     })
+    try {
+      await Promise.race([
+        exited,
+        waitFor(`${this.name} HTTP API`, async () => ((await this.api('/v1/agent/self')) ? true : undefined)),
+      ])
+    } finally {
+      child.off('close', onExit!)
+    }
   }
 
   async api<T = unknown>(path: string, init?: RequestInit): Promise<T | undefined> {
