@@ -300,6 +300,8 @@ async function main(): Promise<void> {
         maxMessageBytes: 16 << 20,
         maxRequestBytes: 16 << 20,
         maxQueuedPerPeer: 100_000,
+        // As the agent's Raft channel frames them (kind byte, chunks); harmless on the others.
+        ...(protocol === RAFT_PROTOCOL ? { chunking: { maxFrameBytes: 1 << 20 } } : {}),
       })
     const raftM = messenger(RAFT_PROTOCOL, RAFT_RPC_PROTOCOL, 'multiplexed')
     const swimM = messenger(SWIM_PROTOCOL, SWIM_PUSHPULL_PROTOCOL, 'stream')

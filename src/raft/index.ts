@@ -16,7 +16,7 @@ export {
   RaftStoppedError,
   StorageCorruptedError,
 } from './errors.ts'
-export { RaftNode } from './node-driver.ts'
+export { RaftNode, type RaftNodeDriverOptions } from './node-driver.ts'
 export type { DriverStatus, RaftNodeEvents, RaftNodeOptions, RaftTransport } from './node-options.ts'
 export type { RequestOptions } from './pending.ts'
 export { committedIndex, quorum } from './quorum.ts'

@@ -20,6 +20,8 @@ export interface RaftMetricsSource {
   counters(): { leaderChanges: number; proposals: number; forwardedWrites: number; confChanges: number }
   /** Peer messages refused so far, per reason (the core's and the agent's own checks). */
   refused(): Partial<Record<RefusalReason, RefusalRecord>>
+  /** Other inputs refused so far, per reason (commands, forwarded writes, streams, snapshots). */
+  inputsRefused?(): Record<string, number>
 }
 
 /** Registers the `peermesh_raft_*` metrics. */
@@ -30,6 +32,16 @@ export function registerRaftMetrics(registry: Registry, source: RaftMetricsSourc
     counterFrom(registry, name, help, pick)
   const status = () => source.status()
   gauge('peermesh_raft_term', 'Current Raft term', () => status()?.term ?? 0)
+  new Counter({
+    name: 'peermesh_raft_inputs_refused_total',
+    help: 'Commands, forwarded writes, stream data and snapshots refused, by reason (never applied)',
+    labelNames: ['reason'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [reason, n] of Object.entries(source.inputsRefused?.() ?? {})) this.inc({ reason }, n)
+    },
+  })
   gauge('peermesh_raft_commit_index', 'Highest log index known committed', () => status()?.commit ?? 0)
   gauge('peermesh_raft_applied_index', 'Highest log index applied here', () => source.applied())
   gauge('peermesh_raft_last_index', 'Last log index here', () => status()?.lastIndex ?? 0)

@@ -13,7 +13,7 @@ import {
   type PolicyResult,
   type PolicyStore,
   RaftNode,
-  type RaftNodeOptions,
+  type RaftNodeDriverOptions,
   snapshotMessageTrusted,
   withSnapshotSignature,
 } from '../../raft/index.ts'
@@ -44,10 +44,16 @@ import { hostConnections, LeaderLiveness } from './leader-liveness.ts'
 import { registerRaftMetrics } from './metrics.ts'
 import { ForwardedWriteServer, WriteForwarder, type WriteResult } from './write-forwarding.ts'
 
-/** Best-effort Raft messages between members (appends, votes, heartbeats, snapshots). */
-export const RAFT_PROTOCOL = '/peermesh/raft/1'
-/** Reliable request/response: writes forwarded to the leader, many at once on one stream per peer. */
-export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/2'
+/**
+ * Best-effort Raft messages between members (appends, votes, heartbeats, snapshots); v2: frames
+ * carry a kind byte, and a message larger than a frame travels in chunks (message-chunks.ts).
+ */
+export const RAFT_PROTOCOL = '/peermesh/raft/2'
+/**
+ * Reliable request/response: writes forwarded to the leader, many at once on one stream per peer;
+ * v3: a forwarded write is a typed request `{ t: 'write', cmd, clientId, seq, token? }`.
+ */
+export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/3'
 /** Sub-directory of the data dir holding the Raft log, hard state and snapshot. */
 export const RAFT_DIR = 'raft'
 /**
@@ -102,6 +108,8 @@ export type RaftModuleOptions = Partial<RaftAgentConfig>
 interface Running {
   node: RaftNode<PolicyResult>
   messenger: StreamMessenger
+  /** The leader's side of forwarded writes (its refusal counters). */
+  server?: ForwardedWriteServer
   rpc: LeaderRpc
   forwarder: WriteForwarder
   liveness: LeaderLiveness
@@ -176,6 +184,29 @@ export class RaftModule implements AgentModule {
     }
   }
 
+  /**
+   * Inputs refused by reason, beyond the peer messages of `refusedMessages`: commands the store
+   * refused as invalid or too large, forwarded writes refused by the leader, stream budget
+   * overruns and bad frames, failed snapshot attempts.
+   */
+  inputsRefused(): Record<string, number> {
+    const run = this.run
+    const f = run?.server?.stats
+    const m = run?.messenger.stats
+    return {
+      command_invalid: this.store.stats.invalidRejected,
+      command_too_large: this.store.stats.tooLargeRejected,
+      forward_malformed: f?.malformed ?? 0,
+      forward_invalid: f?.invalid ?? 0,
+      forward_too_large: f?.tooLarge ?? 0,
+      forward_not_forwardable: f?.notForwardable ?? 0,
+      forward_permission_denied: f?.denied ?? 0,
+      stream_over_budget: m?.overBudget ?? 0,
+      stream_bad_frame: m?.badFrames ?? 0,
+      snapshot_failed: run?.node.status().snapshotFailures ?? 0,
+    }
+  }
+
   async start(ctx: AgentContext): Promise<void> {
     const log = ctx.log.child({ component: 'raft' })
     const { settings: s, clock, components } = this
@@ -193,11 +224,16 @@ export class RaftModule implements AgentModule {
       maxRequestBytes: s.maxCommandBytes + 4096,
       maxQueuedPerPeer: s.maxQueuedPerPeer,
       dialBackoffMs: s.dialBackoffMs,
+      // A message larger than a frame (a big snapshot) travels in chunks; a peer's partly
+      // received messages are bounded over all its streams.
+      chunking: { maxFrameBytes: s.maxFrameBytes },
+      maxPartialBytesPerPeer: s.maxPartialBytesPerPeer,
+      maxPartialMessagesPerPeer: s.maxPartialMessagesPerPeer,
       clock,
     })
     let node: RaftNode<PolicyResult>
     try {
-      node = this.createNode(ctx, storage, messenger)
+      node = this.createNode(ctx, storage, messenger, log)
     } catch (err) {
       storage.close()
       throw err
@@ -273,6 +309,7 @@ export class RaftModule implements AgentModule {
       },
       { attemptTimeoutMs: s.attemptTimeoutMs, maxCommandBytes: s.maxCommandBytes },
     )
+    run.server = server
     const st = node.status()
     this.confIndex = Math.max(0, st.firstIndex - 1) // the snapshot's index, a lower bound
     this.watchNode(run)
@@ -308,6 +345,7 @@ export class RaftModule implements AgentModule {
       applied: () => this.run?.node.applied() ?? 0,
       counters: () => this.stats,
       refused: () => this.refusedMessages(),
+      inputsRefused: () => this.inputsRefused(),
     })
     registerRaftRoutes(ctx.http, this)
     ctx.http.useAcl(acl)
@@ -395,14 +433,16 @@ export class RaftModule implements AgentModule {
     ctx: AgentContext,
     storage: FileStorage,
     messenger: StreamMessenger,
+    log: Logger,
   ): RaftNode<PolicyResult> {
     const s = this.settings
     const self = ctx.identity.id
     const signer = this.components.signer
     const sealer: EntrySealer | undefined =
       signer === undefined ? undefined : (index, requestId, data) => signer.sealEntry(index, requestId, data)
-    const options: RaftNodeOptions<PolicyResult> = {
+    const options: RaftNodeDriverOptions<PolicyResult> = {
       id: self,
+      log,
       storage,
       stateMachine: this.store,
       transport: {

@@ -112,6 +112,8 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
       requestProtocol: RAFT_RPC_PROTOCOL,
       log: pino({ level: 'silent' }),
       maxMessageBytes: 1 << 20,
+      // Speaks the agent's framing (raft/2): what it sends reaches the Raft checks.
+      chunking: { maxFrameBytes: 1 << 20 },
     })
     await attacker.start()
   })
