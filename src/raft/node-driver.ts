@@ -329,7 +329,17 @@ export class RaftNode<R = unknown> {
       if (deferred) this.storage.appendDeferred!(rd.entries)
       else this.storage.append(rd.entries)
     }
-    if (rd.hardState !== undefined) this.storage.setHardState(rd.hardState)
+    if (rd.hardState !== undefined) {
+      // A commit index on disk must name entries on disk: while this Ready's entries are still
+      // being written, the commit saved with its term and vote stops before them. Otherwise a
+      // crash before the fsync leaves a commit index over an older, overwritten tail, and a
+      // restart applies that (State Machine Safety, §5.4.3). The higher commit is saved with the
+      // next hard state; a restart re-learns it from the leader meanwhile.
+      const hs = deferred
+        ? { ...rd.hardState, commit: Math.min(rd.hardState.commit, rd.entries[0]!.index - 1) }
+        : rd.hardState
+      this.storage.setHardState(hs)
+    }
     if (!deferred) {
       // 2. send, 3. apply.
       this.sendAll(rd.messagesAfterAppend)

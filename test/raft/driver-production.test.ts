@@ -165,6 +165,25 @@ describe('RaftNode in production mode (coalescing, fsync off the event loop), on
     expect(c.node('a').status().progress['c']!.match).toBe(index)
   })
 
+  it("a commit index saved with a follower's term never names entries still being written (§5.4.3)", async () => {
+    const c = cluster()
+    await c.start()
+    // c misses an entry that a and b commit; then it gets the entry and the commit in one append.
+    c.cut.add('a>c')
+    const { index } = await c.until(c.node('a').propose(upsert('web', 'db')))
+    await c.settle()
+    c.disk('c').hold = true
+    c.cut.delete('a>c')
+    c.clock.advance(200) // a heartbeat; c answers, and a sends the entry with commit = index
+    await c.settle()
+    expect(c.disk('c').pendingSyncs).toBe(1)
+    expect(c.node('c').applied()).toBe(index)
+    // A crash now must not leave a commit on disk over an entry that is not: it stops before.
+    expect(c.disk('c').initialState().hardState.commit).toBeLessThan(index)
+    c.disk('c').release()
+    await c.settle()
+  })
+
   it('group commit: proposals of one event-loop turn, or made during a fsync, share one fsync', async () => {
     const c = cluster()
     await c.start()

@@ -203,7 +203,13 @@ export class SimCluster {
       }
       const deferred = this.opts.asyncWrites === true && opts.sync !== true && rd.entries.length > 0
       if (rd.entries.length > 0 && !deferred) n.storage.append(rd.entries)
-      if (rd.hardState !== undefined) n.storage.setHardState(rd.hardState)
+      // As the driver does: a commit saved while entries are being written stops before them.
+      if (rd.hardState !== undefined)
+        n.storage.setHardState(
+          deferred
+            ? { ...rd.hardState, commit: Math.min(rd.hardState.commit, rd.entries[0]!.index - 1) }
+            : rd.hardState,
+        )
       if (rd.softState?.role === 'leader') {
         const term = n.raft.term
         const prev = this.leaderOfTerm.get(term)
