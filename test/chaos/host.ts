@@ -10,6 +10,11 @@ import http from 'node:http'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { hostAddr, nsName, RUN_DIR, track } from './net.ts'
+import { waitFor } from '../e2e/harness.ts'
+import type { RaftStatus } from '../e2e/raft-helpers.ts'
+
+/** The e2e suite's polling helper and Raft status shape, shared. */
+export { type RaftStatus, waitFor }
 
 export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
 const FORWARD = fileURLToPath(new URL('./uds-forward.mjs', import.meta.url))
@@ -29,17 +34,6 @@ export class HttpError extends Error {
   ) {
     super(message)
   }
-}
-
-export interface RaftStatus {
-  id: string
-  term: number
-  role: string
-  leader: string
-  commitIndex: number
-  appliedIndex: number
-  voters: string[]
-  learners: string[]
 }
 
 export interface Member {
@@ -215,29 +209,6 @@ export class Host {
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
-
-/** Polls `fn` until it returns something other than undefined; throws past the deadline. */
-export async function waitFor<T>(
-  what: string,
-  fn: () => Promise<T | undefined>,
-  timeoutMs: number,
-  everyMs = 100,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  let lastErr: unknown
-  while (Date.now() < deadline) {
-    try {
-      const v = await fn()
-      if (v !== undefined) return v
-    } catch (err) {
-      lastErr = err
-    }
-    await sleep(everyMs)
-  }
-  throw new Error(
-    `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`,
-  )
-}
 
 /** One HTTP request over a Unix socket; `agent: false` for a fresh connection each time. */
 export function requestVia<T>(
