@@ -147,12 +147,6 @@ function unavailable(err: unknown): unknown {
   return err
 }
 
-/** `connect`, once the request may read mesh-wide settings (403 otherwise). */
-function meshReadable(req: ApiRequest, connect: ConnectApi): ConnectApi {
-  req.auth.require(...need.meshRead())
-  return connect
-}
-
 function json(value: unknown, index: number): ApiReply {
   return new ApiReply(200, JSON.stringify(value), 'application/json', { [INDEX_HEADER]: String(index) })
 }
@@ -288,9 +282,10 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
     }
   })
 
-  http.route('GET', '/v1/connect/intentions/default', (req) =>
-    json({ action: meshReadable(req, connect).intentionIndex().defaultAction }, connect.stateIndex),
-  )
+  http.route('GET', '/v1/connect/intentions/default', (req) => {
+    req.auth.require(...need.meshRead())
+    return json({ action: connect.intentionIndex().defaultAction }, connect.stateIndex)
+  })
   http.route('PUT', '/v1/connect/intentions/default', async (req) => {
     const b = req.body as { action?: unknown } | undefined
     if (b === null || typeof b !== 'object' || (b.action !== 'allow' && b.action !== 'deny'))
