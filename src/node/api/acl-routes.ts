@@ -529,6 +529,8 @@ async function write(backend: AclBackend, cmd: AclCommand, req: ApiRequest): Pro
       throw new ApiError(res.message, 404)
     case AclErrorCodes.bootstrapDone:
       throw new ApiError(res.message, 403)
+    case AclErrorCodes.tooLarge:
+      throw new ApiError(res.message, 413)
     default:
       throw new ApiError(res.message, 400)
   }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto'
 import { z } from 'zod'
+import { pack } from '../../common/msgpack.ts'
 import {
   ANONYMOUS_TOKEN_ID,
   ANONYMOUS_TOKEN_SECRET,
@@ -42,7 +43,16 @@ export const AclErrorCodes = {
   unknownPolicy: 'PEERMESH_ERR_ACL_UNKNOWN_POLICY',
   /** A change the builtins refuse (deleting the anonymous token, renaming global-management, ...). */
   notPermitted: 'PEERMESH_ERR_ACL_NOT_PERMITTED',
+  /** The ACL state would grow past `ACL_STATE_MAX_BYTES` (the same code as the policy store's caps). */
+  tooLarge: 'PEERMESH_ERR_TOO_LARGE',
 } as const
+
+/**
+ * Most bytes the tokens and policies may take, encoded: with the policy store's 8 MiB and the CA
+ * state's 1 MiB, the whole state's snapshot stays under one 16 MiB Raft message. A write that
+ * would grow past it is refused; one that shrinks or keeps the size, and every delete, is not.
+ */
+export const ACL_STATE_MAX_BYTES = 4 * 1024 * 1024
 
 export type AclErrorCode = (typeof AclErrorCodes)[keyof typeof AclErrorCodes]
 
@@ -246,6 +256,9 @@ export interface AclStateView {
 
 export class AclState implements AclStateView {
   private tokensById = new Map<string, AclToken>()
+  /** Encoded bytes of the tokens and policies, and each record's share (keys `t:`/`p:` + id). */
+  private bytes = 0
+  private readonly sizes = new Map<string, number>()
   private secretIndex = new Map<string, string>()
   private policiesById = new Map<string, AclPolicy>()
   private policyNames = new Map<string, string>()
@@ -257,6 +270,8 @@ export class AclState implements AclStateView {
   }
 
   private reset(): void {
+    this.bytes = 0
+    this.sizes.clear()
     this.tokensById = new Map()
     this.secretIndex = new Map()
     this.policiesById = new Map()
@@ -339,7 +354,7 @@ export class AclState implements AclStateView {
         }
         const links = this.resolveLinks(cmd.policies)
         if (!Array.isArray(links)) return links
-        this.putToken({
+        const token: AclToken = {
           accessorId: cmd.accessorId,
           secretId,
           description: cmd.description,
@@ -353,7 +368,10 @@ export class AclState implements AclStateView {
           createTime,
           createIndex,
           modifyIndex: at,
-        })
+        }
+        const over = this.overCap(`t:${token.accessorId}`, recordBytes(token))
+        if (over !== undefined) return over
+        this.putToken(token)
         return this.changed(at)
       }
       case 'acl.token.delete': {
@@ -363,6 +381,7 @@ export class AclState implements AclStateView {
         if (cur === undefined) return fail(AclErrorCodes.notFound, `ACL token ${cmd.accessorId} not found`)
         this.tokensById.delete(cur.accessorId)
         this.secretIndex.delete(secretKey(cur.secretId))
+        this.resize(`t:${cur.accessorId}`, 0)
         return this.changed(at)
       }
       case 'acl.policy.upsert': {
@@ -384,8 +403,7 @@ export class AclState implements AclStateView {
             AclErrorCodes.conflict,
             `Invalid Policy: A Policy with Name "${cmd.name}" already exists`,
           )
-        if (cur !== undefined) this.policyNames.delete(cur.name)
-        this.putPolicy({
+        const policy: AclPolicy = {
           id: cmd.id,
           name: cmd.name,
           description: cmd.description,
@@ -393,7 +411,11 @@ export class AclState implements AclStateView {
           datacenters: [...cmd.datacenters],
           createIndex: cur?.createIndex ?? at,
           modifyIndex: at,
-        })
+        }
+        const over = this.overCap(`p:${policy.id}`, recordBytes(policy))
+        if (over !== undefined) return over
+        if (cur !== undefined) this.policyNames.delete(cur.name)
+        this.putPolicy(policy)
         return this.changed(at)
       }
       case 'acl.policy.delete': {
@@ -406,6 +428,7 @@ export class AclState implements AclStateView {
         if (cur === undefined) return fail(AclErrorCodes.notFound, `ACL policy ${cmd.id} not found`)
         this.policiesById.delete(cur.id)
         this.policyNames.delete(cur.name)
+        this.resize(`p:${cur.id}`, 0)
         return this.changed(at)
       }
     }
@@ -440,11 +463,31 @@ export class AclState implements AclStateView {
   private putToken(t: AclToken): void {
     this.tokensById.set(t.accessorId, t)
     this.secretIndex.set(secretKey(t.secretId), t.accessorId)
+    this.resize(`t:${t.accessorId}`, recordBytes(t))
   }
 
   private putPolicy(p: AclPolicy): void {
     this.policiesById.set(p.id, p)
     this.policyNames.set(p.name, p.id)
+    this.resize(`p:${p.id}`, recordBytes(p))
+  }
+
+  /** Records a record's encoded size (0: gone) in the state's byte count. */
+  private resize(key: string, bytes: number): void {
+    this.bytes += bytes - (this.sizes.get(key) ?? 0)
+    if (bytes === 0) this.sizes.delete(key)
+    else this.sizes.set(key, bytes)
+  }
+
+  /** The refusal of a write that would take record `key` to `bytes` past the cap, if it would. */
+  private overCap(key: string, bytes: number): AclResult | undefined {
+    const before = this.sizes.get(key) ?? 0
+    const total = this.bytes - before + bytes
+    if (bytes <= before || total <= ACL_STATE_MAX_BYTES) return undefined
+    return fail(
+      AclErrorCodes.tooLarge,
+      `ACL state would hold ${total} bytes, over its ${ACL_STATE_MAX_BYTES} byte cap`,
+    )
   }
 
   private changed(at: number): AclResult {
@@ -510,6 +553,8 @@ export class AclState implements AclStateView {
     const parsed = aclSnapshotSchema.safeParse(data)
     if (!parsed.success) throw new RangeError(`unsupported ACL snapshot: ${parsed.error.issues[0]?.message}`)
     const s = parsed.data
+    this.bytes = 0
+    this.sizes.clear()
     this.tokensById = new Map()
     this.secretIndex = new Map()
     this.policiesById = new Map()
@@ -519,6 +564,11 @@ export class AclState implements AclStateView {
     this.index = s.index
     this.bootstrapIndex = s.bootstrapIndex
   }
+}
+
+/** A stored record's size as the cap counts it: the record, encoded. */
+function recordBytes(r: AclToken | AclPolicy): number {
+  return pack(r).length
 }
 
 function fail(code: AclErrorCode, message: string): AclResult {

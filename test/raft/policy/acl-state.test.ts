@@ -7,6 +7,7 @@ import {
 } from '../../../src/acl/index.ts'
 import { pack, unpack } from '../../../src/common/msgpack.ts'
 import {
+  ACL_STATE_MAX_BYTES,
   type AclCommandInput,
   AclErrorCodes,
   AclState,
@@ -70,6 +71,40 @@ describe('AclState: bootstrap', () => {
     expect(again).toMatchObject({ ok: false, code: AclErrorCodes.bootstrapDone })
     expect(again.ok === false && again.message).toMatch(/^ACL bootstrap no longer allowed/)
     expect(s.snapshot()).toEqual(before)
+  })
+})
+
+describe('AclState: size cap', () => {
+  it('refuses what would grow the state past ACL_STATE_MAX_BYTES (413), allows deletes and shrinking, and keeps the count across a snapshot', () => {
+    const big = (n: number, name: string): AclCommandInput => ({
+      op: 'acl.policy.upsert',
+      mode: 'create',
+      id: id(n),
+      name,
+      rules: `service_prefix "" { policy = "read" }${' '.repeat(60_000)}`,
+    })
+    const s = new AclState()
+    let at = 1
+    let n = 1000
+    for (;;) {
+      const r = s.apply(big(n, `p${n}`), at++)
+      if (!r.ok) {
+        expect(r.code).toBe(AclErrorCodes.tooLarge)
+        break
+      }
+      n++
+      expect(n).toBeLessThan(1000 + ACL_STATE_MAX_BYTES / 60_000 + 2)
+    }
+    const before = s.snapshot()
+    expect(pack(before).length).toBeLessThan(ACL_STATE_MAX_BYTES + 64 * 1024)
+    // A delete frees room; the same create then fits.
+    expect(s.apply({ op: 'acl.policy.delete', id: id(1000) }, at++).ok).toBe(true)
+    expect(s.apply(big(n, `p${n}`), at++).ok).toBe(true)
+    // A replica restored from the snapshot counts the same bytes: it refuses the next one too.
+    const t = new AclState()
+    t.restore(unpack(pack(s.snapshot())))
+    const r = t.apply(big(n + 1, 'one-more'), at)
+    expect(r.ok ? 'ok' : r.code).toBe(AclErrorCodes.tooLarge)
   })
 })
 
