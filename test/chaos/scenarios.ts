@@ -51,6 +51,36 @@ async function standardCluster(): Promise<Cluster> {
   }
 }
 
+/**
+ * Runs `body` on a fresh standard cluster and reports it as scenario `name`: failed if `body`
+ * pushed a failure or threw, with the agents' logs kept then (or with --keep-logs); the cluster
+ * is stopped either way.
+ */
+async function onStandardCluster(
+  name: string,
+  o: ScenarioOptions,
+  body: (c: Cluster, f: Figures, failures: string[]) => Promise<void>,
+): Promise<ScenarioResult> {
+  const failures: string[] = []
+  const f: Figures = {}
+  const c = await standardCluster()
+  try {
+    await body(c, f, failures)
+    return {
+      name,
+      ok: failures.length === 0,
+      failures,
+      figures: f,
+      ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
+    }
+  } catch (err) {
+    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
+    return { name, ok: false, failures, figures: f, logs: c.dir }
+  } finally {
+    await c.stop(o.keepLogs || failures.length > 0)
+  }
+}
+
 /** A digest of what an agent holds: applied index, raft configuration and every kv entry. */
 async function digest(h: Host): Promise<string> {
   const [st, conf, kv] = await Promise.all([
@@ -143,10 +173,7 @@ async function finish(
  * agent converges to the same state and no acknowledged write is lost.
  */
 async function isolateLeader(name: string, mode: 'both' | 'in', o: ScenarioOptions): Promise<ScenarioResult> {
-  const failures: string[] = []
-  const f: Figures = {}
-  const c = await standardCluster()
-  try {
+  return onStandardCluster(name, o, async (c, f, failures) => {
     const w = new Workload(name.replace(/[^a-z]/g, ''))
     // Writes go through a non-voter (h4 at first; each round picks a learner that is not cut off,
     // since autopilot may have promoted h4 or h5 to voter, even to leader, in an earlier round).
@@ -235,19 +262,7 @@ async function isolateLeader(name: string, mode: 'both' | 'in', o: ScenarioOptio
     f.majority_acks_during_cut = majorityAcks
     f.rounds = o.rounds
     if (minorityAcks > 0) failures.push(`${minorityAcks} writes acknowledged by the cut-off leader`)
-    return {
-      name,
-      ok: failures.length === 0,
-      failures,
-      figures: f,
-      ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
-    }
-  } catch (err) {
-    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
-    return { name: name, ok: false, failures, figures: f, logs: c.dir }
-  } finally {
-    await c.stop(o.keepLogs || failures.length > 0)
-  }
+  })
 }
 
 /**
@@ -279,10 +294,7 @@ export function median(xs: number[]): number {
 
 /** kill -9 of the leader during writes every 50 ms, `rounds` times, each time restarted. */
 async function killLeader(o: ScenarioOptions): Promise<ScenarioResult> {
-  const failures: string[] = []
-  const f: Figures = {}
-  const c = await standardCluster()
-  try {
+  return onStandardCluster('kill-leader', o, async (c, f, failures) => {
     const w = new Workload('kill')
     let rr = 0
     // Writes go round-robin through the agents that are running (any of them may be the leader).
@@ -346,19 +358,7 @@ async function killLeader(o: ScenarioOptions): Promise<ScenarioResult> {
     f.restart_rejoin_ms = rejoinMs
     f.minority_acks = null
     f.rounds = o.rounds
-    return {
-      name: 'kill-leader',
-      ok: failures.length === 0,
-      failures,
-      figures: f,
-      ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
-    }
-  } catch (err) {
-    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
-    return { name: 'kill-leader', ok: false, failures, figures: f, logs: c.dir }
-  } finally {
-    await c.stop(o.keepLogs || failures.length > 0)
-  }
+  })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -475,10 +475,7 @@ async function bootstrapAll(o: ScenarioOptions): Promise<ScenarioResult> {
  * (poll × member) observations. Writes through h4 every 200 ms must keep succeeding.
  */
 async function delayLoss(o: ScenarioOptions): Promise<ScenarioResult> {
-  const failures: string[] = []
-  const f: Figures = {}
-  const c = await standardCluster()
-  try {
+  return onStandardCluster('delay-loss', o, async (c, f, failures) => {
     const w = new Workload('dl')
     const durationMs = o.short ? 30_000 : 120_000
     for (const h of c.hosts) {
@@ -571,19 +568,7 @@ async function delayLoss(o: ScenarioOptions): Promise<ScenarioResult> {
     await finish(c, w, f, failures, tClear)
     f.minority_acks = null
     f.new_leader_ms = null
-    return {
-      name: 'delay-loss',
-      ok: failures.length === 0,
-      failures,
-      figures: f,
-      ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
-    }
-  } catch (err) {
-    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
-    return { name: 'delay-loss', ok: false, failures, figures: f, logs: c.dir }
-  } finally {
-    await c.stop(o.keepLogs || failures.length > 0)
-  }
+  })
 }
 
 /**
@@ -595,10 +580,7 @@ async function delayLoss(o: ScenarioOptions): Promise<ScenarioResult> {
  */
 const EJECTION_WINDOW_MS = 5_000
 async function sidecarPartition(o: ScenarioOptions): Promise<ScenarioResult> {
-  const failures: string[] = []
-  const f: Figures = {}
-  const c = await standardCluster()
-  try {
+  return onStandardCluster('sidecar-partition', o, async (c, f, failures) => {
     const [web, api4, api5] = [c.host(1), c.host(4), c.host(5)]
     const APP_PORT = 9090
     const INBOUND = 21000
@@ -692,19 +674,7 @@ async function sidecarPartition(o: ScenarioOptions): Promise<ScenarioResult> {
     if (after.length === 0) failures.push('no request completed after the ejection window')
     await c.stopObserver()
     f.terms_with_two_leaders = c.termsWithTwoLeaders().count
-    return {
-      name: 'sidecar-partition',
-      ok: failures.length === 0,
-      failures,
-      figures: f,
-      ...(o.keepLogs || failures.length ? { logs: c.dir } : {}),
-    }
-  } catch (err) {
-    failures.push(`error: ${(err as Error).stack ?? String(err)}`)
-    return { name: 'sidecar-partition', ok: false, failures, figures: f, logs: c.dir }
-  } finally {
-    await c.stop(o.keepLogs || failures.length > 0)
-  }
+  })
 }
 
 export const SCENARIOS: Record<string, (o: ScenarioOptions) => Promise<ScenarioResult>> = {
