@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import {
   DEFAULT_HTTP,
@@ -52,6 +55,28 @@ describe('agent config', () => {
       /need acl.enabled/,
     )
     expect(() => validateAgentConfig({ acl: { initialManagementToken: 'nope' } }, 'flags')).toThrow(/UUID/)
+  })
+
+  it('tokenFile: read once and trimmed; a missing or empty file is an error naming it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pm-token-'))
+    try {
+      const on = { acl: { enabled: true } }
+      const good = join(dir, 'agent.token')
+      writeFileSync(good, ' 11111111-2222-3333-4444-555555555555\n', { mode: 0o600 })
+      const cfg = resolveAgentConfig({}, validateAgentConfig({ ...on, tokenFile: good }, 'flags'))
+      expect(cfg.defaultToken).toBe('11111111-2222-3333-4444-555555555555')
+      const empty = join(dir, 'empty.token')
+      writeFileSync(empty, '  \n', { mode: 0o600 })
+      expect(() => resolveAgentConfig({}, validateAgentConfig({ ...on, tokenFile: empty }, 'flags'))).toThrow(
+        /tokenFile: .*empty\.token is empty/,
+      )
+      const missing = join(dir, 'nope.token')
+      expect(() =>
+        resolveAgentConfig({}, validateAgentConfig({ ...on, tokenFile: missing }, 'flags')),
+      ).toThrow(/tokenFile: cannot read .*nope\.token: ENOENT/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 
   it('parses HOST:PORT including IPv6', () => {
