@@ -132,7 +132,10 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     // Restart all 5: the policy state and the CA come back from each agent's Raft state on disk.
     await Promise.all(agents.map((a) => a.stop('SIGTERM')))
     await Promise.all(agents.map((a) => a.start()))
+    // A restarted agent may apply its log only up to the commit index it saved, then learn the
+    // rest from the leader: wait for the last write (the delete), not just an earlier one.
     await waitOnAll(agents, '*', 'db', true)
+    await waitOnAll(agents, 'web', 'db', false)
     for (const a of agents) {
       const list = await a.api<IntentionJson[]>('/v1/connect/intentions')
       expect(list?.map((i) => `${i.source}->${i.destination}:${i.action}`)).toEqual(['*->db:deny'])
