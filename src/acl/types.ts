@@ -93,3 +93,32 @@ export interface AclToken {
   createIndex: number
   modifyIndex: number
 }
+
+/**
+ * A node enrolled into the control plane (issue #12): the leader checked an agent token over the
+ * peer-id-authenticated channel and committed this binding. Only enrolled nodes become Raft
+ * learners; only `voter` ones become voters.
+ */
+export interface NodeEnrollment {
+  /** libp2p peer id of the agent (its node key). */
+  peerId: string
+  /** Node name the token granted (`node:write`, e.g. through a node identity). */
+  node: string
+  /** The token said voter-eligible (`Voter`, or a management token). */
+  voter: boolean
+  /** AccessorID of the token that enrolled it: deleting that token revokes the enrollment. */
+  accessorId: string
+  createIndex: number
+}
+
+/**
+ * A grant for one node to publish an instance of `service` (and get its leaf): committed by the
+ * leader after it checked that the token used to register the service grants `service:write`.
+ */
+export interface ServiceGrant {
+  peerId: string
+  service: string
+  /** AccessorID of the registering token: deleting it (or its rights) revokes the grant. */
+  accessorId: string
+  createIndex: number
+}

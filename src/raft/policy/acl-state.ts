@@ -12,7 +12,14 @@ import {
   SERVICE_IDENTITY_PATTERN,
   UUID_PATTERN,
 } from '../../acl/constants.ts'
-import type { AclNodeIdentity, AclPolicy, AclServiceIdentity, AclToken } from '../../acl/types.ts'
+import type {
+  AclNodeIdentity,
+  AclPolicy,
+  AclServiceIdentity,
+  AclToken,
+  NodeEnrollment,
+  ServiceGrant,
+} from '../../acl/types.ts'
 
 /**
  * The ACL part of the replicated policy state: tokens, policies and whether the cluster has been
@@ -252,6 +259,17 @@ export interface AclStateView {
   policy(id: string): AclPolicy | undefined
   policyByName(name: string): AclPolicy | undefined
   policies(): AclPolicy[]
+  /** The enrollment of the agent with this peer id, if any. */
+  enrollment(peerId: string): NodeEnrollment | undefined
+  /** Every enrollment, by peer id. */
+  enrollments(): NodeEnrollment[]
+  /**
+   * Whether this peer id was enrolled and then revoked (its token deleted, or unenrolled by an
+   * operator), and not enrolled again since: autopilot removes such a member from Raft.
+   */
+  revoked(peerId: string): boolean
+  /** The service grants of the agent with this peer id. */
+  serviceGrants(peerId: string): ServiceGrant[]
 }
 
 export class AclState implements AclStateView {
@@ -527,6 +545,23 @@ export class AclState implements AclStateView {
   /** All policies, by name. */
   policies(): AclPolicy[] {
     return [...this.policiesById.values()].sort((a, b) => cmp(a.name, b.name)).map((p) => structuredClone(p))
+  }
+
+  // Enrollment (issue #12): stubs until the enrollment commands land.
+  enrollment(_peerId: string): NodeEnrollment | undefined {
+    return undefined
+  }
+
+  enrollments(): NodeEnrollment[] {
+    return []
+  }
+
+  revoked(_peerId: string): boolean {
+    return false
+  }
+
+  serviceGrants(_peerId: string): ServiceGrant[] {
+    return []
   }
 
   // ---- snapshots --------------------------------------------------------------------------------
