@@ -1,9 +1,38 @@
 #!/usr/bin/env node
-// Entry point: runs the TypeScript sources through tsx, so `npx peermesh` works right after
-// `npm ci` with no build step. The polyfill must load before any libp2p module.
-import { register } from 'tsx/esm/api'
+// Entry point. Runs the compiled build (dist/, made by `npm ci` through the `prepare` script,
+// or `npm run build`) when it is complete and newer than every source file; otherwise the
+// TypeScript sources through tsx, so an edited checkout never runs stale code.
+import { readdirSync, statSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 
-register()
-await import('../src/node/agent/polyfill.ts')
-const { main } = await import('../src/node/cli/cli.ts')
-await main(process.argv)
+const root = fileURLToPath(new URL('..', import.meta.url))
+
+/** Newest mtime (ms) of the files under `dir`, recursively. */
+function newest(dir) {
+  let max = 0
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const path = `${dir}/${e.name}`
+    max = Math.max(max, e.isDirectory() ? newest(path) : statSync(path).mtimeMs)
+  }
+  return max
+}
+
+function buildIsFresh() {
+  try {
+    const built = statSync(`${root}dist/BUILD`).mtimeMs
+    return built >= newest(`${root}src`) && built >= statSync(`${root}package.json`).mtimeMs
+  } catch {
+    return false // no build
+  }
+}
+
+if (process.env.PEERMESH_FROM_SOURCE !== '1' && buildIsFresh()) {
+  process.setSourceMapsEnabled(true) // stack traces name the TypeScript sources
+  await import('../dist/peermesh.js')
+} else {
+  const { register } = await import('tsx/esm/api')
+  register()
+  await import('../src/node/agent/polyfill.ts')
+  const { main } = await import('../src/node/cli/cli.ts')
+  await main(process.argv)
+}

@@ -3,14 +3,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { createServer as createHttpServer, type Server } from 'node:http'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { generateClusterKey } from '../../identity/keys/cluster-key.ts'
 import { renderTable } from '../cli/format.ts'
 import { freePort } from '../transport/free-port.ts'
+import { BIN_PATH } from '../agent/version.ts'
 import { ApiClient } from '../cli/client.ts'
 import type { MemberJson } from '../gossip/index.ts'
 
-const BIN = fileURLToPath(new URL('../../../bin/peermesh.js', import.meta.url))
+const BIN = BIN_PATH
 
 export interface DemoOptions {
   /** Number of agents to start. */
