@@ -1,3 +1,4 @@
+import { connect } from 'node:net'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import { type Clock, pause, systemClock } from '../../common/clock.ts'
@@ -13,7 +14,25 @@ export interface SeedDialerInit extends Partial<SeedDialConfig> {
   rng?: () => number
   /** Called once, with the peer id of the first seed that answered. */
   onJoined?: (peerId: string) => void
+  /**
+   * Whether something accepts TCP connections at `seed` (a multiaddr): asked after a dial that
+   * failed without a refusal, to tell "nobody there" from "a handshake that never completed".
+   * Default: a plain TCP connect (`tcpAccepts`).
+   */
+  probeTcp?: (seed: string, timeoutMs: number) => Promise<boolean>
 }
+
+/**
+ * The hint logged when a seed accepts TCP connections but the libp2p dial does not complete: the
+ * private-network handshake fails silently (each side decrypts the other's bytes into garbage and
+ * waits), so a different cluster key looks like a timeout.
+ */
+export const KEY_MISMATCH_HINT =
+  'a seed accepted the TCP connection but the handshake never completed: most likely this ' +
+  "agent's cluster key differs from the seed's (or the address is not a peermesh agent)"
+
+/** How long the TCP probe after a failed dial waits. */
+const PROBE_TIMEOUT_MS = 1_000
 
 /**
  * Dials the seeds at start and keeps retrying with exponential backoff until one of them
@@ -43,7 +62,10 @@ export class SeedDialer {
     let backoff = this.init.initialBackoffMs ?? SEED_DIAL_DEFAULTS.initialBackoffMs
     const maxBackoff = this.init.maxBackoffMs ?? SEED_DIAL_DEFAULTS.maxBackoffMs
     const dialTimeout = this.init.dialTimeoutMs ?? SEED_DIAL_DEFAULTS.dialTimeoutMs
+    const probeTcp = this.init.probeTcp ?? tcpAccepts
     while (!signal.aborted) {
+      // Seeds that took the TCP connection but not the handshake, this round.
+      const handshakeFailed: string[] = []
       for (const seed of seeds) {
         if (signal.aborted) return
         try {
@@ -56,13 +78,50 @@ export class SeedDialer {
           return
         } catch (err) {
           if (signal.aborted) return
-          log.debug({ seed, err: (err as Error).message }, 'seed did not answer')
+          const message = (err as Error).message
+          log.debug({ seed, err: message }, 'seed did not answer')
+          if (
+            !/ECONNREFUSED|EHOSTUNREACH|ENETUNREACH/.test(message) &&
+            (await probeTcp(seed, PROBE_TIMEOUT_MS))
+          )
+            handshakeFailed.push(seed)
         }
       }
       const delay = backoff * (0.8 + 0.4 * rng())
-      log.warn({ seeds, retryInMs: Math.round(delay) }, 'no seed answered; retrying')
+      if (handshakeFailed.length > 0)
+        log.warn(
+          { seeds, handshakeFailed, hint: KEY_MISMATCH_HINT, retryInMs: Math.round(delay) },
+          'no seed answered; retrying',
+        )
+      else log.warn({ seeds, retryInMs: Math.round(delay) }, 'no seed answered; retrying')
       await pause(clock, delay, signal)
       backoff = Math.min(backoff * 2, maxBackoff)
     }
   }
+}
+
+/** Whether a plain TCP connection to `seed`'s /ip4|ip6|dns/.../tcp/PORT address is accepted. */
+export function tcpAccepts(seed: string, timeoutMs: number): Promise<boolean> {
+  let host: string | undefined
+  let port: number | undefined
+  try {
+    for (const c of multiaddr(seed).getComponents()) {
+      if (['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(c.name)) host ??= c.value
+      else if (c.name === 'tcp' && c.value !== undefined) port ??= Number(c.value)
+    }
+  } catch {
+    return Promise.resolve(false) // not a multiaddr: the dial said so already
+  }
+  if (host === undefined || port === undefined) return Promise.resolve(false)
+  const target = { host, port, timeout: timeoutMs }
+  return new Promise((resolve) => {
+    const socket = connect(target)
+    const done = (ok: boolean): void => {
+      socket.destroy()
+      resolve(ok)
+    }
+    socket.once('connect', () => done(true))
+    socket.once('timeout', () => done(false))
+    socket.once('error', () => done(false))
+  })
 }
