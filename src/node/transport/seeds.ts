@@ -63,6 +63,7 @@ export class SeedDialer {
     const maxBackoff = this.init.maxBackoffMs ?? SEED_DIAL_DEFAULTS.maxBackoffMs
     const dialTimeout = this.init.dialTimeoutMs ?? SEED_DIAL_DEFAULTS.dialTimeoutMs
     const probeTcp = this.init.probeTcp ?? tcpAccepts
+    let hinted = false
     while (!signal.aborted) {
       // Seeds that took the TCP connection but not the handshake, this round.
       const handshakeFailed: string[] = []
@@ -81,6 +82,7 @@ export class SeedDialer {
           const message = (err as Error).message
           log.debug({ seed, err: message }, 'seed did not answer')
           if (
+            !hinted &&
             !/ECONNREFUSED|EHOSTUNREACH|ENETUNREACH/.test(message) &&
             (await probeTcp(seed, PROBE_TIMEOUT_MS))
           )
@@ -88,12 +90,14 @@ export class SeedDialer {
         }
       }
       const delay = backoff * (0.8 + 0.4 * rng())
-      if (handshakeFailed.length > 0)
+      // The hint once per run (it does not change while the keys stay as they are).
+      if (handshakeFailed.length > 0 && !hinted) {
+        hinted = true
         log.warn(
           { seeds, handshakeFailed, hint: KEY_MISMATCH_HINT, retryInMs: Math.round(delay) },
           'no seed answered; retrying',
         )
-      else log.warn({ seeds, retryInMs: Math.round(delay) }, 'no seed answered; retrying')
+      } else log.warn({ seeds, retryInMs: Math.round(delay) }, 'no seed answered; retrying')
       await pause(clock, delay, signal)
       backoff = Math.min(backoff * 2, maxBackoff)
     }
