@@ -26,6 +26,17 @@ function buildIsFresh() {
   }
 }
 
+// Started through `npx` (npm exec), this process runs under an npm wrapper and a shell. Killing
+// the wrapper with SIGTERM does not reach us: we would be left running, orphaned. So under npm
+// exec, a parent that goes away counts as SIGTERM (a graceful stop). Direct and systemd runs are
+// not affected.
+if (process.env.npm_command === 'exec') {
+  const parent = process.ppid
+  setInterval(() => {
+    if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM')
+  }, 500).unref()
+}
+
 if (process.env.PEERMESH_FROM_SOURCE !== '1' && buildIsFresh()) {
   process.setSourceMapsEnabled(true) // stack traces name the TypeScript sources
   await import('../dist/peermesh.js')
