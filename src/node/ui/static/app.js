@@ -117,7 +117,8 @@ function show(id, key, build) {
   s.err.hidden = true
   if (key !== undefined && state.rendered.get(id) === key) return
   state.rendered.set(id, key)
-  s.body.replaceChildren(build())
+  const built = build()
+  s.body.replaceChildren(...(Array.isArray(built) ? built : [built]))
 }
 
 function fail(id, err, hint) {
@@ -340,8 +341,18 @@ function pairQuery(i) {
 
 function renderIntentions() {
   const list = state.intentions
-  const key = JSON.stringify([list, [...state.editing], state.confirmDelete ?? ''])
-  show('intentions', key, () =>
+  const key = JSON.stringify([list, [...state.editing], state.confirmDelete ?? '', state.token === ''])
+  // The list is filtered by intention:read, so an anonymous caller sees an empty list, not a 403.
+  const hint =
+    state.token === ''
+      ? h(
+          'p',
+          { class: 'hint muted' },
+          'Anonymous: intentions are listed only to a token with intention:read; log in above.',
+        )
+      : ''
+  show('intentions', key, () => [
+    hint,
     table(
       ['source', 'destination', 'action', 'description', 'precedence', ''],
       list.map((i) => {
@@ -417,7 +428,7 @@ function renderIntentions() {
       }),
       'no intentions (the default action applies to every pair)',
     ),
-  )
+  ])
 }
 
 function stopEditing(k) {
