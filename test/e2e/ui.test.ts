@@ -31,7 +31,7 @@ interface Page {
   selectOption(selector: string, value: string): Promise<unknown>
   waitForSelector(
     selector: string,
-    opts?: { timeout?: number; state?: 'visible' | 'attached' },
+    opts?: { timeout?: number; state?: 'visible' | 'attached' | 'detached' },
   ): Promise<unknown>
   textContent(selector: string): Promise<string | null>
   evaluate<T>(fn: string): Promise<T>
@@ -155,7 +155,9 @@ export function pngStats(png: Buffer): {
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 
 describe.skipIf(!chromiumAvailable)(
-  `web UI in headless chromium (skipped: ${CHROMIUM} not found; .ci/run installs Debian's chromium)`,
+  chromiumAvailable
+    ? 'web UI in headless chromium (2 agents, ACLs on)'
+    : `web UI in headless chromium: SKIPPED, ${CHROMIUM} not found (.ci/run installs Debian's chromium)`,
   () => {
     const cluster = new TestCluster()
     let app: Server | undefined
@@ -166,7 +168,7 @@ describe.skipIf(!chromiumAvailable)(
       await cluster.close()
     })
 
-    it('logs in with a token, lists members and services, and an intention created in the page is seen by the CLI on the other agent', async () => {
+    it('logs in with a token; lists members, services and Raft; an intention created in the page is seen by the CLI on the other agent; traffic and its chart show; edit and delete work', async () => {
       const playwright = await loadPlaywright()
       const mgmt = randomUUID()
       const config = join(cluster.dir, 'acl.json')
@@ -192,12 +194,16 @@ describe.skipIf(!chromiumAvailable)(
       )
 
       // A service with an HTTP check on agent 1, and its client, so the intention names real services.
-      const appPort = await freePort()
+      // api (with an HTTP check and a sidecar) on agent 2; web with a sidecar and an upstream to api
+      // on agent 1, whose UI shows web's outbound traffic.
+      const [appPort, apiInbound, webPort, webInbound, upstreamPort] = await Promise.all(
+        [1, 2, 3, 4, 5].map(() => freePort()),
+      )
       app = createServer((_, res) => res.end('ok'))
-      await new Promise<void>((r) => app!.listen(appPort, '127.0.0.1', r))
-      const defs: [string, object][] = [
+      await new Promise<void>((r) => app!.listen(appPort!, '127.0.0.1', r))
+      const defs: [AgentProcess, object][] = [
         [
-          'api',
+          a2,
           {
             name: 'api',
             id: 'api-1',
@@ -205,14 +211,29 @@ describe.skipIf(!chromiumAvailable)(
             port: appPort,
             tags: ['v1'],
             checks: [{ http: `http://127.0.0.1:${appPort}/`, interval: '1s' }],
+            connect: { sidecarService: { port: apiInbound, protocol: 'http' } },
           },
         ],
-        ['web', { name: 'web', id: 'web-1', address: '127.0.0.1', port: await freePort() }],
+        [
+          a1,
+          {
+            name: 'web',
+            id: 'web-1',
+            address: '127.0.0.1',
+            port: webPort,
+            connect: {
+              sidecarService: {
+                port: webInbound,
+                upstreams: [{ destinationName: 'api', localBindPort: upstreamPort }],
+              },
+            },
+          },
+        ],
       ]
-      for (const [name, def] of defs) {
-        const file = join(cluster.dir, `${name}.json`)
+      for (const [agent, def] of defs) {
+        const file = join(cluster.dir, `${agent.name}-service.json`)
         writeFileSync(file, JSON.stringify(def))
-        const reg = await runCli(['register', file, '--http', a1.http, '--token', mgmt])
+        const reg = await runCli(['register', file, '--http', agent.http, '--token', mgmt])
         expect(reg.code, reg.stderr).toBe(0)
       }
 
@@ -275,6 +296,35 @@ describe.skipIf(!chromiumAvailable)(
       )
       expect(listed.action).toBe('allow')
 
+      // Traffic through web's upstream (allowed by the intention made in the page) shows as a row
+      // with a rate and latency percentiles, and as a line on the chart.
+      let sending = true
+      const sender = (async () => {
+        while (sending) {
+          await fetch(`http://127.0.0.1:${upstreamPort}/`, { signal: AbortSignal.timeout(2_000) })
+            .then((r) => r.text())
+            .catch(() => {})
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      })()
+      const row = '#traffic tr[data-upstream="web|outbound|api"]'
+      try {
+        await waitFor(
+          'a request rate for web -> api in the page',
+          async () => {
+            const rps = Number(await page.textContent(`${row} td:nth-child(2)`).catch(() => null))
+            return rps > 0 ? rps : undefined
+          },
+          60_000,
+          250,
+        )
+        await page.waitForSelector('#traffic svg polyline.series', { timeout: 15_000 })
+        expect(await page.textContent(`${row} td:nth-child(7)`)).toMatch(/^\d+(\.\d+)?$/)
+      } finally {
+        sending = false
+        await sender
+      }
+
       // The figures: page weight (the UI's own files) and time to first render.
       const perf = await page.evaluate<{
         fcp: number
@@ -313,6 +363,30 @@ describe.skipIf(!chromiumAvailable)(
       expect(shot.length).toBeGreaterThan(20_000)
       expect(stats.colours).toBeGreaterThan(50)
       expect(stats.foreground).toBeGreaterThan(0.02)
+
+      // Edit (PUT /v1/connect/intentions/exact) to deny, then delete, from the page; agent 2 agrees.
+      const irow = '#intentions tr[data-intention="web->api"]'
+      const onA2 = async () => {
+        const list = await a2.api<{ source: string; destination: string; action: string }[]>(
+          '/v1/connect/intentions',
+          auth,
+        )
+        if (list === undefined) throw new Error('intentions not readable on agent 2')
+        return list.find((i) => i.source === 'web' && i.destination === 'api')
+      }
+      await page.click(`${irow} button:has-text("Edit")`)
+      await page.selectOption(`${irow} select.edit-action`, 'deny')
+      await page.click(`${irow} button:has-text("Save")`)
+      await page.waitForSelector(`${irow} .deny`, { timeout: 15_000 })
+      await waitFor('web -> api deny on agent 2', async () =>
+        (await onA2())?.action === 'deny' ? true : undefined,
+      )
+      await page.click(`${irow} button:has-text("Delete")`)
+      await page.click(`${irow} button:has-text("Really delete?")`)
+      await page.waitForSelector(irow, { state: 'detached', timeout: 15_000 })
+      await waitFor('web -> api gone on agent 2', async () =>
+        (await onA2()) === undefined ? true : undefined,
+      )
       expect(problems).toEqual([])
     }, 180_000)
   },

@@ -75,6 +75,24 @@ describe('web UI routes', () => {
       expect((await get(base, path)).status, path).toBe(404)
   })
 
+  it('answers HEAD with the headers and no body', async () => {
+    const res = await new Promise<{ status: number; length: string | undefined; body: number }>(
+      (resolve, reject) => {
+        const req = request(`${base}/ui`, { method: 'HEAD' }, (r) => {
+          let n = 0
+          r.on('data', (c: Buffer) => (n += c.length))
+          r.on('end', () =>
+            resolve({ status: r.statusCode ?? 0, length: r.headers['content-length'], body: n }),
+          )
+        })
+        req.on('error', reject)
+        req.end()
+      },
+    )
+    expect(res).toMatchObject({ status: 200, body: 0 })
+    expect(Number(res.length)).toBeGreaterThan(0)
+  })
+
   it('redirects / to /ui', async () => {
     const res = await get(base, '/')
     expect(res.status).toBe(302)

@@ -20,7 +20,7 @@ export function niceMax(v) {
  * An SVG chart of `series` ([{ name, points: [[timeMs, value]] }]) over the `windowMs` before
  * `now`; `unit` labels the y axis. Series colours come from the CSS classes s0..s5.
  */
-export function lineChart(series, { now, windowMs, unit, width = 640, height = 140 }) {
+export function lineChart(series, { now, windowMs, unit, width = 900, height = 120 }) {
   const pad = { l: 44, r: 8, t: 8, b: 18 }
   const w = width - pad.l - pad.r
   const h = height - pad.t - pad.b
