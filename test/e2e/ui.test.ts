@@ -387,7 +387,15 @@ describe.skipIf(!chromiumAvailable)(
       await waitFor('web -> api gone on agent 2', async () =>
         (await onA2()) === undefined ? true : undefined,
       )
+
+      // No script error and no CSP violation while the agent was up.
       expect(problems).toEqual([])
+
+      // The agent going away leaves the last data on screen with the error, never a blank page.
+      await a1.stop('SIGKILL')
+      await page.waitForSelector('#conn:has-text("agent unreachable")', { timeout: 15_000 })
+      await page.waitForSelector('#members .err:has-text("did not answer")', { timeout: 15_000 })
+      expect(await page.textContent('#members .body')).toContain('ui2')
     }, 180_000)
   },
 )
