@@ -178,6 +178,8 @@ async function blocking(path, wait, signal, onData, onError) {
       const r = await api(q, { signal })
       index = r.index < index ? 0 : r.index
       await onData(r.data)
+      // No index to block on (a route or state without one): poll instead of spinning.
+      if (index === 0) await sleep(POLL_MS, signal)
     } catch (err) {
       if (err.name === 'AbortError') return
       index = 0
@@ -642,7 +644,7 @@ function start() {
   state.run = run
   const signal = run.signal
   void showWho(signal)
-  void refreshAgent(signal)
+  void every(10 * POLL_MS, signal, () => refreshAgent(signal))
   void every(POLL_MS, signal, () => refreshMembers(signal))
   void every(POLL_MS, signal, () => refreshRaft(signal))
   void every(POLL_MS, signal, () => refreshTraffic(signal))
