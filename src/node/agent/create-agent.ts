@@ -8,6 +8,7 @@ import { GossipModule } from '../gossip/gossip-module.ts'
 import type { RaftMembers, VoterKeyGrant } from '../raft/components.ts'
 import { RaftModule } from '../raft/raft-module.ts'
 import { SidecarModule } from '../sidecars/sidecar-module.ts'
+import { UiModule } from '../ui/index.ts'
 import { Agent } from './agent.ts'
 import type { AgentConfig } from './config.ts'
 
@@ -50,6 +51,7 @@ export function createAgent(
   const raft = new RaftModule({ members, store, signer: custody, keyGrant, clock: agent.clock })
   connect = new ConnectModule(raft, catalog, { custody, clock: agent.clock })
   const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
-  agent.use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
+  // The UI first: its routes are there as soon as the HTTP API answers.
+  agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
   return { agent, gossip, catalog, raft, connect, sidecars }
 }
