@@ -6,61 +6,13 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { inflateSync } from 'node:zlib'
 import { afterAll, describe, expect, it } from 'vitest'
+import { type Browser, chromium } from 'playwright-core'
 import { type AgentProcess, BIN, freePort, runCli, TestCluster, waitFor } from './harness.ts'
 import { startRaftCluster } from './raft-helpers.ts'
 
 /** Debian's chromium (installed by .ci/run). */
 const CHROMIUM = process.env['PEERMESH_CHROMIUM'] ?? '/usr/bin/chromium'
 const chromiumAvailable = existsSync(CHROMIUM)
-
-/**
- * playwright-core: the package's devDependency, else a private install
- * (`npm install --prefix /tmp/pw playwright-core`), else `$PEERMESH_PLAYWRIGHT_CORE`.
- */
-const PLAYWRIGHT_CANDIDATES = [
-  process.env['PEERMESH_PLAYWRIGHT_CORE'],
-  'playwright-core',
-  '/tmp/pw/node_modules/playwright-core/index.mjs',
-].filter((c): c is string => c !== undefined)
-
-/** The little of playwright-core this test uses (typed here: the package may be installed apart). */
-interface Page {
-  goto(url: string, opts?: { waitUntil?: 'load' | 'domcontentloaded' }): Promise<unknown>
-  fill(selector: string, value: string): Promise<void>
-  click(selector: string): Promise<void>
-  selectOption(selector: string, value: string): Promise<unknown>
-  waitForSelector(
-    selector: string,
-    opts?: { timeout?: number; state?: 'visible' | 'attached' | 'detached' },
-  ): Promise<unknown>
-  textContent(selector: string): Promise<string | null>
-  evaluate<T>(fn: string): Promise<T>
-  screenshot(opts: { path: string; fullPage?: boolean }): Promise<Buffer>
-  on(event: 'console', fn: (msg: { type(): string; text(): string }) => void): void
-  on(event: 'pageerror', fn: (err: Error) => void): void
-}
-interface Browser {
-  newPage(opts?: { viewport?: { width: number; height: number } }): Promise<Page>
-  close(): Promise<void>
-}
-interface Playwright {
-  chromium: { launch(opts: { executablePath: string; headless: boolean; args: string[] }): Promise<Browser> }
-}
-
-async function loadPlaywright(): Promise<Playwright> {
-  const tried: string[] = []
-  for (const c of PLAYWRIGHT_CANDIDATES) {
-    try {
-      const mod = (await import(c)) as Playwright & { default?: Playwright }
-      return mod.chromium !== undefined ? mod : mod.default!
-    } catch (err) {
-      tried.push(`${c}: ${(err as Error).message.split('\n')[0]}`)
-    }
-  }
-  throw new Error(
-    `playwright-core not found (npm ci installs it as a devDependency); tried\n${tried.join('\n')}`,
-  )
-}
 
 /** Runs the CLI with extra environment (the token as a user would export it). */
 function cli(
@@ -169,7 +121,6 @@ describe.skipIf(!chromiumAvailable)(
     })
 
     it('logs in with a token; lists members, services and Raft; an intention created in the page is seen by the CLI on the other agent; traffic and its chart show; edit and delete work', async () => {
-      const playwright = await loadPlaywright()
       const mgmt = randomUUID()
       const config = join(cluster.dir, 'acl.json')
       writeFileSync(config, JSON.stringify({ acl: { enabled: true, initialManagementToken: mgmt } }), {
@@ -237,7 +188,7 @@ describe.skipIf(!chromiumAvailable)(
         expect(reg.code, reg.stderr).toBe(0)
       }
 
-      browser = await playwright.chromium.launch({
+      browser = await chromium.launch({
         executablePath: CHROMIUM,
         headless: true,
         args: ['--no-sandbox', '--headless'],
