@@ -46,8 +46,15 @@ const MAX_TOKEN = 512
 /** Room for the request's fields around the command (`maxCommandBytes` bounds the command). */
 const REQUEST_OVERHEAD_BYTES = 4096
 
-/** Operations only the leader's own modules propose (the CA manager), never through a forward. */
-const isLeaderOnly = (op: unknown): boolean => typeof op === 'string' && op.startsWith('ca.')
+/**
+ * Operations only the leader's own modules propose, never through a forward: `ca.*` (the CA
+ * manager) and the enrollment bindings (the enrollment server, after checking a typed request).
+ */
+export const isLeaderOnly = (op: unknown): boolean =>
+  typeof op === 'string' && (op.startsWith('ca.') || ENROLLMENT_OPS.has(op))
+
+/** Proposed only by the enrollment server (./enrollment.ts), never through `write`, even on the leader. */
+const ENROLLMENT_OPS: ReadonlySet<string> = new Set(['acl.node.enroll', 'acl.service.grant'])
 
 export interface WriteResult {
   index: number
@@ -107,7 +114,10 @@ export class WriteForwarder {
     if (!prepared.ok) return this.refuse(prepared)
     // A CA change comes only from the leader's CA manager, proposed where it leads: one that finds
     // this agent no longer leading fails, and the CA manager's next check starts over.
-    if (isLeaderOnly(prepared.cmd.op) && !this.components.node.isLeader())
+    if (
+      ENROLLMENT_OPS.has(prepared.cmd.op) ||
+      (isLeaderOnly(prepared.cmd.op) && !this.components.node.isLeader())
+    )
       return this.refuse(
         policyRefusal(PolicyErrorCodes.notForwardable, `${prepared.cmd.op} is not forwarded`),
       )
