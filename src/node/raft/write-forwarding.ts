@@ -34,8 +34,8 @@ interface ForwardRequest {
   clientId: string
   seq: number
   /**
-   * #12 ACL: the caller's token, carried to the leader, which will authorize the command with it
-   * (see `ForwardedWriteServer.answer`). Not checked yet.
+   * The caller's token, carried to the leader, which authorizes the command with it on its
+   * committed ACL state (see `ForwardedWriteServer.answer`).
    */
   token?: string
 }
@@ -194,7 +194,8 @@ export interface ForwardedWriteServerComponents {
  * The leader's side of forwarded writes. Bad input gets a refusal, never a throw, and is counted:
  * `malformed` (the request does not decode or has the wrong shape: a coded refusal), and, as a
  * result with index 0 (nothing proposed, the client gets the store's code): `invalid` and
- * `tooLarge` (the command breaks the store's rules), `notForwardable` (a `ca.*` operation).
+ * `tooLarge` (the command breaks the store's rules), `notForwardable` (a `ca.*` operation, or an
+ * enrollment binding: those come only from the leader's enrollment server).
  */
 export class ForwardedWriteServer {
   readonly stats = { proposed: 0, malformed: 0, invalid: 0, tooLarge: 0, notForwardable: 0, denied: 0 }
@@ -205,14 +206,31 @@ export class ForwardedWriteServer {
   ) {}
 
   async serve(bytes: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
-    return encodeLeaderReply(await this.answer(bytes, signal))
+    return this.serveRecord(bytes.length, this.decode(bytes), signal)
   }
 
-  private async answer(bytes: Uint8Array, signal: AbortSignal): Promise<LeaderReply<WriteResult>> {
-    const req =
-      bytes.length > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES
-        ? undefined
-        : parseForward(unpackRecord(bytes))
+  /** The request as a map (undefined: over the size limit or not a map), decoded once. */
+  decode(bytes: Uint8Array): Record<string, unknown> | undefined {
+    return bytes.length > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES
+      ? undefined
+      : unpackRecord(bytes)
+  }
+
+  /** `serve` of a request the caller already decoded (`decode`): `size` is its encoded length. */
+  async serveRecord(
+    size: number,
+    o: Record<string, unknown> | undefined,
+    signal: AbortSignal,
+  ): Promise<Uint8Array> {
+    return encodeLeaderReply(await this.answer(size, o, signal))
+  }
+
+  private async answer(
+    size: number,
+    o: Record<string, unknown> | undefined,
+    signal: AbortSignal,
+  ): Promise<LeaderReply<WriteResult>> {
+    const req = size > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES ? undefined : parseForward(o)
     if (req === undefined) {
       this.stats.malformed++
       return refusal(BadForwardRequestError.code, 'malformed forwarded write')
