@@ -143,7 +143,7 @@ export interface EnrollmentRefusal {
  */
 export class EnrollmentServer {
   readonly stats = { enrolled: 0, granted: 0, enrollDenied: 0, grantDenied: 0, malformed: 0 }
-  /** The last denied request of each kind (logged once per interval by the Raft module). */
+  /** The last denied request (logged once per interval by the Raft module). */
   lastDenied: EnrollmentRefusal | undefined
 
   constructor(
