@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { type Clock, systemClock } from '../../common/clock.ts'
+import { type Clock, systemClock, withTimeout } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import {
   decodeMessage,
@@ -472,10 +472,9 @@ export class RaftModule implements AgentModule {
       const cmd = foundersToEnroll(node.status().conf, this.store.acl, (id) => names.get(id))[0]
       if (cmd === undefined) return
       busy = true
-      node
-        .propose(encodePolicyCommand(cmd), {
-          signal: AbortSignal.timeout(this.settings.autopilotChangeTimeoutMs),
-        })
+      withTimeout(this.clock, this.settings.autopilotChangeTimeoutMs, (signal) =>
+        node.propose(encodePolicyCommand(cmd), { signal }),
+      )
         .then(
           ({ index, result }) =>
             log.info(
