@@ -8,7 +8,8 @@ const SERVICE_KINDS = new Set(['service-splitter', 'service-resolver', 'service-
  * What a token must grant to write `cmd` (docs/SECURITY.md, the permission table): the same rule
  * on the HTTP route that takes the write and on the leader that receives it forwarded. Undefined:
  * no token is needed (`acl.bootstrap`, refused by the state once done). `ca.*` is the leader's own
- * CA manager's and never authorized from a request (`operator:write` stands for it).
+ * CA manager's, and `acl.node.enroll` / `acl.service.grant` the leader's enrollment server's: never
+ * authorized from a request (`operator:write` stands for them).
  */
 export function commandPermission(cmd: PolicyCommand): [PermissionCheck, PermissionNeed] | undefined {
   switch (cmd.op) {
@@ -19,6 +20,13 @@ export function commandPermission(cmd: PolicyCommand): [PermissionCheck, Permiss
     case 'config.delete':
       return configWrite(cmd.kind, cmd.name)
     case 'ca.setRoots':
+    case 'acl.node.enroll':
+    case 'acl.service.grant':
+      // Never authorized from a request: the leader proposes these itself after checking a typed
+      // request (node/raft/enrollment.ts); a forward of one is refused before this is asked.
+      return need.operatorWrite()
+    case 'acl.node.unenroll':
+      // An operator's revoke of a node (`DELETE /v1/operator/enrollment/:node`).
       return need.operatorWrite()
     case 'acl.bootstrap':
       return undefined

@@ -29,3 +29,17 @@ export const SERVICE_IDENTITY_PATTERN = /^[a-z0-9]([a-z0-9-]{0,254}[a-z0-9])?$/
 
 /** Node identity names: as an agent's node name (src/node/agent/config.ts). */
 export const NODE_IDENTITY_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$/
+
+/**
+ * AccessorID the leader records on the enrollment of a founding voter: a voter of the Raft
+ * configuration that has no enrollment (it founded the cluster, or was a voter before ACLs were
+ * on) is enrolled by the leader itself, without a token. It names no token, so no token delete
+ * revokes it; an operator revokes it by node name (`acl.node.unenroll`).
+ */
+export const FOUNDER_ACCESSOR_ID = '00000000-0000-0000-0000-000000000003'
+
+/** Peer ids as enrollments store them: a libp2p peer id's text (base58btc or base32), bounded. */
+export const PEER_ID_PATTERN = /^[A-Za-z0-9]{1,128}$/
+
+/** Service names a grant may name: as catalog names (DNS labels, sidecars' `-sidecar-proxy`), bounded. */
+export const SERVICE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/

@@ -1,5 +1,7 @@
 import { commandPermission, configRead } from '../../acl/command-permission.ts'
+import { NODE_IDENTITY_PATTERN } from '../../acl/constants.ts'
 import { need } from '../../acl/index.ts'
+import type { NodeEnrollment, ServiceGrant } from '../../acl/types.ts'
 import { errorCode } from '../../common/errors.ts'
 import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
@@ -34,6 +36,11 @@ export function configEntryJson(e: ConfigEntry): ConfigEntryJson {
  * - config entries of the policy store: `PUT /v1/config` (body `{ kind, name, ... }`, `?cas=INDEX`)
  *   → `{ index }`; `GET /v1/config/:kind/:name[?consistent]` (404 when missing);
  *   `DELETE /v1/config/:kind/:name` → `{ index }`; `GET /v1/config/:kind[?consistent]`.
+ * - node enrollment (issue #12): `GET /v1/operator/enrollment` (operator:read) →
+ *   `{ Enrollments: [{ PeerID, Node, Voter, AccessorID, CreateIndex }], Grants: [{ PeerID, Service,
+ *   AccessorID, CreateIndex }], Revoked: [peer id] }`; `DELETE /v1/operator/enrollment/:node`
+ *   (operator:write, also checked on the leader) revokes a node → `{ index }`. Nothing here
+ *   proposes an enrollment or a grant: only the leader does, for a typed request (enrollment.ts).
  * Writes and `?consistent` reads take `?timeout=MS` (default 5 s) and answer 503 past it.
  */
 export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
@@ -58,6 +65,18 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
       voters: st.conf.voters,
       learners: st.conf.learners,
     }
+  })
+
+  http.route('GET', '/v1/operator/enrollment', async (req) => {
+    req.auth.require(...need.operatorRead())
+    await maybeConsistent(raft, req)
+    return enrollmentJson(raft.store.acl)
+  })
+  http.route('DELETE', '/v1/operator/enrollment/:node', async (req) => {
+    const node = req.params['node']!
+    if (!NODE_IDENTITY_PATTERN.test(node))
+      throw new ApiError('node: must be 1-63 letters, digits, ".", "_" or "-"', 400)
+    return { index: await write(raft, { op: 'acl.node.unenroll', node }, req) }
   })
 
   http.route('PUT', '/v1/config', async (req) => {
@@ -86,6 +105,36 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
       .filter((e) => configRead(e.kind, e.name)[0](authz))
       .map(configEntryJson)
   })
+}
+
+/** `GET /v1/operator/enrollment`: Consul-style PascalCase, like the ACL routes. */
+export interface EnrollmentListJson {
+  Enrollments: { PeerID: string; Node: string; Voter: boolean; AccessorID: string; CreateIndex: number }[]
+  Grants: { PeerID: string; Service: string; AccessorID: string; CreateIndex: number }[]
+  Revoked: string[]
+}
+
+export function enrollmentJson(state: {
+  enrollments(): NodeEnrollment[]
+  allServiceGrants(): ServiceGrant[]
+  revokedPeerIds(): string[]
+}): EnrollmentListJson {
+  return {
+    Enrollments: state.enrollments().map((e) => ({
+      PeerID: e.peerId,
+      Node: e.node,
+      Voter: e.voter,
+      AccessorID: e.accessorId,
+      CreateIndex: e.createIndex,
+    })),
+    Grants: state.allServiceGrants().map((g) => ({
+      PeerID: g.peerId,
+      Service: g.service,
+      AccessorID: g.accessorId,
+      CreateIndex: g.createIndex,
+    })),
+    Revoked: state.revokedPeerIds(),
+  }
 }
 
 function checkName(field: string, v: unknown): string {

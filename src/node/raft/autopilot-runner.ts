@@ -30,6 +30,8 @@ export interface AutopilotRunnerComponents {
   eligibleLearner?: (id: NodeId) => boolean
   /** Who may be promoted to voter; absent: as `eligibleLearner`'s default. */
   eligibleVoter?: (id: NodeId) => boolean
+  /** Members to remove because their enrollment was revoked; absent: none. */
+  revoked?: (id: NodeId) => boolean
 }
 
 export interface AutopilotRunnerSettings extends AutopilotSettings {
@@ -64,7 +66,7 @@ export class AutopilotRunner {
 
   /** One round (the timer calls it; tests too). */
   run(): void {
-    const { node, members, clock, log, keyGrant, eligibleLearner, eligibleVoter } = this.components
+    const { node, members, clock, log, keyGrant, eligibleLearner, eligibleVoter, revoked } = this.components
     const st = node.status()
     // Only voters lead: a learner (most agents of a large cluster) skips the scan of every member.
     if (!st.conf.voters.includes(node.id)) return
@@ -83,6 +85,7 @@ export class AutopilotRunner {
         now,
         ...(eligibleLearner !== undefined ? { eligibleLearner } : {}),
         ...(eligibleVoter !== undefined ? { eligibleVoter } : {}),
+        ...(revoked !== undefined ? { revoked } : {}),
       },
       this.settings,
     )

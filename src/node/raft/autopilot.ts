@@ -48,6 +48,30 @@ export interface AutopilotInput {
   eligibleLearner?: (id: NodeId) => boolean
   /** Who may be promoted to voter (besides being healthy and caught up); see `defaultEligibility`. */
   eligibleVoter?: (id: NodeId) => boolean
+  /**
+   * Members whose enrollment was revoked (token deleted, operator revoke, node re-keyed): removed
+   * from the configuration (never the leader itself). Absent: none (ACLs off).
+   */
+  revoked?: (id: NodeId) => boolean
+}
+
+/** What enrollment-based eligibility reads of the ACL state. */
+export interface EnrollmentView {
+  enrollment(peerId: NodeId): { voter: boolean } | undefined
+}
+
+/**
+ * Eligibility with ACLs on (issue #12): a learner must be enrolled, a voter enrolled with
+ * `voter`; the leader itself always is. Health is judged apart, as for `defaultEligibility`.
+ */
+export function enrollmentEligibility(
+  self: NodeId,
+  state: EnrollmentView,
+): { eligibleLearner: (id: NodeId) => boolean; eligibleVoter: (id: NodeId) => boolean } {
+  return {
+    eligibleLearner: (id) => id === self || state.enrollment(id) !== undefined,
+    eligibleVoter: (id) => id === self || state.enrollment(id)?.voter === true,
+  }
 }
 
 /**
@@ -95,7 +119,8 @@ export function largestOdd(n: number): number {
  * The next change, in priority order:
  * 1. a voter down past the threshold: promote a caught-up healthy learner first if that keeps the
  *    voter count at or under the target, otherwise remove the dead voter;
- * 2. a learner down past the threshold: remove it;
+ * 2. a learner down past the threshold: remove it; then a revoked member (never the leader): a
+ *    learner at once, a voter only if the voters left keep a healthy majority;
  * 3. an alive gossip member outside the configuration that is `eligibleLearner`: add it as a
  *    learner (every agent follows the committed state locally);
  * 4. fewer voters than the target (capped at the largest odd number of healthy members): promote
@@ -149,6 +174,19 @@ export function planAutopilot(input: AutopilotInput, settings: AutopilotSettings
   }
   const deadLearner = learners.find(downLong)
   if (deadLearner !== undefined) return { type: 'removeVoter', node: deadLearner }
+
+  const revoked = input.revoked
+  if (revoked !== undefined) {
+    const revokedLearner = learners.find((id) => id !== self && revoked(id))
+    if (revokedLearner !== undefined) return { type: 'removeVoter', node: revokedLearner }
+    // A voter only when the rest can still commit: removing one from {leader, revoked, down}
+    // would leave a configuration that needs the down voter back.
+    const revokedVoter = voters.find((id) => id !== self && revoked(id))
+    if (revokedVoter !== undefined) {
+      const rest = voters.filter((id) => id !== revokedVoter)
+      if (rest.filter(healthy).length > rest.length / 2) return { type: 'removeVoter', node: revokedVoter }
+    }
+  }
 
   const inConf = new Set([...voters, ...learners])
   // Only gossip members: a peer is never added because it sent Raft messages.

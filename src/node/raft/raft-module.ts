@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
-import { type Clock, systemClock } from '../../common/clock.ts'
+import { type Clock, systemClock, withTimeout } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import {
   decodeMessage,
@@ -19,9 +19,14 @@ import {
 } from '../../raft/index.ts'
 import type { RefusalReason, RefusalRecord } from '../../raft/types.ts'
 import { commandPermission } from '../../acl/command-permission.ts'
-import { permissionDeniedMessage } from '../../acl/index.ts'
+import { ANONYMOUS_TOKEN_SECRET, permissionDeniedMessage } from '../../acl/index.ts'
 import type { AclResult } from '../../raft/policy/acl-state.ts'
-import { PolicyErrorCodes, type PolicyRefusal, policyRefusal } from '../../raft/policy/policy-commands.ts'
+import {
+  encodePolicyCommand,
+  PolicyErrorCodes,
+  type PolicyRefusal,
+  policyRefusal,
+} from '../../raft/policy/policy-commands.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
 import { AclResolver, type ResolvedToken } from '../api/acl-auth.ts'
 import { initialManagementCommand, registerAclRoutes, untilApplied } from '../api/acl-routes.ts'
@@ -34,9 +39,24 @@ import {
 import { registerRaftRoutes } from '../api/raft-routes.ts'
 import { attemptSignal, LeaderRpc } from '../transport/leader-rpc.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
+import { enrollmentEligibility } from './autopilot.ts'
 import { AutopilotRunner } from './autopilot-runner.ts'
 import { BootstrapExpect, registerFoundingMetrics } from './bootstrap-expect.ts'
 import type { PolicySigner, RaftMembers, VoterKeyGrant } from './components.ts'
+import {
+  AgentEnrollment,
+  ENROLLMENT_MAX_BACKOFF_MS,
+  ENROLLMENT_MIN_BACKOFF_MS,
+  ENROLLMENT_RETRY_PAUSE_MS,
+  ENROLLMENT_ROUND_MS,
+  EnrollmentServer,
+  foundersToEnroll,
+  grantSecret,
+  isEnrollmentRequestType,
+  LeaderFinder,
+  PermissionDeniedError,
+  tokenGrantsService,
+} from './enrollment.ts'
 import { NoLeaderError, RaftNotRunningError } from './errors.ts'
 import { FoundingRecordFile } from './founding-record-file.ts'
 import { FoundingRpc } from './founding-rpc.ts'
@@ -51,7 +71,9 @@ import { ForwardedWriteServer, WriteForwarder, type WriteResult } from './write-
 export const RAFT_PROTOCOL = '/peermesh/raft/2'
 /**
  * Reliable request/response: writes forwarded to the leader, many at once on one stream per peer;
- * v3: a forwarded write is a typed request `{ t: 'write', cmd, clientId, seq, token? }`.
+ * v3: a forwarded write is a typed request `{ t: 'write', cmd, clientId, seq, token? }`; node
+ * enrollment and service grants are `{ t: 'enroll', node, token }` and `{ t: 'grant', service,
+ * token }` (./enrollment.ts), answered by the leader for the authenticated sender.
  */
 export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/3'
 /** Sub-directory of the data dir holding the Raft log, hard state and snapshot. */
@@ -94,9 +116,15 @@ export interface RaftModuleComponents {
   signer?: PolicySigner
   /** Awaited by autopilot before a member becomes a voter. */
   keyGrant?: VoterKeyGrant
-  /** Who autopilot may add as a learner; absent: an alive gossip member (autopilot.ts). */
+  /**
+   * Who autopilot may add as a learner; absent: with ACLs on an enrolled member, else an alive
+   * gossip member (autopilot.ts).
+   */
   eligibleLearner?: (id: string) => boolean
-  /** Who autopilot may promote to voter; absent: an alive gossip member (autopilot.ts). */
+  /**
+   * Who autopilot may promote to voter; absent: with ACLs on a member enrolled as voter, else an
+   * alive gossip member (autopilot.ts).
+   */
   eligibleVoter?: (id: string) => boolean
   clock?: Clock
 }
@@ -115,6 +143,13 @@ interface Running {
   liveness: LeaderLiveness
   autopilot: AutopilotRunner
   bootstrap?: BootstrapExpect
+  /** The leader's side of enrollment and grant requests. */
+  enrollment: EnrollmentServer
+  /** Asks the leader from here, even before this agent is in the configuration. */
+  finder: LeaderFinder
+  /** This agent's own enrollment (ACLs on, an agent token). */
+  agentEnrollment?: AgentEnrollment
+  acl: AclResolver
   ctx: AgentContext
   log: Logger
   subscriptions: Unsubscribe[]
@@ -141,6 +176,8 @@ export class RaftModule implements AgentModule {
   private readonly refusals = new Map<RefusalReason, RefusalRecord>()
   /** Per reason, the total already logged (see REFUSAL_LOG_INTERVAL_MS). */
   private readonly refusalsLogged = new Map<RefusalReason, number>()
+  /** Enrollment and grant refusals already logged. */
+  private enrollDeniedLogged = 0
 
   constructor(
     private readonly components: RaftModuleComponents,
@@ -204,6 +241,8 @@ export class RaftModule implements AgentModule {
       stream_over_budget: m?.overBudget ?? 0,
       stream_bad_frame: m?.badFrames ?? 0,
       snapshot_failed: run?.node.status().snapshotFailures ?? 0,
+      enroll_denied: run?.enrollment.stats.enrollDenied ?? 0,
+      grant_denied: run?.enrollment.stats.grantDenied ?? 0,
     }
   }
 
@@ -238,6 +277,16 @@ export class RaftModule implements AgentModule {
       storage.close()
       throw err
     }
+    const acl = this.createAclResolver(ctx, node, log)
+    // With ACLs on, autopilot adds only enrolled members, promotes only voter-enrolled ones and
+    // removes revoked ones (issue #12); the hooks given in the components win.
+    const byEnrollment = ctx.config.acl.enabled ? enrollmentEligibility(self, this.store.acl) : undefined
+    const eligibleLearner = components.eligibleLearner ?? byEnrollment?.eligibleLearner
+    const eligibleVoter = components.eligibleVoter ?? byEnrollment?.eligibleVoter
+    const enrollment = new EnrollmentServer(
+      { node: () => (this.stopped ? undefined : node), state: this.store.acl, acl, clock },
+      { attemptTimeoutMs: s.attemptTimeoutMs },
+    )
     const rpc = new LeaderRpc(
       {
         leader: {
@@ -284,10 +333,9 @@ export class RaftModule implements AgentModule {
           clock,
           log,
           ...(components.keyGrant !== undefined ? { keyGrant: components.keyGrant } : {}),
-          ...(components.eligibleLearner !== undefined
-            ? { eligibleLearner: components.eligibleLearner }
-            : {}),
-          ...(components.eligibleVoter !== undefined ? { eligibleVoter: components.eligibleVoter } : {}),
+          ...(eligibleLearner !== undefined ? { eligibleLearner } : {}),
+          ...(eligibleVoter !== undefined ? { eligibleVoter } : {}),
+          ...(ctx.config.acl.enabled ? { revoked: (id: string) => this.store.acl.revoked(id) } : {}),
         },
         {
           targetVoters: ctx.config.raftVoters,
@@ -297,10 +345,23 @@ export class RaftModule implements AgentModule {
           changeTimeoutMs: s.autopilotChangeTimeoutMs,
         },
       ),
+      enrollment,
+      finder: new LeaderFinder(
+        {
+          self,
+          node,
+          members: components.members,
+          channel: messenger,
+          local: (req, signal) => enrollment.answer(self, req, signal),
+          clock,
+          log,
+        },
+        { attemptTimeoutMs: s.attemptTimeoutMs, retryPauseMs: ENROLLMENT_RETRY_PAUSE_MS },
+      ),
+      acl,
       subscriptions: [],
     }
     this.run = run
-    const acl = this.createAclResolver(ctx, node, log)
     const server = new ForwardedWriteServer(
       {
         node: () => (this.stopped ? undefined : node),
@@ -316,7 +377,12 @@ export class RaftModule implements AgentModule {
     messenger.onMessage((from, bytes) => {
       if (!this.stopped) this.receive(node, from, bytes)
     })
-    messenger.onRequest((_from, bytes, signal) => server.serve(bytes, signal))
+    messenger.onRequest((from, bytes, signal) => {
+      // Decoded once; the typed enrollment requests go to their server, the rest are writes.
+      const o = server.decode(bytes)
+      if (isEnrollmentRequestType(o?.['t'])) return enrollment.serve(from, o, signal)
+      return server.serveRecord(bytes.length, o, signal)
+    })
     run.subscriptions.push(clock.setInterval(() => this.logRefusals(log), REFUSAL_LOG_INTERVAL_MS))
     run.liveness.start()
     await messenger.start()
@@ -369,6 +435,60 @@ export class RaftModule implements AgentModule {
         }),
       )
     }
+    if (ctx.config.acl.enabled) this.startEnrollment(run)
+  }
+
+  /**
+   * ACLs on: this agent enrolls with its agent token (`tokenFile`, else the initial management
+   * token), once per run; and while it leads, it enrolls the configuration's voters that have no
+   * enrollment as founders (./enrollment.ts).
+   */
+  private startEnrollment(run: Running): void {
+    const { ctx, log, node } = run
+    const token = ctx.config.defaultToken ?? ctx.config.acl.initialManagementToken
+    if (token === undefined) {
+      log.warn(
+        'ACLs are on and this agent has no agent token (tokenFile or acl.initialManagementToken): ' +
+          'it will not be enrolled, so it will not join the Raft group',
+      )
+    } else {
+      run.agentEnrollment = new AgentEnrollment(
+        { finder: run.finder, clock: this.clock, log },
+        {
+          node: ctx.config.name,
+          token,
+          roundTimeoutMs: ENROLLMENT_ROUND_MS,
+          minBackoffMs: ENROLLMENT_MIN_BACKOFF_MS,
+          maxBackoffMs: ENROLLMENT_MAX_BACKOFF_MS,
+        },
+      )
+      run.agentEnrollment.start()
+    }
+    let busy = false
+    const enrollFounders = (): void => {
+      if (busy || this.stopped || !node.isLeader()) return
+      const names = new Map(this.components.members.members().map((m) => [m.id, m.name]))
+      names.set(ctx.identity.id, ctx.config.name)
+      const cmd = foundersToEnroll(node.status().conf, this.store.acl, (id) => names.get(id))[0]
+      if (cmd === undefined) return
+      busy = true
+      withTimeout(this.clock, this.settings.autopilotChangeTimeoutMs, (signal) =>
+        node.propose(encodePolicyCommand(cmd), { signal }),
+      )
+        .then(
+          ({ index, result }) =>
+            log.info(
+              { index, ok: result.ok, node: 'node' in cmd ? cmd.node : '' },
+              'founding voter enrolled',
+            ),
+          (err: unknown) =>
+            log.debug({ err: (err as Error).message }, 'founder enrollment not committed; will retry'),
+        )
+        .finally(() => {
+          busy = false
+        })
+    }
+    run.subscriptions.push(this.clock.setInterval(enrollFounders, this.settings.autopilotIntervalMs))
   }
 
   /** The resolver of this agent's tokens, on its committed ACL state (docs/SECURITY.md). */
@@ -422,6 +542,7 @@ export class RaftModule implements AgentModule {
     const run = this.run
     if (run === undefined) return
     run.autopilot.stop()
+    await run.agentEnrollment?.stop()
     await run.bootstrap?.stop()
     run.liveness.stop()
     for (const off of run.subscriptions.splice(0)) off()
@@ -518,6 +639,17 @@ export class RaftModule implements AgentModule {
 
   /** One line per reason with new refusals since the last call (called every interval). */
   private logRefusals(log: Logger): void {
+    const e = this.run?.enrollment
+    if (e !== undefined) {
+      const denied = e.stats.enrollDenied + e.stats.grantDenied
+      if (denied > this.enrollDeniedLogged) {
+        log.warn(
+          { count: denied - this.enrollDeniedLogged, total: denied, last: e.lastDenied },
+          'raft: enrollment or grant requests refused',
+        )
+        this.enrollDeniedLogged = denied
+      }
+    }
     for (const [reason, r] of Object.entries(this.refusedMessages()) as [RefusalReason, RefusalRecord][]) {
       const seen = this.refusalsLogged.get(reason) ?? 0
       if (r.count <= seen) continue
@@ -554,7 +686,60 @@ export class RaftModule implements AgentModule {
    * machine's result once committed and applied there (see WriteForwarder).
    */
   async write(cmd: PolicyCommand, options: { signal: AbortSignal; token?: string }): Promise<WriteResult> {
-    return this.running().forwarder.write(cmd, options)
+    const run = this.running()
+    // A request without a token runs as this agent's default token (Consul's acl.tokens.default),
+    // here as on the route that checked it: the leader reads a missing token as anonymous.
+    const token = options.token ?? run.ctx.config.defaultToken
+    return run.forwarder.write(cmd, { signal: options.signal, ...(token !== undefined ? { token } : {}) })
+  }
+
+  // ---- enrollment (issue #12) ---------------------------------------------------------------------
+
+  /**
+   * Whether this agent is enrolled: the leader confirmed it during this run, or the committed
+   * state holds its binding. Always true with ACLs off (every key holder is eligible).
+   */
+  enrolled(): boolean {
+    const run = this.run
+    if (run === undefined) return false
+    if (!run.ctx.config.acl.enabled) return true
+    return (
+      run.agentEnrollment?.confirmed === true || this.store.acl.enrollment(run.ctx.identity.id) !== undefined
+    )
+  }
+
+  /**
+   * Asks the leader for a grant to publish `service` with `token` (else the agent's default
+   * token, else anonymous): resolves once it is committed (and applied here when this agent is in
+   * the Raft configuration), or at once when no grant is needed (ACLs off, this agent's enrollment
+   * token grants `service:write` on it, or a grant with this token exists). Rejects with
+   * PermissionDeniedError (code PEERMESH_ERR_PERMISSION_DENIED) when the leader refuses, and with
+   * NoLeaderError when no leader answered before the signal.
+   */
+  async requestServiceGrant(
+    service: string,
+    token: string | undefined,
+    options: { signal: AbortSignal },
+  ): Promise<void> {
+    const run = this.running()
+    if (!run.ctx.config.acl.enabled) return
+    const self = run.ctx.identity.id
+    const secret = grantSecret(token, run.ctx.config.defaultToken)
+    const acl = this.store.acl
+    const enrollment = acl.enrollment(self)
+    if (enrollment !== undefined) {
+      if (tokenGrantsService(acl, run.acl, enrollment, service)) return
+      const accessor = acl.tokenBySecret(secret)?.accessorId
+      if (acl.serviceGrants(self).some((g) => g.service === service && g.accessorId === accessor)) return
+    }
+    const reply = await run.finder.ask({ t: 'grant', service, token: secret }, options)
+    if (!reply.ok) {
+      if (reply.code === PermissionDeniedError.code) throw new PermissionDeniedError(reply.message)
+      throw Object.assign(new Error(reply.message), { code: reply.code })
+    }
+    const conf = run.node.status().conf
+    if (reply.index > 0 && (conf.voters.includes(self) || conf.learners.includes(self)))
+      await untilApplied(this.store, reply.index, options.signal)
   }
 
   /**
@@ -645,7 +830,8 @@ function authorizeForward(
   if (needed === undefined) return undefined
   let who: ResolvedToken
   try {
-    who = acl.resolve(token)
+    // A forward without a token is anonymous here, never this leader's own default token.
+    who = acl.resolve(token ?? ANONYMOUS_TOKEN_SECRET)
   } catch (err) {
     return policyRefusal(PolicyErrorCodes.permissionDenied, (err as Error).message)
   }

@@ -34,8 +34,8 @@ interface ForwardRequest {
   clientId: string
   seq: number
   /**
-   * #12 ACL: the caller's token, carried to the leader, which will authorize the command with it
-   * (see `ForwardedWriteServer.answer`). Not checked yet.
+   * The caller's token, carried to the leader, which authorizes the command with it on its
+   * committed ACL state (see `ForwardedWriteServer.answer`).
    */
   token?: string
 }
@@ -46,8 +46,15 @@ const MAX_TOKEN = 512
 /** Room for the request's fields around the command (`maxCommandBytes` bounds the command). */
 const REQUEST_OVERHEAD_BYTES = 4096
 
-/** Operations only the leader's own modules propose (the CA manager), never through a forward. */
-const isLeaderOnly = (op: unknown): boolean => typeof op === 'string' && op.startsWith('ca.')
+/**
+ * Operations only the leader's own modules propose, never through a forward: `ca.*` (the CA
+ * manager) and the enrollment bindings (the enrollment server, after checking a typed request).
+ */
+export const isLeaderOnly = (op: unknown): boolean =>
+  typeof op === 'string' && (op.startsWith('ca.') || ENROLLMENT_OPS.has(op))
+
+/** Proposed only by the enrollment server (./enrollment.ts), never through `write`, even on the leader. */
+const ENROLLMENT_OPS: ReadonlySet<string> = new Set(['acl.node.enroll', 'acl.service.grant'])
 
 export interface WriteResult {
   index: number
@@ -107,7 +114,10 @@ export class WriteForwarder {
     if (!prepared.ok) return this.refuse(prepared)
     // A CA change comes only from the leader's CA manager, proposed where it leads: one that finds
     // this agent no longer leading fails, and the CA manager's next check starts over.
-    if (isLeaderOnly(prepared.cmd.op) && !this.components.node.isLeader())
+    if (
+      ENROLLMENT_OPS.has(prepared.cmd.op) ||
+      (isLeaderOnly(prepared.cmd.op) && !this.components.node.isLeader())
+    )
       return this.refuse(
         policyRefusal(PolicyErrorCodes.notForwardable, `${prepared.cmd.op} is not forwarded`),
       )
@@ -184,7 +194,8 @@ export interface ForwardedWriteServerComponents {
  * The leader's side of forwarded writes. Bad input gets a refusal, never a throw, and is counted:
  * `malformed` (the request does not decode or has the wrong shape: a coded refusal), and, as a
  * result with index 0 (nothing proposed, the client gets the store's code): `invalid` and
- * `tooLarge` (the command breaks the store's rules), `notForwardable` (a `ca.*` operation).
+ * `tooLarge` (the command breaks the store's rules), `notForwardable` (a `ca.*` operation, or an
+ * enrollment binding: those come only from the leader's enrollment server).
  */
 export class ForwardedWriteServer {
   readonly stats = { proposed: 0, malformed: 0, invalid: 0, tooLarge: 0, notForwardable: 0, denied: 0 }
@@ -195,14 +206,31 @@ export class ForwardedWriteServer {
   ) {}
 
   async serve(bytes: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
-    return encodeLeaderReply(await this.answer(bytes, signal))
+    return this.serveRecord(bytes.length, this.decode(bytes), signal)
   }
 
-  private async answer(bytes: Uint8Array, signal: AbortSignal): Promise<LeaderReply<WriteResult>> {
-    const req =
-      bytes.length > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES
-        ? undefined
-        : parseForward(unpackRecord(bytes))
+  /** The request as a map (undefined: over the size limit or not a map), decoded once. */
+  decode(bytes: Uint8Array): Record<string, unknown> | undefined {
+    return bytes.length > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES
+      ? undefined
+      : unpackRecord(bytes)
+  }
+
+  /** `serve` of a request the caller already decoded (`decode`): `size` is its encoded length. */
+  async serveRecord(
+    size: number,
+    o: Record<string, unknown> | undefined,
+    signal: AbortSignal,
+  ): Promise<Uint8Array> {
+    return encodeLeaderReply(await this.answer(size, o, signal))
+  }
+
+  private async answer(
+    size: number,
+    o: Record<string, unknown> | undefined,
+    signal: AbortSignal,
+  ): Promise<LeaderReply<WriteResult>> {
+    const req = size > this.settings.maxCommandBytes + REQUEST_OVERHEAD_BYTES ? undefined : parseForward(o)
     if (req === undefined) {
       this.stats.malformed++
       return refusal(BadForwardRequestError.code, 'malformed forwarded write')

@@ -4,12 +4,15 @@ import { pack } from '../../common/msgpack.ts'
 import {
   ANONYMOUS_TOKEN_ID,
   ANONYMOUS_TOKEN_SECRET,
+  FOUNDER_ACCESSOR_ID,
   GLOBAL_MANAGEMENT_POLICY_ID,
   GLOBAL_MANAGEMENT_POLICY_NAME,
   MAX_RULES_CHARS,
   NODE_IDENTITY_PATTERN,
+  PEER_ID_PATTERN,
   POLICY_NAME_PATTERN,
   SERVICE_IDENTITY_PATTERN,
+  SERVICE_NAME_PATTERN,
   UUID_PATTERN,
 } from '../../acl/constants.ts'
 import type {
@@ -22,8 +25,9 @@ import type {
 } from '../../acl/types.ts'
 
 /**
- * The ACL part of the replicated policy state: tokens, policies and whether the cluster has been
- * bootstrapped. A sub-state-machine the policy store owns and dispatches `acl.*` commands to; like
+ * The ACL part of the replicated policy state: tokens, policies, whether the cluster has been
+ * bootstrapped, and (issue #12 enrollment) which peer id is enrolled as which node, which services
+ * each may publish (grants), and which peer ids were revoked. A sub-state-machine the policy store owns and dispatches `acl.*` commands to; like
  * the store, `apply` is deterministic and never throws: the same entry gives the same result and
  * state on every agent. Everything random or timed (AccessorID, SecretID, policy ID, CreateTime)
  * is chosen by the proposer (the API handler) and travels in the command.
@@ -36,6 +40,10 @@ import type {
  *
  * Policies linked by name are resolved to IDs here, at apply time, against this state; a token
  * keeps IDs only, and a link to a policy deleted later is ignored (Consul's behaviour).
+ *
+ * Enrollments and grants name the token that made them; deleting the token removes them (an
+ * enrollment removed so, by an operator's unenroll or by a re-keyed node, leaves its peer id
+ * revoked until it enrolls again). Everything counts in ACL_STATE_MAX_BYTES.
  */
 
 /** Codes of refused ACL commands. The first two are the policy store's own strings. */
@@ -55,7 +63,7 @@ export const AclErrorCodes = {
 } as const
 
 /**
- * Most bytes the tokens and policies may take, encoded: with the policy store's 8 MiB and the CA
+ * Most bytes the tokens, policies, enrollments, grants and revoked ids may take, encoded: with the policy store's 8 MiB and the CA
  * state's 1 MiB, the whole state's snapshot stays under one 16 MiB Raft message. A write that
  * would grow past it is refused; one that shrinks or keeps the size, and every delete, is not.
  */
@@ -143,6 +151,37 @@ export const aclPolicyUpsertCommand = z
 
 export const aclPolicyDeleteCommand = z.object({ op: z.literal('acl.policy.delete'), id: uuid }).strict()
 
+const peerId = z.string().regex(PEER_ID_PATTERN, 'must be a peer id')
+const nodeName = z.string().regex(NODE_IDENTITY_PATTERN, 'must be 1-63 letters, digits, ".", "_" or "-"')
+
+/**
+ * Binds a peer id to a node name (issue #12 enrollment). Proposed only by the leader, after it
+ * checked the requester's token (node/raft/enrollment.ts), never taken from a forward. An upsert:
+ * another peer id holding the node name is replaced (the node was re-keyed) and counts as revoked.
+ * `accessorId` names the token that enrolled it, or is FOUNDER_ACCESSOR_ID.
+ */
+export const aclNodeEnrollCommand = z
+  .object({ op: z.literal('acl.node.enroll'), peerId, node: nodeName, voter: z.boolean(), accessorId: uuid })
+  .strict()
+
+/** An operator's revoke of a node's enrollment (by node name): its peer id becomes revoked. */
+export const aclNodeUnenrollCommand = z
+  .object({ op: z.literal('acl.node.unenroll'), node: nodeName })
+  .strict()
+
+/**
+ * The enrolled peer `peerId` may publish `service`: the leader checked that the token named by
+ * `accessorId` grants `service:write` on it. Proposed only by the leader, like `acl.node.enroll`.
+ */
+export const aclServiceGrantCommand = z
+  .object({
+    op: z.literal('acl.service.grant'),
+    peerId,
+    service: z.string().regex(SERVICE_NAME_PATTERN, 'must be 1-256 letters, digits, "_", "." or "-"'),
+    accessorId: uuid,
+  })
+  .strict()
+
 /** The ACL commands, to add to `policyCommandSchema`'s discriminated union. */
 export const aclCommandSchemas = [
   aclBootstrapCommand,
@@ -150,6 +189,9 @@ export const aclCommandSchemas = [
   aclTokenDeleteCommand,
   aclPolicyUpsertCommand,
   aclPolicyDeleteCommand,
+  aclNodeEnrollCommand,
+  aclNodeUnenrollCommand,
+  aclServiceGrantCommand,
 ] as const
 
 export const aclCommandSchema = z.discriminatedUnion('op', aclCommandSchemas)
@@ -234,7 +276,23 @@ const storedPolicy = z.object({
   modifyIndex: z.number().int().nonnegative(),
 })
 
-const aclSnapshotSchema = z.object({
+const storedEnrollment = z.object({
+  peerId: z.string(),
+  node: z.string(),
+  voter: z.boolean(),
+  accessorId: z.string(),
+  createIndex: z.number().int().nonnegative(),
+})
+
+const storedGrant = z.object({
+  peerId: z.string(),
+  service: z.string(),
+  accessorId: z.string(),
+  createIndex: z.number().int().nonnegative(),
+})
+
+/** Version 1: tokens and policies (before enrollment). */
+const aclSnapshotV1 = z.object({
   version: z.literal(1),
   index: z.number().int().nonnegative(),
   bootstrapIndex: z.number().int().nonnegative(),
@@ -242,8 +300,18 @@ const aclSnapshotSchema = z.object({
   policies: z.array(storedPolicy),
 })
 
+/** Version 2: also the enrollments, the service grants and the revoked peer ids. */
+const aclSnapshotV2 = aclSnapshotV1.extend({
+  version: z.literal(2),
+  enrollments: z.array(storedEnrollment),
+  grants: z.array(storedGrant),
+  revoked: z.array(z.string()),
+})
+
+const aclSnapshotSchema = z.discriminatedUnion('version', [aclSnapshotV1, aclSnapshotV2])
+
 /** The ACL state as plain data (the policy store packs it into its own snapshot). */
-export type AclSnapshot = z.infer<typeof aclSnapshotSchema>
+export type AclSnapshot = z.infer<typeof aclSnapshotV2>
 
 // ---- the state machine ------------------------------------------------------------------------
 
@@ -280,6 +348,12 @@ export class AclState implements AclStateView {
   private secretIndex = new Map<string, string>()
   private policiesById = new Map<string, AclPolicy>()
   private policyNames = new Map<string, string>()
+  private enrollmentsByPeer = new Map<string, NodeEnrollment>()
+  /** Node name -> the peer id enrolled under it (one peer per name). */
+  private peerByNode = new Map<string, string>()
+  /** Peer id -> service -> grant. */
+  private grantsByPeer = new Map<string, Map<string, ServiceGrant>>()
+  private revokedPeers = new Set<string>()
   index = 0
   bootstrapIndex = 0
 
@@ -294,6 +368,7 @@ export class AclState implements AclStateView {
     this.secretIndex = new Map()
     this.policiesById = new Map()
     this.policyNames = new Map()
+    this.clearEnrollments()
     this.index = 0
     this.bootstrapIndex = 0
     this.putPolicy(builtinPolicy())
@@ -400,6 +475,10 @@ export class AclState implements AclStateView {
         this.tokensById.delete(cur.accessorId)
         this.secretIndex.delete(secretKey(cur.secretId))
         this.resize(`t:${cur.accessorId}`, 0)
+        // What the token enrolled or granted goes with it (sorted: the same order everywhere).
+        for (const e of this.enrollments()) if (e.accessorId === cur.accessorId) this.dropEnrollment(e.peerId)
+        for (const g of this.allServiceGrants())
+          if (g.accessorId === cur.accessorId) this.dropGrant(g.peerId, g.service)
         return this.changed(at)
       }
       case 'acl.policy.upsert': {
@@ -449,6 +528,54 @@ export class AclState implements AclStateView {
         this.resize(`p:${cur.id}`, 0)
         return this.changed(at)
       }
+      case 'acl.node.enroll': {
+        if (cmd.accessorId !== FOUNDER_ACCESSOR_ID && !this.tokensById.has(cmd.accessorId))
+          return fail(AclErrorCodes.notFound, `ACL token ${cmd.accessorId} not found`)
+        const cur = this.enrollmentsByPeer.get(cmd.peerId)
+        const enrollment: NodeEnrollment = {
+          peerId: cmd.peerId,
+          node: cmd.node,
+          voter: cmd.voter,
+          accessorId: cmd.accessorId,
+          createIndex: cur !== undefined && cur.node === cmd.node ? cur.createIndex : at,
+        }
+        const over = this.overCap(`e:${cmd.peerId}`, recordBytes(enrollment))
+        if (over !== undefined) return over
+        // The node re-keyed: the old peer id loses the name (and is revoked).
+        const holder = this.peerByNode.get(cmd.node)
+        if (holder !== undefined && holder !== cmd.peerId) this.dropEnrollment(holder)
+        if (cur !== undefined && cur.node !== cmd.node) this.peerByNode.delete(cur.node)
+        this.enrollmentsByPeer.set(cmd.peerId, enrollment)
+        this.peerByNode.set(cmd.node, cmd.peerId)
+        this.resize(`e:${cmd.peerId}`, recordBytes(enrollment))
+        this.revokedPeers.delete(cmd.peerId)
+        this.resize(`r:${cmd.peerId}`, 0)
+        return this.changed(at)
+      }
+      case 'acl.node.unenroll': {
+        const peer = this.peerByNode.get(cmd.node)
+        if (peer === undefined) return fail(AclErrorCodes.notFound, `node ${cmd.node} is not enrolled`)
+        this.dropEnrollment(peer)
+        return this.changed(at)
+      }
+      case 'acl.service.grant': {
+        if (!this.enrollmentsByPeer.has(cmd.peerId))
+          return fail(AclErrorCodes.notPermitted, `peer ${cmd.peerId} is not enrolled`)
+        if (!this.tokensById.has(cmd.accessorId))
+          return fail(AclErrorCodes.notFound, `ACL token ${cmd.accessorId} not found`)
+        const cur = this.grantsByPeer.get(cmd.peerId)?.get(cmd.service)
+        const grant: ServiceGrant = {
+          peerId: cmd.peerId,
+          service: cmd.service,
+          accessorId: cmd.accessorId,
+          createIndex: cur !== undefined && cur.accessorId === cmd.accessorId ? cur.createIndex : at,
+        }
+        const key = grantKey(cmd.peerId, cmd.service)
+        const over = this.overCap(key, recordBytes(grant))
+        if (over !== undefined) return over
+        this.putGrant(grant)
+        return this.changed(at)
+      }
     }
   }
 
@@ -488,6 +615,42 @@ export class AclState implements AclStateView {
     this.policiesById.set(p.id, p)
     this.policyNames.set(p.name, p.id)
     this.resize(`p:${p.id}`, recordBytes(p))
+  }
+
+  private putGrant(g: ServiceGrant): void {
+    let byService = this.grantsByPeer.get(g.peerId)
+    if (byService === undefined) {
+      byService = new Map()
+      this.grantsByPeer.set(g.peerId, byService)
+    }
+    byService.set(g.service, g)
+    this.resize(grantKey(g.peerId, g.service), recordBytes(g))
+  }
+
+  private dropGrant(peerId: string, service: string): void {
+    const byService = this.grantsByPeer.get(peerId)
+    if (byService?.delete(service) !== true) return
+    if (byService.size === 0) this.grantsByPeer.delete(peerId)
+    this.resize(grantKey(peerId, service), 0)
+  }
+
+  /** Removes a peer's enrollment and grants; the peer id is revoked (autopilot removes it). */
+  private dropEnrollment(peerId: string): void {
+    const cur = this.enrollmentsByPeer.get(peerId)
+    if (cur === undefined) return
+    this.enrollmentsByPeer.delete(peerId)
+    if (this.peerByNode.get(cur.node) === peerId) this.peerByNode.delete(cur.node)
+    this.resize(`e:${peerId}`, 0)
+    for (const service of [...(this.grantsByPeer.get(peerId)?.keys() ?? [])]) this.dropGrant(peerId, service)
+    this.revokedPeers.add(peerId)
+    this.resize(`r:${peerId}`, pack(peerId).length)
+  }
+
+  private clearEnrollments(): void {
+    this.enrollmentsByPeer = new Map()
+    this.peerByNode = new Map()
+    this.grantsByPeer = new Map()
+    this.revokedPeers = new Set()
   }
 
   /** Records a record's encoded size (0: gone) in the state's byte count. */
@@ -547,32 +710,55 @@ export class AclState implements AclStateView {
     return [...this.policiesById.values()].sort((a, b) => cmp(a.name, b.name)).map((p) => structuredClone(p))
   }
 
-  // Enrollment (issue #12): stubs until the enrollment commands land.
-  enrollment(_peerId: string): NodeEnrollment | undefined {
-    return undefined
+  enrollment(peerId: string): NodeEnrollment | undefined {
+    const e = this.enrollmentsByPeer.get(peerId)
+    return e === undefined ? undefined : { ...e }
   }
 
+  /** The enrollment under a node name, if any. */
+  enrollmentByNode(node: string): NodeEnrollment | undefined {
+    const peer = this.peerByNode.get(node)
+    return peer === undefined ? undefined : this.enrollment(peer)
+  }
+
+  /** Every enrollment, by peer id. */
   enrollments(): NodeEnrollment[] {
-    return []
+    return [...this.enrollmentsByPeer.values()].sort((a, b) => cmp(a.peerId, b.peerId)).map((e) => ({ ...e }))
   }
 
-  revoked(_peerId: string): boolean {
-    return false
+  revoked(peerId: string): boolean {
+    return this.revokedPeers.has(peerId)
   }
 
-  serviceGrants(_peerId: string): ServiceGrant[] {
-    return []
+  /** The revoked peer ids, sorted. */
+  revokedPeerIds(): string[] {
+    return [...this.revokedPeers].sort(cmp)
+  }
+
+  /** The service grants of a peer, by service. */
+  serviceGrants(peerId: string): ServiceGrant[] {
+    return [...(this.grantsByPeer.get(peerId)?.values() ?? [])]
+      .sort((a, b) => cmp(a.service, b.service))
+      .map((g) => ({ ...g }))
+  }
+
+  /** Every service grant, by peer id then service. */
+  allServiceGrants(): ServiceGrant[] {
+    return [...this.grantsByPeer.keys()].sort(cmp).flatMap((p) => this.serviceGrants(p))
   }
 
   // ---- snapshots --------------------------------------------------------------------------------
 
   snapshot(): AclSnapshot {
     return structuredClone({
-      version: 1 as const,
+      version: 2 as const,
       index: this.index,
       bootstrapIndex: this.bootstrapIndex,
       tokens: [...this.tokensById.values()].sort((a, b) => cmp(a.accessorId, b.accessorId)),
       policies: [...this.policiesById.values()].sort((a, b) => cmp(a.id, b.id)),
+      enrollments: this.enrollments(),
+      grants: this.allServiceGrants(),
+      revoked: this.revokedPeerIds(),
     })
   }
 
@@ -594,16 +780,34 @@ export class AclState implements AclStateView {
     this.secretIndex = new Map()
     this.policiesById = new Map()
     this.policyNames = new Map()
+    this.clearEnrollments()
     for (const p of s.policies) this.putPolicy(structuredClone(p) as AclPolicy)
     for (const t of s.tokens) this.putToken(structuredClone(t) as AclToken)
+    if (s.version === 2) {
+      for (const e of s.enrollments) {
+        const enrollment: NodeEnrollment = { ...e }
+        this.enrollmentsByPeer.set(e.peerId, enrollment)
+        this.peerByNode.set(e.node, e.peerId)
+        this.resize(`e:${e.peerId}`, recordBytes(enrollment))
+      }
+      for (const g of s.grants) this.putGrant({ ...g })
+      for (const r of s.revoked) {
+        this.revokedPeers.add(r)
+        this.resize(`r:${r}`, pack(r).length)
+      }
+    }
     this.index = s.index
     this.bootstrapIndex = s.bootstrapIndex
   }
 }
 
 /** A stored record's size as the cap counts it: the record, encoded. */
-function recordBytes(r: AclToken | AclPolicy): number {
+function recordBytes(r: AclToken | AclPolicy | NodeEnrollment | ServiceGrant): number {
   return pack(r).length
+}
+
+function grantKey(peerId: string, service: string): string {
+  return `g:${peerId}\u0000${service}`
 }
 
 function fail(code: AclErrorCode, message: string): AclResult {

@@ -84,7 +84,7 @@ export interface PolicyStoreOptions {
 }
 
 export class PolicyStore implements StateMachine<PolicyResult> {
-  /** ACL tokens and policies (acl-state.ts); the `acl.*` commands go to it. */
+  /** ACL tokens, policies, node enrollments and service grants (acl-state.ts); `acl.*` commands go to it. */
   readonly acl = new AclState()
   private intentions = new Map<string, StoredIntention>()
   private configEntries = new Map<string, ConfigEntry>()
@@ -286,7 +286,10 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       case 'acl.token.upsert':
       case 'acl.token.delete':
       case 'acl.policy.upsert':
-      case 'acl.policy.delete': {
+      case 'acl.policy.delete':
+      case 'acl.node.enroll':
+      case 'acl.node.unenroll':
+      case 'acl.service.grant': {
         const r = this.acl.apply(cmd, at)
         return r.ok ? this.changed(at) : r
       }

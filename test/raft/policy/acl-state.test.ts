@@ -271,6 +271,9 @@ describe('AclState: tokens and policies', () => {
       'acl.token.delete',
       'acl.policy.upsert',
       'acl.policy.delete',
+      'acl.node.enroll',
+      'acl.node.unenroll',
+      'acl.service.grant',
     ])
   })
 })

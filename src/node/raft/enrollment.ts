@@ -1,0 +1,497 @@
+import type { Logger } from 'pino'
+import {
+  ANONYMOUS_TOKEN_SECRET,
+  FOUNDER_ACCESSOR_ID,
+  NODE_IDENTITY_PATTERN,
+  SERVICE_NAME_PATTERN,
+} from '../../acl/constants.ts'
+import { GLOBAL_MANAGEMENT_POLICY_ID, need, permissionDeniedMessage } from '../../acl/index.ts'
+import type { NodeEnrollment } from '../../acl/types.ts'
+import { type Clock, pause } from '../../common/clock.ts'
+import { PeermeshError } from '../../common/errors.ts'
+import { pack } from '../../common/msgpack.ts'
+import type { ConfState } from '../../raft/index.ts'
+import type { AclCommand, AclStateView } from '../../raft/policy/acl-state.ts'
+import { encodePolicyCommand, PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
+import type { ResolvedToken } from '../api/acl-auth.ts'
+import {
+  attemptSignal,
+  decodeLeaderReply,
+  encodeLeaderReply,
+  type LeaderReply,
+  NOT_LEADER_CODE,
+  type RequestChannel,
+  refusal,
+  refusalOf,
+} from '../transport/leader-rpc.ts'
+import type { RaftMember } from './components.ts'
+import { BadForwardRequestError, NoLeaderError, RaftNotRunningError } from './errors.ts'
+import type { ProposingNode } from './write-forwarding.ts'
+
+/**
+ * Node enrollment (issue #12): an agent proves to the leader, over the peer-id-authenticated
+ * request channel (RAFT_RPC_PROTOCOL), that it holds a token with `node:write` on its node name;
+ * the leader checks the token on its committed ACL state and only then proposes the binding
+ * `acl.node.enroll {peerId, node, voter, accessorId}`. The same for a service grant
+ * (`service:write` on the service, the requester enrolled). These commands never travel as a
+ * forwarded write (write-forwarding.ts refuses them): the peer id in them is the authenticated
+ * sender's, never a field a client chose.
+ *
+ * - `EnrollmentServer`: the leader's side of the typed requests.
+ * - `LeaderFinder`: asks the leader from an agent that may not be in Raft yet (no leader known):
+ *   it asks gossip members in turn and follows their "not the leader, ask X" answers.
+ * - `AgentEnrollment`: enrolls this agent once per run, retrying with backoff.
+ * - `foundersToEnroll`: which voters of the configuration the leader enrolls as founders.
+ */
+
+/** Wire shape of the requests (RAFT_RPC_PROTOCOL, beside `{ t: 'write' }`). */
+export type EnrollmentRequest =
+  | { t: 'enroll'; node: string; token: string }
+  | { t: 'grant'; service: string; token: string }
+
+/** A reply: the Raft index that holds the binding (0: nothing was needed), or a refusal. */
+export type EnrollmentReply = LeaderReply<{ index: number }>
+
+/** The token or the requester does not qualify; nothing was proposed. */
+export class PermissionDeniedError extends PeermeshError {
+  static override readonly code = PolicyErrorCodes.permissionDenied
+}
+
+/** The leader's ACL state cannot judge a token yet (not bootstrapped, or catching up): retry. */
+export class AclNotReadyError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_ACL_NOT_READY'
+}
+
+const MAX_TOKEN = 512
+
+/**
+ * Pause between asks that found no leader or a leader not ready (ACLs not bootstrapped): a
+ * fraction of an election, and slow enough that agents waiting for a new cluster do not load it.
+ */
+export const ENROLLMENT_RETRY_PAUSE_MS = 250
+/** One round of asking for an enrollment; then the agent backs off and asks again. */
+export const ENROLLMENT_ROUND_MS = 10_000
+/** First pause after a refused enrollment (doubles up to the max): a token fixed later works soon. */
+export const ENROLLMENT_MIN_BACKOFF_MS = 500
+/** Longest pause between enrollment rounds: an agent whose token is fixed joins within it. */
+export const ENROLLMENT_MAX_BACKOFF_MS = 15_000
+
+export function isEnrollmentRequestType(t: unknown): t is EnrollmentRequest['t'] {
+  return t === 'enroll' || t === 'grant'
+}
+
+/** The request in `o`, or undefined when it is not one (wrong types, names, sizes). */
+export function parseEnrollmentRequest(
+  o: Record<string, unknown> | undefined,
+): EnrollmentRequest | undefined {
+  if (o === undefined) return undefined
+  const { t, token } = o
+  if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN) return undefined
+  if (t === 'enroll') {
+    const node = o['node']
+    if (typeof node !== 'string' || !NODE_IDENTITY_PATTERN.test(node)) return undefined
+    return { t, node, token }
+  }
+  if (t === 'grant') {
+    const service = o['service']
+    if (typeof service !== 'string' || !SERVICE_NAME_PATTERN.test(service)) return undefined
+    return { t, service, token }
+  }
+  return undefined
+}
+
+export function encodeEnrollmentRequest(req: EnrollmentRequest): Uint8Array {
+  return pack(req)
+}
+
+/** Whether a token may enroll a voter: its `Voter` flag, or a management token. */
+export function tokenMayEnrollVoter(
+  token: { voter: boolean; policies: readonly string[] } | undefined,
+): boolean {
+  return token !== undefined && (token.voter || token.policies.includes(GLOBAL_MANAGEMENT_POLICY_ID))
+}
+
+// ---- the leader's side --------------------------------------------------------------------------
+
+/** What the server needs of the ACL system: whether it is on, and secrets to tokens (throws when unknown). */
+export interface TokenResolver {
+  readonly config: { readonly enabled: boolean }
+  /** Throws an error with `status` 503 while the state is catching up, else 403, for an unknown secret. */
+  resolve(secret: string): ResolvedToken
+}
+
+export interface EnrollmentServerComponents {
+  /** The running node, or undefined while stopping. */
+  node(): ProposingNode | undefined
+  /** The committed ACL state of this agent (checked only while it leads). */
+  state: Pick<AclStateView, 'bootstrapIndex' | 'enrollment' | 'serviceGrants' | 'token'>
+  acl: TokenResolver
+  clock: Clock
+}
+
+/** The last refused request (for the log, without its token). */
+export interface EnrollmentRefusal {
+  from: string
+  what: string
+  accessorId: string
+}
+
+/**
+ * The leader's side of `enroll` and `grant`. Every refusal is a coded reply, never a throw;
+ * `enrollDenied` / `grantDenied` count the ones refused for their token or requester (metric
+ * `peermesh_raft_inputs_refused_total{reason="enroll_denied"|"grant_denied"}`).
+ */
+export class EnrollmentServer {
+  readonly stats = { enrolled: 0, granted: 0, enrollDenied: 0, grantDenied: 0, malformed: 0 }
+  /** The last denied request (logged once per interval by the Raft module). */
+  lastDenied: EnrollmentRefusal | undefined
+
+  constructor(
+    private readonly components: EnrollmentServerComponents,
+    private readonly settings: { attemptTimeoutMs: number },
+  ) {}
+
+  async serve(
+    from: string,
+    o: Record<string, unknown> | undefined,
+    signal: AbortSignal,
+  ): Promise<Uint8Array> {
+    const req = parseEnrollmentRequest(o)
+    if (req === undefined) {
+      this.stats.malformed++
+      return encodeLeaderReply(refusal(BadForwardRequestError.code, 'malformed enrollment request'))
+    }
+    return encodeLeaderReply(await this.answer(from, req, signal))
+  }
+
+  /** The answer to `from`'s request (also called directly when this agent leads). */
+  async answer(from: string, req: EnrollmentRequest, signal: AbortSignal): Promise<EnrollmentReply> {
+    const node = this.components.node()
+    if (node === undefined) return refusal(RaftNotRunningError.code, 'stopping')
+    if (!node.isLeader()) return refusal(NOT_LEADER_CODE, 'not the leader', node.leader())
+    const { acl, state } = this.components
+    // ACLs off: every key holder is eligible; there is nothing to record.
+    if (!acl.config.enabled) return { ok: true, index: 0 }
+    if (state.bootstrapIndex === 0)
+      return refusal(AclNotReadyError.code, 'ACLs are not bootstrapped yet; retry')
+    let who: ResolvedToken
+    try {
+      who = acl.resolve(req.token)
+    } catch (err) {
+      if ((err as { status?: number }).status === 503)
+        return refusal(AclNotReadyError.code, (err as Error).message)
+      return this.denied(from, req, '', (err as Error).message)
+    }
+    const cmd = req.t === 'enroll' ? this.enrollCommand(from, req, who) : this.grantCommand(from, req, who)
+    if ('ok' in cmd) return cmd
+    const attempt = attemptSignal(this.components.clock, signal, this.settings.attemptTimeoutMs)
+    try {
+      const r = await node.propose(encodePolicyCommand(cmd), { signal: attempt.signal })
+      if (!r.result.ok) return refusal(r.result.code, r.result.message)
+      if (req.t === 'enroll') this.stats.enrolled++
+      else this.stats.granted++
+      return { ok: true, index: r.index }
+    } catch (err) {
+      return refusalOf(err)
+    } finally {
+      attempt.done()
+    }
+  }
+
+  private enrollCommand(
+    from: string,
+    req: Extract<EnrollmentRequest, { t: 'enroll' }>,
+    who: ResolvedToken,
+  ): AclCommand | EnrollmentReply {
+    const [check, what] = need.nodeWrite(req.node)
+    if (!check(who.authorizer))
+      return this.denied(from, req, who.accessorId, permissionDeniedMessage(who.accessorId, what))
+    const voter = tokenMayEnrollVoter(who.token)
+    const cur = this.components.state.enrollment(from)
+    // Asked again (a retry, a restart): nothing to propose.
+    if (
+      cur !== undefined &&
+      cur.node === req.node &&
+      cur.voter === voter &&
+      cur.accessorId === who.accessorId
+    )
+      return { ok: true, index: cur.createIndex }
+    return { op: 'acl.node.enroll', peerId: from, node: req.node, voter, accessorId: who.accessorId }
+  }
+
+  private grantCommand(
+    from: string,
+    req: Extract<EnrollmentRequest, { t: 'grant' }>,
+    who: ResolvedToken,
+  ): AclCommand | EnrollmentReply {
+    const { state, acl } = this.components
+    const enrollment = state.enrollment(from)
+    if (enrollment === undefined)
+      return this.denied(
+        from,
+        req,
+        who.accessorId,
+        `peer ${from} is not enrolled; it cannot be granted a service`,
+      )
+    const [check, what] = need.serviceWrite(req.service)
+    if (!check(who.authorizer))
+      return this.denied(from, req, who.accessorId, permissionDeniedMessage(who.accessorId, what))
+    const cur = state.serviceGrants(from).find((g) => g.service === req.service)
+    if (cur !== undefined && cur.accessorId === who.accessorId) return { ok: true, index: cur.createIndex }
+    // The enrollment's own token already grants it: nothing to record.
+    if (tokenGrantsService(state, acl, enrollment, req.service)) return { ok: true, index: 0 }
+    return { op: 'acl.service.grant', peerId: from, service: req.service, accessorId: who.accessorId }
+  }
+
+  private denied(from: string, req: EnrollmentRequest, accessorId: string, message: string): EnrollmentReply {
+    if (req.t === 'enroll') this.stats.enrollDenied++
+    else this.stats.grantDenied++
+    this.lastDenied = {
+      from,
+      what: req.t === 'enroll' ? `enroll ${req.node}` : `grant ${req.service}`,
+      accessorId,
+    }
+    return refusal(PermissionDeniedError.code, message)
+  }
+}
+
+/** Whether the token that enrolled `enrollment` (still existing) grants `service:write` on `service`. */
+export function tokenGrantsService(
+  state: Pick<AclStateView, 'token'>,
+  acl: TokenResolver,
+  enrollment: NodeEnrollment,
+  service: string,
+): boolean {
+  const token = state.token(enrollment.accessorId)
+  if (token === undefined) return false
+  try {
+    return need.serviceWrite(service)[0](acl.resolve(token.secretId).authorizer)
+  } catch {
+    return false
+  }
+}
+
+// ---- asking the leader from anywhere ------------------------------------------------------------
+
+export interface LeaderFinderComponents {
+  self: string
+  /** This agent's Raft view: whether it leads, and the leader it knows (none when not a member). */
+  node: { isLeader(): boolean; leader(): string | undefined }
+  /** Gossip's members: asked in turn when no leader is known. */
+  members: { members(): readonly Pick<RaftMember, 'id' | 'status'>[] }
+  channel: RequestChannel
+  /** The answer when this agent leads. */
+  local(req: EnrollmentRequest, signal: AbortSignal): Promise<EnrollmentReply>
+  clock: Clock
+  log?: Pick<Logger, 'debug'>
+}
+
+export interface LeaderFinderSettings {
+  attemptTimeoutMs: number
+  /** Pause after an attempt that found no leader. */
+  retryPauseMs: number
+}
+
+/** Codes after which the request is final: asking again gives the same answer. */
+const FINAL_CODES: ReadonlySet<string> = new Set([
+  PermissionDeniedError.code,
+  PolicyErrorCodes.invalidCommand,
+  PolicyErrorCodes.tooLarge,
+  PolicyErrorCodes.notPermitted,
+  PolicyErrorCodes.notFound,
+  BadForwardRequestError.code,
+])
+
+/**
+ * Sends a request to the leader from an agent that may know none (it is not in the Raft
+ * configuration yet, so no leader talks to it): the leader it knows, else the one the last member
+ * named when it answered "not the leader", else the next alive gossip member in id order.
+ * Returns the leader's answer (or a final refusal); throws NoLeaderError when the signal fires.
+ */
+export class LeaderFinder {
+  private cursor = 0
+
+  constructor(
+    private readonly components: LeaderFinderComponents,
+    private readonly settings: LeaderFinderSettings,
+  ) {}
+
+  async ask(req: EnrollmentRequest, options: { signal: AbortSignal }): Promise<EnrollmentReply> {
+    const { node, channel, clock, log } = this.components
+    const { signal } = options
+    const bytes = encodeEnrollmentRequest(req)
+    let hint: string | undefined
+    let redirects = 0
+    for (;;) {
+      if (signal.aborted)
+        throw new NoLeaderError(`no raft leader answered the ${req.t} request before the deadline`)
+      let reply: EnrollmentReply | undefined
+      if (node.isLeader()) {
+        reply = await this.components.local(req, signal).catch(refusalOf)
+      } else {
+        const target = node.leader() ?? hint ?? this.nextMember()
+        hint = undefined
+        if (target !== undefined) {
+          const attempt = attemptSignal(clock, signal, this.settings.attemptTimeoutMs)
+          try {
+            reply = decodeLeaderReply(
+              await channel.request(target, bytes, { signal: attempt.signal }),
+              decodeIndex,
+            )
+          } catch (err) {
+            log?.debug({ to: target, err: (err as Error).message }, `${req.t}: attempt failed; retrying`)
+          } finally {
+            attempt.done()
+          }
+          // "Not the leader; ask X": follow it at once (a few times in a row, then pause).
+          if (
+            reply?.ok === false &&
+            reply.code === NOT_LEADER_CODE &&
+            reply.leader !== undefined &&
+            reply.leader !== target
+          ) {
+            hint = reply.leader
+            if (++redirects <= 3) continue
+          }
+        }
+      }
+      if (reply !== undefined && (reply.ok || FINAL_CODES.has(reply.code))) return reply
+      redirects = 0
+      await pause(clock, this.settings.retryPauseMs, signal)
+    }
+  }
+
+  /** The next alive member other than this agent, round robin in id order. */
+  private nextMember(): string | undefined {
+    const self = this.components.self
+    const ids = this.components.members
+      .members()
+      .filter((m) => m.id !== self && m.status === 'alive')
+      .map((m) => m.id)
+      .sort()
+    if (ids.length === 0) return undefined
+    return ids[this.cursor++ % ids.length]
+  }
+}
+
+function decodeIndex(o: Record<string, unknown>): { index: number } | undefined {
+  const i = o['index']
+  return typeof i === 'number' && Number.isSafeInteger(i) && i >= 0 ? { index: i } : undefined
+}
+
+// ---- the agent's own enrollment -----------------------------------------------------------------
+
+export interface AgentEnrollmentSettings {
+  /** This agent's node name (its config `name`). */
+  node: string
+  /** The agent token (`tokenFile`, else `acl.initialManagementToken`). */
+  token: string
+  /** Time limit of one round of asking (then it backs off and asks again). */
+  roundTimeoutMs: number
+  /** First pause after a refusal, doubled each time up to `maxBackoffMs`. */
+  minBackoffMs: number
+  maxBackoffMs: number
+}
+
+/**
+ * Enrolls this agent once per run: asks the leader (`LeaderFinder`) until it answers ok; after a
+ * refusal (the token lacks `node:write` on the name, or is unknown) it warns once per distinct
+ * reason and asks again with exponential backoff, so that a token created or fixed later works
+ * without a restart.
+ */
+export class AgentEnrollment {
+  private controller?: AbortController
+  private done = false
+  private running?: Promise<void>
+
+  constructor(
+    private readonly components: { finder: Pick<LeaderFinder, 'ask'>; clock: Clock; log: Logger },
+    private readonly settings: AgentEnrollmentSettings,
+  ) {}
+
+  /** Whether the leader confirmed this agent's enrollment during this run. */
+  get confirmed(): boolean {
+    return this.done
+  }
+
+  start(): void {
+    if (this.controller !== undefined) return
+    this.controller = new AbortController()
+    this.running = this.loop(this.controller.signal)
+  }
+
+  async stop(): Promise<void> {
+    this.controller?.abort()
+    await this.running
+  }
+
+  private async loop(stop: AbortSignal): Promise<void> {
+    const { finder, clock, log } = this.components
+    const { node, token } = this.settings
+    let backoff = this.settings.minBackoffMs
+    let warned = ''
+    while (!stop.aborted) {
+      const round = AbortSignal.any([stop, timeoutSignal(clock, this.settings.roundTimeoutMs, stop)])
+      let reply: EnrollmentReply | undefined
+      try {
+        reply = await finder.ask({ t: 'enroll', node, token }, { signal: round })
+      } catch {
+        // No leader answered this round: ask again.
+      }
+      if (stop.aborted) return
+      if (reply?.ok === true) {
+        this.done = true
+        log.info({ node, index: reply.index }, 'enrolled in the control plane')
+        return
+      }
+      if (reply !== undefined && reply.message !== warned) {
+        warned = reply.message
+        log.warn(
+          { node, code: reply.code, reason: reply.message },
+          'enrollment refused; retrying with backoff',
+        )
+      }
+      await pause(clock, backoff, stop)
+      backoff = Math.min(backoff * 2, this.settings.maxBackoffMs)
+    }
+  }
+}
+
+/** A signal aborted after `ms` on `clock` (its timer dropped when `until` aborts). */
+function timeoutSignal(clock: Clock, ms: number, until: AbortSignal): AbortSignal {
+  const c = new AbortController()
+  const cancel = clock.setTimeout(() => c.abort(new DOMException('the round timed out', 'TimeoutError')), ms)
+  until.addEventListener('abort', cancel, { once: true })
+  c.signal.addEventListener('abort', () => until.removeEventListener('abort', cancel), { once: true })
+  return c.signal
+}
+
+// ---- founders -----------------------------------------------------------------------------------
+
+/**
+ * The voters of the configuration the leader enrolls as founders (FOUNDER_ACCESSOR_ID, voter): a
+ * voter without an enrollment, not revoked (an operator's revoke is not undone), whose node name
+ * gossip knows (self: its own) and no other peer holds. In id order, so every leader picks alike.
+ */
+export function foundersToEnroll(
+  conf: Pick<ConfState, 'voters'>,
+  state: Pick<AclStateView, 'enrollment' | 'revoked'> & {
+    enrollmentByNode(node: string): NodeEnrollment | undefined
+  },
+  nameOf: (id: string) => string | undefined,
+): AclCommand[] {
+  const out: AclCommand[] = []
+  for (const id of [...conf.voters].sort()) {
+    if (state.enrollment(id) !== undefined || state.revoked(id)) continue
+    const node = nameOf(id)
+    if (node === undefined || !NODE_IDENTITY_PATTERN.test(node)) continue
+    if (state.enrollmentByNode(node) !== undefined) continue
+    out.push({ op: 'acl.node.enroll', peerId: id, node, voter: true, accessorId: FOUNDER_ACCESSOR_ID })
+  }
+  return out
+}
+
+/** The secret a grant request carries: the caller's, else the agent's default token, else anonymous. */
+export function grantSecret(token: string | undefined, defaultToken: string | undefined): string {
+  return token ?? defaultToken ?? ANONYMOUS_TOKEN_SECRET
+}
