@@ -1,5 +1,8 @@
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { runFoundingAcl } from './founding-acl-scenario.ts'
+import { TestCluster } from './harness.ts'
 
 /**
  * Issue #12: `--bootstrap-expect 3` with ACLs on, 3 agents sharing the initial management token and a
@@ -19,4 +22,30 @@ describe('founding with ACLs on (end to end, 3 token holders + 1 plain joiner wi
       expect(new Set(run.written)).toEqual(new Set([run.eligible.join(',')]))
     }, 120_000)
   }
+})
+
+describe('--bootstrap-expect with ACLs on and no initial management token', () => {
+  it('the agent refuses to start (it could never prove it may found)', async () => {
+    const cluster = new TestCluster()
+    try {
+      const key = await cluster.writeClusterKey()
+      const config = join(cluster.dir, 'acl.json')
+      writeFileSync(config, JSON.stringify({ acl: { enabled: true } }), { mode: 0o600 })
+      const a = cluster.agent({
+        name: 'no-token',
+        clusterKeyFile: key,
+        extraArgs: ['--config', config, '--bootstrap-expect', '3'],
+      })
+      const err = await a.start().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(err).toBeDefined()
+      expect(a.child?.exitCode).toBe(1)
+      // Refused by config validation or, behind it, by founding itself (FounderTokenMissingError).
+      expect(a.log).toMatch(/initialManagementToken/)
+    } finally {
+      await cluster.close()
+    }
+  }, 120_000)
 })
