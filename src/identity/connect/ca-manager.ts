@@ -3,6 +3,11 @@
  * it, finishes a rotation once every instance holds a leaf of the new root, and seals the root key
  * to each voter (before autopilot promotes a learner, and to any voter still without a copy).
  * Every change is a compare-and-set `ca.setRoots` through Raft, so racing leaders cannot both win.
+ *
+ * Custody (issue #12): the key is sealed only to voters that `keyHolderEligible` accepts, in every
+ * path that seals (creation, rotation, the grant loop, `grantKeyTo`), and always to this leader
+ * (it holds the key already: it created it, or opened its own copy). Being in the Raft
+ * configuration is not enough: a configuration change forced on Raft must not hand out the key.
  */
 import { randomBytes } from 'node:crypto'
 import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
@@ -17,7 +22,12 @@ import {
   withSealedKey,
 } from './ca-state.ts'
 import type { CaStateSource, CaStateWriter, ConnectLog, LeaderView, ServiceDirectory } from './components.ts'
-import { CaNotReadyError, CaRotationConflictError, KeyGrantFailedError } from './errors.ts'
+import {
+  CaNotReadyError,
+  CaRotationConflictError,
+  KeyGrantFailedError,
+  KeyHolderNotEligibleError,
+} from './errors.ts'
 import type { RootKeys } from './leaf-signer.ts'
 
 /** The roots before and after a rotation this leader started. */
@@ -47,14 +57,22 @@ export interface CaManagerComponents {
   log: ConnectLog
   /** How often the leader checks that the CA exists and whether a rotation can finish. */
   checkEveryMs?: number
+  /**
+   * Whether `peerId` may hold a sealed copy of the root key (be a voter that can lead and sign).
+   * Default: every voter (ACLs off). With ACLs on the agent passes `enrolledVoterOrFounder`
+   * (key-holder-eligibility.ts). This leader is always a holder.
+   */
+  keyHolderEligible?: (peerId: string) => boolean
 }
 
 /** Bounds each CA write and catch-up done by the periodic check. */
 const CHECK_STEP_TIMEOUT_MS = 5_000
 
 export class CaManager {
-  readonly stats = { keysGranted: 0 }
+  readonly stats = { keysGranted: 0, keysWithheld: 0 }
   private cancelTimer: Cancel | undefined
+  /** Voters already logged as not eligible to hold the key (once each). */
+  private readonly withheldLogged = new Set<string>()
   private busy = false
   private stopped = false
 
@@ -82,6 +100,27 @@ export class CaManager {
       })
   }
 
+  /** Whether `peerId` may be sealed a copy of the key: this leader, or an eligible peer. */
+  private mayHoldKey(peerId: string): boolean {
+    return peerId === this.c.leader.selfId() || (this.c.keyHolderEligible?.(peerId) ?? true)
+  }
+
+  /** The voters of `voters` that may hold the key; the others are logged (once each) and counted. */
+  private keyHolders(voters: readonly string[]): string[] {
+    return voters.filter((v) => {
+      if (this.mayHoldKey(v)) return true
+      if (!this.withheldLogged.has(v)) {
+        this.withheldLogged.add(v)
+        this.stats.keysWithheld++
+        this.c.log.warn(
+          { peer: v },
+          'voter is not eligible to hold the CA key (not an enrolled voter); key withheld',
+        )
+      }
+      return false
+    })
+  }
+
   private async leaderWork(): Promise<void> {
     const { leader, keys, log } = this.c
     if (this.c.ca.caState().active === undefined) {
@@ -99,13 +138,17 @@ export class CaManager {
       await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) => leader.catchUp(signal))
       const active = this.c.ca.caState().active
       if (active === undefined || keys.holdsActiveKey()) return
-      const heir = voters.find((v) => v !== leader.selfId() && active.sealedKeys[v] !== undefined)
+      const heir = voters.find(
+        (v) => v !== leader.selfId() && active.sealedKeys[v] !== undefined && this.mayHoldKey(v),
+      )
       log.warn({ heir }, 'leading without a copy of the CA key; transferring leadership')
       if (heir !== undefined) leader.transferLeadership(heir)
       return
     }
     const state = this.c.ca.caState()
-    const missing = voters.filter((v) => state.roots.some((r) => votersWithoutKey(r, [v]).length > 0))
+    const missing = this.keyHolders(voters).filter((v) =>
+      state.roots.some((r) => votersWithoutKey(r, [v]).length > 0),
+    )
     if (missing.length > 0)
       await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) =>
         this.grantKeys(missing, state, signal),
@@ -119,7 +162,11 @@ export class CaManager {
     const root = await createRootCa({ trustDomain, keyType: this.c.settings.keyType(), nowMs: now })
     const result = await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) =>
       this.c.writer.setRoots(
-        { roots: [rootRecordOf(root, now, this.c.leader.voters())], activeRootId: root.id, casIndex: 0 },
+        {
+          roots: [rootRecordOf(root, now, this.keyHolders(this.c.leader.voters()))],
+          activeRootId: root.id,
+          casIndex: 0,
+        },
         { signal },
       ),
     )
@@ -131,8 +178,14 @@ export class CaManager {
   /**
    * Seals every trusted root's key to `peerId` (awaited by autopilot before it makes `peerId` a
    * voter). Resolves once committed, or at once when `peerId` already has a copy or there is no CA.
+   * Rejects with `KeyHolderNotEligibleError` when `peerId` may not hold the key (autopilot then does
+   * not promote it).
    */
   async grantKeyTo(peerId: string, signal: AbortSignal): Promise<void> {
+    if (!this.mayHoldKey(peerId))
+      throw new KeyHolderNotEligibleError(
+        `${peerId} is not eligible to hold the CA key (not an enrolled voter)`,
+      )
     const state = this.c.ca.caState()
     if (state.active === undefined) return
     if (state.roots.every((r) => r.sealedKeys[peerId] !== undefined)) return
@@ -140,6 +193,10 @@ export class CaManager {
   }
 
   private async grantKeys(peers: string[], state: CaState, signal: AbortSignal): Promise<void> {
+    // Every caller filters already; checked again here, where the key is sealed.
+    const refused = peers.filter((p) => !this.mayHoldKey(p))
+    if (refused.length > 0)
+      throw new KeyHolderNotEligibleError(`not eligible to hold the CA key: ${refused.join(', ')}`)
     const roots = state.roots.map((r) => {
       const ca = this.c.keys.signingRoot(r)
       if (ca === undefined) throw new CaNotReadyError(`this agent holds no copy of root ${r.id}'s key`)
@@ -179,7 +236,10 @@ export class CaManager {
     const cross = await crossSign(old, next)
     const result = await this.c.writer.setRoots(
       {
-        roots: [state.active, rootRecordOf(next, now, this.c.leader.voters(), cross.certPem)],
+        roots: [
+          state.active,
+          rootRecordOf(next, now, this.keyHolders(this.c.leader.voters()), cross.certPem),
+        ],
         activeRootId: next.id,
         casIndex: state.modifyIndex,
       },

@@ -39,6 +39,11 @@ export class KeyGrantFailedError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_CA_KEY_GRANT'
 }
 
+/** The CA key is sealed only to voter-eligible voters (issue #12); this peer is not one. */
+export class KeyHolderNotEligibleError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_CA_KEY_HOLDER_NOT_ELIGIBLE'
+}
+
 /** A coded refusal of a leaf signing (or rotation) request, as the leader answered it. */
 export class LeafSigningRefusedError extends PeermeshError {
   /** The leader's code, not a static one: any refusal the leader may send. */

@@ -6,6 +6,8 @@ import { counterFrom, gaugeFrom } from '../agent/metrics.ts'
 import type { RaftMembers } from './components.ts'
 import {
   chooseFounders,
+  FounderCredential,
+  FounderTokenMissingError,
   FoundingAcceptor,
   type FoundingCommitment,
   FoundingConflictError,
@@ -30,10 +32,17 @@ export interface BootstrapExpectComponents {
   node: FoundingNode
   members: Pick<RaftMembers, 'members'>
   /**
-   * Whether a member may be a voter, hence a founder (#12: enrollment with a `--voter` role plugs
-   * in here). Default: every alive member.
+   * Whether a member may be a voter, hence a founder. Default: every alive member. With
+   * `founderAuth`, a member must also have proved the initial management token.
    */
   eligible?: (id: NodeId) => boolean
+  /**
+   * ACLs on (issue #12): founders are the agents that prove they hold the initial management
+   * token (`acl.initialManagementToken`; founding.ts, "Who may found"). Absent: ACLs off, no
+   * proofs, today's behaviour. With it and `expect` set, a missing token is refused at
+   * construction (`FounderTokenMissingError`): such an agent could never be a founder.
+   */
+  founderAuth?: { initialManagementToken: string | undefined }
   /** Requests to other agents. Absent: nobody else can be asked (tests of a lone agent). */
   channel?: FoundingChannel
   /** Where this agent's founding commitment is kept durably. Absent: in memory (tests only). */
@@ -62,6 +71,7 @@ export const FOUNDING_DEFAULTS = {
   requestTimeoutMs: 1_000, // a member that does not answer in 1 s is treated as not promising (a round must fit in promiseMs / 2)
   waitLogMs: 10_000, // how often a commit round still missing answers says so
   auditMs: 2_000, // after founding, members not yet asked for their founding set are asked this often
+  proofRetryMs: 1_000, // ACLs on: a member without a valid founder proof is asked again this often (it may restart with the token)
 }
 
 type Phase = 'idle' | 'candidate' | 'founded' | 'done' | 'refusing'
@@ -92,6 +102,14 @@ export class BootstrapExpect {
   private lastAudit = Number.NEGATIVE_INFINITY
   private readonly promiseMs: number
   private readonly requestTimeoutMs: number
+  /** ACLs on: this agent's founder proof and the check of others'; undefined with ACLs off. */
+  private readonly credential: FounderCredential | undefined
+  /** ACLs on: the verified founder proof of each peer, as authenticated by the channel. */
+  private readonly proven = new Map<NodeId, Uint8Array>()
+  /** ACLs on: when each peer without a verified proof was last asked for one. */
+  private readonly proofAsked = new Map<NodeId, number>()
+  /** Peers already logged as not proving the token (logged once each). */
+  private readonly unprovenLogged = new Set<NodeId>()
   /** Counters for metrics and tests. */
   readonly stats = {
     rounds: 0,
@@ -112,11 +130,78 @@ export class BootstrapExpect {
     this.record = components.record ?? new MemoryFoundingRecord()
     this.promiseMs = settings.promiseMs ?? FOUNDING_DEFAULTS.promiseMs
     this.requestTimeoutMs = settings.requestTimeoutMs ?? FOUNDING_DEFAULTS.requestTimeoutMs
+    const auth = components.founderAuth
+    // Second line of defence behind config validation: with ACLs on, founding needs the token.
+    if (auth !== undefined && auth.initialManagementToken === undefined && settings.expect !== undefined)
+      throw new FounderTokenMissingError(
+        '--bootstrap-expect with ACLs on needs acl.initialManagementToken: founders prove they hold it ' +
+          '(docs/SECURITY.md); give every founder the same one, or start this agent without --bootstrap-expect',
+      )
+    this.credential =
+      auth === undefined ? undefined : new FounderCredential(components.node.id, auth.initialManagementToken)
     this.acceptor = new FoundingAcceptor(
       components.node.id,
       { raft: () => this.localRaft(), record: this.record },
       this.promiseMs,
+      this.credential,
     )
+  }
+
+  /** Whether `id` may be a founder: eligible and, with ACLs on, proved the token (self: holds it). */
+  private founderEligible(id: NodeId): boolean {
+    if (!(this.components.eligible?.(id) ?? true)) return false
+    const c = this.credential
+    if (c === undefined) return true
+    return id === this.components.node.id ? c.holdsToken : this.proven.has(id)
+  }
+
+  /** The proofs of `set` in its order, or undefined when one is missing (ACLs off: none needed). */
+  private proofsOf(set: readonly NodeId[]): { proofs?: Uint8Array[] } | undefined {
+    const c = this.credential
+    if (c === undefined) return {}
+    const proofs: Uint8Array[] = []
+    for (const id of set) {
+      const p = id === this.components.node.id ? c.own : this.proven.get(id)
+      if (p === undefined) return undefined
+      proofs.push(p)
+    }
+    return { proofs }
+  }
+
+  /**
+   * ACLs on: asks the members of `ids` with no verified proof for one (a status request; the
+   * replies are checked in `askAll`), each at most once per `proofRetryMs`.
+   */
+  private async collectProofs(ids: readonly NodeId[]): Promise<void> {
+    if (this.credential === undefined) return
+    const now = this.components.clock.now()
+    const ask = ids.filter(
+      (id) =>
+        id !== this.components.node.id &&
+        !this.proven.has(id) &&
+        now - (this.proofAsked.get(id) ?? Number.NEGATIVE_INFINITY) >= FOUNDING_DEFAULTS.proofRetryMs,
+    )
+    if (ask.length === 0) return
+    for (const id of ask) this.proofAsked.set(id, now)
+    await this.askAll(ask, { op: 'status' })
+  }
+
+  /** Keeps the proof of `peer`'s reply if it verifies for `peer`; forgets it otherwise. */
+  private noteProof(peer: NodeId, reply: FoundingReply): void {
+    const c = this.credential
+    if (c === undefined || peer === this.components.node.id) return
+    if (c.verify(peer, reply.proof)) {
+      this.proven.set(peer, reply.proof!)
+      return
+    }
+    this.proven.delete(peer)
+    if (!this.unprovenLogged.has(peer)) {
+      this.unprovenLogged.add(peer)
+      this.components.log.info(
+        { peer, proof: reply.proof !== undefined ? 'invalid' : 'none' },
+        'founding: member does not prove the initial management token; it is not a founder',
+      )
+    }
   }
 
   /** The founder set this agent committed to (and founded, or will), if any. */
@@ -218,8 +303,12 @@ export class BootstrapExpect {
       return
     }
     const alive = this.aliveIds()
-    const founders = chooseFounders(alive, this.components.eligible ?? (() => true), expect)
+    await this.collectProofs(alive)
+    if (this.stopped || this.phase !== 'candidate' || this.record.load() !== undefined) return
+    const founders = chooseFounders(alive, (id) => this.founderEligible(id), expect)
     if (founders === undefined) return
+    const proofs = this.proofsOf(founders)
+    if (proofs === undefined) return // a proof forgotten meanwhile (a member answered without one)
     if (!founders.includes(self)) {
       const key = founders.join(',')
       if (key !== this.lastNotFounder) log.info({ founders }, 'bootstrap-expect met; not a founder, waiting')
@@ -228,7 +317,12 @@ export class BootstrapExpect {
     }
     this.stats.rounds++
     const started = this.components.clock.now()
-    const replies = await this.askAll(alive, { op: 'prepare', set: founders })
+    // Witnesses: every alive member; with ACLs on, only those that proved the token (an agent
+    // without it, or with another one, is no witness: it cannot judge a set, founding.ts).
+    const witnesses =
+      this.credential === undefined ? alive : alive.filter((id) => id === self || this.proven.has(id))
+    // Everyone alive is asked, witness or not: any of them may show that a cluster exists.
+    const replies = await this.askAll(alive, { op: 'prepare', set: founders, ...proofs })
     if (this.stopped || this.phase !== 'candidate') return
     // Committed meanwhile (another founder's commit arrived): the next step drives that commitment.
     if (this.record.load() !== undefined) return
@@ -242,26 +336,37 @@ export class BootstrapExpect {
         return
       }
     }
-    const allPromised = [...replies.values()].every(
-      (r) => r !== undefined && r.committed === undefined && sameSet(r.promised, founders),
-    )
+    const allPromised = witnesses.every((id) => {
+      const r = replies.get(id)
+      return r !== undefined && r.committed === undefined && sameSet(r.promised, founders)
+    })
     if (!allPromised || this.components.clock.now() - started >= this.promiseMs / 2) {
       log.debug({ founders }, 'founding: not every member promised this set yet')
       return
     }
     const own = this.acceptor.handle(
-      { op: 'commit', set: founders, witnesses: alive },
+      { op: 'commit', set: founders, witnesses, ...proofs },
       this.components.clock.now(),
     )
     if (!sameSet(own.committed?.set, founders)) return
-    log.info({ founders, witnesses: alive.length }, 'founding: committed to founder set')
-    await this.commitRound({ set: founders, witnesses: alive })
+    log.info({ founders, witnesses: witnesses.length }, 'founding: committed to founder set')
+    await this.commitRound({ set: founders, witnesses })
   }
 
   /** Commits every witness to `rec`; writes the founding entries once all are committed. */
   private async commitRound(rec: FoundingCommitment): Promise<void> {
     const { node, log } = this.components
-    const replies = await this.askAll(rec.witnesses, { op: 'commit', set: rec.set, witnesses: rec.witnesses })
+    // After a restart the proofs are gone: ask the founders again (those already committed do not
+    // need them, the others check them).
+    await this.collectProofs(rec.set)
+    if (this.stopped || this.phase !== 'candidate') return
+    const proofs = this.proofsOf(rec.set) ?? {}
+    const replies = await this.askAll(rec.witnesses, {
+      op: 'commit',
+      set: rec.set,
+      witnesses: rec.witnesses,
+      ...proofs,
+    })
     if (this.stopped || this.phase !== 'candidate') return
     const values = [...replies.values()]
     if (values.every((r) => r !== undefined && sameSet(r.committed?.set, rec.set))) {
@@ -317,6 +422,9 @@ export class BootstrapExpect {
     for (const [peer, r] of replies) {
       if (r === undefined) continue
       this.audited.add(peer)
+      // ACLs on: only a peer that proves the token can found, so only its set can conflict; any
+      // key holder could otherwise claim a low-sorting set and make the founders stop serving.
+      if (this.credential !== undefined && !this.proven.has(peer)) continue
       const theirs = r.committed
       if (theirs === undefined || sameSet(theirs.set, mine.set)) continue
       this.stats.conflicts++
@@ -360,9 +468,12 @@ export class BootstrapExpect {
       if (id === node.id) return this.acceptor.handle(req, clock.now())
       if (channel === undefined) return undefined
       try {
-        return await withTimeout(clock, this.requestTimeoutMs, (timeout) =>
+        const reply = await withTimeout(clock, this.requestTimeoutMs, (timeout) =>
           channel.request(id, req, { signal: AbortSignal.any([timeout, this.abort.signal]) }),
         )
+        // `id` is the peer the channel reached and authenticated (libp2p: the dialed peer id).
+        this.noteProof(id, reply)
+        return reply
       } catch {
         return undefined
       }

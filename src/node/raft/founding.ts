@@ -1,3 +1,4 @@
+import { createHmac, timingSafeEqual } from 'node:crypto'
 import { PeermeshError } from '../../common/errors.ts'
 import { pack, unpackRecord } from '../../common/msgpack.ts'
 import type { NodeId } from '../../raft/index.ts'
@@ -67,8 +68,34 @@ import type { NodeId } from '../../raft/index.ts'
  * see it: same index, same term); the side whose own founders disagree with it, or else whose set
  * sorts after the other, refuses to serve Raft and logs `founding:conflict`.
  *
+ * Who may found, with ACLs on (issue #12). The founders share the initial management token
+ * (`acl.initialManagementToken`, docs/SECURITY.md); a founder is an agent that proves it holds it.
+ * Every founding reply of a token holder carries `founderProof(token, itsPeerId)` =
+ * HMAC-SHA256(key = token, "peermesh-founder/1\0" + peer id); the asker recomputes it with its own
+ * token for the peer id that libp2p authenticated on the stream (the peer it dialed), and only
+ * peers whose proof verifies are eligible (`FounderCredential`). What this gives:
+ * - a plain joiner (no token, or another token) cannot make one: it is never a founder, whatever
+ *   its peer id sorts as;
+ * - a proof is bound to its peer id: replayed by another peer (a cluster-key holder may ask any
+ *   agent for its reply), it verifies only for the peer it names, which the replayer cannot
+ *   authenticate as without that peer's node key;
+ * - the token does not leave the agent: the proof is a MAC of a public string under a random UUID
+ *   (122 bits), which no one can invert or guess offline.
+ * Acceptors check too: with ACLs on, an agent holding the token promises or commits to a set only
+ * if the request carries a verifying proof for every member (`proofs`, in the set's order). So a
+ * cluster-key holder cannot make founders write a set naming it, nor tie a founder (as a witness)
+ * to a set of its making. An agent without the token grants no set naming itself and does not judge
+ * the others (it cannot). Witnesses, with ACLs on, are only the alive members that proved the token
+ * (bootstrap-expect.ts): an agent without it, or with another token, is asked (it may show that a
+ * cluster exists) but need not promise nor commit, so it can neither block founding nor be tied to
+ * a hostile set in a way that matters. The safety argument below holds with "agent" read as
+ * "token holder": two candidates that see each other are in each other's witness sets.
+ * The founding audit likewise listens only to peers that prove the token. With ACLs off there are
+ * no proofs and nothing changes.
+ *
  * Every request and reply is a msgpack map checked by `decodeFoundingRequest`/`decodeFoundingReply`
- * (size, shape, id lengths, at most `MAX_FOUNDING_IDS` ids, S ⊆ W); anything else is refused.
+ * (size, shape, id lengths, at most `MAX_FOUNDING_IDS` ids, S ⊆ W, proofs of `FOUNDER_PROOF_BYTES`);
+ * anything else is refused.
  */
 
 /** libp2p protocol of the founding requests (one request, one reply per stream). */
@@ -77,8 +104,13 @@ export const FOUNDING_PROTOCOL = '/peermesh/raft/founding/1'
 export const MAX_FOUNDING_IDS = 512
 /** Longest node id accepted (libp2p Ed25519 peer ids are 52 characters). */
 export const MAX_NODE_ID_LENGTH = 128
-/** Largest encoded request or reply: two lists of `MAX_FOUNDING_IDS` ids fit. */
-export const MAX_FOUNDING_BYTES = 2 * MAX_FOUNDING_IDS * (MAX_NODE_ID_LENGTH + 2) + 1024
+/** Bytes of a founder proof (HMAC-SHA256). */
+export const FOUNDER_PROOF_BYTES = 32
+/** Largest encoded request or reply: two lists of `MAX_FOUNDING_IDS` ids and a proof for each fit. */
+export const MAX_FOUNDING_BYTES =
+  2 * MAX_FOUNDING_IDS * (MAX_NODE_ID_LENGTH + 2) + MAX_FOUNDING_IDS * (FOUNDER_PROOF_BYTES + 2) + 1024
+/** What a founder proof MACs before the peer id: the purpose and its version, then NUL. */
+export const FOUNDER_PROOF_CONTEXT = 'peermesh-founder/1\0'
 
 /** A durable commitment to found `set`, witnessed by `witnesses` (the candidate's alive view). */
 export interface FoundingCommitment {
@@ -86,9 +118,13 @@ export interface FoundingCommitment {
   witnesses: NodeId[]
 }
 
+/**
+ * `proofs` (ACLs on): the founder proof of each member of `set`, in the same order, as the
+ * candidate verified them; an acceptor named in the set checks each one itself.
+ */
 export type FoundingRequest =
-  | { op: 'prepare'; set: NodeId[] }
-  | { op: 'commit'; set: NodeId[]; witnesses: NodeId[] }
+  | { op: 'prepare'; set: NodeId[]; proofs?: Uint8Array[] }
+  | { op: 'commit'; set: NodeId[]; witnesses: NodeId[]; proofs?: Uint8Array[] }
   | { op: 'status' }
 
 /** What an agent says of itself in answer to any founding request. */
@@ -101,6 +137,8 @@ export interface FoundingReply {
   committed?: FoundingCommitment
   /** The set it holds an unexpired promise of, after handling the request. */
   promised?: NodeId[]
+  /** ACLs on and it holds the initial management token: its founder proof (`founderProof`). */
+  proof?: Uint8Array
 }
 
 /** A founding request or reply from a peer that is not well-formed. */
@@ -111,6 +149,59 @@ export class BadFoundingMessageError extends PeermeshError {
 /** This agent's founding entries differ from those of a founder it names: it refuses to serve. */
 export class FoundingConflictError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_FOUNDING_CONFLICT'
+}
+
+/** An agent with ACLs on and `--bootstrap-expect` but no initial management token: it cannot found. */
+export class FounderTokenMissingError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_FOUNDER_TOKEN_MISSING'
+}
+
+/** HMAC-SHA256(key = `token`, FOUNDER_PROOF_CONTEXT + `peerId`): "`peerId` holds `token`". */
+export function founderProof(token: string, peerId: NodeId): Uint8Array {
+  return new Uint8Array(
+    createHmac('sha256', token)
+      .update(FOUNDER_PROOF_CONTEXT + peerId)
+      .digest(),
+  )
+}
+
+/** Whether `proof` is `founderProof(token, peerId)`; compared in constant time. */
+export function verifyFounderProof(token: string, peerId: NodeId, proof: Uint8Array | undefined): boolean {
+  if (proof === undefined || proof.length !== FOUNDER_PROOF_BYTES) return false
+  return timingSafeEqual(founderProof(token, peerId), proof)
+}
+
+/**
+ * This agent's side of founder proofs with ACLs on: its own proof, if it holds the initial
+ * management token, and the check of other peers' proofs against it. Without the token it proves
+ * nothing and verifies nothing (it can be neither a founder nor a judge of founders).
+ */
+export class FounderCredential {
+  /** This agent's proof, carried in every founding reply; undefined without a token. */
+  readonly own: Uint8Array | undefined
+
+  constructor(
+    readonly self: NodeId,
+    private readonly token: string | undefined,
+  ) {
+    this.own = token === undefined ? undefined : founderProof(token, self)
+  }
+
+  get holdsToken(): boolean {
+    return this.token !== undefined
+  }
+
+  /** Whether `proof` shows that `peerId` (as authenticated by the transport) holds our token. */
+  verify(peerId: NodeId, proof: Uint8Array | undefined): boolean {
+    return this.token !== undefined && verifyFounderProof(this.token, peerId, proof)
+  }
+
+  /** Whether `proofs` prove every member of `set` (same order); never without a token. */
+  provesAll(set: readonly NodeId[], proofs: readonly Uint8Array[] | undefined): boolean {
+    return (
+      proofs !== undefined && proofs.length === set.length && set.every((id, i) => this.verify(id, proofs[i]))
+    )
+  }
 }
 
 /**
@@ -163,10 +254,15 @@ export class MemoryFoundingRecord implements FoundingRecordStore {
 export class FoundingAcceptor {
   private promise?: { set: NodeId[]; until: number }
 
+  /**
+   * `credential`: ACLs on (founder proofs, see the file comment); undefined: ACLs off, a set is
+   * granted whoever is in it.
+   */
   constructor(
     private readonly self: NodeId,
     private readonly local: FoundingLocalState,
     private readonly promiseMs: number,
+    private readonly credential?: FounderCredential,
   ) {}
 
   /** Handles one request (from a peer or from this agent's own candidate) at time `now`. */
@@ -175,10 +271,12 @@ export class FoundingAcceptor {
     const raft = this.local.raft()
     const committed = this.local.record.load()
     const busy = raft.state || raft.leader !== undefined || committed !== undefined
-    if (req.op === 'prepare' && !busy) {
+    // With ACLs on, a set naming this agent without a proof for each member is not granted.
+    const open = !busy && (req.op === 'status' || this.admissible(req.set, req.proofs))
+    if (req.op === 'prepare' && open) {
       if (this.promise === undefined || sameSet(this.promise.set, req.set))
         this.promise = { set: [...req.set], until: now + this.promiseMs }
-    } else if (req.op === 'commit' && !busy && req.witnesses.includes(this.self)) {
+    } else if (req.op === 'commit' && open && req.witnesses.includes(this.self)) {
       if (this.promise === undefined || sameSet(this.promise.set, req.set)) {
         // Durable before anyone hears of it; a failing disk leaves it uncommitted (and throws).
         this.local.record.save({ set: [...req.set], witnesses: [...req.witnesses] })
@@ -186,6 +284,17 @@ export class FoundingAcceptor {
       }
     }
     return this.reply()
+  }
+
+  /**
+   * With ACLs on: an agent holding the token grants a set only with a verifying proof for each
+   * member; one without it grants no set naming itself (it cannot found) and does not judge others.
+   */
+  private admissible(set: readonly NodeId[], proofs: readonly Uint8Array[] | undefined): boolean {
+    const c = this.credential
+    if (c === undefined) return true
+    if (c.holdsToken) return c.provesAll(set, proofs)
+    return !set.includes(this.self)
   }
 
   /** This agent's current answer, without changing anything. */
@@ -197,6 +306,7 @@ export class FoundingAcceptor {
       ...(raft.leader !== undefined ? { leader: raft.leader } : {}),
       ...(committed !== undefined ? { committed } : {}),
       ...(this.promise !== undefined ? { promised: [...this.promise.set] } : {}),
+      ...(this.credential?.own !== undefined ? { proof: this.credential.own } : {}),
     }
   }
 }
@@ -216,13 +326,18 @@ export function decodeFoundingRequest(bytes: Uint8Array): FoundingRequest {
   const r = record(bytes)
   const op = r.op
   if (op === 'status') return { op }
-  if (op === 'prepare') return { op, set: founderSet(r.set, 'set') }
+  if (op === 'prepare') {
+    const set = founderSet(r.set, 'set')
+    const proofs = proofList(r.proofs, set.length)
+    return { op, set, ...(proofs !== undefined ? { proofs } : {}) }
+  }
   if (op === 'commit') {
     const set = founderSet(r.set, 'set')
     const witnesses = idList(r.witnesses, 'witnesses')
     if (!set.every((id) => witnesses.includes(id)))
       throw new BadFoundingMessageError('set: not within witnesses')
-    return { op, set, witnesses }
+    const proofs = proofList(r.proofs, set.length)
+    return { op, set, witnesses, ...(proofs !== undefined ? { proofs } : {}) }
   }
   throw new BadFoundingMessageError('op: unknown')
 }
@@ -234,6 +349,7 @@ export function decodeFoundingReply(bytes: Uint8Array): FoundingReply {
   const reply: FoundingReply = { state: r.state }
   if (r.leader !== undefined) reply.leader = nodeId(r.leader, 'leader')
   if (r.promised !== undefined) reply.promised = founderSet(r.promised, 'promised')
+  if (r.proof !== undefined) reply.proof = proofBytes(r.proof, 'proof')
   if (r.committed !== undefined) {
     const c = r.committed
     if (c === null || typeof c !== 'object' || Array.isArray(c) || c instanceof Uint8Array)
@@ -280,6 +396,20 @@ function idList(v: unknown, field: string): NodeId[] {
   const ids = v.map((x) => nodeId(x, field))
   if (new Set(ids).size !== ids.length) throw new BadFoundingMessageError(`${field}: duplicate ids`)
   return ids
+}
+
+function proofBytes(v: unknown, field: string): Uint8Array {
+  if (!(v instanceof Uint8Array) || v.length !== FOUNDER_PROOF_BYTES)
+    throw new BadFoundingMessageError(`${field}: not a ${FOUNDER_PROOF_BYTES}-byte proof`)
+  return new Uint8Array(v) // a plain copy, whatever view the decoder gave
+}
+
+/** Optional proofs of a request: one per member of the set when present. */
+function proofList(v: unknown, setLength: number): Uint8Array[] | undefined {
+  if (v === undefined) return undefined
+  if (!Array.isArray(v) || v.length !== setLength)
+    throw new BadFoundingMessageError('proofs: not one proof per member of the set')
+  return v.map((p) => proofBytes(p, 'proofs'))
 }
 
 /** A founder set: distinct ids, sorted (so equal sets compare equal element by element). */

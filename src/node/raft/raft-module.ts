@@ -400,6 +400,10 @@ export class RaftModule implements AgentModule {
         record: new FoundingRecordFile(ctx.config.dataDir),
         clock,
         log,
+        // ACLs on: founders prove they hold the initial management token (founding.ts, #12).
+        ...(ctx.config.acl.enabled
+          ? { founderAuth: { initialManagementToken: ctx.config.acl.initialManagementToken } }
+          : {}),
       },
       { expect: ctx.config.bootstrap ? undefined : ctx.config.bootstrapExpect, checkMs: s.bootstrapCheckMs },
     )
