@@ -16,7 +16,7 @@ import { Catalog, type MemberUpdate } from '../../../src/node/catalog/catalog.ts
 import { CheckRunner } from '../../../src/node/catalog/checks.ts'
 import { DnsServer } from '../../../src/node/catalog/dns.ts'
 import { LocalServiceRegistry } from '../../../src/node/catalog/local-services.ts'
-import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
+import { CATALOG_META_KEY, encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
 import { ServiceGrants } from '../../../src/node/catalog/service-grants.ts'
 import { CatalogEndpointSource } from '../../../src/node/sidecars/sidecar-module.ts'
@@ -303,3 +303,108 @@ describe('registration grants (PUT /v1/agent/service/register)', () => {
     })
   })
 })
+
+describe('CatalogModule with an entitlement (as create-agent wires it)', () => {
+  it("ignores a remote member's `api`, keeps its own, counts it in a metric, logs once per interval, and asks for a grant on registration", async () => {
+    const { Registry } = await import('prom-client')
+    const { CatalogModule, IGNORED_INSTANCES_LOG_INTERVAL_MS } = await import(
+      '../../../src/node/catalog/catalog-module.ts'
+    )
+    const { state } = cluster()
+    const listeners = new Set<() => void>()
+    const entitlement = new AclPublishEntitlement(state, { enabled: true, defaultPolicy: 'deny' }, (l) => {
+      listeners.add(l)
+      return () => listeners.delete(l)
+    })
+    const lines: { msg: string; count?: number }[] = []
+    const log = pino({ level: 'info' }, { write: (s: string) => lines.push(JSON.parse(s)) })
+    const clock = new VirtualClock()
+    const dir = mkdtempSync(join(tmpdir(), 'peermesh-catmod-'))
+    const view = (m: MemberUpdate) => ({
+      ...m,
+      addresses: [m.address],
+      incarnation: 1,
+      tags: {},
+      meta: { [CATALOG_META_KEY]: m.payload },
+      nameConflict: false,
+    })
+    let selfMeta: Record<string, unknown> = {}
+    let selfVersion = 1
+    const grantsAsked: string[] = []
+    const module = new CatalogModule({
+      gossip: {
+        members: () => [view(attackerRecord())],
+        self: () =>
+          view({
+            id: 'peer-a',
+            name: 'n0',
+            address: '/ip4/10.0.0.1/tcp/4001',
+            status: 'alive',
+            version: selfVersion++,
+            payload: selfMeta[CATALOG_META_KEY],
+          }),
+        updateLocalMeta: (meta) => {
+          selfMeta = meta
+        },
+        onEvent: () => () => {},
+      },
+      entitlement,
+      requestServiceGrant: async (service) => {
+        grantsAsked.push(service)
+      },
+    })
+    const metrics = new Registry()
+    const http = new HttpApi(silentLog())
+    const ctx = {
+      config: { dataDir: dir, services: [{ name: 'api', port: 7000 }], acl: { enabled: true } },
+      identity: { id: 'peer-a' },
+      host: { getMultiaddrs: () => [] },
+      http,
+      metrics,
+      clock,
+      log,
+    } as unknown as Parameters<InstanceType<typeof CatalogModule>['start']>[0]
+    await module.start(ctx)
+    try {
+      const c = module.catalog
+      // Its own config-file `api` counts here (and asks for no grant); the attacker's does not.
+      expect(c.health('api').map((e) => e.node.peerId)).toEqual(['peer-a'])
+      expect(c.health('web').map((e) => e.node.peerId)).toEqual([ATTACKER])
+      expect(grantsAsked).toEqual([])
+      const gauge = async () =>
+        (await metrics.getSingleMetric('peermesh_catalog_instances_ignored')!.get()).values[0]!.value
+      expect(await gauge()).toBe(1)
+      await advance(clock, IGNORED_INSTANCES_LOG_INTERVAL_MS)
+      await advance(clock, IGNORED_INSTANCES_LOG_INTERVAL_MS)
+      const warned = lines.filter((l) => l.msg.startsWith('ignoring service instances'))
+      expect(warned.map((l) => l.count)).toEqual([1])
+      // A grant later: the instance appears, the gauge drops.
+      state.grant(ATTACKER, 'api', createToken(state, { services: ['api'] }).accessorId)
+      for (const l of listeners) l()
+      expect(
+        c
+          .health('api')
+          .map((e) => e.node.peerId)
+          .sort(),
+      ).toEqual([ATTACKER, 'peer-a'].sort())
+      expect(await gauge()).toBe(0)
+      // A registration through the API with a token its enrollment (web) does not cover asks for a grant.
+      const { port } = await http.listen('127.0.0.1', 0)
+      const res = await fetch(`http://127.0.0.1:${port}/v1/agent/service/register`, {
+        method: 'PUT',
+        body: JSON.stringify({ name: 'db', port: 5432 }),
+        headers: { 'content-type': 'application/json', 'x-consul-token': 'registering-secret' },
+      })
+      expect(res.status).toBe(200)
+      expect(grantsAsked).toEqual(['db'])
+    } finally {
+      await module.stop()
+      await http.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+function silentLog() {
+  return pino({ level: 'silent' })
+}
