@@ -77,11 +77,18 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
     )
     const leader = founders[st.findIndex((s) => s.id === s.leader)]!
 
-    // The edge node's agent token: node identity `edge`, service identity `web`.
+    // The edge node's agent token: node identity `edge`, service identity `web`, and read of the
+    // agent API (it is also the token of requests without one, as the harness sends).
+    const agentRead = await call(leader, 'PUT', '/v1/acl/policy', {
+      token: mgmt,
+      body: { Name: 'agent-read', Rules: JSON.stringify({ agent_prefix: { '': { policy: 'read' } } }) },
+    })
+    expect(agentRead.status, errorOf(agentRead)).toBe(200)
     const created = await call(leader, 'PUT', '/v1/acl/token', {
       token: mgmt,
       body: {
         Description: 'edge agent',
+        Policies: [{ Name: 'agent-read' }],
         NodeIdentities: [{ NodeName: 'edge', Datacenter: 'dc1' }],
         ServiceIdentities: [{ ServiceName: 'web' }],
       },
@@ -194,5 +201,5 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
       },
       20_000,
     )
-  })
+  }, 180_000)
 })
