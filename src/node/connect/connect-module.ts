@@ -23,6 +23,7 @@ import {
   type ConnectCatalog,
   type ConnectRaft,
   catalogDirectory,
+  entitledDirectory,
   raftCaWriter,
   raftLeaderView,
 } from './adapters.ts'
@@ -123,6 +124,8 @@ export class ConnectModule implements AgentModule, ConnectApi {
     const leader = raftLeaderView(raft, selfId)
     this.leader = leader
     const directory = catalogDirectory(() => catalog.catalog)
+    const publishable =
+      options.entitlement === undefined ? directory : entitledDirectory(directory, options.entitlement)
     const leafTtlMs = (): number => options.leafTtlMs ?? this.ctx?.config.leafTtlMs ?? DEFAULT_LEAF_TTL_MS
     this.custody =
       options.custody ??
@@ -151,7 +154,8 @@ export class ConnectModule implements AgentModule, ConnectApi {
       writer: raftCaWriter(raft),
       leader,
       keys: this.custody,
-      directory,
+      // A rotation waits for the leaves of instances that may have one, not for refused ones.
+      directory: publishable,
       issued: this.signer,
       settings: {
         trustDomain: () => options.trustDomain ?? this.ctx?.config.trustDomain,

@@ -10,6 +10,7 @@ import { createLeafKeyAndCsr, createRootCa } from '../../../src/identity/index.t
 import { rootRecordOf } from '../../../src/identity/connect/ca-state.ts'
 import type { CaState } from '../../../src/identity/connect/ca-state.ts'
 import { LeafManager } from '../../../src/identity/connect/leaf-manager.ts'
+import { entitledDirectory } from '../../../src/node/connect/adapters.ts'
 import { ConnectModule } from '../../../src/node/connect/connect-module.ts'
 import { decodeSignReply } from '../../../src/node/connect/connect-rpc.ts'
 import { createToken, FakeEnrollmentState } from '../../acl/enrollment-fakes.ts'
@@ -153,5 +154,15 @@ describe('leader refuses leaves for services the requester may not publish (issu
     expect(delays[2]!).toBeGreaterThan(delays[0]!)
     expect(manager.current('api')).toBeUndefined()
     expect(connect.signer.stats.leavesSigned).toBe(0)
+  })
+
+  it('a CA rotation waits only for instances that may have a leaf (its own refused ones included)', () => {
+    const directory = entitledDirectory(new FakeDirectory({ self: ['web', 'api'], [ATTACKER]: ['api'] }), {
+      mayPublish: (_peer, service) => service === 'web',
+    })
+    expect(directory.servicesOf('self')).toEqual(['web'])
+    expect(directory.servicesOf(ATTACKER)).toEqual([])
+    expect(directory.isRegisteredOn('self', 'api')).toBe(false)
+    expect(directory.aliveMembers().sort()).toEqual([ATTACKER, 'self'].sort())
   })
 })
