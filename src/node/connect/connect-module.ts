@@ -364,6 +364,11 @@ export class ConnectModule implements AgentModule, ConnectApi {
     return this.leaves.current(service)
   }
 
+  /** Whether this agent may publish `service` (issue #12): the leader would sign its leaf. */
+  mayPublishHere(service: string): boolean {
+    return this.options.entitlement?.mayPublish(this.selfId, service) ?? true
+  }
+
   hostsService(service: string): boolean {
     return this.leaves.hostsService(service)
   }
