@@ -241,7 +241,7 @@ export class SidecarModule implements AgentModule {
         this.notEntitledLogged.add(def.name)
         this.log?.warn(
           { service: def.name },
-          'sidecar not started: this agent may not publish this service (no enrollment or grant gives it service:write); will look again',
+          'sidecar not started: this agent may not publish this service (not enrolled yet, or no enrollment or grant gives it service:write); will look again',
         )
       }
       this.cancelRetry?.()
