@@ -13,6 +13,7 @@ import {
   ServiceNotFoundError,
 } from '../catalog/errors.ts'
 import type { LocalServiceRegistry } from '../catalog/local-services.ts'
+import type { ServiceGrants } from '../catalog/service-grants.ts'
 import {
   type CheckStatus,
   parseServiceDefinition,
@@ -26,6 +27,14 @@ export interface CatalogRouteDeps {
   checks: CheckRunner
   /** This agent's address (IP or host), shown for local services registered without one. */
   nodeAddress: () => string
+  /**
+   * Registration grants (issue #12; service-grants.ts): after a registration passed its
+   * `service:write` check, makes sure this agent may publish the service, asking the leader for a
+   * grant with the request's token if not. Absent (ACLs off, or no Raft): nothing is asked.
+   */
+  grants?: Pick<ServiceGrants, 'ensure'>
+  /** The agent's default token: the token of a registration that carries none. */
+  defaultToken?: string
 }
 
 /** Header carrying the index of a blocking query's answer (`X-Consul-Index` is sent too). */
@@ -115,7 +124,7 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     return out
   })
 
-  http.route('PUT', '/v1/agent/service/register', (req) => {
+  http.route('PUT', '/v1/agent/service/register', async (req) => {
     onlyParams(req, [])
     if (req.body === undefined) throw new ApiError('missing body: a JSON service definition', 400)
     let def: ServiceDefinition
@@ -133,6 +142,8 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     } catch (err) {
       throw asApiError(err)
     }
+    // Kept whatever the answer: without a grant the others ignore it until one is committed.
+    await deps.grants?.ensure(def.name, req.auth.secret() ?? deps.defaultToken, { signal: req.signal })
     return null
   })
 

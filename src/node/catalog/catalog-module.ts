@@ -1,5 +1,6 @@
 import type { Logger } from 'pino'
 import { Gauge } from 'prom-client'
+import type { PublishEntitlement } from '../../acl/entitlement.ts'
 import type { MemberView, SwimEvent } from '../../gossip/index.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
@@ -16,6 +17,16 @@ import {
   parseServiceDefinition,
 } from './index.ts'
 import { registerCatalogRoutes } from '../api/catalog-routes.ts'
+import type { IgnoredInstance } from './catalog.ts'
+import { type RequestServiceGrant, ServiceGrants } from './service-grants.ts'
+
+/**
+ * Instances other members announce but may not publish are logged at most once per this interval
+ * (how many, and a few of them), and only when some are new since the last line.
+ */
+export const IGNORED_INSTANCES_LOG_INTERVAL_MS = 30_000
+/** How many ignored instances a log line names. */
+const IGNORED_INSTANCES_LOGGED = 5
 
 /** What the catalog needs from gossip (the gossip module implements it). */
 export interface CatalogGossip {
@@ -29,6 +40,17 @@ export interface CatalogGossip {
 
 export interface CatalogModuleComponents {
   gossip: CatalogGossip
+  /**
+   * Who may publish which service (issue #12), on the committed ACL state; other members'
+   * instances that fail it are ignored, and looked at again when the ACL state changes. Absent:
+   * every instance counts (as with ACLs off).
+   */
+  entitlement?: PublishEntitlement
+  /**
+   * Asks the leader for a grant when a service is registered through the API with a token this
+   * agent's enrollment does not cover (RaftModule.requestServiceGrant). Absent: no grants asked.
+   */
+  requestServiceGrant?: RequestServiceGrant
 }
 
 /**
@@ -38,7 +60,7 @@ export interface CatalogModuleComponents {
  */
 export class CatalogModule implements AgentModule {
   readonly name = 'catalog'
-  readonly catalog = new Catalog()
+  readonly catalog: Catalog
   /** This agent's own registrations (set once started). */
   local?: LocalServiceRegistry
   private publisher?: LocalPayloadPublisher
@@ -48,15 +70,32 @@ export class CatalogModule implements AgentModule {
   dnsAddress?: { host: string; udpPort: number; tcpPort: number }
 
   private readonly gossip: CatalogGossip
+  private readonly entitlement: PublishEntitlement | undefined
   private subscriptions: Unsubscribe[] = []
+  /** This agent's peer id, once started: its own instances are never ignored here. */
+  private selfId?: string
+  /** Registration grants being asked for (set once started, with a grant requester). */
+  grants?: ServiceGrants
+  /** The ignored instances last logged (peer id + service id). */
+  private ignoredLogged = new Set<string>()
 
-  constructor(components: CatalogModuleComponents) {
+  constructor(private readonly components: CatalogModuleComponents) {
     this.gossip = components.gossip
+    const entitlement = components.entitlement
+    this.entitlement = entitlement
+    this.catalog = new Catalog(
+      entitlement === undefined
+        ? {}
+        : {
+            entitled: (peerId, service) => peerId === this.selfId || entitlement.mayPublish(peerId, service),
+          },
+    )
   }
 
   async start(ctx: AgentContext): Promise<void> {
     const log = ctx.log.child({ component: 'catalog' })
     this.log = log
+    this.selfId = ctx.identity.id
     const local = LocalServiceRegistry.open({ dataDir: ctx.config.dataDir })
     this.local = local
     // Services from the agent config file replace earlier registrations with the same id.
@@ -71,6 +110,12 @@ export class CatalogModule implements AgentModule {
         log.warn({ peerId: id, reason }, 'ignored a malformed service payload'),
       ),
     )
+    if (this.entitlement !== undefined) {
+      this.subscriptions.push(
+        this.entitlement.onChange(() => this.catalog.refilter()),
+        ctx.clock.setInterval(() => this.logIgnored(), IGNORED_INSTANCES_LOG_INTERVAL_MS),
+      )
+    }
     for (const m of this.gossip.members()) this.applyMember(m)
     this.subscriptions.push(
       this.gossip.onEvent((e) => applyGossipEvent(this.catalog, e)),
@@ -80,7 +125,29 @@ export class CatalogModule implements AgentModule {
     this.publish(publisher.payload())
 
     const nodeAddress = (): string => hostOf(ctx.host.getMultiaddrs()[0]?.toString() ?? '127.0.0.1')
-    registerCatalogRoutes(ctx.http, { catalog: this.catalog, local, checks, nodeAddress })
+    const { entitlement, requestServiceGrant } = this.components
+    if (entitlement !== undefined && requestServiceGrant !== undefined) {
+      const self = ctx.identity.id
+      this.grants = new ServiceGrants({
+        request: requestServiceGrant,
+        entitled: (service) => entitlement.mayPublish(self, service),
+        registered: (service) => local.list().some((d) => d.name === service),
+        clock: ctx.clock,
+        log,
+      })
+    }
+    registerCatalogRoutes(ctx.http, {
+      catalog: this.catalog,
+      local,
+      checks,
+      nodeAddress,
+      ...(this.grants !== undefined
+        ? {
+            grants: this.grants,
+            ...(ctx.config.defaultToken !== undefined ? { defaultToken: ctx.config.defaultToken } : {}),
+          }
+        : {}),
+    })
     if (ctx.config.dns !== undefined) {
       const dns = new DnsServer({ catalog: this.catalog })
       this.dns = dns
@@ -108,12 +175,36 @@ export class CatalogModule implements AgentModule {
         this.set(catalog.index)
       },
     })
+    new Gauge({
+      name: 'peermesh_catalog_instances_ignored',
+      help: 'Service instances other members announce but may not publish (no enrollment or grant covers them), ignored here',
+      registers: [ctx.metrics],
+      collect() {
+        this.set(catalog.ignoredInstances().length)
+      },
+    })
+  }
+
+  /** Logs the ignored instances when some are new since the last line (see the interval). */
+  logIgnored(): IgnoredInstance[] {
+    const ignored = this.catalog.ignoredInstances()
+    const keys = new Set(ignored.map((i) => `${i.peerId}/${i.serviceId}`))
+    const fresh = [...keys].some((k) => !this.ignoredLogged.has(k))
+    this.ignoredLogged = keys
+    if (fresh) {
+      this.log?.warn(
+        { count: ignored.length, instances: ignored.slice(0, IGNORED_INSTANCES_LOGGED) },
+        'ignoring service instances their members may not publish (no enrollment or grant gives them service:write)',
+      )
+    }
+    return ignored
   }
 
   async stop(): Promise<void> {
     for (const off of this.subscriptions) off()
     this.subscriptions = []
     this.publisher?.stop()
+    this.grants?.stop()
     await this.dns?.stop()
   }
 

@@ -83,6 +83,20 @@ export interface CatalogEvents {
 export interface CatalogInit {
   /** For blocking-query timeouts. */
   clock?: Clock
+  /**
+   * Whether member `peerId` may publish an instance of `service` (issue #12: service identity is
+   * granted); instances it may not are ignored: not listed, not resolved, not routed to. Asked
+   * again on `refilter()`. Absent: every instance counts.
+   */
+  entitled?: (peerId: string, service: string) => boolean
+}
+
+/** An instance a member announces but may not publish (see `CatalogInit.entitled`). */
+export interface IgnoredInstance {
+  peerId: string
+  node: string
+  serviceId: string
+  service: string
 }
 
 interface NodeEntry {
@@ -92,6 +106,9 @@ interface NodeEntry {
   host: string
   status: MemberStatus
   version: number
+  /** What the member's record announces (none once it left). */
+  announced: AnnouncedService[]
+  /** The announced instances it may publish: what queries see. */
   services: AnnouncedService[]
   /** JSON of everything a query can see of this node: compared to detect real changes. */
   view: string
@@ -109,9 +126,11 @@ export class Catalog {
   private readonly events = new TypedEmitter<CatalogEvents>()
   private readonly nodes = new Map<string, NodeEntry>()
   private readonly changes: ChangeIndex
+  private readonly entitled: ((peerId: string, service: string) => boolean) | undefined
 
   constructor(init: CatalogInit = {}) {
     this.changes = new ChangeIndex(init.clock)
+    this.entitled = init.entitled
   }
 
   on<K extends keyof CatalogEvents>(type: K, listener: (detail: CatalogEvents[K]) => void): Unsubscribe {
@@ -130,7 +149,7 @@ export class Catalog {
     const old = this.nodes.get(u.id)
     if (old !== undefined && u.version < old.version) return { changed: false, stale: true }
     const result: ApplyResult = { changed: false }
-    let services = old?.services ?? []
+    let services = old?.announced ?? []
     if (old === undefined || u.version > old.version) {
       const decoded = decodeNodePayload(u.payload)
       if (decoded.ok) services = decoded.services
@@ -147,9 +166,11 @@ export class Catalog {
       host: hostOf(u.address),
       status: u.status,
       version: u.version,
-      services: u.status === 'left' ? [] : services,
+      announced: u.status === 'left' ? [] : services,
+      services: [],
       view: '',
     }
+    entry.services = this.published(entry)
     entry.view = viewOf(entry)
     this.nodes.set(u.id, entry)
     if (old?.view !== entry.view) {
@@ -157,6 +178,42 @@ export class Catalog {
       this.bump()
     }
     return result
+  }
+
+  /**
+   * Asks `entitled` again for every instance (the ACL state changed: a grant arrived, a token was
+   * deleted). Returns whether anything a query sees changed (the index was then bumped).
+   */
+  refilter(): boolean {
+    let changed = false
+    for (const entry of this.nodes.values()) {
+      const next = this.published(entry)
+      if (sameItems(next, entry.services)) continue
+      entry.services = next
+      entry.view = viewOf(entry)
+      changed = true
+    }
+    if (changed) this.bump()
+    return changed
+  }
+
+  /** Instances members announce but may not publish, by node name then service id. */
+  ignoredInstances(): IgnoredInstance[] {
+    const out: IgnoredInstance[] = []
+    for (const n of this.visibleNodes()) {
+      if (n.services.length === n.announced.length) continue
+      const shown = new Set(n.services)
+      for (const s of n.announced) {
+        if (!shown.has(s)) out.push({ peerId: n.id, node: n.name, serviceId: s.id, service: s.name })
+      }
+    }
+    return out
+  }
+
+  private published(entry: NodeEntry): AnnouncedService[] {
+    const entitled = this.entitled
+    if (entitled === undefined) return entry.announced
+    return entry.announced.filter((s) => entitled(entry.id, s.name))
   }
 
   /** Forgets a member entirely (gossip reaped it). Returns whether anything changed. */
@@ -245,6 +302,10 @@ export class Catalog {
     const index = this.changes.bump()
     this.events.emit('catalog:change', { index })
   }
+}
+
+function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i])
 }
 
 const STATUS_RANK: Record<CheckStatus, number> = { passing: 0, warning: 1, critical: 2 }

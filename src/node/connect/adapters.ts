@@ -75,3 +75,20 @@ export function catalogDirectory(catalog: () => ConnectCatalog): ServiceDirector
         .map((m) => m.peerId),
   }
 }
+
+/**
+ * The directory without the instances their agents may not publish (issue #12). The catalog
+ * already leaves out other agents' ones; this also leaves out this agent's own, which its catalog
+ * keeps (it asks for their leaves, and is refused).
+ */
+export function entitledDirectory(
+  directory: ServiceDirectory,
+  entitlement: { mayPublish(peerId: string, service: string): boolean },
+): ServiceDirectory {
+  return {
+    isRegisteredOn: (peerId, service) =>
+      directory.isRegisteredOn(peerId, service) && entitlement.mayPublish(peerId, service),
+    servicesOf: (peerId) => directory.servicesOf(peerId).filter((s) => entitlement.mayPublish(peerId, s)),
+    aliveMembers: () => directory.aliveMembers(),
+  }
+}

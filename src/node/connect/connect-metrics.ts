@@ -5,6 +5,8 @@ import { counterFrom } from '../agent/metrics.ts'
 export interface ConnectMetricSources {
   leavesSigned(): number
   signRefused(): number
+  /** Of those, refused because the requester may not publish the service (issue #12). */
+  signDenied(): number
   policyRejected(): number
   leavesRenewed(): number
   intentions(): number
@@ -24,6 +26,12 @@ export function registerConnectMetrics(registry: Registry, m: ConnectMetricSourc
     'peermesh_connect_sign_refused_total',
     'Leaf signing requests refused here',
     m.signRefused,
+  )
+  counterFrom(
+    registry,
+    'peermesh_connect_sign_denied_total',
+    'Leaf signing requests refused here because the requester may not publish the service (no enrollment or grant)',
+    m.signDenied,
   )
   counterFrom(
     registry,

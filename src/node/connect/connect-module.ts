@@ -1,11 +1,12 @@
 import type { KeyObject } from 'node:crypto'
 import type { Logger } from 'pino'
-import { type Clock, systemClock } from '../../common/clock.ts'
+import { type PublishEntitlement, ServiceNotEntitledError } from '../../acl/entitlement.ts'
+import { type Clock, systemClock, withTimeout } from '../../common/clock.ts'
 import { type Events, TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import { DEFAULT_LEAF_TTL_MS } from '../../identity/ca/constants.ts'
 import { CaManager, type RotationStarted } from '../../identity/connect/ca-manager.ts'
 import type { CaState } from '../../identity/connect/ca-state.ts'
-import type { ConnectLog } from '../../identity/connect/components.ts'
+import type { ConnectLog, LeaderView } from '../../identity/connect/components.ts'
 import { refusalError } from '../../identity/connect/errors.ts'
 import { KeyCustody } from '../../identity/connect/key-custody.ts'
 import { LeafManager } from '../../identity/connect/leaf-manager.ts'
@@ -22,6 +23,7 @@ import {
   type ConnectCatalog,
   type ConnectRaft,
   catalogDirectory,
+  entitledDirectory,
   raftCaWriter,
   raftLeaderView,
 } from './adapters.ts'
@@ -55,7 +57,18 @@ export interface ConnectModuleOptions {
    * hands it to the Raft module as its PolicySigner); by default built here.
    */
   custody?: KeyCustody
+  /**
+   * Who may publish which service (issue #12), on the committed ACL state: as leader, a CSR for a
+   * service its requester may not publish is refused (PEERMESH_ERR_PERMISSION_DENIED). Absent:
+   * every registered service gets its leaf (as with ACLs off).
+   */
+  entitlement?: Pick<PublishEntitlement, 'mayPublish'>
 }
+
+/** Longest a leader waits to catch up (ReadIndex) before refusing a CSR as not entitled. */
+const ENTITLEMENT_CATCH_UP_MS = 2_000
+/** Denials logged at warn, at most (then debug): bounded memory whatever a flood of peers sends. */
+const MAX_DENIALS_REMEMBERED = 1_000
 
 /**
  * Service identity and authorization for the agent (Consul Connect's CA, leaf and intention
@@ -92,6 +105,11 @@ export class ConnectModule implements AgentModule, ConnectApi {
   private readonly subscriptions: Unsubscribe[] = []
   private caSeen: CaState = { roots: [], active: undefined, modifyIndex: 0 }
   private stopped = false
+  private readonly leader: LeaderView
+  /** CSRs refused here as leader because the requester may not publish the service. */
+  readonly stats = { signDenied: 0 }
+  /** (requester, service) pairs whose denial was logged at warn. */
+  private readonly deniedLogged = new Set<string>()
 
   constructor(
     private readonly raft: ConnectRaft,
@@ -104,7 +122,10 @@ export class ConnectModule implements AgentModule, ConnectApi {
     const log = this.lazyLog()
     const selfId = (): string => this.selfId
     const leader = raftLeaderView(raft, selfId)
+    this.leader = leader
     const directory = catalogDirectory(() => catalog.catalog)
+    const publishable =
+      options.entitlement === undefined ? directory : entitledDirectory(directory, options.entitlement)
     const leafTtlMs = (): number => options.leafTtlMs ?? this.ctx?.config.leafTtlMs ?? DEFAULT_LEAF_TTL_MS
     this.custody =
       options.custody ??
@@ -133,7 +154,8 @@ export class ConnectModule implements AgentModule, ConnectApi {
       writer: raftCaWriter(raft),
       leader,
       keys: this.custody,
-      directory,
+      // A rotation waits for the leaves of instances that may have one, not for refused ones.
+      directory: publishable,
       issued: this.signer,
       settings: {
         trustDomain: () => options.trustDomain ?? this.ctx?.config.trustDomain,
@@ -147,7 +169,7 @@ export class ConnectModule implements AgentModule, ConnectApi {
       leader: { ...leader, onLeaderChange: (l) => raft.raft?.on('leader:change', l) ?? (() => {}) },
       clock,
       handlers: {
-        signFor: (requester, service, csr) => this.signer.signFor(requester, service, csr),
+        signFor: (requester, service, csr) => this.signFor(requester, service, csr),
         rotate: (o) => this.caManager.rotate(o),
       },
     })
@@ -186,7 +208,8 @@ export class ConnectModule implements AgentModule, ConnectApi {
     registerConnectRoutes(ctx.http, this)
     registerConnectMetrics(ctx.metrics, {
       leavesSigned: () => this.signer.stats.leavesSigned,
-      signRefused: () => this.signer.stats.signRefused,
+      signRefused: () => this.signer.stats.signRefused + this.stats.signDenied,
+      signDenied: () => this.stats.signDenied,
       policyRejected: () => store.stats.signatureRejected,
       leavesRenewed: () => this.leaves.stats.leavesRenewed,
       intentions: () => this.view.intentions().length,
@@ -304,8 +327,31 @@ export class ConnectModule implements AgentModule, ConnectApi {
     return { activeRootId: reply.activeRootId, previousRootId: reply.previousRootId }
   }
 
-  /** Signs a CSR as leader (see LeafSigner.signFor). */
-  signFor(requester: string, service: unknown, csrPem: unknown): Promise<SignReply> {
+  /**
+   * Signs a CSR as leader (see LeafSigner.signFor), first refusing a service the requester may not
+   * publish (issue #12). A "no" is checked again after catching up with the committed state, so a
+   * new leader, or a grant committed a moment ago, does not refuse a legitimate request.
+   */
+  async signFor(requester: string, service: unknown, csrPem: unknown): Promise<SignReply> {
+    const entitlement = this.options.entitlement
+    if (entitlement !== undefined && typeof service === 'string' && this.leader.isLeader()) {
+      if (!entitlement.mayPublish(requester, service)) {
+        try {
+          await withTimeout(this.clock, ENTITLEMENT_CATCH_UP_MS, (signal) => this.leader.catchUp(signal))
+        } catch {
+          // Not caught up: decide on what is applied here; the requester asks again later.
+        }
+        if (!entitlement.mayPublish(requester, service)) {
+          this.stats.signDenied++
+          this.logDenied(requester, service)
+          return {
+            ok: false,
+            code: ServiceNotEntitledError.code,
+            message: `agent ${requester} may not publish service ${service}: neither its enrollment nor a grant gives it service:write`,
+          }
+        }
+      }
+    }
     return this.signer.signFor(requester, service, csrPem)
   }
 
@@ -318,6 +364,11 @@ export class ConnectModule implements AgentModule, ConnectApi {
     return this.leaves.current(service)
   }
 
+  /** Whether this agent may publish `service` (issue #12): the leader would sign its leaf. */
+  mayPublishHere(service: string): boolean {
+    return this.options.entitlement?.mayPublish(this.selfId, service) ?? true
+  }
+
   hostsService(service: string): boolean {
     return this.leaves.hostsService(service)
   }
@@ -325,6 +376,17 @@ export class ConnectModule implements AgentModule, ConnectApi {
   /** The current leaf of a local service, waiting for the first one up to the signal. */
   leaf(service: string, options: { signal: AbortSignal }): Promise<LeafCredentials | undefined> {
     return this.leaves.leaf(service, options)
+  }
+
+  /** Warns of the first denial of each (requester, service), at debug after: refusals can be a flood. */
+  private logDenied(requester: string, service: string): void {
+    const key = `${requester}/${service}`
+    const first = !this.deniedLogged.has(key)
+    if (first && this.deniedLogged.size < MAX_DENIALS_REMEMBERED) this.deniedLogged.add(key)
+    const line = { requester, service, denied: this.stats.signDenied }
+    const msg = 'leaf request refused: the requester may not publish this service'
+    if (first) this.log?.warn(line, msg)
+    else this.log?.debug(line, msg)
   }
 
   /** Logs through the agent's logger once started; silent before. */

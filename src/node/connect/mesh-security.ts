@@ -19,6 +19,8 @@ export interface MeshConnectView {
   activeTrustDomain(): string | undefined
   leaf(service: string, options: { signal: AbortSignal }): Promise<LeafCredentials | undefined>
   intentionIndex(): IntentionIndex
+  /** Whether this agent may publish `service` (issue #12); absent: yes. */
+  mayPublishHere?(service: string): boolean
 }
 
 /** The policy store's config entries, for service-splitter. */
@@ -108,6 +110,10 @@ export class ConnectMeshSecurity implements MeshSecurity {
   /** Resolves once the CA exists and the service has its first leaf (or the signal fires). */
   async ready(service: string, signal: AbortSignal): Promise<boolean> {
     return (await this.connect.leaf(service, { signal })) !== undefined
+  }
+
+  entitled(service: string): boolean {
+    return this.connect.mayPublishHere?.(service) ?? true
   }
 
   certificates(service: string): CertificateSource {

@@ -47,6 +47,11 @@ export interface MeshSecurity {
   trustDomain(): string
   /** Resolves true once the service's first leaf exists (false if the signal fired first). */
   ready?(service: string, signal: AbortSignal): Promise<boolean>
+  /**
+   * Whether this agent may publish the service (issue #12: its enrollment or a grant covers it).
+   * False: the leader refuses its leaf, so its sidecar does not wait for one. Absent: true.
+   */
+  entitled?(service: string): boolean
   /** A certificate source for a service hosted here; its leaf is issued and rotated by the mesh CA. */
   certificates(service: string): CertificateSource
   /** Intentions held locally (no network on the data path). */
@@ -147,6 +152,8 @@ export class SidecarModule implements AgentModule {
   private readonly clock: Clock
   private subscriptions: Unsubscribe[] = []
   private cancelRetry?: Cancel
+  /** Services whose sidecar was not started as not entitled, logged once each. */
+  private readonly notEntitledLogged = new Set<string>()
 
   constructor(components: SidecarModuleComponents) {
     this.catalog = components.catalog
@@ -228,6 +235,20 @@ export class SidecarModule implements AgentModule {
   private async startOne(def: ServiceDefinition): Promise<void> {
     const ctx = this.ctx!
     const sc = def.connect!.sidecarService
+    // Waiting for a leaf the leader refuses would hold every other sidecar's start for a minute.
+    if (this.security.entitled?.(def.name) === false) {
+      if (!this.notEntitledLogged.has(def.name)) {
+        this.notEntitledLogged.add(def.name)
+        this.log?.warn(
+          { service: def.name },
+          'sidecar not started: this agent may not publish this service (not enrolled yet, or no enrollment or grant gives it service:write); will look again',
+        )
+      }
+      this.cancelRetry?.()
+      this.cancelRetry = this.clock.setTimeout(() => this.reconcile(), NO_LEAF_RETRY_MS)
+      return
+    }
+    this.notEntitledLogged.delete(def.name)
     if (this.security.ready !== undefined) {
       const signal = AbortSignal.any([this.abort.signal, AbortSignal.timeout(LEAF_WAIT_MS)])
       if (!(await this.security.ready(def.name, signal))) {
