@@ -17,13 +17,8 @@ import type { Unsubscribe } from '../common/events.ts'
 import { PeermeshError } from '../common/errors.ts'
 import type { AclStateView } from '../raft/policy/acl-state.ts'
 import { type Authorizer, type DefaultPolicy, SIDECAR_SUFFIX } from './authorizer.ts'
+import { FOUNDER_ACCESSOR_ID } from './constants.ts'
 import { authorizerForToken, RuleSetCache } from './token-authorizer.ts'
-
-/**
- * AccessorID of the enrollments the leader makes for the voters of the first configuration
- * (ENROLLMENT-DESIGN.md, `FOUNDER_ACCESSOR_ID`); no token has it.
- */
-export const FOUNDER_ACCESSOR_ID = '00000000-0000-0000-0000-000000000003'
 
 /** A leaf or catalog entry for a service its agent may not publish. */
 export class ServiceNotEntitledError extends PeermeshError {

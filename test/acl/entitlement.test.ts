@@ -3,9 +3,9 @@ import {
   AclPublishEntitlement,
   EntitlementCache,
   entitlementSubject,
-  FOUNDER_ACCESSOR_ID,
   mayPublish,
 } from '../../src/acl/entitlement.ts'
+import { FOUNDER_ACCESSOR_ID } from '../../src/acl/constants.ts'
 import { GLOBAL_MANAGEMENT_POLICY_NAME } from '../../src/acl/index.ts'
 import { createToken, FakeEnrollmentState, putPolicy } from './enrollment-fakes.ts'
 

@@ -1,4 +1,6 @@
 import type { Logger } from 'pino'
+import { AclPublishEntitlement } from '../../acl/entitlement.ts'
+import { enrolledVoterOrFounder } from '../../identity/connect/key-holder-eligibility.ts'
 import { KeyCustody } from '../../identity/connect/key-custody.ts'
 import { signPolicyEntry } from '../../raft/policy/policy-signing.ts'
 import { PolicyStore } from '../../raft/policy/policy-store.ts'
@@ -29,13 +31,21 @@ export function createAgent(
 } {
   const agent = new Agent({ config, log })
   const gossip = new GossipModule({ clock: agent.clock })
-  const catalog = new CatalogModule({ gossip })
+  // Verifies the CA signature of every policy entry once the CA exists (policy-signing.ts).
+  const store = new PolicyStore(undefined, { verifySignatures: true })
+  // Who may publish which service (issue #12), on the committed ACL state: the catalog ignores
+  // other members' instances that fail it, the leader refuses their CSRs.
+  const entitlement = new AclPublishEntitlement(store.acl, config.acl, (listener) => store.onChange(listener))
+  const catalog = new CatalogModule({
+    gossip,
+    entitlement,
+    // A registration with a token the enrollment does not cover asks the leader for a grant.
+    requestServiceGrant: (service, token, options) => raft.requestServiceGrant(service, token, options),
+  })
   const members: RaftMembers = {
     members: () => gossip.members(),
     on: (type, listener) => agent.events.on(type, listener),
   }
-  // Verifies the CA signature of every policy entry once the CA exists (policy-signing.ts).
-  const store = new PolicyStore(undefined, { verifySignatures: true })
   // Opens this agent's sealed copy of the root key (a voter's): Raft signs with it as leader.
   const custody = new KeyCustody({
     ca: store,
@@ -49,7 +59,15 @@ export function createAgent(
     grantKeyTo: async (peerId, signal) => connect?.caManager.grantKeyTo(peerId, signal),
   }
   const raft = new RaftModule({ members, store, signer: custody, keyGrant, clock: agent.clock })
-  connect = new ConnectModule(raft, catalog, { custody, clock: agent.clock })
+  connect = new ConnectModule(raft, catalog, {
+    custody,
+    clock: agent.clock,
+    entitlement,
+    // With ACLs on, the root key is sealed only to enrolled voters and the founders.
+    ...(config.acl.enabled
+      ? { keyHolderEligible: enrolledVoterOrFounder(store.acl, () => raft.foundingSet()) }
+      : {}),
+  })
   const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
   // The UI first: its routes are there as soon as the HTTP API answers.
   agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)

@@ -63,6 +63,11 @@ export interface ConnectModuleOptions {
    * every registered service gets its leaf (as with ACLs off).
    */
   entitlement?: Pick<PublishEntitlement, 'mayPublish'>
+  /**
+   * Who may hold a sealed copy of the CA root key besides the leader (issue #12): with ACLs on,
+   * voter-eligible enrolled voters and the founders (key-holder-eligibility.ts). Absent: every voter.
+   */
+  keyHolderEligible?: (peerId: string) => boolean
 }
 
 /** Longest a leader waits to catch up (ReadIndex) before refusing a CSR as not entitled. */
@@ -157,6 +162,7 @@ export class ConnectModule implements AgentModule, ConnectApi {
       // A rotation waits for the leaves of instances that may have one, not for refused ones.
       directory: publishable,
       issued: this.signer,
+      ...(options.keyHolderEligible !== undefined ? { keyHolderEligible: options.keyHolderEligible } : {}),
       settings: {
         trustDomain: () => options.trustDomain ?? this.ctx?.config.trustDomain,
         keyType: () => options.caKeyType ?? this.ctx?.config.caKeyType ?? 'ed25519',

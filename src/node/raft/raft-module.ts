@@ -785,6 +785,11 @@ export class RaftModule implements AgentModule {
     return this.addressOf(leader)
   }
 
+  /** The founder set this agent committed to under `--bootstrap-expect` (none: not a founder). */
+  foundingSet(): readonly string[] | undefined {
+    return this.run?.bootstrap?.commitment()?.set
+  }
+
   leaderId(): string | undefined {
     return this.run?.node.leader()
   }
