@@ -173,7 +173,8 @@ export class AgentProcess {
     try {
       await Promise.race([
         exited,
-        waitFor(`${this.name} HTTP API`, async () => ((await this.self()) ? true : undefined)),
+        // Generous: with other test files' agents on the same cores a start can take a while.
+        waitFor(`${this.name} HTTP API`, async () => ((await this.self()) ? true : undefined), 60_000),
       ])
     } finally {
       child.off('close', onExit!)
