@@ -39,7 +39,7 @@ describe('service catalog and health (end to end, 3 agent processes)', () => {
     const b = cluster.agent({ name: 'cb', clusterKeyFile: key, seeds: [seed] })
     const c = cluster.agent({ name: 'cc', clusterKeyFile: key, seeds: [seed], dns: `127.0.0.1:${dnsPort}` })
     await Promise.all([b.start(), c.start()])
-    await Promise.all([a, b, c].map((x) => x.waitForManagementToken()))
+    await cluster.waitForManagementToken()
 
     const appPort = await freePort()
     app = await startApp(appPort)

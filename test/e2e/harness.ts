@@ -281,6 +281,14 @@ export class TestCluster {
     return path
   }
 
+  /**
+   * Waits until every given agent (default: all) knows the management token: after it, writes
+   * with it work through any of them.
+   */
+  async waitForManagementToken(agents: AgentProcess[] = this.agents, timeoutMs = 30_000): Promise<void> {
+    await Promise.all(agents.map((a) => a.waitForManagementToken(timeoutMs)))
+  }
+
   agent(options: AgentOptions): AgentProcess {
     const a = new AgentProcess(this, options)
     this.agents.push(a)

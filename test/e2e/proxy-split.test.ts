@@ -25,6 +25,8 @@ describe('traffic split through the sidecars (end to end, 3 agent processes)', (
       async () => ((await a.api<string>('/v1/status/leader')) ? true : undefined),
       30_000,
     )
+    // The leader created the management token; the writes below carry it, through any agent.
+    await cluster.waitForManagementToken()
 
     const [v1App, v2App, v1In, v2In, webIn, upstream] = await Promise.all(
       Array.from({ length: 6 }, () => freePort()),

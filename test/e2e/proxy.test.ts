@@ -46,6 +46,8 @@ describe('sidecar proxies (end to end, 3 agent processes)', () => {
     const b = cluster.agent({ name: 'pb', clusterKeyFile: key, seeds: [seed], extraArgs: extra })
     const c = cluster.agent({ name: 'pc', clusterKeyFile: key, seeds: [seed], extraArgs: extra })
     await Promise.all([b.start(), c.start()])
+    // The first leader creates the management token the registrations below carry.
+    await cluster.waitForManagementToken()
 
     const [apiPort, apiInbound, webPort, webInbound, upstreamPort] = await Promise.all([
       freePort(),
