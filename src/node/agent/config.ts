@@ -187,7 +187,9 @@ function describeIssue(err: z.ZodError, source: string): ConfigError {
   }
   if (issue.code === 'invalid_type') msg = `expected ${(issue as { expected: string }).expected}`
   if (source === 'flags') {
-    const flag = String(issue.path[0] ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+    // Flags are top-level fields, but for --initial-management-token-file (acl.*).
+    const last = field === 'acl.initialManagementTokenFile' ? issue.path.at(-1) : issue.path[0]
+    const flag = String(last ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
     return new ConfigError(`--${flag}: ${msg}`, field)
   }
   return new ConfigError(`${source}: field "${field}": ${msg}`, field)
