@@ -58,9 +58,11 @@ async function processCluster(n: number): Promise<BenchCluster> {
   const tc = new TestCluster()
   try {
     const key = await tc.writeClusterKey()
-    const first = tc.agent({ name: 'cp0', clusterKeyFile: key, dns: 'off' })
+    // cp0 bootstraps a one-voter Raft group, whose first term creates the management token the
+    // registration needs (ACLs are on).
+    const first = tc.agent({ name: 'cp0', clusterKeyFile: key, dns: 'off', extraArgs: ['--bootstrap'] })
     await first.start()
-    const seed = (await first.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const seed = (await first.self())!.addresses[0]!
     const rest: AgentProcess[] = []
     for (let i = 1; i < n; i++) {
       rest.push(tc.agent({ name: `cp${i}`, clusterKeyFile: key, dns: 'off', seeds: [seed] }))
@@ -109,11 +111,14 @@ async function measure(n: number): Promise<Result> {
   const perProcess = agentsPerProcess(n)
   progress(`N=${n}: starting ${n} agents, ${perProcess} per process`)
   const cluster =
-    perProcess > 1 ? await startWorkerCluster({ n, perProcess, prefix: 'cw' }) : await processCluster(n)
+    perProcess > 1
+      ? await startWorkerCluster({ n, perProcess, prefix: 'cw', bootstrap: true })
+      : await processCluster(n)
   active = cluster
   try {
     const { https } = cluster
     const owner = https[0]!
+    // The reads carry the management token (apiFetch), so this also waits until every agent has it.
     await waitFor(
       `${n} agents to converge`,
       async () => {

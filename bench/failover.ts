@@ -25,7 +25,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { Agent, request } from 'node:http'
 import { fileURLToPath } from 'node:url'
-import { type AgentProcess, freePort, TestCluster, waitFor } from '../test/e2e/harness.ts'
+import { type AgentProcess, authHeaders, freePort, TestCluster, waitFor } from '../test/e2e/harness.ts'
 import { startRaftCluster, waitForLeader } from '../test/e2e/raft-helpers.ts'
 import { argValue, fmt, progress } from './lib.ts'
 import type { SvgEvent } from './failover-svg.ts'
@@ -216,7 +216,7 @@ async function main(): Promise<void> {
     const put = async (a: AgentProcess, path: string, body: object, method = 'PUT'): Promise<void> => {
       const res = await fetch(`http://${a.http}${path}`, {
         method,
-        headers: { 'content-type': 'application/json' },
+        headers: { ...authHeaders(), 'content-type': 'application/json' },
         body: JSON.stringify(body),
       })
       if (!res.ok) throw new Error(`${method} ${path} on ${a.name}: ${res.status} ${await res.text()}`)

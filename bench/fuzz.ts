@@ -193,7 +193,7 @@ function generate(c: Corpus): Uint8Array {
 const log = pino({ level: 'silent' })
 
 async function members(a: AgentProcess): Promise<{ name: string; status: string }[] | undefined> {
-  return a.api<{ name: string; status: string }[]>('/v1/agent/members')
+  return a.api<{ name: string; status: string }[]>('/v1/agent/members', undefined, { token: false })
 }
 
 function rssMib(a: AgentProcess): number {
@@ -260,7 +260,10 @@ async function main(): Promise<void> {
       },
       60_000,
     )
-    const self = (await a.api<{ peerId?: string; member?: { peerId?: string } }>('/v1/agent/self')) ?? {}
+    const self =
+      (await a.api<{ peerId?: string; member?: { peerId?: string } }>('/v1/agent/self', undefined, {
+        token: false,
+      })) ?? {}
     const aId = (self.peerId ?? self.member?.peerId ?? '') as string
     if (aId === '') throw new Error('no peer id in /v1/agent/self')
     progress(`cluster up; agent a is ${aId}`)
@@ -497,7 +500,9 @@ async function main(): Promise<void> {
         }
       }
       const ms = Date.now() - started
-      const up = (await Promise.all(agents.map((x) => x.api('/v1/agent/self')))).every((r) => r !== undefined)
+      const up = (
+        await Promise.all(agents.map((x) => x.api('/v1/agent/self', undefined, { token: false })))
+      ).every((r) => r !== undefined)
       const exited = agents.filter((x) => x.child?.exitCode !== null || x.child?.signalCode !== null)
       if (!up || exited.length > 0) crashes++
       results[entry] = {

@@ -67,7 +67,9 @@ class OursCluster implements Cluster {
       `${n} agents to converge`,
       async () => {
         const all = [...this.agents.values()]
-        const views = await Promise.all(all.map((a) => a.api<MemberJson[]>('/v1/agent/members')))
+        const views = await Promise.all(
+          all.map((a) => a.api<MemberJson[]>('/v1/agent/members', undefined, { token: false })),
+        )
         return views.every((v) => v?.filter((m) => m.status === 'alive').length === n) ? true : undefined
       },
       60_000,
@@ -81,7 +83,9 @@ class OursCluster implements Cluster {
   async statusesOf(victim: string, observers: string[]): Promise<(string | undefined)[]> {
     return Promise.all(
       observers.map(async (o) => {
-        const view = await this.agents.get(o)!.api<MemberJson[]>('/v1/agent/members')
+        const view = await this.agents
+          .get(o)!
+          .api<MemberJson[]>('/v1/agent/members', undefined, { token: false })
         const s = view?.find((m) => m.name === victim)?.status
         return s === 'dead' ? 'failed' : s
       }),
@@ -106,7 +110,7 @@ class OursCluster implements Cluster {
     const a = this.tc.agent({ name, clusterKeyFile: this.key, seeds: this.seed ? [this.seed] : [] })
     await a.start()
     if (this.seed === '') {
-      const self = await a.api<{ addresses: string[] }>('/v1/agent/self')
+      const self = await a.api<{ addresses: string[] }>('/v1/agent/self', undefined, { token: false })
       this.seed = self!.addresses[0]!
     }
     this.agents.set(name, a)
@@ -262,7 +266,7 @@ async function soak(seconds: number): Promise<void> {
   const end = Date.now() + seconds * 1000
   while (Date.now() < end) {
     for (const o of names.filter((n) => n !== names[2])) {
-      const view = await c.agent(o).api<MemberJson[]>('/v1/agent/members')
+      const view = await c.agent(o).api<MemberJson[]>('/v1/agent/members', undefined, { token: false })
       for (const m of view ?? []) if (m.status === 'dead') falseFailures.add(`${o} saw ${m.name} dead`)
     }
     polls++

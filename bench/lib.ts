@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { TestCluster } from '../test/e2e/harness.ts'
+import { authHeaders, TestCluster } from '../test/e2e/harness.ts'
 
 /**
  * The benchmark convention: `npm run bench:NAME` runs `bench/NAME.ts`; progress goes to stderr,
@@ -106,7 +106,13 @@ export async function startWorkerCluster(opts: {
       ['--import', 'tsx', WORKER, tc.dir, key, String(count), prefix, ...(seed ? [seed] : [])],
       {
         stdio: ['pipe', 'pipe', 'inherit'],
-        env: { ...process.env, PEERMESH_BENCH_BOOTSTRAP: bootstrap ? '1' : '0' },
+        // Every agent gets the cluster's management token as initial management token (ACLs are
+        // on): the first leader creates it, and the bench's requests carry it (`apiFetch`).
+        env: {
+          ...process.env,
+          PEERMESH_BENCH_BOOTSTRAP: bootstrap ? '1' : '0',
+          PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN: tc.managementToken,
+        },
       },
     )
     children.push(child)
@@ -143,14 +149,18 @@ export async function startWorkerCluster(opts: {
   }
 }
 
-/** `fetch` of an agent's HTTP API with a time limit. */
+/** `fetch` of an agent's HTTP API with a time limit, carrying the management token. */
 export function apiFetch(
   http: string,
   path: string,
   timeoutMs: number,
   init?: RequestInit,
 ): Promise<Response> {
-  return fetch(`http://${http}${path}`, { ...init, signal: AbortSignal.timeout(timeoutMs) })
+  return fetch(`http://${http}${path}`, {
+    ...init,
+    headers: { ...authHeaders(), ...(init?.headers as Record<string, string> | undefined) },
+    signal: AbortSignal.timeout(timeoutMs),
+  })
 }
 
 /** The blocking-query index (`X-Peermesh-Index`) and JSON body of a GET answered at once. */

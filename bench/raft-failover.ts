@@ -18,7 +18,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
 import { join } from 'node:path'
-import { TestCluster, waitFor } from '../test/e2e/harness.ts'
+import { authHeaders, TestCluster, waitFor } from '../test/e2e/harness.ts'
 import { type RaftStatus, startRaftCluster, status, waitForLeader } from '../test/e2e/raft-helpers.ts'
 import { argValue, emitJson, fmt, median, progress, quantile, table } from './lib.ts'
 import {
@@ -59,7 +59,7 @@ function putKv(
         method: 'PUT',
         path: '/v1/config',
         agent: keepAlive,
-        headers: { 'content-type': 'application/json', 'content-length': body.length },
+        headers: { ...authHeaders(), 'content-type': 'application/json', 'content-length': body.length },
         signal: AbortSignal.any(signals),
       },
       (res) => {

@@ -8,7 +8,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
-import { TestCluster } from '../test/e2e/harness.ts'
+import { authHeaders, TestCluster } from '../test/e2e/harness.ts'
 import { startRaftCluster, status, waitForLeader } from '../test/e2e/raft-helpers.ts'
 import { argValue, fmt, quantile } from './lib.ts'
 
@@ -28,7 +28,7 @@ function putKv(http: string, name: string, value: string): Promise<void> {
         method: 'PUT',
         path: '/v1/config',
         agent: keepAlive,
-        headers: { 'content-type': 'application/json', 'content-length': body.length },
+        headers: { ...authHeaders(), 'content-type': 'application/json', 'content-length': body.length },
         signal: AbortSignal.timeout(2_000),
       },
       (res) => {

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BIN, Host, type RaftStatus, sleep, waitFor } from './host.ts'
+import { MANAGEMENT_TOKEN } from '../e2e/harness.ts'
 import { ChaosNet, killAll } from './net.ts'
 
 export const log = (...parts: unknown[]): void => {
@@ -37,6 +38,8 @@ export class Cluster {
   readonly hosts: Host[]
   readonly dir: string
   readonly clusterKey: string
+  /** The management token's file (the e2e harness's MANAGEMENT_TOKEN, which hosts send). */
+  readonly managementTokenFile: string
   /** term -> leader ids seen for it (by any agent, as leader or follower). */
   readonly leadersByTerm = new Map<number, Set<string>>()
   /** term -> who saw which leader (for the report of a violation). */
@@ -52,6 +55,7 @@ export class Cluster {
     this.net = new ChaosNet(n)
     this.hosts = Array.from({ length: n }, (_, k) => new Host(k + 1, this.dir))
     this.clusterKey = join(this.dir, 'cluster.key')
+    this.managementTokenFile = join(this.dir, 'management.token')
     live.add(this)
   }
 
@@ -67,6 +71,7 @@ export class Cluster {
     this.net.up()
     const key = execFileSync(process.execPath, [BIN, 'keygen'], { encoding: 'utf8' })
     writeFileSync(this.clusterKey, key, { mode: 0o600 })
+    writeFileSync(this.managementTokenFile, `${MANAGEMENT_TOKEN}\n`, { mode: 0o600 })
     await Promise.all(this.hosts.map((h) => h.startForwarder()))
     // Watch leaders and terms from the first moment (a host not up yet just does not answer).
     this.startObserver()
@@ -77,6 +82,7 @@ export class Cluster {
     for (const h of founders) {
       h.spawnAgent({
         clusterKey: this.clusterKey,
+        managementTokenFile: this.managementTokenFile,
         seeds,
         extraArgs: ['--bootstrap-expect', String(o.bootstrapExpect)],
       })
@@ -88,14 +94,20 @@ export class Cluster {
       await this.waitLeader(founders, 60_000)
       log(`leader elected among founders after ${Date.now() - t0} ms`)
     }
-    for (const h of others) h.spawnAgent({ clusterKey: this.clusterKey, seeds })
+    for (const h of others)
+      h.spawnAgent({ clusterKey: this.clusterKey, managementTokenFile: this.managementTokenFile, seeds })
     await Promise.all(others.map((h) => h.ready()))
   }
 
   /** Restarts a stopped host's agent with the seeds of the cluster (no bootstrap flag). */
   async restart(h: Host, extraArgs: string[] = []): Promise<void> {
     const seeds = this.hosts.filter((x) => x !== h).map((x) => x.seedAddr)
-    h.spawnAgent({ clusterKey: this.clusterKey, seeds, extraArgs })
+    h.spawnAgent({
+      clusterKey: this.clusterKey,
+      managementTokenFile: this.managementTokenFile,
+      seeds,
+      extraArgs,
+    })
     await h.ready()
   }
 

@@ -10,7 +10,7 @@ import http from 'node:http'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { hostAddr, nsName, RUN_DIR, track } from './net.ts'
-import { waitFor } from '../e2e/harness.ts'
+import { authHeaders, MANAGEMENT_TOKEN, waitFor } from '../e2e/harness.ts'
 import type { RaftStatus } from '../e2e/raft-helpers.ts'
 
 /** The e2e suite's polling helper and Raft status shape, shared. */
@@ -116,7 +116,13 @@ export class Host {
   }
 
   /** Spawns the agent; `ready()` waits for its API. */
-  spawnAgent(opts: { clusterKey: string; seeds: string[]; extraArgs?: string[] }): void {
+  spawnAgent(opts: {
+    clusterKey: string
+    /** File (0600) of the management token every agent gets as initial management token. */
+    managementTokenFile: string
+    seeds: string[]
+    extraArgs?: string[]
+  }): void {
     if (this.running) throw new Error(`${this.name} already running`)
     mkdirSync(this.dataDir, { recursive: true })
     this.logStream ??= createWriteStream(join(this.runDir, `${this.name}.log`), { flags: 'a' })
@@ -135,6 +141,8 @@ export class Host {
       'off',
       '--cluster-key',
       opts.clusterKey,
+      '--initial-management-token-file',
+      opts.managementTokenFile,
       '--log-level',
       'info',
       ...opts.seeds.filter((s) => s !== this.seedAddr).flatMap((s) => ['--seed', s]),
@@ -161,7 +169,10 @@ export class Host {
           `${this.name}: agent exited (${this.agent?.exitCode ?? this.agent?.signalCode}); see ${this.name}.log`,
         )
       try {
-        const self = await this.get<{ peerId: string }>('/v1/agent/self', 2_000)
+        // Anonymous: the management token exists only once a leader created it.
+        const r = await this.request<{ peerId: string }>('GET', '/v1/agent/self', undefined, 2_000, false)
+        if (r.status !== 200) throw new HttpError(`${this.name} GET /v1/agent/self: ${r.status}`, r.status)
+        const self = r.body
         this.peerId = self.peerId
         this.id = self.peerId
         return
@@ -181,8 +192,15 @@ export class Host {
     this.agentHttp.destroy()
   }
 
-  request<T>(method: string, path: string, body?: unknown, timeoutMs = 5_000): Promise<HttpResult<T>> {
-    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name)
+  /** A request to the agent's API with `token` (default: the management token; false: anonymous). */
+  request<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    timeoutMs = 5_000,
+    token: string | false = MANAGEMENT_TOKEN,
+  ): Promise<HttpResult<T>> {
+    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name, token)
   }
 
   /** GET that throws unless 200. */
@@ -219,6 +237,7 @@ export function requestVia<T>(
   timeoutMs: number,
   agent: http.Agent | false,
   label = socketPath,
+  token: string | false = false,
 ): Promise<HttpResult<T>> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
@@ -228,7 +247,10 @@ export function requestVia<T>(
         path,
         method,
         agent,
-        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+        headers: {
+          ...authHeaders(token),
+          ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+        },
       },
       (res) => {
         const chunks: Buffer[] = []

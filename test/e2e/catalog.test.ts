@@ -31,12 +31,15 @@ describe('service catalog and health (end to end, 3 agent processes)', () => {
   it('an HTTP check on agent A is seen passing/critical/passing on agent C, by CLI, blocking query and DNS', async () => {
     const key = await cluster.writeClusterKey()
     const dnsPort = await freePort()
-    const a = cluster.agent({ name: 'ca', clusterKeyFile: key })
+    // `ca` bootstraps a one-voter Raft group: its first term creates the management token the
+    // writes below need (ACLs are on by default); cb and cc follow as learners.
+    const a = cluster.agent({ name: 'ca', clusterKeyFile: key, extraArgs: ['--bootstrap'] })
     await a.start()
-    const seed = (await a.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const seed = (await a.self())!.addresses[0]!
     const b = cluster.agent({ name: 'cb', clusterKeyFile: key, seeds: [seed] })
     const c = cluster.agent({ name: 'cc', clusterKeyFile: key, seeds: [seed], dns: `127.0.0.1:${dnsPort}` })
     await Promise.all([b.start(), c.start()])
+    await cluster.waitForManagementToken()
 
     const appPort = await freePort()
     app = await startApp(appPort)

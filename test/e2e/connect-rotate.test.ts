@@ -303,7 +303,10 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
       expect(r.presented.subjectAltName).toContain('/svc/api')
       expect(r.body).toBe(app)
       const viaOld = await throughInbound(port, webLeaf, oldRoot.rootCert)
-      expect(viaOld.presented.fingerprint256).toBe(r.presented.fingerprint256)
+      // A new-root api leaf (not necessarily the same one: a leader change during a rotation
+      // renews every leaf again, see ConnectModule.onLeaderChange; on a loaded machine it happens).
+      expect(viaOld.presented.verify(new X509Certificate(newRootPem).publicKey)).toBe(true)
+      expect(viaOld.presented.subjectAltName).toContain('/svc/api')
       expect(viaOld.body).toBe(app)
     }
 

@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { type AgentProcess, runCli, TestCluster, waitFor } from './harness.ts'
+import { type AgentProcess, authHeaders, runCli, TestCluster, waitFor } from './harness.ts'
 import { type RaftStatus, startRaftCluster, status, waitForLeader } from './raft-helpers.ts'
 
 interface IntentionJson {
@@ -97,7 +97,7 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     // A leaf for a service on the learner, signed by the leader, verifies with openssl.
     const reg = await fetch(`http://${learner.http}/v1/agent/service/register`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/json' },
+      headers: { ...authHeaders(), 'content-type': 'application/json' },
       body: JSON.stringify({ name: 'web', port: 18080 }),
     })
     expect(reg.status).toBe(200)

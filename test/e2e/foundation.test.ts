@@ -9,7 +9,8 @@ interface Info {
 }
 
 async function info(http: string): Promise<Info> {
-  const res = await runCli(['info', '--http', http, '--json'])
+  // Anonymous: with ACLs on (the default) anyone may read info (no Raft group here, so no token).
+  const res = await runCli(['info', '--http', http, '--json'], { token: false })
   if (res.code !== 0) throw new Error(res.stderr)
   return JSON.parse(res.stdout) as Info
 }

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -7,13 +8,37 @@ import { freePort } from '../../src/node/transport/free-port.ts'
 
 export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
 
-/** Runs the CLI to completion; returns exit code and output. */
+/**
+ * The management token of this test file's clusters (a fresh UUID per file: vitest loads the
+ * harness once per file). Every TestCluster gives it to its agents as their initial management
+ * token unless told otherwise, so the first leader creates it; tests send it (`runCli` as
+ * `$PEERMESH_HTTP_TOKEN`, `AgentProcess.api` and `authHeaders()` as `X-Consul-Token`).
+ */
+export const MANAGEMENT_TOKEN = randomUUID()
+
+/**
+ * Headers that carry `token` (default: the management token) as `X-Consul-Token`; `false`: none
+ * (anonymous). Spread into a fetch: `headers: { ...authHeaders(), 'content-type': ... }`.
+ */
+export function authHeaders(token: string | false = MANAGEMENT_TOKEN): Record<string, string> {
+  return token === false ? {} : { 'x-consul-token': token }
+}
+
+/**
+ * Runs the CLI to completion; returns exit code and output. The CLI gets `token` (default: the
+ * management token) as `$PEERMESH_HTTP_TOKEN`; `token: false` runs it anonymous.
+ */
 export function runCli(
   args: string[],
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; token?: string | false } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env = { ...process.env }
+  delete env['PEERMESH_HTTP_TOKEN']
+  delete env['CONSUL_HTTP_TOKEN']
+  const token = options.token ?? MANAGEMENT_TOKEN
+  if (token !== false) env['PEERMESH_HTTP_TOKEN'] = token
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
@@ -55,6 +80,14 @@ export interface AgentOptions {
   dataDir?: string
   /** DNS interface HOST:PORT (default: any free port, so agents on one machine don't collide). */
   dns?: string
+  /**
+   * Give the agent the cluster's management token as its initial management token
+   * (`--initial-management-token-file`; default true). false: a plain joiner, which holds no token
+   * unless `tokenFile` gives it one.
+   */
+  initialManagementToken?: boolean
+  /** A file (0600) holding this agent's token (`--token-file`), e.g. from `TestCluster.writeToken`. */
+  tokenFile?: string
   extraArgs?: string[]
 }
 
@@ -119,6 +152,10 @@ export class AgentProcess {
       'info',
       '--dns',
       this.options.dns ?? '127.0.0.1:0',
+      ...(this.options.initialManagementToken !== false
+        ? ['--initial-management-token-file', this.cluster.managementTokenFile]
+        : []),
+      ...(this.options.tokenFile !== undefined ? ['--token-file', this.options.tokenFile] : []),
       ...(this.options.seeds ?? []).flatMap((s) => ['--seed', s]),
       ...(this.options.extraArgs ?? []),
     ]
@@ -136,21 +173,58 @@ export class AgentProcess {
     try {
       await Promise.race([
         exited,
-        waitFor(`${this.name} HTTP API`, async () => ((await this.api('/v1/agent/self')) ? true : undefined)),
+        // Generous: with other test files' agents on the same cores a start can take a while.
+        waitFor(`${this.name} HTTP API`, async () => ((await this.self()) ? true : undefined), 60_000),
       ])
     } finally {
       child.off('close', onExit!)
     }
   }
 
-  async api<T = unknown>(path: string, init?: RequestInit): Promise<T | undefined> {
+  /**
+   * `GET /v1/agent/self` as anonymous (allowed before the cluster has a leader or any token):
+   * name, peer id and addresses; undefined when unreachable.
+   */
+  self(): Promise<{ name: string; peerId: string; addresses: string[] } | undefined> {
+    return this.api('/v1/agent/self', undefined, { token: false })
+  }
+
+  /**
+   * A request with `token` (default: the cluster's management token; false: anonymous); the
+   * parsed body, or undefined on any failure (a 403 too, e.g. before the first leader created the
+   * management token: poll).
+   */
+  async api<T = unknown>(
+    path: string,
+    init?: RequestInit,
+    options: { token?: string | false } = {},
+  ): Promise<T | undefined> {
     try {
-      const res = await fetch(`http://${this.http}${path}`, { ...init, signal: AbortSignal.timeout(5_000) })
+      const res = await fetch(`http://${this.http}${path}`, {
+        ...init,
+        headers: {
+          ...authHeaders(options.token ?? this.cluster.managementToken),
+          ...(init?.headers as Record<string, string> | undefined),
+        },
+        signal: AbortSignal.timeout(5_000),
+      })
       if (!res.ok) return undefined
       return (await res.json()) as T
     } catch {
       return undefined
     }
+  }
+
+  /**
+   * Waits until this agent knows the cluster's management token (`GET /v1/acl/token/self`): the
+   * first leader created it and Raft replicated it here.
+   */
+  async waitForManagementToken(timeoutMs = 30_000): Promise<void> {
+    await waitFor(
+      `${this.name} to know the management token`,
+      async () => ((await this.api('/v1/acl/token/self')) !== undefined ? true : undefined),
+      timeoutMs,
+    )
   }
 
   /** The value of an unlabelled metric on `/metrics`, undefined if absent or unreachable. */
@@ -175,10 +249,29 @@ export class AgentProcess {
   }
 }
 
-/** A temp dir with a cluster key and a set of agent processes, cleaned up by `close()`. */
+/**
+ * A temp dir with a cluster key, a management token and a set of agent processes, cleaned up by
+ * `close()`.
+ */
 export class TestCluster {
   readonly dir = mkdtempSync(join(tmpdir(), 'peermesh-e2e-'))
   readonly agents: AgentProcess[] = []
+  /** The cluster's management token (a UUID); its agents get it as initial management token. */
+  readonly managementToken: string
+  /** The 0600 file holding it, given to agents with `--initial-management-token-file`. */
+  readonly managementTokenFile: string
+
+  constructor(options: { managementToken?: string } = {}) {
+    this.managementToken = options.managementToken ?? MANAGEMENT_TOKEN
+    this.managementTokenFile = this.writeToken(this.managementToken, 'management.token')
+  }
+
+  /** Writes `secret` to a new 0600 file in the cluster dir (for `--token-file`); returns its path. */
+  writeToken(secret: string, name = `${randomUUID()}.token`): string {
+    const path = join(this.dir, name)
+    writeFileSync(path, `${secret}\n`, { mode: 0o600 })
+    return path
+  }
 
   async writeClusterKey(name = 'cluster.key'): Promise<string> {
     const { stdout, code } = await runCli(['keygen'])
@@ -186,6 +279,14 @@ export class TestCluster {
     const path = join(this.dir, name)
     writeFileSync(path, stdout, { mode: 0o600 })
     return path
+  }
+
+  /**
+   * Waits until every given agent (default: all) knows the management token: after it, writes
+   * with it work through any of them.
+   */
+  async waitForManagementToken(agents: AgentProcess[] = this.agents, timeoutMs = 30_000): Promise<void> {
+    await Promise.all(agents.map((a) => a.waitForManagementToken(timeoutMs)))
   }
 
   agent(options: AgentOptions): AgentProcess {

@@ -17,14 +17,17 @@ export function stopApp(server: Server): Promise<void> {
   })
 }
 
-/** `peermesh register FILE.json` against `agent`, as a user would; throws unless it exits 0. */
+/**
+ * `peermesh register FILE.json` against `agent`, as a user would, with the cluster's management
+ * token; throws unless it exits 0.
+ */
 export async function registerService(
   agent: AgentProcess,
   definition: { name: string; [field: string]: unknown },
 ): Promise<void> {
   const path = join(agent.cluster.dir, `${agent.name}-${definition.name}.json`)
   writeFileSync(path, JSON.stringify(definition))
-  const r = await runCli(['register', path, '--http', agent.http])
+  const r = await runCli(['register', path, '--http', agent.http], { token: agent.cluster.managementToken })
   if (r.code !== 0) throw new Error(`register ${definition.name} on ${agent.name}: ${r.stderr.trim()}`)
 }
 

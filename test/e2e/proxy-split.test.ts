@@ -1,6 +1,6 @@
 import type { Server } from 'node:http'
 import { afterAll, describe, expect, it } from 'vitest'
-import { freePort, TestCluster, waitFor } from './harness.ts'
+import { authHeaders, freePort, TestCluster, waitFor } from './harness.ts'
 import { startApp } from './mesh-helpers.ts'
 
 describe('traffic split through the sidecars (end to end, 3 agent processes)', () => {
@@ -16,7 +16,7 @@ describe('traffic split through the sidecars (end to end, 3 agent processes)', (
     const extra = ['--bootstrap-expect', '3']
     const a = cluster.agent({ name: 'sa', clusterKeyFile: key, extraArgs: extra })
     await a.start()
-    const seed = (await a.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const seed = (await a.self())!.addresses[0]!
     const b = cluster.agent({ name: 'sb', clusterKeyFile: key, seeds: [seed], extraArgs: extra })
     const c = cluster.agent({ name: 'sc', clusterKeyFile: key, seeds: [seed], extraArgs: extra })
     await Promise.all([b.start(), c.start()])
@@ -25,6 +25,8 @@ describe('traffic split through the sidecars (end to end, 3 agent processes)', (
       async () => ((await a.api<string>('/v1/status/leader')) ? true : undefined),
       30_000,
     )
+    // The leader created the management token; the writes below carry it, through any agent.
+    await cluster.waitForManagementToken()
 
     const [v1App, v2App, v1In, v2In, webIn, upstream] = await Promise.all(
       Array.from({ length: 6 }, () => freePort()),
@@ -33,7 +35,7 @@ describe('traffic split through the sidecars (end to end, 3 agent processes)', (
     const put = async (agentApi: typeof a, path: string, body: object, method = 'PUT') => {
       const res = await fetch(`http://${agentApi.http}${path}`, {
         method,
-        headers: { 'content-type': 'application/json' },
+        headers: { ...authHeaders(), 'content-type': 'application/json' },
         body: JSON.stringify(body),
       })
       expect(res.status, await res.text()).toBe(200)

@@ -42,10 +42,12 @@ describe('sidecar proxies (end to end, 3 agent processes)', () => {
     const extra = ['--bootstrap-expect', '3']
     const a = cluster.agent({ name: 'pa', clusterKeyFile: key, extraArgs: extra })
     await a.start()
-    const seed = (await a.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const seed = (await a.self())!.addresses[0]!
     const b = cluster.agent({ name: 'pb', clusterKeyFile: key, seeds: [seed], extraArgs: extra })
     const c = cluster.agent({ name: 'pc', clusterKeyFile: key, seeds: [seed], extraArgs: extra })
     await Promise.all([b.start(), c.start()])
+    // The first leader creates the management token the registrations below carry.
+    await cluster.waitForManagementToken()
 
     const [apiPort, apiInbound, webPort, webInbound, upstreamPort] = await Promise.all([
       freePort(),

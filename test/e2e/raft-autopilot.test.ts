@@ -20,6 +20,7 @@ describe('raft autopilot (end to end, 5 agent processes, 3 voters)', () => {
       const c = await conf()
       return c?.servers.length === 5 && c.servers.filter((s) => s.voter).length === 3 ? c : undefined
     })
+    await cluster.waitForManagementToken()
     const index = await putKv(agents[4]!, 'from-learner', 'v1')
     expect(index).toBeGreaterThan(0)
     await waitFor('write applied on every agent', async () => {

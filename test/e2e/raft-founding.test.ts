@@ -64,7 +64,7 @@ describe('founding with --bootstrap-expect (end to end, 4 + 1 agent processes)',
       const args = ['--bootstrap-expect', '3']
       const first = cluster.agent({ name: `f${rep}a`, clusterKeyFile: key, extraArgs: args })
       await first.start()
-      const seed = (await first.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+      const seed = (await first.self())!.addresses[0]!
       const rest = ['b', 'c', 'd'].map((n) =>
         cluster!.agent({ name: `f${rep}${n}`, clusterKeyFile: key, seeds: [seed], extraArgs: args }),
       )

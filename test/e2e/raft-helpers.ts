@@ -1,5 +1,5 @@
 import type { AgentProcess, TestCluster } from './harness.ts'
-import { waitFor } from './harness.ts'
+import { authHeaders, waitFor } from './harness.ts'
 
 /** `GET /v1/operator/raft/configuration`. */
 export interface RaftConfiguration {
@@ -32,8 +32,7 @@ export async function startRaftCluster(
     extraArgs: ['--bootstrap-expect', String(n), ...(opts.extraArgs ?? [])],
   })
   await first.start()
-  const self = await first.api<{ addresses: string[] }>('/v1/agent/self')
-  const seed = self!.addresses[0]!
+  const seed = (await first.self())!.addresses[0]!
   const start = async (from: number, to: number, founder: boolean): Promise<AgentProcess[]> => {
     const started: AgentProcess[] = []
     for (let i = from; i <= to; i++) {
@@ -76,7 +75,7 @@ export async function waitForLeader(agents: AgentProcess[], timeoutMs = 20_000):
   )
 }
 
-/** `PUT /v1/config` of a kv entry; returns the index, or throws with the status and error. */
+/** `PUT /v1/config` of a kv entry with the management token; returns the index, or throws with the status and error. */
 export async function putKv(
   a: AgentProcess,
   name: string,
@@ -86,7 +85,7 @@ export async function putKv(
   const res = await fetch(`http://${a.http}/v1/config`, {
     method: 'PUT',
     body: JSON.stringify({ kind: 'kv', name, value }),
-    headers: { 'content-type': 'application/json' },
+    headers: { ...authHeaders(a.cluster.managementToken), 'content-type': 'application/json' },
     signal: opts.signal ?? AbortSignal.timeout(opts.timeoutMs ?? 10_000),
   })
   const body = (await res.json()) as { index?: number; error?: string }
@@ -94,7 +93,7 @@ export async function putKv(
   return body.index!
 }
 
-/** `GET /v1/config/kv/:name`; null when missing (404). */
+/** `GET /v1/config/kv/:name` with the management token; null when missing (404). */
 export async function getKv(
   a: AgentProcess,
   name: string,
@@ -102,6 +101,7 @@ export async function getKv(
 ): Promise<string | null> {
   const q = opts.consistent ? '?consistent' : ''
   const res = await fetch(`http://${a.http}/v1/config/kv/${encodeURIComponent(name)}${q}`, {
+    headers: authHeaders(a.cluster.managementToken),
     signal: opts.signal ?? AbortSignal.timeout(opts.timeoutMs ?? 10_000),
   })
   if (res.status === 404) return null

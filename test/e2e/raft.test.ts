@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest'
-import { runCli, TestCluster, waitFor } from './harness.ts'
+import { authHeaders, runCli, TestCluster, waitFor } from './harness.ts'
 import { getKv, putKv, type RaftConfiguration, startRaftCluster, waitForLeader } from './raft-helpers.ts'
 
 describe('raft in the agent (end to end, 3 agent processes)', () => {
@@ -52,23 +52,33 @@ describe('raft in the agent (end to end, 3 agent processes)', () => {
     // Bad input: 400 naming the field; the CLI: one line, exit 1.
     const bad = await fetch(`http://${follower.http}/v1/config`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/json' },
+      headers: { ...authHeaders(), 'content-type': 'application/json' },
       body: JSON.stringify({ kind: 'kv', name: 'x', value: 42 }),
     })
     expect(bad.status).toBe(400)
     expect(((await bad.json()) as { error: string }).error).toMatch(/^value:/)
     const noKind = await fetch(`http://${follower.http}/v1/config`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/json' },
+      headers: { ...authHeaders(), 'content-type': 'application/json' },
       body: JSON.stringify({ name: 'x' }),
     })
     expect(noKind.status).toBe(400)
     expect(((await noKind.json()) as { error: string }).error).toMatch(/^kind:/)
-    expect((await fetch(`http://${follower.http}/v1/config/kv/missing`)).status).toBe(404)
+    expect(
+      (await fetch(`http://${follower.http}/v1/config/kv/missing`, { headers: authHeaders() })).status,
+    ).toBe(404)
+    // ACLs are on by default: the same write without a token is refused, naming the permission.
+    const anonymous = await fetch(`http://${follower.http}/v1/config`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ kind: 'kv', name: 'x', value: 'v' }),
+    })
+    expect(anonymous.status).toBe(403)
+    expect(((await anonymous.json()) as { error: string }).error).toMatch(/key:write/)
     // One entry over the per-entry cap (64 KiB): 413, refused before it took a log entry.
     const huge = await fetch(`http://${follower.http}/v1/config`, {
       method: 'PUT',
-      headers: { 'content-type': 'application/json' },
+      headers: { ...authHeaders(), 'content-type': 'application/json' },
       body: JSON.stringify({ kind: 'service-defaults', name: 'big', value: { note: 'x'.repeat(70_000) } }),
     })
     expect(huge.status).toBe(413)

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net'
 import { UUID_PATTERN } from '../../acl/constants.ts'
 import { isLoopbackHost } from '../api/request-guard.ts'
-import { readFileSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -10,7 +10,7 @@ import { parseDuration } from '../catalog/duration.ts'
 import { DEFAULT_RAFT_VOTERS } from './defaults.ts'
 import { ConfigError } from './errors.ts'
 
-/** Default local HTTP API address. Loopback only: the API has no authentication. */
+/** Default local HTTP API address. Loopback only: the API is for this machine's operator and tools. */
 export const DEFAULT_HTTP = '127.0.0.1:7880'
 /** Default DNS interface address (Consul's port). */
 export const DEFAULT_DNS = '127.0.0.1:8600'
@@ -96,12 +96,14 @@ export const agentConfigSchema = z
     /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
     caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
     /**
-     * Access control (docs/SECURITY.md). Off by default for now: with it off, every local request
-     * may do everything, as before ACLs existed.
+     * Access control (docs/SECURITY.md). On by default, default deny: without a token a request may
+     * only read what gossip tells any member anyway. `enabled: false` is an opt-out for trying
+     * things on one machine: every local request may then do everything, and any key holder may
+     * join Raft.
      */
     acl: z
       .object({
-        /** Check tokens on the HTTP API and on forwarded writes. */
+        /** Check tokens on the HTTP API and on forwarded writes (default true). */
         enabled: z.boolean().optional(),
         /** When no rule matches: deny (Consul's advice); allow only to migrate a running cluster. */
         defaultPolicy: z.enum(['allow', 'deny']).optional(),
@@ -109,6 +111,12 @@ export const agentConfigSchema = z
         anonymousRead: z.boolean().optional(),
         /** A UUID the founders share; the first leader applies it as the management token (Consul's initial_management). */
         initialManagementToken: z.string().regex(UUID_PATTERN, 'must be a UUID').optional(),
+        /**
+         * File (0600) holding the initial management token, so the secret stays out of the config
+         * file and the process list (flag `--initial-management-token-file`). Loses to
+         * `initialManagementToken` given in the same config.
+         */
+        initialManagementTokenFile: z.string().min(1).optional(),
       })
       .strict()
       .optional(),
@@ -153,7 +161,10 @@ export interface AgentConfig {
     anonymousRead: boolean
     initialManagementToken?: string
   }
-  /** The default token read from `tokenFile` at start (trimmed). */
+  /**
+   * The default token read from `tokenFile` at start (trimmed). With `acl.initialManagementToken`
+   * this is the agent's token (it enrolls the node); see ENROLLMENT in docs/SECURITY.md.
+   */
   defaultToken?: string
 }
 
@@ -176,7 +187,9 @@ function describeIssue(err: z.ZodError, source: string): ConfigError {
   }
   if (issue.code === 'invalid_type') msg = `expected ${(issue as { expected: string }).expected}`
   if (source === 'flags') {
-    const flag = String(issue.path[0] ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+    // Flags are top-level fields, but for --initial-management-token-file (acl.*).
+    const last = field === 'acl.initialManagementTokenFile' ? issue.path.at(-1) : issue.path[0]
+    const flag = String(last ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
     return new ConfigError(`--${flag}: ${msg}`, field)
   }
   return new ConfigError(`${source}: field "${field}": ${msg}`, field)
@@ -215,25 +228,46 @@ export function readConfigFile(path: string): AgentConfigInput {
   return validateAgentConfig(json, `config file ${path}`)
 }
 
-/** Merges file and flag input (flags win) and fills in defaults. */
-export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInput): AgentConfig {
+/** Environment variable that may hold the initial management token (as the cluster key, a secret). */
+export const INITIAL_MANAGEMENT_TOKEN_ENV = 'PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN'
+
+/**
+ * Merges file and flag input (flags win; `acl` field by field) and fills in defaults. `env` may
+ * give the initial management token ({@link INITIAL_MANAGEMENT_TOKEN_ENV}) when no config or flag
+ * does.
+ */
+export function resolveAgentConfig(
+  file: AgentConfigInput,
+  flags: AgentConfigInput,
+  env: NodeJS.ProcessEnv = process.env,
+): AgentConfig {
   const merged: AgentConfigInput = { ...file }
   for (const [k, v] of Object.entries(flags)) {
     if (v !== undefined) (merged as Record<string, unknown>)[k] = v
   }
+  if (file.acl !== undefined || flags.acl !== undefined) merged.acl = mergeDefined(file.acl, flags.acl)
   const name = merged.name ?? sanitizeHostname(hostname())
   const http = parseHostPort(merged.http ?? DEFAULT_HTTP)!
+  const aclEnabled = merged.acl?.enabled ?? true
   // Anyone who can reach a non-loopback API could change policy: only with tokens checked.
-  if (!isLoopbackHost(http.host) && merged.acl?.enabled !== true)
+  if (!isLoopbackHost(http.host) && !aclEnabled)
     throw new ConfigError(
-      `http: ${http.host} is not a loopback address; an API other machines can reach needs ACLs on (acl.enabled)`,
+      `http: ${http.host} is not a loopback address; an API other machines can reach needs ACLs on (remove acl.enabled: false)`,
       'http',
     )
-  if (
-    merged.acl?.enabled !== true &&
-    (merged.acl?.initialManagementToken !== undefined || merged.tokenFile !== undefined)
-  )
-    throw new ConfigError('acl: initialManagementToken and tokenFile need acl.enabled', 'acl')
+  const initialManagementToken = resolveInitialManagementToken(merged.acl, env)
+  if (!aclEnabled && (initialManagementToken !== undefined || merged.tokenFile !== undefined))
+    throw new ConfigError(
+      'acl: an initial management token and tokenFile need acl.enabled (ACLs are off in this config)',
+      'acl',
+    )
+  // Founders of a --bootstrap-expect cluster prove to each other that they hold the initial
+  // management token; without it an agent could never found the cluster (docs/SECURITY.md).
+  if (aclEnabled && merged.bootstrapExpect !== undefined && initialManagementToken === undefined)
+    throw new ConfigError(
+      `bootstrapExpect: with ACLs on, the agents that bootstrap a cluster together need the same initial management token: give each --initial-management-token-file FILE (a UUID, e.g. from uuidgen, in a 0600 file) or $${INITIAL_MANAGEMENT_TOKEN_ENV}, or start one agent with --bootstrap and run \`peermesh acl bootstrap\``,
+      'bootstrapExpect',
+    )
   return {
     name,
     dataDir: merged.dataDir ?? join('.peermesh', name),
@@ -252,32 +286,66 @@ export function resolveAgentConfig(file: AgentConfigInput, flags: AgentConfigInp
     ...(merged.caKeyType !== undefined ? { caKeyType: merged.caKeyType } : {}),
     ...(merged.leafTtl !== undefined ? { leafTtlMs: Math.round(parseDuration(merged.leafTtl)!) } : {}),
     acl: {
-      enabled: merged.acl?.enabled ?? false,
+      enabled: aclEnabled,
       defaultPolicy: merged.acl?.defaultPolicy ?? 'deny',
       anonymousRead: merged.acl?.anonymousRead ?? true,
-      ...(merged.acl?.initialManagementToken !== undefined
-        ? { initialManagementToken: merged.acl.initialManagementToken }
-        : {}),
+      ...(initialManagementToken !== undefined ? { initialManagementToken } : {}),
     },
-    ...(merged.tokenFile !== undefined ? { defaultToken: readTokenFile(merged.tokenFile) } : {}),
+    ...(merged.tokenFile !== undefined
+      ? { defaultToken: readSecretFile(merged.tokenFile, 'tokenFile') }
+      : {}),
   }
 }
 
-/** The token in `path`, trimmed; a ConfigError naming the file when unreadable or empty. */
-function readTokenFile(path: string): string {
+/** `b`'s defined fields over `a`'s. */
+function mergeDefined<T extends object>(a: T | undefined, b: T | undefined): T {
+  const out = { ...a } as Record<string, unknown>
+  for (const [k, v] of Object.entries(b ?? {})) if (v !== undefined) out[k] = v
+  return out as T
+}
+
+/** The initial management token: `initialManagementToken`, else its file, else the environment. */
+function resolveInitialManagementToken(
+  acl: AgentConfigInput['acl'],
+  env: NodeJS.ProcessEnv,
+): string | undefined {
+  if (acl?.initialManagementToken !== undefined) return acl.initialManagementToken
+  const field = 'acl.initialManagementTokenFile'
+  const fromFile = acl?.initialManagementTokenFile
+  const token =
+    fromFile !== undefined
+      ? readSecretFile(fromFile, field)
+      : env[INITIAL_MANAGEMENT_TOKEN_ENV]?.trim() || undefined
+  if (token === undefined) return undefined
+  if (!UUID_PATTERN.test(token))
+    throw new ConfigError(
+      `${fromFile !== undefined ? `${field}: ${fromFile}` : `$${INITIAL_MANAGEMENT_TOKEN_ENV}`}: the initial management token must be a UUID`,
+      fromFile !== undefined ? field : 'acl.initialManagementToken',
+    )
+  return token
+}
+
+/**
+ * The secret in `path`, trimmed. A ConfigError naming `field` and the file when it is unreadable,
+ * empty, or readable by group or others (a token is as secret as the cluster key: `chmod 600`).
+ */
+export function readSecretFile(path: string, field: string): string {
   let text: string
+  let mode: number
   try {
+    mode = statSync(path).mode
     text = readFileSync(path, 'utf8').trim()
   } catch (err) {
-    throw new ConfigError(
-      `tokenFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`,
-      'tokenFile',
-      {
-        cause: err,
-      },
-    )
+    throw new ConfigError(`${field}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, field, {
+      cause: err,
+    })
   }
-  if (text === '') throw new ConfigError(`tokenFile: ${path} is empty`, 'tokenFile')
+  if (process.platform !== 'win32' && (mode & 0o077) !== 0)
+    throw new ConfigError(
+      `${field}: ${path} is readable by group or others (mode 0${(mode & 0o777).toString(8)}); it holds a secret: chmod 600 ${path}`,
+      field,
+    )
+  if (text === '') throw new ConfigError(`${field}: ${path} is empty`, field)
   return text
 }
 

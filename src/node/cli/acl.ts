@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
 import type { Command, Option } from 'commander'
 import { ConfigError } from '../agent/errors.ts'
 import type { AclPolicyJson, AclTokenJson } from '../api/acl-routes.ts'
@@ -49,6 +49,76 @@ export function resolveCliToken(
 export function clientFor(opts: { http: string; token?: string; tokenFile?: string }): ApiClient {
   return new ApiClient(opts.http, resolveCliToken(opts))
 }
+
+// ---- secrets to files ---------------------------------------------------------------------------
+
+/** Mode of a file `--secret-out` writes: the owner's alone, as the agent's `--token-file` needs. */
+export const SECRET_FILE_MODE = 0o600
+
+/**
+ * A new file `path`, mode 0600, for a secret (`--secret-out`): opened before the request that
+ * creates the secret, so an unusable path fails before anything is created. An existing file is
+ * left alone: an error says to remove it.
+ */
+export class SecretFile {
+  private readonly fd: number
+
+  constructor(readonly path: string) {
+    try {
+      this.fd = openSync(path, 'wx', SECRET_FILE_MODE)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      const why = code === 'EEXIST' ? 'the file exists (remove it first to replace it)' : code
+      throw new ConfigError(`--secret-out: cannot write ${path}: ${why}`, 'secretOut', { cause: err })
+    }
+  }
+
+  /** Writes the secret and a newline, and closes the file. */
+  write(secret: string): void {
+    try {
+      writeSync(this.fd, `${secret}\n`)
+    } finally {
+      closeSync(this.fd)
+    }
+  }
+
+  /** Closes and removes the file (the request failed: no secret to keep). */
+  discard(): void {
+    closeSync(this.fd)
+    rmSync(this.path, { force: true })
+  }
+}
+
+/**
+ * Creates a token with `create` and prints it; with `--secret-out FILE` the SecretID goes to the
+ * file (0600) and the output shows where it went instead, so the secret stays out of terminals
+ * and logs.
+ */
+async function createAndPrint(
+  create: () => Promise<AclTokenJson>,
+  opts: { json?: boolean; secretOut?: string },
+): Promise<void> {
+  const file = opts.secretOut !== undefined ? new SecretFile(opts.secretOut) : undefined
+  let t: AclTokenJson
+  try {
+    t = await create()
+  } catch (err) {
+    file?.discard()
+    throw err
+  }
+  if (file !== undefined) {
+    file.write(t.SecretID)
+    t = { ...t, SecretID: `<written to ${file.path}>` }
+  }
+  const shown = t
+  print(opts.json === true, shown, () => formatToken(shown))
+}
+
+const secretOutOption = (cmd: Command): Command =>
+  cmd.option(
+    '--secret-out <file>',
+    'write the SecretID to this new file (mode 0600) instead of printing it, e.g. for an agent --token-file',
+  )
 
 // ---- output -----------------------------------------------------------------------------------
 
@@ -166,23 +236,24 @@ function withClientOptions(cmd: Command): Command {
 export function registerAclCommands(program: Command): void {
   const acl = program.command('acl').description('manage ACL tokens and policies')
 
-  withClientOptions(
-    acl.command('bootstrap').description('create the initial management token (once per cluster)'),
-  ).action(async (opts: ClientOpts) => {
-    const t = await clientFor(opts).call<AclTokenJson>('PUT', '/v1/acl/bootstrap')
-    print(opts.json === true, t, () => formatToken(t))
+  secretOutOption(
+    withClientOptions(
+      acl.command('bootstrap').description('create the initial management token (once per cluster)'),
+    ),
+  ).action(async (opts: ClientOpts & { secretOut?: string }) => {
+    await createAndPrint(() => clientFor(opts).call<AclTokenJson>('PUT', '/v1/acl/bootstrap'), opts)
   })
 
   // -- tokens
   const token = acl.command('token').description('create, list, read and delete ACL tokens')
-  withClientOptions(token.command('create').description('create a token'))
+  secretOutOption(withClientOptions(token.command('create').description('create a token')))
     .option('--description <text>', 'description of the token')
     .option('--policy-name <name>', 'link a policy by name, repeatable', collect)
     .option('--policy-id <id>', 'link a policy by ID, repeatable', collect)
     .option('--service-identity <svc[:dc,...]>', 'service identity, repeatable', collect)
     .option(
       '--node-identity <node[:dc]>',
-      `node identity, repeatable (datacenter default ${DEFAULT_DATACENTER})`,
+      `node identity, repeatable: the node name, e.g. b (datacenter default ${DEFAULT_DATACENTER})`,
       collect,
     )
     .option('--voter', 'allow this token to enroll a node as a Raft voter')
@@ -197,6 +268,7 @@ export function registerAclCommands(program: Command): void {
           nodeIdentity?: string[]
           voter?: boolean
           local?: boolean
+          secretOut?: string
         },
       ) => {
         const body = {
@@ -210,8 +282,7 @@ export function registerAclCommands(program: Command): void {
           Voter: opts.voter === true,
           Local: opts.local === true,
         }
-        const t = await clientFor(opts).call<AclTokenJson>('PUT', '/v1/acl/token', body)
-        print(opts.json === true, t, () => formatToken(t))
+        await createAndPrint(() => clientFor(opts).call<AclTokenJson>('PUT', '/v1/acl/token', body), opts)
       },
     )
 

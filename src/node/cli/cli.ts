@@ -4,6 +4,7 @@ import type { Agent } from '../agent/agent.ts'
 import {
   type AgentConfigInput,
   DEFAULT_HTTP,
+  INITIAL_MANAGEMENT_TOKEN_ENV,
   LOG_LEVELS,
   readConfigFile,
   resolveAgentConfig,
@@ -67,7 +68,14 @@ export function buildCli(): Command {
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
     .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
-    .option('--token-file <file>', "this agent's default ACL token, for requests that carry none")
+    .option(
+      '--token-file <file>',
+      "file (0600) holding this agent's token: it enrolls the node, and is the token of requests that carry none",
+    )
+    .option(
+      '--initial-management-token-file <file>',
+      `file (0600) holding the initial management token (a UUID) the founders share; or $${INITIAL_MANAGEMENT_TOKEN_ENV}`,
+    )
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
     .action(async (opts: Record<string, unknown>) => {
       const flags = validateAgentConfig(
@@ -83,6 +91,9 @@ export function buildCli(): Command {
           raftVoters: opts['raftVoters'],
           clusterKey: opts['clusterKey'],
           tokenFile: opts['tokenFile'],
+          ...(opts['initialManagementTokenFile'] !== undefined
+            ? { acl: { initialManagementTokenFile: opts['initialManagementTokenFile'] } }
+            : {}),
           dns: opts['dns'],
           logLevel: opts['logLevel'],
         },

@@ -24,15 +24,16 @@ function envToken(): string | undefined {
 export class ApiClient {
   readonly host: string
   readonly port: number
+  /** The ACL token sent as `X-Consul-Token`; undefined: anonymous. */
+  readonly token: string | undefined
 
   /**
-   * `token`: the ACL token sent as `X-Consul-Token` (default: what the command line gave, see
-   * `setCliToken`, else `$PEERMESH_HTTP_TOKEN`, else `$CONSUL_HTTP_TOKEN`; none: anonymous).
+   * `token`: the ACL token to send (default: what the command line gave, see `setCliToken`, else
+   * `$PEERMESH_HTTP_TOKEN`, else `$CONSUL_HTTP_TOKEN`; none of them: anonymous). `false`:
+   * anonymous whatever the environment says.
    */
-  constructor(
-    address = process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP,
-    readonly token: string | undefined = cliToken ?? envToken(),
-  ) {
+  constructor(address = process.env['PEERMESH_HTTP_ADDR'] ?? DEFAULT_HTTP, token?: string | false) {
+    this.token = token === false ? undefined : (token ?? cliToken ?? envToken())
     const hp = parseHostPort(address)
     if (hp === undefined) throw new ConfigError(`--http: ${address} is not HOST:PORT`, 'http')
     this.host = hp.host

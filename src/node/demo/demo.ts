@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { createServer as createHttpServer, type Server } from 'node:http'
@@ -27,7 +28,17 @@ interface DemoAgent {
   httpPort: number
   p2pPort: number
   child: ChildProcess
+  /** Anonymous: reads what any caller may (members, catalog, health). */
   api: ApiClient
+  /** With the demo's management token: writes and operator reads. */
+  admin: ApiClient
+}
+
+/** The demo cluster's secrets: the cluster key, and the management token its founders share. */
+interface DemoSecrets {
+  keyFile: string
+  token: string
+  tokenFile: string
 }
 
 const say = (s: string): void => {
@@ -36,12 +47,17 @@ const say = (s: string): void => {
 
 /**
  * `peermesh demo`: a local cluster of real agent processes on 127.0.0.1, joined through one
- * seed, with a scripted tour of what the mesh does.
+ * seed, with a scripted tour of what the mesh does. ACLs are on, as in any cluster: the agents
+ * share a fresh initial management token, and the tour's writes carry it.
  */
 export async function runDemo(options: DemoOptions): Promise<void> {
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'peermesh-demo-'))
   const keyFile = join(dir, 'cluster.key')
   writeFileSync(keyFile, generateClusterKey(), { mode: 0o600 })
+  const token = randomUUID()
+  const tokenFile = join(dir, 'management.token')
+  writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 })
+  const secrets: DemoSecrets = { keyFile, token, tokenFile }
   const agents: DemoAgent[] = []
   const apps: Server[] = []
   const cleanup = async (): Promise<void> => {
@@ -57,7 +73,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     const voters = Math.min(3, options.agents)
     let seed: string | undefined
     for (let i = 1; i <= options.agents; i++) {
-      const a = await startAgent(`node${i}`, dir, keyFile, seed, undefined, undefined, voters)
+      const a = await startAgent(`node${i}`, dir, secrets, seed, undefined, undefined, voters)
       agents.push(a)
       if (seed === undefined) {
         const self = await a.api.get<{ addresses: string[] }>('/v1/agent/self')
@@ -96,7 +112,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     const restarted = await startAgent(
       victim.name,
       dir,
-      keyFile,
+      secrets,
       seed,
       victim.httpPort,
       victim.p2pPort,
@@ -110,9 +126,10 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     })
     say(`  ${victim.name} alive again everywhere after ${Date.now() - tBack} ms\n`)
     await showMembers(agents[0]!)
-    await meshTour(agents, apps)
+    await meshTour(agents, apps, secrets)
     if (options.keep) {
       say(`\ncluster running; try: npx peermesh info --http ${agents[0]!.http}   (Ctrl-C stops it)`)
+      say(`  writes need the token: PEERMESH_HTTP_TOKEN=$(cat ${tokenFile}) npx peermesh intention list`)
       await new Promise(() => {})
     }
   } finally {
@@ -126,13 +143,23 @@ export async function runDemo(options: DemoOptions): Promise<void> {
  * an intention, weighted traffic, then a whole agent hosting an api instance is killed while
  * traffic flows.
  */
-async function meshTour(agents: DemoAgent[], apps: Server[]): Promise<void> {
+async function meshTour(agents: DemoAgent[], apps: Server[], secrets: DemoSecrets): Promise<void> {
   if (agents.length < 3) return
   say('\nwaiting for the Raft group (agents bootstrapped with --bootstrap-expect 3)...')
   await poll(async () => (await agents[0]!.api.get<string>('/v1/status/leader')) !== '')
-  const config = await agents[0]!.api.get<{ servers: { node: string; leader: boolean; voter: boolean }[] }>(
-    '/v1/operator/raft/configuration',
+  // The first leader turns the shared initial management token into a token; wait until every
+  // agent has it (it arrives with Raft replication).
+  await poll(async () => {
+    await Promise.all(agents.map((a) => a.admin.get('/v1/acl/token/self')))
+    return true
+  })
+  say(
+    `  ACLs are on: the writes below carry the management token the agents were started with\n` +
+      `  (--initial-management-token-file ${secrets.tokenFile}); without it they get 403`,
   )
+  const config = await agents[0]!.admin.get<{
+    servers: { node: string; leader: boolean; voter: boolean }[]
+  }>('/v1/operator/raft/configuration')
   for (const s of config.servers) say(`  ${s.node}: ${s.leader ? 'leader' : s.voter ? 'voter' : 'learner'}`)
 
   const [web, api2, api3] = [agents[0]!, agents[1]!, agents[2]!]
@@ -153,7 +180,7 @@ async function meshTour(agents: DemoAgent[], apps: Server[]): Promise<void> {
     await new Promise<void>((r) => app.listen(port, '127.0.0.1', () => r()))
     apps.push(app)
   }
-  const register = (a: DemoAgent, def: object) => a.api.call('PUT', '/v1/agent/service/register', def)
+  const register = (a: DemoAgent, def: object) => a.admin.call('PUT', '/v1/agent/service/register', def)
   const apiDef = (port: number, inbound: number) => ({
     name: 'api',
     id: `api-${port}`,
@@ -174,7 +201,7 @@ async function meshTour(agents: DemoAgent[], apps: Server[]): Promise<void> {
   say(
     `\nregistered api on ${api2.name} and ${api3.name}, web on ${web.name} (upstream api -> 127.0.0.1:${upstream})`,
   )
-  await api3.api.call('POST', '/v1/connect/intentions', {
+  await api3.admin.call('POST', '/v1/connect/intentions', {
     source: 'web',
     destination: 'api',
     action: 'allow',
@@ -219,8 +246,12 @@ async function meshTour(agents: DemoAgent[], apps: Server[]): Promise<void> {
   )
   for (const [body, n] of t2.by) say(`  ${n} answered by ${body}`)
 
-  await api2.api.call('DELETE', '/v1/connect/intentions?source=web&destination=api')
-  await api2.api.call('POST', '/v1/connect/intentions', { source: 'web', destination: 'api', action: 'deny' })
+  await api2.admin.call('DELETE', '/v1/connect/intentions?source=web&destination=api')
+  await api2.admin.call('POST', '/v1/connect/intentions', {
+    source: 'web',
+    destination: 'api',
+    action: 'deny',
+  })
   await poll(async () => (await fetchText(upstream)) === undefined, 20_000, 100)
   say("\nintention switched to deny: web can no longer reach api (refused at api's inbound sidecar)")
 }
@@ -246,7 +277,7 @@ async function showMembers(a: DemoAgent): Promise<void> {
 async function startAgent(
   name: string,
   dir: string,
-  keyFile: string,
+  secrets: DemoSecrets,
   seed?: string,
   httpPortIn?: number,
   p2pPortIn?: number,
@@ -255,7 +286,8 @@ async function startAgent(
   const httpPort = httpPortIn ?? (await freePort())
   const p2pPort = p2pPortIn ?? (await freePort())
   const http = `127.0.0.1:${httpPort}`
-  const args = [BIN, 'agent', '--name', name, '--data-dir', join(dir, name), '--cluster-key', keyFile]
+  const args = [BIN, 'agent', '--name', name, '--data-dir', join(dir, name), '--cluster-key', secrets.keyFile]
+  args.push('--initial-management-token-file', secrets.tokenFile)
   args.push(
     '--listen',
     `/ip4/127.0.0.1/tcp/${p2pPort}`,
@@ -269,12 +301,13 @@ async function startAgent(
   if (seed !== undefined) args.push('--seed', seed)
   if (bootstrapExpect !== undefined) args.push('--bootstrap-expect', String(bootstrapExpect))
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] })
-  const api = new ApiClient(http)
+  const api = new ApiClient(http, false)
+  const admin = new ApiClient(http, secrets.token)
   await poll(async () => {
     if (child.exitCode !== null) throw new Error(`${name} exited with code ${child.exitCode}`)
     return (await api.get('/v1/agent/self').catch(() => undefined)) !== undefined
   })
-  return { name, http, httpPort, p2pPort, child, api }
+  return { name, http, httpPort, p2pPort, child, api, admin }
 }
 
 async function poll(fn: () => Promise<boolean>, timeoutMs = 30_000, everyMs = 100): Promise<void> {

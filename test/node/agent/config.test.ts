@@ -43,37 +43,116 @@ describe('agent config', () => {
     )
   })
 
-  it('an API other machines can reach needs ACLs on; ACL secrets need ACLs on', () => {
+  it('ACLs are on by default, default deny; off is an opt-out that a non-loopback API and ACL secrets refuse', () => {
     const flags = (o: object) => validateAgentConfig(o, 'flags')
-    expect(() => resolveAgentConfig({}, flags({ http: '0.0.0.0:8500' }))).toThrow(/needs ACLs on/)
-    expect(() => resolveAgentConfig({}, flags({ http: '10.0.0.5:8500' }))).toThrow(/needs ACLs on/)
-    const on = resolveAgentConfig({}, flags({ http: '0.0.0.0:8500', acl: { enabled: true } }))
+    expect(resolveAgentConfig({}, {}, {}).acl).toEqual({
+      enabled: true,
+      defaultPolicy: 'deny',
+      anonymousRead: true,
+    })
+    const on = resolveAgentConfig({}, flags({ http: '0.0.0.0:8500' }), {})
     expect(on.acl).toEqual({ enabled: true, defaultPolicy: 'deny', anonymousRead: true })
-    expect(resolveAgentConfig({}, {}).acl.enabled).toBe(false)
+    const off = { acl: { enabled: false } }
+    expect(resolveAgentConfig({}, flags(off), {}).acl.enabled).toBe(false)
+    expect(() => resolveAgentConfig({}, flags({ ...off, http: '0.0.0.0:8500' }), {})).toThrow(/needs ACLs on/)
+    expect(() => resolveAgentConfig(off, flags({ http: '10.0.0.5:8500' }), {})).toThrow(/needs ACLs on/)
     const token = '11111111-2222-3333-4444-555555555555'
-    expect(() => resolveAgentConfig({}, flags({ acl: { initialManagementToken: token } }))).toThrow(
-      /need acl.enabled/,
-    )
+    expect(() =>
+      resolveAgentConfig({}, flags({ acl: { enabled: false, initialManagementToken: token } }), {}),
+    ).toThrow(/need acl.enabled/)
     expect(() => validateAgentConfig({ acl: { initialManagementToken: 'nope' } }, 'flags')).toThrow(/UUID/)
   })
 
-  it('tokenFile: read once and trimmed; a missing or empty file is an error naming it', () => {
+  it('--bootstrap-expect with ACLs on needs an initial management token, and the error names the fix', () => {
+    const flags = (o: object) => validateAgentConfig(o, 'flags')
+    expect(() => resolveAgentConfig({}, flags({ bootstrapExpect: 3 }), {})).toThrow(
+      expect.objectContaining({
+        code: 'PEERMESH_ERR_INVALID_CONFIG',
+        field: 'bootstrapExpect',
+        message: expect.stringMatching(/--initial-management-token-file/),
+      }),
+    )
+    const token = '11111111-2222-3333-4444-555555555555'
+    const ok = resolveAgentConfig(
+      { acl: { initialManagementToken: token } },
+      flags({ bootstrapExpect: 3 }),
+      {},
+    )
+    expect(ok.acl.initialManagementToken).toBe(token)
+    // A single --bootstrap agent may start without one (`peermesh acl bootstrap` gives the first token).
+    expect(resolveAgentConfig({}, flags({ bootstrap: true }), {}).acl.initialManagementToken).toBeUndefined()
+    // ACLs off: as before.
+    expect(
+      resolveAgentConfig({}, flags({ bootstrapExpect: 3, acl: { enabled: false } }), {}).bootstrapExpect,
+    ).toBe(3)
+  })
+
+  it("the initial management token from a 0600 file or the environment; the file's acl fields survive a flag", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pm-imt-'))
+    try {
+      const token = '11111111-2222-3333-4444-555555555555'
+      const file = join(dir, 'imt')
+      writeFileSync(file, `${token}\n`, { mode: 0o600 })
+      const fromFlag = resolveAgentConfig(
+        { acl: { anonymousRead: false } },
+        validateAgentConfig({ acl: { initialManagementTokenFile: file } }, 'flags'),
+        {},
+      )
+      expect(fromFlag.acl).toEqual({
+        enabled: true,
+        defaultPolicy: 'deny',
+        anonymousRead: false,
+        initialManagementToken: token,
+      })
+      const env = { PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN: ` ${token} ` }
+      expect(resolveAgentConfig({}, {}, env).acl.initialManagementToken).toBe(token)
+      expect(() => resolveAgentConfig({}, {}, { PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN: 'nope' })).toThrow(
+        /UUID/,
+      )
+      const loose = join(dir, 'loose')
+      writeFileSync(loose, token, { mode: 0o644 })
+      expect(() =>
+        resolveAgentConfig(
+          {},
+          validateAgentConfig({ acl: { initialManagementTokenFile: loose } }, 'flags'),
+          {},
+        ),
+      ).toThrow(/readable by group or others .*chmod 600/)
+      const notUuid = join(dir, 'not-uuid')
+      writeFileSync(notUuid, 'secret', { mode: 0o600 })
+      expect(() =>
+        resolveAgentConfig(
+          {},
+          validateAgentConfig({ acl: { initialManagementTokenFile: notUuid } }, 'flags'),
+          {},
+        ),
+      ).toThrow(/must be a UUID/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it('tokenFile: read once and trimmed; a missing, empty or loose file is an error naming it', () => {
     const dir = mkdtempSync(join(tmpdir(), 'pm-token-'))
     try {
-      const on = { acl: { enabled: true } }
       const good = join(dir, 'agent.token')
       writeFileSync(good, ' 11111111-2222-3333-4444-555555555555\n', { mode: 0o600 })
-      const cfg = resolveAgentConfig({}, validateAgentConfig({ ...on, tokenFile: good }, 'flags'))
+      const cfg = resolveAgentConfig({}, validateAgentConfig({ tokenFile: good }, 'flags'), {})
       expect(cfg.defaultToken).toBe('11111111-2222-3333-4444-555555555555')
       const empty = join(dir, 'empty.token')
       writeFileSync(empty, '  \n', { mode: 0o600 })
-      expect(() => resolveAgentConfig({}, validateAgentConfig({ ...on, tokenFile: empty }, 'flags'))).toThrow(
+      expect(() => resolveAgentConfig({}, validateAgentConfig({ tokenFile: empty }, 'flags'), {})).toThrow(
         /tokenFile: .*empty\.token is empty/,
       )
       const missing = join(dir, 'nope.token')
-      expect(() =>
-        resolveAgentConfig({}, validateAgentConfig({ ...on, tokenFile: missing }, 'flags')),
-      ).toThrow(/tokenFile: cannot read .*nope\.token: ENOENT/)
+      expect(() => resolveAgentConfig({}, validateAgentConfig({ tokenFile: missing }, 'flags'), {})).toThrow(
+        /tokenFile: cannot read .*nope\.token: ENOENT/,
+      )
+      const loose = join(dir, 'loose.token')
+      writeFileSync(loose, 'x', { mode: 0o640 })
+      expect(() => resolveAgentConfig({}, validateAgentConfig({ tokenFile: loose }, 'flags'), {})).toThrow(
+        /tokenFile: .*loose\.token is readable by group or others \(mode 0640\)/,
+      )
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }

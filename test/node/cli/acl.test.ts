@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Command } from 'commander'
@@ -203,6 +203,43 @@ describe('peermesh acl ... against a real HTTP API', () => {
     await expect(
       run('acl', 'policy', 'create', '--name', 'x', '--rules', 'service "a" {', '--token', 'nope'),
     ).rejects.toThrow('ACL not found')
+  })
+
+  it('--secret-out writes the SecretID to a new 0600 file and prints where it went instead', async () => {
+    // A cluster of its own (the other tests bootstrapped theirs).
+    const fresh = await startAclApi()
+    const shared = address
+    address = fresh.address
+    try {
+      const out = join(dir, 'boot.secret')
+      const boot = await json('acl', 'bootstrap', '--secret-out', out)
+      const root = readFileSync(out, 'utf8').trim()
+      expect(root).toMatch(/^[0-9a-f-]{36}$/)
+      expect(boot.SecretID).toBe(`<written to ${out}>`)
+      expect(statSync(out).mode & 0o777).toBe(0o600)
+      const agentFile = join(dir, 'b.token')
+      const create = ['acl', 'token', 'create', '--node-identity', 'b', '--secret-out', agentFile]
+      const text = await run(...create, '--token', root)
+      expect(text).toMatch(/SecretID: +<written to .*b\.token>/)
+      expect(text).toMatch(/Node Identities:\n {3}b \(Datacenter: dc1\)/)
+      const secret = readFileSync(agentFile, 'utf8').trim()
+      expect(secret).toMatch(/^[0-9a-f-]{36}$/)
+      expect(text).not.toContain(secret)
+      // An existing file is not replaced, and no token is created for it.
+      const count = async () => (await json('acl', 'token', 'list', '--token', root)).length
+      const before = await count()
+      await expect(run(...create, '--token', root)).rejects.toThrow(
+        /^--secret-out: cannot write .*b\.token: the file exists/,
+      )
+      expect(await count()).toBe(before)
+      // A refused request leaves no file behind.
+      const refused = join(dir, 'refused.token')
+      await expect(run('acl', 'token', 'create', '--secret-out', refused)).rejects.toThrow(/acl:write/)
+      expect(existsSync(refused)).toBe(false)
+    } finally {
+      address = shared
+      await fresh.http.close()
+    }
   })
 
   it('needs an ID to read or delete', async () => {

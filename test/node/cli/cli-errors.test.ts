@@ -45,6 +45,19 @@ describe('CLI: bad input gets one clear line and a non-zero exit', () => {
       ['agent', '--data-dir', join(dir, 'seed-no-key'), '--seed', '/ip4/127.0.0.1/tcp/1'],
       /needs the cluster's key/,
     ],
+    // ACLs are on by default: founders share an initial management token, and the error says how.
+    [
+      ['agent', '--data-dir', join(dir, 'expect'), '--bootstrap-expect', '3'],
+      /bootstrapExpect: .*--initial-management-token-file FILE/,
+    ],
+    [
+      ['agent', '--initial-management-token-file', join(dir, 'missing.token')],
+      /acl.initialManagementTokenFile: cannot read .*ENOENT/,
+    ],
+    [
+      ['agent', '--config', file('off.json', '{"acl":{"enabled":false}}'), '--http', '0.0.0.0:1'],
+      /needs ACLs on/,
+    ],
     [['info', '--http', '127.0.0.1:1'], /cannot reach the agent/],
     [['nosuchcommand'], /unknown command/],
   ])('peermesh %j', async (args, pattern) => {
