@@ -337,7 +337,8 @@ const tokenBodySchema = z
       .nullable()
       .optional(),
     NodeIdentities: z
-      .array(z.object({ NodeName: z.string(), Datacenter: z.string() }).strict())
+      // Consul requires Datacenter; peermesh has one datacenter, so a bare node name gets dc1.
+      .array(z.object({ NodeName: z.string(), Datacenter: z.string().optional() }).strict())
       .nullable()
       .optional(),
     Local: z.boolean().optional(),
@@ -376,7 +377,10 @@ function parseTokenBody(body: unknown): TokenFields {
       ...(s.Datacenters != null && s.Datacenters.length > 0 ? { datacenters: s.Datacenters } : {}),
     }))
   if (b.NodeIdentities != null)
-    out.nodeIdentities = b.NodeIdentities.map((n) => ({ nodeName: n.NodeName, datacenter: n.Datacenter }))
+    out.nodeIdentities = b.NodeIdentities.map((n) => ({
+      nodeName: n.NodeName,
+      datacenter: n.Datacenter || 'dc1',
+    }))
   if (b.Local !== undefined) out.local = b.Local
   if (b.Voter !== undefined) out.voter = b.Voter
   return out
