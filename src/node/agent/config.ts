@@ -120,7 +120,7 @@ export const agentConfigSchema = z
       })
       .strict()
       .optional(),
-    /** File (0600) holding this agent's default token, for requests without one (Consul's acl.tokens.default). */
+    /** File (0600) holding this agent's token: it enrolls the node (requests without a token stay anonymous). */
     tokenFile: z.string().min(1).optional(),
     /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
     leafTtl: z
@@ -162,8 +162,9 @@ export interface AgentConfig {
     initialManagementToken?: string
   }
   /**
-   * The default token read from `tokenFile` at start (trimmed). With `acl.initialManagementToken`
-   * this is the agent's token (it enrolls the node); see ENROLLMENT in docs/SECURITY.md.
+   * The agent's token, read from `tokenFile` at start (trimmed): it enrolls the node (else the
+   * initial management token does) and is what config-file services are granted with; see
+   * Enrollment in docs/SECURITY.md. Local requests without a token are anonymous, not this.
    */
   defaultToken?: string
 }

@@ -23,11 +23,6 @@ export interface AclResolverConfig {
   defaultPolicy: DefaultPolicy
   /** The anonymous token reads services, nodes and agents (members, catalog, health, DNS, agent self). */
   anonymousRead: boolean
-  /**
-   * The secret a request without one runs as (Consul's `acl.tokens.default`, read from the
-   * agent's `tokenFile`); unset: the anonymous token.
-   */
-  defaultSecret?: string
 }
 
 /** Who a request is: its token (undefined when ACLs are off) and what it may do. */
@@ -90,12 +85,12 @@ export class AclResolver {
   ) {}
 
   /**
-   * The token of `secret` (the default token, else anonymous, when undefined); 403 "ACL not
+   * The token of `secret` (anonymous when undefined); 403 "ACL not
    * found" when unknown.
    */
   resolve(secret: string | undefined): ResolvedToken {
     if (!this.config.enabled) return { accessorId: '', token: undefined, authorizer: MANAGE_ALL }
-    const token = this.state.tokenBySecret(secret ?? this.config.defaultSecret ?? ANONYMOUS_TOKEN_SECRET)
+    const token = this.state.tokenBySecret(secret ?? ANONYMOUS_TOKEN_SECRET)
     if (token === undefined) {
       if (this.options.replicated?.() === false) throw new ApiError(ACL_NOT_REPLICATED, 503)
       throw new ApiError(ACL_NOT_FOUND, 403)

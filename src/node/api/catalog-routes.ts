@@ -33,7 +33,7 @@ export interface CatalogRouteDeps {
    * grant with the request's token if not. Absent (ACLs off, or no Raft): nothing is asked.
    */
   grants?: Pick<ServiceGrants, 'ensure'>
-  /** The agent's default token: the token of a registration that carries none. */
+  /** The agent's token: what a registration that carries none asks the leader's grant with. */
   defaultToken?: string
 }
 

@@ -491,7 +491,7 @@ export function foundersToEnroll(
   return out
 }
 
-/** The secret a grant request carries: the caller's, else the agent's default token, else anonymous. */
+/** The secret a grant request carries: the caller's, else the agent's token, else anonymous. */
 export function grantSecret(token: string | undefined, defaultToken: string | undefined): string {
   return token ?? defaultToken ?? ANONYMOUS_TOKEN_SECRET
 }

@@ -504,7 +504,10 @@ export class RaftModule implements AgentModule {
         enabled: cfg.enabled,
         defaultPolicy: cfg.defaultPolicy,
         anonymousRead: cfg.anonymousRead,
-        ...(ctx.config.defaultToken !== undefined ? { defaultSecret: ctx.config.defaultToken } : {}),
+        // No default secret: a local request without a token is anonymous. The agent's own token
+        // (`tokenFile`) enrolls the node and is never lent to tokenless callers, whose rights
+        // would otherwise depend on which agent they asked (a node identity cannot read other
+        // nodes, anonymous can).
       },
       {
         // Caught up once a leader is known and everything it committed is applied here.
@@ -691,9 +694,8 @@ export class RaftModule implements AgentModule {
    */
   async write(cmd: PolicyCommand, options: { signal: AbortSignal; token?: string }): Promise<WriteResult> {
     const run = this.running()
-    // A request without a token runs as this agent's default token (Consul's acl.tokens.default),
-    // here as on the route that checked it: the leader reads a missing token as anonymous.
-    const token = options.token ?? run.ctx.config.defaultToken
+    // A request without a token is anonymous here as on the leader, which reads it so.
+    const token = options.token
     return run.forwarder.write(cmd, { signal: options.signal, ...(token !== undefined ? { token } : {}) })
   }
 

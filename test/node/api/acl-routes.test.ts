@@ -182,13 +182,12 @@ describe('token resolution', () => {
     ).toBe('99999999-2222-3333-4444-555555555555')
   })
 
-  it('a request without a token runs as the default token when one is configured', () => {
+  it('a request without a token is anonymous', () => {
     const state = new AclState()
-    const secret = '11111111-2222-3333-4444-555555555555'
-    state.apply(initialManagementCommand(secret), 1)
-    const resolver = new AclResolver(state, { ...config, defaultSecret: secret })
-    expect(resolver.resolve(undefined).authorizer.isManagement).toBe(true)
-    expect(resolver.resolve('anonymous').authorizer.isManagement).toBe(false)
+    state.apply(initialManagementCommand('11111111-2222-3333-4444-555555555555'), 1)
+    const resolver = new AclResolver(state, config)
+    expect(resolver.resolve(undefined).accessorId).toBe(ANONYMOUS_TOKEN_ID)
+    expect(resolver.resolve(undefined).authorizer.isManagement).toBe(false)
   })
 
   it('an unknown secret is a 503 while the ACL state has not caught up, 403 after', () => {
@@ -412,9 +411,9 @@ describe('tokens', () => {
       /^ServiceIdentities\[0\]\.ServiceName: /,
     ],
     [
-      'a node identity without datacenter',
-      { NodeIdentities: [{ NodeName: 'n1' }] },
-      /^NodeIdentities\[0\]\.Datacenter: expected string/,
+      'a node identity with a bad name',
+      { NodeIdentities: [{ NodeName: 'n 1' }] },
+      /^NodeIdentities\[0\]\.NodeName: /,
     ],
     ['roles', { Roles: [{ ID: 'x' }] }, /^Roles: roles are not supported by peermesh/],
     ['expiry', { ExpirationTTL: '1h' }, /^ExpirationTTL: token expiry is not supported/],
@@ -426,6 +425,16 @@ describe('tokens', () => {
     const r = await call('PUT', '/v1/acl/token', { token: root, body })
     expect(r.status).toBe(400)
     expect(r.json.error).toMatch(message)
+  })
+
+  it('a node identity without a datacenter gets dc1 (peermesh has one)', async () => {
+    const root = await bootstrapped()
+    const r = await call('PUT', '/v1/acl/token', {
+      token: root,
+      body: { NodeIdentities: [{ NodeName: 'n1' }] },
+    })
+    expect(r.status).toBe(200)
+    expect(r.json.NodeIdentities).toEqual([{ NodeName: 'n1', Datacenter: 'dc1' }])
   })
 
   it('a write without a leader is a 503', async () => {
