@@ -57,6 +57,8 @@ export class Host {
   /** Raft id (peer id) once known. */
   id = ''
   peerId = ''
+  /** Sent as `X-Consul-Token` with every request of the suite when set (ACLs on). */
+  token?: string
 
   constructor(
     readonly index: number,
@@ -115,8 +117,11 @@ export class Host {
     return child
   }
 
-  /** Spawns the agent; `ready()` waits for its API. */
-  spawnAgent(opts: { clusterKey: string; seeds: string[]; extraArgs?: string[] }): void {
+  /**
+   * Spawns the agent; `ready()` waits for its API. It listens on `listen` (default: the host's own
+   * address, `seedAddr`), e.g. `/ip4/0.0.0.0/tcp/7946` with `--advertise` in `extraArgs`.
+   */
+  spawnAgent(opts: { clusterKey: string; seeds: string[]; listen?: string; extraArgs?: string[] }): void {
     if (this.running) throw new Error(`${this.name} already running`)
     mkdirSync(this.dataDir, { recursive: true })
     this.logStream ??= createWriteStream(join(this.runDir, `${this.name}.log`), { flags: 'a' })
@@ -128,7 +133,7 @@ export class Host {
       '--data-dir',
       this.dataDir,
       '--listen',
-      this.seedAddr,
+      opts.listen ?? this.seedAddr,
       '--http',
       `127.0.0.1:${HTTP_PORT}`,
       '--dns',
@@ -182,7 +187,7 @@ export class Host {
   }
 
   request<T>(method: string, path: string, body?: unknown, timeoutMs = 5_000): Promise<HttpResult<T>> {
-    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name)
+    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name, this.token)
   }
 
   /** GET that throws unless 200. */
@@ -219,6 +224,7 @@ export function requestVia<T>(
   timeoutMs: number,
   agent: http.Agent | false,
   label = socketPath,
+  token?: string,
 ): Promise<HttpResult<T>> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
@@ -228,7 +234,10 @@ export function requestVia<T>(
         path,
         method,
         agent,
-        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+        headers: {
+          ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+          ...(token !== undefined ? { 'x-consul-token': token } : {}),
+        },
       },
       (res) => {
         const chunks: Buffer[] = []
