@@ -34,8 +34,8 @@
  * whatever the count; default none)  --sample-seconds S (a's memory after a forced collection every
  * S seconds of a run; default 120)  --entry NAME (repeatable; default all)  --seed S  --json.
  * JSON (last line): crashes, false_suspicions, polls, and per entry point {sent, ms, rss_growth_mib,
- * rss_before_mib, rss_after_mib, gc_before/gc_after: {rss, heap_used, external} MiB, samples: [{sent,
- * s, rss, heap_used, external}], ca_root_changed}.
+ * rss_before_mib, rss_after_mib, gc_before and gc_after: {rss, heap_used, heap_total, external} MiB,
+ * samples: [{sent, s, rss, heap_used, heap_total, external}], ca_root_changed}.
  */
 import '../src/node/agent/polyfill.ts'
 import { createSocket } from 'node:dgram'
@@ -231,6 +231,8 @@ const GC_PROBE_LINE = /^fuzz-gc-probe (\{.*\})$/gm
 interface AfterGc {
   rss: number
   heap_used: number
+  /** What V8 holds for its heap, used or not (its own slack is heap_total - heap_used). */
+  heap_total: number
   external: number
 }
 
@@ -247,9 +249,15 @@ async function afterGc(a: AgentProcess): Promise<AfterGc | undefined> {
       const m = JSON.parse(lines[lines.length - 1]![1]!) as {
         rss: number
         heapUsed: number
+        heapTotal: number
         external: number
       }
-      return { rss: mib(m.rss), heap_used: mib(m.heapUsed), external: mib(m.external) }
+      return {
+        rss: mib(m.rss),
+        heap_used: mib(m.heapUsed),
+        heap_total: mib(m.heapTotal),
+        external: mib(m.external),
+      }
     },
     30_000,
   ).catch(() => undefined)
@@ -677,7 +685,9 @@ async function activeRoot(a: AgentProcess): Promise<string | undefined> {
 }
 
 function describeGc(m: AfterGc | undefined): string {
-  return m === undefined ? '?' : `RSS ${m.rss}, heap ${m.heap_used}, external ${m.external} MiB`
+  return m === undefined
+    ? '?'
+    : `RSS ${m.rss}, heap ${m.heap_used} of ${m.heap_total}, external ${m.external} MiB`
 }
 
 /**
