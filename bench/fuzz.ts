@@ -35,7 +35,7 @@
  * S seconds of a run; default 120)  --entry NAME (repeatable; default all)  --seed S  --json.
  * JSON (last line): crashes, false_suspicions, polls, and per entry point {sent, ms, rss_growth_mib,
  * rss_before_mib, rss_after_mib, gc_before and gc_after: {rss, heap_used, heap_total, external} MiB,
- * samples: [{sent, s, rss, heap_used, heap_total, external}], ca_root_changed}.
+ * samples: [{sent, s, rss, heap_used, heap_total, external}], kv_entries, ca_root_changed}.
  */
 import '../src/node/agent/polyfill.ts'
 import { createSocket } from 'node:dgram'
@@ -300,6 +300,8 @@ async function main(): Promise<void> {
       gc_after?: AfterGc
       /** a's memory after a forced collection every SAMPLE_MS of the run (MiB), with inputs sent. */
       samples: (AfterGc & { sent: number; s: number })[]
+      /** kv config entries on a after the run: state the fuzz wrote (ACLs off: a key holder may). */
+      kv_entries: number
       /** Whether the CA's active root changed during the entry's run (a rotation happened). */
       ca_root_changed: boolean
       up: boolean
@@ -624,6 +626,7 @@ async function main(): Promise<void> {
         ...(gcBefore !== undefined ? { gc_before: gcBefore } : {}),
         ...(gcAfter !== undefined ? { gc_after: gcAfter } : {}),
         samples,
+        kv_entries: (await a.api<unknown[]>('/v1/config/kv'))?.length ?? -1,
         ca_root_changed: root0 !== root1,
         up,
         false_suspicions: suspicionsBy[entry] ?? 0,
