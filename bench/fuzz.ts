@@ -7,8 +7,8 @@
  * point of agent a:
  *   gossip-datagram  sealed UDP datagrams (SWIM messages), plus unsealed garbage
  *   pushpull         push/pull requests (`/peermesh/swim/pushpull/1`)
- *   raft-stream      Raft messages (`/peermesh/raft/1`)
- *   raft-rpc         forwarded writes (`/peermesh/raft/rpc/2`, multiplexed requests)
+ *   raft-stream      Raft messages (`/peermesh/raft/2`, chunked frames)
+ *   raft-rpc         forwarded writes (`/peermesh/raft/rpc/3`, multiplexed requests)
  *   connect-rpc      CSR / rotate requests (`/peermesh/connect/sign/1`)
  *   dns              DNS queries over UDP
  *   http             raw HTTP/1.1 requests to the local API (malformed ones included)
@@ -16,18 +16,32 @@
  * bytes, hostile msgpack (extension types, structured-clone cycles, 100k-deep nesting, lengths
  * claiming 4 GiB, non-string keys) and valid shapes with wrong field types or extreme numbers.
  *
+ * The agents run with ACLs off, given explicitly (`--config`, so the run does not depend on the
+ * default): with them on, a forwarded write without a token stops at the leader's token check,
+ * and the fuzz would no longer reach the command checks behind it. Every decoder runs either way.
+ *
  * Reported per entry point: inputs sent, rate, whether every agent is still up and answers
- * (`crashes`), agent a's RSS growth (VmRSS after minus before, MiB), and false suspicions: polls
+ * (`crashes`), agent a's RSS growth (VmRSS after minus before, MiB), the same after a forced full
+ * garbage collection before and after (bench/fuzz-gc-probe.mjs, loaded into the agents), with the
+ * V8 heap and the external/ArrayBuffer memory still referenced then: memory that grows after a
+ * collection is held (a leak, or a bounded cache filling), RSS growth that a collection removes,
+ * or that the heap does not show, is the collector's or the allocator's slack. False suspicions: polls
  * of b's and c's member lists (every 250 ms through the whole run) that showed a, or each other,
  * not alive. Suspect/dead messages in the corpus name random ids, never real members: accusing a
  * real member is a legitimate protocol message for a key holder, not garbage.
  *
- * Flags: --count N (per entry point)  --entry NAME (repeatable; default all)  --seed S  --json.
- * JSON (last line): crashes, false_suspicions, polls, and per entry point {sent, ms, rss_growth_mib}.
+ * Flags: --count N (per entry point)  --seconds S (per entry point: stop sending after S seconds,
+ * whatever the count; default none)  --sample-seconds S (a's memory after a forced collection every
+ * S seconds of a run; default 120)  --entry NAME (repeatable; default all)  --seed S  --json.
+ * JSON (last line): crashes, false_suspicions, polls, and per entry point {sent, ms, rss_growth_mib,
+ * rss_before_mib, rss_after_mib, gc_before and gc_after: {rss, heap_used, heap_total, external} MiB,
+ * samples: [{sent, s, rss, heap_used, heap_total, external}], kv_entries, ca_root_changed}.
  */
 import '../src/node/agent/polyfill.ts'
 import { createSocket } from 'node:dgram'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { connect as netConnect, type Socket } from 'node:net'
 import { multiaddr } from '@multiformats/multiaddr'
 import { Packr } from 'msgpackr'
@@ -62,6 +76,9 @@ type Entry = (typeof ENTRIES)[number]
 
 const COUNT = Number(argValue('count', '1000000'))
 const SEED = Number(argValue('seed', '1'))
+const BUDGET_MS = Number(argValue('seconds', 'Infinity')) * 1000
+/** How often a's memory is sampled after a forced collection during a run (`--sample-seconds`). */
+const SAMPLE_MS = Number(argValue('sample-seconds', '120')) * 1000
 const chosen: Entry[] = (() => {
   const picked: Entry[] = []
   process.argv.forEach((a, i) => {
@@ -207,20 +224,63 @@ function rssMib(a: AgentProcess): number {
   }
 }
 
+const GC_PROBE = fileURLToPath(new URL('./fuzz-gc-probe.mjs', import.meta.url))
+const GC_PROBE_LINE = /^fuzz-gc-probe (\{.*\})$/gm
+
+/** Memory of an agent after a full collection (bench/fuzz-gc-probe.mjs), MiB. */
+interface AfterGc {
+  rss: number
+  heap_used: number
+  /** What V8 holds for its heap, used or not (its own slack is heap_total - heap_used). */
+  heap_total: number
+  external: number
+}
+
+/** Forces a full collection in `a` (SIGUSR2 to the probe) and reads what is left. */
+async function afterGc(a: AgentProcess): Promise<AfterGc | undefined> {
+  const seen = [...a.log.matchAll(GC_PROBE_LINE)].length
+  a.child?.kill('SIGUSR2')
+  const mib = (n: number): number => Number((n / 2 ** 20).toFixed(1))
+  return waitFor(
+    `${a.name}'s memory after a forced collection`,
+    async () => {
+      const lines = [...a.log.matchAll(GC_PROBE_LINE)]
+      if (lines.length <= seen) return undefined
+      const m = JSON.parse(lines[lines.length - 1]![1]!) as {
+        rss: number
+        heapUsed: number
+        heapTotal: number
+        external: number
+      }
+      return {
+        rss: mib(m.rss),
+        heap_used: mib(m.heapUsed),
+        heap_total: mib(m.heapTotal),
+        external: mib(m.external),
+      }
+    },
+    30_000,
+  ).catch(() => undefined)
+}
+
 function dnsQuery(name: string, type = 1): Uint8Array {
   const labels = name.split('.').flatMap((l) => [l.length, ...Buffer.from(l)])
   return new Uint8Array([int(256), int(256), 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, ...labels, 0, 0, type, 0, 1])
 }
 
 async function main(): Promise<void> {
+  // The agents inherit this: the probe answers SIGUSR2 with a forced collection (see afterGc).
+  process.env['NODE_OPTIONS'] = `${process.env['NODE_OPTIONS'] ?? ''} --expose-gc --import ${GC_PROBE}`.trim()
   const cluster = new TestCluster()
   const keyFile = await cluster.writeClusterKey()
+  const aclOff = join(cluster.dir, 'acl-off.json')
+  writeFileSync(aclOff, JSON.stringify({ acl: { enabled: false } }))
   const dnsPort = await freePort()
   const a = cluster.agent({
     name: 'a',
     clusterKeyFile: keyFile,
     dns: `127.0.0.1:${dnsPort}`,
-    extraArgs: ['--bootstrap', '--log-level', 'warn'],
+    extraArgs: ['--config', aclOff, '--bootstrap', '--log-level', 'warn'],
   })
   let crashes = 0
   let polls = 0
@@ -230,7 +290,23 @@ async function main(): Promise<void> {
   const suspicionsBy: Record<string, number> = {}
   const results: Record<
     string,
-    { sent: number; ms: number; rss_growth_mib: number; up: boolean; false_suspicions: number }
+    {
+      sent: number
+      ms: number
+      rss_before_mib: number
+      rss_after_mib: number
+      rss_growth_mib: number
+      gc_before?: AfterGc
+      gc_after?: AfterGc
+      /** a's memory after a forced collection every SAMPLE_MS of the run (MiB), with inputs sent. */
+      samples: (AfterGc & { sent: number; s: number })[]
+      /** kv config entries on a after the run: state the fuzz wrote (ACLs off: a key holder may). */
+      kv_entries: number
+      /** Whether the CA's active root changed during the entry's run (a rotation happened). */
+      ca_root_changed: boolean
+      up: boolean
+      false_suspicions: number
+    }
   > = {}
   try {
     await a.start()
@@ -239,13 +315,13 @@ async function main(): Promise<void> {
       name: 'b',
       clusterKeyFile: keyFile,
       seeds: [seed],
-      extraArgs: ['--log-level', 'warn'],
+      extraArgs: ['--config', aclOff, '--log-level', 'warn'],
     })
     const c = cluster.agent({
       name: 'c',
       clusterKeyFile: keyFile,
       seeds: [seed],
-      extraArgs: ['--log-level', 'warn'],
+      extraArgs: ['--config', aclOff, '--log-level', 'warn'],
     })
     await Promise.all([b.start(), c.start()])
     const agents = [a, b, c]
@@ -367,7 +443,23 @@ async function main(): Promise<void> {
         objects: raftObjects,
       },
       'raft-rpc': {
+        // Forwarded writes as rpc/3 carries them: the command as a map, the leader checks it.
         bytes: [
+          pack({
+            t: 'write',
+            cmd: { op: 'config.set', kind: 'kv', name: 'fuzz', value: { value: 'x' } },
+            clientId: 'fuzz',
+            seq: 1,
+          }),
+          pack({
+            t: 'write',
+            cmd: { op: 'intention.upsert', source: 'fz', destination: 'web', action: 'allow' },
+            clientId: 'fuzz-b',
+            seq: 7,
+            token: '00000000-0000-4000-8000-000000000000',
+          }),
+          pack({ t: 'write', cmd: { op: 'ca.rotate' }, clientId: 'fuzz', seq: 2 }),
+          // The old rpc/2 shape, an encoded entry: refused as malformed.
           pack({
             t: 'propose',
             data: encodePolicyCommand({ op: 'config.set', kind: 'kv', name: 'fuzz', value: { value: 'x' } }),
@@ -375,7 +467,10 @@ async function main(): Promise<void> {
             seq: 1,
           }),
         ],
-        objects: [{ t: 'propose', data: new Uint8Array([0x80]), clientId: 'fuzz', seq: 1 }],
+        objects: [
+          { t: 'write', cmd: { op: 'config.delete', kind: 'kv', name: 'fuzz' }, clientId: 'fuzz', seq: 1 },
+          { t: 'write', cmd: { op: 'config.set', kind: 'kv', name: 'z', value: {} }, clientId: 'f', seq: 3 },
+        ],
       },
       pushpull: {
         bytes: [
@@ -426,13 +521,28 @@ async function main(): Promise<void> {
     async function run(entry: Entry): Promise<void> {
       const corpus = corpora[entry]
       current = entry
-      const started = Date.now()
       const rss0 = rssMib(a)
+      const gcBefore = await afterGc(a)
+      const root0 = await activeRoot(a)
+      const started = Date.now()
+      const more = (n: number): boolean => n < COUNT && Date.now() - started < BUDGET_MS
       let sent = 0
+      // Every SAMPLE_MS: a's memory after a forced collection, with the inputs sent so far, so a
+      // trend shows (a leak grows with the inputs; slack levels off).
+      const samples: (AfterGc & { sent: number; s: number })[] = []
+      let sampling = true
+      const sampler = (async () => {
+        while (sampling) {
+          await new Promise((r) => setTimeout(r, SAMPLE_MS))
+          if (!sampling) break
+          const m = await afterGc(a)
+          if (m !== undefined) samples.push({ sent, s: Math.round((Date.now() - started) / 1000), ...m })
+        }
+      })()
       switch (entry) {
         case 'gossip-datagram': {
           const sock = createSocket('udp4')
-          for (; sent < COUNT; sent++) {
+          for (; more(sent); sent++) {
             const payload = generate(corpus)
             const d = int(10) === 0 ? randomBytes(1_200) : sealDatagram(psk, identity.id, payload)
             sock.send(d, a.p2pPort, '127.0.0.1')
@@ -444,7 +554,7 @@ async function main(): Promise<void> {
         case 'dns': {
           const sock = createSocket('udp4')
           sock.on('message', () => {})
-          for (; sent < COUNT; sent++) {
+          for (; more(sent); sent++) {
             sock.send(generate(corpus), dnsPort, '127.0.0.1')
             if (sent % 256 === 255) await new Promise((r) => setImmediate(r))
           }
@@ -452,7 +562,7 @@ async function main(): Promise<void> {
           break
         }
         case 'raft-stream': {
-          for (; sent < COUNT; sent++) {
+          for (; more(sent); sent++) {
             raftM.send(aId, generate(corpus))
             // Bound what is in flight: a request round trip on the same connection every 512.
             if (sent % 512 === 511)
@@ -470,7 +580,7 @@ async function main(): Promise<void> {
           let next = 0
           await Promise.all(
             Array.from({ length: concurrency }, async () => {
-              while (next < COUNT) {
+              while (more(next)) {
                 next++
                 await m
                   .request(aId, generate(corpus), { signal: AbortSignal.timeout(10_000) })
@@ -486,7 +596,7 @@ async function main(): Promise<void> {
           await Promise.all(
             Array.from({ length: 16 }, async () => {
               let sock: Socket | undefined
-              while (next < COUNT) {
+              while (more(next)) {
                 next++
                 const base = httpRequests[int(httpRequests.length)]!
                 const req = int(3) === 0 ? base : int(2) === 0 ? mutate(base) : randomBytes(512)
@@ -500,6 +610,13 @@ async function main(): Promise<void> {
         }
       }
       const ms = Date.now() - started
+      sampling = false
+      await sampler
+      const rss1 = rssMib(a)
+      // Let what is in flight (timers, streams closing) finish before the collection.
+      await new Promise((r) => setTimeout(r, 2_000))
+      const gcAfter = await afterGc(a)
+      const root1 = await activeRoot(a)
       const up = (
         await Promise.all(agents.map((x) => x.api('/v1/agent/self', undefined, { token: false })))
       ).every((r) => r !== undefined)
@@ -508,12 +625,20 @@ async function main(): Promise<void> {
       results[entry] = {
         sent,
         ms,
-        rss_growth_mib: Number((rssMib(a) - rss0).toFixed(1)),
+        rss_before_mib: Number(rss0.toFixed(1)),
+        rss_after_mib: Number(rss1.toFixed(1)),
+        rss_growth_mib: Number((rss1 - rss0).toFixed(1)),
+        ...(gcBefore !== undefined ? { gc_before: gcBefore } : {}),
+        ...(gcAfter !== undefined ? { gc_after: gcAfter } : {}),
+        samples,
+        kv_entries: (await a.api<unknown[]>('/v1/config/kv'))?.length ?? -1,
+        ca_root_changed: root0 !== root1,
         up,
         false_suspicions: suspicionsBy[entry] ?? 0,
       }
+      if (root0 !== root1) progress(`  the CA's active root changed during ${entry}: ${root0} -> ${root1}`)
       progress(
-        `${entry}: ${sent} inputs in ${(ms / 1000).toFixed(1)} s, agents up: ${up}, a's RSS ${rss0.toFixed(0)} -> ${rssMib(a).toFixed(0)} MiB`,
+        `${entry}: ${sent} inputs in ${(ms / 1000).toFixed(1)} s, agents up: ${up}, a's RSS ${rss0.toFixed(0)} -> ${rss1.toFixed(0)} MiB; after a forced collection ${describeGc(gcBefore)} -> ${describeGc(gcAfter)}`,
       )
       if (exited.length > 0)
         throw new Error(`agent ${exited[0]!.name} exited:\n${exited[0]!.log.slice(-2_000)}`)
@@ -529,14 +654,31 @@ async function main(): Promise<void> {
     await cluster.close()
   }
 
+  const growth = (r: (typeof results)[string], k: keyof AfterGc): string =>
+    r.gc_before === undefined || r.gc_after === undefined ? '?' : (r.gc_after[k] - r.gc_before[k]).toFixed(1)
   table(
-    ['entry point', 'inputs', 'seconds', 'agents up', "a's RSS growth (MiB)", 'false suspicions'],
+    [
+      'entry point',
+      'inputs',
+      'seconds',
+      'agents up',
+      "a's RSS (MiB)",
+      'growth',
+      'after GC: RSS growth',
+      'heap growth',
+      'external growth',
+      'false suspicions',
+    ],
     Object.entries(results).map(([k, r]) => [
       k,
       r.sent,
       (r.ms / 1000).toFixed(1),
       String(r.up),
+      `${r.rss_before_mib.toFixed(0)} -> ${r.rss_after_mib.toFixed(0)}`,
       r.rss_growth_mib,
+      growth(r, 'rss'),
+      growth(r, 'heap_used'),
+      growth(r, 'external'),
       r.false_suspicions,
     ]),
   )
@@ -544,6 +686,16 @@ async function main(): Promise<void> {
   if (jsonMode)
     emitJson({ crashes, false_suspicions: falseSuspicions, polls, count: COUNT, entries: results })
   if (crashes > 0) process.exitCode = 1
+}
+
+async function activeRoot(a: AgentProcess): Promise<string | undefined> {
+  return (await a.api<{ activeRootId?: string }>('/v1/connect/ca/roots'))?.activeRootId
+}
+
+function describeGc(m: AfterGc | undefined): string {
+  return m === undefined
+    ? '?'
+    : `RSS ${m.rss}, heap ${m.heap_used} of ${m.heap_total}, external ${m.external} MiB`
 }
 
 /**

@@ -7,7 +7,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { BIN, Host, type RaftStatus, sleep, waitFor } from './host.ts'
-import { MANAGEMENT_TOKEN } from '../e2e/harness.ts'
 import { ChaosNet, killAll } from './net.ts'
 
 export const log = (...parts: unknown[]): void => {
@@ -26,6 +25,20 @@ export interface StartOptions {
   waitLeaderBeforeOthers?: boolean
 }
 
+/** How the agents of a cluster run, beyond the suite's fixed flags (host.ts). */
+export interface ClusterOptions {
+  /**
+   * ACLs, always given explicitly (`--config`), so the suite does not depend on the default:
+   * `off` (the default here: the scenario is about Raft, gossip or the network, not access), or
+   * on with a shared initial management token that the suite then sends with every request.
+   */
+  acl?: { enabled: false } | { enabled: true; managementToken: string }
+  /** Listen address of host h's agent (default: its own address, `Host.seedAddr`). */
+  listen?: (h: Host) => string
+  /** More flags for host h's agent, at every start (e.g. `--advertise`, `--dns`). */
+  agentArgs?: (h: Host) => string[]
+}
+
 /** Clusters not stopped yet, so that an interrupted run (Ctrl-C) also removes their data dirs. */
 const live = new Set<Cluster>()
 
@@ -38,8 +51,6 @@ export class Cluster {
   readonly hosts: Host[]
   readonly dir: string
   readonly clusterKey: string
-  /** The management token's file (the e2e harness's MANAGEMENT_TOKEN, which hosts send). */
-  readonly managementTokenFile: string
   /** term -> leader ids seen for it (by any agent, as leader or follower). */
   readonly leadersByTerm = new Map<number, Set<string>>()
   /** term -> who saw which leader (for the report of a violation). */
@@ -50,13 +61,39 @@ export class Cluster {
   private observer?: Promise<void>
   private stopped = false
 
-  constructor(readonly n: number) {
+  private readonly aclConfig: string
+
+  constructor(
+    readonly n: number,
+    private readonly options: ClusterOptions = {},
+  ) {
     this.dir = mkdtempSync(join(tmpdir(), 'pmc-chaos-'))
     this.net = new ChaosNet(n)
     this.hosts = Array.from({ length: n }, (_, k) => new Host(k + 1, this.dir))
     this.clusterKey = join(this.dir, 'cluster.key')
-    this.managementTokenFile = join(this.dir, 'management.token')
+    const acl = options.acl ?? { enabled: false }
+    this.aclConfig = join(this.dir, 'acl.json')
+    writeFileSync(
+      this.aclConfig,
+      JSON.stringify({
+        acl: acl.enabled
+          ? { enabled: true, initialManagementToken: acl.managementToken }
+          : { enabled: false },
+      }),
+      { mode: 0o600 },
+    )
+    if (acl.enabled) for (const h of this.hosts) h.token = acl.managementToken
     live.add(this)
+  }
+
+  /** Starts host h's agent with the cluster's settings and `extraArgs`. */
+  private spawn(h: Host, seeds: string[], extraArgs: string[] = []): void {
+    h.spawnAgent({
+      clusterKey: this.clusterKey,
+      seeds,
+      ...(this.options.listen !== undefined ? { listen: this.options.listen(h) } : {}),
+      extraArgs: ['--config', this.aclConfig, ...(this.options.agentArgs?.(h) ?? []), ...extraArgs],
+    })
   }
 
   host(i: number): Host {
@@ -71,7 +108,6 @@ export class Cluster {
     this.net.up()
     const key = execFileSync(process.execPath, [BIN, 'keygen'], { encoding: 'utf8' })
     writeFileSync(this.clusterKey, key, { mode: 0o600 })
-    writeFileSync(this.managementTokenFile, `${MANAGEMENT_TOKEN}\n`, { mode: 0o600 })
     await Promise.all(this.hosts.map((h) => h.startForwarder()))
     // Watch leaders and terms from the first moment (a host not up yet just does not answer).
     this.startObserver()
@@ -80,12 +116,7 @@ export class Cluster {
     const others = this.hosts.filter((h) => !founders.includes(h))
     const t0 = Date.now()
     for (const h of founders) {
-      h.spawnAgent({
-        clusterKey: this.clusterKey,
-        managementTokenFile: this.managementTokenFile,
-        seeds,
-        extraArgs: ['--bootstrap-expect', String(o.bootstrapExpect)],
-      })
+      this.spawn(h, seeds, ['--bootstrap-expect', String(o.bootstrapExpect)])
       if (o.staggerMs) await sleep(o.staggerMs)
     }
     await Promise.all(founders.map((h) => h.ready()))
@@ -94,20 +125,14 @@ export class Cluster {
       await this.waitLeader(founders, 60_000)
       log(`leader elected among founders after ${Date.now() - t0} ms`)
     }
-    for (const h of others)
-      h.spawnAgent({ clusterKey: this.clusterKey, managementTokenFile: this.managementTokenFile, seeds })
+    for (const h of others) this.spawn(h, seeds)
     await Promise.all(others.map((h) => h.ready()))
   }
 
   /** Restarts a stopped host's agent with the seeds of the cluster (no bootstrap flag). */
   async restart(h: Host, extraArgs: string[] = []): Promise<void> {
     const seeds = this.hosts.filter((x) => x !== h).map((x) => x.seedAddr)
-    h.spawnAgent({
-      clusterKey: this.clusterKey,
-      managementTokenFile: this.managementTokenFile,
-      seeds,
-      extraArgs,
-    })
+    this.spawn(h, seeds, extraArgs)
     await h.ready()
   }
 

@@ -10,7 +10,7 @@ import http from 'node:http'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { hostAddr, nsName, RUN_DIR, track } from './net.ts'
-import { authHeaders, MANAGEMENT_TOKEN, waitFor } from '../e2e/harness.ts'
+import { waitFor } from '../e2e/harness.ts'
 import type { RaftStatus } from '../e2e/raft-helpers.ts'
 
 /** The e2e suite's polling helper and Raft status shape, shared. */
@@ -57,6 +57,8 @@ export class Host {
   /** Raft id (peer id) once known. */
   id = ''
   peerId = ''
+  /** Sent as `X-Consul-Token` with every request of the suite when set (ACLs on). */
+  token?: string
 
   constructor(
     readonly index: number,
@@ -115,14 +117,11 @@ export class Host {
     return child
   }
 
-  /** Spawns the agent; `ready()` waits for its API. */
-  spawnAgent(opts: {
-    clusterKey: string
-    /** File (0600) of the management token every agent gets as initial management token. */
-    managementTokenFile: string
-    seeds: string[]
-    extraArgs?: string[]
-  }): void {
+  /**
+   * Spawns the agent; `ready()` waits for its API. It listens on `listen` (default: the host's own
+   * address, `seedAddr`), e.g. `/ip4/0.0.0.0/tcp/7946` with `--advertise` in `extraArgs`.
+   */
+  spawnAgent(opts: { clusterKey: string; seeds: string[]; listen?: string; extraArgs?: string[] }): void {
     if (this.running) throw new Error(`${this.name} already running`)
     mkdirSync(this.dataDir, { recursive: true })
     this.logStream ??= createWriteStream(join(this.runDir, `${this.name}.log`), { flags: 'a' })
@@ -134,15 +133,13 @@ export class Host {
       '--data-dir',
       this.dataDir,
       '--listen',
-      this.seedAddr,
+      opts.listen ?? this.seedAddr,
       '--http',
       `127.0.0.1:${HTTP_PORT}`,
       '--dns',
       'off',
       '--cluster-key',
       opts.clusterKey,
-      '--initial-management-token-file',
-      opts.managementTokenFile,
       '--log-level',
       'info',
       ...opts.seeds.filter((s) => s !== this.seedAddr).flatMap((s) => ['--seed', s]),
@@ -169,10 +166,7 @@ export class Host {
           `${this.name}: agent exited (${this.agent?.exitCode ?? this.agent?.signalCode}); see ${this.name}.log`,
         )
       try {
-        // Anonymous: the management token exists only once a leader created it.
-        const r = await this.request<{ peerId: string }>('GET', '/v1/agent/self', undefined, 2_000, false)
-        if (r.status !== 200) throw new HttpError(`${this.name} GET /v1/agent/self: ${r.status}`, r.status)
-        const self = r.body
+        const self = await this.get<{ peerId: string }>('/v1/agent/self', 2_000)
         this.peerId = self.peerId
         this.id = self.peerId
         return
@@ -192,15 +186,8 @@ export class Host {
     this.agentHttp.destroy()
   }
 
-  /** A request to the agent's API with `token` (default: the management token; false: anonymous). */
-  request<T>(
-    method: string,
-    path: string,
-    body?: unknown,
-    timeoutMs = 5_000,
-    token: string | false = MANAGEMENT_TOKEN,
-  ): Promise<HttpResult<T>> {
-    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name, token)
+  request<T>(method: string, path: string, body?: unknown, timeoutMs = 5_000): Promise<HttpResult<T>> {
+    return requestVia<T>(this.socket, method, path, body, timeoutMs, this.agentHttp, this.name, this.token)
   }
 
   /** GET that throws unless 200. */
@@ -237,7 +224,7 @@ export function requestVia<T>(
   timeoutMs: number,
   agent: http.Agent | false,
   label = socketPath,
-  token: string | false = false,
+  token?: string,
 ): Promise<HttpResult<T>> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
@@ -248,8 +235,8 @@ export function requestVia<T>(
         method,
         agent,
         headers: {
-          ...authHeaders(token),
           ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+          ...(token !== undefined ? { 'x-consul-token': token } : {}),
         },
       },
       (res) => {

@@ -3,9 +3,11 @@
  * fault, and returns its figures; `checks` are the properties that must hold (a failed one makes
  * the run exit 1).
  */
-import { createHash } from 'node:crypto'
-import { Cluster, log } from './cluster.ts'
-import { type Host, type Member, requestVia, sleep, waitFor } from './host.ts'
+import { execFile } from 'node:child_process'
+import { createHash, randomUUID } from 'node:crypto'
+import { promisify } from 'node:util'
+import { Cluster, type ClusterOptions, log } from './cluster.ts'
+import { type Host, type Member, P2P_PORT, requestVia, sleep, waitFor } from './host.ts'
 import { loop, now, Workload } from './workload.ts'
 
 export interface ScenarioOptions {
@@ -26,15 +28,21 @@ export interface ScenarioResult {
 
 type Figures = Record<string, unknown>
 
-/** Cluster of 5: h1-h3 bootstrapped as voters with --bootstrap-expect 3, h4-h5 join as non-voters. */
-async function standardCluster(): Promise<Cluster> {
-  const c = new Cluster(5)
+/**
+ * Cluster of `n` (default 5): h1-h3 bootstrapped as voters with --bootstrap-expect 3, the others
+ * join as non-voters. ACLs off unless `options` say otherwise (see ClusterOptions).
+ */
+async function standardCluster(n = 5, options: ClusterOptions = {}): Promise<Cluster> {
+  const c = new Cluster(n, options)
   try {
-    await c.start({ hosts: 5, founders: [1, 2, 3], bootstrapExpect: 3 })
-    // Every agent agrees on the leader, and h4/h5 are learners in the configuration.
+    await c.start({ hosts: n, founders: [1, 2, 3], bootstrapExpect: 3 })
+    // Every agent agrees on the leader, and h4.. are learners in the configuration.
     const leader = await c.waitLeader(c.hosts, 60_000, { among: c.hosts.slice(0, 3) })
     await waitFor(
-      'h4 and h5 added as learners',
+      `${c.hosts
+        .slice(3)
+        .map((h) => h.name)
+        .join(' and ')} added as learners`,
       async () => {
         const st = await leader.raftStatus()
         return c.hosts.slice(3).every((h) => st.learners.includes(h.id)) && st.voters.length === 3
@@ -56,14 +64,24 @@ async function standardCluster(): Promise<Cluster> {
  * pushed a failure or threw, with the agents' logs kept then (or with --keep-logs); the cluster
  * is stopped either way.
  */
-async function onStandardCluster(
+function onStandardCluster(
   name: string,
   o: ScenarioOptions,
   body: (c: Cluster, f: Figures, failures: string[]) => Promise<void>,
 ): Promise<ScenarioResult> {
+  return onCluster(name, o, () => standardCluster(), body)
+}
+
+/** `onStandardCluster` on the cluster `make` builds. */
+async function onCluster(
+  name: string,
+  o: ScenarioOptions,
+  make: () => Promise<Cluster>,
+  body: (c: Cluster, f: Figures, failures: string[]) => Promise<void>,
+): Promise<ScenarioResult> {
   const failures: string[] = []
   const f: Figures = {}
-  const c = await standardCluster()
+  const c = await make()
   try {
     await body(c, f, failures)
     return {
@@ -677,6 +695,256 @@ async function sidecarPartition(o: ScenarioOptions): Promise<ScenarioResult> {
   })
 }
 
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * advertise: agents listen on 0.0.0.0 (every address of their host, loopback included); h1-h3
+ * with `--advertise <own address>`, h4 without it (the agent picks a routable address itself).
+ * ACLs on, with a shared initial management token that the suite sends with every request: the
+ * way a cluster across machines is deployed. `api` instances on h3 and h4 and a `web` client on h1
+ * are registered without an `address`, each with a sidecar. Must hold, polled every 500 ms for the
+ * whole run: every member alive on every agent, announced at its host's address (never loopback
+ * or 0.0.0.0). The catalog and DNS give each api instance its node's address. Requests through
+ * web's upstream listener (4 loops, 10 s; 30 s without --short) all succeed, answered by both
+ * instances: cross-host traffic between sidecars (mTLS), `failed_requests` 0.
+ */
+const ADVERTISE_DNS_PORT = 8600
+async function advertise(o: ScenarioOptions): Promise<ScenarioResult> {
+  const token = randomUUID()
+  const make = (): Promise<Cluster> =>
+    standardCluster(4, {
+      acl: { enabled: true, managementToken: token },
+      listen: () => `/ip4/0.0.0.0/tcp/${P2P_PORT}`,
+      agentArgs: (h) => [
+        ...(h.index === 4 ? [] : ['--advertise', h.addr]),
+        '--dns',
+        `127.0.0.1:${ADVERTISE_DNS_PORT}`,
+      ],
+    })
+  return onCluster('advertise', o, make, async (c, f, failures) => {
+    const [web, api3, api4] = [c.host(1), c.host(3), c.host(4)]
+    const APP_PORT = 9090
+    const INBOUND = 21000
+    const UPSTREAM = 9191
+    const addrOf = (name: string): string | undefined => c.hosts.find((h) => h.name === name)?.addr
+    // A member's address names its host's IP (a multiaddr or HOST:PORT), nothing else.
+    const announcedRight = (m: Member): boolean => namesIp(m.address, addrOf(m.name))
+    const views = async (): Promise<Map<Host, Member[] | undefined>> =>
+      new Map(
+        await Promise.all(
+          c.hosts.map(async (h) => [h, await h.members(2_000).catch(() => undefined)] as const),
+        ),
+      )
+    const tStart = now()
+    try {
+      await waitFor(
+        'every member alive everywhere, at its own address',
+        async () => {
+          const vs = await views()
+          return [...vs.values()].every(
+            (ms) =>
+              ms !== undefined &&
+              ms.length === c.hosts.length &&
+              ms.every((m) => m.status === 'alive' && announcedRight(m)),
+          )
+            ? true
+            : undefined
+        },
+        30_000,
+      )
+      f.members_ready_ms = Math.round(now() - tStart)
+    } catch (err) {
+      failures.push(`members: ${(err as Error).message}`)
+    }
+    const seenBy2 = (await views()).get(c.host(2)) ?? []
+    f.announced = Object.fromEntries(seenBy2.map((m) => [m.name, m.address]))
+    log(`advertise: announced addresses (seen by h2): ${JSON.stringify(f.announced)}`)
+
+    // The membership watch runs from here to the end of the traffic.
+    let observations = 0
+    let notAlive = 0
+    let wrongAddress = 0
+    let falseDeaths = 0
+    const examples: string[] = []
+    const lastStatus = new Map<string, string>()
+    const watch = loop(500, async () => {
+      for (const [h, ms] of await views()) {
+        if (ms === undefined) continue
+        for (const m of ms) {
+          observations++
+          const k = `${h.name}>${m.name}`
+          if (m.status !== 'alive') notAlive++
+          if (m.status === 'dead' && lastStatus.get(k) !== 'dead') falseDeaths++
+          if (!announcedRight(m)) wrongAddress++
+          if ((m.status !== 'alive' || !announcedRight(m)) && examples.length < 10)
+            examples.push(`${h.name} saw ${m.name} ${m.status} at ${m.address}`)
+          lastStatus.set(k, m.status)
+        }
+      }
+    })
+
+    // ACLs are on: the same registration without the token is refused.
+    const anon = await requestVia(
+      api3.socket,
+      'PUT',
+      '/v1/agent/service/register',
+      { name: 'api', port: APP_PORT },
+      5_000,
+      false,
+    )
+    f.anonymous_register_status = anon.status
+    if (anon.status !== 403) failures.push(`a registration without a token answered ${anon.status}, not 403`)
+    for (const h of [api3, api4]) {
+      await h.startApp(APP_PORT, `api on ${h.name}`)
+      // No `address`: the instance is reached at its node's advertised address.
+      const r = await h.request('PUT', '/v1/agent/service/register', {
+        name: 'api',
+        id: `api-${h.name}`,
+        port: APP_PORT,
+        checks: [{ tcp: `127.0.0.1:${APP_PORT}`, interval: '500ms', timeout: '300ms' }],
+        connect: { sidecarService: { port: INBOUND, localServicePort: APP_PORT, protocol: 'http' } },
+      })
+      if (r.status !== 200)
+        throw new Error(`register api on ${h.name}: ${r.status} ${JSON.stringify(r.body)}`)
+    }
+    const rw = await web.request('PUT', '/v1/agent/service/register', {
+      name: 'web',
+      port: 21001,
+      connect: {
+        sidecarService: { port: 21001, upstreams: [{ destinationName: 'api', localBindPort: UPSTREAM }] },
+      },
+    })
+    if (rw.status !== 200) throw new Error(`register web: ${rw.status} ${JSON.stringify(rw.body)}`)
+    const ri = await c
+      .host(2)
+      .request(
+        'POST',
+        '/v1/connect/intentions?timeout=10000',
+        { source: 'web', destination: 'api', action: 'allow' },
+        12_000,
+      )
+    if (ri.status !== 200) throw new Error(`intention: ${ri.status} ${JSON.stringify(ri.body)}`)
+
+    // The catalog (seen from web's host) and DNS give each instance its node's address.
+    interface CatalogEntry {
+      node: string
+      address: string
+      serviceAddress?: string
+    }
+    try {
+      const entries = await waitFor(
+        'both api instances in the catalog on h1',
+        async () => {
+          const es = await web.get<CatalogEntry[]>('/v1/catalog/service/api')
+          return es.length === 2 ? es : undefined
+        },
+        30_000,
+      )
+      f.catalog_api = entries.map((e) => `${e.node} ${e.address} service address ${e.serviceAddress || '-'}`)
+      for (const e of entries)
+        if (!namesIp(e.address, addrOf(e.node)))
+          failures.push(`catalog: ${e.node}'s api instance at ${e.address}, not ${addrOf(e.node)}`)
+    } catch (err) {
+      failures.push(`catalog: ${(err as Error).message}`)
+    }
+    const want = [api3.addr, api4.addr].sort().join(',')
+    try {
+      const got = await waitFor(
+        `DNS api.service.peermesh on h1 answering ${want}`,
+        async () => {
+          const a = (await resolveIn(web, 'api.service.peermesh', ADVERTISE_DNS_PORT)).sort().join(',')
+          f.dns_api = a
+          return a === want ? a : undefined
+        },
+        30_000,
+        250,
+      )
+      f.dns_api = got
+    } catch (err) {
+      failures.push(`DNS: ${(err as Error).message} (last answer: ${String(f.dns_api)})`)
+    }
+
+    const upstream = await web.forwardPort(UPSTREAM)
+    const call = async (): Promise<string | undefined> => {
+      try {
+        const r = await requestVia<string>(upstream, 'GET', '/', undefined, 2_000, false)
+        return r.status === 200 ? String(r.body) : undefined
+      } catch {
+        return undefined
+      }
+    }
+    const tReady = now()
+    try {
+      await waitFor(
+        "both api instances answering through web's sidecar",
+        async () => {
+          const seen = new Set<string>()
+          for (let k = 0; k < 10; k++) {
+            const b = await call()
+            if (b !== undefined) seen.add(b)
+          }
+          return seen.size === 2 ? true : undefined
+        },
+        120_000,
+        200,
+      )
+      f.mesh_ready_ms = Math.round(now() - tReady)
+      log(`advertise: both api instances answer through web's sidecar after ${f.mesh_ready_ms} ms`)
+    } catch (err) {
+      failures.push(`mesh: ${(err as Error).message}`)
+    }
+    const results: { ok: boolean; by?: string }[] = []
+    const clients = Array.from({ length: 4 }, () =>
+      loop(20, async () => {
+        const b = await call()
+        results.push({ ok: b !== undefined, ...(b !== undefined ? { by: b } : {}) })
+      }),
+    )
+    await sleep(o.short ? 10_000 : 30_000)
+    for (const cl of clients) await cl.stop()
+    await watch.stop()
+    f.requests = results.length
+    f.failed_requests = results.filter((r) => !r.ok).length
+    f.answered_by = Object.fromEntries(
+      [api3, api4].map((h) => [h.name, results.filter((r) => r.by?.endsWith(h.name)).length]),
+    )
+    f.member_observations = observations
+    f.not_alive_observations = notAlive
+    f.wrong_address_observations = wrongAddress
+    f.false_deaths = falseDeaths
+    if (examples.length) f.member_examples = examples
+    if (results.length === 0) failures.push('no request completed')
+    if ((f.failed_requests as number) > 0) failures.push(`${f.failed_requests} cross-host requests failed`)
+    for (const h of [api3, api4])
+      if (results.every((r) => !r.by?.endsWith(h.name)))
+        failures.push(`no request answered by ${h.name}'s instance`)
+    if (notAlive > 0) failures.push(`${notAlive} of ${observations} member observations not alive`)
+    if (wrongAddress > 0)
+      failures.push(`${wrongAddress} of ${observations} member observations at a wrong address`)
+    await c.stopObserver()
+    f.terms_with_two_leaders = c.termsWithTwoLeaders().count
+    f.new_leader_ms = null
+    f.minority_acks = null
+  })
+}
+
+/** Whether `address` (a multiaddr, HOST:PORT or an IP) holds the IPv4 address `ip`. */
+function namesIp(address: string, ip: string | undefined): boolean {
+  if (ip === undefined) return false
+  return new RegExp(`(^|[^0-9.])${ip.replace(/\./g, '\\.')}([^0-9.]|$)`).test(address)
+}
+
+const execFileP = promisify(execFile)
+
+/** A records for `name` from the agent's DNS interface on h's loopback, asked from inside h. */
+async function resolveIn(h: Host, name: string, port: number): Promise<string[]> {
+  const script = `const { Resolver } = require('node:dns').promises; const r = new Resolver({ timeout: 1000, tries: 1 }); r.setServers(['127.0.0.1:${port}']); r.resolve4(${JSON.stringify(name)}).then((a) => console.log(JSON.stringify(a)), () => console.log('[]'))`
+  const { stdout } = await execFileP('ip', ['netns', 'exec', h.ns, process.execPath, '-e', script], {
+    timeout: 5_000,
+  })
+  return JSON.parse(stdout.trim()) as string[]
+}
+
 export const SCENARIOS: Record<string, (o: ScenarioOptions) => Promise<ScenarioResult>> = {
   'partition-leader': (o) => isolateLeader('partition-leader', 'both', o),
   'kill-leader': killLeader,
@@ -684,6 +952,7 @@ export const SCENARIOS: Record<string, (o: ScenarioOptions) => Promise<ScenarioR
   'bootstrap-all': bootstrapAll,
   'delay-loss': delayLoss,
   'sidecar-partition': sidecarPartition,
+  advertise,
 }
 
 /** What `--short` runs (CI): scenarios that pass on main. bootstrap-all and delay-loss are known to fail today. */
@@ -693,4 +962,5 @@ export const SHORT_SET = [
   'asymmetric',
   'sidecar-partition',
   'bootstrap-all',
+  'advertise',
 ]

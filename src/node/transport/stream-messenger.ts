@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { systemClock } from '../../common/clock.ts'
@@ -301,6 +302,8 @@ export class StreamMessenger {
     const decoder = new FrameDecoder(this.init.maxRequestBytes ?? 8 << 20)
     const max = this.init.maxConcurrentRequests ?? 256
     const closed = new AbortController()
+    // One listener per request in flight (see `serve`), up to `max`: not a listener leak.
+    setMaxListeners(max + 1, closed.signal)
     let inFlight = 0
     this.inbound.add(stream)
     stream.addEventListener('close', () => {
@@ -314,13 +317,24 @@ export class StreamMessenger {
     }
     const serve = async (id: number, req: Uint8Array): Promise<void> => {
       inFlight++
+      // Not `AbortSignal.any([closed.signal, ...])`: on Node 20 every signal combined with a
+      // long-lived one stays referenced from it (nodejs/node#55351), one per request for as long
+      // as the stream lives. A listener removed when the request ends holds nothing afterwards.
+      const request = new AbortController()
+      const onClosed = (): void => request.abort(closed.signal.reason)
+      closed.signal.addEventListener('abort', onClosed, { once: true })
+      const timeout = AbortSignal.timeout(10_000)
+      const onTimeout = (): void => request.abort(timeout.reason)
+      timeout.addEventListener('abort', onTimeout, { once: true })
       try {
-        const signal = AbortSignal.any([closed.signal, AbortSignal.timeout(10_000)])
-        reply(id, MUX_REPLY, await this.requestHandler!(from, req, signal))
+        if (closed.signal.aborted) onClosed()
+        reply(id, MUX_REPLY, await this.requestHandler!(from, req, request.signal))
       } catch (err) {
         this.init.log.debug({ peer: from, err: (err as Error).message }, 'request failed')
         reply(id, MUX_ERROR, new TextEncoder().encode((err as Error).message ?? String(err)))
       } finally {
+        closed.signal.removeEventListener('abort', onClosed)
+        timeout.removeEventListener('abort', onTimeout)
         inFlight--
       }
     }
