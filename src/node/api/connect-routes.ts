@@ -27,7 +27,8 @@ import { API_RAFT_TIMEOUT_MS, CONNECT_WIRING_DEFAULTS } from '../agent/defaults.
 /** What the connect routes use of the connect module. */
 export interface ConnectApi {
   caState(): CaState
-  rotate(options: { signal: AbortSignal }): Promise<RotationStarted>
+  /** Starts a CA rotation on the leader; `token` (the request's) is checked there again. */
+  rotate(options: { signal: AbortSignal; token?: string }): Promise<RotationStarted>
   hostsService(service: string): boolean
   leaf(service: string, options: { signal: AbortSignal }): Promise<LeafCredentials | undefined>
   trustedRootsPem(): string[]
@@ -186,7 +187,8 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
   http.route('POST', '/v1/connect/ca/rotate', async (req) => {
     req.auth.require(...need.operatorWrite())
     try {
-      return await connect.rotate({ signal: deadline(req) })
+      const token = req.auth.secret()
+      return await connect.rotate({ signal: deadline(req), ...(token !== undefined ? { token } : {}) })
     } catch (err) {
       throw unavailable(err)
     }

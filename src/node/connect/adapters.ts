@@ -1,3 +1,4 @@
+import type { PermissionCheck, PermissionNeed } from '../../acl/index.ts'
 /**
  * The Raft module and the catalog, as the narrow views the identity layer's CA and leaf pieces
  * take (src/identity/connect/components.ts).
@@ -25,6 +26,14 @@ export interface ConnectRaft {
     options: { signal: AbortSignal },
   ): Promise<{ index: number; result: PolicyResult }>
   linearizableRead(options: { signal: AbortSignal }): Promise<{ index: number }>
+  /**
+   * Whether a token another agent forwarded (none: anonymous) grants `needed` on the committed ACL
+   * state; a refusal otherwise (RaftModule.authorizeRequest). Absent (tests): granted.
+   */
+  authorizeRequest?(
+    token: string | undefined,
+    needed: readonly [PermissionCheck, PermissionNeed],
+  ): { code: string; message: string } | undefined
 }
 
 /** What connect uses of the catalog (the gossip-fed service catalog). */

@@ -19,6 +19,7 @@ import type { PolicyCommand, PolicyResult } from '../../raft/policy/policy-comma
 import { signPolicyEntry } from '../../raft/policy/policy-signing.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
 import { type ConnectApi, registerConnectRoutes } from '../api/connect-routes.ts'
+import { need } from '../../acl/index.ts'
 import {
   type ConnectCatalog,
   type ConnectRaft,
@@ -177,6 +178,7 @@ export class ConnectModule implements AgentModule, ConnectApi {
       handlers: {
         signFor: (requester, service, csr) => this.signFor(requester, service, csr),
         rotate: (o) => this.caManager.rotate(o),
+        authorizeRotate: (token) => raft.authorizeRequest?.(token, need.operatorWrite()),
       },
     })
     this.leaves = new LeafManager({ channel: this.rpc, ca: store, directory, selfId, clock, log })
@@ -327,7 +329,7 @@ export class ConnectModule implements AgentModule, ConnectApi {
    * Starts a root rotation from any agent. Only a voter holds the old root's key, which
    * cross-signs the new root: a follower asks the leader, again across leader changes.
    */
-  async rotate(options: { signal: AbortSignal }): Promise<RotationStarted> {
+  async rotate(options: { signal: AbortSignal; token?: string }): Promise<RotationStarted> {
     const reply = await this.rpc.rotate(options)
     if (!reply.ok) throw refusalError(reply.code, reply.message)
     return { activeRootId: reply.activeRootId, previousRootId: reply.previousRootId }

@@ -83,6 +83,11 @@ export const decodeRotateReply = (bytes: Uint8Array): RotateReply | undefined =>
 export interface ConnectRpcHandlers {
   signFor(requester: string, service: unknown, csrPem: unknown): Promise<SignReply>
   rotate(options: { signal: AbortSignal }): Promise<RotationStarted>
+  /**
+   * Whether a rotation request's token (none: anonymous) may rotate the CA (`operator:write`);
+   * a refusal otherwise. Checked on the leader, whichever agent the request came through.
+   */
+  authorizeRotate(token: string | undefined): { code: string; message: string } | undefined
 }
 
 export interface ConnectRpcComponents {
@@ -107,6 +112,8 @@ export class ConnectRpc implements LeafSigningChannel {
   private messenger?: StreamMessenger
   private log?: Logger
   private stopped = false
+  /** Rotation requests refused as leader for want of `operator:write`. */
+  private rotationsDenied = 0
   private readonly rpc: LeaderRpc
   private readonly limiter: SignRateLimiter
 
@@ -155,8 +162,8 @@ export class ConnectRpc implements LeafSigningChannel {
   }
 
   /** CSRs this agent refused as leader because their requester asked too often. */
-  get stats(): { signRateLimited: number } {
-    return { signRateLimited: this.limiter.stats.limited }
+  get stats(): { signRateLimited: number; rotationsDenied: number } {
+    return { signRateLimited: this.limiter.stats.limited, rotationsDenied: this.rotationsDenied }
   }
 
   /**
@@ -188,14 +195,18 @@ export class ConnectRpc implements LeafSigningChannel {
     }
   }
 
-  /** Starts a CA rotation on the leader (which holds the old root's key to cross-sign). */
-  rotate(options: { signal: AbortSignal }): Promise<RotateReply> {
+  /**
+   * Starts a CA rotation on the leader (which holds the old root's key to cross-sign), with the
+   * caller's token, which the leader checks (`operator:write`) on its committed ACL state.
+   */
+  rotate(options: { signal: AbortSignal; token?: string }): Promise<RotateReply> {
+    const { token } = options
     return this.rpc.call(
       {
         what: 'CA rotation request',
-        request: pack({ op: 'rotate' }),
+        request: pack(token === undefined ? { op: 'rotate' } : { op: 'rotate', token }),
         decode: rotationStarted,
-        local: async (signal) => ({ ok: true, ...(await this.c.handlers.rotate({ signal })) }),
+        local: async (signal) => this.serveRotate(token, signal),
         localErrorsThrow: true,
         attemptTimeoutMs: ROTATE_ATTEMPT_TIMEOUT_MS,
       },
@@ -217,7 +228,12 @@ export class ConnectRpc implements LeafSigningChannel {
     if (req === null || typeof req !== 'object')
       return encodeLeaderReply(refusal(BadSignRequestError.code, 'malformed sign request'))
     const o = req as Record<string, unknown>
-    if (o['op'] === 'rotate') return encodeLeaderReply(await this.serveRotate())
+    if (o['op'] === 'rotate') {
+      const token = o['token']
+      if (token !== undefined && typeof token !== 'string')
+        return encodeLeaderReply(refusal(BadSignRequestError.code, 'malformed rotation request'))
+      return encodeLeaderReply(await this.serveRotate(token))
+    }
     if (this.c.leader.isLeader()) {
       const waitMs = this.limiter.take(from, this.c.clock.now())
       if (waitMs !== undefined) {
@@ -233,13 +249,23 @@ export class ConnectRpc implements LeafSigningChannel {
     return encodeLeaderReply(await this.c.handlers.signFor(from, o['service'], o['csr']))
   }
 
-  private async serveRotate(): Promise<RotateReply> {
+  /**
+   * The leader's side of a rotation: only with a token that grants `operator:write` here, so that
+   * a peer holding the cluster key but no token cannot replace the CA (issue #12).
+   */
+  private async serveRotate(token: string | undefined, outer?: AbortSignal): Promise<RotateReply> {
     if (!this.c.leader.isLeader()) return refusal(NotSigningLeaderError.code, 'not the raft leader')
+    const denied = this.c.handlers.authorizeRotate(token)
+    if (denied !== undefined) {
+      this.rotationsDenied++
+      this.log?.warn({ why: denied.message }, 'CA rotation request refused')
+      return refusal(denied.code, denied.message)
+    }
     try {
       return {
         ok: true,
         ...(await withTimeout(this.c.clock, SERVE_ROTATE_TIMEOUT_MS, (signal) =>
-          this.c.handlers.rotate({ signal }),
+          this.c.handlers.rotate({ signal: outer === undefined ? signal : AbortSignal.any([signal, outer]) }),
         )),
       }
     } catch (err) {

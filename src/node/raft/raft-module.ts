@@ -19,7 +19,12 @@ import {
 } from '../../raft/index.ts'
 import type { RefusalReason, RefusalRecord } from '../../raft/types.ts'
 import { commandPermission } from '../../acl/command-permission.ts'
-import { ANONYMOUS_TOKEN_SECRET, permissionDeniedMessage } from '../../acl/index.ts'
+import {
+  ANONYMOUS_TOKEN_SECRET,
+  type PermissionCheck,
+  type PermissionNeed,
+  permissionDeniedMessage,
+} from '../../acl/index.ts'
 import type { AclResult } from '../../raft/policy/acl-state.ts'
 import {
   encodePolicyCommand,
@@ -778,6 +783,21 @@ export class RaftModule implements AgentModule {
     return this.run
   }
 
+  /**
+   * Whether `token` (none: anonymous) grants `needed` on this agent's committed ACL state, for a
+   * request another agent forwarded here (the leader's side of an RPC); with ACLs off, yes. The
+   * same rule and messages as the HTTP routes.
+   */
+  authorizeRequest(
+    token: string | undefined,
+    needed: readonly [PermissionCheck, PermissionNeed],
+  ): PolicyRefusal | undefined {
+    const acl = this.run?.acl
+    if (acl === undefined) return policyRefusal(PolicyErrorCodes.permissionDenied, 'raft is not running')
+    if (!acl.config.enabled) return undefined
+    return authorizeToken(acl, token, needed)
+  }
+
   // ---- views for the API --------------------------------------------------------------------------
 
   /** libp2p address of the leader ending in /p2p/<id>, "" when no leader is known. */
@@ -838,7 +858,15 @@ function authorizeForward(
   token: string | undefined,
 ): PolicyRefusal | undefined {
   const needed = commandPermission(cmd)
-  if (needed === undefined) return undefined
+  return needed === undefined ? undefined : authorizeToken(acl, token, needed)
+}
+
+/** Whether `token` (none: anonymous) grants `needed` on `acl`'s committed state; else a refusal. */
+function authorizeToken(
+  acl: AclResolver,
+  token: string | undefined,
+  needed: readonly [PermissionCheck, PermissionNeed],
+): PolicyRefusal | undefined {
   let who: ResolvedToken
   try {
     // A forward without a token is anonymous here, never this leader's own default token.

@@ -11,7 +11,7 @@ import {
   SignRateLimiter,
   takeToken,
 } from '../../../src/node/connect/sign-rate-limit.ts'
-import { pack } from '../../../src/common/msgpack.ts'
+import { pack, unpackRecord } from '../../../src/common/msgpack.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
 
 describe('signing RPC replies (one decoder)', () => {
@@ -91,6 +91,7 @@ describe('ConnectRpc as a client (through the leader-RPC helper)', () => {
           return { ok: true, certPem: 'LOCAL', intermediatesPem: [] }
         },
         rotate: async () => ({ activeRootId: 'n', previousRootId: 'o' }),
+        authorizeRotate: () => undefined,
       },
     })
     return { rpc, clock, asked, signedHere, state }
@@ -198,12 +199,43 @@ describe('per-requester CSR rate limit on the leader (#13)', () => {
           return { ok: true, certPem: 'C', intermediatesPem: [] }
         },
         rotate: async () => ({ activeRootId: 'n', previousRootId: 'o' }),
+        authorizeRotate: () => undefined,
       },
     })
     const ask = async (from: string) =>
       decodeSignReply(await rpc.serveRequest(from, pack({ service: 'web', csr: 'CSR' })))
     return { rpc, clock, signed, ask }
   }
+
+  it('the leader rotates the CA only for a request whose token grants operator:write (a key holder without one changes nothing)', async () => {
+    const clock = new VirtualClock(0)
+    const rotations: string[] = []
+    const rpc = new ConnectRpc({
+      leader: { isLeader: () => true, leaderId: () => 'self', selfId: () => 'self' },
+      clock,
+      channel: { request: async () => new Uint8Array() },
+      handlers: {
+        signFor: async () => ({ ok: true, certPem: 'C', intermediatesPem: [] }),
+        rotate: async () => {
+          rotations.push('rotated')
+          return { activeRootId: 'n', previousRootId: 'o' }
+        },
+        authorizeRotate: (token) =>
+          token === 'ops-secret'
+            ? undefined
+            : { code: 'PEERMESH_ERR_PERMISSION_DENIED', message: 'Permission denied: needs operator:write' },
+      },
+    })
+    const serve = async (req: Record<string, unknown>) =>
+      unpackRecord(await rpc.serveRequest('attacker', pack(req)))
+    expect(await serve({ op: 'rotate' })).toMatchObject({ ok: false, code: 'PEERMESH_ERR_PERMISSION_DENIED' })
+    expect(await serve({ op: 'rotate', token: 'guess' })).toMatchObject({ ok: false })
+    expect(await serve({ op: 'rotate', token: 42 })).toMatchObject({ ok: false })
+    expect(rotations).toEqual([]) // nothing changed
+    expect(rpc.stats.rotationsDenied).toBe(2)
+    expect(await serve({ op: 'rotate', token: 'ops-secret' })).toMatchObject({ ok: true, activeRootId: 'n' })
+    expect(rotations).toEqual(['rotated'])
+  })
 
   it('the leader refuses a requester past its limit with a coded refusal, counts it, and serves the others', async () => {
     const { rpc, clock, signed, ask } = leader({ leading: true })
@@ -246,6 +278,7 @@ describe('per-requester CSR rate limit on the leader (#13)', () => {
       handlers: {
         signFor: async () => ({ ok: true, certPem: 'LOCAL', intermediatesPem: [] }),
         rotate: async () => ({ activeRootId: 'n', previousRootId: 'o' }),
+        authorizeRotate: () => undefined,
       },
     })
     const p = rpc.sign('web', 'CSR', { signal: AbortSignal.timeout(5_000) })
