@@ -96,12 +96,14 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
     const seed = first.servers[0]!.address
     const joiner = cluster.agent({
       name: 'en4',
+      initialManagementToken: false, // a plain key holder: no token from the harness
       clusterKeyFile: join(cluster.dir, 'cluster.key'),
       seeds: [seed],
       extraArgs: ['--config', plain],
     })
     await joiner.start()
-    const joinerId = (await joiner.api<{ peerId: string }>('/v1/agent/self'))!.peerId
+    const joinerId = (await joiner.api<{ peerId: string }>('/v1/agent/self', undefined, { token: false }))!
+      .peerId
     expect(joinerId).toMatch(/^12D3/)
     await waitFor('en4 in gossip on the leader', async () => {
       const m = (await call(leader.http, 'GET', '/v1/agent/members')).json as {
@@ -212,6 +214,7 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
     await joiner.stop()
     const restarted = cluster.agent({
       name: 'en4',
+      initialManagementToken: false, // a plain key holder: no token from the harness
       clusterKeyFile: join(cluster.dir, 'cluster.key'),
       dataDir: joiner.dataDir,
       seeds: [seed],

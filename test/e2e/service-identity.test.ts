@@ -117,15 +117,18 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
       }),
       { mode: 0o600 },
     )
-    const seed = (await founders[0]!.api<{ addresses: string[] }>('/v1/agent/self'))!.addresses[0]!
+    const seed = (await founders[0]!.api<{ addresses: string[] }>('/v1/agent/self', undefined, {
+      token: false,
+    }))!.addresses[0]!
     const edge = cluster.agent({
       name: 'edge',
+      initialManagementToken: false, // a plain key holder: no token from the harness
       clusterKeyFile: join(cluster.dir, 'cluster.key'),
       seeds: [seed],
       extraArgs: ['--config', edgeConfig],
     })
     await edge.start()
-    const edgeId = (await edge.api<{ peerId: string }>('/v1/agent/self'))!.peerId
+    const edgeId = (await edge.api<{ peerId: string }>('/v1/agent/self', undefined, { token: false }))!.peerId
 
     // Enrolled: its `web` shows up everywhere.
     await waitFor(
