@@ -192,8 +192,7 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
     expect((await call(leader.http, 'GET', '/v1/operator/enrollment')).status).toBe(403)
 
     // A node token for en4 (not --voter): restarted with it, en4 joins as a learner, never a voter.
-    // The token is also the agent's default token (requests without one run as it): it reads
-    // agents too, so that the harness sees the API up (`GET /v1/agent/self` needs agent:read).
+    // It also reads agents (a policy beside the node identity), as an operator's agent token may.
     const policy = await call(leader.http, 'PUT', '/v1/acl/policy', {
       token: mgmt,
       body: { Name: 'agent-read', Rules: 'agent_prefix "" { policy = "read" }' },
