@@ -190,6 +190,29 @@ export const MANAGE_ALL: Authorizer = Object.freeze({
   meshWrite: yes,
 })
 
+const no = (): boolean => false
+
+/** The authorizer of a token that cannot be resolved: nothing. */
+export const DENY_ALL: Authorizer = Object.freeze({
+  isManagement: false,
+  serviceRead: no,
+  serviceWrite: no,
+  intentionRead: no,
+  intentionWrite: no,
+  nodeRead: no,
+  nodeWrite: no,
+  keyRead: no,
+  keyWrite: no,
+  agentRead: no,
+  agentWrite: no,
+  operatorRead: no,
+  operatorWrite: no,
+  aclRead: no,
+  aclWrite: no,
+  meshRead: no,
+  meshWrite: no,
+})
+
 // ---- synthesized policies ---------------------------------------------------------------------
 
 /** Suffix of a service's sidecar proxy name, which its service identity also covers. */

@@ -4,6 +4,7 @@ export {
   anonymousReadRules,
   type Authorizer,
   type DefaultPolicy,
+  DENY_ALL,
   MANAGE_ALL,
   nodeIdentityRules,
   PolicyAuthorizer,

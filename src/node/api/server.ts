@@ -2,7 +2,13 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { networkInterfaces } from 'node:os'
 import type { Logger } from 'pino'
 import { JSON_VALUE_LIMITS, plainValueProblem } from '../../common/plain-value.ts'
-import { type Authorizer, MANAGE_ALL, type PermissionCheck, type PermissionNeed } from '../../acl/index.ts'
+import {
+  type Authorizer,
+  DENY_ALL,
+  MANAGE_ALL,
+  type PermissionCheck,
+  type PermissionNeed,
+} from '../../acl/index.ts'
 import { ApiError, ListenError } from '../agent/errors.ts'
 import { type AclResolver, requestSecret, requirePermission } from './acl-auth.ts'
 import { type ApiAddresses, guardRefusal, hostOfHostHeader, isLoopbackHost } from './request-guard.ts'
@@ -170,6 +176,20 @@ export class HttpApi {
   /** Checks tokens from now on (ACLs); without it every request may do everything. */
   useAcl(resolver: AclResolver): void {
     this.acl = resolver
+  }
+
+  /**
+   * The anonymous token's authorizer (for requests that can carry no token: DNS), or undefined
+   * while no ACL resolver is in use (then everything is allowed). An anonymous token this agent
+   * cannot resolve grants nothing.
+   */
+  anonymousAuthorizer(): Authorizer | undefined {
+    if (this.acl === undefined) return undefined
+    try {
+      return this.acl.resolve(undefined).authorizer
+    } catch {
+      return DENY_ALL
+    }
   }
 
   private authOf(

@@ -149,7 +149,12 @@ export class CatalogModule implements AgentModule {
         : {}),
     })
     if (ctx.config.dns !== undefined) {
-      const dns = new DnsServer({ catalog: this.catalog })
+      const http = ctx.http
+      const dns = new DnsServer({
+        catalog: this.catalog,
+        // DNS queries carry no token: they see what the anonymous token may read.
+        authorizer: () => http.anonymousAuthorizer(),
+      })
       this.dns = dns
       try {
         this.dnsAddress = await dns.start(ctx.config.dns)

@@ -1,4 +1,5 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram'
+import type { Authorizer } from '../../acl/authorizer.ts'
 import { createServer, isIP, type Server, type Socket } from 'node:net'
 import type { Answer, DecodedPacket, Packet, Question } from 'dns-packet'
 import dnsPacket from 'dns-packet'
@@ -17,6 +18,12 @@ export interface DnsServerInit {
   maxTcpConnections?: number
   /** A TCP client silent this long is closed. */
   tcpIdleTimeoutMs?: number
+  /**
+   * What a query may see (ACLs; DNS queries carry no token, so this is the anonymous token's
+   * authorizer, asked at each query): a service it may not read is NXDOMAIN, and instances on
+   * nodes it may not read are left out, as Consul's DNS does. Absent, or answering undefined (no ACLs): everything.
+   */
+  authorizer?: () => Pick<Authorizer, 'serviceRead' | 'nodeRead'> | undefined
 }
 
 export interface DnsStats {
@@ -53,6 +60,7 @@ export class DnsServer {
   private readonly rng: () => number
   private readonly maxTcp: number
   private readonly tcpIdleMs: number
+  private readonly authorizer: DnsServerInit['authorizer']
   private udp?: UdpSocket
   private tcp?: Server
   private readonly conns = new Set<Socket>()
@@ -63,6 +71,7 @@ export class DnsServer {
     this.rng = init.rng ?? Math.random
     this.maxTcp = init.maxTcpConnections ?? 256
     this.tcpIdleMs = init.tcpIdleTimeoutMs ?? 10_000
+    this.authorizer = init.authorizer
   }
 
   /**
@@ -185,9 +194,13 @@ export class DnsServer {
       name = labels.length === 3 ? labels[1]! : labels[0]!
       tag = labels.length === 3 ? labels[0] : undefined
     }
-    if (!this.catalog.hasService(name)) return none(RCODE.NXDOMAIN)
+    const authz = this.authorizer?.()
+    if (!this.catalog.hasService(name) || (authz !== undefined && !authz.serviceRead(name)))
+      return none(RCODE.NXDOMAIN)
     const entries = this.shuffle(
-      this.catalog.health(name, { minStatus: 'warning', ...(tag !== undefined ? { tag } : {}) }),
+      this.catalog
+        .health(name, { minStatus: 'warning', ...(tag !== undefined ? { tag } : {}) })
+        .filter((e) => authz === undefined || authz.nodeRead(e.node.name)),
     )
     const answers: Answer[] = []
     const additionals: Answer[] = []

@@ -190,3 +190,61 @@ describe('DnsServer', () => {
     expect(dnsPacket.decode(server.handle(q, 'tcp')!).answers).toHaveLength(60)
   })
 })
+
+describe('DnsServer with ACLs (queries carry no token: the anonymous authorizer decides)', () => {
+  const catalog = new Catalog()
+  for (const [id, ip] of [
+    ['1', '10.0.1.1'],
+    ['2', '10.0.1.2'],
+  ] as const)
+    catalog.applyMember({
+      id,
+      name: `node-${id}`,
+      address: `/ip4/${ip}/tcp/4001`,
+      status: 'alive',
+      version: 1,
+      payload: encodeNodePayload(
+        [def({ name: 'api', port: 80 }), def({ name: 'db', port: 5432 })],
+        () => 'passing',
+      ),
+    })
+  // What anonymous may read: the service api (not db), and node-1 only.
+  let acls = true
+  const dns = new DnsServer({
+    catalog,
+    authorizer: () =>
+      acls ? { serviceRead: (s: string) => s === 'api', nodeRead: (n: string) => n === 'node-1' } : undefined,
+  })
+  let udpPort = 0
+  beforeAll(async () => {
+    ;({ udpPort } = await dns.start({ host: '127.0.0.1', port: 0 }))
+  })
+  afterAll(() => dns.stop())
+
+  async function query(name: string): Promise<DecodedPacket> {
+    const socket = createSocket('udp4')
+    try {
+      return await new Promise<DecodedPacket>((resolve) => {
+        socket.once('message', (reply) => resolve(dnsPacket.decode(reply)))
+        socket.send(
+          dnsPacket.encode({ type: 'query', id: 7, questions: [{ name, type: 'A' }] }),
+          udpPort,
+          '127.0.0.1',
+        )
+      })
+    } finally {
+      // closed after the reply
+      setTimeout(() => socket.close(), 0)
+    }
+  }
+  const rcode = (p: DecodedPacket) => (p as { rcode?: string }).rcode
+  const ips = (p: DecodedPacket) => (p.answers ?? []).map((a) => (a as { data?: unknown }).data).sort()
+
+  it('a service anonymous may not read is NXDOMAIN; instances on nodes it may not read are left out', async () => {
+    expect(ips(await query('api.service.peermesh'))).toEqual(['10.0.1.1'])
+    expect(rcode(await query('db.service.peermesh'))).toBe('NXDOMAIN')
+    acls = false // no ACL resolver in use: everything
+    expect(ips(await query('api.service.peermesh'))).toEqual(['10.0.1.1', '10.0.1.2'])
+    expect(ips(await query('db.service.peermesh'))).toEqual(['10.0.1.1', '10.0.1.2'])
+  })
+})
