@@ -278,6 +278,7 @@ async function main(): Promise<void> {
   const dnsPort = await freePort()
   const a = cluster.agent({
     name: 'a',
+    initialManagementToken: false, // ACLs off (below): no token
     clusterKeyFile: keyFile,
     dns: `127.0.0.1:${dnsPort}`,
     extraArgs: ['--config', aclOff, '--bootstrap', '--log-level', 'warn'],
@@ -313,12 +314,14 @@ async function main(): Promise<void> {
     const seed = `/ip4/127.0.0.1/tcp/${a.p2pPort}`
     const b = cluster.agent({
       name: 'b',
+      initialManagementToken: false,
       clusterKeyFile: keyFile,
       seeds: [seed],
       extraArgs: ['--config', aclOff, '--log-level', 'warn'],
     })
     const c = cluster.agent({
       name: 'c',
+      initialManagementToken: false,
       clusterKeyFile: keyFile,
       seeds: [seed],
       extraArgs: ['--config', aclOff, '--log-level', 'warn'],
