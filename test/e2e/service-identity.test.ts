@@ -139,8 +139,12 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
       },
       30_000,
     )
-    // Its own agent view keeps `api`.
-    const local = await call(edge, 'GET', '/v1/agent/services', { token: edgeToken })
+    // Its own agent view keeps `api` (once edge's replicated ACL state knows its token: until
+    // then the answer is a 503 "not yet replicated").
+    const local = await waitFor('edge answering for its own services', async () => {
+      const r = await call(edge, 'GET', '/v1/agent/services', { token: edgeToken })
+      return r.status === 200 ? r : undefined
+    })
     expect(Object.keys(local.json as object)).toContain('api')
 
     // The leader refuses edge's api CSRs (edge's leaf manager asks for every local service).
