@@ -1,5 +1,5 @@
+import { randomBytes } from 'node:crypto'
 import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs'
-import { generateKey } from '@libp2p/pnet'
 import { ClusterKeyError } from '../errors.ts'
 
 /**
@@ -15,11 +15,12 @@ import { ClusterKeyError } from '../errors.ts'
  */
 const SWARM_KEY_RE = /^\/key\/swarm\/psk\/1\.0\.0\/\r?\n\/base16\/\r?\n([0-9a-fA-F]{64})\s*$/
 
-/** A new random cluster key, as text. */
+/**
+ * A new random cluster key, as text: 32 random bytes in the swarm.key format (what
+ * `@libp2p/pnet`'s generateKey writes, without loading that package into every CLI call).
+ */
 export function generateClusterKey(): string {
-  const buf = new Uint8Array(95)
-  generateKey(buf)
-  return `${Buffer.from(buf).toString('utf8')}\n`
+  return `/key/swarm/psk/1.0.0/\n/base16/\n${randomBytes(32).toString('hex')}\n`
 }
 
 /** Parses and checks cluster-key text; returns the canonical bytes libp2p pnet expects. */
