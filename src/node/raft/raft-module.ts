@@ -475,7 +475,7 @@ export class RaftModule implements AgentModule {
     }
     let busy = false
     const enrollFounders = (): void => {
-      if (busy || this.stopped || !node.isLeader()) return
+      if (busy || this.stopped || !node.isLeader() || !this.signingReady()) return
       const names = new Map(this.components.members.members().map((m) => [m.id, m.name]))
       names.set(ctx.identity.id, ctx.config.name)
       const cmd = foundersToEnroll(node.status().conf, this.store.acl, (id) => names.get(id))[0]
@@ -498,6 +498,16 @@ export class RaftModule implements AgentModule {
         })
     }
     run.subscriptions.push(this.clock.setInterval(enrollFounders, this.settings.autopilotIntervalMs))
+  }
+
+  /**
+   * Whether an entry proposed now will apply: entries are signed by the CA root once the CA exists
+   * (a PolicySigner is given), so an entry proposed unsigned just before the CA's creation commits
+   * after it and is refused everywhere as unsigned. The leader's own early writes (the initial
+   * management token, founder enrollments) wait for the CA instead of racing it.
+   */
+  private signingReady(): boolean {
+    return this.components.signer === undefined || this.store.caState().active !== undefined
   }
 
   /** The resolver of this agent's tokens, on its committed ACL state (docs/SECURITY.md). */
@@ -531,6 +541,16 @@ export class RaftModule implements AgentModule {
    * leader applies it as `acl.bootstrap`; a later one finds it done (refused, no effect).
    */
   private applyInitialManagementToken(secret: string, log: Logger): void {
+    if (!this.signingReady()) {
+      // A new cluster's first leader creates the CA first (connect's CA manager): wait for it.
+      const off = this.store.onChange(() => {
+        if (!this.signingReady()) return
+        off()
+        if (!this.stopped && this.run?.node.isLeader() === true) this.applyInitialManagementToken(secret, log)
+      })
+      this.run?.subscriptions.push(off)
+      return
+    }
     if (this.store.acl.bootstrapIndex !== 0) {
       if (this.store.acl.tokenBySecret(secret) === undefined)
         log.warn('acl.initialManagementToken is not the token this cluster was bootstrapped with')
