@@ -14,6 +14,25 @@ const has = (list: IntentionJson[] | undefined, src: string, dst: string): boole
   list?.some((i) => i.source === src && i.destination === dst) ?? false
 
 /** Waits until every agent's local committed state agrees that `src -> dst` is (or is not) there. */
+/** Waits until every agent lists the intention src -> dst with `action`. */
+async function waitForAction(
+  agents: AgentProcess[],
+  src: string,
+  dst: string,
+  action: string,
+): Promise<void> {
+  await Promise.all(
+    agents.map((a) =>
+      waitFor(`${src} -> ${dst} ${action} on ${a.name}`, async () => {
+        const list = await a.api<IntentionJson[]>('/v1/connect/intentions')
+        return list?.some((i) => i.source === src && i.destination === dst && i.action === action)
+          ? true
+          : undefined
+      }),
+    ),
+  )
+}
+
 async function waitOnAll(agents: AgentProcess[], src: string, dst: string, present: boolean): Promise<void> {
   await Promise.all(
     agents.map((a) =>
@@ -86,6 +105,21 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     expect([denied.code, denied.stdout.trim()]).toEqual([1, 'denied'])
     expect(dup.code).toBe(1)
     expect(dup.stderr).toMatch(/already exists/)
+    // No service is registered yet: create warned about the names (a typo protects nothing).
+    expect(created.stderr).toMatch(/warning: no service named "db" is registered/)
+    expect(kept.stderr).not.toMatch(/named "\*"/)
+
+    // `intention update` changes the action in one write; a pair without an intention is refused.
+    const [upd, missing] = await Promise.all([
+      runCli(['intention', 'update', 'web', 'db', 'deny', '--http', voter.http]),
+      runCli(['intention', 'update', 'nobody', 'db', 'deny', '--http', voter.http]),
+    ])
+    expect(upd.code, upd.stderr).toBe(0)
+    expect(missing.code).toBe(1)
+    await waitForAction(agents, 'web', 'db', 'deny')
+    const back = await runCli(['intention', 'update', 'web', 'db', 'allow', '--http', learner.http])
+    expect(back.code, back.stderr).toBe(0)
+    await waitForAction(agents, 'web', 'db', 'allow')
 
     // Deleted through another agent (a voter that is not the leader): gone on all 5.
     const del = await runCli(['intention', 'delete', 'web', 'db', '--http', voter.http])

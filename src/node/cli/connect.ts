@@ -125,6 +125,41 @@ export function registerConnectCommands(program: Command): void {
             )
           : await api.call<{ index: number }>('POST', '/v1/connect/intentions', body)
         process.stdout.write(`intention ${source} -> ${destination} ${action} (index ${r.index})\n`)
+        await warnUnknownServices(api, [source, destination])
+      },
+    )
+  intention
+    .command('update')
+    .description('change the action (and description) of the intention SRC -> DST in one write')
+    .argument('<source>')
+    .argument('<destination>')
+    .argument('<action>', 'allow or deny')
+    .option('--description <text>', 'free text (default: keep the current one)')
+    .addOption(httpOption())
+    .addOption(tokenOption())
+    .addOption(tokenFileOption())
+    .action(
+      async (
+        source: string,
+        destination: string,
+        action: string,
+        opts: { http: string; description?: string },
+      ) => {
+        if (action !== 'allow' && action !== 'deny')
+          throw new ConfigError(`action: must be 'allow' or 'deny', got ${JSON.stringify(action)}`, 'action')
+        const api = new ApiClient(opts.http)
+        const path = `/v1/connect/intentions/exact?${pairQuery(source, destination)}`
+        // Read first only to refuse a pair that has no intention (use create for that); the change
+        // itself is one replicated write, so no request ever sees the pair without an intention.
+        const current = await api.get<IntentionJson>(path)
+        const description = opts.description ?? current.description
+        const r = await api.call<{ index: number }>('PUT', path, {
+          source,
+          destination,
+          action,
+          ...(description ? { description } : {}),
+        })
+        process.stdout.write(`intention ${source} -> ${destination} ${action} (index ${r.index})\n`)
       },
     )
   intention
@@ -193,6 +228,24 @@ export function registerConnectCommands(program: Command): void {
       await api.call('PUT', '/v1/connect/intentions/default', { action })
       process.stdout.write(`default intention action: ${action}\n`)
     })
+}
+
+/**
+ * Warns (stderr; the command still succeeds) about each name that matches no service in the
+ * catalog: most likely a typo, and an intention for it protects nothing. `*` and names the
+ * caller may not read are not judged.
+ */
+async function warnUnknownServices(api: ApiClient, names: string[]): Promise<void> {
+  let known: Record<string, unknown>
+  try {
+    known = await api.get<Record<string, unknown>>('/v1/catalog/services')
+  } catch {
+    return // the intention is written; the check is only a courtesy
+  }
+  for (const name of new Set(names)) {
+    if (name !== '*' && !Object.hasOwn(known, name))
+      process.stderr.write(`warning: no service named "${name}" is registered (yet); check the spelling\n`)
+  }
 }
 
 function ensureNl(pem: string): string {
