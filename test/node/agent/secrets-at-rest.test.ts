@@ -234,6 +234,8 @@ describe('a real agent: loose files tightened at start, its API refuses a browse
     expect(mode(dataDir)).toBe(0o700)
     expect(mode(join(dataDir, 'node.key'))).toBe(0o600)
     await waitFor('a leader', async () => ((await a.api<string>('/v1/status/leader')) ? true : undefined))
+    // The leader creates the CA, then applies the management token: the reads below use it.
+    await a.waitForManagementToken()
     await waitFor('raft files', async () => (existsSync(join(dataDir, 'raft', 'log')) ? true : undefined))
     expect(mode(join(dataDir, 'raft'))).toBe(0o700)
     for (const f of readdirSync(join(dataDir, 'raft', 'log')))
