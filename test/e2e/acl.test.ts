@@ -10,36 +10,8 @@ import { identityFromPrivateKey } from '../../src/identity/keys/node-key.ts'
 import { RAFT_PROTOCOL, RAFT_RPC_PROTOCOL } from '../../src/node/raft/raft-module.ts'
 import { createHost } from '../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../src/node/transport/stream-messenger.ts'
-import { type AgentProcess, runCli, TestCluster, waitFor } from './harness.ts'
+import { runCli, TestCluster, waitFor, apiCall as call, errorOf } from './harness.ts'
 import { startRaftCluster } from './raft-helpers.ts'
-
-/** One API call as a client with `token` (none: anonymous); status and parsed body. */
-async function call(
-  a: AgentProcess,
-  method: string,
-  path: string,
-  opts: { token?: string; body?: unknown } = {},
-): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`http://${a.http}${path}`, {
-    method,
-    headers: {
-      ...(opts.token !== undefined ? { 'x-consul-token': opts.token } : {}),
-      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
-    signal: AbortSignal.timeout(10_000),
-  })
-  const text = await res.text()
-  let json: unknown = text
-  try {
-    json = JSON.parse(text)
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, json }
-}
-
-const errorOf = (r: { json: unknown }): string => String((r.json as { error?: string } | null)?.error ?? '')
 
 describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () => {
   const cluster = new TestCluster()

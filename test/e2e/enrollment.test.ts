@@ -10,34 +10,8 @@ import { identityFromPrivateKey } from '../../src/identity/keys/node-key.ts'
 import { RAFT_PROTOCOL, RAFT_RPC_PROTOCOL } from '../../src/node/raft/raft-module.ts'
 import { createHost } from '../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../src/node/transport/stream-messenger.ts'
-import { runCli, TestCluster, waitFor } from './harness.ts'
+import { runCli, TestCluster, waitFor, apiCall as call } from './harness.ts'
 import { type RaftConfiguration, startRaftCluster } from './raft-helpers.ts'
-
-/** One API call with `token`; status and parsed body. */
-async function call(
-  http: string,
-  method: string,
-  path: string,
-  opts: { token?: string; body?: unknown } = {},
-): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`http://${http}${path}`, {
-    method,
-    headers: {
-      ...(opts.token !== undefined ? { 'x-consul-token': opts.token } : {}),
-      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
-    signal: AbortSignal.timeout(10_000),
-  })
-  const text = await res.text()
-  let json: unknown = text
-  try {
-    json = JSON.parse(text)
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, json }
-}
 
 interface EnrollmentList {
   Enrollments: { PeerID: string; Node: string; Voter: boolean; AccessorID: string }[]

@@ -52,6 +52,40 @@ export function runCli(
   })
 }
 
+/**
+ * One API call as a client with `token` (none: anonymous), to an agent or a `host:port`: the
+ * status and the parsed body (the text when it is not JSON).
+ */
+export async function apiCall(
+  target: { http: string } | string,
+  method: string,
+  path: string,
+  opts: { token?: string; body?: unknown } = {},
+): Promise<{ status: number; json: unknown }> {
+  const http = typeof target === 'string' ? target : target.http
+  const res = await fetch(`http://${http}${path}`, {
+    method,
+    headers: {
+      ...(opts.token !== undefined ? { 'x-consul-token': opts.token } : {}),
+      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
+    },
+    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+    signal: AbortSignal.timeout(10_000),
+  })
+  const text = await res.text()
+  let json: unknown = text
+  try {
+    json = JSON.parse(text)
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, json }
+}
+
+/** The `error` field of an API answer, "" if none. */
+export const errorOf = (r: { json: unknown }): string =>
+  String((r.json as { error?: string } | null)?.error ?? '')
+
 /** Polls `fn` until it returns a value other than undefined, or throws after the deadline. */
 export async function waitFor<T>(
   what: string,

@@ -14,35 +14,8 @@ import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { type AgentProcess, freePort, TestCluster, waitFor } from './harness.ts'
+import { type AgentProcess, freePort, TestCluster, waitFor, apiCall as call, errorOf } from './harness.ts'
 import { startRaftCluster } from './raft-helpers.ts'
-
-async function call(
-  a: AgentProcess,
-  method: string,
-  path: string,
-  opts: { token?: string; body?: unknown } = {},
-): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`http://${a.http}${path}`, {
-    method,
-    headers: {
-      ...(opts.token !== undefined ? { 'x-consul-token': opts.token } : {}),
-      ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
-    },
-    ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
-    signal: AbortSignal.timeout(10_000),
-  })
-  const text = await res.text()
-  let json: unknown = text
-  try {
-    json = JSON.parse(text)
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, json }
-}
-
-const errorOf = (r: { json: unknown }): string => String((r.json as { error?: string } | null)?.error ?? '')
 
 /** Peer ids of the instances of `service` an agent's catalog lists. */
 async function instances(a: AgentProcess, service: string): Promise<string[]> {
