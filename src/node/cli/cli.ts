@@ -16,6 +16,7 @@ import { VERSION } from '../agent/version.ts'
 import type { MemberJson } from '../gossip/index.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
+import { registerConfigCommands } from './config.ts'
 import { ApiClient, setCliToken } from './client.ts'
 import { registerConnectCommands } from './connect.ts'
 import { print, renderTable } from './format.ts'
@@ -208,6 +209,7 @@ export function buildCli(): Command {
   registerRaftCommands(program)
   registerConnectCommands(program)
   registerAclCommands(program)
+  registerConfigCommands(program)
   return program
 }
 
