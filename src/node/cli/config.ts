@@ -64,8 +64,8 @@ const withConsistent = (path: string, consistent: boolean | undefined): string =
  * `peermesh config write FILE|-`, `config read KIND NAME`, `config list KIND`,
  * `config delete KIND NAME`: the config entries kept in Raft (`service-splitter`, `kv`, ...),
  * through `PUT /v1/config`, `GET /v1/config/:kind[/:name]` and `DELETE /v1/config/:kind/:name`.
- * `--json` prints exactly what the API answered. Writes need `operator:write` (or the service's
- * write rule for service-scoped kinds); reads the matching read rule, as Consul.
+ * `--json` prints exactly what the API answered. Writes need `service:write` on the name for the
+ * service kinds, `key:write` for `kv`, `mesh:write` otherwise; reads the matching read rule.
  */
 export function registerConfigCommands(program: Command): void {
   const config = program
