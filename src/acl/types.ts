@@ -27,6 +27,9 @@ export interface RuleSet {
   keyPrefix: Map<string, AccessLevel>
   agent: Map<string, AccessLevel>
   agentPrefix: Map<string, AccessLevel>
+  /** `session "node"`: sessions on that node (Consul's session rules name nodes). */
+  session: Map<string, AccessLevel>
+  sessionPrefix: Map<string, AccessLevel>
   operator?: AccessLevel
   acl?: AccessLevel
   /** Unset: `mesh` follows `operator`, as in Consul. */
@@ -43,6 +46,8 @@ export function emptyRuleSet(): RuleSet {
     keyPrefix: new Map(),
     agent: new Map(),
     agentPrefix: new Map(),
+    session: new Map(),
+    sessionPrefix: new Map(),
   }
 }
 
