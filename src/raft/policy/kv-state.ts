@@ -198,11 +198,15 @@ export class KvState {
    */
   dryRunTxn(ops: readonly TxnOp[], now: number): PolicyRefusal | TxnResultEntry[] {
     const staged = new Staged(this, this.sessionsIndex)
-    for (const [i, op] of ops.entries()) {
-      const r = staged.txnOp(op, now)
-      if (r !== undefined) return refuse(PolicyErrorCodes.txnFailed, `op ${i}: ${r.message}`)
+    try {
+      for (const [i, op] of ops.entries()) {
+        const r = staged.txnOp(op, now)
+        if (r !== undefined) return refuse(PolicyErrorCodes.txnFailed, `op ${i}: ${r.message}`)
+      }
+      return staged.results
+    } finally {
+      staged.rollback()
     }
-    return staged.results
   }
 
   /** The results of the transaction committed at Raft index `at`, if still remembered here. */
@@ -218,17 +222,19 @@ export class KvState {
   ): KvApplyResult {
     const staged = new Staged(this, at)
     const r = fn(staged)
-    if (r !== undefined) return r
+    if (r !== undefined) {
+      staged.rollback()
+      return r
+    }
     const grow = staged.bytes - this.bytes
-    if (grow > 0 && grow > room)
+    if (grow > 0 && grow > room) {
+      staged.rollback()
       return refuse(
         PolicyErrorCodes.tooLarge,
         `policy state full: the write adds ${grow} bytes, ${room} left`,
       )
+    }
     if (!staged.changed) return { ok: true, changed: false }
-    this.entries = staged.entries
-    this.sessions = staged.sessions
-    this.lockDelays = staged.lockDelays
     this.bytes = staged.bytes
     if (staged.sessionsChanged) this.sessionsIndex = at
     for (const k of staged.deleted) this.tombstones.set(k, at)
@@ -337,8 +343,9 @@ function stripped(e: KvEntry): KvEntry {
 }
 
 /**
- * A copy-on-write working set of the state for one command: maps are copied on the first change,
- * records are never changed in place (they are replaced), so dropping a `Staged` undoes everything.
+ * The changes of one command, made in place with an undo journal: `rollback` restores every map
+ * entry it touched (records are never changed in place, they are replaced), so a refused command
+ * leaves the state as it was, at the cost of what it touched, not of the state's size.
  */
 class Staged {
   entries: Map<string, KvEntry>
@@ -351,7 +358,8 @@ class Staged {
   readonly written = new Set<string>()
   /** What each transaction operation returns, in order. */
   readonly results: TxnResultEntry[] = []
-  private copied = false
+  /** How to undo each change, in order (`rollback` runs them backwards). */
+  private readonly undo: (() => void)[] = []
 
   constructor(
     base: KvState,
@@ -364,13 +372,18 @@ class Staged {
     this.bytes = i.bytes
   }
 
-  private touch(): void {
+  /** Records how to restore `map[key]` before it changes. */
+  private journal<K, V>(map: Map<K, V>, key: K): void {
     this.changed = true
-    if (this.copied) return
-    this.copied = true
-    this.entries = new Map(this.entries)
-    this.sessions = new Map(this.sessions)
-    this.lockDelays = new Map(this.lockDelays)
+    const had = map.has(key)
+    const old = map.get(key)
+    this.undo.push(() => (had ? map.set(key, old as V) : map.delete(key)))
+  }
+
+  /** Undoes every change (the maps are the state's own: a refused command must leave no trace). */
+  rollback(): void {
+    for (let i = this.undo.length - 1; i >= 0; i--) this.undo[i]!()
+    this.undo.length = 0
   }
 
   get(key: string): KvEntry | undefined {
@@ -378,7 +391,7 @@ class Staged {
   }
 
   private put(e: KvEntry): void {
-    this.touch()
+    this.journal(this.entries, e.key)
     const cur = this.entries.get(e.key)
     if (cur !== undefined) this.bytes -= kvEntryBytes(cur)
     this.bytes += kvEntryBytes(e)
@@ -390,7 +403,7 @@ class Staged {
   delete(key: string): undefined {
     const cur = this.entries.get(key)
     if (cur === undefined) return undefined
-    this.touch()
+    this.journal(this.entries, key)
     this.bytes -= kvEntryBytes(cur)
     this.entries.delete(key)
     this.deleted.add(key)
@@ -481,20 +494,27 @@ class Staged {
   destroySession(id: string, now: number): undefined {
     const s = this.sessions.get(id)
     if (s === undefined) return undefined
-    this.touch()
+    this.journal(this.sessions, id)
     this.sessions.delete(id)
     this.bytes -= sessionBytes(s)
     this.sessionsChanged = true
     for (const e of [...this.entries.values()]) {
       if (e.session !== id) continue
-      if (s.lockDelayMs > 0) this.lockDelays.set(e.key, now + s.lockDelayMs)
+      if (s.lockDelayMs > 0) {
+        this.journal(this.lockDelays, e.key)
+        this.lockDelays.set(e.key, now + s.lockDelayMs)
+      }
       if (s.behavior === 'delete') this.delete(e.key)
       else {
         const { session: _, ...rest } = e
         this.put({ ...rest, modifyIndex: this.at })
       }
     }
-    for (const [k, until] of [...this.lockDelays]) if (until <= now) this.lockDelays.delete(k)
+    for (const [k, until] of [...this.lockDelays]) {
+      if (until > now) continue
+      this.journal(this.lockDelays, k)
+      this.lockDelays.delete(k)
+    }
     return undefined
   }
 
