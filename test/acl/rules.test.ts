@@ -37,10 +37,18 @@ describe('parseRules: the JSON form', () => {
 
   it('checks and ignores Consul resources peermesh has no counterpart for', () => {
     const r = parseRules(
-      '{"query_prefix": {"": {"policy": "read"}}, "keyring": "write", "session": {"x": {"policy": "write"}}}',
+      '{"query_prefix": {"": {"policy": "read"}}, "keyring": "write", "event": {"x": {"policy": "write"}}}',
     )
-    expect(r.service.size + r.node.size + r.key.size).toBe(0)
+    expect(r.service.size + r.node.size + r.key.size + r.session.size).toBe(0)
     expect(() => parseRules('{"keyring": "all"}')).toThrow(AclRulesError)
+  })
+
+  it('reads session and session_prefix rules (on node names), JSON and HCL', () => {
+    const r = parseRules('session "n1" { policy = "write" }\nsession_prefix "" { policy = "read" }')
+    expect(r.session.get('n1')).toBe('write')
+    expect(r.sessionPrefix.get('')).toBe('read')
+    expect(parseRules('{"session": {"x": {"policy": "deny"}}}').session.get('x')).toBe('deny')
+    expect(() => parseRules('session "x" { policy = "own" }')).toThrow(AclRulesError)
   })
 
   it('a service rule with only intentions denies the service itself (Consul)', () => {
