@@ -208,6 +208,22 @@ describe('KV routes', () => {
     expect((await call(base, 'PUT', '/v1/kv/%E0%A4%A', MGMT, 'x')).status).toBe(400)
     expect((await call(base, 'GET', '/v1/kv/a?index=abc', MGMT)).status).toBe(400)
     expect((await call(base, 'DELETE', '/v1/kv/', MGMT)).status).toBe(400)
+    // A KV PUT takes any content type, but not from another origin (a web page's fetch).
+    for (const h of [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }]) {
+      const r = await fetch(`${base}/v1/kv/a`, {
+        method: 'PUT',
+        headers: { 'x-consul-token': MGMT, 'content-type': 'text/plain', ...h },
+        body: 'x',
+      })
+      expect(r.status).toBe(403)
+    }
+    // Other routes still want JSON: the raw body is only for the KV routes.
+    const form = await fetch(`${base}/v1/session/create`, {
+      method: 'PUT',
+      headers: { 'x-consul-token': MGMT, 'content-type': 'text/plain' },
+      body: '{}',
+    })
+    expect(form.status).toBe(415)
     expect(store.index).toBe(before)
   })
 

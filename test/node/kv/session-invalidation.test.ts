@@ -1,5 +1,9 @@
 import { describe, expect, it } from 'vitest'
 import type { NodeHealth } from '../../../src/node/api/kv-http.ts'
+import { Catalog, type MemberUpdate } from '../../../src/node/catalog/catalog.ts'
+import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
+import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
+import { nodeHealthOf } from '../../../src/node/kv/kv-module.ts'
 import { sessionsToInvalidate } from '../../../src/node/kv/session-invalidation.ts'
 import type { StoredSession } from '../../../src/raft/policy/kv-state.ts'
 
@@ -74,5 +78,36 @@ describe('sessionsToInvalidate', () => {
   it.each(cases)('%s', (_name, over, now, health, settled, want) => {
     const out = sessionsToInvalidate([session(over)], now, () => health, settled)
     expect(out[0]?.reason).toBe(want)
+  })
+})
+
+describe('nodeHealthOf: a node as the catalog sees it', () => {
+  const web = parseServiceDefinition({ name: 'web', port: 8080, checks: [{ ttl: '10s' }] }, 'test')
+  const member = (status: CheckStatus, over: Partial<MemberUpdate> = {}): MemberUpdate => ({
+    id: 'p1',
+    name: 'n1',
+    address: '/ip4/10.0.0.1/tcp/4001/p2p/p1',
+    status: 'alive',
+    version: 1,
+    payload: encodeNodePayload([web], () => status),
+    ...over,
+  })
+
+  it('gives the gossip status and each check by its catalog id; invalidation follows them', () => {
+    const c = new Catalog()
+    expect(nodeHealthOf(c, 'n1')).toBeUndefined()
+    c.applyMember(member('passing'))
+    const h = nodeHealthOf(c, 'n1')!
+    expect(h.alive).toBe(true)
+    const ids = [...h.checks.keys()].filter((id) => id !== 'peermesh:node')
+    expect(ids).toHaveLength(1)
+    const checkId = ids[0]!
+    const s = session({ checks: ['serfHealth', checkId] })
+    expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)).toEqual([])
+    c.applyMember(member('critical', { version: 2 }))
+    expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)[0]?.reason).toBe('check')
+    c.applyMember(member('passing', { version: 3, status: 'dead' }))
+    expect(nodeHealthOf(c, 'n1')?.alive).toBe(false)
+    expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)[0]?.reason).toBe('node')
   })
 })
