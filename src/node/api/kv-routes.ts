@@ -1,33 +1,30 @@
 import { need } from '../../acl/index.ts'
-import { KV_LIMITS } from '../../raft/policy/kv-commands.ts'
+import { KV_LIMITS, MAX_UINT64 } from '../../raft/policy/kv-commands.ts'
 import type { KvEntry } from '../../raft/policy/kv-state.ts'
 import { type PolicyCommand, PolicyErrorCodes, type PolicyResult } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
 import { blockOn, consistentRead, flagParam, type KvApi, kvWrite, readHeaders, uintParam } from './kv-http.ts'
 import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
 
-/** A KV entry as Consul shows it (`structs.DirEntry`). */
-export interface KvEntryJson {
-  LockIndex: number
-  Key: string
-  Flags: number
-  /** Base64, null when empty. */
-  Value: string | null
-  Session?: string
-  CreateIndex: number
-  ModifyIndex: number
+/**
+ * A KV entry as Consul shows it (`structs.DirEntry`), as JSON text: `{ LockIndex, Key, Flags,
+ * Value (base64, null when empty), Session?, CreateIndex, ModifyIndex }`. Text, not an object:
+ * `Flags` is a uint64 and must reach Go clients exactly (its digits were checked by `kvFlags`).
+ */
+export function kvEntryText(e: KvEntry, withValue = true): string {
+  const value = withValue && e.value.length > 0 ? JSON.stringify(e.value) : 'null'
+  const session = e.session !== undefined ? `,"Session":${JSON.stringify(e.session)}` : ''
+  const flags = /^\d{1,20}$/.test(e.flags) ? e.flags : '0'
+  return `{"LockIndex":${e.lockIndex},"Key":${JSON.stringify(e.key)},"Flags":${flags},"Value":${value}${session},"CreateIndex":${e.createIndex},"ModifyIndex":${e.modifyIndex}}`
 }
 
-export function kvEntryJson(e: KvEntry, withValue = true): KvEntryJson {
-  return {
-    LockIndex: e.lockIndex,
-    Key: e.key,
-    Flags: e.flags,
-    Value: withValue && e.value.length > 0 ? e.value : null,
-    ...(e.session !== undefined ? { Session: e.session } : {}),
-    CreateIndex: e.createIndex,
-    ModifyIndex: e.modifyIndex,
-  }
+/** `?flags=`: a uint64, as canonical digits (400 otherwise). */
+export function flagsParam(req: ApiRequest): string | undefined {
+  const v = req.query.get('flags')
+  if (v === null) return undefined
+  if (!/^\d{1,20}$/.test(v) || BigInt(v) > MAX_UINT64)
+    throw new ApiError('flags: expected an unsigned 64-bit integer', 400)
+  return BigInt(v).toString()
 }
 
 const KV_PREFIX = '/v1/kv/'
@@ -112,10 +109,7 @@ async function getKv(api: KvApi, req: ApiRequest): Promise<ApiReply> {
   if (entries.length === 0) return new ApiReply(404, '', 'text/plain', headers)
   if (!recurse && flagParam(req, 'raw'))
     return new ApiReply(200, Buffer.from(entries[0]!.value, 'base64'), 'application/octet-stream', headers)
-  return json(
-    entries.map((e) => kvEntryJson(e)),
-    headers,
-  )
+  return new ApiReply(200, `[${entries.map((e) => kvEntryText(e)).join(',')}]`, 'application/json', headers)
 }
 
 function base64Value(body: unknown): string {
@@ -136,7 +130,7 @@ async function putKv(api: KvApi, req: ApiRequest): Promise<unknown> {
   const release = req.query.get('release') ?? undefined
   if (acquire !== undefined && release !== undefined)
     throw new ApiError('Conflicting flags: acquire and release', 400)
-  const flags = uintParam(req, 'flags')
+  const flags = flagsParam(req)
   const cas = uintParam(req, 'cas')
   const value = base64Value(req.body)
   req.auth.require(...need.keyWrite(key))

@@ -1,10 +1,10 @@
 import { txnOpPermission } from '../../acl/command-permission.ts'
-import { KV_LIMITS, type TxnOp } from '../../raft/policy/kv-commands.ts'
+import { KV_LIMITS, MAX_UINT64, type TxnOp } from '../../raft/policy/kv-commands.ts'
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
 import { consistentRead, type KvApi, kvWrite, readHeaders, untilApplied } from './kv-http.ts'
 import type { TxnResultEntry } from '../../raft/policy/kv-state.ts'
-import { kvEntryJson, resultError } from './kv-routes.ts'
+import { kvEntryText, resultError } from './kv-routes.ts'
 import { ApiReply, type HttpApi } from './server.ts'
 
 const READ_VERBS: ReadonlySet<string> = new Set([
@@ -82,15 +82,24 @@ export function parseTxnBody(body: unknown): TxnOp[] {
     } else if (verb === 'set' || verb === 'cas' || verb === 'lock' || verb === 'unlock') {
       op.value = ''
     }
-    for (const [field, k] of [
-      ['Flags', 'flags'],
-      ['Index', 'index'],
-    ] as const) {
-      const v = f[field]
-      if (v === undefined || v === null) continue
-      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
-        throw new ApiError(`${where}: ${field}: expected a non-negative integer`, 400)
-      op[k] = v
+    const index = f['Index']
+    if (index !== undefined && index !== null) {
+      if (typeof index !== 'number' || !Number.isSafeInteger(index) || index < 0)
+        throw new ApiError(`${where}: Index: expected a non-negative integer`, 400)
+      op.index = index
+    }
+    const flags = f['Flags']
+    if (flags !== undefined && flags !== null) {
+      // A uint64; JSON numbers past 2^53 arrive rounded (JSON.parse), as in any JS Consul client.
+      const digits =
+        typeof flags === 'number' && Number.isInteger(flags) && flags >= 0 && flags < 2 ** 64
+          ? BigInt(flags).toString()
+          : typeof flags === 'string' && /^\d{1,20}$/.test(flags) && BigInt(flags) <= MAX_UINT64
+            ? BigInt(flags).toString()
+            : undefined
+      if (digits === undefined)
+        throw new ApiError(`${where}: Flags: expected an unsigned 64-bit integer`, 400)
+      op.flags = digits
     }
     const session = f['Session']
     if (session !== undefined && session !== null && session !== '') {
@@ -141,8 +150,9 @@ export function registerTxnRoutes(http: HttpApi, api: KvApi): void {
     const authz = req.auth.authorizer()
     const results = entries
       .filter((r) => authz.keyRead(r.entry.key))
-      .map((r) => ({ KV: kvEntryJson(r.entry, r.withValue) }))
-    return reply(200, { Results: results, Errors: null }, readHeaders(api, api.stateIndex))
+      .map((r) => `{"KV":${kvEntryText(r.entry, r.withValue)}}`)
+    const body = `{"Results":[${results.join(',')}],"Errors":null}`
+    return new ApiReply(200, body, 'application/json', readHeaders(api, api.stateIndex))
   })
 }
 

@@ -40,8 +40,15 @@ export const kvValue = z
   .string()
   .max(MAX_VALUE_BASE64)
   .refine((v) => v.length % 4 === 0 && BASE64.test(v), 'value: not base64')
-/** Consul's flags are a uint64; ours stay within safe integers (what JSON clients can send). */
-export const kvFlags = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER)
+/**
+ * Consul's flags are a uint64, kept as its decimal digits: clients use values past 2^53 (the Go
+ * client's lock marks its key with 0x2ddccbc058a50c18), which a JS number would round.
+ */
+export const MAX_UINT64 = (1n << 64n) - 1n
+export const kvFlags = z
+  .string()
+  .regex(/^(0|[1-9]\d{0,19})$/, 'flags: not a canonical unsigned integer')
+  .refine((v) => BigInt(v) <= MAX_UINT64, 'flags: larger than a uint64')
 const kvIndex = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER)
 export const sessionId = z
   .string()

@@ -1,4 +1,4 @@
-import { KV_LIMITS, kvEntryBytes, sessionBytes, type TxnOp } from './kv-commands.ts'
+import { KV_LIMITS, kvEntryBytes, kvFlags, sessionBytes, type TxnOp } from './kv-commands.ts'
 import {
   type PolicyCommand,
   type PolicyErrorCode,
@@ -29,7 +29,8 @@ export interface KvEntry {
   key: string
   /** The value, base64 (as Consul shows it). */
   value: string
-  flags: number
+  /** A uint64, as its decimal digits (see `kvFlags`). */
+  flags: string
   /** The session holding the key's lock. */
   session?: string
   createIndex: number
@@ -421,7 +422,7 @@ class Staged {
     cmd: {
       key: string
       value: string
-      flags?: number | undefined
+      flags?: string | undefined
       cas?: number | undefined
       acquire?: string | undefined
       release?: string | undefined
@@ -431,7 +432,7 @@ class Staged {
     const cur = this.entries.get(cmd.key)
     if (cmd.cas !== undefined && (cur?.modifyIndex ?? 0) !== cmd.cas)
       return refuse(PolicyErrorCodes.casFailed, `modify index is ${cur?.modifyIndex ?? 0}, not ${cmd.cas}`)
-    const flags = cmd.flags ?? 0
+    const flags = cmd.flags ?? '0'
     if (cmd.acquire !== undefined) return this.lock(cmd.key, cmd.value, flags, cmd.acquire, now)
     if (cmd.release !== undefined) return this.unlock(cmd.key, cmd.value, flags, cmd.release)
     this.put({
@@ -446,7 +447,7 @@ class Staged {
     return undefined
   }
 
-  lock(key: string, value: string, flags: number, session: string, now: number): PolicyRefusal | undefined {
+  lock(key: string, value: string, flags: string, session: string, now: number): PolicyRefusal | undefined {
     if (!this.sessions.has(session))
       return refuse(PolicyErrorCodes.notFound, `invalid session ${JSON.stringify(session)}`)
     const cur = this.entries.get(key)
@@ -473,7 +474,7 @@ class Staged {
     return undefined
   }
 
-  unlock(key: string, value: string, flags: number, session: string): PolicyRefusal | undefined {
+  unlock(key: string, value: string, flags: string, session: string): PolicyRefusal | undefined {
     const cur = this.entries.get(key)
     if (cur === undefined || cur.session !== session)
       return refuse(
@@ -638,7 +639,8 @@ export function parseKvSnapshot(data: unknown): KvSnapshot {
   if (!isRecord(data)) bad('state')
   if (!Array.isArray(data['entries']) || !Array.isArray(data['sessions'])) bad('state')
   const entries = data['entries'].map((e) => {
-    if (!isRecord(e) || !isString(e['key']) || !isString(e['value']) || !isIndex(e['flags'])) bad('entry')
+    if (!isRecord(e) || !isString(e['key']) || !isString(e['value'])) bad('entry')
+    if (!kvFlags.safeParse(e['flags']).success) bad('entry flags')
     if (!isIndex(e['createIndex']) || !isIndex(e['modifyIndex']) || !isIndex(e['lockIndex'])) bad('entry')
     if (e['session'] !== undefined && !isString(e['session'])) bad('entry session')
     return e as unknown as KvEntry

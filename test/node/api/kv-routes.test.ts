@@ -160,6 +160,11 @@ describe('KV routes', () => {
     expect(got.headers.get('x-consul-index')).toBe(String(e!['ModifyIndex']))
     expect(got.headers.get('x-consul-knownleader')).toBe('true')
     expect((await call(base, 'GET', '/v1/kv/app/a?raw', MGMT)).text).toBe('one')
+    // Flags are a uint64, exact past 2^53 (the Go client's lock flag), as a JSON number.
+    expect((await call(base, 'PUT', '/v1/kv/lock?flags=3304740253564472344', MGMT, '')).json).toBe(true)
+    expect((await call(base, 'GET', '/v1/kv/lock', MGMT)).text).toContain(
+      '"Flags":3304740253564472344,"Value":null',
+    )
     expect((await call(base, 'GET', '/v1/kv/app/missing', MGMT)).status).toBe(404)
     expect((await call(base, 'GET', '/v1/kv/app/?keys', MGMT)).json).toEqual(['app/a', 'app/b/c'])
     expect((await call(base, 'GET', '/v1/kv/app/?keys&separator=/', MGMT)).json).toEqual(['app/a', 'app/b/'])
@@ -202,6 +207,7 @@ describe('KV routes', () => {
     expect((await call(base, 'PUT', `/v1/kv/${'k'.repeat(1025)}`, MGMT, 'x')).status).toBe(400)
     expect((await call(base, 'PUT', '/v1/kv/a?cas=-1', MGMT, 'x')).status).toBe(400)
     expect((await call(base, 'PUT', '/v1/kv/a?flags=1e3', MGMT, 'x')).status).toBe(400)
+    expect((await call(base, 'PUT', '/v1/kv/a?flags=18446744073709551616', MGMT, 'x')).status).toBe(400)
     expect((await call(base, 'PUT', '/v1/kv/a?acquire=x&release=y', MGMT, 'x')).status).toBe(400)
     expect((await call(base, 'PUT', '/v1/kv/a?acquire=not-a-uuid', MGMT, 'x')).status).toBe(400)
     expect((await call(base, 'PUT', '/v1/kv/a', MGMT, 'x'.repeat(512 * 1024 + 1))).status).toBe(413)
@@ -209,7 +215,11 @@ describe('KV routes', () => {
     expect((await call(base, 'GET', '/v1/kv/a?index=abc', MGMT)).status).toBe(400)
     expect((await call(base, 'DELETE', '/v1/kv/', MGMT)).status).toBe(400)
     // A KV PUT takes any content type, but not from another origin (a web page's fetch).
-    for (const h of [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }]) {
+    const foreign: Record<string, string>[] = [
+      { origin: 'http://evil.example' },
+      { 'sec-fetch-site': 'cross-site' },
+    ]
+    for (const h of foreign) {
       const r = await fetch(`${base}/v1/kv/a`, {
         method: 'PUT',
         headers: { 'x-consul-token': MGMT, 'content-type': 'text/plain', ...h },

@@ -86,7 +86,7 @@ describe('KV state across a restart (snapshot + log replay)', () => {
         checks: [],
         now: 5,
       },
-      { op: 'kv.set', key: 'app/a', value: b64('one'), flags: 4, now: 6 },
+      { op: 'kv.set', key: 'app/a', value: b64('one'), flags: '3304740253564472344', now: 6 },
       { op: 'kv.set', key: 'lock', value: b64('held'), acquire: S1, now: 7 },
       { op: 'kv.set', key: 'tmp', value: '', now: 8 },
       { op: 'kv.delete', key: 'tmp' },

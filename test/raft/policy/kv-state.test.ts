@@ -63,15 +63,15 @@ describe('KV state: set, cas, delete', () => {
     expect(l.kv.get('a')).toEqual({
       key: 'a',
       value: b64('one'),
-      flags: 0,
+      flags: '0',
       createIndex: 1,
       modifyIndex: 1,
       lockIndex: 0,
     })
     expect(code(l.set('a', 'x', { cas: 0 }))).toBe(PolicyErrorCodes.casFailed)
     expect(code(l.set('a', 'x', { cas: 7 }))).toBe(PolicyErrorCodes.casFailed)
-    expect(l.set('a', 'two', { cas: 1, flags: 9 }).ok).toBe(true)
-    expect(l.kv.get('a')).toMatchObject({ value: b64('two'), flags: 9, createIndex: 1, modifyIndex: 4 })
+    expect(l.set('a', 'two', { cas: 1, flags: '9' }).ok).toBe(true)
+    expect(l.kv.get('a')).toMatchObject({ value: b64('two'), flags: '9', createIndex: 1, modifyIndex: 4 })
     expect(l.set('b', 'new', { cas: 0 }).ok).toBe(true)
     expect(code(l.apply({ op: 'kv.delete', key: 'a', cas: 1 }))).toBe(PolicyErrorCodes.casFailed)
     expect(l.kv.get('a')).toBeDefined()
@@ -233,7 +233,10 @@ describe('KV state: hostile commands are refused, the same on every agent, chang
     ['long key', { op: 'kv.set', key: 'k'.repeat(KV_LIMITS.maxKeyLength + 1), value: '', now: 0 }],
     ['value not base64', { op: 'kv.set', key: 'k', value: 'not base64!', now: 0 }],
     ['value over 512 KiB', { op: 'kv.set', key: 'k', value: big, now: 0 }],
-    ['negative flags', { op: 'kv.set', key: 'k', value: '', flags: -1, now: 0 }],
+    ['negative flags', { op: 'kv.set', key: 'k', value: '', flags: '-1', now: 0 }],
+    ['flags as a number', { op: 'kv.set', key: 'k', value: '', flags: 1, now: 0 }],
+    ['flags past uint64', { op: 'kv.set', key: 'k', value: '', flags: '18446744073709551616', now: 0 }],
+    ['flags not canonical', { op: 'kv.set', key: 'k', value: '', flags: '007', now: 0 }],
     ['fractional cas', { op: 'kv.set', key: 'k', value: '', cas: 1.5, now: 0 }],
     ['no time', { op: 'kv.set', key: 'k', value: '' }],
     ['bad session id', { op: 'kv.set', key: 'k', value: '', acquire: '../../etc', now: 0 }],
@@ -316,7 +319,7 @@ describe('KV state: snapshots', () => {
     const l = new Log()
     l.session(S1, { ttlMs: 30_000 }, 50)
     l.session(S2)
-    l.set('a', 'one', { flags: 3 })
+    l.set('a', 'one', { flags: '18446744073709551615' })
     l.set('lock', 'held', { acquire: S2 })
     l.set('gone', 'x')
     l.apply({ op: 'kv.delete', key: 'gone' })
