@@ -49,7 +49,7 @@ type Decision = 'allow' | 'deny' | 'default'
 /** What a rule of `level` answers to a request for `want`. */
 export function decide(level: AccessLevel | undefined, want: 'read' | 'write'): Decision {
   if (level === undefined) return 'default'
-  if (level === 'deny') return 'deny'
+  if (level === 'deny' || level === 'list') return 'deny'
   if (level === 'write' || want === 'read') return 'allow'
   return 'deny'
 }

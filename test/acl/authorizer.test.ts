@@ -180,6 +180,16 @@ const cases: [string, string[], Method, string, boolean][] = [
     'a/',
     true,
   ],
+  // `list` (enable_key_list_policy off): neither read nor write, and it stops the shorter prefix.
+  ['key list does not read', ['key_prefix "app/" { policy = "list" }'], 'keyRead', 'app/x', false],
+  [
+    'key list beats a shorter read prefix',
+    ['key_prefix "" { policy = "read" }\nkey_prefix "app/" { policy = "list" }'],
+    'keyRead',
+    'app/x',
+    false,
+  ],
+  ['key list does not write', ['key_prefix "app/" { policy = "list" }'], 'keyWrite', 'app/x', false],
   // Sessions: rules name nodes.
   ['session exact write', ['session "n1" { policy = "write" }'], 'sessionWrite', 'n1', true],
   [

@@ -43,6 +43,16 @@ describe('parseRules: the JSON form', () => {
     expect(() => parseRules('{"keyring": "all"}')).toThrow(AclRulesError)
   })
 
+  it('reads "list" on key rules (Consul), merging below read', () => {
+    const r = parseRules('key_prefix "app/" { policy = "list" }\nkey "app/x" { policy = "list" }')
+    expect(r.keyPrefix.get('app/')).toBe('list')
+    expect(
+      parseRules(
+        ['key_prefix "a/" { policy = "list" }', 'key_prefix "a/" { policy = "read" }'].join('\n'),
+      ).keyPrefix.get('a/'),
+    ).toBe('read')
+  })
+
   it('reads session and session_prefix rules (on node names), JSON and HCL', () => {
     const r = parseRules('session "n1" { policy = "write" }\nsession_prefix "" { policy = "read" }')
     expect(r.session.get('n1')).toBe('write')
@@ -82,7 +92,7 @@ describe('parseRules: the JSON form', () => {
     ['{"service": {"web": "read"}}', /^service "web": expected \{"policy"/],
     ['{"service": "read"}', /^service: expected an object of names/],
     ['{"operator": {"policy": "read"}}', /^operator: expected "read", "write" or "deny"/],
-    ['{"key_prefix": {"": {"policy": "list"}}}', /"list" is not supported/],
+    ['{"service_prefix": {"": {"policy": "list"}}}', /"list" is a level of key and key_prefix rules only/],
     ['{"service": {"web": {"policy": "read", "intentions": "all"}}}', /^service "web": intentions: /],
   ])('refuses %s with a message naming the rule', (text, message) => {
     expect(() => parseRules(text)).toThrow(message)
