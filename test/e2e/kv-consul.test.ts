@@ -23,11 +23,16 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
   const cluster = new TestCluster()
   afterAll(() => cluster.close())
 
-  it('kv get/set/keys/del, cas, blocking, ACLs, a lock with sessions, invalidation by node failure, txn', async () => {
+  it('kv get/set/keys/del, cas, blocking, ACLs, a lock with sessions, invalidation (node failure, critical check, TTL), txn', async () => {
     const agents = await startRaftCluster(cluster, 3, { prefix: 'kv' })
     const leader = await waitForLeader(agents)
     const [f1, f2] = agents.filter((a) => a !== leader) as [AgentProcess, AgentProcess]
     const c = client(f1)
+
+    // A session with a TTL that nobody renews (checked at the end: gone after twice its TTL).
+    const ttlSession: string = (await c.session.create({ name: 'ttl', ttl: '10s', lockdelay: '0s' })).ID
+    expect(await c.kv.set({ key: 'ttl/key', value: 'x', acquire: ttlSession })).toBe(true)
+    expect(((await c.session.renew(ttlSession)) as unknown as { TTL: string }[])[0]!.TTL).toBe('10s')
 
     // ---- KV: set/get/keys/del through a follower (writes forwarded to the leader) ----
     expect(await c.kv.set('app/config/db', 'postgres://db:5432')).toBe(true)
@@ -165,5 +170,40 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
     expect(ok.Results.map((r) => r.KV.Key)).toEqual(['txn/a', 'txn/b', 'app/config/db'])
     expect(ok.Results[2]!.KV.Value).toBe(b64('new'))
     expect(await c.kv.keys('txn/')).toEqual(['txn/a', 'txn/b'])
+
+    // ---- a session tied to a health check: invalidated when the check goes critical ----
+    const reg = await apiCall(f1, 'PUT', '/v1/agent/service/register', {
+      token: MANAGEMENT_TOKEN,
+      body: { name: 'web', port: 8080, checks: [{ ttl: '300s' }] },
+    })
+    expect(reg.status, errorOf(reg)).toBe(200)
+    expect(
+      (await apiCall(f1, 'PUT', '/v1/agent/check/pass/service:web', { token: MANAGEMENT_TOKEN })).status,
+    ).toBe(200)
+    // The leader judges the check by its catalog: wait until gossip brought it there passing.
+    await waitFor("web passing in the leader's catalog", async () => {
+      const r = await apiCall(leader, 'GET', '/v1/health/service/web?passing', { token: MANAGEMENT_TOKEN })
+      return Array.isArray(r.json) && r.json.length === 1 ? true : undefined
+    })
+    const checked: string = (
+      await c.session.create({ name: 'checked', checks: ['serfHealth', 'service:web'] })
+    ).ID
+    expect(await c.kv.set({ key: 'checked/key', value: 'x', acquire: checked })).toBe(true)
+    expect(
+      (await apiCall(f1, 'PUT', '/v1/agent/check/fail/service:web', { token: MANAGEMENT_TOKEN })).status,
+    ).toBe(200)
+    await waitFor('session of the critical check invalidated', async () =>
+      (await c.session.info(checked)) === undefined ? true : undefined,
+    )
+    expect(((await c.kv.get('checked/key')) as unknown as KvPair).Session).toBeUndefined()
+
+    // ---- the unrenewed TTL session expired (Consul: within twice its TTL) ----
+    await waitFor(
+      'TTL session invalidated',
+      async () => ((await c.session.info(ttlSession)) === undefined ? true : undefined),
+      40_000,
+      250,
+    )
+    expect(((await c.kv.get('ttl/key')) as unknown as KvPair).Session).toBeUndefined()
   }, 180_000)
 })
