@@ -153,8 +153,10 @@ export class KvModule implements AgentModule, KvApi {
     const now = this.wallNow()
     this.leaderSince ??= this.clock.now()
     const settled = this.clock.now() - this.leaderSince >= this.settings.missingNodeGraceMs
-    const catalog = this.catalog()
-    const due = sessionsToInvalidate(this.kv.listSessions(), now, (n) => nodeHealthOf(catalog, n), settled)
+    const sessions = this.kv.listSessions()
+    if (sessions.length === 0) return
+    const health = catalogHealth(this.catalog())
+    const due = sessionsToInvalidate(sessions, now, (n) => health.get(n), settled)
     for (const { session, reason } of due) {
       if (this.inFlight.has(session.id)) continue
       this.inFlight.add(session.id)
@@ -174,7 +176,23 @@ export class KvModule implements AgentModule, KvApi {
   }
 }
 
-/** A node's health in `catalog`: gossip status (suspect still counts as alive) and its checks. */
+/**
+ * Every node's health in `catalog`, in one pass over it: gossip status (suspect still counts as
+ * alive) and the status of each of its checks by id.
+ */
+export function catalogHealth(catalog: Catalog): Map<string, NodeHealth> {
+  const out = new Map<string, NodeHealth>()
+  for (const m of catalog.members())
+    out.set(m.name, { alive: m.status === 'alive' || m.status === 'suspect', checks: new Map() })
+  for (const svc of Object.keys(catalog.services()))
+    for (const e of catalog.health(svc)) {
+      const h = out.get(e.node.name)
+      if (h !== undefined) for (const c of e.checks) h.checks.set(c.checkId, c.status)
+    }
+  return out
+}
+
+/** One node's health in `catalog` (see `catalogHealth`), or undefined if it does not know the node. */
 export function nodeHealthOf(catalog: Catalog, node: string): NodeHealth | undefined {
   const m = catalog.members().find((x) => x.name === node)
   if (m === undefined) return undefined

@@ -3,7 +3,7 @@ import type { NodeHealth } from '../../../src/node/api/kv-http.ts'
 import { Catalog, type MemberUpdate } from '../../../src/node/catalog/catalog.ts'
 import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
-import { nodeHealthOf } from '../../../src/node/kv/kv-module.ts'
+import { catalogHealth, nodeHealthOf } from '../../../src/node/kv/kv-module.ts'
 import { sessionsToInvalidate } from '../../../src/node/kv/session-invalidation.ts'
 import type { StoredSession } from '../../../src/raft/policy/kv-state.ts'
 
@@ -106,6 +106,8 @@ describe('nodeHealthOf: a node as the catalog sees it', () => {
     expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)).toEqual([])
     c.applyMember(member('critical', { version: 2 }))
     expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)[0]?.reason).toBe('check')
+    // The one-pass view the leader uses says the same.
+    expect(catalogHealth(c).get('n1')).toEqual(nodeHealthOf(c, 'n1'))
     c.applyMember(member('passing', { version: 3, status: 'dead' }))
     expect(nodeHealthOf(c, 'n1')?.alive).toBe(false)
     expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)[0]?.reason).toBe('node')
