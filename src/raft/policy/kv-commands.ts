@@ -113,7 +113,12 @@ export const kvCommandSchemas = [
     lockDelayMs: z.number().int().nonnegative().max(KV_LIMITS.maxLockDelayMs),
     behavior: z.enum(['release', 'delete']),
     /** 0: no TTL. */
-    ttlMs: z.number().int().nonnegative().max(KV_LIMITS.maxTtlMs),
+    ttlMs: z
+      .number()
+      .int()
+      .nonnegative()
+      .max(KV_LIMITS.maxTtlMs)
+      .refine((t) => t === 0 || t >= KV_LIMITS.minTtlMs, 'ttl: at least 10s'),
     /** Health checks of `node` that invalidate the session when critical (`serfHealth`: gossip). */
     checks: z.array(z.string().min(1).max(256)).max(KV_LIMITS.maxSessionChecks),
     now,

@@ -238,7 +238,11 @@ export class KvState {
     if (!staged.changed) return { ok: true, changed: false }
     this.bytes = staged.bytes
     if (staged.sessionsChanged) this.sessionsIndex = at
-    for (const k of staged.deleted) this.tombstones.set(k, at)
+    for (const k of staged.deleted) {
+      // Moved to the end: the oldest deletions are forgotten first.
+      this.tombstones.delete(k)
+      this.tombstones.set(k, at)
+    }
     for (const k of staged.written) this.tombstones.delete(k)
     while (this.tombstones.size > MAX_TOMBSTONES) {
       const [k, i] = this.tombstones.entries().next().value!
@@ -316,6 +320,7 @@ export class KvState {
     this.tombstones = new Map(s.tombstones)
     this.tombstoneFloor = s.tombstoneFloor
     this.sessionsIndex = s.sessionsIndex
+    this.txnResults.clear()
     this.bytes = 0
     for (const e of s.entries) this.bytes += kvEntryBytes(e)
     for (const x of s.sessions) this.bytes += sessionBytes(x)

@@ -245,7 +245,7 @@ describe('KV state: hostile commands are refused, the same on every agent, chang
     ['unknown verb', { op: 'txn', now: 0, ops: [{ verb: 'drop-table', key: 'k' }] }],
     ['extra op field', { op: 'txn', now: 0, ops: [{ verb: 'get', key: 'k', evil: 1 }] }],
     [
-      'TTL under 10s? no: over 86400s',
+      'TTL over 86400s',
       {
         op: 'session.create',
         id: S1,
@@ -254,6 +254,20 @@ describe('KV state: hostile commands are refused, the same on every agent, chang
         lockDelayMs: 0,
         behavior: 'release',
         ttlMs: 86_400_001,
+        checks: [],
+        now: 0,
+      },
+    ],
+    [
+      'TTL under 10s',
+      {
+        op: 'session.create',
+        id: S1,
+        name: '',
+        node: 'n',
+        lockDelayMs: 0,
+        behavior: 'release',
+        ttlMs: 9_999,
         checks: [],
         now: 0,
       },
