@@ -238,7 +238,9 @@ export class KvState {
     if (!staged.changed) return { ok: true, changed: false }
     this.bytes = staged.bytes
     if (staged.sessionsChanged) this.sessionsIndex = at
-    for (const k of staged.deleted) {
+    // Sorted: the maps' order depends on history (a store restored from a snapshot has another),
+    // and the tombstones' order decides which are forgotten first, so it must not.
+    for (const k of [...staged.deleted].sort()) {
       // Moved to the end: the oldest deletions are forgotten first.
       this.tombstones.delete(k)
       this.tombstones.set(k, at)
@@ -300,11 +302,19 @@ export class KvState {
 
   // ---- snapshots --------------------------------------------------------------------------------
 
+  /**
+   * The state as data. Entries, sessions and lock-delays are sorted (their maps' order depends on
+   * the history, e.g. a rolled-back delete re-inserts at the end); tombstones keep their order,
+   * which is the order they are forgotten in.
+   */
   snapshot(): KvSnapshot {
+    const byFirst = <T>(a: [string, T], b: [string, T]): number => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)
     return {
-      entries: [...this.entries.values()].map(stripped),
-      sessions: [...this.sessions.values()],
-      lockDelays: [...this.lockDelays.entries()],
+      entries: [...this.entries.values()]
+        .map(stripped)
+        .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)),
+      sessions: [...this.sessions.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
+      lockDelays: [...this.lockDelays.entries()].sort(byFirst),
       tombstones: [...this.tombstones.entries()],
       tombstoneFloor: this.tombstoneFloor,
       sessionsIndex: this.sessionsIndex,
