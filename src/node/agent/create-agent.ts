@@ -8,6 +8,7 @@ import { CatalogModule } from '../catalog/catalog-module.ts'
 import { ConnectModule } from '../connect/connect-module.ts'
 import { GossipModule } from '../gossip/gossip-module.ts'
 import type { RaftMembers, VoterKeyGrant } from '../raft/components.ts'
+import { kvModuleOf } from '../kv/kv-module.ts'
 import { RaftModule } from '../raft/raft-module.ts'
 import { SidecarModule } from '../sidecars/sidecar-module.ts'
 import { UiModule } from '../ui/index.ts'
@@ -71,5 +72,6 @@ export function createAgent(
   const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
   // The UI first: its routes are there as soon as the HTTP API answers.
   agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
+  agent.use(kvModuleOf(raft, catalog))
   return { agent, gossip, catalog, raft, connect, sidecars }
 }
