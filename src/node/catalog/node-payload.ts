@@ -8,6 +8,7 @@ import {
   isPlainText,
   isServiceAddress,
   isServiceId,
+  isServiceName,
   SERVICE_LIMITS,
   type ServiceDefinition,
   type ServiceInstanceFields,
@@ -163,7 +164,7 @@ function decodeService(e: unknown, checkIds: Set<string>): AnnouncedService | st
   const L = SERVICE_LIMITS
   if (!isRecord(e)) return 'service must be an object'
   const name = e['n']
-  if (!isDnsLabel(name)) return 'bad name'
+  if (!isServiceName(name)) return 'bad name'
   const id = e['i'] ?? name
   if (!isServiceId(id)) return 'bad id'
   if (e['a'] !== undefined && !isServiceAddress(e['a'])) return 'bad address'
@@ -195,7 +196,13 @@ function decodeService(e: unknown, checkIds: Set<string>): AnnouncedService | st
   if (e['a'] !== undefined) out.address = e['a']
   const x = e['x']
   if (x !== undefined) {
-    if (!Array.isArray(x) || x.length !== 2 || !isPort(x[0]) || (x[1] !== 0 && x[1] !== 1))
+    if (
+      !Array.isArray(x) ||
+      x.length !== 2 ||
+      !isPort(x[0]) ||
+      (x[1] !== 0 && x[1] !== 1) ||
+      !isDnsLabel(name)
+    )
       return 'bad sidecar'
     out.sidecar = { port: x[0], protocol: x[1] === 1 ? 'http' : 'tcp' }
   }
