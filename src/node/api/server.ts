@@ -73,6 +73,20 @@ export class ApiReply {
   ) {}
 }
 
+/** What every `/v1` read says of the cluster in Consul's headers, and the datacenter it is. */
+export interface ConsulMeta {
+  /** This cluster's datacenter name (`--datacenter`, default `dc1`): `?dc=` must name it. */
+  datacenter: string
+  /** Whether this agent knows a Raft leader, and ms since it last heard from it (0 on the leader). */
+  leader(): { known: boolean; lastContactMs: number }
+}
+
+/** Until the agent says otherwise: Consul's default datacenter, and no leader known. */
+export const DEFAULT_CONSUL_META: ConsulMeta = {
+  datacenter: 'dc1',
+  leader: () => ({ known: false, lastContactMs: 0 }),
+}
+
 interface Route {
   method: string
   parts: string[]
@@ -115,6 +129,7 @@ export class HttpApi {
   private server?: Server
   private acl?: AclResolver
   private addresses: ApiAddresses = { port: 0, hosts: new Set() }
+  private consul: ConsulMeta = DEFAULT_CONSUL_META
   private readonly limits: HttpApiLimits
 
   constructor(
@@ -173,6 +188,15 @@ export class HttpApi {
     })
   }
 
+  /** The datacenter and leader state every `/v1` answer reports (see `ConsulMeta`). */
+  useConsulMeta(meta: ConsulMeta): void {
+    this.consul = meta
+  }
+
+  get datacenter(): string {
+    return this.consul.datacenter
+  }
+
   /** Checks tokens from now on (ACLs); without it every request may do everything. */
   useAcl(resolver: AclResolver): void {
     this.acl = resolver
@@ -189,6 +213,14 @@ export class HttpApi {
       return this.acl.resolve(undefined).authorizer
     } catch {
       return DENY_ALL
+    }
+  }
+
+  private leaderHeaders(): Record<string, string> {
+    const l = this.consul.leader()
+    return {
+      'X-Consul-KnownLeader': String(l.known),
+      'X-Consul-LastContact': String(Math.max(0, Math.round(l.lastContactMs))),
     }
   }
 
@@ -269,6 +301,14 @@ export class HttpApi {
           ? new ApiError(`method ${method} not allowed on ${url.pathname}`, 405)
           : new ApiError(`no such API path: ${url.pathname}`, 404)
       }
+      const v1 = url.pathname.startsWith('/v1/')
+      const dc = url.searchParams.get('dc')
+      if (v1 && dc !== null && dc !== '' && dc !== this.consul.datacenter) {
+        // Consul's answer (a plain-text 500) for a datacenter it has no route to.
+        await drain(req)
+        send(res, 500, 'No path to datacenter', 'text/plain; charset=utf-8')
+        return
+      }
       const body = await readJsonBody(req)
       const accessor: { id?: string } = {}
       const result = await route.handler({
@@ -283,11 +323,13 @@ export class HttpApi {
       })
       if (accessor.id !== undefined && method !== 'GET' && method !== 'HEAD')
         this.log.info({ method, path: url.pathname, accessorId: accessor.id }, 'authorized write')
-      if (result instanceof ApiReply) {
-        send(res, result.status, result.body, result.contentType, result.headers)
-      } else {
-        send(res, 200, JSON.stringify(result ?? null))
-      }
+      const reply = result instanceof ApiReply ? result : new ApiReply(200, JSON.stringify(result ?? null))
+      const headers =
+        v1 && (method === 'GET' || method === 'HEAD')
+          ? { ...this.leaderHeaders(), ...reply.headers }
+          : reply.headers
+      const pretty = url.searchParams.has('pretty') && reply.contentType === 'application/json'
+      send(res, reply.status, pretty ? prettyJson(reply.body) : reply.body, reply.contentType, headers)
     } catch (err) {
       if (err instanceof ApiError) {
         // A 413 stops reading mid-body: the connection must close, or the client's next request
@@ -305,6 +347,16 @@ export class HttpApi {
         send(res, 500, JSON.stringify({ error: 'internal error' }))
       }
     }
+  }
+}
+
+/** Consul's `?pretty` output: indented by 4 spaces, with a final newline. */
+function prettyJson(body: string | Uint8Array): string | Uint8Array {
+  try {
+    const text = typeof body === 'string' ? body : Buffer.from(body).toString('utf8')
+    return `${JSON.stringify(JSON.parse(text), null, 4)}\n`
+  } catch {
+    return body
   }
 }
 

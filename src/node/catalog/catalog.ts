@@ -313,6 +313,17 @@ export class Catalog {
     return out
   }
 
+  /** Every instance with its health, sorted by node name then service id (`/v1/catalog/node`, `/v1/health/state`). */
+  entries(): HealthEntry[] {
+    return this.visibleNodes().flatMap((n) => n.services.map((s) => entryOf(n, s)))
+  }
+
+  /** The node's gossip health check (Consul's `serfHealth`), by node name; undefined if unknown. */
+  nodeCheck(nodeName: string): HealthCheckView | undefined {
+    const n = this.visibleNodes().find((x) => x.name === nodeName)
+    return n === undefined ? undefined : nodeCheckOf(n)
+  }
+
   /** Members the catalog knows (left ones excluded), sorted by name. */
   members(): (NodeRef & { status: MemberStatus; version: number; services: number })[] {
     return this.visibleNodes().map((n) => ({
@@ -365,9 +376,9 @@ function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
 
 const STATUS_RANK: Record<CheckStatus, number> = { passing: 0, warning: 1, critical: 2 }
 
-function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
+function nodeCheckOf(n: NodeEntry): HealthCheckView {
   const dead = n.status === 'dead'
-  const nodeCheck: HealthCheckView = {
+  return {
     node: n.name,
     checkId: NODE_CHECK_ID,
     name: NODE_CHECK_NAME,
@@ -377,6 +388,10 @@ function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
     serviceId: '',
     serviceName: '',
   }
+}
+
+function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
+  const nodeCheck = nodeCheckOf(n)
   const checks = [
     nodeCheck,
     ...s.checks.map(

@@ -4,6 +4,7 @@ import { PayloadTooLargeError } from './errors.ts'
 import {
   CHECK_STATUSES,
   type CheckStatus,
+  isCheckId,
   isMetaKey,
   isPlainText,
   isServiceAddress,
@@ -215,7 +216,7 @@ function decodeService(e: unknown, checkIds: Set<string>): AnnouncedService | st
     if (rawId === 0) checkId = `service:${id}`
     else if (typeof rawId === 'number' && Number.isInteger(rawId) && rawId >= 1 && rawId <= L.checks) {
       checkId = `service:${id}:${rawId}`
-    } else if (isServiceId(rawId)) checkId = rawId
+    } else if (isCheckId(rawId)) checkId = rawId
     else return 'bad check id'
     if (checkIds.has(checkId)) return 'duplicate check id'
     checkIds.add(checkId)

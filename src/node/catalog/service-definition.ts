@@ -100,6 +100,8 @@ const L = SERVICE_LIMITS
 const HOST_NAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/
 const SERVICE_ID = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,${L.idLength - 1}}$`)
+/** Check ids may also start with "_" (Consul's `_service_maintenance:<id>`, `_node_maintenance`). */
+const CHECK_ID = new RegExp(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,${L.idLength - 1}}$`)
 const META_KEY = new RegExp(`^[A-Za-z0-9_-]{1,${L.metaKeyLength}}$`)
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/
@@ -149,7 +151,7 @@ const checkSchema = z
   .strictObject({
     id: z
       .string()
-      .regex(SERVICE_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter or digit')
+      .regex(CHECK_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter, digit or "_"')
       .optional(),
     name: plainText(256).optional(),
     notes: plainText(1024).optional(),
@@ -580,6 +582,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 /** Predicates shared with the decoder of payloads received from the network. */
 export const isServiceId = (s: unknown): s is string => typeof s === 'string' && SERVICE_ID.test(s)
+export const isCheckId = (s: unknown): s is string => typeof s === 'string' && CHECK_ID.test(s)
 export const isMetaKey = (s: unknown): s is string => typeof s === 'string' && META_KEY.test(s)
 export const isServiceAddress = (s: unknown): s is string =>
   typeof s === 'string' && (isIP(s) !== 0 || HOST_NAME.test(s))
