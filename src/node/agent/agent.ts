@@ -15,6 +15,7 @@ import { AgentNotStartedError, ListenError } from './errors.ts'
 import type { AgentEventBus, AgentEvents } from './events.ts'
 import { createHost, type Host } from '../transport/host.ts'
 import { addressInUse } from '../transport/free-port.ts'
+import { agentMetricsJson, agentSelfView } from '../api/consul-views.ts'
 import { ApiReply, HttpApi } from '../api/server.ts'
 import { createMetrics } from './metrics.ts'
 import { checkSecretsAtRest } from './secrets-at-rest.ts'
@@ -93,6 +94,7 @@ export class Agent {
     )
     this.clock = init.clock ?? systemClock
     this.http = new HttpApi(init.log.child({ component: 'http' }))
+    this.http.datacenter = init.config.datacenter
     this.metrics = createMetrics(() => this.host)
     this.addCoreRoutes()
   }
@@ -245,17 +247,25 @@ export class Agent {
   private addCoreRoutes(): void {
     this.http.route('GET', '/v1/agent/self', (req) => {
       req.auth.require(...need.agentRead(this.config.name))
-      return {
+      return agentSelfView({
+        datacenter: this.config.datacenter,
         name: this.config.name,
-        peerId: this.identity?.id,
+        peerId: this.identity?.id ?? '',
         addresses: this.addresses(),
+        peers: this.connectedPeers(),
         version: VERSION,
-      }
+      })
     })
-    this.http.route('GET', '/v1/status/peers', () => this.connectedPeers())
     this.http.route('GET', '/metrics', async (req) => {
       req.auth.require(...need.agentRead(this.config.name))
       return new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType)
+    })
+    // Consul's path: Prometheus text with ?format=prometheus, else Consul's JSON summary.
+    this.http.route('GET', '/v1/agent/metrics', async (req) => {
+      req.auth.require(...need.agentRead(this.config.name))
+      if (req.query.get('format') === 'prometheus')
+        return new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType)
+      return agentMetricsJson(await this.metrics.getMetricsAsJSON())
     })
   }
 }

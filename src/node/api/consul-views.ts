@@ -226,3 +226,109 @@ export function agentCheckView(
     },
   )
 }
+
+/** Serf's member status codes, which Consul reports (`Status: 1` is alive). */
+export const SERF_STATUS = Object.freeze({ none: 0, alive: 1, leaving: 2, left: 3, failed: 4 })
+
+/** A gossip member as Consul's `/v1/agent/members` lists it, with peermesh's own fields after. */
+export function memberView(
+  m: {
+    id: string
+    name: string
+    address: string
+    addresses: readonly string[]
+    status: 'alive' | 'suspect' | 'dead' | 'left'
+    incarnation: number
+    tags: Record<string, string>
+  },
+  datacenter: string,
+): Record<string, unknown> {
+  const ep = /\/(?:ip4|ip6|dns4|dns6|dns)\/([^/]+)\/(?:tcp|udp)\/(\d+)/.exec(m.addresses[0] ?? m.address)
+  // SWIM's suspect is still a member (serf reports it alive); dead is serf's failed.
+  const status =
+    m.status === 'dead' ? SERF_STATUS.failed : m.status === 'left' ? SERF_STATUS.left : SERF_STATUS.alive
+  return {
+    Name: m.name,
+    Addr: ep?.[1] ?? '',
+    Port: ep !== null ? Number(ep[2]) : 0,
+    Tags: { ...m.tags, dc: datacenter },
+    Status: status,
+    ProtocolMin: 1,
+    ProtocolMax: 5,
+    ProtocolCur: 2,
+    DelegateMin: 2,
+    DelegateMax: 5,
+    DelegateCur: 4,
+    PeerID: m.id,
+    Address: m.address,
+    State: m.status,
+    Incarnation: m.incarnation,
+  }
+}
+
+/** `/v1/agent/self`: Consul's `Config` and `Member`, then peermesh's `PeerID`, `Addresses`, `Peers`. */
+export function agentSelfView(a: {
+  datacenter: string
+  name: string
+  peerId: string
+  addresses: string[]
+  peers: string[]
+  version: string
+}): Record<string, unknown> {
+  return {
+    Config: {
+      Datacenter: a.datacenter,
+      PrimaryDatacenter: a.datacenter,
+      NodeName: a.name,
+      NodeID: a.peerId,
+      Revision: '',
+      Server: true,
+      Version: a.version,
+    },
+    DebugConfig: {},
+    Coord: null,
+    Member: memberView(
+      {
+        id: a.peerId,
+        name: a.name,
+        address: a.addresses[0] ?? '',
+        addresses: a.addresses,
+        status: 'alive',
+        incarnation: 0,
+        tags: {},
+      },
+      a.datacenter,
+    ),
+    Stats: {},
+    Meta: {},
+    PeerID: a.peerId,
+    Addresses: a.addresses,
+    Peers: a.peers,
+  }
+}
+
+/** prom-client's JSON as Consul's `/v1/agent/metrics` summary (gauges and counters, no samples). */
+export function agentMetricsJson(
+  metrics: readonly {
+    name: string
+    type: unknown
+    values: readonly { value: number; labels: Partial<Record<string, string | number>> }[]
+  }[],
+): Record<string, unknown> {
+  const Gauges: unknown[] = []
+  const Counters: unknown[] = []
+  for (const m of metrics) {
+    for (const v of m.values) {
+      const labels = Object.fromEntries(Object.entries(v.labels).map(([k, x]) => [k, String(x ?? '')]))
+      if (m.type === 'counter') Counters.push({ Name: m.name, Count: v.value, Sum: v.value, Labels: labels })
+      else if (m.type === 'gauge') Gauges.push({ Name: m.name, Value: v.value, Labels: labels })
+    }
+  }
+  return {
+    Timestamp: new Date().toISOString().replace('T', ' ').slice(0, 19),
+    Gauges,
+    Points: [],
+    Counters,
+    Samples: [],
+  }
+}

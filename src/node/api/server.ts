@@ -73,19 +73,14 @@ export class ApiReply {
   ) {}
 }
 
-/** What every `/v1` read says of the cluster in Consul's headers, and the datacenter it is. */
-export interface ConsulMeta {
-  /** This cluster's datacenter name (`--datacenter`, default `dc1`): `?dc=` must name it. */
-  datacenter: string
-  /** Whether this agent knows a Raft leader, and ms since it last heard from it (0 on the leader). */
-  leader(): { known: boolean; lastContactMs: number }
-}
+/**
+ * What every `/v1` read says of the Raft leader in Consul's headers (`X-Consul-KnownLeader`,
+ * `X-Consul-LastContact`): whether this agent knows one, and ms since it last heard from it.
+ */
+export type LeaderInfo = () => { known: boolean; lastContactMs: number }
 
-/** Until the agent says otherwise: Consul's default datacenter, and no leader known. */
-export const DEFAULT_CONSUL_META: ConsulMeta = {
-  datacenter: 'dc1',
-  leader: () => ({ known: false, lastContactMs: 0 }),
-}
+/** Consul's default datacenter name. */
+export const DEFAULT_DATACENTER = 'dc1'
 
 interface Route {
   method: string
@@ -129,7 +124,9 @@ export class HttpApi {
   private server?: Server
   private acl?: AclResolver
   private addresses: ApiAddresses = { port: 0, hosts: new Set() }
-  private consul: ConsulMeta = DEFAULT_CONSUL_META
+  private leaderInfo: LeaderInfo = () => ({ known: false, lastContactMs: 0 })
+  /** This cluster's datacenter name (`--datacenter`): `?dc=` must name it, views show it. */
+  datacenter = DEFAULT_DATACENTER
   private readonly limits: HttpApiLimits
 
   constructor(
@@ -188,13 +185,9 @@ export class HttpApi {
     })
   }
 
-  /** The datacenter and leader state every `/v1` answer reports (see `ConsulMeta`). */
-  useConsulMeta(meta: ConsulMeta): void {
-    this.consul = meta
-  }
-
-  get datacenter(): string {
-    return this.consul.datacenter
+  /** Where `/v1` reads learn the Raft leader state for their headers (the Raft module). */
+  useLeaderInfo(info: LeaderInfo): void {
+    this.leaderInfo = info
   }
 
   /** Checks tokens from now on (ACLs); without it every request may do everything. */
@@ -217,7 +210,12 @@ export class HttpApi {
   }
 
   private leaderHeaders(): Record<string, string> {
-    const l = this.consul.leader()
+    let l = { known: false, lastContactMs: 0 }
+    try {
+      l = this.leaderInfo()
+    } catch (err) {
+      this.log.debug({ err }, 'leader state unavailable for the X-Consul headers')
+    }
     return {
       'X-Consul-KnownLeader': String(l.known),
       'X-Consul-LastContact': String(Math.max(0, Math.round(l.lastContactMs))),
@@ -303,7 +301,7 @@ export class HttpApi {
       }
       const v1 = url.pathname.startsWith('/v1/')
       const dc = url.searchParams.get('dc')
-      if (v1 && dc !== null && dc !== '' && dc !== this.consul.datacenter) {
+      if (v1 && dc !== null && dc !== '' && dc !== this.datacenter) {
         // Consul's answer (a plain-text 500) for a datacenter it has no route to.
         await drain(req)
         send(res, 500, 'No path to datacenter', 'text/plain; charset=utf-8')

@@ -66,6 +66,7 @@ export function buildCli(): Command {
     .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
     .option('--bootstrap-expect <n>', 'bootstrap once N agents are alive (same N on each)', parseIntArg)
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
+    .option('--datacenter <name>', 'datacenter name of the Consul-compatible API (default dc1)')
     .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
     .option(
@@ -94,6 +95,7 @@ export function buildCli(): Command {
           ...(opts['initialManagementTokenFile'] !== undefined
             ? { acl: { initialManagementTokenFile: opts['initialManagementTokenFile'] } }
             : {}),
+          datacenter: opts['datacenter'],
           dns: opts['dns'],
           logLevel: opts['logLevel'],
         },
