@@ -7,7 +7,10 @@ import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
-import { type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
+import { ApiReply, type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
+
+/** Header of `GET /v1/status/leader` with the leader's libp2p address ("" when none). */
+export const LEADER_HEADER = 'X-Peermesh-Leader'
 import { API_MAX_TIMEOUT_MS, API_RAFT_TIMEOUT_MS } from '../agent/defaults.ts'
 import { NoLeaderError, RaftNotRunningError, WriteTimeoutError } from '../raft/errors.ts'
 import type { RaftModule } from '../raft/raft-module.ts'
@@ -49,7 +52,13 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
   http.useLeaderInfo(() => ({ known: raft.leaderId() !== undefined, lastContactMs: 0 }))
   // Consul's shapes: the leader and the voters as "ip:port" (the host and TCP port of their
   // libp2p address: where Raft reaches them); "" when there is no leader.
-  http.route('GET', '/v1/status/leader', () => hostPortOf(raft.leaderAddress()))
+  http.route('GET', '/v1/status/leader', () => {
+    const address = raft.leaderAddress()
+    // Peermesh's own: the leader's libp2p address (what `peermesh leader` prints).
+    return new ApiReply(200, JSON.stringify(hostPortOf(address)), 'application/json', {
+      [LEADER_HEADER]: address,
+    })
+  })
   http.route('GET', '/v1/status/peers', () =>
     raft
       .configuration()

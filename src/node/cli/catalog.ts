@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import type { Command } from 'commander'
-import type { HealthEntry } from '../catalog/index.ts'
 import { ApiClient } from './client.ts'
+import { healthEntriesFromConsul } from './from-consul.ts'
 import { ConfigError } from '../agent/errors.ts'
 import { print, renderTable } from './format.ts'
 import { httpOption, tokenFileOption, tokenOption } from './options.ts'
@@ -80,7 +80,7 @@ export function registerCatalogCommands(program: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (service: string, opts: { http: string; json?: boolean; passing?: boolean }) => {
       const path = `/v1/health/service/${encodeURIComponent(service)}${opts.passing ? '?passing' : ''}`
-      const entries = await new ApiClient(opts.http).get<HealthEntry[]>(path)
+      const entries = healthEntriesFromConsul(await new ApiClient(opts.http).get<unknown[]>(path))
       print(opts.json === true, entries, () =>
         renderTable(
           ['NODE', 'SERVICE ID', 'ADDRESS', 'STATUS', 'CHECKS'],

@@ -13,9 +13,9 @@ import {
 import { ConfigError, isUserFacing } from '../agent/errors.ts'
 import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
-import type { MemberJson } from '../gossip/index.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
+import { agentInfoFromConsul, membersFromConsul } from './from-consul.ts'
 import { ApiClient, setCliToken } from './client.ts'
 import { registerConnectCommands } from './connect.ts'
 import { print, renderTable } from './format.ts'
@@ -129,11 +129,7 @@ export function buildCli(): Command {
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
       const api = new ApiClient(opts.http)
-      const [self, peers] = await Promise.all([
-        api.get<Omit<AgentInfo, 'peers'>>('/v1/agent/self'),
-        api.get<string[]>('/v1/status/peers'),
-      ])
-      const info: AgentInfo = { ...self, peers }
+      const info: AgentInfo = agentInfoFromConsul(await api.get('/v1/agent/self'))
       print(opts.json === true, info, () =>
         [
           `name:      ${info.name}`,
@@ -153,7 +149,7 @@ export function buildCli(): Command {
     .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
-      const members = await new ApiClient(opts.http).get<MemberJson[]>('/v1/agent/members')
+      const members = membersFromConsul(await new ApiClient(opts.http).get<unknown[]>('/v1/agent/members'))
       members.sort((a, b) => a.name.localeCompare(b.name))
       print(opts.json === true, members, () =>
         renderTable(
