@@ -54,8 +54,11 @@ export { INDEX_HEADER } from './consul-query.ts'
 
 /** Consul's id of the check that puts a service in maintenance (`/v1/agent/service/maintenance/:id`). */
 export const serviceMaintenanceCheckId = (serviceId: string): string => `_service_maintenance:${serviceId}`
-/** Consul's id of the node maintenance check; peermesh adds it to every local service. */
-export const NODE_MAINTENANCE_CHECK_ID = '_node_maintenance'
+/**
+ * Consul's node maintenance check is one `_node_maintenance` check on the node; peermesh's checks
+ * belong to services (check ids are unique on an agent), so each local service gets its own.
+ */
+export const nodeMaintenanceCheckId = (serviceId: string): string => `_node_maintenance:${serviceId}`
 
 /**
  * Adds the catalog, health and local-agent routes to the agent's HTTP API, in Consul's wire
@@ -67,6 +70,7 @@ export const NODE_MAINTENANCE_CHECK_ID = '_node_maintenance'
  *   PUT /v1/agent/service/register | service/deregister/:id | service/maintenance/:id?enable=&reason=
  *   PUT /v1/agent/maintenance?enable=&reason=
  *   PUT /v1/agent/check/register | deregister/:id | update/:id | pass|warn|fail/:id[?note=]
+ *   PUT /v1/catalog/register | deregister        (this agent's own node only)
  *
  * Catalog and health reads are blocking queries (`?index=&wait=`); a query on one service waits
  * on that service's own index, so a change to `web` does not wake a query on `api`. Catalog data
@@ -392,7 +396,7 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     // Consul: node:write. Peermesh keeps node maintenance as a check on every local service.
     req.auth.require(...need.nodeWrite(nodeName()))
     for (const def of local.list())
-      await setMaintenance(req, def, NODE_MAINTENANCE_CHECK_ID, 'Node Maintenance Mode', on)
+      await setMaintenance(req, def, nodeMaintenanceCheckId(def.id), 'Node Maintenance Mode', on)
     return null
   })
 
@@ -428,6 +432,70 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
       withChecks(def, (list) => list.filter((c) => (c as { id?: string }).id !== id)),
     )
     return null
+  })
+
+  /** A field of a Consul body, whatever its case. */
+  const fieldOf = (body: Record<string, unknown>, name: string): unknown =>
+    Object.entries(body).find(([k]) => k.toLowerCase().replaceAll('_', '') === name)?.[1]
+  /** Consul's catalog writes name a node: here only this agent's own, as gossip makes each node the owner of its entries. */
+  const ownNode = (body: unknown): Record<string, unknown> => {
+    if (body === null || typeof body !== 'object' || Array.isArray(body))
+      throw new ApiError('missing body: a JSON catalog registration', 400)
+    const b = body as Record<string, unknown>
+    const node = fieldOf(b, 'node')
+    if (node !== nodeName())
+      throw new ApiError(
+        `Node: peermesh registers only this agent's own node ("${nodeName()}"): each node announces its services itself`,
+        400,
+      )
+    return b
+  }
+
+  http.route('PUT', '/v1/catalog/register', async (req) => {
+    const b = ownNode(req.body)
+    req.auth.require(...need.nodeWrite(nodeName()))
+    for (const f of ['check', 'checks']) {
+      const c = fieldOf(b, f)
+      if (c !== undefined && c !== null && !(Array.isArray(c) && c.length === 0))
+        throw new ApiError(
+          `${f}: catalog checks are not supported: register checks with the service (/v1/agent/check/register)`,
+          400,
+        )
+    }
+    const service = fieldOf(b, 'service')
+    if (service === undefined || service === null) return true
+    let def: ServiceDefinition
+    try {
+      def = parseServiceDefinition(service, 'request body (Service)')
+    } catch (err) {
+      throw asApiError(err)
+    }
+    await register(req, def)
+    return true
+  })
+
+  http.route('PUT', '/v1/catalog/deregister', async (req) => {
+    const b = ownNode(req.body)
+    req.auth.require(...need.nodeWrite(nodeName()))
+    const serviceId = fieldOf(b, 'serviceid')
+    const checkId = fieldOf(b, 'checkid')
+    if (typeof serviceId === 'string' && serviceId !== '') {
+      const def = local.get(serviceId)
+      if (def === undefined) return true
+      req.auth.require(...need.serviceWrite(def.name))
+      local.deregister(serviceId)
+      return true
+    }
+    if (typeof checkId === 'string' && checkId !== '') {
+      const def = local.list().find((d) => d.checks.some((c) => c.id === checkId))
+      if (def === undefined) return true
+      await register(
+        req,
+        withChecks(def, (list) => list.filter((c) => (c as { id?: string }).id !== checkId)),
+      )
+      return true
+    }
+    throw new ApiError('ServiceID or CheckID: required (peermesh does not deregister a whole node)', 400)
   })
 
   const updateTtl = (req: ApiRequest, id: string, status: CheckStatus, output: string) => {

@@ -215,6 +215,8 @@ async function waitForSignal(agent: Agent): Promise<void> {
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
+    // Consul's `PUT /v1/agent/leave`: a graceful leave and stop, as on SIGTERM.
+    agent.events.on('agent:leave', () => onSignal('SIGTERM'))
   })
 }
 

@@ -305,6 +305,35 @@ describe('catalog HTTP routes', () => {
     catalog.removeMember('b2')
   })
 
+  it("catalog register/deregister: this agent's own node only", async () => {
+    const r = await put('/v1/catalog/register', {
+      Node: 'self',
+      Address: '127.0.0.1',
+      Service: { Service: 'ext', ID: 'ext-1', Port: 7000, Tags: ['x'] },
+    })
+    expect(r.status).toBe(200)
+    expect(await r.json()).toBe(true)
+    expect(local.get('ext-1')).toMatchObject({ name: 'ext', port: 7000 })
+    const other = await put('/v1/catalog/register', {
+      Node: 'elsewhere',
+      Service: { Service: 'ext2', Port: 1 },
+    })
+    expect(other.status).toBe(400)
+    expect(
+      (
+        await put('/v1/catalog/register', {
+          Node: 'self',
+          Service: { Service: 'e', Port: 1 },
+          Check: { Status: 'passing' },
+        })
+      ).status,
+    ).toBe(400)
+    expect((await put('/v1/catalog/deregister', { Node: 'self' })).status).toBe(400)
+    expect((await put('/v1/catalog/deregister', { Node: 'self', ServiceID: 'ext-1' })).status).toBe(200)
+    expect(local.get('ext-1')).toBeUndefined()
+    expect(local.list().map((d) => d.id)).not.toContain('ext2')
+  })
+
   it('check register/update/deregister and service maintenance', async () => {
     expect((await put('/v1/agent/service/register', { Name: 'mnt', Port: 90 })).status).toBe(200)
     expect(
