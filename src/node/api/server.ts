@@ -116,7 +116,7 @@ export const DEFAULT_HTTP_API_LIMITS: HttpApiLimits = {
  * their `ApiError` status or 500 — always as `{ "error": "..." }` JSON.
  *
  * Before routing, `guardRefusal` (request-guard.ts) refuses what a browser could be made to send:
- * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write not declared JSON 415; nothing
+ * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write declared as a form or text/plain 415; nothing
  * is read or run for them.
  */
 export class HttpApi {
