@@ -34,7 +34,12 @@ export function registerCatalogCommands(program: Command): void {
     .action(async (file: string, opts: { http: string }) => {
       const def = readJsonFile(file)
       await new ApiClient(opts.http).call('PUT', '/v1/agent/service/register', def)
-      const id = (def as { id?: unknown; name?: unknown }).id ?? (def as { name?: unknown }).name
+      // The file may use Consul's field names (`ID`, `Name`, any case), as the API reads them.
+      const field = (name: string): unknown =>
+        typeof def === 'object' && def !== null
+          ? Object.entries(def).find(([k]) => k.toLowerCase() === name)?.[1]
+          : undefined
+      const id = field('id') || field('name')
       process.stdout.write(`registered service ${String(id)}\n`)
     })
 
