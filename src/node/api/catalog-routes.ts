@@ -278,7 +278,7 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
         for (const def of local.list()) if (authz.serviceRead(def.name)) out[def.id] = agentService(def)
         return filtered(req, out)
       },
-      'leader',
+      undefined,
     ),
   )
 
@@ -287,7 +287,7 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     const def = local.get(id)
     if (def === undefined) throw new ApiError(`unknown service ID: ${id}`, 404)
     req.auth.require(...need.serviceRead(def.name))
-    return indexedRead(req, localIndex, () => agentService(local.get(id) ?? def), 'leader')
+    return indexedRead(req, localIndex, () => agentService(local.get(id) ?? def), undefined)
   })
 
   http.route('GET', '/v1/agent/checks', (req) => {

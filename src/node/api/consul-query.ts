@@ -65,7 +65,8 @@ export async function indexedRead(
   req: ApiRequest,
   source: IndexedSource,
   answer: () => unknown,
-  consistency: Consistency,
+  /** What the answer was read from; none for the agent's own state (Consul sends none there). */
+  consistency: Consistency | undefined,
 ): Promise<ApiReply> {
   requestedConsistency(req)
   const { after, waitMs } = blockingParams(req)
@@ -74,7 +75,7 @@ export async function indexedRead(
   return new ApiReply(200, JSON.stringify(answer()), 'application/json', {
     [INDEX_HEADER]: at,
     'X-Consul-Index': at,
-    'X-Consul-Effective-Consistency': consistency,
+    ...(consistency !== undefined ? { 'X-Consul-Effective-Consistency': consistency } : {}),
   })
 }
 
