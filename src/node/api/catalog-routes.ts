@@ -1,9 +1,18 @@
 import { need, SIDECAR_SUFFIX } from '../../acl/index.ts'
 import { ApiError } from '../agent/errors.ts'
-import type { ApiRequest, HttpApi } from './server.ts'
+import { createHash } from 'node:crypto'
+import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
 import type { Catalog, HealthCheckView, HealthEntry, NodeRef } from '../catalog/catalog.ts'
 import type { CheckRunner } from '../catalog/checks.ts'
-import { filtered, flagOf, type IndexedSource, indexedRead, nodeMetaOf, tagsOf } from './consul-query.ts'
+import {
+  blockingParams,
+  filtered,
+  flagOf,
+  type IndexedSource,
+  indexedRead,
+  nodeMetaOf,
+  tagsOf,
+} from './consul-query.ts'
 import {
   agentCheckView,
   agentServiceView,
@@ -282,12 +291,30 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     ),
   )
 
-  http.route('GET', '/v1/agent/service/:id', (req) => {
+  http.route('GET', '/v1/agent/service/:id', async (req) => {
     const id = req.params['id']!
     const def = local.get(id)
     if (def === undefined) throw new ApiError(`unknown service ID: ${id}`, 404)
     req.auth.require(...need.serviceRead(def.name))
-    return indexedRead(req, localIndex, () => agentService(local.get(id) ?? def), undefined)
+    // Consul's hash-based blocking (`?hash=` with the `X-Consul-ContentHash` of an earlier answer):
+    // waits until the registration differs or `wait` passes.
+    const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v)).digest('hex').slice(0, 16)
+    const hash = req.query.get('hash')
+    if (hash !== null && hash !== '') {
+      const { waitMs } = blockingParams(req)
+      const signal = AbortSignal.any([req.signal, AbortSignal.timeout(waitMs)])
+      while (!signal.aborted) {
+        const now = local.get(id)
+        if (now === undefined || hashOf(agentService(now)) !== hash) break
+        await local.index.wait(local.index.current, waitMs, signal)
+      }
+    }
+    const now = local.get(id)
+    if (now === undefined) throw new ApiError(`unknown service ID: ${id}`, 404)
+    const view = agentService(now)
+    return new ApiReply(200, JSON.stringify({ ...view, ContentHash: hashOf(view) }), 'application/json', {
+      'X-Consul-ContentHash': hashOf(view),
+    })
   })
 
   http.route('GET', '/v1/agent/checks', (req) => {

@@ -157,6 +157,17 @@ describe('catalog HTTP routes', () => {
     expect(one.status).toBe(200)
     expect(await json<object>(one)).toMatchObject({ ID: 'pascal-1', Service: 'Pascal_Svc' })
     expect((await fetch(`${base}/v1/agent/service/nope`)).status).toBe(404)
+    // Hash-based blocking (the Go client's agent.Service with WaitHash): wakes on a change.
+    const hash = one.headers.get('x-consul-contenthash')
+    expect(hash).toMatch(/^[0-9a-f]{16}$/)
+    const blocked = fetch(`${base}/v1/agent/service/pascal-1?hash=${hash}&wait=10s`)
+    await new Promise((r) => setTimeout(r, 50))
+    expect(
+      (await put('/v1/agent/service/register', { Name: 'Pascal_Svc', ID: 'pascal-1', Port: 99 })).status,
+    ).toBe(200)
+    const changed = await blocked
+    expect(((await changed.json()) as { Port: number }).Port).toBe(99)
+    expect(changed.headers.get('x-consul-contenthash')).not.toBe(hash)
     expect((await put('/v1/agent/service/deregister/pascal-1')).status).toBe(200)
     expect((await put('/v1/agent/service/deregister/py')).status).toBe(200)
   })
