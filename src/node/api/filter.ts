@@ -19,7 +19,8 @@
  * Semantics: `==`/`!=` compare as strings, numbers or booleans after the selected field's type;
  * `in`/`contains` test list membership, map key presence or substring; `is empty` holds for an
  * empty or missing list, map or string. Selector segments match field names exactly, else
- * case-insensitively (Go's JSON field matching). Unlike Consul, a selector naming no field is not
+ * case-insensitively (Go's JSON field matching); a selector through a list (`Checks.Status`) matches
+ * when any element does (`!=` and `not ...` when none does). Unlike Consul, a selector naming no field is not
  * an error: it selects nothing (`is empty` is true, `==` false). `matches` (regular expressions)
  * is refused: Go's engine runs in linear time, JavaScript's does not, and a filter is user input.
  */
@@ -265,22 +266,38 @@ export function parseFilter(text: string): FilterExpr {
   return new Parser(tokens).parse()
 }
 
+/** The values a selector reaches through a list (`Checks.Status`): the match holds for any of them. */
+class AnyOf {
+  constructor(readonly values: unknown[]) {}
+}
+
+function field(o: Record<string, unknown>, key: string): unknown {
+  if (Object.hasOwn(o, key)) return o[key]
+  const lower = key.toLowerCase()
+  const found = Object.keys(o).find((k) => k.toLowerCase() === lower)
+  return found === undefined ? undefined : o[found]
+}
+
 function select(root: unknown, path: readonly string[]): unknown {
   let v = root
-  for (const key of path) {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined
-    const o = v as Record<string, unknown>
-    if (Object.hasOwn(o, key)) v = o[key]
-    else {
-      const lower = key.toLowerCase()
-      const found = Object.keys(o).find((k) => k.toLowerCase() === lower)
-      v = found === undefined ? undefined : o[found]
+  for (const [i, key] of path.entries()) {
+    if (Array.isArray(v)) {
+      const rest = path.slice(i)
+      return new AnyOf(
+        v.flatMap((e) => {
+          const x = select(e, rest)
+          return x instanceof AnyOf ? x.values : [x]
+        }),
+      )
     }
+    if (typeof v !== 'object' || v === null) return undefined
+    v = field(v as Record<string, unknown>, key)
   }
   return v
 }
 
 function equal(field: unknown, value: string): boolean {
+  if (field instanceof AnyOf) return field.values.some((x) => equal(x, value))
   if (typeof field === 'string') return field === value
   if (typeof field === 'number') return value.trim() !== '' && Number(value) === field
   if (typeof field === 'boolean') return value === String(field)
@@ -288,6 +305,7 @@ function equal(field: unknown, value: string): boolean {
 }
 
 function contains(field: unknown, value: string): boolean {
+  if (field instanceof AnyOf) return field.values.some((x) => contains(x, value))
   if (typeof field === 'string') return field.includes(value)
   if (Array.isArray(field)) return field.some((x) => equal(x, value))
   if (typeof field === 'object' && field !== null) return Object.hasOwn(field, value)
@@ -295,6 +313,7 @@ function contains(field: unknown, value: string): boolean {
 }
 
 function isEmpty(field: unknown): boolean {
+  if (field instanceof AnyOf) return field.values.every(isEmpty)
   if (field === undefined || field === null) return true
   if (typeof field === 'string' || Array.isArray(field)) return field.length === 0
   if (typeof field === 'object') return Object.keys(field).length === 0

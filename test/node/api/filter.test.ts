@@ -53,6 +53,9 @@ describe('Consul filter expressions (go-bexpr)', () => {
     ['(ServiceName == web or ServiceName == api) and ServiceTags is empty', ['api']],
     ['ServiceName == `web`', ['web']],
     ['ServiceName == "w\\"eb"', []],
+    ['Checks.Status == critical', ['api']],
+    ['Checks.Status != critical', ['web']],
+    ['Checks.Status is empty', ['web']],
   ])('%s', (f, want) => {
     expect(pick(f)).toEqual(want)
   })
