@@ -116,8 +116,10 @@ export const DEFAULT_HTTP_API_LIMITS: HttpApiLimits = {
  * their `ApiError` status or 500 — always as `{ "error": "..." }` JSON.
  *
  * Before routing, `guardRefusal` (request-guard.ts) refuses what a browser could be made to send:
- * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write declared as a form or text/plain 415; nothing
- * is read or run for them.
+ * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write declared as a form or text/plain
+ * 415; nothing is read or run for them. Every `/v1` path also answers Consul's `?dc=` (500 "No path
+ * to datacenter" for another one) and `?pretty`, and every `/v1` read carries
+ * `X-Consul-KnownLeader` and `X-Consul-LastContact`.
  */
 export class HttpApi {
   private readonly routes: Route[] = []
