@@ -78,6 +78,21 @@ describe('Consul clients against an agent (end to end)', () => {
     expect(await consul.catalog.service.list()).toEqual({ web: ['primary', 'v1'] })
     expect(await consul.catalog.datacenters()).toEqual(['dc1'])
 
+    // Consul's query parameters and headers, on the real agent.
+    const get = (path: string) =>
+      fetch(`http://${agent.http}${path}`, { headers: { 'x-consul-token': cluster.managementToken } })
+    const stale = await get('/v1/health/service/web?stale&tag=v1&tag=primary&dc=dc1&near=_agent&bogus=1')
+    expect(stale.status).toBe(200)
+    expect(((await stale.json()) as unknown[]).length).toBe(1)
+    expect(stale.headers.get('x-consul-knownleader')).toBe('true')
+    expect(stale.headers.get('x-consul-lastcontact')).toBe('0')
+    expect(Number(stale.headers.get('x-consul-index'))).toBeGreaterThan(0)
+    expect(stale.headers.get('x-consul-effective-consistency')).toBe('stale')
+    expect(((await (await get('/v1/health/service/web?tag=v1&tag=v2')).json()) as unknown[]).length).toBe(0)
+    const other = await get('/v1/catalog/services?dc=other')
+    expect([other.status, await other.text()]).toEqual([500, 'No path to datacenter'])
+    expect(await (await get('/v1/agent/self?pretty')).text()).toMatch(/^\{\n {4}"Config": \{\n {8}"/)
+
     const self = await consul.agent.self()
     expect(self.Config).toMatchObject({ Datacenter: 'dc1', NodeName: 'cc1' })
     const members = await consul.agent.members()
