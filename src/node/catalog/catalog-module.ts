@@ -141,6 +141,8 @@ export class CatalogModule implements AgentModule {
       local,
       checks,
       nodeAddress,
+      nodeName: () => ctx.config.name,
+      selfId: () => ctx.identity.id,
       ...(this.grants !== undefined
         ? {
             grants: this.grants,
