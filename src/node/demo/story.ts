@@ -1,0 +1,226 @@
+/**
+ * The demo's scripted story, step by step, each told in plain words with what was measured:
+ * an api instance crashes, the agent leading Raft is killed, the intention web -> api is switched
+ * to deny and back. Every step restores what it broke, so the cluster ends healthy (`--keep`).
+ */
+import { leaderOf, membersOf, passingApiInstances, raftServersOf, updateIntention } from './agent-api.ts'
+import type { ApiApp, WebApp } from './apps.ts'
+import type { DemoAgent, DemoCluster } from './cluster.ts'
+import { MEASURE_POLL_MS, STEP_TIMEOUT_MS } from './constants.ts'
+import type { Traffic, WindowCounts } from './traffic.ts'
+import { sleep, waitUntil } from './wait.ts'
+
+/** One step's outcome, as the `--json` summary lists it. */
+export interface StepResult {
+  name: string
+  ok: boolean
+  /** What was measured, in milliseconds from the step's action. */
+  timings_ms: Record<string, number>
+  /** Requests completed while the step ran, and how they ended. */
+  requests: WindowCounts
+  error?: string
+}
+
+export interface StoryContext {
+  cluster: DemoCluster
+  apis: ApiApp[]
+  /** The web instance on each agent, by agent name. */
+  webs: Map<string, WebApp>
+  /** The agent each api instance is registered on, by instance id. */
+  apiHost: Map<string, DemoAgent>
+  traffic: Traffic
+  say: (line: string) => void
+  signal: AbortSignal
+}
+
+const alive = (ctx: StoryContext): DemoAgent[] =>
+  ctx.cluster.agents.filter((a) => a.child.exitCode === null && a.child.signalCode === null)
+
+/** Polls every agent given until `check` holds on each; resolves with the ms since `since`. */
+async function untilEveryAgent(
+  ctx: StoryContext,
+  what: string,
+  since: number,
+  agents: DemoAgent[],
+  check: (a: DemoAgent) => Promise<boolean>,
+): Promise<number> {
+  await until(ctx, what, async () => (await Promise.all(agents.map(check))).every(Boolean))
+  return Date.now() - since
+}
+
+function until(ctx: StoryContext, what: string, check: () => Promise<boolean>): Promise<number> {
+  return waitUntil(what, check, { timeoutMs: STEP_TIMEOUT_MS, everyMs: MEASURE_POLL_MS, signal: ctx.signal })
+}
+
+/** The agent whose web instance the traffic enters through. */
+function entryAgent(ctx: StoryContext): string {
+  for (const [name, web] of ctx.webs) if (web.port === ctx.traffic.entryPort) return name
+  throw new Error('traffic enters through no known web instance')
+}
+
+/** The Raft leader's node name as `observer` reports it. */
+async function leaderName(observer: DemoAgent): Promise<string | undefined> {
+  return (await raftServersOf(observer.api)).find((s) => s.leader)?.node
+}
+
+function failedLine(c: WindowCounts): string {
+  return `${c.failed} of ${c.total} requests failed`
+}
+
+/**
+ * Crash one api instance (v1) while traffic flows: how long until every agent's catalog lists it
+ * critical, and how many requests failed meanwhile (none: the sidecars retry on another instance).
+ * Then it comes back and is passing again.
+ */
+export async function instanceKillStep(ctx: StoryContext): Promise<StepResult> {
+  const leader = await leaderName(alive(ctx)[0]!)
+  const victim =
+    ctx.apis.find((a) => a.version === 'v1' && ctx.apiHost.get(a.id)?.name !== leader) ?? ctx.apis[0]!
+  const host = ctx.apiHost.get(victim.id)!
+  ctx.say(`\n▶ crash api instance ${victim.id} (${victim.version}, on ${host.name}) while traffic flows`)
+  const t0 = Date.now()
+  await victim.crash()
+  const agents = alive(ctx)
+  const notPassing = await untilEveryAgent(
+    ctx,
+    `every agent to see ${victim.id} critical`,
+    t0,
+    agents,
+    async (a) => (await passingApiInstances(a.api)).every((i) => i.id !== victim.id),
+  )
+  const during = ctx.traffic.window(t0)
+  ctx.say(
+    `  every agent lists ${victim.id} critical after ${notPassing} ms (its TCP check, every 500 ms); ` +
+      `${failedLine(during)} meanwhile (sidecars retry a failed request on another instance)`,
+  )
+  const t1 = Date.now()
+  await victim.start()
+  const back = await untilEveryAgent(ctx, `every agent to see ${victim.id} passing`, t1, agents, async (a) =>
+    (await passingApiInstances(a.api)).some((i) => i.id === victim.id),
+  )
+  const all = ctx.traffic.window(t0)
+  ctx.say(
+    `  ${victim.id} restarted: passing again everywhere after ${back} ms; ${failedLine(all)} in the whole step`,
+  )
+  return {
+    name: 'instance-kill',
+    ok: all.failed === 0 && all.denied === 0,
+    timings_ms: { critical_everywhere: notPassing, passing_again: back, restart_at: t1 - t0 },
+    requests: all,
+  }
+}
+
+/**
+ * kill -9 the agent that leads Raft: how long until the survivors elect a new leader and until
+ * every survivor reports the victim dead, and how many requests failed (none). Traffic enters
+ * through a web instance on another agent. Then the victim restarts and rejoins.
+ */
+export async function leaderKillStep(ctx: StoryContext): Promise<StepResult> {
+  const before = alive(ctx)
+  const leader = await leaderName(before[0]!)
+  const victim = before.find((a) => a.name === leader)
+  if (victim === undefined) throw new Error(`no running agent is the Raft leader (${leader ?? 'none'})`)
+  const oldLeaderAddress = await leaderOf(victim.api)
+  if (entryAgent(ctx) === victim.name) {
+    const other = [...ctx.webs].find(([name]) => name !== victim.name)!
+    ctx.traffic.entryPort = other[1].port
+    ctx.say(`\n  (traffic now enters through web on ${other[0]}: ${victim.name} is about to go)`)
+  }
+  const survivors = before.filter((a) => a !== victim)
+  ctx.say(`\n▶ kill -9 ${victim.name}, the agent that leads Raft (a crashed machine)`)
+  const t0 = Date.now()
+  await ctx.cluster.kill(victim)
+  const [newLeader, dead] = await Promise.all([
+    untilEveryAgent(ctx, 'the survivors to elect a new Raft leader', t0, survivors, async (a) => {
+      const l = await leaderOf(a.api)
+      return l !== undefined && l !== oldLeaderAddress
+    }),
+    untilEveryAgent(ctx, `every survivor to report ${victim.name} dead`, t0, survivors, async (a) =>
+      (await membersOf(a.api)).some((m) => m.name === victim.name && m.status === 'dead'),
+    ),
+  ])
+  const during = ctx.traffic.window(t0)
+  const elected = await leaderName(survivors[0]!)
+  ctx.say(`  new Raft leader ${elected ?? '?'} after ${newLeader} ms`)
+  ctx.say(`  every survivor reports ${victim.name} dead after ${dead} ms (Serf's LAN default: ~6-7 s)`)
+  ctx.say(
+    `  ${failedLine(during)} meanwhile (${victim.name}'s api instance went with it; retries moved its requests)`,
+  )
+
+  const t1 = Date.now()
+  await ctx.cluster.restart(victim, ctx.signal)
+  const everyone = alive(ctx)
+  const back = await untilEveryAgent(
+    ctx,
+    `${victim.name} alive everywhere and back in Raft`,
+    t1,
+    everyone,
+    async (a) => {
+      const [members, servers] = await Promise.all([membersOf(a.api), raftServersOf(a.api)])
+      return (
+        members.filter((m) => m.status === 'alive').length === everyone.length &&
+        servers.some((s) => s.node === victim.name) &&
+        servers.some((s) => s.leader)
+      )
+    },
+  )
+  // Its api instance's sidecar comes back with it.
+  await untilEveryAgent(ctx, 'every api instance passing', t1, everyone, async (a) => {
+    return (await passingApiInstances(a.api)).length === ctx.apis.length
+  })
+  const all = ctx.traffic.window(t0)
+  ctx.say(
+    `  ${victim.name} restarted (pid ${victim.child.pid}) with its data dir: alive everywhere and back in the Raft group after ${back} ms; ` +
+      `${failedLine(all)} in the whole step`,
+  )
+  return {
+    name: 'leader-kill',
+    ok: all.failed === 0 && all.denied === 0,
+    timings_ms: { new_leader: newLeader, dead_everywhere: dead, restart_at: t1 - t0, rejoined: back },
+    requests: all,
+  }
+}
+
+/**
+ * The intention web -> api switched to deny and back to allow, each in one write (`intention
+ * update`): how long until web is refused, and until it is allowed again. Refusals in between are
+ * the expected outcome, not failures.
+ */
+export async function intentionStep(
+  ctx: StoryContext,
+): Promise<StepResult & { deniedFrom: number; deniedTo: number }> {
+  const agents = alive(ctx)
+  const leader = await leaderName(agents[0]!)
+  const via = agents.find((a) => a.name !== leader) ?? agents[0]!
+  ctx.say(
+    `\n▶ intention web -> api switched to deny (one write, like \`peermesh intention update web api deny\`, through ${via.name})`,
+  )
+  const t0 = Date.now()
+  await updateIntention(via.api, 'web', 'api', 'deny')
+  await until(ctx, 'web to be refused', async () => ctx.traffic.firstAfter(t0, 'denied') !== undefined)
+  const refused = ctx.traffic.firstAfter(t0, 'denied')!.at - t0
+  ctx.say(
+    `  web refused after ${refused} ms (at api's inbound sidecar; Raft replicated the change to every agent)`,
+  )
+  await sleep(1_000, ctx.signal) // a second of steady refusals, then back
+
+  const t1 = Date.now()
+  await updateIntention(via.api, 'web', 'api', 'allow')
+  // Allowed again: the last few requests all succeeded (timed from the first of them).
+  await until(ctx, 'web to be allowed again', async () => ctx.traffic.settledAt(t1, 'ok', 5) !== undefined)
+  const allowed = ctx.traffic.settledAt(t1, 'ok', 5)! - t1
+  const t2 = Date.now()
+  const all = ctx.traffic.window(t0, t2)
+  ctx.say(
+    `  switched back to allow: requests succeed again after ${allowed} ms; ${all.denied} of ${all.total} requests ` +
+      `were refused while deny was in force, ${all.failed} failed otherwise`,
+  )
+  return {
+    name: 'intention-deny-allow',
+    ok: all.denied > 0 && all.failed === 0,
+    timings_ms: { refused: refused, allowed_again: allowed, allow_at: t1 - t0 },
+    requests: all,
+    deniedFrom: t0,
+    deniedTo: t2,
+  }
+}
