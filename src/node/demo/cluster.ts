@@ -104,12 +104,13 @@ export class DemoCluster {
   }
 
   /**
-   * Stops every agent (SIGTERM, then SIGKILL after `graceMs`) and removes the temp dir (`keepDir`:
-   * leave it, e.g. the user gave `--dir`).
+   * Stops every agent process still running (SIGTERM, then SIGKILL after `graceMs`) and removes
+   * the temp dir (not a `--dir` the user gave). Resolves with how many processes it stopped.
    */
-  async stop(graceMs: number): Promise<void> {
+  async stop(graceMs: number): Promise<number> {
+    const running = [...this.children]
     await Promise.all(
-      [...this.children].map(async (child) => {
+      running.map(async (child) => {
         const exited = signalAndWait(child, 'SIGTERM')
         const timer = setTimeout(() => child.kill('SIGKILL'), graceMs)
         await exited
@@ -120,6 +121,7 @@ export class DemoCluster {
       rmSync(this.dir, { recursive: true, force: true })
       this.removed = true
     }
+    return running.length
   }
 
   private async spawnAgent(
@@ -128,6 +130,7 @@ export class DemoCluster {
     seeds: string[],
     signal: AbortSignal,
   ): Promise<DemoAgent> {
+    signal.throwIfAborted() // stopping: start nothing more
     const http = `127.0.0.1:${ports.http}`
     const args = [
       BIN_PATH,

@@ -36,7 +36,7 @@ export const SETUP_TIMEOUT_MS = 90_000
 export const MEASURE_POLL_MS = 25
 
 /** Stopping everything on a signal: agents get SIGTERM, then SIGKILL after this, so all ends within 2 s. */
-export const STOP_GRACE_MS = 1_200
+export const STOP_GRACE_MS = 1_000
 
 /** Split of api traffic by instance tag, as the service-splitter entry writes it. */
 export const SPLIT = [

@@ -151,14 +151,16 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   }
 
   // Stops everything it started: agents (SIGTERM, SIGKILL after STOP_GRACE_MS), apps, temp dir.
-  let stopping: Promise<void> | undefined
-  const stopAll = (): Promise<void> => {
+  let stopping: Promise<number> | undefined
+  /** Resolves with the number of agent processes it stopped. */
+  const stopAll = (): Promise<number> => {
     stopping ??= (async () => {
       abort.abort()
       clearInterval(poller)
       view.close()
       traffic?.halt()
-      await Promise.all([cluster.stop(STOP_GRACE_MS), ...apps.map((a) => a.close())])
+      const [stopped] = await Promise.all([cluster.stop(STOP_GRACE_MS), ...apps.map((a) => a.close())])
+      return stopped
     })()
     return stopping
   }
@@ -166,10 +168,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stopping !== undefined) return
     const t = Date.now()
-    void stopAll().then(() => {
+    void stopAll().then((stopped) => {
       const where = o.dir === undefined ? `, ${cluster.dir} removed` : ''
       out(
-        `peermesh demo: stopped on ${signal} in ${Date.now() - t} ms: ${cluster.agents.length} agents stopped, ` +
+        `peermesh demo: stopped on ${signal} in ${Date.now() - t} ms: ${stopped} agent processes stopped, ` +
           `${apps.length} apps closed${where}`,
       )
       // Ended while kept running after the story: the story's verdict; otherwise interrupted.
@@ -262,10 +264,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       if (o.json) out(JSON.stringify(s))
       await new Promise(() => {}) // until a signal: onSignal exits
     }
-    await stopAll()
+    const stopped = await stopAll()
     const where = o.dir === undefined ? ', temp dir removed' : ''
     out(
-      `demo done in ${((Date.now() - startedAt) / 1000).toFixed(1)} s: ${cluster.agents.length} agents stopped, ` +
+      `demo done in ${((Date.now() - startedAt) / 1000).toFixed(1)} s: ${stopped} agents stopped, ` +
         `${apps.length} apps closed${where}`,
     )
     if (o.json) out(JSON.stringify(summary()))
@@ -442,6 +444,7 @@ function printHowToReach(cluster: DemoCluster, story: StoryContext): void {
   )
   out(`  DNS         ${cluster.agents.map((x) => `${x.name} 127.0.0.1:${x.dnsPort}`).join(', ')}`)
   out(`  try         npx peermesh members --http ${a.http}`)
+  out(`              npx peermesh raft peers --http ${a.http} --token-file ${cluster.tokenFile}`)
   out(`              npx peermesh intention list --http ${a.http} --token-file ${cluster.tokenFile}`)
   out(`              dig @127.0.0.1 -p ${a.dnsPort} api.service.peermesh`)
   const web = story.webs.get(a.name)

@@ -115,7 +115,8 @@ export class TtyView implements View {
 
 /** Not a terminal: story lines as they come, and a one-line progress report every few seconds. */
 export class PlainView implements View {
-  private lastProgress = Date.now()
+  /** When the last progress line was written (the traffic's start for the first). */
+  private lastProgress: number | undefined
 
   constructor(
     private readonly src: StatusSource,
@@ -127,8 +128,9 @@ export class PlainView implements View {
   }
 
   refresh(): void {
-    if (Date.now() - this.lastProgress < PLAIN_PROGRESS_MS) return
     if (this.src.traffic() === undefined) return
+    this.lastProgress ??= Date.now()
+    if (Date.now() - this.lastProgress < PLAIN_PROGRESS_MS) return
     this.lastProgress = Date.now()
     const st = statusText(this.src)
     const parts = [st.traffic, st.raft, st.members].filter((l) => l !== undefined)
