@@ -52,6 +52,7 @@ describe('peermesh demo (the README set-up command)', () => {
       expect(step(name).requests.total, name).toBeGreaterThan(0)
     }
     expect(step('leader-kill').timings_ms['new_leader']).toBeGreaterThan(0)
+    expect(step('leader-rejoin').ok).toBe(true)
     const intention = step('intention-deny-allow')
     expect(intention.ok).toBe(true)
     expect(intention.requests.denied).toBeGreaterThan(0)

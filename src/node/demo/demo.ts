@@ -128,7 +128,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const answered = records.filter((r) => r.version !== undefined)
     for (const r of answered) split[r.version!] = (split[r.version!] ?? 0) + 1
     for (const k of Object.keys(split)) split[k] = Math.round((split[k]! / answered.length) * 1000) / 1000
-    const expectedSteps = 1 + (o.failover ? 3 : 1) // the set-up, then the story's steps
+    const expectedSteps = 1 + (o.failover ? 4 : 1) // the set-up, then the story's steps
     return {
       ok:
         interrupted === undefined &&
@@ -187,7 +187,14 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const mesh = await setUp(o, cluster, apps, say, abort.signal)
     setupMs = mesh.ms
     traffic = mesh.traffic
-    const story: StoryContext = { cluster, ...mesh, say, signal: abort.signal }
+    const story: StoryContext = {
+      cluster,
+      ...mesh,
+      say,
+      signal: abort.signal,
+      restarting: new Set(),
+      later: [],
+    }
     steps.push({
       name: 'cluster',
       ok: true,
@@ -240,6 +247,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       }
     }
     await at(1)
+    steps.push(...(await Promise.all(story.later)))
     await story.traffic.stop()
     clearInterval(poller)
     view.close()
