@@ -19,8 +19,16 @@ import {
 } from './agent-api.ts'
 import { ApiApp, type DemoApp, WebApp } from './apps.ts'
 import { type DemoAgent, DemoCluster } from './cluster.ts'
-import { BOOTSTRAP_EXPECT, SETUP_TIMEOUT_MS, SPLIT, STOP_GRACE_MS, VIEW_REFRESH_MS } from './constants.ts'
 import {
+  BOOTSTRAP_EXPECT,
+  SETUP_TIMEOUT_MS,
+  SPLIT,
+  STOP_GRACE_MS,
+  TRAFFIC_RATE_PER_S,
+  VIEW_REFRESH_MS,
+} from './constants.ts'
+import {
+  entryAgentName,
   instanceKillStep,
   intentionStep,
   leaderKillStep,
@@ -79,12 +87,17 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const apps: DemoApp[] = []
   const abort = new AbortController()
   const steps: StepResult[] = []
-  const denyWindows: [number, number][] = []
   let traffic: Traffic | undefined
   let trafficStartedAt: number | undefined
   let snapshot: ClusterSnapshot | undefined
   let setupMs = 0
-  let observerName = 'node1'
+  let story: StoryContext | undefined
+  /** The agent the live view asks: the one hosting the web instance traffic enters through. */
+  const observer = (): DemoAgent | undefined => {
+    const entry = story === undefined ? undefined : entryAgentName(story)
+    const running = runningAgents(cluster)
+    return running.find((a) => a.name === entry) ?? running[0]
+  }
 
   const src: StatusSource = {
     snapshot: () => snapshot,
@@ -103,11 +116,11 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const poller = setInterval(() => {
     if (polling || traffic === undefined) return
     polling = true
-    const observer = runningAgents(cluster).find((a) => a.name === observerName) ?? runningAgents(cluster)[0]
+    const from = observer()
     void (async () => {
-      if (observer !== undefined) {
-        const [members, servers] = await Promise.all([membersOf(observer.api), raftServersOf(observer.api)])
-        snapshot = { observer: observer.name, members, servers }
+      if (from !== undefined) {
+        const [members, servers] = await Promise.all([membersOf(from.api), raftServersOf(from.api)])
+        snapshot = { observer: from.name, members, servers }
       }
     })()
       .catch(() => {})
@@ -119,7 +132,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 
   const summary = (interrupted?: string): DemoSummary => {
     const records = traffic?.records ?? []
-    const inDeny = (at: number): boolean => denyWindows.some(([a, b]) => at >= a && at <= b)
+    const windows = story?.expectedRefusals ?? []
+    const inDeny = (at: number): boolean => windows.some(([a, b]) => at >= a && at <= b)
     const failed = records.filter(
       (r) => r.outcome === 'failed' || (r.outcome === 'denied' && !inDeny(r.at)),
     ).length
@@ -187,13 +201,14 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const mesh = await setUp(o, cluster, apps, say, abort.signal)
     setupMs = mesh.ms
     traffic = mesh.traffic
-    const story: StoryContext = {
+    story = {
       cluster,
       ...mesh,
       say,
       signal: abort.signal,
       restarting: new Set(),
       later: [],
+      expectedRefusals: [],
     }
     steps.push({
       name: 'cluster',
@@ -201,40 +216,30 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       timings_ms: mesh.timings,
       requests: { total: 0, ok: 0, denied: 0, failed: 0 },
     })
-    observerName = [...story.webs].find(([, w]) => w.port === story.traffic.entryPort)![0]
 
     // The story, spread over --duration: steady traffic, then each step at its share of the time.
     const t0 = Date.now()
     trafficStartedAt = t0
     story.traffic.start()
-    say(`\nsteady traffic: 25 requests/s to web on ${observerName} for ${o.durationS} s`)
+    say(
+      `\nsteady traffic: ${TRAFFIC_RATE_PER_S} requests/s to web on ${entryAgentName(story)} for ${o.durationS} s`,
+    )
     const at = (share: number): Promise<void> =>
       sleep(Math.max(0, t0 + share * o.durationS * 1000 - Date.now()), abort.signal)
-    const plan: [number, (c: StoryContext) => Promise<StepResult>][] = o.failover
+    const plan: [number, string, (c: StoryContext) => Promise<StepResult>][] = o.failover
       ? [
-          [0.15, instanceKillStep],
-          [0.4, leaderKillStep],
-          [0.7, intentionStep],
+          [0.15, 'instance-kill', instanceKillStep],
+          [0.4, 'leader-kill', leaderKillStep],
+          [0.7, 'intention-deny-allow', intentionStep],
         ]
-      : [[0.4, intentionStep]]
-    for (const [share, step] of plan) {
+      : [[0.4, 'intention-deny-allow', intentionStep]]
+    for (const [share, name, step] of plan) {
       await at(share)
       const stepStart = Date.now()
       try {
-        const r = await step(story)
-        if ('deniedFrom' in r) {
-          const { deniedFrom, deniedTo, ...rest } = r as StepResult & { deniedFrom: number; deniedTo: number }
-          denyWindows.push([deniedFrom, deniedTo])
-          steps.push(rest)
-        } else steps.push(r)
+        steps.push(await step(story))
       } catch (err) {
         if (abort.signal.aborted) throw err
-        const name =
-          step === instanceKillStep
-            ? 'instance-kill'
-            : step === leaderKillStep
-              ? 'leader-kill'
-              : 'intention-deny-allow'
         say(`  ✗ ${name} did not go as expected: ${(err as Error).message}`)
         steps.push({
           name,

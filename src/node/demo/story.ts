@@ -35,6 +35,8 @@ export interface StoryContext {
   restarting: Set<DemoAgent>
   /** Steps still running in the background; the story waits for them before it ends. */
   later: Promise<StepResult>[]
+  /** Time windows [from, to] (ms) in which a refusal by intention is the expected outcome. */
+  expectedRefusals: [number, number][]
 }
 
 /** The agents running and not restarting. */
@@ -60,18 +62,28 @@ function until(ctx: StoryContext, what: string, check: () => Promise<boolean>): 
 }
 
 /** The agent whose web instance the traffic enters through. */
-function entryAgent(ctx: StoryContext): string {
+export function entryAgentName(ctx: Pick<StoryContext, 'webs' | 'traffic'>): string | undefined {
   for (const [name, web] of ctx.webs) if (web.port === ctx.traffic.entryPort) return name
-  throw new Error('traffic enters through no known web instance')
+  return undefined
 }
 
-/** The Raft leader's node name as `observer` reports it. */
-async function leaderName(observer: DemoAgent): Promise<string | undefined> {
-  return (await raftServersOf(observer.api)).find((s) => s.leader)?.node
+/**
+ * The Raft leader's node name, as the running agents report it: waits while there is none (an
+ * election under way, e.g. on a loaded machine).
+ */
+async function currentLeader(ctx: StoryContext): Promise<string> {
+  let leader: string | undefined
+  await until(ctx, 'a Raft leader', async () => {
+    const servers = await raftServersOf(alive(ctx)[0]!.api)
+    leader = servers.find((s) => s.leader)?.node
+    return leader !== undefined
+  })
+  return leader!
 }
 
 function failedLine(c: WindowCounts): string {
-  return `${c.failed} of ${c.total} requests failed`
+  const why = c.failures !== undefined ? ` (${[...new Set(c.failures)].join('; ')})` : ''
+  return `${c.failed} of ${c.total} requests failed${why}`
 }
 
 /**
@@ -80,7 +92,7 @@ function failedLine(c: WindowCounts): string {
  * Then it comes back and is passing again.
  */
 export async function instanceKillStep(ctx: StoryContext): Promise<StepResult> {
-  const leader = await leaderName(alive(ctx)[0]!)
+  const leader = await currentLeader(ctx)
   const victim =
     ctx.apis.find((a) => a.version === 'v1' && ctx.apiHost.get(a.id)?.name !== leader) ?? ctx.apis[0]!
   const host = ctx.apiHost.get(victim.id)!
@@ -124,11 +136,11 @@ export async function instanceKillStep(ctx: StoryContext): Promise<StepResult> {
  */
 export async function leaderKillStep(ctx: StoryContext): Promise<StepResult> {
   const before = alive(ctx)
-  const leader = await leaderName(before[0]!)
+  const leader = await currentLeader(ctx)
   const victim = before.find((a) => a.name === leader)
-  if (victim === undefined) throw new Error(`no running agent is the Raft leader (${leader ?? 'none'})`)
+  if (victim === undefined) throw new Error(`the Raft leader ${leader} is not a running agent`)
   const oldLeaderAddress = await leaderOf(victim.api)
-  if (entryAgent(ctx) === victim.name) {
+  if (entryAgentName(ctx) === victim.name) {
     const other = [...ctx.webs].find(([name]) => name !== victim.name)!
     ctx.traffic.entryPort = other[1].port
     ctx.say(`\n  (traffic now enters through web on ${other[0]}: ${victim.name} is about to go)`)
@@ -147,7 +159,7 @@ export async function leaderKillStep(ctx: StoryContext): Promise<StepResult> {
     ),
   ])
   const during = ctx.traffic.window(t0)
-  const elected = await leaderName(survivors[0]!)
+  const elected = await currentLeader(ctx)
   ctx.say(`  new Raft leader ${elected ?? '?'} after ${newLeader} ms`)
   ctx.say(`  every survivor reports ${victim.name} dead after ${dead} ms (Serf's LAN default: ~6-7 s)`)
   ctx.say(
@@ -225,11 +237,9 @@ async function rejoinStep(ctx: StoryContext, victim: DemoAgent): Promise<StepRes
  * update`): how long until web is refused, and until it is allowed again. Refusals in between are
  * the expected outcome, not failures.
  */
-export async function intentionStep(
-  ctx: StoryContext,
-): Promise<StepResult & { deniedFrom: number; deniedTo: number }> {
+export async function intentionStep(ctx: StoryContext): Promise<StepResult> {
   const agents = alive(ctx)
-  const leader = await leaderName(agents[0]!)
+  const leader = await currentLeader(ctx)
   const via = agents.find((a) => a.name !== leader) ?? agents[0]!
   ctx.say(
     `\n▶ intention web -> api switched to deny (one write, like \`peermesh intention update web api deny\`, through ${via.name})`,
@@ -249,6 +259,7 @@ export async function intentionStep(
   await until(ctx, 'web to be allowed again', async () => ctx.traffic.settledAt(t1, 'ok', 5) !== undefined)
   const allowed = ctx.traffic.settledAt(t1, 'ok', 5)! - t1
   const t2 = Date.now()
+  ctx.expectedRefusals.push([t0, t2])
   const all = ctx.traffic.window(t0, t2)
   ctx.say(
     `  switched back to allow: requests succeed again after ${allowed} ms; ${all.denied} of ${all.total} requests ` +
@@ -259,7 +270,5 @@ export async function intentionStep(
     ok: all.denied > 0 && all.failed === 0,
     timings_ms: { refused: refused, allowed_again: allowed, allow_at: t1 - t0 },
     requests: all,
-    deniedFrom: t0,
-    deniedTo: t2,
   }
 }

@@ -23,7 +23,12 @@ export interface WindowCounts {
   ok: number
   denied: number
   failed: number
+  /** Why the first few failed requests failed (status and error code, or the network error). */
+  failures?: string[]
 }
+
+/** How many failure reasons a window keeps. */
+const MAX_FAILURE_REASONS = 5
 
 export class Traffic {
   readonly records: RequestRecord[] = []
@@ -85,6 +90,9 @@ export class Traffic {
       if (r.at < from || r.at > to) continue
       c.total++
       c[r.outcome]++
+      if (r.outcome !== 'failed') continue
+      c.failures ??= []
+      if (c.failures.length < MAX_FAILURE_REASONS) c.failures.push(r.why ?? '?')
     }
     return c
   }

@@ -69,6 +69,7 @@ export function statusText(src: StatusSource): StatusText {
 /** A terminal: the live block is erased and drawn again under each new story line. */
 export class TtyView implements View {
   private drawn = 0
+  private closed = false
 
   constructor(
     private readonly src: StatusSource,
@@ -88,6 +89,7 @@ export class TtyView implements View {
 
   close(): void {
     this.erase()
+    this.closed = true
   }
 
   private erase(): void {
@@ -96,6 +98,7 @@ export class TtyView implements View {
   }
 
   private draw(): void {
+    if (this.closed) return
     const width = Math.max(20, (this.out.columns ?? 100) - 1)
     const st = statusText(this.src)
     const parts = [
@@ -117,6 +120,7 @@ export class TtyView implements View {
 export class PlainView implements View {
   /** When the last progress line was written (the traffic's start for the first). */
   private lastProgress: number | undefined
+  private closed = false
 
   constructor(
     private readonly src: StatusSource,
@@ -128,7 +132,7 @@ export class PlainView implements View {
   }
 
   refresh(): void {
-    if (this.src.traffic() === undefined) return
+    if (this.closed || this.src.traffic() === undefined) return
     this.lastProgress ??= Date.now()
     if (Date.now() - this.lastProgress < PLAIN_PROGRESS_MS) return
     this.lastProgress = Date.now()
@@ -137,5 +141,7 @@ export class PlainView implements View {
     this.write(`  [${st.clock ?? ''}] ${parts.join('; ')}`)
   }
 
-  close(): void {}
+  close(): void {
+    this.closed = true
+  }
 }
