@@ -3,7 +3,7 @@
  * instance answers its id and version) and `web` (answers by calling api through its sidecar's
  * upstream listener). They stand for a user's services; the mesh sits between them.
  */
-import { createServer, type Server } from 'node:http'
+import { createServer, request, type Server } from 'node:http'
 import { PROXY_ERROR_HEADER } from '../../proxy/index.ts'
 import { DEMO_REQUEST_TIMEOUT_MS } from './constants.ts'
 
@@ -13,7 +13,15 @@ export interface DemoApp {
   close(): Promise<void>
 }
 
+/**
+ * Idle kept-alive connections are closed by the clients (undici: 4 s, the sidecar's pools) before
+ * the server would (Node's default: 5 s, close enough for a late timer on a busy machine to close
+ * a connection a client is reusing): the apps keep them for a minute.
+ */
+const KEEP_ALIVE_TIMEOUT_MS = 60_000
+
 function listen(server: Server, port: number): Promise<void> {
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS
   return new Promise((resolve, reject) => {
     server.once('error', reject)
     server.listen(port, '127.0.0.1', () => {
@@ -92,20 +100,45 @@ export class WebApp implements DemoApp {
     return listen(this.server, this.port)
   }
 
-  private async callApi(): Promise<{ status: number; body: string; error?: string }> {
-    try {
-      const res = await fetch(`http://127.0.0.1:${this.upstreamPort}/`, {
-        signal: AbortSignal.timeout(DEMO_REQUEST_TIMEOUT_MS),
-      })
-      const body = await res.text()
-      const error = res.headers.get(PROXY_ERROR_HEADER) ?? undefined
-      return { status: res.status, body, ...(error !== undefined ? { error } : {}) }
-    } catch (err) {
-      return { status: 502, body: `web: api unreachable: ${(err as Error).message}` }
-    }
+  /**
+   * One call to api through the sidecar, on a fresh connection (`agent: false`): a kept-alive
+   * connection left idle can be closed by the listener just as it is reused, a failure of this
+   * client and not of the mesh, which would blur what the demo measures.
+   */
+  private callApi(): Promise<{ status: number; body: string; error?: string }> {
+    return new Promise((resolve) => {
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: this.upstreamPort,
+          path: '/',
+          agent: false,
+          signal: AbortSignal.timeout(DEMO_REQUEST_TIMEOUT_MS),
+        },
+        (res) => {
+          const chunks: Buffer[] = []
+          res.on('data', (c: Buffer) => chunks.push(c))
+          res.on('error', (err) => resolve(unreachable(err)))
+          res.on('end', () => {
+            const error = res.headers[PROXY_ERROR_HEADER]
+            resolve({
+              status: res.statusCode ?? 502,
+              body: Buffer.concat(chunks).toString('utf8'),
+              ...(typeof error === 'string' ? { error } : {}),
+            })
+          })
+        },
+      )
+      req.on('error', (err) => resolve(unreachable(err)))
+      req.end()
+    })
   }
 
   close(): Promise<void> {
     return closeServer(this.server)
   }
+}
+
+function unreachable(err: Error): { status: number; body: string } {
+  return { status: 502, body: `web: api unreachable: ${(err as NodeJS.ErrnoException).code ?? err.message}` }
 }

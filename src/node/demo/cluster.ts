@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateClusterKey } from '../../identity/keys/cluster-key.ts'
@@ -48,6 +48,7 @@ export class DemoCluster {
   constructor(dir?: string) {
     this.ownsDir = dir === undefined
     this.dir = dir ?? mkdtempSync(join(tmpdir(), 'peermesh-demo-'))
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 })
     this.keyFile = join(this.dir, 'cluster.key')
     writeFileSync(this.keyFile, generateClusterKey(), { mode: 0o600 })
     this.tokenFile = join(this.dir, 'management.token')

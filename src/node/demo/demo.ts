@@ -29,6 +29,7 @@ import {
 } from './constants.ts'
 import {
   entryAgentName,
+  healthyStep,
   instanceKillStep,
   intentionStep,
   leaderKillStep,
@@ -142,7 +143,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const answered = records.filter((r) => r.version !== undefined)
     for (const r of answered) split[r.version!] = (split[r.version!] ?? 0) + 1
     for (const k of Object.keys(split)) split[k] = Math.round((split[k]! / answered.length) * 1000) / 1000
-    const expectedSteps = 1 + (o.failover ? 4 : 1) // the set-up, then the story's steps
+    // The set-up, the story's steps (the leader's rejoin its own), the final health check.
+    const expectedSteps = 1 + (o.failover ? 4 : 1) + 1
     return {
       ok:
         interrupted === undefined &&
@@ -253,6 +255,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     }
     await at(1)
     steps.push(...(await Promise.all(story.later)))
+    steps.push(await healthyStep(story))
     await story.traffic.stop()
     clearInterval(poller)
     view.close()

@@ -3,7 +3,14 @@
  * an api instance crashes, the agent leading Raft is killed, the intention web -> api is switched
  * to deny and back. Every step restores what it broke, so the cluster ends healthy (`--keep`).
  */
-import { leaderOf, membersOf, passingApiInstances, raftServersOf, updateIntention } from './agent-api.ts'
+import {
+  intentionActionOf,
+  leaderOf,
+  membersOf,
+  passingApiInstances,
+  raftServersOf,
+  updateIntention,
+} from './agent-api.ts'
 import type { ApiApp, WebApp } from './apps.ts'
 import type { DemoAgent, DemoCluster } from './cluster.ts'
 import { MEASURE_POLL_MS, STEP_TIMEOUT_MS } from './constants.ts'
@@ -270,5 +277,37 @@ export async function intentionStep(ctx: StoryContext): Promise<StepResult> {
     ok: all.denied > 0 && all.failed === 0,
     timings_ms: { refused: refused, allowed_again: allowed, allow_at: t1 - t0 },
     requests: all,
+  }
+}
+
+/**
+ * The story ends with the cluster as it began: every agent alive on every agent's list, every api
+ * instance passing, web -> api allowed. What `--keep` leaves running.
+ */
+export async function healthyStep(ctx: StoryContext): Promise<StepResult> {
+  const t0 = Date.now()
+  const agents = ctx.cluster.agents
+  try {
+    const ms = await untilEveryAgent(ctx, 'the cluster to be healthy again', t0, agents, async (a) => {
+      const [members, instances, action] = await Promise.all([
+        membersOf(a.api),
+        passingApiInstances(a.api),
+        intentionActionOf(a.api, 'web', 'api'),
+      ])
+      return (
+        members.filter((m) => m.status === 'alive').length === agents.length &&
+        instances.length === ctx.apis.length &&
+        action === 'allow'
+      )
+    })
+    ctx.say(
+      `\nhealthy again: every agent lists all ${agents.length} alive, all ${ctx.apis.length} api instances passing, web -> api allowed`,
+    )
+    return { name: 'healthy', ok: true, timings_ms: { checked: ms }, requests: ctx.traffic.window(t0) }
+  } catch (err) {
+    if (ctx.signal.aborted) throw err
+    ctx.say(`  ✗ the cluster is not healthy again: ${(err as Error).message}`)
+    const error = (err as Error).message
+    return { name: 'healthy', ok: false, timings_ms: {}, requests: ctx.traffic.window(t0), error }
   }
 }
