@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process'
+import { Resolver } from 'node:dns/promises'
 import { existsSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
 import { BIN, runCli, waitFor } from './harness.ts'
@@ -53,6 +54,7 @@ describe('peermesh demo (the README set-up command)', () => {
     }
     expect(step('leader-kill').timings_ms['new_leader']).toBeGreaterThan(0)
     expect(step('leader-rejoin').ok).toBe(true)
+    expect(step('healthy').ok).toBe(true)
     const intention = step('intention-deny-allow')
     expect(intention.ok).toBe(true)
     expect(intention.requests.denied).toBeGreaterThan(0)
@@ -111,6 +113,65 @@ describe('peermesh demo (the README set-up command)', () => {
       }
     }
   }, 120_000)
+
+  it('--keep leaves a healthy cluster (all alive, allowed, DNS on) that the printed commands reach; Ctrl-C removes it', async () => {
+    const child = spawn(process.execPath, [BIN, 'demo', '--duration', '5', '--keep', '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    child.stderr.resume()
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+    try {
+      await waitFor(
+        'the demo to keep its cluster',
+        async () => (/"ok":/.test(stdout) ? true : undefined),
+        120_000,
+      )
+      const summary = JSON.parse(stdout.trimEnd().split('\n').at(-1)!) as {
+        ok: boolean
+        agent_pids: number[]
+        dir: string
+      }
+      expect(summary.ok, stdout).toBe(true)
+      const http = /npx peermesh members --http (\S+)/.exec(stdout)![1]!
+      const tokenFile = /--token-file (\S+)/.exec(stdout)![1]!
+      const dnsPort = Number(/dig @127\.0\.0\.1 -p (\d+) api\.service\.peermesh/.exec(stdout)![1])
+
+      const members = await runCli(['members', '--http', http, '--json'], { token: false })
+      expect(members.code, members.stderr).toBe(0)
+      const list = JSON.parse(members.stdout) as { name: string; status: string }[]
+      expect(list.map((m) => `${m.name} ${m.status}`).sort()).toEqual([
+        'node1 alive',
+        'node2 alive',
+        'node3 alive',
+      ])
+      const intentions = await runCli(
+        ['intention', 'list', '--http', http, '--token-file', tokenFile, '--json'],
+        {
+          token: false,
+        },
+      )
+      expect(intentions.code, intentions.stderr).toBe(0)
+      expect(JSON.parse(intentions.stdout)).toMatchObject([
+        { source: 'web', destination: 'api', action: 'allow' },
+      ])
+      const resolver = new Resolver()
+      resolver.setServers([`127.0.0.1:${dnsPort}`])
+      expect(await resolver.resolve4('api.service.peermesh')).toHaveLength(3)
+
+      child.kill('SIGINT')
+      expect(await exited).toBe(0) // the story went as expected; Ctrl-C ends the kept cluster
+      expect(stdout).toMatch(/peermesh demo: stopped on SIGINT in \d+ ms: 3 agent processes stopped/)
+      expect(summary.agent_pids.filter(running)).toEqual([])
+      expect(existsSync(summary.dir)).toBe(false)
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM')
+        await exited
+      }
+    }
+  }, 180_000)
 
   it('--agents 2 is refused with one line and exit code 2, before anything starts', async () => {
     const res = await runCli(['demo', '--agents', '2'])
