@@ -268,7 +268,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       .join(' / ')
     out(
       `\n${s.ok ? '✓' : '✗'} story ${s.ok ? 'went as expected' : 'did NOT go as expected'}: ${s.total_requests} requests, ` +
-        `${s.failed_requests} failed, ${s.denied_requests} refused by the deny intention (expected); split ${split} (asked: 90 / 10)`,
+        `${s.failed_requests} failed, ${s.denied_requests} refused by the deny intention (expected); split ${split} (asked: ${SPLIT.map((x) => `${x.tag} ${x.weight}%`).join(' / ')})`,
     )
     out(`  steps: ${steps.map((x) => `${x.name} ${x.ok ? 'ok' : 'FAILED'}`).join(', ')}`)
 

@@ -116,7 +116,7 @@ export async function instanceKillStep(ctx: StoryContext): Promise<StepResult> {
   )
   const during = ctx.traffic.window(t0)
   ctx.say(
-    `  every agent lists ${victim.id} critical after ${notPassing} ms (its TCP check, every 500 ms); ` +
+    `  every agent lists ${victim.id} critical after ${notPassing} ms (it is checked every 500 ms); ` +
       `${failedLine(during)} meanwhile (sidecars retry a failed request on another instance)`,
   )
   const t1 = Date.now()
@@ -167,11 +167,11 @@ export async function leaderKillStep(ctx: StoryContext): Promise<StepResult> {
   ])
   const during = ctx.traffic.window(t0)
   const elected = await currentLeader(ctx)
-  ctx.say(`  new Raft leader ${elected ?? '?'} after ${newLeader} ms`)
+  ctx.say(`  new Raft leader ${elected} after ${newLeader} ms`)
   ctx.say(`  every survivor reports ${victim.name} dead after ${dead} ms (Serf's LAN default: ~6-7 s)`)
-  ctx.say(
-    `  ${failedLine(during)} meanwhile (${victim.name}'s api instance went with it; retries moved its requests)`,
-  )
+  const hosted = ctx.apis.filter((x) => ctx.apiHost.get(x.id) === victim).map((x) => x.id)
+  const why = hosted.length > 0 ? ` (${hosted.join(', ')} went with it; retries moved its requests)` : ''
+  ctx.say(`  ${failedLine(during)} meanwhile${why}`)
 
   // The victim restarts while the story goes on (on a loaded machine an agent takes seconds to
   // start); the demo waits for it before it ends.
