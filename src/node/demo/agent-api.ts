@@ -4,6 +4,7 @@
  * PascalCase) is made in this file alone. Everything else in the demo sees the types below.
  */
 import { ApiClient } from '../cli/client.ts'
+import { membersFromConsul } from '../cli/from-consul.ts'
 
 /** An agent's API as the demo uses it: anonymous reads and writes with the management token. */
 export interface AgentClients {
@@ -43,16 +44,17 @@ const opts = (): { signal: AbortSignal } => ({ signal: AbortSignal.timeout(READ_
 
 /** `GET /v1/agent/self`: the agent's first libp2p address (what other agents use as a seed). */
 export async function seedAddressOf(a: AgentClients): Promise<string> {
-  const self = await a.anon.get<{ addresses: string[] }>('/v1/agent/self', opts())
-  const addr = self.addresses[0]
+  const self = await a.anon.get<{ Addresses?: string[] }>('/v1/agent/self', opts())
+  const addr = self.Addresses?.[0]
   if (addr === undefined) throw new Error('agent reports no libp2p address')
   return addr
 }
 
 /** `GET /v1/agent/members`: every member this agent's gossip knows, with its status. */
 export async function membersOf(a: AgentClients): Promise<DemoMember[]> {
-  const list = await a.anon.get<{ name: string; status: string }[]>('/v1/agent/members', opts())
-  return list.map((m) => ({ name: m.name, status: m.status }))
+  // Consul's members: `Status` is Serf's number; peermesh's `State` names the SWIM state.
+  const list = await a.anon.get<unknown[]>('/v1/agent/members', opts())
+  return membersFromConsul(list).map((m) => ({ name: m.name, status: m.status }))
 }
 
 /** `GET /v1/status/leader`: the Raft leader's address as this agent knows it; undefined: none. */
@@ -75,11 +77,10 @@ export async function knowsManagementToken(a: AgentClients): Promise<boolean> {
 
 /** `GET /v1/health/service/api?passing`: the passing instances of a service, as this agent sees them. */
 export async function passingInstances(a: AgentClients, service: string): Promise<ApiInstance[]> {
-  const entries = await a.anon.get<{ node: { name: string }; service: { id: string; tags: string[] } }[]>(
-    `/v1/health/service/${encodeURIComponent(service)}?passing`,
-    opts(),
-  )
-  return entries.map((e) => ({ node: e.node.name, id: e.service.id, tags: e.service.tags }))
+  const entries = await a.anon.get<
+    { Node: { Node: string }; Service: { ID: string; Tags?: string[] | null } }[]
+  >(`/v1/health/service/${encodeURIComponent(service)}?passing`, opts())
+  return entries.map((e) => ({ node: e.Node.Node, id: e.Service.ID, tags: e.Service.Tags ?? [] }))
 }
 
 export const passingApiInstances = (a: AgentClients): Promise<ApiInstance[]> => passingInstances(a, 'api')
@@ -91,11 +92,11 @@ export async function intentionActionOf(
   destination: string,
 ): Promise<string | undefined> {
   try {
-    const i = await a.admin.get<{ action: string }>(
+    const i = await a.admin.get<{ Action: string }>(
       `/v1/connect/intentions/exact?${pair(source, destination)}`,
       opts(),
     )
-    return i.action
+    return i.Action
   } catch {
     return undefined
   }
