@@ -23,7 +23,9 @@ import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
+  accessLogMode,
   type Authorizer,
+  shouldLogAccess,
   type CertificateSource,
   type ProxyLogger,
   silentLogger,
@@ -282,7 +284,7 @@ export class InboundListener {
       const rx = socket.bytesRead
       const tx = socket.bytesWritten
       m.addBytes(rx, tx)
-      if (this.init.accessLog) {
+      if (shouldLogAccess(accessLogMode(this.init.accessLog), 0, result)) {
         this.logger.info(
           {
             direction: 'inbound',

@@ -14,7 +14,12 @@ import { type OutlierConfig, validateOutlierConfig } from './outlier.ts'
 import { RetryBudget, type RetryBudgetConfig } from './retry-budget.ts'
 import { type SplitConfig, validateSplitConfig } from './split.ts'
 import { ClientTlsMaterial, serverIdentityCheck } from './tls-material.ts'
+import { ConcurrencyLimit } from './concurrency-limit.ts'
+import type { EndpointRecord } from './endpoint-pool.ts'
+import { EMPTY_POLICY, type Plan, type TrafficPolicy } from './traffic.ts'
 import {
+  type AccessLogMode,
+  accessLogMode,
   type Authorizer,
   type CertificateSource,
   type EndpointSource,
@@ -53,6 +58,14 @@ export interface UpstreamListenerInit extends ListenerEnvironment {
   retryBudget?: Partial<RetryBudgetConfig>
   /** Traffic split over tagged subsets; see `split.ts`. */
   split?: SplitConfig
+  /** Routes, splits, resolvers, timeouts and limits from the config entries; see `traffic.ts`. */
+  policy?: TrafficPolicy
+  /**
+   * Healthy instances of another service, for routes, splits and failover that leave the
+   * upstream (called once per service; `close` is called when the listener stops). Without it,
+   * only the upstream's own instances are reachable.
+   */
+  endpointsFor?: (service: string) => EndpointSource & { close?(): void }
 }
 
 export class UpstreamCore {
@@ -62,9 +75,12 @@ export class UpstreamCore {
   readonly bindAddress: string
   readonly bindPort: number
   readonly maxAttempts: number
-  readonly connectTimeoutMs: number
+  /** From the listener's settings; a policy may override it. */
+  private readonly baseConnectTimeoutMs: number
   readonly logger: ProxyLogger
-  readonly accessLog: boolean
+  readonly accessLog: AccessLogMode
+  /** Uniform [0, 1). */
+  readonly rng: () => number
   readonly clock: Clock
   readonly pool: EndpointPool
   readonly budget: RetryBudget
@@ -72,10 +88,22 @@ export class UpstreamCore {
   readonly metrics: ListenerMetrics
   readonly checkServerIdentity: ReturnType<typeof serverIdentityCheck>
   readonly authorizer: Authorizer | undefined
+  /** The traffic policy now in force; swapped whole by `setPolicy`. */
+  policy: TrafficPolicy = EMPTY_POLICY
+  /** Concurrency limit (HTTP: requests; L4: connections), when the policy sets one. */
+  limit: ConcurrencyLimit | undefined
+  private readonly baseOutlier: Partial<OutlierConfig> | undefined
+  private readonly pools = new Map<string, EndpointPool>()
+  private readonly foreignSources: { close?(): void }[] = []
+  private readonly poolInit: Omit<ConstructorParameters<typeof EndpointPool>[0], 'source'>
+  private readonly endpointsFor: UpstreamListenerInit['endpointsFor']
+  private started = false
 
   constructor(
     init: UpstreamListenerInit,
     hooks: Pick<ConstructorParameters<typeof EndpointPool>[0], 'onAdded' | 'onRetired'> = {},
+    /** What the concurrency limit counts: requests (HTTP mode) or connections (L4). */
+    readonly limitKind: 'requests' | 'connections' = 'connections',
   ) {
     this.source = validateServiceName(init.sourceService)
     this.destination = validateServiceName(init.destinationService)
@@ -86,10 +114,11 @@ export class UpstreamCore {
     if (!Number.isInteger(this.maxAttempts) || this.maxAttempts < 1 || this.maxAttempts > 10) {
       throw new InvalidProxyConfigError('maxAttempts', 'must be an integer from 1 to 10')
     }
-    this.connectTimeoutMs = init.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
-    if (!(this.connectTimeoutMs > 0)) throw new InvalidProxyConfigError('connectTimeoutMs', 'must be > 0')
+    this.baseConnectTimeoutMs = init.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
+    if (!(this.baseConnectTimeoutMs > 0)) throw new InvalidProxyConfigError('connectTimeoutMs', 'must be > 0')
     this.logger = init.logger ?? silentLogger
-    this.accessLog = init.accessLog ?? false
+    this.accessLog = accessLogMode(init.accessLog)
+    this.rng = init.rng ?? Math.random
     this.clock = init.clock ?? systemClock
     this.authorizer = init.authorizer
     const registry = init.registry ?? new PromRegistry()
@@ -97,11 +126,12 @@ export class UpstreamCore {
     this.budget = new RetryBudget(init.retryBudget)
     this.tls = new ClientTlsMaterial(init.certificates)
     this.checkServerIdentity = serverIdentityCheck(this.trustDomain, this.destination)
-    this.pool = new EndpointPool({
-      source: init.endpoints,
+    this.baseOutlier = init.outlier
+    this.endpointsFor = init.endpointsFor
+    this.poolInit = {
       outlier: validateOutlierConfig(init.outlier),
       clock: this.clock,
-      rng: init.rng ?? Math.random,
+      rng: this.rng,
       ...hooks,
       onEjected: (record, untilMs) => {
         this.metrics.ejections.inc()
@@ -115,8 +145,77 @@ export class UpstreamCore {
           `outlier ejected upstream=${this.destination} endpoint=${record.endpoint.id}`,
         )
       },
-    })
+    }
+    this.pool = new EndpointPool({ ...this.poolInit, source: init.endpoints })
+    this.pools.set(this.destination, this.pool)
     if (init.split !== undefined) this.pool.setSplit(validateSplitConfig(init.split))
+    if (init.policy !== undefined) this.setPolicy(init.policy)
+  }
+
+  /** Connect timeout for an instance of `service`: its resolver's, the policy's, the listener's. */
+  connectTimeoutFor(service: string): number {
+    return (
+      this.policy.resolvers.get(service)?.connectTimeoutMs ??
+      this.policy.connectTimeoutMs ??
+      this.baseConnectTimeoutMs
+    )
+  }
+
+  /**
+   * Puts a new traffic policy in force: requests and connections that start from now on follow
+   * it; those in flight keep the plan they started with, and no connection is closed.
+   */
+  setPolicy(policy: TrafficPolicy): void {
+    const outlier = validateOutlierConfig({ ...this.baseOutlier, ...stripCount5xx(policy.outlier) })
+    this.policy = policy
+    this.poolInit.outlier = outlier
+    for (const pool of this.pools.values()) pool.setOutlier(outlier)
+    const l = policy.limits
+    const maxConcurrent = this.limitKind === 'requests' ? l?.maxConcurrentRequests : l?.maxConnections
+    if (maxConcurrent === undefined) this.limit = undefined
+    else {
+      const config = {
+        maxConcurrent,
+        maxPending: this.limitKind === 'requests' ? (l?.maxPendingRequests ?? 0) : 0,
+      }
+      if (this.limit === undefined) this.limit = new ConcurrencyLimit(config)
+      else this.limit.configure(config)
+    }
+  }
+
+  /** The pool of `service`'s instances, created (and started, if running) on first use. */
+  poolFor(service: string): EndpointPool | undefined {
+    let pool = this.pools.get(service)
+    if (pool !== undefined) return pool
+    if (this.endpointsFor === undefined) return undefined
+    const source = this.endpointsFor(service)
+    this.foreignSources.push(source)
+    pool = new EndpointPool({ ...this.poolInit, source })
+    this.pools.set(service, pool)
+    if (this.started) pool.start()
+    return pool
+  }
+
+  /** Every pool (the upstream's and those of other services reached by the policy). */
+  get allPools(): Iterable<EndpointPool> {
+    return this.pools.values()
+  }
+
+  /** The endpoint for the next attempt along `plan`: the first target with a usable instance. */
+  pickEndpoint(
+    plan: Plan,
+    tried: readonly EndpointRecord[],
+    hashKey: string | undefined,
+  ): EndpointRecord | undefined {
+    for (const t of plan.targets) {
+      const pool = this.poolFor(t.service)
+      if (pool === undefined) continue
+      // The plain case keeps the pool's own split (Sidecar.setSplit) and its fallback.
+      const plain = t.select === undefined && pool === this.pool && t.loadBalancer === undefined
+      const r = plain ? pool.pick(tried) : pool.pickFrom(t.select, t.lenient, tried, t.loadBalancer, hashKey)
+      if (r !== undefined) return r
+    }
+    return undefined
   }
 
   /**
@@ -125,11 +224,12 @@ export class UpstreamCore {
    */
   async open(server: Server, options: { signal?: AbortSignal } = {}): Promise<number> {
     this.tls.start()
-    this.pool.start()
+    this.started = true
+    for (const pool of this.pools.values()) pool.start()
     try {
       return await listen(server, this.bindPort, this.bindAddress, options)
     } catch (error) {
-      this.pool.stop()
+      this.stopPools()
       this.tls.stop()
       throw error
     }
@@ -140,8 +240,14 @@ export class UpstreamCore {
     const closed = closeServer(server)
     for (const socket of clients) socket.destroy()
     await closed
-    this.pool.stop() // destroys every endpoint's connections
+    this.stopPools() // destroys every endpoint's connections
     this.tls.stop()
+  }
+
+  private stopPools(): void {
+    this.started = false
+    for (const pool of this.pools.values()) pool.stop()
+    for (const s of this.foreignSources.splice(0)) s.close?.()
   }
 
   /** True when the local view of intentions denies source -> destination. */
@@ -191,6 +297,17 @@ export abstract class OutboundListenerBase {
   setSplit(split: SplitConfig | undefined): void {
     this.core.pool.setSplit(split === undefined ? undefined : validateSplitConfig(split))
   }
+
+  /** Puts a new traffic policy in force without closing any connection; see `UpstreamCore.setPolicy`. */
+  setPolicy(policy: TrafficPolicy): void {
+    this.core.setPolicy(policy)
+  }
+}
+
+function stripCount5xx(o: TrafficPolicy['outlier']): Partial<OutlierConfig> | undefined {
+  if (o === undefined) return undefined
+  const { count5xx: _, ...rest } = o
+  return rest
 }
 
 export function checkPort(field: string, port: unknown, allowZero: boolean): number {

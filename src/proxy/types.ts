@@ -97,13 +97,28 @@ export const silentLogger: ProxyLogger = {
   debug: () => {},
 }
 
+export type AccessLogMode = 'off' | 'errors' | 'all'
+
+/** `accessLog` as a mode. */
+export function accessLogMode(v: boolean | AccessLogMode | undefined): AccessLogMode {
+  return v === true ? 'all' : v === false || v === undefined ? 'off' : v
+}
+
+/** Whether an access line is written for this outcome under `mode`. */
+export function shouldLogAccess(mode: AccessLogMode, status: number, result: string): boolean {
+  return mode === 'all' || (mode === 'errors' && (status >= 500 || result !== 'ok'))
+}
+
 /** What every listener of a sidecar (inbound and outbound) is built with besides its own settings. */
 export interface ListenerEnvironment {
   /** Metrics land here. Default: a private registry. */
   registry?: Registry
   logger?: ProxyLogger
-  /** One log line per connection (L4) or request (HTTP). Default false. */
-  accessLog?: boolean
+  /**
+   * Access log lines, one per connection (L4) or request (HTTP): `all`, only failures (`errors`:
+   * a 5xx status or a proxy error), or `off`. `true` is `all`, `false` is `off`. Default `off`.
+   */
+  accessLog?: boolean | AccessLogMode
   /** Durations, ejection times, retry budgets and timeouts. Default `systemClock`. */
   clock?: Clock
 }
