@@ -109,7 +109,7 @@ export class EndpointPool {
    * back to all endpoints when it has none usable), then P2C among the endpoints that are not
    * ejected and not in `tried` — or, when every usable endpoint was tried, among all of them.
    */
-  pick(tried?: readonly EndpointRecord[]): EndpointRecord | undefined {
+  pick(tried?: readonly EndpointRecord[], retryTried = true): EndpointRecord | undefined {
     this.pickNow = this.init.clock.now()
     const rng = this.init.rng
     let list: readonly EndpointRecord[] = this.records
@@ -117,8 +117,9 @@ export class EndpointPool {
       const subset = this.subsets[pickSplit(this.split, rng())]
       if (subset !== undefined && subset.length > 0) list = subset
     }
-    let chosen = this.choose(list, tried, rng)
-    if (chosen === undefined && list !== this.records) chosen = this.choose(this.records, tried, rng)
+    let chosen = this.choose(list, tried, rng, retryTried)
+    if (chosen === undefined && list !== this.records)
+      chosen = this.choose(this.records, tried, rng, retryTried)
     return chosen
   }
 
@@ -135,22 +136,25 @@ export class EndpointPool {
     tried: readonly EndpointRecord[] | undefined,
     lb: LoadBalancerConfig | undefined,
     hashKey: string | undefined,
+    retryTried = true,
   ): EndpointRecord | undefined {
     this.pickNow = this.init.clock.now()
     let list = this.records
     if (select !== undefined) {
       let subset = this.bySelector.get(select)
       if (subset === undefined) {
+        // Each new policy brings new selectors: keep the cache from growing without bound.
+        if (this.bySelector.size >= 256) this.bySelector.clear()
         subset = this.records.filter((r) => select(r.endpoint))
         this.bySelector.set(select, subset)
       }
       list = subset.length === 0 && lenient ? this.records : subset
     }
     const policy = lb?.policy ?? 'least_request'
-    if (policy === 'least_request') return this.choose(list, tried, this.init.rng)
+    if (policy === 'least_request') return this.choose(list, tried, this.init.rng, retryTried)
     this.pickTried = tried !== undefined && tried.length > 0 ? tried : undefined
     let chosen = this.pickBy(list, policy, hashKey)
-    if (chosen === undefined && this.pickTried !== undefined) {
+    if (chosen === undefined && this.pickTried !== undefined && retryTried) {
       this.pickTried = undefined
       chosen = this.pickBy(list, policy, hashKey)
     }
@@ -197,10 +201,11 @@ export class EndpointPool {
     list: readonly EndpointRecord[],
     tried: readonly EndpointRecord[] | undefined,
     rng: () => number,
+    retryTried: boolean,
   ): EndpointRecord | undefined {
     this.pickTried = tried !== undefined && tried.length > 0 ? tried : undefined
     let chosen = p2cPick(list, rng(), rng(), this.eligible)
-    if (chosen === undefined && this.pickTried !== undefined) {
+    if (chosen === undefined && this.pickTried !== undefined && retryTried) {
       this.pickTried = undefined
       chosen = p2cPick(list, rng(), rng(), this.eligible)
     }
@@ -244,12 +249,22 @@ export class EndpointPool {
       const key = `${endpoint.id}@${endpoint.address}:${endpoint.port}`
       if (next.has(key)) continue
       const old = this.byKey.get(key)
-      if (old !== undefined && old.weight === endpoint.weight && sameTags(old.endpoint.tags, endpoint.tags)) {
+      if (
+        old !== undefined &&
+        old.weight === endpoint.weight &&
+        old.endpoint.passing === endpoint.passing &&
+        sameTags(old.endpoint.tags, endpoint.tags) &&
+        sameMeta(old.endpoint.meta, endpoint.meta)
+      ) {
         next.set(key, old)
         continue
       }
       const record: EndpointRecord = {
-        endpoint: { ...endpoint, tags: [...endpoint.tags] },
+        endpoint: {
+          ...endpoint,
+          tags: [...endpoint.tags],
+          ...(endpoint.meta ? { meta: { ...endpoint.meta } } : {}),
+        },
         key,
         weight: endpoint.weight,
         outstanding: 0,
@@ -282,4 +297,14 @@ export class EndpointPool {
 
 function sameTags(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((t, i) => t === b[i])
+}
+
+function sameMeta(
+  a: Readonly<Record<string, string>> | undefined,
+  b: Readonly<Record<string, string>> | undefined,
+): boolean {
+  if (a === b) return true
+  const ka = Object.keys(a ?? {})
+  if (ka.length !== Object.keys(b ?? {}).length) return false
+  return ka.every((k) => a![k] === b?.[k])
 }

@@ -152,6 +152,19 @@ export class UpstreamCore {
     if (init.policy !== undefined) this.setPolicy(init.policy)
   }
 
+  private readonly identityChecks = new Map<string, ReturnType<typeof serverIdentityCheck>>()
+
+  /** The TLS identity check for an instance of `service` (routes and failover may leave the upstream). */
+  identityCheckFor(service: string): ReturnType<typeof serverIdentityCheck> {
+    if (service === this.destination) return this.checkServerIdentity
+    let check = this.identityChecks.get(service)
+    if (check === undefined) {
+      check = serverIdentityCheck(this.trustDomain, validateServiceName(service))
+      this.identityChecks.set(service, check)
+    }
+    return check
+  }
+
   /** Connect timeout for an instance of `service`: its resolver's, the policy's, the listener's. */
   connectTimeoutFor(service: string): number {
     return (
@@ -207,13 +220,20 @@ export class UpstreamCore {
     tried: readonly EndpointRecord[],
     hashKey: string | undefined,
   ): EndpointRecord | undefined {
-    for (const t of plan.targets) {
-      const pool = this.poolFor(t.service)
-      if (pool === undefined) continue
-      // The plain case keeps the pool's own split (Sidecar.setSplit) and its fallback.
-      const plain = t.select === undefined && pool === this.pool && t.loadBalancer === undefined
-      const r = plain ? pool.pick(tried) : pool.pickFrom(t.select, t.lenient, tried, t.loadBalancer, hashKey)
-      if (r !== undefined) return r
+    // First an instance not tried yet, in target order (a retry after a failure moves on to the
+    // failover targets); then, if every one was tried, a tried one again.
+    for (const retryTried of [false, true]) {
+      if (retryTried && tried.length === 0) break
+      for (const t of plan.targets) {
+        const pool = this.poolFor(t.service)
+        if (pool === undefined) continue
+        // The plain case keeps the pool's own split (Sidecar.setSplit) and its fallback.
+        const plain = t.select === undefined && pool === this.pool && t.loadBalancer === undefined
+        const r = plain
+          ? pool.pick(tried, retryTried)
+          : pool.pickFrom(t.select, t.lenient, tried, t.loadBalancer, hashKey, retryTried)
+        if (r !== undefined) return r
+      }
     }
     return undefined
   }

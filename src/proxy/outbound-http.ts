@@ -143,7 +143,7 @@ export class HttpOutboundListener extends OutboundListenerBase {
         host: record.endpoint.address,
         port: record.endpoint.port,
         secureContext: core.tls.secureContext,
-        checkServerIdentity: core.checkServerIdentity,
+        checkServerIdentity: core.identityCheckFor(record.endpoint.service),
       })
       socket.setNoDelay(true)
       const cancelTimer = core.clock.setTimeout(

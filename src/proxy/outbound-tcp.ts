@@ -147,7 +147,7 @@ class L4Connection {
       host: record.endpoint.address,
       port: record.endpoint.port,
       secureContext: core.tls.secureContext,
-      checkServerIdentity: core.checkServerIdentity,
+      checkServerIdentity: core.identityCheckFor(record.endpoint.service),
       // Half-close is relayed both ways (node:tls accepts it; the typings omit it).
       allowHalfOpen: true,
     } as tls.ConnectionOptions)

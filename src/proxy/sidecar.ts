@@ -5,6 +5,7 @@ import type { UpstreamListenerInit } from './outbound-common.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from './outbound-http.ts'
 import { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 import type { SplitConfig } from './split.ts'
+import type { TrafficPolicy } from './traffic.ts'
 import type { Authorizer, CertificateSource, EndpointSource, ListenerEnvironment } from './types.ts'
 
 /** Per-upstream tuning; every field optional, defaults in `constants.ts`. */
@@ -32,6 +33,10 @@ export interface SidecarUpstream extends UpstreamTuning {
   protocol: 'tcp' | 'http'
   endpoints: EndpointSource
   split?: SplitConfig
+  /** Routes, splits, resolvers, timeouts and limits; replaced later with `setPolicy`. */
+  policy?: TrafficPolicy
+  /** Instances of other services the policy may send to (see `UpstreamListenerInit`). */
+  endpointsFor?: UpstreamListenerInit['endpointsFor']
 }
 
 export interface SidecarInit extends ListenerEnvironment {
@@ -130,5 +135,12 @@ export class Sidecar {
     const listener = this.outbound.get(destination)
     if (!listener) throw new InvalidProxyConfigError('destination', `no upstream ${destination}`)
     listener.setSplit(split)
+  }
+
+  /** Puts a new traffic policy in force on one upstream; no connection is closed. */
+  setPolicy(destination: string, policy: TrafficPolicy): void {
+    const listener = this.outbound.get(destination)
+    if (!listener) throw new InvalidProxyConfigError('destination', `no upstream ${destination}`)
+    listener.setPolicy(policy)
   }
 }

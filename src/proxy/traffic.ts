@@ -32,6 +32,7 @@ export interface HeaderOps {
 }
 
 export interface TargetRef {
+  /** Empty: the service of the resolver that names it. */
   service: string
   subset?: string | undefined
 }
@@ -197,8 +198,10 @@ function resolve(
   for (let i = 0; resolver?.redirect !== undefined; i++) {
     if (i >= MAX_REDIRECTS) return undefined
     const to: TargetRef = resolver.redirect
-    subset = to.subset ?? (to.service === undefined || to.service === service ? subset : undefined)
-    service = to.service ?? service
+    // An empty service in a redirect or failover target is the resolver's own service.
+    const next = to.service || service
+    subset = to.subset ?? (next === service ? subset : undefined)
+    service = next
     resolver = policy.resolvers.get(service)
   }
   subset ??= resolver?.defaultSubset
@@ -213,7 +216,7 @@ function resolve(
   const failover =
     (subset !== undefined ? resolver?.failover.get(subset) : undefined) ?? resolver?.failover.get('*') ?? []
   // A failover target with no service stays on this service; with no subset, its whole set.
-  return { target, failover: failover.map((f) => ({ service: f.service ?? service, subset: f.subset })) }
+  return { target, failover: failover.map((f) => ({ service: f.service || service, subset: f.subset })) }
 }
 
 const tagSelectors = new Map<string, EndpointSelector>()

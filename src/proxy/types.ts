@@ -49,6 +49,10 @@ export interface Endpoint {
   weight: number
   /** Instance tags; traffic splits select subsets by tag. */
   tags: readonly string[]
+  /** Instance metadata; resolver subsets may select on it (`Service.Meta.version == "v2"`). */
+  meta?: Readonly<Record<string, string>>
+  /** False when the instance is only `warning` (resolver subsets with OnlyPassing skip it). */
+  passing?: boolean
   /** Service name (the expected SPIFFE service of the endpoint's certificate). */
   service: string
 }

@@ -68,7 +68,12 @@ export function createAgent(
       ? { keyHolderEligible: enrolledVoterOrFounder(store.acl, () => raft.foundingSet()) }
       : {}),
   })
-  const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
+  const sidecars = new SidecarModule({
+    catalog,
+    security: connect.meshSecurity,
+    config: store,
+    clock: agent.clock,
+  })
   // The UI first: its routes are there as soon as the HTTP API answers.
   agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
   return { agent, gossip, catalog, raft, connect, sidecars }
