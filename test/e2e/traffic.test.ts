@@ -7,6 +7,7 @@
  */
 import { createServer, type Server } from 'node:http'
 import http from 'node:http'
+import net from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type AgentProcess, apiCall, authHeaders, freePort, TestCluster, waitFor } from './harness.ts'
 import { stopApp } from './mesh-helpers.ts'
@@ -238,6 +239,32 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
       expect(closed).toBe(false)
     } finally {
       one.destroy()
+    }
+  }, 30_000)
+
+  it('a sidecar whose port is taken marks its instance critical, naming the port, with no stack trace', async () => {
+    const taken = await freePort()
+    const blocker = net.createServer()
+    await new Promise<void>((r) => blocker.listen(taken, '127.0.0.1', r))
+    try {
+      await put(a, '/v1/agent/service/register', {
+        name: 'broken',
+        port: taken,
+        connect: { sidecarService: { port: taken } },
+      })
+      const health = await waitFor(
+        'the broken instance critical',
+        async () => {
+          const h = await a.api<{ status: string }[]>('/v1/health/service/broken')
+          return h?.[0]?.status === 'critical' ? h : undefined
+        },
+        20_000,
+      )
+      expect(JSON.stringify(health)).toContain(`port ${taken} (inbound) is in use`)
+      expect(a.log).toContain(`sidecar not started: port ${taken} (inbound) is in use`)
+      expect(a.log).not.toMatch(/\n\s+at /) // no stack trace
+    } finally {
+      await new Promise<void>((r) => blocker.close(() => r()))
     }
   }, 30_000)
 
