@@ -438,7 +438,7 @@ export class SidecarModule implements AgentModule {
       // A taken port is the user's to fix: no stack trace, the instance critical until then.
       this.failed.set(def.id, { definitionKey, error })
       this.log?.warn({ service: def.name, serviceId: def.id }, `sidecar not started: ${error}`)
-      this.health?.setSidecarStatus(def.id, 'critical', `sidecar cannot listen: ${error}`)
+      this.health?.setSidecarStatus(def.id, 'critical', error)
       this.settle(def.id, { ok: false, error })
       return
     }
