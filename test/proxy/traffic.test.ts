@@ -11,6 +11,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
 import { InboundListener } from '../../src/proxy/inbound.ts'
 import { HttpOutboundListener, REJECT_HEADER } from '../../src/proxy/outbound-http.ts'
+import { OutboundListener } from '../../src/proxy/outbound-tcp.ts'
 import {
   IntentionAuthorizer,
   StaticCertificateSource,
@@ -20,7 +21,18 @@ import type { Endpoint, ServiceCertificate } from '../../src/proxy/types.ts'
 import type { ConfigEntry } from '../../src/raft/policy/policy-store.ts'
 import { configEntryProblem, type TrafficEntryKind } from '../../src/raft/policy/config-entries.ts'
 import { compileUpstreamPolicy, readTrafficEntries } from '../../src/node/sidecars/traffic-config.ts'
-import { endpoint, httpGet, leafFor, makeRoot, metricValue, runConcurrently, TD, waitFor } from './helpers.ts'
+import {
+  endpoint,
+  httpGet,
+  leafFor,
+  makeRoot,
+  metricValue,
+  runConcurrently,
+  startInstance,
+  TD,
+  tcpRequest,
+  waitFor,
+} from './helpers.ts'
 
 let root: RootCa
 const certs = new Map<string, ServiceCertificate>()
@@ -469,5 +481,73 @@ describe('metrics and live changes', () => {
     await runConcurrently(10, 1, () => httpGet(listener.port))
     await waitFor(() => lines.length >= 5, 2_000, 'access lines')
     expect(lines.map((l) => l['status'])).toEqual([500, 500, 500, 500, 500])
+  })
+})
+
+describe('L4 (tcp) upstreams', () => {
+  async function tcpOutbound(
+    upstream: StaticEndpointSource,
+    others: Record<string, StaticEndpointSource>,
+    list: Parameters<typeof entries>[0],
+  ) {
+    const registry = new Registry()
+    const listener = new OutboundListener({
+      sourceService: 'web',
+      destinationService: 'api',
+      trustDomain: TD,
+      bindPort: 0,
+      certificates: new StaticCertificateSource(certs.get('web')!),
+      endpoints: upstream,
+      endpointsFor: (s) => others[s] ?? new StaticEndpointSource([]),
+      policy: compileUpstreamPolicy(entries(list), 'web', 'api'),
+      registry,
+    })
+    await listener.start()
+    cleanups.push(() => listener.stop())
+    return { listener, registry }
+  }
+
+  async function tcpInstance(id: string, service: string) {
+    const x = await startInstance({ id, service, cert: certs.get(service)!, authorizer: allow, kind: 'tcp' })
+    cleanups.push(() => x.stop())
+    return x
+  }
+
+  it('fail over per connection to another service when the first has no instance left', async () => {
+    const b = await tcpInstance('backup-1', 'backup')
+    const apiSource = new StaticEndpointSource([])
+    const { listener } = await tcpOutbound(apiSource, { backup: new StaticEndpointSource([b.endpoint]) }, [
+      { kind: 'service-resolver', name: 'api', value: { Failover: { '*': { Service: 'backup' } } } },
+    ])
+    expect(await tcpRequest(listener.port, 'hi')).toBe('backup-1:hi')
+  })
+
+  it('MaxConnections closes the connection over the limit at once, and counts it', async () => {
+    const a = await tcpInstance('api-1', 'api')
+    const { listener, registry } = await tcpOutbound(new StaticEndpointSource([a.endpoint]), {}, [
+      {
+        kind: 'service-defaults',
+        name: 'web',
+        value: { UpstreamConfig: { Defaults: { Limits: { MaxConnections: 1 } } } },
+      },
+    ])
+    const net = await import('node:net')
+    const first = net.connect({ port: listener.port, host: '127.0.0.1' })
+    cleanups.push(async () => void first.destroy())
+    await new Promise<void>((r) => first.once('connect', () => r()))
+    await waitFor(async () => (await metricValue(registry, 'peermesh_proxy_active_connections')) === 1)
+    const closed = await new Promise<string>((resolve) => {
+      const second = net.connect({ port: listener.port, host: '127.0.0.1' })
+      let data = ''
+      second.on('data', (d) => {
+        data += d
+      })
+      second.on('error', () => {})
+      second.on('close', () => resolve(data))
+    })
+    expect(closed).toBe('')
+    expect(
+      await metricValue(registry, 'peermesh_proxy_limit_rejections_total', { reason: 'concurrency-limit' }),
+    ).toBe(1)
   })
 })

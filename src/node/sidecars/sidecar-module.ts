@@ -357,7 +357,13 @@ export class SidecarModule implements AgentModule {
     const dests = def.connect!.sidecarService.upstreams.map((u) => u.destinationName)
     if (this.config !== undefined) {
       // Policies are applied to running listeners; only a change of listener mode restarts.
-      return JSON.stringify([def.connect, dests.map((d) => configuredProtocol(this.entries, d))])
+      return JSON.stringify([
+        def.connect,
+        dests.map((d) => {
+          const p = configuredProtocol(this.entries, d)
+          return p === undefined ? undefined : listenerMode(p)
+        }),
+      ])
     }
     const splits = dests.map((d) => this.security.split?.(d))
     return JSON.stringify([def.connect, splits])
