@@ -20,6 +20,9 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
   let c: AgentProcess
   let apiPort = 0
   let slowPort = 0
+  let flakyPort = 0
+  let heldPort = 0
+  const held: http.ServerResponse[] = []
   const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })
 
   const put = async (on: AgentProcess, path: string, body: object, method = 'PUT') => {
@@ -68,10 +71,13 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     )
     await cluster.waitForManagementToken()
 
-    const ports = await Promise.all(Array.from({ length: 12 }, () => freePort()))
+    const ports = await Promise.all(Array.from({ length: 18 }, () => freePort()))
     const [v1App, v2App, backupApp, slowApp, v1In, v2In, backupIn, slowIn, webIn] = ports
     apiPort = ports[9]!
     slowPort = ports[10]!
+    const [flakyApp, flakyIn, heldApp, heldIn] = ports.slice(11, 15)
+    flakyPort = ports[15]!
+    heldPort = ports[16]!
     const answer =
       (name: string): http.RequestListener =>
       (req, res) => {
@@ -83,10 +89,20 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     await app(v2App!, answer('v2'))
     await app(backupApp!, answer('backup'))
     await app(slowApp!, (req) => req.resume()) // never answers
+    let n = 0
+    await app(flakyApp!, (req, res) => {
+      req.resume()
+      res.statusCode = n++ % 2 === 0 ? 503 : 200 // half the requests fail
+      res.end()
+    })
+    await app(heldApp!, (req, res) => {
+      req.resume()
+      held.push(res) // answered by the test
+    })
 
     // Consul's shapes, Kind and Name included, before the services: sidecars start with them.
     const entry = (body: Record<string, unknown>) => put(a, '/v1/config', body)
-    for (const name of ['api', 'backup', 'slow'])
+    for (const name of ['api', 'backup', 'slow', 'flaky', 'held'])
       await entry({ Kind: 'service-defaults', Name: name, Protocol: 'http' })
     await entry({ Kind: 'service-defaults', Name: 'slow', Protocol: 'http', LocalRequestTimeoutMs: 500 })
     await entry({
@@ -98,6 +114,18 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
         v2: { Filter: 'Service.Meta.version == "v2"' },
       },
       Failover: { '*': { Targets: [{ Service: 'backup' }] } },
+    })
+    await entry({
+      Kind: 'service-router',
+      Name: 'flaky',
+      Routes: [{ Destination: { NumRetries: 3, RetryOnStatusCodes: [503] } }],
+    })
+    await entry({
+      Kind: 'service-defaults',
+      Name: 'web',
+      UpstreamConfig: {
+        Overrides: [{ Name: 'held', Limits: { MaxConcurrentRequests: 3, MaxPendingRequests: 0 } }],
+      },
     })
     await entry({
       Kind: 'service-router',
@@ -121,6 +149,8 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     )
     await put(c, '/v1/agent/service/register', svc('backup', 'backup-1', backupApp!, backupIn!))
     await put(c, '/v1/agent/service/register', svc('slow', 'slow-1', slowApp!, slowIn!))
+    await put(c, '/v1/agent/service/register', svc('flaky', 'flaky-1', flakyApp!, flakyIn!))
+    await put(c, '/v1/agent/service/register', svc('held', 'held-1', heldApp!, heldIn!))
     await put(a, '/v1/agent/service/register', {
       name: 'web',
       port: webIn,
@@ -130,6 +160,8 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
           upstreams: [
             { destinationName: 'api', localBindPort: apiPort },
             { destinationName: 'slow', localBindPort: slowPort },
+            { destinationName: 'flaky', localBindPort: flakyPort },
+            { destinationName: 'held', localBindPort: heldPort },
           ],
         },
       },
@@ -171,6 +203,39 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     expect(took).toBeLessThan(2_500) // the default is 15 s
   }, 30_000)
 
+  it("retries on 503 from a router rule turn a flaky backend's 50% errors into < 1%", async () => {
+    await waitFor(
+      'flaky reachable',
+      async () => ((await get(flakyPort).catch(() => undefined))?.status === 200 ? true : undefined),
+      30_000,
+    )
+    let failed = 0
+    for (let i = 0; i < 300; i++) if ((await get(flakyPort)).status !== 200) failed++
+    expect(failed / 300).toBeLessThan(0.01)
+  }, 60_000)
+
+  it('a concurrency limit of N rejects the N+1th concurrent request with 503', async () => {
+    const N = 3
+    const inFlight = Array.from({ length: N }, () => get(heldPort))
+    await waitFor(
+      'N requests held at the app',
+      async () => (held.length === N ? true : undefined),
+      30_000,
+      20,
+    )
+    const over = await new Promise<{ status: number; reject: unknown }>((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port: heldPort, path: '/', agent }, (res) => {
+          res.resume()
+          resolve({ status: res.statusCode ?? 0, reject: res.headers['x-peermesh-reject'] })
+        })
+        .on('error', reject)
+    })
+    expect(over).toEqual({ status: 503, reject: 'concurrency-limit' })
+    for (const res of held.splice(0)) res.end('done')
+    expect((await Promise.all(inFlight)).map((r) => r.status)).toEqual([200, 200, 200])
+  }, 60_000)
+
   it('the success rate computed from /metrics after a mixed 200/500 load is the true ratio', async () => {
     const sample = async () => {
       const text = await (await fetch(`http://${a.http}/metrics`)).text()
@@ -194,6 +259,13 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     const after = await sample()
     expect(after.all - before.all).toBe(200)
     expect((after.ok - before.ok) / (after.all - before.all)).toBe(0.75)
+    // The default access log ("errors") has a line for each failed request and none for the others.
+    const access = a.log
+      .split('\n')
+      .filter((l) => l.includes('"msg":"access"') && l.includes('"upstream":"api"'))
+      .map((l) => JSON.parse(l) as { status: number; path: string })
+    expect(access.filter((l) => l.path === '/fail').length).toBe(50)
+    expect(access.filter((l) => l.status < 500)).toEqual([])
   }, 60_000)
 
   it('an invalid entry is refused with 400 naming the field, and nothing is written', async () => {
