@@ -14,6 +14,7 @@
  * Durations are Consul's strings (`"500ms"`, `"15s"`, `"1m30s"`), parsed to milliseconds.
  */
 import { z } from 'zod'
+import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 
 /** Longest duration accepted anywhere: an hour (a longer request or ejection is a mistake). */
 export const MAX_DURATION_MS = 3_600_000
@@ -52,9 +53,13 @@ const duration = z.string().transform((s, ctx) => {
   return ms
 })
 
+/** A mesh service name: a lowercase DNS label, as in SPIFFE ids (`isDnsLabel`). */
 const serviceName = z
   .string()
-  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'must be a service name (letters, digits, _ . -)')
+  .refine(
+    isDnsLabel,
+    "must be a service name (lowercase a-z, 0-9, '-', 1-63 characters, no '-' at either end)",
+  )
 const subsetName = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/, 'must be a subset name (letters, digits, _ . -)')
@@ -452,7 +457,7 @@ export function configEntryProblem(kind: TrafficEntryKind, name: string, value: 
   if (kind === 'proxy-defaults' ? name !== PROXY_DEFAULTS_NAME : !serviceName.safeParse(name).success)
     return kind === 'proxy-defaults'
       ? `name: a proxy-defaults entry must be named "${PROXY_DEFAULTS_NAME}"`
-      : 'name: must be a service name (letters, digits, _ . -)'
+      : "name: must be a service name (lowercase a-z, 0-9, '-', 1-63 characters, no '-' at either end)"
   const r = TRAFFIC_ENTRY_SCHEMAS[kind].safeParse(value)
   if (r.success) return undefined
   const issue = r.error.issues[0]!

@@ -219,6 +219,7 @@ describe('refused, naming the field; nothing written', () => {
     ['service-splitter', 'api', { Splits: [{ Weight: 60, ServiceSubset: 'v1' }] }, 'Splits:'],
     ['service-splitter', 'api', { Splits: [] }, 'Splits:'],
     ['service-splitter', 'bad name!', { Splits: [{ Weight: 100 }] }, 'name:'],
+    ['service-splitter', 'api', { Splits: [{ Weight: 100, Service: 'Api_2' }] }, 'Splits.0.Service:'],
   ]
   it.each(invalid.map((v, i) => [i, ...v] as const))('#%i %s %s', (_i, kind, name, value, prefix) => {
     const problem = configEntryProblem(kind, name, value)
