@@ -185,8 +185,11 @@ export class UpstreamCore {
     for (const pool of this.pools.values()) pool.setOutlier(outlier)
     const l = policy.limits
     const maxConcurrent = this.limitKind === 'requests' ? l?.maxConcurrentRequests : l?.maxConnections
-    if (maxConcurrent === undefined) this.limit = undefined
-    else {
+    if (maxConcurrent === undefined) {
+      // Limit lifted: whoever waits in its queue goes now.
+      this.limit?.configure({ maxConcurrent: Number.POSITIVE_INFINITY, maxPending: 0 })
+      this.limit = undefined
+    } else {
       const config = {
         maxConcurrent,
         maxPending: this.limitKind === 'requests' ? (l?.maxPendingRequests ?? 0) : 0,

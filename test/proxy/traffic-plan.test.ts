@@ -213,6 +213,14 @@ describe('ConcurrencyLimit', () => {
     expect([limit.inFlight, limit.pending]).toEqual([1, 0])
   })
 
+  it('a lifted limit lets its waiters go', () => {
+    const limit = new ConcurrencyLimit({ maxConcurrent: 1, maxPending: 5 })
+    const started: number[] = []
+    for (let i = 0; i < 3; i++) limit.admit(() => started.push(i))
+    limit.configure({ maxConcurrent: Number.POSITIVE_INFINITY, maxPending: 0 })
+    expect(started).toEqual([0, 1, 2])
+  })
+
   it('a raised limit grants waiters at once', () => {
     const limit = new ConcurrencyLimit({ maxConcurrent: 1, maxPending: 5 })
     const started: number[] = []
