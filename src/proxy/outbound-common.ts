@@ -16,7 +16,14 @@ import { type SplitConfig, validateSplitConfig } from './split.ts'
 import { ClientTlsMaterial, serverIdentityCheck } from './tls-material.ts'
 import { ConcurrencyLimit } from './concurrency-limit.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
-import { EMPTY_POLICY, type Plan, type TrafficPolicy } from './traffic.ts'
+import {
+  ALL_ROUTE,
+  EMPTY_POLICY,
+  type Plan,
+  planTargets,
+  type RouteDestination,
+  type TrafficPolicy,
+} from './traffic.ts'
 import {
   type AccessLogMode,
   accessLogMode,
@@ -90,6 +97,11 @@ export class UpstreamCore {
   readonly authorizer: Authorizer | undefined
   /** The traffic policy now in force; swapped whole by `setPolicy`. */
   policy: TrafficPolicy = EMPTY_POLICY
+  /**
+   * The plan of the implicit route when no random choice is involved (no splitter on the
+   * upstream): computed once per policy instead of once per request.
+   */
+  private fixedPlan: Plan | undefined
   /** Concurrency limit (HTTP: requests; L4: connections), when the policy sets one. */
   limit: ConcurrencyLimit | undefined
   private readonly baseOutlier: Partial<OutlierConfig> | undefined
@@ -149,7 +161,7 @@ export class UpstreamCore {
     this.pool = new EndpointPool({ ...this.poolInit, source: init.endpoints })
     this.pools.set(this.destination, this.pool)
     if (init.split !== undefined) this.pool.setSplit(validateSplitConfig(init.split))
-    if (init.policy !== undefined) this.setPolicy(init.policy)
+    this.setPolicy(init.policy ?? EMPTY_POLICY)
   }
 
   private readonly identityChecks = new Map<string, ReturnType<typeof serverIdentityCheck>>()
@@ -181,6 +193,9 @@ export class UpstreamCore {
   setPolicy(policy: TrafficPolicy): void {
     const outlier = validateOutlierConfig({ ...this.baseOutlier, ...stripCount5xx(policy.outlier) })
     this.policy = policy
+    this.fixedPlan = policy.splitters.has(this.destination)
+      ? undefined
+      : planTargets(policy, this.destination, ALL_ROUTE, 0)
     this.poolInit.outlier = outlier
     for (const pool of this.pools.values()) pool.setOutlier(outlier)
     const l = policy.limits
@@ -197,6 +212,12 @@ export class UpstreamCore {
       if (this.limit === undefined) this.limit = new ConcurrencyLimit(config)
       else this.limit.configure(config)
     }
+  }
+
+  /** Where a request along `route` goes (a fresh plan only when a split must be drawn). */
+  plan(route: RouteDestination): Plan {
+    if (route === ALL_ROUTE && this.fixedPlan !== undefined) return this.fixedPlan
+    return planTargets(this.policy, this.destination, route, this.rng())
   }
 
   /** The pool of `service`'s instances, created (and started, if running) on first use. */

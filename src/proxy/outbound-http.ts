@@ -43,7 +43,6 @@ import {
   hashKeyOf,
   matchRoute,
   type Plan,
-  planTargets,
   type RequestView,
   type RouteDestination,
   type TrafficPolicy,
@@ -235,7 +234,7 @@ class HttpExchange {
     const view = requestView(this.method, path, url, q, req)
     const route = matchRoute(policy, view)
     this.route = route
-    this.plan = planTargets(policy, core.destination, route, core.rng())
+    this.plan = core.plan(route)
     const first = this.plan.targets[0]
     const hashPolicies = first?.loadBalancer?.hashPolicies
     this.hashKey =

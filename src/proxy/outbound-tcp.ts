@@ -14,7 +14,7 @@ import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, UpstreamConnectError } from './errors.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
-import { type Plan, planTargets } from './traffic.ts'
+import { ALL_ROUTE, type Plan } from './traffic.ts'
 import { shouldLogAccess } from './types.ts'
 
 export interface OutboundListenerInit extends UpstreamListenerInit {
@@ -101,7 +101,7 @@ class L4Connection {
     private readonly onDone: () => void,
   ) {
     this.startedAt = core.clock.now()
-    this.plan = planTargets(core.policy, core.destination, {}, core.rng())
+    this.plan = core.plan(ALL_ROUTE)
     client.on('data', this.onClientData)
     client.on('end', this.onClientEnd)
     client.on('error', () => {}) // 'close' follows and tears the upstream down

@@ -151,7 +151,8 @@ export interface Plan {
 /** Redirects followed before giving up (a cycle of redirects ends here). */
 const MAX_REDIRECTS = 8
 
-const ALL_ROUTE: RouteDestination = Object.freeze({})
+/** The implicit route: to the upstream itself, no settings. */
+export const ALL_ROUTE: RouteDestination = Object.freeze({})
 
 /** The first route matching `req`, else the implicit route to the upstream. */
 export function matchRoute(policy: TrafficPolicy, req: RequestView): RouteDestination {
