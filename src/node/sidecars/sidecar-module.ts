@@ -167,7 +167,15 @@ interface Running {
 interface Failed {
   definitionKey: string
   error: string
+  /** When to try binding again (the clock's ms). */
+  retryAt: number
 }
+
+/**
+ * A sidecar that could not bind is tried again this often: a taken port is freed by a person or
+ * a restarting process, in seconds to minutes; 5 s notices soon and costs one bind attempt.
+ */
+const BIND_RETRY_MS = 5_000
 
 /** `tcp`, `http2` and `grpc` are relayed per connection (L4); `http` is balanced per request. */
 function listenerMode(protocol: string | undefined): 'tcp' | 'http' {
@@ -192,6 +200,7 @@ export class SidecarModule implements AgentModule {
   private readonly clock: Clock
   private subscriptions: Unsubscribe[] = []
   private cancelRetry?: Cancel
+  private cancelBindRetry?: Cancel
   /** Services whose sidecar was not started as not entitled, logged once each. */
   private readonly notEntitledLogged = new Set<string>()
   private readonly config: ConfigEntryReader | undefined
@@ -303,6 +312,7 @@ export class SidecarModule implements AgentModule {
     for (const off of this.subscriptions) off()
     this.subscriptions = []
     this.cancelRetry?.()
+    this.cancelBindRetry?.()
     await this.queue
     await Promise.all([...this.running.keys()].map((id) => this.stopOne(id)))
   }
@@ -332,8 +342,10 @@ export class SidecarModule implements AgentModule {
       }
     }
     for (const [id, def] of wanted) {
-      // A sidecar that could not bind waits for its definition to change (no retry loop).
-      if (this.running.has(id) || this.failed.has(id)) continue
+      if (this.running.has(id)) continue
+      // A sidecar that could not bind is tried again every BIND_RETRY_MS (sooner if redefined).
+      const failed = this.failed.get(id)
+      if (failed !== undefined && this.clock.now() < failed.retryAt) continue
       try {
         await this.startOne(def)
       } catch (err) {
@@ -442,12 +454,21 @@ export class SidecarModule implements AgentModule {
       const error = bindFailure(err, sc)
       if (error === undefined) throw err
       // A taken port is the user's to fix: no stack trace, the instance critical until then.
-      this.failed.set(def.id, { definitionKey, error })
-      this.log?.warn({ service: def.name, serviceId: def.id }, `sidecar not started: ${error}`)
+      const before = this.failed.get(def.id)
+      this.failed.set(def.id, { definitionKey, error, retryAt: this.clock.now() + BIND_RETRY_MS })
+      if (before?.error !== error) {
+        this.log?.warn(
+          { service: def.name, serviceId: def.id },
+          `sidecar not started: ${error}; will try again every ${BIND_RETRY_MS / 1000} s`,
+        )
+      }
       this.health?.setSidecarStatus(def.id, 'critical', error)
       this.settle(def.id, { ok: false, error })
+      this.cancelBindRetry?.()
+      this.cancelBindRetry = this.clock.setTimeout(() => this.reconcile(), BIND_RETRY_MS)
       return
     }
+    this.failed.delete(def.id)
     this.running.set(def.id, {
       sidecar,
       sources,

@@ -13,6 +13,7 @@ import { SidecarChecks } from '../../../src/node/sidecars/sidecar-checks.ts'
 import { type MeshSecurity, SidecarModule } from '../../../src/node/sidecars/sidecar-module.ts'
 import { IntentionAuthorizer, StaticCertificateSource } from '../../../src/proxy/sources.ts'
 import { leafFor, makeRoot, TD } from '../../proxy/helpers.ts'
+import { VirtualClock } from '../../sim/virtual-clock.ts'
 
 async function listenAnywhere(): Promise<net.Server> {
   const s = net.createServer()
@@ -37,7 +38,13 @@ describe('sidecar readiness', () => {
     const lines: { level: number; msg: string; err?: unknown }[] = []
     const log = pino({ level: 'info' }, { write: (s: string) => lines.push(JSON.parse(s)) })
     const health = new SidecarChecks()
-    const sidecars = new SidecarModule({ catalog: { catalog: new Catalog(), local }, security, health })
+    const clock = new VirtualClock()
+    const sidecars = new SidecarModule({
+      catalog: { catalog: new Catalog(), local },
+      security,
+      health,
+      clock,
+    })
     await sidecars.start({
       log,
       metrics: new Registry(),
@@ -85,14 +92,16 @@ describe('sidecar readiness', () => {
           error: `port ${taken} (upstream api) is in use`,
         })
 
-      // The port freed and the service re-registered: the sidecar starts and the check goes.
-      await new Promise<void>((r) => blocker.close(() => r()))
+      // Back to the first definition; the port freed: the next retry starts the sidecar and the check goes.
       local.register(
         parseServiceDefinition(
           { name: 'web', port: 8000, connect: { sidecarService: { port: taken, upstreams: [] } } },
           't',
         ),
       )
+      await expect.poll(() => sidecars.whenReady('web')).toEqual(failed)
+      await new Promise<void>((r) => blocker.close(() => r()))
+      clock.advance(5_000)
       await expect.poll(() => sidecars.whenReady('web')).toEqual({ ok: true })
       expect(sidecars.sidecar('web')?.inbound.port).toBe(taken)
       expect(health.checksFor('web')).toEqual([])
