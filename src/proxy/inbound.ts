@@ -20,6 +20,7 @@ import { Registry as PromRegistry } from 'prom-client'
 import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
 import { InvalidProxyConfigError, ListenerStateError, NoCertificateError } from './errors.ts'
 import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
+import { HttpExchangeSniffer } from './http-sniffer.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
@@ -53,6 +54,11 @@ export interface InboundListenerInit extends ListenerEnvironment {
   maxConnections?: number
   /** Connections still in their TLS handshake at once; more are closed at once. Default below. */
   maxPendingHandshakes?: number
+  /**
+   * The local service's protocol. `http`: the relayed bytes are also read (not changed) to count
+   * responses by status code (`http-sniffer.ts`). Default `tcp`.
+   */
+  protocol?: 'tcp' | 'http'
 }
 
 export const INBOUND_LIMIT_DEFAULTS = {
@@ -275,6 +281,22 @@ export class InboundListener {
         )
       }
     })
+    if (this.init.protocol === 'http') {
+      const sniffer = new HttpExchangeSniffer(
+        () => this.clock.now(),
+        (status, at) => m.response(status, (this.clock.now() - at) / 1000),
+      )
+      const onRequest = (c: Buffer): void => {
+        sniffer.request(c)
+        if (sniffer.done) socket.off('data', onRequest)
+      }
+      const onResponse = (c: Buffer): void => {
+        sniffer.response(c)
+        if (sniffer.done) local.off('data', onResponse)
+      }
+      socket.on('data', onRequest)
+      local.on('data', onResponse)
+    }
     socket.pipe(local)
     local.pipe(socket)
     socket.on('close', () => {

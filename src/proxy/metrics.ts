@@ -6,8 +6,9 @@
  * Labels: `service` is the sidecar's own service; `direction` is `inbound` or `outbound`;
  * `upstream` is the destination service (for inbound: the sidecar's service).
  *
- * Golden signals (HTTP mode): `peermesh_proxy_responses_total` counts every response the client
- * got, by `code` and `class` (`2xx`..`5xx`), proxy-made ones (502, 503, 504) included, so the
+ * Golden signals (HTTP mode; inbound: services whose protocol is http): `peermesh_proxy_responses_total`
+ * counts every response the client got, by `code` and `class` (`2xx`..`5xx`), proxy-made ones
+ * (502, 503, 504) included, so the
  * success rate is `sum(rate(responses_total{class!="5xx"})) / sum(rate(responses_total))`;
  * `peermesh_proxy_request_duration_seconds` is the request latency by `class` (p99 per upstream).
  * Timeouts are `peermesh_proxy_errors_total{reason="timeout"}`; concurrency-limit refusals are

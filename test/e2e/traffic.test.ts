@@ -237,19 +237,20 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
   }, 60_000)
 
   it('the success rate computed from /metrics after a mixed 200/500 load is the true ratio', async () => {
-    const sample = async () => {
-      const text = await (await fetch(`http://${a.http}/metrics`)).text()
+    const sample = async (on = a, direction = 'outbound') => {
+      const text = await (await fetch(`http://${on.http}/metrics`)).text()
       let ok = 0
       let all = 0
       for (const line of text.split('\n')) {
         const m = /^peermesh_proxy_responses_total\{([^}]*)\} (\d+)$/.exec(line)
-        if (!m || !m[1]!.includes('upstream="api"') || !m[1]!.includes('direction="outbound"')) continue
+        if (!m || !m[1]!.includes('upstream="api"') || !m[1]!.includes(`direction="${direction}"`)) continue
         all += Number(m[2])
         if (!m[1]!.includes('class="5xx"')) ok += Number(m[2])
       }
       return { ok, all }
     }
     const before = await sample()
+    const inboundBefore = await sample(b, 'inbound') // api-v1's sidecar, which serves / and /fail
     let okSeen = 0
     for (let i = 0; i < 200; i++) {
       const r = await get(apiPort, i % 4 === 0 ? '/fail' : '/')
@@ -259,6 +260,10 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     const after = await sample()
     expect(after.all - before.all).toBe(200)
     expect((after.ok - before.ok) / (after.all - before.all)).toBe(0.75)
+    // The serving side agrees (counted at api-v1's inbound, by status code).
+    const inboundAfter = await sample(b, 'inbound')
+    expect(inboundAfter.all - inboundBefore.all).toBe(200)
+    expect(inboundAfter.ok - inboundBefore.ok).toBe(150)
     // The default access log ("errors") has a line for each failed request and none for the others.
     const access = a.log
       .split('\n')

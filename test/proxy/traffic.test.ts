@@ -56,6 +56,7 @@ async function instance(
   service: string,
   handler: Handler,
   extra: Partial<Endpoint> = {},
+  inboundExtra: { registry?: Registry; protocol?: 'tcp' | 'http' } = {},
 ): Promise<{ endpoint: Endpoint; hits: () => number; stop: () => Promise<void> }> {
   let hits = 0
   const server = http.createServer((req, res) => {
@@ -72,6 +73,7 @@ async function instance(
     localServicePort: (server.address() as AddressInfo).port,
     certificates: new StaticCertificateSource(certs.get(service)!),
     authorizer: allow,
+    ...inboundExtra,
   })
   await inbound.start()
   let stopped = false
@@ -423,6 +425,31 @@ describe('metrics and live changes', () => {
     expect(all).toBe(500)
     expect(ok / all).toBe(trueRate)
     expect(text).toMatch(/peermesh_proxy_request_duration_seconds_count\{[^}]*class="2xx"[^}]*\} 350/)
+  })
+
+  it('the inbound side of an http service counts responses by code too', async () => {
+    const inboundRegistry = new Registry()
+    let n = 0
+    const app = await instance(
+      'api-1',
+      'api',
+      (_req, res) => {
+        res.statusCode = n++ % 5 === 0 ? 503 : 200
+        res.end('x'.repeat(n % 3 === 0 ? 70_000 : 10)) // some bodies span many chunks
+      },
+      {},
+      { registry: inboundRegistry, protocol: 'http' },
+    )
+    const { listener } = await outbound(new StaticEndpointSource([app.endpoint]), {}, [])
+    const agent = keepAlive()
+    const rs = await runConcurrently(200, 4, () => httpGet(listener.port, '/', {}, agent))
+    const failed = rs.filter((r) => r.status === 503).length
+    expect(failed).toBe(40)
+    const inbound = (labels: Record<string, string>) =>
+      metricValue(inboundRegistry, 'peermesh_proxy_responses_total', { direction: 'inbound', ...labels })
+    await waitFor(async () => (await inbound({})) === 200, 5_000, 'inbound counts')
+    expect(await inbound({ class: '5xx', code: '503' })).toBe(40)
+    expect(await inbound({ class: '2xx' })).toBe(160)
   })
 
   it('a new policy applies to the next request without closing open connections', async () => {

@@ -371,6 +371,8 @@ export class SidecarModule implements AgentModule {
       // Policies are applied to running listeners; only a change of listener mode restarts.
       return JSON.stringify([
         def.connect,
+        // The service's own protocol: its inbound counts HTTP responses or not.
+        listenerMode(configuredProtocol(this.entries, def.name) ?? def.connect!.sidecarService.protocol),
         dests.map((d) => {
           const p = configuredProtocol(this.entries, d)
           return p === undefined ? undefined : listenerMode(p)
@@ -417,7 +419,13 @@ export class SidecarModule implements AgentModule {
       service: def.name,
       trustDomain: this.security.trustDomain(),
       // The inbound listens where the agent listens (loopback by default).
-      inbound: { port: sc.port, localServicePort: sc.localServicePort, bindAddress: this.bindAddress() },
+      inbound: {
+        port: sc.port,
+        localServicePort: sc.localServicePort,
+        bindAddress: this.bindAddress(),
+        // An http service's inbound counts responses by status code too.
+        protocol: listenerMode(configuredProtocol(this.entries, def.name) ?? sc.protocol),
+      },
       upstreams: sc.upstreams.map((u, i) => {
         const dest = u.destinationName
         const protocol = listenerMode(configuredProtocol(this.entries, dest) ?? sources[i]!.protocol())
