@@ -289,6 +289,14 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     )
     expect(JSON.stringify(stored)).toContain('"/v2/"')
     expect(JSON.stringify(stored)).not.toContain('PathRegx')
+    // A valid entry without a token, or with a token that may not write it: 403, nothing changed.
+    const redirect = { Kind: 'service-resolver', Name: 'api', Redirect: { Service: 'backup' } }
+    expect((await apiCall(a, 'PUT', '/v1/config', { body: redirect })).status).toBe(403)
+    expect(
+      (await apiCall(a, 'PUT', '/v1/config', { token: 'not-a-real-token', body: redirect })).status,
+    ).toBe(403)
+    expect(JSON.stringify(await a.api('/v1/config/service-resolver/api'))).not.toContain('Redirect')
+    expect((await get(apiPort, '/')).body).toBe('v1')
   }, 30_000)
 
   it('a changed router applies within a second on an open connection, which stays open', async () => {
