@@ -9,7 +9,7 @@ import type { Clock } from '../common/clock.ts'
  * on, marked `removed`, until its last outstanding connection or request ends.
  */
 import type http from 'node:http'
-import { type Loaded, p2cPick } from './balancer.ts'
+import { type Loaded, p2cPick, weightedPick } from './balancer.ts'
 import {
   isEjected,
   newOutlierState,
@@ -19,6 +19,7 @@ import {
   recordSuccess,
 } from './outlier.ts'
 import { pickSplit, type SplitConfig } from './split.ts'
+import { type EndpointSelector, hash32, type LoadBalancerConfig } from './traffic.ts'
 import type { Endpoint, EndpointSource, Unsubscribe } from './types.ts'
 
 export interface EndpointRecord extends Loaded {
@@ -32,6 +33,8 @@ export interface EndpointRecord extends Loaded {
   removed: boolean
   /** HTTP mode: this endpoint's keep-alive connection pool. */
   agent: http.Agent | undefined
+  /** The pool the record belongs to (failure reports go to it). */
+  readonly pool: EndpointPool
 }
 
 export interface EndpointPoolInit {
@@ -54,13 +57,24 @@ export class EndpointPool {
   /** Per split entry, the records in its subset. */
   private subsets: EndpointRecord[][] = []
   private unsubscribe: Unsubscribe | undefined
+  /** Records per subset selector, rebuilt lazily after each change of the healthy set. */
+  private bySelector = new Map<EndpointSelector, EndpointRecord[]>()
+  private roundRobin = 0
+  private outlier: OutlierConfig
   // Scratch state of the current pick, read by `eligible` (one closure for the pool's lifetime).
   private pickNow = 0
   private pickTried: readonly EndpointRecord[] | undefined
   private readonly eligible = (r: EndpointRecord): boolean =>
     !isEjected(r.outlier, this.pickNow) && (this.pickTried === undefined || !this.pickTried.includes(r))
 
-  constructor(private readonly init: EndpointPoolInit) {}
+  constructor(private readonly init: EndpointPoolInit) {
+    this.outlier = init.outlier
+  }
+
+  /** Replaces the outlier settings; endpoints keep their state. */
+  setOutlier(config: OutlierConfig): void {
+    this.outlier = config
+  }
 
   start(): void {
     if (this.unsubscribe) return
@@ -95,7 +109,7 @@ export class EndpointPool {
    * back to all endpoints when it has none usable), then P2C among the endpoints that are not
    * ejected and not in `tried` — or, when every usable endpoint was tried, among all of them.
    */
-  pick(tried?: readonly EndpointRecord[]): EndpointRecord | undefined {
+  pick(tried?: readonly EndpointRecord[], retryTried = true): EndpointRecord | undefined {
     this.pickNow = this.init.clock.now()
     const rng = this.init.rng
     let list: readonly EndpointRecord[] = this.records
@@ -103,19 +117,95 @@ export class EndpointPool {
       const subset = this.subsets[pickSplit(this.split, rng())]
       if (subset !== undefined && subset.length > 0) list = subset
     }
-    let chosen = this.choose(list, tried, rng)
-    if (chosen === undefined && list !== this.records) chosen = this.choose(this.records, tried, rng)
+    let chosen = this.choose(list, tried, rng, retryTried)
+    if (chosen === undefined && list !== this.records)
+      chosen = this.choose(this.records, tried, rng, retryTried)
     return chosen
+  }
+
+  /**
+   * The endpoint for the next request to a target: among the instances `select` accepts (all
+   * when undefined; when none and `lenient`, all), by `lb` — least-request (P2C) by default,
+   * round robin, weighted random, or consistent hashing of `hashKey` (rendezvous hashing, so
+   * a key keeps its endpoint while that endpoint stays) — skipping ejected and `tried` ones
+   * while others remain.
+   */
+  pickFrom(
+    select: EndpointSelector | undefined,
+    lenient: boolean,
+    tried: readonly EndpointRecord[] | undefined,
+    lb: LoadBalancerConfig | undefined,
+    hashKey: string | undefined,
+    retryTried = true,
+  ): EndpointRecord | undefined {
+    this.pickNow = this.init.clock.now()
+    let list = this.records
+    if (select !== undefined) {
+      let subset = this.bySelector.get(select)
+      if (subset === undefined) {
+        // Each new policy brings new selectors: keep the cache from growing without bound.
+        if (this.bySelector.size >= 256) this.bySelector.clear()
+        subset = this.records.filter((r) => select(r.endpoint))
+        this.bySelector.set(select, subset)
+      }
+      list = subset.length === 0 && lenient ? this.records : subset
+    }
+    const policy = lb?.policy ?? 'least_request'
+    if (policy === 'least_request') return this.choose(list, tried, this.init.rng, retryTried)
+    this.pickTried = tried !== undefined && tried.length > 0 ? tried : undefined
+    let chosen = this.pickBy(list, policy, hashKey)
+    if (chosen === undefined && this.pickTried !== undefined && retryTried) {
+      this.pickTried = undefined
+      chosen = this.pickBy(list, policy, hashKey)
+    }
+    this.pickTried = undefined
+    return chosen
+  }
+
+  private pickBy(
+    list: readonly EndpointRecord[],
+    policy: LoadBalancerConfig['policy'],
+    hashKey: string | undefined,
+  ): EndpointRecord | undefined {
+    if ((policy === 'ring_hash' || policy === 'maglev') && hashKey !== undefined) {
+      let best: EndpointRecord | undefined
+      let bestScore = Number.NEGATIVE_INFINITY
+      for (const r of list) {
+        if (!(r.weight > 0) || !this.eligible(r)) continue
+        // Weighted rendezvous hashing: -w / ln(u), u uniform in (0, 1) from the key and endpoint.
+        const u = (hash32(`${hashKey}\u0000${r.key}`) + 1) / 4294967297
+        const score = -r.weight / Math.log(u)
+        if (score > bestScore) {
+          bestScore = score
+          best = r
+        }
+      }
+      return best
+    }
+    if (policy === 'round_robin') {
+      const n = list.length
+      for (let i = 0; i < n; i++) {
+        const r = list[(this.roundRobin + i) % n]!
+        if (r.weight > 0 && this.eligible(r)) {
+          this.roundRobin = (this.roundRobin + i + 1) % n
+          return r
+        }
+      }
+      return undefined
+    }
+    if (policy === 'random') return weightedPick(list, this.init.rng(), this.eligible)
+    return p2cPick(list, this.init.rng(), this.init.rng(), this.eligible)
   }
 
   private choose(
     list: readonly EndpointRecord[],
     tried: readonly EndpointRecord[] | undefined,
     rng: () => number,
+    retryTried: boolean,
   ): EndpointRecord | undefined {
     this.pickTried = tried !== undefined && tried.length > 0 ? tried : undefined
     let chosen = p2cPick(list, rng(), rng(), this.eligible)
-    if (chosen === undefined && this.pickTried !== undefined) {
+    if (chosen === undefined && this.pickTried !== undefined && retryTried) {
       this.pickTried = undefined
       chosen = p2cPick(list, rng(), rng(), this.eligible)
     }
@@ -133,7 +223,7 @@ export class EndpointPool {
   }
 
   reportSuccess(record: EndpointRecord): void {
-    recordSuccess(record.outlier, this.init.clock.now(), this.init.outlier)
+    recordSuccess(record.outlier, this.init.clock.now(), this.outlier)
   }
 
   /** Records a failure; returns true when it ejected the endpoint. */
@@ -142,7 +232,7 @@ export class EndpointPool {
     const now = this.init.clock.now()
     let ejected = 0
     for (const r of this.records) if (isEjected(r.outlier, now)) ejected++
-    const didEject = recordFailure(record.outlier, now, this.init.outlier, ejected, this.records.length)
+    const didEject = recordFailure(record.outlier, now, this.outlier, ejected, this.records.length)
     if (didEject) this.init.onEjected?.(record, record.outlier.ejectedUntil)
     return didEject
   }
@@ -159,12 +249,22 @@ export class EndpointPool {
       const key = `${endpoint.id}@${endpoint.address}:${endpoint.port}`
       if (next.has(key)) continue
       const old = this.byKey.get(key)
-      if (old !== undefined && old.weight === endpoint.weight && sameTags(old.endpoint.tags, endpoint.tags)) {
+      if (
+        old !== undefined &&
+        old.weight === endpoint.weight &&
+        old.endpoint.passing === endpoint.passing &&
+        sameTags(old.endpoint.tags, endpoint.tags) &&
+        sameMeta(old.endpoint.meta, endpoint.meta)
+      ) {
         next.set(key, old)
         continue
       }
       const record: EndpointRecord = {
-        endpoint: { ...endpoint, tags: [...endpoint.tags] },
+        endpoint: {
+          ...endpoint,
+          tags: [...endpoint.tags],
+          ...(endpoint.meta ? { meta: { ...endpoint.meta } } : {}),
+        },
         key,
         weight: endpoint.weight,
         outstanding: 0,
@@ -172,6 +272,7 @@ export class EndpointPool {
         outlier: old?.outlier ?? newOutlierState(),
         removed: false,
         agent: undefined,
+        pool: this,
       }
       this.init.onAdded?.(record)
       next.set(key, record)
@@ -183,6 +284,7 @@ export class EndpointPool {
     }
     this.byKey = next
     this.records = [...next.values()]
+    this.bySelector.clear()
     this.rebuildSubsets()
   }
 
@@ -195,4 +297,14 @@ export class EndpointPool {
 
 function sameTags(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((t, i) => t === b[i])
+}
+
+function sameMeta(
+  a: Readonly<Record<string, string>> | undefined,
+  b: Readonly<Record<string, string>> | undefined,
+): boolean {
+  if (a === b) return true
+  const ka = Object.keys(a ?? {})
+  if (ka.length !== Object.keys(b ?? {}).length) return false
+  return ka.every((k) => a![k] === b?.[k])
 }

@@ -20,10 +20,13 @@ import { Registry as PromRegistry } from 'prom-client'
 import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
 import { InvalidProxyConfigError, ListenerStateError, NoCertificateError } from './errors.ts'
 import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
+import { HttpExchangeSniffer } from './http-sniffer.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
+  accessLogMode,
   type Authorizer,
+  shouldLogAccess,
   type CertificateSource,
   type ProxyLogger,
   silentLogger,
@@ -51,6 +54,11 @@ export interface InboundListenerInit extends ListenerEnvironment {
   maxConnections?: number
   /** Connections still in their TLS handshake at once; more are closed at once. Default below. */
   maxPendingHandshakes?: number
+  /**
+   * The local service's protocol. `http`: the relayed bytes are also read (not changed) to count
+   * responses by status code (`http-sniffer.ts`). Default `tcp`.
+   */
+  protocol?: 'tcp' | 'http'
 }
 
 export const INBOUND_LIMIT_DEFAULTS = {
@@ -273,6 +281,22 @@ export class InboundListener {
         )
       }
     })
+    if (this.init.protocol === 'http') {
+      const sniffer = new HttpExchangeSniffer(
+        () => this.clock.now(),
+        (status, at) => m.response(status, (this.clock.now() - at) / 1000),
+      )
+      const onRequest = (c: Buffer): void => {
+        sniffer.request(c)
+        if (sniffer.done) socket.off('data', onRequest)
+      }
+      const onResponse = (c: Buffer): void => {
+        sniffer.response(c)
+        if (sniffer.done) local.off('data', onResponse)
+      }
+      socket.on('data', onRequest)
+      local.on('data', onResponse)
+    }
     socket.pipe(local)
     local.pipe(socket)
     socket.on('close', () => {
@@ -282,7 +306,7 @@ export class InboundListener {
       const rx = socket.bytesRead
       const tx = socket.bytesWritten
       m.addBytes(rx, tx)
-      if (this.init.accessLog) {
+      if (shouldLogAccess(accessLogMode(this.init.accessLog), 0, result)) {
         this.logger.info(
           {
             direction: 'inbound',

@@ -35,11 +35,17 @@ export {
 export { IntentionAuthorizer, StaticCertificateSource, StaticEndpointSource } from './sources.ts'
 export { type SplitConfig, type SplitEntry, validateSplitConfig } from './split.ts'
 export {
+  CONCURRENCY_LIMIT_CODE,
+  REJECT_HEADER,
+} from './outbound-http.ts'
+export { EMPTY_POLICY, type TrafficPolicy } from './traffic.ts'
+export {
   type AuthorizationDecision,
   type Authorizer,
   type CertificateSource,
   type Endpoint,
   type EndpointSource,
+  type AccessLogMode,
   type ListenerEnvironment,
   type ProxyLogger,
   type ServiceCertificate,

@@ -6,6 +6,14 @@
  * Labels: `service` is the sidecar's own service; `direction` is `inbound` or `outbound`;
  * `upstream` is the destination service (for inbound: the sidecar's service).
  *
+ * Golden signals (HTTP mode; inbound: services whose protocol is http): `peermesh_proxy_responses_total`
+ * counts every response the client got, by `code` and `class` (`2xx`..`5xx`), proxy-made ones
+ * (502, 503, 504) included, so the
+ * success rate is `sum(rate(responses_total{class!="5xx"})) / sum(rate(responses_total))`;
+ * `peermesh_proxy_request_duration_seconds` is the request latency by `class` (p99 per upstream).
+ * Timeouts are `peermesh_proxy_errors_total{reason="timeout"}`; concurrency-limit refusals are
+ * `peermesh_proxy_limit_rejections_total`.
+ *
  * `peermesh_proxy_latency_seconds` measures, per direction and mode:
  * - outbound L4: time to the first response byte, retries included;
  * - outbound HTTP: request received to last response byte sent;
@@ -43,6 +51,9 @@ export class ProxyMetrics {
   readonly denied: Counter<'service' | 'source'>
   readonly latency: Histogram<Labels>
   readonly bytes: Counter<Labels | 'flow'>
+  readonly responses: Counter<Labels | 'code' | 'class'>
+  readonly requestDuration: Histogram<Labels | 'class'>
+  readonly limitRejections: Counter<Labels | 'reason'>
 
   private constructor(registry: Registry) {
     const registers = [registry]
@@ -102,6 +113,25 @@ export class ProxyMetrics {
       labelNames: [...labelNames, 'flow'],
       registers,
     })
+    this.responses = new Counter({
+      name: 'peermesh_proxy_responses_total',
+      help: 'HTTP responses sent to clients, by status code and class (proxy-generated 502/503/504 included).',
+      labelNames: [...labelNames, 'code', 'class'],
+      registers,
+    })
+    this.requestDuration = new Histogram({
+      name: 'peermesh_proxy_request_duration_seconds',
+      help: 'HTTP request duration, request received to last response byte, by response class.',
+      labelNames: [...labelNames, 'class'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    })
+    this.limitRejections = new Counter({
+      name: 'peermesh_proxy_limit_rejections_total',
+      help: 'Requests (HTTP) or connections (L4) refused by a limit, by reason (concurrency-limit).',
+      labelNames: [...labelNames, 'reason'],
+      registers,
+    })
   }
 
   /** Children bound to one listener's labels. */
@@ -122,6 +152,11 @@ export class ListenerMetrics {
   readonly bytesTx: Counter.Internal
   private readonly errorsByReason = new Map<string, Counter.Internal>()
   private readonly deniedBySource = new Map<string, Counter.Internal>()
+  private readonly byCode = new Map<
+    number,
+    { count: Counter.Internal; duration: Histogram.Internal<string> }
+  >()
+  private readonly rejectionsByReason = new Map<string, Counter.Internal>()
 
   constructor(
     private readonly metrics: ProxyMetrics,
@@ -142,6 +177,31 @@ export class ListenerMetrics {
     if (!child) {
       child = this.metrics.errors.labels({ ...this.labels, reason })
       this.errorsByReason.set(reason, child)
+    }
+    child.inc()
+  }
+
+  /** One HTTP response with `status`, after `seconds`. */
+  response(status: number, seconds: number): void {
+    let c = this.byCode.get(status)
+    if (c === undefined) {
+      const cls = `${Math.floor(status / 100)}xx`
+      c = {
+        count: this.metrics.responses.labels({ ...this.labels, code: String(status), class: cls }),
+        duration: this.metrics.requestDuration.labels({ ...this.labels, class: cls }),
+      }
+      // Codes are 100-599 from Node's parser; the map stays small.
+      this.byCode.set(status, c)
+    }
+    c.count.inc()
+    c.duration.observe(seconds)
+  }
+
+  rejected(reason: string): void {
+    let child = this.rejectionsByReason.get(reason)
+    if (!child) {
+      child = this.metrics.limitRejections.labels({ ...this.labels, reason })
+      this.rejectionsByReason.set(reason, child)
     }
     child.inc()
   }

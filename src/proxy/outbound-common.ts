@@ -14,7 +14,19 @@ import { type OutlierConfig, validateOutlierConfig } from './outlier.ts'
 import { RetryBudget, type RetryBudgetConfig } from './retry-budget.ts'
 import { type SplitConfig, validateSplitConfig } from './split.ts'
 import { ClientTlsMaterial, serverIdentityCheck } from './tls-material.ts'
+import { ConcurrencyLimit } from './concurrency-limit.ts'
+import type { EndpointRecord } from './endpoint-pool.ts'
 import {
+  ALL_ROUTE,
+  EMPTY_POLICY,
+  type Plan,
+  planTargets,
+  type RouteDestination,
+  type TrafficPolicy,
+} from './traffic.ts'
+import {
+  type AccessLogMode,
+  accessLogMode,
   type Authorizer,
   type CertificateSource,
   type EndpointSource,
@@ -53,6 +65,14 @@ export interface UpstreamListenerInit extends ListenerEnvironment {
   retryBudget?: Partial<RetryBudgetConfig>
   /** Traffic split over tagged subsets; see `split.ts`. */
   split?: SplitConfig
+  /** Routes, splits, resolvers, timeouts and limits from the config entries; see `traffic.ts`. */
+  policy?: TrafficPolicy
+  /**
+   * Healthy instances of another service, for routes, splits and failover that leave the
+   * upstream (called once per service; `close` is called when the listener stops). Without it,
+   * only the upstream's own instances are reachable.
+   */
+  endpointsFor?: (service: string) => EndpointSource & { close?(): void }
 }
 
 export class UpstreamCore {
@@ -62,9 +82,12 @@ export class UpstreamCore {
   readonly bindAddress: string
   readonly bindPort: number
   readonly maxAttempts: number
-  readonly connectTimeoutMs: number
+  /** From the listener's settings; a policy may override it. */
+  private readonly baseConnectTimeoutMs: number
   readonly logger: ProxyLogger
-  readonly accessLog: boolean
+  readonly accessLog: AccessLogMode
+  /** Uniform [0, 1). */
+  readonly rng: () => number
   readonly clock: Clock
   readonly pool: EndpointPool
   readonly budget: RetryBudget
@@ -72,10 +95,27 @@ export class UpstreamCore {
   readonly metrics: ListenerMetrics
   readonly checkServerIdentity: ReturnType<typeof serverIdentityCheck>
   readonly authorizer: Authorizer | undefined
+  /** The traffic policy now in force; swapped whole by `setPolicy`. */
+  policy: TrafficPolicy = EMPTY_POLICY
+  /**
+   * The plan of the implicit route when no random choice is involved (no splitter on the
+   * upstream): computed once per policy instead of once per request.
+   */
+  private fixedPlan: Plan | undefined
+  /** Concurrency limit (HTTP: requests; L4: connections), when the policy sets one. */
+  limit: ConcurrencyLimit | undefined
+  private readonly baseOutlier: Partial<OutlierConfig> | undefined
+  private readonly pools = new Map<string, EndpointPool>()
+  private readonly foreignSources: { close?(): void }[] = []
+  private readonly poolInit: Omit<ConstructorParameters<typeof EndpointPool>[0], 'source'>
+  private readonly endpointsFor: UpstreamListenerInit['endpointsFor']
+  private started = false
 
   constructor(
     init: UpstreamListenerInit,
     hooks: Pick<ConstructorParameters<typeof EndpointPool>[0], 'onAdded' | 'onRetired'> = {},
+    /** What the concurrency limit counts: requests (HTTP mode) or connections (L4). */
+    readonly limitKind: 'requests' | 'connections' = 'connections',
   ) {
     this.source = validateServiceName(init.sourceService)
     this.destination = validateServiceName(init.destinationService)
@@ -86,10 +126,11 @@ export class UpstreamCore {
     if (!Number.isInteger(this.maxAttempts) || this.maxAttempts < 1 || this.maxAttempts > 10) {
       throw new InvalidProxyConfigError('maxAttempts', 'must be an integer from 1 to 10')
     }
-    this.connectTimeoutMs = init.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
-    if (!(this.connectTimeoutMs > 0)) throw new InvalidProxyConfigError('connectTimeoutMs', 'must be > 0')
+    this.baseConnectTimeoutMs = init.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS
+    if (!(this.baseConnectTimeoutMs > 0)) throw new InvalidProxyConfigError('connectTimeoutMs', 'must be > 0')
     this.logger = init.logger ?? silentLogger
-    this.accessLog = init.accessLog ?? false
+    this.accessLog = accessLogMode(init.accessLog)
+    this.rng = init.rng ?? Math.random
     this.clock = init.clock ?? systemClock
     this.authorizer = init.authorizer
     const registry = init.registry ?? new PromRegistry()
@@ -97,11 +138,12 @@ export class UpstreamCore {
     this.budget = new RetryBudget(init.retryBudget)
     this.tls = new ClientTlsMaterial(init.certificates)
     this.checkServerIdentity = serverIdentityCheck(this.trustDomain, this.destination)
-    this.pool = new EndpointPool({
-      source: init.endpoints,
+    this.baseOutlier = init.outlier
+    this.endpointsFor = init.endpointsFor
+    this.poolInit = {
       outlier: validateOutlierConfig(init.outlier),
       clock: this.clock,
-      rng: init.rng ?? Math.random,
+      rng: this.rng,
       ...hooks,
       onEjected: (record, untilMs) => {
         this.metrics.ejections.inc()
@@ -115,8 +157,109 @@ export class UpstreamCore {
           `outlier ejected upstream=${this.destination} endpoint=${record.endpoint.id}`,
         )
       },
-    })
+    }
+    this.pool = new EndpointPool({ ...this.poolInit, source: init.endpoints })
+    this.pools.set(this.destination, this.pool)
     if (init.split !== undefined) this.pool.setSplit(validateSplitConfig(init.split))
+    this.setPolicy(init.policy ?? EMPTY_POLICY)
+  }
+
+  private readonly identityChecks = new Map<string, ReturnType<typeof serverIdentityCheck>>()
+
+  /** The TLS identity check for an instance of `service` (routes and failover may leave the upstream). */
+  identityCheckFor(service: string): ReturnType<typeof serverIdentityCheck> {
+    if (service === this.destination) return this.checkServerIdentity
+    let check = this.identityChecks.get(service)
+    if (check === undefined) {
+      check = serverIdentityCheck(this.trustDomain, validateServiceName(service))
+      this.identityChecks.set(service, check)
+    }
+    return check
+  }
+
+  /** Connect timeout for an instance of `service`: its resolver's, the policy's, the listener's. */
+  connectTimeoutFor(service: string): number {
+    return (
+      this.policy.resolvers.get(service)?.connectTimeoutMs ??
+      this.policy.connectTimeoutMs ??
+      this.baseConnectTimeoutMs
+    )
+  }
+
+  /**
+   * Puts a new traffic policy in force: requests and connections that start from now on follow
+   * it; those in flight keep the plan they started with, and no connection is closed.
+   */
+  setPolicy(policy: TrafficPolicy): void {
+    const outlier = validateOutlierConfig({ ...this.baseOutlier, ...stripCount5xx(policy.outlier) })
+    this.policy = policy
+    this.fixedPlan = policy.splitters.has(this.destination)
+      ? undefined
+      : planTargets(policy, this.destination, ALL_ROUTE, 0)
+    this.poolInit.outlier = outlier
+    for (const pool of this.pools.values()) pool.setOutlier(outlier)
+    const l = policy.limits
+    const maxConcurrent = this.limitKind === 'requests' ? l?.maxConcurrentRequests : l?.maxConnections
+    if (maxConcurrent === undefined) {
+      // Limit lifted: whoever waits in its queue goes now.
+      this.limit?.configure({ maxConcurrent: Number.POSITIVE_INFINITY, maxPending: 0 })
+      this.limit = undefined
+    } else {
+      const config = {
+        maxConcurrent,
+        maxPending: this.limitKind === 'requests' ? (l?.maxPendingRequests ?? 0) : 0,
+      }
+      if (this.limit === undefined) this.limit = new ConcurrencyLimit(config)
+      else this.limit.configure(config)
+    }
+  }
+
+  /** Where a request along `route` goes (a fresh plan only when a split must be drawn). */
+  plan(route: RouteDestination): Plan {
+    if (route === ALL_ROUTE && this.fixedPlan !== undefined) return this.fixedPlan
+    return planTargets(this.policy, this.destination, route, this.rng())
+  }
+
+  /** The pool of `service`'s instances, created (and started, if running) on first use. */
+  poolFor(service: string): EndpointPool | undefined {
+    let pool = this.pools.get(service)
+    if (pool !== undefined) return pool
+    if (this.endpointsFor === undefined) return undefined
+    const source = this.endpointsFor(service)
+    this.foreignSources.push(source)
+    pool = new EndpointPool({ ...this.poolInit, source })
+    this.pools.set(service, pool)
+    if (this.started) pool.start()
+    return pool
+  }
+
+  /** Every pool (the upstream's and those of other services reached by the policy). */
+  get allPools(): Iterable<EndpointPool> {
+    return this.pools.values()
+  }
+
+  /** The endpoint for the next attempt along `plan`: the first target with a usable instance. */
+  pickEndpoint(
+    plan: Plan,
+    tried: readonly EndpointRecord[],
+    hashKey: string | undefined,
+  ): EndpointRecord | undefined {
+    // First an instance not tried yet, in target order (a retry after a failure moves on to the
+    // failover targets); then, if every one was tried, a tried one again.
+    for (const retryTried of [false, true]) {
+      if (retryTried && tried.length === 0) break
+      for (const t of plan.targets) {
+        const pool = this.poolFor(t.service)
+        if (pool === undefined) continue
+        // The plain case keeps the pool's own split (Sidecar.setSplit) and its fallback.
+        const plain = t.select === undefined && pool === this.pool && t.loadBalancer === undefined
+        const r = plain
+          ? pool.pick(tried, retryTried)
+          : pool.pickFrom(t.select, t.lenient, tried, t.loadBalancer, hashKey, retryTried)
+        if (r !== undefined) return r
+      }
+    }
+    return undefined
   }
 
   /**
@@ -125,11 +268,12 @@ export class UpstreamCore {
    */
   async open(server: Server, options: { signal?: AbortSignal } = {}): Promise<number> {
     this.tls.start()
-    this.pool.start()
+    this.started = true
+    for (const pool of this.pools.values()) pool.start()
     try {
       return await listen(server, this.bindPort, this.bindAddress, options)
     } catch (error) {
-      this.pool.stop()
+      this.stopPools()
       this.tls.stop()
       throw error
     }
@@ -140,8 +284,14 @@ export class UpstreamCore {
     const closed = closeServer(server)
     for (const socket of clients) socket.destroy()
     await closed
-    this.pool.stop() // destroys every endpoint's connections
+    this.stopPools() // destroys every endpoint's connections
     this.tls.stop()
+  }
+
+  private stopPools(): void {
+    this.started = false
+    for (const pool of this.pools.values()) pool.stop()
+    for (const s of this.foreignSources.splice(0)) s.close?.()
   }
 
   /** True when the local view of intentions denies source -> destination. */
@@ -191,6 +341,17 @@ export abstract class OutboundListenerBase {
   setSplit(split: SplitConfig | undefined): void {
     this.core.pool.setSplit(split === undefined ? undefined : validateSplitConfig(split))
   }
+
+  /** Puts a new traffic policy in force without closing any connection; see `UpstreamCore.setPolicy`. */
+  setPolicy(policy: TrafficPolicy): void {
+    this.core.setPolicy(policy)
+  }
+}
+
+function stripCount5xx(o: TrafficPolicy['outlier']): Partial<OutlierConfig> | undefined {
+  if (o === undefined) return undefined
+  const { count5xx: _, ...rest } = o
+  return rest
 }
 
 export function checkPort(field: string, port: unknown, allowZero: boolean): number {

@@ -14,6 +14,8 @@ import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, UpstreamConnectError } from './errors.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
+import { ALL_ROUTE, type Plan } from './traffic.ts'
+import { shouldLogAccess } from './types.ts'
 
 export interface OutboundListenerInit extends UpstreamListenerInit {
   /** Client bytes held for replay before the first response byte. Default 64 KiB. */
@@ -45,7 +47,25 @@ export class OutboundListener extends OutboundListenerBase {
     m.requests.inc()
     this.core.budget.recordRequest(this.core.clock.now())
     this.clientSockets.add(client)
+    // MaxConnections: connections beyond the limit are refused (closed) at once; L4 has no queue.
+    let release: (() => void) | undefined
+    const limit = this.core.limit
+    if (limit !== undefined) {
+      const admission = limit.admit(() => {})
+      if (!admission.ok) {
+        m.rejected('concurrency-limit')
+        client.on('error', () => {})
+        client.once('close', () => {
+          this.clientSockets.delete(client)
+          m.active.dec()
+        })
+        client.destroy()
+        return
+      }
+      release = () => admission.ticket.release()
+    }
     new L4Connection(this.core, client, this.replayBufferBytes, () => {
+      release?.()
       this.clientSockets.delete(client)
       m.active.dec()
     })
@@ -69,6 +89,8 @@ class L4Connection {
   private upstream: tls.TLSSocket | undefined
   private record: EndpointRecord | undefined
   private readonly tried: EndpointRecord[] = []
+  /** Splitter, resolver and failover targets for this connection (no routes in L4). */
+  private readonly plan: Plan
   private finished = false
   private result = 'ok'
 
@@ -79,6 +101,7 @@ class L4Connection {
     private readonly onDone: () => void,
   ) {
     this.startedAt = core.clock.now()
+    this.plan = core.plan(ALL_ROUTE)
     client.on('data', this.onClientData)
     client.on('end', this.onClientEnd)
     client.on('error', () => {}) // 'close' follows and tears the upstream down
@@ -111,7 +134,7 @@ class L4Connection {
   private attempt(): void {
     if (this.clientClosed) return
     const core = this.core
-    const record = core.pool.pick(this.tried)
+    const record = core.pickEndpoint(this.plan, this.tried, undefined)
     if (record === undefined) {
       this.fail('no_endpoint')
       return
@@ -119,12 +142,12 @@ class L4Connection {
     this.tried.push(record)
     this.record = record
     this.secure = false
-    core.pool.acquire(record)
+    record.pool.acquire(record)
     const up = tls.connect({
       host: record.endpoint.address,
       port: record.endpoint.port,
       secureContext: core.tls.secureContext,
-      checkServerIdentity: core.checkServerIdentity,
+      checkServerIdentity: core.identityCheckFor(record.endpoint.service),
       // Half-close is relayed both ways (node:tls accepts it; the typings omit it).
       allowHalfOpen: true,
     } as tls.ConnectionOptions)
@@ -132,7 +155,7 @@ class L4Connection {
     this.upstream = up
     const cancelTimer = core.clock.setTimeout(
       () => up.destroy(new UpstreamConnectError('connect timeout')),
-      core.connectTimeoutMs,
+      core.connectTimeoutFor(record.endpoint.service),
     )
     let upEnded = false
 
@@ -161,7 +184,7 @@ class L4Connection {
     up.on('error', () => {}) // handled on 'close'
     up.on('close', () => {
       cancelTimer()
-      core.pool.release(record)
+      record.pool.release(record)
       if (this.established) {
         // A clean end was relayed by pipe; anything else tears the client down.
         if (!upEnded) this.client.destroy()
@@ -170,7 +193,7 @@ class L4Connection {
       if (this.clientClosed) return
       if (this.secure && upEnded && this.clientEnded) {
         // The client finished and the endpoint closed without a word: a complete, empty exchange.
-        core.pool.reportSuccess(record)
+        record.pool.reportSuccess(record)
         this.established = true
         this.client.end()
         return
@@ -181,7 +204,7 @@ class L4Connection {
         this.fail('denied')
         return
       }
-      core.pool.reportFailure(record)
+      record.pool.reportFailure(record)
       if (
         this.replayable &&
         this.tried.length < core.maxAttempts &&
@@ -203,7 +226,7 @@ class L4Connection {
   private establish(up: tls.TLSSocket, record: EndpointRecord, first: Buffer): void {
     this.established = true
     this.core.metrics.latency.observe((this.core.clock.now() - this.startedAt) / 1000)
-    this.core.pool.reportSuccess(record)
+    record.pool.reportSuccess(record)
     this.client.write(first)
     up.pipe(this.client)
     if (this.replayable) this.commitToStreaming()
@@ -233,7 +256,7 @@ class L4Connection {
     const tx = this.client.bytesWritten
     core.metrics.addBytes(rx, tx)
     this.onDone()
-    if (core.accessLog) {
+    if (shouldLogAccess(core.accessLog, 0, this.result)) {
       const e = this.record?.endpoint
       core.logger.info(
         {

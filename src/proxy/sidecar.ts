@@ -5,6 +5,7 @@ import type { UpstreamListenerInit } from './outbound-common.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from './outbound-http.ts'
 import { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 import type { SplitConfig } from './split.ts'
+import type { TrafficPolicy } from './traffic.ts'
 import type { Authorizer, CertificateSource, EndpointSource, ListenerEnvironment } from './types.ts'
 
 /** Per-upstream tuning; every field optional, defaults in `constants.ts`. */
@@ -32,6 +33,10 @@ export interface SidecarUpstream extends UpstreamTuning {
   protocol: 'tcp' | 'http'
   endpoints: EndpointSource
   split?: SplitConfig
+  /** Routes, splits, resolvers, timeouts and limits; replaced later with `setPolicy`. */
+  policy?: TrafficPolicy
+  /** Instances of other services the policy may send to (see `UpstreamListenerInit`). */
+  endpointsFor?: UpstreamListenerInit['endpointsFor']
 }
 
 export interface SidecarInit extends ListenerEnvironment {
@@ -39,7 +44,7 @@ export interface SidecarInit extends ListenerEnvironment {
   trustDomain: string
   /** Public mTLS port (0 = any, for tests) and where the local app listens. */
   inbound: Pick<InboundListenerInit, 'port' | 'bindAddress' | 'localServicePort' | 'localServiceAddress'> &
-    Partial<Pick<InboundListenerInit, 'handshakeTimeoutMs'>>
+    Partial<Pick<InboundListenerInit, 'handshakeTimeoutMs' | 'protocol'>>
   upstreams: readonly SidecarUpstream[]
   certificates: CertificateSource
   authorizer: Authorizer
@@ -130,5 +135,12 @@ export class Sidecar {
     const listener = this.outbound.get(destination)
     if (!listener) throw new InvalidProxyConfigError('destination', `no upstream ${destination}`)
     listener.setSplit(split)
+  }
+
+  /** Puts a new traffic policy in force on one upstream; no connection is closed. */
+  setPolicy(destination: string, policy: TrafficPolicy): void {
+    const listener = this.outbound.get(destination)
+    if (!listener) throw new InvalidProxyConfigError('destination', `no upstream ${destination}`)
+    listener.setPolicy(policy)
   }
 }

@@ -49,6 +49,10 @@ export interface Endpoint {
   weight: number
   /** Instance tags; traffic splits select subsets by tag. */
   tags: readonly string[]
+  /** Instance metadata; resolver subsets may select on it (`Service.Meta.version == "v2"`). */
+  meta?: Readonly<Record<string, string>>
+  /** False when the instance is only `warning` (resolver subsets with OnlyPassing skip it). */
+  passing?: boolean
   /** Service name (the expected SPIFFE service of the endpoint's certificate). */
   service: string
 }
@@ -97,13 +101,28 @@ export const silentLogger: ProxyLogger = {
   debug: () => {},
 }
 
+export type AccessLogMode = 'off' | 'errors' | 'all'
+
+/** `accessLog` as a mode. */
+export function accessLogMode(v: boolean | AccessLogMode | undefined): AccessLogMode {
+  return v === true ? 'all' : v === false || v === undefined ? 'off' : v
+}
+
+/** Whether an access line is written for this outcome under `mode`. */
+export function shouldLogAccess(mode: AccessLogMode, status: number, result: string): boolean {
+  return mode === 'all' || (mode === 'errors' && (status >= 500 || result !== 'ok'))
+}
+
 /** What every listener of a sidecar (inbound and outbound) is built with besides its own settings. */
 export interface ListenerEnvironment {
   /** Metrics land here. Default: a private registry. */
   registry?: Registry
   logger?: ProxyLogger
-  /** One log line per connection (L4) or request (HTTP). Default false. */
-  accessLog?: boolean
+  /**
+   * Access log lines, one per connection (L4) or request (HTTP): `all`, only failures (`errors`:
+   * a 5xx status or a proxy error), or `off`. `true` is `all`, `false` is `off`. Default `off`.
+   */
+  accessLog?: boolean | AccessLogMode
   /** Durations, ejection times, retry budgets and timeouts. Default `systemClock`. */
   clock?: Clock
 }

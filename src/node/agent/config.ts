@@ -85,6 +85,8 @@ export const agentConfigSchema = z
     /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
     clusterKey: z.string().min(1).optional(),
     logLevel: z.enum(LOG_LEVELS).optional(),
+    /** Sidecar access log lines (at info): every request/connection, only failed ones, or none. Default "errors". */
+    accessLog: z.enum(['off', 'errors', 'all']).optional(),
     /**
      * Trust domain of the mesh CA (`spiffe://<trustDomain>/...`). Read only by the agent that
      * creates the CA when the cluster bootstraps; later the CA's own domain wins. Default: a
@@ -158,6 +160,8 @@ export interface AgentConfig {
   dns?: { host: string; port: number }
   services?: Record<string, unknown>[]
   logLevel: (typeof LOG_LEVELS)[number]
+  /** Sidecar access log; undefined: "errors" (a line per failed request or connection). */
+  accessLog?: 'off' | 'errors' | 'all'
   trustDomain?: string
   caKeyType?: 'ed25519' | 'ecdsa-p256'
   /** Leaf certificate lifetime in ms (undefined: 72 h). */
@@ -289,6 +293,7 @@ export function resolveAgentConfig(
     raftVoters: (merged.raftVoters ?? DEFAULT_RAFT_VOTERS) as 1 | 3 | 5,
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
+    ...(merged.accessLog !== undefined ? { accessLog: merged.accessLog } : {}),
     ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
     ...(merged.services !== undefined ? { services: merged.services } : {}),
     ...(merged.trustDomain !== undefined ? { trustDomain: merged.trustDomain } : {}),

@@ -10,6 +10,7 @@ import { GossipModule } from '../gossip/gossip-module.ts'
 import type { RaftMembers, VoterKeyGrant } from '../raft/components.ts'
 import { kvModuleOf } from '../kv/kv-module.ts'
 import { RaftModule } from '../raft/raft-module.ts'
+import { SidecarChecks } from '../sidecars/sidecar-checks.ts'
 import { SidecarModule } from '../sidecars/sidecar-module.ts'
 import { UiModule } from '../ui/index.ts'
 import { Agent } from './agent.ts'
@@ -37,8 +38,10 @@ export function createAgent(
   // Who may publish which service (issue #12), on the committed ACL state: the catalog ignores
   // other members' instances that fail it, the leader refuses their CSRs.
   const entitlement = new AclPublishEntitlement(store.acl, config.acl, (listener) => store.onChange(listener))
+  const sidecarChecks = new SidecarChecks()
   const catalog = new CatalogModule({
     gossip,
+    extraChecks: sidecarChecks,
     entitlement,
     // A registration with a token the enrollment does not cover asks the leader for a grant.
     requestServiceGrant: (service, token, options) => raft.requestServiceGrant(service, token, options),
@@ -69,7 +72,13 @@ export function createAgent(
       ? { keyHolderEligible: enrolledVoterOrFounder(store.acl, () => raft.foundingSet()) }
       : {}),
   })
-  const sidecars = new SidecarModule({ catalog, security: connect.meshSecurity, clock: agent.clock })
+  const sidecars = new SidecarModule({
+    catalog,
+    security: connect.meshSecurity,
+    config: store,
+    health: sidecarChecks,
+    clock: agent.clock,
+  })
   // The UI first: its routes are there as soon as the HTTP API answers.
   agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
   agent.use(kvModuleOf(raft, catalog))

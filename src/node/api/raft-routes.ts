@@ -175,7 +175,9 @@ function checkName(field: string, v: unknown): string {
 export function parseConfigEntryBody(body: unknown, query: URLSearchParams): PolicyCommand {
   if (body === null || typeof body !== 'object' || Array.isArray(body))
     throw new ApiError('body: expected a JSON object { kind, name, ... }', 400)
-  const { kind, name, ...value } = body as Record<string, unknown>
+  // Consul's `Kind`/`Name` or the lower-case `kind`/`name`.
+  const { kind: k, name: n, Kind, Name, ...value } = body as Record<string, unknown>
+  const [kind, name] = [k ?? Kind, n ?? Name]
   checkName('kind', kind)
   checkName('name', name)
   const schema = CONFIG_ENTRY_SCHEMAS[kind as string]

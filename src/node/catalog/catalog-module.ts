@@ -12,6 +12,7 @@ import {
   DnsServer,
   hostOf,
   LocalPayloadPublisher,
+  type LocalPayloadPublisherInit,
   LocalServiceRegistry,
   type NodePayload,
   parseServiceDefinition,
@@ -51,6 +52,8 @@ export interface CatalogModuleComponents {
    * agent's enrollment does not cover (RaftModule.requestServiceGrant). Absent: no grants asked.
    */
   requestServiceGrant?: RequestServiceGrant
+  /** Checks added to local instances by their sidecars (a sidecar that cannot bind: critical). */
+  extraChecks?: LocalPayloadPublisherInit['extraChecks']
 }
 
 /**
@@ -103,7 +106,12 @@ export class CatalogModule implements AgentModule {
       local.register(parseServiceDefinition(json, `config field "services.${i}"`))
     }
     const checks = new CheckRunner()
-    const publisher = new LocalPayloadPublisher({ registry: local, checks })
+    const extraChecks = this.components.extraChecks
+    const publisher = new LocalPayloadPublisher({
+      registry: local,
+      checks,
+      ...(extraChecks ? { extraChecks } : {}),
+    })
     this.publisher = publisher
     this.subscriptions.push(
       this.catalog.on('payload:reject', ({ id, reason }) =>

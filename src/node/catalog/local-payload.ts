@@ -1,11 +1,17 @@
 import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import type { CheckRunner } from './checks.ts'
 import type { LocalServiceRegistry } from './local-services.ts'
+import type { CheckDefinition } from './service-definition.ts'
 import { encodeNodePayload, type NodePayload } from './node-payload.ts'
 
 export interface LocalPayloadPublisherInit {
   registry: Pick<LocalServiceRegistry, 'on' | 'list' | 'maxPayloadBytes'>
   checks: Pick<CheckRunner, 'on' | 'sync' | 'start' | 'stop' | 'status'>
+  /** Checks added to local instances from outside their definition (the sidecar's own check). */
+  extraChecks?: {
+    checksFor(serviceId: string): CheckDefinition[]
+    on(type: 'sidecar-checks:change', listener: () => void): Unsubscribe
+  }
 }
 
 /**
@@ -19,6 +25,7 @@ export class LocalPayloadPublisher {
   private readonly events = new TypedEmitter<{ 'payload:change': NodePayload }>()
   private readonly registry: LocalPayloadPublisherInit['registry']
   private readonly checks: LocalPayloadPublisherInit['checks']
+  private readonly extraChecks: LocalPayloadPublisherInit['extraChecks']
   private subscriptions: Unsubscribe[] = []
   private current: NodePayload
   private json: string
@@ -27,6 +34,7 @@ export class LocalPayloadPublisher {
   constructor(init: LocalPayloadPublisherInit) {
     this.registry = init.registry
     this.checks = init.checks
+    this.extraChecks = init.extraChecks
     this.current = this.compute()
     this.json = JSON.stringify(this.current)
   }
@@ -46,6 +54,7 @@ export class LocalPayloadPublisher {
     this.subscriptions = [
       this.registry.on('service:change', this.onServiceChange),
       this.checks.on('check:update', this.refresh),
+      ...(this.extraChecks ? [this.extraChecks.on('sidecar-checks:change', this.refresh)] : []),
     ]
     this.checks.sync(this.registry.list())
     this.checks.start()
@@ -77,10 +86,11 @@ export class LocalPayloadPublisher {
   private compute(): NodePayload {
     // Cannot exceed the limit: the registry refuses registrations that would, and a status
     // takes the same single byte whatever its value.
-    return encodeNodePayload(
-      this.registry.list(),
-      (id) => this.checks.status(id),
-      this.registry.maxPayloadBytes,
-    )
+    const extra = this.extraChecks
+    const services = this.registry.list().map((d) => {
+      const more = extra?.checksFor(d.id) ?? []
+      return more.length === 0 ? d : { ...d, checks: [...d.checks, ...more] }
+    })
+    return encodeNodePayload(services, (id) => this.checks.status(id), this.registry.maxPayloadBytes)
   }
 }

@@ -19,6 +19,15 @@ import {
   type ServiceDefinition,
 } from '../catalog/index.ts'
 import { SIDECAR_DEFAULTS } from '../agent/defaults.ts'
+import type { TrafficPolicy } from '../../proxy/traffic.ts'
+import {
+  type ConfigEntryReader,
+  compileUpstreamPolicy,
+  configuredProtocol,
+  NO_ENTRIES,
+  readTrafficEntries,
+  type TrafficEntries,
+} from './traffic-config.ts'
 
 const { noLeafRetryMs: NO_LEAF_RETRY_MS, leafWaitMs: LEAF_WAIT_MS } = SIDECAR_DEFAULTS
 
@@ -35,9 +44,25 @@ export interface SidecarCatalog {
 export interface SidecarModuleComponents {
   catalog: SidecarCatalog
   security: MeshSecurity
+  /**
+   * The policy store's config entries (service-defaults, proxy-defaults, service-router,
+   * service-splitter, service-resolver). Without it, only `security.split` shapes traffic.
+   */
+  config?: ConfigEntryReader
+  /** Where a sidecar that cannot listen marks its service critical (the catalog's checks). */
+  health?: SidecarHealth
   /** Default `systemClock`. */
   clock?: Clock
 }
+
+/** The sidecar's own health check of a local service instance. */
+export interface SidecarHealth {
+  /** Critical with `output` when its listeners cannot bind; passing once they are bound; cleared on deregistration. */
+  setSidecarStatus(serviceId: string, status: 'passing' | 'critical' | undefined, output: string): void
+}
+
+/** Whether a service's sidecar listeners are bound (`whenReady`). */
+export type SidecarReadiness = { ok: true } | { ok: false; error: string }
 
 /**
  * What the sidecars need from the mesh's security layer (the connect module): a leaf certificate
@@ -76,6 +101,8 @@ export function endpointsOf(entries: readonly HealthEntry[]): Endpoint[] {
       port: sidecar.port,
       weight,
       tags: e.service.tags,
+      meta: e.service.meta,
+      passing: e.status === 'passing',
       service: e.service.name,
     })
   }
@@ -132,6 +159,27 @@ interface Running {
   sidecar: Sidecar
   sources: CatalogEndpointSource[]
   definitionKey: string
+  /** Service name and upstream names, to recompile policies. */
+  service: string
+  upstreams: string[]
+}
+
+interface Failed {
+  definitionKey: string
+  error: string
+  /** When to try binding again (the clock's ms). */
+  retryAt: number
+}
+
+/**
+ * A sidecar that could not bind is tried again this often: a taken port is freed by a person or
+ * a restarting process, in seconds to minutes; 5 s notices soon and costs one bind attempt.
+ */
+const BIND_RETRY_MS = 5_000
+
+/** `tcp`, `http2` and `grpc` are relayed per connection (L4); `http` is balanced per request. */
+function listenerMode(protocol: string | undefined): 'tcp' | 'http' {
+  return protocol === 'http' ? 'http' : 'tcp'
 }
 
 /**
@@ -152,13 +200,60 @@ export class SidecarModule implements AgentModule {
   private readonly clock: Clock
   private subscriptions: Unsubscribe[] = []
   private cancelRetry?: Cancel
+  private cancelBindRetry?: Cancel
   /** Services whose sidecar was not started as not entitled, logged once each. */
   private readonly notEntitledLogged = new Set<string>()
+  private readonly config: ConfigEntryReader | undefined
+  private readonly health: SidecarHealth | undefined
+  private entries: TrafficEntries = NO_ENTRIES
+  /** Sidecars whose listeners could not bind, until their definition changes. */
+  private readonly failed = new Map<string, Failed>()
+  /** `whenReady` callers waiting for the next outcome, by service id. */
+  private readonly waiters = new Map<string, ((r: SidecarReadiness) => void)[]>()
 
   constructor(components: SidecarModuleComponents) {
     this.catalog = components.catalog
     this.security = components.security
+    this.config = components.config
+    this.health = components.health
     this.clock = components.clock ?? systemClock
+  }
+
+  /**
+   * Resolves once the sidecar of local service `serviceId` has bound its listeners (`ok: true`)
+   * or failed to (`ok: false`, e.g. "port 21000 is in use"). At once if that is already known
+   * for its current definition; otherwise at the next outcome, or with `ok: false` when `signal`
+   * fires (a sidecar waits for its first leaf certificate, which needs a Raft leader).
+   */
+  whenReady(serviceId: string, options: { signal?: AbortSignal } = {}): Promise<SidecarReadiness> {
+    if (this.running.has(serviceId)) return Promise.resolve({ ok: true })
+    const failed = this.failed.get(serviceId)
+    if (failed !== undefined) return Promise.resolve({ ok: false, error: failed.error })
+    return new Promise((resolve) => {
+      const signal = options.signal
+      if (signal?.aborted) return resolve({ ok: false, error: 'sidecar not started yet' })
+      const list = this.waiters.get(serviceId) ?? []
+      const settle = (r: SidecarReadiness): void => {
+        signal?.removeEventListener('abort', onAbort)
+        resolve(r)
+      }
+      const onAbort = (): void => {
+        const l = this.waiters.get(serviceId)
+        const i = l?.indexOf(settle) ?? -1
+        if (i >= 0) l!.splice(i, 1)
+        resolve({ ok: false, error: 'sidecar not started yet' })
+      }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      list.push(settle)
+      this.waiters.set(serviceId, list)
+    })
+  }
+
+  private settle(serviceId: string, r: SidecarReadiness): void {
+    const list = this.waiters.get(serviceId)
+    if (list === undefined) return
+    this.waiters.delete(serviceId)
+    for (const w of list) w(r)
   }
 
   /** The sidecar of a local service, if running (tests, metrics). */
@@ -172,11 +267,43 @@ export class SidecarModule implements AgentModule {
     const local = this.catalog.local
     if (local === undefined) throw new Error('catalog module must start before sidecars')
     this.subscriptions.push(local.on('service:change', () => this.reconcile()))
-    const offSplit = this.security.onSplitChange?.(() => this.reconcile())
-    if (offSplit !== undefined) this.subscriptions.push(offSplit)
+    if (this.config !== undefined) {
+      this.entries = readTrafficEntries(this.config)
+      this.subscriptions.push(this.config.onChange(() => this.onConfigChange()))
+    } else {
+      const offSplit = this.security.onSplitChange?.(() => this.reconcile())
+      if (offSplit !== undefined) this.subscriptions.push(offSplit)
+    }
     // Not awaited: a sidecar waits for its first leaf, which needs a Raft leader, which may need
     // this agent to join first.
     this.reconcile()
+  }
+
+  /**
+   * A config entry changed: running listeners get their new policy at once (no connection is
+   * closed); a sidecar whose upstream changes protocol is restarted by the reconcile.
+   */
+  private onConfigChange(): void {
+    const next = readTrafficEntries(this.config)
+    if (next.key === this.entries.key) return
+    this.entries = next
+    for (const r of this.running.values()) {
+      for (const dest of r.upstreams) {
+        try {
+          r.sidecar.setPolicy(dest, this.policyFor(r.service, dest))
+        } catch (err) {
+          this.log?.warn(
+            { service: r.service, upstream: dest, err: String(err) },
+            'traffic policy not applied',
+          )
+        }
+      }
+    }
+    this.reconcile()
+  }
+
+  private policyFor(service: string, upstream: string): TrafficPolicy {
+    return compileUpstreamPolicy(this.entries, service, upstream)
   }
 
   async stop(): Promise<void> {
@@ -185,6 +312,7 @@ export class SidecarModule implements AgentModule {
     for (const off of this.subscriptions) off()
     this.subscriptions = []
     this.cancelRetry?.()
+    this.cancelBindRetry?.()
     await this.queue
     await Promise.all([...this.running.keys()].map((id) => this.stopOne(id)))
   }
@@ -206,8 +334,18 @@ export class SidecarModule implements AgentModule {
       const def = wanted.get(id)
       if (def === undefined || this.keyOf(def) !== this.running.get(id)!.definitionKey) await this.stopOne(id)
     }
+    for (const [id, f] of [...this.failed]) {
+      const def = wanted.get(id)
+      if (def === undefined || this.keyOf(def) !== f.definitionKey) {
+        this.failed.delete(id)
+        if (def === undefined) this.health?.setSidecarStatus(id, undefined, '')
+      }
+    }
     for (const [id, def] of wanted) {
       if (this.running.has(id)) continue
+      // A sidecar that could not bind is tried again every BIND_RETRY_MS (sooner if redefined).
+      const failed = this.failed.get(id)
+      if (failed !== undefined && this.clock.now() < failed.retryAt) continue
       try {
         await this.startOne(def)
       } catch (err) {
@@ -226,8 +364,21 @@ export class SidecarModule implements AgentModule {
     return host === '' || host === '::' ? '0.0.0.0' : host
   }
 
+  /** What a running sidecar is restarted for: its definition, and its upstreams' protocols. */
   private keyOf(def: ServiceDefinition): string {
     const dests = def.connect!.sidecarService.upstreams.map((u) => u.destinationName)
+    if (this.config !== undefined) {
+      // Policies are applied to running listeners; only a change of listener mode restarts.
+      return JSON.stringify([
+        def.connect,
+        // The service's own protocol: its inbound counts HTTP responses or not.
+        listenerMode(configuredProtocol(this.entries, def.name) ?? def.connect!.sidecarService.protocol),
+        dests.map((d) => {
+          const p = configuredProtocol(this.entries, d)
+          return p === undefined ? undefined : listenerMode(p)
+        }),
+      ])
+    }
     const splits = dests.map((d) => this.security.split?.(d))
     return JSON.stringify([def.connect, splits])
   }
@@ -268,13 +419,31 @@ export class SidecarModule implements AgentModule {
       service: def.name,
       trustDomain: this.security.trustDomain(),
       // The inbound listens where the agent listens (loopback by default).
-      inbound: { port: sc.port, localServicePort: sc.localServicePort, bindAddress: this.bindAddress() },
+      inbound: {
+        port: sc.port,
+        localServicePort: sc.localServicePort,
+        bindAddress: this.bindAddress(),
+        // An http service's inbound counts responses by status code too.
+        protocol: listenerMode(configuredProtocol(this.entries, def.name) ?? sc.protocol),
+      },
       upstreams: sc.upstreams.map((u, i) => {
-        const split = this.security.split?.(u.destinationName)
+        const dest = u.destinationName
+        const protocol = listenerMode(configuredProtocol(this.entries, dest) ?? sources[i]!.protocol())
+        if (this.config !== undefined) {
+          return {
+            destinationName: dest,
+            localBindPort: u.localBindPort,
+            protocol,
+            endpoints: sources[i]!,
+            policy: this.policyFor(def.name, dest),
+            endpointsFor: (service: string) => new CatalogEndpointSource(this.catalog.catalog, service),
+          }
+        }
+        const split = this.security.split?.(dest)
         return {
-          destinationName: u.destinationName,
+          destinationName: dest,
           localBindPort: u.localBindPort,
-          protocol: sources[i]!.protocol() ?? 'tcp',
+          protocol,
           endpoints: sources[i]!,
           ...(split !== undefined ? { split } : {}),
         }
@@ -283,10 +452,40 @@ export class SidecarModule implements AgentModule {
       authorizer: this.security.authorizer(),
       registry: ctx.metrics,
       logger: this.log!,
-      accessLog: true,
+      accessLog: ctx.config.accessLog ?? 'errors',
     })
-    await sidecar.start()
-    this.running.set(def.id, { sidecar, sources, definitionKey: this.keyOf(def) })
+    const definitionKey = this.keyOf(def)
+    try {
+      await sidecar.start()
+    } catch (err) {
+      for (const s of sources) s.close()
+      const error = bindFailure(err, sc)
+      if (error === undefined) throw err
+      // A taken port is the user's to fix: no stack trace, the instance critical until then.
+      const before = this.failed.get(def.id)
+      this.failed.set(def.id, { definitionKey, error, retryAt: this.clock.now() + BIND_RETRY_MS })
+      if (before?.error !== error) {
+        this.log?.warn(
+          { service: def.name, serviceId: def.id },
+          `sidecar not started: ${error}; will try again every ${BIND_RETRY_MS / 1000} s`,
+        )
+      }
+      this.health?.setSidecarStatus(def.id, 'critical', error)
+      this.settle(def.id, { ok: false, error })
+      this.cancelBindRetry?.()
+      this.cancelBindRetry = this.clock.setTimeout(() => this.reconcile(), BIND_RETRY_MS)
+      return
+    }
+    this.failed.delete(def.id)
+    this.running.set(def.id, {
+      sidecar,
+      sources,
+      definitionKey,
+      service: def.name,
+      upstreams: sc.upstreams.map((u) => u.destinationName),
+    })
+    this.health?.setSidecarStatus(def.id, 'passing', 'sidecar listeners bound')
+    this.settle(def.id, { ok: true })
     this.log?.info({ service: def.name, inbound: sc.port, upstreams: sc.upstreams }, 'sidecar:start')
   }
 
@@ -294,8 +493,28 @@ export class SidecarModule implements AgentModule {
     const r = this.running.get(id)
     if (r === undefined) return
     this.running.delete(id)
+    if (!this.catalog.local?.list().some((d) => d.id === id)) this.health?.setSidecarStatus(id, undefined, '')
     await r.sidecar.stop().catch(() => {})
     for (const s of r.sources) s.close()
     this.log?.info({ service: r.sidecar.service }, 'sidecar:stop')
   }
+}
+
+/**
+ * "port 21000 (inbound) is in use" for a listen error on one of the sidecar's ports, or undefined
+ * for any other error (a bug, logged with its stack).
+ */
+function bindFailure(
+  err: unknown,
+  sc: { port: number; upstreams: readonly { destinationName: string; localBindPort: number }[] },
+): string | undefined {
+  const e = err as NodeJS.ErrnoException & { port?: number; address?: string }
+  if (e?.syscall !== 'listen') return undefined
+  const port = e.port
+  const which =
+    port === sc.port ? 'inbound' : sc.upstreams.find((u) => u.localBindPort === port)?.destinationName
+  const what = which === undefined ? '' : which === 'inbound' ? ' (inbound)' : ` (upstream ${which})`
+  const why =
+    e.code === 'EADDRINUSE' ? 'is in use' : e.code === 'EACCES' ? 'is not permitted' : `failed (${e.code})`
+  return `port ${port}${what} ${why}`
 }

@@ -2,6 +2,7 @@ import { z } from 'zod'
 import { pack, unpack } from '../../common/msgpack.ts'
 import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
 import { AclErrorCodes, aclCommandSchemas } from './acl-state.ts'
+import { configEntryProblem, isTrafficEntryKind, TRAFFIC_ENTRY_SCHEMAS } from './config-entries.ts'
 import { kvCommandSchemas } from './kv-commands.ts'
 
 /**
@@ -43,31 +44,9 @@ export type PolicyResult = { ok: true; index: number } | { ok: false; code: Poli
 const name = z.string().min(1).max(512)
 const meta = z.record(z.string().max(128), z.string().max(1024))
 
-/** Service-splitter (Consul `service-splitter`): weights must add up to 100. */
-const serviceSplitter = z
-  .object({
-    splits: z
-      .array(
-        z.object({
-          weight: z.number().min(0).max(100),
-          service: name.optional(),
-          serviceSubset: name.optional(),
-        }),
-      )
-      .min(1),
-  })
-  .refine(
-    (v) => Math.abs(v.splits.reduce((s, x) => s + x.weight, 0) - 100) < 1e-9,
-    'split weights must sum to 100',
-  )
-
 /** Config entry kinds accepted, each with the schema its value must satisfy; others are rejected. */
 export const CONFIG_ENTRY_SCHEMAS: Record<string, z.ZodType> = {
-  'service-splitter': serviceSplitter,
-  'service-resolver': z.object({}).passthrough(),
-  'service-router': z.object({}).passthrough(),
-  'service-defaults': z.object({}).passthrough(),
-  'proxy-defaults': z.object({}).passthrough(),
+  ...TRAFFIC_ENTRY_SCHEMAS,
   /** A generic string value, for tools, tests and benchmarks that need a plain register. */
   kv: z.object({ value: z.string().max(65_536) }).strict(),
 }
@@ -200,9 +179,10 @@ export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_L
       const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
       if (schema === undefined)
         return policyRefusal(PolicyErrorCodes.invalidCommand, `unknown config entry kind ${cmd.kind}`)
-      const v = schema.safeParse(cmd.value)
-      if (!v.success)
-        return policyRefusal(PolicyErrorCodes.invalidCommand, v.error.issues[0]?.message ?? 'invalid value')
+      const problem = isTrafficEntryKind(cmd.kind)
+        ? configEntryProblem(cmd.kind, cmd.name, cmd.value)
+        : schema.safeParse(cmd.value).error?.issues[0]?.message
+      if (problem !== undefined) return policyRefusal(PolicyErrorCodes.invalidCommand, problem)
       bytes = entryBytes.config(cmd)
       break
     }
