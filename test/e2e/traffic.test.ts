@@ -8,8 +8,10 @@
 import { createServer, type Server } from 'node:http'
 import http from 'node:http'
 import net from 'node:net'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type AgentProcess, apiCall, authHeaders, freePort, TestCluster, waitFor } from './harness.ts'
+import { type AgentProcess, apiCall, authHeaders, freePort, runCli, TestCluster, waitFor } from './harness.ts'
 import { stopApp } from './mesh-helpers.ts'
 
 describe('traffic management through the sidecars (end to end, 3 agent processes)', () => {
@@ -327,25 +329,27 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
     }
   }, 30_000)
 
-  it('a sidecar whose port is taken marks its instance critical, naming the port, with no stack trace', async () => {
+  it('a sidecar whose port is taken: register exits 1 naming the port, the instance is critical, no stack trace', async () => {
     const taken = await freePort()
     const blocker = net.createServer()
     await new Promise<void>((r) => blocker.listen(taken, '127.0.0.1', r))
     try {
-      await put(a, '/v1/agent/service/register', {
-        name: 'broken',
-        port: taken,
-        connect: { sidecarService: { port: taken } },
-      })
-      const health = await waitFor(
-        'the broken instance critical',
-        async () => {
-          const h = await a.api<{ status: string }[]>('/v1/health/service/broken')
-          return h?.[0]?.status === 'critical' ? h : undefined
-        },
-        20_000,
+      const file = join(cluster.dir, 'broken.json')
+      writeFileSync(
+        file,
+        JSON.stringify({ name: 'broken', port: taken, connect: { sidecarService: { port: taken } } }),
       )
-      expect(JSON.stringify(health)).toContain(`port ${taken} (inbound) is in use`)
+      const reg = await runCli(['register', file, '--http', a.http], { token: cluster.managementToken })
+      expect(reg.code).toBe(1)
+      expect(reg.stdout).toBe('')
+      expect(reg.stderr.trim().split('\n')).toHaveLength(1)
+      expect(reg.stderr).toContain(`sidecar is not listening: port ${taken} (inbound) is in use`)
+      // Consul's health shape: the instance carries the sidecar's critical check, naming the port.
+      const h = await a.api<{ Checks: { Status: string; Name: string }[] }[]>('/v1/health/service/broken')
+      const critical = h?.[0]?.Checks.find((c) => c.Status === 'critical')
+      expect(critical?.Name).toContain(`port ${taken} (inbound) is in use`)
+      const passing = await a.api<unknown[]>('/v1/health/service/broken?passing')
+      expect(passing).toEqual([])
       expect(a.log).toContain(`sidecar not started: port ${taken} (inbound) is in use`)
       expect(a.log).not.toMatch(/\n\s+at /) // no stack trace
     } finally {

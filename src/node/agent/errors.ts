@@ -28,6 +28,11 @@ export class AgentUnreachableError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_AGENT_UNREACHABLE'
 }
 
+/** A service was registered but its sidecar cannot listen (`peermesh register`). */
+export class SidecarNotListeningError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_SIDECAR_NOT_LISTENING'
+}
+
 export class ApiError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_API'
   constructor(

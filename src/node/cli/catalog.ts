@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs'
 import type { Command } from 'commander'
 import { ApiClient } from './client.ts'
 import { healthEntriesFromConsul } from './from-consul.ts'
-import { ConfigError } from '../agent/errors.ts'
+import { ConfigError, SidecarNotListeningError } from '../agent/errors.ts'
 import { print, renderTable } from './format.ts'
 import { httpOption, tokenFileOption, tokenOption } from './options.ts'
 
@@ -22,6 +22,9 @@ function readJsonFile(path: string): unknown {
   }
 }
 
+/** How long `peermesh register` waits for the service's sidecar to bind its listeners. */
+const SIDECAR_WAIT_MS = 15_000
+
 /** `peermesh register|deregister|services|health`: the service catalog from the command line. */
 export function registerCatalogCommands(program: Command): void {
   program
@@ -33,14 +36,24 @@ export function registerCatalogCommands(program: Command): void {
     .addOption(tokenFileOption())
     .action(async (file: string, opts: { http: string }) => {
       const def = readJsonFile(file)
-      await new ApiClient(opts.http).call('PUT', '/v1/agent/service/register', def)
+      const client = new ApiClient(opts.http)
+      await client.call('PUT', '/v1/agent/service/register', def)
       // The file may use Consul's field names (`ID`, `Name`, any case), as the API reads them.
       const field = (name: string): unknown =>
         typeof def === 'object' && def !== null
           ? Object.entries(def).find(([k]) => k.toLowerCase() === name)?.[1]
           : undefined
-      const id = field('id') || field('name')
-      process.stdout.write(`registered service ${String(id)}\n`)
+      const id = String(field('id') || field('name'))
+      // Registered is not serving: wait until its sidecar's listeners are bound (or cannot be).
+      const ready = await client.get<{ Ready: boolean; Error?: string }>(
+        `/v1/agent/sidecar/${encodeURIComponent(id)}?timeout=${SIDECAR_WAIT_MS}`,
+        { signal: AbortSignal.timeout(SIDECAR_WAIT_MS + 5_000) },
+      )
+      if (!ready.Ready)
+        throw new SidecarNotListeningError(
+          `registered service ${id}, but its sidecar is not listening: ${ready.Error ?? 'unknown reason'} (the instance is critical until it is)`,
+        )
+      process.stdout.write(`registered service ${id}\n`)
     })
 
   program

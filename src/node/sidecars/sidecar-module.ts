@@ -1,3 +1,4 @@
+import { registerSidecarRoutes } from '../api/sidecar-routes.ts'
 import type { Logger } from 'pino'
 import type {
   Authorizer,
@@ -38,7 +39,7 @@ export type EndpointCatalog = Pick<Catalog, 'health' | 'on'>
 export interface SidecarCatalog {
   readonly catalog: EndpointCatalog
   /** This agent's registrations; set once the catalog module has started. */
-  readonly local?: Pick<LocalServiceRegistry, 'list' | 'on'> | undefined
+  readonly local?: Pick<LocalServiceRegistry, 'list' | 'on' | 'get'> | undefined
 }
 
 export interface SidecarModuleComponents {
@@ -267,6 +268,7 @@ export class SidecarModule implements AgentModule {
     const local = this.catalog.local
     if (local === undefined) throw new Error('catalog module must start before sidecars')
     this.subscriptions.push(local.on('service:change', () => this.reconcile()))
+    registerSidecarRoutes(ctx.http, { local, whenReady: (id, options) => this.whenReady(id, options) })
     if (this.config !== undefined) {
       this.entries = readTrafficEntries(this.config)
       this.subscriptions.push(this.config.onChange(() => this.onConfigChange()))

@@ -1,7 +1,4 @@
 import { randomUUID } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AclResolver } from '../../../src/node/api/acl-auth.ts'
@@ -13,6 +10,7 @@ import { LocalServiceRegistry } from '../../../src/node/catalog/local-services.t
 import { parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
 import type { PolicyCommand } from '../../../src/raft/index.ts'
 import { encodePolicyCommand, PolicyStore } from '../../../src/raft/policy/policy-store.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 const id = (n: number): string => `00000000-0000-4000-8000-${n.toString(16).padStart(12, '0')}`
 const MGMT = id(101)
@@ -25,7 +23,7 @@ const WEB = id(11)
  * changes on the agent.
  */
 describe('catalog and agent routes under ACLs (issue #15)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'peermesh-catalog-acl-'))
+  const dir = makeTempDir('catalog-acl')
   const http = new HttpApi(pino({ level: 'silent' }))
   const local = LocalServiceRegistry.open({ dataDir: dir })
   const checks = new CheckRunner()
@@ -70,7 +68,7 @@ describe('catalog and agent routes under ACLs (issue #15)', () => {
   afterAll(async () => {
     checks.stop()
     await http.close()
-    rmSync(dir, { recursive: true, force: true })
+    removeTempDir(dir)
   })
 
   const put = async (path: string, body?: unknown, token?: string) => {

@@ -1,9 +1,6 @@
-/** `SidecarModule.whenReady` and bind failures: a taken port is reported and marks the instance critical, with no stack trace. */
-import { mkdtempSync, rmSync } from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import pino from 'pino'
+import { HttpApi } from '../../../src/node/api/server.ts'
 import { Registry } from 'prom-client'
 import { describe, expect, it } from 'vitest'
 import { Catalog } from '../../../src/node/catalog/catalog.ts'
@@ -14,6 +11,7 @@ import { type MeshSecurity, SidecarModule } from '../../../src/node/sidecars/sid
 import { IntentionAuthorizer, StaticCertificateSource } from '../../../src/proxy/sources.ts'
 import { leafFor, makeRoot, TD } from '../../proxy/helpers.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 async function listenAnywhere(): Promise<net.Server> {
   const s = net.createServer()
@@ -25,7 +23,7 @@ describe('sidecar readiness', () => {
   it('reports a taken port, marks the instance critical without a stack trace, and recovers on re-registration', async () => {
     const root = await makeRoot()
     const cert = await leafFor(root, 'web')
-    const dir = mkdtempSync(join(tmpdir(), 'peermesh-sidecar-ready-'))
+    const dir = makeTempDir('sidecar-ready')
     const blocker = await listenAnywhere()
     const taken = (blocker.address() as AddressInfo).port
     const local = LocalServiceRegistry.open({ dataDir: dir })
@@ -45,11 +43,19 @@ describe('sidecar readiness', () => {
       health,
       clock,
     })
+    // The readiness route (`peermesh register` waits on it) on a real HTTP API; ACLs off here.
+    const http = new HttpApi(log)
     await sidecars.start({
       log,
       metrics: new Registry(),
+      http,
       config: { listen: ['/ip4/127.0.0.1/tcp/0'] },
     } as never)
+    const { port: apiPort } = await http.listen('127.0.0.1', 0)
+    const readiness = async (id: string) => {
+      const res = await fetch(`http://127.0.0.1:${apiPort}/v1/agent/sidecar/${id}?timeout=5000`)
+      return { status: res.status, body: (await res.json()) as unknown }
+    }
     try {
       local.register(
         parseServiceDefinition(
@@ -63,8 +69,13 @@ describe('sidecar readiness', () => {
         ['critical', `Connect Sidecar Listening: port ${taken} (inbound) is in use`],
       ])
       expect(lines.some((l) => l.err !== undefined || l.level >= 50)).toBe(false)
-      // Asked again: the known outcome, at once.
+      // Asked again: the known outcome, at once; and so answers the route, naming the port.
       expect(await sidecars.whenReady('web')).toEqual(failed)
+      expect(await readiness('web')).toEqual({
+        status: 200,
+        body: { ServiceID: 'web', Ready: false, Error: `port ${taken} (inbound) is in use` },
+      })
+      expect((await readiness('nope')).status).toBe(404)
 
       // An upstream's local port taken is named too.
       const free = await listenAnywhere()
@@ -105,15 +116,17 @@ describe('sidecar readiness', () => {
       await expect.poll(() => sidecars.whenReady('web')).toEqual({ ok: true })
       expect(sidecars.sidecar('web')?.inbound.port).toBe(taken)
       expect(health.checksFor('web')).toEqual([])
+      expect(await readiness('web')).toEqual({ status: 200, body: { ServiceID: 'web', Ready: true } })
     } finally {
+      await http.close()
       await sidecars.stop()
       if (blocker.listening) blocker.close()
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     }
   })
 
   it('whenReady gives up when its signal fires', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'peermesh-sidecar-ready-'))
+    const dir = makeTempDir('sidecar-ready')
     const local = LocalServiceRegistry.open({ dataDir: dir })
     const sidecars = new SidecarModule({
       catalog: { catalog: new Catalog(), local },
@@ -125,7 +138,7 @@ describe('sidecar readiness', () => {
         error: 'sidecar not started yet',
       })
     } finally {
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     }
   })
 })
