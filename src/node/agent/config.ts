@@ -75,6 +75,18 @@ export const agentConfigSchema = z
       .optional(),
     /** DNS interface, HOST:PORT (port 0: any free port), or "off". */
     dns: z.union([z.literal('off'), hostPort]).optional(),
+    /**
+     * Primary DNS zone (default `peermesh`): `NAME.service.<dnsDomain>`. `consul` is always served
+     * beside it (Consul's `alt_domain`), so Consul-minded tools and stub zones work unchanged.
+     */
+    dnsDomain: z
+      .string()
+      .regex(
+        /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/,
+        'must be DNS labels joined by "."',
+      )
+      .max(253)
+      .optional(),
     /** Services to register at start (service definitions, as for `peermesh register`). */
     services: z.array(z.record(z.string(), z.unknown())).optional(),
     /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
@@ -149,6 +161,8 @@ export interface AgentConfig {
   clusterKey?: string
   /** Undefined when DNS is off. */
   dns?: { host: string; port: number }
+  /** Primary DNS zone, lowercase without the trailing dot (undefined: `peermesh`). */
+  dnsDomain?: string
   services?: Record<string, unknown>[]
   logLevel: (typeof LOG_LEVELS)[number]
   trustDomain?: string
@@ -282,6 +296,9 @@ export function resolveAgentConfig(
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
     ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
+    ...(merged.dnsDomain !== undefined
+      ? { dnsDomain: merged.dnsDomain.toLowerCase().replace(/\.$/, '') }
+      : {}),
     ...(merged.services !== undefined ? { services: merged.services } : {}),
     ...(merged.trustDomain !== undefined ? { trustDomain: merged.trustDomain } : {}),
     ...(merged.caKeyType !== undefined ? { caKeyType: merged.caKeyType } : {}),

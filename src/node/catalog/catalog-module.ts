@@ -9,6 +9,7 @@ import { applyGossipEvent, catalogMeta, memberUpdateOf } from './gossip-glue.ts'
 import {
   Catalog,
   CheckRunner,
+  DEFAULT_DATACENTER,
   DnsServer,
   hostOf,
   LocalPayloadPublisher,
@@ -19,6 +20,15 @@ import {
 import { registerCatalogRoutes } from '../api/catalog-routes.ts'
 import type { IgnoredInstance } from './catalog.ts'
 import { type RequestServiceGrant, ServiceGrants } from './service-grants.ts'
+
+/**
+ * The agent's datacenter name (`datacenter` in the config once the config has that field, issue
+ * #15's `--datacenter`), else Consul's default `dc1`.
+ */
+export function datacenterOf(config: object): string {
+  const dc = (config as { datacenter?: unknown }).datacenter
+  return typeof dc === 'string' && dc !== '' ? dc : DEFAULT_DATACENTER
+}
 
 /**
  * Instances other members announce but may not publish are logged at most once per this interval
@@ -152,6 +162,8 @@ export class CatalogModule implements AgentModule {
       const http = ctx.http
       const dns = new DnsServer({
         catalog: this.catalog,
+        ...(ctx.config.dnsDomain !== undefined ? { domain: ctx.config.dnsDomain } : {}),
+        datacenter: datacenterOf(ctx.config),
         // DNS queries carry no token: they see what the anonymous token may read.
         authorizer: () => http.anonymousAuthorizer(),
       })

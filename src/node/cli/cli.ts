@@ -67,6 +67,7 @@ export function buildCli(): Command {
     .option('--bootstrap-expect <n>', 'bootstrap once N agents are alive (same N on each)', parseIntArg)
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
     .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
+    .option('--dns-domain <domain>', 'primary DNS zone (default peermesh; consul is served too)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
     .option(
       '--token-file <file>',
@@ -95,6 +96,7 @@ export function buildCli(): Command {
             ? { acl: { initialManagementTokenFile: opts['initialManagementTokenFile'] } }
             : {}),
           dns: opts['dns'],
+          dnsDomain: opts['dnsDomain'],
           logLevel: opts['logLevel'],
         },
         'flags',
