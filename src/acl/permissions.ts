@@ -12,6 +12,8 @@ export type PermissionName =
   | 'key:write'
   | 'agent:read'
   | 'agent:write'
+  | 'event:read'
+  | 'event:write'
   | 'operator:read'
   | 'operator:write'
   | 'acl:read'
@@ -43,6 +45,8 @@ export const need = {
   keyWrite: (key: string) => pair((a) => a.keyWrite(key), 'key:write', key),
   agentRead: (node: string) => pair((a) => a.agentRead(node), 'agent:read', node),
   agentWrite: (node: string) => pair((a) => a.agentWrite(node), 'agent:write', node),
+  eventRead: (name: string) => pair((a) => a.eventRead(name), 'event:read', name),
+  eventWrite: (name: string) => pair((a) => a.eventWrite(name), 'event:write', name),
   operatorRead: () => pair((a) => a.operatorRead(), 'operator:read'),
   operatorWrite: () => pair((a) => a.operatorWrite(), 'operator:write'),
   aclRead: () => pair((a) => a.aclRead(), 'acl:read'),

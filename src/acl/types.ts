@@ -27,6 +27,9 @@ export interface RuleSet {
   keyPrefix: Map<string, AccessLevel>
   agent: Map<string, AccessLevel>
   agentPrefix: Map<string, AccessLevel>
+  /** User events by name (`event`, `event_prefix`): read to list, write to fire. */
+  event: Map<string, AccessLevel>
+  eventPrefix: Map<string, AccessLevel>
   operator?: AccessLevel
   acl?: AccessLevel
   /** Unset: `mesh` follows `operator`, as in Consul. */
@@ -43,6 +46,8 @@ export function emptyRuleSet(): RuleSet {
     keyPrefix: new Map(),
     agent: new Map(),
     agentPrefix: new Map(),
+    event: new Map(),
+    eventPrefix: new Map(),
   }
 }
 

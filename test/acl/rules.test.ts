@@ -43,6 +43,14 @@ describe('parseRules: the JSON form', () => {
     expect(() => parseRules('{"keyring": "all"}')).toThrow(AclRulesError)
   })
 
+  it('reads event and event_prefix rules (HCL and JSON)', () => {
+    const r = parseRules('event "deploy" { policy = "write" }\nevent_prefix "" { policy = "read" }')
+    expect(r.event.get('deploy')).toBe('write')
+    expect(r.eventPrefix.get('')).toBe('read')
+    expect(parseRules('{"event": {"x": {"policy": "deny"}}}').event.get('x')).toBe('deny')
+    expect(() => parseRules('event "x" { policy = "all" }')).toThrow(AclRulesError)
+  })
+
   it('a service rule with only intentions denies the service itself (Consul)', () => {
     expect(parseRules('{"service": {"db": {"intentions": "write"}}}').service.get('db')).toEqual({
       policy: 'deny',
