@@ -39,7 +39,7 @@ export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRou
     checkDatacenter(req, deps.datacenter)
     const e = {
       name,
-      payload: payloadOf(req),
+      payload: eventPayload(req),
       nodeFilter: req.query.get('node') ?? '',
       serviceFilter: req.query.get('service') ?? '',
       tagFilter: req.query.get('tag') ?? '',
@@ -70,14 +70,12 @@ export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRou
 }
 
 /**
- * The request body as the payload. Consul takes it byte for byte; peermesh's HTTP server parses
- * bodies as JSON, so the payload is the body as the server kept it: its raw bytes when the server
- * provides them (`rawBody`), else the JSON value it parsed, serialized again (the same bytes for
- * compact JSON).
+ * The request body as the event payload. Consul takes it byte for byte: a route given its body
+ * as bytes (a `Uint8Array`) passes them on as they came. A route whose body the server parsed as
+ * JSON gets the parsed value serialized again (the same bytes for compact JSON).
  */
-function payloadOf(req: ApiRequest): Uint8Array {
-  const raw = (req as ApiRequest & { rawBody?: unknown }).rawBody
-  if (raw instanceof Uint8Array) return raw
+export function eventPayload(req: Pick<ApiRequest, 'body'>): Uint8Array {
+  if (req.body instanceof Uint8Array) return req.body
   if (req.body === undefined) return new Uint8Array(0)
   return new TextEncoder().encode(JSON.stringify(req.body))
 }

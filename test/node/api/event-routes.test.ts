@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { systemClock } from '../../../src/common/clock.ts'
-import { registerEventRoutes } from '../../../src/node/api/event-routes.ts'
+import { eventPayload, registerEventRoutes } from '../../../src/node/api/event-routes.ts'
 import { AclResolver } from '../../../src/node/api/acl-auth.ts'
 import type { HttpApi } from '../../../src/node/api/server.ts'
 import { UserEventBuffer } from '../../../src/node/events/event-buffer.ts'
@@ -108,6 +108,15 @@ describe('PUT /v1/event/fire/:name', () => {
     expect(await bad('/v1/event/fire/deploy?dc=dc2')).toBe(400)
     expect(await bad('/v1/event/fire/deploy', 'x'.repeat(600))).toBe(413)
     expect(fired).toEqual([])
+  })
+})
+
+describe('eventPayload', () => {
+  it('takes a raw body as it came, a parsed JSON body as compact JSON, none as empty', () => {
+    const raw = new Uint8Array([0, 255, 10])
+    expect(eventPayload({ body: raw })).toBe(raw)
+    expect(new TextDecoder().decode(eventPayload({ body: { a: [1, 'x'] } }))).toBe('{"a":[1,"x"]}')
+    expect(eventPayload({ body: undefined })).toHaveLength(0)
   })
 })
 
