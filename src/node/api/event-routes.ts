@@ -10,7 +10,15 @@ import {
   userEventProblem,
   USER_EVENT_VERSION,
 } from '../events/user-event.ts'
-import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
+import { type ApiHandler, ApiReply, type ApiRequest } from './server.ts'
+
+/**
+ * Where the routes go (the agent's `HttpApi`). The fire route asks for its body as bytes
+ * (`rawBody`), as Consul takes any payload; a server without that option parses it as JSON.
+ */
+export interface EventRouteRegistry {
+  route(method: string, pattern: string, handler: ApiHandler, options?: { rawBody?: boolean }): void
+}
 
 export interface EventRouteDeps {
   /** Fires an event to every agent (gossip); returns it with its id and Lamport time. */
@@ -31,24 +39,29 @@ export interface EventRouteDeps {
  *   those the token may not read (`event:read`) left out, as Consul does; `X-Consul-Index` is
  *   Consul's hash of the last event's ID, and `?index=&wait=` blocks while it is unchanged.
  */
-export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRouteDeps): void {
-  http.route('PUT', '/v1/event/fire/:name', (req) => {
-    const name = req.params['name'] ?? ''
-    if (name === '') throw new ApiError('Missing name', 400)
-    req.auth.require(...need.eventWrite(name))
-    checkDatacenter(req, deps.datacenter)
-    const e = {
-      name,
-      payload: eventPayload(req),
-      nodeFilter: req.query.get('node') ?? '',
-      serviceFilter: req.query.get('service') ?? '',
-      tagFilter: req.query.get('tag') ?? '',
-      version: USER_EVENT_VERSION,
-    }
-    const problem = userEventProblem(e)
-    if (problem !== undefined) throw new ApiError(problem, problem.startsWith('payload') ? 413 : 400)
-    return userEventJson(deps.fire(e))
-  })
+export function registerEventRoutes(http: EventRouteRegistry, deps: EventRouteDeps): void {
+  http.route(
+    'PUT',
+    '/v1/event/fire/:name',
+    (req) => {
+      const name = req.params['name'] ?? ''
+      if (name === '') throw new ApiError('Missing name', 400)
+      req.auth.require(...need.eventWrite(name))
+      checkDatacenter(req, deps.datacenter)
+      const e = {
+        name,
+        payload: eventPayload(req),
+        nodeFilter: req.query.get('node') ?? '',
+        serviceFilter: req.query.get('service') ?? '',
+        tagFilter: req.query.get('tag') ?? '',
+        version: USER_EVENT_VERSION,
+      }
+      const problem = userEventProblem(e)
+      if (problem !== undefined) throw new ApiError(problem, problem.startsWith('payload') ? 413 : 400)
+      return userEventJson(deps.fire(e))
+    },
+    { rawBody: true },
+  )
 
   http.route('GET', '/v1/event/list', async (req) => {
     checkDatacenter(req, deps.datacenter)
