@@ -1,6 +1,24 @@
 import { afterAll, describe, expect, it } from 'vitest'
 import { apiCall, TestCluster, waitFor } from './harness.ts'
 
+/**
+ * The npm `consul` package (node-consul), when installed (a devDependency of the KV work): loaded
+ * by a name TypeScript does not resolve, so this file compiles without it.
+ */
+const NODE_CONSUL = 'consul'
+const Consul = ((await import(NODE_CONSUL).catch(() => undefined)) as { default: ConsulClass } | undefined)
+  ?.default
+type ConsulClass = new (opts: {
+  host: string
+  port: number
+  defaults: { token: string }
+}) => {
+  event: {
+    fire(opts: { name: string; payload: string }): Promise<EventJson & { Payload: string }>
+    list(opts: { name: string }): Promise<(EventJson & { Payload: string })[]>
+  }
+}
+
 interface EventJson {
   ID: string
   Name: string
@@ -82,5 +100,21 @@ describe('user events (end to end, 3 agent processes, gossip)', () => {
     const onC = await list(c)
     expect(onC.map((e) => e.Name)).toEqual(['deploy', 'restart', 'later'])
     expect(onC[2]!.LTime).toBeGreaterThan(onC[0]!.LTime)
+
+    // A real Consul client: node-consul fires on B (an opaque, non-JSON payload) and lists on C.
+    if (Consul !== undefined) {
+      const client = (agent: typeof a) => {
+        const [host, port] = agent.http.split(':')
+        return new Consul({ host: host!, port: Number(port), defaults: { token } })
+      }
+      const sent = await client(b).event.fire({ name: 'node-consul', payload: 'v3 ready' })
+      expect(sent.Name).toBe('node-consul')
+      const seen = await waitFor(
+        'the node-consul event on ec',
+        async () => (await client(c).event.list({ name: 'node-consul' })).find((e) => e.ID === sent.ID),
+        20_000,
+      )
+      expect(seen.Payload).toBe('v3 ready')
+    }
   })
 })
