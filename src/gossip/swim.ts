@@ -463,11 +463,6 @@ export class Swim {
     return this.take()
   }
 
-  /** The Lamport time of user events (the last one fired or seen, plus one). */
-  get userEventTime(): number {
-    return this.eventClock.time
-  }
-
   /** All known members, self included (self first). */
   members(): MemberView[] {
     const owners = new Map<string, string>()

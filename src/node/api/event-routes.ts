@@ -1,4 +1,5 @@
 import { need } from '../../acl/index.ts'
+import { InvalidUserEventError } from '../../gossip/index.ts'
 import { DEFAULT_BLOCKING_WAIT_MS, MAX_BLOCKING_WAIT_MS } from '../catalog/change-index.ts'
 import { parseDuration } from '../catalog/duration.ts'
 import { ApiError } from '../agent/errors.ts'
@@ -21,7 +22,10 @@ export interface EventRouteRegistry {
 }
 
 export interface EventRouteDeps {
-  /** Fires an event to every agent (gossip); returns it with its id and Lamport time. */
+  /**
+   * Fires an event to every agent (gossip); returns it with its id and Lamport time. Throws
+   * `InvalidUserEventError` when gossip cannot carry it.
+   */
   fire(e: Omit<UserEventRecord, 'id' | 'ltime'>): UserEventRecord
   /** The events this agent received (for it), for the list. */
   events: UserEventBuffer
@@ -58,7 +62,15 @@ export function registerEventRoutes(http: EventRouteRegistry, deps: EventRouteDe
       }
       const problem = userEventProblem(e)
       if (problem !== undefined) throw new ApiError(problem, problem.startsWith('payload') ? 413 : 400)
-      return userEventJson(deps.fire(e))
+      let fired: UserEventRecord
+      try {
+        fired = deps.fire(e)
+      } catch (err) {
+        // Within every limit above and still more than gossip carries (multi-byte names and filters).
+        if (err instanceof InvalidUserEventError) throw new ApiError(`event too large: ${err.message}`, 413)
+        throw err
+      }
+      return userEventJson(fired)
     },
     { rawBody: true },
   )

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { systemClock } from '../../../src/common/clock.ts'
 import { eventPayload, registerEventRoutes } from '../../../src/node/api/event-routes.ts'
+import { InvalidUserEventError } from '../../../src/gossip/errors.ts'
 import { AclResolver } from '../../../src/node/api/acl-auth.ts'
 import type { HttpApi } from '../../../src/node/api/server.ts'
 import { UserEventBuffer } from '../../../src/node/events/event-buffer.ts'
@@ -28,6 +29,7 @@ beforeEach(async () => {
     datacenter: 'dc1',
     // Gossip faked: the event is "delivered" here at once, as the core does for its own events.
     fire: (e) => {
+      if (e.name === 'too-big-for-gossip') throw new InvalidUserEventError('body of 1100 bytes')
       n++
       const rec = { ...e, id: `00000000-0000-4000-8000-${n.toString(16).padStart(12, '0')}`, ltime: n }
       fired.push(rec)
@@ -107,6 +109,7 @@ describe('PUT /v1/event/fire/:name', () => {
     expect(await bad('/v1/event/fire/deploy?node=(')).toBe(400)
     expect(await bad('/v1/event/fire/deploy?dc=dc2')).toBe(400)
     expect(await bad('/v1/event/fire/deploy', 'x'.repeat(600))).toBe(413)
+    expect(await bad('/v1/event/fire/too-big-for-gossip')).toBe(413)
     expect(fired).toEqual([])
   })
 })
