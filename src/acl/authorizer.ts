@@ -23,6 +23,14 @@ export interface Authorizer {
   nodeWrite(name: string): boolean
   keyRead(key: string): boolean
   keyWrite(key: string): boolean
+  /**
+   * Write on `prefix` and on every key under it (Consul's KeyWritePrefix, for a recursive delete):
+   * no rule for a longer prefix or a key under it may refuse write.
+   */
+  keyWritePrefix(prefix: string): boolean
+  /** Sessions on the node named `node`. */
+  sessionRead(node: string): boolean
+  sessionWrite(node: string): boolean
   /** The agent API of the agent named `node`. */
   agentRead(node: string): boolean
   agentWrite(node: string): boolean
@@ -44,7 +52,7 @@ type Decision = 'allow' | 'deny' | 'default'
 /** What a rule of `level` answers to a request for `want`. */
 export function decide(level: AccessLevel | undefined, want: 'read' | 'write'): Decision {
   if (level === undefined) return 'default'
-  if (level === 'deny') return 'deny'
+  if (level === 'deny' || level === 'list') return 'deny'
   if (level === 'write' || want === 'read') return 'allow'
   return 'deny'
 }
@@ -70,6 +78,23 @@ class RuleTable {
     }
     return undefined
   }
+
+  /** The longest prefix rule matching `name` (exact rules ignored). */
+  lookupPrefix(name: string): AccessLevel | undefined {
+    for (let n = name.length; n >= 0; n--) {
+      const p = this.prefix.get(name.slice(0, n))
+      if (p !== undefined) return p
+    }
+    return undefined
+  }
+
+  /** Whether a rule for a name under `prefix` (exact, or a longer prefix) is not `write`. */
+  refusesUnder(prefix: string): boolean {
+    for (const [k, v] of this.exact) if (k.startsWith(prefix) && v !== 'write') return true
+    for (const [k, v] of this.prefix)
+      if (k.length > prefix.length && k.startsWith(prefix) && v !== 'write') return true
+    return false
+  }
 }
 
 /** Consul's default for `intentions` when a service rule leaves it unset. */
@@ -93,6 +118,7 @@ export class PolicyAuthorizer implements Authorizer {
   private readonly key = new RuleTable()
   private readonly agent = new RuleTable()
   private readonly event = new RuleTable()
+  private readonly session = new RuleTable()
   private operator: AccessLevel | undefined
   private acl: AccessLevel | undefined
   private mesh: AccessLevel | undefined
@@ -111,6 +137,7 @@ export class PolicyAuthorizer implements Authorizer {
       this.key.add(p.key, p.keyPrefix)
       this.agent.add(p.agent, p.agentPrefix)
       this.event.add(p.event, p.eventPrefix)
+      this.session.add(p.session, p.sessionPrefix)
       if (p.operator !== undefined) this.operator = strongerLevel(this.operator, p.operator)
       if (p.acl !== undefined) this.acl = strongerLevel(this.acl, p.acl)
       if (p.mesh !== undefined) this.mesh = strongerLevel(this.mesh, p.mesh)
@@ -145,6 +172,18 @@ export class PolicyAuthorizer implements Authorizer {
   }
   keyWrite(key: string): boolean {
     return this.allowed(this.key.lookup(key), 'write')
+  }
+  keyWritePrefix(prefix: string): boolean {
+    // Consul: with a default of allow, only an explicit refusal under the prefix denies; else the
+    // prefix's own rule decides, and nothing under it may refuse.
+    if (this.key.refusesUnder(prefix)) return false
+    return this.allowed(this.key.lookupPrefix(prefix), 'write')
+  }
+  sessionRead(node: string): boolean {
+    return this.allowed(this.session.lookup(node), 'read')
+  }
+  sessionWrite(node: string): boolean {
+    return this.allowed(this.session.lookup(node), 'write')
   }
   agentRead(node: string): boolean {
     return this.allowed(this.agent.lookup(node), 'read')
@@ -191,6 +230,9 @@ export const MANAGE_ALL: Authorizer = Object.freeze({
   nodeWrite: yes,
   keyRead: yes,
   keyWrite: yes,
+  keyWritePrefix: yes,
+  sessionRead: yes,
+  sessionWrite: yes,
   agentRead: yes,
   agentWrite: yes,
   eventRead: yes,
@@ -216,6 +258,9 @@ export const DENY_ALL: Authorizer = Object.freeze({
   nodeWrite: no,
   keyRead: no,
   keyWrite: no,
+  keyWritePrefix: no,
+  sessionRead: no,
+  sessionWrite: no,
   agentRead: no,
   agentWrite: no,
   eventRead: no,

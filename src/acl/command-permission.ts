@@ -1,3 +1,4 @@
+import type { TxnOp } from '../raft/policy/kv-commands.ts'
 import type { PolicyCommand } from '../raft/policy/policy-commands.ts'
 import { need, type PermissionCheck, type PermissionNeed } from './permissions.ts'
 
@@ -30,8 +31,46 @@ export function commandPermission(cmd: PolicyCommand): [PermissionCheck, Permiss
       return need.operatorWrite()
     case 'acl.bootstrap':
       return undefined
+    case 'kv.set':
+      return need.keyWrite(cmd.key)
+    case 'kv.delete':
+      return cmd.recurse === true ? need.keyWritePrefix(cmd.key) : need.keyWrite(cmd.key)
+    case 'kv.delete-tree':
+      return need.keyWritePrefix(cmd.prefix)
+    case 'session.create':
+    case 'session.destroy':
+    case 'session.renew':
+      return need.sessionWrite(cmd.node)
+    case 'txn':
+      return txnPermission(cmd.ops)
     default:
       return need.aclWrite()
+  }
+}
+
+/**
+ * What a transaction needs: every operation's own permission (Consul checks each op): read on the
+ * keys it reads, write on the keys it writes, write on every key under a tree it deletes. The
+ * refusal names the first operation (the HTTP route checks them one by one, naming the one refused).
+ */
+export function txnPermission(ops: readonly TxnOp[]): [PermissionCheck, PermissionNeed] {
+  const needs = ops.map(txnOpPermission)
+  return [(a) => needs.every(([c]) => c(a)), needs[0]?.[1] ?? { permission: 'key:write' }]
+}
+
+/** What one transaction operation needs. */
+export function txnOpPermission(op: TxnOp): [PermissionCheck, PermissionNeed] {
+  switch (op.verb) {
+    case 'get':
+    case 'get-tree':
+    case 'check-index':
+    case 'check-session':
+    case 'check-not-exists':
+      return need.keyRead(op.key)
+    case 'delete-tree':
+      return need.keyWritePrefix(op.key)
+    default:
+      return need.keyWrite(op.key)
   }
 }
 

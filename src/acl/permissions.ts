@@ -10,6 +10,8 @@ export type PermissionName =
   | 'node:write'
   | 'key:read'
   | 'key:write'
+  | 'session:read'
+  | 'session:write'
   | 'agent:read'
   | 'agent:write'
   | 'event:read'
@@ -43,6 +45,10 @@ export const need = {
   nodeWrite: (name: string) => pair((a) => a.nodeWrite(name), 'node:write', name),
   keyRead: (key: string) => pair((a) => a.keyRead(key), 'key:read', key),
   keyWrite: (key: string) => pair((a) => a.keyWrite(key), 'key:write', key),
+  /** Write on `prefix` and every key under it (a recursive delete): Consul's KeyWritePrefix. */
+  keyWritePrefix: (prefix: string) => pair((a) => a.keyWritePrefix(prefix), 'key:write', prefix),
+  sessionRead: (node: string) => pair((a) => a.sessionRead(node), 'session:read', node),
+  sessionWrite: (node: string) => pair((a) => a.sessionWrite(node), 'session:write', node),
   agentRead: (node: string) => pair((a) => a.agentRead(node), 'agent:read', node),
   agentWrite: (node: string) => pair((a) => a.agentWrite(node), 'agent:write', node),
   eventRead: (name: string) => pair((a) => a.eventRead(name), 'event:read', name),

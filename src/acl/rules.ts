@@ -10,8 +10,9 @@ import { type AccessLevel, emptyRuleSet, type RuleSet, type ServiceRule } from '
  * The JSON form of HCL (a block as an array of objects) is accepted too.
  *
  * Resources peermesh enforces: service/service_prefix (with `intentions`), node/node_prefix,
- * key/key_prefix, agent/agent_prefix, event/event_prefix, operator, acl, mesh. Consul resources
- * peermesh has no counterpart for (query, session, keyring, peering, identity, ...) are checked and
+ * key/key_prefix, agent/agent_prefix, event/event_prefix, session/session_prefix, operator, acl,
+ * mesh. Consul resources peermesh has no counterpart for (query, keyring, peering, identity, ...)
+ * are checked and
  * ignored, so a policy written for Consul loads. Anything else is an error naming the rule.
  */
 export function parseRules(text: string): RuleSet {
@@ -45,22 +46,17 @@ const NAMED = {
   agent_prefix: 'agentPrefix',
   event: 'event',
   event_prefix: 'eventPrefix',
+  session: 'session',
+  session_prefix: 'sessionPrefix',
 } as const
 const SCALAR = { operator: 'operator', acl: 'acl', mesh: 'mesh' } as const
 /** Consul resources without a peermesh counterpart: validated, then ignored. */
-const IGNORED_NAMED = new Set([
-  'query',
-  'query_prefix',
-  'session',
-  'session_prefix',
-  'identity',
-  'identity_prefix',
-])
+const IGNORED_NAMED = new Set(['query', 'query_prefix', 'identity', 'identity_prefix'])
 const IGNORED_SCALAR = new Set(['keyring', 'peering'])
 
-const RANK: Record<AccessLevel, number> = { read: 1, write: 2, deny: 3 }
+const RANK: Record<AccessLevel, number> = { list: 0, read: 1, write: 2, deny: 3 }
 
-/** Of two levels for the same rule, the one Consul keeps when merging: deny, then write, then read. */
+/** Of two levels for the same rule, the one Consul keeps when merging: deny, then write, read, list. */
 export function strongerLevel(a: AccessLevel | undefined, b: AccessLevel): AccessLevel {
   return a === undefined || RANK[b] > RANK[a] ? b : a
 }
@@ -73,7 +69,12 @@ export function ruleSetFromDocument(doc: unknown): RuleSet {
     if (Object.hasOwn(NAMED, resource) || IGNORED_NAMED.has(resource)) {
       for (const [name, body] of namedEntries(resource, value)) {
         const where = `${resource} ${JSON.stringify(name)}`
-        const rule = parseRuleBody(where, body, resource === 'service' || resource === 'service_prefix')
+        const rule = parseRuleBody(
+          where,
+          body,
+          resource === 'service' || resource === 'service_prefix',
+          resource === 'key' || resource === 'key_prefix',
+        )
         const field = Object.hasOwn(NAMED, resource) ? NAMED[resource as keyof typeof NAMED] : undefined
         if (field === undefined) continue
         if (field === 'service' || field === 'servicePrefix') {
@@ -111,7 +112,7 @@ function namedEntries(resource: string, value: unknown): [string, unknown][] {
   return out
 }
 
-function parseRuleBody(where: string, raw: unknown, service: boolean): ServiceRule {
+function parseRuleBody(where: string, raw: unknown, service: boolean, key: boolean): ServiceRule {
   let body = raw
   if (Array.isArray(body)) {
     if (body.length !== 1) throw new AclRulesError(`${where}: expected one rule body`)
@@ -121,7 +122,7 @@ function parseRuleBody(where: string, raw: unknown, service: boolean): ServiceRu
   let policy: AccessLevel | undefined
   let intentions: AccessLevel | undefined
   for (const [k, v] of Object.entries(body)) {
-    if (k === 'policy') policy = parseLevel(`${where}: policy`, v)
+    if (k === 'policy') policy = parseLevel(`${where}: policy`, v, key)
     else if (k === 'intentions' && service) intentions = parseLevel(`${where}: intentions`, v)
     else throw new AclRulesError(`${where}: unknown field ${JSON.stringify(k)}`)
   }
@@ -133,10 +134,13 @@ function parseRuleBody(where: string, raw: unknown, service: boolean): ServiceRu
   return intentions === undefined ? { policy } : { policy, intentions }
 }
 
-function parseLevel(where: string, v: unknown): AccessLevel {
+/** `list` is a level of key rules only (Consul's), see `AccessLevel`. */
+function parseLevel(where: string, v: unknown, listAllowed = false): AccessLevel {
   if (typeof v === 'string' && (LEVELS as readonly string[]).includes(v)) return v as AccessLevel
-  if (v === 'list')
-    throw new AclRulesError(`${where}: "list" is not supported by peermesh (use "read" or "deny")`)
+  if (v === 'list') {
+    if (listAllowed) return 'list'
+    throw new AclRulesError(`${where}: "list" is a level of key and key_prefix rules only`)
+  }
   throw new AclRulesError(`${where}: expected "read", "write" or "deny", not ${JSON.stringify(v)}`)
 }
 

@@ -3,8 +3,13 @@
  * state holds them. Field names are camelCase here; the HTTP API shows Consul's PascalCase.
  */
 
-/** A rule's level. `write` includes `read`; `deny` refuses both, whatever else matches less specifically. */
-export type AccessLevel = 'read' | 'write' | 'deny'
+/**
+ * A rule's level. `write` includes `read`; `deny` refuses both, whatever else matches less
+ * specifically. `list` (key rules only) lets a token list key names; as in Consul with its default
+ * `acl.enable_key_list_policy = false`, listing is filtered by `read`, so `list` alone grants
+ * neither read nor write (but, being a rule, it stops a shorter prefix or the default from granting).
+ */
+export type AccessLevel = 'list' | 'read' | 'write' | 'deny'
 
 /** A `service` or `service_prefix` rule: its level, and optionally a separate one for intentions. */
 export interface ServiceRule {
@@ -30,6 +35,9 @@ export interface RuleSet {
   /** User events by name (`event`, `event_prefix`): read to list, write to fire. */
   event: Map<string, AccessLevel>
   eventPrefix: Map<string, AccessLevel>
+  /** `session "node"`: sessions on that node (Consul's session rules name nodes). */
+  session: Map<string, AccessLevel>
+  sessionPrefix: Map<string, AccessLevel>
   operator?: AccessLevel
   acl?: AccessLevel
   /** Unset: `mesh` follows `operator`, as in Consul. */
@@ -48,6 +56,8 @@ export function emptyRuleSet(): RuleSet {
     agentPrefix: new Map(),
     event: new Map(),
     eventPrefix: new Map(),
+    session: new Map(),
+    sessionPrefix: new Map(),
   }
 }
 

@@ -150,6 +150,63 @@ const cases: [string, string[], Method, string, boolean][] = [
     'app',
     false,
   ],
+  // Recursive deletes (Consul's KeyWritePrefix): the prefix's own rule, and nothing under it refusing.
+  ['key write prefix', ['key_prefix "app/" { policy = "write" }'], 'keyWritePrefix', 'app/', true],
+  [
+    'key write prefix refused by a read rule under it',
+    ['key_prefix "app/" { policy = "write" }\nkey_prefix "app/ro/" { policy = "read" }'],
+    'keyWritePrefix',
+    'app/',
+    false,
+  ],
+  [
+    'key write prefix refused by an exact deny under it',
+    ['key_prefix "" { policy = "write" }\nkey "app/secret" { policy = "deny" }'],
+    'keyWritePrefix',
+    'app/',
+    false,
+  ],
+  [
+    'key write prefix ignores an exact write rule for the prefix string',
+    ['key_prefix "" { policy = "read" }\nkey "app/" { policy = "write" }'],
+    'keyWritePrefix',
+    'app/',
+    false,
+  ],
+  [
+    'key write prefix: a write rule under it is fine',
+    ['key_prefix "" { policy = "write" }\nkey "a/b" { policy = "write" }'],
+    'keyWritePrefix',
+    'a/',
+    true,
+  ],
+  // `list` (enable_key_list_policy off): neither read nor write, and it stops the shorter prefix.
+  ['key list does not read', ['key_prefix "app/" { policy = "list" }'], 'keyRead', 'app/x', false],
+  [
+    'key list beats a shorter read prefix',
+    ['key_prefix "" { policy = "read" }\nkey_prefix "app/" { policy = "list" }'],
+    'keyRead',
+    'app/x',
+    false,
+  ],
+  ['key list does not write', ['key_prefix "app/" { policy = "list" }'], 'keyWrite', 'app/x', false],
+  // Sessions: rules name nodes.
+  ['session exact write', ['session "n1" { policy = "write" }'], 'sessionWrite', 'n1', true],
+  [
+    'session exact does not match another node',
+    ['session "n1" { policy = "write" }'],
+    'sessionWrite',
+    'n2',
+    false,
+  ],
+  [
+    'session prefix read refuses write',
+    ['session_prefix "" { policy = "read" }'],
+    'sessionWrite',
+    'n1',
+    false,
+  ],
+  ['session prefix read', ['session_prefix "" { policy = "read" }'], 'sessionRead', 'n1', true],
   ['agent prefix read', ['agent_prefix "" { policy = "read" }'], 'agentRead', 'n9', true],
   ['agent prefix read refuses write', ['agent_prefix "" { policy = "read" }'], 'agentWrite', 'n9', false],
   // User events (Consul's event / event_prefix): read lists, write fires.

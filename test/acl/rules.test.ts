@@ -37,9 +37,9 @@ describe('parseRules: the JSON form', () => {
 
   it('checks and ignores Consul resources peermesh has no counterpart for', () => {
     const r = parseRules(
-      '{"query_prefix": {"": {"policy": "read"}}, "keyring": "write", "session": {"x": {"policy": "write"}}}',
+      '{"query_prefix": {"": {"policy": "read"}}, "keyring": "write", "identity": {"x": {"policy": "write"}}}',
     )
-    expect(r.service.size + r.node.size + r.key.size).toBe(0)
+    expect(r.service.size + r.node.size + r.key.size + r.session.size).toBe(0)
     expect(() => parseRules('{"keyring": "all"}')).toThrow(AclRulesError)
   })
 
@@ -49,6 +49,24 @@ describe('parseRules: the JSON form', () => {
     expect(r.eventPrefix.get('')).toBe('read')
     expect(parseRules('{"event": {"x": {"policy": "deny"}}}').event.get('x')).toBe('deny')
     expect(() => parseRules('event "x" { policy = "all" }')).toThrow(AclRulesError)
+  })
+
+  it('reads "list" on key rules (Consul), merging below read', () => {
+    const r = parseRules('key_prefix "app/" { policy = "list" }\nkey "app/x" { policy = "list" }')
+    expect(r.keyPrefix.get('app/')).toBe('list')
+    expect(
+      parseRules(
+        ['key_prefix "a/" { policy = "list" }', 'key_prefix "a/" { policy = "read" }'].join('\n'),
+      ).keyPrefix.get('a/'),
+    ).toBe('read')
+  })
+
+  it('reads session and session_prefix rules (on node names), JSON and HCL', () => {
+    const r = parseRules('session "n1" { policy = "write" }\nsession_prefix "" { policy = "read" }')
+    expect(r.session.get('n1')).toBe('write')
+    expect(r.sessionPrefix.get('')).toBe('read')
+    expect(parseRules('{"session": {"x": {"policy": "deny"}}}').session.get('x')).toBe('deny')
+    expect(() => parseRules('session "x" { policy = "own" }')).toThrow(AclRulesError)
   })
 
   it('a service rule with only intentions denies the service itself (Consul)', () => {
@@ -82,7 +100,7 @@ describe('parseRules: the JSON form', () => {
     ['{"service": {"web": "read"}}', /^service "web": expected \{"policy"/],
     ['{"service": "read"}', /^service: expected an object of names/],
     ['{"operator": {"policy": "read"}}', /^operator: expected "read", "write" or "deny"/],
-    ['{"key_prefix": {"": {"policy": "list"}}}', /"list" is not supported/],
+    ['{"service_prefix": {"": {"policy": "list"}}}', /"list" is a level of key and key_prefix rules only/],
     ['{"service": {"web": {"policy": "read", "intentions": "all"}}}', /^service "web": intentions: /],
   ])('refuses %s with a message naming the rule', (text, message) => {
     expect(() => parseRules(text)).toThrow(message)

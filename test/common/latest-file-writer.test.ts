@@ -1,12 +1,15 @@
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { LatestFileWriter } from '../../src/common/fs-atomic.ts'
+import { TempDirs } from '../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 describe('LatestFileWriter', () => {
   it('ends with the latest contents, one write in flight at a time, no temporary file left', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-writer-'))
+    const dir = tmp.make('writer')
     const errors: unknown[] = []
     const w = new LatestFileWriter(join(dir, 'state.json'), (e) => errors.push(e))
     for (let i = 0; i < 50; i++) w.write(JSON.stringify({ i }))
@@ -20,7 +23,7 @@ describe('LatestFileWriter', () => {
   })
 
   it('reports a failed write instead of throwing, and keeps going', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-writer-'))
+    const dir = tmp.make('writer')
     const errors: unknown[] = []
     const w = new LatestFileWriter(join(dir, 'missing-dir', 'state.json'), (e) => errors.push(e))
     w.write('x')

@@ -118,6 +118,8 @@ export async function runFoundingAcl(label: string, timeoutMs = 30_000): Promise
       writeFileSync(join(dataDir, NODE_KEY_FILE), k.key, { mode: 0o600 })
       const a = cluster.agent({
         name,
+        // The token comes from the config files above only: the joiner holds none.
+        initialManagementToken: false,
         clusterKeyFile: clusterKey,
         dataDir,
         seeds: keys
@@ -139,6 +141,7 @@ export async function runFoundingAcl(label: string, timeoutMs = 30_000): Promise
     await Promise.all(agents.map((a) => startUnderLoad(a, timeoutMs)))
     const startMs = Date.now() - t0
     const headers = { 'x-consul-token': token }
+    let lastShapes: (string | undefined)[] = []
     const configuration = await waitFor(
       `${label}: one raft configuration on every agent`,
       async () => {
@@ -147,6 +150,7 @@ export async function runFoundingAcl(label: string, timeoutMs = 30_000): Promise
             shape(await a.api<RaftConfiguration>('/v1/operator/raft/configuration', { headers })),
           ),
         )
+        lastShapes = shapes
         const first = shapes[1]
         // The eligible agents must all answer; the joiner answers once it replicates the cluster's
         // state as a learner (if it is admitted as one), and then must agree too.
@@ -157,7 +161,20 @@ export async function runFoundingAcl(label: string, timeoutMs = 30_000): Promise
       },
       timeoutMs,
       100,
-    )
+    ).catch((err: unknown) => {
+      // Say what each agent last answered and what its log says about founding and enrollment.
+      const seen = agents.map((a, i) => `${a.name}: ${lastShapes[i] ?? '(no configuration)'}`)
+      const logs = agents.map(
+        (a) =>
+          `--- ${a.name} (exit ${a.child?.exitCode ?? 'running'}):\n` +
+          a.log
+            .split('\n')
+            .filter((l) => /found|enrol|bootstrap|leader|error|warn|refus/i.test(l))
+            .slice(-25)
+            .join('\n'),
+      )
+      throw new Error(`${String(err)}\nlast answers:\n${seen.join('\n')}\n${logs.join('\n')}`)
+    })
     const ms = Date.now() - t0
     const run: FoundingAclRun = {
       ms,

@@ -1,10 +1,10 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { freePort } from '../../src/node/transport/free-port.ts'
+import { makeTempDir, removeTempDir } from '../temp-dir.ts'
 
 export const BIN = fileURLToPath(new URL('../../bin/peermesh.js', import.meta.url))
 
@@ -288,7 +288,7 @@ export class AgentProcess {
  * `close()`.
  */
 export class TestCluster {
-  readonly dir = mkdtempSync(join(tmpdir(), 'peermesh-e2e-'))
+  readonly dir = makeTempDir('e2e')
   readonly agents: AgentProcess[] = []
   /** The cluster's management token (a UUID); its agents get it as initial management token. */
   readonly managementToken: string
@@ -331,7 +331,7 @@ export class TestCluster {
 
   async close(): Promise<void> {
     await Promise.all(this.agents.map((a) => a.stop('SIGKILL')))
-    rmSync(this.dir, { recursive: true, force: true })
+    removeTempDir(this.dir)
   }
 }
 

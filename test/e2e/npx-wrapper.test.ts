@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { BIN, freePort, waitFor } from './harness.ts'
+import { makeTempDir, removeTempDir } from '../temp-dir.ts'
 
 /** Whether a process with this pid exists. */
 function alive(pid: number): boolean {
@@ -16,8 +16,8 @@ function alive(pid: number): boolean {
 }
 
 describe('an agent started through npx', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'peermesh-npx-'))
-  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = makeTempDir('npx')
+  afterAll(() => removeTempDir(dir))
 
   it('stops gracefully when the npm wrapper above it is killed, instead of running on orphaned', async () => {
     const http = `127.0.0.1:${await freePort()}`

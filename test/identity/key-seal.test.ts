@@ -1,8 +1,5 @@
 import { createPublicKey } from 'node:crypto'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import {
   KeySealError,
   openSealed,
@@ -11,8 +8,11 @@ import {
   x25519PublicOfPeerId,
 } from '../../src/identity/keys/key-seal.ts'
 import { loadOrCreateNodeIdentity } from '../../src/identity/keys/node-key.ts'
+import { TempDirs } from '../temp-dir.ts'
 
-const identity = () => loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-seal-')))
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
+const identity = () => loadOrCreateNodeIdentity(tmp.make('seal'))
 
 describe('sealing a secret to a peer id', () => {
   it('derives the same X25519 public key from the peer id as from the private key', async () => {

@@ -1,13 +1,16 @@
-import { mkdtempSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { generateClusterKey, parseClusterKey } from '../../src/identity/keys/cluster-key.ts'
 import { loadOrCreateNodeIdentity, NODE_KEY_FILE, verifyByPeerId } from '../../src/identity/keys/node-key.ts'
+import { TempDirs } from '../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 describe('node key', () => {
   it('is created on first start with mode 0600 and reused on restart (same peer id)', async () => {
-    const dir = join(mkdtempSync(join(tmpdir(), 'pm-key-')), 'data')
+    const dir = join(tmp.make('key'), 'data')
     const first = await loadOrCreateNodeIdentity(dir)
     expect(statSync(join(dir, NODE_KEY_FILE)).mode & 0o777).toBe(0o600)
     const second = await loadOrCreateNodeIdentity(dir)
@@ -16,8 +19,8 @@ describe('node key', () => {
   })
 
   it('signs with node:crypto and verifies by peer id; a wrong key, tampered data or junk fails', async () => {
-    const a = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-key-')))
-    const b = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-key-')))
+    const a = await loadOrCreateNodeIdentity(tmp.make('key'))
+    const b = await loadOrCreateNodeIdentity(tmp.make('key'))
     const data = new TextEncoder().encode('record v1')
     const sig = a.sign(data)
     expect(verifyByPeerId(a.id, data, sig)).toBe(true)
@@ -28,7 +31,7 @@ describe('node key', () => {
   })
 
   it('refuses a corrupt key file instead of silently replacing the identity', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-key-'))
+    const dir = tmp.make('key')
     writeFileSync(join(dir, NODE_KEY_FILE), 'garbage')
     await expect(loadOrCreateNodeIdentity(dir)).rejects.toMatchObject({ code: 'PEERMESH_ERR_NODE_KEY' })
   })

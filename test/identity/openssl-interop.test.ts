@@ -3,23 +3,23 @@
  * Skipped only when the `openssl` binary is not installed.
  */
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createRootCa, crossSign, signLeaf } from '../../src/identity/ca/ca.ts'
 import { createLeafKeyAndCsr } from '../../src/identity/ca/leaf.ts'
+import { makeTempDir, removeTempDir } from '../temp-dir.ts'
 import { HOUR, TD } from './helpers.ts'
 
 const opensslAvailable = spawnSync('openssl', ['version'], { encoding: 'utf8' }).status === 0
-const dir = mkdtempSync(join(tmpdir(), 'peermesh-openssl-'))
+const dir = makeTempDir('openssl')
 
 function openssl(...args: string[]) {
   const r = spawnSync('openssl', args, { cwd: dir, encoding: 'utf8' })
   return { status: r.status, out: `${r.stdout}${r.stderr}` }
 }
 
-afterAll(() => rmSync(dir, { recursive: true, force: true }))
+afterAll(() => removeTempDir(dir))
 
 // openssl verifies against the machine's clock, so these certificates are issued "now" (wall time).
 describe.skipIf(!opensslAvailable)('openssl interop (skipped: openssl binary not found on PATH)', () => {

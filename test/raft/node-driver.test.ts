@@ -1,6 +1,4 @@
 import { raftMessage } from './message.ts'
-import * as fs from 'node:fs'
-import * as os from 'node:os'
 import * as path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { encodeMessage } from '../../src/raft/codec.ts'
@@ -14,6 +12,7 @@ import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../src/r
 import type { RaftStorage } from '../../src/raft/storage/storage.ts'
 import { SeededRng } from '../sim/rng.ts'
 import { VirtualClock } from '../sim/virtual-clock.ts'
+import { makeTempDir, removeTempDir } from '../temp-dir.ts'
 
 const TICK = 100
 const ids = ['a', 'b', 'c']
@@ -113,7 +112,7 @@ const upsert = (source: string, destination: string) =>
 
 let tmp: string | undefined
 afterEach(() => {
-  if (tmp !== undefined) fs.rmSync(tmp, { recursive: true, force: true })
+  if (tmp !== undefined) removeTempDir(tmp)
   tmp = undefined
 })
 
@@ -198,7 +197,7 @@ describe('RaftNode driver', () => {
   })
 
   it('restarts from FileStorage after a crash, with snapshots and compaction', async () => {
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'peermesh-driver-'))
+    tmp = makeTempDir('driver')
     const open = (id: string) => FileStorage.open(path.join(tmp!, id)).storage
     const c = cluster({ snapshotThreshold: 5 })
     for (const id of ids) c.start(id, open(id))
@@ -313,7 +312,7 @@ describe('RaftNode driver', () => {
     // Real event loop: coalesceReady + FileStorage takes the asynchronous fsync path. The core
     // counts the leader's own copy only after its fsync (thesis §10.2.1), so every acknowledged
     // write is durable on a majority; here, on all three after they settle.
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'raft-async-'))
+    tmp = makeTempDir('raft-async')
     const nodes = new Map<string, RaftNode<PolicyResult>>()
     const storages = new Map<string, FileStorage>()
     for (const id of ids) {

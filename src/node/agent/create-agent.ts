@@ -9,6 +9,7 @@ import { ConnectModule } from '../connect/connect-module.ts'
 import { EventModule } from '../events/event-module.ts'
 import { GossipModule } from '../gossip/gossip-module.ts'
 import type { RaftMembers, VoterKeyGrant } from '../raft/components.ts'
+import { kvModuleOf } from '../kv/kv-module.ts'
 import { RaftModule } from '../raft/raft-module.ts'
 import { SidecarModule } from '../sidecars/sidecar-module.ts'
 import { UiModule } from '../ui/index.ts'
@@ -73,5 +74,6 @@ export function createAgent(
   // The UI first: its routes are there as soon as the HTTP API answers.
   agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
   agent.use(new EventModule({ gossip, localServices: () => catalog.local?.list() ?? [] }))
+  agent.use(kvModuleOf(raft, catalog))
   return { agent, gossip, catalog, raft, connect, sidecars }
 }

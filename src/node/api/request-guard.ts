@@ -67,7 +67,11 @@ export function hasBody(headers: GuardedRequest['headers']): boolean {
  * Why this request must be refused before its handler runs, or undefined to let it through.
  * Order: `Host` (403), `Origin` and `Sec-Fetch-Site` (403), then the write's content type (415).
  */
-export function guardRefusal(req: GuardedRequest, api: ApiAddresses): GuardRefusal | undefined {
+export function guardRefusal(
+  req: GuardedRequest,
+  api: ApiAddresses,
+  options: { rawBody?: boolean } = {},
+): GuardRefusal | undefined {
   const h = req.headers
   const hostHeader = one(h['host'])
   // HTTP/1.1 requires Host (node answers 400 itself); an HTTP/1.0 request without one cannot come
@@ -92,7 +96,9 @@ export function guardRefusal(req: GuardedRequest, api: ApiAddresses): GuardRefus
       status: 403,
       message: `refused: Sec-Fetch-Site "${site}": cross-site requests are not allowed`,
     }
-  if (SAFE_METHODS.has(req.method)) return undefined
+  // A route taking raw bytes (Consul's KV PUT) is PUT/DELETE: a browser sends those cross-origin
+  // only after a CORS preflight, which this API never grants; the Origin checks above still apply.
+  if (SAFE_METHODS.has(req.method) || options.rawBody === true) return undefined
   const contentType = one(h['content-type'])
   if (contentType !== undefined) {
     if (!isJsonContentType(contentType))

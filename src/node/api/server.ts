@@ -77,6 +77,17 @@ interface Route {
   method: string
   parts: string[]
   handler: ApiHandler
+  options: RouteOptions
+}
+
+/** How a route takes its request (default: a JSON body, refused unless declared JSON). */
+export interface RouteOptions {
+  /**
+   * The body as bytes (`Uint8Array`, or undefined when empty), of any content type: Consul's KV
+   * `PUT` takes a value, not JSON. Only for PUT/DELETE routes, which a browser cannot send
+   * cross-origin without a CORS preflight this API never grants.
+   */
+  rawBody?: boolean
 }
 
 /** Largest request body accepted; the API takes small JSON documents only. */
@@ -124,9 +135,13 @@ export class HttpApi {
     this.limits = { ...DEFAULT_HTTP_API_LIMITS, ...limits }
   }
 
-  /** Adds a route; `pattern` segments starting with ':' are parameters (`/v1/health/service/:name`). */
-  route(method: string, pattern: string, handler: ApiHandler): void {
-    this.routes.push({ method: method.toUpperCase(), parts: splitPath(pattern), handler })
+  /**
+   * Adds a route; `pattern` segments starting with ':' are parameters (`/v1/health/service/:name`),
+   * a last segment starting with '*' matches the rest of the path, empty included (`/v1/kv/*key`;
+   * the handler reads it from `req.path`, which keeps empty segments and a trailing '/').
+   */
+  route(method: string, pattern: string, handler: ApiHandler, options: RouteOptions = {}): void {
+    this.routes.push({ method: method.toUpperCase(), parts: splitPath(pattern), handler, options })
   }
 
   async listen(host: string, port: number): Promise<{ host: string; port: number }> {
@@ -217,10 +232,12 @@ export class HttpApi {
     const parts = splitPath(path)
     let known = false
     for (const route of this.routes) {
-      if (route.parts.length !== parts.length) continue
+      const rest = route.parts.at(-1)?.startsWith('*') === true
+      const fixed = rest ? route.parts.length - 1 : route.parts.length
+      if (rest ? parts.length < fixed : parts.length !== fixed) continue
       const params: Record<string, string> = {}
       let ok = true
-      for (let i = 0; i < parts.length; i++) {
+      for (let i = 0; i < fixed; i++) {
         const want = route.parts[i]!
         const got = parts[i]!
         if (want.startsWith(':')) {
@@ -251,7 +268,9 @@ export class HttpApi {
       const method = (req.method ?? 'GET').toUpperCase()
       // Refused before routing and before the body is read; the unread body means the connection
       // cannot be reused.
-      const refusal = guardRefusal({ method, headers: req.headers }, this.addresses)
+      const { route, params, known } = this.match(method === 'HEAD' ? 'GET' : method, url.pathname)
+      const rawBody = route?.options.rawBody === true && (method === 'PUT' || method === 'DELETE')
+      const refusal = guardRefusal({ method, headers: req.headers }, this.addresses, { rawBody })
       if (refusal !== undefined) {
         closeAfter = true
         this.log.debug({ method, path: url.pathname, why: refusal.message }, 'http api request refused')
@@ -262,14 +281,13 @@ export class HttpApi {
         closeAfter = true
         throw new ApiError(`request body larger than ${MAX_BODY_BYTES} bytes`, 413)
       }
-      const { route, params, known } = this.match(method === 'HEAD' ? 'GET' : method, url.pathname)
       if (route === undefined) {
         await drain(req)
         throw known
           ? new ApiError(`method ${method} not allowed on ${url.pathname}`, 405)
           : new ApiError(`no such API path: ${url.pathname}`, 404)
       }
-      const body = await readJsonBody(req)
+      const body = rawBody ? await readRawBody(req) : await readJsonBody(req)
       const accessor: { id?: string } = {}
       const result = await route.handler({
         method,
@@ -349,6 +367,17 @@ async function drain(req: IncomingMessage): Promise<void> {
   for await (const _ of req) {
     // discard
   }
+}
+
+async function readRawBody(req: IncomingMessage): Promise<Uint8Array | undefined> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length
+    if (size > MAX_BODY_BYTES) throw new ApiError(`request body larger than ${MAX_BODY_BYTES} bytes`, 413)
+    chunks.push(chunk)
+  }
+  return size === 0 ? undefined : new Uint8Array(Buffer.concat(chunks))
 }
 
 async function readJsonBody(req: IncomingMessage): Promise<unknown> {

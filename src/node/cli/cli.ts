@@ -16,6 +16,7 @@ import { VERSION } from '../agent/version.ts'
 import type { MemberJson } from '../gossip/index.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
+import { registerConfigCommands } from './config.ts'
 import { ApiClient, setCliToken } from './client.ts'
 import { registerConnectCommands } from './connect.ts'
 import { print, renderTable } from './format.ts'
@@ -38,13 +39,29 @@ export interface AgentInfo {
   peers: string[]
 }
 
+/**
+ * commander's error as one line: `error: unknown command 'memebrs'\n(Did you mean members?)` becomes
+ * `peermesh: unknown command 'memebrs'. Did you mean 'members'?` (the same for options).
+ */
+export function oneLineError(text: string): string {
+  const [first = '', ...rest] = text.trim().split('\n')
+  const line = `peermesh: ${first.replace(/^error: /, '')}`
+  const suggestion = /^\(Did you mean (one of )?(.+)\?\)$/.exec(rest.join(' ').trim())
+  if (suggestion === null) return `${line}\n`
+  const names = suggestion[2]!
+    .split(', ')
+    .map((name) => `'${name}'`)
+    .join(', ')
+  return `${line}. Did you mean ${suggestion[1] ?? ''}${names}?\n`
+}
+
 export function buildCli(): Command {
   const program = new Command('peermesh')
     .description('A service mesh with no central server')
     .version(VERSION, '-v, --version')
     .showSuggestionAfterError()
     .configureOutput({
-      outputError: (str, write) => write(str.split('\n')[0]!.replace(/^error: /, 'peermesh: ') + '\n'),
+      outputError: (str, write) => write(oneLineError(str)),
     })
     // Every client command sends the token its --token / --token-file gave (else the env's).
     .hook('preAction', (_program, action) => setCliToken(resolveCliToken(action.opts())))
@@ -194,6 +211,7 @@ export function buildCli(): Command {
   registerRaftCommands(program)
   registerConnectCommands(program)
   registerAclCommands(program)
+  registerConfigCommands(program)
   return program
 }
 

@@ -64,6 +64,7 @@ import {
 } from './enrollment.ts'
 import { NoLeaderError, RaftNotRunningError } from './errors.ts'
 import { FoundingRecordFile } from './founding-record-file.ts'
+import { InitialManagementApplier } from './initial-management.ts'
 import { FoundingRpc } from './founding-rpc.ts'
 import { hostConnections, LeaderLiveness } from './leader-liveness.ts'
 import { registerRaftMetrics } from './metrics.ts'
@@ -88,6 +89,8 @@ export const RAFT_DIR = 'raft'
  * sender), so that a peer flooding hostile messages cannot flood the log.
  */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000
+/** How soon a leader tries again to apply the initial management token after a failed write. */
+const INITIAL_MANAGEMENT_RETRY_MS = 1_000
 const UNTRUSTED_SNAPSHOT_HINT =
   'a snapshot not signed by a CA root trusted here: if this agent missed a whole root rotation while ' +
   'the log was compacted, stop it, empty its raft directory and restart it'
@@ -438,9 +441,29 @@ export class RaftModule implements AgentModule {
     })
     const initial = ctx.config.acl.initialManagementToken
     if (ctx.config.acl.enabled && initial !== undefined) {
+      const applier = new InitialManagementApplier(
+        {
+          clock: this.clock,
+          log,
+          leading: () => !this.stopped && node.isLeader(),
+          signingReady: () => this.signingReady(),
+          onStateChange: (fn) => this.store.onChange(fn),
+          bootstrapIndex: () => this.store.acl.bootstrapIndex,
+          knowsSecret: (secret) => this.store.acl.tokenBySecret(secret) !== undefined,
+          write: async (secret) =>
+            (
+              await this.write(initialManagementCommand(secret), {
+                signal: AbortSignal.timeout(API_RAFT_TIMEOUT_MS),
+              })
+            ).result,
+          retryMs: INITIAL_MANAGEMENT_RETRY_MS,
+        },
+        initial,
+      )
       run.subscriptions.push(
+        () => applier.stop(),
         node.on('leader:change', ({ leader }) => {
-          if (leader === ctx.identity.id) this.applyInitialManagementToken(initial, log)
+          if (leader === ctx.identity.id) applier.onLeadership()
         }),
       )
     }
@@ -534,38 +557,6 @@ export class RaftModule implements AgentModule {
           log.warn({ policy: id, err: err.message }, 'ACL policy rules do not parse here; it grants nothing'),
       },
     )
-  }
-
-  /**
-   * The founders' shared initial management token (Consul's `initial_management`): the first
-   * leader applies it as `acl.bootstrap`; a later one finds it done (refused, no effect).
-   */
-  private applyInitialManagementToken(secret: string, log: Logger): void {
-    if (!this.signingReady()) {
-      // A new cluster's first leader creates the CA first (connect's CA manager): wait for it.
-      const off = this.store.onChange(() => {
-        if (!this.signingReady()) return
-        off()
-        if (!this.stopped && this.run?.node.isLeader() === true) this.applyInitialManagementToken(secret, log)
-      })
-      this.run?.subscriptions.push(off)
-      return
-    }
-    if (this.store.acl.bootstrapIndex !== 0) {
-      if (this.store.acl.tokenBySecret(secret) === undefined)
-        log.warn('acl.initialManagementToken is not the token this cluster was bootstrapped with')
-      return
-    }
-    void this.write(initialManagementCommand(secret), { signal: AbortSignal.timeout(API_RAFT_TIMEOUT_MS) })
-      .then(({ result }) => {
-        if (result.ok) log.info('ACLs bootstrapped with the initial management token')
-      })
-      .catch((err: unknown) =>
-        log.warn(
-          { err: (err as Error).message },
-          'initial management token not applied yet; will retry on the next leadership',
-        ),
-      )
   }
 
   async stop(): Promise<void> {

@@ -2,6 +2,7 @@ import { z } from 'zod'
 import { pack, unpack } from '../../common/msgpack.ts'
 import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
 import { AclErrorCodes, aclCommandSchemas } from './acl-state.ts'
+import { kvCommandSchemas } from './kv-commands.ts'
 
 /**
  * The commands of the policy store (what a client proposes through Raft), their schema and
@@ -29,6 +30,10 @@ export const PolicyErrorCodes = {
    * only through the leader's own CA manager). Nothing was proposed.
    */
   notForwardable: 'PEERMESH_ERR_NOT_FORWARDABLE',
+  /** A KV lock is held by another session, or the key is in its lock-delay (kv-state.ts). */
+  kvLockHeld: 'PEERMESH_ERR_KV_LOCK_HELD',
+  /** A transaction failed; the message starts `op N: ` (kv-state.ts). Nothing was applied. */
+  txnFailed: 'PEERMESH_ERR_TXN_FAILED',
 } as const
 
 export type PolicyErrorCode = (typeof PolicyErrorCodes)[keyof typeof PolicyErrorCodes]
@@ -95,6 +100,7 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
     casIndex: z.number().int().nonnegative().optional(),
   }),
   ...aclCommandSchemas,
+  ...kvCommandSchemas,
 ])
 
 export type PolicyCommand = z.infer<typeof policyCommandSchema>

@@ -27,6 +27,8 @@ export interface SnapshotState {
   stateBytes: number
   /** The ACL state (checked by `AclState.restore`); undefined in a snapshot from before ACLs. */
   acl: unknown
+  /** The KV state (checked by `KvState.restore`); undefined in a snapshot from before the KV store. */
+  kv: unknown
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> =>
@@ -87,5 +89,6 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     dedupe,
     stateBytes,
     acl: s['acl'],
+    kv: s['kv'],
   }
 }

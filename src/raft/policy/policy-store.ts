@@ -3,6 +3,7 @@ import { pack } from '../../common/msgpack.ts'
 import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import { AclState } from './acl-state.ts'
+import { type KvCommand, KvState, parseKvSnapshot } from './kv-state.ts'
 import type { StoredIntention } from './intention.ts'
 import {
   decodePolicyCommand,
@@ -86,6 +87,8 @@ export interface PolicyStoreOptions {
 export class PolicyStore implements StateMachine<PolicyResult> {
   /** ACL tokens, policies, node enrollments and service grants (acl-state.ts); `acl.*` commands go to it. */
   readonly acl = new AclState()
+  /** The KV store and its sessions (kv-state.ts); `kv.*`, `session.*` and `txn` go to it. */
+  readonly kv = new KvState()
   private intentions = new Map<string, StoredIntention>()
   private configEntries = new Map<string, ConfigEntry>()
   /**
@@ -123,9 +126,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     this.limits = options.limits ?? POLICY_LIMITS
   }
 
-  /** Bytes the intentions and config entries count for against `limits.maxStateBytes`. */
+  /** Bytes the intentions, config entries and KV state count for against `limits.maxStateBytes`. */
   get sizeBytes(): number {
-    return this.stateBytes
+    return this.stateBytes + this.kv.sizeBytes
   }
 
   /** Views of `ca`, built once per CA change (dropped whenever `ca` is replaced). */
@@ -293,14 +296,25 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         const r = this.acl.apply(cmd, at)
         return r.ok ? this.changed(at) : r
       }
+      default:
+        return this.applyKv(cmd, at)
     }
+  }
+
+  private applyKv(cmd: KvCommand, at: number): PolicyResult {
+    const r = this.kv.apply(cmd, at, this.limits.maxStateBytes - this.sizeBytes)
+    if (!r.ok) {
+      if (r.code === PolicyErrorCodes.tooLarge) return this.refused(r.code, r.message)
+      return r
+    }
+    return r.changed ? this.changed(at) : { ok: true, index: at }
   }
 
   /** The refusal of a write taking the state from `before` to `after` bytes past the cap. */
   private overStateCap(before: number, after: number): PolicyResult | undefined {
     const total = this.stateBytes - before + after
     // A write that does not grow the state is always allowed (e.g. trimming an entry).
-    if (total <= this.limits.maxStateBytes || after <= before) {
+    if (total + this.kv.sizeBytes <= this.limits.maxStateBytes || after <= before) {
       this.stateBytes = total
       return undefined
     }
@@ -403,6 +417,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
       configEntries: [...this.configEntries.values()],
       ca,
       acl: this.acl.snapshot(),
+      kv: this.kv.snapshot(),
       dedupe: [...this.dedupe.entries()].map(([clientId, r]) => ({
         clientId,
         seq: r.seq,
@@ -418,7 +433,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   restore(bytes: Uint8Array): void {
     const s = restoreSnapshotState(bytes, SNAPSHOT_VERSION)
     // Checks before it changes anything, like the line above (a snapshot from before ACLs has none).
+    const kv = parseKvSnapshot(s.kv)
     this.acl.restore(s.acl)
+    this.kv.restore(kv)
     this.index = s.index
     this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
     this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))

@@ -1,5 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import {
@@ -8,6 +7,7 @@ import {
   resolveAgentConfig,
   validateAgentConfig,
 } from '../../../src/node/agent/config.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 describe('agent config', () => {
   it('fills defaults and lets flags win over the file', () => {
@@ -90,7 +90,7 @@ describe('agent config', () => {
   })
 
   it("the initial management token from a 0600 file or the environment; the file's acl fields survive a flag", () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-imt-'))
+    const dir = makeTempDir('imt')
     try {
       const token = '11111111-2222-3333-4444-555555555555'
       const file = join(dir, 'imt')
@@ -130,12 +130,12 @@ describe('agent config', () => {
         ),
       ).toThrow(/must be a UUID/)
     } finally {
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     }
   })
 
   it('tokenFile: read once and trimmed; a missing, empty or loose file is an error naming it', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-token-'))
+    const dir = makeTempDir('token')
     try {
       const good = join(dir, 'agent.token')
       writeFileSync(good, ' 11111111-2222-3333-4444-555555555555\n', { mode: 0o600 })
@@ -156,7 +156,7 @@ describe('agent config', () => {
         /tokenFile: .*loose\.token is readable by group or others \(mode 0640\)/,
       )
     } finally {
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     }
   })
 

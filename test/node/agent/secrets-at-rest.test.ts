@@ -9,14 +9,12 @@ import {
   closeSync,
   existsSync,
   mkdirSync,
-  mkdtempSync,
   readdirSync,
   rmSync,
   statSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { openExclusiveSync, writeFileAtomic, writeFileAtomicSync } from '../../../src/common/fs-atomic.ts'
@@ -30,6 +28,7 @@ import {
 } from '../../../src/node/agent/secrets-at-rest.ts'
 import { FileStorage } from '../../../src/raft/storage/file-storage.ts'
 import { runCli, TestCluster, waitFor } from '../../e2e/harness.ts'
+import { makeTempDir } from '../../temp-dir.ts'
 
 const mode = (p: string): number => statSync(p).mode & 0o777
 
@@ -41,7 +40,7 @@ function memoryLog() {
 let dir = ''
 let oldUmask = 0
 beforeEach(() => {
-  dir = mkdtempSync(join(tmpdir(), 'peermesh-secrets-'))
+  dir = makeTempDir('secrets')
   // A careless umask: whatever the agent creates must still come out 0600/0700.
   oldUmask = process.umask(0)
 })

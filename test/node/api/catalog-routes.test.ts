@@ -1,6 +1,3 @@
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Catalog } from '../../../src/node/catalog/catalog.ts'
@@ -11,11 +8,12 @@ import { LocalServiceRegistry } from '../../../src/node/catalog/local-services.t
 import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
 import { HttpApi } from '../../../src/node/api/server.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 const json = async <T>(res: Response): Promise<T> => (await res.json()) as T
 
 describe('catalog HTTP routes', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'peermesh-routes-'))
+  const dir = makeTempDir('routes')
   const api = new HttpApi(pino({ level: 'silent' }))
   const catalog = new Catalog()
   const local = LocalServiceRegistry.open({ dataDir: dir })
@@ -45,7 +43,7 @@ describe('catalog HTTP routes', () => {
   afterAll(async () => {
     publisher.stop()
     await api.close()
-    rmSync(dir, { recursive: true, force: true })
+    removeTempDir(dir)
   })
 
   const put = (path: string, body?: unknown) =>

@@ -1,8 +1,6 @@
 import { VirtualClock } from '../../sim/virtual-clock.ts'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 import { Catalog, type MemberUpdate } from '../../../src/node/catalog/catalog.ts'
 import { CheckRunner } from '../../../src/node/catalog/checks.ts'
 import { LocalPayloadPublisher } from '../../../src/node/catalog/local-payload.ts'
@@ -155,8 +153,8 @@ describe('Catalog', () => {
 })
 
 describe('LocalPayloadPublisher', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'peermesh-publisher-'))
-  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = makeTempDir('publisher')
+  afterAll(() => removeTempDir(dir))
 
   it('publishes a new payload on registration and on check transitions only', async () => {
     const clock = new VirtualClock()

@@ -1,5 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
@@ -8,16 +7,11 @@ import {
   type ServiceChange,
 } from '../../../src/node/catalog/local-services.ts'
 import { parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
+import { TempDirs } from '../../temp-dir.ts'
 
-const dirs: string[] = []
-function dataDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'peermesh-catalog-'))
-  dirs.push(d)
-  return d
-}
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
-})
+const tmp = new TempDirs()
+const dataDir = (): string => tmp.make('catalog')
+afterEach(() => tmp.removeAll())
 
 const def = (json: object) => parseServiceDefinition(json, 'test')
 const web = def({

@@ -3,12 +3,10 @@
  * lists `api` in its gossip record. Every other agent's catalog ignores it (catalog, health, DNS,
  * sidecar endpoint pools) until a grant covers it; the attacker's own agent still sees it.
  */
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import dnsPacket from 'dns-packet'
 import pino from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 import { AclPublishEntitlement } from '../../../src/acl/entitlement.ts'
 import { HttpApi } from '../../../src/node/api/server.ts'
 import { registerCatalogRoutes } from '../../../src/node/api/catalog-routes.ts'
@@ -254,14 +252,14 @@ describe('registration grants (PUT /v1/agent/service/register)', () => {
   })
 
   describe('the route', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'peermesh-grants-'))
+    const dir = makeTempDir('grants')
     const api = new HttpApi(silent)
     const local = LocalServiceRegistry.open({ dataDir: dir })
     const asked: { service: string; token: string | undefined }[] = []
     let base = ''
     afterAll(async () => {
       await api.close()
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     })
 
     it('registers, then asks for the grant with the request token (else the default token); kept on refusal', async () => {
@@ -319,7 +317,7 @@ describe('CatalogModule with an entitlement (as create-agent wires it)', () => {
     const lines: { msg: string; count?: number }[] = []
     const log = pino({ level: 'info' }, { write: (s: string) => lines.push(JSON.parse(s)) })
     const clock = new VirtualClock()
-    const dir = mkdtempSync(join(tmpdir(), 'peermesh-catmod-'))
+    const dir = makeTempDir('catmod')
     const view = (m: MemberUpdate) => ({
       ...m,
       addresses: [m.address],
@@ -400,7 +398,7 @@ describe('CatalogModule with an entitlement (as create-agent wires it)', () => {
     } finally {
       await module.stop()
       await http.close()
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     }
   })
 })

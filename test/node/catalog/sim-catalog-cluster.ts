@@ -5,9 +5,8 @@
  * `Catalog` fed from that node's gossip events through the production glue (`gossip-glue.ts`).
  */
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 import {
   ed25519Signer,
   ed25519Verifier,
@@ -72,7 +71,7 @@ export class SimCatalogCluster {
   readonly ids: string[]
   private readonly nodes = new Map<string, SimCatalogNode>()
   private readonly keys = new Map<string, { publicKey: KeyObject; privateKey: KeyObject }>()
-  private readonly dir = mkdtempSync(join(tmpdir(), 'peermesh-sim-catalog-'))
+  private readonly dir = makeTempDir('sim-catalog')
 
   constructor(opts: SimCatalogClusterOptions) {
     const { n, ...simOpts } = opts
@@ -149,7 +148,7 @@ export class SimCatalogCluster {
 
   close(): void {
     for (const n of this.nodes.values()) n.publisher.stop()
-    rmSync(this.dir, { recursive: true, force: true })
+    removeTempDir(this.dir)
   }
 
   private keyOf(id: string): { publicKey: KeyObject; privateKey: KeyObject } {

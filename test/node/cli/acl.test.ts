@@ -1,5 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Command } from 'commander'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest'
@@ -13,8 +12,10 @@ import {
   resolveCliToken,
 } from '../../../src/node/cli/acl.ts'
 import { startAclApi } from '../../acl/fake-acl-backend.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
-const dir = mkdtempSync(join(tmpdir(), 'peermesh-acl-cli-'))
+const dir = makeTempDir('acl-cli')
+afterAll(() => removeTempDir(dir))
 const file = (name: string, text: string): string => {
   const p = join(dir, name)
   writeFileSync(p, text)

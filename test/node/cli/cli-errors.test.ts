@@ -1,11 +1,12 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { freePort, runCli } from '../../e2e/harness.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
-const dir = mkdtempSync(join(tmpdir(), 'peermesh-cli-'))
+const dir = makeTempDir('cli')
+afterAll(() => removeTempDir(dir))
 const file = (name: string, text: string): string => {
   const p = join(dir, name)
   // 0600, as a key file should be: the agent would otherwise (rightly) warn first.

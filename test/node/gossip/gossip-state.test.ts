@@ -1,7 +1,6 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { seededRng } from '../../../src/common/rng.ts'
 import { MAX_PLAUSIBLE_INCARNATION } from '../../../src/gossip/incarnation.ts'
 import { Swim } from '../../../src/gossip/swim.ts'
@@ -10,6 +9,10 @@ import {
   GossipStateWriter,
   loadGossipState,
 } from '../../../src/node/gossip/gossip-state.ts'
+import { TempDirs } from '../../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 function recordingLog() {
   const lines: { level: string; fields: object; message: string }[] = []
@@ -45,7 +48,7 @@ describe('gossip.json: an out-of-range incarnation is repaired at start', () => 
     ['fractional version', '{"incarnation":5,"version":1.5}', { incarnation: 5, version: 0 }, true],
   ]
   it.each(cases)('%s', (_name, text, expected, warned) => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-gs-'))
+    const dir = tmp.make('gs')
     writeFileSync(join(dir, GOSSIP_STATE_FILE), text)
     const log = recordingLog()
     expect(loadGossipState(dir, log)).toEqual(expected)
@@ -70,7 +73,7 @@ describe('gossip.json: an out-of-range incarnation is repaired at start', () => 
   })
 
   it('an out-of-range incarnation is never written', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-gs-'))
+    const dir = tmp.make('gs')
     const log = recordingLog()
     const w = new GossipStateWriter(dir, log)
     w.save(3, 1)

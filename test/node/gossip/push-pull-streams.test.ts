@@ -1,6 +1,3 @@
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import type { Stream } from '@libp2p/interface'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -10,6 +7,10 @@ import { PushPullStreams } from '../../../src/node/gossip/push-pull-streams.ts'
 import { encodeFrame } from '../../../src/node/transport/frames.ts'
 import { createHost, type Host } from '../../../src/node/transport/host.ts'
 import { waitFor } from '../../e2e/harness.ts'
+import { TempDirs } from '../../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 const PROTOCOL = '/test/pushpull/1'
 
@@ -31,7 +32,7 @@ describe('push/pull streams: limits per connection, from the flooding peer’s s
 
   beforeAll(async () => {
     const mk = async (): Promise<Host> => {
-      const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-pp-')))
+      const identity = await loadOrCreateNodeIdentity(tmp.make('pp'))
       const h = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
       await h.start()
       return h

@@ -1,5 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -18,6 +17,10 @@ import { FoundingRecordFile } from '../../../src/node/raft/founding-record-file.
 import { FoundingRpc } from '../../../src/node/raft/founding-rpc.ts'
 import { createHost, type Host } from '../../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
+import { TempDirs } from '../../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 const log = pino({ level: 'silent' })
 
@@ -31,7 +34,7 @@ describe('founding over real libp2p hosts (hostile requests)', () => {
 
   beforeAll(async () => {
     const mk = async (): Promise<Host> => {
-      const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-found-')))
+      const identity = await loadOrCreateNodeIdentity(tmp.make('found'))
       const h = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
       await h.start()
       return h
@@ -98,7 +101,7 @@ describe('founding over real libp2p hosts (hostile requests)', () => {
   })
 
   it('keeps the commitment on disk across a restart; an unreadable file is an error, not a guess', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pm-found-rec-'))
+    const dir = tmp.make('found-rec')
     new FoundingRecordFile(dir).save({ set: ['a', 'b'], witnesses: ['a', 'b', 'c'] })
     expect(new FoundingRecordFile(dir).load()).toEqual({ set: ['a', 'b'], witnesses: ['a', 'b', 'c'] })
     writeFileSync(join(dir, 'raft-founding.json'), '{"set":["b","a"],"witnesses":["a","b"]}')

@@ -3,9 +3,6 @@
  * real libp2p transport (the private network lets it connect): it changes nothing, and every
  * message is counted, exported as a metric and logged once per interval.
  */
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -28,6 +25,7 @@ import { CAMPAIGN_TRANSFER } from '../../../src/raft/raft.ts'
 import type { Message } from '../../../src/raft/types.ts'
 import { waitFor } from '../../e2e/harness.ts'
 import { raftMessage } from '../../raft/message.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 describe('RaftModule listens only to its configuration (real libp2p transport)', () => {
   const key = parseClusterKey(generateClusterKey())
@@ -51,7 +49,7 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
   let self: string
 
   const tmp = (): string => {
-    const d = mkdtempSync(join(tmpdir(), 'pm-guard-'))
+    const d = makeTempDir('guard')
     dirs.push(d)
     return d
   }
@@ -123,7 +121,7 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
     await raft?.stop()
     await attackerHost?.stop()
     await agentHost?.stop()
-    for (const d of dirs) rmSync(d, { recursive: true, force: true })
+    for (const d of dirs) removeTempDir(d)
   })
 
   it('refuses a non-member’s appends, votes and TimeoutNow, a forged sender and garbage; counts, exports and logs them once', async () => {

@@ -1,6 +1,3 @@
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { Catalog } from '../../../src/node/catalog/catalog.ts'
@@ -9,10 +6,11 @@ import { parseServiceDefinition } from '../../../src/node/catalog/service-defini
 import { type MeshSecurity, SidecarModule } from '../../../src/node/sidecars/sidecar-module.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
 import { advance } from '../catalog/helpers.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 describe('sidecars of services this agent may not publish (issue #12)', () => {
   it('are not started and do not wait for a leaf the leader refuses; logged once; looked at again', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'peermesh-sidecar-si-'))
+    const dir = makeTempDir('sidecar-si')
     const local = LocalServiceRegistry.open({ dataDir: dir })
     // `api` first: before, its minute-long wait for a leaf held `web`'s sidecar back.
     local.register(
@@ -49,7 +47,7 @@ describe('sidecars of services this agent may not publish (issue #12)', () => {
       expect(waited).toContain('api')
     } finally {
       await sidecars.stop()
-      rmSync(dir, { recursive: true, force: true })
+      removeTempDir(dir)
     }
   })
 })

@@ -1,6 +1,3 @@
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
@@ -11,11 +8,15 @@ import { tcp } from '@libp2p/tcp'
 import { xsalsa20 } from '@noble/ciphers/salsa.js'
 import fc from 'fast-check'
 import { createLibp2p } from 'libp2p'
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
 import { loadOrCreateNodeIdentity } from '../../../src/identity/keys/node-key.ts'
 import { createHost } from '../../../src/node/transport/host.ts'
 import { XSalsa20Stream } from '../../../src/node/transport/pnet-protector.ts'
+import { TempDirs } from '../../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 describe('XSalsa20Stream', () => {
   it('gives the one-shot XSalsa20 keystream whatever the chunking (property)', () => {
@@ -54,7 +55,7 @@ describe('the cluster-key protector on the wire', () => {
     return h
   }
   const ourHost = async (clusterKey: Uint8Array) => {
-    const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-pnet-')))
+    const identity = await loadOrCreateNodeIdentity(tmp.make('pnet'))
     const h = await createHost({ identity, clusterKey, listen: ['/ip4/127.0.0.1/tcp/0'] })
     await h.start()
     started.push(h)

@@ -1,6 +1,3 @@
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
@@ -21,6 +18,10 @@ import { MemoryStorage } from '../../../src/raft/storage/memory-storage.ts'
 import { raftMessage } from '../../raft/message.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
 import { waitFor } from '../../e2e/harness.ts'
+import { TempDirs } from '../../temp-dir.ts'
+
+const tmp = new TempDirs()
+afterAll(() => tmp.removeAll())
 
 describe('frames', () => {
   it('decodes frames split at any byte boundary', () => {
@@ -55,7 +56,7 @@ describe('StreamMessenger over real libp2p hosts', () => {
 
   beforeAll(async () => {
     const mk = async (): Promise<Host> => {
-      const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-sm-')))
+      const identity = await loadOrCreateNodeIdentity(tmp.make('sm'))
       const h = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
       await h.start()
       return h
@@ -104,7 +105,7 @@ describe('StreamMessenger multiplexed requests over real libp2p hosts', () => {
 
   beforeAll(async () => {
     const mk = async (): Promise<Host> => {
-      const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-sm-')))
+      const identity = await loadOrCreateNodeIdentity(tmp.make('sm'))
       const h = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
       await h.start()
       return h
@@ -282,7 +283,7 @@ describe('StreamMessenger chunking over real libp2p hosts', () => {
 
   beforeAll(async () => {
     const mk = async (): Promise<Host> => {
-      const identity = await loadOrCreateNodeIdentity(mkdtempSync(join(tmpdir(), 'pm-sm-')))
+      const identity = await loadOrCreateNodeIdentity(tmp.make('sm'))
       const h = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
       await h.start()
       return h

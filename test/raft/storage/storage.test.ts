@@ -1,6 +1,5 @@
 import { raftMessage } from '../message.ts'
 import * as fs from 'node:fs'
-import * as os from 'node:os'
 import * as path from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { DEFAULT_RAFT_CONFIG } from '../../../src/raft/config.ts'
@@ -9,6 +8,7 @@ import { MemoryStorage } from '../../../src/raft/storage/memory-storage.ts'
 import { Raft } from '../../../src/raft/raft.ts'
 import type { RaftStorage } from '../../../src/raft/storage/storage.ts'
 import type { Entry, Message, Snapshot } from '../../../src/raft/types.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 const enc = new TextEncoder()
 const ent = (index: number, term: number, s = `e${index}`): Entry => ({
@@ -49,10 +49,10 @@ function persist(raft: Raft, storage: RaftStorage): void {
 
 let dir: string
 beforeEach(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'peermesh-raft-'))
+  dir = makeTempDir('raft')
 })
 afterEach(() => {
-  fs.rmSync(dir, { recursive: true, force: true })
+  removeTempDir(dir)
 })
 
 const segFiles = () =>
