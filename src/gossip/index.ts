@@ -73,10 +73,8 @@ export {
   MAX_USER_EVENT_BODY_BYTES,
   MAX_USER_EVENT_ID_LENGTH,
   USER_EVENT_REMEMBERED_IDS,
-  USER_EVENT_WINDOW,
   type UserEvent,
   UserEventDedup,
-  type UserEventVerdict,
 } from './user-events.ts'
 export { remainingSuspicionTime, Suspicion, suspicionMinTimeout } from './suspicion.ts'
 export {

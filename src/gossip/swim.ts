@@ -1000,12 +1000,12 @@ export class Swim {
   }
 
   /**
-   * A user event from the network: new ones (by id, within the Lamport window) from a known
+   * A user event from the network: new ones (by id) from a known
    * member with a valid signature are delivered and passed on; copies are ignored; one whose
    * origin is unknown or whose signature does not verify is dropped as forged (never relayed).
    */
   private onUserEvent(msg: UserEventMessage): void {
-    if (this.eventDedup.check(msg.id, msg.lt, this.eventClock.time) !== 'new') return
+    if (this.eventDedup.has(msg.id)) return
     if (msg.from !== this.id && this.table.get(msg.from) === undefined) {
       this.counters.dropped.forged++
       return
