@@ -11,15 +11,7 @@ import {
   userEventProblem,
   USER_EVENT_VERSION,
 } from '../events/user-event.ts'
-import { type ApiHandler, ApiReply, type ApiRequest } from './server.ts'
-
-/**
- * Where the routes go (the agent's `HttpApi`). The fire route asks for its body as bytes
- * (`rawBody`), as Consul takes any payload; a server without that option parses it as JSON.
- */
-export interface EventRouteRegistry {
-  route(method: string, pattern: string, handler: ApiHandler, options?: { rawBody?: boolean }): void
-}
+import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
 
 export interface EventRouteDeps {
   /**
@@ -43,7 +35,7 @@ export interface EventRouteDeps {
  *   those the token may not read (`event:read`) left out, as Consul does; `X-Consul-Index` is
  *   Consul's hash of the last event's ID, and `?index=&wait=` blocks while it is unchanged.
  */
-export function registerEventRoutes(http: EventRouteRegistry, deps: EventRouteDeps): void {
+export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRouteDeps): void {
   http.route(
     'PUT',
     '/v1/event/fire/:name',
@@ -72,6 +64,7 @@ export function registerEventRoutes(http: EventRouteRegistry, deps: EventRouteDe
       }
       return userEventJson(fired)
     },
+    // Consul's payload is opaque: any bytes, any content type.
     { rawBody: true },
   )
 
@@ -94,15 +87,9 @@ export function registerEventRoutes(http: EventRouteRegistry, deps: EventRouteDe
   })
 }
 
-/**
- * The request body as the event payload. Consul takes it byte for byte: a route given its body
- * as bytes (a `Uint8Array`) passes them on as they came. A route whose body the server parsed as
- * JSON gets the parsed value serialized again (the same bytes for compact JSON).
- */
+/** The request body as the event payload, byte for byte (the fire route takes its body raw). */
 export function eventPayload(req: Pick<ApiRequest, 'body'>): Uint8Array {
-  if (req.body instanceof Uint8Array) return req.body
-  if (req.body === undefined) return new Uint8Array(0)
-  return new TextEncoder().encode(JSON.stringify(req.body))
+  return req.body instanceof Uint8Array ? req.body : new Uint8Array(0)
 }
 
 function checkDatacenter(req: ApiRequest, datacenter: string): void {

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { systemClock } from '../../../src/common/clock.ts'
-import { eventPayload, registerEventRoutes } from '../../../src/node/api/event-routes.ts'
+import { registerEventRoutes } from '../../../src/node/api/event-routes.ts'
 import { InvalidUserEventError } from '../../../src/gossip/errors.ts'
 import { AclResolver } from '../../../src/node/api/acl-auth.ts'
 import type { HttpApi } from '../../../src/node/api/server.ts'
@@ -101,6 +101,28 @@ describe('PUT /v1/event/fire/:name', () => {
     expect(empty.json.Payload).toBeNull()
   })
 
+  it('takes any payload byte for byte, whatever its content type (Consul: opaque)', async () => {
+    const writer = await tokenWith('event_prefix "" { policy = "write" }')
+    const bytes = new Uint8Array([0, 1, 0xfe, 0xff, 0x7b])
+    for (const [type, body] of [
+      ['text/plain', 'not json \u00ff'],
+      ['application/octet-stream', bytes],
+      [undefined, 'no content type'],
+    ] as const) {
+      const res = await fetch(`${base}/v1/event/fire/raw`, {
+        method: 'PUT',
+        headers: { 'x-consul-token': writer.secret, ...(type !== undefined ? { 'content-type': type } : {}) },
+        body,
+      })
+      expect(res.status, String(type)).toBe(200)
+      const sent = typeof body === 'string' ? Buffer.from(body) : Buffer.from(body)
+      expect(Buffer.from(((await res.json()) as Json).Payload, 'base64').equals(sent), String(type)).toBe(
+        true,
+      )
+    }
+    expect(fired.map((e) => Buffer.from(e.payload).equals(Buffer.from(bytes)))).toEqual([false, true, false])
+  })
+
   it('refuses bad input with 4xx and fires nothing', async () => {
     const writer = await tokenWith('event_prefix "" { policy = "write" }')
     const bad = async (path: string, json?: unknown) =>
@@ -111,15 +133,6 @@ describe('PUT /v1/event/fire/:name', () => {
     expect(await bad('/v1/event/fire/deploy', 'x'.repeat(600))).toBe(413)
     expect(await bad('/v1/event/fire/too-big-for-gossip')).toBe(413)
     expect(fired).toEqual([])
-  })
-})
-
-describe('eventPayload', () => {
-  it('takes a raw body as it came, a parsed JSON body as compact JSON, none as empty', () => {
-    const raw = new Uint8Array([0, 255, 10])
-    expect(eventPayload({ body: raw })).toBe(raw)
-    expect(new TextDecoder().decode(eventPayload({ body: { a: [1, 'x'] } }))).toBe('{"a":[1,"x"]}')
-    expect(eventPayload({ body: undefined })).toHaveLength(0)
   })
 })
 
