@@ -4,7 +4,7 @@
  * (not zod) because it runs on every datagram of 10,000-node simulations.
  */
 import { pack, unpack as unpackPlain } from '../common/msgpack.ts'
-import { MAX_USER_EVENT_BODY_BYTES, MAX_USER_EVENT_ID_LENGTH } from './user-events.ts'
+import { MAX_USER_EVENT_BODY_BYTES, MAX_USER_EVENT_ID_LENGTH, MAX_USER_EVENT_LTIME } from './user-events.ts'
 import type {
   DecodedAlive,
   DecodedMessage,
@@ -211,6 +211,7 @@ function validateSimple(v: unknown, maxBytes: number): DecodeResult<DecodedSimpl
       if (
         !isId(from) ||
         !isIncarnation(lt) ||
+        lt > MAX_USER_EVENT_LTIME ||
         typeof id !== 'string' ||
         id.length === 0 ||
         id.length > MAX_USER_EVENT_ID_LENGTH ||

@@ -72,6 +72,7 @@ export {
   LamportClock,
   MAX_USER_EVENT_BODY_BYTES,
   MAX_USER_EVENT_ID_LENGTH,
+  MAX_USER_EVENT_LTIME,
   USER_EVENT_REMEMBERED_IDS,
   type UserEvent,
   UserEventDedup,

@@ -60,6 +60,7 @@ import {
   LamportClock,
   MAX_USER_EVENT_BODY_BYTES,
   MAX_USER_EVENT_ID_LENGTH,
+  MAX_USER_EVENT_LTIME,
   UserEventDedup,
   type UserEvent,
 } from './user-events.ts'
@@ -90,6 +91,11 @@ export interface SwimOptions {
   lastIncarnation?: number
   /** After a restart: the last record version; the node starts above it (same sanity rule). */
   lastVersion?: number
+  /**
+   * After a restart: the user event Lamport time (`userEventTime`); events fired afterwards are
+   * ordered after it. Ignored unless a non-negative safe integer up to `MAX_USER_EVENT_LTIME`.
+   */
+  lastUserEventTime?: number
   /**
    * Simulations only: start already converged on this shared member list (no join traffic).
    * The snapshot is never mutated; changes go to a per-node overlay.
@@ -268,6 +274,8 @@ export class Swim {
       opts.initialMembers ? { order: opts.initialMembers.order, exclude: this.id } : undefined,
     )
     this.queue = new BroadcastQueue(this.cfg.maxBroadcastQueue)
+    const lt = opts.lastUserEventTime
+    if (Number.isSafeInteger(lt) && lt! >= 0 && lt! <= MAX_USER_EVENT_LTIME) this.eventClock.witness(lt!)
     this.health = new LocalHealth(this.cfg.awarenessMaxMultiplier)
   }
 
@@ -461,6 +469,11 @@ export class Swim {
     const sig = this.signer(userEventSigningBytes(this.id, lt, id, body))
     this.acceptUserEvent({ t: 'user', from: this.id, lt, id, body, sig })
     return this.take()
+  }
+
+  /** The user event Lamport time: persist it to keep ordering events after a restart. */
+  get userEventTime(): number {
+    return this.eventClock.time
   }
 
   /** All known members, self included (self first). */

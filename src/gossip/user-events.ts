@@ -1,9 +1,10 @@
 /**
  * User events (Serf's user events, Consul's `event/fire`): small, signed, fire-and-forget
  * messages spread by piggyback gossip to every member. The core orders them with a Lamport clock
- * (Lamport 1978, as Serf's `eventClock`) and delivers each event id once. Unlike Serf it does not
- * drop events that are far behind its clock: the clock is not persisted, so a restarted member
- * fires from 0 until it sees another event, and a window would drop its events everywhere. Late
+ * (Lamport 1978, as Serf's `eventClock`; the agent persists it across restarts) and delivers each
+ * event id once. Unlike Serf it does not drop events far behind its clock: a member back from a
+ * long downtime (or with a new data dir) fires behind the others until it sees an event, and a
+ * window would drop its events everywhere. Late
  * copies are bounded anyway: a member relays an event only when it is new to it, a limited number
  * of times (SWIM §4.1), and remembers the last `USER_EVENT_REMEMBERED_IDS` ids, far more than are
  * relayed at once. The event body is opaque here (name, payload and filters are the agent's
@@ -14,6 +15,12 @@
 export const MAX_USER_EVENT_BODY_BYTES = 1024
 /** Longest event id (a UUID is 36). */
 export const MAX_USER_EVENT_ID_LENGTH = 64
+/**
+ * Highest Lamport time accepted (and restored after a restart): a member firing 1,000 events a
+ * second for 30 years stays below it. An event above it is refused at decoding, so no member can
+ * push every clock to where it could no longer count up in safe integers.
+ */
+export const MAX_USER_EVENT_LTIME = 2 ** 40
 /** Event ids remembered to deliver each once (the last ones; Serf remembers 512 Lamport ticks). */
 export const USER_EVENT_REMEMBERED_IDS = 4096
 

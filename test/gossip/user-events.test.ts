@@ -9,6 +9,8 @@ import { lanConfig, testConfig } from '../../src/gossip/config.ts'
 import type { UserEventMessage } from '../../src/gossip/messages.ts'
 import { ed25519Signer, ed25519Verifier } from '../../src/gossip/signing.ts'
 import { SimNetwork, type SimNetworkOptions } from '../../src/gossip/sim-network.ts'
+import { Swim } from '../../src/gossip/swim.ts'
+import { seededRng } from '../../src/common/rng.ts'
 import {
   LamportClock,
   MAX_USER_EVENT_BODY_BYTES,
@@ -70,6 +72,17 @@ describe('Lamport clock (Lamport 1978) and the dedup by id', () => {
   })
 })
 
+describe('the Lamport time across a restart', () => {
+  it('a node restored with lastUserEventTime fires after it; an out-of-range one is ignored', () => {
+    const make = (lastUserEventTime: number) =>
+      new Swim({ self: { id: 'x', name: 'x', addresses: [] }, rng: seededRng(1), lastUserEventTime })
+    const restored = make(100)
+    expect(restored.fireUserEvent('e', body('')).userEvents[0]!.ltime).toBeGreaterThan(100)
+    expect(restored.userEventTime).toBeGreaterThan(100)
+    for (const bad of [2 ** 40 + 1, -3, 1.5, Number.NaN]) expect(make(bad).userEventTime, String(bad)).toBe(0)
+  })
+})
+
 describe('user event codec', () => {
   const msg: UserEventMessage = {
     t: 'user',
@@ -93,6 +106,7 @@ describe('user event codec', () => {
     ['an empty id', { id: '' }],
     ['a long id', { id: 'x'.repeat(65) }],
     ['a negative Lamport time', { lt: -1 }],
+    ['a Lamport time past 2^40 (it would stop every clock counting)', { lt: 2 ** 40 + 1 }],
     ['a body past the limit', { body: new Uint8Array(MAX_USER_EVENT_BODY_BYTES + 1) }],
     ['a string body', { body: 'x' }],
     ['a signature that is no bytes', { sig: 'sig' }],

@@ -152,6 +152,7 @@ export class GossipModule implements AgentModule {
       signer: ed25519Signer(ctx.identity.signingKey),
       verifier: ed25519Verifier(publicKeyOfPeerId),
       ...(saved !== undefined ? { lastIncarnation: saved.incarnation, lastVersion: saved.version } : {}),
+      ...(saved?.eventTime !== undefined ? { lastUserEventTime: saved.eventTime } : {}),
     })
     const pushPulls = new PushPullStreams({
       host: ctx.host,
@@ -181,7 +182,7 @@ export class GossipModule implements AgentModule {
       onUserEvent: (e) => {
         for (const l of [...this.userEventListeners]) l(e)
       },
-      onLocalState: (incarnation, version) => stateWriter.save(incarnation, version),
+      onLocalState: (incarnation, version, eventTime) => stateWriter.save(incarnation, version, eventTime),
       log,
     })
     this.driver = driver

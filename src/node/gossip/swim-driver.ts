@@ -27,8 +27,11 @@ export interface SwimDriverInit {
   onEvent(e: SwimEvent): void
   /** Every user event new to this node (its own included), once each. */
   onUserEvent?(e: UserEvent): void
-  /** Called after each step with the local incarnation and record version (to persist them). */
-  onLocalState?(incarnation: number, version: number): void
+  /**
+   * Called after each step with the local incarnation, record version and user event Lamport
+   * time (to persist them).
+   */
+  onLocalState?(incarnation: number, version: number, userEventTime: number): void
   log?: { info(fields: object, message: string): void }
   /** Jitter of join retries (default `Math.random`). */
   rng?: () => number
@@ -145,7 +148,11 @@ export class SwimDriver {
     for (const { to, state } of out.pushPull) void this.pushPull(to, state)
     for (const e of out.events) this.init.onEvent(e)
     for (const u of out.userEvents) this.init.onUserEvent?.(u)
-    this.init.onLocalState?.(this.swim.localIncarnation, this.swim.localRecord.version)
+    this.init.onLocalState?.(
+      this.swim.localIncarnation,
+      this.swim.localRecord.version,
+      this.swim.userEventTime,
+    )
     this.schedule()
   }
 
