@@ -44,9 +44,10 @@ const CHANGE_TIMEOUT_MS = 15_000
 const SLOW_MS = 500
 const HEALTH = `/v1/health/service/${SERVICE}`
 
+/** A `/v1/health/service` entry (Consul's shape; `Status` is peermesh's aggregated health). */
 interface HealthEntry {
-  service: { id: string }
-  status: string
+  Service: { ID: string }
+  Status: string
 }
 
 function api(http: string, path: string, init?: RequestInit): Promise<Response> {
@@ -82,7 +83,7 @@ async function processCluster(n: number): Promise<BenchCluster> {
 }
 
 function statusIn(entries: HealthEntry[]): string | undefined {
-  return entries.find((e) => e.service.id === SERVICE_ID)?.status
+  return entries.find((e) => e.Service.ID === SERVICE_ID)?.Status
 }
 
 /** The agent's current health answer and its index (no blocking). */
@@ -123,9 +124,9 @@ async function measure(n: number): Promise<Result> {
       `${n} agents to converge`,
       async () => {
         const views = await Promise.all(
-          https.map(async (h) => (await (await api(h, '/v1/agent/members')).json()) as { status: string }[]),
+          https.map(async (h) => (await (await api(h, '/v1/agent/members')).json()) as { State: string }[]),
         )
-        return views.every((v) => v.filter((m) => m.status === 'alive').length === n) ? true : undefined
+        return views.every((v) => v.filter((m) => m.State === 'alive').length === n) ? true : undefined
       },
       120_000,
       200,

@@ -190,8 +190,8 @@ async function main(): Promise<void> {
     await waitFor(
       'gossip: every agent sees 5 alive',
       async () => {
-        const views = await Promise.all(agents.map((a) => a.api<{ status: string }[]>('/v1/agent/members')))
-        return views.every((v) => v?.filter((m) => m.status === 'alive').length === 5) ? true : undefined
+        const views = await Promise.all(agents.map((a) => a.api<{ State: string }[]>('/v1/agent/members')))
+        return views.every((v) => v?.filter((m) => m.State === 'alive').length === 5) ? true : undefined
       },
       60_000,
       200,

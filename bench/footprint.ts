@@ -127,7 +127,7 @@ async function startClusters(run: Run, ours: OurAgent[], serf: SerfProcess[]): P
   progress(`[clusters] starting ${N} of our agents (${run.build}) and ${N} serf agents`)
   const founder = ['--bootstrap-expect', String(N)]
   ours.push(await OurAgent.start(run.agent('ours-1', run.build, { extraArgs: founder })))
-  const seed = (await ours[0]!.ok<{ addresses: string[] }>('GET', '/v1/agent/self')).addresses[0]!
+  const seed = (await ours[0]!.ok<{ Addresses: string[] }>('GET', '/v1/agent/self')).Addresses[0]!
   for (let i = 2; i <= N; i++)
     ours.push(await OurAgent.start(run.agent(`ours-${i}`, run.build, { seeds: [seed], extraArgs: founder })))
   serf.push(await SerfProcess.start('serf-1'))
@@ -146,7 +146,7 @@ async function startClusters(run: Run, ours: OurAgent[], serf: SerfProcess[]): P
         (v) =>
           v.raft.status === 200 &&
           v.members.status === 200 &&
-          (v.members.body as { status: string }[]).filter((m) => m.status === 'alive').length === N,
+          (v.members.body as { State: string }[]).filter((m) => m.State === 'alive').length === N,
       )
       return ok && leaders.size === 1 && !leaders.has('') ? true : undefined
     },

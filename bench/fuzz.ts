@@ -210,7 +210,10 @@ function generate(c: Corpus): Uint8Array {
 const log = pino({ level: 'silent' })
 
 async function members(a: AgentProcess): Promise<{ name: string; status: string }[] | undefined> {
-  return a.api<{ name: string; status: string }[]>('/v1/agent/members', undefined, { token: false })
+  const list = await a.api<{ Name: string; State: string }[]>('/v1/agent/members', undefined, {
+    token: false,
+  })
+  return list?.map((m) => ({ name: m.Name, status: m.State }))
 }
 
 function rssMib(a: AgentProcess): number {
@@ -339,11 +342,7 @@ async function main(): Promise<void> {
       },
       60_000,
     )
-    const self =
-      (await a.api<{ peerId?: string; member?: { peerId?: string } }>('/v1/agent/self', undefined, {
-        token: false,
-      })) ?? {}
-    const aId = (self.peerId ?? self.member?.peerId ?? '') as string
+    const aId = (await a.self())?.peerId ?? ''
     if (aId === '') throw new Error('no peer id in /v1/agent/self')
     progress(`cluster up; agent a is ${aId}`)
 
@@ -692,7 +691,7 @@ async function main(): Promise<void> {
 }
 
 async function activeRoot(a: AgentProcess): Promise<string | undefined> {
-  return (await a.api<{ activeRootId?: string }>('/v1/connect/ca/roots'))?.activeRootId
+  return (await a.api<{ ActiveRootID?: string }>('/v1/connect/ca/roots'))?.ActiveRootID
 }
 
 function describeGc(m: AfterGc | undefined): string {

@@ -48,9 +48,10 @@ async function pollUntil(pred: () => Promise<boolean>, timeoutMs: number): Promi
 // ---------------------------------------------------------------------------------------------
 // ours
 
+/** `/v1/agent/members` (Consul's shape; `State` is SWIM's alive/suspect/dead/left). */
 interface MemberJson {
-  name: string
-  status: string
+  Name: string
+  State: string
 }
 
 class OursCluster implements Cluster {
@@ -70,7 +71,7 @@ class OursCluster implements Cluster {
         const views = await Promise.all(
           all.map((a) => a.api<MemberJson[]>('/v1/agent/members', undefined, { token: false })),
         )
-        return views.every((v) => v?.filter((m) => m.status === 'alive').length === n) ? true : undefined
+        return views.every((v) => v?.filter((m) => m.State === 'alive').length === n) ? true : undefined
       },
       60_000,
     )
@@ -86,7 +87,7 @@ class OursCluster implements Cluster {
         const view = await this.agents
           .get(o)!
           .api<MemberJson[]>('/v1/agent/members', undefined, { token: false })
-        const s = view?.find((m) => m.name === victim)?.status
+        const s = view?.find((m) => m.Name === victim)?.State
         return s === 'dead' ? 'failed' : s
       }),
     )
@@ -110,8 +111,7 @@ class OursCluster implements Cluster {
     const a = this.tc.agent({ name, clusterKeyFile: this.key, seeds: this.seed ? [this.seed] : [] })
     await a.start()
     if (this.seed === '') {
-      const self = await a.api<{ addresses: string[] }>('/v1/agent/self', undefined, { token: false })
-      this.seed = self!.addresses[0]!
+      this.seed = (await a.self())!.addresses[0]!
     }
     this.agents.set(name, a)
     return name
@@ -267,7 +267,7 @@ async function soak(seconds: number): Promise<void> {
   while (Date.now() < end) {
     for (const o of names.filter((n) => n !== names[2])) {
       const view = await c.agent(o).api<MemberJson[]>('/v1/agent/members', undefined, { token: false })
-      for (const m of view ?? []) if (m.status === 'dead') falseFailures.add(`${o} saw ${m.name} dead`)
+      for (const m of view ?? []) if (m.State === 'dead') falseFailures.add(`${o} saw ${m.Name} dead`)
     }
     polls++
     await sleep(POLL_MS * 4)

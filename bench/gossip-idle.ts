@@ -94,8 +94,8 @@ async function measure(n: number): Promise<Record<string, number>> {
     const aliveFractions = async (): Promise<number[]> =>
       Promise.all(
         all.map(async (h) => {
-          const v = (await (await fetch(`http://${h.http}/v1/agent/members`)).json()) as { status: string }[]
-          return v.filter((m) => m.status === 'alive').length / n
+          const v = (await (await fetch(`http://${h.http}/v1/agent/members`)).json()) as { State: string }[]
+          return v.filter((m) => m.State === 'alive').length / n
         }),
       )
     let converged = 1

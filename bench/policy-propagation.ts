@@ -49,14 +49,15 @@ function api(http: string, path: string, init?: RequestInit): Promise<Response> 
   return apiFetch(http, path, WRITE_TIMEOUT_MS + 5_000, init)
 }
 
+/** An intention as `GET /v1/connect/intentions` lists it (Consul's shape). */
 interface IntentionJson {
-  source: string
-  destination: string
-  action: string
+  SourceName: string
+  DestinationName: string
+  Action: string
 }
 
 function actionIn(list: IntentionJson[]): string | undefined {
-  return list.find((i) => i.source === SOURCE && i.destination === DESTINATION)?.action
+  return list.find((i) => i.SourceName === SOURCE && i.DestinationName === DESTINATION)?.Action
 }
 
 async function current(http: string): Promise<{ index: string; action: string | undefined }> {

@@ -166,9 +166,9 @@ export class Host {
           `${this.name}: agent exited (${this.agent?.exitCode ?? this.agent?.signalCode}); see ${this.name}.log`,
         )
       try {
-        const self = await this.get<{ peerId: string }>('/v1/agent/self', 2_000)
-        this.peerId = self.peerId
-        this.id = self.peerId
+        const self = await this.get<{ PeerID: string }>('/v1/agent/self', 2_000)
+        this.peerId = self.PeerID
+        this.id = self.PeerID
         return
       } catch {
         await sleep(100)
@@ -202,8 +202,18 @@ export class Host {
     return this.get<RaftStatus>('/v1/operator/raft/status', timeoutMs)
   }
 
-  members(timeoutMs = 2_000): Promise<Member[]> {
-    return this.get<Member[]>('/v1/agent/members', timeoutMs)
+  async members(timeoutMs = 2_000): Promise<Member[]> {
+    // The API's Consul shape, in the terms the scenarios use.
+    const list = await this.get<
+      { Name: string; PeerID: string; Address: string; State: Member['status']; Incarnation: number }[]
+    >('/v1/agent/members', timeoutMs)
+    return list.map((m) => ({
+      name: m.Name,
+      peerId: m.PeerID,
+      address: m.Address,
+      status: m.State,
+      incarnation: m.Incarnation,
+    }))
   }
 
   close(): void {

@@ -827,9 +827,9 @@ async function advertise(o: ScenarioOptions): Promise<ScenarioResult> {
 
     // The catalog (seen from web's host) and DNS give each instance its node's address.
     interface CatalogEntry {
-      node: string
-      address: string
-      serviceAddress?: string
+      Node: string
+      Address: string
+      ServiceAddress?: string
     }
     try {
       const entries = await waitFor(
@@ -840,10 +840,10 @@ async function advertise(o: ScenarioOptions): Promise<ScenarioResult> {
         },
         30_000,
       )
-      f.catalog_api = entries.map((e) => `${e.node} ${e.address} service address ${e.serviceAddress || '-'}`)
+      f.catalog_api = entries.map((e) => `${e.Node} ${e.Address} service address ${e.ServiceAddress || '-'}`)
       for (const e of entries)
-        if (!namesIp(e.address, addrOf(e.node)))
-          failures.push(`catalog: ${e.node}'s api instance at ${e.address}, not ${addrOf(e.node)}`)
+        if (!namesIp(e.Address, addrOf(e.Node)))
+          failures.push(`catalog: ${e.Node}'s api instance at ${e.Address}, not ${addrOf(e.Node)}`)
     } catch (err) {
       failures.push(`catalog: ${(err as Error).message}`)
     }

@@ -158,9 +158,9 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
     }
     for (const a of agents) {
       const list = (await call(a, 'GET', '/v1/connect/intentions', { token: mgmt })).json as {
-        source: string
+        SourceName: string
       }[]
-      expect(list.map((i) => i.source).sort()).toEqual(['api', 'billing'])
+      expect(list.map((i) => i.SourceName).sort()).toEqual(['api', 'billing'])
       const def = await call(a, 'GET', '/v1/connect/intentions/default', { token: mgmt })
       expect((def.json as { action: string }).action).toBe('deny')
       const tokens = (await call(a, 'GET', '/v1/acl/tokens', { token: mgmt })).json as unknown[]

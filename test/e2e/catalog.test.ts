@@ -95,7 +95,7 @@ describe('service catalog and health (end to end, 3 agent processes)', () => {
     const res = await blocked
     const waited = Date.now() - t0
     expect(Number(res.headers.get('x-peermesh-index'))).toBeGreaterThan(index)
-    expect(((await res.json()) as HealthEntry[])[0]!.status).toBe('critical')
+    expect(((await res.json()) as { Status: string }[])[0]!.Status).toBe('critical')
     expect(waited).toBeLessThan(10_000)
     await waitFor('web-1 critical on C (CLI)', () => statusOnC('critical'), 20_000, 100)
 

@@ -26,6 +26,22 @@ interface LeafJson {
 /** What one agent's `GET /v1/connect/ca/roots` said: root ids (active first) in order of change. */
 type RootsSeen = string[]
 
+/** An agent's `GET /v1/connect/ca/roots` (Consul's shape) in the CLI's `ca roots --json` terms. */
+async function rootsOf(a: AgentProcess): Promise<RootsJson | undefined> {
+  const r = await a.api<{
+    ActiveRootID: string
+    Roots: { ID: string; RootCert: string; Active: boolean }[]
+    Index: number
+  }>('/v1/connect/ca/roots')
+  return r === undefined
+    ? undefined
+    : {
+        activeRootId: r.ActiveRootID,
+        index: r.Index,
+        roots: r.Roots.map((x) => ({ id: x.ID, rootCert: x.RootCert, active: x.Active })),
+      }
+}
+
 const rootsKey = (r: RootsJson): string =>
   [r.activeRootId, ...r.roots.filter((x) => !x.active).map((x) => x.id)].join('+')
 
@@ -125,7 +141,7 @@ class RootsWatcher {
       const seen: RootsSeen = []
       this.seen.set(a.name, seen)
       while (this.running) {
-        const r = await a.api<RootsJson>('/v1/connect/ca/roots')
+        const r = await rootsOf(a)
         if (r !== undefined && seen.at(-1) !== rootsKey(r)) seen.push(rootsKey(r))
         await new Promise((res) => setTimeout(res, 10))
       }
@@ -237,7 +253,7 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
       [b, 'api'],
       [c, 'api'],
     ]
-    const before = (await a.api<RootsJson>('/v1/connect/ca/roots'))!
+    const before = (await rootsOf(a))!
     expect(before.roots).toHaveLength(1)
     const oldRoot = before.roots[0]!
     const oldSerials = await Promise.all(holders.map(async ([h, s]) => (await leafOf(h, s)).serialNumber))
@@ -272,7 +288,7 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
 
     // Every sidecar's leaf is re-issued under the new root...
     const newRootPem = await waitFor('the new root in the roots API', async () => {
-      const r = await a.api<RootsJson>('/v1/connect/ca/roots')
+      const r = await rootsOf(a)
       return r?.roots.find((x) => x.id === newId)?.rootCert
     })
     const reissued = await waitFor(
@@ -314,7 +330,7 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
     await Promise.all(
       agents.map((ag) =>
         waitFor(`${ag.name} trusting only the new root`, async () => {
-          const r = await ag.api<RootsJson>('/v1/connect/ca/roots')
+          const r = await rootsOf(ag)
           return r?.roots.length === 1 && r.activeRootId === newId ? true : undefined
         }),
       ),

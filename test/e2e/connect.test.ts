@@ -10,6 +10,13 @@ interface IntentionJson {
   action: string
 }
 
+/** An agent's intentions (Consul's shape from the API) as `peermesh intention list --json` shows them. */
+async function intentionsOf(a: AgentProcess): Promise<IntentionJson[] | undefined> {
+  const list =
+    await a.api<{ SourceName: string; DestinationName: string; Action: string }[]>('/v1/connect/intentions')
+  return list?.map((i) => ({ source: i.SourceName, destination: i.DestinationName, action: i.Action }))
+}
+
 const has = (list: IntentionJson[] | undefined, src: string, dst: string): boolean =>
   list?.some((i) => i.source === src && i.destination === dst) ?? false
 
@@ -24,7 +31,7 @@ async function waitForAction(
   await Promise.all(
     agents.map((a) =>
       waitFor(`${src} -> ${dst} ${action} on ${a.name}`, async () => {
-        const list = await a.api<IntentionJson[]>('/v1/connect/intentions')
+        const list = await intentionsOf(a)
         return list?.some((i) => i.source === src && i.destination === dst && i.action === action)
           ? true
           : undefined
@@ -38,10 +45,7 @@ async function waitOnAll(agents: AgentProcess[], src: string, dst: string, prese
     agents.map((a) =>
       waitFor(
         `${src} -> ${dst} ${present ? 'present' : 'gone'} on ${a.name}`,
-        async () =>
-          has(await a.api<IntentionJson[]>('/v1/connect/intentions'), src, dst) === present
-            ? true
-            : undefined,
+        async () => (has(await intentionsOf(a), src, dst) === present ? true : undefined),
         20_000,
         25,
       ),
@@ -126,7 +130,7 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     expect(del.code, del.stderr).toBe(0)
     // Checked through the API, which `intention list --json` prints as is.
     await waitOnAll(agents, 'web', 'db', false)
-    for (const a of agents) expect(has(await a.api('/v1/connect/intentions'), '*', 'db')).toBe(true)
+    for (const a of agents) expect(has(await intentionsOf(a), '*', 'db')).toBe(true)
 
     // A leaf for a service on the learner, signed by the leader, verifies with openssl.
     const reg = await fetch(`http://${learner.http}/v1/agent/service/register`, {
@@ -154,8 +158,8 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     const text = execFileSync('openssl', ['x509', '-in', join(out, 'leaf.pem'), '-noout', '-text'], {
       encoding: 'utf8',
     })
-    const roots = await learner.api<{ trustDomain: string; activeRootId: string }>('/v1/connect/ca/roots')
-    expect(text).toContain(`URI:spiffe://${roots!.trustDomain}/svc/web`)
+    const roots = await learner.api<{ TrustDomain: string; ActiveRootID: string }>('/v1/connect/ca/roots')
+    expect(text).toContain(`URI:spiffe://${roots!.TrustDomain}/svc/web`)
 
     // Custody: only the 3 voters hold a copy of the root key; every policy entry verified.
     const held = await Promise.all(agents.map((a) => a.metric('peermesh_connect_ca_key_held')))
@@ -171,12 +175,12 @@ describe('connect end to end (5 agents: 3 voters + 2 learners)', () => {
     await waitOnAll(agents, '*', 'db', true)
     await waitOnAll(agents, 'web', 'db', false)
     for (const a of agents) {
-      const list = await a.api<IntentionJson[]>('/v1/connect/intentions')
+      const list = await intentionsOf(a)
       expect(list?.map((i) => `${i.source}->${i.destination}:${i.action}`)).toEqual(['*->db:deny'])
     }
     for (const a of agents) {
-      const r = await a.api<{ activeRootId: string }>('/v1/connect/ca/roots')
-      expect(r?.activeRootId).toBe(roots!.activeRootId)
+      const r = await a.api<{ ActiveRootID: string }>('/v1/connect/ca/roots')
+      expect(r?.ActiveRootID).toBe(roots!.ActiveRootID)
     }
   }, 120_000)
 })

@@ -76,15 +76,14 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
       extraArgs: ['--config', plain],
     })
     await joiner.start()
-    const joinerId = (await joiner.api<{ peerId: string }>('/v1/agent/self', undefined, { token: false }))!
-      .peerId
+    const joinerId = (await joiner.self())!.peerId
     expect(joinerId).toMatch(/^12D3/)
     await waitFor('en4 in gossip on the leader', async () => {
       const m = (await call(leader.http, 'GET', '/v1/agent/members')).json as {
-        name: string
-        status: string
+        Name: string
+        Status: number
       }[]
-      return m.some((x) => x.name === 'en4' && x.status === 'alive') ? true : undefined
+      return m.some((x) => x.Name === 'en4' && x.Status === 1) ? true : undefined
     })
     expect(joiner.log).toMatch(/will not join the Raft group/)
 

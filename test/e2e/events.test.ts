@@ -34,8 +34,9 @@ describe('user events (end to end, 3 agent processes, gossip)', () => {
       'all three members alive everywhere',
       async () => {
         for (const agent of [a, b, c]) {
-          const m = (await agent.api<{ status: string }[]>('/v1/agent/members')) ?? []
-          if (m.filter((x) => x.status === 'alive').length !== 3) return undefined
+          // Consul's member shape: Status 1 is alive.
+          const m = (await agent.api<{ Status: number }[]>('/v1/agent/members')) ?? []
+          if (m.filter((x) => x.Status === 1).length !== 3) return undefined
         }
         return true
       },

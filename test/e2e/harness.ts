@@ -219,8 +219,13 @@ export class AgentProcess {
    * `GET /v1/agent/self` as anonymous (allowed before the cluster has a leader or any token):
    * name, peer id and addresses; undefined when unreachable.
    */
-  self(): Promise<{ name: string; peerId: string; addresses: string[] } | undefined> {
-    return this.api('/v1/agent/self', undefined, { token: false })
+  async self(): Promise<{ name: string; peerId: string; addresses: string[] } | undefined> {
+    const r = await this.api<{ Config: { NodeName: string }; PeerID: string; Addresses: string[] }>(
+      '/v1/agent/self',
+      undefined,
+      { token: false },
+    )
+    return r === undefined ? undefined : { name: r.Config.NodeName, peerId: r.PeerID, addresses: r.Addresses }
   }
 
   /**

@@ -41,11 +41,15 @@ describe('raft in the agent (end to end, 3 agent processes)', () => {
     const leaderServer = conf.servers.find((s) => s.leader)!
     expect(leaderServer.node).toBe(leader.name)
 
-    // peermesh leader: the leader's address; the same JSON string as the API.
+    // peermesh leader: the leader's libp2p address; the API answers Consul's "ip:port" of it.
     const out = await runCli(['leader', '--http', follower.http])
     expect(out.code).toBe(0)
     expect(out.stdout.trim()).toBe(leaderServer.address)
-    expect(await follower.api<string>('/v1/status/leader')).toBe(leaderServer.address)
+    const ipPort = /^\/ip4\/([^/]+)\/tcp\/(\d+)/.exec(leaderServer.address)!
+    expect(await follower.api<string>('/v1/status/leader')).toBe(`${ipPort[1]}:${ipPort[2]}`)
+    const statusPeers = await follower.api<string[]>('/v1/status/peers')
+    expect(statusPeers).toContain(`${ipPort[1]}:${ipPort[2]}`)
+    expect(statusPeers).toHaveLength(conf.servers.filter((s) => s.voter).length)
     const table = await runCli(['raft', 'peers', '--http', leader.http])
     expect(table.stdout).toMatch(/NODE\s+ID\s+ADDRESS\s+STATE\s+VOTER/)
 

@@ -21,7 +21,7 @@ import { startRaftCluster } from './raft-helpers.ts'
 async function instances(a: AgentProcess, service: string): Promise<string[]> {
   const r = await call(a, 'GET', `/v1/catalog/service/${service}`)
   if (r.status !== 200) throw new Error(`${a.name}: ${r.status} ${errorOf(r)}`)
-  return (r.json as { peerId: string }[]).map((e) => e.peerId).sort()
+  return (r.json as { PeerID: string }[]).map((e) => e.PeerID).sort()
 }
 
 describe('service identity is granted (e2e, issue #12; needs enrollment)', () => {
@@ -90,9 +90,7 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
       }),
       { mode: 0o600 },
     )
-    const seed = (await founders[0]!.api<{ addresses: string[] }>('/v1/agent/self', undefined, {
-      token: false,
-    }))!.addresses[0]!
+    const seed = (await founders[0]!.self())!.addresses[0]!
     const edge = cluster.agent({
       name: 'edge',
       initialManagementToken: false, // a plain key holder: no token from the harness
@@ -101,7 +99,7 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
       extraArgs: ['--config', edgeConfig],
     })
     await edge.start()
-    const edgeId = (await edge.api<{ peerId: string }>('/v1/agent/self', undefined, { token: false }))!.peerId
+    const edgeId = (await edge.self())!.peerId
 
     // Enrolled: its `web` shows up everywhere.
     await waitFor(

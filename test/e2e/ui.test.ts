@@ -318,12 +318,15 @@ describe.skipIf(!chromiumAvailable)(
       // Edit (PUT /v1/connect/intentions/exact) to deny, then delete, from the page; agent 2 agrees.
       const irow = '#intentions tr[data-intention="web->api"]'
       const onA2 = async () => {
-        const list = await a2.api<{ source: string; destination: string; action: string }[]>(
+        const list = await a2.api<{ SourceName: string; DestinationName: string; Action: string }[]>(
           '/v1/connect/intentions',
           auth,
         )
         if (list === undefined) throw new Error('intentions not readable on agent 2')
-        return list.find((i) => i.source === 'web' && i.destination === 'api')
+        const i = list.find((x) => x.SourceName === 'web' && x.DestinationName === 'api')
+        return i === undefined
+          ? undefined
+          : { source: i.SourceName, destination: i.DestinationName, action: i.Action }
       }
       await page.click(`${irow} button:has-text("Edit")`)
       await page.selectOption(`${irow} select.edit-action`, 'deny')

@@ -1,5 +1,7 @@
 import { need } from '../../acl/index.ts'
 import { existsSync, mkdirSync } from 'node:fs'
+import { isIP } from 'node:net'
+import { multiaddr } from '@multiformats/multiaddr'
 import { join } from 'node:path'
 import type { StreamHandler, StreamHandlerOptions } from '@libp2p/interface'
 import type { Logger } from 'pino'
@@ -11,10 +13,11 @@ import { TypedEmitter } from '../../common/events.ts'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
 import { loadOrCreateNodeIdentity, type NodeIdentity } from '../../identity/keys/node-key.ts'
 import type { AgentConfig } from './config.ts'
-import { AgentNotStartedError, ListenError } from './errors.ts'
+import { AgentNotStartedError, ApiError, ListenError } from './errors.ts'
 import type { AgentEventBus, AgentEvents } from './events.ts'
 import { createHost, type Host } from '../transport/host.ts'
 import { addressInUse } from '../transport/free-port.ts'
+import { agentMetricsJson, agentSelfView } from '../api/consul-views.ts'
 import { ApiReply, HttpApi } from '../api/server.ts'
 import { createMetrics } from './metrics.ts'
 import { checkSecretsAtRest } from './secrets-at-rest.ts'
@@ -66,6 +69,24 @@ export interface AgentInit {
   clock?: Clock
 }
 
+/** How long `PUT /v1/agent/join/:address` waits for the dial. */
+const JOIN_TIMEOUT_MS = 10_000
+
+/** A join address as a multiaddr: a multiaddr as is, Consul's `ip:port` as `/ip4|ip6/.../tcp/port`. */
+export function joinTarget(address: string): string | undefined {
+  if (address.startsWith('/')) {
+    try {
+      return multiaddr(address).toString()
+    } catch {
+      return undefined
+    }
+  }
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([0-9.]+)):(\d{1,5})$/.exec(address)
+  if (m === null || Number(m[3]) < 1 || Number(m[3]) > 65535) return undefined
+  if (m[1] !== undefined) return isIP(m[1]) === 6 ? `/ip6/${m[1]}/tcp/${m[3]}` : undefined
+  return isIP(m[2]!) === 4 ? `/ip4/${m[2]}/tcp/${m[3]}` : undefined
+}
+
 export class Agent {
   readonly config: AgentConfig
   readonly log: Logger
@@ -93,6 +114,7 @@ export class Agent {
     )
     this.clock = init.clock ?? systemClock
     this.http = new HttpApi(init.log.child({ component: 'http' }))
+    this.http.datacenter = init.config.datacenter
     this.metrics = createMetrics(() => this.host)
     this.addCoreRoutes()
   }
@@ -245,17 +267,59 @@ export class Agent {
   private addCoreRoutes(): void {
     this.http.route('GET', '/v1/agent/self', (req) => {
       req.auth.require(...need.agentRead(this.config.name))
-      return {
+      return agentSelfView({
+        datacenter: this.config.datacenter,
         name: this.config.name,
-        peerId: this.identity?.id,
+        peerId: this.identity?.id ?? '',
         addresses: this.addresses(),
+        peers: this.connectedPeers(),
         version: VERSION,
-      }
+      })
     })
-    this.http.route('GET', '/v1/status/peers', () => this.connectedPeers())
     this.http.route('GET', '/metrics', async (req) => {
       req.auth.require(...need.agentRead(this.config.name))
       return new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType)
+    })
+    // Consul's join: dial the address (a multiaddr, or Consul's "ip:port"); gossip joins through
+    // the peer it reaches, as through a seed.
+    this.http.route('PUT', '/v1/agent/join/:address', async (req) => {
+      req.auth.require(...need.agentWrite(this.config.name))
+      const target = joinTarget(req.params['address']!)
+      if (target === undefined)
+        throw new ApiError('address: expected a multiaddr (/ip4/10.0.0.5/tcp/4001) or IP:PORT', 400)
+      if (this.host === undefined) throw new ApiError('agent not started', 503)
+      try {
+        const conn = await this.host.dial(multiaddr(target), {
+          signal: AbortSignal.any([req.signal, AbortSignal.timeout(JOIN_TIMEOUT_MS)]),
+        })
+        this.events.emit('seed:joined', conn.remotePeer.toString())
+      } catch (err) {
+        throw new ApiError(`failed to join ${target}: ${(err as Error).message}`, 500, { cause: err })
+      }
+      return null
+    })
+    // Consul's leave: a graceful leave of the cluster, then the agent stops (the CLI stops it).
+    this.http.route('PUT', '/v1/agent/leave', (req) => {
+      const accessorId = req.auth.require(...need.agentWrite(this.config.name))
+      setImmediate(() => this.events.emit('agent:leave', { accessorId }))
+      return null
+    })
+    // Consul's force-leave marks a failed node left. Peermesh's leave messages are signed by the
+    // member leaving, so no agent can announce another's: refused (a dead member is reaped by
+    // gossip after its reap timeout).
+    this.http.route('PUT', '/v1/agent/force-leave/:node', (req) => {
+      req.auth.require(...need.operatorWrite())
+      throw new ApiError(
+        'force-leave is not supported: a member can only leave by itself (signed leave); a failed member is reaped by gossip',
+        501,
+      )
+    })
+    // Consul's path: Prometheus text with ?format=prometheus, else Consul's JSON summary.
+    this.http.route('GET', '/v1/agent/metrics', async (req) => {
+      req.auth.require(...need.agentRead(this.config.name))
+      if (req.query.get('format') === 'prometheus')
+        return new ApiReply(200, await this.metrics.metrics(), this.metrics.contentType)
+      return agentMetricsJson(await this.metrics.getMetricsAsJSON())
     })
   }
 }

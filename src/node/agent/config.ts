@@ -46,6 +46,11 @@ export const agentConfigSchema = z
     name: nodeName.optional(),
     /** Where the node key, cluster key copy and state live. Default: ./.peermesh/<name>. */
     dataDir: z.string().min(1).optional(),
+    /** Datacenter name the Consul-compatible API answers for (`?dc=`). Default `dc1`, Consul's. */
+    datacenter: z
+      .string()
+      .regex(/^[a-z0-9_-]{1,64}$/, 'must be 1-64 lowercase letters, digits, "_" or "-"')
+      .optional(),
     /** libp2p listen multiaddrs. */
     listen: z.array(multiaddrString).min(1).optional(),
     /**
@@ -149,6 +154,8 @@ export type AgentConfigInput = z.infer<typeof agentConfigSchema>
 
 export interface AgentConfig {
   name: string
+  /** Datacenter name (Consul's `?dc=`, `Config.Datacenter`). */
+  datacenter: string
   dataDir: string
   listen: string[]
   /** IP announced to peers in place of the listen hosts (see the schema). */
@@ -285,6 +292,7 @@ export function resolveAgentConfig(
     )
   return {
     name,
+    datacenter: merged.datacenter ?? 'dc1',
     dataDir: merged.dataDir ?? join('.peermesh', name),
     listen: merged.listen ?? [DEFAULT_LISTEN],
     ...(merged.advertise !== undefined ? { advertise: merged.advertise } : {}),

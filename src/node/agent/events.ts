@@ -11,6 +11,8 @@ export interface AgentEvents extends MemberEvents, ConnectEvents {
   'seed:joined': string
   /** The Raft leader or term changed, as this agent sees it. */
   'leader:change': { leader: string | undefined; term: number }
+  /** `PUT /v1/agent/leave` asked the agent to leave the cluster and stop (the CLI stops it). */
+  'agent:leave': { accessorId: string }
 }
 
 /** Gossip's membership events, each with the member as gossip sees it after the change. */

@@ -1,10 +1,28 @@
 import { need, SIDECAR_SUFFIX } from '../../acl/index.ts'
 import { ApiError } from '../agent/errors.ts'
+import { createHash } from 'node:crypto'
 import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
-import type { Catalog, HealthEntry } from '../catalog/catalog.ts'
-import { DEFAULT_BLOCKING_WAIT_MS, MAX_BLOCKING_WAIT_MS } from '../catalog/change-index.ts'
+import type { Catalog, HealthCheckView, HealthEntry, NodeRef } from '../catalog/catalog.ts'
 import type { CheckRunner } from '../catalog/checks.ts'
-import { parseDuration } from '../catalog/duration.ts'
+import {
+  blockingParams,
+  filtered,
+  flagOf,
+  type IndexedSource,
+  indexedRead,
+  nodeMetaOf,
+  tagsOf,
+} from './consul-query.ts'
+import {
+  agentCheckView,
+  agentServiceView,
+  catalogServiceView,
+  checkView,
+  healthView,
+  instanceView,
+  nodeView,
+  type ViewContext,
+} from './consul-views.ts'
 import {
   CheckNotFoundError,
   CheckNotTtlError,
@@ -27,6 +45,10 @@ export interface CatalogRouteDeps {
   checks: CheckRunner
   /** This agent's address (IP or host), shown for local services registered without one. */
   nodeAddress: () => string
+  /** This agent's node name (`Node` of its checks). */
+  nodeName?: () => string
+  /** This agent's peer id: its own checks' outputs are shown in health answers. */
+  selfId?: () => string
   /**
    * Registration grants (issue #12; service-grants.ts): after a registration passed its
    * `service:write` check, makes sure this agent may publish the service, asking the leader for a
@@ -37,103 +59,276 @@ export interface CatalogRouteDeps {
   defaultToken?: string
 }
 
-/** Header carrying the index of a blocking query's answer (`X-Consul-Index` is sent too). */
-export const INDEX_HEADER = 'X-Peermesh-Index'
+export { INDEX_HEADER } from './consul-query.ts'
+
+/** Consul's id of the check that puts a service in maintenance (`/v1/agent/service/maintenance/:id`). */
+export const serviceMaintenanceCheckId = (serviceId: string): string => `_service_maintenance:${serviceId}`
+/**
+ * Consul's node maintenance check is one `_node_maintenance` check on the node; peermesh's checks
+ * belong to services (check ids are unique on an agent), so each local service gets its own.
+ */
+export const nodeMaintenanceCheckId = (serviceId: string): string => `_node_maintenance:${serviceId}`
 
 /**
- * Adds the catalog, health and local-agent routes to the agent's HTTP API:
+ * Adds the catalog, health and local-agent routes to the agent's HTTP API, in Consul's wire
+ * format (issue #15; shapes in consul-views.ts, query parameters in consul-query.ts):
  *
- *   GET /v1/catalog/services                      { [name]: tags[] }
- *   GET /v1/catalog/service/:name[?tag=T]         instances (any health)
- *   GET /v1/health/service/:name[?passing][&tag=T] Consul-shaped entries with aggregated status
- *   GET /v1/agent/services                        this agent's registrations { [id]: definition }
- *   GET /v1/agent/checks                          this agent's checks { [id]: state with output }
- *   PUT /v1/agent/service/register                body: a service definition
- *   PUT /v1/agent/service/deregister/:id
- *   PUT /v1/agent/check/pass|warn|fail/:id[?note=]
+ *   GET /v1/catalog/datacenters | services | nodes | node/:node | service/:name
+ *   GET /v1/health/service/:name[?passing] | checks/:service | node/:node | state/:state
+ *   GET /v1/agent/services | service/:id | checks
+ *   PUT /v1/agent/service/register | service/deregister/:id | service/maintenance/:id?enable=&reason=
+ *   PUT /v1/agent/maintenance?enable=&reason=
+ *   PUT /v1/agent/check/register | deregister/:id | update/:id | pass|warn|fail/:id[?note=]
+ *   PUT /v1/catalog/register | deregister        (this agent's own node only)
  *
- * The GET routes (except checks) are blocking queries: `?index=N[&wait=30s]` waits until the
- * index is above N (at most 10 min, 5 min by default) and every reply carries the index in
- * `X-Peermesh-Index` and `X-Consul-Index`. Unknown or malformed query parameters are a 400.
+ * Catalog and health reads are blocking queries (`?index=&wait=`); a query on one service waits
+ * on that service's own index, so a change to `web` does not wake a query on `api`. Catalog data
+ * comes from gossip: reads say `X-Consul-Effective-Consistency: stale` whatever was asked.
  */
 export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): void {
   const { catalog, local, checks } = deps
+  const ctx = (): ViewContext => ({
+    datacenter: http.datacenter,
+    serviceIndex: (n) => catalog.serviceIndex(n),
+  })
+  const whole: IndexedSource = {
+    index: () => catalog.index,
+    wait: (after, waitMs, signal) => catalog.waitForChange(after, waitMs, signal),
+  }
+  const ofService = (name: string): IndexedSource => ({
+    index: () => catalog.serviceIndex(name),
+    wait: (after, waitMs, signal) => catalog.waitForService(name, after, waitMs, signal),
+  })
+  const localIndex: IndexedSource = {
+    index: () => local.index.current,
+    wait: (after, waitMs, signal) => local.index.wait(after, waitMs, signal),
+  }
+  const nodeName = () => deps.nodeName?.() ?? ''
+  // Outputs of the checks this agent runs (the notes of `check/pass?note=` among them).
+  const outputOf = (node: NodeRef, checkId: string) =>
+    deps.selfId !== undefined && node.peerId === deps.selfId() ? checks.get(checkId)?.output : undefined
+
+  /** Instances of `name` matching `?tag=` (all) and `?node-meta=` (nodes carry no meta here). */
+  const instances = (req: ApiRequest, name: string, passing: boolean): HealthEntry[] => {
+    const tags = tagsOf(req)
+    const meta = nodeMetaOf(req)
+    if (meta.length > 0) return []
+    return catalog
+      .health(name, passing ? { minStatus: 'passing' } : {})
+      .filter((e) => tags.every((t) => e.service.tags.includes(t)))
+  }
+
+  http.route('GET', '/v1/catalog/datacenters', () => [http.datacenter])
 
   http.route('GET', '/v1/catalog/services', (req) =>
-    blocking(
+    indexedRead(
       req,
-      [],
-      (after, wait) => catalog.waitForChange(after, wait, req.signal),
-      () => catalog.index,
+      whole,
       () => {
         const authz = req.auth.authorizer()
         return Object.fromEntries(Object.entries(catalog.services()).filter(([n]) => authz.serviceRead(n)))
       },
+      'stale',
     ),
   )
+
+  http.route('GET', '/v1/catalog/nodes', (req) =>
+    indexedRead(
+      req,
+      whole,
+      () => {
+        if (nodeMetaOf(req).length > 0) return []
+        const authz = req.auth.authorizer()
+        const nodes = catalog
+          .members()
+          .filter((m) => authz.nodeRead(m.name))
+          .map((m) => nodeView(m, ctx(), catalog.index))
+        return filtered(req, nodes)
+      },
+      'stale',
+    ),
+  )
+
+  http.route('GET', '/v1/catalog/node/:node', (req) => {
+    const node = req.params['node']!
+    req.auth.require(...need.nodeRead(node))
+    return indexedRead(
+      req,
+      whole,
+      () => {
+        const ref = catalog.members().find((m) => m.name === node)
+        if (ref === undefined) return null
+        const authz = req.auth.authorizer()
+        const services: Record<string, unknown> = {}
+        for (const e of catalog.entries()) {
+          if (e.node.name !== node || !authz.serviceRead(e.service.name)) continue
+          services[e.service.id] = instanceView(e, catalog.serviceIndex(e.service.name))
+        }
+        return { Node: nodeView(ref, ctx(), catalog.index), Services: filtered(req, services) }
+      },
+      'stale',
+    )
+  })
 
   http.route('GET', '/v1/catalog/service/:name', (req) => {
     const name = req.params['name']!
     req.auth.require(...need.serviceRead(name))
-    return blocking(
+    return indexedRead(
       req,
-      ['tag'],
-      (after, wait) => catalog.waitForChange(after, wait, req.signal),
-      () => catalog.index,
-      () => catalog.health(name, tagFilter(req)).map(catalogView),
+      ofService(name),
+      () =>
+        filtered(
+          req,
+          instances(req, name, false).map((e) => catalogServiceView(e, ctx())),
+        ),
+      'stale',
     )
   })
 
   http.route('GET', '/v1/health/service/:name', (req) => {
     const name = req.params['name']!
     req.auth.require(...need.serviceRead(name))
-    const passing = flag(req, 'passing')
-    return blocking(
+    const passing = flagOf(req, 'passing')
+    return indexedRead(
       req,
-      ['tag', 'passing'],
-      (after, wait) => catalog.waitForChange(after, wait, req.signal),
-      () => catalog.index,
+      ofService(name),
       () =>
-        catalog.health(name, { ...tagFilter(req), ...(passing ? { minStatus: 'passing' as const } : {}) }),
+        filtered(
+          req,
+          instances(req, name, passing).map((e) => healthView(e, ctx(), outputOf)),
+        ),
+      'stale',
     )
   })
 
-  http.route('GET', '/v1/agent/services', (req) =>
-    blocking(
+  http.route('GET', '/v1/health/checks/:service', (req) => {
+    const name = req.params['service']!
+    req.auth.require(...need.serviceRead(name))
+    return indexedRead(
       req,
-      [],
-      (after, wait) => local.index.wait(after, wait, req.signal),
-      () => local.index.current,
+      ofService(name),
+      () => {
+        const list = instances(req, name, false).flatMap((e) =>
+          e.checks
+            .filter((c) => c.serviceId !== '')
+            .map((c) =>
+              checkView(
+                { ...c, output: outputOf(e.node, c.checkId) ?? c.output },
+                e.service.tags,
+                catalog.serviceIndex(name),
+              ),
+            ),
+        )
+        return filtered(req, list)
+      },
+      'stale',
+    )
+  })
+
+  /** Every check (node checks once per node) the token may read, with `keep` deciding. */
+  const allChecks = (req: ApiRequest, keep: (c: HealthCheckView) => boolean): Record<string, unknown>[] => {
+    const authz = req.auth.authorizer()
+    const out: Record<string, unknown>[] = []
+    for (const m of catalog.members()) {
+      const c = catalog.nodeCheck(m.name)
+      if (c !== undefined && authz.nodeRead(m.name) && keep(c)) out.push(checkView(c, [], catalog.index))
+    }
+    for (const e of catalog.entries()) {
+      if (!authz.serviceRead(e.service.name)) continue
+      for (const c of e.checks) {
+        if (c.serviceId === '') continue
+        const view = { ...c, output: outputOf(e.node, c.checkId) ?? c.output }
+        if (keep(view)) out.push(checkView(view, e.service.tags, catalog.serviceIndex(e.service.name)))
+      }
+    }
+    return out
+  }
+
+  http.route('GET', '/v1/health/node/:node', (req) => {
+    const node = req.params['node']!
+    req.auth.require(...need.nodeRead(node))
+    return indexedRead(
+      req,
+      whole,
+      () =>
+        filtered(
+          req,
+          allChecks(req, (c) => c.node === node),
+        ),
+      'stale',
+    )
+  })
+
+  http.route('GET', '/v1/health/state/:state', (req) => {
+    const state = req.params['state']!
+    if (!['any', 'passing', 'warning', 'critical'].includes(state))
+      throw new ApiError(`Invalid state "${state}": expected any, passing, warning or critical`, 400)
+    return indexedRead(
+      req,
+      whole,
+      () =>
+        filtered(
+          req,
+          allChecks(req, (c) => state === 'any' || c.status === state),
+        ),
+      'stale',
+    )
+  })
+
+  const agentService = (def: ServiceDefinition) => agentServiceView(def, deps.nodeAddress(), http.datacenter)
+
+  http.route('GET', '/v1/agent/services', (req) =>
+    indexedRead(
+      req,
+      localIndex,
       () => {
         const out: Record<string, unknown> = {}
         const authz = req.auth.authorizer()
-        for (const def of local.list()) {
-          if (!authz.serviceRead(def.name)) continue
-          out[def.id] = { ...serviceDefinitionToJson(def), address: def.address ?? deps.nodeAddress() }
-        }
-        return out
+        for (const def of local.list()) if (authz.serviceRead(def.name)) out[def.id] = agentService(def)
+        return filtered(req, out)
       },
+      undefined,
     ),
   )
 
-  http.route('GET', '/v1/agent/checks', (req) => {
-    onlyParams(req, [])
-    const out: Record<string, unknown> = {}
-    const authz = req.auth.authorizer()
-    for (const c of checks.list()) if (authz.serviceRead(c.serviceName)) out[c.checkId] = c
-    return out
+  http.route('GET', '/v1/agent/service/:id', async (req) => {
+    const id = req.params['id']!
+    const def = local.get(id)
+    if (def === undefined) throw new ApiError(`unknown service ID: ${id}`, 404)
+    req.auth.require(...need.serviceRead(def.name))
+    // Consul's hash-based blocking (`?hash=` with the `X-Consul-ContentHash` of an earlier answer):
+    // waits until the registration differs or `wait` passes.
+    const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v)).digest('hex').slice(0, 16)
+    const hash = req.query.get('hash')
+    if (hash !== null && hash !== '') {
+      const { waitMs } = blockingParams(req)
+      const signal = AbortSignal.any([req.signal, AbortSignal.timeout(waitMs)])
+      while (!signal.aborted) {
+        const now = local.get(id)
+        if (now === undefined || hashOf(agentService(now)) !== hash) break
+        await local.index.wait(local.index.current, waitMs, signal)
+      }
+    }
+    const now = local.get(id)
+    if (now === undefined) throw new ApiError(`unknown service ID: ${id}`, 404)
+    const view = agentService(now)
+    return new ApiReply(200, JSON.stringify({ ...view, ContentHash: hashOf(view) }), 'application/json', {
+      'X-Consul-ContentHash': hashOf(view),
+    })
   })
 
-  http.route('PUT', '/v1/agent/service/register', async (req) => {
-    onlyParams(req, [])
-    if (req.body === undefined) throw new ApiError('missing body: a JSON service definition', 400)
-    let def: ServiceDefinition
-    try {
-      def = parseServiceDefinition(req.body, 'request body')
-    } catch (err) {
-      throw asApiError(err)
+  http.route('GET', '/v1/agent/checks', (req) => {
+    const out: Record<string, unknown> = {}
+    const authz = req.auth.authorizer()
+    for (const c of checks.list()) {
+      if (!authz.serviceRead(c.serviceName)) continue
+      out[c.checkId] = agentCheckView(c, nodeName(), local.get(c.serviceId))
     }
-    // The instance, and its sidecar's identity (Consul: service:write on both).
+    return filtered(req, out)
+  })
+
+  /** Registers `def` after the checks Consul makes (service:write on it, and on its sidecar). */
+  const register = async (req: ApiRequest, def: ServiceDefinition): Promise<void> => {
     req.auth.require(...need.serviceWrite(def.name))
     if (def.connect?.sidecarService !== undefined)
       req.auth.require(...need.serviceWrite(`${def.name}${SIDECAR_SUFFIX}`))
@@ -144,11 +339,34 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     }
     // Kept whatever the answer: without a grant the others ignore it until one is committed.
     await deps.grants?.ensure(def.name, req.auth.secret() ?? deps.defaultToken, { signal: req.signal })
+  }
+
+  /** A local service re-parsed with its checks changed (what check register/deregister do). */
+  const withChecks = (
+    def: ServiceDefinition,
+    change: (checks: unknown[]) => unknown[],
+  ): ServiceDefinition => {
+    const json = serviceDefinitionToJson(def)
+    try {
+      return parseServiceDefinition({ ...json, checks: change(json.checks ?? []) }, 'request body')
+    } catch (err) {
+      throw asApiError(err)
+    }
+  }
+
+  http.route('PUT', '/v1/agent/service/register', async (req) => {
+    if (req.body === undefined) throw new ApiError('missing body: a JSON service definition', 400)
+    let def: ServiceDefinition
+    try {
+      def = parseServiceDefinition(req.body, 'request body')
+    } catch (err) {
+      throw asApiError(err)
+    }
+    await register(req, def)
     return null
   })
 
   http.route('PUT', '/v1/agent/service/deregister/:id', (req) => {
-    onlyParams(req, [])
     const def = local.get(req.params['id']!)
     if (def !== undefined) req.auth.require(...need.serviceWrite(def.name))
     try {
@@ -159,103 +377,186 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     return null
   })
 
+  /** `?enable=true|false` of the maintenance routes (Consul: required, 400 without it). */
+  const enableOf = (req: ApiRequest): boolean => {
+    const v = req.query.get('enable')
+    if (v === 'true') return true
+    if (v === 'false') return false
+    throw new ApiError('Missing value for enable', 400)
+  }
+  const maintenanceCheck = (id: string, name: string, req: ApiRequest) => {
+    const reason = req.query.get('reason') ?? ''
+    if (reason.length > 1024) throw new ApiError('reason: at most 1024 characters', 400)
+    // Critical from the start; its TTL (the longest allowed) only keeps it critical.
+    return {
+      CheckID: id,
+      Name: name,
+      TTL: '24h',
+      Status: 'critical',
+      ...(reason !== '' ? { Notes: reason } : {}),
+    }
+  }
+  const setMaintenance = async (
+    req: ApiRequest,
+    def: ServiceDefinition,
+    checkId: string,
+    name: string,
+    on: boolean,
+  ) => {
+    const next = withChecks(def, (list) => [
+      ...list.filter((c) => (c as { id?: string }).id !== checkId),
+      ...(on ? [maintenanceCheck(checkId, name, req)] : []),
+    ])
+    await register(req, next)
+  }
+
+  http.route('PUT', '/v1/agent/service/maintenance/:id', async (req) => {
+    const def = local.get(req.params['id']!)
+    const on = enableOf(req)
+    if (def === undefined) throw new ApiError(`No service registered with ID "${req.params['id']}"`, 404)
+    await setMaintenance(req, def, serviceMaintenanceCheckId(def.id), 'Service Maintenance Mode', on)
+    return null
+  })
+
+  http.route('PUT', '/v1/agent/maintenance', async (req) => {
+    const on = enableOf(req)
+    // Consul: node:write. Peermesh keeps node maintenance as a check on every local service.
+    req.auth.require(...need.nodeWrite(nodeName()))
+    for (const def of local.list())
+      await setMaintenance(req, def, nodeMaintenanceCheckId(def.id), 'Node Maintenance Mode', on)
+    return null
+  })
+
+  http.route('PUT', '/v1/agent/check/register', async (req) => {
+    const body = req.body
+    if (body === null || typeof body !== 'object' || Array.isArray(body))
+      throw new ApiError('missing body: a JSON check definition', 400)
+    const serviceId = Object.entries(body).find(
+      ([k]) => k.toLowerCase().replaceAll('_', '') === 'serviceid',
+    )?.[1]
+    if (typeof serviceId !== 'string' || serviceId === '')
+      throw new ApiError('ServiceID: peermesh checks belong to a service registered on this agent', 400)
+    const def = local.get(serviceId)
+    if (def === undefined) throw new ApiError(`ServiceID: no service "${serviceId}" on this agent`, 400)
+    await register(
+      req,
+      withChecks(def, (list) => [...list, body]),
+    )
+    return null
+  })
+
+  const checkOwner = (id: string): ServiceDefinition => {
+    const def = local.list().find((d) => d.checks.some((c) => c.id === id))
+    if (def === undefined) throw new ApiError(`Unknown check ID "${id}"`, 404)
+    return def
+  }
+
+  http.route('PUT', '/v1/agent/check/deregister/:id', async (req) => {
+    const id = req.params['id']!
+    const def = checkOwner(id)
+    await register(
+      req,
+      withChecks(def, (list) => list.filter((c) => (c as { id?: string }).id !== id)),
+    )
+    return null
+  })
+
+  /** A field of a Consul body, whatever its case. */
+  const fieldOf = (body: Record<string, unknown>, name: string): unknown =>
+    Object.entries(body).find(([k]) => k.toLowerCase().replaceAll('_', '') === name)?.[1]
+  /** Consul's catalog writes name a node: here only this agent's own, as gossip makes each node the owner of its entries. */
+  const ownNode = (body: unknown): Record<string, unknown> => {
+    if (body === null || typeof body !== 'object' || Array.isArray(body))
+      throw new ApiError('missing body: a JSON catalog registration', 400)
+    const b = body as Record<string, unknown>
+    const node = fieldOf(b, 'node')
+    if (node !== nodeName())
+      throw new ApiError(
+        `Node: peermesh registers only this agent's own node ("${nodeName()}"): each node announces its services itself`,
+        400,
+      )
+    return b
+  }
+
+  http.route('PUT', '/v1/catalog/register', async (req) => {
+    const b = ownNode(req.body)
+    req.auth.require(...need.nodeWrite(nodeName()))
+    for (const f of ['check', 'checks']) {
+      const c = fieldOf(b, f)
+      if (c !== undefined && c !== null && !(Array.isArray(c) && c.length === 0))
+        throw new ApiError(
+          `${f}: catalog checks are not supported: register checks with the service (/v1/agent/check/register)`,
+          400,
+        )
+    }
+    const service = fieldOf(b, 'service')
+    if (service === undefined || service === null) return true
+    let def: ServiceDefinition
+    try {
+      def = parseServiceDefinition(service, 'request body (Service)')
+    } catch (err) {
+      throw asApiError(err)
+    }
+    await register(req, def)
+    return true
+  })
+
+  http.route('PUT', '/v1/catalog/deregister', async (req) => {
+    const b = ownNode(req.body)
+    req.auth.require(...need.nodeWrite(nodeName()))
+    const serviceId = fieldOf(b, 'serviceid')
+    const checkId = fieldOf(b, 'checkid')
+    if (typeof serviceId === 'string' && serviceId !== '') {
+      const def = local.get(serviceId)
+      if (def === undefined) return true
+      req.auth.require(...need.serviceWrite(def.name))
+      local.deregister(serviceId)
+      return true
+    }
+    if (typeof checkId === 'string' && checkId !== '') {
+      const def = local.list().find((d) => d.checks.some((c) => c.id === checkId))
+      if (def === undefined) return true
+      await register(
+        req,
+        withChecks(def, (list) => list.filter((c) => (c as { id?: string }).id !== checkId)),
+      )
+      return true
+    }
+    throw new ApiError('ServiceID or CheckID: required (peermesh does not deregister a whole node)', 400)
+  })
+
+  const updateTtl = (req: ApiRequest, id: string, status: CheckStatus, output: string) => {
+    if (output.length > 4096) throw new ApiError('output: at most 4096 characters', 400)
+    const check = checks.list().find((c) => c.checkId === id)
+    if (check !== undefined) req.auth.require(...need.serviceWrite(check.serviceName))
+    try {
+      checks.updateTtl(id, status, output)
+    } catch (err) {
+      throw asApiError(err)
+    }
+    return null
+  }
+
   for (const [verb, status] of [
     ['pass', 'passing'],
     ['warn', 'warning'],
     ['fail', 'critical'],
   ] as const) {
-    http.route('PUT', `/v1/agent/check/${verb}/:id`, (req) => {
-      onlyParams(req, ['note'])
-      const note = req.query.get('note') ?? ''
-      if (note.length > 4096) throw new ApiError('note: at most 4096 characters', 400)
-      const check = checks.list().find((c) => c.checkId === req.params['id'])
-      if (check !== undefined) req.auth.require(...need.serviceWrite(check.serviceName))
-      try {
-        checks.updateTtl(req.params['id']!, status satisfies CheckStatus, note)
-      } catch (err) {
-        throw asApiError(err)
-      }
-      return null
-    })
+    http.route('PUT', `/v1/agent/check/${verb}/:id`, (req) =>
+      updateTtl(req, req.params['id']!, status, req.query.get('note') ?? ''),
+    )
   }
-}
 
-/** Query parameters every blocking route accepts. */
-const BLOCKING_PARAMS = ['index', 'wait']
-
-async function blocking(
-  req: ApiRequest,
-  allowed: string[],
-  wait: (afterIndex: number, waitMs: number) => Promise<number>,
-  index: () => number,
-  answer: () => unknown,
-): Promise<ApiReply> {
-  onlyParams(req, [...allowed, ...BLOCKING_PARAMS])
-  const after = req.query.get('index')
-  const waitText = req.query.get('wait')
-  let waitMs = DEFAULT_BLOCKING_WAIT_MS
-  if (waitText !== null) {
-    const ms = parseDuration(waitText)
-    if (ms === undefined || ms > MAX_BLOCKING_WAIT_MS) {
-      throw new ApiError('wait: must be a duration like "30s", at most 10m', 400)
-    }
-    waitMs = ms
-  }
-  if (after !== null) {
-    if (!/^\d{1,15}$/.test(after)) throw new ApiError('index: must be a non-negative integer', 400)
-    await wait(Number(after), waitMs)
-  }
-  // Read the index before the answer: a change in between makes the client ask again, never miss one.
-  const at = String(index())
-  return new ApiReply(200, JSON.stringify(answer()), 'application/json', {
-    [INDEX_HEADER]: at,
-    'X-Consul-Index': at,
+  http.route('PUT', '/v1/agent/check/update/:id', (req) => {
+    const b = (req.body ?? {}) as Record<string, unknown>
+    const field = (name: string) => Object.entries(b).find(([k]) => k.toLowerCase() === name)?.[1]
+    const status = field('status')
+    const output = field('output') ?? ''
+    if (status !== 'passing' && status !== 'warning' && status !== 'critical')
+      throw new ApiError('Status: must be passing, warning or critical', 400)
+    if (typeof output !== 'string') throw new ApiError('Output: must be a string', 400)
+    return updateTtl(req, req.params['id']!, status, output)
   })
-}
-
-function onlyParams(req: ApiRequest, allowed: string[]): void {
-  for (const key of new Set(req.query.keys())) {
-    if (!allowed.includes(key) && key !== 'token') {
-      throw new ApiError(
-        `unknown query parameter "${key}"${allowed.length > 0 ? ` (allowed: ${allowed.join(', ')})` : ''}`,
-        400,
-      )
-    }
-    if (req.query.getAll(key).length > 1)
-      throw new ApiError(`query parameter "${key}" given more than once`, 400)
-  }
-}
-
-function flag(req: ApiRequest, key: string): boolean {
-  const v = req.query.get(key)
-  if (v === null || v === 'false' || v === '0') return false
-  if (v === '' || v === 'true' || v === '1') return true
-  throw new ApiError(`${key}: must be empty, true or false`, 400)
-}
-
-function tagFilter(req: ApiRequest): { tag?: string } {
-  const tag = req.query.get('tag')
-  if (tag === null) return {}
-  if (tag.length === 0) throw new ApiError('tag: must not be empty', 400)
-  return { tag }
-}
-
-/** Consul's `/v1/catalog/service` shape (camelCase): one flat object per instance. */
-function catalogView(e: HealthEntry): Record<string, unknown> {
-  return {
-    node: e.node.name,
-    peerId: e.node.peerId,
-    address: e.node.address,
-    serviceId: e.service.id,
-    serviceName: e.service.name,
-    serviceAddress: e.service.address,
-    servicePort: e.service.port,
-    serviceTags: e.service.tags,
-    serviceMeta: e.service.meta,
-    serviceWeights: e.service.weights,
-    ...(e.service.sidecar !== undefined ? { sidecar: e.service.sidecar } : {}),
-    status: e.status,
-  }
 }
 
 function asApiError(err: unknown): unknown {

@@ -8,20 +8,17 @@ import {
 } from '../../proxy/intentions.ts'
 import type { StoredIntention } from '../../raft/policy/intention.ts'
 import { type PolicyCommand, PolicyErrorCodes, type PolicyResult } from '../../raft/policy/policy-commands.ts'
-import {
-  DEFAULT_BLOCKING_WAIT_MS,
-  INDEX_HEADER,
-  MAX_BLOCKING_WAIT_MS,
-  parseDuration,
-} from '../catalog/index.ts'
+import { DEFAULT_BLOCKING_WAIT_MS, MAX_BLOCKING_WAIT_MS, parseDuration } from '../catalog/index.ts'
 import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
 import { type CaState, caRootsJson } from '../../identity/connect/ca-state.ts'
 import { CaRotationConflictError } from '../../identity/connect/errors.ts'
 import type { LeafCredentials } from '../../identity/connect/leaf-rotator.ts'
 import type { IntentionIndex } from '../../proxy/intentions.ts'
+import { INDEX_HEADER } from './consul-query.ts'
 import { DEFAULT_ACTION_ENTRY } from '../connect/intention-view.ts'
 import { ApiError } from '../agent/errors.ts'
 import { ApiReply, type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
+import { filtered, requestedConsistency } from './consul-query.ts'
 import { API_RAFT_TIMEOUT_MS, CONNECT_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
 /** What the connect routes use of the connect module. */
@@ -68,6 +65,65 @@ export function intentionJson(i: StoredIntention): IntentionJson {
   }
 }
 
+/** An intention as Consul shows it (`structs.Intention`), peermesh's form under the same names. */
+export interface ConsulIntentionJson {
+  ID: string
+  Description: string
+  SourceNS: string
+  SourceName: string
+  DestinationNS: string
+  DestinationName: string
+  SourceType: 'consul'
+  Action: 'allow' | 'deny'
+  Precedence: number
+  Meta: Record<string, string>
+  CreateIndex: number
+  ModifyIndex: number
+}
+
+export function consulIntentionJson(i: IntentionJson): ConsulIntentionJson {
+  return {
+    ID: '',
+    Description: i.description ?? '',
+    SourceNS: 'default',
+    SourceName: i.source,
+    DestinationNS: 'default',
+    DestinationName: i.destination,
+    SourceType: 'consul',
+    Action: i.action,
+    Precedence: i.precedence,
+    Meta: {},
+    CreateIndex: i.createIndex,
+    ModifyIndex: i.modifyIndex,
+  }
+}
+
+/** `GET /v1/connect/ca/roots` as Consul answers it (`structs.IndexedCARoots`), peermesh fields after. */
+export function consulCaRootsJson(state: CaState): Record<string, unknown> {
+  const j = caRootsJson(state)
+  return {
+    ActiveRootID: j.activeRootId,
+    TrustDomain: j.trustDomain,
+    Roots: j.roots.map((r) => ({
+      ID: r.id,
+      Name: r.name,
+      ExternalTrustDomain: j.trustDomain,
+      NotBefore: r.notBefore,
+      NotAfter: r.notAfter,
+      RootCert: r.rootCert,
+      IntermediateCerts: r.intermediateCerts,
+      Active: r.active,
+      PrivateKeyType: r.keyType === 'ecdsa-p256' ? 'ec' : r.keyType,
+      PrivateKeyBits: r.keyType === 'ecdsa-p256' ? 256 : 0,
+      CreateIndex: j.index,
+      ModifyIndex: j.index,
+      KeyType: r.keyType,
+      Serial: r.serialNumber,
+    })),
+    Index: j.index,
+  }
+}
+
 /** Highest precedence first (the order they are evaluated in), then by name. */
 export function sortIntentions(list: IntentionJson[]): IntentionJson[] {
   return list.sort(
@@ -79,13 +135,66 @@ export function sortIntentions(list: IntentionJson[]): IntentionJson[] {
 }
 
 const BODY_FIELDS = new Set(['source', 'destination', 'action', 'description'])
+/** Consul's body fields (any case) and peermesh's names for them. */
+const CONSUL_BODY_FIELDS: Record<string, string> = {
+  source: 'source',
+  sourcename: 'source',
+  destination: 'destination',
+  destinationname: 'destination',
+  action: 'action',
+  description: 'description',
+}
+/** Consul fields accepted and ignored: namespaces and partitions other than the default are refused. */
+const CONSUL_IGNORED = new Set([
+  'sourcens',
+  'destinationns',
+  'sourcepartition',
+  'destinationpartition',
+  'sourcetype',
+  'meta',
+  'id',
+  'precedence',
+  'createindex',
+  'modifyindex',
+  'createdat',
+  'updatedat',
+])
+
+/** A Consul intention body (`SourceName`, `DestinationName`, `Action`, any case) in peermesh's names. */
+function canonicalIntentionBody(body: unknown): unknown {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return body
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(body)) {
+    const loose = k.toLowerCase().replaceAll('_', '')
+    const name = CONSUL_BODY_FIELDS[loose]
+    if (name === undefined) {
+      if (CONSUL_IGNORED.has(loose)) {
+        if (
+          (loose.endsWith('ns') || loose.endsWith('partition')) &&
+          v !== '' &&
+          v !== 'default' &&
+          v !== null
+        )
+          throw new ApiError(`${k}: peermesh has only the default namespace and partition`, 400)
+        continue
+      }
+      out[k] = v
+      continue
+    }
+    if (name in out) throw new ApiError(`${k}: given twice`, 400)
+    out[name] = name === 'description' && v === '' ? undefined : v
+    if (out[name] === undefined) delete out[name]
+  }
+  return out
+}
 
 /**
  * Validates an intention body; throws a 400 naming the field. A `*` must be the whole name: a
  * partial wildcard (`web-*`) is a self-contradiction (Consul: "wildcard character '*' cannot be
  * used with partial values").
  */
-export function parseIntentionBody(body: unknown): IntentionInput {
+export function parseIntentionBody(raw: unknown): IntentionInput {
+  const body = canonicalIntentionBody(raw)
   if (body === null || typeof body !== 'object' || Array.isArray(body))
     throw new ApiError('body: expected a JSON object { source, destination, action, description? }', 400)
   for (const k of Object.keys(body)) {
@@ -101,7 +210,7 @@ export function parseIntentionBody(body: unknown): IntentionInput {
       )
   }
   try {
-    return validateIntention(body)
+    return validateIntention(body as Record<string, unknown>)
   } catch (err) {
     throw new ApiError((err as Error).message, 400, { cause: err })
   }
@@ -149,7 +258,13 @@ function unavailable(err: unknown): unknown {
 }
 
 function json(value: unknown, index: number): ApiReply {
-  return new ApiReply(200, JSON.stringify(value), 'application/json', { [INDEX_HEADER]: String(index) })
+  const at = String(Math.max(1, index))
+  return new ApiReply(200, JSON.stringify(value), 'application/json', {
+    [INDEX_HEADER]: at,
+    'X-Consul-Index': at,
+    // Answered from this agent's applied Raft state, as Consul's default (non-stale) reads are not.
+    'X-Consul-Effective-Consistency': 'stale',
+  })
 }
 
 /** `?index=N&wait=D`: wait until the policy state passes index N (Consul blocking query). */
@@ -169,21 +284,27 @@ async function maybeBlock(connect: ConnectApi, req: ApiRequest): Promise<void> {
 
 /**
  * Connect routes of the local HTTP API (Consul's paths where one exists):
- * - `GET /v1/connect/ca/roots` → `{ activeRootId, trustDomain, roots: [{ id, name, rootCert,
- *   intermediateCerts, active, ... }], index }`; `POST /v1/connect/ca/rotate` → `{ activeRootId, previousRootId }`;
+ * - `GET /v1/connect/ca/roots` → Consul's `{ ActiveRootID, TrustDomain, Roots: [{ ID, Name, RootCert,
+ *   IntermediateCerts, Active, ... }] }`; `POST /v1/connect/ca/rotate` → `{ activeRootId, previousRootId }`;
  * - `GET /v1/agent/connect/ca/leaf/:service` → the local service's leaf `{ service, serviceURI,
  *   certPem, privateKeyPem, intermediatesPem, rootsPem, serialNumber, validAfter, validBefore }`;
- * - `GET /v1/connect/intentions[?index=&wait=]` → array, highest precedence first;
- *   `POST /v1/connect/intentions` `{ source, destination, action, description? }` → `{ index }`
+ * - `GET /v1/connect/intentions[?index=&wait=&filter=]` → Consul's intentions (`SourceName`,
+ *   `DestinationName`, `Action`, `Precedence`...), highest precedence first;
+ *   `GET /v1/connect/intentions/match?by=source|destination&name=N` → `{ N: [...] }`;
+ *   `POST /v1/connect/intentions` `{ SourceName, DestinationName, Action, Description? }` (any
+ *   case; peermesh's `source`/`destination` too) → `{ index }`
  *   (400 if that pair exists); `PUT /v1/connect/intentions/exact?source=&destination=`
  *   `{ action, description? }` upserts; `GET|DELETE /v1/connect/intentions/exact?source=&destination=`
  *   and `DELETE /v1/connect/intentions?source=&destination=`;
- * - `GET /v1/connect/intentions/check?source=&destination=` → `{ allowed, action, matched?, defaultAction }`;
+ * - `GET /v1/connect/intentions/check?source=&destination=` → `{ Allowed, Action, Matched?, DefaultAction }`;
  * - `GET|PUT /v1/connect/intentions/default` → `{ action }` (cluster-wide, in Raft).
  * Reads and checks answer from this agent's committed state, with `X-Peermesh-Index`.
  */
 export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void {
-  http.route('GET', '/v1/connect/ca/roots', () => caRootsJson(connect.caState()))
+  http.route('GET', '/v1/connect/ca/roots', (req) => {
+    requestedConsistency(req)
+    return json(consulCaRootsJson(connect.caState()), connect.caState().modifyIndex)
+  })
   http.route('POST', '/v1/connect/ca/rotate', async (req) => {
     req.auth.require(...need.operatorWrite())
     try {
@@ -222,7 +343,24 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
     await maybeBlock(connect, req)
     const authz = req.auth.authorizer()
     const visible = connect.intentions().filter((i) => authz.intentionRead(i.destination))
-    return json(sortIntentions(visible.map(intentionJson)), connect.stateIndex)
+    return json(
+      filtered(req, sortIntentions(visible.map(intentionJson)).map(consulIntentionJson)),
+      connect.stateIndex,
+    )
+  })
+  // Consul's match: the intentions that apply to a source or destination, by precedence.
+  http.route('GET', '/v1/connect/intentions/match', async (req) => {
+    const by = req.query.get('by')
+    if (by !== 'source' && by !== 'destination')
+      throw new ApiError('by: must be "source" or "destination"', 400)
+    const names = req.query.getAll('name')
+    if (names.length === 0) throw new ApiError('name: required', 400)
+    for (const n of names) req.auth.require(...need.intentionRead(n))
+    await maybeBlock(connect, req)
+    const all = sortIntentions(connect.intentions().map(intentionJson))
+    const out: Record<string, ConsulIntentionJson[]> = {}
+    for (const n of names) out[n] = all.filter((i) => i[by] === n || i[by] === '*').map(consulIntentionJson)
+    return json(out, connect.stateIndex)
   })
   http.route('POST', '/v1/connect/intentions', async (req) => {
     const it = parseIntentionBody(req.body)
@@ -237,7 +375,10 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
   })
   http.route('PUT', '/v1/connect/intentions/exact', async (req) => {
     const pair = parsePairQuery(req.query)
-    const body = req.body === null || typeof req.body !== 'object' ? req.body : { ...pair, ...req.body }
+    const body =
+      req.body === null || typeof req.body !== 'object'
+        ? req.body
+        : { ...pair, ...(canonicalIntentionBody(req.body) as object) }
     const it = parseIntentionBody(body)
     if (it.source !== pair.source || it.destination !== pair.destination)
       throw new ApiError('source/destination: body and query name different intentions', 400)
@@ -250,7 +391,7 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
     req.auth.require(...need.intentionRead(destination))
     const it = connect.getIntention(source, destination)
     if (it === undefined) throw new ApiError(`no intention ${source} -> ${destination}`, 404)
-    return json(intentionJson(it), connect.stateIndex)
+    return json(consulIntentionJson(intentionJson(it)), connect.stateIndex)
   })
   const del = async (req: ApiRequest): Promise<unknown> => {
     const { source, destination } = parsePairQuery(req.query)
@@ -271,10 +412,12 @@ export function registerConnectRoutes(http: HttpApi, connect: ConnectApi): void 
       const d = index.decide(source ?? '', destination ?? '')
       return json(
         {
-          allowed: d.action === 'allow',
-          action: d.action,
-          ...(d.matched ? { matched: { source: d.matched.source, destination: d.matched.destination } } : {}),
-          defaultAction: index.defaultAction,
+          Allowed: d.action === 'allow',
+          Action: d.action,
+          ...(d.matched
+            ? { Matched: { SourceName: d.matched.source, DestinationName: d.matched.destination } }
+            : {}),
+          DefaultAction: index.defaultAction,
         },
         connect.stateIndex,
       )

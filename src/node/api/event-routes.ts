@@ -21,8 +21,6 @@ export interface EventRouteDeps {
   fire(e: Omit<UserEventRecord, 'id' | 'ltime'>): UserEventRecord
   /** The events this agent received (for it), for the list. */
   events: UserEventBuffer
-  /** This agent's datacenter: `?dc=` naming another one is refused. */
-  datacenter: string
 }
 
 /**
@@ -43,7 +41,6 @@ export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRou
       const name = req.params['name'] ?? ''
       if (name === '') throw new ApiError('Missing name', 400)
       req.auth.require(...need.eventWrite(name))
-      checkDatacenter(req, deps.datacenter)
       const e = {
         name,
         payload: eventPayload(req),
@@ -69,7 +66,6 @@ export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRou
   )
 
   http.route('GET', '/v1/event/list', async (req) => {
-    checkDatacenter(req, deps.datacenter)
     const name = req.query.get('name') ?? ''
     const authz = req.auth.authorizer()
     const visible = () =>
@@ -90,11 +86,6 @@ export function registerEventRoutes(http: Pick<HttpApi, 'route'>, deps: EventRou
 /** The request body as the event payload, byte for byte (the fire route takes its body raw). */
 export function eventPayload(req: Pick<ApiRequest, 'body'>): Uint8Array {
   return req.body instanceof Uint8Array ? req.body : new Uint8Array(0)
-}
-
-function checkDatacenter(req: ApiRequest, datacenter: string): void {
-  const dc = req.query.get('dc')
-  if (dc !== null && dc !== '' && dc !== datacenter) throw new ApiError('No path to datacenter', 400)
 }
 
 function blockingParams(req: ApiRequest): { after?: string; waitMs: number } {

@@ -7,7 +7,10 @@ import { CONFIG_ENTRY_SCHEMAS } from '../../raft/policy/policy-store.ts'
 import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.ts'
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
-import { type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
+import { ApiReply, type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
+
+/** Header of `GET /v1/status/leader` with the leader's libp2p address ("" when none). */
+export const LEADER_HEADER = 'X-Peermesh-Leader'
 import { API_MAX_TIMEOUT_MS, API_RAFT_TIMEOUT_MS } from '../agent/defaults.ts'
 import { NoLeaderError, RaftNotRunningError, WriteTimeoutError } from '../raft/errors.ts'
 import type { RaftModule } from '../raft/raft-module.ts'
@@ -30,7 +33,8 @@ export function configEntryJson(e: ConfigEntry): ConfigEntryJson {
 
 /**
  * Raft routes of the local HTTP API:
- * - `GET /v1/status/leader` → the leader's libp2p address as a JSON string ("" when none), as Consul;
+ * - `GET /v1/status/leader` → the leader as "ip:port" ("" when none) and `GET /v1/status/peers` →
+ *   the Raft voters as "ip:port", as Consul (the libp2p addresses are in `/v1/operator/raft/configuration`);
  * - `GET /v1/operator/raft/configuration` → `{ servers: [{ id, node, address, leader, voter }], index }`;
  * - `GET /v1/operator/raft/status` → this agent's term, role, commit and applied index;
  * - config entries of the policy store: `PUT /v1/config` (body `{ kind, name, ... }`, `?cas=INDEX`)
@@ -44,7 +48,24 @@ export function configEntryJson(e: ConfigEntry): ConfigEntryJson {
  * Writes and `?consistent` reads take `?timeout=MS` (default 5 s) and answer 503 past it.
  */
 export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
-  http.route('GET', '/v1/status/leader', () => raft.leaderAddress())
+  // Peermesh does not time the leader's last contact: 0 whenever a leader is known.
+  http.useLeaderInfo(() => ({ known: raft.leaderId() !== undefined, lastContactMs: 0 }))
+  // Consul's shapes: the leader and the voters as "ip:port" (the host and TCP port of their
+  // libp2p address: where Raft reaches them); "" when there is no leader.
+  http.route('GET', '/v1/status/leader', () => {
+    const address = raft.leaderAddress()
+    // Peermesh's own: the leader's libp2p address (what `peermesh leader` prints).
+    return new ApiReply(200, JSON.stringify(hostPortOf(address)), 'application/json', {
+      [LEADER_HEADER]: address,
+    })
+  })
+  http.route('GET', '/v1/status/peers', () =>
+    raft
+      .configuration()
+      .servers.filter((s) => s.voter)
+      .map((s) => hostPortOf(s.address))
+      .filter((a) => a !== ''),
+  )
   http.route('GET', '/v1/operator/raft/configuration', (req) => {
     req.auth.require(...need.operatorRead())
     return raft.configuration()
@@ -105,6 +126,13 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
       .filter((e) => configRead(e.kind, e.name)[0](authz))
       .map(configEntryJson)
   })
+}
+
+/** `/ip4/10.0.0.5/tcp/4001/p2p/...` -> `10.0.0.5:4001` (`[v6]:port` for IPv6); '' if not one. */
+export function hostPortOf(multiaddr: string): string {
+  const m = /^\/(ip4|ip6|dns4|dns6|dns)\/([^/]+)\/tcp\/(\d+)/.exec(multiaddr)
+  if (m === null) return ''
+  return m[1] === 'ip6' ? `[${m[2]}]:${m[3]}` : `${m[2]}:${m[3]}`
 }
 
 /** `GET /v1/operator/enrollment`: Consul-style PascalCase, like the ACL routes. */

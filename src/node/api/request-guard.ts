@@ -8,8 +8,10 @@
  * - Cross-site requests: a page elsewhere may POST to 127.0.0.1 with a "simple" content type
  *   (`text/plain`, a form) and no preflight. Every browser names the page in `Origin` on such a
  *   request (and in `Sec-Fetch-Site`), so a foreign origin is refused (403), and a write whose
- *   body is not declared `application/json` is refused (415): a browser cannot send that content
- *   type cross-origin without a CORS preflight, which this API never grants.
+ *   body is declared with a type a browser sends without a preflight (`text/plain`, a form) is
+ *   refused (415). Any other type (JSON, Consul clients' `application/octet-stream`) needs a CORS
+ *   preflight, which this API never grants; a body with no type is accepted from a client that is
+ *   not a browser (python-consul sends none).
  *
  * Pure: the decision is a function of the request's method and headers and the API's addresses.
  */
@@ -101,10 +103,10 @@ export function guardRefusal(
   if (SAFE_METHODS.has(req.method) || options.rawBody === true) return undefined
   const contentType = one(h['content-type'])
   if (contentType !== undefined) {
-    if (!isJsonContentType(contentType))
+    if (isCorsSafelistedContentType(contentType))
       return {
         status: 415,
-        message: `refused: Content-Type "${contentType}"; a write must send Content-Type: application/json (curl: --json, or -H 'Content-Type: application/json' with -d)`,
+        message: `refused: Content-Type "${contentType}"; a write must not be declared as a form or text/plain: send Content-Type: application/json (curl: --json, or -H 'Content-Type: application/json' with -d)`,
       }
     return undefined
   }
@@ -119,6 +121,21 @@ export function guardRefusal(
         'refused: a write with a body and no Content-Type from a browser; send Content-Type: application/json',
     }
   return undefined
+}
+
+/**
+ * The content types a browser sends cross-origin without a CORS preflight (the Fetch standard's
+ * CORS-safelisted `Content-Type` essences): `text/plain`, `application/x-www-form-urlencoded`,
+ * `multipart/form-data`. Every other type (JSON, Consul clients' `application/octet-stream` KV
+ * bodies) needs a preflight, which this API never grants, so it cannot come from a foreign page.
+ */
+export function isCorsSafelistedContentType(value: string): boolean {
+  const essence = value.split(';')[0]!.trim().toLowerCase()
+  return (
+    essence === 'text/plain' ||
+    essence === 'application/x-www-form-urlencoded' ||
+    essence === 'multipart/form-data'
+  )
 }
 
 /** `application/json`, optionally with parameters (`; charset=utf-8`); case-insensitive. */

@@ -73,6 +73,15 @@ export class ApiReply {
   ) {}
 }
 
+/**
+ * What every `/v1` read says of the Raft leader in Consul's headers (`X-Consul-KnownLeader`,
+ * `X-Consul-LastContact`): whether this agent knows one, and ms since it last heard from it.
+ */
+export type LeaderInfo = () => { known: boolean; lastContactMs: number }
+
+/** Consul's default datacenter name. */
+export const DEFAULT_DATACENTER = 'dc1'
+
 interface Route {
   method: string
   parts: string[]
@@ -118,14 +127,19 @@ export const DEFAULT_HTTP_API_LIMITS: HttpApiLimits = {
  * their `ApiError` status or 500 — always as `{ "error": "..." }` JSON.
  *
  * Before routing, `guardRefusal` (request-guard.ts) refuses what a browser could be made to send:
- * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write not declared JSON 415; nothing
- * is read or run for them.
+ * a foreign `Host` (DNS rebinding) or `Origin` gets 403, a write declared as a form or text/plain
+ * 415; nothing is read or run for them. Every `/v1` path also answers Consul's `?dc=` (500 "No path
+ * to datacenter" for another one) and `?pretty`, and every `/v1` read carries
+ * `X-Consul-KnownLeader` and `X-Consul-LastContact`.
  */
 export class HttpApi {
   private readonly routes: Route[] = []
   private server?: Server
   private acl?: AclResolver
   private addresses: ApiAddresses = { port: 0, hosts: new Set() }
+  private leaderInfo: LeaderInfo = () => ({ known: false, lastContactMs: 0 })
+  /** This cluster's datacenter name (`--datacenter`): `?dc=` must name it, views show it. */
+  datacenter = DEFAULT_DATACENTER
   private readonly limits: HttpApiLimits
 
   constructor(
@@ -188,6 +202,11 @@ export class HttpApi {
     })
   }
 
+  /** Where `/v1` reads learn the Raft leader state for their headers (the Raft module). */
+  useLeaderInfo(info: LeaderInfo): void {
+    this.leaderInfo = info
+  }
+
   /** Checks tokens from now on (ACLs); without it every request may do everything. */
   useAcl(resolver: AclResolver): void {
     this.acl = resolver
@@ -204,6 +223,19 @@ export class HttpApi {
       return this.acl.resolve(undefined).authorizer
     } catch {
       return DENY_ALL
+    }
+  }
+
+  private leaderHeaders(): Record<string, string> {
+    let l = { known: false, lastContactMs: 0 }
+    try {
+      l = this.leaderInfo()
+    } catch (err) {
+      this.log.debug({ err }, 'leader state unavailable for the X-Consul headers')
+    }
+    return {
+      'X-Consul-KnownLeader': String(l.known),
+      'X-Consul-LastContact': String(Math.max(0, Math.round(l.lastContactMs))),
     }
   }
 
@@ -287,6 +319,14 @@ export class HttpApi {
           ? new ApiError(`method ${method} not allowed on ${url.pathname}`, 405)
           : new ApiError(`no such API path: ${url.pathname}`, 404)
       }
+      const v1 = url.pathname.startsWith('/v1/')
+      const dc = url.searchParams.get('dc')
+      if (v1 && dc !== null && dc !== '' && dc !== this.datacenter) {
+        // Consul's answer (a plain-text 500) for a datacenter it has no route to.
+        await drain(req)
+        send(res, 500, 'No path to datacenter', 'text/plain; charset=utf-8')
+        return
+      }
       const body = rawBody ? await readRawBody(req) : await readJsonBody(req)
       const accessor: { id?: string } = {}
       const result = await route.handler({
@@ -301,11 +341,13 @@ export class HttpApi {
       })
       if (accessor.id !== undefined && method !== 'GET' && method !== 'HEAD')
         this.log.info({ method, path: url.pathname, accessorId: accessor.id }, 'authorized write')
-      if (result instanceof ApiReply) {
-        send(res, result.status, result.body, result.contentType, result.headers)
-      } else {
-        send(res, 200, JSON.stringify(result ?? null))
-      }
+      const reply = result instanceof ApiReply ? result : new ApiReply(200, JSON.stringify(result ?? null))
+      const headers =
+        v1 && (method === 'GET' || method === 'HEAD')
+          ? { ...this.leaderHeaders(), ...reply.headers }
+          : reply.headers
+      const pretty = url.searchParams.has('pretty') && reply.contentType === 'application/json'
+      send(res, reply.status, pretty ? prettyJson(reply.body) : reply.body, reply.contentType, headers)
     } catch (err) {
       if (err instanceof ApiError) {
         // A 413 stops reading mid-body: the connection must close, or the client's next request
@@ -323,6 +365,16 @@ export class HttpApi {
         send(res, 500, JSON.stringify({ error: 'internal error' }))
       }
     }
+  }
+}
+
+/** Consul's `?pretty` output: indented by 4 spaces, with a final newline. */
+function prettyJson(body: string | Uint8Array): string | Uint8Array {
+  try {
+    const text = typeof body === 'string' ? body : Buffer.from(body).toString('utf8')
+    return `${JSON.stringify(JSON.parse(text), null, 4)}\n`
+  } catch {
+    return body
   }
 }
 

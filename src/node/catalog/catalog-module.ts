@@ -9,7 +9,6 @@ import { applyGossipEvent, catalogMeta, memberUpdateOf } from './gossip-glue.ts'
 import {
   Catalog,
   CheckRunner,
-  DEFAULT_DATACENTER,
   DnsServer,
   hostOf,
   LocalPayloadPublisher,
@@ -20,15 +19,6 @@ import {
 import { registerCatalogRoutes } from '../api/catalog-routes.ts'
 import type { IgnoredInstance } from './catalog.ts'
 import { type RequestServiceGrant, ServiceGrants } from './service-grants.ts'
-
-/**
- * The agent's datacenter name (`datacenter` in the config once the config has that field, issue
- * #15's `--datacenter`), else Consul's default `dc1`.
- */
-export function datacenterOf(config: object): string {
-  const dc = (config as { datacenter?: unknown }).datacenter
-  return typeof dc === 'string' && dc !== '' ? dc : DEFAULT_DATACENTER
-}
 
 /**
  * Instances other members announce but may not publish are logged at most once per this interval
@@ -151,6 +141,8 @@ export class CatalogModule implements AgentModule {
       local,
       checks,
       nodeAddress,
+      nodeName: () => ctx.config.name,
+      selfId: () => ctx.identity.id,
       ...(this.grants !== undefined
         ? {
             grants: this.grants,
@@ -163,7 +155,7 @@ export class CatalogModule implements AgentModule {
       const dns = new DnsServer({
         catalog: this.catalog,
         ...(ctx.config.dnsDomain !== undefined ? { domain: ctx.config.dnsDomain } : {}),
-        datacenter: datacenterOf(ctx.config),
+        datacenter: ctx.config.datacenter,
         // DNS queries carry no token: they see what the anonymous token may read.
         authorizer: () => http.anonymousAuthorizer(),
       })

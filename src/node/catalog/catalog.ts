@@ -2,7 +2,7 @@ import { isIP } from 'node:net'
 import { ChangeIndex } from './change-index.ts'
 import { type AnnouncedService, decodeNodePayload } from './node-payload.ts'
 import type { CheckStatus } from './service-definition.ts'
-import type { Clock } from '../../common/clock.ts'
+import { type Clock, systemClock } from '../../common/clock.ts'
 import { TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 
 export type MemberStatus = 'alive' | 'suspect' | 'dead' | 'left'
@@ -70,8 +70,10 @@ export interface HealthEntry {
   status: CheckStatus
 }
 
-/** Id of the synthetic per-node check that reflects gossip health (Consul's `serfHealth`). */
-export const NODE_CHECK_ID = 'peermesh:node'
+/** Id of the synthetic per-node check that reflects gossip health: Consul's, which tools look for. */
+export const NODE_CHECK_ID = 'serfHealth'
+/** Its name, as Consul names it. */
+export const NODE_CHECK_NAME = 'Serf Health Status'
 
 export interface CatalogEvents {
   /** A change a query can see; the new index. */
@@ -126,10 +128,14 @@ export class Catalog {
   private readonly events = new TypedEmitter<CatalogEvents>()
   private readonly nodes = new Map<string, NodeEntry>()
   private readonly changes: ChangeIndex
+  /** Per service name: the index of the last change a query on that service could see. */
+  private readonly serviceIndexes = new Map<string, number>()
+  private readonly clock: Clock
   private readonly entitled: ((peerId: string, service: string) => boolean) | undefined
 
   constructor(init: CatalogInit = {}) {
-    this.changes = new ChangeIndex(init.clock)
+    this.clock = init.clock ?? systemClock
+    this.changes = new ChangeIndex(this.clock)
     this.entitled = init.entitled
   }
 
@@ -175,7 +181,7 @@ export class Catalog {
     this.nodes.set(u.id, entry)
     if (old?.view !== entry.view) {
       result.changed = true
-      this.bump()
+      this.bump(changedServices(old, entry))
     }
     return result
   }
@@ -185,16 +191,16 @@ export class Catalog {
    * deleted). Returns whether anything a query sees changed (the index was then bumped).
    */
   refilter(): boolean {
-    let changed = false
+    const names = new Set<string>()
     for (const entry of this.nodes.values()) {
       const next = this.published(entry)
       if (sameItems(next, entry.services)) continue
+      for (const s of [...next, ...entry.services]) names.add(s.name)
       entry.services = next
       entry.view = viewOf(entry)
-      changed = true
     }
-    if (changed) this.bump()
-    return changed
+    if (names.size > 0) this.bump(names)
+    return names.size > 0
   }
 
   /** Instances members announce but may not publish, by node name then service id. */
@@ -221,7 +227,7 @@ export class Catalog {
     const old = this.nodes.get(id)
     if (old === undefined) return false
     this.nodes.delete(id)
-    if (old.status !== 'left') this.bump()
+    if (old.status !== 'left') this.bump(new Set(old.services.map((s) => s.name)))
     return old.status !== 'left'
   }
 
@@ -231,6 +237,33 @@ export class Catalog {
    */
   waitForChange(afterIndex: number, waitMs: number, signal?: AbortSignal): Promise<number> {
     return this.changes.wait(afterIndex, waitMs, signal)
+  }
+
+  /**
+   * The index of the last change to what a query on service `name` returns (its instances, their
+   * health, their nodes): what `X-Consul-Index` carries for it. 1 for a service never seen.
+   */
+  serviceIndex(name: string): number {
+    return this.serviceIndexes.get(name) ?? 1
+  }
+
+  /**
+   * `waitForChange` for one service: resolves once `serviceIndex(name)` differs from `afterIndex`,
+   * after `waitMs`, or when `signal` aborts; changes to other services do not end the wait.
+   */
+  async waitForService(
+    name: string,
+    afterIndex: number,
+    waitMs: number,
+    signal?: AbortSignal,
+  ): Promise<number> {
+    const deadline = this.clock.now() + waitMs
+    for (;;) {
+      const current = this.serviceIndex(name)
+      const left = deadline - this.clock.now()
+      if (current !== afterIndex || left <= 0 || signal?.aborted === true) return current
+      await this.changes.wait(this.changes.current, left, signal)
+    }
   }
 
   /** Blocking queries currently waiting (for metrics). */
@@ -280,6 +313,17 @@ export class Catalog {
     return out
   }
 
+  /** Every instance with its health, sorted by node name then service id (`/v1/catalog/node`, `/v1/health/state`). */
+  entries(): HealthEntry[] {
+    return this.visibleNodes().flatMap((n) => n.services.map((s) => entryOf(n, s)))
+  }
+
+  /** The node's gossip health check (Consul's `serfHealth`), by node name; undefined if unknown. */
+  nodeCheck(nodeName: string): HealthCheckView | undefined {
+    const n = this.visibleNodes().find((x) => x.name === nodeName)
+    return n === undefined ? undefined : nodeCheckOf(n)
+  }
+
   /** Members the catalog knows (left ones excluded), sorted by name. */
   members(): (NodeRef & { status: MemberStatus; version: number; services: number })[] {
     return this.visibleNodes().map((n) => ({
@@ -298,10 +342,32 @@ export class Catalog {
       .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.id < b.id ? -1 : 1))
   }
 
-  private bump(): void {
-    const index = this.changes.bump()
+  /** Records a change to the services `names` (their per-service indexes move with it). */
+  private bump(names: ReadonlySet<string>): void {
+    const index = this.changes.current + 1
+    for (const n of names) this.serviceIndexes.set(n, index)
+    this.changes.bump()
     this.events.emit('catalog:change', { index })
   }
+}
+
+/** Service names whose instances, health or node a query would see differently after a member update. */
+function changedServices(old: NodeEntry | undefined, next: NodeEntry): Set<string> {
+  const before = old?.status === 'left' || old === undefined ? [] : old.services
+  const after = next.status === 'left' ? [] : next.services
+  const nodeChanged =
+    old === undefined ||
+    old.name !== next.name ||
+    old.host !== next.host ||
+    (old.status === 'dead') !== (next.status === 'dead')
+  const names = new Set<string>()
+  const key = (list: readonly AnnouncedService[], name: string) =>
+    JSON.stringify(list.filter((s) => s.name === name))
+  for (const s of [...before, ...after]) {
+    if (names.has(s.name)) continue
+    if (nodeChanged || key(before, s.name) !== key(after, s.name)) names.add(s.name)
+  }
+  return names
 }
 
 function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
@@ -310,17 +376,22 @@ function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
 
 const STATUS_RANK: Record<CheckStatus, number> = { passing: 0, warning: 1, critical: 2 }
 
-function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
+function nodeCheckOf(n: NodeEntry): HealthCheckView {
   const dead = n.status === 'dead'
-  const nodeCheck: HealthCheckView = {
+  return {
     node: n.name,
     checkId: NODE_CHECK_ID,
-    name: 'Gossip health',
+    name: NODE_CHECK_NAME,
     status: dead ? 'critical' : 'passing',
-    output: dead ? 'node failed in gossip (unreachable)' : 'node is alive in gossip',
+    // Consul's outputs.
+    output: dead ? 'Agent not live or unreachable' : 'Agent alive and reachable',
     serviceId: '',
     serviceName: '',
   }
+}
+
+function entryOf(n: NodeEntry, s: AnnouncedService): HealthEntry {
+  const nodeCheck = nodeCheckOf(n)
   const checks = [
     nodeCheck,
     ...s.checks.map(

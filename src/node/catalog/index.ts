@@ -43,7 +43,7 @@ export {
   ServicesFileError,
 } from './errors.ts'
 // The blocking-query header is the catalog's index, served by the API's catalog routes.
-export { INDEX_HEADER } from '../api/catalog-routes.ts'
+export { INDEX_HEADER } from '../api/consul-query.ts'
 export { LocalPayloadPublisher, type LocalPayloadPublisherInit } from './local-payload.ts'
 export {
   LocalServiceRegistry,

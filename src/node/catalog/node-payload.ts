@@ -4,10 +4,12 @@ import { PayloadTooLargeError } from './errors.ts'
 import {
   CHECK_STATUSES,
   type CheckStatus,
+  isCheckId,
   isMetaKey,
   isPlainText,
   isServiceAddress,
   isServiceId,
+  isServiceName,
   SERVICE_LIMITS,
   type ServiceDefinition,
   type ServiceInstanceFields,
@@ -163,7 +165,7 @@ function decodeService(e: unknown, checkIds: Set<string>): AnnouncedService | st
   const L = SERVICE_LIMITS
   if (!isRecord(e)) return 'service must be an object'
   const name = e['n']
-  if (!isDnsLabel(name)) return 'bad name'
+  if (!isServiceName(name)) return 'bad name'
   const id = e['i'] ?? name
   if (!isServiceId(id)) return 'bad id'
   if (e['a'] !== undefined && !isServiceAddress(e['a'])) return 'bad address'
@@ -195,7 +197,13 @@ function decodeService(e: unknown, checkIds: Set<string>): AnnouncedService | st
   if (e['a'] !== undefined) out.address = e['a']
   const x = e['x']
   if (x !== undefined) {
-    if (!Array.isArray(x) || x.length !== 2 || !isPort(x[0]) || (x[1] !== 0 && x[1] !== 1))
+    if (
+      !Array.isArray(x) ||
+      x.length !== 2 ||
+      !isPort(x[0]) ||
+      (x[1] !== 0 && x[1] !== 1) ||
+      !isDnsLabel(name)
+    )
       return 'bad sidecar'
     out.sidecar = { port: x[0], protocol: x[1] === 1 ? 'http' : 'tcp' }
   }
@@ -208,7 +216,7 @@ function decodeService(e: unknown, checkIds: Set<string>): AnnouncedService | st
     if (rawId === 0) checkId = `service:${id}`
     else if (typeof rawId === 'number' && Number.isInteger(rawId) && rawId >= 1 && rawId <= L.checks) {
       checkId = `service:${id}:${rawId}`
-    } else if (isServiceId(rawId)) checkId = rawId
+    } else if (isCheckId(rawId)) checkId = rawId
     else return 'bad check id'
     if (checkIds.has(checkId)) return 'duplicate check id'
     checkIds.add(checkId)

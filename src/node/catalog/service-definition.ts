@@ -100,10 +100,27 @@ const L = SERVICE_LIMITS
 const HOST_NAME =
   /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/
 const SERVICE_ID = new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,${L.idLength - 1}}$`)
+/** Check ids may also start with "_" (Consul's `_service_maintenance:<id>`, `_node_maintenance`). */
+const CHECK_ID = new RegExp(`^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,${L.idLength - 1}}$`)
 const META_KEY = new RegExp(`^[A-Za-z0-9_-]{1,${L.metaKeyLength}}$`)
 // biome-ignore lint/suspicious/noControlCharactersInRegex: rejecting control characters is the point
 const CONTROL = /[\u0000-\u001f\u007f]/
 const HTTP_METHOD = /^[A-Z]{1,16}$/
+
+/**
+ * A service name, as Consul allows it: letters of either case, digits, `-` and `_`, 1-63 of them,
+ * starting and ending with a letter or digit. Consul accepts still more (it only warns that such
+ * a name is not discoverable in DNS); peermesh refuses what is not a DNS label once `_` is taken
+ * as a label character (dots, spaces, slashes: unsafe in DNS names, SPIFFE paths and ACL rules).
+ * A service with a sidecar (Connect) needs a lowercase DNS label, as its SPIFFE id and intentions
+ * do (`isDnsLabel`).
+ */
+const SERVICE_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/
+export const isServiceName = (s: unknown): s is string => typeof s === 'string' && SERVICE_NAME.test(s)
+
+const serviceName = z
+  .string()
+  .regex(SERVICE_NAME, 'must be 1-63 letters, digits, "-" or "_", starting and ending with a letter or digit')
 
 const dnsLabel = z
   .string()
@@ -134,7 +151,7 @@ const checkSchema = z
   .strictObject({
     id: z
       .string()
-      .regex(SERVICE_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter or digit')
+      .regex(CHECK_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter, digit or "_"')
       .optional(),
     name: plainText(256).optional(),
     notes: plainText(1024).optional(),
@@ -205,7 +222,7 @@ const sidecarSchema = z
   })
 
 const serviceSchema = z.strictObject({
-  name: dnsLabel,
+  name: serviceName,
   id: z
     .string()
     .regex(SERVICE_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter or digit')
@@ -235,13 +252,13 @@ export type ServiceDefinitionJson = z.input<typeof serviceSchema>
 
 /**
  * Validates a service definition (a JSON value from a file, an HTTP body or the agent config)
- * and fills in defaults. `source` names where it came from, for the error message. A Consul-style
- * wrapper `{ "service": {...} }` is accepted. Throws `ServiceDefinitionError` naming the first
- * bad field (`checks.0.interval`).
+ * and fills in defaults. `source` names where it came from, for the error message. Read as Consul
+ * reads one (see `consulServiceBody`): field names in any case, snake_case, `Check` and `Checks`,
+ * a `{ "service": {...} }` wrapper. Throws `ServiceDefinitionError` naming the first bad field
+ * (`checks.0.interval`).
  */
 export function parseServiceDefinition(json: unknown, source: string): ServiceDefinition {
-  const input =
-    isObject(json) && Object.keys(json).length === 1 && isObject(json['service']) ? json['service'] : json
+  const input = consulServiceBody(json, source)
   const r = serviceSchema.safeParse(input)
   if (!r.success) {
     const issue = r.error.issues[0]!
@@ -262,6 +279,12 @@ export function parseServiceDefinition(json: unknown, source: string): ServiceDe
     )
   }
   const v = r.data
+  if (v.connect !== undefined && !isDnsLabel(v.name)) {
+    throw new ServiceDefinitionError(
+      `invalid service definition in ${source}: name: a service with a sidecar (connect) needs a lowercase DNS label (letters, digits, "-"), as its SPIFFE id and intentions do`,
+      'name',
+    )
+  }
   const id = v.id ?? v.name
   const checks = (v.checks ?? []).map((c, i, all): CheckDefinition => {
     const common: CheckCommon = {
@@ -374,6 +397,165 @@ export function serviceDefinitionToJson(def: ServiceDefinition): ServiceDefiniti
   return out
 }
 
+/**
+ * How Consul decodes a body, per object: which fields exist (canonical name, then where to recurse),
+ * which it knows but peermesh accepts and ignores (they change nothing here), and which are
+ * features peermesh refuses rather than silently drop.
+ */
+interface BodyShape {
+  fields: Record<string, BodyShape | 'value' | { each: BodyShape }>
+  /** Other spellings (lowercased, without "_") of a canonical field. */
+  aliases?: Record<string, string>
+  ignored?: string[]
+  unsupported?: Record<string, string>
+}
+
+const CHECK_SHAPE: BodyShape = {
+  fields: {
+    id: 'value',
+    name: 'value',
+    notes: 'value',
+    status: 'value',
+    tcp: 'value',
+    http: 'value',
+    method: 'value',
+    header: 'value',
+    ttl: 'value',
+    interval: 'value',
+    timeout: 'value',
+  },
+  aliases: { checkid: 'id' },
+  ignored: [
+    'serviceid',
+    'deregistercriticalserviceafter',
+    'tlsservername',
+    'tlsskipverify',
+    'successbeforepassing',
+    'failuresbeforewarning',
+    'failuresbeforecritical',
+    'outputmaxsize',
+    'disableredirects',
+    'type',
+  ],
+  unsupported: {
+    args: 'script checks',
+    scriptargs: 'script checks',
+    grpc: 'gRPC checks',
+    grpcusetls: 'gRPC checks',
+    h2ping: 'H2 ping checks',
+    udp: 'UDP checks',
+    dockercontainerid: 'Docker checks',
+    shell: 'script checks',
+    aliasnode: 'alias checks',
+    aliasservice: 'alias checks',
+    osservice: 'OS service checks',
+    body: 'HTTP check bodies',
+  },
+}
+
+const SIDECAR_SHAPE: BodyShape = {
+  fields: {
+    port: 'value',
+    localserviceport: 'value',
+    protocol: 'value',
+    upstreams: { each: { fields: { destinationname: 'value', localbindport: 'value' } } },
+  },
+}
+
+const SERVICE_SHAPE: BodyShape = {
+  fields: {
+    name: 'value',
+    id: 'value',
+    address: 'value',
+    port: 'value',
+    tags: 'value',
+    meta: 'value',
+    weights: { fields: { passing: 'value', warning: 'value' } },
+    checks: { each: CHECK_SHAPE },
+    check: CHECK_SHAPE,
+    connect: {
+      fields: { sidecarservice: SIDECAR_SHAPE },
+      unsupported: { native: 'Connect-native services' },
+    },
+  },
+  aliases: { service: 'name' },
+  ignored: ['enabletagoverride', 'taggedaddresses', 'namespace', 'partition', 'token', 'locality'],
+  unsupported: {
+    kind: 'service kinds (proxies and gateways are sidecars here)',
+    proxy: 'proxy registrations (use connect.sidecarService)',
+    socketpath: 'unix socket services',
+  },
+}
+
+/** Canonical camelCase names of the lowercased fields. */
+const CANONICAL: Record<string, string> = {
+  localserviceport: 'localServicePort',
+  destinationname: 'destinationName',
+  localbindport: 'localBindPort',
+  sidecarservice: 'sidecarService',
+}
+
+/**
+ * Rewrites a body the way Consul reads it into peermesh's canonical camelCase fields: names match
+ * in any case and with or without "_" (`Name`, `name`, `ID`, `CheckID`, `check_id`,
+ * `sidecar_service`); `Check` (python-consul's `check`) joins `Checks` first; empty strings
+ * and nulls mean "not given", as Go's decoder leaves them; fields Consul has that change nothing
+ * here are dropped; features peermesh lacks are refused by name. A field given twice in two
+ * spellings is refused. Unknown fields stay, for the schema to refuse.
+ */
+function consulServiceBody(json: unknown, source: string): unknown {
+  let body = json
+  if (isObject(json) && Object.keys(json).length === 1) {
+    const [k, v] = Object.entries(json)[0]!
+    if (k.toLowerCase() === 'service' && isObject(v)) body = v
+  }
+  const out = canonicalize(body, SERVICE_SHAPE, [], source)
+  if (!isObject(out) || out['check'] === undefined) return out
+  const { check, ...rest } = out
+  const checks = rest['checks']
+  return {
+    ...rest,
+    checks: [check, ...(Array.isArray(checks) ? checks : checks === undefined ? [] : [checks])],
+  }
+}
+
+function canonicalize(value: unknown, shape: BodyShape, path: string[], source: string): unknown {
+  if (!isObject(value)) return value
+  const out: Record<string, unknown> = {}
+  const from: Record<string, string> = {}
+  for (const [key, v] of Object.entries(value)) {
+    const loose = key.toLowerCase().replaceAll('_', '')
+    const canonicalKey = shape.aliases?.[loose] ?? loose
+    const fail = (message: string) =>
+      new ServiceDefinitionError(
+        `invalid service definition in ${source}: ${[...path, key].join('.')}: ${message}`,
+        [...path, key].join('.'),
+      )
+    const sub = shape.fields[canonicalKey]
+    if (sub === undefined) {
+      if (shape.ignored?.includes(loose)) continue
+      const feature = shape.unsupported?.[loose]
+      if (feature !== undefined) {
+        if (v === null || v === '' || v === false || (Array.isArray(v) && v.length === 0)) continue
+        throw fail(`${feature} are not supported by peermesh`)
+      }
+      out[key] = v
+      continue
+    }
+    if (v === null || v === '') continue
+    const name = CANONICAL[canonicalKey] ?? canonicalKey
+    if (from[name] !== undefined) throw fail(`given twice (also as "${from[name]}")`)
+    from[name] = key
+    if (sub === 'value') out[name] = v
+    else if ('each' in sub)
+      out[name] = Array.isArray(v)
+        ? v.map((e, i) => canonicalize(e, sub.each, [...path, name, String(i)], source))
+        : v
+    else out[name] = canonicalize(v, sub, [...path, name], source)
+  }
+  return out
+}
+
 /** Splits "host:port" / "[v6]:port"; undefined if it is not one. */
 export function parseHostPort(s: string): { host: string; port: number } | undefined {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(s)
@@ -400,6 +582,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 /** Predicates shared with the decoder of payloads received from the network. */
 export const isServiceId = (s: unknown): s is string => typeof s === 'string' && SERVICE_ID.test(s)
+export const isCheckId = (s: unknown): s is string => typeof s === 'string' && CHECK_ID.test(s)
 export const isMetaKey = (s: unknown): s is string => typeof s === 'string' && META_KEY.test(s)
 export const isServiceAddress = (s: unknown): s is string =>
   typeof s === 'string' && (isIP(s) !== 0 || HOST_NAME.test(s))

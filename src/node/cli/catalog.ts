@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs'
 import type { Command } from 'commander'
-import type { HealthEntry } from '../catalog/index.ts'
 import { ApiClient } from './client.ts'
+import { healthEntriesFromConsul } from './from-consul.ts'
 import { ConfigError } from '../agent/errors.ts'
 import { print, renderTable } from './format.ts'
 import { httpOption, tokenFileOption, tokenOption } from './options.ts'
@@ -34,7 +34,12 @@ export function registerCatalogCommands(program: Command): void {
     .action(async (file: string, opts: { http: string }) => {
       const def = readJsonFile(file)
       await new ApiClient(opts.http).call('PUT', '/v1/agent/service/register', def)
-      const id = (def as { id?: unknown; name?: unknown }).id ?? (def as { name?: unknown }).name
+      // The file may use Consul's field names (`ID`, `Name`, any case), as the API reads them.
+      const field = (name: string): unknown =>
+        typeof def === 'object' && def !== null
+          ? Object.entries(def).find(([k]) => k.toLowerCase() === name)?.[1]
+          : undefined
+      const id = field('id') || field('name')
       process.stdout.write(`registered service ${String(id)}\n`)
     })
 
@@ -80,7 +85,7 @@ export function registerCatalogCommands(program: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (service: string, opts: { http: string; json?: boolean; passing?: boolean }) => {
       const path = `/v1/health/service/${encodeURIComponent(service)}${opts.passing ? '?passing' : ''}`
-      const entries = await new ApiClient(opts.http).get<HealthEntry[]>(path)
+      const entries = healthEntriesFromConsul(await new ApiClient(opts.http).get<unknown[]>(path))
       print(opts.json === true, entries, () =>
         renderTable(
           ['NODE', 'SERVICE ID', 'ADDRESS', 'STATUS', 'CHECKS'],

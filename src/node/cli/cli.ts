@@ -13,10 +13,10 @@ import {
 import { ConfigError, isUserFacing } from '../agent/errors.ts'
 import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
-import type { MemberJson } from '../gossip/index.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
 import { registerConfigCommands } from './config.ts'
+import { agentInfoFromConsul, membersFromConsul } from './from-consul.ts'
 import { ApiClient, setCliToken } from './client.ts'
 import { registerConnectCommands } from './connect.ts'
 import { print, renderTable } from './format.ts'
@@ -83,6 +83,7 @@ export function buildCli(): Command {
     .option('--bootstrap', 'bootstrap a new Raft cluster on this agent')
     .option('--bootstrap-expect <n>', 'bootstrap once N agents are alive (same N on each)', parseIntArg)
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
+    .option('--datacenter <name>', 'datacenter name of the Consul-compatible API (default dc1)')
     .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
     .option('--dns-domain <domain>', 'primary DNS zone (default peermesh; consul is served too)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
@@ -112,6 +113,7 @@ export function buildCli(): Command {
           ...(opts['initialManagementTokenFile'] !== undefined
             ? { acl: { initialManagementTokenFile: opts['initialManagementTokenFile'] } }
             : {}),
+          datacenter: opts['datacenter'],
           dns: opts['dns'],
           dnsDomain: opts['dnsDomain'],
           logLevel: opts['logLevel'],
@@ -146,11 +148,7 @@ export function buildCli(): Command {
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
       const api = new ApiClient(opts.http)
-      const [self, peers] = await Promise.all([
-        api.get<Omit<AgentInfo, 'peers'>>('/v1/agent/self'),
-        api.get<string[]>('/v1/status/peers'),
-      ])
-      const info: AgentInfo = { ...self, peers }
+      const info: AgentInfo = agentInfoFromConsul(await api.get('/v1/agent/self'))
       print(opts.json === true, info, () =>
         [
           `name:      ${info.name}`,
@@ -170,7 +168,7 @@ export function buildCli(): Command {
     .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (opts: { http: string; json?: boolean }) => {
-      const members = await new ApiClient(opts.http).get<MemberJson[]>('/v1/agent/members')
+      const members = membersFromConsul(await new ApiClient(opts.http).get<unknown[]>('/v1/agent/members'))
       members.sort((a, b) => a.name.localeCompare(b.name))
       print(opts.json === true, members, () =>
         renderTable(
@@ -237,6 +235,8 @@ async function waitForSignal(agent: Agent): Promise<void> {
     }
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
+    // Consul's `PUT /v1/agent/leave`: a graceful leave and stop, as on SIGTERM.
+    agent.events.on('agent:leave', () => onSignal('SIGTERM'))
   })
 }
 

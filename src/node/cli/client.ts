@@ -1,4 +1,4 @@
-import { request } from 'node:http'
+import { type IncomingHttpHeaders, request } from 'node:http'
 import { DEFAULT_HTTP, parseHostPort } from '../agent/config.ts'
 import { AgentUnreachableError, ApiError, ConfigError } from '../agent/errors.ts'
 
@@ -40,7 +40,10 @@ export class ApiClient {
     this.port = hp.port
   }
 
-  get<T = unknown>(path: string, options: { signal?: AbortSignal } = {}): Promise<T> {
+  get<T = unknown>(
+    path: string,
+    options: { signal?: AbortSignal; onHeaders?: (h: IncomingHttpHeaders) => void } = {},
+  ): Promise<T> {
     return this.call<T>('GET', path, undefined, options)
   }
 
@@ -48,7 +51,7 @@ export class ApiClient {
     method: string,
     path: string,
     body?: unknown,
-    options: { signal?: AbortSignal } = {},
+    options: { signal?: AbortSignal; onHeaders?: (h: IncomingHttpHeaders) => void } = {},
   ): Promise<T> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body))
     return new Promise<T>((resolve, reject) => {
@@ -65,6 +68,7 @@ export class ApiClient {
           signal: options.signal ?? AbortSignal.timeout(10_000),
         },
         (res) => {
+          options.onHeaders?.(res.headers)
           const chunks: Buffer[] = []
           res.on('data', (c: Buffer) => chunks.push(c))
           res.on('error', reject)

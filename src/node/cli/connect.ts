@@ -2,9 +2,8 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Command } from 'commander'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
+import { caRootsFromConsul, intentionCheckFromConsul, intentionFromConsul } from './from-consul.ts'
 import { ApiClient } from './client.ts'
-import type { CaRootsJson } from '../../identity/connect/ca-state.ts'
-import type { IntentionJson } from '../api/connect-routes.ts'
 import { ConfigError } from '../agent/errors.ts'
 import { print, renderTable } from './format.ts'
 import { httpOption, tokenFileOption, tokenOption } from './options.ts'
@@ -35,7 +34,7 @@ export function registerConnectCommands(program: Command): void {
     .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (as GET /v1/connect/ca/roots)')
     .action(async (opts: { http: string; json?: boolean }) => {
-      const roots = await new ApiClient(opts.http).get<CaRootsJson>('/v1/connect/ca/roots')
+      const roots = caRootsFromConsul(await new ApiClient(opts.http).get('/v1/connect/ca/roots'))
       print(opts.json === true, roots, () =>
         renderTable(
           ['ID', 'NAME', 'ACTIVE', 'KEY', 'NOT AFTER'],
@@ -151,7 +150,7 @@ export function registerConnectCommands(program: Command): void {
         const path = `/v1/connect/intentions/exact?${pairQuery(source, destination)}`
         // Read first only to refuse a pair that has no intention (use create for that); the change
         // itself is one replicated write, so no request ever sees the pair without an intention.
-        const current = await api.get<IntentionJson>(path)
+        const current = intentionFromConsul(await api.get(path))
         const description = opts.description ?? current.description
         const r = await api.call<{ index: number }>('PUT', path, {
           source,
@@ -185,7 +184,9 @@ export function registerConnectCommands(program: Command): void {
     .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (a JSON array)')
     .action(async (opts: { http: string; json?: boolean }) => {
-      const list = await new ApiClient(opts.http).get<IntentionJson[]>('/v1/connect/intentions')
+      const list = (await new ApiClient(opts.http).get<unknown[]>('/v1/connect/intentions')).map(
+        intentionFromConsul,
+      )
       print(opts.json === true, list, () =>
         renderTable(
           ['SOURCE', 'DESTINATION', 'ACTION', 'PRECEDENCE', 'DESCRIPTION'],
@@ -203,8 +204,8 @@ export function registerConnectCommands(program: Command): void {
     .addOption(tokenFileOption())
     .option('--json', 'machine-readable output')
     .action(async (source: string, destination: string, opts: { http: string; json?: boolean }) => {
-      const r = await new ApiClient(opts.http).get<{ allowed: boolean }>(
-        `/v1/connect/intentions/check?${pairQuery(source, destination)}`,
+      const r = intentionCheckFromConsul(
+        await new ApiClient(opts.http).get(`/v1/connect/intentions/check?${pairQuery(source, destination)}`),
       )
       print(opts.json === true, r, () => (r.allowed ? 'allowed' : 'denied'))
       if (!r.allowed) process.exit(1)

@@ -28,8 +28,15 @@ export function registerRaftCommands(program: Command): void {
     .addOption(tokenFileOption())
     .option('--json', 'machine-readable output (a JSON string)')
     .action(async (opts: { http: string; json?: boolean }) => {
-      const leader = await new ApiClient(opts.http).get<string>('/v1/status/leader')
-      if (typeof leader !== 'string' || leader === '') throw new NoLeaderKnownError('no raft leader known')
+      // The body is Consul's "ip:port"; the libp2p address this command prints is in a header.
+      let leader = ''
+      await new ApiClient(opts.http).get<string>('/v1/status/leader', {
+        onHeaders: (h) => {
+          const v = h['x-peermesh-leader']
+          leader = typeof v === 'string' ? v : ''
+        },
+      })
+      if (leader === '') throw new NoLeaderKnownError('no raft leader known')
       print(opts.json === true, leader, () => leader)
     })
 

@@ -4,7 +4,6 @@ import type { Unsubscribe } from '../../common/events.ts'
 import type { UserEvent } from '../../gossip/index.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
 import { registerEventRoutes } from '../api/event-routes.ts'
-import { datacenterOf } from '../catalog/catalog-module.ts'
 import { UserEventBuffer } from './event-buffer.ts'
 import {
   decodeEventBody,
@@ -54,7 +53,6 @@ export class EventModule implements AgentModule {
     )
     registerEventRoutes(ctx.http, {
       events: buffer,
-      datacenter: datacenterOf(ctx.config),
       fire: (e) => {
         const id = randomUUID()
         const fired = gossip.fireUserEvent(id, encodeEventBody(e))

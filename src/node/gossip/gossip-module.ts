@@ -15,6 +15,7 @@ import { type Clock, systemClock } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import { publicKeyOfPeerId } from '../../identity/keys/node-key.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
+import { memberView } from '../api/consul-views.ts'
 import {
   deriveDatagramKey,
   GossipUdpTransport,
@@ -209,7 +210,7 @@ export class GossipModule implements AgentModule {
       const authz = req.auth.authorizer()
       return this.members()
         .filter((m) => authz.nodeRead(m.name))
-        .map(memberJson)
+        .map((m) => memberView(m, ctx.config.datacenter))
     })
     this.offSeedJoined = ctx.events.on('seed:joined', (peerId) => {
       if (this.stopped) return

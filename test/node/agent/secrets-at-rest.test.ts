@@ -264,7 +264,7 @@ describe('a real agent: loose files tightened at start, its API refuses a browse
     // The CLI (a JSON client) still writes.
     const ok = await runCli(['intention', 'create', 'web', 'db', 'allow', '--http', a.http])
     expect(ok.code, ok.stderr).toBe(0)
-    const list = await a.api<{ source: string; destination: string }[]>(path)
-    expect(list?.map((i) => `${i.source}->${i.destination}`)).toEqual(['web->db'])
+    const list = await a.api<{ SourceName: string; DestinationName: string }[]>(path)
+    expect(list?.map((i) => `${i.SourceName}->${i.DestinationName}`)).toEqual(['web->db'])
   })
 })

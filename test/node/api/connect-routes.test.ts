@@ -23,7 +23,11 @@ afterEach(async () => {
 // biome-ignore lint/suspicious/noExplicitAny: response shapes vary per route; each test reads what it asserts
 type Json = any
 
-async function call(method: string, path: string, body?: unknown): Promise<{ status: number; json: Json }> {
+async function call(
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: Json; headers: Headers }> {
   const res = await fetch(base + path, {
     method,
     ...(body !== undefined
@@ -31,7 +35,7 @@ async function call(method: string, path: string, body?: unknown): Promise<{ sta
       : {}),
   })
   const text = await res.text()
-  return { status: res.status, json: text ? JSON.parse(text) : undefined }
+  return { status: res.status, json: text ? JSON.parse(text) : undefined, headers: res.headers }
 }
 
 describe('connect routes: intentions', () => {
@@ -41,23 +45,38 @@ describe('connect routes: intentions', () => {
         .status,
     ).toBe(200)
     expect(
-      (await call('POST', '/v1/connect/intentions', { source: 'web', destination: 'db', action: 'allow' }))
-        .status,
+      // Consul's field names (node-consul, the Go api package).
+      (
+        await call('POST', '/v1/connect/intentions', {
+          SourceName: 'web',
+          DestinationName: 'db',
+          Action: 'allow',
+        })
+      ).status,
     ).toBe(200)
     const list = await call('GET', '/v1/connect/intentions')
-    expect(list.json.map((i: { source: string }) => i.source)).toEqual(['web', '*'])
-    expect(list.json[0]).toMatchObject({ destination: 'db', action: 'allow', precedence: 4 })
-    expect((await call('GET', '/v1/connect/intentions/check?source=web&destination=db')).json.allowed).toBe(
+    expect(list.json.map((i: { SourceName: string }) => i.SourceName)).toEqual(['web', '*'])
+    expect(list.json[0]).toMatchObject({
+      DestinationName: 'db',
+      Action: 'allow',
+      Precedence: 4,
+      SourceNS: 'default',
+    })
+    expect(list.headers.get('x-consul-index')).not.toBeNull()
+    const match = await call('GET', '/v1/connect/intentions/match?by=destination&name=db')
+    expect(match.json.db.map((i: { SourceName: string }) => i.SourceName)).toEqual(['web', '*'])
+    expect((await call('GET', '/v1/connect/intentions/match?by=nothing&name=db')).status).toBe(400)
+    expect((await call('GET', '/v1/connect/intentions/check?source=web&destination=db')).json.Allowed).toBe(
       true,
     )
-    expect((await call('GET', '/v1/connect/intentions/check?source=api&destination=db')).json.allowed).toBe(
+    expect((await call('GET', '/v1/connect/intentions/check?source=api&destination=db')).json.Allowed).toBe(
       false,
     )
     expect(
       (await call('GET', '/v1/connect/intentions/check?source=api&destination=cache')).json,
     ).toMatchObject({
-      allowed: false,
-      defaultAction: 'deny',
+      Allowed: false,
+      DefaultAction: 'deny',
     })
     expect((await call('DELETE', '/v1/connect/intentions?source=web&destination=db')).status).toBe(200)
     expect((await call('DELETE', '/v1/connect/intentions?source=web&destination=db')).status).toBe(404)
@@ -90,13 +109,13 @@ describe('connect routes: intentions', () => {
     })
     expect(dup.status).toBe(400)
     expect(dup.json.error).toMatch(/^source\/destination: .*already exists/)
-    expect((await call('GET', '/v1/connect/intentions')).json[0].action).toBe('allow')
+    expect((await call('GET', '/v1/connect/intentions')).json[0].Action).toBe('allow')
     // The explicit upsert path replaces it.
     const put = await call('PUT', '/v1/connect/intentions/exact?source=web&destination=db', {
       action: 'deny',
     })
     expect(put.status).toBe(200)
-    expect((await call('GET', '/v1/connect/intentions/exact?source=web&destination=db')).json.action).toBe(
+    expect((await call('GET', '/v1/connect/intentions/exact?source=web&destination=db')).json.Action).toBe(
       'deny',
     )
   })
@@ -112,7 +131,7 @@ describe('connect routes: intentions', () => {
     expect((await call('PUT', '/v1/connect/intentions/default', { action: 'maybe' })).status).toBe(400)
     expect((await call('PUT', '/v1/connect/intentions/default', { action: 'allow' })).status).toBe(200)
     expect((await call('GET', '/v1/connect/intentions/default')).json.action).toBe('allow')
-    expect((await call('GET', '/v1/connect/intentions/check?source=a&destination=b')).json.allowed).toBe(true)
+    expect((await call('GET', '/v1/connect/intentions/check?source=a&destination=b')).json.Allowed).toBe(true)
   })
 
   it('a blocking list query returns when the policy state passes the given index', async () => {
@@ -127,7 +146,7 @@ describe('connect routes: intentions', () => {
 describe('connect routes: CA', () => {
   it('lists no roots before the CA exists and never exposes a private key', async () => {
     const r = await call('GET', '/v1/connect/ca/roots')
-    expect(r.json).toMatchObject({ activeRootId: '', roots: [] })
+    expect(r.json).toMatchObject({ ActiveRootID: '', Roots: [] })
     expect(JSON.stringify(r.json)).not.toMatch(/PRIVATE KEY/)
     expect((await call('GET', '/v1/agent/connect/ca/leaf/web')).status).toBe(404)
   })

@@ -421,6 +421,37 @@ describe('request guard (pure)', () => {
     ['POST', { host: 'localhost', 'transfer-encoding': 'chunked', origin: 'http://localhost:8500' }, 415],
     ['POST', { host: 'localhost', 'content-length': '0', origin: 'http://localhost:8500' }, undefined],
     ['PUT', { host: 'localhost', 'content-length': '2', 'content-type': 'application/json' }, undefined],
+    // Types a browser cannot send cross-origin without a preflight pass (Consul clients' KV bodies).
+    [
+      'PUT',
+      { host: 'localhost', 'content-length': '2', 'content-type': 'application/octet-stream' },
+      undefined,
+    ],
+    [
+      'PUT',
+      { host: 'localhost', 'content-length': '2', 'content-type': 'application/json-patch+json' },
+      undefined,
+    ],
+    // The CORS-safelisted ones are refused whatever their spelling or parameters.
+    ['POST', { host: 'localhost', 'content-length': '2', 'content-type': 'TEXT/Plain ; charset=utf-8' }, 415],
+    [
+      'POST',
+      { host: 'localhost', 'content-length': '2', 'content-type': 'application/x-www-form-urlencoded' },
+      415,
+    ],
+    [
+      'POST',
+      { host: 'localhost', 'content-length': '2', 'content-type': 'multipart/form-data; boundary=x' },
+      415,
+    ],
+    // A foreign page is refused by its Origin whatever the type.
+    [
+      'PUT',
+      { host: 'localhost', origin: 'http://evil.example', 'content-type': 'application/octet-stream' },
+      403,
+    ],
+    // python-consul: a JSON body with no type, no browser headers.
+    ['PUT', { host: '127.0.0.1:8500', 'content-length': '40' }, undefined],
   ] as [string, Record<string, string>, number | undefined][])('%s %j -> %s', (method, headers, status) => {
     expect(guardRefusal({ method, headers }, api)?.status).toBe(status)
   })

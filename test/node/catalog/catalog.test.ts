@@ -7,7 +7,7 @@ import { LocalPayloadPublisher } from '../../../src/node/catalog/local-payload.t
 import { LocalServiceRegistry } from '../../../src/node/catalog/local-services.ts'
 import { encodeNodePayload, type NodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
-import { advance } from './helpers.ts'
+import { advance, settle } from './helpers.ts'
 
 const def = (json: object) => parseServiceDefinition(json, 'test')
 const web = def({ name: 'web', port: 8080, tags: ['v1'], checks: [{ ttl: '10s' }] })
@@ -43,7 +43,7 @@ describe('Catalog', () => {
       ['node-2', 'web-2', '10.0.0.2', 'passing'],
     ])
     expect(entries[0]!.checks.map((ch) => [ch.checkId, ch.status])).toEqual([
-      ['peermesh:node', 'passing'],
+      ['serfHealth', 'passing'],
       ['service:web', 'passing'],
     ])
     expect(c.health('web', { minStatus: 'passing' })).toHaveLength(2)
@@ -72,7 +72,7 @@ describe('Catalog', () => {
     expect(c.applyMember(member('1', { status: 'dead' })).changed).toBe(true)
     expect(c.index).toBe(i + 1)
     expect(c.health('web').map((e) => e.status)).toEqual(['critical', 'critical'])
-    expect(c.health('web')[0]!.checks[0]).toMatchObject({ checkId: 'peermesh:node', status: 'critical' })
+    expect(c.health('web')[0]!.checks[0]).toMatchObject({ checkId: 'serfHealth', status: 'critical' })
     expect(c.health('web', { minStatus: 'warning' })).toEqual([])
     // Still registered: the catalog lists it, health says critical.
     expect(c.services()).toEqual({ web: ['v1', 'v2'] })
@@ -177,5 +177,39 @@ describe('LocalPayloadPublisher', () => {
     expect(c.health('web')[0]!.status).toBe('critical')
     pub.stop()
     expect(clock.pending).toBe(0)
+  })
+})
+
+describe('Catalog per-service index (issue #15)', () => {
+  it('a change to web moves only the indexes of the services it touched', () => {
+    const c = new Catalog()
+    c.applyMember(member('1', { payload: payload([web, db]) }))
+    const dbAt = c.serviceIndex('db')
+    const webAt = c.serviceIndex('web')
+    c.applyMember(member('1', { version: 2, payload: payload([webV2, db]) }))
+    expect(c.serviceIndex('db')).toBe(dbAt)
+    expect(c.serviceIndex('web')).toBeGreaterThan(webAt)
+    expect(c.serviceIndex('web')).toBe(c.index)
+    // The node dying changes the health of everything on it.
+    c.applyMember(member('1', { version: 2, status: 'dead', payload: payload([webV2, db]) }))
+    expect(c.serviceIndex('db')).toBe(c.index)
+    expect(c.serviceIndex('never')).toBe(1)
+  })
+
+  it('a blocking wait on db is not woken by changes to web, and ends when db changes', async () => {
+    const clock = new VirtualClock()
+    const c = new Catalog({ clock })
+    c.applyMember(member('1', { payload: payload([web, db]) }))
+    let woken: number | undefined
+    void c.waitForService('db', c.serviceIndex('db'), 60_000).then((i) => {
+      woken = i
+    })
+    c.applyMember(member('1', { version: 2, payload: payload([webV2, db]) }))
+    c.applyMember(member('2', { payload: payload([web]) }))
+    await settle()
+    expect(woken).toBeUndefined()
+    c.applyMember(member('2', { version: 2, payload: payload([web, db]) }))
+    await settle()
+    expect(woken).toBe(c.serviceIndex('db'))
   })
 })

@@ -85,7 +85,7 @@ describe('parseServiceDefinition', () => {
     ['not an object', 'web', ''],
     ['missing name', { port: 80 }, 'name'],
     ['missing port', { name: 'web' }, 'port'],
-    ['name not a DNS label (uppercase)', { name: 'Web', port: 80 }, 'name'],
+    ['name with a space', { name: 'W eb', port: 80 }, 'name'],
     ['name with a dot', { name: 'web.x', port: 80 }, 'name'],
     ['name ending in -', { name: 'web-', port: 80 }, 'name'],
     ['name longer than 63', { name: 'a'.repeat(64), port: 80 }, 'name'],
@@ -185,5 +185,79 @@ describe('parseServiceDefinition', () => {
 
   it.each(bad)('rejects %s, naming the field', (_why, json, field) => {
     expect(fieldOf(json)).toBe(field)
+  })
+})
+
+describe('parseServiceDefinition reads bodies as Consul does (issue #15)', () => {
+  it("reads node-consul's PascalCase body with an HTTP check", () => {
+    const d = parseServiceDefinition(
+      {
+        Name: 'web',
+        ID: 'web-1',
+        Port: 8080,
+        Tags: ['v1'],
+        Meta: { Version: '1' },
+        EnableTagOverride: false,
+        Check: { HTTP: 'http://127.0.0.1:8080/health', Interval: '10s', Timeout: '1s' },
+      },
+      'body',
+    )
+    expect(d).toMatchObject({ id: 'web-1', name: 'web', port: 8080, tags: ['v1'], meta: { Version: '1' } })
+    expect(d.checks).toEqual([
+      expect.objectContaining({
+        id: 'service:web-1',
+        kind: 'http',
+        http: 'http://127.0.0.1:8080/health',
+        intervalMs: 10_000,
+        timeoutMs: 1000,
+      }),
+    ])
+  })
+
+  it("reads python-consul's lowercase singular check, CheckID and snake_case, Check before Checks", () => {
+    const d = parseServiceDefinition(
+      {
+        name: 'db',
+        port: 5432,
+        check: { ttl: '10s', check_id: 'db-ttl' },
+        Checks: [{ TCP: '127.0.0.1:5432', Interval: '5s', DeregisterCriticalServiceAfter: '1m' }],
+        connect: {
+          sidecar_service: { port: 21000, upstreams: [{ destination_name: 'x', local_bind_port: 9000 }] },
+        },
+      },
+      'body',
+    )
+    expect(d.checks.map((c) => [c.id, c.kind])).toEqual([
+      ['db-ttl', 'ttl'],
+      ['service:db:2', 'tcp'],
+    ])
+    expect(d.connect?.sidecarService.upstreams).toEqual([{ destinationName: 'x', localBindPort: 9000 }])
+  })
+
+  it('takes empty strings and nulls as not given, and the {"Service": {...}} wrapper', () => {
+    const d = parseServiceDefinition(
+      { Service: { Name: 'web', ID: '', Address: '', Port: 80, Tags: null } },
+      'b',
+    )
+    expect(d.id).toBe('web')
+    expect(d.address).toBeUndefined()
+  })
+
+  it('allows "_" and capitals in names, as Consul does, but not for a Connect service', () => {
+    expect(parseServiceDefinition({ Name: 'My_Service', Port: 80 }, 'b').name).toBe('My_Service')
+    expect(fieldOf({ Name: 'My_Service', Port: 80, Connect: { SidecarService: { Port: 21000 } } })).toBe(
+      'name',
+    )
+    for (const bad of ['a.b', 'a b', '_a', 'a-', 'a/b', '', 'x'.repeat(64)])
+      expect(fieldOf({ Name: bad, Port: 80 })).toBe('name')
+  })
+
+  it('refuses a field given twice, features peermesh lacks, and unknown fields', () => {
+    expect(fieldOf({ Name: 'web', name: 'web', Port: 80 })).toBe('name')
+    expect(fieldOf({ Name: 'web', Port: 80, Check: { Args: ['/bin/true'], Interval: '10s' } })).toBe(
+      'check.Args',
+    )
+    expect(fieldOf({ Name: 'web', Port: 80, Kind: 'connect-proxy' })).toBe('Kind')
+    expect(fieldOf({ Name: 'web', Port: 80, Bogus: 1 })).toBe('Bogus')
   })
 })

@@ -1,6 +1,3 @@
-import * as fs from 'node:fs'
-import * as os from 'node:os'
-import * as path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { RaftNode } from '../../../src/raft/node-driver.ts'
 import {
@@ -12,6 +9,7 @@ import {
 import { FileStorage } from '../../../src/raft/storage/file-storage.ts'
 import { SeededRng } from '../../sim/rng.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
+import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 /**
  * The KV state survives a restart from disk: through snapshots (taken every 3 entries here) and
@@ -22,7 +20,7 @@ const TICK = 100
 const S1 = '11111111-1111-4111-8111-111111111111'
 let tmp: string | undefined
 afterEach(() => {
-  if (tmp !== undefined) fs.rmSync(tmp, { recursive: true, force: true })
+  if (tmp !== undefined) removeTempDir(tmp)
   tmp = undefined
 })
 
@@ -68,7 +66,7 @@ async function propose(
 
 describe('KV state across a restart (snapshot + log replay)', () => {
   it('keeps entries, sessions, locks and lock-delays', async () => {
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'peermesh-kv-restart-'))
+    tmp = makeTempDir('kv-restart')
     const clock = new VirtualClock()
     const first = start(tmp, clock)
     await run(clock, 3_000)

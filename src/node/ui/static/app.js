@@ -194,8 +194,8 @@ async function blocking(path, wait, signal, onData, onError) {
 async function refreshAgent(signal) {
   try {
     const { data } = await api('/v1/agent/self', { signal })
-    $('agent').textContent = `agent ${data.name} · v${data.version}`
-    document.title = `peermesh · ${data.name}`
+    $('agent').textContent = `agent ${data.Config.NodeName} · v${data.Config.Version}`
+    document.title = `peermesh · ${data.Config.NodeName}`
   } catch (err) {
     if (err.name !== 'AbortError') $('agent').textContent = `agent (${explain(err)})`
   }
@@ -204,7 +204,16 @@ async function refreshAgent(signal) {
 async function refreshMembers(signal) {
   try {
     const { data } = await api('/v1/agent/members', { signal })
-    const members = [...data].sort((a, b) => (a.name < b.name ? -1 : 1))
+    // Consul's shape (`Name`, `Status: 1`...); peermesh's SWIM state and address in `State`, `Address`.
+    const members = data
+      .map((m) => ({
+        name: m.Name,
+        status: m.State,
+        incarnation: m.Incarnation,
+        address: m.Address,
+        peerId: m.PeerID,
+      }))
+      .sort((a, b) => (a.name < b.name ? -1 : 1))
     show('members', JSON.stringify(members), () =>
       table(
         ['name', 'status', 'incarnation', 'address'],
@@ -301,26 +310,26 @@ async function readServices(data, signal) {
             h(
               'td',
               { class: 'mono' },
-              e.service.id,
-              e.service.tags.length ? h('div', { class: 'muted' }, e.service.tags.join(', ')) : '',
+              e.Service.ID,
+              e.Service.Tags.length ? h('div', { class: 'muted' }, e.Service.Tags.join(', ')) : '',
             ),
-            h('td', {}, e.node.name),
-            h('td', { class: 'mono' }, `${e.service.address}:${e.service.port}`),
-            h('td', {}, badge(e.status)),
+            h('td', {}, e.Node.Node),
+            h('td', { class: 'mono' }, `${e.Service.Address}:${e.Service.Port}`),
+            h('td', {}, badge(e.Status)),
             h(
               'td',
               {},
               h(
                 'ul',
                 { class: 'checks' },
-                e.checks.map((c) =>
+                e.Checks.map((c) =>
                   h(
                     'li',
                     {},
-                    badge(c.status),
+                    badge(c.Status),
                     ' ',
-                    c.name || c.checkId,
-                    c.output ? h('span', { class: 'out' }, c.output) : '',
+                    c.Name || c.CheckID,
+                    c.Output ? h('span', { class: 'out' }, c.Output) : '',
                   ),
                 ),
               ),
@@ -661,7 +670,14 @@ function start() {
     INTENTIONS_WAIT,
     signal,
     (data) => {
-      state.intentions = data
+      // Consul's intentions (`SourceName`, `DestinationName`, `Action`...) in the page's terms.
+      state.intentions = data.map((i) => ({
+        source: i.SourceName,
+        destination: i.DestinationName,
+        action: i.Action,
+        ...(i.Description ? { description: i.Description } : {}),
+        precedence: i.Precedence,
+      }))
       renderIntentions()
     },
     (err) =>
