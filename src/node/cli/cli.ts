@@ -10,7 +10,7 @@ import {
   resolveAgentConfig,
   validateAgentConfig,
 } from '../agent/config.ts'
-import { ConfigError, isUserFacing } from '../agent/errors.ts'
+import { isUserFacing } from '../agent/errors.ts'
 import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
@@ -190,20 +190,26 @@ export function buildCli(): Command {
   program
     .command('demo')
     .description('start a local demo cluster of agents on 127.0.0.1 and show what the mesh does')
-    .option('--agents <n>', 'number of agents', '3')
-    .option('--keep', 'keep the cluster running after the tour, until Ctrl-C')
+    .option('--agents <n>', 'number of agents (at least 3)', '3')
+    .option('--duration <seconds>', 'length of the traffic and the story', '20')
+    .option('--no-failover', 'skip the kills (instance and Raft leader)')
+    .option('--keep', 'keep the cluster running after the story, until Ctrl-C')
+    .option('--json', 'the last stdout line is a JSON summary')
     .option('--dir <dir>', 'keep agent data dirs here (default: a temp dir, removed at the end)')
-    .action(async (opts: { agents: string; keep?: boolean; dir?: string }) => {
-      const n = Number(opts.agents)
-      if (!Number.isInteger(n) || n < 2 || n > 50)
-        throw new ConfigError('--agents: expected a whole number from 2 to 50', 'agents')
-      const { runDemo } = await import('../demo/demo.ts')
-      await runDemo({
-        agents: n,
-        keep: opts.keep === true,
-        ...(opts.dir !== undefined ? { dir: opts.dir } : {}),
-      })
-    })
+    .action(
+      async (opts: {
+        agents: string
+        duration: string
+        failover: boolean
+        keep?: boolean
+        json?: boolean
+        dir?: string
+      }) => {
+        const { runDemoCommand } = await import('../demo/index.ts')
+        const code = await runDemoCommand(opts)
+        if (code !== 0) process.exit(code)
+      },
+    )
 
   registerCatalogCommands(program)
   registerRaftCommands(program)

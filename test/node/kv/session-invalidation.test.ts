@@ -64,14 +64,6 @@ const cases: [string, Partial<StoredSession>, number, NodeHealth | undefined, bo
       undefined,
     ],
     ['a named check unknown here', { checks: ['db'] }, 0, healthy, true, undefined],
-    [
-      'the gossip check by its peermesh name',
-      { checks: ['peermesh:node'] },
-      0,
-      { alive: false, checks: new Map() },
-      true,
-      'node',
-    ],
   ]
 
 describe('sessionsToInvalidate', () => {
@@ -99,7 +91,7 @@ describe('nodeHealthOf: a node as the catalog sees it', () => {
     c.applyMember(member('passing'))
     const h = nodeHealthOf(c, 'n1')!
     expect(h.alive).toBe(true)
-    const ids = [...h.checks.keys()].filter((id) => id !== 'peermesh:node')
+    const ids = [...h.checks.keys()].filter((id) => id !== 'serfHealth')
     expect(ids).toHaveLength(1)
     const checkId = ids[0]!
     const s = session({ checks: ['serfHealth', checkId] })
