@@ -34,6 +34,9 @@ export interface Authorizer {
   /** The agent API of the agent named `node`. */
   agentRead(node: string): boolean
   agentWrite(node: string): boolean
+  /** User events named `name`: list them (read), fire them (write). */
+  eventRead(name: string): boolean
+  eventWrite(name: string): boolean
   operatorRead(): boolean
   operatorWrite(): boolean
   aclRead(): boolean
@@ -114,6 +117,7 @@ export class PolicyAuthorizer implements Authorizer {
   private readonly node = new RuleTable()
   private readonly key = new RuleTable()
   private readonly agent = new RuleTable()
+  private readonly event = new RuleTable()
   private readonly session = new RuleTable()
   private operator: AccessLevel | undefined
   private acl: AccessLevel | undefined
@@ -132,6 +136,7 @@ export class PolicyAuthorizer implements Authorizer {
       this.node.add(p.node, p.nodePrefix)
       this.key.add(p.key, p.keyPrefix)
       this.agent.add(p.agent, p.agentPrefix)
+      this.event.add(p.event, p.eventPrefix)
       this.session.add(p.session, p.sessionPrefix)
       if (p.operator !== undefined) this.operator = strongerLevel(this.operator, p.operator)
       if (p.acl !== undefined) this.acl = strongerLevel(this.acl, p.acl)
@@ -186,6 +191,12 @@ export class PolicyAuthorizer implements Authorizer {
   agentWrite(node: string): boolean {
     return this.allowed(this.agent.lookup(node), 'write')
   }
+  eventRead(name: string): boolean {
+    return this.allowed(this.event.lookup(name), 'read')
+  }
+  eventWrite(name: string): boolean {
+    return this.allowed(this.event.lookup(name), 'write')
+  }
   operatorRead(): boolean {
     return this.allowed(this.operator, 'read')
   }
@@ -224,6 +235,8 @@ export const MANAGE_ALL: Authorizer = Object.freeze({
   sessionWrite: yes,
   agentRead: yes,
   agentWrite: yes,
+  eventRead: yes,
+  eventWrite: yes,
   operatorRead: yes,
   operatorWrite: yes,
   aclRead: yes,
@@ -250,6 +263,8 @@ export const DENY_ALL: Authorizer = Object.freeze({
   sessionWrite: no,
   agentRead: no,
   agentWrite: no,
+  eventRead: no,
+  eventWrite: no,
   operatorRead: no,
   operatorWrite: no,
   aclRead: no,

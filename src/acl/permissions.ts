@@ -14,6 +14,8 @@ export type PermissionName =
   | 'session:write'
   | 'agent:read'
   | 'agent:write'
+  | 'event:read'
+  | 'event:write'
   | 'operator:read'
   | 'operator:write'
   | 'acl:read'
@@ -49,6 +51,8 @@ export const need = {
   sessionWrite: (node: string) => pair((a) => a.sessionWrite(node), 'session:write', node),
   agentRead: (node: string) => pair((a) => a.agentRead(node), 'agent:read', node),
   agentWrite: (node: string) => pair((a) => a.agentWrite(node), 'agent:write', node),
+  eventRead: (name: string) => pair((a) => a.eventRead(name), 'event:read', name),
+  eventWrite: (name: string) => pair((a) => a.eventWrite(name), 'event:write', name),
   operatorRead: () => pair((a) => a.operatorRead(), 'operator:read'),
   operatorWrite: () => pair((a) => a.operatorWrite(), 'operator:write'),
   aclRead: () => pair((a) => a.aclRead(), 'acl:read'),

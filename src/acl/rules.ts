@@ -10,8 +10,9 @@ import { type AccessLevel, emptyRuleSet, type RuleSet, type ServiceRule } from '
  * The JSON form of HCL (a block as an array of objects) is accepted too.
  *
  * Resources peermesh enforces: service/service_prefix (with `intentions`), node/node_prefix,
- * key/key_prefix, agent/agent_prefix, session/session_prefix, operator, acl, mesh. Consul
- * resources peermesh has no counterpart for (event, query, keyring, peering, identity, ...) are checked and
+ * key/key_prefix, agent/agent_prefix, event/event_prefix, session/session_prefix, operator, acl,
+ * mesh. Consul resources peermesh has no counterpart for (query, keyring, peering, identity, ...)
+ * are checked and
  * ignored, so a policy written for Consul loads. Anything else is an error naming the rule.
  */
 export function parseRules(text: string): RuleSet {
@@ -43,19 +44,14 @@ const NAMED = {
   key_prefix: 'keyPrefix',
   agent: 'agent',
   agent_prefix: 'agentPrefix',
+  event: 'event',
+  event_prefix: 'eventPrefix',
   session: 'session',
   session_prefix: 'sessionPrefix',
 } as const
 const SCALAR = { operator: 'operator', acl: 'acl', mesh: 'mesh' } as const
 /** Consul resources without a peermesh counterpart: validated, then ignored. */
-const IGNORED_NAMED = new Set([
-  'event',
-  'event_prefix',
-  'query',
-  'query_prefix',
-  'identity',
-  'identity_prefix',
-])
+const IGNORED_NAMED = new Set(['query', 'query_prefix', 'identity', 'identity_prefix'])
 const IGNORED_SCALAR = new Set(['keyring', 'peering'])
 
 const RANK: Record<AccessLevel, number> = { list: 0, read: 1, write: 2, deny: 3 }

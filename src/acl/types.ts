@@ -32,6 +32,9 @@ export interface RuleSet {
   keyPrefix: Map<string, AccessLevel>
   agent: Map<string, AccessLevel>
   agentPrefix: Map<string, AccessLevel>
+  /** User events by name (`event`, `event_prefix`): read to list, write to fire. */
+  event: Map<string, AccessLevel>
+  eventPrefix: Map<string, AccessLevel>
   /** `session "node"`: sessions on that node (Consul's session rules name nodes). */
   session: Map<string, AccessLevel>
   sessionPrefix: Map<string, AccessLevel>
@@ -51,6 +54,8 @@ export function emptyRuleSet(): RuleSet {
     keyPrefix: new Map(),
     agent: new Map(),
     agentPrefix: new Map(),
+    event: new Map(),
+    eventPrefix: new Map(),
     session: new Map(),
     sessionPrefix: new Map(),
   }

@@ -4,6 +4,7 @@
  * (not zod) because it runs on every datagram of 10,000-node simulations.
  */
 import { pack, unpack as unpackPlain } from '../common/msgpack.ts'
+import { MAX_USER_EVENT_BODY_BYTES, MAX_USER_EVENT_ID_LENGTH, MAX_USER_EVENT_LTIME } from './user-events.ts'
 import type {
   DecodedAlive,
   DecodedMessage,
@@ -59,6 +60,8 @@ function canonical(msg: Message): object {
       return { t: msg.t, id: msg.id, inc: msg.inc, from: msg.from }
     case 'leave':
       return { t: msg.t, id: msg.id, inc: msg.inc, sig: msg.sig }
+    case 'user':
+      return { t: msg.t, from: msg.from, lt: msg.lt, id: msg.id, body: msg.body, sig: msg.sig }
     case 'compound':
       return { t: msg.t, parts: msg.parts }
   }
@@ -95,6 +98,11 @@ export function aliveSigningBytes(inc: number, rec: Uint8Array): Uint8Array {
 /** The bytes an owner signs to leave. */
 export function leaveSigningBytes(id: string, inc: number): Uint8Array {
   return pack(['peermesh/swim/leave/1', id, inc])
+}
+
+/** The bytes an origin signs for a user event. */
+export function userEventSigningBytes(from: string, lt: number, id: string, body: Uint8Array): Uint8Array {
+  return pack(['peermesh/swim/user/1', from, lt, id, body])
 }
 
 /** Push/pull entries go on the wire as arrays `[id, st, inc, ri, rec, sig, lsig?]`: compact and fast. */
@@ -198,6 +206,22 @@ function validateSimple(v: unknown, maxBytes: number): DecodeResult<DecodedSimpl
     case 'leave':
       if (!isId(v['id']) || !isIncarnation(v['inc']) || !isSig(v['sig'])) return bad
       return { ok: true, msg: { t: 'leave', id: v['id'], inc: v['inc'], sig: v['sig'] } }
+    case 'user': {
+      const { from, lt, id, body, sig } = v
+      if (
+        !isId(from) ||
+        !isIncarnation(lt) ||
+        lt > MAX_USER_EVENT_LTIME ||
+        typeof id !== 'string' ||
+        id.length === 0 ||
+        id.length > MAX_USER_EVENT_ID_LENGTH ||
+        !(body instanceof Uint8Array) ||
+        body.length > MAX_USER_EVENT_BODY_BYTES ||
+        !isSig(sig)
+      )
+        return bad
+      return { ok: true, msg: { t: 'user', from, lt, id, body, sig } }
+    }
     default:
       return { ok: false, reason: 'type' }
   }

@@ -14,3 +14,8 @@ export class RecordTooLargeError extends PeermeshError {
 export class InvalidRecordError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_INVALID_RECORD'
 }
+
+/** A user event to fire that the core cannot carry (body or id too long, or an empty id). */
+export class InvalidUserEventError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_INVALID_USER_EVENT'
+}

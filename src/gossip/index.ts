@@ -13,6 +13,7 @@ export {
   encodeRecord,
   leaveSigningBytes,
   RECORD_LIMITS,
+  userEventSigningBytes,
 } from './codec.ts'
 export {
   lanConfig,
@@ -24,7 +25,12 @@ export {
   testConfig,
   validateConfig,
 } from './config.ts'
-export { InvalidConfigError, InvalidRecordError, RecordTooLargeError } from './errors.ts'
+export {
+  InvalidConfigError,
+  InvalidRecordError,
+  InvalidUserEventError,
+  RecordTooLargeError,
+} from './errors.ts'
 export {
   accusationWithinSigned,
   MAX_INCARNATION,
@@ -49,6 +55,7 @@ export type {
   PushPullState,
   StateEntry,
   SuspectMessage,
+  UserEventMessage,
 } from './messages.ts'
 export { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 export { SimNetwork, type SimNetworkOptions, type SimNetworkStats, type SimNodeSpec } from './sim-network.ts'
@@ -61,6 +68,15 @@ export {
   type Verifier,
 } from './signing.ts'
 export type { DropReason, SwimStats } from './stats.ts'
+export {
+  LamportClock,
+  MAX_USER_EVENT_BODY_BYTES,
+  MAX_USER_EVENT_ID_LENGTH,
+  MAX_USER_EVENT_LTIME,
+  USER_EVENT_REMEMBERED_IDS,
+  type UserEvent,
+  UserEventDedup,
+} from './user-events.ts'
 export { remainingSuspicionTime, Suspicion, suspicionMinTimeout } from './suspicion.ts'
 export {
   aliveMemberState,

@@ -81,6 +81,19 @@ export interface LeaveMessage {
   sig: Uint8Array
 }
 
+/**
+ * A user event fired by member `from` at Lamport time `lt` (see `user-events.ts`); `sig` is
+ * `from`'s signature over `userEventSigningBytes(from, lt, id, body)`. Relays forward it unchanged.
+ */
+export interface UserEventMessage {
+  t: 'user'
+  from: string
+  lt: number
+  id: string
+  body: Uint8Array
+  sig: Uint8Array
+}
+
 /** Several encoded messages in one datagram (a probe plus piggybacked updates). Not nested. */
 export interface CompoundMessage {
   t: 'compound'
@@ -96,6 +109,7 @@ export type SimpleMessage =
   | SuspectMessage
   | DeadMessage
   | LeaveMessage
+  | UserEventMessage
 export type Message = SimpleMessage | CompoundMessage
 export type MessageType = Message['t']
 

@@ -18,6 +18,7 @@ import { seededRng } from '../common/rng.ts'
 import { acceptAllVerifier, nullSigner, type Signer, type Verifier } from './signing.ts'
 import { SimEventQueue } from './sim-event-queue.ts'
 import { aliveMemberState, type Output, Swim, type SwimEvent } from './swim.ts'
+import type { UserEvent } from './user-events.ts'
 
 export interface SimNetworkOptions {
   seed: number
@@ -35,6 +36,8 @@ export interface SimNetworkOptions {
   crypto?: (id: string) => { signer: Signer; verifier: Verifier }
   /** Called for every event any node emits. */
   onEvent?: (nodeId: string, event: SwimEvent, nowMs: number) => void
+  /** Called for every user event any node delivers (its own included). */
+  onUserEvent?: (nodeId: string, event: UserEvent, nowMs: number) => void
   /** Sees every datagram a node sends (an on-path observer holding the cluster key; attack tests). */
   tap?: (from: string, to: string, bytes: Uint8Array, nowMs: number) => void
 }
@@ -99,6 +102,7 @@ export class SimNetwork {
   private clock = 0
   readonly totals: SimNetworkStats = { delivered: 0, lost: 0, partitioned: 0, toCrashed: 0, pushPulls: 0 }
   onEvent: ((nodeId: string, event: SwimEvent, nowMs: number) => void) | undefined
+  onUserEvent: ((nodeId: string, event: UserEvent, nowMs: number) => void) | undefined
   private readonly tap: SimNetworkOptions['tap']
 
   constructor(opts: SimNetworkOptions) {
@@ -110,6 +114,7 @@ export class SimNetwork {
     this.reorder = opts.reorder ?? 0
     this.crypto = opts.crypto ?? (() => ({ signer: nullSigner, verifier: acceptAllVerifier }))
     this.onEvent = opts.onEvent
+    this.onUserEvent = opts.onUserEvent
     this.tap = opts.tap
   }
 
@@ -331,6 +336,7 @@ export class SimNetwork {
       this.push(this.clock + 2 * this.sampleLatency(), PP_REQ, p.to, n.id, p.state, n.gen)
     }
     if (this.onEvent) for (const e of out.events) this.onEvent(n.id, e, this.clock)
+    if (this.onUserEvent) for (const u of out.userEvents) this.onUserEvent(n.id, u, this.clock)
     this.reschedule(n)
   }
 

@@ -34,9 +34,10 @@ import {
   leaveSigningBytes,
   packParts,
   recordProblem,
+  userEventSigningBytes,
 } from './codec.ts'
 import { lanConfig, type SwimConfig, validateConfig } from './config.ts'
-import { InvalidRecordError, RecordTooLargeError } from './errors.ts'
+import { InvalidRecordError, InvalidUserEventError, RecordTooLargeError } from './errors.ts'
 import { accusationWithinSigned, refutationIncarnation, repairedIncarnation } from './incarnation.ts'
 import { type MemberSnapshot, type MemberState, MemberTable } from './member-table.ts'
 import type {
@@ -48,12 +49,21 @@ import type {
   NodeRecord,
   StateEntry,
   SuspectMessage,
+  UserEventMessage,
 } from './messages.ts'
 import { ProbeOrder } from './probe-order.ts'
 import { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 import { acceptAllVerifier, nullSigner, type Signer, type Verifier } from './signing.ts'
 import { emptyStats, type SwimStats } from './stats.ts'
 import { Suspicion, suspicionMinTimeout } from './suspicion.ts'
+import {
+  LamportClock,
+  MAX_USER_EVENT_BODY_BYTES,
+  MAX_USER_EVENT_ID_LENGTH,
+  MAX_USER_EVENT_LTIME,
+  UserEventDedup,
+  type UserEvent,
+} from './user-events.ts'
 import { VerifyCache } from './verify-cache.ts'
 
 export interface SelfInfo {
@@ -81,6 +91,11 @@ export interface SwimOptions {
   lastIncarnation?: number
   /** After a restart: the last record version; the node starts above it (same sanity rule). */
   lastVersion?: number
+  /**
+   * After a restart: the user event Lamport time (`userEventTime`); events fired afterwards are
+   * ordered after it. Ignored unless a non-negative safe integer up to `MAX_USER_EVENT_LTIME`.
+   */
+  lastUserEventTime?: number
   /**
    * Simulations only: start already converged on this shared member list (no join traffic).
    * The snapshot is never mutated; changes go to a per-node overlay.
@@ -126,6 +141,8 @@ export interface Output {
   /** Reliable push/pull requests; deliver the peer's reply to `handlePushPullReply`. */
   pushPull: { to: string; state: Uint8Array }[]
   events: SwimEvent[]
+  /** User events new to this node, its own included, each once (`fireUserEvent`). */
+  userEvents: UserEvent[]
 }
 
 export interface PushPullResponse extends Output {
@@ -186,8 +203,11 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 function emptyOutput(): Output {
-  return { send: [], pushPull: [], events: [] }
+  return { send: [], pushPull: [], events: [], userEvents: [] }
 }
+
+/** Broadcast-queue key of a user event (member ids never start with it). */
+const userEventKey = (id: string) => `user-event:${id}`
 
 export class Swim {
   readonly id: string
@@ -205,6 +225,9 @@ export class Swim {
   private readonly timers = new Map<string, Timer>()
   private readonly counters: SwimStats = emptyStats()
   private readonly verifyCache: VerifyCache
+  /** Orders user events (Serf's event clock). */
+  private readonly eventClock = new LamportClock()
+  private readonly eventDedup = new UserEventDedup()
   /** True while `tick` runs timers that fired more than `lateTimerMs` late. */
   private lateTick = false
   /** When a late timer last raised the Local Health Multiplier. */
@@ -251,6 +274,8 @@ export class Swim {
       opts.initialMembers ? { order: opts.initialMembers.order, exclude: this.id } : undefined,
     )
     this.queue = new BroadcastQueue(this.cfg.maxBroadcastQueue)
+    const lt = opts.lastUserEventTime
+    if (Number.isSafeInteger(lt) && lt! >= 0 && lt! <= MAX_USER_EVENT_LTIME) this.eventClock.witness(lt!)
     this.health = new LocalHealth(this.cfg.awarenessMaxMultiplier)
   }
 
@@ -423,6 +448,32 @@ export class Swim {
     this.incarnation++
     this.resign()
     return this.take()
+  }
+
+  /**
+   * Fires a user event: stamps it with the next Lamport time, signs it, delivers it here (in
+   * `userEvents` of the output) and queues it for dissemination to every member. `id` must be
+   * unique (a UUID); `body` is opaque. Throws `InvalidUserEventError` and changes nothing when
+   * the id is empty or too long or the body too large.
+   */
+  fireUserEvent(id: string, body: Uint8Array): Output {
+    this.begin()
+    if (id.length === 0 || id.length > MAX_USER_EVENT_ID_LENGTH)
+      throw new InvalidUserEventError(`user event id must be 1-${MAX_USER_EVENT_ID_LENGTH} characters`)
+    if (body.length > MAX_USER_EVENT_BODY_BYTES)
+      throw new InvalidUserEventError(
+        `user event is ${body.length} bytes encoded, more than ${MAX_USER_EVENT_BODY_BYTES}`,
+      )
+    if (this.eventDedup.has(id)) throw new InvalidUserEventError(`user event id ${id} was used already`)
+    const lt = this.eventClock.increment()
+    const sig = this.signer(userEventSigningBytes(this.id, lt, id, body))
+    this.acceptUserEvent({ t: 'user', from: this.id, lt, id, body, sig })
+    return this.take()
+  }
+
+  /** The user event Lamport time: persist it to keep ordering events after a restart. */
+  get userEventTime(): number {
+    return this.eventClock.time
   }
 
   /** All known members, self included (self first). */
@@ -955,7 +1006,36 @@ export class Swim {
       case 'leave':
         this.onLeave(msg, now)
         return
+      case 'user':
+        this.onUserEvent(msg)
+        return
     }
+  }
+
+  /**
+   * A user event from the network: new ones (by id) from a known
+   * member with a valid signature are delivered and passed on; copies are ignored; one whose
+   * origin is unknown or whose signature does not verify is dropped as forged (never relayed).
+   */
+  private onUserEvent(msg: UserEventMessage): void {
+    if (this.eventDedup.has(msg.id)) return
+    if (msg.from !== this.id && this.table.get(msg.from) === undefined) {
+      this.counters.dropped.forged++
+      return
+    }
+    const signed = userEventSigningBytes(msg.from, msg.lt, msg.id, msg.body)
+    if (!this.verifyCache.verify('user', msg.from, msg.lt, signed, msg.sig)) {
+      this.counters.dropped.forged++
+      return
+    }
+    this.eventClock.witness(msg.lt)
+    this.acceptUserEvent(msg)
+  }
+
+  private acceptUserEvent(msg: UserEventMessage): void {
+    this.eventDedup.remember(msg.id)
+    this.queue.push(userEventKey(msg.id), encodeMessage(msg))
+    this.out.userEvents.push({ origin: msg.from, ltime: msg.lt, id: msg.id, body: msg.body })
   }
 
   /**

@@ -23,7 +23,13 @@ export class VerifyCache {
    * True if `sig` is `id`'s signature over `signed` (the signing bytes of `kind` at `inc`). The
    * answer is cached under (`kind`, `id`, `inc`, SHA-256(signed ‖ sig)).
    */
-  verify(kind: 'alive' | 'leave', id: string, inc: number, signed: Uint8Array, sig: Uint8Array): boolean {
+  verify(
+    kind: 'alive' | 'leave' | 'user',
+    id: string,
+    inc: number,
+    signed: Uint8Array,
+    sig: Uint8Array,
+  ): boolean {
     const digest = createHash('sha256').update(signed).update(sig).digest('base64')
     const key = `${kind}\u0000${id}\u0000${inc}\u0000${digest}`
     const known = this.answers.get(key)

@@ -209,6 +209,18 @@ const cases: [string, string[], Method, string, boolean][] = [
   ['session prefix read', ['session_prefix "" { policy = "read" }'], 'sessionRead', 'n1', true],
   ['agent prefix read', ['agent_prefix "" { policy = "read" }'], 'agentRead', 'n9', true],
   ['agent prefix read refuses write', ['agent_prefix "" { policy = "read" }'], 'agentWrite', 'n9', false],
+  // User events (Consul's event / event_prefix): read lists, write fires.
+  ['event exact write fires', ['event "deploy" { policy = "write" }'], 'eventWrite', 'deploy', true],
+  ['event read refuses firing', ['event_prefix "" { policy = "read" }'], 'eventWrite', 'deploy', false],
+  ['event prefix read lists', ['event_prefix "dep" { policy = "read" }'], 'eventRead', 'deploy', true],
+  [
+    'event exact deny inside a write prefix',
+    ['event_prefix "" { policy = "write" }\nevent "halt" { policy = "deny" }'],
+    'eventRead',
+    'halt',
+    false,
+  ],
+  ['no event rule → deny', ['service_prefix "" { policy = "write" }'], 'eventWrite', 'deploy', false],
   // Scalars; mesh follows operator when unset.
   ['operator read', ['operator = "read"'], 'operatorRead', '', true],
   ['operator read refuses write', ['operator = "read"'], 'operatorWrite', '', false],

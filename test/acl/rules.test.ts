@@ -37,10 +37,18 @@ describe('parseRules: the JSON form', () => {
 
   it('checks and ignores Consul resources peermesh has no counterpart for', () => {
     const r = parseRules(
-      '{"query_prefix": {"": {"policy": "read"}}, "keyring": "write", "event": {"x": {"policy": "write"}}}',
+      '{"query_prefix": {"": {"policy": "read"}}, "keyring": "write", "identity": {"x": {"policy": "write"}}}',
     )
     expect(r.service.size + r.node.size + r.key.size + r.session.size).toBe(0)
     expect(() => parseRules('{"keyring": "all"}')).toThrow(AclRulesError)
+  })
+
+  it('reads event and event_prefix rules (HCL and JSON)', () => {
+    const r = parseRules('event "deploy" { policy = "write" }\nevent_prefix "" { policy = "read" }')
+    expect(r.event.get('deploy')).toBe('write')
+    expect(r.eventPrefix.get('')).toBe('read')
+    expect(parseRules('{"event": {"x": {"policy": "deny"}}}').event.get('x')).toBe('deny')
+    expect(() => parseRules('event "x" { policy = "all" }')).toThrow(AclRulesError)
   })
 
   it('reads "list" on key rules (Consul), merging below read', () => {

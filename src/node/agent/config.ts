@@ -80,6 +80,18 @@ export const agentConfigSchema = z
       .optional(),
     /** DNS interface, HOST:PORT (port 0: any free port), or "off". */
     dns: z.union([z.literal('off'), hostPort]).optional(),
+    /**
+     * Primary DNS zone (default `peermesh`): `NAME.service.<dnsDomain>`. `consul` is always served
+     * beside it (Consul's `alt_domain`), so Consul-minded tools and stub zones work unchanged.
+     */
+    dnsDomain: z
+      .string()
+      .regex(
+        /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/,
+        'must be DNS labels joined by "."',
+      )
+      .max(253)
+      .optional(),
     /** Services to register at start (service definitions, as for `peermesh register`). */
     services: z.array(z.record(z.string(), z.unknown())).optional(),
     /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
@@ -158,6 +170,8 @@ export interface AgentConfig {
   clusterKey?: string
   /** Undefined when DNS is off. */
   dns?: { host: string; port: number }
+  /** Primary DNS zone, lowercase without the trailing dot (undefined: `peermesh`). */
+  dnsDomain?: string
   services?: Record<string, unknown>[]
   logLevel: (typeof LOG_LEVELS)[number]
   /** Sidecar access log; undefined: "errors" (a line per failed request or connection). */
@@ -295,6 +309,9 @@ export function resolveAgentConfig(
     logLevel: merged.logLevel ?? 'info',
     ...(merged.accessLog !== undefined ? { accessLog: merged.accessLog } : {}),
     ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
+    ...(merged.dnsDomain !== undefined
+      ? { dnsDomain: merged.dnsDomain.toLowerCase().replace(/\.$/, '') }
+      : {}),
     ...(merged.services !== undefined ? { services: merged.services } : {}),
     ...(merged.trustDomain !== undefined ? { trustDomain: merged.trustDomain } : {}),
     ...(merged.caKeyType !== undefined ? { caKeyType: merged.caKeyType } : {}),

@@ -6,6 +6,7 @@ import { signPolicyEntry } from '../../raft/policy/policy-signing.ts'
 import { PolicyStore } from '../../raft/policy/policy-store.ts'
 import { CatalogModule } from '../catalog/catalog-module.ts'
 import { ConnectModule } from '../connect/connect-module.ts'
+import { EventModule } from '../events/event-module.ts'
 import { GossipModule } from '../gossip/gossip-module.ts'
 import type { RaftMembers, VoterKeyGrant } from '../raft/components.ts'
 import { kvModuleOf } from '../kv/kv-module.ts'
@@ -81,6 +82,7 @@ export function createAgent(
   })
   // The UI first: its routes are there as soon as the HTTP API answers.
   agent.use(new UiModule()).use(gossip).use(catalog).use(raft).use(connect).use(sidecars)
+  agent.use(new EventModule({ gossip, localServices: () => catalog.local?.list() ?? [] }))
   agent.use(kvModuleOf(raft, catalog))
   return { agent, gossip, catalog, raft, connect, sidecars }
 }

@@ -162,6 +162,8 @@ export class CatalogModule implements AgentModule {
       const http = ctx.http
       const dns = new DnsServer({
         catalog: this.catalog,
+        ...(ctx.config.dnsDomain !== undefined ? { domain: ctx.config.dnsDomain } : {}),
+        datacenter: ctx.config.datacenter,
         // DNS queries carry no token: they see what the anonymous token may read.
         authorizer: () => http.anonymousAuthorizer(),
       })

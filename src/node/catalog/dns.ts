@@ -8,10 +8,30 @@ import type { Catalog, HealthEntry } from './catalog.ts'
 /** Default DNS interface address (Consul's port, loopback only). */
 export const DEFAULT_DNS_ADDRESS = Object.freeze({ host: '127.0.0.1', port: 8600 })
 
+/** Primary zone served unless `--dns-domain` says otherwise. */
+export const DEFAULT_DNS_DOMAIN = 'peermesh'
+/**
+ * Zone served beside the primary one (Consul's `alt_domain`), so that tools and stub zones written
+ * for Consul resolve unchanged.
+ */
+export const CONSUL_DNS_DOMAIN = 'consul'
+/** Datacenter name answered for when none is configured (Consul's default). */
+export const DEFAULT_DATACENTER = 'dc1'
+
 export interface DnsServerInit {
   catalog: Catalog
-  /** Zone served: `<name>.service.<domain>`. */
+  /** Primary zone: `<name>.service.<domain>` (default `peermesh`). Names in answers use the zone asked. */
   domain?: string
+  /**
+   * A second zone answered like the primary one (Consul's `alt_domain`); default `consul`, so
+   * `api.service.consul` works out of the box. `false`: the primary zone only.
+   */
+  altDomain?: string | false
+  /**
+   * This agent's datacenter: `api.service.<dc>.<domain>` answers for it; any other datacenter is
+   * NXDOMAIN (Consul's "No path to datacenter"). Default `dc1`.
+   */
+  datacenter?: string
   /** Orders answers (shuffled so clients spread their load). Uniform in [0, 1). */
   rng?: () => number
   /** Most simultaneous TCP clients; more are closed at once. */
@@ -23,8 +43,11 @@ export interface DnsServerInit {
    * authorizer, asked at each query): a service it may not read is NXDOMAIN, and instances on
    * nodes it may not read are left out, as Consul's DNS does. Absent, or answering undefined (no ACLs): everything.
    */
-  authorizer?: () => Pick<Authorizer, 'serviceRead' | 'nodeRead'> | undefined
+  authorizer?: () => DnsAuthorizer | undefined
 }
+
+/** The part of an ACL authorizer DNS asks. */
+export type DnsAuthorizer = Pick<Authorizer, 'serviceRead' | 'nodeRead'>
 
 export interface DnsStats {
   /** Queries answered (any rcode). */
@@ -43,20 +66,123 @@ const UDP_DEFAULT_SIZE = 512
 const UDP_MAX_SIZE = 4096
 const TCP_MAX_MESSAGE = 65535
 
+/** What a name inside a served zone asks for (labels left of the zone, lowercase). */
+export type ZoneLookup =
+  | { kind: 'apex' }
+  /** `[tag.]name.service[.dc]`, `_name._tag.service[.dc]`; `datacenter` undefined: this one. */
+  | { kind: 'service'; service: string; tag?: string; datacenter?: string }
+  /** `name.node[.dc]` (a node name may hold dots). */
+  | { kind: 'node'; node: string; datacenter?: string }
+  /** `<hex ip>.addr[.dc]`: the IP itself (SRV targets point here). */
+  | { kind: 'addr'; ip: string }
+  | { kind: 'invalid' }
+
 /**
- * DNS interface to the catalog, over UDP and TCP:
- *   `NAME.service.peermesh`        A / AAAA / SRV of passing and warning instances
- *   `TAG.NAME.service.peermesh`    the same, only instances with tag TAG
- *   `_NAME._TAG.service.peermesh`  RFC 2782 form (`_tcp` means no tag filter)
- *   `<hex ip>.addr.peermesh`       A / AAAA: SRV targets point here
- * Unknown service names get NXDOMAIN, names outside the zone REFUSED. A packet that cannot be
- * decoded is dropped and counted in `stats.malformed`; an internal failure answers SERVFAIL.
- * Records have TTL 0: health changes take effect on the next lookup.
+ * Reads the labels left of the zone as Consul's DNS does (agent/dns.go `dispatch`): the rightmost
+ * `service`, `node` or `addr` label says what is asked, the labels right of it are the datacenter
+ * (`dc1` or `dc1.dc`), the labels left of it the name. `_name._tag.service` is RFC 2782's form
+ * (`_tcp` means any tag), and for SRV the `service` label may be left out (`_api._tcp.consul`).
+ * Otherwise every label before the service name is the tag (Consul allows dots in tags).
+ */
+export function parseZoneLabels(labels: readonly string[], qtype: string): ZoneLookup {
+  if (labels.length === 0) return { kind: 'apex' }
+  const invalid = { kind: 'invalid' } as const
+  for (let i = labels.length - 1; i >= 0; i--) {
+    const label = labels[i]!
+    let kind: 'service' | 'node' | 'addr'
+    let parts: string[]
+    let suffixes: string[]
+    if (label === 'service' || label === 'node' || label === 'addr') {
+      kind = label
+      parts = labels.slice(0, i)
+      suffixes = labels.slice(i + 1)
+    } else if (qtype === 'SRV' && label.startsWith('_')) {
+      kind = 'service'
+      parts = labels.slice(0, i + 1)
+      suffixes = labels.slice(i + 1)
+    } else continue
+    const dc = datacenterOf(suffixes)
+    if (dc === false || parts.length === 0 || parts.some((p) => p === '')) return invalid
+    const datacenter = dc === undefined ? {} : { datacenter: dc }
+    if (kind === 'addr') {
+      const ip = parts.length === 1 ? ipFromHex(parts[0]!) : undefined
+      return ip === undefined ? invalid : { kind: 'addr', ip }
+    }
+    if (kind === 'node') return { kind: 'node', node: parts.join('.'), ...datacenter }
+    if (parts.length === 2 && parts[0]!.startsWith('_') && parts[1]!.startsWith('_')) {
+      const tag = parts[1]!.slice(1)
+      const service = parts[0]!.slice(1)
+      if (service === '') return invalid
+      return { kind: 'service', service, ...(tag === 'tcp' || tag === '' ? {} : { tag }), ...datacenter }
+    }
+    const tag = parts.slice(0, -1).join('.')
+    return { kind: 'service', service: parts.at(-1)!, ...(tag === '' ? {} : { tag }), ...datacenter }
+  }
+  return invalid
+}
+
+/** `[]` -> this datacenter (undefined), `[dc]` or `[dc, 'dc']` -> dc, anything else: false. */
+function datacenterOf(suffixes: string[]): string | undefined | false {
+  if (suffixes.length === 0) return undefined
+  if (suffixes.length === 1) return suffixes[0]!
+  if (suffixes.length === 2 && suffixes[1] === 'dc') return suffixes[0]!
+  return false
+}
+
+/**
+ * The IP a reverse name stands for: `4.3.2.1.in-addr.arpa` -> `1.2.3.4`, 32 nibbles of
+ * `.ip6.arpa` -> the IPv6 address; undefined for anything else (a partial name, a bad label).
+ */
+export function ipFromReverseName(qname: string): string | undefined {
+  const name = qname.toLowerCase().replace(/\.$/, '')
+  if (name.endsWith('.in-addr.arpa')) {
+    const octets = name.slice(0, -'.in-addr.arpa'.length).split('.')
+    if (octets.length !== 4 || !octets.every((o) => /^(0|[1-9][0-9]{0,2})$/.test(o) && Number(o) <= 255))
+      return undefined
+    return octets.reverse().join('.')
+  }
+  if (name.endsWith('.ip6.arpa')) {
+    const nibbles = name.slice(0, -'.ip6.arpa'.length).split('.')
+    if (nibbles.length !== 32 || !nibbles.every((n) => /^[0-9a-f]$/.test(n))) return undefined
+    return ipFromHex(nibbles.reverse().join(''))
+  }
+  return undefined
+}
+
+interface Resolved {
+  rcode: number
+  answers: Answer[]
+  additionals: Answer[]
+  /** Zone whose SOA goes in the authority section of an empty answer (NXDOMAIN or NODATA). */
+  zone?: string
+}
+
+/**
+ * DNS interface to the catalog, over UDP and TCP, for two zones: the primary one (`peermesh`, or
+ * `--dns-domain`) and `consul` (Consul's `alt_domain`), answered alike, in the zone asked:
+ *   `NAME.service[.DC].peermesh`      A / AAAA / SRV of passing and warning instances
+ *   `TAG.NAME.service[.DC].peermesh`  the same, only instances with tag TAG
+ *   `_NAME._TAG.service[.DC].peermesh` RFC 2782 form (`_tcp` means no tag filter)
+ *   `NODE.node[.DC].peermesh`         A / AAAA of the node's address
+ *   `<hex ip>.addr.peermesh`          A / AAAA: SRV targets point here
+ *   `d.c.b.a.in-addr.arpa` (PTR)      the node at that address (`NODE.node.DC.peermesh`), else a
+ *                                     service instance with that address (`NAME.service.DC.peermesh`)
+ * DC is this agent's datacenter; another one is NXDOMAIN, as Consul answers "No path to
+ * datacenter". As Consul: a service with no passing or warning instance, an unknown service or
+ * node, and an unknown reverse address get NXDOMAIN with the zone's SOA; a known name without
+ * records of the type asked gets NOERROR with the SOA (NODATA). Names and tags match without
+ * regard to case. No record is listed twice (one A per address, one SRV per node, address and
+ * port). Names outside both zones and `.arpa` get REFUSED. A packet that cannot be decoded is
+ * dropped and counted in `stats.malformed`; an internal failure answers SERVFAIL. Records have
+ * TTL 0: health changes take effect on the next lookup.
  */
 export class DnsServer {
   readonly stats: DnsStats = { queries: 0, malformed: 0, servfail: 0, truncated: 0 }
   private readonly catalog: Catalog
   private readonly domain: string
+  /** Zones served, longest first (a name matches the most specific one). */
+  private readonly zones: string[]
+  private readonly datacenter: string
   private readonly rng: () => number
   private readonly maxTcp: number
   private readonly tcpIdleMs: number
@@ -67,7 +193,12 @@ export class DnsServer {
 
   constructor(init: DnsServerInit) {
     this.catalog = init.catalog
-    this.domain = (init.domain ?? 'peermesh').toLowerCase().replace(/\.$/, '')
+    this.domain = normalizeDomain(init.domain ?? DEFAULT_DNS_DOMAIN)
+    const alt = init.altDomain === false ? undefined : normalizeDomain(init.altDomain ?? CONSUL_DNS_DOMAIN)
+    this.zones = [...new Set([this.domain, ...(alt !== undefined ? [alt] : [])])].sort(
+      (a, b) => b.length - a.length,
+    )
+    this.datacenter = (init.datacenter ?? DEFAULT_DATACENTER).toLowerCase()
     this.rng = init.rng ?? Math.random
     this.maxTcp = init.maxTcpConnections ?? 256
     this.tcpIdleMs = init.tcpIdleTimeoutMs ?? 10_000
@@ -154,85 +285,188 @@ export class DnsServer {
       questions: query.questions.slice(0, 1),
     }
     try {
-      if (opcode !== 0) return this.encode(base, RCODE.NOTIMP, [], [], transport, query)
-      if (query.questions.length !== 1) return this.encode(base, RCODE.FORMERR, [], [], transport, query)
-      const r = this.resolve(query.questions[0]!)
-      return this.encode(base, r.rcode, r.answers, r.additionals, transport, query)
+      if (opcode !== 0)
+        return this.encode(base, { rcode: RCODE.NOTIMP, answers: [], additionals: [] }, transport, query)
+      if (query.questions.length !== 1)
+        return this.encode(base, { rcode: RCODE.FORMERR, answers: [], additionals: [] }, transport, query)
+      return this.encode(base, this.resolve(query.questions[0]!), transport, query)
     } catch {
       this.stats.servfail++
       try {
-        return this.encode(base, RCODE.SERVFAIL, [], [], transport, query)
+        return this.encode(base, { rcode: RCODE.SERVFAIL, answers: [], additionals: [] }, transport, query)
       } catch {
         return undefined
       }
     }
   }
 
-  private resolve(question: Question): { rcode: number; answers: Answer[]; additionals: Answer[] } {
+  private resolve(question: Question): Resolved {
     // dns-packet's types omit ANY (255) and unknown types, which it decodes as strings too.
     const q = { name: question.name, type: question.type as string }
     const qname = q.name.toLowerCase().replace(/\.$/, '')
-    const none = (rcode: number) => ({ rcode, answers: [] as Answer[], additionals: [] as Answer[] })
-    if (qname !== this.domain && !qname.endsWith(`.${this.domain}`)) return none(RCODE.REFUSED)
-    const labels = qname === this.domain ? [] : qname.slice(0, -(this.domain.length + 1)).split('.')
-    const kind = labels.at(-1)
-    if (kind === 'addr' && labels.length === 2) {
-      const ip = ipFromHex(labels[0]!)
-      if (ip === undefined) return none(RCODE.NXDOMAIN)
-      const rr = addressRecord(q.name, ip)
-      return { rcode: RCODE.NOERROR, answers: wants(q.type, rr.type) ? [rr] : [], additionals: [] }
-    }
-    if (kind !== 'service' || labels.length < 2 || labels.length > 3) {
-      return none(labels.length === 0 ? RCODE.NOERROR : RCODE.NXDOMAIN)
-    }
-    let name: string
-    let tag: string | undefined
-    if (labels[0]!.startsWith('_') && labels.length === 3) {
-      name = labels[0]!.slice(1)
-      tag = labels[1] === '_tcp' || labels[1] === '_udp' ? undefined : labels[1]!.replace(/^_/, '')
-    } else {
-      name = labels.length === 3 ? labels[1]! : labels[0]!
-      tag = labels.length === 3 ? labels[0] : undefined
-    }
     const authz = this.authorizer?.()
-    if (!this.catalog.hasService(name) || (authz !== undefined && !authz.serviceRead(name)))
-      return none(RCODE.NXDOMAIN)
+    if (qname.endsWith('.arpa')) return this.reverse(q, qname, authz)
+    const zone = this.zones.find((z) => qname === z || qname.endsWith(`.${z}`))
+    if (zone === undefined) return { rcode: RCODE.REFUSED, answers: [], additionals: [] }
+    const none = (rcode: number): Resolved => ({ rcode, answers: [], additionals: [], zone })
+    const labels = qname === zone ? [] : qname.slice(0, -(zone.length + 1)).split('.')
+    const lookup = parseZoneLabels(labels, q.type)
+    switch (lookup.kind) {
+      case 'apex':
+        return q.type === 'SOA'
+          ? { rcode: RCODE.NOERROR, answers: [this.soa(zone)], additionals: [], zone }
+          : none(RCODE.NOERROR)
+      case 'invalid':
+        return none(RCODE.NXDOMAIN)
+      case 'addr': {
+        const rr = addressRecord(q.name, lookup.ip)
+        return { rcode: RCODE.NOERROR, answers: wants(q.type, rr.type) ? [rr] : [], additionals: [], zone }
+      }
+      case 'node':
+        if (!this.isLocalDatacenter(lookup.datacenter)) return none(RCODE.NXDOMAIN)
+        return this.node(q, lookup.node, zone, authz)
+      case 'service':
+        if (!this.isLocalDatacenter(lookup.datacenter)) return none(RCODE.NXDOMAIN)
+        return this.service(q, lookup.service, lookup.tag, zone, authz)
+    }
+  }
+
+  private isLocalDatacenter(dc: string | undefined): boolean {
+    return dc === undefined || dc === this.datacenter
+  }
+
+  private service(
+    q: { name: string; type: string },
+    name: string,
+    tag: string | undefined,
+    zone: string,
+    authz: DnsAuthorizer | undefined,
+  ): Resolved {
     const entries = this.shuffle(
-      this.catalog
-        .health(name, { minStatus: 'warning', ...(tag !== undefined ? { tag } : {}) })
-        .filter((e) => authz === undefined || authz.nodeRead(e.node.name)),
+      Object.keys(this.catalog.services())
+        .filter((s) => s.toLowerCase() === name && (authz === undefined || authz.serviceRead(s)))
+        .flatMap((s) => this.catalog.health(s, { minStatus: 'warning' }))
+        .filter(
+          (e) =>
+            (tag === undefined || e.service.tags.some((t) => t.toLowerCase() === tag)) &&
+            (authz === undefined || authz.nodeRead(e.node.name)),
+        ),
     )
+    // Unknown, unreadable, or no instance passing or warning: NXDOMAIN, as Consul answers.
+    if (entries.length === 0) return { rcode: RCODE.NXDOMAIN, answers: [], additionals: [], zone }
     const answers: Answer[] = []
     const additionals: Answer[] = []
+    // One SRV per node, address and port; one A/AAAA per address (several instances on one node,
+    // or several nodes on one host, share one); one additional record per SRV target.
+    const seenSrv = new Set<string>()
+    const seenAddress = new Set<string>()
+    const seenTarget = new Set<string>()
     for (const e of entries) {
       const ip = isIP(e.service.address) !== 0 ? e.service.address : undefined
       if (q.type === 'SRV' || q.type === 'ANY') {
-        const target = ip !== undefined ? `${ipToHex(ip)}.addr.${this.domain}` : e.service.address
-        answers.push({
-          name: q.name,
-          type: 'SRV',
-          ttl: 0,
-          data: { priority: 1, weight: weightOf(e), port: e.service.port, target },
-        })
-        if (ip !== undefined) additionals.push(addressRecord(target, ip))
+        const key = `${e.node.name}\u0000${e.service.address}\u0000${e.service.port}`
+        if (!seenSrv.has(key)) {
+          seenSrv.add(key)
+          const target = ip !== undefined ? `${ipToHex(ip)}.addr.${zone}` : e.service.address
+          answers.push({
+            name: q.name,
+            type: 'SRV',
+            ttl: 0,
+            data: { priority: 1, weight: weightOf(e), port: e.service.port, target },
+          })
+          if (ip !== undefined && !seenTarget.has(target)) {
+            seenTarget.add(target)
+            additionals.push(addressRecord(target, ip))
+          }
+        }
       }
       if (ip !== undefined && (q.type === 'A' || q.type === 'AAAA' || q.type === 'ANY')) {
         const rr = addressRecord(q.name, ip)
-        if (wants(q.type, rr.type)) answers.push(rr)
+        const key = ipToHex(ip)
+        if (wants(q.type, rr.type) && !seenAddress.has(key)) {
+          seenAddress.add(key)
+          answers.push(rr)
+        }
       }
     }
-    return { rcode: RCODE.NOERROR, answers, additionals }
+    return { rcode: RCODE.NOERROR, answers, additionals, zone }
+  }
+
+  /** `NODE.node[.dc].<zone>`: the node's address (A/AAAA), or a CNAME to its host name. */
+  private node(
+    q: { name: string; type: string },
+    name: string,
+    zone: string,
+    authz: DnsAuthorizer | undefined,
+  ): Resolved {
+    const nodes = this.catalog
+      .members()
+      .filter((m) => m.name.toLowerCase() === name && (authz === undefined || authz.nodeRead(m.name)))
+    if (nodes.length === 0) return { rcode: RCODE.NXDOMAIN, answers: [], additionals: [], zone }
+    const answers: Answer[] = []
+    const seen = new Set<string>()
+    for (const n of nodes) {
+      if (seen.has(n.address)) continue
+      seen.add(n.address)
+      if (isIP(n.address) !== 0) {
+        const rr = addressRecord(q.name, n.address)
+        if (wants(q.type, rr.type)) answers.push(rr)
+      } else if (q.type === 'A' || q.type === 'AAAA' || q.type === 'ANY' || q.type === 'CNAME') {
+        answers.push({ name: q.name, type: 'CNAME', ttl: 0, data: n.address })
+      }
+    }
+    return { rcode: RCODE.NOERROR, answers, additionals: [], zone }
+  }
+
+  /**
+   * PTR for `in-addr.arpa` / `ip6.arpa`, as Consul's `handlePtr`: the first node (by name) at that
+   * address, else the first service instance registered with that address of its own; NXDOMAIN
+   * when none is known (or readable).
+   */
+  private reverse(
+    q: { name: string; type: string },
+    qname: string,
+    authz: DnsAuthorizer | undefined,
+  ): Resolved {
+    const zone = this.domain
+    const ip = ipFromReverseName(qname)
+    const none = (rcode: number): Resolved => ({ rcode, answers: [], additionals: [], zone })
+    if (ip === undefined) return none(RCODE.NXDOMAIN)
+    const key = ipToHex(ip)
+    const sameIp = (address: string) => isIP(address) !== 0 && ipToHex(address) === key
+    let target: string | undefined
+    const node = this.catalog
+      .members()
+      .find((m) => sameIp(m.address) && (authz === undefined || authz.nodeRead(m.name)))
+    if (node !== undefined) target = `${node.name}.node.${this.datacenter}.${zone}`
+    else {
+      for (const s of Object.keys(this.catalog.services())) {
+        if (authz !== undefined && !authz.serviceRead(s)) continue
+        const e = this.catalog
+          .health(s)
+          .find((h) => sameIp(h.service.address) && (authz === undefined || authz.nodeRead(h.node.name)))
+        if (e !== undefined) {
+          target = `${s}.service.${this.datacenter}.${zone}`
+          break
+        }
+      }
+    }
+    if (target === undefined) return none(RCODE.NXDOMAIN)
+    const answers: Answer[] =
+      q.type === 'PTR' || q.type === 'ANY' ? [{ name: q.name, type: 'PTR', ttl: 0, data: target }] : []
+    return { rcode: RCODE.NOERROR, answers, additionals: [], zone }
   }
 
   private encode(
     base: { id: number; rd: number; questions: Question[] },
-    rcode: number,
-    answers: Answer[],
-    additionals: Answer[],
+    resolved: Resolved,
     transport: 'udp' | 'tcp',
     query: Packet,
   ): Buffer {
-    const authorities: Answer[] = answers.length === 0 ? [this.soa()] : []
+    const { rcode, answers, additionals, zone } = resolved
+    // RFC 2308: a negative answer (NXDOMAIN, or NOERROR without records) carries the zone's SOA.
+    const negative = rcode === RCODE.NXDOMAIN || (rcode === RCODE.NOERROR && answers.length === 0)
+    const authorities: Answer[] = negative && zone !== undefined ? [this.soa(zone)] : []
     const limit = transport === 'tcp' ? TCP_MAX_MESSAGE : udpLimit(query)
     let flags = dnsPacket.AUTHORITATIVE_ANSWER | base.rd | rcode
     let reply: Packet = {
@@ -264,14 +498,14 @@ export class DnsServer {
     return bytes
   }
 
-  private soa(): Answer {
+  private soa(zone: string): Answer {
     return {
-      name: this.domain,
+      name: zone,
       type: 'SOA',
       ttl: 0,
       data: {
-        mname: `ns.${this.domain}`,
-        rname: `hostmaster.${this.domain}`,
+        mname: `ns.${zone}`,
+        rname: `hostmaster.${zone}`,
         serial: this.catalog.index % 0x1_0000_0000,
         refresh: 3600,
         retry: 600,
@@ -325,6 +559,11 @@ function weightOf(e: HealthEntry): number {
 
 function wants(qtype: string, rrtype: 'A' | 'AAAA'): boolean {
   return qtype === rrtype || qtype === 'ANY'
+}
+
+/** Lowercase, without the trailing dot. */
+function normalizeDomain(domain: string): string {
+  return domain.toLowerCase().replace(/\.$/, '')
 }
 
 function addressRecord(name: string, ip: string): Answer & { type: 'A' | 'AAAA' } {

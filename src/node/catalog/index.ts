@@ -24,7 +24,15 @@ export {
   type Probes,
   systemProbes,
 } from './checks.ts'
-export { DEFAULT_DNS_ADDRESS, DnsServer, type DnsServerInit, type DnsStats } from './dns.ts'
+export {
+  CONSUL_DNS_DOMAIN,
+  DEFAULT_DATACENTER,
+  DEFAULT_DNS_ADDRESS,
+  DEFAULT_DNS_DOMAIN,
+  DnsServer,
+  type DnsServerInit,
+  type DnsStats,
+} from './dns.ts'
 export { formatDuration, parseDuration } from './duration.ts'
 export {
   CheckNotFoundError,

@@ -85,6 +85,7 @@ export function buildCli(): Command {
     .option('--raft-voters <n>', 'target number of Raft voters: 1, 3 or 5 (default 3)', parseIntArg)
     .option('--datacenter <name>', 'datacenter name of the Consul-compatible API (default dc1)')
     .option('--dns <host:port|off>', 'DNS interface address, or "off" (default 127.0.0.1:8600)')
+    .option('--dns-domain <domain>', 'primary DNS zone (default peermesh; consul is served too)')
     .option('--cluster-key <file>', 'cluster key file (peermesh keygen > cluster.key)')
     .option(
       '--token-file <file>',
@@ -114,6 +115,7 @@ export function buildCli(): Command {
             : {}),
           datacenter: opts['datacenter'],
           dns: opts['dns'],
+          dnsDomain: opts['dnsDomain'],
           logLevel: opts['logLevel'],
         },
         'flags',

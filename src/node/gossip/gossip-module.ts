@@ -9,6 +9,7 @@ import {
   type SwimEventType,
   swimConfig,
   type SwimProfile,
+  type UserEvent,
 } from '../../gossip/index.ts'
 import { type Clock, systemClock } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
@@ -80,6 +81,7 @@ export class GossipModule implements AgentModule {
   private stateWriter?: GossipStateWriter
   private peersWriter?: KnownPeersWriter
   private readonly listeners = new Set<(e: SwimEvent) => void>()
+  private readonly userEventListeners = new Set<(e: UserEvent) => void>()
   private offSeedJoined?: () => void
   private stopped = false
 
@@ -93,6 +95,23 @@ export class GossipModule implements AgentModule {
     return () => {
       this.listeners.delete(listener)
     }
+  }
+
+  /** Subscribes to user events new to this node, its own included (`fireUserEvent`). */
+  onUserEvent(listener: (e: UserEvent) => void): Unsubscribe {
+    this.userEventListeners.add(listener)
+    return () => {
+      this.userEventListeners.delete(listener)
+    }
+  }
+
+  /**
+   * Fires a user event to every member: signed with the node key, carried by gossip; returns it
+   * with its Lamport time. Throws `InvalidUserEventError` (nothing sent) on a bad id or body.
+   */
+  fireUserEvent(id: string, body: Uint8Array): UserEvent {
+    if (this.driver === undefined || this.stopped) throw new Error('gossip not started')
+    return this.driver.fireUserEvent(id, body)
   }
 
   members(): MemberView[] {
@@ -134,6 +153,7 @@ export class GossipModule implements AgentModule {
       signer: ed25519Signer(ctx.identity.signingKey),
       verifier: ed25519Verifier(publicKeyOfPeerId),
       ...(saved !== undefined ? { lastIncarnation: saved.incarnation, lastVersion: saved.version } : {}),
+      ...(saved?.eventTime !== undefined ? { lastUserEventTime: saved.eventTime } : {}),
     })
     const pushPulls = new PushPullStreams({
       host: ctx.host,
@@ -160,7 +180,10 @@ export class GossipModule implements AgentModule {
       clock,
       transport,
       onEvent: (e) => this.onSwimEvent(e),
-      onLocalState: (incarnation, version) => stateWriter.save(incarnation, version),
+      onUserEvent: (e) => {
+        for (const l of [...this.userEventListeners]) l(e)
+      },
+      onLocalState: (incarnation, version, eventTime) => stateWriter.save(incarnation, version, eventTime),
       log,
     })
     this.driver = driver

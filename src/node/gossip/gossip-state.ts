@@ -1,12 +1,16 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
-import { type MemberView, repairedIncarnation } from '../../gossip/index.ts'
+import { MAX_USER_EVENT_LTIME, type MemberView, repairedIncarnation } from '../../gossip/index.ts'
 import type { Cancel, Clock } from '../../common/clock.ts'
 import { LatestFileWriter } from '../../common/fs-atomic.ts'
 import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
-/** Persisted incarnation and record version, so a restarted node starts above both. */
+/**
+ * Persisted incarnation and record version, so a restarted node starts above both, and the user
+ * event Lamport time, so its next events are ordered after those it fired or saw (Serf persists
+ * its event clock too).
+ */
 export const GOSSIP_STATE_FILE = 'gossip.json'
 /**
  * Members remembered across restarts (like Serf's snapshot): an agent restarted without seeds,
@@ -19,6 +23,8 @@ const { knownPeersMax: KNOWN_PEERS_MAX, knownPeersWriteMs: KNOWN_PEERS_WRITE_MS 
 export interface LocalGossipState {
   incarnation: number
   version: number
+  /** User event Lamport time; absent until this node fired or saw an event. */
+  eventTime?: number
 }
 
 /** Where persistence problems are reported (a pino logger fits). */
@@ -37,7 +43,11 @@ export function loadGossipState(dataDir: string, log: StateLog): LocalGossipStat
   const path = join(dataDir, GOSSIP_STATE_FILE)
   if (!existsSync(path)) return undefined
   try {
-    const s = JSON.parse(readFileSync(path, 'utf8')) as { incarnation?: unknown; version?: unknown }
+    const s = JSON.parse(readFileSync(path, 'utf8')) as {
+      incarnation?: unknown
+      version?: unknown
+      eventTime?: unknown
+    }
     if (typeof s.incarnation === 'number' && typeof s.version === 'number') {
       const inc = repairedIncarnation(s.incarnation)
       const version = repairedIncarnation(s.version)
@@ -46,7 +56,15 @@ export function loadGossipState(dataDir: string, log: StateLog): LocalGossipStat
           { path, incarnation: s.incarnation, version: s.version },
           'gossip state out of range; repaired (starting from 0, the cluster lifts it to our last signed record)',
         )
-      return { incarnation: inc.incarnation, version: version.incarnation }
+      // An event time out of range is left out (the clock starts at 0 and catches up on the wire).
+      const eventTime =
+        typeof s.eventTime === 'number' &&
+        Number.isSafeInteger(s.eventTime) &&
+        s.eventTime > 0 &&
+        s.eventTime <= MAX_USER_EVENT_LTIME
+          ? { eventTime: s.eventTime }
+          : {}
+      return { incarnation: inc.incarnation, version: version.incarnation, ...eventTime }
     }
   } catch {
     // A damaged file only costs us a jump in incarnation: refutation fixes it on the wire.
@@ -57,7 +75,7 @@ export function loadGossipState(dataDir: string, log: StateLog): LocalGossipStat
 
 /** Writes `gossip.json` whenever the local incarnation or record version changed. */
 export class GossipStateWriter {
-  private persisted: LocalGossipState = { incarnation: -1, version: -1 }
+  private persisted: LocalGossipState = { incarnation: -1, version: -1, eventTime: -1 }
   private writer?: LatestFileWriter
 
   constructor(
@@ -65,14 +83,15 @@ export class GossipStateWriter {
     private readonly log: StateLog,
   ) {}
 
-  save(incarnation: number, version: number): void {
-    if (incarnation === this.persisted.incarnation && version === this.persisted.version) return
+  save(incarnation: number, version: number, eventTime = 0): void {
+    const p = this.persisted
+    if (incarnation === p.incarnation && version === p.version && eventTime === (p.eventTime ?? 0)) return
     if (repairedIncarnation(incarnation).repaired || repairedIncarnation(version).repaired) {
       // The core never produces one; never write what the next start would have to repair.
       this.log.error({ incarnation, version }, 'not persisting an out-of-range gossip state')
       return
     }
-    this.persisted = { incarnation, version }
+    this.persisted = { incarnation, version, ...(eventTime > 0 ? { eventTime } : {}) }
     // Off the event loop: a blocking fsync per change stalls the agent under churn. The messages
     // carrying the new incarnation are sent either way; a restart starts above what reached disk.
     this.writer ??= new LatestFileWriter(join(this.dataDir, GOSSIP_STATE_FILE), (err) =>

@@ -1,4 +1,4 @@
-import type { MemberView, Output, Swim, SwimEvent, SwimStats } from '../../gossip/index.ts'
+import type { MemberView, Output, Swim, SwimEvent, SwimStats, UserEvent } from '../../gossip/index.ts'
 import { type Cancel, type Clock, pause } from '../../common/clock.ts'
 import { GOSSIP_WIRING_DEFAULTS } from '../agent/defaults.ts'
 
@@ -25,8 +25,13 @@ export interface SwimDriverInit {
   transport: GossipTransport
   /** Every event the core reports, in order. */
   onEvent(e: SwimEvent): void
-  /** Called after each step with the local incarnation and record version (to persist them). */
-  onLocalState?(incarnation: number, version: number): void
+  /** Every user event new to this node (its own included), once each. */
+  onUserEvent?(e: UserEvent): void
+  /**
+   * Called after each step with the local incarnation, record version and user event Lamport
+   * time (to persist them).
+   */
+  onLocalState?(incarnation: number, version: number, userEventTime: number): void
   log?: { info(fields: object, message: string): void }
   /** Jitter of join retries (default `Math.random`). */
   rng?: () => number
@@ -104,6 +109,18 @@ export class SwimDriver {
   }
 
   /**
+   * Fires a user event to every member (`Swim.fireUserEvent`); returns it as delivered here, with
+   * its Lamport time. Throws `InvalidUserEventError` (nothing sent) on a bad id or body.
+   */
+  fireUserEvent(id: string, body: Uint8Array): UserEvent {
+    if (this.stopped) throw new Error('gossip stopped')
+    const out = this.swim.fireUserEvent(id, body)
+    const fired = out.userEvents.find((e) => e.id === id)!
+    this.process(out)
+    return fired
+  }
+
+  /**
    * Graceful leave: disseminates a signed `left` so nobody reports this node as failed, waits up
    * to LEAVE_BUDGET_MS for the broadcasts to go out, then stops all timers.
    */
@@ -130,7 +147,12 @@ export class SwimDriver {
     for (const { to, msg } of out.send) transport.send(to, msg)
     for (const { to, state } of out.pushPull) void this.pushPull(to, state)
     for (const e of out.events) this.init.onEvent(e)
-    this.init.onLocalState?.(this.swim.localIncarnation, this.swim.localRecord.version)
+    for (const u of out.userEvents) this.init.onUserEvent?.(u)
+    this.init.onLocalState?.(
+      this.swim.localIncarnation,
+      this.swim.localRecord.version,
+      this.swim.userEventTime,
+    )
     this.schedule()
   }
 

@@ -37,6 +37,8 @@ describe('agent config', () => {
     [{ advertise: 'example.com' }, 'advertise'],
     [{ advertise: '0.0.0.0' }, 'advertise'],
     [{ logLevel: 'loud' }, 'logLevel'],
+    [{ dnsDomain: 'bad domain' }, 'dnsDomain'],
+    [{ dnsDomain: '-x.example' }, 'dnsDomain'],
   ])('rejects %j naming the field', (input, field) => {
     expect(() => validateAgentConfig(input, 'file x')).toThrow(
       expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field }),
@@ -156,6 +158,13 @@ describe('agent config', () => {
     } finally {
       removeTempDir(dir)
     }
+  })
+
+  it('dnsDomain: unset by default (peermesh), lowercased without the trailing dot', () => {
+    expect(resolveAgentConfig({}, {}).dnsDomain).toBeUndefined()
+    expect(
+      resolveAgentConfig({}, validateAgentConfig({ dnsDomain: 'Mesh.Example.' }, 'flags')).dnsDomain,
+    ).toBe('mesh.example')
   })
 
   it('parses HOST:PORT including IPv6', () => {

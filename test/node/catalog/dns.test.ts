@@ -4,7 +4,7 @@ import type { Answer, DecodedPacket } from 'dns-packet'
 import dnsPacket from 'dns-packet'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Catalog } from '../../../src/node/catalog/catalog.ts'
-import { DnsServer, ipToHex } from '../../../src/node/catalog/dns.ts'
+import { DnsServer, ipFromReverseName, ipToHex, parseZoneLabels } from '../../../src/node/catalog/dns.ts'
 import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
 
@@ -41,6 +41,15 @@ describe('DnsServer', () => {
     add('3', '10.0.0.3', [{ name: 'web', port: 8082, tags: ['v1'], checks: [{ ttl: '10s' }] }], 'critical')
     add('4', '10.0.0.4', [{ name: 'web', port: 8083, tags: ['v1'] }], 'passing', 'dead')
     add('6', '10.0.0.6', [{ name: 'v6', port: 80, address: 'fd00::1' }])
+    // Two nodes on one host (as agents on one machine), one of them with three instances of `dup`,
+    // two of them on the same port.
+    add('7', '10.0.0.7', [
+      { name: 'dup', id: 'dup-1', port: 1 },
+      { name: 'dup', id: 'dup-2', port: 2 },
+      { name: 'dup', id: 'dup-3', port: 2 },
+    ])
+    add('8', '10.0.0.7', [{ name: 'dup', id: 'dup-4', port: 3 }])
+    add('9', '10.0.0.9', [{ name: 'down', port: 80, checks: [{ ttl: '10s' }] }], 'critical')
     ;({ udpPort, tcpPort } = await dns.start({ host: '127.0.0.1', port: 0 }))
   })
   afterAll(() => dns.stop())
@@ -124,6 +133,100 @@ describe('DnsServer', () => {
     expect(rcode(await udpQuery('x.y.z.web.service.peermesh', 'A'))).toBe('NXDOMAIN')
   })
 
+  it('serves the consul zone like the primary one, naming records in the zone asked', async () => {
+    const a = await udpQuery('web.service.consul', 'A')
+    expect(rcode(a)).toBe('NOERROR')
+    expect(a?.answers?.map((x) => dataOf(x)).sort()).toEqual(['10.0.0.1', '10.0.0.2'])
+    expect(a?.answers?.[0]?.name).toBe('web.service.consul')
+    const srv = await udpQuery('web.service.consul', 'SRV')
+    expect(srv?.answers?.map((x) => (dataOf(x) as { target: string }).target).sort()).toEqual([
+      `${ipToHex('10.0.0.1')}.addr.consul`,
+      `${ipToHex('10.0.0.2')}.addr.consul`,
+    ])
+    const nx = await udpQuery('nope.service.consul', 'A')
+    expect(rcode(nx)).toBe('NXDOMAIN')
+    expect(nx?.authorities?.map((x) => [x.type, x.name])).toEqual([['SOA', 'consul']])
+    expect(rcode(await udpQuery('WEB.Service.CONSUL.', 'A'))).toBe('NOERROR')
+  })
+
+  it('answers NAME.service.DC for its own datacenter only', async () => {
+    for (const name of ['web.service.dc1.consul', 'web.service.dc1.peermesh', 'web.service.dc1.dc.consul']) {
+      const r = await udpQuery(name, 'A')
+      expect(rcode(r), name).toBe('NOERROR')
+      expect(r?.answers?.map((x) => dataOf(x)).sort(), name).toEqual(['10.0.0.1', '10.0.0.2'])
+    }
+    const other = await udpQuery('web.service.dc2.consul', 'A')
+    expect(rcode(other)).toBe('NXDOMAIN')
+    expect(other?.authorities?.[0]?.type).toBe('SOA')
+    expect(rcode(await udpQuery('web.service.a.b.consul', 'A'))).toBe('NXDOMAIN')
+  })
+
+  it('answers the RFC 2782 forms: _NAME._tcp (any tag), _NAME._TAG, and SRV without the service label', async () => {
+    const ports = async (name: string) =>
+      ((await udpQuery(name, 'SRV'))?.answers ?? []).map((x) => (dataOf(x) as { port: number }).port).sort()
+    expect(await ports('_web._tcp.service.consul')).toEqual([8080, 8081])
+    expect(await ports('_web._v1.service.consul')).toEqual([8080])
+    expect(await ports('_web._v2.service.dc1.peermesh')).toEqual([8081])
+    expect(await ports('_web._tcp.consul')).toEqual([8080, 8081])
+    expect(rcode(await udpQuery('_web._nosuchtag.service.consul', 'SRV'))).toBe('NXDOMAIN')
+  })
+
+  it('answers NODE.node with the node address; unknown nodes and other datacenters are NXDOMAIN', async () => {
+    const r = await udpQuery('node-1.node.consul', 'A')
+    expect(rcode(r)).toBe('NOERROR')
+    expect(r?.answers?.map((x) => [x.name, x.type, dataOf(x)])).toEqual([
+      ['node-1.node.consul', 'A', '10.0.0.1'],
+    ])
+    expect((await udpQuery('NODE-2.node.dc1.peermesh', 'A'))?.answers?.map((x) => dataOf(x))).toEqual([
+      '10.0.0.2',
+    ])
+    // A node whose instances are all critical still has an address.
+    expect((await udpQuery('node-3.node.consul', 'A'))?.answers?.map((x) => dataOf(x))).toEqual(['10.0.0.3'])
+    const aaaa = await udpQuery('node-1.node.consul', 'AAAA')
+    expect(rcode(aaaa)).toBe('NOERROR')
+    expect(aaaa?.answers).toEqual([])
+    expect(aaaa?.authorities?.[0]?.type).toBe('SOA')
+    expect(rcode(await udpQuery('node-99.node.consul', 'A'))).toBe('NXDOMAIN')
+    expect(rcode(await udpQuery('node-1.node.dc2.consul', 'A'))).toBe('NXDOMAIN')
+  })
+
+  it('answers PTR for known node and service addresses, NXDOMAIN for others', async () => {
+    const node = await udpQuery('1.0.0.10.in-addr.arpa', 'PTR')
+    expect(rcode(node)).toBe('NOERROR')
+    expect(node?.answers?.map((x) => [x.type, dataOf(x)])).toEqual([['PTR', 'node-1.node.dc1.peermesh']])
+    // fd00::1 is no node's address, but the v6 instance's own.
+    const v6 = await udpQuery(`${[...ipToHex('fd00::1')].reverse().join('.')}.ip6.arpa`, 'PTR')
+    expect(v6?.answers?.map((x) => dataOf(x))).toEqual(['v6.service.dc1.peermesh'])
+    const unknown = await udpQuery('200.0.0.10.in-addr.arpa', 'PTR')
+    expect(rcode(unknown)).toBe('NXDOMAIN')
+    expect(unknown?.authorities?.[0]?.type).toBe('SOA')
+    expect(rcode(await udpQuery('0.10.in-addr.arpa', 'PTR'))).toBe('NXDOMAIN')
+  })
+
+  it('lists no record twice: one A per address, one SRV per node, address and port', async () => {
+    const a = await udpQuery('dup.service.consul', 'A')
+    expect(a?.answers?.map((x) => dataOf(x))).toEqual(['10.0.0.7'])
+    const srv = await udpQuery('dup.service.consul', 'SRV')
+    expect(srv?.answers?.map((x) => (dataOf(x) as { port: number }).port).sort()).toEqual([1, 2, 3])
+    expect(srv?.additionals?.filter((x) => x.type === 'A').map((x) => dataOf(x))).toEqual(['10.0.0.7'])
+    const any = await udpQuery('dup.service.consul', 'ANY')
+    expect(any?.answers?.filter((x) => x.type === 'A')).toHaveLength(1)
+    expect(any?.answers?.filter((x) => x.type === 'SRV')).toHaveLength(3)
+  })
+
+  it('answers a service whose instances are all critical with NXDOMAIN and the SOA, as Consul', async () => {
+    for (const type of ['A', 'SRV']) {
+      const r = await udpQuery('down.service.consul', type)
+      expect(rcode(r)).toBe('NXDOMAIN')
+      expect(r?.answers).toEqual([])
+      expect(r?.authorities?.map((x) => x.type)).toEqual(['SOA'])
+    }
+    // A known name without records of the type asked is NODATA: NOERROR with the SOA.
+    const nodata = await udpQuery('v6.service.consul', 'A')
+    expect(rcode(nodata)).toBe('NOERROR')
+    expect(nodata?.authorities?.map((x) => x.type)).toEqual(['SOA'])
+  })
+
   it('drops garbage packets, counts them, and keeps serving', async () => {
     const before = dns.stats.malformed
     expect(await udpQuery('', 'A', Buffer.from('definitely not dns'), 300)).toBeUndefined()
@@ -191,6 +294,82 @@ describe('DnsServer', () => {
   })
 })
 
+describe('DNS names (pure parsing, as Consul reads them)', () => {
+  it.each([
+    [[], 'A', { kind: 'apex' }],
+    [['web', 'service'], 'A', { kind: 'service', service: 'web' }],
+    [['v1', 'web', 'service'], 'A', { kind: 'service', service: 'web', tag: 'v1' }],
+    [['a', 'b', 'web', 'service'], 'A', { kind: 'service', service: 'web', tag: 'a.b' }],
+    [['web', 'service', 'dc1'], 'A', { kind: 'service', service: 'web', datacenter: 'dc1' }],
+    [['web', 'service', 'east', 'dc'], 'A', { kind: 'service', service: 'web', datacenter: 'east' }],
+    [['_web', '_tcp', 'service'], 'SRV', { kind: 'service', service: 'web' }],
+    [
+      ['_web', '_v2', 'service', 'dc1'],
+      'SRV',
+      { kind: 'service', service: 'web', tag: 'v2', datacenter: 'dc1' },
+    ],
+    [['_web', '_tcp'], 'SRV', { kind: 'service', service: 'web' }],
+    [['_web', '_tcp'], 'A', { kind: 'invalid' }],
+    [['service'], 'A', { kind: 'invalid' }],
+    [['web', 'service', 'a', 'b'], 'A', { kind: 'invalid' }],
+    [['db', 'node'], 'A', { kind: 'node', node: 'db' }],
+    [['db', 'local', 'node', 'dc1'], 'A', { kind: 'node', node: 'db.local', datacenter: 'dc1' }],
+    [['0a000001', 'addr'], 'A', { kind: 'addr', ip: '10.0.0.1' }],
+    [['0a000001', 'addr', 'dc1'], 'A', { kind: 'addr', ip: '10.0.0.1' }],
+    [['zz000001', 'addr'], 'A', { kind: 'invalid' }],
+    [['foo'], 'A', { kind: 'invalid' }],
+  ])('%j %s', (labels, qtype, want) => {
+    expect(parseZoneLabels(labels, qtype)).toEqual(want)
+  })
+
+  it.each([
+    ['4.3.2.1.in-addr.arpa', '1.2.3.4'],
+    ['4.3.2.1.IN-ADDR.ARPA.', '1.2.3.4'],
+    ['3.2.1.in-addr.arpa', undefined],
+    ['256.3.2.1.in-addr.arpa', undefined],
+    ['04.3.2.1.in-addr.arpa', undefined],
+    [
+      `${[...'fd000000000000000000000000000001'].reverse().join('.')}.ip6.arpa`,
+      'fd00:0000:0000:0000:0000:0000:0000:0001',
+    ],
+    ['1.0.ip6.arpa', undefined],
+    ['example.com', undefined],
+  ])('%s -> %s', (name, ip) => {
+    expect(ipFromReverseName(name)).toBe(ip)
+  })
+})
+
+describe('DnsServer with another primary domain', () => {
+  const catalog = new Catalog()
+  catalog.applyMember({
+    id: '1',
+    name: 'n1',
+    address: '/ip4/10.2.0.1/tcp/1',
+    status: 'alive',
+    version: 1,
+    payload: encodeNodePayload([def({ name: 'api', port: 80 })], () => undefined),
+  })
+  const ask = (server: DnsServer, name: string) =>
+    dnsPacket.decode(
+      server.handle(dnsPacket.encode({ type: 'query', id: 1, questions: [{ name, type: 'A' }] }), 'udp')!,
+    ) as DecodedPacket & { rcode?: string }
+
+  it('serves --dns-domain and consul, refuses peermesh; altDomain false serves the primary only', () => {
+    const server = new DnsServer({ catalog, domain: 'Mesh.Example.', datacenter: 'east' })
+    expect(ask(server, 'api.service.mesh.example').answers?.map((a) => (a as { data: string }).data)).toEqual(
+      ['10.2.0.1'],
+    )
+    expect(ask(server, 'api.service.east.consul').rcode).toBe('NOERROR')
+    expect(ask(server, 'api.service.dc1.consul').rcode).toBe('NXDOMAIN')
+    expect(ask(server, 'api.service.peermesh').rcode).toBe('REFUSED')
+    const only = new DnsServer({ catalog, domain: 'mesh.example', altDomain: false })
+    expect(ask(only, 'api.service.consul').rcode).toBe('REFUSED')
+    expect(ask(only, 'n1.node.mesh.example').answers?.map((a) => (a as { data: string }).data)).toEqual([
+      '10.2.0.1',
+    ])
+  })
+})
+
 describe('DnsServer with ACLs (queries carry no token: the anonymous authorizer decides)', () => {
   const catalog = new Catalog()
   for (const [id, ip] of [
@@ -246,5 +425,19 @@ describe('DnsServer with ACLs (queries carry no token: the anonymous authorizer 
     acls = false // no ACL resolver in use: everything
     expect(ips(await query('api.service.peermesh'))).toEqual(['10.0.1.1', '10.0.1.2'])
     expect(ips(await query('db.service.peermesh'))).toEqual(['10.0.1.1', '10.0.1.2'])
+    acls = true
+  })
+
+  it('a node anonymous may not read is NXDOMAIN by name and has no PTR', async () => {
+    expect(ips(await query('node-1.node.consul'))).toEqual(['10.0.1.1'])
+    expect(rcode(await query('node-2.node.consul'))).toBe('NXDOMAIN')
+    const ptr = (name: string) =>
+      dnsPacket.decode(
+        dns.handle(dnsPacket.encode({ type: 'query', id: 1, questions: [{ name, type: 'PTR' }] }), 'udp')!,
+      ) as DecodedPacket & { rcode?: string }
+    expect(ptr('1.1.0.10.in-addr.arpa').answers?.map((a) => (a as { data?: unknown }).data)).toEqual([
+      'node-1.node.dc1.peermesh',
+    ])
+    expect(ptr('2.1.0.10.in-addr.arpa').rcode).toBe('NXDOMAIN')
   })
 })

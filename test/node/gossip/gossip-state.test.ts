@@ -72,6 +72,22 @@ describe('gossip.json: an out-of-range incarnation is repaired at start', () => 
     expect(swim.localIncarnation).toBe(1)
   })
 
+  it('keeps the user event Lamport time when there is one; an out-of-range one is left out', async () => {
+    const dir = tmp.make('gs')
+    const log = recordingLog()
+    const w = new GossipStateWriter(dir, log)
+    w.save(3, 1, 42)
+    await w.flush()
+    expect(JSON.parse(readFileSync(join(dir, GOSSIP_STATE_FILE), 'utf8'))).toEqual({
+      incarnation: 3,
+      version: 1,
+      eventTime: 42,
+    })
+    expect(loadGossipState(dir, log)).toEqual({ incarnation: 3, version: 1, eventTime: 42 })
+    writeFileSync(join(dir, GOSSIP_STATE_FILE), `{"incarnation":3,"version":1,"eventTime":${2 ** 41}}`)
+    expect(loadGossipState(dir, log)).toEqual({ incarnation: 3, version: 1 })
+  })
+
   it('an out-of-range incarnation is never written', async () => {
     const dir = tmp.make('gs')
     const log = recordingLog()
