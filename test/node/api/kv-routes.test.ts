@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http'
 import pino from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { AclResolver } from '../../../src/node/api/acl-auth.ts'
@@ -141,6 +142,22 @@ async function call(
   return { status: res.status, text, json, headers: res.headers }
 }
 
+/** A request with its path sent as is (fetch resolves `..` and `\\` before sending). */
+function rawCall(base: string, method: string, path: string, token: string): Promise<number> {
+  const u = new URL(base)
+  return new Promise((resolve, reject) => {
+    const r = httpRequest(
+      { host: u.hostname, port: u.port, method, path, headers: { 'x-consul-token': token } },
+      (res) => {
+        res.resume()
+        res.on('end', () => resolve(res.statusCode ?? 0))
+      },
+    )
+    r.on('error', reject)
+    r.end()
+  })
+}
+
 describe('KV routes', () => {
   it('put/get/raw/keys/recurse/delete with Consul shapes, cas answering true/false', async () => {
     const { base } = await setup()
@@ -235,6 +252,43 @@ describe('KV routes', () => {
     })
     expect(form.status).toBe(415)
     expect(store.index).toBe(before)
+  })
+
+  it('a path with dot segments or backslashes is refused, not resolved to another key', async () => {
+    const { base, store } = await setup()
+    await call(base, 'PUT', '/v1/kv/x/a', MGMT, 'v')
+    await call(base, 'PUT', '/v1/kv/y/b', MGMT, 'v')
+    const before = store.index
+    // Resolved, `x/..` would be the empty prefix: the whole store.
+    for (const path of [
+      '/v1/kv/x/..?recurse',
+      '/v1/kv/x/%2e%2E?recurse',
+      '/v1/kv/x/.?recurse',
+      '/v1/kv/x\\..\\y/b',
+    ])
+      expect(await rawCall(base, 'DELETE', path, MGMT), path).toBe(400)
+    expect(await rawCall(base, 'PUT', '/v1/kv/x/../y/b', MGMT)).toBe(400)
+    expect(store.index).toBe(before)
+    expect(store.kv.list('').map((e) => e.key)).toEqual(['x/a', 'y/b'])
+    // Dots inside a segment, and an encoded slash, are ordinary key characters.
+    expect(await rawCall(base, 'PUT', '/v1/kv/x/..b', MGMT)).toBe(200)
+    expect(await rawCall(base, 'PUT', '/v1/kv/x%2F..%2Fc', MGMT)).toBe(200)
+    expect(store.kv.get('x/..b')).toBeDefined()
+    expect(store.kv.get('x/../c')).toBeDefined()
+  })
+
+  it('conflicting flags (Consul: recurse with cas, cas with acquire or release) are a 400, nothing changed', async () => {
+    const { base, store } = await setup()
+    await call(base, 'PUT', '/v1/kv/x/a', MGMT, 'v')
+    await call(base, 'PUT', '/v1/kv/x/b', MGMT, 'v')
+    const sid = ((await call(base, 'PUT', '/v1/session/create', MGMT, {})).json as { ID: string }).ID
+    const before = store.index
+    // A recursive delete that meant to be conditional must not delete the tree unconditionally.
+    expect((await call(base, 'DELETE', '/v1/kv/x/?recurse&cas=999', MGMT)).status).toBe(400)
+    expect((await call(base, 'PUT', `/v1/kv/x/a?cas=0&acquire=${sid}`, MGMT, 'w')).status).toBe(400)
+    expect((await call(base, 'PUT', `/v1/kv/x/a?cas=0&release=${sid}`, MGMT, 'w')).status).toBe(400)
+    expect(store.index).toBe(before)
+    expect(store.kv.list('x/').map((e) => e.key)).toEqual(['x/a', 'x/b'])
   })
 
   it('ACLs: no token and a read-only token cannot write or take a lock; nothing changes', async () => {
