@@ -1,5 +1,5 @@
 import { txnOpPermission } from '../../acl/command-permission.ts'
-import { KV_LIMITS, MAX_UINT64, type TxnOp } from '../../raft/policy/kv-commands.ts'
+import { hasLoneSurrogate, KV_LIMITS, MAX_UINT64, type TxnOp } from '../../raft/policy/kv-commands.ts'
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
 import { consistentRead, type KvApi, kvWrite, readHeaders, untilApplied } from './kv-http.ts'
@@ -66,7 +66,7 @@ export function parseTxnBody(body: unknown): TxnOp[] {
     if (typeof verb !== 'string' || !VERBS.has(verb))
       throw new ApiError(`${where}: unknown Verb ${JSON.stringify(verb)}`, 400)
     const key = f['Key'] ?? ''
-    if (typeof key !== 'string' || key.length > KV_LIMITS.maxKeyLength)
+    if (typeof key !== 'string' || key.length > KV_LIMITS.maxKeyLength || hasLoneSurrogate(key))
       throw new ApiError(
         `${where}: Key: expected a string of at most ${KV_LIMITS.maxKeyLength} characters`,
         400,
@@ -103,7 +103,7 @@ export function parseTxnBody(body: unknown): TxnOp[] {
     }
     const session = f['Session']
     if (session !== undefined && session !== null && session !== '') {
-      if (typeof session !== 'string' || session.length > 64)
+      if (typeof session !== 'string' || session.length > 64 || hasLoneSurrogate(session))
         throw new ApiError(`${where}: Session: expected a session ID`, 400)
       op.session = session
     }

@@ -277,6 +277,27 @@ describe('KV routes', () => {
     expect(store.kv.get('x/../c')).toBeDefined()
   })
 
+  it('a key or name with a lone surrogate is a 400: it would be checked as one string and stored as another', async () => {
+    // Raft entries are msgpack: a lone surrogate is encoded as U+FFFD, so the ACL check on the
+    // request's key and the key written would differ (`key "secret\uFFFD" { policy = "deny" }`).
+    const { base, store } = await setup()
+    const before = store.index
+    for (const body of [
+      [{ KV: { Verb: 'set', Key: 'secret\ud800', Value: 'eA==' } }],
+      [{ KV: { Verb: 'delete-tree', Key: 'secret\udfff' } }],
+    ]) {
+      const r = await call(base, 'PUT', '/v1/txn', MGMT, body)
+      expect(r.status, r.text).toBe(400)
+    }
+    for (const body of [{ Name: 'x\ud800' }, { Checks: ['serfHealth', 'c\udc00'] }]) {
+      const r = await call(base, 'PUT', '/v1/session/create', MGMT, body)
+      expect(r.status, r.text).toBe(400)
+    }
+    expect(store.index).toBe(before)
+    expect(store.kv.list('')).toEqual([])
+    expect(store.kv.listSessions()).toEqual([])
+  })
+
   it('conflicting flags (Consul: recurse with cas, cas with acquire or release) are a 400, nothing changed', async () => {
     const { base, store } = await setup()
     await call(base, 'PUT', '/v1/kv/x/a', MGMT, 'v')

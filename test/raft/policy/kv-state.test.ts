@@ -8,6 +8,7 @@ import {
   type PolicyResult,
   PolicyStore,
 } from '../../../src/raft/policy/policy-store.ts'
+import { preparePolicyCommand } from '../../../src/raft/policy/policy-commands.ts'
 
 /**
  * The KV state machine through the policy store, as Raft applies it: entries at increasing
@@ -400,3 +401,46 @@ function patchSnapshot(bytes: Uint8Array, kv: unknown): Uint8Array {
   const s = unpack(bytes) as Record<string, unknown>
   return pack({ ...s, kv })
 }
+
+describe('KV commands: text that msgpack would change is refused before it is proposed', () => {
+  it('a lone surrogate in a key, prefix, txn key, session name, node or check', () => {
+    // msgpack writes a lone surrogate as U+FFFD: the entry would name another key than the one
+    // the ACL check saw. preparePolicyCommand is what every agent runs before proposing.
+    const bad: unknown[] = [
+      { op: 'kv.set', key: 'a\ud800', value: '', now: 0 },
+      { op: 'kv.delete', key: '\udc00', recurse: true },
+      { op: 'kv.delete-tree', prefix: 'x\udbff' },
+      { op: 'txn', now: 0, ops: [{ verb: 'set', key: 'k\ud800', value: '' }] },
+      {
+        op: 'session.create',
+        id: S1,
+        name: '\ud800',
+        node: 'n1',
+        lockDelayMs: 0,
+        behavior: 'release',
+        ttlMs: 0,
+        checks: [],
+        now: 0,
+      },
+      { op: 'session.renew', id: S1, node: 'n\udfff', now: 0 },
+      {
+        op: 'session.create',
+        id: S1,
+        name: '',
+        node: 'n1',
+        lockDelayMs: 0,
+        behavior: 'release',
+        ttlMs: 0,
+        checks: ['c\ud800'],
+        now: 0,
+      },
+    ]
+    for (const cmd of bad) {
+      const r = preparePolicyCommand(cmd)
+      expect(r.ok, JSON.stringify(cmd)).toBe(false)
+      if (!r.ok) expect(r.code).toBe(PolicyErrorCodes.invalidCommand)
+    }
+    // A surrogate pair (an emoji) is text.
+    expect(preparePolicyCommand({ op: 'kv.set', key: 'a/\u{1F600}', value: '', now: 0 }).ok).toBe(true)
+  })
+})
