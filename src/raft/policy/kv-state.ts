@@ -518,7 +518,8 @@ class Staged {
       if (e.session !== id) continue
       if (s.lockDelayMs > 0) {
         this.journal(this.lockDelays, e.key)
-        this.lockDelays.set(e.key, now + s.lockDelayMs)
+        // A safe integer still (a snapshot holds only those), whatever the command's `now`.
+        this.lockDelays.set(e.key, Math.min(now + s.lockDelayMs, Number.MAX_SAFE_INTEGER))
       }
       if (s.behavior === 'delete') this.delete(e.key)
       else {

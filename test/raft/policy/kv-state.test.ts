@@ -354,6 +354,18 @@ describe('KV state: snapshots', () => {
     expect(Buffer.from(copy.store.snapshot())).toEqual(Buffer.from(l.store.snapshot()))
   })
 
+  it('a lock-delay ending past the largest safe integer still makes a snapshot that restores', () => {
+    // `now` may be any safe integer; `now + LockDelay` must stay one, or every follower refuses
+    // the leader's snapshot as malformed.
+    const l = new Log()
+    l.session(S1, { lockDelayMs: KV_LIMITS.maxLockDelayMs })
+    l.set('lock', 'held', { acquire: S1 })
+    expect(l.destroy(S1, Number.MAX_SAFE_INTEGER - 1).ok).toBe(true)
+    const copy = new Log(new PolicyStore())
+    copy.store.restore(l.store.snapshot())
+    expect(copy.kv.snapshot()).toEqual(l.kv.snapshot())
+  })
+
   it('a snapshot with a malformed KV part throws and leaves the state as it was', () => {
     const l = new Log()
     l.set('a', 'one')
