@@ -396,6 +396,26 @@ describe('session routes', () => {
 })
 
 describe('txn route', () => {
+  it('a reply past MAX_TXN_REPLY_BYTES is a 413, before anything is written', async () => {
+    // 64 get-tree operations on the whole store would answer 64 copies of it (hundreds of MB).
+    const { base, store } = await setup()
+    const value = 'v'.repeat(512 * 1024)
+    for (let i = 0; i < 4; i++) await call(base, 'PUT', `/v1/kv/big/${i}`, MGMT, value)
+    const before = store.index
+    const trees = Array.from({ length: 8 }, () => ({ KV: { Verb: 'get-tree', Key: '' } }))
+    const read = await call(base, 'PUT', '/v1/txn', MGMT, trees)
+    expect(read.status).toBe(413)
+    const write = await call(base, 'PUT', '/v1/txn', MGMT, [
+      { KV: { Verb: 'set', Key: 'new', Value: 'eA==' } },
+      ...trees,
+    ])
+    expect(write.status).toBe(413)
+    expect(store.index).toBe(before)
+    expect(store.kv.get('new')).toBeUndefined()
+    // One copy is fine.
+    expect((await call(base, 'PUT', '/v1/txn', MGMT, trees.slice(0, 1))).status).toBe(200)
+  })
+
   it('applies all or nothing; 409 with Consul errors; read-only txns read locally', async () => {
     const { base, store } = await setup()
     await call(base, 'PUT', '/v1/kv/a', MGMT, 'one')
