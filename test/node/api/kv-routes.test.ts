@@ -17,6 +17,7 @@ import { encodePolicyCommand, PolicyStore } from '../../../src/raft/policy/polic
 
 const MGMT = '11111111-1111-4111-8111-111111111111'
 const READER = '22222222-2222-4222-8222-222222222222'
+const N1_WRITER = '77777777-7777-4777-8777-777777777777'
 
 let http: HttpApi | undefined
 afterEach(async () => {
@@ -45,6 +46,7 @@ async function setup(): Promise<Setup> {
   const clock = { now: 1_000_000 }
   const nodes = new Map<string, NodeHealth>([
     ['n1', { alive: true, checks: new Map([['web-check', 'passing']]) }],
+    ['n2', { alive: true, checks: new Map() }],
   ])
   const waiters = new Set<() => void>()
   store.onChange(() => {
@@ -109,7 +111,30 @@ async function setup(): Promise<Setup> {
     voter: false,
     createTime: '2026-01-01T00:00:00Z',
   } as PolicyCommand)
-  if (!r1.ok || !r2.ok) throw new Error(`setup: ${JSON.stringify([r1, r2])}`)
+  // A token that writes sessions on n1 only (and keys under app/n1/).
+  const r3 = apply({
+    op: 'acl.policy.upsert',
+    mode: 'create',
+    id: '55555555-5555-4555-8555-555555555555',
+    name: 'n1-sessions',
+    description: '',
+    rules: 'session "n1" { policy = "write" }\nkey_prefix "app/n1/" { policy = "write" }',
+    datacenters: [],
+  })
+  const r4 = apply({
+    op: 'acl.token.upsert',
+    mode: 'create',
+    accessorId: '66666666-6666-4666-8666-666666666666',
+    secretId: N1_WRITER,
+    description: 'n1 sessions',
+    policies: [{ id: '55555555-5555-4555-8555-555555555555' }],
+    serviceIdentities: [],
+    nodeIdentities: [],
+    local: false,
+    voter: false,
+    createTime: '2026-01-01T00:00:00Z',
+  } as PolicyCommand)
+  if (!r1.ok || !r2.ok || !r3.ok || !r4.ok) throw new Error(`setup: ${JSON.stringify([r1, r2, r3, r4])}`)
   return { base, store, clock, nodes }
 }
 
@@ -392,6 +417,30 @@ describe('session routes', () => {
       expect(r.status, JSON.stringify(body)).toBe(400)
     }
     expect(store.kv.listSessions()).toEqual([])
+  })
+})
+
+describe('session routes: ACLs on the node', () => {
+  it("session:write on n1 creates, renews and destroys n1's sessions only; nothing changes for n2's", async () => {
+    const { base, store } = await setup()
+    const theirs = (
+      (await call(base, 'PUT', '/v1/session/create', MGMT, { Node: 'n2' })).json as { ID: string }
+    ).ID
+    const before = store.index
+    expect((await call(base, 'PUT', '/v1/session/create', N1_WRITER, { Node: 'n2' })).status).toBe(403)
+    expect((await call(base, 'PUT', `/v1/session/renew/${theirs}`, N1_WRITER)).status).toBe(403)
+    expect((await call(base, 'PUT', `/v1/session/destroy/${theirs}`, N1_WRITER)).status).toBe(403)
+    expect(store.index).toBe(before)
+    expect(store.kv.listSessions().map((s) => s.node)).toEqual(['n2'])
+    const mine = await call(base, 'PUT', '/v1/session/create', N1_WRITER, { Node: 'n1' })
+    expect(mine.status, mine.text).toBe(200)
+    const id = (mine.json as { ID: string }).ID
+    // A lock under its write prefix with its own session; the list leaves out n2's session.
+    expect((await call(base, 'PUT', `/v1/kv/app/n1/lock?acquire=${id}`, N1_WRITER, 'x')).json).toBe(true)
+    const list = (await call(base, 'GET', '/v1/session/list', N1_WRITER)).json as { ID: string }[]
+    expect(list.map((s) => s.ID)).toEqual([id])
+    expect((await call(base, 'PUT', `/v1/session/destroy/${id}`, N1_WRITER)).json).toBe(true)
+    expect(store.kv.get('app/n1/lock')?.session).toBeUndefined()
   })
 })
 
