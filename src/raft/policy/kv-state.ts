@@ -186,8 +186,12 @@ export class KvState {
         return { ok: true, changed: true }
       }
       case 'session.destroy': {
-        if (this.sessions.get(cmd.id)?.node !== cmd.node)
-          return refuse(PolicyErrorCodes.notFound, `session ${cmd.id} not found`)
+        const s = this.sessions.get(cmd.id)
+        if (s?.node !== cmd.node) return refuse(PolicyErrorCodes.notFound, `session ${cmd.id} not found`)
+        // The leader proposes a TTL invalidation from its applied state; a renewal committed in
+        // between wins (the client renewed in time).
+        if (cmd.reason === 'ttl' && (s.ttlMs === 0 || cmd.now <= s.renewedAt + 2 * s.ttlMs))
+          return refuse(PolicyErrorCodes.staleRequest, `session ${cmd.id} renewed since: not expired`)
         return this.commitStaged(at, room, (st) => st.destroySession(cmd.id, cmd.now))
       }
     }

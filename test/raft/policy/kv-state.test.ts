@@ -170,6 +170,24 @@ describe('KV state: locks and sessions', () => {
   })
 })
 
+describe('KV state: TTL invalidation against a renewal committed first', () => {
+  it('a TTL invalidation of a session renewed since is refused (stale); a due one applies', () => {
+    // The leader decides on its applied state, then proposes; a renewal may commit in between.
+    // The client renewed in time: it must keep its session and its locks.
+    const l = new Log()
+    l.session(S1, { ttlMs: 10_000 }, 0)
+    l.set('lock', 'held', { acquire: S1 })
+    expect(l.apply({ op: 'session.renew', id: S1, node: 'n1', now: 20_000 }).ok).toBe(true)
+    const ttl = (now: number) => l.apply({ op: 'session.destroy', id: S1, node: 'n1', now, reason: 'ttl' })
+    expect(code(ttl(20_001))).toBe(PolicyErrorCodes.staleRequest)
+    expect(l.kv.session(S1)).toBeDefined()
+    expect(l.kv.get('lock')?.session).toBe(S1)
+    expect(ttl(40_001).ok).toBe(true)
+    expect(l.kv.session(S1)).toBeUndefined()
+    expect(l.kv.get('lock')?.session).toBeUndefined()
+  })
+})
+
 describe('KV state: transactions', () => {
   it("applies all or nothing, and remembers each operation's result", () => {
     const l = new Log()
