@@ -128,8 +128,7 @@ async function putKv(api: KvApi, req: ApiRequest): Promise<unknown> {
   if (key.length === 0) throw new ApiError('Missing key name', 400)
   const acquire = req.query.get('acquire') ?? undefined
   const release = req.query.get('release') ?? undefined
-  if (acquire !== undefined && release !== undefined)
-    throw new ApiError('Conflicting flags: acquire and release', 400)
+  conflictingFlags(req, ['cas', 'acquire', 'release'])
   const flags = flagsParam(req)
   const cas = uintParam(req, 'cas')
   const value = base64Value(req.body)
@@ -149,6 +148,8 @@ async function putKv(api: KvApi, req: ApiRequest): Promise<unknown> {
 
 async function deleteKv(api: KvApi, req: ApiRequest): Promise<unknown> {
   const key = keyOfPath(req.path)
+  // Consul's: a recursive delete cannot be conditional (dropping the cas would delete the tree).
+  conflictingFlags(req, ['recurse', 'cas'])
   const recurse = flagParam(req, 'recurse')
   const cas = uintParam(req, 'cas')
   if (!recurse && key.length === 0) throw new ApiError('Missing key name', 400)
@@ -157,9 +158,15 @@ async function deleteKv(api: KvApi, req: ApiRequest): Promise<unknown> {
     op: 'kv.delete',
     key,
     ...(recurse ? { recurse: true } : {}),
-    ...(cas !== undefined && !recurse ? { cas } : {}),
+    ...(cas !== undefined ? { cas } : {}),
   }
   return boolReply(await kvWrite(api, req, cmd))
+}
+
+/** Consul's `conflictingFlags`: a 400 when more than one of `names` is in the query. */
+function conflictingFlags(req: ApiRequest, names: readonly string[]): void {
+  const given = names.filter((n) => req.query.has(n))
+  if (given.length > 1) throw new ApiError(`Conflicting flags: ${given.join(', ')}`, 400)
 }
 
 /** `true`, `false` for a failed cas or lock (Consul's answer), else the refusal's status. */

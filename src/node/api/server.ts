@@ -308,6 +308,11 @@ export class HttpApi {
         this.log.debug({ method, path: url.pathname, why: refusal.message }, 'http api request refused')
         throw new ApiError(refusal.message, refusal.status)
       }
+      const dotted = pathResolutionProblem(req.url ?? '/')
+      if (dotted !== undefined) {
+        closeAfter = true
+        throw new ApiError(dotted, 400)
+      }
       const declared = Number(req.headers['content-length'] ?? 0)
       if (declared > MAX_BODY_BYTES) {
         closeAfter = true
@@ -393,6 +398,22 @@ function apiHosts(configured: string, bound: string): Set<string> {
       for (const a of list ?? []) hosts.add(a.address.toLowerCase())
   }
   return hosts
+}
+
+/**
+ * Why the request's raw path must be refused: a `.` or `..` segment (`%2e` counts as a dot) or a
+ * backslash, which URL parsing resolves into another path (`/v1/kv/x/..?recurse` would be the
+ * whole KV store). A client means a literal key by them; no client of this API sends them.
+ */
+export function pathResolutionProblem(rawUrl: string): string | undefined {
+  const path = rawUrl.split(/[?#]/, 1)[0]!
+  if (path.includes('\\')) return 'path: a backslash is not allowed (percent-encode it: %5C)'
+  for (const seg of path.split('/')) {
+    const dots = seg.replace(/%2e/gi, '.')
+    if (dots === '.' || dots === '..')
+      return `path: a "${dots}" segment is not allowed (it would name another path)`
+  }
+  return undefined
 }
 
 function splitPath(p: string): string[] {

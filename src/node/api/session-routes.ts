@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { need } from '../../acl/index.ts'
-import { KV_LIMITS } from '../../raft/policy/kv-commands.ts'
+import { hasLoneSurrogate, KV_LIMITS } from '../../raft/policy/kv-commands.ts'
 import type { StoredSession } from '../../raft/policy/kv-state.ts'
 import type { PolicyCommand } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
@@ -92,7 +92,7 @@ export function parseSessionRequest(body: unknown, defaultNode: string): Session
   const str = (f: string, max: number): string | undefined => {
     const v = b[f]
     if (v === undefined || v === null || v === '') return undefined
-    if (typeof v !== 'string' || v.length > max)
+    if (typeof v !== 'string' || v.length > max || hasLoneSurrogate(v))
       throw new ApiError(`${f}: expected a string of at most ${max} characters`, 400)
     return v
   }
@@ -134,7 +134,7 @@ export function parseSessionRequest(body: unknown, defaultNode: string): Session
     if (
       !Array.isArray(v) ||
       v.length > KV_LIMITS.maxSessionChecks ||
-      !v.every((c) => typeof c === 'string' && c.length > 0 && c.length <= 256)
+      !v.every((c) => typeof c === 'string' && c.length > 0 && c.length <= 256 && !hasLoneSurrogate(c))
     )
       throw new ApiError(`${f}: expected at most ${KV_LIMITS.maxSessionChecks} check IDs`, 400)
     return v as string[]
@@ -148,7 +148,7 @@ export function parseSessionRequest(body: unknown, defaultNode: string): Session
       throw new ApiError('ServiceChecks: expected a list of {ID, Namespace}', 400)
     for (const c of serviceChecks) {
       const id = c !== null && typeof c === 'object' ? (c as Record<string, unknown>)['ID'] : undefined
-      if (typeof id !== 'string' || id.length === 0 || id.length > 256)
+      if (typeof id !== 'string' || id.length === 0 || id.length > 256 || hasLoneSurrogate(id))
         throw new ApiError('ServiceChecks: expected a list of {ID, Namespace}', 400)
       svc.push(id)
     }

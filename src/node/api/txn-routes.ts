@@ -1,5 +1,5 @@
 import { txnOpPermission } from '../../acl/command-permission.ts'
-import { KV_LIMITS, MAX_UINT64, type TxnOp } from '../../raft/policy/kv-commands.ts'
+import { hasLoneSurrogate, KV_LIMITS, MAX_UINT64, type TxnOp } from '../../raft/policy/kv-commands.ts'
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
 import { consistentRead, type KvApi, kvWrite, readHeaders, untilApplied } from './kv-http.ts'
@@ -30,6 +30,26 @@ const KV_FIELDS = new Map(
     f,
   ]),
 )
+
+/**
+ * Largest txn reply, in bytes (roughly: keys and values as JSON). 64 `get-tree` operations on the
+ * whole store would otherwise answer 64 copies of it; twice the policy state's cap is room for
+ * any sensible reply.
+ */
+export const MAX_TXN_REPLY_BYTES = 16 * 1024 * 1024
+
+/** A 413 when `entries` would make a reply past `MAX_TXN_REPLY_BYTES`. */
+function checkReplySize(entries: readonly TxnResultEntry[]): void {
+  let bytes = 0
+  for (const r of entries) {
+    bytes += 160 + r.entry.key.length * 6 + (r.withValue ? r.entry.value.length : 0)
+    if (bytes > MAX_TXN_REPLY_BYTES)
+      throw new ApiError(
+        `transaction results larger than ${MAX_TXN_REPLY_BYTES} bytes; read fewer or smaller trees`,
+        413,
+      )
+  }
+}
 
 /**
  * A `/v1/txn` body: a list of at most 64 `{ "KV": { Verb, Key, Value?, Flags?, Index?, Session? } }`
@@ -66,7 +86,7 @@ export function parseTxnBody(body: unknown): TxnOp[] {
     if (typeof verb !== 'string' || !VERBS.has(verb))
       throw new ApiError(`${where}: unknown Verb ${JSON.stringify(verb)}`, 400)
     const key = f['Key'] ?? ''
-    if (typeof key !== 'string' || key.length > KV_LIMITS.maxKeyLength)
+    if (typeof key !== 'string' || key.length > KV_LIMITS.maxKeyLength || hasLoneSurrogate(key))
       throw new ApiError(
         `${where}: Key: expected a string of at most ${KV_LIMITS.maxKeyLength} characters`,
         400,
@@ -103,7 +123,7 @@ export function parseTxnBody(body: unknown): TxnOp[] {
     }
     const session = f['Session']
     if (session !== undefined && session !== null && session !== '') {
-      if (typeof session !== 'string' || session.length > 64)
+      if (typeof session !== 'string' || session.length > 64 || hasLoneSurrogate(session))
         throw new ApiError(`${where}: Session: expected a session ID`, 400)
       op.session = session
     }
@@ -136,7 +156,11 @@ export function registerTxnRoutes(http: HttpApi, api: KvApi): void {
       const r = api.kv.dryRunTxn(ops, now)
       if (!Array.isArray(r)) return failed(r.message)
       entries = r
+      checkReplySize(entries)
     } else {
+      // Estimated on the state here before anything is written (the txn's own writes add at most
+      // its body's size to each tree it reads).
+      checkReplySize(currentEntries(api, ops))
       const out = await kvWrite(api, req, { op: 'txn', ops, now })
       if (!out.result.ok) {
         if (out.result.code === PolicyErrorCodes.txnFailed) return failed(out.result.message)

@@ -67,6 +67,8 @@ export class KvModule implements AgentModule, KvApi {
   private stopInterval?: Cancel
   private readonly inFlight = new Set<string>()
   private leaderSince: number | undefined
+  /** The wall clock when this agent began leading (session TTLs count from here at the earliest). */
+  private leaderSinceWall = 0
   private readonly settings: KvModuleSettings
 
   constructor(
@@ -151,12 +153,15 @@ export class KvModule implements AgentModule, KvApi {
       return
     }
     const now = this.wallNow()
-    this.leaderSince ??= this.clock.now()
+    if (this.leaderSince === undefined) {
+      this.leaderSince = this.clock.now()
+      this.leaderSinceWall = now
+    }
     const settled = this.clock.now() - this.leaderSince >= this.settings.missingNodeGraceMs
     const sessions = this.kv.listSessions()
     if (sessions.length === 0) return
     const health = catalogHealth(this.catalog())
-    const due = sessionsToInvalidate(sessions, now, (n) => health.get(n), settled)
+    const due = sessionsToInvalidate(sessions, now, (n) => health.get(n), settled, this.leaderSinceWall)
     for (const { session, reason } of due) {
       if (this.inFlight.has(session.id)) continue
       this.inFlight.add(session.id)

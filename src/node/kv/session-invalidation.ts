@@ -5,7 +5,9 @@ import { isGossipCheck } from '../api/session-routes.ts'
 /**
  * Which sessions must be invalidated now, and why (Consul's rules):
  * - `ttl`: a session with a TTL not renewed for twice its TTL (Consul's `sessionTTLMultiplier`:
- *   the TTL is a lower bound, the server may wait up to twice as long);
+ *   the TTL is a lower bound, the server may wait up to twice as long), counted at the earliest
+ *   from `leadingSince` (the leader's wall clock when it took over: like Consul, a new leader
+ *   gives every session a full TTL, since no renewal could be committed while there was none);
  * - `node`: its node has failed in gossip (dead or left), or is gone from the catalog once
  *   `missingNodeFails` (the caller's catalog has had time to learn every member: a new leader's
  *   catalog starts empty, and must not take every node for gone);
@@ -18,11 +20,12 @@ export function sessionsToInvalidate(
   now: number,
   health: (node: string) => NodeHealth | undefined,
   missingNodeFails: boolean,
+  leadingSince = 0,
 ): { session: StoredSession; reason: 'ttl' | 'node' | 'check' }[] {
   const out: { session: StoredSession; reason: 'ttl' | 'node' | 'check' }[] = []
   const cache = new Map<string, NodeHealth | undefined>()
   for (const s of sessions) {
-    if (s.ttlMs > 0 && now > s.renewedAt + 2 * s.ttlMs) {
+    if (s.ttlMs > 0 && now > Math.max(s.renewedAt, leadingSince) + 2 * s.ttlMs) {
       out.push({ session: s, reason: 'ttl' })
       continue
     }

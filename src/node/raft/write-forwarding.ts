@@ -245,7 +245,7 @@ export class ForwardedWriteServer {
         policyRefusal(PolicyErrorCodes.notForwardable, `${String(op)} is not accepted from a forward`),
       )
     }
-    const prepared = preparePolicyCommand(req.cmd)
+    const prepared = preparePolicyCommand(atLeaderTime(req.cmd, this.components.clock))
     if (!prepared.ok) {
       if (prepared.code === PolicyErrorCodes.tooLarge) this.stats.tooLarge++
       else this.stats.invalid++
@@ -307,4 +307,15 @@ function decodeWriteResult(o: Record<string, unknown>): WriteResult | undefined 
   if (typeof o['index'] !== 'number' || r === null || typeof r !== 'object' || typeof r.ok !== 'boolean')
     return undefined
   return { index: o['index'], result: r }
+}
+
+/**
+ * A command carrying a wall-clock time (`now`: the KV and session commands, kv-commands.ts) as this
+ * leader proposes it: at its own clock, as Consul runs TTLs and lock-delays on the leader's time.
+ * A sender whose clock runs ahead, or a peer that lies, must not renew a session far into the
+ * future or skip a lock-delay.
+ */
+function atLeaderTime(cmd: unknown, clock: Clock): unknown {
+  if (cmd === null || typeof cmd !== 'object' || Array.isArray(cmd) || !Object.hasOwn(cmd, 'now')) return cmd
+  return { ...cmd, now: Math.floor(clock.wallNow()) }
 }

@@ -33,9 +33,26 @@ export const KV_LIMITS = Object.freeze({
 const MAX_VALUE_BASE64 = Math.ceil(KV_LIMITS.maxValueBytes / 3) * 4
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
 
-export const kvKey = z.string().min(1).max(KV_LIMITS.maxKeyLength)
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
+/**
+ * Whether `s` has a lone surrogate: not text (JSON allows it), and msgpack encodes it as U+FFFD, so
+ * the key an ACL check saw and the key a Raft entry writes would differ.
+ */
+export function hasLoneSurrogate(s: string): boolean {
+  return LONE_SURROGATE.test(s)
+}
+
+/** A string of well-formed UTF-16 (see `hasLoneSurrogate`). */
+const text = (max: number) =>
+  z
+    .string()
+    .max(max)
+    .refine((s) => !hasLoneSurrogate(s), 'not well-formed text (a lone surrogate)')
+
+export const kvKey = text(KV_LIMITS.maxKeyLength).refine((k) => k.length > 0, 'key: empty')
 /** A prefix (recursive operations): may be empty (the whole store). */
-export const kvPrefix = z.string().max(KV_LIMITS.maxKeyLength)
+export const kvPrefix = text(KV_LIMITS.maxKeyLength)
 export const kvValue = z
   .string()
   .max(MAX_VALUE_BASE64)
@@ -54,7 +71,7 @@ export const sessionId = z
   .string()
   .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/, 'session: not a UUID')
 const now = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER)
-const nodeName = z.string().min(1).max(256)
+const nodeName = text(256).refine((n) => n.length > 0, 'node: empty')
 
 /** One operation of a transaction (Consul's `KV` ops; the verbs are Consul's). */
 export const txnOpSchema = z
@@ -77,7 +94,7 @@ export const txnOpSchema = z
     value: kvValue.optional(),
     flags: kvFlags.optional(),
     index: kvIndex.optional(),
-    session: z.string().max(64).optional(),
+    session: text(64).optional(),
   })
   .strict()
 
@@ -108,7 +125,7 @@ export const kvCommandSchemas = [
   z.object({
     op: z.literal('session.create'),
     id: sessionId,
-    name: z.string().max(256),
+    name: text(256),
     node: nodeName,
     lockDelayMs: z.number().int().nonnegative().max(KV_LIMITS.maxLockDelayMs),
     behavior: z.enum(['release', 'delete']),
@@ -120,7 +137,7 @@ export const kvCommandSchemas = [
       .max(KV_LIMITS.maxTtlMs)
       .refine((t) => t === 0 || t >= KV_LIMITS.minTtlMs, 'ttl: at least 10s'),
     /** Health checks of `node` that invalidate the session when critical (`serfHealth`: gossip). */
-    checks: z.array(z.string().min(1).max(256)).max(KV_LIMITS.maxSessionChecks),
+    checks: z.array(text(256).refine((c) => c.length > 0, 'check: empty')).max(KV_LIMITS.maxSessionChecks),
     now,
   }),
   z.object({

@@ -186,8 +186,12 @@ export class KvState {
         return { ok: true, changed: true }
       }
       case 'session.destroy': {
-        if (this.sessions.get(cmd.id)?.node !== cmd.node)
-          return refuse(PolicyErrorCodes.notFound, `session ${cmd.id} not found`)
+        const s = this.sessions.get(cmd.id)
+        if (s?.node !== cmd.node) return refuse(PolicyErrorCodes.notFound, `session ${cmd.id} not found`)
+        // The leader proposes a TTL invalidation from its applied state; a renewal committed in
+        // between wins (the client renewed in time).
+        if (cmd.reason === 'ttl' && (s.ttlMs === 0 || cmd.now <= s.renewedAt + 2 * s.ttlMs))
+          return refuse(PolicyErrorCodes.staleRequest, `session ${cmd.id} renewed since: not expired`)
         return this.commitStaged(at, room, (st) => st.destroySession(cmd.id, cmd.now))
       }
     }
@@ -518,7 +522,8 @@ class Staged {
       if (e.session !== id) continue
       if (s.lockDelayMs > 0) {
         this.journal(this.lockDelays, e.key)
-        this.lockDelays.set(e.key, now + s.lockDelayMs)
+        // A safe integer still (a snapshot holds only those), whatever the command's `now`.
+        this.lockDelays.set(e.key, Math.min(now + s.lockDelayMs, Number.MAX_SAFE_INTEGER))
       }
       if (s.behavior === 'delete') this.delete(e.key)
       else {

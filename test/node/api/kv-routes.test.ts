@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http'
 import pino from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { AclResolver } from '../../../src/node/api/acl-auth.ts'
@@ -16,6 +17,7 @@ import { encodePolicyCommand, PolicyStore } from '../../../src/raft/policy/polic
 
 const MGMT = '11111111-1111-4111-8111-111111111111'
 const READER = '22222222-2222-4222-8222-222222222222'
+const N1_WRITER = '77777777-7777-4777-8777-777777777777'
 
 let http: HttpApi | undefined
 afterEach(async () => {
@@ -44,6 +46,7 @@ async function setup(): Promise<Setup> {
   const clock = { now: 1_000_000 }
   const nodes = new Map<string, NodeHealth>([
     ['n1', { alive: true, checks: new Map([['web-check', 'passing']]) }],
+    ['n2', { alive: true, checks: new Map() }],
   ])
   const waiters = new Set<() => void>()
   store.onChange(() => {
@@ -108,7 +111,30 @@ async function setup(): Promise<Setup> {
     voter: false,
     createTime: '2026-01-01T00:00:00Z',
   } as PolicyCommand)
-  if (!r1.ok || !r2.ok) throw new Error(`setup: ${JSON.stringify([r1, r2])}`)
+  // A token that writes sessions on n1 only (and keys under app/n1/).
+  const r3 = apply({
+    op: 'acl.policy.upsert',
+    mode: 'create',
+    id: '55555555-5555-4555-8555-555555555555',
+    name: 'n1-sessions',
+    description: '',
+    rules: 'session "n1" { policy = "write" }\nkey_prefix "app/n1/" { policy = "write" }',
+    datacenters: [],
+  })
+  const r4 = apply({
+    op: 'acl.token.upsert',
+    mode: 'create',
+    accessorId: '66666666-6666-4666-8666-666666666666',
+    secretId: N1_WRITER,
+    description: 'n1 sessions',
+    policies: [{ id: '55555555-5555-4555-8555-555555555555' }],
+    serviceIdentities: [],
+    nodeIdentities: [],
+    local: false,
+    voter: false,
+    createTime: '2026-01-01T00:00:00Z',
+  } as PolicyCommand)
+  if (!r1.ok || !r2.ok || !r3.ok || !r4.ok) throw new Error(`setup: ${JSON.stringify([r1, r2, r3, r4])}`)
   return { base, store, clock, nodes }
 }
 
@@ -139,6 +165,22 @@ async function call(
     json = undefined
   }
   return { status: res.status, text, json, headers: res.headers }
+}
+
+/** A request with its path sent as is (fetch resolves `..` and `\\` before sending). */
+function rawCall(base: string, method: string, path: string, token: string): Promise<number> {
+  const u = new URL(base)
+  return new Promise((resolve, reject) => {
+    const r = httpRequest(
+      { host: u.hostname, port: u.port, method, path, headers: { 'x-consul-token': token } },
+      (res) => {
+        res.resume()
+        res.on('end', () => resolve(res.statusCode ?? 0))
+      },
+    )
+    r.on('error', reject)
+    r.end()
+  })
 }
 
 describe('KV routes', () => {
@@ -237,6 +279,64 @@ describe('KV routes', () => {
     expect(store.index).toBe(before)
   })
 
+  it('a path with dot segments or backslashes is refused, not resolved to another key', async () => {
+    const { base, store } = await setup()
+    await call(base, 'PUT', '/v1/kv/x/a', MGMT, 'v')
+    await call(base, 'PUT', '/v1/kv/y/b', MGMT, 'v')
+    const before = store.index
+    // Resolved, `x/..` would be the empty prefix: the whole store.
+    for (const path of [
+      '/v1/kv/x/..?recurse',
+      '/v1/kv/x/%2e%2E?recurse',
+      '/v1/kv/x/.?recurse',
+      '/v1/kv/x\\..\\y/b',
+    ])
+      expect(await rawCall(base, 'DELETE', path, MGMT), path).toBe(400)
+    expect(await rawCall(base, 'PUT', '/v1/kv/x/../y/b', MGMT)).toBe(400)
+    expect(store.index).toBe(before)
+    expect(store.kv.list('').map((e) => e.key)).toEqual(['x/a', 'y/b'])
+    // Dots inside a segment, and an encoded slash, are ordinary key characters.
+    expect(await rawCall(base, 'PUT', '/v1/kv/x/..b', MGMT)).toBe(200)
+    expect(await rawCall(base, 'PUT', '/v1/kv/x%2F..%2Fc', MGMT)).toBe(200)
+    expect(store.kv.get('x/..b')).toBeDefined()
+    expect(store.kv.get('x/../c')).toBeDefined()
+  })
+
+  it('a key or name with a lone surrogate is a 400: it would be checked as one string and stored as another', async () => {
+    // Raft entries are msgpack: a lone surrogate is encoded as U+FFFD, so the ACL check on the
+    // request's key and the key written would differ (`key "secret\uFFFD" { policy = "deny" }`).
+    const { base, store } = await setup()
+    const before = store.index
+    for (const body of [
+      [{ KV: { Verb: 'set', Key: 'secret\ud800', Value: 'eA==' } }],
+      [{ KV: { Verb: 'delete-tree', Key: 'secret\udfff' } }],
+    ]) {
+      const r = await call(base, 'PUT', '/v1/txn', MGMT, body)
+      expect(r.status, r.text).toBe(400)
+    }
+    for (const body of [{ Name: 'x\ud800' }, { Checks: ['serfHealth', 'c\udc00'] }]) {
+      const r = await call(base, 'PUT', '/v1/session/create', MGMT, body)
+      expect(r.status, r.text).toBe(400)
+    }
+    expect(store.index).toBe(before)
+    expect(store.kv.list('')).toEqual([])
+    expect(store.kv.listSessions()).toEqual([])
+  })
+
+  it('conflicting flags (Consul: recurse with cas, cas with acquire or release) are a 400, nothing changed', async () => {
+    const { base, store } = await setup()
+    await call(base, 'PUT', '/v1/kv/x/a', MGMT, 'v')
+    await call(base, 'PUT', '/v1/kv/x/b', MGMT, 'v')
+    const sid = ((await call(base, 'PUT', '/v1/session/create', MGMT, {})).json as { ID: string }).ID
+    const before = store.index
+    // A recursive delete that meant to be conditional must not delete the tree unconditionally.
+    expect((await call(base, 'DELETE', '/v1/kv/x/?recurse&cas=999', MGMT)).status).toBe(400)
+    expect((await call(base, 'PUT', `/v1/kv/x/a?cas=0&acquire=${sid}`, MGMT, 'w')).status).toBe(400)
+    expect((await call(base, 'PUT', `/v1/kv/x/a?cas=0&release=${sid}`, MGMT, 'w')).status).toBe(400)
+    expect(store.index).toBe(before)
+    expect(store.kv.list('x/').map((e) => e.key)).toEqual(['x/a', 'x/b'])
+  })
+
   it('ACLs: no token and a read-only token cannot write or take a lock; nothing changes', async () => {
     const { base, store } = await setup()
     await call(base, 'PUT', '/v1/kv/app/a', MGMT, 'v')
@@ -320,7 +420,51 @@ describe('session routes', () => {
   })
 })
 
+describe('session routes: ACLs on the node', () => {
+  it("session:write on n1 creates, renews and destroys n1's sessions only; nothing changes for n2's", async () => {
+    const { base, store } = await setup()
+    const theirs = (
+      (await call(base, 'PUT', '/v1/session/create', MGMT, { Node: 'n2' })).json as { ID: string }
+    ).ID
+    const before = store.index
+    expect((await call(base, 'PUT', '/v1/session/create', N1_WRITER, { Node: 'n2' })).status).toBe(403)
+    expect((await call(base, 'PUT', `/v1/session/renew/${theirs}`, N1_WRITER)).status).toBe(403)
+    expect((await call(base, 'PUT', `/v1/session/destroy/${theirs}`, N1_WRITER)).status).toBe(403)
+    expect(store.index).toBe(before)
+    expect(store.kv.listSessions().map((s) => s.node)).toEqual(['n2'])
+    const mine = await call(base, 'PUT', '/v1/session/create', N1_WRITER, { Node: 'n1' })
+    expect(mine.status, mine.text).toBe(200)
+    const id = (mine.json as { ID: string }).ID
+    // A lock under its write prefix with its own session; the list leaves out n2's session.
+    expect((await call(base, 'PUT', `/v1/kv/app/n1/lock?acquire=${id}`, N1_WRITER, 'x')).json).toBe(true)
+    const list = (await call(base, 'GET', '/v1/session/list', N1_WRITER)).json as { ID: string }[]
+    expect(list.map((s) => s.ID)).toEqual([id])
+    expect((await call(base, 'PUT', `/v1/session/destroy/${id}`, N1_WRITER)).json).toBe(true)
+    expect(store.kv.get('app/n1/lock')?.session).toBeUndefined()
+  })
+})
+
 describe('txn route', () => {
+  it('a reply past MAX_TXN_REPLY_BYTES is a 413, before anything is written', async () => {
+    // 64 get-tree operations on the whole store would answer 64 copies of it (hundreds of MB).
+    const { base, store } = await setup()
+    const value = 'v'.repeat(512 * 1024)
+    for (let i = 0; i < 4; i++) await call(base, 'PUT', `/v1/kv/big/${i}`, MGMT, value)
+    const before = store.index
+    const trees = Array.from({ length: 8 }, () => ({ KV: { Verb: 'get-tree', Key: '' } }))
+    const read = await call(base, 'PUT', '/v1/txn', MGMT, trees)
+    expect(read.status).toBe(413)
+    const write = await call(base, 'PUT', '/v1/txn', MGMT, [
+      { KV: { Verb: 'set', Key: 'new', Value: 'eA==' } },
+      ...trees,
+    ])
+    expect(write.status).toBe(413)
+    expect(store.index).toBe(before)
+    expect(store.kv.get('new')).toBeUndefined()
+    // One copy is fine.
+    expect((await call(base, 'PUT', '/v1/txn', MGMT, trees.slice(0, 1))).status).toBe(200)
+  })
+
   it('applies all or nothing; 409 with Consul errors; read-only txns read locally', async () => {
     const { base, store } = await setup()
     await call(base, 'PUT', '/v1/kv/a', MGMT, 'one')

@@ -105,3 +105,19 @@ describe('nodeHealthOf: a node as the catalog sees it', () => {
     expect(sessionsToInvalidate([s], 0, (n) => nodeHealthOf(c, n), true)[0]?.reason).toBe('node')
   })
 })
+
+describe('TTLs across a change of leader', () => {
+  it("a new leader gives every TTL session a full 2×TTL from when it took over (Consul's session timers)", () => {
+    // No client could renew while there was no leader: a session must not be invalidated for
+    // renewals that could not be committed. Consul resets every session timer on taking over.
+    const s = session({ ttlMs: 10_000, renewedAt: 1000 })
+    const leadingSince = 25_000
+    expect(sessionsToInvalidate([s], 30_000, () => healthy, true, leadingSince)).toEqual([])
+    expect(sessionsToInvalidate([s], 45_000, () => healthy, true, leadingSince)).toEqual([])
+    expect(sessionsToInvalidate([s], 45_001, () => healthy, true, leadingSince)[0]?.reason).toBe('ttl')
+    // Renewed after the takeover: from the renewal.
+    const r = session({ ttlMs: 10_000, renewedAt: 40_000 })
+    expect(sessionsToInvalidate([r], 60_000, () => healthy, true, leadingSince)).toEqual([])
+    expect(sessionsToInvalidate([r], 60_001, () => healthy, true, leadingSince)[0]?.reason).toBe('ttl')
+  })
+})

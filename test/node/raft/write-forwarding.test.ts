@@ -272,3 +272,35 @@ describe('WriteForwarder checks a write before sending it', () => {
     expect(node.store.getIntention('web', 'db')?.action).toBe('allow')
   })
 })
+
+describe('times of forwarded KV commands', () => {
+  it("the leader proposes a session or KV command at its own wall clock, not the sender's `now`", async () => {
+    // Consul enforces lock-delay and runs TTLs on the leader's clock: an agent whose clock runs
+    // ahead (or a peer that lies) must not renew a session far into the future or skip a lock-delay.
+    const node = leader()
+    const clock = new VirtualClock(1_700_000_000_000)
+    const s = new ForwardedWriteServer(
+      { node: () => node, clock },
+      { attemptTimeoutMs: 1_000, maxCommandBytes: 1 << 20 },
+    )
+    const id = '0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a'
+    const create = {
+      op: 'session.create',
+      id,
+      name: '',
+      node: 'n1',
+      lockDelayMs: 0,
+      behavior: 'release',
+      ttlMs: 10_000,
+      checks: [],
+      now: 9_000_000_000_000_000,
+    }
+    const reply = unpackRecord(await s.serve(pack(request(create)), new AbortController().signal))
+    expect(reply?.['ok']).toBe(true)
+    expect(node.store.kv.session(id)?.renewedAt).toBe(1_700_000_000_000)
+    clock.advance(5_000)
+    const renew = { op: 'session.renew', id, node: 'n1', now: 9_000_000_000_000_000 }
+    await s.serve(pack(request(renew, { seq: 2 })), new AbortController().signal)
+    expect(node.store.kv.session(id)?.renewedAt).toBe(1_700_000_005_000)
+  })
+})

@@ -8,6 +8,7 @@ import {
   type PolicyResult,
   PolicyStore,
 } from '../../../src/raft/policy/policy-store.ts'
+import { preparePolicyCommand } from '../../../src/raft/policy/policy-commands.ts'
 
 /**
  * The KV state machine through the policy store, as Raft applies it: entries at increasing
@@ -166,6 +167,24 @@ describe('KV state: locks and sessions', () => {
     expect(code(l.apply({ op: 'session.renew', id: S1, node: 'n1', now: 7000 }))).toBe(
       PolicyErrorCodes.notFound,
     )
+  })
+})
+
+describe('KV state: TTL invalidation against a renewal committed first', () => {
+  it('a TTL invalidation of a session renewed since is refused (stale); a due one applies', () => {
+    // The leader decides on its applied state, then proposes; a renewal may commit in between.
+    // The client renewed in time: it must keep its session and its locks.
+    const l = new Log()
+    l.session(S1, { ttlMs: 10_000 }, 0)
+    l.set('lock', 'held', { acquire: S1 })
+    expect(l.apply({ op: 'session.renew', id: S1, node: 'n1', now: 20_000 }).ok).toBe(true)
+    const ttl = (now: number) => l.apply({ op: 'session.destroy', id: S1, node: 'n1', now, reason: 'ttl' })
+    expect(code(ttl(20_001))).toBe(PolicyErrorCodes.staleRequest)
+    expect(l.kv.session(S1)).toBeDefined()
+    expect(l.kv.get('lock')?.session).toBe(S1)
+    expect(ttl(40_001).ok).toBe(true)
+    expect(l.kv.session(S1)).toBeUndefined()
+    expect(l.kv.get('lock')?.session).toBeUndefined()
   })
 })
 
@@ -353,6 +372,18 @@ describe('KV state: snapshots', () => {
     expect(Buffer.from(copy.store.snapshot())).toEqual(Buffer.from(l.store.snapshot()))
   })
 
+  it('a lock-delay ending past the largest safe integer still makes a snapshot that restores', () => {
+    // `now` may be any safe integer; `now + LockDelay` must stay one, or every follower refuses
+    // the leader's snapshot as malformed.
+    const l = new Log()
+    l.session(S1, { lockDelayMs: KV_LIMITS.maxLockDelayMs })
+    l.set('lock', 'held', { acquire: S1 })
+    expect(l.destroy(S1, Number.MAX_SAFE_INTEGER - 1).ok).toBe(true)
+    const copy = new Log(new PolicyStore())
+    copy.store.restore(l.store.snapshot())
+    expect(copy.kv.snapshot()).toEqual(l.kv.snapshot())
+  })
+
   it('a snapshot with a malformed KV part throws and leaves the state as it was', () => {
     const l = new Log()
     l.set('a', 'one')
@@ -400,3 +431,46 @@ function patchSnapshot(bytes: Uint8Array, kv: unknown): Uint8Array {
   const s = unpack(bytes) as Record<string, unknown>
   return pack({ ...s, kv })
 }
+
+describe('KV commands: text that msgpack would change is refused before it is proposed', () => {
+  it('a lone surrogate in a key, prefix, txn key, session name, node or check', () => {
+    // msgpack writes a lone surrogate as U+FFFD: the entry would name another key than the one
+    // the ACL check saw. preparePolicyCommand is what every agent runs before proposing.
+    const bad: unknown[] = [
+      { op: 'kv.set', key: 'a\ud800', value: '', now: 0 },
+      { op: 'kv.delete', key: '\udc00', recurse: true },
+      { op: 'kv.delete-tree', prefix: 'x\udbff' },
+      { op: 'txn', now: 0, ops: [{ verb: 'set', key: 'k\ud800', value: '' }] },
+      {
+        op: 'session.create',
+        id: S1,
+        name: '\ud800',
+        node: 'n1',
+        lockDelayMs: 0,
+        behavior: 'release',
+        ttlMs: 0,
+        checks: [],
+        now: 0,
+      },
+      { op: 'session.renew', id: S1, node: 'n\udfff', now: 0 },
+      {
+        op: 'session.create',
+        id: S1,
+        name: '',
+        node: 'n1',
+        lockDelayMs: 0,
+        behavior: 'release',
+        ttlMs: 0,
+        checks: ['c\ud800'],
+        now: 0,
+      },
+    ]
+    for (const cmd of bad) {
+      const r = preparePolicyCommand(cmd)
+      expect(r.ok, JSON.stringify(cmd)).toBe(false)
+      if (!r.ok) expect(r.code).toBe(PolicyErrorCodes.invalidCommand)
+    }
+    // A surrogate pair (an emoji) is text.
+    expect(preparePolicyCommand({ op: 'kv.set', key: 'a/\u{1F600}', value: '', now: 0 }).ok).toBe(true)
+  })
+})
