@@ -9,5 +9,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // Two test files at a time on a 2-core machine (vitest's default is one fewer than the cores,
+    // so one): most of the time goes to e2e files waiting on agent processes, not to the CPU.
+    maxWorkers: 2,
   },
 })
