@@ -83,10 +83,12 @@ describe('raft in the agent (end to end, 3 agent processes)', () => {
     const huge = await fetch(`http://${follower.http}/v1/config`, {
       method: 'PUT',
       headers: { ...authHeaders(), 'content-type': 'application/json' },
-      body: JSON.stringify({ kind: 'service-defaults', name: 'big', value: { note: 'x'.repeat(70_000) } }),
+      body: JSON.stringify({ kind: 'kv', name: 'big', value: 'x'.repeat(65_536) }),
     })
     expect(huge.status).toBe(413)
-    expect((await fetch(`http://${follower.http}/v1/config/service-defaults/big`)).status).toBe(404)
+    expect((await fetch(`http://${follower.http}/v1/config/kv/big`, { headers: authHeaders() })).status).toBe(
+      404,
+    )
     const badHttp = await runCli(['raft', 'peers', '--http', 'nonsense'])
     expect(badHttp.code).toBe(1)
     expect(badHttp.stderr.trim().split('\n')).toHaveLength(1)
