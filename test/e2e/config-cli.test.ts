@@ -121,20 +121,36 @@ describe('peermesh config (config entries in Raft, through one agent)', () => {
     expectOneLineError(await cli('config', 'delete', 'kv', 'greeting'), /no config entry kv\/greeting/)
   })
 
+  it("takes Consul's config entry files: Kind and Name in PascalCase", async () => {
+    const written = await cli(
+      'config',
+      'write',
+      file('defaults.json', { Kind: 'service-defaults', Name: 'pascal', Protocol: 'http' }),
+    )
+    expect(written.code, written.stderr).toBe(0)
+    expect(written.stdout).toMatch(/^config entry service-defaults\/pascal written/)
+    const read = await cli('config', 'read', 'service-defaults', 'pascal', '--json')
+    expect(read.code, read.stderr).toBe(0)
+    expect(JSON.stringify(JSON.parse(read.stdout))).toMatch(/"Protocol":"http"/)
+  })
+
   it('refuses bad input with one line and changes nothing', async () => {
     const before = await listJson('service-splitter')
     const cases: [string[], RegExp][] = [
       [['config', 'write', join(cluster.dir, 'missing.json')], /cannot read .*missing\.json: ENOENT/],
       [['config', 'write', file('bad.json', '{"kind":')], /bad\.json is not valid JSON/],
       [['config', 'write', file('array.json', [splitter])], /expected one JSON object/],
-      [['config', 'write', file('pascal.json', { Kind: 'kv', Name: 'x', Value: 'y' })], /"kind".*camelCase/],
+      [
+        ['config', 'write', file('noname.json', { Kind: 'kv', value: 'y' })],
+        /"name" must be a non-empty string/,
+      ],
       [
         ['config', 'write', file('kind.json', { kind: 'no-such-kind', name: 'x' })],
         /kind: unknown config entry kind "no-such-kind" \(known: .*service-splitter/,
       ],
       [
         ['config', 'write', file('sum.json', { ...splitter, splits: [{ weight: 50, serviceSubset: 'v1' }] })],
-        /split weights must sum to 100/,
+        /weights must sum to 100/i,
       ],
       [['config', 'write', file('field.json', { kind: 'kv', name: 'x', value: 'y', extra: 1 })], /extra/],
       [

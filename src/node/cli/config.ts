@@ -43,13 +43,15 @@ export function readConfigEntryArg(
   }
   if (entry === null || typeof entry !== 'object' || Array.isArray(entry))
     throw new ConfigError(`${where}: expected one JSON object { "kind": ..., "name": ..., ... }`)
-  const e = entry as Record<string, unknown>
+  // `kind` and `name` in any case (Consul's files say `Kind` and `Name`), sent as `kind`/`name`.
+  const e: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(entry as Record<string, unknown>)) {
+    const lower = k.toLowerCase()
+    e[lower === 'kind' || lower === 'name' ? lower : k] = v
+  }
   for (const field of ['kind', 'name'] as const) {
-    if (typeof e[field] !== 'string' || e[field] === '') {
-      const pascal = field === 'kind' ? 'Kind' : 'Name'
-      const hint = pascal in e ? ` (fields are camelCase: "${field}", not "${pascal}")` : ''
-      throw new ConfigError(`${where}: "${field}" must be a non-empty string${hint}`)
-    }
+    if (typeof e[field] !== 'string' || e[field] === '')
+      throw new ConfigError(`${where}: "${field}" must be a non-empty string`)
   }
   return e as { kind: string; name: string } & Record<string, unknown>
 }
