@@ -158,7 +158,9 @@ describe('peermesh demo (the README set-up command)', () => {
       ])
       const resolver = new Resolver()
       resolver.setServers([`127.0.0.1:${dnsPort}`])
-      expect(await resolver.resolve4('api.service.peermesh')).toHaveLength(3)
+      // Three api instances, all on 127.0.0.1: one A record (no duplicates), three SRV records.
+      expect(await resolver.resolve4('api.service.peermesh')).toEqual(['127.0.0.1'])
+      expect(await resolver.resolveSrv('api.service.peermesh')).toHaveLength(3)
 
       child.kill('SIGINT')
       expect(await exited).toBe(0) // the story went as expected; Ctrl-C ends the kept cluster

@@ -155,9 +155,14 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
     expect(dbToken.status, errorOf(dbToken)).toBe(200)
     const db = dbToken.json as { SecretID: string; AccessorID: string }
     const dbPort = await freePort()
-    const registered = await call(edge, 'PUT', '/v1/agent/service/register', {
-      token: db.SecretID,
-      body: { name: 'db', port: dbPort },
+    // The token was just made on the leader: edge answers 503 ("retry") until its replicated ACL
+    // state has it.
+    const registered = await waitFor('edge knows the db token', async () => {
+      const r = await call(edge, 'PUT', '/v1/agent/service/register', {
+        token: db.SecretID,
+        body: { name: 'db', port: dbPort },
+      })
+      return r.status === 503 ? undefined : r
     })
     expect(registered.status, errorOf(registered)).toBe(200)
     await waitFor(
