@@ -150,6 +150,22 @@ export class EndpointPool {
       }
       list = subset.length === 0 && lenient ? this.records : subset
     }
+    const chosen = this.pickIn(list, tried, lb, hashKey, retryTried)
+    // A tag subset (lenient) none of whose instances is usable now (all tried, ejected or gone)
+    // lets the whole service serve, as an empty one does: a retry after its only instance died
+    // goes to another instance instead of failing.
+    if (chosen === undefined && lenient && list !== this.records)
+      return this.pickIn(this.records, tried, lb, hashKey, retryTried)
+    return chosen
+  }
+
+  private pickIn(
+    list: readonly EndpointRecord[],
+    tried: readonly EndpointRecord[] | undefined,
+    lb: LoadBalancerConfig | undefined,
+    hashKey: string | undefined,
+    retryTried: boolean,
+  ): EndpointRecord | undefined {
     const policy = lb?.policy ?? 'least_request'
     if (policy === 'least_request') return this.choose(list, tried, this.init.rng, retryTried)
     this.pickTried = tried !== undefined && tried.length > 0 ? tried : undefined
