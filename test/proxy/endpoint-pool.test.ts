@@ -7,6 +7,7 @@ import { VirtualClock } from '../sim/virtual-clock.ts'
 
 const endpoint = (id: string, tag: string): Endpoint => ({
   id,
+  service: 'api',
   address: '127.0.0.1',
   port: 20_000 + Number(id.slice(-1)),
   weight: 1,
