@@ -155,27 +155,30 @@ describe('idle heartbeats', () => {
   it.each([
     ['the other follower', 'b'],
     ['the leader', 'a'],
-  ])('%s keeps its check-quorum lease while idle: a node that timed out cannot depose the leader (thesis §9.6)', (_, reachable) => {
-    const c = idleCluster(7, { checkQuorum: true, preVote: true })
-    const a = c.node('a')
-    const term = a.raft.term
-    // c restarts knowing nothing of the idle interval and hears only `reachable` for a while: it
-    // times out and asks for pre-votes, which must be refused, however long since the last heartbeat.
-    c.crash('c')
-    c.tick(IDLE)
-    c.restart('c')
-    c.cut('c', reachable === 'a' ? 'b' : 'a')
-    c.tick(IDLE * 3)
-    // c did campaign, and `reachable` refused it for its lease.
-    expect(c.node(reachable).raft.refusedMessages()['vote_in_lease']?.from).toBe('c')
-    expect(a.raft.role).toBe('leader')
-    expect(a.raft.term).toBe(term)
-    c.recover()
-    c.tick(IDLE * 2)
-    expect(a.raft.role).toBe('leader')
-    expect(a.raft.term).toBe(term)
-    expect(c.node('c').raft.softState().leader).toBe('a')
-  })
+  ])(
+    '%s keeps its check-quorum lease while idle: a node that timed out cannot depose the leader (thesis §9.6)',
+    (_, reachable) => {
+      const c = idleCluster(7, { checkQuorum: true, preVote: true })
+      const a = c.node('a')
+      const term = a.raft.term
+      // c restarts knowing nothing of the idle interval and hears only `reachable` for a while: it
+      // times out and asks for pre-votes, which must be refused, however long since the last heartbeat.
+      c.crash('c')
+      c.tick(IDLE)
+      c.restart('c')
+      c.cut('c', reachable === 'a' ? 'b' : 'a')
+      c.tick(IDLE * 3)
+      // c did campaign, and `reachable` refused it for its lease.
+      expect(c.node(reachable).raft.refusedMessages()['vote_in_lease']?.from).toBe('c')
+      expect(a.raft.role).toBe('leader')
+      expect(a.raft.term).toBe(term)
+      c.recover()
+      c.tick(IDLE * 2)
+      expect(a.raft.role).toBe('leader')
+      expect(a.raft.term).toBe(term)
+      expect(c.node('c').raft.softState().leader).toBe('a')
+    },
+  )
 
   it('a follower that forgets its leader goes back to the short timeout', () => {
     const c = idleCluster(11)
