@@ -39,7 +39,11 @@ await build({
   banner: {
     js: "import { createRequire as __peermeshCreateRequire } from 'node:module'; const require = __peermeshCreateRequire(import.meta.url);",
   },
+  // Maps for stack traces only: without the sources' text. With source maps on, Node reads and
+  // keeps every map of every module it loads; the sources' text was most of their size (and of an
+  // idle agent's heap).
   sourcemap: true,
+  sourcesContent: false,
   logLevel: 'warning',
 })
 // Written last: its presence says the build completed (bin/peermesh.js checks it).
