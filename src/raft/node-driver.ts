@@ -48,15 +48,7 @@ export class RaftNode<R = unknown> {
   private readonly verifySnapshot: ((msg: Message) => boolean) | undefined
   private readonly opts: DriverConfig
   private readonly pending: PendingRequests
-  /** The tick timer (see `armTick`), and when it fires. */
-  private tickTimer: (() => void) | undefined
-  private tickTimerAt = Number.POSITIVE_INFINITY
-  /** When the last tick applied to the core was due. */
-  private tickBase = 0
-  /** Ticks from `tickBase` to the next one that does something (`Raft.ticksUntilDue`). */
-  private plannedTicks = 1
-  /** When this driver last ran (a timer or an input): the event loop was not stalled then. */
-  private lastSeen = 0
+  private cancelTick: (() => void) | undefined
   private running = false
   private stopped = false
   private appliedIndex = 0
@@ -131,17 +123,15 @@ export class RaftNode<R = unknown> {
   start(): void {
     if (this.running || this.stopped) return
     this.running = true
-    this.tickBase = this.clock.now()
-    this.lastSeen = this.tickBase
-    this.drain() // and arms the tick timer
+    this.cancelTick = this.clock.setInterval(() => this.tick(), this.opts.tickMs)
+    this.drain()
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return
     this.stopped = true
     this.running = false
-    this.tickTimer?.()
-    this.tickTimer = undefined
+    this.cancelTick?.()
     this.pending.rejectAll(new RaftStoppedError('raft node stopped'))
     // The storage's fd must outlive a pending fsync.
     await this.persisting?.done.catch(() => {})
@@ -150,65 +140,11 @@ export class RaftNode<R = unknown> {
 
   // ---- inputs -----------------------------------------------------------------------------------
 
-  /** Advances logical time by one tick now (tests call it directly; the clock drives `onTickTimer`). */
+  /** Advances logical time by one tick (called by the clock; tests may call it directly). */
   tick(): void {
     if (this.stopped) return
     this.raft.tick()
     this.drain()
-  }
-
-  // ---- time -------------------------------------------------------------------------------------
-  //
-  // The core counts ticks of `tickMs`. The driver does not wake up for every one: it asks the core
-  // how many ticks can pass before one does something (`ticksUntilDue`: a follower's election
-  // timeout, an idle leader's next heartbeat) and sleeps that long. Ticks that elapsed meanwhile are
-  // applied before any input (`catchUp`), so the core sees the same sequence of ticks and inputs as
-  // with a timer every tick. As with such a timer, time the event loop was stalled for is not
-  // counted beyond a tick: after a stall, a follower does not campaign before its leader, stalled
-  // too, has had a heartbeat interval to be heard from.
-
-  /**
-   * Applies the ticks elapsed since `tickBase`, short of the planned one (the timer's). After a
-   * stall (the planned tick overdue by more than a tick) only one tick more than this driver saw
-   * the event loop run counts, and the plan restarts from now.
-   */
-  private catchUp(): void {
-    if (!this.running || this.stopped) return
-    const T = this.opts.tickMs
-    const now = this.clock.now()
-    const stalled = now - (this.tickBase + this.plannedTicks * T) > T
-    const until = stalled ? Math.max(this.tickBase, this.lastSeen) + T : now
-    const n = Math.min(this.plannedTicks - 1, Math.floor((until - this.tickBase) / T))
-    for (let i = 0; i < n; i++) this.raft.tick()
-    this.plannedTicks -= n
-    this.tickBase = stalled ? now : this.tickBase + n * T
-    this.lastSeen = now
-  }
-
-  private onTickTimer(): void {
-    this.tickTimer = undefined
-    if (!this.running || this.stopped) return
-    this.catchUp()
-    const now = this.clock.now()
-    if (now < this.tickBase + this.plannedTicks * this.opts.tickMs) {
-      this.armTick() // armed for an earlier plan, or after a stall
-      return
-    }
-    this.raft.tick()
-    this.tickBase += this.opts.tickMs
-    this.plannedTicks = 1
-    this.drain() // arms the next tick
-  }
-
-  /** Keeps the tick timer armed for the core's next due tick (never later than a timer already set). */
-  private armTick(): void {
-    if (!this.running || this.stopped) return
-    this.plannedTicks = this.raft.ticksUntilDue()
-    const at = this.tickBase + this.plannedTicks * this.opts.tickMs
-    if (this.tickTimer !== undefined && this.tickTimerAt <= at) return
-    this.tickTimer?.()
-    this.tickTimerAt = at
-    this.tickTimer = this.clock.setTimeout(() => this.onTickTimer(), Math.max(0, at - this.clock.now()))
   }
 
   /** Handles a decoded message from a peer. */
@@ -218,7 +154,6 @@ export class RaftNode<R = unknown> {
       this.malformed++
       return
     }
-    this.catchUp()
     this.raft.step(msg)
     this.scheduleDrain()
   }
@@ -272,7 +207,6 @@ export class RaftNode<R = unknown> {
   ): Promise<{ index: number; result: unknown }> {
     if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
     let pos: { index: number; term: number }
-    this.catchUp()
     try {
       pos = start(this.raft)
     } catch (err) {
@@ -292,7 +226,6 @@ export class RaftNode<R = unknown> {
   read(options: RequestOptions = {}): Promise<{ index: number }> {
     if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
     const ctx = `${this.id}/${++this.readSeq}`
-    this.catchUp()
     try {
       this.raft.readIndex(ctx)
     } catch (err) {
@@ -316,7 +249,6 @@ export class RaftNode<R = unknown> {
 
   /** Asks the leader (this node) to hand leadership to `to` (thesis §3.10). */
   transferLeadership(to: NodeId): void {
-    this.catchUp()
     this.raft.transferLeadership(to)
     this.drain()
   }
@@ -324,7 +256,6 @@ export class RaftNode<R = unknown> {
   /** Starts an election now (e.g. an operator command); normally elections are timer driven. */
   campaign(): void {
     if (this.stopped) return
-    this.catchUp()
     this.raft.campaign()
     this.drain()
   }
@@ -337,7 +268,6 @@ export class RaftNode<R = unknown> {
    */
   forgetLeader(): void {
     if (this.stopped) return
-    this.catchUp()
     this.raft.forgetLeader()
     this.drain()
   }
@@ -381,7 +311,6 @@ export class RaftNode<R = unknown> {
     } finally {
       this.draining = false
     }
-    this.armTick() // the inputs may have brought the next due tick closer
   }
 
   private handleReady(rd: Ready): void {
@@ -431,7 +360,6 @@ export class RaftNode<R = unknown> {
         this.sendAll(rd.messagesAfterAppend)
         if (rd.snapshot !== undefined) this.applyReady(rd)
         else this.pending.confirmed(rd.readStates)
-        this.catchUp()
         this.raft.appendDone(last.index, last.term)
         this.afterReady(rd)
         this.drain()

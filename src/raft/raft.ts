@@ -389,23 +389,6 @@ export class Raft {
     else this.tickElection()
   }
 
-  /**
-   * Ticks that can pass before one does anything but count: a campaign, a heartbeat, a
-   * check-quorum round or the leader's move to idle heartbeats. A driver may sleep that many ticks
-   * and apply them in one go, provided it applies the ticks elapsed so far before any other input
-   * (the counters decide how an input is handled: leases, transfers). Always at least 1; exactly 1
-   * on a leader that is not idle.
-   */
-  ticksUntilDue(): number {
-    if (this.role === 'leader') {
-      if (!this.idle()) return 1
-      const beat = this.cfg.idleHeartbeatTick - this.heartbeatElapsed
-      return Math.max(1, Math.min(beat, this.timeoutBase() - this.electionElapsed))
-    }
-    if (!this.promotable()) return this.cfg.electionTick // a learner only counts
-    return Math.max(1, this.randomizedElectionTimeout - this.electionElapsed)
-  }
-
   private tickElection(): void {
     this.electionElapsed++
     if (this.transferAnnounce !== undefined) this.transferAnnounce.elapsed++
