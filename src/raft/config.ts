@@ -26,9 +26,9 @@ export interface RaftConfig {
    * committed, no read or transfer in progress) for electionTick ticks heartbeats every
    * idleHeartbeatTick ticks instead, to voters and learners alike, and says so in each of those
    * heartbeats (`idleTicks`). Every timeout that waits on heartbeats stretches by the same amount on
-   * both sides (`electionTimeoutTicks`): a follower told so waits electionTick + idleHeartbeatTick -
-   * heartbeatTick ticks before campaigning (and keeps its check-quorum lease that long), and the
-   * leader's check-quorum round is as long. Anything the leader sends without the field (an append,
+   * both sides (`electionTimeoutTicks`): a follower told so waits electionTick + 2 ×
+   * (idleHeartbeatTick - heartbeatTick) ticks before campaigning (and keeps its check-quorum lease
+   * that long), and the leader's check-quorum round is as long. Anything the leader sends without the field (an append,
    * a read's heartbeat round) puts followers back on the short timeout, and the leader heartbeats
    * every heartbeatTick again. Only liveness depends on it: a hung, still-connected leader of an
    * idle cluster is replaced later (a closed connection is noticed at once by the agent).
@@ -97,17 +97,18 @@ export const MAX_IDLE_HEARTBEAT_TICK = 1000
 
 /**
  * The shortest election timeout, in ticks, of a follower whose leader last said it heartbeats every
- * `leaderIdleTicks` ticks (0: every heartbeatTick): electionTick plus the extra silence between two
- * idle heartbeats, so a follower tolerates as many missed ticks as with normal heartbeats. The
- * follower's check-quorum lease and the leader's check-quorum round use the same figure. The
- * randomized timeout is drawn in [this, this + electionTick).
+ * `leaderIdleTicks` ticks (0: every heartbeatTick): electionTick plus twice the extra silence
+ * between two idle heartbeats, so one idle heartbeat may come late by a whole interval (a leader
+ * whose timers fire late under load counts its ticks slower than its followers) without an
+ * election. The follower's check-quorum lease and the leader's check-quorum round use the same
+ * figure. The randomized timeout is drawn in [this, this + electionTick).
  */
 export function electionTimeoutTicks(
   c: Pick<RaftConfig, 'electionTick' | 'heartbeatTick'>,
   leaderIdleTicks: number,
 ): number {
   const idle = Math.min(Math.max(0, Math.floor(leaderIdleTicks)), MAX_IDLE_HEARTBEAT_TICK)
-  return idle > c.heartbeatTick ? c.electionTick + idle - c.heartbeatTick : c.electionTick
+  return idle > c.heartbeatTick ? c.electionTick + 2 * (idle - c.heartbeatTick) : c.electionTick
 }
 
 /** Rejects combinations that cannot work, with the reason. */

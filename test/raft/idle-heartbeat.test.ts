@@ -10,11 +10,11 @@ import type { Message } from '../../src/raft/types.ts'
 import { SimCluster } from './sim-cluster.ts'
 
 // The agent's ratio (RAFT_DEFAULTS): idle heartbeats much further apart than an election timeout.
-const IDLE = 20
+const IDLE = 10
 const ELECTION = 6
 const config = { electionTick: ELECTION, heartbeatTick: 1, idleHeartbeatTick: IDLE }
-/** A follower's shortest election timeout while its leader is idle: 6 + 20 - 1. */
-const IDLE_TIMEOUT = ELECTION + IDLE - 1
+/** A follower's shortest election timeout while its leader is idle: 6 + 2 × (10 - 1). */
+const IDLE_TIMEOUT = ELECTION + 2 * (IDLE - 1)
 
 function countHeartbeats(c: SimCluster): { beats: Map<string, number>; idle: Map<string, number> } {
   const beats = new Map<string, number>()
@@ -43,9 +43,9 @@ describe('electionTimeoutTicks', () => {
     // [electionTick, heartbeatTick, leader's idle interval, shortest timeout]
     [6, 1, 0, 6], // no idle leader: electionTick, as always
     [6, 1, 1, 6], // an "idle" interval no longer than the normal one changes nothing
-    [6, 1, 20, 25], // the agent's defaults: 6 + 20 - 1 ticks (625 ms at 25 ms a tick)
-    [10, 2, 8, 16],
-    [6, 1, 1e9, 6 + 1000 - 1], // a peer's absurd interval is clamped (MAX_IDLE_HEARTBEAT_TICK)
+    [6, 1, 10, 24], // the agent's defaults: 6 + 2 × (10 - 1) ticks (600 ms at 25 ms a tick)
+    [10, 2, 8, 22],
+    [6, 1, 1e9, 6 + 2 * (1000 - 1)], // a peer's absurd interval is clamped (MAX_IDLE_HEARTBEAT_TICK)
     [6, 1, -5, 6],
   ])('electionTick %i, heartbeatTick %i, idle %i → %i', (e, h, idle, want) => {
     expect(electionTimeoutTicks({ electionTick: e, heartbeatTick: h }, idle)).toBe(want)
@@ -166,8 +166,11 @@ describe('idle heartbeats', () => {
       c.crash('c')
       c.tick(IDLE)
       c.restart('c')
-      c.cut('c', reachable === 'a' ? 'b' : 'a')
-      c.tick(IDLE * 3)
+      if (reachable === 'a') {
+        c.cut('c', 'b')
+        c.drop('a', 'c', 1) // c does not hear the leader's heartbeats, but reaches it
+      } else c.cut('c', 'a')
+      c.tick(IDLE * 8)
       // c did campaign, and `reachable` refused it for its lease.
       expect(c.node(reachable).raft.refusedMessages()['vote_in_lease']?.from).toBe('c')
       expect(a.raft.role).toBe('leader')

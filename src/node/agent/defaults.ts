@@ -82,12 +82,13 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   // once), only to resend a lost append and to look active to autopilot; at every tick their
   // heartbeats and answers were most of a large cluster's leader traffic at rest.
   learnerHeartbeatTick: 4,
-  // 500 ms: at rest, heartbeats every tick were most of an idle agent's CPU (each one a libp2p stream
+  // 250 ms: at rest, heartbeats every tick were most of an idle agent's CPU (each one a libp2p stream
   // write through yamux, noise and the private-network cipher, and its answer). Followers of an idle
-  // leader wait 625-775 ms (6 + 20 - 1 ticks, randomized) instead of 150-300 ms before campaigning:
-  // only a hung leader that keeps its connections open is replaced later; a crashed or killed one
-  // closes them and is replaced at once (failoverStaggerMs), and the first write wakes the leader.
-  idleHeartbeatTick: 20,
+  // leader wait 600-750 ms (6 + 2 × (10 - 1) ticks, randomized) instead of 150-300 ms before
+  // campaigning: only a hung leader that keeps its connections open is replaced later; a crashed or
+  // killed one closes them and is replaced at once (failoverStaggerMs), and the first write wakes
+  // the leader.
+  idleHeartbeatTick: 10,
   snapshotThreshold: 8192, // a snapshot holds the dedupe table (up to 10k clients): not too often
   snapshotTrailing: 128, // a member lagging < 128 entries catches up from the log
   requestTimeoutMs: 10_000, // longer than several elections; callers wanting less pass a signal
