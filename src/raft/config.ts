@@ -23,7 +23,7 @@ export interface RaftConfig {
   learnerHeartbeatTick: number
   /**
    * Idle heartbeats (0: off). A leader with nothing to replicate (every member has every entry, all
-   * committed, no read or transfer in progress) for electionTick ticks heartbeats every
+   * committed, no read or transfer in progress) for `quietTicks` ticks heartbeats every
    * idleHeartbeatTick ticks instead, to voters and learners alike, and says so in each of those
    * heartbeats (`idleTicks`). Every timeout that waits on heartbeats stretches by the same amount on
    * both sides (`electionTimeoutTicks`): a follower told so waits electionTick + 2 ×
@@ -109,6 +109,16 @@ export function electionTimeoutTicks(
 ): number {
   const idle = Math.min(Math.max(0, Math.floor(leaderIdleTicks)), MAX_IDLE_HEARTBEAT_TICK)
   return idle > c.heartbeatTick ? c.electionTick + 2 * (idle - c.heartbeatTick) : c.electionTick
+}
+
+/**
+ * Ticks a leader must have had nothing to replicate before it heartbeats at the idle interval: four
+ * idle intervals, and at least an election timeout. A cluster written to within the last second
+ * (at the agent's 25 ms ticks) keeps its short timeouts and leases, so a leader that dies right
+ * after a write is replaced as fast as before even by a survivor that missed its connection close.
+ */
+export function quietTicks(c: Pick<RaftConfig, 'electionTick' | 'idleHeartbeatTick'>): number {
+  return Math.max(c.electionTick, 4 * c.idleHeartbeatTick)
 }
 
 /** Rejects combinations that cannot work, with the reason. */

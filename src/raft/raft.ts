@@ -2,6 +2,7 @@ import { applyConfChange, decodeConfChange, encodeConfChange, isMember, isVoter 
 import {
   electionTimeoutTicks,
   MAX_IDLE_HEARTBEAT_TICK,
+  quietTicks,
   type RaftConfig,
   validateRaftConfig,
 } from './config.ts'
@@ -314,11 +315,11 @@ export class Raft {
   }
 
   /**
-   * On the leader: settled for a whole election timeout, so it heartbeats every idleHeartbeatTick
-   * ticks and says so (RaftConfig.idleHeartbeatTick).
+   * On the leader: settled for `quietTicks` (RaftConfig.idleHeartbeatTick), so it heartbeats every
+   * idleHeartbeatTick ticks and says so.
    */
   private idle(): boolean {
-    return this.cfg.idleHeartbeatTick > 0 && this.quietElapsed >= this.cfg.electionTick
+    return this.cfg.idleHeartbeatTick > 0 && this.quietElapsed >= quietTicks(this.cfg)
   }
 
   /** On the leader: something to send; heartbeats go back to every heartbeatTick at once. */

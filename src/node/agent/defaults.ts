@@ -87,7 +87,7 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   // leader wait 600-750 ms (6 + 2 × (10 - 1) ticks, randomized) instead of 150-300 ms before
   // campaigning: only a hung leader that keeps its connections open is replaced later; a crashed or
   // killed one closes them and is replaced at once (failoverStaggerMs), and the first write wakes
-  // the leader.
+  // the leader. A leader goes idle only after 1 s without writes (quietTicks).
   idleHeartbeatTick: 10,
   snapshotThreshold: 8192, // a snapshot holds the dedupe table (up to 10k clients): not too often
   snapshotTrailing: 128, // a member lagging < 128 entries catches up from the log
