@@ -17,6 +17,9 @@ function newest(dir) {
   return max
 }
 
+/** Commands that keep running: worth source-mapped stack traces. */
+const LONG_RUNNING = new Set(['agent', 'demo'])
+
 function buildIsFresh() {
   try {
     const built = statSync(`${root}dist/BUILD`).mtimeMs
@@ -38,7 +41,10 @@ if (process.env.npm_command === 'exec') {
 }
 
 if (process.env.PEERMESH_FROM_SOURCE !== '1' && buildIsFresh()) {
-  process.setSourceMapsEnabled(true) // stack traces name the TypeScript sources
+  // The agent's (and the demo's) stack traces name the TypeScript sources. Node reads and keeps
+  // the map of every module it loads once this is on, a cost a one-shot CLI call does not pay: its
+  // errors are messages, and a crash names dist/ lines (PEERMESH_FROM_SOURCE=1 runs the sources).
+  if (LONG_RUNNING.has(process.argv[2] ?? '')) process.setSourceMapsEnabled(true)
   await import('../dist/peermesh.js')
 } else {
   const { register } = await import('tsx/esm/api')

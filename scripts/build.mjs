@@ -1,12 +1,24 @@
 #!/usr/bin/env node
 // Compiles the agent and CLI to JavaScript in dist/ (run by `npm ci` through the `prepare`
 // script): one ES module per entry point plus lazily loaded chunks (the agent, the demo), with
-// source maps. Dependencies stay in node_modules (`packages: 'external'`). bin/peermesh.js runs
-// this build when it is newer than every source file, and the TypeScript through tsx otherwise.
+// source maps. bin/peermesh.js runs this build when it is newer than every source file, and the
+// TypeScript through tsx otherwise.
+//
+// Dependencies are bundled too, except those listed in KEEP_EXTERNAL: Node resolves, opens, reads
+// and links every ES module file separately, and libp2p, zod and multiformats come as hundreds of
+// small files. Bundled, a CLI call and an agent start read a few large files instead (a CLI call
+// takes about a third less CPU, an agent start about 30% less wall time on this machine).
 import { rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
+
+/**
+ * Loaded from node_modules as they are, because they find files of their own at run time:
+ * pino starts transports in worker threads by file path (thread-stream), and msgpackr loads its
+ * optional native extension (msgpackr-extract) through node-gyp-build.
+ */
+const KEEP_EXTERNAL = ['pino', 'msgpackr']
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const out = join(root, 'dist')
@@ -21,8 +33,17 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  packages: 'external',
+  external: KEEP_EXTERNAL,
+  // Bundled CommonJS dependencies (prom-client, @peculiar/x509, dns-packet...) call require() for
+  // Node's built-in modules: give the ES module bundle a real one.
+  banner: {
+    js: "import { createRequire as __peermeshCreateRequire } from 'node:module'; const require = __peermeshCreateRequire(import.meta.url);",
+  },
+  // Maps for stack traces only: without the sources' text. With source maps on, Node reads and
+  // keeps every map of every module it loads; the sources' text was most of their size (and of an
+  // idle agent's heap).
   sourcemap: true,
+  sourcesContent: false,
   logLevel: 'warning',
 })
 // Written last: its presence says the build completed (bin/peermesh.js checks it).

@@ -43,6 +43,7 @@ const messageSchema = z.object({
   rejectHint: u,
   context: z.string().max(1024),
   snapshot: snapshotSchema.optional(),
+  idleTicks: u.optional(),
 })
 
 export type DecodeResult = { ok: true; message: Message } | { ok: false; reason: string }
@@ -68,6 +69,7 @@ export function encodeMessage(m: Message): Uint8Array {
     context: m.context,
   }
   if (m.snapshot !== undefined) o['snapshot'] = { metadata: m.snapshot.metadata, data: m.snapshot.data }
+  if (m.idleTicks !== undefined) o['idleTicks'] = m.idleTicks
   return pack(o)
 }
 
@@ -99,6 +101,7 @@ export function decodeMessage(buf: Uint8Array): DecodeResult {
     rejectHint: v.rejectHint,
     context: v.context,
   }
+  if (v.idleTicks !== undefined) message.idleTicks = v.idleTicks
   if (v.snapshot !== undefined) {
     const s: Snapshot = {
       metadata: {

@@ -21,6 +21,19 @@ export interface RaftConfig {
    * cluster with a short tick, learners' heartbeats and answers are most of the leader's messages.
    */
   learnerHeartbeatTick: number
+  /**
+   * Idle heartbeats (0: off). A leader with nothing to replicate (every member has every entry, all
+   * committed, no read or transfer in progress) for `quietTicks` ticks heartbeats every
+   * idleHeartbeatTick ticks instead, to voters and learners alike, and says so in each of those
+   * heartbeats (`idleTicks`). Every timeout that waits on heartbeats stretches by the same amount on
+   * both sides (`electionTimeoutTicks`): a follower told so waits electionTick + 2 ×
+   * (idleHeartbeatTick - heartbeatTick) ticks before campaigning (and keeps its check-quorum lease
+   * that long), and the leader's check-quorum round is as long. Anything the leader sends without the field (an append,
+   * a read's heartbeat round) puts followers back on the short timeout, and the leader heartbeats
+   * every heartbeatTick again. Only liveness depends on it: a hung, still-connected leader of an
+   * idle cluster is replaced later (a closed connection is noticed at once by the agent).
+   */
+  idleHeartbeatTick: number
   /** Uniform random number in [0, 1); injected so simulations are deterministic by seed. */
   rng: () => number
   /**
@@ -49,6 +62,7 @@ export const DEFAULT_RAFT_CONFIG: Omit<RaftConfig, 'id' | 'rng'> = {
   electionTick: 10, // 10 × 100 ms: tolerates several lost heartbeats before an election
   heartbeatTick: 1, // heartbeat every tick keeps followers' election timers well clear of expiry
   learnerHeartbeatTick: 1, // as voters: at 100 ms ticks, learners' heartbeats cost little
+  idleHeartbeatTick: 0, // off: a library user opts in (the agent does, RAFT_DEFAULTS)
   preVote: true, // a rejoining partitioned node must not depose a healthy leader
   checkQuorum: true, // a leader cut off from the majority must stop serving reads and writes
   maxEntriesPerMsg: 256, // policy writes are small; 256 keeps a catching-up follower moving fast
@@ -75,6 +89,38 @@ export const DEFAULT_DRIVER_CONFIG: DriverConfig = {
   requestTimeoutMs: 10_000, // longer than several elections; a caller wanting less passes a signal
 }
 
+/**
+ * Largest idle heartbeat interval, in ticks, a node configures or accepts from a leader: a peer's
+ * `idleTicks` beyond it is clamped, so a member cannot silence another's election timer for long.
+ */
+export const MAX_IDLE_HEARTBEAT_TICK = 1000
+
+/**
+ * The shortest election timeout, in ticks, of a follower whose leader last said it heartbeats every
+ * `leaderIdleTicks` ticks (0: every heartbeatTick): electionTick plus twice the extra silence
+ * between two idle heartbeats, so one idle heartbeat may come late by a whole interval (a leader
+ * whose timers fire late under load counts its ticks slower than its followers) without an
+ * election. The follower's check-quorum lease and the leader's check-quorum round use the same
+ * figure. The randomized timeout is drawn in [this, this + electionTick).
+ */
+export function electionTimeoutTicks(
+  c: Pick<RaftConfig, 'electionTick' | 'heartbeatTick'>,
+  leaderIdleTicks: number,
+): number {
+  const idle = Math.min(Math.max(0, Math.floor(leaderIdleTicks)), MAX_IDLE_HEARTBEAT_TICK)
+  return idle > c.heartbeatTick ? c.electionTick + 2 * (idle - c.heartbeatTick) : c.electionTick
+}
+
+/**
+ * Ticks a leader must have had nothing to replicate before it heartbeats at the idle interval: four
+ * idle intervals, and at least an election timeout. A cluster written to within the last second
+ * (at the agent's 25 ms ticks) keeps its short timeouts and leases, so a leader that dies right
+ * after a write is replaced as fast as before even by a survivor that missed its connection close.
+ */
+export function quietTicks(c: Pick<RaftConfig, 'electionTick' | 'idleHeartbeatTick'>): number {
+  return Math.max(c.electionTick, 4 * c.idleHeartbeatTick)
+}
+
 /** Rejects combinations that cannot work, with the reason. */
 export function validateRaftConfig(c: RaftConfig): void {
   const intOver = (name: string, v: number, min: number) => {
@@ -93,6 +139,13 @@ export function validateRaftConfig(c: RaftConfig): void {
     throw new InvalidRaftConfigError(
       'learnerHeartbeatTick must be less than electionTick (a learner would look inactive to autopilot)',
     )
+  }
+  intOver('idleHeartbeatTick', c.idleHeartbeatTick, 0)
+  if (c.idleHeartbeatTick !== 0 && c.idleHeartbeatTick <= c.heartbeatTick) {
+    throw new InvalidRaftConfigError('idleHeartbeatTick must be 0 (off) or greater than heartbeatTick')
+  }
+  if (c.idleHeartbeatTick > MAX_IDLE_HEARTBEAT_TICK) {
+    throw new InvalidRaftConfigError(`idleHeartbeatTick must be at most ${MAX_IDLE_HEARTBEAT_TICK}`)
   }
   intOver('maxEntriesPerMsg', c.maxEntriesPerMsg, 1)
   intOver('maxBytesPerMsg', c.maxBytesPerMsg, 1)

@@ -1,5 +1,11 @@
 import { applyConfChange, decodeConfChange, encodeConfChange, isMember, isVoter } from './conf-change.ts'
-import { type RaftConfig, validateRaftConfig } from './config.ts'
+import {
+  electionTimeoutTicks,
+  MAX_IDLE_HEARTBEAT_TICK,
+  quietTicks,
+  type RaftConfig,
+  validateRaftConfig,
+} from './config.ts'
 import { ConfChangeError, LeadershipTransferInProgressError, NotLeaderError } from './errors.ts'
 import { Progress } from './progress.ts'
 import { committedIndex, quorum, voteResult } from './quorum.ts'
@@ -122,6 +128,12 @@ export class Raft {
   private heartbeatElapsed = 0
   private learnerHeartbeatElapsed = 0
   private randomizedElectionTimeout = 0
+  /** On the leader: consecutive ticks with nothing to replicate (see `idle`). */
+  private quietElapsed = 0
+  /** On the leader: the current check-quorum round saw idle heartbeats, so it lasts longer. */
+  private roundIdle = false
+  /** On a follower: the idle heartbeat interval its leader last announced (0: none). */
+  private leaderIdleTicks = 0
   /** Configuration from the snapshot (or empty), and after each conf entry in the log. */
   private baseConf: ConfState = { voters: [], learners: [] }
   private confLog: { index: number; conf: ConfState }[] = []
@@ -266,7 +278,53 @@ export class Raft {
 
   private resetRandomizedElectionTimeout(): void {
     const e = this.cfg.electionTick
-    this.randomizedElectionTimeout = e + Math.min(e - 1, Math.floor(this.cfg.rng() * e))
+    this.randomizedElectionTimeout = this.timeoutBase() + Math.min(e - 1, Math.floor(this.cfg.rng() * e))
+  }
+
+  /**
+   * The shortest election timeout in force (`electionTimeoutTicks`): on a follower, stretched while
+   * its leader heartbeats at the idle interval; on the leader, its check-quorum round, stretched
+   * while this round saw idle heartbeats. Also the length of the check-quorum lease.
+   */
+  private timeoutBase(): number {
+    const idle =
+      this.role === 'leader' ? (this.roundIdle ? this.cfg.idleHeartbeatTick : 0) : this.leaderIdleTicks
+    return electionTimeoutTicks(this.cfg, idle)
+  }
+
+  /** On a follower: what the leader's last message said of its heartbeat interval. */
+  private setLeaderIdle(idleTicks: number): void {
+    const n = Math.min(idleTicks, MAX_IDLE_HEARTBEAT_TICK)
+    if (n === this.leaderIdleTicks) return
+    this.leaderIdleTicks = n
+    this.resetRandomizedElectionTimeout()
+  }
+
+  /**
+   * On the leader: nothing to replicate. Every member has every entry (the leader's own copy
+   * durable), all committed, no read waiting for a heartbeat round and no transfer in progress.
+   */
+  private settled(): boolean {
+    const last = this.log.lastIndex()
+    if (this.log.committed !== last || this.leadTransferee !== undefined) return false
+    if (this.readOnly.length > 0 || this.pendingReads.length > 0) return false
+    for (const [id, pr] of this.prs) {
+      if (pr.match !== last || (id !== this.id && pr.state !== 'replicate')) return false
+    }
+    return true
+  }
+
+  /**
+   * On the leader: settled for `quietTicks` (RaftConfig.idleHeartbeatTick), so it heartbeats every
+   * idleHeartbeatTick ticks and says so.
+   */
+  private idle(): boolean {
+    return this.cfg.idleHeartbeatTick > 0 && this.quietElapsed >= quietTicks(this.cfg)
+  }
+
+  /** On the leader: something to send; heartbeats go back to every heartbeatTick at once. */
+  private wake(): void {
+    this.quietElapsed = 0
   }
 
   private reset(term: number): void {
@@ -278,6 +336,9 @@ export class Raft {
     this.electionElapsed = 0
     this.heartbeatElapsed = 0
     this.learnerHeartbeatElapsed = 0
+    this.quietElapsed = 0
+    this.roundIdle = false
+    this.leaderIdleTicks = 0
     this.resetRandomizedElectionTimeout()
     this.leadTransferee = undefined
     this.transferAnnounce = undefined
@@ -343,9 +404,14 @@ export class Raft {
     this.learnerHeartbeatElapsed++
     this.electionElapsed++
     for (const pr of this.prs.values()) if (pr.state === 'snapshot') pr.snapshotTicks++
-    if (this.electionElapsed >= this.cfg.electionTick) {
+    const wasIdle = this.idle()
+    this.quietElapsed = this.settled() ? this.quietElapsed + 1 : 0
+    const idle = this.idle()
+    if (idle) this.roundIdle = true
+    if (this.electionElapsed >= this.timeoutBase()) {
       this.electionElapsed = 0
       const quorumActive = this.quorumActive() // also starts a new activity round
+      this.roundIdle = idle
       if (this.cfg.checkQuorum && !quorumActive) {
         // Thesis §6.2: a leader that cannot hear a quorum within an election timeout steps down.
         this.becomeFollower(this.term, undefined)
@@ -354,9 +420,12 @@ export class Raft {
       // A transfer that did not finish within an election timeout is abandoned (thesis §3.10).
       this.leadTransferee = undefined
     }
-    if (this.heartbeatElapsed >= this.cfg.heartbeatTick) {
+    // Going idle, the first idle heartbeat goes out at once: followers learn of the longer
+    // interval before the first long silence.
+    const interval = idle ? this.cfg.idleHeartbeatTick : this.cfg.heartbeatTick
+    if (this.heartbeatElapsed >= interval || (idle && !wasIdle)) {
       this.heartbeatElapsed = 0
-      const learners = this.learnerHeartbeatElapsed >= this.cfg.learnerHeartbeatTick
+      const learners = idle || this.learnerHeartbeatElapsed >= this.cfg.learnerHeartbeatTick
       if (learners) this.learnerHeartbeatElapsed = 0
       const context = this.readOnly.at(-1)?.context ?? this.transferContext()
       this.bcastHeartbeat(context, learners)
@@ -396,6 +465,7 @@ export class Raft {
   forgetLeader(): void {
     if (this.role !== 'follower') return
     this.lead = undefined
+    this.setLeaderIdle(0) // no reason to wait out a leader's idle interval any more
   }
 
   /** Starts an election now (with pre-vote if configured). Ignored on leaders and non-voters. */
@@ -454,7 +524,7 @@ export class Raft {
         // Check-quorum lease (thesis §6.2/§4.2.3): having heard from a leader within the minimum
         // election timeout, ignore requests to replace it.
         const inLease =
-          this.cfg.checkQuorum && this.lead !== undefined && this.electionElapsed < this.cfg.electionTick
+          this.cfg.checkQuorum && this.lead !== undefined && this.electionElapsed < this.timeoutBase()
         if (!force && inLease) {
           this.refuse('vote_in_lease', m)
           return
@@ -572,7 +642,7 @@ export class Raft {
    * replaced by autopilot.
    */
   private cutOffLearner(): boolean {
-    return !this.promotable() && this.electionElapsed >= 2 * this.cfg.electionTick
+    return !this.promotable() && this.electionElapsed >= 2 * this.timeoutBase()
   }
 
   /**
@@ -710,6 +780,7 @@ export class Raft {
   // ---- follower side of replication -------------------------------------------------------------
 
   private handleAppend(m: Message): void {
+    this.setLeaderIdle(0)
     if (m.index < this.log.committed) {
       this.send({ type: 'appResp', to: m.from, index: this.log.committed })
       return
@@ -753,6 +824,7 @@ export class Raft {
   }
 
   private handleHeartbeat(m: Message): void {
+    this.setLeaderIdle(m.idleTicks ?? 0)
     this.log.commitTo(m.commit)
     if (m.context.startsWith(TRANSFER_ANNOUNCE_PREFIX)) {
       // Our leader hands over to this voter: honour its forced vote for an election timeout.
@@ -770,6 +842,7 @@ export class Raft {
   }
 
   private handleSnapshot(m: Message): void {
+    this.setLeaderIdle(0)
     const s = m.snapshot
     if (s === undefined) return
     if (this.restore(s)) {
@@ -803,6 +876,7 @@ export class Raft {
    * acknowledged write if the leader crashed before its fsync).
    */
   private appendAsLeader(ents: Entry[]): void {
+    this.wake()
     this.appendToLog(ents)
     this.bcastAppend()
   }
@@ -877,9 +951,17 @@ export class Raft {
   }
 
   private bcastHeartbeat(context: string, learners = true): void {
+    const idleTicks = this.idle() ? this.cfg.idleHeartbeatTick : undefined
     for (const [id, pr] of this.prs) {
       if (id === this.id || (!learners && pr.isLearner)) continue
-      this.send({ type: 'heartbeat', to: id, commit: Math.min(pr.match, this.log.committed), context })
+      const commit = Math.min(pr.match, this.log.committed)
+      this.send({
+        type: 'heartbeat',
+        to: id,
+        commit,
+        context,
+        ...(idleTicks === undefined ? {} : { idleTicks }),
+      })
     }
   }
 
@@ -960,6 +1042,7 @@ export class Raft {
       this.respondRead(from, this.log.committed, context)
       return
     }
+    this.wake()
     // §6.4 step 1: until an entry of its term commits, the leader may not know the commit index.
     if (this.log.term(this.log.committed) !== this.term) {
       this.pendingReads.push({ context, from })
@@ -1042,6 +1125,7 @@ export class Raft {
     if (this.leadTransferee === to) return
     this.leadTransferee = to
     this.electionElapsed = 0
+    this.wake()
     // Announce the transferee first, so that followers honour its forced vote (see
     // CAMPAIGN_TRANSFER); each later heartbeat repeats it while the transfer lasts.
     this.bcastHeartbeat(this.transferContext())
@@ -1116,6 +1200,7 @@ export class Raft {
       rejectHint: m.rejectHint ?? 0,
       context: m.context ?? '',
       ...(m.snapshot === undefined ? {} : { snapshot: m.snapshot }),
+      ...(m.idleTicks === undefined ? {} : { idleTicks: m.idleTicks }),
     })
   }
 

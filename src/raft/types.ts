@@ -112,6 +112,11 @@ export interface Message {
   /** Read-index context, or `transfer` on a vote forced by leadership transfer. */
   context: string
   snapshot?: Snapshot
+  /**
+   * On a `heartbeat`: the leader is idle and heartbeats only every this many ticks until it sends
+   * something without the field (RaftConfig.idleHeartbeatTick). Absent elsewhere.
+   */
+  idleTicks?: number
 }
 
 /**

@@ -54,6 +54,7 @@ const scenario = fc.record({
   checkQuorum: fc.boolean(),
   snapshotEvery: fc.constantFrom(undefined, 4, 16),
   asyncWrites: fc.boolean(),
+  idleHeartbeatTick: fc.constantFrom(0, 4, 25),
   actions: fc.array(action, { minLength: 40, maxLength: 200 }),
 })
 
@@ -64,7 +65,13 @@ function run(s: Scenario): void {
   const ids = ['n0', 'n1', 'n2', 'n3', 'n4'].slice(0, s.size)
   const c = new SimCluster(ids, {
     seed: s.seed,
-    config: { preVote: s.preVote, checkQuorum: s.checkQuorum, maxEntriesPerMsg: 8, maxInflightMsgs: 4 },
+    config: {
+      preVote: s.preVote,
+      checkQuorum: s.checkQuorum,
+      maxEntriesPerMsg: 8,
+      maxInflightMsgs: 4,
+      idleHeartbeatTick: s.idleHeartbeatTick,
+    },
     asyncWrites: s.asyncWrites,
     ...(s.snapshotEvery === undefined ? {} : { snapshotEvery: s.snapshotEvery, trailing: 2 }),
   })
@@ -210,7 +217,7 @@ const COMMIT_BEFORE_WRITE: Scenario = {
 
 describe('random schedules keep Raft safe (Raft §5.2, §5.3, §5.4)', () => {
   it('a commit index saved beside a pending write never names that write (State Machine Safety, §5.4.3)', () => {
-    run({ ...COMMIT_BEFORE_WRITE, snapshotEvery: undefined })
+    run({ ...COMMIT_BEFORE_WRITE, snapshotEvery: undefined, idleHeartbeatTick: 0 })
   })
 
   it('3- and 5-node clusters under loss, delay, duplication, partitions and crash-restart', () => {

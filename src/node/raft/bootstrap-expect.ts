@@ -100,6 +100,8 @@ export class BootstrapExpect {
   private lastWaitLog = Number.NEGATIVE_INFINITY
   private readonly audited = new Set<NodeId>()
   private lastAudit = Number.NEGATIVE_INFINITY
+  /** The timer runs at the audit's pace (founded). */
+  private auditPace = false
   private readonly promiseMs: number
   private readonly requestTimeoutMs: number
   /** ACLs on: this agent's founder proof and the check of others'; undefined with ACLs off. */
@@ -277,6 +279,13 @@ export class BootstrapExpect {
     if (this.phase === 'candidate') await this.candidateStep()
     else if (this.phase === 'founded') await this.audit()
     else this.stopTimer()
+    // Founded: only the audit is left, due every auditMs; checking every checkMs would wake the
+    // agent ten times a second for nothing.
+    if (this.phase === 'founded' && !this.auditPace && this.cancel !== undefined && !this.stopped) {
+      this.auditPace = true
+      this.stopTimer()
+      this.cancel = this.components.clock.setInterval(() => this.check(), FOUNDING_DEFAULTS.auditMs / 2)
+    }
   }
 
   private async candidateStep(): Promise<void> {

@@ -600,6 +600,7 @@ export class RaftModule implements AgentModule {
         electionTick: s.electionTick,
         heartbeatTick: s.heartbeatTick,
         learnerHeartbeatTick: s.learnerHeartbeatTick,
+        idleHeartbeatTick: s.idleHeartbeatTick,
       },
       tickMs: s.tickMs,
       snapshotThreshold: s.snapshotThreshold,
