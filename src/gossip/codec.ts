@@ -57,6 +57,7 @@ function canonical(msg: Message): object {
       return { t: msg.t, inc: msg.inc, rec: msg.rec, sig: msg.sig }
     case 'suspect':
     case 'dead':
+    case 'fleave':
       return { t: msg.t, id: msg.id, inc: msg.inc, from: msg.from }
     case 'leave':
       return { t: msg.t, id: msg.id, inc: msg.inc, sig: msg.sig }
@@ -201,6 +202,7 @@ function validateSimple(v: unknown, maxBytes: number): DecodeResult<DecodedSimpl
     }
     case 'suspect':
     case 'dead':
+    case 'fleave':
       if (!isId(v['id']) || !isIncarnation(v['inc']) || !isId(v['from'])) return bad
       return { ok: true, msg: { t: v['t'], id: v['id'], inc: v['inc'], from: v['from'] } }
     case 'leave':

@@ -73,6 +73,18 @@ export interface DeadMessage {
   from: string
 }
 
+/**
+ * An operator's force-leave (Consul's `force-leave`), relayed by `from`: member `id`, failed at
+ * incarnation `inc`, is to be held `left`. Receivers apply it only to a member they also hold
+ * dead at that incarnation, so it can hasten the end of a failure, never end a live member.
+ */
+export interface ForceLeaveMessage {
+  t: 'fleave'
+  id: string
+  inc: number
+  from: string
+}
+
 /** Member `id` leaves gracefully; signed by its owner over `leaveSigningBytes(id, inc)`. */
 export interface LeaveMessage {
   t: 'leave'
@@ -108,6 +120,7 @@ export type SimpleMessage =
   | AliveMessage
   | SuspectMessage
   | DeadMessage
+  | ForceLeaveMessage
   | LeaveMessage
   | UserEventMessage
 export type Message = SimpleMessage | CompoundMessage

@@ -43,6 +43,7 @@ import { type MemberSnapshot, type MemberState, MemberTable } from './member-tab
 import type {
   DeadMessage,
   DecodedSimpleMessage,
+  ForceLeaveMessage,
   LeaveMessage,
   MemberStatus,
   Message,
@@ -1006,6 +1007,9 @@ export class Swim {
       case 'leave':
         this.onLeave(msg, now)
         return
+      case 'fleave':
+        this.onForceLeave(msg, now)
+        return
       case 'user':
         this.onUserEvent(msg)
         return
@@ -1229,6 +1233,55 @@ export class Swim {
     this.counters.deaths++
     this.queue.push(msg.id, encodeMessage({ t: 'dead', id: msg.id, inc: msg.inc, from: msg.from }))
     this.emit('member:fail', next)
+  }
+
+  /**
+   * Consul's `force-leave`, asked of this agent by an operator: a member it holds dead (failed)
+   * becomes `left` here at once (its services leave the catalog) and, through gossip, on every
+   * agent that also holds it dead at the same incarnation; `prune` also forgets it here now
+   * instead of at the reap timeout. SWIM gives no agent the authority to end a live member (a
+   * leave is signed by the member itself), so a member seen alive or suspect is refused
+   * (`not-failed`), and receivers ignore a force-leave about a member they do not hold dead: at
+   * worst it hastens the end of a failure, and a member that comes back refutes with a higher
+   * incarnation as it would a death.
+   */
+  forceLeave(
+    id: string,
+    now: number,
+    options: { prune?: boolean } = {},
+  ): { result: 'left' | 'already-left' | 'not-failed' | 'unknown'; output: Output } {
+    this.begin()
+    const m = id === this.id ? undefined : this.table.get(id)
+    let result: 'left' | 'already-left' | 'not-failed' | 'unknown'
+    if (m === undefined) result = 'unknown'
+    else if (m.status === 'left') result = 'already-left'
+    else if (m.status !== 'dead') result = 'not-failed'
+    else {
+      this.onForceLeave({ t: 'fleave', id, inc: m.incarnation, from: this.id }, now)
+      result = 'left'
+    }
+    if (options.prune === true && (result === 'left' || result === 'already-left')) {
+      const gone = this.table.get(id)
+      if (gone !== undefined) {
+        this.deadIds.delete(id)
+        this.table.delete(id)
+        this.touch()
+        this.emit('member:reap', gone)
+      }
+    }
+    return { result, output: this.take() }
+  }
+
+  /** A force-leave from the network (or this agent's operator): see `forceLeave`. */
+  private onForceLeave(msg: ForceLeaveMessage, now: number): void {
+    const m = this.table.get(msg.id)
+    if (m === undefined || m.status !== 'dead' || m.incarnation !== msg.inc) return
+    const next: MemberState = { ...m, status: 'left', stateChangeMs: now }
+    this.table.set(next)
+    this.touch()
+    this.deadIds.add(msg.id)
+    this.queue.push(msg.id, encodeMessage({ t: 'fleave', id: msg.id, inc: msg.inc, from: msg.from }))
+    this.emit('member:leave', next)
   }
 
   private onLeave(msg: LeaveMessage, now: number): void {

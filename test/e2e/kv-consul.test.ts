@@ -125,7 +125,9 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
     expect(held).toMatchObject({ Value: 'one', Session: s1, LockIndex: 1 })
     expect(await c.kv.set({ key: 'service/leader', value: 'one', release: s1 })).toBe(true)
     expect(await c2.kv.set({ key: 'service/leader', value: 'two', acquire: s2 })).toBe(true)
-    expect((await c.kv.get('service/leader')) as unknown as KvPair).toMatchObject({
+    // Written through f2, read through f1: a default read answers from f1's applied state, so
+    // read-after-write across agents asks for ?consistent (README: reads and consistency).
+    expect((await c.kv.get({ key: 'service/leader', consistent: true })) as unknown as KvPair).toMatchObject({
       Session: s2,
       LockIndex: 2,
     })
@@ -143,6 +145,32 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
     expect(released.Session).toBeUndefined()
     expect(await c.kv.set({ key: 'service/leader', value: 'one', acquire: s1 })).toBeFalsy()
     expect(((await c.kv.get('service/leader')) as unknown as KvPair).Session).toBeUndefined()
+
+    // ---- force-leave (Consul's agent.forceLeave): the failed node becomes left on the survivors;
+    // a live node is refused, and a token without operator:write changes nothing ----
+    type ConsulMember = { Name: string; Status: number; State: string }
+    const stateOn = async (a: AgentProcess, name: string) =>
+      (await a.api<ConsulMember[]>('/v1/agent/members'))?.find((m) => m.Name === name)
+    const survivors = [leader, f1]
+    await waitFor(`${f2.name} failed on the survivors`, async () =>
+      (await Promise.all(survivors.map((a) => stateOn(a, f2.name)))).every((m) => m?.State === 'dead')
+        ? true
+        : undefined,
+    )
+    const denied = await apiCall(f1, 'PUT', `/v1/agent/force-leave/${f2.name}`, { token: reader })
+    expect(denied.status).toBe(403)
+    expect((await stateOn(f1, f2.name))?.State).toBe('dead')
+    const live = await apiCall(f1, 'PUT', `/v1/agent/force-leave/${leader.name}`, { token: MANAGEMENT_TOKEN })
+    expect(live.status).toBe(400)
+    expect((await stateOn(f1, leader.name))?.State).toBe('alive')
+    await c.agent.forceLeave(f2.name)
+    await waitFor(`${f2.name} left on every survivor`, async () =>
+      (await Promise.all(survivors.map((a) => stateOn(a, f2.name)))).every(
+        (m) => m?.State === 'left' && m.Status === 3,
+      )
+        ? true
+        : undefined,
+    )
 
     // ---- txn: all or nothing ----
     const b64 = (s: string): string => Buffer.from(s).toString('base64')

@@ -304,16 +304,6 @@ export class Agent {
       setImmediate(() => this.events.emit('agent:leave', { accessorId }))
       return null
     })
-    // Consul's force-leave marks a failed node left. Peermesh's leave messages are signed by the
-    // member leaving, so no agent can announce another's: refused (a dead member is reaped by
-    // gossip after its reap timeout).
-    this.http.route('PUT', '/v1/agent/force-leave/:node', (req) => {
-      req.auth.require(...need.operatorWrite())
-      throw new ApiError(
-        'force-leave is not supported: a member can only leave by itself (signed leave); a failed member is reaped by gossip',
-        501,
-      )
-    })
     // Consul's path: Prometheus text with ?format=prometheus, else Consul's JSON summary.
     this.http.route('GET', '/v1/agent/metrics', async (req) => {
       req.auth.require(...need.agentRead(this.config.name))

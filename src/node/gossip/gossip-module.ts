@@ -14,7 +14,9 @@ import {
 import { type Clock, systemClock } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import { publicKeyOfPeerId } from '../../identity/keys/node-key.ts'
+import { need } from '../../acl/index.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
+import { ApiError } from '../agent/errors.ts'
 import { memberView } from '../api/consul-views.ts'
 import {
   deriveDatagramKey,
@@ -118,6 +120,20 @@ export class GossipModule implements AgentModule {
     return this.driver?.members() ?? []
   }
 
+  /**
+   * Consul's force-leave: the member named `name`, failed, is held `left` here and by gossip on
+   * every agent that also holds it failed (its services leave the catalog); `prune` also forgets
+   * it here at once. A member seen alive or suspect is refused (`not-failed`): see `Swim.forceLeave`.
+   */
+  forceLeave(
+    name: string,
+    options: { prune?: boolean } = {},
+  ): 'left' | 'already-left' | 'not-failed' | 'unknown' {
+    if (this.driver === undefined || this.stopped) throw new Error('gossip not started')
+    const m = this.members().find((x) => x.name === name)
+    return m === undefined ? 'unknown' : this.driver.forceLeave(m.id, options)
+  }
+
   /** This node as the other members see it (its record, version and meta). */
   self(): MemberView | undefined {
     const id = this.ctx?.identity.id
@@ -211,6 +227,21 @@ export class GossipModule implements AgentModule {
       return this.members()
         .filter((m) => authz.nodeRead(m.name))
         .map((m) => memberView(m, ctx.config.datacenter))
+    })
+    // Consul's force-leave (operator:write): a failed member becomes `left` everywhere it is held
+    // failed, and its services leave the catalog; `?prune` forgets it here at once.
+    ctx.http.route('PUT', '/v1/agent/force-leave/:node', (req) => {
+      req.auth.require(...need.operatorWrite())
+      const node = req.params['node']!
+      const prune = req.query.has('prune') && req.query.get('prune') !== 'false'
+      const result = this.forceLeave(node, { prune })
+      if (result === 'unknown') throw new ApiError(`agent: No node found with name '${node}'`, 404)
+      if (result === 'not-failed')
+        throw new ApiError(
+          `node ${node} is not failed: force-leave removes failed members only (a live member leaves by itself: peermesh leave on it)`,
+          400,
+        )
+      return null
     })
     this.offSeedJoined = ctx.events.on('seed:joined', (peerId) => {
       if (this.stopped) return

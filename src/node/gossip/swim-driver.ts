@@ -120,6 +120,17 @@ export class SwimDriver {
     return fired
   }
 
+  /** Consul's force-leave of a failed member (`Swim.forceLeave`). */
+  forceLeave(
+    id: string,
+    options: { prune?: boolean } = {},
+  ): 'left' | 'already-left' | 'not-failed' | 'unknown' {
+    if (this.stopped) throw new Error('gossip stopped')
+    const { result, output } = this.swim.forceLeave(id, this.clock.now(), options)
+    this.process(output)
+    return result
+  }
+
   /**
    * Graceful leave: disseminates a signed `left` so nobody reports this node as failed, waits up
    * to LEAVE_BUDGET_MS for the broadcasts to go out, then stops all timers.
