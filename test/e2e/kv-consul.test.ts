@@ -28,6 +28,20 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
     const leader = await waitForLeader(agents)
     const [f1, f2] = agents.filter((a) => a !== leader) as [AgentProcess, AgentProcess]
     const c = client(f1)
+    // Consul's read headers: the leader has contact by definition (0); a follower says how long
+    // ago it last heard from the leader (heartbeats: well under a second).
+    const lastContact = async (a: AgentProcess) =>
+      (
+        await fetch(`http://${a.http}/v1/catalog/services`, {
+          headers: { 'x-consul-token': MANAGEMENT_TOKEN },
+        })
+      ).headers.get('x-consul-lastcontact')
+    expect(await lastContact(leader)).toBe('0')
+    const followerContact = await waitFor('a follower heard from its leader', async () => {
+      const v = await lastContact(f1)
+      return v !== null && Number(v) > 0 ? Number(v) : undefined
+    })
+    expect(followerContact).toBeLessThan(5_000)
 
     // A session with a TTL that nobody renews (checked at the end: gone after twice its TTL).
     const ttlSession: string = (await c.session.create({ name: 'ttl', ttl: '10s', lockdelay: '0s' })).ID
@@ -127,7 +141,9 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
     expect(await c2.kv.set({ key: 'service/leader', value: 'two', acquire: s2 })).toBe(true)
     // Written through f2, read through f1: a default read answers from f1's applied state, so
     // read-after-write across agents asks for ?consistent (README: reads and consistency).
-    expect((await c.kv.get({ key: 'service/leader', consistent: true })) as unknown as KvPair).toMatchObject({
+    expect(
+      (await c.kv.get({ key: 'service/leader', consistent: true } as never)) as unknown as KvPair,
+    ).toMatchObject({
       Session: s2,
       LockIndex: 2,
     })

@@ -48,8 +48,12 @@ export function configEntryJson(e: ConfigEntry): ConfigEntryJson {
  * Writes and `?consistent` reads take `?timeout=MS` (default 5 s) and answer 503 past it.
  */
 export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
-  // Peermesh does not time the leader's last contact: 0 whenever a leader is known.
-  http.useLeaderInfo(() => ({ known: raft.leaderId() !== undefined, lastContactMs: 0 }))
+  // Consul's headers: whether a leader is known, and how long ago this agent last heard from it
+  // (0 on the leader).
+  http.useLeaderInfo(() => ({
+    known: raft.leaderId() !== undefined,
+    lastContactMs: raft.lastContactMs() ?? 0,
+  }))
   // Consul's shapes: the leader and the voters as "ip:port" (the host and TCP port of their
   // libp2p address: where Raft reaches them); "" when there is no leader.
   http.route('GET', '/v1/status/leader', () => {

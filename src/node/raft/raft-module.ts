@@ -179,6 +179,8 @@ export class RaftModule implements AgentModule {
   private run?: Running
   private stopped = false
   private confIndex = 0
+  /** When a message from the leader this agent knows last arrived (clock ms; X-Consul-LastContact). */
+  private lastLeaderContact: number | undefined
   private readonly counters = { leaderChanges: 0, confChanges: 0, snapshotsRejected: 0 }
   /** Messages refused here, before the core (which counts its own refusals). */
   private readonly refusals = new Map<RefusalReason, RefusalRecord>()
@@ -652,7 +654,11 @@ export class RaftModule implements AgentModule {
     else if (m.to !== node.id) this.refuse('malformed', from, m.type, m.term)
     else if (m.type === 'snap' && !this.verifySnapshot(m))
       this.refuse('untrusted_snapshot', from, m.type, m.term)
-    else node.step(m)
+    else {
+      // Consul's X-Consul-LastContact: when this follower last heard from the leader it knows.
+      if (m.from === node.leader()) this.lastLeaderContact = this.clock.now()
+      node.step(m)
+    }
   }
 
   private refuse(reason: RefusalReason, from: string, type: RefusalRecord['type'], term: number): void {
@@ -826,6 +832,20 @@ export class RaftModule implements AgentModule {
 
   leaderId(): string | undefined {
     return this.run?.node.leader()
+  }
+
+  /**
+   * Consul's `X-Consul-LastContact`: milliseconds since this agent last heard from the leader; 0
+   * on the leader itself; undefined when no leader is known.
+   */
+  lastContactMs(): number | undefined {
+    const node = this.run?.node
+    const leader = node?.leader()
+    if (node === undefined || leader === undefined) return undefined
+    if (leader === node.id) return 0
+    return this.lastLeaderContact === undefined
+      ? undefined
+      : Math.max(0, this.clock.now() - this.lastLeaderContact)
   }
 
   configuration(): RaftConfigurationJson {
