@@ -352,6 +352,27 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
       expect(passing).toEqual([])
       expect(a.log).toContain(`sidecar not started: port ${taken} (inbound) is in use`)
       expect(a.log).not.toMatch(/\n\s+at /) // no stack trace
+      // The readiness route from the attacker's side: a token granting nothing is refused, a bad
+      // timeout and an unknown id are clear errors, and the answer is the same afterwards.
+      const nothing = await apiCall(a, 'PUT', '/v1/acl/token', {
+        token: cluster.managementToken,
+        body: { Description: 'grants nothing' },
+      })
+      expect(nothing.status).toBe(200)
+      const secret = (nothing.json as { SecretID: string }).SecretID
+      expect((await apiCall(a, 'GET', '/v1/agent/sidecar/broken', { token: secret })).status).toBe(403)
+      const badTimeout = await apiCall(a, 'GET', '/v1/agent/sidecar/broken?timeout=9999999999', {
+        token: cluster.managementToken,
+      })
+      expect(badTimeout.status).toBe(400)
+      const unknown = await apiCall(a, 'GET', '/v1/agent/sidecar/nope', { token: cluster.managementToken })
+      expect(unknown.status).toBe(404)
+      const still = await apiCall(a, 'GET', '/v1/agent/sidecar/broken', { token: cluster.managementToken })
+      expect(still.json).toEqual({
+        ServiceID: 'broken',
+        Ready: false,
+        Error: `port ${taken} (inbound) is in use`,
+      })
     } finally {
       await new Promise<void>((r) => blocker.close(() => r()))
     }

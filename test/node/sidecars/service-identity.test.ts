@@ -33,12 +33,12 @@ describe('sidecars of services this agent may not publish (issue #12)', () => {
     const log = pino({ level: 'info' }, { write: (s: string) => lines.push(JSON.parse(s)) })
     const clock = new VirtualClock()
     const sidecars = new SidecarModule({ catalog: { catalog: new Catalog(), local }, security, clock })
-    await sidecars.start({
-      log,
-      http: { route: () => {} },
-      config: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-    } as never)
     try {
+      await sidecars.start({
+        log,
+        http: { route: () => {} },
+        config: { listen: ['/ip4/127.0.0.1/tcp/0'] },
+      } as never)
       await advance(clock, 0)
       expect(waited).toEqual(['web'])
       await advance(clock, 5_000)
