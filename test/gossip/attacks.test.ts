@@ -2,7 +2,7 @@
  * Issue #13 from the attacker's side: a member (or anyone holding the cluster key) sends what it
  * likes. Deterministic: seeded RNGs, the simulator's virtual clock, no sleeps.
  */
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { signerOf, verifier } from './node-keys.ts'
 import { describe, expect, it } from 'vitest'
 import { pack } from '../../src/common/msgpack.ts'
 import { seededRng } from '../../src/common/rng.ts'
@@ -17,22 +17,11 @@ import {
 import { lanConfig, type SwimConfig, swimConfig, testConfig } from '../../src/gossip/config.ts'
 import { MAX_PLAUSIBLE_INCARNATION } from '../../src/gossip/incarnation.ts'
 import type { NodeRecord, StateEntry } from '../../src/gossip/messages.ts'
-import { ed25519Signer, ed25519Verifier, type Verifier } from '../../src/gossip/signing.ts'
+import type { Verifier } from '../../src/gossip/signing.ts'
 import { SimNetwork, type SimNetworkOptions } from '../../src/gossip/sim-network.ts'
 import { remainingSuspicionTime, suspicionMinTimeout } from '../../src/gossip/suspicion.ts'
 import { type Output, Swim, type SwimEvent } from '../../src/gossip/swim.ts'
 
-const keys = new Map<string, { publicKey: KeyObject; privateKey: KeyObject }>()
-function keyOf(id: string) {
-  let k = keys.get(id)
-  if (!k) {
-    k = generateKeyPairSync('ed25519')
-    keys.set(id, k)
-  }
-  return k
-}
-const signerOf = (id: string) => ed25519Signer(keyOf(id).privateKey)
-const verifier = ed25519Verifier((id) => keys.get(id)?.publicKey)
 const ed25519 = (id: string) => ({ signer: signerOf(id), verifier })
 
 const HUGE = Number.MAX_SAFE_INTEGER // 2^53 − 1: its refutation 2^53 would not be a safe integer

@@ -2,24 +2,13 @@
  * Consul's force-leave in the gossip core (issue #15): a failed member becomes `left` on every
  * agent that holds it failed; a live member cannot be ended by it, from the API or from the network.
  */
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { keyOf, verifier } from './node-keys.ts'
 import { describe, expect, it } from 'vitest'
 import { encodeMessage } from '../../src/gossip/codec.ts'
 import { testConfig } from '../../src/gossip/config.ts'
-import { ed25519Signer, ed25519Verifier } from '../../src/gossip/signing.ts'
+import { ed25519Signer } from '../../src/gossip/signing.ts'
 import { SimNetwork } from '../../src/gossip/sim-network.ts'
 import type { Output } from '../../src/gossip/swim.ts'
-
-const keys = new Map<string, { publicKey: KeyObject; privateKey: KeyObject }>()
-function keyOf(id: string) {
-  let k = keys.get(id)
-  if (!k) {
-    k = generateKeyPairSync('ed25519')
-    keys.set(id, k)
-  }
-  return k
-}
-const verifier = ed25519Verifier((id) => keys.get(id)?.publicKey)
 
 function cluster(n: number) {
   const sim = new SimNetwork({

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { keyOf, verifier } from './node-keys.ts'
 import fc from 'fast-check'
 import { pack } from 'msgpackr'
 import { describe, expect, it } from 'vitest'
@@ -6,19 +6,8 @@ import { aliveSigningBytes, encodeMessage, encodeRecord, leaveSigningBytes } fro
 import { lanConfig } from '../../src/gossip/config.ts'
 import type { NodeRecord } from '../../src/gossip/messages.ts'
 import { seededRng } from '../../src/common/rng.ts'
-import { ed25519Signer, ed25519Verifier } from '../../src/gossip/signing.ts'
+import { ed25519Signer } from '../../src/gossip/signing.ts'
 import { Swim } from '../../src/gossip/swim.ts'
-
-const keys = new Map<string, { publicKey: KeyObject; privateKey: KeyObject }>()
-function keyOf(id: string) {
-  let k = keys.get(id)
-  if (!k) {
-    k = generateKeyPairSync('ed25519')
-    keys.set(id, k)
-  }
-  return k
-}
-const verifier = ed25519Verifier((id) => keys.get(id)?.publicKey)
 
 function makeNode(id: string): Swim {
   return new Swim({

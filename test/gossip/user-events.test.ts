@@ -2,12 +2,11 @@
  * User events over gossip (Serf's user events, carried by SWIM piggyback, SWIM §4.1):
  * deterministic, on the simulator's virtual clock with seeded RNGs, real Ed25519 signatures.
  */
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { signerOf, verifier } from './node-keys.ts'
 import { describe, expect, it } from 'vitest'
 import { decodeMessage, encodeMessage, userEventSigningBytes } from '../../src/gossip/codec.ts'
 import { lanConfig, testConfig } from '../../src/gossip/config.ts'
 import type { UserEventMessage } from '../../src/gossip/messages.ts'
-import { ed25519Signer, ed25519Verifier } from '../../src/gossip/signing.ts'
 import { SimNetwork, type SimNetworkOptions } from '../../src/gossip/sim-network.ts'
 import { Swim } from '../../src/gossip/swim.ts'
 import { seededRng } from '../../src/common/rng.ts'
@@ -17,18 +16,6 @@ import {
   UserEventDedup,
   type UserEvent,
 } from '../../src/gossip/user-events.ts'
-
-const keys = new Map<string, { publicKey: KeyObject; privateKey: KeyObject }>()
-function keyOf(id: string) {
-  let k = keys.get(id)
-  if (!k) {
-    k = generateKeyPairSync('ed25519')
-    keys.set(id, k)
-  }
-  return k
-}
-const signerOf = (id: string) => ed25519Signer(keyOf(id).privateKey)
-const verifier = ed25519Verifier((id) => keys.get(id)?.publicKey)
 
 function cluster(n: number, opts: Partial<SimNetworkOptions> = {}) {
   const delivered = new Map<string, UserEvent[]>()
