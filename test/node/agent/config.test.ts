@@ -39,6 +39,11 @@ describe('agent config', () => {
     [{ logLevel: 'loud' }, 'logLevel'],
     [{ dnsDomain: 'bad domain' }, 'dnsDomain'],
     [{ dnsDomain: '-x.example' }, 'dnsDomain'],
+    [{ datacenter: 'DC 1' }, 'datacenter'],
+    [{ datacenter: 'x'.repeat(65) }, 'datacenter'],
+    [{ datacenter: '../dc' }, 'datacenter'],
+    [{ accessLog: 'verbose' }, 'accessLog'],
+    [{ accessLog: true }, 'accessLog'],
   ])('rejects %j naming the field', (input, field) => {
     expect(() => validateAgentConfig(input, 'file x')).toThrow(
       expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field }),
