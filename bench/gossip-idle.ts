@@ -36,6 +36,8 @@ const convergeS = Number(argValue('converge', '300'))
 const holdS = Number(argValue('hold', '300'))
 /** Member lists of every agent are polled this often during the hold (each poll is N requests). */
 const HOLD_POLL_MS = 15_000
+/** Requests in flight at once when polling every agent. */
+const POLL_CONCURRENCY = 25
 const WORKER = fileURLToPath(new URL('./multi-agent-worker.ts', import.meta.url))
 // 20 agents per process: each agent runs its own libp2p host, DHT and timers; more per process
 // and one event loop falls behind the 150 ms probe period on a 2-core machine.
@@ -47,8 +49,40 @@ interface Handle {
   address: string
 }
 
+/**
+ * GET `url`'s body, tried 3 times 1 s apart with 15 s each (an agent of a starved process can be
+ * slow to answer); undefined if it never answered.
+ */
+async function getText(url: string): Promise<string | undefined> {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(15_000) })
+      if (res.ok) return await res.text()
+    } catch {
+      // retried below
+    }
+    await new Promise((r) => setTimeout(r, 1_000))
+  }
+  return undefined
+}
+
+/** Maps `f` over `xs`, at most `limit` at a time (N=200 polls are 200 requests). */
+async function mapLimited<T, R>(xs: T[], limit: number, f: (x: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(xs.length)
+  let next = 0
+  const lane = async (): Promise<void> => {
+    while (next < xs.length) {
+      const i = next++
+      out[i] = await f(xs[i]!)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, xs.length) }, lane))
+  return out
+}
+
+/** An agent's counters of interest; empty (counted as missing) if it did not answer. */
 async function metricsOf(http: string): Promise<Record<string, number>> {
-  const text = await (await fetch(`http://${http}/metrics`)).text()
+  const text = (await getText(`http://${http}/metrics`)) ?? ''
   const out: Record<string, number> = {}
   for (const line of text.split('\n')) {
     const m =
@@ -115,12 +149,12 @@ async function measure(n: number): Promise<Record<string, number>> {
     }
     const t0 = Date.now()
     const aliveFractions = async (): Promise<number[]> =>
-      Promise.all(
-        all.map(async (h) => {
-          const v = (await (await fetch(`http://${h.http}/v1/agent/members`)).json()) as { State: string }[]
-          return v.filter((m) => m.State === 'alive').length / n
-        }),
-      )
+      mapLimited(all, POLL_CONCURRENCY, async (h) => {
+        const body = await getText(`http://${h.http}/v1/agent/members`)
+        if (body === undefined) return 0 // did not answer: not converged as far as we know
+        const v = JSON.parse(body) as { State: string }[]
+        return v.filter((m) => m.State === 'alive').length / n
+      })
     let converged = 1
     for (;;) {
       const fractions = await aliveFractions()
@@ -141,30 +175,23 @@ async function measure(n: number): Promise<Record<string, number>> {
       cpu: workers.map((w) => cpuSeconds(w.pid)),
     })
     let cpu0 = cpuAt()
-    const before = await Promise.all(all.map((h) => metricsOf(h.http)))
+    const before = await mapLimited(all, POLL_CONCURRENCY, (h) => metricsOf(h.http))
     // Connections per agent, sampled once a second through the window (max over the samples).
     const connSamples: number[][] = all.map(() => [])
     const windowEnd = Date.now() + windowS * 1000
     while (Date.now() < windowEnd - 1000) {
       await new Promise((r) => setTimeout(r, 1000))
-      const snap = await Promise.all(all.map((h) => metricsOf(h.http)))
+      const snap = await mapLimited(all, POLL_CONCURRENCY, (h) => metricsOf(h.http))
       for (const [i, m] of snap.entries()) connSamples[i]!.push(sum(m, 'peermesh_libp2p_connections'))
     }
     await new Promise((r) => setTimeout(r, Math.max(0, windowEnd - Date.now())))
-    const after = await Promise.all(all.map((h) => metricsOf(h.http)))
-    const msgs = after.map(
-      (a, i) =>
-        (sum(a, 'peermesh_gossip_messages_sent_total') -
-          sum(before[i]!, 'peermesh_gossip_messages_sent_total')) /
-        windowS,
-    )
-    const bytes = after.map(
-      (a, i) =>
-        (sum(a, 'peermesh_gossip_bytes_sent_total') - sum(before[i]!, 'peermesh_gossip_bytes_sent_total')) /
-        windowS,
-    )
+    const after = await mapLimited(all, POLL_CONCURRENCY, (h) => metricsOf(h.http))
+    // Agents that answered both times (a starved one may not have).
+    const answered = after.map((a, i) => Object.keys(a).length > 0 && Object.keys(before[i]!).length > 0)
     const rate = (name: string): number[] =>
-      after.map((a, i) => (sum(a, name) - sum(before[i]!, name)) / windowS)
+      after.map((a, i) => (sum(a, name) - sum(before[i]!, name)) / windowS).filter((_, i) => answered[i])
+    const msgs = rate('peermesh_gossip_messages_sent_total')
+    const bytes = rate('peermesh_gossip_bytes_sent_total')
     const pushPullBytes = rate('peermesh_gossip_pushpull_bytes_sent_total')
     const rejected = rate('peermesh_gossip_datagrams_rejected_total')
     const conns = after.map((a, i) => Math.max(sum(a, 'peermesh_libp2p_connections'), ...connSamples[i]!))
@@ -175,7 +202,7 @@ async function measure(n: number): Promise<Record<string, number>> {
     if (converged && holdS > 0) {
       progress(`[N=${n}] holding ${holdS} s idle, polling member lists every ${HOLD_POLL_MS / 1000} s`)
       cpu0 = cpuAt()
-      const m0 = await Promise.all(all.map((h) => metricsOf(h.http)))
+      const m0 = await mapLimited(all, POLL_CONCURRENCY, (h) => metricsOf(h.http))
       const holdEnd = Date.now() + holdS * 1000
       let polls = 0
       let convergedPolls = 0
@@ -189,8 +216,11 @@ async function measure(n: number): Promise<Record<string, number>> {
         progress(`[N=${n}] hold poll ${polls}: ${f.filter((x) => x === 1).length}/${n} agents see all alive`)
       }
       cpu1 = cpuAt()
-      const m1 = await Promise.all(all.map((h) => metricsOf(h.http)))
-      const delta = (name: string): number => m1.reduce((a, m, i) => a + sum(m, name) - sum(m0[i]!, name), 0)
+      const m1 = await mapLimited(all, POLL_CONCURRENCY, (h) => metricsOf(h.http))
+      const both = (i: number): boolean => Object.keys(m0[i]!).length > 0 && Object.keys(m1[i]!).length > 0
+      const delta = (name: string): number =>
+        m1.reduce((a, m, i) => (both(i) ? a + sum(m, name) - sum(m0[i]!, name) : a), 0)
+      hold['hold_unanswered_agents'] = m1.filter((_, i) => !both(i)).length
       hold['hold_s'] = holdS
       hold['stayed_converged'] = convergedPolls === polls ? 1 : 0
       hold['converged_polls'] = convergedPolls
@@ -216,6 +246,7 @@ async function measure(n: number): Promise<Record<string, number>> {
       conns_median: median(connsNow),
       conns_max: Math.max(...conns),
       conns_p90: quantile(conns, 0.9),
+      unanswered_agents: answered.filter((x) => !x).length,
       cpu_pct_per_agent: perProcess.reduce((a, b) => a + b, 0) / n,
       cpu_pct_busiest_process: Math.max(...perProcess),
       ...hold,
