@@ -10,7 +10,7 @@ import { InvalidConfigError } from './errors.ts'
  *     `suspicionConfirmations` members independently confirmed, and `suspicionMaxTimeoutMult` times that)
  *   + dissemination of the `dead` message (a few gossip intervals).
  * With the `lan` profile and n = 50 that is ≈ 0.15–0.75 + 0.15 + 0.51 + 0.05 s
- * (test/gossip/cluster.test.ts asserts a median ≤ 1.5 s and at most 2 s over ten simulated clusters).
+ * (test/gossip/cluster.test.ts asserts a median ≤ 1.5 s and at most 2 s over six simulated clusters).
  */
 export interface SwimConfig {
   /**

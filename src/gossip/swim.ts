@@ -63,7 +63,7 @@ import { ProbeOrder } from './probe-order.ts'
 import { probeTiming, type RttEstimate, updateRtt } from './rtt.ts'
 import { acceptAllVerifier, nullSigner, type Signer, type Verifier } from './signing.ts'
 import { emptyStats, type SwimStats } from './stats.ts'
-import { Suspicion, suspicionMinTimeout } from './suspicion.ts'
+import { Suspicion, suspicionTimeouts } from './suspicion.ts'
 import {
   LamportClock,
   MAX_USER_EVENT_BODY_BYTES,
@@ -1293,16 +1293,14 @@ export class Swim {
     const n = this.estimatedSize()
     // With fewer than k other members to confirm, expect no confirmation (memberlist).
     const k = n - 2 < this.cfg.suspicionConfirmations ? 0 : this.cfg.suspicionConfirmations
-    const minMs = suspicionMinTimeout(this.cfg.suspicionMult, n, this.cfg.probeIntervalMs)
-    const s = new Suspicion({
-      from: msg.from,
-      via,
-      startMs: now,
-      incarnation: msg.inc,
-      k,
-      minMs,
-      maxMs: this.cfg.suspicionMaxTimeoutMult * minMs,
-    })
+    const { minMs, maxMs } = suspicionTimeouts(
+      this.cfg.suspicionMult,
+      this.cfg.suspicionMaxTimeoutMult,
+      n,
+      this.cfg.probeIntervalMs,
+      this.health.health,
+    )
+    const s = new Suspicion({ from: msg.from, via, startMs: now, incarnation: msg.inc, k, minMs, maxMs })
     this.suspicions.set(msg.id, s)
     this.setTimer(`suspect:${msg.id}`, s.deadlineMs(), (t) => this.suspicionExpired(msg.id, s, t))
   }

@@ -57,10 +57,10 @@ describe('SWIM membership in a simulated cluster', () => {
   })
 
   // Detection includes the wait until some member probes the crashed one, which is random (each
-  // member probes one other per period, in its own shuffled order): checked over ten clusters.
-  it('SWIM §3.1 + Lifeguard §IV-B: a crashed node is marked dead by every survivor in 1.5 s (median of 10), 2 s at most', () => {
+  // member probes one other per period, in its own shuffled order): checked over six clusters.
+  it('SWIM §3.1 + Lifeguard §IV-B: a crashed node is marked dead by every survivor in 1.5 s (median of 6), 2 s at most', () => {
     const detections: number[] = []
-    for (let seed = 1; seed <= 10; seed++) {
+    for (let seed = 1; seed <= 6; seed++) {
       const { sim, ids, log } = cluster(50, { seed })
       expect(sim.runUntilCondition(() => converged(sim, ids), 10_000, 25)).toBeDefined()
       sim.runFor(3_000)
@@ -74,8 +74,8 @@ describe('SWIM membership in a simulated cluster', () => {
       expect(wrongly).toEqual([])
     }
     detections.sort((a, b) => a - b)
-    expect(detections[4]!).toBeLessThanOrEqual(1_500)
-    expect(detections[9]!).toBeLessThanOrEqual(2_000)
+    expect(detections[3]!).toBeLessThanOrEqual(1_500)
+    expect(detections[5]!).toBeLessThanOrEqual(2_000)
   })
 
   it('Lifeguard §IV: a node whose event loop stalls 300 ms every second is never declared dead (120 s)', () => {
