@@ -354,7 +354,11 @@ describe('Lifeguard §IV-A: a starved node suspects itself before it accuses oth
     const alive = (id: string, inc: number) =>
       encodeMessage({ t: 'alive', inc, rec: encodeRecord(record(id)), sig: new Uint8Array() })
     const run = (late: boolean) => {
-      const a = new Swim({ self: { id: 'a', name: 'a', addresses: [] }, config: lanConfig, rng: seededRng(5) })
+      const a = new Swim({
+        self: { id: 'a', name: 'a', addresses: [] },
+        config: lanConfig,
+        rng: seededRng(5),
+      })
       for (const id of ['b', 'c', 'd', 'x']) a.handleMessage(id, alive(id, 1), 0)
       const events: SwimEvent[] = []
       const take = (o: Output, now: number) => {
