@@ -579,11 +579,10 @@ export class Swim {
     this.out = emptyOutput()
   }
 
+  /** The output of this call (every public method starts with `begin`, which starts the next). */
   private take(): Output {
     this.armGossip()
-    const o = this.out
-    this.out = emptyOutput()
-    return o
+    return this.out
   }
 
   /**
