@@ -175,8 +175,8 @@ export class OtlpHttpExporter implements SpanExporter {
   }
 
   /**
-   * Stops taking spans, sends what is queued (each batch within the export timeout; at most until
-   * `signal` fires), then closes the connection.
+   * Stops taking spans, sends what is queued (each batch within the export timeout), then closes
+   * the connection. When `signal` fires, the export under way is cut and the rest dropped.
    */
   async stop(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.state === 'stopped') return
@@ -184,10 +184,19 @@ export class OtlpHttpExporter implements SpanExporter {
     this.state = 'stopped'
     this.cancelTimer?.()
     this.cancelTimer = undefined
-    await this.inFlight
-    while (wasRunning && this.queue.length > 0 && !options.signal?.aborted) await this.send()
-    this.dropQueued()
-    this.agent.destroy()
+    const signal = options.signal
+    // Destroying the agent's sockets fails the request under way: its batch is counted as dropped.
+    const cut = (): void => this.agent.destroy()
+    if (signal?.aborted) cut()
+    signal?.addEventListener('abort', cut, { once: true })
+    try {
+      await this.inFlight
+      while (wasRunning && this.queue.length > 0 && !signal?.aborted) await this.send()
+    } finally {
+      signal?.removeEventListener('abort', cut)
+      this.dropQueued()
+      this.agent.destroy()
+    }
   }
 
   private dropQueued(): void {

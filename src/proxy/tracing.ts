@@ -187,7 +187,7 @@ export interface FinishedSpan {
   traceState: string | undefined
   name: string
   kind: SpanKind
-  /** Milliseconds since the epoch (sub-millisecond precision). */
+  /** Wall-clock milliseconds since the epoch (sub-millisecond precision). */
   startMs: number
   endMs: number
   attributes: ReadonlyArray<readonly [string, AttributeValue]>
@@ -277,6 +277,8 @@ export class Span {
       traceState: string | undefined
     },
     private readonly startMs: number,
+    /** Wall clock minus the tracer's clock at the start: exported times follow the system time. */
+    private readonly wallOffsetMs: number,
   ) {
     this.traceId = ids.traceId
     this.spanId = ids.spanId
@@ -324,8 +326,8 @@ export class Span {
       traceState: this.traceState,
       name: this.name,
       kind: this.kind,
-      startMs: this.startMs,
-      endMs: outcome.endMs ?? this.tracer.now(),
+      startMs: this.startMs + this.wallOffsetMs,
+      endMs: (outcome.endMs ?? this.tracer.now()) + this.wallOffsetMs,
       attributes: this.attributes,
       status:
         errorType !== undefined || grpcError
@@ -341,7 +343,11 @@ export interface TracerInit {
   exporter: SpanExporter
   /** Share of new traces sampled, 0 to 1 (requests with a parent follow it). Default 1. */
   sampleRatio?: number
-  /** Span times. Default `systemClock` (its `now()` is epoch milliseconds, monotonic). */
+  /**
+   * Span times. Default `systemClock`. Durations are measured on `now()` (the listeners' clock:
+   * `SpanStart.startMs` and `SpanOutcome.endMs` are on it); exported times are shifted to
+   * `wallNow()` at the span's start, so they match other machines' clocks.
+   */
   clock?: Clock
   /** Default: random ids from the CSPRNG. */
   ids?: IdGenerator
@@ -393,6 +399,7 @@ export class Tracer {
         traceState: parent?.traceState,
       },
       start.startMs ?? this.clock.now(),
+      sampled ? this.clock.wallNow() - this.clock.now() : 0,
     )
     if (!sampled) return span
     span.setAttribute('http.request.method', method)
