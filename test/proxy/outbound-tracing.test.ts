@@ -5,6 +5,7 @@
  * the parent of the request sent on, hostile trace headers, and no tracing without a tracer.
  */
 import { spawnSync } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import { Registry } from 'prom-client'
@@ -20,6 +21,8 @@ import {
 import { type FinishedSpan, SpanKind, SpanStatusCode, Tracer } from '../../src/proxy/tracing.ts'
 import { EMPTY_POLICY, type TrafficPolicy } from '../../src/proxy/traffic.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
+import { join } from 'node:path'
+import { makeTempDir, removeTempDir } from '../temp-dir.ts'
 import { endpoint, httpGet, leafFor, makeRoot, metricValue, TD } from './helpers.ts'
 
 let root: RootCa
@@ -83,6 +86,8 @@ async function apiInstance() {
     } else if (url === '/grpc-hostile') {
       res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': '999999' })
       res.end()
+    } else if (url === '/b/slow') {
+      setTimeout(() => res.end('slow'), 300)
     } else {
       res.statusCode = url.endsWith('/fail') ? 500 : 200
       res.end('api')
@@ -188,6 +193,69 @@ describe('golden metrics per route', () => {
     expect(`${res.stdout}${res.stderr}`.trim()).toBe('')
     expect(res.status).toBe(0)
   })
+  it.skipIf(!hasPromtool)(
+    'PromQL over two scrapes gives the true success rate per route, and p99 per route (promtool test rules)',
+    async () => {
+      const { listener, registry } = await outbound({ policy: twoRoutes })
+      const before = await registry.metrics()
+      const plan = [
+        ...Array.from({ length: 6 }, () => '/a/ok'),
+        ...Array.from({ length: 2 }, () => '/a/fail'),
+        '/b/slow',
+        '/b/slow',
+        '/ok',
+        '/fail',
+      ]
+      for (const p of plan) await httpGet(listener.port, p)
+      const after = await registry.metrics()
+      const series = scrapePairs(before, after, [
+        'peermesh_proxy_responses_total',
+        'peermesh_proxy_request_duration_seconds_bucket',
+      ])
+      const by = 'service, upstream, route'
+      const successRate = `sum by (${by}) (increase(peermesh_proxy_responses_total{class!="5xx"}[2m])) / sum by (${by}) (increase(peermesh_proxy_responses_total[2m]))`
+      const p99 = `histogram_quantile(0.99, sum by (${by}, le) (increase(peermesh_proxy_request_duration_seconds_bucket[2m])))`
+      const labels = (route: string) => `{service="web", upstream="api", route="${route}"}`
+      const test = {
+        rule_files: [],
+        evaluation_interval: '1m',
+        tests: [
+          {
+            interval: '1m',
+            input_series: series,
+            promql_expr_test: [
+              {
+                expr: successRate,
+                eval_time: '1m',
+                exp_samples: [
+                  { labels: labels('0'), value: 0.75 },
+                  { labels: labels('1'), value: 1 },
+                  { labels: labels('default'), value: 0.5 },
+                ],
+              },
+              // Route 1's app answers after 300 ms: its p99 is past the 0.25 s bucket bound.
+              {
+                expr: `${p99} >= bool 0.25`,
+                eval_time: '1m',
+                exp_samples: [
+                  { labels: labels('0'), value: 0 },
+                  { labels: labels('1'), value: 1 },
+                  { labels: labels('default'), value: 0 },
+                ],
+              },
+            ],
+          },
+        ],
+      }
+      const dir = makeTempDir('promql')
+      cleanups.push(async () => removeTempDir(dir))
+      const file = join(dir, 'golden.test.yml')
+      writeFileSync(file, JSON.stringify(test)) // JSON is YAML
+      const res = spawnSync('promtool', ['test', 'rules', file], { encoding: 'utf8' })
+      expect(res.status, `${res.stdout}${res.stderr}`).toBe(0)
+    },
+  )
+
   if (!hasPromtool)
     console.warn('promtool not installed (Debian: prometheus): the exposition lint is skipped')
 })
@@ -285,6 +353,30 @@ describe('CLIENT spans of the outbound HTTP listener', () => {
     expect(api.seen[0]!.tracestate).toBe('A=1')
   })
 })
+
+/**
+ * promtool `input_series` from two scrapes one minute apart: each sample of `families` as
+ * `name{labels}` with its value before (0 when absent) and after.
+ */
+function scrapePairs(
+  before: string,
+  after: string,
+  families: string[],
+): { series: string; values: string }[] {
+  const samples = (text: string) => {
+    const out = new Map<string, string>()
+    for (const line of text.split('\n')) {
+      const m = /^([a-z_]+)(\{[^}]*\}) (\S+)$/.exec(line)
+      if (m !== null && families.includes(m[1]!)) out.set(`${m[1]}${m[2]}`, m[3]!)
+    }
+    return out
+  }
+  const was = samples(before)
+  return [...samples(after)].map(([series, value]) => ({
+    series,
+    values: `${was.get(series) ?? 0} ${value}`,
+  }))
+}
 
 /** Spans end when the response closes, just after the client saw it: wait for them. */
 async function expectSpans(spans: FinishedSpan[], count: number): Promise<void> {
