@@ -8,9 +8,7 @@ import type {
   SplitConfig,
   Unsubscribe,
 } from '../../proxy/index.ts'
-import { Sidecar } from '../../proxy/index.ts'
-import { OtlpHttpExporter } from '../../proxy/otlp-exporter.ts'
-import { Tracer } from '../../proxy/tracing.ts'
+import { OtlpHttpExporter, Sidecar, Tracer } from '../../proxy/index.ts'
 import { VERSION } from '../agent/version.ts'
 import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
 import { TypedEmitter } from '../../common/events.ts'
