@@ -22,6 +22,8 @@ export {
   REQUEST_ID_HEADER,
 } from './outbound-http.ts'
 export { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
+export { OtlpHttpExporter, type OtlpHttpExporterInit } from './otlp-exporter.ts'
+export { type SpanExporter, Tracer, type TracerInit } from './tracing.ts'
 export type { UpstreamListenerInit } from './outbound-common.ts'
 export type { OutlierConfig } from './outlier.ts'
 export type { RetryBudgetConfig } from './retry-budget.ts'

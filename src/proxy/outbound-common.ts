@@ -15,6 +15,7 @@ import { RetryBudget, type RetryBudgetConfig } from './retry-budget.ts'
 import { type SplitConfig, validateSplitConfig } from './split.ts'
 import { ClientTlsMaterial, serverIdentityCheck } from './tls-material.ts'
 import { ConcurrencyLimit } from './concurrency-limit.ts'
+import type { Tracer } from './tracing.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import {
   ALL_ROUTE,
@@ -93,6 +94,8 @@ export class UpstreamCore {
   readonly budget: RetryBudget
   readonly tls: ClientTlsMaterial
   readonly metrics: ListenerMetrics
+  /** Undefined: no tracing. */
+  readonly tracer: Tracer | undefined
   readonly checkServerIdentity: ReturnType<typeof serverIdentityCheck>
   readonly authorizer: Authorizer | undefined
   /** The traffic policy now in force; swapped whole by `setPolicy`. */
@@ -133,6 +136,7 @@ export class UpstreamCore {
     this.rng = init.rng ?? Math.random
     this.clock = init.clock ?? systemClock
     this.authorizer = init.authorizer
+    this.tracer = init.tracer
     const registry = init.registry ?? new PromRegistry()
     this.metrics = ProxyMetrics.for(registry).listener(this.source, 'outbound', this.destination)
     this.budget = new RetryBudget(init.retryBudget)

@@ -70,6 +70,7 @@ export class Sidecar {
       ...(init.logger !== undefined ? { logger: init.logger } : {}),
       ...(init.accessLog !== undefined ? { accessLog: init.accessLog } : {}),
       ...(init.clock !== undefined ? { clock: init.clock } : {}),
+      ...(init.tracer !== undefined ? { tracer: init.tracer } : {}),
     }
     this.service = init.service
     this.inbound = new InboundListener({

@@ -9,6 +9,7 @@
 import type { Registry } from 'prom-client'
 import type { Clock } from '../common/clock.ts'
 import type { Unsubscribe } from '../common/events.ts'
+import type { Tracer } from './tracing.ts'
 
 /** Removes a listener added with `on`. */
 export type { Unsubscribe } from '../common/events.ts'
@@ -125,4 +126,6 @@ export interface ListenerEnvironment {
   accessLog?: boolean | AccessLogMode
   /** Durations, ejection times, retry budgets and timeouts. Default `systemClock`. */
   clock?: Clock
+  /** A span per HTTP request (`tracing.ts`). Default none: no tracing, `traceparent` passed on untouched. */
+  tracer?: Tracer
 }

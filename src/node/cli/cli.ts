@@ -96,6 +96,10 @@ export function buildCli(): Command {
       `file (0600) holding the initial management token (a UUID) the founders share; or $${INITIAL_MANAGEMENT_TOKEN_ENV}`,
     )
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .option(
+      '--otlp-endpoint <url>',
+      'send OpenTelemetry spans of sidecar HTTP requests to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: off)',
+    )
     .action(async (opts: Record<string, unknown>) => {
       const flags = validateAgentConfig(
         {
@@ -113,6 +117,7 @@ export function buildCli(): Command {
           ...(opts['initialManagementTokenFile'] !== undefined
             ? { acl: { initialManagementTokenFile: opts['initialManagementTokenFile'] } }
             : {}),
+          ...(opts['otlpEndpoint'] !== undefined ? { tracing: { otlpEndpoint: opts['otlpEndpoint'] } } : {}),
           datacenter: opts['datacenter'],
           dns: opts['dns'],
           dnsDomain: opts['dnsDomain'],

@@ -8,7 +8,8 @@ import type {
   SplitConfig,
   Unsubscribe,
 } from '../../proxy/index.ts'
-import { Sidecar } from '../../proxy/index.ts'
+import { OtlpHttpExporter, Sidecar, Tracer } from '../../proxy/index.ts'
+import { VERSION } from '../agent/version.ts'
 import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
 import { TypedEmitter } from '../../common/events.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
@@ -30,7 +31,11 @@ import {
   type TrafficEntries,
 } from './traffic-config.ts'
 
-const { noLeafRetryMs: NO_LEAF_RETRY_MS, leafWaitMs: LEAF_WAIT_MS } = SIDECAR_DEFAULTS
+const {
+  noLeafRetryMs: NO_LEAF_RETRY_MS,
+  leafWaitMs: LEAF_WAIT_MS,
+  tracingStopMs: TRACING_STOP_MS,
+} = SIDECAR_DEFAULTS
 
 /** The catalog as the sidecars read it: healthy instances of a destination, and its changes. */
 export type EndpointCatalog = Pick<Catalog, 'health' | 'on'>
@@ -211,6 +216,8 @@ export class SidecarModule implements AgentModule {
   private readonly failed = new Map<string, Failed>()
   /** `whenReady` callers waiting for the next outcome, by service id. */
   private readonly waiters = new Map<string, ((r: SidecarReadiness) => void)[]>()
+  /** The agent's span exporter, shared by every sidecar; undefined when tracing is off. */
+  private exporter: OtlpHttpExporter | undefined
 
   constructor(components: SidecarModuleComponents) {
     this.catalog = components.catalog
@@ -265,6 +272,22 @@ export class SidecarModule implements AgentModule {
   async start(ctx: AgentContext): Promise<void> {
     this.ctx = ctx
     this.log = ctx.log.child({ component: 'sidecar' })
+    const tracing = ctx.config.tracing
+    if (tracing !== undefined) {
+      this.exporter = new OtlpHttpExporter({
+        endpoint: tracing.otlpEndpoint,
+        version: VERSION,
+        resourceAttributes: { 'host.name': ctx.config.name },
+        registry: ctx.metrics,
+        logger: this.log,
+        clock: this.clock,
+      })
+      this.exporter.start()
+      this.log.info(
+        { otlpEndpoint: this.exporter.url.href, sampleRatio: tracing.sampleRatio },
+        'tracing: sidecar spans go to the OTLP collector',
+      )
+    }
     const local = this.catalog.local
     if (local === undefined) throw new Error('catalog module must start before sidecars')
     this.subscriptions.push(local.on('service:change', () => this.reconcile()))
@@ -317,6 +340,8 @@ export class SidecarModule implements AgentModule {
     this.cancelBindRetry?.()
     await this.queue
     await Promise.all([...this.running.keys()].map((id) => this.stopOne(id)))
+    // The last spans go out, unless the collector keeps the agent from stopping.
+    await this.exporter?.stop({ signal: AbortSignal.timeout(TRACING_STOP_MS) })
   }
 
   /** Brings the running sidecars in line with the registered services (serialised). */
@@ -455,6 +480,16 @@ export class SidecarModule implements AgentModule {
       registry: ctx.metrics,
       logger: this.log!,
       accessLog: ctx.config.accessLog ?? 'errors',
+      ...(this.exporter !== undefined
+        ? {
+            tracer: new Tracer({
+              serviceName: def.name,
+              exporter: this.exporter,
+              sampleRatio: ctx.config.tracing?.sampleRatio ?? 1,
+              clock: this.clock,
+            }),
+          }
+        : {}),
     })
     const definitionKey = this.keyOf(def)
     try {
