@@ -153,6 +153,52 @@ const protocol = z.enum(PROTOCOLS)
 
 // --- service-defaults, proxy-defaults ----------------------------------------------------------
 
+/** A path matcher: at most one of PathExact, PathPrefix, PathRegex (shared by rate limits and L7 intentions). */
+const pathMatchFields = {
+  PathExact: z.string().startsWith('/', 'must start with /').max(8192).optional(),
+  PathPrefix: z.string().startsWith('/', 'must start with /').max(8192).optional(),
+  /** Matches the whole path (anchored at both ends). */
+  PathRegex: regex.optional(),
+}
+const PATH_MATCHERS = ['PathExact', 'PathPrefix', 'PathRegex'] as const
+
+/** Requests per second of one token bucket: more than 0, at most a million. */
+const requestsPerSecond = z.number().gt(0).max(1_000_000)
+/** A bucket's size; 0 or absent: RequestsPerSecond (one second's worth). */
+const requestsMaxBurst = z.number().int().min(0).max(10_000_000)
+
+const rateLimitRoute = entry({
+  ...pathMatchFields,
+  RequestsPerSecond: requestsPerSecond,
+  RequestsMaxBurst: requestsMaxBurst.optional(),
+}).superRefine((r, ctx) => {
+  const set = PATH_MATCHERS.filter((k) => r[k] !== undefined)
+  if (set.length === 0)
+    ctx.addIssue({ code: 'custom', message: 'needs one of PathExact, PathPrefix or PathRegex' })
+  if (set.length > 1)
+    ctx.addIssue({ code: 'custom', path: [set[1]!], message: `cannot be combined with ${set[0]}` })
+})
+
+/**
+ * Consul's `RateLimits` of service-defaults, enforced on the service's inbound sidecar: a token
+ * bucket per source service (and per route), so one noisy caller is stopped without starving the
+ * others. Over the limit: 429 (gRPC RESOURCE_EXHAUSTED).
+ */
+const rateLimits = entry({
+  InstanceLevel: entry({
+    /** Requests per second each source may send to the instance; absent: no instance-wide limit. */
+    RequestsPerSecond: requestsPerSecond.optional(),
+    RequestsMaxBurst: requestsMaxBurst.optional(),
+    /** Checked in order; the first whose path matches applies instead of the instance-wide limit. */
+    Routes: z.array(rateLimitRoute).max(MAX_ITEMS).optional(),
+  })
+    .superRefine((l, ctx) => {
+      if (l.RequestsMaxBurst !== undefined && l.RequestsPerSecond === undefined)
+        ctx.addIssue({ code: 'custom', path: ['RequestsMaxBurst'], message: 'needs RequestsPerSecond' })
+    })
+    .optional(),
+})
+
 export const serviceDefaultsSchema = entry({
   /** The service's protocol, as its callers' sidecars speak to it. */
   Protocol: protocol.optional(),
@@ -161,6 +207,8 @@ export const serviceDefaultsSchema = entry({
   LocalRequestTimeoutMs: positiveInt(MAX_DURATION_MS).optional(),
   /** How this service's sidecar reaches its upstreams. */
   UpstreamConfig: upstreamConfig.optional(),
+  /** Local rate limits on this service's inbound (http services). */
+  RateLimits: rateLimits.optional(),
   Meta: meta.optional(),
 })
 
@@ -364,6 +412,47 @@ const httpMatch = entry({
   if (set.length > 1)
     ctx.addIssue({ code: 'custom', path: [set[1]!], message: `cannot be combined with ${set[0]}` })
 })
+
+/**
+ * One L7 permission of an intention (Consul's `Permissions[]` on service-intentions): an action
+ * and the requests it applies to. `HTTP` must set at least one criterion; a header rule sets
+ * exactly one of Present (true), Exact, Prefix, Suffix, Regex.
+ */
+export const intentionPermissionSchema = entry({
+  Action: z.enum(['allow', 'deny']),
+  HTTP: entry({
+    ...pathMatchFields,
+    Methods: z.array(z.enum(HTTP_METHODS)).min(1).max(HTTP_METHODS.length).optional(),
+    Header: z.array(headerMatch).min(1).max(MAX_ITEMS).optional(),
+  }).superRefine((m, ctx) => {
+    const set = PATH_MATCHERS.filter((k) => m[k] !== undefined)
+    if (set.length > 1)
+      ctx.addIssue({ code: 'custom', path: [set[1]!], message: `cannot be combined with ${set[0]}` })
+    if (set.length === 0 && m.Methods === undefined && m.Header === undefined)
+      ctx.addIssue({ code: 'custom', message: 'should not be empty: set a path, Methods or Header' })
+    m.Header?.forEach((h, i) => {
+      const n = (['Present', 'Exact', 'Prefix', 'Suffix', 'Regex'] as const).filter((k) => h[k] !== undefined)
+      if (n.length === 0)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['Header', i],
+          message: 'needs one of Present, Exact, Prefix, Suffix or Regex',
+        })
+      if (h.Present === false)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['Header', i, 'Present'],
+          message: 'must be true (use Invert to match an absent header)',
+        })
+    })
+  }),
+})
+
+/** The permissions of one intention: evaluated in order, the first match decides. */
+export const intentionPermissionsSchema = z.array(intentionPermissionSchema).min(1).max(MAX_ITEMS)
+
+export type IntentionPermission = z.output<typeof intentionPermissionSchema>
+export type RateLimits = z.output<typeof rateLimits>
 
 const headerRewrite = entry({
   Add: z.record(headerName, headerValue).optional(),
