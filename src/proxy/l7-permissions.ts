@@ -75,11 +75,11 @@ function compileHeaderRule(h: NonNullable<IntentionPermission['HTTP']['Header']>
   }
   if (h.Prefix !== undefined) {
     const v = h.Prefix
-    return { name, invert, test: (x) => x !== undefined && x.startsWith(v) }
+    return { name, invert, test: (x) => x?.startsWith(v) === true }
   }
   if (h.Suffix !== undefined) {
     const v = h.Suffix
-    return { name, invert, test: (x) => x !== undefined && x.endsWith(v) }
+    return { name, invert, test: (x) => x?.endsWith(v) === true }
   }
   if (h.Regex !== undefined) {
     const re = new RegExp(`^(?:${h.Regex})$`)

@@ -2,7 +2,12 @@ import { z } from 'zod'
 import { pack, unpack } from '../../common/msgpack.ts'
 import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
 import { AclErrorCodes, aclCommandSchemas } from './acl-state.ts'
-import { configEntryProblem, isTrafficEntryKind, TRAFFIC_ENTRY_SCHEMAS } from './config-entries.ts'
+import {
+  configEntryProblem,
+  intentionPermissionsSchema,
+  isTrafficEntryKind,
+  TRAFFIC_ENTRY_SCHEMAS,
+} from './config-entries.ts'
 import { kvCommandSchemas } from './kv-commands.ts'
 
 /**
@@ -57,6 +62,8 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
     source: name,
     destination: name,
     action: z.enum(['allow', 'deny']),
+    /** L7 permissions (checked against their schema in `checkPolicyCommand`); action is then `deny`. */
+    permissions: z.array(z.unknown()).optional(),
     description: z.string().max(4096).optional(),
     meta: meta.optional(),
     /** Compare-and-set: apply only if the current modifyIndex equals this (0 = must not exist). */
@@ -135,11 +142,17 @@ const RECORD_OVERHEAD = 64
  * what one that applied the log measured.
  */
 export const entryBytes = {
-  intention(i: { source: string; destination: string; action: string; description?: string; meta?: object }) {
-    return (
-      RECORD_OVERHEAD +
-      pack([i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]).length
-    )
+  intention(i: {
+    source: string
+    destination: string
+    action: string
+    description?: string
+    meta?: object
+    permissions?: readonly unknown[]
+  }) {
+    const fields: unknown[] = [i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]
+    if (i.permissions !== undefined) fields.push(i.permissions)
+    return RECORD_OVERHEAD + pack(fields).length
   },
   config(e: { kind: string; name: string; value: object }) {
     return RECORD_OVERHEAD + pack([e.kind, e.name, e.value]).length
@@ -173,6 +186,22 @@ export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_L
   let bytes = 0
   switch (cmd.op) {
     case 'intention.upsert':
+      if (cmd.permissions !== undefined) {
+        const r = intentionPermissionsSchema.safeParse(cmd.permissions)
+        if (!r.success) {
+          const issue = r.error.issues[0]!
+          const keys = issue.code === 'unrecognized_keys' ? issue.keys.slice(0, 1) : []
+          const path = ['permissions', ...issue.path, ...keys].map(String).join('.')
+          return policyRefusal(
+            PolicyErrorCodes.invalidCommand,
+            `${path}: ${issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message}`,
+          )
+        }
+        if (cmd.action !== 'deny')
+          return policyRefusal(PolicyErrorCodes.invalidCommand, 'action: must be deny with permissions')
+        // Stored canonical (PascalCase), as every reader parses it.
+        cmd.permissions = r.data
+      }
       bytes = entryBytes.intention(cmd)
       break
     case 'config.set': {

@@ -4,7 +4,7 @@ import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import { AclState } from './acl-state.ts'
 import { type KvCommand, KvState, parseKvSnapshot } from './kv-state.ts'
-import type { StoredIntention } from './intention.ts'
+import type { IntentionPermission, StoredIntention } from './intention.ts'
 import {
   decodePolicyCommand,
   entryBytes,
@@ -228,6 +228,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
           createdIndex: cur?.createdIndex ?? at,
           modifyIndex: at,
         }
+        if (cmd.permissions !== undefined) it.permissions = cmd.permissions as IntentionPermission[]
         if (cmd.description !== undefined) it.description = cmd.description
         if (cmd.meta !== undefined) it.meta = { ...cmd.meta }
         this.intentions.set(key, it)
