@@ -18,6 +18,9 @@ import { compilePathMatch } from './l7-permissions.ts'
 /** Buckets kept at most: far more than the services that call one instance. */
 export const DEFAULT_MAX_RATE_LIMIT_BUCKETS = 10_000
 
+/** Rounding allowance when comparing a refilled bucket to one token. */
+const TOKEN_EPSILON = 1e-9
+
 /** Oldest buckets looked at for a full one when the table is full. */
 const EVICTION_SCAN = 64
 
@@ -100,7 +103,8 @@ export class RateLimiter {
       b.at = now
     }
     this.buckets.set(key, b)
-    if (b.tokens < 1) return false
+    // Refills are fractions (10 ms at 10 rps is 0.1): a float sum of ten of them is 0.999…
+    if (b.tokens < 1 - TOKEN_EPSILON) return false
     b.tokens -= 1
     return true
   }
