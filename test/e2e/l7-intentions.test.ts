@@ -239,6 +239,56 @@ describe('L7 intentions and rate limits through the sidecars (end to end)', () =
     ).toBeGreaterThanOrEqual(20 - passed)
   }, 60_000)
 
+  it('config write of Kind service-intentions is the same data as /v1/connect/intentions; writing it needs intentions write', async () => {
+    const file = join(cluster.dir, 'db-intentions.json')
+    writeFileSync(
+      file,
+      JSON.stringify({
+        Kind: 'service-intentions',
+        Name: 'db',
+        Sources: [
+          {
+            Name: 'web',
+            Permissions: [{ Action: 'allow', HTTP: { PathPrefix: '/read', Methods: ['GET'] } }],
+          },
+          { Name: '*', Action: 'deny' },
+        ],
+      }),
+    )
+    const cli = await runCli(['config', 'write', file, '--http', a.http])
+    expect(cli.code, cli.stderr).toBe(0)
+    const exact = JSON.parse(
+      (await send(a, 'GET', '/v1/connect/intentions/exact?source=web&destination=db')).text,
+    )
+    expect(exact).toMatchObject({
+      Action: '',
+      Permissions: [{ Action: 'allow', HTTP: { PathPrefix: '/read' } }],
+    })
+    const entry = JSON.parse((await send(a, 'GET', '/v1/config/service-intentions/db')).text)
+    expect(entry.Sources.map((x: { Name: string }) => x.Name)).toEqual(['web', '*'])
+    // The attacker's side: anonymous, and a token for web (no intentions write on db): 403.
+    const token = await send(a, 'PUT', '/v1/acl/token', { ServiceIdentities: [{ ServiceName: 'web' }] })
+    expect(token.status, token.text).toBe(200)
+    const webToken = JSON.parse(token.text).SecretID as string
+    for (const t of [false, webToken] as const) {
+      const r = await fetch(`http://${a.http}/v1/config`, {
+        method: 'PUT',
+        headers: { ...authHeaders(t), 'content-type': 'application/json' },
+        body: JSON.stringify({
+          Kind: 'service-intentions',
+          Name: 'db',
+          Sources: [{ Name: '*', Action: 'allow' }],
+        }),
+      })
+      expect(r.status).toBe(403)
+      expect(await r.text()).toMatch(/intention:write/)
+    }
+    const still = JSON.parse((await send(a, 'GET', '/v1/config/service-intentions/db')).text)
+    expect(still.Sources).toEqual(entry.Sources)
+    expect((await send(a, 'DELETE', '/v1/config/service-intentions/db')).status).toBe(200)
+    expect((await send(a, 'GET', '/v1/connect/intentions/exact?source=web&destination=db')).status).toBe(404)
+  }, 30_000)
+
   it('bad entries are refused with 400 naming the field, and nothing is written', async () => {
     const r1 = await send(a, 'PUT', '/v1/config', {
       Kind: 'service-defaults',
@@ -252,6 +302,17 @@ describe('L7 intentions and rate limits through the sidecars (end to end)', () =
     })
     expect(r2.status).toBe(400)
     expect(r2.text).toMatch(/permissions: 0\.HTTP\.PathRegex/)
+    const r3 = await send(a, 'PUT', '/v1/config', {
+      Kind: 'service-intentions',
+      Name: 'api',
+      Sources: [
+        { Name: 'web', Action: 'allow', Permissions: [{ Action: 'allow', HTTP: { PathExact: '/' } }] },
+      ],
+    })
+    expect(r3.status).toBe(400)
+    expect(r3.text).toMatch(/Sources\.0\.Permissions: cannot be combined with Action/)
+    const still = await send(a, 'GET', '/v1/connect/intentions/exact?source=web&destination=api')
+    expect(JSON.parse(still.text).Permissions).toHaveLength(1) // as the previous test left it
     const stored = await send(a, 'GET', '/v1/config/service-defaults/limited')
     expect(JSON.parse(stored.text).RateLimits.InstanceLevel.RequestsPerSecond).toBe(1)
   }, 30_000)

@@ -451,6 +451,46 @@ export const intentionPermissionSchema = entry({
 /** The permissions of one intention: evaluated in order, the first match decides. */
 export const intentionPermissionsSchema = z.array(intentionPermissionSchema).min(1).max(MAX_ITEMS)
 
+/**
+ * Consul's `service-intentions` entry: every intention whose destination is the entry's `Name`
+ * (a service or `*`), one per source. It is a view of the intention store, not a config entry of
+ * its own: writing it replaces those intentions in one Raft command (`intention.replace`), so the
+ * entry and `/v1/connect/intentions` are always the same data. A source is L4 (`Action`) or L7
+ * (`Permissions`), never both.
+ */
+export const serviceIntentionsSchema = entry({
+  Sources: z
+    .array(
+      entry({
+        Name: z.union([z.literal('*'), serviceName]),
+        Action: z.enum(['allow', 'deny']).optional(),
+        Permissions: intentionPermissionsSchema.optional(),
+        Description: z.string().max(512).optional(),
+        /** Consul's source type: only `consul`. */
+        Type: z.literal('consul').optional(),
+        /** Read-only in Consul (computed); accepted and ignored, as Consul does. */
+        Precedence: z.number().optional(),
+      }).superRefine((src, ctx) => {
+        if (src.Action !== undefined && src.Permissions !== undefined)
+          ctx.addIssue({ code: 'custom', path: ['Permissions'], message: 'cannot be combined with Action' })
+        if (src.Action === undefined && src.Permissions === undefined)
+          ctx.addIssue({ code: 'custom', message: 'needs Action or Permissions' })
+      }),
+    )
+    .max(MAX_ITEMS)
+    .superRefine((list, ctx) => {
+      const seen = new Set<string>()
+      list.forEach((src, i) => {
+        if (seen.has(src.Name))
+          ctx.addIssue({ code: 'custom', path: [i, 'Name'], message: `"${src.Name}" is listed twice` })
+        seen.add(src.Name)
+      })
+    }),
+  Meta: meta.optional(),
+})
+
+export type ServiceIntentions = z.output<typeof serviceIntentionsSchema>
+
 export type IntentionPermission = z.output<typeof intentionPermissionSchema>
 export type RateLimits = z.output<typeof rateLimits>
 
@@ -547,7 +587,12 @@ export function configEntryProblem(kind: TrafficEntryKind, name: string, value: 
     return kind === 'proxy-defaults'
       ? `name: a proxy-defaults entry must be named "${PROXY_DEFAULTS_NAME}"`
       : "name: must be a service name (lowercase a-z, 0-9, '-', 1-63 characters, no '-' at either end)"
-  const r = TRAFFIC_ENTRY_SCHEMAS[kind].safeParse(value)
+  return configEntryProblemOf(TRAFFIC_ENTRY_SCHEMAS[kind], value)
+}
+
+/** Why `value` does not satisfy `schema` ("path: reason"), or undefined. */
+export function configEntryProblemOf(schema: z.ZodType, value: unknown): string | undefined {
+  const r = schema.safeParse(value)
   if (r.success) return undefined
   const issue = r.error.issues[0]!
   const keys = issue.code === 'unrecognized_keys' ? issue.keys : []

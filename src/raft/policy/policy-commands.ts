@@ -71,6 +71,21 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
   }),
   z.object({ op: z.literal('intention.delete'), source: name, destination: name }),
   z.object({
+    /** Replaces every intention to `destination` with `sources` (a `service-intentions` write). */
+    op: z.literal('intention.replace'),
+    destination: name,
+    sources: z
+      .array(
+        z.object({
+          source: name,
+          action: z.enum(['allow', 'deny']),
+          permissions: z.array(z.unknown()).optional(),
+          description: z.string().max(4096).optional(),
+        }),
+      )
+      .max(256),
+  }),
+  z.object({
     op: z.literal('config.set'),
     kind: name,
     name,
@@ -185,25 +200,27 @@ export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_L
   const cmd = parsed.data
   let bytes = 0
   switch (cmd.op) {
-    case 'intention.upsert':
-      if (cmd.permissions !== undefined) {
-        const r = intentionPermissionsSchema.safeParse(cmd.permissions)
-        if (!r.success) {
-          const issue = r.error.issues[0]!
-          const keys = issue.code === 'unrecognized_keys' ? issue.keys.slice(0, 1) : []
-          const path = ['permissions', ...issue.path, ...keys].map(String).join('.')
-          return policyRefusal(
-            PolicyErrorCodes.invalidCommand,
-            `${path}: ${issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message}`,
-          )
-        }
-        if (cmd.action !== 'deny')
-          return policyRefusal(PolicyErrorCodes.invalidCommand, 'action: must be deny with permissions')
-        // Stored canonical (PascalCase), as every reader parses it.
-        cmd.permissions = r.data
-      }
+    case 'intention.upsert': {
+      const refusal = canonicalPermissions(cmd, 'permissions')
+      if (refusal !== undefined) return refusal
       bytes = entryBytes.intention(cmd)
       break
+    }
+    case 'intention.replace': {
+      const seen = new Set<string>()
+      for (const [i, src] of cmd.sources.entries()) {
+        if (seen.has(src.source))
+          return policyRefusal(
+            PolicyErrorCodes.invalidCommand,
+            `sources.${i}.source: ${src.source} is listed twice`,
+          )
+        seen.add(src.source)
+        const refusal = canonicalPermissions(src, `sources.${i}.permissions`)
+        if (refusal !== undefined) return refusal
+        bytes += entryBytes.intention({ ...src, destination: cmd.destination })
+      }
+      break
+    }
     case 'config.set': {
       const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
       if (schema === undefined)
@@ -232,6 +249,31 @@ export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_L
       `${cmd.op} of ${bytes} bytes over ${limits.maxEntryBytes}`,
     )
   return { ok: true, cmd, bytes }
+}
+
+/**
+ * Checks an intention's permissions against their schema and puts them in canonical form (the
+ * PascalCase every reader parses); an L7 intention's action must be `deny` (see `Intention`).
+ */
+function canonicalPermissions(
+  it: { action: string; permissions?: unknown[] | undefined },
+  field: string,
+): PolicyRefusal | undefined {
+  if (it.permissions === undefined) return undefined
+  const r = intentionPermissionsSchema.safeParse(it.permissions)
+  if (!r.success) {
+    const issue = r.error.issues[0]!
+    const keys = issue.code === 'unrecognized_keys' ? issue.keys.slice(0, 1) : []
+    const path = [field, ...issue.path, ...keys].map(String).join('.')
+    return policyRefusal(
+      PolicyErrorCodes.invalidCommand,
+      `${path}: ${issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message}`,
+    )
+  }
+  if (it.action !== 'deny')
+    return policyRefusal(PolicyErrorCodes.invalidCommand, 'action: must be deny with permissions')
+  it.permissions = r.data
+  return undefined
 }
 
 /** `checkPolicyCommand` of encoded bytes (strict msgpack: no extension types, bounded nesting). */

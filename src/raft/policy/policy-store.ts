@@ -234,6 +234,29 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         this.intentions.set(key, it)
         return this.changed(at)
       }
+      case 'intention.replace': {
+        // One command: no reader ever sees the destination with only part of its new sources.
+        const current = [...this.intentions.values()].filter((i) => i.destination === cmd.destination)
+        let before = 0
+        for (const i of current) before += entryBytes.intention(i)
+        const over = this.overStateCap(before, bytes)
+        if (over !== undefined) return over
+        const created = new Map(current.map((i) => [i.source, i.createdIndex]))
+        for (const i of current) this.intentions.delete(i.source + SEP + i.destination)
+        for (const src of cmd.sources) {
+          const it: StoredIntention = {
+            source: src.source,
+            destination: cmd.destination,
+            action: src.action,
+            createdIndex: created.get(src.source) ?? at,
+            modifyIndex: at,
+          }
+          if (src.permissions !== undefined) it.permissions = src.permissions as IntentionPermission[]
+          if (src.description !== undefined) it.description = src.description
+          this.intentions.set(src.source + SEP + cmd.destination, it)
+        }
+        return this.changed(at)
+      }
       case 'intention.delete': {
         const key = cmd.source + SEP + cmd.destination
         const cur = this.intentions.get(key)

@@ -72,6 +72,56 @@ describe('PolicyStore: L7 intentions', () => {
     expect(s.snapshot()).toEqual(before)
   })
 
+  it('intention.replace (a service-intentions write) replaces every intention to one destination at once', () => {
+    const s = new PolicyStore()
+    s.apply(entry({ op: 'intention.upsert', source: 'web', destination: 'api', action: 'allow' }))
+    s.apply(entry({ op: 'intention.upsert', source: 'old', destination: 'api', action: 'allow' }))
+    s.apply(entry({ op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow' }))
+    const webCreated = s.getIntention('web', 'api')!.createdIndex
+    const r = s.apply(
+      entry({
+        op: 'intention.replace',
+        destination: 'api',
+        sources: [
+          { source: 'web', action: 'deny', permissions: perms },
+          { source: '*', action: 'deny' },
+        ],
+      }),
+    )
+    expect(r.ok).toBe(true)
+    const api = s
+      .listIntentions()
+      .filter((i) => i.destination === 'api')
+      .map((i) => [i.source, i.action, i.permissions !== undefined])
+    expect(api.sort()).toEqual([
+      ['*', 'deny', false],
+      ['web', 'deny', true],
+    ])
+    expect(s.getIntention('web', 'api')!.createdIndex).toBe(webCreated) // the pair was kept
+    expect(s.getIntention('web', 'db')).toBeDefined() // other destinations untouched
+    const copy = new PolicyStore()
+    copy.restore(s.snapshot())
+    expect(copy.sizeBytes).toBe(s.sizeBytes)
+    // Hostile: a source twice, or bad permissions: refused whole, nothing changed.
+    const before = s.snapshot()
+    for (const sources of [
+      [
+        { source: 'a', action: 'allow' },
+        { source: 'a', action: 'deny' },
+      ],
+      [{ source: 'a', action: 'deny', permissions: [{ Action: 'allow', HTTP: { PathRegex: '(' } }] }],
+    ]) {
+      const bad = s.apply(entry(pack({ op: 'intention.replace', destination: 'api', sources })))
+      expect(bad.ok).toBe(false)
+    }
+    const after = new PolicyStore()
+    after.restore(before)
+    expect(s.listIntentions()).toEqual(after.listIntentions())
+    // An empty list removes them all (deleting the entry).
+    expect(s.apply(entry({ op: 'intention.replace', destination: 'api', sources: [] })).ok).toBe(true)
+    expect(s.listIntentions().map((i) => i.destination)).toEqual(['db'])
+  })
+
   it('a snapshot holding malformed permissions is refused whole', () => {
     const bad = pack({
       version: 1,
