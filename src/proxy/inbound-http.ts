@@ -133,9 +133,14 @@ export class InboundHttp {
     if (expectsContinue) res.writeContinue()
     const headers: string[] = []
     const raw = req.rawHeaders
+    let hasHost = false
     for (let i = 0; i < raw.length; i += 2) {
-      if (!HOP_BY_HOP_HEADERS.has(raw[i]!.toLowerCase())) headers.push(raw[i]!, raw[i + 1]!)
+      const lower = raw[i]!.toLowerCase()
+      if (lower === 'host') hasHost = true
+      if (!HOP_BY_HOP_HEADERS.has(lower)) headers.push(raw[i]!, raw[i + 1]!)
     }
+    // Forwarded as HTTP/1.1, which requires a Host: an HTTP/1.0 caller may have sent none.
+    if (!hasHost) headers.push('host', `${this.init.localServiceAddress}:${this.init.localServicePort}`)
     const upReq = http.request({
       agent: this.agent,
       host: this.init.localServiceAddress,

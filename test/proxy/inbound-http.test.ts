@@ -233,3 +233,31 @@ describe('inbound HTTP with L7 intentions', () => {
     expect((await web.send(inbound.port, 'GET', '/down')).status).toBe(502)
   })
 })
+
+describe('inbound HTTP: what callers send', () => {
+  it('an HTTP/1.0 request without Host reaches the app (forwarded as HTTP/1.1 with one)', async () => {
+    const { app, inbound } = await apiInbound({
+      intentions: [{ source: 'web', destination: 'api', action: 'allow' }],
+    })
+    const tls = await import('node:tls')
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: inbound.port,
+      cert: webCert.certPem,
+      key: webCert.keyPem,
+      ca: webCert.rootsPem as string[],
+      checkServerIdentity: () => undefined,
+    })
+    let text = ''
+    socket.setEncoding('utf8')
+    socket.on('data', (d: string) => {
+      text += d
+    })
+    await new Promise((r) => socket.once('secureConnect', r))
+    socket.write('GET /old HTTP/1.0\r\n\r\n')
+    await new Promise((r) => socket.once('close', r))
+    expect(text).toMatch(/^HTTP\/1\.[01] 200/)
+    expect(text).toMatch(/app:\/old$/)
+    expect(app.seen).toEqual(['GET /old'])
+  })
+})
