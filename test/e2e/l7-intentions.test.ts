@@ -237,6 +237,27 @@ describe('L7 intentions and rate limits through the sidecars (end to end)', () =
     expect(
       sample(text, 'peermesh_proxy_limit_rejections_total', { upstream: 'limited', reason: 'rate-limit' }),
     ).toBeGreaterThanOrEqual(20 - passed)
+    // A raised limit applies within a second of commit, on the same open connection.
+    await put('/v1/config', {
+      Kind: 'service-defaults',
+      Name: 'limited',
+      Protocol: 'http',
+      RateLimits: { InstanceLevel: { RequestsPerSecond: 1000 } },
+    })
+    const committed = performance.now()
+    const took = await waitFor(
+      'the raised limit in force',
+      async () => {
+        const burst = await Promise.all(
+          Array.from({ length: 3 }, () => noisy.request(noisyLimited, 'GET', '/z')),
+        )
+        return burst.every((r) => r.status === 200) ? performance.now() - committed : undefined
+      },
+      5_000,
+      20,
+    )
+    expect(took).toBeLessThan(1_000)
+    expect(noisy.sockets.size).toBe(1)
   }, 60_000)
 
   it('config write of Kind service-intentions is the same data as /v1/connect/intentions; writing it needs intentions write', async () => {
@@ -314,6 +335,6 @@ describe('L7 intentions and rate limits through the sidecars (end to end)', () =
     const still = await send(a, 'GET', '/v1/connect/intentions/exact?source=web&destination=api')
     expect(JSON.parse(still.text).Permissions).toHaveLength(1) // as the previous test left it
     const stored = await send(a, 'GET', '/v1/config/service-defaults/limited')
-    expect(JSON.parse(stored.text).RateLimits.InstanceLevel.RequestsPerSecond).toBe(1)
+    expect(JSON.parse(stored.text).RateLimits.InstanceLevel.RequestsPerSecond).toBe(1000) // as the rate-limit test left it
   }, 30_000)
 })

@@ -261,3 +261,65 @@ describe('inbound HTTP: what callers send', () => {
     expect(app.seen).toEqual(['GET /old'])
   })
 })
+
+describe('inbound HTTP: upgrades', () => {
+  it('an upgrade (WebSocket) passes the gate with its request, then is relayed as bytes; a denied one gets 403', async () => {
+    // An app that upgrades, then echoes.
+    const upgrading = http.createServer()
+    upgrading.on('upgrade', (req, socket) => {
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\nx-path: ${req.url}\r\n\r\n`,
+      )
+      socket.pipe(socket)
+    })
+    await new Promise<void>((r) => upgrading.listen(0, '127.0.0.1', r))
+    cleanups.push(() => new Promise<void>((r) => upgrading.close(() => r())))
+    const inbound = new InboundListener({
+      service: 'api',
+      trustDomain: TD,
+      port: 0,
+      bindAddress: '127.0.0.1',
+      localServicePort: (upgrading.address() as AddressInfo).port,
+      certificates: new StaticCertificateSource(apiCert),
+      authorizer: IntentionAuthorizer.from([{ source: 'web', destination: 'api', permissions: L7 }]),
+      protocol: 'http',
+      gate: new InboundGate({
+        service: 'api',
+        intentions: () => new IntentionIndex([{ source: 'web', destination: 'api', permissions: L7 }]),
+        now: () => performance.now(),
+      }),
+    })
+    await inbound.start()
+    cleanups.push(() => inbound.stop())
+    const tls = await import('node:tls')
+    const upgrade = async (path: string) => {
+      const socket = tls.connect({
+        host: '127.0.0.1',
+        port: inbound.port,
+        cert: webCert.certPem,
+        key: webCert.keyPem,
+        ca: webCert.rootsPem as string[],
+        checkServerIdentity: () => undefined,
+      })
+      cleanups.push(() => socket.destroy())
+      let text = ''
+      socket.setEncoding('utf8')
+      socket.on('data', (d: string) => {
+        text += d
+      })
+      await new Promise((r) => socket.once('secureConnect', r))
+      socket.write(`GET ${path} HTTP/1.1\r\nhost: api\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n`)
+      return { socket, text: () => text }
+    }
+    const ok = await upgrade('/public')
+    await waitFor(() => ok.text().includes('\r\n\r\n'), 5_000, 'the 101')
+    expect(ok.text()).toMatch(/^HTTP\/1\.1 101 /)
+    expect(ok.text()).toMatch(/x-path: \/public/)
+    ok.socket.write('ping')
+    await waitFor(() => ok.text().endsWith('ping'), 5_000, 'the echo')
+    const no = await upgrade('/admin')
+    await waitFor(() => no.text().includes('\r\n\r\n'), 5_000, 'the 403')
+    expect(no.text()).toMatch(/^HTTP\/1\.1 403 /)
+    expect(no.text()).toMatch(/x-peermesh-reject: intention/)
+  })
+})
