@@ -311,7 +311,8 @@ async function maybeBlock(connect: ConnectApi, req: ApiRequest): Promise<void> {
  *   `POST /v1/connect/intentions` `{ SourceName, DestinationName, Action, Description? }` (any
  *   case; peermesh's `source`/`destination` too) → `{ index }`
  *   (400 if that pair exists); `PUT /v1/connect/intentions/exact?source=&destination=`
- *   `{ action, description? }` upserts; `GET|DELETE /v1/connect/intentions/exact?source=&destination=`
+ *   `{ action, description? }` upserts; either takes Consul's `Permissions` (L7, checked per
+ *   request by the destination's inbound) in place of `Action`, and shows it back with `Action: ""`; `GET|DELETE /v1/connect/intentions/exact?source=&destination=`
  *   and `DELETE /v1/connect/intentions?source=&destination=`;
  * - `GET /v1/connect/intentions/check?source=&destination=` → `{ Allowed, Action, Matched?, DefaultAction }`;
  * - `GET|PUT /v1/connect/intentions/default` → `{ action }` (cluster-wide, in Raft).
