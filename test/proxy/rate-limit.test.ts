@@ -2,6 +2,7 @@
  * Inbound rate limits (Consul's RateLimits.InstanceLevel): a token bucket per (source, route) on
  * a virtual clock; the bucket table stays bounded whatever the callers do.
  */
+import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { RateLimiter } from '../../src/proxy/rate-limit.ts'
 import { serviceDefaultsSchema } from '../../src/raft/policy/config-entries.ts'
@@ -92,6 +93,53 @@ describe('RateLimiter', () => {
       expect(rl.size).toBeLessThanOrEqual(100)
     }
     expect(rl.take('noisy', '/')).toBe(false)
+  })
+})
+
+describe('RateLimiter against the token-bucket bound (property)', () => {
+  it('per source, any run of admitted requests fits burst + rate × its time span; waiting a full refill always admits', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 50 }),
+        fc.integer({ min: 0, max: 20 }),
+        fc.array(fc.tuple(fc.integer({ min: 0, max: 1 }), fc.integer({ min: 0, max: 100 })), {
+          minLength: 200,
+          maxLength: 500,
+        }),
+        (rps, extraBurst, events) => {
+          const burst = rps + extraBurst
+          const clock = new VirtualClock()
+          const rl = new RateLimiter({
+            limits: { InstanceLevel: { RequestsPerSecond: rps, RequestsMaxBurst: burst } },
+            now: clock.now,
+          })
+          const admitted = new Map<number, number[]>()
+          for (const [source, dt] of events) {
+            clock.advance(dt)
+            if (rl.take(`s${source}`, '/'))
+              admitted.set(source, [...(admitted.get(source) ?? []), clock.now()])
+          }
+          let violation: string | undefined
+          for (const times of admitted.values()) {
+            for (let i = 0; i < times.length && violation === undefined; i++) {
+              for (let j = i; j < times.length; j++) {
+                const span = (times[j]! - times[i]!) / 1000
+                if (j - i + 1 > Math.floor(burst + rps * span + 1e-6)) {
+                  violation = `${j - i + 1} admitted in ${span} s`
+                  break
+                }
+              }
+            }
+          }
+          expect(violation).toBeUndefined()
+          for (let source = 0; source < 2; source++) {
+            clock.advance((1 / rps) * 1000 + 1)
+            expect(rl.take(`s${source}`, '/')).toBe(true)
+          }
+        },
+      ),
+      { numRuns: 100 },
+    )
   })
 })
 
