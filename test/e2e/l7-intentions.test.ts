@@ -286,7 +286,11 @@ describe('L7 intentions and rate limits through the sidecars (end to end)', () =
       Permissions: [{ Action: 'allow', HTTP: { PathPrefix: '/read' } }],
     })
     const entry = JSON.parse((await send(a, 'GET', '/v1/config/service-intentions/db')).text)
+    expect(entry).toMatchObject({ kind: 'service-intentions', name: 'db' })
     expect(entry.Sources.map((x: { Name: string }) => x.Name)).toEqual(['web', '*'])
+    const listed = await runCli(['config', 'list', 'service-intentions', '--http', a.http])
+    expect(listed.code, listed.stderr).toBe(0)
+    expect(listed.stdout).toMatch(/service-intentions\s+db\s/)
     // The attacker's side: anonymous, and a token for web (no intentions write on db): 403.
     const token = await send(a, 'PUT', '/v1/acl/token', { ServiceIdentities: [{ ServiceName: 'web' }] })
     expect(token.status, token.text).toBe(200)

@@ -301,7 +301,9 @@ describe('inbound HTTP: upgrades', () => {
         ca: webCert.rootsPem as string[],
         checkServerIdentity: () => undefined,
       })
-      cleanups.push(() => socket.destroy())
+      cleanups.push(() => {
+        socket.destroy()
+      })
       let text = ''
       socket.setEncoding('utf8')
       socket.on('data', (d: string) => {

@@ -144,7 +144,7 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
     const authz = req.auth.authorizer()
     if (req.params['kind'] === SERVICE_INTENTIONS_KIND)
       return allServiceIntentionsJson(raft.store.listIntentions()).filter((e) =>
-        configRead(SERVICE_INTENTIONS_KIND, e['Name'] as string)[0](authz),
+        configRead(SERVICE_INTENTIONS_KIND, e.name)[0](authz),
       )
     return raft.store
       .listConfigEntries(req.params['kind']!)

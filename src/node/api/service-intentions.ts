@@ -12,6 +12,7 @@ import type { PolicyCommand } from '../../raft/policy/policy-commands.ts'
 import { intentionPrecedence } from '../../proxy/intentions.ts'
 import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 import { ApiError } from '../agent/errors.ts'
+import type { ConfigEntryJson } from './raft-routes.ts'
 
 export const SERVICE_INTENTIONS_KIND = 'service-intentions'
 
@@ -38,14 +39,13 @@ export function serviceIntentionsCommand(name: unknown, value: Record<string, un
 export function serviceIntentionsJson(
   intentions: readonly StoredIntention[],
   destination: string,
-): Record<string, unknown> | undefined {
+): ConfigEntryJson | undefined {
   const mine = intentions
     .filter((i) => i.destination === destination)
     .sort((a, b) => intentionPrecedence(b) - intentionPrecedence(a) || (a.source < b.source ? -1 : 1))
   if (mine.length === 0) return undefined
+  // The flat shape of every config entry on this API (`configEntryJson`).
   return {
-    Kind: SERVICE_INTENTIONS_KIND,
-    Name: destination,
     Sources: mine.map((i) => ({
       Name: i.source,
       ...(i.permissions !== undefined ? { Permissions: i.permissions } : { Action: i.action }),
@@ -53,13 +53,15 @@ export function serviceIntentionsJson(
       Precedence: intentionPrecedence(i),
       Type: 'consul',
     })),
-    CreateIndex: Math.min(...mine.map((i) => i.createdIndex)),
-    ModifyIndex: Math.max(...mine.map((i) => i.modifyIndex)),
+    kind: SERVICE_INTENTIONS_KIND,
+    name: destination,
+    createIndex: Math.min(...mine.map((i) => i.createdIndex)),
+    modifyIndex: Math.max(...mine.map((i) => i.modifyIndex)),
   }
 }
 
 /** Every destination's entry, by name. */
-export function allServiceIntentionsJson(intentions: readonly StoredIntention[]): Record<string, unknown>[] {
+export function allServiceIntentionsJson(intentions: readonly StoredIntention[]): ConfigEntryJson[] {
   const names = [...new Set(intentions.map((i) => i.destination))].sort()
   return names.map((n) => serviceIntentionsJson(intentions, n)!)
 }
