@@ -11,7 +11,7 @@
  *
  * Metrics as the outbound side: `peermesh_proxy_requests_total` per request,
  * `peermesh_proxy_responses_total{code,class}` for every response the caller got (the sidecar's
- * own 400/403/429/502 included), `peermesh_proxy_inbound_denied_total{source}` for requests denied
+ * own 400/403/429 included; an unreachable app resets the connection, as the L4 relay does, so the caller retries elsewhere), `peermesh_proxy_inbound_denied_total{source}` for requests denied
  * by intention, `peermesh_proxy_limit_rejections_total{reason="rate-limit"}` for rate-limited ones,
  * `peermesh_proxy_latency_seconds` for the time to the app's response head.
  */
@@ -170,13 +170,15 @@ export class InboundHttp {
         return
       }
       result = 'local_connect'
-      status = 502
       m.error('local_connect')
       this.init.logger.debug(
         { src: source, dst: this.init.service, error: error.message, code: error.code },
         'inbound local app unreachable',
       )
-      this.reply(res, 502, undefined, 'peermesh: the local app is unreachable\n')
+      // As the L4 relay does: the connection is reset before any response byte, so the caller's
+      // sidecar retries on another instance and counts a failure against this one (a 502 here
+      // would be a response, handed to the app that called).
+      req.socket.destroy()
     })
     // The caller went away: stop the app's side too.
     res.once('close', () => {
