@@ -28,6 +28,9 @@ import { type AccessLogMode, type ProxyLogger, shouldLogAccess } from './types.t
 /** Header naming why the sidecar refused a request (`intention` or `rate-limit`). */
 export const INBOUND_REJECT_HEADER = 'x-peermesh-reject'
 
+/** Idle connections to the local app are closed after this (below Node's 5 s keep-alive default). */
+const APP_IDLE_TIMEOUT_MS = 4_000
+
 /** Rate-limit refusals are logged at most this often per listener (a retry storm is one line a second). */
 const RATE_LIMIT_LOG_INTERVAL_MS = 1000
 
@@ -67,7 +70,9 @@ export class InboundHttp {
         socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
       socket.destroy()
     })
-    this.agent = new http.Agent({ keepAlive: true, scheduling: 'lifo' })
+    // Idle pooled connections are dropped before a typical app drops them (Node's server keeps
+    // them 5 s): reusing one the app is closing would fail the request that picked it.
+    this.agent = new http.Agent({ keepAlive: true, scheduling: 'lifo', timeout: APP_IDLE_TIMEOUT_MS })
   }
 
   /** Serves a verified connection from `source`. */
