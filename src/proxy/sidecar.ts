@@ -44,7 +44,7 @@ export interface SidecarInit extends ListenerEnvironment {
   trustDomain: string
   /** Public mTLS port (0 = any, for tests) and where the local app listens. */
   inbound: Pick<InboundListenerInit, 'port' | 'bindAddress' | 'localServicePort' | 'localServiceAddress'> &
-    Partial<Pick<InboundListenerInit, 'handshakeTimeoutMs' | 'protocol'>>
+    Partial<Pick<InboundListenerInit, 'handshakeTimeoutMs' | 'protocol' | 'gate'>>
   upstreams: readonly SidecarUpstream[]
   certificates: CertificateSource
   authorizer: Authorizer

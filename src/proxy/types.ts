@@ -73,7 +73,11 @@ export interface EndpointSource {
   on(type: 'endpoints:change', listener: (endpoints: readonly Endpoint[]) => void): Unsubscribe
 }
 
-export type AuthorizationDecision = 'allow' | 'deny'
+/**
+ * `l7`: an intention with L7 permissions covers the pair: the connection may be admitted where each
+ * request is checked (an `http` inbound with a request gate), and refused where it cannot be (tcp).
+ */
+export type AuthorizationDecision = 'allow' | 'deny' | 'l7'
 
 /**
  * Authorization of a connection from service `source` to service `destination` (intentions,

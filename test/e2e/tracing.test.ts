@@ -1,9 +1,11 @@
 /**
  * OpenTelemetry spans and golden metrics through real agents and sidecars (issue #17): agent `ta`
  * runs with `--otlp-endpoint` pointing at an OTLP/HTTP receiver in this test; agent `tb` runs
- * without it. A request carrying a `traceparent` through ta's web -> api sidecar produces a span
- * of that trace, and api sees the same trace with the proxy's span as parent; through tb nothing
- * is traced and the header arrives untouched. /metrics shows the requests by router route.
+ * without it. A request carrying a `traceparent` through ta's web -> api sidecars produces two
+ * spans of that trace: web's outbound CLIENT span, child of the caller's, and api's inbound SERVER
+ * span, child of the CLIENT span; api's app sees the same trace with the SERVER span as parent.
+ * Through tb's outbound nothing is traced and the header reaches api's inbound untouched.
+ * /metrics shows the requests by router route.
  */
 import { createServer, type Server } from 'node:http'
 import http from 'node:http'
@@ -187,15 +189,28 @@ describe('tracing and golden metrics through the sidecars (end to end, 2 agent p
     expect(m![2]).not.toBe(PARENT)
     expect(seen.tracestate).toBe('vendor=abc')
 
+    // api's inbound SERVER span is the app's parent; web's outbound CLIENT span is its parent,
+    // and the caller's span is the CLIENT span's parent.
+    const server = await waitFor(
+      'the inbound span at the OTLP receiver',
+      async () => spans.find((s) => s.spanId === m![2]),
+      15_000,
+      50,
+    )
+    expect(server.traceId).toBe(TRACE)
+    expect(server.kind).toBe(2) // SERVER
+    expect(server.resource['service.name']).toBe('api')
+    expect(attr(server, 'peermesh.source_service')).toBe('web')
+    expect(attr(server, 'url.path')).toBe('/orders/42')
+    expect(attr(server, 'http.response.status_code')).toBe('200')
     const span = await waitFor(
-      'the span at the OTLP receiver',
-      async () => spans.find((s) => s.traceId === TRACE),
+      'the outbound span at the OTLP receiver',
+      async () => spans.find((s) => s.spanId === server.parentSpanId),
       15_000,
       50,
     )
     expect(exportRequests[0]).toEqual({ path: '/v1/traces', contentType: 'application/json' })
-    // The proxy span is the app's parent, and the caller's span is the proxy span's parent.
-    expect(span.spanId).toBe(m![2])
+    expect(span.traceId).toBe(TRACE)
     expect(span.parentSpanId).toBe(PARENT)
     expect(span.kind).toBe(3) // CLIENT
     expect(span.name).toBe('GET')
@@ -219,22 +234,47 @@ describe('tracing and golden metrics through the sidecars (end to end, 2 agent p
     expect(await get(webUpstream, '/fail', {})).toBe(500)
     const seen = seenByApi.get('/fail')!
     const [, traceId, spanId] = /^00-([0-9a-f]{32})-([0-9a-f]{16})-01$/.exec(String(seen.traceparent)) ?? []
-    const span = await waitFor('the 5xx span', async () => spans.find((s) => s.spanId === spanId), 15_000, 50)
+    const server = await waitFor(
+      'the 5xx inbound span',
+      async () => spans.find((s) => s.spanId === spanId),
+      15_000,
+      50,
+    )
+    expect(server.traceId).toBe(traceId)
+    expect(server.kind).toBe(2) // SERVER
+    expect(server.status.code).toBe(2) // ERROR: a 5xx is the server's error
+    const span = await waitFor(
+      'the 5xx outbound span',
+      async () => spans.find((s) => s.spanId === server.parentSpanId),
+      15_000,
+      50,
+    )
     expect(span.traceId).toBe(traceId)
+    expect(span.kind).toBe(3) // CLIENT
     expect(span.parentSpanId).toBeUndefined()
     expect(span.status.code).toBe(2) // ERROR
     expect(attr(span, 'peermesh.route')).toBe('default')
   }, 60_000)
 
-  it('with tracing off (tb) nothing is traced: the traceparent arrives untouched, no span is sent', async () => {
+  it("with tracing off (tb) its outbound traces nothing: the traceparent reaches api's inbound untouched, no web2 span is sent", async () => {
     const sent = `00-${OFF_TRACE}-${PARENT}-01`
     expect(await get(web2Upstream, '/untraced', { traceparent: sent })).toBe(200)
-    expect(seenByApi.get('/untraced')!.traceparent).toBe(sent)
+    // api's inbound (on ta, tracing on) continues the caller's span itself: tb added none between.
+    const seen = String(seenByApi.get('/untraced')!.traceparent).split('-')
+    expect(seen[1]).toBe(OFF_TRACE)
+    const server = await waitFor(
+      'the inbound span',
+      async () => spans.find((s) => s.spanId === seen[2]),
+      15_000,
+      50,
+    )
+    expect(server.parentSpanId).toBe(PARENT)
     // A later traced request's span arriving shows the receiver is caught up: none of tb's came.
     expect(await get(webUpstream, '/after', {})).toBe(200)
     const after = String(seenByApi.get('/after')!.traceparent).split('-')[2]
     await waitFor('the later span', async () => spans.find((s) => s.spanId === after), 15_000, 50)
-    expect(spans.filter((s) => s.traceId === OFF_TRACE || s.resource['service.name'] === 'web2')).toEqual([])
+    expect(spans.filter((s) => s.resource['service.name'] === 'web2')).toEqual([])
+    expect(spans.filter((s) => s.traceId === OFF_TRACE && s.resource['service.name'] !== 'api')).toEqual([])
     const metricsB = await (await fetch(`http://${tb.http}/metrics`)).text()
     expect(metricsB).not.toContain('peermesh_tracing_spans_exported_total')
   }, 60_000)

@@ -9,6 +9,9 @@ import type {
   Unsubscribe,
 } from '../../proxy/index.ts'
 import { OtlpHttpExporter, Sidecar, Tracer } from '../../proxy/index.ts'
+import { InboundGate } from '../../proxy/inbound-gate.ts'
+import type { IntentionIndex } from '../../proxy/intentions.ts'
+import type { RateLimits } from '../../raft/policy/config-entries.ts'
 import { VERSION } from '../agent/version.ts'
 import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
 import { TypedEmitter } from '../../common/events.ts'
@@ -87,6 +90,11 @@ export interface MeshSecurity {
   certificates(service: string): CertificateSource
   /** Intentions held locally (no network on the data path). */
   authorizer(): Authorizer
+  /**
+   * The intentions in force now, for the inbound request gates (L7 permissions). Absent: no
+   * gate, so sources with L7 intentions are refused (fail closed).
+   */
+  intentionIndex?(): IntentionIndex
   /** The service-splitter config for a destination, if any, and changes to it. */
   split?(destination: string): SplitConfig | undefined
   onSplitChange?(listener: (destination: string) => void): Unsubscribe
@@ -163,6 +171,8 @@ export class CatalogEndpointSource implements EndpointSource {
 
 interface Running {
   sidecar: Sidecar
+  /** The inbound's request gate (L7 intentions, rate limits), if any. */
+  gate: InboundGate | undefined
   sources: CatalogEndpointSource[]
   definitionKey: string
   /** Service name and upstream names, to recompile policies. */
@@ -313,6 +323,7 @@ export class SidecarModule implements AgentModule {
     if (next.key === this.entries.key) return
     this.entries = next
     for (const r of this.running.values()) {
+      r.gate?.setRateLimits(this.rateLimitsOf(r.service))
       for (const dest of r.upstreams) {
         try {
           r.sidecar.setPolicy(dest, this.policyFor(r.service, dest))
@@ -325,6 +336,11 @@ export class SidecarModule implements AgentModule {
       }
     }
     this.reconcile()
+  }
+
+  /** The service's `RateLimits` (service-defaults), enforced by its inbound. */
+  private rateLimitsOf(service: string): RateLimits | undefined {
+    return this.entries.serviceDefaults.get(service)?.RateLimits
   }
 
   private policyFor(service: string, upstream: string): TrafficPolicy {
@@ -442,6 +458,17 @@ export class SidecarModule implements AgentModule {
     const sources = sc.upstreams.map(
       (u) => new CatalogEndpointSource(this.catalog.catalog, u.destinationName),
     )
+    const security = this.security
+    const gate =
+      security.intentionIndex === undefined
+        ? undefined
+        : new InboundGate({
+            service: def.name,
+            // Read per request: an intention change applies to the next request on every connection.
+            intentions: () => security.intentionIndex!(),
+            rateLimits: this.rateLimitsOf(def.name),
+            now: () => this.clock.now(),
+          })
     const sidecar = new Sidecar({
       service: def.name,
       trustDomain: this.security.trustDomain(),
@@ -450,8 +477,9 @@ export class SidecarModule implements AgentModule {
         port: sc.port,
         localServicePort: sc.localServicePort,
         bindAddress: this.bindAddress(),
-        // An http service's inbound counts responses by status code too.
+        // An http service's inbound serves requests one by one: gated, counted by status code.
         protocol: listenerMode(configuredProtocol(this.entries, def.name) ?? sc.protocol),
+        ...(gate !== undefined ? { gate } : {}),
       },
       upstreams: sc.upstreams.map((u, i) => {
         const dest = u.destinationName
@@ -516,6 +544,7 @@ export class SidecarModule implements AgentModule {
     this.failed.delete(def.id)
     this.running.set(def.id, {
       sidecar,
+      gate,
       sources,
       definitionKey,
       service: def.name,

@@ -1,5 +1,6 @@
 import { unpack } from '../../common/msgpack.ts'
 import { type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
+import { intentionPermissionsSchema } from './config-entries.ts'
 import type { StoredIntention } from './intention.ts'
 import { entryBytes, type PolicyResult } from './policy-commands.ts'
 import type { ConfigEntry, RawCaRoots } from './policy-store.ts'
@@ -58,6 +59,10 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     if (!isIndex(i['modifyIndex'])) bad('intention')
     if (i['description'] !== undefined && !isString(i['description'])) bad('intention description')
     if (i['meta'] !== undefined && !isRecord(i['meta'])) bad('intention meta')
+    if (i['permissions'] !== undefined) {
+      const r = intentionPermissionsSchema.safeParse(i['permissions'])
+      if (!r.success || i['action'] !== 'deny') bad('intention permissions')
+    }
     const it = i as unknown as StoredIntention
     stateBytes += entryBytes.intention(it)
     return it

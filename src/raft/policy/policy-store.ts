@@ -4,7 +4,7 @@ import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import { AclState } from './acl-state.ts'
 import { type KvCommand, KvState, parseKvSnapshot } from './kv-state.ts'
-import type { StoredIntention } from './intention.ts'
+import type { IntentionPermission, StoredIntention } from './intention.ts'
 import {
   decodePolicyCommand,
   entryBytes,
@@ -228,9 +228,33 @@ export class PolicyStore implements StateMachine<PolicyResult> {
           createdIndex: cur?.createdIndex ?? at,
           modifyIndex: at,
         }
+        if (cmd.permissions !== undefined) it.permissions = cmd.permissions as IntentionPermission[]
         if (cmd.description !== undefined) it.description = cmd.description
         if (cmd.meta !== undefined) it.meta = { ...cmd.meta }
         this.intentions.set(key, it)
+        return this.changed(at)
+      }
+      case 'intention.replace': {
+        // One command: no reader ever sees the destination with only part of its new sources.
+        const current = [...this.intentions.values()].filter((i) => i.destination === cmd.destination)
+        let before = 0
+        for (const i of current) before += entryBytes.intention(i)
+        const over = this.overStateCap(before, bytes)
+        if (over !== undefined) return over
+        const created = new Map(current.map((i) => [i.source, i.createdIndex]))
+        for (const i of current) this.intentions.delete(i.source + SEP + i.destination)
+        for (const src of cmd.sources) {
+          const it: StoredIntention = {
+            source: src.source,
+            destination: cmd.destination,
+            action: src.action,
+            createdIndex: created.get(src.source) ?? at,
+            modifyIndex: at,
+          }
+          if (src.permissions !== undefined) it.permissions = src.permissions as IntentionPermission[]
+          if (src.description !== undefined) it.description = src.description
+          this.intentions.set(src.source + SEP + cmd.destination, it)
+        }
         return this.changed(at)
       }
       case 'intention.delete': {
