@@ -21,6 +21,8 @@ import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.
 import { InvalidProxyConfigError, ListenerStateError, NoCertificateError } from './errors.ts'
 import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
 import { HttpExchangeSniffer } from './http-sniffer.ts'
+import { H2InboundHandler } from './inbound-h2.ts'
+import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
@@ -58,7 +60,12 @@ export interface InboundListenerInit extends ListenerEnvironment {
    * The local service's protocol. `http`: the relayed bytes are also read (not changed) to count
    * responses by status code (`http-sniffer.ts`). Default `tcp`.
    */
-  protocol?: 'tcp' | 'http'
+  protocol?: 'tcp' | 'http' | 'http2' | 'grpc'
+  /**
+   * `http2`/`grpc`: connections that negotiate ALPN `h2` are served per stream (`inbound-h2.ts`),
+   * each request checked by this gate first. Default: every request passes.
+   */
+  gate?: RequestGate
 }
 
 export const INBOUND_LIMIT_DEFAULTS = {
@@ -104,6 +111,7 @@ export class InboundListener {
   private readonly unsubscribes: Unsubscribe[] = []
   private state: 'new' | 'running' | 'stopped' = 'new'
   private boundPort = 0
+  private h2: H2InboundHandler | undefined
 
   constructor(init: InboundListenerInit) {
     this.service = validateServiceName(init.service)
@@ -146,6 +154,18 @@ export class InboundListener {
     if (this.state !== 'new') throw new ListenerStateError(`inbound listener is ${this.state}`)
     const cert = this.init.certificates.current()
     if (!cert) throw new NoCertificateError(`no leaf certificate for ${this.service} yet`)
+    const h2 = this.init.protocol === 'http2' || this.init.protocol === 'grpc'
+    if (h2) {
+      this.h2 = new H2InboundHandler({
+        service: this.service,
+        localServiceAddress: this.init.localServiceAddress ?? '127.0.0.1',
+        localServicePort: this.init.localServicePort,
+        gate: this.init.gate ?? OPEN_GATE,
+        metrics: this.metrics,
+        logger: this.logger,
+        clock: this.clock,
+      })
+    }
     const server = tls.createServer({
       ...serverContextOptions(cert),
       requestCert: true,
@@ -153,6 +173,8 @@ export class InboundListener {
       allowHalfOpen: true,
       noDelay: true,
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
+      // Callers without ALPN (L4 sidecars) are relayed as before.
+      ...(h2 ? { ALPNProtocols: ['h2', 'http/1.1'] } : {}),
     })
     // The connection cap is node's own: past it the socket is closed before 'connection', and
     // 'drop' tells.
@@ -226,6 +248,7 @@ export class InboundListener {
     const closed = closeServer(this.server)
     for (const c of this.open) c.socket.destroy()
     for (const s of this.sockets) s.destroy()
+    this.h2?.close()
     await closed
   }
 
@@ -247,6 +270,10 @@ export class InboundListener {
       m.error('denied')
       this.logger.info({ src, dst: this.service }, `inbound denied src=${src} dst=${this.service}`)
       socket.destroy()
+      return
+    }
+    if (this.h2 !== undefined && socket.alpnProtocol === 'h2') {
+      this.h2.serve(socket, source)
       return
     }
     m.requests.inc()
@@ -329,6 +356,7 @@ export class InboundListener {
 
   /** Policy changed: close the open connections it now denies. */
   private recheck(): void {
+    this.h2?.recheck((source) => this.decide(source))
     for (const c of this.open) {
       if (this.decide(c.source)) continue
       this.metrics.denied(c.source)
