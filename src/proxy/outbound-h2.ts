@@ -12,8 +12,10 @@
  * - the connection could not be made (unless the route sets `RetryOnConnectFailure: false`);
  * - the endpoint refused the stream (REFUSED_STREAM, or above a GOAWAY's last stream id): it was
  *   not processed;
- * - the session died under it: for gRPC calls and idempotent methods (a call that got no
- *   response header is safe to send again), or any request when the route retries on `reset`;
+ * - the session died under it, or the endpoint's sidecar lost its app before response headers
+ *   (a trailers-only answer with `x-peermesh-error: PEERMESH_ERR_UPSTREAM_RESET`): for gRPC calls
+ *   and idempotent methods (a call that got no response header is safe to send again), or any
+ *   request when the route retries on `reset`;
  * - the endpoint reset the stream: for idempotent methods, or when the route retries on `reset`;
  * - the response matches the route's `RetryOnStatusCodes`, or its `RetryOn` (`5xx`,
  *   `gateway-error`, `retriable-4xx`, and for a trailers-only gRPC response its `grpc-status`:
@@ -378,6 +380,14 @@ class H2Exchange {
     }
     const status = headers[':status'] ?? 502
     const trailersOnly = (flags & NGHTTP2_FLAG_END_STREAM) !== 0
+    if (trailersOnly && headers[PROXY_ERROR_HEADER] === UpstreamResetError.code) {
+      // The endpoint's sidecar lost its app before response headers (`inbound-h2.ts`): for the
+      // caller, the instance's connection died under the request.
+      this.up = undefined
+      up.close(NGHTTP2_CANCEL)
+      this.attemptFailed(record, 'session')
+      return
+    }
     const grpcStatus = trailersOnly ? headers['grpc-status'] : undefined
     if (this.retriesResponse(status, grpcStatus)) {
       record.pool.reportFailure(record)
@@ -433,8 +443,8 @@ class H2Exchange {
       this.fail('denied', GRPC_STATUS.PERMISSION_DENIED, 502, UpstreamDeniedError.code, 'denied by intention')
       return
     }
-    // A refused stream is load shedding, not a sign of a broken endpoint.
-    if (failure !== 'refused') record.pool.reportFailure(record)
+    // A refused stream counts too: an inbound sidecar refuses streams when its app is down.
+    record.pool.reportFailure(record)
     const retryOn = this.route.retryOn
     const allowed =
       failure === 'connect'

@@ -280,6 +280,24 @@ describe('H2OutboundListener', () => {
     expect(await metricValue(registry, 'peermesh_proxy_retries_total')).toBe(held)
   })
 
+  it('an app that dies under a call (its sidecar alive): the call goes to another instance', async () => {
+    const crashing = await h2App('api-crash', (stream) => {
+      stream.resume()
+      stream.session?.destroy() // the app's connection dies with the request in
+    })
+    const good = await h2App('api-good')
+    const c = await inbound(crashing, 'api-crash')
+    const g = await inbound(good, 'api-good')
+    const { listener, registry } = await outbound([c.endpoint, g.endpoint])
+    const session = client(listener.port)
+    const replies = await runConcurrently(40, 4, () => call(session))
+    expect(replies.map(grpcStatusOf)).toEqual(replies.map(() => '0'))
+    expect(crashing.hits).toBeGreaterThan(0)
+    expect(good.hits).toBe(40)
+    // Every call the crashing instance took (and any refused while its app reconnected) was retried.
+    expect(await metricValue(registry, 'peermesh_proxy_retries_total')).toBeGreaterThanOrEqual(crashing.hits)
+  })
+
   it('an instance whose app is down refuses the stream, and the call goes to another', async () => {
     const good = await h2App('api-good')
     const down = await inbound({ port: await deadPort() }, 'api-down')
