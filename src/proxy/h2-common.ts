@@ -73,21 +73,47 @@ export function respondGrpcStatus(
 }
 
 /**
+ * Whether the client of `request` is sent the trailers of a response with `response` headers: a
+ * gRPC response, or a client that said `te: trailers`. Otherwise trailers are dropped, which
+ * spares a trailing HEADERS frame that Node sends one event-loop turn later (`sendTrailers`).
+ */
+export function passesTrailers(
+  request: http2.IncomingHttpHeaders,
+  response: http2.IncomingHttpHeaders,
+): boolean {
+  return request.te === 'trailers' || isGrpc(response)
+}
+
+/**
  * Relays the response of `up` to `down` once its headers (`headers`, with `flags`) are in: the
- * headers as `out`, the body with backpressure, then the trailers (`grpc-status`,
- * `grpc-message`, ...) as a trailing HEADERS frame. A reset of `up` after this resets `down` with
- * the same code.
+ * headers as `out`, the body with backpressure, then, with `trailers`, the trailers
+ * (`grpc-status`, `grpc-message`, ...) as a trailing HEADERS frame. A reset of `up` after this
+ * resets `down` with the same code.
  */
 export function relayResponse(
   up: http2.ClientHttp2Stream,
   down: http2.ServerHttp2Stream,
   out: http2.OutgoingHttpHeaders,
   flags: number,
+  withTrailers: boolean,
 ): void {
   if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) {
     down.respond(out, { endStream: true })
-    return
+  } else if (withTrailers) relayWithTrailers(up, down, out)
+  else {
+    down.respond(out)
+    up.pipe(down)
   }
+  up.once('close', () => {
+    if (up.rstCode !== NGHTTP2_NO_ERROR && !down.closed) down.close(up.rstCode)
+  })
+}
+
+function relayWithTrailers(
+  up: http2.ClientHttp2Stream,
+  down: http2.ServerHttp2Stream,
+  out: http2.OutgoingHttpHeaders,
+): void {
   let trailers: http2.OutgoingHttpHeaders = {}
   up.on('trailers', (t: http2.IncomingHttpHeaders) => {
     trailers = forwardedHeaders(t)
@@ -96,7 +122,4 @@ export function relayResponse(
   // Without trailers from upstream, an empty trailing HEADERS frame ends the stream.
   down.on('wantTrailers', () => down.sendTrailers(trailers))
   up.pipe(down)
-  up.once('close', () => {
-    if (up.rstCode !== NGHTTP2_NO_ERROR && !down.closed) down.close(up.rstCode)
-  })
 }

@@ -22,8 +22,10 @@ import {
   GRPC_STATUS,
   isGrpc,
   NGHTTP2_CANCEL,
+  NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_NO_ERROR,
   NGHTTP2_REFUSED_STREAM,
+  passesTrailers,
   relayResponse,
   respondGrpcStatus,
 } from './h2-common.ts'
@@ -73,7 +75,9 @@ export class H2InboundHandler {
       session.on('error', () => {})
       session.once('close', () => this.callers.delete(session))
     })
-    this.server.on('stream', (stream, headers) => this.onStream(stream, headers))
+    this.server.on('stream', (stream, headers, flags) =>
+      this.onStream(stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0),
+    )
   }
 
   /** Serves one accepted connection (ALPN `h2`) from `source`. */
@@ -136,7 +140,12 @@ export class H2InboundHandler {
     return link
   }
 
-  private onStream(down: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+  /** `headersOnly`: the request ended with its headers (no body). */
+  private onStream(
+    down: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    headersOnly: boolean,
+  ): void {
     const m = this.init.metrics
     const clock = this.init.clock
     const startedAt = clock.now()
@@ -173,7 +182,7 @@ export class H2InboundHandler {
     const link = this.localLink()
     let up: http2.ClientHttp2Stream
     try {
-      up = link.session.request(forwardedHeaders(headers))
+      up = link.session.request(forwardedHeaders(headers), { endStream: headersOnly })
     } catch {
       down.close(NGHTTP2_REFUSED_STREAM)
       return
@@ -185,7 +194,13 @@ export class H2InboundHandler {
       responded = true
       if (down.closed) return
       status = resHeaders[':status'] ?? 0
-      relayResponse(up, down, forwardedHeaders(resHeaders), flags)
+      relayResponse(
+        up,
+        down,
+        forwardedHeaders(resHeaders),
+        flags,
+        grpc || passesTrailers(headers, resHeaders),
+      )
     })
     up.once('close', () => {
       if (responded || down.closed) return
@@ -210,6 +225,6 @@ export class H2InboundHandler {
       if (status > 0 && down.rstCode === NGHTTP2_NO_ERROR)
         m.response(status, (clock.now() - startedAt) / 1000)
     })
-    down.pipe(up)
+    if (!headersOnly) down.pipe(up)
   }
 }

@@ -51,6 +51,7 @@ import {
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_INTERNAL_ERROR,
   NGHTTP2_REFUSED_STREAM,
+  passesTrailers,
   relayResponse,
   respondGrpcStatus,
 } from './h2-common.ts'
@@ -115,8 +116,8 @@ export class H2OutboundListener extends OutboundListenerBase {
     this.retryBodyBytes = init.retryBodyBytes ?? DEFAULT_RETRY_BODY_BYTES
     if (!(this.retryBodyBytes >= 0)) throw new InvalidProxyConfigError('retryBodyBytes', 'must be ≥ 0')
     this.server = http2.createServer()
-    this.server.on('stream', (stream, headers) => {
-      new H2Exchange(this, stream, headers)
+    this.server.on('stream', (stream, headers, flags) => {
+      new H2Exchange(this, stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
     })
     this.server.on('sessionError', () => {})
     const m = this.core.metrics
@@ -227,8 +228,12 @@ class H2Exchange {
   constructor(
     private readonly listener: H2OutboundListener,
     private readonly down: http2.ServerHttp2Stream,
-    reqHeaders: http2.IncomingHttpHeaders,
+    private readonly requestHeaders: http2.IncomingHttpHeaders,
+    /** The request is its headers alone (END_STREAM on HEADERS): no body to wait for. */
+    headersOnly: boolean,
   ) {
+    this.requestEnded = headersOnly
+    const reqHeaders = requestHeaders
     const core = listener.core
     this.core = core
     this.startedAt = core.clock.now()
@@ -267,7 +272,7 @@ class H2Exchange {
 
     down.on('error', () => {})
     down.on('close', this.onClose)
-    down.on('data', this.onData)
+    if (!headersOnly) down.on('data', this.onData)
     down.on('end', () => {
       this.requestEnded = true
       const up = this.up
@@ -364,7 +369,7 @@ class H2Exchange {
     // Replay what the client sent so far; from here on `onData` writes to this attempt.
     for (const c of this.chunks) up.write(c)
     if (this.overflow || this.committed) this.chunks = []
-    if (this.requestEnded && !up.writableEnded) up.end()
+    if (this.requestEnded && !up.writableEnded && !up.closed) up.end()
     this.down.resume()
   }
 
@@ -412,7 +417,7 @@ class H2Exchange {
       this.route.responseHeaders,
       this.plan.leg?.responseHeaders,
     )
-    relayResponse(up, this.down, out, flags)
+    relayResponse(up, this.down, out, flags, this.grpc || passesTrailers(this.requestHeaders, headers))
   }
 
   /** Whether a response (its status; for trailers-only gRPC, its `grpc-status`) is retried. */

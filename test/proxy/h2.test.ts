@@ -235,6 +235,43 @@ describe('H2OutboundListener', () => {
     expect(app.lastHeaders?.['x-request-id']).toMatch(/^[0-9a-f-]{36}$/)
   })
 
+  it('a plain HTTP/2 GET (headers only) gets its body; trailers only when it said te: trailers', async () => {
+    const app = await h2App('api-1', (stream) => {
+      stream.respond({ ':status': 200 }, { waitForTrailers: true })
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'x-t': 'end' }))
+      stream.end('body')
+    })
+    const x = await inbound(app, 'api-1')
+    const { listener } = await outbound([x.endpoint])
+    const session = client(listener.port)
+    const get = (headers: http2.OutgoingHttpHeaders) =>
+      new Promise<Reply>((resolve) => {
+        const req = session.request({ ':path': '/x', ...headers }, { endStream: true })
+        const reply: Reply = { status: 0, headers: {}, body: '', trailers: {}, rstCode: 0 }
+        req.on('response', (h) => {
+          reply.status = Number(h[':status'])
+        })
+        req.on('trailers', (t) => {
+          reply.trailers = t
+        })
+        req.setEncoding('utf8')
+        req.on('data', (d: string) => {
+          reply.body += d
+        })
+        req.on('close', () => resolve({ ...reply, rstCode: req.rstCode ?? 0 }))
+      })
+    const plain = await get({})
+    expect([plain.status, plain.body, plain.rstCode, plain.trailers['x-t']]).toEqual([
+      200,
+      'body',
+      0,
+      undefined,
+    ])
+    const withTe = await get({ te: 'trailers' })
+    expect([withTe.status, withTe.body, withTe.trailers['x-t']]).toEqual([200, 'body', 'end'])
+    expect(app.lastHeaders?.[':method']).toBe('GET')
+  })
+
   it('retries a trailers-only UNAVAILABLE when the route says RetryOn unavailable, not otherwise', async () => {
     const failing = await h2App('api-bad', (stream) => {
       stream.resume()
