@@ -14,6 +14,7 @@
  * trailers-only response, others a 502; a stream reset by the app is reset with the same code.
  */
 import http2 from 'node:http2'
+import net from 'node:net'
 import type tls from 'node:tls'
 import type { Clock } from '../common/clock.ts'
 import { UpstreamResetError } from './errors.ts'
@@ -121,7 +122,10 @@ export class H2InboundHandler {
   private localLink(): LocalLink {
     const existing = this.local
     if (existing !== undefined && !existing.session.closed && !existing.session.destroyed) return existing
-    const session = http2.connect(`http://${this.init.localServiceAddress}:${this.init.localServicePort}`)
+    const { localServiceAddress: host, localServicePort: port } = this.init
+    const session = http2.connect(`http://${host}:${port}`, {
+      createConnection: () => net.connect({ host, port, noDelay: true }),
+    })
     const link: LocalLink = { session, connected: false }
     session.once('connect', () => {
       link.connected = true

@@ -122,6 +122,7 @@ export class H2OutboundListener extends OutboundListenerBase {
     this.server.on('sessionError', () => {})
     const m = this.core.metrics
     this.server.on('connection', (socket: net.Socket) => {
+      socket.setNoDelay(true)
       m.connections.inc()
       m.active.inc()
       this.clientSockets.add(socket)
@@ -272,12 +273,14 @@ class H2Exchange {
 
     down.on('error', () => {})
     down.on('close', this.onClose)
-    if (!headersOnly) down.on('data', this.onData)
-    down.on('end', () => {
-      this.requestEnded = true
-      const up = this.up
-      if (up !== undefined && !up.destroyed) up.end()
-    })
+    if (!headersOnly) {
+      down.on('data', this.onData)
+      down.on('end', () => {
+        this.requestEnded = true
+        const up = this.up
+        if (up !== undefined && !up.destroyed && !up.writableEnded) up.end()
+      })
+    }
     this.admit()
   }
 
