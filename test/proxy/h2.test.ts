@@ -10,6 +10,7 @@ import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
 import { InboundListener } from '../../src/proxy/inbound.ts'
+import { IntentionIndex } from '../../src/proxy/intentions.ts'
 import { H2OutboundListener, type H2OutboundListenerInit } from '../../src/proxy/outbound-h2.ts'
 import type { RequestGate } from '../../src/proxy/request-gate.ts'
 import {
@@ -404,6 +405,31 @@ describe('HTTP/2 inbound', () => {
     expect(grpcStatusOf(ok)).toBe('0')
     expect(app.hits).toBe(1)
     expect(seen).toEqual(['web POST /admin.Svc/Drop', 'web POST /admin', 'web POST /pkg.Svc/Call'])
+  })
+
+  it('intentions that turn to deny close open h2 connections; the app gets no further request', async () => {
+    const app = await h2App('api-1')
+    const authorizer = IntentionAuthorizer.from([{ source: 'web', destination: 'api', action: 'allow' }])
+    const listener = new InboundListener({
+      service: 'api',
+      trustDomain: TD,
+      port: 0,
+      bindAddress: '127.0.0.1',
+      localServicePort: app.port,
+      certificates: new StaticCertificateSource(apiCert),
+      authorizer,
+      protocol: 'http2',
+    })
+    await listener.start()
+    cleanups.push(() => listener.stop())
+    const { listener: out } = await outbound([endpoint('api-1', listener.port)])
+    const session = client(out.port)
+    expect(grpcStatusOf(await call(session))).toBe('0')
+    authorizer.update(new IntentionIndex([]))
+    const after = await call(session)
+    expect(grpcStatusOf(after)).toBe('14')
+    expect(after.headers['x-peermesh-error']).toMatch(/^PEERMESH_ERR_UPSTREAM_(RESET|CONNECT)$/)
+    expect(app.hits).toBe(1)
   })
 
   it('a caller without ALPN h2 (an L4 sidecar) is still relayed byte for byte', async () => {
