@@ -234,26 +234,25 @@ class H2Exchange {
     headersOnly: boolean,
   ) {
     this.requestEnded = headersOnly
-    const reqHeaders = requestHeaders
     const core = listener.core
     this.core = core
     this.startedAt = core.clock.now()
     core.metrics.requests.inc()
     core.budget.recordRequest(this.startedAt)
-    this.method = reqHeaders[':method'] ?? 'GET'
+    this.method = requestHeaders[':method'] ?? 'GET'
     this.idempotent = IDEMPOTENT_METHODS.has(this.method)
-    this.grpc = isGrpc(reqHeaders)
-    const url = reqHeaders[':path'] ?? '/'
+    this.grpc = isGrpc(requestHeaders)
+    const url = requestHeaders[':path'] ?? '/'
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
-    const view = requestView(this.method, path, url, q, reqHeaders)
+    const view = requestView(this.method, path, url, q, requestHeaders)
     const policy = core.policy
     this.route = matchRoute(policy, view)
     this.plan = core.plan(this.route)
     this.hashKey = core.hashKeyFor(this.plan, view)
 
-    let headers = forwardedHeaders(reqHeaders)
-    const id = reqHeaders[REQUEST_ID_HEADER]
+    let headers = forwardedHeaders(requestHeaders)
+    const id = requestHeaders[REQUEST_ID_HEADER]
     this.requestId = typeof id === 'string' ? id : randomUUID()
     if (id === undefined) headers[REQUEST_ID_HEADER] = this.requestId
     headers[':path'] = rewritePath(this.route, path, url, q)
