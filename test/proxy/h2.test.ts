@@ -432,6 +432,24 @@ describe('HTTP/2 inbound', () => {
     expect(app.hits).toBe(1)
   })
 
+  it('an h2 outbound to an inbound still in tcp mode (no ALPN) works through its L4 relay', async () => {
+    const app = await h2App('api-1')
+    const l4 = new InboundListener({
+      service: 'api',
+      trustDomain: TD,
+      port: 0,
+      bindAddress: '127.0.0.1',
+      localServicePort: app.port,
+      certificates: new StaticCertificateSource(apiCert),
+      authorizer: allow,
+    })
+    await l4.start()
+    cleanups.push(() => l4.stop())
+    const { listener } = await outbound([endpoint('api-1', l4.port)])
+    const r = await call(client(listener.port))
+    expect([r.body, grpcStatusOf(r)]).toEqual(['api-1:hi', '0'])
+  })
+
   it('a caller without ALPN h2 (an L4 sidecar) is still relayed byte for byte', async () => {
     const app = await h2App('api-1')
     const x = await inbound(app, 'api-1')
