@@ -54,6 +54,7 @@ export class ProxyMetrics {
   readonly responses: Counter<Labels | 'code' | 'class'>
   readonly requestDuration: Histogram<Labels | 'class'>
   readonly limitRejections: Counter<Labels | 'reason'>
+  readonly grpcResponses: Counter<Labels | 'grpc_status'>
 
   private constructor(registry: Registry) {
     const registers = [registry]
@@ -132,6 +133,12 @@ export class ProxyMetrics {
       labelNames: [...labelNames, 'reason'],
       registers,
     })
+    this.grpcResponses = new Counter({
+      name: 'peermesh_proxy_grpc_responses_total',
+      help: 'gRPC calls answered (HTTP/2 mode), by grpc-status 0-16 or "unknown"; proxy-made ones included.',
+      labelNames: [...labelNames, 'grpc_status'],
+      registers,
+    })
   }
 
   /** Children bound to one listener's labels. */
@@ -157,6 +164,7 @@ export class ListenerMetrics {
     { count: Counter.Internal; duration: Histogram.Internal<string> }
   >()
   private readonly rejectionsByReason = new Map<string, Counter.Internal>()
+  private readonly byGrpcStatus = new Map<string, Counter.Internal>()
 
   constructor(
     private readonly metrics: ProxyMetrics,
@@ -195,6 +203,17 @@ export class ListenerMetrics {
     }
     c.count.inc()
     c.duration.observe(seconds)
+  }
+
+  /** One gRPC call answered with `grpcStatus` (from the network: anything but 0-16 is `unknown`). */
+  grpcResponse(grpcStatus: string): void {
+    const code = /^(?:\d|1[0-6])$/.test(grpcStatus) ? grpcStatus : 'unknown'
+    let child = this.byGrpcStatus.get(code)
+    if (!child) {
+      child = this.metrics.grpcResponses.labels({ ...this.labels, grpc_status: code })
+      this.byGrpcStatus.set(code, child)
+    }
+    child.inc()
   }
 
   rejected(reason: string): void {

@@ -533,7 +533,10 @@ class H2Exchange {
     }
     const seconds = (core.clock.now() - this.startedAt) / 1000
     core.metrics.latency.observe(seconds)
-    if (this.status > 0 && complete) core.metrics.response(this.status, seconds)
+    if (this.status > 0 && complete) {
+      core.metrics.response(this.status, seconds)
+      if (this.grpcStatus !== undefined) core.metrics.grpcResponse(this.grpcStatus)
+    }
     if (shouldLogAccess(core.accessLog, this.status, this.result)) {
       const e = this.record?.endpoint
       core.logger.info(

@@ -205,6 +205,7 @@ describe('H2OutboundListener', () => {
     expect(await metricValue(registry, 'peermesh_proxy_connections_total')).toBe(1)
     expect(await metricValue(registry, 'peermesh_proxy_requests_total')).toBe(600)
     expect(await metricValue(registry, 'peermesh_proxy_responses_total', { code: '200' })).toBe(600)
+    expect(await metricValue(registry, 'peermesh_proxy_grpc_responses_total', { grpc_status: '0' })).toBe(600)
   })
 
   it('passes request and response headers, bodies and trailers; adds x-request-id', async () => {
@@ -223,7 +224,7 @@ describe('H2OutboundListener', () => {
       })
     })
     const x = await inbound(app, 'api-1')
-    const { listener } = await outbound([x.endpoint])
+    const { listener, registry } = await outbound([x.endpoint])
     const big = 'y'.repeat(200_000) // larger than the replay buffer: streamed, not kept
     const r = await call(client(listener.port), { body: big, headers: { 'x-ask': 'q' } })
     expect(r.status).toBe(200)
@@ -234,6 +235,26 @@ describe('H2OutboundListener', () => {
     expect(r.trailers['x-t']).toBe('end')
     expect(app.lastHeaders?.te).toBe('trailers')
     expect(app.lastHeaders?.['x-request-id']).toMatch(/^[0-9a-f-]{36}$/)
+    const grpc5 = () => metricValue(registry, 'peermesh_proxy_grpc_responses_total', { grpc_status: '5' })
+    await waitFor(async () => (await grpc5()) === 1, 5_000, 'the call counted by grpc-status')
+  })
+
+  it('a grpc-status outside 0-16 from an endpoint is counted as unknown, not as a new label', async () => {
+    const app = await h2App('api-1', (stream) => {
+      stream.resume()
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '7777777' },
+        { endStream: true },
+      )
+    })
+    const x = await inbound(app, 'api-1')
+    const { listener, registry } = await outbound([x.endpoint])
+    const r = await call(client(listener.port))
+    expect(r.headers['grpc-status']).toBe('7777777') // passed through unchanged
+    const count = (s: string) =>
+      metricValue(registry, 'peermesh_proxy_grpc_responses_total', { grpc_status: s })
+    await waitFor(async () => (await count('unknown')) === 1, 5_000, 'the call counted as unknown')
+    expect(await count('7777777')).toBe(0)
   })
 
   it('a plain HTTP/2 GET (headers only) gets its body; trailers only when it said te: trailers', async () => {
