@@ -25,6 +25,7 @@ import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.
 import { InvalidProxyConfigError, ListenerStateError, NoCertificateError } from './errors.ts'
 import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
 import { InboundHttp } from './inbound-http.ts'
+import { H2InboundHandler } from './inbound-h2.ts'
 import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
@@ -63,10 +64,12 @@ export interface InboundListenerInit extends ListenerEnvironment {
    * The local service's protocol. `http`: requests are terminated and gated one by one
    * (`inbound-http.ts`), and responses counted by status code. Default `tcp`.
    */
-  protocol?: 'tcp' | 'http'
+  protocol?: 'tcp' | 'http' | 'http2' | 'grpc'
   /**
-   * The per-request check of an `http` service (L7 intentions, rate limits), read on every
-   * request. Without it, sources whose intention has L7 permissions are refused (fail closed).
+   * The per-request check (L7 intentions, rate limits), read on every request: of an `http`
+   * service's requests, and of the streams of `http2`/`grpc` connections that negotiate ALPN `h2`
+   * (served per stream, `inbound-h2.ts`). Without it, sources whose intention has L7 permissions
+   * are refused (fail closed).
    */
   gate?: RequestGate
 }
@@ -117,6 +120,7 @@ export class InboundListener {
   private boundPort = 0
   /** HTTP mode's request handler (protocol `http`). */
   private readonly http: InboundHttp | undefined
+  private h2: H2InboundHandler | undefined
 
   constructor(init: InboundListenerInit) {
     this.service = validateServiceName(init.service)
@@ -173,6 +177,19 @@ export class InboundListener {
     if (this.state !== 'new') throw new ListenerStateError(`inbound listener is ${this.state}`)
     const cert = this.init.certificates.current()
     if (!cert) throw new NoCertificateError(`no leaf certificate for ${this.service} yet`)
+    const h2 = this.init.protocol === 'http2' || this.init.protocol === 'grpc'
+    if (h2) {
+      this.h2 = new H2InboundHandler({
+        service: this.service,
+        localServiceAddress: this.init.localServiceAddress ?? '127.0.0.1',
+        localServicePort: this.init.localServicePort,
+        gate: this.init.gate ?? OPEN_GATE,
+        metrics: this.metrics,
+        logger: this.logger,
+        clock: this.clock,
+        ...(this.init.tracer !== undefined ? { tracer: this.init.tracer } : {}),
+      })
+    }
     const server = tls.createServer({
       ...serverContextOptions(cert),
       requestCert: true,
@@ -180,6 +197,8 @@ export class InboundListener {
       allowHalfOpen: true,
       noDelay: true,
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
+      // Callers without ALPN (L4 sidecars) are relayed as before.
+      ...(h2 ? { ALPNProtocols: ['h2', 'http/1.1'] } : {}),
     })
     // The connection cap is node's own: past it the socket is closed before 'connection', and
     // 'drop' tells.
@@ -254,6 +273,7 @@ export class InboundListener {
     for (const c of this.open) c.socket.destroy()
     for (const s of this.sockets) s.destroy()
     this.http?.close()
+    this.h2?.close()
     await closed
   }
 
@@ -280,6 +300,10 @@ export class InboundListener {
       m.error('denied')
       this.logger.info({ src, dst: this.service }, `inbound denied src=${src} dst=${this.service}`)
       socket.destroy()
+      return
+    }
+    if (this.h2 !== undefined && socket.alpnProtocol === 'h2') {
+      this.h2.serve(socket, source)
       return
     }
     if (this.http !== undefined) {
@@ -378,6 +402,7 @@ export class InboundListener {
 
   /** Policy changed: close the open connections it now denies. */
   private recheck(): void {
+    this.h2?.recheck((source) => this.decide(source))
     for (const c of this.open) {
       if (this.decide(c.source)) continue
       this.metrics.denied(c.source)

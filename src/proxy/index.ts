@@ -21,6 +21,7 @@ export {
   PROXY_ERROR_HEADER,
   REQUEST_ID_HEADER,
 } from './outbound-http.ts'
+export { H2OutboundListener, type H2OutboundListenerInit } from './outbound-h2.ts'
 export { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 export { OtlpHttpExporter, type OtlpHttpExporterInit } from './otlp-exporter.ts'
 export { type SpanExporter, Tracer, type TracerInit } from './tracing.ts'

@@ -43,11 +43,12 @@ import type { LimitTicket } from './concurrency-limit.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import {
   applyHeaderOps,
-  hashKeyOf,
   matchRoute,
   type Plan,
   type RequestView,
   type RouteDestination,
+  retryOnHttpStatus,
+  rewritePath,
   type TrafficPolicy,
 } from './traffic.ts'
 import { grpcStatusLabel, routeLabelOf } from './metrics.ts'
@@ -250,14 +251,13 @@ class HttpExchange {
     const policy = core.policy
     const url = req.url ?? '/'
     const q = url.indexOf('?')
-    let path = q < 0 ? url : url.slice(0, q)
+    const path = q < 0 ? url : url.slice(0, q)
     const view = requestView(this.method, path, url, q, req)
     const route = matchRoute(policy, view)
     this.route = route
     this.routeLabel = routeLabelOf(policy.routes, route)
     core.metrics.request(this.routeLabel)
     this.plan = core.plan(route)
-    const first = this.plan.targets[0]
     if (tracer !== undefined) {
       const span = tracer.startClientSpan(
         {
@@ -280,16 +280,8 @@ class HttpExchange {
       headers.push(TRACEPARENT_HEADER, span.traceparent)
       if (span.traceState !== undefined) headers.push(TRACESTATE_HEADER, span.traceState)
     }
-    const hashPolicies = first?.loadBalancer?.hashPolicies
-    this.hashKey =
-      hashPolicies !== undefined && hashPolicies.length > 0
-        ? hashKeyOf(hashPolicies, view, core.source)
-        : undefined
-    if (route.prefixRewrite !== undefined && path.startsWith(route.prefixRewrite[0])) {
-      path = route.prefixRewrite[1] + path.slice(route.prefixRewrite[0].length)
-      if (!path.startsWith('/')) path = `/${path}`
-      this.path = q < 0 ? path : path + url.slice(q)
-    } else this.path = url
+    this.hashKey = core.hashKeyFor(this.plan, view)
+    this.path = rewritePath(route, path, url, q)
     this.headers = applyHeaderOps(
       applyHeaderOps(headers, route.requestHeaders),
       this.plan.leg?.requestHeaders,
@@ -300,13 +292,7 @@ class HttpExchange {
     this.retryStatuses =
       route.retryOnStatusCodes !== undefined ? new Set(route.retryOnStatusCodes) : listener.retryOnStatus
     this.count5xx = policy.outlier?.count5xx === true
-    const service = first?.service ?? core.destination
-    const timeoutMs =
-      route.requestTimeoutMs ??
-      policy.resolvers.get(service)?.requestTimeoutMs ??
-      policy.serviceRequestTimeoutMs.get(service) ??
-      policy.requestTimeoutMs ??
-      listener.requestTimeoutMs
+    const timeoutMs = core.requestTimeoutFor(route, this.plan, listener.requestTimeoutMs)
 
     this.cancelTimer = core.clock.setTimeout(this.onTimeout, timeoutMs)
     res.on('close', this.onClose)
@@ -453,8 +439,9 @@ class HttpExchange {
   }
 
   private retryOnStatus(status: number): boolean {
+    const retryOn = this.route.retryOn
     return (
-      this.retryStatuses.has(status) &&
+      (this.retryStatuses.has(status) || (retryOn !== undefined && retryOnHttpStatus(retryOn, status))) &&
       this.idempotent &&
       !this.streaming &&
       this.tried.length < this.maxAttempts &&

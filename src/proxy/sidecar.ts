@@ -2,6 +2,7 @@ import { Registry as PromRegistry } from 'prom-client'
 import { InvalidProxyConfigError } from './errors.ts'
 import { InboundListener, type InboundListenerInit } from './inbound.ts'
 import type { UpstreamListenerInit } from './outbound-common.ts'
+import { H2OutboundListener } from './outbound-h2.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from './outbound-http.ts'
 import { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 import type { SplitConfig } from './split.ts'
@@ -29,8 +30,11 @@ export interface SidecarUpstream extends UpstreamTuning {
   destinationName: string
   /** 127.0.0.1 port for the local app; 0 picks a free one (tests). */
   localBindPort: number
-  /** The destination service's protocol: `http` balances per request, `tcp` per connection. */
-  protocol: 'tcp' | 'http'
+  /**
+   * The destination service's protocol: `http` balances per request over HTTP/1.1, `http2` and
+   * `grpc` per request (stream) over HTTP/2 sessions, `tcp` per connection.
+   */
+  protocol: 'tcp' | 'http' | 'http2' | 'grpc'
   endpoints: EndpointSource
   split?: SplitConfig
   /** Routes, splits, resolvers, timeouts and limits; replaced later with `setPolicy`. */
@@ -53,7 +57,7 @@ export interface SidecarInit extends ListenerEnvironment {
   upstreamDefaults?: UpstreamTuning
 }
 
-export type AnyOutboundListener = OutboundListener | HttpOutboundListener
+export type AnyOutboundListener = OutboundListener | HttpOutboundListener | H2OutboundListener
 
 export class Sidecar {
   readonly service: string
@@ -98,7 +102,11 @@ export class Sidecar {
       }
       this.outbound.set(
         destinationName,
-        protocol === 'http' ? new HttpOutboundListener(common) : new OutboundListener(common),
+        protocol === 'http'
+          ? new HttpOutboundListener(common)
+          : protocol === 'http2' || protocol === 'grpc'
+            ? new H2OutboundListener(common)
+            : new OutboundListener(common),
       )
     }
   }

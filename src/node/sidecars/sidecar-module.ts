@@ -193,9 +193,9 @@ interface Failed {
  */
 const BIND_RETRY_MS = 5_000
 
-/** `tcp`, `http2` and `grpc` are relayed per connection (L4); `http` is balanced per request. */
-function listenerMode(protocol: string | undefined): 'tcp' | 'http' {
-  return protocol === 'http' ? 'http' : 'tcp'
+/** `http` is balanced per request over HTTP/1.1, `http2` and `grpc` per stream; the rest per connection (L4). */
+function listenerMode(protocol: string | undefined): 'tcp' | 'http' | 'http2' | 'grpc' {
+  return protocol === 'http' || protocol === 'http2' || protocol === 'grpc' ? protocol : 'tcp'
 }
 
 /**

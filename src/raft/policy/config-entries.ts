@@ -500,6 +500,23 @@ const headerRewrite = entry({
   Remove: z.array(headerName).max(MAX_ITEMS).optional(),
 })
 
+/** Consul's service-router `RetryOn` values. */
+export const RETRY_ON = [
+  '5xx',
+  'gateway-error',
+  'reset',
+  'connect-failure',
+  'envoy-ratelimited',
+  'retriable-4xx',
+  'refused-stream',
+  'cancelled',
+  'deadline-exceeded',
+  'internal',
+  'resource-exhausted',
+  'unavailable',
+] as const
+export type RetryOnCondition = (typeof RETRY_ON)[number]
+
 const routeDestination = entry({
   /** Default: the router's own service. */
   Service: serviceName.optional(),
@@ -511,6 +528,9 @@ const routeDestination = entry({
   NumRetries: z.number().int().min(0).max(9).optional(),
   RetryOnConnectFailure: z.boolean().optional(),
   RetryOnStatusCodes: z.array(z.number().int().min(100).max(599)).max(64).optional(),
+  /** Consul's retry conditions: HTTP (`5xx`, `gateway-error`, `reset`, `connect-failure`,
+   * `refused-stream`, `retriable-4xx`) and gRPC statuses (`cancelled`, `deadline-exceeded`, ...). */
+  RetryOn: z.array(z.enum(RETRY_ON)).max(RETRY_ON.length).optional(),
   RequestHeaders: headerRewrite.optional(),
   ResponseHeaders: headerRewrite.optional(),
 })
