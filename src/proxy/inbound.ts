@@ -278,13 +278,14 @@ export class InboundListener {
   }
 
   /**
-   * Whether `source` may hold a connection: an L4 allow, or an L7 intention where requests are
-   * gated one by one (HTTP mode with a gate).
+   * Whether `source` may hold a connection: an L4 allow, or an L7 intention where each request is
+   * gated (`gated`: HTTP mode, or an HTTP/2 connection of an http2/grpc service, with a gate).
+   * An L7 source's connection that would be relayed as bytes is refused (fail closed).
    */
-  private decide(source: string): boolean {
+  private decide(source: string, gated: boolean): boolean {
     try {
       const d = this.init.authorizer.decide(source, this.service)
-      return d === 'allow' || (d === 'l7' && this.http !== undefined && this.init.gate !== undefined)
+      return d === 'allow' || (d === 'l7' && gated && this.init.gate !== undefined)
     } catch {
       return false // an authorizer that cannot answer denies
     }
@@ -294,7 +295,8 @@ export class InboundListener {
     const m = this.metrics
     m.connections.inc()
     const source = peerServiceOf(socket, this.trustDomain)
-    if (source === undefined || !this.decide(source)) {
+    const h2 = this.h2 !== undefined && socket.alpnProtocol === 'h2'
+    if (source === undefined || !this.decide(source, h2 || this.http !== undefined)) {
       const src = source ?? 'unknown'
       m.denied(src)
       m.error('denied')
@@ -302,8 +304,8 @@ export class InboundListener {
       socket.destroy()
       return
     }
-    if (this.h2 !== undefined && socket.alpnProtocol === 'h2') {
-      this.h2.serve(socket, source)
+    if (h2) {
+      this.h2!.serve(socket, source)
       return
     }
     if (this.http !== undefined) {
@@ -402,9 +404,10 @@ export class InboundListener {
 
   /** Policy changed: close the open connections it now denies. */
   private recheck(): void {
-    this.h2?.recheck((source) => this.decide(source))
+    this.h2?.recheck((source) => this.decide(source, true))
     for (const c of this.open) {
-      if (this.decide(c.source)) continue
+      // Relayed connections (`local` set) are never gated; HTTP mode's are.
+      if (this.decide(c.source, c.local === undefined)) continue
       this.metrics.denied(c.source)
       this.logger.info(
         { src: c.source, dst: this.service, open: true },

@@ -189,4 +189,33 @@ describe('gRPC through the sidecars (end to end, grpc-js client and servers)', (
     expect(counts.get('greeter-1')! + counts.get('greeter-2')!).toBeGreaterThan(2_000)
     expect(await clientConnections()).toBe(1)
   }, 60_000)
+
+  it('an L7 intention denies one gRPC method with PERMISSION_DENIED on the open connection, and allows it again', async () => {
+    const exact = '/v1/connect/intentions/exact?source=web&destination=greeter'
+    await put(exact, {
+      Permissions: [
+        { Action: 'allow', HTTP: { PathExact: '/greeter.Greeter/Other' } },
+        { Action: 'deny', HTTP: { PathExact: '/greeter.Greeter/Say' } },
+      ],
+    })
+    const denied = await waitFor(
+      'calls refused by the L7 intention',
+      async () => {
+        const r = await run(3, 1)
+        return r.every((x) => x.startsWith(`error:${grpc.status.PERMISSION_DENIED}:`)) ? r : undefined
+      },
+      10_000,
+      50,
+    )
+    expect(denied).toHaveLength(3)
+    await put(exact, { Action: 'allow' })
+    await waitFor(
+      'calls allowed again',
+      async () => ((await run(3, 1)).every((x) => x.startsWith('greeter-')) ? true : undefined),
+      10_000,
+      50,
+    )
+    // The client's one connection stayed open through both changes.
+    expect(await clientConnections()).toBe(1)
+  }, 60_000)
 })
