@@ -16,7 +16,7 @@
 import http2 from 'node:http2'
 import net from 'node:net'
 import type tls from 'node:tls'
-import type { Clock } from '../common/clock.ts'
+import type { Cancel, Clock } from '../common/clock.ts'
 import { UpstreamResetError } from './errors.ts'
 import {
   forwardedHeaders,
@@ -236,12 +236,20 @@ export class H2InboundHandler {
       const g = trailers['grpc-status']
       if (typeof g === 'string') grpcStatus = g
     })
+    let holding: Cancel | undefined
     up.on('response', (resHeaders, flags) => {
-      responded = true
       if (down.closed) return
       status = resHeaders[':status'] ?? 0
       const g = resHeaders['grpc-status']
       if (typeof g === 'string') grpcStatus = g
+      if (grpc && (flags & NGHTTP2_FLAG_END_STREAM) === 0) {
+        holding = holdGrpcResponse(up, down, forwardedHeaders(resHeaders), clock, () => {
+          holding = undefined
+          responded = true
+        })
+        return
+      }
+      responded = true
       relayResponse(
         up,
         down,
@@ -251,6 +259,7 @@ export class H2InboundHandler {
       )
     })
     up.once('close', () => {
+      holding?.()
       if (responded || down.closed) return
       if (!link.connected || up.rstCode === NGHTTP2_REFUSED_STREAM) {
         // Never reached the app: the caller's sidecar may send it elsewhere.
@@ -289,4 +298,62 @@ export class H2InboundHandler {
     })
     if (!headersOnly) down.pipe(up)
   }
+}
+
+/**
+ * A gRPC response is held at the inbound until its trailers arrive, for at most
+ * `GRPC_HOLD_MS` and `GRPC_HOLD_BYTES`: an app that dies between its response headers and its
+ * trailers (a unary call's usual window) then looks to the caller's sidecar like one that died
+ * before answering (a trailers-only UNAVAILABLE marked as a reset), so the call is retried on
+ * another instance instead of failing. A streaming response longer than the bounds is forwarded
+ * as it comes once they are passed.
+ */
+const GRPC_HOLD_MS = 50
+const GRPC_HOLD_BYTES = 64 * 1024
+
+/**
+ * Starts holding `up`'s response; `onForward` runs when the response starts to go `down`
+ * (complete, or past the bounds). Returns the cancel of the hold (the stream closed first).
+ */
+function holdGrpcResponse(
+  up: http2.ClientHttp2Stream,
+  down: http2.ServerHttp2Stream,
+  out: http2.OutgoingHttpHeaders,
+  clock: Clock,
+  onForward: () => void,
+): Cancel {
+  const held: Buffer[] = []
+  let heldBytes = 0
+  let trailers: http2.OutgoingHttpHeaders = {}
+  let forwarded = false
+  const onData = (chunk: Buffer): void => {
+    held.push(chunk)
+    heldBytes += chunk.length
+    if (heldBytes > GRPC_HOLD_BYTES) forward(false)
+  }
+  const forward = (complete: boolean): void => {
+    if (forwarded || down.closed) return
+    forwarded = true
+    cancelTimer()
+    up.off('data', onData)
+    onForward()
+    down.respond(out, { waitForTrailers: true })
+    down.on('wantTrailers', () => down.sendTrailers(trailers))
+    for (const chunk of held) down.write(chunk)
+    held.length = 0
+    if (complete) down.end()
+    else {
+      up.pipe(down)
+      up.once('close', () => {
+        if (up.rstCode !== NGHTTP2_NO_ERROR && !down.closed) down.close(up.rstCode)
+      })
+    }
+  }
+  const cancelTimer = clock.setTimeout(() => forward(false), GRPC_HOLD_MS)
+  up.on('trailers', (t: http2.IncomingHttpHeaders) => {
+    trailers = forwardedHeaders(t)
+  })
+  up.on('data', onData)
+  up.once('end', () => forward(true))
+  return cancelTimer
 }
