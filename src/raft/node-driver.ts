@@ -5,7 +5,7 @@ import { type CoalesceLimits, coalesceMessages } from './coalesce.ts'
 import { decodeMessage } from './codec.ts'
 import { decodeConfChange } from './conf-change.ts'
 import { DEFAULT_DRIVER_CONFIG, DEFAULT_RAFT_CONFIG, type DriverConfig } from './config.ts'
-import { RaftInvariantError, RaftStoppedError } from './errors.ts'
+import { RaftAbortedError, RaftInvariantError, RaftStoppedError } from './errors.ts'
 import { type DriverLog, SnapshotBackoff } from './snapshot-backoff.ts'
 import { PendingRequests, type RequestOptions } from './pending.ts'
 import { Raft } from './raft.ts'
@@ -18,6 +18,15 @@ import type { ConfChange, Entry, EntrySealer, Message, NodeId, Ready, RequestId,
 export interface RaftNodeDriverOptions<R> extends RaftNodeOptions<R> {
   /** Where a failed snapshot is reported, once per run of failures. Unset: only counted. */
   log?: DriverLog
+}
+
+/** A proposal waiting for the end of its event-loop turn, to be sealed with the others of it. */
+interface QueuedProposal {
+  data: Uint8Array
+  requestId: RequestId | undefined
+  options: RequestOptions
+  resolve: (v: { index: number; result: unknown }) => void
+  reject: (err: unknown) => void
 }
 
 /** A Ready whose entries are being fsynced off the event loop: what is left to do once durable. */
@@ -77,6 +86,8 @@ export class RaftNode<R = unknown> {
   /** Index of the last snapshot saved to storage (the core's may be ahead if a save failed). */
   private savedSnapshotIndex = 0
   private readonly snapshotBackoff: SnapshotBackoff
+  /** Proposals to seal as one batch before the next Ready (only with a sealer). */
+  private queued: QueuedProposal[] = []
 
   constructor(o: RaftNodeDriverOptions<R>) {
     this.id = o.id
@@ -133,6 +144,7 @@ export class RaftNode<R = unknown> {
     this.running = false
     this.cancelTick?.()
     this.pending.rejectAll(new RaftStoppedError('raft node stopped'))
+    for (const q of this.queued.splice(0)) q.reject(new RaftStoppedError('raft node stopped'))
     // The storage's fd must outlive a pending fsync.
     await this.persisting?.done.catch(() => {})
     this.storage.close()
@@ -186,14 +198,56 @@ export class RaftNode<R = unknown> {
     options: RequestOptions & { requestId?: RequestId } = {},
   ): Promise<{ index: number; result: R }> {
     const requestId = options.requestId
-    return this.track((raft) => {
-      if (this.sealer === undefined) return raft.propose(data, requestId)
-      // Synchronous from here to `propose`: the entry gets exactly the index it was sealed for.
-      const index = raft.proposalIndex()
-      const pos = raft.propose(this.sealer(index, requestId, data), requestId)
-      if (pos.index !== index) throw new RaftInvariantError(`sealed for ${index}, appended at ${pos.index}`)
-      return pos
-    }, options) as Promise<{ index: number; result: R }>
+    if (this.sealer === undefined)
+      return this.track((raft) => raft.propose(data, requestId), options) as Promise<{
+        index: number
+        result: R
+      }>
+    if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    try {
+      this.raft.proposalIndex() // throws NotLeaderError here, as an unsealed propose would
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    // Sealed with the other proposals of this turn, just before the next Ready (sealQueued).
+    return new Promise((resolve, reject) => {
+      this.queued.push({ data, requestId, options, resolve: resolve as QueuedProposal['resolve'], reject })
+      this.scheduleDrain()
+    })
+  }
+
+  /**
+   * Seals the queued proposals as one batch and appends them: synchronous from sealing to the
+   * last `propose`, so each entry gets exactly the index it was sealed for. A failure (this node
+   * stopped leading, the sealer threw) rejects the whole batch: nothing of it was appended.
+   */
+  private sealQueued(): void {
+    if (this.queued.length === 0 || this.sealer === undefined) return
+    const batch = this.queued.filter((q) => {
+      if (q.options.signal?.aborted !== true) return true
+      q.reject(new RaftAbortedError('request aborted', { cause: q.options.signal.reason }))
+      return false
+    })
+    this.queued = []
+    if (batch.length === 0) return
+    let sealed: Uint8Array[]
+    let first: number
+    try {
+      first = this.raft.proposalIndex()
+      sealed = this.sealer(batch.map((q, i) => ({ index: first + i, requestId: q.requestId, data: q.data })))
+      if (sealed.length !== batch.length)
+        throw new RaftInvariantError(`sealer returned ${sealed.length} entries for ${batch.length}`)
+    } catch (err) {
+      for (const q of batch) q.reject(err)
+      return
+    }
+    for (let i = 0; i < batch.length; i++) {
+      const q = batch[i]!
+      const pos = this.raft.propose(sealed[i]!, q.requestId)
+      if (pos.index !== first + i)
+        throw new RaftInvariantError(`sealed for ${first + i}, appended at ${pos.index}`)
+      this.pending.addProposal(pos, q.options).then(q.resolve, q.reject)
+    }
   }
 
   /** Proposes one membership change (thesis §4.1); resolves when it is committed and applied here. */
@@ -307,7 +361,13 @@ export class RaftNode<R = unknown> {
     if (this.draining || this.stopped) return
     this.draining = true
     try {
-      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) this.handleReady(rd)
+      for (;;) {
+        // Proposals made meanwhile (a listener may propose) join the next Ready.
+        this.sealQueued()
+        const rd = this.raft.ready()
+        if (rd === undefined) break
+        this.handleReady(rd)
+      }
     } finally {
       this.draining = false
     }
@@ -328,6 +388,7 @@ export class RaftNode<R = unknown> {
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
       else this.storage.append(rd.entries)
+      this.sm.prepare?.(rd.entries)
     }
     if (rd.hardState !== undefined) {
       // A commit index on disk must name entries on disk: while this Ready's entries are still
@@ -391,8 +452,13 @@ export class RaftNode<R = unknown> {
   }
 
   private applyEntries(ents: readonly Entry[]): void {
-    for (const e of ents) this.apply(e)
-    if (ents.length > 0) this.pending.resolveReads(this.appliedIndex)
+    if (ents.length === 0) return
+    if (this.sm.batch !== undefined) {
+      this.sm.batch(() => {
+        for (const e of ents) this.apply(e)
+      })
+    } else for (const e of ents) this.apply(e)
+    this.pending.resolveReads(this.appliedIndex)
   }
 
   /** What follows a Ready whose state is durable: events, reads, and a snapshot when due. */

@@ -41,8 +41,9 @@ export interface RaftNodeOptions<R> extends Partial<DriverConfig> {
   /** Founding voters of a new cluster; ignored when storage already holds state. */
   bootstrap?: NodeId[]
   /**
-   * Rewrites each proposal this node appends as leader, for the index it gets (the agent signs
-   * policy entries; see policy-signing.ts). Unset: entries are stored as proposed.
+   * Rewrites the proposals this node appends as leader, for the indexes they get: the proposals of
+   * one event-loop turn go to it as one batch (the agent seals policy entries with one signature
+   * per batch; see policy-signing.ts). Unset: entries are stored as proposed.
    */
   sealer?: EntrySealer
   /**
