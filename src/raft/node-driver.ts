@@ -39,7 +39,7 @@ interface Persisting {
  * Runs one Raft member: owns the core, the storage, the state machine and a transport, and turns
  * every input (timer tick, received message, local request) into Ready processing in the order
  * persist → send → apply. With a storage that fsyncs off the event loop (`appendDeferred`/`sync`)
- * and `coalesceReady`, a Ready's entries are written while the next inputs are handled: the core
+ * and `coalesceReady`, a leader's Ready entries are written while the next inputs are handled: the core
  * then hands out what does not wait for the write (a leader's appends, committed entries), and
  * everything this node acknowledges waits for the fsync (see Raft `accept`/`appendDone`).
  *
@@ -74,6 +74,8 @@ export class RaftNode<R = unknown> {
   private drainScheduled = false
   /** Entries are fsynced off the event loop (coalesceReady and a storage with `sync`). */
   private readonly syncOffLoop: boolean
+  /** See RaftNodeOptions `followerWritesOffLoop`. */
+  private readonly followerWritesOffLoop: boolean
   /**
    * The founding entries of a bootstrap are still to be written: they go to disk in one
    * synchronous step with their term. Written off the loop, a crash could keep the durable term and
@@ -86,6 +88,9 @@ export class RaftNode<R = unknown> {
   /** Index of the last snapshot saved to storage (the core's may be ahead if a save failed). */
   private savedSnapshotIndex = 0
   private readonly snapshotBackoff: SnapshotBackoff
+  /** Appends without entries waiting for the end of the turn, by peer (see sendAll). */
+  private readonly heldNotices = new Map<NodeId, Message>()
+  private noticesScheduled = false
   /** Proposals to seal as one batch before the next Ready (only with a sealer). */
   private queued: QueuedProposal[] = []
 
@@ -108,6 +113,7 @@ export class RaftNode<R = unknown> {
     this.coalesce = o.coalesceReady ?? false
     this.syncOffLoop =
       this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
+    this.followerWritesOffLoop = o.followerWritesOffLoop ?? false
     const st = this.storage.initialState()
     const cfg = { ...DEFAULT_RAFT_CONFIG, ...o.config }
     this.limits = { maxEntries: cfg.maxEntriesPerMsg, maxBytes: cfg.maxBytesPerMsg }
@@ -383,7 +389,11 @@ export class RaftNode<R = unknown> {
       this.storage.installSnapshot(rd.snapshot)
       this.savedSnapshotIndex = Math.max(this.savedSnapshotIndex, rd.snapshot.metadata.index)
     }
-    const deferred = this.syncOffLoop && rd.entries.length > 0 && !this.founding
+    const deferred =
+      this.syncOffLoop &&
+      rd.entries.length > 0 &&
+      !this.founding &&
+      (this.followerWritesOffLoop || this.raft.role === 'leader')
     if (rd.entries.length > 0) this.founding = false
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
@@ -469,9 +479,43 @@ export class RaftNode<R = unknown> {
     if (this.persisting === undefined) this.maybeSnapshot()
   }
 
-  /** Sends a batch, merging what goes to the same peer (see coalesceMessages). */
+  /**
+   * Sends a batch, merging what goes to the same peer (see coalesceMessages). With coalesceReady, an
+   * append without entries (a commit notice, or a probe) waits for the end of the event-loop turn:
+   * the replies to the writes it commits leave first, and an append sent to that peer meanwhile,
+   * which carries the same commit or a later one, makes it redundant (it is dropped then; Raft
+   * copes with lost messages, and the next heartbeat or append carries the commit anyway).
+   */
   private sendAll(msgs: readonly Message[]): void {
-    for (const m of coalesceMessages(msgs, this.limits)) this.sendOne(m)
+    for (const m of coalesceMessages(msgs, this.limits)) {
+      if (this.coalesce && m.type === 'app' && m.entries.length === 0) {
+        this.holdNotice(m)
+        continue
+      }
+      if (m.type === 'app') {
+        const held = this.heldNotices.get(m.to)
+        if (
+          held !== undefined &&
+          held.term === m.term &&
+          m.commit >= held.commit &&
+          held.context === m.context
+        )
+          this.heldNotices.delete(m.to)
+      }
+      this.sendOne(m)
+    }
+  }
+
+  private holdNotice(m: Message): void {
+    this.heldNotices.set(m.to, m)
+    if (this.noticesScheduled) return
+    this.noticesScheduled = true
+    this.clock.defer(() => {
+      this.noticesScheduled = false
+      const held = [...this.heldNotices.values()]
+      this.heldNotices.clear()
+      if (!this.stopped) for (const n of held) this.sendOne(n)
+    })
   }
 
   private sendOne(m: Message): void {
