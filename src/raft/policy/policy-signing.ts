@@ -179,7 +179,7 @@ export function sealPolicyBatch(root: PolicySigningRoot, batch: readonly SealReq
     if (next !== undefined) env.next = next
     if (i === 0) env.sig = sig
     const bytes = pack(env)
-    sealedHere.set(bytes, { index: b.index, rid: ridKey(b.requestId), root: root.id, link: links[i]! })
+    sealedHere.set(bytes, { index: b.index, rid: ridKey(b.requestId), env, link: links[i]! })
     return bytes
   })
 }
@@ -200,7 +200,7 @@ export function signPolicyEntry(
  * when it applies them (a verify on every write was the costliest step of the apply path). Bytes
  * that came over the network or from disk are other objects and are checked.
  */
-const sealedHere = new WeakMap<Uint8Array, { index: number; rid: string; root: string; link: Buffer }>()
+const sealedHere = new WeakMap<Uint8Array, { index: number; rid: string; env: Envelope; link: Buffer }>()
 
 /**
  * Entries opened ahead of apply (`verifyAhead`), by identity: the decoded envelope, its link and,
@@ -256,9 +256,12 @@ export function openPolicyEntry(
   chain?: ChainLink,
 ): OpenedEntry {
   const rid = ridKey(requestId)
-  const ahead = openedAhead.get(data)
-  const known = ahead !== undefined && ahead.index === index && ahead.rid === rid ? ahead : undefined
-  const env = known?.env ?? decodeEnvelope(data)
+  const sealed = sealedHere.get(data)
+  // Sealed here for this very index and request id: neither decoded nor hashed again.
+  const own = sealed !== undefined && sealed.index === index && sealed.rid === rid ? sealed : undefined
+  const pre = own === undefined ? openedAhead.get(data) : undefined
+  const early = pre !== undefined && pre.index === index && pre.rid === rid ? pre : undefined
+  const env = own?.env ?? early?.env ?? decodeEnvelope(data)
   if (trusted.length === 0) {
     if (env !== undefined) return { ok: false, reason: 'signed entry before any CA root exists' }
     return { ok: true, cmd: data }
@@ -268,15 +271,14 @@ export function openPolicyEntry(
   const root = trusted.find((r) => r.id === env.root)
   if (root === undefined)
     return { ok: false, reason: `entry signed by root ${env.root}, which is not trusted` }
-  const own = sealedHere.get(data)
-  const mine = own !== undefined && own.index === index && own.root === root.id && own.rid === rid
-  const link = mine ? own.link : (known?.link ?? linkOf(index, requestId, env.root, env.next, env.cmd))
+  const link = own?.link ?? early?.link ?? linkOf(index, requestId, env.root, env.next, env.cmd)
   if (env.sig === undefined) {
     if (chain === undefined || chain.index !== index || chain.root !== env.root || !link.equals(chain.hash))
       return { ok: false, reason: `entry ${index} does not link to a signed batch (forged or altered)` }
-  } else if (!mine && !headVerified(root, link, env.sig, known?.verdict)) {
-    // Sealed here for this very index by a root still trusted: verifying would give the same
-    // answer as on every other agent (which do verify), so the state machine stays deterministic.
+  } else if (own === undefined && !headVerified(root, link, env.sig, early?.verdict)) {
+    // (A head sealed here for this very index by a root still trusted is not verified: that
+    // would give the same answer as on every other agent, which do verify, so the state machine
+    // stays deterministic.)
     return { ok: false, reason: `bad signature for index ${index} (forged, or replayed elsewhere)` }
   }
   const out: OpenedEntry = { ok: true, cmd: env.cmd, signedBy: root.id }
