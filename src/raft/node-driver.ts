@@ -398,7 +398,6 @@ export class RaftNode<R = unknown> {
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
       else this.storage.append(rd.entries)
-      this.sm.prepare?.(rd.entries)
     }
     if (rd.hardState !== undefined) {
       // A commit index on disk must name entries on disk: while this Ready's entries are still
@@ -412,14 +411,16 @@ export class RaftNode<R = unknown> {
       this.storage.setHardState(hs)
     }
     if (!deferred) {
-      // 2. send, 3. apply.
+      // 2. send, 3. apply. The state machine hears of the new entries once the acks are out.
       this.sendAll(rd.messagesAfterAppend)
+      if (rd.entries.length > 0) this.sm.prepare?.(rd.entries)
       this.applyReady(rd)
       this.raft.advance(rd)
       this.afterReady(rd)
       return
     }
     this.raft.accept(rd)
+    this.sm.prepare?.(rd.entries)
     // Committed entries need not wait for this write (see Raft `accept`); a snapshot, and what
     // follows it, wait: the core hands out nothing to apply until the write is done.
     if (rd.snapshot === undefined) this.applyEntries(rd.committedEntries)
