@@ -58,7 +58,12 @@ interface Sent {
 }
 
 function cluster(
-  opts: { followerWritesOffLoop?: boolean; sealer?: EntrySealer; verifySignatures?: boolean } = {},
+  opts: {
+    followerWritesOffLoop?: boolean
+    sealer?: EntrySealer
+    verifySignatures?: boolean
+    snapshotThreshold?: number
+  } = {},
 ) {
   const clock = new VirtualClock()
   const rng = new SeededRng(7)
@@ -99,6 +104,9 @@ function cluster(
       coalesceReady: true,
       followerWritesOffLoop: opts.followerWritesOffLoop ?? false,
       ...(opts.sealer !== undefined ? { sealer: opts.sealer } : {}),
+      ...(opts.snapshotThreshold !== undefined
+        ? { snapshotThreshold: opts.snapshotThreshold, snapshotTrailing: 0 }
+        : {}),
     })
     nodes.set(id, node)
   }
@@ -286,6 +294,48 @@ describe('RaftNode in production mode (coalescing, fsync off the event loop), on
     expect(unsigned.result).toMatchObject({ ok: false, code: 'PEERMESH_ERR_POLICY_SIGNATURE' })
     await c.settle()
     for (const store of c.stores.values()) expect(store.getIntention('evil', 'd')).toBeUndefined()
+  })
+
+  it('a member that missed signed batches catches up from a snapshot, then from the log', async () => {
+    const root = await createRootCa({ trustDomain: 'test.peermesh', nowMs: Date.now() })
+    let signing = false
+    const c = cluster({
+      verifySignatures: true,
+      snapshotThreshold: 7,
+      sealer: (batch) => (signing ? sealPolicyBatch(root, batch) : batch.map((b) => b.data)),
+    })
+    await c.start()
+    const ca = encodePolicyCommand({
+      op: 'ca.setRoots',
+      roots: [rootRecordOf(root, 0, [])],
+      activeRootId: root.id,
+    })
+    await c.until(c.node('a').propose(ca))
+    signing = true
+    c.cut.add('a>c')
+    let last = 0
+    for (let b = 0; b < 6; b++) {
+      const rs = await c.until(
+        Promise.all([1, 2, 3, 4].map((i) => c.node('a').propose(upsert(`b${b}i${i}`, 'd')))),
+      )
+      last = rs.at(-1)!.index
+    }
+    await c.settle()
+    expect(c.node('a').status().firstIndex).toBeGreaterThan(c.node('c').applied() + 1) // compacted past c
+    c.cut.delete('a>c')
+    for (let t = 0; t < 20 && c.node('c').applied() < last; t++) {
+      c.clock.advance(100)
+      await c.settle()
+    }
+    // One more batch, through the log, continuing where the snapshot left off.
+    const more = await c.until(Promise.all([1, 2, 3].map((i) => c.node('a').propose(upsert(`m${i}`, 'd')))))
+    await c.settle()
+    for (const [id, store] of c.stores) {
+      expect(c.node(id).applied()).toBe(more.at(-1)!.index)
+      expect(store.stats.signatureRejected).toBe(0)
+      expect(store.getIntention('b5i4', 'd')?.action).toBe('allow')
+      expect(store.getIntention('m3', 'd')?.action).toBe('allow')
+    }
   })
 
   it('a sealer that throws rejects every proposal of its batch and appends none', async () => {
