@@ -26,6 +26,7 @@ import {
   permissionDeniedMessage,
 } from '../../acl/index.ts'
 import type { AclResult } from '../../raft/policy/acl-state.ts'
+import { sealPolicyBatch } from '../../raft/policy/policy-signing.ts'
 import {
   encodePolicyCommand,
   PolicyErrorCodes,
@@ -584,8 +585,16 @@ export class RaftModule implements AgentModule {
     const s = this.settings
     const self = ctx.identity.id
     const signer = this.components.signer
+    // One signature per batch of entries (policy-signing.ts), with the root custody signs with.
+    // Without a root (before the CA exists) or a copy of its key, entries go unsigned, and every
+    // agent refuses them once the CA exists.
     const sealer: EntrySealer | undefined =
-      signer === undefined ? undefined : (index, requestId, data) => signer.sealEntry(index, requestId, data)
+      signer === undefined
+        ? undefined
+        : (batch) => {
+            const root = signer.snapshotSigningRoot()
+            return root === undefined ? batch.map((b) => b.data) : sealPolicyBatch(root, batch)
+          }
     const options: RaftNodeDriverOptions<PolicyResult> = {
       id: self,
       log,

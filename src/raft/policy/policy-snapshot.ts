@@ -3,6 +3,7 @@ import { type PlainValueLimits, plainValueProblem } from '../../common/plain-val
 import { intentionPermissionsSchema } from './config-entries.ts'
 import type { StoredIntention } from './intention.ts'
 import { entryBytes, type PolicyResult } from './policy-commands.ts'
+import type { ChainLink } from './policy-signing.ts'
 import type { ConfigEntry, RawCaRoots } from './policy-store.ts'
 
 /**
@@ -30,6 +31,8 @@ export interface SnapshotState {
   acl: unknown
   /** The KV state (checked by `KvState.restore`); undefined in a snapshot from before the KV store. */
   kv: unknown
+  /** What the entry after the snapshot must link to (policy-signing.ts), if it continues a batch. */
+  chain: ChainLink | undefined
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> =>
@@ -86,7 +89,16 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     if (typeof d['result']['ok'] !== 'boolean') bad('dedupe result')
     return { clientId: d['clientId'], seq: d['seq'], result: d['result'] as unknown as PolicyResult }
   })
+  const c = s['chain']
+  let chain: ChainLink | undefined
+  if (c !== undefined) {
+    if (!isRecord(c) || !isIndex(c['index']) || !isString(c['root'])) bad('chain')
+    const hash = c['hash']
+    if (!(hash instanceof Uint8Array) || hash.length !== 32) bad('chain hash')
+    chain = { index: c['index'], hash: Buffer.from(hash), root: c['root'] }
+  }
   return {
+    chain,
     index: s['index'],
     intentions,
     configEntries,
