@@ -11,6 +11,7 @@ import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { NodeIdentity } from '../../identity/keys/node-key.ts'
 import { clusterKeyProtector } from './pnet-protector.ts'
+import { installYamuxWindowThreshold } from './yamux-window.ts'
 
 /** Our own DHT protocol id, so a peermesh cluster never mixes with a public IPFS DHT. */
 export const DHT_PROTOCOL = '/peermesh/kad/1.0.0'
@@ -40,10 +41,11 @@ export interface HostInit {
 /**
  * Creates (but does not start) the agent's one libp2p host: TCP, the cluster's private network
  * (`pnet-protector.ts`),
- * noise, yamux, identify, ping and a LAN kad-dht in server mode (peer routing: the addresses of a
+ * noise, yamux (window updates only once half a window is used, `yamux-window.ts`), identify, ping and a LAN kad-dht in server mode (peer routing: the addresses of a
  * peer id that gossip names).
  */
 export async function createHost(init: HostInit): Promise<Host> {
+  installYamuxWindowThreshold()
   return createLibp2p<HostServices>({
     start: false,
     privateKey: init.identity.privateKey,
