@@ -1,0 +1,50 @@
+import { setFlagsFromString } from 'node:v8'
+
+/**
+ * The agent's young generation (V8's new space, where every short-lived object is born).
+ *
+ * V8 doubles the new space each time most of it survives a scavenge, up to 2 × 16 MiB on 64-bit,
+ * and an agent's start (module loading, key generation, founding) is enough to take it there: an
+ * idle agent then kept 32 MiB of new space resident, a third of its RSS, to hold well under 1 MiB
+ * of live young objects. Held, the new space stays at its initial 1 MiB semi-spaces: an idle agent
+ * scavenges a little more often, each scavenge as cheap (its cost follows what survives, not the
+ * space's size).
+ *
+ * The data plane is the exception: a sidecar under load keeps requests in flight long enough that
+ * a small new space would promote them to the old generation. So the hold is released when the
+ * first sidecar starts, and V8 grows the new space again as it always did.
+ *
+ * `--max-semi-space-size` is read once, when the heap is set up, so it cannot be changed by a
+ * running process; the growth factor is read at each growth (`--semi-space-growth-factor`, 2 by
+ * default). A user who sets young generation flags (`NODE_OPTIONS`, node's own arguments) keeps
+ * them: nothing is changed then.
+ */
+
+/** V8's default growth factor of the new space (restored on release). */
+const DEFAULT_GROWTH_FACTOR = 2
+
+let held = false
+
+/** Whether node was started with flags of its own for the young generation. */
+export function userSetsYoungGeneration(
+  execArgv: readonly string[] = process.execArgv,
+  nodeOptions: string = process.env['NODE_OPTIONS'] ?? '',
+): boolean {
+  const mentions = (s: string): boolean => /semi[-_]space/.test(s)
+  return execArgv.some(mentions) || mentions(nodeOptions)
+}
+
+/** Keeps the new space at its initial size (see above); false when the user's flags win. */
+export function holdYoungGeneration(): boolean {
+  if (held || userSetsYoungGeneration()) return held
+  setFlagsFromString('--semi-space-growth-factor=1')
+  held = true
+  return true
+}
+
+/** Lets the new space grow again (a sidecar started); does nothing unless held. */
+export function releaseYoungGeneration(): void {
+  if (!held) return
+  setFlagsFromString(`--semi-space-growth-factor=${DEFAULT_GROWTH_FACTOR}`)
+  held = false
+}
