@@ -92,7 +92,7 @@ function encodeMappings(lines) {
  * The map with only what points into our own sources: no segment into node_modules (stack frames
  * in dependencies name their dist/ line) and no names (Node takes function names from V8). Node
  * reads and keeps the map of every module an agent loads (the maps are on for long-running
- * commands); the dependencies' segments were three quarters of it.
+ * commands); the dependencies' segments were most of it.
  */
 function ownSourcesOnly(map) {
   const foreign = map.sources.map((s) => s.includes('/node_modules/'))
@@ -132,7 +132,7 @@ await build({
 })
 // V8 keeps the text of every module it loads, in one byte a character when it is all Latin-1 and
 // in two otherwise: a single arrow or dash left in a comment (esbuild escapes them in strings,
-// but keeps comments as written, and one regular expression) doubled the agent chunk's 2.7 MB in
+// but keeps comments as written, and one regular expression) doubled the agent chunk's size in
 // the heap. Escaped here: in a comment an escape changes nothing, in a regular expression or a
 // string it stands for the same character, and the maps' columns move only after it on its line.
 for (const name of readdirSync(out)) {

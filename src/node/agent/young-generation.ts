@@ -5,8 +5,8 @@ import { setFlagsFromString } from 'node:v8'
  *
  * V8 doubles the new space each time most of it survives a scavenge, up to 2 × 16 MiB on 64-bit,
  * and an agent's start (module loading, key generation, founding) is enough to take it there: an
- * idle agent then kept 32 MiB of new space resident, a third of its RSS, to hold well under 1 MiB
- * of live young objects. Held, the new space stays at its initial 1 MiB semi-spaces: an idle agent
+ * idle agent then kept the whole new space resident, a large part of its RSS, to hold a small
+ * fraction of it in live young objects. Held, the new space stays at its initial 1 MiB semi-spaces: an idle agent
  * scavenges a little more often, each scavenge as cheap (its cost follows what survives, not the
  * space's size).
  *
