@@ -13,6 +13,7 @@ import {
 import { isUserFacing } from '../agent/errors.ts'
 import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
+import { holdYoungGeneration } from '../agent/young-generation.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
 import { registerConfigCommands } from './config.ts'
@@ -101,6 +102,8 @@ export function buildCli(): Command {
       'send OpenTelemetry spans of sidecar HTTP requests to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: off)',
     )
     .action(async (opts: Record<string, unknown>) => {
+      // Before anything large is loaded: an agent's start would grow the new space for good.
+      holdYoungGeneration()
       const flags = validateAgentConfig(
         {
           name: opts['name'],

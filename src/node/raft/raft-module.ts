@@ -67,6 +67,7 @@ import { NoLeaderError, RaftNotRunningError } from './errors.ts'
 import { FoundingRecordFile } from './founding-record-file.ts'
 import { InitialManagementApplier } from './initial-management.ts'
 import { FoundingRpc } from './founding-rpc.ts'
+import { sharedIntervals } from './shared-intervals.ts'
 import { hostConnections, LeaderLiveness } from './leader-liveness.ts'
 import { registerRaftMetrics } from './metrics.ts'
 import { ForwardedWriteServer, WriteForwarder, type WriteResult } from './write-forwarding.ts'
@@ -195,7 +196,9 @@ export class RaftModule implements AgentModule {
     options: RaftModuleOptions = {},
   ) {
     this.store = components.store
-    this.clock = components.clock ?? systemClock
+    // The module's periodic tasks of one period (autopilot, voter connections, founder
+    // enrollment) share one timer.
+    this.clock = sharedIntervals(components.clock ?? systemClock)
     this.settings = { ...RAFT_DEFAULTS, ...stripUndefined(options) }
     validateRaftAgentConfig(this.settings)
   }

@@ -24,6 +24,7 @@ import {
   type ServiceDefinition,
 } from '../catalog/index.ts'
 import { SIDECAR_DEFAULTS } from '../agent/defaults.ts'
+import { releaseYoungGeneration } from '../agent/young-generation.ts'
 import type { TrafficPolicy } from '../../proxy/traffic.ts'
 import {
   type ConfigEntryReader,
@@ -469,6 +470,7 @@ export class SidecarModule implements AgentModule {
             rateLimits: this.rateLimitsOf(def.name),
             now: () => this.clock.now(),
           })
+    releaseYoungGeneration() // a data plane under load needs V8's full new space (young-generation.ts)
     const sidecar = new Sidecar({
       service: def.name,
       trustDomain: this.security.trustDomain(),
