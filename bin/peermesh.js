@@ -40,7 +40,12 @@ if (process.env.npm_command === 'exec') {
   }, 500).unref()
 }
 
+// An agent holds V8's new space at its initial size from the first module loaded (loading the CLI
+// and the agent would grow it for good; src/node/agent/young-generation.ts).
+const holdsYoungGeneration = process.argv[2] === 'agent'
+
 if (process.env.PEERMESH_FROM_SOURCE !== '1' && buildIsFresh()) {
+  if (holdsYoungGeneration) (await import('../dist/young-generation.js')).holdYoungGeneration()
   // The agent's (and the demo's) stack traces name the TypeScript sources. Node reads and keeps
   // the map of every module it loads once this is on, a cost a one-shot CLI call does not pay: its
   // errors are messages, and a crash names dist/ lines (PEERMESH_FROM_SOURCE=1 runs the sources).
@@ -49,6 +54,7 @@ if (process.env.PEERMESH_FROM_SOURCE !== '1' && buildIsFresh()) {
 } else {
   const { register } = await import('tsx/esm/api')
   register()
+  if (holdsYoungGeneration) (await import('../src/node/agent/young-generation.ts')).holdYoungGeneration()
   await import('../src/node/agent/polyfill.ts')
   const { main } = await import('../src/node/cli/cli.ts')
   await main(process.argv)

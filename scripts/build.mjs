@@ -8,7 +8,7 @@
 // and links every ES module file separately, and libp2p, zod and multiformats come as hundreds of
 // small files. Bundled, a CLI call and an agent start read a few large files instead (a CLI call
 // takes about a third less CPU, an agent start about 30% less wall time on this machine).
-import { rmSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
@@ -20,13 +20,97 @@ import { build } from 'esbuild'
  */
 const KEEP_EXTERNAL = ['pino', 'msgpackr']
 
+/** `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units). */
+function asciiOnly(text) {
+  return text.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+
+/** The source map's segments as absolute `[column, source, line, sourceColumn]`, per line. */
+function decodeMappings(mappings) {
+  const lines = []
+  const state = [0, 0, 0, 0, 0] // source, line, column and name carry over from line to line
+  for (const text of mappings.split(';')) {
+    const segments = []
+    state[0] = 0 // the generated column restarts on each line
+    for (const seg of text === '' ? [] : text.split(',')) {
+      const fields = []
+      let value = 0
+      let shift = 0
+      for (const ch of seg) {
+        const digit = B64.indexOf(ch)
+        value += (digit & 31) << shift
+        if (digit & 32) shift += 5
+        else {
+          fields.push(value & 1 ? -(value >>> 1) : value >>> 1)
+          value = 0
+          shift = 0
+        }
+      }
+      for (let i = 0; i < fields.length; i++) state[i] += fields[i]
+      if (fields.length >= 4) segments.push([state[0], state[1], state[2], state[3]])
+    }
+    lines.push(segments)
+  }
+  return lines
+}
+
+function vlq(n) {
+  let v = n < 0 ? (-n << 1) | 1 : n << 1
+  let out = ''
+  do {
+    let digit = v & 31
+    v >>>= 5
+    if (v > 0) digit |= 32
+    out += B64[digit]
+  } while (v > 0)
+  return out
+}
+
+function encodeMappings(lines) {
+  const prev = [0, 0, 0]
+  return lines
+    .map((segments) => {
+      let column = 0
+      return segments
+        .map(([col, source, line, sourceCol]) => {
+          const text =
+            vlq(col - column) + vlq(source - prev[0]) + vlq(line - prev[1]) + vlq(sourceCol - prev[2])
+          column = col
+          prev[0] = source
+          prev[1] = line
+          prev[2] = sourceCol
+          return text
+        })
+        .join(',')
+    })
+    .join(';')
+}
+
+/**
+ * The map with only what points into our own sources: no segment into node_modules (stack frames
+ * in dependencies name their dist/ line) and no names (Node takes function names from V8). Node
+ * reads and keeps the map of every module an agent loads (the maps are on for long-running
+ * commands); the dependencies' segments were most of it.
+ */
+function ownSourcesOnly(map) {
+  const foreign = map.sources.map((s) => s.includes('/node_modules/'))
+  const lines = decodeMappings(map.mappings).map((segments) => segments.filter((s) => !foreign[s[1]]))
+  return { version: map.version, sources: map.sources, names: [], mappings: encodeMappings(lines) }
+}
+
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const out = join(root, 'dist')
 const started = Date.now()
 rmSync(out, { recursive: true, force: true })
 await build({
   absWorkingDir: root,
-  entryPoints: { peermesh: 'src/node/cli/main.ts' },
+  entryPoints: {
+    peermesh: 'src/node/cli/main.ts',
+    // bin/peermesh.js loads it first for `agent`, before the CLI itself (young-generation.ts).
+    'young-generation': 'src/node/agent/young-generation.ts',
+  },
   outdir: out,
   bundle: true,
   splitting: true,
@@ -46,6 +130,23 @@ await build({
   sourcesContent: false,
   logLevel: 'warning',
 })
+// V8 keeps the text of every module it loads, in one byte a character when it is all Latin-1 and
+// in two otherwise: a single arrow or dash left in a comment (esbuild escapes them in strings,
+// but keeps comments as written, and one regular expression) doubled the agent chunk's size in
+// the heap. Escaped here: in a comment an escape changes nothing, in a regular expression or a
+// string it stands for the same character, and the maps' columns move only after it on its line.
+for (const name of readdirSync(out)) {
+  if (name.endsWith('.js.map')) {
+    const path = join(out, name)
+    writeFileSync(path, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(path, 'utf8')))))
+    continue
+  }
+  if (!name.endsWith('.js')) continue
+  const path = join(out, name)
+  const text = readFileSync(path, 'utf8')
+  const ascii = asciiOnly(text)
+  if (ascii !== text) writeFileSync(path, ascii)
+}
 // Written last: its presence says the build completed (bin/peermesh.js checks it).
 writeFileSync(join(out, 'BUILD'), `${new Date().toISOString()}\n`)
 console.log(`peermesh: built dist/ in ${Date.now() - started} ms`)

@@ -96,6 +96,12 @@ export interface HaproxyPairInit {
   serverKeyPem: string
   /** Where B forwards: the app on 127.0.0.1. */
   appPort: number
+  /**
+   * `tcp` (default): TCP mode, as in ANCHORS.md. `h2`: HTTP mode end to end in HTTP/2 — A takes
+   * h2c, speaks h2 over mutual TLS (ALPN h2) to B, and B h2c to the app: per-request balancing
+   * over multiplexed connections, the job of our sidecars in `protocol: http2`.
+   */
+  mode?: 'tcp' | 'h2'
 }
 
 export interface HaproxyPair {
@@ -107,14 +113,14 @@ export interface HaproxyPair {
   close(): Promise<void>
 }
 
-const GLOBAL = `global
+const global = (mode: 'tcp' | 'http'): string => `global
   nbthread 1
   maxconn 8192
   ssl-default-bind-options ssl-min-ver TLSv1.3
   ssl-default-server-options ssl-min-ver TLSv1.3
 
 defaults
-  mode tcp
+  mode ${mode}
   timeout connect 5s
   timeout client 120s
   timeout server 120s
@@ -130,28 +136,30 @@ export async function startHaproxyPair(init: HaproxyPairInit): Promise<HaproxyPa
   writeFileSync(serverPem, `${init.serverCertPem.trim()}\n${init.serverKeyPem.trim()}\n`, { mode: 0o600 })
   const portA = await freePort()
   const portB = await freePort()
-  const cfgB = join(init.dir, 'haproxy-b.cfg')
-  const cfgA = join(init.dir, 'haproxy-a.cfg')
+  const h2 = init.mode === 'h2'
+  const cfgB = join(init.dir, h2 ? 'haproxy-h2-b.cfg' : 'haproxy-b.cfg')
+  const cfgA = join(init.dir, h2 ? 'haproxy-h2-a.cfg' : 'haproxy-a.cfg')
+  const GLOBAL = global(h2 ? 'http' : 'tcp')
   writeFileSync(
     cfgB,
     `${GLOBAL}
 frontend inbound
-  bind 127.0.0.1:${portB} ssl crt ${serverPem} ca-file ${ca} verify required
+  bind 127.0.0.1:${portB} ssl crt ${serverPem} ca-file ${ca} verify required${h2 ? ' alpn h2' : ''}
   default_backend app
 
 backend app
-  server app 127.0.0.1:${init.appPort}
+  server app 127.0.0.1:${init.appPort}${h2 ? ' proto h2' : ''}
 `,
   )
   writeFileSync(
     cfgA,
     `${GLOBAL}
 frontend outbound
-  bind 127.0.0.1:${portA}
+  bind 127.0.0.1:${portA}${h2 ? ' proto h2' : ''}
   default_backend api
 
 backend api
-  server b 127.0.0.1:${portB} ssl crt ${clientPem} ca-file ${ca} verify required
+  server b 127.0.0.1:${portB} ssl crt ${clientPem} ca-file ${ca} verify required${h2 ? ' alpn h2' : ''}
 `,
   )
   for (const cfg of [cfgA, cfgB]) {

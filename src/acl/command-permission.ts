@@ -16,6 +16,7 @@ export function commandPermission(cmd: PolicyCommand): [PermissionCheck, Permiss
   switch (cmd.op) {
     case 'intention.upsert':
     case 'intention.delete':
+    case 'intention.replace':
       return need.intentionWrite(cmd.destination)
     case 'config.set':
     case 'config.delete':
@@ -82,6 +83,8 @@ const MESH_KEYS = new Set(['connect.default-intention-action'])
 
 /** `service:write` on service kinds, `key:write` on kv, `mesh:write` otherwise (proxy-defaults). */
 export function configWrite(kind: string, name: string): [PermissionCheck, PermissionNeed] {
+  // Consul: service-intentions needs `intentions = write` on the destination.
+  if (kind === 'service-intentions') return need.intentionWrite(name)
   if (SERVICE_KINDS.has(kind)) return need.serviceWrite(name)
   if (kind === 'kv' && MESH_KEYS.has(name)) return need.meshWrite()
   if (kind === 'kv') return need.keyWrite(name)
@@ -90,6 +93,7 @@ export function configWrite(kind: string, name: string): [PermissionCheck, Permi
 
 /** `service:read` on service kinds, `key:read` on kv, `mesh:read` otherwise. */
 export function configRead(kind: string, name: string): [PermissionCheck, PermissionNeed] {
+  if (kind === 'service-intentions') return need.intentionRead(name)
   if (SERVICE_KINDS.has(kind)) return need.serviceRead(name)
   if (kind === 'kv' && MESH_KEYS.has(name)) return need.meshRead()
   if (kind === 'kv') return need.keyRead(name)

@@ -6,7 +6,11 @@
  *
  * Certificate rotation swaps the server's secure context for new handshakes; open connections
  * keep theirs. A policy change re-checks every open connection and closes the ones now denied.
- * In HTTP mode the inbound side stays L4: TLS is terminated and the stream piped.
+ *
+ * Protocol `tcp`: the stream is piped (L4); an L7 intention (with Permissions) cannot be enforced
+ * on bytes, so it refuses the connection. Protocol `http`: HTTP/1.1 is terminated per request
+ * (`inbound-http.ts`) and every request goes through the request gate (L7 intentions, rate
+ * limits); a connection is admitted when its source has an L4 allow or an L7 intention.
  *
  * Resource caps (#13): at most `maxConnections` connections at once (handshaking or relaying) and
  * at most `maxPendingHandshakes` of them still handshaking. A connection past either cap is closed
@@ -20,7 +24,9 @@ import { Registry as PromRegistry } from 'prom-client'
 import { validateServiceName, validateTrustDomain } from '../identity/ca/spiffe.ts'
 import { InvalidProxyConfigError, ListenerStateError, NoCertificateError } from './errors.ts'
 import { type ListenerMetrics, ProxyMetrics } from './metrics.ts'
-import { HttpExchangeSniffer } from './http-sniffer.ts'
+import { InboundHttp } from './inbound-http.ts'
+import { H2InboundHandler } from './inbound-h2.ts'
+import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
@@ -55,10 +61,17 @@ export interface InboundListenerInit extends ListenerEnvironment {
   /** Connections still in their TLS handshake at once; more are closed at once. Default below. */
   maxPendingHandshakes?: number
   /**
-   * The local service's protocol. `http`: the relayed bytes are also read (not changed) to count
-   * responses by status code (`http-sniffer.ts`). Default `tcp`.
+   * The local service's protocol. `http`: requests are terminated and gated one by one
+   * (`inbound-http.ts`), and responses counted by status code. Default `tcp`.
    */
-  protocol?: 'tcp' | 'http'
+  protocol?: 'tcp' | 'http' | 'http2' | 'grpc'
+  /**
+   * The per-request check (L7 intentions, rate limits), read on every request: of an `http`
+   * service's requests, and of the streams of `http2`/`grpc` connections that negotiate ALPN `h2`
+   * (served per stream, `inbound-h2.ts`). Without it, sources whose intention has L7 permissions
+   * are refused (fail closed).
+   */
+  gate?: RequestGate
 }
 
 export const INBOUND_LIMIT_DEFAULTS = {
@@ -79,7 +92,8 @@ export const INBOUND_LIMIT_DEFAULTS = {
 interface InboundConnection {
   socket: tls.TLSSocket
   source: string
-  local: net.Socket
+  /** The relay's connection to the app (L4); HTTP mode uses a pool instead. */
+  local?: net.Socket
 }
 
 export class InboundListener {
@@ -104,6 +118,9 @@ export class InboundListener {
   private readonly unsubscribes: Unsubscribe[] = []
   private state: 'new' | 'running' | 'stopped' = 'new'
   private boundPort = 0
+  /** HTTP mode's request handler (protocol `http`). */
+  private readonly http: InboundHttp | undefined
+  private h2: H2InboundHandler | undefined
 
   constructor(init: InboundListenerInit) {
     this.service = validateServiceName(init.service)
@@ -126,6 +143,20 @@ export class InboundListener {
     )
     this.logger = init.logger ?? silentLogger
     this.clock = init.clock ?? systemClock
+    this.http =
+      init.protocol === 'http'
+        ? new InboundHttp({
+            service: this.service,
+            localServiceAddress: init.localServiceAddress ?? '127.0.0.1',
+            localServicePort: init.localServicePort,
+            gate: init.gate ?? OPEN_GATE,
+            metrics: this.metrics,
+            logger: this.logger,
+            clock: this.clock,
+            accessLog: accessLogMode(init.accessLog),
+            ...(init.tracer !== undefined ? { tracer: init.tracer } : {}),
+          })
+        : undefined
   }
 
   get port(): number {
@@ -146,6 +177,19 @@ export class InboundListener {
     if (this.state !== 'new') throw new ListenerStateError(`inbound listener is ${this.state}`)
     const cert = this.init.certificates.current()
     if (!cert) throw new NoCertificateError(`no leaf certificate for ${this.service} yet`)
+    const h2 = this.init.protocol === 'http2' || this.init.protocol === 'grpc'
+    if (h2) {
+      this.h2 = new H2InboundHandler({
+        service: this.service,
+        localServiceAddress: this.init.localServiceAddress ?? '127.0.0.1',
+        localServicePort: this.init.localServicePort,
+        gate: this.init.gate ?? OPEN_GATE,
+        metrics: this.metrics,
+        logger: this.logger,
+        clock: this.clock,
+        ...(this.init.tracer !== undefined ? { tracer: this.init.tracer } : {}),
+      })
+    }
     const server = tls.createServer({
       ...serverContextOptions(cert),
       requestCert: true,
@@ -153,6 +197,8 @@ export class InboundListener {
       allowHalfOpen: true,
       noDelay: true,
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
+      // Callers without ALPN (L4 sidecars) are relayed as before.
+      ...(h2 ? { ALPNProtocols: ['h2', 'http/1.1'] } : {}),
     })
     // The connection cap is node's own: past it the socket is closed before 'connection', and
     // 'drop' tells.
@@ -226,12 +272,20 @@ export class InboundListener {
     const closed = closeServer(this.server)
     for (const c of this.open) c.socket.destroy()
     for (const s of this.sockets) s.destroy()
+    this.http?.close()
+    this.h2?.close()
     await closed
   }
 
-  private decide(source: string): boolean {
+  /**
+   * Whether `source` may hold a connection: an L4 allow, or an L7 intention where each request is
+   * gated (`gated`: HTTP mode, or an HTTP/2 connection of an http2/grpc service, with a gate).
+   * An L7 source's connection that would be relayed as bytes is refused (fail closed).
+   */
+  private decide(source: string, gated: boolean): boolean {
     try {
-      return this.init.authorizer.decide(source, this.service) === 'allow'
+      const d = this.init.authorizer.decide(source, this.service)
+      return d === 'allow' || (d === 'l7' && gated && this.init.gate !== undefined)
     } catch {
       return false // an authorizer that cannot answer denies
     }
@@ -241,12 +295,21 @@ export class InboundListener {
     const m = this.metrics
     m.connections.inc()
     const source = peerServiceOf(socket, this.trustDomain)
-    if (source === undefined || !this.decide(source)) {
+    const h2 = this.h2 !== undefined && socket.alpnProtocol === 'h2'
+    if (source === undefined || !this.decide(source, h2 || this.http !== undefined)) {
       const src = source ?? 'unknown'
       m.denied(src)
       m.error('denied')
       this.logger.info({ src, dst: this.service }, `inbound denied src=${src} dst=${this.service}`)
       socket.destroy()
+      return
+    }
+    if (h2) {
+      this.h2!.serve(socket, source)
+      return
+    }
+    if (this.http !== undefined) {
+      this.acceptHttp(socket, source, this.http)
       return
     }
     m.requests.inc()
@@ -281,22 +344,6 @@ export class InboundListener {
         )
       }
     })
-    if (this.init.protocol === 'http') {
-      const sniffer = new HttpExchangeSniffer(
-        () => this.clock.now(),
-        (status, at) => m.response(status, (this.clock.now() - at) / 1000),
-      )
-      const onRequest = (c: Buffer): void => {
-        sniffer.request(c)
-        if (sniffer.done) socket.off('data', onRequest)
-      }
-      const onResponse = (c: Buffer): void => {
-        sniffer.response(c)
-        if (sniffer.done) local.off('data', onResponse)
-      }
-      socket.on('data', onRequest)
-      local.on('data', onResponse)
-    }
     socket.pipe(local)
     local.pipe(socket)
     socket.on('close', () => {
@@ -327,17 +374,47 @@ export class InboundListener {
     })
   }
 
+  /** HTTP mode: the connection is served request by request; policy changes apply per request. */
+  private acceptHttp(socket: tls.TLSSocket, source: string, http: InboundHttp): void {
+    const m = this.metrics
+    m.active.inc()
+    const startedAt = this.clock.now()
+    const conn: InboundConnection = { socket, source }
+    this.open.add(conn)
+    socket.on('close', () => {
+      this.open.delete(conn)
+      m.active.dec()
+      const rx = socket.bytesRead
+      const tx = socket.bytesWritten
+      m.addBytes(rx, tx)
+      this.logger.debug(
+        {
+          direction: 'inbound',
+          src: source,
+          dst: this.service,
+          bytesIn: rx,
+          bytesOut: tx,
+          durationMs: Math.round((this.clock.now() - startedAt) * 1000) / 1000,
+        },
+        'inbound connection closed',
+      )
+    })
+    http.serve(socket, source)
+  }
+
   /** Policy changed: close the open connections it now denies. */
   private recheck(): void {
+    this.h2?.recheck((source) => this.decide(source, true))
     for (const c of this.open) {
-      if (this.decide(c.source)) continue
+      // Relayed connections (`local` set) are never gated; HTTP mode's are.
+      if (this.decide(c.source, c.local === undefined)) continue
       this.metrics.denied(c.source)
       this.logger.info(
         { src: c.source, dst: this.service, open: true },
         `inbound denied src=${c.source} dst=${this.service}`,
       )
       c.socket.destroy()
-      c.local.destroy()
+      c.local?.destroy()
     }
   }
 }

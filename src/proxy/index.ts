@@ -21,7 +21,10 @@ export {
   PROXY_ERROR_HEADER,
   REQUEST_ID_HEADER,
 } from './outbound-http.ts'
+export { H2OutboundListener, type H2OutboundListenerInit } from './outbound-h2.ts'
 export { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
+export { OtlpHttpExporter, type OtlpHttpExporterInit } from './otlp-exporter.ts'
+export { type SpanExporter, Tracer, type TracerInit } from './tracing.ts'
 export type { UpstreamListenerInit } from './outbound-common.ts'
 export type { OutlierConfig } from './outlier.ts'
 export type { RetryBudgetConfig } from './retry-budget.ts'

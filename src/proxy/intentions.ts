@@ -20,14 +20,24 @@
  */
 import { PeermeshError } from '../common/errors.ts'
 import { isDnsLabel } from '../identity/ca/spiffe.ts'
-import { type Intention, type IntentionAction, isIntentionName, WILDCARD } from '../raft/policy/intention.ts'
+import { intentionPermissionsSchema } from '../raft/policy/config-entries.ts'
+import {
+  type Intention,
+  type IntentionAction,
+  type IntentionPermission,
+  isIntentionName,
+  WILDCARD,
+} from '../raft/policy/intention.ts'
 
-export { type Intention, type IntentionAction, isIntentionName, WILDCARD }
+export { type Intention, type IntentionAction, type IntentionPermission, isIntentionName, WILDCARD }
 
 export interface IntentionDecision {
+  /** For an L7 intention `deny`: the connection-level answer (see `Intention.action`). */
   action: IntentionAction
   /** The intention that decided; absent when the default action applied. */
   matched?: Intention
+  /** The matched intention's L7 permissions: per-request decisions (`l7-permissions.ts`). */
+  permissions?: readonly IntentionPermission[]
 }
 
 /** Longest description kept with an intention. */
@@ -38,6 +48,7 @@ export type IntentionField =
   | 'destination'
   | 'action'
   | 'description'
+  | 'permissions'
   | 'intention'
   | 'defaultAction'
 
@@ -87,6 +98,9 @@ export class InvalidIntentionQueryError extends PeermeshError {
 /**
  * Validates untrusted input (API body, Raft entry) as one intention. Returns a new object with
  * only the known fields; unknown fields are dropped. Throws a coded error naming the bad field.
+ *
+ * An L7 intention has `permissions` (Consul's shape, field names in any case; returned in
+ * canonical PascalCase) and no action, or `deny` (what it stores: see `Intention.action`).
  */
 export function validateIntention(input: unknown): Intention {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
@@ -101,14 +115,19 @@ export function validateIntention(input: unknown): Intention {
       )
     }
   }
-  if (obj.action !== 'allow' && obj.action !== 'deny') {
+  const permissions = obj.permissions === undefined ? undefined : validatePermissions(obj.permissions)
+  if (permissions !== undefined) {
+    if (obj.action !== undefined && obj.action !== 'deny')
+      throw new InvalidIntentionActionError('action', 'must not be set with permissions')
+  } else if (obj.action !== 'allow' && obj.action !== 'deny') {
     throw new InvalidIntentionActionError('action', `must be 'allow' or 'deny', got ${show(obj.action)}`)
   }
   const intention: Intention = {
     source: obj.source as string,
     destination: obj.destination as string,
-    action: obj.action,
+    action: permissions !== undefined ? 'deny' : (obj.action as IntentionAction),
   }
+  if (permissions !== undefined) intention.permissions = permissions
   if (obj.description !== undefined) {
     if (typeof obj.description !== 'string' || obj.description.length > MAX_INTENTION_DESCRIPTION_LENGTH) {
       throw new MalformedIntentionError(
@@ -119,6 +138,21 @@ export function validateIntention(input: unknown): Intention {
     intention.description = obj.description
   }
   return intention
+}
+
+/**
+ * Validates L7 permissions (Consul's `Permissions`): a non-empty list, each `{ Action, HTTP }`,
+ * no unknown field, regular expressions that compile. Throws naming the field
+ * (`permissions: 0.HTTP.PathRegex: ...`).
+ */
+export function validatePermissions(input: unknown): IntentionPermission[] {
+  const r = intentionPermissionsSchema.safeParse(input)
+  if (r.success) return r.data
+  const issue = r.error.issues[0]!
+  const keys = issue.code === 'unrecognized_keys' ? issue.keys : []
+  const path = [...issue.path, ...keys.slice(0, 1)].map(String).join('.')
+  const message = issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message
+  throw new MalformedIntentionError('permissions', `${path === '' ? '' : `${path}: `}${message}`)
 }
 
 /** Validates a whole set: every intention, and no two for the same (source, destination). */
@@ -174,7 +208,10 @@ export function decide(
       bestPrecedence = p
     }
   }
-  return best ? { action: best.action, matched: best } : { action: defaultAction }
+  if (best === undefined) return { action: defaultAction }
+  return best.permissions !== undefined
+    ? { action: best.action, matched: best, permissions: best.permissions }
+    : { action: best.action, matched: best }
 }
 
 /**
@@ -203,7 +240,14 @@ export class IntentionIndex {
     let anyToAny: Intention | undefined
     for (const intention of list) {
       Object.freeze(intention)
-      this.decisions.set(intention, Object.freeze({ action: intention.action, matched: intention }))
+      this.decisions.set(
+        intention,
+        Object.freeze({
+          action: intention.action,
+          matched: intention,
+          ...(intention.permissions !== undefined ? { permissions: deepFreeze(intention.permissions) } : {}),
+        }),
+      )
       const { source, destination } = intention
       if (destination !== WILDCARD && source !== WILDCARD) {
         let bySource = this.exact.get(destination)
@@ -242,6 +286,14 @@ function checkQuery(source: string, destination: string): void {
   if (!isDnsLabel(destination)) {
     throw new InvalidIntentionQueryError(`destination is not a service name: ${show(destination)}`)
   }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
 }
 
 function pairKey(source: string, destination: string): string {

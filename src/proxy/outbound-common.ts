@@ -15,12 +15,15 @@ import { RetryBudget, type RetryBudgetConfig } from './retry-budget.ts'
 import { type SplitConfig, validateSplitConfig } from './split.ts'
 import { ClientTlsMaterial, serverIdentityCheck } from './tls-material.ts'
 import { ConcurrencyLimit } from './concurrency-limit.ts'
+import type { Tracer } from './tracing.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import {
   ALL_ROUTE,
   EMPTY_POLICY,
+  hashKeyOf,
   type Plan,
   planTargets,
+  type RequestView,
   type RouteDestination,
   type TrafficPolicy,
 } from './traffic.ts'
@@ -93,6 +96,8 @@ export class UpstreamCore {
   readonly budget: RetryBudget
   readonly tls: ClientTlsMaterial
   readonly metrics: ListenerMetrics
+  /** Undefined: no tracing. */
+  readonly tracer: Tracer | undefined
   readonly checkServerIdentity: ReturnType<typeof serverIdentityCheck>
   readonly authorizer: Authorizer | undefined
   /** The traffic policy now in force; swapped whole by `setPolicy`. */
@@ -133,6 +138,7 @@ export class UpstreamCore {
     this.rng = init.rng ?? Math.random
     this.clock = init.clock ?? systemClock
     this.authorizer = init.authorizer
+    this.tracer = init.tracer
     const registry = init.registry ?? new PromRegistry()
     this.metrics = ProxyMetrics.for(registry).listener(this.source, 'outbound', this.destination)
     this.budget = new RetryBudget(init.retryBudget)
@@ -218,6 +224,28 @@ export class UpstreamCore {
   plan(route: RouteDestination): Plan {
     if (route === ALL_ROUTE && this.fixedPlan !== undefined) return this.fixedPlan
     return planTargets(this.policy, this.destination, route, this.rng())
+  }
+
+  /** The ring_hash/maglev key of a request along `plan`, or undefined (least-request pick). */
+  hashKeyFor(plan: Plan, view: RequestView): string | undefined {
+    const policies = plan.targets[0]?.loadBalancer?.hashPolicies
+    return policies !== undefined && policies.length > 0 ? hashKeyOf(policies, view, this.source) : undefined
+  }
+
+  /**
+   * The request timeout along `route` and `plan`: the route's, else the target service's
+   * resolver's, else its service-defaults', else the policy's, else the listener's `fallbackMs`.
+   */
+  requestTimeoutFor(route: RouteDestination, plan: Plan, fallbackMs: number): number {
+    const policy = this.policy
+    const service = plan.targets[0]?.service ?? this.destination
+    return (
+      route.requestTimeoutMs ??
+      policy.resolvers.get(service)?.requestTimeoutMs ??
+      policy.serviceRequestTimeoutMs.get(service) ??
+      policy.requestTimeoutMs ??
+      fallbackMs
+    )
   }
 
   /** The pool of `service`'s instances, created (and started, if running) on first use. */

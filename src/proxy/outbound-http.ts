@@ -8,8 +8,11 @@ import type { Cancel } from '../common/clock.ts'
  * retried on another endpoint when that cannot repeat a side effect: always when no connection
  * was made, and for idempotent methods (RFC 9110 §9.2.2) also after a reset, with small bodies
  * buffered for replay. Retries are bounded by `maxAttempts` and the retry budget. A request
- * timeout covers the whole exchange. `x-request-id` is generated when absent and, like W3C
- * `traceparent`, passed through.
+ * timeout covers the whole exchange. `x-request-id` is generated when absent and passed through.
+ * W3C `traceparent` and `tracestate` are passed through untouched unless the listener has a
+ * tracer: then each request gets a CLIENT span (`tracing.ts`) continuing a valid incoming
+ * `traceparent`, and the upstream receives the span's own `traceparent` (an invalid one is
+ * replaced by a new trace's).
  *
  * The listener's traffic policy (`traffic.ts`) routes each request (router → splitter →
  * resolver, with failover), sets its timeout and retries, rewrites headers, and admits it under
@@ -40,13 +43,16 @@ import type { LimitTicket } from './concurrency-limit.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import {
   applyHeaderOps,
-  hashKeyOf,
   matchRoute,
   type Plan,
   type RequestView,
   type RouteDestination,
+  retryOnHttpStatus,
+  rewritePath,
   type TrafficPolicy,
 } from './traffic.ts'
+import { grpcStatusLabel, routeLabelOf } from './metrics.ts'
+import { type Span, TRACEPARENT_HEADER, TRACESTATE_HEADER } from './tracing.ts'
 import { shouldLogAccess } from './types.ts'
 
 export interface HttpOutboundListenerInit extends UpstreamListenerInit {
@@ -192,6 +198,11 @@ class HttpExchange {
   private readonly retryStatuses: ReadonlySet<number>
   private readonly count5xx: boolean
   private ticket: LimitTicket | undefined
+  /** The `route` label of the metrics: the router's route index, or `default`. */
+  private readonly routeLabel: string
+  /** The response's `grpc-status` (headers or trailers); undefined when not gRPC. */
+  private grpcStatus: string | undefined
+  private readonly span: Span | undefined
 
   constructor(
     private readonly listener: HttpOutboundListener,
@@ -201,7 +212,6 @@ class HttpExchange {
     const core = listener.core
     this.core = core
     this.startedAt = core.clock.now()
-    core.metrics.requests.inc()
     core.budget.recordRequest(this.startedAt)
     this.method = req.method ?? 'GET'
     this.idempotent = IDEMPOTENT_METHODS.has(this.method)
@@ -212,11 +222,22 @@ class HttpExchange {
     // Framing is read here rather than from `req.headers`, which Node builds lazily on first access.
     let length: string | undefined
     let chunked = false
+    // With a tracer, the trace headers are read here and replaced by the span's.
+    const tracer = core.tracer
+    let traceparents: string[] | undefined
+    let tracestates: string[] | undefined
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!
       const lower = name.toLowerCase()
       if (lower === 'transfer-encoding') chunked = true
       if (HOP_BY_HOP_HEADERS.has(lower)) continue
+      if (tracer !== undefined && (lower === TRACEPARENT_HEADER || lower === TRACESTATE_HEADER)) {
+        const value = raw[i + 1]!
+        if (lower === TRACEPARENT_HEADER)
+          traceparents = traceparents === undefined ? [value] : [...traceparents, value]
+        else tracestates = tracestates === undefined ? [value] : [...tracestates, value]
+        continue
+      }
       if (lower === REQUEST_ID_HEADER && requestId === undefined) requestId = raw[i + 1]!
       else if (lower === 'content-length' && length === undefined) length = raw[i + 1]!
       headers.push(name, raw[i + 1]!)
@@ -230,22 +251,37 @@ class HttpExchange {
     const policy = core.policy
     const url = req.url ?? '/'
     const q = url.indexOf('?')
-    let path = q < 0 ? url : url.slice(0, q)
+    const path = q < 0 ? url : url.slice(0, q)
     const view = requestView(this.method, path, url, q, req)
     const route = matchRoute(policy, view)
     this.route = route
+    this.routeLabel = routeLabelOf(policy.routes, route)
+    core.metrics.request(this.routeLabel)
     this.plan = core.plan(route)
-    const first = this.plan.targets[0]
-    const hashPolicies = first?.loadBalancer?.hashPolicies
-    this.hashKey =
-      hashPolicies !== undefined && hashPolicies.length > 0
-        ? hashKeyOf(hashPolicies, view, core.source)
-        : undefined
-    if (route.prefixRewrite !== undefined && path.startsWith(route.prefixRewrite[0])) {
-      path = route.prefixRewrite[1] + path.slice(route.prefixRewrite[0].length)
-      if (!path.startsWith('/')) path = `/${path}`
-      this.path = q < 0 ? path : path + url.slice(q)
-    } else this.path = url
+    if (tracer !== undefined) {
+      const span = tracer.startClientSpan(
+        {
+          // Several traceparent headers are no valid parent (an array is never parsed as one).
+          traceparent: traceparents?.length === 1 ? traceparents[0] : traceparents,
+          tracestate: tracestates,
+        },
+        {
+          method: this.method,
+          path,
+          serverAddress: core.destination,
+          protocolVersion: req.httpVersion,
+          route: this.routeLabel,
+          upstream: core.destination,
+          sourceService: core.source,
+          startMs: this.startedAt,
+        },
+      )
+      this.span = span
+      headers.push(TRACEPARENT_HEADER, span.traceparent)
+      if (span.traceState !== undefined) headers.push(TRACESTATE_HEADER, span.traceState)
+    }
+    this.hashKey = core.hashKeyFor(this.plan, view)
+    this.path = rewritePath(route, path, url, q)
     this.headers = applyHeaderOps(
       applyHeaderOps(headers, route.requestHeaders),
       this.plan.leg?.requestHeaders,
@@ -256,13 +292,7 @@ class HttpExchange {
     this.retryStatuses =
       route.retryOnStatusCodes !== undefined ? new Set(route.retryOnStatusCodes) : listener.retryOnStatus
     this.count5xx = policy.outlier?.count5xx === true
-    const service = first?.service ?? core.destination
-    const timeoutMs =
-      route.requestTimeoutMs ??
-      policy.resolvers.get(service)?.requestTimeoutMs ??
-      policy.serviceRequestTimeoutMs.get(service) ??
-      policy.requestTimeoutMs ??
-      listener.requestTimeoutMs
+    const timeoutMs = core.requestTimeoutFor(route, this.plan, listener.requestTimeoutMs)
 
     this.cancelTimer = core.clock.setTimeout(this.onTimeout, timeoutMs)
     res.on('close', this.onClose)
@@ -340,7 +370,7 @@ class HttpExchange {
       if (this.retryOnStatus(status)) {
         record.pool.reportFailure(record)
         upRes.resume()
-        core.metrics.retries.inc()
+        core.metrics.retry(this.routeLabel)
         this.attempt()
         return
       }
@@ -349,8 +379,21 @@ class HttpExchange {
       this.status = status
       const raw = upRes.rawHeaders
       let out: string[] = []
+      let grpc = false
       for (let i = 0; i < raw.length; i += 2) {
-        if (!HOP_BY_HOP_HEADERS.has(raw[i]!.toLowerCase())) out.push(raw[i]!, raw[i + 1]!)
+        const lower = raw[i]!.toLowerCase()
+        if (HOP_BY_HOP_HEADERS.has(lower)) continue
+        out.push(raw[i]!, raw[i + 1]!)
+        if (lower === 'grpc-status') this.grpcStatus = raw[i + 1]!
+        else if (lower === 'content-type' && raw[i + 1]!.startsWith('application/grpc')) grpc = true
+      }
+      // A gRPC status comes in the trailers, unless the response is trailers-only.
+      if (grpc && this.grpcStatus === undefined) {
+        upRes.once('end', () => {
+          const t = upRes.rawTrailers
+          for (let i = 0; i < t.length; i += 2)
+            if (t[i]!.toLowerCase() === 'grpc-status') this.grpcStatus = t[i + 1]!
+        })
       }
       out = applyHeaderOps(applyHeaderOps(out, this.route.responseHeaders), this.plan.leg?.responseHeaders)
       this.res.writeHead(status, upRes.statusMessage, out)
@@ -375,7 +418,7 @@ class HttpExchange {
       record.pool.reportFailure(record)
       const replayable = !this.streaming && (connectFailure ? this.retryConnect : this.idempotent)
       if (replayable && this.tried.length < this.maxAttempts && this.mayRetry()) {
-        core.metrics.retries.inc()
+        core.metrics.retry(this.routeLabel)
         core.logger.debug(
           {
             upstream: core.destination,
@@ -396,8 +439,9 @@ class HttpExchange {
   }
 
   private retryOnStatus(status: number): boolean {
+    const retryOn = this.route.retryOn
     return (
-      this.retryStatuses.has(status) &&
+      (this.retryStatuses.has(status) || (retryOn !== undefined && retryOnHttpStatus(retryOn, status))) &&
       this.idempotent &&
       !this.streaming &&
       this.tried.length < this.maxAttempts &&
@@ -420,7 +464,7 @@ class HttpExchange {
 
   private fail(reason: Reason, status: number, code: string, extraHeaders: string[] = []): void {
     this.result = reason
-    if (reason !== 'rejected') this.core.metrics.error(reason)
+    if (reason !== 'rejected') this.core.metrics.error(reason, this.routeLabel)
     const res = this.res
     if (res.headersSent) {
       res.destroy()
@@ -450,9 +494,13 @@ class HttpExchange {
       this.upReq?.destroy()
       if (this.result === 'ok') this.result = 'client_closed'
     }
-    const seconds = (core.clock.now() - this.startedAt) / 1000
+    const endedAt = core.clock.now()
+    const seconds = (endedAt - this.startedAt) / 1000
     core.metrics.latency.observe(seconds)
-    if (this.status > 0 && this.res.writableFinished) core.metrics.response(this.status, seconds)
+    const answered = this.status > 0 && this.res.writableFinished
+    if (answered)
+      core.metrics.response(this.status, seconds, { route: this.routeLabel, grpcStatus: this.grpcStatus })
+    if (this.span !== undefined) this.endSpan(this.span, answered, endedAt)
     if (shouldLogAccess(core.accessLog, this.status, this.result)) {
       const e = this.record?.endpoint
       core.logger.info(
@@ -473,6 +521,23 @@ class HttpExchange {
         'access',
       )
     }
+  }
+
+  private endSpan(span: Span, answered: boolean, endMs: number): void {
+    const e = this.record?.endpoint
+    const grpc = this.grpcStatus === undefined ? undefined : Number(grpcStatusLabel(this.grpcStatus))
+    span.end({
+      ...(answered ? { statusCode: this.status } : {}),
+      ...(grpc !== undefined ? { grpcStatus: grpc } : {}),
+      ...(this.result !== 'ok' ? { error: this.result } : {}),
+      attributes: {
+        'peermesh.destination_service': e?.service,
+        'network.peer.address': e?.address,
+        'network.peer.port': e?.port,
+        'peermesh.attempts': this.tried.length,
+      },
+      endMs,
+    })
   }
 }
 

@@ -2,6 +2,7 @@ import { Registry as PromRegistry } from 'prom-client'
 import { InvalidProxyConfigError } from './errors.ts'
 import { InboundListener, type InboundListenerInit } from './inbound.ts'
 import type { UpstreamListenerInit } from './outbound-common.ts'
+import { H2OutboundListener } from './outbound-h2.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from './outbound-http.ts'
 import { OutboundListener, type OutboundListenerInit } from './outbound-tcp.ts'
 import type { SplitConfig } from './split.ts'
@@ -29,8 +30,11 @@ export interface SidecarUpstream extends UpstreamTuning {
   destinationName: string
   /** 127.0.0.1 port for the local app; 0 picks a free one (tests). */
   localBindPort: number
-  /** The destination service's protocol: `http` balances per request, `tcp` per connection. */
-  protocol: 'tcp' | 'http'
+  /**
+   * The destination service's protocol: `http` balances per request over HTTP/1.1, `http2` and
+   * `grpc` per request (stream) over HTTP/2 sessions, `tcp` per connection.
+   */
+  protocol: 'tcp' | 'http' | 'http2' | 'grpc'
   endpoints: EndpointSource
   split?: SplitConfig
   /** Routes, splits, resolvers, timeouts and limits; replaced later with `setPolicy`. */
@@ -44,7 +48,7 @@ export interface SidecarInit extends ListenerEnvironment {
   trustDomain: string
   /** Public mTLS port (0 = any, for tests) and where the local app listens. */
   inbound: Pick<InboundListenerInit, 'port' | 'bindAddress' | 'localServicePort' | 'localServiceAddress'> &
-    Partial<Pick<InboundListenerInit, 'handshakeTimeoutMs' | 'protocol'>>
+    Partial<Pick<InboundListenerInit, 'handshakeTimeoutMs' | 'protocol' | 'gate'>>
   upstreams: readonly SidecarUpstream[]
   certificates: CertificateSource
   authorizer: Authorizer
@@ -53,7 +57,7 @@ export interface SidecarInit extends ListenerEnvironment {
   upstreamDefaults?: UpstreamTuning
 }
 
-export type AnyOutboundListener = OutboundListener | HttpOutboundListener
+export type AnyOutboundListener = OutboundListener | HttpOutboundListener | H2OutboundListener
 
 export class Sidecar {
   readonly service: string
@@ -70,6 +74,7 @@ export class Sidecar {
       ...(init.logger !== undefined ? { logger: init.logger } : {}),
       ...(init.accessLog !== undefined ? { accessLog: init.accessLog } : {}),
       ...(init.clock !== undefined ? { clock: init.clock } : {}),
+      ...(init.tracer !== undefined ? { tracer: init.tracer } : {}),
     }
     this.service = init.service
     this.inbound = new InboundListener({
@@ -97,7 +102,11 @@ export class Sidecar {
       }
       this.outbound.set(
         destinationName,
-        protocol === 'http' ? new HttpOutboundListener(common) : new OutboundListener(common),
+        protocol === 'http'
+          ? new HttpOutboundListener(common)
+          : protocol === 'http2' || protocol === 'grpc'
+            ? new H2OutboundListener(common)
+            : new OutboundListener(common),
       )
     }
   }

@@ -81,7 +81,13 @@ export class IntentionAuthorizer implements Authorizer {
   }
 
   decide(source: string, destination: string): AuthorizationDecision {
-    return this.index.decide(source, destination).action
+    const d = this.index.decide(source, destination)
+    return d.permissions !== undefined ? 'l7' : d.action
+  }
+
+  /** The index in force now (request gates read it per request). */
+  current(): IntentionIndex {
+    return this.index
   }
 
   update(index: IntentionIndex): void {

@@ -91,8 +91,67 @@ export interface RouteDestination {
   numRetries?: number
   retryOnConnectFailure?: boolean
   retryOnStatusCodes?: readonly number[]
+  /** Consul's `RetryOn`, compiled (`compileRetryOn`). */
+  retryOn?: RetryOn
   requestHeaders?: HeaderOps
   responseHeaders?: HeaderOps
+}
+
+/**
+ * When a route retries, from Consul's `RetryOn` conditions (Envoy's `retry_on` and
+ * `retriable-status-codes`/`grpc` retry conditions).
+ */
+export interface RetryOn {
+  /** `5xx`: any 5xx response (connect failures and resets included, as Envoy). */
+  any5xx: boolean
+  /** `gateway-error`: 502, 503 or 504 (and connect failures and resets). */
+  gatewayError: boolean
+  /** `retriable-4xx`: 409. */
+  retriable4xx: boolean
+  /** `reset`: the endpoint reset the stream or the connection before response headers. */
+  reset: boolean
+  /** `connect-failure`: the connection to the endpoint could not be made. */
+  connectFailure: boolean
+  /** `refused-stream`: the endpoint refused the stream (HTTP/2 REFUSED_STREAM). */
+  refusedStream: boolean
+  /** gRPC statuses of a trailers-only response that retry: `cancelled` 1, `deadline-exceeded` 4,
+   * `resource-exhausted` 8, `internal` 13, `unavailable` 14. */
+  grpcStatuses: ReadonlySet<number>
+}
+
+/** gRPC status codes named by `RetryOn` (grpc/doc/statuscodes.md). */
+export const GRPC_RETRY_STATUS: Readonly<Record<string, number>> = Object.freeze({
+  cancelled: 1,
+  'deadline-exceeded': 4,
+  'resource-exhausted': 8,
+  internal: 13,
+  unavailable: 14,
+})
+
+/** Consul's `RetryOn` list as flags; unknown names are ignored (the schema refuses them). */
+export function compileRetryOn(conditions: readonly string[]): RetryOn {
+  const has = (c: string) => conditions.includes(c)
+  const grpc = new Set<number>()
+  for (const c of conditions) {
+    const code = GRPC_RETRY_STATUS[c]
+    if (code !== undefined) grpc.add(code)
+  }
+  return {
+    any5xx: has('5xx'),
+    gatewayError: has('gateway-error'),
+    retriable4xx: has('retriable-4xx'),
+    reset: has('reset') || has('5xx') || has('gateway-error'),
+    connectFailure: has('connect-failure') || has('5xx') || has('gateway-error'),
+    refusedStream: has('refused-stream') || has('5xx'),
+    grpcStatuses: grpc,
+  }
+}
+
+/** Whether a response with HTTP `status` is retried under `r`. */
+export function retryOnHttpStatus(r: RetryOn, status: number): boolean {
+  if (status >= 500 && r.any5xx) return true
+  if ((status === 502 || status === 503 || status === 504) && r.gatewayError) return true
+  return status === 409 && r.retriable4xx
 }
 
 export interface Route {
@@ -246,6 +305,18 @@ export function pickLeg(legs: readonly SplitLeg[], r: number): number {
     target -= w
   }
   return last
+}
+
+/**
+ * The request target after the route's prefix rewrite: `url` is the whole target, `path` its part
+ * before the query string, `q` the index of `?` in `url` (or -1).
+ */
+export function rewritePath(route: RouteDestination, path: string, url: string, q: number): string {
+  const rw = route.prefixRewrite
+  if (rw === undefined || !path.startsWith(rw[0])) return url
+  let out = rw[1] + path.slice(rw[0].length)
+  if (!out.startsWith('/')) out = `/${out}`
+  return q < 0 ? out : out + url.slice(q)
 }
 
 /**

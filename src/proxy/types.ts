@@ -9,6 +9,7 @@
 import type { Registry } from 'prom-client'
 import type { Clock } from '../common/clock.ts'
 import type { Unsubscribe } from '../common/events.ts'
+import type { Tracer } from './tracing.ts'
 
 /** Removes a listener added with `on`. */
 export type { Unsubscribe } from '../common/events.ts'
@@ -72,7 +73,11 @@ export interface EndpointSource {
   on(type: 'endpoints:change', listener: (endpoints: readonly Endpoint[]) => void): Unsubscribe
 }
 
-export type AuthorizationDecision = 'allow' | 'deny'
+/**
+ * `l7`: an intention with L7 permissions covers the pair: the connection may be admitted where each
+ * request is checked (an `http` inbound with a request gate), and refused where it cannot be (tcp).
+ */
+export type AuthorizationDecision = 'allow' | 'deny' | 'l7'
 
 /**
  * Authorization of a connection from service `source` to service `destination` (intentions,
@@ -125,4 +130,6 @@ export interface ListenerEnvironment {
   accessLog?: boolean | AccessLogMode
   /** Durations, ejection times, retry budgets and timeouts. Default `systemClock`. */
   clock?: Clock
+  /** A span per HTTP request (`tracing.ts`). Default none: no tracing, `traceparent` passed on untouched. */
+  tracer?: Tracer
 }

@@ -1,4 +1,3 @@
-import { z } from 'zod'
 import { pack, unpack } from '../common/msgpack.ts'
 import type { Entry, Message, Snapshot } from './types.ts'
 import { MESSAGE_TYPES } from './types.ts'
@@ -9,42 +8,86 @@ import { MESSAGE_TYPES } from './types.ts'
  */
 
 const MAX_ID = 256
-const u = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER)
-const id = z.string().min(1).max(MAX_ID)
-const bytes = z.instanceof(Uint8Array)
+const MAX_ENTRIES = 100_000
+const MAX_CONTEXT = 1024
+const MAX_MEMBERS = 1024
+const TYPES: ReadonlySet<unknown> = new Set(MESSAGE_TYPES)
 
-const entrySchema = z.object({
-  term: u,
-  index: u,
-  type: z.enum(['normal', 'conf']),
-  data: bytes,
-  requestId: z.object({ clientId: z.string().min(1).max(MAX_ID), seq: u }).optional(),
-})
+/**
+ * The checks below are written out (no schema library): they run on every message a node receives,
+ * entries included. Each field is checked for its type and bounds; extra fields are ignored.
+ */
+const isU = (v: unknown): v is number =>
+  typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= Number.MAX_SAFE_INTEGER
+const isId = (v: unknown): v is string => typeof v === 'string' && v.length >= 1 && v.length <= MAX_ID
+const isRecord = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)
+const isIds = (v: unknown): v is string[] => Array.isArray(v) && v.length <= MAX_MEMBERS && v.every(isId)
 
-const snapshotSchema = z.object({
-  metadata: z.object({
-    index: u,
-    term: u,
-    conf: z.object({ voters: z.array(id).max(1024), learners: z.array(id).max(1024) }),
-  }),
-  data: bytes,
-})
+class Invalid extends Error {}
+function need(ok: boolean, what: string): asserts ok {
+  if (!ok) throw new Invalid(what)
+}
 
-const messageSchema = z.object({
-  type: z.enum(MESSAGE_TYPES as [Message['type'], ...Message['type'][]]),
-  from: id,
-  to: id,
-  term: u,
-  logTerm: u,
-  index: u,
-  commit: u,
-  entries: z.array(entrySchema).max(100_000),
-  reject: z.boolean(),
-  rejectHint: u,
-  context: z.string().max(1024),
-  snapshot: snapshotSchema.optional(),
-  idleTicks: u.optional(),
-})
+function entryOf(v: unknown): Entry {
+  need(isRecord(v), 'entry is not a map')
+  const { term, index, type, data, requestId } = v
+  need(isU(term) && isU(index), 'entry term/index')
+  need(type === 'normal' || type === 'conf', 'entry type')
+  need(data instanceof Uint8Array, 'entry data')
+  const out: Entry = { term, index, type, data: new Uint8Array(data) }
+  if (requestId !== undefined) {
+    need(isRecord(requestId) && isId(requestId['clientId']) && isU(requestId['seq']), 'entry requestId')
+    out.requestId = { clientId: requestId['clientId'] as string, seq: requestId['seq'] as number }
+  }
+  return out
+}
+
+function snapshotOf(v: unknown): Snapshot {
+  need(isRecord(v) && isRecord(v['metadata']) && v['data'] instanceof Uint8Array, 'snapshot')
+  const m = v['metadata']
+  need(isU(m['index']) && isU(m['term']) && isRecord(m['conf']), 'snapshot metadata')
+  const conf = m['conf'] as Record<string, unknown>
+  need(isIds(conf['voters']) && isIds(conf['learners']), 'snapshot conf')
+  return {
+    metadata: {
+      index: m['index'] as number,
+      term: m['term'] as number,
+      conf: { voters: [...(conf['voters'] as string[])], learners: [...(conf['learners'] as string[])] },
+    },
+    data: new Uint8Array(v['data'] as Uint8Array),
+  }
+}
+
+function messageOf(v: unknown): Message {
+  need(isRecord(v), 'not a map')
+  const { type, from, to, term, logTerm, index, commit, entries, reject, rejectHint, context } = v
+  need(TYPES.has(type), 'type')
+  need(isId(from) && isId(to), 'from/to')
+  need(isU(term) && isU(logTerm) && isU(index) && isU(commit) && isU(rejectHint), 'numbers')
+  need(Array.isArray(entries) && entries.length <= MAX_ENTRIES, 'entries')
+  need(typeof reject === 'boolean', 'reject')
+  need(typeof context === 'string' && context.length <= MAX_CONTEXT, 'context')
+  const message: Message = {
+    type: type as Message['type'],
+    from,
+    to,
+    term,
+    logTerm,
+    index,
+    commit,
+    entries: entries.map(entryOf),
+    reject,
+    rejectHint,
+    context,
+  }
+  if (v['idleTicks'] !== undefined) {
+    need(isU(v['idleTicks']), 'idleTicks')
+    message.idleTicks = v['idleTicks']
+  }
+  if (v['snapshot'] !== undefined) message.snapshot = snapshotOf(v['snapshot'])
+  return message
+}
 
 export type DecodeResult = { ok: true; message: Message } | { ok: false; reason: string }
 
@@ -80,41 +123,10 @@ export function decodeMessage(buf: Uint8Array): DecodeResult {
   } catch (err) {
     return { ok: false, reason: `not msgpack: ${(err as Error).message}` }
   }
-  const r = messageSchema.safeParse(raw)
-  if (!r.success) return { ok: false, reason: r.error.issues[0]?.message ?? 'invalid message' }
-  const v = r.data
-  const entries: Entry[] = v.entries.map((e) => {
-    const out: Entry = { term: e.term, index: e.index, type: e.type, data: new Uint8Array(e.data) }
-    if (e.requestId !== undefined) out.requestId = { clientId: e.requestId.clientId, seq: e.requestId.seq }
-    return out
-  })
-  const message: Message = {
-    type: v.type,
-    from: v.from,
-    to: v.to,
-    term: v.term,
-    logTerm: v.logTerm,
-    index: v.index,
-    commit: v.commit,
-    entries,
-    reject: v.reject,
-    rejectHint: v.rejectHint,
-    context: v.context,
+  try {
+    return { ok: true, message: messageOf(raw) }
+  } catch (err) {
+    if (err instanceof Invalid) return { ok: false, reason: `invalid message: ${err.message}` }
+    throw err
   }
-  if (v.idleTicks !== undefined) message.idleTicks = v.idleTicks
-  if (v.snapshot !== undefined) {
-    const s: Snapshot = {
-      metadata: {
-        index: v.snapshot.metadata.index,
-        term: v.snapshot.metadata.term,
-        conf: {
-          voters: [...v.snapshot.metadata.conf.voters],
-          learners: [...v.snapshot.metadata.conf.learners],
-        },
-      },
-      data: new Uint8Array(v.snapshot.data),
-    }
-    message.snapshot = s
-  }
-  return { ok: true, message }
 }

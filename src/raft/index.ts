@@ -32,6 +32,7 @@ export type {
   ConfState,
   Entry,
   EntrySealer,
+  SealRequest,
   HardState,
   Message,
   NodeId,

@@ -5,7 +5,7 @@ import { type CoalesceLimits, coalesceMessages } from './coalesce.ts'
 import { decodeMessage } from './codec.ts'
 import { decodeConfChange } from './conf-change.ts'
 import { DEFAULT_DRIVER_CONFIG, DEFAULT_RAFT_CONFIG, type DriverConfig } from './config.ts'
-import { RaftInvariantError, RaftStoppedError } from './errors.ts'
+import { RaftAbortedError, RaftInvariantError, RaftStoppedError } from './errors.ts'
 import { type DriverLog, SnapshotBackoff } from './snapshot-backoff.ts'
 import { PendingRequests, type RequestOptions } from './pending.ts'
 import { Raft } from './raft.ts'
@@ -20,6 +20,15 @@ export interface RaftNodeDriverOptions<R> extends RaftNodeOptions<R> {
   log?: DriverLog
 }
 
+/** A proposal waiting for the end of its event-loop turn, to be sealed with the others of it. */
+interface QueuedProposal {
+  data: Uint8Array
+  requestId: RequestId | undefined
+  options: RequestOptions
+  resolve: (v: { index: number; result: unknown }) => void
+  reject: (err: unknown) => void
+}
+
 /** A Ready whose entries are being fsynced off the event loop: what is left to do once durable. */
 interface Persisting {
   rd: Ready
@@ -30,7 +39,7 @@ interface Persisting {
  * Runs one Raft member: owns the core, the storage, the state machine and a transport, and turns
  * every input (timer tick, received message, local request) into Ready processing in the order
  * persist → send → apply. With a storage that fsyncs off the event loop (`appendDeferred`/`sync`)
- * and `coalesceReady`, a Ready's entries are written while the next inputs are handled: the core
+ * and `coalesceReady`, a leader's Ready entries are written while the next inputs are handled: the core
  * then hands out what does not wait for the write (a leader's appends, committed entries), and
  * everything this node acknowledges waits for the fsync (see Raft `accept`/`appendDone`).
  *
@@ -65,6 +74,8 @@ export class RaftNode<R = unknown> {
   private drainScheduled = false
   /** Entries are fsynced off the event loop (coalesceReady and a storage with `sync`). */
   private readonly syncOffLoop: boolean
+  /** See RaftNodeOptions `followerWritesOffLoop`. */
+  private readonly followerWritesOffLoop: boolean
   /**
    * The founding entries of a bootstrap are still to be written: they go to disk in one
    * synchronous step with their term. Written off the loop, a crash could keep the durable term and
@@ -77,6 +88,11 @@ export class RaftNode<R = unknown> {
   /** Index of the last snapshot saved to storage (the core's may be ahead if a save failed). */
   private savedSnapshotIndex = 0
   private readonly snapshotBackoff: SnapshotBackoff
+  /** Appends without entries waiting for the end of the turn, by peer (see sendAll). */
+  private readonly heldNotices = new Map<NodeId, Message>()
+  private noticesScheduled = false
+  /** Proposals to seal as one batch before the next Ready (only with a sealer). */
+  private queued: QueuedProposal[] = []
 
   constructor(o: RaftNodeDriverOptions<R>) {
     this.id = o.id
@@ -97,6 +113,7 @@ export class RaftNode<R = unknown> {
     this.coalesce = o.coalesceReady ?? false
     this.syncOffLoop =
       this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
+    this.followerWritesOffLoop = o.followerWritesOffLoop ?? false
     const st = this.storage.initialState()
     const cfg = { ...DEFAULT_RAFT_CONFIG, ...o.config }
     this.limits = { maxEntries: cfg.maxEntriesPerMsg, maxBytes: cfg.maxBytesPerMsg }
@@ -133,6 +150,7 @@ export class RaftNode<R = unknown> {
     this.running = false
     this.cancelTick?.()
     this.pending.rejectAll(new RaftStoppedError('raft node stopped'))
+    for (const q of this.queued.splice(0)) q.reject(new RaftStoppedError('raft node stopped'))
     // The storage's fd must outlive a pending fsync.
     await this.persisting?.done.catch(() => {})
     this.storage.close()
@@ -186,14 +204,56 @@ export class RaftNode<R = unknown> {
     options: RequestOptions & { requestId?: RequestId } = {},
   ): Promise<{ index: number; result: R }> {
     const requestId = options.requestId
-    return this.track((raft) => {
-      if (this.sealer === undefined) return raft.propose(data, requestId)
-      // Synchronous from here to `propose`: the entry gets exactly the index it was sealed for.
-      const index = raft.proposalIndex()
-      const pos = raft.propose(this.sealer(index, requestId, data), requestId)
-      if (pos.index !== index) throw new RaftInvariantError(`sealed for ${index}, appended at ${pos.index}`)
-      return pos
-    }, options) as Promise<{ index: number; result: R }>
+    if (this.sealer === undefined)
+      return this.track((raft) => raft.propose(data, requestId), options) as Promise<{
+        index: number
+        result: R
+      }>
+    if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    try {
+      this.raft.proposalIndex() // throws NotLeaderError here, as an unsealed propose would
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    // Sealed with the other proposals of this turn, just before the next Ready (sealQueued).
+    return new Promise((resolve, reject) => {
+      this.queued.push({ data, requestId, options, resolve: resolve as QueuedProposal['resolve'], reject })
+      this.scheduleDrain()
+    })
+  }
+
+  /**
+   * Seals the queued proposals as one batch and appends them: synchronous from sealing to the
+   * last `propose`, so each entry gets exactly the index it was sealed for. A failure (this node
+   * stopped leading, the sealer threw) rejects the whole batch: nothing of it was appended.
+   */
+  private sealQueued(): void {
+    if (this.queued.length === 0 || this.sealer === undefined) return
+    const batch = this.queued.filter((q) => {
+      if (q.options.signal?.aborted !== true) return true
+      q.reject(new RaftAbortedError('request aborted', { cause: q.options.signal.reason }))
+      return false
+    })
+    this.queued = []
+    if (batch.length === 0) return
+    let sealed: Uint8Array[]
+    let first: number
+    try {
+      first = this.raft.proposalIndex()
+      sealed = this.sealer(batch.map((q, i) => ({ index: first + i, requestId: q.requestId, data: q.data })))
+      if (sealed.length !== batch.length)
+        throw new RaftInvariantError(`sealer returned ${sealed.length} entries for ${batch.length}`)
+    } catch (err) {
+      for (const q of batch) q.reject(err)
+      return
+    }
+    for (let i = 0; i < batch.length; i++) {
+      const q = batch[i]!
+      const pos = this.raft.propose(sealed[i]!, q.requestId)
+      if (pos.index !== first + i)
+        throw new RaftInvariantError(`sealed for ${first + i}, appended at ${pos.index}`)
+      this.pending.addProposal(pos, q.options).then(q.resolve, q.reject)
+    }
   }
 
   /** Proposes one membership change (thesis §4.1); resolves when it is committed and applied here. */
@@ -307,7 +367,13 @@ export class RaftNode<R = unknown> {
     if (this.draining || this.stopped) return
     this.draining = true
     try {
-      for (let rd = this.raft.ready(); rd !== undefined; rd = this.raft.ready()) this.handleReady(rd)
+      for (;;) {
+        // Proposals made meanwhile (a listener may propose) join the next Ready.
+        this.sealQueued()
+        const rd = this.raft.ready()
+        if (rd === undefined) break
+        this.handleReady(rd)
+      }
     } finally {
       this.draining = false
     }
@@ -323,7 +389,11 @@ export class RaftNode<R = unknown> {
       this.storage.installSnapshot(rd.snapshot)
       this.savedSnapshotIndex = Math.max(this.savedSnapshotIndex, rd.snapshot.metadata.index)
     }
-    const deferred = this.syncOffLoop && rd.entries.length > 0 && !this.founding
+    const deferred =
+      this.syncOffLoop &&
+      rd.entries.length > 0 &&
+      !this.founding &&
+      (this.followerWritesOffLoop || this.raft.role === 'leader')
     if (rd.entries.length > 0) this.founding = false
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
@@ -341,14 +411,16 @@ export class RaftNode<R = unknown> {
       this.storage.setHardState(hs)
     }
     if (!deferred) {
-      // 2. send, 3. apply.
+      // 2. send, 3. apply. The state machine hears of the new entries once the acks are out.
       this.sendAll(rd.messagesAfterAppend)
+      if (rd.entries.length > 0) this.sm.prepare?.(rd.entries)
       this.applyReady(rd)
       this.raft.advance(rd)
       this.afterReady(rd)
       return
     }
     this.raft.accept(rd)
+    this.sm.prepare?.(rd.entries)
     // Committed entries need not wait for this write (see Raft `accept`); a snapshot, and what
     // follows it, wait: the core hands out nothing to apply until the write is done.
     if (rd.snapshot === undefined) this.applyEntries(rd.committedEntries)
@@ -391,8 +463,13 @@ export class RaftNode<R = unknown> {
   }
 
   private applyEntries(ents: readonly Entry[]): void {
-    for (const e of ents) this.apply(e)
-    if (ents.length > 0) this.pending.resolveReads(this.appliedIndex)
+    if (ents.length === 0) return
+    if (this.sm.batch !== undefined) {
+      this.sm.batch(() => {
+        for (const e of ents) this.apply(e)
+      })
+    } else for (const e of ents) this.apply(e)
+    this.pending.resolveReads(this.appliedIndex)
   }
 
   /** What follows a Ready whose state is durable: events, reads, and a snapshot when due. */
@@ -403,9 +480,43 @@ export class RaftNode<R = unknown> {
     if (this.persisting === undefined) this.maybeSnapshot()
   }
 
-  /** Sends a batch, merging what goes to the same peer (see coalesceMessages). */
+  /**
+   * Sends a batch, merging what goes to the same peer (see coalesceMessages). With coalesceReady, an
+   * append without entries (a commit notice, or a probe) waits for the end of the event-loop turn:
+   * the replies to the writes it commits leave first, and an append sent to that peer meanwhile,
+   * which carries the same commit or a later one, makes it redundant (it is dropped then; Raft
+   * copes with lost messages, and the next heartbeat or append carries the commit anyway).
+   */
   private sendAll(msgs: readonly Message[]): void {
-    for (const m of coalesceMessages(msgs, this.limits)) this.sendOne(m)
+    for (const m of coalesceMessages(msgs, this.limits)) {
+      if (this.coalesce && m.type === 'app' && m.entries.length === 0) {
+        this.holdNotice(m)
+        continue
+      }
+      if (m.type === 'app') {
+        const held = this.heldNotices.get(m.to)
+        if (
+          held !== undefined &&
+          held.term === m.term &&
+          m.commit >= held.commit &&
+          held.context === m.context
+        )
+          this.heldNotices.delete(m.to)
+      }
+      this.sendOne(m)
+    }
+  }
+
+  private holdNotice(m: Message): void {
+    this.heldNotices.set(m.to, m)
+    if (this.noticesScheduled) return
+    this.noticesScheduled = true
+    this.clock.defer(() => {
+      this.noticesScheduled = false
+      const held = [...this.heldNotices.values()]
+      this.heldNotices.clear()
+      if (!this.stopped) for (const n of held) this.sendOne(n)
+    })
   }
 
   private sendOne(m: Message): void {

@@ -41,8 +41,9 @@ export interface RaftNodeOptions<R> extends Partial<DriverConfig> {
   /** Founding voters of a new cluster; ignored when storage already holds state. */
   bootstrap?: NodeId[]
   /**
-   * Rewrites each proposal this node appends as leader, for the index it gets (the agent signs
-   * policy entries; see policy-signing.ts). Unset: entries are stored as proposed.
+   * Rewrites the proposals this node appends as leader, for the indexes they get: the proposals of
+   * one event-loop turn go to it as one batch (the agent seals policy entries with one signature
+   * per batch; see policy-signing.ts). Unset: entries are stored as proposed.
    */
   sealer?: EntrySealer
   /**
@@ -58,6 +59,15 @@ export interface RaftNodeOptions<R> extends Partial<DriverConfig> {
    * tests expect synchronous processing.
    */
   coalesceReady?: boolean
+  /**
+   * With an off-loop storage (see `coalesceReady`), whether followers too write entries off the
+   * event loop. Off by default: only a leader gains from it (it keeps taking proposals and
+   * replicating meanwhile); a follower acknowledges nothing before its fsync and has little else
+   * to do in the meantime, so it writes in line, as etcd's raft loop saves a follower's entries,
+   * and saves the two thread-pool wake-ups of an asynchronous fsync, which cost more than a fast
+   * disk's fsync on a busy machine.
+   */
+  followerWritesOffLoop?: boolean
 }
 
 export interface DriverStatus extends RaftStatus {

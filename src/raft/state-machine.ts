@@ -13,4 +13,14 @@ export interface StateMachine<R = unknown> {
   snapshot(): Uint8Array
   /** Replaces the whole state with a snapshot's. */
   restore(bytes: Uint8Array): void
+  /**
+   * Optional: entries were just appended to this node's log and will likely be applied soon. A
+   * hint only (they may be overwritten): start costly checks of them early, decide nothing.
+   */
+  prepare?(entries: readonly Entry[]): void
+  /**
+   * Optional: runs `run`, which applies a run of entries in order (`apply` each); the state
+   * machine may hold what it tells observers (change notifications) until `run` returns.
+   */
+  batch?(run: () => void): void
 }

@@ -161,8 +161,19 @@ export interface RefusalRecord {
   term: number
 }
 
-/** Rewrites a proposal's data for the index it will get (the agent signs policy entries so). */
-export type EntrySealer = (index: number, requestId: RequestId | undefined, data: Uint8Array) => Uint8Array
+/** One proposal of a batch to seal: its data and the index and request id it will get. */
+export interface SealRequest {
+  index: number
+  requestId: RequestId | undefined
+  data: Uint8Array
+}
+
+/**
+ * Rewrites a batch of proposals (consecutive indexes, in order) for the indexes they will get:
+ * one output per input, in the same order (the agent seals policy entries so, one signature per
+ * batch).
+ */
+export type EntrySealer = (batch: readonly SealRequest[]) => Uint8Array[]
 
 /** What the core asks of the application; see `Raft` for the order in which to do it. */
 export interface Ready {

@@ -9,7 +9,10 @@ import { RaftStoppedError } from '../../src/raft/errors.ts'
 import { RaftNode } from '../../src/raft/node-driver.ts'
 import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../src/raft/policy/policy-store.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
-import type { Entry, Message } from '../../src/raft/types.ts'
+import type { Entry, EntrySealer, Message } from '../../src/raft/types.ts'
+import { sealPolicyBatch } from '../../src/raft/policy/policy-signing.ts'
+import { createRootCa } from '../../src/identity/index.ts'
+import { rootRecordOf } from '../../src/identity/connect/ca-state.ts'
 import { SeededRng } from '../sim/rng.ts'
 import { VirtualClock } from '../sim/virtual-clock.ts'
 
@@ -51,13 +54,24 @@ interface Sent {
   type: Message['type']
   index: number
   last: number | undefined
+  commit: number
 }
 
-function cluster() {
+function cluster(
+  opts: {
+    followerWritesOffLoop?: boolean
+    sealer?: EntrySealer
+    verifySignatures?: boolean
+    snapshotThreshold?: number
+  } = {},
+) {
   const clock = new VirtualClock()
   const rng = new SeededRng(7)
   const disks = new Map(ids.map((id) => [id, new ControlledDisk()]))
   const nodes = new Map<string, RaftNode<PolicyResult>>()
+  const stores = new Map(
+    ids.map((id) => [id, new PolicyStore(undefined, { verifySignatures: opts.verifySignatures ?? false })]),
+  )
   const sent: Sent[] = []
   /** Links that drop everything, as "from>to". */
   const cut = new Set<string>()
@@ -65,10 +79,17 @@ function cluster() {
     const node = new RaftNode<PolicyResult>({
       id,
       storage: disks.get(id)!,
-      stateMachine: new PolicyStore(),
+      stateMachine: stores.get(id)!,
       transport: {
         send: (to, m) => {
-          sent.push({ from: id, to, type: m.type, index: m.index, last: m.entries.at(-1)?.index })
+          sent.push({
+            from: id,
+            to,
+            type: m.type,
+            index: m.index,
+            last: m.entries.at(-1)?.index,
+            commit: m.commit,
+          })
           const bytes = encodeMessage(m)
           // Delivered from the event loop, never within the call (see RaftTransport).
           clock.defer(() => {
@@ -81,6 +102,11 @@ function cluster() {
       bootstrap: ids,
       tickMs: 100,
       coalesceReady: true,
+      followerWritesOffLoop: opts.followerWritesOffLoop ?? false,
+      ...(opts.sealer !== undefined ? { sealer: opts.sealer } : {}),
+      ...(opts.snapshotThreshold !== undefined
+        ? { snapshotThreshold: opts.snapshotThreshold, snapshotTrailing: 0 }
+        : {}),
     })
     nodes.set(id, node)
   }
@@ -113,7 +139,7 @@ function cluster() {
     await settle()
     for (const n of nodes.values()) expect(n.applied()).toBe(index)
   }
-  return { clock, nodes, node, disk, sent, cut, settle, until, start }
+  return { clock, nodes, stores, node, disk, sent, cut, settle, until, start }
 }
 
 const upsert = (source: string, destination: string) =>
@@ -147,8 +173,23 @@ describe('RaftNode in production mode (coalescing, fsync off the event loop), on
     expect(c.node('a').status().progress['a']!.match).toBe(index)
   })
 
-  it('a follower applies a committed entry during its own fsync and acknowledges it only after', async () => {
+  it('a follower writes in line by default: no off-loop fsync, and its ack leaves once written', async () => {
     const c = cluster()
+    await c.start()
+    c.disk('c').hold = true // would hold an off-loop fsync; an in-line write does not use one
+    const before = c.disk('c').syncs
+    c.sent.length = 0
+    const { index } = await c.until(c.node('a').propose(upsert('web', 'db')))
+    await c.settle()
+    expect(c.disk('c').syncs).toBe(before)
+    expect(c.disk('c').initialState().entries.at(-1)?.index).toBe(index)
+    expect(c.sent.some((m) => m.from === 'c' && m.type === 'appResp' && m.index >= index)).toBe(true)
+    expect(c.node('a').status().progress['c']!.match).toBe(index)
+    c.disk('c').release()
+  })
+
+  it('a follower applies a committed entry during its own fsync and acknowledges it only after', async () => {
+    const c = cluster({ followerWritesOffLoop: true })
     await c.start()
     c.disk('c').hold = true
     c.sent.length = 0
@@ -166,7 +207,7 @@ describe('RaftNode in production mode (coalescing, fsync off the event loop), on
   })
 
   it("a commit index saved with a follower's term never names entries still being written (§5.4.3)", async () => {
-    const c = cluster()
+    const c = cluster({ followerWritesOffLoop: true })
     await c.start()
     // c misses an entry that a and b commit; then it gets the entry and the commit in one append.
     c.cut.add('a>c')
@@ -209,6 +250,113 @@ describe('RaftNode in production mode (coalescing, fsync off the event loop), on
     expect(c.disk('a').syncs - before).toBe(2) // t1..t3 took the second fsync together
     await c.settle()
     for (const n of c.nodes.values()) expect(n.applied()).toBe(a.applied())
+  })
+
+  it('seals the proposals of one turn as one batch; every member verifies it and reaches the same state', async () => {
+    const root = await createRootCa({ trustDomain: 'test.peermesh', nowMs: Date.now() })
+    let signing = false
+    const batches: number[][] = []
+    const c = cluster({
+      verifySignatures: true,
+      sealer: (batch) => {
+        batches.push(batch.map((b) => b.index))
+        return signing ? sealPolicyBatch(root, batch) : batch.map((b) => b.data)
+      },
+    })
+    await c.start()
+    // The CA's creation is trusted on first use; from then on entries must be sealed.
+    const ca = encodePolicyCommand({
+      op: 'ca.setRoots',
+      roots: [rootRecordOf(root, 0, [])],
+      activeRootId: root.id,
+    })
+    expect((await c.until(c.node('a').propose(ca))).result).toMatchObject({ ok: true })
+    signing = true
+    batches.length = 0
+    const results = await c.until(
+      Promise.all([1, 2, 3, 4, 5].map((i) => c.node('a').propose(upsert(`s${i}`, 'd')))),
+    )
+    expect(batches).toHaveLength(1)
+    expect(batches[0]).toEqual(results.map((r) => r.index))
+    for (const r of results) expect(r.result).toMatchObject({ ok: true })
+    await c.settle()
+    const snapshots = new Set<string>()
+    for (const [id, store] of c.stores) {
+      expect(c.node(id).applied()).toBe(results.at(-1)!.index)
+      expect(store.stats.signatureRejected).toBe(0)
+      expect(store.getIntention('s5', 'd')?.action).toBe('allow')
+      snapshots.add(Buffer.from(store.snapshot()).toString('base64'))
+    }
+    expect(snapshots.size).toBe(1)
+    // Unsealed once the CA exists (a sealer without the key): refused everywhere, the same way.
+    signing = false
+    const unsigned = await c.until(c.node('a').propose(upsert('evil', 'd')))
+    expect(unsigned.result).toMatchObject({ ok: false, code: 'PEERMESH_ERR_POLICY_SIGNATURE' })
+    await c.settle()
+    for (const store of c.stores.values()) expect(store.getIntention('evil', 'd')).toBeUndefined()
+  })
+
+  it('a member that missed signed batches catches up from a snapshot, then from the log', async () => {
+    const root = await createRootCa({ trustDomain: 'test.peermesh', nowMs: Date.now() })
+    let signing = false
+    const c = cluster({
+      verifySignatures: true,
+      snapshotThreshold: 7,
+      sealer: (batch) => (signing ? sealPolicyBatch(root, batch) : batch.map((b) => b.data)),
+    })
+    await c.start()
+    const ca = encodePolicyCommand({
+      op: 'ca.setRoots',
+      roots: [rootRecordOf(root, 0, [])],
+      activeRootId: root.id,
+    })
+    await c.until(c.node('a').propose(ca))
+    signing = true
+    c.cut.add('a>c')
+    let last = 0
+    for (let b = 0; b < 6; b++) {
+      const rs = await c.until(
+        Promise.all([1, 2, 3, 4].map((i) => c.node('a').propose(upsert(`b${b}i${i}`, 'd')))),
+      )
+      last = rs.at(-1)!.index
+    }
+    await c.settle()
+    expect(c.node('a').status().firstIndex).toBeGreaterThan(c.node('c').applied() + 1) // compacted past c
+    c.cut.delete('a>c')
+    for (let t = 0; t < 20 && c.node('c').applied() < last; t++) {
+      c.clock.advance(100)
+      await c.settle()
+    }
+    // One more batch, through the log, continuing where the snapshot left off.
+    const more = await c.until(Promise.all([1, 2, 3].map((i) => c.node('a').propose(upsert(`m${i}`, 'd')))))
+    await c.settle()
+    for (const [id, store] of c.stores) {
+      expect(c.node(id).applied()).toBe(more.at(-1)!.index)
+      expect(store.stats.signatureRejected).toBe(0)
+      expect(store.getIntention('b5i4', 'd')?.action).toBe('allow')
+      expect(store.getIntention('m3', 'd')?.action).toBe('allow')
+    }
+  })
+
+  it('a sealer that throws rejects every proposal of its batch and appends none', async () => {
+    let fail = false
+    const c = cluster({
+      sealer: (batch) => {
+        if (fail) throw new Error('no key')
+        return batch.map((b) => b.data)
+      },
+    })
+    await c.start()
+    const last = c.node('a').status().lastIndex
+    fail = true
+    const outcomes = await c.until(
+      Promise.allSettled([1, 2, 3].map((i) => c.node('a').propose(upsert(`s${i}`, 'd')))),
+    )
+    expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected', 'rejected'])
+    expect(c.node('a').status().lastIndex).toBe(last)
+    fail = false
+    const { index } = await c.until(c.node('a').propose(upsert('ok', 'd')))
+    expect(index).toBe(last + 1)
   })
 
   it('a failed fsync stops the node and surfaces the error', async () => {

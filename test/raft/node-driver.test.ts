@@ -361,6 +361,50 @@ describe('RaftNode driver', () => {
     }
   })
 
+  it("a leader's commit notices leave after the replies to the writes they commit (real event loop)", async () => {
+    const nodes = new Map<string, RaftNode<PolicyResult>>()
+    const sent: { from: string; to: string; empty: boolean; commit: number }[] = []
+    for (const id of ids) {
+      const node = new RaftNode<PolicyResult>({
+        id,
+        storage: new MemoryStorage(),
+        stateMachine: new PolicyStore(),
+        transport: {
+          send: (to, m) => {
+            if (m.type === 'app') sent.push({ from: id, to, empty: m.entries.length === 0, commit: m.commit })
+            const bytes = encodeMessage(m)
+            setImmediate(() => nodes.get(to)?.receive(bytes, id))
+          },
+        },
+        bootstrap: ids,
+        tickMs: 1_000, // no heartbeat carries the commit meanwhile
+        coalesceReady: true,
+      })
+      nodes.set(id, node)
+    }
+    for (const n of nodes.values()) n.start()
+    const a = nodes.get('a')!
+    a.campaign()
+    const deadline = Date.now() + 5_000
+    while (!a.isLeader() && Date.now() < deadline) await new Promise((r) => setImmediate(r))
+    await a.propose(upsert('warm', 'up'))
+    sent.length = 0
+    let sentAtReply = -1
+    const { index } = await a.propose(upsert('web', 'db')).then((r) => {
+      sentAtReply = sent.length
+      return r
+    })
+    while ([...nodes.values()].some((n) => n.applied() < index) && Date.now() < deadline)
+      await new Promise((r) => setImmediate(r))
+    const notices = sent
+      .map((m, at) => ({ ...m, at }))
+      .filter((m) => m.from === 'a' && m.empty && m.commit >= index)
+    expect(notices.map((m) => m.to).sort()).toEqual(['b', 'c'])
+    for (const m of notices) expect(m.at).toBeGreaterThanOrEqual(sentAtReply)
+    for (const n of nodes.values()) expect(n.applied()).toBe(index)
+    for (const n of nodes.values()) await n.stop()
+  })
+
   it('applies a committed entry while its own fsync is still under way, acknowledging it only after', async () => {
     // Real event loop, asynchronous fsync path. c's disk is stuck: a and b commit without it, and
     // c shows the write as soon as it learns the commit; its appResp still waits for its fsync.
@@ -390,6 +434,7 @@ describe('RaftNode driver', () => {
         bootstrap: ids,
         tickMs: 10,
         coalesceReady: true,
+        followerWritesOffLoop: true,
       })
       nodes.set(id, node)
     }

@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 import { parseDuration } from '../catalog/duration.ts'
+import { otlpEndpointProblem } from '../../proxy/tracing.ts'
 import { DEFAULT_RAFT_VOTERS } from './defaults.ts'
 import { ConfigError } from './errors.ts'
 
@@ -100,6 +101,30 @@ export const agentConfigSchema = z
     /** Sidecar access log lines (at info): every request/connection, only failed ones, or none. Default "errors". */
     accessLog: z.enum(['off', 'errors', 'all']).optional(),
     /**
+     * OpenTelemetry spans of the sidecars' HTTP requests, off by default. With `otlpEndpoint` (flag
+     * `--otlp-endpoint`), each proxied request gets a span, sent in batches as OTLP/HTTP JSON to
+     * `{otlpEndpoint}/v1/traces`, and the request carries the span in its `traceparent`.
+     */
+    tracing: z
+      .object({
+        /** The collector's base URL, e.g. "http://127.0.0.1:4318" (OTLP/HTTP's port). */
+        otlpEndpoint: z
+          .string()
+          .superRefine((s, ctx) => {
+            const problem = otlpEndpointProblem(s)
+            if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem })
+          })
+          .optional(),
+        /**
+         * Share of new traces recorded, 0 to 1 (default 1: a mesh's request rate is modest and a
+         * full queue drops spans rather than slowing requests). A request that arrives with a
+         * `traceparent` follows its sampled flag.
+         */
+        sampleRatio: z.number().min(0).max(1).optional(),
+      })
+      .strict()
+      .optional(),
+    /**
      * Trust domain of the mesh CA (`spiffe://<trustDomain>/...`). Read only by the agent that
      * creates the CA when the cluster bootstraps; later the CA's own domain wins. Default: a
      * random `<8 hex>.peermesh`, so two clusters never accept each other's certificates.
@@ -176,6 +201,8 @@ export interface AgentConfig {
   logLevel: (typeof LOG_LEVELS)[number]
   /** Sidecar access log; undefined: "errors" (a line per failed request or connection). */
   accessLog?: 'off' | 'errors' | 'all'
+  /** Undefined: no tracing (the default). */
+  tracing?: { otlpEndpoint: string; sampleRatio: number }
   trustDomain?: string
   caKeyType?: 'ed25519' | 'ecdsa-p256'
   /** Leaf certificate lifetime in ms (undefined: 72 h). */
@@ -213,8 +240,10 @@ function describeIssue(err: z.ZodError, source: string): ConfigError {
   }
   if (issue.code === 'invalid_type') msg = `expected ${(issue as { expected: string }).expected}`
   if (source === 'flags') {
-    // Flags are top-level fields, but for --initial-management-token-file (acl.*).
-    const last = field === 'acl.initialManagementTokenFile' ? issue.path.at(-1) : issue.path[0]
+    // Flags are top-level fields, but for --initial-management-token-file (acl.*) and
+    // --otlp-endpoint (tracing.*).
+    const nested = field === 'acl.initialManagementTokenFile' || field === 'tracing.otlpEndpoint'
+    const last = nested ? issue.path.at(-1) : issue.path[0]
     const flag = String(last ?? '').replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
     return new ConfigError(`--${flag}: ${msg}`, field)
   }
@@ -272,6 +301,14 @@ export function resolveAgentConfig(
     if (v !== undefined) (merged as Record<string, unknown>)[k] = v
   }
   if (file.acl !== undefined || flags.acl !== undefined) merged.acl = mergeDefined(file.acl, flags.acl)
+  if (file.tracing !== undefined || flags.tracing !== undefined)
+    merged.tracing = mergeDefined(file.tracing, flags.tracing)
+  const tracing = merged.tracing
+  if (tracing !== undefined && tracing.otlpEndpoint === undefined)
+    throw new ConfigError(
+      'tracing.otlpEndpoint: required to turn tracing on (e.g. "http://127.0.0.1:4318"); remove "tracing" to leave it off',
+      'tracing.otlpEndpoint',
+    )
   const name = merged.name ?? sanitizeHostname(hostname())
   const http = parseHostPort(merged.http ?? DEFAULT_HTTP)!
   const aclEnabled = merged.acl?.enabled ?? true
@@ -308,6 +345,9 @@ export function resolveAgentConfig(
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
     ...(merged.accessLog !== undefined ? { accessLog: merged.accessLog } : {}),
+    ...(tracing?.otlpEndpoint !== undefined
+      ? { tracing: { otlpEndpoint: tracing.otlpEndpoint, sampleRatio: tracing.sampleRatio ?? 1 } }
+      : {}),
     ...(merged.dns === 'off' ? {} : { dns: parseHostPort(merged.dns ?? DEFAULT_DNS)! }),
     ...(merged.dnsDomain !== undefined
       ? { dnsDomain: merged.dnsDomain.toLowerCase().replace(/\.$/, '') }

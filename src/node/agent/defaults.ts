@@ -217,4 +217,10 @@ export const SIDECAR_DEFAULTS = {
   noLeafRetryMs: 1_000,
   /** Longest a sidecar start waits for its service's first leaf. */
   leafWaitMs: 60_000,
+  /**
+   * Longest an agent's stop waits for its last spans to reach the OTLP collector: a collector on
+   * the LAN takes milliseconds, and one that is down must not hold the stop (the graceful stop
+   * budget is a few seconds).
+   */
+  tracingStopMs: 1_000,
 } as const

@@ -6,7 +6,7 @@ import {
   intentionPrecedence,
   validateIntention,
 } from '../../proxy/intentions.ts'
-import type { StoredIntention } from '../../raft/policy/intention.ts'
+import type { IntentionPermission, StoredIntention } from '../../raft/policy/intention.ts'
 import { type PolicyCommand, PolicyErrorCodes, type PolicyResult } from '../../raft/policy/policy-commands.ts'
 import { DEFAULT_BLOCKING_WAIT_MS, MAX_BLOCKING_WAIT_MS, parseDuration } from '../catalog/index.ts'
 import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
@@ -46,7 +46,10 @@ const LEAF_WAIT_MS = CONNECT_WIRING_DEFAULTS.apiLeafWaitMs
 export interface IntentionJson {
   source: string
   destination: string
+  /** `deny` for an L7 intention (its connection-level answer); its permissions decide requests. */
   action: 'allow' | 'deny'
+  /** L7 permissions (Consul's shape), if any. */
+  permissions?: IntentionPermission[]
   description?: string
   precedence: number
   createIndex: number
@@ -58,6 +61,7 @@ export function intentionJson(i: StoredIntention): IntentionJson {
     source: i.source,
     destination: i.destination,
     action: i.action,
+    ...(i.permissions !== undefined ? { permissions: i.permissions } : {}),
     ...(i.description !== undefined ? { description: i.description } : {}),
     precedence: intentionPrecedence(i),
     createIndex: i.createdIndex,
@@ -74,7 +78,9 @@ export interface ConsulIntentionJson {
   DestinationNS: string
   DestinationName: string
   SourceType: 'consul'
-  Action: 'allow' | 'deny'
+  /** Empty for an L7 intention (Consul's shape): `Permissions` decide. */
+  Action: 'allow' | 'deny' | ''
+  Permissions?: IntentionPermission[]
   Precedence: number
   Meta: Record<string, string>
   CreateIndex: number
@@ -90,7 +96,8 @@ export function consulIntentionJson(i: IntentionJson): ConsulIntentionJson {
     DestinationNS: 'default',
     DestinationName: i.destination,
     SourceType: 'consul',
-    Action: i.action,
+    Action: i.permissions !== undefined ? '' : i.action,
+    ...(i.permissions !== undefined ? { Permissions: i.permissions } : {}),
     Precedence: i.precedence,
     Meta: {},
     CreateIndex: i.createIndex,
@@ -134,7 +141,7 @@ export function sortIntentions(list: IntentionJson[]): IntentionJson[] {
   )
 }
 
-const BODY_FIELDS = new Set(['source', 'destination', 'action', 'description'])
+const BODY_FIELDS = new Set(['source', 'destination', 'action', 'permissions', 'description'])
 /** Consul's body fields (any case) and peermesh's names for them. */
 const CONSUL_BODY_FIELDS: Record<string, string> = {
   source: 'source',
@@ -142,6 +149,7 @@ const CONSUL_BODY_FIELDS: Record<string, string> = {
   destination: 'destination',
   destinationname: 'destination',
   action: 'action',
+  permissions: 'permissions',
   description: 'description',
 }
 /** Consul fields accepted and ignored: namespaces and partitions other than the default are refused. */
@@ -201,6 +209,15 @@ export function parseIntentionBody(raw: unknown): IntentionInput {
     if (!BODY_FIELDS.has(k)) throw new ApiError(`${k}: unknown field`, 400)
   }
   const o = body as Record<string, unknown>
+  if (o.permissions !== undefined) {
+    // Consul's rule: an intention is L4 (Action) or L7 (Permissions), never both.
+    if (o.action !== undefined && o.action !== '')
+      throw new ApiError(
+        'action: must not be set with Permissions (an L7 intention decides per request)',
+        400,
+      )
+    delete o.action
+  }
   for (const field of ['source', 'destination'] as const) {
     const v = o[field]
     if (typeof v === 'string' && v.includes('*') && v !== '*')
@@ -294,7 +311,8 @@ async function maybeBlock(connect: ConnectApi, req: ApiRequest): Promise<void> {
  *   `POST /v1/connect/intentions` `{ SourceName, DestinationName, Action, Description? }` (any
  *   case; peermesh's `source`/`destination` too) → `{ index }`
  *   (400 if that pair exists); `PUT /v1/connect/intentions/exact?source=&destination=`
- *   `{ action, description? }` upserts; `GET|DELETE /v1/connect/intentions/exact?source=&destination=`
+ *   `{ action, description? }` upserts; either takes Consul's `Permissions` (L7, checked per
+ *   request by the destination's inbound) in place of `Action`, and shows it back with `Action: ""`; `GET|DELETE /v1/connect/intentions/exact?source=&destination=`
  *   and `DELETE /v1/connect/intentions?source=&destination=`;
  * - `GET /v1/connect/intentions/check?source=&destination=` → `{ Allowed, Action, Matched?, DefaultAction }`;
  * - `GET|PUT /v1/connect/intentions/default` → `{ action }` (cluster-wide, in Raft).

@@ -8,6 +8,12 @@ import type { ConfigEntry, PolicyCommand, PolicyResult } from '../../raft/index.
 import { PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
 import { ApiError } from '../agent/errors.ts'
 import { ApiReply, type ApiRequest, type HttpApi, requestDeadline } from './server.ts'
+import {
+  allServiceIntentionsJson,
+  SERVICE_INTENTIONS_KIND,
+  serviceIntentionsCommand,
+  serviceIntentionsJson,
+} from './service-intentions.ts'
 
 /** Header of `GET /v1/status/leader` with the leader's libp2p address ("" when none). */
 export const LEADER_HEADER = 'X-Peermesh-Leader'
@@ -111,6 +117,12 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
   http.route('GET', '/v1/config/:kind/:name', async (req) => {
     req.auth.require(...configRead(req.params['kind']!, req.params['name']!))
     await maybeConsistent(raft, req)
+    if (req.params['kind'] === SERVICE_INTENTIONS_KIND) {
+      const si = serviceIntentionsJson(raft.store.listIntentions(), req.params['name']!)
+      if (si === undefined)
+        throw new ApiError(`no config entry service-intentions/${req.params['name']}`, 404)
+      return si
+    }
     const e = raft.store.getConfigEntry(req.params['kind']!, req.params['name']!)
     if (e === undefined)
       throw new ApiError(`no config entry ${req.params['kind']}/${req.params['name']}`, 404)
@@ -120,11 +132,20 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
     const { kind, name } = req.params as { kind: string; name: string }
     checkName('kind', kind)
     checkName('name', name)
+    if (kind === SERVICE_INTENTIONS_KIND) {
+      if (!raft.store.listIntentions().some((i) => i.destination === name))
+        throw new ApiError(`no config entry service-intentions/${name}`, 404)
+      return { index: await write(raft, serviceIntentionsCommand(name, { Sources: [] }), req) }
+    }
     return { index: await write(raft, { op: 'config.delete', kind, name }, req) }
   })
   http.route('GET', '/v1/config/:kind', async (req) => {
     await maybeConsistent(raft, req)
     const authz = req.auth.authorizer()
+    if (req.params['kind'] === SERVICE_INTENTIONS_KIND)
+      return allServiceIntentionsJson(raft.store.listIntentions()).filter((e) =>
+        configRead(SERVICE_INTENTIONS_KIND, e.name)[0](authz),
+      )
     return raft.store
       .listConfigEntries(req.params['kind']!)
       .filter((e) => configRead(e.kind, e.name)[0](authz))
@@ -184,9 +205,13 @@ export function parseConfigEntryBody(body: unknown, query: URLSearchParams): Pol
   const [kind, name] = [k ?? Kind, n ?? Name]
   checkName('kind', kind)
   checkName('name', name)
+  if (kind === SERVICE_INTENTIONS_KIND) {
+    if (query.has('cas')) throw new ApiError('cas: not supported for service-intentions', 400)
+    return serviceIntentionsCommand(name, value)
+  }
   const schema = CONFIG_ENTRY_SCHEMAS[kind as string]
   if (schema === undefined) {
-    const known = Object.keys(CONFIG_ENTRY_SCHEMAS).join(', ')
+    const known = [...Object.keys(CONFIG_ENTRY_SCHEMAS), SERVICE_INTENTIONS_KIND].join(', ')
     throw new ApiError(`kind: unknown config entry kind "${kind}" (known: ${known})`, 400)
   }
   const v = schema.safeParse(value)

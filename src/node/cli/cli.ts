@@ -13,6 +13,7 @@ import {
 import { isUserFacing } from '../agent/errors.ts'
 import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
+import { holdYoungGeneration } from '../agent/young-generation.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
 import { registerConfigCommands } from './config.ts'
@@ -96,7 +97,13 @@ export function buildCli(): Command {
       `file (0600) holding the initial management token (a UUID) the founders share; or $${INITIAL_MANAGEMENT_TOKEN_ENV}`,
     )
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS))
+    .option(
+      '--otlp-endpoint <url>',
+      'send OpenTelemetry spans of sidecar HTTP requests to this OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: off)',
+    )
     .action(async (opts: Record<string, unknown>) => {
+      // Before anything large is loaded: an agent's start would grow the new space for good.
+      holdYoungGeneration()
       const flags = validateAgentConfig(
         {
           name: opts['name'],
@@ -113,6 +120,7 @@ export function buildCli(): Command {
           ...(opts['initialManagementTokenFile'] !== undefined
             ? { acl: { initialManagementTokenFile: opts['initialManagementTokenFile'] } }
             : {}),
+          ...(opts['otlpEndpoint'] !== undefined ? { tracing: { otlpEndpoint: opts['otlpEndpoint'] } } : {}),
           datacenter: opts['datacenter'],
           dns: opts['dns'],
           dnsDomain: opts['dnsDomain'],

@@ -190,7 +190,13 @@ export function registerConnectCommands(program: Command): void {
       print(opts.json === true, list, () =>
         renderTable(
           ['SOURCE', 'DESTINATION', 'ACTION', 'PRECEDENCE', 'DESCRIPTION'],
-          list.map((i) => [i.source, i.destination, i.action, String(i.precedence), i.description ?? '']),
+          list.map((i) => [
+            i.source,
+            i.destination,
+            i.permissions !== undefined ? `L7 (${i.permissions.length} permissions)` : i.action,
+            String(i.precedence),
+            i.description ?? '',
+          ]),
         ),
       )
     })

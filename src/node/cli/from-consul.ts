@@ -99,7 +99,8 @@ export function intentionFromConsul(i: Json): IntentionJson {
   return {
     source: i.SourceName,
     destination: i.DestinationName,
-    action: i.Action,
+    action: i.Permissions !== undefined ? 'deny' : i.Action,
+    ...(i.Permissions !== undefined ? { permissions: i.Permissions } : {}),
     ...(i.Description ? { description: i.Description } : {}),
     precedence: i.Precedence,
     createIndex: i.CreateIndex,

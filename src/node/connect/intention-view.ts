@@ -46,7 +46,12 @@ export class IntentionView {
     // Entries are validated on write; one that is not (e.g. written by a newer agent) is skipped.
     const valid = list.filter((i) => isIntentionName(i.source) && isIntentionName(i.destination))
     this.index = new IntentionIndex(
-      valid.map((i) => ({ source: i.source, destination: i.destination, action: i.action })),
+      valid.map((i) => ({
+        source: i.source,
+        destination: i.destination,
+        action: i.action,
+        ...(i.permissions !== undefined ? { permissions: i.permissions } : {}),
+      })),
       def,
     )
     this.list = valid

@@ -129,6 +129,10 @@ export class ConnectMeshSecurity implements MeshSecurity {
     return this.authz
   }
 
+  intentionIndex(): IntentionIndex {
+    return this.authz.current()
+  }
+
   /**
    * The Consul-shaped `service-splitter` entry for a destination (`{ splits: [{ weight,
    * serviceSubset }] }`) as the proxy's split: each subset is the instances with that tag.

@@ -35,7 +35,9 @@ export function hostConnections(host: Host): PeerConnections {
       host.addEventListener('peer:disconnect', handler)
       return () => host.removeEventListener('peer:disconnect', handler)
     },
-    isConnected: (peer) => host.getConnections(peerIdFromString(peer)).length > 0,
+    // Compared as strings (a PeerId caches its own): parsing `peer` into a PeerId decodes its key,
+    // for every voter every keep-alive round.
+    isConnected: (peer) => host.getConnections().some((c) => c.remotePeer.toString() === peer),
     dial: async (peer, signal) => {
       await host.dial(peerIdFromString(peer), { signal })
     },
@@ -144,16 +146,18 @@ export class LeaderLiveness {
     const { node, members, connections } = this.components
     const voters = node.voters()
     if (this.stopped || !voters.includes(node.id)) return
+    // Gossip's view is read only when a voter is not connected (at rest, every voter is).
+    const unconnected = voters.filter((v) => v !== node.id && !connections.isConnected(v))
+    if (unconnected.length === 0) return
     const dead = new Set(
       members
         .members()
         .filter((m) => m.status === 'dead' || m.status === 'left')
         .map((m) => m.id),
     )
-    for (const v of voters) {
-      if (v === node.id || dead.has(v)) continue
+    for (const v of unconnected) {
+      if (dead.has(v)) continue
       try {
-        if (connections.isConnected(v)) continue
         connections.dial(v, AbortSignal.timeout(this.settings.voterDialTimeoutMs)).catch(() => {})
       } catch {
         // not a peer id: nothing to keep open

@@ -26,6 +26,7 @@ import {
   permissionDeniedMessage,
 } from '../../acl/index.ts'
 import type { AclResult } from '../../raft/policy/acl-state.ts'
+import { sealPolicyBatch } from '../../raft/policy/policy-signing.ts'
 import {
   encodePolicyCommand,
   PolicyErrorCodes,
@@ -66,6 +67,7 @@ import { NoLeaderError, RaftNotRunningError } from './errors.ts'
 import { FoundingRecordFile } from './founding-record-file.ts'
 import { InitialManagementApplier } from './initial-management.ts'
 import { FoundingRpc } from './founding-rpc.ts'
+import { sharedIntervals } from './shared-intervals.ts'
 import { hostConnections, LeaderLiveness } from './leader-liveness.ts'
 import { registerRaftMetrics } from './metrics.ts'
 import { ForwardedWriteServer, WriteForwarder, type WriteResult } from './write-forwarding.ts'
@@ -194,7 +196,9 @@ export class RaftModule implements AgentModule {
     options: RaftModuleOptions = {},
   ) {
     this.store = components.store
-    this.clock = components.clock ?? systemClock
+    // The module's periodic tasks of one period (autopilot, voter connections, founder
+    // enrollment) share one timer.
+    this.clock = sharedIntervals(components.clock ?? systemClock)
     this.settings = { ...RAFT_DEFAULTS, ...stripUndefined(options) }
     validateRaftAgentConfig(this.settings)
   }
@@ -584,8 +588,16 @@ export class RaftModule implements AgentModule {
     const s = this.settings
     const self = ctx.identity.id
     const signer = this.components.signer
+    // One signature per batch of entries (policy-signing.ts), with the root custody signs with.
+    // Without a root (before the CA exists) or a copy of its key, entries go unsigned, and every
+    // agent refuses them once the CA exists.
     const sealer: EntrySealer | undefined =
-      signer === undefined ? undefined : (index, requestId, data) => signer.sealEntry(index, requestId, data)
+      signer === undefined
+        ? undefined
+        : (batch) => {
+            const root = signer.snapshotSigningRoot()
+            return root === undefined ? batch.map((b) => b.data) : sealPolicyBatch(root, batch)
+          }
     const options: RaftNodeDriverOptions<PolicyResult> = {
       id: self,
       log,

@@ -153,6 +153,19 @@ export class WriteForwarder {
   ): Promise<WriteResult> {
     const { node, rpc } = this.components
     const rid: RequestId = { clientId: request.clientId, seq: request.seq }
+    if (node.isLeader()) {
+      // The common case on the leader: propose here within the caller's deadline, without the
+      // retry loop's per-attempt timer. Any failure (leadership lost, the entry overwritten) goes
+      // on through the loop below with the same request id, so the write still applies at most once.
+      try {
+        return await node.propose(data, { requestId: rid, signal })
+      } catch {
+        if (signal.aborted)
+          throw new WriteTimeoutError(
+            `write not confirmed before the deadline (leader ${node.leader() ?? 'unknown'}); it may still apply, once`,
+          )
+      }
+    }
     const reply = await rpc.call<WriteResult>(
       {
         what: 'write',

@@ -8,7 +8,11 @@ import type {
   SplitConfig,
   Unsubscribe,
 } from '../../proxy/index.ts'
-import { Sidecar } from '../../proxy/index.ts'
+import { OtlpHttpExporter, Sidecar, Tracer } from '../../proxy/index.ts'
+import { InboundGate } from '../../proxy/inbound-gate.ts'
+import type { IntentionIndex } from '../../proxy/intentions.ts'
+import type { RateLimits } from '../../raft/policy/config-entries.ts'
+import { VERSION } from '../agent/version.ts'
 import { type Cancel, type Clock, systemClock } from '../../common/clock.ts'
 import { TypedEmitter } from '../../common/events.ts'
 import type { AgentContext, AgentModule } from '../agent/agent.ts'
@@ -20,6 +24,7 @@ import {
   type ServiceDefinition,
 } from '../catalog/index.ts'
 import { SIDECAR_DEFAULTS } from '../agent/defaults.ts'
+import { releaseYoungGeneration } from '../agent/young-generation.ts'
 import type { TrafficPolicy } from '../../proxy/traffic.ts'
 import {
   type ConfigEntryReader,
@@ -30,7 +35,11 @@ import {
   type TrafficEntries,
 } from './traffic-config.ts'
 
-const { noLeafRetryMs: NO_LEAF_RETRY_MS, leafWaitMs: LEAF_WAIT_MS } = SIDECAR_DEFAULTS
+const {
+  noLeafRetryMs: NO_LEAF_RETRY_MS,
+  leafWaitMs: LEAF_WAIT_MS,
+  tracingStopMs: TRACING_STOP_MS,
+} = SIDECAR_DEFAULTS
 
 /** The catalog as the sidecars read it: healthy instances of a destination, and its changes. */
 export type EndpointCatalog = Pick<Catalog, 'health' | 'on'>
@@ -82,6 +91,11 @@ export interface MeshSecurity {
   certificates(service: string): CertificateSource
   /** Intentions held locally (no network on the data path). */
   authorizer(): Authorizer
+  /**
+   * The intentions in force now, for the inbound request gates (L7 permissions). Absent: no
+   * gate, so sources with L7 intentions are refused (fail closed).
+   */
+  intentionIndex?(): IntentionIndex
   /** The service-splitter config for a destination, if any, and changes to it. */
   split?(destination: string): SplitConfig | undefined
   onSplitChange?(listener: (destination: string) => void): Unsubscribe
@@ -158,6 +172,8 @@ export class CatalogEndpointSource implements EndpointSource {
 
 interface Running {
   sidecar: Sidecar
+  /** The inbound's request gate (L7 intentions, rate limits), if any. */
+  gate: InboundGate | undefined
   sources: CatalogEndpointSource[]
   definitionKey: string
   /** Service name and upstream names, to recompile policies. */
@@ -178,9 +194,9 @@ interface Failed {
  */
 const BIND_RETRY_MS = 5_000
 
-/** `tcp`, `http2` and `grpc` are relayed per connection (L4); `http` is balanced per request. */
-function listenerMode(protocol: string | undefined): 'tcp' | 'http' {
-  return protocol === 'http' ? 'http' : 'tcp'
+/** `http` is balanced per request over HTTP/1.1, `http2` and `grpc` per stream; the rest per connection (L4). */
+function listenerMode(protocol: string | undefined): 'tcp' | 'http' | 'http2' | 'grpc' {
+  return protocol === 'http' || protocol === 'http2' || protocol === 'grpc' ? protocol : 'tcp'
 }
 
 /**
@@ -211,6 +227,8 @@ export class SidecarModule implements AgentModule {
   private readonly failed = new Map<string, Failed>()
   /** `whenReady` callers waiting for the next outcome, by service id. */
   private readonly waiters = new Map<string, ((r: SidecarReadiness) => void)[]>()
+  /** The agent's span exporter, shared by every sidecar; undefined when tracing is off. */
+  private exporter: OtlpHttpExporter | undefined
 
   constructor(components: SidecarModuleComponents) {
     this.catalog = components.catalog
@@ -265,6 +283,22 @@ export class SidecarModule implements AgentModule {
   async start(ctx: AgentContext): Promise<void> {
     this.ctx = ctx
     this.log = ctx.log.child({ component: 'sidecar' })
+    const tracing = ctx.config.tracing
+    if (tracing !== undefined) {
+      this.exporter = new OtlpHttpExporter({
+        endpoint: tracing.otlpEndpoint,
+        version: VERSION,
+        resourceAttributes: { 'host.name': ctx.config.name },
+        registry: ctx.metrics,
+        logger: this.log,
+        clock: this.clock,
+      })
+      this.exporter.start()
+      this.log.info(
+        { otlpEndpoint: this.exporter.url.href, sampleRatio: tracing.sampleRatio },
+        'tracing: sidecar spans go to the OTLP collector',
+      )
+    }
     const local = this.catalog.local
     if (local === undefined) throw new Error('catalog module must start before sidecars')
     this.subscriptions.push(local.on('service:change', () => this.reconcile()))
@@ -290,6 +324,7 @@ export class SidecarModule implements AgentModule {
     if (next.key === this.entries.key) return
     this.entries = next
     for (const r of this.running.values()) {
+      r.gate?.setRateLimits(this.rateLimitsOf(r.service))
       for (const dest of r.upstreams) {
         try {
           r.sidecar.setPolicy(dest, this.policyFor(r.service, dest))
@@ -302,6 +337,11 @@ export class SidecarModule implements AgentModule {
       }
     }
     this.reconcile()
+  }
+
+  /** The service's `RateLimits` (service-defaults), enforced by its inbound. */
+  private rateLimitsOf(service: string): RateLimits | undefined {
+    return this.entries.serviceDefaults.get(service)?.RateLimits
   }
 
   private policyFor(service: string, upstream: string): TrafficPolicy {
@@ -317,6 +357,8 @@ export class SidecarModule implements AgentModule {
     this.cancelBindRetry?.()
     await this.queue
     await Promise.all([...this.running.keys()].map((id) => this.stopOne(id)))
+    // The last spans go out, unless the collector keeps the agent from stopping.
+    await this.exporter?.stop({ signal: AbortSignal.timeout(TRACING_STOP_MS) })
   }
 
   /** Brings the running sidecars in line with the registered services (serialised). */
@@ -417,6 +459,18 @@ export class SidecarModule implements AgentModule {
     const sources = sc.upstreams.map(
       (u) => new CatalogEndpointSource(this.catalog.catalog, u.destinationName),
     )
+    const security = this.security
+    const gate =
+      security.intentionIndex === undefined
+        ? undefined
+        : new InboundGate({
+            service: def.name,
+            // Read per request: an intention change applies to the next request on every connection.
+            intentions: () => security.intentionIndex!(),
+            rateLimits: this.rateLimitsOf(def.name),
+            now: () => this.clock.now(),
+          })
+    releaseYoungGeneration() // a data plane under load needs V8's full new space (young-generation.ts)
     const sidecar = new Sidecar({
       service: def.name,
       trustDomain: this.security.trustDomain(),
@@ -425,8 +479,9 @@ export class SidecarModule implements AgentModule {
         port: sc.port,
         localServicePort: sc.localServicePort,
         bindAddress: this.bindAddress(),
-        // An http service's inbound counts responses by status code too.
+        // An http service's inbound serves requests one by one: gated, counted by status code.
         protocol: listenerMode(configuredProtocol(this.entries, def.name) ?? sc.protocol),
+        ...(gate !== undefined ? { gate } : {}),
       },
       upstreams: sc.upstreams.map((u, i) => {
         const dest = u.destinationName
@@ -455,6 +510,16 @@ export class SidecarModule implements AgentModule {
       registry: ctx.metrics,
       logger: this.log!,
       accessLog: ctx.config.accessLog ?? 'errors',
+      ...(this.exporter !== undefined
+        ? {
+            tracer: new Tracer({
+              serviceName: def.name,
+              exporter: this.exporter,
+              sampleRatio: ctx.config.tracing?.sampleRatio ?? 1,
+              clock: this.clock,
+            }),
+          }
+        : {}),
     })
     const definitionKey = this.keyOf(def)
     try {
@@ -481,6 +546,7 @@ export class SidecarModule implements AgentModule {
     this.failed.delete(def.id)
     this.running.set(def.id, {
       sidecar,
+      gate,
       sources,
       definitionKey,
       service: def.name,

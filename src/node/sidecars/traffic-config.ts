@@ -30,16 +30,17 @@ import {
 } from '../../raft/policy/config-entries.ts'
 import type { ConfigEntry } from '../../raft/policy/policy-store.ts'
 import { DEFAULT_OUTLIER_MAX_EJECTION_MS } from '../../proxy/constants.ts'
-import type {
-  EndpointSelector,
-  HashPolicy,
-  HeaderOps,
-  RequestView,
-  Route,
-  RouteDestination,
-  ServiceResolution,
-  SplitLeg,
-  TrafficPolicy,
+import {
+  compileRetryOn,
+  type EndpointSelector,
+  type HashPolicy,
+  type HeaderOps,
+  type RequestView,
+  type Route,
+  type RouteDestination,
+  type ServiceResolution,
+  type SplitLeg,
+  type TrafficPolicy,
 } from '../../proxy/traffic.ts'
 import type { Endpoint } from '../../proxy/types.ts'
 
@@ -297,6 +298,7 @@ export function compileRoute(r: RouterRoute): Route {
     ...(d?.NumRetries !== undefined ? { numRetries: d.NumRetries } : {}),
     ...(d?.RetryOnConnectFailure !== undefined ? { retryOnConnectFailure: d.RetryOnConnectFailure } : {}),
     ...(d?.RetryOnStatusCodes !== undefined ? { retryOnStatusCodes: d.RetryOnStatusCodes } : {}),
+    ...(d?.RetryOn !== undefined ? { retryOn: compileRetryOn(d.RetryOn) } : {}),
     ...headerOpsFields(d?.RequestHeaders, d?.ResponseHeaders),
   }
   return { match: (req) => checks.every((c) => c(req)), destination: dest }

@@ -10,10 +10,26 @@ export class FrameTooLargeError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_FRAME_TOO_LARGE'
 }
 
+const NO_HEAD = new Uint8Array(0)
+
 export function encodeFrame(payload: Uint8Array): Uint8Array {
-  const out = new Uint8Array(4 + payload.length)
-  new DataView(out.buffer).setUint32(0, payload.length)
-  out.set(payload, 4)
+  return encodeFrameWithHead(NO_HEAD, payload)
+}
+
+/**
+ * The frame of the payload `head` then `body`, built in one allocation and one copy of the body
+ * (a message is not first copied into a payload, then again into its frame). The stream sends it
+ * as one write.
+ */
+export function encodeFrameWithHead(head: Uint8Array, body: Uint8Array): Uint8Array {
+  const length = head.length + body.length
+  const out = new Uint8Array(4 + length)
+  out[0] = length >>> 24
+  out[1] = (length >>> 16) & 0xff
+  out[2] = (length >>> 8) & 0xff
+  out[3] = length & 0xff
+  out.set(head, 4)
+  out.set(body, 4 + head.length)
   return out
 }
 
@@ -80,13 +96,15 @@ export const MUX_REPLY = 1
 export const MUX_ERROR = 2
 export const MUX_HEADER_BYTES = 5
 
-export function muxFrame(id: number, kind: number, payload: Uint8Array): Uint8Array {
-  const out = new Uint8Array(MUX_HEADER_BYTES + payload.length)
-  const view = new DataView(out.buffer)
-  view.setUint32(0, id)
-  view.setUint8(4, kind)
-  out.set(payload, MUX_HEADER_BYTES)
-  return out
+/** The frame of a multiplexed request, reply or error: `u32 id | u8 kind | payload`. */
+export function encodeMuxFrame(id: number, kind: number, payload: Uint8Array): Uint8Array {
+  const head = new Uint8Array(MUX_HEADER_BYTES)
+  head[0] = id >>> 24
+  head[1] = (id >>> 16) & 0xff
+  head[2] = (id >>> 8) & 0xff
+  head[3] = id & 0xff
+  head[4] = kind
+  return encodeFrameWithHead(head, payload)
 }
 
 export function parseMuxHeader(frame: Uint8Array): { id: number; kind: number } | undefined {

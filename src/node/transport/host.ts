@@ -4,21 +4,17 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import type { Identify } from '@libp2p/identify'
 import type { Libp2p } from '@libp2p/interface'
-import { type KadDHT, kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { NodeIdentity } from '../../identity/keys/node-key.ts'
 import { clusterKeyProtector } from './pnet-protector.ts'
-
-/** Our own DHT protocol id, so a peermesh cluster never mixes with a public IPFS DHT. */
-export const DHT_PROTOCOL = '/peermesh/kad/1.0.0'
+import { installYamuxWindowThreshold } from './yamux-window.ts'
 
 export interface HostServices extends Record<string, unknown> {
   identify: Identify
   ping: Ping
-  dht: KadDHT
 }
 
 export type Host = Libp2p<HostServices>
@@ -39,11 +35,16 @@ export interface HostInit {
 
 /**
  * Creates (but does not start) the agent's one libp2p host: TCP, the cluster's private network
- * (`pnet-protector.ts`),
- * noise, yamux, identify, ping and a LAN kad-dht in server mode (peer routing: the addresses of a
- * peer id that gossip names).
+ * (`pnet-protector.ts`), noise, yamux (window updates only once half a window is used,
+ * `yamux-window.ts`), identify and ping.
+ *
+ * No DHT: every address an agent dials comes from gossip, which carries each member's signed
+ * addresses (and a moved member's new ones, with its next incarnation) into the peer store; a
+ * kad-dht only knew what the same peers told it through identify. It was the largest library an idle
+ * agent loaded and kept, with routing-table traffic on every new connection.
  */
 export async function createHost(init: HostInit): Promise<Host> {
+  installYamuxWindowThreshold()
   return createLibp2p<HostServices>({
     start: false,
     privateKey: init.identity.privateKey,
@@ -63,20 +64,12 @@ export async function createHost(init: HostInit): Promise<Host> {
     services: {
       identify: identify(),
       ping: ping(),
-      dht: kadDHT({
-        protocol: DHT_PROTOCOL,
-        clientMode: false,
-        // Agents live on LANs and loopback: keep private addresses (the default mapper drops them).
-        peerInfoMapper: passthroughMapper,
-        allowQueryWithZeroPeers: true,
-        initialQuerySelfInterval: 200,
-      }),
     },
   })
 }
 
 /**
- * The addresses this agent announces (what gossip, Raft, the catalog and the DHT hand to other
+ * The addresses this agent announces (what gossip, Raft and the catalog hand to other
  * agents; the first is "the" address). With `advertise`, every address carries that IP instead of
  * its own. Otherwise routable addresses come first, and loopback, unspecified and link-local ones
  * are left out whenever a routable one exists: a remote peer must never be told 127.0.0.1 (a

@@ -1,5 +1,5 @@
 import { PeermeshError } from '../../common/errors.ts'
-import { encodeFrame, FrameDecoder } from './frames.ts'
+import { encodeFrameWithHead, FrameDecoder } from './frames.ts'
 
 /**
  * Messages larger than one frame, on a channel that chunks (StreamMessengerInit.chunking): each
@@ -20,6 +20,8 @@ const WHOLE = 0
 const FIRST = 1
 const MORE = 2
 const FIRST_HEADER = 5
+const WHOLE_HEAD = Uint8Array.of(WHOLE)
+const MORE_HEAD = Uint8Array.of(MORE)
 
 /** A chunk that does not fit the message in progress (or the kind byte is unknown). */
 export class MalformedChunkError extends PeermeshError {
@@ -28,23 +30,14 @@ export class MalformedChunkError extends PeermeshError {
 
 /** The frames (length-prefixed) that carry `message`, none larger than `maxFrameBytes`. */
 export function encodeMessageFrames(message: Uint8Array, maxFrameBytes: number): Uint8Array[] {
-  if (1 + message.length <= maxFrameBytes) return [encodeFrame(withKind(WHOLE, message, 1))]
-  const frames: Uint8Array[] = []
-  const first = new Uint8Array(maxFrameBytes)
+  if (1 + message.length <= maxFrameBytes) return [encodeFrameWithHead(WHOLE_HEAD, message)]
+  const first = new Uint8Array(FIRST_HEADER)
   first[0] = FIRST
   new DataView(first.buffer).setUint32(1, message.length)
-  first.set(message.subarray(0, maxFrameBytes - FIRST_HEADER), FIRST_HEADER)
-  frames.push(encodeFrame(first))
+  const frames = [encodeFrameWithHead(first, message.subarray(0, maxFrameBytes - FIRST_HEADER))]
   for (let at = maxFrameBytes - FIRST_HEADER; at < message.length; at += maxFrameBytes - 1)
-    frames.push(encodeFrame(withKind(MORE, message.subarray(at, at + maxFrameBytes - 1), 1)))
+    frames.push(encodeFrameWithHead(MORE_HEAD, message.subarray(at, at + maxFrameBytes - 1)))
   return frames
-}
-
-function withKind(kind: number, bytes: Uint8Array, offset: number): Uint8Array {
-  const out = new Uint8Array(offset + bytes.length)
-  out[0] = kind
-  out.set(bytes, offset)
-  return out
 }
 
 /** Reassembles the messages of one stream from its frames' payloads. */

@@ -5,12 +5,12 @@ import { systemClock } from '../../common/clock.ts'
 import { PeermeshError } from '../../common/errors.ts'
 import {
   encodeFrame,
+  encodeMuxFrame,
   FrameDecoder,
   MUX_ERROR,
   MUX_HEADER_BYTES,
   MUX_REPLY,
   MUX_REQUEST,
-  muxFrame,
   parseMuxHeader,
   readFrames,
 } from './frames.ts'
@@ -229,7 +229,7 @@ export class StreamMessenger {
         },
       })
       try {
-        stream.send(encodeFrame(muxFrame(id, MUX_REQUEST, bytes)))
+        stream.send(encodeMuxFrame(id, MUX_REQUEST, bytes))
       } catch (err) {
         channel.pending.get(id)?.reject(err as Error)
         channel.pending.delete(id)
@@ -312,7 +312,7 @@ export class StreamMessenger {
     })
     const reply = (id: number, kind: number, payload: Uint8Array): void => {
       if (stream.status === 'open' && stream.writeStatus === 'writable') {
-        stream.send(encodeFrame(muxFrame(id, kind, payload)))
+        stream.send(encodeMuxFrame(id, kind, payload))
       }
     }
     const serve = async (id: number, req: Uint8Array): Promise<void> => {

@@ -153,6 +153,52 @@ const protocol = z.enum(PROTOCOLS)
 
 // --- service-defaults, proxy-defaults ----------------------------------------------------------
 
+/** A path matcher: at most one of PathExact, PathPrefix, PathRegex (shared by rate limits and L7 intentions). */
+const pathMatchFields = {
+  PathExact: z.string().startsWith('/', 'must start with /').max(8192).optional(),
+  PathPrefix: z.string().startsWith('/', 'must start with /').max(8192).optional(),
+  /** Matches the whole path (anchored at both ends). */
+  PathRegex: regex.optional(),
+}
+const PATH_MATCHERS = ['PathExact', 'PathPrefix', 'PathRegex'] as const
+
+/** Requests per second of one token bucket: more than 0, at most a million. */
+const requestsPerSecond = z.number().gt(0).max(1_000_000)
+/** A bucket's size; 0 or absent: RequestsPerSecond (one second's worth). */
+const requestsMaxBurst = z.number().int().min(0).max(10_000_000)
+
+const rateLimitRoute = entry({
+  ...pathMatchFields,
+  RequestsPerSecond: requestsPerSecond,
+  RequestsMaxBurst: requestsMaxBurst.optional(),
+}).superRefine((r, ctx) => {
+  const set = PATH_MATCHERS.filter((k) => r[k] !== undefined)
+  if (set.length === 0)
+    ctx.addIssue({ code: 'custom', message: 'needs one of PathExact, PathPrefix or PathRegex' })
+  if (set.length > 1)
+    ctx.addIssue({ code: 'custom', path: [set[1]!], message: `cannot be combined with ${set[0]}` })
+})
+
+/**
+ * Consul's `RateLimits` of service-defaults, enforced on the service's inbound sidecar: a token
+ * bucket per source service (and per route), so one noisy caller is stopped without starving the
+ * others. Over the limit: 429 (gRPC RESOURCE_EXHAUSTED).
+ */
+const rateLimits = entry({
+  InstanceLevel: entry({
+    /** Requests per second each source may send to the instance; absent: no instance-wide limit. */
+    RequestsPerSecond: requestsPerSecond.optional(),
+    RequestsMaxBurst: requestsMaxBurst.optional(),
+    /** Checked in order; the first whose path matches applies instead of the instance-wide limit. */
+    Routes: z.array(rateLimitRoute).max(MAX_ITEMS).optional(),
+  })
+    .superRefine((l, ctx) => {
+      if (l.RequestsMaxBurst !== undefined && l.RequestsPerSecond === undefined)
+        ctx.addIssue({ code: 'custom', path: ['RequestsMaxBurst'], message: 'needs RequestsPerSecond' })
+    })
+    .optional(),
+})
+
 export const serviceDefaultsSchema = entry({
   /** The service's protocol, as its callers' sidecars speak to it. */
   Protocol: protocol.optional(),
@@ -161,6 +207,8 @@ export const serviceDefaultsSchema = entry({
   LocalRequestTimeoutMs: positiveInt(MAX_DURATION_MS).optional(),
   /** How this service's sidecar reaches its upstreams. */
   UpstreamConfig: upstreamConfig.optional(),
+  /** Local rate limits on this service's inbound (http services). */
+  RateLimits: rateLimits.optional(),
   Meta: meta.optional(),
 })
 
@@ -365,11 +413,109 @@ const httpMatch = entry({
     ctx.addIssue({ code: 'custom', path: [set[1]!], message: `cannot be combined with ${set[0]}` })
 })
 
+/**
+ * One L7 permission of an intention (Consul's `Permissions[]` on service-intentions): an action
+ * and the requests it applies to. `HTTP` must set at least one criterion; a header rule sets
+ * exactly one of Present (true), Exact, Prefix, Suffix, Regex.
+ */
+export const intentionPermissionSchema = entry({
+  Action: z.enum(['allow', 'deny']),
+  HTTP: entry({
+    ...pathMatchFields,
+    Methods: z.array(z.enum(HTTP_METHODS)).min(1).max(HTTP_METHODS.length).optional(),
+    Header: z.array(headerMatch).min(1).max(MAX_ITEMS).optional(),
+  }).superRefine((m, ctx) => {
+    const set = PATH_MATCHERS.filter((k) => m[k] !== undefined)
+    if (set.length > 1)
+      ctx.addIssue({ code: 'custom', path: [set[1]!], message: `cannot be combined with ${set[0]}` })
+    if (set.length === 0 && m.Methods === undefined && m.Header === undefined)
+      ctx.addIssue({ code: 'custom', message: 'should not be empty: set a path, Methods or Header' })
+    m.Header?.forEach((h, i) => {
+      const n = (['Present', 'Exact', 'Prefix', 'Suffix', 'Regex'] as const).filter((k) => h[k] !== undefined)
+      if (n.length === 0)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['Header', i],
+          message: 'needs one of Present, Exact, Prefix, Suffix or Regex',
+        })
+      if (h.Present === false)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['Header', i, 'Present'],
+          message: 'must be true (use Invert to match an absent header)',
+        })
+    })
+  }),
+})
+
+/** The permissions of one intention: evaluated in order, the first match decides. */
+export const intentionPermissionsSchema = z.array(intentionPermissionSchema).min(1).max(MAX_ITEMS)
+
+/**
+ * Consul's `service-intentions` entry: every intention whose destination is the entry's `Name`
+ * (a service or `*`), one per source. It is a view of the intention store, not a config entry of
+ * its own: writing it replaces those intentions in one Raft command (`intention.replace`), so the
+ * entry and `/v1/connect/intentions` are always the same data. A source is L4 (`Action`) or L7
+ * (`Permissions`), never both.
+ */
+export const serviceIntentionsSchema = entry({
+  Sources: z
+    .array(
+      entry({
+        Name: z.union([z.literal('*'), serviceName]),
+        Action: z.enum(['allow', 'deny']).optional(),
+        Permissions: intentionPermissionsSchema.optional(),
+        Description: z.string().max(512).optional(),
+        /** Consul's source type: only `consul`. */
+        Type: z.literal('consul').optional(),
+        /** Read-only in Consul (computed); accepted and ignored, as Consul does. */
+        Precedence: z.number().optional(),
+      }).superRefine((src, ctx) => {
+        if (src.Action !== undefined && src.Permissions !== undefined)
+          ctx.addIssue({ code: 'custom', path: ['Permissions'], message: 'cannot be combined with Action' })
+        if (src.Action === undefined && src.Permissions === undefined)
+          ctx.addIssue({ code: 'custom', message: 'needs Action or Permissions' })
+      }),
+    )
+    .max(MAX_ITEMS)
+    .superRefine((list, ctx) => {
+      const seen = new Set<string>()
+      list.forEach((src, i) => {
+        if (seen.has(src.Name))
+          ctx.addIssue({ code: 'custom', path: [i, 'Name'], message: `"${src.Name}" is listed twice` })
+        seen.add(src.Name)
+      })
+    }),
+  Meta: meta.optional(),
+})
+
+export type ServiceIntentions = z.output<typeof serviceIntentionsSchema>
+
+export type IntentionPermission = z.output<typeof intentionPermissionSchema>
+export type RateLimits = z.output<typeof rateLimits>
+
 const headerRewrite = entry({
   Add: z.record(headerName, headerValue).optional(),
   Set: z.record(headerName, headerValue).optional(),
   Remove: z.array(headerName).max(MAX_ITEMS).optional(),
 })
+
+/** Consul's service-router `RetryOn` values. */
+export const RETRY_ON = [
+  '5xx',
+  'gateway-error',
+  'reset',
+  'connect-failure',
+  'envoy-ratelimited',
+  'retriable-4xx',
+  'refused-stream',
+  'cancelled',
+  'deadline-exceeded',
+  'internal',
+  'resource-exhausted',
+  'unavailable',
+] as const
+export type RetryOnCondition = (typeof RETRY_ON)[number]
 
 const routeDestination = entry({
   /** Default: the router's own service. */
@@ -382,6 +528,9 @@ const routeDestination = entry({
   NumRetries: z.number().int().min(0).max(9).optional(),
   RetryOnConnectFailure: z.boolean().optional(),
   RetryOnStatusCodes: z.array(z.number().int().min(100).max(599)).max(64).optional(),
+  /** Consul's retry conditions: HTTP (`5xx`, `gateway-error`, `reset`, `connect-failure`,
+   * `refused-stream`, `retriable-4xx`) and gRPC statuses (`cancelled`, `deadline-exceeded`, ...). */
+  RetryOn: z.array(z.enum(RETRY_ON)).max(RETRY_ON.length).optional(),
   RequestHeaders: headerRewrite.optional(),
   ResponseHeaders: headerRewrite.optional(),
 })
@@ -458,7 +607,12 @@ export function configEntryProblem(kind: TrafficEntryKind, name: string, value: 
     return kind === 'proxy-defaults'
       ? `name: a proxy-defaults entry must be named "${PROXY_DEFAULTS_NAME}"`
       : "name: must be a service name (lowercase a-z, 0-9, '-', 1-63 characters, no '-' at either end)"
-  const r = TRAFFIC_ENTRY_SCHEMAS[kind].safeParse(value)
+  return configEntryProblemOf(TRAFFIC_ENTRY_SCHEMAS[kind], value)
+}
+
+/** Why `value` does not satisfy `schema` ("path: reason"), or undefined. */
+export function configEntryProblemOf(schema: z.ZodType, value: unknown): string | undefined {
+  const r = schema.safeParse(value)
   if (r.success) return undefined
   const issue = r.error.issues[0]!
   const keys = issue.code === 'unrecognized_keys' ? issue.keys : []

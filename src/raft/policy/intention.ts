@@ -4,6 +4,9 @@
  * sidecars' `IntentionIndex` (src/proxy/intentions.ts).
  */
 import { isDnsLabel } from '../../identity/ca/spiffe.ts'
+import type { IntentionPermission } from './config-entries.ts'
+
+export type { IntentionPermission } from './config-entries.ts'
 
 export type IntentionAction = 'allow' | 'deny'
 
@@ -15,7 +18,18 @@ export interface Intention {
   source: string
   /** Service name or `*`. */
   destination: string
+  /**
+   * L4 intentions: the decision. L7 intentions (with `permissions`): always `deny`, the answer to
+   * a check that sees only the connection (Consul's, for an intention with Permissions), so
+   * anything that does not read `permissions` fails closed.
+   */
   action: IntentionAction
+  /**
+   * L7 intentions (Consul's `Permissions`): checked per request on the destination's inbound,
+   * in order, the first match decides; no match falls back to the default action. Only for
+   * http destinations: a tcp inbound refuses the connection.
+   */
+  permissions?: IntentionPermission[]
   /** Free text for humans; not used in decisions. */
   description?: string
   meta?: Record<string, string>

@@ -2,7 +2,12 @@ import { z } from 'zod'
 import { pack, unpack } from '../../common/msgpack.ts'
 import { JSON_VALUE_LIMITS, type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
 import { AclErrorCodes, aclCommandSchemas } from './acl-state.ts'
-import { configEntryProblem, isTrafficEntryKind, TRAFFIC_ENTRY_SCHEMAS } from './config-entries.ts'
+import {
+  configEntryProblem,
+  intentionPermissionsSchema,
+  isTrafficEntryKind,
+  TRAFFIC_ENTRY_SCHEMAS,
+} from './config-entries.ts'
 import { kvCommandSchemas } from './kv-commands.ts'
 
 /**
@@ -57,12 +62,29 @@ export const policyCommandSchema = z.discriminatedUnion('op', [
     source: name,
     destination: name,
     action: z.enum(['allow', 'deny']),
+    /** L7 permissions (checked against their schema in `checkPolicyCommand`); action is then `deny`. */
+    permissions: z.array(z.unknown()).optional(),
     description: z.string().max(4096).optional(),
     meta: meta.optional(),
     /** Compare-and-set: apply only if the current modifyIndex equals this (0 = must not exist). */
     casIndex: z.number().int().nonnegative().optional(),
   }),
   z.object({ op: z.literal('intention.delete'), source: name, destination: name }),
+  z.object({
+    /** Replaces every intention to `destination` with `sources` (a `service-intentions` write). */
+    op: z.literal('intention.replace'),
+    destination: name,
+    sources: z
+      .array(
+        z.object({
+          source: name,
+          action: z.enum(['allow', 'deny']),
+          permissions: z.array(z.unknown()).optional(),
+          description: z.string().max(4096).optional(),
+        }),
+      )
+      .max(256),
+  }),
   z.object({
     op: z.literal('config.set'),
     kind: name,
@@ -135,11 +157,17 @@ const RECORD_OVERHEAD = 64
  * what one that applied the log measured.
  */
 export const entryBytes = {
-  intention(i: { source: string; destination: string; action: string; description?: string; meta?: object }) {
-    return (
-      RECORD_OVERHEAD +
-      pack([i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]).length
-    )
+  intention(i: {
+    source: string
+    destination: string
+    action: string
+    description?: string
+    meta?: object
+    permissions?: readonly unknown[]
+  }) {
+    const fields: unknown[] = [i.source, i.destination, i.action, i.description ?? null, i.meta ?? null]
+    if (i.permissions !== undefined) fields.push(i.permissions)
+    return RECORD_OVERHEAD + pack(fields).length
   },
   config(e: { kind: string; name: string; value: object }) {
     return RECORD_OVERHEAD + pack([e.kind, e.name, e.value]).length
@@ -172,9 +200,27 @@ export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_L
   const cmd = parsed.data
   let bytes = 0
   switch (cmd.op) {
-    case 'intention.upsert':
+    case 'intention.upsert': {
+      const refusal = canonicalPermissions(cmd, 'permissions')
+      if (refusal !== undefined) return refusal
       bytes = entryBytes.intention(cmd)
       break
+    }
+    case 'intention.replace': {
+      const seen = new Set<string>()
+      for (const [i, src] of cmd.sources.entries()) {
+        if (seen.has(src.source))
+          return policyRefusal(
+            PolicyErrorCodes.invalidCommand,
+            `sources.${i}.source: ${src.source} is listed twice`,
+          )
+        seen.add(src.source)
+        const refusal = canonicalPermissions(src, `sources.${i}.permissions`)
+        if (refusal !== undefined) return refusal
+        bytes += entryBytes.intention({ ...src, destination: cmd.destination })
+      }
+      break
+    }
     case 'config.set': {
       const schema = CONFIG_ENTRY_SCHEMAS[cmd.kind]
       if (schema === undefined)
@@ -203,6 +249,31 @@ export function checkPolicyCommand(raw: unknown, limits: PolicyLimits = POLICY_L
       `${cmd.op} of ${bytes} bytes over ${limits.maxEntryBytes}`,
     )
   return { ok: true, cmd, bytes }
+}
+
+/**
+ * Checks an intention's permissions against their schema and puts them in canonical form (the
+ * PascalCase every reader parses); an L7 intention's action must be `deny` (see `Intention`).
+ */
+function canonicalPermissions(
+  it: { action: string; permissions?: unknown[] | undefined },
+  field: string,
+): PolicyRefusal | undefined {
+  if (it.permissions === undefined) return undefined
+  const r = intentionPermissionsSchema.safeParse(it.permissions)
+  if (!r.success) {
+    const issue = r.error.issues[0]!
+    const keys = issue.code === 'unrecognized_keys' ? issue.keys.slice(0, 1) : []
+    const path = [field, ...issue.path, ...keys].map(String).join('.')
+    return policyRefusal(
+      PolicyErrorCodes.invalidCommand,
+      `${path}: ${issue.code === 'unrecognized_keys' ? 'unknown field' : issue.message}`,
+    )
+  }
+  if (it.action !== 'deny')
+    return policyRefusal(PolicyErrorCodes.invalidCommand, 'action: must be deny with permissions')
+  it.permissions = r.data
+  return undefined
 }
 
 /** `checkPolicyCommand` of encoded bytes (strict msgpack: no extension types, bounded nesting). */

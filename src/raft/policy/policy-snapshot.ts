@@ -1,7 +1,9 @@
 import { unpack } from '../../common/msgpack.ts'
 import { type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
+import { intentionPermissionsSchema } from './config-entries.ts'
 import type { StoredIntention } from './intention.ts'
 import { entryBytes, type PolicyResult } from './policy-commands.ts'
+import type { ChainLink } from './policy-signing.ts'
 import type { ConfigEntry, RawCaRoots } from './policy-store.ts'
 
 /**
@@ -29,6 +31,8 @@ export interface SnapshotState {
   acl: unknown
   /** The KV state (checked by `KvState.restore`); undefined in a snapshot from before the KV store. */
   kv: unknown
+  /** What the entry after the snapshot must link to (policy-signing.ts), if it continues a batch. */
+  chain: ChainLink | undefined
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> =>
@@ -58,6 +62,10 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     if (!isIndex(i['modifyIndex'])) bad('intention')
     if (i['description'] !== undefined && !isString(i['description'])) bad('intention description')
     if (i['meta'] !== undefined && !isRecord(i['meta'])) bad('intention meta')
+    if (i['permissions'] !== undefined) {
+      const r = intentionPermissionsSchema.safeParse(i['permissions'])
+      if (!r.success || i['action'] !== 'deny') bad('intention permissions')
+    }
     const it = i as unknown as StoredIntention
     stateBytes += entryBytes.intention(it)
     return it
@@ -81,7 +89,16 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     if (typeof d['result']['ok'] !== 'boolean') bad('dedupe result')
     return { clientId: d['clientId'], seq: d['seq'], result: d['result'] as unknown as PolicyResult }
   })
+  const c = s['chain']
+  let chain: ChainLink | undefined
+  if (c !== undefined) {
+    if (!isRecord(c) || !isIndex(c['index']) || !isString(c['root'])) bad('chain')
+    const hash = c['hash']
+    if (!(hash instanceof Uint8Array) || hash.length !== 32) bad('chain hash')
+    chain = { index: c['index'], hash: Buffer.from(hash), root: c['root'] }
+  }
   return {
+    chain,
     index: s['index'],
     intentions,
     configEntries,

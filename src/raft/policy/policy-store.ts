@@ -4,7 +4,7 @@ import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import { AclState } from './acl-state.ts'
 import { type KvCommand, KvState, parseKvSnapshot } from './kv-state.ts'
-import type { StoredIntention } from './intention.ts'
+import type { IntentionPermission, StoredIntention } from './intention.ts'
 import {
   decodePolicyCommand,
   entryBytes,
@@ -16,7 +16,13 @@ import {
   policyRefusal,
 } from './policy-commands.ts'
 import { restoreSnapshotState } from './policy-snapshot.ts'
-import { openPolicyEntry, type TrustedRoot, trustedRootsOf } from './policy-signing.ts'
+import {
+  type ChainLink,
+  openPolicyEntry,
+  type TrustedRoot,
+  trustedRootsOf,
+  verifyAhead,
+} from './policy-signing.ts'
 
 export type { CaRoots } from '../../identity/connect/ca-state.ts'
 export type { Intention, IntentionAction, StoredIntention } from './intention.ts'
@@ -98,6 +104,11 @@ export class PolicyStore implements StateMachine<PolicyResult> {
    */
   private ca: RawCaRoots = { roots: [], activeRootId: undefined, modifyIndex: 0 }
   private dedupe = new Map<string, DedupeRecord>()
+  /**
+   * What the next entry must link to when the last applied one was inside a signed batch
+   * (policy-signing.ts); part of the replicated state, so it is in the snapshot.
+   */
+  private chain: ChainLink | undefined
   /** Raft index of the latest change. */
   index = 0
   /** Intentions and config entries, as `entryBytes` measures them (capped by maxStateBytes). */
@@ -165,11 +176,49 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     return this.options.verifySignatures === true && this.ca.roots.length > 0
   }
 
+  /**
+   * Entries just appended to this node's log (not yet committed): their signatures start being
+   * checked off the event loop, so that `apply` finds the verdicts (see policy-signing.ts).
+   */
+  prepare(entries: readonly Entry[]): void {
+    if (this.options.verifySignatures === true && this.ca.roots.length > 0)
+      verifyAhead(
+        this.trustedRoots(),
+        entries.filter((e) => e.type === 'normal'),
+      )
+  }
+
+  /**
+   * Runs `run`, which applies a run of committed entries: change listeners are told once at the
+   * end (with the last index) instead of after every entry.
+   */
+  batch(run: () => void): void {
+    if (this.holdNotifications) {
+      run()
+      return
+    }
+    this.holdNotifications = true
+    try {
+      run()
+    } finally {
+      this.holdNotifications = false
+      this.notifyChange()
+    }
+  }
+
   apply(rawEntry: Entry): PolicyResult {
     let entry = rawEntry
     if (this.options.verifySignatures === true) {
       // Before the dedupe table: a forged entry must not poison a real client's request id.
-      const opened = openPolicyEntry(this.trustedRoots(), entry.index, entry.requestId, entry.data)
+      const opened = openPolicyEntry(
+        this.trustedRoots(),
+        entry.index,
+        entry.requestId,
+        entry.data,
+        this.chain,
+      )
+      // What the next entry must link to: only the successor of an accepted entry of a batch.
+      this.chain = opened.ok ? opened.next : undefined
       if (!opened.ok) {
         this.stats.signatureRejected++
         this.stats.lastSignatureError = opened.reason
@@ -228,9 +277,33 @@ export class PolicyStore implements StateMachine<PolicyResult> {
           createdIndex: cur?.createdIndex ?? at,
           modifyIndex: at,
         }
+        if (cmd.permissions !== undefined) it.permissions = cmd.permissions as IntentionPermission[]
         if (cmd.description !== undefined) it.description = cmd.description
         if (cmd.meta !== undefined) it.meta = { ...cmd.meta }
         this.intentions.set(key, it)
+        return this.changed(at)
+      }
+      case 'intention.replace': {
+        // One command: no reader ever sees the destination with only part of its new sources.
+        const current = [...this.intentions.values()].filter((i) => i.destination === cmd.destination)
+        let before = 0
+        for (const i of current) before += entryBytes.intention(i)
+        const over = this.overStateCap(before, bytes)
+        if (over !== undefined) return over
+        const created = new Map(current.map((i) => [i.source, i.createdIndex]))
+        for (const i of current) this.intentions.delete(i.source + SEP + i.destination)
+        for (const src of cmd.sources) {
+          const it: StoredIntention = {
+            source: src.source,
+            destination: cmd.destination,
+            action: src.action,
+            createdIndex: created.get(src.source) ?? at,
+            modifyIndex: at,
+          }
+          if (src.permissions !== undefined) it.permissions = src.permissions as IntentionPermission[]
+          if (src.description !== undefined) it.description = src.description
+          this.intentions.set(src.source + SEP + cmd.destination, it)
+        }
         return this.changed(at)
       }
       case 'intention.delete': {
@@ -342,10 +415,13 @@ export class PolicyStore implements StateMachine<PolicyResult> {
 
   private readonly changeListeners = new Set<(index: number) => void>()
   private changedPending = false
+  /** Inside `batch`: listeners are told once, at the end. */
+  private holdNotifications = false
 
   /**
-   * Calls `listener(index)` after each applied entry that changed the state, and after a snapshot
-   * restore. Runs on the apply path: keep it cheap. A throwing listener is ignored.
+   * Calls `listener(index)` after each applied entry that changed the state (once after a run of
+   * them applied together, see `batch`), and after a snapshot restore. Runs on the apply path:
+   * keep it cheap. A throwing listener is ignored.
    */
   onChange(listener: (index: number) => void): () => void {
     this.changeListeners.add(listener)
@@ -353,7 +429,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   }
 
   private notifyChange(): void {
-    if (!this.changedPending) return
+    if (!this.changedPending || this.holdNotifications) return
     this.changedPending = false
     for (const l of this.changeListeners) {
       try {
@@ -423,6 +499,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         seq: r.seq,
         result: r.result,
       })),
+      ...(this.chain === undefined ? {} : { chain: this.chain }),
     })
   }
 
@@ -442,6 +519,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     this.stateBytes = s.stateBytes
     this.setCa(s.ca)
     this.dedupe = new Map(s.dedupe.map((d) => [d.clientId, { seq: d.seq, result: d.result }]))
+    this.chain = s.chain
     this.changedPending = true
     this.notifyChange()
   }

@@ -2,7 +2,7 @@ import { Packr } from 'msgpackr'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { pack, unpackRecord } from '../../../src/common/msgpack.ts'
-import { BadForwardRequestError } from '../../../src/node/raft/errors.ts'
+import { BadForwardRequestError, WriteTimeoutError } from '../../../src/node/raft/errors.ts'
 import {
   ForwardedWriteServer,
   type ProposingNode,
@@ -270,6 +270,75 @@ describe('WriteForwarder checks a write before sending it', () => {
       token: 't0k',
     })
     expect(node.store.getIntention('web', 'db')?.action).toBe('allow')
+  })
+})
+
+describe('WriteForwarder on the leader', () => {
+  function forwarder(node: ProposingNode, onRequest: (bytes: Uint8Array) => Promise<Uint8Array>) {
+    const clock = new VirtualClock()
+    const rpc = new LeaderRpc(
+      { leader: node, channel: { request: (_to, b) => onRequest(b) }, clock, log },
+      { attemptTimeoutMs: 1_000, retryPauseMs: 20 },
+    )
+    return new WriteForwarder(
+      { rpc, node, clock, log },
+      { clientPrefix: 'p.', signatureRetries: 3, retryPauseMs: 20 },
+    )
+  }
+  const cmd = { op: 'intention.upsert', source: 'web', destination: 'db', action: 'allow' } as const
+
+  it('proposes locally, sending nothing', async () => {
+    const node = leader()
+    const sent: Uint8Array[] = []
+    const f = forwarder(node, async (b) => {
+      sent.push(b)
+      return new Uint8Array()
+    })
+    const r = await f.write(cmd, { signal: new AbortController().signal })
+    expect(r).toEqual({ index: 1, result: { ok: true, index: 1 } })
+    expect(sent).toEqual([])
+    expect(node.store.getIntention('web', 'db')?.action).toBe('allow')
+  })
+
+  it('a local attempt that fails as leadership moves goes on to the new leader with the same request id', async () => {
+    const newLeader = leader()
+    const s = server(newLeader)
+    let leading = true
+    const localIds: (RequestId | undefined)[] = []
+    const node: ProposingNode = {
+      isLeader: () => leading,
+      leader: () => (leading ? 'self' : 'L'),
+      propose: async (_data, o) => {
+        localIds.push(o.requestId)
+        leading = false
+        throw Object.assign(new Error('not the leader'), { code: 'PEERMESH_ERR_NOT_LEADER' })
+      },
+    }
+    const sent: Record<string, unknown>[] = []
+    const f = forwarder(node, async (b) => {
+      sent.push(unpackRecord(b)!)
+      return s.serve(b, new AbortController().signal)
+    })
+    const r = await f.write(cmd, { signal: new AbortController().signal })
+    expect(r.result).toEqual({ ok: true, index: 1 })
+    expect(localIds).toHaveLength(1)
+    expect(sent).toHaveLength(1)
+    expect({ clientId: sent[0]!['clientId'], seq: sent[0]!['seq'] }).toEqual(localIds[0])
+    expect(newLeader.proposed).toHaveLength(1)
+  })
+
+  it('a local attempt that outlives the deadline is a WriteTimeoutError (it may still apply)', async () => {
+    const node: ProposingNode = {
+      isLeader: () => true,
+      leader: () => 'self',
+      propose: (_data, o) =>
+        new Promise((_, reject) => o.signal?.addEventListener('abort', () => reject(new Error('aborted')))),
+    }
+    const f = forwarder(node, async () => new Uint8Array())
+    const ac = new AbortController()
+    const p = f.write(cmd, { signal: ac.signal })
+    ac.abort()
+    await expect(p).rejects.toMatchObject({ code: WriteTimeoutError.code })
   })
 })
 

@@ -1,6 +1,9 @@
 import { multiaddr } from '@multiformats/multiaddr'
-import { describe, expect, it } from 'vitest'
-import { announcedAddresses } from '../../../src/node/transport/host.ts'
+import { afterAll, describe, expect, it } from 'vitest'
+import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
+import { loadOrCreateNodeIdentity } from '../../../src/identity/keys/node-key.ts'
+import { announcedAddresses, createHost } from '../../../src/node/transport/host.ts'
+import { TempDirs } from '../../temp-dir.ts'
 
 const mas = (...s: string[]) => s.map((x) => multiaddr(x))
 const strs = (m: ReturnType<typeof mas>) => m.map((x) => x.toString())
@@ -34,5 +37,27 @@ describe('announcedAddresses: what other agents are told to dial', () => {
     expect(strs(announcedAddresses(mas('/ip4/0.0.0.0/tcp/5'), '2001:db8::1'))).toEqual([
       '/ip6/2001:db8::1/tcp/5',
     ])
+  })
+})
+
+describe('createHost', () => {
+  const tmp = new TempDirs()
+  afterAll(() => tmp.removeAll())
+
+  it('runs no DHT: gossip is the peer routing (no kad protocol handled, no router to ask)', async () => {
+    const identity = await loadOrCreateNodeIdentity(tmp.make('host'))
+    const key = parseClusterKey(generateClusterKey())
+    const host = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
+    await host.start()
+    try {
+      expect(host.getProtocols().filter((p) => p.includes('kad'))).toEqual([])
+      expect(Object.keys(host.services).sort()).toEqual(['identify', 'ping'])
+      const other = await loadOrCreateNodeIdentity(tmp.make('other'))
+      await expect(host.peerRouting.findPeer(other.peerId)).rejects.toMatchObject({
+        name: 'NoPeerRoutersError',
+      })
+    } finally {
+      await host.stop()
+    }
   })
 })

@@ -2,7 +2,15 @@ import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
 import { loadOrCreateNodeIdentity } from '../../../src/identity/keys/node-key.ts'
-import { encodeFrame, FrameDecoder } from '../../../src/node/transport/frames.ts'
+import {
+  encodeFrame,
+  encodeFrameWithHead,
+  encodeMuxFrame,
+  FrameDecoder,
+  MUX_HEADER_BYTES,
+  MUX_REPLY,
+  parseMuxHeader,
+} from '../../../src/node/transport/frames.ts'
 import { createHost, type Host } from '../../../src/node/transport/host.ts'
 import {
   ChunkAssembler,
@@ -35,6 +43,18 @@ describe('frames', () => {
         msgs.map((m) => Buffer.from(m).toString('hex')),
       )
     }
+  })
+
+  it('a frame with a head is the frame of head and body concatenated, built in one buffer', () => {
+    const head = Uint8Array.of(9, 8)
+    const body = new Uint8Array(70_000).fill(3)
+    const framed = encodeFrameWithHead(head, body)
+    expect(Buffer.from(framed).equals(Buffer.from(encodeFrame(Buffer.concat([head, body]))))).toBe(true)
+    expect(Buffer.from(framed.subarray(0, 4)).readUInt32BE(0)).toBe(70_002)
+    const mux = new FrameDecoder(1 << 20).push(encodeMuxFrame(0xfedcba98, MUX_REPLY, body))
+    expect(mux).toHaveLength(1)
+    expect(parseMuxHeader(mux[0]!)).toEqual({ id: 0xfedcba98, kind: MUX_REPLY })
+    expect(mux[0]!.subarray(MUX_HEADER_BYTES).length).toBe(70_000)
   })
 
   it('rejects a frame over the limit before buffering it', () => {
