@@ -291,8 +291,17 @@ async function main(): Promise<void> {
   const rows: (string | number)[][] = []
   const out: Record<string, number> = {}
   for (const n of sizes) {
-    const ours = await measure('ours', n)
-    const serf = await measure('serf', n)
+    let ours: Figures
+    let serf: Figures
+    try {
+      ours = await measure('ours', n)
+      serf = await measure('serf', n)
+    } catch (err) {
+      // One size that cannot run (an agent that did not start under load) keeps the others' figures.
+      progress(`[N=${n}] failed: ${err instanceof Error ? err.message : String(err)}`)
+      out[`failed_n${n}`] = 1
+      continue
+    }
     const m = {
       detect_ms_ours: median(ours.detect),
       detect_ms_serf: median(serf.detect),

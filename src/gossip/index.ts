@@ -77,7 +77,7 @@ export {
   type UserEvent,
   UserEventDedup,
 } from './user-events.ts'
-export { remainingSuspicionTime, Suspicion, suspicionMinTimeout } from './suspicion.ts'
+export { remainingSuspicionTime, Suspicion, suspicionMinTimeout, suspicionTimeouts } from './suspicion.ts'
 export {
   aliveMemberState,
   type MemberView,

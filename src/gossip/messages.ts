@@ -106,6 +106,25 @@ export interface UserEventMessage {
   sig: Uint8Array
 }
 
+/**
+ * Anti-entropy check before a push/pull (`Swim`): `digest` is the sender's `stateDigest`, a
+ * 16-byte fingerprint of every member it knows (self included) with status, incarnations and
+ * signature. The receiver answers with a `sync-ack` carrying its own; only when they differ does
+ * the requester run the full push/pull exchange over the reliable path.
+ */
+export interface SyncMessage {
+  t: 'sync'
+  seq: number
+  digest: Uint8Array
+}
+
+/** Answer to a `sync`: the responder's `stateDigest`. */
+export interface SyncAckMessage {
+  t: 'sync-ack'
+  seq: number
+  digest: Uint8Array
+}
+
 /** Several encoded messages in one datagram (a probe plus piggybacked updates). Not nested. */
 export interface CompoundMessage {
   t: 'compound'
@@ -123,6 +142,8 @@ export type SimpleMessage =
   | ForceLeaveMessage
   | LeaveMessage
   | UserEventMessage
+  | SyncMessage
+  | SyncAckMessage
 export type Message = SimpleMessage | CompoundMessage
 export type MessageType = Message['t']
 

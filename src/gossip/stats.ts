@@ -37,6 +37,10 @@ export interface SwimStats {
   deaths: number
   /** Times this node refuted a suspicion, death or stale record about itself. */
   refutations: number
+  /** Anti-entropy digest checks started (`sync`): one per push/pull period. */
+  stateSyncs: number
+  /** Digest checks that found both states equal: the full push/pull exchange was skipped. */
+  stateSyncMatches: number
   /** Updates piggybacked or gossiped (one per copy sent). */
   updatesSent: number
   /** Signature verifications run (Ed25519 in production). */
@@ -84,6 +88,8 @@ export function emptyStats(): SwimStats {
     suspicions: 0,
     deaths: 0,
     refutations: 0,
+    stateSyncs: 0,
+    stateSyncMatches: 0,
     updatesSent: 0,
     signatureChecks: 0,
     signatureCacheHits: 0,

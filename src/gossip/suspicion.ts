@@ -35,6 +35,24 @@ export function suspicionMinTimeout(suspicionMult: number, n: number, probeInter
 }
 
 /**
+ * The suspicion timeouts a node applies (Lifeguard §IV-B `min`, `max = beta · min`), scaled by its
+ * own Local Health Multiplier `healthScore + 1` (Lifeguard §IV-A). The paper scales the probe
+ * timeout and interval; a node that knows itself slow (late timers, missed nacks) also gives a
+ * suspect longer to refute, because its own view (unread refutations, probes it could not answer
+ * in time) is what is in doubt. A healthy node (score 0) uses the unscaled timeouts.
+ */
+export function suspicionTimeouts(
+  suspicionMult: number,
+  maxTimeoutMult: number,
+  n: number,
+  probeIntervalMs: number,
+  healthScore: number,
+): { minMs: number; maxMs: number } {
+  const minMs = suspicionMinTimeout(suspicionMult, n, probeIntervalMs) * (healthScore + 1)
+  return { minMs, maxMs: maxTimeoutMult * minMs }
+}
+
+/**
  * One member under suspicion: who accused it, when, and how long until it is declared dead.
  *
  * Lifeguard §IV-B counts independent confirmations by accuser. The accuser named inside a

@@ -349,6 +349,53 @@ describe('Lifeguard §IV-A: a starved node suspects itself before it accuses oth
     expect(maxHealth).toBeGreaterThan(0)
     expect(maxHealth).toBeLessThan(lanConfig.awarenessMaxMultiplier - 1)
   })
+
+  it('a suspicion ending in a late tick waits 1 ms for the refutation in the socket; on time, it ends', () => {
+    const alive = (id: string, inc: number) =>
+      encodeMessage({ t: 'alive', inc, rec: encodeRecord(record(id)), sig: new Uint8Array() })
+    const run = (late: boolean) => {
+      const a = new Swim({
+        self: { id: 'a', name: 'a', addresses: [] },
+        config: lanConfig,
+        rng: seededRng(5),
+      })
+      for (const id of ['b', 'c', 'd', 'x']) a.handleMessage(id, alive(id, 1), 0)
+      const events: SwimEvent[] = []
+      const take = (o: Output, now: number) => {
+        events.push(...o.events)
+        // Every member answers every probe: nobody else is accused.
+        for (const { to, msg } of o.send) {
+          const r = decodeMessage(msg, lanConfig.maxMessageBytes)
+          if (!r.ok) continue
+          for (const p of r.msg.t === 'compound' ? r.msg.parts : [r.msg])
+            if (p.t === 'ping') take(a.handleMessage(to, encodeMessage({ t: 'ack', seq: p.seq }), now), now)
+        }
+      }
+      take(a.start(0), 0)
+      take(a.handleMessage('b', encodeMessage({ t: 'suspect', id: 'x', inc: 1, from: 'b' }), 1), 1)
+      expect(a.member('x')?.status).toBe('suspect')
+      // Lifeguard §IV-B: 5 members, k = 2, no confirmation: the maximum timeout.
+      const minMs = suspicionMinTimeout(lanConfig.suspicionMult, 5, lanConfig.probeIntervalMs)
+      const deadline = 1 + remainingSuspicionTime(0, 2, 0, minMs, lanConfig.suspicionMaxTimeoutMult * minMs)
+      // Every timer on time until the suspicion's end ...
+      while (a.nextDeadline() < deadline) {
+        const due = a.nextDeadline()
+        take(a.tick(due), due)
+      }
+      expect(a.member('x')?.status).toBe('suspect')
+      // ... whose tick fires on time, or 400 ms late (this node was not running) ...
+      const at = late ? deadline + 400 : deadline
+      take(a.tick(at), at)
+      // ... while x's refutation waited in the socket; the driver reads it before the next tick.
+      take(a.handleMessage('x', alive('x', 2), at), at)
+      take(a.tick(at + 1), at + 1)
+      return { a, fails: events.filter((e) => e.type === 'member:fail').map((e) => e.member.id) }
+    }
+    const late = run(true)
+    expect(late.fails).toEqual([])
+    expect(late.a.member('x')).toMatchObject({ status: 'alive', incarnation: 2 })
+    expect(run(false).fails).toEqual(['x'])
+  })
 })
 
 describe('SWIM §4.4 join: a reply cut at the per-exchange caps is caught up soon', () => {

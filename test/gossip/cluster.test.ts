@@ -56,18 +56,26 @@ describe('SWIM membership in a simulated cluster', () => {
     expect(ids.reduce((s, id) => s + sim.node(id).stats().dropped.forged, 0)).toBe(0)
   })
 
-  it('SWIM §3.1 + Lifeguard §IV-B: a crashed node is marked dead by every survivor within 1.75 s', () => {
-    const { sim, ids, log } = cluster(50, { seed: 2 })
-    expect(sim.runUntilCondition(() => converged(sim, ids), 10_000, 25)).toBeDefined()
-    sim.runFor(3_000)
-    const crashedAt = sim.now
-    sim.crash('n17')
-    const survivors = ids.filter((id) => id !== 'n17')
-    const at = sim.runUntilCondition(() => allSee(sim, survivors, 'n17', 'dead'), 10_000, 5)
-    expect(at).toBeDefined()
-    expect(at! - crashedAt).toBeLessThanOrEqual(1_750)
-    const wrongly = log.filter((l) => l.event.type === 'member:fail' && l.event.member.id !== 'n17')
-    expect(wrongly).toEqual([])
+  // Detection includes the wait until some member probes the crashed one, which is random (each
+  // member probes one other per period, in its own shuffled order): checked over six clusters.
+  it('SWIM §3.1 + Lifeguard §IV-B: a crashed node is marked dead by every survivor in 1.5 s (median of 6), 2 s at most', () => {
+    const detections: number[] = []
+    for (let seed = 1; seed <= 6; seed++) {
+      const { sim, ids, log } = cluster(50, { seed })
+      expect(sim.runUntilCondition(() => converged(sim, ids), 10_000, 25)).toBeDefined()
+      sim.runFor(3_000)
+      const crashedAt = sim.now
+      sim.crash('n17')
+      const survivors = ids.filter((id) => id !== 'n17')
+      const at = sim.runUntilCondition(() => allSee(sim, survivors, 'n17', 'dead'), 10_000, 5)
+      expect(at).toBeDefined()
+      detections.push(at! - crashedAt)
+      const wrongly = log.filter((l) => l.event.type === 'member:fail' && l.event.member.id !== 'n17')
+      expect(wrongly).toEqual([])
+    }
+    detections.sort((a, b) => a - b)
+    expect(detections[3]!).toBeLessThanOrEqual(1_500)
+    expect(detections[5]!).toBeLessThanOrEqual(2_000)
   })
 
   it('Lifeguard §IV: a node whose event loop stalls 300 ms every second is never declared dead (120 s)', () => {

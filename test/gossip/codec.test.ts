@@ -9,6 +9,8 @@ import {
   encodePushPull,
   encodeRecord,
   packParts,
+  STATE_DIGEST_BYTES,
+  stateEntryDigest,
 } from '../../src/gossip/codec.ts'
 import type { Message, NodeRecord } from '../../src/gossip/messages.ts'
 
@@ -31,6 +33,8 @@ const messages: Message[] = [
   { t: 'suspect', id: 'x', inc: 6, from: 'y' },
   { t: 'dead', id: 'x', inc: 7, from: 'y' },
   { t: 'leave', id: 'x', inc: 8, sig: new Uint8Array(64) },
+  { t: 'sync', seq: 9, digest: new Uint8Array(STATE_DIGEST_BYTES).fill(7) },
+  { t: 'sync-ack', seq: 10, digest: new Uint8Array(STATE_DIGEST_BYTES).fill(8) },
 ]
 
 describe('codec', () => {
@@ -42,6 +46,35 @@ describe('codec', () => {
       Object.fromEntries(Object.entries(o).map(([k, v]) => [k, v instanceof Uint8Array ? [...v] : v]))
     expect(plain(r.msg)).toMatchObject(plain(m))
     if (r.msg.t === 'alive') expect(r.msg.record).toEqual(record)
+  })
+
+  it('refuses a digest check whose digest is not 16 bytes or whose seq is not a 32-bit number', () => {
+    for (const t of ['sync', 'sync-ack']) {
+      for (const bad of [
+        { t, seq: 1, digest: new Uint8Array(STATE_DIGEST_BYTES - 1) },
+        { t, seq: 1, digest: new Uint8Array(STATE_DIGEST_BYTES + 1) },
+        { t, seq: 1, digest: 'x'.repeat(STATE_DIGEST_BYTES) },
+        { t, seq: -1, digest: new Uint8Array(STATE_DIGEST_BYTES) },
+        { t, seq: 2 ** 32, digest: new Uint8Array(STATE_DIGEST_BYTES) },
+        { t, digest: new Uint8Array(STATE_DIGEST_BYTES) },
+      ])
+        expect(decodeMessage(pack(bad), 1400)).toEqual({ ok: false, reason: 'shape' })
+    }
+  })
+
+  it('a state entry digest depends on every field a merge acts on', () => {
+    const sig = new Uint8Array(64).fill(1)
+    const base = stateEntryDigest('a', 'alive', 3, 3, sig)
+    expect(base).toHaveLength(STATE_DIGEST_BYTES)
+    expect(stateEntryDigest('a', 'alive', 3, 3, sig.slice())).toEqual(base)
+    for (const other of [
+      stateEntryDigest('b', 'alive', 3, 3, sig),
+      stateEntryDigest('a', 'suspect', 3, 3, sig),
+      stateEntryDigest('a', 'alive', 4, 3, sig),
+      stateEntryDigest('a', 'alive', 3, 2, sig),
+      stateEntryDigest('a', 'alive', 3, 3, new Uint8Array(64).fill(2)),
+    ])
+      expect(other).not.toEqual(base)
   })
 
   it('round-trips a compound of every simple type', () => {

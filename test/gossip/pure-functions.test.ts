@@ -2,7 +2,12 @@ import { describe, expect, it } from 'vitest'
 import { LocalHealth } from '../../src/gossip/awareness.ts'
 import { BroadcastQueue, retransmitLimit } from '../../src/gossip/broadcast-queue.ts'
 import { compoundPartOverhead } from '../../src/gossip/codec.ts'
-import { remainingSuspicionTime, Suspicion, suspicionMinTimeout } from '../../src/gossip/suspicion.ts'
+import {
+  remainingSuspicionTime,
+  Suspicion,
+  suspicionMinTimeout,
+  suspicionTimeouts,
+} from '../../src/gossip/suspicion.ts'
 import { pushPullInterval } from '../../src/gossip/swim.ts'
 
 describe('Lifeguard §IV-B remainingSuspicionTime (memberlist suspicion_test table)', () => {
@@ -43,6 +48,27 @@ describe('Lifeguard §IV-B suspicion minimum grows with log10(n)', () => {
     [4, 0, 1000, 4000],
   ])('mult=%i n=%i interval=%i -> %i ms', (mult, n, interval, expected) => {
     expect(suspicionMinTimeout(mult, n, interval)).toBe(expected)
+  })
+})
+
+describe('Lifeguard §IV-A/§IV-B suspicion timeouts scaled by the local health multiplier', () => {
+  it.each([
+    // mult, beta, n, interval, health → min, max
+    [4, 4, 50, 150, 0, 1019, 4076],
+    [4, 4, 200, 150, 0, 1380, 5520],
+    [4, 4, 200, 150, 1, 2760, 11040],
+    [4, 4, 200, 150, 7, 11040, 44160],
+    [3, 4, 5, 500, 2, 4500, 18000],
+  ])(
+    'mult %i, beta %i, n %i, interval %i, health %i → min %i, max %i',
+    (mult, beta, n, interval, h, min, max) => {
+      expect(suspicionTimeouts(mult, beta, n, interval, h)).toEqual({ minMs: min, maxMs: max })
+    },
+  )
+
+  it('a healthy node uses the unscaled Lifeguard timeouts', () => {
+    for (const n of [1, 3, 10, 50, 1000])
+      expect(suspicionTimeouts(4, 4, n, 150, 0).minMs).toBe(suspicionMinTimeout(4, n, 150))
   })
 })
 

@@ -93,6 +93,27 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
       core((s) => s.signatureCacheHits),
     ],
     [
+      'peermesh_gossip_state_syncs_total',
+      'Anti-entropy digest checks this agent started (one datagram each way before a push/pull)',
+      core((s) => s.stateSyncs),
+    ],
+    [
+      'peermesh_gossip_state_sync_matches_total',
+      'Digest checks that found both states equal, so the push/pull exchange was skipped',
+      core((s) => s.stateSyncMatches),
+    ],
+    [
+      'peermesh_gossip_suspicions_total',
+      'Members this agent moved to suspect (its own probes and others’ accusations)',
+      core((s) => s.suspicions),
+    ],
+    ['peermesh_gossip_deaths_total', 'Members this agent moved to dead', core((s) => s.deaths)],
+    [
+      'peermesh_gossip_refutations_total',
+      'Times this agent refuted a suspicion or death of itself with a higher incarnation',
+      core((s) => s.refutations),
+    ],
+    [
       'peermesh_gossip_late_timers_total',
       'Gossip timer runs that fired late enough to count against this agent’s own health (Lifeguard)',
       core((s) => s.lateTimers),

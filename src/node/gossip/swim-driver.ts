@@ -105,7 +105,7 @@ export class SwimDriver {
 
   /** Replaces this node's gossiped metadata; disseminated right away. */
   updateLocalMeta(meta: Record<string, unknown>): void {
-    this.process(this.swim.updateLocalRecord({ meta }))
+    this.process(this.swim.updateLocalRecord({ meta }, this.clock.now()))
   }
 
   /**
@@ -114,7 +114,7 @@ export class SwimDriver {
    */
   fireUserEvent(id: string, body: Uint8Array): UserEvent {
     if (this.stopped) throw new Error('gossip stopped')
-    const out = this.swim.fireUserEvent(id, body)
+    const out = this.swim.fireUserEvent(id, body, this.clock.now())
     const fired = out.userEvents.find((e) => e.id === id)!
     this.process(out)
     return fired
@@ -177,11 +177,14 @@ export class SwimDriver {
     if (!this.stopped) this.process(this.swim.handlePushPullReply(to, reply, this.clock.now()))
   }
 
-  /** Keeps one timer armed at the core's earliest deadline. */
+  /**
+   * Keeps one timer armed at the core's earliest deadline, moved later too when the core dropped
+   * the timer it was armed for (an acked probe's timeout): no wake-up finds nothing to do.
+   */
   private schedule(): void {
     if (this.stopped) return
     const at = this.swim.nextDeadline()
-    if (at >= this.tickAt && this.cancelTick !== undefined) return
+    if (at === this.tickAt && this.cancelTick !== undefined) return
     this.cancelTick?.()
     this.cancelTick = undefined
     this.tickAt = at

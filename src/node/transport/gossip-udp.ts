@@ -32,7 +32,14 @@
  * throw out of here.
  */
 import { ClusterKeyError } from '../../identity/errors.ts'
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
+import {
+  createCipheriv,
+  createDecipheriv,
+  createSecretKey,
+  hkdfSync,
+  type KeyObject,
+  randomBytes,
+} from 'node:crypto'
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
 import { isIPv6 } from 'node:net'
 import type { Logger } from 'pino'
@@ -80,29 +87,70 @@ export function deriveDatagramKey(clusterKey: Uint8Array): Buffer {
 
 const AAD = Buffer.from([DATAGRAM_VERSION])
 
+/** Random bytes at the front of each sealer's nonces; the rest is a per-datagram counter. */
+const NONCE_PREFIX_BYTES = 8
+
+/**
+ * Seals the datagrams of one sender with one key (see the envelope layout above), with what every
+ * datagram shares made once: the key object, the sender id's bytes and the nonce. Nonces are a
+ * random 64-bit prefix and a 32-bit counter (a fresh prefix when it wraps): never repeated by one
+ * sealer, and two sealers (every member shares the key) collide only if their random prefixes do.
+ */
+export class DatagramSealer {
+  private readonly key: KeyObject
+  private readonly header: Buffer
+  private readonly nonce = Buffer.alloc(NONCE_BYTES)
+  private counter = 0
+
+  constructor(key: Uint8Array | KeyObject, senderId: string) {
+    const id = Buffer.from(senderId, 'utf8')
+    if (id.length === 0 || id.length > MAX_SENDER_ID_BYTES)
+      throw new RangeError('sender id length out of range')
+    this.key = isKeyObject(key) ? key : createSecretKey(key)
+    this.header = Buffer.concat([Buffer.from([id.length]), id])
+    randomBytes(NONCE_PREFIX_BYTES).copy(this.nonce)
+  }
+
+  /** The envelope around `payload`, as the parts to send in one datagram (no copy into one). */
+  sealParts(payload: Uint8Array): Buffer[] {
+    if (this.counter === 0xffffffff) {
+      randomBytes(NONCE_PREFIX_BYTES).copy(this.nonce)
+      this.counter = 0
+    }
+    this.nonce.writeUInt32BE(++this.counter, NONCE_PREFIX_BYTES)
+    const nonce = Buffer.from(this.nonce)
+    const cipher = createCipheriv('chacha20-poly1305', this.key, nonce, { authTagLength: TAG_BYTES })
+    cipher.setAAD(AAD, { plaintextLength: this.header.length + payload.length })
+    const head = cipher.update(this.header)
+    const body = cipher.update(payload)
+    cipher.final()
+    return [AAD, nonce, head, body, cipher.getAuthTag()]
+  }
+
+  /** The whole datagram in one buffer. */
+  seal(payload: Uint8Array): Buffer {
+    return Buffer.concat(this.sealParts(payload))
+  }
+}
+
+function isKeyObject(k: Uint8Array | KeyObject): k is KeyObject {
+  return !(k instanceof Uint8Array)
+}
+
 /** Seals one SWIM message from `senderId` (see the envelope layout above). */
-export function sealDatagram(key: Uint8Array, senderId: string, payload: Uint8Array): Buffer {
-  const id = Buffer.from(senderId, 'utf8')
-  if (id.length === 0 || id.length > MAX_SENDER_ID_BYTES)
-    throw new RangeError('sender id length out of range')
-  const nonce = randomBytes(NONCE_BYTES)
-  const cipher = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG_BYTES })
-  const plaintextLength = 1 + id.length + payload.length
-  cipher.setAAD(AAD, { plaintextLength })
-  const body = Buffer.concat([
-    cipher.update(Buffer.from([id.length])),
-    cipher.update(id),
-    cipher.update(payload),
-    cipher.final(),
-  ])
-  return Buffer.concat([AAD, nonce, body, cipher.getAuthTag()])
+export function sealDatagram(key: Uint8Array | KeyObject, senderId: string, payload: Uint8Array): Buffer {
+  return new DatagramSealer(key, senderId).seal(payload)
 }
 
 /**
  * Opens a datagram; never throws. `maxPayloadBytes` bounds the SWIM message (anything longer
  * than the largest envelope around it is rejected before any decryption).
  */
-export function openDatagram(key: Uint8Array, datagram: Uint8Array, maxPayloadBytes: number): OpenResult {
+export function openDatagram(
+  key: Uint8Array | KeyObject,
+  datagram: Uint8Array,
+  maxPayloadBytes: number,
+): OpenResult {
   if (datagram.length < MIN_DATAGRAM) return { ok: false, reason: 'truncated' }
   if (datagram.length > maxPayloadBytes + datagramOverhead(MAX_SENDER_ID_BYTES))
     return { ok: false, reason: 'oversize' }
@@ -116,7 +164,8 @@ export function openDatagram(key: Uint8Array, datagram: Uint8Array, maxPayloadBy
     const decipher = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG_BYTES })
     decipher.setAAD(buf.subarray(0, 1), { plaintextLength: body.length })
     decipher.setAuthTag(tag)
-    plain = Buffer.concat([decipher.update(body), decipher.final()])
+    plain = decipher.update(body)
+    decipher.final() // a stream cipher: nothing more, but it checks the tag
   } catch {
     return { ok: false, reason: 'auth' }
   }
@@ -189,6 +238,8 @@ type MessageHandler = (from: string, bytes: Uint8Array) => void
  */
 export class GossipUdpTransport {
   private socket?: Socket
+  private readonly sealer: DatagramSealer
+  private readonly key: KeyObject
   private handler: MessageHandler = () => {}
   /** Source address of the last authentic datagram per sender (replies to not-yet-known members). */
   private readonly observed = new Map<string, UdpEndpoint>()
@@ -214,7 +265,10 @@ export class GossipUdpTransport {
     } satisfies Record<DatagramRejectReason, number>,
   }
 
-  constructor(private readonly init: GossipUdpInit) {}
+  constructor(private readonly init: GossipUdpInit) {
+    this.key = createSecretKey(init.key)
+    this.sealer = new DatagramSealer(this.key, init.selfId)
+  }
 
   onMessage(handler: MessageHandler): void {
     this.handler = handler
@@ -255,10 +309,10 @@ export class GossipUdpTransport {
       this.stats.sendDropped++
       return false
     }
-    const datagram = sealDatagram(this.init.key, this.init.selfId, bytes)
+    const parts = this.sealer.sealParts(bytes)
     this.stats.sent++
-    this.stats.sentBytes += datagram.length
-    socket.send(datagram, ep.port, ep.host, (err) => {
+    for (const p of parts) this.stats.sentBytes += p.length
+    socket.send(parts, ep.port, ep.host, (err) => {
       if (err) this.stats.sendDropped++
     })
     return true
@@ -271,7 +325,7 @@ export class GossipUdpTransport {
 
   private receive(msg: Buffer, rinfo: RemoteInfo): void {
     if (this.stopped) return
-    const r = openDatagram(this.init.key, msg, this.init.maxMessageBytes)
+    const r = openDatagram(this.key, msg, this.init.maxMessageBytes)
     if (!r.ok) {
       this.stats.rejected[r.reason]++
       this.init.log.trace({ from: `${rinfo.address}:${rinfo.port}`, reason: r.reason }, 'datagram rejected')

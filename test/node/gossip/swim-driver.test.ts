@@ -25,6 +25,8 @@ class FakeNet {
   readonly cut = new Set<string>()
   readonly pushPulls: { from: string; to: string; at: number }[] = []
   readonly localState = new Map<string, { incarnation: number; version: number }>()
+  /** Times each node's driver ran the core's timers (`Swim.tick`): its wake-ups. */
+  readonly ticks = new Map<string, number>()
   private readonly rng = seededRng(7)
 
   add(id: string): SwimDriver {
@@ -33,6 +35,11 @@ class FakeNet {
       config: lanConfig,
       rng: seededRng(Math.floor(this.rng() * 2 ** 32)),
     })
+    const tick = swim.tick.bind(swim)
+    swim.tick = (now) => {
+      this.ticks.set(id, (this.ticks.get(id) ?? 0) + 1)
+      return tick(now)
+    }
     const driver = new SwimDriver({
       swim,
       clock: this.clock,
@@ -114,6 +121,32 @@ describe('SwimDriver (the gossip module production driver) on a virtual clock', 
     await net.run(JOIN_RETRY_MAX_MS)
     expect(net.statusSeenBy('b', 'a')).toBe('alive')
     expect(net.statusSeenBy('a', 'b')).toBe('alive')
+    for (const d of net.drivers.values()) d.stop()
+  })
+
+  it('an idle, converged member wakes about once per probe period and sends no state', async () => {
+    const net = new FakeNet()
+    const ids = ['a', 'b', 'c', 'd', 'e']
+    for (const id of ids) net.add(id).start()
+    for (const id of ids.slice(1)) net.drivers.get(id)!.joinSeed('a')
+    await net.run(5_000)
+    for (const o of ids) for (const t of ids) expect(net.statusSeenBy(o, t)).toBe('alive')
+    const ticks = new Map(net.ticks)
+    const pushPulls = net.pushPulls.length
+    const idleMs = 60_000
+    await net.run(idleMs)
+    const periods = idleMs / lanConfig.probeIntervalMs
+    for (const id of ids) {
+      const wakes = net.ticks.get(id)! - ticks.get(id)!
+      // One probe per period; no gossip round without updates, no wake for an acked probe's timeout.
+      expect(wakes).toBeGreaterThanOrEqual(periods - 1)
+      expect(wakes).toBeLessThanOrEqual(periods * 1.1)
+      const s = net.drivers.get(id)!.stats()
+      expect(s.stateSyncs).toBeGreaterThan(0)
+      expect(s.stateSyncMatches).toBe(s.stateSyncs)
+    }
+    // Anti-entropy ran as digest checks only: no state exchanged while nothing differs.
+    expect(net.pushPulls.length).toBe(pushPulls)
     for (const d of net.drivers.values()) d.stop()
   })
 

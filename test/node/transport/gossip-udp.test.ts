@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
 import {
   DATAGRAM_VERSION,
+  DatagramSealer,
   datagramOverhead,
   deriveDatagramKey,
   GossipUdpTransport,
@@ -53,6 +54,22 @@ describe('sealDatagram / openDatagram', () => {
     const r = openDatagram(key, a, MAX)
     expect(r).toEqual({ ok: true, from: ID, payload: expect.anything() })
     if (r.ok) expect(Buffer.from(r.payload).toString()).toBe('ping 42')
+  })
+
+  it('one sealer never repeats a nonce (random prefix, counter), and every datagram opens', () => {
+    const sealer = new DatagramSealer(key, ID)
+    const other = new DatagramSealer(key, ID)
+    const nonces = new Set<string>()
+    for (let i = 0; i < 2_000; i++) {
+      const payload = Buffer.from(`ack ${i}`)
+      for (const s of [sealer, other]) {
+        const d = Buffer.concat(s.sealParts(payload))
+        nonces.add(d.subarray(1, 13).toString('hex'))
+        const r = openDatagram(key, d, MAX)
+        expect(r.ok && r.from === ID && Buffer.from(r.payload).equals(payload)).toBe(true)
+      }
+    }
+    expect(nonces.size).toBe(4_000)
   })
 
   it('a maximal message fits one Ethernet datagram (1472 bytes of UDP payload)', () => {
