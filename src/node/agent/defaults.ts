@@ -185,10 +185,6 @@ export const GOSSIP_WIRING_DEFAULTS = {
   pushPullCloseDelayMs: 1_000,
   /** Longest a push/pull exchange may take: a whole member list crosses a LAN in milliseconds. */
   pushPullTimeoutMs: 5_000,
-  /** At most one DHT address lookup per member in this period: lookups are costly and addresses change rarely. */
-  dhtLookupIntervalMs: 10_000,
-  /** Time limit of one DHT lookup. */
-  dhtLookupTimeoutMs: 3_000,
   /** Most members remembered in peers.json: a few live ones are enough to rejoin. */
   knownPeersMax: 32,
   /** peers.json is rewritten at most this often: membership churn must not become disk churn. */

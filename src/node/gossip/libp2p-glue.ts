@@ -20,8 +20,6 @@ const HOUSEKEEPING_PROTOCOLS = new Set([SWIM_PUSHPULL_PROTOCOL, '/ipfs/id/1.0.0'
 const {
   pushPullCloseDelayMs: PUSHPULL_CLOSE_DELAY_MS,
   pushPullTimeoutMs: PUSHPULL_TIMEOUT_MS,
-  dhtLookupIntervalMs: DHT_LOOKUP_INTERVAL_MS,
-  dhtLookupTimeoutMs: DHT_LOOKUP_TIMEOUT_MS,
 } = GOSSIP_WIRING_DEFAULTS
 
 /** Push/pull counters (metrics). */
@@ -52,7 +50,6 @@ export interface Libp2pGossipTransportInit {
  */
 export class Libp2pGossipTransport implements GossipTransport {
   readonly pushPullStats: PushPullStats = { exchanges: 0, failures: 0, bytesSent: 0, connectionsClosed: 0 }
-  private readonly dhtLookups = new Map<string, number>()
   /** Addresses last merged into the libp2p peer store, per member. */
   private readonly rememberedAddresses = new Map<string, string>()
   /** Seeds whose connection was opened just to join (closed after the join's push/pull). */
@@ -79,7 +76,6 @@ export class Libp2pGossipTransport implements GossipTransport {
     } catch (err) {
       this.pushPullStats.failures++
       this.init.log.debug({ peer: to, err: (err as Error).message }, 'push/pull failed')
-      this.lookupInDht(to)
       throw err
     } finally {
       if (!hadConnection) clock.setTimeout(() => this.closeIfIdle(peer), PUSHPULL_CLOSE_DELAY_MS)
@@ -143,19 +139,5 @@ export class Libp2pGossipTransport implements GossipTransport {
     } catch {
       // A record with an unparsable id or address cannot be dialed; the core already verified it.
     }
-  }
-
-  /** When a direct dial fails, ask the DHT for the member's current addresses. */
-  private lookupInDht(peer: string): void {
-    const { host, clock } = this.init
-    const last = this.dhtLookups.get(peer) ?? Number.NEGATIVE_INFINITY
-    if (this.stopped || clock.now() - last < DHT_LOOKUP_INTERVAL_MS) return
-    this.dhtLookups.set(peer, clock.now())
-    const status = this.init.statusOf(peer)
-    if (status === 'dead' || status === 'left') return
-    void host.peerRouting
-      .findPeer(peerIdFromString(peer), { signal: AbortSignal.timeout(DHT_LOOKUP_TIMEOUT_MS) })
-      .then((info) => host.peerStore.merge(info.id, { multiaddrs: info.multiaddrs }))
-      .catch(() => {})
   }
 }
