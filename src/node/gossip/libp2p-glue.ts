@@ -17,10 +17,8 @@ export const SWIM_PROTOCOL = '/peermesh/swim/1'
 export const SWIM_PUSHPULL_PROTOCOL = '/peermesh/swim/pushpull/1'
 /** Protocols that may still run on a connection opened only for push/pull (see `closeIfIdle`). */
 const HOUSEKEEPING_PROTOCOLS = new Set([SWIM_PUSHPULL_PROTOCOL, '/ipfs/id/1.0.0', '/ipfs/id/push/1.0.0'])
-const {
-  pushPullCloseDelayMs: PUSHPULL_CLOSE_DELAY_MS,
-  pushPullTimeoutMs: PUSHPULL_TIMEOUT_MS,
-} = GOSSIP_WIRING_DEFAULTS
+const { pushPullCloseDelayMs: PUSHPULL_CLOSE_DELAY_MS, pushPullTimeoutMs: PUSHPULL_TIMEOUT_MS } =
+  GOSSIP_WIRING_DEFAULTS
 
 /** Push/pull counters (metrics). */
 export interface PushPullStats {
