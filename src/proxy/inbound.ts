@@ -28,6 +28,7 @@ import { InboundHttp } from './inbound-http.ts'
 import { H2InboundHandler } from './inbound-h2.ts'
 import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
+import { forward, relayOnRead } from './relay.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
   accessLogMode,
@@ -315,11 +316,14 @@ export class InboundListener {
     m.requests.inc()
     m.active.inc()
     const startedAt = this.clock.now()
-    const local = net.connect({
+    const l4 = this.init.protocol !== 'http'
+    const local: net.Socket = net.connect({
       host: this.init.localServiceAddress ?? '127.0.0.1',
       port: this.init.localServicePort,
       allowHalfOpen: true,
       noDelay: true,
+      // L4: the app's bytes go to the caller without the Readable machinery (relay.ts).
+      onread: l4 ? relayOnRead((chunk) => forward(local, socket, chunk)) : undefined,
     })
     const conn: InboundConnection = { socket, source, local }
     this.open.add(conn)
@@ -345,7 +349,8 @@ export class InboundListener {
       }
     })
     socket.pipe(local)
-    local.pipe(socket)
+    if (l4) local.on('end', () => socket.end())
+    else local.pipe(socket)
     socket.on('close', () => {
       if (!socketEnded || !localEnded) local.destroy()
       this.open.delete(conn)
