@@ -145,7 +145,7 @@ class L4Connection {
     this.record = record
     this.secure = false
     record.pool.acquire(record)
-    const up = tls.connect({
+    const up: tls.TLSSocket = tls.connect({
       host: record.endpoint.address,
       port: record.endpoint.port,
       secureContext: core.tls.secureContext,
