@@ -123,13 +123,15 @@ class L4Connection {
 
   private readonly onClientEnd = (): void => {
     this.clientEnded = true
-    if (this.secure) this.upstream!.end()
+    // Once streaming, the pipe relays the end.
+    if (this.secure && this.replayable) this.upstream!.end()
   }
 
   private readonly onClientClose = (): void => {
     this.clientClosed = true
-    // An abrupt close (no end from the client) or one before an endpoint answered: drop the upstream.
-    if (!this.established || !this.clientEnded) this.upstream?.destroy()
+    // Unless the exchange ended both ways (the client's last bytes may still be on their way to
+    // the endpoint), nothing more can be relayed: drop the upstream.
+    if (!(this.established && this.clientEnded && this.upstream?.readableEnded)) this.upstream?.destroy()
     this.finish()
   }
 
@@ -243,7 +245,6 @@ class L4Connection {
     this.chunks = []
     this.bufferedBytes = 0
     this.client.off('data', this.onClientData)
-    this.client.off('end', this.onClientEnd)
     const up = this.upstream!
     // A client that already ended (before the handshake finished) gets its end relayed here.
     if (!this.clientEnded) this.client.pipe(up)

@@ -48,10 +48,13 @@ export function relayOnRead(deliver: (chunk: Buffer) => boolean): OnReadOptions 
 /**
  * Writes `chunk` from `source` to `sink`. False when `sink` is full: the caller stops reading
  * (`onread`'s callback returns false) and `source` resumes when `sink` drains. Bytes for a
- * destroyed sink are dropped (its 'close' tears the connection down).
+ * destroyed sink cannot go anywhere: `source` is destroyed too.
  */
 export function forward(source: net.Socket, sink: net.Socket, chunk: Buffer): boolean {
-  if (sink.destroyed) return false
+  if (sink.destroyed) {
+    source.destroy()
+    return false
+  }
   if (sink.write(chunk)) return true
   if (!waitingForDrain.has(source)) {
     waitingForDrain.add(source)

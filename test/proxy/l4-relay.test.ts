@@ -157,6 +157,32 @@ describe('L4 relay through an outbound and an inbound listener', () => {
     }
   })
 
+  it("a client gone after its half-close: the app's next bytes tear the connection down to the app", async () => {
+    const app = { socket: undefined as net.Socket | undefined, closed: false }
+    const port = await meshTo(
+      await startApp((s) => {
+        app.socket = s
+        s.on('close', () => {
+          app.closed = true
+        })
+        s.once('data', () => s.write('first'))
+      }),
+    )
+    const socket = await connect(port)
+    const first = new Promise<void>((resolve) => socket.once('data', () => resolve()))
+    socket.end('hello')
+    await first
+    socket.destroy()
+    await waitFor(() => app.socket?.readableEnded === true, 5_000, 'the app to see the end')
+    // The app keeps talking; nobody can take it: both sidecars close, and so does the app's socket.
+    const talk = setInterval(() => app.socket!.write('more'), 50)
+    try {
+      await waitFor(() => app.closed, 5_000, "the app's connection to close")
+    } finally {
+      clearInterval(talk)
+    }
+  })
+
   it('a client that stops reading stops the app (back-pressure), and then gets every byte', async () => {
     const cap = 128 * 1024 * 1024
     const chunk = randomBytes(64 * 1024)
