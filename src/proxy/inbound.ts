@@ -316,14 +316,13 @@ export class InboundListener {
     m.requests.inc()
     m.active.inc()
     const startedAt = this.clock.now()
-    const l4 = this.init.protocol !== 'http'
     const local: net.Socket = net.connect({
       host: this.init.localServiceAddress ?? '127.0.0.1',
       port: this.init.localServicePort,
       allowHalfOpen: true,
       noDelay: true,
-      // L4: the app's bytes go to the caller without the Readable machinery (relay.ts).
-      onread: l4 ? relayOnRead((chunk) => forward(local, socket, chunk)) : undefined,
+      // The app's bytes go to the caller without the Readable machinery (relay.ts).
+      onread: relayOnRead((chunk) => forward(local, socket, chunk)),
     })
     const conn: InboundConnection = { socket, source, local }
     this.open.add(conn)
@@ -349,8 +348,7 @@ export class InboundListener {
       }
     })
     socket.pipe(local)
-    if (l4) local.on('end', () => socket.end())
-    else local.pipe(socket)
+    local.on('end', () => socket.end())
     socket.on('close', () => {
       if (!socketEnded || !localEnded) local.destroy()
       this.open.delete(conn)
