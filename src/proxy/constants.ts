@@ -13,6 +13,9 @@ export const DEFAULT_CONNECT_TIMEOUT_MS = 1_000
  * Past it the connection is no longer retried: replaying a partial stream is not possible. */
 export const DEFAULT_REPLAY_BUFFER_BYTES = 64 * 1024
 
+/** The one read buffer of the L4 relays (relay.ts): libuv's own read size for a stream. */
+export const RELAY_READ_BUFFER_BYTES = 64 * 1024
+
 /** Retries may add this share of the recent requests (Linkerd's retry budget: 20%). */
 export const DEFAULT_RETRY_BUDGET_RATIO = 0.2
 /** ...plus this many per second, so a quiet upstream can still retry (Linkerd: 10/s). */

@@ -28,6 +28,7 @@ import { InboundHttp } from './inbound-http.ts'
 import { H2InboundHandler } from './inbound-h2.ts'
 import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
+import { forward, relayOnRead } from './relay.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
   accessLogMode,
@@ -315,11 +316,13 @@ export class InboundListener {
     m.requests.inc()
     m.active.inc()
     const startedAt = this.clock.now()
-    const local = net.connect({
+    const local: net.Socket = net.connect({
       host: this.init.localServiceAddress ?? '127.0.0.1',
       port: this.init.localServicePort,
       allowHalfOpen: true,
       noDelay: true,
+      // The app's bytes go to the caller without the Readable machinery (relay.ts).
+      onread: relayOnRead((chunk) => forward(local, socket, chunk)),
     })
     const conn: InboundConnection = { socket, source, local }
     this.open.add(conn)
@@ -345,7 +348,7 @@ export class InboundListener {
       }
     })
     socket.pipe(local)
-    local.pipe(socket)
+    local.on('end', () => socket.end())
     socket.on('close', () => {
       if (!socketEnded || !localEnded) local.destroy()
       this.open.delete(conn)

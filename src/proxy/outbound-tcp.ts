@@ -5,8 +5,9 @@
  * Until the endpoint's first response byte the proxy holds the client's bytes (up to
  * `replayBufferBytes`), so that a connect error, a failed handshake, or a close/reset by the
  * endpoint can be retried on another endpoint with the same bytes — a dead instance costs
- * latency, not a failed connection. After the first response byte both directions are
- * `pipe`d: no JavaScript runs per chunk beyond the stream machinery.
+ * latency, not a failed connection. After the first response byte the client's bytes are
+ * `pipe`d to the endpoint and the endpoint's come through `relay.ts` (node's `onread`, no
+ * Readable machinery): no JavaScript of ours runs per chunk beyond a copy and a write.
  */
 import net from 'node:net'
 import tls from 'node:tls'
@@ -14,6 +15,7 @@ import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, UpstreamConnectError } from './errors.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
+import { forward, relayOnRead } from './relay.ts'
 import { ALL_ROUTE, type Plan } from './traffic.ts'
 import { shouldLogAccess } from './types.ts'
 
@@ -121,13 +123,15 @@ class L4Connection {
 
   private readonly onClientEnd = (): void => {
     this.clientEnded = true
-    if (this.secure) this.upstream!.end()
+    // Once streaming, the pipe relays the end.
+    if (this.secure && this.replayable) this.upstream!.end()
   }
 
   private readonly onClientClose = (): void => {
     this.clientClosed = true
-    // An abrupt close (no end from the client) or one before an endpoint answered: drop the upstream.
-    if (!this.established || !this.clientEnded) this.upstream?.destroy()
+    // Unless the exchange ended both ways (the client's last bytes may still be on their way to
+    // the endpoint), nothing more can be relayed: drop the upstream.
+    if (!(this.established && this.clientEnded && this.upstream?.readableEnded)) this.upstream?.destroy()
     this.finish()
   }
 
@@ -143,13 +147,15 @@ class L4Connection {
     this.record = record
     this.secure = false
     record.pool.acquire(record)
-    const up = tls.connect({
+    const up: tls.TLSSocket = tls.connect({
       host: record.endpoint.address,
       port: record.endpoint.port,
       secureContext: core.tls.secureContext,
       checkServerIdentity: core.identityCheckFor(record.endpoint.service),
       // Half-close is relayed both ways (node:tls accepts it; the typings omit it).
       allowHalfOpen: true,
+      // Response bytes come to `onUpstreamChunk`, without the Readable machinery (relay.ts).
+      onread: relayOnRead((chunk) => this.onUpstreamChunk(up, record, chunk)),
     } as tls.ConnectionOptions)
     up.setNoDelay(true)
     this.upstream = up
@@ -170,16 +176,12 @@ class L4Connection {
         up.end()
       }
     })
-    const onFirstData = (chunk: Buffer) => {
-      up.off('data', onFirstData)
-      this.establish(up, record, chunk)
-    }
-    up.on('data', onFirstData)
     up.on('end', () => {
       upEnded = true
       // Half-open is allowed, so an end does not close by itself: before the first response byte
-      // it settles the attempt (see 'close').
+      // it settles the attempt (see 'close'); after it, the end is relayed to the client.
       if (!this.established) up.destroy()
+      else if (this.upstream === up) this.client.end()
     })
     up.on('error', () => {}) // handled on 'close'
     up.on('close', () => {
@@ -222,13 +224,18 @@ class L4Connection {
     })
   }
 
+  /** Response bytes of the attempt on `up`: the first commits to its endpoint, the rest are relayed. */
+  private onUpstreamChunk(up: tls.TLSSocket, record: EndpointRecord, chunk: Buffer): boolean {
+    if (this.upstream !== up) return false
+    if (!this.established) this.establish(record)
+    return forward(up, this.client, chunk)
+  }
+
   /** First response byte: commit to this endpoint and relay both ways. */
-  private establish(up: tls.TLSSocket, record: EndpointRecord, first: Buffer): void {
+  private establish(record: EndpointRecord): void {
     this.established = true
     this.core.metrics.latency.observe((this.core.clock.now() - this.startedAt) / 1000)
     record.pool.reportSuccess(record)
-    this.client.write(first)
-    up.pipe(this.client)
     if (this.replayable) this.commitToStreaming()
   }
 
@@ -238,8 +245,10 @@ class L4Connection {
     this.chunks = []
     this.bufferedBytes = 0
     this.client.off('data', this.onClientData)
-    this.client.off('end', this.onClientEnd)
-    if (!this.clientEnded) this.client.pipe(this.upstream!)
+    const up = this.upstream!
+    // A client that already ended (before the handshake finished) gets its end relayed here.
+    if (!this.clientEnded) this.client.pipe(up)
+    else if (!up.writableEnded) up.end()
   }
 
   private fail(reason: FailureReason): void {
