@@ -113,18 +113,27 @@ export async function blockOn(api: KvApi, req: ApiRequest, current: () => number
   }
 }
 
-/** A write through Raft; its result (a refusal is a result, not a throw), or 503 without a leader. */
+/**
+ * A write through Raft, answered once this agent has applied it (read-your-writes); its result (a
+ * refusal is a result, not a throw), or 503 without a leader.
+ */
 export async function kvWrite(
   api: KvApi,
   req: ApiRequest,
   cmd: PolicyCommand,
 ): Promise<{ index: number; result: PolicyResult }> {
   const token = req.auth.secret()
+  let out: { index: number; result: PolicyResult }
   try {
-    return await api.write(cmd, { signal: writeDeadline(req), ...(token !== undefined ? { token } : {}) })
+    out = await api.write(cmd, { signal: writeDeadline(req), ...(token !== undefined ? { token } : {}) })
   } catch (err) {
     throw unavailable(err)
   }
+  // Read-your-writes on this agent: a write forwarded from a follower is answered once the
+  // follower has applied it too, so a default (local) read right after it sees it. (A refused
+  // command changes nothing, and the state's index does not move for it.)
+  if (out.result.ok) await untilApplied(api, req, out.index)
+  return out
 }
 
 /** Waits until the state here has applied `index` (a follower answering with its own state). */
