@@ -251,8 +251,7 @@ describe('H2OutboundListener', () => {
     const { listener, registry } = await outbound([x.endpoint])
     const r = await call(client(listener.port))
     expect(r.headers['grpc-status']).toBe('7777777') // passed through unchanged
-    const count = (s: string) =>
-      metricValue(registry, 'peermesh_proxy_responses_total', { grpc_status: s })
+    const count = (s: string) => metricValue(registry, 'peermesh_proxy_responses_total', { grpc_status: s })
     await waitFor(async () => (await count('2')) === 1, 5_000, 'the call counted as UNKNOWN')
     expect(await count('7777777')).toBe(0)
   })
