@@ -155,9 +155,13 @@ describe('service identity is granted (e2e, issue #12; needs enrollment)', () =>
     expect(dbToken.status, errorOf(dbToken)).toBe(200)
     const db = dbToken.json as { SecretID: string; AccessorID: string }
     const dbPort = await freePort()
-    // The token was just made on the leader: edge answers 503 ("retry") until its replicated ACL
-    // state has it.
-    const registered = await waitFor('edge knows the db token', async () => {
+    // The token was just made on the leader: edge knows it once its replicated ACL state has it
+    // (until then a token is unknown there, as on a Consul agent: 403 "ACL not found").
+    await waitFor('edge knows the db token', async () => {
+      const r = await call(edge, 'GET', '/v1/acl/token/self', { token: db.SecretID })
+      return r.status === 200 ? true : undefined
+    })
+    const registered = await waitFor('edge registers db', async () => {
       const r = await call(edge, 'PUT', '/v1/agent/service/register', {
         token: db.SecretID,
         body: { name: 'db', port: dbPort },
