@@ -169,8 +169,8 @@ export async function runFoundingAcl(label: string, timeoutMs = 30_000): Promise
           `--- ${a.name} (exit ${a.child?.exitCode ?? 'running'}):\n` +
           a.log
             .split('\n')
-            .filter((l) => /found|enrol|bootstrap|leader|error|warn|refus/i.test(l))
-            .slice(-25)
+            .filter((l) => /found|enrol|bootstrap|leader|error|warn|refus|member:|seed/i.test(l))
+            .slice(-40)
             .join('\n'),
       )
       throw new Error(`${String(err)}\nlast answers:\n${seen.join('\n')}\n${logs.join('\n')}`)
