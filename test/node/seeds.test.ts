@@ -91,3 +91,42 @@ describe('SeedDialer: telling a key mismatch from an absent seed', () => {
     expect(await tcpAccepts('not a multiaddr', 1000)).toBe(false)
   })
 })
+
+describe('SeedDialer: joining through every seed that answers', () => {
+  it('joins through each live seed of the first round any answers in, then stops', async () => {
+    const { log } = capture()
+    const live = new Map([
+      ['/ip4/127.0.0.1/tcp/1/p2p/a', 'peer-a'],
+      ['/ip4/127.0.0.1/tcp/3/p2p/c', 'peer-c'],
+    ])
+    const dialed: string[] = []
+    const joined: string[] = []
+    let done: () => void = () => {}
+    const all = new Promise<void>((r) => {
+      done = r
+    })
+    const dialer = new SeedDialer({
+      host: {
+        dial: async (ma: { toString(): string }) => {
+          const seed = ma.toString()
+          dialed.push(seed)
+          const peer = live.get(seed)
+          if (peer === undefined) throw new Error('connect ECONNREFUSED')
+          return { remotePeer: { toString: () => peer } } as never
+        },
+      } as never,
+      seeds: ['/ip4/127.0.0.1/tcp/1/p2p/a', '/ip4/127.0.0.1/tcp/2/p2p/b', '/ip4/127.0.0.1/tcp/3/p2p/c'],
+      log,
+      onJoined: (peerId) => {
+        joined.push(peerId)
+        if (joined.length === 2) done()
+      },
+    })
+    dialer.start()
+    await all
+    await dialer.stop()
+    // Not only the first: an island of agents that each stopped at their first seed never merges.
+    expect(joined).toEqual(['peer-a', 'peer-c'])
+    expect(dialed).toHaveLength(3)
+  })
+})

@@ -12,7 +12,7 @@ export interface SeedDialerInit extends Partial<SeedDialConfig> {
   clock?: Clock
   /** Uniform in [0, 1): the backoff's jitter, so agents don't retry in step. */
   rng?: () => number
-  /** Called once, with the peer id of the first seed that answered. */
+  /** Called with the peer id of each seed that answered, in the first round where any did. */
   onJoined?: (peerId: string) => void
   /**
    * Whether something accepts TCP connections at `seed` (a multiaddr): asked after a dial that
@@ -67,6 +67,10 @@ export class SeedDialer {
     while (!signal.aborted) {
       // Seeds that took the TCP connection but not the handshake, this round.
       const handshakeFailed: string[] = []
+      // Every seed that answers is joined through, as memberlist's Join does: agents started
+      // together that each stopped at their first live seed could form islands that never meet
+      // (a and b through each other, c and d through each other).
+      let joined = 0
       for (const seed of seeds) {
         if (signal.aborted) return
         try {
@@ -76,7 +80,7 @@ export class SeedDialer {
           const peerId = conn.remotePeer.toString()
           log.info({ seed, peerId }, 'joined through seed')
           this.init.onJoined?.(peerId)
-          return
+          joined++
         } catch (err) {
           if (signal.aborted) return
           const message = (err as Error).message
@@ -89,6 +93,7 @@ export class SeedDialer {
             handshakeFailed.push(seed)
         }
       }
+      if (joined > 0) return
       const delay = backoff * (0.8 + 0.4 * rng())
       // The hint once per run (it does not change while the keys stay as they are).
       if (handshakeFailed.length > 0 && !hinted) {
