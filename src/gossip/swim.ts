@@ -1297,7 +1297,12 @@ export class Swim {
       this.cfg.suspicionMaxTimeoutMult,
       n,
       this.cfg.probeIntervalMs,
-      this.health.health,
+      // Unscaled (health 0), as in Lifeguard: a node cut off from the cluster builds up local
+      // health, and with scaled timeouts its suspicions outlived the partition, so its `dead`
+      // verdicts reached the healed cluster as fresh accusations (a leader declared dead after a
+      // heal in the chaos suite's partition-leader). Expired during the cut, they travel only by
+      // push/pull, which merges a remote `dead` as a suspicion the member refutes in time.
+      0,
     )
     const s = new Suspicion({ from: msg.from, via, startMs: now, incarnation: msg.inc, k, minMs, maxMs })
     this.suspicions.set(msg.id, s)
