@@ -264,7 +264,10 @@ export class H2InboundHandler {
       if (!link.connected || up.rstCode === NGHTTP2_REFUSED_STREAM) {
         // Never reached the app: the caller's sidecar may send it elsewhere.
         down.close(NGHTTP2_REFUSED_STREAM)
-      } else if (link.session.destroyed || link.session.closed) {
+      } else if (grpc || link.session.destroyed || link.session.closed) {
+        // The app's stream ended before a response went out: its session is going (a killed app's
+        // streams can close, code 0, before the session does) or it reset the call. A gRPC caller
+        // gets UNAVAILABLE marked as a reset, which its sidecar retries on another instance.
         m.error('reset')
         if (grpc) {
           status = 200
