@@ -123,8 +123,9 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
     const c2 = client(f2)
     const s1: string = (await c.session.create({ name: 'one', lockdelay: '15s' })).ID
     const s2: string = (await c2.session.create({ name: 'two', lockdelay: '15s' })).ID
-    // node-consul's session.info resolves the first session of the list.
-    const info = (await c.session.info(s2)) as unknown as {
+    // node-consul's session.info resolves the first session of the list. Read where it was
+    // created: a default read answers from the local state, which another agent may not have yet.
+    const info = (await c2.session.info(s2)) as unknown as {
       Node: string
       LockDelay: number
       Behavior: string
