@@ -14,7 +14,7 @@ import { type OutlierConfig, validateOutlierConfig } from './outlier.ts'
 import { RetryBudget, type RetryBudgetConfig } from './retry-budget.ts'
 import { type SplitConfig, validateSplitConfig } from './split.ts'
 import { ClientTlsMaterial, serverIdentityCheck } from './tls-material.ts'
-import { ConcurrencyLimit } from './concurrency-limit.ts'
+import { ConcurrencyLimit, type LimitTicket } from './concurrency-limit.ts'
 import type { Tracer } from './tracing.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import {
@@ -221,6 +221,23 @@ export class UpstreamCore {
   }
 
   /** Where a request along `route` goes (a fresh plan only when a split must be drawn). */
+  /**
+   * Runs `start` now, or once the destination's concurrency limit grants a slot. Returns the
+   * ticket to release when done (undefined without a limit), or `false` when the limit and its
+   * queue are full: counted as a `concurrency-limit` rejection, and `start` never runs.
+   */
+  admit(start: () => void): LimitTicket | undefined | false {
+    const limit = this.limit
+    if (limit === undefined) {
+      start()
+      return undefined
+    }
+    const admission = limit.admit(start)
+    if (admission.ok) return admission.ticket
+    this.metrics.rejected('concurrency-limit')
+    return false
+  }
+
   plan(route: RouteDestination): Plan {
     if (route === ALL_ROUTE && this.fixedPlan !== undefined) return this.fixedPlan
     return planTargets(this.policy, this.destination, route, this.rng())

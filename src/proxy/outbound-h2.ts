@@ -311,17 +311,11 @@ class H2Exchange {
   /** The first attempt, now or once the concurrency limit grants a slot; refused when full. */
   private admit(): void {
     if (this.done) return
-    const limit = this.core.limit
-    if (limit === undefined) {
-      this.attempt()
+    const ticket = this.core.admit(() => this.attempt())
+    if (ticket !== false) {
+      this.ticket = ticket
       return
     }
-    const admission = limit.admit(() => this.attempt())
-    if (admission.ok) {
-      this.ticket = admission.ticket
-      return
-    }
-    this.core.metrics.rejected('concurrency-limit')
     this.fail(
       'rejected',
       GRPC_STATUS.RESOURCE_EXHAUSTED,

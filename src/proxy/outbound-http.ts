@@ -317,18 +317,9 @@ class HttpExchange {
   /** The first attempt, now or once the concurrency limit grants a slot; or a 503 when full. */
   private admit(): void {
     if (this.done) return
-    const limit = this.core.limit
-    if (limit === undefined) {
-      this.attempt()
-      return
-    }
-    const admission = limit.admit(() => this.attempt())
-    if (admission.ok) {
-      this.ticket = admission.ticket
-      return
-    }
-    this.core.metrics.rejected('concurrency-limit')
-    this.fail('rejected', 503, CONCURRENCY_LIMIT_CODE, [REJECT_HEADER, 'concurrency-limit'])
+    const ticket = this.core.admit(() => this.attempt())
+    if (ticket !== false) this.ticket = ticket
+    else this.fail('rejected', 503, CONCURRENCY_LIMIT_CODE, [REJECT_HEADER, 'concurrency-limit'])
   }
 
   private attempt(): void {

@@ -50,24 +50,18 @@ export class OutboundListener extends OutboundListenerBase {
     this.core.budget.recordRequest(this.core.clock.now())
     this.clientSockets.add(client)
     // MaxConnections: connections beyond the limit are refused (closed) at once; L4 has no queue.
-    let release: (() => void) | undefined
-    const limit = this.core.limit
-    if (limit !== undefined) {
-      const admission = limit.admit(() => {})
-      if (!admission.ok) {
-        m.rejected('concurrency-limit')
-        client.on('error', () => {})
-        client.once('close', () => {
-          this.clientSockets.delete(client)
-          m.active.dec()
-        })
-        client.destroy()
-        return
-      }
-      release = () => admission.ticket.release()
+    const ticket = this.core.admit(() => {})
+    if (ticket === false) {
+      client.on('error', () => {})
+      client.once('close', () => {
+        this.clientSockets.delete(client)
+        m.active.dec()
+      })
+      client.destroy()
+      return
     }
     new L4Connection(this.core, client, this.replayBufferBytes, () => {
-      release?.()
+      ticket?.release()
       this.clientSockets.delete(client)
       m.active.dec()
     })
