@@ -80,8 +80,16 @@ describe('user events (end to end, 3 agent processes, gossip)', () => {
       )
       expect((await list(agent)).some((e) => e.ID === only.ID)).toBe(false)
     }
-    // Lamport times: later events are ordered after earlier ones on every agent.
-    const onC = await list(c)
+    // Lamport times: later events are ordered after earlier ones on every agent. C lists the
+    // later event once gossip has brought it there (the wait above covered only A and B).
+    const onC = await waitFor(
+      'the later event on ec',
+      async () => {
+        const got = await list(c)
+        return got.some((e) => e.ID === after.ID) ? got : undefined
+      },
+      20_000,
+    )
     expect(onC.map((e) => e.Name)).toEqual(['deploy', 'restart', 'later'])
     expect(onC[2]!.LTime).toBeGreaterThan(onC[0]!.LTime)
 
