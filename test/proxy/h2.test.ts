@@ -6,10 +6,12 @@
  */
 import http2 from 'node:http2'
 import type { AddressInfo } from 'node:net'
+import tls from 'node:tls'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
 import { InboundListener } from '../../src/proxy/inbound.ts'
+import { InboundGate } from '../../src/proxy/inbound-gate.ts'
 import { IntentionIndex } from '../../src/proxy/intentions.ts'
 import { H2OutboundListener, type H2OutboundListenerInit } from '../../src/proxy/outbound-h2.ts'
 import type { RequestGate } from '../../src/proxy/request-gate.ts'
@@ -468,6 +470,86 @@ describe('HTTP/2 inbound', () => {
     const { listener } = await outbound([endpoint('api-1', l4.port)])
     const r = await call(client(listener.port))
     expect([r.body, grpcStatusOf(r)]).toEqual(['api-1:hi', '0'])
+  })
+
+  it('an L7 source without ALPN h2 (bytes that would be relayed unchecked) is refused; over h2 each request is gated', async () => {
+    const app = await h2App('api-1')
+    const intentions = [
+      {
+        source: 'web',
+        destination: 'api',
+        permissions: [{ Action: 'allow' as const, HTTP: { PathPrefix: '/pkg.Svc/' } }],
+      },
+    ]
+    const registry = new Registry()
+    const listener = new InboundListener({
+      service: 'api',
+      trustDomain: TD,
+      port: 0,
+      bindAddress: '127.0.0.1',
+      localServicePort: app.port,
+      certificates: new StaticCertificateSource(apiCert),
+      authorizer: IntentionAuthorizer.from(intentions),
+      protocol: 'grpc',
+      registry,
+      gate: new InboundGate({
+        service: 'api',
+        intentions: () => new IntentionIndex(intentions),
+        now: () => performance.now(),
+      }),
+    })
+    await listener.start()
+    cleanups.push(() => listener.stop())
+
+    // Attacker's side: web's own valid leaf, but no ALPN h2, then an HTTP/2 request to a path the
+    // intention does not allow. Relayed as bytes, no rule would see it: the connection is closed
+    // unanswered.
+    const raw = tls.connect({
+      host: '127.0.0.1',
+      port: listener.port,
+      cert: webCert.certPem,
+      key: webCert.keyPem,
+      ca: webCert.rootsPem as string[],
+      checkServerIdentity: () => undefined,
+    })
+    cleanups.push(async () => {
+      raw.destroy()
+    })
+    raw.on('error', () => {})
+    raw.on('secureConnect', () => raw.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'))
+    let received = 0
+    raw.on('data', (d: Buffer) => {
+      received += d.length
+    })
+    await new Promise<void>((resolve) => raw.on('close', () => resolve()))
+    expect(received).toBe(0)
+    expect(await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'web' })).toBe(1)
+    // An L4 sidecar (no ALPN) of the same source is refused the same way.
+    const { OutboundListener } = await import('../../src/proxy/outbound-tcp.ts')
+    const l4 = new OutboundListener({
+      sourceService: 'web',
+      destinationService: 'api',
+      trustDomain: TD,
+      bindPort: 0,
+      certificates: new StaticCertificateSource(webCert),
+      endpoints: new StaticEndpointSource([endpoint('api-1', listener.port)]),
+    })
+    await l4.start()
+    cleanups.push(() => l4.stop())
+    const viaL4 = await call(client(l4.port), { path: '/admin.Svc/Drop' })
+    expect(viaL4.status).toBe(0) // no response: the connection was refused
+    expect(app.hits).toBe(0)
+    // Each of the L4 sidecar's connection attempts was refused and counted.
+    expect(
+      await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'web' }),
+    ).toBeGreaterThan(1)
+
+    // Over h2, the same source is served request by request under the intention's permissions.
+    const { listener: out } = await outbound([endpoint('api-1', listener.port)])
+    const session = client(out.port)
+    expect(grpcStatusOf(await call(session, { path: '/pkg.Svc/Call' }))).toBe('0')
+    expect(grpcStatusOf(await call(session, { path: '/admin.Svc/Drop' }))).toBe('7')
+    expect(app.hits).toBe(1)
   })
 
   it('a caller without ALPN h2 (an L4 sidecar) is still relayed byte for byte', async () => {
