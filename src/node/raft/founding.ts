@@ -37,7 +37,9 @@ import type { NodeId } from '../../raft/index.ts'
  * it still cannot commit to two.
  *
  * When do W and W' share an agent? W ⊇ S and W' ⊇ S', so whenever S and S' overlap, and whenever
- * the two candidates' gossip views overlap at all. A new low-id agent X that appears mid-way and
+ * the two candidates' gossip views overlap at all when they run their rounds (views that overlap
+ * only later do not count: two groups of N that found before they see each other are the case
+ * below). A new low-id agent X that appears mid-way and
  * computes S' = {X, ...} sees the agents of S too (they are alive): they hold the promise of S or
  * the commitment to S and refuse it, X waits, and once S is written X sees Raft state and stops.
  * An agent started after the cluster exists sees members with state (or commitments) and never

