@@ -20,6 +20,14 @@ export interface RaftNodeDriverOptions<R> extends RaftNodeOptions<R> {
   log?: DriverLog
 }
 
+/**
+ * Event-loop turns a commit notice waits for an append that would carry its commit anyway (see
+ * scheduleNotices): under concurrent writes the next batch's proposals usually come in the next
+ * turn, and their appends replace the notices, which were otherwise a large part of a busy
+ * leader's messages (each one a send here, a receive, an apply and an answer on the follower).
+ */
+const NOTICE_HOLD_TURNS = 2
+
 /** A proposal waiting for the end of its event-loop turn, to be sealed with the others of it. */
 interface QueuedProposal {
   data: Uint8Array
@@ -380,20 +388,22 @@ export class RaftNode<R = unknown> {
   }
 
   private handleReady(rd: Ready): void {
-    // What need not wait for this Ready's state: a leader's appends and heartbeats leave while it
-    // writes its own copy (thesis §10.2.1).
-    this.sendAll(rd.messages)
+    const deferred =
+      this.syncOffLoop &&
+      rd.entries.length > 0 &&
+      !this.founding &&
+      (this.followerWritesOffLoop || this.raft.role === 'leader')
+    // What need not wait for this Ready's state (a leader's appends and heartbeats) leaves while
+    // this node writes its own copy (thesis §10.2.1). Written in line, it leaves first; written off
+    // the loop, right after the fsync has started, so that the fsync runs while this thread encodes,
+    // encrypts and sends.
+    if (!deferred) this.sendAll(rd.messages)
     // 1. persist. Term and vote are fsynced before returning; entries too, unless the storage can
     // sync them off the event loop. While a fsync is pending the core hands out nothing to persist.
     if (rd.snapshot !== undefined) {
       this.storage.installSnapshot(rd.snapshot)
       this.savedSnapshotIndex = Math.max(this.savedSnapshotIndex, rd.snapshot.metadata.index)
     }
-    const deferred =
-      this.syncOffLoop &&
-      rd.entries.length > 0 &&
-      !this.founding &&
-      (this.followerWritesOffLoop || this.raft.role === 'leader')
     if (rd.entries.length > 0) this.founding = false
     if (rd.entries.length > 0) {
       if (deferred) this.storage.appendDeferred!(rd.entries)
@@ -419,11 +429,6 @@ export class RaftNode<R = unknown> {
       this.afterReady(rd)
       return
     }
-    this.raft.accept(rd)
-    this.sm.prepare?.(rd.entries)
-    // Committed entries need not wait for this write (see Raft `accept`); a snapshot, and what
-    // follows it, wait: the core hands out nothing to apply until the write is done.
-    if (rd.snapshot === undefined) this.applyEntries(rd.committedEntries)
     const last = rd.entries.at(-1)!
     const done = this.storage.sync!().then(
       () => {
@@ -447,6 +452,13 @@ export class RaftNode<R = unknown> {
       },
     )
     this.persisting = { rd, done }
+    // 2. send what does not wait for the write (see above), 3. apply.
+    this.sendAll(rd.messages)
+    this.raft.accept(rd)
+    this.sm.prepare?.(rd.entries)
+    // Committed entries need not wait for this write (see Raft `accept`); a snapshot, and what
+    // follows it, wait: the core hands out nothing to apply until the write is done.
+    if (rd.snapshot === undefined) this.applyEntries(rd.committedEntries)
   }
 
   /** Restores a snapshot, applies committed entries and records read points, in that order. */
@@ -482,7 +494,7 @@ export class RaftNode<R = unknown> {
 
   /**
    * Sends a batch, merging what goes to the same peer (see coalesceMessages). With coalesceReady, an
-   * append without entries (a commit notice, or a probe) waits for the end of the event-loop turn:
+   * append without entries (a commit notice, or a probe) waits a turn or two (scheduleNotices):
    * the replies to the writes it commits leave first, and an append sent to that peer meanwhile,
    * which carries the same commit or a later one, makes it redundant (it is dropped then; Raft
    * copes with lost messages, and the next heartbeat or append carries the commit anyway).
@@ -509,13 +521,28 @@ export class RaftNode<R = unknown> {
 
   private holdNotice(m: Message): void {
     this.heldNotices.set(m.to, m)
+    this.scheduleNotices(NOTICE_HOLD_TURNS)
+  }
+
+  /**
+   * Sends the held notices `turns` event-loop turns from now, or one turn later if proposals made
+   * meanwhile are still to be drained then: their appends carry the commit and replace the
+   * notices (see sendAll). No timer: an idle leader sends them a turn or two later, a busy one
+   * after at most `turns + 1`.
+   */
+  private scheduleNotices(turns: number): void {
     if (this.noticesScheduled) return
     this.noticesScheduled = true
     this.clock.defer(() => {
       this.noticesScheduled = false
+      if (this.stopped || this.heldNotices.size === 0) return
+      if (turns > 1 || (turns > 0 && this.drainScheduled)) {
+        this.scheduleNotices(turns - 1)
+        return
+      }
       const held = [...this.heldNotices.values()]
       this.heldNotices.clear()
-      if (!this.stopped) for (const n of held) this.sendOne(n)
+      for (const n of held) this.sendOne(n)
     })
   }
 

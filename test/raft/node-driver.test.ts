@@ -405,6 +405,135 @@ describe('RaftNode driver', () => {
     for (const n of nodes.values()) await n.stop()
   })
 
+  it("a busy leader's next append carries the commit: no separate notice for it (real event loop)", async () => {
+    const nodes = new Map<string, RaftNode<PolicyResult>>()
+    const sent: { from: string; to: string; empty: boolean; commit: number }[] = []
+    for (const id of ids) {
+      const node = new RaftNode<PolicyResult>({
+        id,
+        storage: new MemoryStorage(),
+        stateMachine: new PolicyStore(),
+        transport: {
+          send: (to, m) => {
+            if (m.type === 'app') sent.push({ from: id, to, empty: m.entries.length === 0, commit: m.commit })
+            const bytes = encodeMessage(m)
+            setImmediate(() => nodes.get(to)?.receive(bytes, id))
+          },
+        },
+        bootstrap: ids,
+        tickMs: 1_000, // no heartbeat carries the commit meanwhile
+        coalesceReady: true,
+      })
+      nodes.set(id, node)
+    }
+    for (const n of nodes.values()) n.start()
+    const a = nodes.get('a')!
+    a.campaign()
+    const deadline = Date.now() + 5_000
+    while (!a.isLeader() && Date.now() < deadline) await new Promise((r) => setImmediate(r))
+    await a.propose(upsert('warm', 'up'))
+    sent.length = 0
+    // A writer that sends its next write in the turn after each reply, as a busy client does.
+    let first = 0
+    let second = 0
+    await new Promise<void>((resolve, reject) => {
+      a.propose(upsert('web', 'db')).then(({ index }) => {
+        first = index
+        setImmediate(() =>
+          a.propose(upsert('api', 'db')).then(({ index: i }) => {
+            second = i
+            resolve()
+          }, reject),
+        )
+      }, reject)
+    })
+    while ([...nodes.values()].some((n) => n.applied() < second) && Date.now() < deadline)
+      await new Promise((r) => setImmediate(r))
+    const fromA = sent.filter((m) => m.from === 'a')
+    // The first write's commit reached b and c on the second write's append, not on a notice.
+    for (const to of ['b', 'c']) {
+      const carrying = fromA.filter((m) => m.to === to && m.commit >= first && m.commit < second)
+      expect(carrying.length).toBeGreaterThan(0)
+      expect(carrying.every((m) => !m.empty)).toBe(true)
+    }
+    // The last commit, with nothing after it, still goes out as a notice.
+    expect(
+      fromA
+        .filter((m) => m.empty && m.commit >= second)
+        .map((m) => m.to)
+        .sort(),
+    ).toEqual(['b', 'c'])
+    for (const n of nodes.values()) expect(n.applied()).toBe(second)
+    for (const n of nodes.values()) await n.stop()
+  })
+
+  it('a leader starts its own fsync before it sends the appends, and counts its copy only after it (§10.2.1)', async () => {
+    const events: string[] = []
+    class RecordingStorage extends MemoryStorage {
+      hold = false
+      readonly held: (() => void)[] = []
+      appendDeferred(entries: Parameters<MemoryStorage['append']>[0]): void {
+        events.push(`write ${entries.at(-1)!.index}`)
+        this.append(entries)
+      }
+      sync(): Promise<void> {
+        events.push('fsync')
+        return this.hold ? new Promise((resolve) => this.held.push(resolve)) : Promise.resolve()
+      }
+    }
+    const nodes = new Map<string, RaftNode<PolicyResult>>()
+    const storages = new Map<string, RecordingStorage>()
+    const down = new Set<string>()
+    for (const id of ids) {
+      const storage = new RecordingStorage()
+      storages.set(id, storage)
+      const node = new RaftNode<PolicyResult>({
+        id,
+        storage,
+        stateMachine: new PolicyStore(),
+        transport: {
+          send: (to, m) => {
+            if (id === 'a' && m.type === 'app' && m.entries.length > 0)
+              events.push(`send ${to} ${m.entries.at(-1)!.index}`)
+            const bytes = encodeMessage(m)
+            setImmediate(() => {
+              if (!down.has(to)) nodes.get(to)?.receive(bytes, id)
+            })
+          },
+        },
+        bootstrap: ids,
+        tickMs: 1_000,
+        coalesceReady: true,
+      })
+      nodes.set(id, node)
+    }
+    for (const n of nodes.values()) n.start()
+    const a = nodes.get('a')!
+    a.campaign()
+    const deadline = Date.now() + 5_000
+    while (!a.isLeader() && Date.now() < deadline) await new Promise((r) => setImmediate(r))
+    await a.propose(upsert('warm', 'up'))
+    events.length = 0
+    // b is cut off and a's disk is stuck: a's own copy must not count, so c alone is no quorum.
+    down.add('b')
+    storages.get('a')!.hold = true
+    let done = false
+    const p = a.propose(upsert('web', 'db')).then((r) => {
+      done = true
+      return r
+    })
+    while (!events.some((e) => e.startsWith('send c')) && Date.now() < deadline)
+      await new Promise((r) => setImmediate(r))
+    const index = Number(events.find((e) => e.startsWith('write'))!.split(' ')[1])
+    expect(events.slice(0, 4)).toEqual([`write ${index}`, 'fsync', `send b ${index}`, `send c ${index}`])
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
+    expect(done).toBe(false)
+    expect(a.status().commit).toBeLessThan(index)
+    for (const release of storages.get('a')!.held.splice(0)) release()
+    expect((await p).index).toBe(index)
+    for (const n of nodes.values()) await n.stop()
+  })
+
   it('applies a committed entry while its own fsync is still under way, acknowledging it only after', async () => {
     // Real event loop, asynchronous fsync path. c's disk is stuck: a and b commit without it, and
     // c shows the write as soon as it learns the commit; its appResp still waits for its fsync.

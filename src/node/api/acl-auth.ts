@@ -25,7 +25,10 @@ export interface AclResolverConfig {
   anonymousRead: boolean
 }
 
-/** Who a request is: its token (undefined when ACLs are off) and what it may do. */
+/** Secrets whose resolution an AclResolver keeps (see `bySecret`); past it, it starts over. */
+const MAX_CACHED_SECRETS = 1024
+
+/** Who a request is: its token (undefined when ACLs are off) and what it may do. Shared: read only. */
 export interface ResolvedToken {
   accessorId: string
   token: AclToken | undefined
@@ -69,6 +72,12 @@ export class AclResolver {
   private readonly rules = new RuleSetCache()
   private cacheIndex = -1
   private readonly cache = new Map<string, Authorizer>()
+  /**
+   * Secret -> what it resolved to, at ACL index `cacheIndex`: a request then costs one map lookup
+   * instead of hashing its secret and copying its token. Only known secrets are kept, at most
+   * MAX_CACHED_SECRETS (a client sending many made-up secrets fills nothing).
+   */
+  private readonly bySecret = new Map<string, ResolvedToken>()
 
   /**
    * `options.replicated`: whether this agent's ACL state has caught up with the cluster (e.g. it
@@ -90,12 +99,32 @@ export class AclResolver {
    */
   resolve(secret: string | undefined): ResolvedToken {
     if (!this.config.enabled) return { accessorId: '', token: undefined, authorizer: MANAGE_ALL }
-    const token = this.state.tokenBySecret(secret ?? ANONYMOUS_TOKEN_SECRET)
+    const key = secret ?? ANONYMOUS_TOKEN_SECRET
+    this.checkIndex()
+    const hit = this.bySecret.get(key)
+    if (hit !== undefined) return hit
+    const token = this.state.tokenBySecret(key)
     if (token === undefined) {
       if (this.options.replicated?.() === false) throw new ApiError(ACL_NOT_REPLICATED, 503)
       throw new ApiError(ACL_NOT_FOUND, 403)
     }
-    return { accessorId: token.accessorId, token, authorizer: this.authorizerOf(token) }
+    const who: ResolvedToken = Object.freeze({
+      accessorId: token.accessorId,
+      token: deepFreeze(token),
+      authorizer: this.authorizerOf(token),
+    })
+    if (this.bySecret.size >= MAX_CACHED_SECRETS) this.bySecret.clear()
+    this.bySecret.set(key, who)
+    return who
+  }
+
+  /** Drops what was resolved on an older ACL state: any ACL change may change any answer. */
+  private checkIndex(): void {
+    if (this.cacheIndex === this.state.index) return
+    this.cache.clear()
+    this.bySecret.clear()
+    this.cacheIndex = this.state.index
+    this.rules.retain(new Set(this.state.policies().map((p) => p.id)))
   }
 
   /** The token a request presents (see `requestSecret`). */
@@ -104,11 +133,7 @@ export class AclResolver {
   }
 
   private authorizerOf(token: AclToken): Authorizer {
-    if (this.cacheIndex !== this.state.index) {
-      this.cache.clear()
-      this.cacheIndex = this.state.index
-      this.rules.retain(new Set(this.state.policies().map((p) => p.id)))
-    }
+    this.checkIndex()
     let a = this.cache.get(token.accessorId)
     if (a === undefined) {
       a = authorizerForToken(
@@ -146,4 +171,13 @@ export function requirePermission(
 /** Whether `accessorId` is the anonymous token (for logs that should say "anonymous"). */
 export function isAnonymous(accessorId: string): boolean {
   return accessorId === ANONYMOUS_TOKEN_ID
+}
+
+/** `o` and everything in it made read-only (a resolved token is shared by every request with its secret). */
+function deepFreeze<T>(o: T): T {
+  if (o !== null && typeof o === 'object' && !Object.isFrozen(o)) {
+    Object.freeze(o)
+    for (const v of Object.values(o)) deepFreeze(v)
+  }
+  return o
 }

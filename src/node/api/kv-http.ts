@@ -138,6 +138,8 @@ export async function kvWrite(
 
 /** Waits until the state here has applied `index` (a follower answering with its own state). */
 export async function untilApplied(api: KvApi, req: ApiRequest, index: number): Promise<void> {
+  // The common case (the leader, or a follower already caught up) needs no deadline timer.
+  if (api.stateIndex >= index) return
   const signal = writeDeadline(req)
   while (api.stateIndex < index) {
     if (signal.aborted) throw new ApiError('write applied on the leader, not yet here', 503)

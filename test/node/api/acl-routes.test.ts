@@ -202,6 +202,40 @@ describe('token resolution', () => {
     )
   })
 
+  it('a resolved secret is reused until the ACL state changes, then resolved again', () => {
+    const state = new AclState()
+    const mgmt = '11111111-2222-3333-4444-555555555555'
+    const other = '22222222-2222-3333-4444-555555555555'
+    state.apply(initialManagementCommand(mgmt), 1)
+    const resolver = new AclResolver(state, config)
+    const first = resolver.resolve(mgmt)
+    expect(resolver.resolve(mgmt)).toBe(first) // no new lookup while nothing changed
+    expect(Object.isFrozen(first.token)).toBe(true) // shared by every request: read only
+    // A token made meanwhile is found; one deleted is refused at once, not served from the cache.
+    expect(() => resolver.resolve(other)).toThrow(expect.objectContaining({ status: 403 }))
+    state.apply(
+      {
+        op: 'acl.token.upsert',
+        mode: 'create',
+        accessorId: '33333333-2222-3333-4444-555555555555',
+        secretId: other,
+        createTime: '2026-12-05T00:00:00Z',
+      },
+      2,
+    )
+    const made = resolver.resolve(other)
+    expect(made.accessorId).toBe('33333333-2222-3333-4444-555555555555')
+    expect(made.authorizer.aclWrite()).toBe(false)
+    expect(resolver.resolve(mgmt)).not.toBe(first)
+    expect(resolver.resolve(mgmt).authorizer.aclWrite()).toBe(true)
+    expect(
+      state.apply({ op: 'acl.token.delete', accessorId: '33333333-2222-3333-4444-555555555555' }, 3).ok,
+    ).toBe(true)
+    expect(() => resolver.resolve(other)).toThrow(
+      expect.objectContaining({ status: 403, message: ACL_NOT_FOUND }),
+    )
+  })
+
   it('with ACLs off every request may do everything, and /v1/acl/* answers 401', async () => {
     await http.close()
     await start({ ...config, enabled: false })
