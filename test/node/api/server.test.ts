@@ -488,4 +488,22 @@ describe('requestDeadline (?timeout=)', () => {
       'from 1 to 99999',
     )
   })
+
+  it('aborts with TimeoutError at the deadline, or with the request when it ends first', async () => {
+    const timed = requestDeadline(req('20'), limits)
+    const reason = await new Promise<unknown>((resolve) =>
+      timed.addEventListener('abort', () => resolve(timed.reason), { once: true }),
+    )
+    expect((reason as Error).name).toBe('TimeoutError')
+
+    const client = new AbortController()
+    const r = { ...req('60000'), signal: client.signal }
+    const deadline = requestDeadline(r, limits)
+    expect(deadline.aborted).toBe(false)
+    client.abort(new Error('response closed'))
+    expect(deadline.aborted).toBe(true)
+    expect((deadline.reason as Error).message).toBe('response closed')
+    // A request already over has an aborted deadline at once.
+    expect(requestDeadline(r, limits).aborted).toBe(true)
+  })
 })
