@@ -20,6 +20,53 @@ import { build } from 'esbuild'
  */
 const KEEP_EXTERNAL = ['pino', 'msgpackr']
 
+/**
+ * Of KEEP_EXTERNAL, the CommonJS packages: loaded with require() rather than import. Node imports
+ * a CommonJS module into an ES module by first scanning its source for its export names with
+ * cjs-module-lexer, a WebAssembly module it compiles and keeps for the process's life; require()
+ * needs no scan.
+ */
+const REQUIRE_EXTERNAL = ['pino']
+
+/** `import x from 'pino'` made `require('pino')` through a small CommonJS module of the bundle. */
+const requireExternals = {
+  name: 'require-externals',
+  setup(b) {
+    const filter = new RegExp(`^(${REQUIRE_EXTERNAL.join('|')})$`)
+    b.onResolve({ filter }, (args) =>
+      args.namespace === 'require-external'
+        ? { path: args.path, external: true }
+        : { path: args.path, namespace: 'require-external' },
+    )
+    b.onLoad({ filter: /.*/, namespace: 'require-external' }, (args) => ({
+      contents: `module.exports = require(${JSON.stringify(args.path)})`,
+      loader: 'js',
+    }))
+  },
+}
+
+/**
+ * zod's `z` namespace carries its error messages in 48 languages (`z.locales`), a third of zod's
+ * size in the bundle, all kept in memory as module source. peermesh uses the English messages
+ * only (zod's default, which its schemas import directly): the bundle's `z.locales` and
+ * `z.core.locales` hold `en`.
+ */
+const zodEnglishOnly = {
+  name: 'zod-english-only',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]zod[\\/]v4[\\/](classic[\\/]external|core[\\/]index)\.js$/.test(args.importer)
+        ? { path: join(dirname(args.importer), '../locales/en.js'), namespace: 'zod-locales' }
+        : undefined,
+    )
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: `export { default as en } from ${JSON.stringify(args.path)}`,
+      loader: 'js',
+      resolveDir: dirname(args.path),
+    }))
+  },
+}
+
 /** `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units). */
 function asciiOnly(text) {
   return text.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
@@ -95,7 +142,8 @@ function encodeMappings(lines) {
  * commands); the dependencies' segments were most of it.
  */
 function ownSourcesOnly(map) {
-  const foreign = map.sources.map((s) => s.includes('/node_modules/'))
+  // Foreign: a dependency's file, or a module a plugin made (`require-external:pino`).
+  const foreign = map.sources.map((s) => s.includes('/node_modules/') || !s.startsWith('../src/'))
   const lines = decodeMappings(map.mappings).map((segments) => segments.filter((s) => !foreign[s[1]]))
   return { version: map.version, sources: map.sources, names: [], mappings: encodeMappings(lines) }
 }
@@ -117,7 +165,8 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  external: KEEP_EXTERNAL,
+  external: KEEP_EXTERNAL.filter((name) => !REQUIRE_EXTERNAL.includes(name)),
+  plugins: [requireExternals, zodEnglishOnly],
   // Bundled CommonJS dependencies (prom-client, @peculiar/x509, dns-packet...) call require() for
   // Node's built-in modules: give the ES module bundle a real one.
   banner: {
@@ -128,6 +177,15 @@ await build({
   // idle agent's heap).
   sourcemap: true,
   sourcesContent: false,
+  // V8 keeps the source text of every module it loads for as long as the module lives (for lazy
+  // compilation and Function.prototype.toString): comments and indentation were a third of it.
+  // Identifiers keep their names, so class and function names in logs, error names and stack
+  // traces stay as written (and code that reads a constructor's name still works).
+  minifyWhitespace: process.env.PEERMESH_BUILD_MINIFY !== '0',
+  minifySyntax: process.env.PEERMESH_BUILD_MINIFY !== '0',
+  minifyIdentifiers: process.env.PEERMESH_BUILD_MINIFY === 'all',
+  // Licence comments to a .LEGAL.txt file beside each output file, out of the loaded text.
+  legalComments: 'linked',
   logLevel: 'warning',
 })
 // V8 keeps the text of every module it loads, in one byte a character when it is all Latin-1 and
