@@ -8,7 +8,7 @@
 // and links every ES module file separately, and libp2p, zod and multiformats come as hundreds of
 // small files. Bundled, a CLI call and an agent start read a few large files instead (a CLI call
 // takes about a third less CPU, an agent start about 30% less wall time on this machine).
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
@@ -67,9 +67,23 @@ const zodEnglishOnly = {
   },
 }
 
-/** `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units). */
+/**
+ * `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units),
+ * and by line number (from 0) the columns in `text` of the characters escaped.
+ */
 function asciiOnly(text) {
-  return text.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  const escaped = new Map()
+  const lines = text.split('\n').map((line, i) => {
+    if (!/[\u0080-\uffff]/.test(line)) return line
+    const columns = []
+    const ascii = line.replace(/[\u0080-\uffff]/g, (c, at) => {
+      columns.push(at)
+      return `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`
+    })
+    escaped.set(i, columns)
+    return ascii
+  })
+  return { text: lines.join('\n'), escaped }
 }
 
 const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
@@ -141,10 +155,18 @@ function encodeMappings(lines) {
  * reads and keeps the map of every module an agent loads (the maps are on for long-running
  * commands); the dependencies' segments were most of it.
  */
-function ownSourcesOnly(map) {
+function ownSourcesOnly(map, escaped) {
   // Foreign: a dependency's file, or a module a plugin made (`require-external:pino`).
   const foreign = map.sources.map((s) => s.includes('/node_modules/') || !s.startsWith('../src/'))
-  const lines = decodeMappings(map.mappings).map((segments) => segments.filter((s) => !foreign[s[1]]))
+  const lines = decodeMappings(map.mappings).map((segments, line) => {
+    const columns = escaped.get(line)
+    return segments
+      .filter((s) => !foreign[s[1]])
+      .map((s) =>
+        // Each escape is 5 characters longer than the one it replaced: what follows it moves right.
+        columns === undefined ? s : [s[0] + 5 * columns.filter((c) => c < s[0]).length, s[1], s[2], s[3]],
+      )
+  })
   return { version: map.version, sources: map.sources, names: [], mappings: encodeMappings(lines) }
 }
 
@@ -181,29 +203,25 @@ await build({
   // compilation and Function.prototype.toString): comments and indentation were a third of it.
   // Identifiers keep their names, so class and function names in logs, error names and stack
   // traces stay as written (and code that reads a constructor's name still works).
-  minifyWhitespace: process.env.PEERMESH_BUILD_MINIFY !== '0',
-  minifySyntax: process.env.PEERMESH_BUILD_MINIFY !== '0',
-  minifyIdentifiers: process.env.PEERMESH_BUILD_MINIFY === 'all',
+  minifyWhitespace: true,
+  minifySyntax: true,
   // Licence comments to a .LEGAL.txt file beside each output file, out of the loaded text.
   legalComments: 'linked',
   logLevel: 'warning',
 })
 // V8 keeps the text of every module it loads, in one byte a character when it is all Latin-1 and
-// in two otherwise: a single arrow or dash left in a comment (esbuild escapes them in strings,
-// but keeps comments as written, and one regular expression) doubled the agent chunk's size in
-// the heap. Escaped here: in a comment an escape changes nothing, in a regular expression or a
-// string it stands for the same character, and the maps' columns move only after it on its line.
+// in two otherwise: a single non-ASCII character esbuild leaves as written (one in a regular
+// expression) would double a chunk's size in the heap. Escaped here: in a regular expression or a
+// string an escape stands for the same character; the map's columns after it on its line move.
 for (const name of readdirSync(out)) {
-  if (name.endsWith('.js.map')) {
-    const path = join(out, name)
-    writeFileSync(path, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(path, 'utf8')))))
-    continue
-  }
   if (!name.endsWith('.js')) continue
   const path = join(out, name)
-  const text = readFileSync(path, 'utf8')
-  const ascii = asciiOnly(text)
-  if (ascii !== text) writeFileSync(path, ascii)
+  const original = readFileSync(path, 'utf8')
+  const { text, escaped } = asciiOnly(original)
+  if (text !== original) writeFileSync(path, text)
+  const mapPath = `${path}.map`
+  if (existsSync(mapPath))
+    writeFileSync(mapPath, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(mapPath, 'utf8')), escaped)))
 }
 // Written last: its presence says the build completed (bin/peermesh.js checks it).
 writeFileSync(join(out, 'BUILD'), `${new Date().toISOString()}\n`)
