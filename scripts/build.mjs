@@ -9,7 +9,7 @@
 // small files. Bundled, a CLI call and an agent start read a few large files instead (a CLI call
 // takes about a third less CPU, an agent start about 30% less wall time on this machine).
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
@@ -156,8 +156,8 @@ function encodeMappings(lines) {
  * commands); the dependencies' segments were most of it.
  */
 function ownSourcesOnly(map, escaped) {
-  // Foreign: a dependency's file, or a module a plugin made (`require-external:pino`).
-  const foreign = map.sources.map((s) => s.includes('/node_modules/') || !s.startsWith('../src/'))
+  // Foreign: anything outside src/, a dependency's file or a module a plugin made (`require-external:pino`).
+  const foreign = map.sources.map((s) => !resolve(out, s).startsWith(join(root, 'src', '/')))
   const lines = decodeMappings(map.mappings).map((segments, line) => {
     const columns = escaped.get(line)
     return segments
@@ -171,11 +171,15 @@ function ownSourcesOnly(map, escaped) {
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const out = join(root, 'dist')
+// `--outdir DIR` builds elsewhere than dist/, and `--metafile` writes esbuild's description of the
+// build (inputs and imports of every output file) to meta.json there (test/scripts/build.test.ts).
+const outdirFlag = process.argv.indexOf('--outdir')
+const out = outdirFlag > 0 ? resolve(process.argv[outdirFlag + 1]) : join(root, 'dist')
 const started = Date.now()
 rmSync(out, { recursive: true, force: true })
-await build({
+const result = await build({
   absWorkingDir: root,
+  metafile: process.argv.includes('--metafile'),
   entryPoints: {
     peermesh: 'src/node/cli/main.ts',
     // bin/peermesh.js loads it first for `agent`, before the CLI itself (young-generation.ts).
@@ -223,6 +227,7 @@ for (const name of readdirSync(out)) {
   if (existsSync(mapPath))
     writeFileSync(mapPath, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(mapPath, 'utf8')), escaped)))
 }
+if (result.metafile !== undefined) writeFileSync(join(out, 'meta.json'), JSON.stringify(result.metafile))
 // Written last: its presence says the build completed (bin/peermesh.js checks it).
 writeFileSync(join(out, 'BUILD'), `${new Date().toISOString()}\n`)
 console.log(`peermesh: built dist/ in ${Date.now() - started} ms`)
