@@ -1,8 +1,13 @@
 /**
  * What a process costs, read from Linux /proc (bench:footprint): resident memory from
- * `/proc/PID/status` (VmRSS) and CPU time from `/proc/PID/stat` (utime + stime, every thread
- * included), each summed over the process and its descendants, so a helper process an agent
- * spawns is counted too.
+ * `/proc/PID/status` (VmRSS), its proportional and anonymous parts from `/proc/PID/smaps_rollup`
+ * (Pss, Anonymous), and CPU time from `/proc/PID/stat` (utime + stime, every thread included),
+ * each summed over the process and its descendants, so a helper process an agent spawns is
+ * counted too.
+ *
+ * RSS counts every page of the runtime's binary the process touched (for ours, tens of MiB of
+ * /usr/bin/node shared with every other Node process); Pss divides each shared page among the
+ * processes that map it, and Anonymous (heap, stacks, malloc) is what the process alone holds.
  */
 import { spawnSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
@@ -38,6 +43,18 @@ export function rssKib(pid: number): number | undefined {
   }
 }
 
+/** Pss and Anonymous of one process in KiB (`/proc/PID/smaps_rollup`), undefined once it has gone. */
+export function smapsRollupKib(pid: number): { pss: number; anon: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
+    const pss = /^Pss:\s+(\d+) kB$/m.exec(text)
+    const anon = /^Anonymous:\s+(\d+) kB$/m.exec(text)
+    return pss && anon ? { pss: Number(pss[1]), anon: Number(anon[1]) } : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** `pid` and every live descendant (from /proc/PID/task/TID/children). */
 export function processTree(pid: number): number[] {
   const out: number[] = []
@@ -67,6 +84,10 @@ export function processTree(pid: number): number[] {
 export interface Usage {
   /** RSS of the tree at each sample, MiB. */
   rssMib: number[]
+  /** PSS of the tree at each sample (its share of shared pages), MiB. */
+  pssMib: number[]
+  /** Anonymous memory of the tree at each sample (what no other process shares), MiB. */
+  anonMib: number[]
   /** CPU of the tree over each interval between samples, percent of one core. */
   cpuPct: number[]
   /** CPU over the whole window (total ticks / elapsed time), percent of one core. */
@@ -77,6 +98,8 @@ export interface Usage {
 
 export interface UsageSummary {
   rssMedianMib: number
+  pssMedianMib: number
+  anonMedianMib: number
   rssMeanMib: number
   cpuMeanPct: number
   cpuMedianPct: number
@@ -95,6 +118,8 @@ const mean = (xs: number[]): number =>
 export function summarize(usages: Usage[]): UsageSummary {
   return {
     rssMedianMib: median(usages.flatMap((u) => u.rssMib)),
+    pssMedianMib: median(usages.flatMap((u) => u.pssMib)),
+    anonMedianMib: median(usages.flatMap((u) => u.anonMib)),
     rssMeanMib: mean(usages.flatMap((u) => u.rssMib)),
     cpuMeanPct: mean(usages.map((u) => u.cpuPctMean)),
     cpuMedianPct: median(usages.flatMap((u) => u.cpuPct)),
@@ -128,7 +153,7 @@ export class UsageSampler {
         lastAt: now,
         totalTicks: 0,
         firstAt: now,
-        usage: { rssMib: [], cpuPct: [], cpuPctMean: Number.NaN, processes: 1 },
+        usage: { rssMib: [], pssMib: [], anonMib: [], cpuPct: [], cpuPctMean: Number.NaN, processes: 1 },
       })
     }
     this.timer = setInterval(() => this.sample(), this.everyMs)
@@ -154,8 +179,17 @@ export class UsageSampler {
       const ticks = this.treeTicks(s.pid, tree)
       if (ticks === undefined) continue
       let rss = 0
-      for (const p of tree) rss += rssKib(p) ?? 0
+      let pss = 0
+      let anon = 0
+      for (const p of tree) {
+        rss += rssKib(p) ?? 0
+        const rollup = smapsRollupKib(p)
+        pss += rollup?.pss ?? 0
+        anon += rollup?.anon ?? 0
+      }
       s.usage.rssMib.push(rss / 1024)
+      s.usage.pssMib.push(pss / 1024)
+      s.usage.anonMib.push(anon / 1024)
       // A descendant that exited takes its ticks with it: never count a negative interval.
       const delta = Math.max(0, ticks - s.lastTicks)
       s.usage.cpuPct.push((delta / CLK_TCK / ((now - s.lastAt) / 1000)) * 100)

@@ -11,7 +11,10 @@
  *   each, interleaved, median.
  * - Idle: the two three-agent clusters (ours founded with `--bootstrap-expect 3`, joined and with
  *   a leader; Serf joined), after `--settle` seconds (default 5), sampled every second for
- *   `--window` seconds (default 60): RSS from /proc/PID/status VmRSS, CPU from /proc/PID/stat
+ *   `--window` seconds (default 60): RSS from /proc/PID/status VmRSS (beside it PSS and anonymous
+ *   memory from /proc/PID/smaps_rollup: RSS counts every page of the shared Node binary the agent
+ *   touched, PSS divides shared pages among the processes mapping them, anonymous memory is the
+ *   agent's alone), CPU from /proc/PID/stat
  *   utime + stime deltas, per agent process with its descendants. RSS: median (and mean) of every
  *   1 s sample of the three agents. CPU in percent of one core: the mean over the window (CPU time
  *   / elapsed time) per agent, averaged over the three; the median of the 1 s intervals beside it
@@ -196,7 +199,7 @@ async function measureIdle(
   for (const [name, u] of usage) {
     const one = summarize([u])
     progress(
-      `[idle] ${name}: RSS ${one.rssMedianMib.toFixed(1)} MiB (median), CPU ${one.cpuMeanPct.toFixed(2)} % (mean), ${u.processes} process(es)`,
+      `[idle] ${name}: RSS ${one.rssMedianMib.toFixed(1)} MiB (median; PSS ${one.pssMedianMib.toFixed(1)}, anonymous ${one.anonMedianMib.toFixed(1)}), CPU ${one.cpuMeanPct.toFixed(2)} % (mean), ${u.processes} process(es)`,
     )
   }
   return {
@@ -236,6 +239,8 @@ async function measureAgents(run: Run): Promise<(string | number)[][]> {
   rows.push(
     row('idle RSS per agent, MiB (median of 1 s samples)', idle.ours.rssMedianMib, idle.serf.rssMedianMib),
     row('idle RSS per agent, MiB (mean)', idle.ours.rssMeanMib, idle.serf.rssMeanMib),
+    row('  of it PSS (shared pages divided), MiB (median)', idle.ours.pssMedianMib, idle.serf.pssMedianMib),
+    row('  of it anonymous (its own), MiB (median)', idle.ours.anonMedianMib, idle.serf.anonMedianMib),
     row('idle CPU per agent, % of a core (mean over window)', idle.ours.cpuMeanPct, idle.serf.cpuMeanPct),
     row('idle CPU per agent, % of a core (median of 1 s)', idle.ours.cpuMedianPct, idle.serf.cpuMedianPct),
   )
@@ -250,6 +255,10 @@ async function measureAgents(run: Run): Promise<(string | number)[][]> {
     idle_rss_mib_serf: round(idle.serf.rssMedianMib),
     idle_rss_mib_mean_ours: round(idle.ours.rssMeanMib),
     idle_rss_mib_mean_serf: round(idle.serf.rssMeanMib),
+    idle_pss_mib_ours: round(idle.ours.pssMedianMib),
+    idle_pss_mib_serf: round(idle.serf.pssMedianMib),
+    idle_anon_mib_ours: round(idle.ours.anonMedianMib),
+    idle_anon_mib_serf: round(idle.serf.anonMedianMib),
     idle_cpu_pct_ours: round(idle.ours.cpuMeanPct, 2),
     idle_cpu_pct_serf: round(idle.serf.cpuMeanPct, 2),
     idle_cpu_pct_median_ours: round(idle.ours.cpuMedianPct, 2),

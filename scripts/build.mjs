@@ -8,8 +8,8 @@
 // and links every ES module file separately, and libp2p, zod and multiformats come as hundreds of
 // small files. Bundled, a CLI call and an agent start read a few large files instead (a CLI call
 // takes about a third less CPU, an agent start about 30% less wall time on this machine).
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { build } from 'esbuild'
 
@@ -20,9 +20,70 @@ import { build } from 'esbuild'
  */
 const KEEP_EXTERNAL = ['pino', 'msgpackr']
 
-/** `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units). */
+/**
+ * Of KEEP_EXTERNAL, the CommonJS packages: loaded with require() rather than import. Node imports
+ * a CommonJS module into an ES module by first scanning its source for its export names with
+ * cjs-module-lexer, a WebAssembly module it compiles and keeps for the process's life; require()
+ * needs no scan.
+ */
+const REQUIRE_EXTERNAL = ['pino']
+
+/** `import x from 'pino'` made `require('pino')` through a small CommonJS module of the bundle. */
+const requireExternals = {
+  name: 'require-externals',
+  setup(b) {
+    const filter = new RegExp(`^(${REQUIRE_EXTERNAL.join('|')})$`)
+    b.onResolve({ filter }, (args) =>
+      args.namespace === 'require-external'
+        ? { path: args.path, external: true }
+        : { path: args.path, namespace: 'require-external' },
+    )
+    b.onLoad({ filter: /.*/, namespace: 'require-external' }, (args) => ({
+      contents: `module.exports = require(${JSON.stringify(args.path)})`,
+      loader: 'js',
+    }))
+  },
+}
+
+/**
+ * zod's `z` namespace carries its error messages in 48 languages (`z.locales`), a third of zod's
+ * size in the bundle, all kept in memory as module source. peermesh uses the English messages
+ * only (zod's default, which its schemas import directly): the bundle's `z.locales` and
+ * `z.core.locales` hold `en`.
+ */
+const zodEnglishOnly = {
+  name: 'zod-english-only',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]zod[\\/]v4[\\/](classic[\\/]external|core[\\/]index)\.js$/.test(args.importer)
+        ? { path: join(dirname(args.importer), '../locales/en.js'), namespace: 'zod-locales' }
+        : undefined,
+    )
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: `export { default as en } from ${JSON.stringify(args.path)}`,
+      loader: 'js',
+      resolveDir: dirname(args.path),
+    }))
+  },
+}
+
+/**
+ * `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units),
+ * and by line number (from 0) the columns in `text` of the characters escaped.
+ */
 function asciiOnly(text) {
-  return text.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+  const escaped = new Map()
+  const lines = text.split('\n').map((line, i) => {
+    if (!/[\u0080-\uffff]/.test(line)) return line
+    const columns = []
+    const ascii = line.replace(/[\u0080-\uffff]/g, (c, at) => {
+      columns.push(at)
+      return `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`
+    })
+    escaped.set(i, columns)
+    return ascii
+  })
+  return { text: lines.join('\n'), escaped }
 }
 
 const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
@@ -94,18 +155,31 @@ function encodeMappings(lines) {
  * reads and keeps the map of every module an agent loads (the maps are on for long-running
  * commands); the dependencies' segments were most of it.
  */
-function ownSourcesOnly(map) {
-  const foreign = map.sources.map((s) => s.includes('/node_modules/'))
-  const lines = decodeMappings(map.mappings).map((segments) => segments.filter((s) => !foreign[s[1]]))
+function ownSourcesOnly(map, escaped) {
+  // Foreign: anything outside src/, a dependency's file or a module a plugin made (`require-external:pino`).
+  const foreign = map.sources.map((s) => !resolve(out, s).startsWith(join(root, 'src', '/')))
+  const lines = decodeMappings(map.mappings).map((segments, line) => {
+    const columns = escaped.get(line)
+    return segments
+      .filter((s) => !foreign[s[1]])
+      .map((s) =>
+        // Each escape is 5 characters longer than the one it replaced: what follows it moves right.
+        columns === undefined ? s : [s[0] + 5 * columns.filter((c) => c < s[0]).length, s[1], s[2], s[3]],
+      )
+  })
   return { version: map.version, sources: map.sources, names: [], mappings: encodeMappings(lines) }
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
-const out = join(root, 'dist')
+// `--outdir DIR` builds elsewhere than dist/, and `--metafile` writes esbuild's description of the
+// build (inputs and imports of every output file) to meta.json there (test/scripts/build.test.ts).
+const outdirFlag = process.argv.indexOf('--outdir')
+const out = outdirFlag > 0 ? resolve(process.argv[outdirFlag + 1]) : join(root, 'dist')
 const started = Date.now()
 rmSync(out, { recursive: true, force: true })
-await build({
+const result = await build({
   absWorkingDir: root,
+  metafile: process.argv.includes('--metafile'),
   entryPoints: {
     peermesh: 'src/node/cli/main.ts',
     // bin/peermesh.js loads it first for `agent`, before the CLI itself (young-generation.ts).
@@ -117,7 +191,8 @@ await build({
   format: 'esm',
   platform: 'node',
   target: 'node20',
-  external: KEEP_EXTERNAL,
+  external: KEEP_EXTERNAL.filter((name) => !REQUIRE_EXTERNAL.includes(name)),
+  plugins: [requireExternals, zodEnglishOnly],
   // Bundled CommonJS dependencies (prom-client, @peculiar/x509, dns-packet...) call require() for
   // Node's built-in modules: give the ES module bundle a real one.
   banner: {
@@ -128,25 +203,35 @@ await build({
   // idle agent's heap).
   sourcemap: true,
   sourcesContent: false,
+  // V8 keeps the source text of every module it loads for as long as the module lives (for lazy
+  // compilation and Function.prototype.toString), and parsing a large module takes memory that
+  // the allocator keeps after it is freed: comments, indentation and long local names were half
+  // of the text. keepNames sets every function's and class's `name` to the one in the sources,
+  // so class names in logs, error names, stack frames and code that reads a constructor's name
+  // are as written.
+  minifyWhitespace: true,
+  minifySyntax: true,
+  minifyIdentifiers: true,
+  keepNames: true,
+  // Licence comments to a .LEGAL.txt file beside each output file, out of the loaded text.
+  legalComments: 'linked',
   logLevel: 'warning',
 })
 // V8 keeps the text of every module it loads, in one byte a character when it is all Latin-1 and
-// in two otherwise: a single arrow or dash left in a comment (esbuild escapes them in strings,
-// but keeps comments as written, and one regular expression) doubled the agent chunk's size in
-// the heap. Escaped here: in a comment an escape changes nothing, in a regular expression or a
-// string it stands for the same character, and the maps' columns move only after it on its line.
+// in two otherwise: a single non-ASCII character esbuild leaves as written (one in a regular
+// expression) would double a chunk's size in the heap. Escaped here: in a regular expression or a
+// string an escape stands for the same character; the map's columns after it on its line move.
 for (const name of readdirSync(out)) {
-  if (name.endsWith('.js.map')) {
-    const path = join(out, name)
-    writeFileSync(path, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(path, 'utf8')))))
-    continue
-  }
   if (!name.endsWith('.js')) continue
   const path = join(out, name)
-  const text = readFileSync(path, 'utf8')
-  const ascii = asciiOnly(text)
-  if (ascii !== text) writeFileSync(path, ascii)
+  const original = readFileSync(path, 'utf8')
+  const { text, escaped } = asciiOnly(original)
+  if (text !== original) writeFileSync(path, text)
+  const mapPath = `${path}.map`
+  if (existsSync(mapPath))
+    writeFileSync(mapPath, JSON.stringify(ownSourcesOnly(JSON.parse(readFileSync(mapPath, 'utf8')), escaped)))
 }
+if (result.metafile !== undefined) writeFileSync(join(out, 'meta.json'), JSON.stringify(result.metafile))
 // Written last: its presence says the build completed (bin/peermesh.js checks it).
 writeFileSync(join(out, 'BUILD'), `${new Date().toISOString()}\n`)
 console.log(`peermesh: built dist/ in ${Date.now() - started} ms`)

@@ -1,12 +1,8 @@
 import type { Events, Unsubscribe } from '../../common/events.ts'
 import type { LeafCredentials } from '../../identity/connect/leaf-rotator.ts'
-import {
-  type CertificateSource,
-  IntentionAuthorizer,
-  type IntentionIndex,
-  type ServiceCertificate,
-  type SplitConfig,
-} from '../../proxy/index.ts'
+import type { CertificateSource, IntentionIndex, ServiceCertificate, SplitConfig } from '../../proxy/index.ts'
+// From its own module: the proxy's index would load the whole data plane with the agent.
+import { IntentionAuthorizer } from '../../proxy/sources.ts'
 import type { ConfigEntry } from '../../raft/policy/policy-store.ts'
 import type { MeshSecurity } from '../sidecars/sidecar-module.ts'
 import type { ConnectEvents } from './events.ts'

@@ -8,8 +8,9 @@ import type {
   SplitConfig,
   Unsubscribe,
 } from '../../proxy/index.ts'
-import { OtlpHttpExporter, Sidecar, Tracer } from '../../proxy/index.ts'
-import { InboundGate } from '../../proxy/inbound-gate.ts'
+import type { InboundGate } from '../../proxy/inbound-gate.ts'
+import type { OtlpHttpExporter } from '../../proxy/otlp-exporter.ts'
+import type { Sidecar } from '../../proxy/sidecar.ts'
 import type { IntentionIndex } from '../../proxy/intentions.ts'
 import type { RateLimits } from '../../raft/policy/config-entries.ts'
 import { VERSION } from '../agent/version.ts'
@@ -34,6 +35,18 @@ import {
   readTrafficEntries,
   type TrafficEntries,
 } from './traffic-config.ts'
+
+type DataPlane = typeof import('./data-plane.ts')
+let dataPlane: Promise<DataPlane> | undefined
+
+/**
+ * The data plane, loaded once, when the first sidecar or the span exporter is built (never on a
+ * request's path: a sidecar's listeners are bound after it resolved).
+ */
+function loadDataPlane(): Promise<DataPlane> {
+  dataPlane ??= import('./data-plane.ts')
+  return dataPlane
+}
 
 const {
   noLeafRetryMs: NO_LEAF_RETRY_MS,
@@ -285,6 +298,7 @@ export class SidecarModule implements AgentModule {
     this.log = ctx.log.child({ component: 'sidecar' })
     const tracing = ctx.config.tracing
     if (tracing !== undefined) {
+      const { OtlpHttpExporter } = await loadDataPlane()
       this.exporter = new OtlpHttpExporter({
         endpoint: tracing.otlpEndpoint,
         version: VERSION,
@@ -456,6 +470,8 @@ export class SidecarModule implements AgentModule {
       }
       if (this.stopped) return
     }
+    const { InboundGate, Sidecar, Tracer } = await loadDataPlane()
+    if (this.stopped) return
     const sources = sc.upstreams.map(
       (u) => new CatalogEndpointSource(this.catalog.catalog, u.destinationName),
     )
