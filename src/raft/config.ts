@@ -113,8 +113,8 @@ export function electionTimeoutTicks(
 
 /**
  * Ticks a leader must have had nothing to replicate before it heartbeats at the idle interval: four
- * idle intervals, and at least an election timeout. A cluster written to within the last second
- * (at the agent's 25 ms ticks) keeps its short timeouts and leases, so a leader that dies right
+ * idle intervals, and at least an election timeout. A cluster written to within the last 600 ms
+ * (at the agent's 50 ms ticks) keeps its short timeouts and leases, so a leader that dies right
  * after a write is replaced as fast as before even by a survivor that missed its connection close.
  */
 export function quietTicks(c: Pick<RaftConfig, 'electionTick' | 'idleHeartbeatTick'>): number {

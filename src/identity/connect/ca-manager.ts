@@ -11,6 +11,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
+import type { Unsubscribe } from '../../common/events.ts'
 import { createRootCa, crossSign } from '../ca/ca.ts'
 import type { KeyType } from '../keys/keys.ts'
 import {
@@ -71,6 +72,7 @@ const CHECK_STEP_TIMEOUT_MS = 5_000
 export class CaManager {
   readonly stats = { keysGranted: 0, keysWithheld: 0 }
   private cancelTimer: Cancel | undefined
+  private offLeader: Unsubscribe | undefined
   /** Voters already logged as not eligible to hold the key (once each). */
   private readonly withheldLogged = new Set<string>()
   private busy = false
@@ -78,13 +80,35 @@ export class CaManager {
 
   constructor(private readonly c: CaManagerComponents) {}
 
-  start(): void {
-    this.cancelTimer = this.c.clock.setInterval(() => this.check(), this.c.checkEveryMs ?? 500)
+  /**
+   * Starts the periodic check. Given `leaderChanges` (subscribes to "the known leader or the term
+   * changed"), the check's timer runs only while this agent leads: a follower has no CA duty, and a
+   * timer of its own would wake it twice a second for nothing. Without it, the timer always runs
+   * (and the check returns at once on a follower).
+   */
+  start(leaderChanges?: (listener: () => void) => Unsubscribe): void {
+    if (leaderChanges === undefined) {
+      this.runChecks(true)
+      return
+    }
+    this.offLeader = leaderChanges(() => this.runChecks(this.c.leader.isLeader()))
+    this.runChecks(this.c.leader.isLeader())
   }
 
   stop(): void {
     this.stopped = true
-    this.cancelTimer?.()
+    this.offLeader?.()
+    this.runChecks(false)
+  }
+
+  /** Starts or stops the periodic check. */
+  private runChecks(on: boolean): void {
+    if (on && !this.stopped) {
+      this.cancelTimer ??= this.c.clock.setInterval(() => this.check(), this.c.checkEveryMs ?? 500)
+    } else {
+      this.cancelTimer?.()
+      this.cancelTimer = undefined
+    }
   }
 
   /** Runs the leader's CA duties once, unless a run is in progress or this agent does not lead. */

@@ -72,35 +72,42 @@ export interface RaftAgentConfig {
 }
 
 export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
-  // With electionTick 6, election timeouts of 150–300 ms (Raft §9.3's range): a dead leader is
-  // replaced in ~0.2 s on a LAN, and a heartbeat every tick keeps followers far from expiry even
-  // with an event loop stalled for 100 ms.
-  tickMs: 25,
-  electionTick: 6,
+  // 50 ms: every member wakes once a tick whatever it is doing, so at rest the tick was a large part
+  // of an idle agent's CPU at 25 ms (40 wake-ups a second on every member). Timeouts keep their
+  // length in wall time: with electionTick 3, election timeouts of 150–300 ms (Raft §9.3's range;
+  // randomized in whole ticks: 150, 200 or 250 ms), so a dead leader is still replaced in ~0.2 s on
+  // a LAN, and a heartbeat every tick while there is something to replicate keeps followers far
+  // from expiry even with an event loop stalled for 100 ms.
+  tickMs: 50,
+  electionTick: 3,
   heartbeatTick: 1,
   // 100 ms: learners need no heartbeat to stay in sync (appends and commit notices go out at
   // once), only to resend a lost append and to look active to autopilot; at every tick their
   // heartbeats and answers were most of a large cluster's leader traffic at rest.
-  learnerHeartbeatTick: 4,
-  // 100 ms: at rest, heartbeats every tick were most of an idle agent's CPU (each one a libp2p stream
-  // write through yamux, noise and the private-network cipher, and its answer). Followers of an idle
-  // leader wait 300-450 ms (6 + 2 × (4 - 1) ticks, randomized) instead of 150-300 ms before
-  // campaigning and keep their lease that long: a hung leader that keeps its connections open is
-  // replaced later, and so is a killed one when a survivor misses its connection close (the other
-  // survivor's pre-votes wait out that lease). 10 (250 ms) saved more CPU (3.2% of a core instead of
-  // 4.2% idle) but let such failovers take up to 1.4 s in bench:raft-failover. A leader goes idle
-  // only after 4 idle intervals without writes (quietTicks), and the first write wakes it.
-  idleHeartbeatTick: 4,
+  learnerHeartbeatTick: 2,
+  // 150 ms: at rest, heartbeats were most of an idle agent's CPU (each one a libp2p stream write
+  // through yamux, noise and the private-network cipher, and its answer). Followers of an idle
+  // leader wait 350-500 ms (3 + 2 × (3 - 1) ticks, randomized) before campaigning and keep their
+  // lease that long: a hung leader that keeps its connections open is replaced later than a busy
+  // one's (gossip's suspicion of it makes every follower forget it sooner, leader-liveness.ts), and
+  // so is a killed one when a survivor misses its connection close (the other survivor's pre-votes
+  // wait out that lease). 100 ms (2 ticks) kept that wait at 250-400 ms for 50% more heartbeats; 250
+  // ms let such failovers take up to 1.4 s in bench:raft-failover. A leader goes idle only after 4
+  // idle intervals (600 ms) without writes (quietTicks), and the first write wakes it.
+  idleHeartbeatTick: 3,
   snapshotThreshold: 8192, // a snapshot holds the dedupe table (up to 10k clients): not too often
   snapshotTrailing: 128, // a member lagging < 128 entries catches up from the log
   requestTimeoutMs: 10_000, // longer than several elections; callers wanting less pass a signal
   coalesceReady: true, // group commit: one fsync per event-loop turn, not per message
-  // 4 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
+  // 2 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
   // the connection close ignores it), so it wins within a tick or two of everyone noticing; the
   // next one starts only if the first cannot win (its log is behind), without racing it.
   failoverStaggerMs: 100,
   bootstrapCheckMs: 100, // founding waits for gossip, which converges in a few 150 ms probes
-  autopilotIntervalMs: 200, // membership reacts within a fraction of the dead threshold
+  // Membership reacts within a fifth of the dead threshold. One timer (shared with the voters'
+  // connection keeping and the founders' enrollment) wakes every agent at this period: at 200 ms it
+  // was five wake-ups a second of an idle agent, each reading the Raft status and gossip's members.
+  autopilotIntervalMs: 500,
   // SWIM already waited out its suspicion timeout before saying `dead`, so this only rides out a
   // restart (a `kill -9` and restart with the same data dir takes < 2 s).
   deadThresholdMs: 2_500,
@@ -123,7 +130,7 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   // One stream per peer in normal use, and the one replacing it while the old one ends.
   maxPartialMessagesPerPeer: 2,
   maxQueuedPerPeer: 1024, // a burst of appends while a stream opens, not an unbounded backlog
-  // Two ticks: a member that just restarted cannot reach peers whose addresses it has not learnt
+  // One tick: a member that just restarted cannot reach peers whose addresses it has not learnt
   // yet, and a longer silence costs a failover round (its pre-vote answers would be lost).
   dialBackoffMs: 50,
 }

@@ -211,7 +211,9 @@ export class ConnectModule implements AgentModule, ConnectApi {
       this.emitter.on('cert:rotated', (e) => ctx.events.emit('cert:rotated', e)),
       this.emitter.on('intention:change', (e) => ctx.events.emit('intention:change', e)),
     )
-    this.caManager.start()
+    // The CA checks run only while this agent leads (no timer on followers).
+    const node = this.raft.raft
+    this.caManager.start(node === undefined ? undefined : (listener) => node.on('leader:change', listener))
     this.leaves.start()
     registerConnectRoutes(ctx.http, this)
     registerConnectMetrics(ctx.metrics, {

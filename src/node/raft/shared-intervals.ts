@@ -12,7 +12,8 @@ import type { Cancel, Clock } from '../../common/clock.ts'
  * task is cancelled. Time, timeouts and `defer` are the underlying clock's.
  */
 export function sharedIntervals(clock: Clock): Clock {
-  const periods = new Map<number, { tasks: Set<() => void>; cancel: Cancel }>()
+  /** The tasks of one period; the array is replaced (never changed) when a task is added or removed. */
+  const periods = new Map<number, { tasks: SharedTask[]; cancel: Cancel }>()
   return {
     now: () => clock.now(),
     wallNow: () => clock.wallNow(),
@@ -21,23 +22,33 @@ export function sharedIntervals(clock: Clock): Clock {
     setInterval(fn, ms) {
       let period = periods.get(ms)
       if (period === undefined) {
-        const tasks = new Set<() => void>()
-        const cancel = clock.setInterval(() => {
-          // A task cancelled by an earlier one in this tick does not run.
-          for (const task of [...tasks]) if (tasks.has(task)) task()
+        const created: { tasks: SharedTask[]; cancel: Cancel } = { tasks: [], cancel: () => {} }
+        created.cancel = clock.setInterval(() => {
+          // The tasks as they were when the tick began (no copy: the array is never changed); a
+          // task cancelled by an earlier one in this tick does not run.
+          for (const task of created.tasks) if (task.live) task.fn()
         }, ms)
-        period = { tasks, cancel }
+        period = created
         periods.set(ms, period)
       }
       const shared = period
       // Each registration is its own entry, even for the same function.
-      const task = (): void => fn()
-      shared.tasks.add(task)
+      const task: SharedTask = { fn, live: true }
+      shared.tasks = [...shared.tasks, task]
       return () => {
-        if (!shared.tasks.delete(task) || shared.tasks.size > 0) return
+        if (!task.live) return
+        task.live = false
+        shared.tasks = shared.tasks.filter((t) => t !== task)
+        if (shared.tasks.length > 0) return
         shared.cancel()
         if (periods.get(ms) === shared) periods.delete(ms)
       }
     },
   }
+}
+
+interface SharedTask {
+  fn: () => void
+  /** False once cancelled. */
+  live: boolean
 }

@@ -36,7 +36,7 @@ export interface HostInit {
 /**
  * Creates (but does not start) the agent's one libp2p host: TCP, the cluster's private network
  * (`pnet-protector.ts`), noise, yamux (window updates only once half a window is used,
- * `yamux-window.ts`), identify and ping.
+ * `yamux-window.ts`), identify and ping (the connection monitor's, every 30 s).
  *
  * No DHT: every address an agent dials comes from gossip, which carries each member's signed
  * addresses (and a moved member's new ones, with its next incarnation) into the peer store; a
@@ -61,6 +61,12 @@ export async function createHost(init: HostInit): Promise<Host> {
       maxConnections: init.maxConnections ?? 64,
       dialTimeout: 5_000,
     },
+    // A ping stream every 30 s per connection instead of libp2p's 10 s: each one opens a stream and
+    // negotiates its protocol, an idle agent's costliest libp2p message, and gossip already probes
+    // every member several times a second (and says when one fails, which Raft acts on). The
+    // monitor stays for what gossip cannot do: closing a connection whose peer vanished without a
+    // reset (yamux's keep-alive only logs a failed ping), so that the next dial opens a fresh one.
+    connectionMonitor: { pingInterval: 30_000 },
     services: {
       identify: identify(),
       ping: ping(),
