@@ -542,6 +542,7 @@ export class RaftModule implements AgentModule {
   /** The resolver of this agent's tokens, on its committed ACL state (docs/SECURITY.md). */
   private createAclResolver(ctx: AgentContext, node: RaftNode<PolicyResult>, log: Logger): AclResolver {
     const cfg = ctx.config.acl
+    let caughtUp = false
     return new AclResolver(
       this.store.acl,
       {
@@ -554,10 +555,16 @@ export class RaftModule implements AgentModule {
         // nodes, anonymous can).
       },
       {
-        // Caught up once a leader is known and everything it committed is applied here.
+        // Caught up once a leader is known and everything it committed was applied here; then for
+        // good (until a restart). Rechecked on every unknown token, a follower answered 503 instead
+        // of "ACL not found" whenever a write was between its commit and its apply here (verified
+        // off the loop first), which is most of the time under writes: a token unknown to an agent
+        // that has caught up once is refused as on a Consul agent with stale state.
         replicated: () => {
+          if (caughtUp) return true
           const st = node.status()
-          return st.leader !== undefined && st.commit > 0 && node.applied() >= st.commit
+          caughtUp = st.leader !== undefined && st.commit > 0 && node.applied() >= st.commit
+          return caughtUp
         },
         onInvalidPolicy: (id, err) =>
           log.warn({ policy: id, err: err.message }, 'ACL policy rules do not parse here; it grants nothing'),
