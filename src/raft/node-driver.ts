@@ -340,6 +340,11 @@ export class RaftNode<R = unknown> {
     this.drain()
   }
 
+  /** Ticks since a follower last heard from its leader (see Raft.ticksSinceLeaderContact). */
+  ticksSinceLeaderContact(): number {
+    return this.raft.ticksSinceLeaderContact
+  }
+
   /** Current term (changes only through Raft; a pre-vote does not change it). */
   term(): number {
     return this.raft.term

@@ -462,6 +462,14 @@ export class Raft {
    * leader cannot depose it while the others keep their lease. The follower takes the leader back
    * with its next heartbeat. A no-op on leaders, candidates and pre-candidates.
    */
+  /**
+   * Ticks since this node's election timer was last reset: on a follower, since it last heard from
+   * its leader (an append, heartbeat or snapshot), granted a vote, or became a follower.
+   */
+  get ticksSinceLeaderContact(): number {
+    return this.electionElapsed
+  }
+
   forgetLeader(): void {
     if (this.role !== 'follower') return
     this.lead = undefined

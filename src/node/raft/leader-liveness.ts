@@ -16,6 +16,8 @@ export interface LivenessNode {
   voters(): NodeId[]
   forgetLeader(): void
   campaign(): void
+  /** Ticks since this follower last heard from its leader. */
+  ticksSinceLeaderContact(): number
 }
 
 /** This agent's libp2p connections, as failover uses them. */
@@ -61,6 +63,12 @@ export interface LeaderLivenessSettings {
   /** How often a voter checks its connections to the other voters. */
   keepConnectedMs: number
   voterDialTimeoutMs: number
+  /**
+   * Gossip's suspicion or death verdict about the leader is acted on only once this follower has
+   * not heard from the leader for this many ticks (two of the leader's idle heartbeat intervals):
+   * a leader that spoke to it just now is alive whatever gossip relays. 0: always acted on.
+   */
+  gossipVerdictQuietTicks: number
 }
 
 /**
@@ -72,6 +80,14 @@ export interface LeaderLivenessSettings {
  * - gossip suspects it: only forget it. Every member hears the suspicion, so campaigning on it
  *   would let one member's failed probe depose a healthy leader; forgetting only lets a pre-vote
  *   succeed if some voter already stopped hearing from the leader.
+ * Gossip's verdicts (suspect, dead) are taken only from a follower that has not heard from the
+ * leader for `gossipVerdictQuietTicks`. A verdict reaches every member at once, and may be stale: a
+ * member cut off by a partition declares the others dead, and its claims arrive when the
+ * partition heals. Had every follower forgotten a leader that was heartbeating them, the first
+ * election timer to expire (as short as one idle heartbeat interval once the leader is forgotten)
+ * would have deposed it (chaos `partition-leader` failed so: the new leader had been promoted
+ * while the old one was cut off, and the old one's stale configuration refused it). A closed
+ * connection and a graceful leave are this agent's own evidence and are acted on at once.
  * Forgetting the leader (etcd's ForgetLeader) never makes a healthy leader lose: a candidate
  * still needs a quorum of pre-votes, and followers still connected to the leader are in lease.
  */
@@ -90,9 +106,9 @@ export class LeaderLiveness {
     const { members, connections, clock } = this.components
     this.subscriptions.push(
       connections.onDisconnect((peer) => this.leaderLost(peer, 'disconnected', true)),
-      members.on('member:fail', (m) => this.leaderLost(m.id, 'member:fail', true)),
+      members.on('member:fail', (m) => this.gossipVerdict(m.id, 'member:fail', true)),
       members.on('member:leave', (m) => this.leaderLost(m.id, 'member:leave', true)),
-      members.on('member:suspect', (m) => this.leaderLost(m.id, 'member:suspect', false)),
+      members.on('member:suspect', (m) => this.gossipVerdict(m.id, 'member:suspect', false)),
     )
     this.cancelKeep = clock.setInterval(() => this.keepVotersConnected(), this.settings.keepConnectedMs)
   }
@@ -102,6 +118,21 @@ export class LeaderLiveness {
     for (const off of this.subscriptions.splice(0)) off()
     this.cancelFailover?.()
     this.cancelKeep?.()
+  }
+
+  /** A gossip verdict about `peer`: acted on unless the leader `peer` spoke to this node just now. */
+  private gossipVerdict(peer: string, reason: string, campaign: boolean): void {
+    const { node, log } = this.components
+    if (this.stopped || node.isLeader() || node.leader() !== peer) return
+    const quiet = node.ticksSinceLeaderContact()
+    if (quiet < this.settings.gossipVerdictQuietTicks) {
+      log.info(
+        { leader: peer, reason, heardMsAgo: quiet * this.settings.tickMs },
+        'leader kept: gossip says it failed, but it was heard from just now',
+      )
+      return
+    }
+    this.leaderLost(peer, reason, campaign)
   }
 
   /** Forgets `peer` if it is the leader; with `campaign`, campaigns in this voter's turn. */

@@ -338,6 +338,7 @@ export class RaftModule implements AgentModule {
           failoverStaggerMs: s.failoverStaggerMs,
           keepConnectedMs: s.autopilotIntervalMs,
           voterDialTimeoutMs: s.voterDialTimeoutMs,
+          gossipVerdictQuietTicks: 2 * Math.max(s.idleHeartbeatTick, s.heartbeatTick),
         },
       ),
       autopilot: new AutopilotRunner(

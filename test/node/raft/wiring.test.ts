@@ -46,7 +46,8 @@ describe('LeaderLiveness (fast failover)', () => {
       },
     }
     const calls: string[] = []
-    const state = { leader, term: 5, role: 'follower' as Role }
+    // `quiet`: ticks since the leader was heard from (long ago unless a test says otherwise).
+    const state = { leader, term: 5, role: 'follower' as Role, quiet: 100 }
     const node = {
       id: self,
       term: () => state.term,
@@ -62,6 +63,7 @@ describe('LeaderLiveness (fast failover)', () => {
         calls.push(`campaign@${clock.now()}`)
         state.role = 'preCandidate'
       },
+      ticksSinceLeaderContact: () => state.quiet,
     }
     const liveness = new LeaderLiveness(
       { node, members, connections, clock, log },
@@ -71,6 +73,7 @@ describe('LeaderLiveness (fast failover)', () => {
         failoverStaggerMs: 100,
         keepConnectedMs: 200,
         voterDialTimeoutMs: 2_000,
+        gossipVerdictQuietTicks: 6,
       },
     )
     liveness.start()
@@ -99,6 +102,33 @@ describe('LeaderLiveness (fast failover)', () => {
     s.members.events.emit('member:suspect', { id: 'a' })
     s.clock.advance(500)
     expect(s.calls).toEqual(['forget'])
+  })
+
+  it('a gossip verdict about a leader heard from just now changes nothing; a closed connection still counts', () => {
+    // A partitioned member's stale "dead" claims reach everyone when the partition heals: followers
+    // that the leader is heartbeating keep it (chaos partition-leader).
+    const t = setup('b', 'a', ['a', 'b', 'c'])
+    t.state.quiet = 5
+    t.members.events.emit('member:suspect', { id: 'a' })
+    t.members.events.emit('member:fail', { id: 'a' })
+    t.clock.advance(500)
+    expect(t.calls).toEqual([])
+    expect(t.state.leader).toBe('a')
+    // Silent for two idle heartbeat intervals: the same verdicts are taken.
+    t.state.quiet = 6
+    t.members.events.emit('member:suspect', { id: 'a' })
+    expect(t.calls).toEqual(['forget'])
+    const f = setup('b', 'a', ['a', 'b', 'c'])
+    f.state.quiet = 6
+    f.members.events.emit('member:fail', { id: 'a' })
+    f.clock.advance(0)
+    expect(f.calls).toEqual(['forget', 'campaign@0'])
+    // This agent's own evidence is taken at once, however recently the leader spoke.
+    const d = setup('b', 'a', ['a', 'b', 'c'])
+    d.state.quiet = 0
+    d.disconnects.emit('peer:disconnect', 'a')
+    d.clock.advance(0)
+    expect(d.calls).toEqual(['forget', 'campaign@0'])
   })
 
   it('ignores events about members that do not lead, and releases its subscriptions on stop', () => {
