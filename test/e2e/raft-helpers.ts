@@ -62,17 +62,34 @@ export async function status(a: AgentProcess): Promise<RaftStatus | undefined> {
 
 /** Waits until every given agent names the same leader, which is one of them; returns it. */
 export async function waitForLeader(agents: AgentProcess[], timeoutMs = 20_000): Promise<AgentProcess> {
-  return waitFor(
-    'one leader agreed by all',
-    async () => {
-      const sts = await Promise.all(agents.map(status))
-      const leader = sts[0]?.leader
-      if (leader === undefined || leader === '' || !sts.every((s) => s?.leader === leader)) return undefined
-      return agents[sts.findIndex((s) => s?.id === leader)]
-    },
-    timeoutMs,
-    50,
-  )
+  try {
+    return await waitFor(
+      'one leader agreed by all',
+      async () => {
+        const sts = await Promise.all(agents.map(status))
+        const leader = sts[0]?.leader
+        if (leader === undefined || leader === '' || !sts.every((s) => s?.leader === leader)) return undefined
+        return agents[sts.findIndex((s) => s?.id === leader)]
+      },
+      timeoutMs,
+      50,
+    )
+  } catch (err) {
+    // What each agent says, and the founding, Raft and leader lines of its log: enough to tell a
+    // founding that never completed from leaders that kept changing.
+    const sts = await Promise.all(agents.map((a) => status(a).catch(() => undefined)))
+    for (const [i, a] of agents.entries()) {
+      const s = sts[i]
+      console.log(
+        `${a.name}: ${s === undefined ? 'no status' : `term ${s.term} role ${s.role} leader ${s.leader || '-'} commit ${s.commitIndex} voters ${s.voters.length}`}`,
+      )
+      const lines = a.log
+        .split('\n')
+        .filter((l) => /founding|bootstrap|leader|raft: peer|round failed/.test(l))
+      for (const l of lines.slice(-12)) console.log(`  ${l.slice(0, 300)}`)
+    }
+    throw err
+  }
 }
 
 /** `PUT /v1/config` of a kv entry with the management token; returns the index, or throws with the status and error. */
