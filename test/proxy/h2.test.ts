@@ -95,7 +95,12 @@ async function h2App(name: string, handler?: Handler): Promise<H2App> {
   return app
 }
 
-async function inbound(app: { port: number }, id: string, gate?: RequestGate) {
+async function inbound(
+  app: { port: number },
+  id: string,
+  gate?: RequestGate,
+  extra: { authorizer?: IntentionAuthorizer; registry?: Registry } = {},
+) {
   const listener = new InboundListener({
     service: 'api',
     trustDomain: TD,
@@ -103,9 +108,10 @@ async function inbound(app: { port: number }, id: string, gate?: RequestGate) {
     bindAddress: '127.0.0.1',
     localServicePort: app.port,
     certificates: new StaticCertificateSource(apiCert),
-    authorizer: allow,
+    authorizer: extra.authorizer ?? allow,
     protocol: 'grpc',
     ...(gate ? { gate } : {}),
+    ...(extra.registry ? { registry: extra.registry } : {}),
   })
   await listener.start()
   cleanups.push(() => listener.stop())
@@ -482,24 +488,15 @@ describe('HTTP/2 inbound', () => {
       },
     ]
     const registry = new Registry()
-    const listener = new InboundListener({
+    const gate = new InboundGate({
       service: 'api',
-      trustDomain: TD,
-      port: 0,
-      bindAddress: '127.0.0.1',
-      localServicePort: app.port,
-      certificates: new StaticCertificateSource(apiCert),
-      authorizer: IntentionAuthorizer.from(intentions),
-      protocol: 'grpc',
-      registry,
-      gate: new InboundGate({
-        service: 'api',
-        intentions: () => new IntentionIndex(intentions),
-        now: () => performance.now(),
-      }),
+      intentions: () => new IntentionIndex(intentions),
+      now: () => performance.now(),
     })
-    await listener.start()
-    cleanups.push(() => listener.stop())
+    const { listener } = await inbound(app, 'api-1', gate, {
+      authorizer: IntentionAuthorizer.from(intentions),
+      registry,
+    })
 
     // Attacker's side: web's own valid leaf, but no ALPN h2, then an HTTP/2 request to a path the
     // intention does not allow. Relayed as bytes, no rule would see it: the connection is closed
