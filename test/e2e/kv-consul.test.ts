@@ -107,6 +107,11 @@ describe('Consul KV, sessions and txn with node-consul (end to end, 3 agent proc
       body: { Description: 'reader', Policies: [{ Name: 'kv-reader' }] },
     })
     const reader = (created.json as { SecretID: string }).SecretID
+    // Made through f1, used on f2: f2 knows the token once it has applied its creation (until
+    // then it answers "ACL not found", as a Consul server behind its leader does).
+    await waitFor('f2 knows the new token', async () =>
+      (await apiCall(f2, 'GET', '/v1/acl/token/self', { token: reader })).status === 200 ? true : undefined,
+    )
     const readerClient = client(f2, reader)
     expect(((await readerClient.kv.get('app/config/db')) as unknown as KvPair).Value).toBe('new')
     await expect(readerClient.kv.set('app/config/db', 'pwned')).rejects.toMatchObject({ statusCode: 403 })
