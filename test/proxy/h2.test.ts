@@ -136,6 +136,22 @@ async function outbound(endpoints: Endpoint[], extra: Partial<H2OutboundListener
   return { listener, registry, source }
 }
 
+/** web's sidecar in L4 mode (no ALPN h2) to `to`. */
+async function l4Outbound(to: Endpoint) {
+  const { OutboundListener } = await import('../../src/proxy/outbound-tcp.ts')
+  const l4 = new OutboundListener({
+    sourceService: 'web',
+    destinationService: 'api',
+    trustDomain: TD,
+    bindPort: 0,
+    certificates: new StaticCertificateSource(webCert),
+    endpoints: new StaticEndpointSource([to]),
+  })
+  await l4.start()
+  cleanups.push(() => l4.stop())
+  return l4
+}
+
 function client(port: number): http2.ClientHttp2Session {
   const session = http2.connect(`http://127.0.0.1:${port}`)
   session.on('error', () => {})
@@ -522,17 +538,7 @@ describe('HTTP/2 inbound', () => {
     expect(received).toBe(0)
     expect(await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'web' })).toBe(1)
     // An L4 sidecar (no ALPN) of the same source is refused the same way.
-    const { OutboundListener } = await import('../../src/proxy/outbound-tcp.ts')
-    const l4 = new OutboundListener({
-      sourceService: 'web',
-      destinationService: 'api',
-      trustDomain: TD,
-      bindPort: 0,
-      certificates: new StaticCertificateSource(webCert),
-      endpoints: new StaticEndpointSource([endpoint('api-1', listener.port)]),
-    })
-    await l4.start()
-    cleanups.push(() => l4.stop())
+    const l4 = await l4Outbound(endpoint('api-1', listener.port))
     const viaL4 = await call(client(l4.port), { path: '/admin.Svc/Drop' })
     expect(viaL4.status).toBe(0) // no response: the connection was refused
     expect(app.hits).toBe(0)
@@ -552,17 +558,7 @@ describe('HTTP/2 inbound', () => {
   it('a caller without ALPN h2 (an L4 sidecar) is still relayed byte for byte', async () => {
     const app = await h2App('api-1')
     const x = await inbound(app, 'api-1')
-    const { OutboundListener } = await import('../../src/proxy/outbound-tcp.ts')
-    const l4 = new OutboundListener({
-      sourceService: 'web',
-      destinationService: 'api',
-      trustDomain: TD,
-      bindPort: 0,
-      certificates: new StaticCertificateSource(webCert),
-      endpoints: new StaticEndpointSource([x.endpoint]),
-    })
-    await l4.start()
-    cleanups.push(() => l4.stop())
+    const l4 = await l4Outbound(x.endpoint)
     const r = await call(client(l4.port))
     expect(r.body).toBe('api-1:hi')
     expect(grpcStatusOf(r)).toBe('0')

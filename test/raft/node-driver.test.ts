@@ -116,6 +116,42 @@ afterEach(() => {
   tmp = undefined
 })
 
+/**
+ * Three nodes on the real event loop, every message delivered a turn later, and the appends each
+ * sends recorded; `a` leads and has committed one write, and the record starts after it. The tick
+ * is long so that no heartbeat carries a commit meanwhile.
+ */
+async function noticeCluster() {
+  const nodes = new Map<string, RaftNode<PolicyResult>>()
+  const sent: { from: string; to: string; empty: boolean; commit: number }[] = []
+  for (const id of ids) {
+    const node = new RaftNode<PolicyResult>({
+      id,
+      storage: new MemoryStorage(),
+      stateMachine: new PolicyStore(),
+      transport: {
+        send: (to, m) => {
+          if (m.type === 'app') sent.push({ from: id, to, empty: m.entries.length === 0, commit: m.commit })
+          const bytes = encodeMessage(m)
+          setImmediate(() => nodes.get(to)?.receive(bytes, id))
+        },
+      },
+      bootstrap: ids,
+      tickMs: 1_000,
+      coalesceReady: true,
+    })
+    nodes.set(id, node)
+  }
+  for (const n of nodes.values()) n.start()
+  const a = nodes.get('a')!
+  a.campaign()
+  const deadline = Date.now() + 5_000
+  while (!a.isLeader() && Date.now() < deadline) await new Promise((r) => setImmediate(r))
+  await a.propose(upsert('warm', 'up'))
+  sent.length = 0
+  return { nodes, sent, a, deadline }
+}
+
 describe('RaftNode driver', () => {
   it('elects a leader on the clock, proposes, and applies on every node', async () => {
     const c = cluster()
@@ -362,33 +398,7 @@ describe('RaftNode driver', () => {
   })
 
   it("a leader's commit notices leave after the replies to the writes they commit (real event loop)", async () => {
-    const nodes = new Map<string, RaftNode<PolicyResult>>()
-    const sent: { from: string; to: string; empty: boolean; commit: number }[] = []
-    for (const id of ids) {
-      const node = new RaftNode<PolicyResult>({
-        id,
-        storage: new MemoryStorage(),
-        stateMachine: new PolicyStore(),
-        transport: {
-          send: (to, m) => {
-            if (m.type === 'app') sent.push({ from: id, to, empty: m.entries.length === 0, commit: m.commit })
-            const bytes = encodeMessage(m)
-            setImmediate(() => nodes.get(to)?.receive(bytes, id))
-          },
-        },
-        bootstrap: ids,
-        tickMs: 1_000, // no heartbeat carries the commit meanwhile
-        coalesceReady: true,
-      })
-      nodes.set(id, node)
-    }
-    for (const n of nodes.values()) n.start()
-    const a = nodes.get('a')!
-    a.campaign()
-    const deadline = Date.now() + 5_000
-    while (!a.isLeader() && Date.now() < deadline) await new Promise((r) => setImmediate(r))
-    await a.propose(upsert('warm', 'up'))
-    sent.length = 0
+    const { nodes, sent, a, deadline } = await noticeCluster()
     let sentAtReply = -1
     const { index } = await a.propose(upsert('web', 'db')).then((r) => {
       sentAtReply = sent.length
@@ -406,33 +416,7 @@ describe('RaftNode driver', () => {
   })
 
   it("a busy leader's next append carries the commit: no separate notice for it (real event loop)", async () => {
-    const nodes = new Map<string, RaftNode<PolicyResult>>()
-    const sent: { from: string; to: string; empty: boolean; commit: number }[] = []
-    for (const id of ids) {
-      const node = new RaftNode<PolicyResult>({
-        id,
-        storage: new MemoryStorage(),
-        stateMachine: new PolicyStore(),
-        transport: {
-          send: (to, m) => {
-            if (m.type === 'app') sent.push({ from: id, to, empty: m.entries.length === 0, commit: m.commit })
-            const bytes = encodeMessage(m)
-            setImmediate(() => nodes.get(to)?.receive(bytes, id))
-          },
-        },
-        bootstrap: ids,
-        tickMs: 1_000, // no heartbeat carries the commit meanwhile
-        coalesceReady: true,
-      })
-      nodes.set(id, node)
-    }
-    for (const n of nodes.values()) n.start()
-    const a = nodes.get('a')!
-    a.campaign()
-    const deadline = Date.now() + 5_000
-    while (!a.isLeader() && Date.now() < deadline) await new Promise((r) => setImmediate(r))
-    await a.propose(upsert('warm', 'up'))
-    sent.length = 0
+    const { nodes, sent, a, deadline } = await noticeCluster()
     // A writer that sends its next write in the turn after each reply, as a busy client does.
     let first = 0
     let second = 0
