@@ -82,6 +82,13 @@ export function requestDeadline(
   return deadline.signal
 }
 
+/**
+ * The reason every request's signal aborts with once its response has closed (sent, or the client
+ * went away). One shared instance: `abort()` without a reason builds a DOMException, stack trace
+ * and all, for every request, which showed in a busy leader's profile (about 0.7% of its CPU).
+ */
+const RESPONSE_CLOSED = new DOMException('the response closed', 'AbortError')
+
 export class ApiReply {
   constructor(
     readonly status: number,
@@ -311,7 +318,7 @@ export class HttpApi {
 
   private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const controller = new AbortController()
-    res.on('close', () => controller.abort())
+    res.on('close', () => controller.abort(RESPONSE_CLOSED))
     let closeAfter = false
     try {
       const url = new URL(req.url ?? '/', 'http://localhost')
