@@ -98,6 +98,11 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   private intentions = new Map<string, StoredIntention>()
   private configEntries = new Map<string, ConfigEntry>()
   /**
+   * The same entries by kind, in the same order: a listing of one kind (the sidecars' traffic
+   * entries, re-read after every applied batch) costs the entries of that kind, not all of them.
+   */
+  private configByKind = new Map<string, Map<string, ConfigEntry>>()
+  /**
    * The CA state exactly as committed: root records stay raw (`unknown[]`), so that what every
    * agent trusts, snapshots and verifies against does not depend on how strictly this version
    * parses a record; typed views are built from it (`caState`, `caRoots`).
@@ -328,7 +333,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         }
         const over = this.overStateCap(cur === undefined ? 0 : entryBytes.config(cur), bytes)
         if (over !== undefined) return over
-        this.configEntries.set(key, {
+        this.setConfigEntry(key, {
           kind: cmd.kind,
           name: cmd.name,
           value: cmd.value,
@@ -344,6 +349,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
           return fail(PolicyErrorCodes.notFound, `no config entry ${cmd.kind}/${cmd.name}`)
         }
         this.configEntries.delete(key)
+        const ofKind = this.configByKind.get(cmd.kind)
+        ofKind?.delete(key)
+        if (ofKind?.size === 0) this.configByKind.delete(cmd.kind)
         this.stateBytes -= entryBytes.config(cur)
         return this.changed(at)
       }
@@ -440,6 +448,13 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     }
   }
 
+  private setConfigEntry(key: string, e: ConfigEntry): void {
+    this.configEntries.set(key, e)
+    const ofKind = this.configByKind.get(e.kind)
+    if (ofKind !== undefined) ofKind.set(key, e)
+    else this.configByKind.set(e.kind, new Map([[key, e]]))
+  }
+
   // ---- queries (local, on committed state) ------------------------------------------------------
 
   listIntentions(): StoredIntention[] {
@@ -452,9 +467,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   }
 
   listConfigEntries(kind?: string): ConfigEntry[] {
-    return [...this.configEntries.values()]
-      .filter((e) => kind === undefined || e.kind === kind)
-      .map(structuredCloneOf)
+    const entries = kind === undefined ? this.configEntries : this.configByKind.get(kind)
+    return entries === undefined ? [] : [...entries.values()].map(structuredCloneOf)
   }
 
   getConfigEntry(kind: string, name: string): ConfigEntry | undefined {
@@ -515,7 +529,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     this.kv.restore(kv)
     this.index = s.index
     this.intentions = new Map(s.intentions.map((i) => [i.source + SEP + i.destination, i]))
-    this.configEntries = new Map(s.configEntries.map((e) => [e.kind + SEP + e.name, e]))
+    this.configEntries = new Map()
+    this.configByKind = new Map()
+    for (const e of s.configEntries) this.setConfigEntry(e.kind + SEP + e.name, e)
     this.stateBytes = s.stateBytes
     this.setCa(s.ca)
     this.dedupe = new Map(s.dedupe.map((d) => [d.clientId, { seq: d.seq, result: d.result }]))

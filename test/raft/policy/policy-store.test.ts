@@ -117,6 +117,30 @@ describe('PolicyStore', () => {
     expect(s.apply(entry(cmd, { clientId: 'agent-2', seq: 1 })).ok).toBe(true)
   })
 
+  it('lists config entries of one kind as a filter over all of them would, through sets, deletes and a restore', () => {
+    const s = new PolicyStore()
+    const byFilter = (st: PolicyStore, kind: string) => st.listConfigEntries().filter((e) => e.kind === kind)
+    const kinds = ['kv', 'service-defaults']
+    const entryValue = (kind: string, i: number) =>
+      kind === 'kv' ? { value: `v${i}` } : { Protocol: i % 2 ? 'http' : 'tcp' }
+    for (let i = 0; i < 60; i++) {
+      const kind = kinds[i % 2]!
+      const name = `n${(i * 7) % 11}`
+      const op = i % 5 === 4 ? 'config.delete' : 'config.set'
+      s.apply(
+        entry(op === 'config.set' ? { op, kind, name, value: entryValue(kind, i) } : { op, kind, name }),
+      )
+      for (const k of kinds) expect(s.listConfigEntries(k)).toEqual(byFilter(s, k))
+    }
+    expect(s.listConfigEntries('kv').length).toBeGreaterThan(0)
+    expect(s.listConfigEntries('service-router')).toEqual([])
+    const t = new PolicyStore()
+    t.restore(s.snapshot())
+    for (const k of kinds) expect(t.listConfigEntries(k)).toEqual(s.listConfigEntries(k))
+    t.apply(entry({ op: 'config.delete', kind: 'kv', name: t.listConfigEntries('kv')[0]!.name }))
+    expect(t.listConfigEntries('kv')).toEqual(byFilter(t, 'kv'))
+  })
+
   it('round-trips through a snapshot, dedupe table included', () => {
     const s = new PolicyStore()
     s.apply(
