@@ -13,6 +13,8 @@ export const DEFAULT_ACTION_ENTRY = { kind: 'kv', name: 'connect.default-intenti
 /** The policy store queries the view reads. */
 export interface IntentionSource {
   readonly index: number
+  /** Raft index of the last change to the intentions. */
+  readonly intentionsModifyIndex: number
   listIntentions(): StoredIntention[]
   getConfigEntry(kind: string, name: string): ConfigEntry | undefined
 }
@@ -36,13 +38,12 @@ export class IntentionView {
 
   /** Rebuilds after a change applied to the store; returns the change, if the intentions changed. */
   refresh(): IntentionChange | undefined {
-    const list = this.store.listIntentions()
+    // Read after every applied batch: the intentions are copied only when they changed.
     const def = this.defaultAction()
-    let maxModify = 0
-    for (const i of list) maxModify = Math.max(maxModify, i.modifyIndex)
-    const key = `${list.length}:${maxModify}:${def}`
+    const key = `${this.store.intentionsModifyIndex}:${def}`
     if (key === this.key) return undefined
     this.key = key
+    const list = this.store.listIntentions()
     // Entries are validated on write; one that is not (e.g. written by a newer agent) is skipped.
     const valid = list.filter((i) => isIntentionName(i.source) && isIntentionName(i.destination))
     this.index = new IntentionIndex(
