@@ -33,6 +33,7 @@ import {
   configuredProtocol,
   NO_ENTRIES,
   readTrafficEntries,
+  trafficEntriesStamp,
   type TrafficEntries,
 } from './traffic-config.ts'
 
@@ -236,6 +237,8 @@ export class SidecarModule implements AgentModule {
   private readonly config: ConfigEntryReader | undefined
   private readonly health: SidecarHealth | undefined
   private entries: TrafficEntries = NO_ENTRIES
+  /** `trafficEntriesStamp` of what `entries` was read at. */
+  private entriesStamp: string | undefined
   /** Sidecars whose listeners could not bind, until their definition changes. */
   private readonly failed = new Map<string, Failed>()
   /** `whenReady` callers waiting for the next outcome, by service id. */
@@ -318,6 +321,7 @@ export class SidecarModule implements AgentModule {
     this.subscriptions.push(local.on('service:change', () => this.reconcile()))
     registerSidecarRoutes(ctx.http, { local, whenReady: (id, options) => this.whenReady(id, options) })
     if (this.config !== undefined) {
+      this.entriesStamp = trafficEntriesStamp(this.config)
       this.entries = readTrafficEntries(this.config)
       this.subscriptions.push(this.config.onChange(() => this.onConfigChange()))
     } else {
@@ -334,6 +338,9 @@ export class SidecarModule implements AgentModule {
    * closed); a sidecar whose upstream changes protocol is restarted by the reconcile.
    */
   private onConfigChange(): void {
+    const stamp = trafficEntriesStamp(this.config)
+    if (stamp !== undefined && stamp === this.entriesStamp) return
+    this.entriesStamp = stamp
     const next = readTrafficEntries(this.config)
     if (next.key === this.entries.key) return
     this.entries = next

@@ -48,6 +48,27 @@ import type { Endpoint } from '../../proxy/types.ts'
 export interface ConfigEntryReader {
   listConfigEntries(kind?: string): ConfigEntry[]
   onChange(listener: (index: number) => void): () => void
+  /** Raft index of the last change to an entry of `kind`; absent: every change re-reads all. */
+  configModifyIndex?(kind: string): number
+}
+
+/** The config entry kinds `readTrafficEntries` reads. */
+const TRAFFIC_KINDS = [
+  'service-defaults',
+  'proxy-defaults',
+  'service-resolver',
+  'service-router',
+  'service-splitter',
+]
+
+/**
+ * A stamp that moves whenever a traffic entry may have changed (undefined: the reader cannot
+ * tell). The store's change listeners run after every applied batch, nearly all of them writes of
+ * other kinds: comparing this first spares re-parsing every traffic entry each time.
+ */
+export function trafficEntriesStamp(reader: ConfigEntryReader | undefined): string | undefined {
+  if (reader?.configModifyIndex === undefined) return undefined
+  return TRAFFIC_KINDS.map((k) => reader.configModifyIndex!(k)).join(',')
 }
 
 /** The traffic entries, parsed to their canonical form (invalid stored ones are skipped). */

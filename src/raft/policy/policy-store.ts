@@ -103,6 +103,9 @@ export class PolicyStore implements StateMachine<PolicyResult> {
    * entries, re-read after every applied batch) costs the entries of that kind, not all of them.
    */
   private configByKind = new Map<string, Map<string, ConfigEntry>>()
+  /** Raft index of the last set or delete of each kind; `configRestoredIndex` covers the rest. */
+  private configKindIndex = new Map<string, number>()
+  private configRestoredIndex = 0
   /**
    * The CA state exactly as committed: root records stay raw (`unknown[]`), so that what every
    * agent trusts, snapshots and verifies against does not depend on how strictly this version
@@ -344,6 +347,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
           createdIndex: cur?.createdIndex ?? at,
           modifyIndex: at,
         })
+        this.configKindIndex.set(cmd.kind, at)
         return this.changed(at)
       }
       case 'config.delete': {
@@ -356,6 +360,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         const ofKind = this.configByKind.get(cmd.kind)
         ofKind?.delete(key)
         if (ofKind?.size === 0) this.configByKind.delete(cmd.kind)
+        this.configKindIndex.set(cmd.kind, at)
         this.stateBytes -= entryBytes.config(cur)
         return this.changed(at)
       }
@@ -484,6 +489,14 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     return entries === undefined ? [] : [...entries.values()].map(structuredCloneOf)
   }
 
+  /**
+   * Raft index of the last change to any config entry of `kind` (a restore counts as one): a
+   * reader re-parses the entries of a kind only when it moved.
+   */
+  configModifyIndex(kind: string): number {
+    return Math.max(this.configKindIndex.get(kind) ?? 0, this.configRestoredIndex)
+  }
+
   getConfigEntry(kind: string, name: string): ConfigEntry | undefined {
     const e = this.configEntries.get(kind + SEP + name)
     return e === undefined ? undefined : structuredClone(e)
@@ -545,6 +558,8 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     this.intentionsIndex = s.index
     this.configEntries = new Map()
     this.configByKind = new Map()
+    this.configKindIndex = new Map()
+    this.configRestoredIndex = s.index
     for (const e of s.configEntries) this.setConfigEntry(e.kind + SEP + e.name, e)
     this.stateBytes = s.stateBytes
     this.setCa(s.ca)

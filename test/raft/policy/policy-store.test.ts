@@ -141,6 +141,27 @@ describe('PolicyStore', () => {
     expect(t.listConfigEntries('kv')).toEqual(byFilter(t, 'kv'))
   })
 
+  it('moves the config modify index of a kind only on a set or delete of that kind, and on a restore', () => {
+    const s = new PolicyStore()
+    expect(s.configModifyIndex('service-router')).toBe(0)
+    s.apply(entry({ op: 'config.set', kind: 'service-defaults', name: 'api', value: { Protocol: 'http' } }))
+    const defaults = s.configModifyIndex('service-defaults')
+    expect(defaults).toBe(s.index)
+    s.apply(entry({ op: 'config.set', kind: 'kv', name: 'a', value: { value: 'x' } }))
+    s.apply(entry({ op: 'intention.upsert', source: 'web', destination: 'api', action: 'allow' }))
+    expect(s.configModifyIndex('service-defaults')).toBe(defaults)
+    expect(s.configModifyIndex('kv')).toBe(s.index - 1)
+    s.apply(entry({ op: 'config.delete', kind: 'service-defaults', name: 'api' }))
+    const deleted = s.index
+    expect(s.configModifyIndex('service-defaults')).toBe(deleted)
+    const failed = s.apply(entry({ op: 'config.delete', kind: 'service-defaults', name: 'api' }))
+    expect(failed.ok).toBe(false)
+    expect(s.configModifyIndex('service-defaults')).toBe(deleted)
+    const t = new PolicyStore()
+    t.restore(s.snapshot())
+    expect(t.configModifyIndex('service-router')).toBe(s.index)
+  })
+
   it('round-trips through a snapshot, dedupe table included', () => {
     const s = new PolicyStore()
     s.apply(
