@@ -300,6 +300,8 @@ class Http1Connection {
     if (stream === undefined) return
     stream.off('data', this.onStreamData)
     stream.off('end', this.onStreamEnd)
+    // A body left unsent (early answer, abort) is read and dropped, not left paused mid-stream.
+    if (stream.isPaused()) stream.resume()
   }
 
   private detach(): void {

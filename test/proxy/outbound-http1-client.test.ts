@@ -163,6 +163,37 @@ describe('HttpOutboundListener over its HTTP/1.1 client', () => {
     expect(JSON.parse(empty.body.toString())).toMatchObject({ size: 0, length: '0' })
   })
 
+  it("expect: 100-continue: the client gets its 100, the upstream's own 100 is skipped, the body arrives", async () => {
+    const api = await appBehindInbound('api-1', digestApp())
+    const { listener } = await outbound([api.endpoint])
+    const r = await new Promise<{ status: number; body: string; continued: boolean }>((resolve, reject) => {
+      let continued = false
+      const req = http.request({
+        host: '127.0.0.1',
+        port: listener.port,
+        method: 'POST',
+        path: '/',
+        headers: { expect: '100-continue', 'content-length': '5' },
+      })
+      req.on('continue', () => {
+        continued = true
+        req.end('hello')
+      })
+      req.on('response', (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (d: string) => {
+          body += d
+        })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, continued }))
+      })
+      req.on('error', reject)
+    })
+    expect(r.continued).toBe(true)
+    expect(r.status).toBe(200)
+    expect(JSON.parse(r.body)).toMatchObject({ size: 5, sha: sha(Buffer.from('hello')) })
+  })
+
   it('streams an 8 MiB response to a slow reader with back-pressure, every byte in order', async () => {
     const big = Buffer.alloc(8 * 1024 * 1024)
     for (let i = 0; i < big.length; i++) big[i] = (i * 13) % 253
