@@ -40,6 +40,10 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 15_000
 /** HTTP mode: idle keep-alive connections kept per endpoint. */
 export const DEFAULT_MAX_FREE_SOCKETS = 64
 
+/** HTTP mode: bound of an upstream response head (status line and headers; trailers alike), as
+ * Node's own `--max-http-header-size` default: past it the response is malformed (502). */
+export const DEFAULT_MAX_RESPONSE_HEAD_BYTES = 16 * 1024
+
 /** HTTP mode: request bodies up to this size are buffered so idempotent requests can be retried. */
 export const DEFAULT_RETRY_BODY_BYTES = 64 * 1024
 

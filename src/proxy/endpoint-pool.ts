@@ -8,8 +8,8 @@ import type { Clock } from '../common/clock.ts'
  * An endpoint that leaves the healthy set is dropped from the choice at once; its record lives
  * on, marked `removed`, until its last outstanding connection or request ends.
  */
-import type http from 'node:http'
 import { type Loaded, p2cPick, weightedPick } from './balancer.ts'
+import type { Http1Pool } from './http1-client.ts'
 import {
   isEjected,
   newOutlierState,
@@ -32,7 +32,7 @@ export interface EndpointRecord extends Loaded {
   /** Left the healthy set: no new work; dropped when `outstanding` reaches 0. */
   removed: boolean
   /** HTTP mode: this endpoint's keep-alive connection pool. */
-  agent: http.Agent | undefined
+  connections: Http1Pool | undefined
   /** The pool the record belongs to (failure reports go to it). */
   readonly pool: EndpointPool
 }
@@ -43,9 +43,9 @@ export interface EndpointPoolInit {
   clock: Clock
   /** Uniform [0, 1). */
   rng: () => number
-  /** Called for every new endpoint record (HTTP mode attaches its agent here). */
+  /** Called for every new endpoint record (HTTP mode attaches its connection pool here). */
   onAdded?: (record: EndpointRecord) => void
-  /** Called once a removed record has no outstanding work (HTTP mode destroys its agent). */
+  /** Called once a removed record has no outstanding work (HTTP mode closes its connection pool). */
   onRetired?: (record: EndpointRecord) => void
   onEjected?: (record: EndpointRecord, untilMs: number) => void
 }
@@ -287,7 +287,7 @@ export class EndpointPool {
         // A changed weight or tag set keeps the endpoint's outlier history.
         outlier: old?.outlier ?? newOutlierState(),
         removed: false,
-        agent: undefined,
+        connections: undefined,
         pool: this,
       }
       this.init.onAdded?.(record)

@@ -2,12 +2,14 @@ import type { Cancel } from '../common/clock.ts'
 /**
  * The outbound listener in HTTP/1.1 mode, for upstreams declared `protocol: http`: each request
  * is balanced on its own (split, then P2C on outstanding requests) over keep-alive mutual TLS
- * connections, one `http.Agent` pool per endpoint.
+ * connections, one `Http1Pool` per endpoint (`http1-client.ts`: our own HTTP/1.1 client over
+ * Node's llhttp parser, lighter than `http.request` and `http.Agent`).
  *
  * A request that fails before response headers — connect error, failed handshake, reset — is
  * retried on another endpoint when that cannot repeat a side effect: always when no connection
  * was made, and for idempotent methods (RFC 9110 §9.2.2) also after a reset, with small bodies
- * buffered for replay. Retries are bounded by `maxAttempts` and the retry budget. A request
+ * buffered for replay. A response that is not valid HTTP/1.1 counts as a reset, answered, when it
+ * is not retried, by a 502 with `PEERMESH_ERR_UPSTREAM_PROTOCOL`. Retries are bounded by `maxAttempts` and the retry budget. A request
  * timeout covers the whole exchange. `x-request-id` is generated when absent and passed through.
  * W3C `traceparent` and `tracestate` are passed through untouched unless the listener has a
  * tracer: then each request gets a CLIENT span (`tracing.ts`) continuing a valid incoming
@@ -25,6 +27,7 @@ import type net from 'node:net'
 import tls from 'node:tls'
 import {
   DEFAULT_MAX_FREE_SOCKETS,
+  DEFAULT_MAX_RESPONSE_HEAD_BYTES,
   DEFAULT_REQUEST_TIMEOUT_MS,
   DEFAULT_RETRY_BODY_BYTES,
   HOP_BY_HOP_HEADERS,
@@ -40,6 +43,16 @@ import {
   UpstreamTimeoutError,
 } from './errors.ts'
 import type { LimitTicket } from './concurrency-limit.ts'
+import {
+  encodeRequestHead,
+  type Http1Exchange,
+  type Http1FailureStage,
+  type Http1Handler,
+  Http1Pool,
+  type Http1ResponseHead,
+  InvalidRequestHeadError,
+  UpstreamProtocolError,
+} from './http1-client.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import {
   applyHeaderOps,
@@ -83,8 +96,6 @@ export class HttpOutboundListener extends OutboundListenerBase {
   readonly retryOnStatus: ReadonlySet<number>
   private readonly maxFreeSockets: number
   protected readonly server: http.Server
-  /** Upstream sockets that completed the mutual TLS handshake. */
-  readonly established = new WeakSet<net.Socket>()
   protected readonly clientSockets = new Set<net.Socket>()
 
   constructor(init: HttpOutboundListenerInit) {
@@ -93,11 +104,11 @@ export class HttpOutboundListener extends OutboundListenerBase {
       init,
       {
         onAdded: (record) => {
-          record.agent = this.makeAgent(record)
+          record.connections = this.makePool(record)
         },
         onRetired: (record) => {
-          record.agent?.destroy()
-          record.agent = undefined
+          record.connections?.destroy()
+          record.connections = undefined
         },
       },
       'requests',
@@ -131,42 +142,50 @@ export class HttpOutboundListener extends OutboundListenerBase {
   override setPolicy(policy: TrafficPolicy): void {
     super.setPolicy(policy)
     const max = policy.limits?.maxConnections ?? Number.POSITIVE_INFINITY
-    for (const pool of this.core.allPools) for (const r of pool.current) if (r.agent) r.agent.maxSockets = max
+    for (const pool of this.core.allPools) for (const r of pool.current) r.connections?.setMaxConnections(max)
   }
 
-  private makeAgent(record: EndpointRecord): http.Agent {
+  private makePool(record: EndpointRecord): Http1Pool {
     const core = this.core
-    const established = this.established
-    const agent = new http.Agent({
-      keepAlive: true,
-      maxFreeSockets: this.maxFreeSockets,
-      maxSockets: core.policy.limits?.maxConnections ?? Number.POSITIVE_INFINITY,
-      scheduling: 'lifo',
+    const { address, port, service } = record.endpoint
+    return new Http1Pool({
+      connect: () => {
+        const socket = tls.connect({
+          host: address,
+          port,
+          secureContext: core.tls.secureContext,
+          checkServerIdentity: core.identityCheckFor(service),
+        })
+        socket.setNoDelay(true)
+        socket.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS)
+        const cancelTimer = core.clock.setTimeout(
+          () => socket.destroy(new UpstreamConnectError('connect timeout')),
+          core.connectTimeoutFor(service),
+        )
+        socket.once('secureConnect', cancelTimer)
+        socket.once('close', cancelTimer)
+        return socket
+      },
+      maxIdle: this.maxFreeSockets,
+      maxConnections: core.policy.limits?.maxConnections ?? Number.POSITIVE_INFINITY,
+      maxHeaderBytes: DEFAULT_MAX_RESPONSE_HEAD_BYTES,
+      now: () => core.clock.now(),
     })
-    agent.createConnection = () => {
-      const socket = tls.connect({
-        host: record.endpoint.address,
-        port: record.endpoint.port,
-        secureContext: core.tls.secureContext,
-        checkServerIdentity: core.identityCheckFor(record.endpoint.service),
-      })
-      socket.setNoDelay(true)
-      const cancelTimer = core.clock.setTimeout(
-        () => socket.destroy(new UpstreamConnectError('connect timeout')),
-        core.connectTimeoutFor(record.endpoint.service),
-      )
-      socket.once('secureConnect', () => {
-        cancelTimer()
-        established.add(socket)
-      })
-      socket.once('close', cancelTimer)
-      return socket
-    }
-    return agent
   }
 }
 
-type Reason = 'connect' | 'reset' | 'timeout' | 'no_endpoint' | 'denied' | 'rejected'
+/** TCP keep-alive probes on upstream connections start after this idle time (`http.Agent`'s default). */
+const TCP_KEEPALIVE_DELAY_MS = 1000
+
+type Reason =
+  | 'connect'
+  | 'reset'
+  | 'protocol'
+  | 'timeout'
+  | 'no_endpoint'
+  | 'denied'
+  | 'rejected'
+  | 'invalid_request'
 
 /** One client request through its attempts. */
 class HttpExchange {
@@ -178,9 +197,18 @@ class HttpExchange {
   private readonly idempotent: boolean
   /** The request body is piped, not buffered: it cannot be replayed. */
   private streaming = false
+  /** The app's request body is chunked (streamed, and sent chunked upstream). */
+  private readonly chunked: boolean
+  /** The app's request has a content-length header (passed through upstream). */
+  private readonly hasLength: boolean
   private body: Buffer = EMPTY
+  /** The encoded request head, built for the first attempt and sent again by retries. */
+  private head: Buffer | undefined
   private readonly tried: EndpointRecord[] = []
-  private upReq: http.ClientRequest | undefined
+  /** The attempt in progress, or the last one. */
+  private current: UpstreamAttempt | undefined
+  /** Response body chunks wait for the client's socket to drain. */
+  private awaitingDrain = false
   private record: EndpointRecord | undefined
   private cancelTimer: Cancel
   private timedOut = false
@@ -205,7 +233,7 @@ class HttpExchange {
   private readonly span: Span | undefined
 
   constructor(
-    private readonly listener: HttpOutboundListener,
+    listener: HttpOutboundListener,
     private readonly req: http.IncomingMessage,
     private readonly res: http.ServerResponse,
   ) {
@@ -297,6 +325,8 @@ class HttpExchange {
     this.cancelTimer = core.clock.setTimeout(this.onTimeout, timeoutMs)
     res.on('close', this.onClose)
 
+    this.chunked = chunked
+    this.hasLength = length !== undefined
     const contentLength = length === undefined ? 0 : Number(length)
     if (!chunked && contentLength === 0) {
       req.resume()
@@ -326,107 +356,145 @@ class HttpExchange {
     if (this.done) return
     const core = this.core
     const record = core.pickEndpoint(this.plan, this.tried, this.hashKey)
-    if (record === undefined || record.agent === undefined) {
+    if (record === undefined || record.connections === undefined) {
       this.fail('no_endpoint', 503, NoHealthyEndpointError.code)
       return
+    }
+    if (this.head === undefined) {
+      try {
+        this.head = encodeRequestHead(
+          this.method,
+          this.path,
+          this.headers,
+          this.streaming && this.chunked ? 'chunked' : this.hasLength ? 'length' : 'none',
+        )
+      } catch (error) {
+        if (!(error instanceof InvalidRequestHeadError)) throw error
+        this.fail('invalid_request', 500, InvalidRequestHeadError.code)
+        return
+      }
     }
     this.tried.push(record)
     this.record = record
     record.pool.acquire(record)
-    const upReq = http.request({
-      agent: record.agent,
-      host: record.endpoint.address,
-      port: record.endpoint.port,
-      method: this.method,
-      path: this.path,
-      headers: this.headers,
-      setHost: false,
-    })
-    this.upReq = upReq
-    let released = false
-    let responded = false
-    upReq.on('close', () => {
-      if (!released) {
-        released = true
-        record.pool.release(record)
-      }
-    })
-    upReq.on('response', (upRes) => {
-      responded = true
-      if (this.done) {
-        upRes.resume()
-        return
-      }
-      const status = upRes.statusCode ?? 502
-      if (this.retryOnStatus(status)) {
-        record.pool.reportFailure(record)
-        upRes.resume()
-        core.metrics.retry(this.routeLabel)
-        this.attempt()
-        return
-      }
-      if (status >= 500 && this.count5xx) record.pool.reportFailure(record)
-      else record.pool.reportSuccess(record)
-      this.status = status
-      const raw = upRes.rawHeaders
-      let out: string[] = []
-      let grpc = false
-      for (let i = 0; i < raw.length; i += 2) {
-        const lower = raw[i]!.toLowerCase()
-        if (HOP_BY_HOP_HEADERS.has(lower)) continue
-        out.push(raw[i]!, raw[i + 1]!)
-        if (lower === 'grpc-status') this.grpcStatus = raw[i + 1]!
-        else if (lower === 'content-type' && raw[i + 1]!.startsWith('application/grpc')) grpc = true
-      }
-      // A gRPC status comes in the trailers, unless the response is trailers-only.
-      if (grpc && this.grpcStatus === undefined) {
-        upRes.once('end', () => {
-          const t = upRes.rawTrailers
-          for (let i = 0; i < t.length; i += 2)
-            if (t[i]!.toLowerCase() === 'grpc-status') this.grpcStatus = t[i + 1]!
-        })
-      }
-      out = applyHeaderOps(applyHeaderOps(out, this.route.responseHeaders), this.plan.leg?.responseHeaders)
-      this.res.writeHead(status, upRes.statusMessage, out)
-      upRes.pipe(this.res)
-      upRes.on('error', () => this.res.destroy())
-      upRes.on('aborted', () => this.res.destroy())
-    })
-    upReq.on('error', (error: Error & { code?: string }) => {
-      if (this.done) return
-      if (responded) {
-        this.res.destroy()
-        return
-      }
-      if (this.timedOut) return // answered by onTimeout
-      const socket = upReq.socket
-      const connectFailure = socket === null || !this.listener.established.has(socket)
-      const reason: Reason = connectFailure ? 'connect' : 'reset'
-      if (!connectFailure && core.locallyDenied()) {
-        this.fail('denied', 502, UpstreamDeniedError.code)
-        return
-      }
+    const attempt = new UpstreamAttempt(this, record)
+    this.current = attempt
+    attempt.exchange = record.connections.request(
+      this.streaming
+        ? { method: this.method, head: this.head, stream: this.req, chunked: this.chunked }
+        : { method: this.method, head: this.head, body: this.body },
+      attempt,
+    )
+  }
+
+  /** The final response head of `attempt`: retried on its status, or sent to the client. */
+  onResponse(attempt: UpstreamAttempt, head: Http1ResponseHead): void {
+    if (this.done) {
+      attempt.discard = true
+      return
+    }
+    const core = this.core
+    const record = attempt.record
+    const status = head.status
+    if (this.retryOnStatus(status)) {
       record.pool.reportFailure(record)
-      const replayable = !this.streaming && (connectFailure ? this.retryConnect : this.idempotent)
-      if (replayable && this.tried.length < this.maxAttempts && this.mayRetry()) {
-        core.metrics.retry(this.routeLabel)
-        core.logger.debug(
-          {
-            upstream: core.destination,
-            endpoint: record.endpoint.id,
-            reason,
-            error: error.code ?? error.message,
-          },
-          `retrying upstream=${core.destination} after ${reason}`,
-        )
-        this.attempt()
-        return
-      }
-      this.fail(reason, 502, connectFailure ? UpstreamConnectError.code : UpstreamResetError.code)
-    })
-    if (this.streaming) this.req.pipe(upReq)
-    else if (this.body.length === 0) upReq.end()
-    else upReq.end(this.body)
+      attempt.discard = true // its body is read to the end, and the connection kept
+      core.metrics.retry(this.routeLabel)
+      this.attempt()
+      return
+    }
+    if (status >= 500 && this.count5xx) record.pool.reportFailure(record)
+    else record.pool.reportSuccess(record)
+    const raw = head.rawHeaders
+    let out: string[] = []
+    let grpc = false
+    for (let i = 0; i < raw.length; i += 2) {
+      const lower = raw[i]!.toLowerCase()
+      if (HOP_BY_HOP_HEADERS.has(lower)) continue
+      out.push(raw[i]!, raw[i + 1]!)
+      if (lower === 'grpc-status') this.grpcStatus = raw[i + 1]!
+      else if (lower === 'content-type' && raw[i + 1]!.startsWith('application/grpc')) grpc = true
+    }
+    // A gRPC status comes in the trailers, unless the response is trailers-only.
+    attempt.grpcTrailers = grpc && this.grpcStatus === undefined
+    out = applyHeaderOps(applyHeaderOps(out, this.route.responseHeaders), this.plan.leg?.responseHeaders)
+    try {
+      this.res.writeHead(status, head.statusMessage, out)
+    } catch {
+      // A head Node will not write (llhttp let through a character Node's writer refuses).
+      attempt.abort()
+      this.fail('protocol', 502, UpstreamProtocolError.code)
+      return
+    }
+    this.status = status
+  }
+
+  /** A response body chunk; false when the client's socket is full (the upstream then pauses). */
+  onBody(attempt: UpstreamAttempt, chunk: Buffer): boolean {
+    if (this.res.write(chunk)) return true
+    if (!this.awaitingDrain) {
+      this.awaitingDrain = true
+      this.res.once('drain', () => {
+        this.awaitingDrain = false
+        attempt.exchange?.resume()
+      })
+    }
+    return false
+  }
+
+  onEnd(attempt: UpstreamAttempt, rawTrailers: string[]): void {
+    if (attempt.grpcTrailers) {
+      for (let i = 0; i < rawTrailers.length; i += 2)
+        if (rawTrailers[i]!.toLowerCase() === 'grpc-status') this.grpcStatus = rawTrailers[i + 1]!
+    }
+    this.res.end()
+  }
+
+  /** The attempt failed: after the response head the client's response is cut; before, retried or answered. */
+  onUpstreamError(
+    attempt: UpstreamAttempt,
+    error: Error & { code?: string },
+    stage: Http1FailureStage,
+  ): void {
+    if (this.done) return
+    if (stage === 'aborted') {
+      this.res.destroy()
+      return
+    }
+    if (this.timedOut) return // answered by onTimeout
+    const core = this.core
+    const record = attempt.record
+    const connectFailure = stage === 'connect'
+    const reason: Reason = stage === 'connect' ? 'connect' : stage === 'protocol' ? 'protocol' : 'reset'
+    if (stage === 'reset' && core.locallyDenied()) {
+      this.fail('denied', 502, UpstreamDeniedError.code)
+      return
+    }
+    record.pool.reportFailure(record)
+    const replayable = !this.streaming && (connectFailure ? this.retryConnect : this.idempotent)
+    if (replayable && this.tried.length < this.maxAttempts && this.mayRetry()) {
+      core.metrics.retry(this.routeLabel)
+      core.logger.debug(
+        {
+          upstream: core.destination,
+          endpoint: record.endpoint.id,
+          reason,
+          error: error.code ?? error.message,
+        },
+        `retrying upstream=${core.destination} after ${reason}`,
+      )
+      this.attempt()
+      return
+    }
+    this.fail(
+      reason,
+      502,
+      connectFailure
+        ? UpstreamConnectError.code
+        : stage === 'protocol'
+          ? UpstreamProtocolError.code
+          : UpstreamResetError.code,
+    )
   }
 
   private retryOnStatus(status: number): boolean {
@@ -449,7 +517,7 @@ class HttpExchange {
     if (this.done) return
     this.timedOut = true
     if (this.record) this.record.pool.reportFailure(this.record)
-    this.upReq?.destroy(new UpstreamTimeoutError('request timeout'))
+    this.current?.abort()
     this.fail('timeout', 504, UpstreamTimeoutError.code)
   }
 
@@ -482,7 +550,7 @@ class HttpExchange {
     const core = this.core
     if (!this.res.writableFinished) {
       // The client went away, or the response was cut: stop the upstream side too.
-      this.upReq?.destroy()
+      this.current?.abort()
       if (this.result === 'ok') this.result = 'client_closed'
     }
     const endedAt = core.clock.now()
@@ -529,6 +597,52 @@ class HttpExchange {
       },
       endMs,
     })
+  }
+}
+
+/** One attempt of an exchange on one endpoint: the handler of its upstream exchange. */
+class UpstreamAttempt implements Http1Handler {
+  exchange: Http1Exchange | undefined
+  /** Retried on its status (or the client is gone): the rest of its response is read and dropped. */
+  discard = false
+  /** The response is gRPC without a grpc-status in its head: read it from the trailers. */
+  grpcTrailers = false
+  /** The endpoint's outstanding count was given back. */
+  private released = false
+
+  constructor(
+    private readonly owner: HttpExchange,
+    readonly record: EndpointRecord,
+  ) {}
+
+  onResponse(head: Http1ResponseHead): void {
+    this.owner.onResponse(this, head)
+  }
+
+  onBody(chunk: Buffer): boolean {
+    return this.discard || this.owner.onBody(this, chunk)
+  }
+
+  onEnd(rawTrailers: string[]): void {
+    this.release()
+    if (!this.discard) this.owner.onEnd(this, rawTrailers)
+  }
+
+  onError(error: Error, stage: Http1FailureStage): void {
+    this.release()
+    if (!this.discard) this.owner.onUpstreamError(this, error, stage)
+  }
+
+  /** Gives up on the upstream exchange (its connection is closed). */
+  abort(): void {
+    this.exchange?.abort()
+    this.release()
+  }
+
+  private release(): void {
+    if (this.released) return
+    this.released = true
+    this.record.pool.release(this.record)
   }
 }
 
