@@ -85,6 +85,27 @@ export async function startHttpApp(name: string): Promise<TestApp> {
 }
 
 /** A port with nothing listening on it (bound, then released). */
+/**
+ * Listens on a free 127.0.0.1 port. The server's connections are tracked (for a TLS server, the TCP
+ * sockets under them), and `close` destroys those still open before it closes the server.
+ */
+export async function listenLoopback(
+  server: net.Server,
+): Promise<{ port: number; close: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>()
+  server.on('connection', (socket: net.Socket) => {
+    sockets.add(socket)
+    socket.on('close', () => sockets.delete(socket))
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const close = (): Promise<void> =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy()
+      server.close(() => resolve())
+    })
+  return { port: (server.address() as AddressInfo).port, close }
+}
+
 export async function deadPort(): Promise<number> {
   const server = net.createServer()
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))

@@ -19,7 +19,7 @@ import {
   UpstreamProtocolError,
 } from '../../src/proxy/http1-client.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
-import { leafFor, makeRoot, waitFor } from './helpers.ts'
+import { leafFor, listenLoopback, makeRoot, waitFor } from './helpers.ts'
 
 let apiCert: ServiceCertificate
 beforeAll(async () => {
@@ -46,11 +46,8 @@ interface UpstreamRequest {
 async function rawUpstream(onRequest: (req: UpstreamRequest) => void) {
   let connections = 0
   const requests: UpstreamRequest[] = []
-  const sockets = new Set<tls.TLSSocket>()
   const server = tls.createServer({ cert: apiCert.certPem, key: apiCert.keyPem }, (socket) => {
     const conn = connections++
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
     socket.on('error', () => {})
     let buf = ''
     socket.setEncoding('latin1')
@@ -80,15 +77,8 @@ async function rawUpstream(onRequest: (req: UpstreamRequest) => void) {
       }
     })
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as AddressInfo).port
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  )
+  const { port, close } = await listenLoopback(server)
+  cleanups.push(close)
   return {
     port,
     requests,

@@ -5,7 +5,7 @@
  * the sidecars' memory.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import net, { type AddressInfo } from 'node:net'
+import net from 'node:net'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { InboundListener } from '../../src/proxy/inbound.ts'
 import { OutboundListener } from '../../src/proxy/outbound-tcp.ts'
@@ -15,7 +15,7 @@ import {
   StaticEndpointSource,
 } from '../../src/proxy/sources.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
-import { endpoint, leafFor, makeRoot, TD, waitFor } from './helpers.ts'
+import { endpoint, leafFor, listenLoopback, makeRoot, TD, waitFor } from './helpers.ts'
 
 let apiCert: ServiceCertificate
 let webCert: ServiceCertificate
@@ -33,22 +33,13 @@ afterEach(async () => {
 
 /** A raw TCP app on 127.0.0.1 (half-open allowed); every accepted socket goes to `onSocket`. */
 async function startApp(onSocket: (socket: net.Socket) => void): Promise<number> {
-  const sockets = new Set<net.Socket>()
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
-    sockets.add(socket)
-    socket.on('close', () => sockets.delete(socket))
     socket.on('error', () => {})
     onSocket(socket)
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(() => resolve())
-      }),
-  )
-  return (server.address() as AddressInfo).port
+  const { port, close } = await listenLoopback(server)
+  cleanups.push(close)
+  return port
 }
 
 /** web's outbound listener (L4) -> api's inbound listener -> the app on `appPort`; returns the outbound port. */

@@ -21,7 +21,17 @@ import {
   StaticEndpointSource,
 } from '../../src/proxy/sources.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
-import { endpoint, httpGet, leafFor, makeRoot, metricValue, runConcurrently, TD, waitFor } from './helpers.ts'
+import {
+  endpoint,
+  httpGet,
+  leafFor,
+  listenLoopback,
+  makeRoot,
+  metricValue,
+  runConcurrently,
+  TD,
+  waitFor,
+} from './helpers.ts'
 
 let root: RootCa
 let apiCert: ServiceCertificate
@@ -280,24 +290,15 @@ describe('HttpOutboundListener against a hostile endpoint', () => {
   /** A TLS server presenting api's certificate, answering every request with `reply`. */
   async function hostile(reply: string | ((socket: tls.TLSSocket) => void)) {
     let connections = 0
-    const sockets = new Set<tls.TLSSocket>()
     const server = tls.createServer({ cert: apiCert.certPem, key: apiCert.keyPem }, (socket) => {
       connections++
-      sockets.add(socket)
-      socket.on('close', () => sockets.delete(socket))
       socket.on('error', () => {})
       socket.once('data', () => (typeof reply === 'string' ? socket.write(reply) : reply(socket)))
     })
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-    cleanups.push(
-      () =>
-        new Promise<void>((resolve) => {
-          for (const s of sockets) s.destroy()
-          server.close(() => resolve())
-        }),
-    )
+    const { port, close } = await listenLoopback(server)
+    cleanups.push(close)
     return {
-      endpoint: endpoint('api-evil', (server.address() as AddressInfo).port),
+      endpoint: endpoint('api-evil', port),
       get connections() {
         return connections
       },
