@@ -211,6 +211,42 @@ export interface TestInstance {
   stop(): Promise<void>
 }
 
+/**
+ * An HTTP app answering with `handler` behind a real inbound listener of `service` (default api):
+ * one instance as `endpoint()` sees it. `stop` closes the inbound, then the app and its
+ * keep-alive connections.
+ */
+export async function startHandlerInstance(opts: {
+  id: string
+  cert: ServiceCertificate
+  authorizer: Authorizer
+  handler: http.RequestListener
+  service?: string
+}): Promise<{ inbound: InboundListener; endpoint: Endpoint; stop: () => Promise<void> }> {
+  const app = http.createServer(opts.handler)
+  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve))
+  const service = opts.service ?? 'api'
+  const inbound = new InboundListener({
+    service,
+    trustDomain: TD,
+    port: 0,
+    bindAddress: '127.0.0.1',
+    localServicePort: (app.address() as AddressInfo).port,
+    certificates: new StaticCertificateSource(opts.cert),
+    authorizer: opts.authorizer,
+  })
+  await inbound.start()
+  return {
+    inbound,
+    endpoint: endpoint(opts.id, inbound.port, service),
+    stop: async () => {
+      await inbound.stop()
+      app.closeAllConnections()
+      await new Promise<void>((resolve) => app.close(() => resolve()))
+    },
+  }
+}
+
 export async function startInstance(opts: {
   id: string
   service: string

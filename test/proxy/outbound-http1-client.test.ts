@@ -7,13 +7,11 @@
  */
 import { createHash } from 'node:crypto'
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import tls from 'node:tls'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
 import { UpstreamProtocolError } from '../../src/proxy/http1-client.ts'
-import { InboundListener } from '../../src/proxy/inbound.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from '../../src/proxy/outbound-http.ts'
 import {
   IntentionAuthorizer,
@@ -29,6 +27,7 @@ import {
   makeRoot,
   metricValue,
   runConcurrently,
+  startHandlerInstance,
   TD,
   waitFor,
 } from './helpers.ts'
@@ -50,27 +49,9 @@ afterEach(async () => {
 
 /** An HTTP app behind a real inbound listener; `handler` answers its requests. */
 async function appBehindInbound(id: string, handler: http.RequestListener) {
-  const server = http.createServer(handler)
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections()
-        server.close(() => resolve())
-      }),
-  )
-  const inbound = new InboundListener({
-    service: 'api',
-    trustDomain: TD,
-    port: 0,
-    bindAddress: '127.0.0.1',
-    localServicePort: (server.address() as AddressInfo).port,
-    certificates: new StaticCertificateSource(apiCert),
-    authorizer: allow,
-  })
-  await inbound.start()
-  cleanups.push(() => inbound.stop())
-  return { inbound, endpoint: endpoint(id, inbound.port) }
+  const instance = await startHandlerInstance({ id, cert: apiCert, authorizer: allow, handler })
+  cleanups.push(instance.stop)
+  return instance
 }
 
 async function outbound(

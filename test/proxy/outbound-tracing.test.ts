@@ -6,12 +6,11 @@
  */
 import { spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
-import http from 'node:http'
-import net, { type AddressInfo } from 'node:net'
+import type http from 'node:http'
+import net from 'node:net'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
-import { InboundListener } from '../../src/proxy/inbound.ts'
 import { HttpOutboundListener, type HttpOutboundListenerInit } from '../../src/proxy/outbound-http.ts'
 import {
   IntentionAuthorizer,
@@ -23,7 +22,7 @@ import { EMPTY_POLICY, type TrafficPolicy } from '../../src/proxy/traffic.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
 import { join } from 'node:path'
 import { makeTempDir, removeTempDir } from '../temp-dir.ts'
-import { endpoint, httpGet, leafFor, makeRoot, metricValue, TD } from './helpers.ts'
+import { httpGet, leafFor, makeRoot, metricValue, startHandlerInstance, TD } from './helpers.ts'
 
 let root: RootCa
 let apiCert: ServiceCertificate
@@ -46,24 +45,9 @@ const PARENT = '00f067aa0ba902b7'
 
 /** An app answering with `handler` behind a real inbound listener of service api. */
 async function instanceWith(handler: http.RequestListener) {
-  const app = http.createServer(handler)
-  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve))
-  const inbound = new InboundListener({
-    service: 'api',
-    trustDomain: TD,
-    port: 0,
-    bindAddress: '127.0.0.1',
-    localServicePort: (app.address() as AddressInfo).port,
-    certificates: new StaticCertificateSource(apiCert),
-    authorizer: allow,
-  })
-  await inbound.start()
-  cleanups.push(async () => {
-    await inbound.stop()
-    app.closeAllConnections()
-    await new Promise<void>((resolve) => app.close(() => resolve()))
-  })
-  return { endpoint: endpoint(`api-${inbound.port}`, inbound.port) }
+  const instance = await startHandlerInstance({ id: 'api', cert: apiCert, authorizer: allow, handler })
+  cleanups.push(instance.stop)
+  return { endpoint: { ...instance.endpoint, id: `api-${instance.inbound.port}` } }
 }
 
 /**
