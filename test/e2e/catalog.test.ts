@@ -52,7 +52,11 @@ describe('service catalog and health (end to end, 3 agent processes)', () => {
         address: '127.0.0.1',
         port: appPort,
         tags: ['v1'],
-        checks: [{ http: `http://127.0.0.1:${appPort}/health`, interval: '200ms', timeout: '150ms' }],
+        // The app answers from this test's own process, which a loaded machine can hold up for
+        // longer than a short timeout: the check then flapped critical and back, and a blocking
+        // query or a DNS answer read during the flap saw the wrong state. A stopped app is refused
+        // at once, so the timeout does not slow the critical turn this test waits for.
+        checks: [{ http: `http://127.0.0.1:${appPort}/health`, interval: '200ms', timeout: '3s' }],
       }),
     )
     const reg = await runCli(['register', def, '--http', a.http])
