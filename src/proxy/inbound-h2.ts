@@ -308,8 +308,11 @@ export class H2InboundHandler {
  * `GRPC_HOLD_MS` and `GRPC_HOLD_BYTES`: an app that dies between its response headers and its
  * trailers (a unary call's usual window) then looks to the caller's sidecar like one that died
  * before answering (a trailers-only UNAVAILABLE marked as a reset), so the call is retried on
- * another instance instead of failing. A streaming response longer than the bounds is forwarded
- * as it comes once they are passed.
+ * another instance instead of failing. So does a response that ends without a `grpc-status`:
+ * the streams of a session the app shuts down (GOAWAY, then its socket closed, as grpc-js's
+ * `forceShutdown` does) end without trailers. A streaming response longer than the bounds is
+ * forwarded as it comes once they are passed, and if it then ends without a status its trailers
+ * say UNAVAILABLE.
  */
 const GRPC_HOLD_MS = 50
 const GRPC_HOLD_BYTES = 64 * 1024
@@ -341,14 +344,16 @@ function holdGrpcResponse(
     up.off('data', onData)
     onForward()
     down.respond(out, { waitForTrailers: true })
-    down.on('wantTrailers', () => down.sendTrailers(trailers))
+    down.on('wantTrailers', () => down.sendTrailers(withGrpcStatus(trailers)))
     for (const chunk of held) down.write(chunk)
     held.length = 0
     if (complete) down.end()
     else {
       up.pipe(down)
       up.once('close', () => {
-        if (up.rstCode !== NGHTTP2_NO_ERROR && !down.closed) down.close(up.rstCode)
+        if (down.closed) return
+        if (up.rstCode !== NGHTTP2_NO_ERROR) down.close(up.rstCode)
+        else if (!down.writableEnded) down.end() // closed without its end: trailers say UNAVAILABLE
       })
     }
   }
@@ -357,6 +362,26 @@ function holdGrpcResponse(
     trailers = forwardedHeaders(t)
   })
   up.on('data', onData)
-  up.once('end', () => forward(true))
+  up.once('end', () => {
+    // A stream of a session the app shut down ends too (GOAWAY, then its socket closed), with
+    // or without a reset code, but without trailers: that is the app dying before it answered,
+    // which the stream's close handler turns into a retried UNAVAILABLE; only a call the app
+    // completed (its grpc-status sent) is forwarded.
+    if (trailers['grpc-status'] !== undefined) forward(true)
+    else cancelTimer()
+  })
   return cancelTimer
+}
+
+/**
+ * The trailers of a gRPC response the app ended without a status (its session shut down while the
+ * response streamed): UNAVAILABLE, rather than a call that ends with no status at all.
+ */
+function withGrpcStatus(trailers: http2.OutgoingHttpHeaders): http2.OutgoingHttpHeaders {
+  if (trailers['grpc-status'] !== undefined) return trailers
+  return {
+    ...trailers,
+    'grpc-status': String(GRPC_STATUS.UNAVAILABLE),
+    'grpc-message': 'local app ended the call without a status',
+  }
 }

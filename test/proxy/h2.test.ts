@@ -380,6 +380,30 @@ describe('H2OutboundListener', () => {
     expect(await metricValue(registry, 'peermesh_proxy_retries_total')).toBeGreaterThanOrEqual(crashing.hits)
   })
 
+  it('an app shut down after its response headers, before its trailers (as grpc-js forceShutdown): the call goes to another instance', async () => {
+    // GOAWAY(NO_ERROR) then a destroy with CANCEL: the inbound's stream to the app can end
+    // cleanly (code 0, no trailers), which must not reach the caller as a call without status.
+    const dying = await h2App('api-dying', (stream) => {
+      stream.resume()
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+      stream.write('partial')
+      const session = stream.session!
+      setTimeout(() => {
+        session.close()
+        session.destroy(http2.constants.NGHTTP2_CANCEL as unknown as Error)
+      }, 5)
+    })
+    const good = await h2App('api-good')
+    const d = await inbound(dying, 'api-dying')
+    const g = await inbound(good, 'api-good')
+    const { listener } = await outbound([d.endpoint, g.endpoint])
+    const session = client(listener.port)
+    const replies = await runConcurrently(40, 4, () => call(session))
+    expect(replies.map(grpcStatusOf)).toEqual(replies.map(() => '0'))
+    expect(dying.hits).toBeGreaterThan(0)
+    expect(good.hits).toBe(40)
+  })
+
   it('an instance whose app is down refuses the stream, and the call goes to another', async () => {
     const good = await h2App('api-good')
     const down = await inbound({ port: await deadPort() }, 'api-down')
