@@ -11,7 +11,7 @@ import { RAFT_PROTOCOL, RAFT_RPC_PROTOCOL } from '../../src/node/raft/raft-modul
 import { createHost } from '../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../src/node/transport/stream-messenger.ts'
 import { runCli, TestCluster, waitFor, apiCall as call, errorOf } from './harness.ts'
-import { startRaftCluster } from './raft-helpers.ts'
+import { describeAgents, startRaftCluster } from './raft-helpers.ts'
 
 describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () => {
   const cluster = new TestCluster()
@@ -38,7 +38,10 @@ describe('ACLs end to end (3 agents, ACLs on, an initial management token)', () 
           : undefined
       },
       30_000,
-    )
+    ).catch(async (err: unknown) => {
+      await describeAgents(agents)
+      throw err
+    })
     const follower = agents[st.findIndex((s) => s.id !== s.leader)]!
     const leaderAgent = agents[st.findIndex((s) => s.id === s.leader)]!
 

@@ -99,6 +99,7 @@ export async function waitFor<T>(
     try {
       const v = await fn()
       if (v !== undefined) return v
+      lastErr = undefined // an earlier error is not why it is still waiting
     } catch (err) {
       lastErr = err
     }

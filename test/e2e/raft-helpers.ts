@@ -75,20 +75,24 @@ export async function waitForLeader(agents: AgentProcess[], timeoutMs = 20_000):
       50,
     )
   } catch (err) {
-    // What each agent says, and the founding, Raft and leader lines of its log: enough to tell a
-    // founding that never completed from leaders that kept changing.
-    const sts = await Promise.all(agents.map((a) => status(a).catch(() => undefined)))
-    for (const [i, a] of agents.entries()) {
-      const s = sts[i]
-      console.log(
-        `${a.name}: ${s === undefined ? 'no status' : `term ${s.term} role ${s.role} leader ${s.leader || '-'} commit ${s.commitIndex} voters ${s.voters.length}`}`,
-      )
-      const lines = a.log
-        .split('\n')
-        .filter((l) => /founding|bootstrap|leader|raft: peer|round failed/.test(l))
-      for (const l of lines.slice(-12)) console.log(`  ${l.slice(0, 300)}`)
-    }
+    await describeAgents(agents)
     throw err
+  }
+}
+
+/**
+ * Prints what each agent says of Raft, and the founding, Raft and leader lines of its log: enough
+ * to tell a founding that never completed from leaders that kept changing. For a wait that timed out.
+ */
+export async function describeAgents(agents: AgentProcess[]): Promise<void> {
+  const sts = await Promise.all(agents.map((a) => status(a).catch(() => undefined)))
+  for (const [i, a] of agents.entries()) {
+    const s = sts[i]
+    console.log(
+      `${a.name}: ${s === undefined ? 'no status' : `term ${s.term} role ${s.role} leader ${s.leader || '-'} commit ${s.commitIndex} voters ${s.voters.length}`}`,
+    )
+    const lines = a.log.split('\n').filter((l) => /founding|bootstrap|leader|raft: peer|round failed/.test(l))
+    for (const l of lines.slice(-12)) console.log(`  ${l.slice(0, 300)}`)
   }
 }
 

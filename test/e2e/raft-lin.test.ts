@@ -2,7 +2,14 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { checkLinearizable, type KvInput, type KvOutput, kvModel, type Operation } from '../lin/checker.ts'
 import type { AgentProcess } from './harness.ts'
 import { TestCluster, waitFor } from './harness.ts'
-import { getKv, putKv, type RaftConfiguration, startRaftCluster, waitForLeader } from './raft-helpers.ts'
+import {
+  describeAgents,
+  getKv,
+  putKv,
+  type RaftConfiguration,
+  startRaftCluster,
+  waitForLeader,
+} from './raft-helpers.ts'
 
 const CLIENTS = 4
 const KEYS = ['x', 'y']
@@ -20,6 +27,7 @@ describe('raft linearizability (end to end, 3 agents, leader killed twice)', () 
     const t = (): number => performance.now()
     let running = true
     let seq = 0
+    const lastError: string[] = []
 
     const client = async (c: number): Promise<void> => {
       let rr = c
@@ -33,7 +41,8 @@ describe('raft linearizability (end to end, 3 agents, leader killed twice)', () 
           try {
             await putKv(a, key, value, { timeoutMs: OP_TIMEOUT_MS })
             history.push({ clientId: c, input: { op: 'put', key, value }, output: 'ok', call, return: t() })
-          } catch {
+          } catch (err) {
+            lastError[c] = `put on ${a.name}: ${String(err)}`
             // Unknown outcome: it may take effect at any point after the call, or never.
             history.push({
               clientId: c,
@@ -47,7 +56,8 @@ describe('raft linearizability (end to end, 3 agents, leader killed twice)', () 
           try {
             const v = await getKv(a, key, { consistent: true, timeoutMs: OP_TIMEOUT_MS })
             history.push({ clientId: c, input: { op: 'get', key }, output: v, call, return: t() })
-          } catch {
+          } catch (err) {
+            lastError[c] = `get on ${a.name}: ${String(err)}`
             // A failed read has no effect: leave it out of the history.
           }
         }
@@ -63,7 +73,14 @@ describe('raft linearizability (end to end, 3 agents, leader killed twice)', () 
       down.add(leader)
       await leader.stop('SIGKILL')
       const after = okCount()
-      await waitFor('operations after the kill', async () => (okCount() > after + 40 ? true : undefined))
+      await waitFor('operations after the kill', async () =>
+        okCount() > after + 40 ? true : undefined,
+      ).catch(async (err: unknown) => {
+        // Whether the survivors have a leader, and what the clients' calls failed with.
+        await describeAgents(agents.filter((a) => !down.has(a)))
+        for (const [c, e] of lastError.entries()) console.log(`client ${c}: last error ${e}`)
+        throw err
+      })
       await leader.start()
       down.delete(leader)
       // Autopilot removed the dead voter; the next kill waits until the restarted agent is a
