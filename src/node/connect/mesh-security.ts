@@ -24,6 +24,8 @@ export interface SplitEntrySource {
   getConfigEntry(kind: string, name: string): ConfigEntry | undefined
   listConfigEntries(kind?: string): ConfigEntry[]
   onChange(listener: (index: number) => void): () => void
+  /** Raft index of the last change to an entry of `kind`; absent: every change re-lists. */
+  configModifyIndex?(kind: string): number
 }
 
 /** A local service's leaf, kept fresh by the connect module's rotator, with every trusted root. */
@@ -73,6 +75,7 @@ export class ConnectMeshSecurity implements MeshSecurity {
   private readonly sources = new Map<string, ConnectCertificateSource>()
   private readonly splitListeners = new Set<(destination: string) => void>()
   private splitKeys = new Map<string, string>()
+  private splitStamp: number | undefined
   private readonly subscriptions = new Set<Unsubscribe>()
 
   constructor(
@@ -153,6 +156,10 @@ export class ConnectMeshSecurity implements MeshSecurity {
   }
 
   private checkSplits(): void {
+    // Called after every applied batch: the splitters are listed only when one may have changed.
+    const stamp = this.splits.configModifyIndex?.('service-splitter')
+    if (stamp !== undefined && stamp === this.splitStamp) return
+    this.splitStamp = stamp
     const next = new Map<string, string>()
     for (const e of this.splits.listConfigEntries('service-splitter')) next.set(e.name, String(e.modifyIndex))
     const changed = new Set<string>()

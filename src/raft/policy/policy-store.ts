@@ -356,10 +356,7 @@ export class PolicyStore implements StateMachine<PolicyResult> {
         if (cur === undefined) {
           return fail(PolicyErrorCodes.notFound, `no config entry ${cmd.kind}/${cmd.name}`)
         }
-        this.configEntries.delete(key)
-        const ofKind = this.configByKind.get(cmd.kind)
-        ofKind?.delete(key)
-        if (ofKind?.size === 0) this.configByKind.delete(cmd.kind)
+        this.deleteConfigEntry(key, cmd.kind)
         this.configKindIndex.set(cmd.kind, at)
         this.stateBytes -= entryBytes.config(cur)
         return this.changed(at)
@@ -457,11 +454,19 @@ export class PolicyStore implements StateMachine<PolicyResult> {
     }
   }
 
+  /** Sets an entry in both the map of all entries and its kind's. */
   private setConfigEntry(key: string, e: ConfigEntry): void {
     this.configEntries.set(key, e)
     const ofKind = this.configByKind.get(e.kind)
     if (ofKind !== undefined) ofKind.set(key, e)
     else this.configByKind.set(e.kind, new Map([[key, e]]))
+  }
+
+  private deleteConfigEntry(key: string, kind: string): void {
+    this.configEntries.delete(key)
+    const ofKind = this.configByKind.get(kind)
+    ofKind?.delete(key)
+    if (ofKind?.size === 0) this.configByKind.delete(kind)
   }
 
   // ---- queries (local, on committed state) ------------------------------------------------------
