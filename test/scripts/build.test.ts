@@ -109,6 +109,22 @@ describe('scripts/build.mjs', () => {
     ).toBe(true)
   })
 
+  it("a CLI call loads neither the agent's config schemas (zod, multiaddr) nor its logger (pino)", () => {
+    const cli = staticClosure('peermesh.js')
+    const inputs = new Set([...cli].flatMap((n) => Object.keys(outputs.get(n)!.inputs)))
+    for (const pattern of [
+      /node_modules\/zod\//,
+      /node_modules\/@multiformats\//,
+      /^src\/node\/agent\/(config|logger)\.ts$/,
+    ])
+      expect(
+        [...inputs].some((i) => pattern.test(i)),
+        String(pattern),
+      ).toBe(false)
+    for (const n of cli) expect(readFileSync(join(out, n), 'utf8'), n).not.toMatch(/[\w$]+\("pino"\)/)
+    expect(inputs.has('src/node/cli/cli.ts')).toBe(true)
+  })
+
   it('writes ASCII only, and its maps point identifiers of our sources at the same identifiers', () => {
     let checked = 0
     let same = 0

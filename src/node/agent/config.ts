@@ -10,14 +10,16 @@ import { parseDuration } from '../catalog/duration.ts'
 import { otlpEndpointProblem } from '../../proxy/tracing.ts'
 import { DEFAULT_RAFT_VOTERS } from './defaults.ts'
 import { ConfigError } from './errors.ts'
+import {
+  DEFAULT_DNS,
+  DEFAULT_HTTP,
+  DEFAULT_LISTEN,
+  INITIAL_MANAGEMENT_TOKEN_ENV,
+  LOG_LEVELS,
+  parseHostPort,
+} from './config-constants.ts'
 
-/** Default local HTTP API address. Loopback only: the API is for this machine's operator and tools. */
-export const DEFAULT_HTTP = '127.0.0.1:7880'
-/** Default DNS interface address (Consul's port). */
-export const DEFAULT_DNS = '127.0.0.1:8600'
-/** Default libp2p listen address. Loopback, so a first try never exposes the agent. */
-export const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/7946'
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
+export { DEFAULT_DNS, DEFAULT_HTTP, DEFAULT_LISTEN, INITIAL_MANAGEMENT_TOKEN_ENV, LOG_LEVELS, parseHostPort }
 
 const nodeName = z
   .string()
@@ -221,14 +223,6 @@ export interface AgentConfig {
   defaultToken?: string
 }
 
-export function parseHostPort(s: string): { host: string; port: number } | undefined {
-  const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):(\d{1,5})$/.exec(s)
-  if (m === null) return undefined
-  const port = Number(m[2])
-  if (port > 65535) return undefined
-  return { host: m[1]!.replace(/^\[|\]$/g, ''), port }
-}
-
 /** Formats the first zod issue as "field: problem" so the user knows what to fix. */
 function describeIssue(err: z.ZodError, source: string): ConfigError {
   const issue = err.issues[0]!
@@ -282,9 +276,6 @@ export function readConfigFile(path: string): AgentConfigInput {
   }
   return validateAgentConfig(json, `config file ${path}`)
 }
-
-/** Environment variable that may hold the initial management token (as the cluster key, a secret). */
-export const INITIAL_MANAGEMENT_TOKEN_ENV = 'PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN'
 
 /**
  * Merges file and flag input (flags win; `acl` field by field) and fills in defaults. `env` may

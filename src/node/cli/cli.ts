@@ -1,17 +1,9 @@
 import { Command, CommanderError, Option } from 'commander'
 import { generateClusterKey, writeClusterKeyFile } from '../../identity/keys/cluster-key.ts'
 import type { Agent } from '../agent/agent.ts'
-import {
-  type AgentConfigInput,
-  DEFAULT_HTTP,
-  INITIAL_MANAGEMENT_TOKEN_ENV,
-  LOG_LEVELS,
-  readConfigFile,
-  resolveAgentConfig,
-  validateAgentConfig,
-} from '../agent/config.ts'
+import type { AgentConfigInput } from '../agent/config.ts'
+import { DEFAULT_HTTP, INITIAL_MANAGEMENT_TOKEN_ENV, LOG_LEVELS } from '../agent/config-constants.ts'
 import { isUserFacing } from '../agent/errors.ts'
-import { createLogger } from '../agent/logger.ts'
 import { VERSION } from '../agent/version.ts'
 import { holdYoungGeneration } from '../agent/young-generation.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
@@ -104,6 +96,10 @@ export function buildCli(): Command {
     .action(async (opts: Record<string, unknown>) => {
       // Before anything large is loaded: an agent's start would grow the new space for good.
       holdYoungGeneration()
+      // Loaded here, as the agent below, so that the light commands load neither the config's
+      // schemas (zod) nor the logger (pino).
+      const [{ readConfigFile, resolveAgentConfig, validateAgentConfig }, { createLogger }] =
+        await Promise.all([import('../agent/config.ts'), import('../agent/logger.ts')])
       const flags = validateAgentConfig(
         {
           name: opts['name'],

@@ -1,5 +1,5 @@
 import { type IncomingHttpHeaders, request } from 'node:http'
-import { DEFAULT_HTTP, parseHostPort } from '../agent/config.ts'
+import { DEFAULT_HTTP, parseHostPort } from '../agent/config-constants.ts'
 import { AgentUnreachableError, ApiError, ConfigError } from '../agent/errors.ts'
 
 let cliToken: string | undefined

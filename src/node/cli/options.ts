@@ -1,5 +1,5 @@
 import { Option } from 'commander'
-import { DEFAULT_HTTP } from '../agent/config.ts'
+import { DEFAULT_HTTP } from '../agent/config-constants.ts'
 
 /** `--http`: the agent API a client command talks to (`PEERMESH_HTTP_ADDR` sets the default). */
 export function httpOption(): Option {

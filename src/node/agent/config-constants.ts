@@ -1,0 +1,24 @@
+/**
+ * The agent's default addresses and the other constants of its configuration that the CLI needs,
+ * with nothing to import: a CLI call (`peermesh info`) loads these without config.ts's schemas (zod,
+ * multiaddr), which only the `agent` command needs.
+ */
+
+/** Default local HTTP API address. Loopback only: the API is for this machine's operator and tools. */
+export const DEFAULT_HTTP = '127.0.0.1:7880'
+/** Default DNS interface address (Consul's port). */
+export const DEFAULT_DNS = '127.0.0.1:8600'
+/** Default libp2p listen address. Loopback, so a first try never exposes the agent. */
+export const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/7946'
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
+
+/** Environment variable that may hold the initial management token (as the cluster key, a secret). */
+export const INITIAL_MANAGEMENT_TOKEN_ENV = 'PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN'
+
+export function parseHostPort(s: string): { host: string; port: number } | undefined {
+  const m = /^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]+):(\d{1,5})$/.exec(s)
+  if (m === null) return undefined
+  const port = Number(m[2])
+  if (port > 65535) return undefined
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port }
+}
