@@ -404,6 +404,26 @@ describe('H2OutboundListener', () => {
     expect(good.hits).toBe(40)
   })
 
+  it('an instance lost while its gRPC response streams: the call ends with a status or a reset, never clean without one', async () => {
+    let answering = 0
+    const app = await h2App('api-big', (stream) => {
+      stream.resume()
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true })
+      stream.write(Buffer.alloc(96 * 1024)) // past the inbound's hold: the headers go out at once
+      answering++
+    })
+    const h = await inbound(app, 'api-big')
+    const { listener } = await outbound([h.endpoint])
+    const session = client(listener.port)
+    const pending = Array.from({ length: 4 }, () => call(session))
+    await waitFor(() => answering === 4, 5_000, 'responses streaming')
+    await h.listener.stop() // the instance's sidecar goes away mid-response
+    for (const r of await Promise.all(pending)) {
+      expect(r.status).toBe(200)
+      if (r.rstCode === 0) expect(grpcStatusOf(r)).toBe('14')
+    }
+  })
+
   it('an instance whose app is down refuses the stream, and the call goes to another', async () => {
     const good = await h2App('api-good')
     const down = await inbound({ port: await deadPort() }, 'api-down')
