@@ -180,8 +180,14 @@ export class RaftNode<R = unknown> {
       this.malformed++
       return
     }
+    const committed = this.raft.committedIndex()
     this.raft.step(msg)
-    this.scheduleDrain()
+    // An acknowledgement that commits entries on a leader is applied now, not at the end of the
+    // turn: the replies to those writes wait for nothing else (and a sequential writer waits for
+    // them). Proposals queued meanwhile still wait for the end of the turn, to be sealed together.
+    if (this.coalesce && this.raft.role === 'leader' && this.raft.committedIndex() > committed)
+      this.drain(false)
+    else this.scheduleDrain()
   }
 
   /**
@@ -375,14 +381,15 @@ export class RaftNode<R = unknown> {
     })
   }
 
-  private drain(): void {
+  /** Handles every Ready there is; `seal`: seals the queued proposals first (see sealQueued). */
+  private drain(seal = true): void {
     // Re-entrancy from a listener: the outer loop picks it up.
     if (this.draining || this.stopped) return
     this.draining = true
     try {
       for (;;) {
         // Proposals made meanwhile (a listener may propose) join the next Ready.
-        this.sealQueued()
+        if (seal) this.sealQueued()
         const rd = this.raft.ready()
         if (rd === undefined) break
         this.handleReady(rd)

@@ -1330,6 +1330,11 @@ export class Raft {
     }
   }
 
+  /** Highest index known to be committed (durable on a quorum). */
+  committedIndex(): number {
+    return this.log.committed
+  }
+
   /** Highest index durable in this node's log storage (as reported through `appendDone`). */
   stabledIndex(): number {
     return this.log.stabled

@@ -626,6 +626,127 @@ describe('RaftNode driver', () => {
   })
 })
 
+describe('RaftNode driver: a commit is applied when its acknowledgement arrives', () => {
+  /**
+   * Three nodes with coalesceReady on a virtual clock: deferred Ready processing runs only on
+   * `clock.flush()`, and messages move only when the test delivers them, one by one.
+   */
+  function held() {
+    const clock = new VirtualClock()
+    const nodes = new Map<string, RaftNode<PolicyResult>>()
+    const queue: { from: string; to: string; type: string; index: number; bytes: Uint8Array }[] = []
+    const sealed: number[] = []
+    for (const id of ids) {
+      const node = new RaftNode<PolicyResult>({
+        id,
+        storage: new MemoryStorage(),
+        stateMachine: new PolicyStore(),
+        transport: {
+          send: (to, m) =>
+            queue.push({ from: id, to, type: m.type, index: m.index, bytes: encodeMessage(m) }),
+        },
+        clock,
+        rng: new SeededRng(7).next,
+        bootstrap: ids,
+        tickMs: TICK,
+        coalesceReady: true,
+        sealer: (batch) => {
+          sealed.push(batch.length)
+          return batch.map((b) => b.data)
+        },
+      })
+      nodes.set(id, node)
+    }
+    const deliver = (pick: (m: (typeof queue)[number]) => boolean): number => {
+      let n = 0
+      for (let i = 0; i < queue.length; ) {
+        const m = queue[i]!
+        if (!pick(m)) {
+          i++
+          continue
+        }
+        queue.splice(i, 1)
+        nodes.get(m.to)!.receive(m.bytes, m.from)
+        n++
+      }
+      return n
+    }
+    return { clock, nodes, queue, sealed, deliver }
+  }
+
+  it('a leader applies the entries an ack commits during that step, not a turn later; queued proposals still wait for the turn', async () => {
+    const { clock, nodes, queue, sealed, deliver } = held()
+    const a = nodes.get('a')!
+    for (const n of nodes.values()) n.start()
+    a.campaign()
+    for (let i = 0; i < 20 && !a.isLeader(); i++) {
+      clock.flush()
+      deliver(() => true)
+    }
+    expect(a.isLeader()).toBe(true)
+    // Settle the leader's first entry everywhere, then start from an empty queue.
+    for (let i = 0; i < 20; i++) {
+      clock.advance(TICK)
+      deliver(() => true)
+    }
+    queue.length = 0
+    sealed.length = 0
+
+    let applied: number | undefined
+    a.propose(upsert('web', 'db')).then((r) => {
+      applied = r.index
+    })
+    clock.flush() // a seals, writes and sends the appends
+    expect(deliver((m) => m.type === 'app' && m.from === 'a')).toBe(2)
+    clock.flush() // b and c write and acknowledge
+    expect(
+      queue
+        .filter((m) => m.type === 'appResp')
+        .map((m) => m.from)
+        .sort(),
+    ).toEqual(['b', 'c'])
+    const index = a.status().lastIndex
+
+    // A second write arrives in the same turn as b's acknowledgement.
+    a.propose(upsert('api', 'db')).catch(() => {})
+    expect(deliver((m) => m.type === 'appResp' && m.from === 'b')).toBe(1)
+    // Raft §5.3: a's own copy and b's make a majority. Applied at once, with no deferred turn run.
+    expect(a.applied()).toBe(index)
+    await Promise.resolve()
+    await Promise.resolve()
+    expect(applied).toBe(index)
+    // The commit notices are still held for their turns, and the second write is not sealed yet:
+    // it is sealed at the end of the turn, with whatever else arrives in it.
+    expect(queue.filter((m) => m.from === 'a' && m.type === 'app')).toHaveLength(0)
+    expect(sealed).toEqual([1])
+    clock.flush()
+    expect(sealed).toEqual([1, 1])
+    for (const n of nodes.values()) await n.stop()
+  })
+
+  it('a follower writes and acknowledges an append at the end of the turn, not during the step', () => {
+    const { clock, nodes, queue, deliver } = held()
+    const a = nodes.get('a')!
+    for (const n of nodes.values()) n.start()
+    a.campaign()
+    for (let i = 0; i < 20; i++) {
+      clock.advance(TICK)
+      deliver(() => true)
+    }
+    expect(a.isLeader()).toBe(true)
+    queue.length = 0
+    a.propose(upsert('web', 'db')).catch(() => {})
+    clock.flush()
+    const index = a.status().lastIndex
+    const acks = () => queue.filter((m) => m.from === 'b' && m.type === 'appResp' && m.index >= index)
+    expect(deliver((m) => m.type === 'app' && m.to === 'b')).toBe(1)
+    // Appends that arrive in one turn are written (and acknowledged) with one fsync: nothing yet.
+    expect(acks()).toHaveLength(0)
+    clock.flush()
+    expect(acks()).toHaveLength(1)
+  })
+})
+
 describe('RaftNode snapshots survive failures', () => {
   /** A policy store whose first `failures` snapshots throw (a bug, or a disk error in a storage). */
   class FlakyStore extends PolicyStore {
