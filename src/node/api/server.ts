@@ -369,15 +369,20 @@ export class HttpApi {
         signal: controller.signal,
         auth: this.authOf(req.headers, url.searchParams, accessor),
       })
-      if (accessor.id !== undefined && method !== 'GET' && method !== 'HEAD')
-        this.log.info({ method, path: url.pathname, accessorId: accessor.id }, 'authorized write')
-      const reply = result instanceof ApiReply ? result : new ApiReply(200, JSON.stringify(result ?? null))
-      const headers =
-        v1 && (method === 'GET' || method === 'HEAD')
-          ? { ...this.leaderHeaders(), ...reply.headers }
-          : reply.headers
-      const pretty = url.searchParams.has('pretty') && reply.contentType === 'application/json'
-      send(res, reply.status, pretty ? prettyJson(reply.body) : reply.body, reply.contentType, headers)
+      // The audit line is written after the reply: a synchronous write to the log's pipe (and the
+      // wake-up of its reader) need not delay the client.
+      try {
+        const reply = result instanceof ApiReply ? result : new ApiReply(200, JSON.stringify(result ?? null))
+        const headers =
+          v1 && (method === 'GET' || method === 'HEAD')
+            ? { ...this.leaderHeaders(), ...reply.headers }
+            : reply.headers
+        const pretty = url.searchParams.has('pretty') && reply.contentType === 'application/json'
+        send(res, reply.status, pretty ? prettyJson(reply.body) : reply.body, reply.contentType, headers)
+      } finally {
+        if (accessor.id !== undefined && method !== 'GET' && method !== 'HEAD')
+          this.log.info({ method, path: url.pathname, accessorId: accessor.id }, 'authorized write')
+      }
     } catch (err) {
       if (err instanceof ApiError) {
         // A 413 stops reading mid-body: the connection must close, or the client's next request

@@ -1,9 +1,12 @@
 import { MANAGE_ALL } from '../../../src/acl/index.ts'
-import { request } from 'node:http'
+import { request, type Server, type ServerResponse } from 'node:http'
 import { connect } from 'node:net'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { need } from '../../../src/acl/index.ts'
 import { ApiError } from '../../../src/node/agent/errors.ts'
+import { AclResolver } from '../../../src/node/api/acl-auth.ts'
+import { registerAclRoutes } from '../../../src/node/api/acl-routes.ts'
 import {
   guardRefusal,
   hostOfHostHeader,
@@ -11,6 +14,7 @@ import {
   isLoopbackHost,
 } from '../../../src/node/api/request-guard.ts'
 import { type ApiRequest, HttpApi, requestDeadline } from '../../../src/node/api/server.ts'
+import { ACL_ON, FakeAclBackend } from '../../acl/fake-acl-backend.ts'
 
 const JSON_HEADERS = { 'content-type': 'application/json' }
 
@@ -505,5 +509,60 @@ describe('requestDeadline (?timeout=)', () => {
     expect((deadline.reason as Error).message).toBe('response closed')
     // A request already over has an aborted deadline at once.
     expect(requestDeadline(r, limits).aborted).toBe(true)
+  })
+})
+
+describe('audit line of an authorized write', () => {
+  it('is written once the reply has been handed to the socket, not before', async () => {
+    const backend = new FakeAclBackend()
+    let ids = 0
+    let lastResponse: ServerResponse | undefined
+    const audit: { path: string; replied: boolean }[] = []
+    const log = pino(
+      { level: 'info' },
+      {
+        write: (line: string) => {
+          const rec = JSON.parse(line) as { msg: string; path: string }
+          if (rec.msg === 'authorized write')
+            audit.push({ path: rec.path, replied: lastResponse?.writableEnded === true })
+        },
+      },
+    )
+    const api = new HttpApi(log)
+    registerAclRoutes(api, {
+      backend,
+      resolver: new AclResolver(backend.state, ACL_ON),
+      newId: () => `00000000-0000-4000-8000-${(++ids).toString(16).padStart(12, '0')}`,
+      now: () => new Date('2026-12-04T14:00:00Z'),
+    })
+    api.route('PUT', '/v1/op/thing', (req) => {
+      req.auth.require(...need.operatorWrite())
+      return { index: 7 }
+    })
+    const { port } = await api.listen('127.0.0.1', 0)
+    try {
+      ;(api as unknown as { server: Server }).server.prependListener('request', (_req, res) => {
+        lastResponse = res
+      })
+      const base = `http://127.0.0.1:${port}`
+      const boot = (await (await fetch(`${base}/v1/acl/bootstrap`, { method: 'PUT' })).json()) as {
+        SecretID: string
+      }
+      api.useAcl(new AclResolver(backend.state, ACL_ON))
+      audit.length = 0
+      const res = await fetch(`${base}/v1/op/thing`, {
+        method: 'PUT',
+        headers: { 'x-consul-token': boot.SecretID },
+      })
+      expect(res.status).toBe(200)
+      expect(await res.json()).toEqual({ index: 7 })
+      expect(audit).toEqual([{ path: '/v1/op/thing', replied: true }])
+      // Refused: no audit line.
+      const denied = await fetch(`${base}/v1/op/thing`, { method: 'PUT' })
+      expect(denied.status).toBe(403)
+      expect(audit).toHaveLength(1)
+    } finally {
+      await api.close()
+    }
   })
 })
