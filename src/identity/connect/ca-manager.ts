@@ -12,8 +12,8 @@
 import { randomBytes } from 'node:crypto'
 import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
-import { createRootCa, crossSign } from '../ca/ca.ts'
 import type { KeyType } from '../keys/keys.ts'
+import { loadCa } from './ca-code.ts'
 import {
   type CaState,
   type IssuedLeaf,
@@ -104,6 +104,11 @@ export class CaManager {
   /** Starts or stops the periodic check. */
   private runChecks(on: boolean): void {
     if (on && !this.stopped) {
+      // The leader creates and rotates the CA and signs leaves: its certificate code is loaded now,
+      // in the background, so that neither the first check nor the first CSR waits for it.
+      loadCa().catch((err: unknown) =>
+        this.c.log.error({ err: (err as Error).message }, 'CA certificate code failed to load'),
+      )
       this.cancelTimer ??= this.c.clock.setInterval(() => this.check(), this.c.checkEveryMs ?? 500)
     } else {
       this.cancelTimer?.()
@@ -183,6 +188,7 @@ export class CaManager {
   private async createCa(): Promise<void> {
     const now = this.c.clock.wallNow()
     const trustDomain = this.c.settings.trustDomain() ?? `${randomBytes(4).toString('hex')}.peermesh`
+    const { createRootCa } = await loadCa()
     const root = await createRootCa({ trustDomain, keyType: this.c.settings.keyType(), nowMs: now })
     const result = await withTimeout(this.c.clock, CHECK_STEP_TIMEOUT_MS, (signal) =>
       this.c.writer.setRoots(
@@ -252,6 +258,7 @@ export class CaManager {
       )
     }
     const now = this.c.clock.wallNow()
+    const { createRootCa, crossSign } = await loadCa()
     const next = await createRootCa({
       trustDomain: old.trustDomain,
       keyType: this.c.settings.keyType(),

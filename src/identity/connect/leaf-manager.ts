@@ -8,14 +8,27 @@ import { type Clock, pause } from '../../common/clock.ts'
 import { type Events, TypedEmitter, type Unsubscribe } from '../../common/events.ts'
 import type { CaStateSource, ConnectLog, ServiceDirectory } from './components.ts'
 import { AgentStoppingError, LeafSigningRefusedError } from './errors.ts'
-import {
-  DEFAULT_RETRY_BACKOFF,
-  LeafCertificateRotator,
-  type LeafCredentials,
-  type LeafResponse,
-  type RetryBackoff,
-} from './leaf-rotator.ts'
+import type { LeafCertificateRotator, LeafCredentials, LeafResponse } from './leaf-rotator.ts'
 import type { SignReply } from './leaf-signer.ts'
+import { DEFAULT_RETRY_BACKOFF, type RetryBackoff } from './retry-backoff.ts'
+
+type RotatorModule = typeof import('./leaf-rotator.ts')
+
+/**
+ * The rotator with the x509 code it makes keys and CSRs and reads certificates with (a large part
+ * of an agent's compiled code and heap), loaded when the first local service needs a leaf: an
+ * agent without services never loads it. The build puts it in a chunk of its own.
+ */
+let rotatorModule: RotatorModule | undefined
+let loadingRotatorModule: Promise<RotatorModule> | undefined
+
+function loadRotatorModule(): Promise<RotatorModule> {
+  loadingRotatorModule ??= import('./leaf-rotator.ts').then((m) => {
+    rotatorModule = m
+    return m
+  })
+  return loadingRotatorModule
+}
 
 /**
  * Gets a CSR signed by the current leader (or here, when this agent leads), asking again across
@@ -99,12 +112,22 @@ export class LeafManager {
         this.rotators.delete(name)
       }
     }
-    for (const name of want) if (!this.rotators.has(name)) this.startRotator(name, active.trustDomain)
+    if (want.size === 0) return
+    if (rotatorModule === undefined) {
+      // Once loaded, sync again with the state then: `leaf()` waits for the rotator meanwhile.
+      loadRotatorModule().then(
+        () => this.sync(),
+        (err: unknown) => this.c.log.error({ err: (err as Error).message }, 'leaf rotator failed to load'),
+      )
+      return
+    }
+    for (const name of want)
+      if (!this.rotators.has(name)) this.startRotator(rotatorModule, name, active.trustDomain)
   }
 
-  private startRotator(service: string, trustDomain: string): void {
+  private startRotator(m: RotatorModule, service: string, trustDomain: string): void {
     const { log } = this.c
-    const r = new LeafCertificateRotator({
+    const r = new m.LeafCertificateRotator({
       service,
       trustDomain,
       requestLeaf: (csr, o) => this.requestLeaf(service, csr, o),

@@ -14,6 +14,9 @@ import { InvalidCaOptionError, LeafRequestTimeoutError, LeafResponseInvalidError
 import { type KeyType, publicKeySpkiOfPrivatePem } from '../keys/keys.ts'
 import { type CreateLeafKeyAndCsrOptions, createLeafKeyAndCsr, type LeafKeyAndCsr } from '../ca/leaf.ts'
 import { serviceSpiffeId } from '../ca/spiffe.ts'
+import { clamp01, DEFAULT_RETRY_BACKOFF, type RetryBackoff, retryDelayMs } from './retry-backoff.ts'
+
+export { DEFAULT_RETRY_BACKOFF, type RetryBackoff, retryDelayMs }
 
 /** Renewal happens at a uniformly random point in this fraction of the lifetime (Consul: 60–90%). */
 export const RENEW_WINDOW_START = 0.6
@@ -33,27 +36,8 @@ export function renewAt(notBefore: number, notAfter: number, rng: () => number):
   return notBefore + Math.floor((notAfter - notBefore) * fraction)
 }
 
-export interface RetryBackoff {
-  /** First retry delay. Default 1 s: a CA hiccup (leader election) usually passes that fast. */
-  initialMs: number
-  /** Largest retry delay. Default 60 s: keeps trying often enough to renew before expiry. */
-  maxMs: number
-}
-
-export const DEFAULT_RETRY_BACKOFF: RetryBackoff = { initialMs: 1_000, maxMs: 60_000 }
-
 /** Default per-attempt timeout for `requestLeaf`: longer than a Raft election plus a signing. */
 export const DEFAULT_LEAF_REQUEST_TIMEOUT_MS = 30_000
-
-/**
- * Delay before retry number `attempt` (1-based): `initialMs * 2^(attempt-1)` capped at `maxMs`,
- * then "equal jitter" — uniformly in [d/2, d] — so retries spread out but never collapse to 0.
- */
-export function retryDelayMs(attempt: number, backoff: RetryBackoff, rng: () => number): number {
-  const exp = Math.min(Math.max(attempt - 1, 0), 52)
-  const capped = Math.min(backoff.maxMs, backoff.initialMs * 2 ** exp)
-  return Math.floor(capped / 2 + (capped / 2) * clamp01(rng()))
-}
 
 /** Node timers cannot wait longer than 2^31-1 ms; longer waits are done in steps. */
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1
@@ -380,9 +364,4 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
       },
     )
   })
-}
-
-function clamp01(x: number): number {
-  if (!(x >= 0)) return 0
-  return x < 1 ? x : 1 - Number.EPSILON
 }

@@ -6,9 +6,9 @@
  */
 import { type Clock, withTimeout } from '../../common/clock.ts'
 import { errorCode, PeermeshError } from '../../common/errors.ts'
-import { signLeaf } from '../ca/ca.ts'
 import { CsrMalformedError, InvalidServiceNameError, LeafSigningRateLimitedError } from '../ca/errors.ts'
 import { isDnsLabel } from '../ca/spiffe.ts'
+import { loadCa } from './ca-code.ts'
 import { type CaRootRecord, type IssuedLeaf, recordIssued } from './ca-state.ts'
 import type { CaStateSource, LeaderView, ServiceDirectory } from './components.ts'
 import { CaNotReadyError, NotSigningLeaderError, ServiceNotRegisteredError } from './errors.ts'
@@ -98,6 +98,7 @@ export class LeafSigner {
     if (!decision.ok)
       return refuse(LeafSigningRateLimitedError.code, `rate limited; retry in ${decision.retryAfterMs} ms`)
     try {
+      const { signLeaf } = await loadCa()
       const leaf = await signLeaf(ca, csrPem, {
         service,
         trustDomain: ca.trustDomain,

@@ -13,7 +13,7 @@
 import type { Logger } from 'pino'
 import { type Clock, pause, withTimeout } from '../../common/clock.ts'
 import { errorCode } from '../../common/errors.ts'
-import { type RetryBackoff, retryDelayMs } from '../../identity/connect/leaf-rotator.ts'
+import { type RetryBackoff, retryDelayMs } from '../../identity/connect/retry-backoff.ts'
 
 /**
  * Asks the Raft leader to commit a grant of `service` to this agent for `token` (RaftModule's
