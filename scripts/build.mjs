@@ -68,6 +68,43 @@ const zodEnglishOnly = {
 }
 
 /**
+ * libp2p-noise encrypts a message under 1,200 bytes with ChaCha20-Poly1305 compiled to WebAssembly
+ * (@chainsafe/as-chacha20poly1305) and larger ones with Node's, and it imports @chainsafe/as-sha256
+ * for hashing it does with Node's: each module instantiates its WebAssembly at import, with 0.5 MiB
+ * of memory and the compiled code an agent keeps for its whole life. Here both are Node's: the
+ * modules stand in for them and call noise's own Node implementation. Node's cipher costs a few
+ * microseconds more CPU per small message (a cipher object per call): at an idle agent's message
+ * rate, nothing measurable.
+ */
+const noiseNodeCrypto = {
+  name: 'noise-node-crypto',
+  setup(b) {
+    const noiseCrypto = /[\\/]@chainsafe[\\/]libp2p-noise[\\/]dist[\\/]src[\\/]crypto[\\/]index\.js$/
+    b.onResolve({ filter: /^@chainsafe\/as-(chacha20poly1305|sha256)$/ }, (args) =>
+      noiseCrypto.test(args.importer)
+        ? { path: args.path, namespace: 'noise-node-crypto', pluginData: { importer: args.importer } }
+        : undefined,
+    )
+    b.onLoad({ filter: /.*/, namespace: 'noise-node-crypto' }, (args) => ({
+      contents:
+        args.path === '@chainsafe/as-sha256'
+          ? `import { createHash } from 'node:crypto'
+export function digest(data) { return createHash('sha256').update(data).digest() }`
+          : `import { nodeCrypto } from './index.js'
+export function newInstance() { return undefined }
+export class ChaCha20Poly1305 {
+  seal(k, nonce, plaintext, ad) { return nodeCrypto.chaCha20Poly1305Encrypt(plaintext, nonce, ad, k) }
+  open(k, nonce, ciphertext, ad, dst) {
+    try { return nodeCrypto.chaCha20Poly1305Decrypt(ciphertext, nonce, ad, k, dst) } catch { return null }
+  }
+}`,
+      loader: 'js',
+      resolveDir: dirname(args.pluginData.importer),
+    }))
+  },
+}
+
+/**
  * `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units),
  * and by line number (from 0) the columns in `text` of the characters escaped.
  */
@@ -192,7 +229,7 @@ const result = await build({
   platform: 'node',
   target: 'node20',
   external: KEEP_EXTERNAL.filter((name) => !REQUIRE_EXTERNAL.includes(name)),
-  plugins: [requireExternals, zodEnglishOnly],
+  plugins: [requireExternals, zodEnglishOnly, noiseNodeCrypto],
   // Bundled CommonJS dependencies (prom-client, @peculiar/x509, dns-packet...) call require() for
   // Node's built-in modules: give the ES module bundle a real one.
   banner: {

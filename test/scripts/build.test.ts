@@ -90,6 +90,32 @@ describe('scripts/build.mjs', () => {
     expect(dataPlane.has('src/proxy/sidecar.ts')).toBe(true)
   })
 
+  it("an agent loads the CA's x509 code only when it leads or needs a leaf, and noise without WebAssembly", () => {
+    const inputsOf = (names: Iterable<string>): Set<string> =>
+      new Set([...names].flatMap((n) => Object.keys(outputs.get(n)!.inputs)))
+    const atStart = inputsOf([
+      ...staticClosure('peermesh.js'),
+      ...staticClosure(outputOf('src/node/agent/create-agent.ts')),
+    ])
+    const has = (inputs: Set<string>, pattern: RegExp): boolean => [...inputs].some((i) => pattern.test(i))
+    expect(has(atStart, /node_modules\/@chainsafe\/libp2p-noise\//)).toBe(true)
+    for (const pattern of [
+      /node_modules\/@peculiar\/x509\//,
+      /node_modules\/asn1js\//,
+      /^src\/identity\/ca\/(ca|leaf|cert-info|x509-setup)\.ts$/,
+      /^src\/identity\/connect\/leaf-rotator\.ts$/,
+      /node_modules\/@chainsafe\/as-(sha256|chacha20poly1305)\//,
+    ])
+      expect(has(atStart, pattern), String(pattern)).toBe(false)
+    // No output holds the WebAssembly modules at all: noise encrypts with Node's ChaCha20-Poly1305.
+    expect(has(inputsOf(outputs.keys()), /node_modules\/@chainsafe\/as-/)).toBe(false)
+    // The CA's own chunk and the rotator's load the x509 code.
+    for (const entry of ['src/identity/ca/ca.ts', 'src/identity/connect/leaf-rotator.ts'])
+      expect(has(inputsOf(staticClosure(outputOf(entry))), /node_modules\/@peculiar\/x509\//), entry).toBe(
+        true,
+      )
+  })
+
   it('pino is required, not imported (no cjs-module-lexer), and zod carries English messages only', () => {
     const text = readdirSync(out)
       .filter((f) => f.endsWith('.js'))
