@@ -21,165 +21,171 @@ import {
 
 export { DEFAULT_DNS, DEFAULT_HTTP, DEFAULT_LISTEN, INITIAL_MANAGEMENT_TOKEN_ENV, LOG_LEVELS, parseHostPort }
 
-const nodeName = z
-  .string()
-  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,62})$/, 'must be 1-63 letters, digits, ".", "_" or "-"')
-
-const multiaddrString = z.string().superRefine((s, ctx) => {
-  try {
-    const ma = multiaddr(s)
-    if (!ma.toString().includes('/tcp/'))
-      ctx.addIssue({ code: 'custom', message: `${s}: need a /tcp/ address` })
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `${s} is not a valid multiaddr` })
-  }
-})
-
-const hostPort = z.string().superRefine((s, ctx) => {
-  if (parseHostPort(s) === undefined) ctx.addIssue({ code: 'custom', message: `${s} is not HOST:PORT` })
-})
-
 /**
  * Everything an agent can be told, by flag or by `--config file.json` (same field names, camelCase).
  * Flags given on the command line win over the file.
+ *
+ * Built at each call (an agent validates its flags and its file once, at start): zod schemas are
+ * large objects (a few KiB each), and held in a module constant they stayed in the heap of every
+ * agent and CLI process for its whole life.
  */
-export const agentConfigSchema = z
-  .object({
-    /** Node name shown in members, logs and Raft; default: the host name. */
-    name: nodeName.optional(),
-    /** Where the node key, cluster key copy and state live. Default: ./.peermesh/<name>. */
-    dataDir: z.string().min(1).optional(),
-    /** Datacenter name the Consul-compatible API answers for (`?dc=`). Default `dc1`, Consul's. */
-    datacenter: z
-      .string()
-      .regex(/^[a-z0-9_-]{1,64}$/, 'must be 1-64 lowercase letters, digits, "_" or "-"')
-      .optional(),
-    /** libp2p listen multiaddrs. */
-    listen: z.array(multiaddrString).min(1).optional(),
-    /**
-     * The IP other agents reach this one at (Consul's `-advertise`): replaces the host of every
-     * announced listen address. Default: the listen addresses, routable ones first and loopback
-     * left out whenever a routable one exists (so `--listen /ip4/0.0.0.0/...` works across hosts).
-     */
-    advertise: z
-      .string()
-      .refine((s) => isIP(s) !== 0 && !/^(0\.0\.0\.0|::)$/.test(s), 'must be a unicast IP address')
-      .optional(),
-    /** Local HTTP API, HOST:PORT. */
-    http: hostPort.optional(),
-    /** Seeds to join through: multiaddrs ending in /p2p/<peerId>, or plain /ip4/../tcp/.. */
-    seed: z.array(multiaddrString).optional(),
-    /** Bootstrap a new Raft cluster on this agent (exactly one agent of a new cluster). */
-    bootstrap: z.boolean().optional(),
-    /**
-     * Bootstrap once this many agents are alive in gossip (give the same N to several agents);
-     * the alternative to `bootstrap` on one agent.
-     */
-    bootstrapExpect: z.number().int().min(1).max(7).optional(),
-    /** Target number of Raft voters; the rest of the agents follow as learners. */
-    raftVoters: z
-      .number()
-      .refine((v) => v === 1 || v === 3 || v === 5, 'must be 1, 3 or 5')
-      .optional(),
-    /** DNS interface, HOST:PORT (port 0: any free port), or "off". */
-    dns: z.union([z.literal('off'), hostPort]).optional(),
-    /**
-     * Primary DNS zone (default `peermesh`): `NAME.service.<dnsDomain>`. `consul` is always served
-     * beside it (Consul's `alt_domain`), so Consul-minded tools and stub zones work unchanged.
-     */
-    dnsDomain: z
-      .string()
-      .regex(
-        /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/,
-        'must be DNS labels joined by "."',
-      )
-      .max(253)
-      .optional(),
-    /** Services to register at start (service definitions, as for `peermesh register`). */
-    services: z.array(z.record(z.string(), z.unknown())).optional(),
-    /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
-    clusterKey: z.string().min(1).optional(),
-    logLevel: z.enum(LOG_LEVELS).optional(),
-    /** Sidecar access log lines (at info): every request/connection, only failed ones, or none. Default "errors". */
-    accessLog: z.enum(['off', 'errors', 'all']).optional(),
-    /**
-     * OpenTelemetry spans of the sidecars' HTTP requests, off by default. With `otlpEndpoint` (flag
-     * `--otlp-endpoint`), each proxied request gets a span, sent in batches as OTLP/HTTP JSON to
-     * `{otlpEndpoint}/v1/traces`, and the request carries the span in its `traceparent`.
-     */
-    tracing: z
-      .object({
-        /** The collector's base URL, e.g. "http://127.0.0.1:4318" (OTLP/HTTP's port). */
-        otlpEndpoint: z
-          .string()
-          .superRefine((s, ctx) => {
-            const problem = otlpEndpointProblem(s)
-            if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem })
-          })
-          .optional(),
-        /**
-         * Share of new traces recorded, 0 to 1 (default 1: a mesh's request rate is modest and a
-         * full queue drops spans rather than slowing requests). A request that arrives with a
-         * `traceparent` follows its sampled flag.
-         */
-        sampleRatio: z.number().min(0).max(1).optional(),
-      })
-      .strict()
-      .optional(),
-    /**
-     * Trust domain of the mesh CA (`spiffe://<trustDomain>/...`). Read only by the agent that
-     * creates the CA when the cluster bootstraps; later the CA's own domain wins. Default: a
-     * random `<8 hex>.peermesh`, so two clusters never accept each other's certificates.
-     */
-    trustDomain: z
-      .string()
-      .regex(
-        /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
-        'must be lowercase DNS labels joined by "."',
-      )
-      .max(253)
-      .optional(),
-    /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
-    caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
-    /**
-     * Access control (docs/SECURITY.md). On by default, default deny: without a token a request may
-     * only read what gossip tells any member anyway. `enabled: false` is an opt-out for trying
-     * things on one machine: every local request may then do everything, and any key holder may
-     * join Raft.
-     */
-    acl: z
-      .object({
-        /** Check tokens on the HTTP API and on forwarded writes (default true). */
-        enabled: z.boolean().optional(),
-        /** When no rule matches: deny (Consul's advice); allow only to migrate a running cluster. */
-        defaultPolicy: z.enum(['allow', 'deny']).optional(),
-        /** Anonymous requests may read members, catalog, health, DNS and agent self. */
-        anonymousRead: z.boolean().optional(),
-        /** A UUID the founders share; the first leader applies it as the management token (Consul's initial_management). */
-        initialManagementToken: z.string().regex(UUID_PATTERN, 'must be a UUID').optional(),
-        /**
-         * File (0600) holding the initial management token, so the secret stays out of the config
-         * file and the process list (flag `--initial-management-token-file`). Loses to
-         * `initialManagementToken` given in the same config.
-         */
-        initialManagementTokenFile: z.string().min(1).optional(),
-      })
-      .strict()
-      .optional(),
-    /** File (0600) holding this agent's token: it enrolls the node (requests without a token stay anonymous). */
-    tokenFile: z.string().min(1).optional(),
-    /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
-    leafTtl: z
-      .string()
-      .refine((s) => {
-        const ms = parseDuration(s)
-        return ms !== undefined && ms >= 60_000 && ms <= 365 * 24 * 3_600_000
-      }, 'must be a duration from "1m" to "8760h"')
-      .optional(),
-  })
-  .strict()
+function agentConfigSchema() {
+  const nodeName = z
+    .string()
+    .regex(/^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,62})$/, 'must be 1-63 letters, digits, ".", "_" or "-"')
 
-export type AgentConfigInput = z.infer<typeof agentConfigSchema>
+  const multiaddrString = z.string().superRefine((s, ctx) => {
+    try {
+      const ma = multiaddr(s)
+      if (!ma.toString().includes('/tcp/'))
+        ctx.addIssue({ code: 'custom', message: `${s}: need a /tcp/ address` })
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `${s} is not a valid multiaddr` })
+    }
+  })
+
+  const hostPort = z.string().superRefine((s, ctx) => {
+    if (parseHostPort(s) === undefined) ctx.addIssue({ code: 'custom', message: `${s} is not HOST:PORT` })
+  })
+
+  return z
+    .object({
+      /** Node name shown in members, logs and Raft; default: the host name. */
+      name: nodeName.optional(),
+      /** Where the node key, cluster key copy and state live. Default: ./.peermesh/<name>. */
+      dataDir: z.string().min(1).optional(),
+      /** Datacenter name the Consul-compatible API answers for (`?dc=`). Default `dc1`, Consul's. */
+      datacenter: z
+        .string()
+        .regex(/^[a-z0-9_-]{1,64}$/, 'must be 1-64 lowercase letters, digits, "_" or "-"')
+        .optional(),
+      /** libp2p listen multiaddrs. */
+      listen: z.array(multiaddrString).min(1).optional(),
+      /**
+       * The IP other agents reach this one at (Consul's `-advertise`): replaces the host of every
+       * announced listen address. Default: the listen addresses, routable ones first and loopback
+       * left out whenever a routable one exists (so `--listen /ip4/0.0.0.0/...` works across hosts).
+       */
+      advertise: z
+        .string()
+        .refine((s) => isIP(s) !== 0 && !/^(0\.0\.0\.0|::)$/.test(s), 'must be a unicast IP address')
+        .optional(),
+      /** Local HTTP API, HOST:PORT. */
+      http: hostPort.optional(),
+      /** Seeds to join through: multiaddrs ending in /p2p/<peerId>, or plain /ip4/../tcp/.. */
+      seed: z.array(multiaddrString).optional(),
+      /** Bootstrap a new Raft cluster on this agent (exactly one agent of a new cluster). */
+      bootstrap: z.boolean().optional(),
+      /**
+       * Bootstrap once this many agents are alive in gossip (give the same N to several agents);
+       * the alternative to `bootstrap` on one agent.
+       */
+      bootstrapExpect: z.number().int().min(1).max(7).optional(),
+      /** Target number of Raft voters; the rest of the agents follow as learners. */
+      raftVoters: z
+        .number()
+        .refine((v) => v === 1 || v === 3 || v === 5, 'must be 1, 3 or 5')
+        .optional(),
+      /** DNS interface, HOST:PORT (port 0: any free port), or "off". */
+      dns: z.union([z.literal('off'), hostPort]).optional(),
+      /**
+       * Primary DNS zone (default `peermesh`): `NAME.service.<dnsDomain>`. `consul` is always served
+       * beside it (Consul's `alt_domain`), so Consul-minded tools and stub zones work unchanged.
+       */
+      dnsDomain: z
+        .string()
+        .regex(
+          /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$/,
+          'must be DNS labels joined by "."',
+        )
+        .max(253)
+        .optional(),
+      /** Services to register at start (service definitions, as for `peermesh register`). */
+      services: z.array(z.record(z.string(), z.unknown())).optional(),
+      /** Path of the cluster key file (`peermesh keygen > cluster.key`). */
+      clusterKey: z.string().min(1).optional(),
+      logLevel: z.enum(LOG_LEVELS).optional(),
+      /** Sidecar access log lines (at info): every request/connection, only failed ones, or none. Default "errors". */
+      accessLog: z.enum(['off', 'errors', 'all']).optional(),
+      /**
+       * OpenTelemetry spans of the sidecars' HTTP requests, off by default. With `otlpEndpoint` (flag
+       * `--otlp-endpoint`), each proxied request gets a span, sent in batches as OTLP/HTTP JSON to
+       * `{otlpEndpoint}/v1/traces`, and the request carries the span in its `traceparent`.
+       */
+      tracing: z
+        .object({
+          /** The collector's base URL, e.g. "http://127.0.0.1:4318" (OTLP/HTTP's port). */
+          otlpEndpoint: z
+            .string()
+            .superRefine((s, ctx) => {
+              const problem = otlpEndpointProblem(s)
+              if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem })
+            })
+            .optional(),
+          /**
+           * Share of new traces recorded, 0 to 1 (default 1: a mesh's request rate is modest and a
+           * full queue drops spans rather than slowing requests). A request that arrives with a
+           * `traceparent` follows its sampled flag.
+           */
+          sampleRatio: z.number().min(0).max(1).optional(),
+        })
+        .strict()
+        .optional(),
+      /**
+       * Trust domain of the mesh CA (`spiffe://<trustDomain>/...`). Read only by the agent that
+       * creates the CA when the cluster bootstraps; later the CA's own domain wins. Default: a
+       * random `<8 hex>.peermesh`, so two clusters never accept each other's certificates.
+       */
+      trustDomain: z
+        .string()
+        .regex(
+          /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/,
+          'must be lowercase DNS labels joined by "."',
+        )
+        .max(253)
+        .optional(),
+      /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
+      caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
+      /**
+       * Access control (docs/SECURITY.md). On by default, default deny: without a token a request may
+       * only read what gossip tells any member anyway. `enabled: false` is an opt-out for trying
+       * things on one machine: every local request may then do everything, and any key holder may
+       * join Raft.
+       */
+      acl: z
+        .object({
+          /** Check tokens on the HTTP API and on forwarded writes (default true). */
+          enabled: z.boolean().optional(),
+          /** When no rule matches: deny (Consul's advice); allow only to migrate a running cluster. */
+          defaultPolicy: z.enum(['allow', 'deny']).optional(),
+          /** Anonymous requests may read members, catalog, health, DNS and agent self. */
+          anonymousRead: z.boolean().optional(),
+          /** A UUID the founders share; the first leader applies it as the management token (Consul's initial_management). */
+          initialManagementToken: z.string().regex(UUID_PATTERN, 'must be a UUID').optional(),
+          /**
+           * File (0600) holding the initial management token, so the secret stays out of the config
+           * file and the process list (flag `--initial-management-token-file`). Loses to
+           * `initialManagementToken` given in the same config.
+           */
+          initialManagementTokenFile: z.string().min(1).optional(),
+        })
+        .strict()
+        .optional(),
+      /** File (0600) holding this agent's token: it enrolls the node (requests without a token stay anonymous). */
+      tokenFile: z.string().min(1).optional(),
+      /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
+      leafTtl: z
+        .string()
+        .refine((s) => {
+          const ms = parseDuration(s)
+          return ms !== undefined && ms >= 60_000 && ms <= 365 * 24 * 3_600_000
+        }, 'must be a duration from "1m" to "8760h"')
+        .optional(),
+    })
+    .strict()
+}
+
+export type AgentConfigInput = z.infer<ReturnType<typeof agentConfigSchema>>
 
 export interface AgentConfig {
   name: string
@@ -245,7 +251,7 @@ function describeIssue(err: z.ZodError, source: string): ConfigError {
 }
 
 export function validateAgentConfig(input: unknown, source: string): AgentConfigInput {
-  const res = agentConfigSchema.safeParse(input)
+  const res = agentConfigSchema().safeParse(input)
   if (!res.success) throw describeIssue(res.error, source)
   return res.data
 }
