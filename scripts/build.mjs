@@ -105,6 +105,27 @@ export class ChaCha20Poly1305 {
 }
 
 /**
+ * prom-client requires @opentelemetry/api in one place, for exemplars (trace ids beside the CPU
+ * counters), which peermesh never turns on; loading it set up OpenTelemetry's global API in every
+ * agent. Here prom-client gets a stand-in that says so if it is ever called.
+ */
+const promClientWithoutOtel = {
+  name: 'prom-client-without-otel',
+  setup(b) {
+    b.onResolve({ filter: /^@opentelemetry\/api$/ }, (args) =>
+      /[\\/]prom-client[\\/]/.test(args.importer)
+        ? { path: args.path, namespace: 'prom-client-otel' }
+        : undefined,
+    )
+    b.onLoad({ filter: /.*/, namespace: 'prom-client-otel' }, () => ({
+      contents: `const off = () => { throw new Error('prom-client exemplars are off in peermesh: @opentelemetry/api is not bundled') }
+module.exports = { trace: { getSpan: off }, context: { active: off } }`,
+      loader: 'js',
+    }))
+  },
+}
+
+/**
  * `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units),
  * and by line number (from 0) the columns in `text` of the characters escaped.
  */
@@ -229,7 +250,7 @@ const result = await build({
   platform: 'node',
   target: 'node20',
   external: KEEP_EXTERNAL.filter((name) => !REQUIRE_EXTERNAL.includes(name)),
-  plugins: [requireExternals, zodEnglishOnly, noiseNodeCrypto],
+  plugins: [requireExternals, zodEnglishOnly, noiseNodeCrypto, promClientWithoutOtel],
   // Bundled CommonJS dependencies (prom-client, @peculiar/x509, dns-packet...) call require() for
   // Node's built-in modules: give the ES module bundle a real one.
   banner: {

@@ -90,7 +90,7 @@ describe('scripts/build.mjs', () => {
     expect(dataPlane.has('src/proxy/sidecar.ts')).toBe(true)
   })
 
-  it("an agent loads the CA's x509 code only when it leads or needs a leaf, and noise without WebAssembly", () => {
+  it("an agent loads the CA's x509 code only when it leads or needs a leaf; no WebAssembly, no OpenTelemetry", () => {
     const inputsOf = (names: Iterable<string>): Set<string> =>
       new Set([...names].flatMap((n) => Object.keys(outputs.get(n)!.inputs)))
     const atStart = inputsOf([
@@ -107,8 +107,10 @@ describe('scripts/build.mjs', () => {
       /node_modules\/@chainsafe\/as-(sha256|chacha20poly1305)\//,
     ])
       expect(has(atStart, pattern), String(pattern)).toBe(false)
-    // No output holds the WebAssembly modules at all: noise encrypts with Node's ChaCha20-Poly1305.
+    // No output holds the WebAssembly modules at all: noise encrypts with Node's ChaCha20-Poly1305;
+    // nor OpenTelemetry's API, which prom-client loads for exemplars only.
     expect(has(inputsOf(outputs.keys()), /node_modules\/@chainsafe\/as-/)).toBe(false)
+    expect(has(inputsOf(outputs.keys()), /node_modules\/@opentelemetry\/api\//)).toBe(false)
     // The CA's own chunk and the rotator's load the x509 code.
     for (const entry of ['src/identity/ca/ca.ts', 'src/identity/connect/leaf-rotator.ts'])
       expect(has(inputsOf(staticClosure(outputOf(entry))), /node_modules\/@peculiar\/x509\//), entry).toBe(
