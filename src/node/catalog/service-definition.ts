@@ -118,137 +118,149 @@ const HTTP_METHOD = /^[A-Z]{1,16}$/
 const SERVICE_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$/
 export const isServiceName = (s: unknown): s is string => typeof s === 'string' && SERVICE_NAME.test(s)
 
-const serviceName = z
-  .string()
-  .regex(SERVICE_NAME, 'must be 1-63 letters, digits, "-" or "_", starting and ending with a letter or digit')
-
-const dnsLabel = z
-  .string()
-  .refine(
-    isDnsLabel,
-    'must be a DNS label: 1-63 lowercase letters, digits or "-", not starting or ending with "-"',
-  )
-const port = z.int('must be an integer port').min(1, 'must be 1-65535').max(65535, 'must be 1-65535')
-const plainText = (max: number) =>
-  z
+/**
+ * The zod schema of a service definition, built at the first registration and kept: zod schemas
+ * are large objects (a few KiB each, these some 200 KiB), and an agent that registers no service
+ * never needs them.
+ */
+function buildServiceSchema() {
+  const serviceName = z
     .string()
-    .min(1, 'must not be empty')
-    .max(max, `must be at most ${max} characters`)
-    .refine((s) => !CONTROL.test(s), 'must not contain control characters')
-const duration = (min: number) =>
-  z.string().refine(
-    (s) => {
-      const ms = parseDuration(s)
-      return ms !== undefined && ms >= min && ms <= L.maxIntervalMs
-    },
-    `must be a duration like "10s" or "500ms", from ${formatDuration(min)} to 24h`,
-  )
-const address = z
-  .string()
-  .refine((s) => isIP(s) !== 0 || HOST_NAME.test(s), 'must be an IP address or a host name')
+    .regex(
+      SERVICE_NAME,
+      'must be 1-63 letters, digits, "-" or "_", starting and ending with a letter or digit',
+    )
 
-const checkSchema = z
-  .strictObject({
+  const dnsLabel = z
+    .string()
+    .refine(
+      isDnsLabel,
+      'must be a DNS label: 1-63 lowercase letters, digits or "-", not starting or ending with "-"',
+    )
+  const port = z.int('must be an integer port').min(1, 'must be 1-65535').max(65535, 'must be 1-65535')
+  const plainText = (max: number) =>
+    z
+      .string()
+      .min(1, 'must not be empty')
+      .max(max, `must be at most ${max} characters`)
+      .refine((s) => !CONTROL.test(s), 'must not contain control characters')
+  const duration = (min: number) =>
+    z.string().refine(
+      (s) => {
+        const ms = parseDuration(s)
+        return ms !== undefined && ms >= min && ms <= L.maxIntervalMs
+      },
+      `must be a duration like "10s" or "500ms", from ${formatDuration(min)} to 24h`,
+    )
+  const address = z
+    .string()
+    .refine((s) => isIP(s) !== 0 || HOST_NAME.test(s), 'must be an IP address or a host name')
+
+  const checkSchema = z
+    .strictObject({
+      id: z
+        .string()
+        .regex(CHECK_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter, digit or "_"')
+        .optional(),
+      name: plainText(256).optional(),
+      notes: plainText(1024).optional(),
+      status: z.enum(CHECK_STATUSES as [CheckStatus, ...CheckStatus[]]).optional(),
+      tcp: z
+        .string()
+        .refine((s) => parseHostPort(s) !== undefined, 'must be "host:port" ("[v6]:port" for IPv6)')
+        .optional(),
+      http: z
+        .string()
+        .refine((s) => {
+          if (!URL.canParse(s)) return false
+          const u = new URL(s)
+          return u.protocol === 'http:' || u.protocol === 'https:'
+        }, 'must be an http:// or https:// URL')
+        .optional(),
+      method: z.string().regex(HTTP_METHOD, 'must be an HTTP method in capitals ("GET")').optional(),
+      header: z.record(z.string().min(1).max(256), z.array(z.string().max(4096)).max(16)).optional(),
+      ttl: duration(1000).optional(),
+      interval: duration(L.minIntervalMs).optional(),
+      timeout: duration(1).optional(),
+    })
+    .superRefine((c, ctx) => {
+      const kinds = [c.tcp, c.http, c.ttl].filter((k) => k !== undefined).length
+      if (kinds !== 1) {
+        ctx.addIssue({ code: 'custom', message: 'needs exactly one of "tcp", "http" or "ttl"', path: [] })
+        return
+      }
+      if (c.ttl !== undefined) {
+        for (const f of ['interval', 'timeout', 'method', 'header'] as const) {
+          if (c[f] !== undefined)
+            ctx.addIssue({ code: 'custom', message: 'not allowed on a TTL check', path: [f] })
+        }
+        return
+      }
+      if (c.interval === undefined) {
+        ctx.addIssue({ code: 'custom', message: 'is required for a TCP or HTTP check', path: ['interval'] })
+      }
+      if (c.tcp !== undefined) {
+        for (const f of ['method', 'header'] as const) {
+          if (c[f] !== undefined)
+            ctx.addIssue({ code: 'custom', message: 'not allowed on a TCP check', path: [f] })
+        }
+      }
+    })
+
+  const upstreamSchema = z.strictObject({ destinationName: dnsLabel, localBindPort: port })
+
+  const sidecarSchema = z
+    .strictObject({
+      port,
+      localServicePort: port.optional(),
+      protocol: z.enum(['tcp', 'http']).optional(),
+      upstreams: z.array(upstreamSchema).max(L.upstreams, `at most ${L.upstreams} upstreams`).optional(),
+    })
+    .superRefine((s, ctx) => {
+      const seen = new Set<number>()
+      for (const [i, u] of (s.upstreams ?? []).entries()) {
+        if (seen.has(u.localBindPort)) {
+          ctx.addIssue({
+            code: 'custom',
+            message: 'is used by another upstream',
+            path: ['upstreams', i, 'localBindPort'],
+          })
+        }
+        seen.add(u.localBindPort)
+      }
+    })
+
+  return z.strictObject({
+    name: serviceName,
     id: z
       .string()
-      .regex(CHECK_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter, digit or "_"')
+      .regex(SERVICE_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter or digit')
       .optional(),
-    name: plainText(256).optional(),
-    notes: plainText(1024).optional(),
-    status: z.enum(CHECK_STATUSES as [CheckStatus, ...CheckStatus[]]).optional(),
-    tcp: z
-      .string()
-      .refine((s) => parseHostPort(s) !== undefined, 'must be "host:port" ("[v6]:port" for IPv6)')
-      .optional(),
-    http: z
-      .string()
-      .refine((s) => {
-        if (!URL.canParse(s)) return false
-        const u = new URL(s)
-        return u.protocol === 'http:' || u.protocol === 'https:'
-      }, 'must be an http:// or https:// URL')
-      .optional(),
-    method: z.string().regex(HTTP_METHOD, 'must be an HTTP method in capitals ("GET")').optional(),
-    header: z.record(z.string().min(1).max(256), z.array(z.string().max(4096)).max(16)).optional(),
-    ttl: duration(1000).optional(),
-    interval: duration(L.minIntervalMs).optional(),
-    timeout: duration(1).optional(),
-  })
-  .superRefine((c, ctx) => {
-    const kinds = [c.tcp, c.http, c.ttl].filter((k) => k !== undefined).length
-    if (kinds !== 1) {
-      ctx.addIssue({ code: 'custom', message: 'needs exactly one of "tcp", "http" or "ttl"', path: [] })
-      return
-    }
-    if (c.ttl !== undefined) {
-      for (const f of ['interval', 'timeout', 'method', 'header'] as const) {
-        if (c[f] !== undefined)
-          ctx.addIssue({ code: 'custom', message: 'not allowed on a TTL check', path: [f] })
-      }
-      return
-    }
-    if (c.interval === undefined) {
-      ctx.addIssue({ code: 'custom', message: 'is required for a TCP or HTTP check', path: ['interval'] })
-    }
-    if (c.tcp !== undefined) {
-      for (const f of ['method', 'header'] as const) {
-        if (c[f] !== undefined)
-          ctx.addIssue({ code: 'custom', message: 'not allowed on a TCP check', path: [f] })
-      }
-    }
-  })
-
-const upstreamSchema = z.strictObject({ destinationName: dnsLabel, localBindPort: port })
-
-const sidecarSchema = z
-  .strictObject({
+    address: address.optional(),
     port,
-    localServicePort: port.optional(),
-    protocol: z.enum(['tcp', 'http']).optional(),
-    upstreams: z.array(upstreamSchema).max(L.upstreams, `at most ${L.upstreams} upstreams`).optional(),
+    tags: z.array(plainText(L.tagLength)).max(L.tags, `at most ${L.tags} tags`).optional(),
+    meta: z
+      .record(
+        z.string().regex(META_KEY, `must be 1-${L.metaKeyLength} letters, digits, "_" or "-"`),
+        z.string().max(L.metaValueLength, `values must be at most ${L.metaValueLength} characters`),
+      )
+      .refine((m) => Object.keys(m).length <= L.metaPairs, `at most ${L.metaPairs} pairs`)
+      .optional(),
+    weights: z
+      .strictObject({
+        passing: z.int().min(1, 'must be 1-65535').max(65535, 'must be 1-65535').optional(),
+        warning: z.int().min(0, 'must be 0-65535').max(65535, 'must be 0-65535').optional(),
+      })
+      .optional(),
+    checks: z.array(checkSchema).max(L.checks, `at most ${L.checks} checks`).optional(),
+    connect: z.strictObject({ sidecarService: sidecarSchema }).optional(),
   })
-  .superRefine((s, ctx) => {
-    const seen = new Set<number>()
-    for (const [i, u] of (s.upstreams ?? []).entries()) {
-      if (seen.has(u.localBindPort)) {
-        ctx.addIssue({
-          code: 'custom',
-          message: 'is used by another upstream',
-          path: ['upstreams', i, 'localBindPort'],
-        })
-      }
-      seen.add(u.localBindPort)
-    }
-  })
+}
 
-const serviceSchema = z.strictObject({
-  name: serviceName,
-  id: z
-    .string()
-    .regex(SERVICE_ID, 'must be 1-128 letters, digits or "_.:-", starting with a letter or digit')
-    .optional(),
-  address: address.optional(),
-  port,
-  tags: z.array(plainText(L.tagLength)).max(L.tags, `at most ${L.tags} tags`).optional(),
-  meta: z
-    .record(
-      z.string().regex(META_KEY, `must be 1-${L.metaKeyLength} letters, digits, "_" or "-"`),
-      z.string().max(L.metaValueLength, `values must be at most ${L.metaValueLength} characters`),
-    )
-    .refine((m) => Object.keys(m).length <= L.metaPairs, `at most ${L.metaPairs} pairs`)
-    .optional(),
-  weights: z
-    .strictObject({
-      passing: z.int().min(1, 'must be 1-65535').max(65535, 'must be 1-65535').optional(),
-      warning: z.int().min(0, 'must be 0-65535').max(65535, 'must be 0-65535').optional(),
-    })
-    .optional(),
-  checks: z.array(checkSchema).max(L.checks, `at most ${L.checks} checks`).optional(),
-  connect: z.strictObject({ sidecarService: sidecarSchema }).optional(),
-})
+let serviceSchema: ReturnType<typeof buildServiceSchema> | undefined
 
 /** The JSON shape of a definition (camelCase Consul), as accepted and as written back. */
-export type ServiceDefinitionJson = z.input<typeof serviceSchema>
+export type ServiceDefinitionJson = z.input<ReturnType<typeof buildServiceSchema>>
 
 /**
  * Validates a service definition (a JSON value from a file, an HTTP body or the agent config)
@@ -259,6 +271,7 @@ export type ServiceDefinitionJson = z.input<typeof serviceSchema>
  */
 export function parseServiceDefinition(json: unknown, source: string): ServiceDefinition {
   const input = consulServiceBody(json, source)
+  serviceSchema ??= buildServiceSchema()
   const r = serviceSchema.safeParse(input)
   if (!r.success) {
     const issue = r.error.issues[0]!
