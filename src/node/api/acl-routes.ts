@@ -315,52 +315,60 @@ interface TokenFields {
 }
 
 /** Fields Consul clients send back from a read; accepted and ignored. */
-const READ_ONLY = z.unknown().optional()
-const NONE_OF = (what: string) =>
+const readOnly = () => z.unknown().optional()
+const noneOf = (what: string) =>
   z.array(z.unknown()).max(0, `${what} are not supported by peermesh`).nullable().optional()
 
-const tokenBodySchema = z
-  .object({
-    AccessorID: z.string().optional(),
-    SecretID: z.string().optional(),
-    Description: z.string().optional(),
-    Policies: z
-      .array(z.object({ ID: z.string().optional(), Name: z.string().optional() }).strict())
-      .nullable()
-      .optional(),
-    ServiceIdentities: z
-      .array(
-        z
-          .object({ ServiceName: z.string(), Datacenters: z.array(z.string()).nullable().optional() })
-          .strict(),
-      )
-      .nullable()
-      .optional(),
-    NodeIdentities: z
-      // Consul requires Datacenter; peermesh has one datacenter, so a bare node name gets dc1.
-      .array(z.object({ NodeName: z.string(), Datacenter: z.string().optional() }).strict())
-      .nullable()
-      .optional(),
-    Local: z.boolean().optional(),
-    Voter: z.boolean().optional(),
-    Roles: NONE_OF('roles'),
-    TemplatedPolicies: NONE_OF('templated policies'),
-    ExpirationTTL: z
-      .union([z.literal(0), z.literal(''), z.literal('0s')], 'token expiry is not supported by peermesh')
-      .optional(),
-    ExpirationTime: z.null('token expiry is not supported by peermesh').optional(),
-    AuthMethod: z.literal('', 'auth methods are not supported by peermesh').optional(),
-    CreateTime: READ_ONLY,
-    Hash: READ_ONLY,
-    CreateIndex: READ_ONLY,
-    ModifyIndex: READ_ONLY,
-    Namespace: READ_ONLY,
-    Partition: READ_ONLY,
-    Legacy: READ_ONLY,
-  })
-  .strict()
+// The body schemas are built at the first token or policy write, and kept: zod schemas are large
+// objects (a few KiB each), and most agents never take such a write.
+
+function buildTokenBodySchema() {
+  return z
+    .object({
+      AccessorID: z.string().optional(),
+      SecretID: z.string().optional(),
+      Description: z.string().optional(),
+      Policies: z
+        .array(z.object({ ID: z.string().optional(), Name: z.string().optional() }).strict())
+        .nullable()
+        .optional(),
+      ServiceIdentities: z
+        .array(
+          z
+            .object({ ServiceName: z.string(), Datacenters: z.array(z.string()).nullable().optional() })
+            .strict(),
+        )
+        .nullable()
+        .optional(),
+      NodeIdentities: z
+        // Consul requires Datacenter; peermesh has one datacenter, so a bare node name gets dc1.
+        .array(z.object({ NodeName: z.string(), Datacenter: z.string().optional() }).strict())
+        .nullable()
+        .optional(),
+      Local: z.boolean().optional(),
+      Voter: z.boolean().optional(),
+      Roles: noneOf('roles'),
+      TemplatedPolicies: noneOf('templated policies'),
+      ExpirationTTL: z
+        .union([z.literal(0), z.literal(''), z.literal('0s')], 'token expiry is not supported by peermesh')
+        .optional(),
+      ExpirationTime: z.null('token expiry is not supported by peermesh').optional(),
+      AuthMethod: z.literal('', 'auth methods are not supported by peermesh').optional(),
+      CreateTime: readOnly(),
+      Hash: readOnly(),
+      CreateIndex: readOnly(),
+      ModifyIndex: readOnly(),
+      Namespace: readOnly(),
+      Partition: readOnly(),
+      Legacy: readOnly(),
+    })
+    .strict()
+}
+
+let tokenBodySchema: ReturnType<typeof buildTokenBodySchema> | undefined
 
 function parseTokenBody(body: unknown): TokenFields {
+  tokenBodySchema ??= buildTokenBodySchema()
   const b = parseBody(tokenBodySchema, body ?? {})
   const out: TokenFields = {}
   if (b.AccessorID !== undefined && b.AccessorID !== '') out.accessorId = b.AccessorID
@@ -417,22 +425,27 @@ interface PolicyFields {
   datacenters?: string[]
 }
 
-const policyBodySchema = z
-  .object({
-    ID: z.string().optional(),
-    Name: z.string(),
-    Description: z.string().optional(),
-    Rules: z.string().optional(),
-    Datacenters: z.array(z.string()).nullable().optional(),
-    Hash: READ_ONLY,
-    CreateIndex: READ_ONLY,
-    ModifyIndex: READ_ONLY,
-    Namespace: READ_ONLY,
-    Partition: READ_ONLY,
-  })
-  .strict()
+function buildPolicyBodySchema() {
+  return z
+    .object({
+      ID: z.string().optional(),
+      Name: z.string(),
+      Description: z.string().optional(),
+      Rules: z.string().optional(),
+      Datacenters: z.array(z.string()).nullable().optional(),
+      Hash: readOnly(),
+      CreateIndex: readOnly(),
+      ModifyIndex: readOnly(),
+      Namespace: readOnly(),
+      Partition: readOnly(),
+    })
+    .strict()
+}
+
+let policyBodySchema: ReturnType<typeof buildPolicyBodySchema> | undefined
 
 function parsePolicyBody(body: unknown): PolicyFields {
+  policyBodySchema ??= buildPolicyBodySchema()
   const b = parseBody(policyBodySchema, body)
   const out: PolicyFields = { name: b.Name }
   if (b.ID !== undefined && b.ID !== '') out.id = b.ID
