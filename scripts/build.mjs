@@ -126,6 +126,61 @@ module.exports = { trace: { getSpan: off }, context: { active: off } }`,
 }
 
 /**
+ * libp2p's peer store sorts protocols, metadata keys and addresses, and compares peer records,
+ * with `String.prototype.localeCompare` only to get one canonical order. Its first call loads
+ * ICU's collation data: 2.3 MiB of the Node binary's pages that every agent then kept resident.
+ * Here those comparisons are by UTF-16 code units, as canonical and without ICU. Each rewrite is
+ * listed with the number of times it must apply: a dependency update that changes them fails the
+ * build rather than being left as it was.
+ */
+const CODE_UNIT_ORDER = [
+  {
+    file: /[\\/]@libp2p[\\/]peer-record[\\/]dist[\\/]src[\\/]peer-record[\\/]utils\.js$/,
+    rewrites: [
+      ['a.toString().localeCompare(b.toString())', 'compareCodeUnits(a.toString(), b.toString())', 1],
+    ],
+  },
+  {
+    file: /[\\/]@libp2p[\\/]peer-store[\\/]dist[\\/]src[\\/]utils[\\/]dedupe-addresses\.js$/,
+    rewrites: [
+      [
+        'a.multiaddr.toString().localeCompare(b.multiaddr.toString())',
+        'compareCodeUnits(a.multiaddr.toString(), b.multiaddr.toString())',
+        1,
+      ],
+    ],
+  },
+  {
+    file: /[\\/]@libp2p[\\/]peer-store[\\/]dist[\\/]src[\\/]utils[\\/]to-peer-pb\.js$/,
+    rewrites: [['a.localeCompare(b)', 'compareCodeUnits(a, b)', 2]],
+  },
+]
+
+const peerStoreCodeUnitOrder = {
+  name: 'peer-store-code-unit-order',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]@libp2p[\\/]peer-(store|record)[\\/].*\.js$/ }, (args) => {
+      const entry = CODE_UNIT_ORDER.find((e) => e.file.test(args.path))
+      if (entry === undefined) return undefined
+      let text = readFileSync(args.path, 'utf8')
+      for (const [from, to, times] of entry.rewrites) {
+        const found = text.split(from).length - 1
+        if (found !== times)
+          throw new Error(
+            `${args.path}: expected ${times} of "${from}", found ${found}: review CODE_UNIT_ORDER`,
+          )
+        text = text.replaceAll(from, to)
+      }
+      return {
+        contents: `${text}\nfunction compareCodeUnits(a, b) { return a < b ? -1 : a > b ? 1 : 0 }\n`,
+        loader: 'js',
+        resolveDir: dirname(args.path),
+      }
+    })
+  },
+}
+
+/**
  * `text` with every character outside ASCII written as a `\\uXXXX` escape (UTF-16 code units),
  * and by line number (from 0) the columns in `text` of the characters escaped.
  */
@@ -250,7 +305,7 @@ const result = await build({
   platform: 'node',
   target: 'node20',
   external: KEEP_EXTERNAL.filter((name) => !REQUIRE_EXTERNAL.includes(name)),
-  plugins: [requireExternals, zodEnglishOnly, noiseNodeCrypto, promClientWithoutOtel],
+  plugins: [requireExternals, zodEnglishOnly, noiseNodeCrypto, promClientWithoutOtel, peerStoreCodeUnitOrder],
   // Bundled CommonJS dependencies (prom-client, @peculiar/x509, dns-packet...) call require() for
   // Node's built-in modules: give the ES module bundle a real one.
   banner: {

@@ -111,6 +111,10 @@ describe('scripts/build.mjs', () => {
     // nor OpenTelemetry's API, which prom-client loads for exemplars only.
     expect(has(inputsOf(outputs.keys()), /node_modules\/@chainsafe\/as-/)).toBe(false)
     expect(has(inputsOf(outputs.keys()), /node_modules\/@opentelemetry\/api\//)).toBe(false)
+    // libp2p's peer store orders by code units: no ICU collation data paged in by an idle agent.
+    for (const n of staticClosure(outputOf('src/node/agent/create-agent.ts')))
+      for (const m of readFileSync(join(out, n), 'utf8').matchAll(/localeCompare.{0,40}/g))
+        expect(m[0], n).toMatch(/endpointsOf/) // the sidecars' endpoint list, built for a sidecar only
     // The CA's own chunk and the rotator's load the x509 code.
     for (const entry of ['src/identity/ca/ca.ts', 'src/identity/connect/leaf-rotator.ts'])
       expect(has(inputsOf(staticClosure(outputOf(entry))), /node_modules\/@peculiar\/x509\//), entry).toBe(
