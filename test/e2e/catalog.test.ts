@@ -60,10 +60,11 @@ describe('service catalog and health (end to end, 3 agent processes)', () => {
         port: appPort,
         tags: ['v1'],
         // The app answers from this test's own process, which a loaded machine can hold up for
-        // longer than a short timeout: the check then flapped critical and back, and a blocking
-        // query or a DNS answer read during the flap saw the wrong state. A stopped app is refused
-        // at once, so the timeout does not slow the critical turn this test waits for.
-        checks: [{ http: `http://127.0.0.1:${appPort}/health`, interval: '200ms', timeout: '3s' }],
+        // longer than a short timeout: the check then flaps critical and back ("timed out after
+        // 200 ms" at load 8), and a blocking query or a DNS answer read during the flap sees the
+        // wrong state. The agent caps a probe's timeout at the interval (as Consul does), so both
+        // are 1 s. A stopped app is refused at once: the critical turn comes within an interval.
+        checks: [{ http: `http://127.0.0.1:${appPort}/health`, interval: '1s', timeout: '1s' }],
       }),
     )
     const reg = await runCli(['register', def, '--http', a.http])
