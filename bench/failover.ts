@@ -23,7 +23,9 @@
  * bench/out/failover.svg.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { type AgentProcess, authHeaders, freePort, TestCluster, waitFor } from '../test/e2e/harness.ts'
 import { startRaftCluster, waitForLeader } from '../test/e2e/raft-helpers.ts'
@@ -184,8 +186,14 @@ async function main(): Promise<void> {
   let load: Load | undefined
   try {
     progress('starting 5 agents (--bootstrap-expect 5)...')
-    // Debug level: web's sidecar logs each retry with the endpoint it gave up on.
-    const agents = await startRaftCluster(cluster, 5, { prefix: 'f', extraArgs: ['--log-level', 'debug'] })
+    // Debug level: web's sidecar logs each retry with the endpoint it gave up on. Every request's
+    // access line (`accessLog: all`; the default logs failed ones only) carries its attempts.
+    const config = join(cluster.dir, 'failover-agent.json')
+    writeFileSync(config, JSON.stringify({ accessLog: 'all' }), { mode: 0o600 })
+    const agents = await startRaftCluster(cluster, 5, {
+      prefix: 'f',
+      extraArgs: ['--log-level', 'debug', '--config', config],
+    })
     const leader = await waitForLeader(agents, 60_000)
     await waitFor(
       'gossip: every agent sees 5 alive',
