@@ -73,7 +73,8 @@ describe('KV state machine invariants (property)', () => {
       fc.property(fc.array(command, { minLength: 1, maxLength: 40 }), fc.nat(40), (cmds, cut) => {
         const store = new PolicyStore()
         let copy: PolicyStore | undefined
-        const lockIndex = new Map<string, number>()
+        /** Per key: the LockIndex last seen, for the key as created at `createIndex`. */
+        const lockIndex = new Map<string, { createIndex: number; lockIndex: number }>()
         for (const [i, cmd] of cmds.entries()) {
           if (i === cut % cmds.length) {
             copy = new PolicyStore()
@@ -88,13 +89,17 @@ describe('KV state machine invariants (property)', () => {
           }
           const snap = store.kv.snapshot()
           const sessions = new Set(snap.sessions.map((s) => s.id))
-          // A deleted key starts again from LockIndex 0 when it is re-created.
+          // A deleted key starts again from LockIndex 0 when it is re-created: after the command,
+          // or within it (a txn that deletes a tree and sets a key of it again gives the key a new
+          // CreateIndex).
           for (const k of [...lockIndex.keys()])
             if (!snap.entries.some((e) => e.key === k)) lockIndex.delete(k)
           for (const e of snap.entries) {
             if (e.session !== undefined) expect(sessions.has(e.session)).toBe(true)
-            expect(e.lockIndex).toBeGreaterThanOrEqual(lockIndex.get(e.key) ?? 0)
-            lockIndex.set(e.key, e.lockIndex)
+            const seen = lockIndex.get(e.key)
+            if (seen !== undefined && seen.createIndex === e.createIndex)
+              expect(e.lockIndex).toBeGreaterThanOrEqual(seen.lockIndex)
+            lockIndex.set(e.key, { createIndex: e.createIndex, lockIndex: e.lockIndex })
           }
           const size =
             snap.entries.reduce((n, e) => n + kvEntryBytes(e), 0) +
