@@ -4,11 +4,12 @@
  * the ASN.1 schema tables and compiles the code that reads them, a large part of an idle agent's
  * heap; an agent that never does these never loads it. The build puts it in a chunk of its own.
  */
+import { lazyModule } from '../../common/lazy-module.ts'
+
 export type CaCode = typeof import('../ca/ca.ts')
 
-let loading: Promise<CaCode> | undefined
+const caCode = lazyModule<CaCode>(() => import('../ca/ca.ts'))
 
 export function loadCa(): Promise<CaCode> {
-  loading ??= import('../ca/ca.ts')
-  return loading
+  return caCode.load()
 }

@@ -6,6 +6,7 @@
  */
 import { type Clock, pause } from '../../common/clock.ts'
 import { type Events, TypedEmitter, type Unsubscribe } from '../../common/events.ts'
+import { lazyModule } from '../../common/lazy-module.ts'
 import type { CaStateSource, ConnectLog, ServiceDirectory } from './components.ts'
 import { AgentStoppingError, LeafSigningRefusedError } from './errors.ts'
 import type { LeafCertificateRotator, LeafCredentials, LeafResponse } from './leaf-rotator.ts'
@@ -19,16 +20,7 @@ type RotatorModule = typeof import('./leaf-rotator.ts')
  * of an agent's compiled code and heap), loaded when the first local service needs a leaf: an
  * agent without services never loads it. The build puts it in a chunk of its own.
  */
-let rotatorModule: RotatorModule | undefined
-let loadingRotatorModule: Promise<RotatorModule> | undefined
-
-function loadRotatorModule(): Promise<RotatorModule> {
-  loadingRotatorModule ??= import('./leaf-rotator.ts').then((m) => {
-    rotatorModule = m
-    return m
-  })
-  return loadingRotatorModule
-}
+const rotatorCode = lazyModule<RotatorModule>(() => import('./leaf-rotator.ts'))
 
 /**
  * Gets a CSR signed by the current leader (or here, when this agent leads), asking again across
@@ -113,9 +105,10 @@ export class LeafManager {
       }
     }
     if (want.size === 0) return
+    const rotatorModule = rotatorCode.loaded
     if (rotatorModule === undefined) {
       // Once loaded, sync again with the state then: `leaf()` waits for the rotator meanwhile.
-      loadRotatorModule().then(
+      rotatorCode.load().then(
         () => this.sync(),
         (err: unknown) => this.c.log.error({ err: (err as Error).message }, 'leaf rotator failed to load'),
       )
