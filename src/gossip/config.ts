@@ -116,6 +116,10 @@ export interface SwimConfig {
  * (150 ms) into the stall, the suspicion lasts at least `2·max(1, log10 n)·150 ms` ≥ 300 ms, and
  * the member refutes the moment it runs again. Members that missed the refutation get it back
  * directly when they next gossip or probe with the stale suspicion (see `Swim`).
+ *
+ * Fast detection costs messages: an agent sends and receives about 13 datagrams a second here
+ * (Serf's lan profile probes once a second). An agent picks its profile with `--gossip-profile`
+ * (`gossipProfile`): `local` trades detection time for CPU, `wan` suits wide-area links.
  */
 export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   probeIntervalMs: 150, // ~6.7 probes/s per node: fast detection for ~13 small messages/s per node
@@ -143,8 +147,11 @@ export const lanConfig: Readonly<SwimConfig> = Object.freeze({
 })
 
 /**
- * Loopback profile (many agents on one machine, e.g. `peermesh demo`): gentler timings because
- * all agents share CPUs and a stalled process is more likely than a lost datagram.
+ * Loopback profile (Serf's and memberlist's `local`): many agents on one machine, or any agent
+ * that should cost less CPU than it detects failures fast. A third of the lan profile's datagrams
+ * (probes every 500 ms instead of 150) and half its gossip rounds: gentler timings because agents
+ * sharing CPUs stall more often than a datagram is lost. Detection takes about 3 s instead of about
+ * 1 (test/gossip/profiles.test.ts measures both).
  */
 export const localConfig: Readonly<SwimConfig> = Object.freeze({
   ...lanConfig,
@@ -154,6 +161,24 @@ export const localConfig: Readonly<SwimConfig> = Object.freeze({
   gossipIntervalMs: 100,
   pushPullIntervalMs: 15_000,
   lateTimerMs: 150, // 3/4 of the probe timeout: agents sharing CPUs hiccup more often
+})
+
+/**
+ * Wide-area profile (memberlist's `DefaultWANConfig`, Serf's `wan`): round trips of hundreds of
+ * milliseconds and lossy paths. One probe every 5 s with 3 s to answer, a longer suspicion, and
+ * anti-entropy every minute: detection takes tens of seconds, at a fraction of the traffic.
+ */
+export const wanConfig: Readonly<SwimConfig> = Object.freeze({
+  ...lanConfig,
+  probeIntervalMs: 5_000,
+  probeTimeoutMs: 3_000,
+  probeTimeoutMaxMs: 4_000,
+  suspicionMult: 6,
+  gossipIntervalMs: 500,
+  gossipNodes: 4,
+  gossipToTheDeadMs: 60_000,
+  pushPullIntervalMs: 60_000,
+  lateTimerMs: 2_000, // 2/3 of the probe timeout, as lan
 })
 
 /**
@@ -167,7 +192,12 @@ export const testConfig: Readonly<SwimConfig> = Object.freeze({
   gossipToTheDeadMs: 2_000,
 })
 
-export const swimProfiles = Object.freeze({ lan: lanConfig, local: localConfig, test: testConfig })
+export const swimProfiles = Object.freeze({
+  lan: lanConfig,
+  wan: wanConfig,
+  local: localConfig,
+  test: testConfig,
+})
 export type SwimProfile = keyof typeof swimProfiles
 
 /** Returns `profile` (default `lan`) with `overrides` applied, validated. */

@@ -29,7 +29,12 @@ describe('Consul clients against an agent (end to end)', () => {
 
   it('node-consul: agent register (PascalCase body, HTTP check), catalog, health, status, watch', async () => {
     const key = await cluster.writeClusterKey()
-    agent = cluster.agent({ name: 'cc1', clusterKeyFile: key, extraArgs: ['--bootstrap'] })
+    // The local gossip profile (Serf's -profile local): shown in DebugConfig, and the gossip module runs it.
+    agent = cluster.agent({
+      name: 'cc1',
+      clusterKeyFile: key,
+      extraArgs: ['--bootstrap', '--gossip-profile', 'local'],
+    })
     await agent.start()
     await cluster.waitForManagementToken()
     const consul = client()
@@ -95,6 +100,16 @@ describe('Consul clients against an agent (end to end)', () => {
 
     const self = await consul.agent.self()
     expect(self.Config).toMatchObject({ Datacenter: 'dc1', NodeName: 'cc1' })
+    expect(self.DebugConfig).toMatchObject({
+      GossipProfile: 'local',
+      GossipLANProbeInterval: '500ms',
+      GossipLANProbeTimeout: '200ms',
+      GossipLANSuspicionMult: 3,
+    })
+    // The SWIM core's probe timeout is the profile's 200 ms (lan: 75), times the local health
+    // multiplier (1 + score) that a busy start may have raised.
+    const probeTimeout = /^peermesh_gossip_probe_timeout_ms (\d+)$/m.exec(await (await get('/metrics')).text())
+    expect(Number(probeTimeout?.[1]) % 200).toBe(0)
     const members = await consul.agent.members()
     expect(members).toEqual([expect.objectContaining({ Name: 'cc1', Addr: '127.0.0.1', Status: 1 })])
     const leader = await consul.status.leader()

@@ -11,6 +11,13 @@ export const DEFAULT_DNS = '127.0.0.1:8600'
 /** Default libp2p listen address. Loopback, so a first try never exposes the agent. */
 export const DEFAULT_LISTEN = '/ip4/127.0.0.1/tcp/7946'
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
+/**
+ * The gossip timing profiles an operator may pick (Serf's `-profile`; src/gossip/config.ts):
+ * `lan` (the default) detects a failure in about a second, `local` sends a third of its datagrams
+ * and detects in about 3 s, `wan` is for wide-area links (detection within a minute).
+ */
+export const GOSSIP_PROFILES = ['lan', 'wan', 'local'] as const
+export type GossipProfileName = (typeof GOSSIP_PROFILES)[number]
 
 /** Environment variable that may hold the initial management token (as the cluster key, a secret). */
 export const INITIAL_MANAGEMENT_TOKEN_ENV = 'PEERMESH_ACL_INITIAL_MANAGEMENT_TOKEN'

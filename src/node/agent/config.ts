@@ -14,6 +14,8 @@ import {
   DEFAULT_DNS,
   DEFAULT_HTTP,
   DEFAULT_LISTEN,
+  GOSSIP_PROFILES,
+  type GossipProfileName,
   INITIAL_MANAGEMENT_TOKEN_ENV,
   LOG_LEVELS,
   parseHostPort,
@@ -144,6 +146,12 @@ function agentConfigSchema() {
         )
         .max(253)
         .optional(),
+      /**
+       * Gossip timing (Serf's `-profile`): `lan` (default) detects a failed member in about a
+       * second, `local` sends a third of the datagrams and detects in about 3 s, `wan` suits
+       * wide-area links (detection within a minute). Agents of one cluster may differ.
+       */
+      gossipProfile: z.enum(GOSSIP_PROFILES).optional(),
       /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
       caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
       /**
@@ -200,6 +208,8 @@ export interface AgentConfig {
   bootstrap: boolean
   bootstrapExpect?: number
   raftVoters: 1 | 3 | 5
+  /** SWIM timing profile (src/gossip/config.ts). */
+  gossipProfile: GossipProfileName
   clusterKey?: string
   /** Undefined when DNS is off. */
   dns?: { host: string; port: number }
@@ -339,6 +349,7 @@ export function resolveAgentConfig(
     bootstrap: merged.bootstrap ?? false,
     ...(merged.bootstrapExpect !== undefined ? { bootstrapExpect: merged.bootstrapExpect } : {}),
     raftVoters: (merged.raftVoters ?? DEFAULT_RAFT_VOTERS) as 1 | 3 | 5,
+    gossipProfile: merged.gossipProfile ?? 'lan',
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
     ...(merged.accessLog !== undefined ? { accessLog: merged.accessLog } : {}),

@@ -3,6 +3,7 @@
  * local registry and the check runner hold (issue #15). Peermesh-only information is in extra
  * fields Consul clients ignore: `PeerID`, `Status` (aggregated health), `Sidecar`.
  */
+import type { SwimConfig } from '../../gossip/config.ts'
 import type { HealthCheckView, HealthEntry, NodeRef } from '../catalog/catalog.ts'
 import type { CheckState } from '../catalog/checks.ts'
 import { formatDuration } from '../catalog/duration.ts'
@@ -274,7 +275,10 @@ export function agentSelfView(a: {
   addresses: string[]
   peers: string[]
   version: string
+  /** The SWIM timing in force, as Consul's DebugConfig names it (`GossipLAN*`). */
+  gossip: { profile: string; config: SwimConfig }
 }): Record<string, unknown> {
+  const g = a.gossip.config
   return {
     Config: {
       Datacenter: a.datacenter,
@@ -285,7 +289,15 @@ export function agentSelfView(a: {
       Server: true,
       Version: a.version,
     },
-    DebugConfig: {},
+    DebugConfig: {
+      GossipProfile: a.gossip.profile,
+      GossipLANProbeInterval: `${g.probeIntervalMs}ms`,
+      GossipLANProbeTimeout: `${g.probeTimeoutMs}ms`,
+      GossipLANSuspicionMult: g.suspicionMult,
+      GossipLANGossipInterval: `${g.gossipIntervalMs}ms`,
+      GossipLANGossipNodes: g.gossipNodes,
+      GossipLANRetransmitMult: g.retransmitMult,
+    },
     Coord: null,
     Member: memberView(
       {

@@ -122,7 +122,7 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
   for (const [name, help, pick] of counters) counterFrom(registry, name, help, pick)
   new Gauge({
     name: 'peermesh_gossip_probe_timeout_ms',
-    help: 'Current SWIM probe timeout, from measured round trips within the profile (before health scaling)',
+    help: 'Current SWIM probe timeout: from measured round trips within the profile, times the local health multiplier',
     registers: [registry],
     collect() {
       this.set(src.coreStats()?.probeTimeoutMs ?? 0)

@@ -44,6 +44,8 @@ describe('agent config', () => {
     [{ datacenter: '../dc' }, 'datacenter'],
     [{ accessLog: 'verbose' }, 'accessLog'],
     [{ accessLog: true }, 'accessLog'],
+    [{ gossipProfile: 'fast' }, 'gossipProfile'],
+    [{ gossipProfile: 'test' }, 'gossipProfile'],
   ])('rejects %j naming the field', (input, field) => {
     expect(() => validateAgentConfig(input, 'file x')).toThrow(
       expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field }),
@@ -170,6 +172,15 @@ describe('agent config', () => {
     expect(
       resolveAgentConfig({}, validateAgentConfig({ dnsDomain: 'Mesh.Example.' }, 'flags')).dnsDomain,
     ).toBe('mesh.example')
+  })
+
+  it('gossipProfile: lan by default; the file sets it and a flag wins', () => {
+    expect(resolveAgentConfig({}, {}).gossipProfile).toBe('lan')
+    const file = validateAgentConfig({ gossipProfile: 'local' }, 'file')
+    expect(resolveAgentConfig(file, {}).gossipProfile).toBe('local')
+    expect(
+      resolveAgentConfig(file, validateAgentConfig({ gossipProfile: 'wan' }, 'flags')).gossipProfile,
+    ).toBe('wan')
   })
 
   it('parses HOST:PORT including IPv6', () => {
