@@ -69,6 +69,12 @@ export interface RaftAgentConfig {
   maxQueuedPerPeer: number
   /** Messages to a peer whose dial failed are dropped for this long. */
   dialBackoffMs: number
+  /**
+   * Raft messages and forwarded writes between agents go over a direct mutual-TLS connection
+   * (src/node/transport/direct-messenger.ts) once one is set up, libp2p carrying them until then;
+   * false: libp2p only.
+   */
+  directTransport: boolean
 }
 
 export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
@@ -133,6 +139,9 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   // One tick: a member that just restarted cannot reach peers whose addresses it has not learnt
   // yet, and a longer silence costs a failover round (its pre-vote answers would be lost).
   dialBackoffMs: 50,
+  // A third of libp2p's CPU per message (private-network cipher, Noise and yamux per message):
+  // what a write costs is mostly messages. Peers authenticated over libp2p first; see the README.
+  directTransport: true,
 }
 
 /**

@@ -44,6 +44,7 @@ import {
 } from '../agent/defaults.ts'
 import { registerRaftRoutes } from '../api/raft-routes.ts'
 import { attemptSignal, LeaderRpc } from '../transport/leader-rpc.ts'
+import { DirectMessenger, directListenHost } from '../transport/direct-messenger.ts'
 import { StreamMessenger } from '../transport/stream-messenger.ts'
 import { enrollmentEligibility } from './autopilot.ts'
 import { AutopilotRunner } from './autopilot-runner.ts'
@@ -145,7 +146,7 @@ export type RaftModuleOptions = Partial<RaftAgentConfig>
 /** The parts that run while the module runs. */
 interface Running {
   node: RaftNode<PolicyResult>
-  messenger: StreamMessenger
+  messenger: DirectMessenger
   /** The leader's side of forwarded writes (its refusal counters). */
   server?: ForwardedWriteServer
   rpc: LeaderRpc
@@ -267,22 +268,36 @@ export class RaftModule implements AgentModule {
     // A corrupted record is thrown from here and stops the agent with one line (see cli.ts).
     const { storage, warnings } = FileStorage.open(join(ctx.config.dataDir, RAFT_DIR))
     for (const w of warnings) log.warn({ warning: w }, 'raft log repaired')
-    const messenger = new StreamMessenger({
-      host: ctx.host,
-      protocol: RAFT_PROTOCOL,
-      requestProtocol: RAFT_RPC_PROTOCOL,
-      requestMode: 'multiplexed',
+    const limits = {
       log,
       maxMessageBytes: s.maxMessageBytes,
       maxRequestBytes: s.maxCommandBytes + 4096,
-      maxQueuedPerPeer: s.maxQueuedPerPeer,
-      dialBackoffMs: s.dialBackoffMs,
       // A message larger than a frame (a big snapshot) travels in chunks; a peer's partly
       // received messages are bounded over all its streams.
       chunking: { maxFrameBytes: s.maxFrameBytes },
       maxPartialBytesPerPeer: s.maxPartialBytesPerPeer,
       maxPartialMessagesPerPeer: s.maxPartialMessagesPerPeer,
       clock,
+    }
+    // Over a direct TLS connection to each peer once set up, over libp2p until then (and for peers
+    // without one).
+    const listenHost = s.directTransport
+      ? directListenHost(ctx.config.listen, ctx.host.getMultiaddrs())
+      : undefined
+    const messenger = new DirectMessenger({
+      ...limits,
+      fallback: new StreamMessenger({
+        ...limits,
+        host: ctx.host,
+        protocol: RAFT_PROTOCOL,
+        requestProtocol: RAFT_RPC_PROTOCOL,
+        requestMode: 'multiplexed',
+        maxQueuedPerPeer: s.maxQueuedPerPeer,
+        dialBackoffMs: s.dialBackoffMs,
+      }),
+      host: ctx.host,
+      self,
+      ...(listenHost !== undefined ? { listenHost } : {}),
     })
     let node: RaftNode<PolicyResult>
     try {
@@ -590,7 +605,7 @@ export class RaftModule implements AgentModule {
   private createNode(
     ctx: AgentContext,
     storage: FileStorage,
-    messenger: StreamMessenger,
+    messenger: DirectMessenger,
     log: Logger,
   ): RaftNode<PolicyResult> {
     const s = this.settings

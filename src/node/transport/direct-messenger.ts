@@ -1,0 +1,729 @@
+import { setMaxListeners } from 'node:events'
+import { isIP } from 'node:net'
+import { connect, createServer, type Server, type TLSSocket } from 'node:tls'
+import type { Connection, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
+import type { Logger } from 'pino'
+import { type Clock, systemClock } from '../../common/clock.ts'
+import { PeermeshError } from '../../common/errors.ts'
+import {
+  certificateFingerprint,
+  claimedPeerId,
+  createDirectCertificate,
+  type DirectCertificate,
+  sameFingerprint,
+} from './direct-cert.ts'
+import {
+  DIRECT_HELLO_PROTOCOL,
+  type DirectEndpoint,
+  decodeHelloReply,
+  decodeHelloRequest,
+  encodeHelloReply,
+  encodeHelloRequest,
+  HELLO_REPLY_BYTES,
+  HELLO_REQUEST_BYTES,
+} from './direct-hello.ts'
+import {
+  encodeFrame,
+  encodeMuxFrame,
+  FrameDecoder,
+  MUX_ERROR,
+  MUX_HEADER_BYTES,
+  MUX_REPLY,
+  MUX_REQUEST,
+  parseMuxHeader,
+  readFrames,
+} from './frames.ts'
+import type { Host } from './host.ts'
+import {
+  encodeMessageFrames,
+  MessageStreamReader,
+  PartialBudget,
+  PartialBudgetExceededError,
+} from './message-chunks.ts'
+import { RemoteRequestError, RequestStreamClosedError, type StreamMessenger } from './stream-messenger.ts'
+
+/** ALPN of a direct connection carrying best-effort messages (dialer to listener only). */
+export const DIRECT_MESSAGE_ALPN = 'peermesh-raft/2'
+/** ALPN of a direct connection carrying multiplexed requests (replies come back on it). */
+export const DIRECT_REQUEST_ALPN = 'peermesh-raft-rpc/3'
+
+type MessageHandler = (from: string, bytes: Uint8Array) => void
+type RequestHandler = (from: string, bytes: Uint8Array, signal: AbortSignal) => Promise<Uint8Array>
+
+/** A direct connection could not be set up (no hello, no endpoint, wrong certificate, ...). */
+export class DirectConnectError extends PeermeshError {
+  static override readonly code = 'PEERMESH_ERR_DIRECT_CONNECT'
+}
+
+/** What a DirectMessenger is built with. */
+export interface DirectMessengerInit {
+  /**
+   * The libp2p path (a started-and-stopped-here StreamMessenger): carries everything to a peer
+   * while its direct path is not up, and everything it sends this way.
+   */
+  fallback: StreamMessenger
+  host: Host
+  /** This agent's peer id (named in its certificate). */
+  self: string
+  /**
+   * IP the TLS listener binds, kernel-picked port (the host of the libp2p listen address).
+   * Undefined: no direct path at all, everything goes over `fallback`.
+   */
+  listenHost?: string
+  log: Logger
+  /** Largest message (reassembled, when chunked). */
+  maxMessageBytes: number
+  /** As StreamMessengerInit.chunking: both ends must agree (it is part of the ALPN's protocol). */
+  chunking?: { maxFrameBytes: number }
+  /** As StreamMessengerInit: per peer, over all its direct message connections. */
+  maxPartialBytesPerPeer?: number
+  maxPartialMessagesPerPeer?: number
+  /** Largest request or reply (default 8 MiB). */
+  maxRequestBytes?: number
+  /** Requests served at once per inbound request connection; more are refused (busy). */
+  maxConcurrentRequests?: number
+  /**
+   * Bytes a direct connection may hold unsent (its peer reads too slowly); a message that finds
+   * more is dropped (best-effort). Default: one largest message and 4 MiB.
+   */
+  maxBufferedBytes?: number
+  /**
+   * After a failed attempt, the direct path to that peer is tried again only after this, doubled
+   * per consecutive failure up to `maxBackoffMs` (meanwhile libp2p carries everything). Also the
+   * pause after a working connection closed.
+   */
+  minBackoffMs?: number
+  maxBackoffMs?: number
+  /** Time limit of one attempt: the libp2p hello, then the TCP connect and TLS handshake. */
+  connectTimeoutMs?: number
+  /** Peers whose registered certificate is kept (the oldest registration is forgotten beyond). */
+  maxRegisteredPeers?: number
+  /** Open inbound direct connections per peer and kind; the oldest is closed beyond. */
+  maxInboundPerPeer?: number
+  /** Inbound TCP connections at once, handshakes included. */
+  maxInboundConnections?: number
+  clock?: Clock
+}
+
+interface PendingRequest {
+  resolve: (reply: Uint8Array) => void
+  reject: (err: Error) => void
+}
+
+/** The direct connection of one kind to one peer, and its attempts. */
+interface DirectChannel {
+  socket?: TLSSocket
+  connecting: boolean
+  failures: number
+  /** No attempt before this (clock ms). */
+  retryAt: number
+  /** Request channels: requests in flight by id. */
+  nextId: number
+  pending: Map<number, PendingRequest>
+}
+
+/** The direct path's own counters. */
+function newDirectStats() {
+  return {
+    /** Messages and requests sent over direct connections. */
+    directSent: 0,
+    directSentBytes: 0,
+    directReceived: 0,
+    directReceivedBytes: 0,
+    directRequests: 0,
+    directDropped: 0,
+    /** Direct connections set up from here. */
+    directConnects: 0,
+    /** Attempts that failed (the peer then goes over libp2p for a while). */
+    directConnectFailures: 0,
+    /** Inbound connections closed at once: no certificate, or not the one its peer registered. */
+    directRejected: 0,
+    /** TLS handshakes that failed on the listener. */
+    directHandshakeFailures: 0,
+    /** Hello requests refused (malformed, or no listener here). */
+    helloRefused: 0,
+    badFrames: 0,
+    overBudget: 0,
+  }
+}
+
+export type DirectStats = ReturnType<typeof newDirectStats>
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder()
+
+/**
+ * The Raft messenger with a direct path: each agent listens on a TLS 1.3 socket of its own, and
+ * Raft messages and requests between two agents go over it instead of libp2p (private-network
+ * cipher, Noise and yamux, about three times the CPU per message) once it is up; until then, and
+ * whenever it fails, over libp2p (`fallback`) as before, so agents without it interoperate.
+ *
+ * - `send()` is **best-effort**, as on libp2p: a message that cannot go is dropped, never retried.
+ * - `request()` is **reliable**: one reply or an error (RemoteRequestError, RequestStreamClosedError
+ *   when the connection closes first, or the signal's reason).
+ *
+ * Who is who, without trusting the network (docs in README, Raft section):
+ * 1. A dialer opens a libp2p stream (`DIRECT_HELLO_PROTOCOL`) to the peer, authenticated by Noise
+ *    inside the private network, and sends the SHA-256 fingerprint of its own certificate (a fresh
+ *    self-signed Ed25519 one per start, naming its peer id, direct-cert.ts). The listener registers
+ *    it as that stream's peer's, and answers with its TLS port and its certificate's fingerprint.
+ * 2. The dialer connects to the IP of its libp2p connection to the peer and that port, with mutual
+ *    TLS 1.3, and goes on only if the listener's certificate has the fingerprint it was told.
+ * 3. The listener reads nothing from a connection until its certificate has the fingerprint the peer
+ *    it names registered; then every message read there is handed up as from that peer id, exactly
+ *    as libp2p hands up the peer id of a stream, so every check above (Raft membership, sender,
+ *    signatures) applies as before.
+ */
+export class DirectMessenger {
+  private readonly msgChannels = new Map<string, DirectChannel>()
+  private readonly rpcChannels = new Map<string, DirectChannel>()
+  /** Peer id -> fingerprint of the certificate it registered over libp2p. */
+  private readonly registered = new Map<string, Uint8Array>()
+  /** Open inbound direct connections, per `${kind} ${peer}`, oldest first. */
+  private readonly inbound = new Map<string, TLSSocket[]>()
+  private readonly budget: PartialBudget
+  private messageHandler: MessageHandler = () => {}
+  private requestHandler?: RequestHandler
+  private server?: Server
+  private cert?: DirectCertificate
+  private endpoint?: DirectEndpoint
+  private stopped = false
+  private readonly own = newDirectStats()
+
+  constructor(private readonly init: DirectMessengerInit) {
+    const frame = init.chunking?.maxFrameBytes ?? init.maxMessageBytes
+    this.budget = new PartialBudget({
+      maxBytes: init.maxPartialBytesPerPeer ?? init.maxMessageBytes + 2 * (frame + 4),
+      maxMessages: init.maxPartialMessagesPerPeer ?? 2,
+    })
+  }
+
+  private readonly now = (): number => (this.init.clock ?? systemClock).now()
+
+  /**
+   * Counters of both paths: the libp2p path's (`sent`, `received`, `badFrames`, `overBudget`, ...
+   * summed with the direct path's) and the direct path's own (`direct*`).
+   */
+  get stats(): StreamMessenger['stats'] & DirectStats {
+    const f = this.init.fallback.stats
+    const o = this.own
+    return {
+      ...f,
+      ...o,
+      sent: f.sent + o.directSent,
+      sentBytes: f.sentBytes + o.directSentBytes,
+      received: f.received + o.directReceived,
+      receivedBytes: f.receivedBytes + o.directReceivedBytes,
+      dropped: f.dropped + o.directDropped,
+      badFrames: f.badFrames + o.badFrames,
+      overBudget: f.overBudget + o.overBudget,
+    }
+  }
+
+  /** This agent's direct endpoint (port and certificate fingerprint), once listening. */
+  get directEndpoint(): DirectEndpoint | undefined {
+    return this.endpoint
+  }
+
+  /** Whether messages to `peer` go over a direct connection now. */
+  directTo(peer: string): boolean {
+    return this.msgChannels.get(peer)?.socket !== undefined
+  }
+
+  onMessage(handler: MessageHandler): void {
+    this.messageHandler = handler
+    this.init.fallback.onMessage(handler)
+  }
+
+  onRequest(handler: RequestHandler): void {
+    this.requestHandler = handler
+    this.init.fallback.onRequest(handler)
+  }
+
+  async start(): Promise<void> {
+    await this.init.fallback.start()
+    const listenHost = this.init.listenHost
+    if (listenHost === undefined) return
+    const cert = createDirectCertificate(this.init.self)
+    const server = createServer({
+      key: cert.key,
+      cert: cert.cert,
+      minVersion: 'TLSv1.3',
+      requestCert: true,
+      // Self-signed certificates: checked against registered fingerprints in `accept`.
+      rejectUnauthorized: false,
+      ALPNProtocols: [DIRECT_MESSAGE_ALPN, DIRECT_REQUEST_ALPN],
+      handshakeTimeout: this.init.connectTimeoutMs ?? 3_000,
+    })
+    server.maxConnections = this.init.maxInboundConnections ?? 256
+    server.on('secureConnection', (socket) => this.accept(socket))
+    server.on('tlsClientError', (err, socket) => {
+      this.own.directHandshakeFailures++
+      this.init.log.debug({ err: err.message, remote: socket.remoteAddress }, 'direct: handshake failed')
+      socket.destroy()
+    })
+    server.on('error', (err) => this.init.log.warn({ err: err.message }, 'direct: listener error'))
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(0, listenHost, () => {
+          server.off('error', reject)
+          resolve()
+        })
+      })
+    } catch (err) {
+      this.init.log.warn(
+        { host: listenHost, err: (err as Error).message },
+        'direct: cannot listen; Raft traffic stays on libp2p',
+      )
+      return
+    }
+    const addr = server.address()
+    if (addr === null || typeof addr === 'string') {
+      server.close()
+      return
+    }
+    this.server = server
+    this.cert = cert
+    this.endpoint = { port: addr.port, fingerprint: cert.fingerprint }
+    await this.init.host.handle(
+      DIRECT_HELLO_PROTOCOL,
+      (stream, connection) => this.serveHello(stream, connection),
+      {
+        maxInboundStreams: 4,
+      },
+    )
+    this.init.log.debug({ host: listenHost, port: addr.port }, 'direct: listening')
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return
+    this.stopped = true
+    if (this.server !== undefined) {
+      await this.init.host.unhandle(DIRECT_HELLO_PROTOCOL).catch(() => {})
+      this.server.close()
+    }
+    const closed = new RequestStreamClosedError('stopping')
+    for (const ch of [...this.msgChannels.values(), ...this.rpcChannels.values()]) {
+      ch.socket?.destroy()
+      this.failPending(ch, closed)
+    }
+    for (const sockets of this.inbound.values()) for (const s of sockets) s.destroy()
+    this.msgChannels.clear()
+    this.rpcChannels.clear()
+    this.inbound.clear()
+    await this.init.fallback.stop()
+  }
+
+  /** Best-effort send (see the class). Returns false if the message was dropped right away. */
+  send(to: string, bytes: Uint8Array): boolean {
+    if (this.stopped) return false
+    const socket = this.msgChannels.get(to)?.socket
+    if (socket === undefined) {
+      this.attempt(to, this.msgChannels, DIRECT_MESSAGE_ALPN)
+      return this.init.fallback.send(to, bytes)
+    }
+    if (
+      bytes.length > this.init.maxMessageBytes ||
+      socket.writableLength > (this.init.maxBufferedBytes ?? this.init.maxMessageBytes + (4 << 20))
+    ) {
+      this.own.directDropped++
+      return false
+    }
+    const chunking = this.init.chunking
+    if (chunking === undefined) socket.write(encodeFrame(bytes))
+    else for (const frame of encodeMessageFrames(bytes, chunking.maxFrameBytes)) socket.write(frame)
+    this.own.directSent++
+    this.own.directSentBytes += bytes.length
+    return true
+  }
+
+  /** Reliable request/response (see the class). */
+  async request(to: string, bytes: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    if (this.stopped) throw new RequestStreamClosedError('stopping')
+    const ch = this.rpcChannels.get(to)
+    const socket = ch?.socket
+    if (ch === undefined || socket === undefined) {
+      this.attempt(to, this.rpcChannels, DIRECT_REQUEST_ALPN)
+      return this.init.fallback.request(to, bytes, options)
+    }
+    const signal = options.signal ?? AbortSignal.timeout(10_000)
+    signal.throwIfAborted()
+    ch.nextId = (ch.nextId + 1) >>> 0
+    const id = ch.nextId
+    this.own.directRequests++
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const onAbort = (): void => {
+        ch.pending.delete(id)
+        reject(signal.reason)
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      ch.pending.set(id, {
+        resolve: (reply) => {
+          signal.removeEventListener('abort', onAbort)
+          resolve(reply)
+        },
+        reject: (err) => {
+          signal.removeEventListener('abort', onAbort)
+          reject(err)
+        },
+      })
+      socket.write(encodeMuxFrame(id, MUX_REQUEST, bytes))
+    })
+  }
+
+  // ---- the dialer's side --------------------------------------------------------------------------
+
+  /** Starts setting up the direct connection of this kind to `to`, unless up, under way or backing off. */
+  private attempt(to: string, channels: Map<string, DirectChannel>, alpn: string): void {
+    if (this.cert === undefined || this.stopped) return
+    let ch = channels.get(to)
+    if (ch === undefined) {
+      ch = { connecting: false, failures: 0, retryAt: 0, nextId: 0, pending: new Map() }
+      channels.set(to, ch)
+    }
+    if (ch.socket !== undefined || ch.connecting || this.now() < ch.retryAt) return
+    ch.connecting = true
+    const channel = ch
+    this.connect(to, alpn).then(
+      (socket) => {
+        channel.connecting = false
+        if (this.stopped || channels.get(to) !== channel) {
+          socket.destroy()
+          return
+        }
+        channel.failures = 0
+        this.own.directConnects++
+        this.useOutbound(to, channel, socket, alpn)
+      },
+      (err: unknown) => {
+        channel.connecting = false
+        channel.failures++
+        this.own.directConnectFailures++
+        const { minBackoffMs = 1_000, maxBackoffMs = 30_000 } = this.init
+        channel.retryAt = this.now() + Math.min(maxBackoffMs, minBackoffMs * 2 ** (channel.failures - 1))
+        this.init.log.debug(
+          { peer: to, err: (err as Error).message, failures: channel.failures },
+          'direct: cannot connect; libp2p carries this peer for now',
+        )
+      },
+    )
+  }
+
+  /** The hello over libp2p, then the TLS connection it announced, checked (see the class). */
+  private async connect(to: string, alpn: string): Promise<TLSSocket> {
+    const cert = this.cert!
+    const signal = AbortSignal.timeout(this.init.connectTimeoutMs ?? 3_000)
+    const connection = await this.init.host.dial(peerIdFromString(to), { signal })
+    const ip = remoteIp(connection.remoteAddr)
+    if (ip === undefined) throw new DirectConnectError(`no IP in ${connection.remoteAddr.toString()}`)
+    const stream = await connection.newStream(DIRECT_HELLO_PROTOCOL, { signal })
+    let endpoint: DirectEndpoint | undefined
+    try {
+      stream.send(encodeFrame(encodeHelloRequest(cert.fingerprint)))
+      const [reply] = await readFrames(stream, HELLO_REPLY_BYTES, 1, signal)
+      endpoint = reply === undefined ? undefined : decodeHelloReply(reply)
+    } finally {
+      await stream.close({ signal }).catch(() => stream.abort(new Error('close failed')))
+    }
+    if (endpoint === undefined) throw new DirectConnectError('no valid hello reply')
+    const socket = await tlsConnect(ip, endpoint.port, cert, alpn, signal)
+    const presented = socket.getPeerX509Certificate()
+    if (
+      presented === undefined ||
+      !sameFingerprint(certificateFingerprint(presented.raw), endpoint.fingerprint) ||
+      socket.alpnProtocol !== alpn
+    ) {
+      socket.destroy()
+      throw new DirectConnectError(
+        'the listener presented another certificate than the one its peer announced',
+      )
+    }
+    return socket
+  }
+
+  private useOutbound(to: string, ch: DirectChannel, socket: TLSSocket, alpn: string): void {
+    socket.setNoDelay(true)
+    ch.socket = socket
+    socket.on('error', (err) =>
+      this.init.log.debug({ peer: to, err: err.message }, 'direct: connection error'),
+    )
+    socket.on('close', () => {
+      if (ch.socket === socket) {
+        ch.socket = undefined
+        ch.retryAt = this.now() + (this.init.minBackoffMs ?? 1_000)
+      }
+      this.failPending(ch, new RequestStreamClosedError('direct connection closed before the reply'))
+    })
+    if (alpn === DIRECT_MESSAGE_ALPN) {
+      // The listener never writes on a message connection.
+      socket.on('data', () => {
+        this.own.badFrames++
+        socket.destroy()
+      })
+      return
+    }
+    const frames = new FrameDecoder((this.init.maxRequestBytes ?? 8 << 20) + MUX_HEADER_BYTES)
+    socket.on('data', (data: Buffer) => {
+      let batch: Uint8Array[]
+      try {
+        batch = frames.push(data)
+      } catch (err) {
+        this.own.badFrames++
+        this.init.log.debug({ peer: to, err: (err as Error).message }, 'direct: bad reply frame; closing')
+        socket.destroy()
+        return
+      }
+      for (const f of batch) {
+        const head = parseMuxHeader(f)
+        if (head === undefined || head.kind === MUX_REQUEST) {
+          this.own.badFrames++
+          continue
+        }
+        const p = ch.pending.get(head.id)
+        if (p === undefined) continue // its caller gave up
+        ch.pending.delete(head.id)
+        const payload = f.subarray(MUX_HEADER_BYTES)
+        if (head.kind === MUX_REPLY) p.resolve(payload)
+        else p.reject(new RemoteRequestError(decoder.decode(payload)))
+      }
+    })
+  }
+
+  private failPending(ch: DirectChannel, err: Error): void {
+    const pending = [...ch.pending.values()]
+    ch.pending.clear()
+    for (const p of pending) p.reject(err)
+  }
+
+  // ---- the listener's side ------------------------------------------------------------------------
+
+  /** A peer's hello over libp2p: registers its certificate, answers with this endpoint. */
+  private async serveHello(stream: Stream, connection: Connection): Promise<void> {
+    const from = connection.remotePeer.toString()
+    const signal = AbortSignal.timeout(this.init.connectTimeoutMs ?? 3_000)
+    try {
+      const [req] = await readFrames(stream, HELLO_REQUEST_BYTES, 1, signal)
+      const fingerprint = req === undefined ? undefined : decodeHelloRequest(req)
+      const endpoint = this.endpoint
+      if (fingerprint === undefined || endpoint === undefined || this.stopped) {
+        this.own.helloRefused++
+        stream.abort(new DirectConnectError('bad hello'))
+        return
+      }
+      this.registered.delete(from) // re-inserted last: the oldest registration goes first
+      this.registered.set(from, fingerprint)
+      const max = this.init.maxRegisteredPeers ?? 1024
+      for (const peer of this.registered.keys()) {
+        if (this.registered.size <= max) break
+        this.registered.delete(peer)
+      }
+      stream.send(encodeFrame(encodeHelloReply(endpoint)))
+      await stream.close({ signal })
+    } catch (err) {
+      this.own.helloRefused++
+      this.init.log.debug({ peer: from, err: (err as Error).message }, 'direct: hello failed')
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+
+  /**
+   * A TLS connection, handshake done: closed unless its certificate is the one the peer it names
+   * registered (nothing is read before), else served as that peer's.
+   */
+  private accept(socket: TLSSocket): void {
+    socket.on('error', (err) => this.init.log.debug({ err: err.message }, 'direct: inbound connection error'))
+    const presented = socket.getPeerX509Certificate()
+    const peer = presented === undefined ? undefined : claimedPeerId(presented)
+    const registered = peer === undefined ? undefined : this.registered.get(peer)
+    const alpn = socket.alpnProtocol
+    if (
+      this.stopped ||
+      presented === undefined ||
+      peer === undefined ||
+      registered === undefined ||
+      !sameFingerprint(certificateFingerprint(presented.raw), registered) ||
+      (alpn !== DIRECT_MESSAGE_ALPN && alpn !== DIRECT_REQUEST_ALPN)
+    ) {
+      this.own.directRejected++
+      this.init.log.debug(
+        { remote: socket.remoteAddress, claimed: peer },
+        'direct: connection without a registered certificate; closed',
+      )
+      socket.destroy()
+      return
+    }
+    socket.setNoDelay(true)
+    const key = `${alpn} ${peer}`
+    const open = this.inbound.get(key) ?? []
+    open.push(socket)
+    this.inbound.set(key, open)
+    while (open.length > (this.init.maxInboundPerPeer ?? 2)) open.shift()?.destroy()
+    socket.on('close', () => {
+      const i = open.indexOf(socket)
+      if (i >= 0) open.splice(i, 1)
+      if (open.length === 0 && this.inbound.get(key) === open) this.inbound.delete(key)
+    })
+    if (alpn === DIRECT_MESSAGE_ALPN) this.readMessages(socket, peer)
+    else this.serveRequests(socket, peer)
+  }
+
+  /** As StreamMessenger.readMessages, on a direct connection. */
+  private readMessages(socket: TLSSocket, from: string): void {
+    const { chunking, maxMessageBytes } = this.init
+    const reader = new MessageStreamReader(from, this.budget, {
+      maxMessageBytes,
+      ...(chunking !== undefined ? { maxFrameBytes: chunking.maxFrameBytes } : {}),
+    })
+    socket.on('close', () => reader.release())
+    socket.on('data', (data: Buffer) => {
+      if (this.stopped) return
+      let messages: Uint8Array[]
+      try {
+        messages = reader.push(data)
+      } catch (err) {
+        this.own[err instanceof PartialBudgetExceededError ? 'overBudget' : 'badFrames']++
+        this.init.log.debug(
+          { peer: from, err: (err as Error).message },
+          'direct: bad message stream; closing',
+        )
+        reader.release()
+        socket.destroy()
+        return
+      }
+      for (const m of messages) {
+        this.own.directReceived++
+        this.own.directReceivedBytes += m.length
+        try {
+          this.messageHandler(from, m)
+        } catch (err) {
+          this.init.log.error({ err, peer: from }, 'message handler threw')
+        }
+      }
+    })
+  }
+
+  /** As StreamMessenger.serveMultiplexed, on a direct connection. */
+  private serveRequests(socket: TLSSocket, from: string): void {
+    const frames = new FrameDecoder((this.init.maxRequestBytes ?? 8 << 20) + MUX_HEADER_BYTES)
+    const max = this.init.maxConcurrentRequests ?? 256
+    const closed = new AbortController()
+    setMaxListeners(max + 1, closed.signal)
+    let inFlight = 0
+    socket.on('close', () => closed.abort(new Error('request connection closed')))
+    const reply = (id: number, kind: number, payload: Uint8Array): void => {
+      if (!socket.destroyed && socket.writable) socket.write(encodeMuxFrame(id, kind, payload))
+    }
+    const serve = async (id: number, req: Uint8Array): Promise<void> => {
+      inFlight++
+      // A listener per request, removed when it ends (see StreamMessenger.serveMultiplexed).
+      const request = new AbortController()
+      const onClosed = (): void => request.abort(closed.signal.reason)
+      closed.signal.addEventListener('abort', onClosed, { once: true })
+      const timeout = AbortSignal.timeout(10_000)
+      const onTimeout = (): void => request.abort(timeout.reason)
+      timeout.addEventListener('abort', onTimeout, { once: true })
+      try {
+        if (closed.signal.aborted) onClosed()
+        reply(id, MUX_REPLY, await this.requestHandler!(from, req, request.signal))
+      } catch (err) {
+        this.init.log.debug({ peer: from, err: (err as Error).message }, 'request failed')
+        reply(id, MUX_ERROR, encoder.encode((err as Error).message ?? String(err)))
+      } finally {
+        closed.signal.removeEventListener('abort', onClosed)
+        timeout.removeEventListener('abort', onTimeout)
+        inFlight--
+      }
+    }
+    socket.on('data', (data: Buffer) => {
+      let batch: Uint8Array[]
+      try {
+        batch = frames.push(data)
+      } catch (err) {
+        this.own.badFrames++
+        this.init.log.debug({ peer: from, err: (err as Error).message }, 'direct: bad request frame; closing')
+        socket.destroy()
+        return
+      }
+      for (const f of batch) {
+        const head = parseMuxHeader(f)
+        if (head === undefined || head.kind !== MUX_REQUEST) {
+          this.own.badFrames++
+          continue
+        }
+        if (this.stopped || this.requestHandler === undefined || inFlight >= max) {
+          reply(head.id, MUX_ERROR, encoder.encode('busy'))
+          continue
+        }
+        void serve(head.id, f.subarray(MUX_HEADER_BYTES))
+      }
+    })
+  }
+}
+
+/**
+ * The IP the direct listener binds: the host of the first IP listen multiaddr (`listen`, the
+ * agent's libp2p listen addresses), else of the first announced one; undefined if none has one.
+ */
+export function directListenHost(
+  listen: readonly string[] | undefined,
+  announced: readonly Multiaddr[],
+): string | undefined {
+  for (const addr of listen ?? []) {
+    try {
+      const ip = remoteIp(multiaddr(addr))
+      if (ip !== undefined) return ip
+    } catch {}
+  }
+  for (const addr of announced) {
+    const ip = remoteIp(addr)
+    if (ip !== undefined) return ip
+  }
+  return undefined
+}
+
+/** The IP of a libp2p connection's remote address (`/ip4/…/tcp/…`), if it has one. */
+export function remoteIp(addr: Multiaddr): string | undefined {
+  for (const c of addr.getComponents()) {
+    if ((c.name === 'ip4' || c.name === 'ip6') && c.value !== undefined && isIP(c.value) !== 0) return c.value
+  }
+  return undefined
+}
+
+/** A mutual-TLS 1.3 connection presenting `cert`, handshake done, within `signal`. */
+function tlsConnect(
+  host: string,
+  port: number,
+  cert: DirectCertificate,
+  alpn: string,
+  signal: AbortSignal,
+): Promise<TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host,
+      port,
+      key: cert.key,
+      cert: cert.cert,
+      minVersion: 'TLSv1.3',
+      // Self-signed: the caller checks the fingerprint the peer announced over libp2p.
+      rejectUnauthorized: false,
+      ALPNProtocols: [alpn],
+    })
+    const fail = (err: Error): void => {
+      signal.removeEventListener('abort', onAbort)
+      socket.destroy()
+      reject(err)
+    }
+    const onAbort = (): void => fail(signal.reason as Error)
+    if (signal.aborted) return onAbort()
+    signal.addEventListener('abort', onAbort, { once: true })
+    socket.once('error', fail)
+    socket.once('secureConnect', () => {
+      signal.removeEventListener('abort', onAbort)
+      socket.off('error', fail)
+      resolve(socket)
+    })
+  })
+}
