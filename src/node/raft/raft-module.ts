@@ -415,6 +415,17 @@ export class RaftModule implements AgentModule {
     })
     run.subscriptions.push(clock.setInterval(() => this.logRefusals(log), REFUSAL_LOG_INTERVAL_MS))
     run.liveness.start()
+    // Direct connections to every voter (and a request connection to the leader) ahead of need:
+    // followers talk to each other only in an election, and a failover must not wait for a
+    // handshake. A peer backing off is left alone.
+    run.subscriptions.push(
+      clock.setInterval(() => {
+        if (this.stopped) return
+        for (const v of node.voters()) if (v !== self) messenger.prepare(v)
+        const leader = node.leader()
+        if (leader !== undefined && leader !== self) messenger.prepare(leader, 'request')
+      }, s.autopilotIntervalMs),
+    )
     await messenger.start()
     node.start()
     log.info(

@@ -232,6 +232,16 @@ export class DirectMessenger {
     return this.msgChannels.get(peer)?.socket !== undefined
   }
 
+  /**
+   * Sets up the direct connection to `peer` ahead of need (its messages, or its requests) unless
+   * it is up, under way or backing off: so that the first messages of an election or the first
+   * write forwarded to a new leader find it ready, without a handshake in their way.
+   */
+  prepare(peer: string, kind: 'message' | 'request' = 'message'): void {
+    if (kind === 'message') this.attempt(peer, this.msgChannels, DIRECT_MESSAGE_ALPN)
+    else this.attempt(peer, this.rpcChannels, DIRECT_REQUEST_ALPN)
+  }
+
   onMessage(handler: MessageHandler): void {
     this.messageHandler = handler
     this.init.fallback.onMessage(handler)
@@ -396,6 +406,7 @@ export class DirectMessenger {
         }
         channel.failures = 0
         this.own.directConnects++
+        this.init.log.debug({ peer: to, alpn }, 'direct: connected')
         this.useOutbound(to, channel, socket, alpn)
       },
       (err: unknown) => {
@@ -405,7 +416,12 @@ export class DirectMessenger {
         const { minBackoffMs = 1_000, maxBackoffMs = 30_000 } = this.init
         channel.retryAt = this.now() + Math.min(maxBackoffMs, minBackoffMs * 2 ** (channel.failures - 1))
         this.init.log.debug(
-          { peer: to, err: (err as Error).message, failures: channel.failures },
+          {
+            peer: to,
+            alpn,
+            err: `${(err as Error).name}: ${(err as Error).message}`,
+            failures: channel.failures,
+          },
           'direct: cannot connect; libp2p carries this peer for now',
         )
       },

@@ -228,6 +228,28 @@ describe('DirectMessenger over real libp2p hosts', () => {
     expect(many).toEqual(Array.from({ length: 10 }, (_, i) => `${A()}:r${i}`))
   })
 
+  it('sets up the direct connection ahead of the first message when asked to', async () => {
+    const d = await mkHost()
+    const md = mkMessenger(d, true)
+    const heard: string[] = []
+    md.onMessage((from, bytes) => heard.push(`${from}:${Buffer.from(bytes).toString()}`))
+    try {
+      await md.start()
+      await a.peerStore.merge(d.peerId, { multiaddrs: d.getMultiaddrs() })
+      const to = d.peerId.toString()
+      ma.prepare(to)
+      await waitFor('the prepared connection', async () => (ma.directTo(to) ? true : undefined), 10_000, 5)
+      expect(heard).toEqual([]) // nothing was sent to set it up
+      ma.send(to, Buffer.from('first'))
+      await waitFor('the first message', async () => (heard.length > 0 ? true : undefined), 10_000, 5)
+      expect(heard).toEqual([`${A()}:first`])
+      expect(md.stats.directReceived).toBe(1) // over the direct path from the start
+    } finally {
+      await md.stop()
+      await d.stop()
+    }
+  })
+
   it('falls back to libp2p for a peer without a direct listener, and backs off', async () => {
     for (let i = 0; i < 3; i++) ma.send(c.peerId.toString(), Buffer.from(`c${i}`))
     await waitFor('c got 3', async () => (gotC.length >= 3 ? true : undefined), 10_000, 5)
