@@ -1,19 +1,14 @@
 import { setMaxListeners } from 'node:events'
 import { isIP } from 'node:net'
-import { connect, createServer, type Server, type TLSSocket } from 'node:tls'
+import type { TLSSocket } from 'node:tls'
 import type { Connection, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import { type Clock, systemClock } from '../../common/clock.ts'
 import { PeermeshError } from '../../common/errors.ts'
-import {
-  certificateFingerprint,
-  claimedPeerId,
-  createDirectCertificate,
-  type DirectCertificate,
-  sameFingerprint,
-} from './direct-cert.ts'
+import { lazyModule } from '../../common/lazy-module.ts'
+import { certificateFingerprint, claimedPeerId, sameFingerprint } from './direct-cert.ts'
 import {
   DIRECT_HELLO_PROTOCOL,
   type DirectEndpoint,
@@ -35,6 +30,7 @@ import {
   parseMuxHeader,
   readFrames,
 } from './frames.ts'
+import type { DirectListener } from './direct-tls.ts'
 import type { Host } from './host.ts'
 import {
   encodeMessageFrames,
@@ -106,6 +102,9 @@ export interface DirectMessengerInit {
   maxInboundConnections?: number
   clock?: Clock
 }
+
+/** The TLS code, loaded with the first direct connection (a chunk of its own in the build). */
+const directTls = lazyModule(() => import('./direct-tls.ts'))
 
 interface PendingRequest {
   resolve: (reply: Uint8Array) => void
@@ -186,9 +185,10 @@ export class DirectMessenger {
   private readonly budget: PartialBudget
   private messageHandler: MessageHandler = () => {}
   private requestHandler?: RequestHandler
-  private server?: Server
-  private cert?: DirectCertificate
-  private endpoint?: DirectEndpoint
+  /** The TLS listener, once opened (on the first direct connection either way). */
+  private listening?: Promise<DirectListener | undefined>
+  private listener?: DirectListener
+  private listenFailed = false
   private stopped = false
   private readonly own = newDirectStats()
 
@@ -224,7 +224,7 @@ export class DirectMessenger {
 
   /** This agent's direct endpoint (port and certificate fingerprint), once listening. */
   get directEndpoint(): DirectEndpoint | undefined {
-    return this.endpoint
+    return this.listener?.endpoint
   }
 
   /** Whether messages to `peer` go over a direct connection now. */
@@ -254,67 +254,68 @@ export class DirectMessenger {
 
   async start(): Promise<void> {
     await this.init.fallback.start()
-    const listenHost = this.init.listenHost
-    if (listenHost === undefined) return
-    const cert = createDirectCertificate(this.init.self)
-    const server = createServer({
-      key: cert.key,
-      cert: cert.cert,
-      minVersion: 'TLSv1.3',
-      requestCert: true,
-      // Self-signed certificates: checked against registered fingerprints in `accept`.
-      rejectUnauthorized: false,
-      ALPNProtocols: [DIRECT_MESSAGE_ALPN, DIRECT_REQUEST_ALPN],
-      handshakeTimeout: this.init.connectTimeoutMs ?? 3_000,
+    if (this.init.listenHost === undefined) return
+    await this.init.host.handle(
+      DIRECT_HELLO_PROTOCOL,
+      (stream, connection) => this.serveHello(stream, connection),
+      { maxInboundStreams: 4 },
+    )
+  }
+
+  /** The TLS listener, opened once (undefined when it cannot be, or after stop). */
+  private listen(): Promise<DirectListener | undefined> {
+    this.listening ??= this.openListener(this.init.listenHost!).then((l) => {
+      if (l === undefined) this.listenFailed = true
+      else this.listener = l
+      return l
     })
-    server.maxConnections = this.init.maxInboundConnections ?? 256
-    server.on('secureConnection', (socket) => this.accept(socket))
-    server.on('tlsClientError', (err, socket) => {
-      this.own.directHandshakeFailures++
-      this.init.log.debug({ err: err.message, remote: socket.remoteAddress }, 'direct: handshake failed')
-      socket.destroy()
-    })
-    server.on('error', (err) => this.init.log.warn({ err: err.message }, 'direct: listener error'))
+    return this.listening
+  }
+
+  /**
+   * Loads the TLS code (node:tls), makes this run's certificate and listens. Not at start: an
+   * agent that exchanges no Raft messages (and runs no sidecar) never loads TLS.
+   */
+  private async openListener(listenHost: string): Promise<DirectListener | undefined> {
+    let listener: DirectListener
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject)
-        server.listen(0, listenHost, () => {
-          server.off('error', reject)
-          resolve()
-        })
+      const tls = await directTls.load()
+      if (this.stopped) return undefined
+      listener = await tls.listenDirect({
+        self: this.init.self,
+        host: listenHost,
+        alpn: [DIRECT_MESSAGE_ALPN, DIRECT_REQUEST_ALPN],
+        handshakeTimeoutMs: this.init.connectTimeoutMs ?? 3_000,
+        maxConnections: this.init.maxInboundConnections ?? 256,
+        onConnection: (socket) => this.accept(socket),
+        onHandshakeError: (err, socket) => {
+          this.own.directHandshakeFailures++
+          this.init.log.debug({ err: err.message, remote: socket.remoteAddress }, 'direct: handshake failed')
+        },
+        onError: (err) => this.init.log.warn({ err: err.message }, 'direct: listener error'),
       })
     } catch (err) {
       this.init.log.warn(
         { host: listenHost, err: (err as Error).message },
         'direct: cannot listen; Raft traffic stays on libp2p',
       )
-      return
+      return undefined
     }
-    const addr = server.address()
-    if (addr === null || typeof addr === 'string') {
-      server.close()
-      return
+    if (this.stopped) {
+      listener.server.close()
+      return undefined
     }
-    this.server = server
-    this.cert = cert
-    this.endpoint = { port: addr.port, fingerprint: cert.fingerprint }
-    await this.init.host.handle(
-      DIRECT_HELLO_PROTOCOL,
-      (stream, connection) => this.serveHello(stream, connection),
-      {
-        maxInboundStreams: 4,
-      },
-    )
-    this.init.log.debug({ host: listenHost, port: addr.port }, 'direct: listening')
+    this.init.log.debug({ host: listenHost, port: listener.endpoint.port }, 'direct: listening')
+    return listener
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return
     this.stopped = true
-    if (this.server !== undefined) {
+    if (this.init.listenHost !== undefined) {
       await this.init.host.unhandle(DIRECT_HELLO_PROTOCOL).catch(() => {})
-      this.server.close()
     }
+    ;(await this.listening)?.server.close()
     const closed = new RequestStreamClosedError('stopping')
     for (const ch of [...this.msgChannels.values(), ...this.rpcChannels.values()]) {
       ch.socket?.destroy()
@@ -388,7 +389,7 @@ export class DirectMessenger {
 
   /** Starts setting up the direct connection of this kind to `to`, unless up, under way or backing off. */
   private attempt(to: string, channels: Map<string, DirectChannel>, alpn: string): void {
-    if (this.cert === undefined || this.stopped) return
+    if (this.init.listenHost === undefined || this.listenFailed || this.stopped) return
     let ch = channels.get(to)
     if (ch === undefined) {
       ch = { connecting: false, failures: 0, retryAt: 0, nextId: 0, pending: new Map() }
@@ -430,7 +431,8 @@ export class DirectMessenger {
 
   /** The hello over libp2p, then the TLS connection it announced, checked (see the class). */
   private async connect(to: string, alpn: string): Promise<TLSSocket> {
-    const cert = this.cert!
+    const listener = await this.listen()
+    if (listener === undefined) throw new DirectConnectError('no direct listener here')
     const signal = AbortSignal.timeout(this.init.connectTimeoutMs ?? 3_000)
     const connection = await this.init.host.dial(peerIdFromString(to), { signal })
     const ip = remoteIp(connection.remoteAddr)
@@ -438,14 +440,14 @@ export class DirectMessenger {
     const stream = await connection.newStream(DIRECT_HELLO_PROTOCOL, { signal })
     let endpoint: DirectEndpoint | undefined
     try {
-      stream.send(encodeFrame(encodeHelloRequest(cert.fingerprint)))
+      stream.send(encodeFrame(encodeHelloRequest(listener.cert.fingerprint)))
       const [reply] = await readFrames(stream, HELLO_REPLY_BYTES, 1, signal)
       endpoint = reply === undefined ? undefined : decodeHelloReply(reply)
     } finally {
       await stream.close({ signal }).catch(() => stream.abort(new Error('close failed')))
     }
     if (endpoint === undefined) throw new DirectConnectError('no valid hello reply')
-    const socket = await tlsConnect(ip, endpoint.port, cert, alpn, signal)
+    const socket = await (await directTls.load()).connectDirect(listener, ip, endpoint.port, alpn, signal)
     const presented = socket.getPeerX509Certificate()
     if (
       presented === undefined ||
@@ -523,7 +525,7 @@ export class DirectMessenger {
     try {
       const [req] = await readFrames(stream, HELLO_REQUEST_BYTES, 1, signal)
       const fingerprint = req === undefined ? undefined : decodeHelloRequest(req)
-      const endpoint = this.endpoint
+      const endpoint = fingerprint === undefined ? undefined : (await this.listen())?.endpoint
       if (fingerprint === undefined || endpoint === undefined || this.stopped) {
         this.own.helloRefused++
         stream.abort(new DirectConnectError('bad hello'))
@@ -706,40 +708,4 @@ export function remoteIp(addr: Multiaddr): string | undefined {
     if ((c.name === 'ip4' || c.name === 'ip6') && c.value !== undefined && isIP(c.value) !== 0) return c.value
   }
   return undefined
-}
-
-/** A mutual-TLS 1.3 connection presenting `cert`, handshake done, within `signal`. */
-function tlsConnect(
-  host: string,
-  port: number,
-  cert: DirectCertificate,
-  alpn: string,
-  signal: AbortSignal,
-): Promise<TLSSocket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({
-      host,
-      port,
-      key: cert.key,
-      cert: cert.cert,
-      minVersion: 'TLSv1.3',
-      // Self-signed: the caller checks the fingerprint the peer announced over libp2p.
-      rejectUnauthorized: false,
-      ALPNProtocols: [alpn],
-    })
-    const fail = (err: Error): void => {
-      signal.removeEventListener('abort', onAbort)
-      socket.destroy()
-      reject(err)
-    }
-    const onAbort = (): void => fail(signal.reason as Error)
-    if (signal.aborted) return onAbort()
-    signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('error', fail)
-    socket.once('secureConnect', () => {
-      signal.removeEventListener('abort', onAbort)
-      socket.off('error', fail)
-      resolve(socket)
-    })
-  })
 }
