@@ -331,7 +331,7 @@ export class DirectMessenger {
   /** Best-effort send (see the class). Returns false if the message was dropped right away. */
   send(to: string, bytes: Uint8Array): boolean {
     if (this.stopped) return false
-    const socket = this.msgChannels.get(to)?.socket
+    const socket = writable(this.msgChannels.get(to)?.socket)
     if (socket === undefined) {
       this.attempt(to, this.msgChannels, DIRECT_MESSAGE_ALPN)
       return this.init.fallback.send(to, bytes)
@@ -355,7 +355,7 @@ export class DirectMessenger {
   async request(to: string, bytes: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
     if (this.stopped) throw new RequestStreamClosedError('stopping')
     const ch = this.rpcChannels.get(to)
-    const socket = ch?.socket
+    const socket = writable(ch?.socket)
     if (ch === undefined || socket === undefined) {
       this.attempt(to, this.rpcChannels, DIRECT_REQUEST_ALPN)
       return this.init.fallback.request(to, bytes, options)
@@ -679,6 +679,11 @@ export class DirectMessenger {
       }
     })
   }
+}
+
+/** `socket` if it can still be written to (its close may not have been told yet). */
+function writable(socket: TLSSocket | undefined): TLSSocket | undefined {
+  return socket !== undefined && !socket.destroyed && socket.writable ? socket : undefined
 }
 
 /**
