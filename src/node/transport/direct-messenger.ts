@@ -137,6 +137,11 @@ function newDirectStats() {
     directConnects: 0,
     /** Attempts that failed (the peer then goes over libp2p for a while). */
     directConnectFailures: 0,
+    /**
+     * Inbound TCP connections closed before their TLS handshake: from an address no registered
+     * peer's hello came from.
+     */
+    directRefused: 0,
     /** Inbound connections closed at once: no certificate, or not the one its peer registered. */
     directRejected: 0,
     /** TLS handshakes that failed on the listener. */
@@ -178,8 +183,16 @@ const decoder = new TextDecoder()
 export class DirectMessenger {
   private readonly msgChannels = new Map<string, DirectChannel>()
   private readonly rpcChannels = new Map<string, DirectChannel>()
-  /** Peer id -> fingerprint of the certificate it registered over libp2p. */
-  private readonly registered = new Map<string, Uint8Array>()
+  /**
+   * Peer id -> the fingerprint of the certificate it registered over libp2p, and the IP its hello
+   * came from.
+   */
+  private readonly registered = new Map<string, { fingerprint: Uint8Array; ip: string }>()
+  /**
+   * Registrations per IP: the listener accepts TCP connections only from these, so that a host
+   * without the cluster key (which cannot say hello over libp2p) costs it no TLS handshake.
+   */
+  private readonly helloIps = new Map<string, number>()
   /** Open inbound direct connections, per `${kind} ${peer}`, oldest first. */
   private readonly inbound = new Map<string, TLSSocket[]>()
   private readonly budget: PartialBudget
@@ -287,6 +300,7 @@ export class DirectMessenger {
         alpn: [DIRECT_MESSAGE_ALPN, DIRECT_REQUEST_ALPN],
         handshakeTimeoutMs: this.init.connectTimeoutMs ?? 3_000,
         maxConnections: this.init.maxInboundConnections ?? 256,
+        admits: (address) => this.admits(address),
         onConnection: (socket) => this.accept(socket),
         onHandshakeError: (err, socket) => {
           this.own.directHandshakeFailures++
@@ -531,12 +545,19 @@ export class DirectMessenger {
         stream.abort(new DirectConnectError('bad hello'))
         return
       }
-      this.registered.delete(from) // re-inserted last: the oldest registration goes first
-      this.registered.set(from, fingerprint)
+      const ip = remoteIp(connection.remoteAddr)
+      if (ip === undefined) {
+        this.own.helloRefused++
+        stream.abort(new DirectConnectError('hello over a connection without an IP'))
+        return
+      }
+      this.forget(from) // re-inserted last: the oldest registration goes first
+      this.registered.set(from, { fingerprint, ip })
+      this.helloIps.set(ip, (this.helloIps.get(ip) ?? 0) + 1)
       const max = this.init.maxRegisteredPeers ?? 1024
       for (const peer of this.registered.keys()) {
         if (this.registered.size <= max) break
-        this.registered.delete(peer)
+        this.forget(peer)
       }
       stream.send(encodeFrame(encodeHelloReply(endpoint)))
       await stream.close({ signal })
@@ -547,6 +568,24 @@ export class DirectMessenger {
     }
   }
 
+  /** Drops `peer`'s registration (and its IP's share of the listener's allowed addresses). */
+  private forget(peer: string): void {
+    const r = this.registered.get(peer)
+    if (r === undefined) return
+    this.registered.delete(peer)
+    const n = (this.helloIps.get(r.ip) ?? 1) - 1
+    if (n <= 0) this.helloIps.delete(r.ip)
+    else this.helloIps.set(r.ip, n)
+  }
+
+  /** Whether a TCP connection from `address` may start a TLS handshake (see `helloIps`). */
+  private admits(address: string | undefined): boolean {
+    const ip = address?.startsWith('::ffff:') ? address.slice(7) : address
+    if (ip !== undefined && this.helloIps.has(ip)) return true
+    this.own.directRefused++
+    return false
+  }
+
   /**
    * A TLS connection, handshake done: closed unless its certificate is the one the peer it names
    * registered (nothing is read before), else served as that peer's.
@@ -555,7 +594,7 @@ export class DirectMessenger {
     socket.on('error', (err) => this.init.log.debug({ err: err.message }, 'direct: inbound connection error'))
     const presented = socket.getPeerX509Certificate()
     const peer = presented === undefined ? undefined : claimedPeerId(presented)
-    const registered = peer === undefined ? undefined : this.registered.get(peer)
+    const registered = peer === undefined ? undefined : this.registered.get(peer)?.fingerprint
     const alpn = socket.alpnProtocol
     if (
       this.stopped ||

@@ -6,6 +6,7 @@ import {
   type Server,
   type TLSSocket,
 } from 'node:tls'
+import type { Socket } from 'node:net'
 import { createDirectCertificate, type DirectCertificate } from './direct-cert.ts'
 import type { DirectEndpoint } from './direct-hello.ts'
 
@@ -30,6 +31,8 @@ export interface DirectListenOptions {
   alpn: string[]
   handshakeTimeoutMs: number
   maxConnections: number
+  /** Whether a TCP connection from this address may go on to its TLS handshake. */
+  admits: (remoteAddress: string | undefined) => boolean
   /** A connection whose handshake is done; nothing has been read from it. */
   onConnection: (socket: TLSSocket) => void
   /** A failed handshake (the socket is destroyed after). */
@@ -55,6 +58,10 @@ export async function listenDirect(o: DirectListenOptions): Promise<DirectListen
     handshakeTimeout: o.handshakeTimeoutMs,
   })
   server.maxConnections = o.maxConnections
+  // Before any TLS work: the handshake needs the client's first flight, which comes later.
+  server.on('connection', (socket: Socket) => {
+    if (!o.admits(socket.remoteAddress)) socket.destroy()
+  })
   server.on('secureConnection', o.onConnection)
   server.on('tlsClientError', (err, socket) => {
     o.onHandshakeError(err, socket)

@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto'
 import { connect, createServer, type Server, type TLSSocket } from 'node:tls'
+import { connect as netConnect } from 'node:net'
 import { peerIdFromString } from '@libp2p/peer-id'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -282,6 +283,33 @@ describe('DirectMessenger over real libp2p hosts', () => {
       await waitFor('a still reaches b', async () => (got.length > n ? true : undefined), 10_000, 5)
       expect(got.at(-1)).toEqual([A(), `alive${n}`])
     }
+
+    it('closes a TCP connection from an address no peer said hello from, before any TLS', async () => {
+      // 127.0.0.2 is this machine too, but no libp2p connection that said hello came from it.
+      const refused = mb.stats.directRefused
+      const handshakes = mb.stats.directRejected
+      const s = netConnect({ host: '127.0.0.1', port: port(), localAddress: '127.0.0.2' })
+      s.on('error', () => {})
+      s.write(bait('no-hello'))
+      await new Promise<void>((resolve) => s.once('close', () => resolve()))
+      expect(mb.stats.directRefused).toBe(refused + 1)
+      expect(mb.stats.directRejected).toBe(handshakes) // never got as far as a certificate
+      expect(texts()).not.toContain('no-hello')
+      // A TLS client from there fails its handshake: the server never answers its hello.
+      await expect(
+        new Promise((resolve, reject) => {
+          const t = connect({
+            socket: netConnect({ host: '127.0.0.1', port: port(), localAddress: '127.0.0.2' }),
+            rejectUnauthorized: false,
+            ALPNProtocols: [DIRECT_MESSAGE_ALPN],
+          })
+          t.once('secureConnect', () => resolve(t))
+          t.once('error', reject)
+        }),
+      ).rejects.toThrow()
+      expect(mb.stats.directRefused).toBe(refused + 2)
+      await stillWorks()
+    })
 
     it('closes a TLS client without a certificate, reading nothing', async () => {
       const rejected = mb.stats.directRejected
