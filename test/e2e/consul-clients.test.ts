@@ -108,7 +108,9 @@ describe('Consul clients against an agent (end to end)', () => {
     })
     // The SWIM core's probe timeout is the profile's 200 ms (lan: 75), times the local health
     // multiplier (1 + score) that a busy start may have raised.
-    const probeTimeout = /^peermesh_gossip_probe_timeout_ms (\d+)$/m.exec(await (await get('/metrics')).text())
+    const probeTimeout = /^peermesh_gossip_probe_timeout_ms (\d+)$/m.exec(
+      await (await get('/metrics')).text(),
+    )
     expect(Number(probeTimeout?.[1]) % 200).toBe(0)
     const members = await consul.agent.members()
     expect(members).toEqual([expect.objectContaining({ Name: 'cc1', Addr: '127.0.0.1', Status: 1 })])
