@@ -1,4 +1,3 @@
-import { setMaxListeners } from 'node:events'
 import { isIP } from 'node:net'
 import type { TLSSocket } from 'node:tls'
 import type { Connection, Stream } from '@libp2p/interface'
@@ -23,7 +22,6 @@ import {
   encodeFrame,
   encodeMuxFrame,
   FrameDecoder,
-  MUX_ERROR,
   MUX_HEADER_BYTES,
   MUX_REPLY,
   MUX_REQUEST,
@@ -32,6 +30,7 @@ import {
 } from './frames.ts'
 import type { DirectListener } from './direct-tls.ts'
 import type { Host } from './host.ts'
+import { MuxServer } from './mux-server.ts'
 import {
   encodeMessageFrames,
   MessageStreamReader,
@@ -155,7 +154,7 @@ function newDirectStats() {
 
 export type DirectStats = ReturnType<typeof newDirectStats>
 
-const encoder = new TextEncoder()
+const _encoder = new TextEncoder()
 const decoder = new TextDecoder()
 
 /**
@@ -497,17 +496,7 @@ export class DirectMessenger {
       })
       return
     }
-    const frames = new FrameDecoder((this.init.maxRequestBytes ?? 8 << 20) + MUX_HEADER_BYTES)
-    socket.on('data', (data: Buffer) => {
-      let batch: Uint8Array[]
-      try {
-        batch = frames.push(data)
-      } catch (err) {
-        this.own.badFrames++
-        this.init.log.debug({ peer: to, err: (err as Error).message }, 'direct: bad reply frame; closing')
-        socket.destroy()
-        return
-      }
+    this.onMuxFrames(socket, to, 'reply', (batch) => {
       for (const f of batch) {
         const head = parseMuxHeader(f)
         if (head === undefined || head.kind === MUX_REQUEST) {
@@ -664,58 +653,43 @@ export class DirectMessenger {
 
   /** As StreamMessenger.serveMultiplexed, on a direct connection. */
   private serveRequests(socket: TLSSocket, from: string): void {
+    const server = new MuxServer({
+      from,
+      maxConcurrent: this.init.maxConcurrentRequests ?? 256,
+      handler: () => this.requestHandler,
+      refusing: () => this.stopped,
+      write: (frame) => {
+        if (!socket.destroyed && socket.writable) socket.write(frame)
+      },
+      onBadFrame: () => this.own.badFrames++,
+      log: this.init.log,
+    })
+    socket.on('close', () => server.close(new Error('request connection closed')))
+    this.onMuxFrames(socket, from, 'request', (frames) => server.receive(frames))
+  }
+
+  /**
+   * Multiplexed frames read from a direct connection, in batches; a connection that breaks the
+   * framing (oversize, malformed) is closed.
+   */
+  private onMuxFrames(
+    socket: TLSSocket,
+    peer: string,
+    what: 'request' | 'reply',
+    onBatch: (frames: Uint8Array[]) => void,
+  ): void {
     const frames = new FrameDecoder((this.init.maxRequestBytes ?? 8 << 20) + MUX_HEADER_BYTES)
-    const max = this.init.maxConcurrentRequests ?? 256
-    const closed = new AbortController()
-    setMaxListeners(max + 1, closed.signal)
-    let inFlight = 0
-    socket.on('close', () => closed.abort(new Error('request connection closed')))
-    const reply = (id: number, kind: number, payload: Uint8Array): void => {
-      if (!socket.destroyed && socket.writable) socket.write(encodeMuxFrame(id, kind, payload))
-    }
-    const serve = async (id: number, req: Uint8Array): Promise<void> => {
-      inFlight++
-      // A listener per request, removed when it ends (see StreamMessenger.serveMultiplexed).
-      const request = new AbortController()
-      const onClosed = (): void => request.abort(closed.signal.reason)
-      closed.signal.addEventListener('abort', onClosed, { once: true })
-      const timeout = AbortSignal.timeout(10_000)
-      const onTimeout = (): void => request.abort(timeout.reason)
-      timeout.addEventListener('abort', onTimeout, { once: true })
-      try {
-        if (closed.signal.aborted) onClosed()
-        reply(id, MUX_REPLY, await this.requestHandler!(from, req, request.signal))
-      } catch (err) {
-        this.init.log.debug({ peer: from, err: (err as Error).message }, 'request failed')
-        reply(id, MUX_ERROR, encoder.encode((err as Error).message ?? String(err)))
-      } finally {
-        closed.signal.removeEventListener('abort', onClosed)
-        timeout.removeEventListener('abort', onTimeout)
-        inFlight--
-      }
-    }
     socket.on('data', (data: Buffer) => {
       let batch: Uint8Array[]
       try {
         batch = frames.push(data)
       } catch (err) {
         this.own.badFrames++
-        this.init.log.debug({ peer: from, err: (err as Error).message }, 'direct: bad request frame; closing')
+        this.init.log.debug({ peer, err: (err as Error).message }, `direct: bad ${what} frame; closing`)
         socket.destroy()
         return
       }
-      for (const f of batch) {
-        const head = parseMuxHeader(f)
-        if (head === undefined || head.kind !== MUX_REQUEST) {
-          this.own.badFrames++
-          continue
-        }
-        if (this.stopped || this.requestHandler === undefined || inFlight >= max) {
-          reply(head.id, MUX_ERROR, encoder.encode('busy'))
-          continue
-        }
-        void serve(head.id, f.subarray(MUX_HEADER_BYTES))
-      }
+      onBatch(batch)
     })
   }
 }

@@ -1,4 +1,3 @@
-import { setMaxListeners } from 'node:events'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { systemClock } from '../../common/clock.ts'
@@ -7,13 +6,13 @@ import {
   encodeFrame,
   encodeMuxFrame,
   FrameDecoder,
-  MUX_ERROR,
   MUX_HEADER_BYTES,
   MUX_REPLY,
   MUX_REQUEST,
   parseMuxHeader,
   readFrames,
 } from './frames.ts'
+import { MuxServer } from './mux-server.ts'
 import type { StreamMessengerInit } from './stream-messenger-init.ts'
 import {
   encodeMessageFrames,
@@ -300,58 +299,22 @@ export class StreamMessenger {
   private serveMultiplexed(stream: Stream, connection: Connection): void {
     const from = connection.remotePeer.toString()
     const decoder = new FrameDecoder(this.init.maxRequestBytes ?? 8 << 20)
-    const max = this.init.maxConcurrentRequests ?? 256
-    const closed = new AbortController()
-    // One listener per request in flight (see `serve`), up to `max`: not a listener leak.
-    setMaxListeners(max + 1, closed.signal)
-    let inFlight = 0
+    const server = new MuxServer({
+      from,
+      maxConcurrent: this.init.maxConcurrentRequests ?? 256,
+      handler: () => this.requestHandler,
+      write: (frame) => {
+        if (stream.status === 'open' && stream.writeStatus === 'writable') stream.send(frame)
+      },
+      onBadFrame: () => this.stats.badFrames++,
+      log: this.init.log,
+    })
     this.inbound.add(stream)
     stream.addEventListener('close', () => {
       this.inbound.delete(stream)
-      closed.abort(new Error('request stream closed'))
+      server.close(new Error('request stream closed'))
     })
-    const reply = (id: number, kind: number, payload: Uint8Array): void => {
-      if (stream.status === 'open' && stream.writeStatus === 'writable') {
-        stream.send(encodeMuxFrame(id, kind, payload))
-      }
-    }
-    const serve = async (id: number, req: Uint8Array): Promise<void> => {
-      inFlight++
-      // Not `AbortSignal.any([closed.signal, ...])`: on Node 20 every signal combined with a
-      // long-lived one stays referenced from it (nodejs/node#55351), one per request for as long
-      // as the stream lives. A listener removed when the request ends holds nothing afterwards.
-      const request = new AbortController()
-      const onClosed = (): void => request.abort(closed.signal.reason)
-      closed.signal.addEventListener('abort', onClosed, { once: true })
-      const timeout = AbortSignal.timeout(10_000)
-      const onTimeout = (): void => request.abort(timeout.reason)
-      timeout.addEventListener('abort', onTimeout, { once: true })
-      try {
-        if (closed.signal.aborted) onClosed()
-        reply(id, MUX_REPLY, await this.requestHandler!(from, req, request.signal))
-      } catch (err) {
-        this.init.log.debug({ peer: from, err: (err as Error).message }, 'request failed')
-        reply(id, MUX_ERROR, new TextEncoder().encode((err as Error).message ?? String(err)))
-      } finally {
-        closed.signal.removeEventListener('abort', onClosed)
-        timeout.removeEventListener('abort', onTimeout)
-        inFlight--
-      }
-    }
-    this.onFrames(stream, decoder, from, (frames) => {
-      for (const f of frames) {
-        const head = parseMuxHeader(f)
-        if (head === undefined || head.kind !== MUX_REQUEST) {
-          this.stats.badFrames++
-          continue
-        }
-        if (this.requestHandler === undefined || inFlight >= max) {
-          reply(head.id, MUX_ERROR, new TextEncoder().encode('busy'))
-          continue
-        }
-        void serve(head.id, f.subarray(MUX_HEADER_BYTES))
-      }
-    })
+    this.onFrames(stream, decoder, from, (frames) => server.receive(frames))
   }
 
   /** Drops the cached outbound stream to a peer (e.g. after the peer was declared dead). */
