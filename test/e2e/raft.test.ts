@@ -20,6 +20,27 @@ describe('raft in the agent (end to end, 3 agent processes)', () => {
       )
       expect(await getKv(a, 'greeting', { consistent: true })).toBe('hello')
     }
+    // Raft traffic moves onto the direct TLS connections (docs/ARCHITECTURE.md, libp2p): the
+    // leader's heartbeats reach each follower over one, and no listener refused anything.
+    const metric = async (a: (typeof agents)[number], name: string): Promise<number> => {
+      const text = await (await fetch(`http://${a.http}/metrics`, { headers: authHeaders() })).text()
+      const line = text.split('\n').find((l) => l.startsWith(`${name} `))
+      return line === undefined ? Number.NaN : Number(line.slice(name.length + 1))
+    }
+    const directSent = 'peermesh_raft_transport_messages_total{path="direct",direction="sent"}'
+    const directReceived = 'peermesh_raft_transport_messages_total{path="direct",direction="received"}'
+    await waitFor('the leader sends over direct connections', async () =>
+      (await metric(leader, directSent)) > 0 ? true : undefined,
+    )
+    for (const a of agents.filter((x) => x !== leader)) {
+      await waitFor(`${a.name} receives over a direct connection`, async () =>
+        (await metric(a, directReceived)) > 0 ? true : undefined,
+      )
+    }
+    for (const a of agents) {
+      for (const reason of ['direct_address_refused', 'direct_certificate_rejected', 'direct_hello_refused'])
+        expect(await metric(a, `peermesh_raft_inputs_refused_total{reason="${reason}"}`)).toBe(0)
+    }
     const entry = await follower.api<{ kind: string; name: string; value: string; modifyIndex: number }>(
       '/v1/config/kv/greeting',
     )

@@ -22,6 +22,13 @@ export interface RaftMetricsSource {
   refused(): Partial<Record<RefusalReason, RefusalRecord>>
   /** Other inputs refused so far, per reason (commands, forwarded writes, streams, snapshots). */
   inputsRefused?(): Record<string, number>
+  /** Raft messages so far by path: the direct TLS connections, or libp2p. */
+  transport?(): {
+    direct: { sent: number; received: number }
+    libp2p: { sent: number; received: number }
+    directConnects: number
+    directConnectFailures: number
+  }
 }
 
 /** Registers the `peermesh_raft_*` metrics. */
@@ -79,6 +86,31 @@ export function registerRaftMetrics(registry: Registry, source: RaftMetricsSourc
     'peermesh_raft_conf_changes_total',
     'Membership changes applied',
     () => source.counters().confChanges,
+  )
+  new Counter({
+    name: 'peermesh_raft_transport_messages_total',
+    help: 'Raft messages (appends, votes, heartbeats, snapshots) sent and received, by path: direct (TLS) or libp2p',
+    labelNames: ['path', 'direction'],
+    registers: [registry],
+    collect() {
+      this.reset()
+      const t = source.transport?.()
+      if (t === undefined) return
+      for (const path of ['direct', 'libp2p'] as const) {
+        this.inc({ path, direction: 'sent' }, t[path].sent)
+        this.inc({ path, direction: 'received' }, t[path].received)
+      }
+    },
+  })
+  counter(
+    'peermesh_raft_direct_connects_total',
+    'Direct Raft connections set up from this agent',
+    () => source.transport?.().directConnects ?? 0,
+  )
+  counter(
+    'peermesh_raft_direct_connect_failures_total',
+    'Attempts at a direct Raft connection that failed (libp2p carried that peer meanwhile)',
+    () => source.transport?.().directConnectFailures ?? 0,
   )
   new Counter({
     name: 'peermesh_raft_messages_refused_total',

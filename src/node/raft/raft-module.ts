@@ -255,6 +255,11 @@ export class RaftModule implements AgentModule {
       forward_permission_denied: f?.denied ?? 0,
       stream_over_budget: m?.overBudget ?? 0,
       stream_bad_frame: m?.badFrames ?? 0,
+      // The direct transport's listener (docs/ARCHITECTURE.md, libp2p).
+      direct_address_refused: m?.directRefused ?? 0,
+      direct_certificate_rejected: m?.directRejected ?? 0,
+      direct_handshake_failed: m?.directHandshakeFailures ?? 0,
+      direct_hello_refused: m?.helloRefused ?? 0,
       snapshot_failed: run?.node.status().snapshotFailures ?? 0,
       enroll_denied: run?.enrollment.stats.enrollDenied ?? 0,
       grant_denied: run?.enrollment.stats.grantDenied ?? 0,
@@ -457,6 +462,18 @@ export class RaftModule implements AgentModule {
       counters: () => this.stats,
       refused: () => this.refusedMessages(),
       inputsRefused: () => this.inputsRefused(),
+      transport: () => {
+        const m = this.run?.messenger.stats
+        return {
+          direct: { sent: m?.directSent ?? 0, received: m?.directReceived ?? 0 },
+          libp2p: {
+            sent: (m?.sent ?? 0) - (m?.directSent ?? 0),
+            received: (m?.received ?? 0) - (m?.directReceived ?? 0),
+          },
+          directConnects: m?.directConnects ?? 0,
+          directConnectFailures: m?.directConnectFailures ?? 0,
+        }
+      },
     })
     registerRaftRoutes(ctx.http, this)
     ctx.http.useAcl(acl)
