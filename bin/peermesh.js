@@ -17,9 +17,6 @@ function newest(dir) {
   return max
 }
 
-/** Commands that keep running: worth source-mapped stack traces. */
-const LONG_RUNNING = new Set(['agent', 'demo'])
-
 function buildIsFresh() {
   try {
     const built = statSync(`${root}dist/BUILD`).mtimeMs
@@ -46,10 +43,10 @@ const holdsYoungGeneration = process.argv[2] === 'agent'
 
 if (process.env.PEERMESH_FROM_SOURCE !== '1' && buildIsFresh()) {
   if (holdsYoungGeneration) (await import('../dist/young-generation.js')).holdYoungGeneration()
-  // The agent's (and the demo's) stack traces name the TypeScript sources. Node reads and keeps
-  // the map of every module it loads once this is on, a cost a one-shot CLI call does not pay: its
-  // errors are messages, and a crash names dist/ lines (PEERMESH_FROM_SOURCE=1 runs the sources).
-  if (LONG_RUNNING.has(process.argv[2] ?? '')) process.setSourceMapsEnabled(true)
+  // No source maps by default, not even for the agent: the first stack trace Node formats with
+  // them on parses the agent chunk's map whole (128 ms and 12 MiB of heap, kept for good), and the
+  // first is typically a connection error in a failover. Frames still name our functions (the
+  // build keeps names); NODE_OPTIONS=--enable-source-maps maps them to the TypeScript sources.
   await import('../dist/peermesh.js')
 } else {
   const { register } = await import('tsx/esm/api')
