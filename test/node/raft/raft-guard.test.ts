@@ -7,25 +7,23 @@ import pino from 'pino'
 import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Clock, systemClock } from '../../../src/common/clock.ts'
-import { TypedEmitter } from '../../../src/common/events.ts'
 import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
-import { loadOrCreateNodeIdentity } from '../../../src/identity/keys/node-key.ts'
-import type { AgentContext } from '../../../src/node/agent/agent.ts'
 import {
   RAFT_PROTOCOL,
   RAFT_RPC_PROTOCOL,
   REFUSAL_LOG_INTERVAL_MS,
-  RaftModule,
+  type RaftModule,
 } from '../../../src/node/raft/raft-module.ts'
-import { createHost, type Host } from '../../../src/node/transport/host.ts'
+import type { Host } from '../../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
 import { encodeConfChange } from '../../../src/raft/conf-change.ts'
-import { encodeMessage, PolicyStore } from '../../../src/raft/index.ts'
+import { encodeMessage } from '../../../src/raft/index.ts'
 import { CAMPAIGN_TRANSFER } from '../../../src/raft/raft.ts'
 import type { Message } from '../../../src/raft/types.ts'
 import { waitFor } from '../../e2e/harness.ts'
 import { raftMessage } from '../../raft/message.ts'
 import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
+import { startLoneRaftAgent } from './lone-raft-agent.ts'
 
 describe('RaftModule listens only to its configuration (real libp2p transport)', () => {
   const key = parseClusterKey(generateClusterKey())
@@ -55,55 +53,18 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
   }
 
   beforeAll(async () => {
-    const dataDir = tmp()
-    const identity = await loadOrCreateNodeIdentity(dataDir)
-    self = identity.id
-    agentHost = await createHost({ identity, clusterKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] })
-    await agentHost.start()
     const log = pino(
       { level: 'debug' },
       { write: (s: string) => lines.push(JSON.parse(s) as Record<string, unknown>) },
     )
-    const ctx = {
-      config: {
-        name: 'agent',
-        dataDir,
-        bootstrap: true,
-        raftVoters: 1,
-        acl: { enabled: false, defaultPolicy: 'deny', anonymousRead: true },
-      },
-      identity,
+    ;({ self, agentHost, attackerHost, raft } = await startLoneRaftAgent({
+      dataDir: tmp(),
+      attackerDir: tmp(),
       clusterKey: key,
-      host: agentHost,
-      http: { route: () => {}, useAcl: () => {}, useLeaderInfo: () => {} },
-      metrics,
-      events: new TypedEmitter(),
       clock,
       log,
-      addSeeds: () => {},
-      handle: async () => {},
-    } as unknown as AgentContext
-    raft = new RaftModule({
-      members: { members: () => [], on: () => () => {} },
-      store: new PolicyStore(),
-      clock,
-    })
-    await raft.start(ctx)
-    await waitFor(
-      'the agent leads its one-voter cluster',
-      async () => (raft.raft?.isLeader() ? true : undefined),
-      10_000,
-      20,
-    )
-
-    const attackerIdentity = await loadOrCreateNodeIdentity(tmp())
-    attackerHost = await createHost({
-      identity: attackerIdentity,
-      clusterKey: key,
-      listen: ['/ip4/127.0.0.1/tcp/0'],
-    })
-    await attackerHost.start()
-    await attackerHost.peerStore.merge(agentHost.peerId, { multiaddrs: agentHost.getMultiaddrs() })
+      metrics,
+    }))
     attacker = new StreamMessenger({
       host: attackerHost,
       protocol: RAFT_PROTOCOL,
