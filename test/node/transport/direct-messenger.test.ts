@@ -332,6 +332,38 @@ describe('DirectMessenger over real libp2p hosts', () => {
       expect(texts()).not.toContain('unregistered')
     })
 
+    it('refuses a malformed, oversized or other-version hello, registering nothing', async () => {
+      const cert = attackerCert()
+      const good = encodeHelloRequest(cert.fingerprint)
+      const otherVersion = Uint8Array.from(good)
+      otherVersion[0] = 2
+      const refused = mb.stats.helloRefused
+      for (const payload of [
+        otherVersion,
+        Uint8Array.of(...good, 0),
+        new Uint8Array(4096),
+        new Uint8Array(0),
+      ]) {
+        const stream = await attacker.dialProtocol(b.peerId, DIRECT_HELLO_PROTOCOL)
+        stream.send(encodeFrame(payload))
+        // No reply: the listener resets the stream.
+        const reply = await readFrames(stream, 64, 1, AbortSignal.timeout(5_000)).catch(() => [])
+        expect(reply).toEqual([])
+      }
+      await waitFor('the hellos are refused', async () =>
+        mb.stats.helloRefused === refused + 4 ? true : undefined,
+      )
+      // Its certificate was never registered: a TLS connection presenting it is closed unread.
+      const rejected = mb.stats.directRejected
+      const s = await rawTls(port(), cert, DIRECT_MESSAGE_ALPN)
+      s.on('error', () => {})
+      s.write(bait('after-bad-hello'))
+      await closed(s)
+      expect(mb.stats.directRejected).toBe(rejected + 1)
+      expect(texts()).not.toContain('after-bad-hello')
+      await stillWorks()
+    })
+
     it("closes a registered peer's connection that claims another peer's identity", async () => {
       // The attacker registers (over libp2p, as itself) a certificate naming a, then presents it;
       // and one naming a peer that never registered any.
