@@ -3,8 +3,9 @@
  * a quick probe of Raft writes on 3 local agents: sequential latency at the leader and through a
  * follower, then W concurrent writers: ops/s and CPU ms per write (utime+stime from /proc, summed
  * over the agents; steadier than ops/s on a shared machine). The stage table needs an agent build
- * that prints `RTRACE <node> <stage> <index> <epoch ms>` lines (a temporary patch); without them it
- * is empty. `--cpuprof`: agents get NODE_OPTIONS=--import M (an inspector hook toggled by SIGUSR2).
+ * that prints `RTRACE <node> <stage> <index> <ms>` lines (a temporary patch; ms on the machine-wide
+ * monotonic clock, `process.hrtime`); without them it holds only the client's own rows (`C.send`,
+ * `C.recv`, when the request left and its reply arrived). `--cpuprof`: agents get NODE_OPTIONS=--import M (an inspector hook toggled by SIGUSR2).
  */
 import { readFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
@@ -17,7 +18,8 @@ const WRITERS = Number(argValue('writers', '16'))
 const SECONDS = Number(argValue('seconds', '5'))
 const keepAlive = new Agent({ keepAlive: true, maxSockets: 64 })
 
-function putKv(http: string, name: string, value: string): Promise<void> {
+/** Writes one kv config entry; resolves with the Raft index the reply names (0 if none). */
+function putKv(http: string, name: string, value: string): Promise<number> {
   const [host, port] = http.split(':') as [string, string]
   const body = Buffer.from(JSON.stringify({ kind: 'kv', name, value }))
   return new Promise((resolve, reject) => {
@@ -32,10 +34,14 @@ function putKv(http: string, name: string, value: string): Promise<void> {
         signal: AbortSignal.timeout(2_000),
       },
       (res) => {
-        res.resume()
-        res.on('end', () =>
-          res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`)),
-        )
+        let text = ''
+        res.setEncoding('utf8')
+        res.on('data', (d: string) => (text += d))
+        res.on('end', () => {
+          if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode}`))
+          const index = (JSON.parse(text) as { index?: unknown }).index
+          resolve(typeof index === 'number' ? index : 0)
+        })
       },
     )
     req.on('error', reject)
@@ -43,12 +49,24 @@ function putKv(http: string, name: string, value: string): Promise<void> {
   })
 }
 
+/** The machine-wide monotonic clock in ms, as the agents' RTRACE lines use. */
+const monoMs = (): number => Number(process.hrtime.bigint()) / 1e6
+
+/** Client-side events of the sequential writes (`C.send`, `C.recv`), for the stage table. */
+const clientEvents: Ev[] = []
+
 async function seq(http: string, label: string): Promise<number[]> {
   const lat: number[] = []
   for (let i = 0; i < OPS; i++) {
     const t = performance.now()
-    await putKv(http, `trace/${i % 64}`, '0123456789abcdef')
+    const sent = monoMs()
+    const index = await putKv(http, `trace/${i % 64}`, '0123456789abcdef')
+    const recv = monoMs()
     lat.push(performance.now() - t)
+    clientEvents.push(
+      { node: 'client', stage: 'send', idx: String(index), t: sent },
+      { node: 'client', stage: 'recv', idx: String(index), t: recv },
+    )
   }
   process.stderr.write(`${label}: p50 ${fmt(quantile(lat, 0.5))} ms p99 ${fmt(quantile(lat, 0.99))} ms\n`)
   return lat
@@ -96,7 +114,7 @@ function stages(evs: Ev[], leaderId: string, from: number, to: number): void {
   }
   const sorted = [...evs].sort((a, b) => a.t - b.t)
   for (const e of sorted) {
-    const role = e.node === leaderId ? 'L' : `F${e.node}`
+    const role = e.node === leaderId ? 'L' : e.node === 'client' ? 'C' : `F${e.node}`
     const idx = Number(e.idx)
     if (!Number.isFinite(idx) || idx < from || idx > to) continue
     const stage = e.stage.replace(/-.*/, '')
@@ -116,10 +134,22 @@ function stages(evs: Ev[], leaderId: string, from: number, to: number): void {
   }
   const rows = [...keys].map(([k, a]) => [k, quantile(a, 0.5), quantile(a, 0.9), a.length] as const)
   rows.sort((a, b) => a[1] - b[1])
-  for (const [k, p50, p90, n] of rows)
+  // `step`: per write, the time from the row above to this row (p50), where a write has both.
+  for (let r = 0; r < rows.length; r++) {
+    const [k, p50, p90, n] = rows[r]!
+    const prev = rows[r - 1]?.[0]
+    const steps: number[] = []
+    if (prev !== undefined)
+      for (const m of byIdx.values()) {
+        const a = m.get(prev)
+        const b = m.get(k)
+        if (a !== undefined && b !== undefined && m.has('L.propose')) steps.push(b - a)
+      }
+    const step = steps.length > 0 ? `step ${fmt(quantile(steps, 0.5)).padStart(7)} ms` : ''
     process.stderr.write(
-      `  ${k.padEnd(28)} p50 ${fmt(p50).padStart(8)} ms  p90 ${fmt(p90).padStart(8)} ms  n=${n}\n`,
+      `  ${k.padEnd(28)} p50 ${fmt(p50).padStart(8)} ms  p90 ${fmt(p90).padStart(8)} ms  n=${String(n).padEnd(4)} ${step}\n`,
     )
+  }
 }
 
 async function main(): Promise<void> {
@@ -136,6 +166,7 @@ async function main(): Promise<void> {
     const follower = agents.find((a) => a !== leader)!
     for (let i = 0; i < 30; i++) await putKv(leader.http, 'warm', String(i))
     const lid = (await status(leader))!.id.slice(-6)
+    if (prof !== undefined) process.stderr.write(`leader pid ${leader.child?.pid}\n`)
     const mark = (): number =>
       Math.max(0, ...parse(leader.log).map((e) => (e.stage === 'propose' ? Number(e.idx) : 0)))
     const a = mark()
@@ -161,7 +192,7 @@ async function main(): Promise<void> {
     const leaderCpu = cpuPerOp[agents.indexOf(leader)]!
     sig()
     await new Promise((r) => setTimeout(r, 1000))
-    const evs = agents.flatMap((x) => parse(x.log))
+    const evs = [...agents.flatMap((x) => parse(x.log)), ...clientEvents]
     process.stderr.write('stages, writes at the leader (ms after propose):\n')
     stages(evs, lid, a + 1, b)
     process.stderr.write('stages, writes via a follower (ms after propose on the leader):\n')
