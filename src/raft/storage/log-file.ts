@@ -22,11 +22,17 @@ export const RECORD_HEADER_BYTES = 12
 
 export function encodeRecord(payload: Uint8Array): Buffer {
   const buf = Buffer.allocUnsafe(RECORD_HEADER_BYTES + payload.length)
-  buf.writeUInt32BE(payload.length, 0)
-  buf.writeUInt32BE(crc32(buf.subarray(0, 4)), 4)
-  buf.writeUInt32BE(crc32(payload), 8)
-  buf.set(payload, RECORD_HEADER_BYTES)
+  writeRecord(buf, 0, payload)
   return buf
+}
+
+/** Writes the record of `payload` into `buf` at `at`; returns where it ends. */
+function writeRecord(buf: Buffer, at: number, payload: Uint8Array): number {
+  buf.writeUInt32BE(payload.length, at)
+  buf.writeUInt32BE(crc32(buf.subarray(at, at + 4)), at + 4)
+  buf.writeUInt32BE(crc32(payload), at + 8)
+  buf.set(payload, at + RECORD_HEADER_BYTES)
+  return at + RECORD_HEADER_BYTES + payload.length
 }
 
 export interface ParsedSegment {
@@ -227,30 +233,32 @@ export class SegmentedLog {
     if (now !== undefined && first !== now + 1)
       throw new RangeError(`append at ${first} leaves a gap after ${now}`)
     if (this.segments.length === 0) this.newSegment(first)
-    let pending: Buffer[] = []
+    // Records are gathered and written with one call per segment (a roll writes what it has).
+    let pending: Uint8Array[] = []
+    let pendingBytes = 0
     const flush = () => {
       if (pending.length === 0) return
       const seg = this.segments.at(-1)!
-      const buf = Buffer.concat(pending)
+      const buf = Buffer.allocUnsafe(pendingBytes)
+      let at = 0
+      for (const p of pending) at = writeRecord(buf, at, p)
       fs.writeSync(this.fd!, buf, 0, buf.length, seg.size)
       seg.size += buf.length
       pending = []
+      pendingBytes = 0
     }
     for (const e of entries) {
       const seg = this.segments.at(-1)!
-      let pendingBytes = 0
-      for (const p of pending) pendingBytes += p.length
       if (seg.offsets.length > 0 && seg.size + pendingBytes >= this.segmentBytes) {
         flush()
         fs.fsyncSync(this.fd!)
         this.newSegment(e.index)
       }
-      const rec = encodeRecord(encodeEntry(e))
+      const payload = encodeEntry(e)
       const active = this.segments.at(-1)!
-      let offset = active.size
-      for (const p of pending) offset += p.length
-      active.offsets.push(offset)
-      pending.push(rec)
+      active.offsets.push(active.size + pendingBytes)
+      pending.push(payload)
+      pendingBytes += RECORD_HEADER_BYTES + payload.length
     }
     flush()
     if (sync) fs.fsyncSync(this.fd!)
