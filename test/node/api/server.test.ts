@@ -566,3 +566,104 @@ describe('audit line of an authorized write', () => {
     }
   })
 })
+
+describe('audit lines of concurrent authorized writes', () => {
+  it('names every write exactly once, however they were grouped into lines', async () => {
+    const backend = new FakeAclBackend()
+    let ids = 0
+    const written: string[] = []
+    const log = pino(
+      { level: 'info' },
+      {
+        write: (line: string) => {
+          const rec = JSON.parse(line) as { msg: string; path?: string; writes?: { path: string }[] }
+          if (rec.msg === 'authorized write') written.push(rec.path!)
+          if (rec.msg === 'authorized writes') {
+            expect(rec.writes!.length).toBeGreaterThan(1)
+            for (const w of rec.writes!) written.push(w.path)
+          }
+        },
+      },
+    )
+    const api = new HttpApi(log)
+    registerAclRoutes(api, {
+      backend,
+      resolver: new AclResolver(backend.state, ACL_ON),
+      newId: () => `00000000-0000-4000-8000-${(++ids).toString(16).padStart(12, '0')}`,
+      now: () => new Date('2026-12-04T14:00:00Z'),
+    })
+    api.route('PUT', '/v1/op/:n', (req) => {
+      req.auth.require(...need.operatorWrite())
+      return { index: Number(req.params['n']) }
+    })
+    const { port } = await api.listen('127.0.0.1', 0)
+    try {
+      const base = `http://127.0.0.1:${port}`
+      const boot = (await (await fetch(`${base}/v1/acl/bootstrap`, { method: 'PUT' })).json()) as {
+        SecretID: string
+      }
+      api.useAcl(new AclResolver(backend.state, ACL_ON))
+      written.length = 0
+      const paths = Array.from({ length: 40 }, (_, i) => `/v1/op/${i}`)
+      const codes = await Promise.all(
+        paths.map(
+          (p) =>
+            new Promise<number>((resolve, reject) => {
+              // One connection per request, so that several arrive in one event-loop turn.
+              const r = request(`${base}${p}`, {
+                method: 'PUT',
+                agent: false,
+                headers: { 'x-consul-token': boot.SecretID },
+              })
+              r.on('response', (res) => {
+                res.resume()
+                res.on('end', () => resolve(res.statusCode ?? 0))
+              })
+              r.on('error', reject)
+              r.end()
+            }),
+        ),
+      )
+      expect(codes.every((c) => c === 200)).toBe(true)
+      // A line still pending when the server closes is written then.
+      await api.close()
+      expect(written.sort()).toEqual([...paths].sort())
+    } finally {
+      await api.close()
+    }
+  })
+})
+
+describe("a write's deadline on a request of the server", () => {
+  it('aborts with TimeoutError at ?timeout=, and with the response when the client goes away', async () => {
+    const api = new HttpApi(pino({ level: 'silent' }))
+    // Each call of the route: a promise of its deadline's abort reason, made when it starts.
+    const calls: Promise<unknown>[] = []
+    let started: () => void = () => {}
+    api.route('PUT', '/v1/slow', async (req) => {
+      const signal = requestDeadline(req, { defaultMs: 5_000, maxMs: 60_000, maxDigits: 6 })
+      const aborted = new Promise((resolve) => signal.addEventListener('abort', () => resolve(signal.reason)))
+      calls.push(aborted)
+      started()
+      await aborted
+      throw new ApiError('too slow', 503)
+    })
+    const { port } = await api.listen('127.0.0.1', 0)
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/v1/slow?timeout=20`, { method: 'PUT' })
+      expect(res.status).toBe(503)
+      expect(((await calls[0]) as DOMException).name).toBe('TimeoutError')
+      const gone = new AbortController()
+      const inHandler = new Promise<void>((resolve) => {
+        started = resolve
+      })
+      const pending = fetch(`http://127.0.0.1:${port}/v1/slow`, { method: 'PUT', signal: gone.signal })
+      await inHandler
+      gone.abort()
+      await expect(pending).rejects.toThrow()
+      expect(((await calls[1]) as DOMException).name).toBe('AbortError')
+    } finally {
+      await api.close()
+    }
+  })
+})
