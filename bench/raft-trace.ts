@@ -8,6 +8,7 @@
  * `C.recv`, when the request left and its reply arrived). `--cpuprof`: agents get NODE_OPTIONS=--import M (an inspector hook toggled by SIGUSR2).
  */
 import { readFileSync } from 'node:fs'
+import { loadavg } from 'node:os'
 import { Agent, request } from 'node:http'
 import { authHeaders, TestCluster } from '../test/e2e/harness.ts'
 import { startRaftCluster, status, waitForLeader } from '../test/e2e/raft-helpers.ts'
@@ -183,10 +184,15 @@ async function main(): Promise<void> {
         const f = readFileSync(`/proc/${x.child!.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
         return (Number(f[11]) + Number(f[12])) * 10 // utime + stime, ms at 100 Hz
       })
+    const term0 = (await status(leader))?.term
     const c0 = cpu()
     const n0 = performance.now()
     const ops = await conc(leader.http)
     const c1 = cpu()
+    // A run whose leadership changed under load measured elections too: say so.
+    const after = await status(leader)
+    const termChanged = after?.term !== term0 || after?.leader !== after?.id
+    if (termChanged) process.stderr.write('the leader changed during the concurrent writes\n')
     const total = (ops * (performance.now() - n0)) / 1000
     const cpuPerOp = c1.map((v, i) => (v - c0[i]!) / total)
     const leaderCpu = cpuPerOp[agents.indexOf(leader)]!
@@ -206,6 +212,8 @@ async function main(): Promise<void> {
         conc_ops: ops,
         conc_cpu_ms_per_op_leader: leaderCpu,
         conc_cpu_ms_per_op_all: cpuPerOp.reduce((a, b) => a + b, 0),
+        conc_leader_changed: termChanged,
+        load: loadavg()[0],
       }),
     )
   } finally {
