@@ -64,7 +64,11 @@ export class KvModule implements AgentModule, KvApi {
   private log?: Logger
   private waiters?: PolicyIndexWaiters
   private readonly subscriptions: Unsubscribe[] = []
+  /** The invalidation timer: it runs only while the store holds a session (see `keepInvalidating`). */
   private stopInterval?: Cancel
+  /** The sessions' index when `keepInvalidating` last looked. */
+  private sessionsSeen = -1
+  private stopped = false
   private readonly inFlight = new Set<string>()
   private leaderSince: number | undefined
   /** The wall clock when this agent began leading (session TTLs count from here at the earliest). */
@@ -85,15 +89,22 @@ export class KvModule implements AgentModule, KvApi {
     const waiters = new PolicyIndexWaiters(ctx.clock)
     this.waiters = waiters
     waiters.advance(this.raft.store.index)
-    this.subscriptions.push(this.raft.store.onChange((i) => waiters.advance(i)))
+    this.subscriptions.push(
+      this.raft.store.onChange((i) => {
+        waiters.advance(i)
+        this.keepInvalidating()
+      }),
+    )
     registerKvRoutes(ctx.http, this)
     registerSessionRoutes(ctx.http, this)
     registerTxnRoutes(ctx.http, this)
-    this.stopInterval = ctx.clock.setInterval(() => this.invalidate(), this.settings.invalidateEveryMs)
+    this.keepInvalidating()
   }
 
   stop(): void {
     this.stopInterval?.()
+    this.stopInterval = undefined
+    this.stopped = true
     for (const off of this.subscriptions.splice(0)) off()
     this.waiters?.close()
   }
@@ -146,6 +157,33 @@ export class KvModule implements AgentModule, KvApi {
   }
 
   // ---- session invalidation (leader) ---------------------------------------------------------------
+
+  /**
+   * Runs the invalidation timer while the store holds a session and stops it when the last one is
+   * gone: an agent without sessions (most) is not woken every `invalidateEveryMs` for nothing. A
+   * stopped timer forgets when this agent began leading, so a later one counts from its first round
+   * (later than the real start: a new session's TTL and the missing-node grace only get longer).
+   */
+  private keepInvalidating(): void {
+    const ctx = this.ctx
+    if (ctx === undefined || this.stopped) return
+    const kv = this.kv
+    if (kv.sessionIndex === this.sessionsSeen) return
+    this.sessionsSeen = kv.sessionIndex
+    const any = kv.listSessions().length > 0
+    if (any && this.stopInterval === undefined)
+      this.stopInterval = ctx.clock.setInterval(() => this.invalidate(), this.settings.invalidateEveryMs)
+    else if (!any && this.stopInterval !== undefined) {
+      this.stopInterval()
+      this.stopInterval = undefined
+      this.leaderSince = undefined
+    }
+  }
+
+  /** Whether the invalidation timer runs (tests). */
+  get invalidating(): boolean {
+    return this.stopInterval !== undefined
+  }
 
   private invalidate(): void {
     if (!this.raft.isLeader()) {
