@@ -3,6 +3,7 @@ import type { Registry } from 'prom-client'
 import { type Cancel, type Clock, withTimeout } from '../../common/clock.ts'
 import type { NodeId } from '../../raft/index.ts'
 import { counterFrom, gaugeFrom } from '../agent/metrics.ts'
+import { RAFT_DEFAULTS } from '../agent/defaults.ts'
 import type { RaftMembers } from './components.ts'
 import {
   chooseFounders,
@@ -73,6 +74,12 @@ export const FOUNDING_DEFAULTS = {
   auditMs: 2_000, // after founding, members not yet asked for their founding set are asked this often
   proofRetryMs: 1_000, // ACLs on: a member without a valid founder proof is asked again this often (it may restart with the token)
 }
+
+/**
+ * How often a founded agent looks whether an audit is due (every auditMs): the period of the Raft
+ * module's autopilot and voter connections, so that a shared-intervals clock runs it on their timer.
+ */
+const AUDIT_CHECK_MS = Math.min(RAFT_DEFAULTS.autopilotIntervalMs, FOUNDING_DEFAULTS.auditMs)
 
 type Phase = 'idle' | 'candidate' | 'founded' | 'done' | 'refusing'
 
@@ -280,11 +287,12 @@ export class BootstrapExpect {
     else if (this.phase === 'founded') await this.audit()
     else this.stopTimer()
     // Founded: only the audit is left, due every auditMs; checking every checkMs would wake the
-    // agent ten times a second for nothing.
+    // agent ten times a second for nothing. Checked at the Raft module's own period, whose timer
+    // the module's clock shares among its tasks (shared-intervals.ts): no wake-up of its own.
     if (this.phase === 'founded' && !this.auditPace && this.cancel !== undefined && !this.stopped) {
       this.auditPace = true
       this.stopTimer()
-      this.cancel = this.components.clock.setInterval(() => this.check(), FOUNDING_DEFAULTS.auditMs / 2)
+      this.cancel = this.components.clock.setInterval(() => this.check(), AUDIT_CHECK_MS)
     }
   }
 
