@@ -1,7 +1,9 @@
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { pack } from '../../../src/common/msgpack.ts'
+import { RAFT_DEFAULTS } from '../../../src/node/agent/defaults.ts'
 import { BootstrapExpect } from '../../../src/node/raft/bootstrap-expect.ts'
+import { sharedIntervals } from '../../../src/node/raft/shared-intervals.ts'
 import {
   BadFoundingMessageError,
   chooseFounders,
@@ -285,6 +287,32 @@ describe('founding protocol, simulated (virtual clock, loss, reordering, late jo
     clock.advance(5_000)
     expect(founded).toEqual([])
     for (const b of [stateful, outsider, lonely]) await b.stop()
+  })
+
+  it("once founded, looks for due audits on the Raft module's shared timer: no wake-up of its own", async () => {
+    const clock = new VirtualClock()
+    const shared = sharedIntervals(clock) // the Raft module's clock
+    const stopAutopilot = shared.setInterval(() => {}, RAFT_DEFAULTS.autopilotIntervalMs)
+    const record = new MemoryFoundingRecord()
+    record.save({ set: ['a', 'b', 'c'], witnesses: ['a', 'b', 'c'] })
+    const b = new BootstrapExpect(
+      {
+        node: { id: 'a', status: () => ({ term: 2, lastIndex: 3 }), bootstrap: () => {} },
+        members: { members: () => [{ id: 'a', name: 'a', address: '', status: 'alive' as const }] },
+        record,
+        clock: shared,
+        log,
+      },
+      { expect: 3, checkMs: 100 },
+    )
+    await b.start()
+    clock.advance(1_000)
+    await new Promise((r) => setImmediate(r))
+    clock.advance(1_000)
+    expect(b.commitment()?.set).toEqual(['a', 'b', 'c'])
+    expect(clock.pending).toBe(1) // the one shared timer
+    await b.stop()
+    stopAutopilot()
   })
 
   it('refuses to serve when a founder it names reports another founding set', async () => {
