@@ -6,7 +6,7 @@
 import tls from 'node:tls'
 import { peerServiceId } from '../identity/ca/leaf.ts'
 import { serviceSpiffeId } from '../identity/ca/spiffe.ts'
-import { PEER_ID_CACHE_SIZE } from './constants.ts'
+import { MESH_TLS_CIPHERSUITES, PEER_ID_CACHE_SIZE } from './constants.ts'
 import { PeerIdentityMismatchError } from '../identity/ca/errors.ts'
 import { NoCertificateError } from './errors.ts'
 import type { CertificateSource, ServiceCertificate, Unsubscribe } from './types.ts'
@@ -18,6 +18,7 @@ export function serverContextOptions(cert: ServiceCertificate): tls.SecureContex
     cert: certChain(cert),
     ca: [...cert.rootsPem],
     minVersion: 'TLSv1.3',
+    ciphers: MESH_TLS_CIPHERSUITES,
   }
 }
 
@@ -28,6 +29,7 @@ export function clientSecureContext(cert: ServiceCertificate): tls.SecureContext
     cert: certChain(cert),
     ca: [...cert.rootsPem],
     minVersion: 'TLSv1.3',
+    ciphers: MESH_TLS_CIPHERSUITES,
   })
 }
 
