@@ -1,7 +1,7 @@
 /**
  * What node itself costs per relayed request, next to our sidecar pair and HAProxy's (issue #14):
  *
- *   npx tsx bench/proxy-relay-floor.ts [--duration S] [--reps N] [--conns 1,32] [--json]
+ *   npm run bench:proxy-relay-floor -- [--duration S] [--reps N] [--conns 1,32] [--json]
  *
  * The app and the load (wrk -t1, 1 KiB responses, keep-alive) are those of bench:proxy-overhead,
  * and four L4 pairs stand between them, all with mutual TLS 1.3 and P-256 leaves of one root:
