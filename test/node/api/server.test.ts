@@ -512,10 +512,22 @@ describe('requestDeadline (?timeout=)', () => {
   })
 })
 
+/** An API with ACLs on (the ACL routes over `backend`), logging to `log`. */
+function aclApi(log: pino.Logger, backend: FakeAclBackend): HttpApi {
+  let ids = 0
+  const api = new HttpApi(log)
+  registerAclRoutes(api, {
+    backend,
+    resolver: new AclResolver(backend.state, ACL_ON),
+    newId: () => `00000000-0000-4000-8000-${(++ids).toString(16).padStart(12, '0')}`,
+    now: () => new Date('2026-12-04T14:00:00Z'),
+  })
+  return api
+}
+
 describe('audit line of an authorized write', () => {
   it('is written once the reply has been handed to the socket, not before', async () => {
     const backend = new FakeAclBackend()
-    let ids = 0
     let lastResponse: ServerResponse | undefined
     const audit: { path: string; replied: boolean }[] = []
     const log = pino(
@@ -528,13 +540,7 @@ describe('audit line of an authorized write', () => {
         },
       },
     )
-    const api = new HttpApi(log)
-    registerAclRoutes(api, {
-      backend,
-      resolver: new AclResolver(backend.state, ACL_ON),
-      newId: () => `00000000-0000-4000-8000-${(++ids).toString(16).padStart(12, '0')}`,
-      now: () => new Date('2026-12-04T14:00:00Z'),
-    })
+    const api = aclApi(log, backend)
     api.route('PUT', '/v1/op/thing', (req) => {
       req.auth.require(...need.operatorWrite())
       return { index: 7 }
@@ -570,7 +576,6 @@ describe('audit line of an authorized write', () => {
 describe('audit lines of concurrent authorized writes', () => {
   it('names every write exactly once, however they were grouped into lines', async () => {
     const backend = new FakeAclBackend()
-    let ids = 0
     const written: string[] = []
     const log = pino(
       { level: 'info' },
@@ -585,13 +590,7 @@ describe('audit lines of concurrent authorized writes', () => {
         },
       },
     )
-    const api = new HttpApi(log)
-    registerAclRoutes(api, {
-      backend,
-      resolver: new AclResolver(backend.state, ACL_ON),
-      newId: () => `00000000-0000-4000-8000-${(++ids).toString(16).padStart(12, '0')}`,
-      now: () => new Date('2026-12-04T14:00:00Z'),
-    })
+    const api = aclApi(log, backend)
     api.route('PUT', '/v1/op/:n', (req) => {
       req.auth.require(...need.operatorWrite())
       return { index: Number(req.params['n']) }
