@@ -38,17 +38,22 @@
  * one connection.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import http from 'node:http'
 import http2 from 'node:http2'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { createRootCa, signLeaf } from '../src/identity/ca/ca.ts'
+import { createRootCa } from '../src/identity/ca/ca.ts'
 import type { KeyType } from '../src/identity/keys/keys.ts'
-import { createLeafKeyAndCsr } from '../src/identity/ca/leaf.ts'
-import type { ServiceCertificate } from '../src/proxy/types.ts'
+import {
+  cpuUs,
+  leafCert,
+  parseWrk,
+  type Proc,
+  startRunner as startBenchRunner,
+  type WrkFigures,
+} from './proxy-bench-lib.ts'
 import { argValue, emitJson, fmt, median, progress, quantile, table } from './lib.ts'
 import { ensureInstalled, haproxyVersion, startHaproxyPair, WRK } from './peers/haproxy.ts'
 import type { RunnerConfig } from './proxy-sidecar-runner.ts'
@@ -77,19 +82,9 @@ const LABEL: Record<PathName, string> = {
   haproxy_h2: 'HAProxy mTLS pair (h2)',
 }
 
-interface WrkResult {
-  rps: number
-  p50Us: number
-  p99Us: number
-  requests: number
-  errors: number
+interface WrkResult extends WrkFigures {
   /** CPU time (user + system) each proxy process of the path spent per request in this run, µs. */
   cpuUsPerReq: Record<string, number>
-}
-
-interface Proc {
-  name: string
-  pid: number
 }
 
 /** RSS samples (kB) per process name, from /proc/PID/status. */
@@ -120,24 +115,17 @@ function sampleRss(procs: readonly Proc[]): void {
 }
 
 /** Parses a wrk duration such as `75.00us`, `1.04ms`, `2.00s` into microseconds. */
-export function parseWrkDuration(text: string): number {
-  const m = /^([\d.]+)(us|ms|s|m)$/.exec(text.trim())
-  if (!m) return Number.NaN
-  const v = Number(m[1])
-  return m[2] === 'us' ? v : m[2] === 'ms' ? v * 1e3 : m[2] === 's' ? v * 1e6 : v * 60e6
-}
-
-export function parseWrk(out: string): WrkResult {
-  const pct = (p: string) => parseWrkDuration(new RegExp(`^\\s*${p}%\\s+(\\S+)`, 'm').exec(out)?.[1] ?? '')
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN)
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN)
-  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
-  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0)
-  const errors = (sock ? sock.slice(1, 5).reduce((a, x) => a + Number(x), 0) : 0) + non2xx
-  return { rps, p50Us: pct('50'), p99Us: pct('99'), requests, errors, cpuUsPerReq: {} }
-}
-
 const live = new Set<ChildProcess>()
+
+// PEERMESH_BENCH_NODE_ARGS: extra node flags for the runners, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`.
+const runnerNodeArgs = (process.env.PEERMESH_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
+
+/** Starts one sidecar-runner process and waits for its `{port}` line. */
+const startRunner = (dir: string, name: string, config: RunnerConfig) =>
+  startBenchRunner(live, dir, RUNNER, name, config, runnerNodeArgs)
+
+const leaf = (root: Awaited<ReturnType<typeof createRootCa>>, service: string) =>
+  leafCert(root, service, TD, keyType)
 
 function runWrk(port: number, conns: number, seconds: number, procs: readonly Proc[]): Promise<WrkResult> {
   return new Promise((resolve, reject) => {
@@ -163,7 +151,7 @@ function runWrk(port: number, conns: number, seconds: number, procs: readonly Pr
     child.on('exit', (code) => {
       clearInterval(sampler)
       live.delete(child)
-      const r = parseWrk(out)
+      const r: WrkResult = { ...parseWrk(out), cpuUsPerReq: {} }
       procs.forEach((p, i) => {
         r.cpuUsPerReq[p.name] = (cpuUs(p.pid) - cpuBefore[i]!) / r.requests
       })
@@ -309,31 +297,6 @@ function probeH2(port: number): Promise<void> {
   })
 }
 
-/** Starts one runner process and waits for its `{port, pid}` line. */
-async function startRunner(
-  dir: string,
-  name: string,
-  config: RunnerConfig,
-): Promise<Proc & { port: number }> {
-  const path = join(dir, `${name}.json`)
-  writeFileSync(path, JSON.stringify(config), { mode: 0o600 })
-  // PEERMESH_BENCH_NODE_ARGS: extra node flags for the runners, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`.
-  const extra = (process.env.PEERMESH_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
-  const child = spawn(process.execPath, [...extra, '--import', 'tsx', RUNNER, path], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  })
-  live.add(child)
-  child.on('exit', () => live.delete(child))
-  const rl = createInterface({ input: child.stdout! })
-  const line = await new Promise<string>((resolve, reject) => {
-    rl.once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`${name} runner exited ${code} before it was ready`)))
-  })
-  rl.close()
-  const { port } = JSON.parse(line) as { port: number }
-  return { name, pid: child.pid!, port }
-}
-
 function killAllChildren(): void {
   for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
 }
@@ -350,18 +313,6 @@ async function stopChildren(graceMs = 3_000): Promise<void> {
   killAllChildren()
 }
 
-/** CPU time (user + system) of a process so far, in µs, from /proc/PID/stat. */
-function cpuUs(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    return ((Number(fields[11]) + Number(fields[12])) / CLK_TCK) * 1e6
-  } catch {
-    return Number.NaN
-  }
-}
-const CLK_TCK = 100
 const round1 = (x: number): number => Math.round(x * 10) / 10
 
 /** One GET through `port`: must be a 200 with the 1 KiB body. */
@@ -381,16 +332,6 @@ function probe(port: number): Promise<void> {
     req.setTimeout(5_000, () => req.destroy(new Error(`probe of :${port} timed out`)))
     req.on('error', reject)
   })
-}
-
-async function leaf(
-  root: Awaited<ReturnType<typeof createRootCa>>,
-  service: string,
-): Promise<ServiceCertificate> {
-  const nowMs = Date.now()
-  const { keyPem, csrPem } = await createLeafKeyAndCsr({ service, trustDomain: TD, keyType })
-  const signed = await signLeaf(root, csrPem, { service, trustDomain: TD, ttlMs: 3_600_000, nowMs })
-  return { certPem: signed.certPem, keyPem, rootsPem: [root.certPem] }
 }
 
 async function main(): Promise<void> {

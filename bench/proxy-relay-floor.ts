@@ -17,14 +17,12 @@
  * machine. The load average is printed with the figures.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { createRootCa, signLeaf } from '../src/identity/ca/ca.ts'
-import { createLeafKeyAndCsr } from '../src/identity/ca/leaf.ts'
-import type { ServiceCertificate } from '../src/proxy/types.ts'
+import { createRootCa } from '../src/identity/ca/ca.ts'
+import { cpuUs, leafCert, parseWrk, type Proc, startRunner as startBenchRunner } from './proxy-bench-lib.ts'
 import { argValue, emitJson, median, progress, table } from './lib.ts'
 import { ensureInstalled, startHaproxyPair, WRK } from './peers/haproxy.ts'
 import type { RunnerConfig } from './proxy-sidecar-runner.ts'
@@ -36,12 +34,7 @@ const connsList = (argValue('conns', '1,32') ?? '').split(',').map(Number)
 const TD = 'bench.mesh'
 const SIDECAR_RUNNER = fileURLToPath(new URL('./proxy-sidecar-runner.ts', import.meta.url))
 const FLOOR_RUNNER = fileURLToPath(new URL('./relay-floor-runner.ts', import.meta.url))
-const CLK_TCK = 100
 
-interface Proc {
-  name: string
-  pid: number
-}
 interface Run {
   rps: number
   p50Us: number
@@ -54,33 +47,11 @@ const killAll = (): void => {
   for (const c of live) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL')
 }
 
-async function startRunner(
-  dir: string,
-  script: string,
-  name: string,
-  config: RunnerConfig | FloorRunnerConfig,
-): Promise<Proc & { port: number }> {
-  const path = join(dir, `${name}.json`)
-  writeFileSync(path, JSON.stringify(config), { mode: 0o600 })
-  const child = spawn(process.execPath, ['--import', 'tsx', script, path], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  })
-  live.add(child)
-  child.on('exit', () => live.delete(child))
-  const rl = createInterface({ input: child.stdout! })
-  const line = await new Promise<string>((resolve, reject) => {
-    rl.once('line', resolve)
-    child.once('exit', (code) => reject(new Error(`${name} exited ${code} before it was ready`)))
-  })
-  rl.close()
-  return { name, pid: child.pid!, port: (JSON.parse(line) as { port: number }).port }
-}
+const startRunner = (dir: string, script: string, name: string, config: RunnerConfig | FloorRunnerConfig) =>
+  startBenchRunner(live, dir, script, name, config)
 
-function cpuUs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return ((Number(fields[11]) + Number(fields[12])) / CLK_TCK) * 1e6
-}
+const leaf = (root: Awaited<ReturnType<typeof createRootCa>>, service: string) =>
+  leafCert(root, service, TD, 'ecdsa-p256')
 
 function wrk(port: number, conns: number, seconds: number, procs: readonly Proc[]): Promise<Run> {
   return new Promise((resolve, reject) => {
@@ -94,10 +65,7 @@ function wrk(port: number, conns: number, seconds: number, procs: readonly Proc[
     child.on('error', reject)
     child.on('exit', (code) => {
       live.delete(child)
-      const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1])
-      const requests = Number(/(\d+) requests in/.exec(out)?.[1])
-      const m = /^\s*50%\s+([\d.]+)(us|ms|s)\b/m.exec(out)
-      const p50Us = m ? Number(m[1]) * (m[2] === 'us' ? 1 : m[2] === 'ms' ? 1e3 : 1e6) : Number.NaN
+      const { rps, requests, p50Us } = parseWrk(out)
       if (code !== 0 || !Number.isFinite(rps) || !Number.isFinite(p50Us) || !(requests > 0)) {
         reject(new Error(`wrk exited ${code}: ${out.trim()}`))
         return
@@ -110,20 +78,6 @@ function wrk(port: number, conns: number, seconds: number, procs: readonly Proc[
       })
     })
   })
-}
-
-async function leaf(
-  root: Awaited<ReturnType<typeof createRootCa>>,
-  service: string,
-): Promise<ServiceCertificate> {
-  const { keyPem, csrPem } = await createLeafKeyAndCsr({ service, trustDomain: TD, keyType: 'ecdsa-p256' })
-  const signed = await signLeaf(root, csrPem, {
-    service,
-    trustDomain: TD,
-    ttlMs: 3_600_000,
-    nowMs: Date.now(),
-  })
-  return { certPem: signed.certPem, keyPem, rootsPem: [root.certPem] }
 }
 
 async function main(): Promise<void> {
