@@ -266,6 +266,11 @@ export class Swim {
   private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
   private digestCache: { version: number; bytes: Uint8Array } | undefined
   private stateVersion = 0
+  /**
+   * The `stateVersion` at which a gossip round found no member to send to (-1: none did): until
+   * the member table changes, updates wait without a round every `gossipIntervalMs`.
+   */
+  private gossipStalledAt = -1
   /** The digest check (`sync`) waiting for its answer. */
   private pendingSync: { seq: number; to: string } | undefined
   /** Latest time passed in by the driver (for the calls that take none). */
@@ -592,6 +597,7 @@ export class Swim {
    */
   private armGossip(): void {
     if (!this.started || this.queue.size === 0 || this.timers.has('gossip')) return
+    if (this.gossipStalledAt === this.stateVersion) return
     this.setTimer('gossip', this.lastNow, (t) => this.gossipTick(t))
   }
 
@@ -842,6 +848,12 @@ export class Swim {
       if (m.status === 'alive' || m.status === 'suspect') return true
       return m.status === 'dead' && now - m.stateChangeMs < this.cfg.gossipToTheDeadMs
     })
+    if (targets.length === 0) {
+      // Nobody to gossip to (a node alone): no rounds until the member table changes.
+      this.gossipStalledAt = this.stateVersion
+      return
+    }
+    this.gossipStalledAt = -1
     const limit = this.retransmitLimit()
     for (const to of targets) {
       const parts = this.queue.take(this.cfg.maxMessageBytes - COMPOUND_OVERHEAD, compoundPartOverhead, limit)

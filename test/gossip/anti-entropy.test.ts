@@ -195,3 +195,30 @@ describe('an idle cluster', () => {
     expect(sim.totals.pushPulls).toBe(pushPulls)
   })
 })
+
+describe('a node alone', () => {
+  it('does not wake for gossip rounds while it has nobody to gossip to, and gossips once a member comes', () => {
+    const hand = new Hand()
+    const a = hand.add('a')
+    hand.route('a', a.start(0)) // its own alive message is queued, with no member to send it to
+    expect(a.pendingBroadcasts()).toBeGreaterThan(0)
+    // Every wake-up for 10 s: only the probe timer (and anti-entropy's), not a gossip round
+    // every gossipIntervalMs.
+    let wakeUps = 0
+    for (;;) {
+      const at = a.nextDeadline()
+      if (at > 10_000) break
+      hand.now = at
+      hand.route('a', a.tick(at))
+      wakeUps++
+    }
+    expect(wakeUps).toBeLessThanOrEqual(Math.ceil(10_000 / lanConfig.probeIntervalMs) + 2)
+    // A member joins: the queued updates go out again.
+    const b = hand.add('b')
+    hand.now = 10_000
+    hand.route('b', b.join(['a'], hand.now))
+    hand.exchange(hand.pushPulls.length - 1) // b's join: a learns of b
+    expect(a.pendingBroadcasts()).toBeGreaterThan(0)
+    expect(a.nextDeadline()).toBe(hand.now) // a gossip round at once
+  })
+})
