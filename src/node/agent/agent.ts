@@ -104,6 +104,8 @@ export class Agent {
   private http: HttpApi
   private seeds?: SeedDialer
   readonly metrics: Registry
+  /** Stops the metrics' own sampling (the event-loop delay histogram, while scraped). */
+  private readonly stopMetrics: () => void
   /** Address the HTTP API actually listens on (port 0 resolved). */
   httpAddress?: { host: string; port: number }
 
@@ -116,7 +118,9 @@ export class Agent {
     this.clock = init.clock ?? systemClock
     this.http = new HttpApi(init.log.child({ component: 'http' }))
     this.http.datacenter = init.config.datacenter
-    this.metrics = createMetrics(() => this.host)
+    const metrics = createMetrics(() => this.host)
+    this.metrics = metrics
+    this.stopMetrics = () => metrics.stopSampling()
     this.addCoreRoutes()
   }
 
@@ -210,6 +214,7 @@ export class Agent {
       await this.host.stop()
     }
     await this.http.close()
+    this.stopMetrics()
     this.log.info('agent stopped')
   }
 

@@ -1,22 +1,48 @@
-import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client'
+import { Counter, Gauge, Registry } from 'prom-client'
+import gc from 'prom-client/lib/metrics/gc.js'
+import heapSizeAndUsed from 'prom-client/lib/metrics/heapSizeAndUsed.js'
+import heapSpacesSizeAndUsed from 'prom-client/lib/metrics/heapSpacesSizeAndUsed.js'
+import osMemoryHeap from 'prom-client/lib/metrics/osMemoryHeap.js'
+import processCpuTotal from 'prom-client/lib/metrics/processCpuTotal.js'
+import processHandles from 'prom-client/lib/metrics/processHandles.js'
+import processMaxFileDescriptors from 'prom-client/lib/metrics/processMaxFileDescriptors.js'
+import processOpenFileDescriptors from 'prom-client/lib/metrics/processOpenFileDescriptors.js'
+import processRequests from 'prom-client/lib/metrics/processRequests.js'
+import processResources from 'prom-client/lib/metrics/processResources.js'
+import processStartTime from 'prom-client/lib/metrics/processStartTime.js'
+import version from 'prom-client/lib/metrics/version.js'
 import type { Host } from '../transport/host.ts'
+import { LoopDelayMetrics } from './loop-delay-metrics.ts'
 
-/** Period of the event-loop delay samples behind `peermesh_nodejs_eventloop_lag_*`. */
-export const EVENT_LOOP_SAMPLE_MS = 100
+/**
+ * prom-client's default metrics (its `collectDefaultMetrics`, lib/defaultMetrics.js) but the
+ * event-loop delay ones, which LoopDelayMetrics registers under the same names.
+ */
+const DEFAULT_METRICS = [
+  processCpuTotal,
+  processStartTime,
+  osMemoryHeap,
+  processOpenFileDescriptors,
+  processMaxFileDescriptors,
+  processResources,
+  processHandles,
+  processRequests,
+  heapSizeAndUsed,
+  heapSpacesSizeAndUsed,
+  version,
+  gc,
+]
 
 /**
  * The agent's Prometheus registry: process metrics (CPU, memory, event loop lag, GC) plus
- * libp2p connection counts. Layers add their own metrics to the same registry.
+ * libp2p connection counts. Layers add their own metrics to the same registry. The event-loop
+ * delay histogram samples only while the metrics are scraped (loop-delay-metrics.ts): stop it
+ * with the returned `stopSampling`.
  */
-export function createMetrics(getHost: () => Host | undefined): Registry {
+export function createMetrics(getHost: () => Host | undefined): Registry & { stopSampling(): void } {
   const registry = new Registry()
-  collectDefaultMetrics({
-    register: registry,
-    prefix: 'peermesh_',
-    // The event-loop delay histogram samples on a timer of this period (prom-client's default, 10
-    // ms, woke an idle agent 100 times a second). Every stall of 100 ms or more is still recorded.
-    eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
-  })
+  for (const register of DEFAULT_METRICS) register(registry, { prefix: 'peermesh_' })
+  const loopDelay = new LoopDelayMetrics(registry, 'peermesh_')
   new Gauge({
     name: 'peermesh_libp2p_connections',
     help: 'Open libp2p connections, by direction',
@@ -44,7 +70,7 @@ export function createMetrics(getHost: () => Host | undefined): Registry {
       this.set(getHost()?.getPeers().length ?? 0)
     },
   })
-  return registry
+  return Object.assign(registry, { stopSampling: () => loopDelay.stop() })
 }
 
 /** A counter whose value is read from a running total at scrape time (e.g. a module's stats). */
