@@ -2,8 +2,12 @@
  * What a process costs, read from Linux /proc (bench:footprint): resident memory from
  * `/proc/PID/status` (VmRSS), its proportional and anonymous parts from `/proc/PID/smaps_rollup`
  * (Pss, Anonymous), and CPU time from `/proc/PID/stat` (utime + stime, every thread included),
- * each summed over the process and its descendants, so a helper process an agent spawns is
- * counted too.
+ * and wake-ups from `/proc/PID/task/TID/status` (voluntary context switches: each time a thread
+ * slept and was woken, by a timer or by I/O), each summed over the process and its descendants, so
+ * a helper process an agent spawns is counted too. On this machine an idle Node process pays
+ * about 0.14 ms of CPU per wake-up of its event loop (a bare `setInterval`), so at rest wake-ups
+ * are a large part of an agent's CPU figure, and unlike it their count does not vary with the
+ * machine's load. (A Go program such as Serf wakes its threads more often, for far less each.)
  *
  * RSS counts every page of the runtime's binary the process touched (for ours, tens of MiB of
  * /usr/bin/node shared with every other Node process); Pss divides each shared page among the
@@ -31,6 +35,28 @@ export function cpuTicks(pid: number): number | undefined {
   } catch {
     return undefined
   }
+}
+
+/** Voluntary context switches of every thread of one process, undefined once it has gone. */
+export function wakeUps(pid: number): number | undefined {
+  let tids: string[]
+  try {
+    tids = readdirSync(`/proc/${pid}/task`)
+  } catch {
+    return undefined
+  }
+  let sum = 0
+  for (const tid of tids) {
+    try {
+      const m = /^voluntary_ctxt_switches:\s+(\d+)$/m.exec(
+        readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'),
+      )
+      sum += m ? Number(m[1]) : 0
+    } catch {
+      // the thread ended between the listing and the read
+    }
+  }
+  return sum
 }
 
 /** VmRSS of one process in KiB, undefined once it has gone. */
@@ -92,6 +118,8 @@ export interface Usage {
   cpuPct: number[]
   /** CPU over the whole window (total ticks / elapsed time), percent of one core. */
   cpuPctMean: number
+  /** Wake-ups of the tree's threads a second over the whole window (see `wakeUps`). */
+  wakeUpsPerS: number
   /** Largest number of processes seen in the tree (1: the process alone). */
   processes: number
 }
@@ -103,6 +131,8 @@ export interface UsageSummary {
   rssMeanMib: number
   cpuMeanPct: number
   cpuMedianPct: number
+  /** Wake-ups a second, the average of each process's. */
+  wakeUpsPerS: number
 }
 
 const mean = (xs: number[]): number =>
@@ -123,6 +153,7 @@ export function summarize(usages: Usage[]): UsageSummary {
     rssMeanMib: mean(usages.flatMap((u) => u.rssMib)),
     cpuMeanPct: mean(usages.map((u) => u.cpuPctMean)),
     cpuMedianPct: median(usages.flatMap((u) => u.cpuPct)),
+    wakeUpsPerS: mean(usages.map((u) => u.wakeUpsPerS)),
   }
 }
 
@@ -134,7 +165,16 @@ export class UsageSampler {
   private timer: NodeJS.Timeout | undefined
   private readonly state = new Map<
     string,
-    { pid: number; lastTicks: number; lastAt: number; totalTicks: number; firstAt: number; usage: Usage }
+    {
+      pid: number
+      lastTicks: number
+      lastAt: number
+      totalTicks: number
+      firstAt: number
+      firstWakeUps: number
+      lastWakeUps: number
+      usage: Usage
+    }
   >()
 
   constructor(
@@ -147,13 +187,24 @@ export class UsageSampler {
     for (const [name, pid] of Object.entries(this.pids)) {
       const ticks = this.treeTicks(pid)
       if (ticks === undefined) throw new Error(`${name} (pid ${pid}) is not running`)
+      const wakes = this.treeWakeUps(pid)
       this.state.set(name, {
         pid,
         lastTicks: ticks,
         lastAt: now,
         totalTicks: 0,
         firstAt: now,
-        usage: { rssMib: [], pssMib: [], anonMib: [], cpuPct: [], cpuPctMean: Number.NaN, processes: 1 },
+        firstWakeUps: wakes,
+        lastWakeUps: wakes,
+        usage: {
+          rssMib: [],
+          pssMib: [],
+          anonMib: [],
+          cpuPct: [],
+          cpuPctMean: Number.NaN,
+          wakeUpsPerS: Number.NaN,
+          processes: 1,
+        },
       })
     }
     this.timer = setInterval(() => this.sample(), this.everyMs)
@@ -167,7 +218,8 @@ export class UsageSampler {
     for (const [name, s] of this.state) {
       const seconds = (s.lastAt - s.firstAt) / 1000
       const cpuPctMean = seconds > 0 ? (s.totalTicks / CLK_TCK / seconds) * 100 : Number.NaN
-      out.set(name, { ...s.usage, cpuPctMean })
+      const wakeUpsPerS = seconds > 0 ? (s.lastWakeUps - s.firstWakeUps) / seconds : Number.NaN
+      out.set(name, { ...s.usage, cpuPctMean, wakeUpsPerS })
     }
     return out
   }
@@ -197,7 +249,15 @@ export class UsageSampler {
       s.totalTicks += delta
       s.lastTicks = ticks
       s.lastAt = now
+      // As with ticks, a descendant that exited takes its wake-ups with it.
+      s.lastWakeUps = Math.max(s.lastWakeUps, this.treeWakeUps(s.pid, tree))
     }
+  }
+
+  private treeWakeUps(pid: number, tree = processTree(pid)): number {
+    let sum = 0
+    for (const p of tree) sum += wakeUps(p) ?? 0
+    return sum
   }
 
   private treeTicks(pid: number, tree = processTree(pid)): number | undefined {

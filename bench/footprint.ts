@@ -19,6 +19,8 @@
  *   1 s sample of the three agents. CPU in percent of one core: the mean over the window (CPU time
  *   / elapsed time) per agent, averaged over the three; the median of the 1 s intervals beside it
  *   (at 100 ticks a second one interval is a multiple of 1 %, so the mean is the figure to read).
+ *   Wake-ups a second (voluntary context switches of every thread, footprint-proc.ts) beside it:
+ *   at rest most of an agent's CPU is being woken, and the count does not vary with load.
  * - Sidecar: two one-agent clusters, control and subject, under the same light load (`--rate`,
  *   default 10 requests a second, to each), sampled over two windows: first both without a
  *   sidecar (load to the app), then with the subject's service behind one sidecar (load through
@@ -199,7 +201,7 @@ async function measureIdle(
   for (const [name, u] of usage) {
     const one = summarize([u])
     progress(
-      `[idle] ${name}: RSS ${one.rssMedianMib.toFixed(1)} MiB (median; PSS ${one.pssMedianMib.toFixed(1)}, anonymous ${one.anonMedianMib.toFixed(1)}), CPU ${one.cpuMeanPct.toFixed(2)} % (mean), ${u.processes} process(es)`,
+      `[idle] ${name}: RSS ${one.rssMedianMib.toFixed(1)} MiB (median; PSS ${one.pssMedianMib.toFixed(1)}, anonymous ${one.anonMedianMib.toFixed(1)}), CPU ${one.cpuMeanPct.toFixed(2)} % (mean), ${one.wakeUpsPerS.toFixed(1)} wake-ups/s, ${u.processes} process(es)`,
     )
   }
   return {
@@ -243,6 +245,7 @@ async function measureAgents(run: Run): Promise<(string | number)[][]> {
     row('  of it anonymous (its own), MiB (median)', idle.ours.anonMedianMib, idle.serf.anonMedianMib),
     row('idle CPU per agent, % of a core (mean over window)', idle.ours.cpuMeanPct, idle.serf.cpuMeanPct),
     row('idle CPU per agent, % of a core (median of 1 s)', idle.ours.cpuMedianPct, idle.serf.cpuMedianPct),
+    row('idle wake-ups per agent, per second (all threads)', idle.ours.wakeUpsPerS, idle.serf.wakeUpsPerS),
   )
   Object.assign(run.out, {
     start_ms_ours: Math.round(start.ours),
@@ -263,6 +266,8 @@ async function measureAgents(run: Run): Promise<(string | number)[][]> {
     idle_cpu_pct_serf: round(idle.serf.cpuMeanPct, 2),
     idle_cpu_pct_median_ours: round(idle.ours.cpuMedianPct, 2),
     idle_cpu_pct_median_serf: round(idle.serf.cpuMedianPct, 2),
+    idle_wakeups_per_s_ours: round(idle.ours.wakeUpsPerS),
+    idle_wakeups_per_s_serf: round(idle.serf.wakeUpsPerS),
   })
   return rows
 }
