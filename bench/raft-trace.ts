@@ -1,8 +1,8 @@
 /**
- * `tsx bench/raft-trace.ts [--ops N] [--writers W] [--seconds S] [--cpuprof DIR --profhook M]`:
+ * `tsx bench/raft-trace.ts [--ops N] [--writers W] [--seconds S] [--cpuprof DIR --profhook M --profphase seq|conc]`:
  * a quick probe of Raft writes on 3 local agents: sequential latency at the leader and through a
  * follower, then W concurrent writers: ops/s and CPU ms per write (utime+stime from /proc, summed
- * over the agents; steadier than ops/s on a shared machine). The stage table needs an agent build
+ * over the agents; steadier than ops/s on a shared machine), and CPU ms per sequential write too. The stage table needs an agent build
  * that prints `RTRACE <node> <stage> <index> <ms>` lines (a temporary patch; ms on the machine-wide
  * monotonic clock, `process.hrtime`); without them it holds only the client's own rows (`C.send`,
  * `C.recv`, when the request left and its reply arrived). `--cpuprof`: agents get NODE_OPTIONS=--import M (an inspector hook toggled by SIGUSR2).
@@ -17,6 +17,8 @@ import { argValue, fmt, quantile } from './lib.ts'
 const OPS = Number(argValue('ops', '200'))
 const WRITERS = Number(argValue('writers', '16'))
 const SECONDS = Number(argValue('seconds', '5'))
+/** Which phase `--cpuprof` profiles: the concurrent writes (default) or the sequential ones at the leader. */
+const PROFILE_PHASE = argValue('profphase', 'conc')
 const keepAlive = new Agent({ keepAlive: true, maxSockets: 64 })
 
 /** Writes one kv config entry; resolves with the Raft index the reply names (0 if none). */
@@ -170,20 +172,26 @@ async function main(): Promise<void> {
     if (prof !== undefined) process.stderr.write(`leader pid ${leader.child?.pid}\n`)
     const mark = (): number =>
       Math.max(0, ...parse(leader.log).map((e) => (e.stage === 'propose' ? Number(e.idx) : 0)))
-    const a = mark()
-    const leaderLat = await seq(leader.http, 'sequential at leader')
-    const b = mark()
-    const fwdLat = await seq(follower.http, 'sequential via follower')
-    const c = mark()
     const sig = (): void => {
       if (prof !== undefined) for (const x of agents) x.child?.kill('SIGUSR2')
     }
-    sig()
     const cpu = (): number[] =>
       agents.map((x) => {
         const f = readFileSync(`/proc/${x.child!.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
         return (Number(f[11]) + Number(f[12])) * 10 // utime + stime, ms at 100 Hz
       })
+    const a = mark()
+    if (PROFILE_PHASE === 'seq') sig()
+    const s0 = cpu()
+    const leaderLat = await seq(leader.http, 'sequential at leader')
+    const s1 = cpu()
+    if (PROFILE_PHASE === 'seq') sig()
+    // CPU per sequential write (at the leader): what each write costs when nothing is batched.
+    const seqCpu = s1.map((v, i) => (v - s0[i]!) / OPS)
+    const b = mark()
+    const fwdLat = await seq(follower.http, 'sequential via follower')
+    const c = mark()
+    if (PROFILE_PHASE === 'conc') sig()
     const term0 = (await status(leader))?.term
     const c0 = cpu()
     const n0 = performance.now()
@@ -196,7 +204,7 @@ async function main(): Promise<void> {
     const total = (ops * (performance.now() - n0)) / 1000
     const cpuPerOp = c1.map((v, i) => (v - c0[i]!) / total)
     const leaderCpu = cpuPerOp[agents.indexOf(leader)]!
-    sig()
+    if (PROFILE_PHASE === 'conc') sig()
     await new Promise((r) => setTimeout(r, 1000))
     const evs = [...agents.flatMap((x) => parse(x.log)), ...clientEvents]
     process.stderr.write('stages, writes at the leader (ms after propose):\n')
@@ -207,6 +215,8 @@ async function main(): Promise<void> {
       JSON.stringify({
         seq_leader_p50: quantile(leaderLat, 0.5),
         seq_leader_p99: quantile(leaderLat, 0.99),
+        seq_cpu_ms_per_op_leader: seqCpu[agents.indexOf(leader)],
+        seq_cpu_ms_per_op_all: seqCpu.reduce((x, y) => x + y, 0),
         seq_fwd_p50: quantile(fwdLat, 0.5),
         seq_fwd_p99: quantile(fwdLat, 0.99),
         conc_ops: ops,
