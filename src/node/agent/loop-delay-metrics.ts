@@ -46,7 +46,7 @@ function read(h: IntervalHistogram, stat: Stat): number {
  *
  * prom-client enables node's histogram for the life of the process, and its timer wakes the agent
  * `1000 / EVENT_LOOP_SAMPLE_MS` times a second, scraped or not: on this machine a wake-up of an
- * otherwise idle process costs about 0.13 ms of CPU, so 10 a second were 5% of an idle agent's
+ * otherwise idle Node process costs about 0.14 ms of CPU, so 10 a second were 5% of an idle agent's
  * CPU. Here the first scrape starts the sampling and it stops EVENT_LOOP_SAMPLING_IDLE_MS after
  * the last one. A scrape reports the delays recorded since the previous scrape (as prom-client
  * does: it resets the histogram); a scrape with nothing recorded (the first) reports zeros rather
