@@ -86,6 +86,18 @@ function deframer(onFrame: (id: number, payload: Buffer) => void): (chunk: Buffe
   }
 }
 
+/**
+ * The rest of a lean relay's pair of sockets: `from`'s bytes written to `to` (the other way goes
+ * through `to`'s `onread`), errors ignored, and either closing closes the other.
+ */
+function wire(from: net.Socket, to: net.Socket): void {
+  from.on('data', (c: Buffer) => to.write(c))
+  from.on('error', () => {})
+  to.on('error', () => {})
+  from.on('close', () => to.destroy())
+  to.on('close', () => from.destroy())
+}
+
 function leanInbound(cert: ServiceCertificate, appPort: number): net.Server {
   return tls.createServer(
     { ...tlsOptions(cert), requestCert: true, rejectUnauthorized: true, noDelay: true },
@@ -96,11 +108,7 @@ function leanInbound(cert: ServiceCertificate, appPort: number): net.Server {
         noDelay: true,
         onread: onread((c) => socket.write(c)),
       })
-      socket.on('data', (c: Buffer) => local.write(c))
-      socket.on('error', () => {})
-      local.on('error', () => {})
-      socket.on('close', () => local.destroy())
-      local.on('close', () => socket.destroy())
+      wire(socket, local)
     },
   )
 }
@@ -116,11 +124,7 @@ function leanOutbound(cert: ServiceCertificate, inboundPort: number): net.Server
       onread: onread((c) => client.write(c)),
     } as tls.ConnectionOptions)
     up.setNoDelay(true)
-    client.on('data', (c: Buffer) => up.write(c))
-    client.on('error', () => {})
-    up.on('error', () => {})
-    client.on('close', () => up.destroy())
-    up.on('close', () => client.destroy())
+    wire(client, up)
   })
 }
 
