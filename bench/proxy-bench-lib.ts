@@ -47,6 +47,30 @@ export async function leafCert(
 }
 
 /**
+ * The PEM fields of `startHaproxyPair` (bench/peers/haproxy.ts) for the benches' two services: web's
+ * leaf on the client side, api's on the server side, both trusting `rootPem`.
+ */
+export function haproxyPairCerts(
+  rootPem: string,
+  web: ServiceCertificate,
+  api: ServiceCertificate,
+): {
+  caPem: string
+  clientCertPem: string
+  clientKeyPem: string
+  serverCertPem: string
+  serverKeyPem: string
+} {
+  return {
+    caPem: rootPem,
+    clientCertPem: web.certPem,
+    clientKeyPem: web.keyPem,
+    serverCertPem: api.certPem,
+    serverKeyPem: api.keyPem,
+  }
+}
+
+/**
  * Starts `script` (a runner: it reads its JSON config from the path it is given and prints one
  * `{"port": N}` line when it listens) with `config`, and waits for that line. The child is kept in
  * `live` until it exits.

@@ -48,6 +48,7 @@ import { createRootCa } from '../src/identity/ca/ca.ts'
 import type { KeyType } from '../src/identity/keys/keys.ts'
 import {
   cpuUs,
+  haproxyPairCerts,
   leafCert,
   parseWrk,
   type Proc,
@@ -389,11 +390,7 @@ async function main(): Promise<void> {
       : undefined
     const haproxy = await startHaproxyPair({
       dir,
-      caPem: root.certPem,
-      clientCertPem: web.certPem,
-      clientKeyPem: web.keyPem,
-      serverCertPem: api.certPem,
-      serverKeyPem: api.keyPem,
+      ...haproxyPairCerts(root.certPem, web, api),
       appPort: app.port,
     })
     cleanups.push(() => haproxy.close())
@@ -418,11 +415,7 @@ async function main(): Promise<void> {
           })
           const haproxyH2 = await startHaproxyPair({
             dir,
-            caPem: root.certPem,
-            clientCertPem: web.certPem,
-            clientKeyPem: web.keyPem,
-            serverCertPem: api.certPem,
-            serverKeyPem: api.keyPem,
+            ...haproxyPairCerts(root.certPem, web, api),
             appPort: appH2.port,
             mode: 'h2',
           })

@@ -22,7 +22,14 @@ import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createRootCa } from '../src/identity/ca/ca.ts'
-import { cpuUs, leafCert, parseWrk, type Proc, startRunner as startBenchRunner } from './proxy-bench-lib.ts'
+import {
+  cpuUs,
+  haproxyPairCerts,
+  leafCert,
+  parseWrk,
+  type Proc,
+  startRunner as startBenchRunner,
+} from './proxy-bench-lib.ts'
 import { argValue, emitJson, median, progress, table } from './lib.ts'
 import { ensureInstalled, startHaproxyPair, WRK } from './peers/haproxy.ts'
 import type { RunnerConfig } from './proxy-sidecar-runner.ts'
@@ -127,11 +134,7 @@ async function main(): Promise<void> {
     const mux = await pair('mux')
     const haproxy = await startHaproxyPair({
       dir,
-      caPem: root.certPem,
-      clientCertPem: web.certPem,
-      clientKeyPem: web.keyPem,
-      serverCertPem: api.certPem,
-      serverKeyPem: api.keyPem,
+      ...haproxyPairCerts(root.certPem, web, api),
       appPort: app.port,
     })
     cleanups.push(() => haproxy.close())
