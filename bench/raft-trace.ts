@@ -6,7 +6,11 @@
  * that prints `RTRACE <node> <stage> <index> <ms>` lines (a temporary patch; ms on the machine-wide
  * monotonic clock, `process.hrtime`); without them it holds only the client's own rows (`C.send`,
  * `C.recv`, when the request left and its reply arrived). `--cpuprof`: agents get NODE_OPTIONS=--import M (an inspector hook toggled by SIGUSR2).
+ * `--node-options OPTS`: the agents' NODE_OPTIONS (e.g. `--perf-basic-prof`). `--onconc CMD`: a shell command started with
+ * the concurrent writes, `$PIDS` the agents' pids (leader first), e.g. `perf record -g -p $PIDS -- sleep 5`; waited for.
  */
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import { Agent, request } from 'node:http'
@@ -50,6 +54,31 @@ function putKv(http: string, name: string, value: string): Promise<number> {
     req.on('error', reject)
     req.end(body)
   })
+}
+
+/**
+ * The leader's Raft messages sent and received so far, and its last log index (its `/metrics`):
+ * with the write count, messages per write, which batching decides.
+ */
+async function raftCounters(http: string): Promise<{ sent: number; received: number; lastIndex: number }> {
+  const res = await fetch(`http://${http}/metrics`, { headers: authHeaders() })
+  const text = await res.text()
+  const sum = (re: RegExp): number => {
+    let n = 0
+    for (const m of text.matchAll(re)) n += Number(m[1])
+    return n
+  }
+  return {
+    sent: sum(/^peermesh_raft_transport_messages_total\{[^}]*direction="sent"[^}]*\} (\S+)$/gm),
+    received: sum(/^peermesh_raft_transport_messages_total\{[^}]*direction="received"[^}]*\} (\S+)$/gm),
+    lastIndex: sum(/^peermesh_raft_last_index (\S+)$/gm),
+  }
+}
+
+/** This process's CPU ms so far (user + system): the client's share of a write. */
+const ownCpuMs = (): number => {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1000
 }
 
 /** The machine-wide monotonic clock in ms, as the agents' RTRACE lines use. */
@@ -158,6 +187,8 @@ function stages(evs: Ev[], leaderId: string, from: number, to: number): void {
 async function main(): Promise<void> {
   process.env['PEERMESH_RAFT_TRACE'] = argValue('trace', '1')
   const prof = argValue('cpuprof')
+  const nodeOptions = argValue('node-options')
+  if (nodeOptions !== undefined) process.env['NODE_OPTIONS'] = nodeOptions
   if (prof !== undefined) {
     process.env['NODE_OPTIONS'] = `--import ${argValue('profhook', '/tmp/pmb/prof.mjs')}`
     process.env['PROF_DIR'] = prof
@@ -193,10 +224,26 @@ async function main(): Promise<void> {
     const c = mark()
     if (PROFILE_PHASE === 'conc') sig()
     const term0 = (await status(leader))?.term
+    const m0 = await raftCounters(leader.http)
     const c0 = cpu()
+    const own0 = ownCpuMs()
     const n0 = performance.now()
+    const onConc = argValue('onconc')
+    const probe =
+      onConc === undefined
+        ? undefined
+        : spawn('sh', ['-c', onConc], {
+            stdio: 'inherit',
+            env: {
+              ...process.env,
+              PIDS: [leader, ...agents.filter((x) => x !== leader)].map((x) => x.child!.pid).join(','),
+            },
+          })
     const ops = await conc(leader.http)
+    if (probe !== undefined && probe.exitCode === null) await once(probe, 'exit')
     const c1 = cpu()
+    const own1 = ownCpuMs()
+    const m1 = await raftCounters(leader.http)
     // A run whose leadership changed under load measured elections too: say so.
     const after = await status(leader)
     const termChanged = after?.term !== term0 || after?.leader !== after?.id
@@ -204,6 +251,10 @@ async function main(): Promise<void> {
     const total = (ops * (performance.now() - n0)) / 1000
     const cpuPerOp = c1.map((v, i) => (v - c0[i]!) / total)
     const leaderCpu = cpuPerOp[agents.indexOf(leader)]!
+    const entries = m1.lastIndex - m0.lastIndex
+    process.stderr.write(
+      `leader per write: ${fmt((m1.sent - m0.sent) / entries)} messages sent, ${fmt((m1.received - m0.received) / entries)} received (${entries} entries); CPU ms per write: ${cpuPerOp.map((v, i) => `${agents[i] === leader ? 'L' : 'F'} ${fmt(v)}`).join(', ')}, client ${fmt((own1 - own0) / total)}\n`,
+    )
     if (PROFILE_PHASE === 'conc') sig()
     await new Promise((r) => setTimeout(r, 1000))
     const evs = [...agents.flatMap((x) => parse(x.log)), ...clientEvents]
@@ -222,6 +273,10 @@ async function main(): Promise<void> {
         conc_ops: ops,
         conc_cpu_ms_per_op_leader: leaderCpu,
         conc_cpu_ms_per_op_all: cpuPerOp.reduce((a, b) => a + b, 0),
+        conc_cpu_ms_per_op_followers: cpuPerOp.filter((_, i) => agents[i] !== leader),
+        conc_cpu_ms_per_op_client: (own1 - own0) / total,
+        conc_leader_msgs_sent_per_entry: (m1.sent - m0.sent) / entries,
+        conc_leader_msgs_received_per_entry: (m1.received - m0.received) / entries,
         conc_leader_changed: termChanged,
         load: loadavg()[0],
       }),
