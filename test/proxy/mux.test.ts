@@ -315,6 +315,37 @@ describe('multiplexed L4 mode', () => {
       expect(await c.send('z')).toBe('api-2:z')
   })
 
+  it('an instance whose connections drop without a word (no GOAWAY): streams fail, new connections retry', async () => {
+    const a1 = await app('api-1', 'echo')
+    const a2 = await app('api-2', 'echo')
+    const one = await apiInbound(a1.port)
+    const two = await apiInbound(a2.port)
+    // api-1 is reached through a TCP pass-through that is cut abruptly, as a host that dies.
+    const cut = new Set<net.Socket>()
+    const passThrough = net.createServer((s) => {
+      const up = net.connect({ host: '127.0.0.1', port: one.inbound.port })
+      for (const x of [s, up]) {
+        cut.add(x)
+        x.on('error', () => {})
+      }
+      s.pipe(up).pipe(s)
+    })
+    const pt = await listenLoopback(passThrough)
+    cleanups.push(pt.close)
+    const { outbound, registry } = await webOutbound([pt.port, two.inbound.port], { rng: () => 0 })
+    const conns = await Promise.all(Array.from({ length: 6 }, () => persistent(outbound.port)))
+    const replies = await Promise.all(conns.map((c) => c.send('x')))
+    const onOne = conns.filter((_, i) => replies[i] === 'api-1:x')
+    expect(onOne.length).toBeGreaterThan(0)
+    await pt.close()
+    for (const s of cut) s.destroy()
+    await waitFor(() => onOne.every((c) => c.isClosed()), 5_000, "api-1's streams to close")
+    for (let i = 0; i < 10; i++) expect(await once(outbound.port, 'y')).toBe('api-2:y')
+    expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
+    for (const c of conns.filter((_, i) => replies[i] === 'api-2:x'))
+      expect(await c.send('z')).toBe('api-2:z')
+  })
+
   it('falls back to one TLS connection per client connection against an inbound without the ALPN', async () => {
     const a = await app('api-app')
     const { inbound, registry } = await apiInbound(a.port, { mux: false })
