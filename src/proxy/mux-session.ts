@@ -14,7 +14,9 @@
  * session itself: when the TLS socket holds more than `MUX_SESSION_HIGH_WATER` bytes unsent, every
  * stream that sends pauses its source until the socket drains. What one session can make this
  * process hold is therefore bounded: `maxStreams × initialWindow` in local sockets' buffers, the
- * high-water mark plus one chunk per stream in the TLS socket, and a constant in the decoder.
+ * high-water mark plus each stream's credit in the TLS socket (a peer that makes us queue more,
+ * by sending frames that need an answer without reading the answers, loses the session), and a
+ * constant in the decoder.
  *
  * Stream life: OPEN; DATA and FIN each way (a FIN is a half-close, relayed as `end()`); the
  * stream is gone after both FINs and the close of its local socket, or at once after an RST
@@ -393,7 +395,16 @@ export class MuxSession {
     const out = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending)
     this.pending = []
     this.socket.write(out)
-    if (this.socket.writableLength > MUX_SESSION_HIGH_WATER) this.blocked = true
+    const queued = this.socket.writableLength
+    if (queued <= MUX_SESSION_HIGH_WATER) return
+    this.blocked = true
+    // Past what our own sending can queue (the high-water mark plus each stream's credit, the
+    // most a stream sends before it sees the session blocked), the rest is control frames the peer makes us send (RST
+    // for its OPENs, WINDOW for its DATA) while it does not read them: the session goes.
+    if (queued > MUX_SESSION_HIGH_WATER + this.init.maxStreams * this.init.initialWindow) {
+      this.init.onProtocolError?.('peer_not_reading')
+      this.socket.destroy()
+    }
   }
 
   waitForDrain(stream: MuxStream): void {

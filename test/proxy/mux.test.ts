@@ -490,6 +490,30 @@ describe('multiplexed L4 mode, from the attacker side', () => {
     expect(a.hits).toBe(5)
   })
 
+  it('a peer that floods OPENs without reading the refusals loses the session; memory stays bounded', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port, { muxMaxStreams: 4, muxInitialWindow: 1024 })
+    const raw = await rawSession(inbound.port, webCert)
+    raw.socket.pause() // never reads: every RST refused piles up on the inbound's side
+    const batch = 10_000
+    let id = 0
+    while (!raw.isClosed() && id < 3_000_000) {
+      const frames = Buffer.alloc(batch * MUX_HEADER_BYTES)
+      for (let i = 0; i < batch; i++) writeHeader(frames, i * MUX_HEADER_BYTES, FrameType.OPEN, ++id, 0)
+      if (!raw.socket.write(frames)) {
+        await new Promise<void>((resolve) => {
+          raw.socket.once('drain', resolve)
+          raw.socket.once('close', resolve)
+        })
+      }
+    }
+    await waitFor(() => raw.isClosed(), 10_000, 'the session to close')
+    expect(inbound.muxRefused.protocolErrors).toBe(1)
+    expect(a.hits).toBe(4)
+    await waitFor(() => inbound.muxSessions === 0, 5_000, 'the session to go')
+    await stillServes(inbound.port)
+  }, 60_000)
+
   it.each([
     ['garbage bytes', () => [Buffer.from('GET / HTTP/1.1\r\nHost: api\r\n\r\n')]],
     [
