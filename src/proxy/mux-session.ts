@@ -92,6 +92,8 @@ export class MuxStream {
   /** Bytes beyond the credit, sent when WINDOW comes; the source is paused meanwhile. */
   private stalled: Buffer[] = []
   private finQueued = false
+  /** The local socket closed after ending both ways; bytes still wait for credit, then FIN. */
+  private finishAfterFin = false
   finSent = false
   finReceived = false
   private receivedAny = false
@@ -148,11 +150,15 @@ export class MuxStream {
     if (this.stalled.length === 0) this.sendFin()
   }
 
-  /** The local socket closed. Clean when FIN went both ways; otherwise the peer gets RST. */
+  /**
+   * The local socket closed. Clean when it ended both ways: the bytes still waiting for credit
+   * and the FIN go out, then the stream is gone. Otherwise the peer gets RST.
+   */
   localClosed(): void {
     if (this.closed) return
-    if (this.finSent && this.finReceived) this.finish()
-    else this.reset(MuxResetCode.CANCEL)
+    if (!this.finQueued || !this.finReceived) this.reset(MuxResetCode.CANCEL)
+    else if (this.finSent) this.finish()
+    else this.finishAfterFin = true
   }
 
   /** Resets the stream (RST to the peer); no callback follows. */
@@ -165,6 +171,7 @@ export class MuxStream {
   private sendFin(): void {
     this.finSent = true
     this.session.send(emptyFrame(FrameType.FIN, this.id))
+    if (this.finishAfterFin) this.finish()
   }
 
   private finish(): void {

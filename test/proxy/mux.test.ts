@@ -294,6 +294,46 @@ describe('multiplexed L4 mode', () => {
     expect(inbound.muxSessions).toBe(1)
   }, 30_000)
 
+  it('request, end, then a large answer and close: every byte arrives both ways (credit outlasts the sockets)', async () => {
+    const size = 6 * 1024 * 1024
+    const body = Buffer.alloc(size)
+    for (let i = 0; i < size; i += 4) body.writeUInt32BE(i, i)
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {})
+      let got = 0
+      s.on('data', (d: Buffer) => {
+        got += d.length
+      })
+      // After the caller's end: the whole answer at once, then end (the app's socket then closes).
+      s.on('end', () => {
+        expect(got).toBe(size)
+        s.end(body)
+      })
+    })
+    const { port: appPort, close } = await listenLoopback(server)
+    cleanups.push(close)
+    const { inbound } = await apiInbound(appPort)
+    const { outbound } = await webOutbound([inbound.port])
+    const results = await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const socket = net.connect({ host: '127.0.0.1', port: outbound.port, allowHalfOpen: true })
+        cleanups.push(async () => {
+          socket.destroy()
+        })
+        const chunks: Buffer[] = []
+        const done = new Promise<void>((resolve, reject) => {
+          socket.on('data', (d: Buffer) => chunks.push(d))
+          socket.on('end', () => resolve())
+          socket.on('error', reject)
+        })
+        socket.end(body)
+        await done
+        return Buffer.concat(chunks)
+      }),
+    )
+    for (const r of results) expect(r.equals(body)).toBe(true)
+  })
+
   it('an instance that dies mid-session: its streams close, new connections retry onto another', async () => {
     const a1 = await app('api-1', 'echo')
     const a2 = await app('api-2', 'echo')
