@@ -69,6 +69,8 @@ export interface MuxSessionInit {
   maxStreams: number
   /** Per-stream credit each way. */
   initialWindow: number
+  /** The socket's bytes come through `receive` (an `onread` socket), not its `'data'` events. */
+  externalReads?: boolean
   /** Server role: a stream the peer opened, within the limits. The owner wires it or resets it. */
   onOpen?(stream: MuxStream): void
   /** Server role: an OPEN refused by the stream limit or a GOAWAY already sent. */
@@ -293,10 +295,8 @@ export class MuxSession {
     this.init = init
     this.socket = init.socket
     this.decoder = new FrameDecoder(this.handler)
-    this.socket.on('data', (chunk: Buffer) => {
-      this.decoder.push(chunk)
-      if (this.decoder.error !== undefined) this.protocolError(this.decoder.error)
-    })
+    // A socket dialled with node's `onread` delivers its bytes through `receive` instead.
+    if (!init.externalReads) this.socket.on('data', this.receive)
     this.socket.on('drain', () => {
       this.blocked = false
       const waiting = [...this.waiting]
@@ -308,6 +308,12 @@ export class MuxSession {
     this.socket.on('end', () => this.socket.end())
     this.socket.on('error', () => {}) // 'close' follows
     this.socket.on('close', () => this.onSocketClose())
+  }
+
+  /** The peer's bytes, in chunks split anywhere (the callee keeps no reference beyond DATA pieces). */
+  readonly receive = (chunk: Buffer): void => {
+    this.decoder.push(chunk)
+    if (this.decoder.error !== undefined) this.protocolError(this.decoder.error)
   }
 
   /** Streams open now. */

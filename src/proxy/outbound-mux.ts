@@ -20,6 +20,7 @@ import { UpstreamConnectError } from './errors.ts'
 import { MUX_ALPN } from './mux-frame.ts'
 import { MuxSession, type MuxStream } from './mux-session.ts'
 import type { UpstreamCore } from './outbound-common.ts'
+import { relayOnRead } from './relay.ts'
 
 export interface MuxClientConfig {
   maxStreams: number
@@ -29,11 +30,24 @@ export interface MuxClientConfig {
   fallbackMs: number
 }
 
+/** A session's TLS connection taken over by one client connection. */
+export interface AdoptedSocket {
+  socket: tls.TLSSocket
+  /**
+   * From now on the socket's bytes go to `deliver` (false: full, reading stops until
+   * `socket.resume()`); bytes that came before are delivered at once.
+   */
+  take(deliver: (chunk: Buffer) => boolean): void
+}
+
 /** How a wait for a session ended. */
 export type SessionOutcome =
   | { kind: 'mux'; session: MuxSession }
-  /** The inbound does not speak mux: `socket` (if set) is a connected per-connection TLS socket to adopt. */
-  | { kind: 'fallback'; socket: tls.TLSSocket | undefined }
+  /**
+   * The inbound does not speak mux. `adopted` (for one waiter): the connected TLS socket, taken
+   * over as a per-connection relay.
+   */
+  | { kind: 'fallback'; adopted: AdoptedSocket | undefined }
   /** TCP connect, TLS handshake or identity check failed, or timed out. */
   | { kind: 'failed' }
 
@@ -42,6 +56,13 @@ class ClientSession {
   readonly context: tls.SecureContext
   session: MuxSession | undefined
   private waiters: ((outcome: SessionOutcome) => void)[] = []
+  /** Where the socket's bytes go: held until the ALPN decides, then the session or the adopter. */
+  private deliver: (chunk: Buffer) => boolean = (chunk) => {
+    this.early.push(chunk)
+    return true
+  }
+  /** Bytes that came before the decision (a per-connection inbound's app may speak first). */
+  private early: Buffer[] = []
   /** Takes no new streams (rotated, GOAWAY received, full, or the pool is closing). */
   retired = false
   private cancelIdle: Cancel | undefined
@@ -54,7 +75,7 @@ class ClientSession {
     const core = pool.core
     const e = record.endpoint
     this.context = core.tls.secureContext
-    const socket = tls.connect({
+    const socket: tls.TLSSocket = tls.connect({
       host: e.address,
       port: e.port,
       secureContext: this.context,
@@ -65,6 +86,8 @@ class ClientSession {
       ALPNProtocols: [MUX_ALPN, 'http/1.1'],
       // For the per-connection fallback, which adopts this socket: half-close is relayed.
       allowHalfOpen: true,
+      // Bytes without the Readable machinery (relay.ts): to the session, or to the adopter.
+      onread: relayOnRead((chunk) => this.deliver(chunk)),
     } as tls.ConnectionOptions)
     socket.setNoDelay(true)
     this.socket = socket
@@ -123,9 +146,10 @@ class ClientSession {
   private opened(): void {
     const config = this.pool.config
     const core = this.pool.core
-    this.session = new MuxSession({
+    const session = new MuxSession({
       socket: this.socket,
       role: 'client',
+      externalReads: true,
       clock: core.clock,
       maxStreams: config.maxStreams,
       initialWindow: config.initialWindow,
@@ -139,8 +163,16 @@ class ClientSession {
         )
       },
     })
-    this.settle({ kind: 'mux', session: this.session })
-    if (this.session.size === 0) this.idle()
+    this.session = session
+    this.deliver = (chunk) => {
+      session.receive(chunk)
+      return true
+    }
+    const early = this.early
+    this.early = []
+    for (const chunk of early) session.receive(chunk)
+    this.settle({ kind: 'mux', session })
+    if (session.size === 0) this.idle()
   }
 
   private fallback(): void {
@@ -152,8 +184,17 @@ class ClientSession {
       this.socket.destroy()
       return
     }
-    first({ kind: 'fallback', socket: this.socket })
-    for (const w of rest) w({ kind: 'fallback', socket: undefined })
+    const adopted: AdoptedSocket = {
+      socket: this.socket,
+      take: (deliver) => {
+        this.deliver = deliver
+        const early = this.early
+        this.early = []
+        for (const chunk of early) if (!deliver(chunk)) this.socket.pause()
+      },
+    }
+    first({ kind: 'fallback', adopted })
+    for (const w of rest) w({ kind: 'fallback', adopted: undefined })
   }
 
   private settle(outcome: SessionOutcome): void {

@@ -30,7 +30,7 @@ import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from '.
 import { forward, relayOnRead } from './relay.ts'
 import { MuxResetCode } from './mux-frame.ts'
 import type { MuxSession, MuxStream } from './mux-session.ts'
-import { type ClientSession, MuxClientPool } from './outbound-mux.ts'
+import { type AdoptedSocket, type ClientSession, MuxClientPool } from './outbound-mux.ts'
 import { ALL_ROUTE, type Plan } from './traffic.ts'
 import { shouldLogAccess } from './types.ts'
 
@@ -229,7 +229,7 @@ class L4Connection {
         // The TLS path gives the endpoint back when its socket closes.
         released = true
         this.releaseAttempt = undefined
-        this.attemptTls(record, outcome.socket)
+        this.attemptTls(record, outcome.adopted)
       } else {
         release()
         this.attemptFailed(record, 'connect')
@@ -333,7 +333,7 @@ class L4Connection {
    * One TLS connection for this client connection: dialled here, or `adopted` (a mux session's
    * connection whose inbound does not speak mux, already through its handshake).
    */
-  private attemptTls(record: EndpointRecord, adopted: tls.TLSSocket | undefined): void {
+  private attemptTls(record: EndpointRecord, adopted: AdoptedSocket | undefined): void {
     const core = this.core
     let up: tls.TLSSocket
     if (adopted === undefined) {
@@ -349,10 +349,7 @@ class L4Connection {
       } as tls.ConnectionOptions)
       up.setNoDelay(true)
     } else {
-      up = adopted
-      up.on('data', (chunk: Buffer) => {
-        if (!this.onUpstreamChunk(up, record, chunk)) up.pause()
-      })
+      up = adopted.socket
     }
     this.upstream = up
     const cancelTimer =
@@ -376,7 +373,10 @@ class L4Connection {
       }
     }
     if (adopted === undefined) up.once('secureConnect', onSecure)
-    else onSecure()
+    else {
+      onSecure()
+      adopted.take((chunk) => this.onUpstreamChunk(up, record, chunk))
+    }
     up.on('end', () => {
       upEnded = true
       // Half-open is allowed, so an end does not close by itself: before the first response byte

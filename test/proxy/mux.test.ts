@@ -399,6 +399,32 @@ describe('multiplexed L4 mode', () => {
     expect(inbound.muxSessions).toBe(0)
   })
 
+  it.each([
+    { mode: 'multiplexed', mux: true },
+    { mode: 'per connection (fallback)', mux: false },
+  ])(
+    'an app that speaks first (a banner) is heard before the client sends anything: $mode',
+    async ({ mux }) => {
+      const server = net.createServer((s) => {
+        s.on('error', () => {})
+        s.write('220 banner\r\n')
+        s.on('data', (d: Buffer) => s.write(`echo ${d}`))
+      })
+      const { port: appPort, close } = await listenLoopback(server)
+      cleanups.push(close)
+      const { inbound } = await apiInbound(appPort, { mux })
+      const { outbound } = await webOutbound([inbound.port])
+      for (let i = 0; i < 3; i++) {
+        const c = await persistent(outbound.port)
+        const banner = await new Promise<string>((resolve) => c.socket.once('data', resolve))
+        expect(banner).toBe('220 banner\r\n')
+        expect(await c.send('hi')).toBe('echo hi')
+        c.socket.destroy()
+      }
+      expect(inbound.muxSessions).toBe(mux ? 1 : 0)
+    },
+  )
+
   it('a TLS client offering some other ALPN is relayed per connection, as before', async () => {
     const a = await app('api-app')
     const { inbound } = await apiInbound(a.port)
