@@ -208,7 +208,7 @@ export class MuxInbound {
     for (const served of this.sessions) {
       const session = served.session
       if (session.goAwaySent) continue
-      session.goAway()
+      session.goAway(MuxResetCode.SHUTDOWN, false)
       if (session.size === 0) {
         session.close()
         continue

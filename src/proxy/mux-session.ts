@@ -286,8 +286,10 @@ export class MuxSession {
   /** The TLS socket holds more than the high-water mark. */
   blocked = false
   private readonly waiting = new Set<MuxStream>()
-  /** GOAWAY sent (server: OPENs are refused) or received (client: open no more streams). */
+  /** GOAWAY sent or received (client: open no more streams). */
   goAwaySent = false
+  /** Server: OPENs are refused (stopping, or a protocol error). */
+  private refusing = false
   goAwayReceived = false
   closed = false
 
@@ -348,8 +350,13 @@ export class MuxSession {
     return this.streams.values()
   }
 
-  /** No new streams: tells the peer (streams already open go on). */
-  goAway(code: MuxResetCode = MuxResetCode.SHUTDOWN): void {
+  /**
+   * No new streams: tells the peer (streams already open go on). `refuse` false (a drain after a
+   * rotation): OPENs the peer sent before it read the GOAWAY are still served, so that the race
+   * costs no retry; the session closes when idle or after the drain time anyway.
+   */
+  goAway(code: MuxResetCode = MuxResetCode.SHUTDOWN, refuse = true): void {
+    if (refuse) this.refusing = true
     if (this.closed || this.goAwaySent) return
     this.goAwaySent = true
     this.send(goAwayFrame(this.init.role === 'server' ? this.lastId : 0, code))
@@ -478,7 +485,7 @@ export class MuxSession {
     if (this.init.role !== 'server') return this.protocolError('open_from_server')
     if (id <= this.lastId) return this.protocolError('stream_id_reused')
     this.lastId = id
-    if (this.goAwaySent || this.streams.size >= this.init.maxStreams) {
+    if (this.refusing || this.streams.size >= this.init.maxStreams) {
       this.send(u32Frame(FrameType.RST, id, MuxResetCode.REFUSED))
       this.init.onRefused?.()
       return true
@@ -493,6 +500,7 @@ export class MuxSession {
     if (!this.closed) {
       this.init.onProtocolError?.(reason)
       // A best-effort GOAWAY, then the connection goes.
+      this.refusing = true
       if (!this.goAwaySent) {
         this.goAwaySent = true
         this.pending.push(goAwayFrame(this.lastId, MuxResetCode.PROTOCOL_ERROR))
