@@ -81,3 +81,29 @@ export const IDEMPOTENT_METHODS: ReadonlySet<string> = new Set([
   'DELETE',
   'TRACE',
 ])
+
+/**
+ * Multiplexed L4 (`peermesh-mux/1`, `mux-session.ts`): credit per stream and direction. 256 KiB
+ * keeps a loopback or LAN stream at full speed (a window covers several round trips of 64 KiB
+ * frames) while bounding what a stream can make its receiver buffer.
+ */
+export const DEFAULT_MUX_INITIAL_WINDOW = 256 * 1024
+
+/**
+ * Streams open at once on one session; an OPEN past it is refused (RST refused) and the outbound
+ * opens another session. As the inbound's connection cap: an instance's callers rarely hold more.
+ */
+export const DEFAULT_MUX_MAX_STREAMS = 1024
+
+/** An outbound session with no stream for this long is closed (a new one costs one handshake). */
+export const DEFAULT_MUX_IDLE_MS = 15_000
+
+/**
+ * A session that gets no new streams (certificate or trust bundle rotated, GOAWAY received) closes
+ * when its last stream ends, or after this long at most: long-lived streams then move to a session
+ * on the new certificate through the client's reconnect.
+ */
+export const DEFAULT_MUX_DRAIN_MS = 60_000
+
+/** An endpoint whose inbound did not select the mux ALPN is dialled per connection for this long before asking again. */
+export const DEFAULT_MUX_FALLBACK_MS = 60_000

@@ -12,6 +12,10 @@
  * (`inbound-http.ts`) and every request goes through the request gate (L7 intentions, rate
  * limits); a connection is admitted when its source has an L4 allow or an L7 intention.
  *
+ * Protocol `tcp` also serves `peermesh-mux/1` (`inbound-mux.ts`): a caller that offers that ALPN
+ * gets one session whose streams are each relayed to the app like a connection, with intentions
+ * checked at every stream open. A caller that does not offer it is relayed per connection.
+ *
  * Resource caps (#13): at most `maxConnections` connections at once (handshaking or relaying) and
  * at most `maxPendingHandshakes` of them still handshaking. A connection past either cap is closed
  * as soon as it is accepted, before any TLS work, and counted in
@@ -29,6 +33,9 @@ import { H2InboundHandler } from './inbound-h2.ts'
 import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { forward, relayOnRead } from './relay.ts'
+import { DEFAULT_MUX_DRAIN_MS, DEFAULT_MUX_INITIAL_WINDOW, DEFAULT_MUX_MAX_STREAMS } from './constants.ts'
+import { MuxInbound } from './inbound-mux.ts'
+import { MUX_ALPN } from './mux-frame.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
   accessLogMode,
@@ -73,6 +80,15 @@ export interface InboundListenerInit extends ListenerEnvironment {
    * are refused (fail closed).
    */
   gate?: RequestGate
+  /**
+   * Protocol `tcp`: accept `peermesh-mux/1` sessions from outbound sidecars that offer it
+   * (`inbound-mux.ts`). Default true; false serves every caller per connection, as before.
+   */
+  mux?: boolean
+  /** Streams open at once on one mux session; more are refused. Default 1024 (constants.ts). */
+  muxMaxStreams?: number
+  /** Per-stream credit each way, bytes. Default 256 KiB (constants.ts). */
+  muxInitialWindow?: number
 }
 
 export const INBOUND_LIMIT_DEFAULTS = {
@@ -122,6 +138,8 @@ export class InboundListener {
   /** HTTP mode's request handler (protocol `http`). */
   private readonly http: InboundHttp | undefined
   private h2: H2InboundHandler | undefined
+  /** Mux sessions (protocol `tcp` with `mux` on). */
+  private readonly mux: MuxInbound | undefined
 
   constructor(init: InboundListenerInit) {
     this.service = validateServiceName(init.service)
@@ -158,15 +176,43 @@ export class InboundListener {
             ...(init.tracer !== undefined ? { tracer: init.tracer } : {}),
           })
         : undefined
+    const tcp = init.protocol === undefined || init.protocol === 'tcp'
+    this.mux =
+      tcp && init.mux !== false
+        ? new MuxInbound({
+            service: this.service,
+            localServiceAddress: init.localServiceAddress ?? '127.0.0.1',
+            localServicePort: init.localServicePort,
+            metrics: this.metrics,
+            logger: this.logger,
+            clock: this.clock,
+            accessLog: accessLogMode(init.accessLog),
+            decide: (source) => this.decide(source, false),
+            admit: () => this.openConnections < this.maxConnections,
+            maxStreams: checkCap('muxMaxStreams', init.muxMaxStreams ?? DEFAULT_MUX_MAX_STREAMS),
+            initialWindow: checkCap('muxInitialWindow', init.muxInitialWindow ?? DEFAULT_MUX_INITIAL_WINDOW),
+            drainMs: DEFAULT_MUX_DRAIN_MS,
+          })
+        : undefined
   }
 
   get port(): number {
     return this.boundPort
   }
 
-  /** Connections relayed to the local app now. */
+  /** Connections relayed to the local app now (mux streams included). */
   get openConnections(): number {
-    return this.open.size
+    return this.open.size + (this.mux?.openStreams ?? 0)
+  }
+
+  /** Mux sessions open now. */
+  get muxSessions(): number {
+    return this.mux?.sessionCount ?? 0
+  }
+
+  /** Mux streams refused by a limit, and mux sessions closed for a protocol error, since start. */
+  get muxRefused(): { streams: number; protocolErrors: number } {
+    return this.mux?.refused ?? { streams: 0, protocolErrors: 0 }
   }
 
   /** Connections accepted whose TLS handshake has not finished. */
@@ -200,6 +246,10 @@ export class InboundListener {
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
       // Callers without ALPN (L4 sidecars) are relayed as before.
       ...(h2 ? { ALPNProtocols: ['h2', 'http/1.1'] } : {}),
+      // The mux protocol when offered; any other list gets its own first choice back, so that a
+      // caller offering some other ALPN is relayed per connection as it was before (node would
+      // otherwise end the handshake with no_application_protocol).
+      ...(this.mux !== undefined ? { ALPNCallback: selectMuxAlpn } : {}),
     })
     // The connection cap is node's own: past it the socket is closed before 'connection', and
     // 'drop' tells.
@@ -251,9 +301,11 @@ export class InboundListener {
     })
     this.server = server
     this.unsubscribes.push(
-      this.init.certificates.on('cert:rotated', (next) =>
-        server.setSecureContext(serverContextOptions(next)),
-      ),
+      this.init.certificates.on('cert:rotated', (next) => {
+        server.setSecureContext(serverContextOptions(next))
+        // Sessions keep the certificate they were opened with: they take no new streams.
+        this.mux?.drainAll()
+      }),
       this.init.authorizer.on('authz:change', () => this.recheck()),
     )
     try {
@@ -271,6 +323,7 @@ export class InboundListener {
     for (const u of this.unsubscribes.splice(0)) u()
     if (!wasRunning || !this.server) return
     const closed = closeServer(this.server)
+    this.mux?.close()
     for (const c of this.open) c.socket.destroy()
     for (const s of this.sockets) s.destroy()
     this.http?.close()
@@ -294,8 +347,13 @@ export class InboundListener {
 
   private accept(socket: tls.TLSSocket): void {
     const m = this.metrics
-    m.connections.inc()
     const source = peerServiceOf(socket, this.trustDomain)
+    if (source !== undefined && this.mux !== undefined && socket.alpnProtocol === MUX_ALPN) {
+      // Intentions are checked, and connections counted, per stream (inbound-mux.ts).
+      this.mux.serve(socket, source)
+      return
+    }
+    m.connections.inc()
     const h2 = this.h2 !== undefined && socket.alpnProtocol === 'h2'
     if (source === undefined || !this.decide(source, h2 || this.http !== undefined)) {
       const src = source ?? 'unknown'
@@ -408,6 +466,7 @@ export class InboundListener {
   /** Policy changed: close the open connections it now denies. */
   private recheck(): void {
     this.h2?.recheck((source) => this.decide(source, true))
+    this.mux?.recheck()
     for (const c of this.open) {
       // Relayed connections (`local` set) are never gated; HTTP mode's are.
       if (this.decide(c.source, c.local === undefined)) continue
@@ -420,6 +479,10 @@ export class InboundListener {
       c.local?.destroy()
     }
   }
+}
+
+function selectMuxAlpn({ protocols }: { protocols: string[] }): string | undefined {
+  return protocols.includes(MUX_ALPN) ? MUX_ALPN : protocols[0]
 }
 
 function checkCap(field: string, value: unknown): number {

@@ -8,20 +8,44 @@
  * latency, not a failed connection. After the first response byte the client's bytes are
  * `pipe`d to the endpoint and the endpoint's come through `relay.ts` (node's `onread`, no
  * Readable machinery): no JavaScript of ours runs per chunk beyond a copy and a write.
+ *
+ * Multiplexed mode (default): the connection is a stream of the endpoint's `peermesh-mux/1`
+ * session (`outbound-mux.ts`), with the same choice, retries, metrics and logs per stream; an
+ * endpoint whose inbound does not speak mux is dialled per connection as above.
  */
 import net from 'node:net'
 import tls from 'node:tls'
-import { DEFAULT_REPLAY_BUFFER_BYTES } from './constants.ts'
+import type { Cancel } from '../common/clock.ts'
+import {
+  DEFAULT_MUX_DRAIN_MS,
+  DEFAULT_MUX_FALLBACK_MS,
+  DEFAULT_MUX_IDLE_MS,
+  DEFAULT_MUX_INITIAL_WINDOW,
+  DEFAULT_MUX_MAX_STREAMS,
+  DEFAULT_REPLAY_BUFFER_BYTES,
+} from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, UpstreamConnectError } from './errors.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import { forward, relayOnRead } from './relay.ts'
+import { MuxResetCode } from './mux-frame.ts'
+import type { MuxSession, MuxStream } from './mux-session.ts'
+import { type AdoptedSocket, type ClientSession, MuxClientPool } from './outbound-mux.ts'
 import { ALL_ROUTE, type Plan } from './traffic.ts'
 import { shouldLogAccess } from './types.ts'
 
 export interface OutboundListenerInit extends UpstreamListenerInit {
   /** Client bytes held for replay before the first response byte. Default 64 KiB. */
   replayBufferBytes?: number
+  /**
+   * Offer `peermesh-mux/1` to endpoints and multiplex client connections over one session per
+   * endpoint (`outbound-mux.ts`). Default true; false dials one TLS connection per client connection.
+   */
+  mux?: boolean
+  /** Mux: a session with no stream for this long is closed. Default 15 s (constants.ts). */
+  muxIdleMs?: number
+  /** Mux: per-stream credit each way, bytes (both ends must agree). Default 256 KiB. */
+  muxInitialWindow?: number
 }
 
 type FailureReason = 'connect' | 'reset' | 'no_endpoint' | 'denied'
@@ -31,6 +55,8 @@ export class OutboundListener extends OutboundListenerBase {
   private readonly replayBufferBytes: number
   protected readonly server: net.Server
   protected readonly clientSockets = new Set<net.Socket>()
+  /** Mux sessions per endpoint; undefined with `mux: false`. */
+  readonly mux: MuxClientPool | undefined
 
   constructor(init: OutboundListenerInit) {
     super()
@@ -40,6 +66,28 @@ export class OutboundListener extends OutboundListenerBase {
       throw new InvalidProxyConfigError('replayBufferBytes', 'must be an integer ≥ 0')
     }
     this.server = net.createServer({ allowHalfOpen: true, noDelay: true }, (client) => this.accept(client))
+    const idleMs = init.muxIdleMs ?? DEFAULT_MUX_IDLE_MS
+    if (!(idleMs > 0)) throw new InvalidProxyConfigError('muxIdleMs', 'must be > 0')
+    const initialWindow = init.muxInitialWindow ?? DEFAULT_MUX_INITIAL_WINDOW
+    if (!Number.isInteger(initialWindow) || initialWindow < 1 || initialWindow > 0x7fff_ffff) {
+      throw new InvalidProxyConfigError('muxInitialWindow', 'must be an integer from 1 to 2^31-1')
+    }
+    this.mux =
+      init.mux === false
+        ? undefined
+        : new MuxClientPool(this.core, {
+            maxStreams: DEFAULT_MUX_MAX_STREAMS,
+            initialWindow,
+            idleMs,
+            drainMs: DEFAULT_MUX_DRAIN_MS,
+            fallbackMs: DEFAULT_MUX_FALLBACK_MS,
+          })
+  }
+
+  /** Stops listening; mux sessions get GOAWAY and close, then every client connection closes. */
+  override async stop(): Promise<void> {
+    this.mux?.close()
+    await super.stop()
   }
 
   private accept(client: net.Socket): void {
@@ -60,7 +108,7 @@ export class OutboundListener extends OutboundListenerBase {
       client.destroy()
       return
     }
-    new L4Connection(this.core, client, this.replayBufferBytes, () => {
+    new L4Connection(this.core, client, this.replayBufferBytes, this.mux, () => {
       ticket?.release()
       this.clientSockets.delete(client)
       m.active.dec()
@@ -83,6 +131,12 @@ class L4Connection {
   /** The first response byte arrived: both directions are piped. */
   private established = false
   private upstream: tls.TLSSocket | undefined
+  /** Mux: the stream of the current attempt, once opened. */
+  private stream: MuxStream | undefined
+  /** Mux: stops waiting for a session that is still connecting. */
+  private cancelWait: Cancel | undefined
+  /** Mux: gives back the endpoint's outstanding count taken by the current attempt (once). */
+  private releaseAttempt: (() => void) | undefined
   private record: EndpointRecord | undefined
   private readonly tried: EndpointRecord[] = []
   /** Splitter, resolver and failover targets for this connection (no routes in L4). */
@@ -94,6 +148,7 @@ class L4Connection {
     private readonly core: UpstreamCore,
     private readonly client: net.Socket,
     private readonly replayLimit: number,
+    private readonly mux: MuxClientPool | undefined,
     private readonly onDone: () => void,
   ) {
     this.startedAt = core.clock.now()
@@ -106,7 +161,9 @@ class L4Connection {
   }
 
   private readonly onClientData = (chunk: Buffer): void => {
-    if (this.secure) this.upstream!.write(chunk)
+    if (this.stream !== undefined) this.stream.write(chunk)
+    else if (this.secure) this.upstream!.write(chunk)
+    if (!this.replayable) return // a mux stream past its replay buffer
     this.chunks.push(chunk)
     this.bufferedBytes += chunk.length
     if (this.bufferedBytes > this.replayLimit) {
@@ -117,12 +174,21 @@ class L4Connection {
 
   private readonly onClientEnd = (): void => {
     this.clientEnded = true
+    if (this.stream !== undefined) this.stream.end()
     // Once streaming, the pipe relays the end.
-    if (this.secure && this.replayable) this.upstream!.end()
+    else if (this.secure && this.replayable) this.upstream!.end()
   }
 
   private readonly onClientClose = (): void => {
     this.clientClosed = true
+    this.cancelWait?.()
+    this.cancelWait = undefined
+    if (this.stream !== undefined) {
+      // Clean if FIN went both ways, else RST.
+      this.stream.localClosed()
+      this.stream = undefined
+    }
+    this.releaseAttempt?.()
     // Unless the exchange ended both ways (the client's last bytes may still be on their way to
     // the endpoint), nothing more can be relayed: drop the upstream.
     if (!(this.established && this.clientEnded && this.upstream?.readableEnded)) this.upstream?.destroy()
@@ -140,26 +206,162 @@ class L4Connection {
     this.tried.push(record)
     this.record = record
     this.secure = false
+    this.upstream = undefined
     record.pool.acquire(record)
-    const up: tls.TLSSocket = tls.connect({
-      host: record.endpoint.address,
-      port: record.endpoint.port,
-      secureContext: core.tls.secureContext,
-      checkServerIdentity: core.identityCheckFor(record.endpoint.service),
-      // Half-close is relayed both ways (node:tls accepts it; the typings omit it).
-      allowHalfOpen: true,
-      // Response bytes come to `onUpstreamChunk`, without the Readable machinery (relay.ts).
-      onread: relayOnRead((chunk) => this.onUpstreamChunk(up, record, chunk)),
-    } as tls.ConnectionOptions)
-    up.setNoDelay(true)
+    const session = this.mux?.sessionFor(record)
+    if (session === undefined) {
+      this.attemptTls(record, undefined)
+      return
+    }
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      this.releaseAttempt = undefined
+      record.pool.release(record)
+    }
+    this.releaseAttempt = release
+    this.cancelWait = session.whenReady((outcome) => {
+      this.cancelWait = undefined
+      if (outcome.kind === 'mux') {
+        this.openStream(record, session, outcome.session, release)
+      } else if (outcome.kind === 'fallback') {
+        // The TLS path gives the endpoint back when its socket closes.
+        released = true
+        this.releaseAttempt = undefined
+        this.attemptTls(record, outcome.adopted)
+      } else {
+        release()
+        this.attemptFailed(record, 'connect')
+      }
+    })
+  }
+
+  /** Mux: this connection's stream on `session`, fed the bytes held so far. */
+  private openStream(
+    record: EndpointRecord,
+    cs: ClientSession,
+    session: MuxSession,
+    release: () => void,
+  ): void {
+    const stream = cs.openStream(session)
+    this.stream = stream
+    this.secure = true
+    stream.attach(this.client, {
+      onData: (first) => {
+        if (first && !this.established) this.establish(record)
+      },
+      onRemoteFin: () => {
+        if (this.established) {
+          this.client.end()
+          return
+        }
+        if (this.clientEnded) {
+          // The client finished and the endpoint ended without a word: a complete, empty exchange.
+          record.pool.reportSuccess(record)
+          this.established = true
+          this.commitToStreaming()
+          this.client.end()
+          return
+        }
+        // Ended before the first response byte, the client still talking: as a reset.
+        this.stream = undefined
+        this.secure = false
+        stream.reset(MuxResetCode.CANCEL)
+        release()
+        this.attemptFailed(record, 'reset')
+      },
+      onReset: (code) => {
+        if (this.stream === stream) this.stream = undefined
+        this.secure = false
+        release()
+        if (this.clientClosed) return
+        if (this.established) {
+          this.client.destroy()
+          return
+        }
+        if (code === MuxResetCode.DENIED) this.attemptDenied(record)
+        else this.attemptFailed(record, 'reset')
+      },
+    })
+    for (const chunk of this.chunks) stream.write(chunk)
+    if (this.bufferedBytes > this.replayLimit) this.commitToStreaming()
+    if (this.clientEnded) stream.end()
+    // Held while no endpoint took the bytes (see onClientData).
+    if (!stream.pausingSource) this.client.resume()
+  }
+
+  /** Before the first response byte: retry on another endpoint, or fail with `reason`. */
+  private attemptFailed(record: EndpointRecord, reason: 'connect' | 'reset'): void {
+    const core = this.core
+    if (this.clientClosed) return
+    if (reason === 'reset' && core.locallyDenied()) {
+      this.fail('denied')
+      return
+    }
+    record.pool.reportFailure(record)
+    this.retryOr(record, reason)
+  }
+
+  /**
+   * Mux: the endpoint's inbound denied the stream. Not the endpoint's fault (no outlier failure);
+   * another instance may hold a newer policy, so it is retried, unless the local view denies too.
+   */
+  private attemptDenied(record: EndpointRecord): void {
+    if (this.core.locallyDenied()) {
+      this.fail('denied')
+      return
+    }
+    this.retryOr(record, 'denied')
+  }
+
+  private retryOr(record: EndpointRecord, reason: FailureReason): void {
+    const core = this.core
+    if (this.replayable && this.tried.length < core.maxAttempts && core.budget.tryAcquire(core.clock.now())) {
+      core.metrics.retries.inc()
+      core.logger.debug(
+        { upstream: core.destination, endpoint: record.endpoint.id, reason },
+        `retrying upstream=${core.destination} after ${reason}`,
+      )
+      this.attempt()
+      return
+    }
+    this.fail(reason)
+  }
+
+  /**
+   * One TLS connection for this client connection: dialled here, or `adopted` (a mux session's
+   * connection whose inbound does not speak mux, already through its handshake).
+   */
+  private attemptTls(record: EndpointRecord, adopted: AdoptedSocket | undefined): void {
+    const core = this.core
+    let up: tls.TLSSocket
+    if (adopted === undefined) {
+      up = tls.connect({
+        host: record.endpoint.address,
+        port: record.endpoint.port,
+        secureContext: core.tls.secureContext,
+        checkServerIdentity: core.identityCheckFor(record.endpoint.service),
+        // Half-close is relayed both ways (node:tls accepts it; the typings omit it).
+        allowHalfOpen: true,
+        // Response bytes come to `onUpstreamChunk`, without the Readable machinery (relay.ts).
+        onread: relayOnRead((chunk) => this.onUpstreamChunk(up, record, chunk)),
+      } as tls.ConnectionOptions)
+      up.setNoDelay(true)
+    } else {
+      up = adopted.socket
+    }
     this.upstream = up
-    const cancelTimer = core.clock.setTimeout(
-      () => up.destroy(new UpstreamConnectError('connect timeout')),
-      core.connectTimeoutFor(record.endpoint.service),
-    )
+    const cancelTimer =
+      adopted === undefined
+        ? core.clock.setTimeout(
+            () => up.destroy(new UpstreamConnectError('connect timeout')),
+            core.connectTimeoutFor(record.endpoint.service),
+          )
+        : () => {}
     let upEnded = false
 
-    up.once('secureConnect', () => {
+    const onSecure = (): void => {
       cancelTimer()
       this.secure = true
       for (const chunk of this.chunks) up.write(chunk)
@@ -169,7 +371,12 @@ class L4Connection {
       } else if (this.clientEnded) {
         up.end()
       }
-    })
+    }
+    if (adopted === undefined) up.once('secureConnect', onSecure)
+    else {
+      onSecure()
+      adopted.take((chunk) => this.onUpstreamChunk(up, record, chunk))
+    }
     up.on('end', () => {
       upEnded = true
       // Half-open is allowed, so an end does not close by itself: before the first response byte
@@ -195,26 +402,7 @@ class L4Connection {
         return
       }
       // Closed before the first response byte.
-      const reason: FailureReason = this.secure ? 'reset' : 'connect'
-      if (this.secure && core.locallyDenied()) {
-        this.fail('denied')
-        return
-      }
-      record.pool.reportFailure(record)
-      if (
-        this.replayable &&
-        this.tried.length < core.maxAttempts &&
-        core.budget.tryAcquire(core.clock.now())
-      ) {
-        core.metrics.retries.inc()
-        core.logger.debug(
-          { upstream: core.destination, endpoint: record.endpoint.id, reason },
-          `retrying upstream=${core.destination} after ${reason}`,
-        )
-        this.attempt()
-        return
-      }
-      this.fail(reason)
+      this.attemptFailed(record, this.secure ? 'reset' : 'connect')
     })
   }
 
@@ -238,6 +426,8 @@ class L4Connection {
     this.replayable = false
     this.chunks = []
     this.bufferedBytes = 0
+    // A mux stream keeps taking the client's bytes through onClientData (with its credit).
+    if (this.stream !== undefined) return
     this.client.off('data', this.onClientData)
     const up = this.upstream!
     // A client that already ended (before the handshake finished) gets its end relayed here.

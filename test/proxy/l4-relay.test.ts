@@ -2,7 +2,8 @@
  * The L4 relay (relay.ts) between the outbound listener and the inbound listener: bytes arrive
  * whole and in order on many connections at once (they share one read buffer), half-closes are
  * relayed both ways, and a client that stops reading stops the app's sending instead of filling
- * the sidecars' memory.
+ * the sidecars' memory. Every case runs twice: multiplexed over one `peermesh-mux/1` session
+ * (the default), and with one TLS connection per client connection (`mux: false`).
  */
 import { createHash, randomBytes } from 'node:crypto'
 import net from 'node:net'
@@ -43,7 +44,7 @@ async function startApp(onSocket: (socket: net.Socket) => void): Promise<number>
 }
 
 /** web's outbound listener (L4) -> api's inbound listener -> the app on `appPort`; returns the outbound port. */
-async function meshTo(appPort: number): Promise<number> {
+async function meshTo(appPort: number, mux: boolean): Promise<number> {
   const inbound = new InboundListener({
     service: 'api',
     trustDomain: TD,
@@ -52,6 +53,7 @@ async function meshTo(appPort: number): Promise<number> {
     localServicePort: appPort,
     certificates: new StaticCertificateSource(apiCert),
     authorizer,
+    mux,
   })
   await inbound.start()
   cleanups.push(() => inbound.stop())
@@ -62,6 +64,7 @@ async function meshTo(appPort: number): Promise<number> {
     bindPort: 0,
     certificates: new StaticCertificateSource(webCert),
     endpoints: new StaticEndpointSource([endpoint('api-1', inbound.port)]),
+    mux,
   })
   await outbound.start()
   cleanups.push(() => outbound.stop())
@@ -84,10 +87,13 @@ const sha256 = (chunks: Buffer[]): string => {
   return h.digest('hex')
 }
 
-describe('L4 relay through an outbound and an inbound listener', () => {
+describe.each([
+  { mode: 'multiplexed', mux: true },
+  { mode: 'per connection', mux: false },
+])('L4 relay through an outbound and an inbound listener ($mode)', ({ mux }) => {
   it('echoes 4 MiB on each of 6 connections at once, every byte in order', async () => {
     // The app echoes every byte and ends when the caller ends.
-    const port = await meshTo(await startApp((s) => s.pipe(s)))
+    const port = await meshTo(await startApp((s) => s.pipe(s)), mux)
     const total = 4 * 1024 * 1024
     const results = await Promise.all(
       Array.from({ length: 6 }, async () => {
@@ -132,6 +138,7 @@ describe('L4 relay through an outbound and an inbound listener', () => {
         // Only after the caller's end (relayed by both sidecars) does the app answer.
         s.on('end', () => s.end(`got ${bytes} bytes`))
       }),
+      mux,
     )
     // A small request, and one past the replay buffer (64 KiB) sent before the handshake ends.
     for (const size of [10, 200_000]) {
@@ -158,6 +165,7 @@ describe('L4 relay through an outbound and an inbound listener', () => {
         })
         s.once('data', () => s.write('first'))
       }),
+      mux,
     )
     const socket = await connect(port)
     const first = new Promise<void>((resolve) => socket.once('data', () => resolve()))
@@ -197,6 +205,7 @@ describe('L4 relay through an outbound and an inbound listener', () => {
         }
         pump()
       }),
+      mux,
     )
     const socket = await connect(port)
     socket.pause()

@@ -1,0 +1,663 @@
+/**
+ * The multiplexed L4 mode (`peermesh-mux/1`) between real outbound and inbound listeners on
+ * 127.0.0.1: many client connections share one session; one stream's slow reader holds neither
+ * the others nor the sidecars' memory; a dead instance costs retries, not failed connections; an
+ * inbound without the ALPN is served per connection; rotation and stop close sessions.
+ *
+ * And from the attacker's side, a raw mux client holding a valid mesh certificate: denied
+ * streams, a revoked intention, a stream flood, garbage, oversized frames, DATA on an unopened
+ * stream and DATA past the credit. Each case checks that nothing else changed: no app
+ * connection where none was due, the counters as expected, and a good client still served.
+ */
+import net from 'node:net'
+import tls from 'node:tls'
+import { Registry } from 'prom-client'
+import { afterEach, beforeAll, describe, expect, it } from 'vitest'
+import type { RootCa } from '../../src/identity/ca/ca.ts'
+import { InboundListener, type InboundListenerInit } from '../../src/proxy/inbound.ts'
+import { IntentionIndex } from '../../src/proxy/intentions.ts'
+import {
+  emptyFrame,
+  FrameDecoder,
+  FrameType,
+  MUX_ALPN,
+  MUX_HEADER_BYTES,
+  MuxResetCode,
+  u32Frame,
+  writeHeader,
+} from '../../src/proxy/mux-frame.ts'
+import { OutboundListener, type OutboundListenerInit } from '../../src/proxy/outbound-tcp.ts'
+import {
+  IntentionAuthorizer,
+  StaticCertificateSource,
+  StaticEndpointSource,
+} from '../../src/proxy/sources.ts'
+import type { ServiceCertificate } from '../../src/proxy/types.ts'
+import {
+  endpoint,
+  leafFor,
+  listenLoopback,
+  makeRoot,
+  memoryLogger,
+  metricValue,
+  startTcpApp,
+  TD,
+  type TestApp,
+  tcpRequest,
+  waitFor,
+} from './helpers.ts'
+
+let root: RootCa
+let apiCert: ServiceCertificate
+let webCert: ServiceCertificate
+let dbCert: ServiceCertificate
+
+beforeAll(async () => {
+  root = await makeRoot()
+  ;[apiCert, webCert, dbCert] = await Promise.all([
+    leafFor(root, 'api'),
+    leafFor(root, 'web'),
+    leafFor(root, 'db'),
+  ])
+})
+
+const cleanups: (() => Promise<void>)[] = []
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c()
+})
+
+const allowWeb = () => IntentionAuthorizer.from([{ source: 'web', destination: 'api', action: 'allow' }])
+
+async function apiInbound(appPort: number, extra: Partial<InboundListenerInit> = {}) {
+  const registry = new Registry()
+  const logger = memoryLogger()
+  const certificates = new StaticCertificateSource(apiCert)
+  const authorizer = (extra.authorizer as IntentionAuthorizer | undefined) ?? allowWeb()
+  const inbound = new InboundListener({
+    service: 'api',
+    trustDomain: TD,
+    port: 0,
+    bindAddress: '127.0.0.1',
+    localServicePort: appPort,
+    certificates,
+    registry,
+    logger,
+    ...extra,
+    authorizer,
+  })
+  await inbound.start()
+  cleanups.push(() => inbound.stop())
+  return { inbound, registry, logger, certificates, authorizer }
+}
+
+async function webOutbound(ports: number[], extra: Partial<OutboundListenerInit> = {}) {
+  const registry = new Registry()
+  const certificates = new StaticCertificateSource(webCert)
+  const endpoints = new StaticEndpointSource(ports.map((p, i) => endpoint(`api-${i + 1}`, p)))
+  const outbound = new OutboundListener({
+    sourceService: 'web',
+    destinationService: 'api',
+    trustDomain: TD,
+    bindPort: 0,
+    certificates,
+    endpoints,
+    registry,
+    ...extra,
+  })
+  await outbound.start()
+  cleanups.push(() => outbound.stop())
+  return { outbound, registry, certificates, endpoints }
+}
+
+async function app(name: string, mode: 'reply' | 'echo' = 'reply'): Promise<TestApp> {
+  const a = await startTcpApp(name, mode)
+  cleanups.push(() => a.close())
+  return a
+}
+
+/** A client connection kept open; `send` resolves with the next reply. */
+async function persistent(port: number) {
+  const socket = net.connect({ host: '127.0.0.1', port })
+  socket.setEncoding('utf8')
+  socket.on('error', () => {})
+  let closed = false
+  socket.on('close', () => {
+    closed = true
+  })
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()))
+  cleanups.push(async () => {
+    socket.destroy()
+  })
+  const send = (text: string) =>
+    new Promise<string>((resolve, reject) => {
+      socket.once('data', resolve)
+      socket.once('close', () => reject(new Error('closed')))
+      socket.write(text)
+    })
+  return { socket, send, isClosed: () => closed }
+}
+
+interface RawFrame {
+  type: number
+  id: number
+  value: number
+}
+
+/**
+ * A mux client written by hand: TLS with `cert` offering the mux ALPN, raw frames out, the
+ * decoded frames in (`frames`). What an attacker with a valid mesh certificate can do.
+ */
+async function rawSession(port: number, cert: ServiceCertificate) {
+  const frames: RawFrame[] = []
+  const data = new Map<number, string>()
+  const socket = tls.connect({
+    host: '127.0.0.1',
+    port,
+    ca: [root.certPem],
+    key: cert.keyPem,
+    cert: cert.certPem,
+    checkServerIdentity: () => undefined,
+    ALPNProtocols: [MUX_ALPN],
+  })
+  let closed = false
+  socket.on('close', () => {
+    closed = true
+  })
+  socket.on('error', () => {})
+  const decoder = new FrameDecoder({
+    onControl: (type, id, value) => {
+      frames.push({ type, id, value })
+      return true
+    },
+    onDataHeader: () => true,
+    onData: (id, piece) => {
+      data.set(id, (data.get(id) ?? '') + piece.toString())
+      return true
+    },
+  })
+  socket.on('data', (chunk: Buffer) => decoder.push(chunk))
+  await new Promise<void>((resolve, reject) => {
+    socket.once('secureConnect', () => resolve())
+    socket.once('error', reject)
+  })
+  expect(socket.alpnProtocol).toBe(MUX_ALPN)
+  cleanups.push(async () => {
+    socket.destroy()
+  })
+  return {
+    socket,
+    frames,
+    data,
+    isClosed: () => closed,
+    send: (...bufs: Buffer[]) => socket.write(Buffer.concat(bufs)),
+    resets: (code: number) => frames.filter((f) => f.type === FrameType.RST && f.value === code).length,
+  }
+}
+
+function dataFrame(id: number, payload: Buffer | string): Buffer {
+  const p = typeof payload === 'string' ? Buffer.from(payload) : payload
+  const b = Buffer.alloc(MUX_HEADER_BYTES + p.length)
+  writeHeader(b, 0, FrameType.DATA, id, p.length)
+  p.copy(b, MUX_HEADER_BYTES)
+  return b
+}
+
+/** The inbound still serves a good client through a fresh outbound (reply and echo apps alike). */
+async function stillServes(inboundPort: number): Promise<void> {
+  const { outbound } = await webOutbound([inboundPort])
+  const c = await persistent(outbound.port)
+  expect(await c.send('still')).toBe('api-app:still')
+  c.socket.destroy()
+}
+
+/** One exchange on a fresh client connection (for echo apps, which never close). */
+async function once(port: number, text: string): Promise<string> {
+  const c = await persistent(port)
+  try {
+    return await c.send(text)
+  } finally {
+    c.socket.destroy()
+  }
+}
+
+describe('multiplexed L4 mode', () => {
+  it('50 concurrent client connections share one session; each gets its own app connection', async () => {
+    const a = await app('api-app')
+    const { inbound, registry } = await apiInbound(a.port)
+    const { outbound } = await webOutbound([inbound.port])
+    const replies = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => tcpRequest(outbound.port, `hello-${i}`)),
+    )
+    expect(replies).toEqual(Array.from({ length: 50 }, (_, i) => `api-app:hello-${i}`))
+    expect(a.hits).toBe(50)
+    expect(inbound.muxSessions).toBe(1)
+    expect(outbound.mux?.size).toBe(1)
+    expect(await metricValue(registry, 'peermesh_proxy_connections_total', { direction: 'inbound' })).toBe(50)
+    await waitFor(() => inbound.openConnections === 0, 5_000, 'streams to close')
+  })
+
+  it("one stream's slow reader neither stalls the session's other streams nor fills memory", async () => {
+    const chunk = Buffer.alloc(64 * 1024, 7)
+    const flood = { written: 0, blocked: false }
+    const server = net.createServer((s) => {
+      s.on('error', () => {})
+      s.once('data', (d: Buffer) => {
+        if (d.toString() !== 'flood') {
+          s.pipe(s)
+          s.write(d)
+          return
+        }
+        const pump = (): void => {
+          while (flood.written < 256 * 1024 * 1024) {
+            flood.written += chunk.length
+            if (!s.write(chunk)) {
+              flood.blocked = true
+              s.once('drain', () => {
+                flood.blocked = false
+                pump()
+              })
+              return
+            }
+          }
+        }
+        pump()
+      })
+    })
+    const { port: appPort, close } = await listenLoopback(server)
+    cleanups.push(close)
+    const { inbound } = await apiInbound(appPort)
+    const { outbound } = await webOutbound([inbound.port])
+    const slow = net.connect({ host: '127.0.0.1', port: outbound.port })
+    slow.on('error', () => {})
+    cleanups.push(async () => {
+      slow.destroy()
+    })
+    slow.pause()
+    slow.write('flood')
+    let last = -1
+    await waitFor(
+      async () => {
+        const settled = flood.blocked && flood.written === last
+        last = flood.written
+        if (!settled) await new Promise((r) => setTimeout(r, 200))
+        return settled
+      },
+      20_000,
+      'the flooding app to stall',
+    )
+    // The stream's credit (256 KiB) plus socket buffers on the way: far below what the app would send.
+    expect(flood.written).toBeLessThan(32 * 1024 * 1024)
+    // Meanwhile another connection on the same session is served at once.
+    const other = await persistent(outbound.port)
+    expect(await other.send('ping')).toBe('ping')
+    expect(await other.send('pong')).toBe('pong')
+    expect(inbound.muxSessions).toBe(1)
+  }, 30_000)
+
+  it('request, end, then a large answer and close: every byte arrives both ways (credit outlasts the sockets)', async () => {
+    const size = 6 * 1024 * 1024
+    const body = Buffer.alloc(size)
+    for (let i = 0; i < size; i += 4) body.writeUInt32BE(i, i)
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on('error', () => {})
+      let got = 0
+      s.on('data', (d: Buffer) => {
+        got += d.length
+      })
+      // After the caller's end: the whole answer at once, then end (the app's socket then closes).
+      s.on('end', () => {
+        expect(got).toBe(size)
+        s.end(body)
+      })
+    })
+    const { port: appPort, close } = await listenLoopback(server)
+    cleanups.push(close)
+    const { inbound } = await apiInbound(appPort)
+    const { outbound } = await webOutbound([inbound.port])
+    const results = await Promise.all(
+      Array.from({ length: 3 }, async () => {
+        const socket = net.connect({ host: '127.0.0.1', port: outbound.port, allowHalfOpen: true })
+        cleanups.push(async () => {
+          socket.destroy()
+        })
+        const chunks: Buffer[] = []
+        const done = new Promise<void>((resolve, reject) => {
+          socket.on('data', (d: Buffer) => chunks.push(d))
+          socket.on('end', () => resolve())
+          socket.on('error', reject)
+        })
+        socket.end(body)
+        await done
+        return Buffer.concat(chunks)
+      }),
+    )
+    for (const r of results) expect(r.equals(body)).toBe(true)
+  })
+
+  it('an instance that dies mid-session: its streams close, new connections retry onto another', async () => {
+    const a1 = await app('api-1', 'echo')
+    const a2 = await app('api-2', 'echo')
+    const one = await apiInbound(a1.port)
+    const two = await apiInbound(a2.port)
+    const { outbound, registry } = await webOutbound([one.inbound.port, two.inbound.port], { rng: () => 0 })
+    const conns = await Promise.all(Array.from({ length: 6 }, () => persistent(outbound.port)))
+    const replies = await Promise.all(conns.map((c) => c.send('x')))
+    const onOne = conns.filter((_, i) => replies[i] === 'api-1:x')
+    expect(onOne.length).toBeGreaterThan(0)
+    // api-1's sidecar goes: its sessions' streams end, and the clients on them see their close.
+    await one.inbound.stop()
+    await waitFor(() => onOne.every((c) => c.isClosed()), 5_000, "api-1's streams to close")
+    // New client connections all succeed, on api-2 (the first tries of api-1 are retried).
+    for (let i = 0; i < 10; i++) expect(await once(outbound.port, 'y')).toBe('api-2:y')
+    expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
+    // The streams on api-2 were not disturbed.
+    for (const c of conns.filter((_, i) => replies[i] === 'api-2:x'))
+      expect(await c.send('z')).toBe('api-2:z')
+  })
+
+  it('an instance whose connections drop without a word (no GOAWAY): streams fail, new connections retry', async () => {
+    const a1 = await app('api-1', 'echo')
+    const a2 = await app('api-2', 'echo')
+    const one = await apiInbound(a1.port)
+    const two = await apiInbound(a2.port)
+    // api-1 is reached through a TCP pass-through that is cut abruptly, as a host that dies.
+    const cut = new Set<net.Socket>()
+    const passThrough = net.createServer((s) => {
+      const up = net.connect({ host: '127.0.0.1', port: one.inbound.port })
+      for (const x of [s, up]) {
+        cut.add(x)
+        x.on('error', () => {})
+      }
+      s.pipe(up).pipe(s)
+    })
+    const pt = await listenLoopback(passThrough)
+    cleanups.push(pt.close)
+    const { outbound, registry } = await webOutbound([pt.port, two.inbound.port], { rng: () => 0 })
+    const conns = await Promise.all(Array.from({ length: 6 }, () => persistent(outbound.port)))
+    const replies = await Promise.all(conns.map((c) => c.send('x')))
+    const onOne = conns.filter((_, i) => replies[i] === 'api-1:x')
+    expect(onOne.length).toBeGreaterThan(0)
+    await pt.close()
+    for (const s of cut) s.destroy()
+    await waitFor(() => onOne.every((c) => c.isClosed()), 5_000, "api-1's streams to close")
+    for (let i = 0; i < 10; i++) expect(await once(outbound.port, 'y')).toBe('api-2:y')
+    expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
+    for (const c of conns.filter((_, i) => replies[i] === 'api-2:x'))
+      expect(await c.send('z')).toBe('api-2:z')
+  })
+
+  it('falls back to one TLS connection per client connection against an inbound without the ALPN', async () => {
+    const a = await app('api-app')
+    const { inbound, registry } = await apiInbound(a.port, { mux: false })
+    const { outbound } = await webOutbound([inbound.port])
+    for (let i = 0; i < 3; i++) expect(await tcpRequest(outbound.port, `r${i}`)).toBe(`api-app:r${i}`)
+    const replies = await Promise.all(Array.from({ length: 5 }, (_, i) => tcpRequest(outbound.port, `c${i}`)))
+    expect(replies).toEqual(Array.from({ length: 5 }, (_, i) => `api-app:c${i}`))
+    // No connection was wasted: the first connection's TLS (which offered mux) was used as its relay.
+    expect(a.hits).toBe(8)
+    expect(await metricValue(registry, 'peermesh_proxy_connections_total', { direction: 'inbound' })).toBe(8)
+    expect(inbound.muxSessions).toBe(0)
+  })
+
+  it.each([
+    { mode: 'multiplexed', mux: true },
+    { mode: 'per connection (fallback)', mux: false },
+  ])(
+    'an app that speaks first (a banner) is heard before the client sends anything: $mode',
+    async ({ mux }) => {
+      const server = net.createServer((s) => {
+        s.on('error', () => {})
+        s.write('220 banner\r\n')
+        s.on('data', (d: Buffer) => s.write(`echo ${d}`))
+      })
+      const { port: appPort, close } = await listenLoopback(server)
+      cleanups.push(close)
+      const { inbound } = await apiInbound(appPort, { mux })
+      const { outbound } = await webOutbound([inbound.port])
+      for (let i = 0; i < 3; i++) {
+        const c = await persistent(outbound.port)
+        const banner = await new Promise<string>((resolve) => c.socket.once('data', resolve))
+        expect(banner).toBe('220 banner\r\n')
+        expect(await c.send('hi')).toBe('echo hi')
+        c.socket.destroy()
+      }
+      expect(inbound.muxSessions).toBe(mux ? 1 : 0)
+    },
+  )
+
+  it('a TLS client offering some other ALPN is relayed per connection, as before', async () => {
+    const a = await app('api-app')
+    const { inbound } = await apiInbound(a.port)
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: inbound.port,
+      ca: [root.certPem],
+      key: webCert.keyPem,
+      cert: webCert.certPem,
+      checkServerIdentity: () => undefined,
+      ALPNProtocols: ['h2'],
+    })
+    cleanups.push(async () => {
+      socket.destroy()
+    })
+    const reply = await new Promise<string>((resolve, reject) => {
+      socket.on('error', reject)
+      socket.once('secureConnect', () => socket.write('hi'))
+      socket.once('data', (d) => resolve(d.toString()))
+    })
+    expect(reply).toBe('api-app:hi')
+    expect(inbound.muxSessions).toBe(0)
+  })
+
+  it('after a certificate rotation new streams go to a new session; the old one closes when its streams end', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port)
+    const { outbound, certificates } = await webOutbound([inbound.port])
+    const old = await persistent(outbound.port)
+    expect(await old.send('a')).toBe('api-app:a')
+    expect(inbound.muxSessions).toBe(1)
+    certificates.set(await leafFor(root, 'web'))
+    const fresh = await persistent(outbound.port)
+    expect(await fresh.send('b')).toBe('api-app:b')
+    expect(inbound.muxSessions).toBe(2)
+    // The old stream still works on its session.
+    expect(await old.send('c')).toBe('api-app:c')
+    old.socket.destroy()
+    await waitFor(() => inbound.muxSessions === 1, 5_000, 'the old session to close')
+    expect(await fresh.send('d')).toBe('api-app:d')
+  })
+
+  it("after the inbound's rotation (GOAWAY) the outbound opens a new session for new streams", async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound, certificates } = await apiInbound(a.port)
+    const { outbound } = await webOutbound([inbound.port])
+    const old = await persistent(outbound.port)
+    expect(await old.send('a')).toBe('api-app:a')
+    certificates.set(await leafFor(root, 'api'))
+    expect(await once(outbound.port, 'n')).toBe('api-app:n')
+    expect(inbound.muxSessions).toBe(2)
+    expect(await old.send('b')).toBe('api-app:b')
+    old.socket.destroy()
+    await waitFor(() => inbound.muxSessions <= 1, 5_000, 'the drained session to close')
+  })
+
+  it('stopping the outbound closes its sessions at the inbound', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port)
+    const { outbound } = await webOutbound([inbound.port])
+    const c = await persistent(outbound.port)
+    expect(await c.send('a')).toBe('api-app:a')
+    expect(inbound.muxSessions).toBe(1)
+    await outbound.stop()
+    await waitFor(
+      () => inbound.muxSessions === 0 && inbound.openConnections === 0,
+      5_000,
+      'sessions to close',
+    )
+    await waitFor(() => c.isClosed(), 5_000, 'the client connection to close')
+  })
+})
+
+describe('multiplexed L4 mode, from the attacker side', () => {
+  it('a valid mesh certificate of a denied service: every stream is refused with RST denied, no app connection', async () => {
+    const a = await app('api-app')
+    const { inbound, registry, logger } = await apiInbound(a.port)
+    const raw = await rawSession(inbound.port, dbCert)
+    for (let id = 1; id <= 5; id++) raw.send(emptyFrame(FrameType.OPEN, id), dataFrame(id, 'GET /secret'))
+    await waitFor(() => raw.resets(MuxResetCode.DENIED) === 5, 5_000, '5 denied resets')
+    expect(a.hits).toBe(0)
+    expect(raw.data.size).toBe(0)
+    expect(await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'db' })).toBe(5)
+    expect(
+      await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'inbound', reason: 'denied' }),
+    ).toBe(5)
+    expect(logger.lines.filter((l) => l.message === 'inbound denied src=db dst=api')).toHaveLength(5)
+    await stillServes(inbound.port)
+    expect(a.hits).toBe(1)
+  })
+
+  it('an intention revoked while streams are open resets them and closes their app connections', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound, authorizer, logger } = await apiInbound(a.port)
+    const { outbound } = await webOutbound([inbound.port])
+    const conns = await Promise.all([persistent(outbound.port), persistent(outbound.port)])
+    for (const c of conns) expect(await c.send('a')).toBe('api-app:a')
+    authorizer.update(new IntentionIndex([{ source: 'web', destination: 'api', action: 'deny' }]))
+    await waitFor(() => conns.every((c) => c.isClosed()), 5_000, 'the streams to close')
+    await waitFor(() => inbound.openConnections === 0, 5_000, 'app connections to close')
+    expect(logger.lines.filter((l) => l.message === 'inbound denied src=web dst=api')).toHaveLength(2)
+    // A new connection is denied at stream open (and not retried into a success).
+    await expect(once(outbound.port, 'b')).rejects.toThrow()
+    expect(a.hits).toBe(2)
+  })
+
+  it('a stream-id flood past the limit: streams beyond it are refused, no app connection for them', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound, registry } = await apiInbound(a.port, { muxMaxStreams: 4 })
+    const raw = await rawSession(inbound.port, webCert)
+    const frames: Buffer[] = []
+    for (let id = 1; id <= 200; id++) frames.push(emptyFrame(FrameType.OPEN, id))
+    raw.send(...frames)
+    await waitFor(() => raw.resets(MuxResetCode.REFUSED) === 196, 5_000, '196 refused resets')
+    await waitFor(() => a.hits === 4, 5_000, '4 app connections')
+    expect(inbound.openConnections).toBe(4)
+    expect(inbound.muxRefused.streams).toBe(196)
+    expect(
+      await metricValue(registry, 'peermesh_proxy_errors_total', {
+        direction: 'inbound',
+        reason: 'stream_limit',
+      }),
+    ).toBe(196)
+    // The admitted streams work.
+    raw.send(dataFrame(2, 'hi'))
+    await waitFor(() => raw.data.get(2) === 'api-app:hi', 5_000, 'the echo on stream 2')
+    expect(raw.isClosed()).toBe(false)
+    await stillServes(inbound.port)
+    expect(a.hits).toBe(5)
+  })
+
+  it('a peer that floods OPENs without reading the refusals loses the session; memory stays bounded', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port, { muxMaxStreams: 4, muxInitialWindow: 1024 })
+    const raw = await rawSession(inbound.port, webCert)
+    raw.socket.pause() // never reads: every RST refused piles up on the inbound's side
+    const batch = 10_000
+    let id = 0
+    while (!raw.isClosed() && id < 3_000_000) {
+      const frames = Buffer.alloc(batch * MUX_HEADER_BYTES)
+      for (let i = 0; i < batch; i++) writeHeader(frames, i * MUX_HEADER_BYTES, FrameType.OPEN, ++id, 0)
+      if (!raw.socket.write(frames)) {
+        await new Promise<void>((resolve) => {
+          raw.socket.once('drain', resolve)
+          raw.socket.once('close', resolve)
+        })
+      }
+    }
+    await waitFor(() => raw.isClosed(), 10_000, 'the session to close')
+    expect(inbound.muxRefused.protocolErrors).toBe(1)
+    expect(a.hits).toBe(4)
+    await waitFor(() => inbound.muxSessions === 0, 5_000, 'the session to go')
+    await stillServes(inbound.port)
+  }, 60_000)
+
+  it.each([
+    ['garbage bytes', () => [Buffer.from('GET / HTTP/1.1\r\nHost: api\r\n\r\n')]],
+    [
+      'an oversized DATA frame',
+      () => {
+        const h = Buffer.alloc(MUX_HEADER_BYTES)
+        writeHeader(h, 0, FrameType.DATA, 1, 1024 * 1024)
+        return [emptyFrame(FrameType.OPEN, 1), h, Buffer.alloc(1000)]
+      },
+    ],
+    ['DATA on a stream never opened', () => [dataFrame(9, 'x')]],
+    ['an OPEN reusing a stream id', () => [emptyFrame(FrameType.OPEN, 3), emptyFrame(FrameType.OPEN, 3)]],
+    [
+      'a WINDOW overflowing the credit',
+      () => [emptyFrame(FrameType.OPEN, 1), u32Frame(FrameType.WINDOW, 1, 0x7fff_ffff)],
+    ],
+  ])('%s: protocol error, the session is closed, nothing else changes', async (_what, make) => {
+    const a = await app('api-app', 'echo')
+    const { inbound, registry } = await apiInbound(a.port)
+    const raw = await rawSession(inbound.port, webCert)
+    raw.send(...make())
+    await waitFor(() => raw.isClosed(), 5_000, 'the session to close')
+    expect(inbound.muxRefused.protocolErrors).toBe(1)
+    expect(
+      await metricValue(registry, 'peermesh_proxy_errors_total', {
+        direction: 'inbound',
+        reason: 'protocol',
+      }),
+    ).toBe(1)
+    expect(raw.frames.filter((f) => f.type === FrameType.GOAWAY)).toHaveLength(1)
+    await waitFor(
+      () => inbound.openConnections === 0 && inbound.muxSessions === 0,
+      5_000,
+      'nothing left open',
+    )
+    await stillServes(inbound.port)
+  })
+
+  it('DATA beyond the credit granted: protocol error, the stream and its app connection are closed', async () => {
+    // The app never reads: nothing drains, so no credit is granted beyond the initial window.
+    const appSockets: net.Socket[] = []
+    const server = net.createServer((s) => {
+      s.on('error', () => {})
+      s.pause()
+      appSockets.push(s)
+    })
+    const { port: appPort, close } = await listenLoopback(server)
+    cleanups.push(close)
+    const { inbound } = await apiInbound(appPort, { muxInitialWindow: 1024 })
+    const raw = await rawSession(inbound.port, webCert)
+    // One write: the whole window and one byte more, before the app connection is even open.
+    raw.send(emptyFrame(FrameType.OPEN, 1), dataFrame(1, Buffer.alloc(1024, 1)), dataFrame(1, 'x'))
+    await waitFor(() => raw.isClosed(), 5_000, 'the session to close')
+    expect(inbound.muxRefused.protocolErrors).toBe(1)
+    await waitFor(() => inbound.openConnections === 0, 5_000, 'the app connection to close')
+  })
+
+  it('a client certificate from another CA never gets a session', async () => {
+    const a = await app('api-app')
+    const { inbound } = await apiInbound(a.port)
+    const other = await makeRoot()
+    const foreign = await leafFor(other, 'web')
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port: inbound.port,
+      ca: [root.certPem],
+      key: foreign.keyPem,
+      cert: foreign.certPem,
+      checkServerIdentity: () => undefined,
+      ALPNProtocols: [MUX_ALPN],
+    })
+    socket.on('error', () => {})
+    cleanups.push(async () => {
+      socket.destroy()
+    })
+    socket.once('secureConnect', () => socket.write(emptyFrame(FrameType.OPEN, 1)))
+    await new Promise<void>((resolve) => socket.once('close', () => resolve()))
+    expect(inbound.muxSessions).toBe(0)
+    expect(a.hits).toBe(0)
+  })
+})
