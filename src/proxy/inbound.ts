@@ -87,7 +87,7 @@ export interface InboundListenerInit extends ListenerEnvironment {
   mux?: boolean
   /** Streams open at once on one mux session; more are refused. Default 1024 (constants.ts). */
   muxMaxStreams?: number
-  /** Per-stream credit each way, bytes. Default 256 KiB (constants.ts). */
+  /** Per-stream credit each way, bytes. Default 64 KiB (constants.ts); the peer must use the same. */
   muxInitialWindow?: number
 }
 

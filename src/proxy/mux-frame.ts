@@ -13,6 +13,8 @@
  * - FIN (3), no payload: the sender will send no more DATA on the stream (a half-close).
  * - RST (4), payload u32 code (`MuxResetCode`): the stream is gone both ways.
  * - WINDOW (5), payload u32 increment: the receiver grants that many more DATA bytes on the stream.
+ *   Every stream starts with 64 KiB of credit each way (`DEFAULT_MUX_INITIAL_WINDOW`): version 1
+ *   fixes it, as nothing on the wire announces another.
  * - GOAWAY (6), stream id 0, payload u32 last stream id + u32 code: no new streams on this
  *   session; streams above the last id were not processed (and may be retried elsewhere).
  *

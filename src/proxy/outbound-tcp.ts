@@ -44,7 +44,7 @@ export interface OutboundListenerInit extends UpstreamListenerInit {
   mux?: boolean
   /** Mux: a session with no stream for this long is closed. Default 15 s (constants.ts). */
   muxIdleMs?: number
-  /** Mux: per-stream credit each way, bytes (both ends must agree). Default 256 KiB. */
+  /** Mux: per-stream credit each way, bytes (both ends must agree). Default 64 KiB. */
   muxInitialWindow?: number
 }
 

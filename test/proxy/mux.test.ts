@@ -285,7 +285,7 @@ describe('multiplexed L4 mode', () => {
       20_000,
       'the flooding app to stall',
     )
-    // The stream's credit (256 KiB) plus socket buffers on the way: far below what the app would send.
+    // The stream's credit (64 KiB) plus socket buffers on the way: far below what the app would send.
     expect(flood.written).toBeLessThan(32 * 1024 * 1024)
     // Meanwhile another connection on the same session is served at once.
     const other = await persistent(outbound.port)
