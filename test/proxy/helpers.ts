@@ -296,3 +296,27 @@ export async function runConcurrently<T>(
   await Promise.all(Array.from({ length: Math.min(concurrency, total) }, worker))
   return results
 }
+
+/** How far `pumpInto` got: bytes written, and whether it waits for the socket to drain. */
+export interface Pump {
+  written: number
+  blocked: boolean
+}
+
+/**
+ * Writes `chunk` to `socket` as fast as it takes it, until `pump.written` reaches `cap`; between a
+ * full buffer and its 'drain', `pump.blocked` is true (a test reads back-pressure from it).
+ */
+export function pumpInto(socket: net.Socket, chunk: Buffer, cap: number, pump: Pump): void {
+  while (pump.written < cap) {
+    pump.written += chunk.length
+    if (!socket.write(chunk)) {
+      pump.blocked = true
+      socket.once('drain', () => {
+        pump.blocked = false
+        pumpInto(socket, chunk, cap, pump)
+      })
+      return
+    }
+  }
+}

@@ -16,7 +16,7 @@ import {
   StaticEndpointSource,
 } from '../../src/proxy/sources.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
-import { endpoint, leafFor, listenLoopback, makeRoot, TD, waitFor } from './helpers.ts'
+import { endpoint, leafFor, listenLoopback, makeRoot, pumpInto, TD, waitFor } from './helpers.ts'
 
 let apiCert: ServiceCertificate
 let webCert: ServiceCertificate
@@ -190,20 +190,7 @@ describe.each([
       await startApp((s) => {
         app.socket = s
         // Writes as fast as the connection takes it, up to `cap`.
-        const pump = (): void => {
-          while (app.written < cap) {
-            app.written += chunk.length
-            if (!s.write(chunk)) {
-              app.blocked = true
-              s.once('drain', () => {
-                app.blocked = false
-                pump()
-              })
-              return
-            }
-          }
-        }
-        pump()
+        pumpInto(s, chunk, cap, app)
       }),
       mux,
     )

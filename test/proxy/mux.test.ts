@@ -40,6 +40,7 @@ import {
   makeRoot,
   memoryLogger,
   metricValue,
+  pumpInto,
   startTcpApp,
   TD,
   type TestApp,
@@ -220,6 +221,24 @@ async function once(port: number, text: string): Promise<string> {
   }
 }
 
+/**
+ * api-1 went (its sidecar stopped or its connections were cut): the connections that were on it
+ * see their close, new client connections all succeed on api-2 (the first tries of api-1 are
+ * retried) with no outbound error, and the streams on api-2 are not disturbed.
+ */
+async function expectApi2TakesOver(
+  conns: Awaited<ReturnType<typeof persistent>>[],
+  replies: string[],
+  outboundPort: number,
+  registry: Registry,
+): Promise<void> {
+  const onOne = conns.filter((_, i) => replies[i] === 'api-1:x')
+  await waitFor(() => onOne.every((c) => c.isClosed()), 5_000, "api-1's streams to close")
+  for (let i = 0; i < 10; i++) expect(await once(outboundPort, 'y')).toBe('api-2:y')
+  expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
+  for (const c of conns.filter((_, i) => replies[i] === 'api-2:x')) expect(await c.send('z')).toBe('api-2:z')
+}
+
 describe('multiplexed L4 mode', () => {
   it('50 concurrent client connections share one session; each gets its own app connection', async () => {
     const a = await app('api-app')
@@ -247,20 +266,7 @@ describe('multiplexed L4 mode', () => {
           s.write(d)
           return
         }
-        const pump = (): void => {
-          while (flood.written < 256 * 1024 * 1024) {
-            flood.written += chunk.length
-            if (!s.write(chunk)) {
-              flood.blocked = true
-              s.once('drain', () => {
-                flood.blocked = false
-                pump()
-              })
-              return
-            }
-          }
-        }
-        pump()
+        pumpInto(s, chunk, 256 * 1024 * 1024, flood)
       })
     })
     const { port: appPort, close } = await listenLoopback(server)
@@ -346,13 +352,7 @@ describe('multiplexed L4 mode', () => {
     expect(onOne.length).toBeGreaterThan(0)
     // api-1's sidecar goes: its sessions' streams end, and the clients on them see their close.
     await one.inbound.stop()
-    await waitFor(() => onOne.every((c) => c.isClosed()), 5_000, "api-1's streams to close")
-    // New client connections all succeed, on api-2 (the first tries of api-1 are retried).
-    for (let i = 0; i < 10; i++) expect(await once(outbound.port, 'y')).toBe('api-2:y')
-    expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
-    // The streams on api-2 were not disturbed.
-    for (const c of conns.filter((_, i) => replies[i] === 'api-2:x'))
-      expect(await c.send('z')).toBe('api-2:z')
+    await expectApi2TakesOver(conns, replies, outbound.port, registry)
   })
 
   it('an instance whose connections drop without a word (no GOAWAY): streams fail, new connections retry', async () => {
@@ -379,11 +379,7 @@ describe('multiplexed L4 mode', () => {
     expect(onOne.length).toBeGreaterThan(0)
     await pt.close()
     for (const s of cut) s.destroy()
-    await waitFor(() => onOne.every((c) => c.isClosed()), 5_000, "api-1's streams to close")
-    for (let i = 0; i < 10; i++) expect(await once(outbound.port, 'y')).toBe('api-2:y')
-    expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
-    for (const c of conns.filter((_, i) => replies[i] === 'api-2:x'))
-      expect(await c.send('z')).toBe('api-2:z')
+    await expectApi2TakesOver(conns, replies, outbound.port, registry)
   })
 
   it('falls back to one TLS connection per client connection against an inbound without the ALPN', async () => {
