@@ -76,8 +76,11 @@ export class MuxInbound {
           `inbound mux protocol error src=${source} dst=${init.service} reason=${reason}`,
         )
       },
+      // Idle after the peer's GOAWAY: it opens nothing more. Our own drain GOAWAY is not enough:
+      // OPENs that crossed it may still come (and are served); the peer closes once it has read
+      // it, or the drain time does.
       onIdle: () => {
-        if (served.session.goAwaySent || served.session.goAwayReceived) served.session.close()
+        if (served.session.goAwayReceived) served.session.close()
       },
       onClose: () => {
         served.cancelDrain?.()
@@ -202,17 +205,15 @@ export class MuxInbound {
 
   /**
    * Certificate or trust bundle rotated: every session gets GOAWAY (its peer opens new streams on
-   * a new session, with the new certificate) and closes when its streams end, or after the drain time.
+   * a new session, with the new certificate). The peer closes the session once its streams end;
+   * the drain time bounds a peer that does not. Not closed here even when idle: an OPEN the peer
+   * sent before it read the GOAWAY would find the connection ending, and cost a retry.
    */
   drainAll(): void {
     for (const served of this.sessions) {
       const session = served.session
       if (session.goAwaySent) continue
       session.goAway(MuxResetCode.SHUTDOWN, false)
-      if (session.size === 0) {
-        session.close()
-        continue
-      }
       served.cancelDrain = this.init.clock.setTimeout(() => session.close(), this.init.drainMs)
     }
   }

@@ -353,7 +353,8 @@ export class MuxSession {
   /**
    * No new streams: tells the peer (streams already open go on). `refuse` false (a drain after a
    * rotation): OPENs the peer sent before it read the GOAWAY are still served, so that the race
-   * costs no retry; the session closes when idle or after the drain time anyway.
+   * costs no retry; the peer closes the session once it has read the GOAWAY and its streams have
+   * ended (the owner bounds that with its drain time).
    */
   goAway(code: MuxResetCode = MuxResetCode.SHUTDOWN, refuse = true): void {
     if (refuse) this.refusing = true

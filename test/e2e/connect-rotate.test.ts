@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import tls from 'node:tls'
 import { afterAll, describe, expect, it } from 'vitest'
 import { type AgentProcess, freePort, runCli, TestCluster, waitFor } from './harness.ts'
-import { metricSum, registerService, startApp } from './mesh-helpers.ts'
+import { metricSamples, registerService, startApp } from './mesh-helpers.ts'
 import { startRaftCluster, waitForLeader } from './raft-helpers.ts'
 
 interface RootsJson {
@@ -259,11 +259,13 @@ describe('CA root rotation under live traffic (end to end, 3 agent processes)', 
     const oldSerials = await Promise.all(holders.map(async ([h, s]) => (await leafOf(h, s)).serialNumber))
 
     // Failed or retried upstream attempts and refused handshakes, on every agent's sidecars.
+    // By sample (labels), so that a failure says which reason and route.
     const troubles = async (): Promise<Record<string, number>> => {
       const out: Record<string, number> = {}
       for (const ag of agents)
         for (const m of ['peermesh_proxy_errors_total', 'peermesh_proxy_retries_total'])
-          out[`${ag.name} ${m}`] = await metricSum(ag, m)
+          for (const [labels, v] of Object.entries(await metricSamples(ag, m)))
+            out[`${ag.name} ${m}${labels}`] = v
       return out
     }
     const troublesBefore = await troubles()

@@ -41,3 +41,17 @@ export async function metricSum(agent: AgentProcess, name: string): Promise<numb
   }
   return sum
 }
+
+/**
+ * The non-zero samples of a counter in an agent's `GET /metrics`, keyed by their labels (`{}` when
+ * it has none): what a failing check prints, so that it says which reason or route it was.
+ */
+export async function metricSamples(agent: AgentProcess, name: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://${agent.http}/metrics`)).text()
+  const out: Record<string, number> = {}
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)(\{[^}]*\})? (\S+)$/.exec(line)
+    if (m?.[1] === name && Number(m[3]) !== 0) out[m[2] ?? '{}'] = Number(m[3])
+  }
+  return out
+}

@@ -20,6 +20,7 @@ import {
   emptyFrame,
   FrameDecoder,
   FrameType,
+  goAwayFrame,
   MUX_ALPN,
   MUX_HEADER_BYTES,
   MuxResetCode,
@@ -475,6 +476,46 @@ describe('multiplexed L4 mode', () => {
     expect(await old.send('b')).toBe('api-app:b')
     old.socket.destroy()
     await waitFor(() => inbound.muxSessions <= 1, 5_000, 'the drained session to close')
+  })
+
+  it("OPENs that cross the inbound's rotation GOAWAY are served, on an idle session and on one whose last stream just ended", async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound, registry, certificates } = await apiInbound(a.port)
+    // A session idle at the rotation; a session whose only stream ends after it.
+    const idle = await rawSession(inbound.port, webCert)
+    const busy = await rawSession(inbound.port, webCert)
+    busy.send(emptyFrame(FrameType.OPEN, 1), dataFrame(1, 'a'))
+    await waitFor(() => busy.data.get(1) === 'api-app:a', 5_000, 'the echo on the busy session')
+    await waitFor(() => inbound.muxSessions === 2, 5_000, 'both sessions served')
+    certificates.set(await leafFor(root, 'api'))
+    const goAways = (s: typeof idle) => s.frames.filter((f) => f.type === FrameType.GOAWAY).length
+    await waitFor(() => goAways(idle) === 1 && goAways(busy) === 1, 5_000, 'GOAWAY on both sessions')
+    busy.send(emptyFrame(FrameType.FIN, 1))
+    await waitFor(
+      () => busy.frames.some((f) => f.type === FrameType.FIN && f.id === 1),
+      5_000,
+      "the app's FIN",
+    )
+    // Sent before these clients read the GOAWAY, as far as the inbound can tell.
+    idle.send(emptyFrame(FrameType.OPEN, 1), dataFrame(1, 'b'))
+    busy.send(emptyFrame(FrameType.OPEN, 3), dataFrame(3, 'c'))
+    await waitFor(
+      () => idle.data.get(1) === 'api-app:b',
+      5_000,
+      'the echo of the crossing OPEN (idle session)',
+    )
+    await waitFor(
+      () => busy.data.get(3) === 'api-app:c',
+      5_000,
+      'the echo of the crossing OPEN (busy session)',
+    )
+    expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'inbound' })).toBe(0)
+    // Each client closes its drained session once done: the inbound follows.
+    idle.send(emptyFrame(FrameType.FIN, 1), goAwayFrame(0, MuxResetCode.SHUTDOWN))
+    idle.socket.end()
+    busy.socket.end()
+    await waitFor(() => inbound.muxSessions === 0, 5_000, 'the drained sessions to close')
+    expect(a.hits).toBe(3)
   })
 
   it('stopping the outbound closes its sessions at the inbound', async () => {
