@@ -101,9 +101,9 @@ export const DEFAULT_MUX_MAX_STREAMS = 1024
 export const DEFAULT_MUX_IDLE_MS = 15_000
 
 /**
- * A session that gets no new streams (certificate or trust bundle rotated, GOAWAY received) closes
- * when its last stream ends, or after this long at most: long-lived streams then move to a session
- * on the new certificate through the client's reconnect.
+ * A session that gets no new streams (certificate or trust bundle rotated) closes when its last
+ * stream ends: its caller closes it then. The inbound closes one that stays idle this long after
+ * its GOAWAY (a caller that does not close its own). Streams are never cut short by a rotation.
  */
 export const DEFAULT_MUX_DRAIN_MS = 60_000
 

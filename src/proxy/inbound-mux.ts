@@ -81,6 +81,7 @@ export class MuxInbound {
       // it, or the drain time does.
       onIdle: () => {
         if (served.session.goAwayReceived) served.session.close()
+        else if (served.session.goAwaySent) this.closeIfStillIdle(served)
       },
       onClose: () => {
         served.cancelDrain?.()
@@ -205,17 +206,27 @@ export class MuxInbound {
 
   /**
    * Certificate or trust bundle rotated: every session gets GOAWAY (its peer opens new streams on
-   * a new session, with the new certificate). The peer closes the session once its streams end;
-   * the drain time bounds a peer that does not. Not closed here even when idle: an OPEN the peer
-   * sent before it read the GOAWAY would find the connection ending, and cost a retry.
+   * a new session, with the new certificate). Streams already open go on for as long as they
+   * last, as a per-connection relay's TLS connection does: a rotation resets no connection. The
+   * peer closes the session once its streams have ended. Not closed here when idle: an OPEN the
+   * peer sent before it read the GOAWAY would find the connection ending, and cost a retry; a
+   * session still idle after the drain time is closed (a peer that does not close its own).
    */
   drainAll(): void {
     for (const served of this.sessions) {
       const session = served.session
       if (session.goAwaySent) continue
       session.goAway(MuxResetCode.SHUTDOWN, false)
-      served.cancelDrain = this.init.clock.setTimeout(() => session.close(), this.init.drainMs)
+      if (session.size === 0) this.closeIfStillIdle(served)
     }
+  }
+
+  private closeIfStillIdle(served: ServedSession): void {
+    served.cancelDrain?.()
+    served.cancelDrain = this.init.clock.setTimeout(() => {
+      served.cancelDrain = undefined
+      if (served.session.size === 0) served.session.close()
+    }, this.init.drainMs)
   }
 
   /** Stopping: GOAWAY, streams reset, app connections closed, TLS connections ended. */

@@ -10,7 +10,8 @@
  * - A session with no stream for `idleMs` is closed (GOAWAY, then the TLS connection ends).
  * - A session opened with an older certificate or trust bundle, or whose inbound sent GOAWAY,
  *   takes no new stream: a new one is opened beside it, and it closes when its last stream ends
- *   or after `drainMs`.
+ *   (however long that takes: a rotation resets no client connection, as with per-connection
+ *   relays, whose TLS connections outlive a rotation too).
  * - A session full (`maxStreams`) is left to its streams and a new one takes the next.
  */
 import tls from 'node:tls'
@@ -26,7 +27,6 @@ export interface MuxClientConfig {
   maxStreams: number
   initialWindow: number
   idleMs: number
-  drainMs: number
   fallbackMs: number
 }
 
@@ -66,7 +66,6 @@ class ClientSession {
   /** Takes no new streams (rotated, GOAWAY received, full, or the pool is closing). */
   retired = false
   private cancelIdle: Cancel | undefined
-  private cancelDrain: Cancel | undefined
 
   constructor(
     private readonly pool: MuxClientPool,
@@ -104,7 +103,6 @@ class ClientSession {
     socket.once('close', () => {
       cancelTimer()
       this.cancelIdle?.()
-      this.cancelDrain?.()
       this.pool.forget(this)
       this.settle({ kind: 'failed' })
     })
@@ -219,18 +217,12 @@ class ClientSession {
     }, this.pool.config.idleMs)
   }
 
-  /** No new streams; closes when the last stream ends, or after the drain time. */
+  /** No new streams; closes when the last stream ends (see `idle`). */
   retire(): void {
     if (this.retired) return
     this.retired = true
     this.pool.forget(this)
-    const session = this.session
-    if (session === undefined) return
-    if (session.size === 0) {
-      session.close()
-      return
-    }
-    this.cancelDrain = this.pool.core.clock.setTimeout(() => session.close(), this.pool.config.drainMs)
+    if (this.session?.size === 0) this.session.close()
   }
 
   close(): void {

@@ -17,7 +17,6 @@ import net from 'node:net'
 import tls from 'node:tls'
 import type { Cancel } from '../common/clock.ts'
 import {
-  DEFAULT_MUX_DRAIN_MS,
   DEFAULT_MUX_FALLBACK_MS,
   DEFAULT_MUX_IDLE_MS,
   DEFAULT_MUX_INITIAL_WINDOW,
@@ -79,7 +78,6 @@ export class OutboundListener extends OutboundListenerBase {
             maxStreams: DEFAULT_MUX_MAX_STREAMS,
             initialWindow,
             idleMs,
-            drainMs: DEFAULT_MUX_DRAIN_MS,
             fallbackMs: DEFAULT_MUX_FALLBACK_MS,
           })
   }

@@ -13,6 +13,7 @@ import net from 'node:net'
 import tls from 'node:tls'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { type Clock, systemClock } from '../../src/common/clock.ts'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
 import { InboundListener, type InboundListenerInit } from '../../src/proxy/inbound.ts'
 import { IntentionIndex } from '../../src/proxy/intentions.ts'
@@ -238,6 +239,32 @@ async function expectApi2TakesOver(
   for (let i = 0; i < 10; i++) expect(await once(outboundPort, 'y')).toBe('api-2:y')
   expect(await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound' })).toBe(0)
   for (const c of conns.filter((_, i) => replies[i] === 'api-2:x')) expect(await c.send('z')).toBe('api-2:z')
+}
+
+/**
+ * The system clock, except that timers of 30 s or more wait until the test fires them: the drain
+ * and fallback times pass when the test says so.
+ */
+function heldLongTimers() {
+  const held = new Set<() => void>()
+  const clock: Clock = {
+    ...systemClock,
+    setTimeout(fn, ms) {
+      if (ms < 30_000) return systemClock.setTimeout(fn, ms)
+      held.add(fn)
+      return () => held.delete(fn)
+    },
+  }
+  return {
+    clock,
+    held: () => held.size,
+    fireAll: () => {
+      for (const fn of [...held]) {
+        held.delete(fn)
+        fn()
+      }
+    },
+  }
 }
 
 describe('multiplexed L4 mode', () => {
@@ -476,6 +503,51 @@ describe('multiplexed L4 mode', () => {
     expect(await old.send('b')).toBe('api-app:b')
     old.socket.destroy()
     await waitFor(() => inbound.muxSessions <= 1, 5_000, 'the drained session to close')
+  })
+
+  it('a rotation cuts no long-lived connection: sessions that take no new streams outlive the drain time while streams are open', async () => {
+    const timers = heldLongTimers()
+    const a = await app('api-app', 'echo')
+    const { inbound, certificates: apiCerts } = await apiInbound(a.port, { clock: timers.clock })
+    const { outbound, certificates: webCerts } = await webOutbound([inbound.port], { clock: timers.clock })
+    const old = await persistent(outbound.port)
+    expect(await old.send('a')).toBe('api-app:a')
+    // Both ends rotate: the inbound sends GOAWAY, the outbound's session is of an older certificate.
+    apiCerts.set(await leafFor(root, 'api'))
+    webCerts.set(await leafFor(root, 'web'))
+    expect(await once(outbound.port, 'n')).toBe('api-app:n')
+    expect(inbound.muxSessions).toBe(2)
+    // As far as both proxies can tell, a long time passes.
+    timers.fireAll()
+    expect(await old.send('b')).toBe('api-app:b')
+    expect(old.isClosed()).toBe(false)
+    old.socket.destroy()
+    await waitFor(() => inbound.muxSessions === 1, 5_000, 'the drained session to close with its last stream')
+  })
+
+  it('a drained session whose caller never closes it is closed by the inbound after the drain time, idle', async () => {
+    const timers = heldLongTimers()
+    const a = await app('api-app', 'echo')
+    const { inbound, certificates } = await apiInbound(a.port, { clock: timers.clock })
+    const raw = await rawSession(inbound.port, webCert)
+    raw.send(emptyFrame(FrameType.OPEN, 1), dataFrame(1, 'a'))
+    await waitFor(() => raw.data.get(1) === 'api-app:a', 5_000, 'the echo')
+    certificates.set(await leafFor(root, 'api'))
+    await waitFor(() => raw.frames.some((f) => f.type === FrameType.GOAWAY), 5_000, 'GOAWAY')
+    // Open stream: the drain time does not cut it.
+    timers.fireAll()
+    raw.send(dataFrame(1, 'b'))
+    await waitFor(() => raw.data.get(1) === 'api-app:aapi-app:b', 5_000, 'the second echo')
+    // Idle, and the caller does not close: the inbound does, once the drain time has passed.
+    raw.send(emptyFrame(FrameType.FIN, 1))
+    await waitFor(() => timers.held() === 1, 5_000, 'the idle session waiting for the drain time')
+    expect(raw.isClosed()).toBe(false)
+    timers.fireAll()
+    await waitFor(
+      () => raw.isClosed() && inbound.muxSessions === 0,
+      5_000,
+      'the idle drained session to close',
+    )
   })
 
   it("OPENs that cross the inbound's rotation GOAWAY are served, on an idle session and on one whose last stream just ended", async () => {
