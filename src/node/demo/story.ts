@@ -149,8 +149,11 @@ export async function leaderKillStep(ctx: StoryContext): Promise<StepResult> {
   const oldLeaderAddress = await leaderOf(victim.api)
   if (entryAgentName(ctx) === victim.name) {
     const other = [...ctx.webs].find(([name]) => name !== victim.name)!
+    const oldEntry = ctx.traffic.entryPort
     ctx.traffic.entryPort = other[1].port
     ctx.say(`\n  (traffic now enters through web on ${other[0]}: ${victim.name} is about to go)`)
+    // Requests that went in through the victim's web are not the mesh's to save: let them finish.
+    await ctx.traffic.drained(oldEntry)
   }
   const survivors = before.filter((a) => a !== victim)
   ctx.say(`\n▶ kill -9 ${victim.name}, the agent that leads Raft (a crashed machine)`)

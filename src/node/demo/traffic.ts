@@ -35,6 +35,9 @@ export class Traffic {
   private timer: NodeJS.Timeout | undefined
   private inFlight = 0
   private idle: (() => void)[] = []
+  /** Requests in flight per entry port, and who waits for a port to have none. */
+  private readonly inFlightTo = new Map<number, number>()
+  private readonly idleOn = new Map<number, (() => void)[]>()
 
   /** `entryPort`: the web instance requests go to; `now`: the clock (ms). */
   constructor(
@@ -59,11 +62,34 @@ export class Traffic {
     if (this.inFlight > 0) await new Promise<void>((r) => this.idle.push(r))
   }
 
+  /**
+   * Resolves once no request sent to `port` is still in flight. After `entryPort` moved away from
+   * an agent about to be killed: the requests that went in through its web instance (whose sidecar
+   * dies with it) finish first, so that a step counts what the mesh did, not a client that went
+   * down with its machine.
+   */
+  async drained(port: number): Promise<void> {
+    if ((this.inFlightTo.get(port) ?? 0) === 0) return
+    await new Promise<void>((r) => {
+      const waiting = this.idleOn.get(port) ?? []
+      waiting.push(r)
+      this.idleOn.set(port, waiting)
+    })
+  }
+
   private tick(): void {
     if (this.inFlight >= TRAFFIC_MAX_IN_FLIGHT) return
     this.inFlight++
-    void this.one(this.entryPort).then((r) => {
+    const port = this.entryPort
+    this.inFlightTo.set(port, (this.inFlightTo.get(port) ?? 0) + 1)
+    void this.one(port).then((r) => {
       this.records.push(r)
+      const left = this.inFlightTo.get(port)! - 1
+      this.inFlightTo.set(port, left)
+      if (left === 0) {
+        for (const done of this.idleOn.get(port) ?? []) done()
+        this.idleOn.delete(port)
+      }
       if (--this.inFlight === 0) for (const done of this.idle.splice(0)) done()
     })
   }
