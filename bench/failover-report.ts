@@ -49,12 +49,14 @@ export function report(
   retries: LogMark[],
   ejections: LogMark[],
   endMs: number,
-  info: { leader: string; newLeader: string; web: string; accessLogLines: number },
+  info: { leader: string; newLeader: string; web: string; accessLogLines: number; protocol: 'http' | 'tcp' },
   settings: ReportSettings,
 ): void {
   const { windowMs: WINDOW_MS, bucketMs: BUCKET_MS, outDir: OUT_DIR, connections: CONNECTIONS } = settings
   const failed = samples.filter((s) => !s.ok)
   const retried = samples.filter((s) => (s.attempts ?? 1) > 1)
+  // L4 access lines name no request: the retries web logged instead (one per retried attempt).
+  const retriedCount = info.protocol === 'tcp' ? retries.length : retried.length
   const perEvent = events.map((e, i) => {
     // A request belongs to the event when it ends after the kill and before the next event (or
     // before the killed app is back, for the dead instance's own figures).
@@ -173,7 +175,7 @@ export function report(
       [
         samples.length,
         failed.length,
-        retried.length,
+        retriedCount,
         Math.round((samples.length / endMs) * 1000),
         Math.round(p99Base * 10) / 10,
         info.leader,
@@ -187,7 +189,7 @@ export function report(
   for (const s of failed) errorKinds.set(s.by, (errorKinds.get(s.by) ?? 0) + 1)
   if (errorKinds.size > 0)
     process.stdout.write(`errors: ${[...errorKinds].map(([k, v]) => `${v}× ${k}`).join('; ')}\n`)
-  if (info.accessLogLines < samples.length * 0.99)
+  if (info.protocol === 'http' && info.accessLogLines < samples.length * 0.99)
     process.stdout.write(
       `note: only ${info.accessLogLines} of ${samples.length} requests found in web's access log; retries may be undercounted\n`,
     )
@@ -202,7 +204,7 @@ export function report(
       errors: errs,
       retried: retr,
       events: [...events.map((e) => ({ t: e.at, label: e.name })), ...marks],
-      title: `peermesh failover: ${CONNECTIONS} keep-alive connections through web's sidecar to 3 api instances`,
+      title: `peermesh failover: ${CONNECTIONS} ${info.protocol === 'tcp' ? 'loops of fresh L4 connections' : 'keep-alive connections'} through web's sidecar to 3 api instances`,
     }),
   )
   process.stdout.write(`plot: ${svgPath}\n`)
@@ -210,7 +212,8 @@ export function report(
   emitJson({
     failed_requests: failed.length,
     total_requests: samples.length,
-    retried_requests: retried.length,
+    retried_requests: retriedCount,
+    protocol: info.protocol,
     reroute_ms: Math.max(...perEvent.map((e) => e.reroute_ms)),
     p99_ms_baseline: Math.round(p99Base * 10) / 10,
     window_ms: WINDOW_MS,

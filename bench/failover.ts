@@ -1,5 +1,5 @@
 /**
- * `npm run bench:failover [-- --json --gap S --warmup S --tail S --window-ms MS --rps N]`
+ * `npm run bench:failover [-- --json --gap S --warmup S --tail S --window-ms MS --rps N --protocol http|tcp]`
  *
  * Failover of the data plane under keep-alive HTTP load (issue 7). Five agents (separate processes
  * on 127.0.0.1, `--bootstrap-expect 5`, so Raft keeps a quorum after losing the leader and another
@@ -21,6 +21,12 @@
  * as a retry, `attempts > 1` in web's access log), and `critical_ms` = time until web's agent no
  * longer lists the instance as passing. A 100 ms timeline is printed and drawn to
  * bench/out/failover.svg.
+ *
+ * `--protocol tcp`: the api sidecars are registered without a protocol (L4, the multiplexed mode
+ * between sidecars), and each request goes on a fresh connection (`agent: false`): an L4 proxy
+ * balances and retries connections, not requests, so a kept-alive connection stays on its
+ * instance and dies with it. A connection is retried onto another instance until the first
+ * response byte. L4 access lines carry no request id: the retried count is web's retry log lines.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
@@ -43,6 +49,11 @@ const RPS = Number(argValue('rps', '0'))
 const BUCKET_MS = 100
 const REQUEST_TIMEOUT_MS = 10_000
 const OUT_DIR = fileURLToPath(new URL('./out/', import.meta.url))
+const PROTOCOL = (argValue('protocol', 'http') ?? 'http') as 'http' | 'tcp'
+if (!['http', 'tcp'].includes(PROTOCOL)) {
+  process.stderr.write(`--protocol must be http or tcp, not ${PROTOCOL}\n`)
+  process.exit(2)
+}
 
 // ---- api apps: one child process each, so one can be killed -----------------------------------
 
@@ -114,7 +125,8 @@ class Load {
           host: '127.0.0.1',
           port: this.port,
           path: '/',
-          agent: this.agent,
+          // tcp: a fresh connection per request (see the file comment).
+          agent: PROTOCOL === 'tcp' ? false : this.agent,
           headers: { 'x-request-id': `fo-${seq}` },
           signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
         },
@@ -236,7 +248,9 @@ async function main(): Promise<void> {
         address: '127.0.0.1',
         port: appPorts[i],
         checks: [{ tcp: `127.0.0.1:${appPorts[i]}`, interval: '500ms', timeout: '300ms' }],
-        connect: { sidecarService: { port: inPorts[i], protocol: 'http' } },
+        connect: {
+          sidecarService: { port: inPorts[i], ...(PROTOCOL === 'http' ? { protocol: 'http' } : {}) },
+        },
       })
     }
     await put(W, '/v1/agent/service/register', {
@@ -282,7 +296,7 @@ async function main(): Promise<void> {
     })()
 
     progress(
-      `load: ${CONNECTIONS} keep-alive connections to 127.0.0.1:${upstream}${RPS > 0 ? `, ${RPS} req/s cap` : ''}`,
+      `load: ${CONNECTIONS} ${PROTOCOL === 'tcp' ? 'loops of fresh connections (L4)' : 'keep-alive connections'} to 127.0.0.1:${upstream}${RPS > 0 ? `, ${RPS} req/s cap` : ''}`,
     )
     const running = load.run()
     const events: EventSpec[] = []
@@ -366,6 +380,7 @@ async function main(): Promise<void> {
         newLeader,
         web: W.name,
         accessLogLines: attempts.size,
+        protocol: PROTOCOL,
       },
       { windowMs: WINDOW_MS, bucketMs: BUCKET_MS, outDir: OUT_DIR, connections: CONNECTIONS },
     )
