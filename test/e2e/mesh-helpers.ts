@@ -31,17 +31,6 @@ export async function registerService(
   if (r.code !== 0) throw new Error(`register ${definition.name} on ${agent.name}: ${r.stderr.trim()}`)
 }
 
-/** The sum of every sample of a counter in an agent's `GET /metrics` (0 when absent). */
-export async function metricSum(agent: AgentProcess, name: string): Promise<number> {
-  const text = await (await fetch(`http://${agent.http}/metrics`)).text()
-  let sum = 0
-  for (const line of text.split('\n')) {
-    const m = /^([a-z_]+)(?:\{[^}]*\})? (\S+)$/.exec(line)
-    if (m?.[1] === name) sum += Number(m[2])
-  }
-  return sum
-}
-
 /**
  * The non-zero samples of a counter in an agent's `GET /metrics`, keyed by their labels (`{}` when
  * it has none): what a failing check prints, so that it says which reason or route it was.

@@ -146,6 +146,19 @@ interface RawFrame {
   value: number
 }
 
+/** A TLS connection to `port` presenting `cert`, trusting the test root, offering `alpn`. */
+function meshTls(port: number, cert: ServiceCertificate, alpn: string[]): tls.TLSSocket {
+  return tls.connect({
+    host: '127.0.0.1',
+    port,
+    ca: [root.certPem],
+    key: cert.keyPem,
+    cert: cert.certPem,
+    checkServerIdentity: () => undefined,
+    ALPNProtocols: alpn,
+  })
+}
+
 /**
  * A mux client written by hand: TLS with `cert` offering the mux ALPN, raw frames out, the
  * decoded frames in (`frames`). What an attacker with a valid mesh certificate can do.
@@ -153,15 +166,7 @@ interface RawFrame {
 async function rawSession(port: number, cert: ServiceCertificate) {
   const frames: RawFrame[] = []
   const data = new Map<number, string>()
-  const socket = tls.connect({
-    host: '127.0.0.1',
-    port,
-    ca: [root.certPem],
-    key: cert.keyPem,
-    cert: cert.certPem,
-    checkServerIdentity: () => undefined,
-    ALPNProtocols: [MUX_ALPN],
-  })
+  const socket = meshTls(port, cert, [MUX_ALPN])
   let closed = false
   socket.on('close', () => {
     closed = true
@@ -452,15 +457,7 @@ describe('multiplexed L4 mode', () => {
   it('a TLS client offering some other ALPN is relayed per connection, as before', async () => {
     const a = await app('api-app')
     const { inbound } = await apiInbound(a.port)
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port: inbound.port,
-      ca: [root.certPem],
-      key: webCert.keyPem,
-      cert: webCert.certPem,
-      checkServerIdentity: () => undefined,
-      ALPNProtocols: ['h2'],
-    })
+    const socket = meshTls(inbound.port, webCert, ['h2'])
     cleanups.push(async () => {
       socket.destroy()
     })
@@ -751,15 +748,7 @@ describe('multiplexed L4 mode, from the attacker side', () => {
     const { inbound } = await apiInbound(a.port)
     const other = await makeRoot()
     const foreign = await leafFor(other, 'web')
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port: inbound.port,
-      ca: [root.certPem],
-      key: foreign.keyPem,
-      cert: foreign.certPem,
-      checkServerIdentity: () => undefined,
-      ALPNProtocols: [MUX_ALPN],
-    })
+    const socket = meshTls(inbound.port, foreign, [MUX_ALPN])
     socket.on('error', () => {})
     cleanups.push(async () => {
       socket.destroy()
