@@ -1,5 +1,5 @@
 /**
- * `tsx bench/raft-trace.ts [--ops N] [--writers W] [--seconds S] [--cpuprof DIR --profhook M --profphase seq|conc]`:
+ * `tsx bench/raft-trace.ts [--ops N] [--writers W] [--seconds S] [--warmup S] [--cpuprof DIR --profhook M --profphase seq|conc]`:
  * a quick probe of Raft writes on 3 local agents: sequential latency at the leader and through a
  * follower, then W concurrent writers: ops/s and CPU ms per write (utime+stime from /proc, summed
  * over the agents; steadier than ops/s on a shared machine), and CPU ms per sequential write too. The stage table needs an agent build
@@ -104,9 +104,9 @@ async function seq(http: string, label: string): Promise<number[]> {
   return lat
 }
 
-async function conc(http: string): Promise<number> {
+async function conc(http: string, seconds = SECONDS): Promise<number> {
   let n = 0
-  const end = performance.now() + SECONDS * 1000
+  const end = performance.now() + seconds * 1000
   const t0 = performance.now()
   await Promise.all(
     Array.from({ length: WRITERS }, async (_, w) => {
@@ -195,10 +195,18 @@ async function main(): Promise<void> {
   }
   const cluster = new TestCluster()
   try {
-    const agents = await startRaftCluster(cluster, 3, { prefix: 'trace' })
+    // `--log-level L`: the agents' log level (the harness's default: info, an audit line per write).
+    const level = argValue('log-level')
+    const agents = await startRaftCluster(cluster, 3, {
+      prefix: 'trace',
+      ...(level !== undefined ? { extraArgs: ['--log-level', level] } : {}),
+    })
     const leader = await waitForLeader(agents)
     const follower = agents.find((a) => a !== leader)!
     for (let i = 0; i < 30; i++) await putKv(leader.http, 'warm', String(i))
+    // `--warmup S`: concurrent writes first, so that what follows measures agents V8 has optimized.
+    const warmup = Number(argValue('warmup', '0'))
+    if (warmup > 0) await conc(leader.http, warmup)
     const lid = (await status(leader))!.id.slice(-6)
     if (prof !== undefined) process.stderr.write(`leader pid ${leader.child?.pid}\n`)
     const mark = (): number =>
