@@ -9,22 +9,21 @@
  *   leader) before the next; etcd gets a fresh cluster per round (its harness cannot restart a
  *   member), healthy before the kill all the same. etcd at its defaults (100/1000 ms) and tuned
  *   (50/250 ms).
- * - writes to the leader, 16-byte values, fsync on in both, on one cluster of each kept running:
- *   first the same warm-up for both (50 sequential writes, then 16 writers for `--warmup-seconds`,
- *   default 10: a long-running cluster's pace, not a fresh process's unoptimized code), then
- *   `--write-reps` (default 5) repetitions alternating between the two systems, each of
- *   `--sequential-ops` (default 500) sequential writes (latency p50/p99) and 16 concurrent writers
- *   for `--seconds` (default 10: throughput and latency). Each figure is the median over the
- *   repetitions; the two write targets' ratios (`write_throughput_ratio`, `write_seq_p50_ratio`)
- *   are the medians of the ratios of paired repetitions (ours, then etcd's right after), each
- *   listed in the JSON (`*_reps`). While one system is measured, the
- *   other's cluster idles beside it (ours at about 2.5% of a core per agent); before each
- *   repetition both settle (under 20% of a core together over a second). Ours through `PUT /v1/config` (kv
- *   entries), etcd through its v3 JSON gateway (`POST /v3/kv/put`).
+ * - writes to the leader, 16-byte values, fsync on in both: `--write-reps` (default 5)
+ *   repetitions alternating between the two systems, each on a fresh cluster of its own with
+ *   nothing else of the bench running: the same warm-up for both (50 sequential writes, then 16
+ *   writers for `--warmup-seconds`, default 10: a long-running cluster's pace, not a fresh
+ *   process's unoptimized code; its throughput is reported), then `--sequential-ops` (default 500)
+ *   sequential writes (latency p50/p99) and 16 concurrent writers for `--seconds` (default 10:
+ *   throughput and latency). Each figure is the median over the repetitions; the two write
+ *   targets' ratios (`write_throughput_ratio`, `write_seq_p50_ratio`) are the medians of the
+ *   ratios of paired repetitions (ours, then etcd's right after), each listed in the JSON
+ *   (`*_reps`). Ours through `PUT /v1/config` (kv entries), etcd through its v3 JSON gateway
+ *   (`POST /v3/kv/put`).
  *
  * Progress on stderr, a table on stdout, and with `--json` the figures as the last stdout line.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
 import { loadavg } from 'node:os'
 import { join } from 'node:path'
@@ -209,61 +208,44 @@ async function writeRep(label: string, put: Put): Promise<WriteRep> {
 
 /** A system's write figures: the median of each figure over the repetitions, and the reps. */
 interface WriteFigures extends WriteRep {
+  /** The warm-ups' throughput (median): a fresh cluster's first seconds of load. */
   warmupOps: number
   reps: WriteRep[]
 }
 
-/** CPU ms (user + system, all threads) of `pid` so far; 0 once it is gone. */
-function cpuMs(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-    return (Number(f[11]) + Number(f[12])) * 10 // utime + stime, at 100 Hz
-  } catch {
-    return 0
-  }
+/** A cluster started for one repetition: where to write, and how to close it. */
+interface WriteCluster {
+  put: Put
+  close(): Promise<void>
 }
 
 /**
- * Waits until `pids` together use under 20% of a core over a second (at most 30 s), so that what a
- * repetition left behind (a burst's garbage collection, snapshots, log compaction) does not fall on
- * the next one, the other system's.
- */
-async function settle(pids: number[]): Promise<void> {
-  const t0 = performance.now()
-  for (;;) {
-    const c0 = pids.reduce((a, p) => a + cpuMs(p), 0)
-    await new Promise((r) => setTimeout(r, 1_000))
-    const used = pids.reduce((a, p) => a + cpuMs(p), 0) - c0
-    if (used < 200) return
-    if (performance.now() - t0 > 30_000) {
-      progress(`still busy after 30 s (${used} ms of CPU in the last second): measuring anyway`)
-      return
-    }
-  }
-}
-
-/**
- * The write phase: each system warmed up, then `WRITE_REPS` repetitions alternating between the
- * systems, so that a change in the machine's load meanwhile falls on both alike; before each, both
- * clusters settle (see settle).
+ * The write phase: `WRITE_REPS` repetitions alternating between the systems, so that a change in
+ * the machine's load meanwhile falls on both alike. Each repetition starts a fresh cluster, warms
+ * it up (see warmUp), measures (see writeRep) and closes it: nothing else of the bench runs beside
+ * the one measured.
  */
 async function measureWrites(
-  systems: { label: string; put: Put; pids: number[] }[],
+  systems: { label: string; start(): Promise<WriteCluster> }[],
 ): Promise<WriteFigures[]> {
-  const pids = systems.flatMap((s) => s.pids)
-  const warm: number[] = []
-  for (const s of systems) warm.push(await warmUp(s.label, s.put))
+  const warm: number[][] = systems.map(() => [])
   const reps: WriteRep[][] = systems.map(() => [])
   for (let r = 0; r < WRITE_REPS; r++)
     for (const [i, s] of systems.entries()) {
-      await settle(pids)
-      reps[i]!.push(await writeRep(`${s.label} (rep ${r + 1})`, s.put))
+      const label = `${s.label} (rep ${r + 1})`
+      const c = await s.start()
+      try {
+        warm[i]!.push(await warmUp(label, c.put))
+        reps[i]!.push(await writeRep(label, c.put))
+      } finally {
+        await c.close()
+      }
     }
   return systems.map((_, i) => {
     const rs = reps[i]!
     const med = (f: (x: WriteRep) => number): number => median(rs.map(f))
     return {
-      warmupOps: warm[i]!,
+      warmupOps: median(warm[i]!),
       reps: rs,
       load: med((x) => x.load),
       seqP50: med((x) => x.seqP50),
@@ -347,46 +329,51 @@ async function etcdFailover(label: string, timing: EtcdTiming): Promise<number[]
   return out
 }
 
+/** A fresh 3-voter cluster of ours for one write repetition, writes going to its leader. */
+async function startOurs(): Promise<WriteCluster> {
+  const cluster = new TestCluster()
+  try {
+    const agents = await startRaftCluster(cluster, 3, { prefix: 'writes' })
+    const leader = await waitForLeader(agents)
+    return {
+      put: (i, o) => putKv(leader.http, `bench/${i % 1024}`, VALUE, o.timeoutMs, o.signal),
+      close: () => cluster.close(),
+    }
+  } catch (err) {
+    await cluster.close()
+    throw err
+  }
+}
+
+/** A fresh 3-member etcd (defaults) for one write repetition, writes going to its leader. */
+async function startEtcd(): Promise<WriteCluster> {
+  const cluster: EtcdCluster = await startEtcdCluster(DEFAULT_TIMING)
+  try {
+    const leader = await cluster.leader()
+    return {
+      put: (i, o) =>
+        cluster.put(leader, `bench/${i % 1024}`, VALUE, {
+          timeoutMs: o.timeoutMs,
+          ...(o.signal ? { signal: o.signal } : {}),
+        }),
+      close: () => cluster.close(),
+    }
+  } catch (err) {
+    await cluster.close()
+    throw err
+  }
+}
+
 async function main(): Promise<void> {
   ensureEtcdInstalled()
   progress(
-    `raft failover bench: ${ROUNDS} rounds each; writes: ${WARMUP_SECONDS} s warm-up, then ${WRITE_REPS} alternated repetitions of ${SEQUENTIAL_OPS} sequential and ${WRITERS} writers for ${SECONDS} s`,
+    `raft failover bench: ${ROUNDS} rounds each; writes: ${WRITE_REPS} alternated repetitions, each on a fresh cluster: ${WARMUP_SECONDS} s warm-up, ${SEQUENTIAL_OPS} sequential, ${WRITERS} writers for ${SECONDS} s`,
   )
   const cluster = new TestCluster()
-  let etcd: EtcdCluster | undefined
+  let oursFo: number[]
   try {
-    const agents = await startRaftCluster(cluster, 3, { prefix: 'bench' })
-    const oursFo = await oursFailover(agents)
-    const leader = await waitForLeader(agents)
-    const ours = {
-      label: 'peermesh',
-      put: ((i, o) => putKv(leader.http, `bench/${i % 1024}`, VALUE, o.timeoutMs, o.signal)) as Put,
-      pids: agents.map((a) => a.child?.pid ?? -1),
-    }
-    if (process.argv.includes('--ours-only')) {
-      const [w] = await measureWrites([ours])
-      progress(JSON.stringify({ failover: oursFo, writes: w }))
-      return
-    }
-    const etcdDefault = await etcdFailover('defaults 100/1000', DEFAULT_TIMING)
-    const etcdTuned = await etcdFailover('tuned 50/250', TUNED_TIMING)
-    const ec = await startEtcdCluster(DEFAULT_TIMING)
-    etcd = ec
-    const etcdLeader = await ec.leader()
-    const theirs = {
-      label: 'etcd',
-      put: ((i, o) =>
-        ec.put(etcdLeader, `bench/${i % 1024}`, VALUE, {
-          timeoutMs: o.timeoutMs,
-          ...(o.signal ? { signal: o.signal } : {}),
-        })) as Put,
-      pids: ec.members.map((m) => m.pid),
-    }
-    const [w, etcdW] = (await measureWrites([ours, theirs])) as [WriteFigures, WriteFigures]
-    report(oursFo, etcdDefault, etcdTuned, w, etcdW)
+    oursFo = await oursFailover(await startRaftCluster(cluster, 3, { prefix: 'bench' }))
   } finally {
-    await etcd?.close()
-    keepAlive.destroy()
     const dir = argValue('logs')
     if (dir !== undefined) {
       // `--logs DIR`: every agent's log (all its runs), to see why a round was slow.
@@ -395,6 +382,20 @@ async function main(): Promise<void> {
     }
     await cluster.close()
   }
+  const ours = { label: 'peermesh', start: startOurs }
+  if (process.argv.includes('--ours-only')) {
+    const [w] = await measureWrites([ours])
+    progress(JSON.stringify({ failover: oursFo, writes: w }))
+    return
+  }
+  const etcdDefault = await etcdFailover('defaults 100/1000', DEFAULT_TIMING)
+  const etcdTuned = await etcdFailover('tuned 50/250', TUNED_TIMING)
+  const [w, etcdW] = (await measureWrites([ours, { label: 'etcd', start: startEtcd }])) as [
+    WriteFigures,
+    WriteFigures,
+  ]
+  keepAlive.destroy()
+  report(oursFo, etcdDefault, etcdTuned, w, etcdW)
 }
 
 function report(
