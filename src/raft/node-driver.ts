@@ -99,6 +99,10 @@ export class RaftNode<R = unknown> {
   /** Appends without entries waiting for the end of the turn, by peer (see sendAll). */
   private readonly heldNotices = new Map<NodeId, Message>()
   private noticesScheduled = false
+  /** See RaftNodeOptions `noticeHoldMs` (0: held for turns only). */
+  private readonly noticeHoldMs: number
+  /** Cancels the timer of held notices (noticeHoldMs), if one is set. */
+  private cancelNotices: (() => void) | undefined
   /** Proposals to seal as one batch before the next Ready (only with a sealer). */
   private queued: QueuedProposal[] = []
 
@@ -122,6 +126,7 @@ export class RaftNode<R = unknown> {
     this.syncOffLoop =
       this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
     this.followerWritesOffLoop = o.followerWritesOffLoop ?? false
+    this.noticeHoldMs = o.noticeHoldMs ?? 0
     const st = this.storage.initialState()
     const cfg = { ...DEFAULT_RAFT_CONFIG, ...o.config }
     this.limits = { maxEntries: cfg.maxEntriesPerMsg, maxBytes: cfg.maxBytesPerMsg }
@@ -157,6 +162,7 @@ export class RaftNode<R = unknown> {
     this.stopped = true
     this.running = false
     this.cancelTick?.()
+    this.cancelNotices?.()
     this.pending.rejectAll(new RaftStoppedError('raft node stopped'))
     for (const q of this.queued.splice(0)) q.reject(new RaftStoppedError('raft node stopped'))
     // The storage's fd must outlive a pending fsync.
@@ -533,7 +539,26 @@ export class RaftNode<R = unknown> {
 
   private holdNotice(m: Message): void {
     this.heldNotices.set(m.to, m)
-    this.scheduleNotices(NOTICE_HOLD_TURNS)
+    if (this.noticeHoldMs > 0) this.scheduleNoticesAfter(this.noticeHoldMs)
+    else this.scheduleNotices(NOTICE_HOLD_TURNS)
+  }
+
+  /**
+   * Sends the held notices `ms` from now (noticeHoldMs), those an append meanwhile has not made
+   * redundant (see sendAll). One timer for all held notices: a notice held later waits less.
+   */
+  private scheduleNoticesAfter(ms: number): void {
+    if (this.cancelNotices !== undefined) return
+    this.cancelNotices = this.clock.setTimeout(() => {
+      this.cancelNotices = undefined
+      if (!this.stopped) this.sendHeldNotices()
+    }, ms)
+  }
+
+  private sendHeldNotices(): void {
+    const held = [...this.heldNotices.values()]
+    this.heldNotices.clear()
+    for (const n of held) this.sendOne(n)
   }
 
   /**
@@ -552,9 +577,7 @@ export class RaftNode<R = unknown> {
         this.scheduleNotices(turns - 1)
         return
       }
-      const held = [...this.heldNotices.values()]
-      this.heldNotices.clear()
-      for (const n of held) this.sendOne(n)
+      this.sendHeldNotices()
     })
   }
 

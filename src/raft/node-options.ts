@@ -68,6 +68,16 @@ export interface RaftNodeOptions<R> extends Partial<DriverConfig> {
    * disk's fsync on a busy machine.
    */
   followerWritesOffLoop?: boolean
+  /**
+   * With `coalesceReady`, how long (clock ms) a leader holds a commit notice (an append without
+   * entries) for an append to the same peer that carries the commit anyway. Unset or 0: a notice
+   * waits only a turn or two (NOTICE_HOLD_TURNS in node-driver.ts), which a writer in another
+   * process never answers in time: each of its writes then costs the leader a second send per
+   * follower and each follower a second receive, step and Ready, competing for the CPU with the
+   * next write. Held for a few ms, the next write's append carries the commit instead. The cost:
+   * when writes stop, followers apply the last one up to this much later.
+   */
+  noticeHoldMs?: number
 }
 
 export interface DriverStatus extends RaftStatus {

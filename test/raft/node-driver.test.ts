@@ -1,7 +1,7 @@
 import { raftMessage } from './message.ts'
 import * as path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { encodeMessage } from '../../src/raft/codec.ts'
+import { decodeMessage, encodeMessage } from '../../src/raft/codec.ts'
 import { DEFAULT_AUTOPILOT, planAutopilot } from '../../src/node/raft/autopilot.ts'
 import { FileStorage } from '../../src/raft/storage/file-storage.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
@@ -631,7 +631,7 @@ describe('RaftNode driver: a commit is applied when its acknowledgement arrives'
    * Three nodes with coalesceReady on a virtual clock: deferred Ready processing runs only on
    * `clock.flush()`, and messages move only when the test delivers them, one by one.
    */
-  function held() {
+  function held(extra: { noticeHoldMs?: number } = {}) {
     const clock = new VirtualClock()
     const nodes = new Map<string, RaftNode<PolicyResult>>()
     const queue: { from: string; to: string; type: string; index: number; bytes: Uint8Array }[] = []
@@ -650,6 +650,7 @@ describe('RaftNode driver: a commit is applied when its acknowledgement arrives'
         bootstrap: ids,
         tickMs: TICK,
         coalesceReady: true,
+        ...extra,
         sealer: (batch) => {
           sealed.push(batch.length)
           return batch.map((b) => b.data)
@@ -673,6 +674,110 @@ describe('RaftNode driver: a commit is applied when its acknowledgement arrives'
     }
     return { clock, nodes, queue, sealed, deliver }
   }
+
+  /** `held()` with a leader `a` whose first entry is settled everywhere, and an empty queue. */
+  function settledLeader(extra: { noticeHoldMs?: number } = {}) {
+    const h = held(extra)
+    const a = h.nodes.get('a')!
+    for (const n of h.nodes.values()) n.start()
+    a.campaign()
+    for (let i = 0; i < 20 && !a.isLeader(); i++) {
+      h.clock.flush()
+      h.deliver(() => true)
+    }
+    expect(a.isLeader()).toBe(true)
+    for (let i = 0; i < 20; i++) {
+      h.clock.advance(TICK)
+      h.deliver(() => true)
+    }
+    h.queue.length = 0
+    return { ...h, a }
+  }
+
+  /** Commit notices in the queue: appends from `a` without entries, by peer, with their commit. */
+  const noticesIn = (queue: ReturnType<typeof held>['queue']) =>
+    queue
+      .filter((m) => m.from === 'a' && m.type === 'app')
+      .map((m) => ({ to: m.to, msg: decodeMessage(m.bytes) }))
+      .filter((x) => x.msg.ok && x.msg.message.type === 'app' && x.msg.message.entries.length === 0)
+      .map((x) => ({ to: x.to, commit: x.msg.ok ? x.msg.message.commit : -1 }))
+
+  it('with noticeHoldMs, a commit notice waits that long, then goes to every follower', async () => {
+    const { clock, nodes, queue, deliver, a } = settledLeader({ noticeHoldMs: 5 })
+    const { index } = await (async () => {
+      const p = a.propose(upsert('web', 'db'))
+      clock.flush() // a seals, writes and sends the appends
+      expect(deliver((m) => m.type === 'app' && m.from === 'a')).toBe(2)
+      clock.flush() // b and c write and acknowledge
+      expect(deliver((m) => m.type === 'appResp')).toBe(2)
+      return p
+    })()
+    expect(a.applied()).toBe(index)
+    clock.advance(4)
+    expect(noticesIn(queue)).toEqual([])
+    expect(nodes.get('b')!.applied()).toBeLessThan(index)
+    clock.advance(1)
+    expect(noticesIn(queue).sort((x, y) => x.to.localeCompare(y.to))).toEqual([
+      { to: 'b', commit: index },
+      { to: 'c', commit: index },
+    ])
+    deliver(() => true)
+    clock.flush()
+    for (const n of nodes.values()) expect(n.applied()).toBe(index)
+    for (const n of nodes.values()) await n.stop()
+  })
+
+  it('with noticeHoldMs, the next write within the hold carries the commit: no notice for it', async () => {
+    const { clock, nodes, queue, deliver, a } = settledLeader({ noticeHoldMs: 5 })
+    const write = async (source: string) => {
+      const p = a.propose(upsert(source, 'db'))
+      clock.flush()
+      expect(deliver((m) => m.type === 'app' && m.from === 'a')).toBe(2)
+      clock.flush()
+      expect(deliver((m) => m.type === 'appResp')).toBe(2)
+      return p
+    }
+    const first = await write('web')
+    clock.advance(2)
+    const appendsBefore = queue.length
+    const p = a.propose(upsert('api', 'db'))
+    clock.flush()
+    const appends = queue
+      .slice(appendsBefore)
+      .filter((m) => m.from === 'a' && m.type === 'app')
+      .map((m) => decodeMessage(m.bytes))
+    // Raft §5.3: the append carries the leader's commit index, so b and c learn the first write's.
+    expect(appends).toHaveLength(2)
+    for (const r of appends) {
+      expect(r.ok && r.message.type === 'app' && r.message.entries.length === 1).toBe(true)
+      expect(r.ok && r.message.commit).toBe(first.index)
+    }
+    clock.advance(5)
+    expect(noticesIn(queue).filter((n) => n.commit === first.index)).toEqual([])
+    deliver(() => true)
+    clock.flush()
+    deliver(() => true)
+    const second = await p
+    clock.advance(5)
+    deliver(() => true)
+    clock.flush()
+    for (const n of nodes.values()) expect(n.applied()).toBe(second.index)
+    for (const n of nodes.values()) await n.stop()
+  })
+
+  it('a stopped leader sends no held notice when its hold ends', async () => {
+    const { clock, nodes, queue, deliver, a } = settledLeader({ noticeHoldMs: 5 })
+    const p = a.propose(upsert('web', 'db'))
+    clock.flush()
+    deliver((m) => m.type === 'app' && m.from === 'a')
+    clock.flush()
+    deliver((m) => m.type === 'appResp')
+    await p
+    await a.stop()
+    clock.advance(10)
+    expect(noticesIn(queue)).toEqual([])
+    for (const n of nodes.values()) await n.stop()
+  })
 
   it('a leader applies the entries an ack commits during that step, not a turn later; queued proposals still wait for the turn', async () => {
     const { clock, nodes, queue, sealed, deliver } = held()
