@@ -331,7 +331,9 @@ async function etcdFailover(label: string, timing: EtcdTiming): Promise<number[]
 
 /** A fresh 3-voter cluster of ours for one write repetition, writes going to its leader. */
 async function startOurs(): Promise<WriteCluster> {
-  const cluster = new TestCluster()
+  // Logs: the last 64 KB of each agent's (an audit line per write, kept whole, grew this process's
+  // heap repetition after repetition and slowed its client).
+  const cluster = new TestCluster({ logTailChars: 64 * 1024 })
   try {
     const agents = await startRaftCluster(cluster, 3, { prefix: 'writes' })
     const leader = await waitForLeader(agents)

@@ -196,8 +196,13 @@ export class AgentProcess {
     ]
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
     this.child = child
-    child.stdout?.on('data', (d: Buffer) => (this.log += d.toString()))
-    child.stderr?.on('data', (d: Buffer) => (this.log += d.toString()))
+    const tail = this.cluster.logTailChars
+    const onData = (d: Buffer): void => {
+      this.log += d.toString()
+      if (tail !== undefined && this.log.length > 2 * tail) this.log = this.log.slice(-tail)
+    }
+    child.stdout?.on('data', onData)
+    child.stderr?.on('data', onData)
     // An agent that exits while starting fails the start at once (not at the deadline).
     let onExit: (() => void) | undefined
     const exited = new Promise<never>((_, reject) => {
@@ -296,12 +301,19 @@ export class AgentProcess {
 export class TestCluster {
   readonly dir = makeTempDir('e2e')
   readonly agents: AgentProcess[] = []
+  readonly logTailChars: number | undefined
   /** The cluster's management token (a UUID); its agents get it as initial management token. */
   readonly managementToken: string
   /** The 0600 file holding it, given to agents with `--initial-management-token-file`. */
   readonly managementTokenFile: string
 
-  constructor(options: { managementToken?: string } = {}) {
+  /**
+   * `logTailChars`: each agent's `log` keeps only its last this many characters (default: all of
+   * it). A benchmark's agents log an audit line per write; kept whole, their logs grow the
+   * measuring process's heap run after run.
+   */
+  constructor(options: { managementToken?: string; logTailChars?: number } = {}) {
+    this.logTailChars = options.logTailChars
     this.managementToken = options.managementToken ?? MANAGEMENT_TOKEN
     this.managementTokenFile = this.writeToken(this.managementToken, 'management.token')
   }
