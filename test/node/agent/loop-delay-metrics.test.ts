@@ -37,18 +37,22 @@ describe('the event-loop delay metrics', () => {
     expect(value(first, `${LAG}_min_seconds`)).toBe(0)
     expect(value(first, `${LAG}_p99_seconds`)).toBe(0)
     // A stall of the event loop shows in a later scrape (one made once the histogram's timer ran
-    // again: a reset while a stall is being recorded loses it, as with prom-client's own).
-    await new Promise<void>((r) =>
-      setTimeout(() => {
-        const t = Date.now()
-        while (Date.now() - t < 60) {} // busy: the loop stalls 60 ms
-        setTimeout(r, 20)
-      }, 20),
-    )
-    await vi.waitFor(async () => {
-      const text = await registry.metrics()
-      expect(value(text, `${LAG}_max_seconds`)).toBeGreaterThanOrEqual(0.06)
-    })
+    // again: a reset while a stall is being recorded loses it, as with prom-client's own). Every
+    // scrape resets the histogram, so a scrape that comes too early (a loaded machine delays the
+    // histogram's timer) loses the stall for good: each attempt stalls anew, at most five times.
+    const maxes: (number | undefined)[] = []
+    for (let attempt = 0; attempt < 5; attempt++) {
+      await new Promise<void>((r) =>
+        setTimeout(() => {
+          const t = Date.now()
+          while (Date.now() - t < 60) {} // busy: the loop stalls 60 ms
+          setTimeout(r, 30)
+        }, 20),
+      )
+      maxes.push(value(await registry.metrics(), `${LAG}_max_seconds`))
+      if ((maxes.at(-1) ?? 0) >= 0.06) break
+    }
+    expect(maxes.at(-1), `the max of each scrape: ${maxes.join(', ')}`).toBeGreaterThanOrEqual(0.06)
   })
 
   it('stop sampling once nobody scraped for the idle period, and start again at the next scrape', async () => {
