@@ -18,8 +18,16 @@
  * CPU of each worker process (Linux /proc, user + system) over the hold (or the window without a
  * hold): `cpu_pct_per_agent_nN` (all workers' CPU over N, % of one core) and the busiest process.
  *
+ * Every agent runs the gossip profile `--gossip-profile` (default `local`): these agents share one
+ * machine, 100 of them a core at N=200, which is what Serf's and memberlist's `local` profile is for.
+ * With the `lan` default (probes every 150 ms, made for one agent per machine), 200 agents on two
+ * cores of this machine saturate both in bursts; a worker's event loop then stalls up to 1.4 s, past
+ * what lan's suspicion timeout lets a member refute in, and members die falsely (README, Gossip
+ * membership). `--gossip-profile lan` measures that. The profile is printed and in the JSON
+ * (`gossip_profile`).
+ *
  * Flags: --sizes 5,20,200, --window SECONDS (default 10), --converge SECONDS (default 300),
- * --hold SECONDS (default 300; 0 skips it), --json.
+ * --hold SECONDS (default 300; 0 skips it), --gossip-profile lan|local|wan (default local), --json.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -28,12 +36,19 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { generateClusterKey } from '../src/identity/keys/cluster-key.ts'
+import { GOSSIP_PROFILES } from '../src/node/agent/config-constants.ts'
 import { argValue, emitJson, median, progress, quantile, table } from './lib.ts'
 
 const sizes = (argValue('sizes', '5,20,200') ?? '').split(',').map(Number)
 const windowS = Number(argValue('window', '10'))
 const convergeS = Number(argValue('converge', '300'))
 const holdS = Number(argValue('hold', '300'))
+const profileArg = argValue('gossip-profile', 'local')
+const gossipProfile = GOSSIP_PROFILES.find((p) => p === profileArg)
+if (gossipProfile === undefined) {
+  process.stderr.write(`--gossip-profile: expected one of ${GOSSIP_PROFILES.join(', ')}\n`)
+  process.exit(2)
+}
 /** Member lists of every agent are polled this often during the hold (each poll is N requests). */
 const HOLD_POLL_MS = 15_000
 /** Requests in flight at once when polling every agent. */
@@ -119,7 +134,10 @@ async function startWorker(
   seed?: string,
 ): Promise<{ child: ChildProcess; handles: Handle[] }> {
   const args = ['--import', 'tsx', WORKER, dir, key, String(count), prefix, ...(seed ? [seed] : [])]
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, PEERMESH_BENCH_GOSSIP_PROFILE: gossipProfile },
+  })
   const handles: Handle[] = []
   const rl = createInterface({ input: child.stdout! })
   for await (const line of rl) {
@@ -258,7 +276,8 @@ async function measure(n: number): Promise<Record<string, number>> {
 }
 
 const rows: (string | number)[][] = []
-const figures: Record<string, number> = {}
+const figures: Record<string, number | string> = { gossip_profile: gossipProfile }
+progress(`gossip profile: ${gossipProfile}`)
 for (const n of sizes) {
   let f: Record<string, number>
   try {
