@@ -231,13 +231,13 @@ export class SerfProcess {
   }
 
   /**
-   * Spawns `serf agent` (LAN profile, joined to `join` if given) and times it until its RPC
-   * interface (Serf's API) answers a handshake, tried every 10 ms.
+   * Spawns `serf agent` (with `profile`, `lan` by default; joined to `join` if given) and times it
+   * until its RPC interface (Serf's API) answers a handshake, tried every 10 ms.
    */
-  static async start(name: string, join?: string): Promise<SerfProcess> {
+  static async start(name: string, join?: string, profile = 'lan'): Promise<SerfProcess> {
     const [bindPort, rpcPort] = [await freePort(), await freePort()]
     const t0 = performance.now()
-    const child = track(startSerf(name, bindPort, rpcPort, 'lan', join).child)
+    const child = track(startSerf(name, bindPort, rpcPort, profile, join).child)
     const deadline = t0 + START_DEADLINE_MS
     while (performance.now() < deadline) {
       if (child.exitCode !== null || child.signalCode !== null)

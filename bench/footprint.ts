@@ -33,8 +33,12 @@
  * tsx (`PEERMESH_FROM_SOURCE=1`) are measured beside them unless `--no-tsx`. Load average
  * (1 min) is printed with each part: the targets hold on a quiet machine.
  *
+ * `--gossip-profile lan|local|wan` (default `lan`, the agents' default): the profile of both idle
+ * clusters, ours (`--gossip-profile`) and Serf's (`-profile`), so that the trade of detection time
+ * for idle cost reads side by side; the JSON says which (`gossip_profile`).
+ *
  * Flags: --window S (60), --settle S (5), --starts N (5), --cli N (20), --rate R (10), --no-tsx,
- * --no-sidecar, --json.
+ * --no-sidecar, --gossip-profile P, --json.
  */
 import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
@@ -69,6 +73,12 @@ const rate = numberArg('rate', '10', 0.1)
 const withTsx = !process.argv.includes('--no-tsx')
 const withSidecar = !process.argv.includes('--no-sidecar')
 const N = 3
+const PROFILES = ['lan', 'local', 'wan']
+const PROFILE = argValue('gossip-profile', 'lan')!
+if (!PROFILES.includes(PROFILE)) {
+  process.stderr.write(`--gossip-profile: expected one of ${PROFILES.join(', ')}\n`)
+  process.exit(2)
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 const load1 = (): number => +loadavg()[0]!.toFixed(2)
@@ -129,14 +139,16 @@ async function measureStarts(run: Run): Promise<Record<string, number[]>> {
 
 /** Starts our N agents (founding Raft together) and N Serf agents; resolves once both converged. */
 async function startClusters(run: Run, ours: OurAgent[], serf: SerfProcess[]): Promise<void> {
-  progress(`[clusters] starting ${N} of our agents (${run.build}) and ${N} serf agents`)
-  const founder = ['--bootstrap-expect', String(N)]
+  progress(
+    `[clusters] starting ${N} of our agents (${run.build}) and ${N} serf agents, gossip profile ${PROFILE}`,
+  )
+  const founder = ['--bootstrap-expect', String(N), '--gossip-profile', PROFILE]
   ours.push(await OurAgent.start(run.agent('ours-1', run.build, { extraArgs: founder })))
   const seed = (await ours[0]!.ok<{ Addresses: string[] }>('GET', '/v1/agent/self')).Addresses[0]!
   for (let i = 2; i <= N; i++)
     ours.push(await OurAgent.start(run.agent(`ours-${i}`, run.build, { seeds: [seed], extraArgs: founder })))
-  serf.push(await SerfProcess.start('serf-1'))
-  for (let i = 2; i <= N; i++) serf.push(await SerfProcess.start(`serf-${i}`, serf[0]!.bind))
+  serf.push(await SerfProcess.start('serf-1', undefined, PROFILE))
+  for (let i = 2; i <= N; i++) serf.push(await SerfProcess.start(`serf-${i}`, serf[0]!.bind, PROFILE))
   await waitFor(
     `our ${N} agents alive to each other, with one leader that accepts the management token`,
     async () => {
@@ -387,7 +399,7 @@ async function main(): Promise<void> {
         ...extra,
       }),
       load: { start: load1() },
-      out: { window_s: windowS, ours_build: build },
+      out: { window_s: windowS, ours_build: build, gossip_profile: PROFILE },
     }
     const agentRows = await measureAgents(run)
     const sidecarRows = withSidecar ? await measureSidecar(run) : []
@@ -396,7 +408,7 @@ async function main(): Promise<void> {
     const loads = Object.entries(run.load).map(([k, v]) => `${k} ${v}`)
     const what = build === 'dist' ? 'compiled dist/' : 'TypeScript through tsx'
     process.stdout.write(
-      `bench:footprint: ${N} agents each, window ${windowS} s; ours: ${what}; load average (1 min): ${loads.join(', ')}\n\n`,
+      `bench:footprint: ${N} agents each, gossip profile ${PROFILE}, window ${windowS} s; ours: ${what}; load average (1 min): ${loads.join(', ')}\n\n`,
     )
     table(['figure', 'ours', 'serf', 'ratio ours/serf'], agentRows)
     if (sidecarRows.length > 0) {
