@@ -56,7 +56,7 @@ import {
 } from './footprint-agents.ts'
 import { summarize, type Usage, UsageSampler, type UsageSummary } from './footprint-proc.ts'
 import { LightLoad, type SidecarSubject, startSidecarSubject } from './footprint-sidecar.ts'
-import { argValue, emitJson, median, progress, table } from './lib.ts'
+import { argValue, emitJson, gossipProfileArg, median, progress, table } from './lib.ts'
 import { serfAvailable } from './peers/serf.ts'
 
 function numberArg(name: string, fallback: string, min: number): number {
@@ -73,12 +73,7 @@ const rate = numberArg('rate', '10', 0.1)
 const withTsx = !process.argv.includes('--no-tsx')
 const withSidecar = !process.argv.includes('--no-sidecar')
 const N = 3
-const PROFILES = ['lan', 'local', 'wan']
-const PROFILE = argValue('gossip-profile', 'lan')!
-if (!PROFILES.includes(PROFILE)) {
-  process.stderr.write(`--gossip-profile: expected one of ${PROFILES.join(', ')}\n`)
-  process.exit(2)
-}
+const PROFILE = gossipProfileArg('lan')
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 const load1 = (): number => +loadavg()[0]!.toFixed(2)

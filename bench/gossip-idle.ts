@@ -36,19 +36,13 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { generateClusterKey } from '../src/identity/keys/cluster-key.ts'
-import { GOSSIP_PROFILES } from '../src/node/agent/config-constants.ts'
-import { argValue, emitJson, median, progress, quantile, table } from './lib.ts'
+import { argValue, emitJson, gossipProfileArg, median, progress, quantile, table } from './lib.ts'
 
 const sizes = (argValue('sizes', '5,20,200') ?? '').split(',').map(Number)
 const windowS = Number(argValue('window', '10'))
 const convergeS = Number(argValue('converge', '300'))
 const holdS = Number(argValue('hold', '300'))
-const profileArg = argValue('gossip-profile', 'local')
-const gossipProfile = GOSSIP_PROFILES.find((p) => p === profileArg)
-if (gossipProfile === undefined) {
-  process.stderr.write(`--gossip-profile: expected one of ${GOSSIP_PROFILES.join(', ')}\n`)
-  process.exit(2)
-}
+const gossipProfile = gossipProfileArg('local')
 /** Member lists of every agent are polled this often during the hold (each poll is N requests). */
 const HOLD_POLL_MS = 15_000
 /** Requests in flight at once when polling every agent. */

@@ -17,6 +17,7 @@
 import { swimProfiles } from '../src/gossip/config.ts'
 import { SimNetwork } from '../src/gossip/sim-network.ts'
 import { seededRng } from '../src/common/rng.ts'
+import { GOSSIP_PROFILES } from '../src/node/agent/config-constants.ts'
 import { argValue, emitJson, progress, table } from './lib.ts'
 
 const size = Number(argValue('size', '200'))
@@ -27,8 +28,8 @@ const maxStallMs = Number(argValue('max-stall-ms', '1200'))
 const longEvery = Number(argValue('long-every', '10'))
 const profiles = (argValue('profiles', 'lan,local') ?? '').split(',')
 for (const p of profiles) {
-  if (!Object.hasOwn(swimProfiles, p) || p === 'test') {
-    process.stderr.write(`--profiles: expected lan, local or wan, got ${p}\n`)
+  if (!GOSSIP_PROFILES.some((q) => q === p)) {
+    process.stderr.write(`--profiles: expected a list of ${GOSSIP_PROFILES.join(', ')}, got ${p}\n`)
     process.exit(2)
   }
 }

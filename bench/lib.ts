@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { GOSSIP_PROFILES, type GossipProfileName } from '../src/node/agent/config-constants.ts'
 import { authHeaders, TestCluster } from '../test/e2e/harness.ts'
 
 /**
@@ -8,6 +9,17 @@ import { authHeaders, TestCluster } from '../test/e2e/harness.ts'
  * a table to stdout, and with `--json` the last stdout line is one JSON object of the figures.
  */
 export const jsonMode = process.argv.includes('--json')
+
+/** `--gossip-profile P` (one of the agent's profiles), or `fallback`; exits with 2 on anything else. */
+export function gossipProfileArg(fallback: GossipProfileName): GossipProfileName {
+  const v = argValue('gossip-profile', fallback)
+  const profile = GOSSIP_PROFILES.find((p) => p === v)
+  if (profile === undefined) {
+    process.stderr.write(`--gossip-profile: expected one of ${GOSSIP_PROFILES.join(', ')}\n`)
+    process.exit(2)
+  }
+  return profile
+}
 
 /** Value of `--name VALUE` on the command line, or the fallback. */
 export function argValue(name: string, fallback?: string): string | undefined {
