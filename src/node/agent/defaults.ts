@@ -31,6 +31,8 @@ export interface RaftAgentConfig {
   requestTimeoutMs: number
   /** Process every input of one event-loop turn in one Ready (one fsync), fsync off the loop. */
   coalesceReady: boolean
+  /** How long a leader holds a commit notice for the next write's append (RaftNodeOptions `noticeHoldMs`). */
+  noticeHoldMs: number
   /**
    * When the leader's connection closes, the surviving voters forget it and campaign in the order
    * of their peer ids, this many ms apart: the first at once, the next only if no election reached
@@ -105,6 +107,10 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   snapshotTrailing: 128, // a member lagging < 128 entries catches up from the log
   requestTimeoutMs: 10_000, // longer than several elections; callers wanting less pass a signal
   coalesceReady: true, // group commit: one fsync per event-loop turn, not per message
+  // 3 ms: longer than a sequential HTTP writer takes from one reply to its next request on a busy
+  // machine, short beside a follower's election timeout and the policy propagation target (a
+  // follower applies the last of a run of writes this much later).
+  noticeHoldMs: 3,
   // 2 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
   // the connection close ignores it), so it wins within a tick or two of everyone noticing; the
   // next one starts only if the first cannot win (its log is behind), without racing it.

@@ -92,13 +92,6 @@ export const RAFT_DIR = 'raft'
  * sender), so that a peer flooding hostile messages cannot flood the log.
  */
 export const REFUSAL_LOG_INTERVAL_MS = 10_000
-/**
- * How long a leader holds a commit notice for the next write's append (RaftNodeOptions
- * `noticeHoldMs`): longer than a sequential HTTP writer takes from one reply to its next request
- * on a busy machine, short beside a follower's election timeout and the policy propagation target
- * (a follower applies the last of a run of writes this much later).
- */
-export const RAFT_NOTICE_HOLD_MS = 3
 /** How soon a leader tries again to apply the initial management token after a failed write. */
 const INITIAL_MANAGEMENT_RETRY_MS = 1_000
 const UNTRUSTED_SNAPSHOT_HINT =
@@ -679,7 +672,7 @@ export class RaftModule implements AgentModule {
       snapshotTrailing: s.snapshotTrailing,
       requestTimeoutMs: s.requestTimeoutMs,
       coalesceReady: s.coalesceReady,
-      noticeHoldMs: RAFT_NOTICE_HOLD_MS,
+      noticeHoldMs: s.noticeHoldMs,
       ...(ctx.config.bootstrap ? { bootstrap: [self] } : {}),
       ...(sealer !== undefined ? { sealer } : {}),
     }
