@@ -1,5 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process'
+import { writeFileSync } from 'node:fs'
 import type { Server } from 'node:http'
+import { join } from 'node:path'
 import Consul from 'consul'
 import { afterAll, describe, expect, it } from 'vitest'
 import { type AgentProcess, freePort, TestCluster, waitFor } from './harness.ts'
@@ -29,11 +31,14 @@ describe('Consul clients against an agent (end to end)', () => {
 
   it('node-consul: agent register (PascalCase body, HTTP check), catalog, health, status, watch', async () => {
     const key = await cluster.writeClusterKey()
-    // The local gossip profile (Serf's -profile local): shown in DebugConfig, and the gossip module runs it.
+    // The local gossip profile (Serf's -profile local) with the config file's probe timeout over it
+    // (Consul's gossip_lan): shown in DebugConfig, and the gossip module runs them.
+    const configFile = join(cluster.dir, 'cc1.json')
+    writeFileSync(configFile, JSON.stringify({ gossipLan: { probeTimeout: '180ms' } }), { mode: 0o600 })
     agent = cluster.agent({
       name: 'cc1',
       clusterKeyFile: key,
-      extraArgs: ['--bootstrap', '--gossip-profile', 'local'],
+      extraArgs: ['--bootstrap', '--gossip-profile', 'local', '--config', configFile],
     })
     await agent.start()
     await cluster.waitForManagementToken()
@@ -103,15 +108,15 @@ describe('Consul clients against an agent (end to end)', () => {
     expect(self.DebugConfig).toMatchObject({
       GossipProfile: 'local',
       GossipLANProbeInterval: '500ms',
-      GossipLANProbeTimeout: '200ms',
+      GossipLANProbeTimeout: '180ms',
       GossipLANSuspicionMult: 3,
     })
-    // The SWIM core's probe timeout is the profile's 200 ms (lan: 75), times the local health
-    // multiplier (1 + score) that a busy start may have raised.
+    // The SWIM core's probe timeout is the file's 180 ms (local: 200, lan: 75), times the local
+    // health multiplier (1 + score) that a busy start may have raised.
     const probeTimeout = /^peermesh_gossip_probe_timeout_ms (\d+)$/m.exec(
       await (await get('/metrics')).text(),
     )
-    expect(Number(probeTimeout?.[1]) % 200).toBe(0)
+    expect(Number(probeTimeout?.[1]) % 180).toBe(0)
     const members = await consul.agent.members()
     expect(members).toEqual([expect.objectContaining({ Name: 'cc1', Addr: '127.0.0.1', Status: 1 })])
     const leader = await consul.status.leader()

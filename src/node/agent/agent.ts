@@ -17,7 +17,7 @@ import { AgentNotStartedError, ApiError, ListenError } from './errors.ts'
 import type { AgentEventBus, AgentEvents } from './events.ts'
 import { createHost, type Host } from '../transport/host.ts'
 import { addressInUse } from '../transport/free-port.ts'
-import { swimProfiles } from '../../gossip/config.ts'
+import { swimConfig } from '../../gossip/config.ts'
 import { agentMetricsJson, agentSelfView } from '../api/consul-views.ts'
 import { ApiReply, HttpApi } from '../api/server.ts'
 import { createMetrics } from './metrics.ts'
@@ -280,7 +280,10 @@ export class Agent {
         addresses: this.addresses(),
         peers: this.connectedPeers(),
         version: VERSION,
-        gossip: { profile: this.config.gossipProfile, config: swimProfiles[this.config.gossipProfile] },
+        gossip: {
+          profile: this.config.gossipProfile,
+          config: swimConfig(this.config.gossipProfile, this.config.gossipOverrides),
+        },
       })
     })
     this.http.route('GET', '/metrics', async (req) => {

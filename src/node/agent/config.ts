@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 import { parseDuration } from '../catalog/duration.ts'
+import { type SwimConfig, swimConfig, swimProfiles } from '../../gossip/config.ts'
 import { otlpEndpointProblem } from '../../proxy/tracing.ts'
 import { DEFAULT_RAFT_VOTERS } from './defaults.ts'
 import { ConfigError } from './errors.ts'
@@ -22,6 +23,20 @@ import {
 } from './config-constants.ts'
 
 export { DEFAULT_DNS, DEFAULT_HTTP, DEFAULT_LISTEN, INITIAL_MANAGEMENT_TOKEN_ENV, LOG_LEVELS, parseHostPort }
+
+/** A Go-style duration string from `minMs` to `maxMs`, optional (the `gossipLan` fields). */
+function gossipDuration(minMs: number, maxMs: number) {
+  return z
+    .string()
+    .refine(
+      (s) => {
+        const ms = parseDuration(s)
+        return ms !== undefined && ms >= minMs && ms <= maxMs
+      },
+      `must be a duration from ${minMs}ms to ${maxMs / 1000}s, e.g. "200ms"`,
+    )
+    .optional()
+}
 
 /**
  * Everything an agent can be told, by flag or by `--config file.json` (same field names, camelCase).
@@ -152,6 +167,30 @@ function agentConfigSchema() {
        * wide-area links (detection within a minute). Agents of one cluster may differ.
        */
       gossipProfile: z.enum(GOSSIP_PROFILES).optional(),
+      /**
+       * The gossip timing, field by field over `gossipProfile` (Consul's `gossip_lan`): what is not
+       * given stays the profile's. Durations as Go writes them ("300ms", "1s"). The minimum
+       * suspicion is `suspicionMult · max(1, log10 n) · probeInterval`, as in memberlist, so a
+       * longer probe interval needs a smaller multiplier to keep detection time. Combinations SWIM
+       * cannot run (a probe timeout not shorter than the interval) are refused at start.
+       */
+      gossipLan: z
+        .object({
+          /** Time between two probes this agent starts (`lan`: 150ms). */
+          probeInterval: gossipDuration(10, 60_000),
+          /** Wait for a direct ack before the indirect probe (`lan`: 75ms). */
+          probeTimeout: gossipDuration(1, 30_000),
+          /** Lifeguard's alpha: the minimum suspicion in probe intervals (`lan`: 4). */
+          suspicionMult: z.number().int().min(1).max(100).optional(),
+          /** Time between gossip rounds while updates are queued (`lan`: 50ms). */
+          gossipInterval: gossipDuration(1, 60_000),
+          /** Members each gossip round sends to (`lan`: 3). */
+          gossipNodes: z.number().int().min(1).max(64).optional(),
+          /** Each update is sent `retransmitMult · ceil(log10(n + 1))` times (`lan`: 6). */
+          retransmitMult: z.number().int().min(1).max(100).optional(),
+        })
+        .strict()
+        .optional(),
       /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
       caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
       /**
@@ -210,6 +249,8 @@ export interface AgentConfig {
   raftVoters: 1 | 3 | 5
   /** SWIM timing profile (src/gossip/config.ts). */
   gossipProfile: GossipProfileName
+  /** `gossipLan`'s fields over the profile, validated with it (undefined: the profile as it is). */
+  gossipOverrides?: Partial<SwimConfig>
   clusterKey?: string
   /** Undefined when DNS is off. */
   dns?: { host: string; port: number }
@@ -338,6 +379,9 @@ export function resolveAgentConfig(
       `bootstrapExpect: with ACLs on, the agents that bootstrap a cluster together need the same initial management token: give each --initial-management-token-file FILE (a UUID, e.g. from uuidgen, in a 0600 file) or $${INITIAL_MANAGEMENT_TOKEN_ENV}, or start one agent with --bootstrap and run \`peermesh acl bootstrap\``,
       'bootstrapExpect',
     )
+  const gossipProfile = merged.gossipProfile ?? 'lan'
+  const gossipOverrides =
+    merged.gossipLan === undefined ? undefined : gossipLanOverrides(gossipProfile, merged.gossipLan)
   return {
     name,
     datacenter: merged.datacenter ?? 'dc1',
@@ -349,7 +393,8 @@ export function resolveAgentConfig(
     bootstrap: merged.bootstrap ?? false,
     ...(merged.bootstrapExpect !== undefined ? { bootstrapExpect: merged.bootstrapExpect } : {}),
     raftVoters: (merged.raftVoters ?? DEFAULT_RAFT_VOTERS) as 1 | 3 | 5,
-    gossipProfile: merged.gossipProfile ?? 'lan',
+    gossipProfile,
+    ...(gossipOverrides !== undefined ? { gossipOverrides } : {}),
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
     ...(merged.accessLog !== undefined ? { accessLog: merged.accessLog } : {}),
@@ -374,6 +419,46 @@ export function resolveAgentConfig(
       ? { defaultToken: readSecretFile(merged.tokenFile, 'tokenFile') }
       : {}),
   }
+}
+
+/**
+ * `gossipLan` as SWIM overrides (ms) of `profile`, checked with the profile's other settings: a
+ * combination SWIM cannot run stops the agent here with the reason, not later in the gossip layer.
+ * A new probe timeout carries the two settings tied to it: the timeout's upper bound for measured
+ * round trips (`probeTimeoutMaxMs`, never below the timeout) and the lateness that counts as our
+ * own stall (`lateTimerMs`, the profile's fraction of the timeout).
+ */
+function gossipLanOverrides(
+  profile: GossipProfileName,
+  lan: NonNullable<AgentConfigInput['gossipLan']>,
+): Partial<SwimConfig> {
+  const ms = (d: string | undefined): number | undefined =>
+    d === undefined ? undefined : Math.round(parseDuration(d)!)
+  const base = swimProfiles[profile]
+  const o: Partial<SwimConfig> = {}
+  const probeInterval = ms(lan.probeInterval)
+  if (probeInterval !== undefined) o.probeIntervalMs = probeInterval
+  const probeTimeout = ms(lan.probeTimeout)
+  if (probeTimeout !== undefined) {
+    o.probeTimeoutMs = probeTimeout
+    o.probeTimeoutMaxMs = Math.max(base.probeTimeoutMaxMs, probeTimeout)
+    o.lateTimerMs = Math.max(1, Math.round((base.lateTimerMs / base.probeTimeoutMs) * probeTimeout))
+  }
+  const gossipInterval = ms(lan.gossipInterval)
+  if (gossipInterval !== undefined) o.gossipIntervalMs = gossipInterval
+  if (lan.suspicionMult !== undefined) o.suspicionMult = lan.suspicionMult
+  if (lan.gossipNodes !== undefined) o.gossipNodes = lan.gossipNodes
+  if (lan.retransmitMult !== undefined) o.retransmitMult = lan.retransmitMult
+  try {
+    swimConfig(profile, o)
+  } catch (err) {
+    // In the names of this config (probeTimeout, not the SWIM core's probeTimeoutMs).
+    const reason = (err instanceof Error ? err.message : String(err))
+      .replace(/^invalid SWIM config: /, '')
+      .replace(/\b(\w+)Ms\b/g, '$1')
+    throw new ConfigError(`gossipLan: with gossipProfile ${profile}, ${reason}`, 'gossipLan')
+  }
+  return o
 }
 
 /** `b`'s defined fields over `a`'s. */

@@ -33,7 +33,11 @@ export function createAgent(
   sidecars: SidecarModule
 } {
   const agent = new Agent({ config, log })
-  const gossip = new GossipModule({ clock: agent.clock, profile: config.gossipProfile })
+  const gossip = new GossipModule({
+    clock: agent.clock,
+    profile: config.gossipProfile,
+    ...(config.gossipOverrides !== undefined ? { overrides: config.gossipOverrides } : {}),
+  })
   // Verifies the CA signature of every policy entry once the CA exists (policy-signing.ts).
   const store = new PolicyStore(undefined, { verifySignatures: true })
   // Who may publish which service (issue #12), on the committed ACL state: the catalog ignores

@@ -46,6 +46,16 @@ describe('agent config', () => {
     [{ accessLog: true }, 'accessLog'],
     [{ gossipProfile: 'fast' }, 'gossipProfile'],
     [{ gossipProfile: 'test' }, 'gossipProfile'],
+    [{ gossipLan: { probeInterval: 300 } }, 'gossipLan.probeInterval'],
+    [{ gossipLan: { probeInterval: '5ms' } }, 'gossipLan.probeInterval'],
+    [{ gossipLan: { probeInterval: '2m' } }, 'gossipLan.probeInterval'],
+    [{ gossipLan: { probeTimeout: 'soon' } }, 'gossipLan.probeTimeout'],
+    [{ gossipLan: { suspicionMult: 0 } }, 'gossipLan.suspicionMult'],
+    [{ gossipLan: { suspicionMult: 2.5 } }, 'gossipLan.suspicionMult'],
+    [{ gossipLan: { gossipNodes: 0 } }, 'gossipLan.gossipNodes'],
+    [{ gossipLan: { retransmitMult: 1e9 } }, 'gossipLan.retransmitMult'],
+    [{ gossipLan: { probe_interval: '1s' } }, 'probe_interval'],
+    [{ gossipLan: 'fast' }, 'gossipLan'],
   ])('rejects %j naming the field', (input, field) => {
     expect(() => validateAgentConfig(input, 'file x')).toThrow(
       expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field }),
@@ -181,6 +191,54 @@ describe('agent config', () => {
     expect(
       resolveAgentConfig(file, validateAgentConfig({ gossipProfile: 'wan' }, 'flags')).gossipProfile,
     ).toBe('wan')
+  })
+
+  it('gossipLan: none by default; its fields over the profile, in ms, with the settings tied to the probe timeout', () => {
+    expect(resolveAgentConfig({}, {}).gossipOverrides).toBeUndefined()
+    const file = validateAgentConfig(
+      { gossipLan: { probeInterval: '300ms', suspicionMult: 2, gossipInterval: '40ms' } },
+      'file',
+    )
+    expect(resolveAgentConfig(file, {}).gossipOverrides).toEqual({
+      probeIntervalMs: 300,
+      suspicionMult: 2,
+      gossipIntervalMs: 40,
+    })
+    // A timeout past the profile's bound for measured round trips raises the bound; the lateness
+    // that counts as our own stall keeps the profile's share of the timeout (lan: 50 of 75 ms).
+    const slow = validateAgentConfig({ gossipLan: { probeInterval: '2s', probeTimeout: '900ms' } }, 'file')
+    expect(resolveAgentConfig(slow, {}).gossipOverrides).toEqual({
+      probeIntervalMs: 2_000,
+      probeTimeoutMs: 900,
+      probeTimeoutMaxMs: 900,
+      lateTimerMs: 600,
+    })
+    const local = validateAgentConfig({ gossipProfile: 'local', gossipLan: { gossipNodes: 4 } }, 'file')
+    expect(resolveAgentConfig(local, {})).toMatchObject({
+      gossipProfile: 'local',
+      gossipOverrides: { gossipNodes: 4 },
+    })
+  })
+
+  it('gossipLan: a timing SWIM cannot run is refused at start, in the config names, whatever the profile', () => {
+    const resolve = (o: object) => () => resolveAgentConfig(validateAgentConfig(o, 'file'), {})
+    // lan probes every 150 ms: a 200 ms timeout leaves no time for the indirect probe.
+    expect(resolve({ gossipLan: { probeTimeout: '200ms' } })).toThrow(
+      expect.objectContaining({
+        code: 'PEERMESH_ERR_INVALID_CONFIG',
+        field: 'gossipLan',
+        message: expect.stringMatching(
+          /^gossipLan: with gossipProfile lan, probeTimeout must be shorter than probeInterval/,
+        ),
+      }),
+    )
+    // wan's 3 s timeout against a 1 s interval.
+    expect(resolve({ gossipProfile: 'wan', gossipLan: { probeInterval: '1s' } })).toThrow(
+      expect.objectContaining({ field: 'gossipLan', message: expect.stringContaining('gossipProfile wan') }),
+    )
+    expect(
+      resolve({ gossipProfile: 'wan', gossipLan: { probeInterval: '1s', probeTimeout: '500ms' } }),
+    ).not.toThrow()
   })
 
   it('parses HOST:PORT including IPv6', () => {
