@@ -183,7 +183,7 @@ function agentConfigSchema() {
           /** Lifeguard's alpha: the minimum suspicion in probe intervals (`lan`: 4). */
           suspicionMult: z.number().int().min(1).max(100).optional(),
           /** Time between gossip rounds while updates are queued (`lan`: 50ms). */
-          gossipInterval: gossipDuration(1, 60_000),
+          gossipInterval: gossipDuration(10, 60_000),
           /** Members each gossip round sends to (`lan`: 3). */
           gossipNodes: z.number().int().min(1).max(64).optional(),
           /** Each update is sent `retransmitMult · ceil(log10(n + 1))` times (`lan`: 6). */
