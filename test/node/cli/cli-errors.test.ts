@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -40,6 +40,21 @@ describe('CLI: bad input gets one clear line and a non-zero exit', () => {
     [['agent', '--config', file('type.json', '{"name":5}')], /field "name": expected string/],
     [['agent', '--config', file('syntax.json', '{nope')], /not valid JSON/],
     [['agent', '--config', file('array.json', '[]')], /must hold a JSON object/],
+    [
+      ['agent', '--config', file('gossip-field.json', '{"gossipLan":{"probeInterval":"1ms"}}')],
+      /gossipLan.probeInterval.*must be a duration from 10ms/,
+    ],
+    // Each field in range, but no time left for the indirect probe: refused before anything starts.
+    [
+      [
+        'agent',
+        '--data-dir',
+        join(dir, 'gossip-timing'),
+        '--config',
+        file('gossip-timing.json', '{"gossipLan":{"probeTimeout":"200ms"}}'),
+      ],
+      /gossipLan: with gossipProfile lan, probeTimeout must be shorter than probeInterval/,
+    ],
     [['agent', '--cluster-key', join(dir, 'missing.key')], /cannot read cluster key file .*no such file/],
     [['agent', '--cluster-key', file('bad.key', 'not a key\n')], /is not a peermesh cluster key/],
     [
@@ -63,6 +78,16 @@ describe('CLI: bad input gets one clear line and a non-zero exit', () => {
     [['nosuchcommand'], /unknown command/],
   ])('peermesh %j', async (args, pattern) => {
     expectOneLineError(await runCli(args as string[]), pattern)
+  })
+
+  it('a gossipLan timing SWIM cannot run stops the agent before it writes anything', async () => {
+    const dataDir = join(dir, 'gossip-nothing')
+    const config = file('gossip-nothing.json', '{"gossipLan":{"probeInterval":"60ms"}}')
+    expectOneLineError(
+      await runCli(['agent', '--data-dir', dataDir, '--config', config]),
+      /probeTimeout must be shorter than probeInterval/,
+    )
+    expect(existsSync(dataDir)).toBe(false)
   })
 
   it('refuses a port already in use (libp2p and HTTP) with one line', async () => {
