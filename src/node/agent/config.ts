@@ -24,18 +24,21 @@ import {
 
 export { DEFAULT_DNS, DEFAULT_HTTP, DEFAULT_LISTEN, INITIAL_MANAGEMENT_TOKEN_ENV, LOG_LEVELS, parseHostPort }
 
-/** A Go-style duration string from `minMs` to `maxMs`, optional (the `gossipLan` fields). */
+/** A Go-style duration string ("300ms", "72h") from `minMs` to `maxMs`; `message` otherwise. */
+function durationIn(minMs: number, maxMs: number, message: string) {
+  return z.string().refine((s) => {
+    const ms = parseDuration(s)
+    return ms !== undefined && ms >= minMs && ms <= maxMs
+  }, message)
+}
+
+/** An optional `gossipLan` duration from `minMs` to `maxMs`. */
 function gossipDuration(minMs: number, maxMs: number) {
-  return z
-    .string()
-    .refine(
-      (s) => {
-        const ms = parseDuration(s)
-        return ms !== undefined && ms >= minMs && ms <= maxMs
-      },
-      `must be a duration from ${minMs}ms to ${maxMs / 1000}s, e.g. "200ms"`,
-    )
-    .optional()
+  return durationIn(
+    minMs,
+    maxMs,
+    `must be a duration from ${minMs}ms to ${maxMs / 1000}s, e.g. "200ms"`,
+  ).optional()
 }
 
 /**
@@ -221,13 +224,7 @@ function agentConfigSchema() {
       /** File (0600) holding this agent's token: it enrolls the node (requests without a token stay anonymous). */
       tokenFile: z.string().min(1).optional(),
       /** Lifetime of service leaf certificates the leader signs, e.g. "72h" (default, as Consul) or "5m" (min 1m). */
-      leafTtl: z
-        .string()
-        .refine((s) => {
-          const ms = parseDuration(s)
-          return ms !== undefined && ms >= 60_000 && ms <= 365 * 24 * 3_600_000
-        }, 'must be a duration from "1m" to "8760h"')
-        .optional(),
+      leafTtl: durationIn(60_000, 365 * 24 * 3_600_000, 'must be a duration from "1m" to "8760h"').optional(),
     })
     .strict()
 }
