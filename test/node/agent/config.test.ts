@@ -50,6 +50,7 @@ describe('agent config', () => {
     [{ gossipLan: { probeInterval: '5ms' } }, 'gossipLan.probeInterval'],
     [{ gossipLan: { probeInterval: '2m' } }, 'gossipLan.probeInterval'],
     [{ gossipLan: { probeTimeout: 'soon' } }, 'gossipLan.probeTimeout'],
+    [{ gossipLan: { probeTimeout: `${'9'.repeat(100_000)}ms` } }, 'gossipLan.probeTimeout'],
     [{ gossipLan: { gossipInterval: '1ms' } }, 'gossipLan.gossipInterval'],
     [{ gossipLan: { suspicionMult: 0 } }, 'gossipLan.suspicionMult'],
     [{ gossipLan: { suspicionMult: 2.5 } }, 'gossipLan.suspicionMult'],
