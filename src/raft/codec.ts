@@ -10,6 +10,8 @@ import { MESSAGE_TYPES } from './types.ts'
 const MAX_ID = 256
 const MAX_ENTRIES = 100_000
 const MAX_CONTEXT = 1024
+/** Longest tick a heartbeat may announce (`tickMs`): a minute, far past any agent's. */
+export const MAX_TICK_MS = 60_000
 const MAX_MEMBERS = 1024
 const TYPES: ReadonlySet<unknown> = new Set(MESSAGE_TYPES)
 
@@ -85,6 +87,10 @@ function messageOf(v: unknown): Message {
     need(isU(v['idleTicks']), 'idleTicks')
     message.idleTicks = v['idleTicks']
   }
+  if (v['tickMs'] !== undefined) {
+    need(isU(v['tickMs']) && v['tickMs'] >= 1 && v['tickMs'] <= MAX_TICK_MS, 'tickMs')
+    message.tickMs = v['tickMs']
+  }
   if (v['snapshot'] !== undefined) message.snapshot = snapshotOf(v['snapshot'])
   return message
 }
@@ -113,6 +119,7 @@ export function encodeMessage(m: Message): Uint8Array {
   }
   if (m.snapshot !== undefined) o['snapshot'] = { metadata: m.snapshot.metadata, data: m.snapshot.data }
   if (m.idleTicks !== undefined) o['idleTicks'] = m.idleTicks
+  if (m.tickMs !== undefined) o['tickMs'] = m.tickMs
   return pack(o)
 }
 

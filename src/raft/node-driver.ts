@@ -93,6 +93,8 @@ export class RaftNode<R = unknown> {
   /** The Ready whose fsync is pending; the storage is not touched until it settles. */
   private persisting: Persisting | undefined
   private readonly limits: CoalesceLimits
+  /** The core's heartbeatTick: a leader's interval while not idle, assumed the same as ours. */
+  private readonly heartbeatTick: number
   /** Index of the last snapshot saved to storage (the core's may be ahead if a save failed). */
   private savedSnapshotIndex = 0
   private readonly snapshotBackoff: SnapshotBackoff
@@ -130,6 +132,7 @@ export class RaftNode<R = unknown> {
     const st = this.storage.initialState()
     const cfg = { ...DEFAULT_RAFT_CONFIG, ...o.config }
     this.limits = { maxEntries: cfg.maxEntriesPerMsg, maxBytes: cfg.maxBytesPerMsg }
+    this.heartbeatTick = cfg.heartbeatTick
     this.raft = new Raft({ ...cfg, id: o.id, rng: o.rng ?? Math.random }, st)
     if (st.snapshot !== undefined) {
       this.sm.restore(st.snapshot.data)
@@ -187,7 +190,7 @@ export class RaftNode<R = unknown> {
       return
     }
     const committed = this.raft.committedIndex()
-    this.raft.step(msg)
+    this.raft.step(this.inOurTicks(msg))
     // An acknowledgement that commits entries on a leader is applied now, not at the end of the
     // turn: the replies to those writes wait for nothing else (and a sequential writer waits for
     // them). Proposals queued meanwhile still wait for the end of the turn, to be sealed together.
@@ -581,7 +584,23 @@ export class RaftNode<R = unknown> {
     })
   }
 
+  /**
+   * A heartbeat from a leader whose ticks are longer than ours, with its interval counted in our
+   * ticks: as if the leader had announced that interval as idle (`idleTicks`), which stretches our
+   * election timeout and check-quorum lease to match. Without it, a follower with 50 ms ticks
+   * under a leader with 150 ms ticks took every gap between heartbeats for a dead leader (a real
+   * 3-agent cluster: its leader forgotten and found again 169 times in 35 s). The core clamps what
+   * it accepts (MAX_IDLE_HEARTBEAT_TICK), as for any leader's idleTicks.
+   */
+  private inOurTicks(m: Message): Message {
+    if (m.type !== 'heartbeat' || m.tickMs === undefined || m.tickMs <= this.opts.tickMs) return m
+    const interval = Math.ceil(((m.idleTicks ?? this.heartbeatTick) * m.tickMs) / this.opts.tickMs)
+    return interval > (m.idleTicks ?? 0) ? { ...m, idleTicks: interval } : m
+  }
+
   private sendOne(m: Message): void {
+    // Heartbeats say how long our ticks are (see inOurTicks on the receiving side).
+    if (m.type === 'heartbeat') m.tickMs = this.opts.tickMs
     try {
       this.transport.send(m.to, m)
     } catch {

@@ -117,6 +117,12 @@ export interface Message {
    * something without the field (RaftConfig.idleHeartbeatTick). Absent elsewhere.
    */
   idleTicks?: number
+  /**
+   * On a `heartbeat`: the sender's tick length in ms (set by RaftNode, not the core), so that a
+   * follower with shorter ticks counts its leader's heartbeat interval in its own ticks (agents
+   * with different `performance.raftMultiplier`s). Absent elsewhere.
+   */
+  tickMs?: number
 }
 
 /**
