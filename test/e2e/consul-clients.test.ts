@@ -32,9 +32,14 @@ describe('Consul clients against an agent (end to end)', () => {
   it('node-consul: agent register (PascalCase body, HTTP check), catalog, health, status, watch', async () => {
     const key = await cluster.writeClusterKey()
     // The local gossip profile (Serf's -profile local) with the config file's probe timeout over it
-    // (Consul's gossip_lan): shown in DebugConfig, and the gossip module runs them.
+    // (Consul's gossip_lan), and Consul's performance.raft_multiplier: shown in DebugConfig, and
+    // the gossip module runs them.
     const configFile = join(cluster.dir, 'cc1.json')
-    writeFileSync(configFile, JSON.stringify({ gossipLan: { probeTimeout: '180ms' } }), { mode: 0o600 })
+    writeFileSync(
+      configFile,
+      JSON.stringify({ gossipLan: { probeTimeout: '180ms' }, performance: { raftMultiplier: 2 } }),
+      { mode: 0o600 },
+    )
     agent = cluster.agent({
       name: 'cc1',
       clusterKeyFile: key,
@@ -110,6 +115,8 @@ describe('Consul clients against an agent (end to end)', () => {
       GossipLANProbeInterval: '500ms',
       GossipLANProbeTimeout: '180ms',
       GossipLANSuspicionMult: 3,
+      RaftMultiplier: 2,
+      ConsulRaftElectionTimeout: '300ms',
     })
     // The SWIM core's probe timeout is the file's 180 ms (local: 200, lan: 75), times the local
     // health multiplier (1 + score) that a busy start may have raised.

@@ -13,6 +13,7 @@ import { TypedEmitter } from '../../common/events.ts'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
 import { loadOrCreateNodeIdentity, type NodeIdentity } from '../../identity/keys/node-key.ts'
 import type { AgentConfig } from './config.ts'
+import { RAFT_DEFAULTS, raftTimingFor } from './defaults.ts'
 import { AgentNotStartedError, ApiError, ListenError } from './errors.ts'
 import type { AgentEventBus, AgentEvents } from './events.ts'
 import { createHost, type Host } from '../transport/host.ts'
@@ -283,6 +284,11 @@ export class Agent {
         gossip: {
           profile: this.config.gossipProfile,
           config: swimConfig(this.config.gossipProfile, this.config.gossipOverrides),
+        },
+        raft: {
+          multiplier: this.config.raftMultiplier ?? 1,
+          electionTimeoutMs:
+            RAFT_DEFAULTS.electionTick * raftTimingFor(this.config.raftMultiplier ?? 1).tickMs,
         },
       })
     })

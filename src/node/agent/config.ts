@@ -9,7 +9,7 @@ import { z } from 'zod'
 import { parseDuration } from '../catalog/duration.ts'
 import { type SwimConfig, swimConfig, swimProfiles } from '../../gossip/config.ts'
 import { otlpEndpointProblem } from '../../proxy/tracing.ts'
-import { DEFAULT_RAFT_VOTERS } from './defaults.ts'
+import { DEFAULT_RAFT_VOTERS, MAX_RAFT_MULTIPLIER } from './defaults.ts'
 import { ConfigError } from './errors.ts'
 import {
   DEFAULT_DNS,
@@ -194,6 +194,17 @@ function agentConfigSchema() {
         })
         .strict()
         .optional(),
+      /**
+       * Consul's `performance` block. `raftMultiplier` (Consul's `raft_multiplier`, 1 to 10; 1 when
+       * not given) scales the Raft tick and every timeout and heartbeat counted in it: an idle
+       * cluster's leader heartbeats and a follower's tick wake-ups become 1/m as frequent, and a
+       * failed leader is replaced up to m times later. Writes are not slowed (they do not wait for a
+       * tick). Agents of one cluster may differ (heartbeats carry the leader's tick length).
+       */
+      performance: z
+        .object({ raftMultiplier: z.number().int().min(1).max(MAX_RAFT_MULTIPLIER).optional() })
+        .strict()
+        .optional(),
       /** Key type of a new CA root: ed25519 (default: small, fast) or ecdsa-p256 (for old TLS stacks). */
       caKeyType: z.enum(['ed25519', 'ecdsa-p256']).optional(),
       /**
@@ -248,6 +259,8 @@ export interface AgentConfig {
   gossipProfile: GossipProfileName
   /** `gossipLan`'s fields over the profile, validated with it (undefined: the profile as it is). */
   gossipOverrides?: Partial<SwimConfig>
+  /** `performance.raftMultiplier` (undefined: 1, the Raft timing of RAFT_DEFAULTS). */
+  raftMultiplier?: number
   clusterKey?: string
   /** Undefined when DNS is off. */
   dns?: { host: string; port: number }
@@ -392,6 +405,9 @@ export function resolveAgentConfig(
     raftVoters: (merged.raftVoters ?? DEFAULT_RAFT_VOTERS) as 1 | 3 | 5,
     gossipProfile,
     ...(gossipOverrides !== undefined ? { gossipOverrides } : {}),
+    ...(merged.performance?.raftMultiplier !== undefined
+      ? { raftMultiplier: merged.performance.raftMultiplier }
+      : {}),
     ...(merged.clusterKey !== undefined ? { clusterKey: merged.clusterKey } : {}),
     logLevel: merged.logLevel ?? 'info',
     ...(merged.accessLog !== undefined ? { accessLog: merged.accessLog } : {}),

@@ -16,6 +16,7 @@ import { SidecarModule } from '../sidecars/sidecar-module.ts'
 import { UiModule } from '../ui/index.ts'
 import { Agent } from './agent.ts'
 import type { AgentConfig } from './config.ts'
+import { raftTimingFor } from './defaults.ts'
 
 /**
  * An agent with every layer plugged in, as `peermesh agent` runs it. Each module is built from
@@ -67,7 +68,10 @@ export function createAgent(
   const keyGrant: VoterKeyGrant = {
     grantKeyTo: async (peerId, signal) => connect?.caManager.grantKeyTo(peerId, signal),
   }
-  const raft = new RaftModule({ members, store, signer: custody, keyGrant, clock: agent.clock })
+  const raft = new RaftModule(
+    { members, store, signer: custody, keyGrant, clock: agent.clock },
+    raftTimingFor(config.raftMultiplier ?? 1),
+  )
   connect = new ConnectModule(raft, catalog, {
     custody,
     clock: agent.clock,

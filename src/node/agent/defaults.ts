@@ -150,6 +150,33 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   directTransport: true,
 }
 
+/** Largest `performance.raftMultiplier` (Consul's `raft_multiplier` has the same bound). */
+export const MAX_RAFT_MULTIPLIER = 10
+
+/**
+ * The Raft timing of `performance.raftMultiplier` m (Consul's `raft_multiplier`): the tick, and the
+ * two settings defined in ticks, m times `RAFT_DEFAULTS`'. Every timeout and heartbeat counted in
+ * ticks scales with it: election timeouts of 150–300 ms become m times that, an idle leader's
+ * heartbeat 150·m ms, a follower's wake-ups for its tick 20/m a second. What does not scale: how a
+ * write travels (appends and commit notices go out at once, not on a tick), and the timeouts of
+ * requests and dials. Agents of one cluster may differ: heartbeats say how long the leader's ticks
+ * are, and a follower with shorter ticks counts the leader's interval in its own (RaftNode).
+ */
+export function raftTimingFor(
+  multiplier: number,
+): Pick<RaftAgentConfig, 'tickMs' | 'failoverStaggerMs' | 'dialBackoffMs'> {
+  if (!Number.isInteger(multiplier) || multiplier < 1 || multiplier > MAX_RAFT_MULTIPLIER)
+    throw new ConfigError(
+      `performance.raftMultiplier: expected an integer from 1 to ${MAX_RAFT_MULTIPLIER}`,
+      'performance',
+    )
+  return {
+    tickMs: RAFT_DEFAULTS.tickMs * multiplier,
+    failoverStaggerMs: RAFT_DEFAULTS.failoverStaggerMs * multiplier,
+    dialBackoffMs: RAFT_DEFAULTS.dialBackoffMs * multiplier,
+  }
+}
+
 /**
  * The policy store's cap on intentions and config entries together (PEERMESH_ERR_TOO_LARGE past
  * it): with the CA (1 MiB cap) and the dedupe table (10k clients), a snapshot stays well under

@@ -277,6 +277,8 @@ export function agentSelfView(a: {
   version: string
   /** The SWIM timing in force, as Consul's DebugConfig names it (`GossipLAN*`). */
   gossip: { profile: string; config: SwimConfig }
+  /** The Raft timing in force: `performance.raftMultiplier` and the shortest election timeout. */
+  raft: { multiplier: number; electionTimeoutMs: number }
 }): Record<string, unknown> {
   const g = a.gossip.config
   return {
@@ -297,6 +299,8 @@ export function agentSelfView(a: {
       GossipLANGossipInterval: `${g.gossipIntervalMs}ms`,
       GossipLANGossipNodes: g.gossipNodes,
       GossipLANRetransmitMult: g.retransmitMult,
+      RaftMultiplier: a.raft.multiplier,
+      ConsulRaftElectionTimeout: `${a.raft.electionTimeoutMs}ms`,
     },
     Coord: null,
     Member: memberView(

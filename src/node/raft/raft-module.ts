@@ -204,6 +204,11 @@ export class RaftModule implements AgentModule {
     validateRaftAgentConfig(this.settings)
   }
 
+  /** The Raft settings this module runs with (RAFT_DEFAULTS and its options). */
+  get timing(): Readonly<RaftAgentConfig> {
+    return this.settings
+  }
+
   /** The running Raft node (for tests and other modules). */
   get raft(): RaftNode<PolicyResult> | undefined {
     return this.run?.node

@@ -1,5 +1,6 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import {
   DEFAULT_HTTP,
@@ -7,6 +8,8 @@ import {
   resolveAgentConfig,
   validateAgentConfig,
 } from '../../../src/node/agent/config.ts'
+import { createAgent } from '../../../src/node/agent/create-agent.ts'
+import { RAFT_DEFAULTS, raftTimingFor } from '../../../src/node/agent/defaults.ts'
 import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 
 describe('agent config', () => {
@@ -58,6 +61,13 @@ describe('agent config', () => {
     [{ gossipLan: { retransmitMult: 1e9 } }, 'gossipLan.retransmitMult'],
     [{ gossipLan: { probe_interval: '1s' } }, 'probe_interval'],
     [{ gossipLan: 'fast' }, 'gossipLan'],
+    [{ performance: { raftMultiplier: 0 } }, 'performance.raftMultiplier'],
+    [{ performance: { raftMultiplier: 11 } }, 'performance.raftMultiplier'],
+    [{ performance: { raftMultiplier: 1.5 } }, 'performance.raftMultiplier'],
+    [{ performance: { raftMultiplier: '2' } }, 'performance.raftMultiplier'],
+    [{ performance: { raftMultiplier: 1e308 } }, 'performance.raftMultiplier'],
+    [{ performance: { raft_multiplier: 2 } }, 'raft_multiplier'],
+    [{ performance: 2 }, 'performance'],
   ])('rejects %j naming the field', (input, field) => {
     expect(() => validateAgentConfig(input, 'file x')).toThrow(
       expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field }),
@@ -241,6 +251,41 @@ describe('agent config', () => {
     expect(
       resolve({ gossipProfile: 'wan', gossipLan: { probeInterval: '1s', probeTimeout: '500ms' } }),
     ).not.toThrow()
+  })
+
+  it('performance.raftMultiplier: none by default (1); m scales the Raft tick and what is counted in ticks, nothing else', () => {
+    expect(resolveAgentConfig({}, {}).raftMultiplier).toBeUndefined()
+    const file = validateAgentConfig({ performance: { raftMultiplier: 3 } }, 'file')
+    expect(resolveAgentConfig(file, {}).raftMultiplier).toBe(3)
+    expect(raftTimingFor(1)).toEqual({
+      tickMs: RAFT_DEFAULTS.tickMs,
+      failoverStaggerMs: RAFT_DEFAULTS.failoverStaggerMs,
+      dialBackoffMs: RAFT_DEFAULTS.dialBackoffMs,
+    })
+    expect(raftTimingFor(3)).toEqual({
+      tickMs: 3 * RAFT_DEFAULTS.tickMs,
+      failoverStaggerMs: 3 * RAFT_DEFAULTS.failoverStaggerMs,
+      dialBackoffMs: 3 * RAFT_DEFAULTS.dialBackoffMs,
+    })
+    for (const bad of [0, 11, 2.5, Number.NaN])
+      expect(() => raftTimingFor(bad)).toThrow(
+        expect.objectContaining({ code: 'PEERMESH_ERR_INVALID_CONFIG', field: 'performance' }),
+      )
+  })
+
+  it('performance.raftMultiplier: the agent as `peermesh agent` builds it runs its Raft module with that timing', () => {
+    const log = pino({ level: 'silent' })
+    const timing = (o: object) =>
+      createAgent(resolveAgentConfig(validateAgentConfig(o, 'file'), {}), log).raft.timing
+    const base = timing({})
+    expect(base).toMatchObject({ tickMs: RAFT_DEFAULTS.tickMs, electionTick: RAFT_DEFAULTS.electionTick })
+    const slow = timing({ performance: { raftMultiplier: 4 } })
+    expect(slow).toEqual({
+      ...base,
+      tickMs: 4 * RAFT_DEFAULTS.tickMs,
+      failoverStaggerMs: 4 * RAFT_DEFAULTS.failoverStaggerMs,
+      dialBackoffMs: 4 * RAFT_DEFAULTS.dialBackoffMs,
+    })
   })
 
   it('parses HOST:PORT including IPv6', () => {

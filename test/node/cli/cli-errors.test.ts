@@ -55,6 +55,10 @@ describe('CLI: bad input gets one clear line and a non-zero exit', () => {
       ],
       /gossipLan: with gossipProfile lan, probeTimeout must be shorter than probeInterval/,
     ],
+    [
+      ['agent', '--config', file('raft-multiplier.json', '{"performance":{"raftMultiplier":11}}')],
+      /performance.raftMultiplier.*10/,
+    ],
     [['agent', '--cluster-key', join(dir, 'missing.key')], /cannot read cluster key file .*no such file/],
     [['agent', '--cluster-key', file('bad.key', 'not a key\n')], /is not a peermesh cluster key/],
     [
