@@ -37,8 +37,12 @@
  * clusters, ours (`--gossip-profile`) and Serf's (`-profile`), so that the trade of detection time
  * for idle cost reads side by side; the JSON says which (`gossip_profile`).
  *
+ * `--agent-config JSON` adds to our agents' config file (not Serf's), e.g. `gossipLan` and
+ * `performance.raftMultiplier`, the explicit trades of detection and failover time for idle cost;
+ * the JSON echoes it (`agent_config`).
+ *
  * Flags: --window S (60), --settle S (5), --starts N (5), --cli N (20), --rate R (10), --no-tsx,
- * --no-sidecar, --gossip-profile P, --json.
+ * --no-sidecar, --gossip-profile P, --agent-config JSON, --json.
  */
 import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
@@ -74,6 +78,24 @@ const withTsx = !process.argv.includes('--no-tsx')
 const withSidecar = !process.argv.includes('--no-sidecar')
 const N = 3
 const PROFILE = gossipProfileArg('lan')
+/**
+ * `--agent-config JSON`: more of our agents' config file, beside the bench's ACL settings (the
+ * agent checks it at start), e.g. the explicit trades of detection and failover time for idle CPU:
+ * '{"gossipLan":{"probeInterval":"300ms","suspicionMult":2},"performance":{"raftMultiplier":3}}'.
+ */
+const AGENT_CONFIG = ((): Record<string, unknown> => {
+  const raw = argValue('agent-config') ?? '{}'
+  let v: unknown
+  try {
+    v = JSON.parse(raw)
+  } catch {
+    throw new Error('--agent-config: expected a JSON object')
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new Error('--agent-config: expected a JSON object')
+  if ('acl' in v) throw new Error("--agent-config: acl is the bench's own (ACLs on, a fresh token)")
+  return v as Record<string, unknown>
+})()
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 const load1 = (): number => +loadavg()[0]!.toFixed(2)
@@ -373,9 +395,11 @@ async function main(): Promise<void> {
   try {
     const token = randomUUID()
     const configFile = join(tc.dir, 'acl.json')
-    writeFileSync(configFile, JSON.stringify({ acl: { enabled: true, initialManagementToken: token } }), {
-      mode: 0o600,
-    })
+    writeFileSync(
+      configFile,
+      JSON.stringify({ ...AGENT_CONFIG, acl: { enabled: true, initialManagementToken: token } }),
+      { mode: 0o600 },
+    )
     const clusterKeyFile = await tc.writeClusterKey()
     let dirs = 0
     const run: Run = {
@@ -394,7 +418,12 @@ async function main(): Promise<void> {
         ...extra,
       }),
       load: { start: load1() },
-      out: { window_s: windowS, ours_build: build, gossip_profile: PROFILE },
+      out: {
+        window_s: windowS,
+        ours_build: build,
+        gossip_profile: PROFILE,
+        ...(Object.keys(AGENT_CONFIG).length > 0 ? { agent_config: JSON.stringify(AGENT_CONFIG) } : {}),
+      },
     }
     const agentRows = await measureAgents(run)
     const sidecarRows = withSidecar ? await measureSidecar(run) : []
