@@ -60,7 +60,7 @@ import {
 } from './footprint-agents.ts'
 import { summarize, type Usage, UsageSampler, type UsageSummary } from './footprint-proc.ts'
 import { LightLoad, type SidecarSubject, startSidecarSubject } from './footprint-sidecar.ts'
-import { argValue, emitJson, gossipProfileArg, median, progress, table } from './lib.ts'
+import { agentConfigArg, argValue, emitJson, gossipProfileArg, median, progress, table } from './lib.ts'
 import { serfAvailable } from './peers/serf.ts'
 
 function numberArg(name: string, fallback: string, min: number): number {
@@ -78,24 +78,8 @@ const withTsx = !process.argv.includes('--no-tsx')
 const withSidecar = !process.argv.includes('--no-sidecar')
 const N = 3
 const PROFILE = gossipProfileArg('lan')
-/**
- * `--agent-config JSON`: more of our agents' config file, beside the bench's ACL settings (the
- * agent checks it at start), e.g. the explicit trades of detection and failover time for idle CPU:
- * '{"gossipLan":{"probeInterval":"300ms","suspicionMult":2},"performance":{"raftMultiplier":3}}'.
- */
-const AGENT_CONFIG = ((): Record<string, unknown> => {
-  const raw = argValue('agent-config') ?? '{}'
-  let v: unknown
-  try {
-    v = JSON.parse(raw)
-  } catch {
-    throw new Error('--agent-config: expected a JSON object')
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v))
-    throw new Error('--agent-config: expected a JSON object')
-  if ('acl' in v) throw new Error("--agent-config: acl is the bench's own (ACLs on, a fresh token)")
-  return v as Record<string, unknown>
-})()
+/** `--agent-config JSON`: more of our agents' config file, beside the bench's ACL settings. */
+const AGENT_CONFIG = agentConfigArg()
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 const load1 = (): number => +loadavg()[0]!.toFixed(2)

@@ -12,16 +12,23 @@
  * second (SIGSTOP/SIGCONT: its event loop cannot run, exactly like a blocked loop); counts members
  * that any agent ever reported dead (false failures, target 0).
  *
- * Flags: --rounds R (default 5), --sizes 5,20, --json, --soak S.
+ * `--agent-config JSON` adds to our agents' config file (Serf runs as it is), e.g. `gossipLan`, to
+ * measure an explicit trade of detection time for idle CPU; the JSON echoes it (`agent_config`).
+ *
+ * Flags: --rounds R (default 5), --sizes 5,20, --json, --soak S, --agent-config JSON.
  */
 import { type AgentProcess, freePort, TestCluster, waitFor } from '../test/e2e/harness.ts'
-import { argValue, emitJson, median, progress, table } from './lib.ts'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { agentConfigArg, argValue, emitJson, median, progress, table } from './lib.ts'
 import { SerfRpc, type SerfAgent, serfAvailable, startSerf } from './peers/serf.ts'
 
 const POLL_MS = 50
 const rounds = Number(argValue('rounds', '5'))
 const sizes = (argValue('sizes', '5,20') ?? '5,20').split(',').map(Number)
 const soakSeconds = argValue('soak') !== undefined ? Number(argValue('soak')) : undefined
+/** More of our agents' config file (`--agent-config JSON`), e.g. `gossipLan`; Serf runs as it is. */
+const AGENT_CONFIG = agentConfigArg()
 
 /** One cluster under test, whatever the system. */
 interface Cluster {
@@ -61,8 +68,15 @@ class OursCluster implements Cluster {
   private seed = ''
   private next = 0
 
+  private extraArgs: string[] = []
+
   async start(n: number): Promise<void> {
     this.key = await this.tc.writeClusterKey()
+    if (Object.keys(AGENT_CONFIG).length > 0) {
+      const file = join(this.tc.dir, 'agent-config.json')
+      writeFileSync(file, JSON.stringify(AGENT_CONFIG), { mode: 0o600 })
+      this.extraArgs = ['--config', file]
+    }
     for (let i = 0; i < n; i++) await this.addMember()
     await waitFor(
       `${n} agents to converge`,
@@ -108,7 +122,12 @@ class OursCluster implements Cluster {
 
   async addMember(): Promise<string> {
     const name = `o${this.next++}`
-    const a = this.tc.agent({ name, clusterKeyFile: this.key, seeds: this.seed ? [this.seed] : [] })
+    const a = this.tc.agent({
+      name,
+      clusterKeyFile: this.key,
+      seeds: this.seed ? [this.seed] : [],
+      extraArgs: this.extraArgs,
+    })
     await a.start()
     if (this.seed === '') {
       this.seed = (await a.self())!.addresses[0]!
@@ -324,7 +343,11 @@ async function main(): Promise<void> {
     }
   }
   table(['N', 'event', 'ours ms (median)', 'serf ms (median)', 'ratio ours/serf'], rows)
-  emitJson({ rounds, ...out })
+  emitJson({
+    rounds,
+    ...(Object.keys(AGENT_CONFIG).length > 0 ? { agent_config: JSON.stringify(AGENT_CONFIG) } : {}),
+    ...out,
+  })
 }
 
 main().catch((err: unknown) => {

@@ -21,6 +21,31 @@ export function gossipProfileArg(fallback: GossipProfileName): GossipProfileName
   return profile
 }
 
+/**
+ * `--agent-config JSON`: more of our agents' config file (the agent checks it at start), e.g. the
+ * explicit trades of detection and failover time for idle CPU:
+ * '{"gossipLan":{"probeInterval":"300ms","suspicionMult":2},"performance":{"raftMultiplier":3}}'.
+ * `acl` stays the bench's own. `{}` when not given.
+ */
+export function agentConfigArg(): Record<string, unknown> {
+  const raw = argValue('agent-config') ?? '{}'
+  let v: unknown
+  try {
+    v = JSON.parse(raw)
+  } catch {
+    v = undefined
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    process.stderr.write('--agent-config: expected a JSON object\n')
+    process.exit(2)
+  }
+  if ('acl' in v) {
+    process.stderr.write("--agent-config: acl is the bench's own\n")
+    process.exit(2)
+  }
+  return v as Record<string, unknown>
+}
+
 /** Value of `--name VALUE` on the command line, or the fallback. */
 export function argValue(name: string, fallback?: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`)
