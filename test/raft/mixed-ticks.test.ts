@@ -11,6 +11,7 @@ import { RaftNode } from '../../src/raft/node-driver.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
 import type { Message } from '../../src/raft/types.ts'
 import { SeededRng } from '../sim/rng.ts'
+import { raftMessage } from './message.ts'
 import { VirtualClock } from '../sim/virtual-clock.ts'
 
 const enc = new TextEncoder()
@@ -127,19 +128,7 @@ describe('Raft with different tick lengths (performance.raftMultiplier)', () => 
 })
 
 describe('tickMs on the wire (hostile peers)', () => {
-  const heartbeat: Message = {
-    type: 'heartbeat',
-    from: 'a',
-    to: 'b',
-    term: 1,
-    logTerm: 0,
-    index: 0,
-    commit: 0,
-    entries: [],
-    reject: false,
-    rejectHint: 0,
-    context: '',
-  }
+  const heartbeat = raftMessage({ type: 'heartbeat' })
 
   it('round-trips, and is refused when not a whole number of ms from 1 to a minute', () => {
     const ok = decodeMessage(encodeMessage({ ...heartbeat, tickMs: 150 }))
