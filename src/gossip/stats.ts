@@ -27,6 +27,11 @@ export interface SwimStats {
   probeFailures: number
   /** Probes that needed ping-req through other members. */
   indirectProbes: number
+  /**
+   * Probes not sent: the member had been heard from over an authenticated channel of the
+   * embedding application (`Swim.heardFrom`) within the probe interval.
+   */
+  probesSkipped: number
   /** Ping-req received and forwarded for other members. */
   pingReqsServed: number
   acksReceived: number
@@ -81,6 +86,7 @@ export function emptyStats(): SwimStats {
     probes: 0,
     probeFailures: 0,
     indirectProbes: 0,
+    probesSkipped: 0,
     pingReqsServed: 0,
     acksReceived: 0,
     nacksReceived: 0,

@@ -262,6 +262,8 @@ export class Swim {
   private leaving = false
   private started = false
   private probe: Probe | undefined
+  /** Per member: when the application last heard from it (`heardFrom`); alive members only. */
+  private readonly heard = new Map<string, number>()
   private out: Output = emptyOutput()
   private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
   private digestCache: { version: number; bytes: Uint8Array } | undefined
@@ -644,6 +646,19 @@ export class Swim {
 
   // ---------------------------------------------------------------- probing (SWIM §3.1, §4.3)
 
+  /**
+   * The embedding application heard from member `id` at `nowMs` over a channel it authenticated
+   * itself (the agent: a Raft message from that peer, over mutual TLS). A probe is evidence that a
+   * member is alive now; so is this. The next probe of that member is skipped if the evidence is
+   * younger than the probe interval, and then taken as usual: a member that stops sending is
+   * probed within one more interval. Suspects are always probed (the buddy system tells them
+   * first). Unknown ids are ignored.
+   */
+  heardFrom(id: string, nowMs: number): void {
+    const m = this.table.get(id)
+    if (m !== undefined && m.status === 'alive' && id !== this.id) this.heard.set(id, nowMs)
+  }
+
   private probeTick(now: number): void {
     this.reap(now)
     const pending = this.probe
@@ -666,6 +681,14 @@ export class Swim {
       }
     }
     if (!target) return
+    const heard = this.heard.get(target.id)
+    if (heard !== undefined) {
+      this.heard.delete(target.id)
+      if (target.status === 'alive' && now - heard < timing.intervalMs) {
+        this.counters.probesSkipped++
+        return
+      }
+    }
     const seq = this.nextSeq()
     this.probe = {
       seq,
@@ -873,6 +896,7 @@ export class Swim {
       } else if (now - m.stateChangeMs >= this.cfg.reapTimeoutMs) {
         this.deadIds.delete(id)
         this.table.delete(id)
+        this.heard.delete(id)
         this.queue.remove(id)
         this.touch()
         this.emit('member:reap', m)

@@ -55,6 +55,9 @@ export function createAgent(
   const members: RaftMembers = {
     members: () => gossip.members(),
     on: (type, listener) => agent.events.on(type, listener),
+    // An idle leader and its members hear from each other every 150 ms over mutual TLS: gossip
+    // need not also probe them by UDP that often (Swim.heardFrom).
+    heardFrom: (id) => gossip.heardFrom(id),
   }
   // Opens this agent's sealed copy of the root key (a voter's): Raft signs with it as leader.
   const custody = new KeyCustody({

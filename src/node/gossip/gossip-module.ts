@@ -121,6 +121,15 @@ export class GossipModule implements AgentModule {
   }
 
   /**
+   * Member `peerId` was just heard from over a channel the caller authenticated (the Raft module:
+   * a message from that peer over mutual TLS): this agent's next probe of it may be skipped
+   * (`Swim.heardFrom`). An idle Raft leader hears from every member every 150 ms, and they from it.
+   */
+  heardFrom(peerId: string): void {
+    this.driver?.heardFrom(peerId)
+  }
+
+  /**
    * Consul's force-leave: the member named `name`, failed, is held `left` here and by gossip on
    * every agent that also holds it failed (its services leave the catalog); `prune` also forgets
    * it here at once. A member seen alive or suspect is refused (`not-failed`): see `Swim.forceLeave`.

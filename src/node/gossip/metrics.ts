@@ -103,6 +103,11 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
       core((s) => s.stateSyncMatches),
     ],
     [
+      'peermesh_gossip_probes_skipped_total',
+      'Probes not sent: the member had just been heard from over Raft (mutual TLS)',
+      core((s) => s.probesSkipped),
+    ],
+    [
       'peermesh_gossip_suspicions_total',
       'Members this agent moved to suspect (its own probes and others’ accusations)',
       core((s) => s.suspicions),

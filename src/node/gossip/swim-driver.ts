@@ -88,6 +88,11 @@ export class SwimDriver {
     if (!this.stopped) this.process(this.swim.handleMessage(from, bytes, this.clock.now()))
   }
 
+  /** `id` was heard from over an authenticated channel (Swim.heardFrom). */
+  heardFrom(id: string): void {
+    if (!this.stopped) this.swim.heardFrom(id, this.clock.now())
+  }
+
   /** A push/pull request from `from`: our state in reply, or undefined when the core dropped it. */
   answerPushPull(from: string, bytes: Uint8Array): Uint8Array | undefined {
     const res = this.swim.handlePushPull(from, bytes, this.clock.now())

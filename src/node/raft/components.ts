@@ -34,4 +34,9 @@ export interface RaftMembers {
   members(): readonly RaftMember[]
   /** Subscribes to a failure event; returns the unsubscribe. */
   on(type: MemberFailureEvent, listener: (member: { id: string }) => void): Unsubscribe
+  /**
+   * A Raft message from member `id` arrived over an authenticated connection: evidence for gossip
+   * that it is alive (GossipModule.heardFrom). Absent: nothing is told.
+   */
+  heardFrom?(id: string): void
 }

@@ -727,6 +727,8 @@ export class RaftModule implements AgentModule {
       // Consul's X-Consul-LastContact: when this follower last heard from the leader it knows.
       if (m.from === node.leader()) this.lastLeaderContact = this.clock.now()
       node.step(m)
+      // The transport authenticated `from` and it sent this just now: gossip may skip a probe.
+      this.components.members.heardFrom?.(from)
     }
   }
 
