@@ -659,6 +659,15 @@ export class Swim {
     if (m !== undefined && m.status === 'alive' && id !== this.id) this.heard.set(id, nowMs)
   }
 
+  /**
+   * The application lost its authenticated channel to `id` (its connections closed, as they do at
+   * once when a process is killed): what it said of `id` no longer holds, so `id` is probed at its
+   * next turn, as without `heardFrom`.
+   */
+  lostContact(id: string): void {
+    this.heard.delete(id)
+  }
+
   private probeTick(now: number): void {
     this.reap(now)
     const pending = this.probe

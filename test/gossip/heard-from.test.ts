@@ -94,4 +94,15 @@ describe('Swim.heardFrom (Raft traffic as evidence of life)', () => {
     expect(l.stats().probesSkipped).toBeLessThanOrEqual(1)
     expect(l.stats().probes - probes).toBeGreaterThan(10)
   })
+
+  it('lostContact (the connections closed) withdraws the evidence: the member is probed at its next turn', () => {
+    const sim = cluster(3, false)
+    sim.runFor(2_000)
+    const l = sim.node('l')
+    for (const id of ['f1', 'f2']) l.heardFrom(id, sim.now)
+    l.lostContact('f1')
+    l.lostContact('f2')
+    sim.runFor(1_000)
+    expect(l.stats().probesSkipped).toBe(0)
+  })
 })

@@ -58,6 +58,7 @@ export function createAgent(
     // An idle leader and its members hear from each other every 150 ms over mutual TLS: gossip
     // need not also probe them by UDP that often (Swim.heardFrom).
     heardFrom: (id) => gossip.heardFrom(id),
+    lostContact: (id) => gossip.lostContact(id),
   }
   // Opens this agent's sealed copy of the root key (a voter's): Raft signs with it as leader.
   const custody = new KeyCustody({

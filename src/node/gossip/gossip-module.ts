@@ -129,6 +129,11 @@ export class GossipModule implements AgentModule {
     this.driver?.heardFrom(peerId)
   }
 
+  /** Every connection to `peerId` closed: what `heardFrom` said of it no longer holds. */
+  lostContact(peerId: string): void {
+    this.driver?.lostContact(peerId)
+  }
+
   /**
    * Consul's force-leave: the member named `name`, failed, is held `left` here and by gossip on
    * every agent that also holds it failed (its services leave the catalog); `prune` also forgets

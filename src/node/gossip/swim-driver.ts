@@ -93,6 +93,11 @@ export class SwimDriver {
     if (!this.stopped) this.swim.heardFrom(id, this.clock.now())
   }
 
+  /** The authenticated channel to `id` closed (Swim.lostContact). */
+  lostContact(id: string): void {
+    if (!this.stopped) this.swim.lostContact(id)
+  }
+
   /** A push/pull request from `from`: our state in reply, or undefined when the core dropped it. */
   answerPushPull(from: string, bytes: Uint8Array): Uint8Array | undefined {
     const res = this.swim.handlePushPull(from, bytes, this.clock.now())

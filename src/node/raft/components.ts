@@ -39,4 +39,6 @@ export interface RaftMembers {
    * that it is alive (GossipModule.heardFrom). Absent: nothing is told.
    */
   heardFrom?(id: string): void
+  /** Every connection to member `id` closed: what `heardFrom` told gossip no longer holds. */
+  lostContact?(id: string): void
 }

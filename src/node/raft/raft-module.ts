@@ -424,6 +424,10 @@ export class RaftModule implements AgentModule {
       return server.serveRecord(bytes.length, o, signal)
     })
     run.subscriptions.push(clock.setInterval(() => this.logRefusals(log), REFUSAL_LOG_INTERVAL_MS))
+    // A killed member's connections close at once: gossip probes it at its next turn again.
+    const lost = components.members.lostContact
+    if (lost !== undefined)
+      run.subscriptions.push(hostConnections(ctx.host).onDisconnect((peer) => lost(peer)))
     run.liveness.start()
     // Direct connections to every voter (and a request connection to the leader) ahead of need:
     // followers talk to each other only in an election, and a failover must not wait for a
