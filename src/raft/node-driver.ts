@@ -27,6 +27,14 @@ export interface RaftNodeDriverOptions<R> extends RaftNodeOptions<R> {
  * leader's messages (each one a send here, a receive, an apply and an answer on the follower).
  */
 const NOTICE_HOLD_TURNS = 2
+/** With lazy ticks, the longest sleep (a member with no vote never acts on a tick). */
+const LAZY_MAX_SLEEP_TICKS = 40
+/**
+ * With lazy ticks, how early (clock ms) a tick still counts: a timer may fire a fraction of a
+ * millisecond before its time (Node's timers count whole milliseconds), and a tick missed by that
+ * much would cost a second wake-up.
+ */
+const LAZY_SLACK_MS = 1
 
 /** A proposal waiting for the end of its event-loop turn, to be sealed with the others of it. */
 interface QueuedProposal {
@@ -66,6 +74,14 @@ export class RaftNode<R = unknown> {
   private readonly opts: DriverConfig
   private readonly pending: PendingRequests
   private cancelTick: (() => void) | undefined
+  /** See RaftNodeOptions `lazyTicks`. */
+  private readonly lazy: boolean
+  /** With lazy ticks: the clock time up to which ticks have been counted. */
+  private tickedAt = 0
+  /** With lazy ticks: when the pending wake-up fires (Infinity: none). */
+  private wakeAt = Number.POSITIVE_INFINITY
+  private cancelWake: (() => void) | undefined
+  private wakeDeferred = false
   private running = false
   private stopped = false
   private appliedIndex = 0
@@ -129,6 +145,7 @@ export class RaftNode<R = unknown> {
       this.coalesce && this.storage.appendDeferred !== undefined && this.storage.sync !== undefined
     this.followerWritesOffLoop = o.followerWritesOffLoop ?? false
     this.noticeHoldMs = o.noticeHoldMs ?? 0
+    this.lazy = o.lazyTicks ?? false
     const st = this.storage.initialState()
     const cfg = { ...DEFAULT_RAFT_CONFIG, ...o.config }
     this.limits = { maxEntries: cfg.maxEntriesPerMsg, maxBytes: cfg.maxBytesPerMsg }
@@ -156,7 +173,8 @@ export class RaftNode<R = unknown> {
   start(): void {
     if (this.running || this.stopped) return
     this.running = true
-    this.cancelTick = this.clock.setInterval(() => this.tick(), this.opts.tickMs)
+    if (this.lazy) this.tickedAt = this.clock.now()
+    else this.cancelTick = this.clock.setInterval(() => this.tick(), this.opts.tickMs)
     this.drain()
   }
 
@@ -165,6 +183,7 @@ export class RaftNode<R = unknown> {
     this.stopped = true
     this.running = false
     this.cancelTick?.()
+    this.cancelWake?.()
     this.cancelNotices?.()
     this.pending.rejectAll(new RaftStoppedError('raft node stopped'))
     for (const q of this.queued.splice(0)) q.reject(new RaftStoppedError('raft node stopped'))
@@ -185,6 +204,7 @@ export class RaftNode<R = unknown> {
   /** Handles a decoded message from a peer. */
   step(msg: Message): void {
     if (this.stopped) return
+    this.catchUp()
     if (msg.to !== this.id) {
       this.malformed++
       return
@@ -227,6 +247,7 @@ export class RaftNode<R = unknown> {
     options: RequestOptions & { requestId?: RequestId } = {},
   ): Promise<{ index: number; result: R }> {
     const requestId = options.requestId
+    this.catchUp()
     if (this.sealer === undefined)
       return this.track((raft) => raft.propose(data, requestId), options) as Promise<{
         index: number
@@ -289,6 +310,7 @@ export class RaftNode<R = unknown> {
     options: RequestOptions,
   ): Promise<{ index: number; result: unknown }> {
     if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    this.catchUp()
     let pos: { index: number; term: number }
     try {
       pos = start(this.raft)
@@ -308,6 +330,7 @@ export class RaftNode<R = unknown> {
    */
   read(options: RequestOptions = {}): Promise<{ index: number }> {
     if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    this.catchUp()
     const ctx = `${this.id}/${++this.readSeq}`
     try {
       this.raft.readIndex(ctx)
@@ -332,6 +355,7 @@ export class RaftNode<R = unknown> {
 
   /** Asks the leader (this node) to hand leadership to `to` (thesis §3.10). */
   transferLeadership(to: NodeId): void {
+    this.catchUp()
     this.raft.transferLeadership(to)
     this.drain()
   }
@@ -339,6 +363,7 @@ export class RaftNode<R = unknown> {
   /** Starts an election now (e.g. an operator command); normally elections are timer driven. */
   campaign(): void {
     if (this.stopped) return
+    this.catchUp()
     this.raft.campaign()
     this.drain()
   }
@@ -351,12 +376,14 @@ export class RaftNode<R = unknown> {
    */
   forgetLeader(): void {
     if (this.stopped) return
+    this.catchUp()
     this.raft.forgetLeader()
     this.drain()
   }
 
   /** Ticks since a follower last heard from its leader (see Raft.ticksSinceLeaderContact). */
   ticksSinceLeaderContact(): number {
+    this.catchUp()
     return this.raft.ticksSinceLeaderContact
   }
 
@@ -373,6 +400,60 @@ export class RaftNode<R = unknown> {
   /** Voters of the current (latest appended) configuration. */
   voters(): NodeId[] {
     return this.raft.conf().voters
+  }
+
+  // ---- lazy ticks (RaftNodeOptions `lazyTicks`) ---------------------------------------------------
+
+  /**
+   * Counts the ticks that have passed since `tickedAt`, short of the next one that acts: those only
+   * advance counters, and the input about to be handled must see them. A tick that acts is left
+   * to the wake-up (it runs after this turn's I/O).
+   */
+  private catchUp(): void {
+    if (!this.lazy || !this.running || this.stopped) return
+    const elapsed = Math.floor((this.clock.now() - this.tickedAt + LAZY_SLACK_MS) / this.opts.tickMs)
+    const n = Math.min(elapsed, this.raft.ticksUntilDue() - 1)
+    for (let i = 0; i < n; i++) this.raft.tick()
+    if (n > 0) this.tickedAt += n * this.opts.tickMs
+  }
+
+  /** Sets the wake-up for the next tick that acts, if it moved (after every Ready loop). */
+  private scheduleWake(): void {
+    if (!this.lazy || !this.running || this.stopped || this.wakeDeferred) return
+    // A member that never acts on a tick still wakes now and then, to keep its count current.
+    const due = Math.min(this.raft.ticksUntilDue(), LAZY_MAX_SLEEP_TICKS)
+    const at = this.tickedAt + due * this.opts.tickMs
+    if (at === this.wakeAt) return
+    this.cancelWake?.()
+    this.wakeAt = at
+    this.cancelWake = this.clock.setTimeout(
+      () => {
+        this.wakeAt = Number.POSITIVE_INFINITY
+        this.wakeDeferred = true
+        // After the I/O already queued: heartbeats that arrived while this node was not running.
+        this.clock.defer(() => {
+          this.wakeDeferred = false
+          this.wake()
+        })
+      },
+      Math.max(0, at - this.clock.now()),
+    )
+  }
+
+  /** The wake-up: the ticks short of the one that acts, then that one, if it is due. */
+  private wake(): void {
+    if (this.stopped) return
+    this.catchUp()
+    const now = this.clock.now()
+    if (now - this.tickedAt + LAZY_SLACK_MS >= this.opts.tickMs) {
+      this.raft.tick()
+      this.tickedAt += this.opts.tickMs
+      // Woken more than a tick late, this node was not running: that time is not counted, as a
+      // timer that fires late counts one tick.
+      if (now - this.tickedAt >= this.opts.tickMs) this.tickedAt = now
+    }
+    this.drain()
+    this.scheduleWake()
   }
 
   // ---- Ready processing -------------------------------------------------------------------------
@@ -406,6 +487,7 @@ export class RaftNode<R = unknown> {
     } finally {
       this.draining = false
     }
+    this.scheduleWake()
   }
 
   private handleReady(rd: Ready): void {

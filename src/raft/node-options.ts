@@ -78,6 +78,17 @@ export interface RaftNodeOptions<R> extends Partial<DriverConfig> {
    * when writes stop, followers apply the last one up to this much later.
    */
   noticeHoldMs?: number
+  /**
+   * Sleep between the ticks that act (see Raft.ticksUntilDue) instead of waking every `tickMs`:
+   * the ticks in between are counted from the clock before the next input, so no input sees
+   * time stand still. An idle follower then wakes for its leader's heartbeats only, an idle
+   * leader for its own. A tick that acts runs after the I/O already queued in its event-loop turn
+   * (`clock.defer`), so a node woken late (stopped, starved) reads the heartbeats waiting for it
+   * before it campaigns, and a leader its followers' answers before it checks its quorum; time it
+   * spent not running beyond one tick is not counted, as a timer that fires late counts one tick.
+   * Off by default.
+   */
+  lazyTicks?: boolean
 }
 
 export interface DriverStatus extends RaftStatus {

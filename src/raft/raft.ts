@@ -390,6 +390,23 @@ export class Raft {
     else this.tickElection()
   }
 
+  /**
+   * Ticks from now until `tick()` may do more than count (at least 1): the tick at which a
+   * follower or candidate campaigns, or an idle leader heartbeats or checks its quorum. A leader
+   * that is not idle acts every tick; a member with no vote never acts on a tick. Until then a tick
+   * only advances counters that are read when an input arrives, so a driver may let those ticks
+   * pass unticked and tick them before the next input (RaftNodeOptions `lazyTicks`).
+   */
+  ticksUntilDue(): number {
+    if (this.role === 'leader') {
+      if (!this.idle()) return 1
+      const heartbeat = this.cfg.idleHeartbeatTick - this.heartbeatElapsed
+      return Math.max(1, Math.min(heartbeat, this.timeoutBase() - this.electionElapsed))
+    }
+    if (!this.promotable()) return Number.POSITIVE_INFINITY
+    return Math.max(1, this.randomizedElectionTimeout - this.electionElapsed)
+  }
+
   private tickElection(): void {
     this.electionElapsed++
     if (this.transferAnnounce !== undefined) this.transferAnnounce.elapsed++

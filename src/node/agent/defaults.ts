@@ -33,6 +33,8 @@ export interface RaftAgentConfig {
   coalesceReady: boolean
   /** How long a leader holds a commit notice for the next write's append (RaftNodeOptions `noticeHoldMs`). */
   noticeHoldMs: number
+  /** Wake only for the Raft ticks that act (RaftNodeOptions `lazyTicks`). */
+  lazyTicks: boolean
   /**
    * When the leader's connection closes, the surviving voters forget it and campaign in the order
    * of their peer ids, this many ms apart: the first at once, the next only if no election reached
@@ -111,6 +113,10 @@ export const RAFT_DEFAULTS: Readonly<RaftAgentConfig> = {
   // machine, short beside a follower's election timeout and the policy propagation target (a
   // follower applies the last of a run of writes this much later).
   noticeHoldMs: 3,
+  // An idle follower woke every tick (20 times a second) to count it; it now wakes for its
+  // leader's heartbeats only, and an idle leader for its heartbeats and quorum checks
+  // (bench:footprint: 54 → 40 wake-ups a second per agent; CPU moved within the bench's spread).
+  lazyTicks: true,
   // 2 ticks: the first survivor repeats its pre-vote every tick (a follower that has not yet seen
   // the connection close ignores it), so it wins within a tick or two of everyone noticing; the
   // next one starts only if the first cannot win (its log is behind), without racing it.

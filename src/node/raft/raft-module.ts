@@ -682,6 +682,7 @@ export class RaftModule implements AgentModule {
       requestTimeoutMs: s.requestTimeoutMs,
       coalesceReady: s.coalesceReady,
       noticeHoldMs: s.noticeHoldMs,
+      lazyTicks: s.lazyTicks,
       ...(ctx.config.bootstrap ? { bootstrap: [self] } : {}),
       ...(sealer !== undefined ? { sealer } : {}),
     }
