@@ -247,13 +247,13 @@ export class RaftNode<R = unknown> {
     options: RequestOptions & { requestId?: RequestId } = {},
   ): Promise<{ index: number; result: R }> {
     const requestId = options.requestId
-    this.catchUp()
     if (this.sealer === undefined)
       return this.track((raft) => raft.propose(data, requestId), options) as Promise<{
         index: number
         result: R
       }>
     if (this.stopped) return Promise.reject(new RaftStoppedError('raft node stopped'))
+    this.catchUp()
     try {
       this.raft.proposalIndex() // throws NotLeaderError here, as an unsealed propose would
     } catch (err) {
@@ -452,8 +452,7 @@ export class RaftNode<R = unknown> {
       // timer that fires late counts one tick.
       if (now - this.tickedAt >= this.opts.tickMs) this.tickedAt = now
     }
-    this.drain()
-    this.scheduleWake()
+    this.drain() // re-arms the wake-up
   }
 
   // ---- Ready processing -------------------------------------------------------------------------

@@ -13,13 +13,8 @@ import { RaftNode } from '../../src/raft/node-driver.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
 import { SeededRng } from '../sim/rng.ts'
 import { VirtualClock } from '../sim/virtual-clock.ts'
+import { agentRaftConfig, nullStateMachine } from './agent-ticks.ts'
 
-const config = {
-  electionTick: RAFT_DEFAULTS.electionTick,
-  heartbeatTick: RAFT_DEFAULTS.heartbeatTick,
-  learnerHeartbeatTick: RAFT_DEFAULTS.learnerHeartbeatTick,
-  idleHeartbeatTick: RAFT_DEFAULTS.idleHeartbeatTick,
-}
 const tickMs = RAFT_DEFAULTS.tickMs
 
 /** A node's view of a clock: counts the timer callbacks that ran (its wake-ups), not the defers. */
@@ -67,7 +62,7 @@ function cluster(lazyTicks: boolean, seed = 7) {
     const node = new RaftNode<unknown>({
       id,
       storage: new MemoryStorage(),
-      stateMachine: { apply: () => undefined, snapshot: () => new Uint8Array(), restore: () => {} },
+      stateMachine: nullStateMachine,
       transport: {
         send: (to, m) => {
           if (id === hung) return
@@ -84,7 +79,7 @@ function cluster(lazyTicks: boolean, seed = 7) {
       rng: rng.next,
       bootstrap: ids,
       tickMs,
-      config,
+      config: agentRaftConfig,
       lazyTicks,
     })
     node.on('leader:change', () => leaderChanges.set(id, leaderChanges.get(id)! + 1))

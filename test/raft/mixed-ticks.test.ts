@@ -5,7 +5,6 @@
  * forgets a healthy leader between two heartbeats nor waits longer than needed for a dead one.
  */
 import { describe, expect, it } from 'vitest'
-import { RAFT_DEFAULTS } from '../../src/node/agent/defaults.ts'
 import { decodeMessage, encodeMessage, MAX_TICK_MS } from '../../src/raft/codec.ts'
 import { RaftNode } from '../../src/raft/node-driver.ts'
 import { MemoryStorage } from '../../src/raft/storage/memory-storage.ts'
@@ -13,14 +12,9 @@ import type { Message } from '../../src/raft/types.ts'
 import { SeededRng } from '../sim/rng.ts'
 import { raftMessage } from './message.ts'
 import { VirtualClock } from '../sim/virtual-clock.ts'
+import { agentRaftConfig, nullStateMachine } from './agent-ticks.ts'
 
 const enc = new TextEncoder()
-const config = {
-  electionTick: RAFT_DEFAULTS.electionTick,
-  heartbeatTick: RAFT_DEFAULTS.heartbeatTick,
-  learnerHeartbeatTick: RAFT_DEFAULTS.learnerHeartbeatTick,
-  idleHeartbeatTick: RAFT_DEFAULTS.idleHeartbeatTick,
-}
 
 /** Three drivers; `ticks` gives each one's tick length in ms. Messages cross in a deferred call. */
 function cluster(ticks: Record<string, number>, opts: { stripTickMs?: boolean } = {}) {
@@ -35,7 +29,7 @@ function cluster(ticks: Record<string, number>, opts: { stripTickMs?: boolean } 
     const node = new RaftNode<unknown>({
       id,
       storage: new MemoryStorage(),
-      stateMachine: { apply: () => undefined, snapshot: () => new Uint8Array(), restore: () => {} },
+      stateMachine: nullStateMachine,
       transport: {
         send: (to, m) => {
           if (m.type === 'heartbeat') heartbeats.push(m)
@@ -49,7 +43,7 @@ function cluster(ticks: Record<string, number>, opts: { stripTickMs?: boolean } 
       rng: rng.next,
       bootstrap: ids,
       tickMs: ticks[id]!,
-      config,
+      config: agentRaftConfig,
     })
     node.on('leader:change', () => leaderChanges.set(id, leaderChanges.get(id)! + 1))
     nodes.set(id, node)
