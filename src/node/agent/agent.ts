@@ -9,6 +9,7 @@ import type { Registry } from 'prom-client'
 import { generateClusterKey, parseClusterKey, readClusterKeyFile } from '../../identity/keys/cluster-key.ts'
 import { ClusterKeyError } from '../../identity/errors.ts'
 import { type Clock, systemClock } from '../../common/clock.ts'
+import { sharedIntervals } from '../../common/shared-intervals.ts'
 import { TypedEmitter } from '../../common/events.ts'
 import { writeFileAtomicSync } from '../../common/fs-atomic.ts'
 import { loadOrCreateNodeIdentity, type NodeIdentity } from '../../identity/keys/node-key.ts'
@@ -116,7 +117,8 @@ export class Agent {
     this.events = new TypedEmitter<AgentEvents>((err) =>
       this.log.warn({ err: (err as Error).message }, 'agent event listener failed'),
     )
-    this.clock = init.clock ?? systemClock
+    // Same-period intervals of every module share one timer (the Raft module's and the CA's).
+    this.clock = init.clock ?? sharedIntervals(systemClock)
     this.http = new HttpApi(init.log.child({ component: 'http' }))
     this.http.datacenter = init.config.datacenter
     const metrics = createMetrics(() => this.host)

@@ -288,7 +288,7 @@ export class BootstrapExpect {
     else this.stopTimer()
     // Founded: only the audit is left, due every auditMs; checking every checkMs would wake the
     // agent ten times a second for nothing. Checked at the Raft module's own period, whose timer
-    // the module's clock shares among its tasks (shared-intervals.ts): no wake-up of its own.
+    // the module's clock shares among its tasks (src/common/shared-intervals.ts): no wake-up of its own.
     if (this.phase === 'founded' && !this.auditPace && this.cancel !== undefined && !this.stopped) {
       this.auditPace = true
       this.stopTimer()

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest'
 import { pack } from '../../../src/common/msgpack.ts'
 import { RAFT_DEFAULTS } from '../../../src/node/agent/defaults.ts'
 import { BootstrapExpect } from '../../../src/node/raft/bootstrap-expect.ts'
-import { sharedIntervals } from '../../../src/node/raft/shared-intervals.ts'
+import { sharedIntervals } from '../../../src/common/shared-intervals.ts'
 import {
   BadFoundingMessageError,
   chooseFounders,

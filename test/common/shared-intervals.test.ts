@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { sharedIntervals } from '../../../src/node/raft/shared-intervals.ts'
-import { VirtualClock } from '../../sim/virtual-clock.ts'
+import { sharedIntervals } from '../../src/common/shared-intervals.ts'
+import { VirtualClock } from '../sim/virtual-clock.ts'
 
 /** A virtual clock that also counts the wake-ups its timers cause (each firing is one). */
 function countingClock(): { clock: VirtualClock; wakeUps: () => number } {

@@ -1,9 +1,10 @@
-import type { Cancel, Clock } from '../../common/clock.ts'
+import type { Cancel, Clock } from './clock.ts'
 
 /**
  * A clock whose intervals of the same period share one timer: the Raft module's periodic work
  * (autopilot, the voter connections, the founders' enrollment, all every `autopilotIntervalMs`)
- * then wakes the process once a period instead of once per task. Node groups timers by duration
+ * and the leader's CA check (every 500 ms too) then wake the process once a period instead of once
+ * per task. The agent's clock is one (`Agent`), and the Raft module wraps it again. Node groups timers by duration
  * but fires each at its own due time, so three 200 ms intervals started a few milliseconds apart
  * were three wake-ups.
  *
