@@ -107,6 +107,16 @@ export interface SwimConfig {
   lateTimerMs: number
   /** Most updates kept queued for dissemination; the most transmitted are dropped first. */
   maxBroadcastQueue: number
+  /**
+   * How many probe intervals evidence of life passed on by a relay stands for (`Swim.setRelayed`;
+   * 0: relayed evidence is ignored, and every member this node has no evidence of its own is
+   * probed). The agent's relay, an idle Raft leader, passes on at each heartbeat (every probe
+   * interval) what it heard at the round before: its evidence reaches a follower up to an interval
+   * old and is renewed an interval later, so two intervals would end at the very moment the next
+   * relay lands, and three span a late one. A member the relay stopped hearing from is left off the
+   * next relay at once; this bounds only how long a relay that fell silent itself is believed.
+   */
+  relayedEvidenceIntervals: number
 }
 
 /**
@@ -144,6 +154,7 @@ export const lanConfig: Readonly<SwimConfig> = Object.freeze({
   maxPushPullVerifications: 2_048, // new members plus newer records of known ones: bounds the CPU one peer's state can cost
   lateTimerMs: 50, // 2/3 of the probe timeout: a hiccup that long could have hidden an ack in our own socket
   maxBroadcastQueue: 4096, // bounded memory under churn; the most gossiped updates go first
+  relayedEvidenceIntervals: 3, // idle Raft followers stop probing each other; a frozen voter is seen dead ~150 ms later (README, Gossip membership)
 })
 
 /**
@@ -220,6 +231,7 @@ const INTEGER_FIELDS: readonly (keyof SwimConfig)[] = [
   'maxPushPullMembers',
   'maxPushPullNewMembers',
   'maxPushPullVerifications',
+  'relayedEvidenceIntervals',
 ]
 
 /** Throws `InvalidConfigError` (code `PEERMESH_ERR_INVALID_CONFIG`) if `cfg` cannot work. */

@@ -29,9 +29,12 @@ export interface SwimStats {
   indirectProbes: number
   /**
    * Probes not sent: the member had been heard from over an authenticated channel of the
-   * embedding application (`Swim.heardFrom`) within the probe interval.
+   * embedding application (`Swim.heardFrom`) within the probe interval, or its relay had
+   * (`Swim.setRelayed`, counted in `probesSkippedRelayed` too).
    */
   probesSkipped: number
+  /** Of `probesSkipped`, those skipped on relayed evidence (`Swim.setRelayed`). */
+  probesSkippedRelayed: number
   /** Ping-req received and forwarded for other members. */
   pingReqsServed: number
   acksReceived: number
@@ -87,6 +90,7 @@ export function emptyStats(): SwimStats {
     probeFailures: 0,
     indirectProbes: 0,
     probesSkipped: 0,
+    probesSkippedRelayed: 0,
     pingReqsServed: 0,
     acksReceived: 0,
     nacksReceived: 0,

@@ -264,6 +264,8 @@ export class Swim {
   private probe: Probe | undefined
   /** Per member: when the application last heard from it (`heardFrom`); alive members only. */
   private readonly heard = new Map<string, number>()
+  /** Per member: when the application's relay last heard from it (`setRelayed`); alive members only. */
+  private relayed = new Map<string, number>()
   private out: Output = emptyOutput()
   private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
   private digestCache: { version: number; bytes: Uint8Array } | undefined
@@ -660,12 +662,32 @@ export class Swim {
   }
 
   /**
+   * Evidence of life passed on: a member this node trusts over an authenticated channel of the
+   * application (the agent: the Raft leader it follows, on its heartbeats) heard from each of
+   * `entries` at `heardAtMs` (on this node's clock). It replaces what the last call said: a member
+   * left out is probed at its turn again. The next probe of a listed alive member is skipped while
+   * the relay's contact is younger than `relayedEvidenceIntervals` probe intervals (the config
+   * explains the number; 0 ignores relays). Suspects are always probed; unknown ids, this node and
+   * times ahead of `nowMs` are ignored.
+   */
+  setRelayed(entries: readonly { id: string; heardAtMs: number }[], nowMs: number): void {
+    this.relayed = new Map()
+    if (this.cfg.relayedEvidenceIntervals === 0) return
+    for (const e of entries) {
+      const m = this.table.get(e.id)
+      if (m === undefined || m.status !== 'alive' || e.id === this.id || !(e.heardAtMs <= nowMs)) continue
+      this.relayed.set(e.id, e.heardAtMs)
+    }
+  }
+
+  /**
    * The application lost its authenticated channel to `id` (its connections closed, as they do at
-   * once when a process is killed): what it said of `id` no longer holds, so `id` is probed at its
-   * next turn, as without `heardFrom`.
+   * once when a process is killed): what it or its relay said of `id` no longer holds, so `id` is
+   * probed at its next turn, as without `heardFrom`.
    */
   lostContact(id: string): void {
     this.heard.delete(id)
+    this.relayed.delete(id)
   }
 
   private probeTick(now: number): void {
@@ -697,6 +719,16 @@ export class Swim {
         this.counters.probesSkipped++
         return
       }
+    }
+    const relayed = this.relayed.get(target.id)
+    if (
+      relayed !== undefined &&
+      target.status === 'alive' &&
+      now - relayed < this.cfg.relayedEvidenceIntervals * timing.intervalMs
+    ) {
+      this.counters.probesSkipped++
+      this.counters.probesSkippedRelayed++
+      return
     }
     const seq = this.nextSeq()
     this.probe = {

@@ -104,8 +104,13 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
     ],
     [
       'peermesh_gossip_probes_skipped_total',
-      'Probes not sent: the member had just been heard from over Raft (mutual TLS)',
+      'Probes not sent: the member had just been heard from over Raft (mutual TLS), by this agent or by its Raft leader',
       core((s) => s.probesSkipped),
+    ],
+    [
+      'peermesh_gossip_probes_skipped_relayed_total',
+      'Of the probes skipped, those on what the Raft leader relayed on its heartbeats',
+      core((s) => s.probesSkippedRelayed),
     ],
     [
       'peermesh_gossip_suspicions_total',
