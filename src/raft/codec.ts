@@ -1,5 +1,5 @@
 import { pack, unpack } from '../common/msgpack.ts'
-import type { Entry, Message, Snapshot } from './types.ts'
+import type { Entry, Message, RelayedContact, Snapshot } from './types.ts'
 import { MESSAGE_TYPES } from './types.ts'
 
 /**
@@ -13,6 +13,8 @@ const MAX_CONTEXT = 1024
 /** Longest tick a heartbeat may announce (`tickMs`): a minute, far past any agent's. */
 export const MAX_TICK_MS = 60_000
 const MAX_MEMBERS = 1024
+/** Most voters a heartbeat may relay (`alive`): far more than any configuration has. */
+export const MAX_RELAYED = 64
 const TYPES: ReadonlySet<unknown> = new Set(MESSAGE_TYPES)
 
 /**
@@ -92,7 +94,16 @@ function messageOf(v: unknown): Message {
     message.tickMs = v['tickMs']
   }
   if (v['snapshot'] !== undefined) message.snapshot = snapshotOf(v['snapshot'])
+  if (v['alive'] !== undefined) message.alive = aliveOf(v['alive'])
   return message
+}
+
+function aliveOf(v: unknown): RelayedContact[] {
+  need(Array.isArray(v) && v.length <= MAX_RELAYED, 'alive')
+  return v.map((e: unknown) => {
+    need(isRecord(e) && isId(e['id']) && isU(e['ageMs']) && e['ageMs'] <= MAX_TICK_MS, 'alive entry')
+    return { id: e['id'] as string, ageMs: e['ageMs'] as number }
+  })
 }
 
 export type DecodeResult = { ok: true; message: Message } | { ok: false; reason: string }
@@ -120,6 +131,7 @@ export function encodeMessage(m: Message): Uint8Array {
   if (m.snapshot !== undefined) o['snapshot'] = { metadata: m.snapshot.metadata, data: m.snapshot.data }
   if (m.idleTicks !== undefined) o['idleTicks'] = m.idleTicks
   if (m.tickMs !== undefined) o['tickMs'] = m.tickMs
+  if (m.alive !== undefined) o['alive'] = m.alive.map((e) => ({ id: e.id, ageMs: e.ageMs }))
   return pack(o)
 }
 

@@ -123,6 +123,18 @@ export interface Message {
    * with different `performance.raftMultiplier`s). Absent elsewhere.
    */
   tickMs?: number
+  /**
+   * On a `heartbeat` to a voter (set by the agent, not the core): the other voters this leader
+   * received Raft messages from, and how many milliseconds ago; the follower's gossip takes them
+   * as evidence of life (`EvidenceRelay` in the agent). Absent elsewhere.
+   */
+  alive?: RelayedContact[]
+}
+
+/** One voter a leader heard from, `ageMs` before it sent the heartbeat (`Message.alive`). */
+export interface RelayedContact {
+  id: NodeId
+  ageMs: number
 }
 
 /**

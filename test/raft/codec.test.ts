@@ -41,6 +41,10 @@ const reference = z.object({
     })
     .optional(),
   idleTicks: u.optional(),
+  alive: z
+    .array(z.object({ id, ageMs: u.max(60_000) }))
+    .max(64)
+    .optional(),
 })
 
 /** A value for a field: mostly good ones, and the kinds of bad ones a hostile peer might send. */
@@ -104,6 +108,7 @@ const message = fc.record(
       }),
     ),
     idleTicks: any(nat),
+    alive: any(fc.array(any(fc.record({ id: any(name), ageMs: any(nat) })), { maxLength: 3 })),
   },
   {
     requiredKeys: [
@@ -158,6 +163,16 @@ describe('raft message codec', () => {
       },
     }
     expect(decodeMessage(encodeMessage(snap))).toEqual({ ok: true, message: snap })
+    const heartbeat: Message = {
+      ...base,
+      type: 'heartbeat',
+      entries: [],
+      alive: [
+        { id: 'c', ageMs: 150 },
+        { id: 'd', ageMs: 0 },
+      ],
+    }
+    expect(decodeMessage(encodeMessage(heartbeat))).toEqual({ ok: true, message: heartbeat })
   })
 
   it('accepts exactly what the reference schema accepts, and decodes it to the same message', () => {
@@ -183,6 +198,10 @@ describe('raft message codec', () => {
       pack({ ...base, term: 1.5 }),
       pack({ ...base, from: '' }),
       pack({ ...base, entries: [{ term: 1 }] }),
+      pack({ ...base, alive: { id: 'c', ageMs: 1 } }),
+      pack({ ...base, alive: [{ id: 'c', ageMs: 60_001 }] }),
+      pack({ ...base, alive: [{ id: '', ageMs: 1 }] }),
+      pack({ ...base, alive: Array.from({ length: 65 }, (_, i) => ({ id: `n${i}`, ageMs: 1 })) }),
     ]
     for (const b of bad) expect(decodeMessage(b).ok).toBe(false)
     fc.assert(

@@ -191,6 +191,12 @@ function agentConfigSchema() {
           gossipNodes: z.number().int().min(1).max(64).optional(),
           /** Each update is sent `retransmitMult · ceil(log10(n + 1))` times (`lan`: 6). */
           retransmitMult: z.number().int().min(1).max(100).optional(),
+          /**
+           * Whether a follower skips probing the voters its Raft leader heard from (every profile:
+           * true). false: followers probe each other as without the relay, for a frozen voter
+           * seen dead about 150 ms sooner at about 0.2 points more idle CPU per follower.
+           */
+          relayedEvidence: z.boolean().optional(),
         })
         .strict()
         .optional(),
@@ -462,6 +468,8 @@ function gossipLanOverrides(
   if (lan.suspicionMult !== undefined) o.suspicionMult = lan.suspicionMult
   if (lan.gossipNodes !== undefined) o.gossipNodes = lan.gossipNodes
   if (lan.retransmitMult !== undefined) o.retransmitMult = lan.retransmitMult
+  if (lan.relayedEvidence !== undefined)
+    o.relayedEvidenceIntervals = lan.relayedEvidence ? base.relayedEvidenceIntervals : 0
   try {
     swimConfig(profile, o)
   } catch (err) {

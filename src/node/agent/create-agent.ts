@@ -58,6 +58,8 @@ export function createAgent(
     // An idle leader and its members hear from each other every 150 ms over mutual TLS: gossip
     // need not also probe them by UDP that often (Swim.heardFrom).
     heardFrom: (id) => gossip.heardFrom(id),
+    // Followers hear only from their leader; it passes on whom it heard from (EvidenceRelay).
+    setRelayed: (entries) => gossip.setRelayed(entries),
     lostContact: (id) => gossip.lostContact(id),
   }
   // Opens this agent's sealed copy of the root key (a voter's): Raft signs with it as leader.

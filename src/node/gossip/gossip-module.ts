@@ -129,6 +129,15 @@ export class GossipModule implements AgentModule {
     this.driver?.heardFrom(peerId)
   }
 
+  /**
+   * The Raft leader this agent follows heard from these voters `ageMs` ago (on its heartbeats):
+   * this agent's probes of them may be skipped too (`Swim.setRelayed`); a voter left out is
+   * probed again. Followers otherwise probe each other by UDP, with nothing else telling them.
+   */
+  setRelayed(entries: readonly { id: string; ageMs: number }[]): void {
+    this.driver?.setRelayed(entries)
+  }
+
   /** Every connection to `peerId` closed: what `heardFrom` said of it no longer holds. */
   lostContact(peerId: string): void {
     this.driver?.lostContact(peerId)

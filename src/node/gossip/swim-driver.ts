@@ -93,6 +93,16 @@ export class SwimDriver {
     if (!this.stopped) this.swim.heardFrom(id, this.clock.now())
   }
 
+  /** Evidence of life relayed by the Raft leader: `ageMs` before now (Swim.setRelayed). */
+  setRelayed(entries: readonly { id: string; ageMs: number }[]): void {
+    if (this.stopped) return
+    const now = this.clock.now()
+    this.swim.setRelayed(
+      entries.map((e) => ({ id: e.id, heardAtMs: now - e.ageMs })),
+      now,
+    )
+  }
+
   /** The authenticated channel to `id` closed (Swim.lostContact). */
   lostContact(id: string): void {
     if (!this.stopped) this.swim.lostContact(id)

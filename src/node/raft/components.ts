@@ -39,6 +39,12 @@ export interface RaftMembers {
    * that it is alive (GossipModule.heardFrom). Absent: nothing is told.
    */
   heardFrom?(id: string): void
+  /**
+   * The leader this agent follows heard from these voters `ageMs` ago (relayed on its heartbeats,
+   * `EvidenceRelay`); replaces what the last call said (GossipModule.setRelayed). Absent: nothing
+   * is told.
+   */
+  setRelayed?(entries: readonly { id: string; ageMs: number }[]): void
   /** Every connection to member `id` closed: what `heardFrom` told gossip no longer holds. */
   lostContact?(id: string): void
 }

@@ -69,6 +69,7 @@ import { FoundingRecordFile } from './founding-record-file.ts'
 import { InitialManagementApplier } from './initial-management.ts'
 import { FoundingRpc } from './founding-rpc.ts'
 import { sharedIntervals } from '../../common/shared-intervals.ts'
+import { EvidenceRelay } from './evidence-relay.ts'
 import { hostConnections, LeaderLiveness } from './leader-liveness.ts'
 import { registerRaftMetrics } from './metrics.ts'
 import { ForwardedWriteServer, WriteForwarder, type WriteResult } from './write-forwarding.ts'
@@ -191,6 +192,14 @@ export class RaftModule implements AgentModule {
   private readonly refusalsLogged = new Map<RefusalReason, number>()
   /** Enrollment and grant refusals already logged. */
   private enrollDeniedLogged = 0
+  /**
+   * Whom this agent heard from, passed on to its followers on heartbeats (as leader), and what its
+   * leader passed on, handed to gossip (as follower). The window: one and a half idle heartbeat
+   * intervals.
+   */
+  private readonly relay = new EvidenceRelay(
+    () => 1.5 * this.settings.idleHeartbeatTick * this.settings.tickMs,
+  )
 
   constructor(
     private readonly components: RaftModuleComponents,
@@ -424,10 +433,15 @@ export class RaftModule implements AgentModule {
       return server.serveRecord(bytes.length, o, signal)
     })
     run.subscriptions.push(clock.setInterval(() => this.logRefusals(log), REFUSAL_LOG_INTERVAL_MS))
-    // A killed member's connections close at once: gossip probes it at its next turn again.
+    // A killed member's connections close at once: gossip probes it at its next turn again, and
+    // this agent no longer passes on what it heard from it.
     const lost = components.members.lostContact
-    if (lost !== undefined)
-      run.subscriptions.push(hostConnections(ctx.host).onDisconnect((peer) => lost(peer)))
+    run.subscriptions.push(
+      hostConnections(ctx.host).onDisconnect((peer) => {
+        this.relay.lost(peer)
+        lost?.(peer)
+      }),
+    )
     run.liveness.start()
     // Direct connections to every voter (and a request connection to the leader) ahead of need:
     // followers talk to each other only in an election, and a failover must not wait for a
@@ -666,7 +680,7 @@ export class RaftModule implements AgentModule {
       transport: {
         send: (to, msg) => {
           const signed = msg.type === 'snap' ? withSnapshotSignature(msg, signer?.snapshotSigningRoot()) : msg
-          messenger.send(to, encodeMessage(signed))
+          messenger.send(to, encodeMessage(this.withRelay(signed)))
         },
       },
       clock: this.clock,
@@ -694,6 +708,8 @@ export class RaftModule implements AgentModule {
     const self = ctx.identity.id
     run.subscriptions.push(
       node.on('leader:change', ({ leader, term }) => {
+        // What the old leader passed on is withdrawn; the new one's heartbeats say it again.
+        this.components.members.setRelayed?.([])
         this.counters.leaderChanges++
         log.info({ leader, term, self: leader === self }, 'leader:change')
         ctx.events.emit('leader:change', { leader, term })
@@ -734,7 +750,19 @@ export class RaftModule implements AgentModule {
       node.step(m)
       // The transport authenticated `from` and it sent this just now: gossip may skip a probe.
       this.components.members.heardFrom?.(from)
+      this.relay.heard(from, this.clock.now())
+      // A heartbeat from the leader this node follows says whom that leader heard from.
+      const relayed = this.relay.accept(m, node.leader(), node.id)
+      if (relayed !== undefined) this.components.members.setRelayed?.(relayed)
     }
+  }
+
+  /** A heartbeat to a voter, with the other voters this leader heard from (EvidenceRelay). */
+  private withRelay(m: Message): Message {
+    const node = this.run?.node
+    if (m.type !== 'heartbeat' || node === undefined) return m
+    const alive = this.relay.aliveFor(m.to, node.voters(), m.from, this.clock.now())
+    return alive === undefined ? m : { ...m, alive }
   }
 
   private refuse(reason: RefusalReason, from: string, type: RefusalRecord['type'], term: number): void {

@@ -59,6 +59,7 @@ describe('agent config', () => {
     [{ gossipLan: { suspicionMult: 2.5 } }, 'gossipLan.suspicionMult'],
     [{ gossipLan: { gossipNodes: 0 } }, 'gossipLan.gossipNodes'],
     [{ gossipLan: { retransmitMult: 1e9 } }, 'gossipLan.retransmitMult'],
+    [{ gossipLan: { relayedEvidence: 'yes' } }, 'gossipLan.relayedEvidence'],
     [{ gossipLan: { probe_interval: '1s' } }, 'probe_interval'],
     [{ gossipLan: 'fast' }, 'gossipLan'],
     [{ performance: { raftMultiplier: 0 } }, 'performance.raftMultiplier'],
@@ -230,6 +231,14 @@ describe('agent config', () => {
       gossipProfile: 'local',
       gossipOverrides: { gossipNodes: 4 },
     })
+    // The relayed evidence of the Raft leader, off and on (the profile's three intervals).
+    for (const [relayedEvidence, relayedEvidenceIntervals] of [
+      [false, 0],
+      [true, 3],
+    ] as const) {
+      const c = validateAgentConfig({ gossipLan: { relayedEvidence } }, 'file')
+      expect(resolveAgentConfig(c, {}).gossipOverrides).toEqual({ relayedEvidenceIntervals })
+    }
   })
 
   it('gossipLan: a timing SWIM cannot run is refused at start, in the config names, whatever the profile', () => {
