@@ -28,6 +28,8 @@ export async function startLoneRaftAgent(o: {
   clock: Clock
   log: Logger
   metrics: Registry
+  /** What the module tells gossip of its leader's relayed evidence (`RaftMembers.setRelayed`). */
+  setRelayed?: (entries: readonly { id: string; ageMs: number }[]) => void
 }): Promise<LoneRaftAgent> {
   const identity = await loadOrCreateNodeIdentity(o.dataDir)
   const listen = ['/ip4/127.0.0.1/tcp/0']
@@ -54,7 +56,11 @@ export async function startLoneRaftAgent(o: {
     handle: async () => {},
   } as unknown as AgentContext
   const raft = new RaftModule({
-    members: { members: () => [], on: () => () => {} },
+    members: {
+      members: () => [],
+      on: () => () => {},
+      ...(o.setRelayed !== undefined ? { setRelayed: o.setRelayed } : {}),
+    },
     store: new PolicyStore(),
     clock: o.clock,
   })

@@ -45,6 +45,8 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
   let attacker: StreamMessenger
   let raft: RaftModule
   let self: string
+  /** Every list of relayed evidence the module handed to gossip. */
+  const relayed: (readonly { id: string; ageMs: number }[])[] = []
 
   const tmp = (): string => {
     const d = makeTempDir('guard')
@@ -64,6 +66,7 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
       clock,
       log,
       metrics,
+      setRelayed: (entries) => relayed.push(entries),
     }))
     attacker = new StreamMessenger({
       host: attackerHost,
@@ -107,7 +110,15 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
           },
         ],
       })
-      send({ type: 'heartbeat', term: term + 5 })
+      // A heartbeat that also claims members alive (as a leader's would): gossip must hear none of it.
+      send({
+        type: 'heartbeat',
+        term: term + 5,
+        alive: [
+          { id: me, ageMs: 0 },
+          { id: 'ghost', ageMs: 0 },
+        ],
+      })
       send({ type: 'vote', term: term + 1, index: 1e6, logTerm: term + 1, context: CAMPAIGN_TRANSFER })
       send({ type: 'preVote', term: term + 1, index: 1e6, logTerm: term + 1 })
       send({ type: 'timeoutNow', term })
@@ -135,7 +146,9 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
     expect(r.sender_mismatch).toMatchObject({ count: 1, from: me, type: 'vote' })
     expect(r.malformed).toMatchObject({ count: 1, from: me })
 
-    // Nothing changed: same leader, term and configuration, and writes still commit.
+    // Nothing changed: same leader, term and configuration, and writes still commit; gossip was
+    // told of no member alive on the attacker's word.
+    expect(relayed.every((entries) => entries.length === 0)).toBe(true)
     const after = node.status()
     expect(after.term).toBe(before.term)
     expect(after.leader).toBe(self)
