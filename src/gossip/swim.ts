@@ -266,6 +266,10 @@ export class Swim {
   private readonly heard = new Map<string, number>()
   /** Per member: when the application's relay last heard from it (`setRelayed`); alive members only. */
   private relayed = new Map<string, number>()
+  /** Members whose last turn was skipped on relayed evidence (and not probed since). */
+  private readonly skippedOnRelay = new Set<string>()
+  /** Members to probe at the next turns, ahead of the order: their relayed evidence was withdrawn. */
+  private readonly owed = new Set<string>()
   private out: Output = emptyOutput()
   private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
   private digestCache: { version: number; bytes: Uint8Array } | undefined
@@ -671,13 +675,33 @@ export class Swim {
    * times ahead of `nowMs` are ignored.
    */
   setRelayed(entries: readonly { id: string; heardAtMs: number }[], nowMs: number): void {
+    const before = this.relayed
     this.relayed = new Map()
-    if (this.cfg.relayedEvidenceIntervals === 0) return
-    for (const e of entries) {
-      const m = this.table.get(e.id)
-      if (m === undefined || m.status !== 'alive' || e.id === this.id || !(e.heardAtMs <= nowMs)) continue
-      this.relayed.set(e.id, e.heardAtMs)
+    if (this.cfg.relayedEvidenceIntervals > 0) {
+      for (const e of entries) {
+        const m = this.table.get(e.id)
+        if (m === undefined || m.status !== 'alive' || e.id === this.id || !(e.heardAtMs <= nowMs)) continue
+        this.relayed.set(e.id, e.heardAtMs)
+      }
     }
+    // Left off a list that still vouches for others: the relay stopped hearing from that member.
+    // An empty list (the relay changed, or says nothing) tells nothing against any one member.
+    const specific = this.relayed.size > 0
+    for (const id of before.keys()) if (!this.relayed.has(id)) this.withdrawRelayed(id, specific)
+  }
+
+  /**
+   * The relay no longer vouches for `id`. If its turn was skipped on that word and the withdrawal
+   * says something of `id` itself (`owed`: left off a list, or its connections closed), it is
+   * probed at the next turn, ahead of the order: otherwise a member that died just after its turn
+   * was skipped would wait a whole round (n − 1 turns) for its next one, and a larger cluster's
+   * survivors would each confirm its death that much later. A relay that falls silent (its lists
+   * emptied at a leader change) owes nobody a probe: the next turns go on in order, to the member
+   * that may have failed with it.
+   */
+  private withdrawRelayed(id: string, owed = true): void {
+    this.relayed.delete(id)
+    if (this.skippedOnRelay.delete(id) && owed) this.owed.add(id)
   }
 
   /**
@@ -687,7 +711,7 @@ export class Swim {
    */
   lostContact(id: string): void {
     this.heard.delete(id)
-    this.relayed.delete(id)
+    this.withdrawRelayed(id)
   }
 
   private probeTick(now: number): void {
@@ -702,7 +726,15 @@ export class Swim {
     this.setTimer('probe', now + timing.intervalMs, (t) => this.probeTick(t))
     if (this.leaving) return
     let target: MemberState | undefined
-    for (let i = 0, n = this.order.length; i < n; i++) {
+    for (const id of this.owed) {
+      this.owed.delete(id)
+      const m = this.table.get(id)
+      if (m && (m.status === 'alive' || m.status === 'suspect')) {
+        target = m
+        break
+      }
+    }
+    for (let i = 0, n = target === undefined ? this.order.length : 0; i < n; i++) {
       const id = this.order.next((x) => this.table.get(x) !== undefined)
       if (id === undefined) break
       const m = this.table.get(id)
@@ -728,8 +760,10 @@ export class Swim {
     ) {
       this.counters.probesSkipped++
       this.counters.probesSkippedRelayed++
+      this.skippedOnRelay.add(target.id)
       return
     }
+    this.skippedOnRelay.delete(target.id)
     const seq = this.nextSeq()
     this.probe = {
       seq,

@@ -14,19 +14,20 @@ const FOLLOWERS = ['f1', 'f2']
 const RAFT_MS = 150
 const WINDOW_MS = 1.5 * RAFT_MS
 
-function cluster(seed: number, relay: boolean): SimNetwork {
+function cluster(seed: number, relay: boolean, ids: readonly string[] = IDS): SimNetwork {
+  const followers = ids.filter((id) => id !== 'l')
   const sim = new SimNetwork({ seed, config: lanConfig, latencyMs: { min: 0.1, max: 0.5 } })
-  sim.bootstrapConverged(IDS)
+  sim.bootstrapConverged([...ids])
   const lastHeard = new Map<string, number>()
   const heartbeat = (): void => {
     if (!sim.isCrashed('l')) {
-      for (const f of FOLLOWERS) {
+      for (const f of followers) {
         if (sim.isCrashed(f)) continue
         sim.node(f).heardFrom('l', sim.now)
         if (relay) {
-          const entries = FOLLOWERS.filter(
-            (o) => o !== f && lastHeard.has(o) && sim.now - lastHeard.get(o)! <= WINDOW_MS,
-          ).map((o) => ({ id: o, heardAtMs: lastHeard.get(o)! }))
+          const entries = followers
+            .filter((o) => o !== f && lastHeard.has(o) && sim.now - lastHeard.get(o)! <= WINDOW_MS)
+            .map((o) => ({ id: o, heardAtMs: lastHeard.get(o)! }))
           sim.node(f).setRelayed(entries, sim.now)
         }
         sim.schedule(sim.now + 1, () => {
@@ -45,12 +46,12 @@ function cluster(seed: number, relay: boolean): SimNetwork {
 const sent = (sim: SimNetwork, ids: string[]): number =>
   ids.reduce((n, id) => n + sim.node(id).stats().messagesSent, 0)
 
-function detectionMs(seed: number, relay: boolean, victim: string): number {
-  const sim = cluster(seed, relay)
+function detectionMs(seed: number, relay: boolean, victim: string, ids: readonly string[] = IDS): number {
+  const sim = cluster(seed, relay, ids)
   sim.runFor(5_000)
   const at = sim.now
   sim.crash(victim)
-  const survivors = IDS.filter((id) => id !== victim)
+  const survivors = ids.filter((id) => id !== victim)
   const done = sim.runUntilCondition(
     () => survivors.every((o) => sim.node(o).member(victim)?.status === 'dead'),
     30_000,
@@ -92,6 +93,18 @@ describe('Swim.setRelayed (the Raft leader passes on whom it heard from)', () =>
     }
   })
 
+  it('with five voters (a round of four turns), a crashed follower is seen dead as soon as without the relay', () => {
+    const five = ['l', 'f1', 'f2', 'f3', 'f4']
+    const direct: number[] = []
+    const relayed: number[] = []
+    for (let seed = 1; seed <= 9; seed++) {
+      direct.push(detectionMs(seed, false, 'f2', five))
+      relayed.push(detectionMs(seed, true, 'f2', five))
+    }
+    expect(median(relayed)).toBeLessThanOrEqual(median(direct) + lanConfig.probeIntervalMs)
+    expect(Math.max(...relayed)).toBeLessThan(2_500)
+  })
+
   it('each relay replaces the last: a member left out, or whose connections closed, is probed at its next turn', () => {
     for (const withdraw of ['omitted', 'lostContact'] as const) {
       const sim = new SimNetwork({ seed: 3, config: lanConfig, latencyMs: { min: 0.1, max: 0.5 } })
@@ -115,6 +128,32 @@ describe('Swim.setRelayed (the Raft leader passes on whom it heard from)', () =>
       sim.runFor(2 * lanConfig.probeIntervalMs + 1)
       expect(f1.stats().probes).toBeGreaterThan(probes)
     }
+  })
+
+  it('a member whose turn was skipped on relayed evidence, then withdrawn, is probed at the next turn, not a round later', () => {
+    const ids = ['l', 'f1', 'f2', 'f3', 'f4']
+    const sim = new SimNetwork({ seed: 8, config: lanConfig, latencyMs: { min: 0.1, max: 0.5 } })
+    sim.bootstrapConverged(ids)
+    sim.runFor(2_000)
+    const f1 = sim.node('f1')
+    const others = ids.filter((id) => id !== 'f1')
+    const relayAll = (except?: string): void =>
+      f1.setRelayed(
+        others.filter((id) => id !== except).map((id) => ({ id, heardAtMs: sim.now })),
+        sim.now,
+      )
+    // Everyone vouched for, for a whole round: every turn skipped, f3's among them.
+    relayAll()
+    const probes = f1.stats().probes
+    for (let t = 0; t < 8; t++) {
+      sim.runFor(lanConfig.probeIntervalMs)
+      relayAll()
+    }
+    expect(f1.stats().probes).toBe(probes)
+    // f3 left off: f1's next turn probes it (the others still vouched for), within one interval.
+    relayAll('f3')
+    sim.runFor(lanConfig.probeIntervalMs + 1)
+    expect(f1.stats().probes).toBe(probes + 1)
   })
 
   it('with relayedEvidenceIntervals 0 (gossipLan relayedEvidence false), relays are ignored', () => {

@@ -192,6 +192,8 @@ export class RaftModule implements AgentModule {
   private readonly refusalsLogged = new Map<RefusalReason, number>()
   /** Enrollment and grant refusals already logged. */
   private enrollDeniedLogged = 0
+  /** The leader whose list of voters heard from gossip holds (as follower). */
+  private relayedBy: string | undefined
   /**
    * Whom this agent heard from, passed on to its followers on heartbeats (as leader), and what its
    * leader passed on, handed to gossip (as follower). The window: one and a half idle heartbeat
@@ -710,6 +712,7 @@ export class RaftModule implements AgentModule {
       node.on('leader:change', ({ leader, term }) => {
         // What the old leader passed on is withdrawn; the new one's heartbeats say it again.
         this.components.members.setRelayed?.([])
+        this.relayedBy = undefined
         this.counters.leaderChanges++
         log.info({ leader, term, self: leader === self }, 'leader:change')
         ctx.events.emit('leader:change', { leader, term })
@@ -751,9 +754,14 @@ export class RaftModule implements AgentModule {
       // The transport authenticated `from` and it sent this just now: gossip may skip a probe.
       this.components.members.heardFrom?.(from)
       this.relay.heard(from, this.clock.now())
-      // A heartbeat from the leader this node follows says whom that leader heard from.
+      // A heartbeat from the leader this node follows says whom that leader heard from. A new
+      // leader's first list is not compared with the old one's (what it leaves off is not news).
       const relayed = this.relay.accept(m, node.leader(), node.id)
-      if (relayed !== undefined) this.components.members.setRelayed?.(relayed)
+      if (relayed !== undefined) {
+        if (m.from !== this.relayedBy) this.components.members.setRelayed?.([])
+        this.relayedBy = m.from
+        this.components.members.setRelayed?.(relayed)
+      }
     }
   }
 
