@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { lanConfig } from '../../src/gossip/config.ts'
 import { SimNetwork } from '../../src/gossip/sim-network.ts'
+import { median, msUntilSeenDead } from './crash-detection.ts'
 
 /**
  * `Swim.heardFrom`: evidence from another authenticated channel (the agent's Raft traffic) that a
@@ -30,22 +31,8 @@ function cluster(seed: number, evidence: boolean): SimNetwork {
 
 const sent = (sim: SimNetwork): number => IDS.reduce((n, id) => n + sim.node(id).stats().messagesSent, 0)
 
-function detectionMs(seed: number, evidence: boolean, victim: string): number {
-  const sim = cluster(seed, evidence)
-  sim.runFor(5_000)
-  const at = sim.now
-  sim.crash(victim)
-  const survivors = IDS.filter((id) => id !== victim)
-  const done = sim.runUntilCondition(
-    () => survivors.every((o) => sim.node(o).member(victim)?.status === 'dead'),
-    30_000,
-    10,
-  )
-  expect(done).toBeDefined()
-  return done! - at
-}
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+const detectionMs = (seed: number, evidence: boolean, victim: string): number =>
+  msUntilSeenDead(cluster(seed, evidence), victim, IDS)
 
 describe('Swim.heardFrom (Raft traffic as evidence of life)', () => {
   it('an idle 3-member cluster sends about a third of the datagrams, and the leader probes nobody', () => {

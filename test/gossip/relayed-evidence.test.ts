@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { lanConfig } from '../../src/gossip/config.ts'
 import { SimNetwork } from '../../src/gossip/sim-network.ts'
+import { median, msUntilSeenDead } from './crash-detection.ts'
 
 /**
  * `Swim.setRelayed`: evidence of life passed on by a trusted relay (the agent's Raft leader, on its
@@ -46,22 +47,8 @@ function cluster(seed: number, relay: boolean, ids: readonly string[] = IDS): Si
 const sent = (sim: SimNetwork, ids: string[]): number =>
   ids.reduce((n, id) => n + sim.node(id).stats().messagesSent, 0)
 
-function detectionMs(seed: number, relay: boolean, victim: string, ids: readonly string[] = IDS): number {
-  const sim = cluster(seed, relay, ids)
-  sim.runFor(5_000)
-  const at = sim.now
-  sim.crash(victim)
-  const survivors = ids.filter((id) => id !== victim)
-  const done = sim.runUntilCondition(
-    () => survivors.every((o) => sim.node(o).member(victim)?.status === 'dead'),
-    30_000,
-    10,
-  )
-  expect(done).toBeDefined()
-  return done! - at
-}
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!
+const detectionMs = (seed: number, relay: boolean, victim: string, ids: readonly string[] = IDS): number =>
+  msUntilSeenDead(cluster(seed, relay, ids), victim, ids)
 
 describe('Swim.setRelayed (the Raft leader passes on whom it heard from)', () => {
   it('idle followers stop probing each other: their datagrams fall to a tenth, and everyone stays alive', () => {
