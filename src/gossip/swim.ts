@@ -714,6 +714,58 @@ export class Swim {
     this.withdrawRelayed(id)
   }
 
+  /** The member this turn probes: one owed a probe (`withdrawRelayed`), else the next in order. */
+  private nextTarget(): MemberState | undefined {
+    const probeable = (m: MemberState | undefined): m is MemberState =>
+      m !== undefined && (m.status === 'alive' || m.status === 'suspect')
+    for (const id of this.owed) {
+      this.owed.delete(id)
+      const m = this.table.get(id)
+      if (probeable(m)) return m
+    }
+    for (let i = 0, n = this.order.length; i < n; i++) {
+      const id = this.order.next((x) => this.table.get(x) !== undefined)
+      if (id === undefined) return undefined
+      const m = this.table.get(id)
+      if (probeable(m)) return m
+    }
+    return undefined
+  }
+
+  /**
+   * Whether this turn's probe of `target` is skipped: it is alive and the application heard from it
+   * within the interval (`heardFrom`, used once), or its relay within `relayedEvidenceIntervals`.
+   */
+  private skipOnEvidence(target: MemberState, now: number, intervalMs: number): boolean {
+    const heard = this.heard.get(target.id)
+    this.heard.delete(target.id)
+    const relayed = this.relayed.get(target.id)
+    if (target.status === 'alive' && heard !== undefined && now - heard < intervalMs) {
+      this.counters.probesSkipped++
+      return true
+    }
+    if (
+      target.status === 'alive' &&
+      relayed !== undefined &&
+      now - relayed < this.cfg.relayedEvidenceIntervals * intervalMs
+    ) {
+      this.counters.probesSkipped++
+      this.counters.probesSkippedRelayed++
+      this.skippedOnRelay.add(target.id)
+      return true
+    }
+    this.skippedOnRelay.delete(target.id)
+    return false
+  }
+
+  /** What this node holds as evidence of `id`'s life, forgotten (the member is reaped). */
+  private forgetEvidence(id: string): void {
+    this.heard.delete(id)
+    this.relayed.delete(id)
+    this.skippedOnRelay.delete(id)
+    this.owed.delete(id)
+  }
+
   private probeTick(now: number): void {
     this.reap(now)
     const pending = this.probe
@@ -725,45 +777,8 @@ export class Swim {
     const timing = this.probeTiming()
     this.setTimer('probe', now + timing.intervalMs, (t) => this.probeTick(t))
     if (this.leaving) return
-    let target: MemberState | undefined
-    for (const id of this.owed) {
-      this.owed.delete(id)
-      const m = this.table.get(id)
-      if (m && (m.status === 'alive' || m.status === 'suspect')) {
-        target = m
-        break
-      }
-    }
-    for (let i = 0, n = target === undefined ? this.order.length : 0; i < n; i++) {
-      const id = this.order.next((x) => this.table.get(x) !== undefined)
-      if (id === undefined) break
-      const m = this.table.get(id)
-      if (m && (m.status === 'alive' || m.status === 'suspect')) {
-        target = m
-        break
-      }
-    }
-    if (!target) return
-    const heard = this.heard.get(target.id)
-    if (heard !== undefined) {
-      this.heard.delete(target.id)
-      if (target.status === 'alive' && now - heard < timing.intervalMs) {
-        this.counters.probesSkipped++
-        return
-      }
-    }
-    const relayed = this.relayed.get(target.id)
-    if (
-      relayed !== undefined &&
-      target.status === 'alive' &&
-      now - relayed < this.cfg.relayedEvidenceIntervals * timing.intervalMs
-    ) {
-      this.counters.probesSkipped++
-      this.counters.probesSkippedRelayed++
-      this.skippedOnRelay.add(target.id)
-      return
-    }
-    this.skippedOnRelay.delete(target.id)
+    const target = this.nextTarget()
+    if (!target || this.skipOnEvidence(target, now, timing.intervalMs)) return
     const seq = this.nextSeq()
     this.probe = {
       seq,
@@ -971,7 +986,7 @@ export class Swim {
       } else if (now - m.stateChangeMs >= this.cfg.reapTimeoutMs) {
         this.deadIds.delete(id)
         this.table.delete(id)
-        this.heard.delete(id)
+        this.forgetEvidence(id)
         this.queue.remove(id)
         this.touch()
         this.emit('member:reap', m)
