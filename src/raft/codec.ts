@@ -15,6 +15,8 @@ export const MAX_TICK_MS = 60_000
 const MAX_MEMBERS = 1024
 /** Most voters a heartbeat may relay (`alive`): far more than any configuration has. */
 export const MAX_RELAYED = 64
+/** Oldest contact a heartbeat may relay (`alive[].ageMs`): a minute, far past any relay's window. */
+export const MAX_RELAYED_AGE_MS = 60_000
 const TYPES: ReadonlySet<unknown> = new Set(MESSAGE_TYPES)
 
 /**
@@ -101,7 +103,7 @@ function messageOf(v: unknown): Message {
 function aliveOf(v: unknown): RelayedContact[] {
   need(Array.isArray(v) && v.length <= MAX_RELAYED, 'alive')
   return v.map((e: unknown) => {
-    need(isRecord(e) && isId(e['id']) && isU(e['ageMs']) && e['ageMs'] <= MAX_TICK_MS, 'alive entry')
+    need(isRecord(e) && isId(e['id']) && isU(e['ageMs']) && e['ageMs'] <= MAX_RELAYED_AGE_MS, 'alive entry')
     return { id: e['id'] as string, ageMs: e['ageMs'] as number }
   })
 }

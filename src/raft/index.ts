@@ -38,6 +38,7 @@ export type {
   NodeId,
   ReadState,
   Ready,
+  RelayedContact,
   RequestId,
   Role,
   Snapshot,

@@ -1,5 +1,5 @@
 import type { Unsubscribe } from '../../common/events.ts'
-import type { PolicySigningRoot, RequestId } from '../../raft/index.ts'
+import type { PolicySigningRoot, RelayedContact, RequestId } from '../../raft/index.ts'
 import type { GossipStatus } from './autopilot.ts'
 
 /** What Raft needs from CA key custody (implemented by the identity layer's KeyCustody). */
@@ -44,7 +44,7 @@ export interface RaftMembers {
    * `EvidenceRelay`); replaces what the last call said (GossipModule.setRelayed). Absent: nothing
    * is told.
    */
-  setRelayed?(entries: readonly { id: string; ageMs: number }[]): void
+  setRelayed?(entries: readonly RelayedContact[]): void
   /** Every connection to member `id` closed: what `heardFrom` told gossip no longer holds. */
   lostContact?(id: string): void
 }
