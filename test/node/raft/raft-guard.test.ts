@@ -17,6 +17,7 @@ import {
 import type { Host } from '../../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
 import { encodeConfChange } from '../../../src/raft/conf-change.ts'
+import { MAX_RELAYED, MAX_RELAYED_AGE_MS } from '../../../src/raft/codec.ts'
 import { encodeMessage } from '../../../src/raft/index.ts'
 import { CAMPAIGN_TRANSFER } from '../../../src/raft/raft.ts'
 import type { Message } from '../../../src/raft/types.ts'
@@ -178,5 +179,40 @@ describe('RaftModule listens only to its configuration (real libp2p transport)',
     ])
     for (const fire of fireRefusalLog) fire()
     expect(logged()).toHaveLength(3)
+  })
+
+  it('refuses heartbeats whose relayed evidence is oversized or too old as malformed; nothing changes, the agent lives', async () => {
+    const node = raft.raft!
+    const before = node.status()
+    const refused = raft.refusedMessages().malformed?.count ?? 0
+    const told = relayed.length
+    const me = attackerHost.peerId.toString()
+    const heartbeat = (alive: { id: string; ageMs: number }[]) =>
+      attacker.send(
+        self,
+        encodeMessage(raftMessage({ type: 'heartbeat', from: me, to: self, term: before.term, alive })),
+      )
+    // One entry past MAX_RELAYED, and one contact past MAX_RELAYED_AGE_MS.
+    heartbeat(Array.from({ length: MAX_RELAYED + 1 }, (_, i) => ({ id: `n${i}`, ageMs: 0 })))
+    heartbeat([{ id: self, ageMs: MAX_RELAYED_AGE_MS + 1 }])
+
+    await waitFor(
+      'both heartbeats refused',
+      async () => ((raft.refusedMessages().malformed?.count ?? 0) >= refused + 2 ? true : undefined),
+      8_000,
+      20,
+    )
+    expect(raft.refusedMessages().malformed).toMatchObject({ count: refused + 2, from: me })
+    // Gossip heard nothing; leader, term and configuration unchanged; writes still commit.
+    expect(relayed.length).toBe(told)
+    const after = node.status()
+    expect(after.term).toBe(before.term)
+    expect(after.leader).toBe(self)
+    expect(after.conf).toEqual(before.conf)
+    const w = await raft.write(
+      { op: 'config.set', kind: 'kv', name: 'still-guarded', value: { value: 'yes' } },
+      { signal: AbortSignal.timeout(5_000) },
+    )
+    expect(w.index).toBeGreaterThan(before.lastIndex)
   })
 })
