@@ -10,6 +10,7 @@ import {
 } from '../agent/config-constants.ts'
 import { isUserFacing } from '../agent/errors.ts'
 import { VERSION } from '../agent/version.ts'
+import { reduceMemoryOnce } from '../agent/memory-reducer.ts'
 import { holdYoungGeneration } from '../agent/young-generation.ts'
 import { registerAclCommands, resolveCliToken } from './acl.ts'
 import { registerCatalogCommands } from './catalog.ts'
@@ -107,6 +108,8 @@ export function buildCli(): Command {
     .action(async (opts: Record<string, unknown>) => {
       // Before anything large is loaded: an agent's start would grow the new space for good.
       holdYoungGeneration()
+      // One memory-reducing collection after the start instead of three (memory-reducer.ts).
+      reduceMemoryOnce()
       // Loaded here, as the agent below, so that the light commands load neither the config's
       // schemas (zod) nor the logger (pino).
       const [{ readConfigFile, resolveAgentConfig, validateAgentConfig }, { createLogger }] =
