@@ -52,18 +52,30 @@ export class ProbeOrder {
   }
 
   /**
+   * The id the next call of `next` returns, without taking it; at the end of a round, the next
+   * round starts now (as `next` would start it). Returns undefined if empty.
+   */
+  peek(keep: (id: string) => boolean): string | undefined {
+    if (this.index >= this.ids.length) this.newRound(keep)
+    if (this.ids.length === 0) return undefined
+    return this.at(this.index)
+  }
+
+  /**
    * Next id of the round; at the end of the round keeps only ids for which `keep` is true,
    * re-shuffles and starts again. Returns undefined if empty.
    */
   next(keep: (id: string) => boolean): string | undefined {
-    if (this.index >= this.ids.length) {
-      this.own()
-      this.ids = this.ids.filter((id) => id !== this.exclude && keep(id))
-      shuffle(this.ids, this.rng)
-      this.index = 0
-    }
+    if (this.index >= this.ids.length) this.newRound(keep)
     if (this.ids.length === 0) return undefined
     return this.at(this.index++)
+  }
+
+  private newRound(keep: (id: string) => boolean): void {
+    this.own()
+    this.ids = this.ids.filter((id) => id !== this.exclude && keep(id))
+    shuffle(this.ids, this.rng)
+    this.index = 0
   }
 
   private own(): void {

@@ -59,6 +59,8 @@ interface SimNode {
   pending: SimEvent[]
   scheduledTick: number
   gen: number
+  /** Timer events that ran this node's `tick` (its wake-ups, those that found nothing due too). */
+  wakeups: number
 }
 
 const TICK = 0
@@ -97,6 +99,8 @@ export class SimNetwork {
   private readonly reorder: number
   private readonly crypto: (id: string) => { signer: Signer; verifier: Verifier }
   private readonly nodes = new Map<string, SimNode>()
+  /** Nodes handed out by `node()` since the last event: their timers may have moved. */
+  private readonly touched = new Set<SimNode>()
   private readonly queue = new SimEventQueue<SimEvent>()
   private groups = new Map<string, number>()
   private clock = 0
@@ -133,6 +137,7 @@ export class SimNetwork {
       pausedUntil: 0,
       pending: [],
       scheduledTick: Number.POSITIVE_INFINITY,
+      wakeups: 0,
       gen: 0,
     })
     return swim
@@ -188,8 +193,24 @@ export class SimNetwork {
     }
   }
 
+  /**
+   * The node's core, for calls from outside the simulation (`heardFrom`, `setRelayed`, ...): its
+   * timer is re-armed before the next event, as a driver re-arms after such a call.
+   */
   node(id: string): Swim {
-    return this.mustGet(id).swim
+    const n = this.mustGet(id)
+    this.touched.add(n)
+    return n.swim
+  }
+
+  /** How many times `id`'s timer woke it (including wake-ups that found nothing due). */
+  wakeups(id: string): number {
+    return this.mustGet(id).wakeups
+  }
+
+  private rescheduleTouched(): void {
+    for (const n of this.touched) this.reschedule(n)
+    this.touched.clear()
   }
 
   ids(): string[] {
@@ -276,6 +297,7 @@ export class SimNetwork {
 
   runUntil(t: number): void {
     for (;;) {
+      this.rescheduleTouched()
       const ev = this.queue.peek()
       if (ev === undefined || ev.time > t) break
       this.queue.pop()
@@ -385,6 +407,7 @@ export class SimNetwork {
         if (ev.gen !== n.gen || ev.time !== n.scheduledTick) return
         n.scheduledTick = Number.POSITIVE_INFINITY
         if (this.clock < n.pausedUntil) return // the RESUME event runs the timers
+        n.wakeups++
         this.apply(n, n.swim.tick(this.clock))
         return
       case RESUME:

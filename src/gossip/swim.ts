@@ -270,6 +270,11 @@ export class Swim {
   private readonly skippedOnRelay = new Set<string>()
   /** Members to probe at the next turns, ahead of the order: their relayed evidence was withdrawn. */
   private readonly owed = new Set<string>()
+  /**
+   * The turn taken ahead (`takeTurnAhead`): at `at` the order's next member, `id`, would have been
+   * skipped on relayed evidence, so the probe timer sleeps through it to the turn after.
+   */
+  private ahead: { id: string; at: number; intervalMs: number } | undefined
   private out: Output = emptyOutput()
   private stateCache: { version: number; join: boolean; bytes: Uint8Array } | undefined
   private digestCache: { version: number; bytes: Uint8Array } | undefined
@@ -594,6 +599,7 @@ export class Swim {
 
   /** The output of this call (every public method starts with `begin`, which starts the next). */
   private take(): Output {
+    this.revisitAhead()
     this.armGossip()
     return this.out
   }
@@ -675,6 +681,7 @@ export class Swim {
    * times ahead of `nowMs` are ignored.
    */
   setRelayed(entries: readonly { id: string; heardAtMs: number }[], nowMs: number): void {
+    if (nowMs > this.lastNow) this.lastNow = nowMs
     const before = this.relayed
     this.relayed = new Map()
     if (this.cfg.relayedEvidenceIntervals > 0) {
@@ -688,6 +695,7 @@ export class Swim {
     // An empty list (the relay changed, or says nothing) tells nothing against any one member.
     const specific = this.relayed.size > 0
     for (const id of before.keys()) if (!this.relayed.has(id)) this.withdrawRelayed(id, specific)
+    this.revisitAhead()
   }
 
   /**
@@ -702,6 +710,68 @@ export class Swim {
   private withdrawRelayed(id: string, owed = true): void {
     this.relayed.delete(id)
     if (this.skippedOnRelay.delete(id) && owed) this.owed.add(id)
+    this.revisitAhead()
+  }
+
+  /**
+   * A turn that would only skip costs an idle node a wake-up for nothing (an idle Raft follower's
+   * turns are all skips: its leader on `heardFrom`, the other voters on the leader's relay). After
+   * a turn that sent no probe, the next one is taken at once if the order's next member would be
+   * skipped then on what the relay has already said (its contact still younger than
+   * `relayedEvidenceIntervals` intervals at that time), and the timer sleeps to the turn after.
+   * Only relayed evidence qualifies (`heardFrom` must be younger than one interval at the turn, so
+   * it never covers a turn ahead), and only one turn ahead; a turn that starts a round starts it
+   * (reshuffles the order) a turn early. Whatever would have changed that turn brings it back
+   * (`revisitAhead`): no member is probed later than without it.
+   */
+  private takeTurnAhead(now: number, intervalMs: number): void {
+    if (this.probe !== undefined || this.leaving || this.owed.size > 0) return
+    const inTable = (x: string): boolean => this.table.get(x) !== undefined
+    const id = this.order.peek(inTable)
+    if (id === undefined) return
+    const at = now + intervalMs
+    if (!this.coveredByRelay(id, at, intervalMs)) return
+    this.order.next(inTable) // the same id
+    this.heard.delete(id)
+    this.counters.probesSkipped++
+    this.counters.probesSkippedRelayed++
+    this.skippedOnRelay.add(id)
+    this.ahead = { id, at, intervalMs }
+    this.setTimer('probe', at + intervalMs, (t) => this.probeTick(t))
+  }
+
+  private coveredByRelay(id: string, at: number, intervalMs: number): boolean {
+    const m = this.table.get(id)
+    const relayed = this.relayed.get(id)
+    return (
+      m !== undefined &&
+      m.status === 'alive' &&
+      relayed !== undefined &&
+      at - relayed < this.cfg.relayedEvidenceIntervals * intervalMs
+    )
+  }
+
+  /**
+   * The turn taken ahead is given back its time when, before that time, its member stopped being
+   * covered (withdrawn, suspected, gone: a member still probeable is owed a probe then) or another
+   * member became owed one: as without the lookahead, that turn probes.
+   */
+  private revisitAhead(): void {
+    const a = this.ahead
+    if (a === undefined) return
+    if (a.at <= this.lastNow) {
+      this.ahead = undefined // its time has passed: the turns after it go on as usual
+      return
+    }
+    const covered = this.coveredByRelay(a.id, a.at, a.intervalMs)
+    if (covered && this.owed.size === 0) return
+    if (!covered) {
+      const status = this.table.get(a.id)?.status
+      if (status === 'alive' || status === 'suspect') this.owed.add(a.id)
+      this.skippedOnRelay.delete(a.id)
+    }
+    this.ahead = undefined
+    this.setTimer('probe', a.at, (t) => this.probeTick(t))
   }
 
   /**
@@ -776,9 +846,13 @@ export class Swim {
     if (pending) this.probeEnd(now)
     const timing = this.probeTiming()
     this.setTimer('probe', now + timing.intervalMs, (t) => this.probeTick(t))
+    this.ahead = undefined
     if (this.leaving) return
     const target = this.nextTarget()
-    if (!target || this.skipOnEvidence(target, now, timing.intervalMs)) return
+    if (!target || this.skipOnEvidence(target, now, timing.intervalMs)) {
+      this.takeTurnAhead(now, timing.intervalMs)
+      return
+    }
     const seq = this.nextSeq()
     this.probe = {
       seq,

@@ -101,11 +101,14 @@ export class SwimDriver {
       entries.map((e) => ({ id: e.id, heardAtMs: now - e.ageMs })),
       now,
     )
+    this.schedule() // a turn taken ahead may be given back its time (Swim.takeTurnAhead)
   }
 
   /** The authenticated channel to `id` closed (Swim.lostContact). */
   lostContact(id: string): void {
-    if (!this.stopped) this.swim.lostContact(id)
+    if (this.stopped) return
+    this.swim.lostContact(id)
+    this.schedule() // as setRelayed
   }
 
   /** A push/pull request from `from`: our state in reply, or undefined when the core dropped it. */
