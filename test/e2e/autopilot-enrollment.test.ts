@@ -40,6 +40,9 @@ describe('autopilot with ACLs on (issue #12)', () => {
         seeds: [1, 2, 3].filter((j) => j !== i).map(addr),
         ...(extra.plain === true ? { initialManagementToken: false } : {}),
         extraArgs: extra.founder === true ? ['--bootstrap-expect', '3'] : [],
+        // Picked ahead for the seeds; a port taken meanwhile by another test's process is picked
+        // again (every agent has two other seeds).
+        portsMayMove: true,
       })
       a.p2pPort = ports[i]!
       return a

@@ -70,8 +70,8 @@ async function sortedNodeKeys(): Promise<{ id: string; key: Uint8Array }[]> {
 /**
  * Starts `a` as the harness does, more patiently: four processes starting at once on a loaded
  * machine may miss the harness's start deadline (made for one), so one still running is given
- * `timeoutMs`; one whose HTTP port was taken meanwhile starts again on another (its p2p port stays:
- * the others' seeds name it).
+ * `timeoutMs`; one whose HTTP or p2p port was taken meanwhile starts again on another (the harness
+ * picks again, `portsMayMove`: the moved agent's own seeds still reach the others).
  */
 async function startUnderLoad(a: AgentProcess, timeoutMs: number): Promise<void> {
   for (let attempt = 1; ; attempt++) {
@@ -129,6 +129,9 @@ export async function runFoundingAcl(label: string, timeoutMs = 30_000): Promise
         extraArgs: joiner
           ? ['--config', withoutToken] // a plain joiner: no token, no --bootstrap-expect
           : ['--config', withToken, '--bootstrap-expect', '3'],
+        // Picked ahead for the seeds; a port taken meanwhile by another test's process is picked
+        // again (every agent has the others as seeds too).
+        portsMayMove: true,
       })
       a.p2pPort = ports[i]!
       return a

@@ -124,6 +124,12 @@ export interface AgentOptions {
   /** A file (0600) holding this agent's token (`--token-file`), e.g. from `TestCluster.writeToken`. */
   tokenFile?: string
   extraArgs?: string[]
+  /**
+   * The test set this agent's ports itself (to name them in other agents' seeds), and nothing
+   * depends on them staying: on "address already in use" at the start they are picked again, as
+   * ports the harness picked are (the other agents' other seeds still lead the cluster to it).
+   */
+  portsMayMove?: boolean
 }
 
 /** One agent process, spoken to only through its HTTP API and the CLI, as a user would. */
@@ -150,10 +156,12 @@ export class AgentProcess {
   /**
    * Starts the agent and waits for its HTTP API. A port that `freePort` found free can be taken by
    * another test file's process before the agent binds it: on "address already in use" for a port
-   * this harness picked, it picks new ones and starts again (at most 3 times).
+   * this harness picked (or any, with `portsMayMove`), it picks new ones and starts again (at most 3
+   * times).
    */
   async start(): Promise<void> {
-    const picked = { http: this.httpPort === 0, p2p: this.p2pPort === 0 }
+    const moves = this.options.portsMayMove === true
+    const picked = { http: moves || this.httpPort === 0, p2p: moves || this.p2pPort === 0 }
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.startOnce()
