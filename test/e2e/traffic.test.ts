@@ -169,6 +169,23 @@ describe('traffic management through the sidecars (end to end, 3 agent processes
       },
     })
     await put(c, '/v1/connect/intentions', { source: 'web', destination: '*', action: 'allow' }, 'POST')
+    // A registration answers before its sidecar listens (`peermesh register` waits for this; an
+    // HTTP client asks): web's outbound may learn of an instance whose inbound is not bound yet.
+    for (const [agentOf, id] of [
+      [c, 'backup-1'],
+      [c, 'slow-1'],
+      [c, 'flaky-1'],
+      [c, 'held-1'],
+    ] as const) {
+      await waitFor(
+        `${id}'s sidecar listening`,
+        async () => {
+          const r = await agentOf.api<{ Ready: boolean }>(`/v1/agent/sidecar/${id}?timeout=4000`)
+          return r?.Ready === true ? true : undefined
+        },
+        60_000,
+      )
+    }
     await waitFor(
       'both subsets reachable through the router',
       async () => {
