@@ -710,7 +710,6 @@ export class Swim {
   private withdrawRelayed(id: string, owed = true): void {
     this.relayed.delete(id)
     if (this.skippedOnRelay.delete(id) && owed) this.owed.add(id)
-    this.revisitAhead()
   }
 
   /**
@@ -782,6 +781,7 @@ export class Swim {
   lostContact(id: string): void {
     this.heard.delete(id)
     this.withdrawRelayed(id)
+    this.revisitAhead()
   }
 
   /** The member this turn probes: one owed a probe (`withdrawRelayed`), else the next in order. */

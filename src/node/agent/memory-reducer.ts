@@ -1,4 +1,5 @@
 import { setFlagsFromString } from 'node:v8'
+import { userSetsNodeFlags } from './node-flags.ts'
 
 /**
  * V8's memory reducer in the agent process: one collection where V8 runs up to three.
@@ -22,8 +23,7 @@ export function userSetsMemoryReducer(
   execArgv: readonly string[] = process.execArgv,
   nodeOptions: string = process.env['NODE_OPTIONS'] ?? '',
 ): boolean {
-  const mentions = (s: string): boolean => /memory[-_]reducer/.test(s)
-  return execArgv.some(mentions) || mentions(nodeOptions)
+  return userSetsNodeFlags(/memory[-_]reducer/, execArgv, nodeOptions)
 }
 
 /**

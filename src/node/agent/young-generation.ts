@@ -1,5 +1,6 @@
 import { PerformanceObserver } from 'node:perf_hooks'
 import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8'
+import { userSetsNodeFlags } from './node-flags.ts'
 
 /**
  * The agent's young generation (V8's new space, where every short-lived object is born).
@@ -50,8 +51,7 @@ export function userSetsYoungGeneration(
   execArgv: readonly string[] = process.execArgv,
   nodeOptions: string = process.env['NODE_OPTIONS'] ?? '',
 ): boolean {
-  const mentions = (s: string): boolean => /semi[-_]space/.test(s)
-  return execArgv.some(mentions) || mentions(nodeOptions)
+  return userSetsNodeFlags(/semi[-_]space/, execArgv, nodeOptions)
 }
 
 /**
