@@ -16,7 +16,7 @@ import type { Clock } from '../common/clock.ts'
 import type { ListenerMetrics } from './metrics.ts'
 import { MuxResetCode } from './mux-frame.ts'
 import { MuxSession, type MuxStream } from './mux-session.ts'
-import { relayOnRead } from './relay.ts'
+import { canReadAccepted, readAccepted, relayOnRead } from './relay.ts'
 import { type AccessLogMode, type ProxyLogger, shouldLogAccess } from './types.ts'
 
 export interface MuxInboundInit {
@@ -57,9 +57,12 @@ export class MuxInbound {
   serve(socket: net.Socket, source: string): void {
     const init = this.init
     const served: ServedSession = { session: undefined as unknown as MuxSession, source, locals: new Map() }
+    // The session's bytes through onread when node allows it on an accepted socket (relay.ts).
+    const onRead = canReadAccepted(socket)
     served.session = new MuxSession({
       socket,
       role: 'server',
+      externalReads: onRead,
       clock: init.clock,
       maxStreams: init.maxStreams,
       initialWindow: init.initialWindow,
@@ -88,6 +91,12 @@ export class MuxInbound {
         this.sessions.delete(served)
       },
     })
+    if (onRead) {
+      readAccepted(socket, (chunk) => {
+        served.session.receive(chunk)
+        return true
+      })
+    }
     this.sessions.add(served)
   }
 

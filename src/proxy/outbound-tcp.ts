@@ -26,7 +26,7 @@ import {
 import type { EndpointRecord } from './endpoint-pool.ts'
 import { InvalidProxyConfigError, UpstreamConnectError } from './errors.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
-import { forward, relayOnRead } from './relay.ts'
+import { forward, readAccepted, relayOnRead } from './relay.ts'
 import { MuxResetCode } from './mux-frame.ts'
 import type { MuxSession, MuxStream } from './mux-session.ts'
 import { type AdoptedSocket, type ClientSession, MuxClientPool } from './outbound-mux.ts'
@@ -141,6 +141,13 @@ class L4Connection {
   private readonly plan: Plan
   private finished = false
   private result = 'ok'
+  /** The client's bytes come through `onread` (relay.ts `readAccepted`), not `'data'` events. */
+  private readonly clientOnRead: boolean
+  /** Where the client's bytes go with `onread`: to `onClientData`, then straight on once streaming. */
+  private deliverClient = (chunk: Buffer): boolean => {
+    this.onClientData(chunk)
+    return true // onClientData pauses the client itself when it must
+  }
 
   constructor(
     private readonly core: UpstreamCore,
@@ -151,7 +158,8 @@ class L4Connection {
   ) {
     this.startedAt = core.clock.now()
     this.plan = core.plan(ALL_ROUTE)
-    client.on('data', this.onClientData)
+    this.clientOnRead = readAccepted(client, (chunk) => this.deliverClient(chunk))
+    if (!this.clientOnRead) client.on('data', this.onClientData)
     client.on('end', this.onClientEnd)
     client.on('error', () => {}) // 'close' follows and tears the upstream down
     client.on('close', this.onClientClose)
@@ -173,8 +181,8 @@ class L4Connection {
   private readonly onClientEnd = (): void => {
     this.clientEnded = true
     if (this.stream !== undefined) this.stream.end()
-    // Once streaming, the pipe relays the end.
-    else if (this.secure && this.replayable) this.upstream!.end()
+    // Once streaming, the pipe relays the end (with onread, we do).
+    else if (this.secure && (this.replayable || this.clientOnRead)) this.upstream!.end()
   }
 
   private readonly onClientClose = (): void => {
@@ -426,8 +434,13 @@ class L4Connection {
     this.bufferedBytes = 0
     // A mux stream keeps taking the client's bytes through onClientData (with its credit).
     if (this.stream !== undefined) return
-    this.client.off('data', this.onClientData)
     const up = this.upstream!
+    if (this.clientOnRead) {
+      this.deliverClient = (chunk) => forward(this.client, up, chunk)
+      if (this.clientEnded && !up.writableEnded) up.end()
+      return
+    }
+    this.client.off('data', this.onClientData)
     // A client that already ended (before the handshake finished) gets its end relayed here.
     if (!this.clientEnded) this.client.pipe(up)
     else if (!up.writableEnded) up.end()

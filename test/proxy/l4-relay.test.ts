@@ -2,14 +2,16 @@
  * The L4 relay (relay.ts) between the outbound listener and the inbound listener: bytes arrive
  * whole and in order on many connections at once (they share one read buffer), half-closes are
  * relayed both ways, and a client that stops reading stops the app's sending instead of filling
- * the sidecars' memory. Every case runs twice: multiplexed over one `peermesh-mux/1` session
- * (the default), and with one TLS connection per client connection (`mux: false`).
+ * the sidecars' memory. Every case runs multiplexed over one `peermesh-mux/1` session (the
+ * default) and with one TLS connection per client connection (`mux: false`), each with accepted
+ * sockets read through `onread` (node 20) and through `'data'` events (a node without it).
  */
 import { createHash, randomBytes } from 'node:crypto'
 import net from 'node:net'
-import { afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { InboundListener } from '../../src/proxy/inbound.ts'
 import { OutboundListener } from '../../src/proxy/outbound-tcp.ts'
+import { allowAcceptedOnRead } from '../../src/proxy/relay.ts'
 import {
   IntentionAuthorizer,
   StaticCertificateSource,
@@ -88,9 +90,15 @@ const sha256 = (chunks: Buffer[]): string => {
 }
 
 describe.each([
-  { mode: 'multiplexed', mux: true },
-  { mode: 'per connection', mux: false },
-])('L4 relay through an outbound and an inbound listener ($mode)', ({ mux }) => {
+  { mode: 'multiplexed', mux: true, onRead: true },
+  { mode: 'per connection', mux: false, onRead: true },
+  { mode: 'multiplexed, accepted sockets read by data events', mux: true, onRead: false },
+  { mode: 'per connection, accepted sockets read by data events', mux: false, onRead: false },
+])('L4 relay through an outbound and an inbound listener ($mode)', ({ mux, onRead }) => {
+  // Accepted sockets read through onread where node allows it (relay.ts `readAccepted`), through
+  // 'data' events where it does not: both paths relay the same.
+  beforeAll(() => allowAcceptedOnRead(onRead))
+  afterAll(() => allowAcceptedOnRead(true))
   it('echoes 4 MiB on each of 6 connections at once, every byte in order', async () => {
     // The app echoes every byte and ends when the caller ends.
     const port = await meshTo(await startApp((s) => s.pipe(s)), mux)
