@@ -32,7 +32,7 @@ import { InboundHttp } from './inbound-http.ts'
 import { H2InboundHandler } from './inbound-h2.ts'
 import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
-import { forward, relayOnRead } from './relay.ts'
+import { forward, readAccepted, relayOnRead } from './relay.ts'
 import { DEFAULT_MUX_DRAIN_MS, DEFAULT_MUX_INITIAL_WINDOW, DEFAULT_MUX_MAX_STREAMS } from './constants.ts'
 import { MuxInbound } from './inbound-mux.ts'
 import { MUX_ALPN } from './mux-frame.ts'
@@ -405,7 +405,10 @@ export class InboundListener {
         )
       }
     })
-    socket.pipe(local)
+    // The caller's bytes through onread where node allows it on an accepted socket (relay.ts);
+    // its end is then ours to relay, as pipe() does.
+    if (readAccepted(socket, (chunk) => forward(socket, local, chunk))) socket.on('end', () => local.end())
+    else socket.pipe(local)
     local.on('end', () => socket.end())
     socket.on('close', () => {
       if (!socketEnded || !localEnded) local.destroy()
