@@ -91,12 +91,11 @@ export class MuxInbound {
         this.sessions.delete(served)
       },
     })
-    if (onRead) {
-      readAccepted(socket, (chunk) => {
-        served.session.receive(chunk)
-        return true
-      })
+    const receive = (chunk: Buffer): boolean => {
+      served.session.receive(chunk)
+      return true
     }
+    if (onRead && !readAccepted(socket, receive)) socket.on('data', receive)
     this.sessions.add(served)
   }
 

@@ -143,12 +143,18 @@ export function canReadAccepted(socket: net.Socket): boolean {
 export function readAccepted(socket: net.Socket, deliver: (chunk: Buffer) => boolean): boolean {
   if (!canReadAccepted(socket)) return false
   const f = onReadFields!
-  for (let chunk: Buffer | null = socket.read(); chunk !== null; chunk = socket.read()) deliver(chunk)
+  let full = false
+  for (let chunk: Buffer | null = socket.read(); chunk !== null; chunk = socket.read()) {
+    if (!deliver(chunk)) full = true
+  }
   const options = relayOnRead(deliver)
   const fields = socket as unknown as Record<symbol, unknown>
   fields[f.buffer] = options.buffer
   fields[f.callback] = options.callback
   ;(socket as unknown as { _handle: Required<StreamHandle> })._handle.useUserBuffer(options.buffer)
+  // A destination that filled up on those bytes: no more reads until `resume()`, as after a
+  // callback that returned false.
+  if (full) socket.pause()
   return true
 }
 

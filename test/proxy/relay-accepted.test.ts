@@ -117,6 +117,23 @@ describe.each([
     expect(Buffer.concat(got.chunks).toString()).toBe('first;second')
   })
 
+  it('a destination full on the bytes read before the switch stops reading, until resume()', async () => {
+    const { accepted, client } = await pair()
+    client.write('first;')
+    await once(accepted, 'readable')
+    const chunks: Buffer[] = []
+    readAccepted(accepted, (chunk) => {
+      chunks.push(chunk)
+      return false
+    })
+    expect(Buffer.concat(chunks).toString()).toBe('first;')
+    await new Promise<void>((r) => client.write('next', () => r()))
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
+    expect(Buffer.concat(chunks).toString()).toBe('first;')
+    accepted.resume()
+    await until(() => Buffer.concat(chunks).toString() === 'first;next', 'the rest after resume()')
+  })
+
   it('stops reading when the callback says false, until resume()', async () => {
     const { accepted, client } = await pair()
     const chunks: Buffer[] = []
