@@ -82,6 +82,26 @@ async function until(check: () => boolean, what: string): Promise<void> {
   }
 }
 
+/**
+ * After `client` writes `more`, `accepted` (stopped reading) has delivered only `held` into
+ * `chunks`; after `resume()`, `everything`. Without Nagle, a loopback write's bytes are in the
+ * receiver's queue once the write callback runs; a reading socket would have them within a turn
+ * (every turn polls): 20 turns, nothing.
+ */
+async function heldUntilResume(
+  accepted: net.Socket,
+  client: net.Socket,
+  chunks: Buffer[],
+  write: { more: string; held: string; everything: string },
+): Promise<void> {
+  const got = (): string => Buffer.concat(chunks).toString()
+  await new Promise<void>((r) => client.write(write.more, () => r()))
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
+  expect(got()).toBe(write.held)
+  accepted.resume()
+  await until(() => got() === write.everything, 'the rest after resume()')
+}
+
 describe.each([
   { kind: 'plain', pair: plainPair },
   { kind: 'TLS', pair: tlsPair },
@@ -127,11 +147,11 @@ describe.each([
       return false
     })
     expect(Buffer.concat(chunks).toString()).toBe('first;')
-    await new Promise<void>((r) => client.write('next', () => r()))
-    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
-    expect(Buffer.concat(chunks).toString()).toBe('first;')
-    accepted.resume()
-    await until(() => Buffer.concat(chunks).toString() === 'first;next', 'the rest after resume()')
+    await heldUntilResume(accepted, client, chunks, {
+      more: 'next',
+      held: 'first;',
+      everything: 'first;next',
+    })
   })
 
   it('stops reading when the callback says false, until resume()', async () => {
@@ -144,13 +164,7 @@ describe.each([
     client.write('a')
     await until(() => chunks.length === 1, 'the first chunk')
     client.write('b')
-    // Without Nagle, a loopback write's bytes are in the receiver's queue once the write callback
-    // runs; a reading socket would have them within a turn (every turn polls): 20 turns, nothing.
-    await new Promise<void>((r) => client.write('c', () => r()))
-    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
-    expect(Buffer.concat(chunks).toString()).toBe('a')
-    accepted.resume()
-    await until(() => Buffer.concat(chunks).toString() === 'abc', 'the rest after resume()')
+    await heldUntilResume(accepted, client, chunks, { more: 'c', held: 'a', everything: 'abc' })
   })
 })
 
