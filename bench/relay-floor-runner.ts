@@ -4,8 +4,9 @@
  * below our sidecars' code:
  *
  * - `lean-*`: one mutual-TLS connection per client connection, as our sidecars and HAProxy do;
- *   `'data'` -> `write` one way and node's `onread` the other, nothing else (no policy, retries,
- *   metrics, back-pressure or half-close).
+ *   every socket read through node's `onread` (the accepted ones through `readAccepted`, as our
+ *   sidecars read them since session 24; `'data'` events where this node does not allow it) and
+ *   written with `write`, nothing else (no policy, retries, metrics, back-pressure or half-close).
  * - `mux-*`: every client connection of the outbound multiplexed over ONE mutual-TLS connection to
  *   the inbound, in frames `[stream id u32][length u32][bytes]`; the frames a side has to send in
  *   one event-loop turn go out in one TLS write (flushed by `setImmediate`, after the poll phase).
@@ -18,6 +19,7 @@
 import { readFileSync } from 'node:fs'
 import net, { type AddressInfo } from 'node:net'
 import tls from 'node:tls'
+import { readAccepted } from '../src/proxy/relay.ts'
 import type { ServiceCertificate } from '../src/proxy/types.ts'
 
 export type FloorRunnerConfig =
@@ -87,11 +89,15 @@ function deframer(onFrame: (id: number, payload: Buffer) => void): (chunk: Buffe
 }
 
 /**
- * The rest of a lean relay's pair of sockets: `from`'s bytes written to `to` (the other way goes
- * through `to`'s `onread`), errors ignored, and either closing closes the other.
+ * The rest of a lean relay's pair of sockets: the accepted `from`'s bytes written to `to` (the
+ * other way goes through `to`'s `onread`), errors ignored, and either closing closes the other.
  */
 function wire(from: net.Socket, to: net.Socket): void {
-  from.on('data', (c: Buffer) => to.write(c))
+  const deliver = (c: Buffer): boolean => {
+    to.write(c)
+    return true
+  }
+  if (!readAccepted(from, deliver)) from.on('data', deliver)
   from.on('error', () => {})
   to.on('error', () => {})
   from.on('close', () => to.destroy())
