@@ -733,8 +733,9 @@ export class RaftModule implements AgentModule {
   /**
    * One message from the peer the transport authenticated (`from`, its libp2p peer id): decoded
    * once, dropped and counted unless it names that peer as its sender and this node as its
-   * recipient, and, for a snapshot, carries a trusted CA signature; then the core decides (it
-   * listens only to its configuration).
+   * recipient, and, for a snapshot, carries a trusted CA signature and restores (a fresh agent,
+   * which trusts no root yet, must not write to disk a snapshot it cannot restore: it would not
+   * start again); then the core decides (it listens only to its configuration).
    */
   private receive(node: RaftNode<PolicyResult>, from: string, bytes: Uint8Array): void {
     const r = decodeMessage(bytes)
@@ -747,6 +748,8 @@ export class RaftModule implements AgentModule {
     else if (m.to !== node.id) this.refuse('malformed', from, m.type, m.term)
     else if (m.type === 'snap' && !this.verifySnapshot(m))
       this.refuse('untrusted_snapshot', from, m.type, m.term)
+    else if (m.type === 'snap' && this.store.snapshotProblem(m.snapshot!.data) !== undefined)
+      this.refuse('malformed', from, m.type, m.term)
     else {
       // Consul's X-Consul-LastContact: when this follower last heard from the leader it knows.
       if (m.from === node.leader()) this.lastLeaderContact = this.clock.now()

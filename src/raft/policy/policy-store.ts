@@ -549,6 +549,21 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   }
 
   /**
+   * Why `restore` would refuse these bytes, or undefined if it would take them: restores them into
+   * a scratch store, so a snapshot from a peer is checked before the Raft core takes it (a core
+   * that took it would write it to disk, and an agent that cannot restore what is on its disk
+   * cannot start).
+   */
+  snapshotProblem(bytes: Uint8Array): string | undefined {
+    try {
+      new PolicyStore(this.maxDedupeClients, this.options).restore(bytes)
+      return undefined
+    } catch (err) {
+      return err instanceof Error ? err.message : String(err)
+    }
+  }
+
+  /**
    * Replaces the state with a snapshot's. Checked whole before anything changes: a malformed one
    * throws a RangeError and leaves the state as it was.
    */

@@ -12,7 +12,8 @@ import { waitFor } from '../../e2e/harness.ts'
 /**
  * A RaftModule leading its own one-voter cluster on a real libp2p host (ACLs off), and a second
  * host holding the same cluster key but not a member: the set-up of the raft-guard tests, where
- * that second host attacks the first over one transport or another.
+ * that second host attacks the first over one transport or another. `fresh`: the agent is not
+ * bootstrapped and waits, with an empty configuration, to be added (as a joining agent does).
  */
 export interface LoneRaftAgent {
   self: string
@@ -30,7 +31,9 @@ export async function startLoneRaftAgent(o: {
   metrics: Registry
   /** What the module tells gossip of its leader's relayed evidence (`RaftMembers.setRelayed`). */
   setRelayed?: (entries: readonly { id: string; ageMs: number }[]) => void
+  fresh?: boolean
 }): Promise<LoneRaftAgent> {
+  const fresh = o.fresh === true
   const identity = await loadOrCreateNodeIdentity(o.dataDir)
   const listen = ['/ip4/127.0.0.1/tcp/0']
   const agentHost = await createHost({ identity, clusterKey: o.clusterKey, listen })
@@ -39,7 +42,7 @@ export async function startLoneRaftAgent(o: {
     config: {
       name: 'agent',
       dataDir: o.dataDir,
-      bootstrap: true,
+      bootstrap: !fresh,
       raftVoters: 1,
       listen,
       acl: { enabled: false, defaultPolicy: 'deny', anonymousRead: true },
@@ -65,12 +68,13 @@ export async function startLoneRaftAgent(o: {
     clock: o.clock,
   })
   await raft.start(ctx)
-  await waitFor(
-    'the agent leads its one-voter cluster',
-    async () => (raft.raft?.isLeader() ? true : undefined),
-    10_000,
-    20,
-  )
+  if (!fresh)
+    await waitFor(
+      'the agent leads its one-voter cluster',
+      async () => (raft.raft?.isLeader() ? true : undefined),
+      10_000,
+      20,
+    )
   const attackerHost = await createHost({
     identity: await loadOrCreateNodeIdentity(o.attackerDir),
     clusterKey: o.clusterKey,
