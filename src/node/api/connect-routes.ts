@@ -294,7 +294,7 @@ async function maybeBlock(connect: ConnectApi, req: ApiRequest): Promise<void> {
   if (w !== null) {
     const ms = parseDuration(w)
     if (ms === undefined) throw new ApiError('wait: expected a duration such as "10s"', 400)
-    waitMs = Math.min(ms, MAX_BLOCKING_WAIT_MS)
+    waitMs = Math.min(Math.ceil(ms), MAX_BLOCKING_WAIT_MS)
   }
   await connect.waitForChange(Number(after), waitMs, req.signal)
 }

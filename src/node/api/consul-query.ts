@@ -48,7 +48,8 @@ export function blockingParams(req: ApiRequest): { after?: number; waitMs: numbe
   if (w !== null && w !== '') {
     const ms = parseDuration(w)
     if (ms === undefined) throw new ApiError('Invalid wait time', 400)
-    waitMs = Math.min(ms, MAX_BLOCKING_WAIT_MS)
+    // Whole milliseconds (`wait=1.5ms`, `100ns`): timers such as AbortSignal.timeout take no fraction.
+    waitMs = Math.min(Math.ceil(ms), MAX_BLOCKING_WAIT_MS)
   }
   const i = req.query.get('index')
   if (i === null || i === '') return { waitMs }

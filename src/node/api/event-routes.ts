@@ -96,7 +96,7 @@ function blockingParams(req: ApiRequest): { after?: string; waitMs: number } {
     const ms = parseDuration(waitText)
     if (ms === undefined || ms > MAX_BLOCKING_WAIT_MS)
       throw new ApiError('wait: must be a duration like "30s", at most 10m', 400)
-    waitMs = ms
+    waitMs = Math.ceil(ms)
   }
   if (index === null) return { waitMs }
   if (!/^\d{1,20}$/.test(index) || BigInt(index) > 0xffff_ffff_ffff_ffffn)

@@ -102,7 +102,7 @@ export async function blockOn(api: KvApi, req: ApiRequest, current: () => number
   if (w !== null) {
     const ms = parseDuration(w)
     if (ms === undefined) throw new ApiError(`wait: invalid duration ${JSON.stringify(w)}`, 400)
-    waitMs = Math.min(ms, MAX_BLOCKING_WAIT_MS)
+    waitMs = Math.min(Math.ceil(ms), MAX_BLOCKING_WAIT_MS)
   }
   // Consul adds up to wait/16 of jitter so that many watchers do not return together; none here.
   const deadline = api.wallNow() + waitMs

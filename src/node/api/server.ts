@@ -375,7 +375,14 @@ export class HttpApi {
     const signals = new RequestSignals(res)
     let closeAfter = false
     try {
-      const url = new URL(req.url ?? '/', 'http://localhost')
+      let url: URL
+      try {
+        url = new URL(req.url ?? '/', 'http://localhost')
+      } catch {
+        // Not a URL (`http://[/x`, a port past 65535): refused like a bad path, body unread.
+        closeAfter = true
+        throw new ApiError('invalid request target', 400)
+      }
       const method = (req.method ?? 'GET').toUpperCase()
       // Refused before routing and before the body is read; the unread body means the connection
       // cannot be reused.

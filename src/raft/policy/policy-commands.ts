@@ -49,12 +49,18 @@ export type PolicyResult = { ok: true; index: number } | { ok: false; code: Poli
 const name = z.string().min(1).max(512)
 const meta = z.record(z.string().max(128), z.string().max(1024))
 
-/** Config entry kinds accepted, each with the schema its value must satisfy; others are rejected. */
-export const CONFIG_ENTRY_SCHEMAS: Record<string, z.ZodType> = {
-  ...TRAFFIC_ENTRY_SCHEMAS,
-  /** A generic string value, for tools, tests and benchmarks that need a plain register. */
-  kv: z.object({ value: z.string().max(65_536) }).strict(),
-}
+/**
+ * Config entry kinds accepted, each with the schema its value must satisfy; others are rejected.
+ * Without a prototype: a kind is a caller's string, and `constructor` or `toString` must look up
+ * nothing, not Object's methods.
+ */
+export const CONFIG_ENTRY_SCHEMAS: Readonly<Record<string, z.ZodType | undefined>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<string, z.ZodType>, {
+    ...TRAFFIC_ENTRY_SCHEMAS,
+    /** A generic string value, for tools, tests and benchmarks that need a plain register. */
+    kv: z.object({ value: z.string().max(65_536) }).strict(),
+  }),
+)
 
 export const policyCommandSchema = z.discriminatedUnion('op', [
   z.object({

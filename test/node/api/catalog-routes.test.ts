@@ -166,6 +166,13 @@ describe('catalog HTTP routes', () => {
     const changed = await blocked
     expect(((await changed.json()) as { Port: number }).Port).toBe(99)
     expect(changed.headers.get('x-consul-contenthash')).not.toBe(hash)
+    // A wait in fractions of a millisecond (Go's Duration prints `1.5ms`) times out like any other.
+    for (const w of ['1.5ms', '100ns', '1500us']) {
+      const r = await fetch(
+        `${base}/v1/agent/service/pascal-1?hash=${changed.headers.get('x-consul-contenthash')}&wait=${w}`,
+      )
+      expect(r.status).toBe(200)
+    }
     expect((await put('/v1/agent/service/deregister/pascal-1')).status).toBe(200)
     expect((await put('/v1/agent/service/deregister/py')).status).toBe(200)
   })

@@ -179,6 +179,25 @@ describe('the local API as a CSRF / DNS rebinding target (#12), from the attacke
     expect(handlerRuns).toBe(0)
   })
 
+  it('answers 400 to a request target that is not a URL, and keeps serving', async () => {
+    const runs = handlerRuns
+    for (const target of ['http://[/v1/connect/intentions', 'http://127.0.0.1:99999/v1/connect/intentions']) {
+      const socket = connect(port, '127.0.0.1')
+      const reply = await new Promise<string>((resolve, reject) => {
+        let text = ''
+        socket.on('data', (d) => (text += d.toString()))
+        socket.on('end', () => resolve(text))
+        socket.on('error', reject)
+        socket.write(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
+      })
+      socket.destroy()
+      expect(reply).toMatch(/^HTTP\/1\.1 400/)
+      expect(reply).toContain('invalid request target')
+    }
+    expect(handlerRuns).toBe(runs)
+    expect((await fetch(`http://127.0.0.1:${port}/v1/connect/intentions`)).status).toBe(200)
+  })
+
   it('refuses a foreign Host (DNS rebinding) with 403, reads and writes alike', async () => {
     await refused(
       raw(port, 'POST', '/v1/connect/intentions', { host: 'evil.example', ...JSON_HEADERS }, allowAll),
