@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs'
+import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs'
+import { readFileBoundedSync, readProblem } from '../../common/read-bounded.ts'
 import { ClusterKeyError } from '../errors.ts'
 
 /**
@@ -34,14 +35,22 @@ export function parseClusterKey(text: string, source = 'cluster key'): Uint8Arra
   return Buffer.from(`/key/swarm/psk/1.0.0/\n/base16/\n${m[1]!.toLowerCase()}`)
 }
 
+/** Largest cluster key file read (a key is 44 characters of base64). */
+const MAX_CLUSTER_KEY_FILE_BYTES = 64 * 1024
+
 /** Reads a cluster key file, with a one-line error for a missing, unreadable or malformed file. */
 export function readClusterKeyFile(path: string): Uint8Array {
   let text: string
   try {
-    text = readFileSync(path, 'utf8')
+    text = readFileBoundedSync(path, MAX_CLUSTER_KEY_FILE_BYTES).toString('utf8')
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code
+    const why =
+      code === 'ENOENT'
+        ? 'no such file'
+        : code === 'EACCES'
+          ? 'permission denied'
+          : readProblem(err, MAX_CLUSTER_KEY_FILE_BYTES)
     throw new ClusterKeyError(`cannot read cluster key file ${path}: ${why}`, { cause: err })
   }
   return parseClusterKey(text, `cluster key file ${path}`)

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net'
 import { UUID_PATTERN } from '../../acl/constants.ts'
 import { isLoopbackHost } from '../api/request-guard.ts'
-import { readFileSync, statSync } from 'node:fs'
+import { statSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -10,6 +10,7 @@ import { parseDuration } from '../catalog/duration.ts'
 import { type SwimConfig, swimConfig, swimProfiles } from '../../gossip/config.ts'
 import { otlpEndpointProblem } from '../../proxy/tracing.ts'
 import { DEFAULT_RAFT_VOTERS, MAX_RAFT_MULTIPLIER } from './defaults.ts'
+import { readFileBoundedSync, readProblem } from '../../common/read-bounded.ts'
 import { ConfigError } from './errors.ts'
 import {
   DEFAULT_DNS,
@@ -323,13 +324,18 @@ export function validateAgentConfig(input: unknown, source: string): AgentConfig
   return res.data
 }
 
+/** Largest config file read: far above any real one (a few KiB), and an end for /dev/zero. */
+export const MAX_CONFIG_FILE_BYTES = 1024 * 1024
+/** Largest token or secret file read. */
+export const MAX_SECRET_FILE_BYTES = 64 * 1024
+
 export function readConfigFile(path: string): AgentConfigInput {
   let text: string
   try {
-    text = readFileSync(path, 'utf8')
+    text = readFileBoundedSync(path, MAX_CONFIG_FILE_BYTES).toString('utf8')
   } catch (err) {
     throw new ConfigError(
-      `cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code}`,
+      `cannot read config file ${path}: ${readProblem(err, MAX_CONFIG_FILE_BYTES)}`,
       undefined,
       {
         cause: err,
@@ -519,11 +525,15 @@ export function readSecretFile(path: string, field: string): string {
   let mode: number
   try {
     mode = statSync(path).mode
-    text = readFileSync(path, 'utf8').trim()
+    text = readFileBoundedSync(path, MAX_SECRET_FILE_BYTES).toString('utf8').trim()
   } catch (err) {
-    throw new ConfigError(`${field}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code}`, field, {
-      cause: err,
-    })
+    throw new ConfigError(
+      `${field}: cannot read ${path}: ${readProblem(err, MAX_SECRET_FILE_BYTES)}`,
+      field,
+      {
+        cause: err,
+      },
+    )
   }
   if (process.platform !== 'win32' && (mode & 0o077) !== 0)
     throw new ConfigError(
