@@ -36,7 +36,10 @@ export interface DnsServerInit {
   rng?: () => number
   /** Most simultaneous TCP clients; more are closed at once. */
   maxTcpConnections?: number
-  /** A TCP client silent this long is closed. */
+  /**
+   * A TCP client silent this long is closed; so is one that has left DNS_TCP_MAX_UNSENT_BYTES of
+   * replies unread this long (its reading is paused meanwhile).
+   */
   tcpIdleTimeoutMs?: number
   /**
    * What a query may see (ACLs; DNS queries carry no token, so this is the anonymous token's
@@ -58,6 +61,18 @@ export interface DnsStats {
   servfail: number
   /** UDP replies cut to fit (TC bit set; the client retries over TCP). */
   truncated: number
+  /** Times a TCP client's queries waited because it left DNS_TCP_MAX_UNSENT_BYTES of replies unread. */
+  tcpPaused: number
+}
+
+/** One open DNS-over-TCP client, as `tcpClients()` shows it. */
+export interface DnsTcpClientBacklog {
+  /** Reply bytes written but not yet taken by the kernel (the socket's `writableLength`). */
+  unsentBytes: number
+  /** Received bytes of queries not yet answered. */
+  unansweredBytes: number
+  /** False while its queries wait for it to read its replies. */
+  reading: boolean
 }
 
 const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const
@@ -65,6 +80,18 @@ const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REF
 const UDP_DEFAULT_SIZE = 512
 const UDP_MAX_SIZE = 4096
 const TCP_MAX_MESSAGE = 65535
+/**
+ * Reply bytes a TCP client may leave unread in this agent before its further queries wait:
+ * reading stops (`pause`) until the socket drains. Four full-size replies, so a pipelining client
+ * that reads as it sends never waits, and one that never reads costs at most this plus one reply.
+ */
+export const DNS_TCP_MAX_UNSENT_BYTES = 256 * 1024
+/**
+ * Received bytes not yet answered that one TCP client may hold here (its queries in flight): one
+ * partial message plus one socket read (at most 64 KiB), which is all there can be while reading
+ * stops whenever replies back up. More means the client is not framing messages: it is closed.
+ */
+export const DNS_TCP_MAX_UNANSWERED_BYTES = 2 * (2 + TCP_MAX_MESSAGE)
 
 /** What a name inside a served zone asks for (labels left of the zone, lowercase). */
 export type ZoneLookup =
@@ -177,7 +204,7 @@ interface Resolved {
  * TTL 0: health changes take effect on the next lookup.
  */
 export class DnsServer {
-  readonly stats: DnsStats = { queries: 0, malformed: 0, servfail: 0, truncated: 0 }
+  readonly stats: DnsStats = { queries: 0, malformed: 0, servfail: 0, truncated: 0, tcpPaused: 0 }
   private readonly catalog: Catalog
   private readonly domain: string
   /** Zones served, longest first (a name matches the most specific one). */
@@ -189,7 +216,8 @@ export class DnsServer {
   private readonly authorizer: DnsServerInit['authorizer']
   private udp?: UdpSocket
   private tcp?: Server
-  private readonly conns = new Set<Socket>()
+  /** Open TCP clients, each with how to read its backlog. */
+  private readonly conns = new Map<Socket, () => DnsTcpClientBacklog>()
 
   constructor(init: DnsServerInit) {
     this.catalog = init.catalog
@@ -253,12 +281,17 @@ export class DnsServer {
     const { udp, tcp } = this
     this.udp = undefined
     this.tcp = undefined
-    for (const c of this.conns) c.destroy()
+    for (const c of this.conns.keys()) c.destroy()
     this.conns.clear()
     await Promise.all([
       udp === undefined ? undefined : new Promise<void>((resolve) => udp.close(() => resolve())),
       tcp === undefined ? undefined : new Promise<void>((resolve) => tcp.close(() => resolve())),
     ])
+  }
+
+  /** The backlog of each open TCP client: what back-pressure keeps bounded. */
+  tcpClients(): DnsTcpClientBacklog[] {
+    return [...this.conns.values()].map((backlog) => backlog())
   }
 
   /**
@@ -515,32 +548,71 @@ export class DnsServer {
     }
   }
 
+  /**
+   * One TCP client: length-prefixed queries, answered in order, as many pipelined as it likes
+   * (RFC 7766 §6.2.1). Back-pressure: once DNS_TCP_MAX_UNSENT_BYTES of replies wait unsent,
+   * reading stops and the queries already received wait until the socket drains; a client that
+   * does not read them within the idle timeout is closed. The idle timeout also closes a client
+   * that sends nothing.
+   */
   private onTcp(socket: Socket): void {
     if (this.conns.size >= this.maxTcp) {
       socket.destroy()
       return
     }
-    this.conns.add(socket)
+    let input: Buffer = Buffer.alloc(0)
+    /** Set while reading is paused for a drain: closes the client if it does not come in time. */
+    let stalled: NodeJS.Timeout | undefined
+    this.conns.set(socket, () => ({
+      unsentBytes: socket.writableLength,
+      unansweredBytes: input.length,
+      reading: stalled === undefined,
+    }))
     socket.setTimeout(this.tcpIdleMs, () => socket.destroy())
-    socket.on('close', () => this.conns.delete(socket))
+    socket.on('close', () => {
+      clearTimeout(stalled)
+      this.conns.delete(socket)
+    })
     socket.on('error', () => socket.destroy())
-    let buf: Buffer = Buffer.alloc(0)
-    socket.on('data', (chunk: Buffer) => {
-      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk])
-      while (buf.length >= 2) {
-        const len = buf.readUInt16BE(0)
-        if (buf.length < 2 + len) break
-        const msg = buf.subarray(2, 2 + len)
-        buf = buf.subarray(2 + len)
+    /** Answers the complete queries held, in order, until none is left or replies back up. */
+    const answer = (): void => {
+      while (input.length >= 2 && !socket.destroyed) {
+        // writableNeedDrain: a write has returned false, so 'drain' will come (the cap is above
+        // the socket's high-water mark, so it always has by then).
+        if (socket.writableNeedDrain && socket.writableLength >= DNS_TCP_MAX_UNSENT_BYTES) {
+          this.stats.tcpPaused++
+          socket.pause()
+          stalled = setTimeout(() => socket.destroy(), this.tcpIdleMs)
+          socket.once('drain', () => {
+            clearTimeout(stalled)
+            stalled = undefined
+            answer()
+            if (stalled === undefined && !socket.destroyed) socket.resume()
+          })
+          return
+        }
+        const len = input.readUInt16BE(0)
+        if (input.length < 2 + len) return
+        const msg = input.subarray(2, 2 + len)
+        input = input.subarray(2 + len)
         const reply = this.handle(msg, 'tcp')
         if (reply === undefined) {
           socket.destroy() // framing can no longer be trusted
           return
         }
-        const prefix = Buffer.alloc(2)
-        prefix.writeUInt16BE(reply.length)
-        socket.write(Buffer.concat([prefix, reply]))
+        const framed = Buffer.allocUnsafe(2 + reply.length)
+        framed.writeUInt16BE(reply.length)
+        reply.copy(framed, 2)
+        socket.write(framed)
       }
+    }
+    socket.on('data', (chunk: Buffer) => {
+      if (input.length + chunk.length > DNS_TCP_MAX_UNANSWERED_BYTES) {
+        socket.destroy()
+        return
+      }
+      input = input.length === 0 ? chunk : Buffer.concat([input, chunk])
+      if (stalled === undefined) answer()
     })
   }
 

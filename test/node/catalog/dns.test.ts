@@ -4,9 +4,17 @@ import type { Answer, DecodedPacket } from 'dns-packet'
 import dnsPacket from 'dns-packet'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Catalog } from '../../../src/node/catalog/catalog.ts'
-import { DnsServer, ipFromReverseName, ipToHex, parseZoneLabels } from '../../../src/node/catalog/dns.ts'
+import {
+  DNS_TCP_MAX_UNANSWERED_BYTES,
+  DNS_TCP_MAX_UNSENT_BYTES,
+  DnsServer,
+  ipFromReverseName,
+  ipToHex,
+  parseZoneLabels,
+} from '../../../src/node/catalog/dns.ts'
 import { encodeNodePayload } from '../../../src/node/catalog/node-payload.ts'
 import { type CheckStatus, parseServiceDefinition } from '../../../src/node/catalog/service-definition.ts'
+import { eventually } from './helpers.ts'
 
 const def = (json: object) => parseServiceDefinition(json, 'test')
 
@@ -440,4 +448,156 @@ describe('DnsServer with ACLs (queries carry no token: the anonymous authorizer 
     ])
     expect(ptr('2.1.0.10.in-addr.arpa').rcode).toBe('NXDOMAIN')
   })
+})
+
+describe('DnsServer over TCP: back-pressure against a client that does not read its replies', () => {
+  /** 400 instances of `api`: an SRV reply over TCP is tens of KiB, from a query of a few dozen bytes. */
+  function bigCatalog(): Catalog {
+    const catalog = new Catalog()
+    for (let i = 0; i < 400; i++) {
+      catalog.applyMember({
+        id: `n${i}`,
+        name: `node-${i}`,
+        address: `/ip4/10.2.${i >> 8}.${(i & 0xff) + 1}/tcp/4001`,
+        status: 'alive',
+        version: 1,
+        payload: encodeNodePayload([def({ name: 'api', port: 8000 })], () => undefined),
+      })
+    }
+    return catalog
+  }
+
+  /** `n` SRV queries for `name`, ids 0..n-1, each with its length prefix, in one buffer. */
+  function pipelined(n: number, name = 'api.service.peermesh'): Buffer {
+    return Buffer.concat(
+      Array.from({ length: n }, (_, id) =>
+        dnsPacket.streamEncode({ type: 'query', id, questions: [{ name, type: 'SRV' }] }),
+      ),
+    )
+  }
+
+  async function open(port: number) {
+    const socket = connect(port, '127.0.0.1')
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve)
+      socket.once('error', reject)
+    })
+    return socket
+  }
+
+  /** Reads length-prefixed replies off `socket` until `n` have come; resolves with them in order. */
+  function replies(socket: ReturnType<typeof connect>, n: number): Promise<DecodedPacket[]> {
+    return new Promise((resolve, reject) => {
+      const out: DecodedPacket[] = []
+      let buf = Buffer.alloc(0)
+      socket.on('data', (c: Buffer) => {
+        buf = Buffer.concat([buf, c])
+        while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+          const len = buf.readUInt16BE(0)
+          out.push(dnsPacket.decode(buf.subarray(2, 2 + len)))
+          buf = buf.subarray(2 + len)
+        }
+        if (out.length >= n) resolve(out)
+      })
+      socket.on('error', reject)
+      socket.on('close', () => reject(new Error(`closed after ${out.length} of ${n} replies`)))
+    })
+  }
+
+  /** Most a client may leave unread here: the cap, plus the one reply written as it was reached. */
+  const UNSENT_BOUND = DNS_TCP_MAX_UNSENT_BYTES + 2 + 65_535
+
+  it('stops reading a client that pipelines and never reads: its backlog stays bounded, others are served', async () => {
+    const dns = new DnsServer({ catalog: bigCatalog(), tcpIdleTimeoutMs: 60_000 })
+    const { tcpPort } = await dns.start({ host: '127.0.0.1', port: 0 })
+    const attacker = await open(tcpPort)
+    try {
+      attacker.pause() // never reads a reply
+      // 2,000 queries of ~40 bytes each would be ~2,000 replies of tens of KiB (tens of MiB).
+      const flood = pipelined(2_000)
+      attacker.write(flood)
+      let worst = 0
+      await eventually(() => {
+        for (const c of dns.tcpClients()) worst = Math.max(worst, c.unsentBytes)
+        return dns.tcpClients().some((c) => !c.reading)
+      }, 20_000)
+      // Keep sending: nothing more is read, answered or buffered for it.
+      attacker.write(pipelined(2_000))
+      const answered = dns.stats.queries
+      const [held] = dns.tcpClients()
+      expect(held?.reading).toBe(false)
+      expect(held!.unsentBytes).toBeLessThanOrEqual(UNSENT_BOUND)
+      expect(held!.unansweredBytes).toBeLessThanOrEqual(DNS_TCP_MAX_UNANSWERED_BYTES)
+      expect(worst).toBeLessThanOrEqual(UNSENT_BOUND)
+      expect(dns.stats.tcpPaused).toBeGreaterThanOrEqual(1)
+      expect(answered).toBeLessThan(2_000)
+
+      // Another client is answered meanwhile.
+      const other = await open(tcpPort)
+      try {
+        const got = replies(other, 1)
+        other.write(
+          dnsPacket.streamEncode({
+            type: 'query',
+            id: 9,
+            questions: [{ name: 'api.service.peermesh', type: 'A' }],
+          }),
+        )
+        const [reply] = await got
+        expect(reply?.id).toBe(9)
+        expect(reply?.answers?.length).toBeGreaterThan(0)
+      } finally {
+        other.destroy()
+      }
+      // The flooding client still holds no more than before.
+      const [after] = dns.tcpClients()
+      expect(after?.reading).toBe(false)
+      expect(after!.unsentBytes).toBeLessThanOrEqual(UNSENT_BOUND)
+      expect(dns.stats.queries).toBe(answered + 1)
+    } finally {
+      attacker.destroy()
+      await dns.stop()
+    }
+  }, 30_000)
+
+  it('closes a client that leaves its replies unread past the idle timeout, though it keeps sending', async () => {
+    const dns = new DnsServer({ catalog: bigCatalog(), tcpIdleTimeoutMs: 300 })
+    const { tcpPort } = await dns.start({ host: '127.0.0.1', port: 0 })
+    const attacker = await open(tcpPort)
+    attacker.on('error', () => {}) // reset by the server
+    attacker.pause()
+    const sending = setInterval(() => attacker.write(pipelined(50)), 50)
+    try {
+      attacker.write(pipelined(2_000))
+      await eventually(() => dns.stats.tcpPaused > 0, 20_000)
+      await eventually(() => dns.tcpClients().length === 0, 10_000)
+    } finally {
+      clearInterval(sending)
+      attacker.destroy()
+      await dns.stop()
+    }
+  }, 30_000)
+
+  it('answers a pipelining client every query, in order, across pauses while it falls behind', async () => {
+    const dns = new DnsServer({ catalog: bigCatalog(), tcpIdleTimeoutMs: 60_000 })
+    const { tcpPort } = await dns.start({ host: '127.0.0.1', port: 0 })
+    const client = await open(tcpPort)
+    try {
+      const n = 150 // ~10 MB of replies: dozens of pauses at the 256 KiB cap
+      client.pause() // falls behind at first ...
+      client.write(pipelined(n))
+      await eventually(() => dns.tcpClients().some((c) => !c.reading), 20_000)
+      const got = replies(client, n) // ... then reads everything
+      client.resume()
+      const all = await got
+      expect(all.map((r) => r.id)).toEqual(Array.from({ length: n }, (_, i) => i))
+      expect(all.every((r) => (r.answers?.length ?? 0) > 0)).toBe(true)
+      expect(dns.stats.queries).toBe(n)
+      expect(dns.tcpClients()).toHaveLength(1) // still open, reading again
+      expect(dns.tcpClients()[0]?.reading).toBe(true)
+    } finally {
+      client.destroy()
+      await dns.stop()
+    }
+  }, 30_000)
 })
