@@ -18,6 +18,7 @@ import { PeermeshError } from '../common/errors.ts'
 import type { AclStateView } from '../raft/policy/acl-state.ts'
 import { type Authorizer, type DefaultPolicy, SIDECAR_SUFFIX } from './authorizer.ts'
 import { FOUNDER_ACCESSOR_ID } from './constants.ts'
+import type { NodeEnrollment } from './types.ts'
 import { authorizerForToken, RuleSetCache } from './token-authorizer.ts'
 
 /** A leaf or catalog entry for a service its agent may not publish. */
@@ -50,15 +51,42 @@ export function entitlementSubject(service: string): string {
 }
 
 /**
+ * Most decisions one EntitlementCache keeps. The catalog asks once per remote instance on each
+ * rebuild, so this is room for the instances (services and sidecars) of a cluster of a few
+ * thousand agents; a key is a peer id and a name of at most MAX_REMEMBERED_SERVICE_CHARS, so a
+ * full memo holds a few MiB. Past it the oldest decision is forgotten (asked again, it is decided
+ * again): no sequence of questions grows the memo beyond this.
+ */
+export const MAX_ENTITLEMENT_DECISIONS = 16_384
+
+/**
+ * Longest service name whose decision is remembered: the longest a grant may name
+ * (`SERVICE_NAME_PATTERN`). A longer name is decided each time it is asked, so a few questions
+ * with huge names cannot fill the memo with huge keys.
+ */
+export const MAX_REMEMBERED_SERVICE_CHARS = 256
+
+/**
  * Decisions and token authorizers of one ACL state, kept while its `index` stays the same: the
  * catalog asks for every remote instance on each rebuild and the leader for every CSR, and the
- * answer changes only with the ACL state. Use one cache per state.
+ * answer changes only with the ACL state. Use one cache per state. At most
+ * MAX_ENTITLEMENT_DECISIONS decisions are kept (the oldest goes first); authorizers are kept per
+ * token of the state, so they are bounded by the state itself.
  */
 export class EntitlementCache {
   private index = -1
   private readonly decisions = new Map<string, boolean>()
   private readonly authorizers = new Map<string, Authorizer | null>()
   private readonly rules = new RuleSetCache()
+
+  constructor(private readonly maxDecisions = MAX_ENTITLEMENT_DECISIONS) {
+    if (!(maxDecisions >= 1)) throw new RangeError('EntitlementCache: maxDecisions >= 1 is needed')
+  }
+
+  /** Decisions remembered now (at most `maxDecisions`). */
+  get size(): number {
+    return this.decisions.size
+  }
 
   /** Empties the memo when the state has changed since it was filled. */
   sync(state: EntitlementState): void {
@@ -72,7 +100,12 @@ export class EntitlementCache {
     return this.decisions.get(key)
   }
 
+  /** Remembers a decision, forgetting the oldest one when the memo is full. */
   remember(key: string, value: boolean): void {
+    if (!this.decisions.has(key) && this.decisions.size >= this.maxDecisions) {
+      const oldest = this.decisions.keys().next()
+      if (oldest.done !== true) this.decisions.delete(oldest.value)
+    }
     this.decisions.set(key, value)
   }
 
@@ -112,23 +145,27 @@ export function mayPublish(
   if (!opts.enabled) return true
   const cache = opts.cache ?? new EntitlementCache()
   cache.sync(state)
+  const remembered = service.length <= MAX_REMEMBERED_SERVICE_CHARS
   const key = `${peerId}\u0000${service}`
-  const hit = cache.decision(key)
+  const hit = remembered ? cache.decision(key) : undefined
   if (hit !== undefined) return hit
-  const answer = decide(state, peerId, entitlementSubject(service), opts.defaultPolicy, cache)
-  cache.remember(key, answer)
+  // Not enrolled: nothing. Not remembered (asked again, it is one lookup in the state), so
+  // questions under peer ids nobody enrolled leave nothing behind.
+  const enrollment = state.enrollment(peerId)
+  if (enrollment === undefined) return false
+  const answer = decide(state, peerId, enrollment, entitlementSubject(service), opts.defaultPolicy, cache)
+  if (remembered) cache.remember(key, answer)
   return answer
 }
 
 function decide(
   state: EntitlementState,
   peerId: string,
+  enrollment: NodeEnrollment,
   subject: string,
   defaultPolicy: DefaultPolicy,
   cache: EntitlementCache,
 ): boolean {
-  const enrollment = state.enrollment(peerId)
-  if (enrollment === undefined) return false
   if (enrollment.accessorId === FOUNDER_ACCESSOR_ID) return true
   const writes = (accessorId: string): boolean =>
     cache.authorizer(state, accessorId, defaultPolicy)?.serviceWrite(subject) === true

@@ -3,6 +3,8 @@ import {
   AclPublishEntitlement,
   EntitlementCache,
   entitlementSubject,
+  MAX_ENTITLEMENT_DECISIONS,
+  MAX_REMEMBERED_SERVICE_CHARS,
   mayPublish,
 } from '../../src/acl/entitlement.ts'
 import { FOUNDER_ACCESSOR_ID } from '../../src/acl/constants.ts'
@@ -239,5 +241,68 @@ describe('mayPublish (issue #12: service identity is granted)', () => {
     expect(e.mayPublish(PEER, 'api')).toBe(true)
     off()
     expect(listeners.size).toBe(0)
+  })
+})
+
+describe('EntitlementCache stays bounded whatever is asked (leader CSRs carry peer-chosen names)', () => {
+  it('distinct (peer, service) questions keep at most the cap; every answer matches a fresh decision', () => {
+    const { state } = webNode()
+    const peers = [PEER]
+    for (let i = 0; i < 20; i++) {
+      const p = `peer-${i}`
+      state.enroll(p, `n-${i}`, createToken(state, { services: [`svc-${i}`] }).accessorId)
+      peers.push(p)
+    }
+    const cache = new EntitlementCache(64)
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < 1_000; i++) {
+        const peer = peers[i % peers.length]!
+        const service = i % 7 === 0 ? 'web' : `svc-${i % 40}`
+        const want = mayPublish(state, peer, service, ON) // no memo: decided from the state
+        expect(mayPublish(state, peer, service, { ...ON, cache })).toBe(want)
+        expect(cache.size).toBeLessThanOrEqual(64)
+      }
+    }
+    expect(cache.size).toBe(64)
+    expect(mayPublish(state, 'peer-3', 'svc-3', { ...ON, cache })).toBe(true)
+    expect(mayPublish(state, 'peer-3', 'svc-4', { ...ON, cache })).toBe(false)
+  })
+
+  it(`the default cap (${MAX_ENTITLEMENT_DECISIONS}) holds against an enrolled peer asking fresh names`, () => {
+    const { state } = webNode()
+    const cache = new EntitlementCache()
+    for (let i = 0; i < MAX_ENTITLEMENT_DECISIONS + 1_000; i++)
+      expect(mayPublish(state, PEER, `fresh-${i}`, { ...ON, cache })).toBe(false)
+    expect(cache.size).toBe(MAX_ENTITLEMENT_DECISIONS)
+    expect(mayPublish(state, PEER, 'web', { ...ON, cache })).toBe(true)
+  })
+
+  it('peers nobody enrolled, and over-long names, are answered without being remembered', () => {
+    const { state } = webNode()
+    const cache = new EntitlementCache()
+    for (let i = 0; i < 2_000; i++)
+      expect(mayPublish(state, `stranger-${i}`, `svc-${i}`, { ...ON, cache })).toBe(false)
+    expect(cache.size).toBe(0)
+    const long = 'w'.repeat(MAX_REMEMBERED_SERVICE_CHARS + 1)
+    expect(mayPublish(state, PEER, long, { ...ON, cache })).toBe(false)
+    expect(mayPublish(state, PEER, 'x'.repeat(32 * 1024), { ...ON, cache })).toBe(false)
+    expect(cache.size).toBe(0)
+    // A founder may publish anything: the long name is still decided each time, the right way.
+    state.enroll('founder', 'f', FOUNDER_ACCESSOR_ID)
+    expect(mayPublish(state, 'founder', long, { ...ON, cache })).toBe(true)
+    expect(cache.size).toBe(0)
+    expect(mayPublish(state, PEER, 'web', { ...ON, cache })).toBe(true)
+    expect(cache.size).toBe(1)
+  })
+
+  it('a full memo is still emptied when the ACL state changes', () => {
+    const { state } = webNode()
+    const cache = new EntitlementCache(8)
+    for (let i = 0; i < 20; i++) mayPublish(state, PEER, `svc-${i}`, { ...ON, cache })
+    expect(mayPublish(state, PEER, 'svc-19', { ...ON, cache })).toBe(false)
+    state.grant(PEER, 'svc-19', createToken(state, { services: ['svc-19'] }).accessorId)
+    expect(mayPublish(state, PEER, 'svc-19', { ...ON, cache })).toBe(true)
+    expect(cache.size).toBe(1)
+    expect(() => new EntitlementCache(0)).toThrow(RangeError)
   })
 })

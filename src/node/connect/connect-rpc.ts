@@ -9,6 +9,8 @@ import type { Logger } from 'pino'
 import { type Clock, pause, withTimeout } from '../../common/clock.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import type { LeaderView } from '../../identity/connect/components.ts'
+import { InvalidServiceNameError } from '../../identity/ca/errors.ts'
+import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 import type { RotationStarted } from '../../identity/connect/ca-manager.ts'
 import {
   AgentStoppingError,
@@ -234,6 +236,11 @@ export class ConnectRpc implements LeafSigningChannel {
         return encodeLeaderReply(refusal(BadSignRequestError.code, 'malformed rotation request'))
       return encodeLeaderReply(await this.serveRotate(token))
     }
+    // The name comes off the wire (up to the request limit): refused here, as the signer would,
+    // before it reaches the entitlement check and its memo or the requester's rate bucket.
+    const service = o['service']
+    if (!isDnsLabel(service))
+      return encodeLeaderReply(refusal(InvalidServiceNameError.code, 'service: not a service name'))
     if (this.c.leader.isLeader()) {
       const waitMs = this.limiter.take(from, this.c.clock.now())
       if (waitMs !== undefined) {
@@ -246,7 +253,7 @@ export class ConnectRpc implements LeafSigningChannel {
         )
       }
     }
-    return encodeLeaderReply(await this.c.handlers.signFor(from, o['service'], o['csr']))
+    return encodeLeaderReply(await this.c.handlers.signFor(from, service, o['csr']))
   }
 
   /**

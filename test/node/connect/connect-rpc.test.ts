@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest'
+import { InvalidServiceNameError } from '../../../src/identity/ca/errors.ts'
 import { CaNotReadyError, NotSigningLeaderError } from '../../../src/identity/connect/errors.ts'
 import {
   ConnectRpc,
@@ -251,6 +252,22 @@ describe('per-requester CSR rate limit on the leader (#13)', () => {
     expect(rpc.stats.signRateLimited).toBe(1)
     clock.advance(1_000)
     expect((await ask('A'))?.ok).toBe(true)
+  })
+
+  it('a CSR for something that is no service name is refused before the handler and the rate limit', async () => {
+    const { rpc, signed, ask } = leader({ leading: true })
+    const bad: unknown[] = ['x'.repeat(30 * 1024), 'a'.repeat(64), 'Web', 'web.api', '-web', '', 42, null]
+    const requests = [...bad.map((service) => ({ service, csr: 'CSR' })), { csr: 'CSR' }]
+    for (const request of requests) {
+      const reply = decodeSignReply(await rpc.serveRequest('A', pack(request)))
+      expect(reply).toMatchObject({ ok: false, code: InvalidServiceNameError.code })
+    }
+    expect(signed).toEqual([]) // nothing reached the entitlement check or the signer
+    expect(rpc.stats.signRateLimited).toBe(0)
+    // The requester's bucket is untouched: its burst of two is still there.
+    expect((await ask('A'))?.ok).toBe(true)
+    expect((await ask('A'))?.ok).toBe(true)
+    expect(signed).toEqual(['A:web', 'A:web'])
   })
 
   it('a follower does not spend tokens (its answer is "not the leader" from the handler)', async () => {

@@ -4,7 +4,11 @@
  * signs nothing; the requester's leaf manager logs the refusal and asks again with backoff.
  */
 import { describe, expect, it } from 'vitest'
-import { AclPublishEntitlement } from '../../../src/acl/entitlement.ts'
+import {
+  AclPublishEntitlement,
+  type EntitlementCache,
+  MAX_ENTITLEMENT_DECISIONS,
+} from '../../../src/acl/entitlement.ts'
 import { pack } from '../../../src/common/msgpack.ts'
 import { createLeafKeyAndCsr, createRootCa } from '../../../src/identity/index.ts'
 import { rootRecordOf } from '../../../src/identity/connect/ca-state.ts'
@@ -44,7 +48,7 @@ async function leader() {
     activeRootId: root.id,
     casIndex: 0,
   })
-  return { state, connect, raft }
+  return { state, connect, raft, entitlement }
 }
 
 const csrFor = async (service: string) =>
@@ -66,6 +70,41 @@ describe('leader refuses leaves for services the requester may not publish (issu
     expect(connect.stats.signDenied).toBe(2)
     // Its own service is signed.
     expect((await connect.signFor(ATTACKER, 'web', await csrFor('web'))).ok).toBe(true)
+  })
+
+  it("peer-chosen names and fresh peer ids leave the leader's entitlement memo bounded; an entitled peer is still signed", async () => {
+    const { connect, entitlement } = await leader()
+    const rpc = (
+      connect as unknown as { rpc: { serveRequest(from: string, b: Uint8Array): Promise<Uint8Array> } }
+    ).rpc
+    const memo = (entitlement as unknown as { cache: EntitlementCache }).cache
+    const ask = async (from: string, service: unknown) =>
+      decodeSignReply(await rpc.serveRequest(from, pack({ service, csr: 'not a csr' })))
+    // A cluster-key holder with no enrollment, under a fresh peer id and a fresh name each time.
+    for (let i = 0; i < 500; i++) {
+      const reply = await ask(`peer-fresh-${i}`, `svc-${i}`)
+      expect(reply?.ok ? 'signed' : reply?.code).toBe('PEERMESH_ERR_PERMISSION_DENIED')
+    }
+    expect(memo.size).toBe(0)
+    // Names that are no service name (up to the request limit) are refused before the memo.
+    for (let i = 0; i < 50; i++) {
+      const reply = await ask(`peer-fresh-${i}`, `${i}`.padEnd(30 * 1024, 'x'))
+      expect(reply?.ok ? 'signed' : reply?.code).toBe('PEERMESH_ERR_INVALID_SERVICE_NAME')
+    }
+    expect(memo.size).toBe(0)
+    // The enrolled attacker asking fresh names (straight to the handler, past the rate limit):
+    // remembered, up to the cap.
+    for (let i = 0; i < MAX_ENTITLEMENT_DECISIONS + 100; i++) {
+      expect(entitlement.mayPublish(ATTACKER, `svc-${i}`)).toBe(false)
+      if (i % 4_096 === 0) await connect.signFor(ATTACKER, `svc-${i}`, 'not a csr')
+    }
+    expect(memo.size).toBeLessThanOrEqual(MAX_ENTITLEMENT_DECISIONS)
+    expect(connect.signer.stats.leavesSigned).toBe(0)
+    const own = decodeSignReply(
+      await rpc.serveRequest(ATTACKER, pack({ service: 'web', csr: await csrFor('web') })),
+    )
+    expect(own?.ok).toBe(true)
+    expect(connect.signer.stats.leavesSigned).toBe(1)
   })
 
   it('a peer with no enrollment gets nothing, even for a service it lists', async () => {
