@@ -34,6 +34,7 @@ import { MuxServer } from './mux-server.ts'
 import {
   encodeMessageFrames,
   MessageStreamReader,
+  PARTIAL_BUDGET_PEERS,
   PartialBudget,
   PartialBudgetExceededError,
 } from './message-chunks.ts'
@@ -206,9 +207,11 @@ export class DirectMessenger {
 
   constructor(private readonly init: DirectMessengerInit) {
     const frame = init.chunking?.maxFrameBytes ?? init.maxMessageBytes
+    const perPeer = init.maxPartialBytesPerPeer ?? init.maxMessageBytes + 2 * (frame + 4)
     this.budget = new PartialBudget({
-      maxBytes: init.maxPartialBytesPerPeer ?? init.maxMessageBytes + 2 * (frame + 4),
+      maxBytes: perPeer,
       maxMessages: init.maxPartialMessagesPerPeer ?? 2,
+      maxTotalBytes: PARTIAL_BUDGET_PEERS * perPeer,
     })
   }
 

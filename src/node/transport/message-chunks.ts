@@ -90,13 +90,28 @@ export interface PartialBudgetLimits {
   maxBytes: number
   /** Messages in progress per peer (at most one per stream). */
   maxMessages: number
+  /**
+   * Bytes held for all peers together. Peer ids cost nothing to make (a cluster-key holder can
+   * connect under as many as the connection limit allows), so the per-peer limit alone bounds
+   * nothing; absent: no such limit.
+   */
+  maxTotalBytes?: number
 }
 
-/** What each peer's streams hold partly received, against the per-peer limits. */
+/** How many peers' worth of partial messages a messenger holds at most (see maxTotalBytes). */
+export const PARTIAL_BUDGET_PEERS = 4
+
+/** What each peer's streams hold partly received, against the per-peer and overall limits. */
 export class PartialBudget {
   private readonly peers = new Map<string, Map<object, { bytes: number; messages: number }>>()
+  private total = 0
 
   constructor(private readonly limits: PartialBudgetLimits) {}
+
+  /** Bytes held for all peers now. */
+  get totalBytes(): number {
+    return this.total
+  }
 
   /**
    * Records what `stream` of `peer` now holds; false when the peer is then over a limit (the
@@ -109,7 +124,9 @@ export class PartialBudget {
       streams = new Map()
       this.peers.set(peer, streams)
     }
+    this.total += bytes - (streams.get(stream)?.bytes ?? 0)
     streams.set(stream, { bytes, messages })
+    if (this.limits.maxTotalBytes !== undefined && this.total > this.limits.maxTotalBytes) return false
     let totalBytes = 0
     let totalMessages = 0
     for (const s of streams.values()) {
@@ -122,6 +139,7 @@ export class PartialBudget {
   release(peer: string, stream: object): void {
     const streams = this.peers.get(peer)
     if (streams === undefined) return
+    this.total -= streams.get(stream)?.bytes ?? 0
     streams.delete(stream)
     if (streams.size === 0) this.peers.delete(peer)
   }

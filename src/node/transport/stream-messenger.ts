@@ -17,6 +17,7 @@ import type { StreamMessengerInit } from './stream-messenger-init.ts'
 import {
   encodeMessageFrames,
   MessageStreamReader,
+  PARTIAL_BUDGET_PEERS,
   PartialBudget,
   PartialBudgetExceededError,
 } from './message-chunks.ts'
@@ -92,9 +93,11 @@ export class StreamMessenger {
 
   constructor(private readonly init: StreamMessengerInit) {
     const frame = init.chunking?.maxFrameBytes ?? init.maxMessageBytes
+    const perPeer = init.maxPartialBytesPerPeer ?? init.maxMessageBytes + 2 * (frame + 4)
     this.budget = new PartialBudget({
-      maxBytes: init.maxPartialBytesPerPeer ?? init.maxMessageBytes + 2 * (frame + 4),
+      maxBytes: perPeer,
       maxMessages: init.maxPartialMessagesPerPeer ?? 2,
+      maxTotalBytes: PARTIAL_BUDGET_PEERS * perPeer,
     })
   }
   private readonly now = (): number => (this.init.clock ?? systemClock).now()

@@ -289,6 +289,33 @@ describe('chunked messages', () => {
     r1.release()
     expect(budget.heldBy('evil')).toBe(100) // r4's reservation
   })
+
+  it('bounds what all peers hold together: fresh peer ids cost nothing to make', () => {
+    const budget = new PartialBudget({ maxBytes: 1_000, maxMessages: 2, maxTotalBytes: 2_500 })
+    const limits = { maxMessageBytes: 900, maxFrameBytes: 100 }
+    const start = (total: number): Uint8Array =>
+      encodeFrame(
+        Uint8Array.of(1, ...[total >>> 24, (total >>> 16) & 0xff, (total >>> 8) & 0xff, total & 0xff], 7),
+      )
+    // Each sybil stays within its own budget; together they reach the overall one.
+    const sybils = Array.from({ length: 10 }, (_, i) => new MessageStreamReader(`sybil-${i}`, budget, limits))
+    let refused = 0
+    for (const r of sybils) {
+      try {
+        r.push(start(900))
+      } catch (err) {
+        expect(err).toMatchObject({ code: 'PEERMESH_ERR_PARTIAL_BUDGET' })
+        r.release()
+        refused++
+      }
+    }
+    expect(refused).toBe(8)
+    expect(budget.totalBytes).toBeLessThanOrEqual(2_500)
+    // Released, their share is free again.
+    for (const r of sybils) r.release()
+    expect(budget.totalBytes).toBe(0)
+    expect(new MessageStreamReader('honest', budget, limits).push(start(900))).toEqual([])
+  })
 })
 
 describe('StreamMessenger chunking over real libp2p hosts', () => {
