@@ -52,7 +52,8 @@ export class InboundGate implements RequestGate {
   private limiter: RateLimiter | undefined
   private limitsKey = ''
   /** Compiled permissions per (frozen) intention of the index. */
-  private readonly compiled = new WeakMap<Intention, CompiledPermission[]>()
+  /** Compiled permissions per matched intention; null: they do not compile (the intention denies). */
+  private readonly compiled = new WeakMap<Intention, CompiledPermission[] | null>()
 
   constructor(init: InboundGateInit) {
     this.service = init.service
@@ -102,10 +103,13 @@ export class InboundGate implements RequestGate {
       try {
         compiled = compilePermissions(d.permissions)
       } catch {
-        compiled = [] // validated on write; one that does not compile falls to the default
+        // Validated on write; permissions that do not compile here deny (fail closed), never
+        // fall to a default that may allow.
+        compiled = null
       }
       this.compiled.set(d.matched, compiled)
     }
+    if (compiled === null) return false
     return decidePermissions(compiled, request, index.defaultAction) === 'allow'
   }
 }

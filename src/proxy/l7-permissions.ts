@@ -11,8 +11,17 @@
  * `Header` rule (`Present`, `Exact`, `Prefix`, `Suffix` or `Regex` on the value, `Invert` negating
  * the rule). A header sent more than once is matched on its values joined by `,` (Envoy's rule).
  *
+ * Regular expressions run on V8's linear-time engine (`linear-regexp.ts`, RE2 rules as in Consul
+ * and Envoy): the path and headers come from the mesh client, and a backtracking engine would let
+ * one request hold the sidecar's event loop. Writes refuse a pattern that engine cannot run; one
+ * stored before that rule is not compiled, and fails closed without throwing: in an `allow`
+ * permission the criterion matches no request, in a `deny` permission every request. Either way
+ * the permission decides no request `allow` that it would not have decided `allow` with the
+ * pattern; a `deny` may cover more requests than it was written for.
+ *
  * Pure: compiled once per policy (regular expressions included), then matched without allocating.
  */
+import { compileLinearFullMatch } from '../common/linear-regexp.ts'
 import type { IntentionAction, IntentionPermission } from './intentions.ts'
 import type { GateRequest } from './request-gate.ts'
 
@@ -32,25 +41,38 @@ export interface CompiledPermission {
   headers: readonly HeaderRule[]
 }
 
-/** Compiles validated permissions (`validatePermissions`); a regex that does not compile throws. */
+/**
+ * Compiles validated permissions (`validatePermissions`). Never throws: a regular expression the
+ * linear-time engine cannot run fails closed (see above).
+ */
 export function compilePermissions(permissions: readonly IntentionPermission[]): CompiledPermission[] {
   return permissions.map((p) => {
     const h = p.HTTP
+    // What a criterion whose pattern cannot be compiled says: never `allow` more than written.
+    const uncompiled = p.Action === 'deny'
     return {
       action: p.Action,
-      path: compilePathMatch(h),
+      path: compilePathMatch(h, uncompiled),
       methods: h.Methods === undefined ? undefined : new Set(h.Methods),
-      headers: (h.Header ?? []).map(compileHeaderRule),
+      headers: (h.Header ?? []).map((rule) => compileHeaderRule(rule, uncompiled)),
     }
   })
 }
 
-/** A path matcher from Consul's `PathExact` / `PathPrefix` / `PathRegex` (undefined: any path). */
-export function compilePathMatch(m: {
-  PathExact?: string | undefined
-  PathPrefix?: string | undefined
-  PathRegex?: string | undefined
-}): ((path: string) => boolean) | undefined {
+/**
+ * A path matcher from Consul's `PathExact` / `PathPrefix` / `PathRegex` (undefined: any path).
+ * `PathRegex` matches the whole path, in linear time; a pattern the linear engine cannot run
+ * (stored before writes were checked for it) gives a matcher that answers `uncompiled` for every
+ * path: the caller says which answer fails closed for it.
+ */
+export function compilePathMatch(
+  m: {
+    PathExact?: string | undefined
+    PathPrefix?: string | undefined
+    PathRegex?: string | undefined
+  },
+  uncompiled = false,
+): ((path: string) => boolean) | undefined {
   if (m.PathExact !== undefined) {
     const exact = m.PathExact
     return (path) => path === exact
@@ -60,13 +82,18 @@ export function compilePathMatch(m: {
     return (path) => path.startsWith(prefix)
   }
   if (m.PathRegex !== undefined) {
-    const re = new RegExp(`^(?:${m.PathRegex})$`)
+    const re = compileLinearFullMatch(m.PathRegex)
+    if (re === undefined) return () => uncompiled
     return (path) => re.test(path)
   }
   return undefined
 }
 
-function compileHeaderRule(h: NonNullable<IntentionPermission['HTTP']['Header']>[number]): HeaderRule {
+/** `uncompiled`: whether a rule whose regex cannot be compiled holds (`Invert` notwithstanding). */
+function compileHeaderRule(
+  h: NonNullable<IntentionPermission['HTTP']['Header']>[number],
+  uncompiled: boolean,
+): HeaderRule {
   const name = h.Name.toLowerCase()
   const invert = h.Invert === true
   if (h.Exact !== undefined) {
@@ -82,7 +109,9 @@ function compileHeaderRule(h: NonNullable<IntentionPermission['HTTP']['Header']>
     return { name, invert, test: (x) => x?.endsWith(v) === true }
   }
   if (h.Regex !== undefined) {
-    const re = new RegExp(`^(?:${h.Regex})$`)
+    const re = compileLinearFullMatch(h.Regex)
+    // The rule holds when test(value) !== invert: answer so that it holds exactly when `uncompiled`.
+    if (re === undefined) return { name, invert, test: () => uncompiled !== invert }
     return { name, invert, test: (x) => x !== undefined && re.test(x) }
   }
   // Present (the schema requires exactly one rule).

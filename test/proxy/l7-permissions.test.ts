@@ -13,11 +13,13 @@ import {
   validatePermissions,
 } from '../../src/proxy/intentions.ts'
 import {
+  compilePathMatch,
   compilePermissions,
   decidePermissions,
   normalizeRequestPath,
 } from '../../src/proxy/l7-permissions.ts'
 import type { GateRequest } from '../../src/proxy/request-gate.ts'
+import { readingStoredPatterns } from '../../src/raft/policy/config-entries.ts'
 import { VirtualClock } from '../sim/virtual-clock.ts'
 
 const req = (method: string, path: string, headers: GateRequest['headers'] = {}): GateRequest => ({
@@ -223,5 +225,110 @@ describe('InboundGate (intentions per request, then rate limits)', () => {
     expect(gate.check(req('GET', '/public')).allow).toBe(false)
     gate.setRateLimits(undefined)
     expect(gate.check(req('GET', '/public')).allow).toBe(true)
+  })
+})
+
+describe('hostile requests against backtracking-prone patterns (the mesh client sends the path)', () => {
+  // On the backtracking engine `/api/(\w+/?)+/items` took over a second at 32 characters and
+  // doubled per character: this request would hold the sidecar for longer than the universe.
+  const perms = [
+    { Action: 'allow', HTTP: { PathRegex: '/api/(\\w+/?)+/items' } },
+    { Action: 'allow', HTTP: { Header: [{ Name: 'x-tag', Regex: '(a|a?)+' }] } },
+  ]
+  it('answers at once, and right', () => {
+    expect(decide(perms, req('GET', `/api/${'a'.repeat(5000)}!`))).toBe('deny')
+    expect(decide(perms, req('GET', '/api/v1/users/items'))).toBe('allow')
+    expect(decide(perms, req('GET', '/x', { 'x-tag': `${'a'.repeat(5000)}b` }))).toBe('deny')
+    expect(decide(perms, req('GET', '/x', { 'x-tag': 'a'.repeat(5000) }))).toBe('allow')
+  })
+})
+
+describe('patterns the linear-time engine cannot run', () => {
+  const problem = (perms: unknown): string => {
+    try {
+      validatePermissions(perms)
+    } catch (err) {
+      expect(err).toBeInstanceOf(MalformedIntentionError)
+      return (err as Error).message
+    }
+    return 'accepted'
+  }
+  it.each([
+    [
+      [{ Action: 'deny', HTTP: { PathRegex: '/(a+)/\\1' } }],
+      /0\.HTTP\.PathRegex: cannot be run in linear time/,
+    ],
+    [
+      [{ Action: 'deny', HTTP: { PathRegex: '/(?!public).*' } }],
+      /0\.HTTP\.PathRegex: cannot be run in linear time/,
+    ],
+    [
+      [{ Action: 'allow', HTTP: { Header: [{ Name: 'x', Regex: '(?<=a)b' }] } }],
+      /0\.HTTP\.Header\.0\.Regex: cannot be run in linear time/,
+    ],
+    [
+      [{ Action: 'allow', HTTP: { PathRegex: '/[0-9a-f]{32}' } }],
+      /0\.HTTP\.PathRegex: cannot be run in linear time/,
+    ],
+  ])('are refused when written: %j', (perms, want) => {
+    expect(problem(perms)).toMatch(want)
+  })
+
+  // Written before writes were checked for it: still in the store, read with the old rule.
+  const stored = (perms: unknown[]) => readingStoredPatterns(() => validatePermissions(perms))
+  const decideStored = (perms: unknown[], r: GateRequest, def: 'allow' | 'deny') =>
+    decidePermissions(compilePermissions(stored(perms)), r, def)
+
+  it('when stored, fail closed: an allow matches nothing, a deny everything its other criteria do', () => {
+    const allow = [{ Action: 'allow', HTTP: { PathRegex: '/(a+)/\\1' } }]
+    expect(decideStored(allow, req('GET', '/a/a'), 'deny')).toBe('deny')
+    expect(decideStored(allow, req('GET', '/a/a'), 'allow')).toBe('allow') // the default, as without it
+    const deny = [{ Action: 'deny', HTTP: { PathRegex: '/(?!public).*', Methods: ['POST'] } }]
+    expect(decideStored(deny, req('POST', '/public'), 'allow')).toBe('deny')
+    expect(decideStored(deny, req('POST', '/admin'), 'allow')).toBe('deny')
+    expect(decideStored(deny, req('GET', '/admin'), 'allow')).toBe('allow') // Methods still apply
+  })
+
+  it('when stored, an inverted header rule fails closed too', () => {
+    const header = (Action: string) => [
+      { Action, HTTP: { Header: [{ Name: 'x-user', Regex: '(\\w+)-\\1', Invert: true }] } },
+    ]
+    for (const headers of [{}, { 'x-user': 'bob-bob' }, { 'x-user': 'bob' }]) {
+      expect(decideStored(header('deny'), req('GET', '/', headers), 'allow')).toBe('deny')
+      expect(decideStored(header('allow'), req('GET', '/', headers), 'deny')).toBe('deny')
+    }
+  })
+
+  it('when stored, an allow earlier in the list cannot let a request past a later deny', () => {
+    const perms = [
+      { Action: 'allow', HTTP: { PathRegex: '/public/(\\w+)/\\1' } },
+      { Action: 'deny', HTTP: { PathPrefix: '/public' } },
+    ]
+    expect(decideStored(perms, req('GET', '/public/x/x'), 'allow')).toBe('deny')
+  })
+
+  it('the inbound gate decides with them without throwing', () => {
+    const index = readingStoredPatterns(
+      () =>
+        new IntentionIndex(
+          [
+            {
+              source: 'web',
+              destination: 'api',
+              permissions: [{ Action: 'deny', HTTP: { PathRegex: '/admin(?=/)' } }],
+            },
+          ],
+          'allow',
+        ),
+    )
+    const gate = new InboundGate({ service: 'api', intentions: () => index, now: () => 0 })
+    expect(gate.check(req('GET', '/public')).allow).toBe(false)
+    expect(gate.check({ ...req('GET', '/public'), source: 'ops' }).allow).toBe(true)
+  })
+
+  it('a rate-limit route with one matches no path (the instance-wide limit applies)', () => {
+    expect(compilePathMatch({ PathRegex: '/(a)\\1' })!('/aa')).toBe(false)
+    expect(compilePathMatch({ PathRegex: '/(a)\\1' }, true)!('/b')).toBe(true)
+    expect(compilePathMatch({ PathRegex: '/a+' })!('/aa')).toBe(true)
   })
 })

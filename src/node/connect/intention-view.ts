@@ -4,6 +4,7 @@
  */
 import { IntentionIndex } from '../../proxy/intentions.ts'
 import { type IntentionAction, isIntentionName, type StoredIntention } from '../../raft/policy/intention.ts'
+import { readingStoredPatterns } from '../../raft/policy/config-entries.ts'
 import type { ConfigEntry } from '../../raft/policy/policy-store.ts'
 import type { IntentionChange } from './events.ts'
 
@@ -46,14 +47,18 @@ export class IntentionView {
     const list = this.store.listIntentions()
     // Entries are validated on write; one that is not (e.g. written by a newer agent) is skipped.
     const valid = list.filter((i) => isIntentionName(i.source) && isIntentionName(i.destination))
-    this.index = new IntentionIndex(
-      valid.map((i) => ({
-        source: i.source,
-        destination: i.destination,
-        action: i.action,
-        ...(i.permissions !== undefined ? { permissions: i.permissions } : {}),
-      })),
-      def,
+    // Stored intentions are read by the rules they were written under (readingStoredPatterns).
+    this.index = readingStoredPatterns(
+      () =>
+        new IntentionIndex(
+          valid.map((i) => ({
+            source: i.source,
+            destination: i.destination,
+            action: i.action,
+            ...(i.permissions !== undefined ? { permissions: i.permissions } : {}),
+          })),
+          def,
+        ),
     )
     this.list = valid
     this.changes++

@@ -1,3 +1,4 @@
+import { isRegExpSyntax, linearRegexpProblem, tryCompileLinear } from '../../common/linear-regexp.ts'
 import { pack, unpack } from '../../common/msgpack.ts'
 
 /**
@@ -9,11 +10,11 @@ export interface UserEventRecord {
   id: string
   name: string
   payload: Uint8Array
-  /** Regular expression on node names; empty: every node. */
+  /** Regular expression (RE2 rules: `linear-regexp.ts`) on node names; empty: every node. */
   nodeFilter: string
-  /** Regular expression on service names registered on the agent; empty: any. */
+  /** Regular expression (RE2 rules) on service names registered on the agent; empty: any. */
   serviceFilter: string
-  /** Regular expression on the tags of the services `serviceFilter` matches; needs it. */
+  /** Regular expression (RE2 rules) on the tags of the services `serviceFilter` matches; needs it. */
   tagFilter: string
   version: number
   /** Lamport time the origin gave it. */
@@ -43,7 +44,11 @@ export const USER_EVENT_LIMITS = Object.freeze({
   filterLength: 128,
 })
 
-/** Why a fired event is refused: the message says what to fix. */
+/**
+ * Why a fired event is refused: the message says what to fix. A filter must be a regular
+ * expression the linear-time engine runs (`linear-regexp.ts`): an event arrives by gossip from
+ * any member, and a backtracking pattern would hold every agent's event loop.
+ */
 export function userEventProblem(e: {
   name: string
   payload: Uint8Array
@@ -63,7 +68,10 @@ export function userEventProblem(e: {
     ['tag', e.tagFilter],
   ] as const) {
     if (f.length > L.filterLength) return `${what} filter: at most ${L.filterLength} characters`
-    if (f !== '' && compile(f) === undefined) return `Invalid ${what} filter: not a regular expression`
+    if (f === '') continue
+    if (!isRegExpSyntax(f)) return `Invalid ${what} filter: not a regular expression`
+    const problem = linearRegexpProblem(f)
+    if (problem !== undefined) return `Invalid ${what} filter: ${problem}`
   }
   return undefined
 }
@@ -73,7 +81,10 @@ export function encodeEventBody(e: Omit<UserEventRecord, 'id' | 'ltime'>): Uint8
   return pack([e.version, e.name, e.payload, e.nodeFilter, e.serviceFilter, e.tagFilter])
 }
 
-/** Decodes a body from the network; undefined for anything malformed or out of limits. */
+/**
+ * Decodes a body from the network; undefined for anything malformed or out of limits, filters
+ * the linear-time engine cannot run included (`userEventProblem`).
+ */
 export function decodeEventBody(id: string, ltime: number, body: Uint8Array): UserEventRecord | undefined {
   let v: unknown
   try {
@@ -123,26 +134,19 @@ export interface EventTarget {
  * Whether an event is for this agent (Consul's `shouldProcessUserEvent`): a version it knows,
  * the node filter matching its name, and, with a service filter, one of its services matching it
  * (with one of that service's tags matching the tag filter, if any). Regular expressions match
- * anywhere in the name, as Go's `MatchString`; one that does not compile matches nothing.
+ * anywhere in the name, as Go's `MatchString`, and run in linear time (`linear-regexp.ts`); one
+ * that the linear engine does not compile matches nothing, so such an event applies nowhere.
  */
 export function eventAppliesTo(e: UserEventRecord, target: EventTarget): boolean {
   if (e.version > USER_EVENT_VERSION) return false
-  if (e.nodeFilter !== '' && compile(e.nodeFilter)?.test(target.node) !== true) return false
+  if (e.nodeFilter !== '' && tryCompileLinear(e.nodeFilter)?.test(target.node) !== true) return false
   if (e.serviceFilter === '') return true
-  const service = compile(e.serviceFilter)
-  const tag = e.tagFilter === '' ? undefined : compile(e.tagFilter)
+  const service = tryCompileLinear(e.serviceFilter)
+  const tag = e.tagFilter === '' ? undefined : tryCompileLinear(e.tagFilter)
   if (service === undefined || (e.tagFilter !== '' && tag === undefined)) return false
   return target.services.some(
     (s) => service.test(s.name) && (tag === undefined || s.tags.some((t) => tag.test(t))),
   )
-}
-
-function compile(pattern: string): RegExp | undefined {
-  try {
-    return new RegExp(pattern)
-  } catch {
-    return undefined
-  }
 }
 
 /**

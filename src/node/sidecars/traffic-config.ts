@@ -28,6 +28,7 @@ import {
   type TRAFFIC_ENTRY_SCHEMAS,
   type UpstreamSettings,
 } from '../../raft/policy/config-entries.ts'
+import { compileLinearFullMatch } from '../../common/linear-regexp.ts'
 import type { ConfigEntry } from '../../raft/policy/policy-store.ts'
 import { DEFAULT_OUTLIER_MAX_EJECTION_MS } from '../../proxy/constants.ts'
 import {
@@ -274,13 +275,21 @@ function headerOps(h: HeaderRewrite): HeaderOps {
 
 type RouterRoute = NonNullable<ServiceRouter['Routes']>[number]
 
-/** Full-string match, as Envoy's safe_regex. */
-function fullRegex(source: string): RegExp {
-  return new RegExp(`^(?:${source})$`)
-}
-
+/**
+ * A service-router route as the proxy matches it. Regular expressions (`PathRegex`, header and
+ * query `Regex`) match the whole value, as Envoy's safe_regex, on V8's linear-time engine
+ * (`linear-regexp.ts`): the request is the client's. A route with a pattern that engine cannot run
+ * (stored before writes were checked for it) matches no request, so its traffic goes on to the
+ * next route or the default destination; it never throws.
+ */
 export function compileRoute(r: RouterRoute): Route {
   const checks: ((req: RequestView) => boolean)[] = []
+  let uncompiled = false
+  const fullRegex = (source: string): RegExp | undefined => {
+    const re = compileLinearFullMatch(source)
+    if (re === undefined) uncompiled = true
+    return re
+  }
   const http = r.Match?.HTTP
   if (http?.PathExact !== undefined) {
     const p = http.PathExact
@@ -292,16 +301,16 @@ export function compileRoute(r: RouterRoute): Route {
   }
   if (http?.PathRegex !== undefined) {
     const re = fullRegex(http.PathRegex)
-    checks.push((req) => re.test(req.path))
+    checks.push((req) => re?.test(req.path) === true)
   }
   for (const h of http?.Header ?? []) {
     const name = h.Name.toLowerCase()
-    const test = valueTest(h)
+    const test = valueTest(h, fullRegex)
     const invert = h.Invert === true
     checks.push((req) => test(req.header(name)) !== invert)
   }
   for (const q of http?.QueryParam ?? []) {
-    const test = valueTest(q)
+    const test = valueTest(q, fullRegex)
     checks.push((req) => test(req.query(q.Name)))
   }
   if (http?.Methods !== undefined && http.Methods.length > 0) {
@@ -322,23 +331,27 @@ export function compileRoute(r: RouterRoute): Route {
     ...(d?.RetryOn !== undefined ? { retryOn: compileRetryOn(d.RetryOn) } : {}),
     ...headerOpsFields(d?.RequestHeaders, d?.ResponseHeaders),
   }
-  return { match: (req) => checks.every((c) => c(req)), destination: dest }
+  const match = uncompiled ? () => false : (req: RequestView) => checks.every((c) => c(req))
+  return { match, destination: dest }
 }
 
 /** Consul's header/query value match: Present, Exact, Prefix, Suffix, Regex; none set: present. */
-function valueTest(m: {
-  Present?: boolean | undefined
-  Exact?: string | undefined
-  Prefix?: string | undefined
-  Suffix?: string | undefined
-  Regex?: string | undefined
-}): (v: string | undefined) => boolean {
+function valueTest(
+  m: {
+    Present?: boolean | undefined
+    Exact?: string | undefined
+    Prefix?: string | undefined
+    Suffix?: string | undefined
+    Regex?: string | undefined
+  },
+  fullRegex: (source: string) => RegExp | undefined,
+): (v: string | undefined) => boolean {
   if (m.Exact !== undefined) return (v) => v === m.Exact
   if (m.Prefix !== undefined) return (v) => v?.startsWith(m.Prefix!) === true
   if (m.Suffix !== undefined) return (v) => v?.endsWith(m.Suffix!) === true
   if (m.Regex !== undefined) {
     const re = fullRegex(m.Regex)
-    return (v) => v !== undefined && re.test(v)
+    return (v) => v !== undefined && re?.test(v) === true
   }
   if (m.Present === false) return (v) => v === undefined
   return (v) => v !== undefined

@@ -12,15 +12,25 @@
  * bytes); readers parse it again.
  *
  * Durations are Consul's strings (`"500ms"`, `"15s"`, `"1m30s"`), parsed to milliseconds.
+ *
+ * Regular expressions (`PathRegex`, header and query `Regex`) follow RE2's rules, as in Consul and
+ * Envoy: a write is refused unless V8's linear-time engine can run the pattern
+ * (`linear-regexp.ts`), because the proxies match them against what clients send. Entries stored
+ * before that rule are read with `readingStoredPatterns`, which asks only for a regular
+ * expression; the proxy then fails closed where the linear engine cannot compile one.
  */
 import { z } from 'zod'
+import { isRegExpSyntax, linearRegexpProblem } from '../../common/linear-regexp.ts'
 import { isDnsLabel } from '../../identity/ca/spiffe.ts'
 
 /** Longest duration accepted anywhere: an hour (a longer request or ejection is a mistake). */
 export const MAX_DURATION_MS = 3_600_000
 /** Most routes, subsets, splits, failover targets, header rules... in one entry. */
 const MAX_ITEMS = 256
-/** Longest regular expression (path, header, query): a bound on compile time and backtracking. */
+/**
+ * Longest regular expression (path, header, query): a bound on compile time and on the linear
+ * engine's cost per character matched, which grows with the pattern.
+ */
 const MAX_REGEX_LENGTH = 1024
 
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h)/y
@@ -70,18 +80,37 @@ const headerValue = z
   .refine((v) => !/[\r\n\0]/.test(v), 'must not contain CR, LF or NUL')
 const meta = z.record(z.string().max(128), z.string().max(1024))
 const positiveInt = (max: number) => z.number().int().min(1).max(max)
+
+/** True only while `readingStoredPatterns` runs (synchronously, like every parse here). */
+let storedPatterns = false
+
+/**
+ * Runs `read` (a parse of data already in the store: a snapshot, a log entry being applied, an
+ * entry a sidecar reads) with the rule patterns were written under before the linear-time rule:
+ * a regular expression, linear or not. Refusing such an entry there would not remove it from the
+ * store; it would drop the whole entry (its protocol, its other routes) or fail the read. The
+ * proxies compile patterns with the linear engine only, and fail closed for one it cannot run.
+ */
+export function readingStoredPatterns<T>(read: () => T): T {
+  const outer = storedPatterns
+  storedPatterns = true
+  try {
+    return read()
+  } finally {
+    storedPatterns = outer
+  }
+}
+
+/** A regular expression the linear-time engine runs (RE2's rules); see `readingStoredPatterns`. */
 const regex = z
   .string()
   .min(1)
   .max(MAX_REGEX_LENGTH)
-  .refine((s) => {
-    try {
-      new RegExp(s)
-      return true
-    } catch {
-      return false
-    }
-  }, 'is not a valid regular expression')
+  .superRefine((s, ctx) => {
+    const problem = linearRegexpProblem(s)
+    if (problem === undefined || (storedPatterns && isRegExpSyntax(s))) return
+    ctx.addIssue({ code: 'custom', message: problem })
+  })
 
 function squash(key: string): string {
   return key.replace(/_/g, '').toLowerCase()
@@ -624,12 +653,15 @@ export function configEntryProblemOf(schema: z.ZodType, value: unknown): string 
   return `${path || 'value'}: ${message}`
 }
 
-/** The canonical (PascalCase, durations in ms) form of a stored entry, or undefined if invalid. */
+/**
+ * The canonical (PascalCase, durations in ms) form of a stored entry, or undefined if invalid. Its
+ * patterns need only be regular expressions (`readingStoredPatterns`).
+ */
 export function parseConfigEntry<K extends TrafficEntryKind>(
   kind: K,
   value: unknown,
 ): TrafficEntryTypes[K] | undefined {
-  const r = TRAFFIC_ENTRY_SCHEMAS[kind].safeParse(value)
+  const r = readingStoredPatterns(() => TRAFFIC_ENTRY_SCHEMAS[kind].safeParse(value))
   return r.success ? (r.data as TrafficEntryTypes[K]) : undefined
 }
 

@@ -1,6 +1,6 @@
 import { unpack } from '../../common/msgpack.ts'
 import { type PlainValueLimits, plainValueProblem } from '../../common/plain-value.ts'
-import { intentionPermissionsSchema } from './config-entries.ts'
+import { intentionPermissionsSchema, readingStoredPatterns } from './config-entries.ts'
 import type { StoredIntention } from './intention.ts'
 import { entryBytes, type PolicyResult } from './policy-commands.ts'
 import type { ChainLink } from './policy-signing.ts'
@@ -63,7 +63,8 @@ export function restoreSnapshotState(bytes: Uint8Array, version: number): Snapsh
     if (i['description'] !== undefined && !isString(i['description'])) bad('intention description')
     if (i['meta'] !== undefined && !isRecord(i['meta'])) bad('intention meta')
     if (i['permissions'] !== undefined) {
-      const r = intentionPermissionsSchema.safeParse(i['permissions'])
+      // Patterns stored before the linear-time rule are read (a proxy fails closed on them).
+      const r = readingStoredPatterns(() => intentionPermissionsSchema.safeParse(i['permissions']))
       if (!r.success || i['action'] !== 'deny') bad('intention permissions')
     }
     const it = i as unknown as StoredIntention

@@ -3,6 +3,7 @@ import { pack } from '../../common/msgpack.ts'
 import type { StateMachine } from '../state-machine.ts'
 import type { Entry } from '../types.ts'
 import { AclState } from './acl-state.ts'
+import { readingStoredPatterns } from './config-entries.ts'
 import { type KvCommand, KvState, parseKvSnapshot } from './kv-state.ts'
 import type { IntentionPermission, StoredIntention } from './intention.ts'
 import {
@@ -263,7 +264,10 @@ export class PolicyStore implements StateMachine<PolicyResult> {
   }
 
   private execute(entry: Entry): PolicyResult {
-    const checked = decodePolicyCommand(entry.data, this.limits)
+    // Committed: applied by the rules it was written under. A pattern written before the
+    // linear-time rule is kept (a proxy fails closed on it); new writes are checked by
+    // preparePolicyCommand before they are proposed. Every agent applies an entry alike.
+    const checked = readingStoredPatterns(() => decodePolicyCommand(entry.data, this.limits))
     if (!checked.ok) return this.refused(checked.code, checked.message)
     const { cmd, bytes } = checked
     const at = entry.index

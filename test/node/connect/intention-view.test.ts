@@ -50,4 +50,18 @@ describe('IntentionView', () => {
     expect(view.refresh()?.intentions.map((i) => i.destination)).toEqual(['db'])
     expect(view.intentionIndex()).toBeDefined()
   })
+
+  it('reads an L7 intention stored before the linear-time rule (a backreference) without throwing', () => {
+    const store = new PolicyStore()
+    applier(store)({
+      op: 'intention.upsert',
+      source: 'web',
+      destination: 'api',
+      action: 'deny',
+      permissions: [{ Action: 'allow', HTTP: { PathRegex: '/(a)\\1' } }],
+    })
+    const view = new IntentionView(store)
+    expect(view.refresh()?.intentions.map((i) => i.source)).toEqual(['web'])
+    expect(view.intentionIndex().decide('web', 'api').permissions).toHaveLength(1)
+  })
 })

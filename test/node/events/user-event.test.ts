@@ -95,6 +95,46 @@ describe('which agents an event is for (Consul shouldProcessUserEvent)', () => {
   })
 })
 
+describe('hostile filters (any member fires events; every agent evaluates them)', () => {
+  // Each of these held every agent's event loop for seconds to hours on the backtracking engine;
+  // with the linear-time engine they return at once (a hang here is that bug back).
+  const sixtyWays = `^(?:${Array(60).fill('.').join('|')})*!`
+  const agent = { node: 'agent-1', services: [{ name: 'api', tags: [`${'a'.repeat(26)}b`, 'a'.repeat(27)] }] }
+
+  it('a node filter with 60 alternatives under a star: accepted, evaluated in linear time', () => {
+    expect(userEventProblem(ev({ nodeFilter: sixtyWays }))).toBeUndefined()
+    expect(eventAppliesTo(ev({ nodeFilter: sixtyWays }), agent)).toBe(false)
+    expect(eventAppliesTo(ev({ nodeFilter: sixtyWays }), { ...agent, node: 'agent-1!' })).toBe(true)
+  })
+
+  it('a tag filter ^(a|a?)+$ against long tags gives the right answer', () => {
+    const e = ev({ serviceFilter: 'api', tagFilter: '^(a|a?)+$' })
+    expect(eventAppliesTo(e, agent)).toBe(true) // the 27 a's
+    expect(eventAppliesTo(e, { ...agent, services: [{ name: 'api', tags: [`${'a'.repeat(40)}b`] }] })).toBe(
+      false,
+    )
+  })
+
+  it.each([
+    [{ nodeFilter: '(a)\\1' }, 'node'],
+    [{ nodeFilter: '^(?!db)' }, 'node'],
+    [{ serviceFilter: '(?<=x)api' }, 'service'],
+    [{ serviceFilter: 'api', tagFilter: 'v\\d{1,100}' }, 'tag'],
+  ])('%j is refused when fired: the linear engine cannot run it', (patch, what) => {
+    expect(userEventProblem(ev(patch))).toMatch(
+      new RegExp(`^Invalid ${what} filter: cannot be run in linear time`),
+    )
+  })
+
+  it('such an event from the network is dropped, and applies nowhere if it gets past', () => {
+    const e = ev({ nodeFilter: '^(agent)-\\1' })
+    const { id, ltime, ...rest } = e
+    expect(decodeEventBody(id, ltime, encodeEventBody(rest))).toBeUndefined()
+    expect(eventAppliesTo(e, { node: 'agent-agent', services: [] })).toBe(false)
+    expect(eventAppliesTo(ev({ serviceFilter: 'api', tagFilter: '(?=a)a' }), agent)).toBe(false)
+  })
+})
+
 describe("the event list's index (Consul uuidToUint64)", () => {
   it('XORs the two halves of the last ID; 1 when the list is empty', () => {
     expect(eventListIndex(undefined)).toBe('1')

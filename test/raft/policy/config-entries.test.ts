@@ -2,12 +2,19 @@
 import { describe, expect, it } from 'vitest'
 import {
   configEntryProblem,
+  configEntryProblemOf,
   parseConfigEntry,
   parseDurationMs,
   parseSubsetFilter,
+  readingStoredPatterns,
+  serviceIntentionsSchema,
   type TrafficEntryKind,
 } from '../../../src/raft/policy/config-entries.ts'
-import { checkPolicyCommand, PolicyErrorCodes } from '../../../src/raft/policy/policy-commands.ts'
+import {
+  checkPolicyCommand,
+  PolicyErrorCodes,
+  preparePolicyCommand,
+} from '../../../src/raft/policy/policy-commands.ts'
 
 describe('valid entries (Consul documentation examples)', () => {
   const valid: [TrafficEntryKind, string, Record<string, unknown>][] = [
@@ -228,6 +235,91 @@ describe('refused, naming the field; nothing written', () => {
     const checked = checkPolicyCommand({ op: 'config.set', kind, name, value })
     expect(checked.ok).toBe(false)
     if (!checked.ok) expect(checked.code).toBe(PolicyErrorCodes.invalidCommand)
+  })
+})
+
+describe('regular expressions follow RE2 rules: refused on write unless they run in linear time', () => {
+  const LINEAR = 'cannot be run in linear time'
+  const refused: [TrafficEntryKind, Record<string, unknown>, string][] = [
+    [
+      'service-router',
+      { Routes: [{ Match: { HTTP: { PathRegex: '/(\\w+)/\\1' } } }] },
+      'Routes.0.Match.HTTP.PathRegex',
+    ],
+    [
+      'service-router',
+      { Routes: [{ Match: { HTTP: { Header: [{ Name: 'x-a', Regex: '(?=a)a' }] } } }] },
+      'Routes.0.Match.HTTP.Header.0.Regex',
+    ],
+    [
+      'service-router',
+      { Routes: [{ Match: { HTTP: { QueryParam: [{ Name: 'q', Regex: '(?<!x)y' }] } } }] },
+      'Routes.0.Match.HTTP.QueryParam.0.Regex',
+    ],
+    [
+      'service-defaults',
+      { RateLimits: { InstanceLevel: { Routes: [{ PathRegex: '/v1/\\d{1,100}', RequestsPerSecond: 5 }] } } },
+      'RateLimits.InstanceLevel.Routes.0.PathRegex',
+    ],
+  ]
+  it.each(refused)('%s %j', (kind, value, path) => {
+    expect(configEntryProblem(kind, 'api', value)).toMatch(
+      new RegExp(`^${path.replace(/\./g, '\\.')}: ${LINEAR}`),
+    )
+    // What a write goes through before anything is proposed: refused, so nothing is written.
+    const prepared = preparePolicyCommand({ op: 'config.set', kind, name: 'api', value })
+    expect(prepared.ok).toBe(false)
+    if (!prepared.ok) {
+      expect(prepared.code).toBe(PolicyErrorCodes.invalidCommand)
+      expect(prepared.message).toMatch(LINEAR)
+    }
+  })
+
+  it('an intention with one is refused, by the command and by the service-intentions entry', () => {
+    const permissions = [{ Action: 'deny', HTTP: { PathRegex: '/(?!public).*' } }]
+    const upsert = preparePolicyCommand({
+      op: 'intention.upsert',
+      source: 'web',
+      destination: 'api',
+      action: 'deny',
+      permissions,
+    })
+    expect(upsert.ok).toBe(false)
+    if (!upsert.ok) expect(upsert.message).toMatch(`permissions.0.HTTP.PathRegex: ${LINEAR}`)
+    expect(
+      configEntryProblemOf(serviceIntentionsSchema, { Sources: [{ Name: 'web', Permissions: permissions }] }),
+    ).toMatch(`Sources.0.Permissions.0.HTTP.PathRegex: ${LINEAR}`)
+  })
+
+  it('patterns that run in linear time are accepted as before', () => {
+    const value = {
+      Routes: [
+        { Match: { HTTP: { PathRegex: '/api/(\\w+/?)+/items' } } },
+        { Match: { HTTP: { Header: [{ Name: 'x-v', Regex: 'v[0-9]{1,3}' }] } } },
+      ],
+    }
+    expect(configEntryProblem('service-router', 'api', value)).toBeUndefined()
+    expect(checkPolicyCommand({ op: 'config.set', kind: 'service-router', name: 'api', value }).ok).toBe(true)
+  })
+
+  it('an entry stored before the rule is still read (the proxy fails closed on that pattern)', () => {
+    const value = {
+      Protocol: 'http',
+      RateLimits: { InstanceLevel: { Routes: [{ PathRegex: '/(a)\\1', RequestsPerSecond: 5 }] } },
+    }
+    expect(parseConfigEntry('service-defaults', value)?.Protocol).toBe('http')
+    expect(
+      parseConfigEntry('service-router', { Routes: [{ Match: { HTTP: { PathRegex: '([a-z' } } }] }),
+    ).toBe(undefined)
+    expect(readingStoredPatterns(() => configEntryProblem('service-defaults', 'api', value))).toBeUndefined()
+    // Only while reading: a write right after, or after a read that threw, is checked again.
+    expect(configEntryProblem('service-defaults', 'api', value)).toMatch(LINEAR)
+    expect(() =>
+      readingStoredPatterns(() => {
+        throw new Error('read failed')
+      }),
+    ).toThrow('read failed')
+    expect(configEntryProblem('service-defaults', 'api', value)).toMatch(LINEAR)
   })
 })
 

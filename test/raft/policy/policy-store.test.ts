@@ -5,6 +5,7 @@ import {
   type PolicyCommand,
   PolicyStore,
 } from '../../../src/raft/policy/policy-store.ts'
+import { preparePolicyCommand } from '../../../src/raft/policy/policy-commands.ts'
 import type { Entry, RequestId } from '../../../src/raft/types.ts'
 
 let nextIndex = 1
@@ -210,5 +211,35 @@ describe('PolicyStore', () => {
     copy.restore(s.snapshot())
     expect(copy.trustedRoots()).toEqual([{ id: 'r1', certPem: 'CERT' }])
     expect(copy.snapshot()).toEqual(s.snapshot())
+  })
+})
+
+describe('patterns stored before the linear-time rule', () => {
+  // Written by an agent that took any regular expression: a backreference, which the linear-time
+  // engine (RE2's rules) cannot run. New writes refuse it; what is committed must still apply on
+  // every agent alike, restore from a snapshot and be read by the intention view.
+  const legacy: PolicyCommand = {
+    op: 'intention.upsert',
+    source: 'web',
+    destination: 'api',
+    action: 'deny',
+    permissions: [{ Action: 'allow', HTTP: { PathRegex: '/(a)\\1' } }],
+  }
+
+  it('are refused in new writes', () => {
+    const r = preparePolicyCommand(legacy)
+    expect(r.ok).toBe(false)
+    if (!r.ok) expect(r.message).toMatch(/linear time/)
+  })
+
+  it('apply, snapshot and restore as committed', () => {
+    const s = new PolicyStore()
+    expect(s.apply(entry(legacy))).toMatchObject({ ok: true })
+    expect(s.listIntentions()).toHaveLength(1)
+    const snap = s.snapshot()
+    expect(s.snapshotProblem(snap)).toBeUndefined()
+    const t = new PolicyStore()
+    t.restore(snap)
+    expect(t.listIntentions()[0]?.permissions).toEqual([{ Action: 'allow', HTTP: { PathRegex: '/(a)\\1' } }])
   })
 })
