@@ -7,6 +7,7 @@ import pino from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { pack, unpackRecord } from '../../src/common/msgpack.ts'
 import { identityFromPrivateKey } from '../../src/identity/keys/node-key.ts'
+import { enrollmentProof } from '../../src/node/raft/enrollment.ts'
 import { RAFT_PROTOCOL, RAFT_RPC_PROTOCOL } from '../../src/node/raft/raft-module.ts'
 import { createHost } from '../../src/node/transport/host.ts'
 import { StreamMessenger } from '../../src/node/transport/stream-messenger.ts'
@@ -88,7 +89,8 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
     expect(joiner.log).toMatch(/will not join the Raft group/)
 
     // From the attacker's side, with the cluster key and a fresh node key: enroll and grant with a
-    // bogus token, and a raw enrollment entry as a forwarded write. All refused and counted.
+    // bogus token, with a real token's proof made for another requester, in the old shape that
+    // carried the secret, and a raw enrollment entry as a forwarded write. All refused and counted.
     const host = await createHost({
       identity: identityFromPrivateKey(await generateKeyPair('Ed25519')),
       clusterKey: readFileSync(join(cluster.dir, 'cluster.key')),
@@ -108,24 +110,37 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
         maxRequestBytes: 1 << 20,
       })
       await m.start()
-      const ask = async (req: unknown): Promise<Record<string, unknown> | undefined> => {
+      const me = host.peerId.toString()
+      /** Sends the request `build` makes for each member asked, following "not the leader". */
+      const ask = async (build: (to: string) => unknown): Promise<Record<string, unknown> | undefined> => {
         let to = leaderId
         for (let i = 0; ; i++) {
-          const r = unpackRecord(await m.request(to, pack(req), { signal: AbortSignal.timeout(10_000) }))
+          const bytes = pack(build(to))
+          const r = unpackRecord(await m.request(to, bytes, { signal: AbortSignal.timeout(10_000) }))
           if (r?.['code'] !== 'PEERMESH_ERR_NOT_LEADER' || i >= 20) return r
           if (typeof r['leader'] === 'string') to = r['leader']
           else await new Promise((res) => setTimeout(res, 250))
         }
       }
       for (const token of [randomUUID(), 'anonymous']) {
-        expect((await ask({ t: 'enroll', node: 'evil', token }))?.['code']).toBe(
-          'PEERMESH_ERR_PERMISSION_DENIED',
-        )
-        expect((await ask({ t: 'grant', service: 'db', token }))?.['code']).toBe(
-          'PEERMESH_ERR_PERMISSION_DENIED',
-        )
+        const enroll = await ask((to) => enrollmentProof({ t: 'enroll', node: 'evil', token }, me, to))
+        expect(enroll?.['code']).toBe('PEERMESH_ERR_PERMISSION_DENIED')
+        const grant = await ask((to) => enrollmentProof({ t: 'grant', service: 'db', token }, me, to))
+        expect(grant?.['code']).toBe('PEERMESH_ERR_PERMISSION_DENIED')
       }
-      const raw = await ask({
+      // A proof of the management token made for another requester (en4), as a member asked by en4
+      // would have seen it: refused from this peer id.
+      const stolen = await ask((to) =>
+        enrollmentProof({ t: 'enroll', node: 'evil', token: mgmt }, joinerId, to),
+      )
+      expect(stolen?.['code']).toBe('PEERMESH_ERR_PERMISSION_DENIED')
+      // The old shape, carrying a secret (even a valid one): malformed, never read.
+      for (const old of [
+        { t: 'enroll', node: 'evil', token: mgmt },
+        { t: 'grant', service: 'db', token: mgmt },
+      ])
+        expect((await ask(() => old))?.['code']).toBe('PEERMESH_ERR_BAD_REQUEST')
+      const raw = await ask(() => ({
         t: 'write',
         cmd: {
           op: 'acl.node.enroll',
@@ -137,7 +152,7 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
         clientId: 'evil.1',
         seq: 1,
         token: mgmt,
-      })
+      }))
       expect(raw?.['index']).toBe(0)
       expect((raw?.['result'] as { code?: string })?.code).toBe('PEERMESH_ERR_NOT_FORWARDABLE')
       await m.stop()
@@ -147,7 +162,7 @@ describe('node enrollment end to end (ACLs on; 3 founders with the management to
     // Counted where they were refused (the leader, wherever it was at the time).
     const total = async (reason: string) =>
       (await Promise.all(founders.map((a) => refusedMetric(a.http, reason)))).reduce((x, y) => x + y, 0)
-    expect(await total('enroll_denied')).toBeGreaterThanOrEqual(2)
+    expect(await total('enroll_denied')).toBeGreaterThanOrEqual(3)
     expect(await total('grant_denied')).toBeGreaterThanOrEqual(2)
     expect(await total('forward_not_forwardable')).toBeGreaterThanOrEqual(1)
 

@@ -1,3 +1,4 @@
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import type { Logger } from 'pino'
 import {
   ANONYMOUS_TOKEN_SECRET,
@@ -37,6 +38,15 @@ import type { ProposingNode } from './write-forwarding.ts'
  * forwarded write (write-forwarding.ts refuses them): the peer id in them is the authenticated
  * sender's, never a field a client chose.
  *
+ * A token's secret never leaves the agent. An agent not in Raft knows no leader and asks gossip
+ * members, which only need the cluster key; so what it sends is a proof made for the member it
+ * asks: `tid`, a one-way lookup id of the secret (`tokenLookupId`), and `mac`, an HMAC-SHA256 keyed
+ * by the secret over (version, request type, node or service, requester peer id, recipient peer
+ * id) (`enrollmentMac`). The leader finds the token by `tid` and checks `mac` for the
+ * authenticated sender and itself. A member asked by mistake learns nothing it can use: it cannot
+ * send the proof as its own (the requester differs) nor pass it on to the leader (the recipient
+ * differs).
+ *
  * - `EnrollmentServer`: the leader's side of the typed requests.
  * - `LeaderFinder`: asks the leader from an agent that may not be in Raft yet (no leader known):
  *   it asks gossip members in turn and follows their "not the leader, ask X" answers.
@@ -44,10 +54,21 @@ import type { ProposingNode } from './write-forwarding.ts'
  * - `foundersToEnroll`: which voters of the configuration the leader enrolls as founders.
  */
 
-/** Wire shape of the requests (RAFT_RPC_PROTOCOL, beside `{ t: 'write' }`). */
+/**
+ * A request as this agent makes it, holding the token's secret: answered in-process when this
+ * agent leads, else sent as an `EnrollmentWireRequest` made for the member asked. Never sent as is.
+ */
 export type EnrollmentRequest =
   | { t: 'enroll'; node: string; token: string }
   | { t: 'grant'; service: string; token: string }
+
+/**
+ * Wire shape of the requests (RAFT_RPC_PROTOCOL, beside `{ t: 'write' }`): a proof of the token
+ * made for one requester and one recipient (`enrollmentProof`), never the secret.
+ */
+export type EnrollmentWireRequest =
+  | { t: 'enroll'; node: string; tid: string; mac: string }
+  | { t: 'grant'; service: string; tid: string; mac: string }
 
 /** A reply: the Raft index that holds the binding (0: nothing was needed), or a refusal. */
 export type EnrollmentReply = LeaderReply<{ index: number }>
@@ -61,8 +82,6 @@ export class PermissionDeniedError extends PeermeshError {
 export class AclNotReadyError extends PeermeshError {
   static override readonly code = 'PEERMESH_ERR_ACL_NOT_READY'
 }
-
-const MAX_TOKEN = 512
 
 /**
  * Pause between asks that found no leader or a leader not ready (ACLs not bootstrapped): a
@@ -80,27 +99,105 @@ export function isEnrollmentRequestType(t: unknown): t is EnrollmentRequest['t']
   return t === 'enroll' || t === 'grant'
 }
 
-/** The request in `o`, or undefined when it is not one (wrong types, names, sizes). */
+// ---- the proof on the wire ----------------------------------------------------------------------
+
+/** Domain and version of the MAC input: a MAC made for anything else never verifies here. */
+export const ENROLLMENT_PROOF_DOMAIN = 'peermesh/enrollment-proof/v1'
+/** Domain prefix of a token lookup id (a NUL byte separates it from the secret). */
+export const TOKEN_LOOKUP_ID_DOMAIN = 'peermesh/token-lookup-id/v1'
+/** base64url of 32 bytes (SHA-256, HMAC-SHA256), unpadded. */
+const DIGEST_B64 = /^[A-Za-z0-9_-]{43}$/
+
+/**
+ * The lookup id of a token: base64url(SHA-256(TOKEN_LOOKUP_ID_DOMAIN || 0x00 || secret)). One-way:
+ * it names the token to the leader without revealing the secret (SecretIDs are random UUIDs).
+ */
+export function tokenLookupId(secret: string): string {
+  return createHash('sha256')
+    .update(TOKEN_LOOKUP_ID_DOMAIN, 'utf8')
+    .update(Buffer.of(0))
+    .update(secret, 'utf8')
+    .digest('base64url')
+}
+
+/** What a proof is made for: the request, who sends it and who it is sent to. */
+export interface EnrollmentProofSubject {
+  t: EnrollmentRequest['t']
+  /** The node name (`enroll`) or the service (`grant`). */
+  name: string
+  /** Peer id of the agent asking (the leader checks it is the authenticated sender). */
+  requester: string
+  /** Peer id of the member asked (the leader checks it is itself). */
+  recipient: string
+}
+
+/**
+ * HMAC-SHA256 keyed by the secret (UTF-8) over the fields ENROLLMENT_PROOF_DOMAIN, t, name,
+ * requester, recipient, each as its UTF-8 byte length (uint32 big-endian) then its bytes.
+ */
+export function enrollmentMac(secret: string, s: EnrollmentProofSubject): Buffer {
+  const mac = createHmac('sha256', Buffer.from(secret, 'utf8'))
+  for (const field of [ENROLLMENT_PROOF_DOMAIN, s.t, s.name, s.requester, s.recipient]) {
+    const bytes = Buffer.from(field, 'utf8')
+    const len = Buffer.alloc(4)
+    len.writeUInt32BE(bytes.length)
+    mac.update(len).update(bytes)
+  }
+  return mac.digest()
+}
+
+/** The wire request proving `req`'s token, made for `requester` asking `recipient`. */
+export function enrollmentProof(
+  req: EnrollmentRequest,
+  requester: string,
+  recipient: string,
+): EnrollmentWireRequest {
+  const tid = tokenLookupId(req.token)
+  const name = subjectName(req)
+  const mac = enrollmentMac(req.token, { t: req.t, name, requester, recipient }).toString('base64url')
+  return req.t === 'enroll' ? { t: req.t, node: name, tid, mac } : { t: req.t, service: name, tid, mac }
+}
+
+/** Whether `mac` (base64url) is the MAC of `secret` for `subject`; constant time in the MAC. */
+export function verifyEnrollmentMac(secret: string, subject: EnrollmentProofSubject, mac: string): boolean {
+  const got = Buffer.from(mac, 'base64url')
+  const want = enrollmentMac(secret, subject)
+  return got.length === want.length && timingSafeEqual(got, want)
+}
+
+function subjectName(req: EnrollmentAsk): string {
+  return req.t === 'enroll' ? req.node : req.service
+}
+
+const WIRE_KEYS: Record<EnrollmentRequest['t'], ReadonlySet<string>> = {
+  enroll: new Set(['t', 'node', 'tid', 'mac']),
+  grant: new Set(['t', 'service', 'tid', 'mac']),
+}
+
+/**
+ * The wire request in `o`, or undefined when it is not one (wrong types, names, sizes, or any
+ * other field: a request carrying a `token` is refused, never read).
+ */
 export function parseEnrollmentRequest(
   o: Record<string, unknown> | undefined,
-): EnrollmentRequest | undefined {
+): EnrollmentWireRequest | undefined {
   if (o === undefined) return undefined
-  const { t, token } = o
-  if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN) return undefined
+  const { t, tid, mac } = o
+  if (t !== 'enroll' && t !== 'grant') return undefined
+  if (Object.keys(o).some((k) => !WIRE_KEYS[t].has(k))) return undefined
+  if (typeof tid !== 'string' || !DIGEST_B64.test(tid)) return undefined
+  if (typeof mac !== 'string' || !DIGEST_B64.test(mac)) return undefined
   if (t === 'enroll') {
     const node = o['node']
     if (typeof node !== 'string' || !NODE_IDENTITY_PATTERN.test(node)) return undefined
-    return { t, node, token }
+    return { t, node, tid, mac }
   }
-  if (t === 'grant') {
-    const service = o['service']
-    if (typeof service !== 'string' || !SERVICE_NAME_PATTERN.test(service)) return undefined
-    return { t, service, token }
-  }
-  return undefined
+  const service = o['service']
+  if (typeof service !== 'string' || !SERVICE_NAME_PATTERN.test(service)) return undefined
+  return { t, service, tid, mac }
 }
 
-export function encodeEnrollmentRequest(req: EnrollmentRequest): Uint8Array {
+export function encodeEnrollmentRequest(req: EnrollmentWireRequest): Uint8Array {
   return pack(req)
 }
 
@@ -121,10 +218,15 @@ export interface TokenResolver {
 }
 
 export interface EnrollmentServerComponents {
+  /** This agent's peer id: a proof must be made for it as the recipient. */
+  self: string
   /** The running node, or undefined while stopping. */
   node(): ProposingNode | undefined
-  /** The committed ACL state of this agent (checked only while it leads). */
-  state: Pick<AclStateView, 'bootstrapIndex' | 'enrollment' | 'serviceGrants' | 'token'>
+  /**
+   * The committed ACL state of this agent (checked only while it leads); `index` and `tokens`
+   * build the lookup of tokens by `tid`, rebuilt after each ACL change.
+   */
+  state: Pick<AclStateView, 'index' | 'tokens' | 'bootstrapIndex' | 'enrollment' | 'serviceGrants' | 'token'>
   acl: TokenResolver
   clock: Clock
 }
@@ -136,21 +238,35 @@ export interface EnrollmentRefusal {
   accessorId: string
 }
 
+/** What is asked for, without the token or its proof. */
+type EnrollmentAsk = { t: 'enroll'; node: string } | { t: 'grant'; service: string }
+
+/**
+ * Never a SecretID (those are UUIDs, or `anonymous`): resolving it answers as for an unknown
+ * secret, 503 while this agent's ACL state catches up, else 403.
+ */
+const NOT_A_SECRET = ''
+
+const PROOF_REFUSED = 'ACL not found, or an enrollment proof not made for this requester and this leader'
+
 /**
  * The leader's side of `enroll` and `grant`. Every refusal is a coded reply, never a throw;
- * `enrollDenied` / `grantDenied` count the ones refused for their token or requester (metric
- * `peermesh_raft_inputs_refused_total{reason="enroll_denied"|"grant_denied"}`).
+ * `enrollDenied` / `grantDenied` count the ones refused for their token, proof or requester
+ * (metric `peermesh_raft_inputs_refused_total{reason="enroll_denied"|"grant_denied"}`).
  */
 export class EnrollmentServer {
   readonly stats = { enrolled: 0, granted: 0, enrollDenied: 0, grantDenied: 0, malformed: 0 }
   /** The last denied request (logged once per interval by the Raft module). */
   lastDenied: EnrollmentRefusal | undefined
+  /** Token lookup id -> the token's secret and AccessorID, for the ACL state at `index`. */
+  private lookup: { index: number; byTid: Map<string, { secret: string; accessorId: string }> } | undefined
 
   constructor(
     private readonly components: EnrollmentServerComponents,
     private readonly settings: { attemptTimeoutMs: number },
   ) {}
 
+  /** The answer to a wire request (`EnrollmentWireRequest`) from the authenticated `from`. */
   async serve(
     from: string,
     o: Record<string, unknown> | undefined,
@@ -161,11 +277,41 @@ export class EnrollmentServer {
       this.stats.malformed++
       return encodeLeaderReply(refusal(BadForwardRequestError.code, 'malformed enrollment request'))
     }
-    return encodeLeaderReply(await this.answer(from, req, signal))
+    return encodeLeaderReply(await this.answerProof(from, req, signal))
   }
 
-  /** The answer to `from`'s request (also called directly when this agent leads). */
+  /**
+   * The answer to a proof `from` sent: its token found by `tid`, its `mac` checked for requester
+   * `from` and recipient this agent; then judged as `answer` judges the token.
+   */
+  async answerProof(from: string, req: EnrollmentWireRequest, signal: AbortSignal): Promise<EnrollmentReply> {
+    const node = this.leading()
+    if ('ok' in node) return node
+    const token = this.tokenOf(req.tid)
+    const subject = { t: req.t, name: subjectName(req), requester: from, recipient: this.components.self }
+    if (token === undefined) {
+      try {
+        this.components.acl.resolve(NOT_A_SECRET)
+      } catch (err) {
+        if ((err as { status?: number }).status === 503)
+          return refusal(AclNotReadyError.code, (err as Error).message)
+      }
+      return this.denied(from, req, '', PROOF_REFUSED)
+    }
+    if (!verifyEnrollmentMac(token.secret, subject, req.mac))
+      return this.denied(from, req, token.accessorId, PROOF_REFUSED)
+    return this.decide(from, node, req, token.secret, signal)
+  }
+
+  /** The answer to this agent's own request, holding the secret (when this agent leads). */
   async answer(from: string, req: EnrollmentRequest, signal: AbortSignal): Promise<EnrollmentReply> {
+    const node = this.leading()
+    if ('ok' in node) return node
+    return this.decide(from, node, req, req.token, signal)
+  }
+
+  /** The node when this agent leads with ACLs it can judge tokens on, else the answer. */
+  private leading(): ProposingNode | EnrollmentReply {
     const node = this.components.node()
     if (node === undefined) return refusal(RaftNotRunningError.code, 'stopping')
     if (!node.isLeader()) return refusal(NOT_LEADER_CODE, 'not the leader', node.leader())
@@ -174,9 +320,34 @@ export class EnrollmentServer {
     if (!acl.config.enabled) return { ok: true, index: 0 }
     if (state.bootstrapIndex === 0)
       return refusal(AclNotReadyError.code, 'ACLs are not bootstrapped yet; retry')
+    return node
+  }
+
+  /** The token whose secret has lookup id `tid` in the committed ACL state. */
+  private tokenOf(tid: string): { secret: string; accessorId: string } | undefined {
+    const { state } = this.components
+    let lookup = this.lookup
+    if (lookup?.index !== state.index) {
+      // Rebuilt at the first proof after an ACL change: one hash per token.
+      const byTid = new Map<string, { secret: string; accessorId: string }>()
+      for (const t of state.tokens())
+        byTid.set(tokenLookupId(t.secretId), { secret: t.secretId, accessorId: t.accessorId })
+      lookup = { index: state.index, byTid }
+      this.lookup = lookup
+    }
+    return lookup.byTid.get(tid)
+  }
+
+  private async decide(
+    from: string,
+    node: ProposingNode,
+    req: EnrollmentAsk,
+    secret: string,
+    signal: AbortSignal,
+  ): Promise<EnrollmentReply> {
     let who: ResolvedToken
     try {
-      who = acl.resolve(req.token)
+      who = this.components.acl.resolve(secret)
     } catch (err) {
       if ((err as { status?: number }).status === 503)
         return refusal(AclNotReadyError.code, (err as Error).message)
@@ -200,7 +371,7 @@ export class EnrollmentServer {
 
   private enrollCommand(
     from: string,
-    req: Extract<EnrollmentRequest, { t: 'enroll' }>,
+    req: Extract<EnrollmentAsk, { t: 'enroll' }>,
     who: ResolvedToken,
   ): AclCommand | EnrollmentReply {
     const [check, what] = need.nodeWrite(req.node)
@@ -221,7 +392,7 @@ export class EnrollmentServer {
 
   private grantCommand(
     from: string,
-    req: Extract<EnrollmentRequest, { t: 'grant' }>,
+    req: Extract<EnrollmentAsk, { t: 'grant' }>,
     who: ResolvedToken,
   ): AclCommand | EnrollmentReply {
     const { state, acl } = this.components
@@ -243,14 +414,10 @@ export class EnrollmentServer {
     return { op: 'acl.service.grant', peerId: from, service: req.service, accessorId: who.accessorId }
   }
 
-  private denied(from: string, req: EnrollmentRequest, accessorId: string, message: string): EnrollmentReply {
+  private denied(from: string, req: EnrollmentAsk, accessorId: string, message: string): EnrollmentReply {
     if (req.t === 'enroll') this.stats.enrollDenied++
     else this.stats.grantDenied++
-    this.lastDenied = {
-      from,
-      what: req.t === 'enroll' ? `enroll ${req.node}` : `grant ${req.service}`,
-      accessorId,
-    }
+    this.lastDenied = { from, what: `${req.t} ${subjectName(req)}`, accessorId }
     return refusal(PermissionDeniedError.code, message)
   }
 }
@@ -317,9 +484,8 @@ export class LeaderFinder {
   ) {}
 
   async ask(req: EnrollmentRequest, options: { signal: AbortSignal }): Promise<EnrollmentReply> {
-    const { node, channel, clock, log } = this.components
+    const { self, node, channel, clock, log } = this.components
     const { signal } = options
-    const bytes = encodeEnrollmentRequest(req)
     let hint: string | undefined
     let redirects = 0
     for (;;) {
@@ -334,6 +500,9 @@ export class LeaderFinder {
         if (target !== undefined) {
           const attempt = attemptSignal(clock, signal, this.settings.attemptTimeoutMs)
           try {
+            // A proof made for this target: the secret stays here, and the proof is of no use to
+            // anyone but this agent asking this target.
+            const bytes = encodeEnrollmentRequest(enrollmentProof(req, self, target))
             reply = decodeLeaderReply(
               await channel.request(target, bytes, { signal: attempt.signal }),
               decodeIndex,
@@ -491,7 +660,7 @@ export function foundersToEnroll(
   return out
 }
 
-/** The secret a grant request carries: the caller's, else the agent's token, else anonymous. */
+/** The secret a grant request is proven with: the caller's, else the agent's token, else anonymous. */
 export function grantSecret(token: string | undefined, defaultToken: string | undefined): string {
   return token ?? defaultToken ?? ANONYMOUS_TOKEN_SECRET
 }

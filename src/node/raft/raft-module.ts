@@ -82,8 +82,11 @@ export const RAFT_PROTOCOL = '/peermesh/raft/2'
 /**
  * Reliable request/response: writes forwarded to the leader, many at once on one stream per peer;
  * v3: a forwarded write is a typed request `{ t: 'write', cmd, clientId, seq, token? }`; node
- * enrollment and service grants are `{ t: 'enroll', node, token }` and `{ t: 'grant', service,
- * token }` (./enrollment.ts), answered by the leader for the authenticated sender.
+ * enrollment and service grants are `{ t: 'enroll', node, tid, mac }` and `{ t: 'grant', service,
+ * tid, mac }` (./enrollment.ts), answered by the leader for the authenticated sender. They carry
+ * no secret, since an agent not in Raft asks any gossip member: `tid` names the token one-way, and
+ * `mac` (keyed by the secret) is bound to the sender and to the member asked, so a member asked by
+ * mistake can neither use it nor pass it on to the leader.
  */
 export const RAFT_RPC_PROTOCOL = '/peermesh/raft/rpc/3'
 /** Sub-directory of the data dir holding the Raft log, hard state and snapshot. */
@@ -334,7 +337,7 @@ export class RaftModule implements AgentModule {
     const eligibleLearner = components.eligibleLearner ?? byEnrollment?.eligibleLearner
     const eligibleVoter = components.eligibleVoter ?? byEnrollment?.eligibleVoter
     const enrollment = new EnrollmentServer(
-      { node: () => (this.stopped ? undefined : node), state: this.store.acl, acl, clock },
+      { self, node: () => (this.stopped ? undefined : node), state: this.store.acl, acl, clock },
       { attemptTimeoutMs: s.attemptTimeoutMs },
     )
     const rpc = new LeaderRpc(

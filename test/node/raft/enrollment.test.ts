@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import pino from 'pino'
 import { describe, expect, it } from 'vitest'
 import { commandPermission } from '../../../src/acl/command-permission.ts'
@@ -11,9 +12,14 @@ import {
   type EnrollmentReply,
   type EnrollmentRequest,
   EnrollmentServer,
+  enrollmentMac,
+  enrollmentProof,
   foundersToEnroll,
   LeaderFinder,
   PermissionDeniedError,
+  parseEnrollmentRequest,
+  tokenLookupId,
+  verifyEnrollmentMac,
 } from '../../../src/node/raft/enrollment.ts'
 import { BadForwardRequestError } from '../../../src/node/raft/errors.ts'
 import {
@@ -33,16 +39,18 @@ const MGMT = id(101)
 const WEB1 = id(11) // node identity web-1, not a voter
 const VOTER = id(21) // node identity db-1, voter
 const SVC = id(31) // service identity api
+/** The leader's peer id (the recipient a proof must be made for). */
+const LEADER = 'LeaderPeer'
 
 /** A leader over a real policy store: every proposal is applied at the next index. */
-function cluster(opts: { bootstrapped?: boolean } = {}) {
+function cluster(opts: { bootstrapped?: boolean; replicated?: () => boolean } = {}) {
   const store = new PolicyStore()
   let index = 0
   const proposed: Uint8Array[] = []
   const state = { leading: true }
   const node: ProposingNode = {
     isLeader: () => state.leading,
-    leader: () => (state.leading ? 'self' : 'L'),
+    leader: () => (state.leading ? LEADER : 'L'),
     propose: async (data) => {
       proposed.push(data)
       const e = { term: 1, index: ++index, type: 'normal' as const, data }
@@ -51,11 +59,18 @@ function cluster(opts: { bootstrapped?: boolean } = {}) {
   }
   const apply = (cmd: AclCommandInput) =>
     node.propose(encodePolicyCommand(cmd as never), { signal: new AbortController().signal })
-  const acl = new AclResolver(store.acl, { enabled: true, defaultPolicy: 'deny', anonymousRead: true })
-  const server = new EnrollmentServer(
-    { node: () => node, state: store.acl, acl, clock: new VirtualClock() },
-    { attemptTimeoutMs: 1_000 },
+  const acl = new AclResolver(
+    store.acl,
+    { enabled: true, defaultPolicy: 'deny', anonymousRead: true },
+    opts.replicated !== undefined ? { replicated: opts.replicated } : {},
   )
+  /** An enrollment server over this state, on the agent `self`. */
+  const serverOn = (self: string) =>
+    new EnrollmentServer(
+      { self, node: () => node, state: store.acl, acl, clock: new VirtualClock() },
+      { attemptTimeoutMs: 1_000 },
+    )
+  const server = serverOn(LEADER)
   const setup = async () => {
     if (opts.bootstrapped === false) return
     await apply({ op: 'acl.bootstrap', accessorId: id(100), secretId: MGMT, createTime: T })
@@ -73,17 +88,21 @@ function cluster(opts: { bootstrapped?: boolean } = {}) {
     await tok(31, { serviceIdentities: [{ serviceName: 'api' }] })
     proposed.length = 0
   }
-  const ask = async (from: string, req: unknown): Promise<EnrollmentReply> =>
+  /** Sends `req` as raw wire bytes from `from` to the leader (`on`: another server). */
+  const send = async (from: string, req: unknown, on = server): Promise<EnrollmentReply> =>
     unpackRecord(
-      await server.serve(from, unpackRecord(pack(req)), new AbortController().signal),
+      await on.serve(from, unpackRecord(pack(req)), new AbortController().signal),
     ) as unknown as EnrollmentReply
-  return { store, node, state, proposed, server, setup, ask, apply }
+  /** `from` proves `req`'s token as an honest agent does, to the leader. */
+  const ask = (from: string, req: EnrollmentRequest): Promise<EnrollmentReply> =>
+    send(from, enrollmentProof(req, from, LEADER))
+  return { store, node, state, proposed, server, serverOn, setup, ask, send, apply }
 }
 
 const snapshotHex = (s: PolicyStore) => Buffer.from(s.snapshot()).toString('hex')
 
 describe('EnrollmentServer: from the attacker side (a peer with the cluster key, no token)', () => {
-  const attacks: [string, unknown][] = [
+  const attacks: [string, EnrollmentRequest][] = [
     ['a bogus token', { t: 'enroll', node: 'evil', token: id(999) }],
     ['the anonymous token', { t: 'enroll', node: 'evil', token: 'anonymous' }],
     ["web-1's node token for another name", { t: 'enroll', node: 'db-1', token: WEB1 }],
@@ -129,17 +148,212 @@ describe('EnrollmentServer: from the attacker side (a peer with the cluster key,
   it('answers malformed requests with a coded refusal, never a throw', async () => {
     const c = cluster()
     await c.setup()
-    for (const bad of [
+    const { tid, mac } = enrollmentProof({ t: 'enroll', node: 'x', token: MGMT }, 'P', LEADER)
+    const bad: unknown[] = [
       { t: 'enroll', node: 'x' },
-      { t: 'enroll', node: '../etc', token: MGMT },
-      { t: 'enroll', node: 'x', token: 7 },
-      { t: 'grant', service: '', token: MGMT },
-      { t: 'grant', service: 'a'.repeat(300), token: MGMT },
-      { t: 'enroll', node: 'x', token: 'y'.repeat(600) },
-    ])
-      expect(await c.ask('P', bad)).toMatchObject({ ok: false, code: BadForwardRequestError.code })
-    expect(c.server.stats.malformed).toBe(6)
+      { t: 'enroll', node: 'x', tid },
+      { t: 'enroll', node: 'x', mac },
+      { t: 'enroll', node: '../etc', tid, mac },
+      { t: 'enroll', node: 'x', tid: 7, mac },
+      { t: 'enroll', node: 'x', tid, mac: new Uint8Array(32) },
+      { t: 'grant', service: '', tid, mac },
+      { t: 'grant', service: 'a'.repeat(300), tid, mac },
+      { t: 'enroll', node: 'x', tid: 'y'.repeat(600), mac },
+      { t: 'enroll', node: 'x', tid, mac: `${mac}A` },
+      { t: 'enroll', node: 'x', tid: tid.slice(1), mac },
+      { t: 'enroll', node: 'x', tid: `${tid.slice(1)}=`, mac },
+      { t: 'enroll', service: 'x', tid, mac },
+      { t: 'enroll', node: 'x', tid, mac, extra: 1 },
+      { t: 'join', node: 'x', tid, mac },
+    ]
+    for (const req of bad)
+      expect(await c.send('P', req)).toMatchObject({ ok: false, code: BadForwardRequestError.code })
+    expect(c.server.stats.malformed).toBe(bad.length)
+    expect(c.server.stats.enrollDenied + c.server.stats.grantDenied).toBe(0)
     expect(c.proposed).toEqual([])
+  })
+
+  it('refuses the old shape carrying a token secret as malformed (not read, even a valid token)', async () => {
+    const c = cluster()
+    await c.setup()
+    const proof = enrollmentProof({ t: 'enroll', node: 'web-1', token: WEB1 }, 'WebPeer', LEADER)
+    for (const req of [
+      { t: 'enroll', node: 'web-1', token: WEB1 },
+      { t: 'enroll', node: 'anything', token: MGMT },
+      { t: 'grant', service: 'api', token: SVC },
+      { ...proof, token: WEB1 },
+    ])
+      expect(await c.send('WebPeer', req)).toMatchObject({ ok: false, code: BadForwardRequestError.code })
+    expect(c.server.stats).toMatchObject({ malformed: 4, enrolled: 0, enrollDenied: 0, grantDenied: 0 })
+    expect(c.proposed).toEqual([])
+    expect(c.store.acl.enrollment('WebPeer')).toBeUndefined()
+  })
+
+  it('refuses an unknown tid or a mac that does not verify as permission denied: nothing proposed, counted', async () => {
+    const c = cluster()
+    await c.setup()
+    const before = snapshotHex(c.store)
+    const honest = enrollmentProof({ t: 'enroll', node: 'web-1', token: WEB1 }, 'WebPeer', LEADER)
+    const mac = (secret: string, t: 'enroll' | 'grant', name: string, requester: string, recipient: string) =>
+      enrollmentMac(secret, { t, name, requester, recipient }).toString('base64url')
+    const forged: [string, unknown][] = [
+      ['an unknown tid', { ...honest, tid: tokenLookupId(id(999)) }],
+      ['a tid that is not a hash of any secret', { ...honest, tid: 'A'.repeat(43) }],
+      [
+        'the plain SHA-256 of the secret as tid',
+        { ...honest, tid: createHash('sha256').update(WEB1).digest('base64url') },
+      ],
+      ['a mac of zeros', { ...honest, mac: Buffer.alloc(32).toString('base64url') }],
+      [
+        "another token's mac under web-1's tid",
+        { ...honest, mac: mac(MGMT, 'enroll', 'web-1', 'WebPeer', LEADER) },
+      ],
+      ["web-1's mac under the management token's tid", { ...honest, tid: tokenLookupId(MGMT) }],
+      ['a mac for another node name', { ...honest, node: 'db-1' }],
+      ['a mac for another requester', { ...honest, mac: mac(WEB1, 'enroll', 'web-1', 'OtherPeer', LEADER) }],
+      ['a mac for another recipient', { ...honest, mac: mac(WEB1, 'enroll', 'web-1', 'WebPeer', 'L2') }],
+      ['a mac keyed by the tid', { ...honest, mac: mac(honest.tid, 'enroll', 'web-1', 'WebPeer', LEADER) }],
+    ]
+    for (const [what, req] of forged)
+      expect(await c.send('WebPeer', req), what).toMatchObject({
+        ok: false,
+        code: PermissionDeniedError.code,
+      })
+    // A grant proof presented as an enrollment (and the other way round) does not verify either.
+    const grant = enrollmentProof({ t: 'grant', service: 'web-1', token: MGMT }, 'WebPeer', LEADER)
+    expect(
+      await c.send('WebPeer', { t: 'enroll', node: 'web-1', tid: grant.tid, mac: grant.mac }),
+    ).toMatchObject({
+      ok: false,
+      code: PermissionDeniedError.code,
+    })
+    expect(c.server.stats).toMatchObject({ enrollDenied: forged.length + 1, enrolled: 0, malformed: 0 })
+    expect(c.server.lastDenied).toMatchObject({ from: 'WebPeer', what: 'enroll web-1' })
+    expect(c.proposed).toEqual([])
+    expect(snapshotHex(c.store)).toBe(before)
+    // The honest proof still works afterwards.
+    expect(await c.send('WebPeer', honest)).toMatchObject({ ok: true })
+  })
+
+  it('an unknown tid is "retry" (not counted) while the leader\'s ACL state catches up', async () => {
+    let replicated = false
+    const c = cluster({ replicated: () => replicated })
+    await c.setup()
+    const req = enrollmentProof({ t: 'enroll', node: 'evil', token: id(999) }, 'P', LEADER)
+    expect(await c.send('P', req)).toMatchObject({ ok: false, code: AclNotReadyError.code })
+    expect(c.server.stats.enrollDenied).toBe(0)
+    replicated = true
+    expect(await c.send('P', req)).toMatchObject({ ok: false, code: PermissionDeniedError.code })
+    expect(c.server.stats.enrollDenied).toBe(1)
+  })
+})
+
+describe('a key holder asked by a joining agent learns nothing it can use (issue #12)', () => {
+  /**
+   * A joining agent (no leader known) finds the leader through gossip members; the first it asks
+   * is `EvilPeer`, a member with the cluster key and nothing else, which captures what it is sent
+   * and answers "not the leader, ask LeaderPeer" as an honest member would. A new finder per
+   * request, so that each one starts at EvilPeer.
+   */
+  function joining(c: ReturnType<typeof cluster>) {
+    const captured: Uint8Array[] = []
+    const asked: string[] = []
+    const finder = () =>
+      new LeaderFinder(
+        {
+          self: 'JoinerPeer',
+          node: { isLeader: () => false, leader: () => undefined },
+          members: {
+            members: () => ['JoinerPeer', 'EvilPeer', LEADER].map((id) => ({ id, status: 'alive' as const })),
+          },
+          channel: {
+            request: async (to, bytes, { signal }) => {
+              asked.push(to)
+              if (to === 'EvilPeer') {
+                captured.push(bytes.slice())
+                return pack(refusal(NOT_LEADER_CODE, 'not the leader', LEADER))
+              }
+              return c.server.serve('JoinerPeer', unpackRecord(bytes), signal ?? new AbortController().signal)
+            },
+          },
+          local: async () => refusal('X', 'not here'),
+          clock: systemClock,
+        },
+        { attemptTimeoutMs: 1_000, retryPauseMs: 1 },
+      )
+    const ask = (req: EnrollmentRequest) => finder().ask(req, { signal: AbortSignal.timeout(5_000) })
+    return { ask, captured, asked }
+  }
+
+  it('the enrollment and grant succeed through the member; its bytes hold no secret and replay nowhere', async () => {
+    const c = cluster()
+    await c.setup()
+    const j = joining(c)
+    expect(await j.ask({ t: 'enroll', node: 'web-1', token: WEB1 })).toMatchObject({ ok: true })
+    expect(await j.ask({ t: 'grant', service: 'api', token: SVC })).toMatchObject({ ok: true })
+    expect(j.asked).toEqual(['EvilPeer', LEADER, 'EvilPeer', LEADER])
+    expect(c.store.acl.enrollment('JoinerPeer')).toMatchObject({ node: 'web-1', voter: false })
+    expect(c.store.acl.serviceGrants('JoinerPeer')).toMatchObject([{ service: 'api', accessorId: id(30) }])
+    expect(j.captured).toHaveLength(2)
+
+    // What the member saw: no secret anywhere in the bytes, no token field; only tid and mac.
+    for (const bytes of j.captured) {
+      for (const secret of [WEB1, SVC, MGMT, VOTER]) {
+        expect(Buffer.from(bytes).includes(Buffer.from(secret, 'utf8'))).toBe(false)
+        expect(Buffer.from(bytes).includes(Buffer.from(secret.replace(/-/g, ''), 'utf8'))).toBe(false)
+      }
+      const o = unpackRecord(bytes)!
+      expect(Object.keys(o).sort()).toEqual(
+        o['t'] === 'enroll' ? ['mac', 'node', 't', 'tid'] : ['mac', 'service', 't', 'tid'],
+      )
+      // The proof was made for the member asked, not for the leader.
+      const req = parseEnrollmentRequest(o)!
+      const name = req.t === 'enroll' ? req.node : req.service
+      const secret = req.t === 'enroll' ? WEB1 : SVC
+      expect(
+        verifyEnrollmentMac(
+          secret,
+          { t: req.t, name, requester: 'JoinerPeer', recipient: 'EvilPeer' },
+          req.mac,
+        ),
+      ).toBe(true)
+    }
+
+    // The attacker replays what it captured to the real leader: from its own peer id, and as if
+    // from the joining agent (the recipient is still EvilPeer). Both refused, nothing proposed.
+    const before = snapshotHex(c.store)
+    c.proposed.length = 0
+    const [enroll, grant] = j.captured.map((b) => unpackRecord(b))
+    for (const from of ['EvilPeer', 'JoinerPeer']) {
+      expect(await c.send(from, enroll)).toMatchObject({ ok: false, code: PermissionDeniedError.code })
+      expect(await c.send(from, grant)).toMatchObject({ ok: false, code: PermissionDeniedError.code })
+    }
+    // Nor could it use the proof once it leads itself (requester JoinerPeer is not EvilPeer).
+    const evilLeader = c.serverOn('EvilPeer')
+    expect(await c.send('EvilPeer', enroll, evilLeader)).toMatchObject({
+      ok: false,
+      code: PermissionDeniedError.code,
+    })
+    expect(c.server.stats).toMatchObject({ enrolled: 1, granted: 1, enrollDenied: 2, grantDenied: 2 })
+    expect(evilLeader.stats.enrollDenied).toBe(1)
+    expect(c.server.lastDenied?.from).toBe('JoinerPeer')
+    expect(c.proposed).toEqual([])
+    expect(snapshotHex(c.store)).toBe(before)
+    expect(c.store.acl.enrollment('EvilPeer')).toBeUndefined()
+  })
+
+  it('a voter token: the member cannot use the proof to enroll itself as a voter', async () => {
+    const c = cluster()
+    await c.setup()
+    const j = joining(c)
+    expect(await j.ask({ t: 'enroll', node: 'db-1', token: VOTER })).toMatchObject({ ok: true })
+    expect(c.store.acl.enrollment('JoinerPeer')?.voter).toBe(true)
+    const captured = unpackRecord(j.captured[0]!)
+    expect(Buffer.from(j.captured[0]!).includes(Buffer.from(VOTER, 'utf8'))).toBe(false)
+    c.proposed.length = 0
+    expect(await c.send('EvilPeer', captured)).toMatchObject({ ok: false, code: PermissionDeniedError.code })
+    expect(c.proposed).toEqual([])
+    expect(c.store.acl.enrollment('EvilPeer')).toBeUndefined()
   })
 })
 
@@ -183,6 +397,42 @@ describe('EnrollmentServer: honest requests', () => {
     expect(c.proposed).toHaveLength(1)
   })
 
+  it("the leader's own request is answered in-process with the secret (no wire, no proof)", async () => {
+    const c = cluster()
+    await c.setup()
+    const signal = new AbortController().signal
+    expect(await c.server.answer(LEADER, { t: 'enroll', node: 'lead', token: MGMT }, signal)).toMatchObject({
+      ok: true,
+    })
+    expect(c.store.acl.enrollment(LEADER)).toMatchObject({ node: 'lead', voter: true })
+    expect(await c.server.answer(LEADER, { t: 'enroll', node: 'x', token: id(999) }, signal)).toMatchObject({
+      ok: false,
+      code: PermissionDeniedError.code,
+    })
+  })
+
+  it('finds tokens created or deleted after the first request (the lookup follows ACL changes)', async () => {
+    const c = cluster()
+    await c.setup()
+    const NEW = id(41)
+    expect(await c.ask('NewPeer', { t: 'enroll', node: 'new-1', token: NEW })).toMatchObject({
+      code: PermissionDeniedError.code,
+    })
+    await c.apply({
+      op: 'acl.token.upsert',
+      mode: 'create',
+      accessorId: id(40),
+      secretId: NEW,
+      createTime: T,
+      nodeIdentities: [{ nodeName: 'new-1', datacenter: 'dc1' }],
+    })
+    expect(await c.ask('NewPeer', { t: 'enroll', node: 'new-1', token: NEW })).toMatchObject({ ok: true })
+    await c.apply({ op: 'acl.token.delete', accessorId: id(10) })
+    expect(await c.ask('WebPeer', { t: 'enroll', node: 'web-1', token: WEB1 })).toMatchObject({
+      code: PermissionDeniedError.code,
+    })
+  })
+
   it('a non-leader answers "not the leader" naming the leader; before bootstrap it answers "retry"', async () => {
     const c = cluster()
     await c.setup()
@@ -192,6 +442,8 @@ describe('EnrollmentServer: honest requests', () => {
       code: NOT_LEADER_CODE,
       leader: 'L',
     })
+    expect(c.server.stats).toMatchObject({ enrollDenied: 0, malformed: 0 })
+    expect(c.proposed).toEqual([])
     const fresh = cluster({ bootstrapped: false })
     expect(await fresh.ask('P', { t: 'enroll', node: 'web-1', token: WEB1 })).toMatchObject({
       ok: false,
@@ -303,8 +555,14 @@ describe('LeaderFinder: an agent outside Raft finds the leader through gossip me
             ['x', 'c', 'a', 'b', 'd'].map((id) => ({ id, status: id === 'd' ? 'dead' : 'alive' })),
         },
         channel: {
-          request: async (to) => {
+          request: async (to, bytes) => {
             asked.push(to)
+            // Each member gets a proof made for it, never the secret.
+            const req = parseEnrollmentRequest(unpackRecord(bytes))!
+            expect(
+              verifyEnrollmentMac(MGMT, { t: 'enroll', name: 'x', requester: 'x', recipient: to }, req.mac),
+            ).toBe(true)
+            expect(req.tid).toBe(tokenLookupId(MGMT))
             return pack(replies[to]!)
           },
         },
