@@ -168,6 +168,7 @@ export type RefusalReason =
   | 'malformed'
   | 'sender_mismatch'
   | 'untrusted_snapshot'
+  | 'unproven_leader'
 
 /** How many messages were refused for one reason, and the last of them. */
 export interface RefusalRecord {

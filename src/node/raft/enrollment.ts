@@ -70,8 +70,12 @@ export type EnrollmentWireRequest =
   | { t: 'enroll'; node: string; tid: string; mac: string }
   | { t: 'grant'; service: string; tid: string; mac: string }
 
-/** A reply: the Raft index that holds the binding (0: nothing was needed), or a refusal. */
-export type EnrollmentReply = LeaderReply<{ index: number }>
+/**
+ * A reply: the Raft index that holds the binding (0: nothing was needed), or a refusal. A leader
+ * answering a proof over the wire adds `ack` (ENROLLMENT_ACK_DOMAIN): what the asking agent checks
+ * before it believes the answer (`LeaderFinder.ask`).
+ */
+export type EnrollmentReply = LeaderReply<{ index: number; ack?: string }>
 
 /** The token or the requester does not qualify; nothing was proposed. */
 export class PermissionDeniedError extends PeermeshError {
@@ -103,6 +107,13 @@ export function isEnrollmentRequestType(t: unknown): t is EnrollmentRequest['t']
 
 /** Domain and version of the MAC input: a MAC made for anything else never verifies here. */
 export const ENROLLMENT_PROOF_DOMAIN = 'peermesh/enrollment-proof/v1'
+/**
+ * Domain of the leader's answer to a proof (`ack`): the same fields, keyed by the same secret,
+ * with the leader that answered as the recipient. Only a holder of the token's secret (the cluster
+ * whose ACL state has the token) can make it, so a joining agent believes it is enrolled, and
+ * takes its first Raft configuration, only from a member that proved it.
+ */
+export const ENROLLMENT_ACK_DOMAIN = 'peermesh/enrollment-ack/v1'
 /** Domain prefix of a token lookup id (a NUL byte separates it from the secret). */
 export const TOKEN_LOOKUP_ID_DOMAIN = 'peermesh/token-lookup-id/v1'
 /** base64url of 32 bytes (SHA-256, HMAC-SHA256), unpadded. */
@@ -135,9 +146,13 @@ export interface EnrollmentProofSubject {
  * HMAC-SHA256 keyed by the secret (UTF-8) over the fields ENROLLMENT_PROOF_DOMAIN, t, name,
  * requester, recipient, each as its UTF-8 byte length (uint32 big-endian) then its bytes.
  */
-export function enrollmentMac(secret: string, s: EnrollmentProofSubject): Buffer {
+export function enrollmentMac(
+  secret: string,
+  s: EnrollmentProofSubject,
+  domain = ENROLLMENT_PROOF_DOMAIN,
+): Buffer {
   const mac = createHmac('sha256', Buffer.from(secret, 'utf8'))
-  for (const field of [ENROLLMENT_PROOF_DOMAIN, s.t, s.name, s.requester, s.recipient]) {
+  for (const field of [domain, s.t, s.name, s.requester, s.recipient]) {
     const bytes = Buffer.from(field, 'utf8')
     const len = Buffer.alloc(4)
     len.writeUInt32BE(bytes.length)
@@ -159,9 +174,14 @@ export function enrollmentProof(
 }
 
 /** Whether `mac` (base64url) is the MAC of `secret` for `subject`; constant time in the MAC. */
-export function verifyEnrollmentMac(secret: string, subject: EnrollmentProofSubject, mac: string): boolean {
+export function verifyEnrollmentMac(
+  secret: string,
+  subject: EnrollmentProofSubject,
+  mac: string,
+  domain = ENROLLMENT_PROOF_DOMAIN,
+): boolean {
   const got = Buffer.from(mac, 'base64url')
-  const want = enrollmentMac(secret, subject)
+  const want = enrollmentMac(secret, subject, domain)
   return got.length === want.length && timingSafeEqual(got, want)
 }
 
@@ -300,7 +320,10 @@ export class EnrollmentServer {
     }
     if (!verifyEnrollmentMac(token.secret, subject, req.mac))
       return this.denied(from, req, token.accessorId, PROOF_REFUSED)
-    return this.decide(from, node, req, token.secret, signal)
+    const r = await this.decide(from, node, req, token.secret, signal)
+    if (!r.ok) return r
+    // Proves this answer to the asker: only a holder of the token's secret can make it.
+    return { ...r, ack: enrollmentMac(token.secret, subject, ENROLLMENT_ACK_DOMAIN).toString('base64url') }
   }
 
   /** The answer to this agent's own request, holding the secret (when this agent leads). */
@@ -449,8 +472,14 @@ export interface LeaderFinderComponents {
   channel: RequestChannel
   /** The answer when this agent leads. */
   local(req: EnrollmentRequest, signal: AbortSignal): Promise<EnrollmentReply>
+  /**
+   * Told of each member whose answer proved it holds the token's secret (a valid `ack`): the
+   * leader of the cluster this agent belongs to, as far as this agent can know (RaftModule lets
+   * only such a member give a fresh agent its first configuration).
+   */
+  proven?(peer: string): void
   clock: Clock
-  log?: Pick<Logger, 'debug'>
+  log?: Pick<Logger, 'debug' | 'warn'>
 }
 
 export interface LeaderFinderSettings {
@@ -477,6 +506,8 @@ const FINAL_CODES: ReadonlySet<string> = new Set([
  */
 export class LeaderFinder {
   private cursor = 0
+  /** Answers "yes" without a valid ack (from a member that does not hold the token): ignored. */
+  unproven = 0
 
   constructor(
     private readonly components: LeaderFinderComponents,
@@ -503,10 +534,28 @@ export class LeaderFinder {
             // A proof made for this target: the secret stays here, and the proof is of no use to
             // anyone but this agent asking this target.
             const bytes = encodeEnrollmentRequest(enrollmentProof(req, self, target))
-            reply = decodeLeaderReply(
+            const answer = decodeLeaderReply(
               await channel.request(target, bytes, { signal: attempt.signal }),
               decodeIndex,
             )
+            reply = answer
+            // An answer "yes" is believed only with the leader's ack: anyone in gossip can say yes.
+            if (answer?.ok === true) {
+              const subject = { t: req.t, name: subjectName(req), requester: self, recipient: target }
+              if (
+                answer.ack !== undefined &&
+                verifyEnrollmentMac(req.token, subject, answer.ack, ENROLLMENT_ACK_DOMAIN)
+              ) {
+                this.components.proven?.(target)
+              } else {
+                this.unproven++
+                log?.warn(
+                  { from: target, t: req.t },
+                  "an answer without the leader's proof of the token; ignored",
+                )
+                reply = undefined
+              }
+            }
           } catch (err) {
             log?.debug({ to: target, err: (err as Error).message }, `${req.t}: attempt failed; retrying`)
           } finally {
@@ -543,9 +592,12 @@ export class LeaderFinder {
   }
 }
 
-function decodeIndex(o: Record<string, unknown>): { index: number } | undefined {
+function decodeIndex(o: Record<string, unknown>): { index: number; ack?: string } | undefined {
   const i = o['index']
-  return typeof i === 'number' && Number.isSafeInteger(i) && i >= 0 ? { index: i } : undefined
+  if (typeof i !== 'number' || !Number.isSafeInteger(i) || i < 0) return undefined
+  const ack = o['ack']
+  if (ack === undefined) return { index: i }
+  return typeof ack === 'string' && DIGEST_B64.test(ack) ? { index: i, ack } : undefined
 }
 
 // ---- the agent's own enrollment -----------------------------------------------------------------
@@ -571,6 +623,7 @@ export interface AgentEnrollmentSettings {
 export class AgentEnrollment {
   private controller?: AbortController
   private done = false
+  private asking = false
   private running?: Promise<void>
 
   constructor(
@@ -594,7 +647,26 @@ export class AgentEnrollment {
     await this.running
   }
 
+  /**
+   * Asks again, as at the start, unless it is asking now: the answer proves the leader that gives
+   * it (`LeaderFinderComponents.proven`), for when leadership moved since the last answer.
+   */
+  reprove(): void {
+    const c = this.controller
+    if (c === undefined || c.signal.aborted || this.asking) return
+    this.running = this.loop(c.signal)
+  }
+
   private async loop(stop: AbortSignal): Promise<void> {
+    this.asking = true
+    try {
+      await this.ask(stop)
+    } finally {
+      this.asking = false
+    }
+  }
+
+  private async ask(stop: AbortSignal): Promise<void> {
     const { finder, clock, log } = this.components
     const { node, token } = this.settings
     let backoff = this.settings.minBackoffMs

@@ -164,6 +164,13 @@ interface Running {
   finder: LeaderFinder
   /** This agent's own enrollment (ACLs on, an agent token). */
   agentEnrollment?: AgentEnrollment
+  /**
+   * Members whose answer to this agent's enrollment proved they hold its token's secret (the
+   * leader's ack): with ACLs on, only they may give this agent its first configuration.
+   */
+  provenLeaders: Set<string>
+  /** When this run last asked again for a proof (an unproven member's appends; see receive). */
+  reprovedAt: number
   acl: AclResolver
   ctx: AgentContext
   log: Logger
@@ -354,6 +361,7 @@ export class RaftModule implements AgentModule {
       },
       { attemptTimeoutMs: s.attemptTimeoutMs, retryPauseMs: s.retryPauseMs },
     )
+    const provenLeaders = new Set<string>()
     const run: Running = {
       node,
       messenger,
@@ -407,11 +415,14 @@ export class RaftModule implements AgentModule {
           members: components.members,
           channel: messenger,
           local: (req, signal) => enrollment.answer(self, req, signal),
+          proven: (peer) => provenLeaders.add(peer),
           clock,
           log,
         },
         { attemptTimeoutMs: s.attemptTimeoutMs, retryPauseMs: ENROLLMENT_RETRY_PAUSE_MS },
       ),
+      provenLeaders,
+      reprovedAt: Number.NEGATIVE_INFINITY,
       acl,
       subscriptions: [],
     }
@@ -749,6 +760,7 @@ export class RaftModule implements AgentModule {
     const m = r.message
     if (m.from !== from) this.refuse('sender_mismatch', from, m.type, m.term)
     else if (m.to !== node.id) this.refuse('malformed', from, m.type, m.term)
+    else if (this.unprovenFirstLeader(node, m)) this.refuse('unproven_leader', from, m.type, m.term)
     else if (m.type === 'snap' && !this.verifySnapshot(m))
       this.refuse('untrusted_snapshot', from, m.type, m.term)
     else if (m.type === 'snap' && this.store.snapshotProblem(m.snapshot!.data) !== undefined)
@@ -769,6 +781,30 @@ export class RaftModule implements AgentModule {
         this.components.members.setRelayed?.(relayed)
       }
     }
+  }
+
+  /**
+   * With ACLs on, whether `m` would give this agent its first configuration (an append, heartbeat
+   * or snapshot to an agent whose configuration is still empty: the Raft core takes those from
+   * anyone) from a member that has not proven it leads this agent's cluster. Proven: it answered
+   * this agent's enrollment with an ack made with the agent's token secret (LeaderFinder), which
+   * a process holding only the cluster key cannot make; so such a process cannot make a joining
+   * agent follow it, trust its CA and enforce its intentions. The leader may have changed since
+   * that answer: such a refusal asks again (at most once per ENROLLMENT_MIN_BACKOFF_MS), which
+   * proves the new leader.
+   */
+  private unprovenFirstLeader(node: RaftNode<PolicyResult>, m: Message): boolean {
+    const run = this.run
+    if (run === undefined || !run.ctx.config.acl.enabled) return false
+    if (m.type !== 'app' && m.type !== 'heartbeat' && m.type !== 'snap') return false
+    if (node.voters().length > 0 || node.status().conf.learners.length > 0) return false
+    if (run.provenLeaders.has(m.from)) return false
+    const now = this.clock.now()
+    if (run.agentEnrollment !== undefined && now - run.reprovedAt >= ENROLLMENT_MIN_BACKOFF_MS) {
+      run.reprovedAt = now
+      run.agentEnrollment.reprove()
+    }
+    return true
   }
 
   /** A heartbeat to a voter, with the other voters this leader heard from (EvidenceRelay). */

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto'
 import pino from 'pino'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { commandPermission } from '../../../src/acl/command-permission.ts'
 import { FOUNDER_ACCESSOR_ID } from '../../../src/acl/constants.ts'
 import { systemClock } from '../../../src/common/clock.ts'
@@ -11,6 +11,7 @@ import {
   AgentEnrollment,
   type EnrollmentReply,
   type EnrollmentRequest,
+  ENROLLMENT_ACK_DOMAIN,
   EnrollmentServer,
   enrollmentMac,
   enrollmentProof,
@@ -93,9 +94,26 @@ function cluster(opts: { bootstrapped?: boolean; replicated?: () => boolean } = 
     unpackRecord(
       await on.serve(from, unpackRecord(pack(req)), new AbortController().signal),
     ) as unknown as EnrollmentReply
-  /** `from` proves `req`'s token as an honest agent does, to the leader. */
-  const ask = (from: string, req: EnrollmentRequest): Promise<EnrollmentReply> =>
-    send(from, enrollmentProof(req, from, LEADER))
+  /**
+   * `from` proves `req`'s token as an honest agent does, to the leader. Every "yes" carries the
+   * leader's ack, made with the token's secret for this asker and this leader (checked here, then
+   * left out of what the tests compare).
+   */
+  const ask = async (from: string, req: EnrollmentRequest): Promise<EnrollmentReply> => {
+    const r = await send(from, enrollmentProof(req, from, LEADER))
+    if (!r.ok) return r
+    const { ack, ...rest } = r
+    const subject = {
+      t: req.t,
+      name: req.t === 'enroll' ? req.node : req.service,
+      requester: from,
+      recipient: LEADER,
+    }
+    expect(ack !== undefined && verifyEnrollmentMac(req.token, subject, ack, ENROLLMENT_ACK_DOMAIN)).toBe(
+      true,
+    )
+    return rest
+  }
   return { store, node, state, proposed, server, serverOn, setup, ask, send, apply }
 }
 
@@ -544,7 +562,15 @@ describe('LeaderFinder: an agent outside Raft finds the leader through gossip me
     const replies: Record<string, EnrollmentReply> = {
       a: refusal(NOT_LEADER_CODE, 'not the leader'),
       b: refusal(NOT_LEADER_CODE, 'not the leader', 'c'),
-      c: { ok: true, index: 7 },
+      c: {
+        ok: true,
+        index: 7,
+        ack: enrollmentMac(
+          MGMT,
+          { t: 'enroll', name: 'x', requester: 'x', recipient: 'c' },
+          ENROLLMENT_ACK_DOMAIN,
+        ).toString('base64url'),
+      },
     }
     const finder = new LeaderFinder(
       {
@@ -572,8 +598,56 @@ describe('LeaderFinder: an agent outside Raft finds the leader through gossip me
       { attemptTimeoutMs: 1_000, retryPauseMs: 1 },
     )
     const req: EnrollmentRequest = { t: 'enroll', node: 'x', token: MGMT }
-    expect(await finder.ask(req, { signal: AbortSignal.timeout(5_000) })).toEqual({ ok: true, index: 7 })
+    expect(await finder.ask(req, { signal: AbortSignal.timeout(5_000) })).toMatchObject({
+      ok: true,
+      index: 7,
+    })
     expect(asked).toEqual(['a', 'b', 'c'])
+  })
+
+  it('believes a "yes" only with the leader\'s ack: a key holder\'s yes is ignored and proves nobody', async () => {
+    const ack = (secret: string, recipient: string) =>
+      enrollmentMac(
+        secret,
+        { t: 'enroll', name: 'x', requester: 'x', recipient },
+        ENROLLMENT_ACK_DOMAIN,
+      ).toString('base64url')
+    // a: says yes with no ack; b: an ack made with a secret it guessed; c: replays the leader's
+    // ack made for d; d: the leader.
+    const replies: Record<string, EnrollmentReply> = {
+      a: { ok: true, index: 1 },
+      b: { ok: true, index: 1, ack: ack(id(999), 'b') },
+      c: { ok: true, index: 1, ack: ack(MGMT, 'd') },
+      d: { ok: true, index: 9, ack: ack(MGMT, 'd') },
+    }
+    const asked: string[] = []
+    const proven: string[] = []
+    const finder = new LeaderFinder(
+      {
+        self: 'x',
+        node: { isLeader: () => false, leader: () => undefined },
+        members: { members: () => ['a', 'b', 'c', 'd'].map((id) => ({ id, status: 'alive' as const })) },
+        channel: {
+          request: async (to) => {
+            asked.push(to)
+            return pack(replies[to]!)
+          },
+        },
+        local: async () => refusal('X', 'not here'),
+        proven: (peer) => proven.push(peer),
+        clock: systemClock,
+        log: pino({ level: 'silent' }),
+      },
+      { attemptTimeoutMs: 1_000, retryPauseMs: 1 },
+    )
+    const req: EnrollmentRequest = { t: 'enroll', node: 'x', token: MGMT }
+    expect(await finder.ask(req, { signal: AbortSignal.timeout(5_000) })).toMatchObject({
+      ok: true,
+      index: 9,
+    })
+    expect(asked).toEqual(['a', 'b', 'c', 'd'])
+    expect(proven).toEqual(['d'])
+    expect(finder.unproven).toBe(3)
   })
 
   it('returns a permission refusal at once, and throws NoLeaderError when nobody answers in time', async () => {
@@ -629,5 +703,37 @@ describe('AgentEnrollment', () => {
     expect(e.confirmed).toBe(true)
     await e.stop()
     expect(calls).toBe(3)
+  })
+
+  it('asks once more when told to reprove (a new leader must prove itself), never twice at once', async () => {
+    let calls = 0
+    let release: () => void = () => {}
+    const e = new AgentEnrollment(
+      {
+        finder: {
+          ask: async () => {
+            calls++
+            // The second ask waits until the test releases it.
+            if (calls === 2) await new Promise<void>((r) => (release = r))
+            return { ok: true, index: 4 }
+          },
+        },
+        clock: systemClock,
+        log,
+      },
+      { node: 'web-1', token: WEB1, roundTimeoutMs: 1_000, minBackoffMs: 1, maxBackoffMs: 4 },
+    )
+    e.start()
+    await vi.waitFor(() => expect(e.confirmed).toBe(true))
+    expect(calls).toBe(1)
+    e.reprove()
+    await vi.waitFor(() => expect(calls).toBe(2))
+    e.reprove() // asking now: no second round beside it
+    e.reprove()
+    release()
+    await e.stop()
+    expect(calls).toBe(2)
+    e.reprove() // stopped: nothing
+    expect(calls).toBe(2)
   })
 })

@@ -32,6 +32,8 @@ export async function startLoneRaftAgent(o: {
   /** What the module tells gossip of its leader's relayed evidence (`RaftMembers.setRelayed`). */
   setRelayed?: (entries: readonly { id: string; ageMs: number }[]) => void
   fresh?: boolean
+  /** ACLs on, this agent enrolling with this token (only with `fresh`). */
+  aclToken?: string
 }): Promise<LoneRaftAgent> {
   const fresh = o.fresh === true
   const identity = await loadOrCreateNodeIdentity(o.dataDir)
@@ -45,7 +47,8 @@ export async function startLoneRaftAgent(o: {
       bootstrap: !fresh,
       raftVoters: 1,
       listen,
-      acl: { enabled: false, defaultPolicy: 'deny', anonymousRead: true },
+      acl: { enabled: o.aclToken !== undefined, defaultPolicy: 'deny', anonymousRead: true },
+      ...(o.aclToken !== undefined ? { defaultToken: o.aclToken } : {}),
     },
     identity,
     clusterKey: o.clusterKey,

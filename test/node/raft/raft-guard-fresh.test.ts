@@ -16,13 +16,15 @@ import { pack } from '../../../src/common/msgpack.ts'
 import { generateClusterKey, parseClusterKey } from '../../../src/identity/keys/cluster-key.ts'
 import { RAFT_PROTOCOL, RAFT_RPC_PROTOCOL } from '../../../src/node/raft/raft-module.ts'
 import { StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
+import { encodeConfChange } from '../../../src/raft/conf-change.ts'
 import { encodeMessage, PolicyStore } from '../../../src/raft/index.ts'
+import type { Message } from '../../../src/raft/types.ts'
 import { waitFor } from '../../e2e/harness.ts'
 import { raftMessage } from '../../raft/message.ts'
 import { makeTempDir, removeTempDir } from '../../temp-dir.ts'
 import { type LoneRaftAgent, startLoneRaftAgent } from './lone-raft-agent.ts'
 
-describe('a fresh agent refuses a snapshot it could not restore (real libp2p transport)', () => {
+describe('a fresh agent: what it takes its first configuration from (real libp2p transport)', () => {
   const key = parseClusterKey(generateClusterKey())
   const dirs: string[] = []
   const started: LoneRaftAgent[] = []
@@ -32,7 +34,7 @@ describe('a fresh agent refuses a snapshot it could not restore (real libp2p tra
     dirs.push(d)
     return d
   }
-  const start = async (dataDir: string): Promise<LoneRaftAgent> => {
+  const start = async (dataDir: string, aclToken?: string): Promise<LoneRaftAgent> => {
     const a = await startLoneRaftAgent({
       dataDir,
       attackerDir: tmp(),
@@ -41,9 +43,24 @@ describe('a fresh agent refuses a snapshot it could not restore (real libp2p tra
       log: pino({ level: 'silent' }),
       metrics: new Registry(),
       fresh: true,
+      ...(aclToken !== undefined ? { aclToken } : {}),
     })
     started.push(a)
     return a
+  }
+  const startFresh = (o: { aclToken: string }) => start(tmp(), o.aclToken)
+  const messenger = async (host: LoneRaftAgent['attackerHost']): Promise<StreamMessenger> => {
+    const m = new StreamMessenger({
+      host,
+      protocol: RAFT_PROTOCOL,
+      requestProtocol: RAFT_RPC_PROTOCOL,
+      log: pino({ level: 'silent' }),
+      maxMessageBytes: 1 << 20,
+      chunking: { maxFrameBytes: 1 << 20 },
+    })
+    messengers.push(m)
+    await m.start()
+    return m
   }
 
   afterAll(async () => {
@@ -153,5 +170,40 @@ describe('a fresh agent refuses a snapshot it could not restore (real libp2p tra
       20,
     )
     expect(raft.refusedMessages().malformed).toBeUndefined()
+  })
+
+  it('with ACLs on, takes its first configuration only from a member that proved its token: a key holder is refused, even with a snapshot that restores', async () => {
+    const { self, attackerHost, raft } = await startFresh({
+      aclToken: '11111111-2222-3333-4444-555555555555',
+    })
+    const attacker = await messenger(attackerHost)
+    const me = attackerHost.peerId.toString()
+    const send = (m: Partial<Message> & Pick<Message, 'type'>) =>
+      attacker.send(self, encodeMessage(raftMessage({ from: me, to: self, ...m })))
+    send({ type: 'heartbeat', term: 5 })
+    send({
+      type: 'app',
+      term: 5,
+      entries: [{ term: 5, index: 1, type: 'conf', data: encodeConfChange({ type: 'addVoter', node: me }) }],
+    })
+    send({
+      type: 'snap',
+      term: 5,
+      snapshot: {
+        metadata: { index: 4, term: 5, conf: { voters: [me], learners: [self] } },
+        data: new PolicyStore().snapshot(),
+      },
+    })
+    await waitFor(
+      'every message refused',
+      async () => ((raft.refusedMessages().unproven_leader?.count ?? 0) >= 3 ? true : undefined),
+      8_000,
+      20,
+    )
+    expect(raft.refusedMessages().unproven_leader).toMatchObject({ count: 3, from: me })
+    const st = raft.raft!.status()
+    expect(st.conf).toEqual({ voters: [], learners: [] })
+    expect(st.term).toBe(0)
+    expect(st.leader).toBeUndefined()
   })
 })
