@@ -77,16 +77,7 @@ describe('a fresh agent: what it takes its first configuration from (real libp2p
     const dataDir = tmp()
     const { self, attackerHost, raft } = await start(dataDir)
     expect(raft.raft!.status().conf).toEqual({ voters: [], learners: [] })
-    const attacker = new StreamMessenger({
-      host: attackerHost,
-      protocol: RAFT_PROTOCOL,
-      requestProtocol: RAFT_RPC_PROTOCOL,
-      log: pino({ level: 'silent' }),
-      maxMessageBytes: 1 << 20,
-      chunking: { maxFrameBytes: 1 << 20 },
-    })
-    messengers.push(attacker)
-    await attacker.start()
+    const attacker = await messenger(attackerHost)
     const me = attackerHost.peerId.toString()
     const snap = (data: Uint8Array) =>
       attacker.send(
@@ -136,16 +127,7 @@ describe('a fresh agent: what it takes its first configuration from (real libp2p
 
   it('still takes a snapshot it can restore while its configuration is empty (how a new learner catches up)', async () => {
     const { self, attackerHost, raft } = await start(tmp())
-    const sender = new StreamMessenger({
-      host: attackerHost,
-      protocol: RAFT_PROTOCOL,
-      requestProtocol: RAFT_RPC_PROTOCOL,
-      log: pino({ level: 'silent' }),
-      maxMessageBytes: 1 << 20,
-      chunking: { maxFrameBytes: 1 << 20 },
-    })
-    messengers.push(sender)
-    await sender.start()
+    const sender = await messenger(attackerHost)
     const me = attackerHost.peerId.toString()
     const leaderState = new PolicyStore()
     sender.send(
