@@ -13,6 +13,7 @@ export const GRPC_STATUS = {
   DEADLINE_EXCEEDED: 4,
   PERMISSION_DENIED: 7,
   RESOURCE_EXHAUSTED: 8,
+  INTERNAL: 13,
   UNAVAILABLE: 14,
 } as const
 
@@ -21,8 +22,48 @@ export const {
   NGHTTP2_CANCEL,
   NGHTTP2_REFUSED_STREAM,
   NGHTTP2_INTERNAL_ERROR,
+  NGHTTP2_PROTOCOL_ERROR,
   NGHTTP2_FLAG_END_STREAM,
 } = http2.constants
+
+/**
+ * Whether a response `:status` from the next hop can be relayed as a final response: 200-599.
+ * nghttp2 accepts any three digits (600-999 included) but Node's `respond()` throws on a status
+ * outside 100-599, and a 1xx is informational, never final (a 1xx that ends the stream reaches
+ * the 'response' event too).
+ */
+export function isRelayableStatus(status: unknown): status is number {
+  return typeof status === 'number' && Number.isInteger(status) && status >= 200 && status <= 599
+}
+
+/**
+ * `down.respond(headers, options)` for headers that carry values from a peer: Node validates them
+ * and throws (ERR_HTTP2_STATUS_INVALID, ERR_HTTP2_INVALID_HEADER_VALUE, ...), which inside an event
+ * handler would be uncaught. On such an error the stream is reset (INTERNAL_ERROR) and false is
+ * returned.
+ */
+export function tryRespond(
+  down: http2.ServerHttp2Stream,
+  headers: http2.OutgoingHttpHeaders,
+  options?: http2.ServerStreamResponseOptions,
+): boolean {
+  try {
+    down.respond(headers, options)
+    return true
+  } catch {
+    if (!down.destroyed) down.close(NGHTTP2_INTERNAL_ERROR)
+    return false
+  }
+}
+
+/** `down.sendTrailers(trailers)` for trailers from a peer: on an error the stream is reset. */
+export function trySendTrailers(down: http2.ServerHttp2Stream, trailers: http2.OutgoingHttpHeaders): void {
+  try {
+    down.sendTrailers(trailers)
+  } catch {
+    if (!down.destroyed) down.close(NGHTTP2_INTERNAL_ERROR)
+  }
+}
 
 /** Whether a request (or response) is gRPC: `content-type: application/grpc[+proto|;...]`. */
 export function isGrpc(headers: http2.IncomingHttpHeaders): boolean {
@@ -60,7 +101,8 @@ export function respondGrpcStatus(
   message: string,
   extra: http2.OutgoingHttpHeaders = {},
 ): void {
-  stream.respond(
+  tryRespond(
+    stream,
     {
       ':status': 200,
       'content-type': 'application/grpc',
@@ -88,7 +130,8 @@ export function passesTrailers(
  * Relays the response of `up` to `down` once its headers (`headers`, with `flags`) are in: the
  * headers as `out`, the body with backpressure, then, with `trailers`, the trailers
  * (`grpc-status`, `grpc-message`, ...) as a trailing HEADERS frame. A reset of `up` after this
- * resets `down` with the same code.
+ * resets `down` with the same code. Headers Node refuses to send reset `down` (INTERNAL_ERROR)
+ * and cancel `up`; callers check the `:status` first (`isRelayableStatus`).
  */
 export function relayResponse(
   up: http2.ClientHttp2Stream,
@@ -97,16 +140,14 @@ export function relayResponse(
   flags: number,
   withTrailers: boolean,
 ): void {
-  if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) {
-    down.respond(out, { endStream: true })
-  } else if (withTrailers) relayWithTrailers(up, down, out)
-  else {
-    down.respond(out)
-    up.pipe(down)
-  }
   up.once('close', () => {
     if (up.rstCode !== NGHTTP2_NO_ERROR && !down.closed) down.close(up.rstCode)
   })
+  if ((flags & NGHTTP2_FLAG_END_STREAM) !== 0) {
+    tryRespond(down, out, { endStream: true })
+  } else if (withTrailers) relayWithTrailers(up, down, out)
+  else if (tryRespond(down, out)) up.pipe(down)
+  else up.close(NGHTTP2_CANCEL)
 }
 
 function relayWithTrailers(
@@ -118,8 +159,11 @@ function relayWithTrailers(
   up.on('trailers', (t: http2.IncomingHttpHeaders) => {
     trailers = forwardedHeaders(t)
   })
-  down.respond(out, { waitForTrailers: true })
+  if (!tryRespond(down, out, { waitForTrailers: true })) {
+    up.close(NGHTTP2_CANCEL)
+    return
+  }
   // Without trailers from upstream, an empty trailing HEADERS frame ends the stream.
-  down.on('wantTrailers', () => down.sendTrailers(trailers))
+  down.on('wantTrailers', () => trySendTrailers(down, trailers))
   up.pipe(down)
 }

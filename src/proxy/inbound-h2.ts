@@ -6,12 +6,17 @@
  *
  * Before a request reaches the app it passes the `RequestGate` (L7 intentions, rate limits) with
  * the caller's service; a denied one gets a trailers-only response with the gate's `grpcStatus`
- * (gRPC requests) or its HTTP `status` (others), and never reaches the app.
+ * (gRPC requests) or its HTTP `status` (others), and never reaches the app. The gate sees the
+ * `:path` normalized as the HTTP/1.1 inbound does (`normalizeRequestPath`), and the app gets that
+ * path with the original query; a path that cannot be normalized gets 400 (gRPC: INTERNAL), and a
+ * CONNECT (a tunnel, no `:path`) 405.
  *
  * When the app cannot be reached, the stream is refused (REFUSED_STREAM): the request was not
  * processed, and the caller's sidecar sends it to another instance. When the app's session dies
  * with the request sent and no response yet, a gRPC caller gets UNAVAILABLE (14) in a
  * trailers-only response, others a 502; a stream reset by the app is reset with the same code.
+ * A response status Node cannot send (nghttp2 accepts 600-999) gets the caller a 502 (gRPC:
+ * UNAVAILABLE), not marked as a reset.
  */
 import http2 from 'node:http2'
 import net from 'node:net'
@@ -22,14 +27,20 @@ import {
   forwardedHeaders,
   GRPC_STATUS,
   isGrpc,
+  isRelayableStatus,
   NGHTTP2_CANCEL,
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_NO_ERROR,
+  NGHTTP2_PROTOCOL_ERROR,
   NGHTTP2_REFUSED_STREAM,
   passesTrailers,
   relayResponse,
   respondGrpcStatus,
+  tryRespond,
+  trySendTrailers,
 } from './h2-common.ts'
+import { INBOUND_REJECT_HEADER } from './inbound-http.ts'
+import { normalizeRequestPath } from './l7-permissions.ts'
 import type { ListenerMetrics } from './metrics.ts'
 import { PROXY_ERROR_HEADER } from './outbound-http.ts'
 import type { GateDecision, RequestGate } from './request-gate.ts'
@@ -122,6 +133,35 @@ export class H2InboundHandler {
     this.local = undefined
   }
 
+  /**
+   * A request refused before the gate, as the HTTP/1.1 inbound refuses it: `status` with
+   * `x-peermesh-reject: <reason>`, or for gRPC a trailers-only INTERNAL (what gRPC maps HTTP 400
+   * to, and what Envoy answers a gRPC request its path normalization rejects with).
+   */
+  private refuse(
+    down: http2.ServerHttp2Stream,
+    source: string,
+    method: string,
+    path: string,
+    grpc: boolean,
+    status: number,
+    reason: string,
+    startedAt: number,
+  ): void {
+    const m = this.init.metrics
+    this.init.logger.info(
+      { src: source, dst: this.init.service, method, path: path.slice(0, 200), reason },
+      `inbound request refused src=${source} dst=${this.init.service} ${method} ${JSON.stringify(path.slice(0, 200))} (${reason})`,
+    )
+    if (grpc) {
+      respondGrpcStatus(down, GRPC_STATUS.INTERNAL, `${reason}: request not allowed`, {
+        [INBOUND_REJECT_HEADER]: reason,
+      })
+    } else tryRespond(down, { ':status': status, [INBOUND_REJECT_HEADER]: reason }, { endStream: true })
+    const elapsed = (this.init.clock.now() - startedAt) / 1000
+    m.response(grpc ? 200 : status, elapsed, grpc ? { grpcStatus: GRPC_STATUS.INTERNAL } : undefined)
+  }
+
   private localLink(): LocalLink {
     const existing = this.local
     if (existing !== undefined && !existing.session.closed && !existing.session.destroyed) return existing
@@ -164,22 +204,30 @@ export class H2InboundHandler {
     }
     m.requests.inc()
     const grpc = isGrpc(headers)
-    const url = headers[':path'] ?? '/'
+    const method = headers[':method'] ?? 'GET'
+    const url = headers[':path']
+    if (method === 'CONNECT' || url === undefined) {
+      // A tunnel (CONNECT has no :path) would carry bytes no rule sees: not served.
+      const status = method === 'CONNECT' ? 405 : 400
+      this.refuse(down, caller.source, method, url ?? '', grpc, status, 'bad_request', startedAt)
+      return
+    }
     const q = url.indexOf('?')
+    const rawPath = q < 0 ? url : url.slice(0, q)
+    // The gate and the app see the same path, normalized as the HTTP/1.1 inbound does
+    // (inbound-http.ts); a path that cannot be matched safely gets 400.
+    const path = normalizeRequestPath(rawPath)
+    if (path === undefined) {
+      this.refuse(down, caller.source, method, rawPath, grpc, 400, 'bad_path', startedAt)
+      return
+    }
     let decision: GateDecision
     try {
-      decision = this.init.gate.check({
-        source: caller.source,
-        method: headers[':method'] ?? 'GET',
-        path: q < 0 ? url : url.slice(0, q),
-        headers,
-      })
+      decision = this.init.gate.check({ source: caller.source, method, path, headers })
     } catch {
       // A gate that cannot answer denies, as the authorizer does.
       decision = { allow: false, reason: 'intention', status: 403, grpcStatus: GRPC_STATUS.PERMISSION_DENIED }
     }
-    const method = headers[':method'] ?? 'GET'
-    const path = q < 0 ? url : url.slice(0, q)
     if (!decision.allow) {
       // Counted and logged as the HTTP/1.1 inbound does (inbound-http.ts).
       if (decision.reason === 'rate-limit') m.rejected('rate-limit')
@@ -189,7 +237,7 @@ export class H2InboundHandler {
         `inbound request denied src=${caller.source} dst=${this.init.service} ${method} ${path.slice(0, 200)} (${decision.reason})`,
       )
       if (grpc) respondGrpcStatus(down, decision.grpcStatus, `denied: ${decision.reason}`)
-      else down.respond({ ':status': decision.status }, { endStream: true })
+      else tryRespond(down, { ':status': decision.status }, { endStream: true })
       m.response(
         grpc ? 200 : decision.status,
         (clock.now() - startedAt) / 1000,
@@ -199,6 +247,7 @@ export class H2InboundHandler {
     }
 
     const forwarded = forwardedHeaders(headers)
+    forwarded[':path'] = q < 0 ? path : path + url.slice(q)
     let span: Span | undefined
     const tracer = this.init.tracer
     if (tracer !== undefined) {
@@ -239,6 +288,26 @@ export class H2InboundHandler {
     let holding: Cancel | undefined
     up.on('response', (resHeaders, flags) => {
       if (down.closed) return
+      if (!isRelayableStatus(resHeaders[':status'])) {
+        // Node cannot send it (600-999), or it is no final response: the app is broken, and the
+        // caller gets a 502 (gRPC: UNAVAILABLE), not marked as a reset, so it is not retried.
+        responded = true
+        up.close(NGHTTP2_PROTOCOL_ERROR)
+        m.error('bad_response')
+        this.init.logger.info(
+          { dst: this.init.service, status: resHeaders[':status'] },
+          'inbound local app sent an invalid response status',
+        )
+        if (grpc) {
+          status = 200
+          grpcStatus = String(GRPC_STATUS.UNAVAILABLE)
+          respondGrpcStatus(down, GRPC_STATUS.UNAVAILABLE, 'local app sent an invalid response status')
+        } else {
+          status = 502
+          tryRespond(down, { ':status': 502 }, { endStream: true })
+        }
+        return
+      }
       status = resHeaders[':status'] ?? 0
       const g = resHeaders['grpc-status']
       if (typeof g === 'string') grpcStatus = g
@@ -277,7 +346,11 @@ export class H2InboundHandler {
           })
         } else {
           status = 502
-          down.respond({ ':status': 502, [PROXY_ERROR_HEADER]: UpstreamResetError.code }, { endStream: true })
+          tryRespond(
+            down,
+            { ':status': 502, [PROXY_ERROR_HEADER]: UpstreamResetError.code },
+            { endStream: true },
+          )
         }
       } else down.close(up.rstCode)
     })
@@ -343,8 +416,11 @@ function holdGrpcResponse(
     cancelTimer()
     up.off('data', onData)
     onForward()
-    down.respond(out, { waitForTrailers: true })
-    down.on('wantTrailers', () => down.sendTrailers(withGrpcStatus(trailers)))
+    if (!tryRespond(down, out, { waitForTrailers: true })) {
+      up.close(NGHTTP2_CANCEL)
+      return
+    }
+    down.on('wantTrailers', () => trySendTrailers(down, withGrpcStatus(trailers)))
     for (const chunk of held) down.write(chunk)
     held.length = 0
     if (complete) down.end()

@@ -16,7 +16,8 @@
  *   (a trailers-only answer with `x-peermesh-error: PEERMESH_ERR_UPSTREAM_RESET`): for gRPC calls
  *   and idempotent methods (a call that got no response header is safe to send again), or any
  *   request when the route retries on `reset`;
- * - the endpoint reset the stream: for idempotent methods, or when the route retries on `reset`;
+ * - the endpoint reset the stream, or answered with a status outside 200-599 (a protocol error,
+ *   which Node could not relay): for idempotent methods, or when the route retries on `reset`;
  * - the response matches the route's `RetryOnStatusCodes`, or its `RetryOn` (`5xx`,
  *   `gateway-error`, `retriable-4xx`, and for a trailers-only gRPC response its `grpc-status`:
  *   `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`).
@@ -47,13 +48,16 @@ import {
   forwardedHeaders,
   GRPC_STATUS,
   isGrpc,
+  isRelayableStatus,
   NGHTTP2_CANCEL,
   NGHTTP2_FLAG_END_STREAM,
   NGHTTP2_INTERNAL_ERROR,
+  NGHTTP2_PROTOCOL_ERROR,
   NGHTTP2_REFUSED_STREAM,
   passesTrailers,
   relayResponse,
   respondGrpcStatus,
+  tryRespond,
 } from './h2-common.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import {
@@ -404,7 +408,19 @@ class H2Exchange {
       up.close(NGHTTP2_CANCEL)
       return
     }
-    const status = headers[':status'] ?? 502
+    if (!isRelayableStatus(headers[':status'])) {
+      // A status Node cannot send on (600-999), or no final response: a protocol error of the
+      // endpoint, handled as a reset before response headers (Envoy's protocol_error).
+      this.core.logger.debug(
+        { upstream: this.core.destination, endpoint: record.endpoint.id, status: headers[':status'] },
+        'upstream sent an invalid response status',
+      )
+      this.up = undefined
+      up.close(NGHTTP2_PROTOCOL_ERROR)
+      this.attemptFailed(record, 'reset')
+      return
+    }
+    const status = headers[':status']
     const trailersOnly = (flags & NGHTTP2_FLAG_END_STREAM) !== 0
     if (trailersOnly && headers[PROXY_ERROR_HEADER] === UpstreamResetError.code) {
       // The endpoint's sidecar lost its app before response headers (`inbound-h2.ts`): for the
@@ -532,8 +548,10 @@ class H2Exchange {
       respondGrpcStatus(down, grpcStatus, message, headers)
     } else {
       this.status = httpStatus
-      down.respond({ ':status': httpStatus, 'content-type': 'text/plain; charset=utf-8', ...headers })
-      down.end(`${code}\n`)
+      if (
+        tryRespond(down, { ':status': httpStatus, 'content-type': 'text/plain; charset=utf-8', ...headers })
+      )
+        down.end(`${code}\n`)
     }
   }
 

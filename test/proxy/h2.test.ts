@@ -5,7 +5,7 @@
  * itself, and the inbound request gate.
  */
 import http2 from 'node:http2'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import tls from 'node:tls'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -606,5 +606,210 @@ describe('HTTP/2 inbound', () => {
     const r = await call(client(l4.port))
     expect(r.body).toBe('api-1:hi')
     expect(grpcStatusOf(r)).toBe('0')
+  })
+})
+
+interface RawH2App {
+  port: number
+  /** The `:status` (any three digits) the next responses carry. */
+  status: string
+  /** Request HEADERS frames received. */
+  requests: number
+}
+
+/**
+ * A hostile HTTP/2 peer written in frames, as nghttp2 accepts them but Node's own server would
+ * never send them: each request gets HEADERS `:status: <app.status>` with END_STREAM. Over TLS
+ * (ALPN h2, with `tlsCert`) it plays an inbound sidecar, else an h2c app.
+ */
+async function rawH2App(status: string, tlsCert?: ServiceCertificate): Promise<RawH2App> {
+  const app: RawH2App = { port: 0, status, requests: 0 }
+  const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
+    const h = Buffer.alloc(9)
+    h.writeUIntBE(payload.length, 0, 3)
+    h[3] = type
+    h[4] = flags
+    h.writeUInt32BE(id, 5)
+    return Buffer.concat([h, payload])
+  }
+  const sockets = new Set<net.Socket>()
+  const onSocket = (s: net.Socket): void => {
+    sockets.add(s)
+    s.on('close', () => sockets.delete(s))
+    s.on('error', () => {})
+    let buf = Buffer.alloc(0)
+    let prefaced = false
+    s.write(frame(4, 0, 0, Buffer.alloc(0))) // SETTINGS
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d])
+      if (!prefaced) {
+        if (buf.length < 24) return
+        buf = buf.subarray(24)
+        prefaced = true
+      }
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3)
+        const [type, flags] = [buf[3]!, buf[4]!]
+        const id = buf.readUInt32BE(5) & 0x7fffffff
+        if (buf.length < 9 + len) return
+        buf = buf.subarray(9 + len)
+        if (type === 4 && (flags & 1) === 0) s.write(frame(4, 1, 0, Buffer.alloc(0))) // SETTINGS ack
+        if (type === 1) {
+          app.requests++
+          // HPACK literal without indexing, name `:status` (static index 8), then the value.
+          const block = Buffer.concat([Buffer.from([0x08, app.status.length]), Buffer.from(app.status)])
+          s.write(frame(1, 0x4 | 0x1, id, block)) // HEADERS, END_HEADERS | END_STREAM
+        }
+      }
+    })
+  }
+  const server =
+    tlsCert === undefined
+      ? net.createServer(onSocket)
+      : tls.createServer(
+          {
+            key: tlsCert.keyPem,
+            cert: tlsCert.certPem,
+            ca: tlsCert.rootsPem as string[],
+            requestCert: true,
+            ALPNProtocols: ['h2'],
+          },
+          onSocket,
+        )
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  app.port = (server.address() as AddressInfo).port
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resolve())
+      }),
+  )
+  return app
+}
+
+/** A caller holding web's valid leaf, straight to an inbound over TLS with ALPN h2. */
+function callerSession(port: number): http2.ClientHttp2Session {
+  const session = http2.connect(`https://127.0.0.1:${port}`, {
+    createConnection: () =>
+      tls.connect({
+        host: '127.0.0.1',
+        port,
+        cert: webCert.certPem,
+        key: webCert.keyPem,
+        ca: webCert.rootsPem as string[],
+        checkServerIdentity: () => undefined,
+        ALPNProtocols: ['h2'],
+      }),
+  })
+  session.on('error', () => {})
+  cleanups.push(async () => {
+    session.destroy()
+  })
+  return session
+}
+
+describe('HTTP/2 responses Node cannot send', () => {
+  it('inbound: an h2c app answering :status 600 gets its caller a 502 (gRPC: 14), and the sidecar keeps serving', async () => {
+    const app = await rawH2App('600')
+    const x = await inbound(app, 'api-1')
+    const session = callerSession(x.listener.port)
+    const plain = await call(session, { path: '/x', grpc: false })
+    expect(plain.status).toBe(502)
+    const grpc = await call(session, { path: '/pkg.Svc/Call' })
+    expect(grpc.status).toBe(200)
+    expect(grpc.headers['grpc-status']).toBe('14')
+    app.status = '999'
+    expect((await call(session, { path: '/x', grpc: false })).status).toBe(502)
+    app.status = '200'
+    expect((await call(session, { path: '/x', grpc: false })).status).toBe(200)
+    expect(app.requests).toBe(4)
+  })
+
+  it('outbound: a peer with a valid leaf answering :status 600 gets the local app a 502 (gRPC: 14), and the listener keeps serving', async () => {
+    const evil = await rawH2App('600', apiCert)
+    const { listener } = await outbound([endpoint('api-1', evil.port)])
+    const session = client(listener.port)
+    const plain = await call(session, { path: '/x', grpc: false })
+    expect(plain.status).toBe(502)
+    expect(plain.headers['x-peermesh-error']).toBe('PEERMESH_ERR_UPSTREAM_RESET')
+    const grpc = await call(session, { path: '/pkg.Svc/Call' })
+    expect(grpc.headers['grpc-status']).toBe('14')
+    evil.status = '200'
+    expect((await call(session, { path: '/x', grpc: false })).status).toBe(200)
+  })
+})
+
+describe('HTTP/2 inbound :path', () => {
+  const intentions = [
+    {
+      source: 'web',
+      destination: 'api',
+      permissions: [
+        { Action: 'allow' as const, HTTP: { PathPrefix: '/public' } },
+        { Action: 'deny' as const, HTTP: { PathPrefix: '/admin' } },
+      ],
+    },
+  ]
+  async function gated() {
+    const app = await h2App('api-1')
+    const gate = new InboundGate({
+      service: 'api',
+      intentions: () => new IntentionIndex(intentions),
+      now: () => performance.now(),
+    })
+    const x = await inbound(app, 'api-1', gate, { authorizer: IntentionAuthorizer.from(intentions) })
+    return { app, session: callerSession(x.listener.port) }
+  }
+
+  it('is gated and forwarded normalized, as over HTTP/1.1: traversals 403, an escaped / 400, never at the app', async () => {
+    const { app, session } = await gated()
+    for (const path of [
+      '/public/../admin/delete',
+      '/public/%2e%2e/admin/delete',
+      '/public/./..//admin/delete',
+    ])
+      expect((await call(session, { path, grpc: false })).status, path).toBe(403)
+    for (const path of ['/public/..%2Fadmin', '/public/..%2fadmin?x=1', '/public\\..\\admin']) {
+      const r = await call(session, { path, grpc: false })
+      expect(r.status, path).toBe(400)
+      expect(r.headers['x-peermesh-reject']).toBe('bad_path')
+    }
+    // gRPC: a traversal is PERMISSION_DENIED, a path that cannot be matched INTERNAL (HTTP 400's mapping).
+    expect(grpcStatusOf(await call(session, { path: '/public/%2e%2e/admin.Svc/Drop' }))).toBe('7')
+    expect(grpcStatusOf(await call(session, { path: '/public/..%2Fadmin.Svc/Drop' }))).toBe('13')
+    expect(app.hits).toBe(0)
+  })
+
+  it('the app receives the path the gate saw, with the original query', async () => {
+    const { app, session } = await gated()
+    expect(grpcStatusOf(await call(session, { path: '/public/a' }))).toBe('0')
+    expect(app.lastHeaders?.[':path']).toBe('/public/a')
+    expect(grpcStatusOf(await call(session, { path: '/public/a?q=%2e%2e/x&b=1' }))).toBe('0')
+    expect(app.lastHeaders?.[':path']).toBe('/public/a?q=%2e%2e/x&b=1')
+    expect(grpcStatusOf(await call(session, { path: '/public/./b//%63/../d?x' }))).toBe('0')
+    expect(app.lastHeaders?.[':path']).toBe('/public/b/d?x')
+    expect(app.hits).toBe(3)
+  })
+
+  it('refuses CONNECT (no :path to gate), even where / is allowed', async () => {
+    const app = await h2App('api-1')
+    const x = await inbound(app, 'api-1')
+    const session = callerSession(x.listener.port)
+    const reply = await new Promise<{ status: number; rstCode: number }>((resolve) => {
+      const req = session.request({ ':method': 'CONNECT', ':authority': 'internal-db:5432' })
+      let status = 0
+      req.on('response', (h) => {
+        status = Number(h[':status'])
+      })
+      req.on('error', () => {})
+      req.resume()
+      req.on('close', () => resolve({ status, rstCode: req.rstCode ?? 0 }))
+      req.end()
+    })
+    expect(reply.status).toBe(405)
+    expect(app.hits).toBe(0)
+    // The sidecar still serves the same connection.
+    expect(grpcStatusOf(await call(session))).toBe('0')
   })
 })
