@@ -7,7 +7,10 @@
  *
  * Paths are normalized before the gate (`normalizeRequestPath`) and forwarded normalized, so the
  * app routes exactly what the permissions matched; a path that cannot be normalized safely gets
- * 400. Upgrades (WebSocket) pass the gate with their request, then become a byte relay.
+ * 400. A chunked request body is forwarded chunked, whatever the method. Upgrades (WebSocket) pass
+ * the gate with their request, and become a byte relay only when the app answers 101; any other
+ * answer ends the caller's connection. A response head Node cannot write (a control character in
+ * the app's reason phrase) is answered 502.
  *
  * Metrics as the outbound side: `peermesh_proxy_requests_total` per request,
  * `peermesh_proxy_responses_total{code,class}` for every response the caller got (the sidecar's
@@ -16,10 +19,11 @@
  * `peermesh_proxy_latency_seconds` for the time to the app's response head.
  */
 import http from 'node:http'
-import net from 'node:net'
+import type net from 'node:net'
 import type tls from 'node:tls'
 import type { Clock } from '../common/clock.ts'
 import { HOP_BY_HOP_HEADERS } from './constants.ts'
+import { formatResponseHead } from './inbound-response-head.ts'
 import { normalizeRequestPath } from './l7-permissions.ts'
 import type { ListenerMetrics } from './metrics.ts'
 import { TRACEPARENT_HEADER, TRACESTATE_HEADER, type Span, type Tracer } from './tracing.ts'
@@ -149,13 +153,19 @@ export class InboundHttp {
     const raw = req.rawHeaders
     const tracer = this.init.tracer
     let hasHost = false
+    // The body is forwarded with the framing it came with: a chunked body chunked, whatever the
+    // method (Node's client frames no GET/HEAD/DELETE/OPTIONS body by itself, and body bytes
+    // written unframed would be read by the app as a next request the gate never saw).
+    const chunked = req.headers['transfer-encoding'] !== undefined
     for (let i = 0; i < raw.length; i += 2) {
       const lower = raw[i]!.toLowerCase()
       if (lower === 'host') hasHost = true
       // With a tracer, the trace headers are replaced by the span's below.
       if (tracer !== undefined && (lower === TRACEPARENT_HEADER || lower === TRACESTATE_HEADER)) continue
+      if (chunked && lower === 'content-length') continue
       if (!HOP_BY_HOP_HEADERS.has(lower)) headers.push(raw[i]!, raw[i + 1]!)
     }
+    if (chunked) headers.push('transfer-encoding', 'chunked')
     if (tracer !== undefined) {
       span = tracer.startServerSpan(
         { traceparent: req.headers.traceparent, tracestate: req.headers.tracestate },
@@ -183,6 +193,9 @@ export class InboundHttp {
       headers,
       setHost: false,
     })
+    // Set when the sidecar answered for the app (its head could not be written): the app's
+    // connection is dropped then, and its end is no error of the caller's.
+    let answered = false
     upReq.on('response', (upRes) => {
       m.latency.observe((clock.now() - startedAt) / 1000)
       status = upRes.statusCode ?? 502
@@ -191,12 +204,32 @@ export class InboundHttp {
       for (let i = 0; i < rawRes.length; i += 2) {
         if (!HOP_BY_HOP_HEADERS.has(rawRes[i]!.toLowerCase())) out.push(rawRes[i]!, rawRes[i + 1]!)
       }
-      res.writeHead(status, upRes.statusMessage, out)
+      try {
+        res.writeHead(status, upRes.statusMessage, out)
+      } catch (error) {
+        // A head Node will not write (llhttp let through a character Node's writer refuses, as
+        // a control character in the reason phrase): the caller gets 502, the app's connection
+        // is dropped with the rest of its answer.
+        answered = true
+        upRes.on('error', () => {})
+        upReq.destroy()
+        result = 'protocol'
+        status = 502
+        m.error('protocol')
+        this.init.logger.debug(
+          { src: source, dst: this.init.service, error: (error as Error).message },
+          'inbound local app sent a response head that cannot be forwarded',
+        )
+        res.statusMessage = '' // the app's, which writeHead kept: the 502 gets its own
+        this.reply(res, 502, undefined, 'peermesh: the local app sent an invalid response head\n')
+        return
+      }
       upRes.pipe(res)
       upRes.on('error', () => res.destroy())
       upRes.on('aborted', () => res.destroy())
     })
     upReq.on('error', (error: Error & { code?: string }) => {
+      if (answered) return
       if (res.headersSent) {
         result = 'reset'
         res.destroy()
@@ -272,10 +305,16 @@ export class InboundHttp {
     res.end(body)
   }
 
-  /** An upgrade (WebSocket): the request passes the gate, then the connection is relayed as bytes. */
+  /**
+   * An upgrade (WebSocket): the request passes the gate, is sent to the app, and only when the app
+   * answers 101 Switching Protocols does the connection become a byte relay. Any other answer is
+   * relayed as a response and the caller's connection closed: bytes after the request are never
+   * handed to the app unless it switched protocols (they would be requests the gate never saw).
+   */
   private onUpgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
     const source = this.sources.get(socket) ?? 'unknown'
-    const { metrics: m } = this.init
+    const { metrics: m, clock } = this.init
+    const startedAt = clock.now()
     m.requests.inc()
     const url = req.url ?? '/'
     const q = url.indexOf('?')
@@ -284,34 +323,121 @@ export class InboundHttp {
     const path = normalizeRequestPath(rawPath)
     const decision: GateDecision | undefined =
       path === undefined ? undefined : this.init.gate.check({ source, method, path, headers: req.headers })
-    if (decision === undefined || !decision.allow) {
-      const status = decision === undefined ? 400 : decision.status
-      if (decision !== undefined) {
+    // Node's server reads no body for an upgrade request: its bytes would arrive as the relay's
+    // first bytes, so a request declaring one is refused (a WebSocket handshake has none).
+    const cl = req.headers['content-length']
+    const hasBody = req.headers['transfer-encoding'] !== undefined || (cl !== undefined && cl !== '0')
+    if (decision === undefined || !decision.allow || hasBody) {
+      const status = decision === undefined || decision.allow ? 400 : decision.status
+      if (decision !== undefined && !decision.allow) {
         if (decision.reason === 'intention') m.denied(source)
         else m.rejected('rate-limit')
       }
       m.response(status, 0)
-      const reject = decision === undefined ? '' : `${INBOUND_REJECT_HEADER}: ${decision.reason}\r\n`
+      const reject =
+        decision === undefined || decision.allow ? '' : `${INBOUND_REJECT_HEADER}: ${decision.reason}\r\n`
       socket.end(
         `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n${reject}connection: close\r\ncontent-length: 0\r\n\r\n`,
       )
       return
     }
-    const local = net.connect({ host: this.init.localServiceAddress, port: this.init.localServicePort })
-    local.setNoDelay(true)
-    socket.on('error', () => local.destroy())
-    local.on('error', () => {
-      m.error('local_connect')
-      socket.destroy()
+    const headers: string[] = []
+    const raw = req.rawHeaders
+    let hasHost = false
+    for (let i = 0; i < raw.length; i += 2) {
+      const lower = raw[i]!.toLowerCase()
+      if (lower === 'host') hasHost = true
+      if (!HOP_BY_HOP_HEADERS.has(lower)) headers.push(raw[i]!, raw[i + 1]!)
+    }
+    headers.push('connection', 'upgrade', 'upgrade', req.headers.upgrade ?? '')
+    if (!hasHost) headers.push('host', `${this.init.localServiceAddress}:${this.init.localServicePort}`)
+    // A connection of its own: it leaves the pool anyway once it switches protocols.
+    const upReq = http.request({
+      agent: false,
+      host: this.init.localServiceAddress,
+      port: this.init.localServicePort,
+      method,
+      path: q < 0 ? path! : path! + url.slice(q),
+      headers,
+      setHost: false,
     })
-    let lines = `${method} ${q < 0 ? path! : path! + url.slice(q)} HTTP/${req.httpVersion}\r\n`
-    for (let i = 0; i < req.rawHeaders.length; i += 2)
-      lines += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`
-    local.write(`${lines}\r\n`)
-    if (head.length > 0) local.write(head)
-    socket.pipe(local)
-    local.pipe(socket)
-    socket.on('close', () => local.destroy())
-    local.on('close', () => socket.destroy())
+    // Set once the caller got a response head (the app's, or the sidecar's 502).
+    let answered = false
+    const badHead = () => {
+      answered = true
+      m.error('protocol')
+      m.response(502, (clock.now() - startedAt) / 1000)
+      socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n')
+      upReq.destroy()
+    }
+    upReq.on('upgrade', (upRes, upSocket: net.Socket, upHead: Buffer) => {
+      const status = upRes.statusCode ?? 101
+      const out = formatResponseHead(status, upRes.statusMessage, upRes.rawHeaders)
+      if (out === undefined) {
+        upSocket.destroy()
+        badHead()
+        return
+      }
+      answered = true
+      m.latency.observe((clock.now() - startedAt) / 1000)
+      m.response(status, (clock.now() - startedAt) / 1000)
+      upSocket.setNoDelay(true)
+      upSocket.on('error', () => socket.destroy())
+      socket.write(out)
+      if (upHead.length > 0) socket.write(upHead)
+      if (head.length > 0) upSocket.write(head)
+      socket.pipe(upSocket)
+      upSocket.pipe(socket)
+      socket.on('close', () => upSocket.destroy())
+      upSocket.on('close', () => socket.destroy())
+    })
+    upReq.on('response', (upRes) => {
+      // Not switching protocols: relayed as the last response on the caller's connection; what
+      // the caller sent after its request is discarded.
+      const status = upRes.statusCode ?? 502
+      const out: string[] = []
+      const rawRes = upRes.rawHeaders
+      for (let i = 0; i < rawRes.length; i += 2) {
+        const lower = rawRes[i]!.toLowerCase()
+        // A chunked body is relayed decoded, delimited by the connection's close.
+        if (lower === 'content-length' && upRes.headers['transfer-encoding'] !== undefined) continue
+        if (!HOP_BY_HOP_HEADERS.has(lower)) out.push(rawRes[i]!, rawRes[i + 1]!)
+      }
+      out.push('connection', 'close')
+      const text = formatResponseHead(status, upRes.statusMessage, out)
+      if (text === undefined) {
+        upRes.on('error', () => {})
+        badHead()
+        return
+      }
+      answered = true
+      m.latency.observe((clock.now() - startedAt) / 1000)
+      m.response(status, (clock.now() - startedAt) / 1000)
+      socket.resume()
+      socket.write(text)
+      upRes.on('data', (chunk: Buffer) => {
+        if (!socket.write(chunk)) {
+          upRes.pause()
+          socket.once('drain', () => upRes.resume())
+        }
+      })
+      upRes.on('end', () => socket.destroySoon())
+      upRes.on('error', () => socket.destroy())
+    })
+    upReq.on('error', (error: Error & { code?: string }) => {
+      if (answered) {
+        socket.destroy()
+        return
+      }
+      m.error('local_connect')
+      this.init.logger.debug(
+        { src: source, dst: this.init.service, error: error.message, code: error.code },
+        'inbound local app unreachable',
+      )
+      socket.destroy() // as for a request: the caller's sidecar retries elsewhere
+    })
+    socket.on('error', () => upReq.destroy())
+    socket.on('close', () => upReq.destroy())
+    upReq.end()
   }
 }

@@ -6,7 +6,8 @@
  */
 import http from 'node:http'
 import https from 'node:https'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
+import tls from 'node:tls'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { RootCa } from '../../src/identity/ca/ca.ts'
@@ -43,14 +44,22 @@ const L7 = [
   { Action: 'deny', HTTP: { PathPrefix: '/admin' } },
 ]
 
-/** An app that records every request it sees. */
+/** An app that records every request it sees, and its body. */
 async function recordingApp() {
   const seen: string[] = []
+  const bodies: string[] = []
   let connections = 0
   const server = http.createServer((req, res) => {
     seen.push(`${req.method} ${req.url}`)
-    req.resume()
-    req.on('end', () => res.end(`app:${req.url}`))
+    let body = ''
+    req.setEncoding('utf8')
+    req.on('data', (d: string) => {
+      body += d
+    })
+    req.on('end', () => {
+      bodies.push(body)
+      res.end(`app:${req.url}`)
+    })
   })
   server.on('connection', () => connections++)
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
@@ -61,7 +70,7 @@ async function recordingApp() {
         server.close(() => r())
       }),
   )
-  return { seen, port: (server.address() as AddressInfo).port, connections: () => connections }
+  return { seen, bodies, port: (server.address() as AddressInfo).port, connections: () => connections }
 }
 
 async function apiInbound(opts: {
@@ -69,6 +78,8 @@ async function apiInbound(opts: {
   protocol?: 'tcp' | 'http'
   withGate?: boolean
   rateLimits?: RateLimits
+  /** The local app's port; a recording app otherwise. */
+  appPort?: number
 }) {
   const app = await recordingApp()
   const authorizer = IntentionAuthorizer.from(opts.intentions)
@@ -88,7 +99,7 @@ async function apiInbound(opts: {
     trustDomain: TD,
     port: 0,
     bindAddress: '127.0.0.1',
-    localServicePort: app.port,
+    localServicePort: opts.appPort ?? app.port,
     certificates: new StaticCertificateSource(apiCert),
     authorizer,
     registry,
@@ -130,6 +141,33 @@ function caller(cert: ServiceCertificate) {
       req.end(method === 'POST' ? 'payload' : undefined)
     })
   return { send, sockets }
+}
+
+/** A raw TLS connection presenting `cert`: what it receives, and whether it closed. */
+async function rawCaller(port: number, cert: ServiceCertificate = webCert) {
+  const socket = tls.connect({
+    host: '127.0.0.1',
+    port,
+    cert: cert.certPem,
+    key: cert.keyPem,
+    ca: cert.rootsPem as string[],
+    checkServerIdentity: () => undefined,
+  })
+  cleanups.push(() => {
+    socket.destroy()
+  })
+  let text = ''
+  let closed = false
+  socket.setEncoding('utf8')
+  socket.on('data', (d: string) => {
+    text += d
+  })
+  socket.on('error', () => {}) // a write after the sidecar closed: the test checks `closed`
+  socket.on('close', () => {
+    closed = true
+  })
+  await new Promise((r) => socket.once('secureConnect', r))
+  return { socket, text: () => text, closed: () => closed }
 }
 
 describe('inbound HTTP with L7 intentions', () => {
@@ -239,7 +277,6 @@ describe('inbound HTTP: what callers send', () => {
     const { app, inbound } = await apiInbound({
       intentions: [{ source: 'web', destination: 'api', action: 'allow' }],
     })
-    const tls = await import('node:tls')
     const socket = tls.connect({
       host: '127.0.0.1',
       port: inbound.port,
@@ -260,9 +297,86 @@ describe('inbound HTTP: what callers send', () => {
     expect(text).toMatch(/app:\/old$/)
     expect(app.seen).toEqual(['GET /old'])
   })
+
+  it('a chunked GET body is forwarded chunked: a request hidden in it never reaches the app', async () => {
+    const { app, inbound } = await apiInbound({
+      intentions: [{ source: 'web', destination: 'api', permissions: L7 }],
+    })
+    const c = await rawCaller(inbound.port)
+    const inner = 'POST /admin/delete-all HTTP/1.1\r\nhost: api\r\ncontent-length: 0\r\n\r\n'
+    c.socket.write(
+      `GET /public HTTP/1.1\r\nhost: api\r\ntransfer-encoding: chunked\r\n\r\n${inner.length.toString(16)}\r\n${inner}\r\n0\r\n\r\n`,
+    )
+    await waitFor(() => c.text().endsWith('app:/public'), 5_000, 'the response')
+    expect(c.text()).toMatch(/^HTTP\/1\.1 200 /)
+    // The app read the hidden request as the GET's body, and as nothing else.
+    expect(app.bodies).toEqual([inner])
+    expect(app.seen).toEqual(['GET /public'])
+  })
+})
+
+describe('inbound HTTP: what the app answers', () => {
+  it('a control character in the reason phrase: the caller gets 502, and the next request is served', async () => {
+    let answers = 0
+    const app = net.createServer((socket) => {
+      socket.on('error', () => {})
+      socket.on('data', () => {
+        answers++
+        socket.write(
+          answers === 1
+            ? 'HTTP/1.1 200 O\x01K\r\ncontent-length: 2\r\n\r\nok'
+            : 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok',
+        )
+      })
+    })
+    const appPort = await new Promise<number>((r) =>
+      app.listen(0, '127.0.0.1', () => r((app.address() as AddressInfo).port)),
+    )
+    cleanups.push(() => new Promise<void>((r) => app.close(() => r())))
+    const { inbound, registry } = await apiInbound({
+      intentions: [{ source: 'web', destination: 'api', action: 'allow' }],
+      appPort,
+    })
+    const web = caller(webCert)
+    const bad = await web.send(inbound.port, 'GET', '/public')
+    expect(bad.status).toBe(502)
+    expect(await web.send(inbound.port, 'GET', '/public')).toEqual({
+      status: 200,
+      body: 'ok',
+      reject: undefined,
+    })
+    expect(web.sockets.size).toBe(1) // the caller's connection survived the 502
+    expect(await metricValue(registry, 'peermesh_proxy_responses_total', { code: '502' })).toBe(1)
+  }, 10_000)
 })
 
 describe('inbound HTTP: upgrades', () => {
+  it('an app that does not upgrade: its answer is relayed and the connection closed, later requests never reach the app', async () => {
+    const { app, inbound } = await apiInbound({
+      intentions: [{ source: 'web', destination: 'api', permissions: L7 }],
+    })
+    const upgradeReq =
+      'GET /public HTTP/1.1\r\nhost: api\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n'
+    const smuggled = 'POST /admin/delete HTTP/1.1\r\nhost: api\r\ncontent-length: 0\r\n\r\n'
+    // A request after the app's answer, on the same connection.
+    const later = await rawCaller(inbound.port)
+    later.socket.write(upgradeReq)
+    await waitFor(() => later.text().endsWith('app:/public'), 5_000, 'the app answer')
+    later.socket.write(smuggled)
+    await waitFor(() => later.closed() || app.seen.length > 1, 3_000, 'the caller connection closed')
+    expect(app.seen).toEqual(['GET /public'])
+    expect(later.closed()).toBe(true)
+    expect(later.text()).toMatch(/^HTTP\/1\.1 200 /)
+    expect(later.text()).toMatch(/\r\nconnection: close\r\n/i)
+    // A request sent with the upgrade request, before any answer.
+    const pipelined = await rawCaller(inbound.port)
+    pipelined.socket.write(upgradeReq + smuggled)
+    await waitFor(() => pipelined.closed() || app.seen.length > 2, 3_000, 'the caller connection closed')
+    expect(pipelined.text()).toMatch(/^HTTP\/1\.1 200 /)
+    expect(pipelined.text().match(/HTTP\/1\.1 /g)).toHaveLength(1)
+    expect(app.seen).toEqual(['GET /public', 'GET /public'])
+  })
+
   it('an upgrade (WebSocket) passes the gate with its request, then is relayed as bytes; a denied one gets 403', async () => {
     // An app that upgrades, then echoes.
     const upgrading = http.createServer()
@@ -291,7 +405,6 @@ describe('inbound HTTP: upgrades', () => {
     })
     await inbound.start()
     cleanups.push(() => inbound.stop())
-    const tls = await import('node:tls')
     const upgrade = async (path: string) => {
       const socket = tls.connect({
         host: '127.0.0.1',
@@ -323,5 +436,12 @@ describe('inbound HTTP: upgrades', () => {
     await waitFor(() => no.text().includes('\r\n\r\n'), 5_000, 'the 403')
     expect(no.text()).toMatch(/^HTTP\/1\.1 403 /)
     expect(no.text()).toMatch(/x-peermesh-reject: intention/)
+    // Node reads no body for an upgrade request: one declaring a body is refused, not relayed.
+    const withBody = await rawCaller(inbound.port)
+    withBody.socket.write(
+      'GET /public HTTP/1.1\r\nhost: api\r\nupgrade: echo\r\nconnection: upgrade\r\ncontent-length: 4\r\n\r\nbody',
+    )
+    await waitFor(withBody.closed, 5_000, 'the 400')
+    expect(withBody.text()).toMatch(/^HTTP\/1\.1 400 /)
   })
 })
