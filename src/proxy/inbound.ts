@@ -12,9 +12,16 @@
  * (`inbound-http.ts`) and every request goes through the request gate (L7 intentions, rate
  * limits); a connection is admitted when its source has an L4 allow or an L7 intention.
  *
+ * Protocol `http2`/`grpc`: a connection that negotiates ALPN `h2` is served per stream
+ * (`inbound-h2.ts`). One that does not is relayed as bytes only when the inbound has no request
+ * gate; with a gate (L7 intentions, rate limits) it is refused and counted as denied, since no
+ * request on it could be checked. (Protocol `http` never relays bytes: every connection is parsed.)
+ *
  * Protocol `tcp` also serves `peermesh-mux/1` (`inbound-mux.ts`): a caller that offers that ALPN
- * gets one session whose streams are each relayed to the app like a connection, with intentions
- * checked at every stream open. A caller that does not offer it is relayed per connection.
+ * gets one session whose streams are each relayed to the app like a connection. Its source is
+ * checked at accept (a denied source's session is closed at once) and again at every stream
+ * open; a session without streams is closed after `muxIdleMs`. A caller that does not offer it is
+ * relayed per connection.
  *
  * Resource caps (#13): at most `maxConnections` connections at once (handshaking or relaying) and
  * at most `maxPendingHandshakes` of them still handshaking. A connection past either cap is closed
@@ -34,7 +41,8 @@ import { OPEN_GATE, type RequestGate } from './request-gate.ts'
 import { checkPort, closeServer, listen } from './outbound-common.ts'
 import { forward, readAccepted, relayOnRead } from './relay.ts'
 import { DEFAULT_MUX_DRAIN_MS, DEFAULT_MUX_INITIAL_WINDOW, DEFAULT_MUX_MAX_STREAMS } from './constants.ts'
-import { MuxInbound } from './inbound-mux.ts'
+import { DEFAULT_MUX_SERVER_IDLE_MS, MuxInbound } from './inbound-mux.ts'
+import type { MuxBacklog } from './mux-session.ts'
 import { MUX_ALPN } from './mux-frame.ts'
 import { peerServiceOf, serverContextOptions } from './tls-material.ts'
 import {
@@ -89,6 +97,8 @@ export interface InboundListenerInit extends ListenerEnvironment {
   muxMaxStreams?: number
   /** Per-stream credit each way, bytes. Default 64 KiB (constants.ts); the peer must use the same. */
   muxInitialWindow?: number
+  /** A mux session with no open stream for this long is closed. Default 2 min (`inbound-mux.ts`). */
+  muxIdleMs?: number
 }
 
 export const INBOUND_LIMIT_DEFAULTS = {
@@ -192,6 +202,7 @@ export class InboundListener {
             maxStreams: checkCap('muxMaxStreams', init.muxMaxStreams ?? DEFAULT_MUX_MAX_STREAMS),
             initialWindow: checkCap('muxInitialWindow', init.muxInitialWindow ?? DEFAULT_MUX_INITIAL_WINDOW),
             drainMs: DEFAULT_MUX_DRAIN_MS,
+            idleMs: checkCap('muxIdleMs', init.muxIdleMs ?? DEFAULT_MUX_SERVER_IDLE_MS),
           })
         : undefined
   }
@@ -210,9 +221,22 @@ export class InboundListener {
     return this.mux?.sessionCount ?? 0
   }
 
-  /** Mux streams refused by a limit, and mux sessions closed for a protocol error, since start. */
-  get muxRefused(): { streams: number; protocolErrors: number } {
-    return this.mux?.refused ?? { streams: 0, protocolErrors: 0 }
+  /**
+   * Since start: mux streams refused by a limit, mux sessions closed for a protocol error, of a
+   * denied source at accept, and idle.
+   */
+  get muxRefused(): {
+    streams: number
+    protocolErrors: number
+    deniedSessions: number
+    idleSessions: number
+  } {
+    return this.mux?.refused ?? { streams: 0, protocolErrors: 0, deniedSessions: 0, idleSessions: 0 }
+  }
+
+  /** What the mux sessions hold unsent now, summed, and how many stopped reading their peer. */
+  get muxBacklog(): MuxBacklog & { pausedSessions: number } {
+    return this.mux?.backlog ?? { queuedBytes: 0, unsentResets: 0, inputPaused: false, pausedSessions: 0 }
   }
 
   /** Connections accepted whose TLS handshake has not finished. */
@@ -349,17 +373,28 @@ export class InboundListener {
     const m = this.metrics
     const source = peerServiceOf(socket, this.trustDomain)
     if (source !== undefined && this.mux !== undefined && socket.alpnProtocol === MUX_ALPN) {
-      // Intentions are checked, and connections counted, per stream (inbound-mux.ts).
+      // The source is checked here and at every stream open; connections are counted per stream
+      // (inbound-mux.ts).
       this.mux.serve(socket, source)
       return
     }
     m.connections.inc()
     const h2 = this.h2 !== undefined && socket.alpnProtocol === 'h2'
-    if (source === undefined || !this.decide(source, h2 || this.http !== undefined)) {
+    // An http2/grpc service whose requests are gated: a connection without h2 would be relayed as
+    // bytes past the gate (h2c with prior knowledge, say), so it is refused whatever its source.
+    const ungatable = this.h2 !== undefined && !h2 && this.init.gate !== undefined
+    if (source === undefined || ungatable || !this.decide(source, h2 || this.http !== undefined)) {
       const src = source ?? 'unknown'
       m.denied(src)
       m.error('denied')
-      this.logger.info({ src, dst: this.service }, `inbound denied src=${src} dst=${this.service}`)
+      this.logger.info(
+        {
+          src,
+          dst: this.service,
+          ...(ungatable ? { reason: 'gated_needs_h2', alpn: socket.alpnProtocol } : {}),
+        },
+        `inbound denied src=${src} dst=${this.service}`,
+      )
       socket.destroy()
       return
     }

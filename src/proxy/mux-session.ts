@@ -18,6 +18,13 @@
  * by sending frames that need an answer without reading the answers, loses the session), and a
  * constant in the decoder.
  *
+ * A peer that does not read (server role): while the TLS socket is past the high-water mark the
+ * session stops reading the peer's bytes, so its frames make us queue nothing more; and the RSTs
+ * that answer OPENs refused at open (limit, GOAWAY, policy) may not pile up unsent past
+ * `MUX_MAX_UNSENT_RESETS` (nghttp2 bounds its queued control frames the same way): past it the
+ * session is closed (`peer_not_reading`). The frames one input chunk makes us send leave in one
+ * write, not one write each.
+ *
  * Stream life: OPEN; DATA and FIN each way (a FIN is a half-close, relayed as `end()`); the
  * stream is gone after both FINs and the close of its local socket, or at once after an RST
  * either way. Frames for a stream that was closed are ignored (they may cross an RST);
@@ -41,6 +48,24 @@ import {
 
 /** Unsent bytes in a session's TLS socket past which its streams stop reading their sources. */
 export const MUX_SESSION_HIGH_WATER = 1024 * 1024
+
+/**
+ * RSTs answering the peer's OPENs (refused or reset at open) that may wait unsent in one session:
+ * twice the most OPENs a conforming outbound can have unanswered (its own stream limit,
+ * `DEFAULT_MUX_MAX_STREAMS`, 1024), so only a peer that opens streams without reading the answers
+ * reaches it. 2048 RSTs are 32 KiB. "Unsent": not yet passed by the TLS socket to the kernel.
+ */
+export const MUX_MAX_UNSENT_RESETS = 2048
+
+/** What one session holds unsent and whether it reads its peer (tests, diagnostics). */
+export interface MuxBacklog {
+  /** Bytes queued in the TLS socket and not yet handed to it. */
+  queuedBytes: number
+  /** RSTs answering OPENs not yet passed to the kernel (see `MUX_MAX_UNSENT_RESETS`). */
+  unsentResets: number
+  /** Reading from the peer is stopped until the socket drains. */
+  inputPaused: boolean
+}
 
 /** After GOAWAY and our end of the TLS connection, how long the peer has to close before we destroy it. */
 const MUX_CLOSE_LINGER_MS = 1_000
@@ -292,6 +317,17 @@ export class MuxSession {
   private refusing = false
   goAwayReceived = false
   closed = false
+  /** Decoding a chunk of the peer's bytes: what it makes us send leaves in one write at its end. */
+  private receiving = false
+  /** Server: reading from the peer stopped while the socket is past the high-water mark. */
+  private inputPaused = false
+  /** RSTs answering OPENs in `pending`, and written to the socket but still queued there. */
+  private pendingResets = 0
+  private writtenResets = 0
+  /** Bytes given to `socket.write` so far. */
+  private written = 0
+  /** Writes that carried RSTs answering OPENs: where each ends in `written`, and how many. */
+  private resetMarks: { end: number; count: number }[] = []
 
   constructor(init: MuxSessionInit) {
     this.init = init
@@ -301,6 +337,11 @@ export class MuxSession {
     if (!init.externalReads) this.socket.on('data', this.receive)
     this.socket.on('drain', () => {
       this.blocked = false
+      this.settleResets()
+      if (this.inputPaused) {
+        this.inputPaused = false
+        this.socket.resume()
+      }
       const waiting = [...this.waiting]
       this.waiting.clear()
       for (const s of waiting) s.resumeSource()
@@ -314,8 +355,35 @@ export class MuxSession {
 
   /** The peer's bytes, in chunks split anywhere (the callee keeps no reference beyond DATA pieces). */
   readonly receive = (chunk: Buffer): void => {
-    this.decoder.push(chunk)
-    if (this.decoder.error !== undefined) this.protocolError(this.decoder.error)
+    this.receiving = true
+    try {
+      this.decoder.push(chunk)
+    } finally {
+      this.receiving = false
+    }
+    if (this.decoder.error !== undefined) {
+      this.protocolError(this.decoder.error)
+      return
+    }
+    if (this.pending.length > 0) this.scheduleFlush()
+    // Server: a peer that does not read what we send makes us queue nothing more. The client
+    // never stops reading (a server blocked on us would then never drain).
+    if (this.blocked && this.init.role === 'server' && !this.closed && !this.inputPaused) {
+      this.inputPaused = true
+      this.socket.pause()
+    }
+  }
+
+  /** What the session holds unsent now (tests, diagnostics). */
+  get backlog(): MuxBacklog {
+    let pendingBytes = 0
+    for (const b of this.pending) pendingBytes += b.length
+    this.settleResets()
+    return {
+      queuedBytes: this.socket.writableLength + pendingBytes,
+      unsentResets: this.pendingResets + this.writtenResets,
+      inputPaused: this.inputPaused,
+    }
   }
 
   /** Streams open now. */
@@ -404,7 +472,8 @@ export class MuxSession {
   }
 
   private scheduleFlush(): void {
-    if (this.cancelFlush !== undefined) return
+    // The frames a chunk of input makes us send go together once it is decoded (receive).
+    if (this.cancelFlush !== undefined || this.receiving) return
     // A lone stream has nothing to share a write with: it goes now, without waiting for the turn
     // to end (that wait costs a lone request-response exchange CPU and latency for nothing).
     if (this.streams.size <= 1) this.flush()
@@ -416,10 +485,17 @@ export class MuxSession {
     this.cancelFlush = undefined
     if (this.pending.length === 0 || this.socket.destroyed || this.socket.writableEnded) {
       this.pending = []
+      this.pendingResets = 0
       return
     }
     const out = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending)
     this.pending = []
+    this.written += out.length
+    if (this.pendingResets > 0) {
+      this.resetMarks.push({ end: this.written, count: this.pendingResets })
+      this.writtenResets += this.pendingResets
+      this.pendingResets = 0
+    }
     this.socket.write(out)
     const queued = this.socket.writableLength
     if (queued <= MUX_SESSION_HIGH_WATER) return
@@ -428,8 +504,7 @@ export class MuxSession {
     // most a stream sends before it sees the session blocked), the rest is control frames the peer makes us send (RST
     // for its OPENs, WINDOW for its DATA) while it does not read them: the session goes.
     if (queued > MUX_SESSION_HIGH_WATER + this.init.maxStreams * this.init.initialWindow) {
-      this.init.onProtocolError?.('peer_not_reading')
-      this.socket.destroy()
+      this.abandon('peer_not_reading')
     }
   }
 
@@ -489,12 +564,45 @@ export class MuxSession {
     if (this.refusing || this.streams.size >= this.init.maxStreams) {
       this.send(u32Frame(FrameType.RST, id, MuxResetCode.REFUSED))
       this.init.onRefused?.()
-      return true
+      return this.resetAtOpen()
     }
     const stream = new MuxStream(id, this, this.init.initialWindow)
     this.streams.set(id, stream)
     this.init.onOpen?.(stream)
-    return !this.closed
+    if (this.closed) return false
+    // Reset by the owner at once (denied, or past the listener's cap): an RST the peer asked for.
+    return stream.closed ? this.resetAtOpen() : true
+  }
+
+  /** One more RST answering an OPEN: past `MUX_MAX_UNSENT_RESETS` unsent, the peer is not reading. */
+  private resetAtOpen(): boolean {
+    this.pendingResets++
+    if (this.pendingResets + this.writtenResets <= MUX_MAX_UNSENT_RESETS) return true
+    this.settleResets()
+    if (this.pendingResets + this.writtenResets <= MUX_MAX_UNSENT_RESETS) return true
+    return this.abandon('peer_not_reading')
+  }
+
+  /** Forgets the RSTs of writes the socket has passed on (its queue no longer holds them). */
+  private settleResets(): void {
+    const passedOn = this.written - this.socket.writableLength
+    let i = 0
+    while (i < this.resetMarks.length && this.resetMarks[i]!.end <= passedOn) {
+      this.writtenResets -= this.resetMarks[i]!.count
+      i++
+    }
+    if (i > 0) this.resetMarks.splice(0, i)
+  }
+
+  /** A peer that does not read: no GOAWAY it would not read either, the connection goes now. */
+  private abandon(reason: string): false {
+    if (!this.closed) {
+      this.init.onProtocolError?.(reason)
+      this.refusing = true
+      this.loseStreams()
+      this.socket.destroy()
+    }
+    return false
   }
 
   private protocolError(reason: string): false {
@@ -524,6 +632,7 @@ export class MuxSession {
     if (this.closed) return
     this.closed = true
     this.pending = []
+    this.pendingResets = 0
     this.waiting.clear()
     const streams = [...this.streams.values()]
     this.streams.clear()

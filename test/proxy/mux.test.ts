@@ -28,6 +28,7 @@ import {
   u32Frame,
   writeHeader,
 } from '../../src/proxy/mux-frame.ts'
+import { MUX_MAX_UNSENT_RESETS } from '../../src/proxy/mux-session.ts'
 import { OutboundListener, type OutboundListenerInit } from '../../src/proxy/outbound-tcp.ts'
 import {
   IntentionAuthorizer,
@@ -505,7 +506,11 @@ describe('multiplexed L4 mode', () => {
   it('a rotation cuts no long-lived connection: sessions that take no new streams outlive the drain time while streams are open', async () => {
     const timers = heldLongTimers()
     const a = await app('api-app', 'echo')
-    const { inbound, certificates: apiCerts } = await apiInbound(a.port, { clock: timers.clock })
+    // The idle close is not what is tested here: its timer stays real (and longer than the test).
+    const { inbound, certificates: apiCerts } = await apiInbound(a.port, {
+      clock: timers.clock,
+      muxIdleMs: 20_000,
+    })
     const { outbound, certificates: webCerts } = await webOutbound([inbound.port], { clock: timers.clock })
     const old = await persistent(outbound.port)
     expect(await old.send('a')).toBe('api-app:a')
@@ -605,21 +610,99 @@ describe('multiplexed L4 mode', () => {
 })
 
 describe('multiplexed L4 mode, from the attacker side', () => {
-  it('a valid mesh certificate of a denied service: every stream is refused with RST denied, no app connection', async () => {
+  it('a valid mesh certificate of a denied service: its session gets GOAWAY denied and is closed at accept, no app connection', async () => {
     const a = await app('api-app')
     const { inbound, registry, logger } = await apiInbound(a.port)
-    const raw = await rawSession(inbound.port, dbCert)
-    for (let id = 1; id <= 5; id++) raw.send(emptyFrame(FrameType.OPEN, id), dataFrame(id, 'GET /secret'))
-    await waitFor(() => raw.resets(MuxResetCode.DENIED) === 5, 5_000, '5 denied resets')
+    // Silent: the GOAWAY arrives before the close.
+    const silent = await rawSession(inbound.port, dbCert)
+    await waitFor(() => silent.isClosed(), 5_000, 'the denied session to close')
+    expect(silent.frames.map((f) => f.type)).toEqual([FrameType.GOAWAY])
+    // Streams sent at once: none is served, whatever the close does to the bytes.
+    const eager = await rawSession(inbound.port, dbCert)
+    for (let id = 1; id <= 5; id++) eager.send(emptyFrame(FrameType.OPEN, id), dataFrame(id, 'GET /secret'))
+    await waitFor(() => eager.isClosed(), 5_000, 'the denied session to close')
+    expect(eager.data.size).toBe(0)
     expect(a.hits).toBe(0)
-    expect(raw.data.size).toBe(0)
-    expect(await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'db' })).toBe(5)
+    expect(inbound.muxSessions).toBe(0)
+    expect(inbound.muxRefused.deniedSessions).toBe(2)
+    // Counted and logged as one denied connection each.
+    expect(await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'db' })).toBe(2)
     expect(
       await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'inbound', reason: 'denied' }),
-    ).toBe(5)
-    expect(logger.lines.filter((l) => l.message === 'inbound denied src=db dst=api')).toHaveLength(5)
+    ).toBe(2)
+    expect(logger.lines.filter((l) => l.message === 'inbound denied src=db dst=api')).toHaveLength(2)
     await stillServes(inbound.port)
     expect(a.hits).toBe(1)
+  })
+
+  it("a denied certificate's sessions do not hold the listener's connections: an allowed caller still gets in", async () => {
+    const a = await app('api-app')
+    const { inbound } = await apiInbound(a.port, { maxConnections: 8 })
+    const sessions: Awaited<ReturnType<typeof rawSession>>[] = []
+    // Three times the cap, one after another: without the check at accept the ninth is refused.
+    for (let i = 0; i < 24; i++) sessions.push(await rawSession(inbound.port, dbCert))
+    await waitFor(() => sessions.every((s) => s.isClosed()), 5_000, 'every denied session to close')
+    expect(inbound.muxSessions).toBe(0)
+    expect(inbound.muxRefused.deniedSessions).toBe(24)
+    expect(inbound.refused.connections).toBe(0)
+    await stillServes(inbound.port)
+    expect(a.hits).toBe(1)
+  })
+
+  it('a session with no open stream is closed after the idle time; one with a stream is not', async () => {
+    const timers = heldLongTimers()
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port, { clock: timers.clock, muxIdleMs: 60_000 })
+    const idle = await rawSession(inbound.port, webCert)
+    const busy = await rawSession(inbound.port, webCert)
+    busy.send(emptyFrame(FrameType.OPEN, 1), dataFrame(1, 'a'))
+    await waitFor(() => busy.data.get(1) === 'api-app:a', 5_000, 'the echo on the busy session')
+    await waitFor(() => inbound.muxSessions === 2 && timers.held() === 1, 5_000, 'one idle timer')
+    // The idle time passes.
+    timers.fireAll()
+    await waitFor(() => idle.isClosed(), 5_000, 'the idle session to close')
+    expect(idle.frames.filter((f) => f.type === FrameType.GOAWAY)).toHaveLength(1)
+    expect(inbound.muxRefused.idleSessions).toBe(1)
+    // The busy session is untouched; once its stream ends, its own idle time starts.
+    busy.send(dataFrame(1, 'b'))
+    await waitFor(() => busy.data.get(1) === 'api-app:aapi-app:b', 5_000, 'the second echo')
+    expect(busy.isClosed()).toBe(false)
+    busy.send(emptyFrame(FrameType.FIN, 1))
+    await waitFor(() => timers.held() === 1, 5_000, 'the idle timer of the busy session')
+    timers.fireAll()
+    await waitFor(() => busy.isClosed() && inbound.muxSessions === 0, 5_000, 'the now idle session to close')
+    expect(inbound.muxRefused.idleSessions).toBe(2)
+    expect(a.hits).toBe(1)
+    await stillServes(inbound.port)
+  })
+
+  it('streams denied at open (a policy that turned without a change event) are each counted but logged once a second', async () => {
+    const a = await app('api-app', 'echo')
+    let allowed = true
+    const authorizer = {
+      decide: (source: string) => (allowed && source === 'web' ? 'allow' : 'deny'),
+      on: () => () => {},
+    } as unknown as IntentionAuthorizer
+    let now = 0
+    const clock: Clock = { ...systemClock, now: () => now }
+    const { inbound, registry, logger } = await apiInbound(a.port, { authorizer, clock })
+    const raw = await rawSession(inbound.port, webCert)
+    await waitFor(() => inbound.muxSessions === 1, 5_000, 'the session accepted')
+    allowed = false
+    const opens: Buffer[] = []
+    for (let id = 1; id <= 500; id++) opens.push(emptyFrame(FrameType.OPEN, id))
+    raw.send(...opens)
+    await waitFor(() => raw.resets(MuxResetCode.DENIED) === 500, 5_000, '500 denied resets')
+    const lines = () => logger.lines.filter((l) => l.message === 'inbound denied src=web dst=api')
+    expect(lines()).toHaveLength(1)
+    expect(await metricValue(registry, 'peermesh_proxy_inbound_denied_total', { source: 'web' })).toBe(500)
+    now += 1_000
+    raw.send(emptyFrame(FrameType.OPEN, 501))
+    await waitFor(() => lines().length === 2, 5_000, 'the next line')
+    expect(lines()[1]!.fields.notLogged).toBe(499)
+    expect(a.hits).toBe(0)
+    expect(raw.isClosed()).toBe(false)
+    expect(inbound.openConnections).toBe(0)
   })
 
   it('an intention revoked while streams are open resets them and closes their app connections', async () => {
@@ -681,8 +764,48 @@ describe('multiplexed L4 mode, from the attacker side', () => {
     }
     await waitFor(() => raw.isClosed(), 10_000, 'the session to close')
     expect(inbound.muxRefused.protocolErrors).toBe(1)
-    expect(a.hits).toBe(4)
+    // The admitted streams' app connections may be cut before the app sees them.
+    expect(a.hits).toBeLessThanOrEqual(4)
     await waitFor(() => inbound.muxSessions === 0, 5_000, 'the session to go')
+    await stillServes(inbound.port)
+  }, 60_000)
+
+  it('an OPEN flood without reading, at the default limits: the refusals queued stay bounded, the session is closed', async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port, { muxMaxStreams: 1 })
+    const raw = await rawSession(inbound.port, webCert)
+    raw.socket.pause()
+    let peakBytes = 0
+    let peakResets = 0
+    const sample = () => {
+      const b = inbound.muxBacklog
+      peakBytes = Math.max(peakBytes, b.queuedBytes)
+      peakResets = Math.max(peakResets, b.unsentResets)
+    }
+    const batch = 10_000
+    let id = 0
+    // Stops early once past the bound (the session would otherwise hold up to 65 MiB).
+    while (!raw.isClosed() && id < 3_000_000 && peakBytes <= 256 * 1024) {
+      const frames = Buffer.alloc(batch * MUX_HEADER_BYTES)
+      for (let i = 0; i < batch; i++) writeHeader(frames, i * MUX_HEADER_BYTES, FrameType.OPEN, ++id, 0)
+      if (!raw.socket.write(frames)) {
+        await new Promise<void>((resolve) => {
+          raw.socket.once('drain', resolve)
+          raw.socket.once('close', resolve)
+        })
+      }
+      sample()
+    }
+    expect(peakBytes).toBeLessThanOrEqual(256 * 1024)
+    expect(peakResets).toBeLessThanOrEqual(MUX_MAX_UNSENT_RESETS)
+    await waitFor(() => raw.isClosed(), 10_000, 'the session to close')
+    expect(inbound.muxRefused.protocolErrors).toBe(1)
+    expect(a.hits).toBeLessThanOrEqual(1)
+    await waitFor(
+      () => inbound.muxSessions === 0 && inbound.openConnections === 0,
+      5_000,
+      'the session to go',
+    )
     await stillServes(inbound.port)
   }, 60_000)
 
