@@ -316,6 +316,8 @@ export class MuxSession {
   /** Server: OPENs are refused (stopping, or a protocol error). */
   private refusing = false
   goAwayReceived = false
+  /** The code of the GOAWAY received (undefined: none). */
+  private goAwayCode: number | undefined
   closed = false
   /** Decoding a chunk of the peer's bytes: what it makes us send leaves in one write at its end. */
   private receiving = false
@@ -521,12 +523,13 @@ export class MuxSession {
   // --- receiving ---
 
   private readonly handler: FrameHandler = {
-    onControl: (type, id, value) => {
+    onControl: (type, id, value, value2) => {
       switch (type) {
         case FrameType.OPEN:
           return this.onOpen(id)
         case FrameType.GOAWAY:
           this.goAwayReceived = true
+          this.goAwayCode = value2
           this.init.onGoAway?.()
           return !this.closed
         default: {
@@ -636,6 +639,9 @@ export class MuxSession {
     this.waiting.clear()
     const streams = [...this.streams.values()]
     this.streams.clear()
-    for (const s of streams) s.onReset(MUX_SESSION_LOST)
+    // A session its inbound closed because the source is denied: its streams were denied, not
+    // lost (the caller reports a denial, and does not count the instance as failing).
+    const code = this.goAwayCode === MuxResetCode.DENIED ? MuxResetCode.DENIED : MUX_SESSION_LOST
+    for (const s of streams) s.onReset(code)
   }
 }

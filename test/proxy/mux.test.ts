@@ -705,6 +705,25 @@ describe('multiplexed L4 mode, from the attacker side', () => {
     expect(inbound.openConnections).toBe(0)
   })
 
+  it("a denied caller's outbound reports its session closed at accept as a denial, not as a failing instance", async () => {
+    const a = await app('api-app', 'echo')
+    const { inbound } = await apiInbound(a.port, {
+      authorizer: new IntentionAuthorizer(
+        new IntentionIndex([{ source: 'web', destination: 'api', action: 'deny' }]),
+      ),
+    })
+    const { outbound, registry } = await webOutbound([inbound.port])
+    await expect(once(outbound.port, 'a')).rejects.toThrow()
+    await waitFor(() => inbound.muxRefused.deniedSessions >= 1, 5_000, 'the session denied at accept')
+    expect(
+      await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound', reason: 'denied' }),
+    ).toBe(1)
+    expect(
+      await metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'outbound', reason: 'reset' }),
+    ).toBe(0)
+    expect(a.hits).toBe(0)
+  })
+
   it('an intention revoked while streams are open resets them and closes their app connections', async () => {
     const a = await app('api-app', 'echo')
     const { inbound, authorizer, logger } = await apiInbound(a.port)
