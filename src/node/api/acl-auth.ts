@@ -93,6 +93,11 @@ export class AclResolver {
     } = {},
   ) {}
 
+  /** Whether this agent's ACL state has caught up (`options.replicated`; true without it). */
+  caughtUp(): boolean {
+    return this.options.replicated?.() !== false
+  }
+
   /**
    * The token of `secret` (anonymous when undefined); 403 "ACL not
    * found" when unknown.
@@ -105,7 +110,7 @@ export class AclResolver {
     if (hit !== undefined) return hit
     const token = this.state.tokenBySecret(key)
     if (token === undefined) {
-      if (this.options.replicated?.() === false) throw new ApiError(ACL_NOT_REPLICATED, 503)
+      if (!this.caughtUp()) throw new ApiError(ACL_NOT_REPLICATED, 503)
       throw new ApiError(ACL_NOT_FOUND, 403)
     }
     const who: ResolvedToken = Object.freeze({

@@ -14,7 +14,7 @@ import { pack } from '../../common/msgpack.ts'
 import type { ConfState } from '../../raft/index.ts'
 import type { AclCommand, AclStateView } from '../../raft/policy/acl-state.ts'
 import { encodePolicyCommand, PolicyErrorCodes } from '../../raft/policy/policy-commands.ts'
-import type { ResolvedToken } from '../api/acl-auth.ts'
+import { ACL_NOT_REPLICATED, type ResolvedToken } from '../api/acl-auth.ts'
 import {
   attemptSignal,
   decodeLeaderReply,
@@ -235,6 +235,8 @@ export interface TokenResolver {
   readonly config: { readonly enabled: boolean }
   /** Throws an error with `status` 503 while the state is catching up, else 403, for an unknown secret. */
   resolve(secret: string): ResolvedToken
+  /** Whether the state has caught up (an unknown token may still be on its way while not). */
+  caughtUp(): boolean
 }
 
 export interface EnrollmentServerComponents {
@@ -260,12 +262,6 @@ export interface EnrollmentRefusal {
 
 /** What is asked for, without the token or its proof. */
 type EnrollmentAsk = { t: 'enroll'; node: string } | { t: 'grant'; service: string }
-
-/**
- * Never a SecretID (those are UUIDs, or `anonymous`): resolving it answers as for an unknown
- * secret, 503 while this agent's ACL state catches up, else 403.
- */
-const NOT_A_SECRET = ''
 
 const PROOF_REFUSED = 'ACL not found, or an enrollment proof not made for this requester and this leader'
 
@@ -310,12 +306,8 @@ export class EnrollmentServer {
     const token = this.tokenOf(req.tid)
     const subject = { t: req.t, name: subjectName(req), requester: from, recipient: this.components.self }
     if (token === undefined) {
-      try {
-        this.components.acl.resolve(NOT_A_SECRET)
-      } catch (err) {
-        if ((err as { status?: number }).status === 503)
-          return refusal(AclNotReadyError.code, (err as Error).message)
-      }
+      // It may exist and not have reached this agent yet: "retry", as for an unknown secret.
+      if (!this.components.acl.caughtUp()) return refusal(AclNotReadyError.code, ACL_NOT_REPLICATED)
       return this.denied(from, req, '', PROOF_REFUSED)
     }
     if (!verifyEnrollmentMac(token.secret, subject, req.mac))
