@@ -150,21 +150,14 @@ export class InboundHttp {
     }
     if (expectsContinue) res.writeContinue()
     const headers: string[] = []
-    const raw = req.rawHeaders
     const tracer = this.init.tracer
-    let hasHost = false
     // The body is forwarded with the framing it came with: a chunked body chunked, whatever the
     // method (Node's client frames no GET/HEAD/DELETE/OPTIONS body by itself, and body bytes
-    // written unframed would be read by the app as a next request the gate never saw).
+    // written unframed would be read by the app as a next request the gate never saw). With a
+    // tracer, the trace headers are replaced by the span's below.
     const chunked = req.headers['transfer-encoding'] !== undefined
-    for (let i = 0; i < raw.length; i += 2) {
-      const lower = raw[i]!.toLowerCase()
-      if (lower === 'host') hasHost = true
-      // With a tracer, the trace headers are replaced by the span's below.
-      if (tracer !== undefined && (lower === TRACEPARENT_HEADER || lower === TRACESTATE_HEADER)) continue
-      if (chunked && lower === 'content-length') continue
-      if (!HOP_BY_HOP_HEADERS.has(lower)) headers.push(raw[i]!, raw[i + 1]!)
-    }
+    const drop = tracer !== undefined ? (chunked ? TRACE_AND_LENGTH : TRACE) : chunked ? LENGTH : undefined
+    const hasHost = forwardHeaders(req.rawHeaders, headers, drop)
     if (chunked) headers.push('transfer-encoding', 'chunked')
     if (tracer !== undefined) {
       span = tracer.startServerSpan(
@@ -200,10 +193,7 @@ export class InboundHttp {
       m.latency.observe((clock.now() - startedAt) / 1000)
       status = upRes.statusCode ?? 502
       const out: string[] = []
-      const rawRes = upRes.rawHeaders
-      for (let i = 0; i < rawRes.length; i += 2) {
-        if (!HOP_BY_HOP_HEADERS.has(rawRes[i]!.toLowerCase())) out.push(rawRes[i]!, rawRes[i + 1]!)
-      }
+      forwardHeaders(upRes.rawHeaders, out)
       try {
         res.writeHead(status, upRes.statusMessage, out)
       } catch (error) {
@@ -342,13 +332,7 @@ export class InboundHttp {
       return
     }
     const headers: string[] = []
-    const raw = req.rawHeaders
-    let hasHost = false
-    for (let i = 0; i < raw.length; i += 2) {
-      const lower = raw[i]!.toLowerCase()
-      if (lower === 'host') hasHost = true
-      if (!HOP_BY_HOP_HEADERS.has(lower)) headers.push(raw[i]!, raw[i + 1]!)
-    }
+    const hasHost = forwardHeaders(req.rawHeaders, headers)
     headers.push('connection', 'upgrade', 'upgrade', req.headers.upgrade ?? '')
     if (!hasHost) headers.push('host', `${this.init.localServiceAddress}:${this.init.localServicePort}`)
     // A connection of its own: it leaves the pool anyway once it switches protocols.
@@ -396,13 +380,12 @@ export class InboundHttp {
       // the caller sent after its request is discarded.
       const status = upRes.statusCode ?? 502
       const out: string[] = []
-      const rawRes = upRes.rawHeaders
-      for (let i = 0; i < rawRes.length; i += 2) {
-        const lower = rawRes[i]!.toLowerCase()
-        // A chunked body is relayed decoded, delimited by the connection's close.
-        if (lower === 'content-length' && upRes.headers['transfer-encoding'] !== undefined) continue
-        if (!HOP_BY_HOP_HEADERS.has(lower)) out.push(rawRes[i]!, rawRes[i + 1]!)
-      }
+      // A chunked body is relayed decoded, delimited by the connection's close.
+      forwardHeaders(
+        upRes.rawHeaders,
+        out,
+        upRes.headers['transfer-encoding'] !== undefined ? LENGTH : undefined,
+      )
       out.push('connection', 'close')
       const text = formatResponseHead(status, upRes.statusMessage, out)
       if (text === undefined) {
@@ -440,4 +423,22 @@ export class InboundHttp {
     socket.on('close', () => upReq.destroy())
     upReq.end()
   }
+}
+
+const TRACE: ReadonlySet<string> = new Set([TRACEPARENT_HEADER, TRACESTATE_HEADER])
+const LENGTH: ReadonlySet<string> = new Set(['content-length'])
+const TRACE_AND_LENGTH: ReadonlySet<string> = new Set([...TRACE, ...LENGTH])
+
+/**
+ * Appends `raw`'s headers (`[name, value, ...]`) to `out`, but the hop-by-hop ones and those
+ * `drop` names (lower case); returns whether a Host header was among `raw`.
+ */
+function forwardHeaders(raw: readonly string[], out: string[], drop?: ReadonlySet<string>): boolean {
+  let hasHost = false
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = raw[i]!.toLowerCase()
+    if (lower === 'host') hasHost = true
+    if (!HOP_BY_HOP_HEADERS.has(lower) && drop?.has(lower) !== true) out.push(raw[i]!, raw[i + 1]!)
+  }
+  return hasHost
 }
