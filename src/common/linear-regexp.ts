@@ -115,10 +115,15 @@ export function isRegExpSyntax(pattern: string): boolean {
   }
 }
 
-/** `compileLinear`, or undefined where it would throw: for matching stored or received patterns. */
+/**
+ * `compileLinear`, or undefined where it would throw: for matching stored or received patterns.
+ * One compile (the linear engine's); `compileLinear`'s first parse only tells its errors apart.
+ */
 export function tryCompileLinear(pattern: string, flags = ''): RegExp | undefined {
+  if (!ENGINE_AVAILABLE) return undefined
+  for (const f of flags) if (f !== LINEAR && !LINEAR_FLAGS.has(f)) return undefined
   try {
-    return compileLinear(pattern, flags)
+    return new RegExp(pattern, flags.includes(LINEAR) ? flags : flags + LINEAR)
   } catch {
     return undefined
   }
