@@ -85,7 +85,8 @@ export interface SwimConfig {
   maxPushPullBytes: number
   /**
    * Most members one push/pull state may list; a bigger one is refused whole (counted), before
-   * its entries are decoded. The cluster-size ceiling of a node's own full state too.
+   * its entries are decoded. The cluster-size ceiling of a node's own full state too, and so of
+   * its member table: an unknown member's alive past it is dropped (counted), whoever sends it.
    */
   maxPushPullMembers: number
   /**

@@ -9,6 +9,7 @@ export type DropReason =
   | 'members' // a push/pull with more entries than `maxPushPullMembers` (refused whole)
   | 'newMembers' // push/pull entries past `maxPushPullNewMembers` new members (dropped)
   | 'verifyBudget' // push/pull entries past `maxPushPullVerifications` signature checks (skipped)
+  | 'tableFull' // an unknown member's alive while the table holds `maxPushPullMembers` members
 
 /** Counters of one `Swim` instance (monotonic, except `localHealth`). */
 export interface SwimStats {
@@ -85,6 +86,7 @@ export function emptyStats(): SwimStats {
       members: 0,
       newMembers: 0,
       verifyBudget: 0,
+      tableFull: 0,
     },
     probes: 0,
     probeFailures: 0,

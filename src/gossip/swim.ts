@@ -1413,6 +1413,13 @@ export class Swim {
     const m = this.table.get(id)
     // Same or older incarnation: nothing new (a suspect must refute with a higher one).
     if (m && inc <= m.incarnation) return
+    // The table holds at most what one push/pull state may list (self included): a cluster-key
+    // holder announcing made-up members (each with a fresh key) fills it and no further, so it
+    // cannot grow every agent's memory without bound. Checked before the signature, which costs.
+    if (m === undefined && this.table.size + 1 >= this.cfg.maxPushPullMembers) {
+      this.counters.dropped.tableFull++
+      return
+    }
     if (!this.verifyAlive(id, inc, rec, sig)) {
       this.counters.dropped.forged++
       return

@@ -285,6 +285,28 @@ describe('push/pull caps and cached signature checks', () => {
     expect(a.stats().dropped.forged).toBe(30)
   })
 
+  it('made-up members fill the table to maxPushPullMembers and no further, by gossip or push/pull', () => {
+    const { a, calls } = countingNode(swimConfig('lan', { maxPushPullMembers: 50 }))
+    // Each made-up member signs its own record with a fresh key, as a cluster-key holder can.
+    const alive = (id: string, inc = 1) => {
+      const rec = encodeRecord(record(id))
+      return encodeMessage({ t: 'alive', inc, rec, sig: signerOf(id)(aliveSigningBytes(inc, rec)) })
+    }
+    for (let i = 0; i < 200; i++) a.handleMessage('mallory', alive(`fake${i}`), i)
+    // Self and 49 others: the node's own push/pull state still fits in one exchange.
+    expect(a.estimatedSize()).toBe(50)
+    expect(a.stats().dropped.tableFull).toBe(151)
+    expect(calls.n).toBe(49) // no signature checked for the ones refused
+    const more = Array.from({ length: 30 }, (_, i) => entry(`pp${i}`, 'alive', 1, 1))
+    a.handlePushPull('mallory', encodePushPull({ t: 'state', join: false, members: more }), 300)
+    expect(a.estimatedSize()).toBe(50)
+    expect(a.stats().dropped.tableFull).toBe(181)
+    expect(a.member('pp0')).toBeUndefined()
+    // Members already known still update: a newer record of one is taken.
+    a.handleMessage('fake3', alive('fake3', 2), 400)
+    expect(a.member('fake3')?.incarnation).toBe(2)
+  })
+
   it('identical records are verified once: repeated push/pulls and a replayed forgery (counter)', () => {
     const { a, calls } = countingNode()
     const members = Array.from({ length: 40 }, (_, i) => entry(`z${i}`, 'alive', 1, 1))

@@ -93,6 +93,7 @@ describe('hostile input is dropped and counted, never crashes', () => {
       members: 0,
       newMembers: 0,
       verifyBudget: 0,
+      tableFull: 0,
     })
     expect(bob.stats().messagesReceived).toBe(4)
   })

@@ -168,7 +168,7 @@ export function registerGossipMetrics(registry: Registry, src: GossipMetricsSour
   })
   new Counter({
     name: 'peermesh_gossip_dropped_total',
-    help: 'Messages dropped by the gossip core, by reason (decode, type, oversize, forged, incarnation, sender, members, newMembers, verifyBudget)',
+    help: 'Messages dropped by the gossip core, by reason (decode, type, oversize, forged, incarnation, sender, members, newMembers, verifyBudget, tableFull)',
     labelNames: ['reason'],
     registers: [registry],
     collect() {
