@@ -22,6 +22,14 @@
  *   `gateway-error`, `retriable-4xx`, and for a trailers-only gRPC response its `grpc-status`:
  *   `cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`).
  *
+ * Routes match the `:path` normalized as the inbound normalizes it (`normalizeRequestPath`: escapes
+ * of unreserved characters decoded, `//` merged, `.` and `..` segments removed), so that
+ * `/public/../admin` is routed as `/admin`, the path the destination's app will get; the upstream
+ * is sent that path (after a route's prefix rewrite) with the original query. A path that cannot be
+ * normalized (an escaped `/` or `\`, a raw `\`, a malformed escape, no leading `/`) is answered
+ * here as the inbound would answer it: 400 with `x-peermesh-reject: bad_path`, or for gRPC a
+ * trailers-only INTERNAL (13).
+ *
  * Responses pass through with their trailers (`grpc-status`, `grpc-message`). Failures of the
  * proxy itself reach a gRPC client as trailers-only responses carrying the gRPC status —
  * UNAVAILABLE (14) for no healthy endpoint or a failed connection, DEADLINE_EXCEEDED (4) for the
@@ -59,6 +67,7 @@ import {
   respondGrpcStatus,
   tryRespond,
 } from './h2-common.ts'
+import { normalizeRequestPath } from './l7-permissions.ts'
 import { OutboundListenerBase, UpstreamCore, type UpstreamListenerInit } from './outbound-common.ts'
 import {
   CONCURRENCY_LIMIT_CODE,
@@ -123,7 +132,16 @@ export class H2OutboundListener extends OutboundListenerBase {
     if (!(this.retryBodyBytes >= 0)) throw new InvalidProxyConfigError('retryBodyBytes', 'must be ≥ 0')
     this.server = http2.createServer()
     this.server.on('stream', (stream, headers, flags) => {
-      new H2Exchange(this, stream, headers, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
+      const url = headers[':path'] ?? '/'
+      const q = url.indexOf('?')
+      // Routed, and sent on, as the destination's inbound will see it (inbound-h2.ts).
+      const path = normalizeRequestPath(q < 0 ? url : url.slice(0, q))
+      if (path === undefined) {
+        this.refuseBadPath(stream, headers, url)
+        return
+      }
+      const target = q < 0 ? path : path + url.slice(q)
+      new H2Exchange(this, stream, headers, target, (flags & NGHTTP2_FLAG_END_STREAM) !== 0)
     })
     this.server.on('sessionError', () => {})
     const m = this.core.metrics
@@ -144,6 +162,56 @@ export class H2OutboundListener extends OutboundListenerBase {
     await super.stop()
     for (const link of this.openLinks) link.session.destroy()
     this.openLinks.clear()
+  }
+
+  /**
+   * A `:path` that cannot be normalized (so neither routed safely nor accepted by the inbound):
+   * answered as the inbound answers it, 400 with `x-peermesh-reject: bad_path`, or for gRPC a
+   * trailers-only INTERNAL.
+   */
+  private refuseBadPath(
+    down: http2.ServerHttp2Stream,
+    requestHeaders: http2.IncomingHttpHeaders,
+    url: string,
+  ): void {
+    const core = this.core
+    const startedAt = core.clock.now()
+    down.on('error', () => {})
+    down.resume()
+    const grpc = isGrpc(requestHeaders)
+    const method = requestHeaders[':method'] ?? 'GET'
+    const id = requestHeaders[REQUEST_ID_HEADER]
+    const requestId = typeof id === 'string' ? id : randomUUID()
+    const headers = { [REJECT_HEADER]: 'bad_path', [REQUEST_ID_HEADER]: requestId }
+    if (grpc) respondGrpcStatus(down, GRPC_STATUS.INTERNAL, 'bad_path: request not allowed', headers)
+    else tryRespond(down, { ':status': 400, ...headers }, { endStream: true })
+    const status = grpc ? 200 : 400
+    const elapsedMs = core.clock.now() - startedAt
+    const seconds = elapsedMs / 1000
+    core.metrics.request()
+    core.metrics.latency.observe(seconds)
+    core.metrics.response(status, seconds, grpc ? { grpcStatus: GRPC_STATUS.INTERNAL } : undefined)
+    core.logger.debug(
+      { upstream: core.destination, method, path: url.slice(0, 200) },
+      'outbound request refused: its path cannot be normalized',
+    )
+    if (shouldLogAccess(core.accessLog, status, 'bad_path')) {
+      core.logger.info(
+        {
+          direction: 'outbound',
+          upstream: core.destination,
+          method,
+          path: url.slice(0, 200),
+          status,
+          ...(grpc ? { grpcStatus: GRPC_STATUS.INTERNAL } : {}),
+          requestId,
+          attempts: 0,
+          result: 'bad_path',
+          durationMs: Math.round(elapsedMs * 1000) / 1000,
+        },
+        'access',
+      )
+    }
   }
 
   /** The live session to `record`'s endpoint, opened now if there is none. */
@@ -238,6 +306,8 @@ class H2Exchange {
     private readonly listener: H2OutboundListener,
     private readonly down: http2.ServerHttp2Stream,
     private readonly requestHeaders: http2.IncomingHttpHeaders,
+    /** The `:path` normalized (`normalizeRequestPath`), with the original query. */
+    url: string,
     /** The request is its headers alone (END_STREAM on HEADERS): no body to wait for. */
     headersOnly: boolean,
   ) {
@@ -249,7 +319,6 @@ class H2Exchange {
     this.method = requestHeaders[':method'] ?? 'GET'
     this.idempotent = IDEMPOTENT_METHODS.has(this.method)
     this.grpc = isGrpc(requestHeaders)
-    const url = requestHeaders[':path'] ?? '/'
     const q = url.indexOf('?')
     const path = q < 0 ? url : url.slice(0, q)
     const view = requestView(this.method, path, url, q, requestHeaders)
