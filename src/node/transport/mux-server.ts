@@ -1,5 +1,6 @@
 import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
+import { PeermeshError } from '../../common/errors.ts'
 import {
   encodeMuxFrame,
   MUX_ERROR,
@@ -9,7 +10,10 @@ import {
   parseMuxHeader,
 } from './frames.ts'
 
-/** Serves one request: the reply, or a throw (its message goes back as an error). */
+/**
+ * Serves one request: the reply, or a throw. What of a throw goes back to the peer is
+ * `peerErrorText`'s: a coded PeermeshError's code and message, `internal error` for anything else.
+ */
 export type MuxRequestHandler = (from: string, bytes: Uint8Array, signal: AbortSignal) => Promise<Uint8Array>
 
 export interface MuxServerInit {
@@ -30,6 +34,27 @@ export interface MuxServerInit {
 /** How long a request may run before its signal aborts. */
 const REQUEST_TIMEOUT_MS = 10_000
 const encoder = new TextEncoder()
+
+/** What the peer is told of a failure that is not one of ours (a bug, a library's or the OS's). */
+export const INTERNAL_ERROR_TEXT = 'internal error'
+/** Longest message sent back with a code (a message is for people; the code is for code). */
+const MAX_PEER_MESSAGE_CHARS = 512
+
+/**
+ * The text a request's failure is reported to the peer with (the MUX_ERROR payload, which the
+ * requester wraps in a RemoteRequestError): `<code>: <message>` for our own errors carrying a code
+ * of their own (a PeermeshError subclass: the refusals meant for callers), and `internal error`
+ * for anything else — Node's and libraries' errors (`ENOENT: ... '/var/lib/...'`), TypeErrors of a
+ * bug, aborts — whose messages tell the peer about this host, not about its request.
+ */
+export function peerErrorText(err: unknown): string {
+  if (!(err instanceof PeermeshError) || err.code === PeermeshError.code) return INTERNAL_ERROR_TEXT
+  const message =
+    err.message.length > MAX_PEER_MESSAGE_CHARS
+      ? `${err.message.slice(0, MAX_PEER_MESSAGE_CHARS)}…`
+      : err.message
+  return `${err.code}: ${message}`
+}
 
 /**
  * The serving side of multiplexed requests (frames.ts' `MUX_*`), one per inbound connection or
@@ -93,8 +118,16 @@ export class MuxServer {
       if (closed.signal.aborted) onClosed()
       this.reply(id, MUX_REPLY, await handler(this.init.from, req, request.signal))
     } catch (err) {
-      this.init.log.debug({ peer: this.init.from, err: (err as Error).message }, 'request failed')
-      this.reply(id, MUX_ERROR, encoder.encode((err as Error).message ?? String(err)))
+      // The whole story stays here; the peer gets what is meant for it (`peerErrorText`).
+      this.init.log.debug(
+        {
+          peer: this.init.from,
+          err: err instanceof Error ? err.message : String(err),
+          ...(err instanceof Error && err.stack !== undefined ? { stack: err.stack } : {}),
+        },
+        'request failed',
+      )
+      this.reply(id, MUX_ERROR, encoder.encode(peerErrorText(err)))
     } finally {
       closed.signal.removeEventListener('abort', onClosed)
       timeout.removeEventListener('abort', onTimeout)

@@ -34,7 +34,8 @@ import {
 } from '../../../src/node/transport/frames.ts'
 import { createHost, type Host } from '../../../src/node/transport/host.ts'
 import { encodeMessageFrames } from '../../../src/node/transport/message-chunks.ts'
-import { StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
+import { RemoteRequestError, StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
+import { NotLeaderError } from '../../../src/raft/errors.ts'
 import { multiaddr } from '@multiformats/multiaddr'
 import { waitFor } from '../../e2e/harness.ts'
 import { TempDirs } from '../../temp-dir.ts'
@@ -179,7 +180,12 @@ describe('DirectMessenger over real libp2p hosts', () => {
       if (bytes.length > 1000) gotBig.push([from, bytes.length])
       else got.push([from, Buffer.from(bytes).toString()])
     })
-    mb.onRequest(async (from, bytes) => Buffer.from(`${from}:${Buffer.from(bytes).toString()}`))
+    mb.onRequest(async (from, bytes) => {
+      const text = Buffer.from(bytes).toString()
+      if (text === 'fail-secret') throw new Error('/secret/path ENOENT')
+      if (text === 'fail-coded') throw new NotLeaderError('peer-x')
+      return Buffer.from(`${from}:${text}`)
+    })
     mc.onMessage((_from, bytes) => gotC.push(Buffer.from(bytes).toString()))
     for (const m of [ma, mb, mc]) await m.start()
     for (const h of [b, c]) await a.peerStore.merge(h.peerId, { multiaddrs: h.getMultiaddrs() })
@@ -227,6 +233,31 @@ describe('DirectMessenger over real libp2p hosts', () => {
     )
     const many = await Promise.all(Array.from({ length: 10 }, (_, i) => reply(`r${i}`)))
     expect(many).toEqual(Array.from({ length: 10 }, (_, i) => `${A()}:r${i}`))
+  })
+
+  it('over the direct connection, tells the requester a coded error’s code and message, of any other failure only "internal error"', async () => {
+    const ask = (t: string): Promise<Uint8Array> =>
+      ma.request(B(), Buffer.from(t), { signal: AbortSignal.timeout(5_000) })
+    await waitFor(
+      'a request over the direct path',
+      async () => {
+        const n = ma.stats.directRequests
+        await ask('warm-up')
+        return ma.stats.directRequests > n ? true : undefined
+      },
+      10_000,
+      5,
+    )
+    const before = ma.stats.directRequests
+    await expect(ask('fail-secret')).rejects.toMatchObject({
+      code: RemoteRequestError.code,
+      message: 'internal error',
+    })
+    await expect(ask('fail-coded')).rejects.toMatchObject({
+      code: RemoteRequestError.code,
+      message: `${NotLeaderError.code}: not the leader; leader is peer-x`,
+    })
+    expect(ma.stats.directRequests - before).toBe(2)
   })
 
   it('sets up the direct connection ahead of the first message when asked to', async () => {

@@ -18,8 +18,9 @@ import {
   MessageStreamReader,
   PartialBudget,
 } from '../../../src/node/transport/message-chunks.ts'
-import { StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
+import { RemoteRequestError, StreamMessenger } from '../../../src/node/transport/stream-messenger.ts'
 import { encodeMessage } from '../../../src/raft/codec.ts'
+import { NotLeaderError } from '../../../src/raft/errors.ts'
 import { RaftNode } from '../../../src/raft/node-driver.ts'
 import { encodePolicyCommand, type PolicyResult, PolicyStore } from '../../../src/raft/policy/policy-store.ts'
 import { MemoryStorage } from '../../../src/raft/storage/memory-storage.ts'
@@ -145,6 +146,8 @@ describe('StreamMessenger multiplexed requests over real libp2p hosts', () => {
     mb.onRequest(async (_from, bytes) => {
       const text = Buffer.from(bytes).toString()
       if (text === 'fail') throw new Error('handler failed')
+      if (text === 'fail-secret') throw new Error('/secret/path ENOENT')
+      if (text === 'fail-coded') throw new NotLeaderError('peer-x')
       if (text.startsWith('wait')) await new Promise<void>((resolve) => gates.set(text, resolve))
       return Buffer.from(`echo:${text}`)
     })
@@ -191,6 +194,18 @@ describe('StreamMessenger multiplexed requests over real libp2p hosts', () => {
     await expect(req('one-too-many')).rejects.toMatchObject({ code: 'PEERMESH_ERR_REMOTE_REQUEST' })
     for (const t of ['wait-a', 'wait-b', 'wait-c', 'wait-d']) gates.get(t)!()
     expect(await Promise.all(held)).toEqual(['echo:wait-a', 'echo:wait-b', 'echo:wait-c', 'echo:wait-d'])
+  })
+
+  it('tells the requester a coded error’s code and message, and of any other failure only "internal error"', async () => {
+    const secret = req('fail-secret')
+    await expect(secret).rejects.toBeInstanceOf(RemoteRequestError)
+    await expect(secret).rejects.toMatchObject({ code: RemoteRequestError.code, message: 'internal error' })
+    await expect(req('fail')).rejects.toMatchObject({ message: 'internal error' })
+    await expect(req('fail-coded')).rejects.toMatchObject({
+      code: RemoteRequestError.code,
+      message: `${NotLeaderError.code}: not the leader; leader is peer-x`,
+    })
+    expect(await req('after-failures')).toBe('echo:after-failures')
   })
 
   it('gives up on a request at its deadline without disturbing the others', async () => {
