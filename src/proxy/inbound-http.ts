@@ -12,10 +12,17 @@
  * answer ends the caller's connection. A response head Node cannot write (a control character in
  * the app's reason phrase) is answered 502.
  *
+ * Before the gate, a request whose header fields the gate and the app would read differently is
+ * refused and its connection closed (`http-field-checks.ts`): a field Node keeps one value of
+ * (`authorization`, `host`, ...) sent twice gets 400 (the gate would match the first value, the
+ * app may read the last), a `transfer-encoding` other than `chunked` 501 (the body would reach the
+ * app without its codings). An app response with such a `transfer-encoding` is answered 502.
+ *
  * Metrics as the outbound side: `peermesh_proxy_requests_total` per request,
  * `peermesh_proxy_responses_total{code,class}` for every response the caller got (the sidecar's
- * own 400/403/429 included; an unreachable app resets the connection, as the L4 relay does, so the caller retries elsewhere), `peermesh_proxy_inbound_denied_total{source}` for requests denied
- * by intention, `peermesh_proxy_limit_rejections_total{reason="rate-limit"}` for rate-limited ones,
+ * own 400/403/429/501 included; an unreachable app resets the connection, as the L4 relay does, so the caller retries elsewhere), `peermesh_proxy_inbound_denied_total{source}` for requests denied
+ * by intention, `peermesh_proxy_errors_total{reason}` with `duplicate_header` or
+ * `unsupported_transfer_coding` for requests refused on their header fields, `peermesh_proxy_limit_rejections_total{reason="rate-limit"}` for rate-limited ones,
  * `peermesh_proxy_latency_seconds` for the time to the app's response head.
  */
 import http from 'node:http'
@@ -23,6 +30,7 @@ import type net from 'node:net'
 import type tls from 'node:tls'
 import type { Clock } from '../common/clock.ts'
 import { HOP_BY_HOP_HEADERS } from './constants.ts'
+import { type FieldProblem, hasUnsupportedTransferCoding, requestFieldProblem } from './http-field-checks.ts'
 import { formatResponseHead } from './inbound-response-head.ts'
 import { normalizeRequestPath } from './l7-permissions.ts'
 import type { ListenerMetrics } from './metrics.ts'
@@ -129,6 +137,15 @@ export class InboundHttp {
         )
       }
     })
+    const problem = requestFieldProblem(req.rawHeaders)
+    if (problem !== undefined) {
+      // Nothing of it reaches the app, and its connection is closed (its body is not read).
+      result = problem
+      status = FIELD_PROBLEM_STATUS[problem]
+      m.error(problem)
+      this.reply(res, status, problem, FIELD_PROBLEM_BODY[problem], true)
+      return
+    }
     const path = normalizeRequestPath(rawPath)
     if (path === undefined) {
       result = 'bad_path'
@@ -191,15 +208,8 @@ export class InboundHttp {
     let answered = false
     upReq.on('response', (upRes) => {
       m.latency.observe((clock.now() - startedAt) / 1000)
-      status = upRes.statusCode ?? 502
-      const out: string[] = []
-      forwardHeaders(upRes.rawHeaders, out)
-      try {
-        res.writeHead(status, upRes.statusMessage, out)
-      } catch (error) {
-        // A head Node will not write (llhttp let through a character Node's writer refuses, as
-        // a control character in the reason phrase): the caller gets 502, the app's connection
-        // is dropped with the rest of its answer.
+      // The caller gets 502, the app's connection is dropped with the rest of its answer.
+      const badHead = (error: string) => {
         answered = true
         upRes.on('error', () => {})
         upReq.destroy()
@@ -207,11 +217,27 @@ export class InboundHttp {
         status = 502
         m.error('protocol')
         this.init.logger.debug(
-          { src: source, dst: this.init.service, error: (error as Error).message },
+          { src: source, dst: this.init.service, error },
           'inbound local app sent a response head that cannot be forwarded',
         )
-        res.statusMessage = '' // the app's, which writeHead kept: the 502 gets its own
+        res.statusMessage = '' // the app's, if writeHead kept it: the 502 gets its own
         this.reply(res, 502, undefined, 'peermesh: the local app sent an invalid response head\n')
+      }
+      // Node's parser removed the chunked framing only: the body, forwarded re-chunked, would
+      // reach the caller without its other codings (gzip, ...).
+      if (hasUnsupportedTransferCoding(upRes.rawHeaders)) {
+        badHead('unsupported transfer-encoding')
+        return
+      }
+      status = upRes.statusCode ?? 502
+      const out: string[] = []
+      forwardHeaders(upRes.rawHeaders, out)
+      try {
+        res.writeHead(status, upRes.statusMessage, out)
+      } catch (error) {
+        // A head Node will not write (llhttp let through a character Node's writer refuses, as
+        // a control character in the reason phrase).
+        badHead((error as Error).message)
         return
       }
       upRes.pipe(res)
@@ -286,11 +312,19 @@ export class InboundHttp {
     this.reply(res, decision.status, 'rate-limit', `peermesh: ${source} -> ${service} over the rate limit\n`)
   }
 
-  private reply(res: http.ServerResponse, status: number, reject: string | undefined, body: string): void {
+  /** A response of the sidecar's own; `close`: the caller's connection is closed after it. */
+  private reply(
+    res: http.ServerResponse,
+    status: number,
+    reject: string | undefined,
+    body: string,
+    close = false,
+  ): void {
     res.writeHead(status, {
       'content-type': 'text/plain; charset=utf-8',
       'content-length': Buffer.byteLength(body),
       ...(reject !== undefined ? { [INBOUND_REJECT_HEADER]: reject } : {}),
+      ...(close ? { connection: 'close' } : {}),
     })
     res.end(body)
   }
@@ -310,6 +344,18 @@ export class InboundHttp {
     const q = url.indexOf('?')
     const rawPath = q < 0 ? url : url.slice(0, q)
     const method = req.method ?? 'GET'
+    // Header fields the gate and the app would read differently: refused before the gate, as a
+    // request's are.
+    const problem = requestFieldProblem(req.rawHeaders)
+    if (problem !== undefined) {
+      const status = FIELD_PROBLEM_STATUS[problem]
+      m.error(problem)
+      m.response(status, 0)
+      socket.end(
+        `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n${INBOUND_REJECT_HEADER}: ${problem}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`,
+      )
+      return
+    }
     const path = normalizeRequestPath(rawPath)
     const decision: GateDecision | undefined =
       path === undefined ? undefined : this.init.gate.check({ source, method, path, headers: req.headers })
@@ -379,6 +425,12 @@ export class InboundHttp {
       // Not switching protocols: relayed as the last response on the caller's connection; what
       // the caller sent after its request is discarded.
       const status = upRes.statusCode ?? 502
+      if (hasUnsupportedTransferCoding(upRes.rawHeaders)) {
+        // Relayed decoded, its codings (gzip, ...) would be lost: as a head that cannot be written.
+        upRes.on('error', () => {})
+        badHead()
+        return
+      }
       const out: string[] = []
       // A chunked body is relayed decoded, delimited by the connection's close.
       forwardHeaders(
@@ -423,6 +475,16 @@ export class InboundHttp {
     socket.on('close', () => upReq.destroy())
     upReq.end()
   }
+}
+
+/** The sidecar's answer to a request refused on its header fields (`http-field-checks.ts`). */
+const FIELD_PROBLEM_STATUS: Readonly<Record<FieldProblem, number>> = {
+  duplicate_header: 400,
+  unsupported_transfer_coding: 501,
+}
+const FIELD_PROBLEM_BODY: Readonly<Record<FieldProblem, string>> = {
+  duplicate_header: 'peermesh: a header field that takes one value was sent more than once\n',
+  unsupported_transfer_coding: 'peermesh: transfer-encoding other than chunked is not implemented\n',
 }
 
 const TRACE: ReadonlySet<string> = new Set([TRACEPARENT_HEADER, TRACESTATE_HEADER])

@@ -118,7 +118,7 @@ export class ProxyMetrics {
     })
     this.errors = new Counter({
       name: 'peermesh_proxy_errors_total',
-      help: 'Failed requests or connections, by route and reason (connect, reset, timeout, no_endpoint, denied, local_connect, tls, conn_limit, handshake_limit; multiplexed L4: stream_limit, protocol).',
+      help: 'Failed requests or connections, by route and reason (connect, reset, timeout, no_endpoint, denied, local_connect, tls, conn_limit, handshake_limit; multiplexed L4: stream_limit, protocol; HTTP/1.1 requests refused on their header fields: duplicate_header, unsupported_transfer_coding).',
       labelNames: [...routeLabelNames, 'reason'],
       registers,
     })

@@ -20,6 +20,12 @@ import type { Cancel } from '../common/clock.ts'
  * resolver, with failover), sets its timeout and retries, rewrites headers, and admits it under
  * the destination's concurrency limit: over the limit and its queue, the answer is a 503 with
  * `x-peermesh-reject: concurrency-limit`.
+ *
+ * A request whose header fields routing and the upstream would read differently is answered
+ * without an attempt, and its connection closed (`http-field-checks.ts`): a field Node keeps one
+ * value of sent twice gets 400 (`PEERMESH_ERR_DUPLICATE_HEADER`), a `transfer-encoding` other than
+ * `chunked` 501 (`PEERMESH_ERR_UNSUPPORTED_TRANSFER_CODING`). A response with such a
+ * `transfer-encoding` (its codings would be lost when re-chunked) is an upstream protocol error.
  */
 import { randomUUID } from 'node:crypto'
 import http from 'node:http'
@@ -34,6 +40,7 @@ import {
   IDEMPOTENT_METHODS,
 } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
+import { type FieldProblem, hasUnsupportedTransferCoding, requestFieldProblem } from './http-field-checks.ts'
 import {
   InvalidProxyConfigError,
   NoHealthyEndpointError,
@@ -86,8 +93,13 @@ export const REQUEST_ID_HEADER = 'x-request-id'
 export const REJECT_HEADER = 'x-peermesh-reject'
 /** Error code of a request refused by the concurrency limit. */
 export const CONCURRENCY_LIMIT_CODE = 'PEERMESH_ERR_CONCURRENCY_LIMIT'
+/** Error code of a request with a header field that takes one value sent more than once (400). */
+export const DUPLICATE_HEADER_CODE = 'PEERMESH_ERR_DUPLICATE_HEADER'
+/** Error code of a request with a transfer coding other than `chunked` (501). */
+export const UNSUPPORTED_TRANSFER_CODING_CODE = 'PEERMESH_ERR_UNSUPPORTED_TRANSFER_CODING'
 
 const EMPTY = Buffer.alloc(0)
+const CLOSE: readonly string[] = ['connection', 'close']
 
 export class HttpOutboundListener extends OutboundListenerBase {
   readonly core: UpstreamCore
@@ -186,6 +198,7 @@ type Reason =
   | 'denied'
   | 'rejected'
   | 'invalid_request'
+  | FieldProblem
 
 /** One client request through its attempts. */
 class HttpExchange {
@@ -245,6 +258,8 @@ class HttpExchange {
     this.idempotent = IDEMPOTENT_METHODS.has(this.method)
 
     const raw = req.rawHeaders
+    // Refused below, once the exchange is set up to answer (and to be logged and counted).
+    const problem = requestFieldProblem(raw)
     const headers: string[] = []
     let requestId: string | undefined
     // Framing is read here rather than from `req.headers`, which Node builds lazily on first access.
@@ -328,7 +343,11 @@ class HttpExchange {
     this.chunked = chunked
     this.hasLength = length !== undefined
     const contentLength = length === undefined ? 0 : Number(length)
-    if (!chunked && contentLength === 0) {
+    if (problem !== undefined) {
+      // No attempt; the body is not read, and the connection is closed after the answer.
+      if (problem === 'duplicate_header') this.fail(problem, 400, DUPLICATE_HEADER_CODE, CLOSE)
+      else this.fail(problem, 501, UNSUPPORTED_TRANSFER_CODING_CODE, CLOSE)
+    } else if (!chunked && contentLength === 0) {
       req.resume()
       this.admit()
     } else if (this.idempotent && !chunked && contentLength <= listener.retryBodyBytes) {
@@ -396,6 +415,13 @@ class HttpExchange {
     const core = this.core
     const record = attempt.record
     const status = head.status
+    if (hasUnsupportedTransferCoding(head.rawHeaders)) {
+      // Node's parser removed the chunked framing only: re-chunked, the body would reach the app
+      // without its other codings (gzip, ...).
+      attempt.abort()
+      this.fail('protocol', 502, UpstreamProtocolError.code)
+      return
+    }
     if (this.retryOnStatus(status)) {
       record.pool.reportFailure(record)
       attempt.discard = true // its body is read to the end, and the connection kept
@@ -521,7 +547,7 @@ class HttpExchange {
     this.fail('timeout', 504, UpstreamTimeoutError.code)
   }
 
-  private fail(reason: Reason, status: number, code: string, extraHeaders: string[] = []): void {
+  private fail(reason: Reason, status: number, code: string, extraHeaders: readonly string[] = []): void {
     this.result = reason
     if (reason !== 'rejected') this.core.metrics.error(reason, this.routeLabel)
     const res = this.res
