@@ -26,6 +26,11 @@ import type { Cancel } from '../common/clock.ts'
  * value of sent twice gets 400 (`PEERMESH_ERR_DUPLICATE_HEADER`), a `transfer-encoding` other than
  * `chunked` 501 (`PEERMESH_ERR_UNSUPPORTED_TRANSFER_CODING`). A response with such a
  * `transfer-encoding` (its codings would be lost when re-chunked) is an upstream protocol error.
+ *
+ * Routes match the path normalized as the destination's inbound normalizes it
+ * (`normalizeRequestPath`), which is also the path sent upstream (after a route's prefix rewrite,
+ * with the original query): `/public/../admin` is routed as `/admin`. A path that does not
+ * normalize gets 400 with `x-peermesh-reject: bad_path` (`PEERMESH_ERR_BAD_PATH`), no attempt.
  */
 import { randomUUID } from 'node:crypto'
 import http from 'node:http'
@@ -71,6 +76,7 @@ import {
   rewritePath,
   type TrafficPolicy,
 } from './traffic.ts'
+import { normalizeRequestPath } from './l7-permissions.ts'
 import { grpcStatusLabel, routeLabelOf } from './metrics.ts'
 import { type Span, TRACEPARENT_HEADER, TRACESTATE_HEADER } from './tracing.ts'
 import { shouldLogAccess } from './types.ts'
@@ -93,6 +99,8 @@ export const REQUEST_ID_HEADER = 'x-request-id'
 export const REJECT_HEADER = 'x-peermesh-reject'
 /** Error code of a request refused by the concurrency limit. */
 export const CONCURRENCY_LIMIT_CODE = 'PEERMESH_ERR_CONCURRENCY_LIMIT'
+/** Error code of a request whose path cannot be normalized as the inbound normalizes it (400). */
+export const BAD_PATH_CODE = 'PEERMESH_ERR_BAD_PATH'
 /** Error code of a request with a header field that takes one value sent more than once (400). */
 export const DUPLICATE_HEADER_CODE = 'PEERMESH_ERR_DUPLICATE_HEADER'
 /** Error code of a request with a transfer coding other than `chunked` (501). */
@@ -198,6 +206,7 @@ type Reason =
   | 'denied'
   | 'rejected'
   | 'invalid_request'
+  | 'bad_path'
   | FieldProblem
 
 /** One client request through its attempts. */
@@ -292,9 +301,16 @@ class HttpExchange {
     this.requestId = requestId
 
     const policy = core.policy
-    const url = req.url ?? '/'
+    const rawUrl = req.url ?? '/'
+    const rawQ = rawUrl.indexOf('?')
+    const rawPath = rawQ < 0 ? rawUrl : rawUrl.slice(0, rawQ)
+    // Routed, and sent on, as the destination's inbound will see it (it normalizes the same way):
+    // `/public/../admin` is routed as `/admin`. A path that does not normalize is refused below
+    // (the inbound would refuse it too); until then it stands as it came.
+    const normalized = normalizeRequestPath(rawPath)
+    const path = normalized ?? rawPath
+    const url = normalized === undefined ? rawUrl : rawQ < 0 ? normalized : normalized + rawUrl.slice(rawQ)
     const q = url.indexOf('?')
-    const path = q < 0 ? url : url.slice(0, q)
     const view = requestView(this.method, path, url, q, req)
     const route = matchRoute(policy, view)
     this.route = route
@@ -347,6 +363,9 @@ class HttpExchange {
       // No attempt; the body is not read, and the connection is closed after the answer.
       if (problem === 'duplicate_header') this.fail(problem, 400, DUPLICATE_HEADER_CODE, CLOSE)
       else this.fail(problem, 501, UNSUPPORTED_TRANSFER_CODING_CODE, CLOSE)
+    } else if (normalized === undefined) {
+      // As the inbound answers it (and as the HTTP/2 outbound does): 400, `bad_path`.
+      this.fail('bad_path', 400, BAD_PATH_CODE, [REJECT_HEADER, 'bad_path', ...CLOSE])
     } else if (!chunked && contentLength === 0) {
       req.resume()
       this.admit()
@@ -549,7 +568,8 @@ class HttpExchange {
 
   private fail(reason: Reason, status: number, code: string, extraHeaders: readonly string[] = []): void {
     this.result = reason
-    if (reason !== 'rejected') this.core.metrics.error(reason, this.routeLabel)
+    // Refusals of the request itself are not failures (as on the inbound).
+    if (reason !== 'rejected' && reason !== 'bad_path') this.core.metrics.error(reason, this.routeLabel)
     const res = this.res
     if (res.headersSent) {
       res.destroy()
