@@ -23,10 +23,14 @@
  * open; a session without streams is closed after `muxIdleMs`. A caller that does not offer it is
  * relayed per connection.
  *
- * Resource caps (#13): at most `maxConnections` connections at once (handshaking or relaying) and
- * at most `maxPendingHandshakes` of them still handshaking. A connection past either cap is closed
- * as soon as it is accepted, before any TLS work, and counted in
- * `peermesh_proxy_errors_total{reason="conn_limit"|"handshake_limit"}`.
+ * Resource caps (#13): at most `maxConnections` connections at once (handshaking or relaying); a
+ * connection past it is closed as soon as it is accepted, before any TLS work, and counted in
+ * `peermesh_proxy_errors_total{reason="conn_limit"}`. At most `maxPendingHandshakes` of them are
+ * still handshaking: a connection past that cap is accepted and the oldest pending handshake is
+ * closed instead (one that has sent no byte for `SILENT_HANDSHAKE_MS` first), counted as
+ * `reason="handshake_limit"`. So connections that stall their handshake cannot lock callers out;
+ * the price is that a flood of `maxPendingHandshakes` connections opened within one caller's
+ * handshake (milliseconds on a LAN) cuts that caller, who retries.
  */
 import { type Clock, systemClock } from '../common/clock.ts'
 import net from 'node:net'
@@ -74,7 +78,10 @@ export interface InboundListenerInit extends ListenerEnvironment {
   handshakeTimeoutMs?: number
   /** Connections open at once, handshaking or relaying; more are closed at once. Default below. */
   maxConnections?: number
-  /** Connections still in their TLS handshake at once; more are closed at once. Default below. */
+  /**
+   * Connections still in their TLS handshake at once; past it the oldest pending handshake is
+   * closed to admit the new one. Default below.
+   */
   maxPendingHandshakes?: number
   /**
    * The local service's protocol. `http`: requests are terminated and gated one by one
@@ -111,10 +118,20 @@ export const INBOUND_LIMIT_DEFAULTS = {
   /**
    * A handshake costs a key exchange and a certificate chain verification; one that never finishes
    * holds a socket for up to the handshake timeout. 128 at once is more than a healthy caller pool
-   * opens in a burst, and bounds what an attacker opening half-done handshakes can hold.
+   * opens in a burst, and bounds what an attacker opening half-done handshakes can hold. Past it the
+   * oldest pending handshake is evicted, not the new connection refused: stalled handshakes cannot
+   * lock callers out, and a caller is cut only if 128 connections arrive during its own handshake.
    */
   maxPendingHandshakes: 128,
 } as const
+
+/**
+ * A pending handshake that has sent no byte for this long is evicted before older ones that have
+ * (ClientHello read, mid-handshake). A caller sends its ClientHello with its first ACK, so one
+ * silent this long is not handshaking; a fresh connection, silent only until its first read, is
+ * not preferred (a flood of connections that each send a byte would otherwise evict it first).
+ */
+export const SILENT_HANDSHAKE_MS = 1_000
 
 interface InboundConnection {
   socket: tls.TLSSocket
@@ -134,13 +151,19 @@ export class InboundListener {
   private readonly open = new Set<InboundConnection>()
   /** Every accepted TCP connection, handshaking or relaying: stop() destroys them all. */
   private readonly sockets = new Set<net.Socket>()
-  /** Accepted TCP connections whose TLS handshake has not finished. */
-  private readonly handshaking = new Set<net.Socket>()
-  /** Connections closed at accept by the pending-handshake cap: their TLS error is not an error. */
-  private readonly refusedAtAccept = new WeakSet<net.Socket>()
+  /**
+   * Accepted TCP connections whose TLS handshake has not finished, in accept order (oldest first),
+   * with their accept time (`clock.now()`).
+   */
+  private readonly handshaking = new Map<net.Socket, number>()
+  /** Pending handshakes evicted by the pending-handshake cap: their TLS error is not an error. */
+  private readonly evicted = new WeakSet<net.Socket>()
   private readonly maxConnections: number
   private readonly maxPendingHandshakes: number
-  /** Connections refused by the caps since start. */
+  /**
+   * Since start: connections refused by the connection cap, and pending handshakes evicted by the
+   * pending-handshake cap (`handshake_limit`).
+   */
   readonly refused = { connections: 0, handshakes: 0 }
   private readonly unsubscribes: Unsubscribe[] = []
   private state: 'new' | 'running' | 'stopped' = 'new'
@@ -286,21 +309,11 @@ export class InboundListener {
         'inbound connection cap reached',
       )
     })
-    // Before node:tls wraps the socket: a refused one costs no TLS work.
+    // Before node:tls wraps the socket: it is pending from accept.
     server.prependListener('connection', (socket: net.Socket) => {
-      if (this.handshaking.size >= this.maxPendingHandshakes) {
-        this.refused.handshakes++
-        this.refusedAtAccept.add(socket)
-        this.metrics.error('handshake_limit')
-        this.logger.debug(
-          { remote: socket.remoteAddress, max: this.maxPendingHandshakes },
-          'inbound pending handshake cap reached',
-        )
-        socket.destroy()
-        return
-      }
+      if (this.handshaking.size >= this.maxPendingHandshakes) this.evictPendingHandshake()
       this.sockets.add(socket)
-      this.handshaking.add(socket)
+      this.handshaking.set(socket, this.clock.now())
       socket.once('close', () => {
         this.sockets.delete(socket)
         this.handshaking.delete(socket)
@@ -315,7 +328,7 @@ export class InboundListener {
       const raw = rawSocketOf(socket)
       if (raw !== undefined) {
         this.handshaking.delete(raw)
-        if (this.refusedAtAccept.has(raw)) return
+        if (this.evicted.has(raw)) return
       }
       this.metrics.error('tls')
       this.logger.debug(
@@ -353,6 +366,45 @@ export class InboundListener {
     this.http?.close()
     this.h2?.close()
     await closed
+  }
+
+  /**
+   * The pending-handshake cap is reached: closes one pending handshake to make room for a new
+   * connection. The oldest that has sent no byte for `SILENT_HANDSHAKE_MS`, else the oldest.
+   *
+   * "Sent no byte" is the TCP socket's `bytesRead`: node:tls reads the socket's handle itself once
+   * it wraps it, and the handle counts what it reads (the ClientHello included). Should a node
+   * version stop counting there, every connection looks silent and this is plain oldest-first.
+   */
+  private evictPendingHandshake(): void {
+    const silentSince = this.clock.now() - SILENT_HANDSHAKE_MS
+    let victim: net.Socket | undefined
+    // Accept order is time order: the scan stops at the first connection inside the grace.
+    for (const [socket, acceptedAt] of this.handshaking) {
+      if (acceptedAt > silentSince) break
+      if (socket.bytesRead === 0) {
+        victim = socket
+        break
+      }
+    }
+    victim ??= this.handshaking.keys().next().value
+    if (victim === undefined) return
+    const acceptedAt = this.handshaking.get(victim)!
+    // Out of the set now, not at 'close' (a tick later): a burst of accepts evicts one each.
+    this.handshaking.delete(victim)
+    this.evicted.add(victim)
+    this.refused.handshakes++
+    this.metrics.error('handshake_limit')
+    this.logger.debug(
+      {
+        remote: victim.remoteAddress,
+        max: this.maxPendingHandshakes,
+        bytesRead: victim.bytesRead,
+        ageMs: Math.round(this.clock.now() - acceptedAt),
+      },
+      'inbound pending handshake cap reached: a pending handshake evicted',
+    )
+    victim.destroy()
   }
 
   /**

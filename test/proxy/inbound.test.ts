@@ -273,7 +273,7 @@ describe('InboundListener resource caps (#13)', () => {
   const errors = (registry: Registry, reason: string) =>
     metricValue(registry, 'peermesh_proxy_errors_total', { direction: 'inbound', reason })
 
-  it('closes a connection past the pending-handshake cap at once, counts it, and serves again below it', async () => {
+  it('past the pending-handshake cap evicts the oldest pending handshake, counts it, and serves the new caller', async () => {
     const app = await startTcpApp('api-app')
     cleanups.push(() => app.close())
     const authorizer = IntentionAuthorizer.from([{ source: 'web', destination: 'api', action: 'allow' }])
@@ -283,18 +283,19 @@ describe('InboundListener resource caps (#13)', () => {
     const held = [await idle(inbound.port), await idle(inbound.port)]
     await waitFor(() => inbound.pendingHandshakes === 2)
     const excess = await idle(inbound.port)
-    await excess.closed // closed by the listener, without waiting for the handshake timeout
+    // The oldest, closed by the listener without waiting for the handshake timeout.
+    await waitFor(() => held[0]!.socket.destroyed, 5_000, 'the oldest pending handshake to be evicted')
+    await waitFor(() => inbound.pendingHandshakes === 2) // held[1] and excess
     expect(inbound.refused.handshakes).toBe(1)
     expect(await errors(registry, 'handshake_limit')).toBe(1)
     expect(await errors(registry, 'tls')).toBe(0)
-    // A real caller is refused too while the slots are held...
-    const refused = await direct(inbound.port, webCert)
-    expect(refused.data).toBe('')
-    expect(await errors(registry, 'handshake_limit')).toBe(2)
-    // ...and served once one is free.
-    held[0]!.socket.resetAndDestroy()
-    await waitFor(() => inbound.pendingHandshakes === 1)
+    // A real caller is served while the slots are held, at the cost of the next oldest...
     expect(await direct(inbound.port, webCert)).toEqual({ data: 'api-app:ping' })
+    await waitFor(() => held[1]!.socket.destroyed, 5_000, 'the next oldest to be evicted')
+    expect(await errors(registry, 'handshake_limit')).toBe(2)
+    expect(await errors(registry, 'tls')).toBe(0)
+    // ...and the newest is still pending.
+    expect(excess.socket.destroyed).toBe(false)
     expect(inbound.pendingHandshakes).toBe(1)
     expect(app.hits).toBe(1)
   })
