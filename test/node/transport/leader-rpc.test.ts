@@ -12,7 +12,10 @@ import {
   NOT_LEADER_CODE,
   type RequestChannel,
   refusal,
+  refusalOf,
 } from '../../../src/node/transport/leader-rpc.ts'
+import { CaRotationConflictError } from '../../../src/identity/connect/errors.ts'
+import { PeermeshError } from '../../../src/common/errors.ts'
 import { VirtualClock } from '../../sim/virtual-clock.ts'
 
 const log = pino({ level: 'silent' })
@@ -179,7 +182,7 @@ describe('LeaderRpc: ask the leader, retry across leader changes', () => {
     const t = setup(SELF, hang)
     const failing = t.call({
       local: async () => {
-        throw Object.assign(new Error('conflict'), { code: 'PEERMESH_ERR_CA_ROTATION_CONFLICT' })
+        throw new CaRotationConflictError('conflict')
       },
     })
     const reply = await drive(t.clock, t.rpc.call(failing, { signal: new AbortController().signal }))
@@ -246,5 +249,33 @@ describe('decodeLeaderReply', () => {
     expect(decode(pack([1, 2]))).toBeUndefined()
     expect(decode(pack({ ok: true, value: 'x' }))).toBeUndefined()
     expect(decode(pack({ ok: false }))).toBeUndefined()
+  })
+})
+
+describe('refusalOf: what a peer that asked is told of a failure', () => {
+  it('one of our coded errors: its code and message', () => {
+    const r = refusalOf(new CaRotationConflictError('a rotation is in progress'))
+    expect(r).toEqual({ ok: false, code: CaRotationConflictError.code, message: 'a rotation is in progress' })
+  })
+
+  it("Node's, a library's or an uncoded error: the internal code and nothing of its message", () => {
+    const enoent = Object.assign(
+      new Error("ENOENT: no such file or directory, open '/var/lib/peermesh/raft/log'"),
+      {
+        code: 'ENOENT',
+      },
+    )
+    for (const err of [
+      enoent,
+      new TypeError("Cannot read properties of undefined (reading 'x')"),
+      new DOMException('The operation was aborted due to timeout', 'TimeoutError'),
+      new PeermeshError('base class: /secret/path'),
+      '/secret/path',
+    ]) {
+      const r = refusalOf(err)
+      expect(r.code).toBe(PeermeshError.code)
+      expect(r.message).toBe('internal error')
+      expect(JSON.stringify(r)).not.toMatch(/secret|var\/lib|ENOENT|undefined/)
+    }
   })
 })
