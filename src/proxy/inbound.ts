@@ -288,7 +288,11 @@ export class InboundListener {
       ...serverContextOptions(cert),
       requestCert: true,
       rejectUnauthorized: true,
-      allowHalfOpen: true,
+      // Not during the handshake: a caller's FIN there ends the connection at once (a handshake
+      // cannot finish without the caller's Finished), instead of holding a pending-handshake slot
+      // until the timeout. Each connection allows it once secure (`secureConnection` below), so
+      // that a half-close is relayed.
+      allowHalfOpen: false,
       noDelay: true,
       handshakeTimeout: this.init.handshakeTimeoutMs ?? 10_000,
       // Callers without ALPN (L4 sidecars) are relayed as before.
@@ -320,6 +324,7 @@ export class InboundListener {
       })
     })
     server.on('secureConnection', (socket) => {
+      socket.allowHalfOpen = true
       const raw = rawSocketOf(socket)
       if (raw !== undefined) this.handshaking.delete(raw)
       this.accept(socket)

@@ -257,6 +257,26 @@ describe('InboundListener pending-handshake flood', () => {
     expect(await errors('handshake_limit')).toBe(1)
   })
 
+  it('a caller that ends its side mid-handshake (FIN) frees its slot at once, not at the handshake timeout', async () => {
+    const { inbound, errors } = await apiInbound()
+    const partial = hello.subarray(0, 20)
+    const flood: Attacker[] = []
+    for (let i = 0; i < CAP; i++) flood.push(await attacker(inbound.port, i % 2 === 0 ? undefined : partial))
+    await waitFor(() => inbound.pendingHandshakes === CAP, 5_000, 'the flood to hold every slot')
+    for (const a of flood) a.socket.end()
+    // Far sooner than HANDSHAKE_TIMEOUT_MS (30 s): only the FIN can have freed them.
+    await within(
+      CALLER_DEADLINE_MS,
+      Promise.all(flood.map((a) => a.closed)),
+      'the half-closed handshakes to close',
+    )
+    await waitFor(() => inbound.pendingHandshakes === 0, 5_000, 'the pending set to empty')
+    expect(inbound.refused.handshakes).toBe(0)
+    expect(await errors('handshake_limit')).toBe(0)
+    // Real callers still get through.
+    expect(await caller(inbound.port)).toEqual({ data: 'api-app:ping' })
+  })
+
   it('a flood going on while callers connect crashes nothing and leaks no pending handshake', async () => {
     const { inbound, errors } = await apiInbound()
     const TOTAL = 120
@@ -295,9 +315,8 @@ describe('InboundListener pending-handshake flood', () => {
 
     // After the flood, a caller gets through at once.
     expect(await caller(inbound.port)).toEqual({ data: 'api-app:ping' })
-    // Reset, not FIN: a pending handshake whose peer only half-closes stays until the handshake
-    // timeout (the listener allows half-open connections).
-    for (const a of flood) a.socket.resetAndDestroy()
+    // A FIN is enough: a connection whose caller ends it mid-handshake is closed at once.
+    for (const a of flood) a.socket.end()
     await waitFor(() => inbound.pendingHandshakes === 0, 5_000, 'the pending handshakes to drain')
     expect(inbound.openConnections).toBe(0)
   })
