@@ -2,11 +2,15 @@
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
+import { expect } from 'vitest'
+import { readTrafficEntries } from '../../src/node/sidecars/traffic-config.ts'
 import { createRootCa, type RootCa, signLeaf } from '../../src/identity/ca/ca.ts'
 import { createLeafKeyAndCsr } from '../../src/identity/ca/leaf.ts'
 import { InboundListener } from '../../src/proxy/inbound.ts'
 import { StaticCertificateSource } from '../../src/proxy/sources.ts'
 import type { Authorizer, Endpoint, ProxyLogger, ServiceCertificate } from '../../src/proxy/types.ts'
+import { configEntryProblem, type TrafficEntryKind } from '../../src/raft/policy/config-entries.ts'
+import type { ConfigEntry } from '../../src/raft/policy/policy-store.ts'
 
 export const TD = 'example.mesh'
 const HOUR = 3_600_000
@@ -319,4 +323,18 @@ export function pumpInto(socket: net.Socket, chunk: Buffer, cap: number, pump: P
       return
     }
   }
+}
+
+/** Traffic config entries as the policy store holds them (each validated first, as a write would be). */
+export function trafficEntries(
+  list: { kind: TrafficEntryKind; name: string; value: Record<string, unknown> }[],
+) {
+  const stored: ConfigEntry[] = list.map((e, i) => {
+    expect(configEntryProblem(e.kind, e.name, e.value)).toBeUndefined()
+    return { ...e, createdIndex: i + 1, modifyIndex: i + 1 }
+  })
+  return readTrafficEntries({
+    listConfigEntries: (kind) => stored.filter((e) => e.kind === kind),
+    onChange: () => () => {},
+  })
 }

@@ -8,7 +8,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { Registry } from 'prom-client'
 import { afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { compileUpstreamPolicy, readTrafficEntries } from '../../src/node/sidecars/traffic-config.ts'
+import { compileUpstreamPolicy } from '../../src/node/sidecars/traffic-config.ts'
 import { InboundListener } from '../../src/proxy/inbound.ts'
 import { HttpOutboundListener } from '../../src/proxy/outbound-http.ts'
 import {
@@ -17,9 +17,7 @@ import {
   StaticEndpointSource,
 } from '../../src/proxy/sources.ts'
 import type { ServiceCertificate } from '../../src/proxy/types.ts'
-import { configEntryProblem, type TrafficEntryKind } from '../../src/raft/policy/config-entries.ts'
-import type { ConfigEntry } from '../../src/raft/policy/policy-store.ts'
-import { endpoint, leafFor, makeRoot, metricValue, TD } from './helpers.ts'
+import { endpoint, leafFor, makeRoot, metricValue, TD, trafficEntries } from './helpers.ts'
 
 const certs = new Map<string, ServiceCertificate>()
 const allow = IntentionAuthorizer.from([{ source: '*', destination: '*', action: 'allow' }])
@@ -65,17 +63,6 @@ async function backend(service: string) {
   return { paths, endpoint: endpoint(`${service}-1`, inbound.port, service) }
 }
 
-function entries(list: { kind: TrafficEntryKind; name: string; value: Record<string, unknown> }[]) {
-  const stored: ConfigEntry[] = list.map((e, i) => {
-    expect(configEntryProblem(e.kind, e.name, e.value)).toBeUndefined()
-    return { ...e, createdIndex: i + 1, modifyIndex: i + 1 }
-  })
-  return readTrafficEntries({
-    listConfigEntries: (kind) => stored.filter((e) => e.kind === kind),
-    onChange: () => () => {},
-  })
-}
-
 /**
  * web's HTTP outbound to `api`, whose router sends `/public` (prefix) to `public-api`, and
  * `/old/` (prefix, rewritten to `/public/`) there too; everything else goes to `api`.
@@ -94,7 +81,7 @@ async function routed() {
     endpointsFor: (s: string) =>
       s === 'public-api' ? new StaticEndpointSource([a.endpoint]) : new StaticEndpointSource([]),
     policy: compileUpstreamPolicy(
-      entries([
+      trafficEntries([
         {
           kind: 'service-router',
           name: 'api',

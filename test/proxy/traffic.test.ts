@@ -18,9 +18,7 @@ import {
   StaticEndpointSource,
 } from '../../src/proxy/sources.ts'
 import type { Endpoint, ServiceCertificate } from '../../src/proxy/types.ts'
-import type { ConfigEntry } from '../../src/raft/policy/policy-store.ts'
-import { configEntryProblem, type TrafficEntryKind } from '../../src/raft/policy/config-entries.ts'
-import { compileUpstreamPolicy, readTrafficEntries } from '../../src/node/sidecars/traffic-config.ts'
+import { compileUpstreamPolicy } from '../../src/node/sidecars/traffic-config.ts'
 import {
   endpoint,
   httpGet,
@@ -31,6 +29,7 @@ import {
   startInstance,
   TD,
   tcpRequest,
+  trafficEntries,
   waitFor,
 } from './helpers.ts'
 
@@ -95,22 +94,10 @@ const answer =
     res.end(body)
   }
 
-/** Entries as the policy store holds them (validated first, as a write would be). */
-function entries(list: { kind: TrafficEntryKind; name: string; value: Record<string, unknown> }[]) {
-  const stored: ConfigEntry[] = list.map((e, i) => {
-    expect(configEntryProblem(e.kind, e.name, e.value)).toBeUndefined()
-    return { ...e, createdIndex: i + 1, modifyIndex: i + 1 }
-  })
-  return readTrafficEntries({
-    listConfigEntries: (kind) => stored.filter((e) => e.kind === kind),
-    onChange: () => () => {},
-  })
-}
-
 async function outbound(
   upstream: StaticEndpointSource,
   others: Record<string, StaticEndpointSource>,
-  list: Parameters<typeof entries>[0],
+  list: Parameters<typeof trafficEntries>[0],
 ) {
   const registry = new Registry()
   const listener = new HttpOutboundListener({
@@ -121,7 +108,7 @@ async function outbound(
     certificates: new StaticCertificateSource(certs.get('web')!),
     endpoints: upstream,
     endpointsFor: (s) => others[s] ?? new StaticEndpointSource([]),
-    policy: compileUpstreamPolicy(entries(list), 'web', 'api'),
+    policy: compileUpstreamPolicy(trafficEntries(list), 'web', 'api'),
     registry,
   })
   await listener.start()
@@ -468,7 +455,7 @@ describe('metrics and live changes', () => {
     socket.on('close', () => sockets++)
     listener.setPolicy(
       compileUpstreamPolicy(
-        entries([
+        trafficEntries([
           {
             kind: 'service-splitter',
             name: 'api',
@@ -515,7 +502,7 @@ describe('L4 (tcp) upstreams', () => {
   async function tcpOutbound(
     upstream: StaticEndpointSource,
     others: Record<string, StaticEndpointSource>,
-    list: Parameters<typeof entries>[0],
+    list: Parameters<typeof trafficEntries>[0],
   ) {
     const registry = new Registry()
     const listener = new OutboundListener({
@@ -526,7 +513,7 @@ describe('L4 (tcp) upstreams', () => {
       certificates: new StaticCertificateSource(certs.get('web')!),
       endpoints: upstream,
       endpointsFor: (s) => others[s] ?? new StaticEndpointSource([]),
-      policy: compileUpstreamPolicy(entries(list), 'web', 'api'),
+      policy: compileUpstreamPolicy(trafficEntries(list), 'web', 'api'),
       registry,
     })
     await listener.start()
