@@ -173,6 +173,34 @@ export function requirePermission(
   return who.accessorId
 }
 
+/**
+ * Authorizes a route that finds its object by an ID and needs a permission on something only the
+ * object knows (a local service's name behind its service or check ID), without telling a caller
+ * that may not see the object whether it exists. `name`: the object's (undefined when there is no
+ * such object); `needOf`: the permission on a name; `known`: the names of that kind the caller
+ * could hold it on (this agent's, and the ID asked when it may be a name).
+ * - the object exists and the token may act on it: passes (true);
+ * - the token may act on none of `known`: the same 403 for a hit and a miss, naming no resource;
+ * - else Consul's answers: that 403 for an object it may not act on, false for a miss (the
+ *   route's 404 or own answer).
+ * With ACLs off everything passes (false for a miss).
+ */
+export function authorizeById(
+  req: Pick<ApiRequest, 'auth'>,
+  name: string | undefined,
+  needOf: (name: string) => [PermissionCheck, PermissionNeed],
+  known: () => Iterable<string>,
+): boolean {
+  const authz = req.auth.authorizer()
+  if (name !== undefined && needOf(name)[0](authz)) {
+    req.auth.require(...needOf(name))
+    return true
+  }
+  if (name === undefined) for (const n of known()) if (needOf(n)[0](authz)) return false
+  req.auth.require(() => false, { permission: needOf('')[1].permission })
+  return name !== undefined
+}
+
 /** Whether `accessorId` is the anonymous token (for logs that should say "anonymous"). */
 export function isAnonymous(accessorId: string): boolean {
   return accessorId === ANONYMOUS_TOKEN_ID

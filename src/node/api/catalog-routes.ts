@@ -1,6 +1,7 @@
 import { need, SIDECAR_SUFFIX } from '../../acl/index.ts'
 import { ApiError } from '../agent/errors.ts'
 import { createHash } from 'node:crypto'
+import { authorizeById } from './acl-auth.ts'
 import { ApiReply, type ApiRequest, type HttpApi } from './server.ts'
 import type { Catalog, HealthCheckView, HealthEntry, NodeRef } from '../catalog/catalog.ts'
 import type { CheckRunner } from '../catalog/checks.ts'
@@ -104,6 +105,16 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     wait: (after, waitMs, signal) => local.index.wait(after, waitMs, signal),
   }
   const nodeName = () => deps.nodeName?.() ?? ''
+  /**
+   * The service names a token may hold a permission on, for `authorizeById` (routes that find a
+   * local service or check by ID): `id` (a service's ID is its name by default), this agent's
+   * services and the catalog's.
+   */
+  function* serviceNames(id?: string): Generator<string> {
+    if (id !== undefined) yield id
+    for (const d of local.list()) yield d.name
+    yield* Object.keys(catalog.services())
+  }
   // Outputs of the checks this agent runs (the notes of `check/pass?note=` among them).
   const outputOf = (node: NodeRef, checkId: string) =>
     deps.selfId !== undefined && node.peerId === deps.selfId() ? checks.get(checkId)?.output : undefined
@@ -294,8 +305,9 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
   http.route('GET', '/v1/agent/service/:id', async (req) => {
     const id = req.params['id']!
     const def = local.get(id)
-    if (def === undefined) throw new ApiError(`unknown service ID: ${id}`, 404)
-    req.auth.require(...need.serviceRead(def.name))
+    // Without service:read, the same answer whether `id` exists or not (authorizeById).
+    if (!authorizeById(req, def?.name, need.serviceRead, () => serviceNames(id)) || def === undefined)
+      throw new ApiError(`unknown service ID: ${id}`, 404)
     // Consul's hash-based blocking (`?hash=` with the `X-Consul-ContentHash` of an earlier answer):
     // waits until the registration differs or `wait` passes.
     const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v)).digest('hex').slice(0, 16)
@@ -367,10 +379,10 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
   })
 
   http.route('PUT', '/v1/agent/service/deregister/:id', (req) => {
-    const def = local.get(req.params['id']!)
-    if (def !== undefined) req.auth.require(...need.serviceWrite(def.name))
+    const id = req.params['id']!
+    authorizeById(req, local.get(id)?.name, need.serviceWrite, () => serviceNames(id))
     try {
-      local.deregister(req.params['id']!)
+      local.deregister(id)
     } catch (err) {
       throw asApiError(err)
     }
@@ -411,9 +423,11 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
   }
 
   http.route('PUT', '/v1/agent/service/maintenance/:id', async (req) => {
-    const def = local.get(req.params['id']!)
+    const id = req.params['id']!
+    const def = local.get(id)
     const on = enableOf(req)
-    if (def === undefined) throw new ApiError(`No service registered with ID "${req.params['id']}"`, 404)
+    if (!authorizeById(req, def?.name, need.serviceWrite, () => serviceNames(id)) || def === undefined)
+      throw new ApiError(`No service registered with ID "${id}"`, 404)
     await setMaintenance(req, def, serviceMaintenanceCheckId(def.id), 'Service Maintenance Mode', on)
     return null
   })
@@ -437,7 +451,8 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     if (typeof serviceId !== 'string' || serviceId === '')
       throw new ApiError('ServiceID: peermesh checks belong to a service registered on this agent', 400)
     const def = local.get(serviceId)
-    if (def === undefined) throw new ApiError(`ServiceID: no service "${serviceId}" on this agent`, 400)
+    if (!authorizeById(req, def?.name, need.serviceWrite, () => serviceNames(serviceId)) || def === undefined)
+      throw new ApiError(`ServiceID: no service "${serviceId}" on this agent`, 400)
     await register(
       req,
       withChecks(def, (list) => [...list, body]),
@@ -445,15 +460,16 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     return null
   })
 
-  const checkOwner = (id: string): ServiceDefinition => {
+  const checkOwner = (req: ApiRequest, id: string): ServiceDefinition => {
     const def = local.list().find((d) => d.checks.some((c) => c.id === id))
-    if (def === undefined) throw new ApiError(`Unknown check ID "${id}"`, 404)
+    if (!authorizeById(req, def?.name, need.serviceWrite, () => serviceNames()) || def === undefined)
+      throw new ApiError(`Unknown check ID "${id}"`, 404)
     return def
   }
 
   http.route('PUT', '/v1/agent/check/deregister/:id', async (req) => {
     const id = req.params['id']!
-    const def = checkOwner(id)
+    const def = checkOwner(req, id)
     await register(
       req,
       withChecks(def, (list) => list.filter((c) => (c as { id?: string }).id !== id)),
@@ -508,14 +524,14 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
     const checkId = fieldOf(b, 'checkid')
     if (typeof serviceId === 'string' && serviceId !== '') {
       const def = local.get(serviceId)
-      if (def === undefined) return true
-      req.auth.require(...need.serviceWrite(def.name))
+      if (!authorizeById(req, def?.name, need.serviceWrite, () => serviceNames(serviceId))) return true
       local.deregister(serviceId)
       return true
     }
     if (typeof checkId === 'string' && checkId !== '') {
       const def = local.list().find((d) => d.checks.some((c) => c.id === checkId))
-      if (def === undefined) return true
+      if (!authorizeById(req, def?.name, need.serviceWrite, () => serviceNames()) || def === undefined)
+        return true
       await register(
         req,
         withChecks(def, (list) => list.filter((c) => (c as { id?: string }).id !== checkId)),
@@ -528,7 +544,7 @@ export function registerCatalogRoutes(http: HttpApi, deps: CatalogRouteDeps): vo
   const updateTtl = (req: ApiRequest, id: string, status: CheckStatus, output: string) => {
     if (output.length > 4096) throw new ApiError('output: at most 4096 characters', 400)
     const check = checks.list().find((c) => c.checkId === id)
-    if (check !== undefined) req.auth.require(...need.serviceWrite(check.serviceName))
+    authorizeById(req, check?.serviceName, need.serviceWrite, () => serviceNames())
     try {
       checks.updateTtl(id, status, output)
     } catch (err) {

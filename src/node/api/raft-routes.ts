@@ -1,4 +1,4 @@
-import { commandPermission, configRead } from '../../acl/command-permission.ts'
+import { commandPermission, configRead, configWrite } from '../../acl/command-permission.ts'
 import { NODE_IDENTITY_PATTERN } from '../../acl/constants.ts'
 import { need } from '../../acl/index.ts'
 import type { NodeEnrollment, ServiceGrant } from '../../acl/types.ts'
@@ -132,6 +132,8 @@ export function registerRaftRoutes(http: HttpApi, raft: RaftModule): void {
     const { kind, name } = req.params as { kind: string; name: string }
     checkName('kind', kind)
     checkName('name', name)
+    // Before looking: a token that may not write the entry gets the same 403 whether it exists or not.
+    req.auth.require(...configWrite(kind, name))
     if (kind === SERVICE_INTENTIONS_KIND) {
       if (!raft.store.listIntentions().some((i) => i.destination === name))
         throw new ApiError(`no config entry service-intentions/${name}`, 404)
