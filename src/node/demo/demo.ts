@@ -17,6 +17,7 @@ import {
   registerService,
   writeSplitter,
 } from './agent-api.ts'
+import { PROXY_ERROR_HEADER } from '../../proxy/index.ts'
 import { ApiApp, type DemoApp, WebApp } from './apps.ts'
 import { type DemoAgent, DemoCluster } from './cluster.ts'
 import {
@@ -38,7 +39,7 @@ import {
 } from './story.ts'
 import { Traffic } from './traffic.ts'
 import { type ClusterSnapshot, PlainView, type StatusSource, TtyView, type View } from './view.ts'
-import { sleep, waitUntil } from './wait.ts'
+import { DemoTimeoutError, sleep, waitUntil } from './wait.ts'
 import { freePort } from '../transport/free-port.ts'
 
 export interface DemoOptions {
@@ -435,13 +436,29 @@ async function setUp(
     every(async (a) => (await passingApiInstances(a.api)).length === apis.length),
   )
   mark('instances_passing')
+  // What each web last answered (status and the sidecar's error code, or the fetch's failure):
+  // named in the error if the wait times out, to tell which hop did not answer.
+  const lastAnswer = new Map<string, string>()
   await wait('every web to answer through the mesh', async () => {
     const answers = await Promise.all(
-      [...webs.values()].map((w) =>
-        fetch(`http://127.0.0.1:${w.port}/`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.ok),
+      [...webs.entries()].map(([node, w]) =>
+        fetch(`http://127.0.0.1:${w.port}/`, { signal: AbortSignal.timeout(2_000) }).then(
+          (r) => {
+            lastAnswer.set(node, `${r.status}${r.ok ? '' : ` ${r.headers.get(PROXY_ERROR_HEADER) ?? ''}`}`)
+            return r.ok
+          },
+          (err: Error) => {
+            lastAnswer.set(node, err.name)
+            return false
+          },
+        ),
       ),
     )
     return answers.every(Boolean)
+  }).catch((err: unknown) => {
+    if (!(err instanceof DemoTimeoutError)) throw err
+    const last = [...lastAnswer].map(([node, a]) => `web on ${node}: ${a}`).join(', ')
+    throw new DemoTimeoutError(`${err.message} (last answers: ${last})`)
   })
   mark('mesh_ready')
   const ms = Date.now() - t0
