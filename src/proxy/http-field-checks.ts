@@ -18,6 +18,12 @@
 /** Why a request is refused: the `reason` of the error metric and of the access log. */
 export type FieldProblem = 'duplicate_header' | 'unsupported_transfer_coding'
 
+/** The status a request refused for each problem gets, on the inbound and the outbound alike. */
+export const FIELD_PROBLEM_STATUS: Readonly<Record<FieldProblem, number>> = {
+  duplicate_header: 400,
+  unsupported_transfer_coding: 501,
+}
+
 /** Fields of which Node's `message.headers` keeps the first value only (Node's docs, `message.headers`). */
 export const SINGLE_VALUE_FIELDS: readonly string[] = [
   'age',

@@ -30,7 +30,12 @@ import type net from 'node:net'
 import type tls from 'node:tls'
 import type { Clock } from '../common/clock.ts'
 import { HOP_BY_HOP_HEADERS } from './constants.ts'
-import { type FieldProblem, hasUnsupportedTransferCoding, requestFieldProblem } from './http-field-checks.ts'
+import {
+  FIELD_PROBLEM_STATUS,
+  type FieldProblem,
+  hasUnsupportedTransferCoding,
+  requestFieldProblem,
+} from './http-field-checks.ts'
 import { formatResponseHead } from './inbound-response-head.ts'
 import { normalizeRequestPath } from './l7-permissions.ts'
 import type { ListenerMetrics } from './metrics.ts'
@@ -477,11 +482,7 @@ export class InboundHttp {
   }
 }
 
-/** The sidecar's answer to a request refused on its header fields (`http-field-checks.ts`). */
-const FIELD_PROBLEM_STATUS: Readonly<Record<FieldProblem, number>> = {
-  duplicate_header: 400,
-  unsupported_transfer_coding: 501,
-}
+/** The body of the sidecar's answer to a request refused on its header fields (`http-field-checks.ts`). */
 const FIELD_PROBLEM_BODY: Readonly<Record<FieldProblem, string>> = {
   duplicate_header: 'peermesh: a header field that takes one value was sent more than once\n',
   unsupported_transfer_coding: 'peermesh: transfer-encoding other than chunked is not implemented\n',

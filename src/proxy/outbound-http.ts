@@ -45,7 +45,12 @@ import {
   IDEMPOTENT_METHODS,
 } from './constants.ts'
 import type { EndpointRecord } from './endpoint-pool.ts'
-import { type FieldProblem, hasUnsupportedTransferCoding, requestFieldProblem } from './http-field-checks.ts'
+import {
+  FIELD_PROBLEM_STATUS,
+  type FieldProblem,
+  hasUnsupportedTransferCoding,
+  requestFieldProblem,
+} from './http-field-checks.ts'
 import {
   InvalidProxyConfigError,
   NoHealthyEndpointError,
@@ -105,6 +110,12 @@ export const BAD_PATH_CODE = 'PEERMESH_ERR_BAD_PATH'
 export const DUPLICATE_HEADER_CODE = 'PEERMESH_ERR_DUPLICATE_HEADER'
 /** Error code of a request with a transfer coding other than `chunked` (501). */
 export const UNSUPPORTED_TRANSFER_CODING_CODE = 'PEERMESH_ERR_UNSUPPORTED_TRANSFER_CODING'
+
+/** The error code of a request refused on its header fields (`http-field-checks.ts`). */
+const FIELD_PROBLEM_CODE: Readonly<Record<FieldProblem, string>> = {
+  duplicate_header: DUPLICATE_HEADER_CODE,
+  unsupported_transfer_coding: UNSUPPORTED_TRANSFER_CODING_CODE,
+}
 
 const EMPTY = Buffer.alloc(0)
 const CLOSE: readonly string[] = ['connection', 'close']
@@ -361,8 +372,7 @@ class HttpExchange {
     const contentLength = length === undefined ? 0 : Number(length)
     if (problem !== undefined) {
       // No attempt; the body is not read, and the connection is closed after the answer.
-      if (problem === 'duplicate_header') this.fail(problem, 400, DUPLICATE_HEADER_CODE, CLOSE)
-      else this.fail(problem, 501, UNSUPPORTED_TRANSFER_CODING_CODE, CLOSE)
+      this.fail(problem, FIELD_PROBLEM_STATUS[problem], FIELD_PROBLEM_CODE[problem], CLOSE)
     } else if (normalized === undefined) {
       // As the inbound answers it (and as the HTTP/2 outbound does): 400, `bad_path`.
       this.fail('bad_path', 400, BAD_PATH_CODE, [REJECT_HEADER, 'bad_path', ...CLOSE])

@@ -1,5 +1,5 @@
 import type { Clock } from '../../common/clock.ts'
-import { PeermeshError } from '../../common/errors.ts'
+import { INTERNAL_ERROR_TEXT, PeermeshError, peerFacingError } from '../../common/errors.ts'
 import type { Unsubscribe } from '../../common/events.ts'
 import { NotLeaderError } from '../../raft/index.ts'
 import { pack, unpackRecord } from '../../common/msgpack.ts'
@@ -38,15 +38,12 @@ export function refusal(code: string, message: string, leader?: string): LeaderR
 }
 
 /**
- * The refusal that reports `err` to the peer that asked: one of our own errors with a code of its
- * own (a refusal meant for callers: not the leader, permission denied, invalid entry...) with its
- * code and message; anything else (Node's and libraries' errors, whose messages name files and
- * internals of this host) as the internal code and `internal error` only. The asker is any
- * cluster-key holder; the whole error is for this node's log.
+ * The refusal that reports `err` to the peer that asked (any cluster-key holder): what
+ * `peerFacingError` lets through, else the internal code and `internal error` only.
  */
 export function refusalOf(err: unknown): LeaderRefusal {
-  if (err instanceof PeermeshError && err.code !== INTERNAL_CODE) return refusal(err.code, err.message)
-  return refusal(INTERNAL_CODE, 'internal error')
+  const e = peerFacingError(err)
+  return e === undefined ? refusal(INTERNAL_CODE, INTERNAL_ERROR_TEXT) : refusal(e.code, e.message)
 }
 
 export function encodeLeaderReply<T extends object>(reply: LeaderReply<T>): Uint8Array {

@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events'
 import type { Logger } from 'pino'
-import { PeermeshError } from '../../common/errors.ts'
+import { INTERNAL_ERROR_TEXT, peerFacingError } from '../../common/errors.ts'
 import {
   encodeMuxFrame,
   MUX_ERROR,
@@ -35,25 +35,20 @@ export interface MuxServerInit {
 const REQUEST_TIMEOUT_MS = 10_000
 const encoder = new TextEncoder()
 
-/** What the peer is told of a failure that is not one of ours (a bug, a library's or the OS's). */
-export const INTERNAL_ERROR_TEXT = 'internal error'
 /** Longest message sent back with a code (a message is for people; the code is for code). */
 const MAX_PEER_MESSAGE_CHARS = 512
 
 /**
  * The text a request's failure is reported to the peer with (the MUX_ERROR payload, which the
- * requester wraps in a RemoteRequestError): `<code>: <message>` for our own errors carrying a code
- * of their own (a PeermeshError subclass: the refusals meant for callers), and `internal error`
- * for anything else — Node's and libraries' errors (`ENOENT: ... '/var/lib/...'`), TypeErrors of a
- * bug, aborts — whose messages tell the peer about this host, not about its request.
+ * requester wraps in a RemoteRequestError): `<code>: <message>` for what `peerFacingError` lets
+ * through, `internal error` for anything else.
  */
 export function peerErrorText(err: unknown): string {
-  if (!(err instanceof PeermeshError) || err.code === PeermeshError.code) return INTERNAL_ERROR_TEXT
+  const e = peerFacingError(err)
+  if (e === undefined) return INTERNAL_ERROR_TEXT
   const message =
-    err.message.length > MAX_PEER_MESSAGE_CHARS
-      ? `${err.message.slice(0, MAX_PEER_MESSAGE_CHARS)}…`
-      : err.message
-  return `${err.code}: ${message}`
+    e.message.length > MAX_PEER_MESSAGE_CHARS ? `${e.message.slice(0, MAX_PEER_MESSAGE_CHARS)}…` : e.message
+  return `${e.code}: ${message}`
 }
 
 /**
